@@ -1,0 +1,1 @@
+"""Dashboards as code: panel definitions, Grafana JSON, provisioning."""

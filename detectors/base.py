@@ -1,0 +1,361 @@
+"""The one detector protocol shared by every family.
+
+A detector consumes a window of events, already turned into columns
+(:class:`Batch`), and returns the :class:`Signal` values it computed.
+Detectors are pure computation: nothing here knows about Kafka, Faust or
+ClickHouse. The streaming layer builds a :class:`Batch` once per window and
+per (app, model, model_version) group, calls ``update`` on each detector and
+labels the signals it gets back.
+
+Extra abilities are small separate base classes, not flags:
+
+* :class:`Mergeable` detectors combine partial state from several workers
+  (a window spanning partitions);
+* :class:`ChangeDetector` is the river-style online protocol
+  (``update(x)`` then read ``drift_detected``) used for "it just got slower".
+
+>>> batch = Batch.from_events(
+...     [{"ts": 1000.0, "latency_ms": 120.0, "status": "ok"},
+...      {"ts": 1001.0, "latency_ms": 80.0, "status": "error"}],
+...     start=1000.0, end=1010.0)
+>>> len(batch), batch.window_s
+(2, 10.0)
+>>> batch.numeric("latency_ms").tolist()
+[120.0, 80.0]
+>>> batch.signal("errors.rate", 0.5, n=2)
+Signal(signal='errors.rate', value=0.5, n=2, dimension='', ts=1010.0, window_s=10.0, app='', model='', model_version='', detail={})
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Batch",
+    "ChangeDetector",
+    "Detector",
+    "Mergeable",
+    "Signal",
+    "parse_ts",
+]
+
+NUMERIC_FIELDS: tuple[str, ...] = (
+    "latency_ms",
+    "ttft_ms",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+)
+"""Numeric fields of ``inference/v1`` that become float64 columns."""
+
+CATEGORICAL_FIELDS: tuple[str, ...] = (
+    "app",
+    "model",
+    "model_version",
+    "status",
+    "error_type",
+    "request_id",
+    "event_id",
+)
+"""String fields of ``inference/v1`` that become object columns."""
+
+TEXT_FIELDS: tuple[str, ...] = ("prompt", "response")
+
+
+def parse_ts(value: Any) -> float:
+    """Event time as epoch seconds, from RFC 3339 text or epoch milliseconds.
+
+    >>> parse_ts(1_700_000_000_000)
+    1700000000.0
+    >>> parse_ts("2023-11-14T22:13:20Z")
+    1700000000.0
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value) / 1000.0
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith("Z"):
+            text = text[:-1] + "+00:00"
+        return datetime.fromisoformat(text).timestamp()
+    raise ValueError(f"ts: expected RFC 3339 text or epoch milliseconds, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """One computed value for one window, named ``<family>.<measure>``.
+
+    ``ts`` is the window end (epoch seconds) and ``window_s`` its length;
+    ``app``/``model``/``model_version`` are filled by the streaming layer,
+    which knows the group a batch belongs to. ``detail`` holds what explains
+    the value (reference size, p-value, worst examples, report path ...).
+    """
+
+    signal: str
+    value: float
+    n: int
+    dimension: str = ""
+    ts: float = 0.0
+    window_s: float = 0.0
+    app: str = ""
+    model: str = ""
+    model_version: str = ""
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def labelled(self, *, app: str, model: str, model_version: str) -> Signal:
+        """The same signal with its group labels set."""
+        return replace(self, app=app, model=model, model_version=model_version)
+
+    def to_row(self) -> dict[str, Any]:
+        """The signal as a row of the ``signals`` table (detail stays a mapping)."""
+        return {
+            "ts": self.ts,
+            "window_s": self.window_s,
+            "app": self.app,
+            "model": self.model,
+            "model_version": self.model_version,
+            "signal": self.signal,
+            "dimension": self.dimension,
+            "value": self.value,
+            "n": self.n,
+            "detail": dict(self.detail),
+        }
+
+
+class Batch:
+    """A window of events as columns, built once so detectors stay vectorised.
+
+    Numeric fields are float64 arrays with NaN where an event lacks the field;
+    string fields are object arrays with ``""`` where missing. Nested fields
+    are flattened: ``segment.<attr>``, ``feature.<name>``,
+    ``prediction.label``/``prediction.score`` and, when feedback has been
+    joined onto the inference, ``feedback.score``/``feedback.label``/
+    ``feedback.hallucination`` (1.0, 0.0 or NaN). Texts (``prompt``,
+    ``response``), ``context`` (list of passages) and ``token_logprobs`` stay
+    Python lists, read only by the detectors that need them.
+    """
+
+    __slots__ = ("_columns", "_lists", "start", "end", "size")
+
+    def __init__(
+        self,
+        columns: Mapping[str, np.ndarray],
+        lists: Mapping[str, list[Any]] | None = None,
+        *,
+        start: float,
+        end: float,
+    ) -> None:
+        sizes = {len(v) for v in columns.values()} | {len(v) for v in (lists or {}).values()}
+        if len(sizes) > 1:
+            raise ValueError(f"columns differ in length: {sorted(sizes)}")
+        self._columns: dict[str, np.ndarray] = dict(columns)
+        self._lists: dict[str, list[Any]] = dict(lists or {})
+        self.start = float(start)
+        self.end = float(end)
+        self.size = sizes.pop() if sizes else 0
+
+    # -- construction -------------------------------------------------------
+
+    @classmethod
+    def from_events(
+        cls,
+        events: Sequence[Mapping[str, Any]],
+        *,
+        start: float | None = None,
+        end: float | None = None,
+    ) -> Batch:
+        """Columns from event dicts (``inference/v1``, optionally with a
+        joined ``feedback`` mapping). ``start``/``end`` default to the span
+        of event times."""
+        n = len(events)
+        ts = np.fromiter(
+            (parse_ts(e["ts"]) if "ts" in e else math.nan for e in events), float, n
+        )
+        columns: dict[str, np.ndarray] = {"ts": ts}
+        for name in NUMERIC_FIELDS:
+            columns[name] = _floats(e.get(name) for e in events)
+        for name in CATEGORICAL_FIELDS:
+            columns[name] = _strings(e.get(name) for e in events)
+        columns["prediction.label"] = _strings(
+            (e.get("prediction") or {}).get("label") for e in events
+        )
+        columns["prediction.score"] = _floats(
+            (e.get("prediction") or {}).get("score") for e in events
+        )
+        seg_keys = sorted({k for e in events for k in (e.get("segment") or {})})
+        for key in seg_keys:
+            columns[f"segment.{key}"] = _strings((e.get("segment") or {}).get(key) for e in events)
+        feat_keys = sorted({k for e in events for k in (e.get("features") or {})})
+        for key in feat_keys:
+            columns[f"feature.{key}"] = _floats((e.get("features") or {}).get(key) for e in events)
+        if any("feedback" in e for e in events):
+            fb = [e.get("feedback") or {} for e in events]
+            columns["feedback.score"] = _floats(f.get("score") for f in fb)
+            columns["feedback.label"] = _strings(f.get("label") for f in fb)
+            columns["feedback.hallucination"] = _floats(f.get("hallucination") for f in fb)
+        lists: dict[str, list[Any]] = {
+            "prompt": [e.get("prompt") for e in events],
+            "response": [e.get("response") for e in events],
+            "context": [e.get("context") for e in events],
+            "token_logprobs": [e.get("token_logprobs") for e in events],
+        }
+        finite = ts[np.isfinite(ts)]
+        lo = float(finite.min()) if finite.size else 0.0
+        hi = float(finite.max()) if finite.size else 0.0
+        return cls(
+            columns,
+            lists,
+            start=lo if start is None else start,
+            end=hi if end is None else end,
+        )
+
+    # -- access -------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __repr__(self) -> str:
+        return f"Batch(n={self.size}, start={self.start}, end={self.end}, columns={sorted(self._columns)})"
+
+    @property
+    def window_s(self) -> float:
+        return self.end - self.start
+
+    @property
+    def columns(self) -> list[str]:
+        return sorted(self._columns)
+
+    def has(self, name: str) -> bool:
+        return name in self._columns or name in self._lists
+
+    def numeric(self, name: str) -> np.ndarray:
+        """A float64 column (NaN where missing); all-NaN if no event has it."""
+        col = self._columns.get(name)
+        if col is None:
+            return np.full(self.size, np.nan)
+        if col.dtype != np.float64:
+            raise TypeError(f"column {name!r} is not numeric")
+        return col
+
+    def strings(self, name: str) -> np.ndarray:
+        """An object column of str (``""`` where missing)."""
+        col = self._columns.get(name)
+        if col is None:
+            return np.full(self.size, "", dtype=object)
+        return col
+
+    def texts(self, name: str) -> list[Any]:
+        """A per-event list column: ``prompt``, ``response``, ``context``, ``token_logprobs``."""
+        return self._lists.get(name, [None] * self.size)
+
+    def prefixed(self, prefix: str) -> list[str]:
+        """Names after ``prefix.`` of the columns that start with it, e.g. segment attributes."""
+        p = prefix + "."
+        return sorted(c[len(p):] for c in self._columns if c.startswith(p))
+
+    def select(self, mask: np.ndarray) -> Batch:
+        """The events where ``mask`` is true, same window."""
+        idx = np.flatnonzero(mask)
+        cols = {k: v[idx] for k, v in self._columns.items()}
+        lists = {k: [v[i] for i in idx] for k, v in self._lists.items()}
+        return Batch(cols, lists, start=self.start, end=self.end)
+
+    def signal(
+        self,
+        name: str,
+        value: float,
+        *,
+        n: int,
+        dimension: str = "",
+        detail: Mapping[str, Any] | None = None,
+    ) -> Signal:
+        """A signal stamped with this window's end and length."""
+        return Signal(
+            signal=name,
+            value=float(value),
+            n=int(n),
+            dimension=dimension,
+            ts=self.end,
+            window_s=self.window_s,
+            detail=dict(detail or {}),
+        )
+
+
+def _floats(values: Iterable[Any]) -> np.ndarray:
+    out = []
+    for v in values:
+        if v is None or isinstance(v, str):
+            out.append(math.nan)
+        else:
+            out.append(float(v))
+    return np.asarray(out, dtype=np.float64)
+
+
+def _strings(values: Iterable[Any]) -> np.ndarray:
+    return np.asarray(["" if v is None else str(v) for v in values], dtype=object)
+
+
+class Detector(abc.ABC):
+    """Consumes a window of events and returns the signals it computed.
+
+    Constructor arguments are the whole configuration, stored under their own
+    names. State that outlives a window (a reference distribution, an online
+    change detector) must survive :meth:`snapshot` / :meth:`restore`, because
+    workers restart. The default snapshot deep-copies the instance's
+    attributes; detectors holding objects that cannot be copied override it.
+    """
+
+    #: signal names this detector can emit, for documentation and rules.
+    signals: tuple[str, ...] = ()
+
+    @abc.abstractmethod
+    def update(self, batch: Batch) -> list[Signal]:
+        """Signals for one window."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """State to persist between worker restarts."""
+        return copy.deepcopy(
+            {k: v for k, v in vars(self).items() if not k.startswith("__")}
+        )
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Load state written by :meth:`snapshot`."""
+        vars(self).update(copy.deepcopy(dict(state)))
+
+
+class Mergeable(abc.ABC):
+    """A detector whose per-partition state combines into one window's state."""
+
+    @abc.abstractmethod
+    def merge(self, other: Any) -> None:
+        """Fold ``other``'s state into this one."""
+
+
+class ChangeDetector(abc.ABC):
+    """River-style online change detection over a scalar stream.
+
+    ``update(x)`` consumes one value; ``drift_detected`` is true right after
+    the value at which a change was found.
+    """
+
+    drift_detected: bool = False
+
+    @abc.abstractmethod
+    def update(self, x: float) -> None:
+        """Consume one value."""
+
+    def update_many(self, xs: Iterable[float]) -> list[int]:
+        """Consume values in order; the positions at which a change was detected."""
+        hits: list[int] = []
+        for i, x in enumerate(xs):
+            self.update(float(x))
+            if self.drift_detected:
+                hits.append(i)
+        return hits

@@ -1,0 +1,19 @@
+"""llmpulse: streaming monitoring for LLM applications.
+
+Applications import :class:`Monitor` (the client shim); the rest of the
+package is the server side (embedded stack, store, command line).
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["Monitor", "__version__"]
+
+
+def __getattr__(name: str):  # lazy: importing llmpulse must stay cheap for apps
+    if name == "Monitor":
+        from llmpulse.monitor import Monitor
+
+        return Monitor
+    raise AttributeError(name)

@@ -1,0 +1,1 @@
+"""Closed loop: retraining, ONNX export, gates, registry and serving."""

@@ -1,0 +1,1 @@
+"""The Faust application: ingest, sink and signal agents. Wiring, not maths."""
