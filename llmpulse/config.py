@@ -1,0 +1,186 @@
+"""Configuration: one optional YAML file overridden by environment variables.
+
+Each component takes its own small frozen settings object; :class:`Settings`
+only groups them. Every value is checked at start and a bad one raises
+:class:`ConfigError` naming the key and the fix.
+
+>>> s = load_settings(env={"LLMPULSE_DATA_DIR": "/tmp/lp"}, path=None)
+>>> str(s.data_dir), s.kafka, s.embedded_broker, s.clickhouse_dsn
+('/tmp/lp', None, True, 'chdb:///tmp/lp/store')
+>>> load_settings(env={"LLMPULSE_KAFKA": "no-port-here"}, path=None)
+Traceback (most recent call last):
+...
+llmpulse.config.ConfigError: LLMPULSE_KAFKA: 'no-port-here' is not host:port[,host:port...]; unset it to use the embedded broker
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "HttpSettings",
+    "IngestSettings",
+    "Settings",
+    "load_settings",
+]
+
+_HOSTPORT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
+
+
+class ConfigError(ValueError):
+    """Bad configuration; the message starts with the key at fault."""
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSettings:
+    """How the ingest agents batch rows into the store."""
+
+    batch_messages: int = 500
+    """Kafka messages (envelopes) taken per batch."""
+    batch_within_s: float = 0.25
+    """Longest a batch waits to fill before it is stored."""
+    partitions: int = 4
+    """Partitions of each llmpulse topic created by the embedded stack."""
+    store_retry_max_s: float = 5.0
+    """Cap of the exponential backoff while the store is unreachable."""
+    max_past_days: float = 30.0
+    """Events older than this are dead-lettered as a clock years off."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    host: str = "127.0.0.1"
+    port: int = 0
+    """0 picks a free port."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path = Path(".llmpulse")
+    kafka: str | None = None
+    """Bootstrap servers; None runs the embedded broker."""
+    clickhouse: str | None = None
+    """A ClickHouse DSN (http://... or chdb:///...); None opens the embedded store."""
+    rules: Path | None = None
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    session_timeout_s: float = 6.0
+    """Kafka consumer session timeout: a short one makes group joins fast."""
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.kafka is None
+
+    @property
+    def embedded_store(self) -> bool:
+        return self.clickhouse is None or self.clickhouse.startswith("chdb:")
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        if self.clickhouse:
+            return self.clickhouse
+        return f"chdb://{(self.data_dir / 'store').absolute()}"
+
+    @property
+    def endpoints_path(self) -> Path:
+        return self.data_dir / "endpoints.json"
+
+
+def _check_kafka(value: str, key: str) -> str:
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    if not parts or not all(_HOSTPORT.match(p) for p in parts):
+        raise ConfigError(
+            f"{key}: {value!r} is not host:port[,host:port...]; unset it to use the embedded broker"
+        )
+    return ",".join(parts)
+
+
+def _check_dsn(value: str, key: str) -> str:
+    if not re.match(r"^(chdb|https?|clickhouse)://", value):
+        raise ConfigError(
+            f"{key}: {value!r} is not a ClickHouse DSN (http://host:8123, https://..., "
+            "or chdb:///path); unset it to use the embedded store"
+        )
+    return value
+
+
+def _sub(cls: type, raw: Any, key: str) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{key}: must be a mapping, got {type(raw).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in known:
+            raise ConfigError(f"{key}.{name}: unknown setting; known: {', '.join(sorted(known))}")
+        default = getattr(cls(), name)
+        want = type(default)
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or isinstance(value, bool) != isinstance(default, bool):
+            raise ConfigError(f"{key}.{name}: must be {want.__name__}, got {value!r}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise ConfigError(f"{key}.{name}: must be >= 0, got {value!r}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, path: str | os.PathLike[str] | None = "llmpulse.yaml"
+) -> Settings:
+    """Settings from ``path`` (if it exists) overridden by ``env`` (default ``os.environ``)."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    if path is not None and Path(path).exists():
+        import yaml
+
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: must be a mapping of settings")
+        raw = dict(loaded or {})
+    known = {"data_dir", "kafka", "clickhouse", "rules", "ingest", "http", "session_timeout_s"}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{key}: unknown setting in {path}; known: {', '.join(sorted(known))}")
+
+    data_dir = env.get("LLMPULSE_DATA_DIR") or raw.get("data_dir") or ".llmpulse"
+    kafka = env.get("LLMPULSE_KAFKA") or raw.get("kafka")
+    ch = env.get("LLMPULSE_CLICKHOUSE") or raw.get("clickhouse")
+    rules = env.get("LLMPULSE_RULES") or raw.get("rules")
+    kkey = "LLMPULSE_KAFKA" if env.get("LLMPULSE_KAFKA") else "kafka"
+    ckey = "LLMPULSE_CLICKHOUSE" if env.get("LLMPULSE_CLICKHOUSE") else "clickhouse"
+    rkey = "LLMPULSE_RULES" if env.get("LLMPULSE_RULES") else "rules"
+    if kafka is not None:
+        kafka = _check_kafka(str(kafka), kkey)
+    if ch is not None:
+        ch = _check_dsn(str(ch), ckey)
+    rules_path: Path | None = None
+    if rules:
+        rules_path = Path(str(rules))
+        if not rules_path.is_file():
+            raise ConfigError(f"{rkey}: rules file {rules_path} does not exist")
+    data = Path(str(data_dir))
+    if data.exists() and not data.is_dir():
+        raise ConfigError(f"LLMPULSE_DATA_DIR: {data} exists and is not a directory")
+    session = raw.get("session_timeout_s", 6.0)
+    if not isinstance(session, (int, float)) or isinstance(session, bool) or not 1 <= session <= 300:
+        raise ConfigError(f"session_timeout_s: must be a number of seconds in 1..300, got {session!r}")
+    return Settings(
+        data_dir=data,
+        kafka=kafka,
+        clickhouse=ch,
+        rules=rules_path,
+        ingest=_sub(IngestSettings, raw.get("ingest"), "ingest"),
+        http=_sub(HttpSettings, raw.get("http"), "http"),
+        session_timeout_s=float(session),
+    )

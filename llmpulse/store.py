@@ -1,0 +1,362 @@
+"""The ClickHouse store: tables of the contract, batched inserts, read-only queries.
+
+One code path for both modes: a ``chdb:///<dir>`` DSN opens the embedded
+engine in this process (one process at a time may own a directory, guarded
+by a lock file), an ``http(s)://`` DSN talks to a ClickHouse server.
+
+Raw event tables are ``ReplacingMergeTree`` ordered by the event's own
+identity, so an event replayed after a crash collapses into one row; every
+query llmpulse runs on them reads with ``FINAL``, so duplicates are never
+visible (proved by the crash test in ``tests/integration``).
+
+Blocking calls: every method here blocks. Async callers run them in a thread
+(``asyncio.to_thread``); a lock serialises access to the one client.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import orjson
+
+__all__ = [
+    "DDL",
+    "QueryError",
+    "Store",
+    "StoreError",
+    "StoreLockedError",
+    "TABLES",
+    "check_readonly_sql",
+]
+
+log = logging.getLogger(__name__)
+
+TTL_DAYS = 90
+
+DDL: dict[str, str] = {
+    "inference_events": """
+CREATE TABLE IF NOT EXISTS inference_events (
+    event_id String,
+    request_id String,
+    ts DateTime64(3, 'UTC'),
+    app LowCardinality(String),
+    model LowCardinality(String),
+    model_version LowCardinality(String),
+    latency_ms Float64,
+    ttft_ms Nullable(Float64),
+    status LowCardinality(String),
+    error_type LowCardinality(String) DEFAULT '',
+    input_tokens UInt32,
+    output_tokens UInt32,
+    cost_usd Nullable(Float64),
+    prompt String DEFAULT '',
+    response String DEFAULT '',
+    context Array(String),
+    token_logprobs Array(Float32),
+    prediction Tuple(label String, score Nullable(Float64)),
+    segment Map(LowCardinality(String), String),
+    features Map(LowCardinality(String), Float64),
+    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMMDD(ts)
+ORDER BY (app, model, model_version, ts, event_id)
+TTL toDateTime(ts) + INTERVAL {ttl} DAY
+""",
+    "feedback_events": """
+CREATE TABLE IF NOT EXISTS feedback_events (
+    event_id String,
+    request_id String,
+    ts DateTime64(3, 'UTC'),
+    app LowCardinality(String) DEFAULT '',
+    score Nullable(Float64),
+    label Nullable(String),
+    hallucination Nullable(UInt8),
+    comment String DEFAULT '',
+    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMMDD(ts)
+ORDER BY (request_id, event_id)
+TTL toDateTime(ts) + INTERVAL {ttl} DAY
+""",
+    "signals": """
+CREATE TABLE IF NOT EXISTS signals (
+    ts DateTime64(3, 'UTC'),
+    window_s Float64,
+    app LowCardinality(String),
+    model LowCardinality(String),
+    model_version LowCardinality(String),
+    signal LowCardinality(String),
+    dimension String,
+    value Float64,
+    n UInt64,
+    detail String,
+    computed_at DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplacingMergeTree(computed_at)
+PARTITION BY toYYYYMMDD(ts)
+ORDER BY (app, model, model_version, signal, dimension, ts)
+TTL toDateTime(ts) + INTERVAL {ttl} DAY
+""",
+    "alerts": """
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id String,
+    rule String,
+    state LowCardinality(String),
+    severity LowCardinality(String),
+    app LowCardinality(String),
+    model LowCardinality(String),
+    model_version LowCardinality(String),
+    signal LowCardinality(String),
+    dimension String,
+    value Float64,
+    threshold Float64,
+    started_at DateTime64(3, 'UTC'),
+    updated_at DateTime64(3, 'UTC'),
+    resolved_at Nullable(DateTime64(3, 'UTC')),
+    summary String,
+    detail String DEFAULT '{{}}'
+) ENGINE = ReplacingMergeTree(updated_at)
+ORDER BY alert_id
+""",
+    "deployments": """
+CREATE TABLE IF NOT EXISTS deployments (
+    deployment_id String,
+    model LowCardinality(String),
+    version String,
+    previous_version String,
+    trigger String,
+    stage LowCardinality(String),
+    metrics String,
+    ts DateTime64(3, 'UTC')
+) ENGINE = ReplacingMergeTree(ts)
+ORDER BY (model, deployment_id, stage)
+""",
+    "deadletter_events": """
+CREATE TABLE IF NOT EXISTS deadletter_events (
+    ts DateTime64(3, 'UTC') DEFAULT now64(3),
+    topic LowCardinality(String),
+    partition UInt32,
+    offset UInt64,
+    reason String,
+    payload String
+) ENGINE = ReplacingMergeTree
+ORDER BY (topic, partition, offset, reason)
+TTL toDateTime(ts) + INTERVAL {ttl} DAY
+""",
+}
+
+TABLES: tuple[str, ...] = tuple(DDL)
+
+_INSERT_SETTINGS = {
+    "input_format_skip_unknown_fields": 1,
+    "input_format_null_as_default": 1,
+}
+
+
+class StoreError(RuntimeError):
+    """The store could not be opened or did not accept a statement."""
+
+
+class StoreLockedError(StoreError):
+    """Another process owns the embedded store directory."""
+
+
+class QueryError(ValueError):
+    """A query sent to the read-only API is not allowed."""
+
+
+_FORBIDDEN = re.compile(
+    r"\b(insert|alter|drop|truncate|create|attach|detach|rename|optimize|kill|grant|"
+    r"revoke|delete|update|exchange|undrop|backup|restore)\b",
+    re.IGNORECASE,
+)
+_FROM = re.compile(r"\b(from|join)\s+([A-Za-z_][\w.]*|\(|`[^`]*`)", re.IGNORECASE)
+
+
+def check_readonly_sql(sql: str, tables: Sequence[str] = TABLES) -> str:
+    """Accept one read-only SELECT over llmpulse tables, or raise :class:`QueryError`.
+
+    The server also runs it with ``readonly=1``; this check gives the clear
+    error first and keeps other databases, table functions and system tables out.
+
+    >>> check_readonly_sql("SELECT count() FROM signals FINAL")
+    'SELECT count() FROM signals FINAL'
+    >>> check_readonly_sql("SELECT * FROM system.users")
+    Traceback (most recent call last):
+    ...
+    llmpulse.store.QueryError: table system.users is not an llmpulse table (allowed: inference_events, feedback_events, signals, alerts, deployments, deadletter_events)
+    """
+    text = sql.strip().rstrip(";").strip()
+    if ";" in text:
+        raise QueryError("one statement only")
+    head = text.split(None, 1)[0].lower() if text else ""
+    if head not in ("select", "with"):
+        raise QueryError("only SELECT (or WITH ... SELECT) queries are allowed")
+    bare = re.sub(r"'(?:[^'\\]|\\.)*'", "''", text)  # ignore words inside string literals
+    bad = _FORBIDDEN.search(bare)
+    if bad:
+        raise QueryError(f"keyword {bad.group(1).upper()} is not allowed in a read-only query")
+    ctes = {m.group(1).lower() for m in re.finditer(r"\b(\w+)\s+as\s*\(", bare, re.IGNORECASE)}
+    for m in _FROM.finditer(bare):
+        name = m.group(2).strip("`")
+        if name == "(":
+            continue  # subquery: its own FROM is checked by this same loop
+        if name.lower() in ctes:
+            continue
+        if name not in tables:
+            raise QueryError(
+                f"table {name} is not an llmpulse table (allowed: {', '.join(tables)})"
+            )
+    if re.search(r"\b(from|join)\s+\w+\s*\(", bare, re.IGNORECASE):
+        raise QueryError("table functions are not allowed")
+    return text
+
+
+class Store:
+    """The tables of the contract behind one clickhouse-connect client.
+
+    >>> import tempfile
+    >>> store = Store.open(f"chdb://{tempfile.mkdtemp()}/store")
+    >>> import time
+    >>> row = b'{"event_id":"f1","request_id":"r1","ts":%.3f,"score":1}' % time.time()
+    >>> store.insert_json("feedback_events", row + bytes([10]) + row)
+    2
+    >>> store.query("SELECT event_id, score FROM feedback_events FINAL")
+    [{'event_id': 'f1', 'score': 1}]
+    >>> store.close()
+    """
+
+    def __init__(self, client: Any, dsn: str, lock_fd: int | None = None) -> None:
+        self._client = client
+        self.dsn = dsn
+        self._lock = threading.Lock()
+        self._lock_fd = lock_fd
+        self.closed = False
+
+    @classmethod
+    def open(cls, dsn: str, *, ddl: bool = True, ttl_days: int = TTL_DAYS) -> Store:
+        """Connect (or open the embedded engine), then run the idempotent DDL."""
+        try:
+            import clickhouse_connect
+        except ImportError:
+            raise StoreError(
+                "the store needs clickhouse-connect: pip install 'llmpulse[server]'"
+            ) from None
+        lock_fd = None
+        if dsn.startswith("chdb:"):
+            path = Path(urlparse(dsn).path)
+            path.mkdir(parents=True, exist_ok=True)
+            lock_fd = _lock_dir(path)
+        try:
+            if dsn.startswith("chdb:"):
+                client = clickhouse_connect.get_client(dsn=dsn)
+            else:
+                client = clickhouse_connect.get_client(dsn=dsn.replace("clickhouse://", "http://", 1))
+        except Exception as exc:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "lock" in str(exc).lower():
+                raise StoreLockedError(f"store {dsn} is in use by another process: {msg}") from None
+            raise StoreError(f"cannot open store {dsn}: {msg}") from None
+        store = cls(client, dsn, lock_fd)
+        if ddl:
+            store.create_tables(ttl_days=ttl_days)
+        return store
+
+    def create_tables(self, *, ttl_days: int = TTL_DAYS) -> None:
+        for name, stmt in DDL.items():
+            try:
+                self.command(stmt.format(ttl=int(ttl_days)))
+            except Exception as exc:
+                raise StoreError(f"DDL for table {name} failed: {exc}") from None
+
+    # -- statements -----------------------------------------------------------
+
+    def command(self, sql: str) -> Any:
+        with self._lock:
+            self._check_open()
+            return self._client.command(sql)
+
+    def insert_json(self, table: str, rows: bytes, *, count: int | None = None) -> int:
+        """Insert newline-delimited JSON rows (``JSONEachRow``); returns the row count."""
+        if not rows:
+            return 0
+        with self._lock:
+            self._check_open()
+            self._client.raw_insert(
+                table, insert_block=rows, fmt="JSONEachRow", settings=_INSERT_SETTINGS
+            )
+        return count if count is not None else rows.count(b"\n") + (not rows.endswith(b"\n"))
+
+    def insert_rows(self, table: str, rows: Sequence[Mapping[str, Any]]) -> int:
+        if not rows:
+            return 0
+        data = b"\n".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) for r in rows)
+        return self.insert_json(table, data, count=len(rows))
+
+    def query(
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        readonly: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Rows as dicts (JSON types: DateTime64 as text ``YYYY-MM-DD hh:mm:ss.sss``)."""
+        settings: dict[str, Any] = {"output_format_json_quote_64bit_integers": 0}
+        if readonly:
+            settings["readonly"] = 1
+        with self._lock:
+            self._check_open()
+            raw = self._client.raw_query(
+                sql, parameters=dict(params or {}), settings=settings, fmt="JSONEachRow"
+            )
+        return [orjson.loads(line) for line in raw.splitlines() if line.strip()]
+
+    def scalar(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
+        rows = self.query(sql, params)
+        if not rows:
+            return None
+        return next(iter(rows[0].values()))
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise StoreError("store is closed")
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            try:
+                self._client.close()
+            finally:
+                if self._lock_fd is not None:
+                    os.close(self._lock_fd)
+                    self._lock_fd = None
+
+
+def _lock_dir(path: Path) -> int:
+    lock_path = path.parent / (path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            owner = os.read(fd, 32).decode().strip() or "?"
+        finally:
+            os.close(fd)
+        raise StoreLockedError(
+            f"store {path} is locked by another llmpulse process (pid {owner}); "
+            "stop it, or read through its HTTP API"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
