@@ -1,0 +1,163 @@
+"""The ``llmpulse`` command line.
+
+Subcommands import their modules lazily so ``llmpulse --help`` stays fast
+and the shim-only install can still print help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from llmpulse.config import ConfigError, load_settings
+
+__all__ = ["main"]
+
+BENCHES = ("shim", "ingest", "detectors")
+
+
+def _settings(args: argparse.Namespace):
+    return load_settings(path=getattr(args, "config", "llmpulse.yaml"))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from llmpulse.stack import main_up
+
+    return main_up(_settings(args))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from llmpulse.stack import read_endpoints
+
+    settings = _settings(args)
+    ep = read_endpoints(settings.data_dir)
+    if not ep:
+        print(f"llmpulse is not running from {settings.data_dir} (no endpoints.json)")
+        return 1
+    try:
+        with urllib.request.urlopen(ep["http"] + "/health", timeout=5) as r:
+            health = json.load(r)
+        with urllib.request.urlopen(ep["http"] + "/api/stats", timeout=5) as r:
+            stats = json.load(r)
+    except (OSError, urllib.error.URLError) as exc:
+        print(f"llmpulse at {ep.get('http')} (pid {ep.get('pid')}) does not answer: {exc}")
+        return 1
+    if args.json:
+        print(json.dumps({"endpoints": ep, "health": health, "stats": stats}, indent=2))
+    else:
+        print(f"llmpulse {health.get('status')}  pid {ep.get('pid')}")
+        print(f"  kafka  {ep['kafka']}\n  http   {ep['http']}\n  store  {ep['clickhouse']}")
+        for key in ("consumed", "stored", "dead_lettered", "lag"):
+            print(f"  {key:<14}{json.dumps(stats.get(key, {}))}")
+    return 0 if health.get("status") == "ok" else 1
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from llmpulse import simulate
+
+    return simulate.run_cli(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from llmpulse import demo
+
+    return demo.run_cli(args, _settings(args))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    mod = importlib.import_module(f"llmpulse.bench.{args.name}")
+    result = mod.run(quick=args.quick)
+    print(mod.format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _not_yet(name: str, issue: str):
+    def run(args: argparse.Namespace) -> int:
+        print(f"llmpulse {name}: not available in this release ({issue})", file=sys.stderr)
+        return 2
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llmpulse", description="Streaming monitoring for LLM applications."
+    )
+    p.add_argument("--config", default="llmpulse.yaml", help="YAML settings file (optional)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("up", help="run the embedded stack (broker, store, worker, HTTP API)")
+    s.set_defaults(func=cmd_up)
+
+    s = sub.add_parser("status", help="health of the running stack, from endpoints.json")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("simulate", help="drive a simulated LLM support app into the pipeline")
+    try:
+        from llmpulse import simulate
+
+        simulate.configure(s)
+    except ImportError:
+        pass
+    s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("demo", help="embedded stack + simulator with scripted incidents")
+    try:
+        from llmpulse import demo
+
+        demo.configure(s)
+    except ImportError:
+        pass
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHES))
+    s.add_argument("name", choices=BENCHES)
+    s.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    s.add_argument("--quick", action="store_true", help="a short run (for smoke tests)")
+    s.set_defaults(func=cmd_bench)
+
+    for name, issue, text in (
+        ("report", "self-contained HTML report", "HTML snapshot of the panels"),
+        ("retrain", "closed loop", "retrain a model from feedback"),
+        ("deploy", "closed loop", "deploy a registered model version"),
+        ("rollback", "closed loop", "roll a model back to its previous version"),
+        ("dashboards", "dashboards", "publish Grafana dashboards"),
+    ):
+        s = sub.add_parser(name, help=f"{text} (coming)")
+        s.set_defaults(func=_not_yet(name, issue))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command in ("up", "demo"):
+        logging.getLogger("llmpulse").setLevel(logging.INFO)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"llmpulse: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""``llmpulse up``: the embedded stack in one process.
+
+Start order: store (the lock fails fast), broker, topics, worker (agents and
+HTTP API), then ``endpoints.json`` once everything is ready. Stop order on
+SIGINT/SIGTERM: drain what the broker still holds into the store (Tansu keeps
+topics in memory, so anything not stored before the broker stops would be
+gone), stop the worker (offsets committed), close the store, stop the
+broker, remove ``endpoints.json``, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from llmpulse.broker import BrokerError, EmbeddedBroker, create_topics, free_port, port_is_free
+from llmpulse.config import Settings
+from llmpulse.events import TOPICS
+from llmpulse.store import Store, StoreError
+
+__all__ = ["StackError", "read_endpoints", "run_stack"]
+
+log = logging.getLogger("llmpulse.up")
+
+
+class StackError(RuntimeError):
+    """The stack could not start; the message is one line for the operator."""
+
+
+def read_endpoints(data_dir: Path) -> dict[str, Any] | None:
+    path = data_dir / "endpoints.json"
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_stack(
+    settings: Settings,
+    *,
+    on_ready: Callable[[dict[str, Any]], None] | None = None,
+    stop_event: asyncio.Event | None = None,
+    drain_timeout_s: float = 15.0,
+) -> int:
+    """Run until SIGINT/SIGTERM (or ``stop_event``); returns the exit code."""
+    return asyncio.run(_run(settings, on_ready, stop_event, drain_timeout_s))
+
+
+async def _run(
+    settings: Settings,
+    on_ready: Callable[[dict[str, Any]], None] | None,
+    stop_event: asyncio.Event | None,
+    drain_timeout_s: float,
+) -> int:
+    from streams.app import IngestStats, build_app
+
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ep = read_endpoints(data_dir)
+    if ep and isinstance(ep.get("pid"), int) and _pid_alive(ep["pid"]) and ep["pid"] != os.getpid():
+        raise StackError(
+            f"llmpulse is already running from {data_dir} (pid {ep['pid']}, {ep.get('http')})"
+        )
+    web_port = settings.http.port or free_port(settings.http.host)
+    if settings.http.port and not port_is_free(web_port, settings.http.host):
+        raise StackError(f"http.port: port {web_port} is busy; pick another or 0 for a free one")
+
+    try:
+        store = await asyncio.to_thread(Store.open, settings.clickhouse_dsn)
+    except StoreError as exc:
+        raise StackError(str(exc)) from None
+
+    broker: EmbeddedBroker | None = None
+    app = None
+    stop = stop_event or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if settings.embedded_broker:
+            broker = EmbeddedBroker(log_path=data_dir / "broker.log")
+            try:
+                await asyncio.to_thread(broker.start)
+            except BrokerError as exc:
+                raise StackError(str(exc)) from None
+            bootstrap = broker.bootstrap
+        else:
+            assert settings.kafka is not None
+            bootstrap = settings.kafka
+        try:
+            await asyncio.to_thread(
+                create_topics, bootstrap, {t: settings.ingest.partitions for t in TOPICS}
+            )
+        except BrokerError as exc:
+            raise StackError(str(exc)) from None
+
+        stats = IngestStats()
+        app = build_app(settings, store, stats, bootstrap=bootstrap, web_port=web_port)
+        await app.start()
+        await _wait_assigned(app, timeout=settings.session_timeout_s * 4 + 10)
+        endpoints = {
+            "kafka": bootstrap,
+            "http": f"http://{settings.http.host}:{web_port}",
+            "clickhouse": settings.clickhouse_dsn,
+            "pid": os.getpid(),
+            "started_at": time.time(),
+        }
+        tmp = settings.endpoints_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(endpoints, indent=2))
+        os.replace(tmp, settings.endpoints_path)
+        log.info("llmpulse up: kafka %s, http %s, store %s", bootstrap, endpoints["http"],
+                 settings.clickhouse_dsn)
+        if on_ready:
+            on_ready(endpoints)
+        await stop.wait()
+        log.info("stopping: draining the broker into the store")
+        await _drain(app, drain_timeout_s)
+        return 0
+    finally:
+        try:
+            settings.endpoints_path.unlink()
+        except FileNotFoundError:
+            pass
+        if app is not None:
+            try:
+                await asyncio.wait_for(app.stop(), timeout=20)
+            except Exception as exc:  # keep going: the store and broker must still close
+                log.warning("worker stop: %s", exc)
+        await asyncio.to_thread(store.close)
+        if broker is not None:
+            await asyncio.to_thread(broker.stop)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _wait_assigned(app: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if app.consumer.assignment():
+                return
+        except Exception:
+            pass
+        await asyncio.sleep(0.1)
+    raise StackError(f"the worker got no partitions within {timeout:g} s: is the broker healthy?")
+
+
+async def _drain(app: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lag = await app.llmpulse_lag()
+        if not any(lag.values()):
+            # one more batch interval so the batch in hand is stored and acked
+            await asyncio.sleep(0.5)
+            return
+        await asyncio.sleep(0.2)
+    log.warning("drain timed out with lag %s", await app.llmpulse_lag())
+
+
+def main_up(settings: Settings) -> int:
+    try:
+        return run_stack(
+            settings,
+            on_ready=lambda ep: print(
+                f"llmpulse up: kafka {ep['kafka']}  http {ep['http']}  store {ep['clickhouse']}",
+                flush=True,
+            ),
+        )
+    except StackError as exc:
+        print(f"llmpulse up: {exc}", file=sys.stderr)
+        return 2

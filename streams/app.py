@@ -1,0 +1,260 @@
+"""The Faust application: ingest agents, the raw sink and the read-only HTTP API.
+
+Agents are short loops over batches of Kafka messages (envelopes). Each
+batch is validated (:mod:`streams.ingest`), dead letters are produced to
+``llmpulse.deadletter`` with the reason in the headers, and valid rows are
+stored. ``Stream.take_events`` acks a batch's messages only when the loop
+comes back for the next batch, i.e. after the store accepted the rows, so
+offsets are committed only for stored events (at-least-once). A replay after
+a crash inserts rows already stored; the raw tables collapse them
+(``ReplacingMergeTree`` + ``FINAL``), so no duplicate is visible.
+
+When the store is down the agent retries the same batch with capped
+exponential backoff: nothing is acked, the stream's buffer stays bounded,
+and the broker keeps the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import orjson
+
+from llmpulse.config import Settings
+from llmpulse.events import TOPIC_DEADLETTER, TOPIC_FEEDBACK, TOPIC_INFERENCE, Limits
+from llmpulse.store import QueryError, Store, StoreError, check_readonly_sql
+from streams.ingest import IngestBatch, Message, split_batch
+
+__all__ = ["IngestStats", "NAMED_QUERIES", "build_app"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestStats:
+    """Counters of the ingest path, served at ``/api/stats``."""
+
+    started_at: float = field(default_factory=time.time)
+    messages: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    consumed: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    stored: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    deadlettered: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    store_errors: int = 0
+    batches: int = 0
+    last_store_s: float = 0.0
+    #: next offset to process per (topic, partition)
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def record(self, topic: str, batch: IngestBatch, n_messages: int) -> None:
+        self.messages[topic] += n_messages
+        self.consumed[topic] += batch.count + len(batch.dead)
+        self.stored[topic] += batch.count
+        self.deadlettered[topic] += len(batch.dead)
+        self.batches += 1
+
+    def as_dict(self, lag: dict[str, int] | None = None) -> dict[str, Any]:
+        return {
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "messages": dict(self.messages),
+            "consumed": dict(self.consumed),
+            "stored": dict(self.stored),
+            "dead_lettered": dict(self.deadlettered),
+            "store_errors": self.store_errors,
+            "batches": self.batches,
+            "last_store_s": round(self.last_store_s, 4),
+            "lag": lag or {},
+        }
+
+
+NAMED_QUERIES: dict[str, str] = {
+    "counts": (
+        "SELECT 'inference_events' AS table, count() AS rows FROM inference_events FINAL "
+        "UNION ALL SELECT 'feedback_events', count() FROM feedback_events FINAL "
+        "UNION ALL SELECT 'signals', count() FROM signals FINAL "
+        "UNION ALL SELECT 'alerts', count() FROM alerts FINAL "
+        "UNION ALL SELECT 'deployments', count() FROM deployments FINAL "
+        "UNION ALL SELECT 'deadletter_events', count() FROM deadletter_events FINAL"
+    ),
+    "recent_inference": (
+        "SELECT event_id, request_id, ts, app, model, model_version, latency_ms, status "
+        "FROM inference_events FINAL ORDER BY ts DESC LIMIT 100"
+    ),
+    "deadletters": (
+        "SELECT ts, topic, partition, offset, reason FROM deadletter_events FINAL "
+        "ORDER BY ts DESC LIMIT 100"
+    ),
+    "ingest_lag": (
+        "SELECT quantile(0.5)(dateDiff('millisecond', ts, ingested_at)) AS p50_ms, "
+        "quantile(0.99)(dateDiff('millisecond', ts, ingested_at)) AS p99_ms, count() AS n "
+        "FROM inference_events WHERE ingested_at > now64(3) - INTERVAL 60 SECOND"
+    ),
+}
+
+
+async def store_with_retry(
+    store: Store, table: str, rows: bytes, count: int, stats: IngestStats, settings: Settings,
+    app: faust.App,
+) -> bool:
+    """Insert until the store takes the rows; False only if the app is stopping."""
+    delay = 0.1
+    while True:
+        t0 = time.perf_counter()
+        try:
+            await asyncio.to_thread(store.insert_json, table, rows, count=count)
+            stats.last_store_s = time.perf_counter() - t0
+            return True
+        except StoreError:
+            raise  # closed store: the app is going down
+        except Exception as exc:  # a server outage, a network error
+            stats.store_errors += 1
+            log.warning("store insert into %s failed (%s); retrying in %.1f s", table, exc, delay)
+            if app.should_stop:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, settings.ingest.store_retry_max_s)
+
+
+def build_app(
+    settings: Settings,
+    store: Store,
+    stats: IngestStats,
+    *,
+    bootstrap: str,
+    web_port: int,
+    app_id: str = "llmpulse",
+) -> faust.App:
+    """The worker: ingest agents for both raw topics plus the HTTP API."""
+    session_s = settings.session_timeout_s
+    app = faust.App(
+        app_id,
+        broker=f"kafka://{bootstrap}",
+        value_serializer="raw",
+        key_serializer="raw",
+        datadir=str(settings.data_dir / "worker"),
+        web_enabled=True,
+        web_port=web_port,
+        web_bind=settings.http.host,
+        web_host=settings.http.host,
+        broker_session_timeout=session_s,
+        broker_heartbeat_interval=max(0.5, session_s / 6),
+        broker_rebalance_timeout=session_s * 2,
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=settings.ingest.partitions,
+        topic_replication_factor=1,
+        topic_allow_declare=True,
+        stream_wait_empty=False,
+        producer_acks=-1,
+        web_cors_options=None,
+        logging_config=None,
+    )
+    limits = Limits(max_past_s=settings.ingest.max_past_days * 86400.0)
+    deadletter = app.topic(TOPIC_DEADLETTER, value_serializer="raw", key_serializer="raw")
+    app.llmpulse_stats = stats  # type: ignore[attr-defined]
+
+    def make_agent(topic_name: str, kind: str, table: str) -> None:
+        topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw")
+
+        async def ingest(stream: faust.StreamT) -> None:
+            async for events in stream.take_events(
+                settings.ingest.batch_messages, within=settings.ingest.batch_within_s
+            ):
+                msgs = [
+                    Message(ev.value, ev.message.topic, ev.message.partition, ev.message.offset)
+                    for ev in events
+                ]
+                batch = split_batch(msgs, kind=kind, limits=limits)
+                if batch.dead:
+                    for d in batch.dead:
+                        await deadletter.send(value=d.payload, headers=d.headers())
+                    dl = b"\n".join(orjson.dumps(d.row()) for d in batch.dead)
+                    await store_with_retry(store, "deadletter_events", dl, len(batch.dead),
+                                           stats, settings, app)
+                if batch.count:
+                    await store_with_retry(store, table, batch.rows, batch.count,
+                                           stats, settings, app)
+                stats.record(topic_name, batch, len(events))
+                for m in msgs:
+                    stats.positions[(m.topic, m.partition)] = m.offset + 1
+
+        ingest.__name__ = f"ingest_{kind}"
+        ingest.__qualname__ = ingest.__name__
+        app.agent(topic, name=f"llmpulse.ingest_{kind}")(ingest)
+
+    make_agent(TOPIC_INFERENCE, "inference", "inference_events")
+    make_agent(TOPIC_FEEDBACK, "feedback", "feedback_events")
+
+    async def lag() -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        try:
+            assignment = app.consumer.assignment()
+        except Exception:
+            return {}
+        for tp in assignment:
+            if tp.topic not in (TOPIC_INFERENCE, TOPIC_FEEDBACK):
+                continue
+            hw = app.consumer.highwater(tp)
+            if hw is None:
+                continue
+            pos = stats.positions.get((tp.topic, tp.partition))
+            if pos is None:
+                committed = await app.consumer.committed(tp) if hasattr(app.consumer, "committed") else None
+                pos = committed or 0
+            out[tp.topic] += max(0, int(hw) - int(pos))
+        return dict(out)
+
+    app.llmpulse_lag = lag  # type: ignore[attr-defined]
+
+    @app.page("/health")
+    async def health(web: Any, request: Any) -> Any:
+        ok = not store.closed
+        return web.json({"status": "ok" if ok else "down", "store": not store.closed})
+
+    @app.page("/api/stats")
+    async def api_stats(web: Any, request: Any) -> Any:
+        return web.json(stats.as_dict(await lag()))
+
+    @app.page("/api/query")
+    class QueryView(faust.web.View):
+        async def get(self, request: Any) -> Any:
+            q = request.query
+            return await self._run(q.get("name"), q.get("sql"), dict(q))
+
+        async def post(self, request: Any) -> Any:
+            try:
+                body = await request.json()
+            except Exception:
+                return self.json({"error": "body must be JSON"}, status=400)
+            if not isinstance(body, dict):
+                return self.json({"error": "body must be a JSON object"}, status=400)
+            return await self._run(body.get("name"), body.get("sql"), body.get("params") or {})
+
+        async def _run(self, name: str | None, sql: str | None, params: dict[str, Any]) -> Any:
+            if name:
+                if name not in NAMED_QUERIES:
+                    return self.json(
+                        {"error": f"unknown query {name!r}", "known": sorted(NAMED_QUERIES)},
+                        status=404,
+                    )
+                text = NAMED_QUERIES[name]
+            elif sql:
+                try:
+                    text = check_readonly_sql(sql)
+                except QueryError as exc:
+                    return self.json({"error": str(exc)}, status=400)
+            else:
+                return self.json({"error": "give a query name or sql"}, status=400)
+            qparams = {k: v for k, v in params.items() if k not in ("name", "sql")}
+            try:
+                rows = await asyncio.to_thread(store.query, text, qparams, readonly=True)
+            except Exception as exc:
+                return self.json({"error": str(exc).splitlines()[0][:500]}, status=400)
+            return self.json({"rows": rows})
+
+    return app
