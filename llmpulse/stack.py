@@ -17,7 +17,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,24 @@ from llmpulse.config import Settings
 from llmpulse.events import TOPICS
 from llmpulse.store import Store, StoreError
 
-__all__ = ["StackError", "read_endpoints", "run_stack"]
+__all__ = ["StackContext", "StackError", "read_endpoints", "run_stack"]
 
 log = logging.getLogger("llmpulse.up")
 
 
 class StackError(RuntimeError):
     """The stack could not start; the message is one line for the operator."""
+
+
+@dataclass
+class StackContext:
+    """What an in-process main (the demo) sees of the running stack."""
+
+    settings: Settings
+    endpoints: dict[str, Any]
+    store: Store
+    stats: Any
+    lag: Callable[[], Awaitable[dict[str, int]]]
 
 
 def read_endpoints(data_dir: Path) -> dict[str, Any] | None:
@@ -59,9 +71,10 @@ def run_stack(
     on_ready: Callable[[dict[str, Any]], None] | None = None,
     stop_event: asyncio.Event | None = None,
     drain_timeout_s: float = 15.0,
+    main: Callable[[StackContext], Awaitable[int]] | None = None,
 ) -> int:
-    """Run until SIGINT/SIGTERM (or ``stop_event``); returns the exit code."""
-    return asyncio.run(_run(settings, on_ready, stop_event, drain_timeout_s))
+    """Run until SIGINT/SIGTERM (or ``stop_event``, or ``main`` returns); the exit code."""
+    return asyncio.run(_run(settings, on_ready, stop_event, drain_timeout_s, main))
 
 
 async def _run(
@@ -69,6 +82,7 @@ async def _run(
     on_ready: Callable[[dict[str, Any]], None] | None,
     stop_event: asyncio.Event | None,
     drain_timeout_s: float,
+    main: Callable[[StackContext], Awaitable[int]] | None = None,
 ) -> int:
     from streams.app import IngestStats, build_app
 
@@ -130,10 +144,23 @@ async def _run(
                  settings.clickhouse_dsn)
         if on_ready:
             on_ready(endpoints)
-        await stop.wait()
+        code = 0
+        if main is not None:
+            ctx = StackContext(settings, endpoints, store, stats, app.llmpulse_lag)
+            main_task = asyncio.ensure_future(main(ctx))
+            stop_task = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({main_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            if main_task in done:
+                code = main_task.result()
+                stop_task.cancel()
+            else:
+                main_task.cancel()
+                code = 130
+        else:
+            await stop.wait()
         log.info("stopping: draining the broker into the store")
         await _drain(app, drain_timeout_s)
-        return 0
+        return code
     finally:
         try:
             settings.endpoints_path.unlink()
