@@ -1,0 +1,219 @@
+"""Ingest benchmark: events/s from the shim to rows in the store, and lag.
+
+Starts ``llmpulse up`` (embedded broker and store) in a subprocess, then sends
+simulated support-app traffic through :class:`llmpulse.Monitor` from this
+process, paced at a target rate, and reads back from the store:
+
+* sustained rate: rows stored per second of wall time over the run;
+* lag: for every stored event, ``ingested_at - ts`` (the shim stamps ``ts``
+  when the app calls it, the store stamps ``ingested_at`` when the row lands),
+  p50/p99 over the run.
+
+Two runs in one process: at the target rate (is it sustained, with what lag?)
+and as fast as the sender goes (where does it top out?). Both processes share
+this machine's cores, as they would on a laptop.
+
+    python -m llmpulse.bench.ingest --json ingest.json [--rate 50000] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+__all__ = ["format_table", "run"]
+
+
+def _start_stack(data_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPULSE_")}
+    env["LLMPULSE_DATA_DIR"] = str(data_dir)
+    log = open(data_dir.parent / "up.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "llmpulse.cli", "up"], env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    ep_path = data_dir / "endpoints.json"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"llmpulse up exited {proc.returncode}")
+        if ep_path.exists():
+            try:
+                return proc, json.loads(ep_path.read_text())
+            except ValueError:
+                pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("llmpulse up did not become ready")
+
+
+def _post(http: str, sql: str) -> list[dict[str, Any]]:
+    req = urllib.request.Request(http + "/api/query", data=json.dumps({"sql": sql}).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return list(json.load(r)["rows"])
+
+
+def _stats(http: str) -> dict[str, Any]:
+    with urllib.request.urlopen(http + "/api/stats", timeout=10) as r:
+        return dict(json.load(r))
+
+
+def _pool(n: int) -> list[dict[str, Any]]:
+    """Realistic events without ids or time: the shim stamps those per call."""
+    from llmpulse.simulate import SupportAppSimulator
+
+    sim = SupportAppSimulator(seed=11, rate=2000.0, start_ts=time.time() - 60)
+    out: list[dict[str, Any]] = []
+    for topic, ev in sim.events(duration_s=n / 2000.0 + 5):
+        if topic != "llmpulse.inference":
+            continue
+        ev = dict(ev)
+        for k in ("event_id", "request_id", "ts", "app"):
+            ev.pop(k, None)
+        out.append(ev)
+        if len(out) >= n:
+            break
+    return out
+
+
+def _drive(bootstrap: str, pool: list[dict[str, Any]], rate: float | None, seconds: float,
+           run_id: str) -> dict[str, Any]:
+    from llmpulse.monitor import Monitor
+
+    mon = Monitor(app=run_id, bootstrap=bootstrap, buffer_events=200_000)
+    send = mon.inference
+    n_pool = len(pool)
+    sent = 0
+    t0 = time.perf_counter()
+    end = t0 + seconds
+    step = 500
+    while True:
+        now = time.perf_counter()
+        if now >= end:
+            break
+        if rate is not None:
+            due = int((now - t0) * rate)
+            if sent >= due:
+                time.sleep(min(0.002, step / rate))
+                continue
+        for _ in range(step):
+            send(**pool[sent % n_pool])
+            sent += 1
+    send_s = time.perf_counter() - t0
+    mon.flush(60)
+    stats = mon.stats()
+    mon.close()
+    return {"sent": sent, "send_s": send_s, "shim": stats}
+
+
+def _measure(http: str, run_id: str, sent: int, t_start_wall: float, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    stored = 0
+    while time.monotonic() < deadline:
+        stored = _post(http, f"SELECT count() AS n FROM inference_events WHERE app = '{run_id}'")[0]["n"]
+        if stored >= sent:
+            break
+        time.sleep(0.5)
+    rows = _post(http, (
+        "SELECT count() AS n, "
+        "quantile(0.5)(dateDiff('millisecond', ts, ingested_at)) AS p50, "
+        "quantile(0.99)(dateDiff('millisecond', ts, ingested_at)) AS p99, "
+        "max(dateDiff('millisecond', ts, ingested_at)) AS mx, "
+        "toUnixTimestamp64Milli(min(ts)) AS first_ts, "
+        "toUnixTimestamp64Milli(max(ingested_at)) AS last_in "
+        f"FROM inference_events FINAL WHERE app = '{run_id}'"
+    ))[0]
+    span_s = max(1e-3, (rows["last_in"] - rows["first_ts"]) / 1000.0)
+    return {
+        "stored": int(rows["n"]),
+        "lost": sent - int(rows["n"]),
+        "stored_per_s": rows["n"] / span_s,
+        "lag_p50_ms": float(rows["p50"]),
+        "lag_p99_ms": float(rows["p99"]),
+        "lag_max_ms": float(rows["mx"]),
+        "span_s": span_s,
+    }
+
+
+def run(quick: bool = False, rate: float = 50_000.0, seconds: float | None = None) -> dict[str, Any]:
+    seconds = seconds or (5.0 if quick else 20.0)
+    tmp = Path(tempfile.mkdtemp(prefix="llmpulse-bench-ingest-"))
+    data_dir = tmp / "data"
+    data_dir.mkdir()
+    proc, ep = _start_stack(data_dir)
+    try:
+        pool = _pool(5_000 if quick else 20_000)
+        runs: dict[str, Any] = {}
+        for name, target in (("target", rate), ("max", None)):
+            run_id = f"bench-{name}-{int(time.time())}"
+            t_wall = time.time()
+            d = _drive(ep["kafka"], pool, target, seconds, run_id)
+            m = _measure(ep["http"], run_id, d["sent"], t_wall)
+            runs[name] = {
+                "target_rate": target,
+                "seconds": seconds,
+                "sent": d["sent"],
+                "send_rate": d["sent"] / d["send_s"],
+                **m,
+                "shim_dropped": d["shim"].get("dropped", 0),
+            }
+        worker = _stats(ep["http"])
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "benchmark": "ingest",
+        "machine": {"cpus": os.cpu_count()},
+        "goal": {"events_per_s": 50_000, "lag_p99_ms": 2000},
+        "runs": runs,
+        "worker_batches": worker.get("batches"),
+        "worker_last_store_s": worker.get("last_store_s"),
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [
+        "ingest: shim -> broker -> worker -> store (embedded stack, this machine)",
+        f"{'run':<8}{'target/s':>10}{'sent/s':>10}{'stored/s':>10}{'stored':>10}{'lost':>6}"
+        f"{'lag p50 ms':>12}{'lag p99 ms':>12}{'lag max ms':>12}",
+    ]
+    for name, r in result["runs"].items():
+        tgt = f"{r['target_rate']:.0f}" if r["target_rate"] else "max"
+        lines.append(
+            f"{name:<8}{tgt:>10}{r['send_rate']:>10.0f}{r['stored_per_s']:>10.0f}{r['stored']:>10}"
+            f"{r['lost']:>6}{r['lag_p50_ms']:>12.0f}{r['lag_p99_ms']:>12.0f}{r['lag_max_ms']:>12.0f}"
+        )
+    g = result["goal"]
+    lines.append(f"goal: >= {g['events_per_s']} events/s sustained, lag p99 <= {g['lag_p99_ms']} ms")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rate", type=float, default=50_000.0)
+    ap.add_argument("--seconds", type=float, default=None)
+    a = ap.parse_args()
+    result = run(quick=a.quick, rate=a.rate, seconds=a.seconds)
+    print(format_table(result))
+    if a.json:
+        Path(a.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
