@@ -152,14 +152,16 @@ def _number(ev: Mapping[str, Any], name: str, required: bool, hi: float) -> None
         raise EventError(name, f"absurd value {v!r} (limit {hi:g})")
 
 
-def _count(ev: Mapping[str, Any], name: str, limits: Limits) -> None:
+def _count(ev: dict[str, Any], name: str, limits: Limits) -> None:
     v = ev.get(name)
     if v is None:
         raise EventError(name, "required field is missing")
     if type(v) is not int:
         if type(v) is float and v.is_integer():
-            return _count({name: int(v)}, name, limits)
-        raise EventError(name, f"must be an integer, got {type(v).__name__}")
+            # JSON writers in some languages emit 12.0; the store wants 12
+            ev[name] = v = int(v)
+        else:
+            raise EventError(name, f"must be an integer, got {type(v).__name__}")
     if v < 0:
         raise EventError(name, f"must be >= 0, got {v}")
     if v > limits.max_tokens:

@@ -28,8 +28,9 @@ import orjson
 
 from llmpulse.config import Settings
 from llmpulse.events import TOPIC_DEADLETTER, TOPIC_FEEDBACK, TOPIC_INFERENCE, Limits
-from llmpulse.store import QueryError, Store, StoreError, check_readonly_sql
-from streams.ingest import IngestBatch, Message, split_batch
+from llmpulse.store import QueryError, Store, check_readonly_sql
+from streams.ingest import DeadLetter, IngestBatch, Message, split_batch
+from streams.sink import RawSink
 
 __all__ = ["IngestStats", "NAMED_QUERIES", "build_app"]
 
@@ -46,6 +47,7 @@ class IngestStats:
     stored: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     deadlettered: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     store_errors: int = 0
+    store_rejected: int = 0
     batches: int = 0
     last_store_s: float = 0.0
     #: next offset to process per (topic, partition)
@@ -66,6 +68,7 @@ class IngestStats:
             "stored": dict(self.stored),
             "dead_lettered": dict(self.deadlettered),
             "store_errors": self.store_errors,
+            "store_rejected": self.store_rejected,
             "batches": self.batches,
             "last_store_s": round(self.last_store_s, 4),
             "lag": lag or {},
@@ -95,29 +98,6 @@ NAMED_QUERIES: dict[str, str] = {
         "FROM inference_events WHERE ingested_at > now64(3) - INTERVAL 60 SECOND"
     ),
 }
-
-
-async def store_with_retry(
-    store: Store, table: str, rows: bytes, count: int, stats: IngestStats, settings: Settings,
-    app: faust.App,
-) -> bool:
-    """Insert until the store takes the rows; False only if the app is stopping."""
-    delay = 0.1
-    while True:
-        t0 = time.perf_counter()
-        try:
-            await asyncio.to_thread(store.insert_json, table, rows, count=count)
-            stats.last_store_s = time.perf_counter() - t0
-            return True
-        except StoreError:
-            raise  # closed store: the app is going down
-        except Exception as exc:  # a server outage, a network error
-            stats.store_errors += 1
-            log.warning("store insert into %s failed (%s); retrying in %.1f s", table, exc, delay)
-            if app.should_stop:
-                return False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, settings.ingest.store_retry_max_s)
 
 
 def build_app(
@@ -155,6 +135,13 @@ def build_app(
         logging_config=None,
     )
     limits = Limits(max_past_s=settings.ingest.max_past_days * 86400.0)
+
+    def insert(table: str, data: bytes, count: int) -> int:
+        return store.insert_json(table, data, count=count)
+
+    sink = RawSink(insert, should_stop=lambda: bool(app.should_stop),
+                   retry_max_s=settings.ingest.store_retry_max_s)
+    app.llmpulse_sink = sink  # type: ignore[attr-defined]
     deadletter = app.topic(TOPIC_DEADLETTER, value_serializer="raw", key_serializer="raw")
     app.llmpulse_stats = stats  # type: ignore[attr-defined]
 
@@ -170,15 +157,17 @@ def build_app(
                     for ev in events
                 ]
                 batch = split_batch(msgs, kind=kind, limits=limits)
+                if batch.count:
+                    for i, reason in await sink.write(table, batch.lines):
+                        m = batch.sources[i]
+                        batch.dead.append(
+                            DeadLetter(batch.lines[i], reason, m.topic, m.partition, m.offset))
+                        batch.count -= 1
                 if batch.dead:
                     for d in batch.dead:
                         await deadletter.send(value=d.payload, headers=d.headers())
-                    dl = b"\n".join(orjson.dumps(d.row()) for d in batch.dead)
-                    await store_with_retry(store, "deadletter_events", dl, len(batch.dead),
-                                           stats, settings, app)
-                if batch.count:
-                    await store_with_retry(store, table, batch.rows, batch.count,
-                                           stats, settings, app)
+                    await sink.write("deadletter_events",
+                                     [orjson.dumps(d.row()) for d in batch.dead])
                 stats.record(topic_name, batch, len(events))
                 for m in msgs:
                     stats.positions[(m.topic, m.partition)] = m.offset + 1
@@ -218,6 +207,9 @@ def build_app(
 
     @app.page("/api/stats")
     async def api_stats(web: Any, request: Any) -> Any:
+        stats.store_errors = sink.errors
+        stats.store_rejected = sink.rejected
+        stats.last_store_s = sink.last_store_s
         return web.json(stats.as_dict(await lag()))
 
     @app.page("/api/query")

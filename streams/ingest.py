@@ -77,8 +77,10 @@ class DeadLetter:
 
 @dataclass(slots=True)
 class IngestBatch:
-    rows: bytes = b""
-    """Validated events as JSONEachRow (``ts`` in epoch seconds for DateTime64)."""
+    lines: list[bytes] = field(default_factory=list)
+    """Validated events as JSONEachRow lines (``ts`` in epoch seconds for DateTime64)."""
+    sources: list[Message] = field(default_factory=list)
+    """The message each line came from, for dead letters the store rejects."""
     count: int = 0
     events: list[dict[str, Any]] = field(default_factory=list)
     """The validated events themselves, for agents that compute on them."""
@@ -98,8 +100,9 @@ def split_batch(
     validate = VALIDATORS[kind]
     loads = orjson.loads
     dumps = orjson.dumps
-    lines: list[bytes] = []
     out = IngestBatch()
+    lines = out.lines
+    sources = out.sources
     dead = out.dead
     kept = out.events
     min_ts: int | None = None
@@ -130,7 +133,7 @@ def split_batch(
                 ev = dict(ev)
             ev["ts"] = ts / 1000.0
             lines.append(dumps(ev))
-    out.rows = b"\n".join(lines)
+            sources.append(msg)
     out.count = len(lines)
     out.min_ts_ms = min_ts
     return out

@@ -1,0 +1,82 @@
+"""The raw sink against the real embedded store: bisection and outage retry."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import pytest
+
+from llmpulse.store import Store
+from streams.ingest import Message, split_batch
+from streams.sink import RawSink
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    s = Store.open(f"chdb://{tmp_path_factory.mktemp('sink')}/store")
+    yield s
+    s.close()
+
+
+def _feedback(i: int, now: float) -> bytes:
+    return orjson.dumps({"event_id": f"f{i}", "request_id": f"r{i}", "ts": now, "score": 0.5})
+
+
+def test_bad_rows_are_bisected_out_and_the_rest_stored(store) -> None:
+    now = time.time()
+    lines = [_feedback(i, now) for i in range(100)]
+    lines[17] = b'{"event_id": "bad", "request_id": "r", "ts": "not a time", "score": 1}'
+    lines[63] = b'{"event_id": "bad2", "request_id": "r", "ts": 1, "score": "high"}'
+    sink = RawSink(lambda t, d, n: store.insert_json(t, d, count=n))
+    rejected = asyncio.run(sink.write("feedback_events", lines))
+    assert [i for i, _ in rejected] == [17, 63]
+    assert all(r.startswith("store rejected: ") for _, r in rejected)
+    n = store.scalar("SELECT count() FROM feedback_events FINAL WHERE event_id LIKE 'f%'")
+    assert n == 98
+
+
+def test_outage_is_retried_until_the_store_takes_the_rows() -> None:
+    calls: list[int] = []
+    slept: list[float] = []
+
+    def insert(table: str, data: bytes, count: int) -> int:
+        calls.append(count)
+        if len(calls) < 5:
+            raise ConnectionRefusedError("[Errno 111] Connection refused")
+        return count
+
+    async def fake_sleep(s: float) -> None:
+        slept.append(s)
+
+    sink = RawSink(insert, sleep=fake_sleep, retry_max_s=0.5)
+    assert asyncio.run(sink.write("t", [b"{}", b"{}"])) == []
+    assert calls == [2, 2, 2, 2, 2]  # the whole batch each time, never split
+    assert slept == [0.1, 0.2, 0.4, 0.5]  # capped exponential backoff
+
+
+def test_outage_gives_up_only_when_stopping() -> None:
+    def insert(table: str, data: bytes, count: int) -> int:
+        raise OSError("network unreachable")
+
+    async def no_sleep(s: float) -> None:
+        return None
+
+    sink = RawSink(insert, sleep=no_sleep, should_stop=lambda: sink.errors > 3)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(sink.write("t", [b"{}"]))
+
+
+def test_split_batch_keeps_good_events_and_names_each_bad_one() -> None:
+    now = int(time.time() * 1000)
+    good = {"event_id": "e", "request_id": "r", "ts": now, "app": "a", "model": "m",
+            "model_version": "1", "latency_ms": 5, "status": "ok",
+            "input_tokens": 12.0, "output_tokens": 3}
+    env = b"\n".join([orjson.dumps(good), b"", b"not json", orjson.dumps({**good, "status": "meh"})])
+    b = split_batch([Message(env, "llmpulse.inference", 2, 40)], kind="inference")
+    assert b.count == 1
+    row = orjson.loads(b.lines[0])
+    assert row["input_tokens"] == 12 and isinstance(row["input_tokens"], int)
+    assert row["ts"] == pytest.approx(now / 1000)
+    assert [(d.reason.split(":")[0], d.offset) for d in b.dead] == [("bad JSON", 40), ("status", 40)]
