@@ -1,0 +1,7 @@
+"""Bias detectors: gaps of outcomes, quality and reliability across segments."""
+
+from __future__ import annotations
+
+from detectors.bias.segments import SegmentBias
+
+__all__ = ["SegmentBias"]
