@@ -154,6 +154,30 @@ TTL toDateTime(ts) + INTERVAL {ttl} DAY
 
 TABLES: tuple[str, ...] = tuple(DDL)
 
+RAW_INGEST: dict[str, str] = {
+    "inference_events": "inference_ingest",
+    "feedback_events": "feedback_ingest",
+}
+"""Raw table -> its ingest entry: a ``Null`` table taking ``ts`` as epoch
+milliseconds, the contract's own encoding, so the sink can pass an event's
+original JSON through without re-encoding it; a materialized view converts
+``ts`` into the raw table."""
+
+
+def _ingest_ddl(raw: str, entry: str, ttl: int) -> list[str]:
+    ddl = DDL[raw].format(ttl=ttl)
+    cols = ddl[ddl.index("(") + 1 : ddl.index(") ENGINE")]
+    lines = [
+        ln for ln in cols.strip().splitlines() if not ln.strip().startswith("ingested_at")
+    ]
+    body = "\n".join(lines).rstrip().rstrip(",")
+    body = body.replace("ts DateTime64(3, 'UTC')", "ts Int64")
+    return [
+        f"CREATE TABLE IF NOT EXISTS {entry} (\n{body}\n) ENGINE = Null",
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {entry}_mv TO {raw} AS "
+        f"SELECT * REPLACE (fromUnixTimestamp64Milli(ts, 'UTC') AS ts) FROM {entry}",
+    ]
+
 _INSERT_SETTINGS = {
     "input_format_skip_unknown_fields": 1,
     "input_format_null_as_default": 1,
@@ -281,6 +305,12 @@ class Store:
                 self.command(stmt.format(ttl=int(ttl_days)))
             except Exception as exc:
                 raise StoreError(f"DDL for table {name} failed: {exc}") from None
+        for raw, entry in RAW_INGEST.items():
+            for stmt in _ingest_ddl(raw, entry, int(ttl_days)):
+                try:
+                    self.command(stmt)
+                except Exception as exc:
+                    raise StoreError(f"DDL for {entry} failed: {exc}") from None
 
     # -- statements -----------------------------------------------------------
 

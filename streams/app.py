@@ -28,7 +28,7 @@ import orjson
 
 from llmpulse.config import Settings
 from llmpulse.events import TOPIC_DEADLETTER, TOPIC_FEEDBACK, TOPIC_INFERENCE, Limits
-from llmpulse.store import QueryError, Store, check_readonly_sql
+from llmpulse.store import RAW_INGEST, QueryError, Store, check_readonly_sql
 from streams.ingest import DeadLetter, IngestBatch, Message, split_batch
 from streams.sink import RawSink
 
@@ -158,7 +158,7 @@ def build_app(
                 ]
                 batch = split_batch(msgs, kind=kind, limits=limits)
                 if batch.count:
-                    for i, reason in await sink.write(table, batch.lines):
+                    for i, reason in await sink.write(RAW_INGEST[table], batch.lines):
                         m = batch.sources[i]
                         batch.dead.append(
                             DeadLetter(batch.lines[i], reason, m.topic, m.partition, m.offset))

@@ -78,7 +78,8 @@ class DeadLetter:
 @dataclass(slots=True)
 class IngestBatch:
     lines: list[bytes] = field(default_factory=list)
-    """Validated events as JSONEachRow lines (``ts`` in epoch seconds for DateTime64)."""
+    """Validated events as JSONEachRow lines for the ingest entry tables
+    (:data:`llmpulse.store.RAW_INGEST`: ``ts`` in epoch milliseconds)."""
     sources: list[Message] = field(default_factory=list)
     """The message each line came from, for dead letters the store rejects."""
     count: int = 0
@@ -98,6 +99,7 @@ def split_batch(
 ) -> IngestBatch:
     """Validate every event of every message; see the module docstring."""
     validate = VALIDATORS[kind]
+    inference = kind == "inference"
     loads = orjson.loads
     dumps = orjson.dumps
     out = IngestBatch()
@@ -120,6 +122,13 @@ def split_batch(
             except orjson.JSONDecodeError as exc:
                 dead.append(DeadLetter(raw, f"bad JSON: {exc}", msg.topic, msg.partition, msg.offset))
                 continue
+            t = ev.get("ts") if type(ev) is dict else None
+            # shim traffic already uses the store's encoding (ts in epoch ms,
+            # integer counts): its original bytes go to the store unchanged
+            passthrough = type(t) is int and (
+                not inference
+                or (type(ev.get("input_tokens")) is int and type(ev.get("output_tokens")) is int)
+            )
             try:
                 ev = validate(ev, now_ms=now_ms, limits=limits)
             except EventError as exc:
@@ -130,9 +139,7 @@ def split_batch(
                 min_ts = ts
             if keep_events:
                 kept.append(ev)
-                ev = dict(ev)
-            ev["ts"] = ts / 1000.0
-            lines.append(dumps(ev))
+            lines.append(raw if passthrough else dumps(ev))
             sources.append(msg)
     out.count = len(lines)
     out.min_ts_ms = min_ts

@@ -78,5 +78,21 @@ def test_split_batch_keeps_good_events_and_names_each_bad_one() -> None:
     assert b.count == 1
     row = orjson.loads(b.lines[0])
     assert row["input_tokens"] == 12 and isinstance(row["input_tokens"], int)
-    assert row["ts"] == pytest.approx(now / 1000)
+    assert row["ts"] == now  # epoch ms, as the ingest entry table takes it
+    assert b.lines[0] != env.split(b"\n")[0]  # re-encoded: 12.0 became 12
     assert [(d.reason.split(":")[0], d.offset) for d in b.dead] == [("bad JSON", 40), ("status", 40)]
+
+
+def test_shim_encoded_events_pass_through_byte_for_byte_and_land_in_the_raw_table(store) -> None:
+    now = int(time.time() * 1000)
+    ev = {"event_id": "pt1", "request_id": "r", "ts": now, "app": "a", "model": "m",
+          "model_version": "1", "latency_ms": 5.5, "status": "ok", "input_tokens": 3,
+          "output_tokens": 4, "segment": {"region": "eu"}}
+    line = orjson.dumps(ev)
+    b = split_batch([Message(line, "llmpulse.inference", 0, 1)], kind="inference")
+    assert b.lines == [line]
+    sink = RawSink(lambda t, d, n: store.insert_json(t, d, count=n))
+    assert asyncio.run(sink.write("inference_ingest", b.lines)) == []
+    rows = store.query("SELECT toUnixTimestamp64Milli(ts) AS t, segment FROM inference_events "
+                       "FINAL WHERE event_id = 'pt1'")
+    assert rows == [{"t": now, "segment": {"region": "eu"}}]
