@@ -279,3 +279,47 @@ def test_locked_store_and_busy_port_fail_with_one_line(stack, tmp_path) -> None:
     (tmp_path / "llmpulse.yaml").write_text(f"http:\n  port: {port}\n")
     r = _run_up(stack_env(tmp_path / "other"), tmp_path)
     assert r.returncode == 2 and "http.port" in r.stderr and "busy" in r.stderr
+
+
+def test_monitor_to_store_exact_counts_and_values(stack) -> None:
+    """The client shim end to end: Monitor -> broker -> worker -> store."""
+    from llmpulse.monitor import Monitor
+
+    run = uuid.uuid4().hex[:8]
+    with Monitor(app=f"shim-{run}", bootstrap=stack.endpoints["kafka"], model="m",
+                 model_version="7") as mon:
+        rids = []
+        for i in range(5000):
+            rids.append(mon.inference(latency_ms=float(i), status="ok", input_tokens=i,
+                                      output_tokens=1, prompt=f"p{i}",
+                                      segment={"tier": "pro" if i % 2 else "free"}))
+        for i in range(0, 5000, 5):
+            mon.feedback(request_id=rids[i], score=1.0, label="billing")
+        with mon.track(prompt="tracked") as call:
+            call.set(response="done", input_tokens=3, output_tokens=2)
+        try:
+            with mon.track(prompt="fails"):
+                raise TimeoutError("upstream")
+        except TimeoutError:
+            pass
+        assert mon.flush(30)
+        s = mon.stats()
+    assert s["delivered"] == 5000 + 1000 + 2 and s["dropped"] == 0 and s["failed"] == 0
+    stack.wait_stored(TOPIC_INFERENCE, 5002)
+    stack.wait_stored(TOPIC_FEEDBACK, 1000)
+    app = f"shim-{run}"
+    rows = stack.sql(f"SELECT count() AS n, sum(input_tokens) AS t, countIf(segment['tier']='pro') AS pro "
+                     f"FROM inference_events FINAL WHERE app = '{app}'")
+    assert rows == [{"n": 5002, "t": sum(range(5000)) + 3, "pro": 2500}]
+    tracked = stack.sql(f"SELECT status, error_type, response, latency_ms >= 0 AS timed "
+                        f"FROM inference_events FINAL WHERE app = '{app}' AND prompt IN ('tracked', 'fails') "
+                        "ORDER BY prompt DESC")
+    assert tracked == [
+        {"status": "ok", "error_type": "", "response": "done", "timed": 1},
+        {"status": "timeout", "error_type": "TimeoutError", "response": "", "timed": 1},
+    ]
+    joined = stack.sql(
+        "SELECT count() AS n FROM feedback_events AS f FINAL "
+        f"INNER JOIN (SELECT request_id FROM inference_events FINAL WHERE app = '{app}') AS i "
+        "ON f.request_id = i.request_id")
+    assert joined == [{"n": 1000}]
