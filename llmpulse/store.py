@@ -35,6 +35,7 @@ __all__ = [
     "StoreLockedError",
     "TABLES",
     "check_readonly_sql",
+    "lookup_requests",
 ]
 
 log = logging.getLogger(__name__)
@@ -172,11 +173,38 @@ def _ingest_ddl(raw: str, entry: str, ttl: int) -> list[str]:
     ]
     body = "\n".join(lines).rstrip().rstrip(",")
     body = body.replace("ts DateTime64(3, 'UTC')", "ts Int64")
-    return [
+    stmts = [
         f"CREATE TABLE IF NOT EXISTS {entry} (\n{body}\n) ENGINE = Null",
         f"CREATE MATERIALIZED VIEW IF NOT EXISTS {entry}_mv TO {raw} AS "
         f"SELECT * REPLACE (fromUnixTimestamp64Milli(ts, 'UTC') AS ts) FROM {entry}",
     ]
+    if raw == "inference_events":
+        stmts += [
+            REQUEST_INDEX_DDL.format(ttl=ttl),
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS request_index_mv TO request_index AS "
+            f"SELECT request_id, app, model, model_version, "
+            f"fromUnixTimestamp64Milli(ts, 'UTC') AS ts, event_id, "
+            f"prediction.label AS prediction_label, segment FROM {entry}",
+        ]
+    return stmts
+
+
+REQUEST_INDEX_DDL = """
+CREATE TABLE IF NOT EXISTS request_index (
+    request_id String,
+    app LowCardinality(String),
+    model LowCardinality(String),
+    model_version LowCardinality(String),
+    ts DateTime64(3, 'UTC'),
+    event_id String,
+    prediction_label String,
+    segment Map(LowCardinality(String), String)
+) ENGINE = ReplacingMergeTree
+ORDER BY request_id
+TTL toDateTime(ts) + INTERVAL {ttl} DAY
+"""
+"""request_id -> the inference it belongs to, for joining feedback that arrives
+seconds to days later (a primary-key lookup, filled by a materialized view)."""
 
 _INSERT_SETTINGS = {
     "input_format_skip_unknown_fields": 1,
@@ -397,3 +425,16 @@ def _lock_dir(path: Path) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     return fd
+
+
+def lookup_requests(store: Store, request_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The inference behind each request id that the store knows (feedback join)."""
+    if not request_ids:
+        return {}
+    rows = store.query(
+        "SELECT request_id, app, model, model_version, toUnixTimestamp64Milli(ts) AS ts, "
+        "event_id, prediction_label, segment FROM request_index FINAL "
+        "WHERE request_id IN {ids:Array(String)}",
+        {"ids": list(dict.fromkeys(request_ids))},
+    )
+    return {r["request_id"]: r for r in rows}
