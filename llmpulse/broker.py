@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -34,14 +35,26 @@ class BrokerError(RuntimeError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel says is free on ``host`` right now."""
+    """A free port on ``host`` below the kernel's ephemeral range.
+
+    Ports the kernel hands out for outgoing connections (32768 and up on
+    Linux) are avoided: while a broker is down, a client reconnecting to such
+    a port can end up connected to itself.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        if port_is_free(port, host):
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Nothing listens on ``port`` (connections lingering in TIME_WAIT do not count)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -162,11 +175,13 @@ class EmbeddedBroker:
         lines = [ln for ln in text.strip().splitlines() if ln.strip()]
         return " | ".join(lines[-3:]) or "(no output)"
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 2.0) -> None:
+        """End the process: SIGINT, then SIGKILL after ``timeout`` (topics live
+        in memory only, so there is nothing to flush)."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             try:
-                os.kill(proc.pid, signal.SIGTERM)
+                os.kill(proc.pid, signal.SIGINT)  # Tansu ends at once on SIGINT, not SIGTERM
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 os.kill(proc.pid, signal.SIGKILL)
