@@ -1,1 +1,9 @@
-"""Dashboards as code: panel definitions, Grafana JSON, provisioning."""
+"""Dashboards as code: panel definitions, Grafana JSON, provisioning, the embedded page.
+
+* :mod:`dashboards.panels` — the panels (SQL with Grafana macros), one source of truth;
+* :mod:`dashboards.grafana` — Grafana JSON, provisioning files, :func:`~dashboards.grafana.panel_url`;
+* :mod:`dashboards.publish` — ``llmpulse dashboards publish`` through the Grafana HTTP API;
+* :mod:`dashboards.macros` — the macro expander for the embedded store;
+* :mod:`dashboards.render` and :mod:`dashboards.web` — the live page served by llmpulse;
+* :mod:`dashboards.testing` — a store filled with simulator events and signals.
+"""

@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 __all__ = ["Monitor", "__version__"]
 
 
-def __getattr__(name: str):  # lazy: importing llmpulse must stay cheap for apps
+def __getattr__(name: str) -> object:  # lazy: importing llmpulse must stay cheap for apps
     if name == "Monitor":
         from llmpulse.monitor import Monitor
 

@@ -97,7 +97,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -308,7 +308,7 @@ class _Track:
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool:
+    ) -> Literal[False]:
         elapsed_ms = (self._monitor._timer() - self._start) * 1000.0
         if self._token is not None:
             _CURRENT.reset(self._token)

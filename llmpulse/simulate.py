@@ -1149,7 +1149,7 @@ def _incident_arg(text: str) -> Incident:
 
 def run_cli(args: argparse.Namespace) -> int:
     """``llmpulse simulate``: drive a :class:`llmpulse.Monitor` with the app."""
-    from llmpulse import Monitor
+    from llmpulse.monitor import Monitor
 
     duration = float(args.duration)
     # Fast runs end now, so no event lies in the future where ingest rejects it.

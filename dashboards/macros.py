@@ -1,0 +1,203 @@
+"""Expand the Grafana ClickHouse macros for the embedded store.
+
+The embedded page and ``llmpulse report`` run the panels' SQL without
+Grafana, so this module does what the data source plugin does, for the
+macros the panels use:
+
+* ``$__timeFilter(col)`` → ``col BETWEEN toDateTime64(from) AND toDateTime64(to)``
+* ``$__timeInterval(col)`` → ``toStartOfInterval(col, INTERVAL n second)``
+* ``$__interval_s`` → ``n``; ``$__fromTime`` / ``$__toTime`` → the bounds
+* ``$__conditionalAll(cond, $var)`` → ``1=1`` when the variable is All
+  (or unset), else ``cond`` with ``${var:singlequote}`` → quoted values.
+
+Anything else that looks like a macro or a variable raises
+:class:`MacroError`, so a panel cannot silently run with a hole in it.
+
+>>> expand("SELECT $__timeInterval(ts) AS t FROM signals WHERE $__timeFilter(ts)"
+...        " AND $__conditionalAll(app IN (${app:singlequote}), $app)",
+...        start=1_700_000_000, end=1_700_003_600, variables={"app": ["chat", "o'k"]})
+"SELECT toStartOfInterval(ts, INTERVAL 30 second) AS t FROM signals WHERE ts BETWEEN toDateTime64(1700000000.000, 3, 'UTC') AND toDateTime64(1700003600.000, 3, 'UTC') AND app IN ('chat','o\\\\'k')"
+>>> expand("SELECT 1 WHERE $__conditionalAll(app IN (${app:singlequote}), $app)",
+...        start=0, end=60)
+'SELECT 1 WHERE 1=1'
+>>> parse_time("now-1h", now=1_700_003_600.0), parse_time("2023-11-14T22:13:20Z")
+(1700000000.0, 1700000000.0)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+
+__all__ = ["ALL", "MacroError", "auto_interval", "expand", "parse_time", "quote"]
+
+ALL = "$__all"
+"""The value of a variable set to All (Grafana's own marker)."""
+
+_NICE_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
+           43200, 86400)
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class MacroError(ValueError):
+    """A macro or variable the expander does not know, or a malformed one."""
+
+
+def quote(value: str) -> str:
+    r"""A ClickHouse string literal.
+
+    >>> print(quote("it's"), quote("a\\b"))
+    'it\'s' 'a\\b'
+    """
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def auto_interval(start: float, end: float, max_points: int = 120) -> int:
+    """A round bucket width (seconds) giving at most about ``max_points`` buckets.
+
+    >>> auto_interval(0, 3600), auto_interval(0, 86400), auto_interval(0, 10)
+    (30, 900, 1)
+    """
+    span = max(end - start, 1.0)
+    want = span / max(max_points, 1)
+    for s in _NICE_S:
+        if s >= want:
+            return s
+    return int(math.ceil(want / 86400.0)) * 86400
+
+
+def parse_time(text: str | float | int, now: float | None = None) -> float:
+    """Epoch seconds from ``now``, ``now-15m``, epoch seconds or ms, or ISO 8601 (UTC if naive)."""
+    if isinstance(text, (int, float)):
+        value = float(text)
+        return value / 1000.0 if value > 1e11 else value
+    s = text.strip()
+    m = re.fullmatch(r"now(?:\s*-\s*(\d+(?:\.\d+)?)\s*([smhdw]))?", s)
+    if m:
+        base = datetime.now(UTC).timestamp() if now is None else float(now)
+        return base - (float(m.group(1)) * _UNITS[m.group(2)] if m.group(1) else 0.0)
+    try:
+        return parse_time(float(s))
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        raise MacroError(
+            f"time {text!r}: use now, now-<n><s|m|h|d|w>, epoch seconds or ms, or ISO 8601"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def _ts(t: float) -> str:
+    return f"toDateTime64({t:.3f}, 3, 'UTC')"
+
+
+def _call_args(sql: str, open_at: int) -> tuple[list[str], int]:
+    """Split the top-level arguments of the call whose '(' is at ``open_at``."""
+    depth, quote_on, args, cur = 0, False, [], []
+    i = open_at
+    while i < len(sql):
+        c = sql[i]
+        if quote_on:
+            cur.append(c)
+            if c == "\\" and i + 1 < len(sql):
+                cur.append(sql[i + 1])
+                i += 1
+            elif c == "'":
+                quote_on = False
+        elif c == "'":
+            quote_on = True
+            cur.append(c)
+        elif c == "(":
+            depth += 1
+            if depth > 1:
+                cur.append(c)
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                args.append("".join(cur).strip())
+                return args, i + 1
+            cur.append(c)
+        elif c == "," and depth == 1:
+            args.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(c)
+        i += 1
+    raise MacroError(f"unbalanced parentheses after {sql[max(0, open_at - 20):open_at]!r}")
+
+
+def _values(variables: Mapping[str, str | Sequence[str] | None], name: str) -> list[str] | None:
+    """The selected values, or None for All / unset."""
+    raw = variables.get(name)
+    if raw is None:
+        return None
+    vals = [raw] if isinstance(raw, str) else list(raw)
+    vals = [v for v in vals if v != ""]
+    if not vals or ALL in vals or "All" in vals:
+        return None
+    return vals
+
+
+def _substitute_vars(sql: str, variables: Mapping[str, str | Sequence[str] | None]) -> str:
+    def one(m: re.Match[str]) -> str:
+        name, fmt = m.group(1), m.group(2)
+        if fmt != "singlequote":
+            raise MacroError(f"variable ${{{name}:{fmt}}}: only the :singlequote format is supported")
+        vals = _values(variables, name)
+        if vals is None:
+            raise MacroError(f"variable {name} is All here: wrap it in $__conditionalAll")
+        return ",".join(quote(v) for v in vals)
+
+    return re.sub(r"\$\{(\w+)(?::(\w+))?\}", one, sql)
+
+
+def expand(
+    sql: str,
+    *,
+    start: float,
+    end: float,
+    variables: Mapping[str, str | Sequence[str] | None] | None = None,
+    interval_s: int | None = None,
+    max_points: int = 120,
+) -> str:
+    """The panel SQL with every macro and variable replaced by literals."""
+    variables = variables or {}
+    step = interval_s or auto_interval(start, end, max_points)
+    out = sql
+    while True:
+        m = re.search(r"\$__(timeFilter|timeInterval|conditionalAll)\s*\(", out)
+        if not m:
+            break
+        args, stop = _call_args(out, m.end() - 1)
+        kind = m.group(1)
+        if kind == "conditionalAll":
+            if len(args) != 2 or not re.fullmatch(r"\$\{?(\w+)\}?", args[1]):
+                raise MacroError(f"$__conditionalAll(condition, $variable): got {args}")
+            var = re.fullmatch(r"\$\{?(\w+)\}?", args[1]).group(1)  # type: ignore[union-attr]
+            repl = "1=1" if _values(variables, var) is None else _substitute_vars(args[0], variables)
+        else:
+            if len(args) != 1 or not args[0]:
+                raise MacroError(f"$__{kind}(column): got {args}")
+            col = args[0]
+            if kind == "timeFilter":
+                repl = f"{col} BETWEEN {_ts(start)} AND {_ts(end)}"
+            else:
+                repl = f"toStartOfInterval({col}, INTERVAL {step} second)"
+        out = out[: m.start()] + repl + out[stop:]
+    out = out.replace("$__interval_s", str(step))
+    out = out.replace("$__fromTime", _ts(start)).replace("$__toTime", _ts(end))
+    out = _substitute_vars(out, variables)
+    left = re.search(r"\$(__\w+|\w+)", _strip_literals(out))
+    if left:
+        raise MacroError(f"unknown macro or variable ${left.group(1)} in panel SQL")
+    return out
+
+
+def _strip_literals(sql: str) -> str:
+    return re.sub(r"'(?:[^'\\]|\\.)*'", "''", sql)

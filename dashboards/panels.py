@@ -1,0 +1,430 @@
+"""The panels of every llmpulse dashboard: one source of truth.
+
+Each :class:`Panel` holds the SQL that Grafana's ClickHouse data source runs
+(with its macros ``$__timeFilter(col)``, ``$__timeInterval(col)``,
+``$__interval_s``, ``$__fromTime``/``$__toTime`` and
+``$__conditionalAll(cond, $var)`` over the template variables ``app``,
+``model`` and ``version``). The same text generates the Grafana JSON
+(:mod:`dashboards.grafana`) and, expanded by :mod:`dashboards.macros`, feeds
+the embedded live page (:mod:`dashboards.web`) and ``llmpulse report``.
+
+Result shapes, declared in ``Panel.columns`` and checked by the tests:
+
+* ``timeseries``: ``time`` first, then string label columns (one line per
+  label), then numeric value columns;
+* ``table``: exactly the declared columns;
+* ``stat``: one row with a numeric ``value``;
+* ``barchart``: a string category column, then a numeric value column.
+
+>>> d = DASHBOARDS["overview"]
+>>> d.uid, d.title, len(d.panels) > 5
+('llmpulse-overview', 'LLM apps: overview', True)
+>>> d.panel(6).title, d.panel(6).columns
+('Latency percentiles (ms)', ('time', 'series', 'value'))
+>>> panel_for_signal("drift.psi")
+('drift', 1)
+>>> panel_for_signal("drift.ks", "embedding:prompt")
+('drift', 2)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = [
+    "DASHBOARDS",
+    "HEALTH_SIGNALS",
+    "PANEL_KINDS",
+    "Dashboard",
+    "Panel",
+    "Variable",
+    "panel_for_signal",
+]
+
+PANEL_KINDS = ("timeseries", "table", "stat", "barchart")
+
+#: Signals the llmpulse worker emits about itself (``app``/``model`` empty).
+HEALTH_SIGNALS: dict[str, str] = {
+    "llmpulse.lag": "messages behind the end of each raw topic (dimension = topic)",
+    "llmpulse.events_per_s": "events consumed per second (dimension = topic)",
+    "llmpulse.store_errors": "failed store writes in the window (dimension = table)",
+    "llmpulse.notify_failures": "notifications that failed after retries (dimension = channel)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Variable:
+    """A dashboard template variable: its values come from ``sql`` (column ``value``)."""
+
+    name: str
+    label: str
+    sql: str
+
+
+@dataclass(frozen=True, slots=True)
+class Panel:
+    """One chart or table: title, SQL with Grafana macros, kind, unit, result columns."""
+
+    id: int
+    title: str
+    sql: str
+    kind: str
+    columns: tuple[str, ...]
+    unit: str = ""
+    description: str = ""
+    width: int = 12
+    height: int = 8
+    links: tuple[tuple[str, str], ...] = ()
+    """(column, url template) pairs: a Grafana data link on that table column."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in PANEL_KINDS:
+            raise ValueError(f"panel {self.title!r}: kind must be one of {PANEL_KINDS}")
+        if self.kind == "timeseries" and self.columns[:1] != ("time",):
+            raise ValueError(f"panel {self.title!r}: a time series starts with column 'time'")
+        if self.kind == "stat" and self.columns != ("value",):
+            raise ValueError(f"panel {self.title!r}: a stat has the one column 'value'")
+        if not 1 <= self.width <= 24:
+            raise ValueError(f"panel {self.title!r}: width is 1..24 grid columns")
+
+
+@dataclass(frozen=True, slots=True)
+class Dashboard:
+    """A named set of panels; ``name`` is the short key used in URLs."""
+
+    name: str
+    uid: str
+    title: str
+    panels: tuple[Panel, ...]
+    description: str = ""
+    variables: tuple[Variable, ...] = ()
+    tags: tuple[str, ...] = field(default=("llmpulse",))
+
+    def __post_init__(self) -> None:
+        ids = [p.id for p in self.panels]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"dashboard {self.name}: panel ids repeat: {ids}")
+
+    def panel(self, key: int | str) -> Panel:
+        """The panel with this id or title."""
+        for p in self.panels:
+            if p.id == key or p.title == key:
+                return p
+        raise KeyError(f"dashboard {self.name} has no panel {key!r}")
+
+
+# -- building blocks ----------------------------------------------------------
+
+VARIABLES = (
+    Variable("app", "App", "SELECT DISTINCT app AS value FROM inference_events ORDER BY value"),
+    Variable("model", "Model", "SELECT DISTINCT model AS value FROM inference_events ORDER BY value"),
+    Variable(
+        "version",
+        "Version",
+        "SELECT DISTINCT model_version AS value FROM inference_events ORDER BY value",
+    ),
+)
+
+
+def _vars(app: str | None = "app", model: str | None = "model",
+          version: str | None = "model_version") -> str:
+    parts = []
+    for var, col in (("app", app), ("model", model), ("version", version)):
+        if col:
+            parts.append(f"$__conditionalAll({col} IN (${{{var}:singlequote}}), ${var})")
+    return " AND ".join(parts)
+
+
+def _signal_series(title: str, pid: int, where: str, series: str, agg: str = "max",
+                   unit: str = "", width: int = 12, description: str = "") -> Panel:
+    sql = (
+        f"SELECT $__timeInterval(ts) AS time, {series} AS series, {agg}(value) AS value\n"
+        "FROM signals FINAL\n"
+        f"WHERE $__timeFilter(ts) AND {where} AND {_vars()}\n"
+        "GROUP BY time, series\nORDER BY time, series"
+    )
+    return Panel(pid, title, sql, "timeseries", ("time", "series", "value"), unit=unit,
+                 width=width, description=description)
+
+
+def _health_series(title: str, pid: int, signal: str, agg: str, unit: str) -> Panel:
+    sql = (
+        f"SELECT $__timeInterval(ts) AS time, if(dimension = '', 'all', dimension) AS series, "
+        f"{agg}(value) AS value\n"
+        "FROM signals FINAL\n"
+        f"WHERE $__timeFilter(ts) AND signal = '{signal}'\n"
+        "GROUP BY time, series\nORDER BY time, series"
+    )
+    return Panel(pid, title, sql, "timeseries", ("time", "series", "value"), unit=unit,
+                 description=HEALTH_SIGNALS[signal])
+
+
+_RAW = f"FROM inference_events FINAL\nWHERE $__timeFilter(ts) AND {_vars()}"
+
+# -- the dashboards -------------------------------------------------------------
+
+OVERVIEW = Dashboard(
+    "overview",
+    "llmpulse-overview",
+    "LLM apps: overview",
+    description="Traffic, latency, errors, tokens and cost per app, model and version.",
+    variables=VARIABLES,
+    panels=(
+        Panel(1, "Requests", f"SELECT count() AS value\n{_RAW}", "stat", ("value",),
+              unit="short", width=6, height=4),
+        Panel(2, "Error rate",
+              f"SELECT if(count() = 0, 0, countIf(status != 'ok') / count()) AS value\n{_RAW}",
+              "stat", ("value",), unit="percentunit", width=6, height=4),
+        Panel(3, "Latency p95 (ms)", f"SELECT quantile(0.95)(latency_ms) AS value\n{_RAW}",
+              "stat", ("value",), unit="ms", width=6, height=4),
+        Panel(4, "Cost (USD)", f"SELECT sum(ifNull(cost_usd, 0)) AS value\n{_RAW}", "stat",
+              ("value",), unit="currencyUSD", width=6, height=4),
+        Panel(5, "Traffic (requests/s)",
+              f"SELECT $__timeInterval(ts) AS time, model AS series, "
+              f"count() / $__interval_s AS value\n{_RAW}\nGROUP BY time, series\n"
+              "ORDER BY time, series",
+              "timeseries", ("time", "series", "value"), unit="reqps",
+              description="Raw inference events per second, by model."),
+        _signal_series("Latency percentiles (ms)", 6,
+                       "signal IN ('latency.p50_ms', 'latency.p95_ms', 'latency.p99_ms')",
+                       "concat(model, ' ', replaceOne(signal, 'latency.', ''))", unit="ms",
+                       description="Signals latency.p50_ms, p95_ms and p99_ms per model."),
+        Panel(7, "Error rate by model",
+              "SELECT $__timeInterval(ts) AS time, model AS series, "
+              f"countIf(status != 'ok') / count() AS value\n{_RAW}\nGROUP BY time, series\n"
+              "ORDER BY time, series",
+              "timeseries", ("time", "series", "value"), unit="percentunit",
+              description="Share of requests with status error or timeout (raw events)."),
+        _signal_series("Output tokens/s", 8, "signal = 'tokens.output_per_s'", "model",
+                       agg="avg", unit="short"),
+        _signal_series("Cost by app (USD per window)", 9, "signal = 'cost.usd'",
+                       "concat(app, ' ', model)", agg="sum", unit="currencyUSD"),
+        Panel(10, "Cost and volume by app, model and version",
+              "SELECT app, model, model_version, count() AS requests, "
+              "sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, "
+              "round(sum(ifNull(cost_usd, 0)), 4) AS cost_usd, "
+              "round(quantile(0.95)(latency_ms), 1) AS p95_ms, "
+              "round(countIf(status != 'ok') / count(), 4) AS error_rate\n"
+              f"{_RAW}\nGROUP BY app, model, model_version\nORDER BY cost_usd DESC",
+              "table", ("app", "model", "model_version", "requests", "input_tokens",
+                        "output_tokens", "cost_usd", "p95_ms", "error_rate"),
+              width=24, height=7),
+        _signal_series("Quality: accuracy and feedback score", 11,
+                       "signal IN ('quality.accuracy', 'quality.feedback_score')",
+                       "concat(model, ' ', replaceOne(signal, 'quality.', ''))", agg="avg",
+                       width=24,
+                       description="Accuracy against labels and mean user feedback score."),
+    ),
+)
+
+DRIFT = Dashboard(
+    "drift",
+    "llmpulse-drift",
+    "LLM apps: drift",
+    description="Data drift per feature and test, and embedding drift of prompts.",
+    variables=VARIABLES,
+    panels=(
+        _signal_series("Feature drift by test", 1,
+                       "signal LIKE 'drift.%' AND dimension NOT LIKE 'embedding:%'",
+                       "concat(dimension, ' ', replaceOne(signal, 'drift.', ''))",
+                       description="drift.<test> signals, one line per feature and test."),
+        _signal_series("Embedding drift", 2,
+                       "signal LIKE 'drift.%' AND dimension LIKE 'embedding:%'",
+                       "concat(dimension, ' ', replaceOne(signal, 'drift.', ''))",
+                       description="Drift of sentence embeddings (dimension embedding:<field>)."),
+        Panel(3, "Latest drift per feature and test",
+              "SELECT signal, dimension, round(argMax(value, ts), 4) AS value, "
+              "argMax(n, ts) AS n, "
+              "round(argMax(JSONExtractFloat(detail, 'p_value'), ts), 6) AS p_value, "
+              "argMax(JSONExtractBool(detail, 'drift'), ts) AS drift, "
+              "argMax(JSONExtractString(detail, 'report'), ts) AS report, "
+              "max(ts) AS last_ts\n"
+              "FROM signals FINAL\n"
+              f"WHERE $__timeFilter(ts) AND signal LIKE 'drift.%' AND {_vars()}\n"
+              "GROUP BY signal, dimension\nORDER BY drift DESC, value DESC\nLIMIT 50",
+              "table", ("signal", "dimension", "value", "n", "p_value", "drift", "report",
+                        "last_ts"),
+              width=24, height=9,
+              description="The Evidently report column links to the HTML report of the window.",
+              links=(("report", "${__value.raw}"),)),
+    ),
+)
+
+FAIRNESS = Dashboard(
+    "fairness",
+    "llmpulse-fairness",
+    "LLM apps: fairness",
+    description="Gaps between segments (attribute=value) and the rest, with confidence intervals.",
+    variables=VARIABLES,
+    panels=(
+        _signal_series("Gap per attribute and segment", 1, "signal LIKE 'bias.%'",
+                       "concat(replaceOne(signal, 'bias.', ''), ' ', dimension)", agg="avg"),
+        Panel(2, "Segments with a significant gap",
+              "SELECT $__timeInterval(ts) AS time, replaceOne(signal, 'bias.', '') AS series, "
+              "sum(JSONExtractBool(detail, 'significant')) AS value\n"
+              "FROM signals FINAL\n"
+              f"WHERE $__timeFilter(ts) AND signal LIKE 'bias.%' AND {_vars()}\n"
+              "GROUP BY time, series\nORDER BY time, series",
+              "timeseries", ("time", "series", "value"), unit="short",
+              description="Segments whose gap is significant after multiple-test correction."),
+        Panel(3, "Latest gaps with confidence intervals",
+              "SELECT signal, dimension, round(argMax(value, ts), 4) AS gap, "
+              "argMax(n, ts) AS n, "
+              "round(argMax(JSONExtractFloat(detail, 'ci_low'), ts), 4) AS ci_low, "
+              "round(argMax(JSONExtractFloat(detail, 'ci_high'), ts), 4) AS ci_high, "
+              "round(argMax(JSONExtractFloat(detail, 'p_value'), ts), 6) AS p_value, "
+              "argMax(JSONExtractBool(detail, 'significant'), ts) AS significant\n"
+              "FROM signals FINAL\n"
+              f"WHERE $__timeFilter(ts) AND signal LIKE 'bias.%' AND {_vars()}\n"
+              "GROUP BY signal, dimension\nORDER BY significant DESC, abs(gap) DESC\nLIMIT 50",
+              "table", ("signal", "dimension", "gap", "n", "ci_low", "ci_high", "p_value",
+                        "significant"),
+              width=24, height=9),
+    ),
+)
+
+HALLUCINATION = Dashboard(
+    "hallucination",
+    "llmpulse-hallucination",
+    "LLM apps: hallucination",
+    description="Groundedness of answers in their retrieved context, user flags, worst answers.",
+    variables=VARIABLES,
+    panels=(
+        _signal_series("Groundedness and ungrounded share", 1,
+                       "signal IN ('hallucination.groundedness_mean', "
+                       "'hallucination.ungrounded_share')",
+                       "concat(model, ' ', replaceOne(signal, 'hallucination.', ''))",
+                       agg="avg", unit="percentunit"),
+        Panel(2, "Groundedness distribution (windows)",
+              "SELECT toString(round(floor(value * 10) / 10, 1)) AS bucket, count() AS windows\n"
+              "FROM signals FINAL\n"
+              "WHERE $__timeFilter(ts) AND signal = 'hallucination.groundedness_mean' "
+              f"AND {_vars()}\n"
+              "GROUP BY bucket\nORDER BY bucket",
+              "barchart", ("bucket", "windows"), unit="short",
+              description="How many windows had a mean groundedness in each 0.1 bucket."),
+        _signal_series("Flagged rate (user feedback)", 3,
+                       "signal IN ('hallucination.flagged_rate', "
+                       "'hallucination.low_logprob_share')",
+                       "concat(model, ' ', replaceOne(signal, 'hallucination.', ''))",
+                       agg="avg", unit="percentunit"),
+        Panel(4, "Worst examples",
+              "SELECT ts, model, model_version, JSONExtractString(w, 'event_id') AS event_id, "
+              "JSONExtractFloat(w, 'score') AS score, JSONExtractString(w, 'sentence') AS sentence\n"
+              "FROM (SELECT ts, model, model_version, "
+              "arrayJoin(JSONExtractArrayRaw(detail, 'worst')) AS w\n"
+              "  FROM signals FINAL\n"
+              "  WHERE $__timeFilter(ts) AND signal = 'hallucination.ungrounded_share' "
+              f"AND {_vars()})\n"
+              "ORDER BY score ASC, ts DESC\nLIMIT 20",
+              "table", ("ts", "model", "model_version", "event_id", "score", "sentence"),
+              width=24, height=9),
+    ),
+)
+
+ALERTS = Dashboard(
+    "alerts",
+    "llmpulse-alerts",
+    "LLM apps: alerts and deployments",
+    description="Alert timeline, open alerts, deployments and rollbacks.",
+    variables=VARIABLES,
+    panels=(
+        Panel(1, "Alerts started",
+              "SELECT $__timeInterval(started_at) AS time, severity AS series, count() AS value\n"
+              "FROM alerts FINAL\n"
+              f"WHERE $__timeFilter(started_at) AND {_vars()}\n"
+              "GROUP BY time, series\nORDER BY time, series",
+              "timeseries", ("time", "series", "value"), unit="short"),
+        Panel(2, "Deployments by stage",
+              "SELECT $__timeInterval(ts) AS time, stage AS series, count() AS value\n"
+              "FROM deployments FINAL\n"
+              f"WHERE $__timeFilter(ts) AND {_vars(app=None, version='version')}\n"
+              "GROUP BY time, series\nORDER BY time, series",
+              "timeseries", ("time", "series", "value"), unit="short",
+              description="canary, promoted and rolled_back stages over time."),
+        Panel(3, "Open alerts",
+              "SELECT started_at, severity, rule, app, model, model_version, signal, dimension, "
+              "round(value, 4) AS value, threshold, summary\n"
+              "FROM alerts FINAL\n"
+              f"WHERE state = 'firing' AND started_at <= $__toTime AND {_vars()}\n"
+              "ORDER BY started_at DESC\nLIMIT 50",
+              "table", ("started_at", "severity", "rule", "app", "model", "model_version",
+                        "signal", "dimension", "value", "threshold", "summary"),
+              width=24, height=7),
+        Panel(4, "Alert history",
+              "SELECT started_at, resolved_at, state, severity, rule, model, signal, dimension, "
+              "round(value, 4) AS value, summary\n"
+              "FROM alerts FINAL\n"
+              f"WHERE $__timeFilter(started_at) AND {_vars()}\n"
+              "ORDER BY started_at DESC\nLIMIT 100",
+              "table", ("started_at", "resolved_at", "state", "severity", "rule", "model",
+                        "signal", "dimension", "value", "summary"),
+              width=24, height=8),
+        Panel(5, "Deployments",
+              "SELECT ts, model, version, previous_version, stage, trigger, metrics\n"
+              "FROM deployments FINAL\n"
+              f"WHERE $__timeFilter(ts) AND {_vars(app=None, version='version')}\n"
+              "ORDER BY ts DESC\nLIMIT 100",
+              "table", ("ts", "model", "version", "previous_version", "stage", "trigger",
+                        "metrics"),
+              width=24, height=7),
+    ),
+)
+
+HEALTH = Dashboard(
+    "health",
+    "llmpulse-health",
+    "llmpulse health",
+    description="The monitoring pipeline itself: lag, throughput, dead letters, notifications.",
+    panels=(
+        _health_series("Consumer lag (messages)", 1, "llmpulse.lag", "max", "short"),
+        _health_series("Events/s", 2, "llmpulse.events_per_s", "avg", "short"),
+        Panel(3, "Dead letters",
+              "SELECT $__timeInterval(ts) AS time, topic AS series, count() AS value\n"
+              "FROM deadletter_events FINAL\n"
+              "WHERE $__timeFilter(ts)\n"
+              "GROUP BY time, series\nORDER BY time, series",
+              "timeseries", ("time", "series", "value"), unit="short",
+              description="Events rejected by validation or by the store, per topic."),
+        _health_series("Notification failures", 4, "llmpulse.notify_failures", "sum", "short"),
+        _health_series("Store write errors", 5, "llmpulse.store_errors", "sum", "short"),
+        Panel(6, "Dead letters by reason",
+              "SELECT topic, substring(reason, 1, 120) AS reason, count() AS events, "
+              "max(ts) AS last_ts\n"
+              "FROM deadletter_events FINAL\n"
+              "WHERE $__timeFilter(ts)\n"
+              "GROUP BY topic, reason\nORDER BY events DESC\nLIMIT 50",
+              "table", ("topic", "reason", "events", "last_ts"), width=12),
+    ),
+)
+
+DASHBOARDS: dict[str, Dashboard] = {
+    d.name: d for d in (OVERVIEW, DRIFT, FAIRNESS, HALLUCINATION, ALERTS, HEALTH)
+}
+
+
+def panel_for_signal(signal: str, dimension: str = "") -> tuple[str, int]:
+    """The (dashboard name, panel id) that shows a signal: where an alert links to."""
+    if signal.startswith("latency."):
+        return "overview", 6
+    if signal.startswith("errors."):
+        return "overview", 7
+    if signal.startswith("tokens."):
+        return "overview", 8
+    if signal.startswith("cost."):
+        return "overview", 9
+    if signal.startswith("quality."):
+        return "overview", 11
+    if signal.startswith("drift."):
+        return "drift", 2 if dimension.startswith("embedding:") else 1
+    if signal.startswith("bias."):
+        return "fairness", 1
+    if signal in ("hallucination.flagged_rate", "hallucination.low_logprob_share"):
+        return "hallucination", 3
+    if signal.startswith("hallucination."):
+        return "hallucination", 1
+    if signal.startswith("llmpulse."):
+        ids = {"llmpulse.lag": 1, "llmpulse.events_per_s": 2,
+               "llmpulse.notify_failures": 4, "llmpulse.store_errors": 5}
+        return "health", ids.get(signal, 1)
+    return "alerts", 1

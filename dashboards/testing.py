@@ -1,0 +1,167 @@
+"""A store filled for dashboards: simulator events plus signals, alerts, deployments.
+
+Used by the tests, the browser check and anyone who wants to look at the
+panels without running the pipeline. The raw events come from the seeded
+:class:`~llmpulse.simulate.SupportAppSimulator`; the ``latency.*``,
+``errors.rate``, ``tokens.output_per_s`` and ``cost.usd`` signals are computed
+from those events per window with numpy; drift, bias, hallucination, quality
+and ``llmpulse.*`` signals are seeded synthetic values with the detail keys
+the detectors write.
+
+>>> rows = fill_rows(seed=1, start_ts=1_700_000_000.0, duration_s=60, rate=5)
+>>> sorted(rows), len(rows["inference_events"]) > 500
+(['alerts', 'deadletter_events', 'deployments', 'feedback_events', 'inference_events', 'signals'], True)
+>>> sorted({s["signal"].split(".")[0] for s in rows["signals"]})
+['bias', 'cost', 'drift', 'errors', 'hallucination', 'latency', 'llmpulse', 'quality', 'tokens']
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+__all__ = ["fill_rows", "fill_store"]
+
+
+def _window_signals(events: list[dict[str, Any]], window_s: float) -> list[dict[str, Any]]:
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for e in events:
+        w = int(e["ts"] // window_s)
+        groups[(w, e["app"], e["model"], e["model_version"])].append(e)
+    out = []
+    for (w, app, model, version), evs in sorted(groups.items()):
+        ts = (w + 1) * window_s
+        lat = np.array([e["latency_ms"] for e in evs])
+        err = np.array([e["status"] != "ok" for e in evs])
+        tok = float(sum(e["output_tokens"] for e in evs))
+        cost = float(sum(e.get("cost_usd") or 0.0 for e in evs))
+        base = {"ts": ts, "window_s": window_s, "app": app, "model": model,
+                "model_version": version, "dimension": "", "n": len(evs)}
+        for q, name in ((50, "latency.p50_ms"), (95, "latency.p95_ms"), (99, "latency.p99_ms")):
+            out.append({**base, "signal": name, "value": float(np.percentile(lat, q)),
+                        "detail": "{}"})
+        out.append({**base, "signal": "errors.rate", "value": float(err.mean()),
+                    "detail": json.dumps({"errors": int(err.sum())})})
+        out.append({**base, "signal": "tokens.output_per_s", "value": tok / window_s,
+                    "detail": "{}"})
+        out.append({**base, "signal": "cost.usd", "value": cost, "detail": "{}"})
+    return out
+
+
+def _synthetic_signals(rng: np.random.Generator, start: float, end: float, window_s: float,
+                       app: str, models: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    out = []
+    ends = np.arange(start + window_s, end + 1e-9, window_s)
+    for ts in ends:
+        for model, version in models:
+            base = {"ts": float(ts), "window_s": window_s, "app": app, "model": model,
+                    "model_version": version}
+            for feat in ("input_tokens", "n_passages"):
+                for test in ("psi", "ks"):
+                    v = float(rng.gamma(2.0, 0.03))
+                    p = float(rng.uniform(0, 1))
+                    out.append({**base, "signal": f"drift.{test}", "dimension": feat,
+                                "value": v, "n": 200,
+                                "detail": json.dumps({"p_value": p, "drift": v > 0.1,
+                                                      "report": f"/reports/{feat}-{int(ts)}.html"})})
+            v = float(rng.gamma(2.0, 0.02))
+            out.append({**base, "signal": "drift.mmd", "dimension": "embedding:prompt",
+                        "value": v, "n": 128,
+                        "detail": json.dumps({"p_value": float(rng.uniform()), "drift": v > 0.1})})
+            for seg in ("language=en", "language=de", "region=eu"):
+                gap = float(rng.normal(0, 0.05))
+                half = float(rng.uniform(0.02, 0.08))
+                out.append({**base, "signal": "bias.accuracy_gap", "dimension": seg,
+                            "value": gap, "n": int(rng.integers(30, 300)),
+                            "detail": json.dumps({"ci_low": gap - half, "ci_high": gap + half,
+                                                  "p_value": float(rng.uniform()),
+                                                  "significant": abs(gap) > half})})
+            g = float(np.clip(rng.normal(0.8, 0.1), 0, 1))
+            out.append({**base, "signal": "hallucination.groundedness_mean", "dimension": "",
+                        "value": g, "n": 64, "detail": json.dumps({"scored": 64})})
+            worst = [{"event_id": f"ev-{int(ts)}-{i}", "score": round(float(rng.uniform(0, 0.5)), 4),
+                      "sentence": f"Plan {i} includes <b>{int(rng.integers(1, 99))} GB</b>.",
+                      "span": "", "problems": ["number"]} for i in range(2)]
+            out.append({**base, "signal": "hallucination.ungrounded_share", "dimension": "",
+                        "value": float(rng.uniform(0, 0.3)), "n": 64,
+                        "detail": json.dumps({"threshold": 0.5, "worst": worst})})
+            out.append({**base, "signal": "hallucination.flagged_rate", "dimension": "",
+                        "value": float(rng.uniform(0, 0.1)), "n": 20,
+                        "detail": json.dumps({"flagged": 1})})
+            out.append({**base, "signal": "quality.feedback_score", "dimension": "",
+                        "value": float(rng.uniform(0.2, 0.9)), "n": 20, "detail": "{}"})
+            out.append({**base, "signal": "quality.accuracy", "dimension": "",
+                        "value": float(rng.uniform(0.8, 1.0)), "n": 20, "detail": "{}"})
+        hb = {"ts": float(ts), "window_s": window_s, "app": "", "model": "", "model_version": ""}
+        for topic in ("llmpulse.inference", "llmpulse.feedback"):
+            out.append({**hb, "signal": "llmpulse.lag", "dimension": topic,
+                        "value": float(rng.integers(0, 500)), "n": 1, "detail": "{}"})
+            out.append({**hb, "signal": "llmpulse.events_per_s", "dimension": topic,
+                        "value": float(rng.uniform(50, 400)), "n": 1, "detail": "{}"})
+        out.append({**hb, "signal": "llmpulse.notify_failures", "dimension": "webhook",
+                    "value": float(rng.integers(0, 2)), "n": 1, "detail": "{}"})
+        out.append({**hb, "signal": "llmpulse.store_errors", "dimension": "inference_events",
+                    "value": float(rng.integers(0, 2)), "n": 1, "detail": "{}"})
+    return out
+
+
+def fill_rows(
+    seed: int = 0, start_ts: float = 1_700_000_000.0, duration_s: float = 600.0,
+    rate: float = 20.0, window_s: float = 30.0,
+) -> dict[str, list[dict[str, Any]]]:
+    """Rows for every table, keyed by table name (``ts`` in epoch seconds)."""
+    from llmpulse.events import TOPIC_INFERENCE
+    from llmpulse.simulate import Incident, SupportAppSimulator
+
+    incidents = [Incident("latency_spike", duration_s * 0.3, duration_s * 0.5),
+                 Incident("error_burst", duration_s * 0.6, duration_s * 0.7)]
+    sim = SupportAppSimulator(seed=seed, rate=rate, start_ts=start_ts, incidents=incidents)
+    inference: list[dict[str, Any]] = []
+    feedback: list[dict[str, Any]] = []
+    for topic, e in sim.events(duration_s):
+        row = dict(e)
+        row["ts"] = row["ts"] / 1000.0
+        (inference if topic == TOPIC_INFERENCE else feedback).append(row)
+    rng = np.random.default_rng(seed)
+    end = start_ts + duration_s
+    app = inference[0]["app"]
+    models = sorted({(e["model"], e["model_version"]) for e in inference})
+    signals = _window_signals(inference, window_s)
+    signals += _synthetic_signals(rng, start_ts, end, window_s, app, models)
+    alerts, deployments = [], []
+    for i, (sev, state) in enumerate((("critical", "firing"), ("warning", "resolved"),
+                                      ("warning", "firing"))):
+        t0 = start_ts + duration_s * (0.3 + 0.2 * i)
+        model, version = models[i % len(models)]
+        alerts.append({
+            "alert_id": f"alert-{seed}-{i}", "rule": ["latency_p95", "error_rate", "drift"][i],
+            "state": state, "severity": sev, "app": app, "model": model,
+            "model_version": version, "signal": ["latency.p95_ms", "errors.rate", "drift.psi"][i],
+            "dimension": "" if i < 2 else "input_tokens", "value": 1.5 + i,
+            "threshold": 1.0 + i, "started_at": t0, "updated_at": t0 + 30,
+            "resolved_at": t0 + 60 if state == "resolved" else None,
+            "summary": f"{model}: threshold broken ({i})", "detail": "{}",
+        })
+    for i, stage in enumerate(("canary", "promoted", "canary", "rolled_back")):
+        model, version = models[0]
+        deployments.append({
+            "deployment_id": f"dep-{seed}-{i // 2}", "model": model,
+            "version": f"{version}-r{i // 2 + 1}", "previous_version": version,
+            "trigger": f"alert-{seed}-0" if i < 2 else "manual", "stage": stage,
+            "metrics": json.dumps({"accuracy": 0.9 - 0.05 * i}),
+            "ts": start_ts + duration_s * (0.55 + 0.1 * i),
+        })
+    deadletters = [{"ts": start_ts + duration_s * (0.1 + 0.05 * i), "topic": "llmpulse.inference",
+                    "partition": i % 2, "offset": 100 + i,
+                    "reason": "latency_ms: must be >= 0" if i % 2 else "not valid JSON",
+                    "payload": "{}"} for i in range(6)]
+    return {"inference_events": inference, "feedback_events": feedback, "signals": signals,
+            "alerts": alerts, "deployments": deployments, "deadletter_events": deadletters}
+
+
+def fill_store(store: Any, **kwargs: Any) -> dict[str, int]:
+    """Insert :func:`fill_rows` into an open :class:`~llmpulse.store.Store`; rows per table."""
+    return {table: store.insert_rows(table, rows) for table, rows in fill_rows(**kwargs).items()}

@@ -1,0 +1,23 @@
+"""Quality from feedback: accuracy against labels, user scores, user flags.
+
+These detectors read the columns that exist only once feedback has been
+joined onto its inference (``feedback.label``, ``feedback.score``,
+``feedback.hallucination``); the streaming layer feeds them the window's
+inferences that received feedback and recomputes them when late feedback
+arrives. Their state is a handful of counts and sums, so partial windows
+merge exactly (:class:`~detectors.base.Mergeable`).
+
+>>> from detectors.testing import synthetic_batch
+>>> b = synthetic_batch(400, seed=3)
+>>> [(s.signal, round(s.value, 3), s.n) for d in (LabelAccuracy(), FeedbackScore(), UserFlaggedRate())
+...  for s in d.update(b)]
+[('quality.accuracy', 0.96, 200), ('quality.feedback_score', 0.386, 200), ('hallucination.flagged_rate', 0.07, 200)]
+"""
+
+from __future__ import annotations
+
+from detectors.quality.accuracy import LabelAccuracy
+from detectors.quality.feedback_score import FeedbackScore
+from detectors.quality.flags import UserFlaggedRate
+
+__all__ = ["FeedbackScore", "LabelAccuracy", "UserFlaggedRate"]

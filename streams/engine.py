@@ -1,0 +1,666 @@
+"""The signal engine: windows in, detectors run per group, labelled signals out.
+
+No Faust and no ClickHouse here: the agents hand validated events to
+:meth:`SignalEngine.add_inference` / :meth:`SignalEngine.add_feedback` and
+call :meth:`SignalEngine.advance` (or :meth:`~SignalEngine.poll`) on a timer;
+what comes back goes to ``llmpulse.signals`` and the ``signals`` table. The
+clock is injected, so tests advance time instead of sleeping.
+
+Detector families and what they see (windows in :mod:`streams.windows`):
+
+==============  ==========  =================================================================
+family          window      default detectors (one instance per group, made by a factory)
+==============  ==========  =================================================================
+latency         10 s + 5 s  LatencyPercentiles (DDSketch), ErrorRates, TokenThroughput,
+                            CostTotal, LatencyChange
+drift           60 s + 30   PopulationStabilityIndex, KolmogorovSmirnov, ChiSquare (default
+                            features: latency, tokens, text lengths, ``feature.*``;
+                            ``prediction.label``, ``segment.*``); EmbeddingDrift on prompts
+                            when ``embedding=True`` (sampled to 256 texts per window)
+bias            60 s + 30   SegmentBias on outcomes: demographic parity, error rate gaps
+hallucination   60 s + 30   HallucinationSignals (groundedness, log-probabilities)
+quality         60 s + 30   LabelAccuracy, FeedbackScore, UserFlaggedRate, SegmentBias on
+                            labels and scores: run on the window's inferences that received
+                            feedback (:mod:`streams.join`), again when late feedback arrives
+==============  ==========  =================================================================
+
+Families with the same window share one buffer and one
+:class:`~detectors.base.Batch` per closed window. Content families see
+inference events only; feedback reaches detectors through the quality
+family alone, so each feedback signal has one source.
+
+A detector that raises is logged and counted (``detector_errors``) and the
+engine goes on with the next one. :meth:`SignalEngine.stats` has the engine's
+own counters: events in, windows closed, late events dropped, delay from a
+window's end to its signals (wall clock), errors and time per detector.
+
+Scale-out (``role``): with ``"all"`` (default) one engine computes every
+signal. With several workers, each runs ``role="partials"``: mergeable
+detectors turn each closed window into a :class:`Partial` (their serialised
+state, :meth:`SignalEngine.partials`), which :func:`merge_partials` combines
+into the signals one engine would have computed. Non-mergeable detectors
+(drift tests, hallucination scoring, latency change) run in an engine with
+``role="owner"`` on events repartitioned by group. See docs/signals.md.
+
+>>> from llmpulse.simulate import SupportAppSimulator
+>>> sim = SupportAppSimulator(seed=1, rate=20, start_ts=1_700_000_000.0)
+>>> now = [1_700_000_000.0]
+>>> engine = SignalEngine(default_detectors(embedding=False), clock=lambda: now[0])
+>>> signals = []
+>>> for chunk in sim.batches(duration_s=30):
+...     now[0] += 1.0
+...     late = engine.add_inference([e for t, e in chunk if t == "llmpulse.inference"])
+...     signals += engine.poll()
+>>> sorted({(s.ts, s.n) for s in signals if s.signal == "errors.rate" and s.model == "intent-router"})
+[(1700000010.0, 239), (1700000020.0, 206)]
+>>> engine.stats()["windows_closed"], engine.stats()["late_dropped"]
+(6, 0)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from detectors.base import Batch, Detector, Mergeable, Signal
+from streams.join import FeedbackJoin
+from streams.windows import (
+    DEFAULT_WINDOWS,
+    Group,
+    TumblingWindows,
+    Watermark,
+    WindowSpec,
+    _group,
+    event_ms,
+)
+
+__all__ = [
+    "CONTENT_FAMILIES",
+    "DetectorFactory",
+    "LABEL_BIAS_METRICS",
+    "Partial",
+    "Role",
+    "SignalEngine",
+    "default_detectors",
+    "merge_partials",
+]
+
+log = logging.getLogger(__name__)
+
+DetectorFactory = Callable[[], Sequence[Detector]]
+"""Makes a family's detectors for one group (called once per group)."""
+
+Role = Literal["all", "partials", "owner"]
+
+CONTENT_FAMILIES: tuple[str, ...] = ("latency", "drift", "bias", "hallucination")
+"""Families computed from inference events; ``quality`` is computed from feedback."""
+
+LABEL_BIAS_METRICS: tuple[str, ...] = (
+    "accuracy",
+    "equalized_odds",
+    "feedback_score",
+    "hallucination_rate",
+)
+"""SegmentBias metrics that need feedback: they run in the quality family."""
+
+
+def default_detectors(
+    *,
+    embedding: bool = False,
+    embedder: Any = None,
+    hallucination_max_scored: int = 500,
+) -> dict[str, DetectorFactory]:
+    """The shipped detector set, one factory per family.
+
+    ``embedding=True`` adds prompt :class:`~detectors.drift.embedding.EmbeddingDrift`
+    (the costly one: a few hundred texts a second per core; it samples 256
+    prompts per window). ``hallucination_max_scored`` caps responses scored
+    for groundedness per window (about 1 ms each).
+
+    >>> sorted(default_detectors())
+    ['bias', 'drift', 'hallucination', 'latency', 'quality']
+    >>> [type(d).__name__ for d in default_detectors()["quality"]()]
+    ['LabelAccuracy', 'FeedbackScore', 'UserFlaggedRate', 'SegmentBias']
+    """
+    from detectors.bias import SegmentBias
+    from detectors.drift import ChiSquare, KolmogorovSmirnov, PopulationStabilityIndex
+    from detectors.hallucination import HallucinationSignals
+    from detectors.latency import (
+        CostTotal,
+        ErrorRates,
+        LatencyChange,
+        LatencyPercentiles,
+        TokenThroughput,
+    )
+    from detectors.quality import FeedbackScore, LabelAccuracy, UserFlaggedRate
+
+    def latency() -> list[Detector]:
+        return [
+            LatencyPercentiles(sketch=True),
+            ErrorRates(),
+            TokenThroughput(),
+            CostTotal(),
+            LatencyChange(),
+        ]
+
+    def drift() -> list[Detector]:
+        out: list[Detector] = [PopulationStabilityIndex(), KolmogorovSmirnov(), ChiSquare()]
+        if embedding:
+            from detectors.drift.embedding import EmbeddingDrift
+
+            out.append(EmbeddingDrift("prompt", embedder=embedder))
+        return out
+
+    def bias() -> list[Detector]:
+        return [SegmentBias(metrics=("demographic_parity", "error_rate"))]
+
+    def hallucination() -> list[Detector]:
+        return [HallucinationSignals(max_scored=hallucination_max_scored)]
+
+    def quality() -> list[Detector]:
+        return [
+            LabelAccuracy(),
+            FeedbackScore(),
+            UserFlaggedRate(),
+            SegmentBias(metrics=LABEL_BIAS_METRICS),
+        ]
+
+    return {
+        "latency": latency,
+        "drift": drift,
+        "bias": bias,
+        "hallucination": hallucination,
+        "quality": quality,
+    }
+
+
+def _mergeable(det: Detector) -> bool:
+    return isinstance(det, Mergeable) and callable(getattr(det, "emit", None))
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """One mergeable detector's state for one (group, window) on one worker.
+
+    ``index`` is the detector's position in its family's factory list;
+    ``revision`` grows when the worker re-emits the window (late feedback),
+    so a merger keeps the latest per worker.
+    """
+
+    family: str
+    group: Group
+    start: float
+    end: float
+    index: int
+    detector: str
+    state: Mapping[str, Any]
+    worker: str = ""
+    revision: int = 0
+
+    @property
+    def key(self) -> tuple[str, Group, float, float, int]:
+        return (self.family, self.group, self.start, self.end, self.index)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "group": list(self.group),
+            "start": self.start,
+            "end": self.end,
+            "index": self.index,
+            "detector": self.detector,
+            "state": self.state,
+            "worker": self.worker,
+            "revision": self.revision,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Partial:
+        return cls(
+            family=str(d["family"]),
+            group=_group(d["group"]),
+            start=float(d["start"]),
+            end=float(d["end"]),
+            index=int(d["index"]),
+            detector=str(d["detector"]),
+            state=d["state"],
+            worker=str(d.get("worker", "")),
+            revision=int(d.get("revision", 0)),
+        )
+
+
+@dataclass
+class _Counters:
+    events_in: int = 0
+    feedback_in: int = 0
+    windows_closed: int = 0
+    windows_reemitted: int = 0
+    signals_out: int = 0
+    partials_out: int = 0
+    close_delay_last_s: float = 0.0
+    close_delay_max_s: float = 0.0
+    close_delay_sum_s: float = 0.0
+    detector_errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    detector_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    detector_calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class SignalEngine:
+    """Windows, feedback join and detectors for every (app, model, model_version).
+
+    ``detectors`` maps a family to a factory of its detectors (default:
+    :func:`default_detectors` without embedding drift); ``windows`` overrides
+    :data:`~streams.windows.DEFAULT_WINDOWS` per family. ``clock`` gives wall
+    time in seconds (``time.time``); ``idle_s`` is how long a silent source
+    may hold the watermark; ``horizon_s`` how long inferences wait for
+    feedback; ``reemit_interval_s`` how often (wall clock) windows that got
+    late feedback are recomputed, so a trickle of feedback into a window
+    re-emits it once per interval, not once per feedback.
+    ``role`` and ``worker`` are for scale-out (module docstring).
+    """
+
+    def __init__(
+        self,
+        detectors: Mapping[str, DetectorFactory] | None = None,
+        windows: Mapping[str, WindowSpec] | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        idle_s: float = 30.0,
+        horizon_s: float = 3600.0,
+        max_pending_feedback: int = 100_000,
+        reemit_interval_s: float = 10.0,
+        role: Role = "all",
+        worker: str = "",
+    ) -> None:
+        if role not in ("all", "partials", "owner"):
+            raise ValueError(f"role: expected 'all', 'partials' or 'owner', got {role!r}")
+        self.detectors = dict(default_detectors() if detectors is None else detectors)
+        self.windows = {**DEFAULT_WINDOWS, **(windows or {})}
+        missing = sorted(set(self.detectors) - set(self.windows))
+        if missing:
+            raise ValueError(f"windows: no window for families {missing}; pass windows={{...}}")
+        self.clock = clock
+        self.role: Role = role
+        self.worker = worker
+        self.horizon_s = float(horizon_s)
+        self.reemit_interval_s = float(reemit_interval_s)
+        self._last_redo = -float("inf")
+        self._watermark = Watermark(idle_s)
+        self._instances: dict[tuple[str, Group], list[Detector]] = {}
+        self._names: dict[str, list[str]] = {}
+        self._runs: dict[str, list[bool]] = {}
+        self._specs: dict[WindowSpec, list[str]] = {}
+        for fam in self.detectors:
+            if fam != "quality" and self._family_runs(fam):
+                self._specs.setdefault(self.windows[fam], []).append(fam)
+        self._buffers = {spec: TumblingWindows(spec) for spec in self._specs}
+        self._join: FeedbackJoin | None = None
+        if "quality" in self.detectors and self._family_runs("quality"):
+            self._join = FeedbackJoin(
+                self.windows["quality"], horizon_s, max_pending=max_pending_feedback
+            )
+        self._partials: list[Partial] = []
+        self._revisions: dict[tuple[Group, int], int] = {}
+        self._c = _Counters()
+
+    # -- configuration helpers ------------------------------------------------
+
+    def _family_runs(self, family: str) -> bool:
+        """Whether any of the family's detectors runs in this role (probed once)."""
+        if family not in self._runs:
+            dets = list(self.detectors[family]())
+            names = [f"{family}.{type(d).__name__}" for d in dets]
+            dup = {n for n in names if names.count(n) > 1}
+            self._names[family] = [f"{n}#{i}" if n in dup else n for i, n in enumerate(names)]
+            if self.role == "all":
+                runs = [True] * len(dets)
+            elif self.role == "partials":
+                runs = [_mergeable(d) for d in dets]
+            else:
+                runs = [not _mergeable(d) for d in dets]
+            self._runs[family] = runs
+        return any(self._runs[family])
+
+    def _detectors_for(self, family: str, group: Group) -> list[Detector]:
+        key = (family, group)
+        dets = self._instances.get(key)
+        if dets is None:
+            dets = list(self.detectors[family]())
+            self._instances[key] = dets
+        return dets
+
+    # -- input ------------------------------------------------------------------
+
+    def add_inference(self, events: Iterable[Mapping[str, Any]], *, source: Hashable = 0) -> int:
+        """Add validated ``inference/v1`` events read from ``source`` (a
+        partition); returns how many were late for at least one family."""
+        now = self.clock()
+        buffers = list(self._buffers.values())
+        join = self._join
+        late = 0
+        hi: int | None = None
+        n = 0
+        for ev in events:
+            ts = ev["ts"]
+            if type(ts) is not int:
+                ts = event_ms(ev)
+            group = (ev["app"], ev["model"], ev["model_version"])
+            was_late = False
+            for buf in buffers:
+                if not buf.add(group, ev, ts):  # type: ignore[arg-type]
+                    was_late = True
+            late += was_late
+            if join is not None:
+                join.add_inference(group, ev, ts)
+            if hi is None or ts > hi:
+                hi = ts
+            n += 1
+        if hi is not None:
+            self._watermark.observe(source, hi, now)
+        self._c.events_in += n
+        return late
+
+    def add_feedback(self, events: Iterable[Mapping[str, Any]]) -> int:
+        """Add validated ``feedback/v1`` events; returns how many joined an inference now."""
+        if self._join is None:
+            return 0
+        joined = 0
+        for ev in events:
+            self._c.feedback_in += 1
+            joined += self._join.add_feedback(ev)
+        return joined
+
+    def forget_source(self, source: Hashable) -> None:
+        """A partition was revoked: stop holding the watermark for it."""
+        self._watermark.forget(source)
+
+    # -- output -------------------------------------------------------------------
+
+    def advance(self, now: float | None = None) -> list[Signal]:
+        """Close what the watermark allows at wall time ``now``; the signals."""
+        now = self.clock() if now is None else now
+        wm = self._watermark.current(now)
+        out: list[Signal] = []
+        for spec, buf in self._buffers.items():
+            threshold = None if wm is None else wm - spec.lateness_ms
+            for group, start, events in buf.close(threshold):
+                out += self._close(self._specs[spec], spec, group, start, events, now)
+        if self._join is not None:
+            for group, start in self._join.due(wm):
+                out += self._close_quality(group, start, now)
+            if now - self._last_redo >= self.reemit_interval_s:
+                self._last_redo = now
+                for group, start in self._join.redo():
+                    out += self._close_quality(group, start, now)
+            self._prune_revisions(wm)
+        self._c.signals_out += len(out)
+        return out
+
+    def poll(self) -> list[Signal]:
+        """:meth:`advance` at the clock's time."""
+        return self.advance()
+
+    def flush(self, now: float | None = None) -> list[Signal]:
+        """Close every open window now (shutdown, end of a replay)."""
+        now = self.clock() if now is None else now
+        out: list[Signal] = []
+        for spec, buf in self._buffers.items():
+            for group, start, events in buf.close_all():
+                out += self._close(self._specs[spec], spec, group, start, events, now)
+        if self._join is not None:
+            for group, start in [*self._join.flush(), *self._join.redo()]:
+                out += self._close_quality(group, start, now)
+        self._c.signals_out += len(out)
+        return out
+
+    def partials(self) -> list[Partial]:
+        """Partial states produced since the last call (``role="partials"``)."""
+        out, self._partials = self._partials, []
+        return out
+
+    def _close(
+        self,
+        families: list[str],
+        spec: WindowSpec,
+        group: Group,
+        start_ms: int,
+        events: list[dict[str, Any]],
+        now: float,
+    ) -> list[Signal]:
+        end_ms = start_ms + spec.length_ms
+        batch = Batch.from_events(events, start=start_ms / 1000.0, end=end_ms / 1000.0)
+        out: list[Signal] = []
+        for fam in families:
+            out += self._run(fam, group, batch, 0)
+        self._c.windows_closed += 1
+        self._note_delay(now - end_ms / 1000.0)
+        return out
+
+    def _close_quality(self, group: Group, start_ms: int, now: float) -> list[Signal]:
+        assert self._join is not None
+        spec = self._join.window
+        end_ms = start_ms + spec.length_ms
+        key = (group, start_ms)
+        revision = self._revisions.get(key, -1) + 1
+        self._revisions[key] = revision
+        if revision:
+            self._c.windows_reemitted += 1
+        else:
+            self._c.windows_closed += 1
+            self._note_delay(now - end_ms / 1000.0)
+        events = self._join.events(group, start_ms)
+        batch = Batch.from_events(events, start=start_ms / 1000.0, end=end_ms / 1000.0)
+        return self._run("quality", group, batch, revision)
+
+    def _run(self, family: str, group: Group, batch: Batch, revision: int) -> list[Signal]:
+        out: list[Signal] = []
+        try:
+            dets = self._detectors_for(family, group)
+        except Exception:
+            log.exception("signal engine: making %s detectors for %s failed", family, group)
+            self._c.detector_errors[f"{family}.factory"] += 1
+            return out
+        names = self._names[family]
+        runs = self._runs[family]
+        app, model, version = group
+        c = self._c
+        for i, det in enumerate(dets):
+            if not runs[i]:
+                continue
+            name = names[i]
+            t0 = time.perf_counter()
+            try:
+                signals = det.update(batch)
+                if self.role == "partials":
+                    self._partials.append(
+                        Partial(
+                            family, group, batch.start, batch.end, i, type(det).__name__,
+                            det.snapshot(), self.worker, revision,
+                        )
+                    )
+                    c.partials_out += 1
+                else:
+                    out += [s.labelled(app=app, model=model, model_version=version) for s in signals]
+            except Exception:
+                log.exception("signal engine: %s failed on %s window ending %s", name, group, batch.end)
+                c.detector_errors[name] += 1
+            finally:
+                c.detector_seconds[name] += time.perf_counter() - t0
+                c.detector_calls[name] += 1
+        return out
+
+    def _note_delay(self, delay: float) -> None:
+        c = self._c
+        c.close_delay_last_s = delay
+        c.close_delay_sum_s += delay
+        if delay > c.close_delay_max_s:
+            c.close_delay_max_s = delay
+
+    def _prune_revisions(self, wm: int | None) -> None:
+        if wm is None or len(self._revisions) < 1024:
+            return
+        cutoff = wm - int(round(self.horizon_s * 1000)) - self.windows["quality"].length_ms
+        self._revisions = {k: v for k, v in self._revisions.items() if k[1] >= cutoff}
+
+    # -- observability ------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """The engine's own counters (JSON-able), for ``/api/stats`` and logs."""
+        c = self._c
+        late_by_group: dict[str, dict[str, int]] = {}
+        late = 0
+        for spec, buf in self._buffers.items():
+            for g, n in buf.late.items():
+                late += n
+                late_by_group.setdefault("/".join(g), {})[f"{spec.length_s:g}s"] = n
+        closed = max(1, c.windows_closed)
+        wm = self._watermark.current(self.clock())
+        return {
+            "events_in": c.events_in,
+            "feedback_in": c.feedback_in,
+            "windows_closed": c.windows_closed,
+            "windows_reemitted": c.windows_reemitted,
+            "open_windows": sum(len(b) for b in self._buffers.values()),
+            "signals_out": c.signals_out,
+            "partials_out": c.partials_out,
+            "late_dropped": late,
+            "late_dropped_by_group": late_by_group,
+            "watermark_ms": wm,
+            "close_delay_s": {
+                "last": c.close_delay_last_s,
+                "max": c.close_delay_max_s,
+                "mean": c.close_delay_sum_s / closed,
+            },
+            "detector_errors": dict(c.detector_errors),
+            "detector_seconds": {k: round(v, 6) for k, v in c.detector_seconds.items()},
+            "detector_calls": dict(c.detector_calls),
+            "join": {} if self._join is None else self._join.stats(),
+        }
+
+    # -- persistence --------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything needed to continue after a restart: open windows, the
+        join table, per-group detector state, counters. Picklable, and JSON-able
+        when every detector's snapshot is. Take it at the same point as the
+        consumer offsets it goes with."""
+        c = self._c
+        return {
+            "version": 1,
+            "role": self.role,
+            "watermark": self._watermark.snapshot(),
+            "buffers": [
+                [spec.length_s, spec.lateness_s, buf.snapshot()]
+                for spec, buf in self._buffers.items()
+            ],
+            "join": None if self._join is None else self._join.snapshot(),
+            "detectors": [
+                [fam, list(g), [d.snapshot() for d in dets]]
+                for (fam, g), dets in self._instances.items()
+            ],
+            "revisions": [[list(g), s, r] for (g, s), r in self._revisions.items()],
+            "partials": [p.to_dict() for p in self._partials],
+            "counters": {
+                k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(c).items()
+            },
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Load a :meth:`snapshot` into an engine built with the same configuration."""
+        if state.get("version") != 1:
+            raise ValueError(f"snapshot version {state.get('version')!r} not supported")
+        if state["role"] != self.role:
+            raise ValueError(f"snapshot of a {state['role']!r} engine, this one is {self.role!r}")
+        self._watermark.restore(state["watermark"], self.clock())
+        by_spec = {(s.length_s, s.lateness_s): b for s, b in self._buffers.items()}
+        for length, lateness, buf_state in state["buffers"]:
+            buf = by_spec.get((float(length), float(lateness)))
+            if buf is None:
+                raise ValueError(f"snapshot has a {length} s window this engine does not")
+            buf.restore(buf_state)
+        if self._join is not None and state["join"] is not None:
+            self._join.restore(state["join"])
+        self._instances = {}
+        for fam, g, det_states in state["detectors"]:
+            dets = list(self.detectors[fam]())
+            for det, st in zip(dets, det_states, strict=True):
+                det.restore(st)
+            self._instances[(fam, _group(g))] = dets
+        self._revisions = {(_group(g), int(s)): int(r) for g, s, r in state["revisions"]}
+        self._partials = [Partial.from_dict(p) for p in state["partials"]]
+        c = _Counters()
+        for k, v in state["counters"].items():
+            cur = getattr(c, k)
+            if isinstance(cur, dict):
+                cur.update(v)
+            else:
+                setattr(c, k, v)
+        self._c = c
+
+
+def merge_partials(
+    partials: Iterable[Partial | Mapping[str, Any]],
+    detectors: Mapping[str, DetectorFactory] | None = None,
+) -> list[Signal]:
+    """Combine partial states from several workers into labelled signals.
+
+    Partials of the same (family, group, window, detector) are merged (the
+    latest ``revision`` per worker counts) and emitted once, as one engine
+    with all the events would have: exact for counts and sums, within the
+    sketch's relative accuracy for percentiles. Sorted by (ts, group, signal,
+    dimension).
+
+    >>> from detectors.testing import synthetic_events
+    >>> events = synthetic_events(400, seed=1, start=1_700_000_000.0, rate=40)
+    >>> fams = {"latency": default_detectors()["latency"]}
+    >>> workers = [SignalEngine(fams, role="partials", worker=str(w), clock=lambda: 0.0)
+    ...            for w in range(2)]
+    >>> for i, e in enumerate(events):
+    ...     _ = workers[i % 2].add_inference([e])
+    >>> parts = [p for w in workers for p in (w.flush(), w.partials())[1]]
+    >>> merged = merge_partials(parts, fams)
+    >>> whole = SignalEngine(fams, clock=lambda: 0.0)
+    >>> _ = whole.add_inference(events)
+    >>> one = [s for s in whole.flush() if s.signal != "latency.change"]
+    >>> [(s.signal, s.value, s.n) for s in merged] == [(s.signal, s.value, s.n) for s in
+    ...     sorted(one, key=lambda s: (s.ts, s.app, s.model, s.model_version, s.signal, s.dimension))]
+    True
+    """
+    factories = dict(default_detectors() if detectors is None else detectors)
+    latest: dict[tuple[Any, ...], Partial] = {}
+    for p in partials:
+        part = p if isinstance(p, Partial) else Partial.from_dict(p)
+        k = (*part.key, part.worker)
+        prev = latest.get(k)
+        if prev is None or part.revision >= prev.revision:
+            latest[k] = part
+    by_key: dict[tuple[str, Group, float, float, int], list[Partial]] = defaultdict(list)
+    for k in sorted(latest, key=lambda k: (k[2], k[1], k[0], k[4], k[5])):
+        by_key[k[:5]].append(latest[k])
+    protos: dict[str, list[Detector]] = {}
+    out: list[Signal] = []
+    for (family, group, start, end, index), parts in by_key.items():
+        if family not in protos:
+            protos[family] = list(factories[family]())
+        cls = type(protos[family][index])
+        if cls.__name__ != parts[0].detector:
+            raise ValueError(
+                f"partial of {parts[0].detector} at {family}[{index}], factory makes {cls.__name__}"
+            )
+        base = cls()
+        base.restore(parts[0].state)
+        for part in parts[1:]:
+            other = cls()
+            other.restore(part.state)
+            base.merge(other)  # type: ignore[attr-defined]
+        app, model, version = group
+        out += [
+            s.labelled(app=app, model=model, model_version=version)
+            for s in base.emit(start=start, end=end)  # type: ignore[attr-defined]
+        ]
+    out.sort(key=lambda s: (s.ts, s.app, s.model, s.model_version, s.signal, s.dimension))
+    return out

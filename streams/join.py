@@ -1,0 +1,322 @@
+"""Feedback joined onto its inference by ``request_id``, with a horizon.
+
+Feedback arrives seconds to days after the inference it rates. The join is
+an in-memory table keyed by ``request_id`` that holds, for every inference of
+the last ``horizon_s`` seconds of event time (default 1 h), the compact part
+that feedback-based signals need: group, event time, event id, status,
+predicted label and segment attributes. Records are indexed by their window
+of the ``quality`` family (60 s by default), so a whole window is evicted at
+once when it falls behind ``watermark - horizon``.
+
+What happens to a feedback event:
+
+* its inference is in the table: the feedback is attached (several feedback
+  events for one request merge field by field, the latest value wins). If
+  that inference's window has already closed, the window is marked *dirty*
+  and :meth:`FeedbackJoin.redo` returns it, so the engine recomputes
+  the window's feedback signals and emits them again with the same ``ts``:
+  the ``signals`` table is a ``ReplacingMergeTree`` keyed by (app, model,
+  model_version, signal, dimension, ts), so the new value replaces the old.
+* its inference is not (yet) in the table: the feedback waits, because the
+  two topics are consumed independently and the feedback may simply be
+  ahead. It waits until the inference watermark minus the lateness passes
+  the feedback's own event time (an inference always precedes its feedback,
+  so by then it should have been seen), then it is counted as
+  ``feedback_unmatched``: its inference was older than the horizon, or never
+  arrived. At most ``max_pending`` feedback events wait; beyond that the
+  oldest are counted unmatched.
+
+Partitioning: the client keys both topics' envelopes by a bucket of
+``request_id`` with the same partitioner and the topics have the same
+partition count, so an inference and its feedback land on the same partition
+*number* of the two topics. A worker is assigned the same partition numbers
+of both (co-partitioning), so the join is local: no shuffle, and the table
+holds only the requests of that worker's partitions.
+
+Memory is about 0.5 kB per record (measured; see docs/signals.md), i.e.
+horizon x inference rate x 0.5 kB: 1 h at 200 requests/s is about 360 MB.
+Lower ``horizon_s`` for busier workers, or add workers.
+
+>>> from streams.windows import WindowSpec
+>>> join = FeedbackJoin(WindowSpec(60, 30), horizon_s=3600)
+>>> g = ("support", "router", "1")
+>>> join.add_inference(g, {"ts": 1_000, "event_id": "e1", "request_id": "r1",
+...                        "status": "ok", "prediction": {"label": "billing"}})
+>>> join.add_feedback({"request_id": "r1", "ts": 5_000, "label": "refund"})
+True
+>>> join.due(watermark_ms=95_000)      # window [0, 60 s) closes at 60 + 30 s
+[(('support', 'router', '1'), 0)]
+>>> [e["feedback"] for e in join.events(g, 0)]
+[{'label': 'refund'}]
+>>> join.add_feedback({"request_id": "r1", "ts": 70_000, "score": -1.0})
+True
+>>> join.due(watermark_ms=96_000), join.redo()    # a closed window got feedback: again
+([], [(('support', 'router', '1'), 0)])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from streams.windows import Group, WindowSpec, _group, event_ms
+
+__all__ = ["FEEDBACK_FIELDS", "FeedbackJoin"]
+
+FEEDBACK_FIELDS: tuple[str, ...] = ("score", "label", "hallucination")
+"""Fields of ``feedback/v1`` the signals use; others (comment) are not kept."""
+
+
+class _Record:
+    """The compact part of an inference that feedback signals need."""
+
+    __slots__ = ("event_id", "feedback", "group", "label", "request_id", "segment", "status", "ts")
+
+    def __init__(
+        self,
+        event_id: str,
+        request_id: str,
+        ts: int,
+        group: Group,
+        status: str | None,
+        label: str | None,
+        segment: Mapping[str, str] | None,
+        feedback: dict[str, Any] | None = None,
+    ) -> None:
+        self.event_id = event_id
+        self.request_id = request_id
+        self.ts = ts
+        self.group = group
+        self.status = status
+        self.label = label
+        self.segment = segment
+        self.feedback = feedback
+
+    def as_event(self) -> dict[str, Any]:
+        app, model, version = self.group
+        ev: dict[str, Any] = {
+            "ts": self.ts,
+            "event_id": self.event_id,
+            "request_id": self.request_id,
+            "app": app,
+            "model": model,
+            "model_version": version,
+            "status": self.status,
+            "segment": self.segment,
+            "feedback": self.feedback,
+        }
+        if self.label is not None:
+            ev["prediction"] = {"label": self.label}
+        return ev
+
+    def to_list(self) -> list[Any]:
+        return [
+            self.event_id, self.request_id, self.ts, list(self.group), self.status,
+            self.label, None if self.segment is None else dict(self.segment), self.feedback,
+        ]
+
+    @classmethod
+    def from_list(cls, row: list[Any]) -> _Record:
+        eid, rid, ts, g, status, label, segment, feedback = row
+        return cls(eid, rid, int(ts), _group(g), status, label, segment, feedback)
+
+
+def _feedback_fields(event: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: event[k] for k in FEEDBACK_FIELDS if event.get(k) is not None}
+
+
+class FeedbackJoin:
+    """Inference records by ``request_id`` for ``horizon_s``; see the module docstring.
+
+    The engine calls :meth:`add_inference` for every inference,
+    :meth:`add_feedback` for every feedback event, :meth:`due` with the
+    watermark and, less often, :meth:`redo`; for each (group, window start)
+    they return, :meth:`events`
+    gives the window's inferences that carry feedback, as event dicts with a
+    ``feedback`` mapping that :class:`~detectors.base.Batch` turns into
+    ``feedback.*`` columns.
+    """
+
+    def __init__(
+        self,
+        window: WindowSpec,
+        horizon_s: float = 3600.0,
+        *,
+        max_pending: int = 100_000,
+    ) -> None:
+        if horizon_s < window.length_s + window.lateness_s:
+            raise ValueError(
+                f"horizon_s: must cover a window and its lateness "
+                f"({window.length_s + window.lateness_s} s), got {horizon_s}"
+            )
+        self.window = window
+        self.horizon_s = float(horizon_s)
+        self.max_pending = int(max_pending)
+        self._by_request: dict[str, _Record] = {}
+        self._windows: dict[tuple[Group, int], list[_Record]] = {}
+        self._pending: dict[str, tuple[dict[str, Any], int]] = {}
+        self._dirty: set[tuple[Group, int]] = set()
+        self.closed_through: int = -(2**62)
+        self.counts: dict[str, int] = dict.fromkeys(
+            (
+                "inference_records",
+                "feedback_in",
+                "feedback_joined",
+                "feedback_after_close",
+                "feedback_unmatched",
+                "records_expired",
+                "windows_reemitted",
+            ),
+            0,
+        )
+
+    # -- input --------------------------------------------------------------
+
+    def add_inference(self, group: Group, event: Mapping[str, Any], ts_ms: int | None = None) -> None:
+        """Keep the compact record of an inference (late ones too: their
+        feedback still counts)."""
+        rid = event.get("request_id")
+        if not rid:
+            return
+        if ts_ms is None:
+            ts_ms = event_ms(event)
+        old = self._by_request.get(rid)
+        if old is not None and old.event_id == event.get("event_id"):
+            return  # a replayed inference: keep the record and its feedback
+        pred = event.get("prediction")
+        label = pred.get("label") if pred else None
+        rec = _Record(
+            str(event.get("event_id", "")), rid, ts_ms, group, event.get("status"),
+            None if label is None else str(label), event.get("segment"),
+        )
+        start = ts_ms - ts_ms % self.window.length_ms
+        key = (group, start)
+        bucket = self._windows.get(key)
+        if bucket is None:
+            self._windows[key] = [rec]
+        else:
+            bucket.append(rec)
+        self._by_request[rid] = rec
+        self.counts["inference_records"] += 1
+        waiting = self._pending.pop(rid, None)
+        if waiting is not None:
+            self._attach(rec, waiting[0])
+
+    def add_feedback(self, event: Mapping[str, Any]) -> bool:
+        """Attach feedback to its inference; False if it has to wait for it."""
+        self.counts["feedback_in"] += 1
+        fields = _feedback_fields(event)
+        rid = str(event.get("request_id", ""))
+        rec = self._by_request.get(rid)
+        if rec is not None:
+            self._attach(rec, fields)
+            return True
+        if rid in self._pending:
+            merged, ts = self._pending.pop(rid)
+            self._pending[rid] = ({**merged, **fields}, max(ts, event_ms(event)))
+            return False
+        self._pending[rid] = (fields, event_ms(event))
+        while len(self._pending) > self.max_pending:
+            self._pending.pop(next(iter(self._pending)))
+            self.counts["feedback_unmatched"] += 1
+        return False
+
+    def _attach(self, rec: _Record, fields: dict[str, Any]) -> None:
+        self.counts["feedback_joined"] += 1
+        rec.feedback = {**rec.feedback, **fields} if rec.feedback else dict(fields)
+        start = rec.ts - rec.ts % self.window.length_ms
+        if start + self.window.length_ms <= self.closed_through:
+            self.counts["feedback_after_close"] += 1
+            self._dirty.add((rec.group, start))
+
+    # -- output -------------------------------------------------------------
+
+    def due(self, watermark_ms: int | None) -> list[tuple[Group, int]]:
+        """Windows that close at ``watermark_ms`` and hold feedback, oldest
+        first. Also expires records past the horizon and feedback that
+        waited in vain."""
+        if watermark_ms is None:
+            return []
+        threshold = watermark_ms - self.window.lateness_ms
+        length = self.window.length_ms
+        out = []
+        if threshold > self.closed_through:
+            before = self.closed_through
+            for key, recs in self._windows.items():
+                end = key[1] + length
+                if before < end <= threshold and any(r.feedback for r in recs):
+                    out.append(key)
+            self.closed_through = threshold
+            self._dirty.difference_update(out)
+        self._expire(watermark_ms, threshold)
+        return sorted(out, key=lambda k: (k[1], k[0]))
+
+    def redo(self) -> list[tuple[Group, int]]:
+        """Closed windows that received feedback since the last call, oldest
+        first: their feedback signals are to be computed and emitted again."""
+        out = sorted(self._dirty, key=lambda k: (k[1], k[0]))
+        self._dirty = set()
+        self.counts["windows_reemitted"] += len(out)
+        return out
+
+    def flush(self) -> list[tuple[Group, int]]:
+        """Close every window (shutdown, end of a replay)."""
+        if not self._windows:
+            return self.due(self.closed_through + self.window.lateness_ms)
+        last = max(start for _, start in self._windows) + self.window.length_ms
+        return self.due(max(last, self.closed_through) + self.window.lateness_ms)
+
+    def events(self, group: Group, start: int) -> list[dict[str, Any]]:
+        """The window's inferences that received feedback, oldest first."""
+        recs = [r for r in self._windows.get((group, start), ()) if r.feedback]
+        recs.sort(key=lambda r: (r.ts, r.event_id))
+        return [r.as_event() for r in recs]
+
+    def _expire(self, watermark_ms: int, threshold: int) -> None:
+        cutoff = watermark_ms - int(round(self.horizon_s * 1000))
+        length = self.window.length_ms
+        for key in [k for k in self._windows if k[1] + length <= cutoff]:
+            for rec in self._windows.pop(key):
+                if self._by_request.get(rec.request_id) is rec:
+                    del self._by_request[rec.request_id]
+                self.counts["records_expired"] += 1
+            self._dirty.discard(key)
+        if self._pending:
+            gone = [rid for rid, (_, ts) in self._pending.items() if ts <= threshold]
+            for rid in gone:
+                del self._pending[rid]
+            self.counts["feedback_unmatched"] += len(gone)
+
+    # -- observability and persistence -------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Counters plus the table's current size."""
+        return {
+            **self.counts,
+            "records": len(self._by_request),
+            "windows": len(self._windows),
+            "feedback_pending": len(self._pending),
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """Records, waiting feedback, dirty windows and counters (JSON-able)."""
+        return {
+            "records": [r.to_list() for recs in self._windows.values() for r in recs],
+            "pending": [[rid, f, ts] for rid, (f, ts) in self._pending.items()],
+            "dirty": [[list(g), s] for g, s in sorted(self._dirty)],
+            "closed_through": self.closed_through,
+            "counts": dict(self.counts),
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self._by_request = {}
+        self._windows = {}
+        length = self.window.length_ms
+        for row in state["records"]:
+            rec = _Record.from_list(row)
+            self._windows.setdefault((rec.group, rec.ts - rec.ts % length), []).append(rec)
+            self._by_request[rec.request_id] = rec
+        self._pending = {rid: (dict(f), int(ts)) for rid, f, ts in state["pending"]}
+        self._dirty = {(_group(g), int(s)) for g, s in state["dirty"]}
+        self.closed_through = int(state["closed_through"])
+        self.counts.update(state["counts"])

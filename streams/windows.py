@@ -1,0 +1,270 @@
+"""Event-time tumbling windows per (app, model, model_version), with a watermark.
+
+A window is ``[start, start + length)`` in event time, aligned on the epoch
+(``start = ts - ts % length``), so every worker cuts the same windows. Each
+detector family has its own length and allowed lateness
+(:data:`DEFAULT_WINDOWS`): 10 s windows with 5 s lateness for latency,
+errors, tokens and cost, where a signal is worth having quickly; 60 s with
+30 s for drift, bias, hallucination and feedback quality, whose tests need
+hundreds of events per window.
+
+**Watermark.** :class:`Watermark` keeps the largest event time seen per
+*source* (a Kafka partition) and the wall time it last heard from it. The
+watermark is the smallest of those maxima over the sources heard from in
+the last ``idle_s`` seconds, so a slow partition holds windows open (its
+events are not late), while a partition that has gone quiet (no traffic,
+or revoked) stops holding them after ``idle_s``. When every source is idle,
+event time is extrapolated by the wall time elapsed since the last event,
+so the last windows of a stream that stops still close. The watermark never
+goes back.
+
+**Closing.** A window closes when ``watermark - lateness >= end``. An event
+whose window has already closed is *late*: it is dropped from that family's
+windows and counted per group (:attr:`TumblingWindows.late`). Late events
+are not re-emitted: the lateness is the budget for disorder, and holding
+every closed window's events for re-emission would multiply memory by the
+horizon. (Feedback is different: it is expected late and is handled by the
+join, which re-emits the windows it changes.)
+
+Events are dicts as ingest validates them (``ts`` in epoch milliseconds).
+They are appended to one list per (group, window); a closed window's events
+are sorted by (ts, event_id), so what a detector sees does not depend on
+how partitions interleaved on the way in.
+
+>>> spec = WindowSpec(10.0, 5.0)
+>>> wm = Watermark(idle_s=30.0)
+>>> win = TumblingWindows(spec)
+>>> g = ("app", "model", "1")
+>>> for ts in (1_000, 4_000, 12_000, 16_000):
+...     _ = win.add(g, {"ts": ts, "event_id": str(ts)})
+...     wm.observe(0, ts, now=100.0)
+>>> [(grp, start, len(evs)) for grp, start, evs in win.close(wm.current(100.0) - spec.lateness_ms)]
+[(('app', 'model', '1'), 0, 2)]
+>>> win.add(g, {"ts": 9_000, "event_id": "late"}), win.late
+(False, {('app', 'model', '1'): 1})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from detectors.base import parse_ts
+
+__all__ = [
+    "DEFAULT_WINDOWS",
+    "Group",
+    "TumblingWindows",
+    "Watermark",
+    "WindowSpec",
+    "event_ms",
+    "group_of",
+]
+
+Group = tuple[str, str, str]
+"""(app, model, model_version): the routing key of signals."""
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSpec:
+    """Length and allowed lateness of a family's windows, in seconds.
+
+    >>> WindowSpec(60, 30).length_ms, WindowSpec(60, 30).start_of(1_700_000_059_999)
+    (60000, 1700000040000)
+    """
+
+    length_s: float
+    lateness_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.length_s > 0 or self.length_ms != self.length_s * 1000:
+            raise ValueError(f"length_s: need a positive whole number of ms, got {self.length_s!r}")
+        if not self.lateness_s >= 0:
+            raise ValueError(f"lateness_s: need >= 0, got {self.lateness_s!r}")
+
+    @property
+    def length_ms(self) -> int:
+        return int(round(self.length_s * 1000))
+
+    @property
+    def lateness_ms(self) -> int:
+        return int(round(self.lateness_s * 1000))
+
+    def start_of(self, ts_ms: int) -> int:
+        """Start (ms) of the window holding event time ``ts_ms``."""
+        return ts_ms - ts_ms % self.length_ms
+
+
+DEFAULT_WINDOWS: Mapping[str, WindowSpec] = MappingProxyType(
+    {
+        "latency": WindowSpec(10.0, 5.0),
+        "drift": WindowSpec(60.0, 30.0),
+        "bias": WindowSpec(60.0, 30.0),
+        "hallucination": WindowSpec(60.0, 30.0),
+        "quality": WindowSpec(60.0, 30.0),
+    }
+)
+"""Window length and lateness per detector family (see the module docstring)."""
+
+
+def event_ms(event: Mapping[str, Any]) -> int:
+    """Event time in epoch ms: validated events carry int ms; RFC 3339 text is parsed.
+
+    >>> event_ms({"ts": 1_700_000_000_123}), event_ms({"ts": "2023-11-14T22:13:20Z"})
+    (1700000000123, 1700000000000)
+    """
+    ts = event["ts"]
+    if type(ts) is int:
+        return ts
+    return int(round(parse_ts(ts) * 1000))
+
+
+def group_of(event: Mapping[str, Any]) -> Group:
+    """The (app, model, model_version) of an inference event."""
+    return (str(event["app"]), str(event["model"]), str(event["model_version"]))
+
+
+class Watermark:
+    """Min over active sources of the max event time seen (ms); see the module docstring.
+
+    >>> wm = Watermark(idle_s=10.0)
+    >>> wm.observe("p0", 50_000, now=0.0); wm.observe("p1", 20_000, now=0.0)
+    >>> wm.current(now=5.0)        # p1 is behind: it holds the watermark
+    20000
+    >>> wm.current(now=12.0)       # both idle: extrapolate the furthest by wall time
+    62000
+    """
+
+    def __init__(self, idle_s: float = 30.0) -> None:
+        self.idle_s = float(idle_s)
+        self._max: dict[Hashable, int] = {}
+        self._seen: dict[Hashable, float] = {}
+        self._value: int | None = None
+
+    def observe(self, source: Hashable, ts_ms: int, now: float) -> None:
+        """Note an event time from ``source`` received at wall time ``now``."""
+        prev = self._max.get(source)
+        if prev is None or ts_ms > prev:
+            self._max[source] = ts_ms
+        self._seen[source] = now
+
+    def current(self, now: float) -> int | None:
+        """The watermark (ms) at wall time ``now``; ``None`` before any event."""
+        if not self._max:
+            return self._value
+        active = [m for s, m in self._max.items() if now - self._seen[s] < self.idle_s]
+        if active:
+            value = min(active)
+        else:
+            value = max(
+                m + int(max(0.0, now - self._seen[s]) * 1000) for s, m in self._max.items()
+            )
+        if self._value is None or value > self._value:
+            self._value = value
+        return self._value
+
+    def forget(self, source: Hashable) -> None:
+        """Stop waiting for ``source`` (its partition was revoked)."""
+        self._max.pop(source, None)
+        self._seen.pop(source, None)
+
+    def snapshot(self) -> dict[str, Any]:
+        # Wall times are not kept: after a restart every source counts as
+        # heard from at the first observation, so none closes windows early.
+        return {
+            "idle_s": self.idle_s,
+            "max": [[s, m] for s, m in self._max.items()],
+            "value": self._value,
+        }
+
+    def restore(self, state: Mapping[str, Any], now: float) -> None:
+        self.idle_s = float(state["idle_s"])
+        self._max = {_hashable(s): int(m) for s, m in state["max"]}
+        self._seen = dict.fromkeys(self._max, now)
+        self._value = None if state["value"] is None else int(state["value"])
+
+
+def _hashable(x: Any) -> Hashable:
+    return tuple(_hashable(v) for v in x) if isinstance(x, list) else x
+
+
+class TumblingWindows:
+    """Open windows of one :class:`WindowSpec`: event lists per (group, start ms).
+
+    ``closed_through`` is the close threshold (ms) last applied: windows
+    ending at or before it are closed, and events for them are late.
+    """
+
+    def __init__(self, spec: WindowSpec) -> None:
+        self.spec = spec
+        self._open: dict[tuple[Group, int], list[dict[str, Any]]] = {}
+        self.closed_through: int = -(2**62)
+        self.late: dict[Group, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def add(self, group: Group, event: dict[str, Any], ts_ms: int | None = None) -> bool:
+        """Append ``event`` to its window; False (and counted) if that window closed."""
+        if ts_ms is None:
+            ts_ms = event_ms(event)
+        start = ts_ms - ts_ms % self.spec.length_ms
+        if start + self.spec.length_ms <= self.closed_through:
+            self.late[group] = self.late.get(group, 0) + 1
+            return False
+        key = (group, start)
+        bucket = self._open.get(key)
+        if bucket is None:
+            self._open[key] = [event]
+        else:
+            bucket.append(event)
+        return True
+
+    def close(self, threshold_ms: int | None) -> list[tuple[Group, int, list[dict[str, Any]]]]:
+        """Remove and return the windows ending at or before ``threshold_ms``,
+        oldest first, each with its events sorted by (ts, event_id)."""
+        if threshold_ms is None:
+            return []
+        if threshold_ms > self.closed_through:
+            self.closed_through = threshold_ms
+        length = self.spec.length_ms
+        due = sorted(
+            (k for k in self._open if k[1] + length <= threshold_ms), key=lambda k: (k[1], k[0])
+        )
+        return [(g, start, _ordered(self._open.pop((g, start)))) for g, start in due]
+
+    def close_all(self) -> list[tuple[Group, int, list[dict[str, Any]]]]:
+        """Close every open window (shutdown, end of a replay)."""
+        if not self._open:
+            return []
+        last = max(start for _, start in self._open) + self.spec.length_ms
+        return self.close(last)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "open": [[list(g), start, events] for (g, start), events in self._open.items()],
+            "closed_through": self.closed_through,
+            "late": [[list(g), n] for g, n in self.late.items()],
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self._open = {(_group(g), int(start)): list(evs) for g, start, evs in state["open"]}
+        self.closed_through = int(state["closed_through"])
+        self.late = {_group(g): int(n) for g, n in state["late"]}
+
+
+def _group(g: Any) -> Group:
+    a, m, v = g
+    return (str(a), str(m), str(v))
+
+
+def _ordered(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    events.sort(key=_order_key)
+    return events
+
+
+def _order_key(e: Mapping[str, Any]) -> tuple[int, str]:
+    ts = e["ts"]
+    return (ts if type(ts) is int else event_ms(e), str(e.get("event_id", "")))

@@ -1,0 +1,346 @@
+"""The signal engine on seeded streams: windows, late events, feedback
+re-emission, horizon, scale-out merge, failing detectors, snapshot/restore."""
+
+from __future__ import annotations
+
+import pickle
+import zlib
+from collections import Counter, defaultdict
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from detectors.base import Batch, Detector, Signal
+from detectors.latency import ErrorRates
+from detectors.testing import synthetic_events
+from llmpulse.events import TOPIC_FEEDBACK, TOPIC_INFERENCE
+from llmpulse.simulate import SupportAppSimulator
+from streams.engine import Partial, SignalEngine, default_detectors, merge_partials
+
+T0 = 1_700_000_040.0  # on a 60 s boundary, so windows of both lengths line up with the stream
+
+
+class Clock:
+    def __init__(self, t: float = T0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def families(*names: str, **kw: Any) -> dict[str, Any]:
+    d = default_detectors(**kw)
+    return {n: d[n] for n in names}
+
+
+def stream(duration_s: float = 60, rate: float = 10, seed: int = 3, **kw: Any) -> list[list[tuple[str, dict]]]:
+    sim = SupportAppSimulator(seed=seed, rate=rate, start_ts=T0, **kw)
+    return list(sim.batches(duration_s))
+
+
+def drive(engine: SignalEngine, clock: Clock, chunks: list[list[tuple[str, dict]]],
+          *, flush: bool = True) -> list[Signal]:
+    """One chunk per second of wall time, polling after each, as an agent would."""
+    out: list[Signal] = []
+    for chunk in chunks:
+        clock.t += 1.0
+        engine.add_inference([e for t, e in chunk if t == TOPIC_INFERENCE])
+        engine.add_feedback([e for t, e in chunk if t == TOPIC_FEEDBACK])
+        out += engine.poll()
+    if flush:
+        out += engine.flush()
+    return out
+
+
+def key(s: Signal) -> tuple:
+    return (s.ts, s.app, s.model, s.model_version, s.signal, s.dimension)
+
+
+def canon(signals: list[Signal]) -> list[bytes]:
+    return sorted(orjson.dumps(s.to_row(), option=orjson.OPT_SORT_KEYS) for s in signals)
+
+
+# -- windows and signals ----------------------------------------------------------
+
+
+def test_signals_per_group_per_window_have_the_right_names_and_n() -> None:
+    clock = Clock()
+    engine = SignalEngine(families("latency"), clock=clock)
+    chunks = stream(60, rate=20)
+    signals = drive(engine, clock, chunks)
+    inferences = [e for c in chunks for t, e in c if t == TOPIC_INFERENCE]
+    by_window: dict[tuple, list[dict]] = defaultdict(list)
+    for e in inferences:
+        end = (e["ts"] // 10_000 + 1) * 10.0
+        by_window[(end, e["app"], e["model"], e["model_version"])].append(e)
+    assert len(by_window) == 3 * 6  # three models, six 10 s windows
+    errors = {(s.ts, s.app, s.model, s.model_version): s for s in signals if s.signal == "errors.rate"}
+    assert set(errors) == set(by_window)
+    for k, evs in by_window.items():
+        assert errors[k].n == len(evs)
+        assert errors[k].window_s == 10.0
+        assert errors[k].value == sum(e["status"] == "error" for e in evs) / len(evs)
+    p50 = {(s.ts, s.app, s.model, s.model_version): s for s in signals if s.signal == "latency.p50_ms"}
+    for k, evs in by_window.items():
+        exact = float(np.quantile([e["latency_ms"] for e in evs], 0.5))
+        assert abs(p50[k].value / exact - 1) <= 0.005
+    names = {s.signal for s in signals}
+    assert {"latency.p50_ms", "latency.p95_ms", "errors.rate", "errors.timeout_rate",
+            "tokens.output_per_s", "cost.usd"} <= names
+    assert engine.stats()["windows_closed"] == 18
+    assert engine.stats()["events_in"] == len(inferences)
+
+
+def test_windows_close_when_the_watermark_passes_end_plus_lateness() -> None:
+    clock = Clock()
+    engine = SignalEngine({"latency": lambda: [ErrorRates(min_n=1)]}, clock=clock)
+    base = int(T0 * 1000)
+    events = synthetic_events(30, seed=1, start=T0, rate=2.0)  # 15 s of events
+    assert [e["ts"] for e in events] == sorted(e["ts"] for e in events)
+    upto_14 = [e for e in events if e["ts"] < base + 14_999]
+    engine.add_inference(upto_14 + [{**events[0], "ts": base + 14_999, "event_id": "x"}])
+    assert engine.poll() == []  # watermark 14.999 s - 5 s lateness < 10 s
+    engine.add_inference([{**events[0], "ts": base + 15_000, "event_id": "y"}])
+    [sig, _] = engine.poll()
+    assert (sig.signal, sig.ts, sig.n) == ("errors.rate", T0 + 10.0,
+                                          sum(e["ts"] < base + 10_000 for e in events))
+    assert engine.stats()["open_windows"] == 1
+
+
+def test_late_events_are_counted_and_change_nothing() -> None:
+    clock = Clock()
+    engine = SignalEngine(families("latency"), clock=clock)
+    chunks = stream(30, rate=10)
+    first = drive(engine, clock, chunks, flush=False)
+    old = next(e for t, e in chunks[0] if t == TOPIC_INFERENCE)
+    late = [{**old, "event_id": f"late-{i}"} for i in range(3)]
+    assert engine.add_inference(late) == 3
+    stats = engine.stats()
+    assert stats["late_dropped"] == 3
+    group = "/".join((old["app"], old["model"], old["model_version"]))
+    assert stats["late_dropped_by_group"] == {group: {"10s": 3}}
+    assert engine.poll() == []
+    assert first  # the on-time windows were emitted
+
+
+def test_idle_or_slow_partition_does_not_close_windows_early() -> None:
+    clock = Clock()
+    engine = SignalEngine({"latency": lambda: [ErrorRates(min_n=1)]}, clock=clock, idle_s=20)
+    events = synthetic_events(200, seed=2, start=T0, rate=5.0)  # 40 s
+    engine.add_inference(events[:10], source=1)  # partition 1 stops at ~2 s
+    engine.add_inference(events[10:], source=0)  # partition 0 runs to 40 s
+    assert engine.poll() == []  # partition 1 is behind: its windows may still fill
+    engine.add_inference([{**events[5], "event_id": "slow", "ts": events[9]["ts"] + 1}], source=1)
+    assert engine.stats()["late_dropped"] == 0
+    clock.t += 21  # partition 1 idle for longer than idle_s, partition 0 still talking
+    engine.add_inference([{**events[-1], "event_id": "fresh"}], source=0)
+    signals = engine.poll()
+    assert [s.ts for s in signals if s.signal == "errors.rate"] == [T0 + 10, T0 + 20, T0 + 30]
+    assert sum(s.n for s in signals if s.signal == "errors.rate") == sum(
+        e["ts"] < int(T0 * 1000) + 30_000 for e in events) + 1
+
+
+# -- feedback ---------------------------------------------------------------------
+
+
+def test_late_feedback_recomputes_and_reemits_accuracy_of_its_window() -> None:
+    clock = Clock()
+    engine = SignalEngine(families("quality"), clock=clock, reemit_interval_s=0)
+    chunks = stream(120, rate=10, feedback_share=0.5, feedback_delay_s=5)
+    inferences = {e["request_id"]: e for c in chunks for t, e in c if t == TOPIC_INFERENCE}
+    # hold back the label of one router request of the first minute
+    held = next(e for c in chunks for t, e in c if t == TOPIC_FEEDBACK and "label" in e
+                and inferences[e["request_id"]]["ts"] < int(T0 * 1000) + 60_000)
+    chunks = [[(t, e) for t, e in c if e is not held] for c in chunks]
+    first = drive(engine, clock, chunks, flush=False)
+    router = inferences[held["request_id"]]
+    group = (router["app"], router["model"], router["model_version"])
+    before = [s for s in first if s.signal == "quality.accuracy" and s.ts == T0 + 60
+              and (s.app, s.model, s.model_version) == group]
+    assert before
+    acc = before[-1]  # the last emission is the one the table keeps
+    clock.t += 1
+    reemitted = engine.stats()["windows_reemitted"]
+    engine.add_feedback([held])
+    again = engine.poll()
+    [new] = [s for s in again if s.signal == "quality.accuracy"]
+    correct = router["prediction"]["label"] == held["label"]
+    assert (new.ts, new.window_s, new.n) == (acc.ts, acc.window_s, acc.n + 1)
+    assert new.detail["correct"] == acc.detail["correct"] + correct
+    assert new.value == pytest.approx(new.detail["correct"] / new.n)
+    assert (new.app, new.model, new.model_version) == group
+    # the label-based bias signals of that window came again too, same ts
+    assert {s.signal for s in again} >= {"quality.accuracy"}
+    assert all(s.ts == acc.ts for s in again)
+    assert engine.stats()["windows_reemitted"] == reemitted + 1
+
+
+def test_reemission_is_rate_limited_by_wall_clock() -> None:
+    clock = Clock()
+    engine = SignalEngine(families("quality"), clock=clock, reemit_interval_s=30)
+    chunks = stream(240, rate=5, feedback_share=0.6, feedback_delay_s=40)
+    drive(engine, clock, chunks, flush=False)
+    reemitted = engine.stats()["windows_reemitted"]
+    # windows get feedback every second; re-emission at most every 30 s per window
+    assert 0 < reemitted <= 3 * 4 * (240 // 30 + 1)
+    assert engine.stats()["join"]["feedback_after_close"] > reemitted
+
+
+def test_feedback_past_the_horizon_is_counted_by_the_engine() -> None:
+    clock = Clock()
+    engine = SignalEngine(families("quality"), clock=clock, horizon_s=120)
+    chunks = stream(300, rate=2, feedback_share=0.0)
+    drive(engine, clock, chunks, flush=False)
+    first = next(e for c in chunks for t, e in c if t == TOPIC_INFERENCE)
+    engine.add_feedback([{"event_id": "f", "request_id": first["request_id"],
+                          "ts": first["ts"] + 250_000, "score": 1.0}])
+    engine.add_feedback([{"event_id": "g", "request_id": "nobody", "ts": first["ts"], "label": "x"}])
+    engine.poll()
+    join = engine.stats()["join"]
+    assert join["feedback_unmatched"] == 2
+    assert join["feedback_joined"] == 0
+    assert join["records_expired"] > 0
+
+
+# -- robustness and persistence ------------------------------------------------------
+
+
+class Exploding(Detector):
+    signals = ("test.boom",)
+
+    def update(self, batch: Batch) -> list[Signal]:
+        raise RuntimeError("boom")
+
+
+def test_engine_survives_a_detector_that_raises(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    engine = SignalEngine({"latency": lambda: [Exploding(), ErrorRates()]}, clock=clock)
+    signals = drive(engine, clock, stream(30, rate=10))
+    assert Counter(s.signal for s in signals)["errors.rate"] == 9
+    stats = engine.stats()
+    assert stats["detector_errors"] == {"latency.Exploding": 9}
+    assert stats["detector_calls"]["latency.ErrorRates"] == 9
+    assert "boom" in caplog.text
+
+
+def test_snapshot_restore_mid_stream_gives_the_same_signals() -> None:
+    from detectors.drift import KolmogorovSmirnov, PopulationStabilityIndex, ReferencePolicy
+
+    dets = families("latency", "bias", "quality")
+    dets["drift"] = lambda: [PopulationStabilityIndex(reference=ReferencePolicy.fixed(500)),
+                             KolmogorovSmirnov(reference=ReferencePolicy.rolling(2))]
+    chunks = stream(300, rate=8, seed=5, feedback_delay_s=10)
+    clock_a = Clock()
+    a = SignalEngine(dets, clock=clock_a, reemit_interval_s=0)
+    drive(a, clock_a, chunks[:150], flush=False)
+    state = pickle.loads(pickle.dumps(a.snapshot()))
+    clock_b = Clock(clock_a.t)
+    b = SignalEngine(dets, clock=clock_b, reemit_interval_s=0)
+    b.restore(state)
+    rest_a = drive(a, clock_a, chunks[150:])
+    rest_b = drive(b, clock_b, chunks[150:])
+    assert {s.signal.split(".")[0] for s in rest_a} >= {"latency", "drift", "bias", "quality"}
+    assert any(s.signal.startswith("drift.") for s in rest_a)
+    assert canon(rest_a) == canon(rest_b)
+
+
+# -- scale-out ----------------------------------------------------------------------
+
+
+def partition(request_id: str, n: int = 2) -> int:
+    return zlib.crc32(request_id.encode()) % n
+
+
+def test_two_workers_merged_equal_one_worker() -> None:
+    dets = families("latency", "bias", "quality")
+    chunks = stream(180, rate=15, seed=7, feedback_delay_s=5)
+    clocks = [Clock(), Clock()]
+    workers = [SignalEngine(dets, clock=clocks[w], role="partials", worker=f"w{w}",
+                            reemit_interval_s=0) for w in range(2)]
+    parts: list[Partial] = []
+    for chunk in chunks:
+        for w, engine in enumerate(workers):
+            clocks[w].t += 1.0
+            mine = [(t, e) for t, e in chunk if partition(e["request_id"]) == w]
+            engine.add_inference([e for t, e in mine if t == TOPIC_INFERENCE], source=w)
+            engine.add_feedback([e for t, e in mine if t == TOPIC_FEEDBACK])
+            engine.poll()
+            parts += engine.partials()
+    for engine in workers:
+        engine.flush()
+        parts += engine.partials()
+    assert {p.worker for p in parts} == {"w0", "w1"}
+    wire = [Partial.from_dict(orjson.loads(orjson.dumps(p.to_dict()))) for p in parts]
+    merged = merge_partials(wire, dets)
+
+    clock = Clock()
+    one = SignalEngine(dets, clock=clock, reemit_interval_s=0)
+    whole = [s for s in drive(one, clock, chunks) if s.signal != "latency.change"]
+    # the single engine may emit a window several times (late feedback): the last wins,
+    # as in the ReplacingMergeTree
+    last = {key(s): s for s in whole}
+    got = {key(s): s for s in merged}
+    assert set(got) == set(last)
+    assert len(got) > 500
+    for k, s in last.items():
+        m = got[k]
+        assert m.n == s.n, k
+        assert m.value == pytest.approx(s.value, rel=1e-9, abs=1e-12), k
+    # percentiles: identical sketches; and within the sketch's accuracy of exact values
+    inferences = [e for c in chunks for t, e in c if t == TOPIC_INFERENCE]
+    for k, s in got.items():
+        if s.signal != "latency.p95_ms":
+            continue
+        evs = [e["latency_ms"] for e in inferences if (e["app"], e["model"], e["model_version"])
+               == k[1:4] and s.ts - 10 <= e["ts"] / 1000 < s.ts]
+        assert abs(s.value / float(np.quantile(evs, 0.95)) - 1) <= 0.005
+
+
+def test_owner_role_runs_only_what_does_not_merge() -> None:
+    dets = families("latency", "drift")
+    clock = Clock()
+    owner = SignalEngine(dets, clock=clock, role="owner")
+    signals = drive(owner, clock, stream(200, rate=10))
+    assert owner.partials() == []
+    assert {s.signal for s in signals if not s.signal.startswith("drift.")} <= {"latency.change"}
+    calls = owner.stats()["detector_calls"]
+    assert calls["latency.LatencyChange"] == 3 * 20
+    assert calls["drift.KolmogorovSmirnov"] == 3 * 4
+    assert "latency.ErrorRates" not in calls and "latency.LatencyPercentiles" not in calls
+
+
+def test_merge_keeps_the_latest_revision_per_worker() -> None:
+    g = ("a", "m", "1")
+    mk = lambda w, r, n: Partial("latency", g, 0.0, 10.0, 0, "ErrorRates", {  # noqa: E731
+        "confidence": 0.95, "min_n": 1, "top_error_types": 5, "_n": n, "_errors": 1,
+        "_timeouts": 0, "_types": {}, "_start": 0.0, "_end": 10.0}, w, r)
+    parts = [mk("w0", 0, 10), mk("w0", 1, 20), mk("w1", 0, 5)]
+    [rate, _] = merge_partials(parts, {"latency": lambda: [ErrorRates()]})
+    assert (rate.n, rate.value) == (25, 2 / 25)
+
+
+# -- configuration ------------------------------------------------------------------
+
+
+def test_unknown_family_needs_a_window() -> None:
+    with pytest.raises(ValueError, match="windows"):
+        SignalEngine({"mine": lambda: [ErrorRates()]})
+    with pytest.raises(ValueError, match="role"):
+        SignalEngine(families("latency"), role="boss")  # type: ignore[arg-type]
+
+
+def test_embedding_drift_on_tiny_windows() -> None:
+    from detectors.drift.embedding import EmbeddingDrift
+
+    dets = {"drift": lambda: [EmbeddingDrift("prompt", tests=("mmd",), min_texts=10,
+                                             max_texts=24, reference_size=24, n_permutations=50)]}
+    clock = Clock()
+    engine = SignalEngine(dets, clock=clock)
+    chunks = stream(180, rate=0.4, seed=1)
+    signals = drive(engine, clock, chunks)
+    assert engine.stats()["detector_errors"] == {}
+    sig = [s for s in signals if s.signal == "drift.embedding_mmd"]
+    assert sig, signals
+    assert all(s.dimension == "embedding:prompt" and 10 <= s.n <= 24 for s in sig)

@@ -1,0 +1,131 @@
+"""The feedback join: attach, wait, re-emit after close, horizon, persistence."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from streams.join import FeedbackJoin
+from streams.windows import WindowSpec
+
+G = ("support", "router", "1")
+SPEC = WindowSpec(60.0, 30.0)
+
+
+def inf(rid: str, ts: int, label: str = "billing", **kw: object) -> dict:
+    return {"ts": ts, "event_id": f"e-{rid}", "request_id": rid, "status": "ok",
+            "prediction": {"label": label}, "segment": {"language": "en"}, **kw}
+
+
+def fb(rid: str, ts: int, **fields: object) -> dict:
+    return {"ts": ts, "event_id": f"f-{rid}-{ts}", "request_id": rid, **fields}
+
+
+def test_feedback_before_close_is_part_of_the_window() -> None:
+    j = FeedbackJoin(SPEC)
+    j.add_inference(G, inf("r1", 1_000))
+    j.add_inference(G, inf("r2", 2_000))
+    j.add_inference(G, inf("r3", 61_000))
+    assert j.add_feedback(fb("r2", 9_000, label="refund", score=0.5))
+    assert j.due(89_999) == []  # 60 s + 30 s lateness not reached
+    assert j.due(90_000) == [(G, 0)]
+    [e] = j.events(G, 0)
+    assert e["request_id"] == "r2"
+    assert e["prediction"] == {"label": "billing"}
+    assert e["feedback"] == {"label": "refund", "score": 0.5}
+    assert e["segment"] == {"language": "en"}
+    assert j.redo() == []
+
+
+def test_window_without_feedback_is_not_due() -> None:
+    j = FeedbackJoin(SPEC)
+    j.add_inference(G, inf("r1", 1_000))
+    assert j.due(200_000) == []
+
+
+def test_late_feedback_marks_the_closed_window_for_recomputation() -> None:
+    j = FeedbackJoin(SPEC)
+    j.add_inference(G, inf("r1", 1_000))
+    j.add_inference(G, inf("r2", 2_000))
+    j.add_feedback(fb("r1", 5_000, label="billing"))
+    assert j.due(95_000) == [(G, 0)]
+    assert j.add_feedback(fb("r2", 400_000, label="refund"))  # minutes later
+    j.add_feedback(fb("r1", 401_000, score=-1.0))  # a second feedback on r1 merges
+    assert j.due(96_000) == []
+    assert j.redo() == [(G, 0)]
+    assert j.redo() == []
+    feedback = {e["request_id"]: e["feedback"] for e in j.events(G, 0)}
+    assert feedback == {"r1": {"label": "billing", "score": -1.0}, "r2": {"label": "refund"}}
+    assert j.stats()["feedback_after_close"] == 2
+    assert j.stats()["windows_reemitted"] == 1
+
+
+def test_feedback_ahead_of_its_inference_waits_for_it() -> None:
+    j = FeedbackJoin(SPEC)
+    assert not j.add_feedback(fb("r1", 3_000, hallucination=True))
+    assert j.stats()["feedback_pending"] == 1
+    j.add_inference(G, inf("r1", 1_000))
+    assert j.stats()["feedback_pending"] == 0
+    assert j.due(90_000) == [(G, 0)]
+    assert j.events(G, 0)[0]["feedback"] == {"hallucination": True}
+
+
+def test_feedback_past_the_horizon_is_dropped_and_counted() -> None:
+    j = FeedbackJoin(SPEC, horizon_s=600)
+    j.add_inference(G, inf("old", 1_000))
+    j.add_inference(G, inf("new", 700_000))
+    j.due(700_000)  # watermark 700 s: window [0, 60 s) is past the 600 s horizon
+    assert j.stats()["records_expired"] == 1
+    assert j.stats()["records"] == 1
+    assert not j.add_feedback(fb("old", 650_000, label="x"))
+    assert not j.add_feedback(fb("never-seen", 690_000, label="x"))
+    assert not j.add_feedback(fb("future", 800_000, label="x"))  # inference may still come
+    j.due(720_000)  # threshold 690 s passed both feedback times
+    s = j.stats()
+    assert s["feedback_unmatched"] == 2
+    assert s["feedback_pending"] == 1
+    assert s["feedback_joined"] == 0
+
+
+def test_pending_feedback_is_bounded() -> None:
+    j = FeedbackJoin(SPEC, max_pending=2)
+    for i in range(5):
+        j.add_feedback(fb(f"r{i}", 1_000))
+    assert j.stats()["feedback_pending"] == 2
+    assert j.stats()["feedback_unmatched"] == 3
+
+
+def test_replayed_inference_keeps_its_feedback() -> None:
+    j = FeedbackJoin(SPEC)
+    j.add_inference(G, inf("r1", 1_000))
+    j.add_feedback(fb("r1", 2_000, score=1.0))
+    j.add_inference(G, inf("r1", 1_000))
+    j.due(90_000)
+    assert [e["feedback"] for e in j.events(G, 0)] == [{"score": 1.0}]
+    assert j.stats()["inference_records"] == 1
+
+
+def test_snapshot_restore_continues_identically() -> None:
+    a = FeedbackJoin(SPEC)
+    for i in range(10):
+        a.add_inference(G, inf(f"r{i}", 1_000 + 7_000 * i, label="a" if i % 2 else "b"))
+    a.add_feedback(fb("r1", 20_000, label="a"))
+    a.add_feedback(fb("r99", 200_000, label="a"))  # ahead of its inference
+    assert a.due(100_000) == [(G, 0)]
+    a.add_feedback(fb("r2", 120_000, label="a"))
+    b = FeedbackJoin(SPEC)
+    b.restore(orjson.loads(orjson.dumps(a.snapshot())))
+    for j in (a, b):
+        j.add_feedback(fb("r3", 130_000, score=0.2))
+        j.add_inference(G, inf("r99", 64_000))
+    assert a.stats() == b.stats()
+    assert a.redo() == b.redo() == [(G, 0)]
+    assert a.events(G, 0) == b.events(G, 0)
+    assert len(a.events(G, 0)) == 3
+    assert a.events(G, 60_000) == b.events(G, 60_000)
+    assert [e["request_id"] for e in b.events(G, 60_000)] == ["r99"]
+
+
+def test_horizon_must_cover_a_window() -> None:
+    with pytest.raises(ValueError, match="horizon_s"):
+        FeedbackJoin(SPEC, horizon_s=60)
