@@ -1,0 +1,1 @@
+"""Alert rules shipped with llmpulse: ``default.yaml`` (see ``docs/rules.md``)."""

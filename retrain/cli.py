@@ -1,0 +1,182 @@
+"""``llmpulse retrain``, ``llmpulse deploy`` and ``llmpulse rollback``.
+
+Each command has a ``configure_*(parser)`` that adds its flags and a
+``run_*(args, settings=None)`` that runs it and returns the exit code.
+The registry lives in ``<data-dir>/registry`` (``--data-dir``, else the
+settings' ``data_dir``, else ``$LLMPULSE_DATA_DIR``, else ``./.llmpulse``).
+With ``--serve-url`` a running model server (:mod:`retrain.serving`) is told
+to hot-swap to the new version (or to start the canary). Deployment rows are
+kept in the registry file; ``--json`` prints them for the caller to insert.
+
+>>> import argparse
+>>> p = argparse.ArgumentParser(); configure_rollback(p)
+>>> p.parse_args(["intent-router", "--data-dir", "/tmp/x"]).model
+'intent-router'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from retrain.registry import Deployment, ModelRegistry, RegistryError
+
+__all__ = [
+    "configure_deploy",
+    "configure_retrain",
+    "configure_rollback",
+    "run_deploy",
+    "run_retrain",
+    "run_rollback",
+]
+
+DEFAULT_MODEL = "intent-router"
+
+
+def _data_dir(args: argparse.Namespace, settings: Any) -> Path:
+    if getattr(args, "data_dir", None):
+        return Path(args.data_dir)
+    if settings is not None and getattr(settings, "data_dir", None) is not None:
+        return Path(settings.data_dir)
+    return Path(os.environ.get("LLMPULSE_DATA_DIR") or ".llmpulse")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default=None, help="where the registry lives (default: settings)")
+    parser.add_argument("--serve-url", default=None, help="model server to update, e.g. http://127.0.0.1:8700")
+    parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
+
+
+def configure_retrain(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``llmpulse retrain``."""
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="registered model name")
+    parser.add_argument("--trainer", default="head",
+                        help="built-in name, entry point (group llmpulse.trainers) or module:Class")
+    parser.add_argument("--seed", type=int, default=0, help="simulator seed of the training data")
+    parser.add_argument("--duration", type=float, default=300.0, help="seconds of simulated traffic")
+    parser.add_argument("--rate", type=float, default=10.0, help="simulated requests per second")
+    parser.add_argument("--test-share", type=float, default=0.25, help="held-out share for the gates")
+    parser.add_argument("--trigger", default="manual", help="alert id that triggered this run")
+    parser.add_argument("--canary", type=float, default=0.0, metavar="SHARE",
+                        help="start a canary with this traffic share instead of promoting")
+    parser.add_argument("--no-deploy", action="store_true", help="train and gate only")
+    parser.add_argument("--fine-tune-encoder", action="store_true",
+                        help="fine-tune MiniLM with torch before fitting the head (slow on CPU)")
+    _common(parser)
+
+
+def configure_deploy(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``llmpulse deploy``."""
+    parser.add_argument("model", help="registered model name")
+    parser.add_argument("version", help="version to deploy")
+    parser.add_argument("--canary", type=float, default=0.0, metavar="SHARE",
+                        help="serve this share of traffic instead of promoting")
+    parser.add_argument("--trigger", default="manual", help="alert id or 'manual'")
+    _common(parser)
+
+
+def configure_rollback(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``llmpulse rollback``."""
+    parser.add_argument("model", help="registered model name")
+    parser.add_argument("--trigger", default="manual", help="alert id or 'manual'")
+    _common(parser)
+
+
+def _post(url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    req = urllib.request.Request(
+        url.rstrip("/") + path, data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"}, method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=120) as r:
+        out: dict[str, Any] = json.load(r)
+        return out
+
+
+def _notify(url: str | None, registry: ModelRegistry, d: Deployment, share: float = 0.0) -> str:
+    if not url:
+        return ""
+    mv = registry.get(d.model, d.version)
+    try:
+        if d.stage == "canary":
+            _post(url, "/admin/canary", {"path": mv.artifact, "version": mv.version, "share": share})
+            return f"server at {url} routes {share:.0%} to version {mv.version}"
+        _post(url, "/admin/swap", {"path": mv.artifact, "version": mv.version})
+        return f"server at {url} now serves version {mv.version}"
+    except (OSError, urllib.error.URLError) as exc:
+        return f"warning: could not update the server at {url}: {exc}"
+
+
+def _print(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
+    print(json.dumps(obj, indent=2, default=str) if args.json else text)
+
+
+def run_retrain(args: argparse.Namespace, settings: Any = None) -> int:
+    """Train on simulator data, gate, register and release (unless ``--no-deploy``)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from retrain.release import release
+    from retrain.trainer import Dataset, load_trainer
+
+    registry = ModelRegistry(_data_dir(args, settings))
+    data = Dataset.from_simulator(seed=args.seed, duration_s=args.duration, rate=args.rate)
+    train, test = data.split(args.test_share, seed=args.seed)
+    kwargs = {"fine_tune_encoder": True} if args.fine_tune_encoder else {}
+    try:
+        trainer = load_trainer(args.trainer, **kwargs)
+    except (ValueError, TypeError) as exc:
+        print(f"llmpulse retrain: {exc}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="llmpulse-train-") as tmp:
+        artifact = trainer.fit(train, tmp)
+        outcome = release(
+            registry, args.model, artifact, test, trigger=args.trigger,
+            canary_share=args.canary, deploy=not args.no_deploy,
+        )
+    lines = [f"{args.model} version {outcome.version.version}: {outcome.version.stage}"]
+    for r in outcome.report.results:
+        lines.append(f"  {'ok  ' if r.passed else 'FAIL'} {r.gate:<28} {r.measured!s:>12}  limit {r.limit}"
+                     + (f"  ({r.reason})" if r.reason else ""))
+    if outcome.deployed:
+        note = _notify(args.serve_url, registry, outcome.deployments[-1], args.canary)
+        if note:
+            lines.append(note)
+    _print(args, {"version": outcome.version.to_dict(), "gates": outcome.report.to_dict(),
+                  "deployments": outcome.rows()}, "\n".join(lines))
+    return 0 if outcome.report.passed else 1
+
+
+def run_deploy(args: argparse.Namespace, settings: Any = None) -> int:
+    """Promote (or canary) a registered version."""
+    registry = ModelRegistry(_data_dir(args, settings))
+    try:
+        if args.canary > 0:
+            d = registry.start_canary(args.model, args.version, share=args.canary, trigger=args.trigger)
+        else:
+            d = registry.deploy(args.model, args.version, trigger=args.trigger)
+    except RegistryError as exc:
+        print(f"llmpulse deploy: {exc}", file=sys.stderr)
+        return 1
+    note = _notify(args.serve_url, registry, d, args.canary)
+    _print(args, d.row(), f"{d.model}: version {d.version} {d.stage} (was {d.previous_version or '-'})"
+           + (f"\n{note}" if note else ""))
+    return 0
+
+
+def run_rollback(args: argparse.Namespace, settings: Any = None) -> int:
+    """Return to the previous promoted version."""
+    registry = ModelRegistry(_data_dir(args, settings))
+    try:
+        d = registry.rollback(args.model, trigger=args.trigger)
+    except RegistryError as exc:
+        print(f"llmpulse rollback: {exc}", file=sys.stderr)
+        return 1
+    note = _notify(args.serve_url, registry, d)
+    _print(args, d.row(), f"{d.model}: rolled back {d.previous_version} -> version {d.version}"
+           + (f"\n{note}" if note else ""))
+    return 0

@@ -1,0 +1,737 @@
+"""Serving ONNX classifiers: dynamic batching, hot-swap, canary, monitored predictions.
+
+:class:`LoadedModel` is one model version in an ONNX Runtime session
+(``CUDAExecutionProvider`` first, with I/O binding on the GPU; CPU as the
+fallback; the provider that runs is logged and reported). :class:`ModelServer`
+serves one model name:
+
+* **dynamic batching**: requests wait in a queue; a batch is cut when it holds
+  ``max_batch`` texts or ``max_wait_ms`` after its first request arrived,
+  whichever comes first, and runs as one session call on a worker thread.
+  While a batch runs the next one fills up (``concurrency`` batches run at
+  once, default 1: ONNX Runtime already uses every core for one batch).
+* **hot-swap** (:meth:`ModelServer.swap`): the new version is loaded and warmed
+  up beside the old one, then the active reference is switched in one step on
+  the event loop; batches already cut finish on the old session, which is
+  released once none is left. No request fails or waits for a load.
+* **canary** (:meth:`ModelServer.set_canary`): a share of requests goes to a
+  candidate version, chosen by CRC-32 of the request id, so a request id
+  always gets the same version and the share is exact over many ids.
+* **monitoring**: every prediction is sent as an ``inference/v1`` event
+  through a :class:`llmpulse.Monitor` (optional) with ``model`` and
+  ``model_version`` of the version that answered, its label and score, the
+  prompt, the segment and the latency (queue wait included), so llmpulse
+  watches the model it serves.
+
+:meth:`ModelServer.app` is the HTTP face (aiohttp):
+
+``POST /predict``  ``{"texts": [...], "request_id"?: str, "segment"?: {...}}`` →
+``{"request_id", "model", "model_version", "labels", "scores", "provider"}``
+``GET /health``, ``GET /stats``; ``POST /admin/swap`` ``{"path", "version"}``,
+``POST /admin/canary`` ``{"path", "version", "share"}`` (``share`` 0 removes
+it), ``POST /admin/promote`` (the canary becomes the active version).
+
+>>> import asyncio
+>>> from detectors.embedding import export_minilm
+>>> from retrain.model import HeadClassifier, build_classifier_graph
+>>> import numpy as np, tempfile
+>>> head = HeadClassifier(np.zeros((384, 2)), np.array([0.0, 1.0]), ("no", "yes"))
+>>> path = build_classifier_graph(export_minilm(), head, tempfile.mkdtemp() + "/m.onnx")
+>>> async def demo():
+...     async with ModelServer(LoadedModel(path, "1"), name="yes-no") as server:
+...         p = await server.predict(["is it?", "really?"], request_id="r1")
+...         return p.labels, [round(s, 4) for s in p.scores], p.model_version
+>>> asyncio.run(demo())
+(['yes', 'yes'], [0.7311, 0.7311], '1')
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import logging
+import os
+import sys
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+import numpy as np
+
+from retrain.model import MAX_LENGTH_KEY, OUTPUT_NAME, TokenBatch, TokenEncoder, read_metadata
+
+__all__ = [
+    "LoadedModel",
+    "ModelServer",
+    "MonitorLike",
+    "Prediction",
+    "canary_bucket",
+    "choose_providers",
+]
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+_BUCKETS = 10_000
+
+
+class MonitorLike(Protocol):
+    """What the server needs of :class:`llmpulse.Monitor`."""
+
+    def inference(self, **fields: Any) -> Any: ...
+
+
+def _cuda_driver_present() -> bool:
+    try:
+        ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
+    """Execution providers to ask for: CUDA when built in *and* a driver loads, then CPU.
+
+    >>> choose_providers([CPU])
+    ['CPUExecutionProvider']
+    """
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    wanted = list(requested) if requested is not None else [CUDA, CPU]
+    chosen = [p for p in wanted if p in available]
+    if CUDA in chosen and not _cuda_driver_present():
+        # Asking for CUDA without a driver works but logs an error per session.
+        chosen.remove(CUDA)
+    if CPU not in chosen:
+        chosen.append(CPU)
+    return chosen
+
+
+def canary_bucket(request_id: str) -> float:
+    """Where a request id falls in ``[0, 1)``: CRC-32, stable across processes.
+
+    A request goes to the canary when its bucket is below the canary share.
+
+    >>> canary_bucket("req-1"), canary_bucket("req-1") == canary_bucket("req-1")
+    (0.6545, True)
+    """
+    return (zlib.crc32(request_id.encode()) % _BUCKETS) / _BUCKETS
+
+
+class LoadedModel:
+    """One model version in an ONNX Runtime session, ready to predict.
+
+    ``io_binding`` defaults to on when the session runs on CUDA (inputs are
+    copied once, the output is bound on the device and copied back after the
+    run); it can be forced on the CPU too. ``provider`` is the execution
+    provider that runs the graph.
+
+    >>> from detectors.embedding import export_minilm
+    >>> from retrain.model import HeadClassifier, build_classifier_graph
+    >>> import tempfile
+    >>> head = HeadClassifier(np.zeros((384, 2)), np.array([1.0, 0.0]), ("a", "b"))
+    >>> m = LoadedModel(build_classifier_graph(export_minilm(), head, tempfile.mkdtemp() + "/m.onnx"), "7")
+    >>> probs, n_tokens = m.predict_proba(["hello world"])
+    >>> [round(float(x), 4) for x in probs[0]], n_tokens.tolist(), m.labels
+    ([0.7311, 0.2689], [4], ('a', 'b'))
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        version: str,
+        *,
+        providers: Sequence[str] | None = None,
+        io_binding: bool | None = None,
+        intra_op_threads: int | None = None,
+        tokenizer: TokenEncoder | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        from detectors.embedding.minilm import default_threads
+
+        self.path = Path(path)
+        self.version = str(version)
+        meta = read_metadata(self.path)
+        self.labels: tuple[str, ...] = tuple(json.loads(meta["llmpulse.labels"]))
+        self.max_length = int(meta.get(MAX_LENGTH_KEY, 256))
+        self.tokenizer = tokenizer or TokenEncoder(max_length=self.max_length)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(intra_op_threads or default_threads())
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        chosen = choose_providers(providers)
+        try:
+            session = ort.InferenceSession(str(self.path), options, providers=chosen)
+        except Exception as exc:
+            if chosen == [CPU]:
+                raise
+            log.warning("could not start ONNX Runtime with %s (%s); falling back to CPU", chosen, exc)
+            session = ort.InferenceSession(str(self.path), options, providers=[CPU])
+        self._session: Any = session
+        self.provider: str = session.get_providers()[0]
+        self.io_binding = self.provider == CUDA if io_binding is None else bool(io_binding)
+        self._device = "cuda" if self.provider == CUDA else "cpu"
+        self.inflight = 0
+        """Batches cut for this version and not finished (owned by the event loop)."""
+        log.info(
+            "model %s version %s on %s%s", self.path.name, self.version, self.provider,
+            " with I/O binding" if self.io_binding else "",
+        )
+
+    def __repr__(self) -> str:
+        return f"LoadedModel(version={self.version!r}, provider={self.provider!r}, path={str(self.path)!r})"
+
+    def run(self, batch: TokenBatch) -> np.ndarray:
+        """Class probabilities for a tokenised batch."""
+        if self.io_binding:
+            binding = self._session.io_binding()
+            for name, arr in batch.feeds().items():
+                binding.bind_cpu_input(name, arr)
+            binding.bind_output(OUTPUT_NAME, self._device)
+            self._session.run_with_iobinding(binding)
+            return np.asarray(binding.copy_outputs_to_cpu()[0])
+        return np.asarray(self._session.run([OUTPUT_NAME], batch.feeds())[0])
+
+    def predict_proba(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(probabilities, tokens per text)``."""
+        batch = self.tokenizer(texts)
+        return self.run(batch), batch.n_tokens
+
+    def warm_up(self, batch_sizes: Sequence[int] = (1, 8)) -> None:
+        """Run a few batches so the first real request does not pay for allocation."""
+        for n in batch_sizes:
+            self.predict_proba(["warm up the session with a short support question"] * n)
+
+    def close(self) -> None:
+        self._session = None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The answer to one request: a label and its probability per text."""
+
+    request_id: str
+    model: str
+    model_version: str
+    labels: list[str]
+    scores: list[float]
+    provider: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "model": self.model,
+            "model_version": self.model_version,
+            "labels": self.labels,
+            "scores": self.scores,
+            "provider": self.provider,
+        }
+
+
+@dataclass
+class _Pending:
+    texts: list[str]
+    request_id: str
+    segment: dict[str, str]
+    arrived: float
+    future: asyncio.Future[Prediction]
+
+
+@dataclass
+class _Stats:
+    requests: int = 0
+    failed: int = 0
+    batches: int = 0
+    items: int = 0
+    swaps: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+    by_version: dict[str, int] = field(default_factory=dict)
+
+
+class ModelServer:
+    """Serve one model name with dynamic batching, hot-swap and a canary.
+
+    Use as an async context manager (or call :meth:`start` and :meth:`close`
+    inside a running loop). ``monitor`` receives one inference event per text;
+    ``clock`` (seconds, monotonic) times latencies.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        name: str = "intent-router",
+        max_batch: int = 32,
+        max_wait_ms: float = 5.0,
+        concurrency: int = 1,
+        max_texts: int = 256,
+        monitor: MonitorLike | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        loader: Callable[[str | os.PathLike[str], str], LoadedModel] | None = None,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be positive, got {max_batch}")
+        if max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be positive, got {concurrency}")
+        self.name = name
+        self.max_batch = int(max_batch)
+        self.max_wait_ms = float(max_wait_ms)
+        self.concurrency = int(concurrency)
+        self.max_texts = int(max_texts)
+        self.monitor = monitor
+        self.clock = clock
+        self.loader = loader or (lambda path, version: LoadedModel(path, version))
+        self.active = model
+        self.canary: LoadedModel | None = None
+        self.canary_share = 0.0
+        self._stats = _Stats()
+        self._pending: deque[_Pending] = deque()
+        self._queued = 0
+        self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="llmpulse-serve")
+        self._loop_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._nonempty: asyncio.Event | None = None
+        self._full: asyncio.Event | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._done: asyncio.Condition | None = None
+        self._admin = asyncio.Lock()
+        self._owned: set[int] = set()  # sessions this server loaded (and so may close)
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def start(self) -> ModelServer:
+        if self._loop_task is None:
+            self._nonempty = asyncio.Event()
+            self._full = asyncio.Event()
+            self._slots = asyncio.Semaphore(self.concurrency)
+            self._done = asyncio.Condition()
+            self._loop_task = asyncio.create_task(self._batch_loop(), name="llmpulse-batcher")
+        return self
+
+    async def close(self) -> None:
+        """Answer what is queued, then stop the batcher and the worker threads."""
+        if self._loop_task is not None:
+            waiting = [p.future for p in self._pending]
+            await asyncio.gather(*waiting, return_exceptions=True)
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            self._loop_task.cancel()
+            try:
+                await self._loop_task
+            except asyncio.CancelledError:
+                pass
+            self._loop_task = None
+        self._executor.shutdown(wait=True)
+
+    async def __aenter__(self) -> ModelServer:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- predictions --------------------------------------------------------------
+
+    async def predict(
+        self,
+        texts: Sequence[str],
+        *,
+        request_id: str | None = None,
+        segment: Mapping[str, str] | None = None,
+    ) -> Prediction:
+        """Queue ``texts`` for the next batch and wait for their labels."""
+        if self._loop_task is None:
+            raise RuntimeError("the server is not started: use `async with ModelServer(...)`")
+        if not texts:
+            raise ValueError("texts must not be empty")
+        if len(texts) > self.max_texts:
+            raise ValueError(f"at most {self.max_texts} texts per request, got {len(texts)}")
+        if request_id is None:
+            from llmpulse.monitor import new_id
+
+            request_id = new_id()
+        fut: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
+        item = _Pending(
+            [str(t) for t in texts], str(request_id), dict(segment or {}), self.clock(), fut
+        )
+        self._pending.append(item)
+        self._queued += len(item.texts)
+        self._stats.requests += 1
+        assert self._nonempty is not None and self._full is not None
+        self._nonempty.set()
+        if self._queued >= self.max_batch:
+            self._full.set()
+        return await fut
+
+    def route(self, request_id: str) -> LoadedModel:
+        """The version that answers ``request_id`` now: the canary for its share of ids."""
+        if self.canary is not None and canary_bucket(request_id) < self.canary_share:
+            return self.canary
+        return self.active
+
+    async def _batch_loop(self) -> None:
+        assert self._nonempty and self._full and self._slots and self._done
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._slots.acquire()
+            await self._nonempty.wait()
+            first = self._pending[0]
+            if self._queued < self.max_batch and self.max_wait_ms > 0:
+                self._full.clear()
+                remaining = first.arrived + self.max_wait_ms / 1000.0 - self.clock()
+                if remaining > 0 and self._queued < self.max_batch:
+                    try:
+                        await asyncio.wait_for(self._full.wait(), remaining)
+                    except TimeoutError:
+                        pass
+            items: list[_Pending] = []
+            n = 0
+            while self._pending and (not items or n + len(self._pending[0].texts) <= self.max_batch):
+                it = self._pending.popleft()
+                items.append(it)
+                n += len(it.texts)
+            self._queued -= n
+            if not self._pending:
+                self._nonempty.clear()
+            if self._queued < self.max_batch:
+                self._full.clear()
+            # Routing is decided here, on the loop: a swap between two batches
+            # is atomic, and a batch once cut keeps the session it was cut for.
+            groups: dict[int, tuple[LoadedModel, list[_Pending]]] = {}
+            for it in items:
+                model = self.route(it.request_id)
+                groups.setdefault(id(model), (model, []))[1].append(it)
+            for model, _ in groups.values():
+                model.inflight += 1
+            task = loop.create_task(self._run_groups(list(groups.values())))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run_groups(self, groups: list[tuple[LoadedModel, list[_Pending]]]) -> None:
+        assert self._slots is not None and self._done is not None
+        loop = asyncio.get_running_loop()
+        try:
+            for model, items in groups:
+                texts = [t for it in items for t in it.texts]
+                try:
+                    probs, n_tokens = await loop.run_in_executor(
+                        self._executor, model.predict_proba, texts
+                    )
+                except Exception as exc:
+                    log.exception("batch of %d texts failed on version %s", len(texts), model.version)
+                    self._finish_failed(model, items, exc)
+                else:
+                    self._finish(model, items, probs, n_tokens)
+                finally:
+                    model.inflight -= 1
+        finally:
+            self._slots.release()
+            async with self._done:
+                self._done.notify_all()
+
+    def _finish(
+        self, model: LoadedModel, items: list[_Pending], probs: np.ndarray, n_tokens: np.ndarray
+    ) -> None:
+        now = self.clock()
+        best = probs.argmax(axis=1)
+        scores = probs[np.arange(len(best)), best].astype(float).round(6).tolist()
+        labels = [model.labels[i] for i in best.tolist()]
+        tokens = n_tokens.tolist()
+        st = self._stats
+        st.batches += 1
+        st.items += len(labels)
+        st.batch_sizes.append(len(labels))
+        st.by_version[model.version] = st.by_version.get(model.version, 0) + len(items)
+        row = 0
+        for it in items:
+            k = len(it.texts)
+            pred = Prediction(
+                it.request_id, self.name, model.version, labels[row : row + k],
+                scores[row : row + k], model.provider,
+            )
+            latency_ms = (now - it.arrived) * 1000.0
+            self._emit(it, model, latency_ms, "ok", pred, tokens[row : row + k], len(labels))
+            row += k
+            if not it.future.done():
+                it.future.set_result(pred)
+
+    def _finish_failed(self, model: LoadedModel, items: list[_Pending], exc: Exception) -> None:
+        now = self.clock()
+        self._stats.failed += len(items)
+        for it in items:
+            self._emit(it, model, (now - it.arrived) * 1000.0, "error", None, [0] * len(it.texts), 0)
+            if not it.future.done():
+                it.future.set_exception(exc)
+
+    def _emit(
+        self,
+        it: _Pending,
+        model: LoadedModel,
+        latency_ms: float,
+        status: str,
+        pred: Prediction | None,
+        tokens: list[int],
+        batch_size: int,
+    ) -> None:
+        if self.monitor is None:
+            return
+        for i, text in enumerate(it.texts):
+            rid = it.request_id if len(it.texts) == 1 else f"{it.request_id}-{i}"
+            event: dict[str, Any] = {
+                "request_id": rid,
+                "model": self.name,
+                "model_version": model.version,
+                "latency_ms": round(latency_ms, 3),
+                "status": status,
+                "input_tokens": int(tokens[i]),
+                "output_tokens": 1 if pred is not None else 0,
+                "prompt": text,
+                "segment": it.segment,
+                "features": {"batch_size": float(batch_size)},
+            }
+            if pred is not None:
+                event["prediction"] = {"label": pred.labels[i], "score": pred.scores[i]}
+            else:
+                event["error_type"] = "inference_failed"
+            try:
+                self.monitor.inference(**event)
+            except Exception as exc:  # monitoring must never fail a prediction
+                log.warning("inference event for %s not sent: %s", rid, exc)
+
+    # -- versions -----------------------------------------------------------------------
+
+    async def _load(self, model: LoadedModel | str | os.PathLike[str], version: str | None) -> LoadedModel:
+        if isinstance(model, LoadedModel):
+            loaded = model
+        else:
+            if version is None:
+                raise ValueError("a version is needed to load a model from a path")
+            loaded = await asyncio.to_thread(self.loader, model, version)
+            self._owned.add(id(loaded))
+        await asyncio.to_thread(loaded.warm_up)
+        return loaded
+
+    async def _drain(self, old: LoadedModel) -> float:
+        assert self._done is not None
+        t0 = self.clock()
+        async with self._done:
+            await self._done.wait_for(lambda: old.inflight == 0)
+        return self.clock() - t0
+
+    def _release(self, model: LoadedModel) -> None:
+        # Models handed in by the caller stay open: the caller may use them again.
+        if id(model) in self._owned:
+            self._owned.discard(id(model))
+            model.close()
+
+    async def swap(
+        self, model: LoadedModel | str | os.PathLike[str], version: str | None = None
+    ) -> dict[str, Any]:
+        """Make ``model`` (a loaded model, or a path plus ``version``) the active version.
+
+        Returns timings: ``load_s`` (load and warm-up, while the old version
+        serves) and ``drain_s`` (until the old version's last batch finished).
+        """
+        async with self._admin:
+            t0 = self.clock()
+            new = await self._load(model, version)
+            t1 = self.clock()
+            old, self.active = self.active, new
+            if self.canary is not None and self.canary.version == new.version:
+                self.canary, self.canary_share = None, 0.0
+            self._stats.swaps += 1
+            drain_s = await self._drain(old) if old is not new else 0.0
+            if old is not new and old is not self.canary:
+                self._release(old)
+            log.info("%s: version %s -> %s on %s", self.name, old.version, new.version, new.provider)
+            return {
+                "previous_version": old.version,
+                "version": new.version,
+                "provider": new.provider,
+                "load_s": round(t1 - t0, 4),
+                "drain_s": round(drain_s, 4),
+            }
+
+    async def set_canary(
+        self,
+        model: LoadedModel | str | os.PathLike[str] | None,
+        version: str | None = None,
+        share: float = 0.1,
+    ) -> None:
+        """Route ``share`` of request ids to ``model``; ``None`` or ``share=0`` removes the canary."""
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"canary share must be within 0..1, got {share}")
+        async with self._admin:
+            old = self.canary
+            if model is None or share == 0.0:
+                self.canary, self.canary_share = None, 0.0
+            else:
+                self.canary = await self._load(model, version)
+                self.canary_share = float(share)
+            if old is not None and old is not self.canary and old is not self.active:
+                await self._drain(old)
+                self._release(old)
+
+    async def promote_canary(self) -> dict[str, Any]:
+        """The canary becomes the active version (a hot-swap to the loaded session)."""
+        if self.canary is None:
+            raise ValueError("there is no canary to promote")
+        return await self.swap(self.canary)
+
+    def stats(self) -> dict[str, Any]:
+        st = self._stats
+        sizes = np.asarray(st.batch_sizes or [0])
+        return {
+            "model": self.name,
+            "version": self.active.version,
+            "provider": self.active.provider,
+            "canary": {"version": self.canary.version, "share": self.canary_share}
+            if self.canary is not None
+            else None,
+            "requests": st.requests,
+            "failed": st.failed,
+            "batches": st.batches,
+            "items": st.items,
+            "swaps": st.swaps,
+            "mean_batch": round(float(sizes.mean()), 3),
+            "max_batch_seen": int(sizes.max()),
+            "requests_by_version": dict(st.by_version),
+            "queued": self._queued,
+        }
+
+    # -- HTTP ----------------------------------------------------------------------------
+
+    def app(self) -> Any:
+        """An aiohttp application serving this model (starts and stops the batcher with it)."""
+        from aiohttp import web
+
+        app = web.Application(client_max_size=4 * 1024 * 1024)
+
+        async def on_startup(_: Any) -> None:
+            await self.start()
+
+        async def on_cleanup(_: Any) -> None:
+            await self.close()
+
+        app.on_startup.append(on_startup)
+        app.on_cleanup.append(on_cleanup)
+        app.router.add_post("/predict", self._http_predict)
+        app.router.add_get("/health", self._http_health)
+        app.router.add_get("/stats", self._http_stats)
+        app.router.add_post("/admin/swap", self._http_swap)
+        app.router.add_post("/admin/canary", self._http_canary)
+        app.router.add_post("/admin/promote", self._http_promote)
+        return app
+
+    @staticmethod
+    def _bad(message: str, status: int = 400) -> Any:
+        from aiohttp import web
+
+        return web.json_response({"error": message}, status=status)
+
+    async def _body(self, request: Any) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise _BadRequest("body is not JSON") from None
+        if not isinstance(body, dict):
+            raise _BadRequest("body must be a JSON object")
+        return body
+
+    async def _http_predict(self, request: Any) -> Any:
+        from aiohttp import web
+
+        try:
+            body = await self._body(request)
+            texts = body.get("texts")
+            if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+                raise _BadRequest('"texts" must be a non-empty list of strings')
+            if len(texts) > self.max_texts:
+                raise _BadRequest(f"at most {self.max_texts} texts per request")
+            segment = body.get("segment") or {}
+            if not isinstance(segment, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in segment.items()
+            ):
+                raise _BadRequest('"segment" must map strings to strings')
+            rid = body.get("request_id") or request.headers.get("X-Request-Id")
+            if rid is not None and not isinstance(rid, str):
+                raise _BadRequest('"request_id" must be a string')
+        except _BadRequest as exc:
+            return self._bad(str(exc))
+        try:
+            pred = await self.predict(texts, request_id=rid, segment=segment)
+        except Exception as exc:
+            return self._bad(f"prediction failed: {exc}", 500)
+        return web.json_response(pred.to_dict())
+
+    async def _http_health(self, request: Any) -> Any:
+        from aiohttp import web
+
+        return web.json_response(
+            {"status": "ok", "model": self.name, "version": self.active.version,
+             "provider": self.active.provider}
+        )
+
+    async def _http_stats(self, request: Any) -> Any:
+        from aiohttp import web
+
+        return web.json_response(self.stats())
+
+    async def _http_swap(self, request: Any) -> Any:
+        from aiohttp import web
+
+        try:
+            body = await self._body(request)
+            path, version = body.get("path"), body.get("version")
+            if not isinstance(path, str) or not isinstance(version, str):
+                raise _BadRequest('"path" and "version" must be strings')
+        except _BadRequest as exc:
+            return self._bad(str(exc))
+        try:
+            result = await self.swap(path, version)
+        except Exception as exc:
+            return self._bad(f"swap failed, version {self.active.version} still serves: {exc}", 500)
+        return web.json_response(result)
+
+    async def _http_canary(self, request: Any) -> Any:
+        from aiohttp import web
+
+        try:
+            body = await self._body(request)
+            share = float(body.get("share", 0.0))
+            path, version = body.get("path"), body.get("version")
+            if share > 0 and (not isinstance(path, str) or not isinstance(version, str)):
+                raise _BadRequest('"path" and "version" must be strings when share > 0')
+        except (_BadRequest, TypeError, ValueError) as exc:
+            return self._bad(str(exc))
+        try:
+            await self.set_canary(path if share > 0 else None, version, share)
+        except Exception as exc:
+            return self._bad(f"canary failed: {exc}", 500)
+        return web.json_response(self.stats()["canary"] or {"version": None, "share": 0.0})
+
+    async def _http_promote(self, request: Any) -> Any:
+        from aiohttp import web
+
+        try:
+            return web.json_response(await self.promote_canary())
+        except ValueError as exc:
+            return self._bad(str(exc), 409)
+
+
+class _BadRequest(ValueError):
+    pass

@@ -1,0 +1,437 @@
+"""Trainers: ``fit(dataset, out_dir) -> Artifact``, pluggable.
+
+A :class:`Trainer` turns a labelled :class:`Dataset` into an
+:class:`Artifact`: one ONNX file from token ids to class probabilities plus,
+for the parity gate, the training framework's own prediction function. The
+built-in :class:`HeadTrainer` fits a logistic-regression head on frozen
+all-MiniLM-L6-v2 embeddings; with ``fine_tune_encoder=True`` (needs torch and
+sentence-transformers) it first fine-tunes the encoder for a few epochs with
+a cross-entropy loss on the same head, then exports the tuned encoder and
+fits the head on it.
+
+Other trainers are found by :func:`load_trainer`, from a dotted path
+``package.module:Class`` or by name in the entry-point group
+``llmpulse.trainers`` (``head`` is built in).
+
+>>> ds = Dataset.from_simulator(seed=1, duration_s=20, rate=5, start_ts=1_700_000_000.0)
+>>> len(ds), ds.texts[0], ds.labels[0], ds.segments[0]["language"]
+(83, 'I hit the storage limit on Free. What are my options? thx', 'account', 'en')
+>>> train, test = ds.split(test_share=0.25, seed=0)
+>>> len(train), len(test), set(train.texts) & set(test.texts)
+(62, 21, set())
+>>> type(load_trainer("head")).__name__
+'HeadTrainer'
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from retrain.model import INTENTS, HeadClassifier, build_classifier_graph
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Artifact",
+    "Dataset",
+    "Embedder",
+    "HeadTrainer",
+    "MemoEmbedder",
+    "Trainer",
+    "load_artifact",
+    "load_trainer",
+]
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "llmpulse.trainers"
+MODEL_FILE = "model.onnx"
+HEAD_FILE = "head.npz"
+CARD_FILE = "card.json"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Texts with their true label and segment attributes (region, language, tier).
+
+    ``window`` is the event-time span the examples come from (epoch seconds),
+    recorded as lineage.
+    """
+
+    texts: tuple[str, ...]
+    labels: tuple[str, ...]
+    segments: tuple[Mapping[str, str], ...] = ()
+    window: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "texts", tuple(self.texts))
+        object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
+        segs = tuple(dict(s) for s in self.segments) or tuple({} for _ in self.texts)
+        object.__setattr__(self, "segments", segs)
+        if not len(self.texts) == len(self.labels) == len(self.segments):
+            raise ValueError(
+                f"texts, labels and segments differ in length: "
+                f"{len(self.texts)}, {len(self.labels)}, {len(self.segments)}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @classmethod
+    def from_rows(
+        cls, rows: Iterable[Mapping[str, Any]], *, window: tuple[float, float] | None = None
+    ) -> Dataset:
+        """From dicts with ``prompt`` (or ``text``), ``label`` and optional ``segment``.
+
+        That is the shape of a join of ``inference_events`` with the ground-truth
+        ``label`` of ``feedback_events``; rows without a label are skipped.
+
+        >>> Dataset.from_rows([{"prompt": "refund?", "label": "refund", "segment": {"tier": "pro"}},
+        ...                    {"prompt": "x", "label": None}]).labels
+        ('refund',)
+        """
+        texts, labels, segs = [], [], []
+        for r in rows:
+            label = r.get("label")
+            if label is None or label == "":
+                continue
+            texts.append(str(r.get("prompt", r.get("text", ""))))
+            labels.append(str(label))
+            segs.append({str(k): str(v) for k, v in dict(r.get("segment") or {}).items()})
+        return cls(tuple(texts), tuple(labels), tuple(segs), window)
+
+    @classmethod
+    def from_simulator(
+        cls,
+        *,
+        seed: int = 0,
+        duration_s: float = 120.0,
+        rate: float = 20.0,
+        start_ts: float = 1_700_000_000.0,
+        incidents: Sequence[Any] = (),
+        dedupe: bool = True,
+        model: str = "intent-router",
+    ) -> Dataset:
+        """Router prompts of :class:`llmpulse.simulate.SupportAppSimulator` with their true intent.
+
+        ``dedupe`` keeps the first occurrence of each prompt text, so a
+        split by text never leaks a test prompt into training.
+        """
+        from llmpulse.simulate import SupportAppSimulator
+
+        sim = SupportAppSimulator(seed=seed, rate=rate, incidents=incidents, start_ts=start_ts)
+        seen: set[str] = set()
+        texts, labels, segs = [], [], []
+        for _topic, ev, truth in sim.labelled_events(duration_s):
+            if truth is None or ev.get("model") != model:
+                continue
+            text = str(ev.get("prompt", ""))
+            if dedupe and text in seen:
+                continue
+            seen.add(text)
+            texts.append(text)
+            labels.append(truth.intent)
+            segs.append(dict(ev.get("segment") or {}))
+        return cls(tuple(texts), tuple(labels), tuple(segs), (start_ts, start_ts + duration_s))
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> Dataset:
+        idx = [int(i) for i in index]
+        return Dataset(
+            tuple(self.texts[i] for i in idx),
+            tuple(self.labels[i] for i in idx),
+            tuple(self.segments[i] for i in idx),
+            self.window,
+        )
+
+    def split(self, test_share: float = 0.25, seed: int = 0) -> tuple[Dataset, Dataset]:
+        """Train and test parts; all copies of one text land on the same side."""
+        if not 0.0 < test_share < 1.0:
+            raise ValueError(f"test_share must be within (0, 1), got {test_share}")
+        unique = sorted(set(self.texts))
+        rng = np.random.default_rng(seed)
+        n_test = max(1, int(round(test_share * len(unique))))
+        test_texts = {unique[i] for i in rng.permutation(len(unique))[:n_test]}
+        test = [i for i, t in enumerate(self.texts) if t in test_texts]
+        train = [i for i, t in enumerate(self.texts) if t not in test_texts]
+        return self.subset(train), self.subset(test)
+
+    def segment_index(self) -> dict[str, np.ndarray]:
+        """Row indices per ``attribute=value`` segment.
+
+        >>> Dataset(("a", "b"), ("x", "y"), ({"tier": "pro"}, {"tier": "free"})).segment_index()
+        {'tier=free': array([1]), 'tier=pro': array([0])}
+        """
+        groups: dict[str, list[int]] = {}
+        for i, seg in enumerate(self.segments):
+            for k, v in seg.items():
+                groups.setdefault(f"{k}={v}", []).append(i)
+        return {k: np.asarray(groups[k]) for k in sorted(groups)}
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Anything that turns texts into a ``(n, dim)`` array."""
+
+    def embed(self, texts: Sequence[str | None]) -> np.ndarray: ...
+
+
+class MemoEmbedder:
+    """Remembers embeddings per text: evaluation and parity embed the same texts again.
+
+    >>> class Count:
+    ...     calls = 0
+    ...     def embed(self, texts):
+    ...         Count.calls += len(texts); return np.ones((len(texts), 2))
+    >>> m = MemoEmbedder(Count())
+    >>> m.embed(["a", "b", "a"]).shape, m.embed(["b"]).shape, Count.calls
+    ((3, 2), (1, 2), 2)
+    """
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self._memo: dict[str, np.ndarray] = {}
+
+    def embed(self, texts: Sequence[str | None]) -> np.ndarray:
+        clean = ["" if t is None else str(t) for t in texts]
+        missing = list(dict.fromkeys(t for t in clean if t not in self._memo))
+        if missing:
+            self._memo.update(zip(missing, np.asarray(self.inner.embed(missing)), strict=True))
+        if not clean:
+            return np.asarray(self.inner.embed([]))
+        return np.stack([self._memo[t] for t in clean])
+
+
+@dataclass
+class Artifact:
+    """What a trainer produced: the ONNX file and how the framework itself predicts.
+
+    ``reference(texts)`` returns the training framework's class probabilities
+    (columns in ``labels`` order) for the parity gate; ``None`` when the
+    framework is not available in this process.
+    """
+
+    path: Path
+    labels: tuple[str, ...]
+    framework: str
+    reference: Callable[[Sequence[str]], np.ndarray] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class Trainer(Protocol):
+    """Fits a model on a dataset and writes its artifact under ``out_dir``."""
+
+    name: str
+
+    def fit(self, dataset: Dataset, out_dir: str | os.PathLike[str]) -> Artifact: ...
+
+
+class HeadTrainer:
+    """Logistic-regression head on all-MiniLM-L6-v2 embeddings, appended to the encoder graph.
+
+    ``encoder_path`` defaults to :func:`detectors.embedding.export_minilm`;
+    ``embedder`` (for the features) to a :class:`MiniLMEmbedder` on that file.
+    ``fine_tune_encoder=True`` first fine-tunes the encoder with torch
+    (``epochs`` passes, batch 16, AdamW at ``learning_rate``) and exports it
+    to ``out_dir/encoder.onnx``; the head is then fitted on the tuned
+    embeddings, as without fine-tuning.
+    """
+
+    name = "head"
+
+    def __init__(
+        self,
+        *,
+        encoder_path: str | os.PathLike[str] | None = None,
+        embedder: Embedder | None = None,
+        c: float = 20.0,
+        max_iter: int = 1000,
+        seed: int = 0,
+        labels: Sequence[str] = INTENTS,
+        fine_tune_encoder: bool = False,
+        epochs: int = 1,
+        learning_rate: float = 2e-5,
+    ) -> None:
+        self.encoder_path = Path(encoder_path) if encoder_path is not None else None
+        self.embedder = embedder
+        self.c = float(c)
+        self.max_iter = int(max_iter)
+        self.seed = int(seed)
+        self.labels = tuple(labels)
+        self.fine_tune_encoder = bool(fine_tune_encoder)
+        self.epochs = int(epochs)
+        self.learning_rate = float(learning_rate)
+
+    def _encoder(self) -> Path:
+        if self.encoder_path is None:
+            from detectors.embedding import export_minilm
+
+            self.encoder_path = export_minilm()
+        return self.encoder_path
+
+    def _embedder(self) -> Embedder:
+        if self.embedder is None:
+            from detectors.embedding import MiniLMEmbedder
+
+            self.embedder = MemoEmbedder(MiniLMEmbedder(self._encoder()))
+        return self.embedder
+
+    def fit(self, dataset: Dataset, out_dir: str | os.PathLike[str]) -> Artifact:
+        """Embed, fit the head, write ``model.onnx``, ``head.npz`` and ``card.json``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if len(dataset) == 0:
+            raise ValueError("cannot train on an empty dataset")
+        t0 = time.perf_counter()
+        encoder = self._encoder()
+        embedder = self._embedder()
+        if self.fine_tune_encoder:
+            from retrain.finetune import fine_tune_encoder
+
+            encoder = fine_tune_encoder(
+                dataset,
+                out / "encoder.onnx",
+                labels=self.labels,
+                epochs=self.epochs,
+                learning_rate=self.learning_rate,
+                seed=self.seed,
+            )
+            from detectors.embedding import MiniLMEmbedder
+
+            embedder = MemoEmbedder(MiniLMEmbedder(encoder))
+        x = embedder.embed(list(dataset.texts))
+        t_embed = time.perf_counter() - t0
+        head = HeadClassifier.fit(
+            x, dataset.labels, labels=self.labels, c=self.c, max_iter=self.max_iter, seed=self.seed
+        )
+        train_acc = float((head.predict(x) == np.asarray(dataset.labels)).mean())
+        path = build_classifier_graph(
+            encoder, head, out / MODEL_FILE, metadata={"llmpulse.trainer": self.name}
+        )
+        head.save(out / HEAD_FILE)
+        if self.fine_tune_encoder:
+            (out / "encoder.onnx").unlink(missing_ok=True)  # the graph holds the weights now
+        metrics = {
+            "train_accuracy": train_acc,
+            "n_train": float(len(dataset)),
+            "embed_s": round(t_embed, 3),
+            "fit_s": round(time.perf_counter() - t0 - t_embed, 3),
+        }
+        params = {
+            "trainer": self.name,
+            "c": self.c,
+            "max_iter": self.max_iter,
+            "seed": self.seed,
+            "fine_tune_encoder": self.fine_tune_encoder,
+            "encoder": Path(encoder).name,
+        }
+        _write_json(out / CARD_FILE, {"labels": list(head.labels), "framework": "scikit-learn",
+                                      "metrics": metrics, "params": params,
+                                      "data_window": list(dataset.window) if dataset.window else None})
+
+        def reference(texts: Sequence[str]) -> np.ndarray:
+            return head.predict_proba(embedder.embed(list(texts)))
+
+        return Artifact(path, head.labels, "scikit-learn", reference, metrics, params)
+
+
+def load_artifact(
+    path: str | os.PathLike[str], *, embedder: Embedder | None = None
+) -> Artifact:
+    """An artifact from its directory (or its ``model.onnx``), with the numpy reference
+    of the head when ``head.npz`` is there, on the embeddings of ``embedder`` (default:
+    the stock encoder; right for heads trained without fine-tuning)."""
+    p = Path(path)
+    model = p / MODEL_FILE if p.is_dir() else p
+    folder = model.parent
+    card: dict[str, Any] = {}
+    if (folder / CARD_FILE).is_file():
+        card = json.loads((folder / CARD_FILE).read_text())
+    from retrain.model import read_labels
+
+    labels = read_labels(model)
+    reference: Callable[[Sequence[str]], np.ndarray] | None = None
+    if (folder / HEAD_FILE).is_file() and not card.get("params", {}).get("fine_tune_encoder"):
+        head = HeadClassifier.load(folder / HEAD_FILE)
+        state: dict[str, Embedder] = {}
+
+        def reference(texts: Sequence[str]) -> np.ndarray:
+            if "e" not in state:
+                if embedder is not None:
+                    state["e"] = embedder
+                else:
+                    from detectors.embedding import MiniLMEmbedder
+
+                    state["e"] = MiniLMEmbedder()
+            return head.predict_proba(state["e"].embed(list(texts)))
+
+    return Artifact(
+        model,
+        labels,
+        str(card.get("framework", "unknown")),
+        reference,
+        dict(card.get("metrics", {})),
+        dict(card.get("params", {})),
+    )
+
+
+_BUILTIN: dict[str, Callable[..., Any]] = {"head": HeadTrainer}
+
+
+def load_trainer(spec: str, **kwargs: Any) -> Trainer:
+    """A trainer from ``package.module:Class``, a built-in name or an entry point name.
+
+    >>> load_trainer("retrain.trainer:HeadTrainer", c=5.0).c
+    5.0
+    >>> load_trainer("nope")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown trainer 'nope': not built in (head) and no entry point in group llmpulse.trainers
+    """
+    factory: Callable[..., Any] | None = None
+    if ":" in spec:
+        module, _, attr = spec.partition(":")
+        try:
+            obj: Any = importlib.import_module(module)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"cannot load trainer {spec!r}: {exc}") from exc
+        factory = obj
+    else:
+        found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec]
+        if found:
+            factory = found[0].load()
+        elif spec in _BUILTIN:
+            factory = _BUILTIN[spec]
+    if factory is None:
+        raise ValueError(
+            f"unknown trainer {spec!r}: not built in ({', '.join(_BUILTIN)}) "
+            f"and no entry point in group {ENTRY_POINT_GROUP}"
+        )
+    trainer = factory(**kwargs) if callable(factory) else factory
+    if not callable(getattr(trainer, "fit", None)):
+        raise ValueError(f"trainer {spec!r} has no fit(dataset, out_dir) method")
+    return trainer
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,400 @@
+"""The alert state machine: signals in, ``alerts`` rows out.
+
+For every rule that matches a signal, :class:`AlertManager` keeps one state
+per alert key ``(rule, signal, app, model, model_version, dimension)`` (the
+signal name is part of the key because a rule may match several, ``drift.*``)
+and moves it
+
+    ok --breach--> pending --(for windows)--> firing --(resolve_for healthy windows)--> resolved
+
+* ``for``: consecutive breaching windows before firing; a healthy window, or
+  a gap of more than :data:`MAX_GAP_WINDOWS` windows with no signal, resets
+  the count (consecutive means consecutive).
+* ``resolve_for``: consecutive healthy windows before a firing alert resolves;
+  ``resolve_after`` also resolves it once no breach was seen for that long in
+  event time (change detectors emit only on detection: that is how their
+  alerts end; also ends alerts whose signal stopped).
+* one open alert per key; ``cooldown`` seconds after a resolve before the key
+  may fire again, and at most ``max_fires_per_hour`` fires per key in any hour
+  of event time. A suppressed key stays pending and fires on the first
+  breaching window after the suppression ends.
+* windows with ``n < min_n`` (or a non-finite value) change nothing.
+
+Time is the signals' event time (``Signal.ts``, the window end), never the
+wall clock, so replays and tests are deterministic; a signal not newer than
+the last one seen for its key (a replay after a restart) is ignored. Alert
+ids are derived from the key and the start time, so a replayed alert is the
+same row (the ``alerts`` table keeps the latest ``updated_at`` per id).
+
+>>> from detectors.base import Signal
+>>> from streams.rules import Rules
+>>> rules = Rules.from_yaml('''
+... rules:
+...   - {name: p99, signal: latency.p99_ms, op: ">", threshold: 4000, for: 2, resolve_for: 2,
+...      severity: critical}
+... ''')
+>>> am = AlertManager(rules)
+>>> def window(end, value):
+...     return Signal("latency.p99_ms", value, n=600, ts=end, window_s=60.0,
+...                   app="support", model="gpt", model_version="1")
+>>> for end, value in [(60, 5000), (120, 5200), (180, 900), (240, 800)]:
+...     for ev in am.process(window(end, value)):
+...         print(end, ev.kind, ev.row["state"], ev.row["started_at"], ev.row["value"], ev.row["summary"])
+120 firing firing 0.0 5200.0 latency.p99_ms = 5200 > 4000 on support/gpt@1
+240 resolved resolved 0.0 800.0 latency.p99_ms = 5200 > 4000 on support/gpt@1
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from detectors.base import Signal
+from streams.rules import Rule, Rules, Verdict
+
+__all__ = ["AlertEvent", "AlertKey", "AlertManager", "MAX_GAP_WINDOWS", "alert_key_id"]
+
+AlertKey = tuple[str, str, str, str, str, str]
+"""``(rule, signal, app, model, model_version, dimension)``."""
+
+MAX_GAP_WINDOWS = 2.5
+"""A pending streak breaks when no window of its key arrived for this many
+window lengths: missing windows are not evidence of a lasting breach."""
+
+_HOUR = 3600.0
+
+
+def alert_key_id(key: AlertKey) -> str:
+    """A stable id of an alert key (PagerDuty ``dedup_key``, notifier dedup).
+
+    >>> alert_key_id(("p99", "latency.p99_ms", "support", "gpt", "1", ""))
+    'llmpulse-2d097c5ce3f67ab677fdfa3c'
+    """
+    return "llmpulse-" + hashlib.sha1("\x1f".join(key).encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """A transition of one alert: ``kind`` is ``firing`` or ``resolved``,
+    ``row`` the ``alerts`` table row (``detail`` as JSON text)."""
+
+    kind: str
+    row: dict[str, Any]
+    rule: Rule
+    key: AlertKey
+
+    @property
+    def dedup_key(self) -> str:
+        return alert_key_id(self.key)
+
+    @property
+    def detail(self) -> dict[str, Any]:
+        out: dict[str, Any] = json.loads(self.row["detail"])
+        return out
+
+
+@dataclass
+class _State:
+    breaches: int = 0
+    healthy: int = 0
+    last_ts: float = -math.inf
+    streak_start: float | None = None
+    values: list[list[float]] = field(default_factory=list)  # [ts, value, n] of the streak
+    last_breach_ts: float | None = None
+    report: str = ""
+    signal_detail: dict[str, Any] = field(default_factory=dict)
+    alert: dict[str, Any] | None = None  # the open alert's row, detail as a mapping
+    resolved_at: float | None = None
+    fires: list[float] = field(default_factory=list)
+
+    def idle(self, ts: float, rule: Rule) -> bool:
+        """Nothing to remember: no streak, no open alert, no cooldown or fire history."""
+        return (
+            self.breaches == 0
+            and self.alert is None
+            and (self.resolved_at is None or ts >= self.resolved_at + rule.cooldown)
+            and not any(ts - f < _HOUR for f in self.fires)
+        )
+
+
+class AlertManager:
+    """Turns signals into alert events; see the module docstring.
+
+    ``dashboard_url`` (default: the rules file's ``links.dashboard``) is the
+    base of the dashboard link on every alert, with Grafana-style query
+    parameters: ``var-signal``, ``var-app``, ``var-model``,
+    ``var-model_version``, ``var-dimension`` and ``from``/``to`` in epoch
+    milliseconds, ``link_padding_s`` around the alert's window.
+    ``keep_values`` breaching values are kept on each alert.
+    """
+
+    def __init__(
+        self,
+        rules: Rules,
+        *,
+        dashboard_url: str | None = None,
+        keep_values: int = 10,
+        link_padding_s: float = 1800.0,
+    ) -> None:
+        self.rules = rules
+        self.dashboard_url = (rules.dashboard_url if dashboard_url is None else dashboard_url).rstrip("/")
+        self.keep_values = keep_values
+        self.link_padding_s = link_padding_s
+        self._states: dict[AlertKey, _State] = {}
+        self._open_timed: set[AlertKey] = set()  # open alerts of rules with resolve_after
+        self.watermark = -math.inf
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("signals", "matched", "ignored", "replayed", "fired", "resolved",
+             "suppressed_cooldown", "suppressed_rate"), 0)
+
+    # -- the stream ------------------------------------------------------------
+
+    def process(self, signal: Signal) -> list[AlertEvent]:
+        """Alert events caused by one signal (usually none)."""
+        self.counters["signals"] += 1
+        events: list[AlertEvent] = []
+        for rule in self.rules.matching(signal):
+            self.counters["matched"] += 1
+            ev = self._observe(rule, signal)
+            if ev is not None:
+                events.append(ev)
+        events.extend(self.advance(signal.ts))
+        return events
+
+    def process_many(self, signals: Iterable[Signal]) -> list[AlertEvent]:
+        return [ev for s in signals for ev in self.process(s)]
+
+    def advance(self, ts: float) -> list[AlertEvent]:
+        """Move event time to ``ts``: resolves alerts past their ``resolve_after``."""
+        if ts > self.watermark:
+            self.watermark = ts
+        events = []
+        for key in sorted(self._open_timed):
+            rule = self.rules.get(key[0])
+            st = self._states.get(key)
+            if rule is None or st is None or st.alert is None or st.last_breach_ts is None:
+                self._open_timed.discard(key)
+                continue
+            after = rule.effective_resolve_after
+            if after is not None and self.watermark >= st.last_breach_ts + after:
+                at = st.last_breach_ts + after
+                events.append(self._resolve(rule, key, st, at, None, f"no breach for {after:g} s"))
+        return events
+
+    def _observe(self, rule: Rule, s: Signal) -> AlertEvent | None:
+        key: AlertKey = (rule.name, s.signal, s.app, s.model, s.model_version, s.dimension)
+        st = self._states.get(key)
+        if st is None:
+            st = self._states[key] = _State()
+        if s.ts <= st.last_ts:
+            self.counters["replayed"] += 1
+            return None
+        verdict = rule.evaluate(s)
+        if verdict is Verdict.IGNORED:
+            self.counters["ignored"] += 1
+            return None
+        gap = s.ts - st.last_ts
+        st.last_ts = s.ts
+        if st.alert is None and s.window_s > 0 and gap > MAX_GAP_WINDOWS * s.window_s:
+            st.breaches = 0
+        event: AlertEvent | None = None
+        if verdict is Verdict.BREACH:
+            st.healthy = 0
+            if st.breaches == 0:
+                st.streak_start = s.ts - s.window_s
+                st.values = []
+            st.breaches += 1
+            st.values = (st.values + [[s.ts, float(s.value), s.n]])[-self.keep_values:]
+            st.last_breach_ts = s.ts
+            st.signal_detail = _scalars(s.detail)
+            if isinstance(s.detail.get("report"), str):
+                st.report = s.detail["report"]
+            if st.alert is not None:
+                st.alert["value"] = float(s.value)
+            elif st.breaches >= rule.for_:
+                event = self._maybe_fire(rule, key, st, s)
+        else:
+            st.breaches = 0
+            if st.alert is not None:
+                st.healthy += 1
+                if st.healthy >= rule.resolve_for:
+                    event = self._resolve(rule, key, st, s.ts, float(s.value),
+                                          f"{st.healthy} healthy window(s)")
+            else:
+                st.values = []
+                st.streak_start = None
+        if st.idle(s.ts, rule):
+            del self._states[key]
+        return event
+
+    def _maybe_fire(self, rule: Rule, key: AlertKey, st: _State, s: Signal) -> AlertEvent | None:
+        if st.resolved_at is not None and s.ts < st.resolved_at + rule.cooldown:
+            self.counters["suppressed_cooldown"] += 1
+            return None
+        st.fires = [f for f in st.fires if s.ts - f < _HOUR]
+        if len(st.fires) >= rule.max_fires_per_hour:
+            self.counters["suppressed_rate"] += 1
+            return None
+        st.fires.append(s.ts)
+        st.healthy = 0
+        started = float(st.streak_start if st.streak_start is not None else s.ts - s.window_s)
+        alert_id = hashlib.sha1(f"{alert_key_id(key)}|{started:.3f}".encode()).hexdigest()[:24]
+        detail: dict[str, Any] = {
+            "key": dict(zip(("rule", "signal", "app", "model", "model_version", "dimension"),
+                            key, strict=True)),
+            "dedup_key": alert_key_id(key),
+            "op": rule.op if not rule.absolute else f"|x| {rule.op}",
+            "threshold": rule.threshold,
+            "change": rule.change,
+            "for": rule.for_,
+            "resolve_for": rule.resolve_for,
+            "values": [{"ts": v[0], "value": v[1], "n": int(v[2])} for v in st.values],
+            "window": {"start": started, "end": float(s.ts)},
+            "n": int(s.n),
+            "window_s": float(s.window_s),
+            "fired_at": float(s.ts),
+            "actions": list(rule.actions),
+            "signal_detail": st.signal_detail,
+        }
+        row: dict[str, Any] = {
+            "alert_id": alert_id,
+            "rule": rule.name,
+            "state": "firing",
+            "severity": rule.severity,
+            "app": s.app,
+            "model": s.model,
+            "model_version": s.model_version,
+            "signal": s.signal,
+            "dimension": s.dimension,
+            "value": float(s.value),
+            "threshold": rule.threshold,
+            "started_at": started,
+            "updated_at": float(s.ts),
+            "resolved_at": None,
+            "summary": rule.render_summary(s),
+            "detail": detail,
+        }
+        detail["links"] = self._links(rule, key, started, float(s.ts), st.report)
+        st.alert = row
+        if rule.effective_resolve_after is not None:
+            self._open_timed.add(key)
+        self.counters["fired"] += 1
+        return self._event("firing", row, rule, key)
+
+    def _resolve(
+        self, rule: Rule, key: AlertKey, st: _State, ts: float, value: float | None, why: str
+    ) -> AlertEvent:
+        assert st.alert is not None
+        row = dict(st.alert)
+        detail = dict(row["detail"])
+        detail["resolution"] = why
+        detail["links"] = self._links(rule, key, row["started_at"], ts, st.report)
+        row.update(state="resolved", updated_at=float(ts), resolved_at=float(ts), detail=detail)
+        if value is not None:
+            row["value"] = value
+        st.alert = None
+        st.resolved_at = float(ts)
+        st.breaches = st.healthy = 0
+        st.values = []
+        st.streak_start = None
+        st.report = ""
+        self._open_timed.discard(key)
+        self.counters["resolved"] += 1
+        return self._event("resolved", row, rule, key)
+
+    @staticmethod
+    def _event(kind: str, row: dict[str, Any], rule: Rule, key: AlertKey) -> AlertEvent:
+        out = dict(row)
+        out["detail"] = json.dumps(row["detail"], sort_keys=True, default=str)
+        return AlertEvent(kind, out, rule, key)
+
+    def _links(self, rule: Rule, key: AlertKey, start: float, end: float, report: str) -> dict[str, str]:
+        links: dict[str, str] = {}
+        if self.dashboard_url:
+            q = {
+                "var-signal": key[1], "var-app": key[2], "var-model": key[3],
+                "var-model_version": key[4],
+            }
+            if key[5]:
+                q["var-dimension"] = key[5]
+            q["from"] = str(int((start - self.link_padding_s) * 1000))
+            q["to"] = str(int((end + self.link_padding_s) * 1000))
+            links["dashboard"] = f"{self.dashboard_url}?{urlencode(q)}"
+        if rule.runbook:
+            links["runbook"] = rule.runbook
+        if report:
+            links["report"] = report
+        return links
+
+    # -- inspection and persistence -------------------------------------------------
+
+    def open_alerts(self) -> list[dict[str, Any]]:
+        """Rows of the alerts that are firing now (``detail`` as JSON text)."""
+        out = []
+        for key in sorted(self._states):
+            st = self._states[key]
+            if st.alert is not None:
+                row = dict(st.alert)
+                row["detail"] = json.dumps(row["detail"], sort_keys=True, default=str)
+                out.append(row)
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            **self.counters,
+            "open": sum(1 for st in self._states.values() if st.alert is not None),
+            "tracked_keys": len(self._states),
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-serialisable state, for :meth:`restore` after a worker restart."""
+        return {
+            "version": 1,
+            "watermark": self.watermark if math.isfinite(self.watermark) else None,
+            "states": [
+                {"key": list(k), **{f: v for f, v in asdict(st).items() if f != "last_ts"},
+                 "last_ts": st.last_ts if math.isfinite(st.last_ts) else None}
+                for k, st in sorted(self._states.items())
+            ],
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Load a :meth:`snapshot`; states of rules no longer in the rule set are dropped."""
+        if state.get("version") != 1:
+            raise ValueError(f"unknown alert state version {state.get('version')!r}")
+        wm = state.get("watermark")
+        self.watermark = -math.inf if wm is None else float(wm)
+        self._states.clear()
+        self._open_timed.clear()
+        for item in state.get("states", []):
+            key: AlertKey = tuple(str(x) for x in item["key"])  # type: ignore[assignment]
+            rule = self.rules.get(key[0])
+            if rule is None:
+                continue
+            fields = {k: v for k, v in item.items() if k != "key"}
+            if fields.get("last_ts") is None:
+                fields["last_ts"] = -math.inf
+            st = _State(**fields)
+            self._states[key] = st
+            if st.alert is not None and rule.effective_resolve_after is not None:
+                self._open_timed.add(key)
+
+
+def _scalars(detail: Mapping[str, Any]) -> dict[str, Any]:
+    """The small facts of a signal's detail (worst examples and arrays stay out)."""
+    out: dict[str, Any] = {}
+    for k, v in detail.items():
+        if isinstance(v, bool) or v is None:
+            out[k] = v
+        elif isinstance(v, (int, float)):
+            out[k] = float(v) if isinstance(v, float) else int(v)
+        elif isinstance(v, str) and len(v) <= 500:
+            out[k] = v
+        elif hasattr(v, "item") and getattr(v, "ndim", 1) == 0:  # numpy scalar
+            out[k] = v.item()
+    return out

@@ -1,0 +1,270 @@
+"""The alert state machine and the retrain trigger, driven by event time."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from detectors.base import Signal
+from llmpulse.store import DDL, Store
+from streams.alerting import AlertEvent, AlertManager
+from streams.retrain_trigger import RetrainTrigger
+from streams.rules import Rules
+
+T0 = 1_700_000_000.0
+W = 60.0
+
+
+def rules(**fields: object) -> Rules:
+    base: dict[str, object] = {
+        "name": "p99", "signal": "latency.p99_ms", "op": ">", "threshold": 4000,
+        "for": 3, "resolve_for": 2, "cooldown": 0, "max_fires_per_hour": 100,
+        "severity": "critical",
+    }
+    base.update(fields)
+    return Rules.from_dict({"rules": [base]})
+
+
+def sig(i: int, value: float, *, n: int = 500, signal: str = "latency.p99_ms",
+        dimension: str = "", detail: dict | None = None, model: str = "gpt") -> Signal:
+    """The signal of window ``i`` (window end ``T0 + i * W``)."""
+    return Signal(signal, value, n=n, dimension=dimension, ts=T0 + i * W, window_s=W,
+                  app="support", model=model, model_version="1", detail=detail or {})
+
+
+def run(am: AlertManager, values: Iterable[float], start: int = 1) -> list[tuple[int, str]]:
+    """(window index, kind) of each event while feeding ``values``."""
+    out = []
+    for i, v in enumerate(values, start):
+        out += [(i, e.kind) for e in am.process(sig(i, v))]
+    return out
+
+
+HI, LO = 5000.0, 1000.0
+
+
+def test_fires_after_for_consecutive_breaches_and_a_healthy_window_resets() -> None:
+    am = AlertManager(rules())
+    assert run(am, [HI, HI, LO, HI, HI, HI]) == [(6, "firing")]
+    row = am.open_alerts()[0]
+    assert row["started_at"] == T0 + 3 * W  # start of window 4, the first of the streak
+    assert row["updated_at"] == T0 + 6 * W
+    detail = json.loads(row["detail"])
+    assert [v["value"] for v in detail["values"]] == [HI, HI, HI]
+    assert detail["window"] == {"start": T0 + 3 * W, "end": T0 + 6 * W}
+    assert detail["n"] == 500 and detail["for"] == 3
+
+
+def test_resolves_after_resolve_for_healthy_windows_only() -> None:
+    am = AlertManager(rules())
+    events = run(am, [HI, HI, HI, LO, HI, LO, LO, LO])
+    assert events == [(3, "firing"), (7, "resolved")]
+    assert am.open_alerts() == []
+
+
+def test_one_open_alert_per_key_and_separate_keys_per_dimension() -> None:
+    am = AlertManager(rules(signal="bias.accuracy_gap", op="<", threshold=-0.1, **{"for": 1}))
+    fired = []
+    for i in range(1, 6):
+        for dim in ("language=de", "language=fr"):
+            fired += am.process(sig(i, -0.3, signal="bias.accuracy_gap", dimension=dim))
+    assert [(e.kind, e.row["dimension"]) for e in fired] == [
+        ("firing", "language=de"), ("firing", "language=fr")]
+    assert len(am.open_alerts()) == 2
+    assert fired[0].row["alert_id"] != fired[1].row["alert_id"]
+    assert fired[0].dedup_key != fired[1].dedup_key
+
+
+def test_cooldown_holds_a_new_fire_until_it_has_passed_in_event_time() -> None:
+    am = AlertManager(rules(cooldown="10m", **{"for": 1, "resolve_for": 1}))
+    # resolve at window 2; cooldown ends at window 12; breaches in 3..14
+    events = run(am, [HI, LO] + [HI] * 12)
+    assert events == [(1, "firing"), (2, "resolved"), (12, "firing")]
+    assert am.stats()["suppressed_cooldown"] == 9
+
+
+def test_max_fires_per_hour_suppresses_flapping() -> None:
+    am = AlertManager(rules(max_fires_per_hour=2, **{"for": 1, "resolve_for": 1}))
+    events = run(am, [HI, LO] * 60)  # flaps every window for two hours
+    fires = [i for i, k in events if k == "firing"]
+    assert fires == [1, 3, 61, 63]  # two per hour of event time, then quiet
+    assert am.stats()["suppressed_rate"] == 56
+
+
+def test_small_windows_are_ignored_and_do_not_break_a_streak() -> None:
+    am = AlertManager(rules(min_n=100))
+    events = []
+    for i, (v, n) in enumerate([(HI, 500), (HI, 500), (LO, 10), (HI, 500)], 1):
+        events += [(i, e.kind) for e in am.process(sig(i, v, n=n))]
+    assert events == [(4, "firing")]
+    assert am.stats()["ignored"] == 1
+
+
+def test_a_gap_in_windows_breaks_a_pending_streak() -> None:
+    am = AlertManager(rules())
+    am.process(sig(1, HI))
+    am.process(sig(2, HI))
+    assert am.process(sig(6, HI)) == []  # three windows missing: start again
+    assert am.process(sig(7, HI)) == []
+    assert [e.kind for e in am.process(sig(8, HI))] == ["firing"]
+
+
+def test_replayed_and_out_of_order_signals_are_ignored() -> None:
+    am = AlertManager(rules(**{"for": 2}))
+    first = am.process(sig(1, HI)) + am.process(sig(2, HI))
+    assert [e.kind for e in first] == ["firing"]
+    assert am.process(sig(2, HI)) == [] and am.process(sig(1, LO)) == []
+    assert am.stats()["replayed"] == 2
+
+
+def test_not_significant_windows_count_as_healthy() -> None:
+    am = AlertManager(rules(signal="bias.*", op="<", threshold=-0.1, **{"for": 2, "resolve_for": 1}))
+    def s(i: int, significant: bool) -> Signal:
+        return sig(i, -0.3, signal="bias.accuracy_gap", dimension="tier=free",
+                   detail={"significant": significant, "p_adjusted": 0.001 if significant else 0.2})
+    kinds = [(i, e.kind) for i, sg in enumerate([True, False, True, True, False], 1)
+             for e in am.process(s(i, sg))]
+    assert kinds == [(4, "firing"), (5, "resolved")]
+
+
+def test_change_alerts_resolve_after_quiet_event_time() -> None:
+    rs = Rules.from_dict({"rules": [{"name": "slower", "signal": "latency.change", "change": True,
+                                     "resolve_after": "10m", "cooldown": 0}]})
+    am = AlertManager(rs)
+    fired = am.process(sig(1, 1.0, signal="latency.change"))
+    assert [e.kind for e in fired] == ["firing"]
+    assert am.process(sig(5, 900.0)) == []  # other signals move event time
+    assert am.advance(T0 + 10 * W) == []
+    [resolved] = am.advance(T0 + 11 * W)
+    assert resolved.kind == "resolved"
+    assert resolved.row["resolved_at"] == T0 + 11 * W  # last breach + resolve_after
+    assert resolved.detail["resolution"] == "no breach for 600 s"
+
+
+def test_rows_have_exactly_the_alerts_table_columns_and_insert(tmp_path) -> None:
+    am = AlertManager(rules(**{"for": 1, "resolve_for": 1}))
+    events = am.process(sig(1, HI)) + am.process(sig(2, LO))
+    columns = re.findall(r"^\s+(\w+) ", DDL["alerts"].split("(", 1)[1], re.MULTILINE)
+    for ev in events:
+        assert list(ev.row) == columns
+        assert isinstance(ev.row["detail"], str) and json.loads(ev.row["detail"])
+    store = Store.open(f"chdb://{tmp_path}/store")
+    try:
+        store.insert_rows("alerts", [e.row for e in events])
+        rows = store.query("SELECT alert_id, state, value, resolved_at FROM alerts FINAL")
+    finally:
+        store.close()
+    assert rows == [{"alert_id": events[0].row["alert_id"], "state": "resolved", "value": LO,
+                     "resolved_at": "2023-11-14 22:15:20.000"}]
+
+
+def test_links_dashboard_runbook_and_report() -> None:
+    rs = rules(runbook="https://runbooks.example/p99", **{"for": 1})
+    am = AlertManager(rs, dashboard_url="http://grafana.local/d/llmpulse/", link_padding_s=600)
+    [ev] = am.process(sig(1, HI, dimension="", detail={"report": "/r/drift.html", "p": [1, 2]}))
+    links = ev.detail["links"]
+    assert links["runbook"] == "https://runbooks.example/p99"
+    assert links["report"] == "/r/drift.html"
+    url = urlsplit(links["dashboard"])
+    assert url.scheme + "://" + url.netloc + url.path == "http://grafana.local/d/llmpulse"
+    q = {k: v[0] for k, v in parse_qs(url.query).items()}
+    assert q == {"var-signal": "latency.p99_ms", "var-app": "support", "var-model": "gpt",
+                 "var-model_version": "1", "from": str(int((T0 - 600) * 1000)),
+                 "to": str(int((T0 + W + 600) * 1000))}
+    assert ev.detail["signal_detail"] == {"report": "/r/drift.html"}  # lists stay out
+    assert "dashboard" not in AlertManager(rs).process(sig(1, HI))[0].detail["links"]
+
+
+def test_snapshot_restore_at_every_point_gives_the_same_events() -> None:
+    rs = rules(cooldown="3m", max_fires_per_hour=3, **{"for": 2, "resolve_for": 2})
+    values = [HI, HI, LO, HI, LO, LO, HI, HI, HI, LO, LO, HI, HI, HI, HI, LO, LO, LO, HI, HI]
+    signals = [sig(i, v) for i, v in enumerate(values, 1)]
+    whole = AlertManager(rs)
+    reference = [e.row for s in signals for e in whole.process(s)]
+    assert len(reference) >= 4
+    for cut in range(len(signals) + 1):
+        first = AlertManager(rs)
+        rows = [e.row for s in signals[:cut] for e in first.process(s)]
+        state = json.loads(json.dumps(first.snapshot()))
+        second = AlertManager(rs)
+        second.restore(state)
+        # replaying the last few signals after a restart changes nothing
+        rows += [e.row for s in signals[max(0, cut - 3):] for e in second.process(s)]
+        assert rows == reference, cut
+
+
+def test_restore_drops_states_of_removed_rules() -> None:
+    am = AlertManager(rules(**{"for": 1}))
+    am.process(sig(1, HI))
+    other = AlertManager(Rules.from_dict({"rules": [{"name": "x", "signal": "y", "op": ">", "threshold": 1}]}))
+    other.restore(am.snapshot())
+    assert other.open_alerts() == [] and other.stats()["tracked_keys"] == 0
+    with pytest.raises(ValueError, match="unknown alert state version"):
+        other.restore({"version": 9})
+
+
+def test_healthy_keys_are_not_remembered() -> None:
+    am = AlertManager(rules())
+    for i in range(1, 50):
+        for dim in range(20):
+            am.process(sig(i, LO, dimension=f"d{dim}"))
+    assert am.stats()["tracked_keys"] == 0
+
+
+# -- retrain trigger -------------------------------------------------------------
+
+
+def retrain_events(model: str = "intent-router", start: int = 1) -> list[AlertEvent]:
+    rs = Rules.from_dict({"rules": [
+        {"name": "drift", "signal": "drift.*", "op": ">=", "threshold": 0.25,
+         "actions": ["notify", "retrain"], "cooldown": 0},
+        {"name": "p99", "signal": "latency.p99_ms", "op": ">", "threshold": 4000},
+    ]})
+    am = AlertManager(rs)
+    out = []
+    for i, name in enumerate(["drift.psi", "drift.ks", "latency.p99_ms"], start):
+        out += am.process(sig(i, 5000.0, signal=name, dimension="x", model=model))
+    return out
+
+
+def test_retrain_requests_one_per_model_while_pending() -> None:
+    trig = RetrainTrigger(window_s=6 * 3600, pending_ttl_s=3600)
+    events = retrain_events()
+    assert [e.row["rule"] for e in events] == ["drift", "drift", "p99"]
+    reqs = [trig.process(e) for e in events]
+    assert reqs[1:] == [None, None]  # second drift alert: pending; p99: no retrain action
+    req = reqs[0]
+    assert req is not None
+    assert req == {
+        "request_id": req["request_id"], "model": "intent-router", "model_version": "1",
+        "app": "support", "alert_id": events[0].row["alert_id"], "rule": "drift",
+        "signal": "drift.psi", "window": {"start": T0 + W - 6 * 3600, "end": T0 + W},
+        "ts": T0 + W,
+    }
+    assert trig.process(events[0]) is None  # the same alert replayed
+    assert trig.process(retrain_events(model="other")[0])["model"] == "other"
+    assert trig.complete("intent-router") and not trig.complete("intent-router")
+    again = trig.process(events[1])
+    assert again is not None and again["alert_id"] == events[1].row["alert_id"]
+
+
+def test_a_pending_request_expires_after_its_ttl_in_event_time() -> None:
+    trig = RetrainTrigger(window_s=3600, pending_ttl_s=30 * 60)
+    assert trig.process(retrain_events()[0]) is not None
+    assert trig.process(retrain_events(start=20)[0]) is None  # 19 min later
+    late = trig.process(retrain_events(start=40)[0])  # 39 min later
+    assert late is not None and trig.counters["expired"] == 1
+
+
+def test_retrain_state_round_trips_and_request_ids_are_stable() -> None:
+    a, b = RetrainTrigger(), RetrainTrigger()
+    ev = retrain_events()[0]
+    req = a.process(ev)
+    b.restore(json.loads(json.dumps(a.snapshot())))
+    assert b.process(retrain_events(start=2)[0]) is None
+    assert RetrainTrigger().process(ev)["request_id"] == req["request_id"]  # type: ignore[index]
+    assert RetrainTrigger.from_rules(Rules.default(env={})).window_s == 86400.0
