@@ -82,6 +82,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _module_cli(module: str):
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return int(importlib.import_module(module).run_cli(args) or 0)
+
+    return run
+
+
 def _not_yet(name: str, issue: str):
     def run(args: argparse.Namespace) -> int:
         print(f"llmpulse {name}: not available in this release ({issue})", file=sys.stderr)
@@ -130,12 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quick", action="store_true", help="a short run (for smoke tests)")
     s.set_defaults(func=cmd_bench)
 
+    s = sub.add_parser("report", help="self-contained HTML snapshot of the dashboards")
+    _configure(s, "llmpulse.report")
+    s.set_defaults(func=_module_cli("llmpulse.report"))
+
+    s = sub.add_parser("dashboards", help="publish Grafana dashboards or generate provisioning")
+    _configure(s, "dashboards.publish")
+    s.set_defaults(func=_module_cli("dashboards.publish"))
+
     for name, issue, text in (
-        ("report", "self-contained HTML report", "HTML snapshot of the panels"),
         ("retrain", "closed loop", "retrain a model from feedback"),
         ("deploy", "closed loop", "deploy a registered model version"),
         ("rollback", "closed loop", "roll a model back to its previous version"),
-        ("dashboards", "dashboards", "publish Grafana dashboards"),
     ):
         s = sub.add_parser(name, help=f"{text} (coming)")
         s.set_defaults(func=_not_yet(name, issue))

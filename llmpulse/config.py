@@ -26,6 +26,7 @@ __all__ = [
     "ConfigError",
     "HttpSettings",
     "IngestSettings",
+    "SignalSettings",
     "Settings",
     "load_settings",
 ]
@@ -54,6 +55,27 @@ class IngestSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SignalSettings:
+    """How the signal agents window events and run detectors."""
+
+    enabled: bool = True
+    latency_window_s: float = 10.0
+    """Window of the latency, errors, tokens and cost family."""
+    window_s: float = 60.0
+    """Window of the drift, bias, hallucination and quality families."""
+    embedding: bool = False
+    """Embedding drift on prompts (MiniLM on ONNX Runtime; costly on CPU)."""
+    hallucination_max_scored: int = 500
+    """Responses scored for groundedness per window and group."""
+    poll_s: float = 1.0
+    """How often windows are checked for closing."""
+    snapshot_s: float = 30.0
+    """How often the engine state is saved for restarts (0 = only at stop)."""
+    feedback_wait_s: float = 60.0
+    """How long feedback waits for its inference to be stored before it counts as unmatched."""
+
+
+@dataclass(frozen=True, slots=True)
 class HttpSettings:
     host: str = "127.0.0.1"
     port: int = 0
@@ -69,6 +91,7 @@ class Settings:
     """A ClickHouse DSN (http://... or chdb:///...); None opens the embedded store."""
     rules: Path | None = None
     ingest: IngestSettings = field(default_factory=IngestSettings)
+    signals: SignalSettings = field(default_factory=SignalSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     session_timeout_s: float = 6.0
     """Kafka consumer session timeout: a short one makes group joins fast."""
@@ -148,7 +171,8 @@ def load_settings(
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: must be a mapping of settings")
         raw = dict(loaded or {})
-    known = {"data_dir", "kafka", "clickhouse", "rules", "ingest", "http", "session_timeout_s"}
+    known = {"data_dir", "kafka", "clickhouse", "rules", "ingest", "signals", "http",
+             "session_timeout_s"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{key}: unknown setting in {path}; known: {', '.join(sorted(known))}")
@@ -181,6 +205,7 @@ def load_settings(
         clickhouse=ch,
         rules=rules_path,
         ingest=_sub(IngestSettings, raw.get("ingest"), "ingest"),
+        signals=_sub(SignalSettings, raw.get("signals"), "signals"),
         http=_sub(HttpSettings, raw.get("http"), "http"),
         session_timeout_s=float(session),
     )

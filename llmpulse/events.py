@@ -37,6 +37,7 @@ __all__ = [
     "TOPIC_DEADLETTER",
     "TOPIC_DEPLOYMENTS",
     "TOPIC_FEEDBACK",
+    "TOPIC_GROUPED",
     "TOPIC_INFERENCE",
     "TOPIC_RETRAIN",
     "TOPIC_SIGNALS",
@@ -56,6 +57,9 @@ TOPIC_SIGNALS = "llmpulse.signals"
 TOPIC_ALERTS = "llmpulse.alerts"
 TOPIC_RETRAIN = "llmpulse.retrain"
 TOPIC_DEPLOYMENTS = "llmpulse.deployments"
+TOPIC_GROUPED = "llmpulse.grouped"
+"""Internal: validated events re-keyed by (app, model, model_version), so every
+event of a group reaches the one worker that windows it."""
 TOPICS: tuple[str, ...] = (
     TOPIC_INFERENCE,
     TOPIC_FEEDBACK,
@@ -64,6 +68,7 @@ TOPICS: tuple[str, ...] = (
     TOPIC_ALERTS,
     TOPIC_RETRAIN,
     TOPIC_DEPLOYMENTS,
+    TOPIC_GROUPED,
 )
 
 STATUSES = frozenset({"ok", "error", "timeout"})

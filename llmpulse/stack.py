@@ -97,6 +97,13 @@ async def _run(
     if settings.http.port and not port_is_free(web_port, settings.http.host):
         raise StackError(f"http.port: port {web_port} is busy; pick another or 0 for a free one")
 
+    from streams.alerts_agent import load_rules
+    from streams.rules import RulesError
+
+    try:
+        rules = load_rules(settings.rules)
+    except RulesError as exc:
+        raise StackError(str(exc)) from None
     try:
         store = await asyncio.to_thread(Store.open, settings.clickhouse_dsn)
     except StoreError as exc:
@@ -127,7 +134,8 @@ async def _run(
             raise StackError(str(exc)) from None
 
         stats = IngestStats()
-        app = build_app(settings, store, stats, bootstrap=bootstrap, web_port=web_port)
+        app = build_app(settings, store, stats, bootstrap=bootstrap, web_port=web_port,
+                        rules=rules)
         await app.start()
         await _wait_assigned(app, timeout=settings.session_timeout_s * 4 + 10)
         endpoints = {
@@ -160,6 +168,10 @@ async def _run(
             await stop.wait()
         log.info("stopping: draining the broker into the store")
         await _drain(app, drain_timeout_s)
+        if app.llmpulse_signals is not None:
+            await app.llmpulse_signals.flush()
+        if app.llmpulse_alerts is not None:
+            await app.llmpulse_alerts.close()
         return code
     finally:
         try:

@@ -26,10 +26,20 @@ from typing import Any
 import faust
 import orjson
 
+from detectors.base import Signal
 from llmpulse.config import Settings
-from llmpulse.events import TOPIC_DEADLETTER, TOPIC_FEEDBACK, TOPIC_INFERENCE, Limits
+from llmpulse.events import (
+    TOPIC_DEADLETTER,
+    TOPIC_FEEDBACK,
+    TOPIC_GROUPED,
+    TOPIC_INFERENCE,
+    Limits,
+)
 from llmpulse.store import RAW_INGEST, QueryError, Store, check_readonly_sql
+from streams.alerts_agent import AlertAgent, load_rules
 from streams.ingest import DeadLetter, IngestBatch, Message, split_batch
+from streams.rules import Rules
+from streams.signals import SignalAgents
 from streams.sink import RawSink
 
 __all__ = ["IngestStats", "NAMED_QUERIES", "build_app"]
@@ -108,6 +118,7 @@ def build_app(
     bootstrap: str,
     web_port: int,
     app_id: str = "llmpulse",
+    rules: Rules | None = None,
 ) -> faust.App:
     """The worker: ingest agents for both raw topics plus the HTTP API."""
     session_s = settings.session_timeout_s
@@ -145,6 +156,22 @@ def build_app(
     deadletter = app.topic(TOPIC_DEADLETTER, value_serializer="raw", key_serializer="raw")
     app.llmpulse_stats = stats  # type: ignore[attr-defined]
 
+    agents: SignalAgents | None = None
+    if settings.signals.enabled:
+        agents = SignalAgents(app, settings, store, sink, health=lambda: health_signals())
+    app.llmpulse_signals = agents  # type: ignore[attr-defined]
+    alert_agent: AlertAgent | None = None
+    if agents is not None:
+        alert_agent = AlertAgent(
+            app, rules if rules is not None else load_rules(settings.rules), sink,
+            state_dir=settings.data_dir / "worker",
+            dashboard_url=f"http://{settings.http.host}:{web_port}/dashboards",
+        )
+        agents.consumers.append(alert_agent)
+        app.llmpulse_notifier = alert_agent.notifier  # type: ignore[attr-defined]
+    app.llmpulse_alerts = alert_agent  # type: ignore[attr-defined]
+    forward = agents is not None
+
     def make_agent(topic_name: str, kind: str, table: str) -> None:
         topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw")
 
@@ -156,18 +183,25 @@ def build_app(
                     Message(ev.value, ev.message.topic, ev.message.partition, ev.message.offset)
                     for ev in events
                 ]
-                batch = split_batch(msgs, kind=kind, limits=limits)
+                batch = split_batch(msgs, kind=kind, limits=limits, keep_events=forward)
+                rejected: set[int] = set()
                 if batch.count:
                     for i, reason in await sink.write(RAW_INGEST[table], batch.lines):
                         m = batch.sources[i]
                         batch.dead.append(
                             DeadLetter(batch.lines[i], reason, m.topic, m.partition, m.offset))
-                        batch.count -= 1
+                        rejected.add(i)
+                    batch.count -= len(rejected)
                 if batch.dead:
                     for d in batch.dead:
                         await deadletter.send(value=d.payload, headers=d.headers())
                     await sink.write("deadletter_events",
                                      [orjson.dumps(d.row()) for d in batch.dead])
+                if forward and batch.events:
+                    if kind == "inference":
+                        await agents.forward_inference(batch, rejected)
+                    else:
+                        await agents.forward_feedback(batch, rejected)
                 stats.record(topic_name, batch, len(events))
                 for m in msgs:
                     stats.positions[(m.topic, m.partition)] = m.offset + 1
@@ -186,7 +220,7 @@ def build_app(
         except Exception:
             return {}
         for tp in assignment:
-            if tp.topic not in (TOPIC_INFERENCE, TOPIC_FEEDBACK):
+            if tp.topic not in (TOPIC_INFERENCE, TOPIC_FEEDBACK, TOPIC_GROUPED):
                 continue
             hw = app.consumer.highwater(tp)
             if hw is None:
@@ -200,6 +234,62 @@ def build_app(
 
     app.llmpulse_lag = lag  # type: ignore[attr-defined]
 
+    last_health: dict[str, Any] = {"t": time.time(), "consumed": {}, "dead": {}}
+
+    async def health_signals() -> list[Signal]:
+        """The monitor's own health, as signals the dashboards and rules read."""
+        now = time.time()
+        dt = max(1e-3, now - last_health["t"])
+        lags = await lag()
+        out: list[Signal] = []
+
+        def sig(name: str, value: float, dimension: str, n: int = 0) -> None:
+            out.append(Signal(signal=name, value=float(value), n=n, dimension=dimension,
+                              ts=now, window_s=dt, app="llmpulse"))
+
+        for topic in (TOPIC_INFERENCE, TOPIC_FEEDBACK):
+            consumed = stats.consumed.get(topic, 0)
+            dead = stats.deadlettered.get(topic, 0)
+            d_consumed = consumed - last_health["consumed"].get(topic, 0)
+            d_dead = dead - last_health["dead"].get(topic, 0)
+            sig("llmpulse.lag", lags.get(topic, 0), topic)
+            sig("llmpulse.events_per_s", d_consumed / dt, topic, d_consumed)
+            sig("llmpulse.deadletter_rate", d_dead / d_consumed if d_consumed else 0.0, topic,
+                d_consumed)
+            last_health["consumed"][topic] = consumed
+            last_health["dead"][topic] = dead
+        sig("llmpulse.store_errors", sink.errors, "store")
+        if agents is not None:
+            eng = agents.engine.stats()
+            delay = eng.get("window_close_delay_s") or eng.get("close_delay_s")
+            if isinstance(delay, dict):
+                delay = delay.get("last") or delay.get("max")
+            if isinstance(delay, (int, float)):
+                sig("llmpulse.window_close_delay_s", delay, "signals")
+            sig("llmpulse.feedback_unmatched", agents.counters.get("feedback_unmatched", 0),
+                "signals")
+        for channel, failures in notify_failures().items():
+            sig("llmpulse.notify_failures", failures, channel)
+        last_health["t"] = now
+        return out
+
+    def notify_failures() -> dict[str, int]:
+        notifier = getattr(app, "llmpulse_notifier", None)
+        if notifier is None:
+            return {}
+        try:
+            return {ch: int(v.get("failed", 0)) for ch, v in notifier.stats().items()}
+        except Exception:
+            return {}
+
+    from dashboards.web import routes as dashboard_routes
+
+    def read(sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        return store.query(sql, params, readonly=True)
+
+    for path, name, handler in dashboard_routes(read):
+        app.page(path, name=name)(handler)
+
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
         ok = not store.closed
@@ -210,7 +300,15 @@ def build_app(
         stats.store_errors = sink.errors
         stats.store_rejected = sink.rejected
         stats.last_store_s = sink.last_store_s
-        return web.json(stats.as_dict(await lag()))
+        out = stats.as_dict(await lag())
+        if agents is not None:
+            out["signals"] = agents.stats()
+        if alert_agent is not None:
+            out["alerts"] = alert_agent.stats()
+        notifier = getattr(app, "llmpulse_notifier", None)
+        if notifier is not None:
+            out["notify"] = notifier.stats()
+        return web.json(out)
 
     @app.page("/api/query")
     class QueryView(faust.web.View):
