@@ -44,7 +44,7 @@ class IngestSettings:
 
     batch_messages: int = 500
     """Kafka messages (envelopes) taken per batch."""
-    batch_within_s: float = 0.25
+    batch_within_s: float = 0.1
     """Longest a batch waits to fill before it is stored."""
     partitions: int = 4
     """Partitions of each llmpulse topic created by the embedded stack."""

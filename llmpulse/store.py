@@ -209,6 +209,11 @@ seconds to days later (a primary-key lookup, filled by a materialized view)."""
 _INSERT_SETTINGS = {
     "input_format_skip_unknown_fields": 1,
     "input_format_null_as_default": 1,
+    # duplicates are collapsed by FINAL at read time; sorting them out at
+    # insert costs ~20 % of the insert's CPU (measured on simulator rows)
+    "optimize_on_insert": 0,
+    # one parsing thread: the worker's own thread already keeps the other core busy
+    "input_format_parallel_parsing": 0,
 }
 
 

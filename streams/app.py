@@ -110,6 +110,30 @@ NAMED_QUERIES: dict[str, str] = {
 }
 
 
+FETCH_MAX_WAIT_MS = 100
+
+
+def _tune_fetch_wait(ms: int) -> None:
+    """Faust creates its aiokafka consumer with ``fetch_max_wait_ms=1500`` and no
+    setting to change it; a broker may hold a fetch that long before answering
+    (Tansu does), which puts seconds into every event's lag. Lower it once."""
+    from faust.transport.drivers import aiokafka as driver
+
+    cls = driver.AIOKafkaConsumerThread
+    if getattr(cls, "_llmpulse_fetch_wait", None) == ms:
+        return
+    original = getattr(cls, "_llmpulse_original_create", cls._create_worker_consumer)
+
+    def create(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = ms
+        return consumer
+
+    cls._llmpulse_original_create = original  # type: ignore[attr-defined]
+    cls._create_worker_consumer = create  # type: ignore[method-assign]
+    cls._llmpulse_fetch_wait = ms  # type: ignore[attr-defined]
+
+
 def build_app(
     settings: Settings,
     store: Store,
@@ -122,6 +146,7 @@ def build_app(
 ) -> faust.App:
     """The worker: ingest agents for both raw topics plus the HTTP API."""
     session_s = settings.session_timeout_s
+    _tune_fetch_wait(FETCH_MAX_WAIT_MS)
     app = faust.App(
         app_id,
         broker=f"kafka://{bootstrap}",
