@@ -19,7 +19,7 @@ from llmpulse.config import ConfigError, load_settings
 
 __all__ = ["main"]
 
-BENCHES = ("shim", "ingest", "detectors")
+BENCHES = ("shim", "ingest", "detectors", "serving")
 
 
 def _settings(args: argparse.Namespace):
@@ -91,10 +91,11 @@ def _module_cli(module: str):
     return run
 
 
-def _not_yet(name: str, issue: str):
+def _retrain_cmd(fn_name: str):
     def run(args: argparse.Namespace) -> int:
-        print(f"llmpulse {name}: not available in this release ({issue})", file=sys.stderr)
-        return 2
+        from retrain import cli as retrain_cli
+
+        return int(getattr(retrain_cli, fn_name)(args, _settings(args)) or 0)
 
     return run
 
@@ -147,13 +148,19 @@ def build_parser() -> argparse.ArgumentParser:
     _configure(s, "dashboards.publish")
     s.set_defaults(func=_module_cli("dashboards.publish"))
 
-    for name, issue, text in (
-        ("retrain", "closed loop", "retrain a model from feedback"),
-        ("deploy", "closed loop", "deploy a registered model version"),
-        ("rollback", "closed loop", "roll a model back to its previous version"),
+    for name, text in (
+        ("retrain", "retrain a model, gate it, register and release it"),
+        ("deploy", "deploy (or canary) a registered model version"),
+        ("rollback", "roll a model back to its previous promoted version"),
     ):
-        s = sub.add_parser(name, help=f"{text} (coming)")
-        s.set_defaults(func=_not_yet(name, issue))
+        s = sub.add_parser(name, help=text)
+        try:
+            from retrain import cli as retrain_cli
+
+            getattr(retrain_cli, f"configure_{name}")(s)
+        except ImportError as exc:  # the shim-only install
+            s.description = f"unavailable here: {exc}"
+        s.set_defaults(func=_retrain_cmd(f"run_{name}"))
     return p
 
 
