@@ -326,6 +326,11 @@ def build_app(
         stats.store_rejected = sink.rejected
         stats.last_store_s = sink.last_store_s
         out = stats.as_dict(await lag())
+        try:
+            out["assignment"] = sorted(f"{tp.topic}:{tp.partition}"
+                                       for tp in app.consumer.assignment())
+        except Exception:
+            out["assignment"] = []
         if agents is not None:
             out["signals"] = agents.stats()
         if alert_agent is not None:

@@ -1,0 +1,184 @@
+"""Signals and alerts end to end, and scale-out: real broker, real store, real workers.
+
+Traffic is the simulator replayed a few times faster than real time (event
+time stays ordered well within the windows' allowed lateness), so a few
+minutes of event time take seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmpulse.broker import EmbeddedBroker, create_topics, free_port
+from llmpulse.events import TOPIC_FEEDBACK, TOPIC_INFERENCE, TOPICS
+from llmpulse.monitor import Monitor
+from llmpulse.simulate import Incident, SupportAppSimulator, run
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SPEED = 6.0  # event seconds per wall second
+
+
+def drive(bootstrap: str, seed: int, duration: float, incidents: list[str], rate: float = 40.0,
+          app: str = "support-assistant", start: float | None = None) -> dict[str, Any]:
+    if start is None:
+        start = time.time() - duration - 5
+    sim = SupportAppSimulator(seed=seed, rate=rate, incidents=[Incident.parse(i) for i in incidents],
+                              start_ts=start, app=app)
+    t0 = time.monotonic()
+    with Monitor(app=app, bootstrap=bootstrap) as mon:
+        out = run(mon, sim, duration, realtime=True,
+                  clock=lambda: t0 + (time.monotonic() - t0) * SPEED)
+        assert mon.flush(30)
+    return out
+
+
+def write_config(d: Path, latency_window: float, window: float, extra: str = "") -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "llmpulse.yaml").write_text(
+        f"signals:\n  latency_window_s: {latency_window}\n  window_s: {window}\n"
+        f"  poll_s: 0.5\n  snapshot_s: 0\n{extra}")
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Hook.received.append(json.loads(body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def wait_for(fn, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_latency_spike_raises_one_alert_and_pages_the_webhook(stack_factory, tmp_path) -> None:
+    port = free_port()
+    server = HTTPServer(("127.0.0.1", port), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Hook.received.clear()
+    rules = tmp_path / "rules.yaml"
+    default = (Path(__file__).resolve().parents[2] / "llmpulse/rules/default.yaml").read_text()
+    assert "\nnotify:" not in default
+    rules.write_text(default + f"""
+notify:
+  hook:
+    type: webhook
+    url: http://127.0.0.1:{port}/alerts
+    secret: s3cret
+""")
+    d = tmp_path / "alerting"
+    write_config(d, 10, 30)
+    sp = stack_factory(d / "data", LLMPULSE_RULES=str(rules))
+    sp.start()  # reads llmpulse.yaml from its working directory, the data dir's parent
+    try:
+        out = drive(sp.endpoints["kafka"], seed=3, duration=240,
+                    incidents=["latency_spike:90:180:factor=5"])
+        sp.wait_stored(TOPIC_INFERENCE, out["inference"])
+        sp.wait_stored(TOPIC_FEEDBACK, out["feedback"])
+        hooks = wait_for(lambda: [h for h in _Hook.received
+                                  if h["alert"]["signal"].startswith(("latency.", "errors."))],
+                         60, "a latency page on the webhook")
+        names = {r["signal"] for r in sp.sql("SELECT DISTINCT signal FROM signals FINAL")}
+        for expected in ("latency.p99_ms", "errors.rate", "tokens.output_per_s", "cost.usd",
+                         "hallucination.groundedness_mean", "quality.accuracy",
+                         "llmpulse.events_per_s"):
+            assert expected in names, (expected, sorted(names))
+        assert any(n.startswith("bias.") for n in names)
+        alerts = sp.sql("SELECT rule, signal, state, started_at FROM alerts FINAL")
+        latency_alerts = [a for a in alerts if a["signal"].startswith(("latency.", "errors."))]
+        assert latency_alerts, alerts
+        # nothing unrelated to a slowdown fired
+        unrelated = ("bias.", "hallucination.", "quality.")
+        assert not [a for a in alerts if a["signal"].startswith(unrelated)], alerts
+        first = sorted(latency_alerts, key=lambda a: a["started_at"])[0]
+        assert first["started_at"] >= _ts_text(out["incidents"][0]["start_ts"] - 10)
+        body = hooks[0]
+        assert body["kind"] == "firing" and body["rule"]["name"] == body["alert"]["rule"]
+        assert body["alert"]["value"] > body["alert"]["threshold"] or body["alert"]["signal"] == "latency.change"
+    finally:
+        server.shutdown()
+        assert sp.stop() == 0
+
+
+def _ts_text(epoch_s: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch_s))
+
+
+def _signals(data_dir: Path) -> dict[tuple[str, ...], tuple[float, int]]:
+    """Signals in a stopped worker's store, read directly."""
+    from llmpulse.store import Store
+
+    store = Store.open(f"chdb://{data_dir / 'store'}", ddl=False)
+    try:
+        rows = store.query(
+            "SELECT app, model, model_version, signal, dimension, toString(ts) AS t, value, n "
+            "FROM signals FINAL WHERE app != 'llmpulse'")
+    finally:
+        store.close()
+    return {(r["app"], r["model"], r["model_version"], r["signal"], r["dimension"], r["t"]):
+            (round(float(r["value"]), 6), int(r["n"])) for r in rows}
+
+
+def test_two_workers_split_partitions_and_produce_the_same_signals_as_one(
+        stack_factory, tmp_path) -> None:
+    results = []
+    duration = 100.0
+    start = time.time() - duration - 5
+    for workers in (1, 2):
+        with EmbeddedBroker() as b:
+            create_topics(b.bootstrap, {t: 4 for t in TOPICS})
+            procs = []
+            for w in range(workers):
+                d = tmp_path / f"run{workers}" / f"w{w}"
+                write_config(d, 10, 20)
+                procs.append(stack_factory(d / "data", LLMPULSE_KAFKA=b.bootstrap).start())
+            if workers == 2:  # both must hold partitions before traffic starts
+                def both_assigned(procs: list[Any] = procs) -> bool:
+                    return all(any(a.startswith(TOPIC_INFERENCE)
+                                   for a in p.get("/api/stats")["assignment"]) for p in procs)
+                wait_for(both_assigned, 60, "a rebalance giving both workers partitions")
+                owned = [set(p.get("/api/stats")["assignment"]) for p in procs]
+                assert not owned[0] & owned[1]
+            out = drive(b.bootstrap, seed=5, duration=duration, start=start,
+                        incidents=["latency_spike:40:70"])
+            total = out["inference"]
+
+            def stored(procs: list[Any] = procs, total: int = total) -> bool:
+                return sum(p.get("/api/stats")["stored"].get(TOPIC_INFERENCE, 0)
+                           for p in procs) >= total
+            wait_for(stored, 60, "every event stored")
+            late = 0
+            for p in procs:
+                late += p.get("/api/stats")["signals"]["engine"]["late_dropped"]
+                assert p.stop() == 0  # the stop flushes the open windows into signals
+            assert late == 0, "events arrived later than the allowed lateness; the comparison is void"
+            merged: dict[tuple[str, ...], tuple[float, int]] = {}
+            for p in procs:
+                sigs = _signals(p.data_dir)
+                assert not set(sigs) & set(merged), "two workers wrote the same window"
+                merged.update(sigs)
+            results.append(merged)
+    one, two = results
+    assert len(one) > 50
+    assert one.keys() == two.keys()
+    diff = {k: (one[k], two[k]) for k in one if one[k] != two[k]}
+    assert not diff, list(diff.items())[:5]
