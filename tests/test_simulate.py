@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-import llmpulse
+import llmpulse.monitor
 from llmpulse import _sim_data as kb
 from llmpulse import simulate
 from llmpulse.events import (
@@ -584,7 +584,7 @@ def test_run_cli_drives_a_monitor(
             self.app, self.bootstrap = app, bootstrap
             made.append(self)
 
-    monkeypatch.setattr(llmpulse, "Monitor", FakeMonitor, raising=False)
+    monkeypatch.setattr(llmpulse.monitor, "Monitor", FakeMonitor)
     parser = argparse.ArgumentParser()
     simulate.configure(parser)
     args = parser.parse_args(
