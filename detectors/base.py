@@ -175,31 +175,32 @@ class Batch:
         joined ``feedback`` mapping). ``start``/``end`` default to the span
         of event times."""
         n = len(events)
-        ts = np.fromiter(
-            (parse_ts(e["ts"]) if "ts" in e else math.nan for e in events), float, n
-        )
+        ts_raw = [e.get("ts") for e in events]
+        try:  # validated events carry epoch milliseconds
+            ts = np.array(ts_raw, dtype=np.float64) / 1000.0
+        except (TypeError, ValueError):
+            ts = np.fromiter(
+                (parse_ts(v) if v is not None else math.nan for v in ts_raw), float, n
+            )
         columns: dict[str, np.ndarray] = {"ts": ts}
         for name in NUMERIC_FIELDS:
-            columns[name] = _floats(e.get(name) for e in events)
+            columns[name] = _floats([e.get(name) for e in events])
         for name in CATEGORICAL_FIELDS:
-            columns[name] = _strings(e.get(name) for e in events)
-        columns["prediction.label"] = _strings(
-            (e.get("prediction") or {}).get("label") for e in events
-        )
-        columns["prediction.score"] = _floats(
-            (e.get("prediction") or {}).get("score") for e in events
-        )
-        seg_keys = sorted({k for e in events for k in (e.get("segment") or {})})
-        for key in seg_keys:
-            columns[f"segment.{key}"] = _strings((e.get("segment") or {}).get(key) for e in events)
-        feat_keys = sorted({k for e in events for k in (e.get("features") or {})})
-        for key in feat_keys:
-            columns[f"feature.{key}"] = _floats((e.get("features") or {}).get(key) for e in events)
+            columns[name] = _strings([e.get(name) for e in events])
+        preds = [e.get("prediction") or _EMPTY for e in events]
+        columns["prediction.label"] = _strings([p.get("label") for p in preds])
+        columns["prediction.score"] = _floats([p.get("score") for p in preds])
+        segs = [e.get("segment") or _EMPTY for e in events]
+        for key in sorted({k for sg in segs for k in sg}):
+            columns[f"segment.{key}"] = _strings([sg.get(key) for sg in segs])
+        feats = [e.get("features") or _EMPTY for e in events]
+        for key in sorted({k for f in feats for k in f}):
+            columns[f"feature.{key}"] = _floats([f.get(key) for f in feats])
         if any("feedback" in e for e in events):
-            fb = [e.get("feedback") or {} for e in events]
-            columns["feedback.score"] = _floats(f.get("score") for f in fb)
-            columns["feedback.label"] = _strings(f.get("label") for f in fb)
-            columns["feedback.hallucination"] = _floats(f.get("hallucination") for f in fb)
+            fb = [e.get("feedback") or _EMPTY for e in events]
+            columns["feedback.score"] = _floats([f.get("score") for f in fb])
+            columns["feedback.label"] = _strings([f.get("label") for f in fb])
+            columns["feedback.hallucination"] = _floats([f.get("hallucination") for f in fb])
         lists: dict[str, list[Any]] = {
             "prompt": [e.get("prompt") for e in events],
             "response": [e.get("response") for e in events],
@@ -288,18 +289,27 @@ class Batch:
         )
 
 
-def _floats(values: Iterable[Any]) -> np.ndarray:
-    out = []
-    for v in values:
-        if v is None or isinstance(v, str):
-            out.append(math.nan)
-        else:
-            out.append(float(v))
-    return np.asarray(out, dtype=np.float64)
+_EMPTY: Mapping[str, Any] = {}
 
 
-def _strings(values: Iterable[Any]) -> np.ndarray:
-    return np.asarray(["" if v is None else str(v) for v in values], dtype=object)
+def _floats(values: list[Any]) -> np.ndarray:
+    """Float64 column; None (and text) become NaN. Vectorised when nothing is missing."""
+    try:
+        return np.array(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return np.array(
+            [math.nan if v is None or isinstance(v, str) else float(v) for v in values],
+            dtype=np.float64,
+        )
+
+
+def _strings(values: list[Any]) -> np.ndarray:
+    """Object column of str; None becomes ``""``."""
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    if not all(type(v) is str for v in values):
+        arr[:] = ["" if v is None else str(v) for v in values]
+    return arr
 
 
 class Detector(abc.ABC):

@@ -603,10 +603,18 @@ _ANTONYMS: tuple[tuple[str, str], ...] = (
 _NEG_PREFIXES = ("un", "in", "im", "non", "non-", "dis", "ir", "il")
 
 
-def _has(words: frozenset[str], pattern: str) -> bool:
-    if pattern.startswith("="):
-        return pattern[1:] in words
-    return any(w.startswith(pattern) for w in words)
+_POLE_PATTERNS: tuple[str, ...] = tuple(sorted({p for pair in _ANTONYMS for p in pair}))
+
+
+@lru_cache(maxsize=16384)
+def _poles(words: frozenset[str]) -> frozenset[str]:
+    """The antonym patterns a word set matches: ``=word`` exactly, others as a
+    prefix of some word. Cached: context sentences are checked against many
+    answer sentences, and this runs for every pair."""
+    prefixes = {w[:k] for w in words for k in range(2, len(w) + 1)}
+    return frozenset(
+        p for p in _POLE_PATTERNS if (p[1:] in words if p.startswith("=") else p in prefixes)
+    )
 
 
 def antonyms(claim: frozenset[str], evidence: frozenset[str]) -> list[tuple[str, str]]:
@@ -623,9 +631,10 @@ def antonyms(claim: frozenset[str], evidence: frozenset[str]) -> list[tuple[str,
     [('used', 'unused')]
     """
     found: list[tuple[str, str]] = []
+    pc, pe = _poles(claim), _poles(evidence)
     for a, b in _ANTONYMS:
         for x, y in ((a, b), (b, a)):
-            if _has(claim, x) and _has(evidence, y) and not _has(claim, y) and not _has(evidence, x):
+            if x in pc and y in pe and y not in pc and x not in pe:
                 found.append((x.lstrip("="), y.lstrip("=")))
     for w in claim - evidence:
         if len(w) < 4:
