@@ -43,12 +43,13 @@ def load_rules(path: Path | None) -> Rules:
 
 class AlertAgent:
     def __init__(self, app: faust.App, rules: Rules, sink: RawSink, *, state_dir: Path,
-                 dashboard_url: str | None = None) -> None:
+                 dashboard_url: str | None = None, notify: bool = True) -> None:
         self.app = app
         self.sink = sink
         self.rules = rules
         self.alerts = AlertManager(rules, dashboard_url=dashboard_url)
         self.notifier = Notifier.from_rules(rules)
+        self.notify = notify
         self.trigger = RetrainTrigger.from_rules(rules)
         self.alerts_topic = app.topic(TOPIC_ALERTS, value_serializer="raw", key_serializer="raw")
         self.retrain_topic = app.topic(TOPIC_RETRAIN, value_serializer="raw", key_serializer="raw")
@@ -67,9 +68,10 @@ class AlertAgent:
             self.counts[ev.kind] += 1
             await self.alerts_topic.send(key=ev.row["alert_id"].encode(), value=row)
             log.warning("alert %s: %s", ev.kind, ev.row.get("summary"))
-            task = asyncio.ensure_future(self.notifier.send(ev))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            if self.notify:
+                task = asyncio.ensure_future(self.notifier.send(ev))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             req = self.trigger.process(ev)
             if req is not None:
                 self.counts["retrain_requests"] += 1

@@ -191,6 +191,7 @@ def build_app(
             app, rules if rules is not None else load_rules(settings.rules), sink,
             state_dir=settings.data_dir / "worker",
             dashboard_url=f"http://{settings.http.host}:{web_port}/dashboards",
+            notify=settings.signals.notify_in_worker,
         )
         agents.consumers.append(alert_agent)
         app.llmpulse_notifier = alert_agent.notifier  # type: ignore[attr-defined]
