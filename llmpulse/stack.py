@@ -45,6 +45,8 @@ class StackContext:
     store: Store
     stats: Any
     lag: Callable[[], Awaitable[dict[str, int]]]
+    app: Any = None
+    retrain: Any = None
 
 
 def read_endpoints(data_dir: Path) -> dict[str, Any] | None:
@@ -154,7 +156,8 @@ async def _run(
             on_ready(endpoints)
         code = 0
         if main is not None:
-            ctx = StackContext(settings, endpoints, store, stats, app.llmpulse_lag)
+            ctx = StackContext(settings, endpoints, store, stats, app.llmpulse_lag, app=app,
+                               retrain=getattr(app, "llmpulse_retrain", None))
             main_task = asyncio.ensure_future(main(ctx))
             stop_task = asyncio.ensure_future(stop.wait())
             done, _ = await asyncio.wait({main_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)

@@ -175,11 +175,13 @@ class HeadClassifier:
         c: float = 20.0,
         max_iter: int = 2000,
         seed: int = 0,
+        sample_weight: np.ndarray | None = None,
     ) -> HeadClassifier:
         """Multinomial logistic regression (L2, ``C=c``) with scikit-learn.
 
         Labels absent from ``targets`` get a zero weight column and a very low
         bias, so the head keeps the full label set in a fixed order.
+        ``sample_weight`` weights examples in the loss (None: all 1).
         """
         from sklearn.linear_model import LogisticRegression
 
@@ -192,7 +194,7 @@ class HeadClassifier:
         if len(present) < 2:
             raise ValueError(f"need at least two classes to fit a head, got {present}")
         clf = LogisticRegression(C=c, max_iter=max_iter, random_state=seed)
-        clf.fit(x, y)
+        clf.fit(x, y, sample_weight=sample_weight)
         coef = np.asarray(clf.coef_, dtype=np.float64)
         intercept = np.asarray(clf.intercept_, dtype=np.float64)
         if len(clf.classes_) == 2:  # sklearn keeps one row for two classes

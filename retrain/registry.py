@@ -378,6 +378,32 @@ class ModelRegistry:
                 {"share": share, **dict(metrics or {})},
             )
 
+    def abort_canary(
+        self,
+        model: str,
+        version: str,
+        *,
+        trigger: str = "manual",
+        metrics: Mapping[str, Any] | None = None,
+    ) -> Deployment:
+        """Take a canary out of service before promotion; the current version keeps serving.
+
+        The version becomes ``rolled_back``; the row has stage ``rolled_back``,
+        ``version`` the current version and ``previous_version`` the withdrawn canary
+        (as after :meth:`rollback`), with ``metrics["rolled_back_version"]``.
+        """
+        with self._edit(model) as state:
+            mv = ModelVersion.from_dict(self._find(state, version))
+            if mv.stage != "canary":
+                raise RegistryError(f"version {version} of {model} is {mv.stage}, not a canary")
+            mv.stage, mv.updated_at = "rolled_back", self.clock()
+            self._put(state, mv)
+            current = state.get("current") or ""
+            return self._record(
+                state, current, version, trigger, "rolled_back",
+                {"rolled_back_version": version, **dict(metrics or {})},
+            )
+
     def _checked(self, state: dict[str, Any], version: str) -> ModelVersion:
         mv = ModelVersion.from_dict(self._find(state, version))
         if mv.stage == "rejected":

@@ -66,24 +66,30 @@ class Dataset:
     """Texts with their true label and segment attributes (region, language, tier).
 
     ``window`` is the event-time span the examples come from (epoch seconds),
-    recorded as lineage.
+    recorded as lineage. ``weights`` are optional per-example training weights
+    (class balance, segment reweighting: :mod:`retrain.dataset`); empty means
+    all 1. Trainers that cannot weight examples may ignore them.
     """
 
     texts: tuple[str, ...]
     labels: tuple[str, ...]
     segments: tuple[Mapping[str, str], ...] = ()
     window: tuple[float, float] | None = None
+    weights: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "texts", tuple(self.texts))
         object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
         segs = tuple(dict(s) for s in self.segments) or tuple({} for _ in self.texts)
         object.__setattr__(self, "segments", segs)
+        object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
         if not len(self.texts) == len(self.labels) == len(self.segments):
             raise ValueError(
                 f"texts, labels and segments differ in length: "
                 f"{len(self.texts)}, {len(self.labels)}, {len(self.segments)}"
             )
+        if self.weights and len(self.weights) != len(self.texts):
+            raise ValueError(f"{len(self.weights)} weights for {len(self.texts)} examples")
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -152,6 +158,7 @@ class Dataset:
             tuple(self.labels[i] for i in idx),
             tuple(self.segments[i] for i in idx),
             self.window,
+            tuple(self.weights[i] for i in idx) if self.weights else (),
         )
 
     def split(self, test_share: float = 0.25, seed: int = 0) -> tuple[Dataset, Dataset]:
@@ -246,6 +253,11 @@ class HeadTrainer:
     (``epochs`` passes, batch 16, AdamW at ``learning_rate``) and exports it
     to ``out_dir/encoder.onnx``; the head is then fitted on the tuned
     embeddings, as without fine-tuning.
+
+    ``label_noise`` (0..1) is a fault injection for drills and demos: that
+    share of the training examples (seeded) gets the next label of ``labels``
+    instead of its own, a systematic mislabelling that the accuracy gates
+    must catch.
     """
 
     name = "head"
@@ -262,7 +274,11 @@ class HeadTrainer:
         fine_tune_encoder: bool = False,
         epochs: int = 1,
         learning_rate: float = 2e-5,
+        label_noise: float = 0.0,
     ) -> None:
+        if not 0.0 <= label_noise <= 1.0:
+            raise ValueError(f"label_noise must be within 0..1, got {label_noise}")
+        self.label_noise = float(label_noise)
         self.encoder_path = Path(encoder_path) if encoder_path is not None else None
         self.embedder = embedder
         self.c = float(c)
@@ -286,6 +302,18 @@ class HeadTrainer:
 
             self.embedder = MemoEmbedder(MiniLMEmbedder(self._encoder()))
         return self.embedder
+
+    def _corrupt(self, labels: Sequence[str]) -> list[str]:
+        out = list(labels)
+        if self.label_noise <= 0.0 or not out:
+            return out
+        rng = np.random.default_rng(self.seed)
+        pos = {lab: i for i, lab in enumerate(self.labels)}
+        for i in np.flatnonzero(rng.random(len(out)) < self.label_noise).tolist():
+            j = pos.get(out[i])
+            if j is not None:
+                out[i] = self.labels[(j + 1) % len(self.labels)]
+        return out
 
     def fit(self, dataset: Dataset, out_dir: str | os.PathLike[str]) -> Artifact:
         """Embed, fit the head, write ``model.onnx``, ``head.npz`` and ``card.json``."""
@@ -312,10 +340,12 @@ class HeadTrainer:
             embedder = MemoEmbedder(MiniLMEmbedder(encoder))
         x = embedder.embed(list(dataset.texts))
         t_embed = time.perf_counter() - t0
+        targets = self._corrupt(dataset.labels)
         head = HeadClassifier.fit(
-            x, dataset.labels, labels=self.labels, c=self.c, max_iter=self.max_iter, seed=self.seed
+            x, targets, labels=self.labels, c=self.c, max_iter=self.max_iter, seed=self.seed,
+            sample_weight=np.asarray(dataset.weights) if dataset.weights else None,
         )
-        train_acc = float((head.predict(x) == np.asarray(dataset.labels)).mean())
+        train_acc = float((head.predict(x) == np.asarray(targets)).mean())
         path = build_classifier_graph(
             encoder, head, out / MODEL_FILE, metadata={"llmpulse.trainer": self.name}
         )
@@ -335,6 +365,7 @@ class HeadTrainer:
             "seed": self.seed,
             "fine_tune_encoder": self.fine_tune_encoder,
             "encoder": Path(encoder).name,
+            "label_noise": self.label_noise,
         }
         _write_json(out / CARD_FILE, {"labels": list(head.labels), "framework": "scikit-learn",
                                       "metrics": metrics, "params": params,

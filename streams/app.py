@@ -378,4 +378,7 @@ def build_app(
                 return self.json({"error": str(exc).splitlines()[0][:500]}, status=400)
             return self.json({"rows": rows})
 
+    from retrain.service import attach_retrain
+
+    attach_retrain(app, settings, store, sink)  # sets app.llmpulse_retrain
     return app
