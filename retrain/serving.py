@@ -735,3 +735,85 @@ class ModelServer:
 
 class _BadRequest(ValueError):
     pass
+
+
+# -- python -m retrain.serving ------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m retrain.serving --host H --port P [--model M] [--data-dir D] [--bootstrap]``.
+
+    Serves the registry's current (promoted) version of ``--model`` over HTTP
+    (:meth:`ModelServer.app`) until SIGINT/SIGTERM, then exits 0. The
+    registry is ``<data-dir>/registry`` (``--data-dir``, else the settings'
+    ``data_dir``). With no promoted version it exits 2, unless ``--bootstrap``
+    trains and promotes the reference version of ``intent-router`` first.
+    With ``LLMPULSE_KAFKA`` set, every prediction is sent to llmpulse as an
+    ``inference/v1`` event (app ``llmpulse-serving``).
+    """
+    import argparse
+
+    from llmpulse.config import ConfigError, load_settings
+    from retrain.registry import ModelRegistry, RegistryError
+
+    parser = argparse.ArgumentParser(prog="python -m retrain.serving",
+                                     description="Serve the promoted version of a model.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8700)
+    parser.add_argument("--model", default="intent-router")
+    parser.add_argument("--data-dir", default=None, help="holds registry/ (default: settings)")
+    parser.add_argument("--bootstrap", action="store_true",
+                        help="train and promote the reference version if the registry has none")
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    prog = "llmpulse serving"
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    data_dir = Path(args.data_dir) if args.data_dir else settings.data_dir
+    registry = ModelRegistry(data_dir)
+    try:
+        current = registry.current(args.model)
+        if current is None and args.bootstrap:
+            from retrain.service import REFERENCE_MODEL, train_reference
+
+            if args.model != REFERENCE_MODEL:
+                raise RegistryError(f"--bootstrap trains only {REFERENCE_MODEL}, not {args.model}")
+            log.info("no promoted version of %s: training the reference version", args.model)
+            current, _ = train_reference(registry, model=args.model)
+    except RegistryError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    if current is None:
+        print(f"{prog}: the registry in {data_dir / 'registry'} has no promoted version of "
+              f"{args.model}; release one (llmpulse retrain / llmpulse deploy) or pass --bootstrap",
+              file=sys.stderr)
+        return 2
+    loaded = LoadedModel(current.artifact, current.version)
+    loaded.warm_up()
+    monitor: Any = None
+    if settings.kafka:
+        from llmpulse.monitor import Monitor
+
+        monitor = Monitor(app="llmpulse-serving", bootstrap=settings.kafka, strict=False)
+    server = ModelServer(loaded, name=args.model, max_batch=args.max_batch,
+                         max_wait_ms=args.max_wait_ms, monitor=monitor)
+    log.info("serving %s version %s on %s at http://%s:%d", args.model, loaded.version,
+             loaded.provider, args.host, args.port)
+    from aiohttp import web
+
+    try:
+        web.run_app(server.app(), host=args.host, port=args.port, print=None,
+                    handle_signals=True, shutdown_timeout=10.0)
+    finally:
+        if monitor is not None:
+            monitor.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

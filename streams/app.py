@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,7 +202,7 @@ def build_app(
     def make_agent(topic_name: str, kind: str, table: str) -> None:
         topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw")
 
-        async def ingest(stream: faust.StreamT) -> None:
+        async def ingest(stream: Any) -> None:
             async for events in stream.take_events(
                 settings.ingest.batch_messages, within=settings.ingest.batch_within_s
             ):
@@ -223,7 +224,7 @@ def build_app(
                         await deadletter.send(value=d.payload, headers=d.headers())
                     await sink.write("deadletter_events",
                                      [orjson.dumps(d.row()) for d in batch.dead])
-                if forward and batch.events:
+                if agents is not None and batch.events:
                     if kind == "inference":
                         await agents.forward_inference(batch, rejected)
                     else:
@@ -310,7 +311,7 @@ def build_app(
 
     from dashboards.web import routes as dashboard_routes
 
-    def read(sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    def read(sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         return store.query(sql, params, readonly=True)
 
     for path, name, handler in dashboard_routes(read):

@@ -118,6 +118,7 @@ class SignalAgents:
         self.pending_feedback: list[tuple[float, bytes, str]] = []
         self.counters: dict[str, int] = defaultdict(int)
         self.last_signals_at = 0.0
+        self.last_health = time.monotonic()
         self._register()
 
     # -- forwarding from the ingest agents -------------------------------------
@@ -166,7 +167,7 @@ class SignalAgents:
         app = self.app
         cfg = self.settings.signals
 
-        async def signals_agent(stream: faust.StreamT) -> None:
+        async def signals_agent(stream: Any) -> None:
             loop = asyncio.get_running_loop()
             async for events in stream.take_events(1000, within=0.2):
                 by_part: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -201,7 +202,6 @@ class SignalAgents:
                 signals = signals + await self.health()
             await self.emit(signals)
 
-        self.last_health = time.monotonic()
         if cfg.snapshot_s > 0:
             @app.timer(cfg.snapshot_s)
             async def save_state() -> None:
@@ -241,7 +241,7 @@ class SignalAgents:
         await loop.run_in_executor(self._exec, self._save)
 
     def stats(self) -> dict[str, Any]:
-        out = dict(self.counters)
+        out: dict[str, Any] = dict(self.counters)
         out["pending_feedback"] = len(self.pending_feedback)
         out["engine"] = self.engine.stats()
         return out
