@@ -1,0 +1,61 @@
+"""``llmpulse demo`` end to end: the real embedded stack in a subprocess,
+a short run with every incident kind, summary checked line by line."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmpulse.demo import default_incidents
+from tests.conftest import stack_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DURATION = 40
+
+
+def test_short_demo_summarises_every_incident_and_counts_add_up(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmpulse.cli", "demo", "--duration", str(DURATION),
+         "--rate", "200", "--seed", "3"],
+        env=stack_env(data), cwd=tmp_path, capture_output=True, text=True, timeout=150,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    # the run's windows are a twelfth of it (5 s floor) and latency half that
+    assert "windows: latency 2.5 s, drift/bias/hallucination/quality 5 s" in out
+
+    summary = out[out.index("llmpulse demo: done in"):]
+    kinds = [spec.split(":")[0] for spec in default_incidents(DURATION)]
+    incident_lines = [ln.strip() for ln in summary.splitlines()
+                      if ln.strip().split(" ")[0] in kinds]
+    assert [ln.split()[0] for ln in incident_lines] == kinds
+    for ln in incident_lines:
+        assert re.search(r"detected after +[\d.]+ s by \S+ \(|missed \(no ", ln), ln
+    m = re.search(r"incidents: (\d) of (\d) detected", summary)
+    assert m is not None and int(m.group(2)) == len(kinds)
+    assert int(m.group(1)) == sum("detected after" in ln for ln in incident_lines)
+    # every incident's start and end were announced live
+    for kind in kinds:
+        assert f"incident {kind} starts" in out and f"incident {kind} ends" in out
+
+    sent = {t: int(n) for t, n in re.findall(r"(llmpulse\.\w+) +sent +(\d+)", summary)}
+    stored = {t: int(n) for t, n in re.findall(r"(llmpulse\.\w+) +sent +\d+ +stored +(\d+)", summary)}
+    dead = {t: int(n) for t, n in re.findall(r"(llmpulse\.\w+) .*dead-lettered (\d+)", summary)}
+    assert sent and sent == {t: stored[t] + dead[t] for t in sent}
+    rows = dict(re.findall(r"^ {4}(\w+) +(\d+)$", summary, re.M))
+    assert int(rows["inference_events"]) == stored["llmpulse.inference"]
+    assert int(rows["feedback_events"]) == stored["llmpulse.feedback"]
+    shim = re.search(r"shim +sent (\d+) +delivered (\d+) +dropped (\d+)", summary)
+    assert shim is not None and int(shim.group(1)) == sum(sent.values()) == int(shim.group(2))
+    run = re.search(r"this run: (\d+) signals, (\d+) alerts fired, (\d+) resolved", summary)
+    assert run is not None and int(run.group(1)) > 0
+    assert int(rows["alerts"]) >= int(run.group(2)) >= int(run.group(3))
+    assert int(rows["signals"]) >= int(run.group(1))
+    assert "WARNING" not in out
