@@ -15,7 +15,7 @@ and their default limits:
     p99 of one batch (``latency_batch`` texts) on the serving provider is at
     most ``current * (1 + latency_margin) + latency_slack_ms`` (25 % + 2 ms):
     candidate and current run interleaved in the same process, so a noisy
-    machine slows both.
+    machine slows both, and each p99 is the best of 3 rounds of 30 runs.
 ``accuracy``
     accuracy on the evaluation set is at least the current version's minus
     ``accuracy_tolerance`` (0.02), and at least ``min_accuracy`` (0.5)
@@ -211,18 +211,30 @@ def measure_p99(
     texts: Sequence[str],
     *,
     runs: int = 30,
+    rounds: int = 3,
     clock: Callable[[], float] = time.perf_counter,
 ) -> list[float]:
-    """p99 latency in ms of ``model.predict_proba(texts)`` for each model, runs interleaved."""
+    """p99 latency in ms of ``model.predict_proba(texts)`` for each model.
+
+    Runs are interleaved (candidate, current, candidate, ...) so both see the
+    same machine; the p99 is taken per round and the lowest round kept for
+    each model. Other work on a shared machine only ever adds latency, so
+    the best round is the one closest to what the model itself costs; one
+    burst of noise during a round cannot reject a good candidate.
+    """
     for m in models:
         m.predict_proba(texts)  # warm-up
-    samples: list[list[float]] = [[] for _ in models]
-    for _ in range(runs):
-        for i, m in enumerate(models):
-            t0 = clock()
-            m.predict_proba(texts)
-            samples[i].append((clock() - t0) * 1000.0)
-    return [float(np.percentile(s, 99)) for s in samples]
+    best = [float("inf")] * len(models)
+    for _ in range(max(1, rounds)):
+        samples: list[list[float]] = [[] for _ in models]
+        for _ in range(runs):
+            for i, m in enumerate(models):
+                t0 = clock()
+                m.predict_proba(texts)
+                samples[i].append((clock() - t0) * 1000.0)
+        for i, s in enumerate(samples):
+            best[i] = min(best[i], float(np.percentile(s, 99)))
+    return best
 
 
 def _accuracy(pred: np.ndarray, truth: np.ndarray) -> float:

@@ -972,6 +972,9 @@ async def run_closed_loop(
     say(f"accuracy of version {v_before} on drifted traffic: {acc_before}")
     min_rows = service.settings.dataset.min_recent
     await _wait_labelled(service.store, model, t_start - 1, min(len(tickets) // 2, 4 * min_rows), 30.0)
+    # the drift phase's own window: later traffic repeats these tickets, and the
+    # dataset keeps evaluation texts out of training
+    t_drift_end = time.time()
 
     stop = asyncio.Event()
 
@@ -997,7 +1000,7 @@ async def run_closed_loop(
             req = {"request_id": f"demo-{uuid.uuid4().hex[:12]}", "model": model,
                    "model_version": v_before, "app": "demo", "alert_id": "demo-drift",
                    "rule": "accuracy-low", "signal": "quality.accuracy",
-                   "window": {"start": t_start - 1, "end": time.time()}, "ts": time.time()}
+                   "window": {"start": t_start - 1, "end": t_drift_end}, "ts": time.time()}
             say("retrain requested")
             t_req = time.time()
             outcome = await service.handle(req)
@@ -1033,7 +1036,7 @@ async def run_closed_loop(
                 "request_id": f"demo-{uuid.uuid4().hex[:12]}", "model": model,
                 "model_version": server.active.version, "app": "demo",
                 "alert_id": "demo-mislabelled", "rule": "accuracy-low",
-                "signal": "quality.accuracy", "window": {"start": t_start - 1, "end": time.time()},
+                "signal": "quality.accuracy", "window": {"start": t_start - 1, "end": t_drift_end},
                 "ts": time.time()})
         finally:
             service.trainer_factory = saved

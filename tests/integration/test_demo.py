@@ -21,7 +21,7 @@ DURATION = 40
 def test_short_demo_summarises_every_incident_and_counts_add_up(tmp_path: Path) -> None:
     data = tmp_path / "data"
     proc = subprocess.run(
-        [sys.executable, "-m", "llmpulse.cli", "demo", "--duration", str(DURATION),
+        [sys.executable, "-m", "llmpulse.cli", "demo", "--no-closed-loop", "--duration", str(DURATION),
          "--rate", "200", "--seed", "3"],
         env=stack_env(data), cwd=tmp_path, capture_output=True, text=True, timeout=150,
     )
