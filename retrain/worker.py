@@ -94,48 +94,14 @@ def build_worker_app(settings: Any, store: Any, *, bootstrap: str, web_port: int
     Returns the app with ``llmpulse_retrain`` (the service) and
     ``llmpulse_sink`` attached; ``web_port=None`` disables HTTP.
     """
-    import faust
-
     from retrain.service import attach_retrain
-    from streams.app import FETCH_MAX_WAIT_MS, _tune_fetch_wait
-    from streams.sink import RawSink
+    from streams.app import new_faust_app, store_sink
 
-    session_s = settings.session_timeout_s
     datadir = settings.data_dir / "retrain-worker"
     datadir.mkdir(parents=True, exist_ok=True)
-    _tune_fetch_wait(FETCH_MAX_WAIT_MS)
-    web: dict[str, Any] = {"web_enabled": False}
-    if web_port is not None:
-        web = {"web_enabled": True, "web_port": web_port, "web_bind": settings.http.host,
-               "web_host": settings.http.host}
-    app = faust.App(
-        APP_ID,
-        broker=f"kafka://{bootstrap}",
-        value_serializer="raw",
-        key_serializer="raw",
-        datadir=str(datadir),
-        broker_session_timeout=session_s,
-        broker_heartbeat_interval=max(0.5, session_s / 6),
-        # a retrain runs in a background task, so the agent never blocks a rebalance
-        broker_rebalance_timeout=session_s * 2,
-        broker_commit_interval=1.0,
-        consumer_auto_offset_reset="earliest",
-        topic_partitions=settings.ingest.partitions,
-        topic_replication_factor=1,
-        topic_allow_declare=True,
-        stream_wait_empty=False,
-        producer_acks=-1,
-        web_cors_options=None,
-        logging_config=None,
-        **web,
-    )
-
-    def insert(table: str, data: bytes, count: int) -> int:
-        return int(store.insert_json(table, data, count=count))
-
-    sink = RawSink(insert, should_stop=lambda: bool(app.should_stop),
-                   retry_max_s=settings.ingest.store_retry_max_s)
-    app.llmpulse_sink = sink  # type: ignore[attr-defined]
+    app = new_faust_app(APP_ID, settings, bootstrap=bootstrap, datadir=datadir,
+                        web_port=web_port)
+    sink = store_sink(app, store, settings)
     attach_retrain(app, settings, store, sink)
     return app
 

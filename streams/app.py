@@ -22,6 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -135,29 +136,22 @@ def _tune_fetch_wait(ms: int) -> None:
     cls._llmpulse_fetch_wait = ms  # type: ignore[attr-defined]
 
 
-def build_app(
-    settings: Settings,
-    store: Store,
-    stats: IngestStats,
-    *,
-    bootstrap: str,
-    web_port: int,
-    app_id: str = "llmpulse",
-    rules: Rules | None = None,
+def new_faust_app(
+    app_id: str, settings: Settings, *, bootstrap: str, datadir: Path, web_port: int | None
 ) -> faust.App:
-    """The worker: ingest agents for both raw topics plus the HTTP API."""
+    """A Faust app with the consumer settings every llmpulse worker uses."""
     session_s = settings.session_timeout_s
     _tune_fetch_wait(FETCH_MAX_WAIT_MS)
-    app = faust.App(
+    web: dict[str, Any] = {"web_enabled": False}
+    if web_port is not None:
+        web = {"web_enabled": True, "web_port": web_port, "web_bind": settings.http.host,
+               "web_host": settings.http.host}
+    return faust.App(
         app_id,
         broker=f"kafka://{bootstrap}",
         value_serializer="raw",
         key_serializer="raw",
-        datadir=str(settings.data_dir / "worker"),
-        web_enabled=True,
-        web_port=web_port,
-        web_bind=settings.http.host,
-        web_host=settings.http.host,
+        datadir=str(datadir),
         broker_session_timeout=session_s,
         broker_heartbeat_interval=max(0.5, session_s / 6),
         broker_rebalance_timeout=session_s * 2,
@@ -170,8 +164,12 @@ def build_app(
         producer_acks=-1,
         web_cors_options=None,
         logging_config=None,
+        **web,
     )
-    limits = Limits(max_past_s=settings.ingest.max_past_days * 86400.0)
+
+
+def store_sink(app: faust.App, store: Store, settings: Settings) -> RawSink:
+    """The app's sink into ``store`` (retries outages until the app stops)."""
 
     def insert(table: str, data: bytes, count: int) -> int:
         return store.insert_json(table, data, count=count)
@@ -179,6 +177,25 @@ def build_app(
     sink = RawSink(insert, should_stop=lambda: bool(app.should_stop),
                    retry_max_s=settings.ingest.store_retry_max_s)
     app.llmpulse_sink = sink  # type: ignore[attr-defined]
+    return sink
+
+
+def build_app(
+    settings: Settings,
+    store: Store,
+    stats: IngestStats,
+    *,
+    bootstrap: str,
+    web_port: int,
+    app_id: str = "llmpulse",
+    rules: Rules | None = None,
+) -> faust.App:
+    """The worker: ingest agents for both raw topics plus the HTTP API."""
+    app = new_faust_app(app_id, settings, bootstrap=bootstrap,
+                        datadir=settings.data_dir / "worker", web_port=web_port)
+    limits = Limits(max_past_s=settings.ingest.max_past_days * 86400.0)
+
+    sink = store_sink(app, store, settings)
     deadletter = app.topic(TOPIC_DEADLETTER, value_serializer="raw", key_serializer="raw")
     app.llmpulse_stats = stats  # type: ignore[attr-defined]
 
