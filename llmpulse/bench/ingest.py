@@ -22,69 +22,15 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from llmpulse.bench._stack import event_pool, post_sql, running_stack, stack_stats
+
 __all__ = ["format_table", "run"]
-
-
-def _start_stack(data_dir: Path, signals: bool = True) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPULSE_")}
-    env["LLMPULSE_DATA_DIR"] = str(data_dir)
-    (data_dir.parent / "llmpulse.yaml").write_text(
-        "signals:\n  enabled: %s\n" % ("true" if signals else "false"))
-    log = open(data_dir.parent / "up.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "llmpulse.cli", "up"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, cwd=str(data_dir.parent))
-    ep_path = data_dir / "endpoints.json"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llmpulse up exited {proc.returncode}")
-        if ep_path.exists():
-            try:
-                return proc, json.loads(ep_path.read_text())
-            except ValueError:
-                pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("llmpulse up did not become ready")
-
-
-def _post(http: str, sql: str) -> list[dict[str, Any]]:
-    req = urllib.request.Request(http + "/api/query", data=json.dumps({"sql": sql}).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return list(json.load(r)["rows"])
-
-
-def _stats(http: str) -> dict[str, Any]:
-    with urllib.request.urlopen(http + "/api/stats", timeout=10) as r:
-        return dict(json.load(r))
-
-
-def _pool(n: int) -> list[dict[str, Any]]:
-    """Realistic events without ids or time: the shim stamps those per call."""
-    from llmpulse.simulate import SupportAppSimulator
-
-    sim = SupportAppSimulator(seed=11, rate=2000.0, start_ts=time.time() - 60)
-    out: list[dict[str, Any]] = []
-    for topic, ev in sim.events(duration_s=n / 2000.0 + 5):
-        if topic != "llmpulse.inference":
-            continue
-        ev = dict(ev)
-        for k in ("event_id", "request_id", "ts", "app"):
-            ev.pop(k, None)
-        out.append(ev)
-        if len(out) >= n:
-            break
-    return out
 
 
 def _drive(bootstrap: str, pool: list[dict[str, Any]], rate: float | None, seconds: float,
@@ -130,11 +76,11 @@ def _measure(http: str, run_id: str, sent: int, t_start_ms: int, timeout: float 
     stored = 0
     where = f"app = '{run_id}' AND toUnixTimestamp64Milli(ts) >= {t_start_ms}"
     while time.monotonic() < deadline:
-        stored = _post(http, f"SELECT count() AS n FROM inference_events WHERE {where}")[0]["n"]
+        stored = post_sql(http, f"SELECT count() AS n FROM inference_events WHERE {where}")[0]["n"]
         if stored >= sent:
             break
         time.sleep(0.5)
-    rows = _post(http, (
+    rows = post_sql(http, (
         "SELECT count() AS n, "
         "quantile(0.5)(dateDiff('millisecond', ts, ingested_at)) AS p50, "
         "quantile(0.99)(dateDiff('millisecond', ts, ingested_at)) AS p99, "
@@ -159,31 +105,25 @@ def run(quick: bool = False, rate: float = 50_000.0, seconds: float | None = Non
         signals: bool = True) -> dict[str, Any]:
     seconds = seconds or (5.0 if quick else 20.0)
     tmp = Path(tempfile.mkdtemp(prefix="llmpulse-bench-ingest-"))
-    data_dir = tmp / "data"
-    data_dir.mkdir()
-    proc, ep = _start_stack(data_dir, signals)
+    config = "signals:\n  enabled: %s\n" % ("true" if signals else "false")
     try:
-        pool = _pool(5_000 if quick else 20_000)
-        runs: dict[str, Any] = {}
-        for name, target in (("target", rate), ("half", rate / 2), ("max", None)):
-            run_id = f"bench-{name}-{int(time.time())}"
-            d = _drive(ep["kafka"], pool, target, seconds, run_id)
-            m = _measure(ep["http"], run_id, d["sent"], d["t_start_ms"])
-            runs[name] = {
-                "target_rate": target,
-                "seconds": seconds,
-                "sent": d["sent"],
-                "send_rate": d["sent"] / d["send_s"],
-                **m,
-                "shim_dropped": d["shim"].get("dropped", 0),
-            }
-        worker = _stats(ep["http"])
+        with running_stack(tmp, config) as ep:
+            pool = event_pool(5_000 if quick else 20_000)
+            runs: dict[str, Any] = {}
+            for name, target in (("target", rate), ("half", rate / 2), ("max", None)):
+                run_id = f"bench-{name}-{int(time.time())}"
+                d = _drive(ep["kafka"], pool, target, seconds, run_id)
+                m = _measure(ep["http"], run_id, d["sent"], d["t_start_ms"])
+                runs[name] = {
+                    "target_rate": target,
+                    "seconds": seconds,
+                    "sent": d["sent"],
+                    "send_rate": d["sent"] / d["send_s"],
+                    **m,
+                    "shim_dropped": d["shim"].get("dropped", 0),
+                }
+            worker = stack_stats(ep["http"])
     finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
         shutil.rmtree(tmp, ignore_errors=True)
     return {
         "benchmark": "ingest",

@@ -34,18 +34,17 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from llmpulse.bench._stack import event_pool, post_sql, running_stack, stack_stats
 
 __all__ = ["WebhookReceiver", "format_table", "run"]
 
@@ -132,62 +131,24 @@ def _rules_file(path: Path, webhook_url: str) -> Path:
     return path
 
 
-def _start_stack(root: Path, rules: Path, embedding: bool) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    data_dir = root / "data"
-    data_dir.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPULSE_")}
-    env["LLMPULSE_DATA_DIR"] = str(data_dir)
-    env["LLMPULSE_RULES"] = str(rules)
-    env["HF_HUB_OFFLINE"] = "1"
-    (root / "llmpulse.yaml").write_text(
+@contextlib.contextmanager
+def _stack(root: Path, rules: Path, *, embedding: bool) -> Iterator[dict[str, Any]]:
+    config = (
         "signals:\n"
         f"  latency_window_s: {LATENCY_WINDOW_S}\n"
         f"  window_s: {WINDOW_S}\n"
         f"  embedding: {'true' if embedding else 'false'}\n"
     )
-    log = open(root / "up.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "llmpulse.cli", "up"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, cwd=str(root))
-    ep_path = data_dir / "endpoints.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llmpulse up exited {proc.returncode}; see {root / 'up.log'}")
-        if ep_path.exists():
-            try:
-                return proc, json.loads(ep_path.read_text())
-            except ValueError:
-                pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("llmpulse up did not become ready")
-
-
-@contextlib.contextmanager
-def _stack(root: Path, rules: Path, *, embedding: bool) -> Iterator[dict[str, Any]]:
-    root.mkdir(parents=True)
-    proc, ep = _start_stack(root, rules, embedding)
-    try:
+    with running_stack(root, config, {"LLMPULSE_RULES": str(rules)}) as ep:
         yield ep
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def _post(http: str, sql: str) -> list[dict[str, Any]]:
-    req = urllib.request.Request(http + "/api/query", data=json.dumps({"sql": sql}).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return list(json.load(r)["rows"])
+    return post_sql(http, sql)
 
 
 def _stats(http: str) -> dict[str, Any]:
-    with urllib.request.urlopen(http + "/api/stats", timeout=30) as r:
-        return dict(json.load(r))
+    return stack_stats(http)
 
 
 def _engine_in(http: str) -> tuple[int, int]:
@@ -199,21 +160,7 @@ def _engine_in(http: str) -> tuple[int, int]:
 
 
 def _pool(n: int) -> list[dict[str, Any]]:
-    """Healthy inference events without ids, time or app: the shim stamps those."""
-    from llmpulse.simulate import SupportAppSimulator
-
-    sim = SupportAppSimulator(seed=11, rate=2000.0, start_ts=time.time() - 60)
-    out: list[dict[str, Any]] = []
-    for topic, ev in sim.events(duration_s=n / 4000.0 + 5):
-        if topic != "llmpulse.inference":
-            continue
-        ev = dict(ev)
-        for k in ("event_id", "request_id", "ts", "app"):
-            ev.pop(k, None)
-        out.append(ev)
-        if len(out) >= n:
-            break
-    return out
+    return event_pool(n)
 
 
 def _throughput(ep: dict[str, Any], rate: float, seconds: float, pool: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,0 +1,93 @@
+"""What the stack benchmarks share: a ``llmpulse up`` subprocess, its HTTP API, traffic.
+
+>>> pool = event_pool(3)
+>>> len(pool), "event_id" in pool[0], "latency_ms" in pool[0]
+(3, False, True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["event_pool", "post_sql", "running_stack", "stack_stats"]
+
+
+@contextlib.contextmanager
+def running_stack(root: Path, config_yaml: str, env: Mapping[str, str] | None = None,
+                  timeout: float = 120.0) -> Iterator[dict[str, Any]]:
+    """``llmpulse up`` in ``root`` (config from ``root/llmpulse.yaml``); yields its endpoints
+    and stops it with SIGTERM (SIGKILL if it does not end within a minute)."""
+    data_dir = root / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPULSE_")}
+    full_env.update({"LLMPULSE_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", **(env or {})})
+    (root / "llmpulse.yaml").write_text(config_yaml)
+    log = open(root / "up.log", "wb")  # noqa: SIM115 - closed after the process ends
+    proc = subprocess.Popen([sys.executable, "-m", "llmpulse.cli", "up"], env=full_env,
+                            stdout=log, stderr=subprocess.STDOUT, cwd=str(root))
+    try:
+        yield _wait_ready(proc, data_dir / "endpoints.json", root / "up.log", timeout)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        log.close()
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], ep_path: Path, log: Path,
+                timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"llmpulse up exited {proc.returncode}; see {log}")
+        if ep_path.exists():
+            try:
+                return dict(json.loads(ep_path.read_text()))
+            except ValueError:
+                pass
+        time.sleep(0.1)
+    raise RuntimeError(f"llmpulse up did not become ready in {timeout:g} s; see {log}")
+
+
+def post_sql(http: str, sql: str) -> list[dict[str, Any]]:
+    req = urllib.request.Request(http + "/api/query", data=json.dumps({"sql": sql}).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return list(json.load(r)["rows"])
+
+
+def stack_stats(http: str) -> dict[str, Any]:
+    with urllib.request.urlopen(http + "/api/stats", timeout=30) as r:
+        return dict(json.load(r))
+
+
+def event_pool(n: int, seed: int = 11) -> list[dict[str, Any]]:
+    """Realistic inference events without ids, time or app: the shim stamps those per call."""
+    from llmpulse.simulate import SupportAppSimulator
+
+    sim = SupportAppSimulator(seed=seed, rate=2000.0, start_ts=time.time() - 60)
+    out: list[dict[str, Any]] = []
+    for topic, ev in sim.events(duration_s=n / 2000.0 + 5):
+        if topic != "llmpulse.inference":
+            continue
+        ev = dict(ev)
+        for k in ("event_id", "request_id", "ts", "app"):
+            ev.pop(k, None)
+        out.append(ev)
+        if len(out) >= n:
+            break
+    return out
