@@ -73,6 +73,8 @@ class SignalSettings:
     """How often the engine state is saved for restarts (0 = only at stop)."""
     feedback_wait_s: float = 60.0
     """How long feedback waits for its inference to be stored before it counts as unmatched."""
+    process: bool = True
+    """Run windows and detectors in a child process, off the ingest path's interpreter lock."""
     notify_in_worker: bool = True
     """Workers page on-call themselves; false when a separate notifier service
     (``python -m streams.notify``) consumes ``llmpulse.alerts`` instead."""

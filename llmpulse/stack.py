@@ -173,6 +173,7 @@ async def _run(
         await _drain(app, drain_timeout_s)
         if app.llmpulse_signals is not None:
             await app.llmpulse_signals.flush()
+            await app.llmpulse_signals.close()
         if app.llmpulse_alerts is not None:
             await app.llmpulse_alerts.close()
         return code

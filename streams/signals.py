@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import pickle
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -91,7 +90,7 @@ class SignalAgents:
 
     def __init__(self, app: faust.App, settings: Settings, store: Store, sink: RawSink,
                  *, health: Callable[[], Awaitable[list[Signal]]] | None = None) -> None:
-        from streams.engine import SignalEngine, default_detectors
+        from streams.engine_process import EngineProcess, LocalEngine
         from streams.windows import DEFAULT_WINDOWS, WindowSpec
 
         cfg = settings.signals
@@ -105,11 +104,13 @@ class SignalAgents:
         for fam, spec in DEFAULT_WINDOWS.items():
             length = cfg.latency_window_s if fam == "latency" else cfg.window_s
             windows[fam] = WindowSpec(length_s=length, lateness_s=spec.lateness_s * length / spec.length_s)
-        self.engine = SignalEngine(
-            default_detectors(embedding=cfg.embedding,
-                              hallucination_max_scored=cfg.hallucination_max_scored),
-            windows,
+        engine_cls = EngineProcess if cfg.process else LocalEngine
+        self.engine = engine_cls(
+            engine_kwargs={"windows": windows},
+            detectors={"embedding": cfg.embedding,
+                       "hallucination_max_scored": cfg.hallucination_max_scored},
         )
+        self.engine.start()
         self._state_path = settings.data_dir / "worker" / "signals.pkl"
         self._restore()
         self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmpulse-signals")
@@ -170,19 +171,8 @@ class SignalAgents:
         async def signals_agent(stream: Any) -> None:
             loop = asyncio.get_running_loop()
             async for events in stream.take_events(1000, within=0.2):
-                by_part: dict[int, list[dict[str, Any]]] = defaultdict(list)
-                feedback: list[dict[str, Any]] = []
-                for ev in events:
-                    part = ev.message.partition
-                    for line in ev.value.split(b"\n"):
-                        if not line:
-                            continue
-                        d = orjson.loads(line)
-                        if "latency_ms" in d:
-                            by_part[part].append(d)
-                        else:
-                            feedback.append(d)
-                await loop.run_in_executor(self._exec, self._add, by_part, feedback)
+                chunks = [(ev.message.partition, ev.value) for ev in events]
+                await loop.run_in_executor(self._exec, self.engine.add, chunks)
                 positions = self.app.llmpulse_stats.positions  # type: ignore[attr-defined]
                 for ev in events:
                     positions[(ev.message.topic, ev.message.partition)] = ev.message.offset + 1
@@ -207,12 +197,6 @@ class SignalAgents:
             async def save_state() -> None:
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(self._exec, self._save)
-
-    def _add(self, by_part: dict[int, list[dict[str, Any]]], feedback: list[dict[str, Any]]) -> None:
-        for part, evs in by_part.items():
-            self.engine.add_inference(evs, source=part)
-        if feedback:
-            self.engine.add_feedback(feedback)
 
     async def emit(self, signals: list[Signal]) -> None:
         if not signals:
@@ -240,29 +224,35 @@ class SignalAgents:
         await self.emit(signals)
         await loop.run_in_executor(self._exec, self._save)
 
+    async def close(self) -> None:
+        """Stop the engine (its process, when it has one)."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._exec, self.engine.stop)
+
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.counters)
         out["pending_feedback"] = len(self.pending_feedback)
-        out["engine"] = self.engine.stats()
+        try:
+            out["engine"] = self.engine.stats()
+        except RuntimeError as exc:
+            out["engine"] = {"error": str(exc)}
         return out
 
     # -- state across restarts ----------------------------------------------------
 
     def _save(self) -> None:
         try:
-            state = self.engine.snapshot()
+            state = self.engine.snapshot_bytes()
             self._state_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self._state_path.with_suffix(".tmp")
-            with open(tmp, "wb") as f:
-                pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+            tmp.write_bytes(state)
             os.replace(tmp, self._state_path)
         except Exception:
             log.exception("saving the signal engine state failed")
 
     def _restore(self) -> None:
         try:
-            with open(self._state_path, "rb") as f:
-                self.engine.restore(pickle.load(f))
+            self.engine.restore_bytes(self._state_path.read_bytes())
             log.info("signal engine state restored from %s", self._state_path)
         except FileNotFoundError:
             pass
