@@ -112,7 +112,7 @@ async def _run(
         raise StackError(str(exc)) from None
 
     broker: EmbeddedBroker | None = None
-    app = None
+    app: Any = None
     stop = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -387,6 +387,27 @@ class RetrainOutcome:
 Emit = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
 
+def annotate_in_grafana(rows: list[dict[str, Any]],
+                        env: Mapping[str, str] | None = None) -> int:
+    """Post deployment steps as Grafana annotations when ``LLMPULSE_GRAFANA_URL`` (and
+    ``LLMPULSE_GRAFANA_TOKEN``) are set; returns how many were posted. Never raises:
+    a dashboard being unreachable must not stop a rollout."""
+    env = os.environ if env is None else env
+    url = env.get("LLMPULSE_GRAFANA_URL")
+    if not url or not rows:
+        return 0
+    try:
+        from dashboards.publish import Publisher, grafana_client
+
+        face = grafana_client(url, token=env.get("LLMPULSE_GRAFANA_TOKEN"),
+                              basic_auth=env.get("LLMPULSE_GRAFANA_BASIC_AUTH"))
+        counts = Publisher(face).post_annotations(rows)
+        return int(counts.get("created", 0) + counts.get("updated", 0))
+    except Exception as exc:
+        log.warning("grafana annotation of %d deployment steps failed: %s", len(rows), exc)
+        return 0
+
+
 class RetrainService:
     """Handles retrain requests: dataset, training, gates, canary, promote or roll back.
 
@@ -455,6 +476,7 @@ class RetrainService:
             log.info("retrain %s: %s %s (was %s)", row["model"], row["stage"], row["version"],
                      row["previous_version"] or "-")
         await self.emit(stamped)
+        await asyncio.to_thread(annotate_in_grafana, stamped)
 
     async def _already_done(self, request_id: str) -> str | None:
         if not request_id:
