@@ -304,7 +304,7 @@ def build_app(
             last_health["dead"][topic] = dead
         sig("llmpulse.store_errors", sink.errors, "store")
         if agents is not None:
-            eng = agents.engine.stats()
+            eng = agents.engine_stats
             delay = eng.get("window_close_delay_s") or eng.get("close_delay_s")
             if isinstance(delay, dict):
                 delay = delay.get("last") or delay.get("max")

@@ -120,6 +120,7 @@ class SignalAgents:
         self.counters: dict[str, int] = defaultdict(int)
         self.last_signals_at = 0.0
         self.last_health = time.monotonic()
+        self.engine_stats: dict[str, Any] = {}
         self._register()
 
     # -- forwarding from the ingest agents -------------------------------------
@@ -183,7 +184,7 @@ class SignalAgents:
         @app.timer(cfg.poll_s)
         async def poll_windows() -> None:
             loop = asyncio.get_running_loop()
-            signals = await loop.run_in_executor(self._exec, self.engine.poll)
+            signals = await loop.run_in_executor(self._exec, self._poll)
             if self.pending_feedback:
                 items, self.pending_feedback = self.pending_feedback, []
                 await self._route_feedback(items)
@@ -197,6 +198,13 @@ class SignalAgents:
             async def save_state() -> None:
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(self._exec, self._save)
+
+    def _poll(self) -> list[Signal]:
+        # in the engine's thread: the engine's counters are read here, once a poll,
+        # so the event loop never waits on the engine for them
+        signals = self.engine.poll()
+        self.engine_stats = self.engine.stats()
+        return signals
 
     async def emit(self, signals: list[Signal]) -> None:
         if not signals:
@@ -232,10 +240,7 @@ class SignalAgents:
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.counters)
         out["pending_feedback"] = len(self.pending_feedback)
-        try:
-            out["engine"] = self.engine.stats()
-        except RuntimeError as exc:
-            out["engine"] = {"error": str(exc)}
+        out["engine"] = self.engine_stats
         return out
 
     # -- state across restarts ----------------------------------------------------

@@ -23,7 +23,7 @@ def test_short_demo_summarises_every_incident_and_counts_add_up(tmp_path: Path) 
     proc = subprocess.run(
         [sys.executable, "-m", "llmpulse.cli", "demo", "--no-closed-loop", "--duration", str(DURATION),
          "--rate", "200", "--seed", "3"],
-        env=stack_env(data), cwd=tmp_path, capture_output=True, text=True, timeout=150,
+        env=stack_env(data), cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     out = proc.stdout
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]

@@ -166,6 +166,7 @@ def test_two_workers_split_partitions_and_produce_the_same_signals_as_one(
                 return sum(p.get("/api/stats")["stored"].get(TOPIC_INFERENCE, 0)
                            for p in procs) >= total
             wait_for(stored, 60, "every event stored")
+            time.sleep(1.5)  # engine counters in /api/stats refresh once a poll
             late = 0
             for p in procs:
                 late += p.get("/api/stats")["signals"]["engine"]["late_dropped"]
