@@ -228,6 +228,14 @@ def value_counts(values: np.ndarray) -> dict[Any, int]:
     return dict(zip(keys.tolist(), counts.tolist(), strict=True))
 
 
+def cached_reference_counts(cache: dict[str, Any], reference: np.ndarray) -> dict[Any, int]:
+    """:func:`value_counts` of the reference, computed once per reference version."""
+    if "counts" not in cache:
+        cache["counts"] = value_counts(reference)
+    counts: dict[Any, int] = cache["counts"]
+    return counts
+
+
 def _category_shares(
     reference: np.ndarray, current: np.ndarray, reference_counts: dict[Any, int] | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -345,18 +353,20 @@ class WindowDriftTest(Detector):
     signal_name: str = ""
     kinds: tuple[Kind, ...] = ("numeric",)
     threshold_on: Literal["value", "p_value"] = "value"
+    default_threshold: float = 0.0
+    """The shipped threshold of a test; ``threshold=None`` takes it."""
 
     def __init__(
         self,
         features: Sequence[str] | None = None,
         *,
-        threshold: float,
+        threshold: float | None = None,
         reference: ReferencePolicy | None = None,
         min_window: int = 50,
         reporter: Any = None,
     ) -> None:
         self.features = tuple(features) if features is not None else None
-        self.threshold = float(threshold)
+        self.threshold = float(self.default_threshold if threshold is None else threshold)
         self.reference = reference or ReferencePolicy()
         self.min_window = int(min_window)
         self.reporter = reporter

@@ -25,13 +25,12 @@ per 100k events with 500-event windows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from scipy import special
 
-from detectors.drift.base import Kind, ReferencePolicy, WindowDriftTest, value_counts
+from detectors.drift.base import Kind, WindowDriftTest, cached_reference_counts, value_counts
 
 __all__ = ["ChiSquare"]
 
@@ -44,25 +43,12 @@ class ChiSquare(WindowDriftTest):
     kinds: tuple[Kind, ...] = ("categorical",)
     threshold_on = "p_value"
 
-    def __init__(
-        self,
-        features: Sequence[str] | None = None,
-        *,
-        threshold: float = 0.001,
-        reference: ReferencePolicy | None = None,
-        min_window: int = 50,
-        reporter: Any = None,
-    ) -> None:
-        super().__init__(
-            features, threshold=threshold, reference=reference, min_window=min_window, reporter=reporter
-        )
+    default_threshold = 0.001
 
     def score(
         self, reference: np.ndarray, current: np.ndarray, kind: Kind, cache: dict[str, Any]
     ) -> tuple[float, dict[str, Any]]:
-        if "counts" not in cache:
-            cache["counts"] = value_counts(reference)
-        ref_counts = cache["counts"]
+        ref_counts = cached_reference_counts(cache, reference)
         cur_counts = value_counts(current)
         keys = list(ref_counts.keys() | cur_counts.keys())
         observed = np.array(

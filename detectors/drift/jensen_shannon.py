@@ -22,7 +22,6 @@ about 0.18. Tests numeric and categorical features.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -30,10 +29,9 @@ from scipy.spatial import distance
 
 from detectors.drift.base import (
     Kind,
-    ReferencePolicy,
     WindowDriftTest,
     binned_percents,
-    value_counts,
+    cached_reference_counts,
 )
 
 __all__ = ["JensenShannonDistance"]
@@ -46,26 +44,14 @@ class JensenShannonDistance(WindowDriftTest):
     signals = ("drift.jensen_shannon",)
     kinds: tuple[Kind, ...] = ("numeric", "categorical")
 
-    def __init__(
-        self,
-        features: Sequence[str] | None = None,
-        *,
-        threshold: float = 0.12,
-        reference: ReferencePolicy | None = None,
-        min_window: int = 50,
-        reporter: Any = None,
-    ) -> None:
-        super().__init__(
-            features, threshold=threshold, reference=reference, min_window=min_window, reporter=reporter
-        )
+    default_threshold = 0.12
 
     def score(
         self, reference: np.ndarray, current: np.ndarray, kind: Kind, cache: dict[str, Any]
     ) -> tuple[float, dict[str, Any]]:
-        if "counts" not in cache:
-            cache["counts"] = value_counts(reference)
+        counts = cached_reference_counts(cache, reference)
         p, q = binned_percents(
-            reference, current, kind, fill_zeroes=False, reference_distinct=len(cache["counts"]), reference_counts=cache["counts"]
+            reference, current, kind, fill_zeroes=False, reference_distinct=len(counts), reference_counts=counts
         )
         value = float(distance.jensenshannon(p, q))
         return value, {"method": "jensen_shannon", "bins": int(p.size)}

@@ -19,6 +19,7 @@ Tests numeric and categorical features.
 
 >>> import numpy as np
 >>> from detectors.base import Batch
+>>> from detectors.drift.base import ReferencePolicy
 >>> rng = np.random.default_rng(0)
 >>> d = PopulationStabilityIndex(["x"], reference=ReferencePolicy.fixed(2000))
 >>> d.update(Batch({"x": rng.normal(0, 1, 2000)}, start=0, end=60))
@@ -30,17 +31,15 @@ Tests numeric and categorical features.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from detectors.drift.base import (
     Kind,
-    ReferencePolicy,
     WindowDriftTest,
     binned_percents,
-    value_counts,
+    cached_reference_counts,
 )
 
 __all__ = ["PopulationStabilityIndex"]
@@ -53,24 +52,12 @@ class PopulationStabilityIndex(WindowDriftTest):
     signals = ("drift.psi",)
     kinds: tuple[Kind, ...] = ("numeric", "categorical")
 
-    def __init__(
-        self,
-        features: Sequence[str] | None = None,
-        *,
-        threshold: float = 0.15,
-        reference: ReferencePolicy | None = None,
-        min_window: int = 50,
-        reporter: Any = None,
-    ) -> None:
-        super().__init__(
-            features, threshold=threshold, reference=reference, min_window=min_window, reporter=reporter
-        )
+    default_threshold = 0.15
 
     def score(
         self, reference: np.ndarray, current: np.ndarray, kind: Kind, cache: dict[str, Any]
     ) -> tuple[float, dict[str, Any]]:
-        if "counts" not in cache:
-            cache["counts"] = value_counts(reference)
-        p, q = binned_percents(reference, current, kind, reference_distinct=len(cache["counts"]), reference_counts=cache["counts"])
+        counts = cached_reference_counts(cache, reference)
+        p, q = binned_percents(reference, current, kind, reference_distinct=len(counts), reference_counts=counts)
         psi = float(np.sum((p - q) * np.log(p / q)))
         return psi, {"method": "psi", "bins": int(p.size)}

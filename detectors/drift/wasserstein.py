@@ -21,13 +21,12 @@ Gaussian streams), above Evidently's 0.1; a 0.5 sd shift scores about 0.5.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
-from detectors.drift.base import Kind, ReferencePolicy, WindowDriftTest
+from detectors.drift.base import Kind, WindowDriftTest
 
 __all__ = ["WassersteinDistance"]
 
@@ -39,18 +38,7 @@ class WassersteinDistance(WindowDriftTest):
     signals = ("drift.wasserstein",)
     kinds: tuple[Kind, ...] = ("numeric",)
 
-    def __init__(
-        self,
-        features: Sequence[str] | None = None,
-        *,
-        threshold: float = 0.2,
-        reference: ReferencePolicy | None = None,
-        min_window: int = 50,
-        reporter: Any = None,
-    ) -> None:
-        super().__init__(
-            features, threshold=threshold, reference=reference, min_window=min_window, reporter=reporter
-        )
+    default_threshold = 0.2
 
     def score(
         self, reference: np.ndarray, current: np.ndarray, kind: Kind, cache: dict[str, Any]
