@@ -534,26 +534,8 @@ class Monitor:
         now = int(self._clock() * 1000)
         if "ts" not in ev:
             ev["ts"] = now
-        try:
-            validate_inference(ev, now_ms=now, limits=self._limits)
-            if self._text is not None:
-                self._text.apply(ev)
-            payload = orjson.dumps(ev)
-            if len(payload) > _MAX_EVENT_BYTES:
-                raise EventError("event", f"{len(payload)} bytes serialised, over the {_MAX_EVENT_BYTES}-byte limit")
-        except EventError as e:
-            self._invalid_event(e)
-            return ev.get("request_id") or ""
-        except TypeError as e:  # orjson: a field value that JSON cannot hold
-            self._invalid_event(EventError("event", f"not JSON-serialisable: {e}"))
-            return ev.get("request_id") or ""
-        rid: str = ev["request_id"]
-        dq = self._dq
-        if len(dq) + self._mem < self._cap:
-            dq.append((0, rid, payload))
-        else:
-            self._overflow((0, rid, payload))
-        return rid
+        self._submit(0, ev, validate_inference, now)
+        return str(ev.get("request_id") or "")
 
     def feedback(self, **fields: Any) -> str:
         """Record feedback for an earlier ``request_id``; returns the event's ``event_id``.
@@ -569,8 +551,15 @@ class Monitor:
         now = int(self._clock() * 1000)
         if "ts" not in ev:
             ev["ts"] = now
+        self._submit(1, ev, validate_feedback, now)
+        return str(ev.get("event_id") or "")
+
+    def _submit(self, kind: int, ev: dict[str, Any], validate: Callable[..., Any],
+                now: int) -> None:
+        """Validate, apply the text policy, encode and enqueue one event (kind 0
+        inference, 1 feedback); a bad event is counted and logged, or raised when strict."""
         try:
-            validate_feedback(ev, now_ms=now, limits=self._limits)
+            validate(ev, now_ms=now, limits=self._limits)
             if self._text is not None:
                 self._text.apply(ev)
             payload = orjson.dumps(ev)
@@ -578,17 +567,15 @@ class Monitor:
                 raise EventError("event", f"{len(payload)} bytes serialised, over the {_MAX_EVENT_BYTES}-byte limit")
         except EventError as e:
             self._invalid_event(e)
-            return ev.get("event_id") or ""
-        except TypeError as e:
+            return
+        except TypeError as e:  # orjson: a field value that JSON cannot hold
             self._invalid_event(EventError("event", f"not JSON-serialisable: {e}"))
-            return ev.get("event_id") or ""
-        dq = self._dq
-        if len(dq) + self._mem < self._cap:
-            dq.append((1, ev["request_id"], payload))
+            return
+        item = (kind, ev["request_id"], payload)
+        if len(self._dq) + self._mem < self._cap:
+            self._dq.append(item)
         else:
-            self._overflow((1, ev["request_id"], payload))
-        eid: str = ev["event_id"]
-        return eid
+            self._overflow(item)
 
     def track(self, **fields: Any) -> _Track:
         """Time a model call and record it as an inference event.

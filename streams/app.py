@@ -304,11 +304,8 @@ def build_app(
             last_health["dead"][topic] = dead
         sig("llmpulse.store_errors", sink.errors, "store")
         if agents is not None:
-            eng = agents.engine_stats
-            delay = eng.get("window_close_delay_s") or eng.get("close_delay_s")
-            if isinstance(delay, dict):
-                delay = delay.get("last") or delay.get("max")
-            if isinstance(delay, (int, float)):
+            delay = agents.engine_stats.get("close_delay_s", {}).get("last")
+            if delay is not None:
                 sig("llmpulse.window_close_delay_s", delay, "signals")
             sig("llmpulse.feedback_unmatched", agents.counters.get("feedback_unmatched", 0),
                 "signals")

@@ -126,12 +126,12 @@ class SignalAgents:
     # -- forwarding from the ingest agents -------------------------------------
 
     async def forward_inference(self, batch: IngestBatch, rejected: set[int]) -> None:
-        by_group: dict[bytes, list[bytes]] = defaultdict(list)
+        by_group: dict[tuple[str, str, str], list[bytes]] = defaultdict(list)
         for i, (ev, line) in enumerate(zip(batch.events, batch.lines, strict=True)):
-            if i in rejected:
-                continue
-            by_group[group_key(ev["app"], ev["model"], ev["model_version"])].append(line)
-        for key, lines in by_group.items():
+            if i not in rejected:
+                by_group[(ev["app"], ev["model"], ev["model_version"])].append(line)
+        for group, lines in by_group.items():
+            key = group_key(*group)  # encoded once per group, not per event
             for value in _chunks(lines):
                 await self.grouped.send(key=key, value=value)
         self.counters["forwarded_inference"] += len(batch.events) - len(rejected)

@@ -143,24 +143,12 @@ def _stack(root: Path, rules: Path, *, embedding: bool) -> Iterator[dict[str, An
         yield ep
 
 
-def _post(http: str, sql: str) -> list[dict[str, Any]]:
-    return post_sql(http, sql)
-
-
-def _stats(http: str) -> dict[str, Any]:
-    return stack_stats(http)
-
-
 def _engine_in(http: str) -> tuple[int, int]:
-    s = _stats(http)
+    s = stack_stats(http)
     return int(s.get("signals", {}).get("engine", {}).get("events_in", 0)), sum(s["lag"].values())
 
 
 # -- throughput ----------------------------------------------------------------
-
-
-def _pool(n: int) -> list[dict[str, Any]]:
-    return event_pool(n)
 
 
 def _throughput(ep: dict[str, Any], rate: float, seconds: float, pool: list[dict[str, Any]]) -> dict[str, Any]:
@@ -214,14 +202,14 @@ def _throughput(ep: dict[str, Any], rate: float, seconds: float, pool: list[dict
     last_end = {w: int((t_end - w / 2) // w * w * 1000) for w in (LATENCY_WINDOW_S, WINDOW_S)}
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        rows = _post(http, "SELECT window_s, toUnixTimestamp64Milli(max(ts)) AS last FROM signals "
+        rows = post_sql(http, "SELECT window_s, toUnixTimestamp64Milli(max(ts)) AS last FROM signals "
                            f"WHERE app = '{app}' GROUP BY window_s")
         have = {float(r["window_s"]): int(r["last"]) for r in rows}
         if all(have.get(w, 0) >= end for w, end in last_end.items()):
             break
         time.sleep(1.0)
     computed_s = time.perf_counter() - t0
-    fresh = _post(http, (
+    fresh = post_sql(http, (
         "SELECT window_s, count() AS windows, quantile(0.5)(f) AS p50, quantile(0.99)(f) AS p99, "
         "max(f) AS mx FROM (SELECT window_s, signal, model, model_version, dimension, ts, "
         "dateDiff('millisecond', ts, min(computed_at)) AS f FROM signals "
@@ -230,7 +218,7 @@ def _throughput(ep: dict[str, Any], rate: float, seconds: float, pool: list[dict
         "GROUP BY window_s, signal, model, model_version, dimension, ts) GROUP BY window_s "
         "ORDER BY window_s"
     ))
-    stats = _stats(http)
+    stats = stack_stats(http)
     eng = stats.get("signals", {}).get("engine", {})
     return {
         "app": app,
@@ -308,7 +296,7 @@ def _incidents(ep: dict[str, Any], hook: WebhookReceiver, seeds: list[int],
                 first.setdefault(body["alert"]["alert_id"], (at, body["alert"]))
         score = score_alerts(res["truth"], [a for _, a in first.values()],
                              grace_s=2 * WINDOW_S, app=app)
-        table = _post(ep["http"], ALERTS_SQL + f" WHERE app = '{app}'")
+        table = post_sql(ep["http"], ALERTS_SQL + f" WHERE app = '{app}'")
         per_incident = []
         for d in score.detections:
             row = d.as_dict()
@@ -328,7 +316,7 @@ def _incidents(ep: dict[str, Any], hook: WebhookReceiver, seeds: list[int],
         })
         if k == 0:
             h_pages = hook.pages(h_app)
-            h_table = _post(ep["http"], ALERTS_SQL + f" WHERE app = '{h_app}'")
+            h_table = post_sql(ep["http"], ALERTS_SQL + f" WHERE app = '{h_app}'")
             healthy = {
                 "app": h_app, "seconds": seconds,
                 "sent": h_res.get("inference", 0) + h_res.get("feedback", 0),
@@ -378,9 +366,9 @@ def run(quick: bool = False, rate: float = 20_000.0, seconds: float | None = Non
             if incidents:
                 with _stack(root / "incidents", rules, embedding=False) as ep:
                     runs, healthy = _incidents(ep, hook, seeds, INCIDENT_RUN_S)
-                    worker = _stats(ep["http"])
+                    worker = stack_stats(ep["http"])
             with _stack(root / "load", rules, embedding=embedding) as ep:
-                load = _throughput(ep, rate, seconds, _pool(20_000))
+                load = _throughput(ep, rate, seconds, event_pool(20_000))
         finally:
             shutil.rmtree(root, ignore_errors=True)
     return {
