@@ -27,7 +27,7 @@ from llmpulse.config import Settings
 from llmpulse.events import TOPICS
 from llmpulse.store import Store, StoreError
 
-__all__ = ["StackContext", "StackError", "read_endpoints", "run_stack"]
+__all__ = ["StackContext", "StackError", "read_endpoints", "run_stack", "wait_for_endpoints"]
 
 log = logging.getLogger("llmpulse.up")
 
@@ -55,6 +55,21 @@ def read_endpoints(data_dir: Path) -> dict[str, Any] | None:
         return dict(json.loads(path.read_text()))
     except (OSError, ValueError):
         return None
+
+
+def wait_for_endpoints(proc: Any, data_dir: Path, timeout: float) -> dict[str, Any]:
+    """The endpoints of an ``llmpulse up`` subprocess once it is ready; RuntimeError
+    if it exits first or is not ready in ``timeout`` seconds (the caller kills it)."""
+    path = data_dir / "endpoints.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"llmpulse up exited {proc.returncode}")
+        ep = read_endpoints(data_dir) if path.exists() else None
+        if ep is not None:
+            return ep
+        time.sleep(0.1)
+    raise RuntimeError(f"llmpulse up not ready in {timeout:g} s")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from llmpulse.broker import EmbeddedBroker
+from llmpulse.stack import wait_for_endpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,19 +57,12 @@ class StackProcess:
             stderr=subprocess.STDOUT,
             cwd=str(self.data_dir.parent),
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"llmpulse up exited {self.proc.returncode}: {self.log()}")
-            if ep_path.exists():
-                try:
-                    self.endpoints = json.loads(ep_path.read_text())
-                    return self
-                except ValueError:
-                    pass
-            time.sleep(0.1)
-        self.kill()
-        raise RuntimeError(f"llmpulse up not ready in {timeout} s: {self.log()}")
+        try:
+            self.endpoints = wait_for_endpoints(self.proc, self.data_dir, timeout)
+        except RuntimeError as exc:
+            self.kill()
+            raise RuntimeError(f"{exc}: {self.log()}") from None
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:] if self.log_path else ""

@@ -19,6 +19,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from llmpulse.stack import wait_for_endpoints
+
 __all__ = ["event_pool", "post_sql", "running_stack", "stack_stats"]
 
 
@@ -36,7 +38,11 @@ def running_stack(root: Path, config_yaml: str, env: Mapping[str, str] | None = 
     proc = subprocess.Popen([sys.executable, "-m", "llmpulse.cli", "up"], env=full_env,
                             stdout=log, stderr=subprocess.STDOUT, cwd=str(root))
     try:
-        yield _wait_ready(proc, data_dir / "endpoints.json", root / "up.log", timeout)
+        try:
+            ep = wait_for_endpoints(proc, data_dir, timeout)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}; see {root / 'up.log'}") from None
+        yield ep
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)
@@ -46,21 +52,6 @@ def running_stack(root: Path, config_yaml: str, env: Mapping[str, str] | None = 
                 proc.kill()
                 proc.wait(10)
         log.close()
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], ep_path: Path, log: Path,
-                timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llmpulse up exited {proc.returncode}; see {log}")
-        if ep_path.exists():
-            try:
-                return dict(json.loads(ep_path.read_text()))
-            except ValueError:
-                pass
-        time.sleep(0.1)
-    raise RuntimeError(f"llmpulse up did not become ready in {timeout:g} s; see {log}")
 
 
 def post_sql(http: str, sql: str) -> list[dict[str, Any]]:
