@@ -140,9 +140,13 @@ class Batch:
     ``feedback.hallucination`` (1.0, 0.0 or NaN). Texts (``prompt``,
     ``response``), ``context`` (list of passages) and ``token_logprobs`` stay
     Python lists, read only by the detectors that need them.
+
+    A batch made by :meth:`from_events` builds each column the first time a
+    detector reads it (most families read a few of them), from the events it
+    keeps until then; the columns are the same as if all were built at once.
     """
 
-    __slots__ = ("_columns", "_lists", "start", "end", "size")
+    __slots__ = ("_columns", "_lists", "_events", "_lazy", "_nested", "_found", "start", "end", "size")
 
     def __init__(
         self,
@@ -157,6 +161,12 @@ class Batch:
             raise ValueError(f"columns differ in length: {sorted(sizes)}")
         self._columns: dict[str, np.ndarray] = dict(columns)
         self._lists: dict[str, list[Any]] = dict(lists or {})
+        self._events: Sequence[Mapping[str, Any]] = ()
+        # column or list name -> (event field, nested key or None, kind "f"/"s"/"l")
+        self._lazy: dict[str, tuple[str, str | None, str]] = {}
+        # nested field -> its mapping per event (``_EMPTY`` where missing)
+        self._nested: dict[str, list[Mapping[str, Any]]] = {}
+        self._found = True  # whether segment/feature/feedback columns are in _lazy
         self.start = float(start)
         self.end = float(end)
         self.size = sizes.pop() if sizes else 0
@@ -182,40 +192,71 @@ class Batch:
             ts = np.fromiter(
                 (parse_ts(v) if v is not None else math.nan for v in ts_raw), float, n
             )
-        columns: dict[str, np.ndarray] = {"ts": ts}
-        for name in NUMERIC_FIELDS:
-            columns[name] = _floats([e.get(name) for e in events])
-        for name in CATEGORICAL_FIELDS:
-            columns[name] = _strings([e.get(name) for e in events])
-        preds = [e.get("prediction") or _EMPTY for e in events]
-        columns["prediction.label"] = _strings([p.get("label") for p in preds])
-        columns["prediction.score"] = _floats([p.get("score") for p in preds])
-        segs = [e.get("segment") or _EMPTY for e in events]
-        for key in sorted({k for sg in segs for k in sg}):
-            columns[f"segment.{key}"] = _strings([sg.get(key) for sg in segs])
-        feats = [e.get("features") or _EMPTY for e in events]
-        for key in sorted({k for f in feats for k in f}):
-            columns[f"feature.{key}"] = _floats([f.get(key) for f in feats])
-        if any("feedback" in e for e in events):
-            fb = [e.get("feedback") or _EMPTY for e in events]
-            columns["feedback.score"] = _floats([f.get("score") for f in fb])
-            columns["feedback.label"] = _strings([f.get("label") for f in fb])
-            columns["feedback.hallucination"] = _floats([f.get("hallucination") for f in fb])
-        lists: dict[str, list[Any]] = {
-            "prompt": [e.get("prompt") for e in events],
-            "response": [e.get("response") for e in events],
-            "context": [e.get("context") for e in events],
-            "token_logprobs": [e.get("token_logprobs") for e in events],
-        }
-        finite = ts[np.isfinite(ts)]
-        lo = float(finite.min()) if finite.size else 0.0
-        hi = float(finite.max()) if finite.size else 0.0
-        return cls(
-            columns,
-            lists,
-            start=lo if start is None else start,
-            end=hi if end is None else end,
-        )
+        if start is None or end is None:
+            finite = ts[np.isfinite(ts)]
+            lo = float(finite.min()) if finite.size else 0.0
+            hi = float(finite.max()) if finite.size else 0.0
+            start = lo if start is None else start
+            end = hi if end is None else end
+        batch = cls({"ts": ts}, start=start, end=end)
+        batch.size = n
+        batch._events = events
+        batch._lazy = dict(_FIXED_LAZY)
+        batch._found = False
+        return batch
+
+    def _discover(self) -> None:
+        """Find the nested columns (segment, feature and feedback keys) of a lazy batch."""
+        if self._found:
+            return
+        self._found = True
+        lazy = self._lazy
+        for key in sorted({k for sg in self._nested_of("segment") for k in sg}):
+            lazy[f"segment.{key}"] = ("segment", key, "s")
+        for key in sorted({k for f in self._nested_of("features") for k in f}):
+            lazy[f"feature.{key}"] = ("features", key, "f")
+        if any("feedback" in e for e in self._events):
+            lazy.update(_FEEDBACK_LAZY)
+        self._release()
+
+    def _nested_of(self, field_: str) -> list[Mapping[str, Any]]:
+        nested = self._nested.get(field_)
+        if nested is None:
+            nested = self._nested[field_] = [e.get(field_) or _EMPTY for e in self._events]
+        return nested
+
+    def _release(self) -> None:
+        if not self._lazy and self._found:  # every column is built: let the events go
+            self._events = ()
+            self._nested = {}
+
+    def _build(self, name: str) -> bool:
+        """Build lazy column or list ``name``; False if the batch has no such column."""
+        spec = self._lazy.get(name)
+        if spec is None:
+            if self._found:
+                return False
+            self._discover()
+            spec = self._lazy.get(name)
+            if spec is None:
+                return False
+        field_, key, kind = spec
+        if key is None:
+            values = [e.get(field_) for e in self._events]
+        else:
+            values = [d.get(key) for d in self._nested_of(field_)]
+        del self._lazy[name]
+        if kind == "l":
+            self._lists[name] = values
+        else:
+            self._columns[name] = _floats(values) if kind == "f" else _strings(values)
+        self._release()
+        return True
+
+    def _build_all(self) -> None:
+        self._discover()
+        for name in list(self._lazy):
+            self._build(name)
 
     # -- access -------------------------------------------------------------
 
@@ -223,7 +264,7 @@ class Batch:
         return self.size
 
     def __repr__(self) -> str:
-        return f"Batch(n={self.size}, start={self.start}, end={self.end}, columns={sorted(self._columns)})"
+        return f"Batch(n={self.size}, start={self.start}, end={self.end}, columns={self.columns})"
 
     @property
     def window_s(self) -> float:
@@ -231,14 +272,25 @@ class Batch:
 
     @property
     def columns(self) -> list[str]:
-        return sorted(self._columns)
+        self._discover()
+        lazy = [k for k, v in self._lazy.items() if v[2] != "l"]
+        return sorted([*self._columns, *lazy])
 
     def has(self, name: str) -> bool:
-        return name in self._columns or name in self._lists
+        if name in self._columns or name in self._lists or name in self._lazy:
+            return True
+        self._discover()
+        return name in self._lazy
+
+    def _column(self, name: str) -> np.ndarray | None:
+        col = self._columns.get(name)
+        if col is None and (self._lazy or not self._found) and self._build(name):
+            col = self._columns.get(name)
+        return col
 
     def numeric(self, name: str) -> np.ndarray:
         """A float64 column (NaN where missing); all-NaN if no event has it."""
-        col = self._columns.get(name)
+        col = self._column(name)
         if col is None:
             return np.full(self.size, np.nan)
         if col.dtype != np.float64:
@@ -247,22 +299,26 @@ class Batch:
 
     def strings(self, name: str) -> np.ndarray:
         """An object column of str (``""`` where missing)."""
-        col = self._columns.get(name)
+        col = self._column(name)
         if col is None:
             return np.full(self.size, "", dtype=object)
         return col
 
     def texts(self, name: str) -> list[Any]:
         """A per-event list column: ``prompt``, ``response``, ``context``, ``token_logprobs``."""
-        return self._lists.get(name, [None] * self.size)
+        got = self._lists.get(name)
+        if got is None and name in self._lazy and self._build(name):
+            got = self._lists.get(name)
+        return got if got is not None else [None] * self.size
 
     def prefixed(self, prefix: str) -> list[str]:
         """Names after ``prefix.`` of the columns that start with it, e.g. segment attributes."""
         p = prefix + "."
-        return sorted(c[len(p):] for c in self._columns if c.startswith(p))
+        return sorted(c[len(p):] for c in self.columns if c.startswith(p))
 
     def select(self, mask: np.ndarray) -> Batch:
         """The events where ``mask`` is true, same window."""
+        self._build_all()
         idx = np.flatnonzero(mask)
         cols = {k: v[idx] for k, v in self._columns.items()}
         lists = {k: [v[i] for i in idx] for k, v in self._lists.items()}
@@ -291,6 +347,23 @@ class Batch:
 
 _EMPTY: Mapping[str, Any] = {}
 
+_FIXED_LAZY: dict[str, tuple[str, str | None, str]] = {
+    **{name: (name, None, "f") for name in NUMERIC_FIELDS},
+    **{name: (name, None, "s") for name in CATEGORICAL_FIELDS},
+    "prediction.label": ("prediction", "label", "s"),
+    "prediction.score": ("prediction", "score", "f"),
+    **{name: (name, None, "l") for name in (*TEXT_FIELDS, "context", "token_logprobs")},
+}
+"""Columns (and lists) every batch made from events has, built when first read."""
+
+_STR = frozenset((str,))
+
+_FEEDBACK_LAZY: dict[str, tuple[str, str | None, str]] = {
+    "feedback.score": ("feedback", "score", "f"),
+    "feedback.label": ("feedback", "label", "s"),
+    "feedback.hallucination": ("feedback", "hallucination", "f"),
+}
+
 
 def _floats(values: list[Any]) -> np.ndarray:
     """Float64 column; None (and text) become NaN. Vectorised when nothing is missing."""
@@ -307,7 +380,7 @@ def _strings(values: list[Any]) -> np.ndarray:
     """Object column of str; None becomes ``""``."""
     arr = np.empty(len(values), dtype=object)
     arr[:] = values
-    if not all(type(v) is str for v in values):
+    if set(map(type, values)) - _STR:
         arr[:] = ["" if v is None else str(v) for v in values]
     return arr
 

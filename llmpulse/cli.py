@@ -19,7 +19,7 @@ from llmpulse.config import ConfigError, load_settings
 
 __all__ = ["main"]
 
-BENCHES = ("shim", "ingest", "detectors", "pipeline", "serving", "retrain")
+BENCHES = ("shim", "ingest", "detectors", "engine", "pipeline", "fault", "serving", "retrain")
 
 
 def _settings(args: argparse.Namespace):

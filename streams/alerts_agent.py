@@ -8,6 +8,15 @@ hold up signals) and, for rules with the ``retrain`` action, to the
 :class:`~streams.retrain_trigger.RetrainTrigger`, whose requests go to
 ``llmpulse.retrain``. State (open alerts, dedup of pages, pending retrains)
 is saved beside the signal engine's and restored at start.
+
+Pages survive a crash: each batch's alert transitions are saved, with the
+pages they owe (the *outbox*), before any page goes out; a page leaves the
+outbox (and the state is saved again) when its delivery ends, delivered or
+given up after the retries. A restarted worker sends what its outbox still
+holds; the notifier's record of delivered pages skips those already sent, so
+a page is lost only if the process dies within the write of the state, and
+is sent twice only if it dies between a delivery and that save (the
+PagerDuty ``dedup_key`` makes even that a no-op there).
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import orjson
 
 from detectors.base import Signal
 from llmpulse.events import TOPIC_ALERTS, TOPIC_RETRAIN
-from streams.alerting import AlertManager
+from streams.alerting import AlertEvent, AlertManager
 from streams.notify import Notifier
 from streams.retrain_trigger import RetrainTrigger
 from streams.rules import Rules
@@ -56,32 +65,58 @@ class AlertAgent:
         self.counts: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._state = state_dir / "alerts.json"
+        self._outbox: dict[tuple[str, str], AlertEvent] = {}  # (alert_id, kind) -> page owed
         self._restore()
+        if self.notify:
+            app.task(self._send_outbox)
 
     async def __call__(self, signals: list[Signal]) -> None:
         events = self.alerts.process_many(signals)
         if not events:
+            # saved even with no transition: a restarted worker replays the signals
+            # after its engine snapshot, and the manager must know which it has seen
+            self._save()
             return
         rows = [orjson.dumps(ev.row) for ev in events]
         await self.sink.write("alerts", rows)
+        pages: list[AlertEvent] = []
         for ev, row in zip(events, rows, strict=True):
             self.counts[ev.kind] += 1
             await self.alerts_topic.send(key=ev.row["alert_id"].encode(), value=row)
             log.warning("alert %s: %s", ev.kind, ev.row.get("summary"))
-            if self.notify:
-                task = asyncio.ensure_future(self.notifier.send(ev))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            if self.notify and "notify" in ev.rule.actions:
+                self._outbox[(ev.row["alert_id"], ev.kind)] = ev
+                pages.append(ev)
             req = self.trigger.process(ev)
             if req is not None:
                 self.counts["retrain_requests"] += 1
                 await self.retrain_topic.send(key=str(req["model"]).encode(),
                                               value=orjson.dumps(req))
+        self._save()  # the transitions and the pages they owe, before any page goes out
+        for ev in pages:
+            self._page(ev)
+
+    def _page(self, ev: AlertEvent) -> None:
+        task = asyncio.ensure_future(self._deliver(ev))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, ev: AlertEvent) -> None:
+        await self.notifier.send(ev)  # never raises; failures are retried, then recorded
+        self._outbox.pop((ev.row["alert_id"], ev.kind), None)
         self._save()
+
+    async def _send_outbox(self) -> None:
+        """At start: the pages a previous run owed and may not have sent."""
+        if self._outbox:
+            log.info("sending %d page(s) owed by the previous run", len(self._outbox))
+            self.counts["pages_resent_after_restart"] += len(self._outbox)
+        for ev in list(self._outbox.values()):
+            self._page(ev)
 
     def stats(self) -> dict[str, Any]:
         return {"alerts": dict(self.counts), "manager": self.alerts.stats(),
-                "pending_retrains": len(self.trigger.pending())}
+                "pending_retrains": len(self.trigger.pending()), "pages_owed": len(self._outbox)}
 
     async def close(self) -> None:
         if self._tasks:
@@ -92,10 +127,15 @@ class AlertAgent:
     def _save(self) -> None:
         try:
             state = {"alerts": self.alerts.snapshot(), "notifier": self.notifier.snapshot(),
-                     "trigger": self.trigger.snapshot()}
+                     "trigger": self.trigger.snapshot(),
+                     "outbox": [{"kind": ev.kind, "row": ev.row, "key": list(ev.key)}
+                                for ev in self._outbox.values()]}
             self._state.parent.mkdir(parents=True, exist_ok=True)
             tmp = self._state.with_suffix(".tmp")
-            tmp.write_text(json.dumps(state, default=str))
+            with open(tmp, "w") as f:
+                f.write(json.dumps(state, default=str))
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, self._state)
         except Exception:
             log.exception("saving alert state failed")
@@ -112,5 +152,12 @@ class AlertAgent:
             self.alerts.restore(state["alerts"])
             self.notifier.restore(state["notifier"])
             self.trigger.restore(state["trigger"])
+            for item in state.get("outbox", []):
+                rule = self.rules.get(item["key"][0])
+                if rule is None:
+                    continue  # the rule is gone from the rules file
+                ev = AlertEvent(str(item["kind"]), dict(item["row"]), rule,
+                                tuple(str(x) for x in item["key"]))  # type: ignore[arg-type]
+                self._outbox[(ev.row["alert_id"], ev.kind)] = ev
         except Exception:
             log.exception("ignoring alert state that does not fit these rules")

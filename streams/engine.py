@@ -31,7 +31,9 @@ family alone, so each feedback signal has one source.
 
 A detector that raises is logged and counted (``detector_errors``) and the
 engine goes on with the next one. :meth:`SignalEngine.stats` has the engine's
-own counters: events in, windows closed, late events dropped, delay from a
+own counters: events in, windows closed, late events dropped, repeated
+events dropped (the stream is at-least-once: after a worker restart the same
+``event_id`` can arrive twice; a closed window keeps one), delay from a
 window's end to its signals (wall clock), errors and time per detector.
 
 Scale-out (``role``): with ``"all"`` (default) one engine computes every
@@ -84,6 +86,7 @@ __all__ = [
     "LABEL_BIAS_METRICS",
     "Partial",
     "Role",
+    "SNAPSHOT_VERSION",
     "SignalEngine",
     "default_detectors",
     "merge_partials",
@@ -95,6 +98,9 @@ DetectorFactory = Callable[[], Sequence[Detector]]
 """Makes a family's detectors for one group (called once per group)."""
 
 Role = Literal["all", "partials", "owner"]
+
+SNAPSHOT_VERSION = 2
+"""Format of :meth:`SignalEngine.snapshot` (1: events inline as Python objects)."""
 
 CONTENT_FAMILIES: tuple[str, ...] = ("latency", "drift", "bias", "hallucination")
 """Families computed from inference events; ``quality`` is computed from feedback."""
@@ -339,30 +345,23 @@ class SignalEngine:
         """Add validated ``inference/v1`` events read from ``source`` (a
         partition); returns how many were late for at least one family."""
         now = self.clock()
-        buffers = list(self._buffers.values())
-        join = self._join
-        late = 0
-        hi: int | None = None
-        n = 0
+        items: list[tuple[Group, Any, int]] = []
+        append = items.append
         for ev in events:
             ts = ev["ts"]
             if type(ts) is not int:
                 ts = event_ms(ev)
-            group = (ev["app"], ev["model"], ev["model_version"])
-            was_late = False
-            for buf in buffers:
-                if not buf.add(group, ev, ts):  # type: ignore[arg-type]
-                    was_late = True
-            late += was_late
-            if join is not None:
-                join.add_inference(group, ev, ts)
-            if hi is None or ts > hi:
-                hi = ts
-            n += 1
-        if hi is not None:
-            self._watermark.observe(source, hi, now)
-        self._c.events_in += n
-        return late
+            append(((ev["app"], ev["model"], ev["model_version"]), ev, ts))
+        if not items:
+            return 0
+        late: set[int] = set()
+        for buf in self._buffers.values():
+            late.update(buf.add_many(items))
+        if self._join is not None:
+            self._join.add_inferences(items)
+        self._watermark.observe(source, max([it[2] for it in items]), now)
+        self._c.events_in += len(items)
+        return len(late)
 
     def add_feedback(self, events: Iterable[Mapping[str, Any]]) -> int:
         """Add validated ``feedback/v1`` events; returns how many joined an inference now."""
@@ -513,10 +512,12 @@ class SignalEngine:
         c = self._c
         late_by_group: dict[str, dict[str, int]] = {}
         late = 0
+        dups_by_window: dict[str, int] = {}
         for spec, buf in self._buffers.items():
             for g, n in buf.late.items():
                 late += n
                 late_by_group.setdefault("/".join(g), {})[f"{spec.length_s:g}s"] = n
+            dups_by_window[f"{spec.length_s:g}s"] = buf.duplicates
         closed = max(1, c.windows_closed)
         wm = self._watermark.current(self.clock())
         return {
@@ -529,6 +530,9 @@ class SignalEngine:
             "partials_out": c.partials_out,
             "late_dropped": late,
             "late_dropped_by_group": late_by_group,
+            # every window length sees each event: a repeated event is dropped once per length
+            "duplicates_dropped": max(dups_by_window.values(), default=0),
+            "duplicates_dropped_by_window": dups_by_window,
             "watermark_ms": wm,
             "close_delay_s": {
                 "last": c.close_delay_last_s,
@@ -545,19 +549,31 @@ class SignalEngine:
 
     def snapshot(self) -> dict[str, Any]:
         """Everything needed to continue after a restart: open windows, the
-        join table, per-group detector state, counters. Picklable, and JSON-able
-        when every detector's snapshot is. Take it at the same point as the
-        consumer offsets it goes with."""
+        join table, per-group detector state, counters. Picklable; take it
+        at the same point as the consumer offsets it goes with.
+
+        The open windows' events (JSON, as ingest decodes them) are written
+        once however many window lengths hold them, as one JSON array in
+        bytes (``events``), and the windows as positions in it; the join
+        table likewise as JSON bytes. Both are zstd-compressed (``codec``)
+        when cramjam is installed. Pickling a few bytes objects is a copy,
+        where the events as Python objects cost seconds.
+        """
         c = self._c
+        index: dict[int, int] = {}
+        shared: dict[int, Any] = {}
+        buffers = [
+            [spec.length_s, spec.lateness_s, buf.snapshot_shared(index, shared)]
+            for spec, buf in self._buffers.items()
+        ]
         return {
-            "version": 1,
+            "version": SNAPSHOT_VERSION,
             "role": self.role,
+            "codec": _CODEC,
             "watermark": self._watermark.snapshot(),
-            "buffers": [
-                [spec.length_s, spec.lateness_s, buf.snapshot()]
-                for spec, buf in self._buffers.items()
-            ],
-            "join": None if self._join is None else self._join.snapshot(),
+            "events": _pack(list(shared.values())),
+            "buffers": buffers,
+            "join": None if self._join is None else _pack(self._join.snapshot_rows()),
             "detectors": [
                 [fam, list(g), [d.snapshot() for d in dets]]
                 for (fam, g), dets in self._instances.items()
@@ -570,20 +586,33 @@ class SignalEngine:
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        """Load a :meth:`snapshot` into an engine built with the same configuration."""
-        if state.get("version") != 1:
-            raise ValueError(f"snapshot version {state.get('version')!r} not supported")
+        """Load a :meth:`snapshot` into an engine built with the same configuration.
+
+        Reads this version's snapshots and those of version 1 (events and
+        join table inline as Python objects)."""
+        version = state.get("version")
+        if version not in (1, SNAPSHOT_VERSION):
+            raise ValueError(
+                f"snapshot version {version!r} not supported: this engine reads versions "
+                f"1 and {SNAPSHOT_VERSION}"
+            )
         if state["role"] != self.role:
             raise ValueError(f"snapshot of a {state['role']!r} engine, this one is {self.role!r}")
         self._watermark.restore(state["watermark"], self.clock())
         by_spec = {(s.length_s, s.lateness_s): b for s, b in self._buffers.items()}
+        codec = state.get("codec", "none")
+        events = _unpack(state["events"], codec) if version != 1 else None
         for length, lateness, buf_state in state["buffers"]:
             buf = by_spec.get((float(length), float(lateness)))
             if buf is None:
                 raise ValueError(f"snapshot has a {length} s window this engine does not")
-            buf.restore(buf_state)
-        if self._join is not None and state["join"] is not None:
-            self._join.restore(state["join"])
+            if events is None:
+                buf.restore(buf_state)
+            else:
+                buf.restore_shared(buf_state, events)
+        join_state = state["join"]
+        if self._join is not None and join_state is not None:
+            self._join.restore(_unpack(join_state, codec) if version != 1 else join_state)
         self._instances = {}
         for fam, g, det_states in state["detectors"]:
             dets = list(self.detectors[fam]())
@@ -600,6 +629,36 @@ class SignalEngine:
             else:
                 setattr(c, k, v)
         self._c = c
+
+
+_cramjam: Any
+try:
+    import cramjam as _cramjam
+
+    _CODEC = "zstd"
+except ImportError:  # pragma: no cover - a server install has it
+    _cramjam = None
+    _CODEC = "none"
+
+
+def _pack(obj: Any) -> bytes:
+    """JSON of ``obj``, compressed with :data:`_CODEC`."""
+    import orjson
+
+    blob = orjson.dumps(obj)
+    return blob if _cramjam is None else bytes(_cramjam.zstd.compress(blob, level=1))
+
+
+def _unpack(blob: bytes, codec: str) -> Any:
+    import orjson
+
+    if codec == "zstd":
+        if _cramjam is None:
+            raise ValueError("snapshot is zstd-compressed and cramjam is not installed")
+        return orjson.loads(bytes(_cramjam.zstd.decompress(blob)))
+    if codec != "none":
+        raise ValueError(f"snapshot codec {codec!r} not supported")
+    return orjson.loads(blob)
 
 
 def merge_partials(

@@ -30,7 +30,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["EngineProcess", "LocalEngine", "add_chunks"]
+__all__ = ["EngineProcess", "LocalEngine", "add_chunks", "tune_gc"]
 
 Chunk = tuple[int, bytes]
 """(source partition, newline-delimited events: inferences and feedback mixed)."""
@@ -40,22 +40,66 @@ def add_chunks(engine: Any, chunks: Sequence[Chunk]) -> None:
     """Decode forwarded lines and hand them to ``engine`` by kind and partition."""
     import orjson
 
-    loads = orjson.loads
     by_part: dict[int, list[dict[str, Any]]] = {}
     feedback: list[dict[str, Any]] = []
     for part, blob in chunks:
-        for line in blob.split(b"\n"):
-            if not line:
-                continue
-            d = loads(line)
-            if "latency_ms" in d:
-                by_part.setdefault(part, []).append(d)
+        evs = _decode(orjson, blob)
+        infs = [d for d in evs if "latency_ms" in d]
+        if len(infs) != len(evs):
+            feedback += [d for d in evs if "latency_ms" not in d]
+        if infs:
+            got = by_part.get(part)
+            if got is None:
+                by_part[part] = infs
             else:
-                feedback.append(d)
+                got += infs
     for part, evs in by_part.items():
         engine.add_inference(evs, source=part)
     if feedback:
         engine.add_feedback(feedback)
+
+
+def _decode(orjson: Any, blob: bytes) -> list[dict[str, Any]]:
+    """The events of newline-delimited JSON ``blob``: one parse of the lines
+    as a JSON array (a JSON text holds no raw newline), line by line if that
+    does not give one value per line (empty lines), so an invalid line raises
+    as it would alone.
+
+    >>> import orjson
+    >>> _decode(orjson, b'{"a":1}\\n{"b":2}'), _decode(orjson, b'{"a":1}\\n\\n{"b":2}\\n')
+    ([{'a': 1}, {'b': 2}], [{'a': 1}, {'b': 2}])
+    >>> _decode(orjson, b'{"a":1},{"b":2}')
+    Traceback (most recent call last):
+    ...
+    orjson.JSONDecodeError: unexpected content after document: line 1 column 8 (char 7)
+    >>> _decode(orjson, b"")
+    []
+    """
+    try:
+        out: list[dict[str, Any]] = orjson.loads(b"[" + blob.replace(b"\n", b",") + b"]")
+    except orjson.JSONDecodeError:
+        out = []
+    if len(out) == blob.count(b"\n") + 1:  # else a line held several values, or none
+        return out
+    return [orjson.loads(line) for line in blob.split(b"\n") if line]
+
+
+def tune_gc() -> None:
+    """Garbage collector settings for a process that holds the engine's windows.
+
+    Open windows keep hundreds of thousands of decoded events alive, and the
+    default thresholds rescan them all (and every imported module's objects)
+    again and again as events arrive: more than half of the engine's time
+    when adding events (``python -m llmpulse.bench.engine --no-gc-tuning``).
+    Here collections are rarer (cyclic garbage is still collected, later)
+    and what exists at start-up (modules, detectors) is frozen out of the
+    scans. Only for a process of its own: the settings are process-wide.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 10)
 
 
 def new_engine(engine_kwargs: dict[str, Any], detectors: Any) -> Any:
@@ -104,6 +148,7 @@ class LocalEngine:
 
 def _serve(conn: Any, engine_kwargs: dict[str, Any], detectors: Any) -> None:
     engine = new_engine(engine_kwargs, detectors)
+    tune_gc()
     while True:
         try:
             cmd, arg = conn.recv()

@@ -56,7 +56,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from streams.windows import Group, WindowSpec, _group, event_ms
@@ -202,6 +202,43 @@ class FeedbackJoin:
         if waiting is not None:
             self._attach(rec, waiting[0])
 
+    def add_inferences(self, items: Sequence[tuple[Group, Mapping[str, Any], int]]) -> None:
+        """:meth:`add_inference` for each (group, event, ts ms)."""
+        length = self.window.length_ms
+        by_request = self._by_request
+        windows = self._windows
+        pending = self._pending
+        added = 0
+        for group, event, ts_ms in items:
+            rid = event.get("request_id")
+            if not rid:
+                continue
+            eid = event.get("event_id")
+            old = by_request.get(rid)
+            if old is not None and old.event_id == eid:
+                continue  # a replayed inference: keep the record and its feedback
+            if type(eid) is not str:
+                eid = str(event.get("event_id", ""))
+            pred = event.get("prediction")
+            label = pred.get("label") if pred else None
+            rec = _Record(
+                eid, rid, ts_ms, group, event.get("status"),
+                None if label is None else str(label), event.get("segment"),
+            )
+            key = (group, ts_ms - ts_ms % length)
+            bucket = windows.get(key)
+            if bucket is None:
+                windows[key] = [rec]
+            else:
+                bucket.append(rec)
+            by_request[rid] = rec
+            added += 1
+            if pending:
+                waiting = pending.pop(rid, None)
+                if waiting is not None:
+                    self._attach(rec, waiting[0])
+        self.counts["inference_records"] += added
+
     def add_feedback(self, event: Mapping[str, Any]) -> bool:
         """Attach feedback to its inference; False if it has to wait for it."""
         self.counts["feedback_in"] += 1
@@ -300,8 +337,23 @@ class FeedbackJoin:
 
     def snapshot(self) -> dict[str, Any]:
         """Records, waiting feedback, dirty windows and counters (JSON-able)."""
+        state = self._snapshot_meta()
+        state["records"] = [r.to_list() for recs in self._windows.values() for r in recs]
+        return state
+
+    def snapshot_rows(self) -> dict[str, Any]:
+        """:meth:`snapshot` for immediate serialisation: the same JSON, with
+        records as tuples that share the live segment and feedback mappings
+        (cheaper to build; serialise before the join changes)."""
+        state = self._snapshot_meta()
+        state["records"] = [
+            (r.event_id, r.request_id, r.ts, r.group, r.status, r.label, r.segment, r.feedback)
+            for recs in self._windows.values() for r in recs
+        ]
+        return state
+
+    def _snapshot_meta(self) -> dict[str, Any]:
         return {
-            "records": [r.to_list() for recs in self._windows.values() for r in recs],
             "pending": [[rid, f, ts] for rid, (f, ts) in self._pending.items()],
             "dirty": [[list(g), s] for g, s in sorted(self._dirty)],
             "closed_through": self.closed_through,

@@ -22,6 +22,19 @@ Partitioning, end to end:
 Signals go to the ``signals`` table (a ``ReplacingMergeTree``: a window
 recomputed after late feedback replaces its earlier row) and to
 ``llmpulse.signals``; then to every registered consumer (the alert rules).
+
+Restarts, including ``kill -9``: every ``signals.snapshot_s`` the engine's
+state (open windows, feedback join, detector state, watermark) is written
+with the ``llmpulse.grouped`` offsets it covers, taken together in the
+engine's thread. A restarted worker loads it and replays ``llmpulse.grouped``
+from those offsets (the consumer's committed offsets may be further on; the
+agent seeks back the first time it sees a partition past its snapshot, and
+skips messages the snapshot already holds). Windows that closed between the
+snapshot and the crash close again with the same events: their signal rows
+replace the earlier ones, and the alert manager, whose state is saved after
+every batch of signals, ignores them as replays. Events forwarded twice (the
+ingest path is at-least-once) are dropped by ``event_id`` when their window
+closes.
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pickle
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -50,6 +64,13 @@ __all__ = ["SignalAgents", "group_key"]
 log = logging.getLogger(__name__)
 
 MAX_FORWARD_BYTES = 512 * 1024
+SOURCE_HEADER = "llmpulse-source"
+"""Header of forwarded inference chunks: the ``llmpulse.inference`` partition they came from."""
+STATE_VERSION = 2
+"""Format of ``signals.pkl``: the engine's snapshot with the grouped offsets it covers."""
+REWIND_TIMEOUT_S = 30.0
+"""How long a partition being replayed after a restart skips messages fetched before
+the seek; after that a missing offset is taken as a gap in the log."""
 
 
 def group_key(app: str, model: str, version: str) -> bytes:
@@ -74,6 +95,16 @@ def _chunks(lines: Sequence[bytes], limit: int = MAX_FORWARD_BYTES) -> list[byte
     if cur:
         out.append(b"\n".join(cur))
     return out
+
+
+def _source(message: Any) -> int:
+    """The source partition a forwarded chunk came from (its grouped partition,
+    offset by 1000, for chunks forwarded without the header)."""
+    headers = message.headers or ()
+    for k, v in headers.items() if isinstance(headers, dict) else headers:
+        if k == SOURCE_HEADER:
+            return int(v)
+    return 1000 + int(message.partition)
 
 
 def signal_row(s: Signal) -> dict[str, Any]:
@@ -112,12 +143,20 @@ class SignalAgents:
         )
         self.engine.start()
         self._state_path = settings.data_dir / "worker" / "signals.pkl"
+        self._pending_path = settings.data_dir / "worker" / "pending_feedback.pkl"
+        self._pending_saved = 0  # how many waiting feedback events the file holds
+        self._routing: list[tuple[float, bytes, str]] = []  # taken from pending, being routed
+        # next llmpulse.grouped offset per partition that the engine's state
+        # includes: written only in the engine's thread, with the engine
+        self._positions: dict[int, int] = {}
+        # partitions being replayed from the snapshot: (first offset seen past it, give-up time)
+        self._rewinding: dict[int, tuple[int, float]] = {}
+        self.pending_feedback: list[tuple[float, bytes, str]] = []
+        self.counters: dict[str, int] = defaultdict(int)
         self._restore()
         self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmpulse-signals")
         self.grouped = app.topic(TOPIC_GROUPED, value_serializer="raw", key_serializer="raw")
         self.signals_topic = app.topic(TOPIC_SIGNALS, value_serializer="raw", key_serializer="raw")
-        self.pending_feedback: list[tuple[float, bytes, str]] = []
-        self.counters: dict[str, int] = defaultdict(int)
         self.last_signals_at = 0.0
         self.last_health = time.monotonic()
         self.engine_stats: dict[str, Any] = {}
@@ -126,14 +165,18 @@ class SignalAgents:
     # -- forwarding from the ingest agents -------------------------------------
 
     async def forward_inference(self, batch: IngestBatch, rejected: set[int]) -> None:
-        by_group: dict[tuple[str, str, str], list[bytes]] = defaultdict(list)
-        for i, (ev, line) in enumerate(zip(batch.events, batch.lines, strict=True)):
+        # chunks per (group, source partition): the engine's watermark follows the
+        # source partitions, whose event time is ordered, not the grouped ones, which
+        # interleave several sources (a worker catching up reads them at different paces)
+        by_group: dict[tuple[str, str, str, int], list[bytes]] = defaultdict(list)
+        for i, (ev, line, m) in enumerate(zip(batch.events, batch.lines, batch.sources, strict=True)):
             if i not in rejected:
-                by_group[(ev["app"], ev["model"], ev["model_version"])].append(line)
-        for group, lines in by_group.items():
-            key = group_key(*group)  # encoded once per group, not per event
+                by_group[(ev["app"], ev["model"], ev["model_version"], m.partition)].append(line)
+        for (app, model, version, src), lines in by_group.items():
+            key = group_key(app, model, version)  # encoded once per group, not per event
+            headers = {SOURCE_HEADER: str(src).encode()}
             for value in _chunks(lines):
-                await self.grouped.send(key=key, value=value)
+                await self.grouped.send(key=key, value=value, headers=headers)
         self.counters["forwarded_inference"] += len(batch.events) - len(rejected)
 
     async def forward_feedback(self, batch: IngestBatch, rejected: set[int]) -> None:
@@ -142,6 +185,7 @@ class SignalAgents:
                  for i, (ev, line) in enumerate(zip(batch.events, batch.lines, strict=True))
                  if i not in rejected]
         await self._route_feedback(items)
+        self._save_pending()
 
     async def _route_feedback(self, items: list[tuple[float, bytes, str]]) -> None:
         if not items:
@@ -172,8 +216,11 @@ class SignalAgents:
         async def signals_agent(stream: Any) -> None:
             loop = asyncio.get_running_loop()
             async for events in stream.take_events(1000, within=0.2):
-                chunks = [(ev.message.partition, ev.value) for ev in events]
-                await loop.run_in_executor(self._exec, self.engine.add, chunks)
+                messages = await self._replay_filter([ev.message for ev in events])
+                if messages:
+                    chunks = [(_source(m), m.value) for m in messages]
+                    ends = {m.partition: m.offset + 1 for m in messages}
+                    await loop.run_in_executor(self._exec, self._add, chunks, ends)
                 positions = self.app.llmpulse_stats.positions  # type: ignore[attr-defined]
                 for ev in events:
                     positions[(ev.message.topic, ev.message.partition)] = ev.message.offset + 1
@@ -187,7 +234,10 @@ class SignalAgents:
             signals = await loop.run_in_executor(self._exec, self._poll)
             if self.pending_feedback:
                 items, self.pending_feedback = self.pending_feedback, []
+                self._routing = items  # still on disk until routed
                 await self._route_feedback(items)
+                self._routing = []
+                self._save_pending()
             if self.health is not None and time.monotonic() - self.last_health >= 10.0:
                 self.last_health = time.monotonic()
                 signals = signals + await self.health()
@@ -198,6 +248,46 @@ class SignalAgents:
             async def save_state() -> None:
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(self._exec, self._save)
+
+    def _add(self, chunks: list[tuple[int, bytes]], ends: dict[int, int]) -> None:
+        # in the engine's thread, like _save: the positions move with the engine's state
+        self.engine.add(chunks)
+        self._positions.update(ends)
+
+    async def _replay_filter(self, messages: list[Any]) -> list[Any]:
+        """The messages the engine has not taken in yet; seeks a partition back
+        to its snapshot's offset when the consumer starts past it (restart)."""
+        out = []
+        now = time.monotonic()
+        for m in messages:
+            p, offset = m.partition, m.offset
+            expected = self._positions.get(p)
+            if expected is None or offset == expected:
+                self._rewinding.pop(p, None)
+                out.append(m)
+            elif offset < expected:
+                self.counters["replay_skipped"] += 1
+            else:
+                rewind = self._rewinding.get(p)
+                if rewind is None and p not in self._seen:
+                    # first message of this partition since the snapshot was loaded
+                    self._rewinding[p] = (offset, now + REWIND_TIMEOUT_S)
+                    log.info("signals: replaying %s[%d] from offset %d (consumer was at %d)",
+                             m.topic, p, expected, offset)
+                    await self.app.consumer.seek(m.tp, expected)
+                    self.counters["replay_seeks"] += 1
+                elif rewind is not None and offset >= rewind[0] and now < rewind[1]:
+                    self.counters["replay_skipped"] += 1  # fetched before the seek
+                else:
+                    if rewind is not None and offset >= rewind[0]:
+                        log.warning("signals: %s[%d] could not be replayed from offset %d; "
+                                    "its open windows miss events before %d",
+                                    m.topic, p, expected, offset)
+                        self.counters["replay_gaps"] += 1
+                    self._rewinding.pop(p, None)
+                    out.append(m)  # a gap in the log (retention, compaction): go on
+            self._seen.add(p)
+        return out
 
     def _poll(self) -> list[Signal]:
         # in the engine's thread: the engine's counters are read here, once a poll,
@@ -246,20 +336,61 @@ class SignalAgents:
     # -- state across restarts ----------------------------------------------------
 
     def _save(self) -> None:
+        # in the engine's thread: the state and the offsets it covers, together
         try:
-            state = self.engine.snapshot_bytes()
+            state = pickle.dumps(
+                {"version": STATE_VERSION, "positions": dict(self._positions),
+                 "engine": self.engine.snapshot_bytes()},
+                protocol=pickle.HIGHEST_PROTOCOL,
+            )
             self._state_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self._state_path.with_suffix(".tmp")
-            tmp.write_bytes(state)
+            with open(tmp, "wb") as f:
+                f.write(state)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, self._state_path)
+            self.counters["snapshots"] += 1
         except Exception:
             log.exception("saving the signal engine state failed")
 
     def _restore(self) -> None:
+        self._seen: set[int] = set()
         try:
-            self.engine.restore_bytes(self._state_path.read_bytes())
-            log.info("signal engine state restored from %s", self._state_path)
+            state = pickle.loads(self._state_path.read_bytes())
+            if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+                raise ValueError("not a signal state of this version")
+            self.engine.restore_bytes(state["engine"])
+            self._positions = {int(p): int(o) for p, o in state["positions"].items()}
+            log.info("signal engine state restored from %s (llmpulse.grouped offsets %s)",
+                     self._state_path, self._positions)
         except FileNotFoundError:
             pass
         except Exception:
             log.exception("ignoring an unreadable signal engine state at %s", self._state_path)
+        try:
+            now = time.monotonic()
+            self.pending_feedback = [(now, line, rid) for line, rid in
+                                     pickle.loads(self._pending_path.read_bytes())]
+            self._pending_saved = len(self.pending_feedback)
+        except FileNotFoundError:
+            pass
+        except Exception:
+            log.exception("ignoring unreadable waiting feedback at %s", self._pending_path)
+
+    def _save_pending(self) -> None:
+        """Feedback waiting for its inference, on disk before its offsets are committed
+        (the ingest agent acks it as soon as this returns)."""
+        waiting = self._routing + self.pending_feedback
+        if not waiting and not self._pending_saved:
+            return
+        blob = pickle.dumps([(line, rid) for _, line, rid in waiting],
+                            protocol=pickle.HIGHEST_PROTOCOL)
+        self._pending_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._pending_path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._pending_path)
+        self._pending_saved = len(waiting)

@@ -29,7 +29,10 @@ join, which re-emits the windows it changes.)
 Events are dicts as ingest validates them (``ts`` in epoch milliseconds).
 They are appended to one list per (group, window); a closed window's events
 are sorted by (ts, event_id), so what a detector sees does not depend on
-how partitions interleaved on the way in.
+how partitions interleaved on the way in. The stream is at-least-once (a
+worker that crashes before committing its offsets reads some events again),
+so a closed window keeps one event per ``event_id``: the copies are dropped
+and counted (:attr:`TumblingWindows.duplicates`).
 
 >>> spec = WindowSpec(10.0, 5.0)
 >>> wm = Watermark(idle_s=30.0)
@@ -46,7 +49,7 @@ how partitions interleaved on the way in.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -195,13 +198,17 @@ class TumblingWindows:
 
     ``closed_through`` is the close threshold (ms) last applied: windows
     ending at or before it are closed, and events for them are late.
+    ``duplicates`` counts events dropped from closed windows because an
+    event with the same ``event_id`` (and time) was already in the window.
     """
 
     def __init__(self, spec: WindowSpec) -> None:
         self.spec = spec
+        self._length = spec.length_ms
         self._open: dict[tuple[Group, int], list[dict[str, Any]]] = {}
         self.closed_through: int = -(2**62)
         self.late: dict[Group, int] = {}
+        self.duplicates = 0
 
     def __len__(self) -> int:
         return len(self._open)
@@ -210,8 +217,9 @@ class TumblingWindows:
         """Append ``event`` to its window; False (and counted) if that window closed."""
         if ts_ms is None:
             ts_ms = event_ms(event)
-        start = ts_ms - ts_ms % self.spec.length_ms
-        if start + self.spec.length_ms <= self.closed_through:
+        length = self._length
+        start = ts_ms - ts_ms % length
+        if start + length <= self.closed_through:
             self.late[group] = self.late.get(group, 0) + 1
             return False
         key = (group, start)
@@ -222,9 +230,30 @@ class TumblingWindows:
             bucket.append(event)
         return True
 
+    def add_many(self, items: Sequence[tuple[Group, dict[str, Any], int]]) -> list[int]:
+        """:meth:`add` for each (group, event, ts ms); the positions of the late ones."""
+        length = self._length
+        closed = self.closed_through
+        open_ = self._open
+        late: list[int] = []
+        for i, (group, event, ts_ms) in enumerate(items):
+            start = ts_ms - ts_ms % length
+            if start + length <= closed:
+                self.late[group] = self.late.get(group, 0) + 1
+                late.append(i)
+            else:
+                key = (group, start)
+                bucket = open_.get(key)
+                if bucket is None:
+                    open_[key] = [event]
+                else:
+                    bucket.append(event)
+        return late
+
     def close(self, threshold_ms: int | None) -> list[tuple[Group, int, list[dict[str, Any]]]]:
         """Remove and return the windows ending at or before ``threshold_ms``,
-        oldest first, each with its events sorted by (ts, event_id)."""
+        oldest first, each with its events sorted by (ts, event_id) and
+        without repeated events (same ``event_id``)."""
         if threshold_ms is None:
             return []
         if threshold_ms > self.closed_through:
@@ -233,7 +262,12 @@ class TumblingWindows:
         due = sorted(
             (k for k in self._open if k[1] + length <= threshold_ms), key=lambda k: (k[1], k[0])
         )
-        return [(g, start, _ordered(self._open.pop((g, start)))) for g, start in due]
+        out = []
+        for g, start in due:
+            events, dropped = _ordered(self._open.pop((g, start)))
+            self.duplicates += dropped
+            out.append((g, start, events))
+        return out
 
     def close_all(self) -> list[tuple[Group, int, list[dict[str, Any]]]]:
         """Close every open window (shutdown, end of a replay)."""
@@ -247,12 +281,37 @@ class TumblingWindows:
             "open": [[list(g), start, events] for (g, start), events in self._open.items()],
             "closed_through": self.closed_through,
             "late": [[list(g), n] for g, n in self.late.items()],
+            "duplicates": self.duplicates,
         }
+
+    def snapshot_shared(self, index: dict[int, int], events: dict[int, Any]) -> dict[str, Any]:
+        """:meth:`snapshot` with each window's events as positions in a list
+        shared by several buffers (which hold the same event objects): ``index``
+        maps ``id(event)`` to its position, ``events`` ``id(event)`` to the
+        event, both in position order; events not in them yet are appended."""
+        open_ = []
+        for (g, start), evs in self._open.items():
+            ids = list(map(id, evs))
+            events.update(zip(ids, evs, strict=True))
+            open_.append([list(g), start, [index.setdefault(i, len(index)) for i in ids]])
+        return {
+            "open": open_,
+            "closed_through": self.closed_through,
+            "late": [[list(g), n] for g, n in self.late.items()],
+            "duplicates": self.duplicates,
+        }
+
+    def restore_shared(self, state: Mapping[str, Any], events: list[dict[str, Any]]) -> None:
+        """Load a :meth:`snapshot_shared` state; ``events`` in position order."""
+        get = events.__getitem__
+        self.restore({**state, "open": []})
+        self._open = {(_group(g), int(start)): list(map(get, pos)) for g, start, pos in state["open"]}
 
     def restore(self, state: Mapping[str, Any]) -> None:
         self._open = {(_group(g), int(start)): list(evs) for g, start, evs in state["open"]}
         self.closed_through = int(state["closed_through"])
         self.late = {_group(g): int(n) for g, n in state["late"]}
+        self.duplicates = int(state.get("duplicates", 0))
 
 
 def _group(g: Any) -> Group:
@@ -260,9 +319,29 @@ def _group(g: Any) -> Group:
     return (str(a), str(m), str(v))
 
 
-def _ordered(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    events.sort(key=_order_key)
-    return events
+def _ordered(events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """``events`` sorted by (ts, event_id) without repeats of an event, and
+    how many repeats were dropped. A repeat has the ``event_id`` (not empty)
+    and time of the event before it in that order.
+
+    >>> evs = [{"ts": 2, "event_id": "b"}, {"ts": 1, "event_id": "a"}, {"ts": 2, "event_id": "b"},
+    ...        {"ts": 1}, {"ts": 1}]
+    >>> _ordered(evs)
+    ([{'ts': 1}, {'ts': 1}, {'ts': 1, 'event_id': 'a'}, {'ts': 2, 'event_id': 'b'}], 1)
+    """
+    keys = list(map(_order_key, events))
+    order = sorted(range(len(events)), key=keys.__getitem__)  # stable, as list.sort
+    if len(set(keys)) == len(keys):  # nothing repeated
+        return [events[i] for i in order], 0
+    out: list[dict[str, Any]] = []
+    prev: tuple[int, str] | None = None
+    for i in order:
+        key = keys[i]
+        if key == prev and key[1]:
+            continue
+        prev = key
+        out.append(events[i])
+    return out, len(events) - len(out)
 
 
 def _order_key(e: Mapping[str, Any]) -> tuple[int, str]:

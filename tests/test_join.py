@@ -129,3 +129,35 @@ def test_snapshot_restore_continues_identically() -> None:
 def test_horizon_must_cover_a_window() -> None:
     with pytest.raises(ValueError, match="horizon_s"):
         FeedbackJoin(SPEC, horizon_s=60)
+
+
+def test_add_inferences_equals_add_inference_one_by_one() -> None:
+    one, many = FeedbackJoin(SPEC, 3600), FeedbackJoin(SPEC, 3600)
+    for j in (one, many):  # feedback ahead of its inference waits in both
+        assert j.add_feedback({"request_id": "r2", "ts": 3_000, "label": "billing"}) is False
+    events = [
+        {"ts": 1_000, "event_id": "e1", "request_id": "r1", "status": "ok",
+         "prediction": {"label": "refund"}, "segment": {"lang": "en"}},
+        {"ts": 2_000, "event_id": "e2", "request_id": "r2", "status": "error"},
+        {"ts": 2_500, "request_id": "r3", "prediction": {"label": 7}},  # no event_id
+        {"ts": 2_600, "event_id": "e4"},  # no request_id: not kept
+        {"ts": 1_000, "event_id": "e1", "request_id": "r1", "status": "ok"},  # replay
+        {"ts": 70_000, "event_id": "e5", "request_id": "r1", "status": "ok"},  # same request
+        {"ts": 71_000, "event_id": None, "request_id": "r6"},
+    ]
+    for e in events:
+        one.add_inference(G, e, e["ts"])
+    many.add_inferences([(G, e, e["ts"]) for e in events])
+    assert orjson.dumps(many.snapshot()) == orjson.dumps(one.snapshot())
+    assert many.stats() == one.stats()
+    assert [e["feedback"] for e in many.events(G, 0)] == [{"label": "billing"}]
+
+
+def test_a_replayed_inference_keeps_its_record_and_feedback() -> None:
+    join = FeedbackJoin(SPEC, 3600)
+    ev = {"ts": 1_000, "event_id": "e1", "request_id": "r1", "status": "ok"}
+    join.add_inferences([(G, ev, 1_000)])
+    join.add_feedback({"request_id": "r1", "ts": 2_000, "score": 1.0})
+    join.add_inferences([(G, dict(ev), 1_000)])
+    assert join.stats()["records"] == 1 and join.counts["inference_records"] == 1
+    assert [e["feedback"] for e in join.events(G, 0)] == [{"score": 1.0}]

@@ -125,3 +125,33 @@ def test_watermark_restore_does_not_trust_old_wall_times() -> None:
 
 def test_event_ms_accepts_rfc3339() -> None:
     assert event_ms({"ts": "2023-11-14T22:13:20.5Z"}) == 1_700_000_000_500
+
+
+def test_a_closed_window_keeps_one_event_per_event_id() -> None:
+    win = TumblingWindows(WindowSpec(10.0, 0.0))
+    events = [{"ts": 1_000 + i, "event_id": f"e{i}", "v": i} for i in range(5)]
+    for ev in [*events, events[3], dict(events[1]), events[3]]:  # replays, in any order
+        assert win.add(G, ev)
+    no_id = [{"ts": 2_000, "v": "a"}, {"ts": 2_000, "v": "b"}]  # no event_id: never merged
+    assert win.add_many([(G, e, 2_000) for e in no_id]) == []
+    [(group, start, got)] = win.close(10_000)
+    assert (group, start) == (G, 0)
+    assert [e.get("event_id") for e in got] == ["e0", "e1", "e2", "e3", "e4", None, None]
+    assert [e["v"] for e in got] == [0, 1, 2, 3, 4, "a", "b"]
+    assert win.duplicates == 3
+    other = TumblingWindows(WindowSpec(10.0, 0.0))
+    other.restore(win.snapshot())
+    assert other.duplicates == 3
+
+
+def test_add_many_equals_add_one_by_one() -> None:
+    spec = WindowSpec(10.0, 0.0)
+    one, many = TumblingWindows(spec), TumblingWindows(spec)
+    one.close(20_000)
+    many.close(20_000)
+    items = [((G, H)[i % 2], {"ts": ts, "event_id": str(i)}, ts)
+             for i, ts in enumerate([5_000, 25_000, 19_999, 20_000, 31_000, 1])]
+    late = [i for i, (g, e, ts) in enumerate(items) if not one.add(g, e, ts)]
+    assert many.add_many(items) == late == [0, 2, 5]
+    assert many.late == one.late
+    assert many.close_all() == one.close_all()

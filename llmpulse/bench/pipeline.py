@@ -352,7 +352,8 @@ def _latency_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run(quick: bool = False, rate: float = 20_000.0, seconds: float | None = None,
         seeds: list[int] | None = None, embedding: bool = True,
-        incidents: bool = True) -> dict[str, Any]:
+        incidents: bool = True, fault: bool | None = None) -> dict[str, Any]:
+    """``fault`` (default: not with ``quick``) adds :mod:`llmpulse.bench.fault`."""
     seconds = seconds or (20.0 if quick else 40.0)
     seeds = seeds or ([1] if quick else [1, 2, 3])
     root = Path(tempfile.mkdtemp(prefix="llmpulse-bench-pipeline-"))
@@ -369,6 +370,11 @@ def run(quick: bool = False, rate: float = 20_000.0, seconds: float | None = Non
                     worker = stack_stats(ep["http"])
             with _stack(root / "load", rules, embedding=embedding) as ep:
                 load = _throughput(ep, rate, seconds, event_pool(20_000))
+            fault_result: dict[str, Any] | None = None
+            if fault if fault is not None else not quick:
+                from llmpulse.bench import fault as fault_bench
+
+                fault_result = fault_bench.run(root / "fault")
         finally:
             shutil.rmtree(root, ignore_errors=True)
     return {
@@ -387,6 +393,7 @@ def run(quick: bool = False, rate: float = 20_000.0, seconds: float | None = Non
         "healthy": healthy,
         "false_pages": healthy.get("false_pages"),
         "notify": worker.get("notify", {}),
+        "fault": fault_result,
     }
 
 
@@ -421,6 +428,10 @@ def format_table(result: dict[str, Any]) -> str:
     h = result["healthy"]
     lines.append(f"false pages on a healthy {h.get('seconds', 0):g} s run: {result['false_pages']}"
                  + (f" ({', '.join(h['rules'])})" if h.get("rules") else ""))
+    if result.get("fault"):
+        from llmpulse.bench.fault import format_table as fault_table
+
+        lines.append(fault_table(result["fault"]))
     return "\n".join(lines)
 
 
@@ -432,10 +443,14 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=None, help="throughput run length")
     ap.add_argument("--seeds", type=int, nargs="*", default=None)
     ap.add_argument("--no-embedding", action="store_true")
-    ap.add_argument("--throughput-only", action="store_true", help="skip the incident runs")
+    ap.add_argument("--throughput-only", action="store_true",
+                    help="skip the incident runs and the fault run")
+    ap.add_argument("--fault", action=argparse.BooleanOptionalAction, default=None,
+                    help="kill -9 comparison (llmpulse.bench.fault; default: on unless --quick)")
     a = ap.parse_args()
     result = run(quick=a.quick, rate=a.rate, seconds=a.seconds, seeds=a.seeds,
-                 embedding=not a.no_embedding, incidents=not a.throughput_only)
+                 embedding=not a.no_embedding, incidents=not a.throughput_only,
+                 fault=False if a.throughput_only else a.fault)
     print(format_table(result))
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=2))

@@ -19,7 +19,7 @@ from detectors.drift import (
     ReferencePolicy,
     WassersteinDistance,
 )
-from detectors.drift.base import binned_percents, feature_values
+from detectors.drift.base import binned_percents, feature_values, value_counts
 from detectors.testing import synthetic_batch
 
 NUMERIC = [PopulationStabilityIndex, KolmogorovSmirnov, WassersteinDistance, JensenShannonDistance]
@@ -287,3 +287,38 @@ def test_asymptotic_ks_matches_scipy_asymp(numeric_pair):
     fresh = KolmogorovSmirnov()
     fresh.restore(json.loads(json.dumps(d.snapshot())))
     assert fresh.exact is False
+
+
+def _value_counts_by_sorting(values):
+    keys, counts = np.unique(values, return_counts=True)
+    return dict(zip(keys.tolist(), counts.tolist(), strict=True))
+
+
+@pytest.mark.parametrize("n", [1, 7, 5000, 20000])
+def test_value_counts_equal_numpy_unique_keys_counts_and_order(n):
+    rng = np.random.default_rng(n)
+    labels = np.array(["billing", "technical", "account", "other", "Refund", "é", ""], dtype=object)
+    cases = [
+        rng.choice(labels, n),
+        rng.choice(labels[:2], n),
+        np.array([f"v{i}" for i in rng.integers(0, 500, n)], dtype=object),
+        rng.integers(0, 6, n).astype(float),
+        rng.normal(size=n),
+    ]
+    for values in cases:
+        got = value_counts(values)
+        want = _value_counts_by_sorting(values)
+        assert got == want
+        assert list(got) == list(want)
+        assert all(type(v) is int for v in got.values())
+    assert value_counts(np.array([], dtype=object)) == {}
+
+
+def test_categorical_psi_and_chi_square_unchanged_by_counting_method(categorical_pair):
+    ref, cur = categorical_pair
+    p, q = binned_percents(ref, cur, "categorical", fill_zeroes=False)
+    ref_counts = _value_counts_by_sorting(ref)
+    cur_counts = _value_counts_by_sorting(cur)
+    keys = list(ref_counts.keys() | cur_counts.keys())
+    np.testing.assert_array_equal(p, np.array([ref_counts.get(k, 0) for k in keys]) / ref.size)
+    np.testing.assert_array_equal(q, np.array([cur_counts.get(k, 0) for k in keys]) / cur.size)

@@ -183,3 +183,70 @@ def test_two_workers_split_partitions_and_produce_the_same_signals_as_one(
     assert one.keys() == two.keys()
     diff = {k: (one[k], two[k]) for k in one if one[k] != two[k]}
     assert not diff, list(diff.items())[:5]
+
+
+
+def test_kill9_while_incidents_run_loses_no_window_and_pages_once(tmp_path) -> None:
+    """Seeded traffic with incidents, once undisturbed and once with the worker killed
+    (SIGKILL) mid-incident and restarted (:mod:`llmpulse.bench.fault`): the same signal
+    windows with the same values, the same alerts, every PagerDuty event once."""
+    from llmpulse.bench.fault import run as fault_run
+
+    r = fault_run(tmp_path, seed=7, duration=150.0)
+    assert r["late_dropped"] == 0, "late events void the comparison"
+    assert r["windows"] > 100 and r["alerts"] > 0 and r["pagerduty_triggers"] > 0, r
+    assert r["windows_missing"] == r["windows_extra"] == 0, r
+    assert r["windows_differing"] == 0, r["differing_examples"]
+    assert r["alerts_lost"] == r["alerts_extra"] == 0, r
+    assert r["duplicate_triggers"] == r["pages_lost"] == r["pages_extra"] == 0, r
+    # the restarted engine took in every event once: its counters live in its snapshot
+    assert r["engine_events_crashed"] == r["engine_events_reference"], r
+
+
+def test_a_page_owed_at_a_crash_is_sent_after_the_restart_and_only_once(
+        stack_factory, tmp_path) -> None:
+    """The alert state a killed worker left: a transition saved with its page still in the
+    outbox. The restarted worker sends it; the next restart does not send it again."""
+    from detectors.base import Signal
+    from streams.alerting import AlertManager
+    from streams.notify import Notifier
+    from streams.retrain_trigger import RetrainTrigger
+    from streams.rules import Rules
+
+    port = free_port()
+    server = HTTPServer(("127.0.0.1", port), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Hook.received.clear()
+    default = (Path(__file__).resolve().parents[2] / "llmpulse/rules/default.yaml").read_text()
+    text = default + f"\nnotify:\n  hook:\n    type: webhook\n    url: http://127.0.0.1:{port}/alerts\n"
+    rules_path = tmp_path / "rules.yaml"
+    rules_path.write_text(text)
+    rules = Rules.from_yaml(text)
+    am = AlertManager(rules)
+    events = []
+    for k in range(2):  # error-rate-high: for 2 windows
+        events += am.process(Signal("errors.rate", 0.3, n=500, ts=1_700_000_010.0 + 10 * k,
+                                    window_s=10.0, app="owed", model="m", model_version="1"))
+    (ev,) = events
+    state_dir = tmp_path / "owed" / "data" / "worker"
+    state_dir.mkdir(parents=True)
+    (state_dir / "alerts.json").write_text(json.dumps({
+        "alerts": am.snapshot(), "notifier": Notifier.from_rules(rules).snapshot(),
+        "trigger": RetrainTrigger.from_rules(rules).snapshot(),
+        "outbox": [{"kind": ev.kind, "row": ev.row, "key": list(ev.key)}]}))
+    write_config(tmp_path / "owed", 10, 20)
+    sp = stack_factory(tmp_path / "owed" / "data", LLMPULSE_RULES=str(rules_path))
+    try:
+        sp.start()
+        pages = wait_for(lambda: [h for h in _Hook.received if h["alert"]["app"] == "owed"],
+                         30, "the owed page")
+        assert [(p["kind"], p["alert"]["alert_id"]) for p in pages] == [("firing", ev.row["alert_id"])]
+        wait_for(lambda: sp.get("/api/stats")["alerts"]["pages_owed"] == 0, 10, "an empty outbox")
+        assert sp.stop() == 0
+        sp.start()
+        time.sleep(3)
+        assert len([h for h in _Hook.received if h["alert"]["app"] == "owed"]) == 1
+        assert sp.get("/api/stats")["alerts"]["alerts"].get("pages_resent_after_restart", 0) == 0
+    finally:
+        server.shutdown()
+        assert sp.stop() == 0

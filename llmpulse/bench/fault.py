@@ -1,0 +1,304 @@
+"""Fault benchmark: ``kill -9`` the worker while incidents run, restart it, compare.
+
+The same seeded traffic with incidents runs twice against a broker that
+outlives the worker (as an external Kafka would): once undisturbed (the
+reference) and once with the worker killed with SIGKILL shortly after the
+first page and restarted at once, while traffic and incidents go on. The
+two runs are then compared:
+
+* **signal windows**: every (group, signal, dimension, window) of the
+  reference exists in the crashed run with the same value and sample size
+  (``windows_missing``, ``windows_extra``, ``windows_differing``);
+* **alerts**: the same alerts. Alerts on signals computed from feedback
+  (:data:`FEEDBACK_SIGNALS`) are compared by (rule, signal, dimension,
+  state): their first computation depends on how much feedback had arrived
+  when the window closed, which differs between any two runs, so their
+  start may move by a window; every other alert is compared by its id
+  (which includes its start) (``alerts_lost``, ``alerts_extra``);
+* **PagerDuty**: events received by a local Events API v2 endpoint. No
+  alert may be triggered twice (``duplicate_triggers``: same ``dedup_key``
+  and alert id), and the crashed run's events match the reference's
+  (``pages_lost``, ``pages_extra``).
+
+Traffic is the simulator replayed ``speed`` times faster than real time,
+with event time in the past, so both runs see the same events at the same
+event times.
+
+    python -m llmpulse.bench.fault --json fault.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from llmpulse.bench._stack import post_sql, stack_stats
+from llmpulse.stack import wait_for_endpoints
+
+__all__ = ["FEEDBACK_SIGNALS", "compare", "run"]
+
+FEEDBACK_SIGNALS: tuple[str, ...] = (
+    "quality.accuracy",
+    "quality.feedback_score",
+    "hallucination.flagged_rate",
+    "bias.accuracy_gap",
+    "bias.equalized_odds_difference",
+    "bias.feedback_score_gap",
+    "bias.hallucination_rate_gap",
+)
+"""Signals of the feedback join (the engine's ``quality`` family)."""
+
+INCIDENTS = ["latency_spike:20:90:factor=5", "hallucination_burst:40:120"]
+
+_CONFIG = ("signals:\n  latency_window_s: 10\n  window_s: 20\n  poll_s: 0.5\n"
+           "  snapshot_s: 2\n")  # snapshots every 2 s: the kill lands between two of them
+
+
+class _Worker:
+    """``llmpulse up`` against an external broker, started, killed and restarted."""
+
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self.root = root
+        self.data_dir = root / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (root / "llmpulse.yaml").write_text(_CONFIG)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPULSE_")}
+        self.env.update({"LLMPULSE_DATA_DIR": str(self.data_dir), "HF_HUB_OFFLINE": "1", **env})
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.http = ""
+        self.starts = 0
+
+    def start(self) -> float:
+        """Start; the seconds until it is ready."""
+        (self.data_dir / "endpoints.json").unlink(missing_ok=True)  # left by a killed run
+        self.starts += 1
+        log = open(self.root / f"up-{self.starts}.log", "wb")  # noqa: SIM115 - the child keeps it
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen([sys.executable, "-m", "llmpulse.cli", "up"], env=self.env,
+                                     stdout=log, stderr=subprocess.STDOUT, cwd=str(self.root))
+        log.close()
+        try:
+            self.http = wait_for_endpoints(self.proc, self.data_dir, 120)["http"]
+        except RuntimeError as exc:
+            self.kill()
+            raise RuntimeError(f"{exc}; see {self.root}/up-{self.starts}.log") from None
+        return time.monotonic() - t0
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return -9
+
+
+def _drive(bootstrap: str, app: str, seed: int, duration: float, start: float, speed: float,
+           out: dict[str, Any]) -> None:
+    from llmpulse.monitor import Monitor
+    from llmpulse.simulate import Incident, SupportAppSimulator
+    from llmpulse.simulate import run as run_sim
+
+    sim = SupportAppSimulator(seed=seed, rate=40.0, start_ts=start, app=app,
+                              incidents=[Incident.parse(i) for i in INCIDENTS])
+    t0 = time.monotonic()
+    with Monitor(app=app, bootstrap=bootstrap) as mon:
+        out.update(run_sim(mon, sim, duration, realtime=True,
+                           clock=lambda: t0 + (time.monotonic() - t0) * speed))
+        mon.flush(60)
+
+
+def _wait(fn: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.5)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def _read(data_dir: Path) -> dict[str, Any]:
+    from llmpulse.store import Store
+
+    store = Store.open(f"chdb://{data_dir / 'store'}", ddl=False)
+    try:
+        signals = store.query(
+            "SELECT app, model, model_version, signal, dimension, toString(ts) AS t, value, n "
+            "FROM signals FINAL WHERE app != 'llmpulse'")
+        alerts = store.query(
+            "SELECT alert_id, rule, state, signal, dimension, toString(started_at) AS s "
+            "FROM alerts FINAL WHERE app != 'llmpulse'")
+    finally:
+        store.close()
+    return {
+        "signals": {(r["app"], r["model"], r["model_version"], r["signal"], r["dimension"], r["t"]):
+                    (round(float(r["value"]), 6), int(r["n"])) for r in signals},
+        "alerts": [tuple(str(v) for v in r.values()) for r in alerts],
+    }
+
+
+def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, duration: float,
+             start: float, speed: float) -> dict[str, Any]:
+    from llmpulse.broker import EmbeddedBroker, create_topics
+    from llmpulse.events import TOPICS
+
+    with EmbeddedBroker() as b:
+        create_topics(b.bootstrap, {t: 4 for t in TOPICS})
+        worker = _Worker(root, {"LLMPULSE_KAFKA": b.bootstrap, "LLMPULSE_RULES": str(rules)})
+        first = len(hook.received)
+        out: dict[str, Any] = {}
+        restart_s = None
+        try:
+            worker.start()
+            traffic = threading.Thread(target=_drive, args=(b.bootstrap, "support-assistant", seed,
+                                                            duration, start, speed, out))
+            traffic.start()
+            if crash:
+                _wait(lambda: any(p.get("event_action") == "trigger"
+                                  for _, p in hook.received[first:]), 120, "a first page")
+                time.sleep(2.5)
+                worker.kill()
+                if not traffic.is_alive():
+                    raise RuntimeError("the traffic ended before the kill")
+                restart_s = worker.start()
+            traffic.join()
+            total = int(out["inference"])
+            _wait(lambda: post_sql(worker.http, "SELECT count() AS n FROM inference_events FINAL")
+                  [0]["n"] >= total, 120, "every event stored")
+            time.sleep(1.5)  # engine counters in /api/stats refresh once a poll
+            stats = stack_stats(worker.http)["signals"]
+        finally:
+            code = worker.stop()  # flushes the open windows
+        if code != 0:
+            raise RuntimeError(f"llmpulse up exited {code}; see {root}")
+    eng = stats["engine"]
+    return {**_read(worker.data_dir), "pages": [p for _, p in hook.received[first:]],
+            "events": total, "restart_s": restart_s,
+            "engine_events": int(eng["events_in"]) - int(eng.get("duplicates_dropped", 0)),
+            "late_dropped": int(eng["late_dropped"]),
+            "duplicates_dropped": int(eng.get("duplicates_dropped", 0)),
+            "replay": {k: int(stats.get(k, 0)) for k in ("replay_seeks", "replay_skipped",
+                                                           "replay_gaps", "snapshots")}}
+
+
+def _alert_view(alerts: list[tuple[str, ...]]) -> Counter[tuple[str, ...]]:
+    # (alert_id, rule, state, signal, dimension, started_at)
+    return Counter(a if a[3] not in FEEDBACK_SIGNALS else ("", a[1], a[2], a[3], a[4], "")
+                   for a in alerts)
+
+
+def _page_view(pages: list[dict[str, Any]]) -> Counter[tuple[str, str, str]]:
+    out: Counter[tuple[str, str, str]] = Counter()
+    for p in pages:
+        details = p.get("payload", {}).get("custom_details", {})
+        alert = details.get("alert_id", "") if details.get("signal") not in FEEDBACK_SIGNALS else ""
+        out[(str(p.get("dedup_key")), str(p.get("event_action")), str(alert))] += 1
+    return out
+
+
+def compare(ref: dict[str, Any], crashed: dict[str, Any]) -> dict[str, Any]:
+    """Figures of a crashed run against its reference (see the module docstring)."""
+    rs, cs = ref["signals"], crashed["signals"]
+    differing = sorted(k for k in set(rs) & set(cs) if rs[k] != cs[k])
+    ra, ca = _alert_view(ref["alerts"]), _alert_view(crashed["alerts"])
+    rp, cp = _page_view(ref["pages"]), _page_view(crashed["pages"])
+    triggers = Counter((p["dedup_key"], p["payload"]["custom_details"]["alert_id"])
+                       for p in crashed["pages"] if p.get("event_action") == "trigger")
+    return {
+        "windows": len(rs),
+        "windows_missing": len(set(rs) - set(cs)),
+        "windows_extra": len(set(cs) - set(rs)),
+        "windows_differing": len(differing),
+        "differing_examples": [[list(k), rs[k], cs[k]] for k in differing[:5]],
+        "alerts": sum(ra.values()),
+        "alerts_lost": sum((ra - ca).values()),
+        "alerts_extra": sum((ca - ra).values()),
+        "pagerduty_events": sum(cp.values()),
+        "pagerduty_triggers": sum(triggers.values()),
+        "duplicate_triggers": sum(n - 1 for n in triggers.values() if n > 1),
+        "pages_lost": sum((rp - cp).values()),
+        "pages_extra": sum((cp - rp).values()),
+        "events": crashed["events"],
+        "engine_events_reference": ref["engine_events"],
+        "engine_events_crashed": crashed["engine_events"],
+        "late_dropped": ref["late_dropped"] + crashed["late_dropped"],
+        "duplicates_dropped": crashed["duplicates_dropped"],
+        "restart_s": crashed["restart_s"],
+        "replay": crashed["replay"],
+    }
+
+
+def run(root: Path | None = None, *, seed: int = 7, duration: float = 150.0,
+        speed: float = 6.0, quick: bool = False) -> dict[str, Any]:
+    """Both runs and their comparison (``root``: where the runs keep their files).
+    ``quick`` changes nothing: the incidents need the whole run, about a minute each."""
+    from llmpulse.bench.pipeline import WebhookReceiver
+
+    root = root or Path(tempfile.mkdtemp(prefix="llmpulse-bench-fault-"))
+    start = time.time() - duration - 5
+    with WebhookReceiver() as hook:
+        import yaml
+
+        text = resources.files("llmpulse.rules").joinpath("default.yaml").read_text(encoding="utf-8")
+        rules = yaml.safe_load(text)
+        rules["notify"] = {"oncall": {"type": "pagerduty", "routing_key": "r" * 32,
+                                      "url": hook.url}}
+        rules_path = root / "rules.yaml"
+        rules_path.parent.mkdir(parents=True, exist_ok=True)
+        rules_path.write_text(yaml.safe_dump(rules, sort_keys=False))
+        kw = {"seed": seed, "duration": duration, "start": start, "speed": speed}
+        ref = _one_run(root / "reference", rules_path, hook, crash=False, **kw)
+        crashed = _one_run(root / "crash", rules_path, hook, crash=True, **kw)
+    return {"benchmark": "fault", "seed": seed, "event_seconds": duration, "speed": speed,
+            "incidents": INCIDENTS, **compare(ref, crashed)}
+
+
+def format_table(r: dict[str, Any]) -> str:
+    return "\n".join([
+        f"fault: kill -9 of the worker mid-incident, restarted ({r['events']} inference events, "
+        f"{r['event_seconds']:g} s of event time at {r['speed']:g}x, seed {r['seed']}; "
+        f"restart took {r['restart_s']:.1f} s)",
+        f"  signal windows: {r['windows']} in the reference; missing {r['windows_missing']}, "
+        f"extra {r['windows_extra']}, different value {r['windows_differing']}",
+        f"  alerts: {r['alerts']}; lost {r['alerts_lost']}, extra {r['alerts_extra']}",
+        f"  PagerDuty: {r['pagerduty_events']} events, {r['pagerduty_triggers']} triggers; "
+        f"triggered twice {r['duplicate_triggers']}, lost {r['pages_lost']}, extra {r['pages_extra']}",
+        f"  engine events: {r['engine_events_crashed']} (reference {r['engine_events_reference']}); "
+        f"duplicates dropped {r['duplicates_dropped']}, late {r['late_dropped']}; replay {r['replay']}",
+    ])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--seconds", type=float, default=150.0, help="event time of each run")
+    a = ap.parse_args()
+    result = run(seed=a.seed, duration=a.seconds)
+    print(format_table(result))
+    if a.json:
+        Path(a.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
