@@ -22,7 +22,10 @@ and moves it
 
 Time is the signals' event time (``Signal.ts``, the window end), never the
 wall clock, so replays and tests are deterministic; a signal not newer than
-the last one seen for its key (a replay after a restart) is ignored. Alert
+the last one seen for its key (a replay after a restart) is ignored, with
+one exception: the latest window recomputed (late feedback re-emits a
+window with more labels) that was healthy and now breaches counts as a
+breaching window, as if it had come so the first time. Alert
 ids are derived from the key and the start time, so a replayed alert is the
 same row (the ``alerts`` table keeps the latest ``updated_at`` per id).
 
@@ -111,11 +114,16 @@ class _State:
     alert: dict[str, Any] | None = None  # the open alert's row, detail as a mapping
     resolved_at: float | None = None
     fires: list[float] = field(default_factory=list)
+    # the latest window's verdict, and the streak a healthy verdict on it reset
+    # ([breaches, streak_start, values]), so a recomputation that breaches can restore it
+    last_breached: bool = False
+    undo: list[Any] | None = None
 
     def idle(self, ts: float, rule: Rule) -> bool:
         """Nothing to remember: no streak, no open alert, no cooldown or fire history."""
         return (
             self.breaches == 0
+            and self.undo is None
             and self.alert is None
             and (self.resolved_at is None or ts >= self.resolved_at + rule.cooldown)
             and not any(ts - f < _HOUR for f in self.fires)
@@ -149,7 +157,7 @@ class AlertManager:
         self._open_timed: set[AlertKey] = set()  # open alerts of rules with resolve_after
         self.watermark = -math.inf
         self.counters: dict[str, int] = dict.fromkeys(
-            ("signals", "matched", "ignored", "replayed", "fired", "resolved",
+            ("signals", "matched", "ignored", "replayed", "recomputed_breach", "fired", "resolved",
              "suppressed_cooldown", "suppressed_rate"), 0)
 
     # -- the stream ------------------------------------------------------------
@@ -192,6 +200,14 @@ class AlertManager:
         if st is None:
             st = self._states[key] = _State()
         if s.ts <= st.last_ts:
+            if s.ts == st.last_ts and not st.last_breached and rule.evaluate(s) is Verdict.BREACH:
+                self.counters["recomputed_breach"] += 1
+                if st.alert is not None:
+                    st.healthy = max(0, st.healthy - 1)  # that window was counted healthy
+                elif st.undo is not None:
+                    st.breaches, st.streak_start, st.values = st.undo
+                st.undo = None
+                return self._breach(rule, key, st, s)
             self.counters["replayed"] += 1
             return None
         verdict = rule.evaluate(s)
@@ -202,34 +218,41 @@ class AlertManager:
         st.last_ts = s.ts
         if st.alert is None and s.window_s > 0 and gap > MAX_GAP_WINDOWS * s.window_s:
             st.breaches = 0
-        event: AlertEvent | None = None
         if verdict is Verdict.BREACH:
-            st.healthy = 0
-            if st.breaches == 0:
-                st.streak_start = s.ts - s.window_s
-                st.values = []
-            st.breaches += 1
-            st.values = (st.values + [[s.ts, float(s.value), s.n]])[-self.keep_values:]
-            st.last_breach_ts = s.ts
-            st.signal_detail = _scalars(s.detail)
-            if isinstance(s.detail.get("report"), str):
-                st.report = s.detail["report"]
-            if st.alert is not None:
-                st.alert["value"] = float(s.value)
-            elif st.breaches >= rule.for_:
-                event = self._maybe_fire(rule, key, st, s)
+            return self._breach(rule, key, st, s)
+        event: AlertEvent | None = None
+        st.last_breached = False
+        st.undo = [st.breaches, st.streak_start, list(st.values)] if st.breaches else None
+        st.breaches = 0
+        if st.alert is not None:
+            st.healthy += 1
+            if st.healthy >= rule.resolve_for:
+                event = self._resolve(rule, key, st, s.ts, float(s.value),
+                                      f"{st.healthy} healthy window(s)")
         else:
-            st.breaches = 0
-            if st.alert is not None:
-                st.healthy += 1
-                if st.healthy >= rule.resolve_for:
-                    event = self._resolve(rule, key, st, s.ts, float(s.value),
-                                          f"{st.healthy} healthy window(s)")
-            else:
-                st.values = []
-                st.streak_start = None
+            st.values = []
+            st.streak_start = None
         if st.idle(s.ts, rule):
             del self._states[key]
+        return event
+
+    def _breach(self, rule: Rule, key: AlertKey, st: _State, s: Signal) -> AlertEvent | None:
+        event: AlertEvent | None = None
+        st.last_breached = True
+        st.healthy = 0
+        if st.breaches == 0:
+            st.streak_start = s.ts - s.window_s
+            st.values = []
+        st.breaches += 1
+        st.values = (st.values + [[s.ts, float(s.value), s.n]])[-self.keep_values:]
+        st.last_breach_ts = s.ts
+        st.signal_detail = _scalars(s.detail)
+        if isinstance(s.detail.get("report"), str):
+            st.report = s.detail["report"]
+        if st.alert is not None:
+            st.alert["value"] = float(s.value)
+        elif st.breaches >= rule.for_:
+            event = self._maybe_fire(rule, key, st, s)
         return event
 
     def _maybe_fire(self, rule: Rule, key: AlertKey, st: _State, s: Signal) -> AlertEvent | None:

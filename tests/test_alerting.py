@@ -121,6 +121,30 @@ def test_replayed_and_out_of_order_signals_are_ignored() -> None:
     assert am.stats()["replayed"] == 2
 
 
+def test_a_recomputed_window_that_now_breaches_counts_once() -> None:
+    """Late feedback re-emits a window: healthy on its first computation, breaching
+    with more labels. It joins the streak it interrupted; the same value again, or
+    an older window recomputed, changes nothing."""
+    am = AlertManager(rules(**{"for": 3}))
+    assert am.process(sig(1, HI)) + am.process(sig(2, LO)) == []
+    assert am.process(sig(2, LO)) == []  # recomputed, still healthy
+    assert am.process(sig(2, HI)) == []  # now breaching: streak of 2
+    assert am.process(sig(2, HI)) == []  # the same again: a replay
+    fired = am.process(sig(3, HI))
+    assert [e.kind for e in fired] == ["firing"]
+    assert fired[0].row["started_at"] == sig(1, HI).ts - sig(1, HI).window_s
+    assert am.process(sig(1, HI)) == []
+    st = am.stats()
+    assert (st["recomputed_breach"], st["replayed"]) == (1, 3)
+    # and the state survives a restart mid-way
+    am2 = AlertManager(rules(**{"for": 2}))
+    am2.process(sig(1, HI))
+    am2.process(sig(2, LO))
+    am3 = AlertManager(rules(**{"for": 2}))
+    am3.restore(am2.snapshot())
+    assert [e.kind for e in am3.process(sig(2, HI))] == ["firing"]
+
+
 def test_not_significant_windows_count_as_healthy() -> None:
     am = AlertManager(rules(signal="bias.*", op="<", threshold=-0.1, **{"for": 2, "resolve_for": 1}))
     def s(i: int, significant: bool) -> Signal:
