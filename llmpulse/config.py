@@ -75,6 +75,9 @@ class SignalSettings:
     """How long feedback waits for its inference to be stored before it counts as unmatched."""
     process: bool = True
     """Run windows and detectors in a child process, off the ingest path's interpreter lock."""
+    engine_processes: int = 2
+    """Child processes the groups are spread over (by a hash of app/model/version), so
+    window closes of different groups run on different cores (with ``process``)."""
     notify_in_worker: bool = True
     """Workers page on-call themselves; false when a separate notifier service
     (``python -m streams.notify``) consumes ``llmpulse.alerts`` instead."""
@@ -204,13 +207,16 @@ def load_settings(
     session = raw.get("session_timeout_s", 6.0)
     if not isinstance(session, (int, float)) or isinstance(session, bool) or not 1 <= session <= 300:
         raise ConfigError(f"session_timeout_s: must be a number of seconds in 1..300, got {session!r}")
+    signals = _sub(SignalSettings, raw.get("signals"), "signals")
+    if signals.engine_processes < 1:
+        raise ConfigError(f"signals.engine_processes: must be >= 1, got {signals.engine_processes!r}")
     return Settings(
         data_dir=data,
         kafka=kafka,
         clickhouse=ch,
         rules=rules_path,
         ingest=_sub(IngestSettings, raw.get("ingest"), "ingest"),
-        signals=_sub(SignalSettings, raw.get("signals"), "signals"),
+        signals=signals,
         http=_sub(HttpSettings, raw.get("http"), "http"),
         session_timeout_s=float(session),
     )

@@ -245,6 +245,7 @@ class _Counters:
     feedback_in: int = 0
     windows_closed: int = 0
     windows_reemitted: int = 0
+    polls_cut: int = 0
     signals_out: int = 0
     partials_out: int = 0
     close_delay_last_s: float = 0.0
@@ -266,6 +267,7 @@ class SignalEngine:
     feedback; ``reemit_interval_s`` how often (wall clock) windows that got
     late feedback are recomputed, so a trickle of feedback into a window
     re-emits it once per interval, not once per feedback.
+    ``close_budget_s``: see :meth:`advance`.
     ``role`` and ``worker`` are for scale-out (module docstring).
     """
 
@@ -279,6 +281,7 @@ class SignalEngine:
         horizon_s: float = 3600.0,
         max_pending_feedback: int = 100_000,
         reemit_interval_s: float = 10.0,
+        close_budget_s: float = 0.0,
         role: Role = "all",
         worker: str = "",
     ) -> None:
@@ -294,6 +297,7 @@ class SignalEngine:
         self.worker = worker
         self.horizon_s = float(horizon_s)
         self.reemit_interval_s = float(reemit_interval_s)
+        self.close_budget_s = float(close_budget_s)
         self._last_redo = -float("inf")
         self._watermark = Watermark(idle_s)
         self._instances: dict[tuple[str, Group], list[Detector]] = {}
@@ -303,7 +307,8 @@ class SignalEngine:
         for fam in self.detectors:
             if fam != "quality" and self._family_runs(fam):
                 self._specs.setdefault(self.windows[fam], []).append(fam)
-        self._buffers = {spec: TumblingWindows(spec) for spec in self._specs}
+        self._buffers = {spec: TumblingWindows(spec)
+                         for spec in sorted(self._specs, key=lambda sp: sp.length_ms)}
         self._join: FeedbackJoin | None = None
         if "quality" in self.detectors and self._family_runs("quality"):
             self._join = FeedbackJoin(
@@ -380,11 +385,22 @@ class SignalEngine:
     # -- output -------------------------------------------------------------------
 
     def advance(self, now: float | None = None) -> list[Signal]:
-        """Close what the watermark allows at wall time ``now``; the signals."""
+        """Close what the watermark allows at wall time ``now``; the signals.
+
+        Window lengths are closed shortest first; once the closes of one
+        length produced signals and took ``close_budget_s`` or more, the
+        longer ones wait for the next call (made at once by a caller that
+        gets signals back), so a minute window's detectors never hold up the
+        ten-second windows that became due with it."""
         now = self.clock() if now is None else now
         wm = self._watermark.current(now)
         out: list[Signal] = []
+        t0 = time.perf_counter()
         for spec, buf in self._buffers.items():
+            if out and time.perf_counter() - t0 >= self.close_budget_s:
+                self._c.polls_cut += 1
+                self._c.signals_out += len(out)
+                return out
             threshold = None if wm is None else wm - spec.lateness_ms
             for group, start, events in buf.close(threshold):
                 out += self._close(self._specs[spec], spec, group, start, events, now)
@@ -525,6 +541,7 @@ class SignalEngine:
             "feedback_in": c.feedback_in,
             "windows_closed": c.windows_closed,
             "windows_reemitted": c.windows_reemitted,
+            "polls_cut": c.polls_cut,
             "open_windows": sum(len(b) for b in self._buffers.values()),
             "signals_out": c.signals_out,
             "partials_out": c.partials_out,

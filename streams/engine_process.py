@@ -27,10 +27,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import pickle
 import threading
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["EngineProcess", "LocalEngine", "add_chunks", "tune_gc"]
+__all__ = ["EngineProcess", "LocalEngine", "ShardedEngine", "add_chunks", "merge_stats", "tune_gc"]
 
 Chunk = tuple[int, bytes]
 """(source partition, newline-delimited events: inferences and feedback mixed)."""
@@ -208,10 +209,16 @@ class EngineProcess:
 
     def _call(self, cmd: str, arg: Any = None) -> Any:
         with self._lock:
-            if self._proc is None or not self._proc.is_alive():
-                raise RuntimeError("the signal engine process is not running")
-            self._conn.send((cmd, arg))
-            status, out = self._conn.recv()
+            self._send(cmd, arg)
+            return self._recv()
+
+    def _send(self, cmd: str, arg: Any = None) -> None:
+        if self._proc is None or not self._proc.is_alive():
+            raise RuntimeError("the signal engine process is not running")
+        self._conn.send((cmd, arg))
+
+    def _recv(self) -> Any:
+        status, out = self._conn.recv()
         if status != "ok":
             raise RuntimeError(f"signal engine: {out}")
         return out
@@ -251,3 +258,146 @@ class EngineProcess:
             self._proc.join(5)
         self._conn.close()
         self._proc = None
+
+
+class ShardedEngine:
+    """Several :class:`EngineProcess` shards, each owning the groups whose key
+    hashes to it, called in parallel: window closes (detectors) of different
+    groups run on different cores. Chunks are ``(source, blob, group key)``:
+    the key is the ``llmpulse.grouped`` message key, so a group's inferences and
+    its feedback reach the same shard. Signals come back sorted by (ts, group,
+    signal, dimension), as one engine would give them.
+
+    >>> eng = ShardedEngine(2, engine_kwargs={"windows": None}, detectors="default")
+    >>> eng.start()
+    >>> line = (b'{"event_id":"e%d","request_id":"r%d","ts":1700000000000,"app":"a",'
+    ...         b'"model":"m%d","model_version":"1","latency_ms":12.5,"status":"ok",'
+    ...         b'"input_tokens":1,"output_tokens":2}')
+    >>> eng.add([(0, line % (i, i, i), b"a/m%d/1" % i) for i in range(4)])
+    >>> eng.stats()["events_in"], len(eng.stats()["shards"])
+    (4, 2)
+    >>> [(s.model, s.signal) for s in eng.flush()]  # doctest: +NORMALIZE_WHITESPACE
+    [('m0', 'tokens.output_per_s'), ('m1', 'tokens.output_per_s'),
+     ('m2', 'tokens.output_per_s'), ('m3', 'tokens.output_per_s')]
+    >>> eng.stop()
+    """
+
+    def __init__(self, shards: int, *, engine_kwargs: dict[str, Any] | None = None,
+                 detectors: Any = "default") -> None:
+        if shards < 1:
+            raise ValueError(f"shards: need >= 1, got {shards!r}")
+        self.shards = [EngineProcess(engine_kwargs=engine_kwargs, detectors=detectors)
+                       for _ in range(shards)]
+
+    def start(self) -> None:
+        for sh in self.shards:
+            sh.start()
+
+    def shard_of(self, key: bytes) -> int:
+        """Stable across processes and restarts (not Python's salted ``hash``)."""
+        return zlib.crc32(key) % len(self.shards)
+
+    def _all(self, cmd: str, args: Sequence[Any] | None = None) -> list[Any]:
+        """``cmd`` to every shard at once (each with its own argument), then the replies."""
+        for sh in self.shards:
+            sh._lock.acquire()
+        try:
+            # every shard sent to is read from, even when one fails: the pipes stay in step
+            sent: list[EngineProcess] = []
+            error: Exception | None = None
+            for i, sh in enumerate(self.shards):
+                try:
+                    sh._send(cmd, None if args is None else args[i])
+                    sent.append(sh)
+                except Exception as exc:
+                    error = error or exc
+            outs: list[Any] = []
+            for sh in sent:
+                try:
+                    outs.append(sh._recv())
+                except Exception as exc:
+                    error = error or exc
+            if error is not None:
+                raise error
+            return outs
+        finally:
+            for sh in self.shards:
+                sh._lock.release()
+
+    def add(self, chunks: Sequence[tuple[int, bytes, bytes]]) -> None:
+        parts: list[list[Chunk]] = [[] for _ in self.shards]
+        for source, blob, key in chunks:
+            parts[self.shard_of(key)].append((source, blob))
+        busy = [i for i, p in enumerate(parts) if p]
+        if len(busy) == 1:
+            self.shards[busy[0]].add(parts[busy[0]])
+        elif busy:
+            self._all("add", parts)
+
+    def poll(self) -> list[Any]:
+        return _sorted([s for out in self._all("poll") for s in out])
+
+    def flush(self) -> list[Any]:
+        return _sorted([s for out in self._all("flush") for s in out])
+
+    def stats(self) -> dict[str, Any]:
+        return merge_stats(self._all("stats"))
+
+    def snapshot_bytes(self) -> bytes:
+        return pickle.dumps({"shards": self._all("snapshot")}, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore_bytes(self, state: bytes) -> None:
+        shards = pickle.loads(state)["shards"]
+        if len(shards) != len(self.shards):
+            raise ValueError(f"a snapshot of {len(shards)} engine shard(s), "
+                             f"this worker runs {len(self.shards)}")
+        self._all("restore", shards)
+
+    def forget_source(self, source: int) -> None:
+        self._all("forget", [source] * len(self.shards))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for sh in self.shards:
+            sh.stop(timeout)
+
+
+def _sorted(signals: list[Any]) -> list[Any]:
+    return sorted(signals, key=lambda s: (s.ts, s.app, s.model, s.model_version, s.signal,
+                                          s.dimension))
+
+
+def merge_stats(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The counters of several engines as one: sums, except maxima (``max``,
+    ``last``), means weighted by windows closed, and the smallest watermark;
+    each shard's own counters under ``shards``.
+
+    >>> merge_stats([{"events_in": 2, "close_delay_s": {"last": 1.0, "max": 3.0, "mean": 1.0},
+    ...               "windows_closed": 1, "watermark_ms": 50, "detector_seconds": {"a": 1.0}},
+    ...              {"events_in": 3, "close_delay_s": {"last": 2.0, "max": 2.0, "mean": 2.0},
+    ...               "windows_closed": 3, "watermark_ms": None, "detector_seconds": {"a": 0.5}}])
+    ... # doctest: +ELLIPSIS
+    {'events_in': 5, 'close_delay_s': {'last': 2.0, 'max': 3.0, 'mean': 1.75}, 'windows_closed': 4, 'watermark_ms': 50, 'detector_seconds': {'a': 1.5}, 'shards': [...]}
+    """
+    weights = [max(0, int(p.get("windows_closed", 0))) for p in parts]
+
+    def merge(values: list[Any], key: str) -> Any:
+        present = [v for v in values if v is not None]
+        if not present:
+            return None
+        if all(isinstance(v, dict) for v in present):
+            keys = list(dict.fromkeys(k for v in present for k in v))
+            return {k: merge([v.get(k) for v in present], k) for k in keys}
+        if key == "watermark_ms":
+            return min(present)
+        if key in ("max", "last"):
+            return max(present)
+        if key == "mean":
+            total = sum(weights) or 1
+            return sum(v * w for v, w in zip(values, weights, strict=True) if v is not None) / total
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+            return sum(present)
+        return present[0]
+
+    out = {k: merge([p.get(k) for p in parts], k) for k in dict.fromkeys(k for p in parts for k in p)}
+    out["shards"] = list(parts)
+    return out

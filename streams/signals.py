@@ -17,7 +17,9 @@ Partitioning, end to end:
   reaches one worker, so a window never spans workers and two workers produce
   the same signals as one (the test in ``tests/integration`` checks it).
   The engine (:mod:`streams.engine`) windows by event time, joins feedback and
-  runs the detectors in one dedicated thread, off the event loop.
+  runs the detectors in child processes (``signals.engine_processes``, the
+  groups spread over them by a hash of their key), called from one thread
+  off the event loop.
 
 Signals go to the ``signals`` table (a ``ReplacingMergeTree``: a window
 recomputed after late feedback replaces its earlier row) and to
@@ -66,6 +68,7 @@ log = logging.getLogger(__name__)
 MAX_FORWARD_BYTES = 512 * 1024
 SOURCE_HEADER = "llmpulse-source"
 """Header of forwarded inference chunks: the ``llmpulse.inference`` partition they came from."""
+MAX_POLLS_IN_A_ROW = 8
 STATE_VERSION = 2
 """Format of ``signals.pkl``: the engine's snapshot with the grouped offsets it covers."""
 REWIND_TIMEOUT_S = 30.0
@@ -121,7 +124,7 @@ class SignalAgents:
 
     def __init__(self, app: faust.App, settings: Settings, store: Store, sink: RawSink,
                  *, health: Callable[[], Awaitable[list[Signal]]] | None = None) -> None:
-        from streams.engine_process import EngineProcess, LocalEngine
+        from streams.engine_process import EngineProcess, LocalEngine, ShardedEngine
         from streams.windows import DEFAULT_WINDOWS, WindowSpec
 
         cfg = settings.signals
@@ -135,12 +138,18 @@ class SignalAgents:
         for fam, spec in DEFAULT_WINDOWS.items():
             length = cfg.latency_window_s if fam == "latency" else cfg.window_s
             windows[fam] = WindowSpec(length_s=length, lateness_s=spec.lateness_s * length / spec.length_s)
-        engine_cls = EngineProcess if cfg.process else LocalEngine
-        self.engine = engine_cls(
-            engine_kwargs={"windows": windows},
-            detectors={"embedding": cfg.embedding,
-                       "hallucination_max_scored": cfg.hallucination_max_scored},
-        )
+        engine_kwargs: dict[str, Any] = {"windows": windows}
+        detectors = {"embedding": cfg.embedding,
+                     "hallucination_max_scored": cfg.hallucination_max_scored}
+        self.engine: Any
+        if cfg.process and cfg.engine_processes > 1:
+            self.engine = ShardedEngine(cfg.engine_processes, engine_kwargs=engine_kwargs,
+                                        detectors=detectors)
+        elif cfg.process:
+            self.engine = EngineProcess(engine_kwargs=engine_kwargs, detectors=detectors)
+        else:
+            self.engine = LocalEngine(engine_kwargs=engine_kwargs, detectors=detectors)
+        self._keyed = isinstance(self.engine, ShardedEngine)  # chunks carry their group key
         self.engine.start()
         self._state_path = settings.data_dir / "worker" / "signals.pkl"
         self._pending_path = settings.data_dir / "worker" / "pending_feedback.pkl"
@@ -218,7 +227,9 @@ class SignalAgents:
             async for events in stream.take_events(1000, within=0.2):
                 messages = await self._replay_filter([ev.message for ev in events])
                 if messages:
-                    chunks = [(_source(m), m.value) for m in messages]
+                    chunks: list[Any] = (
+                        [(_source(m), m.value, m.key) for m in messages] if self._keyed
+                        else [(_source(m), m.value) for m in messages])
                     ends = {m.partition: m.offset + 1 for m in messages}
                     await loop.run_in_executor(self._exec, self._add, chunks, ends)
                 positions = self.app.llmpulse_stats.positions  # type: ignore[attr-defined]
@@ -232,6 +243,13 @@ class SignalAgents:
         async def poll_windows() -> None:
             loop = asyncio.get_running_loop()
             signals = await loop.run_in_executor(self._exec, self._poll)
+            # the engine closes short windows first and may leave longer ones for the
+            # next poll: emit what came, and poll again at once while polls give signals
+            for _ in range(MAX_POLLS_IN_A_ROW):
+                if not signals:
+                    break
+                await self.emit(signals)
+                signals = await loop.run_in_executor(self._exec, self._poll)
             if self.pending_feedback:
                 items, self.pending_feedback = self.pending_feedback, []
                 self._routing = items  # still on disk until routed
@@ -249,7 +267,7 @@ class SignalAgents:
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(self._exec, self._save)
 
-    def _add(self, chunks: list[tuple[int, bytes]], ends: dict[int, int]) -> None:
+    def _add(self, chunks: list[Any], ends: dict[int, int]) -> None:
         # in the engine's thread, like _save: the positions move with the engine's state
         self.engine.add(chunks)
         self._positions.update(ends)
