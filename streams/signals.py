@@ -138,7 +138,10 @@ class SignalAgents:
         for fam, spec in DEFAULT_WINDOWS.items():
             length = cfg.latency_window_s if fam == "latency" else cfg.window_s
             windows[fam] = WindowSpec(length_s=length, lateness_s=spec.lateness_s * length / spec.length_s)
-        engine_kwargs: dict[str, Any] = {"windows": windows}
+        # windows recomputed for late feedback every quarter window (1-10 s): a
+        # labelled incident's evidence lands within a window of its feedback
+        engine_kwargs: dict[str, Any] = {"windows": windows,
+                                         "reemit_interval_s": min(10.0, max(1.0, cfg.window_s / 4))}
         detectors = {"embedding": cfg.embedding,
                      "hallucination_max_scored": cfg.hallucination_max_scored}
         self.engine: Any
