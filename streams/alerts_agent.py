@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from streams.notify import Notifier
 from streams.retrain_trigger import RetrainTrigger
 from streams.rules import Rules
 from streams.sink import RawSink
+from streams.state import write_atomic
 
 __all__ = ["AlertAgent", "load_rules"]
 
@@ -130,13 +130,7 @@ class AlertAgent:
                      "trigger": self.trigger.snapshot(),
                      "outbox": [{"kind": ev.kind, "row": ev.row, "key": list(ev.key)}
                                 for ev in self._outbox.values()]}
-            self._state.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._state.with_suffix(".tmp")
-            with open(tmp, "w") as f:
-                f.write(json.dumps(state, default=str))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._state)
+            write_atomic(self._state, json.dumps(state, default=str).encode())
         except Exception:
             log.exception("saving alert state failed")
 

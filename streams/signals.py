@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import pickle
 import time
 from collections import defaultdict
@@ -60,6 +59,7 @@ from llmpulse.events import TOPIC_GROUPED, TOPIC_SIGNALS
 from llmpulse.store import Store, lookup_requests
 from streams.ingest import IngestBatch
 from streams.sink import RawSink
+from streams.state import write_atomic
 
 __all__ = ["SignalAgents", "group_key"]
 
@@ -364,13 +364,7 @@ class SignalAgents:
                  "engine": self.engine.snapshot_bytes()},
                 protocol=pickle.HIGHEST_PROTOCOL,
             )
-            self._state_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._state_path.with_suffix(".tmp")
-            with open(tmp, "wb") as f:
-                f.write(state)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._state_path)
+            write_atomic(self._state_path, state)
             self.counters["snapshots"] += 1
         except Exception:
             log.exception("saving the signal engine state failed")
@@ -407,11 +401,5 @@ class SignalAgents:
             return
         blob = pickle.dumps([(line, rid) for _, line, rid in waiting],
                             protocol=pickle.HIGHEST_PROTOCOL)
-        self._pending_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._pending_path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._pending_path)
+        write_atomic(self._pending_path, blob)
         self._pending_saved = len(waiting)

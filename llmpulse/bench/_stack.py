@@ -21,7 +21,7 @@ from typing import Any
 
 from llmpulse.stack import wait_for_endpoints
 
-__all__ = ["event_pool", "post_sql", "running_stack", "stack_stats"]
+__all__ = ["event_pool", "post_sql", "running_stack", "stack_stats", "wait_for"]
 
 
 @contextlib.contextmanager
@@ -82,3 +82,23 @@ def event_pool(n: int, seed: int = 11) -> list[dict[str, Any]]:
         if len(out) >= n:
             break
     return out
+
+
+def wait_for(fn: Any, timeout: float, what: str, every: float = 0.5) -> Any:
+    """Call ``fn`` until it returns something true (returned); TimeoutError naming ``what``.
+
+    >>> wait_for(lambda: 42, 1, "an answer")
+    42
+    >>> wait_for(lambda: None, 0.1, "nothing", every=0.05)
+    Traceback (most recent call last):
+    ...
+    TimeoutError: timed out after 0.1 s waiting for nothing
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(every)

@@ -43,7 +43,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from llmpulse.bench._stack import post_sql, stack_stats
+from llmpulse.bench._stack import post_sql, stack_stats, wait_for
 from llmpulse.stack import wait_for_endpoints
 
 __all__ = ["FEEDBACK_SIGNALS", "compare", "run"]
@@ -126,16 +126,6 @@ def _drive(bootstrap: str, app: str, seed: int, duration: float, start: float, s
         mon.flush(60)
 
 
-def _wait(fn: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.5)
-    raise RuntimeError(f"timed out waiting for {what}")
-
-
 def _read(data_dir: Path) -> dict[str, Any]:
     from llmpulse.store import Store
 
@@ -173,7 +163,7 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
                                                             duration, start, speed, out))
             traffic.start()
             if crash:
-                _wait(lambda: any(p.get("event_action") == "trigger"
+                wait_for(lambda: any(p.get("event_action") == "trigger"
                                   for _, p in hook.received[first:]), 120, "a first page")
                 time.sleep(2.5)
                 worker.kill()
@@ -182,7 +172,7 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
                 restart_s = worker.start()
             traffic.join()
             total = int(out["inference"])
-            _wait(lambda: post_sql(worker.http, "SELECT count() AS n FROM inference_events FINAL")
+            wait_for(lambda: post_sql(worker.http, "SELECT count() AS n FROM inference_events FINAL")
                   [0]["n"] >= total, 120, "every event stored")
             time.sleep(1.5)  # engine counters in /api/stats refresh once a poll
             stats = stack_stats(worker.http)["signals"]
