@@ -13,7 +13,6 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from pathlib import Path
 
 from llmpulse.config import ConfigError, load_settings
 
@@ -73,13 +72,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import importlib
 
+    from llmpulse.bench._stack import finish
+
     mod = importlib.import_module(f"llmpulse.bench.{args.name}")
-    result = mod.run(quick=args.quick)
-    print(mod.format_table(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
-        print(f"wrote {args.json}")
-    return 0
+    return finish(mod.run(quick=args.quick), mod.format_table, args.json)
 
 
 def _module_cli(module: str):

@@ -163,6 +163,7 @@ class SignalAgents:
         self._positions: dict[int, int] = {}
         # partitions being replayed from the snapshot: (first offset seen past it, give-up time)
         self._rewinding: dict[int, tuple[int, float]] = {}
+        self._seen: set[int] = set()  # grouped partitions that delivered a message since start
         self.pending_feedback: list[tuple[float, bytes, str]] = []
         self.counters: dict[str, int] = defaultdict(int)
         self._restore()
@@ -370,7 +371,6 @@ class SignalAgents:
             log.exception("saving the signal engine state failed")
 
     def _restore(self) -> None:
-        self._seen: set[int] = set()
         try:
             state = pickle.loads(self._state_path.read_bytes())
             if not isinstance(state, dict) or state.get("version") != STATE_VERSION:

@@ -15,13 +15,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from llmpulse.stack import wait_for_endpoints
 
-__all__ = ["event_pool", "post_sql", "running_stack", "stack_stats", "wait_for"]
+__all__ = ["event_pool", "finish", "paced_send", "post_sql", "running_stack", "stack_stats", "wait_for"]
 
 
 @contextlib.contextmanager
@@ -102,3 +102,48 @@ def wait_for(fn: Any, timeout: float, what: str, every: float = 0.5) -> Any:
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(every)
+
+
+def paced_send(send: Callable[..., Any], pool: list[dict[str, Any]], rate: float | None,
+               seconds: float, *, tick: Callable[[float], None] | None = None,
+               step: int = 500) -> tuple[int, float]:
+    """Call ``send(**event)`` over ``pool`` (cycled) at ``rate`` events/s (``None``: as
+    fast as it goes) for ``seconds``, ``step`` events at a time; ``tick(elapsed)``
+    once a second. Returns (events sent, seconds spent sending).
+
+    >>> got = []
+    >>> sent, spent = paced_send(lambda **ev: got.append(ev["i"]), [{"i": 0}, {"i": 1}],
+    ...                          rate=2000, seconds=0.05, step=10)
+    >>> 50 <= sent <= 120 and got[:3] == [0, 1, 0] and spent >= 0.05
+    True
+    """
+    n_pool = len(pool)
+    sent = 0
+    t0 = time.perf_counter()
+    end = t0 + seconds
+    next_tick = t0 + 1.0
+    while True:
+        now = time.perf_counter()
+        if now >= end:
+            break
+        if tick is not None and now >= next_tick:
+            next_tick += 1.0
+            tick(now - t0)
+        if rate is not None and sent >= int((now - t0) * rate):
+            time.sleep(min(0.002, step / rate))
+            continue
+        for _ in range(step):
+            send(**pool[sent % n_pool])
+            sent += 1
+    return sent, time.perf_counter() - t0
+
+
+def finish(result: dict[str, Any], table: Callable[[dict[str, Any]], str],
+           json_path: str | None) -> int:
+    """End of a benchmark's command: its table on stdout, its figures as JSON in
+    ``json_path`` when given; the exit status."""
+    print(table(result))
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2, default=str))
+        print(f"wrote {json_path}")
+    return 0

@@ -27,13 +27,13 @@ from __future__ import annotations
 import argparse
 import gc
 import heapq
-import json
 import pickle
 import random
 import sys
 import time
-from pathlib import Path
 from typing import Any
+
+from llmpulse.bench._stack import finish
 
 __all__ = ["format_table", "make_lines", "run"]
 
@@ -207,10 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     result = run(a.events, snapshot_events=a.snapshot_events, chunk=a.chunk, rate=a.rate,
                  feedback_share=a.feedback_share, gc_tuning=not a.no_gc_tuning)
-    print(format_table(result))
-    if a.json:
-        Path(a.json).write_text(json.dumps(result, indent=2))
-    return 0
+    return finish(result, format_table, a.json)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ event times.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -43,7 +42,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from llmpulse.bench._stack import post_sql, stack_stats, wait_for
+from llmpulse.bench._stack import finish, post_sql, stack_stats, wait_for
 from llmpulse.stack import wait_for_endpoints
 
 __all__ = ["FEEDBACK_SIGNALS", "compare", "run"]
@@ -284,10 +283,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=150.0, help="event time of each run")
     a = ap.parse_args()
     result = run(seed=a.seed, duration=a.seconds)
-    print(format_table(result))
-    if a.json:
-        Path(a.json).write_text(json.dumps(result, indent=2))
-    return 0
+    return finish(result, format_table, a.json)
 
 
 if __name__ == "__main__":

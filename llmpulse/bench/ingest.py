@@ -19,7 +19,6 @@ this machine's cores, as they would on a laptop.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -28,7 +27,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmpulse.bench._stack import event_pool, post_sql, running_stack, stack_stats
+from llmpulse.bench._stack import (
+    event_pool,
+    finish,
+    paced_send,
+    post_sql,
+    running_stack,
+    stack_stats,
+)
 
 __all__ = ["format_table", "run"]
 
@@ -47,24 +53,7 @@ def _drive(bootstrap: str, pool: list[dict[str, Any]], rate: float | None, secon
     warm = mon.stats()["sent"]
     t_start_ms = int(time.time() * 1000) + 1
     time.sleep(0.002)
-    n_pool = len(pool)
-    sent = 0
-    t0 = time.perf_counter()
-    end = t0 + seconds
-    step = 500
-    while True:
-        now = time.perf_counter()
-        if now >= end:
-            break
-        if rate is not None:
-            due = int((now - t0) * rate)
-            if sent >= due:
-                time.sleep(min(0.002, step / rate))
-                continue
-        for _ in range(step):
-            send(**pool[sent % n_pool])
-            sent += 1
-    send_s = time.perf_counter() - t0
+    sent, send_s = paced_send(send, pool, rate, seconds)
     mon.flush(60)
     stats = mon.stats()
     mon.close()
@@ -163,10 +152,7 @@ def main() -> int:
     ap.add_argument("--no-signals", action="store_true", help="ingest only, signal agents off")
     a = ap.parse_args()
     result = run(quick=a.quick, rate=a.rate, seconds=a.seconds, signals=not a.no_signals)
-    print(format_table(result))
-    if a.json:
-        Path(a.json).write_text(json.dumps(result, indent=2))
-    return 0
+    return finish(result, format_table, a.json)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from llmpulse.bench._stack import event_pool, post_sql, running_stack, stack_stats
+from llmpulse.bench._stack import (
+    event_pool,
+    finish,
+    paced_send,
+    post_sql,
+    running_stack,
+    stack_stats,
+)
 
 __all__ = ["WebhookReceiver", "format_table", "run"]
 
@@ -164,25 +171,9 @@ def _throughput(ep: dict[str, Any], rate: float, seconds: float, pool: list[dict
     base_in, _ = _engine_in(http)
     t_start = time.time()
     t0 = time.perf_counter()
-    end = t0 + seconds
-    sent, step, n_pool = 0, 500, len(pool)
     samples: list[tuple[float, int, int]] = []
-    next_sample = t0 + 1.0
-    while True:
-        now = time.perf_counter()
-        if now >= end:
-            break
-        if now >= next_sample:
-            next_sample += 1.0
-            samples.append((now - t0, *_engine_in(http)))
-        due = int((now - t0) * rate)
-        if sent >= due:
-            time.sleep(min(0.002, step / rate))
-            continue
-        for _ in range(step):
-            send(**pool[sent % n_pool])
-            sent += 1
-    send_s = time.perf_counter() - t0
+    sent, send_s = paced_send(send, pool, rate, seconds,
+                              tick=lambda at: samples.append((at, *_engine_in(http))))
     t_end = time.time()
     mon.flush(120)
     shim = mon.stats()
@@ -371,7 +362,9 @@ def run(quick: bool = False, rate: float = 20_000.0, seconds: float | None = Non
             with _stack(root / "load", rules, embedding=embedding) as ep:
                 load = _throughput(ep, rate, seconds, event_pool(20_000))
             fault_result: dict[str, Any] | None = None
-            if fault if fault is not None else not quick:
+            if fault is None:
+                fault = not quick
+            if fault:
                 from llmpulse.bench import fault as fault_bench
 
                 fault_result = fault_bench.run(root / "fault")
@@ -451,10 +444,7 @@ def main() -> int:
     result = run(quick=a.quick, rate=a.rate, seconds=a.seconds, seeds=a.seeds,
                  embedding=not a.no_embedding, incidents=not a.throughput_only,
                  fault=False if a.throughput_only else a.fault)
-    print(format_table(result))
-    if a.json:
-        Path(a.json).write_text(json.dumps(result, indent=2))
-    return 0
+    return finish(result, format_table, a.json)
 
 
 if __name__ == "__main__":

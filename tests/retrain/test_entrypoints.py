@@ -35,6 +35,16 @@ def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
                           text=True, timeout=60)
 
 
+def _terminate(proc: subprocess.Popen[str], timeout: float) -> str:
+    """SIGTERM, then the process's stderr once it has ended (killed if it does not)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -145,12 +155,7 @@ def test_serving_serves_the_promoted_version_and_stops_on_sigterm(
         status, body = _get(url + "/predict", {"texts": []})
         assert status == 400 and "texts" in body["error"]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        err = _terminate(proc, 30)
     assert proc.returncode == 0, err
     assert f"intent-router version 1 on {health['provider']}" in err
     assert "Traceback" not in err and "RuntimeWarning" not in err
@@ -204,10 +209,5 @@ def test_worker_handles_a_request_from_the_broker_and_stops_on_sigterm(tmp_path:
             stats = _get(f"http://127.0.0.1:{port}/serve/stats")[1]
             assert stats["retrain"]["outcomes"]["skipped"] == 1 and stats["serving"] == "off"
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                _, err = proc.communicate(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                raise
+            err = _terminate(proc, 40)
         assert proc.returncode == 0, err[-2000:]
