@@ -11,6 +11,7 @@ as ``***``.
 
 from __future__ import annotations
 
+from llmpulse.secret import Secret, scrub
 from streams.notify.channels import (
     CHANNEL_TYPES,
     PAGERDUTY_EVENTS_URL,
@@ -28,7 +29,6 @@ from streams.notify.channels import (
 )
 from streams.notify.format import alert_view, text_message
 from streams.notify.notifier import ChannelStats, Notifier, Retry
-from streams.notify.secret import Secret, scrub
 
 __all__ = [
     "CHANNEL_TYPES",

@@ -1,7 +1,7 @@
 """On-call channels: generic webhook, Slack, PagerDuty Events v2, e-mail, log.
 
 A channel is its configuration (a frozen dataclass, secrets held as
-:class:`~streams.notify.secret.Secret`) plus one coroutine,
+:class:`~llmpulse.secret.Secret`) plus one coroutine,
 ``deliver(event, session)``, that sends one alert event once and raises
 :class:`DeliveryError` (or any network error) when it did not arrive.
 Retries, dedup and bookkeeping belong to :class:`~streams.notify.Notifier`.
@@ -48,8 +48,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
 
+from llmpulse.secret import Secret
 from streams.notify.format import alert_view, fmt_number, iso_time, text_message
-from streams.notify.secret import Secret
 
 if TYPE_CHECKING:
     from streams.alerting import AlertEvent

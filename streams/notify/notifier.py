@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from llmpulse.secret import scrub
 from streams.notify.channels import Channel, DeliveryError
-from streams.notify.secret import scrub
 
 if TYPE_CHECKING:
     from streams.alerting import AlertEvent
