@@ -105,7 +105,6 @@ SESSION_COOKIE = "llmpulse_session"
 TOKENS_FILE_ENV = "LLMPULSE_TOKENS_FILE"
 CLIENT_TOKEN_ENV = "LLMPULSE_TOKEN"
 CLIENT_TOKEN_FILE_ENV = "LLMPULSE_TOKEN_FILE"
-_PRINCIPAL_KEY = "llmpulse.principal"
 _TOKEN_PREFIX = "lp_"
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.@")
 
@@ -446,9 +445,21 @@ def _split_host(value: str, scheme: str) -> tuple[str, str, int] | None:
         return None
 
 
+_KEY: list[Any] = []
+
+
+def _principal_key() -> Any:
+    """The request-storage key of the principal (an aiohttp ``RequestKey``, made once)."""
+    if not _KEY:
+        from aiohttp import web
+
+        _KEY.append(web.RequestKey("llmpulse.principal", Principal))
+    return _KEY[0]
+
+
 def principal_of(request: Any) -> Principal | None:
     """The principal the guard let through (for handlers that record who acted)."""
-    value = request.get(_PRINCIPAL_KEY)
+    value = request.get(_principal_key())
     return value if isinstance(value, Principal) else None
 
 
@@ -545,7 +556,7 @@ class ApiGuard:
 
     # -- middleware ---------------------------------------------------------------------
 
-    def middleware(self) -> Callable[[Any, Handler], Awaitable[Any]]:
+    def middleware(self) -> Any:
         """The aiohttp middleware (pass it in ``Application(middlewares=[...])``)."""
         from aiohttp import web
 
@@ -634,7 +645,7 @@ class ApiGuard:
     def _authorize(self, request: Any) -> Any:
         need = route_role(request.path)
         if not self.required:
-            request[_PRINCIPAL_KEY] = Principal("anonymous", ADMIN, "open")
+            request[_principal_key()] = Principal("anonymous", ADMIN, "open")
             if need == ADMIN:
                 self._audit("admin_access", request, "anonymous")
             return None
@@ -650,7 +661,7 @@ class ApiGuard:
                         why=f"role {principal.role} lacks {need}")
             return self._refuse(request, 403, f"the {need} role is required",
                                 f"{principal.name} has role {principal.role}")
-        request[_PRINCIPAL_KEY] = principal
+        request[_principal_key()] = principal
         if need == ADMIN:
             self._audit("admin_access", request, principal.name)
         return None
