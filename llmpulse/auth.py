@@ -57,6 +57,7 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -491,6 +492,12 @@ _LOGIN_CSP = (f"default-src 'none'; script-src 'sha256-{_LOGIN_SCRIPT_HASH}'; co
               "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 
 
+_SIGN_IN_HINT = ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>llmpulse: "
+                 "sign in</title></head><body><p>%s.</p><p>Run <code>llmpulse token login</code> "
+                 "(with <code>LLMPULSE_TOKEN</code> set) and open the one-time URL it prints."
+                 "</p></body></html>")
+
+
 def _safe_next(value: Any) -> str:
     """A local path to land on after sign-in (never another site)."""
     if not isinstance(value, str) or not value.startswith("/") or value.startswith("//") \
@@ -511,6 +518,11 @@ class ApiGuard:
     ``loopback`` says whether the server binds a loopback address: then a
     ``Host`` that is not a loopback name is refused, and with no tokens
     configured authentication is off (the browser defences are not).
+
+    The guard answers its own routes, on any server it guards:
+    ``GET /login`` (the sign-in page), ``POST /login`` (redeem a code, set
+    the cookie), ``POST /logout``, and ``POST /api/login-code`` (a sign-in
+    URL for the caller's own name and role).
     """
 
     def __init__(
@@ -593,11 +605,15 @@ class ApiGuard:
         log.info("refused %s %s from %s: %s", request.method, request.path,
                  request.remote or "?", reason)
         headers = {"WWW-Authenticate": 'Bearer realm="llmpulse"'} if status == 401 else None
+        if status == 401 and request.method == "GET" and _is_navigation(request):
+            # a person opened a page: say how to sign in rather than show JSON
+            return web.Response(text=_SIGN_IN_HINT % escape(message), status=401,
+                                content_type="text/html", headers=headers)
         return web.json_response({"error": message}, status=status, headers=headers)
 
     async def _screen(self, request: Any) -> Any:
         """The refusal for this request, or None to let it through (``request`` annotated)."""
-        scheme = "https" if request.secure else "http"
+        scheme = _scheme(request)
         own = _split_host(request.host or "", scheme)
         if own is None:
             return self._refuse(request, 400, "bad Host header", "bad Host")
@@ -702,7 +718,7 @@ class ApiGuard:
         resp = web.json_response({"ok": True, "next": _safe_next(body.get("next")),
                                   "role": principal.role})
         resp.set_cookie(SESSION_COOKIE, sid, httponly=True, samesite="Strict", path="/",
-                        secure=bool(request.secure), max_age=int(self.sessions.ttl_s))
+                        secure=_scheme(request) == "https", max_age=int(self.sessions.ttl_s))
         return resp
 
     def _logout(self, request: Any) -> Any:
@@ -720,12 +736,23 @@ class ApiGuard:
         from aiohttp import web
 
         principal = principal_of(request) or Principal("anonymous", ADMIN, "open")
-        scheme = "https" if request.secure else "http"
+        scheme = _scheme(request)
         url = self.login_url(f"{scheme}://{request.host}", principal)
         if url is None:
             return web.json_response({"url": f"{scheme}://{request.host}/dashboards",
                                       "note": "authentication is off"})
         return web.json_response({"url": url, "expires_in_s": self.codes.ttl_s})
+
+
+def _scheme(request: Any) -> str:
+    """``https`` when served over TLS, here or at a proxy in front (``X-Forwarded-Proto``).
+
+    Trusting the header is safe for what it decides (the own origin, the
+    cookie's ``Secure``): a page cannot add it to a request without a
+    preflight, which is refused.
+    """
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return "https" if request.secure or forwarded == "https" else "http"
 
 
 def _is_navigation(request: Any) -> bool:

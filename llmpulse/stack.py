@@ -176,6 +176,8 @@ async def _run(
             raise StackError(str(exc)) from None
 
         stats = IngestStats()
+        # ``audit`` is where the HTTP API's records go (admin access, failed
+        # authentication, sign-ins); the store/topic sink is passed in here.
         app = build_app(settings, store, stats, bootstrap=bootstrap, web_port=web_port,
                         rules=rules, guard=guard, audit=audit)
         await app.start()

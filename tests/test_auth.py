@@ -299,3 +299,26 @@ def test_exports() -> None:
     for name in auth.__all__:
         assert getattr(auth, name) is not None, name
     _: Any = Guarded
+
+
+async def test_behind_a_tls_proxy_the_cookie_is_secure_and_https_is_own(guarded: Guarded) -> None:
+    c, g = guarded.client, guarded
+    url = g.guard.login_url(str(c.make_url("")))
+    assert url is not None
+    own_https = str(c.make_url("")).rstrip("/").replace("http://", "https://")
+    r = await c.post("/login", json={"code": url.split("code=", 1)[1]},
+                     headers={"X-Forwarded-Proto": "https", "Origin": own_https})
+    assert r.status == 200
+    assert "secure" in {a.strip().lower() for a in r.headers["Set-Cookie"].split(";")}
+    plain = await c.get("/api/query", headers={"Origin": own_https, **g.bearer(g.read)})
+    assert plain.status == 403  # without the proxy's header, https is another origin
+
+
+async def test_a_person_opening_a_page_without_a_session_is_told_how_to_sign_in(
+        guarded: Guarded) -> None:
+    nav = {"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+    r = await guarded.client.get("/dashboards/x", headers=nav)
+    assert r.status == 401 and r.content_type == "text/html"
+    assert "llmpulse token login" in await r.text()
+    api = await guarded.client.get("/dashboards/x")
+    assert api.status == 401 and api.content_type == "application/json"
