@@ -207,9 +207,8 @@ def build_app(
     """The worker: ingest agents for both raw topics plus the HTTP API.
 
     Every route goes through ``guard`` (:class:`llmpulse.auth.ApiGuard`;
-    built from the tokens file when not given). ``audit`` receives the
-    guard's records (admin access, failed authentication, sign-ins) and is
-    the sink the admin endpoints should record to.
+    built from the tokens file, recording to ``audit``, when not given).
+    ``audit`` is also the sink the admin endpoints should record to.
     """
     if guard is None:
         guard = ApiGuard.from_settings(settings.data_dir, settings.http.host, audit=audit)
