@@ -11,7 +11,6 @@ import json
 import logging
 import sys
 import urllib.error
-import urllib.request
 from collections.abc import Sequence
 
 from llmpulse.config import ConfigError, load_settings
@@ -39,14 +38,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not ep:
         print(f"llmpulse is not running from {settings.data_dir} (no endpoints.json)")
         return 1
+    from llmpulse.auth import AuthError, stack_request
+
     try:
-        with urllib.request.urlopen(ep["http"] + "/health", timeout=5) as r:
-            health = json.load(r)
-        with urllib.request.urlopen(ep["http"] + "/api/stats", timeout=5) as r:
-            stats = json.load(r)
+        health = stack_request(ep["http"], "/health", timeout=5)
+        stats = stack_request(ep["http"], "/api/stats", timeout=5)
+    except urllib.error.HTTPError as exc:
+        hint = "; set LLMPULSE_TOKEN (or LLMPULSE_TOKEN_FILE)" if exc.code in (401, 403) else ""
+        print(f"llmpulse at {ep.get('http')} (pid {ep.get('pid')}) refused: HTTP {exc.code}{hint}")
+        return 1
     except (OSError, urllib.error.URLError) as exc:
         print(f"llmpulse at {ep.get('http')} (pid {ep.get('pid')}) does not answer: {exc}")
         return 1
+    except AuthError as exc:
+        print(f"llmpulse status: {exc}")
+        return 2
     if args.json:
         print(json.dumps({"endpoints": ep, "health": health, "stats": stats}, indent=2))
     else:
@@ -121,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="health of the running stack, from endpoints.json")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("token", help="API tokens: create, list, revoke; browser sign-in link")
+    _configure(s, "llmpulse.token_cli")
+    s.set_defaults(func=_module_cli("llmpulse.token_cli"))
 
     s = sub.add_parser("simulate", help="drive a simulated LLM support app into the pipeline")
     _configure(s, "llmpulse.simulate")

@@ -28,7 +28,6 @@ import json
 import sys
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from html import escape
 from pathlib import Path
@@ -57,13 +56,15 @@ def http_query(base_url: str, timeout: float = 30.0) -> QueryFn:
     """Run queries through a running stack's ``POST /api/query``."""
     url = base_url.rstrip("/") + "/api/query"
 
+    from llmpulse.auth import client_token, stack_request
+
+    token = client_token()
+
     def query(sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        body = json.dumps({"sql": sql, "params": dict(params)}).encode()
-        req = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return list(json.load(r)["rows"])
+            return list(stack_request(base_url, "/api/query",
+                                      {"sql": sql, "params": dict(params)},
+                                      token=token, timeout=timeout)["rows"])
         except urllib.error.HTTPError as exc:
             try:
                 msg = json.load(exc).get("error", str(exc))

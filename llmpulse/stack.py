@@ -22,12 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmpulse.audit import AuditSink, discard
+from llmpulse.auth import ApiGuard, AuthError
 from llmpulse.broker import BrokerError, EmbeddedBroker, create_topics, free_port, port_is_free
 from llmpulse.config import Settings
 from llmpulse.events import TOPICS
 from llmpulse.store import Store, StoreError
 
-__all__ = ["StackContext", "StackError", "read_endpoints", "run_stack", "wait_for_endpoints"]
+__all__ = ["StackContext", "StackError", "api_guard", "read_endpoints", "run_stack",
+           "wait_for_endpoints"]
 
 log = logging.getLogger("llmpulse.up")
 
@@ -89,9 +92,29 @@ def run_stack(
     stop_event: asyncio.Event | None = None,
     drain_timeout_s: float = 15.0,
     main: Callable[[StackContext], Awaitable[int]] | None = None,
+    audit: AuditSink = discard,
 ) -> int:
-    """Run until SIGINT/SIGTERM (or ``stop_event``, or ``main`` returns); the exit code."""
-    return asyncio.run(_run(settings, on_ready, stop_event, drain_timeout_s, main))
+    """Run until SIGINT/SIGTERM (or ``stop_event``, or ``main`` returns); the exit code.
+
+    ``audit`` receives the HTTP API's audit records (admin access, failed
+    authentication, sign-ins).
+    """
+    return asyncio.run(_run(settings, on_ready, stop_event, drain_timeout_s, main, audit))
+
+
+def api_guard(settings: Settings, audit: AuditSink = discard) -> ApiGuard:
+    """The HTTP API's guard; :class:`StackError` for a bad tokens file or for a
+    non-loopback bind without tokens."""
+    try:
+        guard = ApiGuard.from_settings(settings.data_dir, settings.http.host, audit=audit)
+    except AuthError as exc:
+        raise StackError(str(exc)) from None
+    if not guard.loopback and not guard.tokens.configured:
+        raise StackError(
+            f"http.host: {settings.http.host} is not a loopback address and no API token is "
+            f"configured; create one with 'llmpulse token create --name NAME --role admin' "
+            f"(or set LLMPULSE_TOKENS_FILE), or bind http.host to 127.0.0.1")
+    return guard
 
 
 async def _run(
@@ -100,9 +123,11 @@ async def _run(
     stop_event: asyncio.Event | None,
     drain_timeout_s: float,
     main: Callable[[StackContext], Awaitable[int]] | None = None,
+    audit: AuditSink = discard,
 ) -> int:
     from streams.app import IngestStats, build_app
 
+    guard = api_guard(settings, audit)
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     ep = read_endpoints(data_dir)
@@ -151,8 +176,10 @@ async def _run(
             raise StackError(str(exc)) from None
 
         stats = IngestStats()
+        # ``audit`` is where the HTTP API's records go (admin access, failed
+        # authentication, sign-ins); the store/topic sink is passed in here.
         app = build_app(settings, store, stats, bootstrap=bootstrap, web_port=web_port,
-                        rules=rules)
+                        rules=rules, guard=guard, audit=audit)
         await app.start()
         await _wait_assigned(app, timeout=settings.session_timeout_s * 4 + 10)
         endpoints = {
@@ -169,6 +196,16 @@ async def _run(
                  settings.clickhouse_dsn)
         if on_ready:
             on_ready(endpoints)
+        login = guard.login_url(endpoints["http"])
+        if login is not None:
+            # the one-time code is the only credential shown; tokens are never printed
+            print(f"llmpulse up: sign in to the dashboards at {login} (one-time, valid "
+                  f"{guard.codes.ttl_s / 60:g} min; 'llmpulse token login' makes another)",
+                  flush=True)
+            log.info("one-time sign-in URL printed on stdout (valid %g min)",
+                     guard.codes.ttl_s / 60)
+        else:
+            log.info("API authentication is off: no tokens configured on a loopback bind")
         code = 0
         if main is not None:
             ctx = StackContext(settings, endpoints, store, stats, app.llmpulse_lag, app=app,

@@ -90,13 +90,10 @@ def configure_rollback(parser: argparse.ArgumentParser) -> None:
 
 
 def _post(url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    req = urllib.request.Request(
-        url.rstrip("/") + path, data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"}, method="POST",
-    )
-    with urllib.request.urlopen(req, timeout=120) as r:
-        out: dict[str, Any] = json.load(r)
-        return out
+    from llmpulse.auth import stack_request
+
+    out: dict[str, Any] = stack_request(url, path, body, timeout=120)
+    return out
 
 
 def _notify(url: str | None, registry: ModelRegistry, d: Deployment, share: float = 0.0) -> str:

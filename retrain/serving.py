@@ -65,6 +65,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from llmpulse.auth import ApiGuard, AuthError, TokenTable, tokens_path
 from retrain.model import MAX_LENGTH_KEY, OUTPUT_NAME, TokenBatch, TokenEncoder, read_metadata
 
 __all__ = [
@@ -615,11 +616,19 @@ class ModelServer:
 
     # -- HTTP ----------------------------------------------------------------------------
 
-    def app(self) -> Any:
-        """An aiohttp application serving this model (starts and stops the batcher with it)."""
+    def app(self, guard: ApiGuard | None = None) -> Any:
+        """An aiohttp application serving this model (starts and stops the batcher with it).
+
+        Every request goes through ``guard`` (:class:`llmpulse.auth.ApiGuard`):
+        ``/admin/*`` needs the admin role, ``/predict`` and ``/stats`` read,
+        ``/health`` nothing. The default guard has no tokens and expects a
+        loopback bind: no authentication, browser defences on.
+        """
         from aiohttp import web
 
-        app = web.Application(client_max_size=4 * 1024 * 1024)
+        if guard is None:
+            guard = ApiGuard(TokenTable(), loopback=True)
+        app = web.Application(client_max_size=4 * 1024 * 1024, middlewares=[guard.middleware()])
 
         async def on_startup(_: Any) -> None:
             await self.start()
@@ -775,6 +784,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     data_dir = Path(args.data_dir) if args.data_dir else settings.data_dir
+    try:
+        guard = ApiGuard.from_settings(data_dir, args.host)
+    except AuthError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    if not guard.loopback and not guard.tokens.configured:
+        print(f"{prog}: --host {args.host} is not a loopback address and no API token is "
+              f"configured in {tokens_path(data_dir)}; create one with 'llmpulse token create' "
+              "(or set LLMPULSE_TOKENS_FILE), or bind 127.0.0.1", file=sys.stderr)
+        return 2
     registry = ModelRegistry(data_dir)
     try:
         current = registry.current(args.model)
@@ -807,7 +826,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from aiohttp import web
 
     try:
-        web.run_app(server.app(), host=args.host, port=args.port, print=None,
+        web.run_app(server.app(guard), host=args.host, port=args.port, print=None,
                     handle_signals=True, shutdown_timeout=10.0)
     finally:
         if monitor is not None:

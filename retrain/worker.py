@@ -68,9 +68,12 @@ class RemoteServer:
     async def _post(self, path: str, body: Mapping[str, Any]) -> Any:
         import aiohttp
 
+        from llmpulse.auth import auth_headers, client_token
+
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        headers = auth_headers(client_token())
         async with aiohttp.ClientSession(timeout=timeout) as session, \
-                session.post(self.url + path, json=dict(body)) as resp:
+                session.post(self.url + path, json=dict(body), headers=headers) as resp:
             data = await resp.json(content_type=None)
             if resp.status >= 400:
                 raise RuntimeError(f"{self.url}{path}: HTTP {resp.status}: {data}")

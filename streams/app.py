@@ -29,6 +29,8 @@ import faust
 import orjson
 
 from detectors.base import Signal
+from llmpulse.audit import AuditSink, discard
+from llmpulse.auth import ApiGuard
 from llmpulse.config import Settings
 from llmpulse.events import (
     TOPIC_DEADLETTER,
@@ -137,15 +139,25 @@ def _tune_fetch_wait(ms: int) -> None:
 
 
 def new_faust_app(
-    app_id: str, settings: Settings, *, bootstrap: str, datadir: Path, web_port: int | None
+    app_id: str, settings: Settings, *, bootstrap: str, datadir: Path, web_port: int | None,
+    guard: ApiGuard | None = None,
 ) -> faust.App:
-    """A Faust app with the consumer settings every llmpulse worker uses."""
+    """A Faust app with the consumer settings every llmpulse worker uses.
+
+    Its web server (when ``web_port`` is given) runs every request through
+    ``guard`` (by default tokens from the configured file, no audit sink):
+    the middleware goes in through Faust's ``web_application_options``,
+    which become the aiohttp ``Application``'s arguments.
+    """
     session_s = settings.session_timeout_s
     _tune_fetch_wait(FETCH_MAX_WAIT_MS)
     web: dict[str, Any] = {"web_enabled": False}
     if web_port is not None:
+        if guard is None:
+            guard = ApiGuard.from_settings(settings.data_dir, settings.http.host)
         web = {"web_enabled": True, "web_port": web_port, "web_bind": settings.http.host,
-               "web_host": settings.http.host}
+               "web_host": settings.http.host,
+               "web_application_options": {"middlewares": [guard.middleware()]}}
     return faust.App(
         app_id,
         broker=f"kafka://{bootstrap}",
@@ -189,10 +201,19 @@ def build_app(
     web_port: int,
     app_id: str = "llmpulse",
     rules: Rules | None = None,
+    guard: ApiGuard | None = None,
+    audit: AuditSink = discard,
 ) -> faust.App:
-    """The worker: ingest agents for both raw topics plus the HTTP API."""
+    """The worker: ingest agents for both raw topics plus the HTTP API.
+
+    Every route goes through ``guard`` (:class:`llmpulse.auth.ApiGuard`;
+    built from the tokens file, recording to ``audit``, when not given).
+    ``audit`` is also the sink the admin endpoints should record to.
+    """
+    if guard is None:
+        guard = ApiGuard.from_settings(settings.data_dir, settings.http.host, audit=audit)
     app = new_faust_app(app_id, settings, bootstrap=bootstrap,
-                        datadir=settings.data_dir / "worker", web_port=web_port)
+                        datadir=settings.data_dir / "worker", web_port=web_port, guard=guard)
     limits = Limits(max_past_s=settings.ingest.max_past_days * 86400.0)
 
     sink = store_sink(app, store, settings)

@@ -5,13 +5,11 @@ Every process a fixture starts is stopped by its pid in teardown.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +17,9 @@ from typing import Any
 
 import pytest
 
+from llmpulse.auth import stack_request
 from llmpulse.broker import EmbeddedBroker
+from llmpulse.secret import Secret
 from llmpulse.stack import wait_for_endpoints
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +43,8 @@ class StackProcess:
     proc: subprocess.Popen[bytes] | None = None
     endpoints: dict[str, Any] = field(default_factory=dict)
     log_path: Path | None = None
+    token: Secret | None = None
+    """Sent by :meth:`get` and :meth:`sql` (a stack with API tokens)."""
 
     def start(self, timeout: float = 60.0) -> StackProcess:
         ep_path = self.data_dir / "endpoints.json"
@@ -68,18 +70,11 @@ class StackProcess:
         return self.log_path.read_text(errors="replace")[-3000:] if self.log_path else ""
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.endpoints["http"] + path, timeout=10) as r:
-            return json.load(r)
+        return stack_request(self.endpoints["http"], path, token=self.token, timeout=10)
 
     def sql(self, sql: str) -> list[dict[str, Any]]:
-        req = urllib.request.Request(
-            self.endpoints["http"] + "/api/query",
-            data=json.dumps({"sql": sql}).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return list(json.load(r)["rows"])
+        return list(stack_request(self.endpoints["http"], "/api/query", {"sql": sql},
+                                  token=self.token, timeout=30)["rows"])
 
     def wait_stored(self, topic: str, n: int, timeout: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

@@ -14,11 +14,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from llmpulse.auth import stack_request
 from llmpulse.stack import wait_for_endpoints
 
 __all__ = ["event_pool", "finish", "paced_send", "post_sql", "running_stack", "stack_stats", "wait_for"]
@@ -55,15 +55,11 @@ def running_stack(root: Path, config_yaml: str, env: Mapping[str, str] | None = 
 
 
 def post_sql(http: str, sql: str) -> list[dict[str, Any]]:
-    req = urllib.request.Request(http + "/api/query", data=json.dumps({"sql": sql}).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return list(json.load(r)["rows"])
+    return list(stack_request(http, "/api/query", {"sql": sql}, timeout=60)["rows"])
 
 
 def stack_stats(http: str) -> dict[str, Any]:
-    with urllib.request.urlopen(http + "/api/stats", timeout=30) as r:
-        return dict(json.load(r))
+    return dict(stack_request(http, "/api/stats", timeout=30))
 
 
 def event_pool(n: int, seed: int = 11) -> list[dict[str, Any]]:

@@ -78,8 +78,12 @@ async def test_bad_requests_are_refused(loaded: LoadedModel) -> None:
         for body in ({"texts": []}, {"texts": "x"}, {"texts": [1]}, {"texts": ["a"], "segment": {"a": 1}}):
             r = await client.post("/predict", json=body)
             assert r.status == 400, body
-        r = await client.post("/predict", data=b"{not json")
+        r = await client.post("/predict", data=b"{not json",
+                              headers={"Content-Type": "application/json"})
         assert r.status == 400
+        r = await client.post("/predict", data=b'{"texts": ["a"]}',
+                              headers={"Content-Type": "text/plain"})
+        assert r.status == 415  # a page could send text/plain cross-origin without a preflight
         health = await (await client.get("/health")).json()
         assert health == {"status": "ok", "model": "intent-router", "version": "1",
                           "provider": "CPUExecutionProvider"}
