@@ -208,7 +208,7 @@ def load_tokens(path: Path) -> tuple[TokenRecord, ...]:
         raise AuthError(f"{path}: cannot read the tokens file: {exc.strerror}") from None
     try:
         raw = json.loads(text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise AuthError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); fix it or "
                         "recreate it with 'llmpulse token create'") from None
     if not isinstance(raw, Mapping) or not isinstance(raw.get("tokens"), list):

@@ -196,7 +196,7 @@ async def _run(
                  settings.clickhouse_dsn)
         if on_ready:
             on_ready(endpoints)
-        login = guard.login_url(endpoints["http"])
+        login = guard.login_url(str(endpoints["http"]))
         if login is not None:
             # the one-time code is the only credential shown; tokens are never printed
             print(f"llmpulse up: sign in to the dashboards at {login} (one-time, valid "
