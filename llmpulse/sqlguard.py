@@ -108,7 +108,7 @@ _NODE_NAMES = {
 }
 
 #: the syntax's own functions, not listed in system.functions
-_SYNTAX_FUNCTIONS = frozenset({"lambda"})
+_SYNTAX_FUNCTIONS = frozenset({"lambda", "exists"})
 
 _IN_FUNCTIONS = frozenset({
     "in", "notIn", "globalIn", "globalNotIn", "nullIn", "notNullIn", "globalNullIn",
@@ -255,7 +255,13 @@ class SqlGuard:
                 "SELECT formatQuerySingleLine({q:String}) AS text, parseQueryToJSON(text) AS ast",
                 {"q": sql})[0]
         except Exception as exc:
-            raise QueryRefused(f"not one valid SQL statement: {_server_message(exc)}") from None
+            msg = _server_message(exc)
+            unserialisable = re.search(r"AST node of type '([A-Za-z]+)", msg)
+            if unserialisable:  # SHOW, DESCRIBE, GRANT ... have no JSON form
+                kind = unserialisable.group(1)
+                raise QueryRefused(f"only SELECT queries are allowed, got "
+                                   f"{_NODE_NAMES.get(kind, kind)}") from None
+            raise QueryRefused(f"not one valid SQL statement: {msg}") from None
         text, ast = str(row["text"]), orjson.loads(row["ast"])
         if not isinstance(ast, dict) or ast.get("type") != "SelectWithUnionQuery":
             kind = ast.get("type", "?") if isinstance(ast, dict) else "?"
