@@ -102,8 +102,8 @@ class QuerySettings:
     10
     """
 
-    max_execution_time_s: float = 30.0
-    """A query running longer is stopped (HTTP 408)."""
+    max_execution_time_s: float = 10.0
+    """A query running longer is stopped (HTTP 408); it holds the store meanwhile."""
     max_result_rows: int = 100_000
     """Rows one query may return (HTTP 413)."""
     max_result_bytes: int = 64 * 2**20

@@ -198,6 +198,11 @@ SYSTEM_READS = [
     "SELECT app FROM signals EXCEPT SELECT name FROM system.users",
     "SELECT EXISTS (SELECT 1 FROM system.users) FROM signals",
     "SELECT * FROM (SELECT * FROM (SELECT * FROM system.users))",
+    "WITH (SELECT any(name) FROM system.users) AS u SELECT u FROM signals",
+    "SELECT 1 FROM signals LIMIT (SELECT count() FROM system.users)",
+    "SELECT 1 FROM signals ORDER BY (SELECT 1 FROM system.one)",
+    "SELECT sum(value) OVER (PARTITION BY (SELECT 1 FROM system.users)) FROM signals",
+    "SELECT arrayMap(x -> x IN (SELECT name FROM system.users), ['a']) FROM signals",
     "SELECT * FROM other_db.signals",
     "SELECT * FROM default2.signals",
     "SELECT * FROM request_index",
@@ -345,6 +350,7 @@ ANALYTICS = [
     "SELECT toStartOfMinute(ts) AS t, count() AS n FROM inference_events "
     "WHERE ts > now() - INTERVAL 1 DAY GROUP BY t ORDER BY t WITH FILL STEP 60",
     "SELECT app, count() AS n FROM \"inference_events\" GROUP BY app LIMIT 1 BY app",
+    "SELECT app FROM inference_events INTERSECT SELECT app FROM signals",
     "SELECT count() AS n FROM default.inference_events "
     "WHERE app IN (SELECT app FROM signals) OR app NOT IN (SELECT app FROM alerts)",
 ]
