@@ -378,17 +378,17 @@ def test_bound_parameters_work(guard: SqlGuard, store: Store) -> None:
 
 @pytest.fixture
 def limited(store: Store) -> Iterator[Any]:
-    """A guard on a second reader of the same store, with its own (small) limits."""
+    """A second reader of the same store with its own (small) limits, and a guard on it."""
     readers: list[Any] = []
 
-    def make(**limits: Any) -> SqlGuard:
+    def make(**limits: Any) -> tuple[SqlGuard, Store]:
         q = QuerySettings(**limits)
         reader = clickhouse_connect.get_client(
             dsn=store.dsn, settings={"output_format_json_quote_64bit_integers": 0,
                                      **q.clickhouse_settings(), "readonly": 1})
         readers.append(reader)
         view = Store(store._client, store.dsn, reader=reader, limits=q)
-        return SqlGuard.for_store(view)
+        return SqlGuard.for_store(view), view
 
     yield make
     for r in readers:
@@ -398,8 +398,11 @@ def limited(store: Store) -> Iterator[Any]:
 LIMIT_CASES = [
     ({"max_result_rows": 100}, "SELECT event_id FROM inference_events",
      "query.max_result_rows", 413),
+    # one block of 300k rows: the server lets a first block through, the guard counts
     ({"max_result_rows": 1000}, "SELECT x FROM (SELECT arrayJoin(range(300000)) AS x)",
-     "query.max_result_rows", 413),  # refused by the server itself (past its first block)
+     "query.max_result_rows", 413),
+    ({"max_result_rows": 1000}, "SELECT x FROM (SELECT arrayJoin(range(300000)) AS x) "
+     "ORDER BY x", "query.max_result_rows", 413),
     ({"max_result_bytes": 2**20}, "SELECT repeat('x', 10000) AS s FROM "
      "(SELECT arrayJoin(range(1000)))", "query.max_result_bytes", 413),
     ({"max_rows_to_read": 100_000}, "SELECT sum(offset) AS n FROM deadletter_events",
@@ -416,12 +419,20 @@ LIMIT_CASES = [
 @pytest.mark.parametrize("limits,sql,key,status", LIMIT_CASES)
 def test_each_limit_triggers_and_the_next_query_works(limited: Any, limits: dict[str, Any],
                                                       sql: str, key: str, status: int) -> None:
-    guard = limited(**limits)
+    guard, _ = limited(**limits)
     with pytest.raises(QueryLimitError) as info:
         guard.run(sql)
     assert (info.value.key, info.value.status) == (key, status)
     assert key in str(info.value)
     assert guard.run("SELECT 42 AS ok FROM signals LIMIT 1") == [{"ok": 42}]
+
+
+def test_the_server_itself_stops_a_result_past_its_first_block(limited: Any) -> None:
+    _, view = limited(max_result_rows=1000)
+    with pytest.raises(Exception, match="TOO_MANY_ROWS_OR_BYTES"):
+        view.query("SELECT x FROM (SELECT arrayJoin(range(300000)) AS x) ORDER BY x",
+                   readonly=True)
+    assert view.query("SELECT 1 AS ok", readonly=True) == [{"ok": 1}]
 
 
 def test_the_same_queries_pass_under_the_default_limits(guard: SqlGuard) -> None:
