@@ -262,12 +262,19 @@ class SqlGuard:
                 raise QueryRefused(f"only SELECT queries are allowed, got "
                                    f"{_NODE_NAMES.get(kind, kind)}") from None
             raise QueryRefused(f"not one valid SQL statement: {msg}") from None
-        text, ast = str(row["text"]), orjson.loads(row["ast"])
+        text = str(row["text"])
+        try:
+            ast = orjson.loads(row["ast"])
+        except orjson.JSONDecodeError:
+            raise QueryRefused("the query nests too deeply to be checked") from None
         if not isinstance(ast, dict) or ast.get("type") != "SelectWithUnionQuery":
             kind = ast.get("type", "?") if isinstance(ast, dict) else "?"
             raise QueryRefused(
                 f"only SELECT queries are allowed, got {_NODE_NAMES.get(kind, kind)}")
-        ctes = {str(n["name"]) for n in _nodes(ast) if n.get("type") == "WithElement"}
+        try:
+            ctes = {str(n["name"]) for n in _nodes(ast) if n.get("type") == "WithElement"}
+        except RecursionError:
+            raise QueryRefused("the query nests too deeply to be checked") from None
         if ctes:
             existing = self._run(
                 "SELECT groupArray(name) AS names FROM system.tables "
@@ -277,7 +284,10 @@ class SqlGuard:
                     raise QueryRefused(
                         f"CTE name {name} is also a table of the store; rename the CTE")
         tables: set[str] = set()
-        self._walk(ast, ctes, tables)
+        try:
+            self._walk(ast, ctes, tables)
+        except RecursionError:
+            raise QueryRefused("the query nests too deeply to be checked") from None
         self._check_params(text, params)
         return GuardedQuery(text, frozenset(tables))
 

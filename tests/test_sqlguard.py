@@ -295,6 +295,12 @@ def test_only_one_select_statement(guard: SqlGuard, sql: str, fragment: str) -> 
     assert fragment in refused(guard, sql)
 
 
+@pytest.mark.parametrize("depth", [400, 900, 2000])
+def test_deep_nesting_is_refused_cleanly(guard: SqlGuard, depth: int) -> None:
+    refused(guard, "SELECT " + "abs(" * depth + "1" + ")" * depth + " FROM signals")
+    assert guard.run("SELECT 1 AS ok FROM signals LIMIT 1") == [{"ok": 1}]
+
+
 def test_the_text_that_runs_is_the_servers_rendering_without_comments(guard: SqlGuard) -> None:
     q = guard.check("SELECT count() /* ; DROP TABLE signals */ AS n -- tail\nFROM `signals`;")
     assert q.sql == "SELECT count() AS n FROM signals"
