@@ -26,6 +26,7 @@ __all__ = [
     "ConfigError",
     "HttpSettings",
     "IngestSettings",
+    "QuerySettings",
     "SignalSettings",
     "Settings",
     "load_settings",
@@ -91,6 +92,58 @@ class HttpSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class QuerySettings:
+    """Limits of every read-only query (``/api/query``, dashboards, report).
+
+    They are set on the reader connection before ``readonly=1``, so a query
+    cannot change them.
+
+    >>> QuerySettings(max_result_rows=10).clickhouse_settings()["max_result_rows"]
+    10
+    """
+
+    max_execution_time_s: float = 10.0
+    """A query running longer is stopped (HTTP 408); it holds the store meanwhile."""
+    max_result_rows: int = 100_000
+    """Rows one query may return (HTTP 413)."""
+    max_result_bytes: int = 64 * 2**20
+    """Bytes one query may return (HTTP 413)."""
+    max_memory_usage_bytes: int = 2**30
+    """Memory one query may use (HTTP 422)."""
+    max_rows_to_read: int = 2_000_000_000
+    """Rows one query may read from tables (HTTP 413)."""
+
+    def clickhouse_settings(self) -> dict[str, Any]:
+        return {
+            "max_execution_time": self.max_execution_time_s,
+            "timeout_overflow_mode": "throw",
+            "max_result_rows": self.max_result_rows,
+            "max_result_bytes": self.max_result_bytes,
+            "result_overflow_mode": "throw",
+            "max_memory_usage": self.max_memory_usage_bytes,
+            "max_rows_to_read": self.max_rows_to_read,
+            "read_overflow_mode": "throw",
+        }
+
+
+_QUERY_MINIMUM = {
+    "max_execution_time_s": 0.1,
+    "max_result_rows": 1,
+    # the guard's own look-ups (function catalogue, parse tree) are single rows of that size
+    "max_result_bytes": 2**20,
+    "max_memory_usage_bytes": 64 * 2**20,
+    "max_rows_to_read": 100_000,
+}
+
+
+def _check_query(q: QuerySettings) -> QuerySettings:
+    for name, least in _QUERY_MINIMUM.items():
+        if getattr(q, name) < least:
+            raise ConfigError(f"query.{name}: must be >= {least}, got {getattr(q, name)!r}")
+    return q
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     data_dir: Path = Path(".llmpulse")
     kafka: str | None = None
@@ -101,6 +154,7 @@ class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     signals: SignalSettings = field(default_factory=SignalSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
+    query: QuerySettings = field(default_factory=QuerySettings)
     session_timeout_s: float = 6.0
     """Kafka consumer session timeout: a short one makes group joins fast."""
 
@@ -180,7 +234,7 @@ def load_settings(
             raise ConfigError(f"{path}: must be a mapping of settings")
         raw = dict(loaded or {})
     known = {"data_dir", "kafka", "clickhouse", "rules", "ingest", "signals", "http",
-             "session_timeout_s"}
+             "query", "session_timeout_s"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{key}: unknown setting in {path}; known: {', '.join(sorted(known))}")
@@ -218,5 +272,6 @@ def load_settings(
         ingest=_sub(IngestSettings, raw.get("ingest"), "ingest"),
         signals=signals,
         http=_sub(HttpSettings, raw.get("http"), "http"),
+        query=_check_query(_sub(QuerySettings, raw.get("query"), "query")),
         session_timeout_s=float(session),
     )

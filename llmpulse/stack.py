@@ -147,7 +147,9 @@ async def _run(
     except RulesError as exc:
         raise StackError(str(exc)) from None
     try:
-        store = await asyncio.to_thread(Store.open, settings.clickhouse_dsn)
+        store = await asyncio.to_thread(
+            Store.open, settings.clickhouse_dsn, limits=settings.query
+        )
     except StoreError as exc:
         raise StackError(str(exc)) from None
 

@@ -18,14 +18,16 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import re
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import orjson
+
+if TYPE_CHECKING:
+    from llmpulse.config import QuerySettings
 
 __all__ = [
     "DDL",
@@ -34,7 +36,6 @@ __all__ = [
     "StoreError",
     "StoreLockedError",
     "TABLES",
-    "check_readonly_sql",
     "lookup_requests",
 ]
 
@@ -217,6 +218,9 @@ _INSERT_SETTINGS = {
 }
 
 
+_READ_SETTINGS = {"output_format_json_quote_64bit_integers": 0}
+
+
 class StoreError(RuntimeError):
     """The store could not be opened or did not accept a statement."""
 
@@ -226,54 +230,7 @@ class StoreLockedError(StoreError):
 
 
 class QueryError(ValueError):
-    """A query sent to the read-only API is not allowed."""
-
-
-_FORBIDDEN = re.compile(
-    r"\b(insert|alter|drop|truncate|create|attach|detach|rename|optimize|kill|grant|"
-    r"revoke|delete|update|exchange|undrop|backup|restore)\b",
-    re.IGNORECASE,
-)
-_FROM = re.compile(r"\b(from|join)\s+([A-Za-z_][\w.]*|\(|`[^`]*`)", re.IGNORECASE)
-
-
-def check_readonly_sql(sql: str, tables: Sequence[str] = TABLES) -> str:
-    """Accept one read-only SELECT over llmpulse tables, or raise :class:`QueryError`.
-
-    The server also runs it with ``readonly=1``; this check gives the clear
-    error first and keeps other databases, table functions and system tables out.
-
-    >>> check_readonly_sql("SELECT count() FROM signals FINAL")
-    'SELECT count() FROM signals FINAL'
-    >>> check_readonly_sql("SELECT * FROM system.users")
-    Traceback (most recent call last):
-    ...
-    llmpulse.store.QueryError: table system.users is not an llmpulse table (allowed: inference_events, feedback_events, signals, alerts, deployments, deadletter_events)
-    """
-    text = sql.strip().rstrip(";").strip()
-    if ";" in text:
-        raise QueryError("one statement only")
-    head = text.split(None, 1)[0].lower() if text else ""
-    if head not in ("select", "with"):
-        raise QueryError("only SELECT (or WITH ... SELECT) queries are allowed")
-    bare = re.sub(r"'(?:[^'\\]|\\.)*'", "''", text)  # ignore words inside string literals
-    bad = _FORBIDDEN.search(bare)
-    if bad:
-        raise QueryError(f"keyword {bad.group(1).upper()} is not allowed in a read-only query")
-    ctes = {m.group(1).lower() for m in re.finditer(r"\b(\w+)\s+as\s*\(", bare, re.IGNORECASE)}
-    for m in _FROM.finditer(bare):
-        name = m.group(2).strip("`")
-        if name == "(":
-            continue  # subquery: its own FROM is checked by this same loop
-        if name.lower() in ctes:
-            continue
-        if name not in tables:
-            raise QueryError(
-                f"table {name} is not an llmpulse table (allowed: {', '.join(tables)})"
-            )
-    if re.search(r"\b(from|join)\s+\w+\s*\(", bare, re.IGNORECASE):
-        raise QueryError("table functions are not allowed")
-    return text
+    """A query sent to the read-only API is not allowed or failed."""
 
 
 class Store:
@@ -291,20 +248,32 @@ class Store:
     """
 
     def __init__(
-        self, client: Any, dsn: str, lock_fd: int | None = None, reader: Any = None
+        self, client: Any, dsn: str, lock_fd: int | None = None, reader: Any = None,
+        limits: QuerySettings | None = None,
     ) -> None:
         self._client = client
         # chDB keeps settings per connection: readonly=1 would stick to the
         # writer, so read-only queries run on their own connection.
         self._reader = reader if reader is not None else client
+        #: limits the reader connection carries (None: a reader made elsewhere)
+        self.limits = limits
         self.dsn = dsn
         self._lock = threading.Lock()
         self._lock_fd = lock_fd
         self.closed = False
 
     @classmethod
-    def open(cls, dsn: str, *, ddl: bool = True, ttl_days: int = TTL_DAYS) -> Store:
-        """Connect (or open the embedded engine), then run the idempotent DDL."""
+    def open(cls, dsn: str, *, ddl: bool = True, ttl_days: int = TTL_DAYS,
+             limits: QuerySettings | None = None) -> Store:
+        """Connect (or open the embedded engine), then run the idempotent DDL.
+
+        The reader connection gets ``limits`` (default :class:`QuerySettings`)
+        and then ``readonly=1``, in that order: read-only queries can change
+        neither.
+        """
+        from llmpulse.config import QuerySettings
+
+        limits = limits or QuerySettings()
         try:
             import clickhouse_connect
         except ImportError:
@@ -319,7 +288,9 @@ class Store:
         try:
             url = dsn.replace("clickhouse://", "http://", 1)
             client = clickhouse_connect.get_client(dsn=url)
-            reader = clickhouse_connect.get_client(dsn=url)
+            reader = clickhouse_connect.get_client(
+                dsn=url, settings={**_READ_SETTINGS, **limits.clickhouse_settings(), "readonly": 1}
+            )
         except Exception as exc:
             if lock_fd is not None:
                 os.close(lock_fd)
@@ -327,7 +298,7 @@ class Store:
             if "lock" in str(exc).lower():
                 raise StoreLockedError(f"store {dsn} is in use by another process: {msg}") from None
             raise StoreError(f"cannot open store {dsn}: {msg}") from None
-        store = cls(client, dsn, lock_fd, reader)
+        store = cls(client, dsn, lock_fd, reader, limits)
         if ddl:
             store.create_tables(ttl_days=ttl_days)
         return store
@@ -377,7 +348,7 @@ class Store:
         readonly: bool = False,
     ) -> list[dict[str, Any]]:
         """Rows as dicts (JSON types: DateTime64 as text ``YYYY-MM-DD hh:mm:ss.sss``)."""
-        settings: dict[str, Any] = {"output_format_json_quote_64bit_integers": 0}
+        settings: dict[str, Any] = dict(_READ_SETTINGS)
         if readonly:
             settings["readonly"] = 1
         with self._lock:

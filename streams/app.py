@@ -39,7 +39,8 @@ from llmpulse.events import (
     TOPIC_INFERENCE,
     Limits,
 )
-from llmpulse.store import RAW_INGEST, QueryError, Store, check_readonly_sql
+from llmpulse.sqlguard import QueryLimitError, QueryRefused, SqlGuard
+from llmpulse.store import RAW_INGEST, QueryError, Store
 from streams.alerts_agent import AlertAgent, load_rules
 from streams.ingest import DeadLetter, IngestBatch, Message, split_batch
 from streams.rules import Rules
@@ -379,37 +380,63 @@ def build_app(
 
     @app.page("/api/query")
     class QueryView(faust.web.View):
+        """Named queries by ``GET ?name=`` or POST; caller SQL only in a POSTed JSON body.
+
+        Status codes: 400 refused by the guard or a bad query, 404 unknown
+        name, 408 / 413 / 422 a limit of ``query.*`` broken (the body's
+        ``limit`` names the key), 415 a POST that is not JSON.
+        """
+
+        guard = SqlGuard.for_store(store)
+
         async def get(self, request: Any) -> Any:
             q = request.query
-            return await self._run(q.get("name"), q.get("sql"), dict(q))
+            if "sql" in q:
+                return self.json({"error": "sql is accepted only in a POST with a JSON body"},
+                                 status=405, headers={"Allow": "POST"})
+            return await self._named(q.get("name"), dict(q))
 
         async def post(self, request: Any) -> Any:
+            if request.content_type != "application/json":
+                return self.json({"error": "Content-Type must be application/json"}, status=415)
             try:
                 body = await request.json()
             except Exception:
                 return self.json({"error": "body must be JSON"}, status=400)
             if not isinstance(body, dict):
                 return self.json({"error": "body must be a JSON object"}, status=400)
-            return await self._run(body.get("name"), body.get("sql"), body.get("params") or {})
+            params = body.get("params") or {}
+            if not isinstance(params, dict):
+                return self.json({"error": "params must be a JSON object"}, status=400)
+            sql = body.get("sql")
+            if sql is None:
+                return await self._named(body.get("name"), params)
+            if not isinstance(sql, str):
+                return self.json({"error": "sql must be a string"}, status=400)
+            try:
+                rows = await asyncio.to_thread(self.guard.run, sql, params)
+            except (QueryRefused, QueryLimitError) as exc:
+                out = {"error": str(exc)}
+                if isinstance(exc, QueryLimitError):
+                    out["limit"] = exc.key
+                return self.json(out, status=exc.status)
+            except QueryError as exc:
+                return self.json({"error": str(exc)}, status=400)
+            return self.json({"rows": rows})
 
-        async def _run(self, name: str | None, sql: str | None, params: dict[str, Any]) -> Any:
-            if name:
-                if name not in NAMED_QUERIES:
-                    return self.json(
-                        {"error": f"unknown query {name!r}", "known": sorted(NAMED_QUERIES)},
-                        status=404,
-                    )
-                text = NAMED_QUERIES[name]
-            elif sql:
-                try:
-                    text = check_readonly_sql(sql)
-                except QueryError as exc:
-                    return self.json({"error": str(exc)}, status=400)
-            else:
-                return self.json({"error": "give a query name or sql"}, status=400)
+        async def _named(self, name: str | None, params: dict[str, Any]) -> Any:
+            if not name:
+                return self.json({"error": "give a query name (GET or POST) or sql (POST)"},
+                                 status=400)
+            if name not in NAMED_QUERIES:
+                return self.json(
+                    {"error": f"unknown query {name!r}", "known": sorted(NAMED_QUERIES)},
+                    status=404,
+                )
             qparams = {k: v for k, v in params.items() if k not in ("name", "sql")}
             try:
-                rows = await asyncio.to_thread(store.query, text, qparams, readonly=True)
+                rows = await asyncio.to_thread(
+                    store.query, NAMED_QUERIES[name], qparams, readonly=True)
             except Exception as exc:
                 return self.json({"error": str(exc).splitlines()[0][:500]}, status=400)
             return self.json({"rows": rows})

@@ -31,7 +31,8 @@ from dashboards.render import render_panel, to_epoch
 from dashboards.testing import fill_rows, fill_store
 from dashboards.web import Context, aiohttp_app, data_span, panel_rows
 from llmpulse import report
-from llmpulse.store import QueryError, Store, check_readonly_sql
+from llmpulse.sqlguard import QueryRefused, SqlGuard
+from llmpulse.store import QueryError, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 DURATION = 600.0
@@ -106,22 +107,23 @@ def test_panel_definitions_reject_bad_shapes() -> None:
         Panel(1, "x", "SELECT 1", "pie", ("value",))
 
 
-def test_every_panel_sql_is_accepted_by_the_read_only_api() -> None:
+def test_every_panel_sql_is_accepted_by_the_read_only_api(filled: dict[str, Any]) -> None:
+    guard = SqlGuard.for_store(filled["store"])
     for _name, p in ALL_PANELS:
         sql = expand(p.sql, start=1_700_000_000, end=1_700_000_600,
                      variables={"app": ["a"], "model": ["m"], "version": ["v"]})
-        assert check_readonly_sql(sql)
+        assert guard.check(sql).tables
 
 
 # -- the macro expander ---------------------------------------------------------------
 
 
-def test_expander_quotes_values_and_refuses_unknown_macros() -> None:
+def test_expander_quotes_values_and_refuses_unknown_macros(filled: dict[str, Any]) -> None:
     sql = "SELECT 1 FROM signals WHERE $__conditionalAll(app IN (${app:singlequote}), $app)"
     evil = expand(sql, start=0, end=60, variables={"app": ["x') OR 1=1 --"]})
     assert evil.endswith("app IN ('x\\') OR 1=1 --')")
-    with pytest.raises(QueryError):  # and the API refuses what a bad quote would leak into
-        check_readonly_sql("SELECT 1 FROM signals; DROP TABLE signals")
+    with pytest.raises(QueryRefused):  # and the API refuses what a bad quote would leak into
+        SqlGuard.for_store(filled["store"]).check("SELECT 1 FROM signals; DROP TABLE signals")
     assert expand(sql, start=0, end=60, variables={"app": ["$__all"]}).endswith("WHERE 1=1")
     with pytest.raises(MacroError, match="unknown macro"):
         expand("SELECT $__timeGroup(ts)", start=0, end=60)
@@ -274,14 +276,15 @@ def test_report_is_self_contained_and_defaults_to_the_data_span(filled: dict[str
 async def _api_query_app(store: Store) -> web.Application:
     """The stack's ``POST /api/query`` contract, enough for the report's HTTP mode."""
 
+    guard = SqlGuard.for_store(store)
+
     async def api(request: web.Request) -> web.Response:
         body = await request.json()
         try:
-            sql = check_readonly_sql(body["sql"])
+            rows = guard.run(body["sql"], body.get("params") or {})
         except QueryError as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response({"rows": store.query(sql, body.get("params") or {},
-                                                      readonly=True)})
+        return web.json_response({"rows": rows})
 
     app = web.Application()
     app.router.add_post("/api/query", api)
