@@ -28,8 +28,10 @@ IBANs need nothing outside the standard library.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import importlib
+import ipaddress
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -258,12 +260,13 @@ def find_emails(text: str) -> list[tuple[int, int]]:
 
 # Digits joined by the punctuation phone numbers are written with (ASCII and
 # full-width dashes, dots, slashes, brackets, spaces). A run with fewer than
-# six digits is no phone number; blanking it (same length, so offsets hold)
+# seven digits is taken for no phone number (versions, times, short codes look
+# the same; the few national numbers that short are missed); blanking it (same length, so offsets hold)
 # spares libphonenumber from parsing every time, price and small count once
 # per region, which is most of its cost on ordinary text.
 _PHONE_PUNCT = "\\-\u2010-\u2015\u2212\u30fc\uff0d-\uff0f \t\u00a0\u00ad\u200b\u2060\u3000().\\[\\]/~\u2053\u223c\uff5e\uff08\uff09\uff3b\uff3d"
 _DIGIT_RUN = re.compile(f"[+\uff0b]?\\d(?:[{_PHONE_PUNCT}]*\\d)*")
-_MIN_PHONE_DIGITS = 6
+_MIN_PHONE_DIGITS = 7
 
 
 def _digit_runs(text: str) -> list[tuple[int, int, bool]]:
@@ -357,7 +360,58 @@ def _plausible(run: str, gate: re.Pattern[str]) -> bool:
 _JOINERS = "-_/"
 
 
+_ADDRESS_CHARS = frozenset("0123456789abcdefABCDEF.:")
+
+
+def _in_ip_address(text: str, start: int, end: int) -> bool:
+    """Whether the span lies in a token that the stdlib parses as an IP address."""
+    a, b = start, end
+    while a > 0 and text[a - 1] in _ADDRESS_CHARS:
+        a -= 1
+    while b < len(text) and text[b] in _ADDRESS_CHARS:
+        b += 1
+    token = text[a:b].strip(".:")
+    candidates = [token]
+    if token.count(":") == 1:  # 10.0.0.5:5432
+        candidates.append(token.split(":", 1)[0])
+    for t in candidates:
+        try:
+            ipaddress.ip_address(t)
+        except ValueError:
+            continue
+        return True
+    return False
+
+
+_DATE_FORMATS = (
+    "%d.%m.%Y", "%d/%m/%Y", "%m/%d/%Y", "%d-%m-%Y", "%m-%d-%Y", "%Y-%m-%d", "%Y/%m/%d", "%Y.%m.%d", "%Y%m%d",
+    "%d.%m.%y", "%d/%m/%y", "%m/%d/%y",
+)
+
+
+def _is_date(span: str) -> bool:
+    """Whether the span reads as a calendar date in a common numeric notation."""
+    for fmt in _DATE_FORMATS:
+        try:
+            datetime.datetime.strptime(span, fmt)
+        except ValueError:
+            continue
+        return True
+    return False
+
+
 def _is_glued(text: str, start: int, end: int) -> bool:
+    if _in_ip_address(text, start, end):
+        return True
+    span = text[start:end]
+    if _is_date(span.strip()):
+        return True
+    # Dotted groups with a one-digit group are version numbers (0.1.1000,
+    # 6.5.0): phone numbers written with dots group two digits or more.
+    # and a single dot between two digit groups is a decimal number (16800.10).
+    groups = _GROUPS.findall(span)
+    if "." in span and (any(len(g) == 1 for g in groups) or (len(groups) == 2 and span.count(".") == 1)):
+        return True
     before = text[start - 1] if start > 0 else ""
     after = text[end] if end < len(text) else ""
     if before == "#" or after == "#":  # order #5512 3398 7741, conference 719 448 203#
@@ -420,7 +474,10 @@ class PhoneFinder:
                 continue
             masked = _blank(text, runs, keep)
             for m in pn.PhoneNumberMatcher(masked, region, leniency=pn.Leniency.VALID):
-                spans.add((m.start, m.end))
+                # The matcher also tries the inner groups of a long run; a
+                # short group found that way (1680 in 0.60.1680) is no phone.
+                if sum(c.isdigit() for c in m.raw_string) >= _MIN_PHONE_DIGITS:
+                    spans.add((m.start, m.end))
         return sorted(s for s in spans if not _is_glued(text, *s))
 
 
