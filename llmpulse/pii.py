@@ -47,6 +47,7 @@ __all__ = [
     "find_cards",
     "find_emails",
     "find_ibans",
+    "gs1_valid",
     "iban_valid",
     "luhn_valid",
     "merge_spans",
@@ -406,9 +407,14 @@ def _is_glued(text: str, start: int, end: int) -> bool:
     span = text[start:end]
     if _is_date(span.strip()):
         return True
-    # Dotted groups with a one-digit group are version numbers (0.1.1000,
-    # 6.5.0): phone numbers written with dots group two digits or more.
-    # and a single dot between two digit groups is a decimal number (16800.10).
+    # A run continued by a dot or comma and digits is a decimal or a list
+    # (1714567890.123456); dotted groups with a one-digit group are version
+    # numbers (0.1.1000: phone numbers written with dots group two digits or
+    # more), and a single dot between two groups is a decimal (16800.10).
+    if (end + 1 < len(text) and text[end] in ".," and text[end + 1].isdigit()) or (
+        start > 1 and text[start - 1] in ".," and text[start - 2].isdigit()
+    ):
+        return True
     groups = _GROUPS.findall(span)
     if "." in span and (any(len(g) == 1 for g in groups) or (len(groups) == 2 and span.count(".") == 1)):
         return True
@@ -419,6 +425,35 @@ def _is_glued(text: str, start: int, end: int) -> bool:
     if before and before in _JOINERS and start > 1 and text[start - 2].isalnum():
         return True
     return bool(after and after in _JOINERS and end + 1 < len(text) and text[end + 1].isalnum())
+
+
+_GS1_LENGTHS = frozenset({12, 13, 14, 18})
+
+
+def gs1_valid(digits: str) -> bool:
+    """The GS1 check digit of UPC-A, EAN-13, GTIN-14 and SSCC codes.
+
+    >>> gs1_valid("036000291452"), gs1_valid("4006381333931"), gs1_valid("4006381333932")
+    (True, True, False)
+    """
+    body, check = digits[:-1], int(digits[-1])
+    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
+    return (10 - total % 10) % 10 == check
+
+
+def _bare_run_is_phone(pn: ModuleType, number: object, raw: str, region: str) -> bool:
+    """A number written as one unbroken digit run, without a country code, is
+    an identifier (an order or account number, an epoch time) more often than
+    a phone number: it counts only as a mobile number, or with the region's
+    trunk prefix in front, and never when it carries a valid product-code
+    check digit at a product-code length."""
+    if len(raw) in _GS1_LENGTHS and gs1_valid(raw):
+        return False
+    kind = pn.number_type(number)
+    if kind in (pn.PhoneNumberType.MOBILE, pn.PhoneNumberType.FIXED_LINE_OR_MOBILE):
+        return True
+    prefix = pn.PhoneMetadata.metadata_for_region(region).national_prefix
+    return bool(prefix) and raw.startswith(prefix)
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,9 +472,12 @@ class PhoneFinder:
     """
 
     regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS
+    leniency: str = "STRICT_GROUPING"
 
     def __post_init__(self) -> None:
         pn = require_extra("phonenumbers")
+        if self.leniency not in ("VALID", "STRICT_GROUPING", "EXACT_GROUPING"):
+            raise ValueError(f"leniency: one of VALID, STRICT_GROUPING, EXACT_GROUPING, got {self.leniency!r}")
         if isinstance(self.regions, str):
             raise TypeError(f"regions: a sequence of region codes, got the string {self.regions!r}")
         known = pn.SUPPORTED_REGIONS
@@ -466,6 +504,9 @@ class PhoneFinder:
         # could hold one of its numbers, and is skipped when there are none.
         for region in self.regions:
             gate = _region_gate(region)
+            # Where parsing rewrites the digits (Argentina's mobile "15"), the
+            # grouping check cannot see the written groups: validity only.
+            leniency = getattr(pn.Leniency, self.leniency if gate is not None else "VALID")
             keep = list(context)
             for i, (a, b, long) in enumerate(runs):
                 if long and keep[i] and (plus[i] or (gate is not None and not _plausible(text[a:b], gate))):
@@ -473,11 +514,15 @@ class PhoneFinder:
             if not any(k and runs[i][2] for i, k in enumerate(keep)):
                 continue
             masked = _blank(text, runs, keep)
-            for m in pn.PhoneNumberMatcher(masked, region, leniency=pn.Leniency.VALID):
+            for m in pn.PhoneNumberMatcher(masked, region, leniency=leniency):
                 # The matcher also tries the inner groups of a long run; a
                 # short group found that way (1680 in 0.60.1680) is no phone.
-                if sum(c.isdigit() for c in m.raw_string) >= _MIN_PHONE_DIGITS:
-                    spans.add((m.start, m.end))
+                raw = m.raw_string
+                if sum(c.isdigit() for c in raw) < _MIN_PHONE_DIGITS:
+                    continue
+                if raw.isdigit() and not _bare_run_is_phone(pn, m.number, raw, region):
+                    continue
+                spans.add((m.start, m.end))
         return sorted(s for s in spans if not _is_glued(text, *s))
 
 
