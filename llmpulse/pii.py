@@ -416,7 +416,9 @@ def _is_glued(text: str, start: int, end: int) -> bool:
     ):
         return True
     groups = _GROUPS.findall(span)
-    if "." in span and (any(len(g) == 1 for g in groups) or (len(groups) == 2 and span.count(".") == 1)):
+    if "." in span and not span.startswith(("+", "\uff0b")) and (
+        any(len(g) == 1 for g in groups) or (len(groups) == 2 and span.count(".") == 1)
+    ):
         return True
     before = text[start - 1] if start > 0 else ""
     after = text[end] if end < len(text) else ""

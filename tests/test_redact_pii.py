@@ -88,6 +88,7 @@ def test_removed_counts_partial_leaks():
     ("text", "regions", "expected"),
     [
         ("London +44 (0)20 7946 0958 today", DEFAULT_PHONE_REGIONS, "London [PHONE] today"),
+        ("fax +1.212.555.0147", DEFAULT_PHONE_REGIONS, "fax [PHONE]"),  # dotted, yet no version number
         ("Büro (030) 1234567, Handy 0171 1234567", ("DE",), "Büro [PHONE], Handy [PHONE]"),
         ("bel 06-12345678", ("NL",), "bel [PHONE]"),
         ("tél. 06 12 34 56 78", ("FR",), "tél. [PHONE]"),
@@ -256,3 +257,17 @@ def test_redact_without_the_extra_fails_at_construction(module):
     assert lines[1].startswith("refused: ") and "pip install 'llmpulse[redact]'" in lines[1]
     assert repr(module) in lines[1]
     assert lines[2] == "loaded: False"
+
+
+def test_bench_scores_every_part_against_the_baseline():
+    from llmpulse.bench.redact import SPLITS, format_table, run
+
+    result = run(quick=True)
+    q = result["quality"]
+    for split in SPLITS:
+        assert result["texts"][split] >= 100
+        assert q[f"hinted/{split}"]["recall"]["all"] > q[f"baseline/{split}"]["recall"]["all"]
+        assert q[f"default/{split}"]["specificity"]["all"] > q[f"baseline/{split}"]["specificity"]["all"]
+    assert result["cost"]["redact_us"] > result["cost"]["plain_us"] > 0
+    table = format_table(result)
+    assert "== heldout2" in table and "Monitor.inference()" in table
