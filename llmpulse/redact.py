@@ -150,6 +150,8 @@ class Redactor:
         extra: Sequence[Rule] = (),
         regions: Sequence[str] = DEFAULT_PHONE_REGIONS,
     ) -> None:
+        if isinstance(regions, str):
+            raise TypeError(f"regions: a sequence of region codes such as ('DE', 'AT'), got the string {regions!r}")
         self.builtins = tuple(builtins)
         self.extra = tuple(extra)
         unknown = set(self.builtins) - set(BUILTIN_RULES)

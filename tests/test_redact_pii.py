@@ -111,6 +111,8 @@ def test_bad_regions_are_refused():
         Redactor(regions=("XX",))
     with pytest.raises(TypeError, match="regions"):
         PhoneFinder(regions="DE")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="regions"):
+        Redactor(regions="DE")
 
 
 def test_overlaps_resolve_to_the_stronger_kind():
