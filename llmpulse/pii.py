@@ -5,9 +5,14 @@ Every finder returns the spans ``(start, end)`` of the values it found; the
 
 * phone numbers: Google's libphonenumber (the ``phonenumbers`` package) finds
   candidates and keeps those that are valid numbers of one of the configured
-  regions (numbers written with a ``+`` country code are kept when their
-  length is possible for that country, so a freshly allocated range is not
-  missed because the metadata is older than the number);
+  regions, written in a grouping that region uses (``STRICT_GROUPING``);
+  numbers written with a ``+`` country code are kept when their length is
+  possible for that country, so a freshly allocated range is not missed
+  because the metadata is older than the number. What libphonenumber accepts
+  is then refused when it is an IP address, a calendar date, a decimal, a
+  version, part of an identifier (``INV-2024-000123``, ``#5512``), a bare
+  fixed-line digit run without trunk prefix, or a bare run with a GS1
+  product-code check digit;
 * e-mail addresses: every ``@`` is grown to the longest address-shaped string
   around it and checked by ``email-validator`` (RFC 5321/5322/6531 syntax,
   IDNA domains);
@@ -463,9 +468,10 @@ class PhoneFinder:
     """Phone numbers found by libphonenumber's matcher.
 
     ``regions`` are tried in turn for numbers written without a country code
-    (a number valid in any of them is found); numbers that start with ``+``
-    and a country code are found whatever the regions, when their length is
-    possible for that country.
+    (a number valid and grouped as ``leniency`` requires in any of them is
+    found; each extra region costs a matcher pass over texts with a plausible
+    digit run); numbers that start with ``+`` and a country code are found
+    whatever the regions, when their length is possible for that country.
 
     >>> f = PhoneFinder(regions=("DE", "FR"))
     >>> text = "Ruf 0171 1234567 oder +33 6 12 34 56 78 an, Version 2.14.3, 10:45 Uhr"

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from llmpulse.bench.redact import evaluate, load_cases, removed
+from llmpulse.bench.redact import DATA_HELDOUT2, evaluate, load_cases, removed
 from llmpulse.bench.redact_baseline import baseline_redact
 from llmpulse.pii import DEFAULT_PHONE_REGIONS, IBAN_LENGTHS, PhoneFinder, find_emails, find_ibans
 from llmpulse.redact import Redactor
@@ -31,6 +31,9 @@ DEFAULT = Redactor()
 
 
 def test_eval_set_is_well_formed():
+    second = load_cases(DATA_HELDOUT2)
+    assert len(second) >= 100 and {c["split"] for c in second} == {"heldout2"}
+    assert all(v["value"] in c["text"] for c in second for v in c["pii"])
     cases = load_cases()
     assert len(cases) >= 200
     ids = [c["id"] for c in cases]
