@@ -17,7 +17,7 @@ from llmpulse.config import ConfigError, load_settings
 
 __all__ = ["main"]
 
-BENCHES = ("shim", "ingest", "detectors", "engine", "pipeline", "fault", "serving", "retrain")
+BENCHES = ("shim", "ingest", "detectors", "engine", "pipeline", "fault", "serving", "retrain", "redact")
 
 
 def _settings(args: argparse.Namespace):

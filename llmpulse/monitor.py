@@ -374,7 +374,9 @@ class Monitor:
       (a ``ValueError`` naming the field); with ``strict=False`` the event is
       logged (rate limited), counted as ``invalid`` and dropped.
     * text: ``redact`` (True for the built-in :class:`~llmpulse.redact.Redactor`,
-      or any ``str -> str`` callable), ``text`` (``"full"`` or ``"none"``),
+      which needs ``pip install 'llmpulse[redact]'`` and says so here, at
+      construction, when it is missing; or any ``str -> str`` callable, such as
+      ``Redactor(regions=("DE", "AT"))``), ``text`` (``"full"`` or ``"none"``),
       ``text_sample_rate``, ``embed`` (see :class:`~llmpulse.redact.TextPolicy`).
     * delivery: ``buffer_events``, ``journal_dir``, ``journal_max_bytes``,
       ``journal_fsync``, ``delivery_timeout_s``, ``producer_config`` (extra

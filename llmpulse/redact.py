@@ -1,20 +1,33 @@
 """PII redaction and text policies for the client shim.
 
 A :class:`Redactor` replaces personal data in free text before it leaves the
-application. Built-in detectors cover e-mail addresses, phone numbers,
-payment card numbers (only digit runs that pass the Luhn check) and IBANs
-(only strings that pass the ISO 13616 mod-97 check), so order numbers and
-timestamps survive. Users add their own rules: a compiled regex or pattern
-string (replaced by ``[REDACTED]``), a ``(pattern, replacement)`` pair, or any
-callable ``str -> str``.
+application. The built-in detectors (see :mod:`llmpulse.pii`) decide from real
+checks, not from the shape of the text: e-mail addresses that
+``email-validator`` accepts, phone numbers that Google's libphonenumber finds
+valid for one of the configured regions (or possible, when written with a
+``+`` country code), payment card numbers that pass the Luhn check and carry a
+card network's issuer prefix, and IBANs of a registered country, of its
+length, that pass the ISO 13616 mod-97 check. So order numbers, meeting IDs,
+versions and timestamps survive. E-mail and phone detection need the
+``redact`` extra (``pip install 'llmpulse[redact]'``); without it,
+constructing a :class:`Redactor` that uses them fails with that install line.
+Users add their own rules: a compiled regex or pattern string (replaced by
+``[REDACTED]``), a ``(pattern, replacement)`` pair, or any callable
+``str -> str``.
 
 >>> r = Redactor()
->>> r("Mail jane.doe@example.com or call +44 20 7946 0958, card 4111 1111 1111 1111.")
+>>> r("Mail jane.doe@example.com or call +44 (0)20 7946 0958, card 4111 1111 1111 1111.")
 'Mail [EMAIL] or call [PHONE], card [CARD].'
->>> r("Order 1234 5678 9012 3456 shipped on 2024-05-01")  # fails Luhn: not a card
-'Order 1234 5678 9012 3456 shipped on 2024-05-01'
+>>> r("Order 1234 5678 9012 3456 shipped on 2024-05-01, Zoom 845 2391 0274")
+'Order 1234 5678 9012 3456 shipped on 2024-05-01, Zoom 845 2391 0274'
 >>> r("IBAN GB82 WEST 1234 5698 7654 32, not GB00WEST12345698765432")
 'IBAN [IBAN], not GB00WEST12345698765432'
+
+Numbers written without a country code are tried in ``regions`` (default
+:data:`~llmpulse.pii.DEFAULT_PHONE_REGIONS`); put your users' countries there:
+
+>>> Redactor(regions=("PL",))("Biuro: 22 123 45 67")
+'Biuro: [PHONE]'
 
 :class:`TextPolicy` decides, per event, whether text is sent at all: in mode
 ``"none"`` (or for events outside the ``sample_rate`` share) the prompt,
@@ -25,12 +38,25 @@ their embeddings (``embeddings``), so drift and volume metrics still work.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from llmpulse.pii import (
+    DEFAULT_PHONE_REGIONS,
+    PhoneFinder,
+    find_cards,
+    find_emails,
+    find_ibans,
+    iban_valid,
+    luhn_valid,
+    merge_spans,
+    require_extra,
+)
 
 __all__ = [
     "BUILTIN_RULES",
@@ -42,75 +68,56 @@ __all__ = [
 
 TEXT_FIELDS: tuple[str, ...] = ("prompt", "response", "comment")
 
-
-def luhn_valid(digits: str) -> bool:
-    """The Luhn checksum that every payment card number satisfies.
-
-    >>> luhn_valid("4111111111111111"), luhn_valid("4111111111111112")
-    (True, False)
-    """
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i & 1:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
+Finder = Callable[[str], list[tuple[int, int]]]
 
 
-def iban_valid(iban: str) -> bool:
-    """ISO 13616 check: move the first four characters to the end, read letters
-    as numbers (A=10 … Z=35), and the result mod 97 must be 1.
-
-    >>> iban_valid("GB82WEST12345698765432"), iban_valid("GB83WEST12345698765432")
-    (True, False)
-    """
-    s = iban.replace(" ", "").upper()
-    if not 15 <= len(s) <= 34 or not s[:2].isalpha() or not s[2:4].isdigit():
-        return False
-    rearranged = s[4:] + s[:4]
-    try:
-        number = int("".join(str(int(c, 36)) for c in rearranged))
-    except ValueError:
-        return False
-    return number % 97 == 1
+@functools.cache
+def _default_phones() -> PhoneFinder:
+    return PhoneFinder(DEFAULT_PHONE_REGIONS)
 
 
-_EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
-# A phone number: optional +country code, then 7-15 digits in groups with
-# separators. ISO dates and plain long integers (ids, amounts) are not phones:
-# without a leading "+" or "(" we require at least two separators and refuse
-# anything shaped like YYYY-MM-DD.
-_PHONE = re.compile(
-    r"(?<![\w+])(?:\+\d{7,15}|(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){1,4})(?![\w])"
-)
-_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}$")
+def _phones(text: str) -> list[tuple[int, int]]:
+    return _default_phones()(text)
 
 
-def _card(m: re.Match[str]) -> str:
-    digits = m.group().replace(" ", "").replace("-", "")
-    return "[CARD]" if luhn_valid(digits) else m.group()
+# name -> (placeholder, finder, optional package it needs), in priority order:
+# where two findings overlap, the earlier kind wins (an IBAN's digits are no
+# phone number, a card number is no phone number).
+_BUILTINS: dict[str, tuple[str, Finder, str | None]] = {
+    "email": ("[EMAIL]", find_emails, "email_validator"),
+    "iban": ("[IBAN]", find_ibans, None),
+    "card": ("[CARD]", find_cards, None),
+    "phone": ("[PHONE]", _phones, "phonenumbers"),
+}
 
 
-def _iban(m: re.Match[str]) -> str:
-    return "[IBAN]" if iban_valid(m.group()) else m.group()
+def _replace(text: str, spans: list[tuple[int, int, str]]) -> str:
+    if not spans:
+        return text
+    parts: list[str] = []
+    pos = 0
+    for a, b, label in spans:
+        parts.append(text[pos:a])
+        parts.append(label)
+        pos = b
+    parts.append(text[pos:])
+    return "".join(parts)
 
 
-def _phone(m: re.Match[str]) -> str:
-    s = m.group()
-    digits = sum(c.isdigit() for c in s)
-    if not 7 <= digits <= 15:
-        return s
-    if s[0] in "+(":
-        return "[PHONE]"
-    seps = sum(c in " .-" for c in s)
-    if seps < 2 or _ISO_DATE.match(s):
-        return s
-    return "[PHONE]"
+def _single(label: str, finder: Finder) -> Callable[[str], str]:
+    def rule(text: str) -> str:
+        return _replace(text, merge_spans([(label, finder(text))]))
+
+    rule.__name__ = f"redact_{label.strip('[]').lower()}"
+    return rule
+
+
+BUILTIN_RULES: dict[str, Callable[[str], str]] = {
+    name: _single(label, finder) for name, (label, finder, _) in _BUILTINS.items()
+}
+"""Built-in rules by name, each usable alone as ``str -> str`` (phones with the
+default regions). A :class:`Redactor` runs the ones it is given together, so
+overlapping findings are resolved in this order."""
 
 
 def _sub(pattern: re.Pattern[str], repl: Callable[[re.Match[str]], str] | str) -> Callable[[str], str]:
@@ -120,15 +127,6 @@ def _sub(pattern: re.Pattern[str], repl: Callable[[re.Match[str]], str] | str) -
     return rule
 
 
-BUILTIN_RULES: dict[str, Callable[[str], str]] = {
-    "email": _sub(_EMAIL, "[EMAIL]"),
-    "iban": _sub(_IBAN, _iban),
-    "card": _sub(_CARD, _card),
-    "phone": _sub(_PHONE, _phone),
-}
-"""Built-in rules by name, applied in this order (cards before phones, so a
-card number is not half-eaten as a phone number)."""
-
 Rule = Callable[[str], str] | re.Pattern[str] | str | tuple[re.Pattern[str] | str, str]
 
 
@@ -136,9 +134,10 @@ class Redactor:
     """Replace personal data in text: built-in rules, then user rules, in order.
 
     ``builtins`` names which built-in rules run (default all of
-    :data:`BUILTIN_RULES`); ``extra`` adds user rules: a callable ``str -> str``,
-    a regex (compiled or text; matches become ``[REDACTED]``), or a
-    ``(regex, replacement)`` pair.
+    :data:`BUILTIN_RULES`); ``regions`` are the ISO 3166 region codes tried for
+    phone numbers written without a country code; ``extra`` adds user rules: a
+    callable ``str -> str``, a regex (compiled or text; matches become
+    ``[REDACTED]``), or a ``(regex, replacement)`` pair.
 
     >>> r = Redactor(builtins=("email",), extra=[r"ACME-\\d{6}", (r"secret\\w*", "***")])
     >>> r("ticket ACME-123456 from bob@corp.io: secretpassword")
@@ -146,17 +145,32 @@ class Redactor:
     """
 
     def __init__(
-        self, builtins: Iterable[str] = tuple(BUILTIN_RULES), extra: Sequence[Rule] = ()
+        self,
+        builtins: Iterable[str] = tuple(BUILTIN_RULES),
+        extra: Sequence[Rule] = (),
+        regions: Sequence[str] = DEFAULT_PHONE_REGIONS,
     ) -> None:
+        if isinstance(regions, str):
+            raise TypeError(f"regions: a sequence of region codes such as ('DE', 'AT'), got the string {regions!r}")
         self.builtins = tuple(builtins)
         self.extra = tuple(extra)
-        rules: list[Callable[[str], str]] = []
-        for name in BUILTIN_RULES:  # canonical order, whatever order was given
-            if name in self.builtins:
-                rules.append(BUILTIN_RULES[name])
         unknown = set(self.builtins) - set(BUILTIN_RULES)
         if unknown:
             raise ValueError(f"unknown built-in rules {sorted(unknown)}; known: {list(BUILTIN_RULES)}")
+        finders: list[tuple[str, Finder]] = []
+        for name, (label, finder, needs) in _BUILTINS.items():  # canonical order, whatever order was given
+            if name not in self.builtins:
+                continue
+            if needs is not None:
+                require_extra(needs)  # fail here, at construction, with the install line
+            if name == "phone":
+                finder = PhoneFinder(tuple(regions))
+                self.regions: tuple[str, ...] = finder.regions
+            finders.append((label, finder))
+        if "phone" not in self.builtins:
+            self.regions = tuple(regions)
+        self._finders = tuple(finders)
+        rules: list[Callable[[str], str]] = []
         for rule in self.extra:
             if isinstance(rule, tuple):
                 pat, repl = rule
@@ -170,12 +184,14 @@ class Redactor:
         self._rules = tuple(rules)
 
     def __call__(self, text: str) -> str:
+        if self._finders:
+            text = _replace(text, merge_spans((label, find(text)) for label, find in self._finders))
         for rule in self._rules:
             text = rule(text)
         return text
 
     def __repr__(self) -> str:
-        return f"Redactor(builtins={self.builtins!r}, extra={self.extra!r})"
+        return f"Redactor(builtins={self.builtins!r}, extra={self.extra!r}, regions={self.regions!r})"
 
 
 def _meta(text: str) -> dict[str, Any]:

@@ -1,0 +1,548 @@
+"""Finders for personal data in free text, each deciding from a real check.
+
+Every finder returns the spans ``(start, end)`` of the values it found; the
+:class:`~llmpulse.redact.Redactor` merges them and replaces the text.
+
+* phone numbers: Google's libphonenumber (the ``phonenumbers`` package) finds
+  candidates and keeps those that are valid numbers of one of the configured
+  regions, written in a grouping that region uses (``STRICT_GROUPING``);
+  numbers written with a ``+`` country code are kept when their length is
+  possible for that country, so a freshly allocated range is not missed
+  because the metadata is older than the number. What libphonenumber accepts
+  is then refused when it is an IP address, a calendar date, a decimal, a
+  version, part of an identifier (``INV-2024-000123``, ``#5512``), a bare
+  fixed-line digit run without trunk prefix, or a bare run with a GS1
+  product-code check digit;
+* e-mail addresses: every ``@`` is grown to the longest address-shaped string
+  around it and checked by ``email-validator`` (RFC 5321/5322/6531 syntax,
+  IDNA domains);
+* payment cards: a digit run of 12 to 19 digits (single spaces or hyphens
+  between digits allowed) that passes the Luhn check and starts with an
+  issuer prefix that the card networks use for that length;
+* IBANs: a country code of the ISO 13616 registry, two check digits and
+  exactly that country's length, passing the mod-97 check.
+
+``phonenumbers`` and ``email-validator`` are the ``redact`` extra; cards and
+IBANs need nothing outside the standard library.
+
+>>> find_cards("card 4111 1111 1111 1111, EAN 5901234123457")
+[(5, 24)]
+>>> find_ibans("IBAN DE89 3704 0044 0532 0130 00 BIC COBADEFFXXX")
+[(5, 32)]
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import importlib
+import ipaddress
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import ModuleType
+
+__all__ = [
+    "DEFAULT_PHONE_REGIONS",
+    "EXTRA_HINT",
+    "IBAN_LENGTHS",
+    "PhoneFinder",
+    "card_issuer_known",
+    "find_cards",
+    "find_emails",
+    "find_ibans",
+    "gs1_valid",
+    "iban_valid",
+    "luhn_valid",
+    "merge_spans",
+    "require_extra",
+]
+
+EXTRA_HINT = "pip install 'llmpulse[redact]'"
+
+DEFAULT_PHONE_REGIONS: tuple[str, ...] = ("US", "GB", "DE", "FR", "ES", "IT", "NL", "IN", "BR", "JP", "AU")
+"""Regions tried for numbers written without a country code. A national
+number is redacted when it is valid in any of them; set your own with
+``Redactor(regions=...)`` (your users' countries first)."""
+
+
+def require_extra(module: str) -> ModuleType:
+    """Import a module of the ``redact`` extra, or fail with the install line.
+
+    >>> require_extra("re").__name__
+    're'
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(
+            f"PII redaction needs the optional package {module!r}: {EXTRA_HINT}"
+        ) from e
+
+
+def luhn_valid(digits: str) -> bool:
+    """The Luhn checksum that every payment card number satisfies.
+
+    >>> luhn_valid("4111111111111111"), luhn_valid("4111111111111112")
+    (True, False)
+    """
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i & 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+# Issuer prefixes (IIN ranges) and the lengths each network issues, from the
+# networks' published ranges. A Luhn-valid run outside them is an EAN, an
+# account or reference number, not a card.
+_CARD_RANGES: tuple[tuple[int, int, frozenset[int]], ...] = (
+    (4, 4, frozenset({13, 16, 19})),  # Visa
+    (51, 55, frozenset({16})),  # Mastercard
+    (2221, 2720, frozenset({16})),  # Mastercard 2-series
+    (34, 34, frozenset({15})),  # American Express
+    (37, 37, frozenset({15})),
+    (300, 305, frozenset({14, 16, 17, 18, 19})),  # Diners Club
+    (36, 36, frozenset({14, 16, 17, 18, 19})),
+    (38, 39, frozenset({14, 16, 17, 18, 19})),
+    (6011, 6011, frozenset({16, 17, 18, 19})),  # Discover
+    (644, 649, frozenset({16, 17, 18, 19})),
+    (65, 65, frozenset({16, 17, 18, 19})),
+    (3528, 3589, frozenset({16, 17, 18, 19})),  # JCB
+    (62, 62, frozenset({16, 17, 18, 19})),  # UnionPay
+    (5018, 5018, frozenset(range(12, 20))),  # Maestro
+    (5020, 5020, frozenset(range(12, 20))),
+    (5038, 5038, frozenset(range(12, 20))),
+    (5893, 5893, frozenset(range(12, 20))),
+    (6304, 6304, frozenset(range(12, 20))),
+    (6759, 6759, frozenset(range(12, 20))),
+    (6761, 6763, frozenset(range(12, 20))),
+    (2200, 2204, frozenset({16, 17, 18, 19})),  # Mir
+)
+
+
+def card_issuer_known(digits: str) -> bool:
+    """Whether a card network issues numbers with this prefix and length.
+
+    >>> card_issuer_known("4111111111111111"), card_issuer_known("5901234123457")
+    (True, False)
+    """
+    n = len(digits)
+    for lo, hi, lengths in _CARD_RANGES:
+        k = len(str(lo))
+        if n in lengths and lo <= int(digits[:k]) <= hi:
+            return True
+    return False
+
+
+# Candidates only: the decision is Luhn plus the issuer table. A candidate is
+# a whole digit run: not preceded or followed by more digits, directly or
+# across one separator (a 22-digit tracking number holds no card).
+_CARD_CANDIDATE = re.compile(r"(?<![\d-])(?<!\d[ -])\d(?:[ -]?\d){11,18}(?![\d-])(?![ -]\d)")
+
+
+def find_cards(text: str) -> list[tuple[int, int]]:
+    """Spans of payment card numbers (Luhn and issuer range both hold)."""
+    out = []
+    for m in _CARD_CANDIDATE.finditer(text):
+        digits = m.group().replace(" ", "").replace("-", "")
+        if luhn_valid(digits) and card_issuer_known(digits):
+            out.append(m.span())
+    return out
+
+
+IBAN_LENGTHS: dict[str, int] = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
+    "BI": 27, "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DJ": 27,
+    "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FK": 18, "FO": 18, "FR": 27,
+    "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22,
+    "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32,
+    "LI": 21, "LT": 20, "LU": 20, "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22, "MK": 19,
+    "MN": 20, "MR": 27, "MT": 31, "MU": 30, "NI": 28, "NL": 18, "NO": 15, "OM": 23, "PK": 24,
+    "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "RU": 33, "SA": 24, "SC": 31,
+    "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "SO": 23, "ST": 25, "SV": 28, "TL": 23,
+    "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20, "YE": 30,
+}  # fmt: skip
+"""IBAN length per country (ISO 13616 registry)."""
+
+
+def iban_valid(iban: str) -> bool:
+    """ISO 13616 check: a registered country, its length, and mod 97 == 1 after
+    moving the first four characters to the end and reading letters as numbers
+    (A=10 … Z=35).
+
+    >>> iban_valid("GB82WEST12345698765432"), iban_valid("GB83WEST12345698765432")
+    (True, False)
+    """
+    s = iban.replace(" ", "").upper()
+    if IBAN_LENGTHS.get(s[:2]) != len(s) or not s[2:4].isdigit() or not s.isalnum() or not s.isascii():
+        return False
+    rearranged = s[4:] + s[:4]
+    number = int("".join(str(int(c, 36)) for c in rearranged))
+    return number % 97 == 1
+
+
+_IBAN_START = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}")
+
+
+def find_ibans(text: str) -> list[tuple[int, int]]:
+    """Spans of IBANs, grouped by single spaces or not, in either letter case."""
+    out: list[tuple[int, int]] = []
+    for m in _IBAN_START.finditer(text):
+        start = m.start()
+        if out and start < out[-1][1]:
+            continue
+        want = IBAN_LENGTHS.get(m.group()[:2].upper())
+        if want is None:
+            continue
+        i, n = m.end(), 4
+        while n < want and i < len(text):
+            ch = text[i]
+            if ch.isascii() and ch.isalnum():
+                n += 1
+                i += 1
+            elif ch == " " and i + 1 < len(text) and text[i + 1].isascii() and text[i + 1].isalnum():
+                i += 1
+            else:
+                break
+        if n != want or (i < len(text) and text[i].isascii() and text[i].isalnum()):
+            continue
+        if iban_valid(text[start:i]):
+            out.append((start, i))
+    return out
+
+
+# Characters an address may hold around its "@": RFC 5322 atext plus dots and
+# any non-ASCII letter (RFC 6531), and a domain's letters, digits, hyphens and
+# dots (IDNA labels included). The validator decides; this only bounds it.
+_LOCAL_CHARS = frozenset("!#$%&'*+-/=?^_`{|}~.")
+
+
+def _local_char(ch: str) -> bool:
+    return ch.isalnum() or ch in _LOCAL_CHARS
+
+
+def _domain_char(ch: str) -> bool:
+    return ch.isalnum() or ch in "-."
+
+
+def find_emails(text: str) -> list[tuple[int, int]]:
+    """Spans of e-mail addresses that ``email-validator`` accepts.
+
+    >>> find_emails("mail müller@bücher.de, not lodash@4.17.21 or @dataclass")
+    [(5, 21)]
+    """
+    if "@" not in text:
+        return []
+    ev = require_extra("email_validator")
+    out: list[tuple[int, int]] = []
+    at = text.find("@")
+    while at != -1:
+        i = at
+        while i > 0 and _local_char(text[i - 1]):
+            i -= 1
+        j = at + 1
+        while j < len(text) and _domain_char(text[j]):
+            j += 1
+        while i < at and text[i] in ".-":
+            i += 1
+        while j > at + 1 and text[j - 1] in ".-":
+            j -= 1
+        if i < at < j - 1:
+            try:
+                ev.validate_email(text[i:j], check_deliverability=False)
+            except ev.EmailNotValidError:
+                pass
+            else:
+                out.append((i, j))
+        at = text.find("@", at + 1)
+    return out
+
+
+# Digits joined by the punctuation phone numbers are written with (ASCII and
+# full-width dashes, dots, slashes, brackets, spaces). A run with fewer than
+# seven digits is taken for no phone number (versions, times, short codes look
+# the same; the few national numbers that short are missed); blanking it (same length, so offsets hold)
+# spares libphonenumber from parsing every time, price and small count once
+# per region, which is most of its cost on ordinary text.
+_PHONE_PUNCT = "\\-\u2010-\u2015\u2212\u30fc\uff0d-\uff0f \t\u00a0\u00ad\u200b\u2060\u3000().\\[\\]/~\u2053\u223c\uff5e\uff08\uff09\uff3b\uff3d"
+_DIGIT_RUN = re.compile(f"[+\uff0b]?\\d(?:[{_PHONE_PUNCT}]*\\d)*")
+_MIN_PHONE_DIGITS = 7
+
+
+def _digit_runs(text: str) -> list[tuple[int, int, bool]]:
+    """Digit runs ``(start, end, long)``; ``long`` when the run has enough
+    digits for a phone number."""
+    return [(m.start(), m.end(), sum(c.isdigit() for c in m.group()) >= _MIN_PHONE_DIGITS)
+            for m in _DIGIT_RUN.finditer(text)]
+
+
+def _context_runs(runs: list[tuple[int, int, bool]]) -> list[bool]:
+    """Which runs libphonenumber must see: the long ones, and short ones right
+    next to a kept one (the ``10:45`` after a date is what tells it the date
+    is a timestamp, not a number)."""
+    keep = [long for _, _, long in runs]
+    for i in range(1, len(runs)):  # forwards, then backwards: chains glued to a long run
+        if not keep[i] and keep[i - 1] and runs[i][0] - runs[i - 1][1] <= 1:
+            keep[i] = True
+    for i in range(len(runs) - 2, -1, -1):
+        if not keep[i] and keep[i + 1] and runs[i + 1][0] - runs[i][1] <= 1:
+            keep[i] = True
+    return keep
+
+
+def _blank(text: str, runs: list[tuple[int, int, bool]], keep: list[bool]) -> str:
+    """``text`` with the runs not kept replaced by spaces (offsets hold).
+
+    >>> t = "at 10:45 call 0171 1234567, 2024-05-01 10:45:12"
+    >>> runs = _digit_runs(t)
+    >>> _blank(t, runs, _context_runs(runs))
+    'at   :   call 0171 1234567, 2024-05-01 10:45:12'
+    """
+    parts: list[str] = []
+    pos = 0
+    for (a, b, _), k in zip(runs, keep, strict=True):
+        if not k:
+            parts.append(text[pos:a])
+            parts.append(" " * (b - a))
+            pos = b
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
+_GROUPS = re.compile(r"\d+")
+_MAX_GROUPS = 8
+
+
+@functools.cache
+def _region_gate(region: str) -> re.Pattern[str] | None:
+    """A necessary condition for a digit string to hold a valid national number
+    of ``region``, from the region's metadata: an optional country code, an
+    optional national prefix (as the parser strips it), then the region's
+    general number pattern; or an international call prefix first (then the
+    number is another country's, and the matcher decides). None when the
+    region rewrites numbers while parsing, so that no such rule holds."""
+    pn = require_extra("phonenumbers")
+    md = pn.PhoneMetadata.metadata_for_region(region)
+    if md is None:
+        return None
+    rule = md.national_prefix_transform_rule
+    if rule and not re.fullmatch(r"(?:\\\d)+", rule):
+        return None
+    npfp = md.national_prefix_for_parsing or md.national_prefix
+    # A transform rule keeps a captured part: the kept number is a suffix of
+    # what precedes it, so any short prefix may have been stripped.
+    prefix = r"\d{0,7}" if rule else (f"(?:{npfp})?" if npfp else "")
+    idd = f"(?:{md.international_prefix})\\d*|" if md.international_prefix else ""
+    return re.compile(f"{idd}(?:{md.country_code})?{prefix}(?:{md.general_desc.national_number_pattern})")
+
+
+def _ascii_digits(group: str) -> str:
+    return group if group.isascii() else "".join(str(unicodedata.decimal(c)) for c in group)
+
+
+def _plausible(run: str, gate: re.Pattern[str]) -> bool:
+    """Whether some run of consecutive digit groups could be a number that the
+    gate's region accepts."""
+    groups = [_ascii_digits(g) for g in _GROUPS.findall(run)]
+    if len(groups) > _MAX_GROUPS:
+        return True
+    for i in range(len(groups)):
+        digits = ""
+        for g in groups[i:]:
+            digits += g
+            if len(digits) >= _MIN_PHONE_DIGITS and gate.fullmatch(digits):
+                return True
+    return False
+
+
+# A digit group glued to letters or digits by one of these is part of an
+# identifier (INV-2024-000123, zoom.us/j/845..., build_2024_0501), not a phone.
+_JOINERS = "-_/"
+
+
+_ADDRESS_CHARS = frozenset("0123456789abcdefABCDEF.:")
+
+
+def _in_ip_address(text: str, start: int, end: int) -> bool:
+    """Whether the span lies in a token that the stdlib parses as an IP address."""
+    a, b = start, end
+    while a > 0 and text[a - 1] in _ADDRESS_CHARS:
+        a -= 1
+    while b < len(text) and text[b] in _ADDRESS_CHARS:
+        b += 1
+    token = text[a:b].strip(".:")
+    candidates = [token]
+    if token.count(":") == 1:  # 10.0.0.5:5432
+        candidates.append(token.split(":", 1)[0])
+    for t in candidates:
+        try:
+            ipaddress.ip_address(t)
+        except ValueError:
+            continue
+        return True
+    return False
+
+
+_DATE_FORMATS = (
+    "%d.%m.%Y", "%d/%m/%Y", "%m/%d/%Y", "%d-%m-%Y", "%m-%d-%Y", "%Y-%m-%d", "%Y/%m/%d", "%Y.%m.%d", "%Y%m%d",
+    "%d.%m.%y", "%d/%m/%y", "%m/%d/%y",
+)
+
+
+def _is_date(span: str) -> bool:
+    """Whether the span reads as a calendar date in a common numeric notation."""
+    for fmt in _DATE_FORMATS:
+        try:
+            datetime.datetime.strptime(span, fmt)
+        except ValueError:
+            continue
+        return True
+    return False
+
+
+def _is_glued(text: str, start: int, end: int) -> bool:
+    if _in_ip_address(text, start, end):
+        return True
+    span = text[start:end]
+    if _is_date(span.strip()):
+        return True
+    # A run continued by a dot or comma and digits is a decimal or a list
+    # (1714567890.123456); dotted groups with a one-digit group are version
+    # numbers (0.1.1000: phone numbers written with dots group two digits or
+    # more), and a single dot between two groups is a decimal (16800.10).
+    if (end + 1 < len(text) and text[end] in ".," and text[end + 1].isdigit()) or (
+        start > 1 and text[start - 1] in ".," and text[start - 2].isdigit()
+    ):
+        return True
+    groups = _GROUPS.findall(span)
+    if "." in span and not span.startswith(("+", "\uff0b")) and (
+        any(len(g) == 1 for g in groups) or (len(groups) == 2 and span.count(".") == 1)
+    ):
+        return True
+    before = text[start - 1] if start > 0 else ""
+    after = text[end] if end < len(text) else ""
+    if before == "#" or after == "#":  # order #5512 3398 7741, conference 719 448 203#
+        return True
+    if before and before in _JOINERS and start > 1 and text[start - 2].isalnum():
+        return True
+    return bool(after and after in _JOINERS and end + 1 < len(text) and text[end + 1].isalnum())
+
+
+_GS1_LENGTHS = frozenset({12, 13, 14, 18})
+
+
+def gs1_valid(digits: str) -> bool:
+    """The GS1 check digit of UPC-A, EAN-13, GTIN-14 and SSCC codes.
+
+    >>> gs1_valid("036000291452"), gs1_valid("4006381333931"), gs1_valid("4006381333932")
+    (True, True, False)
+    """
+    body, check = digits[:-1], int(digits[-1])
+    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
+    return (10 - total % 10) % 10 == check
+
+
+def _bare_run_is_phone(pn: ModuleType, number: object, raw: str, region: str) -> bool:
+    """A number written as one unbroken digit run, without a country code, is
+    an identifier (an order or account number, an epoch time) more often than
+    a phone number: it counts only as a mobile number, or with the region's
+    trunk prefix in front, and never when it carries a valid product-code
+    check digit at a product-code length."""
+    if len(raw) in _GS1_LENGTHS and gs1_valid(raw):
+        return False
+    kind = pn.number_type(number)
+    if kind in (pn.PhoneNumberType.MOBILE, pn.PhoneNumberType.FIXED_LINE_OR_MOBILE):
+        return True
+    prefix = pn.PhoneMetadata.metadata_for_region(region).national_prefix
+    return bool(prefix) and raw.startswith(prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class PhoneFinder:
+    """Phone numbers found by libphonenumber's matcher.
+
+    ``regions`` are tried in turn for numbers written without a country code
+    (a number valid and grouped as ``leniency`` requires in any of them is
+    found; each extra region costs a matcher pass over texts with a plausible
+    digit run); numbers that start with ``+`` and a country code are found
+    whatever the regions, when their length is possible for that country.
+
+    >>> f = PhoneFinder(regions=("DE", "FR"))
+    >>> text = "Ruf 0171 1234567 oder +33 6 12 34 56 78 an, Version 2.14.3, 10:45 Uhr"
+    >>> [text[a:b] for a, b in f(text)]
+    ['0171 1234567', '+33 6 12 34 56 78']
+    """
+
+    regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS
+    leniency: str = "STRICT_GROUPING"
+
+    def __post_init__(self) -> None:
+        pn = require_extra("phonenumbers")
+        if self.leniency not in ("VALID", "STRICT_GROUPING", "EXACT_GROUPING"):
+            raise ValueError(f"leniency: one of VALID, STRICT_GROUPING, EXACT_GROUPING, got {self.leniency!r}")
+        if isinstance(self.regions, str):
+            raise TypeError(f"regions: a sequence of region codes, got the string {self.regions!r}")
+        known = pn.SUPPORTED_REGIONS
+        bad = [r for r in self.regions if r not in known]
+        if bad:
+            raise ValueError(f"regions: unknown region codes {bad}; use ISO 3166 codes such as 'US', 'DE'")
+        object.__setattr__(self, "regions", tuple(self.regions))
+
+    def __call__(self, text: str) -> list[tuple[int, int]]:
+        runs = _digit_runs(text)
+        if not any(long for _, _, long in runs):
+            return []
+        pn = require_extra("phonenumbers")
+        context = _context_runs(runs)
+        spans: set[tuple[int, int]] = set()
+        plus = [text[a] in "+\uff0b" for a, _, _ in runs]
+        if any(p and long for p, (_, _, long) in zip(plus, runs, strict=True)):
+            first = self.regions[0] if self.regions else "US"
+            masked = _blank(text, runs, context)
+            for m in pn.PhoneNumberMatcher(masked, first, leniency=pn.Leniency.POSSIBLE):
+                if m.raw_string.startswith(("+", "\uff0b")):
+                    spans.add((m.start, m.end))
+        # Numbers without a country code: each region sees only the runs that
+        # could hold one of its numbers, and is skipped when there are none.
+        for region in self.regions:
+            gate = _region_gate(region)
+            # Where parsing rewrites the digits (Argentina's mobile "15"), the
+            # grouping check cannot see the written groups: validity only.
+            leniency = getattr(pn.Leniency, self.leniency if gate is not None else "VALID")
+            keep = list(context)
+            for i, (a, b, long) in enumerate(runs):
+                if long and keep[i] and (plus[i] or (gate is not None and not _plausible(text[a:b], gate))):
+                    keep[i] = False
+            if not any(k and runs[i][2] for i, k in enumerate(keep)):
+                continue
+            masked = _blank(text, runs, keep)
+            for m in pn.PhoneNumberMatcher(masked, region, leniency=leniency):
+                # The matcher also tries the inner groups of a long run; a
+                # short group found that way (1680 in 0.60.1680) is no phone.
+                raw = m.raw_string
+                if sum(c.isdigit() for c in raw) < _MIN_PHONE_DIGITS:
+                    continue
+                if raw.isdigit() and not _bare_run_is_phone(pn, m.number, raw, region):
+                    continue
+                spans.add((m.start, m.end))
+        return sorted(s for s in spans if not _is_glued(text, *s))
+
+
+def merge_spans(groups: Iterable[tuple[str, list[tuple[int, int]]]]) -> list[tuple[int, int, str]]:
+    """Non-overlapping labelled spans: earlier groups win, then longer spans.
+
+    >>> merge_spans([("[CARD]", [(5, 9)]), ("[PHONE]", [(0, 6), (10, 12)])])
+    [(5, 9, '[CARD]'), (10, 12, '[PHONE]')]
+    """
+    taken: list[tuple[int, int, str]] = []
+    for label, spans in groups:
+        for a, b in sorted(spans, key=lambda s: (s[0] - s[1], s[0])):
+            if all(b <= x or a >= y for x, y, _ in taken):
+                taken.append((a, b, label))
+    return sorted(taken)
