@@ -240,3 +240,20 @@ def test_python_entry_points(name: str) -> None:
             main is spec and "__main__" not in Path(str(spec.origin)).read_text()):
         pytest.skip(f"{name}: entry point `python -m {module}` is not in the tree yet")
     assert main is not None
+
+
+def test_public_listeners_get_a_tokens_file_and_the_retrain_worker_its_token() -> None:
+    """`up` and the model server refuse a 0.0.0.0 bind without tokens: compose must mount them."""
+    declared = COMPOSE["secrets"]
+    for name in ("worker", "serving", "retrain"):
+        svc = SERVICES[name]
+        tokens = _env(name)["LLMPULSE_TOKENS_FILE"]
+        assert tokens == "/run/secrets/llmpulse_tokens", name
+        assert "llmpulse_tokens" in svc["secrets"], name
+    assert _env("retrain")["LLMPULSE_TOKEN_FILE"] == "/run/secrets/llmpulse_retrain_token"
+    assert "llmpulse_retrain_token" in SERVICES["retrain"]["secrets"]
+    for svc in SERVICES.values():
+        for s in svc.get("secrets", []):
+            assert s in declared
+            assert not Path(declared[s]["file"]).is_absolute()
+    assert "secrets/" in (ROOT / ".gitignore").read_text().split()
