@@ -261,7 +261,7 @@ def _annotation_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         for sql in ANNOTATION_QUERIES:
             rows += query(sql, {})
         return rows
-    store = Store.open(settings.clickhouse_dsn, ddl=False)
+    store = Store.open(settings.clickhouse_dsn, ddl=False, credentials=settings.clickhouse_auth)
     try:
         query = store_query(store)
         for sql in ANNOTATION_QUERIES:

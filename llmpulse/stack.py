@@ -122,7 +122,8 @@ async def _run(
     except RulesError as exc:
         raise StackError(str(exc)) from None
     try:
-        store = await asyncio.to_thread(Store.open, settings.clickhouse_dsn)
+        store = await asyncio.to_thread(Store.open, settings.clickhouse_dsn,
+                                          credentials=settings.clickhouse_auth)
     except StoreError as exc:
         raise StackError(str(exc)) from None
 
@@ -145,7 +146,8 @@ async def _run(
             bootstrap = settings.kafka
         try:
             await asyncio.to_thread(
-                create_topics, bootstrap, {t: settings.ingest.partitions for t in TOPICS}
+                create_topics, bootstrap, {t: settings.ingest.partitions for t in TOPICS},
+                security=settings.kafka_security,
             )
         except BrokerError as exc:
             raise StackError(str(exc)) from None

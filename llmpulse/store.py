@@ -27,6 +27,8 @@ from urllib.parse import urlparse
 
 import orjson
 
+from llmpulse.store_auth import ClickHouseCredentials
+
 __all__ = [
     "DDL",
     "QueryError",
@@ -303,8 +305,18 @@ class Store:
         self.closed = False
 
     @classmethod
-    def open(cls, dsn: str, *, ddl: bool = True, ttl_days: int = TTL_DAYS) -> Store:
-        """Connect (or open the embedded engine), then run the idempotent DDL."""
+    def open(cls, dsn: str, *, ddl: bool = True, ttl_days: int = TTL_DAYS,
+             credentials: ClickHouseCredentials | None = None) -> Store:
+        """Connect (or open the embedded engine), then run the idempotent DDL.
+
+        A user and password in the DSN are taken out of it (``store.dsn`` and
+        errors never show them); ``credentials`` override them."""
+        from llmpulse.secret import Secret, scrub
+        from llmpulse.store_auth import split_dsn
+
+        dsn, dsn_user, dsn_password = split_dsn(dsn)
+        if credentials is None:
+            credentials = ClickHouseCredentials(dsn_user, Secret(dsn_password) if dsn_password else None)
         try:
             import clickhouse_connect
         except ImportError:
@@ -318,12 +330,14 @@ class Store:
             lock_fd = _lock_dir(path)
         try:
             url = dsn.replace("clickhouse://", "http://", 1)
-            client = clickhouse_connect.get_client(dsn=url)
-            reader = clickhouse_connect.get_client(dsn=url)
+            auth = credentials.client_kwargs()
+            client = clickhouse_connect.get_client(dsn=url, **auth)
+            reader = clickhouse_connect.get_client(dsn=url, **auth)
         except Exception as exc:
             if lock_fd is not None:
                 os.close(lock_fd)
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            msg = scrub(msg, credentials.secrets())
             if "lock" in str(exc).lower():
                 raise StoreLockedError(f"store {dsn} is in use by another process: {msg}") from None
             raise StoreError(f"cannot open store {dsn}: {msg}") from None

@@ -164,6 +164,7 @@ def new_faust_app(
         producer_acks=-1,
         web_cors_options=None,
         logging_config=None,
+        broker_credentials=settings.kafka_security.faust_credentials(),
         **web,
     )
 
