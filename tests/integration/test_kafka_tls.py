@@ -218,6 +218,20 @@ def test_events_sent_with_a_refused_cert_arrive_once_after_the_fix(
     assert {e["request_id"] for e in got} == ids
 
 
+async def _aiokafka_start_error(bootstrap: str, sec: KafkaSecurity) -> str:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=5000,
+                                **sec.aiokafka_kwargs())
+    try:
+        await producer.start()
+    except Exception as exc:  # aiokafka's own error type for the refusal
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        await producer.stop()
+    return ""
+
+
 def test_sasl_against_tansu_fails_clearly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Tansu without --authentication offers no SASL mechanism; with it, it runs
     SCRAM but its users cannot be created (see the module docstring of
@@ -242,6 +256,9 @@ def test_sasl_against_tansu_fails_clearly(tmp_path: Path, caplog: pytest.LogCapt
             finally:
                 mon.close(timeout=0)
             assert CANARY not in str(info.value) + str(mon.transport_error) + repr(mon)
+            # aiokafka, as the Faust workers run it, with the same settings
+            aio_error = asyncio.run(_aiokafka_start_error(b.bootstrap, sec))
+            assert aio_error and CANARY not in aio_error
     assert "rejected" in caplog.text
     assert CANARY not in caplog.text
 
