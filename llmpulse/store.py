@@ -331,6 +331,10 @@ class Store:
         try:
             url = dsn.replace("clickhouse://", "http://", 1)
             auth = credentials.client_kwargs()
+            if url.startswith("https:"):
+                # clickhouse-connect takes TLS from the port (443/8443), not the DSN's
+                # scheme: an https:// DSN on another port would go out in clear
+                auth["interface"] = "https"
             client = clickhouse_connect.get_client(dsn=url, **auth)
             reader = clickhouse_connect.get_client(dsn=url, **auth)
         except Exception as exc:

@@ -285,6 +285,10 @@ def test_llmpulse_up_ingests_over_mutual_tls(tls_kafka: TlsKafka, stack_factory:
     assert rows[0]["n"] == n
     # the broker only ever saw the proxy: every byte between client and broker went through TLS
     assert "connected remote server" in tls_kafka.proxy.log()
+    status = subprocess.run([sys.executable, "-m", "llmpulse.cli", "status"], env=sp.env,
+                            capture_output=True, text=True, timeout=120, cwd=str(sp.data_dir.parent))
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert f"kafka  {tls_kafka.bootstrap}" in status.stdout
     assert sp.stop() == 0
 
 
@@ -328,3 +332,27 @@ def test_secrets_never_printed_or_written(tls_kafka: TlsKafka, stack_factory: An
         Store.open(dsn, ddl=True)
     assert CANARY not in str(err.value)
     assert "svc" in str(err.value) or "127.0.0.1" in str(err.value)
+
+
+def test_clickhouse_over_https_checks_the_ca_and_hides_the_password(pki: Pki, tmp_path: Path) -> None:
+    """clickhouse-connect gets the CA file and the credentials taken out of the DSN:
+    a server certificate of another CA is refused, the right CA gets past TLS (to a
+    port with no ClickHouse behind it), and no error quotes the password."""
+    from llmpulse.store import Store, StoreError
+    from llmpulse.store_auth import ClickHouseCredentials
+
+    proxy = TlsProxy(pki, EmbeddedBroker().port, tmp_path, require_client_cert=False).start()
+    try:
+        dsn = f"https://svc:{CANARY}@localhost:{proxy.port}"
+        errors = {}
+        for name, ca in (("rogue", pki.rogue_ca), ("right", pki.ca)):
+            clean, creds = ClickHouseCredentials.resolve(dsn, {"LLMPULSE_CLICKHOUSE_CA_FILE": str(ca)})
+            assert clean == f"https://localhost:{proxy.port}" and creds.username == "svc"
+            with pytest.raises(StoreError) as info:
+                Store.open(clean, credentials=creds, ddl=False)
+            errors[name] = str(info.value)
+        assert "certificate verify failed" in errors["rogue"].lower(), errors
+        assert "certificate verify failed" not in errors["right"].lower(), errors
+        assert all(CANARY not in e for e in errors.values())
+    finally:
+        proxy.stop()
