@@ -356,3 +356,59 @@ def test_clickhouse_over_https_checks_the_ca_and_hides_the_password(pki: Pki, tm
         assert all(CANARY not in e for e in errors.values())
     finally:
         proxy.stop()
+
+
+async def test_notifier_pages_from_alerts_read_over_mutual_tls(tls_kafka: TlsKafka) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+    from confluent_kafka import Producer
+
+    from llmpulse.events import TOPIC_ALERTS
+    from streams.notify.__main__ import serve
+    from streams.rules import Rules
+    from tests.integration.test_notifier_service import RULES, _rows
+
+    got: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        got.append(await request.json())
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    sec = tls_kafka.security()
+    rules = Rules.from_yaml(RULES.format(url=f"http://127.0.0.1:{server.port}/hook"))
+    create_topics(tls_kafka.bootstrap, {TOPIC_ALERTS: 1}, security=sec)
+    p = Producer({"bootstrap.servers": tls_kafka.bootstrap, **sec.librdkafka()})
+    rows = _rows(rules)
+    for r in rows:
+        p.produce(TOPIC_ALERTS, orjson.dumps(r), key=r["alert_id"].encode())
+    assert p.flush(30) == 0
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(serve(tls_kafka.bootstrap, rules, stop, sec))
+    for _ in range(600):
+        if len(got) >= 2:
+            break
+        await asyncio.sleep(0.1)
+    stop.set()
+    await asyncio.wait_for(task, 30)
+    await server.close()
+    assert [g["kind"] for g in got] == ["firing", "resolved"]
+
+
+def test_simulator_sends_over_mutual_tls_from_the_environment(tls_kafka: TlsKafka) -> None:
+    from tests.conftest import stack_env
+
+    pki = tls_kafka.pki
+    env = stack_env(Path("/nonexistent"), LLMPULSE_KAFKA_SECURITY_PROTOCOL="SSL",
+                    LLMPULSE_KAFKA_CA_FILE=str(pki.ca), LLMPULSE_KAFKA_CERT_FILE=str(pki.client_cert),
+                    LLMPULSE_KAFKA_KEY_FILE=str(pki.client_key))
+    r = subprocess.run([sys.executable, "-m", "llmpulse.cli", "simulate", "--bootstrap",
+                        tls_kafka.bootstrap, "--app", "tls-sim", "--fast", "--rate", "20",
+                        "--duration", "5"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    got = consume(tls_kafka.bootstrap, tls_kafka.security(), "tls-sim", 1)
+    assert len(got) >= 50  # 20 requests/s for 5 s, every one sent through TLS
+    assert len({e["event_id"] for e in got}) == len(got)
