@@ -228,7 +228,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("publish", help="create or update data source, folder, dashboards, "
                                        "annotations in Grafana")
     p.add_argument("--grafana-url", required=True, help="e.g. http://localhost:3000")
-    p.add_argument("--token", help="Grafana service account token (or GRAFANA_TOKEN)")
+    p.add_argument("--token", help="Grafana service account token (better: GRAFANA_TOKEN or "
+                   "GRAFANA_TOKEN_FILE, which other users cannot see in the process list)")
     p.add_argument("--basic-auth", metavar="USER:PASSWORD", help="instead of a token")
     p.add_argument("--clickhouse-url", default="http://clickhouse:8123",
                    help="ClickHouse as Grafana reaches it (default http://clickhouse:8123)")
@@ -261,7 +262,7 @@ def _annotation_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         for sql in ANNOTATION_QUERIES:
             rows += query(sql, {})
         return rows
-    store = Store.open(settings.clickhouse_dsn, ddl=False)
+    store = Store.open(settings.clickhouse_dsn, ddl=False, credentials=settings.clickhouse_auth)
     try:
         query = store_query(store)
         for sql in ANNOTATION_QUERIES:
@@ -269,6 +270,16 @@ def _annotation_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     finally:
         store.close()
     return rows
+
+
+def _read_token_file(path: str | None) -> str | None:
+    """The token in ``GRAFANA_TOKEN_FILE`` (a mounted secret), without its newline."""
+    if not path:
+        return None
+    try:
+        return open(path, encoding="utf-8").read().strip() or None
+    except OSError as exc:
+        raise PublishError(f"GRAFANA_TOKEN_FILE: cannot read {path}: {exc.__class__.__name__}") from None
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -282,20 +293,26 @@ def run_cli(args: argparse.Namespace) -> int:
         for path in write_provisioning(Path(args.out) if args.out else PROVISIONING_DIR):
             print(path)
         return 0
+    from llmpulse.secret import Secret, scrub
+
+    secrets: list[Secret] = []
     try:
-        face = grafana_client(args.grafana_url, args.token or os.environ.get("GRAFANA_TOKEN"),
-                              args.basic_auth)
+        token = args.token or os.environ.get("GRAFANA_TOKEN") or _read_token_file(
+            os.environ.get("GRAFANA_TOKEN_FILE"))
+        ch_password = args.clickhouse_password or os.environ.get("CLICKHOUSE_PASSWORD")
+        secrets = [Secret(s) for s in (token, ch_password, (args.basic_auth or "").partition(":")[2])
+                   if s]
+        face = grafana_client(args.grafana_url, token, args.basic_auth)
         ch = urlparse(args.clickhouse_url)
         ds = datasource_payload(
             host=ch.hostname or "clickhouse", port=ch.port or 8123,
-            username=args.clickhouse_user,
-            password=args.clickhouse_password or os.environ.get("CLICKHOUSE_PASSWORD"),
+            username=args.clickhouse_user, password=ch_password,
             secure=ch.scheme == "https")
         rows = [] if args.no_annotations else _annotation_rows(args)
         result = Publisher(face).publish(ds, names=args.dashboard, annotation_rows=rows)
     except Exception as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"llmpulse dashboards publish: {msg}", file=sys.stderr)
+        print(f"llmpulse dashboards publish: {scrub(msg, secrets)}", file=sys.stderr)
         return 2
     print(f"data source {DATASOURCE_UID}: {result.datasource}")
     print(f"folder {FOLDER_UID}: {result.folder}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["Monitor", "__version__"]
+__all__ = ["KafkaSecurity", "Monitor", "__version__"]
 
 
 def __getattr__(name: str) -> object:  # lazy: importing llmpulse must stay cheap for apps
@@ -16,4 +16,8 @@ def __getattr__(name: str) -> object:  # lazy: importing llmpulse must stay chea
         from llmpulse.monitor import Monitor
 
         return Monitor
+    if name == "KafkaSecurity":
+        from llmpulse.kafka_security import KafkaSecurity
+
+        return KafkaSecurity
     raise AttributeError(name)

@@ -24,6 +24,10 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llmpulse.kafka_security import KafkaSecurity
 
 __all__ = ["BrokerError", "EmbeddedBroker", "free_port", "port_is_free", "tansu_binary"]
 
@@ -88,7 +92,10 @@ def _die_with_parent() -> None:
 class EmbeddedBroker:
     """A Tansu broker process on loopback, owned by this object (stopped by pid).
 
-    ``port=None`` picks a free port once; restarts reuse it.
+    ``port=None`` picks a free port once; restarts reuse it. ``advertised_port``
+    is the port clients are told to connect to (a TLS proxy in front of the
+    broker, which Tansu cannot serve itself); ``authentication`` starts Tansu with
+    ``--authentication`` (it then requires SASL SCRAM).
     """
 
     def __init__(
@@ -98,9 +105,13 @@ class EmbeddedBroker:
         host: str = "127.0.0.1",
         log_path: str | os.PathLike[str] | None = None,
         binary: str | None = None,
+        advertised_port: int | None = None,
+        authentication: bool = False,
     ) -> None:
         self.host = host
         self.port = port if port is not None else free_port(host)
+        self.advertised_port = advertised_port
+        self.authentication = authentication
         self.binary = binary
         self._log_path = Path(log_path) if log_path else None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -133,6 +144,7 @@ class EmbeddedBroker:
             self._log_path = Path(name)
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port or self.port}"
         logf = open(self._log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self._log_file = logf
         self._proc = subprocess.Popen(
@@ -142,9 +154,10 @@ class EmbeddedBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                advertised,
                 "--storage-engine",
                 "memory://tansu/",
+                *(["--authentication"] if self.authentication else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=logf,
@@ -213,20 +226,36 @@ class EmbeddedBroker:
             proc.kill()
 
 
-def create_topics(bootstrap: str, topics: Mapping[str, int], *, timeout: float = 10.0) -> None:
+def create_topics(bootstrap: str, topics: Mapping[str, int], *, timeout: float = 10.0,
+                  security: KafkaSecurity | None = None) -> None:
     """Create the missing topics of ``topics`` (name -> partitions) on any Kafka broker."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000)})
+    from llmpulse.kafka_security import KafkaSecurity, describe_transport_error
+
+    sec = security or KafkaSecurity()
+    problems: list[str] = []
+
+    def on_error(err: object) -> None:
+        problem = describe_transport_error(err.name(), err.str(), sec)  # type: ignore[attr-defined]
+        if problem is not None:
+            problems.append(problem)
+
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000),
+                               "error_cb": on_error}
+    conf.update(sec.librdkafka())
+    admin = AdminClient(conf)
     deadline = time.monotonic() + timeout
     while True:
         try:
             existing = set(admin.list_topics(timeout=timeout).topics)
             break
         except KafkaException as exc:
+            admin.poll(0)  # serves error_cb
             if time.monotonic() > deadline:
-                raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc}") from None
+                why = problems[-1] if problems else str(exc)
+                raise BrokerError(f"cannot reach Kafka at {bootstrap}: {why}") from None
             time.sleep(0.2)
     missing = [NewTopic(t, n, 1) for t, n in topics.items() if t not in existing]
     if not missing:

@@ -22,6 +22,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from llmpulse.kafka_security import KafkaSecurity, KafkaSecurityError
+from llmpulse.store_auth import ClickHouseCredentials, CredentialsError, redact_dsn
+
 __all__ = [
     "ConfigError",
     "HttpSettings",
@@ -157,6 +160,10 @@ class Settings:
     query: QuerySettings = field(default_factory=QuerySettings)
     session_timeout_s: float = 6.0
     """Kafka consumer session timeout: a short one makes group joins fast."""
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    """TLS/SASL of every Kafka client (``kafka_security:`` and ``LLMPULSE_KAFKA_*``)."""
+    clickhouse_auth: ClickHouseCredentials = field(default_factory=ClickHouseCredentials)
+    """User, password and CA of a ClickHouse server (taken out of the DSN)."""
 
     @property
     def embedded_broker(self) -> bool:
@@ -189,7 +196,7 @@ def _check_kafka(value: str, key: str) -> str:
 def _check_dsn(value: str, key: str) -> str:
     if not re.match(r"^(chdb|https?|clickhouse)://", value):
         raise ConfigError(
-            f"{key}: {value!r} is not a ClickHouse DSN (http://host:8123, https://..., "
+            f"{key}: {redact_dsn(value)!r} is not a ClickHouse DSN (http://host:8123, https://..., "
             "or chdb:///path); unset it to use the embedded store"
         )
     return value
@@ -234,7 +241,7 @@ def load_settings(
             raise ConfigError(f"{path}: must be a mapping of settings")
         raw = dict(loaded or {})
     known = {"data_dir", "kafka", "clickhouse", "rules", "ingest", "signals", "http",
-             "query", "session_timeout_s"}
+             "query", "session_timeout_s", "kafka_security"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{key}: unknown setting in {path}; known: {', '.join(sorted(known))}")
@@ -248,8 +255,25 @@ def load_settings(
     rkey = "LLMPULSE_RULES" if env.get("LLMPULSE_RULES") else "rules"
     if kafka is not None:
         kafka = _check_kafka(str(kafka), kkey)
+    ch_auth = ClickHouseCredentials()
     if ch is not None:
         ch = _check_dsn(str(ch), ckey)
+        try:
+            ch, ch_auth = ClickHouseCredentials.resolve(ch, env)
+        except (CredentialsError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
+    raw_sec = raw.get("kafka_security")
+    if raw_sec is not None and not isinstance(raw_sec, Mapping):
+        raise ConfigError(f"kafka_security: must be a mapping, got {type(raw_sec).__name__}")
+    try:
+        kafka_security = KafkaSecurity.from_settings(raw_sec, env)
+    except KafkaSecurityError as exc:
+        raise ConfigError(str(exc)) from None
+    if kafka is None and not kafka_security.is_plaintext:
+        raise ConfigError(
+            f"kafka_security.security_protocol: {kafka_security.security_protocol} needs a Kafka "
+            "cluster (LLMPULSE_KAFKA); the embedded broker speaks plaintext on loopback only"
+        )
     rules_path: Path | None = None
     if rules:
         rules_path = Path(str(rules))
@@ -274,4 +298,6 @@ def load_settings(
         http=_sub(HttpSettings, raw.get("http"), "http"),
         query=_check_query(_sub(QuerySettings, raw.get("query"), "query")),
         session_timeout_s=float(session),
+        kafka_security=kafka_security,
+        clickhouse_auth=ch_auth,
     )

@@ -112,7 +112,9 @@ from llmpulse.events import (
     validate_inference,
 )
 from llmpulse.journal import Journal, JournalRecord
+from llmpulse.kafka_security import KafkaSecurity, describe_transport_error
 from llmpulse.redact import Redactor, TextPolicy
+from llmpulse.secret import Secret, scrub
 
 __all__ = ["Call", "Monitor", "current_call", "new_id", "resolve_bootstrap"]
 
@@ -228,12 +230,16 @@ class _RateLimitedLog:
 class _KafkaLog:
     """librdkafka's log lines, rate limited per facility (a down broker is chatty)."""
 
-    def __init__(self, limiter: _RateLimitedLog) -> None:
+    def __init__(self, limiter: _RateLimitedLog, secrets: Sequence[Secret] = ()) -> None:
         self.limiter = limiter
+        self.secrets = list(secrets)
 
     def log(self, level: int, fmt: str, *args: Any) -> None:
         fac = str(args[0]) if args else fmt
-        self.limiter(f"kafka:{fac}", "kafka: " + (fmt % args if args else fmt), min(level, logging.WARNING))
+        text = "kafka: " + (fmt % args if args else fmt)
+        if self.secrets:
+            text = scrub(text, self.secrets)
+        self.limiter(f"kafka:{fac}", text, min(level, logging.WARNING))
 
 
 # -- track() ----------------------------------------------------------------------
@@ -381,6 +387,11 @@ class Monitor:
     * delivery: ``buffer_events``, ``journal_dir``, ``journal_max_bytes``,
       ``journal_fsync``, ``delivery_timeout_s``, ``producer_config`` (extra
       librdkafka settings, applied last).
+    * transport security: ``security``, a :class:`~llmpulse.kafka_security.KafkaSecurity`
+      or a dict of its fields (``{"security_protocol": "SSL", "ca_file": ...}``);
+      the ``LLMPULSE_KAFKA_*`` variables override it, and without it they alone
+      apply. An authentication or TLS failure keeps the events (in memory and
+      the journal) and is told by :attr:`transport_error` and an error log line.
     * envelopes: ``buckets``, ``envelope_max_events``, ``envelope_max_bytes``, ``linger_ms``.
     * injected for tests: ``clock`` (epoch seconds, for ``ts``), ``timer``
       (monotonic seconds, for ``track`` latencies).
@@ -420,6 +431,7 @@ class Monitor:
         envelope_max_bytes: int = 512 << 10,
         linger_ms: float = 50.0,
         producer_config: Mapping[str, Any] | None = None,
+        security: KafkaSecurity | Mapping[str, Any] | None = None,
         limits: Limits = DEFAULT_LIMITS,
         log_interval_s: float = 60.0,
         clock: Callable[[], float] = time.time,
@@ -431,6 +443,8 @@ class Monitor:
             raise ValueError("buckets, envelope_max_events, envelope_max_bytes must be >= 1, buffer_events >= 2")
         self.app = app
         self.bootstrap = resolve_bootstrap(bootstrap)
+        self.security = KafkaSecurity.coerce(security)
+        self._transport_error: str | None = None
         self.model = model
         self.model_version = model_version
         self.strict = strict
@@ -504,8 +518,9 @@ class Monitor:
             "queue.buffering.max.kbytes": 1 << 20,
             "message.max.bytes": max(1_000_000, self.envelope_max_bytes + _MAX_EVENT_BYTES),
             "error_cb": self._on_error,
-            "logger": _KafkaLog(self._warn),
+            "logger": _KafkaLog(self._warn, self.security.secrets()),
         }
+        conf.update(self.security.librdkafka())
         conf.update(producer_config or {})
         self._producer_conf = conf
         self._producer = Producer(conf)
@@ -858,6 +873,7 @@ class Monitor:
         self._unacked -= n
         if err is None:
             self._delivered += n
+            self._transport_error = None
             if rec is None:
                 self._mem -= n
             else:
@@ -892,7 +908,19 @@ class Monitor:
         else:
             self._warn("produce", f"kafka produce failed: {err}")
 
+    @property
+    def transport_error(self) -> str | None:
+        """The last authentication or TLS failure, naming the ``kafka_security``
+        setting to fix (never the password); None once a delivery succeeds."""
+        return self._transport_error
+
     def _on_error(self, err: KafkaError) -> None:
+        problem = describe_transport_error(err.name(), err.str(), self.security)
+        if problem is not None:
+            # events stay queued (and journaled) until the credentials are fixed
+            self._transport_error = problem
+            self._warn("security", f"kafka: {problem}; events are kept", logging.ERROR)
+            return
         if err.fatal() or err.code() == KafkaError._FATAL:
             self._fatal = True
             self._warn("fatal", f"kafka producer fatal error, recreating it: {err.str()}", logging.ERROR)

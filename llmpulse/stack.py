@@ -147,9 +147,9 @@ async def _run(
     except RulesError as exc:
         raise StackError(str(exc)) from None
     try:
-        store = await asyncio.to_thread(
-            Store.open, settings.clickhouse_dsn, limits=settings.query
-        )
+        store = await asyncio.to_thread(Store.open, settings.clickhouse_dsn,
+                                        limits=settings.query,
+                                        credentials=settings.clickhouse_auth)
     except StoreError as exc:
         raise StackError(str(exc)) from None
 
@@ -172,7 +172,8 @@ async def _run(
             bootstrap = settings.kafka
         try:
             await asyncio.to_thread(
-                create_topics, bootstrap, {t: settings.ingest.partitions for t in TOPICS}
+                create_topics, bootstrap, {t: settings.ingest.partitions for t in TOPICS},
+                security=settings.kafka_security,
             )
         except BrokerError as exc:
             raise StackError(str(exc)) from None

@@ -26,6 +26,8 @@ from urllib.parse import urlparse
 
 import orjson
 
+from llmpulse.store_auth import ClickHouseCredentials
+
 if TYPE_CHECKING:
     from llmpulse.config import QuerySettings
 
@@ -264,16 +266,23 @@ class Store:
 
     @classmethod
     def open(cls, dsn: str, *, ddl: bool = True, ttl_days: int = TTL_DAYS,
-             limits: QuerySettings | None = None) -> Store:
+             limits: QuerySettings | None = None,
+             credentials: ClickHouseCredentials | None = None) -> Store:
         """Connect (or open the embedded engine), then run the idempotent DDL.
 
         The reader connection gets ``limits`` (default :class:`QuerySettings`)
         and then ``readonly=1``, in that order: read-only queries can change
-        neither.
+        neither. A user and password in the DSN are taken out of it
+        (``store.dsn`` and errors never show them); ``credentials`` override them.
         """
         from llmpulse.config import QuerySettings
+        from llmpulse.secret import Secret, scrub
+        from llmpulse.store_auth import split_dsn
 
         limits = limits or QuerySettings()
+        dsn, dsn_user, dsn_password = split_dsn(dsn)
+        if credentials is None:
+            credentials = ClickHouseCredentials(dsn_user, Secret(dsn_password) if dsn_password else None)
         try:
             import clickhouse_connect
         except ImportError:
@@ -287,14 +296,21 @@ class Store:
             lock_fd = _lock_dir(path)
         try:
             url = dsn.replace("clickhouse://", "http://", 1)
-            client = clickhouse_connect.get_client(dsn=url)
+            auth = credentials.client_kwargs()
+            if url.startswith("https:"):
+                # clickhouse-connect takes TLS from the port (443/8443), not the DSN's
+                # scheme: an https:// DSN on another port would go out in clear
+                auth["interface"] = "https"
+            client = clickhouse_connect.get_client(dsn=url, **auth)
             reader = clickhouse_connect.get_client(
-                dsn=url, settings={**_READ_SETTINGS, **limits.clickhouse_settings(), "readonly": 1}
+                dsn=url, **auth,
+                settings={**_READ_SETTINGS, **limits.clickhouse_settings(), "readonly": 1},
             )
         except Exception as exc:
             if lock_fd is not None:
                 os.close(lock_fd)
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            msg = scrub(msg, credentials.secrets())
             if "lock" in str(exc).lower():
                 raise StoreLockedError(f"store {dsn} is in use by another process: {msg}") from None
             raise StoreError(f"cannot open store {dsn}: {msg}") from None

@@ -775,7 +775,7 @@ class _ServingHost:
                 from llmpulse.monitor import Monitor
 
                 self.monitor = Monitor(app="llmpulse-serving", bootstrap=self._bootstrap_servers(),
-                                       strict=False)
+                                       strict=False, security=self.settings.kafka_security)
             except Exception as exc:
                 log.warning("served predictions are not monitored: %s", exc)
             server = ModelServer(loaded, name=REFERENCE_MODEL, monitor=self.monitor)
@@ -1094,7 +1094,8 @@ async def run_demo_loop(
     service.settings = replace(saved, canary=canary or CanaryPolicy(
         share=0.3, min_duration_s=10.0, min_samples=30, min_labelled=20, max_wait_s=120.0,
         poll_s=1.0))
-    fb = Monitor(app="llmpulse-demo", bootstrap=host._bootstrap_servers(), strict=False)
+    fb = Monitor(app="llmpulse-demo", bootstrap=host._bootstrap_servers(), strict=False,
+                 security=host.settings.kafka_security)
     try:
         return await run_closed_loop(service, server, fb, seed=seed, n_drift=n_drift, rate=rate,
                                      flush=fb.flush, alert_wait_s=alert_wait_s, progress=progress)

@@ -818,7 +818,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.kafka:
         from llmpulse.monitor import Monitor
 
-        monitor = Monitor(app="llmpulse-serving", bootstrap=settings.kafka, strict=False)
+        monitor = Monitor(app="llmpulse-serving", bootstrap=settings.kafka, strict=False,
+                          security=settings.kafka_security)
     server = ModelServer(loaded, name=args.model, max_batch=args.max_batch,
                          max_wait_ms=args.max_wait_ms, monitor=monitor)
     log.info("serving %s version %s on %s at http://%s:%d", args.model, loaded.version,

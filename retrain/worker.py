@@ -117,7 +117,8 @@ async def run(settings: Any, *, web_port: int | None, serve_url: str | None,
     from llmpulse.store import Store, StoreError
 
     try:
-        store = await asyncio.to_thread(Store.open, settings.clickhouse_dsn)
+        store = await asyncio.to_thread(Store.open, settings.clickhouse_dsn,
+                                          credentials=settings.clickhouse_auth)
     except StoreError as exc:
         print(f"llmpulse retrain: {exc}", file=sys.stderr)
         return 1
@@ -130,7 +131,8 @@ async def run(settings: Any, *, web_port: int | None, serve_url: str | None,
         try:
             # idempotent; the broker may refuse to auto-create topics
             await asyncio.to_thread(create_topics, settings.kafka,
-                                    {t: settings.ingest.partitions for t in TOPICS})
+                                    {t: settings.ingest.partitions for t in TOPICS},
+                                    security=settings.kafka_security)
         except BrokerError as exc:
             print(f"llmpulse retrain: {exc}", file=sys.stderr)
             return 1

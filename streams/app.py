@@ -39,6 +39,7 @@ from llmpulse.events import (
     TOPIC_INFERENCE,
     Limits,
 )
+from llmpulse.kafka_security import KafkaSecurity
 from llmpulse.sqlguard import QueryLimitError, QueryRefused, SqlGuard
 from llmpulse.store import RAW_INGEST, QueryError, Store
 from streams.alerts_agent import AlertAgent, load_rules
@@ -47,7 +48,7 @@ from streams.rules import Rules
 from streams.signals import SignalAgents
 from streams.sink import RawSink
 
-__all__ = ["IngestStats", "NAMED_QUERIES", "build_app"]
+__all__ = ["IngestStats", "NAMED_QUERIES", "build_app", "faust_credentials"]
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,22 @@ def _tune_fetch_wait(ms: int) -> None:
     cls._llmpulse_fetch_wait = ms  # type: ignore[attr-defined]
 
 
+def faust_credentials(sec: KafkaSecurity) -> Any:
+    """``broker_credentials`` for ``faust.App`` (None for plaintext). faust-streaming
+    hands SASL credentials to aiokafka as ``sasl_plain_username``/``_password``
+    with the mechanism's name, which aiokafka uses for SCRAM too."""
+    if sec.is_plaintext:
+        return None
+    ctx = sec.ssl_context()
+    if not sec.sasl:
+        return faust.SSLCredentials(ctx)
+    assert sec.password is not None
+    return faust.SASLCredentials(
+        username=sec.username, password=sec.password.get(), ssl_context=ctx,
+        mechanism=sec.sasl_mechanism,
+    )
+
+
 def new_faust_app(
     app_id: str, settings: Settings, *, bootstrap: str, datadir: Path, web_port: int | None,
     guard: ApiGuard | None = None,
@@ -177,6 +194,7 @@ def new_faust_app(
         producer_acks=-1,
         web_cors_options=None,
         logging_config=None,
+        broker_credentials=faust_credentials(settings.kafka_security),
         **web,
     )
 

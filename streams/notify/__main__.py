@@ -18,6 +18,7 @@ import orjson
 
 from llmpulse.config import ConfigError, load_settings
 from llmpulse.events import TOPIC_ALERTS
+from llmpulse.kafka_security import KafkaSecurity
 from streams.alerting import AlertEvent
 from streams.alerts_agent import load_rules
 from streams.notify import Notifier
@@ -39,13 +40,16 @@ def event_from_row(row: dict, rules) -> AlertEvent | None:  # type: ignore[no-un
     return AlertEvent(kind=kind, row=row, rule=rule, key=key)
 
 
-async def serve(bootstrap: str, rules, stop: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
+async def serve(bootstrap: str, rules, stop: asyncio.Event,  # type: ignore[no-untyped-def]
+                security: KafkaSecurity | None = None) -> None:
     from confluent_kafka import Consumer
 
     notifier = Notifier.from_rules(rules)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "llmpulse-notify",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                         "session.timeout.ms": 10000})
+    conf = {"bootstrap.servers": bootstrap, "group.id": "llmpulse-notify",
+            "enable.auto.commit": False, "auto.offset.reset": "earliest",
+            "session.timeout.ms": 10000}
+    conf.update(security.librdkafka() if security else {})
+    consumer = Consumer(conf)
     consumer.subscribe([TOPIC_ALERTS])
     try:
         while not stop.is_set():
@@ -82,7 +86,7 @@ def main() -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(settings.kafka, rules, stop)
+        await serve(settings.kafka, rules, stop, settings.kafka_security)
 
     asyncio.run(run())
     return 0
