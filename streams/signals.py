@@ -168,6 +168,8 @@ class SignalAgents:
         self.counters: dict[str, int] = defaultdict(int)
         self._restore()
         self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmpulse-signals")
+        # set by close(): the Faust timers run until the app stops, after the engine did
+        self._closed = False
         self.grouped = app.topic(TOPIC_GROUPED, value_serializer="raw", key_serializer="raw")
         self.signals_topic = app.topic(TOPIC_SIGNALS, value_serializer="raw", key_serializer="raw")
         self.last_signals_at = 0.0
@@ -314,6 +316,8 @@ class SignalAgents:
     def _poll(self) -> list[Signal]:
         # in the engine's thread: the engine's counters are read here, once a poll,
         # so the event loop never waits on the engine for them
+        if self._closed:
+            return []
         signals = self.engine.poll()
         self.engine_stats = self.engine.stats()
         return signals
@@ -347,6 +351,7 @@ class SignalAgents:
     async def close(self) -> None:
         """Stop the engine (its process, when it has one)."""
         loop = asyncio.get_running_loop()
+        self._closed = True
         await loop.run_in_executor(self._exec, self.engine.stop)
 
     def stats(self) -> dict[str, Any]:
@@ -359,6 +364,8 @@ class SignalAgents:
 
     def _save(self) -> None:
         # in the engine's thread: the state and the offsets it covers, together
+        if self._closed:
+            return
         try:
             state = pickle.dumps(
                 {"version": STATE_VERSION, "positions": dict(self._positions),
