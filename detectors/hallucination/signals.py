@@ -120,7 +120,13 @@ class HallucinationSignals(Detector):
             if scores[j] < self.threshold
         ]
         n = int(idx.size)
-        common = {**self._small(n), "scored": n, "available": available}
+        common = {
+            **self._small(n), "scored": n, "available": available,
+            "sampling_rate": round(n / available, 4),
+            # "rules" when the learned model file is missing: the score is the rule-based fallback
+            "method": "learned" if self._scorer.model is not None else "rules",
+            "model": self._scorer.model_source,
+        }
         return [
             batch.signal("hallucination.groundedness_mean", float(scores.mean()), n=n, detail=common),
             batch.signal(
