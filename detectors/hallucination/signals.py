@@ -65,13 +65,17 @@ class HallucinationSignals(Detector):
         max_scored: int = 2000,
         top_k: int = 5,
         logprob_threshold: float = LOW_LOGPROB,
+        model: str = "default",
     ) -> None:
         self.threshold = threshold
+        self.model = model
         self.min_n = min_n
         self.max_scored = max_scored
         self.top_k = top_k
         self.logprob_threshold = logprob_threshold
-        self._scorer = GroundednessScorer(threshold=threshold)
+        # "default" = the shipped model; a path = that model file; a missing
+        # file falls back to the rule score, and ``detail.method`` says so
+        self._scorer = GroundednessScorer(model=model, threshold=threshold)
 
     def _config(self) -> dict[str, Any]:
         return {
@@ -80,6 +84,7 @@ class HallucinationSignals(Detector):
             "max_scored": self.max_scored,
             "top_k": self.top_k,
             "logprob_threshold": self.logprob_threshold,
+            "model": self.model,
         }
 
     def snapshot(self) -> dict[str, Any]:
