@@ -393,3 +393,25 @@ def test_detector_snapshot_round_trip() -> None:
     fresh.restore(state)
     batch = Batch.from_events(_events_with_contexts(20, seed=3))
     assert fresh.update(batch) == d.update(batch)
+
+
+# -- benchmark ---------------------------------------------------------------
+
+def test_bench_reports_each_external_set_next_to_baselines(tmp_path: Path) -> None:
+    from llmpulse.bench import detectors_hallucination as bench
+
+    rows = []
+    for i in range(20):
+        ctx = [f"Order {i} ships within {i + 2} days. Returns cost ${i + 5}. Support answers on Fridays."]
+        task = ("QA", "Summary")[i % 2]
+        rows.append({"context": ctx, "answer": f"Order {i} ships within {i + 2} days.", "label": 0, "task": task})
+        rows.append({"context": ctx, "answer": f"Order {i} ships within {i + 5} days.", "label": 1, "task": task})
+    (tmp_path / "mine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = bench.run(quick=True, data=tmp_path)
+    block = result["sets"]["mine"]["all"]
+    assert block["n"] == 40 and block["n_not_grounded"] == 20
+    assert block["auroc"] > 0.95 and block["auroc"] > block["auroc_novelty"]
+    assert block["flag"]["recall"] == 1.0 and block["flag"]["precision"] == 1.0
+    assert set(result["sets"]["mine"]["by_task"]) == {"QA", "Summary"}
+    assert result["speed"]["pairs_per_s_short"] > 0
+    assert "mine" in bench.format_table(result)
