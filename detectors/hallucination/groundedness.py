@@ -49,7 +49,7 @@ checks understand English only).
 >>> good.grounded, bad.grounded
 (True, False)
 >>> print(bad.explain())
-groundedness 0.06: 'Refunds are issued within 30 days of receiving the return.' unsupported: '30 days'
+groundedness 0.05: 'Refunds are issued within 30 days of receiving the return.' unsupported: '30 days'
 >>> scorer.score("Gift cards are refundable.", ctx).worst.negation_mismatch
 True
 """
@@ -92,6 +92,10 @@ FEATURES: tuple[str, ...] = (
     "near_copy_novel_words",
     "contradictions",
     "rule_score",
+    "mean_context_recall",
+    "mean_bigram_support",
+    "mean_clause_recall",
+    "novelty_share",
 )
 """Per-response features, in the order the learned model reads them."""
 
@@ -128,6 +132,7 @@ class SentenceCheck:
     clause_recall: float = 1.0
     score: float = 1.0
     refusal: bool = False
+    n_content: int = 0
 
     @property
     def problems(self) -> list[str]:
@@ -202,57 +207,65 @@ class Groundedness:
         }
 
 
-@dataclass(frozen=True, slots=True)
 class _Unit:
-    """A context sentence (or two adjacent ones), preprocessed once."""
+    """A context sentence. Words are read at once; specifics, conditions and
+    clauses only when the sentence is a candidate for some answer clause
+    (they cost most of the preprocessing, and most sentences never are)."""
 
-    text: str
-    stems: frozenset[str]
-    words: frozenset[str]
-    specifics: tuple[tx.Specific, ...]
-    conditions: frozenset[str]
-    clauses: tuple[tuple[frozenset[str], bool], ...]
+    __slots__ = ("stems", "text", "words")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.stems = frozenset(tx.content_stems(text))
+        self.words = frozenset(_WORDS.findall(tx.normalise(text).lower()))
+
+    @property
+    def specifics(self) -> tuple[tx.Specific, ...]:
+        return tuple(tx.specifics(self.text))
+
+    @property
+    def conditions(self) -> frozenset[str]:
+        return frozenset(tx.conditions(self.text))
+
+    @property
+    def clauses(self) -> tuple[tuple[frozenset[str], bool], ...]:
+        return _clauses(self.text)
 
 
-@dataclass(frozen=True, slots=True)
+@lru_cache(maxsize=16384)
+def _clauses(text: str) -> tuple[tuple[frozenset[str], bool], ...]:
+    return tuple((frozenset(tx.content_stems(c)), tx.negated(c)) for c in tx.clauses(text))
+
+
 class _Context:
-    units: tuple[_Unit, ...]
-    stems: frozenset[str]
-    bigrams: frozenset[tuple[str, str]]
-    words: frozenset[str]
-    specifics: tuple[tx.Specific, ...]
+    """The context's sentences and word sets; all its specifics on first use."""
+
+    __slots__ = ("_specifics", "bigrams", "stems", "units", "words")
+
+    def __init__(self, units: tuple[_Unit, ...], bigrams: frozenset[tuple[str, str]]) -> None:
+        self.units = units
+        self.bigrams = bigrams
+        self.stems: frozenset[str] = frozenset().union(*(u.stems for u in units)) if units else frozenset()
+        self.words: frozenset[str] = frozenset().union(*(u.words for u in units)) if units else frozenset()
+        self._specifics: tuple[tx.Specific, ...] | None = None
+
+    @property
+    def specifics(self) -> tuple[tx.Specific, ...]:
+        if self._specifics is None:
+            self._specifics = tuple(s for u in self.units for s in u.specifics)
+        return self._specifics
 
 
 _WORDS = __import__("re").compile(r"[^\W_]+")
 
 
-def _unit(text: str) -> _Unit:
-    return _Unit(
-        text=text,
-        stems=frozenset(tx.content_stems(text)),
-        words=frozenset(_WORDS.findall(tx.normalise(text).lower())),
-        specifics=tuple(tx.specifics(text)),
-        conditions=frozenset(tx.conditions(text)),
-        clauses=tuple(
-            (frozenset(tx.content_stems(c)), tx.negated(c)) for c in tx.clauses(text)
-        ),
-    )
-
-
 @lru_cache(maxsize=1024)
 def _context(sents: tuple[str, ...]) -> _Context:
-    units = [_unit(s) for s in sents]
     bigrams: set[tuple[str, str]] = set()
     for sent in sents:
         stems = tx.content_stems(sent)
         bigrams.update(zip(stems, stems[1:], strict=False))
-    return _Context(
-        units=tuple(units),
-        stems=frozenset().union(*(u.stems for u in units)) if units else frozenset(),
-        bigrams=frozenset(bigrams),
-        words=frozenset().union(*(u.words for u in units)) if units else frozenset(),
-        specifics=tuple(s for u in units for s in u.specifics),
-    )
+    return _Context(tuple(_Unit(s) for s in sents), frozenset(bigrams))
 
 
 @lru_cache(maxsize=256)
@@ -311,7 +324,8 @@ def _check(sentence: str, ctx: _Context) -> SentenceCheck:
     specs = tx.specifics(sentence)
     if not ctx.units:
         return SentenceCheck(sentence, "", 0.0, 0.0, tuple(s.text for s in specs),
-                             n_specifics=len(specs), novel_words=len(stems), bigram_support=0.0,
+                             n_specifics=len(specs), novel_words=len(stems), n_content=len(stems),
+                             bigram_support=0.0,
                              score=0.0)
     unit, align = _best(stems, specs, ctx)
 
@@ -395,6 +409,7 @@ def _check(sentence: str, ctx: _Context) -> SentenceCheck:
         unsupported_conditions=unsup_conds,
         n_specifics=len(specs),
         novel_words=len(stems - ctx.stems),
+        n_content=len(stems),
         bigram_support=bigram,
         clause_recall=min_clause_recall,
         score=score,
@@ -413,7 +428,8 @@ def response_features(checks: Sequence[SentenceCheck]) -> tuple[float, ...]:
     """The :data:`FEATURES` of a response from its sentence checks (refusals left out)."""
     checks = [c for c in checks if not c.refusal]
     if not checks:
-        return (1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0)
+        return (1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0,
+                1.0, 1.0, 1.0, 0.0)
     n_spec = sum(c.n_specifics for c in checks)
     n_unsup = sum(len(c.unsupported) for c in checks)
     n_mis = sum(len(c.misplaced) for c in checks)
@@ -438,6 +454,10 @@ def response_features(checks: Sequence[SentenceCheck]) -> tuple[float, ...]:
         float(max((c.novel_words for c in checks if c.context_recall >= 0.6), default=0) in (1, 2)),
         float(sum(len(c.opposite_conditions) for c in checks)),
         worst.score,
+        float(np.mean([c.context_recall for c in checks])),
+        float(np.mean([c.bigram_support for c in checks])),
+        float(np.mean([c.clause_recall for c in checks])),
+        sum(c.novel_words for c in checks) / max(1, sum(c.n_content for c in checks)),
     )
 
 
