@@ -110,6 +110,8 @@ MAX_CONTEXT_SENTENCES = 200
 """Longer contexts are cut to the sentences most relevant to the response."""
 _CANDIDATES = 8
 """Context sentences (by shared words) fully aligned with each answer clause."""
+_CONVERSATIONAL_WORDS = 3
+"""At most this many content words, no specifics and none in the context: a pleasantry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,12 +135,13 @@ class SentenceCheck:
     score: float = 1.0
     refusal: bool = False
     n_content: int = 0
+    conversational: bool = False
 
     @property
     def problems(self) -> list[str]:
         """Human-readable reasons, most serious first."""
         if self.refusal:
-            return ["declines to answer: no claim to check"]
+            return ["declines to answer or asks: no claim to check"]
         out = [f"unsupported: {s!r}" for s in self.unsupported]
         out += [f"not in the matching passage: {s!r}" for s in self.misplaced]
         if self.negation_mismatch:
@@ -177,7 +180,7 @@ class Groundedness:
     @property
     def worst(self) -> SentenceCheck | None:
         """The least supported answer sentence (``None`` for an empty response)."""
-        claims = [s for s in self.sentences if not s.refusal] or list(self.sentences)
+        claims = _claims(self.sentences) or list(self.sentences)
         if not claims:
             return None
         return min(claims, key=lambda s: s.score)
@@ -318,7 +321,7 @@ def _best(stems: frozenset[str], specs: Sequence[tx.Specific], ctx: _Context) ->
 
 
 def _check(sentence: str, ctx: _Context) -> SentenceCheck:
-    if tx.refusal(sentence):
+    if tx.refusal(sentence) or sentence.rstrip().endswith("?"):
         return SentenceCheck(sentence, "", 1.0, 1.0, refusal=True)
     stems = frozenset(tx.content_stems(sentence))
     specs = tx.specifics(sentence)
@@ -410,6 +413,7 @@ def _check(sentence: str, ctx: _Context) -> SentenceCheck:
         n_specifics=len(specs),
         novel_words=len(stems - ctx.stems),
         n_content=len(stems),
+        conversational=_conversational(sentence, stems, specs, recall, ctx),
         bigram_support=bigram,
         clause_recall=min_clause_recall,
         score=score,
@@ -424,9 +428,41 @@ def _as_passages(context: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(str(p) for p in context if p)
 
 
+_PERSONAL = frozenset(
+    ["i", "i'm", "i've", "i'll", "i'd", "me", "my", "we", "we're", "we've", "we'll", "us", "our",
+     "you", "you're", "you've", "you'll", "you'd", "your"]
+)
+"""First and second person pronouns: a sentence addressing the reader."""
+
+
+def _conversational(
+    sentence: str, stems: frozenset[str], specs: Sequence[tx.Specific], recall: float, ctx: _Context
+) -> bool:
+    """A pleasantry rather than a claim: no specifics, and either a few words none
+    of which the context has ("Sorry for the trouble.") or a sentence addressing
+    the reader that shares at most a third of its words with the context ("If
+    anything is unclear, just reply here and I'll explain further.")."""
+    if specs or not ctx.units:
+        return False
+    if len(stems) <= _CONVERSATIONAL_WORDS and not stems & ctx.stems:
+        return True
+    words = set(_WORDS.findall(tx.normalise(sentence).lower())) | set(
+        tx._WORD.findall(tx.normalise(sentence).lower())
+    )
+    return recall <= 1 / 3 and bool(words & _PERSONAL)
+
+
+def _claims(checks: Sequence[SentenceCheck]) -> list[SentenceCheck]:
+    """Sentences that claim something: not refusals or questions, and not short
+    conversational ones unless nothing else is left (so "Shipping is free." alone
+    is still checked)."""
+    claims = [c for c in checks if not c.refusal]
+    return [c for c in claims if not c.conversational] or claims
+
+
 def response_features(checks: Sequence[SentenceCheck]) -> tuple[float, ...]:
-    """The :data:`FEATURES` of a response from its sentence checks (refusals left out)."""
-    checks = [c for c in checks if not c.refusal]
+    """The :data:`FEATURES` of a response from its sentence checks (only sentences that claim something)."""
+    checks = _claims(checks)
     if not checks:
         return (1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0,
                 1.0, 1.0, 1.0, 0.0)
@@ -521,7 +557,7 @@ class GroundednessScorer:
         response = response if isinstance(response, str) else ""
         ctx, notes = self._prepare(response, context)
         checks = tuple(_check(s, ctx) for s in tx.sentences(response))
-        claims = [c for c in checks if not c.refusal]
+        claims = _claims(checks)
         feats = response_features(checks)
         rule = feats[FEATURES.index("rule_score")]
         n_spec = sum(c.n_specifics for c in claims)

@@ -4,7 +4,11 @@
 
 * ``hallucination.groundedness_mean``: mean :class:`GroundednessScorer`
   score of the responses that carry a ``context`` (n = responses scored);
-* ``hallucination.ungrounded_share``: share of those below ``threshold``;
+* ``hallucination.ungrounded_share``: share of those below ``threshold``
+  (default 0.2, i.e. the model puts the probability of "not grounded"
+  above 0.8: its overlap part, learned from news summaries, distrusts the
+  free paraphrases common in support answers, so at 0.5 a healthy window
+  of them already reads as a quarter or more ungrounded);
   ``detail.worst`` lists the least grounded responses with their event id,
   the weakest sentence and what in it the context does not support;
 * ``hallucination.flagged_rate``: share of responses a person flagged as
@@ -60,7 +64,7 @@ class HallucinationSignals(Detector):
 
     def __init__(
         self,
-        threshold: float = 0.5,
+        threshold: float = 0.2,
         min_n: int = 20,
         max_scored: int = 2000,
         top_k: int = 5,

@@ -153,6 +153,20 @@ def test_refusal_is_grounded_with_or_without_context() -> None:
     assert not g.grounded and "30 days" in g.explain()
 
 
+def test_pleasantries_and_questions_are_not_claims_but_a_lone_new_claim_is() -> None:
+    s = GroundednessScorer()
+    answer = "Refunds are issued within two weeks of receiving the return."
+    plain = s.score(answer, CTX)
+    polite = s.score(f"Good question. {answer} If anything is unclear, just reply here and I'll explain further.", CTX)
+    assert polite.grounded and polite.score == pytest.approx(plain.score)
+    asks = s.score("Could you share your order number?", CTX)
+    assert asks.grounded and asks.score == 1.0
+    lone = s.score("Shipping is free.", CTX)
+    assert not lone.grounded, lone.explain()
+    added = s.score(f"{answer} Shipping is free for loyalty members in Canada.", CTX)
+    assert not added.grounded, added.explain()
+
+
 def test_verbatim_quote_is_grounded() -> None:
     g = GroundednessScorer().score(CTX[0], CTX)
     assert g.grounded and g.score > 0.8, g.explain()
