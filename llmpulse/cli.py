@@ -81,7 +81,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from llmpulse.bench._stack import finish
 
     mod = importlib.import_module(f"llmpulse.bench.{args.name}")
-    return finish(mod.run(quick=args.quick), mod.format_table, args.json)
+    extra = {"data": args.data} if getattr(args, "data", None) else {}
+    return finish(mod.run(quick=args.quick, **extra), mod.format_table, args.json)
 
 
 def _module_cli(module: str):
@@ -144,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name", choices=BENCHES)
     s.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     s.add_argument("--quick", action="store_true", help="a short run (for smoke tests)")
+    s.add_argument("--data", metavar="PATH",
+                   help="labelled groundedness set(s) for `detectors`: a .jsonl[.gz] file or a directory "
+                        "(default ../shared/data/faithfulness/)")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("report", help="self-contained HTML snapshot of the dashboards")

@@ -47,7 +47,7 @@ def score_items(items: Sequence[dict[str, Any]], scorer: Any = None) -> dict[str
     scorer = scorer or GroundednessScorer()
     out: dict[str, list[float]] = {k: [] for k in SCORES}
     for item in items:
-        g = scorer.score(item["response"], item.get("context"))
+        g = scorer.score(item.get("response", item.get("answer", "")), item.get("context"))
         out["groundedness"].append(1.0 - g.score)
         out["rule"].append(1.0 - g.rule_score)
         out["specifics"].append(1.0 - g.specifics_score)
@@ -61,10 +61,11 @@ def score_items(items: Sequence[dict[str, Any]], scorer: Any = None) -> dict[str
 def evaluate(items: Sequence[dict[str, Any]], scorer: Any = None) -> dict[str, Any]:
     """AUROC of each score overall and per hallucination ``type`` (vs all faithful items).
 
-    >>> from detectors.hallucination.evalset import load
-    >>> r = evaluate(load())
-    >>> r["n"], r["auroc"]["groundedness"] >= 0.85
-    (440, True)
+    >>> items = [{"response": "Fees are $6.", "context": ["Fees are $5."], "label": 1, "type": "amount"},
+    ...          {"response": "Fees are five dollars.", "context": ["Fees are $5."], "label": 0}]
+    >>> r = evaluate(items)
+    >>> r["n"], r["auroc"]["groundedness"]
+    (2, 1.0)
     """
     y = np.asarray([int(i["label"]) for i in items])
     types = np.asarray([str(i.get("type", "")) for i in items])

@@ -19,29 +19,37 @@ honest paraphrase. So each answer sentence is checked in three steps:
 
 Each sentence gets a rule score in [0, 1]: a mild factor for words the
 context lacks (paraphrases are allowed), and strong factors for every
-unsupported specific (x0.2), misplaced specific (x0.5), negation mismatch
-(x0.25), contradicted condition (x0.3) or unsupported condition (x0.7). The
+unsupported specific (x0.2), misplaced specific (x0.35), negation mismatch
+(x0.25), contradicted condition (x0.3) or unsupported condition (x0.55). The
 response's ``rule_score`` is that of its weakest sentence: one invented
 detail is enough to mislead a user.
 
-A small logistic model (:mod:`detectors.hallucination.model`) reads the
-specifics, polarity and novelty features (not the raw word-overlap ones:
-its self-supervised training data would teach it that copying is
-suspicious) and gives ``probability`` that the response is hallucinated.
-``score``, the groundedness the detector reports, is the mean of
-``rule_score``, ``specifics_score`` (share of specifics, negations and
-conditions backed by the context) and ``1 - probability``. The defaults are the
-weights shipped in ``data/model.json``; no embedding and no LLM call is
-needed, so the scorer runs at thousands of pairs per second on one core.
+The learned model (:class:`~detectors.hallucination.model.GroundingModel`,
+built by :mod:`detectors.hallucination.train`) turns the features of all
+sentences into ``probability``, the probability that the response is not
+grounded; ``score = 1 - probability``. Its overlap part was fitted on public
+human-annotated faithfulness sets, its specifics part on generated
+perturbations. When the model file is missing the scorer falls back to
+``score = rule_score`` and says so in :meth:`Groundedness.explain` and
+``method``. No embedding and no LLM call is needed.
+
+Odd inputs have defined results: an empty response is grounded (score 1,
+nothing claimed); a response with claims but no context scores 0; a sentence
+that declines to answer ("I can't find that in the documents") makes no claim
+and is skipped (a response made only of them scores 1); a context longer than
+:data:`MAX_CONTEXT_SENTENCES` sentences is cut to the sentences that share
+most words with the response, and the explanation says so. Words of any
+script count, so non-English text is compared word by word (the specifics
+checks understand English only).
 
 >>> scorer = GroundednessScorer()
 >>> ctx = ["Refunds are issued within 14 days of receiving the return. Gift cards are not refundable."]
->>> good = scorer.score("Once we get the item back, you'll have your money within two weeks.", ctx)
+>>> good = scorer.score("Refunds are issued within two weeks of receiving the return.", ctx)
 >>> bad = scorer.score("Refunds are issued within 30 days of receiving the return.", ctx)
 >>> good.grounded, bad.grounded
 (True, False)
 >>> print(bad.explain())
-groundedness 0.23: 'Refunds are issued within 30 days of receiving the return.' unsupported: '30 days'
+groundedness 0.05: 'Refunds are issued within 30 days of receiving the return.' unsupported: '30 days'
 >>> scorer.score("Gift cards are refundable.", ctx).worst.negation_mismatch
 True
 """
@@ -56,10 +64,11 @@ from typing import Any
 import numpy as np
 
 from detectors.hallucination import text as tx
-from detectors.hallucination.model import LogisticModel, default_model
+from detectors.hallucination.model import GroundingModel, load_model
 
 __all__ = [
     "FEATURES",
+    "MAX_CONTEXT_SENTENCES",
     "Groundedness",
     "GroundednessScorer",
     "SentenceCheck",
@@ -83,6 +92,10 @@ FEATURES: tuple[str, ...] = (
     "near_copy_novel_words",
     "contradictions",
     "rule_score",
+    "mean_context_recall",
+    "mean_bigram_support",
+    "mean_clause_recall",
+    "novelty_share",
 )
 """Per-response features, in the order the learned model reads them."""
 
@@ -92,6 +105,13 @@ _NEGATION = 0.25
 _OPPOSITE = 0.3
 _CONDITION = 0.55
 _NEGATION_OVERLAP = 0.6
+
+MAX_CONTEXT_SENTENCES = 200
+"""Longer contexts are cut to the sentences most relevant to the response."""
+_CANDIDATES = 8
+"""Context sentences (by shared words) fully aligned with each answer clause."""
+_CONVERSATIONAL_WORDS = 3
+"""At most this many content words, no specifics and none in the context: a pleasantry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +133,15 @@ class SentenceCheck:
     bigram_support: float = 1.0
     clause_recall: float = 1.0
     score: float = 1.0
+    refusal: bool = False
+    n_content: int = 0
+    conversational: bool = False
 
     @property
     def problems(self) -> list[str]:
         """Human-readable reasons, most serious first."""
+        if self.refusal:
+            return ["declines to answer or asks: no claim to check"]
         out = [f"unsupported: {s!r}" for s in self.unsupported]
         out += [f"not in the matching passage: {s!r}" for s in self.misplaced]
         if self.negation_mismatch:
@@ -131,8 +156,11 @@ class Groundedness:
     """The verdict on one (response, context) pair.
 
     ``score`` is the groundedness in [0, 1] (higher = better supported);
-    ``rule_score`` and ``specifics_score`` are its interpretable parts,
-    ``probability`` the learned model's probability of a hallucination.
+    ``probability`` the learned model's probability that the response is not
+    grounded (with ``method == "rules"``, when no model is available, it is
+    ``1 - score``); ``rule_score`` and ``specifics_score`` are the
+    interpretable parts; ``notes`` say what was done to the input
+    (truncation, fallback).
     """
 
     score: float
@@ -142,6 +170,8 @@ class Groundedness:
     threshold: float
     sentences: tuple[SentenceCheck, ...]
     features: tuple[float, ...] = field(repr=False, default=())
+    method: str = "learned"
+    notes: tuple[str, ...] = ()
 
     @property
     def grounded(self) -> bool:
@@ -150,17 +180,22 @@ class Groundedness:
     @property
     def worst(self) -> SentenceCheck | None:
         """The least supported answer sentence (``None`` for an empty response)."""
-        if not self.sentences:
+        claims = _claims(self.sentences) or list(self.sentences)
+        if not claims:
             return None
-        return min(self.sentences, key=lambda s: s.score)
+        return min(claims, key=lambda s: s.score)
 
     def explain(self) -> str:
-        """One line an operator can read: score, weakest sentence, why."""
+        """One line an operator can read: score, weakest sentence, why, and any notes."""
         w = self.worst
         if w is None:
-            return f"groundedness {self.score:.2f}: empty response"
-        reasons = w.problems or [f"{w.novel_words} words not in the context"]
-        return f"groundedness {self.score:.2f}: {w.sentence!r} " + "; ".join(reasons)
+            text = f"groundedness {self.score:.2f}: empty response"
+        else:
+            reasons = w.problems or [f"{w.novel_words} words not in the context"]
+            if not w.span and not w.refusal:
+                reasons = ["no context to check against", *reasons]
+            text = f"groundedness {self.score:.2f}: {w.sentence!r} " + "; ".join(reasons)
+        return "; ".join([text, *self.notes])
 
     def to_detail(self) -> dict[str, Any]:
         """JSON-able summary for a signal's ``detail``."""
@@ -170,60 +205,83 @@ class Groundedness:
             "sentence": w.sentence if w else "",
             "span": w.span if w else "",
             "problems": w.problems if w else [],
+            "method": self.method,
+            "notes": list(self.notes),
         }
 
 
-@dataclass(frozen=True, slots=True)
 class _Unit:
-    """A context sentence (or two adjacent ones), preprocessed once."""
+    """A context sentence. Words are read at once; specifics, conditions and
+    clauses only when the sentence is a candidate for some answer clause
+    (they cost most of the preprocessing, and most sentences never are)."""
 
-    text: str
-    stems: frozenset[str]
-    words: frozenset[str]
-    specifics: tuple[tx.Specific, ...]
-    conditions: frozenset[str]
-    clauses: tuple[tuple[frozenset[str], bool], ...]
+    __slots__ = ("stems", "text", "words")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.stems = frozenset(tx.content_stems(text))
+        self.words = frozenset(_WORDS.findall(tx.normalise(text).lower()))
+
+    @property
+    def specifics(self) -> tuple[tx.Specific, ...]:
+        return tuple(tx.specifics(self.text))
+
+    @property
+    def conditions(self) -> frozenset[str]:
+        return frozenset(tx.conditions(self.text))
+
+    @property
+    def clauses(self) -> tuple[tuple[frozenset[str], bool], ...]:
+        return _clauses(self.text)
 
 
-@dataclass(frozen=True, slots=True)
+@lru_cache(maxsize=16384)
+def _clauses(text: str) -> tuple[tuple[frozenset[str], bool], ...]:
+    return tuple((frozenset(tx.content_stems(c)), tx.negated(c)) for c in tx.clauses(text))
+
+
 class _Context:
-    units: tuple[_Unit, ...]
-    stems: frozenset[str]
-    bigrams: frozenset[tuple[str, str]]
-    words: frozenset[str]
-    specifics: tuple[tx.Specific, ...]
+    """The context's sentences and word sets; all its specifics on first use."""
+
+    __slots__ = ("_specifics", "bigrams", "stems", "units", "words")
+
+    def __init__(self, units: tuple[_Unit, ...], bigrams: frozenset[tuple[str, str]]) -> None:
+        self.units = units
+        self.bigrams = bigrams
+        self.stems: frozenset[str] = frozenset().union(*(u.stems for u in units)) if units else frozenset()
+        self.words: frozenset[str] = frozenset().union(*(u.words for u in units)) if units else frozenset()
+        self._specifics: tuple[tx.Specific, ...] | None = None
+
+    @property
+    def specifics(self) -> tuple[tx.Specific, ...]:
+        if self._specifics is None:
+            self._specifics = tuple(s for u in self.units for s in u.specifics)
+        return self._specifics
 
 
-_WORDS = __import__("re").compile(r"[a-z0-9]+")
-
-
-def _unit(text: str) -> _Unit:
-    return _Unit(
-        text=text,
-        stems=frozenset(tx.content_stems(text)),
-        words=frozenset(_WORDS.findall(tx.normalise(text).lower())),
-        specifics=tuple(tx.specifics(text)),
-        conditions=frozenset(tx.conditions(text)),
-        clauses=tuple(
-            (frozenset(tx.content_stems(c)), tx.negated(c)) for c in tx.clauses(text)
-        ),
-    )
+_WORDS = __import__("re").compile(r"[^\W_]+")
 
 
 @lru_cache(maxsize=1024)
-def _context(passages: tuple[str, ...]) -> _Context:
-    units = [_unit(s) for passage in passages for s in tx.sentences(passage)]
+def _context(sents: tuple[str, ...]) -> _Context:
     bigrams: set[tuple[str, str]] = set()
-    for passage in passages:
-        stems = tx.content_stems(passage)
+    for sent in sents:
+        stems = tx.content_stems(sent)
         bigrams.update(zip(stems, stems[1:], strict=False))
-    return _Context(
-        units=tuple(units),
-        stems=frozenset().union(*(u.stems for u in units)) if units else frozenset(),
-        bigrams=frozenset(bigrams),
-        words=frozenset().union(*(u.words for u in units)) if units else frozenset(),
-        specifics=tuple(s for u in units for s in u.specifics),
-    )
+    return _Context(tuple(_Unit(s) for s in sents), frozenset(bigrams))
+
+
+@lru_cache(maxsize=256)
+def _context_sentences(passages: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(s for passage in passages for s in tx.sentences(passage))
+
+
+def _select(sents: tuple[str, ...], response: str, limit: int) -> tuple[str, ...]:
+    """The ``limit`` sentences sharing most content words with ``response``, in context order."""
+    wanted = set(tx.content_stems(response))
+    overlap = [len(wanted.intersection(tx.content_stems(s))) for s in sents]
+    keep = sorted(np.argsort(-np.asarray(overlap), kind="stable")[:limit].tolist())
+    return tuple(sents[i] for i in keep)
 
 
 def _backed(spec: tx.Specific, evidence: Sequence[tx.Specific], words: frozenset[str]) -> bool:
@@ -250,17 +308,27 @@ def _alignment(stems: frozenset[str], specs: Sequence[tx.Specific], unit: _Unit)
 
 
 def _best(stems: frozenset[str], specs: Sequence[tx.Specific], ctx: _Context) -> tuple[_Unit, float]:
-    scores = [_alignment(stems, specs, u) for u in ctx.units]
+    units = ctx.units
+    if len(units) > _CANDIDATES and stems:
+        # only the sentences sharing most words are aligned in full: the
+        # alignment checks every specific, the pre-selection one set operation
+        shared = np.fromiter((len(stems & u.stems) for u in units), dtype=np.int64, count=len(units))
+        top = np.argsort(-shared, kind="stable")[:_CANDIDATES]
+        units = tuple(units[i] for i in top)
+    scores = [_alignment(stems, specs, u) for u in units]
     best = int(np.argmax(scores))
-    return ctx.units[best], scores[best]
+    return units[best], scores[best]
 
 
 def _check(sentence: str, ctx: _Context) -> SentenceCheck:
+    if tx.refusal(sentence) or sentence.rstrip().endswith("?"):
+        return SentenceCheck(sentence, "", 1.0, 1.0, refusal=True)
     stems = frozenset(tx.content_stems(sentence))
     specs = tx.specifics(sentence)
     if not ctx.units:
         return SentenceCheck(sentence, "", 0.0, 0.0, tuple(s.text for s in specs),
-                             n_specifics=len(specs), novel_words=len(stems), bigram_support=0.0,
+                             n_specifics=len(specs), novel_words=len(stems), n_content=len(stems),
+                             bigram_support=0.0,
                              score=0.0)
     unit, align = _best(stems, specs, ctx)
 
@@ -344,6 +412,8 @@ def _check(sentence: str, ctx: _Context) -> SentenceCheck:
         unsupported_conditions=unsup_conds,
         n_specifics=len(specs),
         novel_words=len(stems - ctx.stems),
+        n_content=len(stems),
+        conversational=_conversational(sentence, stems, specs, recall, ctx),
         bigram_support=bigram,
         clause_recall=min_clause_recall,
         score=score,
@@ -358,10 +428,44 @@ def _as_passages(context: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(str(p) for p in context if p)
 
 
+_PERSONAL = frozenset(
+    ["i", "i'm", "i've", "i'll", "i'd", "me", "my", "we", "we're", "we've", "we'll", "us", "our",
+     "you", "you're", "you've", "you'll", "you'd", "your"]
+)
+"""First and second person pronouns: a sentence addressing the reader."""
+
+
+def _conversational(
+    sentence: str, stems: frozenset[str], specs: Sequence[tx.Specific], recall: float, ctx: _Context
+) -> bool:
+    """A pleasantry rather than a claim: no specifics, and either a few words none
+    of which the context has ("Sorry for the trouble.") or a sentence addressing
+    the reader that shares at most a third of its words with the context ("If
+    anything is unclear, just reply here and I'll explain further.")."""
+    if specs or not ctx.units:
+        return False
+    if len(stems) <= _CONVERSATIONAL_WORDS and not stems & ctx.stems:
+        return True
+    words = set(_WORDS.findall(tx.normalise(sentence).lower())) | set(
+        tx._WORD.findall(tx.normalise(sentence).lower())
+    )
+    return recall <= 1 / 3 and bool(words & _PERSONAL)
+
+
+def _claims(checks: Sequence[SentenceCheck]) -> list[SentenceCheck]:
+    """Sentences that claim something: not refusals or questions, and not short
+    conversational ones unless nothing else is left (so "Shipping is free." alone
+    is still checked)."""
+    claims = [c for c in checks if not c.refusal]
+    return [c for c in claims if not c.conversational] or claims
+
+
 def response_features(checks: Sequence[SentenceCheck]) -> tuple[float, ...]:
-    """The :data:`FEATURES` of a response from its sentence checks."""
+    """The :data:`FEATURES` of a response from its sentence checks (only sentences that claim something)."""
+    checks = _claims(checks)
     if not checks:
-        return (1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0)
+        return (1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0,
+                1.0, 1.0, 1.0, 0.0)
     n_spec = sum(c.n_specifics for c in checks)
     n_unsup = sum(len(c.unsupported) for c in checks)
     n_mis = sum(len(c.misplaced) for c in checks)
@@ -386,13 +490,23 @@ def response_features(checks: Sequence[SentenceCheck]) -> tuple[float, ...]:
         float(max((c.novel_words for c in checks if c.context_recall >= 0.6), default=0) in (1, 2)),
         float(sum(len(c.opposite_conditions) for c in checks)),
         worst.score,
+        float(np.mean([c.context_recall for c in checks])),
+        float(np.mean([c.bigram_support for c in checks])),
+        float(np.mean([c.clause_recall for c in checks])),
+        sum(c.novel_words for c in checks) / max(1, sum(c.n_content for c in checks)),
     )
+
+
+_DEFAULT = "default"
 
 
 class GroundednessScorer:
     """Scores how well a response is supported by its context, and says why.
 
-    ``model`` is the learned combiner (default: the shipped weights);
+    ``model`` is the learned model: ``"default"`` loads the shipped
+    ``data/grounding_model.json``, a path loads that file, a
+    :class:`GroundingModel` is used as is, and ``None`` means rules only.
+    A model that cannot be loaded gives the rule-based score, with a note.
     ``threshold`` is the groundedness below which a response counts as
     ungrounded. Contexts are preprocessed once and cached, since many
     responses in a window share retrieved passages.
@@ -402,39 +516,81 @@ class GroundednessScorer:
     ...     "Dr. Amara Osei sees patients on Tuesdays and Fridays.")
     >>> s.worst.unsupported, s.grounded
     (('Dr. Amara Lee',), False)
+    >>> GroundednessScorer(model="/nonexistent.json").score("Hi.", "Hi.").method
+    'rules'
     """
 
-    def __init__(self, model: LogisticModel | None = None, threshold: float = 0.5) -> None:
-        self.model = model if model is not None else default_model()
+    def __init__(
+        self,
+        model: GroundingModel | str | None = _DEFAULT,
+        threshold: float = 0.5,
+        max_context_sentences: int = MAX_CONTEXT_SENTENCES,
+    ) -> None:
+        if isinstance(model, GroundingModel) or model is None:
+            self.model, self.model_source = model, "given" if model else "rules only"
+        elif model == _DEFAULT:
+            self.model, self.model_source = _shipped()
+        else:
+            self.model, self.model_source = load_model(model)
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+        if max_context_sentences < 1:
+            raise ValueError(f"max_context_sentences must be >= 1, got {max_context_sentences!r}")
         self.threshold = threshold
+        self.max_context_sentences = max_context_sentences
+
+    def _prepare(self, response: str, context: str | Sequence[str] | None) -> tuple[_Context, tuple[str, ...]]:
+        sents = _context_sentences(_as_passages(context))
+        if len(sents) <= self.max_context_sentences:
+            return _context(sents), ()
+        kept = _select(sents, response, self.max_context_sentences)
+        note = (f"context truncated by relevance to {len(kept)} of {len(sents)} sentences")
+        return _context(kept), (note,)
 
     def check(self, response: str, context: str | Sequence[str] | None) -> list[SentenceCheck]:
         """One :class:`SentenceCheck` per answer sentence."""
-        ctx = _context(_as_passages(context))
+        ctx, _ = self._prepare(response or "", context)
         return [_check(s, ctx) for s in tx.sentences(response or "")]
 
     def score(self, response: str, context: str | Sequence[str] | None) -> Groundedness:
         """The :class:`Groundedness` of ``response`` against ``context``."""
-        checks = tuple(self.check(response, context))
+        response = response if isinstance(response, str) else ""
+        ctx, notes = self._prepare(response, context)
+        checks = tuple(_check(s, ctx) for s in tx.sentences(response))
+        claims = _claims(checks)
         feats = response_features(checks)
-        named = dict(zip(FEATURES, feats, strict=True))
-        prob = float(self.model.predict_proba(np.asarray([[named[n] for n in self.model.names]]))[0])
         rule = feats[FEATURES.index("rule_score")]
-        n_spec = sum(c.n_specifics for c in checks)
+        n_spec = sum(c.n_specifics for c in claims)
         bad = sum(
             len(c.unsupported) + len(c.misplaced) + c.negation_mismatch
             + len(c.opposite_conditions) + len(c.unsupported_conditions)
-            for c in checks
+            for c in claims
         )
         spec_score = 1.0 - bad / (n_spec + bad) if bad else 1.0
+        method = "learned" if self.model is not None else "rules"
+        if self.model is None:
+            notes = (*notes, f"rule-based score ({self.model_source})")
+        if not claims:
+            # nothing claimed (empty, or only declining to answer): nothing to contradict
+            score, prob = 1.0, 0.0
+        elif not ctx.units:
+            score, prob = 0.0, 1.0
+        elif self.model is not None:
+            prob = self.model.probability(dict(zip(FEATURES, feats, strict=True)))
+            score = 1.0 - prob
+        else:
+            score = rule
+            prob = 1.0 - rule
         return Groundedness(
-            score=(rule + spec_score + 1.0 - prob) / 3.0,
+            score=float(score),
             rule_score=rule,
             specifics_score=spec_score,
-            probability=prob,
+            probability=float(prob),
             threshold=self.threshold,
             sentences=checks,
             features=feats,
+            method=method,
+            notes=tuple(notes),
         )
 
     def score_many(
@@ -442,3 +598,8 @@ class GroundednessScorer:
     ) -> list[Groundedness]:
         """:meth:`score` for aligned lists of responses and contexts."""
         return [self.score(r, c) for r, c in zip(responses, contexts, strict=True)]
+
+
+@lru_cache(maxsize=1)
+def _shipped() -> tuple[GroundingModel | None, str]:
+    return load_model()

@@ -1,10 +1,20 @@
-"""A small logistic regression in numpy, with weights stored as JSON.
+"""The learned groundedness model: two small logistic regressions, stored as JSON.
 
-The groundedness features are few (a dozen) and the decision is close to
-linear once they are standardised, so a logistic regression fitted by
-Newton's method (IRLS) with an L2 penalty is enough. It is deterministic:
-the same data gives the same weights bit for bit, which is what makes the
-shipped ``data/model.json`` reproducible from :mod:`detectors.hallucination.train`.
+The groundedness features are few and the decision is close to linear once
+they are standardised, so a logistic regression fitted by Newton's method
+(IRLS) with an L2 penalty is enough. It is deterministic: the same data gives
+the same weights bit for bit, which is what makes the shipped
+``data/grounding_model.json`` reproducible from :mod:`detectors.hallucination.train`.
+
+:class:`GroundingModel` adds two logits:
+
+* ``overlap``: how well each answer sentence is covered by its best context
+  sentence, fitted on public human-annotated faithfulness sets;
+* ``specifics``: unsupported numbers, names, negations and conditions,
+  fitted on generated perturbations (where overlap is held fixed, so the
+  model learns what a changed detail costs). Its logit is taken relative to
+  an answer with no such finding, so it only ever adds evidence, and it is
+  scaled by ``specifics_weight``.
 
 >>> rng = np.random.default_rng(0)
 >>> X = rng.normal(size=(200, 2))
@@ -24,13 +34,14 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["LogisticModel", "default_model"]
+__all__ = ["GroundingModel", "LogisticModel", "default_model", "load_model"]
 
-MODEL_FILE = "model.json"
+MODEL_FILE = "grounding_model.json"
 
 
 @dataclass(frozen=True)
@@ -54,12 +65,17 @@ class LogisticModel:
         l2: float = 1.0,
         iterations: int = 50,
         meta: dict[str, Any] | None = None,
+        sample_weight: np.ndarray | None = None,
     ) -> LogisticModel:
-        """Penalised maximum likelihood by Newton steps (the bias is not penalised)."""
+        """Penalised maximum likelihood by Newton steps (the bias is not penalised).
+
+        ``sample_weight`` (default all ones) weighs each row's log-likelihood.
+        """
         X = np.asarray(X, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
-        mean = X.mean(axis=0)
-        scale = X.std(axis=0)
+        w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        mean = (X * w[:, None]).sum(axis=0) / w.sum()
+        scale = np.sqrt((((X - mean) ** 2) * w[:, None]).sum(axis=0) / w.sum())
         scale[scale < 1e-9] = 1.0
         Z = np.hstack([np.ones((len(X), 1)), (X - mean) / scale])
         beta = np.zeros(Z.shape[1])
@@ -67,8 +83,8 @@ class LogisticModel:
         penalty[0] = 0.0
         for _ in range(iterations):
             p = 1.0 / (1.0 + np.exp(-(Z @ beta)))
-            grad = Z.T @ (p - y) + penalty * beta
-            hess = (Z * (p * (1 - p))[:, None]).T @ Z + np.diag(penalty) + 1e-9 * np.eye(len(beta))
+            grad = Z.T @ (w * (p - y)) + penalty * beta
+            hess = (Z * (w * p * (1 - p))[:, None]).T @ Z + np.diag(penalty) + 1e-9 * np.eye(len(beta))
             step = np.linalg.solve(hess, grad)
             beta -= step
             if np.max(np.abs(step)) < 1e-10:
@@ -118,8 +134,83 @@ class LogisticModel:
         )
 
 
+@dataclass(frozen=True)
+class GroundingModel:
+    """``p = sigmoid(overlap(x) + specifics_weight * (specifics(x) - specifics(0)))``.
+
+    >>> o = LogisticModel(("a",), (0.0,), (1.0,), (2.0,), -1.0)
+    >>> s = LogisticModel(("b",), (0.0,), (1.0,), (3.0,), -2.0)
+    >>> m = GroundingModel(o, s, 0.5)
+    >>> round(m.probability({"a": 0.5, "b": 0.0}), 3), round(m.probability({"a": 0.5, "b": 1.0}), 3)
+    (0.5, 0.818)
+    >>> GroundingModel.from_json(m.to_json()) == m
+    True
+    """
+
+    overlap: LogisticModel
+    specifics: LogisticModel
+    specifics_weight: float
+    meta: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every feature either part reads."""
+        return tuple(dict.fromkeys(self.overlap.names + self.specifics.names))
+
+    def logit(self, features: dict[str, float]) -> float:
+        """The log-odds of a hallucination for one response's named features."""
+        xo = np.asarray([[features[n] for n in self.overlap.names]])
+        xs = np.asarray([[features[n] for n in self.specifics.names]])
+        zs = self.specifics.decision(xs)[0] - self.specifics.decision(np.zeros_like(xs))[0]
+        return float(self.overlap.decision(xo)[0] + self.specifics_weight * zs)
+
+    def probability(self, features: dict[str, float]) -> float:
+        """Probability that the response is not grounded."""
+        return float(1.0 / (1.0 + np.exp(-self.logit(features))))
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "overlap": json.loads(self.overlap.to_json()),
+                "specifics": json.loads(self.specifics.to_json()),
+                "specifics_weight": self.specifics_weight,
+                "meta": dict(self.meta),
+            },
+            indent=1,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> GroundingModel:
+        d = json.loads(text)
+        return cls(
+            overlap=LogisticModel.from_json(json.dumps(d["overlap"])),
+            specifics=LogisticModel.from_json(json.dumps(d["specifics"])),
+            specifics_weight=float(d["specifics_weight"]),
+            meta=tuple(sorted(d.get("meta", {}).items())),
+        )
+
+
+def load_model(path: str | Path | None = None) -> tuple[GroundingModel | None, str]:
+    """The model at ``path`` (default: the shipped file) and a note on where it came from.
+
+    A missing or unreadable file gives ``(None, reason)``: the scorer then
+    falls back to the rule score and says so.
+    """
+    try:
+        if path is None:
+            text = resources.files("detectors.hallucination").joinpath("data", MODEL_FILE).read_text(
+                encoding="utf-8"
+            )
+            where = f"shipped {MODEL_FILE}"
+        else:
+            text = Path(path).read_text(encoding="utf-8")
+            where = str(path)
+        return GroundingModel.from_json(text), where
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return None, f"model unavailable ({type(exc).__name__}: {exc}); rule-based fallback"
+
+
 @lru_cache(maxsize=1)
-def default_model() -> LogisticModel:
-    """The weights shipped in ``detectors/hallucination/data/model.json``."""
-    path = resources.files("detectors.hallucination").joinpath("data", MODEL_FILE)
-    return LogisticModel.from_json(path.read_text(encoding="utf-8"))
+def default_model() -> GroundingModel | None:
+    """The shipped ``detectors/hallucination/data/grounding_model.json``, or ``None``."""
+    return load_model()[0]

@@ -4,7 +4,11 @@
 
 * ``hallucination.groundedness_mean``: mean :class:`GroundednessScorer`
   score of the responses that carry a ``context`` (n = responses scored);
-* ``hallucination.ungrounded_share``: share of those below ``threshold``;
+* ``hallucination.ungrounded_share``: share of those below ``threshold``
+  (default 0.2, i.e. the model puts the probability of "not grounded"
+  above 0.8: its overlap part, learned from news summaries, distrusts the
+  free paraphrases common in support answers, so at 0.5 a healthy window
+  of them already reads as a quarter or more ungrounded);
   ``detail.worst`` lists the least grounded responses with their event id,
   the weakest sentence and what in it the context does not support;
 * ``hallucination.flagged_rate``: share of responses a person flagged as
@@ -60,18 +64,22 @@ class HallucinationSignals(Detector):
 
     def __init__(
         self,
-        threshold: float = 0.5,
+        threshold: float = 0.2,
         min_n: int = 20,
         max_scored: int = 2000,
         top_k: int = 5,
         logprob_threshold: float = LOW_LOGPROB,
+        model: str = "default",
     ) -> None:
         self.threshold = threshold
+        self.model = model
         self.min_n = min_n
         self.max_scored = max_scored
         self.top_k = top_k
         self.logprob_threshold = logprob_threshold
-        self._scorer = GroundednessScorer(threshold=threshold)
+        # "default" = the shipped model; a path = that model file; a missing
+        # file falls back to the rule score, and ``detail.method`` says so
+        self._scorer = GroundednessScorer(model=model, threshold=threshold)
 
     def _config(self) -> dict[str, Any]:
         return {
@@ -80,6 +88,7 @@ class HallucinationSignals(Detector):
             "max_scored": self.max_scored,
             "top_k": self.top_k,
             "logprob_threshold": self.logprob_threshold,
+            "model": self.model,
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -120,7 +129,13 @@ class HallucinationSignals(Detector):
             if scores[j] < self.threshold
         ]
         n = int(idx.size)
-        common = {**self._small(n), "scored": n, "available": available}
+        common = {
+            **self._small(n), "scored": n, "available": available,
+            "sampling_rate": round(n / available, 4),
+            # "rules" when the learned model file is missing: the score is the rule-based fallback
+            "method": "learned" if self._scorer.model is not None else "rules",
+            "model": self._scorer.model_source,
+        }
         return [
             batch.signal("hallucination.groundedness_mean", float(scores.mean()), n=n, detail=common),
             batch.signal(

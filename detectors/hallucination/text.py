@@ -52,6 +52,7 @@ __all__ = [
     "content_stems",
     "negated",
     "normalise",
+    "refusal",
     "sentences",
     "specifics",
     "stem",
@@ -110,8 +111,6 @@ _A_UNIT = re.compile(
     rf"\b(within|for|than|about|around|over|under|least|most|past|last|next|first|after|takes?)\s+an?\s+(?={_UNIT_WORDS}s?\b)",
     re.IGNORECASE,
 )
-_HALF = re.compile(r"\b(?:half\s+an?|a\s+half)\s+(hour|day|year)\b|\ba\s+quarter\s+of\s+an?\s+(hour)\b", re.IGNORECASE)
-_HALF_TEXT = {"hour": "30 minutes", "day": "12 hours", "year": "6 months"}
 
 
 def _words_value(words: list[str]) -> int:
@@ -144,7 +143,6 @@ def _replace_numwords(match: re.Match[str]) -> str:
 
 
 def _digits(text: str) -> str:
-    text = _HALF.sub(lambda m: _HALF_TEXT[m.group(1).lower()] if m.group(1) else "15 minutes", text)
     text = _ONE_UNIT.sub("1 ", text)
     text = _A_UNIT.sub(lambda m: m.group(1) + " 1 ", text)
     return _NUMWORD_RUN.sub(_replace_numwords, text)
@@ -193,7 +191,8 @@ def clauses(sentence: str) -> list[str]:
     return [p for p in parts if p]
 
 
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+# Letters and digits of any script, so non-English text is compared too.
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 STOPWORDS = frozenset(
     ["a", "an", "the", "and", "or", "of", "to", "in", "on", "at", "by", "for", "from", "with", "as", "is", "are", "was", "were", "be", "been", "being", "am", "it", "its", "this", "that", "these", "those", "there", "here", "their", "they", "them", "you", "your", "yours", "we", "our", "ours", "us", "i", "me", "my", "he", "she", "his", "her", "him", "do", "does", "did", "doing", "done", "have", "has", "had", "having", "will", "would", "shall", "should", "can", "could", "may", "might", "must", "also", "just", "than", "then", "so", "such", "into", "onto", "about", "over", "per", "via", "if", "when", "where", "which", "who", "whom", "whose", "what", "how", "why", "all", "any", "each", "every", "both", "either", "some", "more", "most", "other", "another", "same", "own", "very", "too", "again", "further", "once", "up", "down", "out", "off", "s", "t", "ll", "re", "ve", "d", "m", "get", "gets", "got", "getting", "please", "let", "lets", "want", "need", "needs", "needed", "make", "makes", "made", "use", "used", "using", "one", "ones", "us", "thing", "things", "way", "able"]
 )
@@ -277,7 +276,7 @@ def negated(text: str) -> bool:
 _NUMERIC_AHEAD = r"(?=[\s-]*(?:[$€£]|\d|a\s|an\s|one\s|the\s+(?:first|next)))"
 _CONDITION_PATTERNS: tuple[tuple[str, str], ...] = (
     ("at_least", r"at\s+least|a\s+minimum\s+of|minimum|or\s+more|or\s+older|or\s+above|and\s+(?:up|over|above)|no\s+(?:less|fewer)\s+than|not\s+(?:less|fewer)\s+than"),
-    ("at_most", r"at\s+most|up\s+to|a\s+maximum\s+of|maximum|no\s+more\s+than|not\s+more\s+than|or\s+(?:less|fewer|younger|under)|not\s+exceed\w*|capped|limited\s+to|as\s+many\s+as"),
+    ("at_most", r"at\s+most|up\s+to|a\s+maximum\s+of|maximum|no\s+more\s+than|not\s+more\s+than|or\s+(?:less|younger|under)|not\s+exceed\w*"),
     ("more_than", rf"more\s+than|greater\s+than|larger\s+than|older\s+than|in\s+excess\s+of|exceed(?:s|ing)?|above|over{_NUMERIC_AHEAD}"),
     ("less_than", rf"less\s+than|fewer\s+than|smaller\s+than|younger\s+than|below|under{_NUMERIC_AHEAD}"),
     ("deadline", rf"within{_NUMERIC_AHEAD}|no\s+later\s+than|before|prior\s+to|by\s+the\s+end\s+of|ahead\s+of"),
@@ -388,7 +387,7 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("time_ampm", re.compile(r"\b(\d{1,2})(?:[:.](\d{2}))?\s*([ap])\.?\s?m\b\.?", re.IGNORECASE)),
     ("time_24", re.compile(r"\b([01]?\d|2[0-3]):([0-5]\d)\b")),
     ("time_word", re.compile(r"\b(noon|midday|midnight)\b", re.IGNORECASE)),
-    ("time_day", re.compile(r"\b(?:(half|quarter)\s+past\s+)?(\d{1,2})(?:[:.](\d{2}))?\s*(?:o'clock\s*)?(in\s+the\s+morning|in\s+the\s+afternoon|in\s+the\s+evening|at\s+night)\b", re.IGNORECASE)),
+    ("time_day", re.compile(r"\b()(\d{1,2})(?:[:.](\d{2}))?\s*(?:o'clock\s*)?(in\s+the\s+morning|in\s+the\s+afternoon|in\s+the\s+evening|at\s+night)\b", re.IGNORECASE)),
     ("ident", re.compile(r"\b(?:[A-Za-z]+_[A-Za-z0-9_]+|[A-Z]+\d+[A-Z0-9]*|\d+[A-Z]{1,3}\d*)\b")),
     ("money_sym", re.compile(rf"([$€£])\s?({_NUM})({_MULT})")),
     ("money_pre", re.compile(rf"\b(USD|EUR|GBP|CHF|CAD|AUD)\s?({_NUM})({_MULT})")),
@@ -442,7 +441,7 @@ def _make(kind: str, m: re.Match[str]) -> Specific | None:
         return Specific("time", text, ("time", int(g[0]) * 60 + int(g[1])))
     if kind == "time_day":
         hour = int(g[1]) % 12 + (0 if "morning" in g[3].lower() else 12)
-        minute = int(g[2] or 0) + {"half": 30, "quarter": 15}.get((g[0] or "").lower(), 0)
+        minute = int(g[2] or 0)
         return Specific("time", text, ("time", hour * 60 + minute))
     if kind == "ident":
         return Specific("code", text, ("code", text.upper()))
@@ -595,10 +594,10 @@ _ANTONYMS: tuple[tuple[str, str], ...] = (
     ("increas", "decreas"), ("maxim", "minim"), ("old", "young"), ("long", "short"),
     ("=free", "=paid"), ("paid", "unpaid"), ("=same", "=different"), ("=first", "=last"),
     ("=before", "=after"), ("enabl", "disabl"), ("public", "privat"), ("mandator", "option"),
-    ("=full", "=partial"), ("domestic", "international"), ("weekday", "weekend"),
+    ("=full", "=partial"), ("weekday", "weekend"),
     ("morning", "evening"), ("debit", "credit"), ("deposit", "withdraw"), ("upgrad", "downgrad"),
     ("success", "fail"), ("=true", "=false"), ("auto", "manual"), ("online", "offline"),
-    ("=in-person", "=online"), ("permanent", "temporar"),
+    ("=in-person", "=online"),
 )
 _NEG_PREFIXES = ("un", "in", "im", "non", "non-", "dis", "ir", "il")
 
@@ -646,3 +645,27 @@ def antonyms(claim: frozenset[str], evidence: frozenset[str]) -> list[tuple[str,
                 found.append((w, p + w if p + w in evidence else w[len(p):]))
                 break
     return found
+
+
+_REFUSAL = re.compile(
+    r"\b(?:i|we)(?:'m|\s+am|\s+are|\s+was)?\s+(?:can(?:no|')t|could(?:n't|\s+not)|do(?:n't|\s+not)|unable\s+to|not\s+able\s+to)"
+    r"\s+(?:find|see|locate|know|answer|tell|determine|confirm|say|provide)\b"
+    r"|\b(?:does(?:n't|\s+not)|do(?:n't|\s+not)|did(?:n't|\s+not))\s+(?:say|mention|specify|state|include|contain|cover)\s+(?:anything|whether|how|what|when|which|who|if)\b"
+    r"|\b(?:is|are)(?:n't|\s+not)\s+(?:mentioned|stated|specified|described|covered|given|provided)\s+(?:in|by)\b"
+    r"|\bno\s+(?:information|mention|details?)\s+(?:about|on|of|regarding)\b"
+    r"|\bnot\s+enough\s+information\b",
+    re.IGNORECASE,
+)
+
+
+def refusal(sentence: str) -> bool:
+    """Whether ``sentence`` declines to answer or says the context lacks the answer.
+
+    Such a sentence makes no claim about the world, so it cannot be ungrounded.
+
+    >>> refusal("I can't find that in the documents."), refusal("The documents don't say whether pets are allowed.")
+    (True, True)
+    >>> refusal("Dental treatment is not covered."), refusal("We cannot refund gift cards.")
+    (False, False)
+    """
+    return _REFUSAL.search(normalise(sentence)) is not None

@@ -8,7 +8,8 @@ Runs the family benchmarks in one process, in turn, and gathers their figures:
   a category-mix change, false alarms per 100k events, throughput;
 * embedding: embedder texts/s per batch size and provider, topic-change delay;
 * bias: agreement with fairlearn, small-segment false signals, throughput;
-* hallucination: AUROC per score and combined on the labelled set, pairs/s.
+* hallucination: AUROC and flag precision/recall per external labelled set, next to
+  length and lexical-novelty baselines; pairs/s at short and ~500-word contexts.
 
     python -m llmpulse.bench.detectors --json detectors.json [--quick] [--only drift,bias]
 """
@@ -29,14 +30,16 @@ __all__ = ["FAMILIES", "format_table", "run"]
 FAMILIES: tuple[str, ...] = ("latency", "drift", "embedding", "bias", "hallucination")
 
 
-def run(quick: bool = False, only: tuple[str, ...] | None = None) -> dict[str, Any]:
+def run(quick: bool = False, only: tuple[str, ...] | None = None, data: str | None = None) -> dict[str, Any]:
+    """``data``: labelled groundedness set(s) for the hallucination family (default: its own)."""
     out: dict[str, Any] = {"benchmark": "detectors", "families": {}}
     for fam in only or FAMILIES:
         name = f"llmpulse.bench.detectors_{fam}"
         t0 = time.perf_counter()
         try:
             mod = importlib.import_module(name)
-            result = mod.run(quick=quick)
+            extra = {"data": data} if data and fam == "hallucination" else {}
+            result = mod.run(quick=quick, **extra)
             out["families"][fam] = {"ok": True, "seconds": time.perf_counter() - t0,
                                     "result": result, "table": mod.format_table(result)}
         except Exception as exc:  # one family failing must not hide the others
@@ -59,9 +62,10 @@ def main() -> int:
     ap.add_argument("--json", metavar="FILE")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default=None, help="comma-separated families")
+    ap.add_argument("--data", default=None, help="labelled groundedness set(s) for the hallucination family")
     a = ap.parse_args()
     only = tuple(a.only.split(",")) if a.only else None
-    result = run(quick=a.quick, only=only)
+    result = run(quick=a.quick, only=only, data=a.data)
     print(format_table(result))
     if a.json:
         slim = {k: v for k, v in result.items()}
