@@ -29,7 +29,7 @@ TESTS = Path(__file__).parent
 
 def _all_detectors() -> list[type[Detector]]:
     for mod in pkgutil.walk_packages(detectors.__path__, "detectors."):
-        if ".data" in mod.name or mod.name.endswith(("__main__", ".train", ".evalset")):
+        if ".data" in mod.name or mod.name.endswith(("__main__", ".train")):
             continue
         importlib.import_module(mod.name)
     found: dict[str, type[Detector]] = {}
