@@ -26,6 +26,7 @@ __all__ = [
     "ConfigError",
     "HttpSettings",
     "IngestSettings",
+    "RetentionSettings",
     "SignalSettings",
     "Settings",
     "load_settings",
@@ -84,6 +85,23 @@ class SignalSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionSettings:
+    """Days each table keeps its rows (``retention:`` in the YAML); 0 keeps them forever.
+
+    Applied to existing tables at start (``ALTER TABLE ... MODIFY TTL``), so a
+    change here changes the store the next time ``llmpulse up`` starts.
+    """
+
+    raw_events: int = 90
+    """``inference_events`` and the ``request_index`` that joins feedback to them."""
+    feedback: int = 90
+    signals: int = 90
+    alerts: int = 365
+    deadletters: int = 30
+    audit: int = 365
+
+
+@dataclass(frozen=True, slots=True)
 class HttpSettings:
     host: str = "127.0.0.1"
     port: int = 0
@@ -101,6 +119,7 @@ class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     signals: SignalSettings = field(default_factory=SignalSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     session_timeout_s: float = 6.0
     """Kafka consumer session timeout: a short one makes group joins fast."""
 
@@ -180,7 +199,7 @@ def load_settings(
             raise ConfigError(f"{path}: must be a mapping of settings")
         raw = dict(loaded or {})
     known = {"data_dir", "kafka", "clickhouse", "rules", "ingest", "signals", "http",
-             "session_timeout_s"}
+             "retention", "session_timeout_s"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{key}: unknown setting in {path}; known: {', '.join(sorted(known))}")
@@ -218,5 +237,6 @@ def load_settings(
         ingest=_sub(IngestSettings, raw.get("ingest"), "ingest"),
         signals=signals,
         http=_sub(HttpSettings, raw.get("http"), "http"),
+        retention=_sub(RetentionSettings, raw.get("retention"), "retention"),
         session_timeout_s=float(session),
     )

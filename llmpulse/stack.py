@@ -25,6 +25,7 @@ from typing import Any
 from llmpulse.broker import BrokerError, EmbeddedBroker, create_topics, free_port, port_is_free
 from llmpulse.config import Settings
 from llmpulse.events import TOPICS
+from llmpulse.migrations import migrate
 from llmpulse.store import Store, StoreError
 
 __all__ = ["StackContext", "StackError", "read_endpoints", "run_stack", "wait_for_endpoints"]
@@ -124,6 +125,11 @@ async def _run(
     try:
         store = await asyncio.to_thread(Store.open, settings.clickhouse_dsn)
     except StoreError as exc:
+        raise StackError(str(exc)) from None
+    try:
+        await asyncio.to_thread(migrate, store, settings.retention)
+    except StoreError as exc:
+        await asyncio.to_thread(store.close)
         raise StackError(str(exc)) from None
 
     broker: EmbeddedBroker | None = None

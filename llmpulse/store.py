@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS inference_events (
     prediction Tuple(label String, score Nullable(Float64)),
     segment Map(LowCardinality(String), String),
     features Map(LowCardinality(String), Float64),
+    user String DEFAULT '',
     ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMMDD(ts)
@@ -81,6 +82,7 @@ CREATE TABLE IF NOT EXISTS feedback_events (
     label Nullable(String),
     hallucination Nullable(UInt8),
     comment String DEFAULT '',
+    user String DEFAULT '',
     ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMMDD(ts)
@@ -150,6 +152,20 @@ CREATE TABLE IF NOT EXISTS deadletter_events (
 ) ENGINE = ReplacingMergeTree
 ORDER BY (topic, partition, offset, reason)
 TTL toDateTime(ts) + INTERVAL {ttl} DAY
+""",
+    "audit_events": """
+CREATE TABLE IF NOT EXISTS audit_events (
+    ts DateTime64(3, 'UTC'),
+    action LowCardinality(String),
+    actor String,
+    outcome LowCardinality(String),
+    target String,
+    remote String,
+    detail String DEFAULT '{{}}'
+) ENGINE = MergeTree
+PARTITION BY toYYYYMM(ts)
+ORDER BY (ts, action)
+TTL toDateTime(ts) + INTERVAL 365 DAY
 """,
 }
 
@@ -248,7 +264,7 @@ def check_readonly_sql(sql: str, tables: Sequence[str] = TABLES) -> str:
     >>> check_readonly_sql("SELECT * FROM system.users")
     Traceback (most recent call last):
     ...
-    llmpulse.store.QueryError: table system.users is not an llmpulse table (allowed: inference_events, feedback_events, signals, alerts, deployments, deadletter_events)
+    llmpulse.store.QueryError: table system.users is not an llmpulse table (allowed: inference_events, feedback_events, signals, alerts, deployments, deadletter_events, audit_events)
     """
     text = sql.strip().rstrip(";").strip()
     if ";" in text:
