@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmpulse.audit import TOPIC_AUDIT, AuditLog
 from llmpulse.broker import BrokerError, EmbeddedBroker, create_topics, free_port, port_is_free
 from llmpulse.config import Settings
 from llmpulse.events import TOPICS
@@ -134,6 +135,7 @@ async def _run(
 
     broker: EmbeddedBroker | None = None
     app: Any = None
+    audit: AuditLog | None = None
     stop = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -151,14 +153,17 @@ async def _run(
             bootstrap = settings.kafka
         try:
             await asyncio.to_thread(
-                create_topics, bootstrap, {t: settings.ingest.partitions for t in TOPICS}
+                create_topics, bootstrap,
+                {t: settings.ingest.partitions for t in (*TOPICS, TOPIC_AUDIT)},
             )
         except BrokerError as exc:
             raise StackError(str(exc)) from None
 
         stats = IngestStats()
+        # the one audit sink of the process: admin routes, retrain and auth record into it
+        audit = AuditLog(store)
         app = build_app(settings, store, stats, bootstrap=bootstrap, web_port=web_port,
-                        rules=rules)
+                        rules=rules, audit=audit)
         await app.start()
         await _wait_assigned(app, timeout=settings.session_timeout_s * 4 + 10)
         endpoints = {
@@ -208,6 +213,8 @@ async def _run(
                 await asyncio.wait_for(app.stop(), timeout=20)
             except Exception as exc:  # keep going: the store and broker must still close
                 log.warning("worker stop: %s", exc)
+        if audit is not None:
+            await asyncio.to_thread(audit.flush_now)
         await asyncio.to_thread(store.close)
         if broker is not None:
             await asyncio.to_thread(broker.stop)

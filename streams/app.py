@@ -29,6 +29,7 @@ import faust
 import orjson
 
 from detectors.base import Signal
+from llmpulse.audit import TOPIC_AUDIT, AuditLog, AuditSink, discard
 from llmpulse.config import Settings
 from llmpulse.events import (
     TOPIC_DEADLETTER,
@@ -38,6 +39,7 @@ from llmpulse.events import (
     Limits,
 )
 from llmpulse.store import RAW_INGEST, QueryError, Store, check_readonly_sql
+from streams.admin import register_erase
 from streams.alerts_agent import AlertAgent, load_rules
 from streams.ingest import DeadLetter, IngestBatch, Message, split_batch
 from streams.rules import Rules
@@ -189,8 +191,13 @@ def build_app(
     web_port: int,
     app_id: str = "llmpulse",
     rules: Rules | None = None,
+    audit: AuditSink | None = None,
 ) -> faust.App:
-    """The worker: ingest agents for both raw topics plus the HTTP API."""
+    """The worker: ingest agents for both raw topics plus the HTTP API.
+
+    ``audit`` receives the audit trail (erasures, retrain, deploy, rollback); an
+    :class:`~llmpulse.audit.AuditLog` is bound to the ``llmpulse.audit`` topic
+    and drained by a task of this app."""
     app = new_faust_app(app_id, settings, bootstrap=bootstrap,
                         datadir=settings.data_dir / "worker", web_port=web_port)
     limits = Limits(max_past_s=settings.ingest.max_past_days * 86400.0)
@@ -393,7 +400,18 @@ def build_app(
                 return self.json({"error": str(exc).splitlines()[0][:500]}, status=400)
             return self.json({"rows": rows})
 
+    audit_sink = audit if audit is not None else discard
+    if isinstance(audit, AuditLog):
+        audit_topic = app.topic(TOPIC_AUDIT, value_serializer="raw", key_serializer="raw")
+
+        async def produce_audit(key: bytes, value: bytes) -> None:
+            await audit_topic.send(key=key, value=value)
+
+        audit.bind(produce_audit)
+        app.task(audit.run)
+    register_erase(app, store, settings, audit_sink)
+
     from retrain.service import attach_retrain
 
-    attach_retrain(app, settings, store, sink)  # sets app.llmpulse_retrain
+    attach_retrain(app, settings, store, sink, audit=audit_sink)  # sets app.llmpulse_retrain
     return app
