@@ -186,17 +186,22 @@ class ErasureReport:
     rewritten: dict[str, int] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     journal_events: int = 0
+    engine_records: int = 0
+    """Events and join records dropped from the running signal engine's memory."""
     parts_pending: int = 0
     notes: list[str] = field(default_factory=list)
+    request_ids: frozenset[str] = frozenset()
+    """The requests erased (kept out of :meth:`to_json`: for the engine, not for output)."""
 
     @property
     def total(self) -> int:
         return (sum(self.rows.values()) + sum(self.rewritten.values()) + len(self.files)
-                + self.journal_events)
+                + self.journal_events + self.engine_records)
 
     def to_json(self) -> dict[str, Any]:
         return {"rows": self.rows, "rewritten": self.rewritten, "files": self.files,
-                "journal_events": self.journal_events, "parts_pending": self.parts_pending,
+                "journal_events": self.journal_events, "engine_records": self.engine_records,
+                "parts_pending": self.parts_pending,
                 "total": self.total, "notes": self.notes}
 
 
@@ -438,6 +443,7 @@ def erase(
     under ``data_dir``; see the module docstring."""
     report = ErasureReport()
     t = _resolve(store, req, user_key)
+    report.request_ids = frozenset(t.request_ids)
     touched: set[str] = set()
     tables = ("inference_events", "feedback_events", "request_index", "deadletter_events",
               "signals", "alerts")
@@ -631,6 +637,7 @@ def run_cli(args: argparse.Namespace, settings: Any) -> int:
             out = _post(str(ep["http"]), {**req.to_json(), "wait_s": args.wait}, args.wait + 120)
             report = ErasureReport(rows=out.get("rows", {}), rewritten=out.get("rewritten", {}),
                                    files=out.get("files", []),
+                                   engine_records=int(out.get("engine_records", 0)),
                                    parts_pending=int(out.get("parts_pending", 0)),
                                    notes=list(out.get("notes", [])))
             where = f"stack at {ep['http']}"
@@ -654,6 +661,7 @@ def run_cli(args: argparse.Namespace, settings: Any) -> int:
         for table, n in sorted(report.rewritten.items()):
             print(f"  {table:<20}{n:>8} detail(s) rewritten")
         print(f"  {'report files':<20}{len(report.files):>8} deleted")
+        print(f"  {'engine records':<20}{report.engine_records:>8} dropped")
         if args.journal:
             print(f"  {'journal events':<20}{report.journal_events:>8} removed")
         for note in report.notes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -41,8 +42,10 @@ def _remote(request: Any) -> str:
         return ""
 
 
-def register_erase(app: faust.App, store: Store, settings: Settings, audit: AuditSink) -> None:
-    """Mount ``POST /api/admin/erase`` on ``app``."""
+def register_erase(app: faust.App, store: Store, settings: Settings, audit: AuditSink,
+                   forget: Callable[[set[str]], Awaitable[int]] | None = None) -> None:
+    """Mount ``POST /api/admin/erase`` on ``app``; ``forget`` drops the erased
+    requests from the signal engine's memory and saved state."""
     lock = asyncio.Lock()
 
     @app.page("/api/admin/erase")
@@ -70,6 +73,8 @@ def register_erase(app: faust.App, store: Store, settings: Settings, audit: Audi
                 try:
                     report = await asyncio.to_thread(
                         erase, store, req, data_dir=settings.data_dir, wait_s=float(wait_s))
+                    if forget is not None and report.request_ids:
+                        report.engine_records = await forget(set(report.request_ids))
                 except Exception as exc:
                     log.exception("erasure failed")
                     audit(AuditEvent("erase", actor=actor, outcome="error", target=req.target(),

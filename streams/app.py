@@ -409,7 +409,8 @@ def build_app(
 
         audit.bind(produce_audit)
         app.task(audit.run)
-    register_erase(app, store, settings, audit_sink)
+    register_erase(app, store, settings, audit_sink,
+                   forget=agents.forget_requests if agents is not None else None)
 
     from retrain.service import attach_retrain
 

@@ -355,6 +355,25 @@ class SignalAgents:
         out["engine"] = self.engine_stats
         return out
 
+    async def forget_requests(self, request_ids: set[str]) -> int:
+        """An erasure: drop the requests' events from the open windows and the
+        feedback join, and from the saved state at once; how many were dropped."""
+        ids = set(request_ids)
+        loop = asyncio.get_running_loop()
+
+        def forget() -> int:
+            n = int(self.engine.forget_requests(ids))
+            self._save()
+            return n
+
+        gone = await loop.run_in_executor(self._exec, forget)
+        waiting = len(self.pending_feedback)
+        self.pending_feedback = [p for p in self.pending_feedback if p[2] not in ids]
+        self._routing = [p for p in self._routing if p[2] not in ids]
+        gone += waiting - len(self.pending_feedback)
+        self._save_pending()
+        return gone
+
     # -- state across restarts ----------------------------------------------------
 
     def _save(self) -> None:
