@@ -265,10 +265,10 @@ def test_retention_change_applies_to_existing_tables_at_restart(stack_factory, t
     try:
         ddl = {t: store.scalar(f"SHOW CREATE TABLE {t}") for t in
                ("inference_events", "request_index", "signals", "feedback_events")}
-        assert "INTERVAL 7 DAY" in ddl["inference_events"]
-        assert "INTERVAL 7 DAY" in ddl["request_index"]
+        assert "toIntervalDay(7)" in ddl["inference_events"]
+        assert "toIntervalDay(7)" in ddl["request_index"]
         assert " TTL " not in ddl["signals"]
-        assert "INTERVAL 90 DAY" in ddl["feedback_events"]
+        assert "toIntervalDay(90)" in ddl["feedback_events"]
         rows = store.query("SELECT name, value FROM schema_migrations WHERE kind = 'retention' "
                            "AND name = 'inference_events' ORDER BY applied_at")
         assert [r["value"] for r in rows] == ["90", "7"]
