@@ -63,6 +63,43 @@ class AuditEvent:
     detail: Mapping[str, Any] = field(default_factory=dict)
     ts: float = field(default_factory=time.time)
 
+    @classmethod
+    def from_json(cls, obj: Any, *, now: float | None = None) -> AuditEvent:
+        """An event from decoded JSON sent by another process (hostile: every field
+        checked; ``ValueError`` naming the field).
+
+        >>> AuditEvent.from_json({"action": "deploy", "actor": "cli:ann", "ts": 1.0}).actor
+        'cli:ann'
+        >>> AuditEvent.from_json({"action": "drop_tables"})
+        Traceback (most recent call last):
+        ...
+        ValueError: action: must be one of deploy, rollback, retrain, rule_reload, erase, admin_access, auth_failed, login
+        """
+        if not isinstance(obj, Mapping):
+            raise ValueError("event: must be a JSON object")
+        if obj.get("action") not in ACTIONS:
+            raise ValueError(f"action: must be one of {', '.join(ACTIONS)}")
+        if obj.get("outcome", "ok") not in OUTCOMES:
+            raise ValueError(f"outcome: must be one of {', '.join(OUTCOMES)}")
+        for name in ("actor", "target", "remote"):
+            v = obj.get(name, "")
+            if not isinstance(v, str) or len(v) > 512:
+                raise ValueError(f"{name}: must be a string of at most 512 characters")
+        detail = obj.get("detail") or {}
+        if isinstance(detail, str):
+            try:
+                detail = json.loads(detail)
+            except ValueError:
+                raise ValueError("detail: must be a JSON object") from None
+        if not isinstance(detail, Mapping) or len(json.dumps(detail, default=str)) > 16384:
+            raise ValueError("detail: must be a JSON object of at most 16 kB")
+        ts = obj.get("ts", time.time() if now is None else now)
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not 0 <= ts < 1e11:
+            raise ValueError("ts: must be epoch seconds")
+        return cls(str(obj["action"]), actor=obj.get("actor") or "anonymous",
+                   outcome=obj.get("outcome", "ok"), target=obj.get("target", ""),
+                   remote=obj.get("remote", ""), detail=dict(detail), ts=float(ts))
+
     def row(self) -> dict[str, Any]:
         """The ``audit_events`` row (``ts`` in epoch seconds)."""
         return {

@@ -170,7 +170,7 @@ def migrate(
             except Exception as exc:
                 raise StoreError(f"migration {m.name} failed: {str(exc).splitlines()[0]}") from None
         store.insert_rows("schema_migrations", [{"kind": "schema", "name": m.name, "value": ""}])
-        log.info("schema migration %s applied", m.name)
+        log.debug("schema migration %s applied", m.name)
         done.append(m.name)
     for table in RETENTION_TABLES:
         days = ttl_days(retention, table)
@@ -188,6 +188,6 @@ def migrate(
                     f"{str(exc).splitlines()[0]}") from None
         store.insert_rows("schema_migrations",
                           [{"kind": "retention", "name": table, "value": str(days)}])
-        log.info("retention of %s set to %s days", table, days or "unlimited")
+        log.debug("retention of %s set to %s days", table, days or "unlimited")
         done.append(f"retention {table}={days}")
     return done

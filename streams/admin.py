@@ -16,13 +16,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
+import orjson
 
-from llmpulse.audit import AuditEvent, AuditSink
+from llmpulse.audit import TOPIC_AUDIT, AuditEvent, AuditSink
 from llmpulse.config import Settings
 from llmpulse.erase import ErasureError, ErasureRequest, erase, report_counts
 from llmpulse.store import Store
 
-__all__ = ["register_erase"]
+__all__ = ["register_audit_agent", "register_erase"]
 
 log = logging.getLogger(__name__)
 
@@ -84,3 +85,35 @@ def register_erase(app: faust.App, store: Store, settings: Settings, audit: Audi
             audit(AuditEvent("erase", actor=actor, target=req.target(), remote=remote,
                              detail=report_counts(report)))
             return self.json(report.to_json())
+
+
+def register_audit_agent(app: faust.App, store: Store) -> None:
+    """Store the audit events local commands send on ``llmpulse.audit``
+    (header ``llmpulse-origin: cli``; :mod:`llmpulse.audit_record`). Events the
+    stack produced itself are already stored and are skipped; a malformed one is
+    logged and dropped."""
+    from llmpulse.audit_record import ORIGIN_HEADER
+
+    topic = app.topic(TOPIC_AUDIT, value_serializer="raw", key_serializer="raw")
+
+    async def audit_agent(stream: Any) -> None:
+        async for event in stream.events():
+            headers = event.message.headers or ()
+            pairs = headers.items() if isinstance(headers, dict) else headers
+            if dict(pairs).get(ORIGIN_HEADER) != b"cli":
+                continue
+            try:
+                ev = AuditEvent.from_json(orjson.loads(event.value))
+            except (ValueError, orjson.JSONDecodeError) as exc:
+                log.warning("dropping a malformed audit event from %s: %s", TOPIC_AUDIT, exc)
+                continue
+            row = ev.row()
+            row["detail"] = orjson.dumps(row["detail"]).decode()
+            row["remote"] = row["remote"] or "kafka"
+            try:
+                await asyncio.to_thread(store.insert_rows, "audit_events", [row])
+            except Exception as exc:
+                log.warning("audit event from %s not stored: %s", TOPIC_AUDIT, exc)
+
+    audit_agent.__name__ = audit_agent.__qualname__ = "audit"
+    app.agent(topic, name="llmpulse.audit")(audit_agent)

@@ -30,6 +30,7 @@ import orjson
 
 from detectors.base import Signal
 from llmpulse.audit import TOPIC_AUDIT, AuditLog, AuditSink, discard
+from llmpulse.audit_record import ORIGIN_HEADER
 from llmpulse.config import Settings
 from llmpulse.events import (
     TOPIC_DEADLETTER,
@@ -39,7 +40,7 @@ from llmpulse.events import (
     Limits,
 )
 from llmpulse.store import RAW_INGEST, QueryError, Store, check_readonly_sql
-from streams.admin import register_erase
+from streams.admin import register_audit_agent, register_erase
 from streams.alerts_agent import AlertAgent, load_rules
 from streams.ingest import DeadLetter, IngestBatch, Message, split_batch
 from streams.rules import Rules
@@ -405,10 +406,11 @@ def build_app(
         audit_topic = app.topic(TOPIC_AUDIT, value_serializer="raw", key_serializer="raw")
 
         async def produce_audit(key: bytes, value: bytes) -> None:
-            await audit_topic.send(key=key, value=value)
+            await audit_topic.send(key=key, value=value, headers={ORIGIN_HEADER: b"stack"})
 
         audit.bind(produce_audit)
         app.task(audit.run)
+    register_audit_agent(app, store)
     register_erase(app, store, settings, audit_sink,
                    forget=agents.forget_requests if agents is not None else None)
 
