@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 
 ERASED = "[erased]"
 MAX_REQUEST_IDS = 10_000
+MAX_TEXT_ROWS = 10_000
 _MIN_TEXT = 12  # a detail string this long that occurs inside an erased text quotes it
 _CHUNK = 200  # needles per multiSearchAny (ClickHouse takes at most 255)
 
@@ -302,34 +303,34 @@ def _texts(rows: Iterable[Mapping[str, Any]]) -> set[str]:
 
 def _resolve(store: Any, req: ErasureRequest, key: bytes | str | None) -> _Targets:
     t = _Targets()
-    inf_cols = "request_id, event_id, prompt, response, context"
+    params: dict[str, Any]
     if req.request_ids:
         t.request_ids = set(req.request_ids)
-        rows = store.query(f"SELECT {inf_cols} FROM inference_events "
-                           "WHERE request_id IN {ids:Array(String)}", {"ids": list(t.request_ids)})
+        cond, params = "request_id IN {ids:Array(String)}", {"ids": list(t.request_ids)}
     elif req.user is not None:
         t.users = user_forms(req.user, key)
-        rows = store.query(f"SELECT {inf_cols} FROM inference_events "
-                           "WHERE user IN {u:Array(String)}" + _time_cond(req),
-                           _params(req, u=list(t.users)))
+        cond, params = "user IN {u:Array(String)}" + _time_cond(req), _params(req, u=list(t.users))
     else:
-        rows = store.query(f"SELECT {inf_cols} FROM inference_events "
-                           "WHERE app = {app:String}" + _time_cond(req), _params(req, app=req.app))
+        cond, params = "app = {app:String}" + _time_cond(req), _params(req, app=req.app)
+    rows = store.query(f"SELECT request_id, event_id FROM inference_events WHERE {cond}", params)
     t.request_ids |= {r["request_id"] for r in rows}
     t.event_ids |= {r["event_id"] for r in rows}
-    t.texts |= _texts(rows)
-    fb_cond = "request_id IN {ids:Array(String)}"
-    params: dict[str, Any] = {"ids": sorted(t.request_ids)}
-    if req.user is not None:
-        fb_cond = f"({fb_cond} OR (user IN {{u:Array(String)}}{_time_cond(req)}))"
-        params = _params(req, ids=sorted(t.request_ids), u=list(t.users))
-    elif req.app is not None:
-        fb_cond = f"({fb_cond} OR (app = {{app:String}}{_time_cond(req)}))"
-        params = _params(req, ids=sorted(t.request_ids), app=req.app)
-    fb = store.query(f"SELECT request_id, event_id, comment FROM feedback_events WHERE {fb_cond}",
-                     params)
+    # the texts only serve to find quotes of them (details, report files); a detail
+    # item also names its event id, so a sample bounds memory for a whole app
+    t.texts |= _texts(store.query(
+        f"SELECT prompt, response, context FROM inference_events WHERE {cond} "
+        f"LIMIT {MAX_TEXT_ROWS}", params))
+    if req.request_ids:
+        fb_cond = cond
+    else:
+        # feedback on those requests, plus feedback carrying the user or the app itself
+        own = ("user IN {u:Array(String)}" if req.user is not None else "app = {app:String}")
+        fb_cond = (f"(request_id IN (SELECT request_id FROM inference_events WHERE {cond}) "
+                   f"OR ({own}{_time_cond(req)}))")
+    fb = store.query(f"SELECT event_id FROM feedback_events WHERE {fb_cond}", params)
     t.feedback_ids = {r["event_id"] for r in fb}
-    t.texts |= _texts(fb)
+    t.texts |= _texts(store.query(
+        f"SELECT comment FROM feedback_events WHERE {fb_cond} LIMIT {MAX_TEXT_ROWS}", params))
     return t
 
 

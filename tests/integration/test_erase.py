@@ -246,11 +246,36 @@ def test_erase_during_steady_ingest_loses_no_other_event(stack_factory, tmp_path
     assert sent > 100
     rows = sp.sql("SELECT count() AS n, countIf(prompt = 'steady') AS s FROM inference_events FINAL")
     assert rows == [{"n": sent, "s": sent}]
+    # a local command while the stack runs: its audit record travels on llmpulse.audit
+    r = subprocess.run([sys.executable, "-m", "llmpulse.cli", "rollback", "no-such-model"],
+                       env=sp.env, cwd=str(sp.data_dir.parent), capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1 and "warning" not in r.stderr, r.stderr
+    deadline = time.monotonic() + 30
+    while not sp.sql("SELECT 1 FROM audit_events WHERE action = 'rollback'"):
+        assert time.monotonic() < deadline, "the rollback's audit record was not stored"
+        time.sleep(0.5)
+    [row] = sp.sql("SELECT actor, outcome, target FROM audit_events WHERE action = 'rollback'")
+    assert row["outcome"] == "error" and row["target"] == "no-such-model"
+    assert row["actor"].startswith("cli")
+    [erase_row] = sp.sql("SELECT actor, target, detail FROM audit_events WHERE action = 'erase'")
+    assert erase_row["target"] == "requests:20"
+    assert json.loads(erase_row["detail"])["rows"]["inference_events"] == 20
     # offline: the stack stopped, the command opens the store itself
     assert sp.stop() == 0
     out = cli(sp, "--request-id", *victims)
     assert out.returncode == 0, out.stderr + out.stdout
     assert json.loads(out.stdout)["total"] == 0
+    r = subprocess.run([sys.executable, "-m", "llmpulse.cli", "rollback", "no-such-model"],
+                       env=sp.env, cwd=str(sp.data_dir.parent), capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1 and "warning" not in r.stderr, r.stderr
+    store = Store.open(f"chdb://{sp.data_dir / 'store'}")
+    try:
+        assert store.scalar("SELECT count() FROM audit_events WHERE action = 'rollback'") == 2
+        assert store.scalar("SELECT count() FROM audit_events WHERE action = 'erase'") == 2
+    finally:
+        store.close()
 
 
 def test_retention_change_applies_to_existing_tables_at_restart(stack_factory, tmp_path) -> None:
