@@ -58,9 +58,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
-    from llmpulse import erase
+    from llmpulse import erase_cli
 
-    return erase.run_cli(args, _settings(args))
+    return erase_cli.run_cli(args, _settings(args))
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_module_cli("dashboards.publish"))
 
     s = sub.add_parser("erase", help="erase requests, a user or an app from every store")
-    _configure(s, "llmpulse.erase")
+    _configure(s, "llmpulse.erase_cli")
     s.set_defaults(func=cmd_erase)
 
     for name, text in (

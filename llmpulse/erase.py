@@ -29,22 +29,19 @@ see :mod:`llmpulse.migrations`); :func:`erase` waits for that, up to
 runs are not blocked; an event of an erased request that arrives after the
 erase is stored (erase again). Erasing twice is a no-op that reports zeros.
 
-Not reachable from here: Kafka topics keep the events until their own
-retention (the embedded broker keeps them in memory until it stops); the
-signal engine's open windows hold recent events in memory until they close;
-shim journals on other hosts.
+This module is the store side. The signal engine's open windows and feedback
+join (memory, and ``<data-dir>/worker/*.pkl``) are cleared by the caller: the
+stack's admin route (:mod:`streams.admin`) or, with the stack stopped, the
+command (:mod:`llmpulse.erase_cli`). Not reachable at all: Kafka topics keep
+the events until their own retention (the embedded broker keeps them in memory
+until it stops), and shim journals on other hosts.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
-import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,12 +51,10 @@ from typing import Any
 
 import orjson
 
-from llmpulse.audit import AuditEvent, AuditSink, discard
-from llmpulse.journal import erase_from_journal
 from llmpulse.subject import hash_user, user_forms, user_key
 
-__all__ = ["ERASED", "ErasureError", "ErasureReport", "ErasureRequest", "configure", "erase",
-           "run_cli", "scrub"]
+__all__ = ["ERASED", "ErasureError", "ErasureReport", "ErasureRequest", "erase",
+           "journal_matcher", "parse_time", "report_counts", "scrub"]
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +69,7 @@ class ErasureError(ValueError):
     """A bad erasure request; the message names the field."""
 
 
-def _parse_time(value: Any, key: str) -> float:
+def parse_time(value: Any, key: str) -> float:
     if isinstance(value, bool):
         raise ErasureError(f"{key}: must be RFC 3339 text or epoch seconds, got {value!r}")
     if isinstance(value, (int, float)):
@@ -150,7 +145,7 @@ class ErasureRequest:
             request_ids=tuple(dict.fromkeys(rids)),
             user=body.get("user"),
             app=body.get("app"),
-            before=None if before is None else _parse_time(before, "before"),
+            before=None if before is None else parse_time(before, "before"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -541,130 +536,8 @@ def journal_matcher(req: ErasureRequest, key: bytes | str | None = None) -> Call
     return match
 
 
-# -- the command line ------------------------------------------------------------------------
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``llmpulse erase``."""
-    g = parser.add_mutually_exclusive_group(required=True)
-    g.add_argument("--request-id", nargs="+", metavar="ID", help="erase these requests")
-    g.add_argument("--user", help="erase the requests of this user (clear or hashed)")
-    g.add_argument("--app", help="erase every request of this app")
-    parser.add_argument("--before", metavar="TIME",
-                        help="only events before TIME (RFC 3339 or epoch seconds; with --user or --app)")
-    parser.add_argument("--journal", action="append", default=[], metavar="DIR",
-                        help="also erase from the shim journal in DIR (this host; repeatable)")
-    parser.add_argument("--wait", type=float, default=60.0, metavar="S",
-                        help="how long to wait for replaced store parts to be removed")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-
-
-def _request_from_args(args: argparse.Namespace) -> ErasureRequest:
-    return ErasureRequest(
-        request_ids=tuple(dict.fromkeys(args.request_id or ())),
-        user=args.user,
-        app=args.app,
-        before=None if args.before is None else _parse_time(args.before, "--before"),
-    )
-
-
-def _post(url: str, body: Mapping[str, Any], timeout: float) -> dict[str, Any]:
-    headers = {"Content-Type": "application/json"}
-    token = os.environ.get("LLMPULSE_TOKEN")
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url.rstrip("/") + "/api/admin/erase",
-                                 data=json.dumps(body).encode(), headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            out: dict[str, Any] = json.load(r)
-            return out
-    except urllib.error.HTTPError as exc:
-        try:
-            msg = json.load(exc).get("error", "")
-        except Exception:
-            msg = ""
-        raise ErasureError(f"the stack refused the erasure ({exc.code}): {msg or exc.reason}") from None
-
-
-def erase_offline(settings: Any, req: ErasureRequest, *, wait_s: float,
-                  audit: AuditSink = discard, actor: str = "cli") -> ErasureReport:
-    """Open the store directly (no stack running) and erase."""
-    from llmpulse.audit import AuditLog
-    from llmpulse.migrations import migrate
-    from llmpulse.store import Store
-
-    store = Store.open(settings.clickhouse_dsn)
-    try:
-        migrate(store, settings.retention)
-        report = erase(store, req, data_dir=settings.data_dir, wait_s=wait_s)
-        sink = audit if audit is not discard else AuditLog(store)
-        sink(AuditEvent("erase", actor=actor, target=req.target(), remote="local",
-                        detail=report_counts(report)))
-        if isinstance(sink, AuditLog):
-            sink.flush_now()
-        return report
-    finally:
-        store.close()
-
-
 def report_counts(report: ErasureReport) -> dict[str, Any]:
     """The counts of a report, for the audit trail (no ids, no file names)."""
     return {"rows": dict(report.rows), "rewritten": dict(report.rewritten),
             "files": len(report.files), "journal_events": report.journal_events,
             "total": report.total}
-
-
-def _endpoints(data_dir: Path) -> dict[str, Any] | None:
-    try:
-        out = json.loads((data_dir / "endpoints.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return out if isinstance(out, dict) else None
-
-
-def run_cli(args: argparse.Namespace, settings: Any) -> int:
-    """``llmpulse erase``: through the running stack's API, else on the stopped store."""
-    from llmpulse.store import StoreError
-
-    try:
-        req = _request_from_args(args)
-    except ErasureError as exc:
-        print(f"llmpulse erase: {exc}", file=sys.stderr)
-        return 2
-    ep = _endpoints(Path(settings.data_dir))
-    try:
-        if ep and ep.get("http"):
-            out = _post(str(ep["http"]), {**req.to_json(), "wait_s": args.wait}, args.wait + 120)
-            report = ErasureReport(rows=out.get("rows", {}), rewritten=out.get("rewritten", {}),
-                                   files=out.get("files", []),
-                                   engine_records=int(out.get("engine_records", 0)),
-                                   parts_pending=int(out.get("parts_pending", 0)),
-                                   notes=list(out.get("notes", [])))
-            where = f"stack at {ep['http']}"
-        else:
-            report = erase_offline(settings, req, wait_s=args.wait)
-            where = f"store {settings.clickhouse_dsn}"
-    except (ErasureError, StoreError, OSError) as exc:
-        print(f"llmpulse erase: {exc}", file=sys.stderr)
-        return 1
-    for d in args.journal:
-        try:
-            report.journal_events += erase_from_journal(d, journal_matcher(req))
-        except RuntimeError as exc:
-            report.notes.append(str(exc))
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        print(f"erased from {where}: {report.total} item(s)")
-        for table, n in sorted(report.rows.items()):
-            print(f"  {table:<20}{n:>8} row(s) deleted")
-        for table, n in sorted(report.rewritten.items()):
-            print(f"  {table:<20}{n:>8} detail(s) rewritten")
-        print(f"  {'report files':<20}{len(report.files):>8} deleted")
-        print(f"  {'engine records':<20}{report.engine_records:>8} dropped")
-        if args.journal:
-            print(f"  {'journal events':<20}{report.journal_events:>8} removed")
-        for note in report.notes:
-            print(f"  note: {note}")
-    return 0 if not report.notes else 3

@@ -203,8 +203,16 @@ def test_erase_user_removes_every_trace_and_twice_is_a_noop(stack_factory, tmp_p
     hits = grep_tree(sp.data_dir, [n.encode() for n in needles])
     assert hits == []
     state = worker_state_text(sp.data_dir)
-    assert kept[0] in state or kept[-1] in state  # the decoding works: kept requests are there
+    assert kept[0] in state  # the decoding works: the join still holds kept requests
     assert [n for n in needles if n in state] == []
+
+    # with the stack stopped the command erases from the store and the saved engine state
+    out = cli(sp, "--request-id", kept[0])
+    assert out.returncode == 0, out.stderr + out.stdout
+    offline = json.loads(out.stdout)
+    assert offline["rows"]["inference_events"] == 1 and offline["engine_records"] >= 1
+    assert kept[0] not in worker_state_text(sp.data_dir)
+    assert kept[1] in worker_state_text(sp.data_dir)
 
 
 def test_erase_during_steady_ingest_loses_no_other_event(stack_factory, tmp_path) -> None:
