@@ -265,3 +265,28 @@ async def test_audit_log_never_raises_keeps_rows_through_an_outage_and_is_bounde
     assert [r["target"] for r in target.rows] == ["requests:0", "requests:1", "requests:2"]
     assert [k for k, _ in produced] == [b"erase"] * 3
     assert json.loads(produced[0][1])["actor"] == "ops"
+
+
+# -- the signal engine's memory -------------------------------------------------------------
+
+
+def test_windows_and_join_forget_erased_requests() -> None:
+    from streams.join import FeedbackJoin
+    from streams.windows import TumblingWindows, WindowSpec
+
+    g = ("support", "m", "1")
+    spec = WindowSpec(60, 30)
+    windows = TumblingWindows(spec)
+    join = FeedbackJoin(spec, horizon_s=3600)
+    for i in range(4):
+        ev = {"ts": 1_000 + i, "event_id": f"e{i}", "request_id": f"r{i}", "status": "ok"}
+        windows.add(g, ev)
+        join.add_inference(g, ev)
+    join.add_feedback({"request_id": "r9", "ts": 2_000, "score": 1.0})  # waiting for r9
+    assert windows.forget({"r1", "r2"}) == 2
+    assert join.forget({"r1", "r9"}) == 2
+    assert join.forget({"r1", "r9"}) == 0
+    [(_, _, evs)] = windows.close_all()
+    assert [e["request_id"] for e in evs] == ["r0", "r3"]
+    rows = join.snapshot()["records"]
+    assert sorted(r[1] for r in rows) == ["r0", "r2", "r3"] and join.snapshot()["pending"] == []
