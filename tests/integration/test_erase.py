@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -254,6 +256,17 @@ def test_erase_during_steady_ingest_loses_no_other_event(stack_factory, tmp_path
     assert sent > 100
     rows = sp.sql("SELECT count() AS n, countIf(prompt = 'steady') AS s FROM inference_events FINAL")
     assert rows == [{"n": sent, "s": sent}]
+    # hostile bodies: refused with the field named, nothing erased, the refusal audited
+    for body, want in ((b"not json", "body must be JSON"), (b'{"user": 5}', "user:"),
+                       (b'{"app": "support", "wait_s": 1e9}', "wait_s:")):
+        req = urllib.request.Request(sp.endpoints["http"] + "/api/admin/erase", data=body,
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=30)
+        assert err.value.code == 400 and want in json.load(err.value)["error"]
+    assert sp.sql("SELECT count() AS n FROM inference_events FINAL") == [{"n": sent}]
+    assert sp.sql("SELECT count() AS n FROM audit_events WHERE action = 'erase' "
+                  "AND outcome = 'denied'") == [{"n": 2}]
     # a local command while the stack runs: its audit record travels on llmpulse.audit
     r = subprocess.run([sys.executable, "-m", "llmpulse.cli", "rollback", "no-such-model"],
                        env=sp.env, cwd=str(sp.data_dir.parent), capture_output=True, text=True,
@@ -266,7 +279,8 @@ def test_erase_during_steady_ingest_loses_no_other_event(stack_factory, tmp_path
     [row] = sp.sql("SELECT actor, outcome, target FROM audit_events WHERE action = 'rollback'")
     assert row["outcome"] == "error" and row["target"] == "no-such-model"
     assert row["actor"].startswith("cli")
-    [erase_row] = sp.sql("SELECT actor, target, detail FROM audit_events WHERE action = 'erase'")
+    [erase_row] = sp.sql("SELECT actor, target, detail FROM audit_events WHERE action = 'erase' "
+                         "AND outcome = 'ok'")
     assert erase_row["target"] == "requests:20"
     assert json.loads(erase_row["detail"])["rows"]["inference_events"] == 20
     # offline: the stack stopped, the command opens the store itself
@@ -281,7 +295,8 @@ def test_erase_during_steady_ingest_loses_no_other_event(stack_factory, tmp_path
     store = Store.open(f"chdb://{sp.data_dir / 'store'}")
     try:
         assert store.scalar("SELECT count() FROM audit_events WHERE action = 'rollback'") == 2
-        assert store.scalar("SELECT count() FROM audit_events WHERE action = 'erase'") == 2
+        assert store.scalar("SELECT count() FROM audit_events WHERE action = 'erase' "
+                            "AND outcome = 'ok'") == 2
     finally:
         store.close()
 
