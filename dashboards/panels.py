@@ -326,7 +326,7 @@ ALERTS = Dashboard(
     "alerts",
     "llmpulse-alerts",
     "LLM apps: alerts and deployments",
-    description="Alert timeline, open alerts, deployments and rollbacks.",
+    description="Alert timeline, open alerts, deployments and rollbacks, the audit trail.",
     variables=VARIABLES,
     panels=(
         Panel(1, "Alerts started",
@@ -367,6 +367,15 @@ ALERTS = Dashboard(
               "ORDER BY ts DESC\nLIMIT 100",
               "table", ("ts", "model", "version", "previous_version", "stage", "trigger",
                         "metrics"),
+              width=24, height=7),
+        Panel(6, "Audit trail",
+              "SELECT ts, action, actor, outcome, target, remote, detail\n"
+              "FROM audit_events\n"
+              "WHERE $__timeFilter(ts)\n"
+              "ORDER BY ts DESC\nLIMIT 100",
+              "table", ("ts", "action", "actor", "outcome", "target", "remote", "detail"),
+              description="Who did what on the admin surface: erase, deploy, rollback, "
+                          "retrain, rule reload, admin token use, failed authentication.",
               width=24, height=7),
     ),
 )

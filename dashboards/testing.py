@@ -10,7 +10,7 @@ the detectors write.
 
 >>> rows = fill_rows(seed=1, start_ts=1_700_000_000.0, duration_s=60, rate=5)
 >>> sorted(rows), len(rows["inference_events"]) > 500
-(['alerts', 'deadletter_events', 'deployments', 'feedback_events', 'inference_events', 'signals'], True)
+(['alerts', 'audit_events', 'deadletter_events', 'deployments', 'feedback_events', 'inference_events', 'signals'], True)
 >>> sorted({s["signal"].split(".")[0] for s in rows["signals"]})
 ['bias', 'cost', 'drift', 'errors', 'hallucination', 'latency', 'llmpulse', 'quality', 'tokens']
 """
@@ -158,8 +158,18 @@ def fill_rows(
                     "partition": i % 2, "offset": 100 + i,
                     "reason": "latency_ms: must be >= 0" if i % 2 else "not valid JSON",
                     "payload": "{}"} for i in range(6)]
+    audit = [{"ts": start_ts + duration_s * (0.2 + 0.1 * i), "action": action, "actor": actor,
+              "outcome": outcome, "target": target, "remote": "127.0.0.1",
+              "detail": json.dumps({"total": i})}
+             for i, (action, actor, outcome, target) in enumerate((
+                 ("erase", "ops", "ok", "app:staging"),
+                 ("retrain", "retrain-service", "ok", models[0][0]),
+                 ("deploy", "retrain-service", "ok", f"{models[0][0]}:{models[0][1]}-r1"),
+                 ("auth_failed", "anonymous", "denied", "/api/admin/erase"),
+                 ("rollback", "cli", "ok", models[0][0])))]
     return {"inference_events": inference, "feedback_events": feedback, "signals": signals,
-            "alerts": alerts, "deployments": deployments, "deadletter_events": deadletters}
+            "alerts": alerts, "deployments": deployments, "deadletter_events": deadletters,
+            "audit_events": audit}
 
 
 def fill_store(store: Any, **kwargs: Any) -> dict[str, int]:

@@ -63,6 +63,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if health.get("status") == "ok" else 1
 
 
+def cmd_erase(args: argparse.Namespace) -> int:
+    from llmpulse import erase_cli
+
+    return erase_cli.run_cli(args, _settings(args))
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from llmpulse import simulate
 
@@ -157,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("dashboards", help="publish Grafana dashboards or generate provisioning")
     _configure(s, "dashboards.publish")
     s.set_defaults(func=_module_cli("dashboards.publish"))
+
+    s = sub.add_parser("erase", help="erase requests, a user or an app from every store")
+    _configure(s, "llmpulse.erase_cli")
+    s.set_defaults(func=cmd_erase)
 
     for name, text in (
         ("retrain", "retrain a model, gate it, register and release it"),

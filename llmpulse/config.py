@@ -30,6 +30,7 @@ __all__ = [
     "HttpSettings",
     "IngestSettings",
     "QuerySettings",
+    "RetentionSettings",
     "SignalSettings",
     "Settings",
     "load_settings",
@@ -85,6 +86,23 @@ class SignalSettings:
     notify_in_worker: bool = True
     """Workers page on-call themselves; false when a separate notifier service
     (``python -m streams.notify``) consumes ``llmpulse.alerts`` instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionSettings:
+    """Days each table keeps its rows (``retention:`` in the YAML); 0 keeps them forever.
+
+    Applied to existing tables at start (``ALTER TABLE ... MODIFY TTL``), so a
+    change here changes the store the next time ``llmpulse up`` starts.
+    """
+
+    raw_events: int = 90
+    """``inference_events`` and the ``request_index`` that joins feedback to them."""
+    feedback: int = 90
+    signals: int = 90
+    alerts: int = 365
+    deadletters: int = 30
+    audit: int = 365
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +176,7 @@ class Settings:
     signals: SignalSettings = field(default_factory=SignalSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     query: QuerySettings = field(default_factory=QuerySettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     session_timeout_s: float = 6.0
     """Kafka consumer session timeout: a short one makes group joins fast."""
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
@@ -241,7 +260,7 @@ def load_settings(
             raise ConfigError(f"{path}: must be a mapping of settings")
         raw = dict(loaded or {})
     known = {"data_dir", "kafka", "clickhouse", "rules", "ingest", "signals", "http",
-             "query", "session_timeout_s", "kafka_security"}
+             "query", "retention", "session_timeout_s", "kafka_security"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{key}: unknown setting in {path}; known: {', '.join(sorted(known))}")
@@ -297,6 +316,7 @@ def load_settings(
         signals=signals,
         http=_sub(HttpSettings, raw.get("http"), "http"),
         query=_check_query(_sub(QuerySettings, raw.get("query"), "query")),
+        retention=_sub(RetentionSettings, raw.get("retention"), "retention"),
         session_timeout_s=float(session),
         kafka_security=kafka_security,
         clickhouse_auth=ch_auth,

@@ -142,6 +142,20 @@ def _opt_str(ev: Mapping[str, Any], name: str, limits: Limits) -> None:
         raise EventError(name, f"text longer than {limits.max_text_bytes} bytes")
 
 
+MAX_USER_CHARS = 256
+
+
+def _user(ev: Mapping[str, Any], limits: Limits) -> None:
+    """``user``: who the event is about (the subject of an erasure), a short string."""
+    v = ev.get("user")
+    if v is None:
+        return
+    if type(v) is not str:
+        raise EventError("user", f"must be a string, got {type(v).__name__}")
+    if len(v) > MAX_USER_CHARS:
+        raise EventError("user", f"longer than {MAX_USER_CHARS} characters")
+
+
 def _number(ev: Mapping[str, Any], name: str, required: bool, hi: float) -> None:
     v = ev.get(name)
     if v is None:
@@ -262,6 +276,8 @@ def validate_inference(
         _opt_str(ev, "prompt", limits)
     if "response" in ev:
         _opt_str(ev, "response", limits)
+    if "user" in ev:
+        _user(ev, limits)
     ctx = ev.get("context")
     if ctx is not None:
         if type(ctx) is not list:
@@ -326,5 +342,7 @@ def validate_feedback(
         _opt_str(ev, "comment", limits)
     if "app" in ev:
         _opt_str(ev, "app", limits)
+    if "user" in ev:
+        _user(ev, limits)
     ev["schema"] = FEEDBACK_SCHEMA
     return ev

@@ -55,7 +55,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["FSYNC_POLICIES", "Journal", "JournalRecord"]
+__all__ = ["FSYNC_POLICIES", "Journal", "JournalRecord", "erase_from_journal"]
 
 FSYNC_POLICIES = ("always", "interval", "never")
 
@@ -387,3 +387,68 @@ class Journal:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def erase_from_journal(directory: str | os.PathLike[str], drop: Callable[[bytes], bool]) -> int:
+    """Remove from a journal every event (one line of an envelope) for which
+    ``drop(line)`` is true; the number of events removed.
+
+    Each segment holding such an event is rewritten whole through a synced
+    temporary file and a rename, so a crash leaves the old segment or the new
+    one. Needs the directory's lock: a :class:`Journal` open in another process
+    makes this raise ``RuntimeError`` (stop that app first, or erase again later).
+
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> j = Journal(d); j.append("t", b"k", b'{"user":"a"}\\n{"user":"b"}', 2); j.close()
+    True
+    >>> erase_from_journal(d, lambda line: b'"a"' in line), erase_from_journal(d, lambda line: b'"a"' in line)
+    (1, 0)
+    >>> j = Journal(d); [r.payload for r in iter(j.next_record, None)]
+    [b'{"user":"b"}']
+    >>> j.close()
+    """
+    path = Path(directory)
+    if not path.is_dir():
+        return 0
+    lock_fd = os.open(path / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"journal directory {path} is in use by a running app") from None
+        removed = 0
+        for seg_path in sorted(path.glob("*.seg")):
+            data = seg_path.read_bytes()
+            out: list[bytes] = []
+            changed = False
+            off = 0
+            while off + _HEAD.size <= len(data):
+                length, crc = _HEAD.unpack_from(data, off)
+                body = data[off + _HEAD.size: off + _HEAD.size + length]
+                if length < _BODY_HEAD.size or len(body) < length or zlib.crc32(body) != crc:
+                    break  # a torn tail: never readable, dropped with the rewrite
+                off += _HEAD.size + length
+                rec = _decode(0, body)
+                lines = rec.payload.split(b"\n")
+                kept = [ln for ln in lines if not (ln.strip() and drop(ln))]
+                if len(kept) == len(lines):
+                    out.append(_encode(rec.topic, rec.key, rec.payload, rec.n_events))
+                    continue
+                changed = True
+                gone = sum(1 for ln in lines if ln.strip()) - sum(1 for ln in kept if ln.strip())
+                removed += gone
+                payload = b"\n".join(ln for ln in kept if ln.strip())
+                if payload:
+                    out.append(_encode(rec.topic, rec.key, payload, rec.n_events - gone))
+            if not changed:
+                continue
+            tmp = seg_path.with_suffix(".tmp")
+            with open(tmp, "wb") as f:
+                f.write(b"".join(out))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, seg_path)
+        return removed
+    finally:
+        os.close(lock_fd)

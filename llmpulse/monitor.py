@@ -115,6 +115,8 @@ from llmpulse.journal import Journal, JournalRecord
 from llmpulse.kafka_security import KafkaSecurity, describe_transport_error
 from llmpulse.redact import Redactor, TextPolicy
 from llmpulse.secret import Secret, scrub
+from llmpulse.subject import hash_user
+from llmpulse.subject import user_key as user_key_bytes
 
 __all__ = ["Call", "Monitor", "current_call", "new_id", "resolve_bootstrap"]
 
@@ -384,6 +386,9 @@ class Monitor:
       construction, when it is missing; or any ``str -> str`` callable, such as
       ``Redactor(regions=("DE", "AT"))``), ``text`` (``"full"`` or ``"none"``),
       ``text_sample_rate``, ``embed`` (see :class:`~llmpulse.redact.TextPolicy`).
+    * subject: an event's optional ``user`` (whom it is about, for erasure) is
+      sent as :func:`~llmpulse.subject.hash_user` of it when ``redact`` is set,
+      keyed by ``user_key`` (default ``$LLMPULSE_USER_KEY``).
     * delivery: ``buffer_events``, ``journal_dir``, ``journal_max_bytes``,
       ``journal_fsync``, ``delivery_timeout_s``, ``producer_config`` (extra
       librdkafka settings, applied last).
@@ -421,6 +426,7 @@ class Monitor:
         text: str = "full",
         text_sample_rate: float = 1.0,
         embed: Callable[[str], Sequence[float]] | None = None,
+        user_key: bytes | str | None = None,
         buffer_events: int = 100_000,
         journal_dir: str | os.PathLike[str] | None = None,
         journal_max_bytes: int = 256 << 20,
@@ -466,6 +472,7 @@ class Monitor:
             redactor = redact
         policy = TextPolicy(mode=text, sample_rate=text_sample_rate, redactor=redactor, embed=embed)
         self.text_policy = policy
+        self._user_key: bytes | None = user_key_bytes(user_key) if redactor is not None else None
         self._text: TextPolicy | None = None if policy.is_noop and embed is None else policy
         self._warn = _RateLimitedLog(log, log_interval_s, clock)
 
@@ -579,6 +586,8 @@ class Monitor:
             validate(ev, now_ms=now, limits=self._limits)
             if self._text is not None:
                 self._text.apply(ev)
+            if self._user_key is not None and ev.get("user"):
+                ev["user"] = hash_user(ev["user"], self._user_key)
             payload = orjson.dumps(ev)
             if len(payload) > _MAX_EVENT_BYTES:
                 raise EventError("event", f"{len(payload)} bytes serialised, over the {_MAX_EVENT_BYTES}-byte limit")

@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmpulse.audit import AuditSink, discard
+from llmpulse.audit import TOPIC_AUDIT, AuditLog, AuditSink, discard
 from llmpulse.auth import ApiGuard, AuthError
 from llmpulse.broker import BrokerError, EmbeddedBroker, create_topics, free_port, port_is_free
 from llmpulse.config import Settings
 from llmpulse.events import TOPICS
+from llmpulse.migrations import migrate
 from llmpulse.store import Store, StoreError
 
 __all__ = ["StackContext", "StackError", "api_guard", "read_endpoints", "run_stack",
@@ -92,14 +93,14 @@ def run_stack(
     stop_event: asyncio.Event | None = None,
     drain_timeout_s: float = 15.0,
     main: Callable[[StackContext], Awaitable[int]] | None = None,
-    audit: AuditSink = discard,
 ) -> int:
     """Run until SIGINT/SIGTERM (or ``stop_event``, or ``main`` returns); the exit code.
 
-    ``audit`` receives the HTTP API's audit records (admin access, failed
-    authentication, sign-ins).
+    The stack's audit log (``audit_events`` and the ``llmpulse.audit`` topic)
+    receives the HTTP API's records (admin access, failed authentication,
+    sign-ins) and the admin actions.
     """
-    return asyncio.run(_run(settings, on_ready, stop_event, drain_timeout_s, main, audit))
+    return asyncio.run(_run(settings, on_ready, stop_event, drain_timeout_s, main))
 
 
 def api_guard(settings: Settings, audit: AuditSink = discard) -> ApiGuard:
@@ -123,11 +124,10 @@ async def _run(
     stop_event: asyncio.Event | None,
     drain_timeout_s: float,
     main: Callable[[StackContext], Awaitable[int]] | None = None,
-    audit: AuditSink = discard,
 ) -> int:
     from streams.app import IngestStats, build_app
 
-    guard = api_guard(settings, audit)
+    guard = api_guard(settings)  # records to the audit log once the store is open
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     ep = read_endpoints(data_dir)
@@ -152,9 +152,15 @@ async def _run(
                                         credentials=settings.clickhouse_auth)
     except StoreError as exc:
         raise StackError(str(exc)) from None
+    try:
+        await asyncio.to_thread(migrate, store, settings.retention)
+    except StoreError as exc:
+        await asyncio.to_thread(store.close)
+        raise StackError(str(exc)) from None
 
     broker: EmbeddedBroker | None = None
     app: Any = None
+    audit: AuditLog | None = None
     stop = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -172,15 +178,18 @@ async def _run(
             bootstrap = settings.kafka
         try:
             await asyncio.to_thread(
-                create_topics, bootstrap, {t: settings.ingest.partitions for t in TOPICS},
+                create_topics, bootstrap,
+                {t: settings.ingest.partitions for t in (*TOPICS, TOPIC_AUDIT)},
                 security=settings.kafka_security,
             )
         except BrokerError as exc:
             raise StackError(str(exc)) from None
 
         stats = IngestStats()
-        # ``audit`` is where the HTTP API's records go (admin access, failed
-        # authentication, sign-ins); the store/topic sink is passed in here.
+        # the one audit log of the process: admin routes, retrain and the API guard
+        # (admin access, failed authentication, sign-ins) record into it
+        audit = AuditLog(store)
+        guard.audit = audit
         app = build_app(settings, store, stats, bootstrap=bootstrap, web_port=web_port,
                         rules=rules, guard=guard, audit=audit)
         await app.start()
@@ -242,6 +251,8 @@ async def _run(
                 await asyncio.wait_for(app.stop(), timeout=20)
             except Exception as exc:  # keep going: the store and broker must still close
                 log.warning("worker stop: %s", exc)
+        if audit is not None:
+            await asyncio.to_thread(audit.flush_now)
         await asyncio.to_thread(store.close)
         if broker is not None:
             await asyncio.to_thread(broker.stop)

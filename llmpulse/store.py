@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS inference_events (
     prediction Tuple(label String, score Nullable(Float64)),
     segment Map(LowCardinality(String), String),
     features Map(LowCardinality(String), Float64),
+    user String DEFAULT '',
     ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMMDD(ts)
@@ -84,6 +85,7 @@ CREATE TABLE IF NOT EXISTS feedback_events (
     label Nullable(String),
     hallucination Nullable(UInt8),
     comment String DEFAULT '',
+    user String DEFAULT '',
     ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMMDD(ts)
@@ -153,6 +155,20 @@ CREATE TABLE IF NOT EXISTS deadletter_events (
 ) ENGINE = ReplacingMergeTree
 ORDER BY (topic, partition, offset, reason)
 TTL toDateTime(ts) + INTERVAL {ttl} DAY
+""",
+    "audit_events": """
+CREATE TABLE IF NOT EXISTS audit_events (
+    ts DateTime64(3, 'UTC'),
+    action LowCardinality(String),
+    actor String,
+    outcome LowCardinality(String),
+    target String,
+    remote String,
+    detail String DEFAULT '{{}}'
+) ENGINE = MergeTree
+PARTITION BY toYYYYMM(ts)
+ORDER BY (ts, action)
+TTL toDateTime(ts) + INTERVAL 365 DAY
 """,
 }
 

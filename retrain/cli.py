@@ -110,6 +110,17 @@ def _notify(url: str | None, registry: ModelRegistry, d: Deployment, share: floa
         return f"warning: could not update the server at {url}: {exc}"
 
 
+def _audit(settings: Any, action: str, target: str, outcome: str, detail: dict[str, Any]) -> None:
+    """The command's audit record (not for library calls without settings)."""
+    if settings is None:
+        return
+    from llmpulse.audit import AuditEvent
+    from llmpulse.audit_record import command_actor, record_command
+
+    record_command(settings, AuditEvent(action, actor=command_actor(), outcome=outcome,
+                                        target=target, remote="local", detail=detail))
+
+
 def _print(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
     print(json.dumps(obj, indent=2, default=str) if args.json else text)
 
@@ -135,6 +146,10 @@ def run_retrain(args: argparse.Namespace, settings: Any = None) -> int:
             registry, args.model, artifact, test, trigger=args.trigger,
             canary_share=args.canary, deploy=not args.no_deploy,
         )
+    _audit(settings, "retrain", f"{args.model}:{outcome.version.version}",
+           "ok" if outcome.report.passed else "error",
+           {"trigger": args.trigger, "trainer": args.trainer, "stage": outcome.version.stage,
+            "deployed": bool(outcome.deployed)})
     lines = [f"{args.model} version {outcome.version.version}: {outcome.version.stage}"]
     for r in outcome.report.results:
         lines.append(f"  {'ok  ' if r.passed else 'FAIL'} {r.gate:<28} {r.measured!s:>12}  limit {r.limit}"
@@ -157,8 +172,11 @@ def run_deploy(args: argparse.Namespace, settings: Any = None) -> int:
         else:
             d = registry.deploy(args.model, args.version, trigger=args.trigger)
     except RegistryError as exc:
+        _audit(settings, "deploy", f"{args.model}:{args.version}", "error", {"error": str(exc)})
         print(f"llmpulse deploy: {exc}", file=sys.stderr)
         return 1
+    _audit(settings, "deploy", f"{d.model}:{d.version}", "ok",
+           {"stage": d.stage, "previous_version": d.previous_version, "trigger": d.trigger})
     note = _notify(args.serve_url, registry, d, args.canary)
     _print(args, d.row(), f"{d.model}: version {d.version} {d.stage} (was {d.previous_version or '-'})"
            + (f"\n{note}" if note else ""))
@@ -171,8 +189,11 @@ def run_rollback(args: argparse.Namespace, settings: Any = None) -> int:
     try:
         d = registry.rollback(args.model, trigger=args.trigger)
     except RegistryError as exc:
+        _audit(settings, "rollback", args.model, "error", {"error": str(exc)})
         print(f"llmpulse rollback: {exc}", file=sys.stderr)
         return 1
+    _audit(settings, "rollback", f"{d.model}:{d.version}", "ok",
+           {"previous_version": d.previous_version, "trigger": d.trigger})
     note = _notify(args.serve_url, registry, d)
     _print(args, d.row(), f"{d.model}: rolled back {d.previous_version} -> version {d.version}"
            + (f"\n{note}" if note else ""))

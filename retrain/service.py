@@ -657,7 +657,8 @@ def _merge_json(text: str, extra: Mapping[str, Any]) -> str:
 # -- the stack -----------------------------------------------------------------------------------
 
 
-def attach_retrain(app: Any, settings: Any, store: Any, sink: Any) -> RetrainService:
+def attach_retrain(app: Any, settings: Any, store: Any, sink: Any,
+                   audit: Callable[[Any], None] | None = None) -> RetrainService:
     """Register the retrain agent (and, with serving on, the model server) on the Faust app.
 
     * agent on ``llmpulse.retrain``: each request goes to :meth:`RetrainService.handle`
@@ -679,11 +680,24 @@ def attach_retrain(app: Any, settings: Any, store: Any, sink: Any) -> RetrainSer
     registry = ModelRegistry(settings.data_dir)
     deployments = app.topic(TOPIC_DEPLOYMENTS, value_serializer="raw", key_serializer="raw")
 
+    from llmpulse.audit import AuditEvent
+
+    def record(action: str, target: str, detail: dict[str, Any]) -> None:
+        if audit is not None:
+            audit(AuditEvent(action, actor="retrain-service", target=target, remote="local",
+                             detail=detail))
+
     async def emit(rows: list[dict[str, Any]]) -> None:
         lines = [orjson.dumps(r) for r in rows]
         await sink.write("deployments", lines)
         for r, line in zip(rows, lines, strict=True):
             await deployments.send(key=str(r["model"]).encode(), value=line)
+            stage = str(r.get("stage", ""))
+            if stage in ("canary", "promoted", "rolled_back"):
+                record("rollback" if stage == "rolled_back" else "deploy",
+                       f"{r.get('model')}:{r.get('version')}",
+                       {"stage": stage, "previous_version": r.get("previous_version"),
+                        "trigger": r.get("trigger")})
 
     def complete(model: str) -> None:
         alerts = getattr(app, "llmpulse_alerts", None)
@@ -709,6 +723,9 @@ def attach_retrain(app: Any, settings: Any, store: Any, sink: Any) -> RetrainSer
                 if not isinstance(req, dict) or "model" not in req or "window" not in req:
                     log.warning("ignoring a retrain request without model and window: %r", req)
                     continue
+                record("retrain", str(req.get("model")),
+                       {"trigger": str(req.get("alert_id") or "manual"),
+                        "rule": str(req.get("rule") or "")})
                 task = asyncio.ensure_future(service.handle(req))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)

@@ -29,7 +29,8 @@ import faust
 import orjson
 
 from detectors.base import Signal
-from llmpulse.audit import AuditSink, discard
+from llmpulse.audit import TOPIC_AUDIT, AuditLog, AuditSink, discard
+from llmpulse.audit_record import ORIGIN_HEADER
 from llmpulse.auth import ApiGuard
 from llmpulse.config import Settings
 from llmpulse.events import (
@@ -42,6 +43,7 @@ from llmpulse.events import (
 from llmpulse.kafka_security import KafkaSecurity
 from llmpulse.sqlguard import QueryLimitError, QueryRefused, SqlGuard
 from llmpulse.store import RAW_INGEST, QueryError, Store
+from streams.admin import register_audit_agent, register_erase
 from streams.alerts_agent import AlertAgent, load_rules
 from streams.ingest import DeadLetter, IngestBatch, Message, split_batch
 from streams.rules import Rules
@@ -221,16 +223,19 @@ def build_app(
     app_id: str = "llmpulse",
     rules: Rules | None = None,
     guard: ApiGuard | None = None,
-    audit: AuditSink = discard,
+    audit: AuditSink | None = None,
 ) -> faust.App:
     """The worker: ingest agents for both raw topics plus the HTTP API.
 
     Every route goes through ``guard`` (:class:`llmpulse.auth.ApiGuard`;
     built from the tokens file, recording to ``audit``, when not given).
-    ``audit`` is also the sink the admin endpoints should record to.
+    ``audit`` receives the audit trail (authentication, erasures, retrain,
+    deploy, rollback); an :class:`~llmpulse.audit.AuditLog` is bound to the
+    ``llmpulse.audit`` topic and drained by a task of this app.
     """
     if guard is None:
-        guard = ApiGuard.from_settings(settings.data_dir, settings.http.host, audit=audit)
+        guard = ApiGuard.from_settings(settings.data_dir, settings.http.host,
+                                       audit=audit if audit is not None else discard)
     app = new_faust_app(app_id, settings, bootstrap=bootstrap,
                         datadir=settings.data_dir / "worker", web_port=web_port, guard=guard)
     limits = Limits(max_past_s=settings.ingest.max_past_days * 86400.0)
@@ -459,7 +464,20 @@ def build_app(
                 return self.json({"error": str(exc).splitlines()[0][:500]}, status=400)
             return self.json({"rows": rows})
 
+    audit_sink = audit if audit is not None else discard
+    if isinstance(audit, AuditLog):
+        audit_topic = app.topic(TOPIC_AUDIT, value_serializer="raw", key_serializer="raw")
+
+        async def produce_audit(key: bytes, value: bytes) -> None:
+            await audit_topic.send(key=key, value=value, headers={ORIGIN_HEADER: b"stack"})
+
+        audit.bind(produce_audit)
+        app.task(audit.run)
+    register_audit_agent(app, store)
+    register_erase(app, store, settings, audit_sink,
+                   forget=agents.forget_requests if agents is not None else None)
+
     from retrain.service import attach_retrain
 
-    attach_retrain(app, settings, store, sink)  # sets app.llmpulse_retrain
+    attach_retrain(app, settings, store, sink, audit=audit_sink)  # sets app.llmpulse_retrain
     return app

@@ -64,7 +64,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -381,6 +381,14 @@ class SignalEngine:
     def forget_source(self, source: Hashable) -> None:
         """A partition was revoked: stop holding the watermark for it."""
         self._watermark.forget(source)
+
+    def forget_requests(self, request_ids: Set[str]) -> int:
+        """Drop every event and join record of ``request_ids`` (an erasure); the count."""
+        ids = set(request_ids)
+        gone = sum(buf.forget(ids) for buf in self._buffers.values())
+        if self._join is not None:
+            gone += self._join.forget(ids)
+        return gone
 
     # -- output -------------------------------------------------------------------
 

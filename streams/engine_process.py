@@ -143,6 +143,9 @@ class LocalEngine:
     def forget_source(self, source: int) -> None:
         self.engine.forget_source(source)
 
+    def forget_requests(self, request_ids: set[str]) -> int:
+        return int(self.engine.forget_requests(request_ids))
+
     def stop(self, timeout: float = 10.0) -> None:
         pass
 
@@ -173,6 +176,8 @@ def _serve(conn: Any, engine_kwargs: dict[str, Any], detectors: Any) -> None:
             elif cmd == "forget":
                 engine.forget_source(arg)
                 out = None
+            elif cmd == "forget_requests":
+                out = engine.forget_requests(arg)
             elif cmd == "stop":
                 conn.send(("ok", None))
                 return
@@ -243,6 +248,9 @@ class EngineProcess:
 
     def forget_source(self, source: int) -> None:
         self._call("forget", source)
+
+    def forget_requests(self, request_ids: set[str]) -> int:
+        return int(self._call("forget_requests", set(request_ids)))
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._proc is None:
@@ -355,6 +363,10 @@ class ShardedEngine:
 
     def forget_source(self, source: int) -> None:
         self._all("forget", [source] * len(self.shards))
+
+    def forget_requests(self, request_ids: set[str]) -> int:
+        ids = set(request_ids)
+        return sum(int(n) for n in self._all("forget_requests", [ids] * len(self.shards)))
 
     def stop(self, timeout: float = 10.0) -> None:
         for sh in self.shards:

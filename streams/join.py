@@ -56,7 +56,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 from streams.windows import Group, WindowSpec, _group, event_ms
@@ -308,6 +308,27 @@ class FeedbackJoin:
         recs = [r for r in self._windows.get((group, start), ()) if r.feedback]
         recs.sort(key=lambda r: (r.ts, r.event_id))
         return [r.as_event() for r in recs]
+
+    def forget(self, request_ids: Set[str]) -> int:
+        """Drop the records and waiting feedback of ``request_ids`` (an erasure);
+        how many were dropped."""
+        gone = 0
+        for rid in request_ids:
+            rec = self._by_request.pop(rid, None)
+            if rec is not None:
+                key = (rec.group, rec.ts - rec.ts % self.window.length_ms)
+                recs = self._windows.get(key)
+                if recs is not None:
+                    recs[:] = [r for r in recs if r.request_id != rid]
+                gone += 1
+            if self._pending.pop(rid, None) is not None:
+                gone += 1
+        for recs in self._windows.values():  # records replaced under the same request id
+            if any(r.request_id in request_ids for r in recs):
+                before = len(recs)
+                recs[:] = [r for r in recs if r.request_id not in request_ids]
+                gone += before - len(recs)
+        return gone
 
     def _expire(self, watermark_ms: int, threshold: int) -> None:
         cutoff = watermark_ms - int(round(self.horizon_s * 1000))

@@ -61,7 +61,7 @@ from streams.ingest import IngestBatch
 from streams.sink import RawSink
 from streams.state import write_atomic
 
-__all__ = ["SignalAgents", "group_key"]
+__all__ = ["SignalAgents", "engine_config", "forget_saved_requests", "group_key"]
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +119,70 @@ def signal_row(s: Signal) -> dict[str, Any]:
 SignalConsumer = Callable[[list[Signal]], Awaitable[None]]
 
 
+def engine_config(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The engine's keyword arguments and detector options for ``settings``."""
+    from streams.windows import DEFAULT_WINDOWS, WindowSpec
+
+    cfg = settings.signals
+    windows = {}
+    for fam, spec in DEFAULT_WINDOWS.items():
+        length = cfg.latency_window_s if fam == "latency" else cfg.window_s
+        windows[fam] = WindowSpec(length_s=length, lateness_s=spec.lateness_s * length / spec.length_s)
+    # windows recomputed for late feedback every quarter window (1-10 s): a
+    # labelled incident's evidence lands within a window of its feedback
+    engine_kwargs: dict[str, Any] = {"windows": windows,
+                                     "reemit_interval_s": min(10.0, max(1.0, cfg.window_s / 4))}
+    detectors = {"embedding": cfg.embedding,
+                 "hallucination_max_scored": cfg.hallucination_max_scored}
+    return engine_kwargs, detectors
+
+
+def forget_saved_requests(settings: Settings, request_ids: set[str]) -> int:
+    """An erasure while the worker is stopped: drop ``request_ids`` from its saved
+    engine state (open windows, feedback join) and its waiting feedback; how many
+    events and records were dropped. Each file is rewritten atomically."""
+    from streams.engine_process import LocalEngine
+
+    ids = set(request_ids)
+    gone = 0
+    worker = settings.data_dir / "worker"
+    state_path = worker / "signals.pkl"
+    if state_path.exists():
+        state = pickle.loads(state_path.read_bytes())
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ValueError(f"{state_path}: not a signal state of this version")
+        engine_kwargs, detectors = engine_config(settings)
+
+        def forget(blob: bytes) -> bytes:
+            nonlocal gone
+            eng = LocalEngine(engine_kwargs=engine_kwargs, detectors=detectors)
+            eng.restore_bytes(blob)
+            gone += eng.forget_requests(ids)
+            return eng.snapshot_bytes()
+
+        inner = pickle.loads(state["engine"])
+        if isinstance(inner, dict) and "shards" in inner:
+            state["engine"] = pickle.dumps({"shards": [forget(b) for b in inner["shards"]]},
+                                           protocol=pickle.HIGHEST_PROTOCOL)
+        else:
+            state["engine"] = forget(state["engine"])
+        write_atomic(state_path, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+    pending_path = worker / "pending_feedback.pkl"
+    if pending_path.exists():
+        waiting = pickle.loads(pending_path.read_bytes())
+        kept = [(line, rid) for line, rid in waiting if rid not in ids]
+        if len(kept) != len(waiting):
+            gone += len(waiting) - len(kept)
+            write_atomic(pending_path, pickle.dumps(kept, protocol=pickle.HIGHEST_PROTOCOL))
+    return gone
+
+
 class SignalAgents:
     """Registers the grouped forwarder, the signal agent and its timers on a Faust app."""
 
     def __init__(self, app: faust.App, settings: Settings, store: Store, sink: RawSink,
                  *, health: Callable[[], Awaitable[list[Signal]]] | None = None) -> None:
         from streams.engine_process import EngineProcess, LocalEngine, ShardedEngine
-        from streams.windows import DEFAULT_WINDOWS, WindowSpec
 
         cfg = settings.signals
         self.app = app
@@ -134,16 +191,7 @@ class SignalAgents:
         self.sink = sink
         self.health = health
         self.consumers: list[SignalConsumer] = []
-        windows = {}
-        for fam, spec in DEFAULT_WINDOWS.items():
-            length = cfg.latency_window_s if fam == "latency" else cfg.window_s
-            windows[fam] = WindowSpec(length_s=length, lateness_s=spec.lateness_s * length / spec.length_s)
-        # windows recomputed for late feedback every quarter window (1-10 s): a
-        # labelled incident's evidence lands within a window of its feedback
-        engine_kwargs: dict[str, Any] = {"windows": windows,
-                                         "reemit_interval_s": min(10.0, max(1.0, cfg.window_s / 4))}
-        detectors = {"embedding": cfg.embedding,
-                     "hallucination_max_scored": cfg.hallucination_max_scored}
+        engine_kwargs, detectors = engine_config(settings)
         self.engine: Any
         if cfg.process and cfg.engine_processes > 1:
             self.engine = ShardedEngine(cfg.engine_processes, engine_kwargs=engine_kwargs,
@@ -359,6 +407,25 @@ class SignalAgents:
         out["pending_feedback"] = len(self.pending_feedback)
         out["engine"] = self.engine_stats
         return out
+
+    async def forget_requests(self, request_ids: set[str]) -> int:
+        """An erasure: drop the requests' events from the open windows and the
+        feedback join, and from the saved state at once; how many were dropped."""
+        ids = set(request_ids)
+        loop = asyncio.get_running_loop()
+
+        def forget() -> int:
+            n = int(self.engine.forget_requests(ids))
+            self._save()
+            return n
+
+        gone = await loop.run_in_executor(self._exec, forget)
+        waiting = len(self.pending_feedback)
+        self.pending_feedback = [p for p in self.pending_feedback if p[2] not in ids]
+        self._routing = [p for p in self._routing if p[2] not in ids]
+        gone += waiting - len(self.pending_feedback)
+        self._save_pending()
+        return gone
 
     # -- state across restarts ----------------------------------------------------
 

@@ -49,7 +49,7 @@ and counted (:attr:`TumblingWindows.duplicates`).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -268,6 +268,21 @@ class TumblingWindows:
             self.duplicates += dropped
             out.append((g, start, events))
         return out
+
+    def forget(self, request_ids: Set[str]) -> int:
+        """Drop the events of ``request_ids`` from the open windows (an erasure);
+        how many were dropped."""
+        gone = 0
+        for key in list(self._open):
+            evs = self._open[key]
+            kept = [e for e in evs if e.get("request_id") not in request_ids]
+            if len(kept) != len(evs):
+                gone += len(evs) - len(kept)
+                if kept:
+                    self._open[key] = kept
+                else:
+                    del self._open[key]
+        return gone
 
     def close_all(self) -> list[tuple[Group, int, list[dict[str, Any]]]]:
         """Close every open window (shutdown, end of a replay)."""

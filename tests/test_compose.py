@@ -163,7 +163,8 @@ def test_workers_serve_http_where_their_healthcheck_looks(tmp_path: Path) -> Non
     for name, svc in SERVICES.items():
         for c in svc.get("configs", []):
             assert c["source"] in COMPOSE["configs"], name
-            assert c["target"] == "/app/llmpulse.yaml"  # the CLI's default --config in WORKDIR
+            if name in LLMPULSE:
+                assert c["target"] == "/app/llmpulse.yaml"  # the CLI's default --config in WORKDIR
     assert re.search(r"^WORKDIR /app$", DOCKERFILE, re.M)
 
 
@@ -257,3 +258,28 @@ def test_public_listeners_get_a_tokens_file_and_the_retrain_worker_its_token() -
             assert s in declared
             assert not Path(declared[s]["file"]).is_absolute()
     assert "secrets/" in (ROOT / ".gitignore").read_text().split()
+
+
+SYSTEM_LOGS = ("query_log", "query_thread_log", "query_views_log", "part_log", "trace_log",
+               "text_log", "metric_log", "asynchronous_metric_log", "session_log",
+               "opentelemetry_span_log", "processors_profile_log", "asynchronous_insert_log",
+               "backup_log", "error_log", "blob_storage_log", "s3queue_log", "crash_log")
+
+
+def test_clickhouse_system_logs_are_off_or_expire() -> None:
+    import xml.etree.ElementTree as ET
+
+    [mount] = SERVICES["clickhouse"]["configs"]
+    assert mount["target"].startswith("/etc/clickhouse-server/config.d/")
+    assert mount["target"].endswith(".xml")
+    root = ET.fromstring(COMPOSE["configs"][mount["source"]]["content"])
+    assert root.tag == "clickhouse"
+    settings = {child.tag: child for child in root}
+    for name in SYSTEM_LOGS:
+        el = settings.get(name)
+        assert el is not None, f"{name}: neither removed nor given a TTL"
+        if el.get("remove") == "1":
+            continue
+        ttl = el.findtext("ttl") or ""
+        m = re.fullmatch(r"event_date \+ INTERVAL (\d+) DAY DELETE", ttl.strip())
+        assert m and 0 < int(m.group(1)) <= 30, f"{name}: ttl {ttl!r}"
