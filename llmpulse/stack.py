@@ -126,6 +126,7 @@ async def _run(
     audit: AuditSink = discard,
 ) -> int:
     from streams.app import IngestStats, build_app
+    from streams.otlp import OTLP_TOPICS
 
     guard = api_guard(settings, audit)
     data_dir = settings.data_dir
@@ -172,7 +173,8 @@ async def _run(
             bootstrap = settings.kafka
         try:
             await asyncio.to_thread(
-                create_topics, bootstrap, {t: settings.ingest.partitions for t in TOPICS}
+                create_topics, bootstrap,
+                {t: settings.ingest.partitions for t in (*TOPICS, *OTLP_TOPICS)}
             )
         except BrokerError as exc:
             raise StackError(str(exc)) from None
@@ -188,6 +190,7 @@ async def _run(
             "kafka": bootstrap,
             "http": f"http://{settings.http.host}:{web_port}",
             "clickhouse": settings.clickhouse_dsn,
+            "otlp": f"http://{settings.http.host}:{web_port}",
             "pid": os.getpid(),
             "started_at": time.time(),
         }

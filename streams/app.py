@@ -43,6 +43,7 @@ from llmpulse.sqlguard import QueryLimitError, QueryRefused, SqlGuard
 from llmpulse.store import RAW_INGEST, QueryError, Store
 from streams.alerts_agent import AlertAgent, load_rules
 from streams.ingest import DeadLetter, IngestBatch, Message, split_batch
+from streams.otlp import SpanIngest, attach_otlp, faust_sender
 from streams.rules import Rules
 from streams.signals import SignalAgents
 from streams.sink import RawSink
@@ -279,6 +280,12 @@ def build_app(
     make_agent(TOPIC_INFERENCE, "inference", "inference_events")
     make_agent(TOPIC_FEEDBACK, "feedback", "feedback_events")
 
+    # OTLP: POST /v1/traces and the otlp_spans topic; events go through the ingest above
+    otlp = SpanIngest(faust_sender(app), sink.write, inference_topic=TOPIC_INFERENCE,
+                      deadletter_topic=TOPIC_DEADLETTER, limits=limits)
+    attach_otlp(app, otlp, batch_messages=settings.ingest.batch_messages,
+                batch_within_s=settings.ingest.batch_within_s)
+
     async def lag() -> dict[str, int]:
         out: dict[str, int] = defaultdict(int)
         try:
@@ -369,6 +376,7 @@ def build_app(
                                        for tp in app.consumer.assignment())
         except Exception:
             out["assignment"] = []
+        out["otlp"] = otlp.stats.as_dict()
         if agents is not None:
             out["signals"] = agents.stats()
         if alert_agent is not None:
