@@ -58,7 +58,7 @@ def _depends(name: str) -> dict[str, Any]:
 
 def test_the_expected_services_exist() -> None:
     assert set(SERVICES) == {"kafka", "clickhouse", "grafana", "worker", "notifier", "retrain",
-                             "serving", "simulator"}
+                             "serving", "simulator", "otel-collector"}
     assert SERVICES["kafka"]["image"].startswith("apache/kafka:")
     assert SERVICES["clickhouse"]["image"].startswith("clickhouse/clickhouse-server:")
     assert SERVICES["grafana"]["image"].startswith("grafana/grafana:")
@@ -163,6 +163,8 @@ def test_workers_serve_http_where_their_healthcheck_looks(tmp_path: Path) -> Non
     for name, svc in SERVICES.items():
         for c in svc.get("configs", []):
             assert c["source"] in COMPOSE["configs"], name
+            if name == "otel-collector":
+                continue
             assert c["target"] == "/app/llmpulse.yaml"  # the CLI's default --config in WORKDIR
     assert re.search(r"^WORKDIR /app$", DOCKERFILE, re.M)
 
@@ -216,7 +218,9 @@ def test_simulator_is_a_demo_profile_and_its_command_parses() -> None:
     from llmpulse.cli import build_parser
 
     assert SERVICES["simulator"]["profiles"] == ["demo"]
-    assert all("profiles" not in s for n, s in SERVICES.items() if n != "simulator")
+    assert SERVICES["otel-collector"]["profiles"] == ["otel"]
+    assert all("profiles" not in s for n, s in SERVICES.items()
+               if n not in ("simulator", "otel-collector"))
     parser = build_parser()
     for name in LLMPULSE:
         cmd = _cmd(name)
@@ -240,3 +244,17 @@ def test_python_entry_points(name: str) -> None:
             main is spec and "__main__" not in Path(str(spec.origin)).read_text()):
         pytest.skip(f"{name}: entry point `python -m {module}` is not in the tree yet")
     assert main is not None
+
+
+def test_the_collector_exports_to_the_topic_and_broker_the_workers_read() -> None:
+    from streams.otlp import TOPIC_OTLP_SPANS
+
+    config = yaml.safe_load(COMPOSE["configs"]["otelcol-config"]["content"])
+    kafka = config["exporters"]["kafka"]
+    assert kafka["topic"] == TOPIC_OTLP_SPANS
+    assert kafka["encoding"] in ("otlp_proto", "otlp_json")
+    assert kafka["brokers"] == [SERVICES["worker"]["environment"]["LLMPULSE_KAFKA"]]
+    pipeline = config["service"]["pipelines"]["traces"]
+    assert pipeline["exporters"] == ["kafka"] and pipeline["receivers"] == ["otlp"]
+    assert set(pipeline["processors"]) <= set(config["processors"])
+    assert "worker" in _depends("otel-collector")
