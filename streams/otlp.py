@@ -308,6 +308,13 @@ def attach_otlp(app: Any, ingest: SpanIngest, *, limits: ReceiverLimits = Receiv
     """Register ``POST /v1/traces`` and the ``otlp_spans`` agent on a Faust app."""
     import faust
 
+    async def refuse(payload: bytes, reason: str, status: str) -> None:
+        try:
+            await asyncio.wait_for(ingest.refuse(payload, reason, source=OTLP_HTTP_SOURCE,
+                                                 status=status), limits.timeout_s)
+        except TimeoutError:  # the answer goes out anyway; the count is kept
+            log.warning("dead letter not stored in %g s: %s", limits.timeout_s, reason[:200])
+
     @app.page("/v1/traces")
     class TracesView(faust.web.View):
         """OTLP/HTTP traces (see the module docstring for the answers)."""
@@ -316,25 +323,24 @@ def attach_otlp(app: Any, ingest: SpanIngest, *, limits: ReceiverLimits = Receiv
             encoding = CONTENT_TYPES.get(request.content_type)
             if encoding is None:
                 ctype = request.content_type[:100]
-                await ingest.refuse(ctype.encode(), f"unsupported content type {ctype!r}",
-                                    source=OTLP_HTTP_SOURCE, status="415")
+                await refuse(ctype.encode(), f"unsupported content type {ctype!r}", "415")
                 return _error(self, None, 415, "Content-Type must be application/x-protobuf "
                               "or application/json")
             try:
                 body = await _read_body(request, limits.max_body_bytes)
             except Exception as exc:  # a broken gzip stream, a dropped connection
                 reason = f"unreadable body: {type(exc).__name__}: {str(exc)[:200]}"
-                await ingest.refuse(b"", reason, source=OTLP_HTTP_SOURCE, status="400")
+                await refuse(b"", reason, "400")
                 return _error(self, encoding, 400, reason)
             if body is None:
                 reason = f"body larger than {limits.max_body_bytes} bytes"
-                await ingest.refuse(b"", reason, source=OTLP_HTTP_SOURCE, status="413")
+                await refuse(b"", reason, "413")
                 return _error(self, encoding, 413, reason)
             try:
                 mapped = await asyncio.wait_for(
                     ingest.ingest(body, encoding, source=OTLP_HTTP_SOURCE), limits.timeout_s)
             except OtlpDecodeError as exc:
-                await ingest.refuse(body, str(exc), source=OTLP_HTTP_SOURCE, status="400")
+                await refuse(body, str(exc), "400")
                 return _error(self, encoding, 400, str(exc))
             except TimeoutError:
                 ingest.stats.refused["503"] += 1
@@ -357,6 +363,11 @@ def attach_otlp(app: Any, ingest: SpanIngest, *, limits: ReceiverLimits = Receiv
                 except OtlpDecodeError as exc:
                     await ingest.refuse(value, str(exc), source=m.topic, status="kafka",
                                         partition=m.partition, offset=m.offset)
+                except Exception as exc:  # one message must not stop the partition behind it
+                    log.exception("otlp_spans %s:%s: mapping failed", m.partition, m.offset)
+                    await ingest.refuse(value, f"mapping failed: {type(exc).__name__}: {exc}"[:500],
+                                        source=m.topic, status="kafka", partition=m.partition,
+                                        offset=m.offset)
 
     app.agent(topic, name="llmpulse.ingest_otlp_spans")(ingest_otlp_spans)
 

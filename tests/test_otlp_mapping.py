@@ -54,7 +54,7 @@ def _set(v: AnyValue, x: Any) -> None:
 def make_span(attrs: dict[str, Any] | None = None, *, name: str = "chat m", status: int = 0,
               events: list[tuple[str, dict[str, Any]]] | None = None, start: int = START,
               end: int = END, trace: bytes = TRACE, span_id: bytes = SPAN,
-              parent: bytes = PARENT, kind: int = Span.SPAN_KIND_CLIENT) -> Span:
+              parent: bytes = PARENT, kind: Any = Span.SPAN_KIND_CLIENT) -> Span:
     s = Span(trace_id=trace, span_id=span_id, parent_span_id=parent, name=name, kind=kind,
              start_time_unix_nano=start, end_time_unix_nano=end)
     s.status.code = status  # type: ignore[assignment]
@@ -314,16 +314,27 @@ def test_event_contract_checks_the_ids() -> None:
 # -- decoding --------------------------------------------------------------------------------
 
 
-def test_json_and_protobuf_decode_to_the_same_request() -> None:
-    req = request(make_span({**CHAT, "gen_ai.usage.input_tokens": 2**40}))
-    doc = json_format.MessageToDict(req)
-    span = doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+def otlp_json(req: ExportTraceServiceRequest) -> bytes:
+    """OTLP/JSON: protobuf's JSON mapping with trace and span ids in hex, not base64."""
     import base64
 
-    for key in ("traceId", "spanId", "parentSpanId"):  # OTLP/JSON: hex, not base64
-        span[key] = base64.b64decode(span[key]).hex()
+    doc = json_format.MessageToDict(req)
+    for rs in doc.get("resourceSpans", []):
+        for ss in rs.get("scopeSpans", []):
+            for span in ss.get("spans", []):
+                for key in ("traceId", "spanId", "parentSpanId"):
+                    if key in span:
+                        span[key] = base64.b64decode(span[key]).hex()
+    return json.dumps(doc).encode()
+
+
+def test_json_and_protobuf_decode_to_the_same_request() -> None:
+    req = request(make_span({**CHAT, "gen_ai.usage.input_tokens": 2**40}))
+    body = otlp_json(req)
+    span = json.loads(body)["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    assert span["traceId"] == TRACE.hex()
     assert span["attributes"][-1]["value"] == {"intValue": str(2**40)}  # int64 as a string
-    from_json = decode_traces(json.dumps(doc).encode(), "otlp_json")
+    from_json = decode_traces(body, "otlp_json")
     assert from_json == decode_traces(req.SerializeToString(), "otlp_proto") == req
 
 
@@ -378,3 +389,33 @@ def test_mapping_table_in_the_docs_names_every_attribute_read() -> None:
     read = set(re.findall(r'"((?:gen_ai|llm|error|retrieval)\.[a-z_.]+)"', source))
     missing = sorted(a for a in read if a.rstrip(".") not in doc)
     assert not missing, missing
+
+
+def test_mutated_requests_are_refused_or_mapped_never_a_crash() -> None:
+    import random
+
+    spans = [make_span({**CHAT, "gen_ai.usage.input_tokens": 4,
+                        "gen_ai.input.messages": json.dumps([{"role": "user", "parts": [
+                            {"type": "text", "content": "hello"}]}]),
+                        "retrieval.documents.0.document.content": "d"},
+                       events=[("gen_ai.content.prompt", {"gen_ai.prompt": "p"})]),
+             make_span({"http.route": "/x", "n": 1.5, "flags": [True, False]}, span_id=b"\2" * 8)]
+    good = request(*spans).SerializeToString()
+    doc = otlp_json(request(*spans))
+    rng = random.Random(7)
+    mapped = refused = 0
+    for _ in range(3000):
+        enc, base = ("otlp_proto", good) if rng.random() < 0.7 else ("otlp_json", doc)
+        body = bytearray(base)
+        for _ in range(rng.randint(1, 4)):
+            body[rng.randrange(len(body))] = rng.randrange(256)
+        try:
+            req = decode_traces(bytes(body), enc)
+        except OtlpDecodeError:
+            refused += 1
+            continue
+        out = map_request(req, now_ms=NOW_MS)
+        assert out.total == sum(len(ss.spans) for rs in req.resource_spans
+                                for ss in rs.scope_spans)
+        mapped += 1
+    assert mapped > 100 and refused > 100, (mapped, refused)
