@@ -43,7 +43,7 @@ from llmpulse.sqlguard import QueryLimitError, QueryRefused, SqlGuard
 from llmpulse.store import RAW_INGEST, QueryError, Store
 from streams.alerts_agent import AlertAgent, load_rules
 from streams.ingest import DeadLetter, IngestBatch, Message, split_batch
-from streams.otlp import SpanIngest, attach_otlp, faust_sender
+from streams.otlp import OTLP_TOPICS, SpanIngest, attach_otlp, faust_sender
 from streams.rules import Rules
 from streams.signals import SignalAgents
 from streams.sink import RawSink
@@ -282,9 +282,10 @@ def build_app(
 
     # OTLP: POST /v1/traces and the otlp_spans topic; events go through the ingest above
     otlp = SpanIngest(faust_sender(app), sink.write, inference_topic=TOPIC_INFERENCE,
-                      deadletter_topic=TOPIC_DEADLETTER, limits=limits)
+                      deadletter_topic=TOPIC_DEADLETTER, limits=limits,
+                      partitions=settings.ingest.partitions)
     attach_otlp(app, otlp, batch_messages=settings.ingest.batch_messages,
-                batch_within_s=settings.ingest.batch_within_s)
+                batch_within_s=settings.ingest.batch_within_s, positions=stats.positions)
 
     async def lag() -> dict[str, int]:
         out: dict[str, int] = defaultdict(int)
@@ -293,7 +294,7 @@ def build_app(
         except Exception:
             return {}
         for tp in assignment:
-            if tp.topic not in (TOPIC_INFERENCE, TOPIC_FEEDBACK, TOPIC_GROUPED):
+            if tp.topic not in (TOPIC_INFERENCE, TOPIC_FEEDBACK, TOPIC_GROUPED, *OTLP_TOPICS):
                 continue
             hw = app.consumer.highwater(tp)
             if hw is None:

@@ -3,9 +3,11 @@
 Both entries share one path (:class:`SpanIngest`): decode the export
 request, map it (:mod:`streams.otlp_mapping`), send the inference events to
 ``llmpulse.inference`` (so the ingest agent validates and stores them like
-any producer's), store every span as a ``spans`` row, and dead-letter what
-is refused (``llmpulse.deadletter`` and ``deadletter_events``, with the
-reason).
+any producer's) and every span's row to ``llmpulse.spans`` (an agent stores
+them in batches in the ``spans`` table), and dead-letter what is refused
+(``llmpulse.deadletter`` and ``deadletter_events``, with the reason). A
+request is answered once the broker holds its events and rows: a slow store
+holds them up in the broker, not in the receiver.
 
 OTLP/HTTP answers (https://opentelemetry.io/docs/specs/otlp/#otlphttp):
 
@@ -15,9 +17,9 @@ OTLP/HTTP answers (https://opentelemetry.io/docs/specs/otlp/#otlphttp):
   :attr:`ReceiverLimits.max_body_bytes` (after gzip), 415 a content type
   other than ``application/x-protobuf`` or ``application/json``; the body is
   a ``google.rpc.Status``;
-* 503 with ``Retry-After`` when the broker or store does not take the data
-  within :attr:`ReceiverLimits.timeout_s` (exporters retry; event ids and
-  span rows are deterministic, so a retry stores no duplicate).
+* 503 with ``Retry-After`` when the broker does not take the data within
+  :attr:`ReceiverLimits.timeout_s` (exporters retry; event ids and span rows
+  are deterministic, so a retry stores no duplicate).
 
 The Kafka path reads what the OpenTelemetry Collector's Kafka exporter
 writes: one ``ExportTraceServiceRequest`` per message, ``otlp_proto`` or
@@ -31,6 +33,7 @@ import asyncio
 import itertools
 import logging
 import time
+import zlib
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
@@ -40,7 +43,7 @@ import orjson
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from llmpulse.events import DEFAULT_LIMITS, Limits
+from llmpulse.events import DEFAULT_LIMITS, Limits, split_envelope
 from streams.ingest import DeadLetter
 from streams.otlp_mapping import MappedRequest, OtlpDecodeError, decode_traces, map_request
 
@@ -54,6 +57,7 @@ __all__ = [
     "TOPIC_OTLP_SPANS",
     "attach_otlp",
     "encoding_of",
+    "envelopes",
     "rpc_status",
 ]
 
@@ -61,7 +65,9 @@ log = logging.getLogger(__name__)
 
 TOPIC_OTLP_SPANS = "otlp_spans"
 """The OTel Collector Kafka exporter's default traces topic."""
-OTLP_TOPICS = (TOPIC_OTLP_SPANS,)
+TOPIC_SPAN_ROWS = "llmpulse.spans"
+"""Internal: mapped ``spans`` rows (NDJSON envelopes) on their way to the store."""
+OTLP_TOPICS = (TOPIC_OTLP_SPANS, TOPIC_SPAN_ROWS)
 OTLP_HTTP_SOURCE = "otlp_http"
 """The ``topic`` of dead letters refused by the HTTP receiver (their ``offset``
 is the receive time in nanoseconds, unique per receiver)."""
@@ -90,6 +96,7 @@ class SpanStats:
     genai_spans: int = 0
     other_spans: int = 0
     rejected_spans: int = 0
+    rows_stored: int = 0
     refused: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     """Refused requests or messages by HTTP status (or ``kafka``)."""
 
@@ -103,6 +110,7 @@ class SpanStats:
     def as_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "spans": self.spans, "genai_spans": self.genai_spans,
                 "other_spans": self.other_spans, "rejected_spans": self.rejected_spans,
+                "rows_stored": self.rows_stored,
                 "refused": dict(self.refused)}
 
 
@@ -137,8 +145,57 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-Send = Callable[[str, bytes, bytes | None, list[tuple[str, bytes]] | None], Awaitable[Any]]
-"""``send(topic, value, key, headers)``: produce and return an awaitable for the broker's ack."""
+SHIM_BUCKETS = 64
+"""The client shim's default ``buckets``. Events are keyed as the shim keys them and
+sent to the partition librdkafka's default partitioner (CRC-32 of the key) picks
+for that key, so the feedback an app sends through the shim for an OTel-sourced
+request (``request_id`` = trace id) lands on the partition of its inference."""
+ENVELOPE_MAX_BYTES = 512 << 10
+
+
+def shim_partition(key: bytes, partitions: int) -> int:
+    """The partition librdkafka's default ``consistent_random`` partitioner picks.
+
+    >>> [shim_partition(key, 8) for key in (b"0", b"1", b"49")]
+    [1, 7, 0]
+    """
+    return zlib.crc32(key) % partitions
+
+
+def envelopes(events: list[dict[str, Any]], *, buckets: int = SHIM_BUCKETS,
+              max_bytes: int = ENVELOPE_MAX_BYTES,
+              key_field: str = "request_id") -> list[tuple[bytes, bytes]]:
+    """(key, NDJSON value) messages for ``events``, keyed as the shim keys them.
+
+    The key is the bucket, CRC-32 of ``key_field`` modulo ``buckets``, as
+    ASCII digits; an envelope holds one bucket's events, at most ``max_bytes``.
+
+    >>> evs = [{"request_id": "r1", "n": 1}, {"request_id": "r2", "n": 2},
+    ...        {"request_id": "r1", "n": 3}]
+    >>> [(k, v.count(b"\\n") + 1) for k, v in envelopes(evs)]
+    [(b'49', 2), (b'11', 1)]
+    >>> len(envelopes(evs, max_bytes=30))
+    3
+    """
+    crc = zlib.crc32
+    out: list[tuple[bytes, bytes]] = []
+    open_: dict[int, tuple[list[bytes], int]] = {}
+    for ev in events:
+        b = crc(ev[key_field].encode()) % buckets
+        line = orjson.dumps(ev)
+        lines, size = open_.get(b, ([], 0))
+        if lines and size + len(line) + 1 > max_bytes:
+            out.append((str(b).encode(), b"\n".join(lines)))
+            lines, size = [], 0
+        lines.append(line)
+        open_[b] = (lines, size + len(line) + 1)
+    out.extend((str(b).encode(), b"\n".join(lines)) for b, (lines, _) in open_.items())
+    return out
+
+
+Send = Callable[[str, bytes, bytes | None, list[tuple[str, bytes]] | None, int | None],
+                Awaitable[Any]]
+"""``send(topic, value, key, headers, partition)``: produce; returns an awaitable of the ack."""
 Write = Callable[[str, list[bytes]], Awaitable[list[tuple[int, str]]]]
 """``write(table, lines)``: store JSONEachRow lines; (index, reason) of rows the store refused."""
 
@@ -193,14 +250,19 @@ class SpanIngest:
     """Decode, map, publish and store one OTLP export request (either entry)."""
 
     def __init__(self, send: Send, write: Write, *, inference_topic: str, deadletter_topic: str,
-                 limits: Limits = DEFAULT_LIMITS, stats: SpanStats | None = None) -> None:
+                 rows_topic: str = TOPIC_SPAN_ROWS,
+                 limits: Limits = DEFAULT_LIMITS, stats: SpanStats | None = None,
+                 partitions: int | None = None) -> None:
         self.send = send
         self.write = write
         self.inference_topic = inference_topic
         self.deadletter_topic = deadletter_topic
+        self.rows_topic = rows_topic
         self.limits = limits
         self.stats = stats or SpanStats()
         self.documents = RecentDocuments()
+        self.partitions = partitions
+        """Partitions of the inference topic (None: leave it to the producer)."""
         self._offsets = itertools.count(time.time_ns())
 
     def next_offset(self) -> int:
@@ -217,17 +279,12 @@ class SpanIngest:
             self.documents[trace] = (self.documents.get(trace, []) + docs)[
                 : self.limits.max_context_passages]
         acks: list[Awaitable[Any]] = []
-        by_request: dict[str, list[bytes]] = defaultdict(list)
-        for ev in mapped.events:
-            by_request[ev["request_id"]].append(orjson.dumps(ev))
-        for rid, lines in by_request.items():
-            acks.append(await self.send(self.inference_topic, b"\n".join(lines), rid.encode(),
-                                        None))
-        if mapped.spans:
-            rows = [orjson.dumps(r) for r in mapped.spans]
-            for i, reason in await self.write("spans", rows):
-                log.warning("spans row refused by the store: %s", reason)
-                mapped.rejected.append(_store_refused(mapped.spans[i], reason))
+        n = self.partitions
+        for key, value in envelopes(mapped.events):
+            acks.append(await self.send(self.inference_topic, value, key, None,
+                                        shim_partition(key, n) if n else None))
+        for key, value in envelopes(mapped.spans, key_field="trace_id"):
+            acks.append(await self.send(self.rows_topic, value, key, None, None))
         dead = [DeadLetter(r.payload, f"span {r.trace_id}/{r.span_id}: {r.reason}", source,
                            partition, offset if offset is not None else self.next_offset())
                 for r in mapped.rejected]
@@ -252,14 +309,8 @@ class SpanIngest:
         if not dead:
             return
         for d in dead:
-            acks.append(await self.send(self.deadletter_topic, d.payload, None, d.headers()))
+            acks.append(await self.send(self.deadletter_topic, d.payload, None, d.headers(), None))
         await self.write("deadletter_events", [orjson.dumps(d.row()) for d in dead])
-
-
-def _store_refused(row: dict[str, Any], reason: str) -> Any:
-    from streams.otlp_mapping import RejectedSpan
-
-    return RejectedSpan(row["trace_id"], row["span_id"], reason, orjson.dumps(row)[:65536])
 
 
 # -- HTTP ------------------------------------------------------------------------------------
@@ -304,8 +355,12 @@ async def _read_body(request: Any, limit: int) -> bytes | None:
 
 
 def attach_otlp(app: Any, ingest: SpanIngest, *, limits: ReceiverLimits = ReceiverLimits(),
-                batch_messages: int = 100, batch_within_s: float = 0.2) -> None:
-    """Register ``POST /v1/traces`` and the ``otlp_spans`` agent on a Faust app."""
+                batch_messages: int = 100, batch_within_s: float = 0.2,
+                positions: dict[tuple[str, int], int] | None = None) -> None:
+    """Register ``POST /v1/traces`` and the agents of ``otlp_spans`` and the span rows
+    on a Faust app. ``positions`` gets the next offset per (topic, partition) once a
+    message is done (the worker's lag, which shutdown drains to zero)."""
+    done = positions if positions is not None else {}
     import faust
 
     async def refuse(payload: bytes, reason: str, status: str) -> None:
@@ -356,6 +411,7 @@ def attach_otlp(app: Any, ingest: SpanIngest, *, limits: ReceiverLimits = Receiv
                 value = ev.value
                 m = ev.message
                 if not value:
+                    done[(m.topic, m.partition)] = m.offset + 1
                     continue
                 try:
                     await ingest.ingest(value, encoding_of(value), source=m.topic,
@@ -368,8 +424,33 @@ def attach_otlp(app: Any, ingest: SpanIngest, *, limits: ReceiverLimits = Receiv
                     await ingest.refuse(value, f"mapping failed: {type(exc).__name__}: {exc}"[:500],
                                         source=m.topic, status="kafka", partition=m.partition,
                                         offset=m.offset)
+                done[(m.topic, m.partition)] = m.offset + 1
 
     app.agent(topic, name="llmpulse.ingest_otlp_spans")(ingest_otlp_spans)
+
+    rows_topic = app.topic(ingest.rows_topic, value_serializer="raw", key_serializer="raw")
+
+    async def store_span_rows(stream: Any) -> None:
+        async for events in stream.take_events(batch_messages, within=batch_within_s):
+            lines: list[bytes] = []
+            sources: list[Any] = []
+            for ev in events:
+                for line in split_envelope(ev.value or b""):
+                    lines.append(line)
+                    sources.append(ev.message)
+            dead = [DeadLetter(lines[i], reason, sources[i].topic, sources[i].partition,
+                               sources[i].offset)
+                    for i, reason in await ingest.write("spans", lines)]
+            if dead:
+                acks: list[Awaitable[Any]] = []
+                await ingest.dead_letter(dead, acks)
+                for a in acks:
+                    await a
+            ingest.stats.rows_stored += len(lines) - len(dead)
+            for ev in events:
+                done[(ev.message.topic, ev.message.partition)] = ev.message.offset + 1
+
+    app.agent(rows_topic, name="llmpulse.store_span_rows")(store_span_rows)
 
 
 def faust_sender(app: Any) -> Send:
@@ -377,10 +458,10 @@ def faust_sender(app: Any) -> Send:
     topics: dict[str, Any] = {}
 
     async def send(topic: str, value: bytes, key: bytes | None,
-                   headers: list[tuple[str, bytes]] | None) -> Any:
+                   headers: list[tuple[str, bytes]] | None, partition: int | None) -> Any:
         t = topics.get(topic)
         if t is None:
             t = topics[topic] = app.topic(topic, value_serializer="raw", key_serializer="raw")
-        return await t.send(key=key, value=value, headers=headers)
+        return await t.send(key=key, value=value, headers=headers, partition=partition)
 
     return send

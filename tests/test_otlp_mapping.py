@@ -419,3 +419,4 @@ def test_mutated_requests_are_refused_or_mapped_never_a_crash() -> None:
                                 for ss in rs.scope_spans)
         mapped += 1
     assert mapped > 100 and refused > 100, (mapped, refused)
+

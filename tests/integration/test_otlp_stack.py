@@ -343,3 +343,41 @@ def test_ingest_token_writes_spans_and_nothing_else(tmp_path: Path) -> None:
             sp.stop()
         except Exception:
             sp.kill()
+
+
+def test_events_are_keyed_and_partitioned_as_the_shim_does(broker: Any) -> None:
+    """librdkafka (the shim's client) puts each bucket key on the partition the receiver
+    computes, so feedback sent through the shim meets its OTel-sourced inference."""
+    import uuid
+
+    from confluent_kafka import Producer
+
+    from streams.otlp import SHIM_BUCKETS, envelopes, shim_partition
+
+    topic = f"otlp-partitions-{uuid.uuid4().hex[:8]}"
+    broker.create_topics({topic: 8})
+    events = [{"request_id": f"{i:032x}"} for i in range(40)]
+    keys = [k for k, _ in envelopes(events)]
+    assert all(0 <= int(k) < SHIM_BUCKETS for k in keys) and len(set(keys)) > 8
+    landed: dict[bytes, int] = {}
+
+    def on_delivery(err: Any, msg: Any) -> None:
+        assert err is None, err
+        landed[msg.key()] = msg.partition()
+
+    p = Producer({"bootstrap.servers": broker.bootstrap})
+    for k in keys:
+        p.produce(topic, b"x", key=k, on_delivery=on_delivery)
+    assert p.flush(30) == 0
+    assert landed == {k: shim_partition(k, 8) for k in keys}
+
+
+def test_bench_otlp_quick_stores_every_span_it_sent() -> None:
+    from llmpulse.bench.otlp import format_table, run
+
+    result = run(quick=True, seconds=1.5, senders=2)
+    for name, r in result["runs"].items():
+        assert r["sent"] > 0 and r["failed"] == 0, (name, r)
+        assert r["spans_stored"] == r["events_stored"] == r["sent"], (name, r)
+        assert r["spans_per_s"] > 0 and r["lag_p99_ms"] >= r["lag_p50_ms"] >= 0
+    assert "spans/s" in format_table(result)
