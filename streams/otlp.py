@@ -163,33 +163,43 @@ def shim_partition(key: bytes, partitions: int) -> int:
 
 
 def envelopes(events: list[dict[str, Any]], *, buckets: int = SHIM_BUCKETS,
-              max_bytes: int = ENVELOPE_MAX_BYTES,
-              key_field: str = "request_id") -> list[tuple[bytes, bytes]]:
-    """(key, NDJSON value) messages for ``events``, keyed as the shim keys them.
+              max_bytes: int = ENVELOPE_MAX_BYTES, key_field: str = "request_id",
+              partitions: int | None = None) -> list[tuple[bytes, bytes, int | None]]:
+    """(key, NDJSON value, partition) messages for ``events``, keyed as the shim keys them.
 
-    The key is the bucket, CRC-32 of ``key_field`` modulo ``buckets``, as
-    ASCII digits; an envelope holds one bucket's events, at most ``max_bytes``.
+    An event's key is its bucket, CRC-32 of ``key_field`` modulo ``buckets``,
+    as ASCII digits. Without ``partitions`` an envelope holds one bucket's
+    events and the producer picks the partition from the key; with them it
+    holds the events of every bucket that :func:`shim_partition` puts on one
+    partition (fewer, larger messages), sent to that partition explicitly.
+    An envelope is at most ``max_bytes``.
 
     >>> evs = [{"request_id": "r1", "n": 1}, {"request_id": "r2", "n": 2},
     ...        {"request_id": "r1", "n": 3}]
-    >>> [(k, v.count(b"\\n") + 1) for k, v in envelopes(evs)]
-    [(b'49', 2), (b'11', 1)]
+    >>> [(k, v.count(b"\\n") + 1, p) for k, v, p in envelopes(evs)]
+    [(b'49', 2, None), (b'11', 1, None)]
+    >>> [(k, v.count(b"\\n") + 1, p) for k, v, p in envelopes(evs, partitions=2)]
+    [(b'49', 2, 0), (b'11', 1, 1)]
     >>> len(envelopes(evs, max_bytes=30))
     3
     """
     crc = zlib.crc32
-    out: list[tuple[bytes, bytes]] = []
-    open_: dict[int, tuple[list[bytes], int]] = {}
+    keys = [str(b).encode() for b in range(buckets)]
+    part_of = [shim_partition(k, partitions) for k in keys] if partitions else None
+    out: list[tuple[bytes, bytes, int | None]] = []
+    open_: dict[int, tuple[bytes, list[bytes], int]] = {}
     for ev in events:
         b = crc(ev[key_field].encode()) % buckets
+        slot = part_of[b] if part_of is not None else b
         line = orjson.dumps(ev)
-        lines, size = open_.get(b, ([], 0))
+        key, lines, size = open_.get(slot, (keys[b], [], 0))
         if lines and size + len(line) + 1 > max_bytes:
-            out.append((str(b).encode(), b"\n".join(lines)))
-            lines, size = [], 0
+            out.append((key, b"\n".join(lines), slot if part_of is not None else None))
+            key, lines, size = keys[b], [], 0
         lines.append(line)
-        open_[b] = (lines, size + len(line) + 1)
-    out.extend((str(b).encode(), b"\n".join(lines)) for b, (lines, _) in open_.items())
+        open_[slot] = (key, lines, size + len(line) + 1)
+    out.extend((key, b"\n".join(lines), slot if part_of is not None else None)
+               for slot, (key, lines, _) in open_.items())
     return out
 
 
@@ -280,11 +290,10 @@ class SpanIngest:
                 : self.limits.max_context_passages]
         acks: list[Awaitable[Any]] = []
         n = self.partitions
-        for key, value in envelopes(mapped.events):
-            acks.append(await self.send(self.inference_topic, value, key, None,
-                                        shim_partition(key, n) if n else None))
-        for key, value in envelopes(mapped.spans, key_field="trace_id"):
-            acks.append(await self.send(self.rows_topic, value, key, None, None))
+        for key, value, part in envelopes(mapped.events, partitions=n):
+            acks.append(await self.send(self.inference_topic, value, key, None, part))
+        for key, value, part in envelopes(mapped.spans, key_field="trace_id", partitions=n):
+            acks.append(await self.send(self.rows_topic, value, key, None, part))
         dead = [DeadLetter(r.payload, f"span {r.trace_id}/{r.span_id}: {r.reason}", source,
                            partition, offset if offset is not None else self.next_offset())
                 for r in mapped.rejected]

@@ -357,7 +357,9 @@ def test_events_are_keyed_and_partitioned_as_the_shim_does(broker: Any) -> None:
     topic = f"otlp-partitions-{uuid.uuid4().hex[:8]}"
     broker.create_topics({topic: 8})
     events = [{"request_id": f"{i:032x}"} for i in range(40)]
-    keys = [k for k, _ in envelopes(events)]
+    keys = [k for k, _, _ in envelopes(events)]
+    grouped = envelopes(events, partitions=8)
+    assert all(shim_partition(k, 8) == p for k, _, p in grouped) and len(grouped) <= 8
     assert all(0 <= int(k) < SHIM_BUCKETS for k in keys) and len(set(keys)) > 8
     landed: dict[bytes, int] = {}
 
