@@ -383,3 +383,77 @@ def test_bench_otlp_quick_stores_every_span_it_sent() -> None:
         assert r["spans_stored"] == r["events_stored"] == r["sent"], (name, r)
         assert r["spans_per_s"] > 0 and r["lag_p99_ms"] >= r["lag_p50_ms"] >= 0
     assert "spans/s" in format_table(result)
+
+
+class _OpenAIStub:
+    """A local OpenAI-compatible chat endpoint with fixed usage (17 in, 5 out)."""
+
+    def __enter__(self) -> str:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                n = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(n))
+                time.sleep(0.02)
+                data = json.dumps({
+                    "id": "chatcmpl-stub", "object": "chat.completion", "created": 1700000000,
+                    "model": body["model"] + "-2024-08-06",
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": "It ships Monday."}}],
+                    "usage": {"prompt_tokens": 17, "completion_tokens": 5, "total_tokens": 22},
+                }).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_port}/v1"
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_openai_client_under_openllmetry_with_and_without_content(
+        stack: StackProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real ``openai`` client, instrumented by OpenLLMetry
+    (``opentelemetry-instrumentation-openai``), exporting through the SDK's OTLP/HTTP
+    exporter: one inference row per call, tokens equal to the stub's usage, text only
+    when content capture is on."""
+    import openai
+    from opentelemetry.instrumentation.openai import OpenAIInstrumentor
+
+    provider = _sdk(stack.endpoints["otlp"], "openllmetry-app")
+    instrumentor = OpenAIInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        with _OpenAIStub() as base_url:
+            client = openai.OpenAI(base_url=base_url, api_key="test-key")
+            monkeypatch.setenv("TRACELOOP_TRACE_CONTENT", "true")
+            client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "Where is my parcel?"}])
+            monkeypatch.setenv("TRACELOOP_TRACE_CONTENT", "false")
+            client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "A private question"}])
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()
+    rows = wait_rows(stack, "SELECT model, model_version, input_tokens, output_tokens, prompt, "
+                     "response, latency_ms, status FROM inference_events FINAL "
+                     "WHERE app = 'openllmetry-app' ORDER BY ts", 2)
+    assert len(rows) == 2
+    on, off = rows
+    for r in rows:
+        assert (r["model"], r["model_version"]) == ("gpt-4o", "gpt-4o-2024-08-06")
+        assert (r["input_tokens"], r["output_tokens"], r["status"]) == (17, 5, "ok")
+        assert r["latency_ms"] > 0
+    assert (on["prompt"], on["response"]) == ("Where is my parcel?", "It ships Monday.")
+    assert (off["prompt"], off["response"]) == ("", "")
