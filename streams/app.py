@@ -98,7 +98,14 @@ NAMED_QUERIES: dict[str, str] = {
         "UNION ALL SELECT 'signals', count() FROM signals FINAL "
         "UNION ALL SELECT 'alerts', count() FROM alerts FINAL "
         "UNION ALL SELECT 'deployments', count() FROM deployments FINAL "
-        "UNION ALL SELECT 'deadletter_events', count() FROM deadletter_events FINAL"
+        "UNION ALL SELECT 'deadletter_events', count() FROM deadletter_events FINAL "
+        "UNION ALL SELECT 'spans', count() FROM spans FINAL"
+    ),
+    "trace": (
+        "SELECT trace_id, span_id, parent_span_id, ts, end_ts, duration_ms, app, name, step, "
+        "operation, provider, model, tool_name, agent_name, status, error_type, input_tokens, "
+        "output_tokens, finish_reasons, event_id FROM spans FINAL "
+        "WHERE trace_id = {trace_id:String} ORDER BY ts, span_id LIMIT 10000"
     ),
     "recent_inference": (
         "SELECT event_id, request_id, ts, app, model, model_version, latency_ms, status "

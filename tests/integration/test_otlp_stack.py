@@ -181,6 +181,9 @@ def test_sdk_exporter_agent_trace_lands_in_inference_events_and_spans(
     # content stays out of the spans row's attributes
     assert not any(k.startswith(("gen_ai.input", "gen_ai.prompt.", "retrieval.documents"))
                    for s in spans for k in s["attributes"])
+    steps = stack.get(f"/api/query?name=trace&trace_id={trace_id}")["rows"]
+    assert [r["name"] for r in steps][:2] == ["GET /ask", "invoke_agent helper"]
+    assert len(steps) == 10
     otlp = stack.get("/api/stats")["otlp"]
     assert otlp["genai_spans"] >= 6 and otlp["other_spans"] >= 4
 
