@@ -65,6 +65,7 @@ TOOL_OPERATIONS = frozenset({"execute_tool"})
 AGENT_OPERATIONS = frozenset({"invoke_agent", "create_agent"})
 RETRIEVAL_OPERATIONS = frozenset({"retrieval", "retrieve"})
 
+_KIND_NAMES = {int(v): str(n) for n, v in Span.SpanKind.items()}
 _EVENT_NAMESPACE = uuid.UUID("5b0e6a52-2f9c-4d7e-9a54-4f7c0b1f2d11")
 _MAX_ROW_ATTRS = 64
 _MAX_ROW_VALUE = 1024
@@ -430,8 +431,7 @@ def map_span(span: Span, app: str, scope: str, context: list[str] | None = None,
     row: dict[str, Any] = {
         "trace_id": trace_id, "span_id": span_id, "parent_span_id": parent,
         "ts": start_ns / 1e9, "end_ts": end_ns / 1e9, "duration_ms": latency_ms,
-        "app": app, "name": span.name[:500], "kind": Span.SpanKind.Name(span.kind)
-        if span.kind in Span.SpanKind.values() else str(span.kind),
+        "app": app, "name": span.name[:500], "kind": _KIND_NAMES.get(span.kind, str(span.kind)),
         "scope": scope[:200], "step": step, "operation": op or "",
         "provider": provider, "model": resp_model or req_model,
         "tool_name": _str(attrs.get("gen_ai.tool.name")),
