@@ -177,7 +177,7 @@ class SqlGuard:
     >>> guard.run("SELECT name FROM system.users")
     Traceback (most recent call last):
     ...
-    llmpulse.sqlguard.QueryRefused: table system.users is not an llmpulse table (allowed: inference_events, feedback_events, signals, alerts, deployments, deadletter_events)
+    llmpulse.sqlguard.QueryRefused: table system.users is not an llmpulse table (allowed: inference_events, feedback_events, signals, alerts, deployments, deadletter_events, spans)
     >>> store.close()
     """
 

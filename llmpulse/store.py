@@ -143,6 +143,18 @@ CREATE TABLE IF NOT EXISTS deployments (
 ) ENGINE = ReplacingMergeTree(ts)
 ORDER BY (model, deployment_id, stage)
 """,
+    "deadletter_events": """
+CREATE TABLE IF NOT EXISTS deadletter_events (
+    ts DateTime64(3, 'UTC') DEFAULT now64(3),
+    topic LowCardinality(String),
+    partition UInt32,
+    offset UInt64,
+    reason String,
+    payload String
+) ENGINE = ReplacingMergeTree
+ORDER BY (topic, partition, offset, reason)
+TTL toDateTime(ts) + INTERVAL {ttl} DAY
+""",
     "spans": """
 CREATE TABLE IF NOT EXISTS spans (
     trace_id String,
@@ -173,18 +185,6 @@ CREATE TABLE IF NOT EXISTS spans (
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMMDD(ts)
 ORDER BY (app, trace_id, span_id)
-TTL toDateTime(ts) + INTERVAL {ttl} DAY
-""",
-    "deadletter_events": """
-CREATE TABLE IF NOT EXISTS deadletter_events (
-    ts DateTime64(3, 'UTC') DEFAULT now64(3),
-    topic LowCardinality(String),
-    partition UInt32,
-    offset UInt64,
-    reason String,
-    payload String
-) ENGINE = ReplacingMergeTree
-ORDER BY (topic, partition, offset, reason)
 TTL toDateTime(ts) + INTERVAL {ttl} DAY
 """,
 }
