@@ -101,12 +101,6 @@ NAMED_QUERIES: dict[str, str] = {
         "UNION ALL SELECT 'deadletter_events', count() FROM deadletter_events FINAL "
         "UNION ALL SELECT 'spans', count() FROM spans FINAL"
     ),
-    "trace": (
-        "SELECT trace_id, span_id, parent_span_id, ts, end_ts, duration_ms, app, name, step, "
-        "operation, provider, model, tool_name, agent_name, status, error_type, input_tokens, "
-        "output_tokens, finish_reasons, event_id FROM spans FINAL "
-        "WHERE trace_id = {trace_id:String} ORDER BY ts, span_id LIMIT 10000"
-    ),
     "recent_inference": (
         "SELECT event_id, request_id, ts, app, model, model_version, latency_ms, status "
         "FROM inference_events FINAL ORDER BY ts DESC LIMIT 100"
@@ -119,6 +113,12 @@ NAMED_QUERIES: dict[str, str] = {
         "SELECT quantile(0.5)(dateDiff('millisecond', ts, ingested_at)) AS p50_ms, "
         "quantile(0.99)(dateDiff('millisecond', ts, ingested_at)) AS p99_ms, count() AS n "
         "FROM inference_events WHERE ingested_at > now64(3) - INTERVAL 60 SECOND"
+    ),
+    "trace": (
+        "SELECT trace_id, span_id, parent_span_id, ts, end_ts, duration_ms, app, name, step, "
+        "operation, provider, model, tool_name, agent_name, status, error_type, input_tokens, "
+        "output_tokens, finish_reasons, event_id FROM spans FINAL "
+        "WHERE trace_id = {trace_id:String} ORDER BY ts, span_id LIMIT 10000"
     ),
 }
 
