@@ -1,7 +1,10 @@
 """API tokens, browser sessions and the request guard of llmpulse's HTTP servers.
 
-Two roles: ``read`` (queries, dashboards, stats) and ``admin`` (deploy,
-rollback, retrain, erase, rule reload; admin implies read). A token is 256
+Three roles: ``read`` (queries, dashboards, stats), ``ingest`` (write
+OpenTelemetry spans to ``POST /v1/traces`` and nothing else: the token an
+instrumented app holds can neither read what others sent nor act) and
+``admin`` (deploy, rollback, retrain, erase, rule reload; admin implies the
+others). A token is 256
 random bits (``lp_`` + URL-safe base64), shown once when created and stored
 only as its SHA-256. A fast hash is enough here: a slow password hash
 (bcrypt, argon2) protects low-entropy secrets from guessing, and nobody
@@ -67,6 +70,7 @@ from llmpulse.secret import Secret, scrub
 
 __all__ = [
     "ADMIN",
+    "INGEST",
     "CLIENT_TOKEN_ENV",
     "CLIENT_TOKEN_FILE_ENV",
     "LOGIN_CODE_PATH",
@@ -100,8 +104,9 @@ __all__ = [
 log = logging.getLogger("llmpulse.auth")
 
 READ = "read"
+INGEST = "ingest"
 ADMIN = "admin"
-ROLES = (READ, ADMIN)
+ROLES = (READ, INGEST, ADMIN)
 SESSION_COOKIE = "llmpulse_session"
 TOKENS_FILE_ENV = "LLMPULSE_TOKENS_FILE"
 CLIENT_TOKEN_ENV = "LLMPULSE_TOKEN"
@@ -116,6 +121,13 @@ PUBLIC_PATHS = frozenset({LOGIN_PATH, "/health"})
 """No credential needed: the login page and its redeeming POST (the code is the
 credential), and ``/health`` (one word for probes, which carry no token)."""
 ADMIN_PREFIXES = ("/api/admin/", "/admin/")
+INGEST_PATHS = frozenset({"/v1/traces"})
+"""OTLP/HTTP: written by instrumented apps with an ``ingest`` (or ``admin``) token."""
+ROUTE_CHECKED_BODIES = frozenset({"/v1/traces"})
+"""Paths whose handler checks the body's content type itself: the OTLP receiver
+takes protobuf as well as JSON, answers every other type 415 before reading
+anything into the pipeline, and counts and dead-letters the refusal. The
+Origin, Sec-Fetch-Site and credential checks apply there as everywhere."""
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 JSON_ONLY = frozenset({"application/json"})
 
@@ -387,11 +399,13 @@ def route_role(path: str) -> str | None:
 
     >>> route_role("/api/query"), route_role("/api/admin/erase"), route_role("/admin/swap")
     ('read', 'admin', 'admin')
-    >>> route_role("/login"), route_role("/dashboards/overview")
-    (None, 'read')
+    >>> route_role("/login"), route_role("/dashboards/overview"), route_role("/v1/traces")
+    (None, 'read', 'ingest')
     """
     if path in PUBLIC_PATHS:
         return None
+    if path in INGEST_PATHS:
+        return INGEST
     if path.startswith(ADMIN_PREFIXES):
         return ADMIN
     return READ
@@ -634,7 +648,7 @@ class ApiGuard:
         if site in ("cross-site", "same-site") and not _is_navigation(request):
             return self._refuse(request, 403, "cross-site requests are refused",
                                 f"Sec-Fetch-Site {site}")
-        if request.method in UNSAFE_METHODS:
+        if request.method in UNSAFE_METHODS and request.path not in ROUTE_CHECKED_BODIES:
             allowed = self.body_types.get(request.path, JSON_ONLY)
             if request.content_type not in allowed:
                 return self._refuse(request, 415,

@@ -17,7 +17,8 @@ from llmpulse.config import ConfigError, load_settings
 
 __all__ = ["main"]
 
-BENCHES = ("shim", "ingest", "detectors", "engine", "pipeline", "fault", "serving", "retrain", "redact")
+BENCHES = ("shim", "ingest", "detectors", "engine", "pipeline", "fault", "serving", "retrain", "redact",
+           "otlp")
 
 
 def _settings(args: argparse.Namespace):

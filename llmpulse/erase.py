@@ -264,6 +264,7 @@ def scrub(value: Any, needles: Iterable[str], texts: Iterable[str] = ()) -> tupl
 class _Targets:
     request_ids: set[str] = field(default_factory=set)
     event_ids: set[str] = field(default_factory=set)
+    trace_ids: set[str] = field(default_factory=set)
     feedback_ids: set[str] = field(default_factory=set)
     users: tuple[str, ...] = ()
     texts: set[str] = field(default_factory=set)
@@ -307,9 +308,12 @@ def _resolve(store: Any, req: ErasureRequest, key: bytes | str | None) -> _Targe
         cond, params = "user IN {u:Array(String)}" + _time_cond(req), _params(req, u=list(t.users))
     else:
         cond, params = "app = {app:String}" + _time_cond(req), _params(req, app=req.app)
-    rows = store.query(f"SELECT request_id, event_id FROM inference_events WHERE {cond}", params)
+    rows = store.query(
+        f"SELECT request_id, event_id, trace_id FROM inference_events WHERE {cond}", params)
     t.request_ids |= {r["request_id"] for r in rows}
     t.event_ids |= {r["event_id"] for r in rows}
+    # a traced request's other steps (retrievals with their documents, tool calls)
+    t.trace_ids |= {r["trace_id"] for r in rows if r["trace_id"]}
     # the texts only serve to find quotes of them (details, report files); a detail
     # item also names its event id, so a sample bounds memory for a whole app
     t.texts |= _texts(store.query(
@@ -442,15 +446,19 @@ def erase(
     report.request_ids = frozenset(t.request_ids)
     touched: set[str] = set()
     tables = ("inference_events", "feedback_events", "request_index", "deadletter_events",
-              "signals", "alerts")
+              "signals", "alerts", "spans")
     before = _active_parts(store, tables)
     rids = _KeyTable(store, "k String")
     fids = _KeyTable(store, "k String")
+    sids = _KeyTable(store, "k String")
     dl = _KeyTable(store, "topic String, partition UInt32, offset UInt64")
     try:
         rids.fill([{"k": r} for r in sorted(t.request_ids)])
         fids.fill([{"k": f} for f in sorted(t.feedback_ids)])
+        sids.fill([{"k": k} for k in sorted(t.trace_ids | t.event_ids)])
         in_r = f"request_id IN (SELECT k FROM {rids.name})"
+        _delete(store, "spans", f"trace_id IN (SELECT k FROM {sids.name}) "
+                f"OR event_id IN (SELECT k FROM {sids.name})", {}, True, report, touched)
         _delete(store, "inference_events", in_r, {}, True, report, touched)
         _delete(store, "feedback_events", f"{in_r} OR event_id IN (SELECT k FROM {fids.name})",
                 {}, True, report, touched)
@@ -470,7 +478,7 @@ def erase(
                 f"(topic, partition, offset) IN (SELECT topic, partition, offset FROM {dl.name})",
                 {}, True, report, touched)
     finally:
-        for k in (rids, fids, dl):
+        for k in (rids, fids, sids, dl):
             k.drop()
     _rewrite_details(store, "signals", "app,model,model_version,signal,dimension,ts", t,
                      report, touched)

@@ -239,6 +239,21 @@ def _num_map(ev: Mapping[str, Any], name: str) -> None:
             raise EventError(f"{name}.{k}", "must not be NaN")
 
 
+def _opt_hex(ev: Mapping[str, Any], name: str, nbytes: int) -> None:
+    """OTel ids: lowercase hex of ``nbytes`` bytes (trace 16, span 8), as OTLP/JSON writes them."""
+    v = ev.get(name)
+    if v is None:
+        return
+    if type(v) is not str:
+        raise EventError(name, f"must be a hex string, got {type(v).__name__}")
+    try:
+        raw = bytes.fromhex(v)
+    except ValueError:
+        raise EventError(name, f"must be hex, got {v[:40]!r}") from None
+    if len(raw) != nbytes or v != raw.hex():
+        raise EventError(name, f"must be {2 * nbytes} lowercase hex digits, got {v[:40]!r}")
+
+
 def validate_inference(
     ev: dict[str, Any], *, now_ms: int | None = None, limits: Limits = DEFAULT_LIMITS
 ) -> dict[str, Any]:
@@ -310,6 +325,10 @@ def validate_inference(
             raise EventError("prediction.score", f"must be a number in 0..1, got {sc!r}")
     _str_map(ev, "segment")
     _num_map(ev, "features")
+    if "trace_id" in ev:
+        _opt_hex(ev, "trace_id", 16)
+        _opt_hex(ev, "span_id", 8)
+        _opt_hex(ev, "parent_span_id", 8)
     ev["schema"] = INFERENCE_SCHEMA
     return ev
 

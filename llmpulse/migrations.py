@@ -63,6 +63,7 @@ RETENTION_TABLES: dict[str, tuple[str, str]] = {
     "alerts": ("alerts", "updated_at"),
     "deadletter_events": ("deadletters", "ts"),
     "audit_events": ("audit", "ts"),
+    "spans": ("raw_events", "ts"),
 }
 """Table -> (its key under ``retention:``, the time column its TTL counts from)."""
 
@@ -91,18 +92,23 @@ class Migration:
         return f"{self.version:04d} {self.title}"
 
 
-def _user_column() -> tuple[str, ...]:
+def _add_columns(raw: str, columns: Sequence[tuple[str, str]]) -> tuple[str, ...]:
+    """Add ``columns`` (name, after) as ``String DEFAULT ''`` to a raw table and its
+    ingest entry, and recreate the view between them."""
+    entry = RAW_INGEST[raw]
     stmts: list[str] = []
-    for raw, entry in RAW_INGEST.items():
-        after = "features" if raw == "inference_events" else "comment"
-        stmts += [
-            f"ALTER TABLE {raw} ADD COLUMN IF NOT EXISTS user String DEFAULT '' AFTER {after}",
-            f"ALTER TABLE {entry} ADD COLUMN IF NOT EXISTS user String DEFAULT '' AFTER {after}",
-            # the view's SELECT * was expanded when it was created: recreate it
-            f"DROP VIEW IF EXISTS {entry}_mv",
-        ]
-        stmts += [s for s in _ingest_ddl(raw, entry, 90) if f"VIEW IF NOT EXISTS {entry}_mv" in s]
+    for table in (raw, entry):
+        stmts += [f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} String DEFAULT '' "
+                  f"AFTER {after}" for name, after in columns]
+    # the view's SELECT * was expanded when it was created: recreate it
+    stmts.append(f"DROP VIEW IF EXISTS {entry}_mv")
+    stmts += [s for s in _ingest_ddl(raw, entry, 90) if f"VIEW IF NOT EXISTS {entry}_mv" in s]
     return tuple(stmts)
+
+
+def _user_column() -> tuple[str, ...]:
+    return (_add_columns("inference_events", [("user", "features")])
+            + _add_columns("feedback_events", [("user", "comment")]))
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -112,6 +118,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "prompt removal of parts replaced by an erasure",
         tuple(f"ALTER TABLE {t} MODIFY SETTING {_CLEANUP_SETTINGS}" for t in ERASABLE_TABLES),
     ),
+    Migration(3, "trace ids on inference events", _add_columns(
+        "inference_events",
+        [("trace_id", "user"), ("span_id", "trace_id"), ("parent_span_id", "span_id")])),
+    Migration(4, "prompt removal of span parts replaced by an erasure",
+              (f"ALTER TABLE spans MODIFY SETTING {_CLEANUP_SETTINGS}",)),
 )
 
 

@@ -126,6 +126,7 @@ async def _run(
     main: Callable[[StackContext], Awaitable[int]] | None = None,
 ) -> int:
     from streams.app import IngestStats, build_app
+    from streams.otlp import OTLP_TOPICS
 
     guard = api_guard(settings)  # records to the audit log once the store is open
     data_dir = settings.data_dir
@@ -179,7 +180,7 @@ async def _run(
         try:
             await asyncio.to_thread(
                 create_topics, bootstrap,
-                {t: settings.ingest.partitions for t in (*TOPICS, TOPIC_AUDIT)},
+                {t: settings.ingest.partitions for t in (*TOPICS, TOPIC_AUDIT, *OTLP_TOPICS)},
                 security=settings.kafka_security,
             )
         except BrokerError as exc:
@@ -198,6 +199,7 @@ async def _run(
             "kafka": bootstrap,
             "http": f"http://{settings.http.host}:{web_port}",
             "clickhouse": settings.clickhouse_dsn,
+            "otlp": f"http://{settings.http.host}:{web_port}",
             "pid": os.getpid(),
             "started_at": time.time(),
         }

@@ -69,6 +69,9 @@ CREATE TABLE IF NOT EXISTS inference_events (
     segment Map(LowCardinality(String), String),
     features Map(LowCardinality(String), Float64),
     user String DEFAULT '',
+    trace_id String DEFAULT '',
+    span_id String DEFAULT '',
+    parent_span_id String DEFAULT '',
     ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMMDD(ts)
@@ -169,6 +172,38 @@ CREATE TABLE IF NOT EXISTS audit_events (
 PARTITION BY toYYYYMM(ts)
 ORDER BY (ts, action)
 TTL toDateTime(ts) + INTERVAL 365 DAY
+""",
+    "spans": """
+CREATE TABLE IF NOT EXISTS spans (
+    trace_id String,
+    span_id String,
+    parent_span_id String,
+    ts DateTime64(6, 'UTC'),
+    end_ts DateTime64(6, 'UTC'),
+    duration_ms Float64,
+    app LowCardinality(String),
+    name String,
+    kind LowCardinality(String),
+    scope LowCardinality(String),
+    step LowCardinality(String),
+    operation LowCardinality(String),
+    provider LowCardinality(String),
+    model LowCardinality(String),
+    tool_name LowCardinality(String),
+    agent_name LowCardinality(String),
+    status LowCardinality(String),
+    error_type LowCardinality(String),
+    input_tokens UInt32,
+    output_tokens UInt32,
+    finish_reasons Array(String),
+    response_id String,
+    event_id String,
+    attributes Map(String, String),
+    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMMDD(ts)
+ORDER BY (app, trace_id, span_id)
+TTL toDateTime(ts) + INTERVAL {ttl} DAY
 """,
 }
 

@@ -32,7 +32,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     p = sub.add_parser("create", help="create a token and print it (once)")
     p.add_argument("--name", required=True, help="who or what uses it (shown in the audit trail)")
-    p.add_argument("--role", choices=ROLES, default="read", help="read (default) or admin")
+    p.add_argument("--role", choices=ROLES, default="read",
+                   help="read (default), ingest (OTLP spans only) or admin")
     p = sub.add_parser("list", help="names, roles and creation times (never the tokens)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p = sub.add_parser("revoke", help="remove a token by name")

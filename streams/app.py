@@ -46,6 +46,7 @@ from llmpulse.store import RAW_INGEST, QueryError, Store
 from streams.admin import register_audit_agent, register_erase
 from streams.alerts_agent import AlertAgent, load_rules
 from streams.ingest import DeadLetter, IngestBatch, Message, split_batch
+from streams.otlp import OTLP_TOPICS, SpanIngest, attach_otlp, faust_sender
 from streams.rules import Rules
 from streams.signals import SignalAgents
 from streams.sink import RawSink
@@ -100,7 +101,8 @@ NAMED_QUERIES: dict[str, str] = {
         "UNION ALL SELECT 'signals', count() FROM signals FINAL "
         "UNION ALL SELECT 'alerts', count() FROM alerts FINAL "
         "UNION ALL SELECT 'deployments', count() FROM deployments FINAL "
-        "UNION ALL SELECT 'deadletter_events', count() FROM deadletter_events FINAL"
+        "UNION ALL SELECT 'deadletter_events', count() FROM deadletter_events FINAL "
+        "UNION ALL SELECT 'spans', count() FROM spans FINAL"
     ),
     "recent_inference": (
         "SELECT event_id, request_id, ts, app, model, model_version, latency_ms, status "
@@ -114,6 +116,12 @@ NAMED_QUERIES: dict[str, str] = {
         "SELECT quantile(0.5)(dateDiff('millisecond', ts, ingested_at)) AS p50_ms, "
         "quantile(0.99)(dateDiff('millisecond', ts, ingested_at)) AS p99_ms, count() AS n "
         "FROM inference_events WHERE ingested_at > now64(3) - INTERVAL 60 SECOND"
+    ),
+    "trace": (
+        "SELECT trace_id, span_id, parent_span_id, ts, end_ts, duration_ms, app, name, step, "
+        "operation, provider, model, tool_name, agent_name, status, error_type, input_tokens, "
+        "output_tokens, finish_reasons, event_id FROM spans FINAL "
+        "WHERE trace_id = {trace_id:String} ORDER BY ts, span_id LIMIT 10000"
     ),
 }
 
@@ -302,6 +310,13 @@ def build_app(
     make_agent(TOPIC_INFERENCE, "inference", "inference_events")
     make_agent(TOPIC_FEEDBACK, "feedback", "feedback_events")
 
+    # OTLP: POST /v1/traces and the otlp_spans topic; events go through the ingest above
+    otlp = SpanIngest(faust_sender(app), sink.write, inference_topic=TOPIC_INFERENCE,
+                      deadletter_topic=TOPIC_DEADLETTER, limits=limits,
+                      partitions=settings.ingest.partitions)
+    attach_otlp(app, otlp, batch_messages=settings.ingest.batch_messages,
+                batch_within_s=settings.ingest.batch_within_s, positions=stats.positions)
+
     async def lag() -> dict[str, int]:
         out: dict[str, int] = defaultdict(int)
         try:
@@ -309,7 +324,7 @@ def build_app(
         except Exception:
             return {}
         for tp in assignment:
-            if tp.topic not in (TOPIC_INFERENCE, TOPIC_FEEDBACK, TOPIC_GROUPED):
+            if tp.topic not in (TOPIC_INFERENCE, TOPIC_FEEDBACK, TOPIC_GROUPED, *OTLP_TOPICS):
                 continue
             hw = app.consumer.highwater(tp)
             if hw is None:
@@ -392,6 +407,7 @@ def build_app(
                                        for tp in app.consumer.assignment())
         except Exception:
             out["assignment"] = []
+        out["otlp"] = otlp.stats.as_dict()
         if agents is not None:
             out["signals"] = agents.stats()
         if alert_agent is not None:

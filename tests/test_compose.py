@@ -58,7 +58,7 @@ def _depends(name: str) -> dict[str, Any]:
 
 def test_the_expected_services_exist() -> None:
     assert set(SERVICES) == {"kafka", "clickhouse", "grafana", "worker", "notifier", "retrain",
-                             "serving", "simulator"}
+                             "serving", "simulator", "otel-collector"}
     assert SERVICES["kafka"]["image"].startswith("apache/kafka:")
     assert SERVICES["clickhouse"]["image"].startswith("clickhouse/clickhouse-server:")
     assert SERVICES["grafana"]["image"].startswith("grafana/grafana:")
@@ -217,7 +217,9 @@ def test_simulator_is_a_demo_profile_and_its_command_parses() -> None:
     from llmpulse.cli import build_parser
 
     assert SERVICES["simulator"]["profiles"] == ["demo"]
-    assert all("profiles" not in s for n, s in SERVICES.items() if n != "simulator")
+    assert SERVICES["otel-collector"]["profiles"] == ["otel"]
+    assert all("profiles" not in s for n, s in SERVICES.items()
+               if n not in ("simulator", "otel-collector"))
     parser = build_parser()
     for name in LLMPULSE:
         cmd = _cmd(name)
@@ -283,3 +285,17 @@ def test_clickhouse_system_logs_are_off_or_expire() -> None:
         ttl = el.findtext("ttl") or ""
         m = re.fullmatch(r"event_date \+ INTERVAL (\d+) DAY DELETE", ttl.strip())
         assert m and 0 < int(m.group(1)) <= 30, f"{name}: ttl {ttl!r}"
+
+
+def test_the_collector_exports_to_the_topic_and_broker_the_workers_read() -> None:
+    from streams.otlp import TOPIC_OTLP_SPANS
+
+    config = yaml.safe_load(COMPOSE["configs"]["otelcol-config"]["content"])
+    kafka = config["exporters"]["kafka"]
+    assert kafka["topic"] == TOPIC_OTLP_SPANS
+    assert kafka["encoding"] in ("otlp_proto", "otlp_json")
+    assert kafka["brokers"] == [SERVICES["worker"]["environment"]["LLMPULSE_KAFKA"]]
+    pipeline = config["service"]["pipelines"]["traces"]
+    assert pipeline["exporters"] == ["kafka"] and pipeline["receivers"] == ["otlp"]
+    assert set(pipeline["processors"]) <= set(config["processors"])
+    assert "worker" in _depends("otel-collector")

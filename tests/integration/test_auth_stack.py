@@ -255,6 +255,6 @@ def test_bad_tokens_file_stops_up_naming_the_file_and_key(tmp_path: Path) -> Non
     up = subprocess.run([sys.executable, "-m", "llmpulse.cli", "up"], env=stack_env(data),
                         cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
     assert up.returncode == 2
-    assert f"{bad}: tokens[0].role: must be one of read, admin" in up.stderr, up.stderr
+    assert f"{bad}: tokens[0].role: must be one of read, ingest, admin" in up.stderr, up.stderr
 
 

@@ -1,0 +1,200 @@
+"""OTLP benchmark: spans/s from an OTLP/HTTP request to stored rows, and lag.
+
+Starts ``llmpulse up`` (embedded broker and store) in a subprocess, then
+POSTs protobuf export requests to ``/v1/traces`` from sender threads in this
+process (persistent connections, as an exporter keeps them), as fast as they
+go, for small batches (10 spans a request) and large ones (512, the SDK's
+``BatchSpanProcessor`` default). Every span is a GenAI chat span with
+prompt, response and token counts from the simulator's support-app traffic,
+stamped with its end time when its request is built; so every span costs an
+inference event and a ``spans`` row.
+
+Figures, per batch size:
+
+* spans/s: ``spans`` rows stored per second, from the first span's end time
+  to the last row's ``ingested_at``;
+* lag: ``ingested_at - ts`` of the inference events (end of the span to the
+  row in ``inference_events``, through ``llmpulse.inference`` and the ingest
+  agent), p50 / p99;
+* baseline: the same stack's shim figure is ``llmpulse bench ingest``.
+
+    python -m llmpulse.bench.otlp --json otlp.json [--seconds 15] [--senders 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from llmpulse.bench._stack import event_pool, finish, post_sql, running_stack, stack_stats
+
+__all__ = ["format_table", "run"]
+
+
+def _request(pool: list[dict[str, Any]], start: int, n: int, app: str, seq: int) -> bytes:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.attributes.add(key="service.name").value.string_value = app
+    spans = rs.scope_spans.add().spans
+    now = time.time_ns()
+    for i in range(n):
+        ev = pool[(start + i) % len(pool)]
+        s = spans.add()
+        s.trace_id = seq.to_bytes(8, "big") + i.to_bytes(8, "big")
+        s.span_id = (i + 1).to_bytes(8, "big")
+        s.name = "chat " + ev["model"]
+        s.kind = 3
+        s.end_time_unix_nano = now
+        s.start_time_unix_nano = now - int(ev["latency_ms"] * 1e6)
+        a = s.attributes
+        a.add(key="gen_ai.operation.name").value.string_value = "chat"
+        a.add(key="gen_ai.provider.name").value.string_value = "openai"
+        a.add(key="gen_ai.request.model").value.string_value = ev["model"]
+        a.add(key="gen_ai.response.model").value.string_value = ev["model_version"]
+        a.add(key="gen_ai.usage.input_tokens").value.int_value = ev["input_tokens"]
+        a.add(key="gen_ai.usage.output_tokens").value.int_value = ev["output_tokens"]
+        a.add(key="gen_ai.prompt.0.content").value.string_value = ev.get("prompt") or ""
+        a.add(key="gen_ai.completion.0.content").value.string_value = ev.get("response") or ""
+    return req.SerializeToString()
+
+
+def _sender(url: str, pool: list[dict[str, Any]], batch: int, app: str, stop_at: float,
+            seq0: int, out: dict[str, int], lock: threading.Lock) -> None:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+    sent = failed = 0
+    seq = seq0
+    while time.monotonic() < stop_at:
+        body = _request(pool, seq * batch, batch, app, seq)
+        seq += 1
+        conn.request("POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"})
+        r = conn.getresponse()
+        r.read()
+        if r.status == 200:
+            sent += batch
+        else:
+            failed += batch
+    conn.close()
+    with lock:
+        out["sent"] += sent
+        out["failed"] += failed
+
+
+def _measure(http_url: str, app: str, sent: int, timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    stored = 0
+    while time.monotonic() < deadline:
+        stored = post_sql(http_url, f"SELECT count() AS n FROM spans WHERE app = '{app}'")[0]["n"]
+        events = post_sql(http_url, "SELECT count() AS n FROM inference_events "
+                          f"WHERE app = '{app}'")[0]["n"]
+        if stored >= sent and events >= sent:
+            break
+        time.sleep(0.5)
+    spans = post_sql(http_url, (
+        "SELECT count() AS n, toUnixTimestamp64Milli(min(end_ts)) AS first_ts, "
+        "toUnixTimestamp64Milli(max(ingested_at)) AS last_in, "
+        "quantile(0.99)(dateDiff('millisecond', end_ts, ingested_at)) AS p99 "
+        f"FROM spans FINAL WHERE app = '{app}'"))[0]
+    ev = post_sql(http_url, (
+        "SELECT count() AS n, quantile(0.5)(dateDiff('millisecond', ts, ingested_at)) AS p50, "
+        "quantile(0.99)(dateDiff('millisecond', ts, ingested_at)) AS p99, "
+        "max(dateDiff('millisecond', ts, ingested_at)) AS mx, "
+        "toUnixTimestamp64Milli(max(ingested_at)) AS last_in "
+        f"FROM inference_events FINAL WHERE app = '{app}'"))[0]
+    span_s = max(1e-3, (max(spans["last_in"], ev["last_in"]) - spans["first_ts"]) / 1000.0)
+    return {
+        "spans_stored": int(spans["n"]),
+        "events_stored": int(ev["n"]),
+        "lost": sent - min(int(spans["n"]), int(ev["n"])),
+        "spans_per_s": spans["n"] / span_s,
+        "span_row_lag_p99_ms": float(spans["p99"]),
+        "lag_p50_ms": float(ev["p50"]),
+        "lag_p99_ms": float(ev["p99"]),
+        "lag_max_ms": float(ev["mx"]),
+        "span_s": span_s,
+    }
+
+
+def run(quick: bool = False, seconds: float | None = None, senders: int = 3) -> dict[str, Any]:
+    seconds = seconds or (3.0 if quick else 15.0)
+    tmp = Path(tempfile.mkdtemp(prefix="llmpulse-bench-otlp-"))
+    runs: dict[str, Any] = {}
+    try:
+        with running_stack(tmp, "signals:\n  enabled: true\n") as ep:
+            pool = event_pool(2_000 if quick else 10_000)
+            url = ep.get("otlp") or ep["http"]
+            # warm up: first connections, topic metadata, the first inserts
+            _sender(url, pool, 10, "bench-otlp-warm", time.monotonic() + 1.0, 1, {"sent": 0,
+                    "failed": 0}, threading.Lock())
+            for batch in (10, 512):
+                app = f"bench-otlp-{batch}-{int(time.time())}"
+                out = {"sent": 0, "failed": 0}
+                lock = threading.Lock()
+                stop_at = time.monotonic() + seconds
+                t0 = time.monotonic()
+                threads = [threading.Thread(target=_sender, args=(
+                    url, pool, batch, app, stop_at, (k + 1) * 10_000_000 + batch, out, lock))
+                    for k in range(senders)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                send_s = time.monotonic() - t0
+                m = _measure(ep["http"], app, out["sent"])
+                runs[f"batch_{batch}"] = {"batch": batch, "seconds": seconds, "senders": senders,
+                                          "sent": out["sent"], "failed": out["failed"],
+                                          "send_rate": out["sent"] / send_s, **m}
+            worker = stack_stats(ep["http"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "benchmark": "otlp",
+        "machine": {"cpus": os.cpu_count()},
+        "goal": {"spans_per_s": 20_000, "lag_p99_ms": 2000},
+        "runs": runs,
+        "otlp": worker.get("otlp"),
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [
+        "otlp: OTLP/HTTP protobuf -> receiver -> broker -> worker -> store (embedded stack, "
+        "this machine; every span a GenAI chat span with content)",
+        f"{'batch':>6}{'sent/s':>10}{'spans/s':>10}{'stored':>10}{'lost':>6}{'failed':>8}"
+        f"{'lag p50 ms':>12}{'lag p99 ms':>12}{'lag max ms':>12}",
+    ]
+    for r in result["runs"].values():
+        lines.append(
+            f"{r['batch']:>6}{r['send_rate']:>10.0f}{r['spans_per_s']:>10.0f}"
+            f"{r['spans_stored']:>10}{r['lost']:>6}{r['failed']:>8}{r['lag_p50_ms']:>12.0f}"
+            f"{r['lag_p99_ms']:>12.0f}{r['lag_max_ms']:>12.0f}")
+    g = result["goal"]
+    lines.append(f"goal: >= {g['spans_per_s']} spans/s sustained, lag p99 <= {g['lag_p99_ms']} ms")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seconds", type=float, default=None)
+    ap.add_argument("--senders", type=int, default=3)
+    a = ap.parse_args()
+    return finish(run(quick=a.quick, seconds=a.seconds, senders=a.senders), format_table, a.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

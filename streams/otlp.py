@@ -1,0 +1,476 @@
+"""The OTLP receiver: ``POST /v1/traces`` on the API server, and the ``otlp_spans`` topic.
+
+Both entries share one path (:class:`SpanIngest`): decode the export
+request, map it (:mod:`streams.otlp_mapping`), send the inference events to
+``llmpulse.inference`` (so the ingest agent validates and stores them like
+any producer's) and every span's row to ``llmpulse.spans`` (an agent stores
+them in batches in the ``spans`` table), and dead-letter what is refused
+(``llmpulse.deadletter`` and ``deadletter_events``, with the reason). A
+request is answered once the broker holds its events and rows: a slow store
+holds them up in the broker, not in the receiver.
+
+OTLP/HTTP answers (https://opentelemetry.io/docs/specs/otlp/#otlphttp):
+
+* 200 with an ``ExportTraceServiceResponse`` in the request's encoding;
+  ``partial_success`` carries the number of spans rejected and why;
+* 400 malformed protobuf or JSON, 413 a body over
+  :attr:`ReceiverLimits.max_body_bytes` (after gzip), 415 a content type
+  other than ``application/x-protobuf`` or ``application/json``; the body is
+  a ``google.rpc.Status``;
+* 503 with ``Retry-After`` when the broker does not take the data within
+  :attr:`ReceiverLimits.timeout_s` (exporters retry; event ids and span rows
+  are deterministic, so a retry stores no duplicate).
+
+The Kafka path reads what the OpenTelemetry Collector's Kafka exporter
+writes: one ``ExportTraceServiceRequest`` per message, ``otlp_proto`` or
+``otlp_json`` (told apart by the first byte: a JSON object starts with
+``{``, which no valid protobuf export request does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+import zlib
+from collections import OrderedDict, defaultdict
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+from llmpulse.events import DEFAULT_LIMITS, Limits, split_envelope
+from streams.ingest import DeadLetter
+from streams.otlp_mapping import MappedRequest, OtlpDecodeError, decode_traces, map_request
+
+__all__ = [
+    "OTLP_HTTP_SOURCE",
+    "OTLP_TOPICS",
+    "ReceiverLimits",
+    "RecentDocuments",
+    "SpanIngest",
+    "SpanStats",
+    "TOPIC_OTLP_SPANS",
+    "attach_otlp",
+    "encoding_of",
+    "envelopes",
+    "rpc_status",
+]
+
+log = logging.getLogger(__name__)
+
+TOPIC_OTLP_SPANS = "otlp_spans"
+"""The OTel Collector Kafka exporter's default traces topic."""
+TOPIC_SPAN_ROWS = "llmpulse.spans"
+"""Internal: mapped ``spans`` rows (NDJSON envelopes) on their way to the store."""
+OTLP_TOPICS = (TOPIC_OTLP_SPANS, TOPIC_SPAN_ROWS)
+OTLP_HTTP_SOURCE = "otlp_http"
+"""The ``topic`` of dead letters refused by the HTTP receiver (their ``offset``
+is the receive time in nanoseconds, unique per receiver)."""
+
+CONTENT_TYPES = {"application/x-protobuf": "otlp_proto", "application/json": "otlp_json"}
+_RESPONSE_TYPES = {"otlp_proto": "application/x-protobuf", "otlp_json": "application/json"}
+_DEAD_PAYLOAD_BYTES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverLimits:
+    """Limits of the OTLP/HTTP receiver."""
+
+    max_body_bytes: int = 8 * 1024 * 1024
+    """Largest request body, counted after gzip decompression (413 above it)."""
+    timeout_s: float = 10.0
+    """How long a request may wait for the broker and the store before a 503."""
+
+
+@dataclass
+class SpanStats:
+    """Counters of both OTLP entries, served under ``otlp`` at ``/api/stats``."""
+
+    requests: int = 0
+    spans: int = 0
+    genai_spans: int = 0
+    other_spans: int = 0
+    rejected_spans: int = 0
+    rows_stored: int = 0
+    refused: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """Refused requests or messages by HTTP status (or ``kafka``)."""
+
+    def record(self, mapped: MappedRequest) -> None:
+        self.requests += 1
+        self.spans += mapped.total
+        self.genai_spans += mapped.genai
+        self.other_spans += mapped.other
+        self.rejected_spans += len(mapped.rejected)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "spans": self.spans, "genai_spans": self.genai_spans,
+                "other_spans": self.other_spans, "rejected_spans": self.rejected_spans,
+                "rows_stored": self.rows_stored,
+                "refused": dict(self.refused)}
+
+
+def encoding_of(value: bytes) -> str:
+    """The Collector encoding of a Kafka message.
+
+    >>> encoding_of(b' {"resourceSpans": []}'), encoding_of(bytes([10, 0]))
+    ('otlp_json', 'otlp_proto')
+    """
+    return "otlp_json" if value.lstrip()[:1] == b"{" else "otlp_proto"
+
+
+def rpc_status(code: int, message: str) -> bytes:
+    """A ``google.rpc.Status`` (``code`` = field 1, ``message`` = field 2) in protobuf.
+
+    >>> rpc_status(3, "bad")
+    b'\\x08\\x03\\x12\\x03bad'
+    """
+    msg = message.encode("utf-8")
+    return b"\x08" + _varint(code) + b"\x12" + _varint(len(msg)) + msg
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+SHIM_BUCKETS = 64
+"""The client shim's default ``buckets``. Events are keyed as the shim keys them and
+sent to the partition librdkafka's default partitioner (CRC-32 of the key) picks
+for that key, so the feedback an app sends through the shim for an OTel-sourced
+request (``request_id`` = trace id) lands on the partition of its inference."""
+ENVELOPE_MAX_BYTES = 512 << 10
+
+
+def shim_partition(key: bytes, partitions: int) -> int:
+    """The partition librdkafka's default ``consistent_random`` partitioner picks.
+
+    >>> [shim_partition(key, 8) for key in (b"0", b"1", b"49")]
+    [1, 7, 0]
+    """
+    return zlib.crc32(key) % partitions
+
+
+def envelopes(events: list[dict[str, Any]], *, buckets: int = SHIM_BUCKETS,
+              max_bytes: int = ENVELOPE_MAX_BYTES, key_field: str = "request_id",
+              partitions: int | None = None) -> list[tuple[bytes, bytes, int | None]]:
+    """(key, NDJSON value, partition) messages for ``events``, keyed as the shim keys them.
+
+    An event's key is its bucket, CRC-32 of ``key_field`` modulo ``buckets``,
+    as ASCII digits. Without ``partitions`` an envelope holds one bucket's
+    events and the producer picks the partition from the key; with them it
+    holds the events of every bucket that :func:`shim_partition` puts on one
+    partition (fewer, larger messages), sent to that partition explicitly.
+    An envelope is at most ``max_bytes``.
+
+    >>> evs = [{"request_id": "r1", "n": 1}, {"request_id": "r2", "n": 2},
+    ...        {"request_id": "r1", "n": 3}]
+    >>> [(k, v.count(b"\\n") + 1, p) for k, v, p in envelopes(evs)]
+    [(b'49', 2, None), (b'11', 1, None)]
+    >>> [(k, v.count(b"\\n") + 1, p) for k, v, p in envelopes(evs, partitions=2)]
+    [(b'49', 2, 0), (b'11', 1, 1)]
+    >>> len(envelopes(evs, max_bytes=30))
+    3
+    """
+    crc = zlib.crc32
+    keys = [str(b).encode() for b in range(buckets)]
+    part_of = [shim_partition(k, partitions) for k in keys] if partitions else None
+    out: list[tuple[bytes, bytes, int | None]] = []
+    open_: dict[int, tuple[bytes, list[bytes], int]] = {}
+    for ev in events:
+        b = crc(ev[key_field].encode()) % buckets
+        slot = part_of[b] if part_of is not None else b
+        line = orjson.dumps(ev)
+        key, lines, size = open_.get(slot, (keys[b], [], 0))
+        if lines and size + len(line) + 1 > max_bytes:
+            out.append((key, b"\n".join(lines), slot if part_of is not None else None))
+            key, lines, size = keys[b], [], 0
+        lines.append(line)
+        open_[slot] = (key, lines, size + len(line) + 1)
+    out.extend((key, b"\n".join(lines), slot if part_of is not None else None)
+               for slot, (key, lines, _) in open_.items())
+    return out
+
+
+Send = Callable[[str, bytes, bytes | None, list[tuple[str, bytes]] | None, int | None],
+                Awaitable[Any]]
+"""``send(topic, value, key, headers, partition)``: produce; returns an awaitable of the ack."""
+Write = Callable[[str, list[bytes]], Awaitable[list[tuple[int, str]]]]
+"""``write(table, lines)``: store JSONEachRow lines; (index, reason) of rows the store refused."""
+
+
+class RecentDocuments(MutableMapping[str, list[str]]):
+    """Documents retrieved per trace, for model calls exported after their retrieval.
+
+    Bounded: the oldest traces go first past ``max_traces``, and a trace is
+    forgotten ``ttl_s`` after it was last written. In memory, per worker: the
+    Collector keeps a trace on one partition with ``partition_traces_by_id``.
+
+    >>> now = [0.0]
+    >>> docs = RecentDocuments(max_traces=2, ttl_s=60, clock=lambda: now[0])
+    >>> docs["a"] = ["x"]; docs["b"] = ["y"]; docs["c"] = ["z"]
+    >>> sorted(docs), docs.get("c")
+    (['b', 'c'], ['z'])
+    >>> now[0] = 61.0; docs.get("c") is None
+    True
+    """
+
+    def __init__(self, *, max_traces: int = 10_000, ttl_s: float = 600.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_traces = max_traces
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._items: OrderedDict[str, tuple[float, list[str]]] = OrderedDict()
+
+    def __getitem__(self, key: str) -> list[str]:
+        stamp, docs = self._items[key]
+        if self.clock() - stamp > self.ttl_s:
+            del self._items[key]
+            raise KeyError(key)
+        return docs
+
+    def __setitem__(self, key: str, value: list[str]) -> None:
+        self._items.pop(key, None)
+        self._items[key] = (self.clock(), value)
+        while len(self._items) > self.max_traces:
+            self._items.popitem(last=False)
+
+    def __delitem__(self, key: str) -> None:
+        del self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class SpanIngest:
+    """Decode, map, publish and store one OTLP export request (either entry)."""
+
+    def __init__(self, send: Send, write: Write, *, inference_topic: str, deadletter_topic: str,
+                 rows_topic: str = TOPIC_SPAN_ROWS,
+                 limits: Limits = DEFAULT_LIMITS, stats: SpanStats | None = None,
+                 partitions: int | None = None) -> None:
+        self.send = send
+        self.write = write
+        self.inference_topic = inference_topic
+        self.deadletter_topic = deadletter_topic
+        self.rows_topic = rows_topic
+        self.limits = limits
+        self.stats = stats or SpanStats()
+        self.documents = RecentDocuments()
+        self.partitions = partitions
+        """Partitions of the inference topic (None: leave it to the producer)."""
+        self._offsets = itertools.count(time.time_ns())
+
+    def next_offset(self) -> int:
+        """A unique offset for a dead letter that has no Kafka offset (HTTP)."""
+        return max(next(self._offsets), time.time_ns())
+
+    async def ingest(self, body: bytes, encoding: str, *, source: str, partition: int = 0,
+                     offset: int | None = None) -> MappedRequest:
+        """Map ``body`` and hand the results on; :class:`OtlpDecodeError` when it is no
+        export request (the caller answers or dead-letters it)."""
+        req = decode_traces(body, encoding)
+        mapped = map_request(req, limits=self.limits, known_documents=self.documents)
+        for trace, docs in mapped.documents.items():
+            self.documents[trace] = (self.documents.get(trace, []) + docs)[
+                : self.limits.max_context_passages]
+        acks: list[Awaitable[Any]] = []
+        n = self.partitions
+        for key, value, part in envelopes(mapped.events, partitions=n):
+            acks.append(await self.send(self.inference_topic, value, key, None, part))
+        for key, value, part in envelopes(mapped.spans, key_field="trace_id", partitions=n):
+            acks.append(await self.send(self.rows_topic, value, key, None, part))
+        dead = [DeadLetter(r.payload, f"span {r.trace_id}/{r.span_id}: {r.reason}", source,
+                           partition, offset if offset is not None else self.next_offset())
+                for r in mapped.rejected]
+        await self.dead_letter(dead, acks)
+        for a in acks:
+            await a
+        self.stats.record(mapped)
+        return mapped
+
+    async def refuse(self, payload: bytes, reason: str, *, source: str, status: str,
+                     partition: int = 0, offset: int | None = None) -> None:
+        """Count and dead-letter a request or message refused as a whole."""
+        self.stats.refused[status] += 1
+        off = offset if offset is not None else self.next_offset()
+        acks: list[Awaitable[Any]] = []
+        await self.dead_letter(
+            [DeadLetter(payload[:_DEAD_PAYLOAD_BYTES], reason, source, partition, off)], acks)
+        for a in acks:
+            await a
+
+    async def dead_letter(self, dead: list[DeadLetter], acks: list[Awaitable[Any]]) -> None:
+        if not dead:
+            return
+        for d in dead:
+            acks.append(await self.send(self.deadletter_topic, d.payload, None, d.headers(), None))
+        await self.write("deadletter_events", [orjson.dumps(d.row()) for d in dead])
+
+
+# -- HTTP ------------------------------------------------------------------------------------
+
+
+def _response(web: Any, encoding: str, mapped: MappedRequest) -> Any:
+    resp = ExportTraceServiceResponse()
+    if mapped.rejected:
+        resp.partial_success.rejected_spans = len(mapped.rejected)
+        reasons = sorted({r.reason for r in mapped.rejected})
+        resp.partial_success.error_message = (
+            f"{len(mapped.rejected)} span(s) rejected: " + "; ".join(reasons[:5]))[:1000]
+    if encoding == "otlp_json":
+        return web.bytes(json_format.MessageToJson(resp, indent=None).encode(),
+                         content_type="application/json")
+    return web.bytes(resp.SerializeToString(), content_type="application/x-protobuf")
+
+
+def _error(web: Any, encoding: str | None, status: int, message: str,
+           headers: dict[str, str] | None = None) -> Any:
+    code = {400: 3, 413: 8, 415: 3, 503: 14}.get(status, 2)  # google.rpc.Code
+    if encoding == "otlp_proto":
+        return web.bytes(rpc_status(code, message), content_type="application/x-protobuf",
+                         status=status, headers=headers)
+    return web.bytes(orjson.dumps({"code": code, "message": message}),
+                     content_type="application/json", status=status, headers=headers)
+
+
+async def _read_body(request: Any, limit: int) -> bytes | None:
+    """The (decompressed) body, or None when it is larger than ``limit``."""
+    n = request.content_length
+    if n is not None and n > limit:
+        return None
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.content.iter_chunked(256 * 1024):
+        total += len(chunk)
+        if total > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def attach_otlp(app: Any, ingest: SpanIngest, *, limits: ReceiverLimits = ReceiverLimits(),
+                batch_messages: int = 100, batch_within_s: float = 0.2,
+                positions: dict[tuple[str, int], int] | None = None) -> None:
+    """Register ``POST /v1/traces`` and the agents of ``otlp_spans`` and the span rows
+    on a Faust app. ``positions`` gets the next offset per (topic, partition) once a
+    message is done (the worker's lag, which shutdown drains to zero)."""
+    done = positions if positions is not None else {}
+    import faust
+
+    async def refuse(payload: bytes, reason: str, status: str) -> None:
+        try:
+            await asyncio.wait_for(ingest.refuse(payload, reason, source=OTLP_HTTP_SOURCE,
+                                                 status=status), limits.timeout_s)
+        except TimeoutError:  # the answer goes out anyway; the count is kept
+            log.warning("dead letter not stored in %g s: %s", limits.timeout_s, reason[:200])
+
+    @app.page("/v1/traces")
+    class TracesView(faust.web.View):
+        """OTLP/HTTP traces (see the module docstring for the answers)."""
+
+        async def post(self, request: Any) -> Any:
+            encoding = CONTENT_TYPES.get(request.content_type)
+            if encoding is None:
+                ctype = request.content_type[:100]
+                await refuse(ctype.encode(), f"unsupported content type {ctype!r}", "415")
+                return _error(self, None, 415, "Content-Type must be application/x-protobuf "
+                              "or application/json")
+            try:
+                body = await _read_body(request, limits.max_body_bytes)
+            except Exception as exc:  # a broken gzip stream, a dropped connection
+                reason = f"unreadable body: {type(exc).__name__}: {str(exc)[:200]}"
+                await refuse(b"", reason, "400")
+                return _error(self, encoding, 400, reason)
+            if body is None:
+                reason = f"body larger than {limits.max_body_bytes} bytes"
+                await refuse(b"", reason, "413")
+                return _error(self, encoding, 413, reason)
+            try:
+                mapped = await asyncio.wait_for(
+                    ingest.ingest(body, encoding, source=OTLP_HTTP_SOURCE), limits.timeout_s)
+            except OtlpDecodeError as exc:
+                await refuse(body, str(exc), "400")
+                return _error(self, encoding, 400, str(exc))
+            except TimeoutError:
+                ingest.stats.refused["503"] += 1
+                return _error(self, encoding, 503, "the broker or store is slow; retry",
+                              headers={"Retry-After": "5"})
+            return _response(self, encoding, mapped)
+
+    topic = app.topic(TOPIC_OTLP_SPANS, value_serializer="raw", key_serializer="raw")
+
+    async def ingest_otlp_spans(stream: Any) -> None:
+        async for events in stream.take_events(batch_messages, within=batch_within_s):
+            for ev in events:
+                value = ev.value
+                m = ev.message
+                if not value:
+                    done[(m.topic, m.partition)] = m.offset + 1
+                    continue
+                try:
+                    await ingest.ingest(value, encoding_of(value), source=m.topic,
+                                        partition=m.partition, offset=m.offset)
+                except OtlpDecodeError as exc:
+                    await ingest.refuse(value, str(exc), source=m.topic, status="kafka",
+                                        partition=m.partition, offset=m.offset)
+                except Exception as exc:  # one message must not stop the partition behind it
+                    log.exception("otlp_spans %s:%s: mapping failed", m.partition, m.offset)
+                    await ingest.refuse(value, f"mapping failed: {type(exc).__name__}: {exc}"[:500],
+                                        source=m.topic, status="kafka", partition=m.partition,
+                                        offset=m.offset)
+                done[(m.topic, m.partition)] = m.offset + 1
+
+    app.agent(topic, name="llmpulse.ingest_otlp_spans")(ingest_otlp_spans)
+
+    rows_topic = app.topic(ingest.rows_topic, value_serializer="raw", key_serializer="raw")
+
+    async def store_span_rows(stream: Any) -> None:
+        async for events in stream.take_events(batch_messages, within=batch_within_s):
+            lines: list[bytes] = []
+            sources: list[Any] = []
+            for ev in events:
+                for line in split_envelope(ev.value or b""):
+                    lines.append(line)
+                    sources.append(ev.message)
+            dead = [DeadLetter(lines[i], reason, sources[i].topic, sources[i].partition,
+                               sources[i].offset)
+                    for i, reason in await ingest.write("spans", lines)]
+            if dead:
+                acks: list[Awaitable[Any]] = []
+                await ingest.dead_letter(dead, acks)
+                for a in acks:
+                    await a
+            ingest.stats.rows_stored += len(lines) - len(dead)
+            for ev in events:
+                done[(ev.message.topic, ev.message.partition)] = ev.message.offset + 1
+
+    app.agent(rows_topic, name="llmpulse.store_span_rows")(store_span_rows)
+
+
+def faust_sender(app: Any) -> Send:
+    """:data:`Send` over a Faust app's producer."""
+    topics: dict[str, Any] = {}
+
+    async def send(topic: str, value: bytes, key: bytes | None,
+                   headers: list[tuple[str, bytes]] | None, partition: int | None) -> Any:
+        t = topics.get(topic)
+        if t is None:
+            t = topics[topic] = app.topic(topic, value_serializer="raw", key_serializer="raw")
+        return await t.send(key=key, value=value, headers=headers, partition=partition)
+
+    return send

@@ -1,0 +1,549 @@
+"""OpenTelemetry traces in, llmpulse inference events and span rows out. No Faust here.
+
+:func:`decode_traces` turns an OTLP ``ExportTraceServiceRequest`` (protobuf,
+or the OTLP/JSON mapping with hex ids) into the protobuf message;
+:func:`map_request` maps every span. A span that is a GenAI model call
+(``gen_ai.operation.name`` ``chat`` / ``text_completion`` /
+``generate_content`` / ``embeddings``, or an older span that names a GenAI
+system or model) becomes one ``inference/v1`` event, checked by the
+contract's own validator; every span (GenAI or not) becomes one row of the
+``spans`` table. A span whose event breaks the contract is rejected with the
+reason (the receiver answers it as ``partial_success`` and dead-letters it).
+The mapping, row by row, is the table in ``docs/otlp.md``.
+
+>>> from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+>>> req = ExportTraceServiceRequest()
+>>> rs = req.resource_spans.add()
+>>> rs.resource.attributes.add(key="service.name").value.string_value = "support"
+>>> span = rs.scope_spans.add().spans.add(trace_id=bytes(range(1, 17)), span_id=bytes(range(1, 9)),
+...     name="chat gpt-4o", start_time_unix_nano=1_700_000_000_000_000_000,
+...     end_time_unix_nano=1_700_000_000_250_000_000)
+>>> for k, v in [("gen_ai.operation.name", "chat"), ("gen_ai.request.model", "gpt-4o")]:
+...     span.attributes.add(key=k).value.string_value = v
+>>> span.attributes.add(key="gen_ai.usage.input_tokens").value.int_value = 12
+>>> out = map_request(req, now_ms=1_700_000_000_000)
+>>> ev = out.events[0]
+>>> ev["app"], ev["model"], ev["latency_ms"], ev["input_tokens"], ev["status"], ev["span_id"]
+('support', 'gpt-4o', 250.0, 12, 'ok', '0102030405060708')
+>>> out.genai, out.other, out.spans[0]["step"]
+(1, 0, 'llm')
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from llmpulse.events import DEFAULT_LIMITS, EventError, Limits, validate_inference
+
+__all__ = [
+    "ENCODINGS",
+    "MappedRequest",
+    "OtlpDecodeError",
+    "RejectedSpan",
+    "decode_traces",
+    "map_request",
+]
+
+ENCODINGS = ("otlp_proto", "otlp_json")
+"""The encodings of the OTel Collector's Kafka exporter that llmpulse reads."""
+
+MODEL_OPERATIONS = frozenset({"chat", "text_completion", "generate_content", "embeddings",
+                              "completion"})
+"""``gen_ai.operation.name`` values that are calls to a model: inference events."""
+TOOL_OPERATIONS = frozenset({"execute_tool"})
+AGENT_OPERATIONS = frozenset({"invoke_agent", "create_agent"})
+RETRIEVAL_OPERATIONS = frozenset({"retrieval", "retrieve"})
+
+_KIND_NAMES = {int(v): str(n) for n, v in Span.SpanKind.items()}
+_EVENT_NAMESPACE = uuid.UUID("5b0e6a52-2f9c-4d7e-9a54-4f7c0b1f2d11")
+_MAX_ROW_ATTRS = 64
+_MAX_ROW_VALUE = 1024
+_CONTENT_PREFIXES = ("gen_ai.prompt.", "gen_ai.completion.", "gen_ai.input.messages",
+                     "gen_ai.output.messages", "gen_ai.system_instructions",
+                     "retrieval.documents.", "gen_ai.tool.call.arguments",
+                     "gen_ai.tool.call.result")
+"""Attributes that hold content: mapped to prompt/response/context, kept out of the
+spans row's ``attributes`` (they can be large and carry personal data)."""
+
+
+class OtlpDecodeError(ValueError):
+    """The body is not an OTLP ``ExportTraceServiceRequest`` in the given encoding."""
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedSpan:
+    """A span whose event breaks the contract: where it came from and why."""
+
+    trace_id: str
+    span_id: str
+    reason: str
+    payload: bytes
+    """The event as mapped (JSON), for the dead letter."""
+
+
+@dataclass(slots=True)
+class MappedRequest:
+    """What one export request maps to."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    """Validated ``inference/v1`` events (``ts`` in epoch ms)."""
+    spans: list[dict[str, Any]] = field(default_factory=list)
+    """Rows of the ``spans`` table (``ts`` / ``end_ts`` in epoch seconds)."""
+    rejected: list[RejectedSpan] = field(default_factory=list)
+    genai: int = 0
+    """GenAI model-call spans accepted as events."""
+    other: int = 0
+    """Spans that are not model calls (tools, agents, retrievals, HTTP, ...)."""
+    documents: dict[str, list[str]] = field(default_factory=dict)
+    """Retrieved documents found in this request, by trace id (hex)."""
+
+    @property
+    def total(self) -> int:
+        return self.genai + self.other + len(self.rejected)
+
+
+# -- decoding --------------------------------------------------------------------------------
+
+
+def decode_traces(body: bytes, encoding: str) -> ExportTraceServiceRequest:
+    """Parse ``body`` (``otlp_proto`` or ``otlp_json``); :class:`OtlpDecodeError` when bad.
+
+    >>> decode_traces(b'{"resourceSpans": []}', "otlp_json").resource_spans
+    []
+    >>> decode_traces(b"\\xff\\xff", "otlp_proto")
+    Traceback (most recent call last):
+    ...
+    streams.otlp_mapping.OtlpDecodeError: malformed protobuf: ...
+    """
+    req = ExportTraceServiceRequest()
+    if encoding == "otlp_proto":
+        try:
+            req.ParseFromString(body)
+        except (DecodeError, RecursionError, ValueError) as exc:
+            raise OtlpDecodeError(f"malformed protobuf: {_first_line(exc)}") from None
+        return req
+    if encoding != "otlp_json":
+        raise OtlpDecodeError(f"unknown encoding {encoding!r}; known: {', '.join(ENCODINGS)}")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise OtlpDecodeError(f"malformed JSON: {exc}") from None
+    if type(doc) is not dict:
+        raise OtlpDecodeError("malformed JSON: the body must be an object with resourceSpans")
+    try:
+        _hex_ids_to_base64(doc)
+        json_format.ParseDict(doc, req, ignore_unknown_fields=True)
+    except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
+        raise OtlpDecodeError(f"malformed OTLP JSON: {_first_line(exc)}") from None
+    return req
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+_ID_KEYS = (("traceId", "trace_id"), ("spanId", "span_id"), ("parentSpanId", "parent_span_id"))
+
+
+def _hex_ids_to_base64(doc: dict[str, Any]) -> None:
+    """OTLP/JSON writes trace and span ids as hex; protobuf's JSON mapping wants base64."""
+
+    def fix(obj: Any, where: str) -> None:
+        if type(obj) is not dict:
+            return
+        for camel, snake in _ID_KEYS:
+            for key in (camel, snake):
+                v = obj.get(key)
+                if v is None:
+                    continue
+                if type(v) is not str:
+                    raise ValueError(f"{where}.{key}: must be a hex string")
+                try:
+                    raw = bytes.fromhex(v)
+                except ValueError:
+                    raise ValueError(f"{where}.{key}: not hex: {v[:40]!r}") from None
+                obj[key] = base64.b64encode(raw).decode("ascii")
+
+    for i, rs in enumerate(_list(doc, "resourceSpans", "resource_spans", "")):
+        for j, ss in enumerate(_list(rs, "scopeSpans", "scope_spans", f"resourceSpans[{i}]")):
+            for k, span in enumerate(_list(ss, "spans", "spans", f"scopeSpans[{j}]")):
+                where = f"resourceSpans[{i}].scopeSpans[{j}].spans[{k}]"
+                fix(span, where)
+                for n, link in enumerate(_list(span, "links", "links", where)):
+                    fix(link, f"{where}.links[{n}]")
+
+
+def _list(obj: Any, camel: str, snake: str, where: str) -> list[Any]:
+    if type(obj) is not dict:
+        raise ValueError(f"{where or 'body'}: must be an object")
+    v = obj.get(camel, obj.get(snake))
+    if v is None:
+        return []
+    if type(v) is not list:
+        raise ValueError(f"{where}.{camel}: must be a list")
+    return v
+
+
+# -- attribute values ------------------------------------------------------------------------
+
+
+def any_value(v: AnyValue) -> Any:
+    """An ``AnyValue`` as plain Python (bytes as base64 text)."""
+    kind = v.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return [any_value(x) for x in v.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: any_value(kv.value) for kv in v.kvlist_value.values}
+    if kind == "bytes_value":
+        return base64.b64encode(v.bytes_value).decode("ascii")
+    return getattr(v, kind)
+
+
+def attributes(kvs: Iterable[KeyValue]) -> dict[str, Any]:
+    return {kv.key: any_value(kv.value) for kv in kvs}
+
+
+def _first(attrs: Mapping[str, Any], *keys: str) -> Any:
+    for k in keys:
+        v = attrs.get(k)
+        if v is not None and v != "":
+            return v
+    return None
+
+
+def _int(v: Any) -> int | None:
+    if type(v) is int:
+        return v
+    if type(v) is float and v.is_integer():
+        return int(v)
+    if type(v) is str:
+        try:
+            return int(v)
+        except ValueError:
+            return None
+    return None
+
+
+# -- message content -------------------------------------------------------------------------
+
+
+def _json_or_text(v: Any) -> Any:
+    """Content attributes hold JSON text (current conventions) or plain text (older ones)."""
+    if type(v) is str:
+        s = v.strip()
+        if s[:1] in ("[", "{"):
+            try:
+                return orjson.loads(s)
+            except orjson.JSONDecodeError:
+                return v
+    return v
+
+
+def _part_text(part: Any) -> list[str]:
+    if type(part) is str:
+        return [part]
+    if type(part) is not dict:
+        return []
+    if part.get("type", "text") == "text":
+        c = part.get("content", part.get("text"))
+        if type(c) is str:
+            return [c]
+    return []
+
+
+def message_text(value: Any) -> list[str]:
+    """The text parts of GenAI messages (JSON message parts, or older shapes).
+
+    >>> message_text('[{"role": "user", "parts": [{"type": "text", "content": "hi"}]}]')
+    ['hi']
+    >>> message_text([{"type": "text", "content": "be brief"}]), message_text("plain")
+    (['be brief'], ['plain'])
+    >>> message_text('[{"role": "user", "content": "older shape"}]')
+    ['older shape']
+    """
+    value = _json_or_text(value)
+    if type(value) is str:
+        return [value] if value else []
+    if type(value) is dict:
+        value = [value]
+    if type(value) is not list:
+        return []
+    out: list[str] = []
+    for m in value:
+        if type(m) is not dict:
+            out += _part_text(m)
+            continue
+        parts = m.get("parts")
+        if type(parts) is list:
+            for p in parts:
+                out += _part_text(p)
+        elif "type" in m:  # a bare part (system instructions)
+            out += _part_text(m)
+        else:
+            c = m.get("content")
+            if type(c) is str:
+                out.append(c)
+            elif type(c) is list:
+                for p in c:
+                    out += _part_text(p)
+            msg = m.get("message")  # older gen_ai.choice event body
+            if type(msg) is dict and type(msg.get("content")) is str:
+                out.append(msg["content"])
+    return [t for t in out if t]
+
+
+def _indexed(attrs: Mapping[str, Any], prefix: str, leaf: str) -> list[str]:
+    """``<prefix>.N.<leaf>`` values in N order (``gen_ai.prompt.0.content`` ...)."""
+    found: list[tuple[int, str]] = []
+    for k, v in attrs.items():
+        if not k.startswith(prefix) or not k.endswith("." + leaf) or type(v) is not str:
+            continue
+        n = k[len(prefix): -len(leaf) - 1]
+        if n.isdigit():
+            found.append((int(n), v))
+    return [v for _, v in sorted(found)]
+
+
+def _openinference_documents(attrs: Mapping[str, Any]) -> list[str]:
+    return _indexed(attrs, "retrieval.documents.", "document.content")
+
+
+# -- one span --------------------------------------------------------------------------------
+
+
+def _step(op: str | None, attrs: Mapping[str, Any], genai: bool) -> str:
+    if genai:
+        return "llm"
+    if op in TOOL_OPERATIONS or "gen_ai.tool.name" in attrs:
+        return "tool"
+    if op in AGENT_OPERATIONS or "gen_ai.agent.name" in attrs:
+        return "agent"
+    if (op in RETRIEVAL_OPERATIONS or "retrieval.documents.0.document.content" in attrs
+            or attrs.get("openinference.span.kind") == "RETRIEVER"
+            or "db.vector.query.top_k" in attrs or "vector_db.vendor" in attrs):
+        return "retrieval"
+    return "other"
+
+
+def _is_model_call(op: str | None, attrs: Mapping[str, Any]) -> bool:
+    if op is not None:
+        return op in MODEL_OPERATIONS
+    # older instrumentations: no operation name, but a GenAI system / model / request type
+    return any(k in attrs for k in ("gen_ai.system", "gen_ai.provider.name",
+                                    "gen_ai.request.model", "gen_ai.response.model",
+                                    "llm.request.type"))
+
+
+def _status(span: Span, error_type: str | None) -> str:
+    if span.status.code != Status.STATUS_CODE_ERROR and not error_type:
+        return "ok"
+    name = (error_type or "").rsplit(".", 1)[-1].lower()
+    return "timeout" if "timeout" in name else "error"
+
+
+def _exception_type(span: Span) -> str | None:
+    for e in span.events:
+        if e.name == "exception":
+            t = attributes(e.attributes).get("exception.type")
+            if type(t) is str and t:
+                return t
+    return None
+
+
+def _event_content(span: Span) -> tuple[list[str], list[str]]:
+    """Prompt and completion text carried by span events (older conventions)."""
+    prompt: list[str] = []
+    completion: list[str] = []
+    for e in span.events:
+        name = e.name
+        if not name.startswith("gen_ai."):
+            continue
+        a = attributes(e.attributes)
+        if name == "gen_ai.content.prompt":
+            prompt += message_text(a.get("gen_ai.prompt"))
+        elif name == "gen_ai.content.completion":
+            completion += message_text(a.get("gen_ai.completion"))
+        elif name in ("gen_ai.system.message", "gen_ai.user.message", "gen_ai.tool.message"):
+            prompt += message_text(a.get("content"))
+        elif name in ("gen_ai.assistant.message", "gen_ai.choice"):
+            completion += message_text(a.get("content", a.get("message")))
+    return prompt, completion
+
+
+def _row_attributes(attrs: Mapping[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in attrs.items():
+        if k.startswith(_CONTENT_PREFIXES) or len(out) >= _MAX_ROW_ATTRS:
+            continue
+        text = v if type(v) is str else orjson.dumps(v).decode()
+        out[k[:200]] = text[:_MAX_ROW_VALUE]
+    return out
+
+
+def _str(v: Any) -> str:
+    return v if type(v) is str else ("" if v is None else orjson.dumps(v).decode())
+
+
+def map_span(span: Span, app: str, scope: str, context: list[str] | None = None,
+             ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The inference event (None for a span that is no model call) and the spans row."""
+    attrs = attributes(span.attributes)
+    trace_id = span.trace_id.hex()
+    span_id = span.span_id.hex()
+    parent = span.parent_span_id.hex()
+    op_v = attrs.get("gen_ai.operation.name", attrs.get("llm.request.type"))
+    op = op_v if type(op_v) is str and op_v else None
+    genai = _is_model_call(op, attrs)
+    error_type = _first(attrs, "error.type")
+    if error_type is None and span.status.code == Status.STATUS_CODE_ERROR:
+        error_type = _exception_type(span)
+    error_type = None if error_type is None else _str(error_type)
+    status = _status(span, error_type)
+    provider = _str(_first(attrs, "gen_ai.provider.name", "gen_ai.system"))
+    req_model = _str(_first(attrs, "gen_ai.request.model", "llm.request.model"))
+    resp_model = _str(_first(attrs, "gen_ai.response.model", "llm.response.model"))
+    input_tokens = _int(_first(attrs, "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens",
+                               "llm.usage.input_tokens", "llm.usage.prompt_tokens"))
+    output_tokens = _int(_first(attrs, "gen_ai.usage.output_tokens",
+                                "gen_ai.usage.completion_tokens", "llm.usage.output_tokens",
+                                "llm.usage.completion_tokens"))
+    finish = attrs.get("gen_ai.response.finish_reasons")
+    finish_reasons = [x for x in finish if type(x) is str] if type(finish) is list else (
+        [finish] if type(finish) is str else [])
+    start_ns = span.start_time_unix_nano
+    end_ns = span.end_time_unix_nano
+    latency_ms = (end_ns - start_ns) / 1e6
+    step = _step(op, attrs, genai)
+    row: dict[str, Any] = {
+        "trace_id": trace_id, "span_id": span_id, "parent_span_id": parent,
+        "ts": start_ns / 1e9, "end_ts": end_ns / 1e9, "duration_ms": latency_ms,
+        "app": app, "name": span.name[:500], "kind": _KIND_NAMES.get(span.kind, str(span.kind)),
+        "scope": scope[:200], "step": step, "operation": op or "",
+        "provider": provider, "model": resp_model or req_model,
+        "tool_name": _str(attrs.get("gen_ai.tool.name")),
+        "agent_name": _str(attrs.get("gen_ai.agent.name")),
+        "status": status, "error_type": error_type or "",
+        "input_tokens": max(0, input_tokens or 0), "output_tokens": max(0, output_tokens or 0),
+        "finish_reasons": finish_reasons,
+        "response_id": _str(attrs.get("gen_ai.response.id")),
+        "event_id": "",
+        "attributes": _row_attributes(attrs),
+    }
+    if not genai:
+        return None, row
+    system = message_text(attrs.get("gen_ai.system_instructions"))
+    prompt = system + message_text(attrs.get("gen_ai.input.messages"))
+    response = message_text(attrs.get("gen_ai.output.messages"))
+    if not prompt:
+        prompt = _indexed(attrs, "gen_ai.prompt.", "content")
+    if not response:
+        response = _indexed(attrs, "gen_ai.completion.", "content")
+    if not finish_reasons:
+        row["finish_reasons"] = _indexed(attrs, "gen_ai.completion.", "finish_reason")
+    ev_prompt, ev_completion = _event_content(span)
+    prompt = prompt or ev_prompt
+    response = response or ev_completion
+    event_id = str(uuid.uuid5(_EVENT_NAMESPACE, f"{trace_id}:{span_id}"))
+    row["event_id"] = event_id
+    ev: dict[str, Any] = {
+        "event_id": event_id,
+        "request_id": trace_id,
+        "ts": end_ns // 1_000_000,
+        "app": app,
+        "model": req_model or resp_model or "unknown",
+        "model_version": resp_model or req_model or "unknown",
+        "latency_ms": latency_ms,
+        "status": status,
+        "input_tokens": input_tokens if input_tokens is not None else 0,
+        "output_tokens": output_tokens if output_tokens is not None else 0,
+        "trace_id": trace_id,
+        "span_id": span_id,
+    }
+    if parent:
+        ev["parent_span_id"] = parent
+    if error_type:
+        ev["error_type"] = error_type
+    if prompt:
+        ev["prompt"] = "\n".join(prompt)
+    if response:
+        ev["response"] = "\n".join(response)
+    if context:
+        ev["context"] = context
+    return ev, row
+
+
+def _span_error(span: Span) -> str | None:
+    if len(span.trace_id) != 16 or not any(span.trace_id):
+        return "trace_id: must be 16 bytes, not all zero"
+    if len(span.span_id) != 8 or not any(span.span_id):
+        return "span_id: must be 8 bytes, not all zero"
+    if span.parent_span_id and len(span.parent_span_id) != 8:
+        return "parent_span_id: must be 8 bytes or empty"
+    if span.end_time_unix_nano == 0 or span.start_time_unix_nano == 0:
+        return "span: start and end times are required"
+    return None
+
+
+def map_request(req: ExportTraceServiceRequest, *, now_ms: int | None = None,
+                limits: Limits = DEFAULT_LIMITS,
+                known_documents: Mapping[str, list[str]] | None = None) -> MappedRequest:
+    """Map every span of an export request (see the module docstring).
+
+    A model call's ``context`` is the documents retrieved in its trace: by
+    retrieval spans of this request, or earlier ones (``known_documents``,
+    by trace id; an exporter that sends each span alone splits a trace).
+    """
+    out = MappedRequest()
+    docs = out.documents
+    for rs in req.resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                for kv in span.attributes:
+                    if kv.key.startswith("retrieval.documents."):
+                        d = _openinference_documents(attributes(span.attributes))
+                        if d:
+                            docs.setdefault(span.trace_id.hex(), []).extend(d)
+                        break
+    for rs in req.resource_spans:
+        res = attributes(rs.resource.attributes)
+        app = _str(res.get("service.name")) or "unknown_service"
+        for ss in rs.scope_spans:
+            scope = ss.scope.name
+            for span in ss.spans:
+                why = _span_error(span)
+                if why is not None:
+                    out.rejected.append(RejectedSpan(span.trace_id.hex(), span.span_id.hex(), why,
+                                                     span.SerializeToString()[:4096]))
+                    continue
+                tid = span.trace_id.hex()
+                ctx = docs.get(tid) or (known_documents.get(tid) if known_documents else None)
+                ev, row = map_span(span, app, scope,
+                                   ctx[: limits.max_context_passages] if ctx else None)
+                if ev is None:
+                    out.other += 1
+                    out.spans.append(row)
+                    continue
+                try:
+                    validate_inference(ev, now_ms=now_ms, limits=limits)
+                except EventError as exc:
+                    out.rejected.append(RejectedSpan(row["trace_id"], row["span_id"], str(exc),
+                                                     orjson.dumps(ev)[:65536]))
+                    continue
+                out.genai += 1
+                out.events.append(ev)
+                out.spans.append(row)
+    return out
