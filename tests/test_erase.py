@@ -118,7 +118,16 @@ def test_scrub_keeps_aggregates_and_drops_what_names_an_erased_event() -> None:
 
 
 def test_erase_requests_everywhere_in_the_store_and_twice_is_a_noop(store, tmp_path) -> None:
-    put(store, [inference(i, text="SECRETXYZ" if i < 2 else "") for i in range(10)])
+    put(store, [{**inference(i, text="SECRETXYZ" if i < 2 else ""), "trace_id": f"t{i}",
+                 "span_id": f"s{i}"} for i in range(10)])
+    # the traces' steps: r0's model call and its retrieval (documents quoting the secret),
+    # and a step of a trace that stays
+    span = {"ts": NOW_MS / 1000, "end_ts": NOW_MS / 1000, "app": "support", "kind": "internal"}
+    store.insert_rows("spans", [
+        {**span, "trace_id": "t0", "span_id": "s0", "event_id": "e0", "name": "chat"},
+        {**span, "trace_id": "t0", "span_id": "s0r", "name": "retrieve",
+         "attributes": {"retrieval.documents.0.document.content": "SECRETXYZ passage"}},
+        {**span, "trace_id": "t5", "span_id": "s5", "event_id": "e5", "name": "chat"}])
     put(store, [inference(0, text="SECRETXYZ")])  # a replay: a second part, a duplicate row
     put(store, [{"event_id": f"f{i}", "request_id": f"r{i}", "ts": NOW_MS, "score": 1.0,
                  "comment": f"comment {i} {'SECRETXYZ' if i < 2 else ''}"} for i in range(4)],
@@ -144,14 +153,16 @@ def test_erase_requests_everywhere_in_the_store_and_twice_is_a_noop(store, tmp_p
     report = erase(store, ErasureRequest(request_ids=("r0", "r1")), data_dir=tmp_path / "data",
                    wait_s=120)
     assert report.rows == {"inference_events": 2, "feedback_events": 2, "request_index": 2,
-                           "deadletter_events": 1}
+                           "deadletter_events": 1, "spans": 2}
+    assert [r["span_id"] for r in store.query("SELECT span_id FROM spans")] == ["s5"]
     assert report.rewritten == {"signals": 1, "alerts": 0}
     assert [Path(f).name for f in report.files] == ["a.html"]
     assert report.parts_pending == 0
     for sql in ("SELECT count() FROM inference_events", "SELECT count() FROM inference_events FINAL",
                 "SELECT count() FROM request_index"):
         assert store.scalar(sql) == 8
-    for t in ("inference_events", "feedback_events", "request_index", "deadletter_events", "signals"):
+    for t in ("inference_events", "feedback_events", "request_index", "deadletter_events",
+              "signals", "spans"):
         store.command(f"OPTIMIZE TABLE {t} FINAL")
         rows = json.dumps(store.query(f"SELECT * FROM {t}"))
         assert "SECRETXYZ" not in rows and '"r0"' not in rows and '"e1"' not in rows, t
