@@ -66,6 +66,9 @@ CREATE TABLE IF NOT EXISTS inference_events (
     prediction Tuple(label String, score Nullable(Float64)),
     segment Map(LowCardinality(String), String),
     features Map(LowCardinality(String), Float64),
+    prompt_version LowCardinality(String) DEFAULT '',
+    experiment LowCardinality(String) DEFAULT '',
+    variant LowCardinality(String) DEFAULT '',
     ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMMDD(ts)
@@ -82,6 +85,8 @@ CREATE TABLE IF NOT EXISTS feedback_events (
     label Nullable(String),
     hallucination Nullable(UInt8),
     comment String DEFAULT '',
+    reference String DEFAULT '',
+    source LowCardinality(String) DEFAULT '',
     ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMMDD(ts)

@@ -20,8 +20,10 @@ drift           60 s + 30   PopulationStabilityIndex, KolmogorovSmirnov, ChiSqua
 bias            60 s + 30   SegmentBias on outcomes: demographic parity, error rate gaps
 hallucination   60 s + 30   HallucinationSignals (groundedness, log-probabilities)
 quality         60 s + 30   LabelAccuracy, FeedbackScore, UserFlaggedRate, SegmentBias on
-                            labels and scores: run on the window's inferences that received
-                            feedback (:mod:`streams.join`), again when late feedback arrives
+                            labels and scores, ReferenceOverlap (ROUGE-L/BLEU/chrF against
+                            feedback references): run on the window's inferences that received
+                            feedback (:mod:`streams.join`), again when late feedback arrives;
+                            ABComparison on those and every inference tagged ``experiment``
 ==============  ==========  =================================================================
 
 Families with the same window share one buffer and one
@@ -130,7 +132,7 @@ def default_detectors(
     >>> sorted(default_detectors())
     ['bias', 'drift', 'hallucination', 'latency', 'quality']
     >>> [type(d).__name__ for d in default_detectors()["quality"]()]
-    ['LabelAccuracy', 'FeedbackScore', 'UserFlaggedRate', 'SegmentBias']
+    ['LabelAccuracy', 'FeedbackScore', 'UserFlaggedRate', 'SegmentBias', 'ABComparison', 'ReferenceOverlap']
     """
     from detectors.bias import SegmentBias
     from detectors.drift import ChiSquare, KolmogorovSmirnov, PopulationStabilityIndex
@@ -142,7 +144,13 @@ def default_detectors(
         LatencyPercentiles,
         TokenThroughput,
     )
-    from detectors.quality import FeedbackScore, LabelAccuracy, UserFlaggedRate
+    from detectors.quality import (
+        ABComparison,
+        FeedbackScore,
+        LabelAccuracy,
+        ReferenceOverlap,
+        UserFlaggedRate,
+    )
 
     def latency() -> list[Detector]:
         return [
@@ -173,6 +181,8 @@ def default_detectors(
             FeedbackScore(),
             UserFlaggedRate(),
             SegmentBias(metrics=LABEL_BIAS_METRICS),
+            ABComparison(),
+            ReferenceOverlap(),
         ]
 
     return {

@@ -1,0 +1,119 @@
+"""Prompt versions, experiments and references through the contract, the join and the engine."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from llmpulse.events import EventError, validate_feedback, validate_inference
+from streams.engine import SignalEngine, default_detectors
+from streams.join import FeedbackJoin
+from streams.windows import WindowSpec
+
+NOW = 1_700_000_000_000
+BASE = NOW - NOW % 60_000  # one 60 s quality window
+
+
+def _inf(**kw: object) -> dict[str, object]:
+    ev: dict[str, object] = {
+        "event_id": "e1", "request_id": "r1", "ts": NOW, "app": "a", "model": "m",
+        "model_version": "1", "latency_ms": 10.0, "status": "ok", "input_tokens": 1,
+        "output_tokens": 1,
+    }
+    ev.update(kw)
+    return ev
+
+
+def test_contract_accepts_tags_and_references() -> None:
+    ev = validate_inference(_inf(prompt_version="v3", experiment="tone", variant="B"), now_ms=NOW)
+    assert (ev["prompt_version"], ev["experiment"], ev["variant"]) == ("v3", "tone", "B")
+    fb = validate_feedback({"event_id": "f", "request_id": "r1", "ts": NOW,
+                            "reference": "the right answer", "source": "golden"}, now_ms=NOW)
+    assert fb["source"] == "golden"
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"prompt_version": 3}, "prompt_version"),
+        ({"prompt_version": ""}, "prompt_version"),
+        ({"experiment": "x" * 201}, "experiment"),
+        ({"variant": "B"}, "variant"),  # a variant without an experiment
+        ({"experiment": "e", "variant": ["B"]}, "variant"),
+    ],
+)
+def test_contract_rejects_bad_tags(fields: dict[str, object], field: str) -> None:
+    with pytest.raises(EventError) as err:
+        validate_inference(_inf(**fields), now_ms=NOW)
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [({"source": "crowd"}, "source"), ({"reference": 42}, "reference"),
+     ({"reference": "x" * 300_000}, "reference")],
+)
+def test_contract_rejects_bad_feedback(fields: dict[str, object], field: str) -> None:
+    with pytest.raises(EventError) as err:
+        validate_feedback({"event_id": "f", "request_id": "r", "ts": NOW, **fields}, now_ms=NOW)
+    assert err.value.field == field
+
+
+def _events(n: int, worse_b: bool) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    infs, fbs = [], []
+    for i in range(n):
+        arm = "B" if i % 2 else "A"
+        ts = BASE + i * (50_000 // n)
+        infs.append(validate_inference(_inf(
+            event_id=f"e{i}", request_id=f"r{i}", ts=ts, experiment="tone", variant=arm,
+            prompt_version="2" if arm == "B" else "1", latency_ms=100.0 + (i * 37) % 200,
+            cost_usd=0.001, response=f"answer number {i} about refunds",
+        ), now_ms=NOW))
+        good = (i * 7919) % 10 < (3 if worse_b and arm == "B" else 8)
+        fb: dict[str, object] = {"event_id": f"f{i}", "request_id": f"r{i}", "ts": ts + 500,
+                                 "score": 1.0 if good else -1.0}
+        if i % 5 == 0:
+            fb.update(reference=f"answer number {i} about refunds" if good else "see the help page",
+                      source="reviewer")
+        if i % 4 != 3:  # a quarter of the requests never get feedback
+            fbs.append(validate_feedback(fb, now_ms=NOW))
+    return infs, fbs
+
+
+def test_engine_emits_ab_and_reference_signals() -> None:
+    now = [NOW / 1000]
+    fams = {"quality": default_detectors()["quality"]}
+    engine = SignalEngine(fams, clock=lambda: now[0])
+    infs, fbs = _events(400, worse_b=True)
+    engine.add_inference(infs)
+    engine.add_feedback(fbs)
+    out = engine.flush()
+    by = {(s.signal, s.dimension): s for s in out}
+    verdict = by[("ab.verdict", "experiment=tone")]
+    assert verdict.value >= 1 and "feedback_score" in verdict.detail["worse"]
+    assert verdict.app == "a" and verdict.model_version == "1"
+    lat = by[("ab.latency_p95_ms", "experiment=tone")]
+    assert lat.detail["n_control"] == 200  # every request of the arm, not only those with feedback
+    assert by[("ab.feedback_score", "experiment=tone")].n == 300
+    rouge = by[("quality.rouge_l", "")]
+    assert rouge.n == 60 and 0.0 < rouge.value < 1.0  # i % 5 == 0 with feedback
+    assert rouge.detail["worst"][0]["reference"] == "see the help page"
+
+
+def test_join_keeps_tags_and_responses_across_snapshot() -> None:
+    join = FeedbackJoin(WindowSpec(60, 30), horizon_s=3600, max_responses=2)
+    g = ("a", "m", "1")
+    for i in range(3):
+        join.add_inference(g, _inf(event_id=f"e{i}", request_id=f"r{i}", ts=1_000 + i,
+                                   experiment="x", variant="A", response=f"resp {i}"))
+    join.add_feedback({"request_id": "r0", "ts": 5_000, "reference": "ref 0"})
+    join.add_feedback({"request_id": "r2", "ts": 5_000, "reference": "ref 2"})
+    restored = FeedbackJoin(WindowSpec(60, 30), horizon_s=3600, max_responses=2)
+    restored.restore(pickle.loads(pickle.dumps(join.snapshot())))
+    evs = {e["request_id"]: e for e in restored.events(g, 0)}
+    assert set(evs) == {"r0", "r1", "r2"}  # experiment members count without feedback
+    assert evs["r1"]["variant"] == "A" and evs["r1"]["latency_ms"] == 10.0
+    assert evs["r2"]["response"] == "resp 2"
+    assert "response" not in evs["r0"]  # left the two-entry cache
+    assert restored.stats()["reference_without_response"] == 1
