@@ -117,3 +117,15 @@ def test_join_keeps_tags_and_responses_across_snapshot() -> None:
     assert evs["r2"]["response"] == "resp 2"
     assert "response" not in evs["r0"]  # left the two-entry cache
     assert restored.stats()["reference_without_response"] == 1
+
+
+def test_default_rule_pages_on_a_worse_variant_only_with_enough_samples() -> None:
+    from detectors.base import Signal
+    from streams.rules import Rules
+
+    rules = Rules.default()
+    rule = rules["experiment-variant-worse"]
+    worse = Signal("ab.verdict", 1.0, n=400, dimension="experiment=tone")
+    assert rule.evaluate(worse).value == "breach"
+    assert rule.evaluate(Signal("ab.verdict", 2.0, n=12, dimension="experiment=tone")).value == "ignored"
+    assert rule.evaluate(Signal("ab.verdict", 0.0, n=400, dimension="experiment=tone")).value == "healthy"
