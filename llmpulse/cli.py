@@ -17,7 +17,8 @@ from llmpulse.config import ConfigError, load_settings
 
 __all__ = ["main"]
 
-BENCHES = ("shim", "ingest", "detectors", "engine", "pipeline", "fault", "serving", "retrain", "redact")
+BENCHES = ("shim", "ingest", "detectors", "engine", "pipeline", "fault", "serving", "retrain", "redact",
+           "evals")
 
 
 def _settings(args: argparse.Namespace):
@@ -145,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     s.add_argument("--quick", action="store_true", help="a short run (for smoke tests)")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("eval", help="golden-set run: ask known questions, record answers and references")
+    _configure(s, "llmpulse.golden")
+    s.set_defaults(func=_module_cli("llmpulse.golden"))
 
     s = sub.add_parser("report", help="self-contained HTML snapshot of the dashboards")
     _configure(s, "llmpulse.report")
