@@ -347,8 +347,9 @@ QUALITY = Dashboard(
     description="Answers against reference answers, and A/B comparisons of prompt versions.",
     variables=VARIABLES,
     panels=(
-        _signal_series("Reference overlap (ROUGE-L, BLEU, chrF)", 1,
-                       "signal IN ('quality.rouge_l', 'quality.bleu', 'quality.chrf')",
+        _signal_series("Reference overlap (ROUGE-L, BLEU, chrF, semantic)", 1,
+                       "signal IN ('quality.rouge_l', 'quality.bleu', 'quality.chrf', "
+                       "'quality.semantic_similarity')",
                        "concat(model, ' ', replaceOne(signal, 'quality.', ''))", agg="avg",
                        unit="percentunit",
                        description="Mean overlap of answers with the reference answers "
@@ -482,7 +483,8 @@ def panel_for_signal(signal: str, dimension: str = "") -> tuple[str, int]:
         return "overview", 8
     if signal.startswith("cost."):
         return "overview", 9
-    if signal in ("quality.rouge_l", "quality.bleu", "quality.chrf"):
+    if signal in ("quality.rouge_l", "quality.bleu", "quality.chrf",
+                  "quality.semantic_similarity"):
         return "quality", 1
     if signal == "ab.verdict":
         return "quality", 4

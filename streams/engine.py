@@ -126,7 +126,9 @@ def default_detectors(
 
     ``embedding=True`` adds prompt :class:`~detectors.drift.embedding.EmbeddingDrift`
     (the costly one: a few hundred texts a second per core; it samples 256
-    prompts per window). ``hallucination_max_scored`` caps responses scored
+    prompts per window) and, in the quality family,
+    :class:`~detectors.quality.semantic.SemanticSimilarity` of responses and
+    their references. ``hallucination_max_scored`` caps responses scored
     for groundedness per window (about 1 ms each).
 
     >>> sorted(default_detectors())
@@ -176,7 +178,7 @@ def default_detectors(
         return [HallucinationSignals(max_scored=hallucination_max_scored)]
 
     def quality() -> list[Detector]:
-        return [
+        out: list[Detector] = [
             LabelAccuracy(),
             FeedbackScore(),
             UserFlaggedRate(),
@@ -184,6 +186,11 @@ def default_detectors(
             ABComparison(),
             ReferenceOverlap(),
         ]
+        if embedding:
+            from detectors.quality.semantic import SemanticSimilarity
+
+            out.append(SemanticSimilarity(embedder=embedder))
+        return out
 
     return {
         "latency": latency,

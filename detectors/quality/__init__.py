@@ -22,5 +22,13 @@ from detectors.quality.accuracy import LabelAccuracy
 from detectors.quality.feedback_score import FeedbackScore
 from detectors.quality.flags import UserFlaggedRate
 from detectors.quality.reference import ReferenceOverlap
+from detectors.quality.semantic import SemanticSimilarity
 
-__all__ = ["ABComparison", "FeedbackScore", "LabelAccuracy", "ReferenceOverlap", "UserFlaggedRate"]
+__all__ = [
+    "ABComparison",
+    "FeedbackScore",
+    "LabelAccuracy",
+    "ReferenceOverlap",
+    "SemanticSimilarity",
+    "UserFlaggedRate",
+]
