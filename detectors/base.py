@@ -367,6 +367,8 @@ _FEEDBACK_LAZY: dict[str, tuple[str, str | None, str]] = {
     "feedback.label": ("feedback", "label", "s"),
     "feedback.hallucination": ("feedback", "hallucination", "f"),
     "feedback.source": ("feedback", "source", "s"),
+    **{f"feedback.judge_{k}": ("feedback", f"judge_{k}", "f")
+       for k in ("groundedness", "relevance", "correctness", "groundedness_free")},
     "feedback.reference": ("feedback", "reference", "l"),
 }
 

@@ -351,6 +351,12 @@ def validate_feedback(
         _opt_str(ev, "app", limits)
     if "reference" in ev:
         _opt_str(ev, "reference", limits)
+    judge = ev.get("judge")
+    if judge is not None:
+        _num_map(ev, "judge")
+        for k, x in judge.items():
+            if not 0 <= x <= 1:
+                raise EventError(f"judge.{k}", f"must be a number in 0..1, got {x!r}")
     src = ev.get("source")
     if src is not None and src not in FEEDBACK_SOURCES:
         raise EventError("source", f"must be one of user|reviewer|judge|golden, got {src!r}")

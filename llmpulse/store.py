@@ -87,6 +87,7 @@ CREATE TABLE IF NOT EXISTS feedback_events (
     comment String DEFAULT '',
     reference String DEFAULT '',
     source LowCardinality(String) DEFAULT '',
+    judge Map(LowCardinality(String), Float64),
     ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMMDD(ts)

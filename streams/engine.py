@@ -134,7 +134,7 @@ def default_detectors(
     >>> sorted(default_detectors())
     ['bias', 'drift', 'hallucination', 'latency', 'quality']
     >>> [type(d).__name__ for d in default_detectors()["quality"]()]
-    ['LabelAccuracy', 'FeedbackScore', 'UserFlaggedRate', 'SegmentBias', 'ABComparison', 'ReferenceOverlap']
+    ['LabelAccuracy', 'FeedbackScore', 'UserFlaggedRate', 'SegmentBias', 'ABComparison', 'ReferenceOverlap', 'JudgeAgreement']
     """
     from detectors.bias import SegmentBias
     from detectors.drift import ChiSquare, KolmogorovSmirnov, PopulationStabilityIndex
@@ -149,6 +149,7 @@ def default_detectors(
     from detectors.quality import (
         ABComparison,
         FeedbackScore,
+        JudgeAgreement,
         LabelAccuracy,
         ReferenceOverlap,
         UserFlaggedRate,
@@ -185,6 +186,7 @@ def default_detectors(
             SegmentBias(metrics=LABEL_BIAS_METRICS),
             ABComparison(),
             ReferenceOverlap(),
+            JudgeAgreement(),
         ]
         if embedding:
             from detectors.quality.semantic import SemanticSimilarity

@@ -69,6 +69,10 @@ FEEDBACK_FIELDS: tuple[str, ...] = ("score", "label", "hallucination", "referenc
 MAX_RESPONSE_CHARS = 8192
 """Responses are kept up to this length for reference metrics (bounds the cache)."""
 
+JUDGE_SCORES: frozenset[str] = frozenset(
+    {"groundedness", "relevance", "correctness", "groundedness_free"})
+"""Keys of a feedback's ``judge`` map kept by the join (as ``judge_<key>``)."""
+
 TAG_FIELDS: tuple[str, ...] = ("prompt_version", "experiment", "variant")
 """Inference fields kept on a record as they are (prompt versions and A/B)."""
 
@@ -149,7 +153,11 @@ def _extra(event: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def _feedback_fields(event: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: event[k] for k in FEEDBACK_FIELDS if event.get(k) is not None}
+    out = {k: event[k] for k in FEEDBACK_FIELDS if event.get(k) is not None}
+    judge = event.get("judge")
+    if judge:  # a judge's scores, flat: feedback.judge_<name> columns
+        out.update((f"judge_{k}", v) for k, v in judge.items() if k in JUDGE_SCORES)
+    return out
 
 
 class FeedbackJoin:

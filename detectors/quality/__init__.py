@@ -21,12 +21,14 @@ from detectors.quality.ab import ABComparison
 from detectors.quality.accuracy import LabelAccuracy
 from detectors.quality.feedback_score import FeedbackScore
 from detectors.quality.flags import UserFlaggedRate
+from detectors.quality.judge_agreement import JudgeAgreement
 from detectors.quality.reference import ReferenceOverlap
 from detectors.quality.semantic import SemanticSimilarity
 
 __all__ = [
     "ABComparison",
     "FeedbackScore",
+    "JudgeAgreement",
     "LabelAccuracy",
     "ReferenceOverlap",
     "SemanticSimilarity",
