@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     _configure(s, "llmpulse.golden")
     s.set_defaults(func=_module_cli("llmpulse.golden"))
 
+    s = sub.add_parser("judge", help="optional LLM judge: grade a sample of answers, off the ingest path")
+    _configure(s, "llmpulse.judge")
+    s.set_defaults(func=_module_cli("llmpulse.judge"))
+
     s = sub.add_parser("report", help="self-contained HTML snapshot of the dashboards")
     _configure(s, "llmpulse.report")
     s.set_defaults(func=_module_cli("llmpulse.report"))

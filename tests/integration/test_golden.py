@@ -203,3 +203,39 @@ def test_eval_command_reports_a_bad_file(tmp_path: Path, capsys: pytest.CaptureF
     path.write_text('{"question": 1}\n')
     assert main(["eval", str(path), "--app", "a", "--callable", "os.path:basename"]) == 2
     assert "line 1: question" in capsys.readouterr().err
+
+
+async def test_judge_service_grades_from_the_topic(topics: str) -> None:
+    from llmpulse.judge import JudgeSettings, JudgeWorker, sampled, serve
+
+    verdict = json.dumps({"groundedness": 0.8, "relevance": 0.9, "correctness": 0.7,
+                          "rationale": "fine"})
+
+    async def judge(event: Any) -> Any:
+        from llmpulse.judge import parse_verdict
+
+        return parse_verdict(verdict, 300)
+
+    app = f"judged-{time.time_ns()}"
+    with Monitor(app=app, bootstrap=topics) as mon:
+        rids = [mon.inference(model="m", model_version="1", latency_ms=5.0, status="ok",
+                              input_tokens=1, output_tokens=1, response=f"answer {i}",
+                              context=[f"answer {i}"]) for i in range(20)]
+        assert mon.flush(30)
+    expected = {r for r in rids if sampled(r, 0.5)}  # the sample is a hash: known in advance
+    out: list[dict[str, Any]] = []
+    worker = JudgeWorker(JudgeSettings(sample_rate=0.5), judge, out.append)
+    stop = asyncio.Event()
+
+    async def stop_when_done() -> None:
+        while not expected <= {f["request_id"] for f in out}:
+            await asyncio.sleep(0.1)
+        stop.set()
+
+    waiter = asyncio.create_task(stop_when_done())
+    stats = await asyncio.wait_for(serve(worker, topics, stop, group=app, start="earliest"), 60)
+    await waiter
+    mine = [f for f in out if f["request_id"] in set(rids)]
+    assert {f["request_id"] for f in mine} == expected and 3 <= len(expected) <= 17
+    assert all(f["app"] == app and f["source"] == "judge" for f in mine)
+    assert stats["judged"] >= len(expected)
