@@ -20,6 +20,11 @@ hallucination flags 5 %, costs gamma-distributed.
 Reference metrics: ROUGE-L + BLEU + chrF pairs scored per second by
 ``ReferenceOverlap`` on the simulator's answers against other answers.
 
+Judge: grades per second of ``JudgeWorker`` (concurrency 4, the real
+``openai`` client) against a local OpenAI-compatible server that answers
+after ``judge_delay_s`` (50 ms), with the judge-free groundedness computed for
+each; the ceiling is concurrency / delay = 80 grades/s.
+
     llmpulse bench evals [--quick] [--json FILE]
 """
 
@@ -137,6 +142,61 @@ def _reference_throughput(pairs: int) -> dict[str, Any]:
     return {"pairs": out[0].n, "pairs_per_s": out[0].n / dt, "mean_answer_chars": mean_chars}
 
 
+def _judge_throughput(n: int, delay_s: float = 0.05, concurrency: int = 4) -> dict[str, Any]:
+    import asyncio
+    import json
+
+    from aiohttp import web
+
+    from llmpulse.judge import JudgeSettings, JudgeWorker, OpenAIJudge
+
+    verdict = json.dumps({"groundedness": 0.8, "relevance": 0.9, "correctness": 0.7,
+                          "rationale": "Supported by the context."})
+
+    async def chat(request: web.Request) -> web.Response:
+        await request.json()
+        await asyncio.sleep(delay_s)
+        return web.json_response({
+            "id": "c", "object": "chat.completion", "created": 0, "model": "stub",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": verdict}}],
+            "usage": {"prompt_tokens": 300, "completion_tokens": 40, "total_tokens": 340}})
+
+    async def main() -> dict[str, Any]:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", chat)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        judge = OpenAIJudge(f"http://127.0.0.1:{port}/v1", "stub")
+        out: list[dict[str, Any]] = []
+        worker = JudgeWorker(JudgeSettings(sample_rate=1.0, concurrency=concurrency,
+                                           cost_cap_usd_per_hour=1e9), judge, out.append)
+        events = [{"request_id": f"r{i}", "app": "a", "status": "ok",
+                   "prompt": "How long do refunds take?",
+                   "response": f"Refunds take {i % 9 + 1} working days.",
+                   "context": ["Refunds take five working days after we receive the item."]}
+                  for i in range(n)]
+        worker.submit(events[0])
+        await worker.drain()  # connection, scorer
+        t0 = time.perf_counter()
+        for ev in events[1:]:
+            worker.submit(ev)
+        await worker.drain()
+        dt = time.perf_counter() - t0
+        await judge.close()
+        await runner.cleanup()
+        return {"grades": len(out) - 1, "grades_per_s": (len(out) - 1) / dt,
+                "delay_s": delay_s, "concurrency": concurrency,
+                "ceiling_per_s": concurrency / delay_s, "failures": {
+                    k: v for k, v in worker.stats().items()
+                    if k in ("timeout", "error", "malformed", "rate_limited") and v}}
+
+    return asyncio.run(main())
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     seeds = range(40) if quick else range(400)
     sizes = (50, 200) if quick else (50, 200, 1000)
@@ -145,6 +205,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "aa": [_rates(n, seeds, worse=False) for n in sizes],
         "ab": [_rates(n, range(10_000, 10_000 + len(seeds)), worse=True) for n in sizes],
         "reference": _reference_throughput(100 if quick else 1000),
+        "judge": _judge_throughput(50 if quick else 400),
     }
 
 
@@ -169,6 +230,10 @@ def format_table(r: dict[str, Any]) -> str:
     ref = r["reference"]
     lines.append(f"reference metrics: {ref['pairs_per_s']:.0f} pairs/s (ROUGE-L+BLEU+chrF, "
                  f"{ref['pairs']} pairs, answers of {ref['mean_answer_chars']:.0f} chars)")
+    j = r["judge"]
+    lines.append(f"judge: {j['grades_per_s']:.1f} grades/s ({j['grades']} grades, concurrency "
+                 f"{j['concurrency']}, stub answering in {j['delay_s'] * 1000:.0f} ms: ceiling "
+                 f"{j['ceiling_per_s']:.0f}/s; failures {j['failures'] or 0})")
     return "\n".join(lines)
 
 
