@@ -129,3 +129,32 @@ def test_default_rule_pages_on_a_worse_variant_only_with_enough_samples() -> Non
     assert rule.evaluate(worse).value == "breach"
     assert rule.evaluate(Signal("ab.verdict", 2.0, n=12, dimension="experiment=tone")).value == "ignored"
     assert rule.evaluate(Signal("ab.verdict", 0.0, n=400, dimension="experiment=tone")).value == "healthy"
+
+
+def test_simulated_prompt_rollout_is_found_worse_and_nothing_else_changes() -> None:
+    from llmpulse.simulate import Incident, SupportAppSimulator
+
+    def run(incidents: list[Incident]) -> tuple[list[dict[str, object]], list[object]]:
+        sim = SupportAppSimulator(seed=3, rate=60, start_ts=1_700_000_000.0, incidents=incidents)
+        now = [1_700_000_000.0]
+        eng = SignalEngine({"quality": default_detectors()["quality"]}, clock=lambda: now[0])
+        infs = []
+        for topic, ev in sim.events(120):
+            if topic == "llmpulse.inference":
+                infs.append(ev)
+                eng.add_inference([ev])
+            else:
+                eng.add_feedback([ev])
+        return infs, eng.flush()
+
+    plain, _ = run([])
+    rolled, signals = run([Incident.parse("prompt_rollout:0:120")])
+    tagged = [e for e in rolled if "experiment" in e]
+    assert tagged and {e["prompt_version"] for e in tagged} == {"v1", "v2"}
+    # same requests at the same times; only arm B's answers differ (more refusals)
+    assert [(e["request_id"], e["ts"]) for e in plain] == [(e["request_id"], e["ts"]) for e in rolled]
+    same = [a["latency_ms"] == b["latency_ms"] for a, b in zip(plain, rolled, strict=True)
+            if b.get("variant") != "B"]
+    assert all(same)
+    worse = [s for s in signals if s.signal == "ab.verdict" and s.value >= 1]
+    assert worse and all("feedback_score" in s.detail["worse"] for s in worse)
