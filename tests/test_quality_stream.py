@@ -158,3 +158,48 @@ def test_simulated_prompt_rollout_is_found_worse_and_nothing_else_changes() -> N
     assert all(same)
     worse = [s for s in signals if s.signal == "ab.verdict" and s.value >= 1]
     assert worse and all("feedback_score" in s.detail["worse"] for s in worse)
+
+
+def test_a_store_made_before_gets_the_new_columns(tmp_path, monkeypatch) -> None:
+    import time
+
+    from llmpulse import store as store_mod
+    from llmpulse.store import ADDED_COLUMNS, DDL, RAW_INGEST, Store, _ingest_ddl
+
+    old = {}
+    for name, stmt in DDL.items():  # the tables as first released: without the new columns
+        for cols in ADDED_COLUMNS.values():
+            for col, typ in cols:
+                stmt = stmt.replace(f"    {col} {typ},\n", "")
+        old[name] = stmt
+    store = Store.open(f"chdb://{tmp_path}/store", ddl=False)
+    try:
+        with monkeypatch.context() as mp:
+            for name, stmt in old.items():
+                mp.setitem(store_mod.DDL, name, stmt)
+                store.command(stmt.format(ttl=90))
+            for raw, entry in RAW_INGEST.items():  # and their ingest entries and views
+                for stmt in _ingest_ddl(raw, entry, 90):
+                    store.command(stmt)
+        assert "prompt_version" not in str(store.query("DESCRIBE TABLE inference_ingest"))
+        store.create_tables()
+        ts = int(time.time() * 1000)
+        store.insert_json("inference_ingest", orjson_line(
+            {"event_id": "e1", "request_id": "r1", "ts": ts, "app": "a", "model": "m",
+             "model_version": "1", "latency_ms": 1.0, "status": "ok", "input_tokens": 1,
+             "output_tokens": 1, "prompt_version": "v9", "experiment": "x", "variant": "B"}))
+        store.insert_json("feedback_ingest", orjson_line(
+            {"event_id": "f1", "request_id": "r1", "ts": ts, "reference": "ref",
+             "source": "judge", "judge": {"groundedness": 0.5}}))
+        assert store.query("SELECT prompt_version, variant FROM inference_events FINAL") == [
+            {"prompt_version": "v9", "variant": "B"}]
+        fb = store.query("SELECT reference, source, judge FROM feedback_events FINAL")
+        assert fb == [{"reference": "ref", "source": "judge", "judge": {"groundedness": 0.5}}]
+    finally:
+        store.close()
+
+
+def orjson_line(ev: dict[str, object]) -> bytes:
+    import orjson
+
+    return orjson.dumps(ev)
