@@ -322,6 +322,76 @@ HALLUCINATION = Dashboard(
     ),
 )
 
+_AB_LATEST = (
+    "SELECT app, model, model_version, dimension, replaceOne(signal, 'ab.', '') AS metric,\n"
+    "  JSONExtractString(d, 'control') AS control, JSONExtractString(d, 'treatment') AS treatment,\n"
+    "  JSONExtractInt(d, 'n_control') AS n_control, JSONExtractInt(d, 'n_treatment') AS n_treatment,\n"
+    "  round(JSONExtractFloat(d, 'control_value'), 4) AS control_value,\n"
+    "  round(JSONExtractFloat(d, 'treatment_value'), 4) AS treatment_value,\n"
+    "  round(v, 4) AS effect, round(JSONExtractFloat(d, 'ci_low'), 4) AS ci_low,\n"
+    "  round(JSONExtractFloat(d, 'ci_high'), 4) AS ci_high,\n"
+    "  round(JSONExtractFloat(d, 'p_holm'), 6) AS p_holm, JSONExtractString(d, 'verdict') AS verdict\n"
+    "FROM (SELECT app, model, model_version, signal, dimension, argMax(value, ts) AS v,\n"
+    "        argMax(detail, ts) AS d\n"
+    "      FROM signals FINAL\n"
+    "      WHERE $__timeFilter(ts) AND signal LIKE 'ab.%' AND signal != 'ab.verdict' "
+    "AND {where}\n"
+    "      GROUP BY app, model, model_version, signal, dimension)\n"
+    "ORDER BY verdict = 'worse' DESC, p_holm ASC\nLIMIT 100"
+)
+
+QUALITY = Dashboard(
+    "quality",
+    "llmpulse-quality",
+    "LLM apps: answer quality and experiments",
+    description="Answers against reference answers, and A/B comparisons of prompt versions.",
+    variables=VARIABLES,
+    panels=(
+        _signal_series("Reference overlap (ROUGE-L, BLEU, chrF, semantic)", 1,
+                       "signal IN ('quality.rouge_l', 'quality.bleu', 'quality.chrf', "
+                       "'quality.semantic_similarity')",
+                       "concat(model, ' ', replaceOne(signal, 'quality.', ''))", agg="avg",
+                       unit="percentunit",
+                       description="Mean overlap of answers with the reference answers "
+                                   "(corrections, golden sets) that feedback brought, 0..1."),
+        Panel(2, "Worst answers against their reference",
+              "SELECT ts, model, model_version, JSONExtractString(w, 'event_id') AS event_id, "
+              "JSONExtractFloat(w, 'score') AS rouge_l, JSONExtractString(w, 'response') AS response, "
+              "JSONExtractString(w, 'reference') AS reference\n"
+              "FROM (SELECT ts, model, model_version, "
+              "arrayJoin(JSONExtractArrayRaw(detail, 'worst')) AS w\n"
+              "  FROM signals FINAL\n"
+              "  WHERE $__timeFilter(ts) AND signal = 'quality.rouge_l' "
+              f"AND {_vars()})\n"
+              "ORDER BY rouge_l ASC, ts DESC\nLIMIT 20",
+              "table", ("ts", "model", "model_version", "event_id", "rouge_l", "response",
+                        "reference"),
+              width=24, height=8),
+        Panel(3, "A/B verdict with confidence intervals", _AB_LATEST.format(where=_vars()),
+              "table", ("app", "model", "model_version", "dimension", "metric", "control",
+                        "treatment", "n_control", "n_treatment", "control_value",
+                        "treatment_value", "effect", "ci_low", "ci_high", "p_holm", "verdict"),
+              width=24, height=9,
+              description="Latest window per experiment and metric: effect = treatment - "
+                          "control with its confidence interval; p-values Holm-corrected "
+                          "across the metrics of a pair of arms."),
+        _signal_series("Metrics significantly worse per experiment", 4,
+                       "signal = 'ab.verdict'", "dimension", agg="max", unit="short",
+                       description="ab.verdict: how many metrics of the treatment arm are "
+                                   "significantly worse than the control (Holm)."),
+        Panel(5, "Traffic by prompt version and variant",
+              "SELECT app, model, prompt_version, experiment, variant, count() AS requests, "
+              "round(quantile(0.95)(latency_ms), 1) AS p95_ms, "
+              "round(countIf(status != 'ok') / count(), 4) AS error_rate, "
+              "round(avg(ifNull(cost_usd, 0)), 6) AS cost_per_request\n"
+              f"{_RAW}\nGROUP BY app, model, prompt_version, experiment, variant\n"
+              "ORDER BY app, model, prompt_version, experiment, variant",
+              "table", ("app", "model", "prompt_version", "experiment", "variant", "requests",
+                        "p95_ms", "error_rate", "cost_per_request"),
+              width=24, height=7),
+    ),
+)
+
 ALERTS = Dashboard(
     "alerts",
     "llmpulse-alerts",
@@ -408,7 +478,7 @@ HEALTH = Dashboard(
 )
 
 DASHBOARDS: dict[str, Dashboard] = {
-    d.name: d for d in (OVERVIEW, DRIFT, FAIRNESS, HALLUCINATION, ALERTS, HEALTH)
+    d.name: d for d in (OVERVIEW, DRIFT, FAIRNESS, HALLUCINATION, QUALITY, ALERTS, HEALTH)
 }
 
 
@@ -422,6 +492,13 @@ def panel_for_signal(signal: str, dimension: str = "") -> tuple[str, int]:
         return "overview", 8
     if signal.startswith("cost."):
         return "overview", 9
+    if signal in ("quality.rouge_l", "quality.bleu", "quality.chrf",
+                  "quality.semantic_similarity"):
+        return "quality", 1
+    if signal == "ab.verdict":
+        return "quality", 4
+    if signal.startswith("ab."):
+        return "quality", 3
     if signal.startswith("quality."):
         return "overview", 11
     if signal.startswith("drift."):

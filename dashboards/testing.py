@@ -12,7 +12,7 @@ the detectors write.
 >>> sorted(rows), len(rows["inference_events"]) > 500
 (['alerts', 'audit_events', 'deadletter_events', 'deployments', 'feedback_events', 'inference_events', 'signals'], True)
 >>> sorted({s["signal"].split(".")[0] for s in rows["signals"]})
-['bias', 'cost', 'drift', 'errors', 'hallucination', 'latency', 'llmpulse', 'quality', 'tokens']
+['ab', 'bias', 'cost', 'drift', 'errors', 'hallucination', 'latency', 'llmpulse', 'quality', 'tokens']
 """
 
 from __future__ import annotations
@@ -108,6 +108,45 @@ def _synthetic_signals(rng: np.random.Generator, start: float, end: float, windo
     return out
 
 
+def _quality_signals(rng: np.random.Generator, start: float, end: float, window_s: float,
+                     app: str, models: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Reference-overlap and A/B signals with the detail keys their detectors write."""
+    out = []
+    for ts in np.arange(start + window_s, end + 1e-9, window_s):
+        for model, version in models:
+            base = {"ts": float(ts), "window_s": window_s, "app": app, "model": model,
+                    "model_version": version}
+            for name in ("rouge_l", "bleu", "chrf"):
+                worst = [{"event_id": f"ev-{int(ts)}-{i}", "request_id": f"rq-{int(ts)}-{i}",
+                          "score": round(float(rng.uniform(0, 0.3)), 4),
+                          "response": f"Try <i>restarting</i> ({i}).",
+                          "reference": "Open Settings > Billing."} for i in range(2)]
+                out.append({**base, "signal": f"quality.{name}", "dimension": "",
+                            "value": float(rng.uniform(0.3, 0.8)), "n": 12,
+                            "detail": json.dumps({"worst": worst, "p10": 0.1})})
+            dim = "experiment=tone"
+            worse = []
+            for metric in ("feedback_score", "accuracy", "hallucination_rate",
+                           "latency_p95_ms", "cost_per_request"):
+                effect = float(rng.normal(0, 0.1))
+                half = float(rng.uniform(0.02, 0.1))
+                p = float(rng.uniform(0, 1))
+                verdict = "worse" if p < 0.05 and effect < 0 else "no difference"
+                if verdict == "worse":
+                    worse.append(metric)
+                out.append({**base, "signal": f"ab.{metric}", "dimension": dim, "value": effect,
+                            "n": 120, "detail": json.dumps({
+                                "control": "A", "treatment": "B", "n_control": 60,
+                                "n_treatment": 60, "control_value": 0.5,
+                                "treatment_value": 0.5 + effect, "ci_low": effect - half,
+                                "ci_high": effect + half, "p_value": p, "p_holm": min(1.0, 5 * p),
+                                "verdict": verdict})})
+            out.append({**base, "signal": "ab.verdict", "dimension": dim,
+                        "value": float(len(worse)), "n": 60,
+                        "detail": json.dumps({"control": "A", "treatment": "B", "worse": worse})})
+    return out
+
+
 def fill_rows(
     seed: int = 0, start_ts: float = 1_700_000_000.0, duration_s: float = 600.0,
     rate: float = 20.0, window_s: float = 30.0,
@@ -131,6 +170,13 @@ def fill_rows(
     models = sorted({(e["model"], e["model_version"]) for e in inference})
     signals = _window_signals(inference, window_s)
     signals += _synthetic_signals(rng, start_ts, end, window_s, app, models)
+    signals += _quality_signals(np.random.default_rng(seed + 1), start_ts, end, window_s, app,
+                                models)
+    for i, row in enumerate(inference):  # half the traffic in a prompt experiment
+        row["prompt_version"] = "v2" if i % 4 == 1 else "v1"
+        if i % 2:
+            row["experiment"] = "tone"
+            row["variant"] = "B" if i % 4 == 1 else "A"
     alerts, deployments = [], []
     for i, (sev, state) in enumerate((("critical", "firing"), ("warning", "resolved"),
                                       ("warning", "firing"))):

@@ -64,6 +64,9 @@ CATEGORICAL_FIELDS: tuple[str, ...] = (
     "error_type",
     "request_id",
     "event_id",
+    "prompt_version",
+    "experiment",
+    "variant",
 )
 """String fields of ``inference/v1`` that become object columns."""
 
@@ -137,7 +140,8 @@ class Batch:
     are flattened: ``segment.<attr>``, ``feature.<name>``,
     ``prediction.label``/``prediction.score`` and, when feedback has been
     joined onto the inference, ``feedback.score``/``feedback.label``/
-    ``feedback.hallucination`` (1.0, 0.0 or NaN). Texts (``prompt``,
+    ``feedback.hallucination`` (1.0, 0.0 or NaN), ``feedback.source`` and
+    the list ``feedback.reference``. Texts (``prompt``,
     ``response``), ``context`` (list of passages) and ``token_logprobs`` stay
     Python lists, read only by the detectors that need them.
 
@@ -307,7 +311,7 @@ class Batch:
     def texts(self, name: str) -> list[Any]:
         """A per-event list column: ``prompt``, ``response``, ``context``, ``token_logprobs``."""
         got = self._lists.get(name)
-        if got is None and name in self._lazy and self._build(name):
+        if got is None and (name in self._lazy or not self._found) and self._build(name):
             got = self._lists.get(name)
         return got if got is not None else [None] * self.size
 
@@ -362,6 +366,10 @@ _FEEDBACK_LAZY: dict[str, tuple[str, str | None, str]] = {
     "feedback.score": ("feedback", "score", "f"),
     "feedback.label": ("feedback", "label", "s"),
     "feedback.hallucination": ("feedback", "hallucination", "f"),
+    "feedback.source": ("feedback", "source", "s"),
+    **{f"feedback.judge_{k}": ("feedback", f"judge_{k}", "f")
+       for k in ("groundedness", "relevance", "correctness", "groundedness_free")},
+    "feedback.reference": ("feedback", "reference", "l"),
 }
 
 

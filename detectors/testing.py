@@ -34,11 +34,16 @@ def synthetic_events(
     rate: float = 100.0,
     latency_scale: float = 1.0,
     with_feedback: bool = True,
+    experiment: str | None = None,
+    effect: float = 0.0,
 ) -> list[dict[str, Any]]:
     """``n`` healthy ``inference/v1`` events (feedback joined on half of them).
 
     Latencies are log-normal (median ~600 ms), 2 % errors, 1 % timeouts;
-    ``latency_scale`` multiplies latencies, to script a slowdown.
+    ``latency_scale`` multiplies latencies, to script a slowdown. With
+    ``experiment``, events alternate in pairs between variants ``A`` and
+    ``B`` (prompt versions ``1`` and ``2``), and ``effect`` is added to
+    variant B's feedback scores (clipped to -1..1).
     """
     rng = np.random.default_rng(seed)
     ts = start + np.sort(rng.uniform(0, n / rate, n))
@@ -76,9 +81,15 @@ def synthetic_events(
             "segment": {"region": str(region[i]), "language": str(lang[i]), "tier": str(tier[i])},
             "features": {"prompt_chars": float(len(str(intent[i])) * 3 + tin[i])},
         }
+        arm_b = experiment is not None and (i // 2) % 2 == 1
+        if experiment is not None:
+            ev["experiment"] = experiment
+            ev["variant"] = "B" if arm_b else "A"
+            ev["prompt_version"] = "2" if arm_b else "1"
         if with_feedback and i % 2 == 0:
+            shift = effect if arm_b else 0.0
             ev["feedback"] = {
-                "score": float(rng.uniform(-0.2, 1.0)),
+                "score": float(np.clip(rng.uniform(-0.2, 1.0) + shift, -1.0, 1.0)),
                 "label": str(intent[i]),
                 "hallucination": bool(rng.random() < 0.05),
             }

@@ -18,7 +18,7 @@ from llmpulse.config import ConfigError, load_settings
 __all__ = ["main"]
 
 BENCHES = ("shim", "ingest", "detectors", "engine", "pipeline", "fault", "serving", "retrain", "redact",
-           "otlp")
+           "otlp", "evals")
 
 
 def _settings(args: argparse.Namespace):
@@ -156,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labelled groundedness set(s) for `detectors`: a .jsonl[.gz] file or a directory "
                         "(default ../shared/data/faithfulness/)")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("eval", help="golden-set run: ask known questions, record answers and references")
+    _configure(s, "llmpulse.golden")
+    s.set_defaults(func=_module_cli("llmpulse.golden"))
+
+    s = sub.add_parser("judge", help="optional LLM judge: grade a sample of answers, off the ingest path")
+    _configure(s, "llmpulse.judge")
+    s.set_defaults(func=_module_cli("llmpulse.judge"))
 
     s = sub.add_parser("report", help="self-contained HTML snapshot of the dashboards")
     _configure(s, "llmpulse.report")

@@ -43,7 +43,7 @@ def default_incidents(duration_s: float) -> list[str]:
     enough for its windows to close before the traffic stops.
 
     >>> default_incidents(120)
-    ['latency_spike:12:36', 'segment_quality_drop:24:66', 'prompt_drift:48:90', 'hallucination_burst:66:105']
+    ['latency_spike:12:36', 'segment_quality_drop:24:66', 'prompt_drift:48:90', 'hallucination_burst:66:105', 'prompt_rollout:6:48']
     """
     d = float(duration_s)
 
@@ -55,6 +55,7 @@ def default_incidents(duration_s: float) -> list[str]:
         f"segment_quality_drop:{at(0.20, 0.55)}",
         f"prompt_drift:{at(0.40, 0.75)}",
         f"hallucination_burst:{at(0.55, 0.875)}",
+        f"prompt_rollout:{at(0.05, 0.40)}",
     ]
 
 

@@ -31,6 +31,7 @@ from typing import Any
 __all__ = [
     "EventError",
     "FEEDBACK_SCHEMA",
+    "FEEDBACK_SOURCES",
     "INFERENCE_SCHEMA",
     "Limits",
     "TOPIC_ALERTS",
@@ -72,6 +73,11 @@ TOPICS: tuple[str, ...] = (
 )
 
 STATUSES = frozenset({"ok", "error", "timeout"})
+FEEDBACK_SOURCES = frozenset({"user", "reviewer", "judge", "golden"})
+
+MAX_TAG_CHARS = 200
+"""Longest ``prompt_version``, ``experiment`` or ``variant``: they are dimensions
+(group keys, dashboard filters), not text."""
 
 
 class EventError(ValueError):
@@ -214,6 +220,18 @@ def _ts_ms(ev: Mapping[str, Any], now_ms: int | None, limits: Limits) -> int:
     return ms
 
 
+def _tag(ev: Mapping[str, Any], name: str) -> None:
+    v = ev.get(name)
+    if v is None:
+        return
+    if type(v) is not str:
+        raise EventError(name, f"must be a string, got {type(v).__name__}")
+    if not v:
+        raise EventError(name, "must not be empty (leave the field out)")
+    if len(v) > MAX_TAG_CHARS:
+        raise EventError(name, f"longer than {MAX_TAG_CHARS} characters")
+
+
 def _str_map(ev: Mapping[str, Any], name: str) -> None:
     v = ev.get(name)
     if v is None:
@@ -329,6 +347,11 @@ def validate_inference(
         _opt_hex(ev, "trace_id", 16)
         _opt_hex(ev, "span_id", 8)
         _opt_hex(ev, "parent_span_id", 8)
+    _tag(ev, "prompt_version")
+    _tag(ev, "experiment")
+    _tag(ev, "variant")
+    if "variant" in ev and "experiment" not in ev:
+        raise EventError("variant", "needs an experiment: a variant of what?")
     ev["schema"] = INFERENCE_SCHEMA
     return ev
 
@@ -363,5 +386,16 @@ def validate_feedback(
         _opt_str(ev, "app", limits)
     if "user" in ev:
         _user(ev, limits)
+    if "reference" in ev:
+        _opt_str(ev, "reference", limits)
+    judge = ev.get("judge")
+    if judge is not None:
+        _num_map(ev, "judge")
+        for k, x in judge.items():
+            if not 0 <= x <= 1:
+                raise EventError(f"judge.{k}", f"must be a number in 0..1, got {x!r}")
+    src = ev.get("source")
+    if src is not None and src not in FEEDBACK_SOURCES:
+        raise EventError("source", f"must be one of user|reviewer|judge|golden, got {src!r}")
     ev["schema"] = FEEDBACK_SCHEMA
     return ev

@@ -543,6 +543,10 @@ class Monitor:
         Fills ``event_id``, ``ts`` (now, epoch ms), ``app``, ``model`` and
         ``model_version`` when absent. Raises :class:`~llmpulse.events.EventError`
         for a bad field unless ``strict=False``.
+
+        Prompt rollouts and A/B tests: pass ``prompt_version="v7"`` and, in an
+        experiment, ``experiment="tone"`` and ``variant="B"``; the variants are
+        compared per window (``ab.*`` signals).
         """
         ev = fields
         if "request_id" not in ev:
@@ -565,7 +569,8 @@ class Monitor:
         """Record feedback for an earlier ``request_id``; returns the event's ``event_id``.
 
         Fills ``event_id``, ``ts`` and ``app`` when absent; validation as for
-        :meth:`inference`.
+        :meth:`inference`. ``reference="..."`` (a corrected answer) with
+        ``source="reviewer"`` scores the response with ROUGE-L, BLEU and chrF.
         """
         ev = fields
         if "event_id" not in ev:

@@ -89,6 +89,11 @@ INCIDENT_KINDS: dict[str, dict[str, str]] = {
         "rate": "0.25",
         "model": "",
     },
+    "prompt_rollout": {
+        "share": "0.5",
+        "refusal": "0.3",
+        "model": "",
+    },
 }
 """Incident kinds and their parameters with defaults (``model`` empty = all
 answer models)."""
@@ -99,6 +104,7 @@ EXPECTED_SIGNALS: dict[str, tuple[str, ...]] = {
     "segment_quality_drop": ("bias.*", "quality.feedback_score", "quality.accuracy"),
     "hallucination_burst": ("hallucination.*", "quality.feedback_score"),
     "error_burst": ("errors.rate",),
+    "prompt_rollout": ("ab.*",),
 }
 """Signal families each incident kind should move, for scoring detection."""
 
@@ -180,7 +186,7 @@ class Incident:
             self._check(spec, key, value)
 
     def _check(self, spec: str, key: str, value: str) -> None:
-        if key in ("share", "rate"):
+        if key in ("share", "rate", "refusal"):
             x = _as_float(spec, key, value)
             if not 0.0 <= x <= 1.0:
                 raise ValueError(f"incident {spec!r}: {key} {value!r} must be within 0..1")
@@ -247,7 +253,7 @@ class Incident:
     def param(self, key: str) -> Any:
         """A parameter, typed: floats for numbers, text otherwise."""
         value = self.params.get(key, INCIDENT_KINDS[self.kind][key])
-        if key in ("share", "rate", "factor"):
+        if key in ("share", "rate", "factor", "refusal"):
             return float(value)
         return value
 
@@ -692,6 +698,9 @@ class SupportAppSimulator:
         error_p = np.full(n, _BASE_ERROR)
         burst = np.zeros(n, dtype=bool)
         seg_drop = np.zeros(n, dtype=bool)
+        rollout = np.zeros(n, dtype=bool)
+        rollout_b = np.zeros(n, dtype=bool)
+        rollout_refusal = np.zeros(n)
         flags = np.zeros(n, dtype=np.int64)
         segments = {"region": region, "language": language, "tier": tier}
         for bit, inc, on in self._active(t):
@@ -714,6 +723,13 @@ class SupportAppSimulator:
             elif inc.kind == "error_burst":
                 error_p = np.where(on, np.maximum(error_p, inc.param("rate")), error_p)
                 burst |= on
+            elif inc.kind == "prompt_rollout":
+                # arms by a low-discrepancy sequence over the chunk: no random draw, so
+                # the rest of the traffic is the same as without the incident
+                b = on & ((np.arange(n) * 0.6180339887) % 1.0 < inc.param("share"))
+                rollout |= on
+                rollout_b |= b
+                rollout_refusal = np.where(b, inc.param("refusal"), rollout_refusal)
 
         # -- content -----------------------------------------------------------
         drifted = u_drift < drift_share
@@ -731,6 +747,7 @@ class SupportAppSimulator:
         is_error = u_error < error_p
         is_timeout = ~is_error & (u_timeout < _BASE_TIMEOUT + extra_timeout)
         refusal_p = np.where(seg_drop, 0.3, _BASE_REFUSAL)
+        refusal_p = np.maximum(refusal_p, rollout_refusal)
         refused = ~is_error & (u_refuse < refusal_p)
         halluc = ~is_error & ~refused & (u_halluc < halluc_p)
         resp = np.where(
@@ -848,6 +865,8 @@ class SupportAppSimulator:
         refused_l = refused.tolist()
         halluc_l = halluc.tolist()
         flags_l = flags.tolist()
+        rollout_l = rollout.tolist()
+        rollout_b_l = rollout_b.tolist()
         kinds = [inc.kind for inc in self.incidents]
         change = k.change
         u = 0
@@ -931,6 +950,11 @@ class SupportAppSimulator:
                 },
             }
             u += 2
+            if rollout_l[i]:
+                b_arm = rollout_b_l[i]
+                aev["experiment"] = "prompt-rollout"
+                aev["variant"] = "B" if b_arm else "A"
+                aev["prompt_version"] = "v2" if b_arm else "v1"
             if is_ok:
                 aev["ttft_ms"] = tt
                 aev["response"] = (

@@ -72,6 +72,9 @@ CREATE TABLE IF NOT EXISTS inference_events (
     trace_id String DEFAULT '',
     span_id String DEFAULT '',
     parent_span_id String DEFAULT '',
+    prompt_version LowCardinality(String) DEFAULT '',
+    experiment LowCardinality(String) DEFAULT '',
+    variant LowCardinality(String) DEFAULT '',
     ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMMDD(ts)
@@ -89,6 +92,9 @@ CREATE TABLE IF NOT EXISTS feedback_events (
     hallucination Nullable(UInt8),
     comment String DEFAULT '',
     user String DEFAULT '',
+    reference String DEFAULT '',
+    source LowCardinality(String) DEFAULT '',
+    judge Map(LowCardinality(String), Float64),
     ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMMDD(ts)
@@ -217,6 +223,22 @@ RAW_INGEST: dict[str, str] = {
 milliseconds, the contract's own encoding, so the sink can pass an event's
 original JSON through without re-encoding it; a materialized view converts
 ``ts`` into the raw table."""
+
+
+ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "inference_events": (
+        ("prompt_version", "LowCardinality(String) DEFAULT ''"),
+        ("experiment", "LowCardinality(String) DEFAULT ''"),
+        ("variant", "LowCardinality(String) DEFAULT ''"),
+    ),
+    "feedback_events": (
+        ("reference", "String DEFAULT ''"),
+        ("source", "LowCardinality(String) DEFAULT ''"),
+        ("judge", "Map(LowCardinality(String), Float64)"),
+    ),
+}
+"""Columns added to raw tables after their first release: a store made before
+gets them (and so does its ingest entry; the view's ``SELECT *`` follows)."""
 
 
 def _ingest_ddl(raw: str, entry: str, ttl: int) -> list[str]:
@@ -377,11 +399,20 @@ class Store:
             except Exception as exc:
                 raise StoreError(f"DDL for table {name} failed: {exc}") from None
         for raw, entry in RAW_INGEST.items():
+            self._add_columns(raw, raw)
             for stmt in _ingest_ddl(raw, entry, int(ttl_days)):
                 try:
                     self.command(stmt)
                 except Exception as exc:
                     raise StoreError(f"DDL for {entry} failed: {exc}") from None
+            self._add_columns(entry, raw)
+
+    def _add_columns(self, table: str, raw: str) -> None:
+        for col, typ in ADDED_COLUMNS.get(raw, ()):
+            try:
+                self.command(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {col} {typ}")
+            except Exception as exc:
+                raise StoreError(f"adding column {col} to {table} failed: {exc}") from None
 
     # -- statements -----------------------------------------------------------
 

@@ -20,8 +20,10 @@ drift           60 s + 30   PopulationStabilityIndex, KolmogorovSmirnov, ChiSqua
 bias            60 s + 30   SegmentBias on outcomes: demographic parity, error rate gaps
 hallucination   60 s + 30   HallucinationSignals (groundedness, log-probabilities)
 quality         60 s + 30   LabelAccuracy, FeedbackScore, UserFlaggedRate, SegmentBias on
-                            labels and scores: run on the window's inferences that received
-                            feedback (:mod:`streams.join`), again when late feedback arrives
+                            labels and scores, ReferenceOverlap (ROUGE-L/BLEU/chrF against
+                            feedback references): run on the window's inferences that received
+                            feedback (:mod:`streams.join`), again when late feedback arrives;
+                            ABComparison on those and every inference tagged ``experiment``
 ==============  ==========  =================================================================
 
 Families with the same window share one buffer and one
@@ -124,13 +126,15 @@ def default_detectors(
 
     ``embedding=True`` adds prompt :class:`~detectors.drift.embedding.EmbeddingDrift`
     (the costly one: a few hundred texts a second per core; it samples 256
-    prompts per window). ``hallucination_max_scored`` caps responses scored
+    prompts per window) and, in the quality family,
+    :class:`~detectors.quality.semantic.SemanticSimilarity` of responses and
+    their references. ``hallucination_max_scored`` caps responses scored
     for groundedness per window (about 1 ms each).
 
     >>> sorted(default_detectors())
     ['bias', 'drift', 'hallucination', 'latency', 'quality']
     >>> [type(d).__name__ for d in default_detectors()["quality"]()]
-    ['LabelAccuracy', 'FeedbackScore', 'UserFlaggedRate', 'SegmentBias']
+    ['LabelAccuracy', 'FeedbackScore', 'UserFlaggedRate', 'SegmentBias', 'ABComparison', 'ReferenceOverlap', 'JudgeAgreement']
     """
     from detectors.bias import SegmentBias
     from detectors.drift import ChiSquare, KolmogorovSmirnov, PopulationStabilityIndex
@@ -142,7 +146,14 @@ def default_detectors(
         LatencyPercentiles,
         TokenThroughput,
     )
-    from detectors.quality import FeedbackScore, LabelAccuracy, UserFlaggedRate
+    from detectors.quality import (
+        ABComparison,
+        FeedbackScore,
+        JudgeAgreement,
+        LabelAccuracy,
+        ReferenceOverlap,
+        UserFlaggedRate,
+    )
 
     def latency() -> list[Detector]:
         return [
@@ -168,12 +179,20 @@ def default_detectors(
         return [HallucinationSignals(max_scored=hallucination_max_scored)]
 
     def quality() -> list[Detector]:
-        return [
+        out: list[Detector] = [
             LabelAccuracy(),
             FeedbackScore(),
             UserFlaggedRate(),
             SegmentBias(metrics=LABEL_BIAS_METRICS),
+            ABComparison(),
+            ReferenceOverlap(),
+            JudgeAgreement(),
         ]
+        if embedding:
+            from detectors.quality.semantic import SemanticSimilarity
+
+            out.append(SemanticSimilarity(embedder=embedder))
+        return out
 
     return {
         "latency": latency,

@@ -61,16 +61,31 @@ from typing import Any
 
 from streams.windows import Group, WindowSpec, _group, event_ms
 
-__all__ = ["FEEDBACK_FIELDS", "FeedbackJoin"]
+__all__ = ["ARM_FIELDS", "FEEDBACK_FIELDS", "FeedbackJoin", "TAG_FIELDS"]
 
-FEEDBACK_FIELDS: tuple[str, ...] = ("score", "label", "hallucination")
+FEEDBACK_FIELDS: tuple[str, ...] = ("score", "label", "hallucination", "reference", "source")
 """Fields of ``feedback/v1`` the signals use; others (comment) are not kept."""
+
+MAX_RESPONSE_CHARS = 8192
+"""Responses are kept up to this length for reference metrics (bounds the cache)."""
+
+JUDGE_SCORES: frozenset[str] = frozenset(
+    {"groundedness", "relevance", "correctness", "groundedness_free"})
+"""Keys of a feedback's ``judge`` map kept by the join (as ``judge_<key>``)."""
+
+TAG_FIELDS: tuple[str, ...] = ("prompt_version", "experiment", "variant")
+"""Inference fields kept on a record as they are (prompt versions and A/B)."""
+
+ARM_FIELDS: tuple[str, ...] = ("latency_ms", "cost_usd")
+"""Kept too for inferences in an experiment: the A/B comparison's per-request measures."""
 
 
 class _Record:
     """The compact part of an inference that feedback signals need."""
 
-    __slots__ = ("event_id", "feedback", "group", "label", "request_id", "segment", "status", "ts")
+    __slots__ = (
+        "event_id", "extra", "feedback", "group", "label", "request_id", "segment", "status", "ts",
+    )
 
     def __init__(
         self,
@@ -82,6 +97,7 @@ class _Record:
         label: str | None,
         segment: Mapping[str, str] | None,
         feedback: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         self.event_id = event_id
         self.request_id = request_id
@@ -91,6 +107,7 @@ class _Record:
         self.label = label
         self.segment = segment
         self.feedback = feedback
+        self.extra = extra
 
     def as_event(self) -> dict[str, Any]:
         app, model, version = self.group
@@ -107,22 +124,40 @@ class _Record:
         }
         if self.label is not None:
             ev["prediction"] = {"label": self.label}
+        if self.extra:
+            ev.update(self.extra)
         return ev
 
     def to_list(self) -> list[Any]:
         return [
             self.event_id, self.request_id, self.ts, list(self.group), self.status,
             self.label, None if self.segment is None else dict(self.segment), self.feedback,
+            self.extra,
         ]
 
     @classmethod
     def from_list(cls, row: list[Any]) -> _Record:
-        eid, rid, ts, g, status, label, segment, feedback = row
-        return cls(eid, rid, int(ts), _group(g), status, label, segment, feedback)
+        eid, rid, ts, g, status, label, segment, feedback = row[:8]
+        extra = row[8] if len(row) > 8 else None  # snapshots before prompt versions had 8
+        return cls(eid, rid, int(ts), _group(g), status, label, segment, feedback, extra)
+
+
+def _extra(event: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Prompt version and experiment tags, and the arm measures of an experiment's request."""
+    if "prompt_version" not in event and "experiment" not in event:
+        return None
+    out = {k: event[k] for k in TAG_FIELDS if event.get(k) is not None}
+    if "experiment" in out:
+        out.update((k, event[k]) for k in ARM_FIELDS if event.get(k) is not None)
+    return out
 
 
 def _feedback_fields(event: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: event[k] for k in FEEDBACK_FIELDS if event.get(k) is not None}
+    out = {k: event[k] for k in FEEDBACK_FIELDS if event.get(k) is not None}
+    judge = event.get("judge")
+    if judge:  # a judge's scores, flat: feedback.judge_<name> columns
+        out.update((f"judge_{k}", v) for k, v in judge.items() if k in JUDGE_SCORES)
+    return out
 
 
 class FeedbackJoin:
@@ -135,6 +170,14 @@ class FeedbackJoin:
     gives the window's inferences that carry feedback, as event dicts with a
     ``feedback`` mapping that :class:`~detectors.base.Batch` turns into
     ``feedback.*`` columns.
+
+    Records also keep ``prompt_version``/``experiment``/``variant``; an
+    inference in an experiment keeps its latency and cost as well and counts
+    as a window member even without feedback, so the A/B comparison sees
+    every request of both arms. Responses are kept in a bounded cache
+    (``max_responses``, oldest out first) for feedback that brings a
+    ``reference``; a reference whose response has left the cache is counted
+    as ``reference_without_response``.
     """
 
     def __init__(
@@ -143,6 +186,7 @@ class FeedbackJoin:
         horizon_s: float = 3600.0,
         *,
         max_pending: int = 100_000,
+        max_responses: int = 20_000,
     ) -> None:
         if horizon_s < window.length_s + window.lateness_s:
             raise ValueError(
@@ -152,6 +196,8 @@ class FeedbackJoin:
         self.window = window
         self.horizon_s = float(horizon_s)
         self.max_pending = int(max_pending)
+        self.max_responses = int(max_responses)
+        self._responses: dict[str, str] = {}
         self._by_request: dict[str, _Record] = {}
         self._windows: dict[tuple[Group, int], list[_Record]] = {}
         self._pending: dict[str, tuple[dict[str, Any], int]] = {}
@@ -166,6 +212,7 @@ class FeedbackJoin:
                 "feedback_unmatched",
                 "records_expired",
                 "windows_reemitted",
+                "reference_without_response",
             ),
             0,
         )
@@ -187,8 +234,9 @@ class FeedbackJoin:
         label = pred.get("label") if pred else None
         rec = _Record(
             str(event.get("event_id", "")), rid, ts_ms, group, event.get("status"),
-            None if label is None else str(label), event.get("segment"),
+            None if label is None else str(label), event.get("segment"), None, _extra(event),
         )
+        self._keep_response(rid, event)
         start = ts_ms - ts_ms % self.window.length_ms
         key = (group, start)
         bucket = self._windows.get(key)
@@ -208,6 +256,7 @@ class FeedbackJoin:
         by_request = self._by_request
         windows = self._windows
         pending = self._pending
+        keep = self.max_responses > 0
         added = 0
         for group, event, ts_ms in items:
             rid = event.get("request_id")
@@ -223,8 +272,11 @@ class FeedbackJoin:
             label = pred.get("label") if pred else None
             rec = _Record(
                 eid, rid, ts_ms, group, event.get("status"),
-                None if label is None else str(label), event.get("segment"),
+                None if label is None else str(label), event.get("segment"), None,
+                _extra(event) if ("prompt_version" in event or "experiment" in event) else None,
             )
+            if keep and event.get("response"):
+                self._keep_response(rid, event)
             key = (group, ts_ms - ts_ms % length)
             bucket = windows.get(key)
             if bucket is None:
@@ -238,6 +290,16 @@ class FeedbackJoin:
                 if waiting is not None:
                     self._attach(rec, waiting[0])
         self.counts["inference_records"] += added
+
+    def _keep_response(self, rid: str, event: Mapping[str, Any]) -> None:
+        text = event.get("response")
+        if not text or self.max_responses <= 0:
+            return
+        cache = self._responses
+        cache.pop(rid, None)
+        cache[rid] = text[:MAX_RESPONSE_CHARS]
+        while len(cache) > self.max_responses:
+            del cache[next(iter(cache))]
 
     def add_feedback(self, event: Mapping[str, Any]) -> bool:
         """Attach feedback to its inference; False if it has to wait for it."""
@@ -281,7 +343,7 @@ class FeedbackJoin:
             before = self.closed_through
             for key, recs in self._windows.items():
                 end = key[1] + length
-                if before < end <= threshold and any(r.feedback for r in recs):
+                if before < end <= threshold and any(r.feedback or _in_experiment(r) for r in recs):
                     out.append(key)
             self.closed_through = threshold
             self._dirty.difference_update(out)
@@ -305,9 +367,17 @@ class FeedbackJoin:
 
     def events(self, group: Group, start: int) -> list[dict[str, Any]]:
         """The window's inferences that received feedback, oldest first."""
-        recs = [r for r in self._windows.get((group, start), ()) if r.feedback]
+        recs = [r for r in self._windows.get((group, start), ()) if r.feedback or _in_experiment(r)]
         recs.sort(key=lambda r: (r.ts, r.event_id))
-        return [r.as_event() for r in recs]
+        out = [r.as_event() for r in recs]
+        for ev, rec in zip(out, recs, strict=True):
+            if rec.feedback and rec.feedback.get("reference"):
+                text = self._responses.get(rec.request_id)
+                if text is None:
+                    self.counts["reference_without_response"] += 1
+                else:
+                    ev["response"] = text
+        return out
 
     def forget(self, request_ids: Set[str]) -> int:
         """Drop the records and waiting feedback of ``request_ids`` (an erasure);
@@ -337,6 +407,7 @@ class FeedbackJoin:
             for rec in self._windows.pop(key):
                 if self._by_request.get(rec.request_id) is rec:
                     del self._by_request[rec.request_id]
+                    self._responses.pop(rec.request_id, None)
                 self.counts["records_expired"] += 1
             self._dirty.discard(key)
         if self._pending:
@@ -354,6 +425,7 @@ class FeedbackJoin:
             "records": len(self._by_request),
             "windows": len(self._windows),
             "feedback_pending": len(self._pending),
+            "responses_kept": len(self._responses),
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -368,7 +440,8 @@ class FeedbackJoin:
         (cheaper to build; serialise before the join changes)."""
         state = self._snapshot_meta()
         state["records"] = [
-            (r.event_id, r.request_id, r.ts, r.group, r.status, r.label, r.segment, r.feedback)
+            (r.event_id, r.request_id, r.ts, r.group, r.status, r.label, r.segment, r.feedback,
+             r.extra)
             for recs in self._windows.values() for r in recs
         ]
         return state
@@ -379,6 +452,7 @@ class FeedbackJoin:
             "dirty": [[list(g), s] for g, s in sorted(self._dirty)],
             "closed_through": self.closed_through,
             "counts": dict(self.counts),
+            "responses": list(self._responses.items()),
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -393,3 +467,8 @@ class FeedbackJoin:
         self._dirty = {(_group(g), int(s)) for g, s in state["dirty"]}
         self.closed_through = int(state["closed_through"])
         self.counts.update(state["counts"])
+        self._responses = {str(rid): str(text) for rid, text in state.get("responses", ())}
+
+
+def _in_experiment(rec: _Record) -> bool:
+    return rec.extra is not None and "experiment" in rec.extra

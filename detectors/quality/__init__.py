@@ -1,4 +1,5 @@
-"""Quality from feedback: accuracy against labels, user scores, user flags.
+"""Quality from feedback: accuracy against labels, user scores, user flags,
+overlap with reference answers, and A/B comparisons of an experiment's arms.
 
 These detectors read the columns that exist only once feedback has been
 joined onto its inference (``feedback.label``, ``feedback.score``,
@@ -16,8 +17,20 @@ merge exactly (:class:`~detectors.base.Mergeable`).
 
 from __future__ import annotations
 
+from detectors.quality.ab import ABComparison
 from detectors.quality.accuracy import LabelAccuracy
 from detectors.quality.feedback_score import FeedbackScore
 from detectors.quality.flags import UserFlaggedRate
+from detectors.quality.judge_agreement import JudgeAgreement
+from detectors.quality.reference import ReferenceOverlap
+from detectors.quality.semantic import SemanticSimilarity
 
-__all__ = ["FeedbackScore", "LabelAccuracy", "UserFlaggedRate"]
+__all__ = [
+    "ABComparison",
+    "FeedbackScore",
+    "JudgeAgreement",
+    "LabelAccuracy",
+    "ReferenceOverlap",
+    "SemanticSimilarity",
+    "UserFlaggedRate",
+]

@@ -59,7 +59,12 @@ def _reference_columns(events, start=None, end=None):
         columns["feedback.score"] = _floats([f.get("score") for f in fb])
         columns["feedback.label"] = _strings([f.get("label") for f in fb])
         columns["feedback.hallucination"] = _floats([f.get("hallucination") for f in fb])
+        columns["feedback.source"] = _strings([f.get("source") for f in fb])
+        for key in ("groundedness", "relevance", "correctness", "groundedness_free"):
+            columns[f"feedback.judge_{key}"] = _floats([f.get(f"judge_{key}") for f in fb])
     lists = {k: [e.get(k) for e in events] for k in ("prompt", "response", "context", "token_logprobs")}
+    if any("feedback" in e for e in events):
+        lists["feedback.reference"] = [(e.get("feedback") or _EMPTY).get("reference") for e in events]
     finite = ts[np.isfinite(ts)]
     lo = float(finite.min()) if finite.size else 0.0
     hi = float(finite.max()) if finite.size else 0.0

@@ -1,0 +1,68 @@
+"""ReferenceOverlap against rouge-score and sacrebleu called directly on the same pairs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sacrebleu
+from rouge_score import rouge_scorer
+
+from detectors.base import Batch
+from detectors.quality import ReferenceOverlap
+
+PAIRS = [
+    ("Your refund will arrive within five working days.",
+     "Refunds arrive within five working days."),
+    ("Please restart the router and try again.",
+     "Restart the router, then try again."),
+    ("I cannot help with that.",
+     "You can change your plan under Settings > Billing."),
+    ("Das Paket kommt morgen an.", "Das Paket wird morgen geliefert."),
+    ("Reset your password from the login page.",
+     "Reset your password from the login page."),
+]
+
+
+def _batch(pairs: list[tuple[str, str]], source: str = "reviewer") -> Batch:
+    events = [
+        {"ts": 1_000 * (i + 1), "event_id": f"e{i}", "request_id": f"r{i}", "response": resp,
+         "feedback": {"reference": ref, "source": source}}
+        for i, (resp, ref) in enumerate(pairs)
+    ]
+    events.append({"ts": 9_000, "event_id": "nofb", "response": "no reference here",
+                   "feedback": {"score": 1.0}})
+    return Batch.from_events(events, start=0.0, end=60.0)
+
+
+def test_matches_reference_libraries() -> None:
+    out = {s.signal: s for s in ReferenceOverlap().update(_batch(PAIRS))}
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    rouge = [scorer.score(ref, resp)["rougeL"].fmeasure for resp, ref in PAIRS]
+    bleu = [sacrebleu.sentence_bleu(resp, [ref]).score / 100 for resp, ref in PAIRS]
+    chrf = [sacrebleu.sentence_chrf(resp, [ref]).score / 100 for resp, ref in PAIRS]
+    assert out["quality.rouge_l"].value == pytest.approx(np.mean(rouge), rel=1e-12)
+    assert out["quality.bleu"].value == pytest.approx(np.mean(bleu), rel=1e-12)
+    assert out["quality.chrf"].value == pytest.approx(np.mean(chrf), rel=1e-12)
+    assert {s.n for s in out.values()} == {len(PAIRS)}  # the row without a reference is left out
+
+
+def test_worst_examples_are_the_lowest_scores() -> None:
+    s = {s.signal: s for s in ReferenceOverlap(top_k=2).update(_batch(PAIRS))}["quality.rouge_l"]
+    worst = s.detail["worst"]
+    assert [w["event_id"] for w in worst][0] == "e2"  # the refusal shares almost nothing
+    assert worst[0]["score"] <= worst[1]["score"]
+    assert worst[0]["reference"].startswith("You can change")
+    assert s.detail["by_source"] == {"reviewer": len(PAIRS)}
+
+
+def test_identical_answers_score_one_and_cap_is_kept() -> None:
+    same = [("a b c d e f", "a b c d e f")] * 6
+    out = ReferenceOverlap(max_scored=4).update(_batch(same, source="golden"))
+    assert [round(s.value, 9) for s in out] == [1.0, 1.0, 1.0]
+    assert {s.n for s in out} == {4} and out[0].detail["truncated"] is True
+
+
+def test_no_reference_no_signal() -> None:
+    b = Batch.from_events([{"ts": 1_000, "event_id": "e", "response": "x",
+                            "feedback": {"score": 0.5}}], start=0.0, end=60.0)
+    assert ReferenceOverlap().update(b) == []
