@@ -435,6 +435,9 @@ async def _show(ctx: Any, monitor: Any, progress: dict[str, Any], elapsed: float
 
 
 def _counts(store: Any) -> dict[str, int]:
-    from llmpulse.store import TABLES
+    from llmpulse.store import DDL, TABLES
 
-    return {t: int(store.scalar(f"SELECT count() FROM {t} FINAL")) for t in TABLES}
+    # FINAL collapses replays in the ReplacingMergeTree tables; the audit trail is append-only
+    return {t: int(store.scalar(
+        f"SELECT count() FROM {t}{' FINAL' if 'ReplacingMergeTree' in DDL[t] else ''}"))
+        for t in TABLES}

@@ -393,6 +393,7 @@ class FeedbackJoin:
                 gone += 1
             if self._pending.pop(rid, None) is not None:
                 gone += 1
+            self._responses.pop(rid, None)  # the answer kept for a late reference
         for recs in self._windows.values():  # records replaced under the same request id
             if any(r.request_id in request_ids for r in recs):
                 before = len(recs)

@@ -290,7 +290,8 @@ def test_windows_and_join_forget_erased_requests() -> None:
     windows = TumblingWindows(spec)
     join = FeedbackJoin(spec, horizon_s=3600)
     for i in range(4):
-        ev = {"ts": 1_000 + i, "event_id": f"e{i}", "request_id": f"r{i}", "status": "ok"}
+        ev = {"ts": 1_000 + i, "event_id": f"e{i}", "request_id": f"r{i}", "status": "ok",
+              "response": f"answer {i} kept for a late reference"}
         windows.add(g, ev)
         join.add_inference(g, ev)
     join.add_feedback({"request_id": "r9", "ts": 2_000, "score": 1.0})  # waiting for r9
@@ -301,3 +302,5 @@ def test_windows_and_join_forget_erased_requests() -> None:
     assert [e["request_id"] for e in evs] == ["r0", "r3"]
     rows = join.snapshot()["records"]
     assert sorted(r[1] for r in rows) == ["r0", "r2", "r3"] and join.snapshot()["pending"] == []
+    assert "answer 1 " not in str(join.snapshot_rows())  # nor its answer, kept for scoring
+    assert "answer 0 " in str(join.snapshot_rows())

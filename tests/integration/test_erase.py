@@ -178,7 +178,10 @@ def test_erase_user_removes_every_trace_and_twice_is_a_noop(stack_factory, tmp_p
     assert json.loads(out.stdout)["rows"]["inference_events"] == 2
 
     text = all_rows_text(sp)
-    assert [n for n in needles if n in text] == []
+    tables = json.loads(text)
+    assert [n for n in needles if n in text] == [], {
+        t: [str(r)[:300] for r in rows if any(n in json.dumps(r) for n in needles)][:3]
+        for t, rows in tables.items()}
     # aggregate signal rows stay; what else was stored stays
     assert sp.sql("SELECT count() AS n FROM signals FINAL")[0]["n"] >= signals_before
     assert sp.sql("SELECT count() AS n FROM inference_events FINAL") == [{"n": len(kept)}]
