@@ -37,6 +37,7 @@ import datetime
 import functools
 import importlib
 import ipaddress
+import itertools
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -395,6 +396,7 @@ _DATE_FORMATS = (
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_date(span: str) -> bool:
     """Whether the span reads as a calendar date in a common numeric notation."""
     for fmt in _DATE_FORMATS:
@@ -498,40 +500,131 @@ class PhoneFinder:
         runs = _digit_runs(text)
         if not any(long for _, _, long in runs):
             return []
-        pn = require_extra("phonenumbers")
         context = _context_runs(runs)
         spans: set[tuple[int, int]] = set()
         plus = [text[a] in "+\uff0b" for a, _, _ in runs]
         if any(p and long for p, (_, _, long) in zip(plus, runs, strict=True)):
             first = self.regions[0] if self.regions else "US"
-            masked = _blank(text, runs, context)
-            for m in pn.PhoneNumberMatcher(masked, first, leniency=pn.Leniency.POSSIBLE):
-                if m.raw_string.startswith(("+", "\uff0b")):
-                    spans.add((m.start, m.end))
+            spans.update(_chunked(text, runs, context, first, "POSSIBLE", plus_only=True))
         # Numbers without a country code: each region sees only the runs that
         # could hold one of its numbers, and is skipped when there are none.
         for region in self.regions:
             gate = _region_gate(region)
             # Where parsing rewrites the digits (Argentina's mobile "15"), the
             # grouping check cannot see the written groups: validity only.
-            leniency = getattr(pn.Leniency, self.leniency if gate is not None else "VALID")
+            leniency = self.leniency if gate is not None else "VALID"
             keep = list(context)
             for i, (a, b, long) in enumerate(runs):
-                if long and keep[i] and (plus[i] or (gate is not None and not _plausible(text[a:b], gate))):
+                if long and keep[i] and (plus[i] or (gate is not None and not _plausible_in(text[a:b], region))):
                     keep[i] = False
             if not any(k and runs[i][2] for i, k in enumerate(keep)):
                 continue
-            masked = _blank(text, runs, keep)
-            for m in pn.PhoneNumberMatcher(masked, region, leniency=leniency):
-                # The matcher also tries the inner groups of a long run; a
-                # short group found that way (1680 in 0.60.1680) is no phone.
-                raw = m.raw_string
-                if sum(c.isdigit() for c in raw) < _MIN_PHONE_DIGITS:
-                    continue
-                if raw.isdigit() and not _bare_run_is_phone(pn, m.number, raw, region):
-                    continue
-                spans.add((m.start, m.end))
+            spans.update(_chunked(text, runs, keep, region, leniency, plus_only=False))
         return sorted(s for s in spans if not _is_glued(text, *s))
+
+
+# libphonenumber's matcher reads a text as candidates (digits, the punctuation
+# between them, a leading "+" or bracket, an extension such as "ext. 12" or
+# "#12") and looks one character beyond each end. A candidate can therefore not
+# reach across a character that none of these may hold: such a character splits
+# the text into pieces that the matcher reads independently, with the same
+# result. Every character of the extension pattern counts as one a candidate
+# may hold (a few more than needed, which only means fewer splits).
+@functools.cache
+def _hard_class() -> re.Pattern[str]:
+    """Characters that no matcher candidate holds: not a digit, and not a
+    character of libphonenumber's punctuation, plus signs, brackets or
+    extension pattern, case-insensitively as it reads them.
+
+    >>> h = _hard_class()
+    >>> [c for c in "call 0171, ext. 12 (x) – or" if h.match(c)]
+    ['c', 'l', 'l', 'r']
+    """
+    pn = require_extra("phonenumbers")
+    util = pn.phonenumberutil
+    literal = set(util._EXTN_PATTERNS_FOR_MATCHING) | set(util._PLUS_CHARS) | set("()[]\uff08\uff09\uff3b\uff3d")
+    literal |= set(" \t\u00a0,;=:.\uff0e#\uff03~\uff5e-")
+    body = util._VALID_PUNCTUATION + "".join(re.escape(c) for c in sorted(literal))
+    return re.compile(f"[^{body}\\d]", re.IGNORECASE)
+
+
+def _pieces(text: str, runs: list[tuple[int, int, bool]], keep: list[bool]) -> list[tuple[int, int]]:
+    """Pieces ``(start, end)`` of ``text`` that hold the kept runs, split where
+    a candidate cannot reach across. Neighbouring pieces share the splitting
+    character, so each sees the character beyond its candidates, as the whole
+    text would; the first starts at 0 and the last ends at the text's end when
+    they hold its first or last characters' runs."""
+    hard = _hard_class()
+    kept = [(a, b) for (a, b, _), k in zip(runs, keep, strict=True) if k]
+    out: list[tuple[int, int]] = []
+    lo = 0
+    for (_, prev_end), (a, _) in itertools.pairwise(kept):
+        first = hard.search(text, prev_end, a)
+        if first is not None:
+            last = hard.search(text[prev_end:a][::-1])
+            assert last is not None
+            out.append((lo, first.start() + 1))
+            lo = a - 1 - last.start()
+    out.append((lo, len(text)))
+    return out
+
+
+_PIECE_CACHE_MAX_CHARS = 512
+"""Pieces longer than this are matched without being remembered, so the cache
+holds at most a few megabytes whatever the traffic."""
+
+
+def _chunked(
+    text: str, runs: list[tuple[int, int, bool]], keep: list[bool], region: str, leniency: str, *, plus_only: bool
+) -> list[tuple[int, int]]:
+    """What :func:`_match_piece` finds in each piece of the masked text, in
+    offsets of ``text``."""
+    masked = _blank(text, runs, keep)
+    out: list[tuple[int, int]] = []
+    for lo, hi in _pieces(masked, runs, keep):
+        piece = masked[lo:hi]
+        match = _match_piece_cached if hi - lo <= _PIECE_CACHE_MAX_CHARS else _match_piece
+        found = match(piece, region, leniency, plus_only)
+        out.extend((lo + a, lo + b) for a, b in found)
+    return out
+
+
+def _match_piece(piece: str, region: str, leniency: str, plus_only: bool) -> tuple[tuple[int, int], ...]:
+    """Spans of ``piece`` that libphonenumber's matcher finds for ``region``
+    and that the finder keeps: with a ``+`` only (``plus_only``), or numbers of
+    at least seven digits that are not bare identifier-like runs."""
+    pn = require_extra("phonenumbers")
+    found: list[tuple[int, int]] = []
+    for m in pn.PhoneNumberMatcher(piece, region, leniency=getattr(pn.Leniency, leniency)):
+        raw = m.raw_string
+        if plus_only:
+            if raw.startswith(("+", "\uff0b")):
+                found.append((m.start, m.end))
+            continue
+        # The matcher also tries the inner groups of a long run; a
+        # short group found that way (1680 in 0.60.1680) is no phone.
+        if sum(c.isdigit() for c in raw) < _MIN_PHONE_DIGITS:
+            continue
+        if raw.isdigit() and not _bare_run_is_phone(pn, m.number, raw, region):
+            continue
+        found.append((m.start, m.end))
+    return tuple(found)
+
+
+_match_piece_cached = functools.lru_cache(maxsize=8192)(_match_piece)
+
+
+@functools.lru_cache(maxsize=8192)
+def _plausible_in(run: str, region: str) -> bool:
+    gate = _region_gate(region)
+    return gate is None or _plausible(run, gate)
+
+
+def clear_caches() -> None:
+    """Forget every remembered result (the phone finder's pieces and gates)."""
+    _match_piece_cached.cache_clear()
+    _plausible_in.cache_clear()
+    _is_date.cache_clear()
 
 
 def merge_spans(groups: Iterable[tuple[str, list[tuple[int, int]]]]) -> list[tuple[int, int, str]]:
