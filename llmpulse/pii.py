@@ -279,8 +279,8 @@ _MIN_PHONE_DIGITS = 7
 def _digit_runs(text: str) -> list[tuple[int, int, bool]]:
     """Digit runs ``(start, end, long)``; ``long`` when the run has enough
     digits for a phone number."""
-    return [(m.start(), m.end(), sum(c.isdigit() for c in m.group()) >= _MIN_PHONE_DIGITS)
-            for m in _DIGIT_RUN.finditer(text)]
+    return [(m.start(), m.end(), len(g) >= _MIN_PHONE_DIGITS and sum(map(str.isdigit, g)) >= _MIN_PHONE_DIGITS)
+            for m in _DIGIT_RUN.finditer(text) if (g := m.group())]
 
 
 def _context_runs(runs: list[tuple[int, int, bool]]) -> list[bool]:
@@ -501,25 +501,23 @@ class PhoneFinder:
         if not any(long for _, _, long in runs):
             return []
         context = _context_runs(runs)
-        spans: set[tuple[int, int]] = set()
         plus = [text[a] in "+\uff0b" for a, _, _ in runs]
-        if any(p and long for p, (_, _, long) in zip(plus, runs, strict=True)):
-            first = self.regions[0] if self.regions else "US"
-            spans.update(_chunked(text, runs, context, first, "POSSIBLE", plus_only=True))
+        plus_pass = any(p and long for p, (_, _, long) in zip(plus, runs, strict=True))
         # Numbers without a country code: each region sees only the runs that
-        # could hold one of its numbers, and is skipped when there are none.
-        for region in self.regions:
-            gate = _region_gate(region)
-            # Where parsing rewrites the digits (Argentina's mobile "15"), the
-            # grouping check cannot see the written groups: validity only.
-            leniency = self.leniency if gate is not None else "VALID"
-            keep = list(context)
-            for i, (a, b, long) in enumerate(runs):
-                if long and keep[i] and (plus[i] or (gate is not None and not _plausible_in(text[a:b], region))):
-                    keep[i] = False
-            if not any(k and runs[i][2] for i, k in enumerate(keep)):
-                continue
-            spans.update(_chunked(text, runs, keep, region, leniency, plus_only=False))
+        # could hold one of its numbers (a bit per region), and is skipped
+        # when the whole text has none.
+        active = 0
+        for i, (a, b, long) in enumerate(runs):
+            if long and context[i] and not plus[i]:
+                active |= _plausible_regions(text[a:b], self.regions)
+        spans: set[tuple[int, int]] = set()
+        for lo, hi, idx in _pieces(text, runs, context):
+            mask = tuple(context[i] for i in idx)
+            if not any(mask):
+                continue  # no digits left: nothing to find
+            find = _find_in_piece_cached if hi - lo <= _PIECE_CACHE_MAX_CHARS else _find_in_piece
+            found = find(text[lo:hi], mask, plus_pass, active, self.regions, self.leniency)
+            spans.update((lo + a, lo + b) for a, b in found)
         return sorted(s for s in spans if not _is_glued(text, *s))
 
 
@@ -548,24 +546,52 @@ def _hard_class() -> re.Pattern[str]:
     return re.compile(f"[^{body}\\d]", re.IGNORECASE)
 
 
-def _pieces(text: str, runs: list[tuple[int, int, bool]], keep: list[bool]) -> list[tuple[int, int]]:
-    """Pieces ``(start, end)`` of ``text`` that hold the kept runs, split where
-    a candidate cannot reach across. Neighbouring pieces share the splitting
-    character, so each sees the character beyond its candidates, as the whole
-    text would; the first starts at 0 and the last ends at the text's end when
-    they hold its first or last characters' runs."""
+Piece = tuple[int, int, range]
+"""``(start, end, runs)``: a piece of the text and the indices of the digit
+runs in it."""
+
+
+def _pieces(text: str, runs: list[tuple[int, int, bool]], keep: list[bool]) -> list[Piece]:
+    """Pieces of ``text`` around the kept runs, split where no candidate can
+    reach across (at a character of :func:`_hard_class`). A piece starts at
+    the last such character before its first run (or at the text's start) and
+    ends just after the first one after its last run (or at the text's end),
+    so it sees the characters beyond its candidates as the whole text does.
+    A split holds for any subset of the kept runs: the others are blanked.
+
+    >>> t = "Ruf 0171 1234567 an, Fax 030 1234567 ext. 12"
+    >>> runs = _digit_runs(t)
+    >>> [(t[a:b], list(i)) for a, b, i in _pieces(t, runs, _context_runs(runs))]
+    [('f 0171 1234567 an, F', [0]), ('Fax 030 1234567 ext. 12', [1, 2])]
+    """
     hard = _hard_class()
-    kept = [(a, b) for (a, b, _), k in zip(runs, keep, strict=True) if k]
-    out: list[tuple[int, int]] = []
-    lo = 0
-    for (_, prev_end), (a, _) in itertools.pairwise(kept):
+    kept = [i for i, k in enumerate(keep) if k]
+    if not kept:
+        return []
+    bounds: list[tuple[int, int]] = []
+    before = hard.search(text[: runs[kept[0]][0]][::-1])
+    lo = 0 if before is None else runs[kept[0]][0] - 1 - before.start()
+    for i, j in itertools.pairwise(kept):
+        prev_end, a = runs[i][1], runs[j][0]
         first = hard.search(text, prev_end, a)
         if first is not None:
             last = hard.search(text[prev_end:a][::-1])
             assert last is not None
-            out.append((lo, first.start() + 1))
+            bounds.append((lo, first.start() + 1))
             lo = a - 1 - last.start()
-    out.append((lo, len(text)))
+    after = hard.search(text, runs[kept[-1]][1])
+    bounds.append((lo, len(text) if after is None else after.start() + 1))
+    # The runs inside each piece (a run never holds a hard character).
+    out: list[Piece] = []
+    r = 0
+    for lo, hi in bounds:
+        while runs[r][0] < lo:
+            r += 1
+        e = r
+        while e < len(runs) and runs[e][0] < hi:
+            e += 1
+        out.append((lo, hi, range(r, e)))
+        r = e
     return out
 
 
@@ -574,28 +600,49 @@ _PIECE_CACHE_MAX_CHARS = 512
 holds at most a few megabytes whatever the traffic."""
 
 
-def _chunked(
-    text: str, runs: list[tuple[int, int, bool]], keep: list[bool], region: str, leniency: str, *, plus_only: bool
+def _find_in_piece(
+    piece: str, context: tuple[bool, ...], plus_pass: bool, active: int, regions: tuple[str, ...], leniency: str
+) -> tuple[tuple[int, int], ...]:
+    """The phone spans in one piece, as :class:`PhoneFinder` finds them in the
+    whole text: ``context`` says which of the piece's digit runs the matcher
+    sees, ``plus_pass`` whether the text has a long run with a ``+``,
+    ``active`` which regions (a bit each) have a plausible run in the text.
+    It depends on its arguments alone, so it may be remembered."""
+    runs = _digit_runs(piece)
+    found: set[tuple[int, int]] = set()
+    if plus_pass:
+        found.update(_match_piece(piece, runs, list(context), regions[0] if regions else "US", "POSSIBLE", True))
+    gates = [
+        _plausible_regions(piece[a:b], regions) if long and piece[a] not in "+\uff0b" else 0
+        for a, b, long in runs
+    ]
+    for r, region in enumerate(regions):
+        if not active >> r & 1:
+            continue
+        keep = [k and (not long or bool(g >> r & 1)) for k, (_, _, long), g in zip(context, runs, gates, strict=True)]
+        if not any(keep):
+            continue
+        # Where parsing rewrites the digits (Argentina's mobile "15"), the
+        # grouping check cannot see the written groups: validity only.
+        lenient = leniency if _region_gate(region) is not None else "VALID"
+        found.update(_match_piece(piece, runs, keep, region, lenient, False))
+    return tuple(sorted(found))
+
+
+_find_in_piece_cached = functools.lru_cache(maxsize=4096)(_find_in_piece)
+
+
+def _match_piece(
+    piece: str, runs: list[tuple[int, int, bool]], keep: list[bool], region: str, leniency: str, plus_only: bool
 ) -> list[tuple[int, int]]:
-    """What :func:`_match_piece` finds in each piece of the masked text, in
-    offsets of ``text``."""
-    masked = _blank(text, runs, keep)
-    out: list[tuple[int, int]] = []
-    for lo, hi in _pieces(masked, runs, keep):
-        piece = masked[lo:hi]
-        match = _match_piece_cached if hi - lo <= _PIECE_CACHE_MAX_CHARS else _match_piece
-        found = match(piece, region, leniency, plus_only)
-        out.extend((lo + a, lo + b) for a, b in found)
-    return out
-
-
-def _match_piece(piece: str, region: str, leniency: str, plus_only: bool) -> tuple[tuple[int, int], ...]:
-    """Spans of ``piece`` that libphonenumber's matcher finds for ``region``
-    and that the finder keeps: with a ``+`` only (``plus_only``), or numbers of
-    at least seven digits that are not bare identifier-like runs."""
+    """Spans of ``piece`` (its runs blanked where ``keep`` is false) that
+    libphonenumber's matcher finds for ``region`` and that the finder keeps:
+    with a ``+`` only (``plus_only``), or numbers of at least seven digits
+    that are not bare identifier-like runs."""
     pn = require_extra("phonenumbers")
+    masked = piece if all(keep) else _blank(piece, runs, keep)
     found: list[tuple[int, int]] = []
-    for m in pn.PhoneNumberMatcher(piece, region, leniency=getattr(pn.Leniency, leniency)):
+    for m in pn.PhoneNumberMatcher(masked, region, leniency=getattr(pn.Leniency, leniency)):
         raw = m.raw_string
         if plus_only:
             if raw.startswith(("+", "\uff0b")):
@@ -608,22 +655,28 @@ def _match_piece(piece: str, region: str, leniency: str, plus_only: bool) -> tup
         if raw.isdigit() and not _bare_run_is_phone(pn, m.number, raw, region):
             continue
         found.append((m.start, m.end))
-    return tuple(found)
-
-
-_match_piece_cached = functools.lru_cache(maxsize=8192)(_match_piece)
+    return found
 
 
 @functools.lru_cache(maxsize=8192)
-def _plausible_in(run: str, region: str) -> bool:
-    gate = _region_gate(region)
-    return gate is None or _plausible(run, gate)
+def _plausible_regions(run: str, regions: tuple[str, ...]) -> int:
+    """A bit per region: whether the run could hold one of its national numbers.
+
+    >>> bin(_plausible_regions("0171 1234567", ("US", "DE", "GB")))
+    '0b110'
+    """
+    bits = 0
+    for r, region in enumerate(regions):
+        gate = _region_gate(region)
+        if gate is None or _plausible(run, gate):
+            bits |= 1 << r
+    return bits
 
 
 def clear_caches() -> None:
     """Forget every remembered result (the phone finder's pieces and gates)."""
-    _match_piece_cached.cache_clear()
-    _plausible_in.cache_clear()
+    _find_in_piece_cached.cache_clear()
+    _plausible_regions.cache_clear()
     _is_date.cache_clear()
 
 

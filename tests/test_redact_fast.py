@@ -94,15 +94,15 @@ def test_pieces_split_only_at_characters_no_candidate_holds():
     text = "call 0171 1234567 or 030 1234567, ext. 12 then 089 123456"
     runs = pii._digit_runs(text)
     keep = [True] * len(runs)
-    pieces = [text[a:b] for a, b in _pieces(text, runs, keep)]
+    pieces = [(text[a:b], list(i)) for a, b, i in _pieces(text, runs, keep)]
     # split at "l", "r" and "h" only; ", ext. 12" stays with its number
-    assert pieces == ["call 0171 1234567 or", "r 030 1234567, ext. 12 th", "hen 089 123456"]
+    assert pieces == [("l 0171 1234567 or", [0]), ("r 030 1234567, ext. 12 th", [1, 2]), ("hen 089 123456", [3])]
 
 
 def test_long_pieces_are_not_remembered():
     clear_caches()
     text = "numbers: " + " ".join(["0171 1234567"] * 60)  # one piece of 700+ characters
     assert _DEFAULT_NEW(text) == _DEFAULT_OLD(text)
-    assert pii._match_piece_cached.cache_info().currsize == 0
+    assert pii._find_in_piece_cached.cache_info().currsize == 0
     _DEFAULT_NEW("call 0171 1234567 today")
-    assert pii._match_piece_cached.cache_info().currsize > 0
+    assert pii._find_in_piece_cached.cache_info().currsize > 0
