@@ -50,6 +50,8 @@ __all__ = [
     "IBAN_LENGTHS",
     "PhoneFinder",
     "card_issuer_known",
+    "clear_caches",
+    "could_hold_pii",
     "find_cards",
     "find_emails",
     "find_ibans",
@@ -144,7 +146,9 @@ def card_issuer_known(digits: str) -> bool:
 # Candidates only: the decision is Luhn plus the issuer table. A candidate is
 # a whole digit run: not preceded or followed by more digits, directly or
 # across one separator (a 22-digit tracking number holds no card).
-_CARD_CANDIDATE = re.compile(r"(?<![\d-])(?<!\d[ -])\d(?:[ -]?\d){11,18}(?![\d-])(?![ -]\d)")
+# (The lookbehinds follow the first digit so that the scan tries them at
+# digits only.)
+_CARD_CANDIDATE = re.compile(r"\d(?<![\d-]\d)(?<!\d[ -]\d)(?:[ -]?\d){11,18}(?![\d-])(?![ -]\d)")
 
 
 def find_cards(text: str) -> list[tuple[int, int]]:
@@ -188,17 +192,19 @@ def iban_valid(iban: str) -> bool:
     return number % 97 == 1
 
 
-_IBAN_START = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}")
+# The check digits, preceded by a country code that starts a word: matched
+# from the digits so that the scan does not stop at every letter of prose.
+_IBAN_CHECK = re.compile(r"\d\d(?<=(?<![A-Za-z0-9])[A-Za-z]{2}\d\d)")
 
 
 def find_ibans(text: str) -> list[tuple[int, int]]:
     """Spans of IBANs, grouped by single spaces or not, in either letter case."""
     out: list[tuple[int, int]] = []
-    for m in _IBAN_START.finditer(text):
-        start = m.start()
+    for m in _IBAN_CHECK.finditer(text):
+        start = m.start() - 2
         if out and start < out[-1][1]:
             continue
-        want = IBAN_LENGTHS.get(m.group()[:2].upper())
+        want = IBAN_LENGTHS.get(text[start : start + 2].upper())
         if want is None:
             continue
         i, n = m.end(), 4
@@ -272,15 +278,24 @@ def find_emails(text: str) -> list[tuple[int, int]]:
 # spares libphonenumber from parsing every time, price and small count once
 # per region, which is most of its cost on ordinary text.
 _PHONE_PUNCT = "\\-\u2010-\u2015\u2212\u30fc\uff0d-\uff0f \t\u00a0\u00ad\u200b\u2060\u3000().\\[\\]/~\u2053\u223c\uff5e\uff08\uff09\uff3b\uff3d"
-_DIGIT_RUN = re.compile(f"[+\uff0b]?\\d(?:[{_PHONE_PUNCT}]*\\d)*")
+_DIGIT_RUN = re.compile(f"\\d(?:[{_PHONE_PUNCT}]*\\d)*")  # and a "+" right before it
 _MIN_PHONE_DIGITS = 7
 
 
 def _digit_runs(text: str) -> list[tuple[int, int, bool]]:
-    """Digit runs ``(start, end, long)``; ``long`` when the run has enough
-    digits for a phone number."""
-    return [(m.start(), m.end(), len(g) >= _MIN_PHONE_DIGITS and sum(map(str.isdigit, g)) >= _MIN_PHONE_DIGITS)
-            for m in _DIGIT_RUN.finditer(text) if (g := m.group())]
+    """Digit runs ``(start, end, long)``, with a ``+`` right before them;
+    ``long`` when the run has enough digits for a phone number.
+
+    >>> _digit_runs("call +49 171 1234567 at 10:45, 1+2")
+    [(5, 20, True), (24, 26, False), (27, 29, False), (31, 32, False), (32, 34, False)]
+    """
+    out = []
+    for m in _DIGIT_RUN.finditer(text):
+        a, g = m.start(), m.group()
+        if a and text[a - 1] in "+\uff0b":
+            a -= 1
+        out.append((a, m.end(), len(g) >= _MIN_PHONE_DIGITS and sum(map(str.isdigit, g)) >= _MIN_PHONE_DIGITS))
+    return out
 
 
 def _context_runs(runs: list[tuple[int, int, bool]]) -> list[bool]:
@@ -678,6 +693,24 @@ def clear_caches() -> None:
     _find_in_piece_cached.cache_clear()
     _plausible_regions.cache_clear()
     _is_date.cache_clear()
+
+
+def could_hold_pii(text: str) -> bool:
+    """Whether any built-in finder could find something: the text has a
+    digit or an ``@``. Most prose has neither, and is then passed over at
+    the cost of a few scans.
+
+    >>> could_hold_pii("Thanks, we will look into it."), could_hold_pii("page 12")
+    (False, True)
+    """
+    if "@" in text:
+        return True
+    if text.isascii():
+        return any(d in text for d in "0123456789")
+    return _ANY_DIGIT.search(text) is not None
+
+
+_ANY_DIGIT = re.compile(r"\d")
 
 
 def merge_spans(groups: Iterable[tuple[str, list[tuple[int, int]]]]) -> list[tuple[int, int, str]]:
