@@ -48,15 +48,20 @@ _EXAMPLES = [
     if (n := pn.example_number_for_type(r, t)) is not None
     for f in (pn.PhoneNumberFormat.NATIONAL, pn.PhoneNumberFormat.INTERNATIONAL, pn.PhoneNumberFormat.E164)
 ]
+_OTHER_PII = ["4111 1111 1111 1111", "5500-0000-0000-0004", "378282246310005", "GB82 WEST 1234 5698 7654 32",
+              "DE89370400440532013000", "de89 3704 0044 0532 0130 00", "FR1420041010050500013M02606",
+              "jane.doe@example.com", "müller@bücher.de", "a@b", "@dataclass", "AB12CD34", "5901234123457"]
 _GLUE = [" ", ", ", " ext. ", " x", "#", " (", ") ", "-", "/", ".", ":", " or ", " und ", "\n", " anexo ",
          " int ", " доб ", "；", " – ", "abc", "\u00a0", "  ", "+", "ｘ", " EXT "]
 
 
 @st.composite
 def _fragment(draw: st.DrawFn) -> str:
-    kind = draw(st.sampled_from(["example", "digits", "grouped", "word", "noise"]))
+    kind = draw(st.sampled_from(["example", "digits", "grouped", "word", "noise", "other"]))
     if kind == "example":
         return draw(st.sampled_from(_EXAMPLES))
+    if kind == "other":
+        return draw(st.sampled_from(_OTHER_PII))
     if kind == "digits":
         return draw(st.text(alphabet="0123456789", min_size=1, max_size=14))
     if kind == "grouped":
