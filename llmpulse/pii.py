@@ -486,9 +486,18 @@ class PhoneFinder:
 
     ``regions`` are tried in turn for numbers written without a country code
     (a number valid and grouped as ``leniency`` requires in any of them is
-    found; each extra region costs a matcher pass over texts with a plausible
-    digit run); numbers that start with ``+`` and a country code are found
-    whatever the regions, when their length is possible for that country.
+    found; each extra region costs a matcher pass over the digit runs that
+    could hold one of its numbers); numbers that start with ``+`` and a
+    country code are found whatever the regions, when their length is
+    possible for that country.
+
+    The matcher reads only the pieces of the text around digit runs, split
+    where no candidate can reach across (see :func:`_pieces`), and what it
+    finds in a piece is remembered (a bounded LRU cache shared by all
+    finders, :func:`clear_caches` empties it): texts that repeat numbers,
+    templates or whole messages cost a few scans. The result is the same as
+    the matcher's over the whole text (a test compares the two on the
+    evaluation set and on generated texts).
 
     >>> f = PhoneFinder(regions=("DE", "FR"))
     >>> text = "Ruf 0171 1234567 oder +33 6 12 34 56 78 an, Version 2.14.3, 10:45 Uhr"
@@ -524,7 +533,7 @@ class PhoneFinder:
         active = 0
         for i, (a, b, long) in enumerate(runs):
             if long and context[i] and not plus[i]:
-                active |= _plausible_regions(text[a:b], self.regions)
+                active |= _plausible_bits(text[a:b], self.regions)
         spans: set[tuple[int, int]] = set()
         for lo, hi, idx in _pieces(text, runs, context):
             mask = tuple(context[i] for i in idx)
@@ -628,7 +637,7 @@ def _find_in_piece(
     if plus_pass:
         found.update(_match_piece(piece, runs, list(context), regions[0] if regions else "US", "POSSIBLE", True))
     gates = [
-        _plausible_regions(piece[a:b], regions) if long and piece[a] not in "+\uff0b" else 0
+        _plausible_bits(piece[a:b], regions) if long and piece[a] not in "+\uff0b" else 0
         for a, b, long in runs
     ]
     for r, region in enumerate(regions):
@@ -654,6 +663,8 @@ def _match_piece(
     libphonenumber's matcher finds for ``region`` and that the finder keeps:
     with a ``+`` only (``plus_only``), or numbers of at least seven digits
     that are not bare identifier-like runs."""
+    # (The one difference from a whole-text pass: the matcher gives up after
+    # 65,535 rejected candidates, here per piece rather than per text.)
     pn = require_extra("phonenumbers")
     masked = piece if all(keep) else _blank(piece, runs, keep)
     found: list[tuple[int, int]] = []
@@ -673,7 +684,6 @@ def _match_piece(
     return found
 
 
-@functools.lru_cache(maxsize=8192)
 def _plausible_regions(run: str, regions: tuple[str, ...]) -> int:
     """A bit per region: whether the run could hold one of its national numbers.
 
@@ -688,10 +698,18 @@ def _plausible_regions(run: str, regions: tuple[str, ...]) -> int:
     return bits
 
 
+_plausible_regions_cached = functools.lru_cache(maxsize=8192)(_plausible_regions)
+
+
+def _plausible_bits(run: str, regions: tuple[str, ...]) -> int:
+    # Long runs (a pasted table) are not remembered, to bound the cache.
+    return (_plausible_regions_cached if len(run) <= 64 else _plausible_regions)(run, regions)
+
+
 def clear_caches() -> None:
     """Forget every remembered result (the phone finder's pieces and gates)."""
     _find_in_piece_cached.cache_clear()
-    _plausible_regions.cache_clear()
+    _plausible_regions_cached.cache_clear()
     _is_date.cache_clear()
 
 
