@@ -37,6 +37,7 @@ import datetime
 import functools
 import importlib
 import ipaddress
+import itertools
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -49,6 +50,8 @@ __all__ = [
     "IBAN_LENGTHS",
     "PhoneFinder",
     "card_issuer_known",
+    "clear_caches",
+    "could_hold_pii",
     "find_cards",
     "find_emails",
     "find_ibans",
@@ -143,7 +146,9 @@ def card_issuer_known(digits: str) -> bool:
 # Candidates only: the decision is Luhn plus the issuer table. A candidate is
 # a whole digit run: not preceded or followed by more digits, directly or
 # across one separator (a 22-digit tracking number holds no card).
-_CARD_CANDIDATE = re.compile(r"(?<![\d-])(?<!\d[ -])\d(?:[ -]?\d){11,18}(?![\d-])(?![ -]\d)")
+# (The lookbehinds follow the first digit so that the scan tries them at
+# digits only.)
+_CARD_CANDIDATE = re.compile(r"\d(?<![\d-]\d)(?<!\d[ -]\d)(?:[ -]?\d){11,18}(?![\d-])(?![ -]\d)")
 
 
 def find_cards(text: str) -> list[tuple[int, int]]:
@@ -187,17 +192,19 @@ def iban_valid(iban: str) -> bool:
     return number % 97 == 1
 
 
-_IBAN_START = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}")
+# The check digits, preceded by a country code that starts a word: matched
+# from the digits so that the scan does not stop at every letter of prose.
+_IBAN_CHECK = re.compile(r"\d\d(?<=(?<![A-Za-z0-9])[A-Za-z]{2}\d\d)")
 
 
 def find_ibans(text: str) -> list[tuple[int, int]]:
     """Spans of IBANs, grouped by single spaces or not, in either letter case."""
     out: list[tuple[int, int]] = []
-    for m in _IBAN_START.finditer(text):
-        start = m.start()
+    for m in _IBAN_CHECK.finditer(text):
+        start = m.start() - 2
         if out and start < out[-1][1]:
             continue
-        want = IBAN_LENGTHS.get(m.group()[:2].upper())
+        want = IBAN_LENGTHS.get(text[start : start + 2].upper())
         if want is None:
             continue
         i, n = m.end(), 4
@@ -271,15 +278,24 @@ def find_emails(text: str) -> list[tuple[int, int]]:
 # spares libphonenumber from parsing every time, price and small count once
 # per region, which is most of its cost on ordinary text.
 _PHONE_PUNCT = "\\-\u2010-\u2015\u2212\u30fc\uff0d-\uff0f \t\u00a0\u00ad\u200b\u2060\u3000().\\[\\]/~\u2053\u223c\uff5e\uff08\uff09\uff3b\uff3d"
-_DIGIT_RUN = re.compile(f"[+\uff0b]?\\d(?:[{_PHONE_PUNCT}]*\\d)*")
+_DIGIT_RUN = re.compile(f"\\d(?:[{_PHONE_PUNCT}]*\\d)*")  # and a "+" right before it
 _MIN_PHONE_DIGITS = 7
 
 
 def _digit_runs(text: str) -> list[tuple[int, int, bool]]:
-    """Digit runs ``(start, end, long)``; ``long`` when the run has enough
-    digits for a phone number."""
-    return [(m.start(), m.end(), sum(c.isdigit() for c in m.group()) >= _MIN_PHONE_DIGITS)
-            for m in _DIGIT_RUN.finditer(text)]
+    """Digit runs ``(start, end, long)``, with a ``+`` right before them;
+    ``long`` when the run has enough digits for a phone number.
+
+    >>> _digit_runs("call +49 171 1234567 at 10:45, 1+2")
+    [(5, 20, True), (24, 26, False), (27, 29, False), (31, 32, False), (32, 34, False)]
+    """
+    out = []
+    for m in _DIGIT_RUN.finditer(text):
+        a, g = m.start(), m.group()
+        if a and text[a - 1] in "+\uff0b":
+            a -= 1
+        out.append((a, m.end(), len(g) >= _MIN_PHONE_DIGITS and sum(map(str.isdigit, g)) >= _MIN_PHONE_DIGITS))
+    return out
 
 
 def _context_runs(runs: list[tuple[int, int, bool]]) -> list[bool]:
@@ -395,6 +411,7 @@ _DATE_FORMATS = (
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_date(span: str) -> bool:
     """Whether the span reads as a calendar date in a common numeric notation."""
     for fmt in _DATE_FORMATS:
@@ -469,9 +486,18 @@ class PhoneFinder:
 
     ``regions`` are tried in turn for numbers written without a country code
     (a number valid and grouped as ``leniency`` requires in any of them is
-    found; each extra region costs a matcher pass over texts with a plausible
-    digit run); numbers that start with ``+`` and a country code are found
-    whatever the regions, when their length is possible for that country.
+    found; each extra region costs a matcher pass over the digit runs that
+    could hold one of its numbers); numbers that start with ``+`` and a
+    country code are found whatever the regions, when their length is
+    possible for that country.
+
+    The matcher reads only the pieces of the text around digit runs, split
+    where no candidate can reach across (see :func:`_pieces`), and what it
+    finds in a piece is remembered (a bounded LRU cache shared by all
+    finders, :func:`clear_caches` empties it): texts that repeat numbers,
+    templates or whole messages cost a few scans. The result is the same as
+    the matcher's over the whole text (a test compares the two on the
+    evaluation set and on generated texts).
 
     >>> f = PhoneFinder(regions=("DE", "FR"))
     >>> text = "Ruf 0171 1234567 oder +33 6 12 34 56 78 an, Version 2.14.3, 10:45 Uhr"
@@ -498,40 +524,211 @@ class PhoneFinder:
         runs = _digit_runs(text)
         if not any(long for _, _, long in runs):
             return []
-        pn = require_extra("phonenumbers")
         context = _context_runs(runs)
-        spans: set[tuple[int, int]] = set()
         plus = [text[a] in "+\uff0b" for a, _, _ in runs]
-        if any(p and long for p, (_, _, long) in zip(plus, runs, strict=True)):
-            first = self.regions[0] if self.regions else "US"
-            masked = _blank(text, runs, context)
-            for m in pn.PhoneNumberMatcher(masked, first, leniency=pn.Leniency.POSSIBLE):
-                if m.raw_string.startswith(("+", "\uff0b")):
-                    spans.add((m.start, m.end))
+        plus_pass = any(p and long for p, (_, _, long) in zip(plus, runs, strict=True))
         # Numbers without a country code: each region sees only the runs that
-        # could hold one of its numbers, and is skipped when there are none.
-        for region in self.regions:
-            gate = _region_gate(region)
-            # Where parsing rewrites the digits (Argentina's mobile "15"), the
-            # grouping check cannot see the written groups: validity only.
-            leniency = getattr(pn.Leniency, self.leniency if gate is not None else "VALID")
-            keep = list(context)
-            for i, (a, b, long) in enumerate(runs):
-                if long and keep[i] and (plus[i] or (gate is not None and not _plausible(text[a:b], gate))):
-                    keep[i] = False
-            if not any(k and runs[i][2] for i, k in enumerate(keep)):
-                continue
-            masked = _blank(text, runs, keep)
-            for m in pn.PhoneNumberMatcher(masked, region, leniency=leniency):
-                # The matcher also tries the inner groups of a long run; a
-                # short group found that way (1680 in 0.60.1680) is no phone.
-                raw = m.raw_string
-                if sum(c.isdigit() for c in raw) < _MIN_PHONE_DIGITS:
-                    continue
-                if raw.isdigit() and not _bare_run_is_phone(pn, m.number, raw, region):
-                    continue
-                spans.add((m.start, m.end))
+        # could hold one of its numbers (a bit per region), and is skipped
+        # when the whole text has none.
+        active = 0
+        for i, (a, b, long) in enumerate(runs):
+            if long and context[i] and not plus[i]:
+                active |= _plausible_bits(text[a:b], self.regions)
+        spans: set[tuple[int, int]] = set()
+        for lo, hi, idx in _pieces(text, runs, context):
+            mask = tuple(context[i] for i in idx)
+            if not any(mask):
+                continue  # no digits left: nothing to find
+            find = _find_in_piece_cached if hi - lo <= _PIECE_CACHE_MAX_CHARS else _find_in_piece
+            found = find(text[lo:hi], mask, plus_pass, active, self.regions, self.leniency)
+            spans.update((lo + a, lo + b) for a, b in found)
         return sorted(s for s in spans if not _is_glued(text, *s))
+
+
+# libphonenumber's matcher reads a text as candidates (digits, the punctuation
+# between them, a leading "+" or bracket, an extension such as "ext. 12" or
+# "#12") and looks one character beyond each end. A candidate can therefore not
+# reach across a character that none of these may hold: such a character splits
+# the text into pieces that the matcher reads independently, with the same
+# result. Every character of the extension pattern counts as one a candidate
+# may hold (a few more than needed, which only means fewer splits).
+@functools.cache
+def _hard_class() -> re.Pattern[str]:
+    """Characters that no matcher candidate holds: not a digit, and not a
+    character of libphonenumber's punctuation, plus signs, brackets or
+    extension pattern, case-insensitively as it reads them.
+
+    >>> h = _hard_class()
+    >>> [c for c in "call 0171, ext. 12 (x) – or" if h.match(c)]
+    ['c', 'l', 'l', 'r']
+    """
+    pn = require_extra("phonenumbers")
+    util = pn.phonenumberutil
+    literal = set(util._EXTN_PATTERNS_FOR_MATCHING) | set(util._PLUS_CHARS) | set("()[]\uff08\uff09\uff3b\uff3d")
+    literal |= set(" \t\u00a0,;=:.\uff0e#\uff03~\uff5e-")
+    body = util._VALID_PUNCTUATION + "".join(re.escape(c) for c in sorted(literal))
+    return re.compile(f"[^{body}\\d]", re.IGNORECASE)
+
+
+Piece = tuple[int, int, range]
+"""``(start, end, runs)``: a piece of the text and the indices of the digit
+runs in it."""
+
+
+def _pieces(text: str, runs: list[tuple[int, int, bool]], keep: list[bool]) -> list[Piece]:
+    """Pieces of ``text`` around the kept runs, split where no candidate can
+    reach across (at a character of :func:`_hard_class`). A piece starts at
+    the last such character before its first run (or at the text's start) and
+    ends just after the first one after its last run (or at the text's end),
+    so it sees the characters beyond its candidates as the whole text does.
+    A split holds for any subset of the kept runs: the others are blanked.
+
+    >>> t = "Ruf 0171 1234567 an, Fax 030 1234567 ext. 12"
+    >>> runs = _digit_runs(t)
+    >>> [(t[a:b], list(i)) for a, b, i in _pieces(t, runs, _context_runs(runs))]
+    [('f 0171 1234567 an, F', [0]), ('Fax 030 1234567 ext. 12', [1, 2])]
+    """
+    hard = _hard_class()
+    kept = [i for i, k in enumerate(keep) if k]
+    if not kept:
+        return []
+    bounds: list[tuple[int, int]] = []
+    before = hard.search(text[: runs[kept[0]][0]][::-1])
+    lo = 0 if before is None else runs[kept[0]][0] - 1 - before.start()
+    for i, j in itertools.pairwise(kept):
+        prev_end, a = runs[i][1], runs[j][0]
+        first = hard.search(text, prev_end, a)
+        if first is not None:
+            last = hard.search(text[prev_end:a][::-1])
+            assert last is not None
+            bounds.append((lo, first.start() + 1))
+            lo = a - 1 - last.start()
+    after = hard.search(text, runs[kept[-1]][1])
+    bounds.append((lo, len(text) if after is None else after.start() + 1))
+    # The runs inside each piece (a run never holds a hard character).
+    out: list[Piece] = []
+    r = 0
+    for lo, hi in bounds:
+        while runs[r][0] < lo:
+            r += 1
+        e = r
+        while e < len(runs) and runs[e][0] < hi:
+            e += 1
+        out.append((lo, hi, range(r, e)))
+        r = e
+    return out
+
+
+_PIECE_CACHE_MAX_CHARS = 512
+"""Pieces longer than this are matched without being remembered, so the cache
+holds at most a few megabytes whatever the traffic."""
+
+
+def _find_in_piece(
+    piece: str, context: tuple[bool, ...], plus_pass: bool, active: int, regions: tuple[str, ...], leniency: str
+) -> tuple[tuple[int, int], ...]:
+    """The phone spans in one piece, as :class:`PhoneFinder` finds them in the
+    whole text: ``context`` says which of the piece's digit runs the matcher
+    sees, ``plus_pass`` whether the text has a long run with a ``+``,
+    ``active`` which regions (a bit each) have a plausible run in the text.
+    It depends on its arguments alone, so it may be remembered."""
+    runs = _digit_runs(piece)
+    found: set[tuple[int, int]] = set()
+    if plus_pass:
+        found.update(_match_piece(piece, runs, list(context), regions[0] if regions else "US", "POSSIBLE", True))
+    gates = [
+        _plausible_bits(piece[a:b], regions) if long and piece[a] not in "+\uff0b" else 0
+        for a, b, long in runs
+    ]
+    for r, region in enumerate(regions):
+        if not active >> r & 1:
+            continue
+        keep = [k and (not long or bool(g >> r & 1)) for k, (_, _, long), g in zip(context, runs, gates, strict=True)]
+        if not any(keep):
+            continue
+        # Where parsing rewrites the digits (Argentina's mobile "15"), the
+        # grouping check cannot see the written groups: validity only.
+        lenient = leniency if _region_gate(region) is not None else "VALID"
+        found.update(_match_piece(piece, runs, keep, region, lenient, False))
+    return tuple(sorted(found))
+
+
+_find_in_piece_cached = functools.lru_cache(maxsize=4096)(_find_in_piece)
+
+
+def _match_piece(
+    piece: str, runs: list[tuple[int, int, bool]], keep: list[bool], region: str, leniency: str, plus_only: bool
+) -> list[tuple[int, int]]:
+    """Spans of ``piece`` (its runs blanked where ``keep`` is false) that
+    libphonenumber's matcher finds for ``region`` and that the finder keeps:
+    with a ``+`` only (``plus_only``), or numbers of at least seven digits
+    that are not bare identifier-like runs."""
+    # (The one difference from a whole-text pass: the matcher gives up after
+    # 65,535 rejected candidates, here per piece rather than per text.)
+    pn = require_extra("phonenumbers")
+    masked = piece if all(keep) else _blank(piece, runs, keep)
+    found: list[tuple[int, int]] = []
+    for m in pn.PhoneNumberMatcher(masked, region, leniency=getattr(pn.Leniency, leniency)):
+        raw = m.raw_string
+        if plus_only:
+            if raw.startswith(("+", "\uff0b")):
+                found.append((m.start, m.end))
+            continue
+        # The matcher also tries the inner groups of a long run; a
+        # short group found that way (1680 in 0.60.1680) is no phone.
+        if sum(c.isdigit() for c in raw) < _MIN_PHONE_DIGITS:
+            continue
+        if raw.isdigit() and not _bare_run_is_phone(pn, m.number, raw, region):
+            continue
+        found.append((m.start, m.end))
+    return found
+
+
+def _plausible_regions(run: str, regions: tuple[str, ...]) -> int:
+    """A bit per region: whether the run could hold one of its national numbers.
+
+    >>> bin(_plausible_regions("0171 1234567", ("US", "DE", "GB")))
+    '0b110'
+    """
+    bits = 0
+    for r, region in enumerate(regions):
+        gate = _region_gate(region)
+        if gate is None or _plausible(run, gate):
+            bits |= 1 << r
+    return bits
+
+
+_plausible_regions_cached = functools.lru_cache(maxsize=8192)(_plausible_regions)
+
+
+def _plausible_bits(run: str, regions: tuple[str, ...]) -> int:
+    # Long runs (a pasted table) are not remembered, to bound the cache.
+    return (_plausible_regions_cached if len(run) <= 64 else _plausible_regions)(run, regions)
+
+
+def clear_caches() -> None:
+    """Forget every remembered result (the phone finder's pieces and gates)."""
+    _find_in_piece_cached.cache_clear()
+    _plausible_regions_cached.cache_clear()
+    _is_date.cache_clear()
+
+
+def could_hold_pii(text: str) -> bool:
+    """Whether any built-in finder could find something: the text has a
+    digit or an ``@``. Most prose has neither, and is then passed over at
+    the cost of a few scans.
+
+    >>> could_hold_pii("Thanks, we will look into it."), could_hold_pii("page 12")
+    (False, True)
+    """
+    if "@" in text:
+        return True
+    if text.isascii():
+        return any(d in text for d in "0123456789")
+    return _ANY_DIGIT.search(text) is not None
+
+
+_ANY_DIGIT = re.compile(r"\d")
 
 
 def merge_spans(groups: Iterable[tuple[str, list[tuple[int, int]]]]) -> list[tuple[int, int, str]]:

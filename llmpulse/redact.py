@@ -49,6 +49,7 @@ from typing import Any
 from llmpulse.pii import (
     DEFAULT_PHONE_REGIONS,
     PhoneFinder,
+    could_hold_pii,
     find_cards,
     find_emails,
     find_ibans,
@@ -184,7 +185,7 @@ class Redactor:
         self._rules = tuple(rules)
 
     def __call__(self, text: str) -> str:
-        if self._finders:
+        if self._finders and could_hold_pii(text):
             text = _replace(text, merge_spans((label, find(text)) for label, find in self._finders))
         for rule in self._rules:
             text = rule(text)

@@ -30,7 +30,11 @@ Cost: median ``Monitor.inference()`` time on the app thread with
 ``redact=True``, with ``redact=Redactor(regions=("DE",))`` and without
 redaction, in the same process, on realistic support-chat prompts and
 responses (a few hundred characters, some with personal data, most with
-ordinary numbers), and the ratios.
+ordinary numbers), and the ratios; next to the same redactor with nothing
+remembered between texts (``cold``: every text new), and to the finders as
+they were before the phone finder read pieces of the text and remembered
+them (:mod:`llmpulse.bench.redact_before`, same output). Prose without
+digits or ``@`` is measured separately.
 
     llmpulse bench redact [--quick] [--json FILE]
 """
@@ -193,42 +197,96 @@ RESPONSES = (
 )
 
 
+# Prose without digits or "@": explanations, apologies, summaries.
+PROSE = (
+    "Could you explain why my last answer was marked as unhelpful? I asked the assistant to summarise the "
+    "onboarding guide for new team members and it gave me a long list of generic tips instead of the steps "
+    "from our own document. I would like to understand what went wrong and how to phrase the request better "
+    "next time, because several colleagues rely on these summaries when they start.",
+    "Thanks for the detailed feedback, and sorry that the summary missed the point. The assistant did not "
+    "have your onboarding guide in its context for that request, so it fell back on general advice. When you "
+    "ask for a summary of a specific document, attach it or name the shared folder it lives in; the retrieval "
+    "step then finds the right passages and the answer follows your own steps, in your own order. I have also "
+    "flagged the conversation so the team can review why the document was not retrieved automatically. "
+    "In the meantime, a good way to phrase it is: summarise the attached onboarding guide for a new engineer, "
+    "keep the order of the steps, and point out anything that needs access rights before the first day. "
+    "That usually produces a short, faithful summary that colleagues can follow without reading the whole "
+    "guide, and it makes it easy to spot when something important was left out.",
+)
+
+
 def _cost(n: int, rounds: int) -> dict[str, float]:
+    from llmpulse.bench.redact_before import BeforeRedactor
     from llmpulse.monitor import Monitor
+    from llmpulse.pii import clear_caches
     from llmpulse.redact import Redactor
 
-    def make(redact: bool | Redactor) -> Monitor:
+    def make(redact: bool | Callable[[str], str]) -> Monitor:
         # Nothing listens on the discard port; the buffer holds every event,
         # so only the app thread's work is measured.
         return Monitor(app="bench", bootstrap="127.0.0.1:9", model="m", model_version="1",
-                       redact=redact, buffer_events=4 * n * rounds + 1000, log_interval_s=3600.0)
+                       redact=redact, buffer_events=12 * n * rounds + 2000, log_interval_s=3600.0)
+
+    current = Redactor()
+
+    def cold(text: str) -> str:  # every text as if never seen before
+        clear_caches()
+        return current(text)
 
     fields = {"latency_ms": 800.0, "status": "ok", "input_tokens": 120, "output_tokens": 40}
-    k = len(PROMPTS)
-    mons = {"plain": make(False), "default": make(True), "one_region": make(Redactor(regions=("DE",)))}
-    times: dict[str, list[float]] = {name: [] for name in mons}
+    numbers = (PROMPTS, RESPONSES)
+    prose = (PROSE[:1], PROSE[1:])
+    runs: dict[str, tuple[Monitor, tuple[tuple[str, ...], tuple[str, ...]]]] = {
+        "plain": (make(False), numbers),
+        "before": (make(BeforeRedactor()), numbers),
+        "default": (make(current), numbers),
+        "cold": (make(cold), numbers),
+        "one_region_before": (make(BeforeRedactor(("DE",))), numbers),
+        "one_region": (make(Redactor(regions=("DE",))), numbers),
+        "prose_plain": (make(False), prose),
+        "prose_before": (make(BeforeRedactor()), prose),
+        "prose": (make(current), prose),
+    }
+    times: dict[str, list[float]] = {name: [] for name in runs}
+
+    def events(mon: Monitor, texts: tuple[tuple[str, ...], tuple[str, ...]], count: int) -> None:
+        prompts, responses = texts
+        for i in range(count):
+            mon.inference(prompt=prompts[i % len(prompts)], response=responses[i % len(responses)], **fields)
+
     try:
-        for mon in mons.values():
-            for i in range(50):
-                mon.inference(prompt=PROMPTS[i % k], response=RESPONSES[i % k], **fields)
+        for mon, texts in runs.values():
+            events(mon, texts, 50)
         for _ in range(rounds):  # alternate, so the machine's noise is shared
-            for name, mon in mons.items():
+            for name, (mon, texts) in runs.items():
                 gc.collect()
                 t0 = time.perf_counter_ns()
-                for i in range(n):
-                    mon.inference(prompt=PROMPTS[i % k], response=RESPONSES[i % k], **fields)
+                events(mon, texts, n)
                 times[name].append((time.perf_counter_ns() - t0) / n / 1000.0)
     finally:
-        for mon in mons.values():
+        for mon, _ in runs.values():
             mon.close(timeout=0)
     med = {name: statistics.median(t) for name, t in times.items()}
     return {
         "plain_us": round(med["plain"], 1),
+        "before_us": round(med["before"], 1),
+        "before_ratio": round(med["before"] / med["plain"], 1),
         "redact_us": round(med["default"], 1),
         "ratio": round(med["default"] / med["plain"], 1),
+        "speedup": round(med["before"] / med["default"], 1),
+        "cold_us": round(med["cold"], 1),
+        "cold_ratio": round(med["cold"] / med["plain"], 1),
+        "cold_speedup": round(med["before"] / med["cold"], 2),
+        "one_region_before_us": round(med["one_region_before"], 1),
         "one_region_us": round(med["one_region"], 1),
         "one_region_ratio": round(med["one_region"] / med["plain"], 1),
-        "chars_per_event": round(sum(len(p) + len(r) for p, r in zip(PROMPTS, RESPONSES, strict=True)) / k),
+        "one_region_speedup": round(med["one_region_before"] / med["one_region"], 1),
+        "chars_per_event": round(sum(len(p) + len(r) for p, r in zip(PROMPTS, RESPONSES, strict=True)) / len(PROMPTS)),
+        "prose_plain_us": round(med["prose_plain"], 1),
+        "prose_before_us": round(med["prose_before"], 1),
+        "prose_redact_us": round(med["prose"], 1),
+        "prose_ratio": round(med["prose"] / med["prose_plain"], 2),
+        "prose_chars_per_event": len(PROSE[0]) + len(PROSE[1]),
     }
 
 
@@ -269,10 +327,19 @@ def format_table(result: dict[str, Any]) -> str:
         row("kept in mixed texts", [q[c]["kept_in_mixed"] for c in cols])
         lines.append("")
     cost = result["cost"]
-    lines.append(f"Monitor.inference() on the app thread, {cost['chars_per_event']} characters of text per event: "
-                 f"{cost['plain_us']:.1f} µs without redaction; {cost['redact_us']:.1f} µs with redact=True "
-                 f"({cost['ratio']:.1f}x); {cost['one_region_us']:.1f} µs with one phone region "
-                 f"({cost['one_region_ratio']:.1f}x)")
+    lines.append(
+        f"Monitor.inference() on the app thread, {cost['chars_per_event']} characters of number-heavy text per "
+        f"event: {cost['plain_us']:.1f} µs without redaction; with redact=True {cost['redact_us']:.1f} µs "
+        f"({cost['ratio']:.1f}x; texts seen before) and {cost['cold_us']:.1f} µs ({cost['cold_ratio']:.1f}x; "
+        f"nothing remembered), against {cost['before_us']:.1f} µs ({cost['before_ratio']:.1f}x) for the "
+        f"whole-text finder: {cost['speedup']:.1f}x and {cost['cold_speedup']:.2f}x faster; one phone region "
+        f"{cost['one_region_us']:.1f} µs ({cost['one_region_ratio']:.1f}x) against {cost['one_region_before_us']:.1f} µs"
+    )
+    lines.append(
+        f"  prose without digits or @, {cost['prose_chars_per_event']} characters per event: "
+        f"{cost['prose_plain_us']:.1f} µs without redaction, {cost['prose_redact_us']:.1f} µs with redact=True "
+        f"({cost['prose_ratio']:.2f}x), {cost['prose_before_us']:.1f} µs for the whole-text finder"
+    )
     for name in ("default/heldout2", "hinted/heldout2"):
         for leak in q[name]["leaks"]:
             lines.append(f"leak [{name}] {leak['id']}: {leak['value']!r} -> {leak['out']!r}")
