@@ -55,8 +55,8 @@ Lag = Callable[[], Awaitable[dict[str, int]]]
 class DrainPolicy:
     """How long to wait for the backlog.
 
-    ``stall_s``: give up after this many seconds in which the backlog reached
-    no new low; ``report_s``: how often to report what is left;
+    ``stall_s``: give up after this many seconds in which the backlog neither
+    shrank nor reached a new low; ``report_s``: how often to report what is left;
     ``settle_s``: once the backlog is empty, wait this long and look again
     (the batch in hand is stored and acknowledged within one batch interval).
     """
@@ -96,6 +96,7 @@ async def drain(
     start = clock()
     best: int | None = None
     best_at = start
+    previous = 0
     reported_at = start
     reported_total: int | None = None
     while True:
@@ -110,6 +111,9 @@ async def drain(
             continue
         if best is None or total < best:
             best, best_at = total, now
+        elif total < previous:
+            best_at = now  # still shrinking (the first reading can be low: offsets not yet known)
+        previous = total
         if abort is not None and abort.is_set():
             return DrainResult(False, left, now - start, "stopped at the operator's request")
         if now - best_at > policy.stall_s:
