@@ -199,11 +199,18 @@ def adopt_or_start(data_dir: Path, *, host: str = "127.0.0.1",
 def unstored(bootstrap: str, group: str, topics: Iterable[str], *, timeout: float = 10.0,
              security: KafkaSecurity | None = None) -> dict[str, int]:
     """Messages per topic beyond ``group``'s committed offsets (topics that do not
-    exist count 0). Raises :class:`BrokerError` when the broker cannot tell."""
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
+    exist count 0). Raises :class:`BrokerError` when the broker cannot tell.
+
+    The end of each partition is read from a fetch at the committed offset, not
+    from ListOffsets: Tansu 0.6 answers ListOffsets(latest) with the last
+    batch's base offset + 1, which is short by all but one record of that batch.
+    """
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "group.id": group,
-                            "enable.auto.commit": False, "socket.timeout.ms": int(timeout * 1000)}
+                            "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                            "enable.partition.eof": True,
+                            "socket.timeout.ms": int(timeout * 1000)}
     if security is not None:
         conf.update(security.librdkafka())
     consumer = Consumer(conf)
@@ -211,13 +218,27 @@ def unstored(bootstrap: str, group: str, topics: Iterable[str], *, timeout: floa
         meta = consumer.list_topics(timeout=timeout)
         tps = [TopicPartition(t, p) for t in topics if t in meta.topics
                for p in sorted(meta.topics[t].partitions)]
+        if not tps:
+            return {}
+        start = {(tp.topic, tp.partition): max(0, tp.offset)
+                 for tp in consumer.committed(tps, timeout=timeout)}
+        consumer.assign([TopicPartition(t, p, o) for (t, p), o in start.items()])
+        ends: dict[tuple[str, int], int] = {}
+        deadline = time.monotonic() + timeout
+        while len(ends) < len(start):
+            if time.monotonic() > deadline:
+                raise BrokerError(f"no fetch answer for {sorted(set(start) - set(ends))}")
+            msg = consumer.poll(0.2)
+            for t, p in start:
+                high = consumer.get_watermark_offsets(TopicPartition(t, p), cached=True)[1]
+                if (t, p) not in ends and high is not None and high >= 0:
+                    ends[(t, p)] = int(high)
+            if msg is not None and msg.error() is not None and msg.error().code() not in (
+                    KafkaError._PARTITION_EOF,):
+                raise BrokerError(str(msg.error()))
         out: dict[str, int] = {}
-        committed = consumer.committed(tps, timeout=timeout) if tps else []
-        for tp in committed:
-            low, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
-                                                       timeout=timeout)
-            pos = tp.offset if tp.offset >= 0 else low
-            out[tp.topic] = out.get(tp.topic, 0) + max(0, int(high) - int(pos))
+        for (t, p), pos in start.items():
+            out[t] = out.get(t, 0) + max(0, ends[(t, p)] - pos)
         return out
     except KafkaException as exc:
         raise BrokerError(f"cannot read offsets of group {group} at {bootstrap}: {exc}") from None

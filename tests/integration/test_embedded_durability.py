@@ -27,6 +27,7 @@ from llmpulse.broker_record import (
     finish,
     read_record,
     stop_recorded_broker,
+    unstored,
 )
 from llmpulse.events import TOPIC_INFERENCE, TOPICS
 from tests.conftest import ROOT, StackProcess
@@ -179,19 +180,23 @@ def test_recorded_broker_is_adopted_only_when_it_is_ours(tmp_path: Path) -> None
         assert stop_recorded_broker(other) == fresh.pid
         assert not pid_alive(fresh.pid)
 
-        # a message no consumer group has committed keeps the broker running
+        # messages the group has not committed keep the broker running; one batch of 500
+        # (the broker's ListOffsets reports its end as 1, a fetch tells the truth)
         create_topics(broker.bootstrap, {t: 1 for t in TOPICS})
-        p = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})
-        p.produce(TOPIC_INFERENCE, b"{}")
+        p = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all", "linger.ms": 200})
+        for _ in range(500):
+            p.produce(TOPIC_INFERENCE, b"{}")
         assert p.flush(10) == 0
         pid = broker.pid
         assert pid is not None
+        c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "llmpulse"})
+        c.commit(offsets=[TopicPartition(TOPIC_INFERENCE, 0, 1)], asynchronous=False)
+        assert unstored(broker.bootstrap, "llmpulse", [TOPIC_INFERENCE]) == {TOPIC_INFERENCE: 499}
         assert not finish(broker, data, group="llmpulse", topics=[TOPIC_INFERENCE])
         assert pid_alive(pid) and read_record(data) == rec
 
-        # once the group has committed past it, the broker stops and its record goes
-        c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "llmpulse"})
-        c.commit(offsets=[TopicPartition(TOPIC_INFERENCE, 0, 1)], asynchronous=False)
+        # once the group has committed past them, the broker stops and its record goes
+        c.commit(offsets=[TopicPartition(TOPIC_INFERENCE, 0, 500)], asynchronous=False)
         c.close()
         adopted_again, adopted = adopt_or_start(data)
         assert adopted
