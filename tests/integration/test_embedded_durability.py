@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -149,6 +150,33 @@ def test_stop_under_a_large_backlog_loses_no_acknowledged_event(stack_factory: A
     assert got["acked_stored"] == result["acked"] == n, (got, result["acked"])
     assert got["n"] == got["u"]
     assert sp.stop(timeout=600) == 0
+
+
+@pytest.mark.slow
+def test_second_signal_stops_at_once_and_the_next_start_stores_the_rest(
+        stack_factory: Any) -> None:
+    sp = stack_factory().start(timeout=120)
+    run = uuid.uuid4().hex[:8]
+    n = 40_000
+    result = producer_result(start_producer(sp.endpoints["kafka"], run, n, per_message=1),
+                             timeout=300)
+    assert sp.proc is not None
+    os.kill(sp.proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 120
+    while "draining:" not in sp.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.kill(sp.proc.pid, signal.SIGTERM)  # the operator does not want to wait
+    assert sp.proc.wait(300) == 0
+    rec = read_record(sp.data_dir)
+    assert rec is not None and pid_alive(rec.pid), sp.log()
+    assert "is left running" in sp.log()
+    sp.start(timeout=180)
+    assert read_record(sp.data_dir) == rec  # the same broker, re-adopted
+    got = wait_for(sp, run, result["ranges"], result["acked"])
+    assert got["acked_stored"] == result["acked"] == n, (got, result["acked"])
+    assert got["n"] == got["u"]
+    assert sp.stop(timeout=600) == 0
+    assert read_record(sp.data_dir) is None and not pid_alive(rec.pid)
 
 
 def test_recorded_broker_is_adopted_only_when_it_is_ours(tmp_path: Path) -> None:
