@@ -168,6 +168,7 @@ class SignalAgents:
         self.counters: dict[str, int] = defaultdict(int)
         self._restore()
         self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmpulse-signals")
+        self._engine_stopped = False  # read and written in the engine's thread only
         self.grouped = app.topic(TOPIC_GROUPED, value_serializer="raw", key_serializer="raw")
         self.signals_topic = app.topic(TOPIC_SIGNALS, value_serializer="raw", key_serializer="raw")
         self.last_signals_at = 0.0
@@ -314,6 +315,8 @@ class SignalAgents:
     def _poll(self) -> list[Signal]:
         # in the engine's thread: the engine's counters are read here, once a poll,
         # so the event loop never waits on the engine for them
+        if self._engine_stopped:
+            return []  # the poll timer runs until the app stops, after close()
         signals = self.engine.poll()
         self.engine_stats = self.engine.stats()
         return signals
@@ -347,7 +350,11 @@ class SignalAgents:
     async def close(self) -> None:
         """Stop the engine (its process, when it has one)."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._exec, self.engine.stop)
+        await loop.run_in_executor(self._exec, self._stop_engine)
+
+    def _stop_engine(self) -> None:
+        self._engine_stopped = True
+        self.engine.stop()
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.counters)
