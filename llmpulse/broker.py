@@ -4,6 +4,11 @@ Tansu listens on loopback and keeps topics in memory only, so a restart
 empties them; :meth:`EmbeddedBroker.start` keeps the port across restarts so
 clients reconnect to the same address, and callers recreate topics.
 
+By default the broker dies with the process that started it. ``llmpulse up``
+starts it ``detached`` instead, so that a crash of ``up`` does not take the
+acknowledged events with it; :mod:`llmpulse.broker_record` re-adopts such a
+broker (:meth:`EmbeddedBroker.adopt`) on the next start.
+
 >>> import socket
 >>> port = free_port()
 >>> 1024 < port < 65536
@@ -29,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from llmpulse.kafka_security import KafkaSecurity
 
-__all__ = ["BrokerError", "EmbeddedBroker", "free_port", "port_is_free", "tansu_binary"]
+__all__ = ["BrokerError", "EmbeddedBroker", "free_port", "pid_alive", "port_is_free", "tansu_binary"]
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +100,9 @@ class EmbeddedBroker:
     ``port=None`` picks a free port once; restarts reuse it. ``advertised_port``
     is the port clients are told to connect to (a TLS proxy in front of the
     broker, which Tansu cannot serve itself); ``authentication`` starts Tansu with
-    ``--authentication`` (it then requires SASL SCRAM).
+    ``--authentication`` (it then requires SASL SCRAM). ``detached=True``
+    lets the broker outlive this process (it is then stopped only by
+    :meth:`stop`, or by whoever adopts it).
     """
 
     def __init__(
@@ -107,8 +114,11 @@ class EmbeddedBroker:
         binary: str | None = None,
         advertised_port: int | None = None,
         authentication: bool = False,
+        detached: bool = False,
     ) -> None:
         self.host = host
+        self.detached = detached
+        self._adopted_pid: int | None = None
         self.port = port if port is not None else free_port(host)
         self.advertised_port = advertised_port
         self.authentication = authentication
@@ -121,12 +131,36 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @classmethod
+    def adopt(cls, pid: int, port: int, *, host: str = "127.0.0.1",
+              log_path: str | os.PathLike[str] | None = None) -> EmbeddedBroker:
+        """Take over a running broker that another process started ``detached``.
+
+        The caller has checked that ``pid`` is that broker
+        (:func:`llmpulse.broker_record.verify`); :meth:`stop` ends it by pid.
+        """
+        b = cls(port, host=host, log_path=log_path, detached=True)
+        b._adopted_pid = pid
+        return b
+
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        if self._proc is not None:
+            return self._proc.pid
+        return self._adopted_pid
 
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        if self._proc is not None:
+            return self._proc.poll() is None
+        return self._adopted_pid is not None and pid_alive(self._adopted_pid)
+
+    def release(self) -> None:
+        """Forget the process without stopping it (a detached broker left running)."""
+        self._proc = None
+        self._adopted_pid = None
+        if self._log_file is not None:
+            self._log_file.close()  # type: ignore[attr-defined]
+            self._log_file = None
 
     def start(self, timeout: float = 15.0) -> EmbeddedBroker:
         if self.running():
@@ -163,7 +197,7 @@ class EmbeddedBroker:
             stdout=logf,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # our signals (Ctrl-C) reach us, not the broker directly
-            preexec_fn=_die_with_parent,
+            preexec_fn=None if self.detached else _die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -192,6 +226,9 @@ class EmbeddedBroker:
         """End the process: SIGINT, then SIGKILL after ``timeout`` (topics live
         in memory only, so there is nothing to flush)."""
         proc, self._proc = self._proc, None
+        adopted, self._adopted_pid = self._adopted_pid, None
+        if proc is None and adopted is not None:
+            _stop_pid(adopted, timeout)
         if proc is not None and proc.poll() is None:
             try:
                 os.kill(proc.pid, signal.SIGINT)  # Tansu ends at once on SIGINT, not SIGTERM
@@ -222,8 +259,38 @@ class EmbeddedBroker:
 
     def __del__(self) -> None:
         proc = getattr(self, "_proc", None)
-        if proc is not None and proc.poll() is None:
+        if proc is not None and proc.poll() is None and not getattr(self, "detached", False):
             proc.kill()
+
+
+def pid_alive(pid: int) -> bool:
+    """``pid`` names a live process (a zombie, exited but not yet reaped, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (not Linux): the signal check is all there is
+    # the state follows the parenthesised command name, which may itself hold ')'
+    return stat[stat.rfind(")") + 2:][:1] not in ("Z", "X", "")
+
+
+def _stop_pid(pid: int, timeout: float) -> None:
+    """SIGINT (Tansu ends at once on it), then SIGKILL; waits until ``pid`` is gone."""
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):
+                return
+            time.sleep(0.05)
 
 
 def create_topics(bootstrap: str, topics: Mapping[str, int], *, timeout: float = 10.0,

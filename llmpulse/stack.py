@@ -1,11 +1,13 @@
 """``llmpulse up``: the embedded stack in one process.
 
-Start order: store (the lock fails fast), broker, topics, worker (agents and
-HTTP API), then ``endpoints.json`` once everything is ready. Stop order on
-SIGINT/SIGTERM: drain what the broker still holds into the store (Tansu keeps
-topics in memory, so anything not stored before the broker stops would be
-gone), stop the worker (offsets committed), close the store, stop the
-broker, remove ``endpoints.json``, exit 0.
+Start order: store (the lock fails fast), broker (re-adopted if a crashed run
+left it running, see :mod:`llmpulse.broker_record`), topics, worker (agents
+and HTTP API), then ``endpoints.json`` once everything is ready. Stop order on
+SIGINT/SIGTERM: drain what the broker still holds into the store for as long
+as the backlog shrinks (:mod:`llmpulse.drain`; a second signal stops waiting),
+stop the worker (offsets committed), close the store, stop the broker only if
+everything it holds is stored (Tansu keeps topics in memory; otherwise it is
+left running for the next start), remove ``endpoints.json``, exit 0.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from typing import Any
 from llmpulse.audit import TOPIC_AUDIT, AuditLog, AuditSink, discard
 from llmpulse.auth import ApiGuard, AuthError
 from llmpulse.broker import BrokerError, EmbeddedBroker, create_topics, free_port, port_is_free
+from llmpulse.broker_record import adopt_or_start, finish
 from llmpulse.config import Settings
-from llmpulse.events import TOPICS
+from llmpulse.drain import DrainPolicy, drain
+from llmpulse.events import TOPIC_FEEDBACK, TOPIC_GROUPED, TOPIC_INFERENCE, TOPICS
 from llmpulse.migrations import migrate
 from llmpulse.store import Store, StoreError
 
@@ -91,10 +95,13 @@ def run_stack(
     *,
     on_ready: Callable[[dict[str, Any]], None] | None = None,
     stop_event: asyncio.Event | None = None,
-    drain_timeout_s: float = 15.0,
+    drain_timeout_s: float = 60.0,
     main: Callable[[StackContext], Awaitable[int]] | None = None,
 ) -> int:
     """Run until SIGINT/SIGTERM (or ``stop_event``, or ``main`` returns); the exit code.
+
+    ``drain_timeout_s``: at stop, give up draining after this many seconds
+    without progress (the embedded broker is then left running, nothing lost).
 
     The stack's audit log (``audit_events`` and the ``llmpulse.audit`` topic)
     receives the HTTP API's records (admin access, failed authentication,
@@ -163,14 +170,14 @@ async def _run(
     app: Any = None
     audit: AuditLog | None = None
     stop = stop_event or asyncio.Event()
+    abort = asyncio.Event()  # a second signal: stop draining now
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, lambda: (abort if stop.is_set() else stop).set())
     try:
         if settings.embedded_broker:
-            broker = EmbeddedBroker(log_path=data_dir / "broker.log")
             try:
-                broker.start()  # on the main thread: the broker dies with the thread that forked it
+                broker, _ = adopt_or_start(data_dir)
             except BrokerError as exc:
                 raise StackError(str(exc)) from None
             bootstrap = broker.bootstrap
@@ -236,7 +243,10 @@ async def _run(
         else:
             await stop.wait()
         log.info("stopping: draining the broker into the store")
-        await _drain(app, drain_timeout_s)
+        result = await drain(app.llmpulse_lag, DrainPolicy(stall_s=drain_timeout_s), abort=abort)
+        if not result.drained:
+            log.warning("drain ended (%s) after %.0f s with %s not yet stored", result.reason,
+                        result.waited_s, result.left)
         if app.llmpulse_signals is not None:
             await app.llmpulse_signals.flush()
             await app.llmpulse_signals.close()
@@ -257,7 +267,9 @@ async def _run(
             await asyncio.to_thread(audit.flush_now)
         await asyncio.to_thread(store.close)
         if broker is not None:
-            await asyncio.to_thread(broker.stop)
+            raw = [TOPIC_INFERENCE, TOPIC_FEEDBACK] + ([TOPIC_GROUPED] if settings.signals.enabled
+                                                       else [])
+            await asyncio.to_thread(finish, broker, data_dir, group="llmpulse", topics=raw)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 
@@ -272,18 +284,6 @@ async def _wait_assigned(app: Any, timeout: float) -> None:
             pass
         await asyncio.sleep(0.1)
     raise StackError(f"the worker got no partitions within {timeout:g} s: is the broker healthy?")
-
-
-async def _drain(app: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        lag = await app.llmpulse_lag()
-        if not any(lag.values()):
-            # one more batch interval so the batch in hand is stored and acked
-            await asyncio.sleep(0.5)
-            return
-        await asyncio.sleep(0.2)
-    log.warning("drain timed out with lag %s", await app.llmpulse_lag())
 
 
 def main_up(settings: Settings) -> int:

@@ -19,6 +19,7 @@ import pytest
 
 from llmpulse.auth import stack_request
 from llmpulse.broker import EmbeddedBroker
+from llmpulse.broker_record import stop_recorded_broker
 from llmpulse.secret import Secret
 from llmpulse.stack import wait_for_endpoints
 
@@ -129,6 +130,8 @@ def stack_factory(tmp_path: Path) -> Iterator[Any]:
             sp.stop()
         except Exception:
             sp.kill()
+        # the embedded broker outlives a killed ``up`` (so that it loses nothing): stop it by pid
+        stop_recorded_broker(sp.data_dir)
 
 
 @pytest.fixture

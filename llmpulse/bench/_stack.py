@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llmpulse.auth import stack_request
+from llmpulse.broker_record import stop_recorded_broker
 from llmpulse.stack import wait_for_endpoints
 
 __all__ = ["event_pool", "finish", "paced_send", "post_sql", "running_stack", "stack_stats", "wait_for"]
@@ -52,6 +53,8 @@ def running_stack(root: Path, config_yaml: str, env: Mapping[str, str] | None = 
                 proc.kill()
                 proc.wait(10)
         log.close()
+        # a killed ``up`` leaves its embedded broker running (it holds unstored events)
+        stop_recorded_broker(data_dir)
 
 
 def post_sql(http: str, sql: str) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from llmpulse.broker_record import stop_recorded_broker
 from llmpulse.demo import default_incidents
 from tests.conftest import stack_env
 
@@ -20,11 +21,16 @@ DURATION = 40
 
 def test_short_demo_summarises_every_incident_and_counts_add_up(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    proc = subprocess.run(
-        [sys.executable, "-m", "llmpulse.cli", "demo", "--no-closed-loop", "--duration", str(DURATION),
-         "--rate", "200", "--seed", "3"],
-        env=stack_env(data), cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "llmpulse.cli", "demo", "--no-closed-loop", "--duration",
+             str(DURATION), "--rate", "200", "--seed", "3"],
+            env=stack_env(data), cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )
+    finally:
+        # stopped by pid if the demo left it running (or was killed by the timeout)
+        stopped = stop_recorded_broker(data)
+    assert stopped is None, "the demo ended with its broker still running"
     out = proc.stdout
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
