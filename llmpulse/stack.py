@@ -26,7 +26,14 @@ from typing import Any
 
 from llmpulse.audit import TOPIC_AUDIT, AuditLog, AuditSink, discard
 from llmpulse.auth import ApiGuard, AuthError
-from llmpulse.broker import BrokerError, EmbeddedBroker, create_topics, free_port, port_is_free
+from llmpulse.broker import (
+    BrokerError,
+    EmbeddedBroker,
+    create_topics,
+    free_port,
+    pid_alive,
+    port_is_free,
+)
 from llmpulse.broker_record import adopt_or_start, finish
 from llmpulse.config import Settings
 from llmpulse.drain import DrainPolicy, drain
@@ -80,16 +87,6 @@ def wait_for_endpoints(proc: Any, data_dir: Path, timeout: float) -> dict[str, A
     raise RuntimeError(f"llmpulse up not ready in {timeout:g} s")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def run_stack(
     settings: Settings,
     *,
@@ -139,7 +136,7 @@ async def _run(
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     ep = read_endpoints(data_dir)
-    if ep and isinstance(ep.get("pid"), int) and _pid_alive(ep["pid"]) and ep["pid"] != os.getpid():
+    if ep and isinstance(ep.get("pid"), int) and pid_alive(ep["pid"]) and ep["pid"] != os.getpid():
         raise StackError(
             f"llmpulse is already running from {data_dir} (pid {ep['pid']}, {ep.get('http')})"
         )
