@@ -9,6 +9,14 @@ sent, stored and dead-lettered, rows per table, every incident with the alert
 that detected it (or that it was missed) and how long detection took, and the
 alerts no incident explains (:mod:`llmpulse.scoring`).
 
+Answer quality (:mod:`llmpulse.demo_quality`): before the traffic, a small
+golden set is asked of a good and a regressed version of a model (in-process
+answerers, ``--no-golden`` skips it) and the summary shows the drop of their
+``quality.rouge_l`` signals; during it, a deterministic stand-in judge grades a
+share of the answers (``--judge-sample``, ``--no-judge``) through the code of
+``llmpulse judge`` and the summary shows its counters and the
+``judge.agreement_*`` signals.
+
 Windows are scaled to the run so that its incidents can be detected within
 it: the default rules wait for up to three breaching windows, so a 120 s demo
 uses 10 s drift, bias, hallucination and quality windows and 5 s latency
@@ -113,6 +121,10 @@ def run_cli(args: argparse.Namespace, settings: Settings) -> int:
     logging.getLogger("streams.alerts_agent").setLevel(logging.ERROR)
     # a detector pass longer than the poll interval only delays the next poll
     logging.getLogger("mode.timers").setLevel(logging.ERROR)
+    share = getattr(args, "judge_sample", 0.1)
+    if not 0.0 <= share <= 1.0:  # also refuses NaN
+        print(f"llmpulse demo: --judge-sample: must be within 0..1, got {share!r}", file=sys.stderr)
+        return 2
     settings = _demo_settings(settings, args)
     try:
         return run_stack(settings, main=lambda ctx: _demo(ctx, args))
@@ -305,7 +317,8 @@ async def _demo(ctx: Any, args: argparse.Namespace) -> int:
     if not getattr(args, "no_judge", False):
         from llmpulse.demo_quality import DemoJudge
 
-        judge = DemoJudge(monitor, ctx.endpoints["kafka"], app_name, args.judge_sample)
+        judge = DemoJudge(monitor, ctx.endpoints["kafka"], app_name,
+                          getattr(args, "judge_sample", 0.1))
         judge.start()
     sim_task = asyncio.ensure_future(
         asyncio.to_thread(run, monitor, sim, args.duration, progress=on_progress)
