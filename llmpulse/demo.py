@@ -9,6 +9,14 @@ sent, stored and dead-lettered, rows per table, every incident with the alert
 that detected it (or that it was missed) and how long detection took, and the
 alerts no incident explains (:mod:`llmpulse.scoring`).
 
+Answer quality (:mod:`llmpulse.demo_quality`): before the traffic, a small
+golden set is asked of a good and a regressed version of a model (in-process
+answerers, ``--no-golden`` skips it) and the summary shows the drop of their
+``quality.rouge_l`` signals; during it, a deterministic stand-in judge grades a
+share of the answers (``--judge-sample``, ``--no-judge``) through the code of
+``llmpulse judge`` and the summary shows its counters and the
+``judge.agreement_*`` signals.
+
 Windows are scaled to the run so that its incidents can be detected within
 it: the default rules wait for up to three breaching windows, so a 120 s demo
 uses 10 s drift, bias, hallucination and quality windows and 5 s latency
@@ -89,6 +97,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no live progress")
     parser.add_argument("--no-closed-loop", action="store_true",
                         help="skip the retrain -> gates -> canary -> promote step at the end")
+    parser.add_argument("--no-golden", action="store_true",
+                        help="skip the golden-set runs (a good and a regressed model version)")
+    parser.add_argument("--no-judge", action="store_true",
+                        help="skip the in-process judge on a sample of the answers")
+    parser.add_argument("--judge-sample", type=float, default=0.1, metavar="SHARE",
+                        help="share of the answers the judge grades (default 0.1)")
 
 
 def _demo_settings(settings: Settings, args: argparse.Namespace) -> Settings:
@@ -107,6 +121,10 @@ def run_cli(args: argparse.Namespace, settings: Settings) -> int:
     logging.getLogger("streams.alerts_agent").setLevel(logging.ERROR)
     # a detector pass longer than the poll interval only delays the next poll
     logging.getLogger("mode.timers").setLevel(logging.ERROR)
+    share = getattr(args, "judge_sample", 0.1)
+    if not 0.0 <= share <= 1.0:  # also refuses NaN
+        print(f"llmpulse demo: --judge-sample: must be within 0..1, got {share!r}", file=sys.stderr)
+        return 2
     settings = _demo_settings(settings, args)
     try:
         return run_stack(settings, main=lambda ctx: _demo(ctx, args))
@@ -287,6 +305,21 @@ async def _demo(ctx: Any, args: argparse.Namespace) -> int:
         return n_signals
 
     t0 = time.monotonic()
+    golden = None
+    if not getattr(args, "no_golden", False):
+        from llmpulse.demo_quality import GOLDEN, GOLDEN_MODEL, run_golden_pair
+
+        golden = await asyncio.to_thread(run_golden_pair, monitor)
+        pr.line(f"  golden set faq: {len(GOLDEN)} cases asked of {GOLDEN_MODEL} v1 (good) and "
+                f"v2 (regressed); ROUGE-L of the runs {golden[0].rouge_l or 0:.3f} and "
+                f"{golden[1].rouge_l or 0:.3f}")
+    judge = None
+    if not getattr(args, "no_judge", False):
+        from llmpulse.demo_quality import DemoJudge
+
+        judge = DemoJudge(monitor, ctx.endpoints["kafka"], app_name,
+                          getattr(args, "judge_sample", 0.1))
+        judge.start()
     sim_task = asyncio.ensure_future(
         asyncio.to_thread(run, monitor, sim, args.duration, progress=on_progress)
     )
@@ -299,7 +332,15 @@ async def _demo(ctx: Any, args: argparse.Namespace) -> int:
         result = sim_task.result()
     except BaseException:
         stop.set()
+        if judge is not None:
+            await judge.stop()
         raise
+    judge_stats = await judge.stop() if judge is not None else {}
+    if golden is not None:  # each answered case sent an inference and a reference
+        result = {**result, "inference": result["inference"] + sum(r.cases for r in golden),
+                  "feedback": result["feedback"] + sum(r.answered for r in golden)}
+    if judge is not None:
+        result = {**result, "feedback": result["feedback"] + judge.sent}
     # everything the app sent must reach the store before the summary
     await asyncio.to_thread(monitor.flush, 60.0)
     want = {TOPIC_INFERENCE: result["inference"], TOPIC_FEEDBACK: result["feedback"]}
@@ -356,6 +397,7 @@ async def _demo(ctx: Any, args: argparse.Namespace) -> int:
             print(f"    {a['rule']:<26} {a['signal']} on {a['model']}{dim}", file=out)
     else:
         print("  alerts no incident explains: none", file=out)
+    await _quality_summary(ctx, app_name, golden, judge, judge_stats, out)
     lost = sum(want.values()) - sum(s.stored.get(t, 0) + s.deadlettered.get(t, 0) for t in want)
     if lost:
         print(f"  WARNING: {lost} events not accounted for", file=out)
@@ -363,6 +405,40 @@ async def _demo(ctx: Any, args: argparse.Namespace) -> int:
     if not getattr(args, "no_closed_loop", False) and ctx.retrain is not None:
         return await _closed_loop(ctx, args, out)
     return 0
+
+
+async def _quality_summary(ctx: Any, app: str, golden: Any, judge: Any,
+                           judge_stats: dict[str, Any], out: TextIO) -> None:
+    """The golden runs' ``quality.rouge_l`` and the judge's agreement, from the store."""
+    from llmpulse.demo_quality import GOLDEN_MODEL, golden_summary, judge_summary
+
+    if golden is None and judge is None:
+        return
+    print("  answer quality:", file=out)
+    if golden is not None:
+        got = await asyncio.to_thread(golden_summary, ctx.store.query, app)
+        v1, v2 = got.get("v1"), got.get("v2")
+        if v1 and v2:
+            print(f"    golden set faq on {GOLDEN_MODEL}: quality.rouge_l v1 {v1['rouge_l']:.3f} -> "
+                  f"v2 {v2['rouge_l']:.3f} (drop {v1['rouge_l'] - v2['rouge_l']:.3f}; "
+                  f"{v1['n']:.0f} and {v2['n']:.0f} answers scored)", file=out)
+        else:
+            print(f"    golden set faq on {GOLDEN_MODEL}: quality.rouge_l not stored for "
+                  f"{', '.join(v for v in ('v1', 'v2') if v not in got)}", file=out)
+    if judge is not None:
+        st = judge_stats
+        failed = st.get("error", 0) + st.get("malformed", 0) + st.get("rate_limited", 0)
+        print(f"    judge (word-overlap stand-in, {judge.sample:.0%} of answers): seen "
+              f"{st.get('seen', 0)}, sampled {st.get('sampled', 0)}, graded {st.get('judged', 0)}, "
+              f"failed {failed}, timeouts {st.get('timeout', 0)}, over budget "
+              f"{st.get('over_budget', 0)}, queue full {st.get('queue_full', 0)}; "
+              f"{judge.sent} grades sent as feedback source=judge", file=out)
+        agree = await asyncio.to_thread(judge_summary, ctx.store.query, app)
+        if not agree:
+            print("    judge.agreement: no signal stored", file=out)
+        for name, a in agree.items():
+            print(f"    {name:<25} mean {a['mean']:.3f} over {a['windows']:.0f} windows "
+                  f"({a['n']:.0f} graded answers)", file=out)
 
 
 def _short(text: str, parts: int = 2) -> str:

@@ -12,6 +12,7 @@ import pytest
 
 from llmpulse.broker_record import stop_recorded_broker
 from llmpulse.demo import default_incidents
+from llmpulse.demo_quality import GOLDEN
 from tests.conftest import stack_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -65,3 +66,27 @@ def test_short_demo_summarises_every_incident_and_counts_add_up(tmp_path: Path) 
     assert int(rows["alerts"]) >= int(run.group(2)) >= int(run.group(3))
     assert int(rows["signals"]) >= int(run.group(1))
     assert "WARNING" not in out
+
+    # the answer-quality part: a golden set asked of a good and a regressed
+    # version, scored by the pipeline and read back from the signals table
+    golden = re.search(r"golden set faq on faq-assistant: quality\.rouge_l v1 ([\d.]+) -> "
+                       r"v2 ([\d.]+) \(drop [\d.]+; (\d+) and (\d+) answers scored\)", summary)
+    assert golden is not None, summary[-2000:]
+    v1, v2 = float(golden.group(1)), float(golden.group(2))
+    assert v1 > 0.7 and v2 < 0.4 and v1 - v2 > 0.3, golden.group(0)
+    assert int(golden.group(3)) == int(golden.group(4)) == len(GOLDEN)
+    # the judge graded a sample, sent every grade back and its agreement was measured
+    judge = re.search(r"judge \(.*\): seen (\d+), sampled (\d+), graded (\d+), failed (\d+), "
+                      r"timeouts (\d+), over budget (\d+), queue full (\d+); (\d+) grades sent "
+                      r"as feedback source=judge", summary)
+    assert judge is not None, summary[-2000:]
+    seen, sampled, graded, failed, timeouts = (int(judge.group(i)) for i in range(1, 6))
+    assert seen > sampled >= graded > 0 and int(judge.group(8)) == graded
+    assert failed == timeouts == 0
+    agreement = re.findall(r"(judge\.agreement_\w+) +mean (-?[\d.]+) over (\d+) windows", summary)
+    assert {name for name, _, _ in agreement} >= {"judge.agreement_spearman"}, summary[-2000:]
+    for name, mean, windows in agreement:
+        assert int(windows) >= 1 and -1.0 <= float(mean) <= 1.0, (name, mean)
+    # both grade grounding from the same context: the stand-in judge and the
+    # judge-free score rank answers alike
+    assert float(dict((n, m) for n, m, _ in agreement)["judge.agreement_spearman"]) > 0.0
