@@ -13,7 +13,7 @@ Answer quality (:mod:`llmpulse.demo_quality`): before the traffic, a small
 golden set is asked of a good and a regressed version of a model (in-process
 answerers, ``--no-golden`` skips it) and the summary shows the drop of their
 ``quality.rouge_l`` signals; during it, a deterministic stand-in judge grades a
-share of the answers (``--judge-sample``, ``--no-judge``) through the code of
+share of the answers (with ``--judge``; ``--judge-sample``) through the code of
 ``llmpulse judge`` and the summary shows its counters and the
 ``judge.agreement_*`` signals.
 
@@ -99,8 +99,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="skip the retrain -> gates -> canary -> promote step at the end")
     parser.add_argument("--no-golden", action="store_true",
                         help="skip the golden-set runs (a good and a regressed model version)")
-    parser.add_argument("--no-judge", action="store_true",
-                        help="skip the in-process judge on a sample of the answers")
+    parser.add_argument("--judge", action="store_true",
+                        help="also run the in-process judge on a sample of the answers (it "
+                             "shares the stack's CPU with the detectors)")
     parser.add_argument("--judge-sample", type=float, default=0.1, metavar="SHARE",
                         help="share of the answers the judge grades (default 0.1)")
 
@@ -314,7 +315,7 @@ async def _demo(ctx: Any, args: argparse.Namespace) -> int:
                 f"v2 (regressed); ROUGE-L of the runs {golden[0].rouge_l or 0:.3f} and "
                 f"{golden[1].rouge_l or 0:.3f}")
     judge = None
-    if not getattr(args, "no_judge", False):
+    if getattr(args, "judge", False):
         from llmpulse.demo_quality import DemoJudge
 
         judge = DemoJudge(monitor, ctx.endpoints["kafka"], app_name,

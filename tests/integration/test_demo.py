@@ -25,7 +25,7 @@ def test_short_demo_summarises_every_incident_and_counts_add_up(tmp_path: Path) 
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "llmpulse.cli", "demo", "--no-closed-loop", "--duration",
-             str(DURATION), "--rate", "200", "--seed", "3"],
+             str(DURATION), "--rate", "200", "--seed", "3", "--judge"],
             env=stack_env(data), cwd=tmp_path, capture_output=True, text=True, timeout=300,
         )
     finally:
