@@ -113,7 +113,7 @@ def test_operation_name_decides_event_and_step(op: str, is_event: bool, step: st
 
 def test_provider_name_and_the_older_gen_ai_system() -> None:
     assert row({**CHAT, "gen_ai.provider.name": "openai"})["provider"] == "openai"
-    assert row({**CHAT, "gen_ai.system": "anthropic"})["provider"] == "anthropic"
+    assert row({**CHAT, "gen_ai.system": "mistral_ai"})["provider"] == "mistral_ai"
     assert row({**CHAT, "gen_ai.provider.name": "aws.bedrock",
                 "gen_ai.system": "old"})["provider"] == "aws.bedrock"
     # a span with no operation name that names a GenAI system is a model call (older spans)

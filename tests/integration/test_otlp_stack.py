@@ -116,8 +116,8 @@ def test_sdk_exporter_agent_trace_lands_in_inference_events_and_spans(
                 "gen_ai.completion.0.content": "older answer",
                 "gen_ai.completion.0.finish_reason": "length"})
         with tracer.start_as_current_span("chat events") as ev:
-            ev.set_attributes({"gen_ai.operation.name": "chat", "gen_ai.system": "anthropic",
-                               "gen_ai.request.model": "claude-3-haiku",
+            ev.set_attributes({"gen_ai.operation.name": "chat", "gen_ai.system": "mistral_ai",
+                               "gen_ai.request.model": "mistral-small-latest",
                                "gen_ai.usage.input_tokens": 5, "gen_ai.usage.output_tokens": 6})
             ev.add_event("gen_ai.content.prompt", {"gen_ai.prompt": "prompt in an event"})
             ev.add_event("gen_ai.content.completion", {"gen_ai.completion": "answer in an event"})
@@ -154,7 +154,7 @@ def test_sdk_exporter_agent_trace_lands_in_inference_events_and_spans(
     old = by_model["gpt-3.5-turbo"]
     assert (old["input_tokens"], old["output_tokens"]) == (11, 4)
     assert (old["prompt"], old["response"]) == ("older prompt", "older answer")
-    evs = by_model["claude-3-haiku"]
+    evs = by_model["mistral-small-latest"]
     assert (evs["prompt"], evs["response"]) == ("prompt in an event", "answer in an event")
     failing = [r for r in rows if r["error_type"]]
     assert sorted((r["status"], r["error_type"]) for r in failing) == [
