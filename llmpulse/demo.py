@@ -32,6 +32,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -127,11 +128,20 @@ def run_cli(args: argparse.Namespace, settings: Settings) -> int:
         print(f"llmpulse demo: --judge-sample: must be within 0..1, got {share!r}", file=sys.stderr)
         return 2
     settings = _demo_settings(settings, args)
+    # a canary that an incident's alert started gets no live traffic in a short demo
+    # (the simulated router traffic does not pass the serving host): give up waiting
+    # for evidence after 90 s, not the production 15 min, so the closed loop runs
+    own_wait = "LLMPULSE_CANARY_MAX_WAIT_S" not in os.environ
+    if own_wait:
+        os.environ["LLMPULSE_CANARY_MAX_WAIT_S"] = "90"
     try:
         return run_stack(settings, main=lambda ctx: _demo(ctx, args))
     except StackError as exc:
         print(f"llmpulse demo: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if own_wait:
+            os.environ.pop("LLMPULSE_CANARY_MAX_WAIT_S", None)
 
 
 class AlertWatch:

@@ -159,11 +159,12 @@ class RetrainSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> RetrainSettings:
         """``LLMPULSE_RETRAIN=0`` disables the service, ``LLMPULSE_SERVING=1`` serves models,
         ``LLMPULSE_RETRAIN_MODELS`` (comma-separated), ``LLMPULSE_RETRAIN_TRAINER``,
-        ``LLMPULSE_CANARY_SHARE``, ``LLMPULSE_CANARY_MIN_S``.
+        ``LLMPULSE_CANARY_SHARE``, ``LLMPULSE_CANARY_MIN_S``, ``LLMPULSE_CANARY_MAX_WAIT_S``.
 
-        >>> s = RetrainSettings.from_env({"LLMPULSE_SERVING": "1", "LLMPULSE_CANARY_SHARE": "0.5"})
-        >>> s.serving, s.canary.share, s.models
-        (True, 0.5, ('intent-router',))
+        >>> s = RetrainSettings.from_env({"LLMPULSE_SERVING": "1", "LLMPULSE_CANARY_SHARE": "0.5",
+        ...                               "LLMPULSE_CANARY_MAX_WAIT_S": "90"})
+        >>> s.serving, s.canary.share, s.canary.max_wait_s, s.models
+        (True, 0.5, 90.0, ('intent-router',))
         """
         env = os.environ if env is None else env
 
@@ -176,6 +177,8 @@ class RetrainSettings:
             canary = replace(canary, share=float(env["LLMPULSE_CANARY_SHARE"]))
         if env.get("LLMPULSE_CANARY_MIN_S"):
             canary = replace(canary, min_duration_s=float(env["LLMPULSE_CANARY_MIN_S"]))
+        if env.get("LLMPULSE_CANARY_MAX_WAIT_S"):
+            canary = replace(canary, max_wait_s=float(env["LLMPULSE_CANARY_MAX_WAIT_S"]))
         models = tuple(m.strip() for m in env.get("LLMPULSE_RETRAIN_MODELS", "").split(",") if m.strip())
         return cls(
             enabled=flag("LLMPULSE_RETRAIN", True),
