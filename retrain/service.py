@@ -165,6 +165,10 @@ class RetrainSettings:
         ...                               "LLMPULSE_CANARY_MAX_WAIT_S": "90"})
         >>> s.serving, s.canary.share, s.canary.max_wait_s, s.models
         (True, 0.5, 90.0, ('intent-router',))
+        >>> RetrainSettings.from_env({"LLMPULSE_CANARY_MAX_WAIT_S": "nan"})
+        Traceback (most recent call last):
+        ...
+        ValueError: LLMPULSE_CANARY_MAX_WAIT_S: must be a finite number >= 0, got 'nan'
         """
         env = os.environ if env is None else env
 
@@ -172,13 +176,25 @@ class RetrainSettings:
             v = env.get(key)
             return default if v is None or v == "" else v.strip().lower() in ("1", "true", "yes", "on")
 
+        def number(key: str) -> float | None:
+            text = env.get(key)
+            if not text:
+                return None
+            try:
+                v = float(text)
+            except ValueError:
+                raise ValueError(f"{key}: not a number: {text!r}") from None
+            if not v >= 0 or v == float("inf"):  # also refuses NaN
+                raise ValueError(f"{key}: must be a finite number >= 0, got {text!r}")
+            return v
+
         canary = CanaryPolicy()
-        if env.get("LLMPULSE_CANARY_SHARE"):
-            canary = replace(canary, share=float(env["LLMPULSE_CANARY_SHARE"]))
-        if env.get("LLMPULSE_CANARY_MIN_S"):
-            canary = replace(canary, min_duration_s=float(env["LLMPULSE_CANARY_MIN_S"]))
-        if env.get("LLMPULSE_CANARY_MAX_WAIT_S"):
-            canary = replace(canary, max_wait_s=float(env["LLMPULSE_CANARY_MAX_WAIT_S"]))
+        if (share := number("LLMPULSE_CANARY_SHARE")) is not None:
+            canary = replace(canary, share=share)
+        if (min_s := number("LLMPULSE_CANARY_MIN_S")) is not None:
+            canary = replace(canary, min_duration_s=min_s)
+        if (wait_s := number("LLMPULSE_CANARY_MAX_WAIT_S")) is not None:
+            canary = replace(canary, max_wait_s=wait_s)
         models = tuple(m.strip() for m in env.get("LLMPULSE_RETRAIN_MODELS", "").split(",") if m.strip())
         return cls(
             enabled=flag("LLMPULSE_RETRAIN", True),
