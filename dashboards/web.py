@@ -12,7 +12,11 @@ plain aiohttp app with :func:`aiohttp_app`):
 Query string (same names as Grafana's, so :func:`dashboards.grafana.panel_url`
 links work for both): ``from``/``to`` (``now-1h``, epoch s or ms, ISO 8601,
 or ``from=data`` for the span of the stored events), ``var-app``,
-``var-model``, ``var-version`` (repeatable; absent = All), ``refresh`` (s).
+``var-model``, ``var-version`` (``var-model_version`` is taken as its alias),
+``var-signal``, ``var-dimension`` (repeatable; absent = All), ``refresh``
+(s). The fragment ``#panel-<id>`` opens (scrolls to and outlines) one panel.
+``GET /dashboards`` with ``var-signal`` in its query string (the alert links
+of older versions) redirects to the panel that shows that signal.
 
 ``query(sql, params)`` is a blocking callable returning rows as dicts (the
 store read with ``readonly=1``); views run it in a thread.
@@ -34,7 +38,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from dashboards.macros import MacroError, expand, parse_time
-from dashboards.panels import DASHBOARDS, Dashboard, Panel
+from dashboards.panels import DASHBOARDS, Dashboard, Panel, panel_for_signal
 from dashboards.render import CSS, render_panel, render_svg
 
 __all__ = [
@@ -43,6 +47,7 @@ __all__ = [
     "aiohttp_app",
     "data_span",
     "grid_html",
+    "legacy_link_target",
     "page_html",
     "panel_body",
     "panel_rows",
@@ -54,7 +59,8 @@ Handler = Callable[..., Awaitable[Any]]
 
 DEFAULT_FROM = "now-1h"
 DEFAULT_REFRESH_S = 10
-_VARS = ("app", "model", "version")
+_VARS = ("app", "model", "version", "signal", "dimension")
+_ALIASES = {"model_version": "version"}  # alert links of older versions
 
 
 def data_span(query: QueryFn) -> tuple[float, float] | None:
@@ -107,6 +113,8 @@ class Context:
         except ValueError:
             raise MacroError("refresh: seconds between updates, 0 for none") from None
         variables = {name: many(f"var-{name}") for name in _VARS}
+        for alias, name in _ALIASES.items():
+            variables[name] += [v for v in many(f"var-{alias}") if v not in variables[name]]
         return cls(start, end, {k: v for k, v in variables.items() if v}, raw_from, raw_to,
                    refresh)
 
@@ -174,7 +182,7 @@ def _form(d: Dashboard, ctx: Context, options: Mapping[str, list[str]]) -> str:
 _SCRIPT = """
 <script>
 (function () {
-  var every = %d;
+  var every = %d, opened = false;
   function load() {
     document.querySelectorAll("section.panel[data-src]").forEach(function (s) {
       fetch(s.getAttribute("data-src"), {cache: "no-store"})
@@ -183,6 +191,7 @@ _SCRIPT = """
           var body = s.querySelector(".pbody");
           if (body) { body.outerHTML = html; }
           s.setAttribute("data-loaded", String(Date.now()));
+          if (!opened && location.hash === "#" + s.id) { opened = true; s.scrollIntoView(); }
         })
         .catch(function (e) { s.setAttribute("data-error", String(e)); });
     });
@@ -254,6 +263,26 @@ def _index_html(base: str) -> str:
             f"<header><h1>llmpulse dashboards</h1></header><ul>{items}</ul></body></html>")
 
 
+def legacy_link_target(q: Mapping[str, Sequence[str]], base: str = "/dashboards") -> str:
+    """Where an index link with a query string goes: the panel of its ``var-signal``.
+
+    >>> legacy_link_target({"var-signal": ["drift.ks"], "var-model_version": ["2"],
+    ...                     "var-dimension": ["n_passages"], "from": ["1"], "to": ["2"]})
+    '/dashboards/drift?var-signal=drift.ks&var-model_version=2&var-dimension=n_passages&from=1&to=2#panel-1'
+    """
+    signal = q["var-signal"][-1]
+    dimension = (q.get("var-dimension") or [""])[-1]
+    name, pid = panel_for_signal(signal, dimension)
+    pairs = [(k, v) for k, vals in q.items() for v in vals]
+    return f"{base}/{name}?{urlencode(pairs)}#panel-{pid}"
+
+
+def _redirect(web: Any, location: str) -> Any:
+    response = web.html(f'<a href="{escape(location)}">{escape(location)}</a>', status=302)
+    response.headers["Location"] = location
+    return response
+
+
 def _query_dict(request: Any) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for k, v in request.query.items():
@@ -271,6 +300,9 @@ def routes(query: QueryFn, base: str = "/dashboards") -> list[tuple[str, str, Ha
         return await asyncio.to_thread(fn, *args)
 
     async def index(web: Any, request: Any, **_: Any) -> Any:
+        q = _query_dict(request)
+        if q.get("var-signal"):
+            return _redirect(web, legacy_link_target(q, base))
         return web.html(_index_html(base))
 
     async def dashboard(web: Any, request: Any, name: str = "", **_: Any) -> Any:

@@ -52,7 +52,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -139,6 +139,9 @@ class AlertManager:
     ``var-model_version``, ``var-dimension`` and ``from``/``to`` in epoch
     milliseconds, ``link_padding_s`` around the alert's window.
     ``keep_values`` breaching values are kept on each alert.
+    ``dashboard_link(key, start, end)``, given by the composition root (the
+    dashboards' panel link), replaces that generic link: ``key`` maps
+    ``rule``, ``signal``, ``app``, ``model``, ``model_version``, ``dimension``.
     """
 
     def __init__(
@@ -148,8 +151,10 @@ class AlertManager:
         dashboard_url: str | None = None,
         keep_values: int = 10,
         link_padding_s: float = 1800.0,
+        dashboard_link: Callable[[Mapping[str, str], float, float], str] | None = None,
     ) -> None:
         self.rules = rules
+        self.dashboard_link = dashboard_link
         self.dashboard_url = (rules.dashboard_url if dashboard_url is None else dashboard_url).rstrip("/")
         self.keep_values = keep_values
         self.link_padding_s = link_padding_s
@@ -338,7 +343,12 @@ class AlertManager:
 
     def _links(self, rule: Rule, key: AlertKey, start: float, end: float, report: str) -> dict[str, str]:
         links: dict[str, str] = {}
-        if self.dashboard_url:
+        if self.dashboard_link is not None:
+            fields = ("rule", "signal", "app", "model", "model_version", "dimension")
+            links["dashboard"] = self.dashboard_link(dict(zip(fields, key, strict=True)),
+                                                     start - self.link_padding_s,
+                                                     end + self.link_padding_s)
+        elif self.dashboard_url:
             q = {
                 "var-signal": key[1], "var-app": key[2], "var-model": key[3],
                 "var-model_version": key[4],

@@ -25,6 +25,7 @@ import asyncio
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,14 @@ def load_rules(path: Path | None) -> Rules:
 
 class AlertAgent:
     def __init__(self, app: faust.App, rules: Rules, sink: RawSink, *, state_dir: Path,
-                 dashboard_url: str | None = None, notify: bool = True) -> None:
+                 dashboard_url: str | None = None, notify: bool = True,
+                 dashboard_link: Callable[[Mapping[str, str], float, float], str] | None = None,
+                 ) -> None:
         self.app = app
         self.sink = sink
         self.rules = rules
-        self.alerts = AlertManager(rules, dashboard_url=dashboard_url)
+        self.alerts = AlertManager(rules, dashboard_url=dashboard_url,
+                                   dashboard_link=dashboard_link)
         self.notifier = Notifier.from_rules(rules)
         self.notify = notify
         self.trigger = RetrainTrigger.from_rules(rules)

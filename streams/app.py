@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,6 +232,7 @@ def build_app(
     rules: Rules | None = None,
     guard: ApiGuard | None = None,
     audit: AuditSink | None = None,
+    dashboard_link: Callable[[Mapping[str, str], float, float], str] | None = None,
 ) -> faust.App:
     """The worker: ingest agents for both raw topics plus the HTTP API.
 
@@ -240,6 +241,8 @@ def build_app(
     ``audit`` receives the audit trail (authentication, erasures, retrain,
     deploy, rollback); an :class:`~llmpulse.audit.AuditLog` is bound to the
     ``llmpulse.audit`` topic and drained by a task of this app.
+    ``dashboard_link`` builds each alert's dashboard link (see
+    :class:`~streams.alerting.AlertManager`).
     """
     if guard is None:
         guard = ApiGuard.from_settings(settings.data_dir, settings.http.host,
@@ -262,7 +265,7 @@ def build_app(
             app, rules if rules is not None else load_rules(settings.rules), sink,
             state_dir=settings.data_dir / "worker",
             dashboard_url=f"http://{settings.http.host}:{web_port}/dashboards",
-            notify=settings.signals.notify_in_worker,
+            notify=settings.signals.notify_in_worker, dashboard_link=dashboard_link,
         )
         agents.consumers.append(alert_agent)
         app.llmpulse_notifier = alert_agent.notifier  # type: ignore[attr-defined]
