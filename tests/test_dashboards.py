@@ -25,14 +25,18 @@ from dashboards.grafana import (
     panel_url,
     provisioning_files,
 )
+from dashboards.links import AlertLinks
 from dashboards.macros import MacroError, expand
 from dashboards.panels import DASHBOARDS, Panel, panel_for_signal
 from dashboards.render import render_panel, to_epoch
 from dashboards.testing import fill_rows, fill_store
 from dashboards.web import Context, aiohttp_app, data_span, panel_rows
+from detectors.base import Signal
 from llmpulse import report
 from llmpulse.sqlguard import QueryRefused, SqlGuard
 from llmpulse.store import QueryError, Store
+from streams.alerting import AlertManager
+from streams.rules import Rules
 
 ROOT = Path(__file__).resolve().parent.parent
 DURATION = 600.0
@@ -220,6 +224,68 @@ def test_panel_url_opens_the_panel_with_range_and_variables() -> None:
         assert DASHBOARDS[board].panel(pid)
 
 
+def _fire(links: Any, signal: str, dimension: str = "", *, ts: float = 1_700_003_600.0,
+          app: str = "support", model: str = "gpt", version: str = "3") -> dict[str, Any]:
+    """The links of the alert that one breaching window of ``signal`` fires."""
+    spec = {"name": "r", "signal": signal, "op": ">=", "threshold": 0, "for": 1}
+    am = AlertManager(Rules.from_yaml(json.dumps({"rules": [spec]})), dashboard_link=links,
+                      link_padding_s=600)
+    [ev] = am.process(Signal(signal, 0.4, n=500, ts=ts, window_s=300.0, app=app, model=model,
+                             model_version=version, dimension=dimension,
+                             detail={"p_value": 0.001}))
+    out: dict[str, Any] = ev.detail["links"]
+    return out
+
+
+def test_alert_link_opens_the_grafana_panel_with_the_dashboards_variables() -> None:
+    links = _fire(AlertLinks("http://grafana.local:3000"), "drift.psi", "input_tokens")
+    u = urlparse(links["dashboard"])
+    assert (u.scheme, u.netloc, u.path) == ("http", "grafana.local:3000",
+                                            "/d/llmpulse-drift/llm-apps-drift")
+    q = parse_qs(u.query)
+    assert q == {"orgId": ["1"], "viewPanel": ["1"],
+                 "from": [str((1_700_003_300 - 600) * 1000)],
+                 "to": [str((1_700_003_600 + 600) * 1000)],
+                 "var-app": ["support"], "var-model": ["gpt"], "var-version": ["3"],
+                 "var-signal": ["drift.psi"], "var-dimension": ["input_tokens"]}
+    model = dashboard_json(DASHBOARDS["drift"])
+    declared = {v["name"] for v in model["templating"]["list"]}
+    assert {k.removeprefix("var-") for k in q if k.startswith("var-")} <= declared
+    [panel] = [p for p in model["panels"] if p["id"] == 1]
+    sql = panel["targets"][0]["rawSql"]
+    for var in ("app", "model", "version", "signal", "dimension"):
+        assert f"${{{var}:singlequote}}" in sql, var  # each variable filters the panel
+
+
+@pytest.mark.parametrize(("signal", "dimension", "path", "panel", "variables"), [
+    ("latency.p99_ms", "", "/d/llmpulse-overview/llm-apps-overview", "6",
+     {"app", "model", "version", "signal"}),
+    ("bias.accuracy_gap", "language=de", "/d/llmpulse-fairness/llm-apps-fairness", "1",
+     {"app", "model", "version", "signal", "dimension"}),
+    ("drift.embedding_mmd", "embedding:prompt", "/d/llmpulse-drift/llm-apps-drift", "2",
+     {"app", "model", "version", "signal", "dimension"}),
+    ("llmpulse.lag", "llmpulse.inference", "/d/llmpulse-health/llmpulse-health", "1", set()),
+])
+def test_alert_links_set_only_variables_the_dashboard_declares(
+        signal: str, dimension: str, path: str, panel: str, variables: set[str]) -> None:
+    u = urlparse(_fire(AlertLinks("https://g.example/grafana/d/llmpulse-overview/x?orgId=1"),
+                       signal, dimension)["dashboard"])
+    assert u.path == "/grafana" + path
+    q = parse_qs(u.query)
+    assert q["viewPanel"] == [panel]
+    assert {k.removeprefix("var-") for k in q if k.startswith("var-")} == variables
+    assert "var-model_version" not in q
+
+
+def test_alert_link_base_must_be_a_web_url() -> None:
+    with pytest.raises(ValueError, match="links.dashboard: must be an http"):
+        AlertLinks("ftp://grafana.local/")
+    with pytest.raises(ValueError, match="http server: must be an http"):
+        AlertLinks("javascript:alert(1)", embedded=True)
+    assert AlertLinks("http://127.0.0.1:8080/dashboards/drift", embedded=True).base == \
+        "http://127.0.0.1:8080"
+
+
 # -- the embedded pages -----------------------------------------------------------------
 
 
@@ -251,6 +317,46 @@ async def test_routes_serve_pages_fragments_svg_and_json(filled: dict[str, Any])
         assert (await client.get("/dashboards/overview/panel/99")).status == 404
         assert (await client.get("/dashboards/overview/panel/10.svg")).status == 404
         assert (await client.get("/dashboards/overview/panel/1?from=now&to=now-1h")).status == 400
+    finally:
+        await client.close()
+
+
+async def test_embedded_page_applies_the_alert_links_filters(filled: dict[str, Any]) -> None:
+    q = _query(filled["store"])
+    [key] = q("SELECT app, model, model_version FROM signals FINAL WHERE signal = 'drift.ks' "
+              "AND dimension = 'n_passages' ORDER BY model LIMIT 1", {})
+    client = TestClient(TestServer(aiohttp_app(q)))
+    await client.start_server()
+    try:
+        link = urlparse(_fire(AlertLinks(str(client.make_url("")), embedded=True), "drift.ks",
+                              "n_passages", ts=filled["end"], app=key["app"],
+                              model=key["model"], version=key["model_version"])["dashboard"])
+        assert link.fragment == "panel-1"
+        page = await (await client.get(f"{link.path}?{link.query}")).text()
+        for value in (key["model"], key["model_version"], "drift.ks", "n_passages"):
+            assert f'<option selected value="{value}">' in page, value
+        body = await (await client.get(f"{link.path}/panel/1.json?{link.query}")).json()
+        assert {r["series"] for r in body["rows"]} == {"n_passages ks"}
+        stored = q("SELECT count() AS n FROM signals FINAL WHERE signal = 'drift.ks' "
+                   "AND dimension = 'n_passages' AND model = {m:String} "
+                   "AND ts >= fromUnixTimestamp64Milli({lo:Int64})",
+                   {"m": key["model"], "lo": int((filled["end"] - 900) * 1000)})
+        assert stored[0]["n"] > 1
+        assert len(body["rows"]) == stored[0]["n"]  # one window per point, one model
+        wide = await (await client.get(
+            f"{link.path}/panel/1.json?from={int(filled['start'])}&to={int(filled['end'])}"
+        )).json()
+        assert len({r["series"] for r in wide["rows"]}) == 4
+        # a link of an older version: the index sends it on to the panel of its signal
+        old = await client.get(
+            f"/dashboards?var-signal=drift.ks&var-model_version={key['model_version']}"
+            f"&var-dimension=n_passages&from={int(filled['start'])}", allow_redirects=False)
+        assert old.status == 302
+        moved = urlparse(old.headers["Location"])
+        assert (moved.path, moved.fragment) == ("/dashboards/drift", "panel-1")
+        ctx = Context.from_query(parse_qs(moved.query))
+        assert ctx.variables == {"version": [key["model_version"]], "signal": ["drift.ks"],
+                                 "dimension": ["n_passages"]}
     finally:
         await client.close()
 
