@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "DASHBOARDS",
+    "DRIFT_RELATIVE_CAP",
+    "DRIFT_THRESHOLDS",
     "HEALTH_SIGNALS",
     "PANEL_KINDS",
     "Dashboard",
@@ -171,6 +173,11 @@ DRIFT_THRESHOLDS: dict[str, tuple[float, str]] = {
 }
 
 
+DRIFT_RELATIVE_CAP = 10.0
+"""Relative drift is drawn at most this high: a p-value that underflows to 0
+(a chi-square statistic in the thousands) would otherwise put one line at 100."""
+
+
 def _relative_drift_sql() -> str:
     """A drift signal relative to its threshold: 1.0 is the drift line, above is drift.
 
@@ -178,7 +185,7 @@ def _relative_drift_sql() -> str:
     ``value / threshold``; a test on the p-value (KS, chi-square) plots
     ``log10(p) / log10(threshold)``, which is 1.0 at ``p = threshold`` and
     grows as p falls, so a chi-square statistic in the thousands does not
-    flatten the other lines.
+    flatten the other lines. Both are capped at :data:`DRIFT_RELATIVE_CAP`.
     """
     def pick(kind: int) -> str:
         cases = ", ".join(f"signal = '{name}', {spec[kind]!r}"
@@ -191,8 +198,8 @@ def _relative_drift_sql() -> str:
           f"JSONExtractString(detail, 'threshold_on'), {pick(1)})")
     p_rel = (f"log10(greatest(JSONExtractFloat(detail, 'p_value'), 1e-300)) / "
              f"log10(nullIf(least({thr}, 0.999999), 0))")
-    return (f"if({on} = 'p_value', if(JSONHas(detail, 'p_value'), {p_rel}, NULL), "
-            f"value / nullIf({thr}, 0))")
+    return (f"least(if({on} = 'p_value', if(JSONHas(detail, 'p_value'), {p_rel}, NULL), "
+            f"value / nullIf({thr}, 0)), {DRIFT_RELATIVE_CAP!r})")
 
 
 def _signal_series(title: str, pid: int, where: str, series: str, agg: str = "max",
@@ -293,8 +300,9 @@ DRIFT = Dashboard(
                                    "relative to its threshold so PSI, KS, Wasserstein and "
                                    "chi-square share one axis: value / threshold for PSI, "
                                    "Jensen-Shannon and Wasserstein, log10(p) / "
-                                   "log10(threshold) for the p-value tests (KS, chi-square). "
-                                   "Above the red line at 1.0 the detector flags drift."),
+                                   "log10(threshold) for the p-value tests (KS, chi-square), "
+                                   "drawn at most at 10. Above the red line at 1.0 the "
+                                   "detector flags drift; the table below has raw values."),
         _signal_series("Embedding drift", 2,
                        "signal LIKE 'drift.%' AND dimension LIKE 'embedding:%'",
                        "concat(dimension, ' ', replaceOne(signal, 'drift.', ''))",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import subprocess
 import sys
@@ -27,7 +28,13 @@ from dashboards.grafana import (
 )
 from dashboards.links import AlertLinks
 from dashboards.macros import MacroError, expand
-from dashboards.panels import DASHBOARDS, Panel, panel_for_signal
+from dashboards.panels import (
+    DASHBOARDS,
+    DRIFT_RELATIVE_CAP,
+    DRIFT_THRESHOLDS,
+    Panel,
+    panel_for_signal,
+)
 from dashboards.render import render_panel, to_epoch
 from dashboards.testing import fill_rows, fill_store
 from dashboards.web import Context, aiohttp_app, data_span, panel_rows
@@ -359,6 +366,91 @@ async def test_embedded_page_applies_the_alert_links_filters(filled: dict[str, A
                                  "dimension": ["n_passages"]}
     finally:
         await client.close()
+
+
+# -- feature drift on one axis ------------------------------------------------------------
+
+
+def test_drift_panel_plots_each_test_relative_to_its_threshold() -> None:
+    from detectors.drift import (
+        ChiSquare,
+        JensenShannonDistance,
+        KolmogorovSmirnov,
+        PopulationStabilityIndex,
+        WassersteinDistance,
+    )
+
+    shipped = {d.signal_name: (d.threshold, d.threshold_on) for d in (
+        PopulationStabilityIndex(), JensenShannonDistance(), WassersteinDistance(),
+        KolmogorovSmirnov(), ChiSquare())}
+    assert shipped == DRIFT_THRESHOLDS  # the fallback for rows without a threshold
+    panel = DASHBOARDS["drift"].panel(1)
+    assert panel.threshold_line == 1.0
+    assert "max(value)" not in panel.sql
+    [model] = [p for p in dashboard_json(DASHBOARDS["drift"])["panels"] if p["id"] == 1]
+    defaults = model["fieldConfig"]["defaults"]
+    assert defaults["custom"]["thresholdsStyle"] == {"mode": "line"}
+    assert defaults["thresholds"]["steps"][-1] == {"color": "red", "value": 1.0}
+
+
+def _drift_signals(end: float) -> list[dict[str, Any]]:
+    """Rows of the real window tests on a shifted categorical and numeric feature."""
+    import numpy as np
+
+    from detectors.base import Batch
+    from detectors.drift import (
+        ChiSquare,
+        KolmogorovSmirnov,
+        PopulationStabilityIndex,
+        WassersteinDistance,
+    )
+
+    rng = np.random.default_rng(3)
+    ref = {"lang": rng.choice(["en", "de", "fr"], 4000, p=[0.8, 0.1, 0.1]),
+           "latency": rng.normal(600, 100, 4000)}
+    cur = {"lang": rng.choice(["en", "de", "fr"], 2000, p=[0.2, 0.1, 0.7]),
+           "latency": rng.normal(625, 100, 2000)}
+    rows = []
+    for test in (ChiSquare, KolmogorovSmirnov, PopulationStabilityIndex, WassersteinDistance):
+        d = test(["lang", "latency"])
+        d.set_reference(ref)
+        for sig in d.update(Batch(cur, start=end - 60, end=end)):
+            rows.append({"ts": end, "window_s": 60.0, "app": "drift-scale", "model": "m",
+                         "model_version": "1", "signal": sig.signal, "dimension": sig.dimension,
+                         "value": float(sig.value), "n": sig.n,
+                         "detail": json.dumps(sig.detail)})
+    return rows
+
+
+def _relative(row: dict[str, Any]) -> float:
+    detail = json.loads(row["detail"])
+    if detail["threshold_on"] == "p_value":
+        p = max(detail["p_value"], 1e-300)
+        ratio = math.log10(p) / math.log10(detail["threshold"])
+    else:
+        ratio = row["value"] / detail["threshold"]
+    return min(ratio, DRIFT_RELATIVE_CAP)
+
+
+def test_chi_square_in_the_thousands_shares_the_axis(filled: dict[str, Any]) -> None:
+    end = filled["end"] - 30
+    rows = _drift_signals(end)
+    chi = [r for r in rows if r["signal"] == "drift.chi_square"]
+    assert chi and chi[0]["value"] > 1000  # the raw statistic would flatten every other line
+    filled["store"].insert_rows("signals", rows)
+    panel = DASHBOARDS["drift"].panel(1)
+    ctx = Context(filled["start"], filled["end"], {"app": ["drift-scale"]})
+    got = {r["series"]: r["value"] for r in panel_rows(_query(filled["store"]), panel, ctx)}
+    want = {f"{r['dimension']} {r['signal'].removeprefix('drift.')}": _relative(r)
+            for r in rows}
+    assert got == pytest.approx(want, rel=1e-9)
+    assert max(got.values()) <= DRIFT_RELATIVE_CAP
+    assert got["latency psi"] < 1.0 < got["latency wasserstein"]  # either side of the line
+    html = render_panel(panel, panel_rows(_query(filled["store"]), panel, ctx),
+                        start=ctx.start, end=ctx.end)
+    assert 'class="threshold"' in html
+    ticks = [float(t) for t in re.findall(r'text-anchor="end">([0-9.]+)</text>', html)]
+    assert ticks and max(ticks) <= DRIFT_RELATIVE_CAP
 
 
 # -- llmpulse report ---------------------------------------------------------------------
