@@ -155,8 +155,9 @@ async def _run(
 
     # alerts link to Grafana when the rules file names it, else to the embedded pages
     try:
-        links = (AlertLinks(rules.dashboard_url) if rules.dashboard_url
-                 else AlertLinks(f"http://{settings.http.host}:{web_port}", embedded=True))
+        server = f"http://{settings.http.host}:{web_port}"
+        links = (AlertLinks(rules.dashboard_url, server=server) if rules.dashboard_url
+                 else AlertLinks(server, embedded=True))
     except ValueError as exc:
         raise StackError(f"rules file: {exc}") from None
     try:
@@ -204,7 +205,7 @@ async def _run(
         audit = AuditLog(store)
         guard.audit = audit
         app = build_app(settings, store, stats, bootstrap=bootstrap, web_port=web_port,
-                        rules=rules, guard=guard, audit=audit, dashboard_link=links)
+                        rules=rules, guard=guard, audit=audit, linker=links)
         await app.start()
         await _wait_assigned(app, timeout=settings.session_timeout_s * 4 + 10)
         endpoints = {

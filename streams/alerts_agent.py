@@ -25,7 +25,6 @@ import asyncio
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ import orjson
 
 from detectors.base import Signal
 from llmpulse.events import TOPIC_ALERTS, TOPIC_RETRAIN
-from streams.alerting import AlertEvent, AlertManager
+from streams.alerting import AlertEvent, AlertLinker, AlertManager
 from streams.notify import Notifier
 from streams.retrain_trigger import RetrainTrigger
 from streams.rules import Rules
@@ -54,13 +53,11 @@ def load_rules(path: Path | None) -> Rules:
 class AlertAgent:
     def __init__(self, app: faust.App, rules: Rules, sink: RawSink, *, state_dir: Path,
                  dashboard_url: str | None = None, notify: bool = True,
-                 dashboard_link: Callable[[Mapping[str, str], float, float], str] | None = None,
-                 ) -> None:
+                 linker: AlertLinker | None = None) -> None:
         self.app = app
         self.sink = sink
         self.rules = rules
-        self.alerts = AlertManager(rules, dashboard_url=dashboard_url,
-                                   dashboard_link=dashboard_link)
+        self.alerts = AlertManager(rules, dashboard_url=dashboard_url, linker=linker)
         self.notifier = Notifier.from_rules(rules)
         self.notify = notify
         self.trigger = RetrainTrigger.from_rules(rules)

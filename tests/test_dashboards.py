@@ -36,6 +36,7 @@ from dashboards.panels import (
     panel_for_signal,
 )
 from dashboards.render import render_panel, to_epoch
+from dashboards.runbooks import RUNBOOKS, runbook_for
 from dashboards.testing import fill_rows, fill_store
 from dashboards.web import Context, aiohttp_app, data_span, panel_rows
 from detectors.base import Signal
@@ -235,7 +236,7 @@ def _fire(links: Any, signal: str, dimension: str = "", *, ts: float = 1_700_003
           app: str = "support", model: str = "gpt", version: str = "3") -> dict[str, Any]:
     """The links of the alert that one breaching window of ``signal`` fires."""
     spec = {"name": "r", "signal": signal, "op": ">=", "threshold": 0, "for": 1}
-    am = AlertManager(Rules.from_yaml(json.dumps({"rules": [spec]})), dashboard_link=links,
+    am = AlertManager(Rules.from_yaml(json.dumps({"rules": [spec]})), linker=links,
                       link_padding_s=600)
     [ev] = am.process(Signal(signal, 0.4, n=500, ts=ts, window_s=300.0, app=app, model=model,
                              model_version=version, dimension=dimension,
@@ -291,6 +292,67 @@ def test_alert_link_base_must_be_a_web_url() -> None:
         AlertLinks("javascript:alert(1)", embedded=True)
     assert AlertLinks("http://127.0.0.1:8080/dashboards/drift", embedded=True).base == \
         "http://127.0.0.1:8080"
+
+
+def _breach(rule: Any) -> float:
+    if rule.change:
+        return 1.0
+    return rule.threshold + 1 if rule.op in (">", ">=") else rule.threshold - 1
+
+
+def test_every_default_rules_alert_carries_a_dashboard_and_runbook_link() -> None:
+    rules = Rules.default()
+    am = AlertManager(rules, linker=AlertLinks("http://127.0.0.1:8080", embedded=True))
+    carried = {}
+    ts = 1_700_000_000.0
+    for rule in rules.rules:
+        signal = rule.signal[0]
+        dimension = ("language=de" if rule.dimension == ("*=*",) else
+                     "embedding:prompt" if "embedding" in signal else
+                     "input_tokens" if signal.startswith("drift.") else "")
+        fired = []
+        for _ in range(rule.for_):
+            ts += 60.0
+            fired += [ev for ev in am.process(Signal(
+                signal, _breach(rule), n=100_000, ts=ts, window_s=60.0, app="a", model="m",
+                model_version="1", dimension=dimension,
+                detail={"significant": True, "drift": True, "p_value": 1e-9}))
+                if ev.kind == "firing"]
+        assert len(fired) == 1, rule.name
+        links = fired[0].detail["links"]
+        carried[rule.name] = links
+        page, _, anchor = links["runbook"].partition("#")
+        assert page == "http://127.0.0.1:8080/dashboards/runbooks"
+        assert anchor == runbook_for(signal, dimension).anchor != "any-alert", rule.name
+        u = urlparse(links["dashboard"])
+        board, pid = panel_for_signal(signal, dimension)
+        assert (u.path, u.fragment) == (f"/dashboards/{board}", f"panel-{pid}"), rule.name
+    assert len(carried) == len(rules.rules) >= 19
+    assert not any("report" in links for links in carried.values())  # no report without one
+
+
+def test_a_rules_own_runbook_wins_and_a_drift_report_becomes_its_url() -> None:
+    rules = Rules.from_yaml(json.dumps({"rules": [
+        {"name": "d", "signal": "drift.*", "op": ">=", "threshold": 0.2, "for": 1},
+        {"name": "own", "signal": "latency.p95_ms", "op": ">", "threshold": 1, "for": 1,
+         "runbook": "https://wiki.example/p95"}]}))
+    am = AlertManager(rules, linker=AlertLinks("http://grafana:3000",
+                                               server="http://10.1.2.3:8080"))
+    report = "/data/reports/20231114T221420Z-drift.psi-input_tokens.html"
+    [drift] = am.process(Signal("drift.psi", 0.4, n=500, ts=1_700_000_060.0, window_s=60.0,
+                                app="a", model="m", model_version="1", dimension="input_tokens",
+                                detail={"report": report}))
+    links = drift.detail["links"]
+    assert links["report"] == ("http://10.1.2.3:8080/dashboards/reports/"
+                               "20231114T221420Z-drift.psi-input_tokens.html")
+    assert links["runbook"] == "http://10.1.2.3:8080/dashboards/runbooks#feature-drift"
+    assert links["dashboard"].startswith("http://grafana:3000/d/llmpulse-drift/")
+    [slow] = am.process(Signal("latency.p95_ms", 9.0, n=500, ts=1_700_000_120.0,
+                               window_s=60.0, app="a", model="m", model_version="1"))
+    assert slow.detail["links"]["runbook"] == "https://wiki.example/p95"
+    # Grafana without llmpulse's own server: no runbook or report URL to give
+    bare = AlertLinks("http://grafana:3000")
+    assert bare.runbook("drift.psi") is None and bare.report(report) == report
 
 
 # -- the embedded pages -----------------------------------------------------------------
@@ -364,6 +426,33 @@ async def test_embedded_page_applies_the_alert_links_filters(filled: dict[str, A
         ctx = Context.from_query(parse_qs(moved.query))
         assert ctx.variables == {"version": [key["model_version"]], "signal": ["drift.ks"],
                                  "dimension": ["n_passages"]}
+    finally:
+        await client.close()
+
+
+async def test_runbooks_page_and_drift_reports_are_served_safely(
+        filled: dict[str, Any], tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "20231114T221420Z-drift.psi-x.html").write_text("<html><script>1</script>")
+    (tmp_path / "secret.html").write_text("not a report")
+    client = TestClient(TestServer(aiohttp_app(_query(filled["store"]), reports_dir=reports)))
+    await client.start_server()
+    try:
+        r = await client.get("/dashboards/runbooks")
+        page = await r.text()
+        assert r.status == 200
+        for rb in RUNBOOKS:
+            assert f'id="{rb.anchor}"' in page
+        r = await client.get("/dashboards/reports/20231114T221420Z-drift.psi-x.html")
+        assert r.status == 200 and r.content_type == "text/html"
+        assert "<script>1</script>" in await r.text()
+        assert r.headers["Content-Security-Policy"].startswith("sandbox allow-scripts")
+        for bad in ("..%2Fsecret.html", "%2E%2E%2Fsecret.html", "nope.html",
+                    "20231114T221420Z-drift.psi-x.json", ".hidden.html"):
+            r = await client.get(f"/dashboards/reports/{bad}")
+            assert r.status == 404, bad
+            assert "not a report" not in await r.text()
     finally:
         await client.close()
 

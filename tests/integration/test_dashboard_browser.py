@@ -137,7 +137,7 @@ def _alert_link(served: dict[str, Any], signal: str, dimension: str, rule: str) 
         "AND model = 'gpt-4o-mini' ORDER BY ts", {"s": signal, "d": dimension})
     assert rows, f"no {signal} signals in the store"
     rules = Rules.from_yaml(rule)
-    am = AlertManager(rules, dashboard_link=AlertLinks(served["base"], embedded=True),
+    am = AlertManager(rules, linker=AlertLinks(served["base"], embedded=True),
                       link_padding_s=60.0)
     fired = [ev for r in rows for ev in am.process(Signal(
         signal, float(r["value"]), n=int(r["n"]), ts=float(r["ms"]) / 1000.0,
