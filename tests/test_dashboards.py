@@ -632,14 +632,17 @@ def test_report_cli_on_a_stopped_store(tmp_path: Path) -> None:
 
 def test_package_exports() -> None:
     import dashboards.grafana
+    import dashboards.links
     import dashboards.macros
     import dashboards.panels
     import dashboards.publish
     import dashboards.render
+    import dashboards.runbooks
     import dashboards.web
 
-    for mod in (dashboards.grafana, dashboards.macros, dashboards.panels, dashboards.publish,
-                dashboards.render, dashboards.web, report):
+    for mod in (dashboards.grafana, dashboards.links, dashboards.macros, dashboards.panels,
+                dashboards.publish, dashboards.render, dashboards.runbooks, dashboards.web,
+                report):
         for name in mod.__all__:
             assert hasattr(mod, name), (mod.__name__, name)
     assert dashboards.__doc__
