@@ -131,6 +131,12 @@ def _panel_json(p: Panel, grid: dict[str, int]) -> dict[str, Any]:
         out["options"] = {"legend": {"displayMode": "list", "placement": "bottom",
                                      "showLegend": True},
                           "tooltip": {"mode": "multi", "sort": "desc"}}
+        if p.threshold_line is not None:
+            defaults = out["fieldConfig"]["defaults"]
+            defaults["custom"]["thresholdsStyle"] = {"mode": "line"}
+            defaults["thresholds"] = {"mode": "absolute", "steps": [
+                {"color": "green", "value": None},
+                {"color": "red", "value": p.threshold_line}]}
     elif p.kind == "stat":
         out["options"] = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "",
                                             "values": False},

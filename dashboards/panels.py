@@ -4,7 +4,9 @@ Each :class:`Panel` holds the SQL that Grafana's ClickHouse data source runs
 (with its macros ``$__timeFilter(col)``, ``$__timeInterval(col)``,
 ``$__interval_s``, ``$__fromTime``/``$__toTime`` and
 ``$__conditionalAll(cond, $var)`` over the template variables ``app``,
-``model`` and ``version``). The same text generates the Grafana JSON
+``model``, ``version`` and, on panels that read ``signals`` or ``alerts``,
+``signal`` and ``dimension``: what an alert's link sets, so the linked panel
+shows only the series that broke). The same text generates the Grafana JSON
 (:mod:`dashboards.grafana`) and, expanded by :mod:`dashboards.macros`, feeds
 the embedded live page (:mod:`dashboards.web`) and ``llmpulse report``.
 
@@ -33,6 +35,8 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "DASHBOARDS",
+    "DRIFT_RELATIVE_CAP",
+    "DRIFT_THRESHOLDS",
     "HEALTH_SIGNALS",
     "PANEL_KINDS",
     "Dashboard",
@@ -76,6 +80,8 @@ class Panel:
     height: int = 8
     links: tuple[tuple[str, str], ...] = ()
     """(column, url template) pairs: a Grafana data link on that table column."""
+    threshold_line: float | None = None
+    """A value drawn as a red line across a time series (the alert line)."""
 
     def __post_init__(self) -> None:
         if self.kind not in PANEL_KINDS:
@@ -123,28 +129,90 @@ VARIABLES = (
         "Version",
         "SELECT DISTINCT model_version AS value FROM inference_events ORDER BY value",
     ),
+    Variable(
+        "signal",
+        "Signal",
+        "SELECT DISTINCT signal AS value FROM signals WHERE signal NOT LIKE 'llmpulse.%' "
+        "ORDER BY value",
+    ),
+    Variable(
+        "dimension",
+        "Dimension",
+        "SELECT DISTINCT dimension AS value FROM signals WHERE dimension != '' "
+        "AND signal NOT LIKE 'llmpulse.%' ORDER BY value",
+    ),
 )
+"""Template variables of the app dashboards. ``signal`` and ``dimension``
+filter only the panels over ``signals`` and ``alerts`` (raw events have
+neither)."""
 
 
 def _vars(app: str | None = "app", model: str | None = "model",
-          version: str | None = "model_version") -> str:
+          version: str | None = "model_version", signal: str | None = None,
+          dimension: str | None = None) -> str:
     parts = []
-    for var, col in (("app", app), ("model", model), ("version", version)):
+    for var, col in (("app", app), ("model", model), ("version", version),
+                     ("signal", signal), ("dimension", dimension)):
         if col:
             parts.append(f"$__conditionalAll({col} IN (${{{var}:singlequote}}), ${var})")
     return " AND ".join(parts)
 
 
+_SIG = _vars(signal="signal", dimension="dimension")
+"""The variables of a panel over ``signals`` or ``alerts``."""
+
+#: The shipped threshold and what it applies to, per window drift test: used
+#: where a stored signal's detail has no ``threshold`` (a test checks these
+#: against the detectors' own defaults).
+DRIFT_THRESHOLDS: dict[str, tuple[float, str]] = {
+    "drift.psi": (0.15, "value"),
+    "drift.jensen_shannon": (0.12, "value"),
+    "drift.wasserstein": (0.2, "value"),
+    "drift.ks": (0.001, "p_value"),
+    "drift.chi_square": (0.001, "p_value"),
+}
+
+
+DRIFT_RELATIVE_CAP = 10.0
+"""Relative drift is drawn at most this high: a p-value that underflows to 0
+(a chi-square statistic in the thousands) would otherwise put one line at 100."""
+
+
+def _relative_drift_sql() -> str:
+    """A drift signal relative to its threshold: 1.0 is the drift line, above is drift.
+
+    A test on the value (PSI, Jensen-Shannon, Wasserstein) plots
+    ``value / threshold``; a test on the p-value (KS, chi-square) plots
+    ``log10(p) / log10(threshold)``, which is 1.0 at ``p = threshold`` and
+    grows as p falls, so a chi-square statistic in the thousands does not
+    flatten the other lines. Both are capped at :data:`DRIFT_RELATIVE_CAP`.
+    """
+    def pick(kind: int) -> str:
+        cases = ", ".join(f"signal = '{name}', {spec[kind]!r}"
+                          for name, spec in DRIFT_THRESHOLDS.items())
+        return f"multiIf({cases}, {'NULL' if kind == 0 else repr('')})"
+
+    thr = (f"if(JSONExtractFloat(detail, 'threshold') > 0, "
+           f"JSONExtractFloat(detail, 'threshold'), {pick(0)})")
+    on = (f"if(JSONExtractString(detail, 'threshold_on') != '', "
+          f"JSONExtractString(detail, 'threshold_on'), {pick(1)})")
+    p_rel = (f"log10(greatest(JSONExtractFloat(detail, 'p_value'), 1e-300)) / "
+             f"log10(nullIf(least({thr}, 0.999999), 0))")
+    return (f"least(if({on} = 'p_value', if(JSONHas(detail, 'p_value'), {p_rel}, NULL), "
+            f"value / nullIf({thr}, 0)), {DRIFT_RELATIVE_CAP!r})")
+
+
 def _signal_series(title: str, pid: int, where: str, series: str, agg: str = "max",
-                   unit: str = "", width: int = 12, description: str = "") -> Panel:
+                   unit: str = "", width: int = 12, description: str = "",
+                   value: str = "value", threshold_line: float | None = None) -> Panel:
     sql = (
-        f"SELECT $__timeInterval(ts) AS time, {series} AS series, {agg}(value) AS value\n"
+        f"SELECT $__timeInterval(ts) AS time, {series} AS series, {agg}({value}) AS value\n"
         "FROM signals FINAL\n"
-        f"WHERE $__timeFilter(ts) AND {where} AND {_vars()}\n"
+        f"WHERE $__timeFilter(ts) AND {where} AND {_SIG}\n"
         "GROUP BY time, series\nORDER BY time, series"
     )
     return Panel(pid, title, sql, "timeseries", ("time", "series", "value"), unit=unit,
-                 width=width, description=description)
+                 width=width, description=description, threshold_line=threshold_line)
 
 
 def _health_series(title: str, pid: int, signal: str, agg: str, unit: str) -> Panel:
@@ -224,10 +292,17 @@ DRIFT = Dashboard(
     description="Data drift per feature and test, and embedding drift of prompts.",
     variables=VARIABLES,
     panels=(
-        _signal_series("Feature drift by test", 1,
+        _signal_series("Feature drift by test (1 = drift threshold)", 1,
                        "signal LIKE 'drift.%' AND dimension NOT LIKE 'embedding:%'",
                        "concat(dimension, ' ', replaceOne(signal, 'drift.', ''))",
-                       description="drift.<test> signals, one line per feature and test."),
+                       value=_relative_drift_sql(), threshold_line=1.0,
+                       description="drift.<test> signals, one line per feature and test, each "
+                                   "relative to its threshold so PSI, KS, Wasserstein and "
+                                   "chi-square share one axis: value / threshold for PSI, "
+                                   "Jensen-Shannon and Wasserstein, log10(p) / "
+                                   "log10(threshold) for the p-value tests (KS, chi-square), "
+                                   "drawn at most at 10. Above the red line at 1.0 the "
+                                   "detector flags drift; the table below has raw values."),
         _signal_series("Embedding drift", 2,
                        "signal LIKE 'drift.%' AND dimension LIKE 'embedding:%'",
                        "concat(dimension, ' ', replaceOne(signal, 'drift.', ''))",
@@ -240,7 +315,7 @@ DRIFT = Dashboard(
               "argMax(JSONExtractString(detail, 'report'), ts) AS report, "
               "max(ts) AS last_ts\n"
               "FROM signals FINAL\n"
-              f"WHERE $__timeFilter(ts) AND signal LIKE 'drift.%' AND {_vars()}\n"
+              f"WHERE $__timeFilter(ts) AND signal LIKE 'drift.%' AND {_SIG}\n"
               "GROUP BY signal, dimension\nORDER BY drift DESC, value DESC\nLIMIT 50",
               "table", ("signal", "dimension", "value", "n", "p_value", "drift", "report",
                         "last_ts"),
@@ -263,7 +338,7 @@ FAIRNESS = Dashboard(
               "SELECT $__timeInterval(ts) AS time, replaceOne(signal, 'bias.', '') AS series, "
               "sum(JSONExtractBool(detail, 'significant')) AS value\n"
               "FROM signals FINAL\n"
-              f"WHERE $__timeFilter(ts) AND signal LIKE 'bias.%' AND {_vars()}\n"
+              f"WHERE $__timeFilter(ts) AND signal LIKE 'bias.%' AND {_SIG}\n"
               "GROUP BY time, series\nORDER BY time, series",
               "timeseries", ("time", "series", "value"), unit="short",
               description="Segments whose gap is significant after multiple-test correction."),
@@ -275,7 +350,7 @@ FAIRNESS = Dashboard(
               "round(argMax(JSONExtractFloat(detail, 'p_value'), ts), 6) AS p_value, "
               "argMax(JSONExtractBool(detail, 'significant'), ts) AS significant\n"
               "FROM signals FINAL\n"
-              f"WHERE $__timeFilter(ts) AND signal LIKE 'bias.%' AND {_vars()}\n"
+              f"WHERE $__timeFilter(ts) AND signal LIKE 'bias.%' AND {_SIG}\n"
               "GROUP BY signal, dimension\nORDER BY significant DESC, abs(gap) DESC\nLIMIT 50",
               "table", ("signal", "dimension", "gap", "n", "ci_low", "ci_high", "p_value",
                         "significant"),
@@ -299,7 +374,7 @@ HALLUCINATION = Dashboard(
               "SELECT toString(round(floor(value * 10) / 10, 1)) AS bucket, count() AS windows\n"
               "FROM signals FINAL\n"
               "WHERE $__timeFilter(ts) AND signal = 'hallucination.groundedness_mean' "
-              f"AND {_vars()}\n"
+              f"AND {_SIG}\n"
               "GROUP BY bucket\nORDER BY bucket",
               "barchart", ("bucket", "windows"), unit="short",
               description="How many windows had a mean groundedness in each 0.1 bucket."),
@@ -315,7 +390,7 @@ HALLUCINATION = Dashboard(
               "arrayJoin(JSONExtractArrayRaw(detail, 'worst')) AS w\n"
               "  FROM signals FINAL\n"
               "  WHERE $__timeFilter(ts) AND signal = 'hallucination.ungrounded_share' "
-              f"AND {_vars()})\n"
+              f"AND {_SIG})\n"
               "ORDER BY score ASC, ts DESC\nLIMIT 20",
               "table", ("ts", "model", "model_version", "event_id", "score", "sentence"),
               width=24, height=9),
@@ -362,12 +437,12 @@ QUALITY = Dashboard(
               "arrayJoin(JSONExtractArrayRaw(detail, 'worst')) AS w\n"
               "  FROM signals FINAL\n"
               "  WHERE $__timeFilter(ts) AND signal = 'quality.rouge_l' "
-              f"AND {_vars()})\n"
+              f"AND {_SIG})\n"
               "ORDER BY rouge_l ASC, ts DESC\nLIMIT 20",
               "table", ("ts", "model", "model_version", "event_id", "rouge_l", "response",
                         "reference"),
               width=24, height=8),
-        Panel(3, "A/B verdict with confidence intervals", _AB_LATEST.format(where=_vars()),
+        Panel(3, "A/B verdict with confidence intervals", _AB_LATEST.format(where=_SIG),
               "table", ("app", "model", "model_version", "dimension", "metric", "control",
                         "treatment", "n_control", "n_treatment", "control_value",
                         "treatment_value", "effect", "ci_low", "ci_high", "p_holm", "verdict"),
@@ -402,7 +477,7 @@ ALERTS = Dashboard(
         Panel(1, "Alerts started",
               "SELECT $__timeInterval(started_at) AS time, severity AS series, count() AS value\n"
               "FROM alerts FINAL\n"
-              f"WHERE $__timeFilter(started_at) AND {_vars()}\n"
+              f"WHERE $__timeFilter(started_at) AND {_SIG}\n"
               "GROUP BY time, series\nORDER BY time, series",
               "timeseries", ("time", "series", "value"), unit="short"),
         Panel(2, "Deployments by stage",
@@ -416,7 +491,7 @@ ALERTS = Dashboard(
               "SELECT started_at, severity, rule, app, model, model_version, signal, dimension, "
               "round(value, 4) AS value, threshold, summary\n"
               "FROM alerts FINAL\n"
-              f"WHERE state = 'firing' AND started_at <= $__toTime AND {_vars()}\n"
+              f"WHERE state = 'firing' AND started_at <= $__toTime AND {_SIG}\n"
               "ORDER BY started_at DESC\nLIMIT 50",
               "table", ("started_at", "severity", "rule", "app", "model", "model_version",
                         "signal", "dimension", "value", "threshold", "summary"),
@@ -425,7 +500,7 @@ ALERTS = Dashboard(
               "SELECT started_at, resolved_at, state, severity, rule, model, signal, dimension, "
               "round(value, 4) AS value, summary\n"
               "FROM alerts FINAL\n"
-              f"WHERE $__timeFilter(started_at) AND {_vars()}\n"
+              f"WHERE $__timeFilter(started_at) AND {_SIG}\n"
               "ORDER BY started_at DESC\nLIMIT 100",
               "table", ("started_at", "resolved_at", "state", "severity", "rule", "model",
                         "signal", "dimension", "value", "summary"),

@@ -46,6 +46,7 @@ form.vars{display:flex;gap:8px;flex-wrap:wrap;align-items:center;padding:8px 16p
 form.vars select,form.vars input{background:var(--panel);color:var(--fg);border:1px solid var(--grid);padding:2px 4px}
 .grid{display:grid;grid-template-columns:repeat(24,1fr);gap:8px;padding:8px 16px}
 .panel{background:var(--panel);border:1px solid var(--grid);border-radius:3px;padding:6px 8px;min-width:0;overflow:hidden}
+.panel:target{border-color:var(--accent);box-shadow:0 0 0 2px var(--accent)}
 .panel h3{font-size:13px;margin:0 0 4px;font-weight:600}
 .panel .desc{color:var(--muted);font-size:11px;margin:0 0 4px}
 .pbody{overflow:auto;max-height:420px}
@@ -159,6 +160,8 @@ def _chart_svg(panel: Panel, series: dict[str, list[tuple[float, float]]],
     names = sorted(series, key=lambda k: -max(abs(v) for _, v in series[k]))[:MAX_SERIES]
     names.sort()
     vals = [v for k in names for _, v in series[k]]
+    if panel.threshold_line is not None:
+        vals.append(panel.threshold_line)  # the alert line stays in view
     lo, hi = min(0.0, min(vals)), max(0.0, max(vals))
     if hi == lo:
         hi = lo + 1.0
@@ -184,6 +187,11 @@ def _chart_svg(panel: Panel, series: dict[str, list[tuple[float, float]]],
         anchor = "start" if i == 0 else "end" if i == 4 else "middle"
         parts.append(f'<text x="{x(t):.1f}" y="{h - 6}" text-anchor="{anchor}">'
                      f'{_time_label(t, t1 - t0)}</text>')
+    if panel.threshold_line is not None:
+        yy = y(panel.threshold_line)
+        parts.append(f'<line class="threshold" x1="{ml}" x2="{w - mr}" y1="{yy:.1f}" '
+                     f'y2="{yy:.1f}" stroke="#c4162a" stroke-width="1.5" stroke-dasharray="6 4">'
+                     f'<title>threshold {escape(format_value(panel.threshold_line))}</title></line>')
     legend = []
     for i, name in enumerate(names):
         color = PALETTE[i % len(PALETTE)]

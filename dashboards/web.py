@@ -12,7 +12,16 @@ plain aiohttp app with :func:`aiohttp_app`):
 Query string (same names as Grafana's, so :func:`dashboards.grafana.panel_url`
 links work for both): ``from``/``to`` (``now-1h``, epoch s or ms, ISO 8601,
 or ``from=data`` for the span of the stored events), ``var-app``,
-``var-model``, ``var-version`` (repeatable; absent = All), ``refresh`` (s).
+``var-model``, ``var-version`` (``var-model_version`` is taken as its alias),
+``var-signal``, ``var-dimension`` (repeatable; absent = All), ``refresh``
+(s). The fragment ``#panel-<id>`` opens (scrolls to and outlines) one panel.
+``GET /dashboards`` with ``var-signal`` in its query string (the alert links
+of older versions) redirects to the panel that shows that signal.
+``GET /dashboards/runbooks`` is the shipped runbooks page
+(:mod:`dashboards.runbooks`); with ``reports_dir``, ``GET
+/dashboards/reports/<file>.html`` serves a drift report from that folder in a
+sandbox (the report's scripts run in an origin of their own, with no access
+to the session or the API).
 
 ``query(sql, params)`` is a blocking callable returning rows as dicts (the
 store read with ``readonly=1``); views run it in a thread.
@@ -30,20 +39,25 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from html import escape
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlencode
 
 from dashboards.macros import MacroError, expand, parse_time
-from dashboards.panels import DASHBOARDS, Dashboard, Panel
+from dashboards.panels import DASHBOARDS, Dashboard, Panel, panel_for_signal
 from dashboards.render import CSS, render_panel, render_svg
+from dashboards.runbooks import runbooks_html
 
 __all__ = [
     "Context",
     "QueryFn",
+    "REPORT_CSP",
     "aiohttp_app",
     "data_span",
     "grid_html",
+    "legacy_link_target",
     "page_html",
+    "report_file",
     "panel_body",
     "panel_rows",
     "routes",
@@ -54,7 +68,8 @@ Handler = Callable[..., Awaitable[Any]]
 
 DEFAULT_FROM = "now-1h"
 DEFAULT_REFRESH_S = 10
-_VARS = ("app", "model", "version")
+_VARS = ("app", "model", "version", "signal", "dimension")
+_ALIASES = {"model_version": "version"}  # alert links of older versions
 
 
 def data_span(query: QueryFn) -> tuple[float, float] | None:
@@ -107,6 +122,8 @@ class Context:
         except ValueError:
             raise MacroError("refresh: seconds between updates, 0 for none") from None
         variables = {name: many(f"var-{name}") for name in _VARS}
+        for alias, name in _ALIASES.items():
+            variables[name] += [v for v in many(f"var-{alias}") if v not in variables[name]]
         return cls(start, end, {k: v for k, v in variables.items() if v}, raw_from, raw_to,
                    refresh)
 
@@ -161,7 +178,8 @@ def _form(d: Dashboard, ctx: Context, options: Mapping[str, list[str]]) -> str:
     for v in d.variables:
         chosen = ctx.variables.get(v.name, [])
         opts = ['<option value="">All</option>']
-        for value in options.get(v.name, []):
+        known = list(options.get(v.name, []))
+        for value in known + [c for c in chosen if c not in known]:  # a link's value stays shown
             sel = " selected" if value in chosen else ""
             opts.append(f'<option{sel} value="{escape(value)}">{escape(value)}</option>')
         parts.append(f'<label>{escape(v.label)} <select name="var-{v.name}">{"".join(opts)}'
@@ -174,7 +192,7 @@ def _form(d: Dashboard, ctx: Context, options: Mapping[str, list[str]]) -> str:
 _SCRIPT = """
 <script>
 (function () {
-  var every = %d;
+  var every = %d, opened = false;
   function load() {
     document.querySelectorAll("section.panel[data-src]").forEach(function (s) {
       fetch(s.getAttribute("data-src"), {cache: "no-store"})
@@ -183,6 +201,7 @@ _SCRIPT = """
           var body = s.querySelector(".pbody");
           if (body) { body.outerHTML = html; }
           s.setAttribute("data-loaded", String(Date.now()));
+          if (!opened && location.hash === "#" + s.id) { opened = true; s.scrollIntoView(); }
         })
         .catch(function (e) { s.setAttribute("data-error", String(e)); });
     });
@@ -254,6 +273,52 @@ def _index_html(base: str) -> str:
             f"<header><h1>llmpulse dashboards</h1></header><ul>{items}</ul></body></html>")
 
 
+def legacy_link_target(q: Mapping[str, Sequence[str]], base: str = "/dashboards") -> str:
+    """Where an index link with a query string goes: the panel of its ``var-signal``.
+
+    >>> legacy_link_target({"var-signal": ["drift.ks"], "var-model_version": ["2"],
+    ...                     "var-dimension": ["n_passages"], "from": ["1"], "to": ["2"]})
+    '/dashboards/drift?var-signal=drift.ks&var-model_version=2&var-dimension=n_passages&from=1&to=2#panel-1'
+    """
+    signal = q["var-signal"][-1]
+    dimension = (q.get("var-dimension") or [""])[-1]
+    name, pid = panel_for_signal(signal, dimension)
+    pairs = [(k, v) for k, vals in q.items() for v in vals]
+    return f"{base}/{name}?{urlencode(pairs)}#panel-{pid}"
+
+
+def report_file(reports_dir: Path, name: str) -> Path | None:
+    """The report file ``name`` directly inside ``reports_dir``, or None.
+
+    Only a plain ``.html`` file name that resolves to a regular file in that
+    very folder is served: no separators, no dot files, no link out of it.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); _ = (d / "r.html").write_text("x")
+    >>> [report_file(d, n) is not None for n in ("r.html", "../r.html", ".r.html", "r.json")]
+    [True, False, False, False]
+    """
+    pure = PurePosixPath(name)
+    if (name != pure.name or "\\" in name or name.startswith(".") or pure.suffix != ".html"
+            or name in ("", ".", "..")):
+        return None
+    root = reports_dir.resolve()
+    path = (root / name).resolve()
+    if path.parent != root or not path.is_file():
+        return None
+    return path
+
+
+REPORT_CSP = "sandbox allow-scripts; frame-ancestors 'none'"
+"""The drift report's scripts run, in an opaque origin of their own."""
+
+
+def _redirect(web: Any, location: str) -> Any:
+    response = web.html(f'<a href="{escape(location)}">{escape(location)}</a>', status=302)
+    response.headers["Location"] = location
+    return response
+
+
 def _query_dict(request: Any) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for k, v in request.query.items():
@@ -261,7 +326,8 @@ def _query_dict(request: Any) -> dict[str, list[str]]:
     return out
 
 
-def routes(query: QueryFn, base: str = "/dashboards") -> list[tuple[str, str, Handler]]:
+def routes(query: QueryFn, base: str = "/dashboards", *,
+           reports_dir: Path | None = None) -> list[tuple[str, str, Handler]]:
     """``(path, view name, handler)`` for each page; a handler is ``async (web, request, **kw)``.
 
     Mount them on Faust with ``app.page(path, name=name)(handler)``.
@@ -271,9 +337,14 @@ def routes(query: QueryFn, base: str = "/dashboards") -> list[tuple[str, str, Ha
         return await asyncio.to_thread(fn, *args)
 
     async def index(web: Any, request: Any, **_: Any) -> Any:
+        q = _query_dict(request)
+        if q.get("var-signal"):
+            return _redirect(web, legacy_link_target(q, base))
         return web.html(_index_html(base))
 
     async def dashboard(web: Any, request: Any, name: str = "", **_: Any) -> Any:
+        if name == "runbooks":
+            return web.html(runbooks_html(base))
         d = DASHBOARDS.get(name)
         if d is None:
             return web.html(f"unknown dashboard {escape(name)}", status=404)
@@ -311,13 +382,24 @@ def routes(query: QueryFn, base: str = "/dashboards") -> list[tuple[str, str, Ha
             return web.json({"error": "a table has no SVG; use the panel or .json"}, status=404)
         return web.bytes(svg.encode(), content_type="image/svg+xml")
 
-    index.__name__, dashboard.__name__, panel.__name__ = (
-        "dashboards_index", "dashboards_page", "dashboards_panel")
-    return [
+    async def report(web: Any, request: Any, file: str = "", **_: Any) -> Any:
+        path = report_file(reports_dir, file) if reports_dir is not None else None
+        if path is None:
+            return web.html("no such report", status=404)
+        response = web.bytes(await run(path.read_bytes), content_type="text/html")
+        response.headers["Content-Security-Policy"] = REPORT_CSP
+        return response
+
+    index.__name__, dashboard.__name__, panel.__name__, report.__name__ = (
+        "dashboards_index", "dashboards_page", "dashboards_panel", "dashboards_report")
+    out = [
         (base, "llmpulse.dashboards.index", index),
         (base + "/{name}", "llmpulse.dashboards.page", dashboard),
         (base + "/{name}/panel/{panel}", "llmpulse.dashboards.panel", panel),
     ]
+    if reports_dir is not None:
+        out.append((base + "/reports/{file}", "llmpulse.dashboards.report", report))
+    return out
 
 
 class _AiohttpWeb:
@@ -342,13 +424,13 @@ class _AiohttpWeb:
                             content_type=content_type or "application/octet-stream")
 
 
-def aiohttp_app(query: QueryFn) -> Any:
+def aiohttp_app(query: QueryFn, *, reports_dir: Path | None = None) -> Any:
     """An ``aiohttp.web.Application`` serving :func:`routes` (tests, ``serve`` without Faust)."""
     from aiohttp import web
 
     app = web.Application()
     helper = _AiohttpWeb()
-    for path, name, handler in routes(query):
+    for path, name, handler in routes(query, reports_dir=reports_dir):
 
         async def view(request: Any, _h: Handler = handler) -> Any:
             return await _h(helper, request, **request.match_info)

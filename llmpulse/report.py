@@ -149,7 +149,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dashboard", action="append", choices=list(DASHBOARDS),
                         help="only these dashboards (repeatable; default all)")
     parser.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
-                        help="filter: app=..., model=..., version=... (repeatable)")
+                        help="filter: app=..., model=..., version=..., signal=..., "
+                             "dimension=... (repeatable)")
     parser.add_argument("--source", choices=("auto", "http", "store"), default="auto",
                         help="read through the running stack's HTTP API, or open the "
                              "stopped store (default: the API when the stack runs)")
@@ -162,8 +163,9 @@ def _variables(items: Sequence[str]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or name not in ("app", "model", "version"):
-            raise ReportError(f"--var {item!r}: use app=..., model=... or version=...")
+        if not sep or name not in ("app", "model", "version", "signal", "dimension"):
+            raise ReportError(f"--var {item!r}: use app=..., model=..., version=..., "
+                              "signal=... or dimension=...")
         out.setdefault(name, []).append(value)
     return out
 

@@ -151,6 +151,15 @@ async def _run(
         rules = load_rules(settings.rules)
     except RulesError as exc:
         raise StackError(str(exc)) from None
+    from dashboards.links import AlertLinks
+
+    # alerts link to Grafana when the rules file names it, else to the embedded pages
+    try:
+        server = f"http://{settings.http.host}:{web_port}"
+        links = (AlertLinks(rules.dashboard_url, server=server) if rules.dashboard_url
+                 else AlertLinks(server, embedded=True))
+    except ValueError as exc:
+        raise StackError(f"rules file: {exc}") from None
     try:
         store = await asyncio.to_thread(Store.open, settings.clickhouse_dsn,
                                         limits=settings.query,
@@ -196,7 +205,7 @@ async def _run(
         audit = AuditLog(store)
         guard.audit = audit
         app = build_app(settings, store, stats, bootstrap=bootstrap, web_port=web_port,
-                        rules=rules, guard=guard, audit=audit)
+                        rules=rules, guard=guard, audit=audit, linker=links)
         await app.start()
         await _wait_assigned(app, timeout=settings.session_timeout_s * 4 + 10)
         endpoints = {

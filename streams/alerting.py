@@ -54,13 +54,13 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 from detectors.base import Signal
 from streams.rules import Rule, Rules, Verdict
 
-__all__ = ["AlertEvent", "AlertKey", "AlertManager", "MAX_GAP_WINDOWS", "alert_key_id"]
+__all__ = ["AlertEvent", "AlertKey", "AlertLinker", "AlertManager", "MAX_GAP_WINDOWS", "alert_key_id"]
 
 AlertKey = tuple[str, str, str, str, str, str]
 """``(rule, signal, app, model, model_version, dimension)``."""
@@ -79,6 +79,16 @@ def alert_key_id(key: AlertKey) -> str:
     'llmpulse-2d097c5ce3f67ab677fdfa3c'
     """
     return "llmpulse-" + hashlib.sha1("\x1f".join(key).encode()).hexdigest()[:24]
+
+
+class AlertLinker(Protocol):
+    """The links of an alert, from the folder that serves them (see ``AlertManager``)."""
+
+    def dashboard(self, key: Mapping[str, str], start: float, end: float) -> str: ...
+
+    def runbook(self, signal: str, dimension: str = "") -> str | None: ...
+
+    def report(self, path: str) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +149,10 @@ class AlertManager:
     ``var-model_version``, ``var-dimension`` and ``from``/``to`` in epoch
     milliseconds, ``link_padding_s`` around the alert's window.
     ``keep_values`` breaching values are kept on each alert.
+    ``linker`` (an :class:`AlertLinker`, given by the composition root: the
+    dashboards' own links) replaces that generic link with the panel that
+    shows the signal, gives rules without a ``runbook`` the shipped runbook
+    of their signal, and turns a drift report's path into its URL.
     """
 
     def __init__(
@@ -148,8 +162,10 @@ class AlertManager:
         dashboard_url: str | None = None,
         keep_values: int = 10,
         link_padding_s: float = 1800.0,
+        linker: AlertLinker | None = None,
     ) -> None:
         self.rules = rules
+        self.linker = linker
         self.dashboard_url = (rules.dashboard_url if dashboard_url is None else dashboard_url).rstrip("/")
         self.keep_values = keep_values
         self.link_padding_s = link_padding_s
@@ -338,6 +354,17 @@ class AlertManager:
 
     def _links(self, rule: Rule, key: AlertKey, start: float, end: float, report: str) -> dict[str, str]:
         links: dict[str, str] = {}
+        if self.linker is not None:
+            fields = ("rule", "signal", "app", "model", "model_version", "dimension")
+            links["dashboard"] = self.linker.dashboard(dict(zip(fields, key, strict=True)),
+                                                       start - self.link_padding_s,
+                                                       end + self.link_padding_s)
+            runbook = rule.runbook or self.linker.runbook(key[1], key[5])
+            if runbook:
+                links["runbook"] = runbook
+            if report:
+                links["report"] = self.linker.report(report)
+            return links
         if self.dashboard_url:
             q = {
                 "var-signal": key[1], "var-app": key[2], "var-model": key[3],

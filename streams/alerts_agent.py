@@ -33,7 +33,7 @@ import orjson
 
 from detectors.base import Signal
 from llmpulse.events import TOPIC_ALERTS, TOPIC_RETRAIN
-from streams.alerting import AlertEvent, AlertManager
+from streams.alerting import AlertEvent, AlertLinker, AlertManager
 from streams.notify import Notifier
 from streams.retrain_trigger import RetrainTrigger
 from streams.rules import Rules
@@ -52,11 +52,12 @@ def load_rules(path: Path | None) -> Rules:
 
 class AlertAgent:
     def __init__(self, app: faust.App, rules: Rules, sink: RawSink, *, state_dir: Path,
-                 dashboard_url: str | None = None, notify: bool = True) -> None:
+                 dashboard_url: str | None = None, notify: bool = True,
+                 linker: AlertLinker | None = None) -> None:
         self.app = app
         self.sink = sink
         self.rules = rules
-        self.alerts = AlertManager(rules, dashboard_url=dashboard_url)
+        self.alerts = AlertManager(rules, dashboard_url=dashboard_url, linker=linker)
         self.notifier = Notifier.from_rules(rules)
         self.notify = notify
         self.trigger = RetrainTrigger.from_rules(rules)

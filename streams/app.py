@@ -44,6 +44,7 @@ from llmpulse.kafka_security import KafkaSecurity
 from llmpulse.sqlguard import QueryLimitError, QueryRefused, SqlGuard
 from llmpulse.store import RAW_INGEST, QueryError, Store
 from streams.admin import register_audit_agent, register_erase
+from streams.alerting import AlertLinker
 from streams.alerts_agent import AlertAgent, load_rules
 from streams.ingest import DeadLetter, IngestBatch, Message, split_batch
 from streams.otlp import OTLP_TOPICS, SpanIngest, attach_otlp, faust_sender
@@ -232,6 +233,7 @@ def build_app(
     rules: Rules | None = None,
     guard: ApiGuard | None = None,
     audit: AuditSink | None = None,
+    linker: AlertLinker | None = None,
 ) -> faust.App:
     """The worker: ingest agents for both raw topics plus the HTTP API.
 
@@ -240,6 +242,8 @@ def build_app(
     ``audit`` receives the audit trail (authentication, erasures, retrain,
     deploy, rollback); an :class:`~llmpulse.audit.AuditLog` is bound to the
     ``llmpulse.audit`` topic and drained by a task of this app.
+    ``linker`` gives each alert its dashboard, runbook and report links (see
+    :class:`~streams.alerting.AlertManager`).
     """
     if guard is None:
         guard = ApiGuard.from_settings(settings.data_dir, settings.http.host,
@@ -262,7 +266,7 @@ def build_app(
             app, rules if rules is not None else load_rules(settings.rules), sink,
             state_dir=settings.data_dir / "worker",
             dashboard_url=f"http://{settings.http.host}:{web_port}/dashboards",
-            notify=settings.signals.notify_in_worker,
+            notify=settings.signals.notify_in_worker, linker=linker,
         )
         agents.consumers.append(alert_agent)
         app.llmpulse_notifier = alert_agent.notifier  # type: ignore[attr-defined]
@@ -388,7 +392,7 @@ def build_app(
     def read(sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         return store.query(sql, params, readonly=True)
 
-    for path, name, handler in dashboard_routes(read):
+    for path, name, handler in dashboard_routes(read, reports_dir=settings.data_dir / "reports"):
         app.page(path, name=name)(handler)
 
     @app.page("/health")

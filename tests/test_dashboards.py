@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import subprocess
 import sys
@@ -25,14 +26,25 @@ from dashboards.grafana import (
     panel_url,
     provisioning_files,
 )
+from dashboards.links import AlertLinks
 from dashboards.macros import MacroError, expand
-from dashboards.panels import DASHBOARDS, Panel, panel_for_signal
+from dashboards.panels import (
+    DASHBOARDS,
+    DRIFT_RELATIVE_CAP,
+    DRIFT_THRESHOLDS,
+    Panel,
+    panel_for_signal,
+)
 from dashboards.render import render_panel, to_epoch
+from dashboards.runbooks import RUNBOOKS, runbook_for
 from dashboards.testing import fill_rows, fill_store
 from dashboards.web import Context, aiohttp_app, data_span, panel_rows
+from detectors.base import Signal
 from llmpulse import report
 from llmpulse.sqlguard import QueryRefused, SqlGuard
 from llmpulse.store import QueryError, Store
+from streams.alerting import AlertManager
+from streams.rules import Rules
 
 ROOT = Path(__file__).resolve().parent.parent
 DURATION = 600.0
@@ -220,6 +232,129 @@ def test_panel_url_opens_the_panel_with_range_and_variables() -> None:
         assert DASHBOARDS[board].panel(pid)
 
 
+def _fire(links: Any, signal: str, dimension: str = "", *, ts: float = 1_700_003_600.0,
+          app: str = "support", model: str = "gpt", version: str = "3") -> dict[str, Any]:
+    """The links of the alert that one breaching window of ``signal`` fires."""
+    spec = {"name": "r", "signal": signal, "op": ">=", "threshold": 0, "for": 1}
+    am = AlertManager(Rules.from_yaml(json.dumps({"rules": [spec]})), linker=links,
+                      link_padding_s=600)
+    [ev] = am.process(Signal(signal, 0.4, n=500, ts=ts, window_s=300.0, app=app, model=model,
+                             model_version=version, dimension=dimension,
+                             detail={"p_value": 0.001}))
+    out: dict[str, Any] = ev.detail["links"]
+    return out
+
+
+def test_alert_link_opens_the_grafana_panel_with_the_dashboards_variables() -> None:
+    links = _fire(AlertLinks("http://grafana.local:3000"), "drift.psi", "input_tokens")
+    u = urlparse(links["dashboard"])
+    assert (u.scheme, u.netloc, u.path) == ("http", "grafana.local:3000",
+                                            "/d/llmpulse-drift/llm-apps-drift")
+    q = parse_qs(u.query)
+    assert q == {"orgId": ["1"], "viewPanel": ["1"],
+                 "from": [str((1_700_003_300 - 600) * 1000)],
+                 "to": [str((1_700_003_600 + 600) * 1000)],
+                 "var-app": ["support"], "var-model": ["gpt"], "var-version": ["3"],
+                 "var-signal": ["drift.psi"], "var-dimension": ["input_tokens"]}
+    model = dashboard_json(DASHBOARDS["drift"])
+    declared = {v["name"] for v in model["templating"]["list"]}
+    assert {k.removeprefix("var-") for k in q if k.startswith("var-")} <= declared
+    [panel] = [p for p in model["panels"] if p["id"] == 1]
+    sql = panel["targets"][0]["rawSql"]
+    for var in ("app", "model", "version", "signal", "dimension"):
+        assert f"${{{var}:singlequote}}" in sql, var  # each variable filters the panel
+
+
+@pytest.mark.parametrize(("signal", "dimension", "path", "panel", "variables"), [
+    ("latency.p99_ms", "", "/d/llmpulse-overview/llm-apps-overview", "6",
+     {"app", "model", "version", "signal"}),
+    ("bias.accuracy_gap", "language=de", "/d/llmpulse-fairness/llm-apps-fairness", "1",
+     {"app", "model", "version", "signal", "dimension"}),
+    ("drift.embedding_mmd", "embedding:prompt", "/d/llmpulse-drift/llm-apps-drift", "2",
+     {"app", "model", "version", "signal", "dimension"}),
+    ("llmpulse.lag", "llmpulse.inference", "/d/llmpulse-health/llmpulse-health", "1", set()),
+])
+def test_alert_links_set_only_variables_the_dashboard_declares(
+        signal: str, dimension: str, path: str, panel: str, variables: set[str]) -> None:
+    u = urlparse(_fire(AlertLinks("https://g.example/grafana/d/llmpulse-overview/x?orgId=1"),
+                       signal, dimension)["dashboard"])
+    assert u.path == "/grafana" + path
+    q = parse_qs(u.query)
+    assert q["viewPanel"] == [panel]
+    assert {k.removeprefix("var-") for k in q if k.startswith("var-")} == variables
+    assert "var-model_version" not in q
+
+
+def test_alert_link_base_must_be_a_web_url() -> None:
+    with pytest.raises(ValueError, match="links.dashboard: must be an http"):
+        AlertLinks("ftp://grafana.local/")
+    with pytest.raises(ValueError, match="http server: must be an http"):
+        AlertLinks("javascript:alert(1)", embedded=True)
+    assert AlertLinks("http://127.0.0.1:8080/dashboards/drift", embedded=True).base == \
+        "http://127.0.0.1:8080"
+
+
+def _breach(rule: Any) -> float:
+    if rule.change:
+        return 1.0
+    return rule.threshold + 1 if rule.op in (">", ">=") else rule.threshold - 1
+
+
+def test_every_default_rules_alert_carries_a_dashboard_and_runbook_link() -> None:
+    rules = Rules.default()
+    am = AlertManager(rules, linker=AlertLinks("http://127.0.0.1:8080", embedded=True))
+    carried = {}
+    ts = 1_700_000_000.0
+    for rule in rules.rules:
+        signal = rule.signal[0]
+        dimension = ("language=de" if rule.dimension == ("*=*",) else
+                     "embedding:prompt" if "embedding" in signal else
+                     "input_tokens" if signal.startswith("drift.") else "")
+        fired = []
+        for _ in range(rule.for_):
+            ts += 60.0
+            fired += [ev for ev in am.process(Signal(
+                signal, _breach(rule), n=100_000, ts=ts, window_s=60.0, app="a", model="m",
+                model_version="1", dimension=dimension,
+                detail={"significant": True, "drift": True, "p_value": 1e-9}))
+                if ev.kind == "firing"]
+        assert len(fired) == 1, rule.name
+        links = fired[0].detail["links"]
+        carried[rule.name] = links
+        page, _, anchor = links["runbook"].partition("#")
+        assert page == "http://127.0.0.1:8080/dashboards/runbooks"
+        assert anchor == runbook_for(signal, dimension).anchor != "any-alert", rule.name
+        u = urlparse(links["dashboard"])
+        board, pid = panel_for_signal(signal, dimension)
+        assert (u.path, u.fragment) == (f"/dashboards/{board}", f"panel-{pid}"), rule.name
+    assert len(carried) == len(rules.rules) >= 19
+    assert not any("report" in links for links in carried.values())  # no report without one
+
+
+def test_a_rules_own_runbook_wins_and_a_drift_report_becomes_its_url() -> None:
+    rules = Rules.from_yaml(json.dumps({"rules": [
+        {"name": "d", "signal": "drift.*", "op": ">=", "threshold": 0.2, "for": 1},
+        {"name": "own", "signal": "latency.p95_ms", "op": ">", "threshold": 1, "for": 1,
+         "runbook": "https://wiki.example/p95"}]}))
+    am = AlertManager(rules, linker=AlertLinks("http://grafana:3000",
+                                               server="http://10.1.2.3:8080"))
+    report = "/data/reports/20231114T221420Z-drift.psi-input_tokens.html"
+    [drift] = am.process(Signal("drift.psi", 0.4, n=500, ts=1_700_000_060.0, window_s=60.0,
+                                app="a", model="m", model_version="1", dimension="input_tokens",
+                                detail={"report": report}))
+    links = drift.detail["links"]
+    assert links["report"] == ("http://10.1.2.3:8080/dashboards/reports/"
+                               "20231114T221420Z-drift.psi-input_tokens.html")
+    assert links["runbook"] == "http://10.1.2.3:8080/dashboards/runbooks#feature-drift"
+    assert links["dashboard"].startswith("http://grafana:3000/d/llmpulse-drift/")
+    [slow] = am.process(Signal("latency.p95_ms", 9.0, n=500, ts=1_700_000_120.0,
+                               window_s=60.0, app="a", model="m", model_version="1"))
+    assert slow.detail["links"]["runbook"] == "https://wiki.example/p95"
+    # Grafana without llmpulse's own server: no runbook or report URL to give
+    bare = AlertLinks("http://grafana:3000")
+    assert bare.runbook("drift.psi") is None and bare.report(report) == report
+
+
 # -- the embedded pages -----------------------------------------------------------------
 
 
@@ -253,6 +388,158 @@ async def test_routes_serve_pages_fragments_svg_and_json(filled: dict[str, Any])
         assert (await client.get("/dashboards/overview/panel/1?from=now&to=now-1h")).status == 400
     finally:
         await client.close()
+
+
+async def test_embedded_page_applies_the_alert_links_filters(filled: dict[str, Any]) -> None:
+    q = _query(filled["store"])
+    [key] = q("SELECT app, model, model_version FROM signals FINAL WHERE signal = 'drift.ks' "
+              "AND dimension = 'n_passages' ORDER BY model LIMIT 1", {})
+    client = TestClient(TestServer(aiohttp_app(q)))
+    await client.start_server()
+    try:
+        link = urlparse(_fire(AlertLinks(str(client.make_url("")), embedded=True), "drift.ks",
+                              "n_passages", ts=filled["end"], app=key["app"],
+                              model=key["model"], version=key["model_version"])["dashboard"])
+        assert link.fragment == "panel-1"
+        page = await (await client.get(f"{link.path}?{link.query}")).text()
+        for value in (key["model"], key["model_version"], "drift.ks", "n_passages"):
+            assert f'<option selected value="{value}">' in page, value
+        body = await (await client.get(f"{link.path}/panel/1.json?{link.query}")).json()
+        assert {r["series"] for r in body["rows"]} == {"n_passages ks"}
+        stored = q("SELECT count() AS n FROM signals FINAL WHERE signal = 'drift.ks' "
+                   "AND dimension = 'n_passages' AND model = {m:String} "
+                   "AND ts >= fromUnixTimestamp64Milli({lo:Int64})",
+                   {"m": key["model"], "lo": int((filled["end"] - 900) * 1000)})
+        assert stored[0]["n"] > 1
+        assert len(body["rows"]) == stored[0]["n"]  # one window per point, one model
+        wide = await (await client.get(
+            f"{link.path}/panel/1.json?from={int(filled['start'])}&to={int(filled['end'])}"
+        )).json()
+        assert len({r["series"] for r in wide["rows"]}) == 4
+        # a link of an older version: the index sends it on to the panel of its signal
+        old = await client.get(
+            f"/dashboards?var-signal=drift.ks&var-model_version={key['model_version']}"
+            f"&var-dimension=n_passages&from={int(filled['start'])}", allow_redirects=False)
+        assert old.status == 302
+        moved = urlparse(old.headers["Location"])
+        assert (moved.path, moved.fragment) == ("/dashboards/drift", "panel-1")
+        ctx = Context.from_query(parse_qs(moved.query))
+        assert ctx.variables == {"version": [key["model_version"]], "signal": ["drift.ks"],
+                                 "dimension": ["n_passages"]}
+    finally:
+        await client.close()
+
+
+async def test_runbooks_page_and_drift_reports_are_served_safely(
+        filled: dict[str, Any], tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "20231114T221420Z-drift.psi-x.html").write_text("<html><script>1</script>")
+    (tmp_path / "secret.html").write_text("not a report")
+    client = TestClient(TestServer(aiohttp_app(_query(filled["store"]), reports_dir=reports)))
+    await client.start_server()
+    try:
+        r = await client.get("/dashboards/runbooks")
+        page = await r.text()
+        assert r.status == 200
+        for rb in RUNBOOKS:
+            assert f'id="{rb.anchor}"' in page
+        r = await client.get("/dashboards/reports/20231114T221420Z-drift.psi-x.html")
+        assert r.status == 200 and r.content_type == "text/html"
+        assert "<script>1</script>" in await r.text()
+        assert r.headers["Content-Security-Policy"].startswith("sandbox allow-scripts")
+        for bad in ("..%2Fsecret.html", "%2E%2E%2Fsecret.html", "nope.html",
+                    "20231114T221420Z-drift.psi-x.json", ".hidden.html"):
+            r = await client.get(f"/dashboards/reports/{bad}")
+            assert r.status == 404, bad
+            assert "not a report" not in await r.text()
+    finally:
+        await client.close()
+
+
+# -- feature drift on one axis ------------------------------------------------------------
+
+
+def test_drift_panel_plots_each_test_relative_to_its_threshold() -> None:
+    from detectors.drift import (
+        ChiSquare,
+        JensenShannonDistance,
+        KolmogorovSmirnov,
+        PopulationStabilityIndex,
+        WassersteinDistance,
+    )
+
+    shipped = {d.signal_name: (d.threshold, d.threshold_on) for d in (
+        PopulationStabilityIndex(), JensenShannonDistance(), WassersteinDistance(),
+        KolmogorovSmirnov(), ChiSquare())}
+    assert shipped == DRIFT_THRESHOLDS  # the fallback for rows without a threshold
+    panel = DASHBOARDS["drift"].panel(1)
+    assert panel.threshold_line == 1.0
+    assert "max(value)" not in panel.sql
+    [model] = [p for p in dashboard_json(DASHBOARDS["drift"])["panels"] if p["id"] == 1]
+    defaults = model["fieldConfig"]["defaults"]
+    assert defaults["custom"]["thresholdsStyle"] == {"mode": "line"}
+    assert defaults["thresholds"]["steps"][-1] == {"color": "red", "value": 1.0}
+
+
+def _drift_signals(end: float) -> list[dict[str, Any]]:
+    """Rows of the real window tests on a shifted categorical and numeric feature."""
+    import numpy as np
+
+    from detectors.base import Batch
+    from detectors.drift import (
+        ChiSquare,
+        KolmogorovSmirnov,
+        PopulationStabilityIndex,
+        WassersteinDistance,
+    )
+
+    rng = np.random.default_rng(3)
+    ref = {"lang": rng.choice(["en", "de", "fr"], 4000, p=[0.8, 0.1, 0.1]),
+           "latency": rng.normal(600, 100, 4000)}
+    cur = {"lang": rng.choice(["en", "de", "fr"], 2000, p=[0.2, 0.1, 0.7]),
+           "latency": rng.normal(625, 100, 2000)}
+    rows = []
+    for test in (ChiSquare, KolmogorovSmirnov, PopulationStabilityIndex, WassersteinDistance):
+        d = test(["lang", "latency"])
+        d.set_reference(ref)
+        for sig in d.update(Batch(cur, start=end - 60, end=end)):
+            rows.append({"ts": end, "window_s": 60.0, "app": "drift-scale", "model": "m",
+                         "model_version": "1", "signal": sig.signal, "dimension": sig.dimension,
+                         "value": float(sig.value), "n": sig.n,
+                         "detail": json.dumps(sig.detail)})
+    return rows
+
+
+def _relative(row: dict[str, Any]) -> float:
+    detail = json.loads(row["detail"])
+    if detail["threshold_on"] == "p_value":
+        p = max(detail["p_value"], 1e-300)
+        ratio = math.log10(p) / math.log10(detail["threshold"])
+    else:
+        ratio = row["value"] / detail["threshold"]
+    return min(ratio, DRIFT_RELATIVE_CAP)
+
+
+def test_chi_square_in_the_thousands_shares_the_axis(filled: dict[str, Any]) -> None:
+    end = filled["end"] - 30
+    rows = _drift_signals(end)
+    chi = [r for r in rows if r["signal"] == "drift.chi_square"]
+    assert chi and chi[0]["value"] > 1000  # the raw statistic would flatten every other line
+    filled["store"].insert_rows("signals", rows)
+    panel = DASHBOARDS["drift"].panel(1)
+    ctx = Context(filled["start"], filled["end"], {"app": ["drift-scale"]})
+    got = {r["series"]: r["value"] for r in panel_rows(_query(filled["store"]), panel, ctx)}
+    want = {f"{r['dimension']} {r['signal'].removeprefix('drift.')}": _relative(r)
+            for r in rows}
+    assert got == pytest.approx(want, rel=1e-9)
+    assert max(got.values()) <= DRIFT_RELATIVE_CAP
+    assert got["latency psi"] < 1.0 < got["latency wasserstein"]  # either side of the line
+    html = render_panel(panel, panel_rows(_query(filled["store"]), panel, ctx),
+                        start=ctx.start, end=ctx.end)
+    assert 'class="threshold"' in html
+    ticks = [float(t) for t in re.findall(r'text-anchor="end">([0-9.]+)</text>', html)]
+    assert ticks and max(ticks) <= DRIFT_RELATIVE_CAP
 
 
 # -- llmpulse report ---------------------------------------------------------------------
@@ -345,14 +632,17 @@ def test_report_cli_on_a_stopped_store(tmp_path: Path) -> None:
 
 def test_package_exports() -> None:
     import dashboards.grafana
+    import dashboards.links
     import dashboards.macros
     import dashboards.panels
     import dashboards.publish
     import dashboards.render
+    import dashboards.runbooks
     import dashboards.web
 
-    for mod in (dashboards.grafana, dashboards.macros, dashboards.panels, dashboards.publish,
-                dashboards.render, dashboards.web, report):
+    for mod in (dashboards.grafana, dashboards.links, dashboards.macros, dashboards.panels,
+                dashboards.publish, dashboards.render, dashboards.runbooks, dashboards.web,
+                report):
         for name in mod.__all__:
             assert hasattr(mod, name), (mod.__name__, name)
     assert dashboards.__doc__

@@ -3,12 +3,14 @@
 The page is served by a plain aiohttp server using ``dashboards.web.routes``
 over a real chDB store filled by the simulator (no broker needed). Chromium
 comes from Debian's ``chromium`` package; the session fixture installs it
-when missing and skips with the reason when it cannot.
+when missing and, when it cannot, skips with the reason (fails under
+``CI=true``; see :mod:`tests.browser`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import html
 import re
 import socket
 import struct
@@ -18,33 +20,30 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
+from dashboards.links import AlertLinks
 from dashboards.panels import DASHBOARDS
 from dashboards.testing import fill_store
 from dashboards.web import aiohttp_app
+from detectors.base import Signal
 from llmpulse.store import Store
+from streams.alerting import AlertManager
+from streams.rules import Rules
+from tests.browser import CHROMIUM as _CHROMIUM
+from tests.browser import ensure_chromium
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = str(_CHROMIUM)
 DURATION = 600.0
 
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    if not Path(CHROMIUM).exists():
-        try:
-            subprocess.run("apt-get update -q && apt-get install -y -q chromium", shell=True,
-                           check=True, capture_output=True, timeout=900)
-        except (subprocess.SubprocessError, OSError) as exc:
-            out = getattr(exc, "stderr", b"") or b""
-            pytest.skip(f"chromium is not installed and apt-get could not install it: {exc} "
-                        f"{out.decode(errors='replace')[-300:]}")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("apt-get ran but /usr/bin/chromium is still missing")
-    return CHROMIUM
+    return ensure_chromium(Path(CHROMIUM))
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +78,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         asyncio.run_coroutine_threadsafe(serve(), loop).result(30)
         assert ready.wait(30)
         yield {"base": f"http://127.0.0.1:{port}", "start": start, "end": start + DURATION,
-               "tmp": tmp}
+               "tmp": tmp, "query": query}
         asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
@@ -127,3 +126,61 @@ def test_screenshot_is_a_real_picture(chromium: str, served: dict[str, Any]) -> 
     width, height = struct.unpack(">II", data[16:24])
     assert (width, height) == (1400, 2000)
     assert len(data) > 50_000  # charts, tables and text, not a blank page
+
+
+def _alert_link(served: dict[str, Any], signal: str, dimension: str, rule: str) -> str:
+    """Replay the store's own signals of one key through the alert state machine and
+    return the dashboard link of the alert that fires."""
+    rows = served["query"](
+        "SELECT toUnixTimestamp64Milli(ts) AS ms, window_s, app, model, model_version, value, n "
+        "FROM signals FINAL WHERE signal = {s:String} AND dimension = {d:String} "
+        "AND model = 'gpt-4o-mini' ORDER BY ts", {"s": signal, "d": dimension})
+    assert rows, f"no {signal} signals in the store"
+    rules = Rules.from_yaml(rule)
+    am = AlertManager(rules, linker=AlertLinks(served["base"], embedded=True),
+                      link_padding_s=60.0)
+    fired = [ev for r in rows for ev in am.process(Signal(
+        signal, float(r["value"]), n=int(r["n"]), ts=float(r["ms"]) / 1000.0,
+        window_s=float(r["window_s"]), app=r["app"], model=r["model"],
+        model_version=r["model_version"], dimension=dimension)) if ev.kind == "firing"]
+    assert fired, "the rule never fired on the stored signals"
+    link: str = fired[0].detail["links"]["dashboard"]
+    return link
+
+
+def _panel(dom: str, pid: int) -> tuple[int, list[str]]:
+    """(series drawn, legend names) of one panel in a dumped page."""
+    section = re.search(rf'<section class="panel" id="panel-{pid}".*?</section>', dom, re.S)
+    assert section, dom[:2000]
+    body = section.group(0)
+    drawn = re.search(r'data-series="(\d+)"', body)
+    assert drawn, body[:2000]
+    legend = re.findall(r'<span><i style="background:#\w+"></i>([^<]*)</span>', body)
+    return int(drawn.group(1)), [html.unescape(n) for n in legend]
+
+
+@pytest.mark.parametrize(("signal", "dimension", "pid", "rule", "series"), [
+    ("drift.psi", "input_tokens", 1,
+     "rules: [{name: drift, signal: drift.psi, op: '>=', threshold: 0, for: 1}]",
+     "input_tokens psi"),
+    ("latency.p99_ms", "", 6,
+     "rules: [{name: slow, signal: latency.p99_ms, op: '>', threshold: 0, for: 1}]",
+     "gpt-4o-mini p99_ms"),
+])
+def test_alert_link_opens_the_panel_with_only_the_alerted_series(
+        chromium: str, served: dict[str, Any], signal: str, dimension: str, pid: int,
+        rule: str, series: str) -> None:
+    link = _alert_link(served, signal, dimension, rule)
+    url = urlsplit(link)
+    assert url.fragment == f"panel-{pid}"
+    done = _chromium(chromium, served["tmp"], link + "&refresh=0" if "#" not in link
+                     else link.replace("#", "&refresh=0#", 1), "--dump-dom")
+    assert done.returncode == 0, done.stderr[-2000:]
+    drawn, legend = _panel(done.stdout, pid)
+    assert (drawn, legend) == (1, [series]), (link, drawn, legend)
+    # the same panel without the alert's filters draws more: the filter did the work
+    wide = link.split("?")[0] + "?" + "&".join(
+        kv for kv in url.query.split("&") if kv.startswith(("from=", "to="))) + "&refresh=0"
+    done = _chromium(chromium, served["tmp"], wide, "--dump-dom")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _panel(done.stdout, pid)[0] > 1
