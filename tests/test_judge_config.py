@@ -129,3 +129,11 @@ def test_judge_command_refuses_bad_settings_naming_the_key(
     assert "judge.endpoint: not set" in capsys.readouterr().err
     assert main(["--config", str(cfg), "judge", "--endpoint", "http://h/v1", "--sample", "2"]) == 2
     assert "judge.sample_rate: must be within 0..1" in capsys.readouterr().err
+
+
+def test_the_example_in_the_docs_loads(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "quality.md").read_text()
+    block = doc.split("```yaml\njudge:", 1)[1].split("```", 1)[0]
+    j = _load(tmp_path, "judge:" + block, {"JUDGE_API_TOKEN": TOKEN}).judge
+    assert j.endpoint == "https://judge.internal/v1" and j.token is not None
+    assert dict(j.app_rates) == {"checkout": 0.2} and j.health_every_s == 30.0
