@@ -190,7 +190,7 @@ class DemoJudge:
         self.worker = JudgeWorker(self.settings, overlap_judge, self._emit)
         self._stop = asyncio.Event()
         self._task: asyncio.Task[dict[str, Any]] | None = None
-        self._flush_reports: Callable[[float], int] = lambda _t: 0
+        self._close_reports: Callable[[float], int] = lambda _t: 0
         self.final: dict[str, Any] = {}
 
     def _emit(self, fields: dict[str, Any]) -> None:
@@ -202,7 +202,7 @@ class DemoJudge:
 
         from llmpulse.judge import kafka_reporter, serve
 
-        report, self._flush_reports = kafka_reporter(self.bootstrap)
+        report, self._close_reports = kafka_reporter(self.bootstrap)
         self._task = asyncio.ensure_future(serve(
             self.worker, self.bootstrap, self._stop, group=f"llmpulse-judge-{self.app}",
             start="latest", stats_every_s=0.0, log=lambda _line: None, report=report,
@@ -215,5 +215,6 @@ class DemoJudge:
         self._stop.set()
         if self._task is not None:
             self.final = await asyncio.wait_for(self._task, timeout_s)
-            await asyncio.to_thread(self._flush_reports, 10.0)
+            await asyncio.to_thread(self._close_reports, 10.0)
+            self._close_reports = lambda _t: 0
         return self.final or self.worker.stats()

@@ -409,7 +409,8 @@ async def serve(
 
 
 def kafka_reporter(bootstrap: str) -> tuple[Callable[[ServiceHealth], None], Callable[[float], int]]:
-    """A ``report`` for :func:`serve` that sends to ``llmpulse.health``, and its flush."""
+    """A ``report`` for :func:`serve` that sends to ``llmpulse.health``, and its close
+    (waits up to ``timeout_s`` for the reports sent; how many were not delivered)."""
     from confluent_kafka import Producer
 
     producer = Producer({"bootstrap.servers": bootstrap, "message.timeout.ms": 10_000})
@@ -418,10 +419,12 @@ def kafka_reporter(bootstrap: str) -> tuple[Callable[[ServiceHealth], None], Cal
         producer.produce(TOPIC_HEALTH, rec.to_json(), key=b"judge")
         producer.poll(0)
 
-    def flush(timeout_s: float) -> int:
-        return int(producer.flush(timeout_s))
+    def close(timeout_s: float) -> int:
+        left = int(producer.flush(timeout_s))
+        producer.close()
+        return left
 
-    return report, flush
+    return report, close
 
 
 def configure(p: Any) -> None:
@@ -503,14 +506,14 @@ def run_cli(args: Any) -> int:
         judge = OpenAIJudge(settings.endpoint, settings.model,
                             api_key=settings.token.get() if settings.token else "",
                             timeout_s=settings.timeout_s)
-        report, flush_reports = kafka_reporter(bootstrap)
+        report, close_reports = kafka_reporter(bootstrap)
         with Monitor(app="llmpulse-judge", bootstrap=bootstrap) as mon:
             worker = JudgeWorker(settings, judge, lambda f: mon.feedback(**f))
             try:
                 final = await serve(worker, bootstrap, stop, report=report, instance=instance)
             finally:
                 await judge.close()
-                await loop.run_in_executor(None, flush_reports, 10.0)
+                await loop.run_in_executor(None, close_reports, 10.0)
             mon.flush(30)
         print(f"judge: {json.dumps(final)}")
 

@@ -69,7 +69,7 @@ async def test_judge_failures_reach_the_health_dashboard(stack_factory, tmp_path
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     judge = OpenAIJudge(f"http://127.0.0.1:{port}/v1", "judge-1", timeout_s=10)
-    report, flush_reports = kafka_reporter(bootstrap)
+    report, close_reports = kafka_reporter(bootstrap)
     try:
         with Monitor(app="judged-app", bootstrap=bootstrap) as mon:
             for text in ANSWERS:
@@ -95,10 +95,11 @@ async def test_judge_failures_reach_the_health_dashboard(stack_factory, tmp_path
                       report=report, instance="test-judge", log=lambda _: None), 90)
             await waiter
             assert mon.flush(30)
-        assert flush_reports(10.0) == 0
     finally:
+        undelivered = close_reports(10.0)
         await judge.close()
         await runner.cleanup()
+    assert undelivered == 0
     assert {k: final[k] for k in ("judged", "rate_limited", "error", "malformed", "timeout")} == {
         "judged": 3, "rate_limited": 2, "error": 1, "malformed": 1, "timeout": 1}
 
