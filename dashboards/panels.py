@@ -53,6 +53,11 @@ HEALTH_SIGNALS: dict[str, str] = {
     "llmpulse.events_per_s": "events consumed per second (dimension = topic)",
     "llmpulse.store_errors": "failed store writes in the window (dimension = table)",
     "llmpulse.notify_failures": "notifications that failed after retries (dimension = channel)",
+    "llmpulse.judge_graded": "answers the LLM judge graded per report interval",
+    "llmpulse.judge_failures": "answers sampled for the LLM judge but not graded, per reason "
+                               "(timeout, error, malformed, rate_limited, over_budget, queue_full)",
+    "llmpulse.judge_latency_s": "mean seconds per LLM judge call",
+    "llmpulse.judge_spend_usd": "what the LLM judge spent over the last hour (USD)",
 }
 
 
@@ -529,7 +534,8 @@ HEALTH = Dashboard(
     "health",
     "llmpulse-health",
     "llmpulse health",
-    description="The monitoring pipeline itself: lag, throughput, dead letters, notifications.",
+    description="The monitoring pipeline itself: lag, throughput, dead letters, notifications, "
+                "the LLM judge.",
     panels=(
         _health_series("Consumer lag (messages)", 1, "llmpulse.lag", "max", "short"),
         _health_series("Events/s", 2, "llmpulse.events_per_s", "avg", "short"),
@@ -549,6 +555,12 @@ HEALTH = Dashboard(
               "WHERE $__timeFilter(ts)\n"
               "GROUP BY topic, reason\nORDER BY events DESC\nLIMIT 50",
               "table", ("topic", "reason", "events", "last_ts"), width=12),
+        _health_series("LLM judge: answers not graded, by reason", 7,
+                       "llmpulse.judge_failures", "sum", "short"),
+        _health_series("LLM judge: answers graded", 8, "llmpulse.judge_graded", "sum", "short"),
+        _health_series("LLM judge: seconds per call", 9, "llmpulse.judge_latency_s", "avg", "s"),
+        _health_series("LLM judge: spend over the last hour (USD)", 10,
+                       "llmpulse.judge_spend_usd", "max", "currencyUSD"),
     ),
 )
 
@@ -586,6 +598,8 @@ def panel_for_signal(signal: str, dimension: str = "") -> tuple[str, int]:
         return "hallucination", 1
     if signal.startswith("llmpulse."):
         ids = {"llmpulse.lag": 1, "llmpulse.events_per_s": 2,
-               "llmpulse.notify_failures": 4, "llmpulse.store_errors": 5}
+               "llmpulse.notify_failures": 4, "llmpulse.store_errors": 5,
+               "llmpulse.judge_failures": 7, "llmpulse.judge_graded": 8,
+               "llmpulse.judge_latency_s": 9, "llmpulse.judge_spend_usd": 10}
         return "health", ids.get(signal, 1)
     return "alerts", 1

@@ -105,6 +105,16 @@ def _synthetic_signals(rng: np.random.Generator, start: float, end: float, windo
                     "value": float(rng.integers(0, 2)), "n": 1, "detail": "{}"})
         out.append({**hb, "signal": "llmpulse.store_errors", "dimension": "inference_events",
                     "value": float(rng.integers(0, 2)), "n": 1, "detail": "{}"})
+        jb = {**hb, "app": "llmpulse", "n": 40, "detail": '{"service": "judge"}'}
+        out.append({**jb, "signal": "llmpulse.judge_graded", "dimension": "judge",
+                    "value": float(rng.integers(20, 40))})
+        for kind in ("timeout", "error", "malformed", "rate_limited", "over_budget", "queue_full"):
+            out.append({**jb, "signal": "llmpulse.judge_failures", "dimension": kind,
+                        "value": float(rng.integers(0, 4))})
+        out.append({**jb, "signal": "llmpulse.judge_latency_s", "dimension": "judge",
+                    "value": float(rng.uniform(0.5, 3.0))})
+        out.append({**jb, "signal": "llmpulse.judge_spend_usd", "dimension": "judge",
+                    "value": float(rng.uniform(0.1, 1.0))})
     return out
 
 

@@ -368,7 +368,8 @@ _FEEDBACK_LAZY: dict[str, tuple[str, str | None, str]] = {
     "feedback.hallucination": ("feedback", "hallucination", "f"),
     "feedback.source": ("feedback", "source", "s"),
     **{f"feedback.judge_{k}": ("feedback", f"judge_{k}", "f")
-       for k in ("groundedness", "relevance", "correctness", "groundedness_free")},
+       for k in ("groundedness", "relevance", "correctness", "groundedness_free", "score",
+                 "hallucination")},
     "feedback.reference": ("feedback", "reference", "l"),
 }
 

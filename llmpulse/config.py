@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from llmpulse.judge_config import JudgeError, JudgeSettings
 from llmpulse.kafka_security import KafkaSecurity, KafkaSecurityError
 from llmpulse.store_auth import ClickHouseCredentials, CredentialsError, redact_dsn
 
@@ -183,6 +184,8 @@ class Settings:
     """TLS/SASL of every Kafka client (``kafka_security:`` and ``LLMPULSE_KAFKA_*``)."""
     clickhouse_auth: ClickHouseCredentials = field(default_factory=ClickHouseCredentials)
     """User, password and CA of a ClickHouse server (taken out of the DSN)."""
+    judge: JudgeSettings = field(default_factory=JudgeSettings)
+    """The optional LLM judge (``judge:``, :mod:`llmpulse.judge_config`)."""
 
     @property
     def embedded_broker(self) -> bool:
@@ -260,7 +263,7 @@ def load_settings(
             raise ConfigError(f"{path}: must be a mapping of settings")
         raw = dict(loaded or {})
     known = {"data_dir", "kafka", "clickhouse", "rules", "ingest", "signals", "http",
-             "query", "retention", "session_timeout_s", "kafka_security"}
+             "query", "retention", "session_timeout_s", "kafka_security", "judge"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{key}: unknown setting in {path}; known: {', '.join(sorted(known))}")
@@ -307,6 +310,10 @@ def load_settings(
     signals = _sub(SignalSettings, raw.get("signals"), "signals")
     if signals.engine_processes < 1:
         raise ConfigError(f"signals.engine_processes: must be >= 1, got {signals.engine_processes!r}")
+    try:
+        judge = JudgeSettings.from_settings(raw.get("judge"), env)
+    except JudgeError as exc:
+        raise ConfigError(str(exc)) from None
     return Settings(
         data_dir=data,
         kafka=kafka,
@@ -320,4 +327,5 @@ def load_settings(
         session_timeout_s=float(session),
         kafka_security=kafka_security,
         clickhouse_auth=ch_auth,
+        judge=judge,
     )

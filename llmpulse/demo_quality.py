@@ -170,8 +170,9 @@ class DemoJudge:
     """:func:`overlap_judge` on a share of ``app``'s answers, as an asyncio task
     reading ``llmpulse.inference`` with a consumer group of its own (the code
     of ``llmpulse judge``). Grades go out through ``monitor`` as feedback with
-    ``source=judge`` and the judge's scores only: the demo's simulated users
-    already give each answer its ``score``, which the judge's would replace."""
+    ``source=judge``, as ``llmpulse judge`` sends them: the pipeline keeps them
+    apart from the simulated users' scores of the same answers. The worker's
+    counts go to ``llmpulse.health`` (the health dashboard's judge panels)."""
 
     def __init__(self, monitor: Any, bootstrap: str, app: str, sample: float) -> None:
         import asyncio
@@ -184,25 +185,28 @@ class DemoJudge:
         self.sample = float(sample)
         self.sent = 0
         self.settings = JudgeSettings(sample_rate=0.0, app_rates={app: self.sample},
-                                      cost_cap_usd_per_hour=1.0, concurrency=4, timeout_s=5.0)
+                                      cost_cap_usd_per_hour=1.0, concurrency=4, timeout_s=5.0,
+                                      health_every_s=10.0)
         self.worker = JudgeWorker(self.settings, overlap_judge, self._emit)
         self._stop = asyncio.Event()
         self._task: asyncio.Task[dict[str, Any]] | None = None
+        self._close_reports: Callable[[float], int] = lambda _t: 0
         self.final: dict[str, Any] = {}
 
     def _emit(self, fields: dict[str, Any]) -> None:
-        self.monitor.feedback(**{k: v for k, v in fields.items()
-                                 if k not in ("score", "hallucination")})
+        self.monitor.feedback(**fields)
         self.sent += 1
 
     def start(self) -> None:
         import asyncio
 
-        from llmpulse.judge import serve
+        from llmpulse.judge import kafka_reporter, serve
 
+        report, self._close_reports = kafka_reporter(self.bootstrap)
         self._task = asyncio.ensure_future(serve(
             self.worker, self.bootstrap, self._stop, group=f"llmpulse-judge-{self.app}",
-            start="latest", stats_every_s=0.0, log=lambda _line: None))
+            start="latest", stats_every_s=0.0, log=lambda _line: None, report=report,
+            instance=f"demo-{self.app}"))
 
     async def stop(self, timeout_s: float = 30.0) -> dict[str, Any]:
         """Stop reading, wait for the grades in flight; the worker's counters."""
@@ -211,4 +215,6 @@ class DemoJudge:
         self._stop.set()
         if self._task is not None:
             self.final = await asyncio.wait_for(self._task, timeout_s)
+            await asyncio.to_thread(self._close_reports, 10.0)
+            self._close_reports = lambda _t: 0
         return self.final or self.worker.stats()

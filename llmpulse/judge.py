@@ -11,7 +11,10 @@ and sends the grades back as ``feedback/v1`` events with ``source=judge``:
   score of the same answer, so the pipeline can measure their agreement
   (``judge.agreement_*`` signals);
 * ``score`` = 2 x correctness - 1, ``hallucination`` = groundedness < 0.5,
-  ``comment`` = the judge's rationale.
+  ``comment`` = the judge's rationale. The pipeline keeps these apart from
+  what people said about the same answer (``judge_score``,
+  ``judge_hallucination``; :mod:`streams.join`): user signals read people,
+  the agreement signals read the judge.
 
 Limits (:class:`JudgeSettings`): a sampling rate per app (by a hash of the
 ``request_id``, so a replay picks the same requests), a cost cap per hour
@@ -20,28 +23,36 @@ the cap), a concurrency limit, a timeout per request and a bounded queue. A
 judge that fails, times out, answers with something that is not the
 expected JSON, rate-limits (HTTP 429) or is over budget is counted
 (:meth:`JudgeWorker.stats`) and skipped; nothing it does can block or stop
-ingestion, which does not know it exists.
+ingestion, which does not know it exists. The counts are reported on
+``llmpulse.health`` (:mod:`llmpulse.health_record`) and shown on the health
+dashboard as ``llmpulse.judge_*`` signals.
+
+The settings come from the ``judge:`` section of ``llmpulse.yaml``
+(:mod:`llmpulse.judge_config`: endpoint, model, token via an environment
+variable or a file, rates, cap, concurrency, timeout); command-line flags
+override them.
 
 >>> s = JudgeSettings(sample_rate=0.1, app_rates={"checkout": 1.0})
 >>> s.rate_for("checkout"), s.rate_for("support")
 (1.0, 0.1)
->>> JudgeSettings(concurrency=0)
-Traceback (most recent call last):
-...
-llmpulse.judge.JudgeError: judge.concurrency: must be >= 1, got 0
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
+import threading
 import time
 import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from llmpulse.health_record import JUDGE_COUNTS, TOPIC_HEALTH, ServiceHealth
+from llmpulse.judge_config import DEFAULT_TOKEN_ENV, JudgeError, JudgeSettings
 
 __all__ = [
     "JudgeError",
@@ -52,10 +63,12 @@ __all__ = [
     "OpenAIJudge",
     "HourlyBudget",
     "configure",
+    "kafka_reporter",
     "parse_verdict",
     "run_cli",
     "sampled",
     "serve",
+    "settings_from_args",
 ]
 
 SCORES = ("groundedness", "relevance", "correctness")
@@ -67,44 +80,8 @@ PROMPT = """You grade one answer of an assistant. Reply with JSON only:
  "rationale": "<one or two sentences>"}"""
 
 
-class JudgeError(ValueError):
-    """A judge setting is not usable; the message names the key."""
-
-
 class MalformedVerdict(ValueError):
     """The judge answered, but not with the JSON asked for."""
-
-
-@dataclass(frozen=True, slots=True)
-class JudgeSettings:
-    """The judge's limits. Prices are USD per 1000 tokens (prompt + completion)."""
-
-    sample_rate: float = 0.05
-    app_rates: Mapping[str, float] = field(default_factory=dict)
-    cost_cap_usd_per_hour: float = 1.0
-    price_per_1k_tokens: float = 0.002
-    concurrency: int = 4
-    timeout_s: float = 30.0
-    max_queue: int = 1000
-
-    def __post_init__(self) -> None:
-        for key, rate in [("sample_rate", self.sample_rate),
-                          *((f"app_rates.{k}", v) for k, v in self.app_rates.items())]:
-            if not 0.0 <= rate <= 1.0:
-                raise JudgeError(f"judge.{key}: must be within 0..1, got {rate!r}")
-        if not self.cost_cap_usd_per_hour >= 0:
-            raise JudgeError(f"judge.cost_cap_usd_per_hour: must be >= 0, got {self.cost_cap_usd_per_hour!r}")
-        if not self.price_per_1k_tokens >= 0:
-            raise JudgeError(f"judge.price_per_1k_tokens: must be >= 0, got {self.price_per_1k_tokens!r}")
-        if self.concurrency < 1:
-            raise JudgeError(f"judge.concurrency: must be >= 1, got {self.concurrency}")
-        if not self.timeout_s > 0:
-            raise JudgeError(f"judge.timeout_s: must be > 0, got {self.timeout_s!r}")
-        if self.max_queue < 1:
-            raise JudgeError(f"judge.max_queue: must be >= 1, got {self.max_queue}")
-
-    def rate_for(self, app: str) -> float:
-        return float(self.app_rates.get(app, self.sample_rate))
 
 
 def sampled(request_id: str, rate: float) -> bool:
@@ -266,20 +243,25 @@ class JudgeWorker:
         self._sem = asyncio.Semaphore(settings.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._groundedness = groundedness
+        self._score_lock = threading.Lock()
         self.counts: dict[str, int] = dict.fromkeys(
             ("seen", "sampled", "judged", "timeout", "error", "malformed", "rate_limited",
              "over_budget", "queue_full", "no_response"), 0)
         self.seconds = 0.0
+        self._reported: dict[str, int] = dict.fromkeys(self.counts, 0)
+        self._reported_seconds = 0.0
+        self._reported_at = time.time()
 
     def _free_score(self, response: str, context: list[str]) -> float | None:
         if not context:
             return None
-        if self._groundedness is None:
-            from detectors.hallucination.groundedness import GroundednessScorer
+        with self._score_lock:  # one scorer, used by one thread at a time
+            if self._groundedness is None:
+                from detectors.hallucination.groundedness import GroundednessScorer
 
-            scorer = GroundednessScorer()
-            self._groundedness = lambda r, c: scorer.score(r, c).score
-        return float(self._groundedness(response, context))
+                scorer = GroundednessScorer()
+                self._groundedness = lambda r, c: scorer.score(r, c).score
+            return float(self._groundedness(response, context))
 
     def submit(self, event: Mapping[str, Any]) -> bool:
         """Consider one validated inference event; True if a grade was scheduled.
@@ -318,7 +300,10 @@ class JudgeWorker:
                 self.seconds += time.perf_counter() - t0
         self.budget.add(verdict.tokens / 1000.0 * self.settings.price_per_1k_tokens)
         scores = {k: getattr(verdict, k) for k in SCORES}
-        free = self._free_score(str(event["response"]), list(event.get("context") or []))
+        # CPU work (a model on first use): off the event loop, so other grades' timeouts
+        # measure the judge, not this
+        free = await asyncio.to_thread(self._free_score, str(event["response"]),
+                                       list(event.get("context") or []))
         if free is not None and not math.isnan(free):
             scores["groundedness_free"] = min(1.0, max(0.0, free))
         self.counts["judged"] += 1
@@ -342,6 +327,21 @@ class JudgeWorker:
                 "spent_usd_last_hour": round(self.budget.spent(), 6),
                 "judge_seconds": round(self.seconds, 3)}
 
+    def health_report(self, instance: str, *, now: float | None = None) -> ServiceHealth:
+        """What happened since the previous report (counts and seconds spent waiting on
+        the judge), with the spend of the last hour: for ``llmpulse.health``."""
+        now = time.time() if now is None else now
+        delta = {k: self.counts[k] - self._reported[k] for k in JUDGE_COUNTS}
+        seconds = self.seconds - self._reported_seconds
+        interval = max(0.0, now - self._reported_at)
+        self._reported = dict(self.counts)
+        self._reported_seconds = self.seconds
+        self._reported_at = now
+        return ServiceHealth("judge", instance, ts=now, interval_s=interval, counts=delta,
+                             gauges={"spent_usd_last_hour": self.budget.spent(),
+                                     "in_flight": len(self._tasks),
+                                     "judge_seconds": max(0.0, seconds)})
+
 
 async def serve(
     worker: JudgeWorker,
@@ -352,11 +352,18 @@ async def serve(
     start: str = "latest",
     stats_every_s: float = 60.0,
     log: Callable[[str], None] = print,
+    report: Callable[[ServiceHealth], object] | None = None,
+    instance: str = "judge",
 ) -> dict[str, Any]:
     """Read ``llmpulse.inference`` (consumer group ``group``) until ``stop`` is set and
     hand every valid event to ``worker``; the final stats. Polling runs in a thread,
     so a slow judge never holds the consumer, and the consumer never holds ingestion.
-    A new group starts at ``start`` (``latest``: only answers from now on)."""
+    A new group starts at ``start`` (``latest``: only answers from now on).
+
+    Every ``worker.settings.health_every_s`` and once at the end, ``report`` gets the
+    worker's :meth:`JudgeWorker.health_report` (the CLI sends it to ``llmpulse.health``,
+    where the worker turns it into the health dashboard's judge signals); a report
+    that fails is logged and the judge goes on."""
     import orjson
     from confluent_kafka import Consumer
 
@@ -367,7 +374,16 @@ async def serve(
     consumer.subscribe([TOPIC_INFERENCE])
     loop = asyncio.get_running_loop()
     invalid = 0
-    last = time.monotonic()
+    last = last_report = time.monotonic()
+
+    def send_report() -> None:
+        if report is None:
+            return
+        try:
+            report(worker.health_report(instance))
+        except Exception as exc:  # the judge's own health must never stop it
+            log(f"judge: health report not sent: {type(exc).__name__}: {exc}")
+
     try:
         while not stop.is_set():
             msgs = await loop.run_in_executor(None, consumer.consume, 500, 0.5)
@@ -382,66 +398,122 @@ async def serve(
             if stats_every_s and time.monotonic() - last >= stats_every_s:
                 last = time.monotonic()
                 log(f"judge: {json.dumps({**worker.stats(), 'invalid': invalid})}")
+            if time.monotonic() - last_report >= worker.settings.health_every_s:
+                last_report = time.monotonic()
+                send_report()
         await worker.drain()
+        send_report()
     finally:
         await loop.run_in_executor(None, consumer.close)
     return {**worker.stats(), "invalid": invalid}
 
 
+def kafka_reporter(bootstrap: str) -> tuple[Callable[[ServiceHealth], None], Callable[[float], int]]:
+    """A ``report`` for :func:`serve` that sends to ``llmpulse.health``, and its close
+    (waits up to ``timeout_s`` for the reports sent; how many were not delivered)."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "message.timeout.ms": 10_000})
+
+    def report(rec: ServiceHealth) -> None:
+        producer.produce(TOPIC_HEALTH, rec.to_json(), key=b"judge")
+        producer.poll(0)
+
+    def close(timeout_s: float) -> int:
+        left = int(producer.flush(timeout_s))
+        producer.close()
+        return left
+
+    return report, close
+
+
 def configure(p: Any) -> None:
-    p.add_argument("--endpoint", required=True, help="OpenAI-compatible API root of the judge")
-    p.add_argument("--model", required=True, help="judge model name")
-    p.add_argument("--api-key-env", default="LLMPULSE_JUDGE_API_KEY",
-                   help="environment variable holding the judge endpoint's token")
-    p.add_argument("--sample", type=float, default=0.05, help="share of answers judged (0..1)")
+    p.description = ("Settings come from the judge: section of llmpulse.yaml (--config); "
+                     "these flags override them.")
+    p.add_argument("--endpoint", default=None, help="OpenAI-compatible API root of the judge")
+    p.add_argument("--model", default=None, help="judge model name")
+    p.add_argument("--api-key-env", default=None,
+                   help=f"environment variable holding the endpoint's token (default: judge.token_env, "
+                        f"else {DEFAULT_TOKEN_ENV})")
+    p.add_argument("--sample", type=float, default=None, help="share of answers judged (0..1)")
     p.add_argument("--app-rate", action="append", default=[], metavar="APP=RATE",
                    help="sampling rate of one app (repeatable)")
-    p.add_argument("--cost-cap", type=float, default=1.0, help="USD per hour")
-    p.add_argument("--price-per-1k", type=float, default=0.002, help="USD per 1000 tokens")
-    p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per judge request")
+    p.add_argument("--cost-cap", type=float, default=None, help="USD per hour")
+    p.add_argument("--price-per-1k", type=float, default=None, help="USD per 1000 tokens")
+    p.add_argument("--concurrency", type=int, default=None)
+    p.add_argument("--timeout", type=float, default=None, help="seconds per judge request")
     p.add_argument("--kafka", default=None, help="bootstrap servers (default: LLMPULSE_KAFKA or the running stack)")
+
+
+def settings_from_args(base: JudgeSettings, args: Any, env: Mapping[str, str]) -> JudgeSettings:
+    """``base`` (the YAML's ``judge:``) with the command line's flags over it.
+
+    >>> import argparse
+    >>> args = argparse.Namespace(endpoint=None, model="m2", api_key_env=None, sample=0.5,
+    ...     app_rate=["checkout=1"], cost_cap=None, price_per_1k=None, concurrency=None, timeout=None)
+    >>> s = settings_from_args(JudgeSettings(model="m1", concurrency=8), args, {})
+    >>> s.model, s.sample_rate, dict(s.app_rates), s.concurrency
+    ('m2', 0.5, {'checkout': 1.0}, 8)
+    """
+    rates = dict(base.app_rates)
+    for item in args.app_rate:
+        app, sep, rate = item.partition("=")
+        if not sep or not app:
+            raise JudgeError(f"judge.app_rates: expected APP=RATE, got {item!r}")
+        try:
+            rates[app] = float(rate)
+        except ValueError:
+            raise JudgeError(f"judge.app_rates.{app}: not a number: {rate!r}") from None
+    flags = {"endpoint": args.endpoint, "model": args.model, "sample_rate": args.sample,
+             "cost_cap_usd_per_hour": args.cost_cap, "price_per_1k_tokens": args.price_per_1k,
+             "concurrency": args.concurrency, "timeout_s": args.timeout}
+    changes: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+    changes["app_rates"] = rates
+    if args.api_key_env:
+        token = env.get(args.api_key_env, "")
+        changes["token"] = token or None
+    return dataclasses.replace(base, **changes)
 
 
 def run_cli(args: Any) -> int:
     import os
     import signal
+    import socket
     import sys
 
+    from llmpulse.config import ConfigError, load_settings
     from llmpulse.monitor import Monitor, resolve_bootstrap
 
     try:
-        rates = {}
-        for item in args.app_rate:
-            app, sep, rate = item.partition("=")
-            if not sep or not app:
-                raise JudgeError(f"judge.app_rates: expected APP=RATE, got {item!r}")
-            try:
-                rates[app] = float(rate)
-            except ValueError:
-                raise JudgeError(f"judge.app_rates.{app}: not a number: {rate!r}") from None
-        settings = JudgeSettings(sample_rate=args.sample, app_rates=rates,
-                                 cost_cap_usd_per_hour=args.cost_cap,
-                                 price_per_1k_tokens=args.price_per_1k,
-                                 concurrency=args.concurrency, timeout_s=args.timeout)
-    except JudgeError as exc:
+        cfg = load_settings(path=getattr(args, "config", "llmpulse.yaml"))
+        settings = settings_from_args(cfg.judge, args, os.environ)
+        if not settings.endpoint:
+            raise JudgeError("judge.endpoint: not set; give --endpoint or judge.endpoint in llmpulse.yaml")
+        if not settings.model:
+            raise JudgeError("judge.model: not set; give --model or judge.model in llmpulse.yaml")
+    except (JudgeError, ConfigError) as exc:
         print(f"llmpulse judge: {exc}", file=sys.stderr)
         return 2
-    bootstrap = args.kafka or resolve_bootstrap(None)
+    bootstrap = args.kafka or cfg.kafka or resolve_bootstrap(None)
+    instance = f"{socket.gethostname()}:{os.getpid()}"[:200]
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        judge = OpenAIJudge(args.endpoint, args.model, api_key=os.environ.get(args.api_key_env, ""),
-                            timeout_s=args.timeout)
+        assert settings.endpoint is not None
+        judge = OpenAIJudge(settings.endpoint, settings.model,
+                            api_key=settings.token.get() if settings.token else "",
+                            timeout_s=settings.timeout_s)
+        report, close_reports = kafka_reporter(bootstrap)
         with Monitor(app="llmpulse-judge", bootstrap=bootstrap) as mon:
             worker = JudgeWorker(settings, judge, lambda f: mon.feedback(**f))
             try:
-                final = await serve(worker, bootstrap, stop)
+                final = await serve(worker, bootstrap, stop, report=report, instance=instance)
             finally:
                 await judge.close()
+                await loop.run_in_executor(None, close_reports, 10.0)
             mon.flush(30)
         print(f"judge: {json.dumps(final)}")
 

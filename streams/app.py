@@ -49,6 +49,7 @@ from streams.alerts_agent import AlertAgent, load_rules
 from streams.ingest import DeadLetter, IngestBatch, Message, split_batch
 from streams.otlp import OTLP_TOPICS, SpanIngest, attach_otlp, faust_sender
 from streams.rules import Rules
+from streams.service_health import register_service_health
 from streams.signals import SignalAgents
 from streams.sink import RawSink
 
@@ -271,6 +272,8 @@ def build_app(
         agents.consumers.append(alert_agent)
         app.llmpulse_notifier = alert_agent.notifier  # type: ignore[attr-defined]
     app.llmpulse_alerts = alert_agent  # type: ignore[attr-defined]
+    if agents is not None:  # the LLM judge's health reports -> llmpulse.judge_* signals
+        register_service_health(app, agents.emit)
     forward = agents is not None
 
     def make_agent(topic_name: str, kind: str, table: str) -> None:

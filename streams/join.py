@@ -11,7 +11,9 @@ once when it falls behind ``watermark - horizon``.
 What happens to a feedback event:
 
 * its inference is in the table: the feedback is attached (several feedback
-  events for one request merge field by field, the latest value wins). If
+  events for one request merge field by field, the latest value wins; a
+  judge's grade, ``source=judge``, lands in ``judge_*`` fields of its own,
+  so a person's score and the judge's score of one answer both stay). If
   that inference's window has already closed, the window is marked *dirty*
   and :meth:`FeedbackJoin.redo` returns it, so the engine recomputes
   the window's feedback signals and emits them again with the same ``ts``:
@@ -61,7 +63,7 @@ from typing import Any
 
 from streams.windows import Group, WindowSpec, _group, event_ms
 
-__all__ = ["ARM_FIELDS", "FEEDBACK_FIELDS", "FeedbackJoin", "TAG_FIELDS"]
+__all__ = ["ARM_FIELDS", "FEEDBACK_FIELDS", "JUDGE_FIELDS", "FeedbackJoin", "TAG_FIELDS"]
 
 FEEDBACK_FIELDS: tuple[str, ...] = ("score", "label", "hallucination", "reference", "source")
 """Fields of ``feedback/v1`` the signals use; others (comment) are not kept."""
@@ -71,7 +73,10 @@ MAX_RESPONSE_CHARS = 8192
 
 JUDGE_SCORES: frozenset[str] = frozenset(
     {"groundedness", "relevance", "correctness", "groundedness_free"})
-"""Keys of a feedback's ``judge`` map kept by the join (as ``judge_<key>``)."""
+"""Keys of a judge feedback's ``judge`` map kept by the join (as ``judge_<key>``)."""
+
+JUDGE_FIELDS: tuple[str, ...] = ("score", "hallucination")
+"""Fields of a ``source=judge`` feedback kept as ``judge_<field>``, apart from people's."""
 
 TAG_FIELDS: tuple[str, ...] = ("prompt_version", "experiment", "variant")
 """Inference fields kept on a record as they are (prompt versions and A/B)."""
@@ -153,7 +158,22 @@ def _extra(event: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def _feedback_fields(event: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: event[k] for k in FEEDBACK_FIELDS if event.get(k) is not None}
+    """The fields a feedback event contributes to its request's merged feedback.
+
+    A judge's grade (``source=judge``) goes to ``judge_*`` fields only, so it
+    never replaces what a user or reviewer said about the same answer, and the
+    user signals (``quality.feedback_score``, ``hallucination.flagged_rate``,
+    the A/B tests) read people only:
+
+    >>> _feedback_fields({"source": "judge", "score": 0.5, "hallucination": False,
+    ...                   "judge": {"groundedness": 0.9}, "comment": "fine"})
+    {'judge_score': 0.5, 'judge_hallucination': False, 'judge_groundedness': 0.9}
+    >>> _feedback_fields({"source": "user", "score": -1.0, "judge": {"groundedness": 0.9}})
+    {'score': -1.0, 'source': 'user'}
+    """
+    if event.get("source") != "judge":
+        return {k: event[k] for k in FEEDBACK_FIELDS if event.get(k) is not None}
+    out = {f"judge_{k}": event[k] for k in JUDGE_FIELDS if event.get(k) is not None}
     judge = event.get("judge")
     if judge:  # a judge's scores, flat: feedback.judge_<name> columns
         out.update((f"judge_{k}", v) for k, v in judge.items() if k in JUDGE_SCORES)

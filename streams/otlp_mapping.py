@@ -44,7 +44,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from llmpulse.events import DEFAULT_LIMITS, EventError, Limits, validate_inference
+from llmpulse.events import DEFAULT_LIMITS, MAX_TAG_CHARS, EventError, Limits, validate_inference
 
 __all__ = [
     "ENCODINGS",
@@ -398,6 +398,58 @@ def _str(v: Any) -> str:
     return v if type(v) is str else ("" if v is None else orjson.dumps(v).decode())
 
 
+PROMPT_VERSION_ATTRS = ("llmpulse.prompt_version", "traceloop.prompt.version",
+                        "langfuse.observation.prompt.version")
+"""Where a prompt version is read, first found wins (OpenLLMetry, Langfuse after ours)."""
+PROMPT_NAME_ATTRS = ("traceloop.prompt.key", "langfuse.observation.prompt.name")
+"""A prompt name put before an instrumentation's version: ``support-answer:3``."""
+
+
+def _tag_value(v: Any) -> str | None:
+    """A tag as the event contract takes it (1..200 characters), else None."""
+    if type(v) is int:
+        v = str(v)
+    return v if type(v) is str and 0 < len(v) <= MAX_TAG_CHARS else None
+
+
+def _tags(attrs: Mapping[str, Any]) -> dict[str, str]:
+    """``prompt_version``, ``experiment`` and ``variant`` from span attributes.
+
+    Our own ``llmpulse.*`` attributes first; else a managed prompt's version
+    (OpenLLMetry ``traceloop.prompt.*``, Langfuse ``langfuse.observation.prompt.*``);
+    else an OpenTelemetry feature flag (``feature_flag.key`` and
+    ``feature_flag.result.variant``, older ``feature_flag.variant``) as the
+    experiment and its variant. A value that is not a string (or an integer
+    version) of 1..200 characters is left out; a variant without an experiment too.
+
+    >>> _tags({"traceloop.prompt.key": "support-answer", "traceloop.prompt.version": 3,
+    ...        "feature_flag.key": "tone", "feature_flag.result.variant": "friendly"})
+    {'prompt_version': 'support-answer:3', 'experiment': 'tone', 'variant': 'friendly'}
+    """
+    out: dict[str, str] = {}
+    own = _tag_value(attrs.get("llmpulse.prompt_version"))
+    if own is not None:
+        out["prompt_version"] = own
+    else:
+        version = _tag_value(_first(attrs, *PROMPT_VERSION_ATTRS[1:]))
+        name = _tag_value(_first(attrs, *PROMPT_NAME_ATTRS))
+        if version is not None:
+            tagged = f"{name}:{version}" if name is not None else version
+            out["prompt_version"] = tagged if len(tagged) <= MAX_TAG_CHARS else version
+    experiment = _tag_value(attrs.get("llmpulse.experiment"))
+    variant = _tag_value(attrs.get("llmpulse.variant"))
+    if experiment is None:
+        experiment = _tag_value(attrs.get("feature_flag.key"))
+        variant = _tag_value(_first(attrs, "feature_flag.result.variant", "feature_flag.variant"))
+        if variant is None:
+            experiment = None  # a flag without a variant is no experiment arm
+    if experiment is not None:
+        out["experiment"] = experiment
+        if variant is not None:
+            out["variant"] = variant
+    return out
+
+
 def map_span(span: Span, app: str, scope: str, context: list[str] | None = None,
              ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """The inference event (None for a span that is no model call) and the spans row."""
@@ -483,6 +535,7 @@ def map_span(span: Span, app: str, scope: str, context: list[str] | None = None,
         ev["response"] = "\n".join(response)
     if context:
         ev["context"] = context
+    ev.update(_tags(attrs))  # prompt version and A/B arm, when the span carries them
     return ev, row
 
 
