@@ -392,7 +392,7 @@ def routes(query: QueryFn, base: str = "/dashboards", *,
 
     index.__name__, dashboard.__name__, panel.__name__, report.__name__ = (
         "dashboards_index", "dashboards_page", "dashboards_panel", "dashboards_report")
-    out = [
+    out: list[tuple[str, str, Callable[..., Awaitable[Any]]]] = [
         (base, "llmpulse.dashboards.index", index),
         (base + "/{name}", "llmpulse.dashboards.page", dashboard),
         (base + "/{name}/panel/{panel}", "llmpulse.dashboards.panel", panel),
