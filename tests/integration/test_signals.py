@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from llmpulse.bench._stack import wait_for
 from llmpulse.broker import EmbeddedBroker, create_topics, free_port
 from llmpulse.events import TOPIC_FEEDBACK, TOPIC_INFERENCE, TOPICS
+from llmpulse.harness import wait_for
 from llmpulse.monitor import Monitor
 from llmpulse.simulate import Incident, SupportAppSimulator, run
 
