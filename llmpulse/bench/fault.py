@@ -86,7 +86,8 @@ def _read(data_dir: Path) -> dict[str, Any]:
             "SELECT app, model, model_version, signal, dimension, toString(ts) AS t, value, n "
             "FROM signals FINAL WHERE app != 'llmpulse'")
         alerts = store.query(
-            "SELECT alert_id, rule, state, signal, dimension, toString(started_at) AS s "
+            "SELECT alert_id, rule, state, signal, dimension, toString(started_at) AS s, "
+            "concat(app, '/', model, '/', model_version) AS g "
             "FROM alerts FINAL WHERE app != 'llmpulse'")
     finally:
         store.close()
@@ -146,6 +147,7 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
     eng = stats["engine"]
     return {**_read(worker.data_dir), "pages": [p for _, p in hook.received[first:]],
             "events": total, "restart_s": restart_s,
+            "late_groups": sorted(eng.get("late_dropped_by_group", {})),
             "engine_events": int(eng["events_in"]) - int(eng.get("duplicates_dropped", 0)),
             "late_dropped": int(eng["late_dropped"]),
             "duplicates_dropped": int(eng.get("duplicates_dropped", 0)),
@@ -161,15 +163,27 @@ def _engine_took_all(http: str, total: int) -> dict[str, Any] | None:
     return stats if taken >= total else None
 
 
-def _alert_view(alerts: list[tuple[str, ...]]) -> Counter[tuple[str, ...]]:
-    # (alert_id, rule, state, signal, dimension, started_at)
-    return Counter(a if a[3] not in FEEDBACK_SIGNALS else ("", a[1], a[2], a[3], a[4], "")
-                   for a in alerts)
+def _alert_view(alerts: list[tuple[str, ...]], void: set[str]) -> Counter[tuple[str, ...]]:
+    # (alert_id, rule, state, signal, dimension, started_at, group)
+    return Counter(a[:6] if a[3] not in FEEDBACK_SIGNALS else ("", a[1], a[2], a[3], a[4], "")
+                   for a in alerts if a[6] not in void)
 
 
-def _page_view(pages: list[dict[str, Any]]) -> Counter[tuple[str, str, str]]:
+def _page_group(page: dict[str, Any], groups: dict[str, str]) -> str:
+    """``app/model/version`` of a PagerDuty event (a resolve names its trigger's key)."""
+    source = str(page.get("payload", {}).get("source", ""))
+    if source:
+        app_model, _, version = source.rpartition("@")
+        groups[str(page.get("dedup_key"))] = f"{app_model}/{version}"
+    return groups.get(str(page.get("dedup_key")), "")
+
+
+def _page_view(pages: list[dict[str, Any]], void: set[str]) -> Counter[tuple[str, str, str]]:
     out: Counter[tuple[str, str, str]] = Counter()
+    groups: dict[str, str] = {}
     for p in pages:
+        if _page_group(p, groups) in void:
+            continue
         details = p.get("payload", {}).get("custom_details", {})
         alert = details.get("alert_id", "") if details.get("signal") not in FEEDBACK_SIGNALS else ""
         out[(str(p.get("dedup_key")), str(p.get("event_action")), str(alert))] += 1
@@ -177,15 +191,26 @@ def _page_view(pages: list[dict[str, Any]]) -> Counter[tuple[str, str, str]]:
 
 
 def compare(ref: dict[str, Any], crashed: dict[str, Any]) -> dict[str, Any]:
-    """Figures of a crashed run against its reference (see the module docstring)."""
-    rs, cs = ref["signals"], crashed["signals"]
+    """Figures of a crashed run against its reference (see the module docstring).
+
+    Groups (app/model/version) where either run dropped late events are left
+    out: whether an event is late depends on how the machine kept up with the
+    replay, not on the crash (``late_groups``, ``windows_void_late``)."""
+    void = set(ref.get("late_groups", [])) | set(crashed.get("late_groups", []))
+
+    def kept(signals: dict[tuple[str, ...], Any]) -> dict[tuple[str, ...], Any]:
+        return {k: v for k, v in signals.items() if "/".join(k[:3]) not in void}
+
+    rs, cs = kept(ref["signals"]), kept(crashed["signals"])
     differing = sorted(k for k in set(rs) & set(cs) if rs[k] != cs[k])
-    ra, ca = _alert_view(ref["alerts"]), _alert_view(crashed["alerts"])
-    rp, cp = _page_view(ref["pages"]), _page_view(crashed["pages"])
+    ra, ca = _alert_view(ref["alerts"], void), _alert_view(crashed["alerts"], void)
+    rp, cp = _page_view(ref["pages"], void), _page_view(crashed["pages"], void)
     triggers = Counter((p["dedup_key"], p["payload"]["custom_details"]["alert_id"])
                        for p in crashed["pages"] if p.get("event_action") == "trigger")
     return {
         "windows": len(rs),
+        "late_groups": sorted(void),
+        "windows_void_late": len(ref["signals"]) - len(rs),
         "windows_missing": len(set(rs) - set(cs)),
         "windows_extra": len(set(cs) - set(rs)),
         "windows_differing": len(differing),
@@ -238,7 +263,9 @@ def format_table(r: dict[str, Any]) -> str:
         f"{r['event_seconds']:g} s of event time at {r['speed']:g}x, seed {r['seed']}; "
         f"restart took {r['restart_s']:.1f} s)",
         f"  signal windows: {r['windows']} in the reference; missing {r['windows_missing']}, "
-        f"extra {r['windows_extra']}, different value {r['windows_differing']}",
+        f"extra {r['windows_extra']}, different value {r['windows_differing']}"
+        + (f" (left out: {r['windows_void_late']} of groups with late events "
+           f"{', '.join(r['late_groups'])})" if r.get("late_groups") else ""),
         f"  alerts: {r['alerts']}; lost {r['alerts_lost']}, extra {r['alerts_extra']}",
         f"  PagerDuty: {r['pagerduty_events']} events, {r['pagerduty_triggers']} triggers; "
         f"triggered twice {r['duplicate_triggers']}, lost {r['pages_lost']}, extra {r['pages_extra']}",
