@@ -5,7 +5,7 @@ Every process a fixture starts is stopped by its pid in teardown.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,12 @@ def broker() -> Iterator[EmbeddedBroker]:
     b.stop()
 
 
-StackProcess = UpProcess
-"""``llmpulse up`` in a subprocess (:class:`llmpulse.harness.UpProcess`)."""
+class StackProcess(UpProcess):
+    """``llmpulse up`` for a test (:class:`llmpulse.harness.UpProcess`): data in
+    ``data_dir``, ``llmpulse.yaml`` and the logs in its parent."""
+
+    def __init__(self, data_dir: Path, env: Mapping[str, str] | None = None) -> None:
+        super().__init__(data_dir.parent, data_dir=data_dir, env=env)
 
 
 def stack_env(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -40,8 +44,7 @@ def stack_factory(tmp_path: Path) -> Iterator[Any]:
     def make(data_dir: Path | None = None, **env: str) -> StackProcess:
         d = data_dir or (tmp_path / f"data{len(made)}")
         d.mkdir(parents=True, exist_ok=True)
-        # ``llmpulse.yaml`` of a test is read from the data directory's parent
-        sp = StackProcess(d.parent, data_dir=d, env=env)
+        sp = StackProcess(d, env)
         made.append(sp)
         return sp
 
