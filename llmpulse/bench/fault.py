@@ -111,6 +111,7 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
         first = len(hook.received)
         out: dict[str, Any] = {}
         restart_s = None
+        mid_traffic: bool | None = None
         try:
             worker.start()
             traffic = threading.Thread(target=_drive, args=(b.bootstrap, "support-assistant", seed,
@@ -121,8 +122,9 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
                                   for _, p in hook.received[first:]), 120, "a first page")
                 time.sleep(2.5)  # the kill lands after the first page, mid-incident
                 worker.kill()
-                if not traffic.is_alive():
-                    raise RuntimeError("the traffic ended before the kill")
+                # a machine slower than the replay pages after the traffic ended: the
+                # crash is still compared, and the figures say so
+                mid_traffic = traffic.is_alive()
                 worker.start()
                 restart_s = worker.ready_s
             traffic.join()
@@ -146,7 +148,7 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
             raise RuntimeError(f"llmpulse up exited {code}; see {worker.log_path}")
     eng = stats["engine"]
     return {**_read(worker.data_dir), "pages": [p for _, p in hook.received[first:]],
-            "events": total, "restart_s": restart_s,
+            "events": total, "restart_s": restart_s, "killed_mid_traffic": mid_traffic,
             "late_groups": sorted(eng.get("late_dropped_by_group", {})),
             "engine_events": int(eng["events_in"]) - int(eng.get("duplicates_dropped", 0)),
             "late_dropped": int(eng["late_dropped"]),
@@ -229,6 +231,7 @@ def compare(ref: dict[str, Any], crashed: dict[str, Any]) -> dict[str, Any]:
         "late_dropped": ref["late_dropped"] + crashed["late_dropped"],
         "duplicates_dropped": crashed["duplicates_dropped"],
         "restart_s": crashed["restart_s"],
+        "killed_mid_traffic": crashed.get("killed_mid_traffic"),
         "replay": crashed["replay"],
     }
 
@@ -261,7 +264,8 @@ def format_table(r: dict[str, Any]) -> str:
     return "\n".join([
         f"fault: kill -9 of the worker mid-incident, restarted ({r['events']} inference events, "
         f"{r['event_seconds']:g} s of event time at {r['speed']:g}x, seed {r['seed']}; "
-        f"restart took {r['restart_s']:.1f} s)",
+        f"restart took {r['restart_s']:.1f} s; killed "
+        f"{'while traffic flowed' if r.get('killed_mid_traffic') else 'after the traffic ended'})",
         f"  signal windows: {r['windows']} in the reference; missing {r['windows_missing']}, "
         f"extra {r['windows_extra']}, different value {r['windows_differing']}"
         + (f" (left out: {r['windows_void_late']} of groups with late events "
