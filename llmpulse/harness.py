@@ -223,7 +223,13 @@ class UpProcess:
         stop_recorded_broker(self.data_dir)
 
     def __enter__(self) -> UpProcess:
-        return self.start() if not self.running else self
+        if not self.running:
+            try:
+                self.start()
+            except BaseException:
+                self.close()  # a start that failed may have left its broker running
+                raise
+        return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
