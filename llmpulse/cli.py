@@ -86,10 +86,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import importlib
 
     from llmpulse.bench._stack import finish
+    from llmpulse.bench.extras import missing_extra_message
 
-    mod = importlib.import_module(f"llmpulse.bench.{args.name}")
     extra = {"data": args.data} if getattr(args, "data", None) else {}
-    return finish(mod.run(quick=args.quick, **extra), mod.format_table, args.json)
+    try:
+        mod = importlib.import_module(f"llmpulse.bench.{args.name}")
+        result = mod.run(quick=args.quick, **extra)
+    except ModuleNotFoundError as exc:
+        msg = missing_extra_message(f"llmpulse bench {args.name}", exc)
+        if msg is None:
+            raise
+        print(msg, file=sys.stderr)
+        return 2
+    return finish(result, mod.format_table, args.json)
 
 
 def _module_cli(module: str):

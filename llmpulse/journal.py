@@ -46,7 +46,6 @@ True
 
 from __future__ import annotations
 
-import fcntl
 import os
 import struct
 import time
@@ -54,6 +53,18 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+_fcntl: Any
+_msvcrt: Any
+try:
+    import fcntl as _fcntl
+except ImportError:  # Windows
+    _fcntl = None
+try:
+    import msvcrt as _msvcrt
+except ImportError:  # POSIX
+    _msvcrt = None
 
 __all__ = ["FSYNC_POLICIES", "Journal", "JournalRecord", "erase_from_journal"]
 
@@ -62,6 +73,92 @@ FSYNC_POLICIES = ("always", "interval", "never")
 _HEAD = struct.Struct(">II")
 _BODY_HEAD = struct.Struct(">HHI")
 _MAX_BODY = 1 << 30
+
+
+class _DirLock:
+    """An exclusive lock on a journal directory, held until :meth:`release` or
+    the process ends: ``flock`` on ``LOCK`` where there is :mod:`fcntl`, a
+    byte-range lock of ``LOCK`` with :mod:`msvcrt` on Windows, and elsewhere an
+    ``LOCK.pid`` file created exclusively, naming its owner (taken over once
+    that process is gone).
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> first = _DirLock.acquire(d)
+    >>> first is not None, _DirLock.acquire(d)
+    (True, None)
+    >>> first.release(); again = _DirLock.acquire(d); again is not None
+    True
+    >>> again.release()
+    """
+
+    def __init__(self, directory: Path, fd: int, kind: str) -> None:
+        self.directory = directory
+        self._fd = fd
+        self._kind = kind
+
+    @classmethod
+    def acquire(cls, directory: Path) -> _DirLock | None:
+        """The lock, or None when another holder has it."""
+        if _fcntl is None and _msvcrt is None:
+            return cls._acquire_pid_file(directory)
+        fd = os.open(directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if _fcntl is not None:
+                _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
+                return cls(directory, fd, "flock")
+            os.lseek(fd, 0, os.SEEK_SET)
+            _msvcrt.locking(fd, _msvcrt.LK_NBLCK, 1)
+            return cls(directory, fd, "msvcrt")
+        except OSError:  # BlockingIOError (flock), PermissionError (msvcrt): held
+            os.close(fd)
+            return None
+
+    @classmethod
+    def _acquire_pid_file(cls, directory: Path) -> _DirLock | None:
+        path = directory / "LOCK.pid"
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                if not _owner_gone(path):
+                    return None
+                path.unlink(missing_ok=True)  # its owner died without releasing it
+                continue
+            os.write(fd, str(os.getpid()).encode())
+            return cls(directory, fd, "pid")
+        return None
+
+    def release(self) -> None:
+        if self._fd < 0:
+            return
+        if self._kind == "flock":
+            _fcntl.flock(self._fd, _fcntl.LOCK_UN)
+        elif self._kind == "msvcrt":
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            _msvcrt.locking(self._fd, _msvcrt.LK_UNLCK, 1)
+        os.close(self._fd)
+        self._fd = -1
+        if self._kind == "pid":
+            (self.directory / "LOCK.pid").unlink(missing_ok=True)
+
+
+def _owner_gone(path: Path) -> bool:
+    """The process named in a ``LOCK.pid`` file no longer runs (POSIX only: there
+    ``kill(pid, 0)`` only asks; elsewhere a lock file is never taken over)."""
+    try:
+        pid = int(path.read_text().strip() or "0")
+    except (OSError, ValueError):
+        return False  # being written right now, or unreadable: not ours to take
+    if os.name != "posix" or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,15 +254,13 @@ class Journal:
         self.fsync_interval_s = float(fsync_interval_s)
         self._clock = clock
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
+        lock = _DirLock.acquire(self.directory)
+        if lock is None:
             raise RuntimeError(
                 f"journal directory {self.directory} is in use by another process; "
                 "give each Monitor its own journal_dir"
-            ) from None
+            )
+        self._lock: _DirLock | None = lock
         self._segments: dict[int, _Segment] = {}
         self._size = 0
         self._pending = 0
@@ -309,10 +404,9 @@ class Journal:
         if self._read_fd is not None:
             os.close(self._read_fd)
             self._read_fd = None
-        if self._lock_fd >= 0:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # -- internals ------------------------------------------------------------
 
@@ -411,12 +505,10 @@ def erase_from_journal(directory: str | os.PathLike[str], drop: Callable[[bytes]
     path = Path(directory)
     if not path.is_dir():
         return 0
-    lock_fd = os.open(path / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+    lock = _DirLock.acquire(path)
+    if lock is None:
+        raise RuntimeError(f"journal directory {path} is in use by a running app")
     try:
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"journal directory {path} is in use by a running app") from None
         removed = 0
         for seg_path in sorted(path.glob("*.seg")):
             data = seg_path.read_bytes()
@@ -451,4 +543,4 @@ def erase_from_journal(directory: str | os.PathLike[str], drop: Callable[[bytes]
             os.replace(tmp, seg_path)
         return removed
     finally:
-        os.close(lock_fd)
+        lock.release()

@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from dashboards.macros import MacroError, parse_time
 from dashboards.panels import DASHBOARDS
@@ -210,10 +211,19 @@ def _run(args: argparse.Namespace) -> int:
         from llmpulse.store import Store, StoreError
 
         dsn = args.dsn or settings.clickhouse_dsn
+        nothing = (f"no running stack in {settings.data_dir} and no stored events at {{}}; "
+                   "run 'llmpulse up' (or 'llmpulse demo') first, or point --url at a running "
+                   "stack or --dsn at a store")
+        if dsn.startswith("chdb:") and not Path(urlsplit(dsn).path).is_dir():
+            raise ReportError(nothing.format(dsn))  # opening would create an empty store
         try:
             store = Store.open(dsn, ddl=False)
         except StoreError as exc:
             raise ReportError(str(exc)) from None
+        if not store.query("SELECT name FROM system.tables WHERE database = currentDatabase() "
+                           "AND name = 'inference_events'"):
+            store.close()
+            raise ReportError(nothing.format(dsn))
         query, source = store_query(store), dsn
     try:
         html = build_report(query, start=start, end=end, variables=variables,

@@ -41,8 +41,7 @@ from llmpulse.events import TOPIC_FEEDBACK, TOPIC_GROUPED, TOPIC_INFERENCE, TOPI
 from llmpulse.migrations import migrate
 from llmpulse.store import Store, StoreError
 
-__all__ = ["StackContext", "StackError", "api_guard", "read_endpoints", "run_stack",
-           "wait_for_endpoints"]
+__all__ = ["StackContext", "StackError", "api_guard", "read_endpoints", "run_stack"]
 
 log = logging.getLogger("llmpulse.up")
 
@@ -70,21 +69,6 @@ def read_endpoints(data_dir: Path) -> dict[str, Any] | None:
         return dict(json.loads(path.read_text()))
     except (OSError, ValueError):
         return None
-
-
-def wait_for_endpoints(proc: Any, data_dir: Path, timeout: float) -> dict[str, Any]:
-    """The endpoints of an ``llmpulse up`` subprocess once it is ready; RuntimeError
-    if it exits first or is not ready in ``timeout`` seconds (the caller kills it)."""
-    path = data_dir / "endpoints.json"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llmpulse up exited {proc.returncode}")
-        ep = read_endpoints(data_dir) if path.exists() else None
-        if ep is not None:
-            return ep
-        time.sleep(0.1)
-    raise RuntimeError(f"llmpulse up not ready in {timeout:g} s")
 
 
 def run_stack(

@@ -24,8 +24,10 @@ thread, so they are serialised exactly as calls to an in-process engine.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import pickle
+import signal
 import threading
 import zlib
 from collections.abc import Sequence
@@ -150,7 +152,35 @@ class LocalEngine:
         pass
 
 
+def _ignore_interrupts() -> None:
+    """In the child: a Ctrl-C in a terminal signals the whole process group, and
+    the parent decides when to stop (after draining and flushing through this
+    child); it says so with ``stop``, or the pipe closes. A SIGINT that arrived
+    while the child started was held blocked (:func:`_interrupts_held`) and is
+    discarded here."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Any:
+    """Block SIGINT in the calling thread while a child is spawned: the child
+    inherits the mask, so a Ctrl-C during its interpreter's start-up stays
+    pending instead of raising KeyboardInterrupt before :func:`_ignore_interrupts`
+    runs. The parent's other threads still receive the signal."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no process-group Ctrl-C to hold
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _serve(conn: Any, engine_kwargs: dict[str, Any], detectors: Any) -> None:
+    _ignore_interrupts()
     engine = new_engine(engine_kwargs, detectors)
     tune_gc()
     while True:
@@ -208,7 +238,8 @@ class EngineProcess:
         parent, child = ctx.Pipe()
         self._proc = ctx.Process(target=_serve, args=(child, self.engine_kwargs, self.detectors),
                                  name="llmpulse-signal-engine", daemon=True)
-        self._proc.start()
+        with _interrupts_held():
+            self._proc.start()
         child.close()
         self._conn = parent
 

@@ -7,54 +7,26 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from llmpulse.auth import stack_request
-from llmpulse.broker_record import stop_recorded_broker
-from llmpulse.stack import wait_for_endpoints
+from llmpulse.harness import UpProcess, wait_for
 
-__all__ = ["event_pool", "finish", "paced_send", "post_sql", "running_stack", "stack_stats", "wait_for"]
+__all__ = ["BENCH_ENV", "bench_stack", "event_pool", "finish", "paced_send", "post_sql",
+           "stack_stats", "wait_for"]
+
+BENCH_ENV = {"HF_HUB_OFFLINE": "1"}
+"""A benchmark's stack never downloads a model at start."""
 
 
-@contextlib.contextmanager
-def running_stack(root: Path, config_yaml: str, env: Mapping[str, str] | None = None,
-                  timeout: float = 120.0) -> Iterator[dict[str, Any]]:
-    """``llmpulse up`` in ``root`` (config from ``root/llmpulse.yaml``); yields its endpoints
-    and stops it with SIGTERM (SIGKILL if it does not end within a minute)."""
-    data_dir = root / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPULSE_")}
-    full_env.update({"LLMPULSE_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", **(env or {})})
-    (root / "llmpulse.yaml").write_text(config_yaml)
-    log = open(root / "up.log", "wb")  # noqa: SIM115 - closed after the process ends
-    proc = subprocess.Popen([sys.executable, "-m", "llmpulse.cli", "up"], env=full_env,
-                            stdout=log, stderr=subprocess.STDOUT, cwd=str(root))
-    try:
-        try:
-            ep = wait_for_endpoints(proc, data_dir, timeout)
-        except RuntimeError as exc:
-            raise RuntimeError(f"{exc}; see {root / 'up.log'}") from None
-        yield ep
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        log.close()
-        # a killed ``up`` leaves its embedded broker running (it holds unstored events)
-        stop_recorded_broker(data_dir)
+def bench_stack(root: Path, config_yaml: str, env: dict[str, str] | None = None) -> UpProcess:
+    """``llmpulse up`` in ``root`` with ``config_yaml`` as its ``llmpulse.yaml``, not
+    started; ``with bench_stack(...) as up:`` starts it and stops it (and its broker)."""
+    return UpProcess(root, config_yaml=config_yaml, env={**BENCH_ENV, **(env or {})})
 
 
 def post_sql(http: str, sql: str) -> list[dict[str, Any]]:
@@ -83,58 +55,45 @@ def event_pool(n: int, seed: int = 11) -> list[dict[str, Any]]:
     return out
 
 
-def wait_for(fn: Any, timeout: float, what: str, every: float = 0.5) -> Any:
-    """Call ``fn`` until it returns something true (returned); TimeoutError naming ``what``.
-
-    >>> wait_for(lambda: 42, 1, "an answer")
-    42
-    >>> wait_for(lambda: None, 0.1, "nothing", every=0.05)
-    Traceback (most recent call last):
-    ...
-    TimeoutError: timed out after 0.1 s waiting for nothing
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
-
-
 def paced_send(send: Callable[..., Any], pool: list[dict[str, Any]], rate: float | None,
                seconds: float, *, tick: Callable[[float], None] | None = None,
-               step: int = 500) -> tuple[int, float]:
+               step: int = 500, clock: Callable[[], float] = time.perf_counter,
+               sleep: Callable[[float], None] = time.sleep) -> tuple[int, float]:
     """Call ``send(**event)`` over ``pool`` (cycled) at ``rate`` events/s (``None``: as
     fast as it goes) for ``seconds``, ``step`` events at a time; ``tick(elapsed)``
     once a second. Returns (events sent, seconds spent sending).
 
+    With a clock that only sleeping advances, 2,000 events/s for 0.05 s is 100
+    events, ten at a time:
+
+    >>> now = [0.0]
+    >>> def sleep(s): now[0] += s
     >>> got = []
-    >>> sent, spent = paced_send(lambda **ev: got.append(ev["i"]), [{"i": 0}, {"i": 1}],
-    ...                          rate=2000, seconds=0.05, step=10)
-    >>> 50 <= sent <= 120 and got[:3] == [0, 1, 0] and spent >= 0.05
-    True
+    >>> paced_send(lambda **ev: got.append(ev["i"]), [{"i": 0}, {"i": 1}], rate=2000,
+    ...            seconds=0.05, step=10, clock=lambda: now[0], sleep=sleep)
+    (100, 0.05)
+    >>> got[:3], len(got)
+    ([0, 1, 0], 100)
     """
     n_pool = len(pool)
     sent = 0
-    t0 = time.perf_counter()
+    t0 = clock()
     end = t0 + seconds
     next_tick = t0 + 1.0
     while True:
-        now = time.perf_counter()
+        now = clock()
         if now >= end:
             break
         if tick is not None and now >= next_tick:
             next_tick += 1.0
             tick(now - t0)
         if rate is not None and sent >= int((now - t0) * rate):
-            time.sleep(min(0.002, step / rate))
+            sleep(min(0.002, step / rate, max(end - now, 0.0)))
             continue
         for _ in range(step):
             send(**pool[sent % n_pool])
             sent += 1
-    return sent, time.perf_counter() - t0
+    return sent, clock() - t0
 
 
 def finish(result: dict[str, Any], table: Callable[[dict[str, Any]], str],

@@ -176,11 +176,11 @@ def run(quick: bool = False) -> dict[str, Any]:
     for w in range(null_windows):
         k = int(rng.integers(3, 8))
         sizes = {"region": {f"s{i}": int(rng.integers(20, 120)) for i in range(k)}}
-        sigs = SegmentBias().update(_window(5000 + w, sizes))
-        seg = [x for x in sigs if "=" in x.dimension]
-        total += len(sigs)
+        null_sigs = SegmentBias().update(_window(5000 + w, sizes))
+        seg = [x for x in null_sigs if "=" in x.dimension]
+        total += len(null_sigs)
         segment_signals += len(seg)
-        flagged = sum(bool(x.detail["significant"]) for x in sigs)
+        flagged = sum(bool(x.detail["significant"]) for x in null_sigs)
         significant += flagged
         windows_with_false += flagged > 0
     return {

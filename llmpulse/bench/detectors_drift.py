@@ -26,6 +26,7 @@ Run: ``python -m llmpulse.bench.detectors_drift [--quick] [--json FILE]``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -70,8 +71,8 @@ def _window_tests() -> dict[str, Callable[[], Detector]]:
         ("wasserstein", WassersteinDistance),
         ("jensen_shannon", JensenShannonDistance),
     ):
-        out[f"{name}/fixed"] = lambda cls=cls: cls(["x"], reference=ReferencePolicy.fixed(REFERENCE))
-        out[f"{name}/rolling4"] = lambda cls=cls: cls(["x"], reference=ReferencePolicy.rolling(4))
+        out[f"{name}/fixed"] = functools.partial(cls, ["x"], reference=ReferencePolicy.fixed(REFERENCE))
+        out[f"{name}/rolling4"] = functools.partial(cls, ["x"], reference=ReferencePolicy.rolling(4))
     return out
 
 
@@ -82,8 +83,8 @@ def _categorical_tests() -> dict[str, Callable[[], Detector]]:
         ("psi", PopulationStabilityIndex),
         ("jensen_shannon", JensenShannonDistance),
     ):
-        out[f"{name}/fixed"] = lambda cls=cls: cls(["x"], reference=ReferencePolicy.fixed(REFERENCE))
-        out[f"{name}/rolling4"] = lambda cls=cls: cls(["x"], reference=ReferencePolicy.rolling(4))
+        out[f"{name}/fixed"] = functools.partial(cls, ["x"], reference=ReferencePolicy.fixed(REFERENCE))
+        out[f"{name}/rolling4"] = functools.partial(cls, ["x"], reference=ReferencePolicy.rolling(4))
     return out
 
 

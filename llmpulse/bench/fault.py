@@ -30,8 +30,6 @@ event times.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,8 +40,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from llmpulse.bench._stack import finish, post_sql, stack_stats, wait_for
-from llmpulse.stack import wait_for_endpoints
+from llmpulse.bench._stack import bench_stack, finish, post_sql, stack_stats, wait_for
+from llmpulse.bench.webhook import WebhookReceiver
 
 __all__ = ["FEEDBACK_SIGNALS", "compare", "run"]
 
@@ -62,52 +60,6 @@ INCIDENTS = ["latency_spike:20:90:factor=5", "hallucination_burst:40:120"]
 
 _CONFIG = ("signals:\n  latency_window_s: 10\n  window_s: 20\n  poll_s: 0.5\n"
            "  snapshot_s: 2\n")  # snapshots every 2 s: the kill lands between two of them
-
-
-class _Worker:
-    """``llmpulse up`` against an external broker, started, killed and restarted."""
-
-    def __init__(self, root: Path, env: dict[str, str]) -> None:
-        self.root = root
-        self.data_dir = root / "data"
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        (root / "llmpulse.yaml").write_text(_CONFIG)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("LLMPULSE_")}
-        self.env.update({"LLMPULSE_DATA_DIR": str(self.data_dir), "HF_HUB_OFFLINE": "1", **env})
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.http = ""
-        self.starts = 0
-
-    def start(self) -> float:
-        """Start; the seconds until it is ready."""
-        (self.data_dir / "endpoints.json").unlink(missing_ok=True)  # left by a killed run
-        self.starts += 1
-        log = open(self.root / f"up-{self.starts}.log", "wb")  # noqa: SIM115 - the child keeps it
-        t0 = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "llmpulse.cli", "up"], env=self.env,
-                                     stdout=log, stderr=subprocess.STDOUT, cwd=str(self.root))
-        log.close()
-        try:
-            self.http = wait_for_endpoints(self.proc, self.data_dir, 120)["http"]
-        except RuntimeError as exc:
-            self.kill()
-            raise RuntimeError(f"{exc}; see {self.root}/up-{self.starts}.log") from None
-        return time.monotonic() - t0
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            return self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return -9
 
 
 def _drive(bootstrap: str, app: str, seed: int, duration: float, start: float, speed: float,
@@ -134,7 +86,8 @@ def _read(data_dir: Path) -> dict[str, Any]:
             "SELECT app, model, model_version, signal, dimension, toString(ts) AS t, value, n "
             "FROM signals FINAL WHERE app != 'llmpulse'")
         alerts = store.query(
-            "SELECT alert_id, rule, state, signal, dimension, toString(started_at) AS s "
+            "SELECT alert_id, rule, state, signal, dimension, toString(started_at) AS s, "
+            "concat(app, '/', model, '/', model_version) AS g "
             "FROM alerts FINAL WHERE app != 'llmpulse'")
     finally:
         store.close()
@@ -152,10 +105,13 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
 
     with EmbeddedBroker() as b:
         create_topics(b.bootstrap, {t: 4 for t in TOPICS})
-        worker = _Worker(root, {"LLMPULSE_KAFKA": b.bootstrap, "LLMPULSE_RULES": str(rules)})
+        # a worker against a broker that outlives it, as an external Kafka would
+        worker = bench_stack(root, _CONFIG, {"LLMPULSE_KAFKA": b.bootstrap,
+                                             "LLMPULSE_RULES": str(rules)})
         first = len(hook.received)
         out: dict[str, Any] = {}
         restart_s = None
+        mid_traffic: bool | None = None
         try:
             worker.start()
             traffic = threading.Thread(target=_drive, args=(b.bootstrap, "support-assistant", seed,
@@ -164,24 +120,36 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
             if crash:
                 wait_for(lambda: any(p.get("event_action") == "trigger"
                                   for _, p in hook.received[first:]), 120, "a first page")
-                time.sleep(2.5)
+                time.sleep(2.5)  # the kill lands after the first page, mid-incident
                 worker.kill()
-                if not traffic.is_alive():
-                    raise RuntimeError("the traffic ended before the kill")
-                restart_s = worker.start()
+                # a machine slower than the replay pages after the traffic ended: the
+                # crash is still compared, and the figures say so
+                mid_traffic = traffic.is_alive()
+                worker.start()
+                restart_s = worker.ready_s
             traffic.join()
             total = int(out["inference"])
             wait_for(lambda: post_sql(worker.http, "SELECT count() AS n FROM inference_events FINAL")
-                  [0]["n"] >= total, 120, "every event stored")
-            time.sleep(1.5)  # engine counters in /api/stats refresh once a poll
-            stats = stack_stats(worker.http)["signals"]
+                     [0]["n"] >= total, 120, "every event stored")
+            # the engine's counters reach /api/stats once a poll; the figures say
+            # what it took in if that is less than everything
+            try:
+                stats = wait_for(lambda: _engine_took_all(worker.http, total), 60,
+                                 "the signal engine's counters to count every event")
+            except TimeoutError:
+                stats = dict(stack_stats(worker.http)["signals"])
         finally:
-            code = worker.stop()  # flushes the open windows
+            try:
+                code = worker.stop()  # flushes the open windows
+            except subprocess.TimeoutExpired:
+                code = -9
+            worker.close()
         if code != 0:
-            raise RuntimeError(f"llmpulse up exited {code}; see {root}")
+            raise RuntimeError(f"llmpulse up exited {code}; see {worker.log_path}")
     eng = stats["engine"]
     return {**_read(worker.data_dir), "pages": [p for _, p in hook.received[first:]],
-            "events": total, "restart_s": restart_s,
+            "events": total, "restart_s": restart_s, "killed_mid_traffic": mid_traffic,
+            "late_groups": sorted(eng.get("late_dropped_by_group", {})),
             "engine_events": int(eng["events_in"]) - int(eng.get("duplicates_dropped", 0)),
             "late_dropped": int(eng["late_dropped"]),
             "duplicates_dropped": int(eng.get("duplicates_dropped", 0)),
@@ -189,15 +157,35 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
                                                            "replay_gaps", "snapshots")}}
 
 
-def _alert_view(alerts: list[tuple[str, ...]]) -> Counter[tuple[str, ...]]:
-    # (alert_id, rule, state, signal, dimension, started_at)
-    return Counter(a if a[3] not in FEEDBACK_SIGNALS else ("", a[1], a[2], a[3], a[4], "")
-                   for a in alerts)
+def _engine_took_all(http: str, total: int) -> dict[str, Any] | None:
+    """The stack's signal stats once its engine counted ``total`` distinct inferences."""
+    stats = dict(stack_stats(http)["signals"])
+    eng = stats.get("engine", {})
+    taken = int(eng.get("events_in", 0)) - int(eng.get("duplicates_dropped", 0))
+    return stats if taken >= total else None
 
 
-def _page_view(pages: list[dict[str, Any]]) -> Counter[tuple[str, str, str]]:
+def _alert_view(alerts: list[tuple[str, ...]], void: set[str]) -> Counter[tuple[str, ...]]:
+    # (alert_id, rule, state, signal, dimension, started_at, group)
+    return Counter(a[:6] if a[3] not in FEEDBACK_SIGNALS else ("", a[1], a[2], a[3], a[4], "")
+                   for a in alerts if a[6] not in void)
+
+
+def _page_group(page: dict[str, Any], groups: dict[str, str]) -> str:
+    """``app/model/version`` of a PagerDuty event (a resolve names its trigger's key)."""
+    source = str(page.get("payload", {}).get("source", ""))
+    if source:
+        app_model, _, version = source.rpartition("@")
+        groups[str(page.get("dedup_key"))] = f"{app_model}/{version}"
+    return groups.get(str(page.get("dedup_key")), "")
+
+
+def _page_view(pages: list[dict[str, Any]], void: set[str]) -> Counter[tuple[str, str, str]]:
     out: Counter[tuple[str, str, str]] = Counter()
+    groups: dict[str, str] = {}
     for p in pages:
+        if _page_group(p, groups) in void:
+            continue
         details = p.get("payload", {}).get("custom_details", {})
         alert = details.get("alert_id", "") if details.get("signal") not in FEEDBACK_SIGNALS else ""
         out[(str(p.get("dedup_key")), str(p.get("event_action")), str(alert))] += 1
@@ -205,15 +193,26 @@ def _page_view(pages: list[dict[str, Any]]) -> Counter[tuple[str, str, str]]:
 
 
 def compare(ref: dict[str, Any], crashed: dict[str, Any]) -> dict[str, Any]:
-    """Figures of a crashed run against its reference (see the module docstring)."""
-    rs, cs = ref["signals"], crashed["signals"]
+    """Figures of a crashed run against its reference (see the module docstring).
+
+    Groups (app/model/version) where either run dropped late events are left
+    out: whether an event is late depends on how the machine kept up with the
+    replay, not on the crash (``late_groups``, ``windows_void_late``)."""
+    void = set(ref.get("late_groups", [])) | set(crashed.get("late_groups", []))
+
+    def kept(signals: dict[tuple[str, ...], Any]) -> dict[tuple[str, ...], Any]:
+        return {k: v for k, v in signals.items() if "/".join(k[:3]) not in void}
+
+    rs, cs = kept(ref["signals"]), kept(crashed["signals"])
     differing = sorted(k for k in set(rs) & set(cs) if rs[k] != cs[k])
-    ra, ca = _alert_view(ref["alerts"]), _alert_view(crashed["alerts"])
-    rp, cp = _page_view(ref["pages"]), _page_view(crashed["pages"])
+    ra, ca = _alert_view(ref["alerts"], void), _alert_view(crashed["alerts"], void)
+    rp, cp = _page_view(ref["pages"], void), _page_view(crashed["pages"], void)
     triggers = Counter((p["dedup_key"], p["payload"]["custom_details"]["alert_id"])
                        for p in crashed["pages"] if p.get("event_action") == "trigger")
     return {
         "windows": len(rs),
+        "late_groups": sorted(void),
+        "windows_void_late": len(ref["signals"]) - len(rs),
         "windows_missing": len(set(rs) - set(cs)),
         "windows_extra": len(set(cs) - set(rs)),
         "windows_differing": len(differing),
@@ -232,6 +231,7 @@ def compare(ref: dict[str, Any], crashed: dict[str, Any]) -> dict[str, Any]:
         "late_dropped": ref["late_dropped"] + crashed["late_dropped"],
         "duplicates_dropped": crashed["duplicates_dropped"],
         "restart_s": crashed["restart_s"],
+        "killed_mid_traffic": crashed.get("killed_mid_traffic"),
         "replay": crashed["replay"],
     }
 
@@ -240,8 +240,6 @@ def run(root: Path | None = None, *, seed: int = 7, duration: float = 150.0,
         speed: float = 6.0, quick: bool = False) -> dict[str, Any]:
     """Both runs and their comparison (``root``: where the runs keep their files).
     ``quick`` changes nothing: the incidents need the whole run, about a minute each."""
-    from llmpulse.bench.pipeline import WebhookReceiver
-
     root = root or Path(tempfile.mkdtemp(prefix="llmpulse-bench-fault-"))
     start = time.time() - duration - 5
     with WebhookReceiver() as hook:
@@ -254,9 +252,10 @@ def run(root: Path | None = None, *, seed: int = 7, duration: float = 150.0,
         rules_path = root / "rules.yaml"
         rules_path.parent.mkdir(parents=True, exist_ok=True)
         rules_path.write_text(yaml.safe_dump(rules, sort_keys=False))
-        kw = {"seed": seed, "duration": duration, "start": start, "speed": speed}
-        ref = _one_run(root / "reference", rules_path, hook, crash=False, **kw)
-        crashed = _one_run(root / "crash", rules_path, hook, crash=True, **kw)
+        ref = _one_run(root / "reference", rules_path, hook, crash=False, seed=seed,
+                       duration=duration, start=start, speed=speed)
+        crashed = _one_run(root / "crash", rules_path, hook, crash=True, seed=seed,
+                           duration=duration, start=start, speed=speed)
     return {"benchmark": "fault", "seed": seed, "event_seconds": duration, "speed": speed,
             "incidents": INCIDENTS, **compare(ref, crashed)}
 
@@ -265,9 +264,12 @@ def format_table(r: dict[str, Any]) -> str:
     return "\n".join([
         f"fault: kill -9 of the worker mid-incident, restarted ({r['events']} inference events, "
         f"{r['event_seconds']:g} s of event time at {r['speed']:g}x, seed {r['seed']}; "
-        f"restart took {r['restart_s']:.1f} s)",
+        f"restart took {r['restart_s']:.1f} s; killed "
+        f"{'while traffic flowed' if r.get('killed_mid_traffic') else 'after the traffic ended'})",
         f"  signal windows: {r['windows']} in the reference; missing {r['windows_missing']}, "
-        f"extra {r['windows_extra']}, different value {r['windows_differing']}",
+        f"extra {r['windows_extra']}, different value {r['windows_differing']}"
+        + (f" (left out: {r['windows_void_late']} of groups with late events "
+           f"{', '.join(r['late_groups'])})" if r.get("late_groups") else ""),
         f"  alerts: {r['alerts']}; lost {r['alerts_lost']}, extra {r['alerts_extra']}",
         f"  PagerDuty: {r['pagerduty_events']} events, {r['pagerduty_triggers']} triggers; "
         f"triggered twice {r['duplicate_triggers']}, lost {r['pages_lost']}, extra {r['pages_extra']}",

@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from llmpulse.bench._stack import (
+    bench_stack,
     event_pool,
     finish,
     paced_send,
     post_sql,
-    running_stack,
     stack_stats,
 )
 
@@ -96,7 +96,8 @@ def run(quick: bool = False, rate: float = 50_000.0, seconds: float | None = Non
     tmp = Path(tempfile.mkdtemp(prefix="llmpulse-bench-ingest-"))
     config = "signals:\n  enabled: %s\n" % ("true" if signals else "false")
     try:
-        with running_stack(tmp, config) as ep:
+        with bench_stack(tmp, config) as up:
+            ep = up.endpoints
             pool = event_pool(5_000 if quick else 20_000)
             runs: dict[str, Any] = {}
             for name, target in (("target", rate), ("half", rate / 2), ("max", None)):

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from llmpulse.bench._stack import event_pool, finish, post_sql, running_stack, stack_stats
+from llmpulse.bench._stack import bench_stack, event_pool, finish, post_sql, stack_stats
 
 __all__ = ["format_table", "run"]
 
@@ -133,7 +133,8 @@ def run(quick: bool = False, seconds: float | None = None, senders: int = 3) -> 
     tmp = Path(tempfile.mkdtemp(prefix="llmpulse-bench-otlp-"))
     runs: dict[str, Any] = {}
     try:
-        with running_stack(tmp, "signals:\n  enabled: true\n") as ep:
+        with bench_stack(tmp, "signals:\n  enabled: true\n") as up:
+            ep = up.endpoints
             pool = event_pool(2_000 if quick else 10_000)
             url = ep.get("otlp") or ep["http"]
             # warm up: first connections, topic metadata, the first inserts

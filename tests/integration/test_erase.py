@@ -248,7 +248,7 @@ def test_erase_during_steady_ingest_loses_no_other_event(stack_factory, tmp_path
     t = threading.Thread(target=steady)
     t.start()
     try:
-        time.sleep(2)
+        sp.wait_stored(TOPIC_INFERENCE, 20 + 100)  # the erase starts while traffic is stored
         out = cli(sp, "--request-id", *victims)
     finally:
         stop.set()

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from detectors.base import Signal
 from llmpulse.broker import create_topics
@@ -73,12 +73,19 @@ async def test_alerts_on_the_topic_reach_the_webhook_once_each(broker) -> None:
     p.flush(10)
     stop = asyncio.Event()
     task = asyncio.ensure_future(serve(broker.bootstrap, rules, stop))
-    for _ in range(200):
-        if len(got) >= 2:
+    # every message on the topic handled (its offset committed), the replayed one included
+    probe = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "llmpulse-notify"})
+    part = TopicPartition(TOPIC_ALERTS, 0)
+    end = probe.get_watermark_offsets(part, timeout=10)[1]
+    handled = -1
+    for _ in range(300):
+        handled = probe.committed([part], timeout=10)[0].offset
+        if handled >= end:
             break
         await asyncio.sleep(0.1)
-    await asyncio.sleep(0.5)
+    probe.close()
     stop.set()
+    assert handled >= end, f"the notifier handled {handled} of {end} alert messages"
     await asyncio.wait_for(task, 20)
     await server.close()
     assert [g["kind"] for g in got] == ["firing", "resolved"], json.dumps(got)[:500]

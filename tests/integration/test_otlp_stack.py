@@ -25,6 +25,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from llmpulse.auth import create_token
+from llmpulse.harness import wait_for
 from llmpulse.secret import Secret
 from tests.conftest import StackProcess, stack_env
 
@@ -233,11 +234,13 @@ def test_json_gzip_and_partial_success(stack: StackProcess) -> None:
                      f"AND reason LIKE 'span {trace}/%'", 1)
     assert "latency_ms" in dead[0]["reason"]
 
-    # the same span again (an exporter retry) stores no duplicate
+    # the same span again (an exporter retry) stores no duplicate: once ingest has stored it
+    stored_before = stack.get("/api/stats")["stored"].get("llmpulse.inference", 0)
     status, answer, _ = post(stack.endpoints["otlp"] + "/v1/traces",
                              json.dumps(_json_request(trace, [good])).encode(), "application/json")
     assert status == 200 and json.loads(answer) == {}
-    time.sleep(2)
+    wait_for(lambda: stack.get("/api/stats")["stored"].get("llmpulse.inference", 0)
+             > stored_before, 60, "the retried span through ingest", every=0.2)
     assert stack.sql(f"SELECT count() AS n FROM inference_events FINAL WHERE trace_id = "
                      f"'{trace}'") == [{"n": 1}]
 

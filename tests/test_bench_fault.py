@@ -1,0 +1,47 @@
+"""The fault benchmark's comparison: what counts as lost, extra or different, and
+which groups are left out because late events (not the crash) changed them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmpulse.bench.fault import compare
+
+
+def _run(signals: dict[tuple[str, ...], tuple[float, int]], alerts: list[tuple[str, ...]],
+         pages: list[dict[str, Any]], late: list[str]) -> dict[str, Any]:
+    return {"signals": signals, "alerts": alerts, "pages": pages, "late_groups": late,
+            "events": 100, "engine_events": 100, "late_dropped": 3 if late else 0,
+            "duplicates_dropped": 0, "restart_s": 1.0, "replay": {}}
+
+
+def _page(key: str, action: str, alert: str, source: str | None) -> dict[str, Any]:
+    page: dict[str, Any] = {"dedup_key": key, "event_action": action}
+    if source:
+        page["payload"] = {"source": source, "custom_details": {"alert_id": alert,
+                                                               "signal": "latency.p99_ms"}}
+    return page
+
+
+def test_groups_with_late_events_are_left_out_and_the_rest_compared() -> None:
+    w = ("a", "m", "1", "latency.p99_ms", "", "2026-01-01 00:00:10")
+    late_w = ("a", "late", "1", "latency.p99_ms", "", "2026-01-01 00:00:10")
+    other_w = ("a", "m", "1", "errors.rate", "", "2026-01-01 00:00:10")
+    alert = ("x1", "slow", "firing", "latency.p99_ms", "", "2026-01-01 00:00:10", "a/m/1")
+    late_alert = ("x2", "slow", "firing", "latency.p99_ms", "", "2026-01-01 00:00:10", "a/late/1")
+    pages = [_page("k1", "trigger", "x1", "a/m@1"), _page("k2", "trigger", "x2", "a/late@1"),
+             _page("k2", "resolve", "", None)]
+    ref = _run({w: (1.0, 5), late_w: (2.0, 5), other_w: (0.1, 5)}, [alert, late_alert], pages, [])
+    crashed = _run({w: (1.0, 5), late_w: (9.0, 4)}, [alert], pages[:1], ["a/late/1"])
+    r = compare(ref, crashed)
+    assert r["late_groups"] == ["a/late/1"] and r["windows_void_late"] == 1
+    assert (r["windows"], r["windows_missing"], r["windows_differing"]) == (2, 1, 0)
+    assert (r["alerts"], r["alerts_lost"], r["alerts_extra"]) == (1, 0, 0)
+    assert (r["pages_lost"], r["pages_extra"], r["duplicate_triggers"]) == (0, 0, 0)
+
+
+def test_a_page_sent_twice_and_a_lost_alert_are_counted() -> None:
+    alert = ("x1", "slow", "firing", "latency.p99_ms", "", "2026-01-01 00:00:10", "a/m/1")
+    trigger = _page("k1", "trigger", "x1", "a/m@1")
+    r = compare(_run({}, [alert], [trigger], []), _run({}, [], [trigger, trigger], []))
+    assert r["alerts_lost"] == 1 and r["duplicate_triggers"] == 1 and r["pages_extra"] == 1
