@@ -1,4 +1,4 @@
-"""The Faust application: ingest agents, the raw sink and the read-only HTTP API.
+"""The stream worker's Faust application: ingest agents, the raw sink and the HTTP API.
 
 Agents are short loops over batches of Kafka messages (envelopes). Each
 batch is validated (:mod:`streams.ingest`), dead letters are produced to
@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,13 +45,16 @@ from llmpulse.sqlguard import QueryLimitError, QueryRefused, SqlGuard
 from llmpulse.store import RAW_INGEST, QueryError, Store
 from streams.admin import register_audit_agent, register_erase
 from streams.alerts_agent import AlertAgent, load_rules
+from streams.deployments import register_retrain_completion
 from streams.ingest import DeadLetter, IngestBatch, Message, split_batch
+from streams.notify import Notifier
 from streams.otlp import OTLP_TOPICS, SpanIngest, attach_otlp, faust_sender
 from streams.rules import Rules
 from streams.signals import SignalAgents
 from streams.sink import RawSink
 
-__all__ = ["IngestStats", "NAMED_QUERIES", "build_app", "faust_credentials"]
+__all__ = ["IngestStats", "NAMED_QUERIES", "Pipeline", "build_pipeline", "faust_credentials",
+           "new_faust_app", "store_sink"]
 
 log = logging.getLogger(__name__)
 
@@ -215,13 +218,47 @@ def store_sink(app: faust.App, store: Store, settings: Settings) -> RawSink:
     def insert(table: str, data: bytes, count: int) -> int:
         return store.insert_json(table, data, count=count)
 
-    sink = RawSink(insert, should_stop=lambda: bool(app.should_stop),
+    return RawSink(insert, should_stop=lambda: bool(app.should_stop),
                    retry_max_s=settings.ingest.store_retry_max_s)
-    app.llmpulse_sink = sink  # type: ignore[attr-defined]
-    return sink
 
 
-def build_app(
+Lag = Callable[[], Awaitable[dict[str, int]]]
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The stream worker as built: the Faust app and the parts others need to see.
+
+    Returned by :func:`build_pipeline` and handed, explicitly, to whoever
+    needs a part (the composition root, ``llmpulse up``, tests); nothing is
+    stored on the Faust app.
+    """
+
+    app: faust.App
+    sink: RawSink
+    stats: IngestStats
+    lag: Lag
+    """Unprocessed messages per raw topic on this worker's partitions."""
+    otlp: SpanIngest
+    signals: SignalAgents | None = None
+    """The signal agents (None with ``signals.enabled`` off)."""
+    alerts: AlertAgent | None = None
+    """The alert agent (None without signals)."""
+
+    @property
+    def notifier(self) -> Notifier | None:
+        return self.alerts.notifier if self.alerts is not None else None
+
+    async def close(self) -> None:
+        """Flush and stop the signal engine and the alert agent (before the app stops)."""
+        if self.signals is not None:
+            await self.signals.flush()
+            await self.signals.close()
+        if self.alerts is not None:
+            await self.alerts.close()
+
+
+def build_pipeline(
     settings: Settings,
     store: Store,
     stats: IngestStats,
@@ -232,14 +269,17 @@ def build_app(
     rules: Rules | None = None,
     guard: ApiGuard | None = None,
     audit: AuditSink | None = None,
-) -> faust.App:
-    """The worker: ingest agents for both raw topics plus the HTTP API.
+) -> Pipeline:
+    """The stream worker: ingest agents for both raw topics, signals, alerts, the HTTP API.
 
     Every route goes through ``guard`` (:class:`llmpulse.auth.ApiGuard`;
     built from the tokens file, recording to ``audit``, when not given).
     ``audit`` receives the audit trail (authentication, erasures, retrain,
     deploy, rollback); an :class:`~llmpulse.audit.AuditLog` is bound to the
     ``llmpulse.audit`` topic and drained by a task of this app.
+
+    Only the streams' own parts are registered here; the composition root
+    (:mod:`llmpulse.worker`) adds the dashboards and the retrain service.
     """
     if guard is None:
         guard = ApiGuard.from_settings(settings.data_dir, settings.http.host,
@@ -250,12 +290,11 @@ def build_app(
 
     sink = store_sink(app, store, settings)
     deadletter = app.topic(TOPIC_DEADLETTER, value_serializer="raw", key_serializer="raw")
-    app.llmpulse_stats = stats  # type: ignore[attr-defined]
 
     agents: SignalAgents | None = None
     if settings.signals.enabled:
-        agents = SignalAgents(app, settings, store, sink, health=lambda: health_signals())
-    app.llmpulse_signals = agents  # type: ignore[attr-defined]
+        agents = SignalAgents(app, settings, store, sink, health=lambda: health_signals(),
+                              positions=stats.positions)
     alert_agent: AlertAgent | None = None
     if agents is not None:
         alert_agent = AlertAgent(
@@ -265,8 +304,8 @@ def build_app(
             notify=settings.signals.notify_in_worker,
         )
         agents.consumers.append(alert_agent)
-        app.llmpulse_notifier = alert_agent.notifier  # type: ignore[attr-defined]
-    app.llmpulse_alerts = alert_agent  # type: ignore[attr-defined]
+        register_retrain_completion(app, alert_agent.trigger)
+    notifier = alert_agent.notifier if alert_agent is not None else None
     forward = agents is not None
 
     def make_agent(topic_name: str, kind: str, table: str) -> None:
@@ -336,8 +375,6 @@ def build_app(
             out[tp.topic] += max(0, int(hw) - int(pos))
         return dict(out)
 
-    app.llmpulse_lag = lag  # type: ignore[attr-defined]
-
     last_health: dict[str, Any] = {"t": time.time(), "consumed": {}, "dead": {}}
 
     async def health_signals() -> list[Signal]:
@@ -375,21 +412,12 @@ def build_app(
         return out
 
     def notify_failures() -> dict[str, int]:
-        notifier = getattr(app, "llmpulse_notifier", None)
         if notifier is None:
             return {}
         try:
             return {ch: int(v.get("failed", 0)) for ch, v in notifier.stats().items()}
         except Exception:
             return {}
-
-    from dashboards.web import routes as dashboard_routes
-
-    def read(sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        return store.query(sql, params, readonly=True)
-
-    for path, name, handler in dashboard_routes(read):
-        app.page(path, name=name)(handler)
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
@@ -412,7 +440,6 @@ def build_app(
             out["signals"] = agents.stats()
         if alert_agent is not None:
             out["alerts"] = alert_agent.stats()
-        notifier = getattr(app, "llmpulse_notifier", None)
         if notifier is not None:
             out["notify"] = notifier.stats()
         return web.json(out)
@@ -492,8 +519,5 @@ def build_app(
     register_audit_agent(app, store)
     register_erase(app, store, settings, audit_sink,
                    forget=agents.forget_requests if agents is not None else None)
-
-    from retrain.service import attach_retrain
-
-    attach_retrain(app, settings, store, sink, audit=audit_sink)  # sets app.llmpulse_retrain
-    return app
+    return Pipeline(app=app, sink=sink, stats=stats, lag=lag, otlp=otlp, signals=agents,
+                    alerts=alert_agent)

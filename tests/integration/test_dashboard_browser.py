@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from dashboards.panels import DASHBOARDS
-from dashboards.testing import fill_store
 from dashboards.web import aiohttp_app
+from llmpulse.sample_data import fill_store
 from llmpulse.store import Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
