@@ -7,5 +7,5 @@
 * :mod:`dashboards.publish` — ``llmpulse dashboards publish`` through the Grafana HTTP API;
 * :mod:`dashboards.macros` — the macro expander for the embedded store;
 * :mod:`dashboards.render` and :mod:`dashboards.web` — the live page served by llmpulse;
-* :mod:`dashboards.testing` — a store filled with simulator events and signals.
+* :mod:`dashboards.testing` — a store filled with given raw events, signals, alerts, deployments.
 """

@@ -1,16 +1,22 @@
-"""A store filled for dashboards: simulator events plus signals, alerts, deployments.
+"""A store filled for dashboards: given raw events plus signals, alerts, deployments.
 
 Used by the tests, the browser check and anyone who wants to look at the
-panels without running the pipeline. The raw events come from the seeded
-:class:`~llmpulse.simulate.SupportAppSimulator`; the ``latency.*``,
+panels without running the pipeline. The caller gives the raw events
+(``(topic, event)`` pairs, ``ts`` in epoch ms, as
+:class:`~llmpulse.simulate.SupportAppSimulator` yields them;
+:mod:`llmpulse.sample_data` does exactly that); the ``latency.*``,
 ``errors.rate``, ``tokens.output_per_s`` and ``cost.usd`` signals are computed
 from those events per window with numpy; drift, bias, hallucination, quality
 and ``llmpulse.*`` signals are seeded synthetic values with the detail keys
 the detectors write.
 
->>> rows = fill_rows(seed=1, start_ts=1_700_000_000.0, duration_s=60, rate=5)
->>> sorted(rows), len(rows["inference_events"]) > 500
-(['alerts', 'audit_events', 'deadletter_events', 'deployments', 'feedback_events', 'inference_events', 'signals'], True)
+>>> events = [("llmpulse.inference", {"event_id": f"e{i}", "request_id": f"r{i}",
+...            "ts": 1_700_000_000_000 + 500 * i, "app": "support", "model": "m",
+...            "model_version": "1", "latency_ms": 100.0 + i, "status": "ok",
+...            "input_tokens": 10, "output_tokens": 20}) for i in range(120)]
+>>> rows = fill_rows(events, seed=1, start_ts=1_700_000_000.0, duration_s=60)
+>>> sorted(rows), len(rows["inference_events"])
+(['alerts', 'audit_events', 'deadletter_events', 'deployments', 'feedback_events', 'inference_events', 'signals'], 120)
 >>> sorted({s["signal"].split(".")[0] for s in rows["signals"]})
 ['ab', 'bias', 'cost', 'drift', 'errors', 'hallucination', 'latency', 'llmpulse', 'quality', 'tokens']
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -158,22 +165,24 @@ def _quality_signals(rng: np.random.Generator, start: float, end: float, window_
 
 
 def fill_rows(
-    seed: int = 0, start_ts: float = 1_700_000_000.0, duration_s: float = 600.0,
-    rate: float = 20.0, window_s: float = 30.0,
+    events: Iterable[tuple[str, Mapping[str, Any]]], *, seed: int = 0,
+    start_ts: float = 1_700_000_000.0, duration_s: float = 600.0, window_s: float = 30.0,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Rows for every table, keyed by table name (``ts`` in epoch seconds)."""
-    from llmpulse.events import TOPIC_INFERENCE
-    from llmpulse.simulate import Incident, SupportAppSimulator
+    """Rows for every table, keyed by table name (``ts`` in epoch seconds).
 
-    incidents = [Incident("latency_spike", duration_s * 0.3, duration_s * 0.5),
-                 Incident("error_burst", duration_s * 0.6, duration_s * 0.7)]
-    sim = SupportAppSimulator(seed=seed, rate=rate, start_ts=start_ts, incidents=incidents)
+    ``events``: ``(topic, event)`` pairs from ``start_ts`` for ``duration_s``
+    seconds, at least one inference; ``seed`` drives the synthetic rows.
+    """
+    from llmpulse.events import TOPIC_INFERENCE
+
     inference: list[dict[str, Any]] = []
     feedback: list[dict[str, Any]] = []
-    for topic, e in sim.events(duration_s):
+    for topic, e in events:
         row = dict(e)
         row["ts"] = row["ts"] / 1000.0
         (inference if topic == TOPIC_INFERENCE else feedback).append(row)
+    if not inference:
+        raise ValueError("fill_rows needs at least one inference event")
     rng = np.random.default_rng(seed)
     end = start_ts + duration_s
     app = inference[0]["app"]
@@ -228,6 +237,8 @@ def fill_rows(
             "audit_events": audit}
 
 
-def fill_store(store: Any, **kwargs: Any) -> dict[str, int]:
+def fill_store(store: Any, events: Iterable[tuple[str, Mapping[str, Any]]],
+               **kwargs: Any) -> dict[str, int]:
     """Insert :func:`fill_rows` into an open :class:`~llmpulse.store.Store`; rows per table."""
-    return {table: store.insert_rows(table, rows) for table, rows in fill_rows(**kwargs).items()}
+    return {table: store.insert_rows(table, rows)
+            for table, rows in fill_rows(events, **kwargs).items()}

@@ -179,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_module_cli("llmpulse.report"))
 
     s = sub.add_parser("dashboards", help="publish Grafana dashboards or generate provisioning")
-    _configure(s, "dashboards.publish")
-    s.set_defaults(func=_module_cli("dashboards.publish"))
+    _configure(s, "llmpulse.dashboards_cli")
+    s.set_defaults(func=_module_cli("llmpulse.dashboards_cli"))
 
     s = sub.add_parser("erase", help="erase requests, a user or an app from every store")
     _configure(s, "llmpulse.erase_cli")

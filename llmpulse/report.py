@@ -12,7 +12,7 @@ stack's store is never opened from here).
 
 >>> import tempfile, time
 >>> from llmpulse.store import Store
->>> from dashboards.testing import fill_store
+>>> from llmpulse.sample_data import fill_store
 >>> store = Store.open(f"chdb://{tempfile.mkdtemp()}/store")
 >>> _ = fill_store(store, seed=1, start_ts=float(int(time.time()) - 7200), duration_s=120, rate=2)
 >>> html = build_report(store_query(store), dashboards=["overview"])

@@ -35,7 +35,7 @@ from llmpulse.broker import (
     port_is_free,
 )
 from llmpulse.broker_record import adopt_or_start, finish
-from llmpulse.config import Settings
+from llmpulse.config import ConfigError, Settings
 from llmpulse.drain import DrainPolicy, drain
 from llmpulse.events import TOPIC_FEEDBACK, TOPIC_GROUPED, TOPIC_INFERENCE, TOPICS
 from llmpulse.migrations import migrate
@@ -113,7 +113,8 @@ async def _run(
     drain_timeout_s: float,
     main: Callable[[StackContext], Awaitable[int]] | None = None,
 ) -> int:
-    from streams.app import IngestStats, build_app
+    from llmpulse.worker import Worker, build_worker
+    from streams.app import IngestStats
     from streams.otlp import OTLP_TOPICS
 
     guard = api_guard(settings)  # records to the audit log once the store is open
@@ -158,6 +159,7 @@ async def _run(
 
     broker: EmbeddedBroker | None = None
     app: Any = None
+    worker: Worker | None = None
     audit: AuditLog | None = None
     stop = stop_event or asyncio.Event()
     abort = asyncio.Event()  # a second signal: stop draining now
@@ -188,8 +190,12 @@ async def _run(
         # (admin access, failed authentication, sign-ins) record into it
         audit = AuditLog(store)
         guard.audit = audit
-        app = build_app(settings, store, stats, bootstrap=bootstrap, web_port=web_port,
-                        rules=rules, guard=guard, audit=audit, linker=links)
+        try:
+            worker = build_worker(settings, store, stats, bootstrap=bootstrap, web_port=web_port,
+                                  rules=rules, guard=guard, audit=audit, linker=links)
+        except ConfigError as exc:
+            raise StackError(str(exc)) from None
+        app = worker.app
         await app.start()
         await _wait_assigned(app, timeout=settings.session_timeout_s * 4 + 10)
         endpoints = {
@@ -219,8 +225,8 @@ async def _run(
             log.info("API authentication is off: no tokens configured on a loopback bind")
         code = 0
         if main is not None:
-            ctx = StackContext(settings, endpoints, store, stats, app.llmpulse_lag, app=app,
-                               retrain=getattr(app, "llmpulse_retrain", None))
+            ctx = StackContext(settings, endpoints, store, stats, worker.lag, app=app,
+                               retrain=worker.retrain)
             main_task = asyncio.ensure_future(main(ctx))
             stop_task = asyncio.ensure_future(stop.wait())
             done, _ = await asyncio.wait({main_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -233,15 +239,11 @@ async def _run(
         else:
             await stop.wait()
         log.info("stopping: draining the broker into the store")
-        result = await drain(app.llmpulse_lag, DrainPolicy(stall_s=drain_timeout_s), abort=abort)
+        result = await drain(worker.lag, DrainPolicy(stall_s=drain_timeout_s), abort=abort)
         if not result.drained:
             log.warning("drain ended (%s) after %.0f s with %s not yet stored", result.reason,
                         result.waited_s, result.left)
-        if app.llmpulse_signals is not None:
-            await app.llmpulse_signals.flush()
-            await app.llmpulse_signals.close()
-        if app.llmpulse_alerts is not None:
-            await app.llmpulse_alerts.close()
+        await worker.close()
         return code
     finally:
         try:

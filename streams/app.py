@@ -1,4 +1,4 @@
-"""The Faust application: ingest agents, the raw sink and the read-only HTTP API.
+"""The stream worker's Faust application: ingest agents, the raw sink and the HTTP API.
 
 Agents are short loops over batches of Kafka messages (envelopes). Each
 batch is validated (:mod:`streams.ingest`), dead letters are produced to
@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,14 +46,18 @@ from llmpulse.store import RAW_INGEST, QueryError, Store
 from streams.admin import register_audit_agent, register_erase
 from streams.alerting import AlertLinker
 from streams.alerts_agent import AlertAgent, load_rules
+from streams.deployments import register_retrain_completion
 from streams.ingest import DeadLetter, IngestBatch, Message, split_batch
+from streams.notify import Notifier
 from streams.otlp import OTLP_TOPICS, SpanIngest, attach_otlp, faust_sender
 from streams.rules import Rules
 from streams.service_health import register_service_health
 from streams.signals import SignalAgents
 from streams.sink import RawSink
 
-__all__ = ["IngestStats", "NAMED_QUERIES", "build_app", "faust_credentials"]
+__all__ = ["HealthSignals", "IngestLag", "IngestStats", "NAMED_QUERIES", "Pipeline",
+           "bind_audit", "build_pipeline", "faust_credentials", "new_faust_app", "query_view",
+           "register_http_api", "register_ingest", "store_sink"]
 
 log = logging.getLogger(__name__)
 
@@ -217,141 +221,140 @@ def store_sink(app: faust.App, store: Store, settings: Settings) -> RawSink:
     def insert(table: str, data: bytes, count: int) -> int:
         return store.insert_json(table, data, count=count)
 
-    sink = RawSink(insert, should_stop=lambda: bool(app.should_stop),
+    return RawSink(insert, should_stop=lambda: bool(app.should_stop),
                    retry_max_s=settings.ingest.store_retry_max_s)
-    app.llmpulse_sink = sink  # type: ignore[attr-defined]
-    return sink
 
 
-def build_app(
-    settings: Settings,
-    store: Store,
-    stats: IngestStats,
-    *,
-    bootstrap: str,
-    web_port: int,
-    app_id: str = "llmpulse",
-    rules: Rules | None = None,
-    guard: ApiGuard | None = None,
-    audit: AuditSink | None = None,
-    linker: AlertLinker | None = None,
-) -> faust.App:
-    """The worker: ingest agents for both raw topics plus the HTTP API.
+Lag = Callable[[], Awaitable[dict[str, int]]]
 
-    Every route goes through ``guard`` (:class:`llmpulse.auth.ApiGuard`;
-    built from the tokens file, recording to ``audit``, when not given).
-    ``audit`` receives the audit trail (authentication, erasures, retrain,
-    deploy, rollback); an :class:`~llmpulse.audit.AuditLog` is bound to the
-    ``llmpulse.audit`` topic and drained by a task of this app.
-    ``linker`` gives each alert its dashboard, runbook and report links (see
-    :class:`~streams.alerting.AlertManager`).
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The stream worker as built: the Faust app and the parts others need to see.
+
+    Returned by :func:`build_pipeline` and handed, explicitly, to whoever
+    needs a part (the composition root, ``llmpulse up``, tests); nothing is
+    stored on the Faust app.
     """
-    if guard is None:
-        guard = ApiGuard.from_settings(settings.data_dir, settings.http.host,
-                                       audit=audit if audit is not None else discard)
-    app = new_faust_app(app_id, settings, bootstrap=bootstrap,
-                        datadir=settings.data_dir / "worker", web_port=web_port, guard=guard)
-    limits = Limits(max_past_s=settings.ingest.max_past_days * 86400.0)
 
-    sink = store_sink(app, store, settings)
+    app: faust.App
+    sink: RawSink
+    stats: IngestStats
+    lag: Lag
+    """Unprocessed messages per raw topic on this worker's partitions."""
+    otlp: SpanIngest
+    signals: SignalAgents | None = None
+    """The signal agents (None with ``signals.enabled`` off)."""
+    alerts: AlertAgent | None = None
+    """The alert agent (None without signals)."""
+
+    @property
+    def notifier(self) -> Notifier | None:
+        return self.alerts.notifier if self.alerts is not None else None
+
+    async def close(self) -> None:
+        """Flush and stop the signal engine and the alert agent (before the app stops)."""
+        if self.signals is not None:
+            await self.signals.flush()
+            await self.signals.close()
+        if self.alerts is not None:
+            await self.alerts.close()
+
+
+def register_ingest(
+    app: faust.App, topic_name: str, kind: str, table: str, *, settings: Settings,
+    limits: Limits, sink: RawSink, stats: IngestStats, agents: SignalAgents | None,
+) -> None:
+    """The ingest agent of one raw topic: validate, store, dead-letter, forward to signals."""
+    topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw")
     deadletter = app.topic(TOPIC_DEADLETTER, value_serializer="raw", key_serializer="raw")
-    app.llmpulse_stats = stats  # type: ignore[attr-defined]
-
-    agents: SignalAgents | None = None
-    if settings.signals.enabled:
-        agents = SignalAgents(app, settings, store, sink, health=lambda: health_signals())
-    app.llmpulse_signals = agents  # type: ignore[attr-defined]
-    alert_agent: AlertAgent | None = None
-    if agents is not None:
-        alert_agent = AlertAgent(
-            app, rules if rules is not None else load_rules(settings.rules), sink,
-            state_dir=settings.data_dir / "worker",
-            dashboard_url=f"http://{settings.http.host}:{web_port}/dashboards",
-            notify=settings.signals.notify_in_worker, linker=linker,
-        )
-        agents.consumers.append(alert_agent)
-        app.llmpulse_notifier = alert_agent.notifier  # type: ignore[attr-defined]
-    app.llmpulse_alerts = alert_agent  # type: ignore[attr-defined]
-    if agents is not None:  # the LLM judge's health reports -> llmpulse.judge_* signals
-        register_service_health(app, agents.emit)
     forward = agents is not None
 
-    def make_agent(topic_name: str, kind: str, table: str) -> None:
-        topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw")
+    async def ingest(stream: Any) -> None:
+        async for events in stream.take_events(
+            settings.ingest.batch_messages, within=settings.ingest.batch_within_s
+        ):
+            msgs = [
+                Message(ev.value, ev.message.topic, ev.message.partition, ev.message.offset)
+                for ev in events
+            ]
+            batch = split_batch(msgs, kind=kind, limits=limits, keep_events=forward)
+            rejected: set[int] = set()
+            if batch.count:
+                for i, reason in await sink.write(RAW_INGEST[table], batch.lines):
+                    m = batch.sources[i]
+                    batch.dead.append(
+                        DeadLetter(batch.lines[i], reason, m.topic, m.partition, m.offset))
+                    rejected.add(i)
+                batch.count -= len(rejected)
+            if batch.dead:
+                for d in batch.dead:
+                    await deadletter.send(value=d.payload, headers=d.headers())
+                await sink.write("deadletter_events",
+                                 [orjson.dumps(d.row()) for d in batch.dead])
+            if agents is not None and batch.events:
+                if kind == "inference":
+                    await agents.forward_inference(batch, rejected)
+                else:
+                    await agents.forward_feedback(batch, rejected)
+            stats.record(topic_name, batch, len(events))
+            for m in msgs:
+                stats.positions[(m.topic, m.partition)] = m.offset + 1
 
-        async def ingest(stream: Any) -> None:
-            async for events in stream.take_events(
-                settings.ingest.batch_messages, within=settings.ingest.batch_within_s
-            ):
-                msgs = [
-                    Message(ev.value, ev.message.topic, ev.message.partition, ev.message.offset)
-                    for ev in events
-                ]
-                batch = split_batch(msgs, kind=kind, limits=limits, keep_events=forward)
-                rejected: set[int] = set()
-                if batch.count:
-                    for i, reason in await sink.write(RAW_INGEST[table], batch.lines):
-                        m = batch.sources[i]
-                        batch.dead.append(
-                            DeadLetter(batch.lines[i], reason, m.topic, m.partition, m.offset))
-                        rejected.add(i)
-                    batch.count -= len(rejected)
-                if batch.dead:
-                    for d in batch.dead:
-                        await deadletter.send(value=d.payload, headers=d.headers())
-                    await sink.write("deadletter_events",
-                                     [orjson.dumps(d.row()) for d in batch.dead])
-                if agents is not None and batch.events:
-                    if kind == "inference":
-                        await agents.forward_inference(batch, rejected)
-                    else:
-                        await agents.forward_feedback(batch, rejected)
-                stats.record(topic_name, batch, len(events))
-                for m in msgs:
-                    stats.positions[(m.topic, m.partition)] = m.offset + 1
+    ingest.__name__ = f"ingest_{kind}"
+    ingest.__qualname__ = ingest.__name__
+    app.agent(topic, name=f"llmpulse.ingest_{kind}")(ingest)
 
-        ingest.__name__ = f"ingest_{kind}"
-        ingest.__qualname__ = ingest.__name__
-        app.agent(topic, name=f"llmpulse.ingest_{kind}")(ingest)
 
-    make_agent(TOPIC_INFERENCE, "inference", "inference_events")
-    make_agent(TOPIC_FEEDBACK, "feedback", "feedback_events")
+class IngestLag:
+    """Messages not yet processed per raw topic on the worker's partitions (high water
+    minus the next offset to process, else the committed offset)."""
 
-    # OTLP: POST /v1/traces and the otlp_spans topic; events go through the ingest above
-    otlp = SpanIngest(faust_sender(app), sink.write, inference_topic=TOPIC_INFERENCE,
-                      deadletter_topic=TOPIC_DEADLETTER, limits=limits,
-                      partitions=settings.ingest.partitions)
-    attach_otlp(app, otlp, batch_messages=settings.ingest.batch_messages,
-                batch_within_s=settings.ingest.batch_within_s, positions=stats.positions)
+    TOPICS: tuple[str, ...] = (TOPIC_INFERENCE, TOPIC_FEEDBACK, TOPIC_GROUPED, *OTLP_TOPICS)
 
-    async def lag() -> dict[str, int]:
+    def __init__(self, app: faust.App, stats: IngestStats) -> None:
+        self.app = app
+        self.stats = stats
+
+    async def __call__(self) -> dict[str, int]:
+        consumer = self.app.consumer
         out: dict[str, int] = defaultdict(int)
         try:
-            assignment = app.consumer.assignment()
+            assignment = consumer.assignment()
         except Exception:
             return {}
         for tp in assignment:
-            if tp.topic not in (TOPIC_INFERENCE, TOPIC_FEEDBACK, TOPIC_GROUPED, *OTLP_TOPICS):
+            if tp.topic not in self.TOPICS:
                 continue
-            hw = app.consumer.highwater(tp)
+            hw = consumer.highwater(tp)
             if hw is None:
                 continue
-            pos = stats.positions.get((tp.topic, tp.partition))
+            pos = self.stats.positions.get((tp.topic, tp.partition))
             if pos is None:
-                committed = await app.consumer.committed(tp) if hasattr(app.consumer, "committed") else None
+                committed = await consumer.committed(tp) if hasattr(consumer, "committed") else None
                 pos = committed or 0
             out[tp.topic] += max(0, int(hw) - int(pos))
         return dict(out)
 
-    app.llmpulse_lag = lag  # type: ignore[attr-defined]
 
-    last_health: dict[str, Any] = {"t": time.time(), "consumed": {}, "dead": {}}
+class HealthSignals:
+    """The monitor's own health, as signals the dashboards and rules read (``app=llmpulse``)."""
 
-    async def health_signals() -> list[Signal]:
-        """The monitor's own health, as signals the dashboards and rules read."""
+    def __init__(self, stats: IngestStats, sink: RawSink, lag: Lag,
+                 agents: SignalAgents | None = None, notifier: Notifier | None = None) -> None:
+        self.stats = stats
+        self.sink = sink
+        self.lag = lag
+        self.agents = agents
+        self.notifier = notifier
+        self._last_t = time.time()
+        self._consumed: dict[str, int] = {}
+        self._dead: dict[str, int] = {}
+
+    async def __call__(self) -> list[Signal]:
         now = time.time()
-        dt = max(1e-3, now - last_health["t"])
-        lags = await lag()
+        dt = max(1e-3, now - self._last_t)
+        lags = await self.lag()
         out: list[Signal] = []
 
         def sig(name: str, value: float, dimension: str, n: int = 0) -> None:
@@ -359,72 +362,40 @@ def build_app(
                               ts=now, window_s=dt, app="llmpulse"))
 
         for topic in (TOPIC_INFERENCE, TOPIC_FEEDBACK):
-            consumed = stats.consumed.get(topic, 0)
-            dead = stats.deadlettered.get(topic, 0)
-            d_consumed = consumed - last_health["consumed"].get(topic, 0)
-            d_dead = dead - last_health["dead"].get(topic, 0)
+            consumed = self.stats.consumed.get(topic, 0)
+            dead = self.stats.deadlettered.get(topic, 0)
+            d_consumed = consumed - self._consumed.get(topic, 0)
+            d_dead = dead - self._dead.get(topic, 0)
             sig("llmpulse.lag", lags.get(topic, 0), topic)
             sig("llmpulse.events_per_s", d_consumed / dt, topic, d_consumed)
             sig("llmpulse.deadletter_rate", d_dead / d_consumed if d_consumed else 0.0, topic,
                 d_consumed)
-            last_health["consumed"][topic] = consumed
-            last_health["dead"][topic] = dead
-        sig("llmpulse.store_errors", sink.errors, "store")
-        if agents is not None:
-            delay = agents.engine_stats.get("close_delay_s", {}).get("last")
+            self._consumed[topic] = consumed
+            self._dead[topic] = dead
+        sig("llmpulse.store_errors", self.sink.errors, "store")
+        if self.agents is not None:
+            delay = self.agents.engine_stats.get("close_delay_s", {}).get("last")
             if delay is not None:
                 sig("llmpulse.window_close_delay_s", delay, "signals")
-            sig("llmpulse.feedback_unmatched", agents.counters.get("feedback_unmatched", 0),
+            sig("llmpulse.feedback_unmatched", self.agents.counters.get("feedback_unmatched", 0),
                 "signals")
-        for channel, failures in notify_failures().items():
+        for channel, failures in self._notify_failures().items():
             sig("llmpulse.notify_failures", failures, channel)
-        last_health["t"] = now
+        self._last_t = now
         return out
 
-    def notify_failures() -> dict[str, int]:
-        notifier = getattr(app, "llmpulse_notifier", None)
-        if notifier is None:
+    def _notify_failures(self) -> dict[str, int]:
+        if self.notifier is None:
             return {}
         try:
-            return {ch: int(v.get("failed", 0)) for ch, v in notifier.stats().items()}
+            return {ch: int(v.get("failed", 0)) for ch, v in self.notifier.stats().items()}
         except Exception:
             return {}
 
-    from dashboards.web import routes as dashboard_routes
 
-    def read(sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        return store.query(sql, params, readonly=True)
+def query_view(store: Store) -> type[faust.web.View]:
+    """``/api/query``: the read-only query API over ``store``."""
 
-    for path, name, handler in dashboard_routes(read, reports_dir=settings.data_dir / "reports"):
-        app.page(path, name=name)(handler)
-
-    @app.page("/health")
-    async def health(web: Any, request: Any) -> Any:
-        ok = not store.closed
-        return web.json({"status": "ok" if ok else "down", "store": not store.closed})
-
-    @app.page("/api/stats")
-    async def api_stats(web: Any, request: Any) -> Any:
-        stats.store_errors = sink.errors
-        stats.store_rejected = sink.rejected
-        stats.last_store_s = sink.last_store_s
-        out = stats.as_dict(await lag())
-        try:
-            out["assignment"] = sorted(f"{tp.topic}:{tp.partition}"
-                                       for tp in app.consumer.assignment())
-        except Exception:
-            out["assignment"] = []
-        out["otlp"] = otlp.stats.as_dict()
-        if agents is not None:
-            out["signals"] = agents.stats()
-        if alert_agent is not None:
-            out["alerts"] = alert_agent.stats()
-        notifier = getattr(app, "llmpulse_notifier", None)
-        if notifier is not None:
-            out["notify"] = notifier.stats()
-        return web.json(out)
-
-    @app.page("/api/query")
     class QueryView(faust.web.View):
         """Named queries by ``GET ?name=`` or POST; caller SQL only in a POSTed JSON body.
 
@@ -487,20 +458,124 @@ def build_app(
                 return self.json({"error": str(exc).splitlines()[0][:500]}, status=400)
             return self.json({"rows": rows})
 
+    return QueryView
+
+
+def register_http_api(pipeline: Pipeline, store: Store) -> None:
+    """``/health``, ``/api/stats`` and ``/api/query`` on the pipeline's app."""
+    app = pipeline.app
+
+    async def health(web: Any, request: Any) -> Any:
+        ok = not store.closed
+        return web.json({"status": "ok" if ok else "down", "store": not store.closed})
+
+    async def api_stats(web: Any, request: Any) -> Any:
+        stats, sink = pipeline.stats, pipeline.sink
+        stats.store_errors = sink.errors
+        stats.store_rejected = sink.rejected
+        stats.last_store_s = sink.last_store_s
+        out = stats.as_dict(await pipeline.lag())
+        try:
+            out["assignment"] = sorted(f"{tp.topic}:{tp.partition}"
+                                       for tp in app.consumer.assignment())
+        except Exception:
+            out["assignment"] = []
+        out["otlp"] = pipeline.otlp.stats.as_dict()
+        if pipeline.signals is not None:
+            out["signals"] = pipeline.signals.stats()
+        if pipeline.alerts is not None:
+            out["alerts"] = pipeline.alerts.stats()
+        if pipeline.notifier is not None:
+            out["notify"] = pipeline.notifier.stats()
+        return web.json(out)
+
+    app.page("/health")(health)
+    app.page("/api/stats")(api_stats)
+    app.page("/api/query")(query_view(store))
+
+
+def bind_audit(app: faust.App, audit: AuditLog) -> None:
+    """Records of ``audit`` go to the ``llmpulse.audit`` topic, drained by a task of ``app``."""
+    audit_topic = app.topic(TOPIC_AUDIT, value_serializer="raw", key_serializer="raw")
+
+    async def produce_audit(key: bytes, value: bytes) -> None:
+        await audit_topic.send(key=key, value=value, headers={ORIGIN_HEADER: b"stack"})
+
+    audit.bind(produce_audit)
+    app.task(audit.run)
+
+
+def build_pipeline(
+    settings: Settings,
+    store: Store,
+    stats: IngestStats,
+    *,
+    bootstrap: str,
+    web_port: int,
+    app_id: str = "llmpulse",
+    rules: Rules | None = None,
+    guard: ApiGuard | None = None,
+    audit: AuditSink | None = None,
+    linker: AlertLinker | None = None,
+) -> Pipeline:
+    """The stream worker: ingest agents for both raw topics, signals, alerts, the HTTP API.
+
+    Every route goes through ``guard`` (:class:`llmpulse.auth.ApiGuard`;
+    built from the tokens file, recording to ``audit``, when not given).
+    ``audit`` receives the audit trail (authentication, erasures, retrain,
+    deploy, rollback); an :class:`~llmpulse.audit.AuditLog` is bound to the
+    ``llmpulse.audit`` topic and drained by a task of this app.
+    ``linker`` gives each alert its dashboard, runbook and report links (see
+    :class:`~streams.alerting.AlertManager`).
+
+    Only the streams' own parts are registered here; the composition root
+    (:mod:`llmpulse.worker`) adds the dashboards and the retrain service.
+    """
     audit_sink = audit if audit is not None else discard
+    if guard is None:
+        guard = ApiGuard.from_settings(settings.data_dir, settings.http.host, audit=audit_sink)
+    app = new_faust_app(app_id, settings, bootstrap=bootstrap,
+                        datadir=settings.data_dir / "worker", web_port=web_port, guard=guard)
+    limits = Limits(max_past_s=settings.ingest.max_past_days * 86400.0)
+    sink = store_sink(app, store, settings)
+    lag = IngestLag(app, stats)
+
+    agents: SignalAgents | None = None
+    alert_agent: AlertAgent | None = None
+    if settings.signals.enabled:
+        health = HealthSignals(stats, sink, lag)
+        agents = SignalAgents(app, settings, store, sink, health=health,
+                              positions=stats.positions)
+        alert_agent = AlertAgent(
+            app, rules if rules is not None else load_rules(settings.rules), sink,
+            state_dir=settings.data_dir / "worker",
+            dashboard_url=f"http://{settings.http.host}:{web_port}/dashboards",
+            notify=settings.signals.notify_in_worker, linker=linker,
+        )
+        agents.consumers.append(alert_agent)
+        health.agents, health.notifier = agents, alert_agent.notifier
+        register_retrain_completion(app, alert_agent.trigger)
+        # the LLM judge's health reports -> llmpulse.judge_* signals
+        register_service_health(app, agents.emit)
+
+    for topic_name, kind, table in ((TOPIC_INFERENCE, "inference", "inference_events"),
+                                    (TOPIC_FEEDBACK, "feedback", "feedback_events")):
+        register_ingest(app, topic_name, kind, table, settings=settings, limits=limits,
+                        sink=sink, stats=stats, agents=agents)
+
+    # OTLP: POST /v1/traces and the otlp_spans topic; events go through the ingest above
+    otlp = SpanIngest(faust_sender(app), sink.write, inference_topic=TOPIC_INFERENCE,
+                      deadletter_topic=TOPIC_DEADLETTER, limits=limits,
+                      partitions=settings.ingest.partitions)
+    attach_otlp(app, otlp, batch_messages=settings.ingest.batch_messages,
+                batch_within_s=settings.ingest.batch_within_s, positions=stats.positions)
+
+    pipeline = Pipeline(app=app, sink=sink, stats=stats, lag=lag, otlp=otlp, signals=agents,
+                        alerts=alert_agent)
+    register_http_api(pipeline, store)
     if isinstance(audit, AuditLog):
-        audit_topic = app.topic(TOPIC_AUDIT, value_serializer="raw", key_serializer="raw")
-
-        async def produce_audit(key: bytes, value: bytes) -> None:
-            await audit_topic.send(key=key, value=value, headers={ORIGIN_HEADER: b"stack"})
-
-        audit.bind(produce_audit)
-        app.task(audit.run)
+        bind_audit(app, audit)
     register_audit_agent(app, store)
     register_erase(app, store, settings, audit_sink,
                    forget=agents.forget_requests if agents is not None else None)
-
-    from retrain.service import attach_retrain
-
-    attach_retrain(app, settings, store, sink, audit=audit_sink)  # sets app.llmpulse_retrain
-    return app
+    return pipeline

@@ -181,7 +181,8 @@ class SignalAgents:
     """Registers the grouped forwarder, the signal agent and its timers on a Faust app."""
 
     def __init__(self, app: faust.App, settings: Settings, store: Store, sink: RawSink,
-                 *, health: Callable[[], Awaitable[list[Signal]]] | None = None) -> None:
+                 *, health: Callable[[], Awaitable[list[Signal]]] | None = None,
+                 positions: dict[tuple[str, int], int] | None = None) -> None:
         from streams.engine_process import EngineProcess, LocalEngine, ShardedEngine
 
         cfg = settings.signals
@@ -190,6 +191,8 @@ class SignalAgents:
         self.store = store
         self.sink = sink
         self.health = health
+        #: next offset to process per (topic, partition), shared with the ingest stats (lag)
+        self.positions: dict[tuple[str, int], int] = {} if positions is None else positions
         self.consumers: list[SignalConsumer] = []
         engine_kwargs, detectors = engine_config(settings)
         self.engine: Any
@@ -286,7 +289,7 @@ class SignalAgents:
                         else [(_source(m), m.value) for m in messages])
                     ends = {m.partition: m.offset + 1 for m in messages}
                     await loop.run_in_executor(self._exec, self._add, chunks, ends)
-                positions = self.app.llmpulse_stats.positions  # type: ignore[attr-defined]
+                positions = self.positions
                 for ev in events:
                     positions[(ev.message.topic, ev.message.partition)] = ev.message.offset + 1
 

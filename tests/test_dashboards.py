@@ -37,10 +37,10 @@ from dashboards.panels import (
 )
 from dashboards.render import render_panel, to_epoch
 from dashboards.runbooks import RUNBOOKS, runbook_for
-from dashboards.testing import fill_rows, fill_store
 from dashboards.web import Context, aiohttp_app, data_span, panel_rows
 from detectors.base import Signal
 from llmpulse import report
+from llmpulse.sample_data import fill_rows, fill_store
 from llmpulse.sqlguard import QueryRefused, SqlGuard
 from llmpulse.store import QueryError, Store
 from streams.alerting import AlertManager
@@ -612,7 +612,7 @@ def test_report_cli_on_a_stopped_store(tmp_path: Path) -> None:
     """In subprocesses: this process already owns a chDB engine path."""
     dsn = f"chdb://{tmp_path}/store"
     start = float(int(time.time()) // 60 * 60 - 3600)
-    fill = (f"from llmpulse.store import Store; from dashboards.testing import fill_store; "
+    fill = (f"from llmpulse.store import Store; from llmpulse.sample_data import fill_store; "
             f"s = Store.open({dsn!r}); fill_store(s, seed=4, start_ts={start}, duration_s=120, "
             f"rate=2); s.close()")
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "LLMPULSE_DATA_DIR": str(tmp_path)}

@@ -207,7 +207,7 @@ def test_grafana_token_from_a_file_and_never_echoed(tmp_path: Path, monkeypatch:
                                                     grafana) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     import argparse
 
-    from dashboards import publish
+    from llmpulse import dashboards_cli as publish
 
     _fake, url = grafana
     parser = argparse.ArgumentParser()

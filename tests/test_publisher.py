@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from dashboards import publish
 from dashboards.grafana import DATASOURCE_UID, FOLDER_UID, datasource_payload
 from dashboards.panels import DASHBOARDS
 from dashboards.publish import Publisher, grafana_client
-from dashboards.testing import fill_rows
+from llmpulse import dashboards_cli as publish
+from llmpulse.sample_data import fill_rows
 
 TOKEN = "glsa_test_token"
 

@@ -14,8 +14,8 @@ import pytest
 from dashboards.macros import expand
 from dashboards.panels import DASHBOARDS
 from dashboards.publish import ANNOTATION_QUERIES
-from dashboards.testing import fill_store
 from llmpulse.config import ConfigError, QuerySettings, load_settings
+from llmpulse.sample_data import fill_store
 from llmpulse.sqlguard import (
     DENIED_FUNCTIONS,
     QueryLimitError,

@@ -26,9 +26,9 @@ import pytest
 
 from dashboards.links import AlertLinks
 from dashboards.panels import DASHBOARDS
-from dashboards.testing import fill_store
 from dashboards.web import aiohttp_app
 from detectors.base import Signal
+from llmpulse.sample_data import fill_store
 from llmpulse.store import Store
 from streams.alerting import AlertManager
 from streams.rules import Rules

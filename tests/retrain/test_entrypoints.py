@@ -1,4 +1,4 @@
-"""``python -m retrain.worker`` and ``python -m retrain.serving`` as real processes."""
+"""``python -m llmpulse.retrain_worker`` and ``python -m retrain.serving`` as real processes."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def test_missing_keys_names_each_required_key() -> None:
 def test_worker_without_required_settings_exits_2_naming_the_key(
     tmp_path: Path, given: dict[str, str], missing: str
 ) -> None:
-    proc = _run(["retrain.worker"], _env(tmp_path, **given), tmp_path)
+    proc = _run(["llmpulse.retrain_worker"], _env(tmp_path, **given), tmp_path)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and missing in lines[0], proc.stderr
@@ -74,7 +74,7 @@ def test_worker_without_required_settings_exits_2_naming_the_key(
 def test_worker_rejects_a_bad_port(tmp_path: Path) -> None:
     env = _env(tmp_path, LLMPULSE_KAFKA="localhost:9092", LLMPULSE_CLICKHOUSE="http://c:8123",
                LLMPULSE_RETRAIN_PORT="http")
-    proc = _run(["retrain.worker"], env, tmp_path)
+    proc = _run(["llmpulse.retrain_worker"], env, tmp_path)
     assert proc.returncode == 2
     assert "LLMPULSE_RETRAIN_PORT" in proc.stderr.strip().splitlines()[-1]
 
@@ -173,7 +173,7 @@ def test_worker_handles_a_request_from_the_broker_and_stops_on_sigterm(tmp_path:
         env = _env(tmp_path, LLMPULSE_KAFKA=broker.bootstrap,
                    LLMPULSE_CLICKHOUSE=f"chdb://{tmp_path / 'store'}",
                    LLMPULSE_RETRAIN_PORT=str(port))
-        proc = subprocess.Popen([sys.executable, "-m", "retrain.worker"], env=env, cwd=tmp_path,
+        proc = subprocess.Popen([sys.executable, "-m", "llmpulse.retrain_worker"], env=env, cwd=tmp_path,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             assert proc.stderr is not None
