@@ -46,6 +46,7 @@ from llmpulse.store import RAW_INGEST, QueryError, Store
 from streams.admin import register_audit_agent, register_erase
 from streams.alerts_agent import AlertAgent, load_rules
 from streams.ingest import DeadLetter, IngestBatch, Message, split_batch
+from streams.agent_traces import AgentTraceSettings, attach_agent_signals
 from streams.otlp import OTLP_TOPICS, SpanIngest, attach_otlp, faust_sender
 from streams.rules import Rules
 from streams.signals import SignalAgents
@@ -316,6 +317,9 @@ def build_app(
                       partitions=settings.ingest.partitions)
     attach_otlp(app, otlp, batch_messages=settings.ingest.batch_messages,
                 batch_within_s=settings.ingest.batch_within_s, positions=stats.positions)
+    traces = None if agents is None else attach_agent_signals(  # agent.* signals from the spans
+        app, agents.emit, topic=otlp.rows_topic, poll_s=settings.signals.poll_s,
+        settings=AgentTraceSettings(window_s=settings.signals.latency_window_s))
 
     async def lag() -> dict[str, int]:
         out: dict[str, int] = defaultdict(int)
@@ -410,6 +414,8 @@ def build_app(
         out["otlp"] = otlp.stats.as_dict()
         if agents is not None:
             out["signals"] = agents.stats()
+        if traces is not None:
+            out["agent_traces"] = traces.stats()
         if alert_agent is not None:
             out["alerts"] = alert_agent.stats()
         notifier = getattr(app, "llmpulse_notifier", None)

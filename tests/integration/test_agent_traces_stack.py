@@ -1,0 +1,123 @@
+"""Agent traces end to end: spans made by the real OpenTelemetry SDK (and by real
+instrumentations of the real ``openai`` client), exported with the standard OTLP/HTTP
+exporter to ``llmpulse up``, come out as ``spans`` rows, inference rows and ``agent.*``
+signals."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import StackProcess, stack_env
+from tests.integration.test_otlp_stack import _OpenAIStub, _sdk, wait_rows
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackProcess]:
+    d = tmp_path_factory.mktemp("agent") / "data"
+    d.mkdir()
+    sp = StackProcess(d, stack_env(d)).start(timeout=180)
+    yield sp
+    try:
+        sp.stop()
+    except Exception:
+        sp.kill()
+
+
+def _agent_trace(provider: Any) -> str:
+    """One request: an agent that plans with a model, retrieves, calls ``search`` six
+    times (the third call fails), calls ``fetch_page`` once and answers."""
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    tracer = provider.get_tracer("tests.agent")
+    with tracer.start_as_current_span("POST /ask", kind=SpanKind.SERVER) as root, \
+            tracer.start_as_current_span("invoke_agent researcher") as agent:
+        agent.set_attributes({"gen_ai.operation.name": "invoke_agent",
+                              "gen_ai.agent.name": "researcher"})
+        with tracer.start_as_current_span("chat gpt-4o", kind=SpanKind.CLIENT) as plan:
+            plan.set_attributes({"gen_ai.operation.name": "chat",
+                                 "gen_ai.request.model": "gpt-4o",
+                                 "gen_ai.usage.input_tokens": 40,
+                                 "gen_ai.usage.output_tokens": 10,
+                                 "gen_ai.usage.cost": 0.001,
+                                 "gen_ai.response.id": "chatcmpl-plan"})
+            time.sleep(0.005)
+        with tracer.start_as_current_span("retrieval kb") as ret:
+            ret.set_attributes({"gen_ai.operation.name": "retrieval",
+                                "gen_ai.data_source.id": "kb"})
+        for i in range(6):
+            with tracer.start_as_current_span("execute_tool search") as tool:
+                tool.set_attributes({"gen_ai.operation.name": "execute_tool",
+                                     "gen_ai.tool.name": "search"})
+                if i == 2:
+                    tool.set_attribute("error.type", "TimeoutError")
+                    tool.set_status(Status(StatusCode.ERROR, "search timed out"))
+        with tracer.start_as_current_span("execute_tool fetch_page") as tool:
+            tool.set_attributes({"gen_ai.operation.name": "execute_tool",
+                                 "gen_ai.tool.name": "fetch_page"})
+        with tracer.start_as_current_span("chat gpt-4o", kind=SpanKind.CLIENT) as answer:
+            answer.set_attributes({"gen_ai.operation.name": "chat",
+                                   "gen_ai.request.model": "gpt-4o",
+                                   "gen_ai.usage.input_tokens": 60,
+                                   "gen_ai.usage.output_tokens": 20,
+                                   "gen_ai.usage.cost": 0.002})
+        return format(root.get_span_context().trace_id, "032x")
+
+
+def test_sdk_agent_trace_gives_spans_rows_and_agent_signals(stack: StackProcess) -> None:
+    provider = _sdk(stack.endpoints["otlp"], "research-bot")
+    trace_id = _agent_trace(provider)
+    provider.shutdown()
+
+    spans = wait_rows(stack, f"SELECT * FROM spans FINAL WHERE trace_id = '{trace_id}'", 12)
+    assert len(spans) == 12
+    assert sorted(s["step"] for s in spans) == ["agent", "llm", "llm", "other", "retrieval",
+                                                 *["tool"] * 7]
+    tools = [s for s in spans if s["step"] == "tool"]
+    assert sorted(s["tool_name"] for s in tools) == ["fetch_page", *["search"] * 6]
+    assert sorted(s["status"] for s in tools) == [*["ok"] * 6, "timeout"]
+    agent_id = next(s["span_id"] for s in spans if s["step"] == "agent")
+    assert all(s["parent_span_id"] == agent_id for s in tools)
+
+    # the agent.* signals of the window holding the trace (10 s windows, closed in wall time)
+    deadline = time.monotonic() + 90
+    got: dict[tuple[str, str], dict[str, Any]] = {}
+    while time.monotonic() < deadline:
+        rows = stack.sql("SELECT signal, dimension, value, n, detail, model FROM signals FINAL "
+                         "WHERE app = 'research-bot' AND signal LIKE 'agent.%'")
+        got = {(r["signal"], r["dimension"]): r for r in rows}
+        if ("agent.loop_rate", "") in got:
+            break
+        time.sleep(0.5)
+    assert ("agent.loop_rate", "") in got, (got, stack.log())
+    value = {k: v["value"] for k, v in got.items()}
+    assert value[("agent.loop_rate", "")] == 1.0  # six calls of one tool: a loop
+    assert value[("agent.loop_rate", "agent=researcher")] == 1.0
+    loops = json.loads(got[("agent.loop_rate", "")]["detail"])["loops"]
+    assert loops == [{"trace_id": trace_id, "tool": "search", "calls": 6}]
+    assert value[("agent.tool_calls_max", "tool=search")] == 6.0
+    assert value[("agent.tool_calls_max", "tool=fetch_page")] == 1.0
+    assert value[("agent.tool_error_rate", "tool=search")] == pytest.approx(1 / 6)
+    assert value[("agent.tool_error_rate", "tool=fetch_page")] == 0.0
+    assert value[("agent.tool_error_rate", "")] == pytest.approx(1 / 7)
+    assert got[("agent.tool_error_rate", "")]["n"] == 7
+    assert value[("agent.steps_per_trace", "")] == 10.0  # 2 LLM calls, 7 tool calls, 1 retrieval
+    assert value[("agent.tokens_per_trace", "")] == 130.0
+    assert value[("agent.cost_per_trace_usd", "")] == pytest.approx(0.003)
+    durations = sorted(s["duration_ms"] for s in spans if s["tool_name"] == "search")
+    assert got[("agent.step_p50_ms", "tool=search")]["n"] == 6
+    assert value[("agent.step_p50_ms", "tool=search")] == pytest.approx(
+        (durations[2] + durations[3]) / 2, rel=1e-6)
+    llm = [s["duration_ms"] for s in spans if s["step"] == "llm"]
+    assert value[("agent.step_p99_ms", "step=llm")] <= max(llm) + 1e-6
+    assert value[("agent.step_p99_ms", "step=llm")] > 5.0  # the planning call slept 5 ms
+    assert ("agent.step_p95_ms", "agent=researcher") in value
+    assert {r["model"] for r in got.values()} == {""}
+    traces = stack.get("/api/stats")["agent_traces"]
+    assert traces["traces_done"] >= 1 and traces["spans"] >= 12
