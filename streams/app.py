@@ -44,9 +44,9 @@ from llmpulse.kafka_security import KafkaSecurity
 from llmpulse.sqlguard import QueryLimitError, QueryRefused, SqlGuard
 from llmpulse.store import RAW_INGEST, QueryError, Store
 from streams.admin import register_audit_agent, register_erase
+from streams.agent_traces import AgentTraceSettings, attach_agent_signals
 from streams.alerts_agent import AlertAgent, load_rules
 from streams.ingest import DeadLetter, IngestBatch, Message, split_batch
-from streams.agent_traces import AgentTraceSettings, attach_agent_signals
 from streams.otlp import OTLP_TOPICS, SpanIngest, attach_otlp, faust_sender
 from streams.rules import Rules
 from streams.signals import SignalAgents

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import StackProcess, stack_env
-from tests.integration.test_otlp_stack import _OpenAIStub, _sdk, wait_rows
+from tests.integration.test_otlp_stack import _sdk, wait_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
