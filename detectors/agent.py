@@ -20,7 +20,7 @@ Signals (``dimension`` names what the value is about):
 * ``agent.loop_rate``: share of traces in which one tool was called at
   least ``loop_calls`` times, with the looping traces in ``detail``;
 * ``agent.tool_calls_max``: most calls of one tool in one trace, per
-  ``tool=<name>`` (the trace id in ``detail``);
+  ``tool=<name>`` (the trace id in ``detail``; ``n`` = traces calling the tool);
 * ``agent.tokens_per_trace``: mean input + output tokens per trace;
 * ``agent.cost_per_trace_usd``: mean cost per trace, over the traces whose
   spans carry a cost (``cost_usd``; OpenLIT records ``gen_ai.usage.cost``).
@@ -240,9 +240,10 @@ class AgentSteps(Detector):
                 out.append(batch.signal("agent.cost_per_trace_usd", float(c.mean()), n=n_priced,
                                         dimension=dim,
                                         detail={"total_usd": float(c.sum()), "traces": n}))
-        for tool, (calls, trace) in sorted(max_calls.items()):
-            out.append(batch.signal("agent.tool_calls_max", float(calls), n=1,
-                                    dimension=f"tool={tool}", detail={"trace_id": trace}))
+        for tool, (calls, trace, n_traces) in sorted(max_calls.items()):
+            if n_traces >= self.min_n:
+                out.append(batch.signal("agent.tool_calls_max", float(calls), n=n_traces,
+                                        dimension=f"tool={tool}", detail={"trace_id": trace}))
         return out
 
     @staticmethod
@@ -260,8 +261,9 @@ class AgentSteps(Detector):
         return agent_of
 
     def _loops(self, batch: Batch, inverse: np.ndarray, ids: np.ndarray,
-               ) -> tuple[list[tuple[int, str, int]], dict[str, tuple[int, str]]]:
-        """Looping (trace index, tool, calls) and, per tool, its most calls in one trace."""
+               ) -> tuple[list[tuple[int, str, int]], dict[str, tuple[int, str, int]]]:
+        """Looping (trace index, tool, calls) and, per tool, its most calls in one trace
+        (calls, that trace, traces calling the tool)."""
         names = batch.strings("tool_name")
         is_tool = (batch.strings("step") == "tool") & (names != "")
         if not is_tool.any():
@@ -270,7 +272,7 @@ class AgentSteps(Detector):
         pair = inverse[is_tool].astype(np.int64) * tools.size + tool_idx
         pairs, counts = np.unique(pair, return_counts=True)
         loops: list[tuple[int, str, int]] = []
-        best: dict[str, tuple[int, str]] = {}
+        best: dict[str, tuple[int, str, int]] = {}
         for p, c in zip(pairs.tolist(), counts.tolist(), strict=True):
             trace_i, tool = divmod(p, tools.size)
             name = str(tools[tool])
@@ -278,6 +280,10 @@ class AgentSteps(Detector):
                 loops.append((trace_i, name, c))
             cur = best.get(name)
             tid = str(ids[trace_i])
-            if cur is None or c > cur[0] or (c == cur[0] and tid < cur[1]):
-                best[name] = (c, tid)
+            if cur is None:
+                best[name] = (c, tid, 1)
+            elif c > cur[0] or (c == cur[0] and tid < cur[1]):
+                best[name] = (c, tid, cur[2] + 1)
+            else:
+                best[name] = (cur[0], cur[1], cur[2] + 1)
         return loops, best
