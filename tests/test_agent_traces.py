@@ -93,3 +93,33 @@ def test_limits_and_bad_rows() -> None:
         AgentTraceSettings(window_s=0)
     with pytest.raises(ValueError, match="agent_traces.loop_calls"):
         AgentTraceSettings(loop_calls=1)
+
+
+def test_default_rules_breach_on_a_looping_agent_and_a_failing_tool() -> None:
+    from detectors.agent import AgentSteps
+    from streams.rules import Rules, Verdict
+
+    rules = Rules.default(env={})
+    clock = Clock(1001.0)
+    tw = _windows(clock)
+    rows = []
+    for t in range(40):  # 40 traces; every fourth calls search 6 times; lookup fails in 1 of 3
+        tid = f"{t:032x}"
+        rows.append(_span(tid, "root", "", 1001.0))
+        for i in range(6 if t % 4 == 0 else 1):
+            rows.append(_span(tid, f"s{i}", "root", 1001.0))
+        rows.append({**_span(tid, "lk", "root", 1001.0, tool="lookup"),
+                     "status": "error" if t % 3 == 0 else "ok"})
+    tw.add(rows)
+    clock.t = 1012.0
+    signals = {(s.signal, s.dimension): s for s in tw.poll()}
+    loops = signals[("agent.loop_rate", "")]
+    assert loops.value == 0.25 and loops.n == 40
+    assert [r.name for r in rules.matching(loops)] == ["agent-loops"]
+    assert rules["agent-loops"].evaluate(loops) is Verdict.BREACH
+    errs = signals[("agent.tool_error_rate", "tool=lookup")]
+    assert rules["agent-tool-errors"].evaluate(errs) is Verdict.BREACH
+    assert rules["agent-tool-errors"].evaluate(
+        signals[("agent.tool_error_rate", "tool=search")]) is Verdict.HEALTHY
+    assert not rules.matching(signals[("agent.loop_rate", "agent=helper")])
+    assert set(AgentSteps.signals) >= {s for s, _ in signals}
