@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import StackProcess, stack_env
-from tests.integration.test_otlp_stack import _sdk, wait_rows
+from tests.integration.test_otlp_stack import _OpenAIStub, _sdk, wait_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -121,3 +121,57 @@ def test_sdk_agent_trace_gives_spans_rows_and_agent_signals(stack: StackProcess)
     assert {r["model"] for r in got.values()} == {""}
     traces = stack.get("/api/stats")["agent_traces"]
     assert traces["traces_done"] >= 1 and traces["spans"] >= 12
+
+
+def _two_calls(client: Any, instrument: Any, uninstrument: Any, monkeypatch: pytest.MonkeyPatch,
+               env: str, on: str, off: str) -> None:
+    """One call with content capture on, one with it off (instrumented afresh for each,
+    since an instrumentation may read its settings when it starts)."""
+    for value, text in ((on, "Where is my parcel?"), (off, "A private question")):
+        monkeypatch.setenv(env, value)
+        instrument()
+        try:
+            client.chat.completions.create(model="gpt-4o",
+                                           messages=[{"role": "user", "content": text}])
+        finally:
+            uninstrument()
+
+
+def _assert_two_rows(stack: StackProcess, app: str) -> None:
+    rows = wait_rows(stack, "SELECT model, model_version, input_tokens, output_tokens, prompt, "
+                     "response, latency_ms, status, trace_id, span_id FROM inference_events "
+                     f"FINAL WHERE app = '{app}' ORDER BY ts", 2)
+    assert len(rows) == 2, rows
+    on, off = rows
+    for r in rows:
+        assert r["model"] == "gpt-4o"
+        assert (r["input_tokens"], r["output_tokens"], r["status"]) == (17, 5, "ok")
+        assert r["latency_ms"] > 0
+        assert len(r["trace_id"]) == 32 and len(r["span_id"]) == 16
+    assert "Where is my parcel?" in on["prompt"] and on["response"] == "It ships Monday."
+    assert (off["prompt"], off["response"]) == ("", "")
+    spans = stack.sql(f"SELECT step, response_id FROM spans FINAL WHERE app = '{app}'")
+    assert [(s["step"], s["response_id"]) for s in spans] == [("llm", "chatcmpl-stub")] * 2
+
+
+def test_openai_client_under_the_official_openai_v2_instrumentation(
+        stack: StackProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real ``openai`` client under ``opentelemetry-instrumentation-openai-v2`` (the
+    OpenTelemetry project's own), on the current GenAI conventions: messages on the span
+    when content capture is ``span_only``, none when it is ``no_content``."""
+    import openai
+    from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
+    provider = _sdk(stack.endpoints["otlp"], "otel-v2-app")
+    instrumentor = OpenAIInstrumentor()
+    try:
+        with _OpenAIStub() as base_url:
+            client = openai.OpenAI(base_url=base_url, api_key="test-key")
+            _two_calls(client, lambda: instrumentor.instrument(tracer_provider=provider),
+                       instrumentor.uninstrument, monkeypatch,
+                       "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT",
+                       "span_only", "no_content")
+    finally:
+        provider.shutdown()
+    _assert_two_rows(stack, "otel-v2-app")
