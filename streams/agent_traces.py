@@ -55,6 +55,7 @@ import orjson
 from detectors.agent import AgentSteps, span_batch
 from detectors.base import Signal
 from llmpulse.events import split_envelope
+from streams.otlp import row_table
 
 __all__ = ["AgentTraceSettings", "TraceWindows", "attach_agent_signals", "span_of_row"]
 
@@ -253,10 +254,12 @@ def attach_agent_signals(app: Any, emit: Emit, *, topic: str, settings: AgentTra
     rows_topic = app.topic(topic, value_serializer="raw", key_serializer="raw")
 
     async def agent_trace_spans(stream: Any) -> None:
-        async for values in stream.take(batch_messages, within=batch_within_s):
+        async for events in stream.take_events(batch_messages, within=batch_within_s):
             rows: list[Any] = []
-            for value in values:
-                for line in split_envelope(value or b""):
+            for ev in events:
+                if row_table(ev.message.headers) != "spans":
+                    continue  # the request index rows of model calls
+                for line in split_envelope(ev.value or b""):
                     try:
                         rows.append(orjson.loads(line))
                     except orjson.JSONDecodeError:

@@ -123,6 +123,37 @@ def test_sdk_agent_trace_gives_spans_rows_and_agent_signals(stack: StackProcess)
     assert traces["traces_done"] >= 1 and traces["spans"] >= 12
 
 
+def test_feedback_names_an_otel_model_call_by_response_or_span_id(stack: StackProcess) -> None:
+    """An app that only uses OTel sends feedback with the shim, naming the call by the
+    provider's response id or by ``<trace_id>/<span_id>``: the router finds the call's
+    group in the store's request index, as for a shim ``request_id``."""
+    from llmpulse import Monitor
+
+    provider = _sdk(stack.endpoints["otlp"], "feedback-bot")
+    trace_id = _agent_trace(provider)
+    provider.shutdown()
+    calls = wait_rows(stack, "SELECT span_id, response_id FROM spans FINAL "
+                      f"WHERE trace_id = '{trace_id}' AND step = 'llm' ORDER BY ts", 2)
+    answer_span = calls[1]["span_id"]
+    assert calls[0]["response_id"] == "chatcmpl-plan"
+    before = stack.get("/api/stats")["signals"].get("forwarded_feedback", 0)
+    with Monitor(app="feedback-bot", bootstrap=stack.endpoints["kafka"]) as mon:
+        mon.feedback(request_id="chatcmpl-plan", score=1.0)
+        mon.feedback(request_id=f"{trace_id}/{answer_span}", score=-1.0)
+        mon.feedback(request_id=trace_id, score=0.5)
+    stored = wait_rows(stack, "SELECT request_id, score FROM feedback_events FINAL "
+                       "WHERE app = 'feedback-bot' ORDER BY request_id", 3)
+    assert sorted(r["score"] for r in stored) == [-1.0, 0.5, 1.0]
+    deadline = time.monotonic() + 60
+    forwarded = before
+    while time.monotonic() < deadline and forwarded < before + 3:
+        forwarded = stack.get("/api/stats")["signals"].get("forwarded_feedback", 0)
+        time.sleep(0.3)
+    signals = stack.get("/api/stats")["signals"]
+    assert forwarded == before + 3, signals  # all three found in the request index
+    assert signals.get("feedback_unmatched", 0) == 0, signals
+
+
 def _two_calls(client: Any, instrument: Any, uninstrument: Any, monkeypatch: pytest.MonkeyPatch,
                env: str, on: str, off: str) -> None:
     """One call with content capture on, one with it off (instrumented afresh for each,
