@@ -42,6 +42,7 @@ treated as done.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -139,10 +140,15 @@ def _finite(v: Any) -> float:
     return math.nan
 
 
+ClosedWindow = tuple[str, float, list[Mapping[str, Any]]]
+"""(app, window start, span rows) of a window that closed."""
+
+
 @dataclass
 class _Trace:
     app: str
-    spans: dict[str, dict[str, Any]] = field(default_factory=dict)
+    spans: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Rows by span id, as received."""
     last_seen: float = 0.0
     rooted: bool = False
 
@@ -157,88 +163,99 @@ class TraceWindows:
         self.detector = AgentSteps(loop_calls=settings.loop_calls)
         self._open: OrderedDict[str, _Trace] = OrderedDict()  # by last_seen, oldest first
         # (app, window start) -> spans of the done traces in it
-        self._windows: dict[tuple[str, float], list[dict[str, Any]]] = {}
+        self._windows: dict[tuple[str, float], list[Mapping[str, Any]]] = {}
         self._closed_until: dict[str, float] = {}  # per app: end of its last closed window
         self.counters: dict[str, int] = {"spans": 0, "duplicate_spans": 0, "dropped_spans": 0,
                                          "bad_rows": 0, "traces_done": 0, "traces_evicted": 0,
                                          "windows": 0, "signals": 0}
 
-    def add(self, rows: Iterable[Mapping[str, Any]]) -> None:
+    def add(self, rows: Iterable[dict[str, Any]]) -> None:
         """Take in span rows (as the receiver publishes them)."""
         now = self.now()
         cap = self.settings.max_spans_per_trace
-        for row in rows:
-            span = span_of_row(row)
-            if span is None:
-                self.counters["bad_rows"] += 1
+        counters = self.counters
+        opened = self._open
+        for row in rows:  # rows are kept as they are; span_of_row reads them at close
+            tid, sid = row.get("trace_id"), row.get("span_id")
+            if type(tid) is not str or type(sid) is not str or not tid or not sid:
+                counters["bad_rows"] += 1
                 continue
-            tid = span["trace_id"]
-            tr = self._open.pop(tid, None)
+            tr = opened.pop(tid, None)
             if tr is None:
-                tr = _Trace(app=span["app"])
-            self._open[tid] = tr  # moved to the end: most recently seen
+                app = row.get("app")
+                tr = _Trace(app=app if type(app) is str else "")
+            opened[tid] = tr  # moved to the end: most recently seen
             tr.last_seen = now
-            if span["span_id"] in tr.spans:
-                self.counters["duplicate_spans"] += 1
+            if sid in tr.spans:
+                counters["duplicate_spans"] += 1
             elif len(tr.spans) >= cap:
-                self.counters["dropped_spans"] += 1
+                counters["dropped_spans"] += 1
             else:
-                tr.spans[span["span_id"]] = span
-                self.counters["spans"] += 1
-            if not span["parent_span_id"]:
+                tr.spans[sid] = row
+                counters["spans"] += 1
+            if not row.get("parent_span_id"):
                 tr.rooted = True
         while len(self._open) > self.settings.max_open_traces:
-            tid, tr = self._open.popitem(last=False)
             self.counters["traces_evicted"] += 1
-            self._finish(tid, tr)
+            self._finish(self._open.popitem(last=False)[1])
 
     def poll(self) -> list[Signal]:
         """Signals of the windows that closed by now."""
+        return self.signals(self.closed())
+
+    def closed(self) -> list[ClosedWindow]:
+        """Move the traces done by now into their windows; take the windows closed by
+        now (cheap: the detector runs in :meth:`signals`, which may run in a thread)."""
         now = self.now()
         st = self.settings
         done = [tid for tid, tr in self._open.items()
                 if now - tr.last_seen >= (st.settle_s if tr.rooted else st.idle_s)]
         for tid in done:
-            self._finish(tid, self._open.pop(tid))
-        out: list[Signal] = []
-        for key in sorted(k for k in self._windows if now >= k[1] + st.window_s + st.settle_s):
-            out += self._close(key)
-        return out
+            self._finish(self._open.pop(tid))
+        return [self._close(key) for key in
+                sorted(k for k in self._windows if now >= k[1] + st.window_s + st.settle_s)]
 
     def flush(self) -> list[Signal]:
         """Every open trace done and every window closed now (clean shutdown)."""
         while self._open:
-            tid, tr = self._open.popitem(last=False)
-            self._finish(tid, tr)
+            self._finish(self._open.popitem(last=False)[1])
+        return self.signals([self._close(key) for key in sorted(self._windows)])
+
+    def signals(self, windows: list[ClosedWindow]) -> list[Signal]:
+        """The ``agent.*`` signals of closed windows, labelled with their app."""
         out: list[Signal] = []
-        for key in sorted(self._windows):
-            out += self._close(key)
+        for app, start, rows in windows:
+            spans = [s for s in map(span_of_row, rows) if s is not None]
+            spans.sort(key=lambda r: (r["trace_id"], r["span_id"]))
+            got = self.detector.update(
+                span_batch(spans, start=start, end=start + self.settings.window_s))
+            out += [s.labelled(app=app, model="", model_version="") for s in got]
+        self.counters["signals"] += len(out)
         return out
 
     def stats(self) -> dict[str, int]:
         return {**self.counters, "open_traces": len(self._open), "open_windows": len(self._windows)}
 
-    def _finish(self, tid: str, tr: _Trace) -> None:
-        if not tr.spans:
-            return
-        ends = [s["end_ts"] for s in tr.spans.values() if math.isfinite(s["end_ts"])]
-        end = max(ends) if ends else self.now()
+    def _finish(self, tr: _Trace) -> None:
+        end = -math.inf
+        for row in tr.spans.values():
+            e = row.get("end_ts")
+            if type(e) in (float, int) and end < e < math.inf:
+                end = e
+        if end == -math.inf:
+            end = self.now()
         w = self.settings.window_s
-        start = math.floor(end / w) * w
-        start = max(start, self._closed_until.get(tr.app, -math.inf))
+        start = max(math.floor(end / w) * w, self._closed_until.get(tr.app, -math.inf))
         self._windows.setdefault((tr.app, start), []).extend(tr.spans.values())
         self.counters["traces_done"] += 1
 
-    def _close(self, key: tuple[str, float]) -> list[Signal]:
+    def _close(self, key: tuple[str, float]) -> ClosedWindow:
         app, start = key
         rows = self._windows.pop(key)
         end = start + self.settings.window_s
         self._closed_until[app] = max(self._closed_until.get(app, -math.inf), end)
-        rows.sort(key=lambda r: (r["trace_id"], r["span_id"]))
-        signals = self.detector.update(span_batch(rows, start=start, end=end))
         self.counters["windows"] += 1
-        self.counters["signals"] += len(signals)
-        return [s.labelled(app=app, model="", model_version="") for s in signals]
+        return app, start, rows
 
 
 Emit = Callable[[list[Signal]], Awaitable[None]]
@@ -270,8 +287,10 @@ def attach_agent_signals(app: Any, emit: Emit, *, topic: str, settings: AgentTra
 
     @app.timer(poll_s)
     async def agent_trace_windows() -> None:
-        signals = windows.poll()
-        if signals:
-            await emit(signals)
+        closed = windows.closed()
+        if closed:  # the detector off the event loop, which serves the receiver
+            signals = await asyncio.to_thread(windows.signals, closed)
+            if signals:
+                await emit(signals)
 
     return windows
