@@ -75,7 +75,7 @@ def test_committed_provisioning_equals_generated() -> None:
 
 def test_grafana_models_are_consistent() -> None:
     uids = [d.uid for d in DASHBOARDS.values()]
-    assert len(uids) == len(set(uids)) == 7
+    assert len(uids) == len(set(uids)) == 8
     for d in DASHBOARDS.values():
         model = dashboard_json(d)
         assert model["schemaVersion"] >= 39
