@@ -36,6 +36,7 @@ from urllib.parse import urlencode
 from dashboards.macros import MacroError, expand, parse_time
 from dashboards.panels import DASHBOARDS, Dashboard, Panel
 from dashboards.render import CSS, render_panel, render_svg
+from dashboards.trace import trace_route
 
 __all__ = [
     "Context",
@@ -317,6 +318,7 @@ def routes(query: QueryFn, base: str = "/dashboards") -> list[tuple[str, str, Ha
         (base, "llmpulse.dashboards.index", index),
         (base + "/{name}", "llmpulse.dashboards.page", dashboard),
         (base + "/{name}/panel/{panel}", "llmpulse.dashboards.panel", panel),
+        trace_route(base),  # one request's steps as a waterfall (dashboards/trace.py)
     ]
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import StackProcess, stack_env
+from tests.integration.test_dashboard_browser import _chromium, chromium  # noqa: F401, F811
 from tests.integration.test_otlp_stack import _OpenAIStub, _sdk, wait_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -206,3 +207,37 @@ def test_openai_client_under_the_official_openai_v2_instrumentation(
     finally:
         provider.shutdown()
     _assert_two_rows(stack, "otel-v2-app")
+
+
+def test_trace_view_draws_the_steps_of_one_request(stack: StackProcess, chromium: str,  # noqa: F811
+                                                   tmp_path: Any) -> None:
+    """The embedded trace view, loaded in headless Chromium: one bar per span, nested
+    under its parent, read through the query API."""
+    import re
+    import urllib.error
+    import urllib.request
+
+    provider = _sdk(stack.endpoints["otlp"], "trace-view-bot")
+    trace_id = _agent_trace(provider)
+    provider.shutdown()
+    wait_rows(stack, f"SELECT span_id FROM spans FINAL WHERE trace_id = '{trace_id}'", 12)
+    for bad in ("0" * 32, "zz" * 16, trace_id[:30]):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{stack.endpoints['http']}/dashboards/trace/{bad}", timeout=10)
+        assert err.value.code in (400, 404)
+    done = _chromium(chromium, tmp_path, f"{stack.endpoints['http']}/dashboards/trace/{trace_id}",
+                     "--dump-dom")
+    dom = done.stdout
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 'data-rows="12"' in dom, dom[-3000:]
+    steps = re.findall(r'<div class="step" data-step="(\w+)" data-span="(\w+)">'
+                       r'<div class="label" style="padding-left: (\d+)px;">'
+                       r'<span class="name">([^<]*)</span>', dom)
+    assert len(steps) == 12, dom[-3000:]
+    depth = {name: int(pad) // 14 for _, _, pad, name in steps}
+    assert depth["POST /ask"] == 0 and depth["invoke_agent researcher"] == 1
+    assert depth["execute_tool search"] == 2 and depth["chat gpt-4o"] == 2
+    assert [s for s, *_ in steps].count("tool") == 7
+    assert dom.count("bar failed") == 1  # the search call that timed out
+    [summary] = re.findall(r'<div id="summary">([^<]*)</div>', dom)
+    assert summary.startswith("12 spans · ") and "1 failed · 130 tokens" in summary, summary
