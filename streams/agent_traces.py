@@ -240,8 +240,8 @@ class TraceWindows:
         end = -math.inf
         for row in tr.spans.values():
             e = row.get("end_ts")
-            if type(e) in (float, int) and end < e < math.inf:
-                end = e
+            if isinstance(e, (float, int)) and not isinstance(e, bool) and end < e < math.inf:
+                end = float(e)
         if end == -math.inf:
             end = self.now()
         w = self.settings.window_s
