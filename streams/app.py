@@ -48,6 +48,7 @@ from streams.agent_traces import AgentTraceSettings, attach_agent_signals
 from streams.alerts_agent import AlertAgent, load_rules
 from streams.ingest import DeadLetter, IngestBatch, Message, split_batch
 from streams.otlp import OTLP_TOPICS, SpanIngest, attach_otlp, faust_sender
+from streams.otlp_logs import attach_otlp_logs
 from streams.rules import Rules
 from streams.signals import SignalAgents
 from streams.sink import RawSink
@@ -317,6 +318,7 @@ def build_app(
                       partitions=settings.ingest.partitions)
     attach_otlp(app, otlp, batch_messages=settings.ingest.batch_messages,
                 batch_within_s=settings.ingest.batch_within_s, positions=stats.positions)
+    attach_otlp_logs(app, otlp, feedback_topic=TOPIC_FEEDBACK)  # feedback as OTLP log records
     traces = None if agents is None else attach_agent_signals(  # agent.* signals from the spans
         app, agents.emit, topic=otlp.rows_topic, poll_s=settings.signals.poll_s,
         settings=AgentTraceSettings(window_s=settings.signals.latency_window_s))

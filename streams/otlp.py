@@ -121,6 +121,9 @@ class SpanStats:
     rows_stored: int = 0
     index_rejected: int = 0
     """``request_index`` rows (span and response ids of model calls) the store refused."""
+    log_feedback: int = 0
+    """Feedback events taken from log records (``/v1/logs``)."""
+    rejected_log_records: int = 0
     refused: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     """Refused requests or messages by HTTP status (or ``kafka``)."""
 
@@ -135,6 +138,8 @@ class SpanStats:
         return {"requests": self.requests, "spans": self.spans, "genai_spans": self.genai_spans,
                 "other_spans": self.other_spans, "rejected_spans": self.rejected_spans,
                 "rows_stored": self.rows_stored, "index_rejected": self.index_rejected,
+                "log_feedback": self.log_feedback,
+                "rejected_log_records": self.rejected_log_records,
                 "refused": dict(self.refused)}
 
 

@@ -241,3 +241,58 @@ def test_trace_view_draws_the_steps_of_one_request(stack: StackProcess, chromium
     assert dom.count("bar failed") == 1  # the search call that timed out
     [summary] = re.findall(r'<div id="summary">([^<]*)</div>', dom)
     assert summary.startswith("12 spans · ") and "1 failed · 130 tokens" in summary, summary
+
+
+def test_feedback_as_otlp_log_records(stack: StackProcess) -> None:
+    """Feedback as OpenTelemetry log records through the SDK's OTLP/HTTP log exporter:
+    ``llmpulse.feedback`` inside the model call's span (named by trace and span id),
+    ``gen_ai.evaluation.result`` naming the response id; a score out of range is
+    rejected, counted and dead-lettered; bad bodies are answered as for traces."""
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+    from opentelemetry.sdk.resources import Resource
+
+    from tests.integration.test_otlp_stack import post
+
+    provider = _sdk(stack.endpoints["otlp"], "log-feedback-bot")
+    logs = LoggerProvider(resource=Resource.create({"service.name": "log-feedback-bot"}))
+    logs.add_log_record_processor(SimpleLogRecordProcessor(
+        OTLPLogExporter(endpoint=f"{stack.endpoints['otlp']}/v1/logs")))
+    logger = logs.get_logger("tests.feedback")
+    tracer = provider.get_tracer("tests.feedback")
+    with tracer.start_as_current_span("chat gpt-4o") as span:
+        span.set_attributes({"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o",
+                             "gen_ai.usage.input_tokens": 3, "gen_ai.usage.output_tokens": 2,
+                             "gen_ai.response.id": "chatcmpl-logs"})
+        logger.emit(event_name="llmpulse.feedback",
+                    attributes={"llmpulse.feedback.score": -1.0,
+                                "llmpulse.feedback.comment": "wrong parcel"})
+        ctx = span.get_span_context()
+    logger.emit(event_name="gen_ai.evaluation.result",
+                attributes={"gen_ai.evaluation.name": "relevance",
+                            "gen_ai.evaluation.score.value": 0.25,
+                            "gen_ai.evaluation.score.label": "partly relevant",
+                            "gen_ai.response.id": "chatcmpl-logs"})
+    logger.emit(event_name="gen_ai.evaluation.result",
+                attributes={"gen_ai.evaluation.score.value": 7.0,
+                            "gen_ai.response.id": "chatcmpl-logs"})
+    logger.emit(body="an ordinary log line")
+    provider.shutdown()
+    logs.shutdown()
+    trace_id, span_id = format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+    rows = wait_rows(stack, "SELECT request_id, score, label, comment, app FROM feedback_events "
+                     "FINAL WHERE app = 'log-feedback-bot' ORDER BY request_id", 2)
+    assert [(r["request_id"], r["score"], r["label"], r["comment"]) for r in rows] == [
+        (f"{trace_id}/{span_id}", -1.0, None, "wrong parcel"),
+        ("chatcmpl-logs", 0.25, "partly relevant", "")], rows
+    dead = wait_rows(stack, "SELECT reason FROM deadletter_events FINAL "
+                     "WHERE topic = 'otlp_http_logs'", 1)
+    assert "score: must be a number in -1..1, got 7.0" in dead[0]["reason"]
+    otlp = stack.get("/api/stats")["otlp"]
+    assert otlp["log_feedback"] == 2 and otlp["rejected_log_records"] == 1
+    url = stack.endpoints["otlp"] + "/v1/logs"
+    assert post(url, b"\xff\xff", "application/x-protobuf")[0] == 400
+    assert post(url, b"{}", "text/plain")[0] == 415
+    assert post(url, b'{"resourceLogs": "x"}', "application/json")[0] == 400
+    assert stack.get("/health")["status"] == "ok"
