@@ -1,9 +1,8 @@
 """Agent-trace signals from the span rows: assemble traces, window them, run :mod:`detectors.agent`.
 
 The OTLP receiver publishes one row per span on ``llmpulse.spans`` (keyed by
-trace id). A second agent on that topic (the first stores the rows) hands
-them to :class:`TraceWindows`, the pure core here (no Faust, clock
-injected), which:
+trace id); the agent that stores them hands each stored batch to
+:class:`TraceWindows`, the pure core here (no Faust, clock injected), which:
 
 * gathers the spans of each trace, one per ``span_id`` (the stream is
   at-least-once, so a replayed span counts once);
@@ -55,8 +54,6 @@ import orjson
 
 from detectors.agent import AgentSteps, span_batch
 from detectors.base import Signal
-from llmpulse.events import split_envelope
-from streams.otlp import row_table
 
 __all__ = ["AgentTraceSettings", "TraceWindows", "attach_agent_signals", "span_of_row"]
 
@@ -199,6 +196,21 @@ class TraceWindows:
             self.counters["traces_evicted"] += 1
             self._finish(self._open.popitem(last=False)[1])
 
+    def add_lines(self, lines: Iterable[bytes]) -> None:
+        """:meth:`add` for ``spans`` rows as JSON lines; lines that are no JSON object
+        count as bad rows."""
+        rows: list[dict[str, Any]] = []
+        for line in lines:
+            try:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                row = None
+            if type(row) is dict:
+                rows.append(row)
+            else:
+                self.counters["bad_rows"] += 1
+        self.add(rows)
+
     def poll(self) -> list[Signal]:
         """Signals of the windows that closed by now."""
         return self.signals(self.closed())
@@ -261,29 +273,13 @@ class TraceWindows:
 Emit = Callable[[list[Signal]], Awaitable[None]]
 
 
-def attach_agent_signals(app: Any, emit: Emit, *, topic: str, settings: AgentTraceSettings,
-                         poll_s: float = 1.0, batch_messages: int = 500,
-                         batch_within_s: float = 0.2) -> TraceWindows:
-    """An agent on the span-rows ``topic`` feeding a :class:`TraceWindows`, and a timer
-    that sends the closed windows' signals to ``emit`` (the signal agents' sink, topic
-    and alert rules). Returns the windows, for their :meth:`~TraceWindows.stats`."""
+def attach_agent_signals(app: Any, emit: Emit, *, settings: AgentTraceSettings,
+                         poll_s: float = 1.0) -> TraceWindows:
+    """A timer on a Faust app that sends the closed windows' signals to ``emit`` (the
+    signal agents' sink, topic and alert rules). Feed the windows with
+    :meth:`TraceWindows.add_lines` (the OTLP receiver's span-row agent does, once the
+    rows are stored); returns them, also for their :meth:`~TraceWindows.stats`."""
     windows = TraceWindows(settings)
-    rows_topic = app.topic(topic, value_serializer="raw", key_serializer="raw")
-
-    async def agent_trace_spans(stream: Any) -> None:
-        async for events in stream.take_events(batch_messages, within=batch_within_s):
-            rows: list[Any] = []
-            for ev in events:
-                if row_table(ev.message.headers) != "spans":
-                    continue  # the request index rows of model calls
-                for line in split_envelope(ev.value or b""):
-                    try:
-                        rows.append(orjson.loads(line))
-                    except orjson.JSONDecodeError:
-                        windows.counters["bad_rows"] += 1
-            windows.add(r for r in rows if isinstance(r, dict))
-
-    app.agent(rows_topic, name="llmpulse.agent_trace_spans")(agent_trace_spans)
 
     @app.timer(poll_s)
     async def agent_trace_windows() -> None:

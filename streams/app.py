@@ -316,12 +316,13 @@ def build_app(
     otlp = SpanIngest(faust_sender(app), sink.write, inference_topic=TOPIC_INFERENCE,
                       deadletter_topic=TOPIC_DEADLETTER, limits=limits,
                       partitions=settings.ingest.partitions)
-    attach_otlp(app, otlp, batch_messages=settings.ingest.batch_messages,
-                batch_within_s=settings.ingest.batch_within_s, positions=stats.positions)
-    attach_otlp_logs(app, otlp, feedback_topic=TOPIC_FEEDBACK)  # feedback as OTLP log records
     traces = None if agents is None else attach_agent_signals(  # agent.* signals from the spans
-        app, agents.emit, topic=otlp.rows_topic, poll_s=settings.signals.poll_s,
+        app, agents.emit, poll_s=settings.signals.poll_s,
         settings=AgentTraceSettings(window_s=settings.signals.latency_window_s))
+    attach_otlp(app, otlp, batch_messages=settings.ingest.batch_messages,
+                batch_within_s=settings.ingest.batch_within_s, positions=stats.positions,
+                on_rows=None if traces is None else traces.add_lines)
+    attach_otlp_logs(app, otlp, feedback_topic=TOPIC_FEEDBACK)  # feedback as OTLP log records
 
     async def lag() -> dict[str, int]:
         out: dict[str, int] = defaultdict(int)

@@ -412,10 +412,12 @@ async def _read_body(request: Any, limit: int) -> bytes | None:
 
 def attach_otlp(app: Any, ingest: SpanIngest, *, limits: ReceiverLimits = ReceiverLimits(),
                 batch_messages: int = 100, batch_within_s: float = 0.2,
-                positions: dict[tuple[str, int], int] | None = None) -> None:
+                positions: dict[tuple[str, int], int] | None = None,
+                on_rows: Callable[[list[bytes]], None] | None = None) -> None:
     """Register ``POST /v1/traces`` and the agents of ``otlp_spans`` and the span rows
     on a Faust app. ``positions`` gets the next offset per (topic, partition) once a
-    message is done (the worker's lag, which shutdown drains to zero)."""
+    message is done (the worker's lag, which shutdown drains to zero); ``on_rows`` gets
+    every stored batch of span rows (the agent-trace signals)."""
     done = positions if positions is not None else {}
     import faust
 
@@ -519,6 +521,8 @@ def attach_otlp(app: Any, ingest: SpanIngest, *, limits: ReceiverLimits = Receiv
                 for a in acks:
                     await a
             ingest.stats.rows_stored += len(lines) - rows_dead
+            if on_rows is not None and lines:
+                on_rows(lines)
             for ev in events:
                 done[(ev.message.topic, ev.message.partition)] = ev.message.offset + 1
 

@@ -123,3 +123,15 @@ def test_default_rules_breach_on_a_looping_agent_and_a_failing_tool() -> None:
         signals[("agent.tool_error_rate", "tool=search")]) is Verdict.HEALTHY
     assert not rules.matching(signals[("agent.loop_rate", "agent=helper")])
     assert set(AgentSteps.signals) >= {s for s, _ in signals}
+
+
+def test_rows_as_json_lines() -> None:
+    import orjson
+
+    clock = Clock(1001.0)
+    tw = _windows(clock)
+    tw.add_lines([b"not json", b"[1, 2]", orjson.dumps(_span("t1", "r", "", 1001.0)),
+                  orjson.dumps(_span("t1", "s", "r", 1001.0))])
+    assert tw.stats()["bad_rows"] == 2 and tw.stats()["spans"] == 2
+    clock.t = 1012.0
+    assert _loops(tw.poll()) == {("bot", 1010.0): 1.0}
