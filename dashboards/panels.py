@@ -39,6 +39,7 @@ __all__ = [
     "DRIFT_THRESHOLDS",
     "HEALTH_SIGNALS",
     "PANEL_KINDS",
+    "TRACE_VIEW",
     "Dashboard",
     "Panel",
     "Variable",
@@ -564,9 +565,82 @@ HEALTH = Dashboard(
     ),
 )
 
+# -- agent traces (OTel spans): the agent.* signals and the spans table ---------------
+
+TRACE_VIEW = "/dashboards/trace/"
+"""Path of the embedded trace view (a waterfall of one request's steps) + trace id."""
+
+
+def _agent_series(title: str, pid: int, signal: str, agg: str, unit: str,
+                  description: str, *, named_only: bool = False) -> Panel:
+    named = " AND dimension != ''" if named_only else ""
+    sql = (
+        "SELECT $__timeInterval(ts) AS time, "
+        "concat(app, ' ', if(dimension = '', 'all', dimension)) AS series, "
+        f"{agg}(value) AS value\n"
+        "FROM signals FINAL\n"
+        f"WHERE $__timeFilter(ts) AND signal = '{signal}'{named} AND {_vars(model=None, version=None)}\n"
+        "GROUP BY time, series\nORDER BY time, series"
+    )
+    return Panel(pid, title, sql, "timeseries", ("time", "series", "value"), unit=unit,
+                 description=description)
+
+
+AGENTS = Dashboard(
+    "agents",
+    "llmpulse-agents",
+    "LLM apps: agent traces",
+    description="Steps of traced requests (OpenTelemetry spans): step latency, tool errors, "
+                "steps, loops, tokens and cost per trace; the slowest and looping traces.",
+    variables=VARIABLES[:1],
+    panels=(
+        _agent_series("Step latency p95 (ms)", 1, "agent.step_p95_ms", "max", "ms",
+                      "Per step kind (step=llm|tool|retrieval|agent), tool and agent."),
+        _agent_series("Tool error rate", 2, "agent.tool_error_rate", "avg", "percentunit",
+                      "Share of a tool's calls whose span failed.", named_only=True),
+        _agent_series("Steps per trace", 3, "agent.steps_per_trace", "avg", "short",
+                      "LLM calls, tool calls and retrievals per request, all and per agent."),
+        _agent_series("Loop rate", 4, "agent.loop_rate", "avg", "percentunit",
+                      "Share of requests that called one tool 5 or more times."),
+        _agent_series("Tokens per trace", 5, "agent.tokens_per_trace", "avg", "short",
+                      "Input + output tokens of a request's model calls."),
+        _agent_series("Cost per trace (USD)", 6, "agent.cost_per_trace_usd", "avg",
+                      "currencyUSD", "Where the spans carry a cost (gen_ai.usage.cost)."),
+        Panel(7, "Looping traces",
+              "SELECT ts, app, JSONExtractString(l, 'trace_id') AS trace_id, "
+              "JSONExtractString(l, 'tool') AS tool, JSONExtractInt(l, 'calls') AS calls\n"
+              "FROM (SELECT ts, app, arrayJoin(JSONExtractArrayRaw(detail, 'loops')) AS l\n"
+              "  FROM signals FINAL\n"
+              "  WHERE $__timeFilter(ts) AND signal = 'agent.loop_rate' AND dimension = '' "
+              f"AND {_vars(model=None, version=None)})\n"
+              "ORDER BY calls DESC, ts DESC\nLIMIT 50",
+              "table", ("ts", "app", "trace_id", "tool", "calls"), width=12, height=9,
+              description="Requests in which one tool was called 5 or more times.",
+              links=(("trace_id", TRACE_VIEW + "${__value.raw}"),)),
+        Panel(8, "Slowest traces",
+              "SELECT trace_id, any(app) AS app, min(ts) AS start, "
+              "round(dateDiff('microsecond', min(ts), max(end_ts)) / 1000, 1) AS duration_ms, "
+              "countIf(step IN ('llm', 'tool', 'retrieval')) AS steps, "
+              "countIf(status != 'ok') AS failed, "
+              "sum(input_tokens + output_tokens) AS tokens\n"
+              "FROM spans FINAL\n"
+              f"WHERE $__timeFilter(ts) AND {_vars(model=None, version=None)}\n"
+              "GROUP BY trace_id\nORDER BY duration_ms DESC\nLIMIT 50",
+              "table", ("trace_id", "app", "start", "duration_ms", "steps", "failed", "tokens"),
+              width=12, height=9,
+              description="Open one in the trace view: a waterfall of its steps.",
+              links=(("trace_id", TRACE_VIEW + "${__value.raw}"),)),
+    ),
+)
+
 DASHBOARDS: dict[str, Dashboard] = {
     d.name: d for d in (OVERVIEW, DRIFT, FAIRNESS, HALLUCINATION, QUALITY, ALERTS, HEALTH)
 }
+DASHBOARDS[AGENTS.name] = AGENTS
+
+
+_AGENT_PANELS = {"step": 1, "tool_error_rate": 2, "steps_per_trace": 3, "loop_rate": 4,
+                 "tool_calls_max": 4, "tokens_per_trace": 5, "cost_per_trace_usd": 6}
 
 
 def panel_for_signal(signal: str, dimension: str = "") -> tuple[str, int]:
@@ -596,6 +670,9 @@ def panel_for_signal(signal: str, dimension: str = "") -> tuple[str, int]:
         return "hallucination", 3
     if signal.startswith("hallucination."):
         return "hallucination", 1
+    if signal.startswith("agent."):
+        measure = signal[len("agent."):]
+        return "agents", _AGENT_PANELS.get("step" if measure.startswith("step_p") else measure, 1)
     if signal.startswith("llmpulse."):
         ids = {"llmpulse.lag": 1, "llmpulse.events_per_s": 2,
                "llmpulse.notify_failures": 4, "llmpulse.store_errors": 5,

@@ -148,6 +148,20 @@ RUNBOOKS: tuple[Runbook, ...] = (
         ("Stop the arm (route its traffic to the control) and keep the data for review.",),
     ),
     Runbook(
+        "agent", "An agent's tools fail or loop",
+        ("agent.",),
+        "In traced requests (OpenTelemetry spans), a tool fails more often than the rule "
+        "allows, requests loop on one tool, or steps, tokens or cost per request rose.",
+        ("Agent traces dashboard: which tool or agent (the alert's dimension), its error "
+         "rate and step latency; the slowest and looping traces.",
+         "Open one trace as a waterfall (`/dashboards/trace/<trace_id>`): which step "
+         "failed or repeated, and what the model asked the tool."),
+        ("A failing tool: its own service's health and credentials; a timeout that is too "
+         "short for it.",
+         "Loops: a prompt or tool-description change that confuses the agent; roll it "
+         "back, or cap the tool calls per request in the agent."),
+    ),
+    Runbook(
         "monitor-health", "The monitor itself",
         ("llmpulse.",),
         "llmpulse is behind, losing writes or failing to deliver notifications.",

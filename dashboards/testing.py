@@ -16,9 +16,9 @@ the detectors write.
 ...            "input_tokens": 10, "output_tokens": 20}) for i in range(120)]
 >>> rows = fill_rows(events, seed=1, start_ts=1_700_000_000.0, duration_s=60)
 >>> sorted(rows), len(rows["inference_events"])
-(['alerts', 'audit_events', 'deadletter_events', 'deployments', 'feedback_events', 'inference_events', 'signals'], 120)
+(['alerts', 'audit_events', 'deadletter_events', 'deployments', 'feedback_events', 'inference_events', 'signals', 'spans'], 120)
 >>> sorted({s["signal"].split(".")[0] for s in rows["signals"]})
-['ab', 'bias', 'cost', 'drift', 'errors', 'hallucination', 'latency', 'llmpulse', 'quality', 'tokens']
+['ab', 'agent', 'bias', 'cost', 'drift', 'errors', 'hallucination', 'latency', 'llmpulse', 'quality', 'tokens']
 """
 
 from __future__ import annotations
@@ -164,6 +164,74 @@ def _quality_signals(rng: np.random.Generator, start: float, end: float, window_
     return out
 
 
+def _agent_rows(rng: np.random.Generator, start: float, end: float, window_s: float,
+                app: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``spans`` rows of seeded agent traces (one every 5 s: an agent, LLM calls, tool
+    calls, a retrieval; every seventh loops on ``search``) and their ``agent.*``
+    signals, computed per window by the detector itself."""
+    from detectors.agent import AgentSteps, span_batch
+
+    spans: list[dict[str, Any]] = []
+    t0 = start + 1.0
+    n = 0
+    while t0 < end - 5.0:
+        tid = f"{int(rng.integers(1, 2**62)):016x}{n:016x}"
+        steps: list[tuple[str, str, float]] = [("llm", "", float(rng.gamma(3, 150)))]
+        calls = 6 if n % 7 == 3 else int(rng.integers(1, 3))
+        steps += [("tool", "search", float(rng.gamma(2, 60))) for _ in range(calls)]
+        steps += [("retrieval", "", float(rng.gamma(2, 20))), ("tool", "fetch_page", 80.0),
+                  ("llm", "", float(rng.gamma(3, 200)))]
+        t = t0 + 0.005
+        children = []
+        for i, (step, tool, ms) in enumerate(steps):
+            failed = step == "tool" and rng.random() < 0.08
+            children.append(_span_row(
+                tid, f"{n:08x}{i + 1:08x}", f"{n:08x}00000000", app, t, ms, step, tool,
+                "error" if failed else "ok", (int(rng.integers(50, 400)),
+                                              int(rng.integers(5, 120))) if step == "llm" else (0, 0)))
+            t += ms / 1000.0 + 0.002
+        spans.append(_span_row(tid, f"{n:08x}00000000", "", app, t0, (t - t0) * 1000.0, "agent",
+                               "", "ok", (0, 0)))
+        spans += children
+        t0 += 5.0
+        n += 1
+    signals: list[dict[str, Any]] = []
+    by_window: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in spans:
+        by_window[int(r["end_ts"] // window_s)].append(r)
+    for w, rows in sorted(by_window.items()):
+        for sig in AgentSteps().update(span_batch(rows, start=w * window_s,
+                                                  end=(w + 1) * window_s)):
+            row = sig.labelled(app=app, model="", model_version="").to_row()
+            row["detail"] = json.dumps(row["detail"])
+            signals.append(row)
+    return spans, signals
+
+
+def _span_row(tid: str, sid: str, parent: str, app: str, ts: float, ms: float, step: str,
+              tool: str, status: str, tokens: tuple[int, int]) -> dict[str, Any]:
+    op = {"llm": "chat", "tool": "execute_tool", "agent": "invoke_agent",
+          "retrieval": "retrieval"}[step]
+    row: dict[str, Any] = {
+        "trace_id": tid, "span_id": sid, "parent_span_id": parent, "ts": ts,
+        "end_ts": ts + ms / 1000.0, "duration_ms": ms, "app": app,
+        "name": f"{op} {tool or ('researcher' if step == 'agent' else step)}",
+        "kind": "SPAN_KIND_CLIENT" if step == "llm" else "SPAN_KIND_INTERNAL",
+        "scope": "dashboards.testing", "step": step, "operation": op,
+        "provider": "openai" if step == "llm" else "",
+        "model": "gpt-4o" if step == "llm" else "",
+        "tool_name": tool, "agent_name": "researcher" if step == "agent" else "",
+        "status": status, "error_type": "TimeoutError" if status == "error" else "",
+        "input_tokens": tokens[0], "output_tokens": tokens[1],
+        "finish_reasons": ["stop"] if step == "llm" else [], "response_id": "",
+        "event_id": "", "attributes": {},
+    }
+    if step == "llm":  # priced as OpenLIT prices it (span_batch reads cost_usd)
+        row["cost_usd"] = round((tokens[0] * 2.5 + tokens[1] * 10.0) / 1e6, 8)
+        row["attributes"] = {"gen_ai.usage.cost": str(row["cost_usd"])}
+    return row
+
+
 def fill_rows(
     events: Iterable[tuple[str, Mapping[str, Any]]], *, seed: int = 0,
     start_ts: float = 1_700_000_000.0, duration_s: float = 600.0, window_s: float = 30.0,
@@ -191,6 +259,9 @@ def fill_rows(
     signals += _synthetic_signals(rng, start_ts, end, window_s, app, models)
     signals += _quality_signals(np.random.default_rng(seed + 1), start_ts, end, window_s, app,
                                 models)
+    spans, agent_signals = _agent_rows(np.random.default_rng(seed + 2), start_ts, end, window_s,
+                                       app)
+    signals += agent_signals
     for i, row in enumerate(inference):  # half the traffic in a prompt experiment
         row["prompt_version"] = "v2" if i % 4 == 1 else "v1"
         if i % 2:
@@ -234,7 +305,7 @@ def fill_rows(
                  ("rollback", "cli", "ok", models[0][0])))]
     return {"inference_events": inference, "feedback_events": feedback, "signals": signals,
             "alerts": alerts, "deployments": deployments, "deadletter_events": deadletters,
-            "audit_events": audit}
+            "audit_events": audit, "spans": spans}
 
 
 def fill_store(store: Any, events: Iterable[tuple[str, Mapping[str, Any]]],

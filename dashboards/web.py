@@ -47,6 +47,7 @@ from dashboards.macros import MacroError, expand, parse_time
 from dashboards.panels import DASHBOARDS, Dashboard, Panel, panel_for_signal
 from dashboards.render import CSS, render_panel, render_svg
 from dashboards.runbooks import runbooks_html
+from dashboards.trace import trace_route
 
 __all__ = [
     "Context",
@@ -396,6 +397,7 @@ def routes(query: QueryFn, base: str = "/dashboards", *,
         (base, "llmpulse.dashboards.index", index),
         (base + "/{name}", "llmpulse.dashboards.page", dashboard),
         (base + "/{name}/panel/{panel}", "llmpulse.dashboards.panel", panel),
+        trace_route(base),  # one request's steps as a waterfall (dashboards/trace.py)
     ]
     if reports_dir is not None:
         out.append((base + "/reports/{file}", "llmpulse.dashboards.report", report))

@@ -1,7 +1,8 @@
 """API tokens, browser sessions and the request guard of llmpulse's HTTP servers.
 
 Three roles: ``read`` (queries, dashboards, stats), ``ingest`` (write
-OpenTelemetry spans to ``POST /v1/traces`` and nothing else: the token an
+OpenTelemetry spans and feedback log records to ``POST /v1/traces`` and
+``/v1/logs`` and nothing else: the token an
 instrumented app holds can neither read what others sent nor act) and
 ``admin`` (deploy, rollback, retrain, erase, rule reload; admin implies the
 others). A token is 256
@@ -121,9 +122,9 @@ PUBLIC_PATHS = frozenset({LOGIN_PATH, "/health"})
 """No credential needed: the login page and its redeeming POST (the code is the
 credential), and ``/health`` (one word for probes, which carry no token)."""
 ADMIN_PREFIXES = ("/api/admin/", "/admin/")
-INGEST_PATHS = frozenset({"/v1/traces"})
+INGEST_PATHS = frozenset({"/v1/traces", "/v1/logs"})
 """OTLP/HTTP: written by instrumented apps with an ``ingest`` (or ``admin``) token."""
-ROUTE_CHECKED_BODIES = frozenset({"/v1/traces"})
+ROUTE_CHECKED_BODIES = frozenset({"/v1/traces", "/v1/logs"})
 """Paths whose handler checks the body's content type itself: the OTLP receiver
 takes protobuf as well as JSON, answers every other type 415 before reading
 anything into the pipeline, and counts and dead-letters the refusal. The

@@ -44,12 +44,14 @@ from llmpulse.kafka_security import KafkaSecurity
 from llmpulse.sqlguard import QueryLimitError, QueryRefused, SqlGuard
 from llmpulse.store import RAW_INGEST, QueryError, Store
 from streams.admin import register_audit_agent, register_erase
+from streams.agent_traces import AgentTraceSettings, TraceWindows, attach_agent_signals
 from streams.alerting import AlertLinker
 from streams.alerts_agent import AlertAgent, load_rules
 from streams.deployments import register_retrain_completion
 from streams.ingest import DeadLetter, IngestBatch, Message, split_batch
 from streams.notify import Notifier
 from streams.otlp import OTLP_TOPICS, SpanIngest, attach_otlp, faust_sender
+from streams.otlp_logs import attach_otlp_logs
 from streams.rules import Rules
 from streams.service_health import register_service_health
 from streams.signals import SignalAgents
@@ -247,6 +249,8 @@ class Pipeline:
     """The signal agents (None with ``signals.enabled`` off)."""
     alerts: AlertAgent | None = None
     """The alert agent (None without signals)."""
+    traces: TraceWindows | None = None
+    """Spans put together into traces for the ``agent.*`` signals (None without signals)."""
 
     @property
     def notifier(self) -> Notifier | None:
@@ -483,6 +487,8 @@ def register_http_api(pipeline: Pipeline, store: Store) -> None:
         out["otlp"] = pipeline.otlp.stats.as_dict()
         if pipeline.signals is not None:
             out["signals"] = pipeline.signals.stats()
+        if pipeline.traces is not None:
+            out["agent_traces"] = pipeline.traces.stats()
         if pipeline.alerts is not None:
             out["alerts"] = pipeline.alerts.stats()
         if pipeline.notifier is not None:
@@ -567,11 +573,16 @@ def build_pipeline(
     otlp = SpanIngest(faust_sender(app), sink.write, inference_topic=TOPIC_INFERENCE,
                       deadletter_topic=TOPIC_DEADLETTER, limits=limits,
                       partitions=settings.ingest.partitions)
+    traces = None if agents is None else attach_agent_signals(  # agent.* signals from the spans
+        app, agents.emit, poll_s=settings.signals.poll_s,
+        settings=AgentTraceSettings(window_s=settings.signals.latency_window_s))
     attach_otlp(app, otlp, batch_messages=settings.ingest.batch_messages,
-                batch_within_s=settings.ingest.batch_within_s, positions=stats.positions)
+                batch_within_s=settings.ingest.batch_within_s, positions=stats.positions,
+                on_rows=None if traces is None else traces.add_lines)
+    attach_otlp_logs(app, otlp, feedback_topic=TOPIC_FEEDBACK)  # feedback as OTLP log records
 
     pipeline = Pipeline(app=app, sink=sink, stats=stats, lag=lag, otlp=otlp, signals=agents,
-                        alerts=alert_agent)
+                        alerts=alert_agent, traces=traces)
     register_http_api(pipeline, store)
     if isinstance(audit, AuditLog):
         bind_audit(app, audit)

@@ -58,9 +58,11 @@ True
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
+from streams.otlp_identity import identity_keys
 from streams.windows import Group, WindowSpec, _group, event_ms
 
 __all__ = ["ARM_FIELDS", "FEEDBACK_FIELDS", "JUDGE_FIELDS", "FeedbackJoin", "TAG_FIELDS"]
@@ -221,6 +223,8 @@ class FeedbackJoin:
         self._by_request: dict[str, _Record] = {}
         self._windows: dict[tuple[Group, int], list[_Record]] = {}
         self._pending: dict[str, tuple[dict[str, Any], int]] = {}
+        # OTel-sourced records by span and response id (streams/otlp_identity.py)
+        self._aliases: OrderedDict[str, _Record] = OrderedDict()
         self._dirty: set[tuple[Group, int]] = set()
         self.closed_through: int = -(2**62)
         self.counts: dict[str, int] = dict.fromkeys(
@@ -269,6 +273,8 @@ class FeedbackJoin:
         waiting = self._pending.pop(rid, None)
         if waiting is not None:
             self._attach(rec, waiting[0])
+        if "span_id" in event:
+            self._alias(rec, event)
 
     def add_inferences(self, items: Sequence[tuple[Group, Mapping[str, Any], int]]) -> None:
         """:meth:`add_inference` for each (group, event, ts ms)."""
@@ -309,7 +315,31 @@ class FeedbackJoin:
                 waiting = pending.pop(rid, None)
                 if waiting is not None:
                     self._attach(rec, waiting[0])
+            if "span_id" in event:
+                self._alias(rec, event)
         self.counts["inference_records"] += added
+
+    def _alias(self, rec: _Record, event: Mapping[str, Any]) -> None:
+        """Index ``rec`` by its span and response id too (at most ``max_pending`` names,
+        oldest out first; a restart forgets them, and feedback by trace id still joins)."""
+        for key in identity_keys(event):
+            self._aliases.pop(key, None)
+            self._aliases[key] = rec
+            waiting = self._pending.pop(key, None)
+            if waiting is not None:
+                self._attach(rec, waiting[0])
+        while len(self._aliases) > self.max_pending:
+            self._aliases.popitem(last=False)
+
+    def _aliased(self, key: str) -> _Record | None:
+        rec = self._aliases.get(key)
+        if rec is not None and self._by_request.get(rec.request_id) is not rec:
+            # expired or replaced: a record still in its window keeps its name
+            start = rec.ts - rec.ts % self.window.length_ms
+            if rec not in self._windows.get((rec.group, start), ()):
+                del self._aliases[key]
+                return None
+        return rec
 
     def _keep_response(self, rid: str, event: Mapping[str, Any]) -> None:
         text = event.get("response")
@@ -326,7 +356,7 @@ class FeedbackJoin:
         self.counts["feedback_in"] += 1
         fields = _feedback_fields(event)
         rid = str(event.get("request_id", ""))
-        rec = self._by_request.get(rid)
+        rec = self._by_request.get(rid) or self._aliased(rid)
         if rec is not None:
             self._attach(rec, fields)
             return True

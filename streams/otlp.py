@@ -35,7 +35,7 @@ import logging
 import time
 import zlib
 from collections import OrderedDict, defaultdict
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from llmpulse.events import DEFAULT_LIMITS, Limits, split_envelope
 from streams.ingest import DeadLetter
+from streams.otlp_identity import index_rows
 from streams.otlp_mapping import MappedRequest, OtlpDecodeError, decode_traces, map_request
 
 __all__ = [
@@ -68,6 +69,27 @@ TOPIC_OTLP_SPANS = "otlp_spans"
 TOPIC_SPAN_ROWS = "llmpulse.spans"
 """Internal: mapped ``spans`` rows (NDJSON envelopes) on their way to the store."""
 OTLP_TOPICS = (TOPIC_OTLP_SPANS, TOPIC_SPAN_ROWS)
+TABLE_HEADER = "llmpulse-table"
+"""Header of a ``llmpulse.spans`` message whose rows go to another table than ``spans``
+(``request_index``: the span and response ids of model calls)."""
+ROW_TABLES = frozenset({"spans", "request_index"})
+
+
+def row_table(headers: Any) -> str:
+    """The table of a ``llmpulse.spans`` message's rows, from its headers (a list of
+    pairs or a mapping); ``""`` for a table that is not one of :data:`ROW_TABLES`.
+
+    >>> row_table(None), row_table([("llmpulse-table", b"request_index")])
+    ('spans', 'request_index')
+    >>> row_table({"llmpulse-table": b"alerts"})
+    ''
+    """
+    items = headers.items() if isinstance(headers, Mapping) else (headers or ())
+    for k, v in items:
+        if k == TABLE_HEADER:
+            name = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+            return name if name in ROW_TABLES else ""
+    return "spans"
 OTLP_HTTP_SOURCE = "otlp_http"
 """The ``topic`` of dead letters refused by the HTTP receiver (their ``offset``
 is the receive time in nanoseconds, unique per receiver)."""
@@ -97,6 +119,11 @@ class SpanStats:
     other_spans: int = 0
     rejected_spans: int = 0
     rows_stored: int = 0
+    index_rejected: int = 0
+    """``request_index`` rows (span and response ids of model calls) the store refused."""
+    log_feedback: int = 0
+    """Feedback events taken from log records (``/v1/logs``)."""
+    rejected_log_records: int = 0
     refused: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     """Refused requests or messages by HTTP status (or ``kafka``)."""
 
@@ -110,7 +137,9 @@ class SpanStats:
     def as_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "spans": self.spans, "genai_spans": self.genai_spans,
                 "other_spans": self.other_spans, "rejected_spans": self.rejected_spans,
-                "rows_stored": self.rows_stored,
+                "rows_stored": self.rows_stored, "index_rejected": self.index_rejected,
+                "log_feedback": self.log_feedback,
+                "rejected_log_records": self.rejected_log_records,
                 "refused": dict(self.refused)}
 
 
@@ -256,6 +285,20 @@ class RecentDocuments(MutableMapping[str, list[str]]):
         return len(self._items)
 
 
+def with_response_ids(mapped: MappedRequest) -> list[bytes]:
+    """Put each model call's ``gen_ai.response.id`` on its event (``response_id``, which
+    the feedback join reads and the event tables ignore) and return the ``request_index``
+    rows of the events' span and response ids (:mod:`streams.otlp_identity`)."""
+    ids = {r["event_id"]: r["response_id"] for r in mapped.spans
+           if r["response_id"] and r["event_id"]}
+    if ids:
+        for ev in mapped.events:
+            rid = ids.get(ev["event_id"])
+            if rid:
+                ev["response_id"] = rid
+    return index_rows(mapped.events)
+
+
 class SpanIngest:
     """Decode, map, publish and store one OTLP export request (either entry)."""
 
@@ -290,6 +333,7 @@ class SpanIngest:
                 : self.limits.max_context_passages]
         acks: list[Awaitable[Any]] = []
         n = self.partitions
+        index = with_response_ids(mapped)
         for key, value, part in envelopes(mapped.events, partitions=n):
             acks.append(await self.send(self.inference_topic, value, key, None, part))
         for key, value, part in envelopes(mapped.spans, key_field="trace_id", partitions=n):
@@ -297,6 +341,9 @@ class SpanIngest:
         dead = [DeadLetter(r.payload, f"span {r.trace_id}/{r.span_id}: {r.reason}", source,
                            partition, offset if offset is not None else self.next_offset())
                 for r in mapped.rejected]
+        if index:  # feedback may name a model call by span or response id: stored in batches
+            acks.append(await self.send(self.rows_topic, b"\n".join(index), None,
+                                        [(TABLE_HEADER, b"request_index")], None))
         await self.dead_letter(dead, acks)
         for a in acks:
             await a
@@ -365,10 +412,12 @@ async def _read_body(request: Any, limit: int) -> bytes | None:
 
 def attach_otlp(app: Any, ingest: SpanIngest, *, limits: ReceiverLimits = ReceiverLimits(),
                 batch_messages: int = 100, batch_within_s: float = 0.2,
-                positions: dict[tuple[str, int], int] | None = None) -> None:
+                positions: dict[tuple[str, int], int] | None = None,
+                on_rows: Callable[[list[bytes]], None] | None = None) -> None:
     """Register ``POST /v1/traces`` and the agents of ``otlp_spans`` and the span rows
     on a Faust app. ``positions`` gets the next offset per (topic, partition) once a
-    message is done (the worker's lag, which shutdown drains to zero)."""
+    message is done (the worker's lag, which shutdown drains to zero); ``on_rows`` gets
+    every stored batch of span rows (the agent-trace signals)."""
     done = positions if positions is not None else {}
     import faust
 
@@ -443,19 +492,37 @@ def attach_otlp(app: Any, ingest: SpanIngest, *, limits: ReceiverLimits = Receiv
         async for events in stream.take_events(batch_messages, within=batch_within_s):
             lines: list[bytes] = []
             sources: list[Any] = []
+            index: list[bytes] = []
+            unknown: list[DeadLetter] = []
             for ev in events:
+                table = row_table(ev.message.headers)
+                if table == "request_index":
+                    index.extend(split_envelope(ev.value or b""))
+                    continue
+                if not table:
+                    m = ev.message
+                    unknown.append(DeadLetter((ev.value or b"")[:_DEAD_PAYLOAD_BYTES],
+                                              f"unknown {TABLE_HEADER} header", m.topic,
+                                              m.partition, m.offset))
+                    continue
                 for line in split_envelope(ev.value or b""):
                     lines.append(line)
                     sources.append(ev.message)
+            if index:
+                ingest.stats.index_rejected += len(await ingest.write("request_index", index))
             dead = [DeadLetter(lines[i], reason, sources[i].topic, sources[i].partition,
                                sources[i].offset)
-                    for i, reason in await ingest.write("spans", lines)]
+                    for i, reason in await ingest.write("spans", lines)] if lines else []
+            rows_dead = len(dead)
+            dead += unknown
             if dead:
                 acks: list[Awaitable[Any]] = []
                 await ingest.dead_letter(dead, acks)
                 for a in acks:
                     await a
-            ingest.stats.rows_stored += len(lines) - len(dead)
+            ingest.stats.rows_stored += len(lines) - rows_dead
+            if on_rows is not None and lines:
+                on_rows(lines)
             for ev in events:
                 done[(ev.message.topic, ev.message.partition)] = ev.message.offset + 1
 

@@ -87,7 +87,7 @@ def test_committed_provisioning_equals_generated() -> None:
 
 def test_grafana_models_are_consistent() -> None:
     uids = [d.uid for d in DASHBOARDS.values()]
-    assert len(uids) == len(set(uids)) == 7
+    assert len(uids) == len(set(uids)) == 8
     for d in DASHBOARDS.values():
         model = dashboard_json(d)
         assert model["schemaVersion"] >= 39
@@ -308,6 +308,7 @@ def test_every_default_rules_alert_carries_a_dashboard_and_runbook_link() -> Non
     for rule in rules.rules:
         signal = rule.signal[0]
         dimension = ("language=de" if rule.dimension == ("*=*",) else
+                     "tool=search" if rule.dimension == ("tool=*",) else
                      "embedding:prompt" if "embedding" in signal else
                      "input_tokens" if signal.startswith("drift.") else "")
         fired = []
