@@ -34,7 +34,7 @@ import orjson
 from detectors.base import Signal
 from llmpulse.events import TOPIC_ALERTS, TOPIC_RETRAIN
 from streams.alerting import AlertEvent, AlertManager
-from streams.notify import Notifier
+from streams.notify import Notifier, build_channels
 from streams.retrain_trigger import RetrainTrigger
 from streams.rules import Rules
 from streams.sink import RawSink
@@ -46,8 +46,11 @@ log = logging.getLogger(__name__)
 
 
 def load_rules(path: Path | None) -> Rules:
-    """The rules file named in the configuration, or the shipped defaults."""
-    return Rules.load(path) if path else Rules.default()
+    """The rules file named in the configuration, or the shipped defaults,
+    its notify channels validated too (a bad one fails at start, named)."""
+    rules = Rules.load(path) if path else Rules.default()
+    build_channels(rules)
+    return rules
 
 
 class AlertAgent:

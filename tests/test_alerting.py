@@ -224,7 +224,7 @@ def test_snapshot_restore_at_every_point_gives_the_same_events() -> None:
 def test_restore_drops_states_of_removed_rules() -> None:
     am = AlertManager(rules(**{"for": 1}))
     am.process(sig(1, HI))
-    other = AlertManager(Rules.from_dict({"rules": [{"name": "x", "signal": "y", "op": ">", "threshold": 1}]}))
+    other = AlertManager(Rules.from_dict({"rules": [{"name": "x", "signal": "errors.rate", "op": ">", "threshold": 1}]}))
     other.restore(am.snapshot())
     assert other.open_alerts() == [] and other.stats()["tracked_keys"] == 0
     with pytest.raises(ValueError, match="unknown alert state version"):

@@ -96,3 +96,54 @@ def test_detector_has_expected_result_tests(cls: type[Detector]) -> None:
     assert any(re.search(rf"\b{cls.__name__}\b", t) for t in texts), (
         f"{cls.__name__} has no expected-result test under tests/detectors/"
     )
+
+
+def _representative_windows() -> list:
+    # healthy (drift tests take their reference from the first ones), slowed down
+    # and shifted, and an A/B experiment with an effect: something for every family
+    out = [
+        synthetic_batch(400, seed=s, start=1_700_000_000.0 + 10 * s, rate=40,
+                        latency_scale=1.0 if s < 3 else 3.0)
+        for s in range(5)
+    ]
+    out.append(synthetic_batch(400, seed=5, start=1_700_000_050.0, rate=40, experiment="prompt-v2",
+                               effect=0.3))
+    return out
+
+
+@pytest.mark.parametrize("cls", DETECTORS, ids=lambda c: c.__name__)
+def test_detector_emits_only_the_names_it_declares(cls: type[Detector]) -> None:
+    det = cls()
+    assert det.signals, f"{cls.__name__} declares no signal names (Detector.signals)"
+    assert all(NAME.match(n) for n in det.signals), det.signals
+    undeclared = _undeclared(det, _representative_windows())
+    assert not undeclared, f"{cls.__name__} emits undeclared {undeclared}"
+
+
+def _undeclared(det: Detector, windows: list) -> list[str]:
+    emitted: set[str] = set()
+    for window in windows:
+        emitted |= {s.signal for s in det.update(window)}
+    return sorted(emitted - set(det.signals))
+
+
+def test_the_declaration_check_catches_a_misspelt_emission() -> None:
+    class Misspelt(Detector):
+        signals = ("latency.p99_ms",)
+
+        def update(self, batch):
+            return [batch.signal("latency.p99ms", 1.0, n=len(batch))]
+
+    assert _undeclared(Misspelt(), _windows(1)) == ["latency.p99ms"]
+
+
+def test_the_shipped_detectors_emit_something_on_the_representative_windows() -> None:
+    # guards the test above against windows on which nothing is emitted at all
+    windows = _representative_windows()
+    silent = []
+    for cls in DETECTORS:
+        det = cls()
+        if not any([det.update(w) for w in windows]):
+            silent.append(cls.__name__)
+    # these need judge grades or reference answers, which the synthetic stream has not
+    assert set(silent) <= {"JudgeAgreement", "ReferenceOverlap", "SemanticSimilarity"}, silent
