@@ -54,8 +54,14 @@ def load_rules(path: Path | None) -> Rules:
 
 
 class AlertAgent:
+    """The alert path of the worker: ``await agent(signals)`` per batch of signals.
+
+    ``alerts_topic`` and ``retrain_topic`` default to the app's topics; tests
+    pass collecting ones (:class:`streams.testing.TestingTopic`)."""
+
     def __init__(self, app: faust.App, rules: Rules, sink: RawSink, *, state_dir: Path,
-                 dashboard_url: str | None = None, notify: bool = True) -> None:
+                 dashboard_url: str | None = None, notify: bool = True,
+                 alerts_topic: Any = None, retrain_topic: Any = None) -> None:
         self.app = app
         self.sink = sink
         self.rules = rules
@@ -63,8 +69,10 @@ class AlertAgent:
         self.notifier = Notifier.from_rules(rules)
         self.notify = notify
         self.trigger = RetrainTrigger.from_rules(rules)
-        self.alerts_topic = app.topic(TOPIC_ALERTS, value_serializer="raw", key_serializer="raw")
-        self.retrain_topic = app.topic(TOPIC_RETRAIN, value_serializer="raw", key_serializer="raw")
+        self.alerts_topic = alerts_topic or app.topic(TOPIC_ALERTS, value_serializer="raw",
+                                                      key_serializer="raw")
+        self.retrain_topic = retrain_topic or app.topic(TOPIC_RETRAIN, value_serializer="raw",
+                                                        key_serializer="raw")
         self.counts: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._state = state_dir / "alerts.json"
@@ -116,6 +124,11 @@ class AlertAgent:
             self.counts["pages_resent_after_restart"] += len(self._outbox)
         for ev in list(self._outbox.values()):
             self._page(ev)
+
+    async def settle(self, timeout: float = 30.0) -> None:
+        """Wait for the pages being delivered in the background."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
 
     def stats(self) -> dict[str, Any]:
         return {"alerts": dict(self.counts), "manager": self.alerts.stats(),

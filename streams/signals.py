@@ -61,7 +61,7 @@ from streams.ingest import IngestBatch
 from streams.sink import RawSink
 from streams.state import write_atomic
 
-__all__ = ["SignalAgents", "engine_config", "forget_saved_requests", "group_key"]
+__all__ = ["SignalAgents", "engine_chunks", "engine_config", "forget_saved_requests", "group_key"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,14 @@ def _source(message: Any) -> int:
         if k == SOURCE_HEADER:
             return int(v)
     return 1000 + int(message.partition)
+
+
+def engine_chunks(messages: Sequence[Any], *, keyed: bool) -> list[Any]:
+    """What the engine takes from ``llmpulse.grouped`` messages: ``(source, value)``,
+    or ``(source, value, key)`` for a sharded engine (it routes by the group key)."""
+    if keyed:
+        return [(_source(m), m.value, m.key) for m in messages]
+    return [(_source(m), m.value) for m in messages]
 
 
 def signal_row(s: Signal) -> dict[str, Any]:
@@ -181,7 +189,8 @@ class SignalAgents:
     """Registers the grouped forwarder, the signal agent and its timers on a Faust app."""
 
     def __init__(self, app: faust.App, settings: Settings, store: Store, sink: RawSink,
-                 *, health: Callable[[], Awaitable[list[Signal]]] | None = None) -> None:
+                 *, health: Callable[[], Awaitable[list[Signal]]] | None = None,
+                 signals_topic: Any = None) -> None:
         from streams.engine_process import EngineProcess, LocalEngine, ShardedEngine
 
         cfg = settings.signals
@@ -219,7 +228,9 @@ class SignalAgents:
         # set by close(): the Faust timers run until the app stops, after the engine did
         self._closed = False
         self.grouped = app.topic(TOPIC_GROUPED, value_serializer="raw", key_serializer="raw")
-        self.signals_topic = app.topic(TOPIC_SIGNALS, value_serializer="raw", key_serializer="raw")
+        # ``signals_topic``: anything with Faust's ``send(key=, value=)`` (tests collect)
+        self.signals_topic = signals_topic or app.topic(TOPIC_SIGNALS, value_serializer="raw",
+                                                        key_serializer="raw")
         self.last_signals_at = 0.0
         self.last_health = time.monotonic()
         self.engine_stats: dict[str, Any] = {}
@@ -277,15 +288,8 @@ class SignalAgents:
         cfg = self.settings.signals
 
         async def signals_agent(stream: Any) -> None:
-            loop = asyncio.get_running_loop()
             async for events in stream.take_events(1000, within=0.2):
-                messages = await self._replay_filter([ev.message for ev in events])
-                if messages:
-                    chunks: list[Any] = (
-                        [(_source(m), m.value, m.key) for m in messages] if self._keyed
-                        else [(_source(m), m.value) for m in messages])
-                    ends = {m.partition: m.offset + 1 for m in messages}
-                    await loop.run_in_executor(self._exec, self._add, chunks, ends)
+                await self.take([ev.message for ev in events])
                 positions = self.app.llmpulse_stats.positions  # type: ignore[attr-defined]
                 for ev in events:
                     positions[(ev.message.topic, ev.message.partition)] = ev.message.offset + 1
@@ -295,31 +299,48 @@ class SignalAgents:
 
         @app.timer(cfg.poll_s)
         async def poll_windows() -> None:
-            loop = asyncio.get_running_loop()
-            signals = await loop.run_in_executor(self._exec, self._poll)
-            # the engine closes short windows first and may leave longer ones for the
-            # next poll: emit what came, and poll again at once while polls give signals
-            for _ in range(MAX_POLLS_IN_A_ROW):
-                if not signals:
-                    break
-                await self.emit(signals)
-                signals = await loop.run_in_executor(self._exec, self._poll)
-            if self.pending_feedback:
-                items, self.pending_feedback = self.pending_feedback, []
-                self._routing = items  # still on disk until routed
-                await self._route_feedback(items)
-                self._routing = []
-                self._save_pending()
-            if self.health is not None and time.monotonic() - self.last_health >= 10.0:
-                self.last_health = time.monotonic()
-                signals = signals + await self.health()
-            await self.emit(signals)
+            await self.tick()
 
         if cfg.snapshot_s > 0:
             @app.timer(cfg.snapshot_s)
             async def save_state() -> None:
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(self._exec, self._save)
+
+    async def take(self, messages: Sequence[Any]) -> int:
+        """The signal agent's body: one batch of ``llmpulse.grouped`` messages
+        (Faust messages, or :class:`streams.testing.TestingMessage`) into the
+        engine; how many it took (a replay after a restart skips some)."""
+        loop = asyncio.get_running_loop()
+        fresh = await self._replay_filter(list(messages))
+        if fresh:
+            chunks = engine_chunks(fresh, keyed=self._keyed)
+            ends = {m.partition: m.offset + 1 for m in fresh}
+            await loop.run_in_executor(self._exec, self._add, chunks, ends)
+        return len(fresh)
+
+    async def tick(self) -> None:
+        """The window timer's body: poll the engine and emit what closed, route
+        waiting feedback, add the health signals when due."""
+        loop = asyncio.get_running_loop()
+        signals = await loop.run_in_executor(self._exec, self._poll)
+        # the engine closes short windows first and may leave longer ones for the
+        # next poll: emit what came, and poll again at once while polls give signals
+        for _ in range(MAX_POLLS_IN_A_ROW):
+            if not signals:
+                break
+            await self.emit(signals)
+            signals = await loop.run_in_executor(self._exec, self._poll)
+        if self.pending_feedback:
+            items, self.pending_feedback = self.pending_feedback, []
+            self._routing = items  # still on disk until routed
+            await self._route_feedback(items)
+            self._routing = []
+            self._save_pending()
+        if self.health is not None and time.monotonic() - self.last_health >= 10.0:
+            self.last_health = time.monotonic()
+            signals = signals + await self.health()
+        await self.emit(signals)
 
     def _add(self, chunks: list[Any], ends: dict[int, int]) -> None:
         # in the engine's thread, like _save: the positions move with the engine's state

@@ -32,3 +32,58 @@ async def test_timers_after_close_do_not_crash_the_app(tmp_path: Path, processes
         assert agents.counters.get("snapshots", 0) == 0
     finally:
         store.close()
+
+
+def _agents(tmp_path: Path, **kw):
+    from streams.testing import TestingSink, TestingTopic
+
+    settings = load_settings(env={"LLMPULSE_DATA_DIR": str(tmp_path)}, path=None)
+    settings = replace(settings, signals=replace(settings.signals, process=False, **kw))
+    store = Store.open(f"chdb://{tmp_path}/store")
+    app = new_faust_app("t", settings, bootstrap="127.0.0.1:1", datadir=tmp_path / "w",
+                        web_port=None)
+    sink, topic = TestingSink(), TestingTopic()
+    agents = SignalAgents(app, settings, store, sink, signals_topic=topic)
+    return settings, store, agents, sink, topic
+
+
+async def test_the_signal_agent_stores_publishes_and_hands_on_what_the_engine_computes(
+    tmp_path: Path,
+) -> None:
+    from detectors.testing import synthetic_events
+    from streams.engine_process import LocalEngine
+    from streams.signals import engine_config
+    from streams.testing import canonical, drive_signal_agents, grouped_messages, run_engine
+
+    messages = grouped_messages(synthetic_events(1500, seed=4, rate=10), sources=2, chunk=100)
+    settings, store, agents, sink, topic = _agents(tmp_path)
+    try:
+        got = await drive_signal_agents(agents, messages, batch=5)
+        await agents.close()
+    finally:
+        store.close()
+    engine_kwargs, detectors = engine_config(settings)
+    expected = run_engine(LocalEngine(engine_kwargs=engine_kwargs, detectors=detectors), messages)
+    assert got and canonical(got) == canonical(expected)
+    # each signal once in the table and on the topic, keyed by its group
+    assert len(sink.rows["signals"]) == len(got) == len(topic.values())
+    assert {k for k, _ in topic.sent} == {b"support/router/1"}
+    assert {r["signal"] for r in sink.rows["signals"]} == {s.signal for s in got}
+    assert agents.counters["signals"] == len(got)
+
+
+async def test_messages_the_engine_already_holds_are_skipped(tmp_path: Path) -> None:
+    from detectors.testing import synthetic_events
+    from streams.testing import grouped_messages
+
+    messages = grouped_messages(synthetic_events(400, seed=5, rate=10), chunk=50)
+    settings, store, agents, sink, topic = _agents(tmp_path)
+    try:
+        assert await agents.take(messages) == len(messages)
+        events_in = agents.engine.stats()["events_in"]
+        assert await agents.take(messages[2:]) == 0  # a redelivery after a rebalance
+        assert agents.counters["replay_skipped"] == len(messages) - 2
+        assert agents.engine.stats()["events_in"] == events_in == 400
+        await agents.close()
+    finally:
+        store.close()
