@@ -16,11 +16,12 @@ import pkgutil
 import re
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
 import detectors
-from detectors.base import Detector, Signal
+from detectors.base import Detector, Mergeable, Signal
 from detectors.testing import synthetic_batch
 
 NAME = re.compile(r"^[a-z_]+\.[a-z0-9_]+$")
@@ -147,3 +148,36 @@ def test_the_shipped_detectors_emit_something_on_the_representative_windows() ->
             silent.append(cls.__name__)
     # these need judge grades or reference answers, which the synthetic stream has not
     assert set(silent) <= {"JudgeAgreement", "ReferenceOverlap", "SemanticSimilarity"}, silent
+
+
+def test_a_mergeable_detector_must_emit() -> None:
+    from detectors.base import Mergeable
+
+    class NoEmit(Detector, Mergeable):
+        signals = ("errors.rate",)
+
+        def update(self, batch):
+            return []
+
+        def merge(self, other):
+            pass
+
+    with pytest.raises(TypeError, match="emit"):
+        NoEmit()  # type: ignore[abstract]
+
+
+@pytest.mark.parametrize("cls", [c for c in DETECTORS if issubclass(c, Mergeable)],
+                         ids=lambda c: c.__name__)
+def test_merged_halves_emit_what_the_whole_window_gives(cls: type[Detector]) -> None:
+    window = _representative_windows()[-1]
+    idx = np.arange(len(window))
+    whole = {(s.signal, s.dimension): s for s in cls().update(window)}
+    a, b = cls(), cls()
+    a.update(window.select(idx % 2 == 0))
+    b.update(window.select(idx % 2 == 1))
+    a.merge(b)  # type: ignore[attr-defined]
+    merged = {(s.signal, s.dimension): s for s in a.emit(start=window.start, end=window.end)}  # type: ignore[attr-defined]
+    assert whole and set(merged) == set(whole)
+    for k, s in whole.items():
+        assert merged[k].n == s.n, k
+        assert merged[k].value == pytest.approx(s.value, rel=0.01, abs=1e-9), k
