@@ -331,8 +331,11 @@ class SignalEngine:
 
     # -- output -------------------------------------------------------------------
 
-    def advance(self, now: float | None = None) -> list[Signal]:
+    def advance(self, now: float | None = None, *, backlog: bool = False) -> list[Signal]:
         """Close what the watermark allows at wall time ``now``; the signals.
+
+        ``backlog``: the reader has unread events (consumer lag), so no source
+        is idle however long it has been silent (:class:`~streams.windows.Watermark`).
 
         Window lengths are closed shortest first; once the closes of one
         length produced signals and took ``close_budget_s`` or more, the
@@ -340,7 +343,7 @@ class SignalEngine:
         gets signals back), so a minute window's detectors never hold up the
         ten-second windows that became due with it."""
         now = self.clock() if now is None else now
-        wm = self._watermark.current(now)
+        wm = self._watermark.current(now, backlog=backlog)
         out: list[Signal] = []
         t0 = time.perf_counter()
         for spec, buf in self._buffers.items():
@@ -362,9 +365,9 @@ class SignalEngine:
         self._c.signals_out += len(out)
         return out
 
-    def poll(self) -> list[Signal]:
+    def poll(self, *, backlog: bool = False) -> list[Signal]:
         """:meth:`advance` at the clock's time."""
-        return self.advance()
+        return self.advance(backlog=backlog)
 
     def flush(self, now: float | None = None) -> list[Signal]:
         """Close every open window now (shutdown, end of a replay)."""
@@ -465,7 +468,9 @@ class SignalEngine:
                 late_by_group.setdefault("/".join(g), {})[f"{spec.length_s:g}s"] = n
             dups_by_window[f"{spec.length_s:g}s"] = buf.duplicates
         closed = max(1, c.windows_closed)
-        wm = self._watermark.current(self.clock())
+        # the last applied watermark: reading stats must not move it (with the
+        # wall clock, that would close windows a backlog still holds events for)
+        wm = self._watermark.value
         return {
             "events_in": c.events_in,
             "feedback_in": c.feedback_in,

@@ -55,7 +55,7 @@ import orjson
 
 from detectors.base import Signal
 from llmpulse.config import Settings
-from llmpulse.events import TOPIC_GROUPED, TOPIC_SIGNALS
+from llmpulse.events import TOPIC_GROUPED, TOPIC_INFERENCE, TOPIC_SIGNALS
 from llmpulse.store import Store, lookup_requests
 from streams.ingest import IngestBatch
 from streams.sink import RawSink
@@ -190,7 +190,8 @@ class SignalAgents:
 
     def __init__(self, app: faust.App, settings: Settings, store: Store, sink: RawSink,
                  *, health: Callable[[], Awaitable[list[Signal]]] | None = None,
-                 signals_topic: Any = None) -> None:
+                 signals_topic: Any = None,
+                 backlog: Callable[[], bool] | None = None) -> None:
         from streams.engine_process import EngineProcess, LocalEngine, ShardedEngine
 
         cfg = settings.signals
@@ -200,6 +201,10 @@ class SignalAgents:
         self.sink = sink
         self.health = health
         self.consumers: list[SignalConsumer] = []
+        # whether this worker's input has unread events (consumer lag): while it
+        # has, no source counts as idle, so a slow poll delays windows instead
+        # of turning the backlog into late events
+        self.backlog: Callable[[], bool] = backlog or self._consumer_backlog
         engine_kwargs, detectors = engine_config(settings)
         self.engine: Any
         if cfg.process and cfg.engine_processes > 1:
@@ -323,14 +328,14 @@ class SignalAgents:
         """The window timer's body: poll the engine and emit what closed, route
         waiting feedback, add the health signals when due."""
         loop = asyncio.get_running_loop()
-        signals = await loop.run_in_executor(self._exec, self._poll)
+        signals = await loop.run_in_executor(self._exec, self._poll, self.backlog())
         # the engine closes short windows first and may leave longer ones for the
         # next poll: emit what came, and poll again at once while polls give signals
         for _ in range(MAX_POLLS_IN_A_ROW):
             if not signals:
                 break
             await self.emit(signals)
-            signals = await loop.run_in_executor(self._exec, self._poll)
+            signals = await loop.run_in_executor(self._exec, self._poll, self.backlog())
         if self.pending_feedback:
             items, self.pending_feedback = self.pending_feedback, []
             self._routing = items  # still on disk until routed
@@ -382,12 +387,42 @@ class SignalAgents:
             self._seen.add(p)
         return out
 
-    def _poll(self) -> list[Signal]:
+    def _consumer_backlog(self) -> bool:
+        """Whether a ``llmpulse.grouped`` partition of this worker has events the
+        engine has not taken in (its high watermark is past the engine's position),
+        or an ``llmpulse.inference`` one events not yet read (ingest lag: they
+        reach the engine later, forwarded)."""
+        try:
+            consumer = self.app.consumer
+            assignment = list(consumer.assignment())
+        except Exception:  # no consumer yet (starting, or no broker)
+            return False
+        read = getattr(self.app, "llmpulse_stats", None)
+        read_positions = getattr(read, "positions", {}) if read is not None else {}
+        held = dict(self._positions)
+        for tp in assignment:
+            if tp.topic == TOPIC_GROUPED:
+                pos = held.get(tp.partition)
+            elif tp.topic == TOPIC_INFERENCE:
+                pos = read_positions.get((tp.topic, tp.partition))
+            else:
+                continue
+            if pos is None:
+                continue  # nothing read there since start: not known to be behind
+            try:
+                high = consumer.highwater(tp)
+            except Exception:
+                continue
+            if high is not None and int(high) > int(pos):
+                return True
+        return False
+
+    def _poll(self, backlog: bool = False) -> list[Signal]:
         # in the engine's thread: the engine's counters are read here, once a poll,
         # so the event loop never waits on the engine for them
         if self._closed:
             return []
-        signals = self.engine.poll()
+        signals = self.engine.poll(backlog=backlog)
         self.engine_stats = self.engine.stats()
         return signals
 

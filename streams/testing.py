@@ -220,24 +220,33 @@ def canonical(signals: Iterable[Signal]) -> list[tuple[Any, ...]]:
 
 
 async def drive_signal_agents(agents: Any, messages: Sequence[TestingMessage], *,
-                              batch: int = 1000, flush: bool = True) -> list[Signal]:
+                              batch: int = 1000, flush: bool = True,
+                              lag: bool = True) -> list[Signal]:
     """Run ``SignalAgents`` on ``messages`` as its agent and timer would: take
     ``batch`` messages at a time, tick after each batch, then flush; the
-    signals it emitted to its consumers, in order."""
+    signals it emitted to its consumers, in order. While messages remain
+    unread the agents' input has a backlog (``agents.backlog``), as a
+    consumer behind its partition's end offset has; ``lag=False`` hides it
+    (a reader that would judge idleness by silence alone)."""
     got: list[Signal] = []
+    taken = [0]
 
     async def collect(signals: list[Signal]) -> None:
         got.extend(signals)
 
     agents.consumers.append(collect)
+    backlog = agents.backlog
+    agents.backlog = lambda: lag and taken[0] < len(messages)
     try:
         for i in range(0, len(messages), batch):
             await agents.take(messages[i:i + batch])
+            taken[0] = min(len(messages), i + batch)
             await agents.tick()
         if flush:
             await agents.flush()
     finally:
         agents.consumers.remove(collect)
+        agents.backlog = backlog
     return got
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,3 +88,60 @@ async def test_messages_the_engine_already_holds_are_skipped(tmp_path: Path) -> 
         await agents.close()
     finally:
         store.close()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 1_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _slow_engine(clock: _Clock):
+    """An in-process engine whose latency detector takes two minutes of (fake)
+    wall time per window, as a detector on an overloaded core would."""
+    from detectors.base import Detector
+    from detectors.latency import ErrorRates
+    from streams.engine import SignalEngine
+    from streams.engine_process import LocalEngine
+
+    class SlowErrorRates(ErrorRates):
+        def update(self, batch):
+            clock.t += 120.0
+            return super().update(batch)
+
+    engine = LocalEngine(engine_kwargs={}, detectors="default")
+    factories: dict[str, Any] = {"latency": lambda: [SlowErrorRates()]}
+    engine.engine = SignalEngine(factories, clock=clock, idle_s=30.0)
+    assert isinstance(engine.engine.detectors["latency"]()[0], Detector)
+    return engine
+
+
+@pytest.mark.parametrize("lagging", [True, False])
+async def test_overload_delays_windows_and_loses_no_event(tmp_path: Path, lagging: bool) -> None:
+    """Ten minutes of events from two source partitions, read in small batches
+    behind a detector that takes two minutes a window: while the consumer is
+    behind its partitions' end, silence is lag, not idleness, so every event
+    lands in its window. Idleness from silence alone (``lagging=False``: the
+    old rule) turns the backlog into late events, which is what this guards."""
+    from detectors.testing import synthetic_events
+    from streams.testing import drive_signal_agents, grouped_messages
+
+    events = synthetic_events(1200, seed=9, rate=2)
+    messages = grouped_messages(events, sources=2, chunk=20)
+    settings, store, agents, sink, topic = _agents(tmp_path)
+    try:
+        clock = _Clock()  # the configured engine (in-process, idle) is replaced
+        agents.engine = _slow_engine(clock)
+        signals = await drive_signal_agents(agents, messages, batch=2, lag=lagging)
+        stats = agents.engine.stats()
+    finally:
+        store.close()
+    rates = [s for s in signals if s.signal == "errors.rate"]
+    if lagging:
+        assert stats["late_dropped"] == 0
+        assert sum(s.n for s in rates) == len(events) == stats["events_in"]
+    else:
+        assert stats["late_dropped"] > 0
+        assert sum(s.n for s in rates) < len(events)
