@@ -328,7 +328,10 @@ class SignalAgents:
         """The window timer's body: poll the engine and emit what closed, route
         waiting feedback, add the health signals when due."""
         loop = asyncio.get_running_loop()
-        signals = await loop.run_in_executor(self._exec, self._poll, self.backlog())
+        backlog = self.backlog()
+        if backlog:
+            self.counters["polls_with_backlog"] += 1  # windows wait: silence is not idleness
+        signals = await loop.run_in_executor(self._exec, self._poll, backlog)
         # the engine closes short windows first and may leave longer ones for the
         # next poll: emit what came, and poll again at once while polls give signals
         for _ in range(MAX_POLLS_IN_A_ROW):
