@@ -423,11 +423,20 @@ class Detector(abc.ABC):
 
 
 class Mergeable(abc.ABC):
-    """A detector whose per-partition state combines into one window's state."""
+    """A detector whose per-partition state combines into one window's state.
+
+    ``update`` on part of a window's events, ``merge`` of the other parts'
+    detectors, then ``emit`` gives the signals ``update`` on the whole window
+    would have given (exactly for counts and sums, within a sketch's
+    accuracy for percentiles)."""
 
     @abc.abstractmethod
     def merge(self, other: Any) -> None:
         """Fold ``other``'s state into this one."""
+
+    @abc.abstractmethod
+    def emit(self, *, start: float | None = None, end: float | None = None) -> list[Signal]:
+        """The signals of the merged state, for the window ``[start, end)``."""
 
 
 class ChangeDetector(abc.ABC):

@@ -12,8 +12,13 @@ and moves it
   the count (consecutive means consecutive).
 * ``resolve_for``: consecutive healthy windows before a firing alert resolves;
   ``resolve_after`` also resolves it once no breach was seen for that long in
-  event time (change detectors emit only on detection: that is how their
-  alerts end; also ends alerts whose signal stopped).
+  the event time of the alert's own series (change detectors emit only on
+  detection: that is how their alerts end; also ends alerts whose signal
+  stopped while its family goes on). The series is the signal's family
+  (``latency`` of ``latency.change``), app, model, version and window length:
+  the windows one engine family closes in order. Other families' time does
+  not count, so during a catch-up, when minute windows of one family run
+  ahead of another's, the window that resolves an alert is the same as live.
 * one open alert per key; ``cooldown`` seconds after a resolve before the key
   may fire again, and at most ``max_fires_per_hour`` fires per key in any hour
   of event time. A suppressed key stays pending and fires on the first
@@ -60,10 +65,25 @@ from urllib.parse import urlencode
 from detectors.base import Signal
 from streams.rules import Rule, Rules, Verdict
 
-__all__ = ["AlertEvent", "AlertKey", "AlertLinker", "AlertManager", "MAX_GAP_WINDOWS", "alert_key_id"]
+__all__ = [
+    "AlertEvent", "AlertKey", "AlertLinker", "AlertManager", "MAX_GAP_WINDOWS", "Series",
+    "alert_key_id", "series_of",
+]
 
 AlertKey = tuple[str, str, str, str, str, str]
 """``(rule, signal, app, model, model_version, dimension)``."""
+
+Series = tuple[str, str, str, str, float]
+"""``(family, app, model, model_version, window_s)``: whose event time resolves an alert."""
+
+
+def series_of(signal: str, app: str, model: str, model_version: str, window_s: float) -> Series:
+    """The series a signal belongs to.
+
+    >>> series_of("latency.change", "support", "gpt", "1", 10.0)
+    ('latency', 'support', 'gpt', '1', 10.0)
+    """
+    return (signal.split(".", 1)[0], app, model, model_version, float(window_s))
 
 MAX_GAP_WINDOWS = 2.5
 """A pending streak breaks when no window of its key arrived for this many
@@ -171,7 +191,8 @@ class AlertManager:
         self.link_padding_s = link_padding_s
         self._states: dict[AlertKey, _State] = {}
         self._open_timed: set[AlertKey] = set()  # open alerts of rules with resolve_after
-        self.watermark = -math.inf
+        self._clocks: dict[Series, float] = {}  # event time of each series
+        self.watermark = -math.inf  # moved by advance() alone: a floor for every series
         self.counters: dict[str, int] = dict.fromkeys(
             ("signals", "matched", "ignored", "replayed", "recomputed_breach", "fired", "resolved",
              "suppressed_cooldown", "suppressed_rate"), 0)
@@ -187,16 +208,28 @@ class AlertManager:
             ev = self._observe(rule, signal)
             if ev is not None:
                 events.append(ev)
-        events.extend(self.advance(signal.ts))
+        series = series_of(signal.signal, signal.app, signal.model, signal.model_version,
+                           signal.window_s)
+        if signal.ts > self._clocks.get(series, -math.inf):
+            self._clocks[series] = signal.ts
+        events.extend(self._resolve_quiet(series))
         return events
 
     def process_many(self, signals: Iterable[Signal]) -> list[AlertEvent]:
         return [ev for s in signals for ev in self.process(s)]
 
     def advance(self, ts: float) -> list[AlertEvent]:
-        """Move event time to ``ts``: resolves alerts past their ``resolve_after``."""
+        """Move every series' event time to at least ``ts`` (end of a replay, a
+        timer): resolves alerts past their ``resolve_after``."""
         if ts > self.watermark:
             self.watermark = ts
+        return self._resolve_quiet(None)
+
+    def _resolve_quiet(self, series: Series | None) -> list[AlertEvent]:
+        """Resolve the open alerts of ``series`` (``None``: all) whose
+        ``resolve_after`` has passed in their series' event time."""
+        if not self._open_timed:
+            return []
         events = []
         for key in sorted(self._open_timed):
             rule = self.rules.get(key[0])
@@ -204,8 +237,12 @@ class AlertManager:
             if rule is None or st is None or st.alert is None or st.last_breach_ts is None:
                 self._open_timed.discard(key)
                 continue
+            own = series_of(key[1], key[2], key[3], key[4], st.alert["detail"]["window_s"])
+            if series is not None and own != series:
+                continue
+            now = max(self._clocks.get(own, -math.inf), self.watermark)
             after = rule.effective_resolve_after
-            if after is not None and self.watermark >= st.last_breach_ts + after:
+            if after is not None and now >= st.last_breach_ts + after:
                 at = st.last_breach_ts + after
                 events.append(self._resolve(rule, key, st, at, None, f"no breach for {after:g} s"))
         return events
@@ -406,6 +443,7 @@ class AlertManager:
         return {
             "version": 1,
             "watermark": self.watermark if math.isfinite(self.watermark) else None,
+            "clocks": [[*k, t] for k, t in sorted(self._clocks.items())],
             "states": [
                 {"key": list(k), **{f: v for f, v in asdict(st).items() if f != "last_ts"},
                  "last_ts": st.last_ts if math.isfinite(st.last_ts) else None}
@@ -419,6 +457,10 @@ class AlertManager:
             raise ValueError(f"unknown alert state version {state.get('version')!r}")
         wm = state.get("watermark")
         self.watermark = -math.inf if wm is None else float(wm)
+        self._clocks = {
+            (str(f), str(a), str(m), str(v), float(w)): float(t)
+            for f, a, m, v, w, t in state.get("clocks", [])
+        }
         self._states.clear()
         self._open_timed.clear()
         for item in state.get("states", []):

@@ -34,7 +34,7 @@ import orjson
 from detectors.base import Signal
 from llmpulse.events import TOPIC_ALERTS, TOPIC_RETRAIN
 from streams.alerting import AlertEvent, AlertLinker, AlertManager
-from streams.notify import Notifier
+from streams.notify import Notifier, build_channels
 from streams.retrain_trigger import RetrainTrigger
 from streams.rules import Rules
 from streams.sink import RawSink
@@ -46,14 +46,23 @@ log = logging.getLogger(__name__)
 
 
 def load_rules(path: Path | None) -> Rules:
-    """The rules file named in the configuration, or the shipped defaults."""
-    return Rules.load(path) if path else Rules.default()
+    """The rules file named in the configuration, or the shipped defaults,
+    its notify channels validated too (a bad one fails at start, named)."""
+    rules = Rules.load(path) if path else Rules.default()
+    build_channels(rules)
+    return rules
 
 
 class AlertAgent:
+    """The alert path of the worker: ``await agent(signals)`` per batch of signals.
+
+    ``alerts_topic`` and ``retrain_topic`` default to the app's topics; tests
+    pass collecting ones (:class:`streams.testing.TestingTopic`)."""
+
     def __init__(self, app: faust.App, rules: Rules, sink: RawSink, *, state_dir: Path,
                  dashboard_url: str | None = None, notify: bool = True,
-                 linker: AlertLinker | None = None) -> None:
+                 linker: AlertLinker | None = None,
+                 alerts_topic: Any = None, retrain_topic: Any = None) -> None:
         self.app = app
         self.sink = sink
         self.rules = rules
@@ -61,8 +70,10 @@ class AlertAgent:
         self.notifier = Notifier.from_rules(rules)
         self.notify = notify
         self.trigger = RetrainTrigger.from_rules(rules)
-        self.alerts_topic = app.topic(TOPIC_ALERTS, value_serializer="raw", key_serializer="raw")
-        self.retrain_topic = app.topic(TOPIC_RETRAIN, value_serializer="raw", key_serializer="raw")
+        self.alerts_topic = alerts_topic or app.topic(TOPIC_ALERTS, value_serializer="raw",
+                                                      key_serializer="raw")
+        self.retrain_topic = retrain_topic or app.topic(TOPIC_RETRAIN, value_serializer="raw",
+                                                        key_serializer="raw")
         self.counts: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._state = state_dir / "alerts.json"
@@ -114,6 +125,11 @@ class AlertAgent:
             self.counts["pages_resent_after_restart"] += len(self._outbox)
         for ev in list(self._outbox.values()):
             self._page(ev)
+
+    async def settle(self, timeout: float = 30.0) -> None:
+        """Wait for the pages being delivered in the background."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
 
     def stats(self) -> dict[str, Any]:
         return {"alerts": dict(self.counts), "manager": self.alerts.stats(),

@@ -38,13 +38,13 @@ events dropped (the stream is at-least-once: after a worker restart the same
 ``event_id`` can arrive twice; a closed window keeps one), delay from a
 window's end to its signals (wall clock), errors and time per detector.
 
-Scale-out (``role``): with ``"all"`` (default) one engine computes every
-signal. With several workers, each runs ``role="partials"``: mergeable
-detectors turn each closed window into a :class:`Partial` (their serialised
-state, :meth:`SignalEngine.partials`), which :func:`merge_partials` combines
-into the signals one engine would have computed. Non-mergeable detectors
-(drift tests, hallucination scoring, latency change) run in an engine with
-``role="owner"`` on events repartitioned by group. See docs/signals.md.
+Scale-out is by group: every event of an (app, model, model_version)
+reaches one worker (``llmpulse.grouped`` is keyed by group) and, there, one
+engine shard, so one engine computes all of a group's signals. Splitting a
+hot group's mergeable detectors over workers and merging their states was
+measured and left out: those detectors are about a tenth of the engine's
+time per event, so it would lift a hot group's ceiling by about 12 %
+(docs/signals.md).
 
 >>> from llmpulse.simulate import SupportAppSimulator
 >>> sim = SupportAppSimulator(seed=1, rate=20, start_ts=1_700_000_000.0)
@@ -68,9 +68,9 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from detectors.base import Batch, Detector, Mergeable, Signal
+from detectors.base import Batch, Detector, Signal
 from streams.join import FeedbackJoin
 from streams.windows import (
     DEFAULT_WINDOWS,
@@ -86,20 +86,15 @@ __all__ = [
     "CONTENT_FAMILIES",
     "DetectorFactory",
     "LABEL_BIAS_METRICS",
-    "Partial",
-    "Role",
     "SNAPSHOT_VERSION",
     "SignalEngine",
     "default_detectors",
-    "merge_partials",
 ]
 
 log = logging.getLogger(__name__)
 
 DetectorFactory = Callable[[], Sequence[Detector]]
 """Makes a family's detectors for one group (called once per group)."""
-
-Role = Literal["all", "partials", "owner"]
 
 SNAPSHOT_VERSION = 2
 """Format of :meth:`SignalEngine.snapshot` (1: events inline as Python objects)."""
@@ -203,61 +198,6 @@ def default_detectors(
     }
 
 
-def _mergeable(det: Detector) -> bool:
-    return isinstance(det, Mergeable) and callable(getattr(det, "emit", None))
-
-
-@dataclass(frozen=True, slots=True)
-class Partial:
-    """One mergeable detector's state for one (group, window) on one worker.
-
-    ``index`` is the detector's position in its family's factory list;
-    ``revision`` grows when the worker re-emits the window (late feedback),
-    so a merger keeps the latest per worker.
-    """
-
-    family: str
-    group: Group
-    start: float
-    end: float
-    index: int
-    detector: str
-    state: Mapping[str, Any]
-    worker: str = ""
-    revision: int = 0
-
-    @property
-    def key(self) -> tuple[str, Group, float, float, int]:
-        return (self.family, self.group, self.start, self.end, self.index)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "family": self.family,
-            "group": list(self.group),
-            "start": self.start,
-            "end": self.end,
-            "index": self.index,
-            "detector": self.detector,
-            "state": self.state,
-            "worker": self.worker,
-            "revision": self.revision,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Partial:
-        return cls(
-            family=str(d["family"]),
-            group=_group(d["group"]),
-            start=float(d["start"]),
-            end=float(d["end"]),
-            index=int(d["index"]),
-            detector=str(d["detector"]),
-            state=d["state"],
-            worker=str(d.get("worker", "")),
-            revision=int(d.get("revision", 0)),
-        )
-
-
 @dataclass
 class _Counters:
     events_in: int = 0
@@ -266,7 +206,6 @@ class _Counters:
     windows_reemitted: int = 0
     polls_cut: int = 0
     signals_out: int = 0
-    partials_out: int = 0
     close_delay_last_s: float = 0.0
     close_delay_max_s: float = 0.0
     close_delay_sum_s: float = 0.0
@@ -287,7 +226,6 @@ class SignalEngine:
     late feedback are recomputed, so a trickle of feedback into a window
     re-emits it once per interval, not once per feedback.
     ``close_budget_s``: see :meth:`advance`.
-    ``role`` and ``worker`` are for scale-out (module docstring).
     """
 
     def __init__(
@@ -301,59 +239,41 @@ class SignalEngine:
         max_pending_feedback: int = 100_000,
         reemit_interval_s: float = 10.0,
         close_budget_s: float = 0.0,
-        role: Role = "all",
-        worker: str = "",
     ) -> None:
-        if role not in ("all", "partials", "owner"):
-            raise ValueError(f"role: expected 'all', 'partials' or 'owner', got {role!r}")
         self.detectors = dict(default_detectors() if detectors is None else detectors)
         self.windows = {**DEFAULT_WINDOWS, **(windows or {})}
         missing = sorted(set(self.detectors) - set(self.windows))
         if missing:
             raise ValueError(f"windows: no window for families {missing}; pass windows={{...}}")
         self.clock = clock
-        self.role: Role = role
-        self.worker = worker
         self.horizon_s = float(horizon_s)
         self.reemit_interval_s = float(reemit_interval_s)
         self.close_budget_s = float(close_budget_s)
         self._last_redo = -float("inf")
         self._watermark = Watermark(idle_s)
         self._instances: dict[tuple[str, Group], list[Detector]] = {}
-        self._names: dict[str, list[str]] = {}
-        self._runs: dict[str, list[bool]] = {}
+        self._names: dict[str, list[str]] = {fam: self._detector_names(fam) for fam in self.detectors}
         self._specs: dict[WindowSpec, list[str]] = {}
         for fam in self.detectors:
-            if fam != "quality" and self._family_runs(fam):
+            if fam != "quality" and self._names[fam]:
                 self._specs.setdefault(self.windows[fam], []).append(fam)
         self._buffers = {spec: TumblingWindows(spec)
                          for spec in sorted(self._specs, key=lambda sp: sp.length_ms)}
         self._join: FeedbackJoin | None = None
-        if "quality" in self.detectors and self._family_runs("quality"):
+        if self._names.get("quality"):
             self._join = FeedbackJoin(
                 self.windows["quality"], horizon_s, max_pending=max_pending_feedback
             )
-        self._partials: list[Partial] = []
         self._revisions: dict[tuple[Group, int], int] = {}
         self._c = _Counters()
 
     # -- configuration helpers ------------------------------------------------
 
-    def _family_runs(self, family: str) -> bool:
-        """Whether any of the family's detectors runs in this role (probed once)."""
-        if family not in self._runs:
-            dets = list(self.detectors[family]())
-            names = [f"{family}.{type(d).__name__}" for d in dets]
-            dup = {n for n in names if names.count(n) > 1}
-            self._names[family] = [f"{n}#{i}" if n in dup else n for i, n in enumerate(names)]
-            if self.role == "all":
-                runs = [True] * len(dets)
-            elif self.role == "partials":
-                runs = [_mergeable(d) for d in dets]
-            else:
-                runs = [not _mergeable(d) for d in dets]
-            self._runs[family] = runs
-        return any(self._runs[family])
+    def _detector_names(self, family: str) -> list[str]:
+        """Names of the family's detectors for counters (probed once)."""
+        names = [f"{family}.{type(d).__name__}" for d in self.detectors[family]()]
+        dup = {n for n in names if names.count(n) > 1}
+        return [f"{n}#{i}" if n in dup else n for i, n in enumerate(names)]
 
     def _detectors_for(self, family: str, group: Group) -> list[Detector]:
         key = (family, group)
@@ -411,8 +331,11 @@ class SignalEngine:
 
     # -- output -------------------------------------------------------------------
 
-    def advance(self, now: float | None = None) -> list[Signal]:
+    def advance(self, now: float | None = None, *, backlog: bool = False) -> list[Signal]:
         """Close what the watermark allows at wall time ``now``; the signals.
+
+        ``backlog``: the reader has unread events (consumer lag), so no source
+        is idle however long it has been silent (:class:`~streams.windows.Watermark`).
 
         Window lengths are closed shortest first; once the closes of one
         length produced signals and took ``close_budget_s`` or more, the
@@ -420,7 +343,7 @@ class SignalEngine:
         gets signals back), so a minute window's detectors never hold up the
         ten-second windows that became due with it."""
         now = self.clock() if now is None else now
-        wm = self._watermark.current(now)
+        wm = self._watermark.current(now, backlog=backlog)
         out: list[Signal] = []
         t0 = time.perf_counter()
         for spec, buf in self._buffers.items():
@@ -442,9 +365,9 @@ class SignalEngine:
         self._c.signals_out += len(out)
         return out
 
-    def poll(self) -> list[Signal]:
+    def poll(self, *, backlog: bool = False) -> list[Signal]:
         """:meth:`advance` at the clock's time."""
-        return self.advance()
+        return self.advance(backlog=backlog)
 
     def flush(self, now: float | None = None) -> list[Signal]:
         """Close every open window now (shutdown, end of a replay)."""
@@ -457,11 +380,6 @@ class SignalEngine:
             for group, start in [*self._join.flush(), *self._join.redo()]:
                 out += self._close_quality(group, start, now)
         self._c.signals_out += len(out)
-        return out
-
-    def partials(self) -> list[Partial]:
-        """Partial states produced since the last call (``role="partials"``)."""
-        out, self._partials = self._partials, []
         return out
 
     def _close(
@@ -477,7 +395,7 @@ class SignalEngine:
         batch = Batch.from_events(events, start=start_ms / 1000.0, end=end_ms / 1000.0)
         out: list[Signal] = []
         for fam in families:
-            out += self._run(fam, group, batch, 0)
+            out += self._run(fam, group, batch)
         self._c.windows_closed += 1
         self._note_delay(now - end_ms / 1000.0)
         return out
@@ -496,9 +414,9 @@ class SignalEngine:
             self._note_delay(now - end_ms / 1000.0)
         events = self._join.events(group, start_ms)
         batch = Batch.from_events(events, start=start_ms / 1000.0, end=end_ms / 1000.0)
-        return self._run("quality", group, batch, revision)
+        return self._run("quality", group, batch)
 
-    def _run(self, family: str, group: Group, batch: Batch, revision: int) -> list[Signal]:
+    def _run(self, family: str, group: Group, batch: Batch) -> list[Signal]:
         out: list[Signal] = []
         try:
             dets = self._detectors_for(family, group)
@@ -507,26 +425,14 @@ class SignalEngine:
             self._c.detector_errors[f"{family}.factory"] += 1
             return out
         names = self._names[family]
-        runs = self._runs[family]
         app, model, version = group
         c = self._c
         for i, det in enumerate(dets):
-            if not runs[i]:
-                continue
             name = names[i]
             t0 = time.perf_counter()
             try:
                 signals = det.update(batch)
-                if self.role == "partials":
-                    self._partials.append(
-                        Partial(
-                            family, group, batch.start, batch.end, i, type(det).__name__,
-                            det.snapshot(), self.worker, revision,
-                        )
-                    )
-                    c.partials_out += 1
-                else:
-                    out += [s.labelled(app=app, model=model, model_version=version) for s in signals]
+                out += [s.labelled(app=app, model=model, model_version=version) for s in signals]
             except Exception:
                 log.exception("signal engine: %s failed on %s window ending %s", name, group, batch.end)
                 c.detector_errors[name] += 1
@@ -562,7 +468,9 @@ class SignalEngine:
                 late_by_group.setdefault("/".join(g), {})[f"{spec.length_s:g}s"] = n
             dups_by_window[f"{spec.length_s:g}s"] = buf.duplicates
         closed = max(1, c.windows_closed)
-        wm = self._watermark.current(self.clock())
+        # the last applied watermark: reading stats must not move it (with the
+        # wall clock, that would close windows a backlog still holds events for)
+        wm = self._watermark.value
         return {
             "events_in": c.events_in,
             "feedback_in": c.feedback_in,
@@ -571,7 +479,6 @@ class SignalEngine:
             "polls_cut": c.polls_cut,
             "open_windows": sum(len(b) for b in self._buffers.values()),
             "signals_out": c.signals_out,
-            "partials_out": c.partials_out,
             "late_dropped": late,
             "late_dropped_by_group": late_by_group,
             # every window length sees each event: a repeated event is dropped once per length
@@ -612,7 +519,7 @@ class SignalEngine:
         ]
         return {
             "version": SNAPSHOT_VERSION,
-            "role": self.role,
+            "role": "all",
             "codec": _CODEC,
             "watermark": self._watermark.snapshot(),
             "events": _pack(list(shared.values())),
@@ -623,7 +530,6 @@ class SignalEngine:
                 for (fam, g), dets in self._instances.items()
             ],
             "revisions": [[list(g), s, r] for (g, s), r in self._revisions.items()],
-            "partials": [p.to_dict() for p in self._partials],
             "counters": {
                 k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(c).items()
             },
@@ -640,8 +546,8 @@ class SignalEngine:
                 f"snapshot version {version!r} not supported: this engine reads versions "
                 f"1 and {SNAPSHOT_VERSION}"
             )
-        if state["role"] != self.role:
-            raise ValueError(f"snapshot of a {state['role']!r} engine, this one is {self.role!r}")
+        if state.get("role", "all") != "all":
+            raise ValueError(f"snapshot of a {state['role']!r} engine: partial engines are gone")
         self._watermark.restore(state["watermark"], self.clock())
         by_spec = {(s.length_s, s.lateness_s): b for s, b in self._buffers.items()}
         codec = state.get("codec", "none")
@@ -664,9 +570,10 @@ class SignalEngine:
                 det.restore(st)
             self._instances[(fam, _group(g))] = dets
         self._revisions = {(_group(g), int(s)): int(r) for g, s, r in state["revisions"]}
-        self._partials = [Partial.from_dict(p) for p in state["partials"]]
         c = _Counters()
         for k, v in state["counters"].items():
+            if not hasattr(c, k):
+                continue  # a counter of an older version (partials_out)
             cur = getattr(c, k)
             if isinstance(cur, dict):
                 cur.update(v)
@@ -703,67 +610,3 @@ def _unpack(blob: bytes, codec: str) -> Any:
     if codec != "none":
         raise ValueError(f"snapshot codec {codec!r} not supported")
     return orjson.loads(blob)
-
-
-def merge_partials(
-    partials: Iterable[Partial | Mapping[str, Any]],
-    detectors: Mapping[str, DetectorFactory] | None = None,
-) -> list[Signal]:
-    """Combine partial states from several workers into labelled signals.
-
-    Partials of the same (family, group, window, detector) are merged (the
-    latest ``revision`` per worker counts) and emitted once, as one engine
-    with all the events would have: exact for counts and sums, within the
-    sketch's relative accuracy for percentiles. Sorted by (ts, group, signal,
-    dimension).
-
-    >>> from detectors.testing import synthetic_events
-    >>> events = synthetic_events(400, seed=1, start=1_700_000_000.0, rate=40)
-    >>> fams = {"latency": default_detectors()["latency"]}
-    >>> workers = [SignalEngine(fams, role="partials", worker=str(w), clock=lambda: 0.0)
-    ...            for w in range(2)]
-    >>> for i, e in enumerate(events):
-    ...     _ = workers[i % 2].add_inference([e])
-    >>> parts = [p for w in workers for p in (w.flush(), w.partials())[1]]
-    >>> merged = merge_partials(parts, fams)
-    >>> whole = SignalEngine(fams, clock=lambda: 0.0)
-    >>> _ = whole.add_inference(events)
-    >>> one = [s for s in whole.flush() if s.signal != "latency.change"]
-    >>> [(s.signal, s.value, s.n) for s in merged] == [(s.signal, s.value, s.n) for s in
-    ...     sorted(one, key=lambda s: (s.ts, s.app, s.model, s.model_version, s.signal, s.dimension))]
-    True
-    """
-    factories = dict(default_detectors() if detectors is None else detectors)
-    latest: dict[tuple[Any, ...], Partial] = {}
-    for p in partials:
-        part = p if isinstance(p, Partial) else Partial.from_dict(p)
-        k = (*part.key, part.worker)
-        prev = latest.get(k)
-        if prev is None or part.revision >= prev.revision:
-            latest[k] = part
-    by_key: dict[tuple[str, Group, float, float, int], list[Partial]] = defaultdict(list)
-    for k in sorted(latest, key=lambda k: (k[2], k[1], k[0], k[4], k[5])):
-        by_key[k[:5]].append(latest[k])
-    protos: dict[str, list[Detector]] = {}
-    out: list[Signal] = []
-    for (family, group, start, end, index), parts in by_key.items():
-        if family not in protos:
-            protos[family] = list(factories[family]())
-        cls = type(protos[family][index])
-        if cls.__name__ != parts[0].detector:
-            raise ValueError(
-                f"partial of {parts[0].detector} at {family}[{index}], factory makes {cls.__name__}"
-            )
-        base = cls()
-        base.restore(parts[0].state)
-        for part in parts[1:]:
-            other = cls()
-            other.restore(part.state)
-            base.merge(other)  # type: ignore[attr-defined]
-        app, model, version = group
-        out += [
-            s.labelled(app=app, model=model, model_version=version)
-            for s in base.emit(start=start, end=end)  # type: ignore[attr-defined]
-        ]
-    out.sort(key=lambda s: (s.ts, s.app, s.model, s.model_version, s.signal, s.dimension))
-    return out

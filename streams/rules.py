@@ -25,6 +25,16 @@ Traceback (most recent call last):
 ...
 streams.rules.RulesError: rules.yaml: rule 'p99-latency': field 'for': must be an integer >= 1, got 'two'
 
+A rule's ``signal`` must be (or, a glob, match) a name some detector or
+other emitter declares (:mod:`streams.signal_names`), so a misspelt name is
+refused instead of loading and never firing:
+
+>>> Rules.from_yaml("rules: [{name: p99, signal: latency.p99ms, op: '>', threshold: 1}]",
+...                 source="rules.yaml")
+Traceback (most recent call last):
+...
+streams.rules.RulesError: rules.yaml: rule 'p99': field 'signal': unknown signal 'latency.p99ms' (did you mean 'latency.p99_ms'?)
+
 A window breaches, is healthy, or is ignored (too few samples):
 
 >>> from detectors.base import Signal
@@ -50,8 +60,8 @@ import math
 import operator
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Set
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from importlib import resources
 from pathlib import Path
@@ -60,17 +70,22 @@ from typing import Any
 import yaml
 
 from detectors.base import Signal
-from streams.notify.channels import SEVERITIES, Channel, channel_from_config
+from streams.signal_names import known_signals, unknown_signal
 
 __all__ = [
     "ACTIONS",
     "OPS",
+    "SEVERITIES",
+    "ChannelSpec",
     "Rule",
     "Rules",
     "RulesError",
     "Verdict",
     "parse_duration",
 ]
+
+SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
+"""Alert severities, least to most urgent."""
 
 ACTIONS: tuple[str, ...] = ("notify", "retrain")
 """What a firing rule may do: page through the notifier, request a retrain."""
@@ -94,6 +109,24 @@ SUMMARY_FIELDS: tuple[str, ...] = (
 
 class RulesError(ValueError):
     """The rules file is invalid; the message names the file, rule and field."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSpec:
+    """One entry of the ``notify`` section, environment values filled in.
+
+    The rule model only checks the name and that it is a mapping with a
+    ``type``; :func:`streams.notify.build_channels` turns specs into channels
+    and validates their fields (the model stays free of network code). The
+    settings may hold credentials, so they stay out of ``repr``.
+
+    >>> ChannelSpec("team", "slack", {"url": "https://hooks.example/T/x"})
+    ChannelSpec(name='team', type='slack')
+    """
+
+    name: str
+    type: str
+    settings: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
 class Verdict(enum.Enum):
@@ -218,7 +251,7 @@ def _any(patterns: tuple[str, ...], value: str) -> bool:
 
 
 class Rules:
-    """A validated rule set, its notification channels and alert settings.
+    """A validated rule set, its notification channel specs and alert settings.
 
     ``dashboard_url`` is the base of the dashboard links put on alerts;
     ``retrain_window_s`` and ``retrain_pending_ttl_s`` configure
@@ -229,7 +262,7 @@ class Rules:
         self,
         rules: tuple[Rule, ...] | list[Rule],
         *,
-        channels: tuple[Channel, ...] | list[Channel] = (),
+        channels: tuple[ChannelSpec, ...] | list[ChannelSpec] = (),
         dashboard_url: str = "",
         retrain_window_s: float = 86400.0,
         retrain_pending_ttl_s: float = 6 * 3600.0,
@@ -247,14 +280,23 @@ class Rules:
     # -- construction ---------------------------------------------------------
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Rules:
-        """Read and validate a rules file; :class:`RulesError` names what is wrong."""
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        signals: Set[str] | None = None,
+    ) -> Rules:
+        """Read and validate a rules file; :class:`RulesError` names what is wrong.
+
+        ``signals``: the signal names a rule may use (default: every name a
+        detector or other emitter declares, :func:`~streams.signal_names.known_signals`)."""
         p = Path(path)
         try:
             text = p.read_text(encoding="utf-8")
         except OSError as exc:
             raise RulesError(f"{p}: cannot read rules file: {exc.strerror or exc}") from None
-        return cls.from_yaml(text, source=str(path), env=env)
+        return cls.from_yaml(text, source=str(path), env=env, signals=signals)
 
     @classmethod
     def default(cls, *, env: Mapping[str, str] | None = None) -> Rules:
@@ -264,7 +306,12 @@ class Rules:
 
     @classmethod
     def from_yaml(
-        cls, text: str, *, source: str = "<rules>", env: Mapping[str, str] | None = None
+        cls,
+        text: str,
+        *,
+        source: str = "<rules>",
+        env: Mapping[str, str] | None = None,
+        signals: Set[str] | None = None,
     ) -> Rules:
         try:
             data = yaml.safe_load(text)
@@ -273,13 +320,18 @@ class Rules:
             where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
             problem = getattr(exc, "problem", None) or str(exc)
             raise RulesError(f"{source}: not valid YAML{where}: {problem}") from None
-        return cls.from_dict(data if data is not None else {}, source=source, env=env)
+        return cls.from_dict(data if data is not None else {}, source=source, env=env, signals=signals)
 
     @classmethod
     def from_dict(
-        cls, data: Any, *, source: str = "<rules>", env: Mapping[str, str] | None = None
+        cls,
+        data: Any,
+        *,
+        source: str = "<rules>",
+        env: Mapping[str, str] | None = None,
+        signals: Set[str] | None = None,
     ) -> Rules:
-        return _Parser(source, os.environ if env is None else env).parse(data)
+        return _Parser(source, os.environ if env is None else env, signals).parse(data)
 
     # -- lookup ---------------------------------------------------------------
 
@@ -337,6 +389,12 @@ def _unknown(key: Any, known: tuple[str, ...]) -> str:
 class _Parser:
     source: str
     env: Mapping[str, str]
+    signals: Set[str] | None = None
+
+    def known(self) -> Set[str]:
+        if self.signals is None:
+            self.signals = known_signals()
+        return self.signals
 
     def fail(self, where: str, message: str) -> RulesError:
         return RulesError(f"{self.source}: {where}{': ' if where else ''}{message}")
@@ -420,7 +478,7 @@ class _Parser:
             source=self.source,
         )
 
-    def parse_channels(self, raw: Any) -> list[Channel]:
+    def parse_channels(self, raw: Any) -> list[ChannelSpec]:
         if not isinstance(raw, Mapping):
             raise self.fail("field 'notify'", "must be a mapping of channel name to settings")
         out = []
@@ -428,15 +486,13 @@ class _Parser:
             where = f"notify channel {name!r}"
             if not isinstance(name, str) or not _NAME.match(name):
                 raise self.fail(where, "channel names are letters, digits, '_', '.', ':', '-'")
-            if isinstance(spec, Mapping):
-                spec = {
-                    k: self.interpolate(v, f"{where}: field {k!r}")
-                    for k, v in spec.items()
-                }
-            try:
-                out.append(channel_from_config(name, spec))
-            except ValueError as exc:
-                raise self.fail(where, str(exc)) from None
+            if not isinstance(spec, Mapping):
+                raise self.fail(where, f"must be a mapping of fields, got {type(spec).__name__}")
+            spec = {k: self.interpolate(v, f"{where}: field {k!r}") for k, v in spec.items()}
+            kind = spec.get("type")
+            if not isinstance(kind, str) or not kind:
+                raise self.fail(where, f"field 'type': must be a channel type, got {kind!r}")
+            out.append(ChannelSpec(name, kind, spec))
         return out
 
     def parse_rule(
@@ -470,8 +526,13 @@ class _Parser:
             v = [v] if isinstance(v, str) else v
             if not isinstance(v, list) or not v or not all(isinstance(x, str) for x in v):
                 raise bad(key, "a glob or a list of globs")
-            if key == "signal" and not all(x for x in v):
-                raise bad(key, "a non-empty signal name or glob")
+            if key == "signal":
+                if not all(x for x in v):
+                    raise bad(key, "a non-empty signal name or glob")
+                for pattern in v:
+                    problem = unknown_signal(pattern, self.known())
+                    if problem is not None:
+                        raise self.fail(f"{where}: field 'signal'", problem)
             return tuple(v)
 
         def integer(key: str, default: int, lo: int) -> int:

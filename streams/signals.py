@@ -55,13 +55,13 @@ import orjson
 
 from detectors.base import Signal
 from llmpulse.config import Settings
-from llmpulse.events import TOPIC_GROUPED, TOPIC_SIGNALS
+from llmpulse.events import TOPIC_GROUPED, TOPIC_INFERENCE, TOPIC_SIGNALS
 from llmpulse.store import Store, lookup_requests
 from streams.ingest import IngestBatch
 from streams.sink import RawSink
 from streams.state import write_atomic
 
-__all__ = ["SignalAgents", "engine_config", "forget_saved_requests", "group_key"]
+__all__ = ["SignalAgents", "engine_chunks", "engine_config", "forget_saved_requests", "group_key"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,14 @@ def _source(message: Any) -> int:
         if k == SOURCE_HEADER:
             return int(v)
     return 1000 + int(message.partition)
+
+
+def engine_chunks(messages: Sequence[Any], *, keyed: bool) -> list[Any]:
+    """What the engine takes from ``llmpulse.grouped`` messages: ``(source, value)``,
+    or ``(source, value, key)`` for a sharded engine (it routes by the group key)."""
+    if keyed:
+        return [(_source(m), m.value, m.key) for m in messages]
+    return [(_source(m), m.value) for m in messages]
 
 
 def signal_row(s: Signal) -> dict[str, Any]:
@@ -182,7 +190,9 @@ class SignalAgents:
 
     def __init__(self, app: faust.App, settings: Settings, store: Store, sink: RawSink,
                  *, health: Callable[[], Awaitable[list[Signal]]] | None = None,
-                 positions: dict[tuple[str, int], int] | None = None) -> None:
+                 positions: dict[tuple[str, int], int] | None = None,
+                 signals_topic: Any = None,
+                 backlog: Callable[[], bool] | None = None) -> None:
         from streams.engine_process import EngineProcess, LocalEngine, ShardedEngine
 
         cfg = settings.signals
@@ -194,6 +204,10 @@ class SignalAgents:
         #: next offset to process per (topic, partition), shared with the ingest stats (lag)
         self.positions: dict[tuple[str, int], int] = {} if positions is None else positions
         self.consumers: list[SignalConsumer] = []
+        # whether this worker's input has unread events (consumer lag): while it
+        # has, no source counts as idle, so a slow poll delays windows instead
+        # of turning the backlog into late events
+        self.backlog: Callable[[], bool] = backlog or self._consumer_backlog
         engine_kwargs, detectors = engine_config(settings)
         self.engine: Any
         if cfg.process and cfg.engine_processes > 1:
@@ -222,7 +236,9 @@ class SignalAgents:
         # set by close(): the Faust timers run until the app stops, after the engine did
         self._closed = False
         self.grouped = app.topic(TOPIC_GROUPED, value_serializer="raw", key_serializer="raw")
-        self.signals_topic = app.topic(TOPIC_SIGNALS, value_serializer="raw", key_serializer="raw")
+        # ``signals_topic``: anything with Faust's ``send(key=, value=)`` (tests collect)
+        self.signals_topic = signals_topic or app.topic(TOPIC_SIGNALS, value_serializer="raw",
+                                                        key_serializer="raw")
         self.last_signals_at = 0.0
         self.last_health = time.monotonic()
         self.engine_stats: dict[str, Any] = {}
@@ -280,15 +296,8 @@ class SignalAgents:
         cfg = self.settings.signals
 
         async def signals_agent(stream: Any) -> None:
-            loop = asyncio.get_running_loop()
             async for events in stream.take_events(1000, within=0.2):
-                messages = await self._replay_filter([ev.message for ev in events])
-                if messages:
-                    chunks: list[Any] = (
-                        [(_source(m), m.value, m.key) for m in messages] if self._keyed
-                        else [(_source(m), m.value) for m in messages])
-                    ends = {m.partition: m.offset + 1 for m in messages}
-                    await loop.run_in_executor(self._exec, self._add, chunks, ends)
+                await self.take([ev.message for ev in events])
                 positions = self.positions
                 for ev in events:
                     positions[(ev.message.topic, ev.message.partition)] = ev.message.offset + 1
@@ -298,31 +307,51 @@ class SignalAgents:
 
         @app.timer(cfg.poll_s)
         async def poll_windows() -> None:
-            loop = asyncio.get_running_loop()
-            signals = await loop.run_in_executor(self._exec, self._poll)
-            # the engine closes short windows first and may leave longer ones for the
-            # next poll: emit what came, and poll again at once while polls give signals
-            for _ in range(MAX_POLLS_IN_A_ROW):
-                if not signals:
-                    break
-                await self.emit(signals)
-                signals = await loop.run_in_executor(self._exec, self._poll)
-            if self.pending_feedback:
-                items, self.pending_feedback = self.pending_feedback, []
-                self._routing = items  # still on disk until routed
-                await self._route_feedback(items)
-                self._routing = []
-                self._save_pending()
-            if self.health is not None and time.monotonic() - self.last_health >= 10.0:
-                self.last_health = time.monotonic()
-                signals = signals + await self.health()
-            await self.emit(signals)
+            await self.tick()
 
         if cfg.snapshot_s > 0:
             @app.timer(cfg.snapshot_s)
             async def save_state() -> None:
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(self._exec, self._save)
+
+    async def take(self, messages: Sequence[Any]) -> int:
+        """The signal agent's body: one batch of ``llmpulse.grouped`` messages
+        (Faust messages, or :class:`streams.testing.TestingMessage`) into the
+        engine; how many it took (a replay after a restart skips some)."""
+        loop = asyncio.get_running_loop()
+        fresh = await self._replay_filter(list(messages))
+        if fresh:
+            chunks = engine_chunks(fresh, keyed=self._keyed)
+            ends = {m.partition: m.offset + 1 for m in fresh}
+            await loop.run_in_executor(self._exec, self._add, chunks, ends)
+        return len(fresh)
+
+    async def tick(self) -> None:
+        """The window timer's body: poll the engine and emit what closed, route
+        waiting feedback, add the health signals when due."""
+        loop = asyncio.get_running_loop()
+        backlog = self.backlog()
+        if backlog:
+            self.counters["polls_with_backlog"] += 1  # windows wait: silence is not idleness
+        signals = await loop.run_in_executor(self._exec, self._poll, backlog)
+        # the engine closes short windows first and may leave longer ones for the
+        # next poll: emit what came, and poll again at once while polls give signals
+        for _ in range(MAX_POLLS_IN_A_ROW):
+            if not signals:
+                break
+            await self.emit(signals)
+            signals = await loop.run_in_executor(self._exec, self._poll, self.backlog())
+        if self.pending_feedback:
+            items, self.pending_feedback = self.pending_feedback, []
+            self._routing = items  # still on disk until routed
+            await self._route_feedback(items)
+            self._routing = []
+            self._save_pending()
+        if self.health is not None and time.monotonic() - self.last_health >= 10.0:
+            self.last_health = time.monotonic()
+            signals = signals + await self.health()
+        await self.emit(signals)
 
     def _add(self, chunks: list[Any], ends: dict[int, int]) -> None:
         # in the engine's thread, like _save: the positions move with the engine's state
@@ -364,12 +393,41 @@ class SignalAgents:
             self._seen.add(p)
         return out
 
-    def _poll(self) -> list[Signal]:
+    def _consumer_backlog(self) -> bool:
+        """Whether a ``llmpulse.grouped`` partition of this worker has events the
+        engine has not taken in (its high watermark is past the engine's position),
+        or an ``llmpulse.inference`` one events not yet read (ingest lag: they
+        reach the engine later, forwarded)."""
+        try:
+            consumer = self.app.consumer
+            assignment = list(consumer.assignment())
+        except Exception:  # no consumer yet (starting, or no broker)
+            return False
+        read_positions = self.positions  # what ingest has read, per (topic, partition)
+        held = dict(self._positions)
+        for tp in assignment:
+            if tp.topic == TOPIC_GROUPED:
+                pos = held.get(tp.partition)
+            elif tp.topic == TOPIC_INFERENCE:
+                pos = read_positions.get((tp.topic, tp.partition))
+            else:
+                continue
+            if pos is None:
+                continue  # nothing read there since start: not known to be behind
+            try:
+                high = consumer.highwater(tp)
+            except Exception:
+                continue
+            if high is not None and int(high) > int(pos):
+                return True
+        return False
+
+    def _poll(self, backlog: bool = False) -> list[Signal]:
         # in the engine's thread: the engine's counters are read here, once a poll,
         # so the event loop never waits on the engine for them
         if self._closed:
             return []
-        signals = self.engine.poll()
+        signals = self.engine.poll(backlog=backlog)
         self.engine_stats = self.engine.stats()
         return signals
 

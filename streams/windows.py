@@ -138,6 +138,16 @@ class Watermark:
     20000
     >>> wm.current(now=12.0)       # both idle: extrapolate the furthest by wall time
     62000
+    >>> wm = Watermark(idle_s=10.0)
+    >>> wm.observe("p0", 50_000, now=0.0); wm.observe("p1", 20_000, now=0.0)
+    >>> wm.current(now=60.0, backlog=True)  # quiet because unread, not idle: wait
+    20000
+
+    Silence alone does not make a source idle: the reader says whether its
+    partitions have a backlog (``backlog``, from the consumer's lag), and a
+    source with unread events behind it holds the watermark however long the
+    engine was busy. Overload then delays windows instead of turning the
+    backlog into late events.
     """
 
     def __init__(self, idle_s: float = 30.0) -> None:
@@ -153,11 +163,13 @@ class Watermark:
             self._max[source] = ts_ms
         self._seen[source] = now
 
-    def current(self, now: float) -> int | None:
-        """The watermark (ms) at wall time ``now``; ``None`` before any event."""
+    def current(self, now: float, *, backlog: bool = False) -> int | None:
+        """The watermark (ms) at wall time ``now``; ``None`` before any event.
+        With ``backlog`` (events not read yet), no source counts as idle."""
         if not self._max:
             return self._value
-        active = [m for s, m in self._max.items() if now - self._seen[s] < self.idle_s]
+        active = [m for s, m in self._max.items()
+                  if backlog or now - self._seen[s] < self.idle_s]
         if active:
             value = min(active)
         else:
@@ -166,6 +178,11 @@ class Watermark:
             )
         if self._value is None or value > self._value:
             self._value = value
+        return self._value
+
+    @property
+    def value(self) -> int | None:
+        """The watermark last computed by :meth:`current` (reading it moves nothing)."""
         return self._value
 
     def forget(self, source: Hashable) -> None:

@@ -224,7 +224,7 @@ def test_snapshot_restore_at_every_point_gives_the_same_events() -> None:
 def test_restore_drops_states_of_removed_rules() -> None:
     am = AlertManager(rules(**{"for": 1}))
     am.process(sig(1, HI))
-    other = AlertManager(Rules.from_dict({"rules": [{"name": "x", "signal": "y", "op": ">", "threshold": 1}]}))
+    other = AlertManager(Rules.from_dict({"rules": [{"name": "x", "signal": "errors.rate", "op": ">", "threshold": 1}]}))
     other.restore(am.snapshot())
     assert other.open_alerts() == [] and other.stats()["tracked_keys"] == 0
     with pytest.raises(ValueError, match="unknown alert state version"):
@@ -292,3 +292,42 @@ def test_retrain_state_round_trips_and_request_ids_are_stable() -> None:
     assert b.process(retrain_events(start=2)[0]) is None
     assert RetrainTrigger().process(ev)["request_id"] == req["request_id"]  # type: ignore[index]
     assert RetrainTrigger.from_rules(Rules.default(env={})).window_s == 86400.0
+
+
+def test_resolve_after_counts_the_alerts_own_series_not_other_families() -> None:
+    # A catch-up: the drift family's minute windows run half an hour ahead of the
+    # latency family's ten-second windows. A latency change alert must resolve on
+    # latency time, as it would live: the second detection, 5 min after the first,
+    # keeps it open, and it resolves 10 min after that one.
+    rs = Rules.from_dict({"rules": [{"name": "slower", "signal": "latency.change", "change": True,
+                                     "resolve_after": "10m", "cooldown": 0}]})
+    am = AlertManager(rs)
+
+    def lat(t: float, name: str = "latency.p99_ms", value: float = 900.0) -> Signal:
+        return Signal(name, value, n=500, ts=T0 + t, window_s=10.0, app="support", model="gpt",
+                      model_version="1")
+
+    def drift(t: float) -> Signal:
+        return Signal("drift.psi", 0.01, n=500, ts=T0 + t, window_s=60.0, app="support",
+                      model="gpt", model_version="1", dimension="latency_ms")
+
+    events = am.process(lat(10, "latency.change", 1.0))
+    events += am.process_many(drift(60 * i) for i in range(1, 31))  # drift is at +30 min
+    events += am.process_many(lat(t) for t in range(20, 300, 10))
+    events += am.process(lat(300, "latency.change", 1.0))  # still slow 5 min later
+    events += am.process_many(lat(t) for t in range(310, 1000, 10))
+    assert [(e.kind, e.row["updated_at"] - T0) for e in events] == [
+        ("firing", 10.0), ("resolved", 900.0)]
+
+
+def test_series_clocks_survive_a_restart() -> None:
+    rs = Rules.from_dict({"rules": [{"name": "slower", "signal": "latency.change", "change": True,
+                                     "resolve_after": "10m", "cooldown": 0}]})
+    am = AlertManager(rs)
+    am.process(sig(1, 1.0, signal="latency.change"))
+    am.process(sig(8, 900.0))
+    again = AlertManager(rs)
+    again.restore(json.loads(json.dumps(am.snapshot())))
+    assert again.process(sig(30, 0.01, signal="drift.psi", dimension="latency_ms")) == []
+    [resolved] = again.process(sig(11, 900.0))
+    assert resolved.kind == "resolved" and resolved.row["resolved_at"] == T0 + 11 * W

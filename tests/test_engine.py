@@ -4,7 +4,6 @@ re-emission, horizon, scale-out merge, failing detectors, snapshot/restore."""
 from __future__ import annotations
 
 import pickle
-import zlib
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -17,7 +16,7 @@ from detectors.latency import ErrorRates
 from detectors.testing import synthetic_events
 from llmpulse.events import TOPIC_FEEDBACK, TOPIC_INFERENCE
 from llmpulse.simulate import SupportAppSimulator
-from streams.engine import Partial, SignalEngine, default_detectors, merge_partials
+from streams.engine import SignalEngine, default_detectors
 
 T0 = 1_700_000_040.0  # on a 60 s boundary, so windows of both lengths line up with the stream
 
@@ -325,89 +324,12 @@ def test_snapshot_writes_open_events_once_and_reads_versions_1_and_2() -> None:
         SignalEngine(dets, clock=Clock()).restore({**state, "codec": "lzma"})
 
 
-# -- scale-out ----------------------------------------------------------------------
-
-
-def partition(request_id: str, n: int = 2) -> int:
-    return zlib.crc32(request_id.encode()) % n
-
-
-def test_two_workers_merged_equal_one_worker() -> None:
-    dets = families("latency", "bias", "quality")
-    chunks = stream(180, rate=15, seed=7, feedback_delay_s=5)
-    clocks = [Clock(), Clock()]
-    workers = [SignalEngine(dets, clock=clocks[w], role="partials", worker=f"w{w}",
-                            reemit_interval_s=0) for w in range(2)]
-    parts: list[Partial] = []
-    for chunk in chunks:
-        for w, engine in enumerate(workers):
-            clocks[w].t += 1.0
-            mine = [(t, e) for t, e in chunk if partition(e["request_id"]) == w]
-            engine.add_inference([e for t, e in mine if t == TOPIC_INFERENCE], source=w)
-            engine.add_feedback([e for t, e in mine if t == TOPIC_FEEDBACK])
-            engine.poll()
-            parts += engine.partials()
-    for engine in workers:
-        engine.flush()
-        parts += engine.partials()
-    assert {p.worker for p in parts} == {"w0", "w1"}
-    wire = [Partial.from_dict(orjson.loads(orjson.dumps(p.to_dict()))) for p in parts]
-    merged = merge_partials(wire, dets)
-
-    clock = Clock()
-    one = SignalEngine(dets, clock=clock, reemit_interval_s=0)
-    whole = [s for s in drive(one, clock, chunks) if s.signal != "latency.change"]
-    # the single engine may emit a window several times (late feedback): the last wins,
-    # as in the ReplacingMergeTree
-    last = {key(s): s for s in whole}
-    got = {key(s): s for s in merged}
-    assert set(got) == set(last)
-    assert len(got) > 500
-    for k, s in last.items():
-        m = got[k]
-        assert m.n == s.n, k
-        assert m.value == pytest.approx(s.value, rel=1e-9, abs=1e-12), k
-    # percentiles: identical sketches; and within the sketch's accuracy of exact values
-    inferences = [e for c in chunks for t, e in c if t == TOPIC_INFERENCE]
-    for k, s in got.items():
-        if s.signal != "latency.p95_ms":
-            continue
-        evs = [e["latency_ms"] for e in inferences if (e["app"], e["model"], e["model_version"])
-               == k[1:4] and s.ts - 10 <= e["ts"] / 1000 < s.ts]
-        assert abs(s.value / float(np.quantile(evs, 0.95)) - 1) <= 0.005
-
-
-def test_owner_role_runs_only_what_does_not_merge() -> None:
-    dets = families("latency", "drift")
-    clock = Clock()
-    owner = SignalEngine(dets, clock=clock, role="owner")
-    signals = drive(owner, clock, stream(200, rate=10))
-    assert owner.partials() == []
-    assert {s.signal for s in signals if not s.signal.startswith("drift.")} <= {"latency.change"}
-    calls = owner.stats()["detector_calls"]
-    assert calls["latency.LatencyChange"] == 3 * 20
-    assert calls["drift.KolmogorovSmirnov"] == 3 * 4
-    assert "latency.ErrorRates" not in calls and "latency.LatencyPercentiles" not in calls
-
-
-def test_merge_keeps_the_latest_revision_per_worker() -> None:
-    g = ("a", "m", "1")
-    mk = lambda w, r, n: Partial("latency", g, 0.0, 10.0, 0, "ErrorRates", {  # noqa: E731
-        "confidence": 0.95, "min_n": 1, "top_error_types": 5, "_n": n, "_errors": 1,
-        "_timeouts": 0, "_types": {}, "_start": 0.0, "_end": 10.0}, w, r)
-    parts = [mk("w0", 0, 10), mk("w0", 1, 20), mk("w1", 0, 5)]
-    [rate, _] = merge_partials(parts, {"latency": lambda: [ErrorRates()]})
-    assert (rate.n, rate.value) == (25, 2 / 25)
-
-
 # -- configuration ------------------------------------------------------------------
 
 
 def test_unknown_family_needs_a_window() -> None:
     with pytest.raises(ValueError, match="windows"):
         SignalEngine({"mine": lambda: [ErrorRates()]})
-    with pytest.raises(ValueError, match="role"):
-        SignalEngine(families("latency"), role="boss")  # type: ignore[arg-type]
 
 
 def test_embedding_drift_on_tiny_windows() -> None:
@@ -423,3 +345,17 @@ def test_embedding_drift_on_tiny_windows() -> None:
     sig = [s for s in signals if s.signal == "drift.embedding_mmd"]
     assert sig, signals
     assert all(s.dimension == "embedding:prompt" and 10 <= s.n <= 24 for s in sig)
+
+
+def test_a_snapshot_from_before_partials_were_removed_still_restores() -> None:
+    dets = families("latency")
+    clock = Clock()
+    a = SignalEngine(dets, clock=clock)
+    drive(a, clock, stream(30, rate=10)[:10], flush=False)
+    state = a.snapshot()
+    old = {**state, "partials": [], "counters": {**state["counters"], "partials_out": 0}}
+    b = SignalEngine(dets, clock=clock)
+    b.restore(pickle.loads(pickle.dumps(old)))
+    assert b.stats()["open_windows"] == a.stats()["open_windows"] > 0
+    with pytest.raises(ValueError, match="partial engines are gone"):
+        SignalEngine(dets, clock=clock).restore({**state, "role": "partials"})

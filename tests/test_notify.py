@@ -32,6 +32,7 @@ from streams.notify import (
     Secret,
     SlackChannel,
     WebhookChannel,
+    build_channels,
     channel_from_config,
 )
 from streams.rules import Rules
@@ -536,11 +537,13 @@ rules:""", 1))
         firing, _ = alert_pair()
         await n.send(firing)
         await n.close()
+    channels = build_channels(rules)
     texts = [repr(rules), repr(n), repr(list(rules.channels)), str(rules.channels),
+             repr(channels), str(channels),
              json.dumps(n.stats())]
     # the local receiver's own access log prints the request path: not llmpulse's
     texts += [r.getMessage() for r in caplog.records if not r.name.startswith("aiohttp.access")]
-    texts += [repr(c) for c in rules.channels] + [f"{c}" for c in rules.channels]
+    texts += [repr(c) for c in channels] + [f"{c}" for c in channels]
     for text in texts:
         for s in secrets:
             assert s not in text, (s, text[:300])
@@ -548,7 +551,7 @@ rules:""", 1))
     assert n.stats()["team"]["failed"] == 1
     assert "notify team" in caplog.text  # the failure was logged, without the secret
     # but the channels do hold the values
-    team = next(c for c in rules.channels if c.name == "team")
+    team = next(c for c in channels if c.name == "team")
     assert isinstance(team, SlackChannel) and team.url.get() == slack_url
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from detectors.base import Signal
+from streams.notify import build_channels
 from streams.rules import Rule, Rules, RulesError, Verdict, parse_duration
 
 CONTRACT_SIGNALS = [
@@ -56,7 +57,10 @@ def one(extra: str) -> str:
         ("defaults: {fore: 2}", "defaults: field 'fore': unknown field (did you mean 'for'?)"),
         ("retrain: {window: forever}", "retrain: field 'window': must be a duration (seconds, or text like 90s, 15m, 6h, 1d), got 'forever'"),
         ("links: {dashboard: grafana}", "links: field 'dashboard': must be a URL, got 'grafana'"),
-        ("notify:\n  pd: {type: pagerduty}\n", "notify channel 'pd': field 'routing_key': required for a pagerduty channel"),
+        ("notify:\n  pd: [pagerduty]\n", "notify channel 'pd': must be a mapping of fields, got list"),
+        ("notify:\n  pd: {routing_key: k}\n", "notify channel 'pd': field 'type': must be a channel type, got None"),
+        (BASE.replace("latency.p99_ms", "latency.p99ms"), "rule 'p99-latency': field 'signal': unknown signal 'latency.p99ms' (did you mean 'latency.p99_ms'?)"),
+        (BASE.replace("latency.p99_ms", "[errors.rate, drfit.*]"), "rule 'p99-latency': field 'signal': no known signal matches 'drfit.*' (did you mean 'drift.*'?)"),
         ("rules: [", "not valid YAML (line 1, column 9): expected the node content, but found '<stream end>'"),
     ],
 )
@@ -96,7 +100,7 @@ rules:
 """
     rules = Rules.from_yaml(text, env={"SLACK_URL": "https://hooks.example/T/B/abcdefgh"})
     assert rules.dashboard_url == "http://localhost:3000/d/x"
-    assert rules.channels[0].url.get() == "https://hooks.example/T/B/abcdefgh"  # type: ignore[attr-defined]
+    assert build_channels(rules)[0].url.get() == "https://hooks.example/T/B/abcdefgh"  # type: ignore[attr-defined]
     assert rules["a"].description == "cost ${HIGH}"
     with pytest.raises(RulesError) as err:
         Rules.from_yaml(text, source="r.yaml", env={})
@@ -194,3 +198,40 @@ def test_exported_names_exist() -> None:
     for mod in (streams.rules, streams.alerting, streams.notify, streams.retrain_trigger):
         for name in mod.__all__:
             assert hasattr(mod, name), (mod.__name__, name)
+
+
+def test_a_bad_notify_channel_is_refused_at_start_naming_the_file(tmp_path) -> None:
+    from streams.alerts_agent import load_rules
+
+    path = tmp_path / "rules.yaml"
+    path.write_text("notify:\n  pd: {type: pagerduty}\n")
+    with pytest.raises(RulesError) as err:
+        load_rules(path)
+    assert str(err.value) == f"{path}: notify channel 'pd': field 'routing_key': required for a pagerduty channel"
+
+
+def test_the_rule_model_loads_without_network_or_notify_code() -> None:
+    # the pure model sits below the channels: importing it pulls in no HTTP or SMTP client
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, streams.rules, streams.alerting; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'smtplib') "
+        "or m.startswith('streams.notify')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_shipped_rules_file_uses_known_signals() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    files = sorted(root.glob("llmpulse/rules/*.yaml")) + sorted(root.glob("tests/**/*.yaml"))
+    files = [p for p in files if isinstance(d := yaml.safe_load(p.read_text()), dict) and "rules" in d]
+    assert root / "llmpulse" / "rules" / "default.yaml" in files
+    for path in files:
+        assert len(Rules.load(path, env={})) >= 1, path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,3 +33,115 @@ async def test_timers_after_close_do_not_crash_the_app(tmp_path: Path, processes
         assert agents.counters.get("snapshots", 0) == 0
     finally:
         store.close()
+
+
+def _agents(tmp_path: Path, **kw):
+    from streams.testing import TestingSink, TestingTopic
+
+    settings = load_settings(env={"LLMPULSE_DATA_DIR": str(tmp_path)}, path=None)
+    settings = replace(settings, signals=replace(settings.signals, process=False, **kw))
+    store = Store.open(f"chdb://{tmp_path}/store")
+    app = new_faust_app("t", settings, bootstrap="127.0.0.1:1", datadir=tmp_path / "w",
+                        web_port=None)
+    sink, topic = TestingSink(), TestingTopic()
+    agents = SignalAgents(app, settings, store, sink, signals_topic=topic)
+    return settings, store, agents, sink, topic
+
+
+async def test_the_signal_agent_stores_publishes_and_hands_on_what_the_engine_computes(
+    tmp_path: Path,
+) -> None:
+    from detectors.testing import synthetic_events
+    from streams.engine_process import LocalEngine
+    from streams.signals import engine_config
+    from streams.testing import canonical, drive_signal_agents, grouped_messages, run_engine
+
+    messages = grouped_messages(synthetic_events(1500, seed=4, rate=10), sources=2, chunk=100)
+    settings, store, agents, sink, topic = _agents(tmp_path)
+    try:
+        got = await drive_signal_agents(agents, messages, batch=5)
+        await agents.close()
+    finally:
+        store.close()
+    engine_kwargs, detectors = engine_config(settings)
+    expected = run_engine(LocalEngine(engine_kwargs=engine_kwargs, detectors=detectors), messages)
+    assert got and canonical(got) == canonical(expected)
+    # each signal once in the table and on the topic, keyed by its group
+    assert len(sink.rows["signals"]) == len(got) == len(topic.values())
+    assert {k for k, _ in topic.sent} == {b"support/router/1"}
+    assert {r["signal"] for r in sink.rows["signals"]} == {s.signal for s in got}
+    assert agents.counters["signals"] == len(got)
+
+
+async def test_messages_the_engine_already_holds_are_skipped(tmp_path: Path) -> None:
+    from detectors.testing import synthetic_events
+    from streams.testing import grouped_messages
+
+    messages = grouped_messages(synthetic_events(400, seed=5, rate=10), chunk=50)
+    settings, store, agents, sink, topic = _agents(tmp_path)
+    try:
+        assert await agents.take(messages) == len(messages)
+        events_in = agents.engine.stats()["events_in"]
+        assert await agents.take(messages[2:]) == 0  # a redelivery after a rebalance
+        assert agents.counters["replay_skipped"] == len(messages) - 2
+        assert agents.engine.stats()["events_in"] == events_in == 400
+        await agents.close()
+    finally:
+        store.close()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 1_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _slow_engine(clock: _Clock):
+    """An in-process engine whose latency detector takes two minutes of (fake)
+    wall time per window, as a detector on an overloaded core would."""
+    from detectors.base import Detector
+    from detectors.latency import ErrorRates
+    from streams.engine import SignalEngine
+    from streams.engine_process import LocalEngine
+
+    class SlowErrorRates(ErrorRates):
+        def update(self, batch):
+            clock.t += 120.0
+            return super().update(batch)
+
+    engine = LocalEngine(engine_kwargs={}, detectors="default")
+    factories: dict[str, Any] = {"latency": lambda: [SlowErrorRates()]}
+    engine.engine = SignalEngine(factories, clock=clock, idle_s=30.0)
+    assert isinstance(engine.engine.detectors["latency"]()[0], Detector)
+    return engine
+
+
+@pytest.mark.parametrize("lagging", [True, False])
+async def test_overload_delays_windows_and_loses_no_event(tmp_path: Path, lagging: bool) -> None:
+    """Ten minutes of events from two source partitions, read in small batches
+    behind a detector that takes two minutes a window: while the consumer is
+    behind its partitions' end, silence is lag, not idleness, so every event
+    lands in its window. Idleness from silence alone (``lagging=False``: the
+    old rule) turns the backlog into late events, which is what this guards."""
+    from detectors.testing import synthetic_events
+    from streams.testing import drive_signal_agents, grouped_messages
+
+    events = synthetic_events(1200, seed=9, rate=2)
+    messages = grouped_messages(events, sources=2, chunk=20)
+    settings, store, agents, sink, topic = _agents(tmp_path)
+    try:
+        clock = _Clock()  # the configured engine (in-process, idle) is replaced
+        agents.engine = _slow_engine(clock)
+        signals = await drive_signal_agents(agents, messages, batch=2, lag=lagging)
+        stats = agents.engine.stats()
+    finally:
+        store.close()
+    rates = [s for s in signals if s.signal == "errors.rate"]
+    if lagging:
+        assert stats["late_dropped"] == 0
+        assert sum(s.n for s in rates) == len(events) == stats["events_in"]
+    else:
+        assert stats["late_dropped"] > 0
+        assert sum(s.n for s in rates) < len(events)

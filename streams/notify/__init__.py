@@ -24,6 +24,7 @@ from streams.notify.channels import (
     PagerDutyChannel,
     SlackChannel,
     WebhookChannel,
+    build_channels,
     channel_from_config,
     sign,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "SlackChannel",
     "WebhookChannel",
     "alert_view",
+    "build_channels",
     "channel_from_config",
     "scrub",
     "sign",

@@ -16,8 +16,10 @@ Retries, dedup and bookkeeping belong to :class:`~streams.notify.Notifier`.
   STARTTLS and login.
 * ``log``: one log line per event, for demos and dry runs.
 
-Channels come from the ``notify`` section of the rules file through
-:func:`channel_from_config`, which validates every field:
+Channels come from the ``notify`` section of the rules file (kept there as
+:class:`~streams.rules.ChannelSpec` values: the rule model imports no network
+code) through :func:`build_channels`, which validates every field with
+:func:`channel_from_config` and names the file and channel on an error:
 
 >>> ch = channel_from_config("oncall", {"type": "pagerduty", "routing_key": "R0UT1NGKEY",
 ...                                     "min_severity": "critical"})
@@ -50,6 +52,7 @@ import aiohttp
 
 from llmpulse.secret import Secret
 from streams.notify.format import alert_view, fmt_number, iso_time, text_message
+from streams.rules import SEVERITIES, Rules, RulesError
 
 if TYPE_CHECKING:
     from streams.alerting import AlertEvent
@@ -66,14 +69,12 @@ __all__ = [
     "SIGNATURE_HEADER",
     "SlackChannel",
     "WebhookChannel",
+    "build_channels",
     "channel_from_config",
     "sign",
 ]
 
 log = logging.getLogger(__name__)
-
-SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
-"""Alert severities, least to most urgent."""
 
 PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 SIGNATURE_HEADER = "X-Llmpulse-Signature"
@@ -373,6 +374,23 @@ def channel_from_config(name: str, spec: Mapping[str, Any]) -> Channel:
             raise ValueError(f"field {f.name!r}: required for a {kind} channel")
     return cls(**kw)
 
+
+def build_channels(rules: Rules) -> tuple[Channel, ...]:
+    """The channels of a rules file's ``notify`` section, each field validated.
+
+    >>> rules = Rules.from_yaml("notify:\\n  pd: {type: pagerduty}\\n", source="r.yaml")
+    >>> build_channels(rules)
+    Traceback (most recent call last):
+    ...
+    streams.rules.RulesError: r.yaml: notify channel 'pd': field 'routing_key': required for a pagerduty channel
+    """
+    out = []
+    for spec in rules.channels:
+        try:
+            out.append(channel_from_config(spec.name, spec.settings))
+        except ValueError as exc:
+            raise RulesError(f"{rules.source}: notify channel {spec.name!r}: {exc}") from None
+    return tuple(out)
 
 
 def _field(kind: str, key: str, value: Any) -> Any:

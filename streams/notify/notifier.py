@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from llmpulse.secret import scrub
-from streams.notify.channels import Channel, DeliveryError
+from streams.notify.channels import Channel, DeliveryError, build_channels
 
 if TYPE_CHECKING:
     from streams.alerting import AlertEvent
@@ -126,8 +126,8 @@ class Notifier:
 
     @classmethod
     def from_rules(cls, rules: Rules, **kwargs: Any) -> Notifier:
-        """The channels of the rules file's ``notify`` section."""
-        return cls(list(rules.channels), **kwargs)
+        """The channels of the rules file's ``notify`` section (:class:`RulesError` on a bad one)."""
+        return cls(list(build_channels(rules)), **kwargs)
 
     async def send(self, event: AlertEvent) -> dict[str, bool]:
         """Deliver ``event`` to every accepting channel; ``{channel: delivered}``
