@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from detectors.base import Batch
+from detectors.base import Batch, Signal
 from detectors.hallucination import (
     GroundednessScorer,
     HallucinationSignals,
@@ -429,3 +429,90 @@ def test_bench_reports_each_external_set_next_to_baselines(tmp_path: Path) -> No
     assert set(result["sets"]["mine"]["by_task"]) == {"QA", "Summary"}
     assert result["speed"]["pairs_per_s_short"] > 0
     assert "mine" in bench.format_table(result)
+
+
+# -- baseline-relative ungrounded share ------------------------------------------
+
+_GOOD = "Refunds are issued within two weeks of receiving the return."
+_BAD = "Refunds are issued within 45 days of receiving the return."
+
+
+def _window(k: int, n_bad: int, n: int = 200) -> Batch:
+    """Window ``k`` (60 s) of ``n`` answers, ``n_bad`` of them with a changed detail."""
+    start = 1_700_000_000.0 + 60.0 * k
+    events = [
+        {"event_id": f"w{k}-{i}", "ts": start + 0.1 * i, "status": "ok", "context": CTX,
+         "response": _BAD if i < n_bad else _GOOD}
+        for i in range(n)
+    ]
+    return Batch.from_events(events, start=start, end=start + 60.0)
+
+
+def _run(det: HallucinationSignals, bad: list[int]) -> list[dict[str, Signal]]:
+    return [{s.signal: s for s in det.update(_window(k, b))} for k, b in enumerate(bad)]
+
+
+def test_excess_needs_a_warm_baseline_then_compares_with_it() -> None:
+    det = HallucinationSignals(baseline_min_windows=3)
+    # an app whose healthy share is high (30 %), then a burst to 60 %
+    out = _run(det, [60, 62, 58, 61, 120, 59])
+    assert ["hallucination.ungrounded_excess" in w for w in out] == [False] * 3 + [True] * 3
+    steady, burst, after = (w["hallucination.ungrounded_excess"] for w in out[3:])
+    assert steady.value == pytest.approx(61 / 200 - 180 / 600)
+    assert steady.detail["baseline_share"] == pytest.approx(0.3) and steady.detail["baseline_windows"] == 3
+    assert steady.detail["significant"] is False
+    assert burst.value == pytest.approx(0.6 - 241 / 800) and burst.detail["significant"] is True
+    assert burst.detail["worst"][0]["problems"] == ["unsupported: '45 days'"]
+    # the burst did not enter the baseline
+    assert after.detail["baseline_windows"] == 4 and after.detail["baseline_share"] == pytest.approx(241 / 800, abs=1e-4)
+    # the absolute share alone cannot tell the healthy 30 % from trouble
+    assert out[3]["hallucination.ungrounded_share"].value == pytest.approx(0.305)
+
+
+def test_excess_allows_for_the_baseline_spread_between_windows() -> None:
+    # healthy windows swing between 20 % and 40 %: 45 % is within that spread,
+    # though far outside a single window's sampling error
+    det = HallucinationSignals(baseline_min_windows=4)
+    out = _run(det, [40, 80, 40, 80, 90])
+    last = out[-1]["hallucination.ungrounded_excess"]
+    assert last.value == pytest.approx(0.15) and last.detail["between_window_sd"] > 0.1
+    assert last.detail["significant"] is False
+    steady = HallucinationSignals(baseline_min_windows=4)
+    assert _run(steady, [60, 60, 60, 60, 90])[-1]["hallucination.ungrounded_excess"].detail["significant"]
+
+
+def test_excess_baseline_adapts_after_a_long_shift_and_ignores_replays() -> None:
+    det = HallucinationSignals(baseline_min_windows=2, max_excluded=2)
+    out = _run(det, [20, 20, 100, 100, 100, 100])
+    sig = [w["hallucination.ungrounded_excess"].detail["significant"] for w in out[2:]]
+    # two windows are kept out of the baseline, then the new level is accepted
+    assert sig[:3] == [True, True, True]
+    assert [w["hallucination.ungrounded_excess"].detail["baseline_windows"] for w in out[2:]] == [2, 2, 2, 3]
+    assert out[-1]["hallucination.ungrounded_excess"].detail["baseline_share"] == pytest.approx(140 / 600, abs=1e-4)
+    replay = HallucinationSignals(baseline_min_windows=2)
+    for _ in range(3):
+        replay.update(_window(0, 20))
+    assert "hallucination.ungrounded_excess" not in {s.signal for s in replay.update(_window(0, 20))}
+
+
+def test_excess_baseline_survives_snapshot_and_restore() -> None:
+    det = HallucinationSignals(baseline_min_windows=2)
+    _run(det, [60, 50])
+    state = json.loads(json.dumps(det.snapshot()))
+    fresh = HallucinationSignals()
+    fresh.restore(state)
+    assert fresh.update(_window(2, 120)) == det.update(_window(2, 120))
+    with pytest.raises(ValueError, match="baseline_min_windows"):
+        HallucinationSignals(baseline_windows=2, baseline_min_windows=3)
+
+
+def test_default_rule_fires_on_excess_over_baseline_not_on_a_high_healthy_share() -> None:
+    from streams.rules import Rules, Verdict
+
+    rule = Rules.default(env={})["ungrounded-answers"]
+    det = HallucinationSignals(baseline_min_windows=3)
+    out = _run(det, [60, 62, 58, 61, 120])
+    steady, burst = out[3], out[4]
+    assert not rule.matches(steady["hallucination.ungrounded_share"])
+    assert rule.evaluate(steady["hallucination.ungrounded_excess"]) is Verdict.HEALTHY
+    assert rule.evaluate(burst["hallucination.ungrounded_excess"]) is Verdict.BREACH
