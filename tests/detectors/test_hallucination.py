@@ -197,10 +197,50 @@ def test_non_english_text_is_compared_word_by_word() -> None:
 def test_code_and_markdown_tables() -> None:
     s = GroundednessScorer()
     table = "| plan | price |\n|---|---|\n| basic | $5 |\n| pro | $20 |"
-    assert s.score("| pro | $20 |", [table]).score > s.score("| pro | $45 |", [table]).score
+    row, wrong_row = s.score("| pro | $20 |", [table]), s.score("| pro | $45 |", [table])
+    assert row.grounded and not wrong_row.grounded
+    assert "unsupported: '$45'" in wrong_row.explain()
+    assert not s.score("The pro plan costs $45.", [table]).grounded
     code = "def refund(order):\n    return order.total * 0.5  # 50% back\n"
-    g = s.score("```python\ndef refund(order): return order.total * 0.5\n```", [code])
-    assert 0.0 <= g.score <= 1.0 and isinstance(g.explain(), str)
+    same = s.score("```python\ndef refund(order): return order.total * 0.5\n```", [code])
+    changed = s.score("```python\ndef refund(order): return order.total * 0.9\n```", [code])
+    assert same.grounded and not changed.grounded and "unsupported: '0.9'" in changed.explain()
+
+
+@pytest.mark.parametrize("context", [None, "", [], [""], ["   "]])
+def test_empty_context_leaves_a_claim_unsupported(context: object) -> None:
+    g = GroundednessScorer().score("Refunds take 14 days.", context)  # type: ignore[arg-type]
+    assert g.score == 0.0 and g.probability == 1.0 and not g.grounded
+    assert "no context to check against" in g.explain()
+
+
+@pytest.mark.parametrize("answer", ["", "   ", "\n\n", None, 42])
+def test_empty_or_non_text_answer_claims_nothing(answer: object) -> None:
+    g = GroundednessScorer().score(answer, CTX)  # type: ignore[arg-type]
+    assert g.score == 1.0 and g.grounded and g.explain() == "groundedness 1.00: empty response"
+
+
+def test_window_of_odd_inputs_scores_every_answer_without_failing() -> None:
+    filler = " ".join(f"Item {i} of the archive lists shelf code {i * 7} in hall {i % 13}." for i in range(5000))
+    odd = [
+        ("Refunds take 14 days.", []),
+        ("", CTX),
+        ("Refunds are issued within 14 days of receiving the return.", [filler, CTX[0]]),
+        ("Die Rückerstattung erfolgt innerhalb von 14 Tagen.", ["Die Rückerstattung erfolgt innerhalb von 14 Tagen."]),
+        ("| pro | $45 |", ["| plan | price |\n|---|---|\n| pro | $20 |"]),
+        ("I can't find that in the documents.", CTX),
+        (CTX[0], CTX),
+    ]
+    events = [
+        {"event_id": f"o{i}", "ts": 1_700_000_000.0 + i, "status": "ok", "response": r, "context": c}
+        for i, (r, c) in enumerate(odd * 5)
+    ]
+    sig = {s.signal: s for s in HallucinationSignals(threshold=0.5).update(Batch.from_events(events))}
+    share = sig["hallucination.ungrounded_share"]
+    # the empty answer and the empty context are not scored (nothing to compare)
+    assert share.n == 25 and share.detail["available"] == 25 and share.detail["sampling_rate"] == 1.0
+    assert share.value == pytest.approx(5 / 25)
+    assert {w["sentence"] for w in share.detail["worst"]} == {"| pro | $45 |"}
 
 
 def test_missing_model_falls_back_to_rules_and_says_so(tmp_path: Path) -> None:
@@ -396,6 +436,13 @@ def test_detector_skips_absent_inputs_and_caps_scoring() -> None:
     assert set(sig) == {"hallucination.groundedness_mean", "hallucination.ungrounded_share"}
     assert sig["hallucination.ungrounded_share"].n == 25
     assert sig["hallucination.ungrounded_share"].detail["available"] == 100
+    assert sig["hallucination.ungrounded_share"].detail["sampling_rate"] == 0.25
+    assert sig["hallucination.groundedness_mean"].detail["scored"] == 25
+    # the sample is spread evenly over the window: half the answers are bad, so half the sample
+    mixed = {s.signal: s for s in HallucinationSignals(max_scored=10).update(
+        Batch.from_events(_events_with_contexts(50)))}
+    assert mixed["hallucination.ungrounded_share"].value == pytest.approx(0.5)
+    assert mixed["hallucination.ungrounded_share"].detail["sampling_rate"] == 0.1
 
 
 def test_detector_snapshot_round_trip() -> None:
