@@ -15,8 +15,9 @@
   trailing baseline (the pooled share of up to ``baseline_windows``
   previous windows), emitted once ``baseline_min_windows`` windows are in
   the baseline. ``detail.significant`` is a one-sided test of the excess
-  against the baseline's sampling error *and* its window-to-window spread
-  (a healthy app's share moves with what its users ask), at ``alpha``.
+  against the baseline's sampling error *and* its spread from one window to
+  the next (a healthy app's share moves with what its users ask; a slow
+  trend is not counted as spread), at ``alpha``.
   Windows significantly above the baseline do not enter it, so an incident
   does not become the new normal; after ``max_excluded`` such windows in a
   row the level is accepted as the new baseline. Because the score's false
@@ -225,9 +226,12 @@ class HallucinationSignals(Detector):
             p0 = k0 / n0 if n0 else 0.0
             share = k / n
             shares = np.asarray([h[1] / h[2] for h in hist if h[2] > 0])
-            # spread between windows beyond what sampling explains
+            # spread from one window to the next beyond what sampling explains,
+            # from successive differences (von Neumann), so that a slow trend
+            # in the baseline does not count as noise
             binomial = float(np.mean([p0 * (1 - p0) / h[2] for h in hist if h[2] > 0]))
-            between = max(0.0, float(shares.var(ddof=1)) - binomial) if shares.size > 1 else 0.0
+            succ = float(np.mean(np.diff(shares) ** 2) / 2) if shares.size > 1 else 0.0
+            between = max(0.0, succ - binomial)
             se = math.sqrt(max(p0 * (1 - p0), 1.0 / n0 if n0 else 1.0) * (1 / n + 1 / max(n0, 1)) + between)
             z = (share - p0) / se if se > 0 else 0.0
             p_value = 0.5 * math.erfc(z / math.sqrt(2))
