@@ -567,3 +567,14 @@ def test_default_rule_fires_on_excess_over_baseline_not_on_a_high_healthy_share(
     assert not rule.matches(steady["hallucination.ungrounded_share"])
     assert rule.evaluate(steady["hallucination.ungrounded_excess"]) is Verdict.HEALTHY
     assert rule.evaluate(burst["hallucination.ungrounded_excess"]) is Verdict.BREACH
+
+
+def test_default_backstop_rule_fires_on_a_majority_without_baseline() -> None:
+    from streams.rules import Rules, Verdict
+
+    rule = Rules.default(env={})["ungrounded-answers-majority"]
+    first = {s.signal: s for s in HallucinationSignals().update(_window(0, 120))}
+    assert "hallucination.ungrounded_excess" not in first  # no baseline yet
+    assert rule.evaluate(first["hallucination.ungrounded_share"]) is Verdict.BREACH
+    healthy = {s.signal: s for s in HallucinationSignals().update(_window(0, 60))}
+    assert rule.evaluate(healthy["hallucination.ungrounded_share"]) is Verdict.HEALTHY
