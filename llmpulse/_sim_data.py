@@ -21,6 +21,7 @@ __all__ = [
     "COMMENTS_GOOD",
     "COMMENTS_HALLUCINATION",
     "DRIFT_INTENT_MIX",
+    "FABRICATED",
     "FACTS",
     "Fact",
     "INTENTS",
@@ -503,6 +504,44 @@ CLAIMS: dict[str, tuple[str, ...]] = {
     "privacy": (
         "Backups are stored on-premises at your site on request.",
         "We are certified under ISO 27701 and HIPAA for all plans.",
+    ),
+}
+
+# Whole answers stating a policy the help centre does not have, one set per intent.
+FABRICATED: dict[str, tuple[str, ...]] = {
+    "billing": (
+        "Under our fair-billing policy you can pause your subscription for up to three months, "
+        "and paused months are credited to your next invoice.",
+        "Customers who pay by bank transfer get a permanent 8% discount on every plan.",
+    ),
+    "refund": (
+        "Our satisfaction guarantee lets you keep the item and still get a full refund if you "
+        "send us a photo of the problem.",
+        "Refund requests made on weekends are handled by the priority desk and paid out the same day.",
+    ),
+    "shipping": (
+        "Every parcel is insured for up to $2,000 and lost parcels are replaced within 24 hours "
+        "without a claim.",
+        "Orders placed before 8 am are delivered the same afternoon anywhere in the country.",
+    ),
+    "account": (
+        "Deleted accounts can be restored at any time for up to five years by calling our "
+        "recovery hotline.",
+        "Each account can have one guest login that doesn't need two-factor authentication.",
+    ),
+    "technical": (
+        "Our uptime guarantee credits you a full month of service for any outage longer than "
+        "ten minutes.",
+        "Older versions keep receiving security updates for seven years after their release.",
+    ),
+    "integration": (
+        "Partners in our developer programme get unlimited API calls and a dedicated sandbox "
+        "cluster free of charge.",
+        "Webhooks that fail are stored forever and can be replayed from the dashboard at any time.",
+    ),
+    "privacy": (
+        "Under our data-residency promise your data never leaves the city you signed up in.",
+        "You can ask for an independent audit of your workspace once a quarter at no cost.",
     ),
 }
 

@@ -145,8 +145,11 @@ class Incident:
     * ``segment_quality_drop``: ``segment`` as ``attribute=value`` (region,
       language or tier); worse answers, more escalations and a less accurate
       router for that segment.
-    * ``hallucination_burst``: ``share`` of answers that change one specific
-      of the context (number, date, name, condition, negation) or add a claim.
+    * ``hallucination_burst``: ``share`` of answers that go wrong in one of
+      several ways, about evenly mixed: a changed number or date, an entity
+      swap, a flipped negation or condition, an unsupported addition, a
+      conflation (a value from another retrieved passage) or a fabricated
+      policy (:data:`_HALLUCINATION_KINDS`).
     * ``error_burst``: ``rate`` of answer calls failing, ``model``.
 
     >>> Incident("latency_spike", 60, 120).param("factor")
@@ -264,7 +267,8 @@ class Truth(NamedTuple):
     intent: str
     hallucinated: bool = False
     change: str = ""
-    """number | date | name | negation | condition | claim, when hallucinated."""
+    """One of :data:`_HALLUCINATION_KINDS` when hallucinated: number | date | name |
+    negation | condition | claim | conflation | fabricated."""
     refusal: bool = False
     incidents: tuple[str, ...] = ()
     """Kinds of the incidents that affected this request (its segment, its model)."""
@@ -286,6 +290,34 @@ def _numbers(text: str) -> set[str]:
     return set(_NUMBERS.findall(text))
 
 
+_HALLUCINATION_KINDS: tuple[str, ...] = (
+    "number", "date", "name", "negation", "condition", "claim", "conflation", "fabricated",
+)
+"""What a hallucinated answer does: changes a number, date or name (entity
+swap), flips a negation or a condition, adds an unsupported claim, conflates
+a value from another retrieved passage, or states a fabricated policy."""
+
+
+def _shape(value: str) -> str:
+    """A value's form with digits masked: "$18" and "$24" share one, "2 GB" and "14" do not."""
+    return re.sub(r"\d+(?:[.,]\d+)*", "0", value)
+
+
+def _conflations(value: str, passage: str, others: Sequence[Mapping[str, str]]) -> list[str]:
+    """Values of the same form from the other retrieved passages that this
+    fact's passage does not contain.
+
+    >>> _conflations("$18", "costs $18 or $12", [{"fee": "$25", "days": "30"}, {"price": "$12"}])
+    ['$25']
+    """
+    own = _numbers(passage)
+    out = [
+        v for vals in others for v in vals.values()
+        if _shape(v) == _shape(value) and _numbers(v) and not _numbers(v) <= own
+    ]
+    return sorted(dict.fromkeys(out))
+
+
 def _render(template: str, values: Mapping[str, str], flip: int = -1) -> str:
     count = -1
 
@@ -304,6 +336,7 @@ class _KB:
         import random
 
         rnd = random.Random(_KB_SEED)
+        rnd2 = random.Random(_KB_SEED + 1)  # draws added later, kept apart from ``rnd``
         intents = kb.INTENTS
         self.questions: list[str] = []
         self.responses: list[str] = []
@@ -329,7 +362,9 @@ class _KB:
                     n_more = rnd.choice((1, 1, 2, 2, 3))
                     pool = same + rnd.sample(others, 3)
                     picked = rnd.sample(pool, min(n_more, len(pool)))
-                    ctx = [self._random_passage(rnd, j) for j in dict.fromkeys(picked)]
+                    filled = [self._random_passage(rnd, j) for j in dict.fromkeys(picked)]
+                    ctx = [text for text, _ in filled]
+                    other_values = [v for _, v in filled]
                     ctx.insert(rnd.randrange(len(ctx) + 1), passage)
                     whole = " ".join(ctx)
                     contexts.append(ctx)
@@ -343,6 +378,9 @@ class _KB:
                     self._add(f"According to our help centre: {passage}", "")
                     f_range.append((r0, len(self.responses) - r0))
                     h0 = len(self.responses)
+                    # every way this answer can go wrong, by kind; drawn from
+                    # ``rnd`` exactly as before, so the rest of the KB is unchanged
+                    wrong: dict[str, list[str]] = {}
                     for a in fact.answers:
                         good = _render(a, values)
                         for slot in sorted(set(_slots_of(_MARKER.sub(r"\2", a)))):
@@ -359,14 +397,26 @@ class _KB:
                             ]
                             if alts:
                                 changed = dict(values, **{slot: rnd.choice(alts)})
-                                self._add(_render(a, changed), kind)
+                                wrong.setdefault(kind, []).append(_render(a, changed))
+                            # conflation: a value of another retrieved passage
+                            # (it is in the context, but about something else)
+                            if kind == "number":
+                                mixed = _conflations(values[slot], passage, other_values)
+                                if mixed:
+                                    changed = dict(values, **{slot: rnd2.choice(mixed)})
+                                    wrong.setdefault("conflation", []).append(_render(a, changed))
                         markers = _MARKER.findall(a)
                         for k, (mkind, _, _) in enumerate(markers):
-                            self._add(
-                                _render(a, values, flip=k),
-                                "negation" if mkind == "neg" else "condition",
+                            wrong.setdefault("negation" if mkind == "neg" else "condition", []).append(
+                                _render(a, values, flip=k)
                             )
-                        self._add(f"{good} {rnd.choice(claims[intent])}", "claim")
+                        wrong.setdefault("claim", []).append(f"{good} {rnd.choice(claims[intent])}")
+                    wrong["fabricated"] = list(kb.FABRICATED[intent])
+                    # at most two of each kind, so no kind dominates the mix
+                    for kind in _HALLUCINATION_KINDS:
+                        texts = wrong.get(kind, [])
+                        for text in rnd2.sample(texts, min(2, len(texts))):
+                            self._add(text, kind)
                     h_range.append((h0, len(self.responses) - h0))
         self.refusal0 = len(self.responses)
         for text in kb.REFUSALS:
@@ -394,11 +444,10 @@ class _KB:
         self.change.append(change)
 
     @staticmethod
-    def _random_passage(rnd: Any, fi: int) -> str:
+    def _random_passage(rnd: Any, fi: int) -> tuple[str, dict[str, str]]:
         fact = kb.FACTS[fi]
-        return fact.passage.format(
-            **{s: rnd.choice(kb.SLOTS[s][1]) for s in _slots_of(fact.passage)}
-        )
+        values = {s: rnd.choice(kb.SLOTS[s][1]) for s in _slots_of(fact.passage)}
+        return fact.passage.format(**values), values
 
 
 @lru_cache(maxsize=1)
@@ -1113,7 +1162,7 @@ incidents (--incident KIND:START:END[:KEY=VALUE]..., seconds from the start):
   latency_spike:60:120[:factor=4][:model=gpt-4o-mini]   slower answers, more timeouts
   prompt_drift:60:180[:share=0.75]         questions move to a new topic
   segment_quality_drop:30:90[:segment=language=de]   worse answers for one segment
-  hallucination_burst:60:120[:share=0.35][:model=...]   answers contradict the context
+  hallucination_burst:60:120[:share=0.35][:model=...]   answers contradict the context (mixed kinds)
   error_burst:60:90[:rate=0.25][:model=...]   failing answer calls
 """
 

@@ -49,7 +49,7 @@ checks understand English only).
 >>> good.grounded, bad.grounded
 (True, False)
 >>> print(bad.explain())
-groundedness 0.05: 'Refunds are issued within 30 days of receiving the return.' unsupported: '30 days'
+groundedness 0.04: 'Refunds are issued within 30 days of receiving the return.' unsupported: '30 days'
 >>> scorer.score("Gift cards are refundable.", ctx).worst.negation_mismatch
 True
 """

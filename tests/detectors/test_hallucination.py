@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from detectors.base import Batch
+from detectors.base import Batch, Signal
 from detectors.hallucination import (
     GroundednessScorer,
     HallucinationSignals,
@@ -168,8 +168,12 @@ def test_pleasantries_and_questions_are_not_claims_but_a_lone_new_claim_is() -> 
 
 
 def test_verbatim_quote_is_grounded() -> None:
-    g = GroundednessScorer().score(CTX[0], CTX)
-    assert g.grounded and g.score > 0.8, g.explain()
+    s = GroundednessScorer()
+    g = s.score(CTX[0], CTX)
+    assert g.grounded and g.rule_score == 1.0 and g.worst is not None and not g.worst.problems, g.explain()
+    # nothing scores higher than a copy: full coverage is the model's best case
+    assert g.score >= s.score("Refunds are issued within two weeks of receiving the return.", CTX).score
+    assert g.score == pytest.approx(s.score(CTX[0].split(". ")[1] + ".", CTX).score)
 
 
 def test_huge_context_is_truncated_by_relevance_and_noted() -> None:
@@ -197,10 +201,50 @@ def test_non_english_text_is_compared_word_by_word() -> None:
 def test_code_and_markdown_tables() -> None:
     s = GroundednessScorer()
     table = "| plan | price |\n|---|---|\n| basic | $5 |\n| pro | $20 |"
-    assert s.score("| pro | $20 |", [table]).score > s.score("| pro | $45 |", [table]).score
+    row, wrong_row = s.score("| pro | $20 |", [table]), s.score("| pro | $45 |", [table])
+    assert row.grounded and not wrong_row.grounded
+    assert "unsupported: '$45'" in wrong_row.explain()
+    assert not s.score("The pro plan costs $45.", [table]).grounded
     code = "def refund(order):\n    return order.total * 0.5  # 50% back\n"
-    g = s.score("```python\ndef refund(order): return order.total * 0.5\n```", [code])
-    assert 0.0 <= g.score <= 1.0 and isinstance(g.explain(), str)
+    same = s.score("```python\ndef refund(order): return order.total * 0.5\n```", [code])
+    changed = s.score("```python\ndef refund(order): return order.total * 0.9\n```", [code])
+    assert same.grounded and not changed.grounded and "unsupported: '0.9'" in changed.explain()
+
+
+@pytest.mark.parametrize("context", [None, "", [], [""], ["   "]])
+def test_empty_context_leaves_a_claim_unsupported(context: object) -> None:
+    g = GroundednessScorer().score("Refunds take 14 days.", context)  # type: ignore[arg-type]
+    assert g.score == 0.0 and g.probability == 1.0 and not g.grounded
+    assert "no context to check against" in g.explain()
+
+
+@pytest.mark.parametrize("answer", ["", "   ", "\n\n", None, 42])
+def test_empty_or_non_text_answer_claims_nothing(answer: object) -> None:
+    g = GroundednessScorer().score(answer, CTX)  # type: ignore[arg-type]
+    assert g.score == 1.0 and g.grounded and g.explain() == "groundedness 1.00: empty response"
+
+
+def test_window_of_odd_inputs_scores_every_answer_without_failing() -> None:
+    filler = " ".join(f"Item {i} of the archive lists shelf code {i * 7} in hall {i % 13}." for i in range(5000))
+    odd = [
+        ("Refunds take 14 days.", []),
+        ("", CTX),
+        ("Refunds are issued within 14 days of receiving the return.", [filler, CTX[0]]),
+        ("Die Rückerstattung erfolgt innerhalb von 14 Tagen.", ["Die Rückerstattung erfolgt innerhalb von 14 Tagen."]),
+        ("| pro | $45 |", ["| plan | price |\n|---|---|\n| pro | $20 |"]),
+        ("I can't find that in the documents.", CTX),
+        (CTX[0], CTX),
+    ]
+    events = [
+        {"event_id": f"o{i}", "ts": 1_700_000_000.0 + i, "status": "ok", "response": r, "context": c}
+        for i, (r, c) in enumerate(odd * 5)
+    ]
+    sig = {s.signal: s for s in HallucinationSignals(threshold=0.5).update(Batch.from_events(events))}
+    share = sig["hallucination.ungrounded_share"]
+    # the empty answer and the empty context are not scored (nothing to compare)
+    assert share.n == 25 and share.detail["available"] == 25 and share.detail["sampling_rate"] == 1.0
+    assert share.value == pytest.approx(5 / 25)
+    assert {w["sentence"] for w in share.detail["worst"]} == {"| pro | $45 |"}
 
 
 def test_missing_model_falls_back_to_rules_and_says_so(tmp_path: Path) -> None:
@@ -396,6 +440,13 @@ def test_detector_skips_absent_inputs_and_caps_scoring() -> None:
     assert set(sig) == {"hallucination.groundedness_mean", "hallucination.ungrounded_share"}
     assert sig["hallucination.ungrounded_share"].n == 25
     assert sig["hallucination.ungrounded_share"].detail["available"] == 100
+    assert sig["hallucination.ungrounded_share"].detail["sampling_rate"] == 0.25
+    assert sig["hallucination.groundedness_mean"].detail["scored"] == 25
+    # the sample is spread evenly over the window: half the answers are bad, so half the sample
+    mixed = {s.signal: s for s in HallucinationSignals(max_scored=10).update(
+        Batch.from_events(_events_with_contexts(50)))}
+    assert mixed["hallucination.ungrounded_share"].value == pytest.approx(0.5)
+    assert mixed["hallucination.ungrounded_share"].detail["sampling_rate"] == 0.1
 
 
 def test_detector_snapshot_round_trip() -> None:
@@ -429,3 +480,101 @@ def test_bench_reports_each_external_set_next_to_baselines(tmp_path: Path) -> No
     assert set(result["sets"]["mine"]["by_task"]) == {"QA", "Summary"}
     assert result["speed"]["pairs_per_s_short"] > 0
     assert "mine" in bench.format_table(result)
+
+
+# -- baseline-relative ungrounded share ------------------------------------------
+
+_GOOD = "Refunds are issued within two weeks of receiving the return."
+_BAD = "Refunds are issued within 45 days of receiving the return."
+
+
+def _window(k: int, n_bad: int, n: int = 200) -> Batch:
+    """Window ``k`` (60 s) of ``n`` answers, ``n_bad`` of them with a changed detail."""
+    start = 1_700_000_000.0 + 60.0 * k
+    events = [
+        {"event_id": f"w{k}-{i}", "ts": start + 0.1 * i, "status": "ok", "context": CTX,
+         "response": _BAD if i < n_bad else _GOOD}
+        for i in range(n)
+    ]
+    return Batch.from_events(events, start=start, end=start + 60.0)
+
+
+def _run(det: HallucinationSignals, bad: list[int]) -> list[dict[str, Signal]]:
+    return [{s.signal: s for s in det.update(_window(k, b))} for k, b in enumerate(bad)]
+
+
+def test_excess_needs_a_warm_baseline_then_compares_with_it() -> None:
+    det = HallucinationSignals(baseline_min_windows=3)
+    # an app whose healthy share is high (30 %), then a burst to 60 %
+    out = _run(det, [60, 62, 58, 61, 120, 59])
+    assert ["hallucination.ungrounded_excess" in w for w in out] == [False] * 3 + [True] * 3
+    steady, burst, after = (w["hallucination.ungrounded_excess"] for w in out[3:])
+    assert steady.value == pytest.approx(61 / 200 - 180 / 600)
+    assert steady.detail["baseline_share"] == pytest.approx(0.3) and steady.detail["baseline_windows"] == 3
+    assert steady.detail["significant"] is False
+    assert burst.value == pytest.approx(0.6 - 241 / 800) and burst.detail["significant"] is True
+    assert burst.detail["worst"][0]["problems"] == ["unsupported: '45 days'"]
+    # the burst did not enter the baseline
+    assert after.detail["baseline_windows"] == 4 and after.detail["baseline_share"] == pytest.approx(241 / 800, abs=1e-4)
+    # the absolute share alone cannot tell the healthy 30 % from trouble
+    assert out[3]["hallucination.ungrounded_share"].value == pytest.approx(0.305)
+
+
+def test_excess_allows_for_the_baseline_spread_between_windows() -> None:
+    # healthy windows swing between 20 % and 40 %: 45 % is within that spread,
+    # though far outside a single window's sampling error
+    det = HallucinationSignals(baseline_min_windows=4)
+    out = _run(det, [40, 80, 40, 80, 90])
+    last = out[-1]["hallucination.ungrounded_excess"]
+    assert last.value == pytest.approx(0.15) and last.detail["between_window_sd"] > 0.1
+    assert last.detail["significant"] is False
+    steady = HallucinationSignals(baseline_min_windows=4)
+    assert _run(steady, [60, 60, 60, 60, 90])[-1]["hallucination.ungrounded_excess"].detail["significant"]
+
+
+def test_excess_baseline_adapts_after_a_long_shift_and_ignores_replays() -> None:
+    det = HallucinationSignals(baseline_min_windows=2, max_excluded=2)
+    out = _run(det, [20, 20, 100, 100, 100, 100])
+    sig = [w["hallucination.ungrounded_excess"].detail["significant"] for w in out[2:]]
+    # two windows are kept out of the baseline, then the new level is accepted
+    assert sig[:3] == [True, True, True]
+    assert [w["hallucination.ungrounded_excess"].detail["baseline_windows"] for w in out[2:]] == [2, 2, 2, 3]
+    assert out[-1]["hallucination.ungrounded_excess"].detail["baseline_share"] == pytest.approx(140 / 600, abs=1e-4)
+    replay = HallucinationSignals(baseline_min_windows=2)
+    for _ in range(3):
+        replay.update(_window(0, 20))
+    assert "hallucination.ungrounded_excess" not in {s.signal for s in replay.update(_window(0, 20))}
+
+
+def test_excess_baseline_survives_snapshot_and_restore() -> None:
+    det = HallucinationSignals(baseline_min_windows=2)
+    _run(det, [60, 50])
+    state = json.loads(json.dumps(det.snapshot()))
+    fresh = HallucinationSignals()
+    fresh.restore(state)
+    assert fresh.update(_window(2, 120)) == det.update(_window(2, 120))
+    with pytest.raises(ValueError, match="baseline_min_windows"):
+        HallucinationSignals(baseline_windows=2, baseline_min_windows=3)
+
+
+def test_default_rule_fires_on_excess_over_baseline_not_on_a_high_healthy_share() -> None:
+    from streams.rules import Rules, Verdict
+
+    rule = Rules.default(env={})["ungrounded-answers"]
+    det = HallucinationSignals(baseline_min_windows=3)
+    out = _run(det, [60, 62, 58, 61, 120])
+    steady, burst = out[3], out[4]
+    assert not rule.matches(steady["hallucination.ungrounded_share"])
+    assert rule.evaluate(steady["hallucination.ungrounded_excess"]) is Verdict.HEALTHY
+    assert rule.evaluate(burst["hallucination.ungrounded_excess"]) is Verdict.BREACH
+
+
+def test_default_backstop_rule_fires_on_a_majority_without_baseline() -> None:
+    from streams.rules import Rules, Verdict
+
+    rule = Rules.default(env={})["ungrounded-answers-majority"]
+    first = {s.signal: s for s in HallucinationSignals().update(_window(0, 120))}
+    assert "hallucination.ungrounded_excess" not in first  # no baseline yet
+    assert rule.evaluate(first["hallucination.ungrounded_share"]) is Verdict.BREACH
+    healthy = {s.signal: s for s in HallucinationSignals().update(_window(0, 60))}
+    assert rule.evaluate(healthy["hallucination.ungrounded_share"]) is Verdict.HEALTHY

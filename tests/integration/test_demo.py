@@ -17,7 +17,10 @@ from tests.conftest import stack_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-DURATION = 40
+DURATION = 120
+"""The default length: in a 40 s run the incidents found through user feedback
+(segment quality drop, prompt rollout) end before enough feedback arrives
+(users rate answers about 20 s later), and are missed."""
 
 
 def test_short_demo_summarises_every_incident_and_counts_add_up(tmp_path: Path) -> None:
@@ -26,7 +29,7 @@ def test_short_demo_summarises_every_incident_and_counts_add_up(tmp_path: Path) 
         proc = subprocess.run(
             [sys.executable, "-m", "llmpulse.cli", "demo", "--no-closed-loop", "--duration",
              str(DURATION), "--rate", "200", "--seed", "3", "--judge"],
-            env=stack_env(data), cwd=tmp_path, capture_output=True, text=True, timeout=300,
+            env=stack_env(data), cwd=tmp_path, capture_output=True, text=True, timeout=900,
         )
     finally:
         # stopped by pid if the demo left it running (or was killed by the timeout)
@@ -36,18 +39,22 @@ def test_short_demo_summarises_every_incident_and_counts_add_up(tmp_path: Path) 
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     # the run's windows are a twelfth of it (5 s floor) and latency half that
-    assert "windows: latency 2.5 s, drift/bias/hallucination/quality 5 s" in out
+    assert "windows: latency 5 s, drift/bias/hallucination/quality 10 s" in out
 
     summary = out[out.index("llmpulse demo: done in"):]
     kinds = [spec.split(":")[0] for spec in default_incidents(DURATION)]
     incident_lines = [ln.strip() for ln in summary.splitlines()
                       if ln.strip().split(" ")[0] in kinds]
     assert [ln.split()[0] for ln in incident_lines] == kinds
+    # every scripted incident is detected: a "missed" line fails the test
     for ln in incident_lines:
-        assert re.search(r"detected after +[\d.]+ s by \S+ \(|missed \(no ", ln), ln
+        assert re.search(r"detected after +[\d.]+ s by \S+ \(", ln), ln
+        assert "missed" not in ln, ln
     m = re.search(r"incidents: (\d) of (\d) detected", summary)
     assert m is not None and int(m.group(2)) == len(kinds)
-    assert int(m.group(1)) == sum("detected after" in ln for ln in incident_lines)
+    assert int(m.group(1)) == len(kinds), m.group(0)
+    # and nothing fires that no incident explains (healthy traffic stays quiet)
+    assert "alerts no incident explains: none" in summary, summary[-3000:]
     # every incident's start and end were announced live
     for kind in kinds:
         assert f"incident {kind} starts" in out and f"incident {kind} ends" in out
