@@ -11,9 +11,9 @@ import json
 import logging
 import sys
 import urllib.error
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from llmpulse.config import ConfigError, load_settings
+from llmpulse.config import ConfigError, Settings, load_settings
 
 __all__ = ["main"]
 
@@ -21,7 +21,7 @@ BENCHES = ("shim", "ingest", "detectors", "engine", "pipeline", "fault", "servin
            "otlp", "evals")
 
 
-def _settings(args: argparse.Namespace):
+def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(path=getattr(args, "config", "llmpulse.yaml"))
 
 
@@ -101,7 +101,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return finish(result, mod.format_table, args.json)
 
 
-def _module_cli(module: str):
+def _module_cli(module: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         import importlib
 
@@ -110,7 +110,7 @@ def _module_cli(module: str):
     return run
 
 
-def _retrain_cmd(fn_name: str):
+def _retrain_cmd(fn_name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         from retrain import cli as retrain_cli
 

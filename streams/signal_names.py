@@ -29,6 +29,7 @@ import importlib
 import pkgutil
 from collections.abc import Iterable, Set
 from fnmatch import fnmatchcase
+from typing import Any
 
 import detectors
 from detectors.base import Detector
@@ -68,9 +69,9 @@ def _load_families() -> None:
     _families_loaded = True
 
 
-def _subclasses(cls: type[Detector]) -> Iterable[type[Detector]]:
+def _subclasses(cls: type[Any]) -> Iterable[type[Any]]:
     stack = list(cls.__subclasses__())
-    seen: set[type[Detector]] = set()
+    seen: set[type[Any]] = set()
     while stack:
         c = stack.pop()
         if c in seen:

@@ -97,9 +97,9 @@ def grouped_messages(
         by_key[(key, i % sources)].append(orjson.dumps(ev))
     fb_by_key: dict[bytes, list[bytes]] = defaultdict(list)
     for fb in feedback:
-        key = group_of.get(str(fb["request_id"]))
-        if key is not None:
-            fb_by_key[key].append(orjson.dumps(fb))
+        fb_key = group_of.get(str(fb["request_id"]))
+        if fb_key is not None:
+            fb_by_key[fb_key].append(orjson.dumps(fb))
     offsets: dict[int, int] = defaultdict(int)
     out: list[TestingMessage] = []
 

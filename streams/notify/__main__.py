@@ -80,13 +80,14 @@ def main() -> int:
         print("llmpulse notify: LLMPULSE_KAFKA: the notifier service needs a Kafka cluster",
               file=sys.stderr)
         return 2
+    kafka = settings.kafka
 
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(settings.kafka, rules, stop, settings.kafka_security)
+        await serve(kafka, rules, stop, settings.kafka_security)
 
     asyncio.run(run())
     return 0
