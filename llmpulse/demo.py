@@ -466,7 +466,7 @@ def _short(text: str, parts: int = 2) -> str:
 
 async def _closed_loop(ctx: Any, args: argparse.Namespace, out: Any) -> int:
     """The router's accuracy drops on drifted tickets: retrain, gate, canary, promote."""
-    from retrain.service import run_demo_loop
+    from llmpulse.closed_loop import run_demo_loop
 
     print("", file=out)
     print("llmpulse demo: closed loop on the ticket router (intent-router)", file=out)

@@ -798,7 +798,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         current = registry.current(args.model)
         if current is None and args.bootstrap:
-            from retrain.service import REFERENCE_MODEL, train_reference
+            from retrain.reference import REFERENCE_MODEL, train_reference
 
             if args.model != REFERENCE_MODEL:
                 raise RegistryError(f"--bootstrap trains only {REFERENCE_MODEL}, not {args.model}")

@@ -39,17 +39,13 @@ GOAL_S = 300.0
 
 
 async def _run(tmp: Path, quick: bool) -> dict[str, Any]:
+    from llmpulse.closed_loop import StoreMonitor, run_closed_loop
     from llmpulse.store import Store
+    from retrain.reference import train_reference
     from retrain.registry import ModelRegistry
-    from retrain.service import (
-        CanaryPolicy,
-        RetrainService,
-        RetrainSettings,
-        StoreMonitor,
-        run_closed_loop,
-        train_reference,
-    )
+    from retrain.service import RetrainService
     from retrain.serving import LoadedModel, ModelServer
+    from retrain.settings import CanaryPolicy, RetrainSettings
 
     store = await asyncio.to_thread(Store.open, f"chdb://{tmp}/store")
     try:

@@ -22,15 +22,12 @@ import pytest
 from llmpulse.events import TOPIC_INFERENCE
 from llmpulse.simulate import Incident, SupportAppSimulator
 from llmpulse.store import Store
+from retrain.canary import live_metrics
 from retrain.dataset import DatasetPolicy, build_training_data, class_weights
+from retrain.reference import train_reference
 from retrain.registry import ModelRegistry
-from retrain.service import (
-    CanaryPolicy,
-    RetrainService,
-    RetrainSettings,
-    live_metrics,
-    train_reference,
-)
+from retrain.service import RetrainService
+from retrain.settings import CanaryPolicy, RetrainSettings
 from retrain.trainer import HeadTrainer, MemoEmbedder
 
 NOW = float(int(time.time()))
@@ -294,51 +291,3 @@ def test_live_metrics_from_raw_events(store: Store) -> None:
         "WHERE model_version = '9'")[0]["a"]
     assert (m.n, m.n_labelled, m.source) == (80, 80, "events")
     assert m.accuracy == pytest.approx(expected) and m.error_rate == 0.0 and m.p99_ms == 12.0
-
-
-def test_deployment_steps_become_grafana_annotations_when_configured() -> None:
-    """Against a local HTTP server standing in for Grafana's annotation endpoints."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
-    from llmpulse.broker import free_port
-    from retrain.service import annotate_in_grafana
-
-    posted: list[dict] = []
-
-    class Grafana(BaseHTTPRequestHandler):
-        def _send(self, body: object) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:  # noqa: N802 - existing annotations: none
-            self._send([])
-
-        def do_POST(self) -> None:  # noqa: N802
-            posted.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self._send({"id": len(posted), "message": "Annotation added"})
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    port = free_port()
-    server = HTTPServer(("127.0.0.1", port), Grafana)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        row = {"deployment_id": "d1", "model": "intent-router", "version": "2",
-               "previous_version": "1", "trigger": "alert-1", "stage": "promoted",
-               "metrics": "{}", "ts": 1_795_000_000.0}
-        assert annotate_in_grafana([row], env={}) == 0  # not configured: nothing sent
-        n = annotate_in_grafana([row], env={"LLMPULSE_GRAFANA_URL": f"http://127.0.0.1:{port}",
-                                            "LLMPULSE_GRAFANA_TOKEN": "t"})
-        assert n == 1 and len(posted) == 1
-        assert "intent-router" in json.dumps(posted[0]) and "promoted" in json.dumps(posted[0])
-        # an unreachable Grafana never raises into the rollout
-        assert annotate_in_grafana([row], env={"LLMPULSE_GRAFANA_URL": "http://127.0.0.1:9"}) == 0
-    finally:
-        server.shutdown()
