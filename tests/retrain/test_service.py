@@ -187,7 +187,7 @@ def rows_of(store: Store, request_id: str) -> list[dict[str, Any]]:
                        "'request_id') = {r:String} ORDER BY ts, stage", {"r": request_id})
     for r in rows:
         r["metrics"] = json.loads(r["metrics"])
-    order = ["skipped", "training", "canary", "rejected", "promoted", "rolled_back"]
+    order = ["skipped", "training", "canary", "rejected", "promoted", "rolled_back", "failed"]
     return sorted(rows, key=lambda r: (r["ts"], order.index(r["stage"])))
 
 
@@ -392,7 +392,7 @@ def test_a_failed_retrain_is_one_line_and_frees_the_service(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert [r.getMessage() for r in errors] == [
         "retrain req-broken of intent-router failed: RuntimeError: the GPU fell off the bus"]
-    assert errors[0].exc_info is None
+    assert not errors[0].exc_info  # no traceback
     assert not svc.busy and svc.counters["failed"] == 1
 
 
