@@ -32,7 +32,7 @@ from retrain.registry import ModelRegistry
 from retrain.service import RetrainService
 from retrain.serving import LoadedModel
 from retrain.settings import CanaryPolicy
-from retrain.trainer import HeadTrainer
+from retrain.trainer import HeadTrainer, Trainer
 
 __all__ = [
     "StoreMonitor",
@@ -210,6 +210,7 @@ async def run_closed_loop(
     flush: Callable[[], Any] | None = None,
     alert_wait_s: float = 0.0,
     bad_case: bool = True,
+    bad_trainer: Callable[[], Trainer] | None = None,
     progress: Callable[[str], Any] | None = None,
 ) -> dict[str, Any]:
     """Drift → (alert) → retrain → gates → canary → promote, then a refused bad model.
@@ -223,7 +224,9 @@ async def run_closed_loop(
     ``accuracy_before`` and ``accuracy_after`` are the versions' accuracy on
     ``n_heldout`` held-out tickets (see the module docstring), next to the
     majority-intent baseline on the same tickets; ``gates`` holds the gates'
-    own held-out figures.
+    own held-out figures. ``bad_trainer`` makes the trainer of the worse
+    candidate (default: :class:`~retrain.trainer.HeadTrainer` with 60 % of the
+    labels wrong).
     """
     say = progress or (lambda _m: None)
     model = REFERENCE_MODEL
@@ -308,7 +311,8 @@ async def run_closed_loop(
     }
     if bad_case:
         saved = service.trainer_factory
-        service.trainer_factory = lambda req: HeadTrainer(label_noise=0.6)
+        make_bad = bad_trainer or (lambda: HeadTrainer(label_noise=0.6))
+        service.trainer_factory = lambda req: make_bad()
         try:
             bad = await service.handle({
                 "request_id": f"demo-{uuid.uuid4().hex[:12]}", "model": model,

@@ -40,8 +40,10 @@ def test_closed_loop_improves_held_out_accuracy_and_refuses_a_worse_model(
                                 work_dir=tmp_path / "ref")
         canary = CanaryPolicy(share=0.3, min_duration_s=5.0, min_samples=30, min_labelled=20,
                               max_wait_s=120.0, poll_s=1.0)
+        # the latency gate's timing is the benchmark's business, not this test's
         service = RetrainService(store, registry, settings=RetrainSettings(canary=canary),
-                                 trainer_factory=lambda req: trainer, work_dir=tmp_path / "work")
+                                 trainer_factory=lambda req: trainer, work_dir=tmp_path / "work",
+                                 latency_probe=lambda cand, cur: (5.0, 5.0))
         monitor = StoreMonitor(store)
         lines: list[str] = []
 
@@ -51,7 +53,9 @@ def test_closed_loop_improves_held_out_accuracy_and_refuses_a_worse_model(
                 service.server = server
                 return await run_closed_loop(service, server, monitor, seed=SEED, n_drift=N_DRIFT,
                                              n_heldout=N_HELDOUT, rate=80.0, flush=monitor.flush,
-                                             progress=lines.append)
+                                             progress=lines.append, bad_trainer=lambda: HeadTrainer(
+                                                 encoder_path=encoder_path, embedder=embedder,
+                                                 label_noise=0.6))
 
         res = asyncio.run(loop())
         assert res["stage"] == "promoted", res["reason"]
