@@ -497,6 +497,10 @@ async def _closed_loop(ctx: Any, args: argparse.Namespace, out: Any) -> int:
     print(f"  accuracy on {held['n']} held-out drifted tickets (never trained on): {before:.3f} "
           f"(version {res['version_before']}) -> {after:.3f} (version {res['version_after']}); "
           f"majority-intent baseline {held['majority_baseline']:.3f}", file=out)
+    new = held["accuracy_new_intents_by_version"]
+    if held["n_new_intents"]:
+        print(f"    of which {held['n_new_intents']} on the intents version 1 never learned: "
+              f"{new.get(res['version_before'])} -> {new.get(res['version_after'])}", file=out)
     if gates.get("candidate") is not None:
         current = gates.get("current")
         print(f"  gates' held-out slice ({gates['n']} tickets): candidate {gates['candidate']:.3f}"

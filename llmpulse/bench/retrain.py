@@ -120,6 +120,9 @@ def format_table(result: dict[str, Any]) -> str:
         f"{result['accuracy_before']}  ->  v{result['versions'][1]} {result['accuracy_after']}"
         f"   (x{result['accuracy_ratio']}; majority-intent baseline "
         f"{result['heldout']['majority_baseline']})",
+        f"  of which {result['heldout']['n_new_intents']} on the new intents    "
+        + "  ->  ".join(f"v{v} {a}" for v, a in
+                        result['heldout']['accuracy_new_intents_by_version'].items()),
         f"gates' held-out slice           candidate {result['gates_accuracy']['candidate']}"
         f", current {result['gates_accuracy']['current']} ({result['gates_accuracy']['n']} tickets)",
         f"on the training traffic         {result['accuracy_on_training_traffic']['before']}"
