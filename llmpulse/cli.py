@@ -114,6 +114,11 @@ def _retrain_cmd(fn_name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         from retrain import cli as retrain_cli
 
+        if fn_name == "run_retrain":  # trains on simulated tickets, which retrain/ cannot draw
+            from llmpulse.router_data import router_dataset
+
+            data = router_dataset(seed=args.seed, duration_s=args.duration, rate=args.rate)
+            return int(retrain_cli.run_retrain(args, _settings(args), data=data) or 0)
         return int(getattr(retrain_cli, fn_name)(args, _settings(args)) or 0)
 
     return run

@@ -466,7 +466,7 @@ def _short(text: str, parts: int = 2) -> str:
 
 async def _closed_loop(ctx: Any, args: argparse.Namespace, out: Any) -> int:
     """The router's accuracy drops on drifted tickets: retrain, gate, canary, promote."""
-    from retrain.service import run_demo_loop
+    from llmpulse.closed_loop import run_demo_loop
 
     print("", file=out)
     print("llmpulse demo: closed loop on the ticket router (intent-router)", file=out)
@@ -493,8 +493,18 @@ async def _closed_loop(ctx: Any, args: argparse.Namespace, out: Any) -> int:
         print(f"    +{(r['t'] - t_first) / 1000:6.1f}s  version {r['version']:<4} "
               f"{r['stage']:<12} trigger {r['trigger'] or 'manual'}  {_short(why, 1)}", file=out)
     before, after = res["accuracy_before"], res["accuracy_after"]
-    print(f"  accuracy on drifted tickets: {before:.3f} (version {res['version_before']}) -> "
-          f"{after:.3f} (version {res['version_after']})", file=out)
+    held, gates = res["heldout"], res["gates_accuracy"]
+    print(f"  accuracy on {held['n']} held-out drifted tickets (never trained on): {before:.3f} "
+          f"(version {res['version_before']}) -> {after:.3f} (version {res['version_after']}); "
+          f"majority-intent baseline {held['majority_baseline']:.3f}", file=out)
+    new = held["accuracy_new_intents_by_version"]
+    if held["n_new_intents"]:
+        print(f"    of which {held['n_new_intents']} on the intents version 1 never learned: "
+              f"{new.get(res['version_before'])} -> {new.get(res['version_after'])}", file=out)
+    if gates.get("candidate") is not None:
+        current = gates.get("current")
+        print(f"  gates' held-out slice ({gates['n']} tickets): candidate {gates['candidate']:.3f}"
+              f", current {'-' if current is None else format(current, '.3f')}", file=out)
     print(f"  retrain request to {res['stage']}: {res['request_to_final_s']:.1f} s "
           f"(closed loop {time.monotonic() - t0:.1f} s in all)", file=out)
     bad = res.get("bad_case") or {}

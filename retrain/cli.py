@@ -24,9 +24,12 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retrain.registry import Deployment, ModelRegistry, RegistryError
+
+if TYPE_CHECKING:
+    from retrain.trainer import Dataset
 
 __all__ = [
     "configure_deploy",
@@ -125,14 +128,17 @@ def _print(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
     print(json.dumps(obj, indent=2, default=str) if args.json else text)
 
 
-def run_retrain(args: argparse.Namespace, settings: Any = None) -> int:
-    """Train on simulator data, gate, register and release (unless ``--no-deploy``)."""
+def run_retrain(args: argparse.Namespace, settings: Any = None, *, data: Dataset) -> int:
+    """Train on ``data`` (``llmpulse retrain`` draws it from the simulator with ``--seed``,
+    ``--duration`` and ``--rate``), gate, register and release (unless ``--no-deploy``)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from retrain.release import release
-    from retrain.trainer import Dataset, load_trainer
+    from retrain.trainer import load_trainer
 
     registry = ModelRegistry(_data_dir(args, settings))
-    data = Dataset.from_simulator(seed=args.seed, duration_s=args.duration, rate=args.rate)
+    if len(data) == 0:
+        print("llmpulse retrain: no labelled examples to train on", file=sys.stderr)
+        return 2
     train, test = data.split(args.test_share, seed=args.seed)
     kwargs = {"fine_tune_encoder": True} if args.fine_tune_encoder else {}
     try:

@@ -15,20 +15,18 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from detectors.embedding import export as export_mod
 
-if TYPE_CHECKING:
-    from retrain.trainer import Dataset
-
 __all__ = ["fine_tune_encoder"]
 
 
 def fine_tune_encoder(
-    dataset: Dataset,
+    texts: Sequence[str],
+    targets: Sequence[str],
     out_path: str | os.PathLike[str],
     *,
     labels: Sequence[str],
@@ -38,7 +36,10 @@ def fine_tune_encoder(
     max_length: int = 128,
     seed: int = 0,
 ) -> Path:
-    """Fine-tune the encoder on ``dataset`` and export it to ``out_path`` (ONNX)."""
+    """Fine-tune the encoder on ``texts`` with their ``targets`` (each one of ``labels``)
+    and export it to ``out_path`` (ONNX)."""
+    if len(texts) != len(targets):
+        raise ValueError(f"{len(texts)} texts for {len(targets)} targets")
     try:
         import torch
     except ImportError as exc:
@@ -52,11 +53,11 @@ def fine_tune_encoder(
     st = SentenceTransformer(str(export_mod.minilm_dir()), device="cpu")
     bert: Any = st[0].auto_model
     index = {lab: i for i, lab in enumerate(labels)}
-    y = torch.tensor([index[lab] for lab in dataset.labels], dtype=torch.long)
+    y = torch.tensor([index[lab] for lab in targets], dtype=torch.long)
     head = torch.nn.Linear(int(st.get_sentence_embedding_dimension() or 384), len(labels))
     params = list(bert.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=learning_rate)
-    texts = list(dataset.texts)
+    texts = list(texts)
     rng = np.random.default_rng(seed)
     bert.train()
     for _ in range(max(1, epochs)):

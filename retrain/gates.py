@@ -255,12 +255,12 @@ def evaluate(
 
     ``eval_set`` is a held-out :class:`~retrain.trainer.Dataset`;
     ``current_path`` the ONNX file of the serving version (None before the
-    first release). Models are loaded with :class:`~retrain.serving.LoadedModel`
+    first release). Models are loaded with :class:`~retrain.runtime.LoadedModel`
     on the serving providers (``loader`` overrides it); ``latency_probe``
     replaces the timing with a function of the loaded candidate and current
     model returning their p99s in ms (for tests).
     """
-    from retrain.serving import LoadedModel
+    from retrain.runtime import LoadedModel
 
     results: list[GateResult] = []
     check = onnx_checker_gate(candidate.path)

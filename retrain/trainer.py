@@ -13,12 +13,11 @@ Other trainers are found by :func:`load_trainer`, from a dotted path
 ``package.module:Class`` or by name in the entry-point group
 ``llmpulse.trainers`` (``head`` is built in).
 
->>> ds = Dataset.from_simulator(seed=1, duration_s=20, rate=5, start_ts=1_700_000_000.0)
->>> len(ds), ds.texts[0], ds.labels[0], ds.segments[0]["language"]
-(83, 'I hit the storage limit on Free. What are my options? thx', 'account', 'en')
->>> train, test = ds.split(test_share=0.25, seed=0)
+>>> ds = Dataset(("refund please", "refund please", "where is my parcel", "card declined"),
+...              ("refund", "refund", "shipping", "billing"))
+>>> train, test = ds.split(test_share=0.34, seed=0)
 >>> len(train), len(test), set(train.texts) & set(test.texts)
-(62, 21, set())
+(3, 1, set())
 >>> type(load_trainer("head")).__name__
 'HeadTrainer'
 """
@@ -116,40 +115,6 @@ class Dataset:
             labels.append(str(label))
             segs.append({str(k): str(v) for k, v in dict(r.get("segment") or {}).items()})
         return cls(tuple(texts), tuple(labels), tuple(segs), window)
-
-    @classmethod
-    def from_simulator(
-        cls,
-        *,
-        seed: int = 0,
-        duration_s: float = 120.0,
-        rate: float = 20.0,
-        start_ts: float = 1_700_000_000.0,
-        incidents: Sequence[Any] = (),
-        dedupe: bool = True,
-        model: str = "intent-router",
-    ) -> Dataset:
-        """Router prompts of :class:`llmpulse.simulate.SupportAppSimulator` with their true intent.
-
-        ``dedupe`` keeps the first occurrence of each prompt text, so a
-        split by text never leaks a test prompt into training.
-        """
-        from llmpulse.simulate import SupportAppSimulator
-
-        sim = SupportAppSimulator(seed=seed, rate=rate, incidents=incidents, start_ts=start_ts)
-        seen: set[str] = set()
-        texts, labels, segs = [], [], []
-        for _topic, ev, truth in sim.labelled_events(duration_s):
-            if truth is None or ev.get("model") != model:
-                continue
-            text = str(ev.get("prompt", ""))
-            if dedupe and text in seen:
-                continue
-            seen.add(text)
-            texts.append(text)
-            labels.append(truth.intent)
-            segs.append(dict(ev.get("segment") or {}))
-        return cls(tuple(texts), tuple(labels), tuple(segs), (start_ts, start_ts + duration_s))
 
     def subset(self, index: Sequence[int] | np.ndarray) -> Dataset:
         idx = [int(i) for i in index]
@@ -328,7 +293,8 @@ class HeadTrainer:
             from retrain.finetune import fine_tune_encoder
 
             encoder = fine_tune_encoder(
-                dataset,
+                dataset.texts,
+                dataset.labels,
                 out / "encoder.onnx",
                 labels=self.labels,
                 epochs=self.epochs,

@@ -45,10 +45,8 @@ def test_the_stream_worker_is_an_explicit_object(settings: Settings, store: Stor
     assert worker.pipeline.signals is not None and worker.pipeline.alerts is not None
     assert worker.pipeline.signals.positions is stats.positions  # one record of offsets
     assert worker.pipeline.notifier is worker.pipeline.alerts.notifier
-    # retrain.service.attach_retrain still records its service on the app; the retrain
-    # package drops that on its own branch (the worker hands the service out instead)
-    assert {a for a in _own_attributes(worker.app) if a.startswith("llmpulse")} <= {
-        "llmpulse_retrain"}
+    # nothing is patched onto the Faust app: the worker hands its parts out
+    assert not {a for a in _own_attributes(worker.app) if a.startswith("llmpulse")}
     assert worker.annotations is None  # no Grafana configured: no annotation agent
     agents = set(worker.app.agents)
     assert {"llmpulse.ingest_inference", "llmpulse.ingest_feedback", "llmpulse.signals",

@@ -38,10 +38,11 @@ CLIENTS = 8
 
 def _models(tmp: Path) -> tuple[Path, Path, list[str]]:
     from detectors.embedding import export_minilm
+    from llmpulse.router_data import router_dataset
     from retrain.model import HeadClassifier, build_classifier_graph
-    from retrain.trainer import Dataset, HeadTrainer
+    from retrain.trainer import HeadTrainer
 
-    data = Dataset.from_simulator(seed=7, duration_s=40, rate=8)
+    data = router_dataset(seed=7, duration_s=40, rate=8)
     train, test = data.split(0.3, seed=7)
     art = HeadTrainer(encoder_path=export_minilm()).fit(train, tmp / "a")
     head = HeadClassifier.load(tmp / "a" / "head.npz").shuffled(seed=1)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from llmpulse.router_data import router_dataset
 from retrain.model import HeadClassifier, build_classifier_graph
 from retrain.serving import LoadedModel
 from retrain.trainer import Artifact, Dataset, HeadTrainer, MemoEmbedder, load_artifact
@@ -31,7 +32,7 @@ def embedder(encoder_path: Path) -> MemoEmbedder:
 
 @pytest.fixture(scope="session")
 def dataset() -> Dataset:
-    return Dataset.from_simulator(seed=0, duration_s=60, rate=10, start_ts=1_700_000_000.0)
+    return router_dataset(seed=0, duration_s=60, rate=10, start_ts=1_700_000_000.0)
 
 
 @pytest.fixture(scope="session")

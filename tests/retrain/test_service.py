@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +24,13 @@ import pytest
 from llmpulse.events import TOPIC_INFERENCE
 from llmpulse.simulate import Incident, SupportAppSimulator
 from llmpulse.store import Store
+from retrain.canary import live_metrics
 from retrain.dataset import DatasetPolicy, build_training_data, class_weights
+from retrain.reference import train_reference
 from retrain.registry import ModelRegistry
-from retrain.service import (
-    CanaryPolicy,
-    RetrainService,
-    RetrainSettings,
-    live_metrics,
-    train_reference,
-)
+from retrain.service import RetrainService
+from retrain.serving import LoadedModel, ModelServer
+from retrain.settings import CanaryPolicy, RetrainSettings
 from retrain.trainer import HeadTrainer, MemoEmbedder
 
 NOW = float(int(time.time()))
@@ -187,7 +187,7 @@ def rows_of(store: Store, request_id: str) -> list[dict[str, Any]]:
                        "'request_id') = {r:String} ORDER BY ts, stage", {"r": request_id})
     for r in rows:
         r["metrics"] = json.loads(r["metrics"])
-    order = ["skipped", "training", "canary", "rejected", "promoted", "rolled_back"]
+    order = ["skipped", "training", "canary", "rejected", "promoted", "rolled_back", "failed"]
     return sorted(rows, key=lambda r: (r["ts"], order.index(r["stage"])))
 
 
@@ -296,49 +296,109 @@ def test_live_metrics_from_raw_events(store: Store) -> None:
     assert m.accuracy == pytest.approx(expected) and m.error_rate == 0.0 and m.p99_ms == 12.0
 
 
-def test_deployment_steps_become_grafana_annotations_when_configured() -> None:
-    """Against a local HTTP server standing in for Grafana's annotation endpoints."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
+# -- the canary and the model server -------------------------------------------------------------
 
-    from llmpulse.broker import free_port
-    from retrain.service import annotate_in_grafana
 
-    posted: list[dict] = []
+def _loaded_current(svc: RetrainService) -> LoadedModel:
+    mv = svc.registry.current(MODEL)
+    return LoadedModel(mv.artifact, mv.version, providers=["CPUExecutionProvider"])
 
-    class Grafana(BaseHTTPRequestHandler):
-        def _send(self, body: object) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
 
-        def do_GET(self) -> None:  # noqa: N802 - existing annotations: none
-            self._send([])
+@pytest.mark.slow
+async def test_a_server_that_starts_during_the_canary_gets_the_canary(
+        store: Store, tmp_path: Path, trainer: HeadTrainer) -> None:
+    """The demo's case: an alert's retrain starts its canary while no model server runs
+    (serving is started later, by the closed loop); the canary is put on the server
+    once it runs and promoted there, not failed with 'there is no canary to promote'."""
+    start = NOW + 50_000
+    emitted: list[dict[str, Any]] = []
+    servers: list[ModelServer] = []
 
-        def do_POST(self) -> None:  # noqa: N802
-            posted.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self._send({"id": len(posted), "message": "Annotation added"})
+    def traffic(t: float) -> None:
+        live_events(store, t, "2", 1.0, 60, "late")
+        live_events(store, t, "1", 0.5, 60, "late")
 
-        def log_message(self, *args: object) -> None:
-            pass
+    ft = FakeTime(start, traffic)
 
-    port = free_port()
-    server = HTTPServer(("127.0.0.1", port), Grafana)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    async def emit(rows: list[dict[str, Any]]) -> None:
+        emitted.extend(rows)
+        await asyncio.to_thread(store.insert_rows, "deployments", rows)
+
+    svc = make_service(store, tmp_path, ft, trainer, emit=emit)
+    server = ModelServer(_loaded_current(svc), name=MODEL)
+    await server.start()
     try:
-        row = {"deployment_id": "d1", "model": "intent-router", "version": "2",
-               "previous_version": "1", "trigger": "alert-1", "stage": "promoted",
-               "metrics": "{}", "ts": 1_795_000_000.0}
-        assert annotate_in_grafana([row], env={}) == 0  # not configured: nothing sent
-        n = annotate_in_grafana([row], env={"LLMPULSE_GRAFANA_URL": f"http://127.0.0.1:{port}",
-                                            "LLMPULSE_GRAFANA_TOKEN": "t"})
-        assert n == 1 and len(posted) == 1
-        assert "intent-router" in json.dumps(posted[0]) and "promoted" in json.dumps(posted[0])
-        # an unreachable Grafana never raises into the rollout
-        assert annotate_in_grafana([row], env={"LLMPULSE_GRAFANA_URL": "http://127.0.0.1:9"}) == 0
+        async def start_serving_later(s: float) -> None:
+            await ft.sleep(s)
+            if ft.slept == 3:  # the canary has been watched for a while without a server
+                svc.server = server
+                servers.append(server)
+
+        svc.sleep = start_serving_later
+        out = await svc.handle(request(tag="late", alert="4"))
+        assert out.stage == "promoted", out.reason
+        assert servers and server.active.version == out.version == "2"
+        assert server.canary is None
+        assert out.metrics["canary"]["served"] is True
     finally:
-        server.shutdown()
+        await server.close()
+    assert [r["stage"] for r in rows_of(store, "req-late")] == ["training", "canary", "promoted"]
+    # every stage change went out with what a dashboard annotation needs
+    assert [r["stage"] for r in emitted] == ["training", "canary", "promoted"]
+    for r in emitted:
+        assert r["model"] == MODEL and r["trigger"] == "alert-4" and r["version"]
+        assert isinstance(r["ts"], float) and r["ts"] >= start
+    assert not svc.busy and not svc._lock.locked()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("on_no_evidence", ["promote", "rollback"])
+def test_a_canary_without_live_traffic_ends_cleanly(
+        store: Store, tmp_path: Path, trainer: HeadTrainer, on_no_evidence: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    ft = FakeTime(NOW + 60_000 + (1000 if on_no_evidence == "rollback" else 0))
+    svc = make_service(store, tmp_path, ft, trainer)
+    svc.settings = replace(svc.settings, canary=replace(svc.settings.canary, max_wait_s=20,
+                                                        on_no_evidence=on_no_evidence))
+    tag = f"quiet-{on_no_evidence}"
+    with caplog.at_level(logging.INFO, logger="retrain.service"):
+        out = asyncio.run(svc.handle(request(tag=tag, alert="5")))
+    want = "promoted" if on_no_evidence == "promote" else "rolled_back"
+    assert out.stage == want
+    assert out.reason.startswith("no live evidence after 20 s (0 inferences, 0 labelled")
+    assert out.metrics["canary"]["served"] is False
+    assert [r["stage"] for r in rows_of(store, f"req-{tag}")] == ["training", "canary", want]
+    assert svc.registry.current(MODEL).version == ("2" if want == "promoted" else "1")
+    assert not svc.busy and not svc._lock.locked()
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+def test_a_failed_retrain_is_one_line_and_frees_the_service(
+        store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    class Broken:
+        def fit(self, dataset: Any, out_dir: Any) -> Any:
+            raise RuntimeError("the GPU fell off the bus")
+
+    registry = ModelRegistry(tmp_path)
+    registry.register(MODEL, _tiny_artifact(tmp_path), version="1", trigger="bootstrap")
+    registry.deploy(MODEL, "1", trigger="bootstrap")
+    svc = RetrainService(store, registry, trainer_factory=lambda req: Broken(),
+                         work_dir=tmp_path / "work")
+    with caplog.at_level(logging.INFO, logger="retrain.service"):
+        out = asyncio.run(svc.handle(request(tag="broken", alert="6")))
+    assert (out.stage, out.reason) == ("failed", "RuntimeError: the GPU fell off the bus")
+    [row] = [r for r in rows_of(store, "req-broken") if r["stage"] == "failed"]
+    assert row["metrics"]["error"] == out.reason
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in errors] == [
+        "retrain req-broken of intent-router failed: RuntimeError: the GPU fell off the bus"]
+    assert not errors[0].exc_info  # no traceback
+    assert not svc.busy and svc.counters["failed"] == 1
+
+
+def _tiny_artifact(tmp: Path) -> Path:
+    """A file to register: the failing trainer never gets as far as the gates."""
+    p = tmp / "v1" / "model.onnx"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(b"not used")
+    return p
