@@ -27,7 +27,7 @@ from llmpulse.migrations import migrate
 from llmpulse.store import Store
 from llmpulse.worker import Worker, build_worker
 from streams.app import IngestStats
-from tests.test_publisher import TOKEN, FakeGrafana, grafana  # noqa: F401  (fixture)
+from tests.dashboards.test_publisher import TOKEN, FakeGrafana, grafana  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -229,7 +229,7 @@ def test_every_shipped_rules_file_uses_known_signals() -> None:
 
     import yaml
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     files = sorted(root.glob("llmpulse/rules/*.yaml")) + sorted(root.glob("tests/**/*.yaml"))
     files = [p for p in files if isinstance(d := yaml.safe_load(p.read_text()), dict) and "rules" in d]
     assert root / "llmpulse" / "rules" / "default.yaml" in files

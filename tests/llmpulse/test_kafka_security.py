@@ -13,9 +13,9 @@ from llmpulse.kafka_security import KafkaSecurity, KafkaSecurityError
 from llmpulse.secret import Secret
 from llmpulse.store_auth import ClickHouseCredentials, CredentialsError, redact_dsn, split_dsn
 from streams.app import faust_credentials
+from tests.dashboards.test_publisher import TOKEN as GRAFANA_TOKEN
+from tests.dashboards.test_publisher import grafana  # noqa: F401 - the fake Grafana fixture
 from tests.integration.tls_support import make_pki
-from tests.test_publisher import TOKEN as GRAFANA_TOKEN
-from tests.test_publisher import grafana  # noqa: F401 - the fake Grafana fixture
 
 CANARY = "Canary-Pw-55e1b0"
 

@@ -10,7 +10,7 @@ import pytest
 
 from streams.engine import SignalEngine, default_detectors
 from streams.otlp_mapping import map_request
-from tests.test_otlp_mapping import CHAT, NOW_MS, make_span, one, request, row
+from tests.streams.test_otlp_mapping import CHAT, NOW_MS, make_span, one, request, row
 
 
 @pytest.mark.parametrize(
@@ -56,7 +56,7 @@ def test_tags_stay_in_the_spans_row_attributes() -> None:
 
 
 def test_docs_table_names_the_tag_attributes() -> None:
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "otlp.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "otlp.md").read_text()
     for attr in ("llmpulse.prompt_version", "traceloop.prompt.version", "traceloop.prompt.key",
                  "langfuse.observation.prompt.version", "langfuse.observation.prompt.name",
                  "llmpulse.experiment", "llmpulse.variant", "feature_flag.key",

@@ -132,7 +132,7 @@ def test_judge_command_refuses_bad_settings_naming_the_key(
 
 
 def test_the_example_in_the_docs_loads(tmp_path: Path) -> None:
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "quality.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "quality.md").read_text()
     block = doc.split("```yaml\njudge:", 1)[1].split("```", 1)[0]
     j = _load(tmp_path, "judge:" + block, {"JUDGE_API_TOKEN": TOKEN}).judge
     assert j.endpoint == "https://judge.internal/v1" and j.token is not None

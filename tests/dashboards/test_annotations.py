@@ -9,7 +9,7 @@ import pytest
 
 from dashboards.annotations import DeploymentAnnotator, GrafanaTarget
 from llmpulse.broker import free_port
-from tests.test_publisher import TOKEN, FakeGrafana, grafana  # noqa: F401  (fixture)
+from tests.dashboards.test_publisher import TOKEN, FakeGrafana, grafana  # noqa: F401  (fixture)
 
 ROW = {"deployment_id": "d-1", "model": "intent-router", "version": "3", "previous_version": "2",
        "trigger": "alert-9", "stage": "rolled_back", "metrics": "{}", "ts": 1_700_000_100.25}

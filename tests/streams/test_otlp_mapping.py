@@ -384,8 +384,8 @@ def test_map_span_returns_no_event_for_plain_spans() -> None:
 
 
 def test_mapping_table_in_the_docs_names_every_attribute_read() -> None:
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "otlp.md").read_text()
-    source = (Path(__file__).resolve().parent.parent / "streams" / "otlp_mapping.py").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "otlp.md").read_text()
+    source = (Path(__file__).resolve().parents[2] / "streams" / "otlp_mapping.py").read_text()
     read = set(re.findall(r'"((?:gen_ai|llm|error|retrieval)\.[a-z_.]+)"', source))
     missing = sorted(a for a in read if a.rstrip(".") not in doc)
     assert not missing, missing

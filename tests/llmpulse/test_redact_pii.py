@@ -23,7 +23,7 @@ from llmpulse.bench.redact_baseline import baseline_redact
 from llmpulse.pii import DEFAULT_PHONE_REGIONS, IBAN_LENGTHS, PhoneFinder, find_emails, find_ibans
 from llmpulse.redact import Redactor
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = Redactor()
 
 

@@ -33,7 +33,7 @@ from llmpulse.bench.extras import EXTRA_OF_MODULE
 from llmpulse.cli import BENCHES
 from llmpulse.harness import child_env
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 OWN = ("llmpulse", "streams", "detectors", "retrain", "dashboards")
 
 

@@ -46,7 +46,7 @@ from llmpulse.store import QueryError, Store
 from streams.alerting import AlertManager
 from streams.rules import Rules
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DURATION = 600.0
 ALL_PANELS = [(d.name, p) for d in DASHBOARDS.values() for p in d.panels]
 
