@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from llmpulse.harness import wait_for
 from tests.conftest import StackProcess
 from tests.integration.test_dashboard_browser import _chromium, _panel, chromium
 
@@ -64,6 +65,24 @@ def _alert(sp: StackProcess, app: str, model: str, timeout: float = 150.0) -> di
     raise AssertionError(f"no alert for {app}/{model} in {timeout} s: {sp.log()}")
 
 
+def _stored_signal(sp: StackProcess, app: str, model: str, signal: str, start_ms: int,
+                   end_ms: int, timeout: float = 150.0) -> int:
+    """Wait until ``model``'s ``signal`` rows in [start_ms, end_ms] are stored; their count.
+
+    The worker closes each model's windows on its own, so one model's alert
+    says nothing of another model's signals: pages drawn before they are
+    stored would lack that model's lines.
+    """
+    sql = (f"SELECT count() AS n FROM signals FINAL WHERE app = '{app}' AND model = '{model}' "
+           f"AND signal = '{signal}' AND ts >= fromUnixTimestamp64Milli(toInt64({start_ms})) "
+           f"AND ts <= fromUnixTimestamp64Milli(toInt64({end_ms}))")
+    try:
+        return wait_for(lambda: int(sp.sql(sql)[0]["n"]), timeout,
+                        f"{signal} of {app}/{model} stored", every=1.0)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}: {sp.log()}") from None
+
+
 def test_stack_alert_link_opens_the_panel_with_only_the_alerted_series(
         chromium: str, stack_factory: Any, tmp_path: Path) -> None:
     rules = tmp_path / "rules.yaml"
@@ -80,17 +99,26 @@ def test_stack_alert_link_opens_the_panel_with_only_the_alerted_series(
     q = parse_qs(u.query)
     assert (q["var-app"], q["var-model"], q["var-version"], q["var-signal"]) == (
         [app], ["alpha"], ["1"], ["latency.p95_ms"])
+    start_ms, end_ms = int(q["from"][0]), int(q["to"][0])
+    # the alert is raised after the signals it was computed from are stored; checked anyway
+    _stored_signal(sp, app, "alpha", "latency.p95_ms", start_ms, end_ms)
     profile = tmp_path / "browser"
     profile.mkdir()
     done = _chromium(chromium, profile, link.replace("#", "&refresh=0#", 1), "--dump-dom")
     assert done.returncode == 0, done.stderr[-2000:]
     assert _panel(done.stdout, 6) == (1, ["alpha p95_ms"]), link
-    wide = f"{sp.endpoints['http']}/dashboards/overview?from={q['from'][0]}&to={q['to'][0]}" \
-           "&refresh=0"
+    # beta's windows close independently of alpha's: wait for its rows before the wide page
+    _stored_signal(sp, app, "beta", "latency.p95_ms", start_ms, end_ms)
+    span = f"from={start_ms}&to={end_ms}"
+    rows = sp.get(f"/dashboards/overview/panel/6.json?{span}")["rows"]
+    series = {r["series"] for r in rows}
+    assert {"alpha p95_ms", "beta p95_ms"} <= series, series
+    wide = f"{sp.endpoints['http']}/dashboards/overview?{span}&refresh=0"
     done = _chromium(chromium, profile, wide, "--dump-dom")
     assert done.returncode == 0, done.stderr[-2000:]
     drawn, legend = _panel(done.stdout, 6)
-    assert drawn >= 4 and {"alpha p95_ms", "beta p95_ms"} <= set(legend), legend
+    # the page draws every series the panel's rows hold (more if windows closed in between)
+    assert drawn >= 4 and series <= set(legend), (series, legend)
     # the runbook link opens the latency runbook on the same server
     runbook = urlsplit(links["runbook"])
     assert runbook.fragment == "latency"
