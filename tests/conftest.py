@@ -14,6 +14,9 @@ import pytest
 from llmpulse.broker import EmbeddedBroker
 from llmpulse.harness import UpProcess, child_env
 
+ROOT = Path(__file__).resolve().parent.parent
+"""The checkout (subprocesses of the tests put it on their PYTHONPATH)."""
+
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[EmbeddedBroker]:
