@@ -39,4 +39,4 @@ COPY --from=build /opt/all /opt/all
 ENV PATH=/opt/all/bin:$PATH
 USER llmpulse
 EXPOSE 8700
-CMD ["python", "-m", "retrain.serving", "--host", "0.0.0.0", "--port", "8700"]
+CMD ["python", "-m", "llmpulse.retrain.serving", "--host", "0.0.0.0", "--port", "8700"]

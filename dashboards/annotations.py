@@ -2,7 +2,7 @@
 
 Each record the retrain service publishes (one per step: ``training``,
 ``canary``, ``promoted``, ``rolled_back``, ``rejected``, ...) becomes one
-annotation through :class:`~dashboards.publish.Publisher`, so a dashboard
+annotation through :class:`~llmpulse.dashboards.publish.Publisher`, so a dashboard
 shows when a model changed next to the signals that made it change.
 Annotations are idempotent (a replayed record finds its annotation by its
 ``llmpulse-id`` tag and leaves it alone). A record that is not a deployment
@@ -40,8 +40,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from dashboards.publish import Publisher, PublishError, grafana_client
 from llmpulse.config import ConfigError
+from llmpulse.dashboards.publish import Publisher, PublishError, grafana_client
 from llmpulse.events import TOPIC_DEPLOYMENTS
 from llmpulse.secret import Secret, scrub
 

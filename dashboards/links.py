@@ -9,7 +9,7 @@ Besides the panel, :meth:`AlertLinks.runbook` gives the shipped runbook of
 the signal's family and :meth:`AlertLinks.report` the URL under which the
 server serves a drift report file.
 
-The link opens the panel of :func:`~dashboards.panels.panel_for_signal` over
+The link opens the panel of :func:`~llmpulse.dashboards.panels.panel_for_signal` over
 the alert's window, with the dashboards' own template variables (``app``,
 ``model``, ``version``, ``signal``, ``dimension``) set to the alert's key:
 the panel then shows only the series that broke the rule.
@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from dashboards.grafana import panel_url
-from dashboards.panels import DASHBOARDS, panel_for_signal
-from dashboards.runbooks import runbook_for
+from llmpulse.dashboards.grafana import panel_url
+from llmpulse.dashboards.panels import DASHBOARDS, panel_for_signal
+from llmpulse.dashboards.runbooks import runbook_for
 
 __all__ = ["ALERT_KEY_VARIABLES", "AlertLinks"]
 

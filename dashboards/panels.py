@@ -7,8 +7,8 @@ Each :class:`Panel` holds the SQL that Grafana's ClickHouse data source runs
 ``model``, ``version`` and, on panels that read ``signals`` or ``alerts``,
 ``signal`` and ``dimension``: what an alert's link sets, so the linked panel
 shows only the series that broke). The same text generates the Grafana JSON
-(:mod:`dashboards.grafana`) and, expanded by :mod:`dashboards.macros`, feeds
-the embedded live page (:mod:`dashboards.web`) and ``llmpulse report``.
+(:mod:`llmpulse.dashboards.grafana`) and, expanded by :mod:`llmpulse.dashboards.macros`, feeds
+the embedded live page (:mod:`llmpulse.dashboards.web`) and ``llmpulse report``.
 
 Result shapes, declared in ``Panel.columns`` and checked by the tests:
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-from dashboards.grafana import FOLDER_TITLE, FOLDER_UID, dashboard_json
-from dashboards.panels import DASHBOARDS
-from dashboards.render import to_epoch
+from llmpulse.dashboards.grafana import FOLDER_TITLE, FOLDER_UID, dashboard_json
+from llmpulse.dashboards.panels import DASHBOARDS
+from llmpulse.dashboards.render import to_epoch
 
 __all__ = [
     "ANNOTATION_QUERIES",

@@ -4,7 +4,7 @@ No JavaScript library and no external URL: the embedded page and the HTML
 report both embed what this module returns. Every text coming from the data
 (model names, response sentences) is escaped.
 
->>> from dashboards.panels import DASHBOARDS
+>>> from llmpulse.dashboards.panels import DASHBOARDS
 >>> p = DASHBOARDS["overview"].panel(6)
 >>> rows = [{"time": "2023-11-14 22:13:20", "series": "m p95_ms", "value": 120.0},
 ...         {"time": "2023-11-14 22:13:50", "series": "m p95_ms", "value": 180.0}]
@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
-from dashboards.panels import Panel
+from llmpulse.dashboards.panels import Panel
 
 __all__ = ["CSS", "PALETTE", "format_value", "render_panel", "render_svg", "to_epoch"]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from html import escape
 
-from dashboards.panels import DASHBOARDS, panel_for_signal
+from llmpulse.dashboards.panels import DASHBOARDS, panel_for_signal
 
 __all__ = ["RUNBOOKS", "Runbook", "runbook_for", "runbooks_html"]
 
@@ -195,7 +195,7 @@ def runbook_for(signal: str, dimension: str = "") -> Runbook:
 
 def runbooks_html(base: str = "/dashboards") -> str:
     """Every runbook on one page, an anchor per family (the page the links open)."""
-    from dashboards.render import CSS
+    from llmpulse.dashboards.render import CSS
 
     sections = []
     for r in RUNBOOKS:

@@ -169,7 +169,7 @@ def _agent_rows(rng: np.random.Generator, start: float, end: float, window_s: fl
     """``spans`` rows of seeded agent traces (one every 5 s: an agent, LLM calls, tool
     calls, a retrieval; every seventh loops on ``search``) and their ``agent.*``
     signals, computed per window by the detector itself."""
-    from detectors.agent import AgentSteps, span_batch
+    from llmpulse.detectors.agent import AgentSteps, span_batch
 
     spans: list[dict[str, Any]] = []
     t0 = start + 1.0
@@ -217,7 +217,7 @@ def _span_row(tid: str, sid: str, parent: str, app: str, ts: float, ms: float, s
         "end_ts": ts + ms / 1000.0, "duration_ms": ms, "app": app,
         "name": f"{op} {tool or ('researcher' if step == 'agent' else step)}",
         "kind": "SPAN_KIND_CLIENT" if step == "llm" else "SPAN_KIND_INTERNAL",
-        "scope": "dashboards.testing", "step": step, "operation": op,
+        "scope": "llmpulse.dashboards.testing", "step": step, "operation": op,
         "provider": "openai" if step == "llm" else "",
         "model": "gpt-4o" if step == "llm" else "",
         "tool_name": tool, "agent_name": "researcher" if step == "agent" else "",

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from html import escape
 from typing import Any
 
-from dashboards.render import CSS
+from llmpulse.dashboards.render import CSS
 
 __all__ = ["STEP_COLOURS", "parse_trace_id", "trace_page_html", "trace_route"]
 
@@ -145,7 +145,7 @@ Handler = Callable[..., Awaitable[Any]]
 
 
 def trace_route(base: str = "/dashboards") -> tuple[str, str, Handler]:
-    """``(path, view name, handler)`` of the trace view, as :func:`dashboards.web.routes`."""
+    """``(path, view name, handler)`` of the trace view, as :func:`llmpulse.dashboards.web.routes`."""
 
     async def trace_view(web: Any, request: Any, trace_id: str = "", **_: Any) -> Any:
         tid = parse_trace_id(trace_id)

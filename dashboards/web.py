@@ -9,7 +9,7 @@ plain aiohttp app with :func:`aiohttp_app`):
 * ``GET /dashboards/{name}/panel/{id}`` — one panel body (HTML fragment),
   ``{id}.svg`` the chart alone, ``{id}.json`` the rows.
 
-Query string (same names as Grafana's, so :func:`dashboards.grafana.panel_url`
+Query string (same names as Grafana's, so :func:`llmpulse.dashboards.grafana.panel_url`
 links work for both): ``from``/``to`` (``now-1h``, epoch s or ms, ISO 8601,
 or ``from=data`` for the span of the stored events), ``var-app``,
 ``var-model``, ``var-version`` (``var-model_version`` is taken as its alias),
@@ -18,7 +18,7 @@ or ``from=data`` for the span of the stored events), ``var-app``,
 ``GET /dashboards`` with ``var-signal`` in its query string (the alert links
 of older versions) redirects to the panel that shows that signal.
 ``GET /dashboards/runbooks`` is the shipped runbooks page
-(:mod:`dashboards.runbooks`); with ``reports_dir``, ``GET
+(:mod:`llmpulse.dashboards.runbooks`); with ``reports_dir``, ``GET
 /dashboards/reports/<file>.html`` serves a drift report from that folder in a
 sandbox (the report's scripts run in an origin of their own, with no access
 to the session or the API).
@@ -43,11 +43,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlencode
 
-from dashboards.macros import MacroError, expand, parse_time
-from dashboards.panels import DASHBOARDS, Dashboard, Panel, panel_for_signal
-from dashboards.render import CSS, render_panel, render_svg
-from dashboards.runbooks import runbooks_html
-from dashboards.trace import trace_route
+from llmpulse.dashboards.macros import MacroError, expand, parse_time
+from llmpulse.dashboards.panels import DASHBOARDS, Dashboard, Panel, panel_for_signal
+from llmpulse.dashboards.render import CSS, render_panel, render_svg
+from llmpulse.dashboards.runbooks import runbooks_html
+from llmpulse.dashboards.trace import trace_route
 
 __all__ = [
     "Context",

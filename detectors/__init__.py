@@ -5,6 +5,6 @@ Nothing in this package imports Kafka, Faust or ClickHouse.
 
 from __future__ import annotations
 
-from detectors.base import Batch, ChangeDetector, Detector, Mergeable, Signal
+from llmpulse.detectors.base import Batch, ChangeDetector, Detector, Mergeable, Signal
 
 __all__ = ["Batch", "ChangeDetector", "Detector", "Mergeable", "Signal"]

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from detectors.base import Batch, Detector, Signal
+from llmpulse.detectors.base import Batch, Detector, Signal
 
 __all__ = ["AgentSteps", "SPAN_NUMERIC", "SPAN_STRINGS", "WORK_STEPS", "span_batch"]
 

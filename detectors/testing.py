@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from detectors.base import Batch
+from llmpulse.detectors.base import Batch
 
 __all__ = ["synthetic_batch", "synthetic_events"]
 
@@ -98,7 +98,7 @@ def synthetic_events(
 
 
 def synthetic_batch(n: int = 1000, *, seed: int = 0, **kwargs: Any) -> Batch:
-    """:func:`synthetic_events` as a :class:`~detectors.base.Batch`."""
+    """:func:`synthetic_events` as a :class:`~llmpulse.detectors.base.Batch`."""
     events = synthetic_events(n, seed=seed, **kwargs)
     start = kwargs.get("start", 1_700_000_000.0)
     return Batch.from_events(events, start=start, end=start + n / kwargs.get("rate", 100.0))

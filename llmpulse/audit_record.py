@@ -6,7 +6,7 @@ stack will pick it up:
 * a stack runs (``<data-dir>/endpoints.json``) or ``LLMPULSE_KAFKA`` names the
   brokers: the event goes to the ``llmpulse.audit`` topic with the header
   ``llmpulse-origin: cli``; the stack's audit agent
-  (:func:`streams.admin.register_audit_agent`) checks it and stores it;
+  (:func:`llmpulse.streams.admin.register_audit_agent`) checks it and stores it;
 * otherwise: straight into the ``audit_events`` table of the stopped store.
 
 A failure to record is reported on stderr and never fails the command.

@@ -112,7 +112,7 @@ def _module_cli(module: str) -> Callable[[argparse.Namespace], int]:
 
 def _retrain_cmd(fn_name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from retrain import cli as retrain_cli
+        from llmpulse.retrain import cli as retrain_cli
 
         if fn_name == "run_retrain":  # trains on simulated tickets, which retrain/ cannot draw
             from llmpulse.router_data import router_dataset
@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         s = sub.add_parser(name, help=text)
         try:
-            from retrain import cli as retrain_cli
+            from llmpulse.retrain import cli as retrain_cli
 
             getattr(retrain_cli, f"configure_{name}")(s)
         except ImportError as exc:  # the shim-only install

@@ -30,13 +30,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from llmpulse.retrain.reference import LAUNCH_INTENTS, REFERENCE_MODEL, reference_dataset
+from llmpulse.retrain.registry import ModelRegistry
+from llmpulse.retrain.service import RetrainService
+from llmpulse.retrain.serving import LoadedModel
+from llmpulse.retrain.settings import CanaryPolicy
+from llmpulse.retrain.trainer import HeadTrainer, Trainer
 from llmpulse.router_data import Ticket, drifted_tickets, heldout_tickets
-from retrain.reference import LAUNCH_INTENTS, REFERENCE_MODEL, reference_dataset
-from retrain.registry import ModelRegistry
-from retrain.service import RetrainService
-from retrain.serving import LoadedModel
-from retrain.settings import CanaryPolicy
-from retrain.trainer import HeadTrainer, Trainer
 
 __all__ = [
     "StoreMonitor",
@@ -51,7 +51,7 @@ HELDOUT_SEED_OFFSET = 1000
 
 
 class StoreMonitor:
-    """A :class:`~retrain.serving.MonitorLike` that writes events straight into a store.
+    """A :class:`~llmpulse.retrain.serving.MonitorLike` that writes events straight into a store.
 
     For runs without a broker (the benchmark): events are buffered and
     inserted on :meth:`flush` (blocking).
@@ -167,7 +167,7 @@ def _predicted(model: Any, tickets: Sequence[Ticket], batch: int = 32) -> list[s
 
 
 def heldout_accuracy(model: Any, tickets: Sequence[Ticket], *, batch: int = 32) -> float | None:
-    """Accuracy of a :class:`~retrain.serving.LoadedModel` on ``tickets`` (no events sent)."""
+    """Accuracy of a :class:`~llmpulse.retrain.serving.LoadedModel` on ``tickets`` (no events sent)."""
     if not tickets:
         return None
     pred = _predicted(model, tickets, batch)
@@ -239,7 +239,7 @@ async def run_closed_loop(
     ``n_heldout`` held-out tickets (see the module docstring), next to the
     majority-intent baseline on the same tickets; ``gates`` holds the gates'
     own held-out figures. ``bad_trainer`` makes the trainer of the worse
-    candidate (default: :class:`~retrain.trainer.HeadTrainer` with 60 % of the
+    candidate (default: :class:`~llmpulse.retrain.trainer.HeadTrainer` with 60 % of the
     labels wrong).
     """
     say = progress or (lambda _m: None)
@@ -355,7 +355,7 @@ async def run_demo_loop(
     """The closed loop inside a running stack (``llmpulse demo``).
 
     ``service`` is the stack's retraining service (returned by
-    :func:`retrain.service.attach_retrain`). Serving is started if it is not
+    :func:`llmpulse.retrain.service.attach_retrain`). Serving is started if it is not
     running; feedback labels go through a :class:`llmpulse.Monitor` on the
     stack's broker. ``canary`` defaults to a short demo canary (30 % for at
     least 10 s with 20 labelled answers).

@@ -86,7 +86,7 @@ class SignalSettings:
     window closes of different groups run on different cores (with ``process``)."""
     notify_in_worker: bool = True
     """Workers page on-call themselves; false when a separate notifier service
-    (``python -m streams.notify``) consumes ``llmpulse.alerts`` instead."""
+    (``python -m llmpulse.streams.notify``) consumes ``llmpulse.alerts`` instead."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """``llmpulse dashboards``: publish to Grafana, or write its provisioning files.
 
-The command line around :mod:`dashboards.publish`: it reads the annotation
+The command line around :mod:`llmpulse.dashboards.publish`: it reads the annotation
 rows from the running stack's HTTP API (``--url``, else ``endpoints.json``)
 or, with no stack running, from the store, and hands them to the publisher.
 """
@@ -12,9 +12,9 @@ import sys
 from typing import Any
 from urllib.parse import urlparse
 
-from dashboards.grafana import DATASOURCE_UID, FOLDER_UID, datasource_payload
-from dashboards.panels import DASHBOARDS
-from dashboards.publish import ANNOTATION_QUERIES, Publisher, PublishError, grafana_client
+from llmpulse.dashboards.grafana import DATASOURCE_UID, FOLDER_UID, datasource_payload
+from llmpulse.dashboards.panels import DASHBOARDS
+from llmpulse.dashboards.publish import ANNOTATION_QUERIES, Publisher, PublishError, grafana_client
 
 __all__ = ["configure", "run_cli"]
 
@@ -85,7 +85,7 @@ def run_cli(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     if args.dashboards_command == "generate":
-        from dashboards.grafana import PROVISIONING_DIR, write_provisioning
+        from llmpulse.dashboards.grafana import PROVISIONING_DIR, write_provisioning
 
         for path in write_provisioning(Path(args.out) if args.out else PROVISIONING_DIR):
             print(path)

@@ -120,7 +120,7 @@ def run_cli(args: argparse.Namespace, settings: Settings) -> int:
     from llmpulse.stack import StackError, run_stack
 
     # the demo prints each alert itself; the agent's log line would repeat it
-    logging.getLogger("streams.alerts_agent").setLevel(logging.ERROR)
+    logging.getLogger("llmpulse.streams.alerts_agent").setLevel(logging.ERROR)
     # a detector pass longer than the poll interval only delays the next poll
     logging.getLogger("mode.timers").setLevel(logging.ERROR)
     share = getattr(args, "judge_sample", 0.1)

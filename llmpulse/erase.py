@@ -31,7 +31,7 @@ erase is stored (erase again). Erasing twice is a no-op that reports zeros.
 
 This module is the store side. The signal engine's open windows and feedback
 join (memory, and ``<data-dir>/worker/*.pkl``) are cleared by the caller: the
-stack's admin route (:mod:`streams.admin`) or, with the stack stopped, the
+stack's admin route (:mod:`llmpulse.streams.admin`) or, with the stack stopped, the
 command (:mod:`llmpulse.erase_cli`). Not reachable at all: Kafka topics keep
 the events until their own retention (the embedded broker keeps them in memory
 until it stops), and shim journals on other hosts.

@@ -93,7 +93,7 @@ def erase_offline(settings: Any, req: ErasureRequest, *, wait_s: float) -> Erasu
         migrate(store, settings.retention)
         report = erase(store, req, data_dir=settings.data_dir, wait_s=wait_s)
         if report.request_ids:
-            from streams.signals import forget_saved_requests
+            from llmpulse.streams.signals import forget_saved_requests
 
             try:
                 report.engine_records = forget_saved_requests(settings, set(report.request_ids))

@@ -5,7 +5,7 @@ cannot write to the store, so it reports what it counted on a topic, every
 ``judge.health_every_s`` seconds: how many answers it graded and how many it
 could not grade and why, in the interval since its last report, plus a few
 gauges (spend over the last hour, grades in flight). The worker turns each
-report into ``llmpulse.judge_*`` signals (:mod:`streams.service_health`),
+report into ``llmpulse.judge_*`` signals (:mod:`llmpulse.streams.service_health`),
 which the health dashboard shows and rules can page on.
 
 A report is one JSON object a message; everything in it is checked before it

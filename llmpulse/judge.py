@@ -13,7 +13,7 @@ and sends the grades back as ``feedback/v1`` events with ``source=judge``:
 * ``score`` = 2 x correctness - 1, ``hallucination`` = groundedness < 0.5,
   ``comment`` = the judge's rationale. The pipeline keeps these apart from
   what people said about the same answer (``judge_score``,
-  ``judge_hallucination``; :mod:`streams.join`): user signals read people,
+  ``judge_hallucination``; :mod:`llmpulse.streams.join`): user signals read people,
   the agreement signals read the judge.
 
 Limits (:class:`JudgeSettings`): a sampling rate per app (by a hash of the
@@ -224,7 +224,7 @@ class JudgeWorker:
     hands each grade to ``emit`` as a ``feedback/v1`` event's fields.
 
     ``groundedness`` scores the judge-free groundedness (default: the shipped
-    :class:`~detectors.hallucination.groundedness.GroundednessScorer`).
+    :class:`~llmpulse.detectors.hallucination.groundedness.GroundednessScorer`).
     """
 
     def __init__(
@@ -257,7 +257,7 @@ class JudgeWorker:
             return None
         with self._score_lock:  # one scorer, used by one thread at a time
             if self._groundedness is None:
-                from detectors.hallucination.groundedness import GroundednessScorer
+                from llmpulse.detectors.hallucination.groundedness import GroundednessScorer
 
                 scorer = GroundednessScorer()
                 self._groundedness = lambda r, c: scorer.score(r, c).score

@@ -2,7 +2,7 @@
 
 One frozen :class:`KafkaSecurity` holds the settings; :meth:`KafkaSecurity.librdkafka`
 translates them for confluent-kafka (the client shim, the notifier, topic
-creation) and ``streams.app.faust_credentials`` /
+creation) and ``llmpulse.streams.app.faust_credentials`` /
 :meth:`KafkaSecurity.aiokafka_kwargs` for aiokafka (the Faust workers). The
 password is a :class:`~llmpulse.secret.Secret`: it prints as ``***`` and is read
 only where a client is built. It comes from ``LLMPULSE_KAFKA_PASSWORD`` or from a
@@ -10,7 +10,7 @@ file (``LLMPULSE_KAFKA_PASSWORD_FILE`` / ``kafka_security.password_file``), neve
 from the YAML file itself.
 
 This module belongs to the client shim: it needs nothing beyond the standard
-library (the Faust translation lives with the Faust app, in ``streams.app``).
+library (the Faust translation lives with the Faust app, in ``llmpulse.streams.app``).
 
 >>> sec = KafkaSecurity.from_env({"LLMPULSE_KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
 ...                               "LLMPULSE_KAFKA_USERNAME": "app",

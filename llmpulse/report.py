@@ -2,7 +2,7 @@
 
 One file with inline CSS and inline SVG, no script and no external URL, to
 attach to an incident ticket. The panels are the dashboards' own
-(:mod:`dashboards.panels`), run for one time range: by default the span of
+(:mod:`llmpulse.dashboards.panels`), run for one time range: by default the span of
 the stored inference events (the last demo run).
 
 Where the data comes from: a running stack through its HTTP API
@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from dashboards.macros import MacroError, parse_time
-from dashboards.panels import DASHBOARDS
-from dashboards.render import CSS
-from dashboards.web import Context, QueryFn, data_span, grid_html, panel_body
+from llmpulse.dashboards.macros import MacroError, parse_time
+from llmpulse.dashboards.panels import DASHBOARDS
+from llmpulse.dashboards.render import CSS
+from llmpulse.dashboards.web import Context, QueryFn, data_span, grid_html, panel_body
 
 __all__ = [
     "ReportError",

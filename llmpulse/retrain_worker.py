@@ -1,7 +1,7 @@
 """``python -m llmpulse.retrain_worker``: the retraining service as its own process.
 
 Consumes ``llmpulse.retrain`` (consumer group ``llmpulse-retrain``) and runs
-each request through :class:`~retrain.service.RetrainService` (dataset from
+each request through :class:`~llmpulse.retrain.service.RetrainService` (dataset from
 the store, training, gates, canary, promote or roll back), writing the
 ``deployments`` rows to the store and to ``llmpulse.deployments``. Stream
 workers then run with ``LLMPULSE_RETRAIN=0`` so a request is retrained once;
@@ -12,7 +12,7 @@ Configuration is the stack's (:func:`llmpulse.config.load_settings`):
 ``<LLMPULSE_DATA_DIR>/registry``. ``LLMPULSE_RETRAIN_PORT`` turns the HTTP
 pages on (``/serve/stats`` among them); without it the worker serves no HTTP.
 ``LLMPULSE_SERVE_URL`` names a running model server (``python -m
-retrain.serving``), driven through :class:`~retrain.worker.RemoteServer`.
+llmpulse.retrain.serving``), driven through :class:`~llmpulse.retrain.worker.RemoteServer`.
 
 Exit codes: 0 after SIGINT/SIGTERM, 2 for a configuration error, 1 when the
 store or broker cannot be reached at start.
@@ -39,9 +39,9 @@ async def run(settings: Settings, *, web_port: int | None, serve_url: str | None
     """Open the store, start the app, wait for SIGINT/SIGTERM (or ``stop``), stop cleanly."""
     from llmpulse.broker import BrokerError, create_topics
     from llmpulse.events import TOPICS
+    from llmpulse.retrain.worker import RemoteServer
     from llmpulse.store import Store, StoreError
     from llmpulse.worker import RetrainWorker, build_retrain_worker
-    from retrain.worker import RemoteServer
 
     try:
         store = await asyncio.to_thread(Store.open, settings.clickhouse_dsn,
@@ -89,7 +89,7 @@ async def run(settings: Settings, *, web_port: int | None, serve_url: str | None
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """Entry point of ``python -m llmpulse.retrain_worker``; returns the exit code."""
     from llmpulse.config import ConfigError, load_settings
-    from retrain.worker import missing_keys
+    from llmpulse.retrain.worker import missing_keys
 
     env = os.environ if env is None else env
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -2,7 +2,7 @@
 
 The retraining package (``retrain/``) never runs the simulator: it sits below
 it. This module does, and hands the tickets down as
-:class:`retrain.trainer.Dataset` values or ``(prompt, intent, segment)``
+:class:`llmpulse.retrain.trainer.Dataset` values or ``(prompt, intent, segment)``
 tuples: training data for ``llmpulse retrain``, drifted traffic for the
 closed loop (:mod:`llmpulse.closed_loop`), and the reference version's
 training tickets, written once into ``retrain/reference_tickets.jsonl``.
@@ -22,9 +22,14 @@ import sys
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
+from llmpulse.retrain.reference import (
+    LAUNCH_INTENTS,
+    REFERENCE_DATA,
+    REFERENCE_MODEL,
+    REFERENCE_WINDOW,
+)
+from llmpulse.retrain.trainer import Dataset
 from llmpulse.simulate import Incident, SupportAppSimulator
-from retrain.reference import LAUNCH_INTENTS, REFERENCE_DATA, REFERENCE_MODEL, REFERENCE_WINDOW
-from retrain.trainer import Dataset
 
 __all__ = [
     "Ticket",

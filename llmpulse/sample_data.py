@@ -2,18 +2,18 @@
 
 What the dashboard tests, the report and the browser check fill a store
 with: the seeded :class:`~llmpulse.simulate.SupportAppSimulator` (a latency
-spike and an error burst) drives :func:`dashboards.testing.fill_rows`.
+spike and an error burst) drives :func:`llmpulse.dashboards.testing.fill_rows`.
 
 >>> rows = fill_rows(seed=1, start_ts=1_700_000_000.0, duration_s=60, rate=5)
 >>> sorted(rows), len(rows["inference_events"]) > 250
-(['alerts', 'audit_events', 'deadletter_events', 'deployments', 'feedback_events', 'inference_events', 'signals'], True)
+(['alerts', 'audit_events', 'deadletter_events', 'deployments', 'feedback_events', 'inference_events', 'signals', 'spans'], True)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from dashboards import testing
+from llmpulse.dashboards import testing
 from llmpulse.simulate import Incident, SupportAppSimulator
 
 __all__ = ["fill_rows", "fill_store", "simulated_events"]

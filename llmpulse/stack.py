@@ -113,9 +113,9 @@ async def _run(
     drain_timeout_s: float,
     main: Callable[[StackContext], Awaitable[int]] | None = None,
 ) -> int:
+    from llmpulse.streams.app import IngestStats
+    from llmpulse.streams.otlp import OTLP_TOPICS
     from llmpulse.worker import Worker, build_worker
-    from streams.app import IngestStats
-    from streams.otlp import OTLP_TOPICS
 
     guard = api_guard(settings)  # records to the audit log once the store is open
     data_dir = settings.data_dir
@@ -129,14 +129,14 @@ async def _run(
     if settings.http.port and not port_is_free(web_port, settings.http.host):
         raise StackError(f"http.port: port {web_port} is busy; pick another or 0 for a free one")
 
-    from streams.alerts_agent import load_rules
-    from streams.rules import RulesError
+    from llmpulse.streams.alerts_agent import load_rules
+    from llmpulse.streams.rules import RulesError
 
     try:
         rules = load_rules(settings.rules)
     except RulesError as exc:
         raise StackError(str(exc)) from None
-    from dashboards.links import AlertLinks
+    from llmpulse.dashboards.links import AlertLinks
 
     # alerts link to Grafana when the rules file names it, else to the embedded pages
     try:

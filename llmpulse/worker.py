@@ -2,7 +2,7 @@
 
 ``streams/``, ``retrain/`` and ``dashboards/`` import none of one another;
 this module is where they meet. :func:`build_worker` builds the stream
-pipeline (:func:`streams.app.build_pipeline`) and adds to its Faust app the
+pipeline (:func:`llmpulse.streams.app.build_pipeline`) and adds to its Faust app the
 dashboards' pages, the retrain service (which consumes ``llmpulse.retrain``)
 and, when Grafana is configured, the deployment annotations (which consume
 ``llmpulse.deployments``). :func:`build_retrain_worker` is the retrain
@@ -26,21 +26,28 @@ from typing import Any
 
 import faust
 
-from dashboards.annotations import (
+from llmpulse.audit import AuditSink, discard
+from llmpulse.auth import ApiGuard
+from llmpulse.config import Settings
+from llmpulse.dashboards.annotations import (
     DeploymentAnnotator,
     GrafanaTarget,
     register_deployment_annotations,
 )
-from dashboards.web import routes as dashboard_routes
-from llmpulse.audit import AuditSink, discard
-from llmpulse.auth import ApiGuard
-from llmpulse.config import Settings
+from llmpulse.dashboards.web import routes as dashboard_routes
+from llmpulse.retrain.service import RetrainService, attach_retrain
 from llmpulse.store import Store
-from retrain.service import RetrainService, attach_retrain
-from streams.alerting import AlertLinker
-from streams.app import IngestStats, Lag, Pipeline, build_pipeline, new_faust_app, store_sink
-from streams.rules import Rules
-from streams.sink import RawSink
+from llmpulse.streams.alerting import AlertLinker
+from llmpulse.streams.app import (
+    IngestStats,
+    Lag,
+    Pipeline,
+    build_pipeline,
+    new_faust_app,
+    store_sink,
+)
+from llmpulse.streams.rules import Rules
+from llmpulse.streams.sink import RawSink
 
 __all__ = ["RETRAIN_APP_ID", "RetrainWorker", "Worker", "attach_dashboards", "build_retrain_worker",
            "build_worker"]
@@ -113,9 +120,9 @@ def build_worker(
 ) -> Worker:
     """The stream worker with dashboards, retrain service and, if configured, annotations.
 
-    Arguments as :func:`streams.app.build_pipeline`; ``env`` (default the
+    Arguments as :func:`llmpulse.streams.app.build_pipeline`; ``env`` (default the
     process environment) holds the Grafana settings
-    (:meth:`dashboards.annotations.GrafanaTarget.from_env`;
+    (:meth:`llmpulse.dashboards.annotations.GrafanaTarget.from_env`;
     :class:`~llmpulse.config.ConfigError` naming the key for a bad one).
     """
     target = GrafanaTarget.from_env(os.environ if env is None else env)

@@ -3,7 +3,7 @@
 :func:`live_metrics` reads a version's figures since the canary started (the
 ``signals`` rows of its ``model_version``, else its raw events);
 :func:`judge_canary` compares them under a
-:class:`~retrain.settings.CanaryPolicy` and answers ``wait``, ``promote`` or
+:class:`~llmpulse.retrain.settings.CanaryPolicy` and answers ``wait``, ``promote`` or
 ``rollback`` with the reasons.
 
 >>> v = judge_canary(VersionMetrics(n=200, n_labelled=80, accuracy=0.70),
@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from retrain.dataset import StoreLike
-from retrain.settings import CanaryPolicy
+from llmpulse.retrain.dataset import StoreLike
+from llmpulse.retrain.settings import CanaryPolicy
 
 __all__ = ["CanaryVerdict", "VersionMetrics", "judge_canary", "live_metrics"]
 

@@ -4,7 +4,7 @@ Each command has a ``configure_*(parser)`` that adds its flags and a
 ``run_*(args, settings=None)`` that runs it and returns the exit code.
 The registry lives in ``<data-dir>/registry`` (``--data-dir``, else the
 settings' ``data_dir``, else ``$LLMPULSE_DATA_DIR``, else ``./.llmpulse``).
-With ``--serve-url`` a running model server (:mod:`retrain.serving`) is told
+With ``--serve-url`` a running model server (:mod:`llmpulse.retrain.serving`) is told
 to hot-swap to the new version (or to start the canary). Deployment rows are
 kept in the registry file; ``--json`` prints them for the caller to insert.
 
@@ -26,10 +26,10 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retrain.registry import Deployment, ModelRegistry, RegistryError
+from llmpulse.retrain.registry import Deployment, ModelRegistry, RegistryError
 
 if TYPE_CHECKING:
-    from retrain.trainer import Dataset
+    from llmpulse.retrain.trainer import Dataset
 
 __all__ = [
     "configure_deploy",
@@ -132,8 +132,8 @@ def run_retrain(args: argparse.Namespace, settings: Any = None, *, data: Dataset
     """Train on ``data`` (``llmpulse retrain`` draws it from the simulator with ``--seed``,
     ``--duration`` and ``--rate``), gate, register and release (unless ``--no-deploy``)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from retrain.release import release
-    from retrain.trainer import load_trainer
+    from llmpulse.retrain.release import release
+    from llmpulse.retrain.trainer import load_trainer
 
     registry = ModelRegistry(_data_dir(args, settings))
     if len(data) == 0:

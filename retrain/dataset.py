@@ -52,8 +52,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from retrain.model import INTENTS
-from retrain.trainer import Dataset
+from llmpulse.retrain.model import INTENTS
+from llmpulse.retrain.trainer import Dataset
 
 __all__ = [
     "DatasetPolicy",

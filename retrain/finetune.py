@@ -1,11 +1,11 @@
 """Fine-tuning all-MiniLM-L6-v2 for the intent head with torch (optional).
 
-Used by :class:`retrain.trainer.HeadTrainer` with ``fine_tune_encoder=True``.
+Used by :class:`llmpulse.retrain.trainer.HeadTrainer` with ``fine_tune_encoder=True``.
 The encoder (BERT + mean pooling + L2 normalisation) and a temporary linear
 head are trained together with cross-entropy; the tuned encoder is saved as a
 sentence-transformers folder and exported to ONNX by the same code as the
-stock model (:mod:`detectors.embedding.export`, parity-checked against
-PyTorch), so the result plugs into :func:`retrain.model.build_classifier_graph`.
+stock model (:mod:`llmpulse.detectors.embedding.export`, parity-checked against
+PyTorch), so the result plugs into :func:`llmpulse.retrain.model.build_classifier_graph`.
 Needs the ``retrain`` extra (torch, sentence-transformers).
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from detectors.embedding import export as export_mod
+from llmpulse.detectors.embedding import export as export_mod
 
 __all__ = ["fine_tune_encoder"]
 

@@ -2,7 +2,7 @@
 
 Each gate returns a :class:`GateResult` (gate name, passed, measured value,
 limit, a one-line reason); :func:`evaluate` runs them all on a held-out
-:class:`~retrain.trainer.Dataset` and returns a :class:`GateReport`. The gates
+:class:`~llmpulse.retrain.trainer.Dataset` and returns a :class:`GateReport`. The gates
 and their default limits:
 
 ``onnx_checker``
@@ -10,7 +10,7 @@ and their default limits:
 ``parity``
     max absolute difference between the ONNX probabilities and the training
     framework's (``Artifact.reference``) on the evaluation texts is at most
-    :data:`~retrain.model.PARITY_TOLERANCE` (1e-4).
+    :data:`~llmpulse.retrain.model.PARITY_TOLERANCE` (1e-4).
 ``latency_p99``
     p99 of one batch (``latency_batch`` texts) on the serving provider is at
     most ``current * (1 + latency_margin) + latency_slack_ms`` (25 % + 2 ms):
@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from retrain.model import PARITY_TOLERANCE
+from llmpulse.retrain.model import PARITY_TOLERANCE
 
 __all__ = [
     "GateConfig",
@@ -251,16 +251,16 @@ def evaluate(
     loader: Callable[[Path, str], Any] | None = None,
     latency_probe: Callable[[Any, Any | None], tuple[float, float | None]] | None = None,
 ) -> GateReport:
-    """Run every gate on ``candidate`` (an :class:`~retrain.trainer.Artifact`).
+    """Run every gate on ``candidate`` (an :class:`~llmpulse.retrain.trainer.Artifact`).
 
-    ``eval_set`` is a held-out :class:`~retrain.trainer.Dataset`;
+    ``eval_set`` is a held-out :class:`~llmpulse.retrain.trainer.Dataset`;
     ``current_path`` the ONNX file of the serving version (None before the
-    first release). Models are loaded with :class:`~retrain.runtime.LoadedModel`
+    first release). Models are loaded with :class:`~llmpulse.retrain.runtime.LoadedModel`
     on the serving providers (``loader`` overrides it); ``latency_probe``
     replaces the timing with a function of the loaded candidate and current
     model returning their p99s in ms (for tests).
     """
-    from retrain.runtime import LoadedModel
+    from llmpulse.retrain.runtime import LoadedModel
 
     results: list[GateResult] = []
     check = onnx_checker_gate(candidate.path)

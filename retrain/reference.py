@@ -24,8 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from retrain.registry import Deployment, ModelRegistry, ModelVersion
-from retrain.trainer import Dataset, HeadTrainer, Trainer
+from llmpulse.retrain.registry import Deployment, ModelRegistry, ModelVersion
+from llmpulse.retrain.trainer import Dataset, HeadTrainer, Trainer
 
 __all__ = [
     "LAUNCH_INTENTS",

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retrain.gates import GateConfig, GateReport, evaluate
-from retrain.registry import Deployment, ModelRegistry, ModelVersion
-from retrain.trainer import Artifact, Dataset
+from llmpulse.retrain.gates import GateConfig, GateReport, evaluate
+from llmpulse.retrain.registry import Deployment, ModelRegistry, ModelVersion
+from llmpulse.retrain.trainer import Artifact, Dataset
 
 __all__ = ["ReleaseOutcome", "release"]
 

@@ -2,9 +2,9 @@
 
 :class:`LoadedModel` asks for ``CUDAExecutionProvider`` first (with I/O
 binding on the GPU) and falls back to the CPU; the provider that runs is
-logged and reported. The gates (:mod:`retrain.gates`) load candidates with
+logged and reported. The gates (:mod:`llmpulse.retrain.gates`) load candidates with
 it, so a candidate is measured on the same runtime that will serve it
-(:mod:`retrain.serving`).
+(:mod:`llmpulse.retrain.serving`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from retrain.model import MAX_LENGTH_KEY, OUTPUT_NAME, TokenBatch, TokenEncoder, read_metadata
+from llmpulse.retrain.model import (
+    MAX_LENGTH_KEY,
+    OUTPUT_NAME,
+    TokenBatch,
+    TokenEncoder,
+    read_metadata,
+)
 
 __all__ = ["CPU", "CUDA", "LoadedModel", "choose_providers"]
 
@@ -65,8 +71,8 @@ class LoadedModel:
     run); it can be forced on the CPU too. ``provider`` is the execution
     provider that runs the graph.
 
-    >>> from detectors.embedding import export_minilm
-    >>> from retrain.model import HeadClassifier, build_classifier_graph
+    >>> from llmpulse.detectors.embedding import export_minilm
+    >>> from llmpulse.retrain.model import HeadClassifier, build_classifier_graph
     >>> import tempfile
     >>> head = HeadClassifier(np.zeros((384, 2)), np.array([1.0, 0.0]), ("a", "b"))
     >>> m = LoadedModel(build_classifier_graph(export_minilm(), head, tempfile.mkdtemp() + "/m.onnx"), "7")
@@ -87,7 +93,7 @@ class LoadedModel:
     ) -> None:
         import onnxruntime as ort
 
-        from detectors.embedding.minilm import default_threads
+        from llmpulse.detectors.embedding.minilm import default_threads
 
         self.path = Path(path)
         self.version = str(version)

@@ -12,21 +12,21 @@ message carries ``model``, ``version``, ``previous_version``, ``stage``,
    e.g. ``gpt-4o-mini``, an API model): stage ``skipped`` with the reason;
    also ``skipped`` when the window holds too few labelled examples.
 2. **bootstrap** the reference version ``1`` when the registry has no current
-   version of the model (:func:`retrain.reference.train_reference`).
-3. **dataset** from the store (:mod:`retrain.dataset`: window ⋈ feedback
+   version of the model (:func:`llmpulse.retrain.reference.train_reference`).
+3. **dataset** from the store (:mod:`llmpulse.retrain.dataset`: window ⋈ feedback
    labels, replay, class balance, segment reweighting for bias alerts), then
    **train** with the pluggable trainer: stage ``training`` (dataset figures).
-4. **gates** (:mod:`retrain.gates`) on the held-out recent slice, candidate
+4. **gates** (:mod:`llmpulse.retrain.gates`) on the held-out recent slice, candidate
    against the current version, overall and per segment. A failed gate stops
    here: the version is ``rejected`` in the registry and a ``rejected`` row
    names it (``metrics["rejected_version"]``) with the failed gates
    (``metrics["reasons"]``). The alert itself is not rewritten: the alerts
    table belongs to the rule state machine; the row's ``trigger`` links both.
 5. **canary**: the candidate serves ``canary.share`` of the requests (when a
-   :class:`~retrain.serving.ModelServer` runs; a server that starts during
+   :class:`~llmpulse.retrain.serving.ModelServer` runs; a server that starts during
    the watch is given the canary then) and its live figures are watched
-   (:func:`retrain.canary.live_metrics`) against the current version's
-   (:func:`retrain.canary.judge_canary`); then **promoted** (stage
+   (:func:`llmpulse.retrain.canary.live_metrics`) against the current version's
+   (:func:`llmpulse.retrain.canary.judge_canary`); then **promoted** (stage
    ``promoted``) or **rolled back** (stage ``rolled_back``, the current
    version keeps serving).
 6. ``on_complete(model)`` so the next alert may request a retrain.
@@ -39,7 +39,7 @@ gates) runs in threads.
 A request whose ``request_id`` already reached a final stage in the
 ``deployments`` table is ignored: a replayed request retrains nothing.
 
-Configuration: :class:`~retrain.settings.RetrainSettings` from the
+Configuration: :class:`~llmpulse.retrain.settings.RetrainSettings` from the
 environment; serving in ``llmpulse up`` is off unless ``LLMPULSE_SERVING=1``,
 which keeps ``up`` fast. :func:`attach_retrain` wires the service into the
 stack's Faust app.
@@ -60,13 +60,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retrain.canary import CanaryVerdict, VersionMetrics, judge_canary, live_metrics
-from retrain.dataset import InsufficientData, build_training_data
-from retrain.reference import REFERENCE_MODEL, train_reference
-from retrain.registry import Deployment, ModelRegistry, ModelVersion, RegistryError
-from retrain.serving_host import ServingHost
-from retrain.settings import CanaryPolicy, RetrainSettings
-from retrain.trainer import Dataset, Trainer, load_trainer
+from llmpulse.retrain.canary import CanaryVerdict, VersionMetrics, judge_canary, live_metrics
+from llmpulse.retrain.dataset import InsufficientData, build_training_data
+from llmpulse.retrain.reference import REFERENCE_MODEL, train_reference
+from llmpulse.retrain.registry import Deployment, ModelRegistry, ModelVersion, RegistryError
+from llmpulse.retrain.serving_host import ServingHost
+from llmpulse.retrain.settings import CanaryPolicy, RetrainSettings
+from llmpulse.retrain.trainer import Dataset, Trainer, load_trainer
 
 __all__ = [
     "FINAL_STAGES",
@@ -106,7 +106,7 @@ class RetrainService:
 
     ``store`` is read (and, without ``emit``, written) through blocking calls
     run in threads; ``emit`` stores and publishes deployment rows;
-    ``server`` is the :class:`~retrain.serving.ModelServer` to canary and
+    ``server`` is the :class:`~llmpulse.retrain.serving.ModelServer` to canary and
     swap (None: the registry alone records the release). ``clock`` and
     ``sleep`` drive the canary watch (tests advance a fake clock);
     ``trainer_factory(request)`` overrides the trainer of the settings;
@@ -305,7 +305,7 @@ class RetrainService:
         return trainer.fit(train, work), work
 
     def _release(self, model: str, artifact: Any, eval_set: Dataset, trigger: str) -> Any:
-        from retrain.release import release
+        from llmpulse.retrain.release import release
 
         return release(self.registry, model, artifact, eval_set, trigger=trigger,
                        canary_share=self.settings.canary.share, config=self.settings.gates,
@@ -447,7 +447,7 @@ def attach_retrain(app: Any, settings: Any, store: Any, sink: Any,
                         "trigger": r.get("trigger")})
 
     # every final outcome is a row on llmpulse.deployments: the alert agent ends the
-    # pending retrain from there (streams.deployments), so nothing is called back here
+    # pending retrain from there (llmpulse.streams.deployments), so nothing is called back here
     service = RetrainService(store, registry, settings=rs, emit=emit,
                              work_dir=settings.data_dir / "worker" / "train")
     tasks: set[asyncio.Task[Any]] = set()

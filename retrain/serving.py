@@ -1,6 +1,6 @@
 """Serving ONNX classifiers: dynamic batching, hot-swap, canary, monitored predictions.
 
-:class:`~retrain.runtime.LoadedModel` (re-exported here) is one model
+:class:`~llmpulse.retrain.runtime.LoadedModel` (re-exported here) is one model
 version in an ONNX Runtime session. :class:`ModelServer` serves one model name:
 
 * **dynamic batching**: requests wait in a queue; a batch is cut when it holds
@@ -30,8 +30,8 @@ version in an ONNX Runtime session. :class:`ModelServer` serves one model name:
 it), ``POST /admin/promote`` (the canary becomes the active version).
 
 >>> import asyncio
->>> from detectors.embedding import export_minilm
->>> from retrain.model import HeadClassifier, build_classifier_graph
+>>> from llmpulse.detectors.embedding import export_minilm
+>>> from llmpulse.retrain.model import HeadClassifier, build_classifier_graph
 >>> import numpy as np, tempfile
 >>> head = HeadClassifier(np.zeros((384, 2)), np.array([0.0, 1.0]), ("no", "yes"))
 >>> path = build_classifier_graph(export_minilm(), head, tempfile.mkdtemp() + "/m.onnx")
@@ -62,7 +62,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from llmpulse.auth import ApiGuard, AuthError, TokenTable, tokens_path
-from retrain.runtime import LoadedModel, choose_providers
+from llmpulse.retrain.runtime import LoadedModel, choose_providers
 
 __all__ = [
     "LoadedModel",
@@ -622,11 +622,11 @@ class _BadRequest(ValueError):
     pass
 
 
-# -- python -m retrain.serving ------------------------------------------------------------
+# -- python -m llmpulse.retrain.serving ------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m retrain.serving --host H --port P [--model M] [--data-dir D] [--bootstrap]``.
+    """``python -m llmpulse.retrain.serving --host H --port P [--model M] [--data-dir D] [--bootstrap]``.
 
     Serves the registry's current (promoted) version of ``--model`` over HTTP
     (:meth:`ModelServer.app`) until SIGINT/SIGTERM, then exits 0. The
@@ -639,9 +639,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     from llmpulse.config import ConfigError, load_settings
-    from retrain.registry import ModelRegistry, RegistryError
+    from llmpulse.retrain.registry import ModelRegistry, RegistryError
 
-    parser = argparse.ArgumentParser(prog="python -m retrain.serving",
+    parser = argparse.ArgumentParser(prog="python -m llmpulse.retrain.serving",
                                      description="Serve the promoted version of a model.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8700)
@@ -674,7 +674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         current = registry.current(args.model)
         if current is None and args.bootstrap:
-            from retrain.reference import REFERENCE_MODEL, train_reference
+            from llmpulse.retrain.reference import REFERENCE_MODEL, train_reference
 
             if args.model != REFERENCE_MODEL:
                 raise RegistryError(f"--bootstrap trains only {REFERENCE_MODEL}, not {args.model}")

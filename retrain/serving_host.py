@@ -14,9 +14,9 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
-from retrain.reference import REFERENCE_MODEL
-from retrain.registry import ModelRegistry, ModelVersion
-from retrain.serving import LoadedModel, ModelServer
+from llmpulse.retrain.reference import REFERENCE_MODEL
+from llmpulse.retrain.registry import ModelRegistry, ModelVersion
+from llmpulse.retrain.serving import LoadedModel, ModelServer
 
 __all__ = ["ServedService", "ServingHost"]
 
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class ServedService(Protocol):
-    """What the host needs of :class:`retrain.service.RetrainService`."""
+    """What the host needs of :class:`llmpulse.retrain.service.RetrainService`."""
 
     registry: ModelRegistry
     server: ModelServer | None

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from llmpulse.config import ConfigError
-from retrain.dataset import DatasetPolicy
-from retrain.gates import GateConfig
-from retrain.reference import REFERENCE_MODEL
+from llmpulse.retrain.dataset import DatasetPolicy
+from llmpulse.retrain.gates import GateConfig
+from llmpulse.retrain.reference import REFERENCE_MODEL
 
 __all__ = ["CanaryPolicy", "RetrainSettings"]
 
@@ -81,7 +81,7 @@ class RetrainSettings:
     """The retraining service's own settings.
 
     ``models``: the models it can train (others are skipped with a reason);
-    ``trainer`` and ``trainer_options``: see :func:`retrain.trainer.load_trainer`;
+    ``trainer`` and ``trainer_options``: see :func:`llmpulse.retrain.trainer.load_trainer`;
     ``serving``: serve the promoted version in the stack (``/serve/...``),
     bootstrapping the reference version on first start.
     """

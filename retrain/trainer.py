@@ -38,7 +38,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from retrain.model import INTENTS, HeadClassifier, build_classifier_graph
+from llmpulse.retrain.model import INTENTS, HeadClassifier, build_classifier_graph
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -66,7 +66,7 @@ class Dataset:
 
     ``window`` is the event-time span the examples come from (epoch seconds),
     recorded as lineage. ``weights`` are optional per-example training weights
-    (class balance, segment reweighting: :mod:`retrain.dataset`); empty means
+    (class balance, segment reweighting: :mod:`llmpulse.retrain.dataset`); empty means
     all 1. Trainers that cannot weight examples may ignore them.
     """
 
@@ -212,7 +212,7 @@ class Trainer(Protocol):
 class HeadTrainer:
     """Logistic-regression head on all-MiniLM-L6-v2 embeddings, appended to the encoder graph.
 
-    ``encoder_path`` defaults to :func:`detectors.embedding.export_minilm`;
+    ``encoder_path`` defaults to :func:`llmpulse.detectors.embedding.export_minilm`;
     ``embedder`` (for the features) to a :class:`MiniLMEmbedder` on that file.
     ``fine_tune_encoder=True`` first fine-tunes the encoder with torch
     (``epochs`` passes, batch 16, AdamW at ``learning_rate``) and exports it
@@ -256,14 +256,14 @@ class HeadTrainer:
 
     def _encoder(self) -> Path:
         if self.encoder_path is None:
-            from detectors.embedding import export_minilm
+            from llmpulse.detectors.embedding import export_minilm
 
             self.encoder_path = export_minilm()
         return self.encoder_path
 
     def _embedder(self) -> Embedder:
         if self.embedder is None:
-            from detectors.embedding import MiniLMEmbedder
+            from llmpulse.detectors.embedding import MiniLMEmbedder
 
             self.embedder = MemoEmbedder(MiniLMEmbedder(self._encoder()))
         return self.embedder
@@ -290,7 +290,7 @@ class HeadTrainer:
         encoder = self._encoder()
         embedder = self._embedder()
         if self.fine_tune_encoder:
-            from retrain.finetune import fine_tune_encoder
+            from llmpulse.retrain.finetune import fine_tune_encoder
 
             encoder = fine_tune_encoder(
                 dataset.texts,
@@ -301,7 +301,7 @@ class HeadTrainer:
                 learning_rate=self.learning_rate,
                 seed=self.seed,
             )
-            from detectors.embedding import MiniLMEmbedder
+            from llmpulse.detectors.embedding import MiniLMEmbedder
 
             embedder = MemoEmbedder(MiniLMEmbedder(encoder))
         x = embedder.embed(list(dataset.texts))
@@ -355,7 +355,7 @@ def load_artifact(
     card: dict[str, Any] = {}
     if (folder / CARD_FILE).is_file():
         card = json.loads((folder / CARD_FILE).read_text())
-    from retrain.model import read_labels
+    from llmpulse.retrain.model import read_labels
 
     labels = read_labels(model)
     reference: Callable[[Sequence[str]], np.ndarray] | None = None
@@ -368,7 +368,7 @@ def load_artifact(
                 if embedder is not None:
                     state["e"] = embedder
                 else:
-                    from detectors.embedding import MiniLMEmbedder
+                    from llmpulse.detectors.embedding import MiniLMEmbedder
 
                     state["e"] = MiniLMEmbedder()
             return head.predict_proba(state["e"].embed(list(texts)))
@@ -389,7 +389,7 @@ _BUILTIN: dict[str, Callable[..., Any]] = {"head": HeadTrainer}
 def load_trainer(spec: str, **kwargs: Any) -> Trainer:
     """A trainer from ``package.module:Class``, a built-in name or an entry point name.
 
-    >>> load_trainer("retrain.trainer:HeadTrainer", c=5.0).c
+    >>> load_trainer("llmpulse.retrain.trainer:HeadTrainer", c=5.0).c
     5.0
     >>> load_trainer("nope")
     Traceback (most recent call last):

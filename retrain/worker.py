@@ -3,7 +3,7 @@
 The process itself (``python -m llmpulse.retrain_worker``) is assembled in
 the top layer (:mod:`llmpulse.retrain_worker`): it consumes
 ``llmpulse.retrain`` and runs each request through
-:class:`~retrain.service.RetrainService`. Here: the settings it cannot run
+:class:`~llmpulse.retrain.service.RetrainService`. Here: the settings it cannot run
 without (:func:`missing_keys`) and :class:`RemoteServer`, the model server it
 drives over HTTP when ``LLMPULSE_SERVE_URL`` names one (canaries are loaded
 into it, promoted in it or removed from it through its ``/admin``
@@ -34,7 +34,7 @@ def missing_keys(env: Mapping[str, str]) -> list[str]:
 
 
 class RemoteServer:
-    """The part of :class:`~retrain.serving.ModelServer` a release drives, over HTTP.
+    """The part of :class:`~llmpulse.retrain.serving.ModelServer` a release drives, over HTTP.
 
     ``set_canary`` and ``promote_canary`` call ``/admin/canary`` and
     ``/admin/promote`` of the server at ``url``; artifact paths must be the

@@ -14,5 +14,5 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 echo "== ruff";    .venv/bin/ruff check .
 echo "== mypy";    .venv/bin/mypy
 echo "== import-linter"; .venv/bin/lint-imports --no-cache
-echo "== doctests"; .venv/bin/python -m pytest -q --doctest-modules llmpulse detectors streams retrain dashboards -p no:cacheprovider
+echo "== doctests"; .venv/bin/python -m pytest -q --doctest-modules llmpulse -p no:cacheprovider
 echo "== tests";   .venv/bin/python -m pytest -q "$@"

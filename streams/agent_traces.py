@@ -1,4 +1,4 @@
-"""Agent-trace signals from the span rows: assemble traces, window them, run :mod:`detectors.agent`.
+"""Agent-trace signals from the span rows: assemble traces, window them, run :mod:`llmpulse.detectors.agent`.
 
 The OTLP receiver publishes one row per span on ``llmpulse.spans`` (keyed by
 trace id); the agent that stores them hands each stored batch to
@@ -13,7 +13,7 @@ trace id); the agent that stores them hands each stored batch to
   app; a window closes ``settle_s`` after its end in wall time. A trace done
   after its window closed counts in the next window still open, so a closed
   window's signals are never rewritten;
-* runs :class:`~detectors.agent.AgentSteps` on each closed window and
+* runs :class:`~llmpulse.detectors.agent.AgentSteps` on each closed window and
   labels the signals with the app (``model`` and ``model_version`` stay
   empty: a trace calls several models).
 
@@ -52,8 +52,8 @@ from typing import Any
 
 import orjson
 
-from detectors.agent import AgentSteps, span_batch
-from detectors.base import Signal
+from llmpulse.detectors.agent import AgentSteps, span_batch
+from llmpulse.detectors.base import Signal
 
 __all__ = ["AgentTraceSettings", "TraceWindows", "attach_agent_signals", "span_of_row"]
 

@@ -34,8 +34,8 @@ breaching window, as if it had come so the first time. Alert
 ids are derived from the key and the start time, so a replayed alert is the
 same row (the ``alerts`` table keeps the latest ``updated_at`` per id).
 
->>> from detectors.base import Signal
->>> from streams.rules import Rules
+>>> from llmpulse.detectors.base import Signal
+>>> from llmpulse.streams.rules import Rules
 >>> rules = Rules.from_yaml('''
 ... rules:
 ...   - {name: p99, signal: latency.p99_ms, op: ">", threshold: 4000, for: 2, resolve_for: 2,
@@ -62,8 +62,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
-from detectors.base import Signal
-from streams.rules import Rule, Rules, Verdict
+from llmpulse.detectors.base import Signal
+from llmpulse.streams.rules import Rule, Rules, Verdict
 
 __all__ = [
     "AlertEvent", "AlertKey", "AlertLinker", "AlertManager", "MAX_GAP_WINDOWS", "Series",

@@ -1,11 +1,11 @@
 """Alerts: signals through the rules into alerts, pages and retrain requests.
 
 A thin consumer of the signal agent's output: every signal goes through the
-:class:`~streams.alerting.AlertManager`; each alert transition is stored in
+:class:`~llmpulse.streams.alerting.AlertManager`; each alert transition is stored in
 the ``alerts`` table, produced to ``llmpulse.alerts``, handed to the
-:class:`~streams.notify.Notifier` (in the background: delivery retries never
+:class:`~llmpulse.streams.notify.Notifier` (in the background: delivery retries never
 hold up signals) and, for rules with the ``retrain`` action, to the
-:class:`~streams.retrain_trigger.RetrainTrigger`, whose requests go to
+:class:`~llmpulse.streams.retrain_trigger.RetrainTrigger`, whose requests go to
 ``llmpulse.retrain``. State (open alerts, dedup of pages, pending retrains)
 is saved beside the signal engine's and restored at start.
 
@@ -31,14 +31,14 @@ from typing import Any
 import faust
 import orjson
 
-from detectors.base import Signal
+from llmpulse.detectors.base import Signal
 from llmpulse.events import TOPIC_ALERTS, TOPIC_RETRAIN
-from streams.alerting import AlertEvent, AlertLinker, AlertManager
-from streams.notify import Notifier, build_channels
-from streams.retrain_trigger import RetrainTrigger
-from streams.rules import Rules
-from streams.sink import RawSink
-from streams.state import write_atomic
+from llmpulse.streams.alerting import AlertEvent, AlertLinker, AlertManager
+from llmpulse.streams.notify import Notifier, build_channels
+from llmpulse.streams.retrain_trigger import RetrainTrigger
+from llmpulse.streams.rules import Rules
+from llmpulse.streams.sink import RawSink
+from llmpulse.streams.state import write_atomic
 
 __all__ = ["AlertAgent", "load_rules"]
 
@@ -57,7 +57,7 @@ class AlertAgent:
     """The alert path of the worker: ``await agent(signals)`` per batch of signals.
 
     ``alerts_topic`` and ``retrain_topic`` default to the app's topics; tests
-    pass collecting ones (:class:`streams.testing.TestingTopic`)."""
+    pass collecting ones (:class:`llmpulse.streams.testing.TestingTopic`)."""
 
     def __init__(self, app: faust.App, rules: Rules, sink: RawSink, *, state_dir: Path,
                  dashboard_url: str | None = None, notify: bool = True,

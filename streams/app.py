@@ -1,7 +1,7 @@
 """The stream worker's Faust application: ingest agents, the raw sink and the HTTP API.
 
 Agents are short loops over batches of Kafka messages (envelopes). Each
-batch is validated (:mod:`streams.ingest`), dead letters are produced to
+batch is validated (:mod:`llmpulse.streams.ingest`), dead letters are produced to
 ``llmpulse.deadletter`` with the reason in the headers, and valid rows are
 stored. ``Stream.take_events`` acks a batch's messages only when the loop
 comes back for the next batch, i.e. after the store accepted the rows, so
@@ -28,11 +28,11 @@ from typing import Any
 import faust
 import orjson
 
-from detectors.base import Signal
 from llmpulse.audit import TOPIC_AUDIT, AuditLog, AuditSink, discard
 from llmpulse.audit_record import ORIGIN_HEADER
 from llmpulse.auth import ApiGuard
 from llmpulse.config import Settings
+from llmpulse.detectors.base import Signal
 from llmpulse.events import (
     TOPIC_DEADLETTER,
     TOPIC_FEEDBACK,
@@ -43,19 +43,19 @@ from llmpulse.events import (
 from llmpulse.kafka_security import KafkaSecurity
 from llmpulse.sqlguard import QueryLimitError, QueryRefused, SqlGuard
 from llmpulse.store import RAW_INGEST, QueryError, Store
-from streams.admin import register_audit_agent, register_erase
-from streams.agent_traces import AgentTraceSettings, TraceWindows, attach_agent_signals
-from streams.alerting import AlertLinker
-from streams.alerts_agent import AlertAgent, load_rules
-from streams.deployments import register_retrain_completion
-from streams.ingest import DeadLetter, IngestBatch, Message, split_batch
-from streams.notify import Notifier
-from streams.otlp import OTLP_TOPICS, SpanIngest, attach_otlp, faust_sender
-from streams.otlp_logs import attach_otlp_logs
-from streams.rules import Rules
-from streams.service_health import register_service_health
-from streams.signals import SignalAgents
-from streams.sink import RawSink
+from llmpulse.streams.admin import register_audit_agent, register_erase
+from llmpulse.streams.agent_traces import AgentTraceSettings, TraceWindows, attach_agent_signals
+from llmpulse.streams.alerting import AlertLinker
+from llmpulse.streams.alerts_agent import AlertAgent, load_rules
+from llmpulse.streams.deployments import register_retrain_completion
+from llmpulse.streams.ingest import DeadLetter, IngestBatch, Message, split_batch
+from llmpulse.streams.notify import Notifier
+from llmpulse.streams.otlp import OTLP_TOPICS, SpanIngest, attach_otlp, faust_sender
+from llmpulse.streams.otlp_logs import attach_otlp_logs
+from llmpulse.streams.rules import Rules
+from llmpulse.streams.service_health import register_service_health
+from llmpulse.streams.signals import SignalAgents
+from llmpulse.streams.sink import RawSink
 
 __all__ = ["HealthSignals", "IngestLag", "IngestStats", "NAMED_QUERIES", "Pipeline",
            "bind_audit", "build_pipeline", "faust_credentials", "new_faust_app", "query_view",
@@ -532,7 +532,7 @@ def build_pipeline(
     deploy, rollback); an :class:`~llmpulse.audit.AuditLog` is bound to the
     ``llmpulse.audit`` topic and drained by a task of this app.
     ``linker`` gives each alert its dashboard, runbook and report links (see
-    :class:`~streams.alerting.AlertManager`).
+    :class:`~llmpulse.streams.alerting.AlertManager`).
 
     Only the streams' own parts are registered here; the composition root
     (:mod:`llmpulse.worker`) adds the dashboards and the retrain service.

@@ -1,7 +1,7 @@
 """Retrain outcomes read back from ``llmpulse.deployments``.
 
 The alert agent asks for at most one retrain per model at a time
-(:class:`~streams.retrain_trigger.RetrainTrigger`); the retrain service,
+(:class:`~llmpulse.streams.retrain_trigger.RetrainTrigger`); the retrain service,
 in this process or in its own worker, answers on ``llmpulse.deployments``
 with one row per step. A row whose stage ends a retrain (promoted, rolled
 back, rejected by the gates, skipped, failed) clears the model's pending
@@ -24,7 +24,7 @@ import faust
 import orjson
 
 from llmpulse.events import TOPIC_DEPLOYMENTS
-from streams.retrain_trigger import RetrainTrigger
+from llmpulse.streams.retrain_trigger import RetrainTrigger
 
 __all__ = ["FINAL_STAGES", "completes", "register_retrain_completion"]
 

@@ -6,7 +6,7 @@ call :meth:`SignalEngine.advance` (or :meth:`~SignalEngine.poll`) on a timer;
 what comes back goes to ``llmpulse.signals`` and the ``signals`` table. The
 clock is injected, so tests advance time instead of sleeping.
 
-Detector families and what they see (windows in :mod:`streams.windows`):
+Detector families and what they see (windows in :mod:`llmpulse.streams.windows`):
 
 ==============  ==========  =================================================================
 family          window      default detectors (one instance per group, made by a factory)
@@ -22,12 +22,12 @@ hallucination   60 s + 30   HallucinationSignals (groundedness, log-probabilitie
 quality         60 s + 30   LabelAccuracy, FeedbackScore, UserFlaggedRate, SegmentBias on
                             labels and scores, ReferenceOverlap (ROUGE-L/BLEU/chrF against
                             feedback references): run on the window's inferences that received
-                            feedback (:mod:`streams.join`), again when late feedback arrives;
+                            feedback (:mod:`llmpulse.streams.join`), again when late feedback arrives;
                             ABComparison on those and every inference tagged ``experiment``
 ==============  ==========  =================================================================
 
 Families with the same window share one buffer and one
-:class:`~detectors.base.Batch` per closed window. Content families see
+:class:`~llmpulse.detectors.base.Batch` per closed window. Content families see
 inference events only; feedback reaches detectors through the quality
 family alone, so each feedback signal has one source.
 
@@ -70,9 +70,9 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
-from detectors.base import Batch, Detector, Signal
-from streams.join import FeedbackJoin
-from streams.windows import (
+from llmpulse.detectors.base import Batch, Detector, Signal
+from llmpulse.streams.join import FeedbackJoin
+from llmpulse.streams.windows import (
     DEFAULT_WINDOWS,
     Group,
     TumblingWindows,
@@ -119,10 +119,10 @@ def default_detectors(
 ) -> dict[str, DetectorFactory]:
     """The shipped detector set, one factory per family.
 
-    ``embedding=True`` adds prompt :class:`~detectors.drift.embedding.EmbeddingDrift`
+    ``embedding=True`` adds prompt :class:`~llmpulse.detectors.drift.embedding.EmbeddingDrift`
     (the costly one: a few hundred texts a second per core; it samples 256
     prompts per window) and, in the quality family,
-    :class:`~detectors.quality.semantic.SemanticSimilarity` of responses and
+    :class:`~llmpulse.detectors.quality.semantic.SemanticSimilarity` of responses and
     their references. ``hallucination_max_scored`` caps responses scored
     for groundedness per window (about 1 ms each).
 
@@ -131,17 +131,17 @@ def default_detectors(
     >>> [type(d).__name__ for d in default_detectors()["quality"]()]
     ['LabelAccuracy', 'FeedbackScore', 'UserFlaggedRate', 'SegmentBias', 'ABComparison', 'ReferenceOverlap', 'JudgeAgreement']
     """
-    from detectors.bias import SegmentBias
-    from detectors.drift import ChiSquare, KolmogorovSmirnov, PopulationStabilityIndex
-    from detectors.hallucination import HallucinationSignals
-    from detectors.latency import (
+    from llmpulse.detectors.bias import SegmentBias
+    from llmpulse.detectors.drift import ChiSquare, KolmogorovSmirnov, PopulationStabilityIndex
+    from llmpulse.detectors.hallucination import HallucinationSignals
+    from llmpulse.detectors.latency import (
         CostTotal,
         ErrorRates,
         LatencyChange,
         LatencyPercentiles,
         TokenThroughput,
     )
-    from detectors.quality import (
+    from llmpulse.detectors.quality import (
         ABComparison,
         FeedbackScore,
         JudgeAgreement,
@@ -162,7 +162,7 @@ def default_detectors(
     def drift() -> list[Detector]:
         out: list[Detector] = [PopulationStabilityIndex(), KolmogorovSmirnov(), ChiSquare()]
         if embedding:
-            from detectors.drift.embedding import EmbeddingDrift
+            from llmpulse.detectors.drift.embedding import EmbeddingDrift
 
             out.append(EmbeddingDrift("prompt", embedder=embedder))
         return out
@@ -184,7 +184,7 @@ def default_detectors(
             JudgeAgreement(),
         ]
         if embedding:
-            from detectors.quality.semantic import SemanticSimilarity
+            from llmpulse.detectors.quality.semantic import SemanticSimilarity
 
             out.append(SemanticSimilarity(embedder=embedder))
         return out
@@ -219,7 +219,7 @@ class SignalEngine:
 
     ``detectors`` maps a family to a factory of its detectors (default:
     :func:`default_detectors` without embedding drift); ``windows`` overrides
-    :data:`~streams.windows.DEFAULT_WINDOWS` per family. ``clock`` gives wall
+    :data:`~llmpulse.streams.windows.DEFAULT_WINDOWS` per family. ``clock`` gives wall
     time in seconds (``time.time``); ``idle_s`` is how long a silent source
     may hold the watermark; ``horizon_s`` how long inferences wait for
     feedback; ``reemit_interval_s`` how often (wall clock) windows that got
@@ -335,7 +335,7 @@ class SignalEngine:
         """Close what the watermark allows at wall time ``now``; the signals.
 
         ``backlog``: the reader has unread events (consumer lag), so no source
-        is idle however long it has been silent (:class:`~streams.windows.Watermark`).
+        is idle however long it has been silent (:class:`~llmpulse.streams.windows.Watermark`).
 
         Window lengths are closed shortest first; once the closes of one
         length produced signals and took ``close_budget_s`` or more, the

@@ -106,7 +106,7 @@ def tune_gc() -> None:
 
 
 def new_engine(engine_kwargs: dict[str, Any], detectors: Any) -> Any:
-    from streams.engine import SignalEngine, default_detectors
+    from llmpulse.streams.engine import SignalEngine, default_detectors
 
     kwargs = {k: v for k, v in engine_kwargs.items() if v is not None}
     factories = default_detectors(**detectors) if isinstance(detectors, dict) else (
@@ -219,9 +219,9 @@ def _serve(conn: Any, engine_kwargs: dict[str, Any], detectors: Any) -> None:
 
 
 class EngineProcess:
-    """A :class:`~streams.engine.SignalEngine` behind a pipe, in a spawned process.
+    """A :class:`~llmpulse.streams.engine.SignalEngine` behind a pipe, in a spawned process.
 
-    ``detectors`` is ``"default"``, a dict of :func:`~streams.engine.default_detectors`
+    ``detectors`` is ``"default"``, a dict of :func:`~llmpulse.streams.engine.default_detectors`
     keyword arguments, or a picklable mapping of factories.
     """
 

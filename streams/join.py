@@ -39,7 +39,7 @@ Memory is about 0.5 kB per record (measured; see docs/signals.md), i.e.
 horizon x inference rate x 0.5 kB: 1 h at 200 requests/s is about 360 MB.
 Lower ``horizon_s`` for busier workers, or add workers.
 
->>> from streams.windows import WindowSpec
+>>> from llmpulse.streams.windows import WindowSpec
 >>> join = FeedbackJoin(WindowSpec(60, 30), horizon_s=3600)
 >>> g = ("support", "router", "1")
 >>> join.add_inference(g, {"ts": 1_000, "event_id": "e1", "request_id": "r1",
@@ -62,8 +62,8 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
-from streams.otlp_identity import identity_keys
-from streams.windows import Group, WindowSpec, _group, event_ms
+from llmpulse.streams.otlp_identity import identity_keys
+from llmpulse.streams.windows import Group, WindowSpec, _group, event_ms
 
 __all__ = ["ARM_FIELDS", "FEEDBACK_FIELDS", "JUDGE_FIELDS", "FeedbackJoin", "TAG_FIELDS"]
 
@@ -190,7 +190,7 @@ class FeedbackJoin:
     watermark and, less often, :meth:`redo`; for each (group, window start)
     they return, :meth:`events`
     gives the window's inferences that carry feedback, as event dicts with a
-    ``feedback`` mapping that :class:`~detectors.base.Batch` turns into
+    ``feedback`` mapping that :class:`~llmpulse.detectors.base.Batch` turns into
     ``feedback.*`` columns.
 
     Records also keep ``prompt_version``/``experiment``/``variant``; an

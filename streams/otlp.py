@@ -1,7 +1,7 @@
 """The OTLP receiver: ``POST /v1/traces`` on the API server, and the ``otlp_spans`` topic.
 
 Both entries share one path (:class:`SpanIngest`): decode the export
-request, map it (:mod:`streams.otlp_mapping`), send the inference events to
+request, map it (:mod:`llmpulse.streams.otlp_mapping`), send the inference events to
 ``llmpulse.inference`` (so the ingest agent validates and stores them like
 any producer's) and every span's row to ``llmpulse.spans`` (an agent stores
 them in batches in the ``spans`` table), and dead-letter what is refused
@@ -44,9 +44,9 @@ from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from llmpulse.events import DEFAULT_LIMITS, Limits, split_envelope
-from streams.ingest import DeadLetter
-from streams.otlp_identity import index_rows
-from streams.otlp_mapping import MappedRequest, OtlpDecodeError, decode_traces, map_request
+from llmpulse.streams.ingest import DeadLetter
+from llmpulse.streams.otlp_identity import index_rows
+from llmpulse.streams.otlp_mapping import MappedRequest, OtlpDecodeError, decode_traces, map_request
 
 __all__ = [
     "OTLP_HTTP_SOURCE",
@@ -288,7 +288,7 @@ class RecentDocuments(MutableMapping[str, list[str]]):
 def with_response_ids(mapped: MappedRequest) -> list[bytes]:
     """Put each model call's ``gen_ai.response.id`` on its event (``response_id``, which
     the feedback join reads and the event tables ignore) and return the ``request_index``
-    rows of the events' span and response ids (:mod:`streams.otlp_identity`)."""
+    rows of the events' span and response ids (:mod:`llmpulse.streams.otlp_identity`)."""
     ids = {r["event_id"]: r["response_id"] for r in mapped.spans
            if r["response_id"] and r["event_id"]}
     if ids:

@@ -15,7 +15,7 @@ is feedback when its event name (``LogRecord.event_name``, or the older
 The request it rates: ``llmpulse.feedback.request_id`` when given, else the
 provider's response id (``gen_ai.response.id``), else the record's own span
 context: ``<trace_id>/<span_id>`` (emit the record inside the model call's
-span) or the trace id (:mod:`streams.otlp_identity`). ``service.name`` gives
+span) or the trace id (:mod:`llmpulse.streams.otlp_identity`). ``service.name`` gives
 ``app``. Each becomes a ``feedback/v1`` event, checked by the contract's
 validator, sent to ``llmpulse.feedback`` (stored and joined like the
 shim's); a record that breaks the contract is rejected with the reason
@@ -56,8 +56,8 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from llmpulse.events import DEFAULT_LIMITS, EventError, Limits, validate_feedback
-from streams.ingest import DeadLetter
-from streams.otlp import (
+from llmpulse.streams.ingest import DeadLetter
+from llmpulse.streams.otlp import (
     CONTENT_TYPES,
     ReceiverLimits,
     SpanIngest,
@@ -65,8 +65,8 @@ from streams.otlp import (
     _read_body,
     envelopes,
 )
-from streams.otlp_identity import span_key
-from streams.otlp_mapping import OtlpDecodeError, attributes
+from llmpulse.streams.otlp_identity import span_key
+from llmpulse.streams.otlp_mapping import OtlpDecodeError, attributes
 
 __all__ = ["FEEDBACK_EVENTS", "MappedLogs", "attach_otlp_logs", "decode_logs", "map_logs"]
 
@@ -105,7 +105,7 @@ def decode_logs(body: bytes, encoding: str) -> ExportLogsServiceRequest:
     ...             "otlp_json")
     Traceback (most recent call last):
     ...
-    streams.otlp_mapping.OtlpDecodeError: malformed OTLP JSON: logRecords[0].traceId: not hex: 'zz'
+    llmpulse.streams.otlp_mapping.OtlpDecodeError: malformed OTLP JSON: logRecords[0].traceId: not hex: 'zz'
     """
     req = ExportLogsServiceRequest()
     if encoding == "otlp_proto":

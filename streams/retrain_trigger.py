@@ -10,9 +10,9 @@ back) or ``pending_ttl_s`` of event time (it was lost) clears the pending
 request. Request ids derive from the alert id, so a replayed alert asks for
 the same retrain.
 
->>> from detectors.base import Signal
->>> from streams.alerting import AlertManager
->>> from streams.rules import Rules
+>>> from llmpulse.detectors.base import Signal
+>>> from llmpulse.streams.alerting import AlertManager
+>>> from llmpulse.streams.rules import Rules
 >>> rules = Rules.from_yaml('''
 ... rules:
 ...   - {name: drift, signal: "drift.*", op: ">=", threshold: 0.25, actions: [notify, retrain]}
@@ -37,8 +37,8 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from streams.alerting import AlertEvent
-from streams.rules import Rules
+from llmpulse.streams.alerting import AlertEvent
+from llmpulse.streams.rules import Rules
 
 __all__ = ["TOPIC_RETRAIN", "RetrainTrigger"]
 

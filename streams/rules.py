@@ -7,7 +7,7 @@ and dimension (globs), compares the value with a threshold (``op`` one of
 ``>``, ``>=``, ``<``, ``<=``) or, with ``change: true``, treats every "change
 detected" signal as a breach. Persistence and flap control (``for``,
 ``resolve_for``, ``resolve_after``, ``cooldown``, ``max_fires_per_hour``) are
-applied by :class:`~streams.alerting.AlertManager`; this module only says,
+applied by :class:`~llmpulse.streams.alerting.AlertManager`; this module only says,
 for one signal, whether a rule matches and whether the window breaches it.
 
 Everything is validated when the file is loaded, and errors name the file,
@@ -23,21 +23,21 @@ the rule and the field:
 ... ''', source="rules.yaml")
 Traceback (most recent call last):
 ...
-streams.rules.RulesError: rules.yaml: rule 'p99-latency': field 'for': must be an integer >= 1, got 'two'
+llmpulse.streams.rules.RulesError: rules.yaml: rule 'p99-latency': field 'for': must be an integer >= 1, got 'two'
 
 A rule's ``signal`` must be (or, a glob, match) a name some detector or
-other emitter declares (:mod:`streams.signal_names`), so a misspelt name is
+other emitter declares (:mod:`llmpulse.streams.signal_names`), so a misspelt name is
 refused instead of loading and never firing:
 
 >>> Rules.from_yaml("rules: [{name: p99, signal: latency.p99ms, op: '>', threshold: 1}]",
 ...                 source="rules.yaml")
 Traceback (most recent call last):
 ...
-streams.rules.RulesError: rules.yaml: rule 'p99': field 'signal': unknown signal 'latency.p99ms' (did you mean 'latency.p99_ms'?)
+llmpulse.streams.rules.RulesError: rules.yaml: rule 'p99': field 'signal': unknown signal 'latency.p99ms' (did you mean 'latency.p99_ms'?)
 
 A window breaches, is healthy, or is ignored (too few samples):
 
->>> from detectors.base import Signal
+>>> from llmpulse.detectors.base import Signal
 >>> rules = Rules.from_yaml('''
 ... rules:
 ...   - {name: slow, signal: "latency.p9*_ms", op: ">", threshold: 4000, min_n: 100}
@@ -69,8 +69,8 @@ from typing import Any
 
 import yaml
 
-from detectors.base import Signal
-from streams.signal_names import known_signals, unknown_signal
+from llmpulse.detectors.base import Signal
+from llmpulse.streams.signal_names import known_signals, unknown_signal
 
 __all__ = [
     "ACTIONS",
@@ -116,7 +116,7 @@ class ChannelSpec:
     """One entry of the ``notify`` section, environment values filled in.
 
     The rule model only checks the name and that it is a mapping with a
-    ``type``; :func:`streams.notify.build_channels` turns specs into channels
+    ``type``; :func:`llmpulse.streams.notify.build_channels` turns specs into channels
     and validates their fields (the model stays free of network code). The
     settings may hold credentials, so they stay out of ``repr``.
 
@@ -255,7 +255,7 @@ class Rules:
 
     ``dashboard_url`` is the base of the dashboard links put on alerts;
     ``retrain_window_s`` and ``retrain_pending_ttl_s`` configure
-    :class:`~streams.retrain_trigger.RetrainTrigger`.
+    :class:`~llmpulse.streams.retrain_trigger.RetrainTrigger`.
     """
 
     def __init__(
@@ -290,7 +290,7 @@ class Rules:
         """Read and validate a rules file; :class:`RulesError` names what is wrong.
 
         ``signals``: the signal names a rule may use (default: every name a
-        detector or other emitter declares, :func:`~streams.signal_names.known_signals`)."""
+        detector or other emitter declares, :func:`~llmpulse.streams.signal_names.known_signals`)."""
         p = Path(path)
         try:
             text = p.read_text(encoding="utf-8")

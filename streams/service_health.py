@@ -40,7 +40,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from detectors.base import Signal
+from llmpulse.detectors.base import Signal
 from llmpulse.health_record import JUDGE_FAILURES, TOPIC_HEALTH, HealthRecordError, ServiceHealth
 
 __all__ = ["JUDGE_SIGNALS", "HealthReports", "health_signals", "register_service_health"]

@@ -6,7 +6,7 @@ shared detector contract test fails when one emits a name it did not
 declare, and the rules loader refuses a rule whose ``signal`` matches no
 declared name (a misspelt name would otherwise load and never fire).
 
-The known names are read, not listed here: every :class:`~detectors.base.Detector`
+The known names are read, not listed here: every :class:`~llmpulse.detectors.base.Detector`
 subclass in the shipped detector families (each ``detectors.<family>``
 package), every other subclass imported by then (a user's own detector), and
 the names declared with :func:`declare_signals` by emitters that are not
@@ -31,8 +31,8 @@ from collections.abc import Iterable, Set
 from fnmatch import fnmatchcase
 from typing import Any
 
-import detectors
-from detectors.base import Detector
+import llmpulse.detectors
+from llmpulse.detectors.base import Detector
 
 __all__ = ["HEALTH_SIGNALS", "declare_signals", "known_signals", "unknown_signal"]
 
@@ -63,7 +63,7 @@ def _load_families() -> None:
     global _families_loaded
     if _families_loaded:
         return
-    for mod in pkgutil.iter_modules(detectors.__path__, "detectors."):
+    for mod in pkgutil.iter_modules(llmpulse.detectors.__path__, "llmpulse.detectors."):
         if mod.ispkg:
             importlib.import_module(mod.name)
     _families_loaded = True

@@ -16,7 +16,7 @@ Partitioning, end to end:
 * The signal agent consumes ``llmpulse.grouped``: every event of a group
   reaches one worker, so a window never spans workers and two workers produce
   the same signals as one (the test in ``tests/integration`` checks it).
-  The engine (:mod:`streams.engine`) windows by event time, joins feedback and
+  The engine (:mod:`llmpulse.streams.engine`) windows by event time, joins feedback and
   runs the detectors in child processes (``signals.engine_processes``, the
   groups spread over them by a hash of their key), called from one thread
   off the event loop.
@@ -53,13 +53,13 @@ from typing import Any
 import faust
 import orjson
 
-from detectors.base import Signal
 from llmpulse.config import Settings
+from llmpulse.detectors.base import Signal
 from llmpulse.events import TOPIC_GROUPED, TOPIC_INFERENCE, TOPIC_SIGNALS
 from llmpulse.store import Store, lookup_requests
-from streams.ingest import IngestBatch
-from streams.sink import RawSink
-from streams.state import write_atomic
+from llmpulse.streams.ingest import IngestBatch
+from llmpulse.streams.sink import RawSink
+from llmpulse.streams.state import write_atomic
 
 __all__ = ["SignalAgents", "engine_chunks", "engine_config", "forget_saved_requests", "group_key"]
 
@@ -129,7 +129,7 @@ SignalConsumer = Callable[[list[Signal]], Awaitable[None]]
 
 def engine_config(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
     """The engine's keyword arguments and detector options for ``settings``."""
-    from streams.windows import DEFAULT_WINDOWS, WindowSpec
+    from llmpulse.streams.windows import DEFAULT_WINDOWS, WindowSpec
 
     cfg = settings.signals
     windows = {}
@@ -149,7 +149,7 @@ def forget_saved_requests(settings: Settings, request_ids: set[str]) -> int:
     """An erasure while the worker is stopped: drop ``request_ids`` from its saved
     engine state (open windows, feedback join) and its waiting feedback; how many
     events and records were dropped. Each file is rewritten atomically."""
-    from streams.engine_process import LocalEngine
+    from llmpulse.streams.engine_process import LocalEngine
 
     ids = set(request_ids)
     gone = 0
@@ -193,7 +193,7 @@ class SignalAgents:
                  positions: dict[tuple[str, int], int] | None = None,
                  signals_topic: Any = None,
                  backlog: Callable[[], bool] | None = None) -> None:
-        from streams.engine_process import EngineProcess, LocalEngine, ShardedEngine
+        from llmpulse.streams.engine_process import EngineProcess, LocalEngine, ShardedEngine
 
         cfg = settings.signals
         self.app = app
@@ -317,7 +317,7 @@ class SignalAgents:
 
     async def take(self, messages: Sequence[Any]) -> int:
         """The signal agent's body: one batch of ``llmpulse.grouped`` messages
-        (Faust messages, or :class:`streams.testing.TestingMessage`) into the
+        (Faust messages, or :class:`llmpulse.streams.testing.TestingMessage`) into the
         engine; how many it took (a replay after a restart skips some)."""
         loop = asyncio.get_running_loop()
         fresh = await self._replay_filter(list(messages))

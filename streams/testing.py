@@ -8,7 +8,7 @@ the worker runs and collects what comes out.
   ``llmpulse.grouped`` (keyed by group, chunked, tagged with their source
   partition), as :class:`TestingMessage` values with offsets;
 * :class:`TestingTopic`: collects what an agent produces to a topic;
-* :class:`TestingSink`: a real :class:`~streams.sink.RawSink` whose store
+* :class:`TestingSink`: a real :class:`~llmpulse.streams.sink.RawSink` whose store
   insert collects the rows, decoded;
 * :func:`run_engine`: the messages through any engine (in-process, in a
   child process, sharded) and the signals back;
@@ -16,8 +16,8 @@ the worker runs and collects what comes out.
   bodies (``SignalAgents.take`` / ``tick`` / ``flush``, ``AlertAgent``'s call)
   on a list of messages or signals.
 
->>> from detectors.testing import synthetic_events
->>> from streams.engine_process import LocalEngine
+>>> from llmpulse.detectors.testing import synthetic_events
+>>> from llmpulse.streams.engine_process import LocalEngine
 >>> msgs = grouped_messages(synthetic_events(300, seed=3, rate=20))
 >>> len(msgs), msgs[0].topic, msgs[0].key
 (1, 'llmpulse.grouped', b'support/router/1')
@@ -35,10 +35,10 @@ from typing import Any, ClassVar
 
 import orjson
 
-from detectors.base import Signal
+from llmpulse.detectors.base import Signal
 from llmpulse.events import TOPIC_GROUPED
-from streams.signals import SOURCE_HEADER, engine_chunks, group_key
-from streams.sink import RawSink
+from llmpulse.streams.signals import SOURCE_HEADER, engine_chunks, group_key
+from llmpulse.streams.sink import RawSink
 
 __all__ = [
     "TestingMessage",
@@ -125,10 +125,10 @@ def split_feedback(
     events: Iterable[Mapping[str, Any]], *, delay_ms: int = 2000
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Events with a joined ``feedback`` mapping (as
-    :func:`detectors.testing.synthetic_events` makes them) as separate
+    :func:`llmpulse.detectors.testing.synthetic_events` makes them) as separate
     ``inference/v1`` and ``feedback/v1`` events, feedback ``delay_ms`` later.
 
-    >>> from detectors.testing import synthetic_events
+    >>> from llmpulse.detectors.testing import synthetic_events
     >>> infs, fbs = split_feedback(synthetic_events(4, seed=1))
     >>> len(infs), len(fbs), sorted(fbs[0])
     (4, 2, ['event_id', 'hallucination', 'label', 'request_id', 'score', 'source', 'ts'])
@@ -173,7 +173,7 @@ class TestingTopic:
 
 
 class TestingSink(RawSink):
-    """A real :class:`~streams.sink.RawSink` whose store insert collects the
+    """A real :class:`~llmpulse.streams.sink.RawSink` whose store insert collects the
     rows, decoded, in ``rows[table]``."""
 
     __test__: ClassVar[bool] = False  # not a pytest test class
@@ -193,7 +193,7 @@ def run_engine(engine: Any, messages: Sequence[TestingMessage], *, batch: int = 
     """Start ``engine`` (``LocalEngine``, ``EngineProcess`` or ``ShardedEngine``),
     add the messages ``batch`` at a time (polling after each when ``poll``),
     flush, stop it, and return every signal it emitted, in order."""
-    from streams.engine_process import ShardedEngine
+    from llmpulse.streams.engine_process import ShardedEngine
 
     keyed = isinstance(engine, ShardedEngine)
     out: list[Signal] = []

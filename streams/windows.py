@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from detectors.base import parse_ts
+from llmpulse.detectors.base import parse_ts
 
 __all__ = [
     "DEFAULT_WINDOWS",

@@ -17,8 +17,8 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from dashboards.grafana import GRAFANA_JSON_DIR, provisioning_files
 from llmpulse.config import load_settings
+from llmpulse.dashboards.grafana import GRAFANA_JSON_DIR, provisioning_files
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -288,7 +288,7 @@ def test_clickhouse_system_logs_are_off_or_expire() -> None:
 
 
 def test_the_collector_exports_to_the_topic_and_broker_the_workers_read() -> None:
-    from streams.otlp import TOPIC_OTLP_SPANS
+    from llmpulse.streams.otlp import TOPIC_OTLP_SPANS
 
     config = yaml.safe_load(COMPOSE["configs"]["otelcol-config"]["content"])
     kafka = config["exporters"]["kafka"]

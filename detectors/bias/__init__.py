@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from detectors.bias.segments import SegmentBias
+from llmpulse.detectors.bias.segments import SegmentBias
 
 __all__ = ["SegmentBias"]

@@ -59,7 +59,7 @@ Guards, so that small segments page nobody:
 State is per-group counts and sums, so partial windows merge exactly
 (:meth:`SegmentBias.merge`).
 
->>> from detectors.testing import synthetic_batch
+>>> from llmpulse.detectors.testing import synthetic_batch
 >>> sigs = SegmentBias(outcome="status", positive_label="error").update(synthetic_batch(3000, seed=1))
 >>> s = next(x for x in sigs if x.signal == "bias.demographic_parity_difference" and x.dimension == "region")
 >>> round(s.value, 4), s.n, s.detail["significant"]
@@ -77,8 +77,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from detectors.base import Batch, Detector, Mergeable, Signal
-from detectors.bias.stats import (
+from llmpulse.detectors.base import Batch, Detector, Mergeable, Signal
+from llmpulse.detectors.bias.stats import (
     adjust_pvalues,
     fisher_pvalues,
     newcombe_interval,
@@ -131,7 +131,7 @@ class SegmentBias(Detector, Mergeable):
 
     ``attributes=None`` watches every ``segment.*`` column of the window.
 
-    >>> from detectors.testing import synthetic_events
+    >>> from llmpulse.detectors.testing import synthetic_events
     >>> events = synthetic_events(2000, seed=4)
     >>> for i, e in enumerate(events):  # refusals: 30 % for language=de, 10 % elsewhere
     ...     share = 0.3 if e["segment"]["language"] == "de" else 0.1

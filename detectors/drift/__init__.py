@@ -20,7 +20,7 @@ saves an Evidently report when a window test crosses its threshold.
 :class:`EmbeddingDrift` (``drift.embedding_<test>`` on
 ``embedding:<field>``) tests the texts themselves.
 
->>> from detectors.testing import synthetic_batch
+>>> from llmpulse.detectors.testing import synthetic_batch
 >>> d = KolmogorovSmirnov(reference=ReferencePolicy.fixed(1000))
 >>> d.update(synthetic_batch(1000, seed=0))
 []
@@ -30,19 +30,19 @@ saves an Evidently report when a window test crosses its threshold.
 
 from __future__ import annotations
 
-from detectors.drift.adwin import Adwin
-from detectors.drift.base import ReferencePolicy, WindowDriftTest
-from detectors.drift.change import StreamingChange
-from detectors.drift.chi_square import ChiSquare
-from detectors.drift.cusum import Cusum
-from detectors.drift.embedding import EmbeddingDrift
-from detectors.drift.jensen_shannon import JensenShannonDistance
-from detectors.drift.ks import KolmogorovSmirnov
-from detectors.drift.kswin import Kswin
-from detectors.drift.page_hinkley import PageHinkley
-from detectors.drift.psi import PopulationStabilityIndex
-from detectors.drift.report import EvidentlyDriftReport
-from detectors.drift.wasserstein import WassersteinDistance
+from llmpulse.detectors.drift.adwin import Adwin
+from llmpulse.detectors.drift.base import ReferencePolicy, WindowDriftTest
+from llmpulse.detectors.drift.change import StreamingChange
+from llmpulse.detectors.drift.chi_square import ChiSquare
+from llmpulse.detectors.drift.cusum import Cusum
+from llmpulse.detectors.drift.embedding import EmbeddingDrift
+from llmpulse.detectors.drift.jensen_shannon import JensenShannonDistance
+from llmpulse.detectors.drift.ks import KolmogorovSmirnov
+from llmpulse.detectors.drift.kswin import Kswin
+from llmpulse.detectors.drift.page_hinkley import PageHinkley
+from llmpulse.detectors.drift.psi import PopulationStabilityIndex
+from llmpulse.detectors.drift.report import EvidentlyDriftReport
+from llmpulse.detectors.drift.wasserstein import WassersteinDistance
 
 __all__ = [
     "Adwin",

@@ -1,4 +1,4 @@
-"""Shared wrapper: a river drift detector behind :class:`~detectors.base.ChangeDetector`.
+"""Shared wrapper: a river drift detector behind :class:`~llmpulse.detectors.base.ChangeDetector`.
 
 Values are standardised with ``mean``/``sd`` before river sees them, so
 thresholds calibrated in sd units hold for any feature. State is the river
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from detectors.base import ChangeDetector
+from llmpulse.detectors.base import ChangeDetector
 
 __all__ = ["RiverChangeDetector"]
 

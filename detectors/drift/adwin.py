@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from river import drift
 
-from detectors.drift._river import RiverChangeDetector
+from llmpulse.detectors.drift._river import RiverChangeDetector
 
 __all__ = ["Adwin"]
 

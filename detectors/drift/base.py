@@ -44,7 +44,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from detectors.base import Batch, Detector, Signal
+from llmpulse.detectors.base import Batch, Detector, Signal
 
 __all__ = [
     "DEFAULT_CATEGORICAL",
@@ -161,7 +161,7 @@ def feature_values(batch: Batch, name: str) -> tuple[np.ndarray, Kind] | None:
     """The present values of feature ``name`` in ``batch`` and its kind, or
     ``None`` if no event has it.
 
-    >>> from detectors.testing import synthetic_batch
+    >>> from llmpulse.detectors.testing import synthetic_batch
     >>> b = synthetic_batch(3, seed=0)
     >>> feature_values(b, "prompt_chars")
     (array([26., 24., 25.]), 'numeric')

@@ -1,7 +1,7 @@
 """Streaming change detection on window columns: ``drift.change``.
 
 :class:`StreamingChange` feeds each numeric feature of every window, value by
-value in event order, to an online :class:`~detectors.base.ChangeDetector`
+value in event order, to an online :class:`~llmpulse.detectors.base.ChangeDetector`
 and emits ``drift.change`` (dimension = feature) for a window in which the
 detector fired; the value is the number of change points found in it. The
 window tests (PSI, KS ...) say "this window differs from the reference"
@@ -28,7 +28,7 @@ How it runs, per feature:
 calibrated defaults; ``params`` overrides them.
 
 >>> import numpy as np
->>> from detectors.base import Batch
+>>> from llmpulse.detectors.base import Batch
 >>> rng = np.random.default_rng(0)
 >>> x = np.concatenate([rng.normal(0, 1, 3000), rng.normal(1, 1, 1000)])
 >>> d = StreamingChange(["x"])
@@ -46,12 +46,12 @@ from typing import Any, Literal
 import numpy as np
 from scipy import special
 
-from detectors.base import Batch, ChangeDetector, Detector, Signal
-from detectors.drift.adwin import Adwin
-from detectors.drift.base import DEFAULT_NUMERIC, feature_column
-from detectors.drift.cusum import Cusum
-from detectors.drift.kswin import Kswin
-from detectors.drift.page_hinkley import PageHinkley
+from llmpulse.detectors.base import Batch, ChangeDetector, Detector, Signal
+from llmpulse.detectors.drift.adwin import Adwin
+from llmpulse.detectors.drift.base import DEFAULT_NUMERIC, feature_column
+from llmpulse.detectors.drift.cusum import Cusum
+from llmpulse.detectors.drift.kswin import Kswin
+from llmpulse.detectors.drift.page_hinkley import PageHinkley
 
 __all__ = ["METHODS", "StreamingChange"]
 

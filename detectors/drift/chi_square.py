@@ -14,7 +14,7 @@ Drift when ``p_value < threshold``; default 0.001, about 0.2 false alarms
 per 100k events with 500-event windows.
 
 >>> import numpy as np
->>> from detectors.base import Batch
+>>> from llmpulse.detectors.base import Batch
 >>> rng = np.random.default_rng(0)
 >>> d = ChiSquare(["lang"])
 >>> d.set_reference({"lang": rng.choice(["en", "de", "fr"], 2000)})
@@ -30,7 +30,12 @@ from typing import Any
 import numpy as np
 from scipy import special
 
-from detectors.drift.base import Kind, WindowDriftTest, cached_reference_counts, value_counts
+from llmpulse.detectors.drift.base import (
+    Kind,
+    WindowDriftTest,
+    cached_reference_counts,
+    value_counts,
+)
 
 __all__ = ["ChiSquare"]
 

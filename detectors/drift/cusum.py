@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from detectors.base import ChangeDetector
+from llmpulse.detectors.base import ChangeDetector
 
 __all__ = ["Cusum"]
 

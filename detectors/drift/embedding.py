@@ -22,7 +22,7 @@ two-sample tests:
     threshold the value directly (0.75 is a sensible start).
 
 Reference (as for the other drift tests; a
-:class:`~detectors.drift.base.ReferencePolicy` is accepted too):
+:class:`~llmpulse.detectors.drift.base.ReferencePolicy` is accepted too):
 ``reference="fixed"`` (default) freezes the first ``reference_size`` texts
 seen as the baseline (windows that help fill it are not tested), or a
 baseline given to :meth:`EmbeddingDrift.set_reference`;
@@ -43,7 +43,7 @@ never the ONNX session; the embedder is injectable (``embedder=None`` means
 :meth:`MiniLMEmbedder.default` on first use), and any object with
 ``embed(texts) -> (n, d) array`` will do.
 
->>> from detectors.testing import synthetic_batch
+>>> from llmpulse.detectors.testing import synthetic_batch
 >>> d = EmbeddingDrift(tests=("mmd",))
 >>> d.update(synthetic_batch(600, seed=1))        # fills the 512-text baseline
 []
@@ -73,8 +73,8 @@ from typing import Any, Protocol
 import numpy as np
 from scipy import optimize, special, stats
 
-from detectors.base import Batch, Detector, Signal
-from detectors.drift.base import ReferencePolicy
+from llmpulse.detectors.base import Batch, Detector, Signal
+from llmpulse.detectors.drift.base import ReferencePolicy
 
 __all__ = [
     "EmbeddingDrift",
@@ -342,7 +342,7 @@ class EmbeddingDrift(Detector):
 
     See the module docstring for the method and defaults. ``embedder`` is any
     object with ``embed(texts) -> (n, d) array``; ``None`` means the shared
-    :class:`~detectors.embedding.MiniLMEmbedder`, built on first use.
+    :class:`~llmpulse.detectors.embedding.MiniLMEmbedder`, built on first use.
 
     >>> d = EmbeddingDrift(field="response", tests=("auc",), reference="rolling")
     >>> d.dimension, d.signals
@@ -408,7 +408,7 @@ class EmbeddingDrift(Detector):
     @property
     def embedder(self) -> TextEmbedder:
         if self._embedder is None:
-            from detectors.embedding import MiniLMEmbedder
+            from llmpulse.detectors.embedding import MiniLMEmbedder
 
             self._embedder = MiniLMEmbedder.default()
         return self._embedder

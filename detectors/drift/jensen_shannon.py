@@ -11,7 +11,7 @@ Gaussian streams; Evidently's 0.1 sits right on it); a 0.5 sd shift scores
 about 0.18. Tests numeric and categorical features.
 
 >>> import numpy as np
->>> from detectors.base import Batch
+>>> from llmpulse.detectors.base import Batch
 >>> rng = np.random.default_rng(0)
 >>> d = JensenShannonDistance(["lang"])
 >>> d.set_reference({"lang": rng.choice(["en", "de", "fr"], 2000)})
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial import distance
 
-from detectors.drift.base import (
+from llmpulse.detectors.drift.base import (
     Kind,
     WindowDriftTest,
     binned_percents,

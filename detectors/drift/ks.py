@@ -16,7 +16,7 @@ with 500-event windows, and a 0.5 sd shift is still found in the first full
 window after it (p ~ 1e-15 at 500 against 2,000).
 
 >>> import numpy as np
->>> from detectors.base import Batch
+>>> from llmpulse.detectors.base import Batch
 >>> rng = np.random.default_rng(0)
 >>> d = KolmogorovSmirnov(["x"])
 >>> d.set_reference({"x": rng.normal(0, 1, 2000)})
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from detectors.drift.base import Kind, ReferencePolicy, WindowDriftTest
+from llmpulse.detectors.drift.base import Kind, ReferencePolicy, WindowDriftTest
 
 __all__ = ["KolmogorovSmirnov"]
 

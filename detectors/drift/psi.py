@@ -2,7 +2,7 @@
 
 ``PSI = sum_i (p_i - q_i) * ln(p_i / q_i)`` over bins, ``p`` the reference
 shares and ``q`` the window shares. Binning is Evidently's (see
-:mod:`detectors.drift.base`): Sturges edges over reference and window for
+:mod:`llmpulse.detectors.drift.base`): Sturges edges over reference and window for
 numeric features with more than 20 distinct reference values, one bin per
 value otherwise, empty bins filled with a small share. With the same data the
 value equals Evidently's ``ValueDrift(method="psi")`` to floating-point
@@ -18,8 +18,8 @@ threshold: the stationary mean is about ``(bins - 1) * (1/n + 1/m)``.
 Tests numeric and categorical features.
 
 >>> import numpy as np
->>> from detectors.base import Batch
->>> from detectors.drift.base import ReferencePolicy
+>>> from llmpulse.detectors.base import Batch
+>>> from llmpulse.detectors.drift.base import ReferencePolicy
 >>> rng = np.random.default_rng(0)
 >>> d = PopulationStabilityIndex(["x"], reference=ReferencePolicy.fixed(2000))
 >>> d.update(Batch({"x": rng.normal(0, 1, 2000)}, start=0, end=60))
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from detectors.drift.base import (
+from llmpulse.detectors.drift.base import (
     Kind,
     WindowDriftTest,
     binned_percents,

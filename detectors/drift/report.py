@@ -21,8 +21,8 @@ wall clock. A failure to build a report is logged and the signal is sent
 without one.
 
 >>> import tempfile, numpy as np
->>> from detectors.base import Batch
->>> from detectors.drift.psi import PopulationStabilityIndex
+>>> from llmpulse.detectors.base import Batch
+>>> from llmpulse.detectors.drift.psi import PopulationStabilityIndex
 >>> rng = np.random.default_rng(0)
 >>> tmp = tempfile.mkdtemp()
 >>> d = PopulationStabilityIndex(["latency_ms"], reporter=EvidentlyDriftReport(tmp))

@@ -10,7 +10,7 @@ baseline score 0.064 on average and 0.16 at the 99.9th percentile (seeded
 Gaussian streams), above Evidently's 0.1; a 0.5 sd shift scores about 0.5.
 
 >>> import numpy as np
->>> from detectors.base import Batch
+>>> from llmpulse.detectors.base import Batch
 >>> rng = np.random.default_rng(0)
 >>> d = WassersteinDistance(["x"])
 >>> d.set_reference({"x": rng.normal(0, 1, 2000)})
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from detectors.drift.base import Kind, WindowDriftTest
+from llmpulse.detectors.drift.base import Kind, WindowDriftTest
 
 __all__ = ["WassersteinDistance"]
 

@@ -6,15 +6,15 @@ only for that one export). ``MiniLMEmbedder`` runs it with ONNX Runtime, CUDA
 first and CPU as the fallback. Importing this package imports neither torch
 nor onnxruntime.
 
->>> from detectors.embedding import MiniLMEmbedder
+>>> from llmpulse.detectors.embedding import MiniLMEmbedder
 >>> MiniLMEmbedder.default().embed(["hello"]).shape
 (1, 384)
 """
 
 from __future__ import annotations
 
-from detectors.embedding.export import ExportError, default_cache_dir, export_minilm
-from detectors.embedding.minilm import EMBEDDING_DIM, MiniLMEmbedder
+from llmpulse.detectors.embedding.export import ExportError, default_cache_dir, export_minilm
+from llmpulse.detectors.embedding.minilm import EMBEDDING_DIM, MiniLMEmbedder
 
 __all__ = [
     "EMBEDDING_DIM",

@@ -1,7 +1,7 @@
 """all-MiniLM-L6-v2 sentence embeddings through ONNX Runtime.
 
 :class:`MiniLMEmbedder` runs the graph written by
-:func:`~detectors.embedding.export.export_minilm` (mean pooling and L2
+:func:`~llmpulse.detectors.embedding.export.export_minilm` (mean pooling and L2
 normalisation are inside it) with the fast ``tokenizers`` tokenizer read from
 the model package's ``tokenizer.json``. No torch at run time.
 
@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from detectors.embedding.export import INPUT_NAMES, OUTPUT_NAME, export_minilm, minilm_dir
+from llmpulse.detectors.embedding.export import INPUT_NAMES, OUTPUT_NAME, export_minilm, minilm_dir
 
 __all__ = ["EMBEDDING_DIM", "MiniLMEmbedder", "default_threads"]
 

@@ -8,7 +8,7 @@ Prompts are drawn from sentence templates with filled slots, per topic:
   domain and tone as ``billing``, new vocabulary (a subtle change).
 
 :func:`topic_stream` concatenates a stationary part and a changed part and
-:func:`prompt_windows` cuts a stream into :class:`~detectors.base.Batch`
+:func:`prompt_windows` cuts a stream into :class:`~llmpulse.detectors.base.Batch`
 windows, so tests and benchmarks can measure detection delay in events.
 
 >>> topic_prompts(2, {"billing": 1.0}, seed=3)
@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from detectors.base import Batch
+from llmpulse.detectors.base import Batch
 
 __all__ = ["TOPICS", "prompt_windows", "topic_prompts", "topic_stream"]
 

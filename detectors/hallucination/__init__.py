@@ -4,7 +4,7 @@
   context sentence by sentence, and the specifics in each sentence
   (numbers, amounts, dates, names, conditions, negations), and says why a
   response is not grounded;
-* :mod:`~detectors.hallucination.uncertainty` summarises token log-probabilities;
+* :mod:`~llmpulse.detectors.hallucination.uncertainty` summarises token log-probabilities;
 * :class:`HallucinationSignals` is the window detector emitting
   ``hallucination.*`` signals, with the worst examples in ``detail``.
 
@@ -14,10 +14,14 @@ False
 
 from __future__ import annotations
 
-from detectors.hallucination.evaluation import auroc
-from detectors.hallucination.groundedness import Groundedness, GroundednessScorer, SentenceCheck
-from detectors.hallucination.signals import HallucinationSignals
-from detectors.hallucination.uncertainty import logprob_stats, window_logprob_stats
+from llmpulse.detectors.hallucination.evaluation import auroc
+from llmpulse.detectors.hallucination.groundedness import (
+    Groundedness,
+    GroundednessScorer,
+    SentenceCheck,
+)
+from llmpulse.detectors.hallucination.signals import HallucinationSignals
+from llmpulse.detectors.hallucination.uncertainty import logprob_stats, window_logprob_stats
 
 __all__ = [
     "Groundedness",

@@ -41,8 +41,8 @@ SCORES: tuple[str, ...] = ("groundedness", "rule", "specifics", "token_support",
 
 def score_items(items: Sequence[dict[str, Any]], scorer: Any = None) -> dict[str, np.ndarray]:
     """Every score of :data:`SCORES` for each item (``logprob`` NaN without ``token_logprobs``)."""
-    from detectors.hallucination.groundedness import GroundednessScorer
-    from detectors.hallucination.uncertainty import logprob_stats
+    from llmpulse.detectors.hallucination.groundedness import GroundednessScorer
+    from llmpulse.detectors.hallucination.uncertainty import logprob_stats
 
     scorer = scorer or GroundednessScorer()
     out: dict[str, list[float]] = {k: [] for k in SCORES}

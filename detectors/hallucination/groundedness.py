@@ -24,8 +24,8 @@ unsupported specific (x0.2), misplaced specific (x0.35), negation mismatch
 response's ``rule_score`` is that of its weakest sentence: one invented
 detail is enough to mislead a user.
 
-The learned model (:class:`~detectors.hallucination.model.GroundingModel`,
-built by :mod:`detectors.hallucination.train`) turns the features of all
+The learned model (:class:`~llmpulse.detectors.hallucination.model.GroundingModel`,
+built by :mod:`llmpulse.detectors.hallucination.train`) turns the features of all
 sentences into ``probability``, the probability that the response is not
 grounded; ``score = 1 - probability``. Its overlap part was fitted on public
 human-annotated faithfulness sets, its specifics part on generated
@@ -63,8 +63,8 @@ from typing import Any
 
 import numpy as np
 
-from detectors.hallucination import text as tx
-from detectors.hallucination.model import GroundingModel, load_model
+from llmpulse.detectors.hallucination import text as tx
+from llmpulse.detectors.hallucination.model import GroundingModel, load_model
 
 __all__ = [
     "FEATURES",

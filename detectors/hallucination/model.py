@@ -4,7 +4,7 @@ The groundedness features are few and the decision is close to linear once
 they are standardised, so a logistic regression fitted by Newton's method
 (IRLS) with an L2 penalty is enough. It is deterministic: the same data gives
 the same weights bit for bit, which is what makes the shipped
-``data/grounding_model.json`` reproducible from :mod:`detectors.hallucination.train`.
+``data/grounding_model.json`` reproducible from :mod:`llmpulse.detectors.hallucination.train`.
 
 :class:`GroundingModel` adds two logits:
 
@@ -198,7 +198,7 @@ def load_model(path: str | Path | None = None) -> tuple[GroundingModel | None, s
     """
     try:
         if path is None:
-            text = resources.files("detectors.hallucination").joinpath("data", MODEL_FILE).read_text(
+            text = resources.files("llmpulse.detectors.hallucination").joinpath("data", MODEL_FILE).read_text(
                 encoding="utf-8"
             )
             where = f"shipped {MODEL_FILE}"

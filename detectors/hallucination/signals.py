@@ -41,7 +41,7 @@ responses are scored per window, evenly spaced and therefore deterministic;
 ``detail.scored`` says how many were and ``detail.sampling_rate`` which
 share of the available ones that is.
 
->>> from detectors.testing import synthetic_batch
+>>> from llmpulse.detectors.testing import synthetic_batch
 >>> sig = {s.signal: s for s in HallucinationSignals().update(synthetic_batch(400, seed=2))}
 >>> sorted(sig)  # doctest: +NORMALIZE_WHITESPACE
 ['hallucination.flagged_rate', 'hallucination.groundedness_mean', 'hallucination.logprob_mean',
@@ -60,9 +60,9 @@ from typing import Any
 
 import numpy as np
 
-from detectors.base import Batch, Detector, Signal
-from detectors.hallucination.groundedness import GroundednessScorer
-from detectors.hallucination.uncertainty import LOW_LOGPROB, window_logprob_stats
+from llmpulse.detectors.base import Batch, Detector, Signal
+from llmpulse.detectors.hallucination.groundedness import GroundednessScorer
+from llmpulse.detectors.hallucination.uncertainty import LOW_LOGPROB, window_logprob_stats
 
 __all__ = ["HallucinationSignals"]
 

@@ -1,11 +1,11 @@
 """Training of the groundedness model: public human-annotated sets plus generated perturbations.
 
-:class:`~detectors.hallucination.model.GroundingModel` has two parts, each a
-logistic regression over features of :mod:`detectors.hallucination.groundedness`:
+:class:`~llmpulse.detectors.hallucination.model.GroundingModel` has two parts, each a
+logistic regression over features of :mod:`llmpulse.detectors.hallucination.groundedness`:
 
 * **overlap** (:data:`OVERLAP_FEATURES`): fitted on the *training split* of
   public faithfulness sets (``label`` 1 = not grounded), split by source
-  document with :func:`~detectors.hallucination.datasets.held_out`; the held-out
+  document with :func:`~llmpulse.detectors.hallucination.datasets.held_out`; the held-out
   documents are never trained or tuned on. Each set, and each class within a
   set, gets the same total weight, so the probability is calibrated for a
   balanced mix and no set dominates. The features were chosen by forward
@@ -22,7 +22,7 @@ logistic regression over features of :mod:`detectors.hallucination.groundedness`
 
 Everything is deterministic, so ::
 
-    python -m detectors.hallucination.train --data ../shared/data/faithfulness/
+    python -m llmpulse.detectors.hallucination.train --data ../shared/data/faithfulness/
 
 rewrites ``data/grounding_model.json`` identically (a test checks it when the
 data is present).
@@ -43,9 +43,13 @@ from typing import Any
 
 import numpy as np
 
-from detectors.hallucination.datasets import held_out, load_sets
-from detectors.hallucination.groundedness import FEATURES, GroundednessScorer, response_features
-from detectors.hallucination.model import MODEL_FILE, GroundingModel, LogisticModel
+from llmpulse.detectors.hallucination.datasets import held_out, load_sets
+from llmpulse.detectors.hallucination.groundedness import (
+    FEATURES,
+    GroundednessScorer,
+    response_features,
+)
+from llmpulse.detectors.hallucination.model import MODEL_FILE, GroundingModel, LogisticModel
 
 __all__ = [
     "OVERLAP_FEATURES",
@@ -306,7 +310,7 @@ def training_pairs(seed: int = SEED, n_contexts: int = N_CONTEXTS) -> list[tuple
 
 
 def feature_matrix(records: Sequence[dict[str, Any]]) -> np.ndarray:
-    """:data:`~detectors.hallucination.groundedness.FEATURES` of each record, one row each."""
+    """:data:`~llmpulse.detectors.hallucination.groundedness.FEATURES` of each record, one row each."""
     scorer = GroundednessScorer(model=None)
     return np.asarray(
         [response_features(scorer.check(r["answer"], r["context"])) for r in records], dtype=np.float64
@@ -346,7 +350,7 @@ def select_features(
     Run on the training split only; each step adds the candidate that raises
     the mean per-set AUROC most, until no candidate adds ``min_gain``.
     """
-    from detectors.hallucination.evaluation import auroc
+    from llmpulse.detectors.hallucination.evaluation import auroc
 
     g = np.asarray(groups)
     fold = np.asarray([int(d[8:16], 16) % folds for d in documents])
@@ -418,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="rerun the feature selection for the overlap part on the training split and print it")
     args = ap.parse_args(argv)
     if args.select:
-        from detectors.hallucination.datasets import document_key
+        from llmpulse.detectors.hallucination.datasets import document_key
 
         sets = load_sets(args.data)
         records = [(name, r) for name, rows in sets.items() for r in rows if not held_out(r)]

@@ -1,17 +1,17 @@
 """Latency and reliability detectors: percentiles, errors, throughput, cost, change.
 
-One detector per module; all are window :class:`~detectors.base.Detector`
+One detector per module; all are window :class:`~llmpulse.detectors.base.Detector`
 classes, and all but :class:`LatencyChange` are
-:class:`~detectors.base.Mergeable` (partial windows fold together).
+:class:`~llmpulse.detectors.base.Mergeable` (partial windows fold together).
 """
 
 from __future__ import annotations
 
-from detectors.latency.change import LatencyChange, LogLatencyChange
-from detectors.latency.cost import CostTotal
-from detectors.latency.errors import ErrorRates
-from detectors.latency.percentiles import LatencyPercentiles
-from detectors.latency.throughput import TokenThroughput
+from llmpulse.detectors.latency.change import LatencyChange, LogLatencyChange
+from llmpulse.detectors.latency.cost import CostTotal
+from llmpulse.detectors.latency.errors import ErrorRates
+from llmpulse.detectors.latency.percentiles import LatencyPercentiles
+from llmpulse.detectors.latency.throughput import TokenThroughput
 
 __all__ = [
     "CostTotal",

@@ -1,6 +1,6 @@
 """Online change detection on latency: "it just got slower", no fixed threshold.
 
-:class:`LogLatencyChange` is a :class:`~detectors.base.ChangeDetector`
+:class:`LogLatencyChange` is a :class:`~llmpulse.detectors.base.ChangeDetector`
 (``update(latency_ms)`` then read ``drift_detected``) that wraps river's
 ``PageHinkley`` (default) or ``ADWIN`` on *standardised log-latency*:
 
@@ -12,7 +12,7 @@
 3. fed to the river detector; after a detection the detector and the
    baseline are rebuilt from the next ``warmup`` values (the new regime).
 
-:class:`LatencyChange` is the window :class:`~detectors.base.Detector`: it
+:class:`LatencyChange` is the window :class:`~llmpulse.detectors.base.Detector`: it
 feeds each window's latencies in event-time order and emits
 ``latency.change`` = 1.0 when a change was detected in the window (nothing
 otherwise), with the detector name, the position and event time of the
@@ -64,7 +64,7 @@ from typing import Any
 import numpy as np
 from river import drift
 
-from detectors.base import Batch, ChangeDetector, Detector, Signal
+from llmpulse.detectors.base import Batch, ChangeDetector, Detector, Signal
 
 __all__ = ["LatencyChange", "LogLatencyChange"]
 
@@ -228,7 +228,7 @@ class LatencyChange(Detector):
     State (the online detector) carries over between windows and survives
     :meth:`snapshot` / :meth:`restore`.
 
-    >>> from detectors.testing import synthetic_batch
+    >>> from llmpulse.detectors.testing import synthetic_batch
     >>> d = LatencyChange()
     >>> [len(d.update(synthetic_batch(1000, seed=s, start=1e9 + 10 * s))) for s in range(3)]
     [0, 0, 0]

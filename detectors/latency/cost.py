@@ -5,7 +5,7 @@ all events of the window, so a pricing gap (events without cost) shows as
 ``n < n_events``. Every status counts: failed calls are usually billed too.
 No signal when no event in the window carries a cost.
 
->>> from detectors.testing import synthetic_batch
+>>> from llmpulse.detectors.testing import synthetic_batch
 >>> [(s.signal, round(s.value, 6), s.n) for s in CostTotal().update(synthetic_batch(1000, seed=4))]
 [('cost.usd', 1.012853, 1000), ('cost.usd_per_request', 0.001013, 1000)]
 """
@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from detectors.base import Batch, Detector, Mergeable, Signal
+from llmpulse.detectors.base import Batch, Detector, Mergeable, Signal
 
 __all__ = ["CostTotal"]
 
@@ -24,7 +24,7 @@ __all__ = ["CostTotal"]
 class CostTotal(Detector, Mergeable):
     """``cost.usd`` and ``cost.usd_per_request`` per window, mergeable sums.
 
-    >>> from detectors.testing import synthetic_batch
+    >>> from llmpulse.detectors.testing import synthetic_batch
     >>> b = synthetic_batch(200, seed=1)
     >>> a, c = CostTotal(), CostTotal()
     >>> _ = a.update(b.select(np.arange(200) < 50)); _ = c.update(b.select(np.arange(200) >= 50))

@@ -14,7 +14,7 @@ error *rate*.
 
 State is four counters, so partial windows merge exactly (:meth:`ErrorRates.merge`).
 
->>> from detectors.testing import synthetic_batch
+>>> from llmpulse.detectors.testing import synthetic_batch
 >>> for s in ErrorRates().update(synthetic_batch(1000, seed=2)):
 ...     print(s.signal, s.value, s.n, round(s.detail["ci_low"], 4), round(s.detail["ci_high"], 4))
 errors.rate 0.012 1000 0.0069 0.0209
@@ -27,8 +27,8 @@ import math
 
 import numpy as np
 
-from detectors.base import Batch, Detector, Mergeable, Signal
-from detectors.bias.stats import wilson_interval
+from llmpulse.detectors.base import Batch, Detector, Mergeable, Signal
+from llmpulse.detectors.bias.stats import wilson_interval
 
 __all__ = ["ErrorRates"]
 
@@ -36,7 +36,7 @@ __all__ = ["ErrorRates"]
 class ErrorRates(Detector, Mergeable):
     """``errors.rate`` and ``errors.timeout_rate`` per window, mergeable counts.
 
-    >>> from detectors.testing import synthetic_batch
+    >>> from llmpulse.detectors.testing import synthetic_batch
     >>> b = synthetic_batch(400, seed=5)
     >>> a, c = ErrorRates(), ErrorRates()
     >>> _ = a.update(b.select(np.arange(400) < 150)); _ = c.update(b.select(np.arange(400) >= 150))

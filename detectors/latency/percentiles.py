@@ -9,7 +9,7 @@ Two ways to compute them, same signals:
 
 * exact (default): ``numpy.quantile`` (linear interpolation) on the window's
   values. Memory is the window itself, which the streaming layer holds anyway.
-* ``sketch=True``: a :class:`~detectors.sketch.DDSketch` per field, within
+* ``sketch=True``: a :class:`~llmpulse.detectors.sketch.DDSketch` per field, within
   ``relative_accuracy`` (default 0.5 %) of the exact value, a few kB whatever
   the traffic. Choose it when partial windows from several partitions or
   workers are combined with :meth:`LatencyPercentiles.merge`.
@@ -24,7 +24,7 @@ expected above it (``n * (1 - q) >= min_tail``; with the default 1, p99 needs
 100 events, p95 20, p50 2); the signals that are emitted list the suppressed
 ones in ``detail["suppressed"]``.
 
->>> from detectors.testing import synthetic_batch
+>>> from llmpulse.detectors.testing import synthetic_batch
 >>> sigs = LatencyPercentiles().update(synthetic_batch(500, seed=1))
 >>> [(s.signal, round(s.value, 1), s.n) for s in sigs]  # doctest: +NORMALIZE_WHITESPACE
 [('latency.p50_ms', 586.4, 500), ('latency.p95_ms', 1397.8, 500), ('latency.p99_ms', 1798.9, 500),
@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from detectors.base import Batch, Detector, Mergeable, Signal
-from detectors.sketch import DDSketch
+from llmpulse.detectors.base import Batch, Detector, Mergeable, Signal
+from llmpulse.detectors.sketch import DDSketch
 
 __all__ = ["LatencyPercentiles", "quantile_name"]
 
@@ -66,7 +66,7 @@ class LatencyPercentiles(Detector, Mergeable):
     sketches); :meth:`merge` folds in another detector's window and
     :meth:`emit` gives the signals of the combined window.
 
-    >>> from detectors.testing import synthetic_batch
+    >>> from llmpulse.detectors.testing import synthetic_batch
     >>> whole = synthetic_batch(2000, seed=3)
     >>> a, b = LatencyPercentiles(sketch=True), LatencyPercentiles(sketch=True)
     >>> _ = a.update(whole.select(np.arange(2000) % 2 == 0))

@@ -13,7 +13,7 @@ When ``ttft_ms`` is present, ``detail["decode_per_s"]`` is the same ratio
 over decode time (latency minus time to first token) of the events that
 have it, which isolates generation speed from queueing and prefill.
 
->>> from detectors.testing import synthetic_batch
+>>> from llmpulse.detectors.testing import synthetic_batch
 >>> s = TokenThroughput().update(synthetic_batch(1000, seed=4))[0]
 >>> s.signal, round(s.value, 1), s.n, round(s.detail["decode_per_s"], 1)
 ('tokens.output_per_s', 295.3, 974, 369.2)
@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from detectors.base import Batch, Detector, Mergeable, Signal
+from llmpulse.detectors.base import Batch, Detector, Mergeable, Signal
 
 __all__ = ["TokenThroughput"]
 
@@ -33,7 +33,7 @@ __all__ = ["TokenThroughput"]
 class TokenThroughput(Detector, Mergeable):
     """``tokens.output_per_s``: sum of output tokens / sum of latency seconds (ok events).
 
-    >>> from detectors.testing import synthetic_batch
+    >>> from llmpulse.detectors.testing import synthetic_batch
     >>> b = synthetic_batch(300, seed=8)
     >>> a, c = TokenThroughput(), TokenThroughput()
     >>> _ = a.update(b.select(np.arange(300) < 100)); _ = c.update(b.select(np.arange(300) >= 100))

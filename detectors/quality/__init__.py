@@ -6,9 +6,9 @@ joined onto its inference (``feedback.label``, ``feedback.score``,
 ``feedback.hallucination``); the streaming layer feeds them the window's
 inferences that received feedback and recomputes them when late feedback
 arrives. Their state is a handful of counts and sums, so partial windows
-merge exactly (:class:`~detectors.base.Mergeable`).
+merge exactly (:class:`~llmpulse.detectors.base.Mergeable`).
 
->>> from detectors.testing import synthetic_batch
+>>> from llmpulse.detectors.testing import synthetic_batch
 >>> b = synthetic_batch(400, seed=3)
 >>> [(s.signal, round(s.value, 3), s.n) for d in (LabelAccuracy(), FeedbackScore(), UserFlaggedRate())
 ...  for s in d.update(b)]
@@ -17,13 +17,13 @@ merge exactly (:class:`~detectors.base.Mergeable`).
 
 from __future__ import annotations
 
-from detectors.quality.ab import ABComparison
-from detectors.quality.accuracy import LabelAccuracy
-from detectors.quality.feedback_score import FeedbackScore
-from detectors.quality.flags import UserFlaggedRate
-from detectors.quality.judge_agreement import JudgeAgreement
-from detectors.quality.reference import ReferenceOverlap
-from detectors.quality.semantic import SemanticSimilarity
+from llmpulse.detectors.quality.ab import ABComparison
+from llmpulse.detectors.quality.accuracy import LabelAccuracy
+from llmpulse.detectors.quality.feedback_score import FeedbackScore
+from llmpulse.detectors.quality.flags import UserFlaggedRate
+from llmpulse.detectors.quality.judge_agreement import JudgeAgreement
+from llmpulse.detectors.quality.reference import ReferenceOverlap
+from llmpulse.detectors.quality.semantic import SemanticSimilarity
 
 __all__ = [
     "ABComparison",

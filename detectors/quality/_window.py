@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from detectors.base import Batch, Detector, Mergeable, Signal
+from llmpulse.detectors.base import Batch, Detector, Mergeable, Signal
 
 __all__ = ["CountingDetector"]
 

@@ -35,7 +35,7 @@ model versions is not compared here.
 The bootstrap draws from a generator seeded by ``seed``, the experiment and
 the window end, so a recomputed window gives the same result.
 
->>> from detectors.testing import synthetic_batch
+>>> from llmpulse.detectors.testing import synthetic_batch
 >>> b = synthetic_batch(2000, seed=4, experiment="tone", effect=-0.4)
 >>> out = {s.signal: s for s in ABComparison().update(b)}
 >>> s = out["ab.feedback_score"]
@@ -55,9 +55,9 @@ from typing import Any
 
 import numpy as np
 
-from detectors.base import Batch, Detector, Signal
-from detectors.bias.stats import adjust_pvalues
-from detectors.quality.ab_stats import (
+from llmpulse.detectors.base import Batch, Detector, Signal
+from llmpulse.detectors.bias.stats import adjust_pvalues
+from llmpulse.detectors.quality.ab_stats import (
     ArmComparison,
     bootstrap_quantile,
     mean_scores,

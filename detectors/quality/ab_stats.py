@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from detectors.bias.stats import newcombe_interval, welch_test
+from llmpulse.detectors.bias.stats import newcombe_interval, welch_test
 
 __all__ = [
     "ArmComparison",

@@ -12,7 +12,7 @@ still emitted (a rule can require ``n``), with ``detail["small_sample"]``
 true below ``min_n`` (default 20), because 4 out of 5 is not yet 80 %.
 No signal when no row is labelled. Counts merge exactly across partitions.
 
->>> from detectors.testing import synthetic_batch
+>>> from llmpulse.detectors.testing import synthetic_batch
 >>> s = LabelAccuracy().update(synthetic_batch(1000, seed=1))[0]
 >>> s.signal, s.value, s.n, round(s.detail["ci_low"], 3), s.detail["small_sample"]
 ('quality.accuracy', 0.926, 500, 0.9, False)
@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from detectors.base import Batch, Signal
-from detectors.bias.stats import wilson_interval
-from detectors.quality._window import CountingDetector
+from llmpulse.detectors.base import Batch, Signal
+from llmpulse.detectors.bias.stats import wilson_interval
+from llmpulse.detectors.quality._window import CountingDetector
 
 __all__ = ["LabelAccuracy"]
 
@@ -37,7 +37,7 @@ class LabelAccuracy(CountingDetector):
     """``quality.accuracy`` = mean(prediction.label == feedback.label) over labelled rows.
 
     >>> import numpy as np
-    >>> from detectors.testing import synthetic_batch
+    >>> from llmpulse.detectors.testing import synthetic_batch
     >>> b = synthetic_batch(600, seed=2)
     >>> a, c = LabelAccuracy(), LabelAccuracy()
     >>> _ = a.update(b.select(np.arange(600) < 200)); _ = c.update(b.select(np.arange(600) >= 200))

@@ -9,7 +9,7 @@ Guard as for accuracy: emitted from one score on, ``detail["small_sample"]``
 below ``min_n`` (default 20); the interval needs two scores. State is count,
 sum, sum of squares and negatives, so partial windows merge exactly.
 
->>> from detectors.testing import synthetic_batch
+>>> from llmpulse.detectors.testing import synthetic_batch
 >>> s = FeedbackScore().update(synthetic_batch(1000, seed=1))[0]
 >>> s.signal, round(s.value, 4), s.n, round(s.detail["negative_share"], 3)
 ('quality.feedback_score', 0.3991, 500, 0.17)
@@ -22,8 +22,8 @@ import math
 import numpy as np
 from scipy import stats
 
-from detectors.base import Batch, Signal
-from detectors.quality._window import CountingDetector
+from llmpulse.detectors.base import Batch, Signal
+from llmpulse.detectors.quality._window import CountingDetector
 
 __all__ = ["FeedbackScore"]
 
@@ -32,7 +32,7 @@ class FeedbackScore(CountingDetector):
     """``quality.feedback_score`` = mean of ``feedback.score`` over scored rows.
 
     >>> import numpy as np
-    >>> from detectors.testing import synthetic_batch
+    >>> from llmpulse.detectors.testing import synthetic_batch
     >>> b = synthetic_batch(600, seed=2)
     >>> a, c = FeedbackScore(), FeedbackScore()
     >>> _ = a.update(b.select(np.arange(600) < 250)); _ = c.update(b.select(np.arange(600) >= 250))

@@ -2,12 +2,12 @@
 
 Over the rows whose joined feedback carries ``feedback.hallucination``
 (true/false). The same measure as
-:class:`~detectors.hallucination.HallucinationSignals` emits, as a count
+:class:`~llmpulse.detectors.hallucination.HallucinationSignals` emits, as a count
 that merges across partitions, for the feedback path, which recomputes a
 window when late feedback arrives and reads no text. ``detail`` has the
 count flagged, a Wilson interval and up to ``top_k`` flagged event ids.
 
->>> from detectors.testing import synthetic_batch
+>>> from llmpulse.detectors.testing import synthetic_batch
 >>> s = UserFlaggedRate().update(synthetic_batch(400, seed=2))[0]
 >>> s.signal, round(s.value, 3), s.n, s.detail["flagged"]
 ('hallucination.flagged_rate', 0.06, 200, 12)
@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from detectors.base import Batch, Signal
-from detectors.bias.stats import wilson_interval
-from detectors.quality._window import CountingDetector
+from llmpulse.detectors.base import Batch, Signal
+from llmpulse.detectors.bias.stats import wilson_interval
+from llmpulse.detectors.quality._window import CountingDetector
 
 __all__ = ["UserFlaggedRate"]
 
@@ -31,7 +31,7 @@ class UserFlaggedRate(CountingDetector):
     """``hallucination.flagged_rate`` from ``feedback.hallucination``, mergeable.
 
     >>> import numpy as np
-    >>> from detectors.testing import synthetic_batch
+    >>> from llmpulse.detectors.testing import synthetic_batch
     >>> b = synthetic_batch(600, seed=5)
     >>> a, c = UserFlaggedRate(), UserFlaggedRate()
     >>> _ = a.update(b.select(np.arange(600) < 300)); _ = c.update(b.select(np.arange(600) >= 300))

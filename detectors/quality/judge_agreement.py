@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from detectors.base import Batch, Detector, Signal
+from llmpulse.detectors.base import Batch, Detector, Signal
 
 __all__ = ["JudgeAgreement"]
 

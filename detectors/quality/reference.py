@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from detectors.base import Batch, Detector, Signal
+from llmpulse.detectors.base import Batch, Detector, Signal
 
 __all__ = ["ReferenceOverlap", "reference_scores"]
 

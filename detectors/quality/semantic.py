@@ -1,7 +1,7 @@
 """``quality.semantic_similarity``: answers against references, by meaning.
 
 Cosine similarity of the all-MiniLM-L6-v2 sentence embeddings
-(:class:`~detectors.embedding.minilm.MiniLMEmbedder`, ONNX Runtime; the
+(:class:`~llmpulse.detectors.embedding.minilm.MiniLMEmbedder`, ONNX Runtime; the
 embeddings are L2-normalised, so the cosine is a dot product) of each
 response and its reference, for the responses whose feedback brought a
 ``reference``. Word-overlap metrics (ROUGE-L, BLEU) score a correct
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from detectors.base import Batch, Detector, Signal
+from llmpulse.detectors.base import Batch, Detector, Signal
 
 __all__ = ["SemanticSimilarity"]
 
@@ -54,7 +54,7 @@ class SemanticSimilarity(Detector):
     @property
     def embedder(self) -> Any:
         if self._embedder is None:
-            from detectors.embedding.minilm import MiniLMEmbedder
+            from llmpulse.detectors.embedding.minilm import MiniLMEmbedder
 
             self._embedder = MiniLMEmbedder.default()
         return self._embedder

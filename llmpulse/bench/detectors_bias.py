@@ -2,7 +2,7 @@
 
 Figures:
 
-* throughput (events/s, one core) of :class:`~detectors.bias.SegmentBias`
+* throughput (events/s, one core) of :class:`~llmpulse.detectors.bias.SegmentBias`
   on windows of 10,000 events with three segment attributes, and as a ratio
   to a baseline in the same process: fairlearn's ``MetricFrame`` computing
   only the selection rate by group for the same attributes;
@@ -33,8 +33,8 @@ from fairlearn.metrics import (
 )
 from sklearn.metrics import accuracy_score
 
-from detectors.base import Batch
-from detectors.bias import SegmentBias
+from llmpulse.detectors.base import Batch
+from llmpulse.detectors.bias import SegmentBias
 
 __all__ = ["format_table", "run"]
 

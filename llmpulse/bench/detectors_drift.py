@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from detectors.base import Batch, Detector
-from detectors.drift import (
+from llmpulse.detectors.base import Batch, Detector
+from llmpulse.detectors.drift import (
     ChiSquare,
     JensenShannonDistance,
     KolmogorovSmirnov,
@@ -44,8 +44,8 @@ from detectors.drift import (
     StreamingChange,
     WassersteinDistance,
 )
-from detectors.drift.base import default_features, feature_values
-from detectors.testing import synthetic_batch
+from llmpulse.detectors.drift.base import default_features, feature_values
+from llmpulse.detectors.testing import synthetic_batch
 
 __all__ = ["format_table", "run"]
 

@@ -60,14 +60,14 @@ class _Memo:
 
 
 def _distinct_prompts(n: int, seed: int) -> list[str]:
-    from detectors.embedding.topics import topic_prompts
+    from llmpulse.detectors.embedding.topics import topic_prompts
 
     base = topic_prompts(n, {"billing": 0.5, "crypto": 0.3, "addons": 0.2}, seed=seed)
     return [f"{p} Ticket {1000 + i}." for i, p in enumerate(base)]
 
 
 def _bench_embedder(quick: bool) -> dict[str, Any]:
-    from detectors.embedding import MiniLMEmbedder
+    from llmpulse.detectors.embedding import MiniLMEmbedder
 
     t0 = time.perf_counter()
     emb = MiniLMEmbedder(batch_size=max(REQUEST_SIZES))
@@ -109,13 +109,13 @@ def _bench_embedder(quick: bool) -> dict[str, Any]:
 
 
 def _bench_detector(quick: bool) -> dict[str, Any]:
-    from detectors.base import Batch
-    from detectors.drift.embedding import (
+    from llmpulse.detectors.base import Batch
+    from llmpulse.detectors.drift.embedding import (
         EmbeddingDrift,
         domain_classifier_auc,
         mmd_permutation_test,
     )
-    from detectors.embedding import MiniLMEmbedder
+    from llmpulse.detectors.embedding import MiniLMEmbedder
 
     emb = MiniLMEmbedder.default()
     windows_n = 2 if quick else 4
@@ -168,7 +168,7 @@ def _first_flag(rows: list[tuple[int, bool, float]], after_window: int, by_auc: 
 
 
 def _stream_rows(det: Any, prompts: list[str]) -> list[tuple[int, bool, float]]:
-    from detectors.embedding.topics import prompt_windows
+    from llmpulse.detectors.embedding.topics import prompt_windows
 
     rows = []
     for i, w in enumerate(prompt_windows(prompts, WINDOW)):
@@ -185,9 +185,9 @@ def _stream_rows(det: Any, prompts: list[str]) -> list[tuple[int, bool, float]]:
 
 
 def _bench_quality(quick: bool) -> dict[str, Any]:
-    from detectors.drift.embedding import EmbeddingDrift
-    from detectors.embedding import MiniLMEmbedder
-    from detectors.embedding.topics import topic_stream
+    from llmpulse.detectors.drift.embedding import EmbeddingDrift
+    from llmpulse.detectors.embedding import MiniLMEmbedder
+    from llmpulse.detectors.embedding.topics import topic_stream
 
     emb = _Memo(MiniLMEmbedder.default())
     seeds = range(2 if quick else 5)

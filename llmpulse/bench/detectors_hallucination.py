@@ -6,7 +6,7 @@ For each labelled set (a ``.jsonl[.gz]`` file of ``{"context": [...],
 ``$LLMPULSE_FAITHFULNESS_DATA``) it reports, separately per set and per task:
 
 * AUROC of ``1 - score`` (the shipped model) on the held-out documents
-  (:func:`~detectors.hallucination.datasets.held_out`, never trained or tuned
+  (:func:`~llmpulse.detectors.hallucination.datasets.held_out`, never trained or tuned
   on) and on the whole set, next to two trivial baselines measured on the same
   items: answer length in words and lexical novelty (the share of answer
   words absent from the context);
@@ -74,7 +74,7 @@ def _flag_stats(y: np.ndarray, flagged: np.ndarray) -> dict[str, float]:
 
 def _block(y: np.ndarray, score: np.ndarray, length: np.ndarray, novelty: np.ndarray,
            flagged: np.ndarray) -> dict[str, Any]:
-    from detectors.hallucination.evaluation import auroc
+    from llmpulse.detectors.hallucination.evaluation import auroc
 
     return {
         "n": int(len(y)),
@@ -93,9 +93,9 @@ def _speed(pairs: list[tuple[str, list[str]]]) -> float:
     is used rather than wall time so that other load on the machine does not
     count against the figure.
     """
-    from detectors.hallucination import groundedness
-    from detectors.hallucination import text as tx
-    from detectors.hallucination.groundedness import GroundednessScorer
+    from llmpulse.detectors.hallucination import groundedness
+    from llmpulse.detectors.hallucination import text as tx
+    from llmpulse.detectors.hallucination.groundedness import GroundednessScorer
 
     scorer = GroundednessScorer()
     for f in (groundedness._context, groundedness._context_sentences, groundedness._clauses, tx._sentences, tx._content,
@@ -113,11 +113,16 @@ def _regression_set() -> Path:
 
 def run(quick: bool = False, data: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Figures as a JSON-able dict."""
-    from detectors.hallucination.datasets import document_key, held_out, load_file, load_sets
-    from detectors.hallucination.evaluation import auroc
-    from detectors.hallucination.groundedness import FEATURES, GroundednessScorer
-    from detectors.hallucination.model import GroundingModel, LogisticModel
-    from detectors.hallucination.train import OVERLAP_FEATURES, set_weights
+    from llmpulse.detectors.hallucination.datasets import (
+        document_key,
+        held_out,
+        load_file,
+        load_sets,
+    )
+    from llmpulse.detectors.hallucination.evaluation import auroc
+    from llmpulse.detectors.hallucination.groundedness import FEATURES, GroundednessScorer
+    from llmpulse.detectors.hallucination.model import GroundingModel, LogisticModel
+    from llmpulse.detectors.hallucination.train import OVERLAP_FEATURES, set_weights
 
     path = Path(data) if data is not None else default_data_path()
     sets = load_sets(path)
@@ -229,7 +234,7 @@ def _long_answer(answer: str, context: str, words: int = 100) -> str:
     >>> _long_answer("A b.", "One two three. Four five. Six seven eight nine.", words=6)
     'A b. One two three. Six seven eight nine.'
     """
-    from detectors.hallucination import text as tx
+    from llmpulse.detectors.hallucination import text as tx
 
     out = [answer]
     n = len(answer.split())

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from detectors.base import Batch
-from detectors.latency import (
+from llmpulse.detectors.base import Batch
+from llmpulse.detectors.latency import (
     CostTotal,
     ErrorRates,
     LatencyChange,
@@ -103,7 +103,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         ),
     }
     qs = np.array([0.5, 0.9, 0.95, 0.99, 0.999])
-    from detectors.sketch import DDSketch
+    from llmpulse.detectors.sketch import DDSketch
 
     sketch_err = {}
     for name, x in shapes.items():

@@ -1,9 +1,9 @@
 """``python -m llmpulse.bench.engine``: CPU of the signal engine alone, per event.
 
 Feeds simulator inference events (with a share of feedback) to a
-:class:`~streams.engine.SignalEngine` the way the engine process gets them:
-newline-joined JSON chunks through :func:`~streams.engine_process.add_chunks`,
-one chunk per source partition in turn, a :meth:`~streams.engine.SignalEngine.poll`
+:class:`~llmpulse.streams.engine.SignalEngine` the way the engine process gets them:
+newline-joined JSON chunks through :func:`~llmpulse.streams.engine_process.add_chunks`,
+one chunk per source partition in turn, a :meth:`~llmpulse.streams.engine.SignalEngine.poll`
 after each chunk with the clock following event time (``--rate`` events/s).
 Windows are shortened (5 s latency, 10 s for the other families) so they
 close within a run. Reports:
@@ -80,8 +80,8 @@ def make_lines(
 
 
 def _engine(clock: Any) -> Any:
-    from streams.engine import SignalEngine, default_detectors
-    from streams.windows import WindowSpec
+    from llmpulse.streams.engine import SignalEngine, default_detectors
+    from llmpulse.streams.windows import WindowSpec
 
     windows = {fam: WindowSpec(length, late) for fam, (length, late) in WINDOWS_S.items()}
     return SignalEngine(default_detectors(embedding=False), windows, clock=clock)
@@ -92,7 +92,7 @@ def run(
     rate: float = 5_000.0, feedback_share: float = 0.05, partitions: int = 4,
     gc_tuning: bool = True, quick: bool = False,
 ) -> dict[str, Any]:
-    import streams.engine_process as ep
+    import llmpulse.streams.engine_process as ep
 
     if quick:
         events, snapshot_events = min(events, 100_000), min(snapshot_events, 50_000)

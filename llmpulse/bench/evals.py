@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from detectors.base import Batch
-from detectors.quality.ab import METRICS, ABComparison
+from llmpulse.detectors.base import Batch
+from llmpulse.detectors.quality.ab import METRICS, ABComparison
 
 __all__ = ["format_table", "run", "simulate_window"]
 
@@ -122,7 +122,7 @@ def _rates(n: int, seeds: range, worse: bool) -> dict[str, Any]:
 
 
 def _reference_throughput(pairs: int) -> dict[str, Any]:
-    from detectors.quality.reference import ReferenceOverlap
+    from llmpulse.detectors.quality.reference import ReferenceOverlap
     from llmpulse.events import TOPIC_INFERENCE
     from llmpulse.simulate import SupportAppSimulator
 

@@ -5,10 +5,10 @@ One process, an embedded store (chDB) in a temporary directory, no broker:
 1. the reference version ``1`` of ``intent-router`` is trained, registered and
    promoted (``bootstrap_s``);
 2. it serves drifted tickets (``prompt_drift``, 75 % of requests on the new
-   topics) through a :class:`~retrain.serving.ModelServer` on the CPU (or
+   topics) through a :class:`~llmpulse.retrain.serving.ModelServer` on the CPU (or
    CUDA) provider; predictions and true labels go to the store;
 3. a retrain request for the window is handled by
-   :class:`~retrain.service.RetrainService`: dataset from the store, training
+   :class:`~llmpulse.retrain.service.RetrainService`: dataset from the store, training
    (MiniLM head), gates (real latency measurement), canary at 30 % watched on
    live traffic for at least 30 s (10 s with ``--quick``), promotion;
 4. the versions before and after are scored on held-out drifted tickets
@@ -43,12 +43,12 @@ GOAL_S = 300.0
 
 async def _run(tmp: Path, quick: bool) -> dict[str, Any]:
     from llmpulse.closed_loop import StoreMonitor, run_closed_loop
+    from llmpulse.retrain.reference import train_reference
+    from llmpulse.retrain.registry import ModelRegistry
+    from llmpulse.retrain.service import RetrainService
+    from llmpulse.retrain.serving import LoadedModel, ModelServer
+    from llmpulse.retrain.settings import CanaryPolicy, RetrainSettings
     from llmpulse.store import Store
-    from retrain.reference import train_reference
-    from retrain.registry import ModelRegistry
-    from retrain.service import RetrainService
-    from retrain.serving import LoadedModel, ModelServer
-    from retrain.settings import CanaryPolicy, RetrainSettings
 
     store = await asyncio.to_thread(Store.open, f"chdb://{tmp}/store")
     try:

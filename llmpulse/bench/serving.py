@@ -37,10 +37,10 @@ CLIENTS = 8
 
 
 def _models(tmp: Path) -> tuple[Path, Path, list[str]]:
-    from detectors.embedding import export_minilm
+    from llmpulse.detectors.embedding import export_minilm
+    from llmpulse.retrain.model import HeadClassifier, build_classifier_graph
+    from llmpulse.retrain.trainer import HeadTrainer
     from llmpulse.router_data import router_dataset
-    from retrain.model import HeadClassifier, build_classifier_graph
-    from retrain.trainer import HeadTrainer
 
     data = router_dataset(seed=7, duration_s=40, rate=8)
     train, test = data.split(0.3, seed=7)
@@ -77,7 +77,7 @@ async def _bench_swap(a: Path, b: Path, texts: list[str], swaps: int) -> dict[st
     import aiohttp
     from aiohttp import web
 
-    from retrain.serving import LoadedModel, ModelServer
+    from llmpulse.retrain.serving import LoadedModel, ModelServer
 
     server = ModelServer(LoadedModel(a, "v0"), max_batch=32, max_wait_ms=5.0)
     runner = web.AppRunner(server.app())
@@ -142,7 +142,7 @@ async def _bench_swap(a: Path, b: Path, texts: list[str], swaps: int) -> dict[st
 def run(quick: bool = False) -> dict[str, Any]:
     """Measure serving; returns JSON-serialisable figures."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from retrain.serving import LoadedModel
+    from llmpulse.retrain.serving import LoadedModel
 
     with tempfile.TemporaryDirectory(prefix="llmpulse-bench-serving-") as tmp:
         a, b, texts = _models(Path(tmp))

@@ -1,7 +1,7 @@
 """On-call notification of alert events: webhook, Slack, PagerDuty, e-mail.
 
 ``Notifier(channels).send(event)`` fans an
-:class:`~streams.alerting.AlertEvent` out to the configured channels, sends
+:class:`~llmpulse.streams.alerting.AlertEvent` out to the configured channels, sends
 each alert state once per channel, retries transient failures with
 exponential backoff and records the rest in ``stats()``; it never raises.
 Channels are configured in the ``notify`` section of the rules file
@@ -12,7 +12,7 @@ as ``***``.
 from __future__ import annotations
 
 from llmpulse.secret import Secret, scrub
-from streams.notify.channels import (
+from llmpulse.streams.notify.channels import (
     CHANNEL_TYPES,
     PAGERDUTY_EVENTS_URL,
     SEVERITIES,
@@ -28,8 +28,8 @@ from streams.notify.channels import (
     channel_from_config,
     sign,
 )
-from streams.notify.format import alert_view, text_message
-from streams.notify.notifier import ChannelStats, Notifier, Retry
+from llmpulse.streams.notify.format import alert_view, text_message
+from llmpulse.streams.notify.notifier import ChannelStats, Notifier, Retry
 
 __all__ = [
     "CHANNEL_TYPES",

@@ -1,4 +1,4 @@
-"""``python -m streams.notify``: the notifier as its own service.
+"""``python -m llmpulse.streams.notify``: the notifier as its own service.
 
 Consumes ``llmpulse.alerts`` (consumer group ``llmpulse-notify``) and pages
 the channels of the rules file, so stream workers can run with
@@ -19,10 +19,10 @@ import orjson
 from llmpulse.config import ConfigError, load_settings
 from llmpulse.events import TOPIC_ALERTS
 from llmpulse.kafka_security import KafkaSecurity
-from streams.alerting import AlertEvent
-from streams.alerts_agent import load_rules
-from streams.notify import Notifier
-from streams.rules import RulesError
+from llmpulse.streams.alerting import AlertEvent
+from llmpulse.streams.alerts_agent import load_rules
+from llmpulse.streams.notify import Notifier
+from llmpulse.streams.rules import RulesError
 
 log = logging.getLogger("llmpulse.notify")
 

@@ -4,7 +4,7 @@ A channel is its configuration (a frozen dataclass, secrets held as
 :class:`~llmpulse.secret.Secret`) plus one coroutine,
 ``deliver(event, session)``, that sends one alert event once and raises
 :class:`DeliveryError` (or any network error) when it did not arrive.
-Retries, dedup and bookkeeping belong to :class:`~streams.notify.Notifier`.
+Retries, dedup and bookkeeping belong to :class:`~llmpulse.streams.notify.Notifier`.
 
 * ``webhook``: ``POST`` of a JSON body; with a ``secret``, the header
   ``X-Llmpulse-Signature: sha256=<hex HMAC-SHA256 of the exact body>``.
@@ -17,7 +17,7 @@ Retries, dedup and bookkeeping belong to :class:`~streams.notify.Notifier`.
 * ``log``: one log line per event, for demos and dry runs.
 
 Channels come from the ``notify`` section of the rules file (kept there as
-:class:`~streams.rules.ChannelSpec` values: the rule model imports no network
+:class:`~llmpulse.streams.rules.ChannelSpec` values: the rule model imports no network
 code) through :func:`build_channels`, which validates every field with
 :func:`channel_from_config` and names the file and channel on an error:
 
@@ -51,11 +51,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import aiohttp
 
 from llmpulse.secret import Secret
-from streams.notify.format import alert_view, fmt_number, iso_time, text_message
-from streams.rules import SEVERITIES, Rules, RulesError
+from llmpulse.streams.notify.format import alert_view, fmt_number, iso_time, text_message
+from llmpulse.streams.rules import SEVERITIES, Rules, RulesError
 
 if TYPE_CHECKING:
-    from streams.alerting import AlertEvent
+    from llmpulse.streams.alerting import AlertEvent
 
 __all__ = [
     "CHANNEL_TYPES",
@@ -382,7 +382,7 @@ def build_channels(rules: Rules) -> tuple[Channel, ...]:
     >>> build_channels(rules)
     Traceback (most recent call last):
     ...
-    streams.rules.RulesError: r.yaml: notify channel 'pd': field 'routing_key': required for a pagerduty channel
+    llmpulse.streams.rules.RulesError: r.yaml: notify channel 'pd': field 'routing_key': required for a pagerduty channel
     """
     out = []
     for spec in rules.channels:

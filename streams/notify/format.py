@@ -1,6 +1,6 @@
 """What an on-call message says, built once from an alert event for every channel.
 
-:func:`alert_view` flattens an :class:`~streams.alerting.AlertEvent` (its
+:func:`alert_view` flattens an :class:`~llmpulse.streams.alerting.AlertEvent` (its
 ``alerts`` row, the JSON ``detail`` and the rule) into the facts every
 channel shows: what broke, the value against the threshold, since when,
 where (app, model, version, dimension) and the links (dashboard panel,
@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from streams.alerting import AlertEvent
+    from llmpulse.streams.alerting import AlertEvent
 
 __all__ = ["alert_view", "fmt_number", "iso_time", "text_message"]
 

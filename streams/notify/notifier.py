@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from llmpulse.secret import scrub
-from streams.notify.channels import Channel, DeliveryError, build_channels
+from llmpulse.streams.notify.channels import Channel, DeliveryError, build_channels
 
 if TYPE_CHECKING:
-    from streams.alerting import AlertEvent
-    from streams.rules import Rules
+    from llmpulse.streams.alerting import AlertEvent
+    from llmpulse.streams.rules import Rules
 
 __all__ = ["ChannelStats", "Notifier", "Retry"]
 

@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from dashboards.annotations import DeploymentAnnotator, GrafanaTarget
 from llmpulse.broker import free_port
+from llmpulse.dashboards.annotations import DeploymentAnnotator, GrafanaTarget
 from tests.dashboards.test_publisher import TOKEN, FakeGrafana, grafana  # noqa: F401  (fixture)
 
 ROW = {"deployment_id": "d-1", "model": "intent-router", "version": "3", "previous_version": "2",
@@ -58,7 +58,7 @@ def test_grafana_down_or_refusing_is_counted_and_the_token_never_logged(
         grafana: tuple[FakeGrafana, str], caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
     _fake, url = grafana
     secret = "glsa_never_in_a_log_line_42"
-    caplog.set_level(logging.WARNING, logger="dashboards.annotations")
+    caplog.set_level(logging.WARNING, logger="llmpulse.dashboards.annotations")
     refused = _annotator(url, token=secret)
     assert refused.annotate(json.dumps(ROW).encode()) == "failed"  # 401 from the server
     down = _annotator(f"http://127.0.0.1:{free_port()}", token=secret)

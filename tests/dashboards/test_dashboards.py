@@ -19,32 +19,32 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from dashboards.grafana import (
+from llmpulse import report
+from llmpulse.dashboards.grafana import (
     DATASOURCE_UID,
     PROVISIONING_DIR,
     dashboard_json,
     panel_url,
     provisioning_files,
 )
-from dashboards.links import AlertLinks
-from dashboards.macros import MacroError, expand
-from dashboards.panels import (
+from llmpulse.dashboards.links import AlertLinks
+from llmpulse.dashboards.macros import MacroError, expand
+from llmpulse.dashboards.panels import (
     DASHBOARDS,
     DRIFT_RELATIVE_CAP,
     DRIFT_THRESHOLDS,
     Panel,
     panel_for_signal,
 )
-from dashboards.render import render_panel, to_epoch
-from dashboards.runbooks import RUNBOOKS, runbook_for
-from dashboards.web import Context, aiohttp_app, data_span, panel_rows
-from detectors.base import Signal
-from llmpulse import report
+from llmpulse.dashboards.render import render_panel, to_epoch
+from llmpulse.dashboards.runbooks import RUNBOOKS, runbook_for
+from llmpulse.dashboards.web import Context, aiohttp_app, data_span, panel_rows
+from llmpulse.detectors.base import Signal
 from llmpulse.sample_data import fill_rows, fill_store
 from llmpulse.sqlguard import QueryRefused, SqlGuard
 from llmpulse.store import QueryError, Store
-from streams.alerting import AlertManager
-from streams.rules import Rules
+from llmpulse.streams.alerting import AlertManager
+from llmpulse.streams.rules import Rules
 
 ROOT = Path(__file__).resolve().parents[2]
 DURATION = 600.0
@@ -78,8 +78,8 @@ def test_committed_provisioning_equals_generated() -> None:
     files = provisioning_files()
     for rel, text in files.items():
         path = PROVISIONING_DIR / rel
-        assert path.exists(), f"{rel} missing: run python -m dashboards.grafana"
-        assert path.read_text() == text, f"{rel} is stale: run python -m dashboards.grafana"
+        assert path.exists(), f"{rel} missing: run python -m llmpulse.dashboards.grafana"
+        assert path.read_text() == text, f"{rel} is stale: run python -m llmpulse.dashboards.grafana"
     committed = {str(p.relative_to(PROVISIONING_DIR)) for p in PROVISIONING_DIR.rglob("*")
                  if p.is_file()}
     assert committed == set(files), "a provisioning file no longer generated is still there"
@@ -462,7 +462,7 @@ async def test_runbooks_page_and_drift_reports_are_served_safely(
 
 
 def test_drift_panel_plots_each_test_relative_to_its_threshold() -> None:
-    from detectors.drift import (
+    from llmpulse.detectors.drift import (
         ChiSquare,
         JensenShannonDistance,
         KolmogorovSmirnov,
@@ -487,8 +487,8 @@ def _drift_signals(end: float) -> list[dict[str, Any]]:
     """Rows of the real window tests on a shifted categorical and numeric feature."""
     import numpy as np
 
-    from detectors.base import Batch
-    from detectors.drift import (
+    from llmpulse.detectors.base import Batch
+    from llmpulse.detectors.drift import (
         ChiSquare,
         KolmogorovSmirnov,
         PopulationStabilityIndex,
@@ -632,18 +632,18 @@ def test_report_cli_on_a_stopped_store(tmp_path: Path) -> None:
 
 
 def test_package_exports() -> None:
-    import dashboards.grafana
-    import dashboards.links
-    import dashboards.macros
-    import dashboards.panels
-    import dashboards.publish
-    import dashboards.render
-    import dashboards.runbooks
-    import dashboards.web
+    import llmpulse.dashboards.grafana
+    import llmpulse.dashboards.links
+    import llmpulse.dashboards.macros
+    import llmpulse.dashboards.panels
+    import llmpulse.dashboards.publish
+    import llmpulse.dashboards.render
+    import llmpulse.dashboards.runbooks
+    import llmpulse.dashboards.web
 
-    for mod in (dashboards.grafana, dashboards.links, dashboards.macros, dashboards.panels,
-                dashboards.publish, dashboards.render, dashboards.runbooks, dashboards.web,
+    for mod in (llmpulse.dashboards.grafana, llmpulse.dashboards.links, llmpulse.dashboards.macros, llmpulse.dashboards.panels,
+                llmpulse.dashboards.publish, llmpulse.dashboards.render, llmpulse.dashboards.runbooks, llmpulse.dashboards.web,
                 report):
         for name in mod.__all__:
             assert hasattr(mod, name), (mod.__name__, name)
-    assert dashboards.__doc__
+    assert llmpulse.dashboards.__doc__

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from dashboards.grafana import DATASOURCE_UID, FOLDER_UID, datasource_payload
-from dashboards.panels import DASHBOARDS
-from dashboards.publish import Publisher, grafana_client
 from llmpulse import dashboards_cli as publish
+from llmpulse.dashboards.grafana import DATASOURCE_UID, FOLDER_UID, datasource_payload
+from llmpulse.dashboards.panels import DASHBOARDS
+from llmpulse.dashboards.publish import Publisher, grafana_client
 from llmpulse.sample_data import fill_rows
 
 TOKEN = "glsa_test_token"

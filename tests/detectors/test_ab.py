@@ -10,11 +10,16 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportions_ztest
 
-from detectors.base import Batch
-from detectors.quality import ABComparison
-from detectors.quality.ab import control_arm
-from detectors.quality.ab_stats import bootstrap_quantile, mean_scores, mean_values, proportions
-from detectors.testing import synthetic_batch, synthetic_events
+from llmpulse.detectors.base import Batch
+from llmpulse.detectors.quality import ABComparison
+from llmpulse.detectors.quality.ab import control_arm
+from llmpulse.detectors.quality.ab_stats import (
+    bootstrap_quantile,
+    mean_scores,
+    mean_values,
+    proportions,
+)
+from llmpulse.detectors.testing import synthetic_batch, synthetic_events
 
 
 def test_mann_whitney_matches_scipy() -> None:

@@ -1,4 +1,4 @@
-"""Expected results of :class:`detectors.agent.AgentSteps` on seeded traces, checked
+"""Expected results of :class:`llmpulse.detectors.agent.AgentSteps` on seeded traces, checked
 against numpy computed the plain way (one trace at a time)."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detectors.agent import WORK_STEPS, AgentSteps, span_batch
-from detectors.testing import synthetic_batch
+from llmpulse.detectors.agent import WORK_STEPS, AgentSteps, span_batch
+from llmpulse.detectors.testing import synthetic_batch
 
 
 def _traces(n: int, *, seed: int, loop_every: int = 0) -> list[dict]:

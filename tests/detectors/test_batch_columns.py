@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from detectors.base import CATEGORICAL_FIELDS, NUMERIC_FIELDS, Batch, parse_ts
+from llmpulse.detectors.base import CATEGORICAL_FIELDS, NUMERIC_FIELDS, Batch, parse_ts
 from llmpulse.simulate import SupportAppSimulator
 
 _EMPTY: dict[str, Any] = {}

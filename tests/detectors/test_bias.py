@@ -19,16 +19,16 @@ from sklearn.metrics import accuracy_score
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
 
-from detectors.base import Batch
-from detectors.bias import SegmentBias
-from detectors.bias.stats import (
+from llmpulse.detectors.base import Batch
+from llmpulse.detectors.bias import SegmentBias
+from llmpulse.detectors.bias.stats import (
     adjust_pvalues,
     fisher_pvalues,
     newcombe_interval,
     welch_test,
     wilson_interval,
 )
-from detectors.testing import synthetic_batch
+from llmpulse.detectors.testing import synthetic_batch
 
 TOL = 1e-9
 

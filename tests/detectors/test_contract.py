@@ -1,6 +1,6 @@
 """One shared test for every detector: found automatically, same checks for all.
 
-For each concrete :class:`detectors.base.Detector` subclass in the package:
+For each concrete :class:`llmpulse.detectors.base.Detector` subclass in the package:
 constructible with no arguments, runs on a seeded synthetic stream, is
 deterministic, returns well-formed signals (contract names, JSON-able
 detail), and its state round-trips through snapshot/restore. A detector that
@@ -20,16 +20,16 @@ import numpy as np
 import orjson
 import pytest
 
-import detectors
-from detectors.base import Detector, Mergeable, Signal
-from detectors.testing import synthetic_batch
+import llmpulse.detectors
+from llmpulse.detectors.base import Detector, Mergeable, Signal
+from llmpulse.detectors.testing import synthetic_batch
 
 NAME = re.compile(r"^[a-z_]+\.[a-z0-9_]+$")
 TESTS = Path(__file__).parent
 
 
 def _all_detectors() -> list[type[Detector]]:
-    for mod in pkgutil.walk_packages(detectors.__path__, "detectors."):
+    for mod in pkgutil.walk_packages(llmpulse.detectors.__path__, "llmpulse.detectors."):
         if ".data" in mod.name or mod.name.endswith(("__main__", ".train")):
             continue
         importlib.import_module(mod.name)
@@ -40,7 +40,7 @@ def _all_detectors() -> list[type[Detector]]:
         stack.extend(cls.__subclasses__())
         if inspect.isabstract(cls) or cls.__name__.startswith("_"):
             continue
-        if not cls.__module__.startswith("detectors."):
+        if not cls.__module__.startswith("llmpulse.detectors."):
             continue
         found[f"{cls.__module__}.{cls.__qualname__}"] = cls
     return [found[k] for k in sorted(found)]
@@ -64,7 +64,7 @@ def _canon(signals: list[Signal]) -> bytes:
 
 
 def test_detectors_were_found() -> None:
-    families = {c.__module__.split(".")[1] for c in DETECTORS}
+    families = {c.__module__.split(".")[2] for c in DETECTORS}
     assert {"latency", "drift", "bias", "hallucination"} <= families, families
 
 
@@ -115,7 +115,7 @@ def _representative_windows() -> list:
 def _windows_for(cls: type[Detector]) -> list:
     """The representative windows a detector reads: spans for the agent-trace
     detector (it reads traced steps, not events), events for every other one."""
-    from detectors.agent import AgentSteps, span_batch
+    from llmpulse.detectors.agent import AgentSteps, span_batch
     from tests.detectors.test_agent import _traces
 
     if issubclass(cls, AgentSteps):
@@ -162,7 +162,7 @@ def test_the_shipped_detectors_emit_something_on_the_representative_windows() ->
 
 
 def test_a_mergeable_detector_must_emit() -> None:
-    from detectors.base import Mergeable
+    from llmpulse.detectors.base import Mergeable
 
     class NoEmit(Detector, Mergeable):
         signals = ("errors.rate",)

@@ -10,8 +10,8 @@ import pytest
 from scipy import stats
 from scipy.spatial import distance
 
-from detectors.base import Batch
-from detectors.drift import (
+from llmpulse.detectors.base import Batch
+from llmpulse.detectors.drift import (
     ChiSquare,
     JensenShannonDistance,
     KolmogorovSmirnov,
@@ -19,8 +19,8 @@ from detectors.drift import (
     ReferencePolicy,
     WassersteinDistance,
 )
-from detectors.drift.base import binned_percents, feature_values, value_counts
-from detectors.testing import synthetic_batch
+from llmpulse.detectors.drift.base import binned_percents, feature_values, value_counts
+from llmpulse.detectors.testing import synthetic_batch
 
 NUMERIC = [PopulationStabilityIndex, KolmogorovSmirnov, WassersteinDistance, JensenShannonDistance]
 CATEGORICAL = [PopulationStabilityIndex, JensenShannonDistance, ChiSquare]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from river import drift
 
-from detectors.base import Batch
-from detectors.drift import Adwin, Cusum, Kswin, PageHinkley, StreamingChange
+from llmpulse.detectors.base import Batch
+from llmpulse.detectors.drift import Adwin, Cusum, Kswin, PageHinkley, StreamingChange
 
 CALIBRATED = [Cusum, Adwin, PageHinkley]
 

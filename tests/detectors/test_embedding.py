@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from detectors.embedding import EMBEDDING_DIM, ExportError, MiniLMEmbedder, export_minilm
-from detectors.embedding import export as export_mod
-from detectors.embedding import minilm as minilm_mod
+from llmpulse.detectors.embedding import EMBEDDING_DIM, ExportError, MiniLMEmbedder, export_minilm
+from llmpulse.detectors.embedding import export as export_mod
+from llmpulse.detectors.embedding import minilm as minilm_mod
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -186,7 +186,7 @@ def test_default_is_one_shared_instance() -> None:
 
 def test_importing_detectors_does_not_import_torch_or_onnxruntime() -> None:
     code = (
-        "import sys, detectors, detectors.embedding, detectors.drift.embedding;"
+        "import sys, detectors, llmpulse.detectors.embedding, llmpulse.detectors.drift.embedding;"
         "print('torch' in sys.modules, 'onnxruntime' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -12,19 +12,19 @@ import pytest
 from scipy import stats
 from scipy.spatial.distance import cdist, pdist
 
-from detectors.base import Batch
-from detectors.drift import embedding as emb_drift
-from detectors.drift.base import ReferencePolicy
-from detectors.drift.embedding import (
+from llmpulse.detectors.base import Batch
+from llmpulse.detectors.drift import embedding as emb_drift
+from llmpulse.detectors.drift.base import ReferencePolicy
+from llmpulse.detectors.drift.embedding import (
     EmbeddingDrift,
     domain_classifier_auc,
     median_bandwidth,
     mmd2_unbiased,
     mmd_permutation_test,
 )
-from detectors.embedding import MiniLMEmbedder
-from detectors.embedding.topics import prompt_windows, topic_stream
-from detectors.testing import synthetic_batch
+from llmpulse.detectors.embedding import MiniLMEmbedder
+from llmpulse.detectors.embedding.topics import prompt_windows, topic_stream
+from llmpulse.detectors.testing import synthetic_batch
 
 BILLING = {"billing": 1.0}
 

@@ -17,8 +17,8 @@ import pytest
 from evidently import DataDefinition, Dataset, Report
 from evidently.metrics import ValueDrift
 
-from detectors.base import Batch
-from detectors.drift import (
+from llmpulse.detectors.base import Batch
+from llmpulse.detectors.drift import (
     EvidentlyDriftReport,
     JensenShannonDistance,
     KolmogorovSmirnov,
@@ -139,7 +139,7 @@ def test_a_failing_report_is_logged_and_the_signal_still_goes_out(tmp_path, capl
 
 
 def test_categorical_report_uses_chi_square(tmp_path):
-    from detectors.drift import ChiSquare
+    from llmpulse.detectors.drift import ChiSquare
 
     rng = np.random.default_rng(1)
     d = ChiSquare(["segment.language"], reporter=EvidentlyDriftReport(tmp_path))

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from detectors.base import Batch, Signal
-from detectors.hallucination import (
+from llmpulse.detectors.base import Batch, Signal
+from llmpulse.detectors.hallucination import (
     GroundednessScorer,
     HallucinationSignals,
     auroc,
@@ -22,17 +22,22 @@ from detectors.hallucination import (
     train,
     window_logprob_stats,
 )
-from detectors.hallucination import text as tx
-from detectors.hallucination.datasets import (
+from llmpulse.detectors.hallucination import text as tx
+from llmpulse.detectors.hallucination.datasets import (
     DatasetError,
     document_key,
     held_out,
     load_file,
     load_sets,
 )
-from detectors.hallucination.evaluation import evaluate
-from detectors.hallucination.model import MODEL_FILE, GroundingModel, LogisticModel, default_model
-from detectors.testing import synthetic_batch, synthetic_events
+from llmpulse.detectors.hallucination.evaluation import evaluate
+from llmpulse.detectors.hallucination.model import (
+    MODEL_FILE,
+    GroundingModel,
+    LogisticModel,
+    default_model,
+)
+from llmpulse.detectors.testing import synthetic_batch, synthetic_events
 
 CTX = [
     "Refunds are issued within 14 days of receiving the return. Gift cards are not refundable. "
@@ -361,7 +366,7 @@ def test_retraining_reproduces_shipped_model_and_it_beats_novelty_on_held_out_do
         np.testing.assert_allclose(a.mean, b.mean, rtol=1e-9, atol=1e-12)
         assert math.isclose(a.bias, b.bias, rel_tol=1e-9)
     assert again.specifics_weight == shipped.specifics_weight
-    text = resources.files("detectors.hallucination").joinpath("data", MODEL_FILE).read_text()
+    text = resources.files("llmpulse.detectors.hallucination").joinpath("data", MODEL_FILE).read_text()
     assert json.loads(text)["meta"]["seed"] == train.SEED
     assert len(text) < 10_000
 
@@ -558,7 +563,7 @@ def test_excess_baseline_survives_snapshot_and_restore() -> None:
 
 
 def test_default_rule_fires_on_excess_over_baseline_not_on_a_high_healthy_share() -> None:
-    from streams.rules import Rules, Verdict
+    from llmpulse.streams.rules import Rules, Verdict
 
     rule = Rules.default(env={})["ungrounded-answers"]
     det = HallucinationSignals(baseline_min_windows=3)
@@ -570,7 +575,7 @@ def test_default_rule_fires_on_excess_over_baseline_not_on_a_high_healthy_share(
 
 
 def test_default_backstop_rule_fires_on_a_majority_without_baseline() -> None:
-    from streams.rules import Rules, Verdict
+    from llmpulse.streams.rules import Rules, Verdict
 
     rule = Rules.default(env={})["ungrounded-answers-majority"]
     first = {s.signal: s for s in HallucinationSignals().update(_window(0, 120))}

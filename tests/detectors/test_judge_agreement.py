@@ -7,8 +7,8 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from detectors.base import Batch
-from detectors.quality import JudgeAgreement
+from llmpulse.detectors.base import Batch
+from llmpulse.detectors.quality import JudgeAgreement
 
 
 def _batch(judge: np.ndarray, free: np.ndarray) -> Batch:

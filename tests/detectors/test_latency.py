@@ -9,8 +9,8 @@ from river import drift
 from scipy import stats
 from statsmodels.stats.proportion import proportion_confint
 
-from detectors.base import Batch
-from detectors.latency import (
+from llmpulse.detectors.base import Batch
+from llmpulse.detectors.latency import (
     CostTotal,
     ErrorRates,
     LatencyChange,
@@ -18,7 +18,7 @@ from detectors.latency import (
     LogLatencyChange,
     TokenThroughput,
 )
-from detectors.testing import synthetic_batch
+from llmpulse.detectors.testing import synthetic_batch
 
 ALL = [LatencyPercentiles, ErrorRates, TokenThroughput, CostTotal, LatencyChange]
 

@@ -9,9 +9,9 @@ from scipy import stats
 from sklearn.metrics import accuracy_score
 from statsmodels.stats.proportion import proportion_confint
 
-from detectors.base import Batch
-from detectors.quality import FeedbackScore, LabelAccuracy, UserFlaggedRate
-from detectors.testing import synthetic_batch, synthetic_events
+from llmpulse.detectors.base import Batch
+from llmpulse.detectors.quality import FeedbackScore, LabelAccuracy, UserFlaggedRate
+from llmpulse.detectors.testing import synthetic_batch, synthetic_events
 
 
 def labelled(n: int, seed: int, accuracy: float) -> tuple[Batch, np.ndarray, np.ndarray]:
@@ -70,7 +70,7 @@ def test_feedback_score_single_value_has_no_interval() -> None:
 
 
 def test_user_flagged_rate_matches_counts_and_hallucination_signals() -> None:
-    from detectors.hallucination import HallucinationSignals
+    from llmpulse.detectors.hallucination import HallucinationSignals
 
     batch = synthetic_batch(1500, seed=8)
     flags = batch.numeric("feedback.hallucination")

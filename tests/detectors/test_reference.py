@@ -7,8 +7,8 @@ import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
 
-from detectors.base import Batch
-from detectors.quality import ReferenceOverlap
+from llmpulse.detectors.base import Batch
+from llmpulse.detectors.quality import ReferenceOverlap
 
 PAIRS = [
     ("Your refund will arrive within five working days.",

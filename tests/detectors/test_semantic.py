@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detectors.base import Batch
-from detectors.embedding.minilm import MiniLMEmbedder
-from detectors.quality import ReferenceOverlap, SemanticSimilarity
+from llmpulse.detectors.base import Batch
+from llmpulse.detectors.embedding.minilm import MiniLMEmbedder
+from llmpulse.detectors.quality import ReferenceOverlap, SemanticSimilarity
 
 PAIRS = [
     ("Your money comes back in about a week.", "Refunds arrive within five working days."),

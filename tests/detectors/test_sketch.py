@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from detectors.sketch import DDSketch
+from llmpulse.detectors.sketch import DDSketch
 
 QS = np.array([0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0])
 

@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import pytest
 
-from dashboards.panels import DASHBOARDS
+from llmpulse.dashboards.panels import DASHBOARDS
 from tests.conftest import StackProcess, stack_env
 from tests.integration.test_auth_stack import cli
 from tests.integration.test_dashboard_browser import _chromium, chromium

@@ -1,6 +1,6 @@
 """The embedded dashboard in headless Chromium: every panel loads and shows data.
 
-The page is served by a plain aiohttp server using ``dashboards.web.routes``
+The page is served by a plain aiohttp server using ``llmpulse.dashboards.web.routes``
 over a real chDB store filled by the simulator (no broker needed). Chromium
 comes from Debian's ``chromium`` package; the session fixture installs it
 when missing and, when it cannot, skips with the reason (fails under
@@ -24,14 +24,14 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from dashboards.links import AlertLinks
-from dashboards.panels import DASHBOARDS
-from dashboards.web import aiohttp_app
-from detectors.base import Signal
+from llmpulse.dashboards.links import AlertLinks
+from llmpulse.dashboards.panels import DASHBOARDS
+from llmpulse.dashboards.web import aiohttp_app
+from llmpulse.detectors.base import Signal
 from llmpulse.sample_data import fill_store
 from llmpulse.store import Store
-from streams.alerting import AlertManager
-from streams.rules import Rules
+from llmpulse.streams.alerting import AlertManager
+from llmpulse.streams.rules import Rules
 from tests.browser import CHROMIUM as _CHROMIUM
 from tests.browser import ensure_chromium
 

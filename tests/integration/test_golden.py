@@ -20,7 +20,7 @@ from llmpulse.cli import main
 from llmpulse.events import TOPIC_FEEDBACK, TOPIC_INFERENCE, split_envelope
 from llmpulse.golden import GoldenError, OpenAIAnswerer, parse_golden, run_golden
 from llmpulse.monitor import Monitor
-from streams.engine import SignalEngine, default_detectors
+from llmpulse.streams.engine import SignalEngine, default_detectors
 
 pytestmark = pytest.mark.integration
 

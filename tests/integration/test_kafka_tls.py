@@ -364,8 +364,8 @@ async def test_notifier_pages_from_alerts_read_over_mutual_tls(tls_kafka: TlsKaf
     from confluent_kafka import Producer
 
     from llmpulse.events import TOPIC_ALERTS
-    from streams.notify.__main__ import serve
-    from streams.rules import Rules
+    from llmpulse.streams.notify.__main__ import serve
+    from llmpulse.streams.rules import Rules
     from tests.integration.test_notifier_service import RULES, _rows
 
     got: list[dict[str, Any]] = []

@@ -11,12 +11,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from detectors.base import Signal
 from llmpulse.broker import create_topics
+from llmpulse.detectors.base import Signal
 from llmpulse.events import TOPIC_ALERTS
-from streams.alerting import AlertManager
-from streams.notify.__main__ import event_from_row, serve
-from streams.rules import Rules
+from llmpulse.streams.alerting import AlertManager
+from llmpulse.streams.notify.__main__ import event_from_row, serve
+from llmpulse.streams.rules import Rules
 
 pytestmark = pytest.mark.integration
 

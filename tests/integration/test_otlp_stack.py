@@ -358,7 +358,7 @@ def test_events_are_keyed_and_partitioned_as_the_shim_does(broker: Any) -> None:
 
     from confluent_kafka import Producer
 
-    from streams.otlp import SHIM_BUCKETS, envelopes, shim_partition
+    from llmpulse.streams.otlp import SHIM_BUCKETS, envelopes, shim_partition
 
     topic = f"otlp-partitions-{uuid.uuid4().hex[:8]}"
     broker.create_topics({topic: 8})

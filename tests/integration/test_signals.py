@@ -209,11 +209,11 @@ def test_a_page_owed_at_a_crash_is_sent_after_the_restart_and_only_once(
         stack_factory, tmp_path) -> None:
     """The alert state a killed worker left: a transition saved with its page still in the
     outbox. The restarted worker sends it; the next restart does not send it again."""
-    from detectors.base import Signal
-    from streams.alerting import AlertManager
-    from streams.notify import Notifier
-    from streams.retrain_trigger import RetrainTrigger
-    from streams.rules import Rules
+    from llmpulse.detectors.base import Signal
+    from llmpulse.streams.alerting import AlertManager
+    from llmpulse.streams.notify import Notifier
+    from llmpulse.streams.retrain_trigger import RetrainTrigger
+    from llmpulse.streams.rules import Rules
 
     port = free_port()
     server = HTTPServer(("127.0.0.1", port), _Hook)

@@ -25,8 +25,8 @@ from llmpulse.config import Settings, load_settings
 from llmpulse.events import TOPIC_DEPLOYMENTS, TOPICS
 from llmpulse.migrations import migrate
 from llmpulse.store import Store
+from llmpulse.streams.app import IngestStats
 from llmpulse.worker import Worker, build_worker
-from streams.app import IngestStats
 from tests.dashboards.test_publisher import TOKEN, FakeGrafana, grafana  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from detectors.quality.ab import METRICS
 from llmpulse.bench import evals
+from llmpulse.detectors.quality.ab import METRICS
 
 
 def test_quick_run_reports_calibration_power_and_throughput() -> None:

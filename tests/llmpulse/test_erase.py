@@ -282,8 +282,8 @@ async def test_audit_log_never_raises_keeps_rows_through_an_outage_and_is_bounde
 
 
 def test_windows_and_join_forget_erased_requests() -> None:
-    from streams.join import FeedbackJoin
-    from streams.windows import TumblingWindows, WindowSpec
+    from llmpulse.streams.join import FeedbackJoin
+    from llmpulse.streams.windows import TumblingWindows, WindowSpec
 
     g = ("support", "m", "1")
     spec = WindowSpec(60, 30)

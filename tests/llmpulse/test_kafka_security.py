@@ -12,7 +12,7 @@ from llmpulse.config import ConfigError, load_settings
 from llmpulse.kafka_security import KafkaSecurity, KafkaSecurityError
 from llmpulse.secret import Secret
 from llmpulse.store_auth import ClickHouseCredentials, CredentialsError, redact_dsn, split_dsn
-from streams.app import faust_credentials
+from llmpulse.streams.app import faust_credentials
 from tests.dashboards.test_publisher import TOKEN as GRAFANA_TOKEN
 from tests.dashboards.test_publisher import grafana  # noqa: F401 - the fake Grafana fixture
 from tests.integration.tls_support import make_pki
@@ -92,7 +92,7 @@ def test_sasl_translations_for_every_mechanism(mech: str, pki, tmp_path: Path) -
 
 
 def test_faust_app_carries_the_credentials_without_showing_them(tmp_path: Path) -> None:
-    from streams.app import new_faust_app
+    from llmpulse.streams.app import new_faust_app
 
     settings = load_settings(env={
         "LLMPULSE_KAFKA": "127.0.0.1:9", "LLMPULSE_DATA_DIR": str(tmp_path),

@@ -3,8 +3,8 @@ and held-out tickets are new to every set they are kept from."""
 
 from __future__ import annotations
 
+from llmpulse.retrain.reference import LAUNCH_INTENTS, REFERENCE_DATA, reference_dataset
 from llmpulse.router_data import drifted_tickets, heldout_tickets, reference_lines
-from retrain.reference import LAUNCH_INTENTS, REFERENCE_DATA, reference_dataset
 
 
 def test_shipped_reference_tickets_match_the_simulator() -> None:

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from detectors.base import Signal
 from llmpulse import scoring
+from llmpulse.detectors.base import Signal
 from llmpulse.scoring import alert_time, score_alerts, to_epoch
 from llmpulse.simulate import Incident, SupportAppSimulator
-from streams.alerting import AlertManager
-from streams.rules import Rules
+from llmpulse.streams.alerting import AlertManager
+from llmpulse.streams.rules import Rules
 
 T0 = 1_700_000_000.0
 GPT = ["gpt-4o-mini", "2024-07-18"]

@@ -11,10 +11,10 @@ from typing import Any
 import clickhouse_connect
 import pytest
 
-from dashboards.macros import expand
-from dashboards.panels import DASHBOARDS
-from dashboards.publish import ANNOTATION_QUERIES
 from llmpulse.config import ConfigError, QuerySettings, load_settings
+from llmpulse.dashboards.macros import expand
+from llmpulse.dashboards.panels import DASHBOARDS
+from llmpulse.dashboards.publish import ANNOTATION_QUERIES
 from llmpulse.sample_data import fill_store
 from llmpulse.sqlguard import (
     DENIED_FUNCTIONS,
@@ -23,7 +23,7 @@ from llmpulse.sqlguard import (
     SqlGuard,
 )
 from llmpulse.store import TABLES, QueryError, Store
-from streams.app import NAMED_QUERIES
+from llmpulse.streams.app import NAMED_QUERIES
 
 BIG_READ_ROWS = 120_000  # deadletter rows, more than the smallest max_rows_to_read
 

@@ -10,10 +10,10 @@ import faust
 import pytest
 
 from llmpulse.config import ConfigError, Settings, load_settings
+from llmpulse.retrain.service import RetrainService
 from llmpulse.store import Store
+from llmpulse.streams.app import IngestStats, Pipeline, build_pipeline
 from llmpulse.worker import build_retrain_worker, build_worker
-from retrain.service import RetrainService
-from streams.app import IngestStats, Pipeline, build_pipeline
 
 GRAFANA = {"LLMPULSE_GRAFANA_URL": "http://127.0.0.1:9/grafana", "LLMPULSE_GRAFANA_TOKEN": "t"}
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from llmpulse.retrain.model import HeadClassifier, build_classifier_graph
+from llmpulse.retrain.serving import LoadedModel
+from llmpulse.retrain.trainer import Artifact, Dataset, HeadTrainer, MemoEmbedder, load_artifact
 from llmpulse.router_data import router_dataset
-from retrain.model import HeadClassifier, build_classifier_graph
-from retrain.serving import LoadedModel
-from retrain.trainer import Artifact, Dataset, HeadTrainer, MemoEmbedder, load_artifact
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -18,14 +18,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def encoder_path() -> Path:
     """The MiniLM export in the default cache: made once, then reused."""
-    from detectors.embedding import export_minilm
+    from llmpulse.detectors.embedding import export_minilm
 
     return export_minilm()
 
 
 @pytest.fixture(scope="session")
 def embedder(encoder_path: Path) -> MemoEmbedder:
-    from detectors.embedding import MiniLMEmbedder
+    from llmpulse.detectors.embedding import MiniLMEmbedder
 
     return MemoEmbedder(MiniLMEmbedder(encoder_path))
 

@@ -14,14 +14,14 @@ from llmpulse.closed_loop import (
     heldout_accuracy,
     run_closed_loop,
 )
+from llmpulse.retrain.reference import reference_dataset, train_reference
+from llmpulse.retrain.registry import ModelRegistry
+from llmpulse.retrain.service import RetrainService
+from llmpulse.retrain.serving import LoadedModel, ModelServer
+from llmpulse.retrain.settings import CanaryPolicy, RetrainSettings
+from llmpulse.retrain.trainer import HeadTrainer, MemoEmbedder
 from llmpulse.router_data import drifted_tickets, heldout_tickets
 from llmpulse.store import Store
-from retrain.reference import reference_dataset, train_reference
-from retrain.registry import ModelRegistry
-from retrain.service import RetrainService
-from retrain.serving import LoadedModel, ModelServer
-from retrain.settings import CanaryPolicy, RetrainSettings
-from retrain.trainer import HeadTrainer, MemoEmbedder
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""``python -m llmpulse.retrain_worker`` and ``python -m retrain.serving`` as real processes."""
+"""``python -m llmpulse.retrain_worker`` and ``python -m llmpulse.retrain.serving`` as real processes."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from retrain.registry import ModelRegistry
-from retrain.trainer import Artifact
-from retrain.worker import RemoteServer, missing_keys
+from llmpulse.retrain.registry import ModelRegistry
+from llmpulse.retrain.trainer import Artifact
+from llmpulse.retrain.worker import RemoteServer, missing_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,7 +80,7 @@ def test_worker_rejects_a_bad_port(tmp_path: Path) -> None:
 
 
 def test_serving_on_an_empty_registry_exits_2(tmp_path: Path) -> None:
-    proc = _run(["retrain.serving", "--port", "0", "--data-dir", str(tmp_path / "empty")],
+    proc = _run(["llmpulse.retrain.serving", "--port", "0", "--data-dir", str(tmp_path / "empty")],
                 _env(tmp_path), tmp_path)
     assert proc.returncode == 2, proc.stderr
     [line] = proc.stderr.strip().splitlines()
@@ -128,7 +128,7 @@ def test_serving_serves_the_promoted_version_and_stops_on_sigterm(
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "retrain.serving", "--host", "127.0.0.1", "--port", str(port),
+        [sys.executable, "-m", "llmpulse.retrain.serving", "--host", "127.0.0.1", "--port", str(port),
          "--data-dir", str(promoted_registry)],
         env=_env(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -8,17 +8,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from retrain.gates import (
+from llmpulse.retrain.gates import (
     GateConfig,
     evaluate,
     latency_gate,
     onnx_checker_gate,
     parity_gate,
 )
-from retrain.registry import ModelRegistry, sha256_file
-from retrain.release import release
-from retrain.serving import LoadedModel
-from retrain.trainer import Artifact, Dataset
+from llmpulse.retrain.registry import ModelRegistry, sha256_file
+from llmpulse.retrain.release import release
+from llmpulse.retrain.serving import LoadedModel
+from llmpulse.retrain.trainer import Artifact, Dataset
 
 
 @pytest.fixture

@@ -7,14 +7,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from retrain.model import (
+from llmpulse.retrain.model import (
     INTENTS,
     PARITY_TOLERANCE,
     HeadClassifier,
     TokenEncoder,
     read_labels,
 )
-from retrain.trainer import Artifact, Dataset, MemoEmbedder
+from llmpulse.retrain.trainer import Artifact, Dataset, MemoEmbedder
 
 
 def test_graph_maps_token_ids_to_probabilities(artifact: Artifact) -> None:

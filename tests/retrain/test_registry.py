@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from retrain.registry import STAGES, ModelRegistry, RegistryError, sha256_file
+from llmpulse.retrain.registry import STAGES, ModelRegistry, RegistryError, sha256_file
 
 
 def _artifact(tmp: Path, name: str) -> Path:

@@ -22,16 +22,16 @@ import orjson
 import pytest
 
 from llmpulse.events import TOPIC_INFERENCE
+from llmpulse.retrain.canary import live_metrics
+from llmpulse.retrain.dataset import DatasetPolicy, build_training_data, class_weights
+from llmpulse.retrain.reference import train_reference
+from llmpulse.retrain.registry import ModelRegistry
+from llmpulse.retrain.service import RetrainService
+from llmpulse.retrain.serving import LoadedModel, ModelServer
+from llmpulse.retrain.settings import CanaryPolicy, RetrainSettings
+from llmpulse.retrain.trainer import HeadTrainer, MemoEmbedder
 from llmpulse.simulate import Incident, SupportAppSimulator
 from llmpulse.store import Store
-from retrain.canary import live_metrics
-from retrain.dataset import DatasetPolicy, build_training_data, class_weights
-from retrain.reference import train_reference
-from retrain.registry import ModelRegistry
-from retrain.service import RetrainService
-from retrain.serving import LoadedModel, ModelServer
-from retrain.settings import CanaryPolicy, RetrainSettings
-from retrain.trainer import HeadTrainer, MemoEmbedder
 
 NOW = float(int(time.time()))
 OLD_START = NOW - 7200.0  # launch-time traffic: replay material
@@ -361,7 +361,7 @@ def test_a_canary_without_live_traffic_ends_cleanly(
     svc.settings = replace(svc.settings, canary=replace(svc.settings.canary, max_wait_s=20,
                                                         on_no_evidence=on_no_evidence))
     tag = f"quiet-{on_no_evidence}"
-    with caplog.at_level(logging.INFO, logger="retrain.service"):
+    with caplog.at_level(logging.INFO, logger="llmpulse.retrain.service"):
         out = asyncio.run(svc.handle(request(tag=tag, alert="5")))
     want = "promoted" if on_no_evidence == "promote" else "rolled_back"
     assert out.stage == want
@@ -384,7 +384,7 @@ def test_a_failed_retrain_is_one_line_and_frees_the_service(
     registry.deploy(MODEL, "1", trigger="bootstrap")
     svc = RetrainService(store, registry, trainer_factory=lambda req: Broken(),
                          work_dir=tmp_path / "work")
-    with caplog.at_level(logging.INFO, logger="retrain.service"):
+    with caplog.at_level(logging.INFO, logger="llmpulse.retrain.service"):
         out = asyncio.run(svc.handle(request(tag="broken", alert="6")))
     assert (out.stage, out.reason) == ("failed", "RuntimeError: the GPU fell off the bus")
     [row] = [r for r in rows_of(store, "req-broken") if r["stage"] == "failed"]

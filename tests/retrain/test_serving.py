@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from llmpulse.events import validate_inference
 from llmpulse.monitor import Monitor
-from retrain.serving import LoadedModel, ModelServer, canary_bucket
-from retrain.trainer import Artifact, Dataset
+from llmpulse.retrain.serving import LoadedModel, ModelServer, canary_bucket
+from llmpulse.retrain.trainer import Artifact, Dataset
 
 
 class Recorder:

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from retrain import trainer as trainer_mod
-from retrain.trainer import Artifact, Dataset, HeadTrainer, load_artifact, load_trainer
+from llmpulse.retrain import trainer as trainer_mod
+from llmpulse.retrain.trainer import Artifact, Dataset, HeadTrainer, load_artifact, load_trainer
 
 
 class ConstantTrainer:
@@ -33,7 +33,7 @@ def test_load_trainer_by_path_name_and_entry_point(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(trainer_mod, "entry_points", lambda group: [ep] if group == ep.group else [])
     assert isinstance(load_trainer("const"), ConstantTrainer)
     with pytest.raises(ValueError, match="cannot load trainer"):
-        load_trainer("retrain.trainer:Nope")
+        load_trainer("llmpulse.retrain.trainer:Nope")
     with pytest.raises(ValueError, match="no fit"):
         load_trainer("builtins:dict")
 

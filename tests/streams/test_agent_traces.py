@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.agent_traces import AgentTraceSettings, TraceWindows
+from llmpulse.streams.agent_traces import AgentTraceSettings, TraceWindows
 
 
 def _span(trace: str, span: str, parent: str, end: float, *, app: str = "bot",
@@ -96,8 +96,8 @@ def test_limits_and_bad_rows() -> None:
 
 
 def test_default_rules_breach_on_a_looping_agent_and_a_failing_tool() -> None:
-    from detectors.agent import AgentSteps
-    from streams.rules import Rules, Verdict
+    from llmpulse.detectors.agent import AgentSteps
+    from llmpulse.streams.rules import Rules, Verdict
 
     rules = Rules.default(env={})
     clock = Clock(1001.0)

@@ -9,11 +9,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from detectors.base import Signal
+from llmpulse.detectors.base import Signal
 from llmpulse.store import DDL, Store
-from streams.alerting import AlertEvent, AlertManager
-from streams.retrain_trigger import RetrainTrigger
-from streams.rules import Rules
+from llmpulse.streams.alerting import AlertEvent, AlertManager
+from llmpulse.streams.retrain_trigger import RetrainTrigger
+from llmpulse.streams.rules import Rules
 
 T0 = 1_700_000_000.0
 W = 60.0

@@ -1,17 +1,17 @@
 """The alert agent on a list of signals: stored rows, topic messages, retrain
-requests, pages and restarts, through :mod:`streams.testing` (no broker)."""
+requests, pages and restarts, through :mod:`llmpulse.streams.testing` (no broker)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from detectors.base import Signal
 from llmpulse.config import load_settings
-from streams.alerts_agent import AlertAgent
-from streams.app import new_faust_app
-from streams.rules import Rules
-from streams.testing import TestingSink, TestingTopic, drive_alert_agent
+from llmpulse.detectors.base import Signal
+from llmpulse.streams.alerts_agent import AlertAgent
+from llmpulse.streams.app import new_faust_app
+from llmpulse.streams.rules import Rules
+from llmpulse.streams.testing import TestingSink, TestingTopic, drive_alert_agent
 
 T0 = 1_700_000_000.0
 RULES = """
@@ -42,7 +42,7 @@ def _agent(tmp_path: Path, *, notify: bool = True) -> tuple[AlertAgent, TestingS
 
 async def test_signals_become_stored_published_and_paged_alerts(tmp_path: Path, caplog) -> None:
     agent, sink, alerts, retrain = _agent(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="streams.notify.channels"):
+    with caplog.at_level(logging.WARNING, logger="llmpulse.streams.notify.channels"):
         rows = await drive_alert_agent(agent, SCRIPT, batch=2)
     assert [(r["state"], r["updated_at"] - T0) for r in rows] == [
         ("firing", 180.0), ("resolved", 360.0)]
@@ -50,7 +50,7 @@ async def test_signals_become_stored_published_and_paged_alerts(tmp_path: Path, 
     assert {k for k, _ in alerts.sent} == {rows[0]["alert_id"].encode()}
     [request] = retrain.values()
     assert (request["model"], request["rule"]) == ("router", "p99")
-    pages = [r.getMessage() for r in caplog.records if r.name == "streams.notify.channels"]
+    pages = [r.getMessage() for r in caplog.records if r.name == "llmpulse.streams.notify.channels"]
     assert len(pages) == 2 and "FIRING" in pages[0] and "RESOLVED" in pages[1]
     assert agent.stats()["pages_owed"] == 0
     await agent.close()

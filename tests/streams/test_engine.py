@@ -11,12 +11,12 @@ import numpy as np
 import orjson
 import pytest
 
-from detectors.base import Batch, Detector, Signal
-from detectors.latency import ErrorRates
-from detectors.testing import synthetic_events
+from llmpulse.detectors.base import Batch, Detector, Signal
+from llmpulse.detectors.latency import ErrorRates
+from llmpulse.detectors.testing import synthetic_events
 from llmpulse.events import TOPIC_FEEDBACK, TOPIC_INFERENCE
 from llmpulse.simulate import SupportAppSimulator
-from streams.engine import SignalEngine, default_detectors
+from llmpulse.streams.engine import SignalEngine, default_detectors
 
 T0 = 1_700_000_040.0  # on a 60 s boundary, so windows of both lengths line up with the stream
 
@@ -225,7 +225,11 @@ def test_engine_survives_a_detector_that_raises(caplog: pytest.LogCaptureFixture
 
 
 def test_snapshot_restore_mid_stream_gives_the_same_signals() -> None:
-    from detectors.drift import KolmogorovSmirnov, PopulationStabilityIndex, ReferencePolicy
+    from llmpulse.detectors.drift import (
+        KolmogorovSmirnov,
+        PopulationStabilityIndex,
+        ReferencePolicy,
+    )
 
     dets = families("latency", "bias", "quality")
     dets["drift"] = lambda: [PopulationStabilityIndex(reference=ReferencePolicy.fixed(500)),
@@ -333,7 +337,7 @@ def test_unknown_family_needs_a_window() -> None:
 
 
 def test_embedding_drift_on_tiny_windows() -> None:
-    from detectors.drift.embedding import EmbeddingDrift
+    from llmpulse.detectors.drift.embedding import EmbeddingDrift
 
     dets = {"drift": lambda: [EmbeddingDrift("prompt", tests=("mmd",), min_texts=10,
                                              max_texts=24, reference_size=24, n_permutations=50)]}

@@ -2,7 +2,7 @@
 
 A shared contract: one seeded stream (two groups, two source partitions,
 feedback arriving after its inferences) through every engine the worker can
-run, fed through :mod:`streams.testing` exactly as the signal agent feeds
+run, fed through :mod:`llmpulse.streams.testing` exactly as the signal agent feeds
 them, must give the same signals.
 """
 
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from detectors.testing import synthetic_events
-from streams.engine_process import EngineProcess, LocalEngine, ShardedEngine
-from streams.testing import canonical, grouped_messages, run_engine, split_feedback
+from llmpulse.detectors.testing import synthetic_events
+from llmpulse.streams.engine_process import EngineProcess, LocalEngine, ShardedEngine
+from llmpulse.streams.testing import canonical, grouped_messages, run_engine, split_feedback
 
 ENGINE_KWARGS: dict[str, Any] = {"windows": None}
 
@@ -60,7 +60,7 @@ def test_every_engine_gives_the_same_signals(messages: list[Any], local: list[An
 def test_a_snapshot_taken_half_way_continues_the_same_in_another_engine(
     messages: list[Any], local: list[Any]
 ) -> None:
-    from streams.signals import engine_chunks
+    from llmpulse.streams.signals import engine_chunks
 
     half = len(messages) // 2
     first = LocalEngine(engine_kwargs=ENGINE_KWARGS, detectors="default")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from streams.join import FeedbackJoin
-from streams.windows import WindowSpec
+from llmpulse.streams.join import FeedbackJoin
+from llmpulse.streams.windows import WindowSpec
 
 G = ("support", "router", "1")
 SPEC = WindowSpec(60.0, 30.0)

@@ -9,9 +9,9 @@ import pickle
 import pytest
 
 from llmpulse.events import validate_feedback, validate_inference
-from streams.engine import SignalEngine, default_detectors
-from streams.join import FeedbackJoin
-from streams.windows import WindowSpec
+from llmpulse.streams.engine import SignalEngine, default_detectors
+from llmpulse.streams.join import FeedbackJoin
+from llmpulse.streams.windows import WindowSpec
 
 NOW = 1_700_000_000_000
 BASE = NOW - NOW % 60_000 - 120_000  # a 60 s quality window, closed well before NOW

@@ -20,9 +20,9 @@ from aiohttp.test_utils import TestServer
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from detectors.base import Signal
-from streams.alerting import AlertEvent, AlertManager
-from streams.notify import (
+from llmpulse.detectors.base import Signal
+from llmpulse.streams.alerting import AlertEvent, AlertManager
+from llmpulse.streams.notify import (
     SIGNATURE_HEADER,
     EmailChannel,
     LogChannel,
@@ -35,7 +35,7 @@ from streams.notify import (
     build_channels,
     channel_from_config,
 )
-from streams.rules import Rules
+from llmpulse.streams.rules import Rules
 
 FAST = Retry(attempts=3, backoff_s=0.001, max_backoff_s=0.004)
 WEBHOOK_SECRET = "whsec-7f3a9c1e5b"
@@ -490,7 +490,7 @@ async def test_routing_by_severity_rule_filter_and_actions(http: Any) -> None:
 
 async def test_log_channel_writes_one_line(caplog: pytest.LogCaptureFixture) -> None:
     firing, _ = alert_pair()
-    with caplog.at_level(logging.INFO, logger="streams.notify"):
+    with caplog.at_level(logging.INFO, logger="llmpulse.streams.notify"):
         n = Notifier([LogChannel(name="log")])
         assert await n.send(firing) == {"log": True}
         await n.close()

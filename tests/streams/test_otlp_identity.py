@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from streams.join import FeedbackJoin
-from streams.otlp_identity import identity_keys, index_rows, span_key
-from streams.windows import WindowSpec
+from llmpulse.streams.join import FeedbackJoin
+from llmpulse.streams.otlp_identity import identity_keys, index_rows, span_key
+from llmpulse.streams.windows import WindowSpec
 
 T = "4bf92f3577b34da6a3ce929d0e0e4736"
 G = ("agent-app", "gpt-4o", "gpt-4o-2024-08-06")

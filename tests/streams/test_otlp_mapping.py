@@ -15,7 +15,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from llmpulse.events import EventError, validate_inference
-from streams.otlp_mapping import (
+from llmpulse.streams.otlp_mapping import (
     OtlpDecodeError,
     decode_traces,
     map_request,

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from streams.engine import SignalEngine, default_detectors
-from streams.otlp_mapping import map_request
+from llmpulse.streams.engine import SignalEngine, default_detectors
+from llmpulse.streams.otlp_mapping import map_request
 from tests.streams.test_otlp_mapping import CHAT, NOW_MS, make_span, one, request, row
 
 

@@ -7,9 +7,9 @@ import pickle
 import pytest
 
 from llmpulse.events import EventError, validate_feedback, validate_inference
-from streams.engine import SignalEngine, default_detectors
-from streams.join import FeedbackJoin
-from streams.windows import WindowSpec
+from llmpulse.streams.engine import SignalEngine, default_detectors
+from llmpulse.streams.join import FeedbackJoin
+from llmpulse.streams.windows import WindowSpec
 
 NOW = 1_700_000_000_000
 BASE = NOW - NOW % 60_000  # one 60 s quality window
@@ -120,8 +120,8 @@ def test_join_keeps_tags_and_responses_across_snapshot() -> None:
 
 
 def test_default_rule_pages_on_a_worse_variant_only_with_enough_samples() -> None:
-    from detectors.base import Signal
-    from streams.rules import Rules
+    from llmpulse.detectors.base import Signal
+    from llmpulse.streams.rules import Rules
 
     rules = Rules.default()
     rule = rules["experiment-variant-worse"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from detectors.base import Signal
-from streams.notify import build_channels
-from streams.rules import Rule, Rules, RulesError, Verdict, parse_duration
+from llmpulse.detectors.base import Signal
+from llmpulse.streams.notify import build_channels
+from llmpulse.streams.rules import Rule, Rules, RulesError, Verdict, parse_duration
 
 CONTRACT_SIGNALS = [
     "latency.p99_ms", "latency.p95_ms", "latency.change", "errors.rate", "errors.timeout_rate",
@@ -190,18 +190,18 @@ def test_durations() -> None:
 
 
 def test_exported_names_exist() -> None:
-    import streams.alerting
-    import streams.notify
-    import streams.retrain_trigger
-    import streams.rules
+    import llmpulse.streams.alerting
+    import llmpulse.streams.notify
+    import llmpulse.streams.retrain_trigger
+    import llmpulse.streams.rules
 
-    for mod in (streams.rules, streams.alerting, streams.notify, streams.retrain_trigger):
+    for mod in (llmpulse.streams.rules, llmpulse.streams.alerting, llmpulse.streams.notify, llmpulse.streams.retrain_trigger):
         for name in mod.__all__:
             assert hasattr(mod, name), (mod.__name__, name)
 
 
 def test_a_bad_notify_channel_is_refused_at_start_naming_the_file(tmp_path) -> None:
-    from streams.alerts_agent import load_rules
+    from llmpulse.streams.alerts_agent import load_rules
 
     path = tmp_path / "rules.yaml"
     path.write_text("notify:\n  pd: {type: pagerduty}\n")
@@ -216,9 +216,9 @@ def test_the_rule_model_loads_without_network_or_notify_code() -> None:
     import sys
 
     code = (
-        "import sys, streams.rules, streams.alerting; "
+        "import sys, llmpulse.streams.rules, llmpulse.streams.alerting; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'smtplib') "
-        "or m.startswith('streams.notify')))"
+        "or m.startswith('llmpulse.streams.notify')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -10,8 +10,8 @@ import pytest
 
 from llmpulse.config import load_settings
 from llmpulse.store import Store
-from streams.app import new_faust_app, store_sink
-from streams.signals import SignalAgents
+from llmpulse.streams.app import new_faust_app, store_sink
+from llmpulse.streams.signals import SignalAgents
 
 
 @pytest.mark.parametrize("processes", [1, 2])
@@ -36,7 +36,7 @@ async def test_timers_after_close_do_not_crash_the_app(tmp_path: Path, processes
 
 
 def _agents(tmp_path: Path, **kw):
-    from streams.testing import TestingSink, TestingTopic
+    from llmpulse.streams.testing import TestingSink, TestingTopic
 
     settings = load_settings(env={"LLMPULSE_DATA_DIR": str(tmp_path)}, path=None)
     settings = replace(settings, signals=replace(settings.signals, process=False, **kw))
@@ -51,10 +51,15 @@ def _agents(tmp_path: Path, **kw):
 async def test_the_signal_agent_stores_publishes_and_hands_on_what_the_engine_computes(
     tmp_path: Path,
 ) -> None:
-    from detectors.testing import synthetic_events
-    from streams.engine_process import LocalEngine
-    from streams.signals import engine_config
-    from streams.testing import canonical, drive_signal_agents, grouped_messages, run_engine
+    from llmpulse.detectors.testing import synthetic_events
+    from llmpulse.streams.engine_process import LocalEngine
+    from llmpulse.streams.signals import engine_config
+    from llmpulse.streams.testing import (
+        canonical,
+        drive_signal_agents,
+        grouped_messages,
+        run_engine,
+    )
 
     messages = grouped_messages(synthetic_events(1500, seed=4, rate=10), sources=2, chunk=100)
     settings, store, agents, sink, topic = _agents(tmp_path)
@@ -74,8 +79,8 @@ async def test_the_signal_agent_stores_publishes_and_hands_on_what_the_engine_co
 
 
 async def test_messages_the_engine_already_holds_are_skipped(tmp_path: Path) -> None:
-    from detectors.testing import synthetic_events
-    from streams.testing import grouped_messages
+    from llmpulse.detectors.testing import synthetic_events
+    from llmpulse.streams.testing import grouped_messages
 
     messages = grouped_messages(synthetic_events(400, seed=5, rate=10), chunk=50)
     settings, store, agents, sink, topic = _agents(tmp_path)
@@ -101,10 +106,10 @@ class _Clock:
 def _slow_engine(clock: _Clock):
     """An in-process engine whose latency detector takes two minutes of (fake)
     wall time per window, as a detector on an overloaded core would."""
-    from detectors.base import Detector
-    from detectors.latency import ErrorRates
-    from streams.engine import SignalEngine
-    from streams.engine_process import LocalEngine
+    from llmpulse.detectors.base import Detector
+    from llmpulse.detectors.latency import ErrorRates
+    from llmpulse.streams.engine import SignalEngine
+    from llmpulse.streams.engine_process import LocalEngine
 
     class SlowErrorRates(ErrorRates):
         def update(self, batch):
@@ -125,8 +130,8 @@ async def test_overload_delays_windows_and_loses_no_event(tmp_path: Path, laggin
     behind its partitions' end, silence is lag, not idleness, so every event
     lands in its window. Idleness from silence alone (``lagging=False``: the
     old rule) turns the backlog into late events, which is what this guards."""
-    from detectors.testing import synthetic_events
-    from streams.testing import drive_signal_agents, grouped_messages
+    from llmpulse.detectors.testing import synthetic_events
+    from llmpulse.streams.testing import drive_signal_agents, grouped_messages
 
     events = synthetic_events(1200, seed=9, rate=2)
     messages = grouped_messages(events, sources=2, chunk=20)

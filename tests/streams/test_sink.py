@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from llmpulse.store import Store
-from streams.ingest import Message, split_batch
-from streams.sink import RawSink
+from llmpulse.streams.ingest import Message, split_batch
+from llmpulse.streams.sink import RawSink
 
 
 @pytest.fixture(scope="module")

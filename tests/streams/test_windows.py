@@ -5,7 +5,13 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from streams.windows import DEFAULT_WINDOWS, TumblingWindows, Watermark, WindowSpec, event_ms
+from llmpulse.streams.windows import (
+    DEFAULT_WINDOWS,
+    TumblingWindows,
+    Watermark,
+    WindowSpec,
+    event_ms,
+)
 
 G = ("support", "router", "1")
 H = ("support", "answer", "2")
