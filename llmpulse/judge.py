@@ -251,6 +251,7 @@ class JudgeWorker:
         self._reported: dict[str, int] = dict.fromkeys(self.counts, 0)
         self._reported_seconds = 0.0
         self._reported_at = time.time()
+        self._reported_ts = 0.0
 
     def _free_score(self, response: str, context: list[str]) -> float | None:
         if not context:
@@ -329,14 +330,29 @@ class JudgeWorker:
 
     def health_report(self, instance: str, *, now: float | None = None) -> ServiceHealth:
         """What happened since the previous report (counts and seconds spent waiting on
-        the judge), with the spend of the last hour: for ``llmpulse.health``."""
+        the judge), with the spend of the last hour: for ``llmpulse.health``.
+
+        Each report's ``ts`` is at least a millisecond after the previous one: the
+        store keeps one signal per millisecond (``signals`` is deduplicated on ``ts``
+        at millisecond precision), so two reports sent back to back (the last
+        periodic one and the one at stop) would otherwise collapse into whichever
+        was stored last and lose the other's counts.
+
+        >>> w = JudgeWorker(JudgeSettings(), lambda a: None, lambda f: None)
+        >>> a, b = w.health_report("h", now=1_700_000_000.1234), w.health_report("h", now=1_700_000_000.1236)
+        >>> (a.ts, b.ts)
+        (1700000000.123, 1700000000.124)
+        """
         now = time.time() if now is None else now
+        # whole milliseconds (what the store keeps), strictly after the previous report
+        now = max(math.floor(now * 1000) / 1000, round(self._reported_ts + 0.001, 3))
         delta = {k: self.counts[k] - self._reported[k] for k in JUDGE_COUNTS}
         seconds = self.seconds - self._reported_seconds
         interval = max(0.0, now - self._reported_at)
         self._reported = dict(self.counts)
         self._reported_seconds = self.seconds
         self._reported_at = now
+        self._reported_ts = now
         return ServiceHealth("judge", instance, ts=now, interval_s=interval, counts=delta,
                              gauges={"spent_usd_last_hour": self.budget.spent(),
                                      "in_flight": len(self._tasks),

@@ -119,3 +119,40 @@ async def test_queue_bound_drops_instead_of_waiting(judge_url) -> None:
     await worker.drain()
     await judge.close()
     assert worker.stats()["queue_full"] == 3 and worker.stats()["timeout"] == 2
+
+
+async def test_back_to_back_health_reports_all_reach_the_store(judge_url, tmp_path) -> None:
+    """The last periodic report and the one at stop are often sent within the same
+    millisecond; the ``signals`` table keeps one row per (signal, dimension, ts) at
+    millisecond precision, so both reports must still be stored and summed."""
+    from llmpulse.store import Store
+    from llmpulse.streams.service_health import health_signals
+    from llmpulse.streams.signals import signal_row
+
+    url, _ = judge_url
+    judge = OpenAIJudge(url, "judge-1", timeout_s=10)
+    worker = JudgeWorker(JudgeSettings(sample_rate=1.0, timeout_s=0.5), judge, lambda f: None)
+    worker.submit(_event(1, "busy"))
+    await worker.drain()
+    t = float(int(time.time()))
+    first = worker.health_report("h", now=t + 0.1001)  # carries the rate-limited answer
+    worker.submit(_event(2, "slow one"))
+    await worker.drain()
+    second = worker.health_report("h", now=t + 0.1003)  # same millisecond: carries the timeout
+    third = worker.health_report("h", now=t + 0.1004)  # nothing new, sent at stop
+    await judge.close()
+    assert first.ts < second.ts < third.ts
+    assert (first.counts["rate_limited"], second.counts["timeout"]) == (1, 1)
+
+    store = Store.open(f"chdb://{tmp_path}/store")
+    try:
+        for rec in (first, second, third):  # one insert per report, as the worker stores them
+            rows = [signal_row(s) for s in health_signals(rec)]
+            store.insert_rows("signals", rows)
+        got = {r["dimension"]: r["value"] for r in store.query(
+            "SELECT dimension, sum(value) AS value FROM signals FINAL "
+            "WHERE signal = 'llmpulse.judge_failures' GROUP BY dimension")}
+    finally:
+        store.close()
+    assert got == {"timeout": 1.0, "rate_limited": 1.0, "error": 0.0, "malformed": 0.0,
+                   "over_budget": 0.0, "queue_full": 0.0}
