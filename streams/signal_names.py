@@ -63,8 +63,9 @@ def _load_families() -> None:
     global _families_loaded
     if _families_loaded:
         return
+    # every family: the packages (drift, bias, ...) and the single-module ones (agent)
     for mod in pkgutil.iter_modules(llmpulse.detectors.__path__, "llmpulse.detectors."):
-        if mod.ispkg:
+        if not mod.name.rsplit(".", 1)[-1].startswith("_"):
             importlib.import_module(mod.name)
     _families_loaded = True
 

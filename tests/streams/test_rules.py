@@ -235,3 +235,16 @@ def test_every_shipped_rules_file_uses_known_signals() -> None:
     assert root / "llmpulse" / "rules" / "default.yaml" in files
     for path in files:
         assert len(Rules.load(path, env={})) >= 1, path
+
+
+def test_the_default_rules_load_in_a_fresh_process() -> None:
+    # the known signal names come from every detector family, including the ones that
+    # are a single module (detectors/agent.py), not only from what a test imported before
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", "from llmpulse.streams.rules import Rules; "
+         "print(len(Rules.default().rules))"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout) >= 19
