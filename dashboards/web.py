@@ -69,7 +69,7 @@ Handler = Callable[..., Awaitable[Any]]
 
 DEFAULT_FROM = "now-1h"
 DEFAULT_REFRESH_S = 10
-_VARS = ("app", "model", "version", "signal", "dimension")
+_VARS = ("app", "model", "version", "signal", "dimension", "prompt_version", "experiment")
 _ALIASES = {"model_version": "version"}  # alert links of older versions
 
 

@@ -200,6 +200,79 @@ def test_variables_filter_the_panels(filled: dict[str, Any]) -> None:
     assert early == [{"value": 0}]
 
 
+_RAW_READERS = [(d.name, p) for d in DASHBOARDS.values() for p in d.panels
+                if "inference_events" in p.sql]
+
+
+@pytest.mark.parametrize(("name", "panel"), _RAW_READERS,
+                         ids=[f"{n}-{p.id}" for n, p in _RAW_READERS])
+def test_prompt_variables_are_declared_and_filter_every_raw_panel(name: str,
+                                                                  panel: Panel) -> None:
+    model = dashboard_json(DASHBOARDS[name])
+    declared = {v["name"]: v for v in model["templating"]["list"]}
+    for var in ("prompt_version", "experiment"):
+        assert "FROM inference_events" in declared[var]["query"]
+        assert declared[var]["includeAll"] and declared[var]["multi"]
+        assert f"${{{var}:singlequote}}" in panel.sql, (name, panel.title, var)
+    [target] = [p for p in model["panels"] if p["id"] == panel.id][0]["targets"]
+    assert "${prompt_version:singlequote}" in target["rawSql"]
+
+
+def test_prompt_version_filters_the_raw_and_worst_example_panels(
+        filled: dict[str, Any]) -> None:
+    q = _query(filled["store"])
+    events = fill_rows(seed=11, start_ts=filled["start"], duration_s=DURATION,
+                       rate=8)["inference_events"]
+    v2 = [e for e in events if e["prompt_version"] == "v2"]
+    assert 0 < len(v2) < len(events)
+    ctx = Context(filled["start"], filled["end"], {"prompt_version": ["v2"]})
+    overview = DASHBOARDS["overview"]
+    assert panel_rows(q, overview.panel("Requests"), ctx)[0]["value"] == len(v2)
+    errors = sum(e["status"] != "ok" for e in v2) / len(v2)
+    assert panel_rows(q, overview.panel("Error rate"), ctx)[0]["value"] == pytest.approx(errors)
+    cost = sum(e.get("cost_usd") or 0 for e in v2)
+    assert panel_rows(q, overview.panel("Cost (USD)"), ctx)[0]["value"] == pytest.approx(cost)
+    traffic = panel_rows(q, DASHBOARDS["quality"].panel(5), ctx)
+    assert {r["prompt_version"] for r in traffic} == {"v2"}
+    assert sum(r["requests"] for r in traffic) == len(v2)
+    # the worst examples carry their event's prompt columns and follow the filter
+    by_id = {e["event_id"]: e for e in events}
+    for d, pid in (("quality", 2), ("hallucination", 4)):
+        every = panel_rows(q, DASHBOARDS[d].panel(pid), Context(filled["start"], filled["end"]))
+        assert {r["prompt_version"] for r in every} == {"v1", "v2"}, d
+        for r in every:
+            e = by_id[r["event_id"]]
+            assert (r["prompt_version"], r["experiment"], r["variant"]) == (
+                e["prompt_version"], e.get("experiment", ""), e.get("variant", ""))
+        only = panel_rows(q, DASHBOARDS[d].panel(pid), ctx)
+        assert only and {r["prompt_version"] for r in only} == {"v2"}, d
+        assert {r["variant"] for r in only} == {"B"}
+    # an experiment filter narrows the A/B panel to that experiment's rows
+    ab = DASHBOARDS["quality"].panel(3)
+    assert {r["dimension"] for r in panel_rows(q, ab, Context(
+        filled["start"], filled["end"], {"experiment": ["tone"]}))} == {"experiment=tone"}
+    assert panel_rows(q, ab, Context(filled["start"], filled["end"],
+                                     {"experiment": ["other"]})) == []
+
+
+@pytest.mark.parametrize("evil", ["v2') OR 1=1 --", "v2' OR '1'='1", "v2\\') OR 1=1 --",
+                                  "x'); DROP TABLE inference_events; --"])
+def test_a_hostile_prompt_version_is_only_a_value(filled: dict[str, Any], evil: str) -> None:
+    q = _query(filled["store"])
+    guard = SqlGuard.for_store(filled["store"])
+    for d, p in _RAW_READERS:
+        ctx = Context(filled["start"], filled["end"], {"prompt_version": [evil]})
+        sql = expand(p.sql, start=ctx.start, end=ctx.end, variables=ctx.variables)
+        assert guard.check(sql).tables  # one read-only statement
+        rows = panel_rows(q, p, ctx)
+        if p.kind == "stat":
+            assert rows[0]["value"] in (0, None), (d, p.title)  # empty: 0 or no quantile
+        else:
+            assert rows == [], (d, p.title)
+    total = q("SELECT count() AS n FROM inference_events", {})[0]["n"]
+    assert total == filled["counts"]["inference_events"]
+
+
 def test_user_text_is_escaped(filled: dict[str, Any]) -> None:
     p = DASHBOARDS["hallucination"].panel("Worst examples")
     ctx = Context(filled["start"], filled["end"])
