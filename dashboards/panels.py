@@ -6,7 +6,8 @@ Each :class:`Panel` holds the SQL that Grafana's ClickHouse data source runs
 ``$__conditionalAll(cond, $var)`` over the template variables ``app``,
 ``model``, ``version`` and, on panels that read ``signals`` or ``alerts``,
 ``signal`` and ``dimension``: what an alert's link sets, so the linked panel
-shows only the series that broke). The same text generates the Grafana JSON
+shows only the series that broke; ``prompt_version`` and ``experiment`` on
+the panels over the raw events, see :data:`PROMPT_VARIABLES`). The same text generates the Grafana JSON
 (:mod:`llmpulse.dashboards.grafana`) and, expanded by :mod:`llmpulse.dashboards.macros`, feeds
 the embedded live page (:mod:`llmpulse.dashboards.web`) and ``llmpulse report``.
 

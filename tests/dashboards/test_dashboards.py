@@ -464,6 +464,34 @@ async def test_routes_serve_pages_fragments_svg_and_json(filled: dict[str, Any])
         await client.close()
 
 
+async def test_embedded_page_takes_the_prompt_filters_from_the_url(
+        filled: dict[str, Any]) -> None:
+    q = _query(filled["store"])
+    client = TestClient(TestServer(aiohttp_app(q)))
+    await client.start_server()
+    try:
+        rng = f"from={int(filled['start'] * 1000)}&to={int(filled['end'] * 1000)}"
+        page = await (await client.get(f"/dashboards/overview?{rng}&var-prompt_version=v2")).text()
+        assert '<option selected value="v2">' in page and '<option value="v1">' in page
+        assert "var-prompt_version=v2" in page  # the panels load with the same filter
+        body = await (await client.get(
+            f"/dashboards/quality/panel/5.json?{rng}&var-prompt_version=v2")).json()
+        assert body["rows"] and {r["prompt_version"] for r in body["rows"]} == {"v2"}
+        [n] = q("SELECT count() AS n FROM inference_events FINAL WHERE prompt_version = 'v2'", {})
+        assert sum(r["requests"] for r in body["rows"]) == n["n"]
+        body = await (await client.get(
+            f"/dashboards/quality/panel/3.json?{rng}&var-experiment=tone")).json()
+        assert body["rows"] and {r["dimension"] for r in body["rows"]} == {"experiment=tone"}
+        evil = "v2') OR 1=1 --<script>"
+        r = await client.get(f"/dashboards/overview?{rng}", params={"var-prompt_version": evil})
+        assert r.status == 200 and "<script>" not in (await r.text()).split("<script>\n")[0]
+        r = await client.get(f"/dashboards/overview/panel/1.json?{rng}",
+                             params={"var-prompt_version": evil})
+        assert r.status == 200 and (await r.json())["rows"] == [{"value": 0}]
+    finally:
+        await client.close()
+
+
 async def test_embedded_page_applies_the_alert_links_filters(filled: dict[str, Any]) -> None:
     q = _query(filled["store"])
     [key] = q("SELECT app, model, model_version FROM signals FINAL WHERE signal = 'drift.ks' "
