@@ -660,6 +660,21 @@ def test_report_is_self_contained_and_defaults_to_the_data_span(filled: dict[str
     assert "0 panel(s) without data" in html
     start_txt = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(span[0]))
     assert start_txt in html
+    # --var prompt_version=v2: the report's raw panels count only that version
+    variables = report._variables(["prompt_version=v2", "experiment=tone"])
+    assert variables == {"prompt_version": ["v2"], "experiment": ["tone"]}
+    only = report.build_report(q, variables=variables, dashboards=["quality"])
+    assert "filters: prompt_version=v2, experiment=tone" in only
+    [n] = q("SELECT count() AS n FROM inference_events FINAL WHERE prompt_version = 'v2' "
+            "AND experiment = 'tone'", {})
+    [traffic] = re.findall(r'id="panel-5".*?</section>', only, re.S)
+    cells = [re.findall(r"<td[^>]*>([^<]*)</td>", row)
+             for row in re.findall(r"<tr>(<td.*?)</tr>", traffic, re.S)]
+    assert {c[2] for c in cells} == {"v2"} and {c[3] for c in cells} == {"tone"}
+    assert sum(int(c[5].replace(",", "")) for c in cells) == n["n"]
+    assert ">v1<" not in traffic
+    with pytest.raises(report.ReportError, match="prompt_version"):
+        report._variables(["prompt=v2"])
 
 
 async def _api_query_app(store: Store) -> web.Application:
