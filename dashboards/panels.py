@@ -6,7 +6,8 @@ Each :class:`Panel` holds the SQL that Grafana's ClickHouse data source runs
 ``$__conditionalAll(cond, $var)`` over the template variables ``app``,
 ``model``, ``version`` and, on panels that read ``signals`` or ``alerts``,
 ``signal`` and ``dimension``: what an alert's link sets, so the linked panel
-shows only the series that broke). The same text generates the Grafana JSON
+shows only the series that broke; ``prompt_version`` and ``experiment`` on
+the panels over the raw events, see :data:`PROMPT_VARIABLES`). The same text generates the Grafana JSON
 (:mod:`llmpulse.dashboards.grafana`) and, expanded by :mod:`llmpulse.dashboards.macros`, feeds
 the embedded live page (:mod:`llmpulse.dashboards.web`) and ``llmpulse report``.
 
@@ -39,6 +40,7 @@ __all__ = [
     "DRIFT_THRESHOLDS",
     "HEALTH_SIGNALS",
     "PANEL_KINDS",
+    "PROMPT_VARIABLES",
     "TRACE_VIEW",
     "Dashboard",
     "Panel",
@@ -152,13 +154,39 @@ VARIABLES = (
 filter only the panels over ``signals`` and ``alerts`` (raw events have
 neither)."""
 
+PROMPT_VARIABLES = (
+    Variable(
+        "prompt_version",
+        "Prompt version",
+        "SELECT DISTINCT prompt_version AS value FROM inference_events "
+        "WHERE prompt_version != '' ORDER BY value",
+    ),
+    Variable(
+        "experiment",
+        "Experiment",
+        "SELECT DISTINCT experiment AS value FROM inference_events "
+        "WHERE experiment != '' ORDER BY value",
+    ),
+)
+"""The prompt variables of the dashboards with panels over the raw events:
+``prompt_version`` and ``experiment`` filter every panel that reads
+``inference_events`` (and the worst-answer tables through the event of each
+example); ``experiment`` also filters the A/B panels (dimension
+``experiment=<name>``). Signals carry no prompt version, so the other signal
+panels ignore them."""
+
+_AB_EXPERIMENT = "splitByString(',variant=', replaceOne(dimension, 'experiment=', ''))[1]"
+"""The experiment of an ``ab.*`` signal (dimension ``experiment=<name>[,variant=<arm>]``)."""
+
 
 def _vars(app: str | None = "app", model: str | None = "model",
           version: str | None = "model_version", signal: str | None = None,
-          dimension: str | None = None) -> str:
+          dimension: str | None = None, prompt_version: str | None = None,
+          experiment: str | None = None) -> str:
     parts = []
     for var, col in (("app", app), ("model", model), ("version", version),
-                     ("signal", signal), ("dimension", dimension)):
+                     ("signal", signal), ("dimension", dimension),
+                     ("prompt_version", prompt_version), ("experiment", experiment)):
         if col:
             parts.append(f"$__conditionalAll({col} IN (${{{var}:singlequote}}), ${var})")
     return " AND ".join(parts)
@@ -233,7 +261,44 @@ def _health_series(title: str, pid: int, signal: str, agg: str, unit: str) -> Pa
                  description=HEALTH_SIGNALS[signal])
 
 
-_RAW = f"FROM inference_events FINAL\nWHERE $__timeFilter(ts) AND {_vars()}"
+_PROMPT = _vars(app=None, model=None, version=None, prompt_version="prompt_version",
+               experiment="experiment")
+"""The prompt variables alone (on the columns joined from an example's event)."""
+
+
+def _worst_examples(signal: str, score: str, columns: tuple[str, ...]) -> str:
+    """The ``worst`` examples in the detail of ``signal``, with their event's prompt columns.
+
+    ``columns`` are ``name:key:JSONType`` read from each example, the score
+    first; each example's event (same ``event_id``) brings its
+    ``prompt_version``, ``experiment`` and ``variant``, which the prompt
+    variables filter.
+    """
+    fields = ", ".join(f"JSONExtract{kind}(w, '{key}') AS {name}"
+                       for name, key, kind in (c.split(":") for c in columns))
+    names = ", ".join(c.split(":")[0] for c in columns)
+    return (
+        "SELECT ts, model, model_version, prompt_version, experiment, variant, event_id, "
+        f"{names}\n"
+        "FROM (SELECT ts, model, model_version, JSONExtractString(w, 'event_id') AS event_id, "
+        f"{fields}\n"
+        "  FROM (SELECT ts, model, model_version, "
+        "arrayJoin(JSONExtractArrayRaw(detail, 'worst')) AS w\n"
+        "    FROM signals FINAL\n"
+        f"    WHERE $__timeFilter(ts) AND signal = '{signal}' AND {_SIG})) AS s\n"
+        "LEFT JOIN (SELECT event_id, any(prompt_version) AS prompt_version, "
+        "any(experiment) AS experiment, any(variant) AS variant\n"
+        "  FROM inference_events\n"
+        "  WHERE ts BETWEEN $__fromTime - INTERVAL 1 HOUR AND $__toTime\n"
+        "  GROUP BY event_id) AS e USING (event_id)\n"
+        f"WHERE {_PROMPT}\n"
+        f"ORDER BY {score} ASC, ts DESC\nLIMIT 20"
+    )
+
+
+_RAW = ("FROM inference_events FINAL\nWHERE $__timeFilter(ts) AND "
+        f"{_vars(prompt_version='prompt_version', experiment='experiment')}")
+"""The rows of a panel over the raw events: every variable but signal and dimension."""
 
 # -- the dashboards -------------------------------------------------------------
 
@@ -242,7 +307,7 @@ OVERVIEW = Dashboard(
     "llmpulse-overview",
     "LLM apps: overview",
     description="Traffic, latency, errors, tokens and cost per app, model and version.",
-    variables=VARIABLES,
+    variables=VARIABLES + PROMPT_VARIABLES,
     panels=(
         Panel(1, "Requests", f"SELECT count() AS value\n{_RAW}", "stat", ("value",),
               unit="short", width=6, height=4),
@@ -369,7 +434,7 @@ HALLUCINATION = Dashboard(
     "llmpulse-hallucination",
     "LLM apps: hallucination",
     description="Groundedness of answers in their retrieved context, user flags, worst answers.",
-    variables=VARIABLES,
+    variables=VARIABLES + PROMPT_VARIABLES,
     panels=(
         _signal_series("Groundedness and ungrounded share", 1,
                        "signal IN ('hallucination.groundedness_mean', "
@@ -390,18 +455,19 @@ HALLUCINATION = Dashboard(
                        "concat(model, ' ', replaceOne(signal, 'hallucination.', ''))",
                        agg="avg", unit="percentunit"),
         Panel(4, "Worst examples",
-              "SELECT ts, model, model_version, JSONExtractString(w, 'event_id') AS event_id, "
-              "JSONExtractFloat(w, 'score') AS score, JSONExtractString(w, 'sentence') AS sentence\n"
-              "FROM (SELECT ts, model, model_version, "
-              "arrayJoin(JSONExtractArrayRaw(detail, 'worst')) AS w\n"
-              "  FROM signals FINAL\n"
-              "  WHERE $__timeFilter(ts) AND signal = 'hallucination.ungrounded_share' "
-              f"AND {_SIG})\n"
-              "ORDER BY score ASC, ts DESC\nLIMIT 20",
-              "table", ("ts", "model", "model_version", "event_id", "score", "sentence"),
-              width=24, height=9),
+              _worst_examples("hallucination.ungrounded_share", "score",
+                              ("score:score:Float", "sentence:sentence:String")),
+              "table", ("ts", "model", "model_version", "prompt_version", "experiment",
+                        "variant", "event_id", "score", "sentence"),
+              width=24, height=9,
+              description="The least grounded sentences, with the prompt version, "
+                          "experiment and variant of their request."),
     ),
 )
+
+_AB_VARS = _vars(app=None, model=None, version=None, experiment=_AB_EXPERIMENT)
+_AB = f"{_SIG} AND {_AB_VARS}"
+"""The variables of an A/B panel: those of a signal panel and ``experiment``."""
 
 _AB_LATEST = (
     "SELECT app, model, model_version, dimension, replaceOne(signal, 'ab.', '') AS metric,\n"
@@ -426,7 +492,7 @@ QUALITY = Dashboard(
     "llmpulse-quality",
     "LLM apps: answer quality and experiments",
     description="Answers against reference answers, and A/B comparisons of prompt versions.",
-    variables=VARIABLES,
+    variables=VARIABLES + PROMPT_VARIABLES,
     panels=(
         _signal_series("Reference overlap (ROUGE-L, BLEU, chrF, semantic)", 1,
                        "signal IN ('quality.rouge_l', 'quality.bleu', 'quality.chrf', "
@@ -436,19 +502,15 @@ QUALITY = Dashboard(
                        description="Mean overlap of answers with the reference answers "
                                    "(corrections, golden sets) that feedback brought, 0..1."),
         Panel(2, "Worst answers against their reference",
-              "SELECT ts, model, model_version, JSONExtractString(w, 'event_id') AS event_id, "
-              "JSONExtractFloat(w, 'score') AS rouge_l, JSONExtractString(w, 'response') AS response, "
-              "JSONExtractString(w, 'reference') AS reference\n"
-              "FROM (SELECT ts, model, model_version, "
-              "arrayJoin(JSONExtractArrayRaw(detail, 'worst')) AS w\n"
-              "  FROM signals FINAL\n"
-              "  WHERE $__timeFilter(ts) AND signal = 'quality.rouge_l' "
-              f"AND {_SIG})\n"
-              "ORDER BY rouge_l ASC, ts DESC\nLIMIT 20",
-              "table", ("ts", "model", "model_version", "event_id", "rouge_l", "response",
-                        "reference"),
-              width=24, height=8),
-        Panel(3, "A/B verdict with confidence intervals", _AB_LATEST.format(where=_SIG),
+              _worst_examples("quality.rouge_l", "rouge_l",
+                              ("rouge_l:score:Float", "response:response:String",
+                               "reference:reference:String")),
+              "table", ("ts", "model", "model_version", "prompt_version", "experiment",
+                        "variant", "event_id", "rouge_l", "response", "reference"),
+              width=24, height=8,
+              description="The answers furthest from their reference, with the prompt "
+                          "version, experiment and variant of their request."),
+        Panel(3, "A/B verdict with confidence intervals", _AB_LATEST.format(where=_AB),
               "table", ("app", "model", "model_version", "dimension", "metric", "control",
                         "treatment", "n_control", "n_treatment", "control_value",
                         "treatment_value", "effect", "ci_low", "ci_high", "p_holm", "verdict"),
@@ -457,7 +519,7 @@ QUALITY = Dashboard(
                           "control with its confidence interval; p-values Holm-corrected "
                           "across the metrics of a pair of arms."),
         _signal_series("Metrics significantly worse per experiment", 4,
-                       "signal = 'ab.verdict'", "dimension", agg="max", unit="short",
+                       f"signal = 'ab.verdict' AND {_AB_VARS}", "dimension", agg="max", unit="short",
                        description="ab.verdict: how many metrics of the treatment arm are "
                                    "significantly worse than the control (Holm)."),
         Panel(5, "Traffic by prompt version and variant",

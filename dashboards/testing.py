@@ -23,6 +23,7 @@ the detectors write.
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -267,6 +268,7 @@ def fill_rows(
         if i % 2:
             row["experiment"] = "tone"
             row["variant"] = "B" if i % 4 == 1 else "A"
+    _link_worst(signals, inference)
     alerts, deployments = [], []
     for i, (sev, state) in enumerate((("critical", "firing"), ("warning", "resolved"),
                                       ("warning", "firing"))):
@@ -306,6 +308,23 @@ def fill_rows(
     return {"inference_events": inference, "feedback_events": feedback, "signals": signals,
             "alerts": alerts, "deployments": deployments, "deadletter_events": deadletters,
             "audit_events": audit, "spans": spans}
+
+
+def _link_worst(signals: list[dict[str, Any]], inference: list[dict[str, Any]]) -> None:
+    """Point each worst example at a stored event of its window (its prompt columns join)."""
+    events = sorted(inference, key=lambda e: e["ts"])
+    times = [e["ts"] for e in events]
+    for row in signals:
+        if '"worst"' not in row.get("detail", ""):
+            continue
+        detail = json.loads(row["detail"])
+        lo = bisect.bisect_left(times, row["ts"] - row.get("window_s", 30.0))
+        hi = bisect.bisect_right(times, row["ts"])
+        if hi <= lo:
+            continue
+        for i, example in enumerate(detail.get("worst", [])):
+            example["event_id"] = events[lo + (i * 7) % (hi - lo)]["event_id"]
+        row["detail"] = json.dumps(detail)
 
 
 def fill_store(store: Any, events: Iterable[tuple[str, Mapping[str, Any]]],

@@ -13,8 +13,8 @@ Query string (same names as Grafana's, so :func:`llmpulse.dashboards.grafana.pan
 links work for both): ``from``/``to`` (``now-1h``, epoch s or ms, ISO 8601,
 or ``from=data`` for the span of the stored events), ``var-app``,
 ``var-model``, ``var-version`` (``var-model_version`` is taken as its alias),
-``var-signal``, ``var-dimension`` (repeatable; absent = All), ``refresh``
-(s). The fragment ``#panel-<id>`` opens (scrolls to and outlines) one panel.
+``var-signal``, ``var-dimension``, ``var-prompt_version``, ``var-experiment``
+(repeatable; absent = All), ``refresh`` (s). The fragment ``#panel-<id>`` opens (scrolls to and outlines) one panel.
 ``GET /dashboards`` with ``var-signal`` in its query string (the alert links
 of older versions) redirects to the panel that shows that signal.
 ``GET /dashboards/runbooks`` is the shipped runbooks page
@@ -69,7 +69,7 @@ Handler = Callable[..., Awaitable[Any]]
 
 DEFAULT_FROM = "now-1h"
 DEFAULT_REFRESH_S = 10
-_VARS = ("app", "model", "version", "signal", "dimension")
+_VARS = ("app", "model", "version", "signal", "dimension", "prompt_version", "experiment")
 _ALIASES = {"model_version": "version"}  # alert links of older versions
 
 

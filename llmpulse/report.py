@@ -151,7 +151,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="only these dashboards (repeatable; default all)")
     parser.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
                         help="filter: app=..., model=..., version=..., signal=..., "
-                             "dimension=... (repeatable)")
+                             "dimension=..., prompt_version=..., experiment=... (repeatable)")
     parser.add_argument("--source", choices=("auto", "http", "store"), default="auto",
                         help="read through the running stack's HTTP API, or open the "
                              "stopped store (default: the API when the stack runs)")
@@ -164,9 +164,10 @@ def _variables(items: Sequence[str]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or name not in ("app", "model", "version", "signal", "dimension"):
+        if not sep or name not in ("app", "model", "version", "signal", "dimension",
+                                   "prompt_version", "experiment"):
             raise ReportError(f"--var {item!r}: use app=..., model=..., version=..., "
-                              "signal=... or dimension=...")
+                              "signal=..., dimension=..., prompt_version=... or experiment=...")
         out.setdefault(name, []).append(value)
     return out
 

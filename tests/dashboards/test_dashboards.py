@@ -200,6 +200,79 @@ def test_variables_filter_the_panels(filled: dict[str, Any]) -> None:
     assert early == [{"value": 0}]
 
 
+_RAW_READERS = [(d.name, p) for d in DASHBOARDS.values() for p in d.panels
+                if "inference_events" in p.sql]
+
+
+@pytest.mark.parametrize(("name", "panel"), _RAW_READERS,
+                         ids=[f"{n}-{p.id}" for n, p in _RAW_READERS])
+def test_prompt_variables_are_declared_and_filter_every_raw_panel(name: str,
+                                                                  panel: Panel) -> None:
+    model = dashboard_json(DASHBOARDS[name])
+    declared = {v["name"]: v for v in model["templating"]["list"]}
+    for var in ("prompt_version", "experiment"):
+        assert "FROM inference_events" in declared[var]["query"]
+        assert declared[var]["includeAll"] and declared[var]["multi"]
+        assert f"${{{var}:singlequote}}" in panel.sql, (name, panel.title, var)
+    [target] = [p for p in model["panels"] if p["id"] == panel.id][0]["targets"]
+    assert "${prompt_version:singlequote}" in target["rawSql"]
+
+
+def test_prompt_version_filters_the_raw_and_worst_example_panels(
+        filled: dict[str, Any]) -> None:
+    q = _query(filled["store"])
+    events = fill_rows(seed=11, start_ts=filled["start"], duration_s=DURATION,
+                       rate=8)["inference_events"]
+    v2 = [e for e in events if e["prompt_version"] == "v2"]
+    assert 0 < len(v2) < len(events)
+    ctx = Context(filled["start"], filled["end"], {"prompt_version": ["v2"]})
+    overview = DASHBOARDS["overview"]
+    assert panel_rows(q, overview.panel("Requests"), ctx)[0]["value"] == len(v2)
+    errors = sum(e["status"] != "ok" for e in v2) / len(v2)
+    assert panel_rows(q, overview.panel("Error rate"), ctx)[0]["value"] == pytest.approx(errors)
+    cost = sum(e.get("cost_usd") or 0 for e in v2)
+    assert panel_rows(q, overview.panel("Cost (USD)"), ctx)[0]["value"] == pytest.approx(cost)
+    traffic = panel_rows(q, DASHBOARDS["quality"].panel(5), ctx)
+    assert {r["prompt_version"] for r in traffic} == {"v2"}
+    assert sum(r["requests"] for r in traffic) == len(v2)
+    # the worst examples carry their event's prompt columns and follow the filter
+    by_id = {e["event_id"]: e for e in events}
+    for d, pid in (("quality", 2), ("hallucination", 4)):
+        every = panel_rows(q, DASHBOARDS[d].panel(pid), Context(filled["start"], filled["end"]))
+        assert {r["prompt_version"] for r in every} == {"v1", "v2"}, d
+        for r in every:
+            e = by_id[r["event_id"]]
+            assert (r["prompt_version"], r["experiment"], r["variant"]) == (
+                e["prompt_version"], e.get("experiment", ""), e.get("variant", ""))
+        only = panel_rows(q, DASHBOARDS[d].panel(pid), ctx)
+        assert only and {r["prompt_version"] for r in only} == {"v2"}, d
+        assert {r["variant"] for r in only} == {"B"}
+    # an experiment filter narrows the A/B panel to that experiment's rows
+    ab = DASHBOARDS["quality"].panel(3)
+    assert {r["dimension"] for r in panel_rows(q, ab, Context(
+        filled["start"], filled["end"], {"experiment": ["tone"]}))} == {"experiment=tone"}
+    assert panel_rows(q, ab, Context(filled["start"], filled["end"],
+                                     {"experiment": ["other"]})) == []
+
+
+@pytest.mark.parametrize("evil", ["v2') OR 1=1 --", "v2' OR '1'='1", "v2\\') OR 1=1 --",
+                                  "x'); DROP TABLE inference_events; --"])
+def test_a_hostile_prompt_version_is_only_a_value(filled: dict[str, Any], evil: str) -> None:
+    q = _query(filled["store"])
+    guard = SqlGuard.for_store(filled["store"])
+    for d, p in _RAW_READERS:
+        ctx = Context(filled["start"], filled["end"], {"prompt_version": [evil]})
+        sql = expand(p.sql, start=ctx.start, end=ctx.end, variables=ctx.variables)
+        assert guard.check(sql).tables  # one read-only statement
+        rows = panel_rows(q, p, ctx)
+        if p.kind == "stat":
+            assert rows[0]["value"] in (0, None), (d, p.title)  # empty: 0 or no quantile
+        else:
+            assert rows == [], (d, p.title)
+    total = q("SELECT count() AS n FROM inference_events", {})[0]["n"]
+    assert total == filled["counts"]["inference_events"]
+
+
 def test_user_text_is_escaped(filled: dict[str, Any]) -> None:
     p = DASHBOARDS["hallucination"].panel("Worst examples")
     ctx = Context(filled["start"], filled["end"])
@@ -391,6 +464,34 @@ async def test_routes_serve_pages_fragments_svg_and_json(filled: dict[str, Any])
         await client.close()
 
 
+async def test_embedded_page_takes_the_prompt_filters_from_the_url(
+        filled: dict[str, Any]) -> None:
+    q = _query(filled["store"])
+    client = TestClient(TestServer(aiohttp_app(q)))
+    await client.start_server()
+    try:
+        rng = f"from={int(filled['start'] * 1000)}&to={int(filled['end'] * 1000)}"
+        page = await (await client.get(f"/dashboards/overview?{rng}&var-prompt_version=v2")).text()
+        assert '<option selected value="v2">' in page and '<option value="v1">' in page
+        assert "var-prompt_version=v2" in page  # the panels load with the same filter
+        body = await (await client.get(
+            f"/dashboards/quality/panel/5.json?{rng}&var-prompt_version=v2")).json()
+        assert body["rows"] and {r["prompt_version"] for r in body["rows"]} == {"v2"}
+        [n] = q("SELECT count() AS n FROM inference_events FINAL WHERE prompt_version = 'v2'", {})
+        assert sum(r["requests"] for r in body["rows"]) == n["n"]
+        body = await (await client.get(
+            f"/dashboards/quality/panel/3.json?{rng}&var-experiment=tone")).json()
+        assert body["rows"] and {r["dimension"] for r in body["rows"]} == {"experiment=tone"}
+        evil = "v2') OR 1=1 --<script>"
+        r = await client.get(f"/dashboards/overview?{rng}", params={"var-prompt_version": evil})
+        assert r.status == 200 and "<script>" not in (await r.text()).split("<script>\n")[0]
+        r = await client.get(f"/dashboards/overview/panel/1.json?{rng}",
+                             params={"var-prompt_version": evil})
+        assert r.status == 200 and (await r.json())["rows"] == [{"value": 0}]
+    finally:
+        await client.close()
+
+
 async def test_embedded_page_applies_the_alert_links_filters(filled: dict[str, Any]) -> None:
     q = _query(filled["store"])
     [key] = q("SELECT app, model, model_version FROM signals FINAL WHERE signal = 'drift.ks' "
@@ -559,6 +660,21 @@ def test_report_is_self_contained_and_defaults_to_the_data_span(filled: dict[str
     assert "0 panel(s) without data" in html
     start_txt = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(span[0]))
     assert start_txt in html
+    # --var prompt_version=v2: the report's raw panels count only that version
+    variables = report._variables(["prompt_version=v2", "experiment=tone"])
+    assert variables == {"prompt_version": ["v2"], "experiment": ["tone"]}
+    only = report.build_report(q, variables=variables, dashboards=["quality"])
+    assert "filters: prompt_version=v2, experiment=tone" in only
+    [n] = q("SELECT count() AS n FROM inference_events FINAL WHERE prompt_version = 'v2' "
+            "AND experiment = 'tone'", {})
+    [traffic] = re.findall(r'id="panel-5".*?</section>', only, re.S)
+    cells = [re.findall(r"<td[^>]*>([^<]*)</td>", row)
+             for row in re.findall(r"<tr>(<td.*?)</tr>", traffic, re.S)]
+    assert {c[2] for c in cells} == {"v2"} and {c[3] for c in cells} == {"tone"}
+    assert sum(int(c[5].replace(",", "")) for c in cells) == n["n"]
+    assert ">v1<" not in traffic
+    with pytest.raises(report.ReportError, match="prompt_version"):
+        report._variables(["prompt=v2"])
 
 
 async def _api_query_app(store: Store) -> web.Application:

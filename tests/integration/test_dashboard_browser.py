@@ -184,3 +184,35 @@ def test_alert_link_opens_the_panel_with_only_the_alerted_series(
     done = _chromium(chromium, served["tmp"], wide, "--dump-dom")
     assert done.returncode == 0, done.stderr[-2000:]
     assert _panel(done.stdout, pid)[0] > 1
+
+
+def _column(dom: str, pid: int, column: str) -> list[str]:
+    """The cells of one column of a table panel in a dumped page."""
+    section = re.search(rf'<section class="panel" id="panel-{pid}".*?</section>', dom, re.S)
+    assert section, dom[:2000]
+    heads = [html.unescape(h) for h in re.findall(r"<th>([^<]*)</th>", section.group(0))]
+    rows = re.findall(r"<tr>(<td.*?)</tr>", section.group(0), re.S)
+    at = heads.index(column)
+    return [html.unescape(re.findall(r"<td[^>]*>([^<]*)</td>", r)[at]) for r in rows]
+
+
+def test_prompt_version_in_the_url_filters_the_page(chromium: str,
+                                                    served: dict[str, Any]) -> None:
+    rng = f"from={int(served['start'] * 1000)}&to={int(served['end'] * 1000)}&refresh=0"
+    pages = {}
+    for filt in ("", "&var-prompt_version=v2"):
+        done = _chromium(chromium, served["tmp"],
+                         f"{served['base']}/dashboards/quality?{rng}{filt}", "--dump-dom")
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "query failed" not in done.stdout and "loading…" not in done.stdout
+        pages[filt] = done.stdout
+    assert re.search(r'<select name="var-prompt_version">.*?<option selected(="")? value="v2">',
+                     pages["&var-prompt_version=v2"], re.S)
+    for pid in (2, 5):  # the worst answers and the traffic per prompt version
+        assert set(_column(pages[""], pid, "prompt_version")) == {"v1", "v2"}, pid
+        only = _column(pages["&var-prompt_version=v2"], pid, "prompt_version")
+        assert only and set(only) == {"v2"}, pid
+    stored = served["query"]("SELECT count() AS n FROM inference_events FINAL "
+                             "WHERE prompt_version = 'v2'", {})[0]["n"]
+    shown = _column(pages["&var-prompt_version=v2"], 5, "requests")
+    assert sum(int(n.replace(",", "")) for n in shown) == stored
