@@ -114,10 +114,12 @@ def test_a_rolling_restart_mid_window_changes_no_signal(stack_factory, tmp_path)
 
     ref, got = runs["undisturbed"], runs["restarted"]
     assert len(ref) > 100, len(ref)
-    # the windows written before the stop had all closed by the watermark: each is
-    # the undisturbed run's window, none a partial one closed by the stop
-    assert mid and all(ref.get(k) == v for k, v in mid.items()), \
-        [(k, v, ref.get(k)) for k, v in mid.items() if ref.get(k) != v][:5]
+    # the 10 s windows written before the stop closed by the watermark: each is the
+    # undisturbed run's window, none a partial one closed by the stop (30 s windows
+    # with feedback are recomputed as labels arrive, so their early rows differ)
+    early = {k: v for k, v in mid.items() if k[4] == "10"}
+    assert early and all(ref.get(k) == v for k, v in early.items()), \
+        [(k, v, ref.get(k)) for k, v in early.items() if ref.get(k) != v][:5]
     assert got.keys() == ref.keys(), (sorted(set(ref) ^ set(got))[:10])
     diff = {k: (ref[k], got[k]) for k in ref if ref[k] != got[k]}
     assert not diff, list(diff.items())[:5]
