@@ -202,3 +202,18 @@ def run_engine_once(engine_kwargs: dict[str, Any], detectors: dict[str, Any],
     from llmpulse.streams.testing import run_engine
 
     return run_engine(engine_cls(engine_kwargs=engine_kwargs, detectors=detectors), messages)
+
+
+def test_signals_stop_is_checked_at_load_naming_the_key(tmp_path: Path) -> None:
+    from llmpulse.config import ConfigError
+
+    def load(text: str) -> Any:
+        path = tmp_path / "llmpulse.yaml"
+        path.write_text(text)
+        return load_settings(env={"LLMPULSE_DATA_DIR": str(tmp_path)}, path=path)
+
+    assert load("signals: {}\n").signals.stop == "flush"
+    assert load("signals:\n  stop: save\n").signals.stop == "save"
+    for bad in ("drain", "1", "true"):
+        with pytest.raises(ConfigError, match=r"^signals\.stop: must be"):
+            load(f"signals:\n  stop: {bad}\n")
