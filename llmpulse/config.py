@@ -60,6 +60,10 @@ class IngestSettings:
     """Events older than this are dead-lettered as a clock years off."""
 
 
+SIGNAL_STOP_MODES: tuple[str, ...] = ("save", "flush")
+"""Values of ``signals.stop``."""
+
+
 @dataclass(frozen=True, slots=True)
 class SignalSettings:
     """How the signal agents window events and run detectors."""
@@ -87,6 +91,10 @@ class SignalSettings:
     notify_in_worker: bool = True
     """Workers page on-call themselves; false when a separate notifier service
     (``python -m llmpulse.streams.notify``) consumes ``llmpulse.alerts`` instead."""
+    stop: str = "flush"
+    """What a clean stop does with the open windows: ``flush`` closes them now as
+    partial windows (a final stop); ``save`` saves them with the offsets they cover,
+    as a crash would leave them, so the next start continues them (a rolling restart)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +318,9 @@ def load_settings(
     signals = _sub(SignalSettings, raw.get("signals"), "signals")
     if signals.engine_processes < 1:
         raise ConfigError(f"signals.engine_processes: must be >= 1, got {signals.engine_processes!r}")
+    if signals.stop not in SIGNAL_STOP_MODES:
+        raise ConfigError(f"signals.stop: must be one of {', '.join(SIGNAL_STOP_MODES)}, "
+                          f"got {signals.stop!r}")
     try:
         judge = JudgeSettings.from_settings(raw.get("judge"), env)
     except JudgeError as exc:

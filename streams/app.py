@@ -257,10 +257,10 @@ class Pipeline:
         return self.alerts.notifier if self.alerts is not None else None
 
     async def close(self) -> None:
-        """Flush and stop the signal engine and the alert agent (before the app stops)."""
+        """Stop the signal engine (flushing or saving its open windows, as
+        ``signals.stop`` says) and the alert agent (before the app stops)."""
         if self.signals is not None:
-            await self.signals.flush()
-            await self.signals.close()
+            await self.signals.stop()
         if self.alerts is not None:
             await self.alerts.close()
 

@@ -37,6 +37,13 @@ replace the earlier ones, and the alert manager, whose state is saved after
 every batch of signals, ignores them as replays. Events forwarded twice (the
 ingest path is at-least-once) are dropped by ``event_id`` when their window
 closes.
+
+A clean stop (SIGTERM) does what ``signals.stop`` says. ``save`` writes that
+same state, closing nothing, so a rolling restart is a crash without the
+replay: the next start restores the open windows and they close by the
+watermark with every event, none partial, none late. ``flush`` (the default,
+for a final stop such as the end of ``llmpulse up`` with its in-memory
+broker) closes every open window now and emits it as it stands.
 """
 
 from __future__ import annotations
@@ -456,6 +463,21 @@ class SignalAgents:
         signals = await loop.run_in_executor(self._exec, self.engine.flush)
         await self.emit(signals)
         await loop.run_in_executor(self._exec, self._save)
+
+    async def save(self) -> None:
+        """Save the engine's state with the offsets it covers, closing nothing: the
+        state a crash would leave, so the next start continues the open windows."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._exec, self._save)
+
+    async def stop(self) -> None:
+        """A clean stop, as ``signals.stop`` says: ``flush`` the open windows into
+        (partial) signals, or ``save`` them for the next start; then :meth:`close`."""
+        if self.settings.signals.stop == "flush":
+            await self.flush()
+        else:
+            await self.save()
+        await self.close()
 
     async def close(self) -> None:
         """Stop the engine (its process, when it has one)."""

@@ -158,6 +158,7 @@ def test_workers_serve_http_where_their_healthcheck_looks(tmp_path: Path) -> Non
     path.write_text(config)
     settings = load_settings(env=_env("worker"), path=path)
     assert settings.http.host == "0.0.0.0"
+    assert settings.signals.stop == "save"  # a rolling restart keeps the windows open
     assert _health_port("worker") == settings.http.port
     assert str(settings.http.port) in [str(p) for p in w["expose"]]
     for name, svc in SERVICES.items():

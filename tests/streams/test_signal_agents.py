@@ -150,3 +150,70 @@ async def test_overload_delays_windows_and_loses_no_event(tmp_path: Path, laggin
     else:
         assert stats["late_dropped"] > 0
         assert sum(s.n for s in rates) < len(events)
+
+
+@pytest.mark.parametrize("stop", ["save", "flush"])
+async def test_a_clean_stop_saves_the_open_windows_or_flushes_them_as_configured(
+        tmp_path: Path, stop: str) -> None:
+    """A worker stopped mid-window and started again on the same data directory:
+    with ``signals.stop: save`` the stop emits nothing and the restarted agents
+    close the windows with every event, exactly as one undisturbed run; with
+    ``flush`` the stop emits the open windows as they stand (partial)."""
+    from llmpulse.detectors.testing import synthetic_events
+    from llmpulse.streams.engine_process import LocalEngine
+    from llmpulse.streams.signals import engine_config
+    from llmpulse.streams.testing import canonical, drive_signal_agents, grouped_messages
+
+    messages = grouped_messages(synthetic_events(1200, seed=6, rate=10), sources=2, chunk=50)
+    half = len(messages) // 2
+    settings, store, agents, sink, _ = _agents(tmp_path, stop=stop)
+    at_stop: list[Any] = []
+    try:
+        first = await drive_signal_agents(agents, messages[:half], batch=4, flush=False)
+        agents.consumers.append(lambda s: _collect(at_stop, s))
+        await agents.stop()
+    finally:
+        store.close()
+    settings, store, agents, sink, _ = _agents(tmp_path, stop=stop)
+    try:
+        second = await drive_signal_agents(agents, messages[half:], batch=4)
+        late = agents.engine.stats()["late_dropped"]
+        events_in = agents.engine.stats()["events_in"]
+        await agents.close()
+    finally:
+        store.close()
+    engine_kwargs, detectors = engine_config(settings)
+    expected = run_engine_once(engine_kwargs, detectors, messages, LocalEngine)
+    if stop == "save":
+        assert at_stop == []  # nothing closed at the stop
+        assert late == 0 and events_in == 1200  # the counters travel with the state
+        assert canonical(first + second) == canonical(expected)
+    else:
+        assert at_stop  # the open windows, closed early
+        assert canonical(first + at_stop + second) != canonical(expected)
+
+
+async def _collect(into: list[Any], signals: list[Any]) -> None:
+    into.extend(signals)
+
+
+def run_engine_once(engine_kwargs: dict[str, Any], detectors: dict[str, Any],
+                    messages: list[Any], engine_cls: Any) -> list[Any]:
+    from llmpulse.streams.testing import run_engine
+
+    return run_engine(engine_cls(engine_kwargs=engine_kwargs, detectors=detectors), messages)
+
+
+def test_signals_stop_is_checked_at_load_naming_the_key(tmp_path: Path) -> None:
+    from llmpulse.config import ConfigError
+
+    def load(text: str) -> Any:
+        path = tmp_path / "llmpulse.yaml"
+        path.write_text(text)
+        return load_settings(env={"LLMPULSE_DATA_DIR": str(tmp_path)}, path=path)
+
+    assert load("signals: {}\n").signals.stop == "flush"
+    assert load("signals:\n  stop: save\n").signals.stop == "save"
+    for bad in ("drain", "1", "true"):
+        with pytest.raises(ConfigError, match=r"^signals\.stop: must be"):
+            load(f"signals:\n  stop: {bad}\n")
