@@ -60,7 +60,8 @@ def _reference_columns(events, start=None, end=None):
         columns["feedback.label"] = _strings([f.get("label") for f in fb])
         columns["feedback.hallucination"] = _floats([f.get("hallucination") for f in fb])
         columns["feedback.source"] = _strings([f.get("source") for f in fb])
-        for key in ("groundedness", "relevance", "correctness", "groundedness_free"):
+        for key in ("groundedness", "relevance", "correctness", "groundedness_free", "score",
+                    "hallucination"):
             columns[f"feedback.judge_{key}"] = _floats([f.get(f"judge_{key}") for f in fb])
     lists = {k: [e.get(k) for e in events] for k in ("prompt", "response", "context", "token_logprobs")}
     if any("feedback" in e for e in events):
