@@ -410,6 +410,59 @@ async def _read_body(request: Any, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+Refuse = Callable[[bytes, str, str], Awaitable[None]]
+
+
+def dead_letter_refusals(ingest: SpanIngest, source: str, timeout_s: float) -> Refuse:
+    """``refuse(payload, reason, status)``: count and dead-letter a refused request
+    through ``ingest``; the answer goes out even when the dead letter is slow."""
+
+    async def refuse(payload: bytes, reason: str, status: str) -> None:
+        try:
+            await asyncio.wait_for(ingest.refuse(payload, reason, source=source, status=status),
+                                   timeout_s)
+        except TimeoutError:  # the answer goes out anyway; the count is kept
+            log.warning("dead letter not stored in %g s: %s", timeout_s, reason[:200])
+
+    return refuse
+
+
+async def handle_post(view: Any, request: Any, *, limits: ReceiverLimits, refuse: Refuse,
+                      take: Callable[[bytes, str], Awaitable[Any]], stats: Any,
+                      respond: Callable[[Any, str, Any], Any]) -> Any:
+    """One OTLP/HTTP export request (``/v1/traces``, ``/v1/logs``): 415 for another
+    content type, 400 for an unreadable body, 413 over ``limits.max_body_bytes``,
+    400 for what does not decode, 503 when ``take`` (decode, map, send) is slower
+    than ``limits.timeout_s``; else ``respond(view, encoding, take(body, encoding))``."""
+    encoding = CONTENT_TYPES.get(request.content_type)
+    if encoding is None:
+        ctype = request.content_type[:100]
+        await refuse(ctype.encode(), f"unsupported content type {ctype!r}", "415")
+        return _error(view, None, 415, "Content-Type must be application/x-protobuf "
+                      "or application/json")
+    try:
+        body = await _read_body(request, limits.max_body_bytes)
+    except Exception as exc:  # a broken gzip stream, a dropped connection
+        reason = f"unreadable body: {type(exc).__name__}: {str(exc)[:200]}"
+        await refuse(b"", reason, "400")
+        return _error(view, encoding, 400, reason)
+    if body is None:
+        reason = f"body larger than {limits.max_body_bytes} bytes"
+        await refuse(b"", reason, "413")
+        return _error(view, encoding, 413, reason)
+    try:
+        mapped = await asyncio.wait_for(take(body, encoding), limits.timeout_s)
+    except OtlpDecodeError as exc:
+        await refuse(body, str(exc), "400")
+        return _error(view, encoding, 400, str(exc))
+    except TimeoutError:
+        stats.refused["503"] += 1
+        return _error(view, encoding, 503, "the broker or store is slow; retry",
+                      headers={"Retry-After": "5"})
+    return respond(view, encoding, mapped)
+
+
+
 def attach_otlp(app: Any, ingest: SpanIngest, *, limits: ReceiverLimits = ReceiverLimits(),
                 batch_messages: int = 100, batch_within_s: float = 0.2,
                 positions: dict[tuple[str, int], int] | None = None,
@@ -421,45 +474,18 @@ def attach_otlp(app: Any, ingest: SpanIngest, *, limits: ReceiverLimits = Receiv
     done = positions if positions is not None else {}
     import faust
 
-    async def refuse(payload: bytes, reason: str, status: str) -> None:
-        try:
-            await asyncio.wait_for(ingest.refuse(payload, reason, source=OTLP_HTTP_SOURCE,
-                                                 status=status), limits.timeout_s)
-        except TimeoutError:  # the answer goes out anyway; the count is kept
-            log.warning("dead letter not stored in %g s: %s", limits.timeout_s, reason[:200])
+    refuse = dead_letter_refusals(ingest, OTLP_HTTP_SOURCE, limits.timeout_s)
+
+    async def take(body: bytes, encoding: str) -> Any:
+        return await ingest.ingest(body, encoding, source=OTLP_HTTP_SOURCE)
 
     @app.page("/v1/traces")
     class TracesView(faust.web.View):
         """OTLP/HTTP traces (see the module docstring for the answers)."""
 
         async def post(self, request: Any) -> Any:
-            encoding = CONTENT_TYPES.get(request.content_type)
-            if encoding is None:
-                ctype = request.content_type[:100]
-                await refuse(ctype.encode(), f"unsupported content type {ctype!r}", "415")
-                return _error(self, None, 415, "Content-Type must be application/x-protobuf "
-                              "or application/json")
-            try:
-                body = await _read_body(request, limits.max_body_bytes)
-            except Exception as exc:  # a broken gzip stream, a dropped connection
-                reason = f"unreadable body: {type(exc).__name__}: {str(exc)[:200]}"
-                await refuse(b"", reason, "400")
-                return _error(self, encoding, 400, reason)
-            if body is None:
-                reason = f"body larger than {limits.max_body_bytes} bytes"
-                await refuse(b"", reason, "413")
-                return _error(self, encoding, 413, reason)
-            try:
-                mapped = await asyncio.wait_for(
-                    ingest.ingest(body, encoding, source=OTLP_HTTP_SOURCE), limits.timeout_s)
-            except OtlpDecodeError as exc:
-                await refuse(body, str(exc), "400")
-                return _error(self, encoding, 400, str(exc))
-            except TimeoutError:
-                ingest.stats.refused["503"] += 1
-                return _error(self, encoding, 503, "the broker or store is slow; retry",
-                              headers={"Retry-After": "5"})
-            return _response(self, encoding, mapped)
+            return await handle_post(self, request, limits=limits, refuse=refuse, take=take,
+                                     stats=ingest.stats, respond=_response)
 
     topic = app.topic(TOPIC_OTLP_SPANS, value_serializer="raw", key_serializer="raw")
 

@@ -37,7 +37,6 @@ shim's); a record that breaks the contract is rejected with the reason
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
@@ -58,12 +57,11 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from llmpulse.events import DEFAULT_LIMITS, EventError, Limits, validate_feedback
 from llmpulse.streams.ingest import DeadLetter
 from llmpulse.streams.otlp import (
-    CONTENT_TYPES,
     ReceiverLimits,
     SpanIngest,
-    _error,
-    _read_body,
+    dead_letter_refusals,
     envelopes,
+    handle_post,
 )
 from llmpulse.streams.otlp_identity import span_key
 from llmpulse.streams.otlp_mapping import OtlpDecodeError, attributes
@@ -245,12 +243,7 @@ def attach_otlp_logs(app: Any, ingest: SpanIngest, *, feedback_topic: str,
     ``otlp.refused`` / ``otlp.rejected_log_records`` in ``/api/stats``)."""
     import faust
 
-    async def refuse(payload: bytes, reason: str, status: str) -> None:
-        try:
-            await asyncio.wait_for(ingest.refuse(payload, reason, source=OTLP_LOGS_SOURCE,
-                                                 status=status), limits.timeout_s)
-        except TimeoutError:
-            log.warning("dead letter not stored in %g s: %s", limits.timeout_s, reason[:200])
+    refuse = dead_letter_refusals(ingest, OTLP_LOGS_SOURCE, limits.timeout_s)
 
     async def take(body: bytes, encoding: str) -> MappedLogs:
         mapped = map_logs(decode_logs(body, encoding), limits=ingest.limits)
@@ -271,29 +264,5 @@ def attach_otlp_logs(app: Any, ingest: SpanIngest, *, feedback_topic: str,
         """OTLP/HTTP logs: feedback records (see the module docstring)."""
 
         async def post(self, request: Any) -> Any:
-            encoding = CONTENT_TYPES.get(request.content_type)
-            if encoding is None:
-                ctype = request.content_type[:100]
-                await refuse(ctype.encode(), f"unsupported content type {ctype!r}", "415")
-                return _error(self, None, 415, "Content-Type must be application/x-protobuf "
-                              "or application/json")
-            try:
-                body = await _read_body(request, limits.max_body_bytes)
-            except Exception as exc:  # a broken gzip stream, a dropped connection
-                reason = f"unreadable body: {type(exc).__name__}: {str(exc)[:200]}"
-                await refuse(b"", reason, "400")
-                return _error(self, encoding, 400, reason)
-            if body is None:
-                reason = f"body larger than {limits.max_body_bytes} bytes"
-                await refuse(b"", reason, "413")
-                return _error(self, encoding, 413, reason)
-            try:
-                mapped = await asyncio.wait_for(take(body, encoding), limits.timeout_s)
-            except OtlpDecodeError as exc:
-                await refuse(body, str(exc), "400")
-                return _error(self, encoding, 400, str(exc))
-            except TimeoutError:
-                ingest.stats.refused["503"] += 1
-                return _error(self, encoding, 503, "the broker or store is slow; retry",
-                              headers={"Retry-After": "5"})
-            return _response(self, encoding, mapped)
+            return await handle_post(self, request, limits=limits, refuse=refuse, take=take,
+                                     stats=ingest.stats, respond=_response)
