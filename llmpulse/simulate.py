@@ -1043,6 +1043,75 @@ def _comment_pool(is_ok: bool, flagged: bool, score: float) -> Sequence[str]:
     return kb.COMMENTS_GOOD if score >= 0.2 else kb.COMMENTS_BAD
 
 
+def _router_event(
+    event_id: str,
+    request_id: str,
+    ts: int,
+    app: str,
+    latency_ms: float,
+    in_tokens: int,
+    prompt: str,
+    segment: dict[str, str],
+    prompt_chars: int,
+    turn: int,
+    error: bool,
+    label: str,
+    score: float,
+) -> dict[str, Any]:
+    """The intent router's inference (request id ``<request>-route``)."""
+    r_model, r_version = ROUTER_MODEL
+    rev: dict[str, Any] = {
+        "event_id": event_id,
+        "request_id": request_id + "-route",
+        "ts": ts,
+        "app": app,
+        "model": r_model,
+        "model_version": r_version,
+        "latency_ms": latency_ms,
+        "status": "ok",
+        "input_tokens": in_tokens - _SYSTEM_TOKENS,
+        "output_tokens": 1,
+        "prompt": prompt,
+        "segment": segment,
+        "features": {"prompt_chars": prompt_chars, "turn": turn},
+    }
+    if error:
+        rev["status"] = "error"
+        rev["error_type"] = "server_error"
+        rev["output_tokens"] = 0
+    else:
+        rev["prediction"] = {"label": label, "score": score}
+    return rev
+
+
+def _set_arm(aev: dict[str, Any], b_arm: bool) -> None:
+    """Mark an answer as served by arm A or B of the prompt rollout."""
+    aev["experiment"] = "prompt-rollout"
+    aev["variant"] = "B" if b_arm else "A"
+    aev["prompt_version"] = "v2" if b_arm else "v1"
+
+
+def _set_answered(aev: dict[str, Any], ttft_ms: float, response: str, logprobs: list[float]) -> None:
+    """The fields only a successful answer has."""
+    aev["ttft_ms"] = ttft_ms
+    aev["response"] = response
+    aev["token_logprobs"] = logprobs
+
+
+def _answer_feedback(
+    event_id: str, request_id: str, ts: int, app: str, score: float, flagged: bool
+) -> dict[str, Any]:
+    """A user's rating of an answer (and whether they flagged it as made up)."""
+    return {
+        "event_id": event_id,
+        "request_id": request_id,
+        "ts": ts,
+        "app": app,
+        "score": score,
+        "hallucination": flagged,
+    }
+
+
 def _assemble(
     k: _KB,
     app: str,
@@ -1081,7 +1150,6 @@ def _assemble(
     tiers = _SEGMENT_VALUES["tier"]
     intents = kb.INTENTS
     models = _ANSWER_MODELS
-    r_model, r_version = ROUTER_MODEL
 
     now: list[Any] = []
     later: list[tuple[int, Any]] = []
@@ -1169,27 +1237,9 @@ def _assemble(
     ) in enumerate(cols):
         prompt = prefixes[pf] + questions[q] + suffixes[sf]
         seg = {"region": regions[rg], "language": languages[lg], "tier": tiers[tr]}
-        rev: dict[str, Any] = {
-            "event_id": uu[u],
-            "request_id": rid + "-route",
-            "ts": ts,
-            "app": app,
-            "model": r_model,
-            "model_version": r_version,
-            "latency_ms": rlat,
-            "status": "ok",
-            "input_tokens": tin - _SYSTEM_TOKENS,
-            "output_tokens": 1,
-            "prompt": prompt,
-            "segment": seg,
-            "features": {"prompt_chars": pchars, "turn": trn},
-        }
-        if rerr:
-            rev["status"] = "error"
-            rev["error_type"] = "server_error"
-            rev["output_tokens"] = 0
-        else:
-            rev["prediction"] = {"label": intents[pred], "score": rscore}
+        rev = _router_event(
+            uu[u], rid, ts, app, rlat, tin, prompt, seg, pchars, trn, rerr, intents[pred], rscore
+        )
         mname, mver = models[m]
         aev: dict[str, Any] = {
             "event_id": uu[u + 1],
@@ -1215,16 +1265,10 @@ def _assemble(
         }
         u += 2
         if rollout_l[i]:
-            b_arm = rollout_b_l[i]
-            aev["experiment"] = "prompt-rollout"
-            aev["variant"] = "B" if b_arm else "A"
-            aev["prompt_version"] = "v2" if b_arm else "v1"
+            _set_arm(aev, rollout_b_l[i])
         if is_ok:
-            aev["ttft_ms"] = tt
-            aev["response"] = (
-                responses[r] if refused_l[i] else openers[op] + responses[r] + closers[cl]
-            )
-            aev["token_logprobs"] = lp
+            response = responses[r] if refused_l[i] else openers[op] + responses[r] + closers[cl]
+            _set_answered(aev, tt, response, lp)
         elif is_err:
             aev["status"] = "error"
             aev["error_type"] = _ERROR_TYPES[et]
@@ -1252,14 +1296,7 @@ def _assemble(
             now.append((TOPIC_INFERENCE, aev))
         if fb_a_list[i]:
             fts = fb_a_ts[i]
-            fev: dict[str, Any] = {
-                "event_id": uu[u],
-                "request_id": rid,
-                "ts": fts,
-                "app": app,
-                "score": fb_score_l[i],
-                "hallucination": flagged_l[i],
-            }
+            fev = _answer_feedback(uu[u], rid, fts, app, fb_score_l[i], flagged_l[i])
             u += 1
             if comment_l[i]:
                 pool = _comment_pool(is_ok, flagged_l[i], fb_score_l[i])
