@@ -95,6 +95,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -371,6 +372,138 @@ class _Track:
 # -- the monitor --------------------------------------------------------------------
 
 
+# -- constructing a Monitor ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    """A :class:`Monitor`'s identity, transport and sizes, checked.
+
+    >>> _Settings.of("a", "127.0.0.1:9", None, buckets=8).buckets
+    8
+    >>> _Settings.of("", "127.0.0.1:9", None)
+    Traceback (most recent call last):
+    ...
+    ValueError: app: must be a non-empty string
+    """
+
+    app: str
+    bootstrap: str
+    security: KafkaSecurity
+    model: str | None
+    model_version: str | None
+    strict: bool
+    buffer_events: int
+    buckets: int
+    envelope_max_events: int
+    envelope_max_bytes: int
+    linger_ms: float
+    delivery_timeout_s: float
+
+    @classmethod
+    def of(
+        cls,
+        app: str,
+        bootstrap: str | None,
+        security: KafkaSecurity | Mapping[str, Any] | None,
+        *,
+        model: str | None = None,
+        model_version: str | None = None,
+        strict: bool = True,
+        buffer_events: int = 100_000,
+        buckets: int = 64,
+        envelope_max_events: int = 1000,
+        envelope_max_bytes: int = 512 << 10,
+        linger_ms: float = 50.0,
+        delivery_timeout_s: float = 30.0,
+    ) -> _Settings:
+        """Check the arguments in the constructor's order; the error names the argument."""
+        if type(app) is not str or not app:
+            raise ValueError("app: must be a non-empty string")
+        if buckets < 1 or envelope_max_events < 1 or envelope_max_bytes < 1 or buffer_events < 2:
+            raise ValueError("buckets, envelope_max_events, envelope_max_bytes must be >= 1, buffer_events >= 2")
+        bootstrap = resolve_bootstrap(bootstrap)
+        return cls(
+            app=app,
+            bootstrap=bootstrap,
+            security=KafkaSecurity.coerce(security),
+            model=model,
+            model_version=model_version,
+            strict=strict,
+            buffer_events=int(buffer_events),
+            buckets=int(buckets),
+            envelope_max_events=int(envelope_max_events),
+            envelope_max_bytes=int(envelope_max_bytes),
+            linger_ms=float(linger_ms),
+            delivery_timeout_s=float(delivery_timeout_s),
+        )
+
+
+def _redactor(redact: bool | Callable[[str], str] | None) -> Callable[[str], str] | None:
+    """``redact=True`` is the built-in :class:`~llmpulse.redact.Redactor` (which says
+    here, when its extra is missing, how to install it); a callable is used as is."""
+    if redact is True:
+        return Redactor()
+    if redact is None or redact is False:
+        return None
+    return redact
+
+
+def _text_policy(
+    redact: bool | Callable[[str], str] | None,
+    text: str,
+    text_sample_rate: float,
+    embed: Callable[[str], Sequence[float]] | None,
+) -> TextPolicy:
+    """The :class:`~llmpulse.redact.TextPolicy` of the text arguments (it checks them).
+
+    >>> _text_policy(None, "full", 1.0, None).is_noop
+    True
+    """
+    return TextPolicy(mode=text, sample_rate=text_sample_rate, redactor=_redactor(redact), embed=embed)
+
+
+def _open_journal(
+    journal_dir: str | os.PathLike[str] | None, max_bytes: int, fsync: str
+) -> Journal | None:
+    """The journal in ``journal_dir``, or None without one."""
+    if journal_dir is None:
+        return None
+    return Journal(journal_dir, max_bytes=max_bytes, fsync=fsync)
+
+
+def _producer_config(
+    cfg: _Settings,
+    on_error: Callable[[KafkaError], None],
+    logger: _KafkaLog,
+    extra: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """librdkafka settings: ours, then the transport security's, then ``extra``.
+
+    >>> kafka_log = _KafkaLog(_RateLimitedLog(log, 60.0, time.monotonic))
+    >>> conf = _producer_config(_Settings.of("a", "h:9", None), print, kafka_log, {"linger.ms": 1})
+    >>> conf["client.id"], conf["acks"], conf["linger.ms"], conf["message.timeout.ms"]
+    ('llmpulse-a', 'all', 1, 30000)
+    """
+    conf: dict[str, Any] = {
+        "bootstrap.servers": cfg.bootstrap,
+        "client.id": f"llmpulse-{cfg.app}",
+        "enable.idempotence": True,
+        "acks": "all",
+        "compression.type": "lz4",
+        "linger.ms": 5,
+        "message.timeout.ms": max(1, int(cfg.delivery_timeout_s * 1000)),
+        "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 1 << 20,
+        "message.max.bytes": max(1_000_000, cfg.envelope_max_bytes + _MAX_EVENT_BYTES),
+        "error_cb": on_error,
+        "logger": logger,
+    }
+    conf.update(cfg.security.librdkafka())
+    conf.update(extra or {})
+    return conf
+
+
 class Monitor:
     """Send ``inference/v1`` and ``feedback/v1`` events to llmpulse.
 
@@ -443,41 +576,64 @@ class Monitor:
         clock: Callable[[], float] = time.time,
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
-        if type(app) is not str or not app:
-            raise ValueError("app: must be a non-empty string")
-        if buckets < 1 or envelope_max_events < 1 or envelope_max_bytes < 1 or buffer_events < 2:
-            raise ValueError("buckets, envelope_max_events, envelope_max_bytes must be >= 1, buffer_events >= 2")
-        self.app = app
-        self.bootstrap = resolve_bootstrap(bootstrap)
-        self.security = KafkaSecurity.coerce(security)
+        cfg = _Settings.of(
+            app,
+            bootstrap,
+            security,
+            model=model,
+            model_version=model_version,
+            strict=strict,
+            buffer_events=buffer_events,
+            buckets=buckets,
+            envelope_max_events=envelope_max_events,
+            envelope_max_bytes=envelope_max_bytes,
+            linger_ms=linger_ms,
+            delivery_timeout_s=delivery_timeout_s,
+        )
+        self._set_settings(cfg)
         self._transport_error: str | None = None
-        self.model = model
-        self.model_version = model_version
-        self.strict = strict
-        self.buffer_events = int(buffer_events)
-        self.buckets = int(buckets)
-        self.envelope_max_events = int(envelope_max_events)
-        self.envelope_max_bytes = int(envelope_max_bytes)
-        self.linger_ms = float(linger_ms)
-        self.delivery_timeout_s = float(delivery_timeout_s)
         self._clock = clock
         self._timer = timer
         self._limits = limits
-        redactor: Callable[[str], str] | None
-        if redact is True:
-            redactor = Redactor()
-        elif redact is None or redact is False:
-            redactor = None
-        else:
-            redactor = redact
-        policy = TextPolicy(mode=text, sample_rate=text_sample_rate, redactor=redactor, embed=embed)
-        self.text_policy = policy
-        self._user_key: bytes | None = user_key_bytes(user_key) if redactor is not None else None
-        self._text: TextPolicy | None = None if policy.is_noop and embed is None else policy
+        self._set_text(_text_policy(redact, text, text_sample_rate, embed), user_key)
         self._warn = _RateLimitedLog(log, log_interval_s, clock)
+        self._init_hand_off()
+        self._init_delivery()
+        self._set_journal(_open_journal(journal_dir, journal_max_bytes, journal_fsync))
+        self._producer_conf = _producer_config(
+            cfg, self._on_error, _KafkaLog(self._warn, cfg.security.secrets()), producer_config
+        )
+        self._producer = Producer(self._producer_conf)
+        self._thread = threading.Thread(target=self._run, name=f"llmpulse-monitor-{app}", daemon=True)
+        self._thread.start()
 
-        # Shared with the app threads without a lock: the deque (append and
-        # len are atomic), _cap and _mem (plain int reads).
+    # -- construction steps (in this order) ------------------------------------
+
+    def _set_settings(self, cfg: _Settings) -> None:
+        """The checked settings, under the constructor arguments' names."""
+        self.app = cfg.app
+        self.bootstrap = cfg.bootstrap
+        self.security = cfg.security
+        self.model = cfg.model
+        self.model_version = cfg.model_version
+        self.strict = cfg.strict
+        self.buffer_events = cfg.buffer_events
+        self.buckets = cfg.buckets
+        self.envelope_max_events = cfg.envelope_max_events
+        self.envelope_max_bytes = cfg.envelope_max_bytes
+        self.linger_ms = cfg.linger_ms
+        self.delivery_timeout_s = cfg.delivery_timeout_s
+
+    def _set_text(self, policy: TextPolicy, user_key: bytes | str | None) -> None:
+        """What happens to text fields and to ``user``: redaction, sampling, embedding."""
+        self.text_policy = policy
+        redacting = policy.redactor is not None
+        self._user_key: bytes | None = user_key_bytes(user_key) if redacting else None
+        self._text: TextPolicy | None = None if policy.is_noop and policy.embed is None else policy
+
+    def _init_hand_off(self) -> None:
+        """State shared with the app threads without a lock: the deque (append and
+        len are atomic), ``_cap`` and ``_mem`` (plain int reads)."""
         self._dq: deque[tuple[int, str, bytes]] = deque()
         self._cap = self.buffer_events
         self._mem = 0  # events taken off the deque and not yet delivered/journaled/dropped
@@ -485,7 +641,8 @@ class Monitor:
         self._dropped_app = 0
         self._invalid = 0
 
-        # Owned by the background thread; read by stats()/flush() under _lock.
+    def _init_delivery(self) -> None:
+        """State owned by the background thread; read by stats()/flush() under ``_lock``."""
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._wake = threading.Event()
@@ -505,34 +662,11 @@ class Monitor:
         self._fatal = False
         self._keys = [str(b).encode() for b in range(self.buckets)]
 
-        self._journal = (
-            Journal(journal_dir, max_bytes=journal_max_bytes, fsync=journal_fsync)
-            if journal_dir is not None
-            else None
-        )
-        self._recovered = self._journal.recovered_events if self._journal else 0
-        self._journal_mode = bool(self._journal and self._journal.has_unread())
-
-        conf: dict[str, Any] = {
-            "bootstrap.servers": self.bootstrap,
-            "client.id": f"llmpulse-{app}",
-            "enable.idempotence": True,
-            "acks": "all",
-            "compression.type": "lz4",
-            "linger.ms": 5,
-            "message.timeout.ms": max(1, int(self.delivery_timeout_s * 1000)),
-            "queue.buffering.max.messages": 1_000_000,
-            "queue.buffering.max.kbytes": 1 << 20,
-            "message.max.bytes": max(1_000_000, self.envelope_max_bytes + _MAX_EVENT_BYTES),
-            "error_cb": self._on_error,
-            "logger": _KafkaLog(self._warn, self.security.secrets()),
-        }
-        conf.update(self.security.librdkafka())
-        conf.update(producer_config or {})
-        self._producer_conf = conf
-        self._producer = Producer(conf)
-        self._thread = threading.Thread(target=self._run, name=f"llmpulse-monitor-{app}", daemon=True)
-        self._thread.start()
+    def _set_journal(self, journal: Journal | None) -> None:
+        """The on-disk journal, if any; what an earlier process left there is replayed first."""
+        self._journal = journal
+        self._recovered = journal.recovered_events if journal else 0
+        self._journal_mode = bool(journal and journal.has_unread())
 
     # -- the app's side: cheap ------------------------------------------------
 

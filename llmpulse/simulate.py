@@ -690,389 +690,634 @@ class SupportAppSimulator:
     ) -> tuple[list[Any], np.ndarray, list[tuple[int, Any]]]:
         """Items of requests arriving in ``[t0, t1)`` with their event times
         (router then answer, per request), and feedback items due later."""
-        k = self._kb
         n = int(rng.poisson(self.rate * (t1 - t0)))
         if n == 0:
             return [], np.zeros(0, dtype=np.int64), []
-        t = np.sort(rng.uniform(t0, t1, n))
-        region = _pick(rng, _REGION_P, n)
-        cum = np.cumsum(_LANG_P, axis=1)[region]
-        language = (rng.random(n)[:, None] >= cum).sum(axis=1)
-        tier = _pick(rng, _TIER_P, n)
-        model = (rng.random(n) < _LLAMA_SHARE).astype(np.int64)
-        u_drift = rng.random(n)
-        u_intent = rng.random(n)
-        u_scen = rng.random(n)
-        u_q = rng.random(n)
-        prefix = rng.integers(0, len(kb.PREFIXES), n)
-        suffix = rng.integers(0, len(kb.SUFFIXES), n)
-        opener = rng.integers(0, len(kb.OPENERS), n)
-        closer = rng.integers(0, len(kb.CLOSERS), n)
-        turn = np.minimum(rng.geometric(0.6, n), 8)
-        retrieval = rng.normal(0.78, 0.06, n)
-        u_refuse = rng.random(n)
-        u_halluc = rng.random(n)
-        u_hpick = rng.random(n)
-        u_fpick = rng.random(n)
-        u_error = rng.random(n)
-        u_timeout = rng.random(n)
-        error_kind = _pick(rng, _ERROR_P, n)
-        burst_kind = _pick(rng, _BURST_ERROR_P, n)
-        ttft = rng.lognormal(0.0, 0.35, n)
-        per_token = rng.lognormal(0.0, 0.15, n)
-        out_noise = rng.lognormal(0.0, 0.12, n)
-        tail = np.where(rng.random(n) < _TAIL_SHARE, 1.0 + 2.0 * rng.pareto(1.5, n), 1.0)
-        err_latency = rng.lognormal(np.log(380.0), 0.6, n)
-        router_latency = rng.lognormal(np.log(14.0), 0.35, n)
-        u_router = rng.random(n)
-        u_router_err = rng.random(n)
-        wrong_shift = rng.integers(1, len(kb.INTENTS), n)
-        score_ok = rng.beta(9.0, 1.6, n)
-        score_wrong = rng.beta(3.0, 3.0, n)
-        logprob = -rng.exponential(1.0, (n, _N_LOGPROBS))
-        fb_answer = rng.random(n) < self.feedback_share
-        fb_router = rng.random(n) < self.feedback_share
-        delay_a = np.clip(rng.lognormal(np.log(self.feedback_delay_s), 1.0, n), 1.0, 900.0)
-        delay_r = np.clip(rng.lognormal(np.log(self.feedback_delay_s), 1.0, n), 1.0, 900.0)
-        fb_noise = rng.normal(0.0, 1.0, n)
-        u_flag = rng.random(n)
-        u_comment = rng.random(n)
-        comment_pick = rng.integers(0, 1 << 30, n)
-
-        # -- incidents: masks over this chunk's requests --------------------
-        drift_share = np.zeros(n)
-        latency_factor = np.ones(n)
-        extra_timeout = np.zeros(n)
-        halluc_p = _MODEL_HALLUCINATION[model]
-        error_p = np.full(n, _BASE_ERROR)
-        burst = np.zeros(n, dtype=bool)
-        seg_drop = np.zeros(n, dtype=bool)
-        rollout = np.zeros(n, dtype=bool)
-        rollout_b = np.zeros(n, dtype=bool)
-        rollout_refusal = np.zeros(n)
-        flags = np.zeros(n, dtype=np.int64)
-        segments = {"region": region, "language": language, "tier": tier}
-        for bit, inc, on in self._active(t):
-            target = inc.params.get("model", "")
-            if target:
-                on = on & (model == [m for m, _ in _ANSWER_MODELS].index(target))
-            if inc.kind == "segment_quality_drop":
-                attr, _, val = inc.param("segment").partition("=")
-                on = on & (segments[attr] == _SEGMENT_VALUES[attr].index(val))
-            flags |= on.astype(np.int64) << bit
-            if inc.kind == "latency_spike":
-                latency_factor = np.where(on, latency_factor * inc.param("factor"), latency_factor)
-                extra_timeout = np.where(on, 0.03, extra_timeout)
-            elif inc.kind == "prompt_drift":
-                drift_share = np.where(on, inc.param("share"), drift_share)
-            elif inc.kind == "segment_quality_drop":
-                seg_drop |= on
-            elif inc.kind == "hallucination_burst":
-                halluc_p = np.where(on, np.maximum(halluc_p, inc.param("share")), halluc_p)
-            elif inc.kind == "error_burst":
-                error_p = np.where(on, np.maximum(error_p, inc.param("rate")), error_p)
-                burst |= on
-            elif inc.kind == "prompt_rollout":
-                # arms by a low-discrepancy sequence over the chunk: no random draw, so
-                # the rest of the traffic is the same as without the incident
-                b = on & ((np.arange(n) * 0.6180339887) % 1.0 < inc.param("share"))
-                rollout |= on
-                rollout_b |= b
-                rollout_refusal = np.where(b, inc.param("refusal"), rollout_refusal)
-
-        # -- content -----------------------------------------------------------
-        drifted = u_drift < drift_share
-        intent = np.where(
-            drifted,
-            _pick_u(u_intent, kb.DRIFT_INTENT_MIX),
-            _pick_u(u_intent, kb.BASE_INTENT_MIX),
-        )
-        scen = k.i_start[intent] + (u_scen * k.i_count[intent]).astype(np.int64)
-        qi = k.q_start[scen] + (u_q * k.q_count[scen]).astype(np.int64)
-        retrieval = np.clip(np.where(drifted, retrieval - 0.16, retrieval), 0.05, 0.99)
-        prompt_chars = k.prefix_len[prefix] + k.q_len[qi] + k.suffix_len[suffix]
-        in_tokens = _SYSTEM_TOKENS + (prompt_chars + k.ctx_chars[scen]) // 4 + 40 * (turn - 1)
-
-        is_error = u_error < error_p
-        is_timeout = ~is_error & (u_timeout < _BASE_TIMEOUT + extra_timeout)
-        refusal_p = np.where(seg_drop, 0.3, _BASE_REFUSAL)
-        refusal_p = np.maximum(refusal_p, rollout_refusal)
-        refused = ~is_error & (u_refuse < refusal_p)
-        halluc = ~is_error & ~refused & (u_halluc < halluc_p)
-        resp = np.where(
-            halluc,
-            k.h_start[scen] + (u_hpick * k.h_count[scen]).astype(np.int64),
-            k.f_start[scen] + (u_fpick * k.f_count[scen]).astype(np.int64),
-        )
-        resp = np.where(refused, k.refusal0 + (u_hpick * k.n_refusals).astype(np.int64), resp)
-        resp_chars = k.resp_len[resp] + np.where(
-            refused, 0, k.opener_len[opener] + k.closer_len[closer]
-        )
-        out_tokens = np.maximum(1, (resp_chars / 4.0 * out_noise).astype(np.int64))
-
-        ttft_ms = _MODEL_TTFT[model] * ttft * latency_factor
-        latency = ttft_ms + out_tokens * _MODEL_MS_PER_TOKEN[model] * per_token * latency_factor
-        latency = latency * tail
-        is_timeout |= ~is_error & (latency >= _TIMEOUT_MS)
-        latency = np.where(is_timeout, _TIMEOUT_MS, latency)
-        latency = np.where(is_error, err_latency, latency)
-        ok = ~is_error & ~is_timeout
-        out_tokens = np.where(ok, out_tokens, 0)
-        cost = np.where(
-            is_error,
-            0.0,
-            in_tokens * _MODEL_PRICE_IN[model] + out_tokens * _MODEL_PRICE_OUT[model],
-        )
-        etype = np.where(burst & is_error, burst_kind, error_kind)
-        logprob = logprob * np.where(halluc, 0.55, 0.12)[:, None]
-
-        router_acc = np.where(seg_drop, 0.55, _ROUTER_ACCURACY)
-        router_ok = u_router < router_acc
-        predicted = np.where(router_ok, intent, (intent + wrong_shift) % len(kb.INTENTS))
-        router_score = np.where(router_ok, score_ok, score_wrong)
-        router_error = u_router_err < _ROUTER_ERROR
-
-        quality = np.where(
-            ~ok,
-            -0.6,
-            np.where(halluc, -0.2, np.where(refused, -0.3, 0.6)),
-        ) - np.where(seg_drop & ~refused, 0.6, 0.0)
-        fb_score = np.clip(quality + fb_noise * np.where(ok, 0.3, 0.25), -1.0, 1.0)
-        flagged = u_flag < np.where(halluc, _FLAG_HALLUCINATED, _FLAG_FAITHFUL)
-        has_comment = u_comment < np.where(flagged, 0.4, _COMMENT_SHARE)
-
-        # -- assemble ------------------------------------------------------------
-        n_fb_a = int(fb_answer.sum())
-        n_fb_r = int(fb_router.sum())
-        uu = _uuids(ids, 2 * n + n_fb_a + n_fb_r)
-        rids = _request_ids(ids, n)
-        ts_ms = (start_ms + np.floor(t * 1000)).astype(np.int64)
-        router_ms = np.round(router_latency, 2)
-        ans_ts_ms = (ts_ms + np.ceil(router_ms)).astype(np.int64)
-        ans_ts = ans_ts_ms.tolist()
-        ts_list = ts_ms.tolist()
-
-        app = self.app
-        questions = k.questions
-        responses = k.responses
-        contexts = k.contexts
-        prefixes = kb.PREFIXES
-        openers = kb.OPENERS
-        closers = kb.CLOSERS
-        suffixes = kb.SUFFIXES
-        regions = _SEGMENT_VALUES["region"]
-        languages = _SEGMENT_VALUES["language"]
-        tiers = _SEGMENT_VALUES["tier"]
-        intents = kb.INTENTS
-        models = _ANSWER_MODELS
-        r_model, r_version = ROUTER_MODEL
-
-        now: list[Any] = []
-        later: list[tuple[int, Any]] = []
-        cols = zip(
-            ts_list,
-            ans_ts,
-            rids,
-            region.tolist(),
-            language.tolist(),
-            tier.tolist(),
-            model.tolist(),
-            intent.tolist(),
-            scen.tolist(),
-            qi.tolist(),
-            prefix.tolist(),
-            suffix.tolist(),
-            opener.tolist(),
-            closer.tolist(),
-            resp.tolist(),
-            in_tokens.tolist(),
-            out_tokens.tolist(),
-            prompt_chars.tolist(),
-            np.round(retrieval, 3).tolist(),
-            turn.tolist(),
-            np.round(latency, 2).tolist(),
-            np.round(np.minimum(ttft_ms, latency), 2).tolist(),
-            ok.tolist(),
-            is_error.tolist(),
-            etype.tolist(),
-            np.round(cost, 8).tolist(),
-            np.round(logprob, 4).tolist(),
-            router_ms.tolist(),
-            predicted.tolist(),
-            np.round(router_score, 4).tolist(),
-            router_error.tolist(),
-            strict=True,
-        )
-        fb_a_list = fb_answer.tolist()
-        fb_r_list = fb_router.tolist()
-        fb_a_ts = (ans_ts_ms + np.round(delay_a * 1000)).astype(np.int64).tolist()
-        fb_r_ts = (ts_ms + np.round(delay_r * 1000)).astype(np.int64).tolist()
-        fb_score_l = np.round(fb_score, 2).tolist()
-        flagged_l = flagged.tolist()
-        comment_l = has_comment.tolist()
-        comment_pick_l = comment_pick.tolist()
-        refused_l = refused.tolist()
-        halluc_l = halluc.tolist()
-        flags_l = flags.tolist()
-        rollout_l = rollout.tolist()
-        rollout_b_l = rollout_b.tolist()
+        d = _draw(rng, n, t0, t1, self.feedback_share, self.feedback_delay_s)
+        fx = _Effects.quiet(n, d.model)
+        segments = {"region": d.region, "language": d.language, "tier": d.tier}
+        for bit, inc, on in self._active(d.t):
+            fx.apply(bit, inc, on, d.model, segments)
+        c = _content(self._kb, d, fx)
+        a = _answers(self._kb, d, fx, c)
+        r = _routing(d, fx, c.intent)
+        f = _feedback(d, fx, a)
         kinds = [inc.kind for inc in self.incidents]
-        change = k.change
-        u = 0
-        for i, (
-            ts,
-            ats,
-            rid,
-            rg,
-            lg,
-            tr,
-            m,
-            it,
-            sc,
-            q,
-            pf,
-            sf,
-            op,
-            cl,
-            r,
-            tin,
-            tout,
-            pchars,
-            ret,
-            trn,
-            lat,
-            tt,
-            is_ok,
-            is_err,
-            et,
-            cst,
-            lp,
-            rlat,
-            pred,
-            rscore,
-            rerr,
-        ) in enumerate(cols):
-            prompt = prefixes[pf] + questions[q] + suffixes[sf]
-            seg = {"region": regions[rg], "language": languages[lg], "tier": tiers[tr]}
-            rev: dict[str, Any] = {
+        return _assemble(self._kb, self.app, kinds, labelled, ids, start_ms, d, fx, c, a, r, f)
+
+
+# -- one chunk of requests, step by step ------------------------------------------
+#
+# The random draws come first, all of them and always in the same order, so that
+# an incident changes what the draws mean and never which numbers are drawn: the
+# traffic outside an incident's window is the same with and without it.
+
+
+@dataclass(frozen=True, slots=True)
+class _Draws:
+    """Every random number one chunk of ``n`` requests uses, one array per use."""
+
+    t: np.ndarray
+    region: np.ndarray
+    language: np.ndarray
+    tier: np.ndarray
+    model: np.ndarray
+    u_drift: np.ndarray
+    u_intent: np.ndarray
+    u_scen: np.ndarray
+    u_q: np.ndarray
+    prefix: np.ndarray
+    suffix: np.ndarray
+    opener: np.ndarray
+    closer: np.ndarray
+    turn: np.ndarray
+    retrieval: np.ndarray
+    u_refuse: np.ndarray
+    u_halluc: np.ndarray
+    u_hpick: np.ndarray
+    u_fpick: np.ndarray
+    u_error: np.ndarray
+    u_timeout: np.ndarray
+    error_kind: np.ndarray
+    burst_kind: np.ndarray
+    ttft: np.ndarray
+    per_token: np.ndarray
+    out_noise: np.ndarray
+    tail: np.ndarray
+    err_latency: np.ndarray
+    router_latency: np.ndarray
+    u_router: np.ndarray
+    u_router_err: np.ndarray
+    wrong_shift: np.ndarray
+    score_ok: np.ndarray
+    score_wrong: np.ndarray
+    logprob: np.ndarray
+    fb_answer: np.ndarray
+    fb_router: np.ndarray
+    delay_a: np.ndarray
+    delay_r: np.ndarray
+    fb_noise: np.ndarray
+    u_flag: np.ndarray
+    u_comment: np.ndarray
+    comment_pick: np.ndarray
+
+
+def _draw(
+    rng: np.random.Generator,
+    n: int,
+    t0: float,
+    t1: float,
+    feedback_share: float,
+    feedback_delay_s: float,
+) -> _Draws:
+    """The draws of ``n`` requests arriving in ``[t0, t1)`` (the order is the stream)."""
+    t = np.sort(rng.uniform(t0, t1, n))
+    region = _pick(rng, _REGION_P, n)
+    cum = np.cumsum(_LANG_P, axis=1)[region]
+    language = (rng.random(n)[:, None] >= cum).sum(axis=1)
+    tier = _pick(rng, _TIER_P, n)
+    model = (rng.random(n) < _LLAMA_SHARE).astype(np.int64)
+    u_drift = rng.random(n)
+    u_intent = rng.random(n)
+    u_scen = rng.random(n)
+    u_q = rng.random(n)
+    prefix = rng.integers(0, len(kb.PREFIXES), n)
+    suffix = rng.integers(0, len(kb.SUFFIXES), n)
+    opener = rng.integers(0, len(kb.OPENERS), n)
+    closer = rng.integers(0, len(kb.CLOSERS), n)
+    turn = np.minimum(rng.geometric(0.6, n), 8)
+    retrieval = rng.normal(0.78, 0.06, n)
+    u_refuse = rng.random(n)
+    u_halluc = rng.random(n)
+    u_hpick = rng.random(n)
+    u_fpick = rng.random(n)
+    u_error = rng.random(n)
+    u_timeout = rng.random(n)
+    error_kind = _pick(rng, _ERROR_P, n)
+    burst_kind = _pick(rng, _BURST_ERROR_P, n)
+    ttft = rng.lognormal(0.0, 0.35, n)
+    per_token = rng.lognormal(0.0, 0.15, n)
+    out_noise = rng.lognormal(0.0, 0.12, n)
+    tail = np.where(rng.random(n) < _TAIL_SHARE, 1.0 + 2.0 * rng.pareto(1.5, n), 1.0)
+    err_latency = rng.lognormal(np.log(380.0), 0.6, n)
+    router_latency = rng.lognormal(np.log(14.0), 0.35, n)
+    u_router = rng.random(n)
+    u_router_err = rng.random(n)
+    wrong_shift = rng.integers(1, len(kb.INTENTS), n)
+    score_ok = rng.beta(9.0, 1.6, n)
+    score_wrong = rng.beta(3.0, 3.0, n)
+    logprob = -rng.exponential(1.0, (n, _N_LOGPROBS))
+    fb_answer = rng.random(n) < feedback_share
+    fb_router = rng.random(n) < feedback_share
+    delay_a = np.clip(rng.lognormal(np.log(feedback_delay_s), 1.0, n), 1.0, 900.0)
+    delay_r = np.clip(rng.lognormal(np.log(feedback_delay_s), 1.0, n), 1.0, 900.0)
+    fb_noise = rng.normal(0.0, 1.0, n)
+    u_flag = rng.random(n)
+    u_comment = rng.random(n)
+    comment_pick = rng.integers(0, 1 << 30, n)
+    return _Draws(
+        t, region, language, tier, model, u_drift, u_intent, u_scen, u_q, prefix, suffix,
+        opener, closer, turn, retrieval, u_refuse, u_halluc, u_hpick, u_fpick, u_error,
+        u_timeout, error_kind, burst_kind, ttft, per_token, out_noise, tail, err_latency,
+        router_latency, u_router, u_router_err, wrong_shift, score_ok, score_wrong, logprob,
+        fb_answer, fb_router, delay_a, delay_r, fb_noise, u_flag, u_comment, comment_pick,
+    )  # fmt: skip
+
+
+@dataclass(slots=True)
+class _Effects:
+    """What the active incidents do to each request of a chunk (quiet = nothing)."""
+
+    n: int
+    drift_share: np.ndarray
+    latency_factor: np.ndarray
+    extra_timeout: np.ndarray
+    halluc_p: np.ndarray
+    error_p: np.ndarray
+    burst: np.ndarray
+    seg_drop: np.ndarray
+    rollout: np.ndarray
+    rollout_b: np.ndarray
+    rollout_refusal: np.ndarray
+    flags: np.ndarray  # bit i set: incident i applies to the request
+
+    @classmethod
+    def quiet(cls, n: int, model: np.ndarray) -> _Effects:
+        return cls(
+            n=n,
+            drift_share=np.zeros(n),
+            latency_factor=np.ones(n),
+            extra_timeout=np.zeros(n),
+            halluc_p=_MODEL_HALLUCINATION[model],
+            error_p=np.full(n, _BASE_ERROR),
+            burst=np.zeros(n, dtype=bool),
+            seg_drop=np.zeros(n, dtype=bool),
+            rollout=np.zeros(n, dtype=bool),
+            rollout_b=np.zeros(n, dtype=bool),
+            rollout_refusal=np.zeros(n),
+            flags=np.zeros(n, dtype=np.int64),
+        )
+
+    def apply(
+        self,
+        bit: int,
+        inc: Incident,
+        on: np.ndarray,
+        model: np.ndarray,
+        segments: Mapping[str, np.ndarray],
+    ) -> None:
+        """Apply incident number ``bit``, active on the mask ``on`` (before targeting)."""
+        target = inc.params.get("model", "")
+        if target:
+            on = on & (model == [m for m, _ in _ANSWER_MODELS].index(target))
+        if inc.kind == "segment_quality_drop":
+            attr, _, val = inc.param("segment").partition("=")
+            on = on & (segments[attr] == _SEGMENT_VALUES[attr].index(val))
+        self.flags |= on.astype(np.int64) << bit
+        _INCIDENT_EFFECTS[inc.kind](self, inc, on)
+
+
+def _latency_spike(fx: _Effects, inc: Incident, on: np.ndarray) -> None:
+    fx.latency_factor = np.where(on, fx.latency_factor * inc.param("factor"), fx.latency_factor)
+    fx.extra_timeout = np.where(on, 0.03, fx.extra_timeout)
+
+
+def _prompt_drift(fx: _Effects, inc: Incident, on: np.ndarray) -> None:
+    fx.drift_share = np.where(on, inc.param("share"), fx.drift_share)
+
+
+def _segment_quality_drop(fx: _Effects, inc: Incident, on: np.ndarray) -> None:
+    fx.seg_drop |= on
+
+
+def _hallucination_burst(fx: _Effects, inc: Incident, on: np.ndarray) -> None:
+    fx.halluc_p = np.where(on, np.maximum(fx.halluc_p, inc.param("share")), fx.halluc_p)
+
+
+def _error_burst(fx: _Effects, inc: Incident, on: np.ndarray) -> None:
+    fx.error_p = np.where(on, np.maximum(fx.error_p, inc.param("rate")), fx.error_p)
+    fx.burst |= on
+
+
+def _prompt_rollout(fx: _Effects, inc: Incident, on: np.ndarray) -> None:
+    # arms by a low-discrepancy sequence over the chunk: no random draw, so
+    # the rest of the traffic is the same as without the incident
+    b = on & ((np.arange(fx.n) * 0.6180339887) % 1.0 < inc.param("share"))
+    fx.rollout |= on
+    fx.rollout_b |= b
+    fx.rollout_refusal = np.where(b, inc.param("refusal"), fx.rollout_refusal)
+
+
+_INCIDENT_EFFECTS: dict[str, Callable[[_Effects, Incident, np.ndarray], None]] = {
+    "latency_spike": _latency_spike,
+    "prompt_drift": _prompt_drift,
+    "segment_quality_drop": _segment_quality_drop,
+    "hallucination_burst": _hallucination_burst,
+    "error_burst": _error_burst,
+    "prompt_rollout": _prompt_rollout,
+}
+
+
+class _Content(NamedTuple):
+    """What each request asks: intent, scenario, question, prompt size."""
+
+    intent: np.ndarray
+    scen: np.ndarray
+    qi: np.ndarray
+    retrieval: np.ndarray
+    prompt_chars: np.ndarray
+    in_tokens: np.ndarray
+
+
+def _content(k: _KB, d: _Draws, fx: _Effects) -> _Content:
+    drifted = d.u_drift < fx.drift_share
+    intent = np.where(
+        drifted,
+        _pick_u(d.u_intent, kb.DRIFT_INTENT_MIX),
+        _pick_u(d.u_intent, kb.BASE_INTENT_MIX),
+    )
+    scen = k.i_start[intent] + (d.u_scen * k.i_count[intent]).astype(np.int64)
+    qi = k.q_start[scen] + (d.u_q * k.q_count[scen]).astype(np.int64)
+    retrieval = np.clip(np.where(drifted, d.retrieval - 0.16, d.retrieval), 0.05, 0.99)
+    prompt_chars = k.prefix_len[d.prefix] + k.q_len[qi] + k.suffix_len[d.suffix]
+    in_tokens = _SYSTEM_TOKENS + (prompt_chars + k.ctx_chars[scen]) // 4 + 40 * (d.turn - 1)
+    return _Content(intent, scen, qi, retrieval, prompt_chars, in_tokens)
+
+
+class _Answers(NamedTuple):
+    """How each answer call went: outcome, chosen response, tokens, latency, cost."""
+
+    is_error: np.ndarray
+    ok: np.ndarray
+    refused: np.ndarray
+    halluc: np.ndarray
+    resp: np.ndarray
+    out_tokens: np.ndarray
+    latency: np.ndarray
+    ttft_ms: np.ndarray
+    cost: np.ndarray
+    etype: np.ndarray
+    logprob: np.ndarray
+
+
+def _answers(k: _KB, d: _Draws, fx: _Effects, c: _Content) -> _Answers:
+    model = d.model
+    is_error = d.u_error < fx.error_p
+    is_timeout = ~is_error & (d.u_timeout < _BASE_TIMEOUT + fx.extra_timeout)
+    refusal_p = np.where(fx.seg_drop, 0.3, _BASE_REFUSAL)
+    refusal_p = np.maximum(refusal_p, fx.rollout_refusal)
+    refused = ~is_error & (d.u_refuse < refusal_p)
+    halluc = ~is_error & ~refused & (d.u_halluc < fx.halluc_p)
+    resp = np.where(
+        halluc,
+        k.h_start[c.scen] + (d.u_hpick * k.h_count[c.scen]).astype(np.int64),
+        k.f_start[c.scen] + (d.u_fpick * k.f_count[c.scen]).astype(np.int64),
+    )
+    resp = np.where(refused, k.refusal0 + (d.u_hpick * k.n_refusals).astype(np.int64), resp)
+    resp_chars = k.resp_len[resp] + np.where(
+        refused, 0, k.opener_len[d.opener] + k.closer_len[d.closer]
+    )
+    out_tokens = np.maximum(1, (resp_chars / 4.0 * d.out_noise).astype(np.int64))
+
+    ttft_ms = _MODEL_TTFT[model] * d.ttft * fx.latency_factor
+    latency = ttft_ms + out_tokens * _MODEL_MS_PER_TOKEN[model] * d.per_token * fx.latency_factor
+    latency = latency * d.tail
+    is_timeout |= ~is_error & (latency >= _TIMEOUT_MS)
+    latency = np.where(is_timeout, _TIMEOUT_MS, latency)
+    latency = np.where(is_error, d.err_latency, latency)
+    ok = ~is_error & ~is_timeout
+    out_tokens = np.where(ok, out_tokens, 0)
+    cost = np.where(
+        is_error,
+        0.0,
+        c.in_tokens * _MODEL_PRICE_IN[model] + out_tokens * _MODEL_PRICE_OUT[model],
+    )
+    etype = np.where(fx.burst & is_error, d.burst_kind, d.error_kind)
+    logprob = d.logprob * np.where(halluc, 0.55, 0.12)[:, None]
+    return _Answers(
+        is_error, ok, refused, halluc, resp, out_tokens, latency, ttft_ms, cost, etype, logprob
+    )
+
+
+class _Routing(NamedTuple):
+    """The intent router's call per request."""
+
+    predicted: np.ndarray
+    score: np.ndarray
+    error: np.ndarray
+
+
+def _routing(d: _Draws, fx: _Effects, intent: np.ndarray) -> _Routing:
+    router_acc = np.where(fx.seg_drop, 0.55, _ROUTER_ACCURACY)
+    router_ok = d.u_router < router_acc
+    predicted = np.where(router_ok, intent, (intent + d.wrong_shift) % len(kb.INTENTS))
+    score = np.where(router_ok, d.score_ok, d.score_wrong)
+    return _Routing(predicted, score, d.u_router_err < _ROUTER_ERROR)
+
+
+class _Feedback(NamedTuple):
+    """What a user who gives feedback on the answer says."""
+
+    score: np.ndarray
+    flagged: np.ndarray
+    has_comment: np.ndarray
+
+
+def _feedback(d: _Draws, fx: _Effects, a: _Answers) -> _Feedback:
+    quality = np.where(
+        ~a.ok,
+        -0.6,
+        np.where(a.halluc, -0.2, np.where(a.refused, -0.3, 0.6)),
+    ) - np.where(fx.seg_drop & ~a.refused, 0.6, 0.0)
+    score = np.clip(quality + d.fb_noise * np.where(a.ok, 0.3, 0.25), -1.0, 1.0)
+    flagged = d.u_flag < np.where(a.halluc, _FLAG_HALLUCINATED, _FLAG_FAITHFUL)
+    has_comment = d.u_comment < np.where(flagged, 0.4, _COMMENT_SHARE)
+    return _Feedback(score, flagged, has_comment)
+
+
+def _comment_pool(is_ok: bool, flagged: bool, score: float) -> Sequence[str]:
+    if not is_ok:
+        return kb.COMMENTS_ERROR
+    if flagged:
+        return kb.COMMENTS_HALLUCINATION
+    return kb.COMMENTS_GOOD if score >= 0.2 else kb.COMMENTS_BAD
+
+
+def _router_event(
+    event_id: str,
+    request_id: str,
+    ts: int,
+    app: str,
+    latency_ms: float,
+    in_tokens: int,
+    prompt: str,
+    segment: dict[str, str],
+    prompt_chars: int,
+    turn: int,
+    error: bool,
+    label: str,
+    score: float,
+) -> dict[str, Any]:
+    """The intent router's inference (request id ``<request>-route``)."""
+    r_model, r_version = ROUTER_MODEL
+    rev: dict[str, Any] = {
+        "event_id": event_id,
+        "request_id": request_id + "-route",
+        "ts": ts,
+        "app": app,
+        "model": r_model,
+        "model_version": r_version,
+        "latency_ms": latency_ms,
+        "status": "ok",
+        "input_tokens": in_tokens - _SYSTEM_TOKENS,
+        "output_tokens": 1,
+        "prompt": prompt,
+        "segment": segment,
+        "features": {"prompt_chars": prompt_chars, "turn": turn},
+    }
+    if error:
+        rev["status"] = "error"
+        rev["error_type"] = "server_error"
+        rev["output_tokens"] = 0
+    else:
+        rev["prediction"] = {"label": label, "score": score}
+    return rev
+
+
+def _set_arm(aev: dict[str, Any], b_arm: bool) -> None:
+    """Mark an answer as served by arm A or B of the prompt rollout."""
+    aev["experiment"] = "prompt-rollout"
+    aev["variant"] = "B" if b_arm else "A"
+    aev["prompt_version"] = "v2" if b_arm else "v1"
+
+
+def _set_answered(aev: dict[str, Any], ttft_ms: float, response: str, logprobs: list[float]) -> None:
+    """The fields only a successful answer has."""
+    aev["ttft_ms"] = ttft_ms
+    aev["response"] = response
+    aev["token_logprobs"] = logprobs
+
+
+def _answer_feedback(
+    event_id: str, request_id: str, ts: int, app: str, score: float, flagged: bool
+) -> dict[str, Any]:
+    """A user's rating of an answer (and whether they flagged it as made up)."""
+    return {
+        "event_id": event_id,
+        "request_id": request_id,
+        "ts": ts,
+        "app": app,
+        "score": score,
+        "hallucination": flagged,
+    }
+
+
+def _assemble(
+    k: _KB,
+    app: str,
+    kinds: Sequence[str],
+    labelled: bool,
+    ids: np.random.Generator,
+    start_ms: int,
+    d: _Draws,
+    fx: _Effects,
+    c: _Content,
+    a: _Answers,
+    rt: _Routing,
+    f: _Feedback,
+) -> tuple[list[Any], np.ndarray, list[tuple[int, Any]]]:
+    """The events of one chunk: router and answer inferences now, feedback later."""
+    n = len(d.t)
+    n_fb_a = int(d.fb_answer.sum())
+    n_fb_r = int(d.fb_router.sum())
+    uu = _uuids(ids, 2 * n + n_fb_a + n_fb_r)
+    rids = _request_ids(ids, n)
+    ts_ms = (start_ms + np.floor(d.t * 1000)).astype(np.int64)
+    router_ms = np.round(d.router_latency, 2)
+    ans_ts_ms = (ts_ms + np.ceil(router_ms)).astype(np.int64)
+    ans_ts = ans_ts_ms.tolist()
+    ts_list = ts_ms.tolist()
+
+    questions = k.questions
+    responses = k.responses
+    contexts = k.contexts
+    prefixes = kb.PREFIXES
+    openers = kb.OPENERS
+    closers = kb.CLOSERS
+    suffixes = kb.SUFFIXES
+    regions = _SEGMENT_VALUES["region"]
+    languages = _SEGMENT_VALUES["language"]
+    tiers = _SEGMENT_VALUES["tier"]
+    intents = kb.INTENTS
+    models = _ANSWER_MODELS
+
+    now: list[Any] = []
+    later: list[tuple[int, Any]] = []
+    cols = zip(
+        ts_list,
+        ans_ts,
+        rids,
+        d.region.tolist(),
+        d.language.tolist(),
+        d.tier.tolist(),
+        d.model.tolist(),
+        c.intent.tolist(),
+        c.scen.tolist(),
+        c.qi.tolist(),
+        d.prefix.tolist(),
+        d.suffix.tolist(),
+        d.opener.tolist(),
+        d.closer.tolist(),
+        a.resp.tolist(),
+        c.in_tokens.tolist(),
+        a.out_tokens.tolist(),
+        c.prompt_chars.tolist(),
+        np.round(c.retrieval, 3).tolist(),
+        d.turn.tolist(),
+        np.round(a.latency, 2).tolist(),
+        np.round(np.minimum(a.ttft_ms, a.latency), 2).tolist(),
+        a.ok.tolist(),
+        a.is_error.tolist(),
+        a.etype.tolist(),
+        np.round(a.cost, 8).tolist(),
+        np.round(a.logprob, 4).tolist(),
+        router_ms.tolist(),
+        rt.predicted.tolist(),
+        np.round(rt.score, 4).tolist(),
+        rt.error.tolist(),
+        strict=True,
+    )
+    fb_a_list = d.fb_answer.tolist()
+    fb_r_list = d.fb_router.tolist()
+    fb_a_ts = (ans_ts_ms + np.round(d.delay_a * 1000)).astype(np.int64).tolist()
+    fb_r_ts = (ts_ms + np.round(d.delay_r * 1000)).astype(np.int64).tolist()
+    fb_score_l = np.round(f.score, 2).tolist()
+    flagged_l = f.flagged.tolist()
+    comment_l = f.has_comment.tolist()
+    comment_pick_l = d.comment_pick.tolist()
+    refused_l = a.refused.tolist()
+    halluc_l = a.halluc.tolist()
+    flags_l = fx.flags.tolist()
+    rollout_l = fx.rollout.tolist()
+    rollout_b_l = fx.rollout_b.tolist()
+    change = k.change
+    u = 0
+    for i, (
+        ts,
+        ats,
+        rid,
+        rg,
+        lg,
+        tr,
+        m,
+        it,
+        sc,
+        q,
+        pf,
+        sf,
+        op,
+        cl,
+        r,
+        tin,
+        tout,
+        pchars,
+        ret,
+        trn,
+        lat,
+        tt,
+        is_ok,
+        is_err,
+        et,
+        cst,
+        lp,
+        rlat,
+        pred,
+        rscore,
+        rerr,
+    ) in enumerate(cols):
+        prompt = prefixes[pf] + questions[q] + suffixes[sf]
+        seg = {"region": regions[rg], "language": languages[lg], "tier": tiers[tr]}
+        rev = _router_event(
+            uu[u], rid, ts, app, rlat, tin, prompt, seg, pchars, trn, rerr, intents[pred], rscore
+        )
+        mname, mver = models[m]
+        aev: dict[str, Any] = {
+            "event_id": uu[u + 1],
+            "request_id": rid,
+            "ts": ats,
+            "app": app,
+            "model": mname,
+            "model_version": mver,
+            "latency_ms": lat,
+            "status": "ok",
+            "input_tokens": tin,
+            "output_tokens": tout,
+            "cost_usd": cst,
+            "prompt": prompt,
+            "context": list(contexts[sc]),
+            "segment": dict(seg),
+            "features": {
+                "prompt_chars": pchars,
+                "n_passages": len(contexts[sc]),
+                "retrieval_score": ret,
+                "turn": trn,
+            },
+        }
+        u += 2
+        if rollout_l[i]:
+            _set_arm(aev, rollout_b_l[i])
+        if is_ok:
+            response = responses[r] if refused_l[i] else openers[op] + responses[r] + closers[cl]
+            _set_answered(aev, tt, response, lp)
+        elif is_err:
+            aev["status"] = "error"
+            aev["error_type"] = _ERROR_TYPES[et]
+        else:
+            aev["status"] = "timeout"
+        if labelled:
+            active = tuple(kinds[b] for b in range(len(kinds)) if flags_l[i] >> b & 1)
+            h = halluc_l[i] and is_ok
+            now.append((TOPIC_INFERENCE, rev, Truth(intents[it], incidents=active)))
+            now.append(
+                (
+                    TOPIC_INFERENCE,
+                    aev,
+                    Truth(
+                        intents[it],
+                        hallucinated=h,
+                        change=change[r] if h else "",
+                        refusal=refused_l[i],
+                        incidents=active,
+                    ),
+                )
+            )
+        else:
+            now.append((TOPIC_INFERENCE, rev))
+            now.append((TOPIC_INFERENCE, aev))
+        if fb_a_list[i]:
+            fts = fb_a_ts[i]
+            fev = _answer_feedback(uu[u], rid, fts, app, fb_score_l[i], flagged_l[i])
+            u += 1
+            if comment_l[i]:
+                pool = _comment_pool(is_ok, flagged_l[i], fb_score_l[i])
+                fev["comment"] = pool[comment_pick_l[i] % len(pool)]
+            later.append(
+                (fts, (TOPIC_FEEDBACK, fev, None) if labelled else (TOPIC_FEEDBACK, fev))
+            )
+        if fb_r_list[i]:
+            fts = fb_r_ts[i]
+            fev = {
                 "event_id": uu[u],
                 "request_id": rid + "-route",
-                "ts": ts,
+                "ts": fts,
                 "app": app,
-                "model": r_model,
-                "model_version": r_version,
-                "latency_ms": rlat,
-                "status": "ok",
-                "input_tokens": tin - _SYSTEM_TOKENS,
-                "output_tokens": 1,
-                "prompt": prompt,
-                "segment": seg,
-                "features": {"prompt_chars": pchars, "turn": trn},
+                "label": intents[it],
             }
-            if rerr:
-                rev["status"] = "error"
-                rev["error_type"] = "server_error"
-                rev["output_tokens"] = 0
-            else:
-                rev["prediction"] = {"label": intents[pred], "score": rscore}
-            mname, mver = models[m]
-            aev: dict[str, Any] = {
-                "event_id": uu[u + 1],
-                "request_id": rid,
-                "ts": ats,
-                "app": app,
-                "model": mname,
-                "model_version": mver,
-                "latency_ms": lat,
-                "status": "ok",
-                "input_tokens": tin,
-                "output_tokens": tout,
-                "cost_usd": cst,
-                "prompt": prompt,
-                "context": list(contexts[sc]),
-                "segment": dict(seg),
-                "features": {
-                    "prompt_chars": pchars,
-                    "n_passages": len(contexts[sc]),
-                    "retrieval_score": ret,
-                    "turn": trn,
-                },
-            }
-            u += 2
-            if rollout_l[i]:
-                b_arm = rollout_b_l[i]
-                aev["experiment"] = "prompt-rollout"
-                aev["variant"] = "B" if b_arm else "A"
-                aev["prompt_version"] = "v2" if b_arm else "v1"
-            if is_ok:
-                aev["ttft_ms"] = tt
-                aev["response"] = (
-                    responses[r] if refused_l[i] else openers[op] + responses[r] + closers[cl]
-                )
-                aev["token_logprobs"] = lp
-            elif is_err:
-                aev["status"] = "error"
-                aev["error_type"] = _ERROR_TYPES[et]
-            else:
-                aev["status"] = "timeout"
-            if labelled:
-                active = tuple(kinds[b] for b in range(len(kinds)) if flags_l[i] >> b & 1)
-                h = halluc_l[i] and is_ok
-                now.append((TOPIC_INFERENCE, rev, Truth(intents[it], incidents=active)))
-                now.append(
-                    (
-                        TOPIC_INFERENCE,
-                        aev,
-                        Truth(
-                            intents[it],
-                            hallucinated=h,
-                            change=change[r] if h else "",
-                            refusal=refused_l[i],
-                            incidents=active,
-                        ),
-                    )
-                )
-            else:
-                now.append((TOPIC_INFERENCE, rev))
-                now.append((TOPIC_INFERENCE, aev))
-            if fb_a_list[i]:
-                fts = fb_a_ts[i]
-                fev: dict[str, Any] = {
-                    "event_id": uu[u],
-                    "request_id": rid,
-                    "ts": fts,
-                    "app": app,
-                    "score": fb_score_l[i],
-                    "hallucination": flagged_l[i],
-                }
-                u += 1
-                if comment_l[i]:
-                    if not is_ok:
-                        pool = kb.COMMENTS_ERROR
-                    elif flagged_l[i]:
-                        pool = kb.COMMENTS_HALLUCINATION
-                    elif fb_score_l[i] >= 0.2:
-                        pool = kb.COMMENTS_GOOD
-                    else:
-                        pool = kb.COMMENTS_BAD
-                    fev["comment"] = pool[comment_pick_l[i] % len(pool)]
-                later.append(
-                    (fts, (TOPIC_FEEDBACK, fev, None) if labelled else (TOPIC_FEEDBACK, fev))
-                )
-            if fb_r_list[i]:
-                fts = fb_r_ts[i]
-                fev = {
-                    "event_id": uu[u],
-                    "request_id": rid + "-route",
-                    "ts": fts,
-                    "app": app,
-                    "label": intents[it],
-                }
-                u += 1
-                later.append(
-                    (fts, (TOPIC_FEEDBACK, fev, None) if labelled else (TOPIC_FEEDBACK, fev))
-                )
-        return now, np.stack([ts_ms, ans_ts_ms], axis=1).ravel(), later
+            u += 1
+            later.append(
+                (fts, (TOPIC_FEEDBACK, fev, None) if labelled else (TOPIC_FEEDBACK, fev))
+            )
+    return now, np.stack([ts_ms, ans_ts_ms], axis=1).ravel(), later
 
 
 def _pick_u(u: np.ndarray, p: Sequence[float]) -> np.ndarray:
