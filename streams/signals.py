@@ -44,6 +44,18 @@ replay: the next start restores the open windows and they close by the
 watermark with every event, none partial, none late. ``flush`` (the default,
 for a final stop such as the end of ``llmpulse up`` with its in-memory
 broker) closes every open window now and emits it as it stands.
+
+The offsets belong to one log: the state records the Kafka cluster id it
+was read from. A clean stop of ``llmpulse up`` stops its in-memory broker, and
+the next ``up`` starts a new one (a fresh cluster id) whose partitions number
+from 0 again; there the saved offsets are dropped (one log line, counter
+``positions_dropped``) so the new log's first messages are not skipped as a
+replay. The engine state itself (open windows, watermark, counters) and the
+waiting feedback refer to no offset and are kept: the new log holds only
+events sent after the stop. A broker re-adopted after a crash, or an
+external Kafka, keeps its cluster id and the offsets stay valid. A state
+without a cluster id (written before it was recorded, or when the broker
+reported none) keeps its offsets.
 """
 
 from __future__ import annotations
@@ -199,7 +211,8 @@ class SignalAgents:
                  *, health: Callable[[], Awaitable[list[Signal]]] | None = None,
                  positions: dict[tuple[str, int], int] | None = None,
                  signals_topic: Any = None,
-                 backlog: Callable[[], bool] | None = None) -> None:
+                 backlog: Callable[[], bool] | None = None,
+                 log_id: str | None = None) -> None:
         from llmpulse.streams.engine_process import EngineProcess, LocalEngine, ShardedEngine
 
         cfg = settings.signals
@@ -233,6 +246,10 @@ class SignalAgents:
         # next llmpulse.grouped offset per partition that the engine's state
         # includes: written only in the engine's thread, with the engine
         self._positions: dict[int, int] = {}
+        # which log those offsets number (the Kafka cluster id; None: unknown). An
+        # embedded broker stopped cleanly is replaced by a new one whose offsets
+        # start at 0 again: positions saved against another log are dropped
+        self._log_id = log_id
         # partitions being replayed from the snapshot: (first offset seen past it, give-up time)
         self._rewinding: dict[int, tuple[int, float]] = {}
         self._seen: set[int] = set()  # grouped partitions that delivered a message since start
@@ -519,6 +536,7 @@ class SignalAgents:
         try:
             state = pickle.dumps(
                 {"version": STATE_VERSION, "positions": dict(self._positions),
+                 "log": self._log_id,
                  "engine": self.engine.snapshot_bytes()},
                 protocol=pickle.HIGHEST_PROTOCOL,
             )
@@ -533,9 +551,22 @@ class SignalAgents:
             if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
                 raise ValueError("not a signal state of this version")
             self.engine.restore_bytes(state["engine"])
-            self._positions = {int(p): int(o) for p, o in state["positions"].items()}
-            log.info("signal engine state restored from %s (llmpulse.grouped offsets %s)",
-                     self._state_path, self._positions)
+            positions = {int(p): int(o) for p, o in state["positions"].items()}
+            saved_log = state.get("log")
+            if saved_log is not None and self._log_id is not None and saved_log != self._log_id:
+                # a new log (a new embedded broker): its offsets are not these. The
+                # engine's windows and counters are kept, they refer to no offset
+                log.info("signal engine state restored from %s without its llmpulse.grouped "
+                         "offsets %s: they belong to the log of Kafka cluster %r, this is %r",
+                         self._state_path, positions, saved_log, self._log_id)
+                self.counters["positions_dropped"] += 1
+                positions = {}
+            else:
+                log.info("signal engine state restored from %s (llmpulse.grouped offsets %s)",
+                         self._state_path, positions)
+                if self._log_id is None and isinstance(saved_log, str):
+                    self._log_id = saved_log  # still that log as far as is known
+            self._positions = positions
         except FileNotFoundError:
             pass
         except Exception:
