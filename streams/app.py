@@ -553,7 +553,8 @@ def build_pipeline(
         health = HealthSignals(stats, sink, lag)
         agents = SignalAgents(app, settings, store, sink, health=health,
                               positions=stats.positions,
-                              log_id=cluster_id(bootstrap, security=settings.kafka_security))
+                              log_id=lambda: cluster_id(bootstrap,
+                                                        security=settings.kafka_security))
         alert_agent = AlertAgent(
             app, rules if rules is not None else load_rules(settings.rules), sink,
             state_dir=settings.data_dir / "worker",

@@ -212,7 +212,7 @@ class SignalAgents:
                  positions: dict[tuple[str, int], int] | None = None,
                  signals_topic: Any = None,
                  backlog: Callable[[], bool] | None = None,
-                 log_id: str | None = None) -> None:
+                 log_id: Callable[[], str | None] | None = None) -> None:
         from llmpulse.streams.engine_process import EngineProcess, LocalEngine, ShardedEngine
 
         cfg = settings.signals
@@ -248,8 +248,11 @@ class SignalAgents:
         self._positions: dict[int, int] = {}
         # which log those offsets number (the Kafka cluster id; None: unknown). An
         # embedded broker stopped cleanly is replaced by a new one whose offsets
-        # start at 0 again: positions saved against another log are dropped
-        self._log_id = log_id
+        # start at 0 again: positions saved against another log are dropped.
+        # ``log_id`` reads the current id (a metadata request), once, before the
+        # first batch is taken
+        self._log_id: str | None = None
+        self._log_source = log_id
         # partitions being replayed from the snapshot: (first offset seen past it, give-up time)
         self._rewinding: dict[int, tuple[int, float]] = {}
         self._seen: set[int] = set()  # grouped partitions that delivered a message since start
@@ -344,6 +347,10 @@ class SignalAgents:
         (Faust messages, or :class:`llmpulse.streams.testing.TestingMessage`) into the
         engine; how many it took (a replay after a restart skips some)."""
         loop = asyncio.get_running_loop()
+        if self._log_source is not None:
+            source, self._log_source = self._log_source, None
+            current = await asyncio.to_thread(source)
+            await loop.run_in_executor(self._exec, self._check_log, current)
         fresh = await self._replay_filter(list(messages))
         if fresh:
             chunks = engine_chunks(fresh, keyed=self._keyed)
@@ -376,6 +383,19 @@ class SignalAgents:
             self.last_health = time.monotonic()
             signals = signals + await self.health()
         await self.emit(signals)
+
+    def _check_log(self, current: str | None) -> None:
+        # in the engine's thread, like _add: the positions move with the engine's state
+        saved = self._log_id
+        if saved is not None and current is not None and saved != current:
+            # a new log (a new embedded broker): its offsets are not these. The
+            # engine's windows and counters are kept, they refer to no offset
+            log.info("signals: dropping the saved llmpulse.grouped offsets %s: they number "
+                     "the log of Kafka cluster %r, this is %r", self._positions, saved, current)
+            self.counters["positions_dropped"] += 1
+            self._positions = {}
+        if current is not None:
+            self._log_id = current
 
     def _add(self, chunks: list[Any], ends: dict[int, int]) -> None:
         # in the engine's thread, like _save: the positions move with the engine's state
@@ -551,22 +571,11 @@ class SignalAgents:
             if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
                 raise ValueError("not a signal state of this version")
             self.engine.restore_bytes(state["engine"])
-            positions = {int(p): int(o) for p, o in state["positions"].items()}
+            self._positions = {int(p): int(o) for p, o in state["positions"].items()}
             saved_log = state.get("log")
-            if saved_log is not None and self._log_id is not None and saved_log != self._log_id:
-                # a new log (a new embedded broker): its offsets are not these. The
-                # engine's windows and counters are kept, they refer to no offset
-                log.info("signal engine state restored from %s without its llmpulse.grouped "
-                         "offsets %s: they belong to the log of Kafka cluster %r, this is %r",
-                         self._state_path, positions, saved_log, self._log_id)
-                self.counters["positions_dropped"] += 1
-                positions = {}
-            else:
-                log.info("signal engine state restored from %s (llmpulse.grouped offsets %s)",
-                         self._state_path, positions)
-                if self._log_id is None and isinstance(saved_log, str):
-                    self._log_id = saved_log  # still that log as far as is known
-            self._positions = positions
+            self._log_id = saved_log if isinstance(saved_log, str) else None
+            log.info("signal engine state restored from %s (llmpulse.grouped offsets %s "
+                     "of Kafka cluster %r)", self._state_path, self._positions, self._log_id)
         except FileNotFoundError:
             pass
         except Exception:

@@ -44,7 +44,8 @@ def _agents(tmp_path: Path, log_id: str | None = None, **kw):
     app = new_faust_app("t", settings, bootstrap="127.0.0.1:1", datadir=tmp_path / "w",
                         web_port=None)
     sink, topic = TestingSink(), TestingTopic()
-    agents = SignalAgents(app, settings, store, sink, signals_topic=topic, log_id=log_id)
+    agents = SignalAgents(app, settings, store, sink, signals_topic=topic,
+                          log_id=None if log_id is None else (lambda: log_id))
     return settings, store, agents, sink, topic
 
 
