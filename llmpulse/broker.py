@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from llmpulse.kafka_security import KafkaSecurity
 
-__all__ = ["BrokerError", "EmbeddedBroker", "free_port", "pid_alive", "port_is_free", "tansu_binary"]
+__all__ = ["BrokerError", "EmbeddedBroker", "cluster_id", "free_port", "pid_alive", "port_is_free", "tansu_binary"]
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,10 @@ class EmbeddedBroker:
                 advertised,
                 "--storage-engine",
                 "memory://tansu/",
+                # a log of its own: offsets saved against an earlier broker's log
+                # (which numbered from 0 too) are told apart by this id
+                "--cluster-id",
+                f"llmpulse-{uuid.uuid4().hex}",
                 *(["--authentication"] if self.authentication else []),
             ],
             stdin=subprocess.DEVNULL,
@@ -291,6 +296,30 @@ def _stop_pid(pid: int, timeout: float) -> None:
             if not pid_alive(pid):
                 return
             time.sleep(0.05)
+
+
+def cluster_id(bootstrap: str, *, timeout: float = 10.0,
+               security: KafkaSecurity | None = None) -> str | None:
+    """The cluster id a Kafka broker reports in its metadata; None if it reports
+    none or cannot be reached within ``timeout`` (the caller then cannot tell logs apart).
+
+    An embedded broker gets a fresh id at every start (its log is in memory and
+    numbers offsets from 0 again); an external Kafka cluster keeps its id.
+    """
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    from llmpulse.kafka_security import KafkaSecurity
+
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap,
+                            "socket.timeout.ms": int(timeout * 1000)}
+    conf.update((security or KafkaSecurity()).librdkafka())
+    try:
+        found = AdminClient(conf).list_topics(timeout=timeout).cluster_id
+    except KafkaException as exc:
+        log.warning("cannot read the cluster id of the Kafka at %s: %s", bootstrap, exc)
+        return None
+    return str(found) if found else None
 
 
 def create_topics(bootstrap: str, topics: Mapping[str, int], *, timeout: float = 10.0,

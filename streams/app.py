@@ -31,6 +31,7 @@ import orjson
 from llmpulse.audit import TOPIC_AUDIT, AuditLog, AuditSink, discard
 from llmpulse.audit_record import ORIGIN_HEADER
 from llmpulse.auth import ApiGuard
+from llmpulse.broker import cluster_id
 from llmpulse.config import Settings
 from llmpulse.detectors.base import Signal
 from llmpulse.events import (
@@ -551,7 +552,9 @@ def build_pipeline(
     if settings.signals.enabled:
         health = HealthSignals(stats, sink, lag)
         agents = SignalAgents(app, settings, store, sink, health=health,
-                              positions=stats.positions)
+                              positions=stats.positions,
+                              log_id=lambda: cluster_id(bootstrap,
+                                                        security=settings.kafka_security))
         alert_agent = AlertAgent(
             app, rules if rules is not None else load_rules(settings.rules), sink,
             state_dir=settings.data_dir / "worker",

@@ -44,6 +44,18 @@ replay: the next start restores the open windows and they close by the
 watermark with every event, none partial, none late. ``flush`` (the default,
 for a final stop such as the end of ``llmpulse up`` with its in-memory
 broker) closes every open window now and emits it as it stands.
+
+The offsets belong to one log: the state records the Kafka cluster id it
+was read from. A clean stop of ``llmpulse up`` stops its in-memory broker, and
+the next ``up`` starts a new one (a fresh cluster id) whose partitions number
+from 0 again; there the saved offsets are dropped (one log line, counter
+``positions_dropped``) so the new log's first messages are not skipped as a
+replay. The engine state itself (open windows, watermark, counters) and the
+waiting feedback refer to no offset and are kept: the new log holds only
+events sent after the stop. A broker re-adopted after a crash, or an
+external Kafka, keeps its cluster id and the offsets stay valid. A state
+without a cluster id (written before it was recorded, or when the broker
+reported none) keeps its offsets.
 """
 
 from __future__ import annotations
@@ -199,7 +211,8 @@ class SignalAgents:
                  *, health: Callable[[], Awaitable[list[Signal]]] | None = None,
                  positions: dict[tuple[str, int], int] | None = None,
                  signals_topic: Any = None,
-                 backlog: Callable[[], bool] | None = None) -> None:
+                 backlog: Callable[[], bool] | None = None,
+                 log_id: Callable[[], str | None] | None = None) -> None:
         from llmpulse.streams.engine_process import EngineProcess, LocalEngine, ShardedEngine
 
         cfg = settings.signals
@@ -233,6 +246,13 @@ class SignalAgents:
         # next llmpulse.grouped offset per partition that the engine's state
         # includes: written only in the engine's thread, with the engine
         self._positions: dict[int, int] = {}
+        # which log those offsets number (the Kafka cluster id; None: unknown). An
+        # embedded broker stopped cleanly is replaced by a new one whose offsets
+        # start at 0 again: positions saved against another log are dropped.
+        # ``log_id`` reads the current id (a metadata request), once, before the
+        # first batch is taken
+        self._log_id: str | None = None
+        self._log_source = log_id
         # partitions being replayed from the snapshot: (first offset seen past it, give-up time)
         self._rewinding: dict[int, tuple[int, float]] = {}
         self._seen: set[int] = set()  # grouped partitions that delivered a message since start
@@ -327,6 +347,10 @@ class SignalAgents:
         (Faust messages, or :class:`llmpulse.streams.testing.TestingMessage`) into the
         engine; how many it took (a replay after a restart skips some)."""
         loop = asyncio.get_running_loop()
+        if self._log_source is not None:
+            source, self._log_source = self._log_source, None
+            current = await asyncio.to_thread(source)
+            await loop.run_in_executor(self._exec, self._check_log, current)
         fresh = await self._replay_filter(list(messages))
         if fresh:
             chunks = engine_chunks(fresh, keyed=self._keyed)
@@ -359,6 +383,19 @@ class SignalAgents:
             self.last_health = time.monotonic()
             signals = signals + await self.health()
         await self.emit(signals)
+
+    def _check_log(self, current: str | None) -> None:
+        # in the engine's thread, like _add: the positions move with the engine's state
+        saved = self._log_id
+        if saved is not None and current is not None and saved != current:
+            # a new log (a new embedded broker): its offsets are not these. The
+            # engine's windows and counters are kept, they refer to no offset
+            log.info("signals: dropping the saved llmpulse.grouped offsets %s: they number "
+                     "the log of Kafka cluster %r, this is %r", self._positions, saved, current)
+            self.counters["positions_dropped"] += 1
+            self._positions = {}
+        if current is not None:
+            self._log_id = current
 
     def _add(self, chunks: list[Any], ends: dict[int, int]) -> None:
         # in the engine's thread, like _save: the positions move with the engine's state
@@ -519,6 +556,7 @@ class SignalAgents:
         try:
             state = pickle.dumps(
                 {"version": STATE_VERSION, "positions": dict(self._positions),
+                 "log": self._log_id,
                  "engine": self.engine.snapshot_bytes()},
                 protocol=pickle.HIGHEST_PROTOCOL,
             )
@@ -534,8 +572,10 @@ class SignalAgents:
                 raise ValueError("not a signal state of this version")
             self.engine.restore_bytes(state["engine"])
             self._positions = {int(p): int(o) for p, o in state["positions"].items()}
-            log.info("signal engine state restored from %s (llmpulse.grouped offsets %s)",
-                     self._state_path, self._positions)
+            saved_log = state.get("log")
+            self._log_id = saved_log if isinstance(saved_log, str) else None
+            log.info("signal engine state restored from %s (llmpulse.grouped offsets %s "
+                     "of Kafka cluster %r)", self._state_path, self._positions, self._log_id)
         except FileNotFoundError:
             pass
         except Exception:

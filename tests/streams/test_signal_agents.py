@@ -35,7 +35,7 @@ async def test_timers_after_close_do_not_crash_the_app(tmp_path: Path, processes
         store.close()
 
 
-def _agents(tmp_path: Path, **kw):
+def _agents(tmp_path: Path, log_id: str | None = None, **kw):
     from llmpulse.streams.testing import TestingSink, TestingTopic
 
     settings = load_settings(env={"LLMPULSE_DATA_DIR": str(tmp_path)}, path=None)
@@ -44,7 +44,8 @@ def _agents(tmp_path: Path, **kw):
     app = new_faust_app("t", settings, bootstrap="127.0.0.1:1", datadir=tmp_path / "w",
                         web_port=None)
     sink, topic = TestingSink(), TestingTopic()
-    agents = SignalAgents(app, settings, store, sink, signals_topic=topic)
+    agents = SignalAgents(app, settings, store, sink, signals_topic=topic,
+                          log_id=None if log_id is None else (lambda: log_id))
     return settings, store, agents, sink, topic
 
 
@@ -90,6 +91,40 @@ async def test_messages_the_engine_already_holds_are_skipped(tmp_path: Path) -> 
         assert await agents.take(messages[2:]) == 0  # a redelivery after a rebalance
         assert agents.counters["replay_skipped"] == len(messages) - 2
         assert agents.engine.stats()["events_in"] == events_in == 400
+        await agents.close()
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("restart_log", ["cluster-a", None, "cluster-b"])
+async def test_saved_offsets_are_kept_only_for_the_same_log(
+    tmp_path: Path, restart_log: str | None,
+) -> None:
+    """The state's offsets number one log (its Kafka cluster id): a restart on a
+    new broker (another id) takes the new log from its first message."""
+    from llmpulse.detectors.testing import synthetic_events
+    from llmpulse.streams.testing import grouped_messages
+
+    messages = grouped_messages(synthetic_events(400, seed=5, rate=10), chunk=50)
+    _, store, agents, _, _ = _agents(tmp_path, log_id="cluster-a")
+    try:
+        assert await agents.take(messages) == len(messages)
+        agents._save()
+        await agents.close()
+    finally:
+        store.close()
+    _, store, agents, _, _ = _agents(tmp_path, log_id=restart_log)
+    try:
+        assert agents.engine.stats()["events_in"] == 400  # the engine state is kept either way
+        taken = await agents.take(messages)
+        if restart_log == "cluster-b":  # a new log numbering from 0 again: nothing skipped
+            assert agents.counters["positions_dropped"] == 1
+            assert taken == len(messages) and agents.counters.get("replay_skipped", 0) == 0
+            assert agents.engine.stats()["events_in"] == 800
+        else:  # the same log (or not known to differ): the replay is skipped
+            assert agents.counters.get("positions_dropped", 0) == 0
+            assert taken == 0 and agents.counters["replay_skipped"] == len(messages)
+            assert agents.engine.stats()["events_in"] == 400
         await agents.close()
     finally:
         store.close()
