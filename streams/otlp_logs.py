@@ -45,9 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from google.protobuf import json_format
-from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
     ExportLogsServiceResponse,
@@ -64,7 +62,7 @@ from llmpulse.streams.otlp import (
     handle_post,
 )
 from llmpulse.streams.otlp_identity import span_key
-from llmpulse.streams.otlp_mapping import OtlpDecodeError, attributes
+from llmpulse.streams.otlp_mapping import attributes, decode_request
 
 __all__ = ["FEEDBACK_EVENTS", "MappedLogs", "attach_otlp_logs", "decode_logs", "map_logs"]
 
@@ -103,60 +101,14 @@ def decode_logs(body: bytes, encoding: str) -> ExportLogsServiceRequest:
     ...             "otlp_json")
     Traceback (most recent call last):
     ...
-    llmpulse.streams.otlp_mapping.OtlpDecodeError: malformed OTLP JSON: logRecords[0].traceId: not hex: 'zz'
+    llmpulse.streams.otlp_mapping.OtlpDecodeError: malformed OTLP JSON: resourceLogs[0].scopeLogs[0].logRecords[0].traceId: not hex: 'zz'
     """
-    req = ExportLogsServiceRequest()
-    if encoding == "otlp_proto":
-        try:
-            req.ParseFromString(body)
-        except (DecodeError, RecursionError, ValueError) as exc:
-            raise OtlpDecodeError(f"malformed protobuf: {str(exc)[:300]}") from None
-        return req
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise OtlpDecodeError(f"malformed JSON: {exc}") from None
-    if type(doc) is not dict:
-        raise OtlpDecodeError("malformed JSON: the body must be an object with resourceLogs")
-    try:
-        _hex_ids(doc)
-        json_format.ParseDict(doc, req, ignore_unknown_fields=True)
-    except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OtlpDecodeError(f"malformed OTLP JSON: {text[:300]}") from None
-    return req
+    return decode_request(body, encoding, ExportLogsServiceRequest(), LOGS_PATH)
 
 
-def _hex_ids(doc: dict[str, Any]) -> None:
-    """OTLP/JSON writes trace and span ids as hex; protobuf's JSON mapping wants base64."""
-    import base64
-
-    for rl in _items(doc, "resourceLogs"):
-        for sl in _items(rl, "scopeLogs"):
-            for i, rec in enumerate(_items(sl, "logRecords")):
-                for key in ("traceId", "spanId", "trace_id", "span_id"):
-                    v = rec.get(key)
-                    if v is None:
-                        continue
-                    if type(v) is not str:
-                        raise ValueError(f"logRecords[{i}].{key}: must be a hex string")
-                    try:
-                        raw = bytes.fromhex(v)
-                    except ValueError:
-                        raise ValueError(f"logRecords[{i}].{key}: not hex: {v[:40]!r}") from None
-                    rec[key] = base64.b64encode(raw).decode("ascii")
-
-
-def _items(obj: Any, key: str) -> list[Any]:
-    if type(obj) is not dict:
-        raise ValueError(f"{key}: must be inside an object")
-    snake = "".join("_" + c.lower() if c.isupper() else c for c in key)
-    v = obj.get(key, obj.get(snake))
-    if v is None:
-        return []
-    if type(v) is not list or not all(type(x) is dict for x in v):
-        raise ValueError(f"{key}: must be a list of objects")
-    return v
+LOGS_PATH = (("resourceLogs", "resource_logs"), ("scopeLogs", "scope_logs"),
+             ("logRecords", "log_records"))
+"""Where the records sit in an OTLP/JSON logs body (camelCase and snake_case)."""
 
 
 def _event_name(rec: LogRecord, attrs: Mapping[str, Any]) -> str:

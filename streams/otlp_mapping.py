@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from google.protobuf import json_format
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
@@ -126,7 +126,22 @@ def decode_traces(body: bytes, encoding: str) -> ExportTraceServiceRequest:
     ...
     llmpulse.streams.otlp_mapping.OtlpDecodeError: malformed protobuf: ...
     """
-    req = ExportTraceServiceRequest()
+    return decode_request(body, encoding, ExportTraceServiceRequest(), TRACE_PATH,
+                          links="links")
+
+
+M = TypeVar("M", bound=Message)
+
+TRACE_PATH = (("resourceSpans", "resource_spans"), ("scopeSpans", "scope_spans"),
+              ("spans", "spans"))
+"""Where the spans sit in an OTLP/JSON traces body (camelCase and snake_case)."""
+
+
+def decode_request(body: bytes, encoding: str, req: M, path: Sequence[tuple[str, str]], *,
+                   links: str | None = None) -> M:
+    """Parse an OTLP export request ``body`` into ``req`` (an empty message of its type):
+    protobuf, or OTLP/JSON whose records (found along ``path``, with their ``links``
+    list if given) carry hex trace and span ids; :class:`OtlpDecodeError` when bad."""
     if encoding == "otlp_proto":
         try:
             req.ParseFromString(body)
@@ -140,9 +155,9 @@ def decode_traces(body: bytes, encoding: str) -> ExportTraceServiceRequest:
     except orjson.JSONDecodeError as exc:
         raise OtlpDecodeError(f"malformed JSON: {exc}") from None
     if type(doc) is not dict:
-        raise OtlpDecodeError("malformed JSON: the body must be an object with resourceSpans")
+        raise OtlpDecodeError(f"malformed JSON: the body must be an object with {path[0][0]}")
     try:
-        _hex_ids_to_base64(doc)
+        _hex_ids_to_base64(doc, path, links)
         json_format.ParseDict(doc, req, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
         raise OtlpDecodeError(f"malformed OTLP JSON: {_first_line(exc)}") from None
@@ -157,7 +172,8 @@ def _first_line(exc: BaseException) -> str:
 _ID_KEYS = (("traceId", "trace_id"), ("spanId", "span_id"), ("parentSpanId", "parent_span_id"))
 
 
-def _hex_ids_to_base64(doc: dict[str, Any]) -> None:
+def _hex_ids_to_base64(doc: dict[str, Any], path: Sequence[tuple[str, str]],
+                       links: str | None) -> None:
     """OTLP/JSON writes trace and span ids as hex; protobuf's JSON mapping wants base64."""
 
     def fix(obj: Any, where: str) -> None:
@@ -176,13 +192,19 @@ def _hex_ids_to_base64(doc: dict[str, Any]) -> None:
                     raise ValueError(f"{where}.{key}: not hex: {v[:40]!r}") from None
                 obj[key] = base64.b64encode(raw).decode("ascii")
 
-    for i, rs in enumerate(_list(doc, "resourceSpans", "resource_spans", "")):
-        for j, ss in enumerate(_list(rs, "scopeSpans", "scope_spans", f"resourceSpans[{i}]")):
-            for k, span in enumerate(_list(ss, "spans", "spans", f"scopeSpans[{j}]")):
-                where = f"resourceSpans[{i}].scopeSpans[{j}].spans[{k}]"
-                fix(span, where)
-                for n, link in enumerate(_list(span, "links", "links", where)):
-                    fix(link, f"{where}.links[{n}]")
+    def walk(obj: Any, level: int, where: str) -> None:
+        camel, snake = path[level]
+        for i, item in enumerate(_list(obj, camel, snake, where)):
+            here = f"{where + '.' if where else ''}{camel}[{i}]"
+            if level + 1 < len(path):
+                walk(item, level + 1, here)
+                continue
+            fix(item, here)
+            if links is not None:
+                for n, link in enumerate(_list(item, links, links, here)):
+                    fix(link, f"{here}.{links}[{n}]")
+
+    walk(doc, 0, "")
 
 
 def _list(obj: Any, camel: str, snake: str, where: str) -> list[Any]:
