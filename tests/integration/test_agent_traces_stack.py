@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import StackProcess, stack_env
+from tests.conftest import StackProcess, module_stack
 from tests.integration.test_dashboard_browser import _chromium, chromium  # noqa: F401, F811
 from tests.integration.test_otlp_stack import _OpenAIStub, _sdk, wait_rows
 
@@ -21,14 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackProcess]:
-    d = tmp_path_factory.mktemp("agent") / "data"
-    d.mkdir()
-    sp = StackProcess(d, stack_env(d)).start(timeout=180)
-    yield sp
-    try:
-        sp.stop()
-    except Exception:
-        sp.kill()
+    yield from module_stack(tmp_path_factory, "agent")
 
 
 def _agent_trace(provider: Any) -> str:

@@ -27,21 +27,14 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from llmpulse.auth import create_token
 from llmpulse.harness import wait_for
 from llmpulse.secret import Secret
-from tests.conftest import StackProcess, stack_env
+from tests.conftest import StackProcess, module_stack, stack_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackProcess]:
-    d = tmp_path_factory.mktemp("otlp") / "data"
-    d.mkdir()
-    sp = StackProcess(d, stack_env(d)).start(timeout=180)
-    yield sp
-    try:
-        sp.stop()
-    except Exception:
-        sp.kill()
+    yield from module_stack(tmp_path_factory, "otlp")
 
 
 def wait_rows(stack: StackProcess, sql: str, n: int, timeout: float = 90.0) -> list[dict[str, Any]]:
