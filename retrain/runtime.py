@@ -9,17 +9,16 @@ it, so a candidate is measured on the same runtime that will serve it
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from llmpulse.detectors.embedding.minilm import choose_providers as _embedder_choose_providers
 from llmpulse.retrain.model import (
     MAX_LENGTH_KEY,
     OUTPUT_NAME,
@@ -35,32 +34,8 @@ log = logging.getLogger(__name__)
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
-
-def _cuda_driver_present() -> bool:
-    try:
-        ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
-    except OSError:
-        return False
-    return True
-
-
-def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
-    """Execution providers to ask for: CUDA when built in *and* a driver loads, then CPU.
-
-    >>> choose_providers([CPU])
-    ['CPUExecutionProvider']
-    """
-    import onnxruntime as ort
-
-    available = set(ort.get_available_providers())
-    wanted = list(requested) if requested is not None else [CUDA, CPU]
-    chosen = [p for p in wanted if p in available]
-    if CUDA in chosen and not _cuda_driver_present():
-        # Asking for CUDA without a driver works but logs an error per session.
-        chosen.remove(CUDA)
-    if CPU not in chosen:
-        chosen.append(CPU)
-    return chosen
+# provider choice and session set-up are the embedder's: one policy for every session
+choose_providers = _embedder_choose_providers
 
 
 class LoadedModel:
@@ -91,9 +66,7 @@ class LoadedModel:
         intra_op_threads: int | None = None,
         tokenizer: TokenEncoder | None = None,
     ) -> None:
-        import onnxruntime as ort
-
-        from llmpulse.detectors.embedding.minilm import default_threads
+        from llmpulse.detectors.embedding.minilm import default_threads, open_session
 
         self.path = Path(path)
         self.version = str(version)
@@ -101,20 +74,8 @@ class LoadedModel:
         self.labels: tuple[str, ...] = tuple(json.loads(meta["llmpulse.labels"]))
         self.max_length = int(meta.get(MAX_LENGTH_KEY, 256))
         self.tokenizer = tokenizer or TokenEncoder(max_length=self.max_length)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(intra_op_threads or default_threads())
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
-        chosen = choose_providers(providers)
-        try:
-            session = ort.InferenceSession(str(self.path), options, providers=chosen)
-        except Exception as exc:
-            if chosen == [CPU]:
-                raise
-            log.warning("could not start ONNX Runtime with %s (%s); falling back to CPU", chosen, exc)
-            session = ort.InferenceSession(str(self.path), options, providers=[CPU])
+        session = open_session(self.path, threads=int(intra_op_threads or default_threads()),
+                               providers=providers)
         self._session: Any = session
         self.provider: str = session.get_providers()[0]
         self.io_binding = self.provider == CUDA if io_binding is None else bool(io_binding)

@@ -79,7 +79,12 @@ def _cuda_driver_present() -> bool:
     return True
 
 
-def _choose_providers(requested: Sequence[str] | None) -> list[str]:
+def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
+    """Execution providers to ask for: CUDA when built in *and* a driver loads, then CPU.
+
+    >>> choose_providers(["CPUExecutionProvider"])
+    ['CPUExecutionProvider']
+    """
     import onnxruntime as ort
 
     available = set(ort.get_available_providers())
@@ -91,6 +96,35 @@ def _choose_providers(requested: Sequence[str] | None) -> list[str]:
     if _CPU not in chosen:
         chosen.append(_CPU)
     return chosen
+
+
+_choose_providers = choose_providers
+
+
+def open_session(path: Path | str, *, threads: int, providers: Sequence[str] | None = None,
+                 sequential: bool = False) -> Any:
+    """An ONNX Runtime session on ``path``: CUDA first where it works, else the CPU,
+    ``threads`` intra-op threads, no spinning; a session that fails to start on
+    the GPU is retried on the CPU (logged). Used by the embedder and by the model
+    server, so both pick providers the same way."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    if sequential:
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    chosen = choose_providers(providers)
+    try:
+        return ort.InferenceSession(str(path), options, providers=chosen)
+    except Exception as exc:
+        if chosen == [_CPU]:
+            raise
+        log.warning("could not start ONNX Runtime with %s (%s); falling back to CPU", chosen, exc)
+        return ort.InferenceSession(str(path), options, providers=[_CPU])
 
 
 class MiniLMEmbedder:
@@ -121,7 +155,6 @@ class MiniLMEmbedder:
         providers: Sequence[str] | None = None,
         intra_op_threads: int | None = None,
     ) -> None:
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         if max_length < 2:
@@ -142,23 +175,8 @@ class MiniLMEmbedder:
         tokenizer.enable_truncation(max_length=self.max_length)
         self._tokenizer = tokenizer
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.intra_op_threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
-        chosen = _choose_providers(providers)
-        try:
-            session = ort.InferenceSession(str(self.model_path), options, providers=chosen)
-        except Exception as exc:
-            if chosen == [_CPU]:
-                raise
-            log.warning(
-                "could not start ONNX Runtime with %s (%s); falling back to CPU", chosen, exc
-            )
-            session = ort.InferenceSession(str(self.model_path), options, providers=[_CPU])
+        session = open_session(self.model_path, threads=self.intra_op_threads,
+                               providers=providers, sequential=True)
         self._session = session
         self.provider: str = session.get_providers()[0]
         """The execution provider that runs the model."""
