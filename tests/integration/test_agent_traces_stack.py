@@ -162,7 +162,9 @@ def _two_calls(client: Any, instrument: Any, uninstrument: Any, monkeypatch: pyt
             uninstrument()
 
 
-def _assert_two_rows(stack: StackProcess, app: str) -> None:
+def _assert_two_rows(stack: StackProcess, app: str, http_spans: int = 0) -> None:
+    """Two model calls, one inference row each; ``http_spans``: HTTP client spans the
+    instrumentation adds, stored as ``other`` steps and no inference rows."""
     rows = wait_rows(stack, "SELECT model, model_version, input_tokens, output_tokens, prompt, "
                      "response, latency_ms, status, trace_id, span_id FROM inference_events "
                      f"FINAL WHERE app = '{app}' ORDER BY ts", 2)
@@ -175,8 +177,10 @@ def _assert_two_rows(stack: StackProcess, app: str) -> None:
         assert len(r["trace_id"]) == 32 and len(r["span_id"]) == 16
     assert "Where is my parcel?" in on["prompt"] and on["response"] == "It ships Monday."
     assert (off["prompt"], off["response"]) == ("", "")
-    spans = stack.sql(f"SELECT step, response_id FROM spans FINAL WHERE app = '{app}'")
-    assert [(s["step"], s["response_id"]) for s in spans] == [("llm", "chatcmpl-stub")] * 2
+    spans = stack.sql(f"SELECT step, response_id FROM spans FINAL WHERE app = '{app}' "
+                      "ORDER BY step, response_id")
+    assert [(s["step"], s["response_id"]) for s in spans] == [("llm", "chatcmpl-stub")] * 2 + [
+        ("other", "")] * http_spans
 
 
 def test_openai_client_under_the_official_openai_v2_instrumentation(
@@ -200,6 +204,31 @@ def test_openai_client_under_the_official_openai_v2_instrumentation(
     finally:
         provider.shutdown()
     _assert_two_rows(stack, "otel-v2-app")
+
+
+def test_openai_client_under_openlit_auto_instrumentation(stack: StackProcess) -> None:
+    """The real ``openai`` client under OpenLIT's auto-instrumentation (``openlit.init``),
+    exporting through its own OTLP/HTTP exporter. OpenLIT pins ``openai<3``, which the
+    project's environment cannot hold, so the client runs in a cached virtualenv of its
+    own (:mod:`tests.integration.isolated_venv`), one process per call: message capture
+    on, then off (``capture_message_content``, read once by ``openlit.init``)."""
+    import subprocess
+    from pathlib import Path
+
+    from tests.integration.isolated_venv import OPENLIT_REQUIREMENTS, isolated_python
+
+    python = isolated_python("openlit", OPENLIT_REQUIREMENTS, imports=("openlit", "openai"))
+    script = Path(__file__).with_name("openlit_client.py")
+    with _OpenAIStub() as base_url:
+        for capture, question in (("on", "Where is my parcel?"), ("off", "A private question")):
+            done = subprocess.run(
+                [str(python), str(script), stack.endpoints["otlp"], base_url, "openlit-app",
+                 capture, question], capture_output=True, text=True, timeout=180,
+                env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home()),
+                     "OTEL_METRICS_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none"})
+            assert done.returncode == 0, done.stderr[-3000:]
+            assert done.stdout.split() == ["chatcmpl-stub", "True"], done.stdout
+    _assert_two_rows(stack, "openlit-app", http_spans=2)  # OpenLIT traces the POST too
 
 
 def test_trace_view_draws_the_steps_of_one_request(stack: StackProcess, chromium: str,  # noqa: F811
