@@ -32,6 +32,7 @@ The mapping, row by row, is the table in ``docs/otlp.md``.
 from __future__ import annotations
 
 import base64
+import hashlib
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +68,9 @@ RETRIEVAL_OPERATIONS = frozenset({"retrieval", "retrieve"})
 
 _KIND_NAMES = {int(v): str(n) for n, v in Span.SpanKind.items()}
 _EVENT_NAMESPACE = uuid.UUID("5b0e6a52-2f9c-4d7e-9a54-4f7c0b1f2d11")
+_NAMESPACE_BYTES = _EVENT_NAMESPACE.bytes
+_DOCUMENT_KEY = "retrieval.documents.0.document.content"
+"""OpenInference numbers a retrieval's documents from 0: a span without this has none."""
 _MAX_ROW_ATTRS = 64
 _MAX_ROW_VALUE = 1024
 _CONTENT_PREFIXES = ("gen_ai.prompt.", "gen_ai.completion.", "gen_ai.input.messages",
@@ -235,8 +239,16 @@ def any_value(v: AnyValue) -> Any:
     return getattr(v, kind)
 
 
+_SCALAR_KINDS = frozenset({"string_value", "int_value", "double_value", "bool_value"})
+
+
 def attributes(kvs: Iterable[KeyValue]) -> dict[str, Any]:
-    return {kv.key: any_value(kv.value) for kv in kvs}
+    out: dict[str, Any] = {}
+    for kv in kvs:  # scalars read directly: this runs for every attribute of every span
+        v = kv.value
+        kind = v.WhichOneof("value")
+        out[kv.key] = getattr(v, kind) if kind in _SCALAR_KINDS else any_value(v)
+    return out
 
 
 def _first(attrs: Mapping[str, Any], *keys: str) -> Any:
@@ -342,6 +354,36 @@ def _indexed(attrs: Mapping[str, Any], prefix: str, leaf: str) -> list[str]:
 
 def _openinference_documents(attrs: Mapping[str, Any]) -> list[str]:
     return _indexed(attrs, "retrieval.documents.", "document.content")
+
+
+def _older_content(attrs: Mapping[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """``gen_ai.prompt.N.content``, ``gen_ai.completion.N.content`` and
+    ``gen_ai.completion.N.finish_reason`` in N order, in one pass over the attributes.
+
+    >>> _older_content({"gen_ai.completion.1.content": "b", "gen_ai.prompt.0.content": "p",
+    ...                 "gen_ai.completion.0.content": "a", "gen_ai.completion.0.role": "-",
+    ...                 "gen_ai.completion.0.finish_reason": "stop"})
+    (['p'], ['a', 'b'], ['stop'])
+    """
+    prompt: list[tuple[int, str]] = []
+    completion: list[tuple[int, str]] = []
+    finish: list[tuple[int, str]] = []
+    for k, v in attrs.items():
+        if not k.startswith("gen_ai.") or type(v) is not str:
+            continue
+        if k.startswith("gen_ai.prompt."):
+            n, _, leaf = k[14:].partition(".")
+            if leaf == "content" and n.isdigit():
+                prompt.append((int(n), v))
+        elif k.startswith("gen_ai.completion."):
+            n, _, leaf = k[18:].partition(".")
+            if n.isdigit():
+                if leaf == "content":
+                    completion.append((int(n), v))
+                elif leaf == "finish_reason":
+                    finish.append((int(n), v))
+    return ([v for _, v in sorted(prompt)], [v for _, v in sorted(completion)],
+            [v for _, v in sorted(finish)])
 
 
 # -- one span --------------------------------------------------------------------------------
@@ -472,10 +514,28 @@ def _tags(attrs: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+def event_uuid(trace_id: str, span_id: str) -> str:
+    """The event id of a model-call span: ``uuid5`` of ``<trace_id>:<span_id>`` in
+    llmpulse's namespace, built without :class:`uuid.UUID` (it runs once per span).
+
+    >>> event_uuid("ab" * 16, "cd" * 8) == str(uuid.uuid5(_EVENT_NAMESPACE, "ab" * 16 + ":"
+    ...                                                    + "cd" * 8))
+    True
+    """
+    b = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{trace_id}:{span_id}".encode()).digest()[:16])
+    b[6] = (b[6] & 0x0F) | 0x50  # version 5
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def map_span(span: Span, app: str, scope: str, context: list[str] | None = None,
+             attrs: dict[str, Any] | None = None,
              ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """The inference event (None for a span that is no model call) and the spans row."""
-    attrs = attributes(span.attributes)
+    """The inference event (None for a span that is no model call) and the spans row
+    (``attrs``: the span's attributes, when the caller has read them already)."""
+    if attrs is None:
+        attrs = attributes(span.attributes)
     trace_id = span.trace_id.hex()
     span_id = span.span_id.hex()
     parent = span.parent_span_id.hex()
@@ -522,16 +582,17 @@ def map_span(span: Span, app: str, scope: str, context: list[str] | None = None,
     system = message_text(attrs.get("gen_ai.system_instructions"))
     prompt = system + message_text(attrs.get("gen_ai.input.messages"))
     response = message_text(attrs.get("gen_ai.output.messages"))
-    if not prompt:
-        prompt = _indexed(attrs, "gen_ai.prompt.", "content")
-    if not response:
-        response = _indexed(attrs, "gen_ai.completion.", "content")
-    if not finish_reasons:
-        row["finish_reasons"] = _indexed(attrs, "gen_ai.completion.", "finish_reason")
-    ev_prompt, ev_completion = _event_content(span)
-    prompt = prompt or ev_prompt
-    response = response or ev_completion
-    event_id = str(uuid.uuid5(_EVENT_NAMESPACE, f"{trace_id}:{span_id}"))
+    if not (prompt and response and finish_reasons):
+        older_prompt, older_response, older_finish = _older_content(attrs)
+        prompt = prompt or older_prompt
+        response = response or older_response
+        if not finish_reasons:
+            row["finish_reasons"] = older_finish
+    if span.events and not (prompt and response):
+        ev_prompt, ev_completion = _event_content(span)
+        prompt = prompt or ev_prompt
+        response = response or ev_completion
+    event_id = event_uuid(trace_id, span_id)
     row["event_id"] = event_id
     ev: dict[str, Any] = {
         "event_id": event_id,
@@ -584,41 +645,42 @@ def map_request(req: ExportTraceServiceRequest, *, now_ms: int | None = None,
     """
     out = MappedRequest()
     docs = out.documents
-    for rs in req.resource_spans:
-        for ss in rs.scope_spans:
-            for span in ss.spans:
-                for kv in span.attributes:
-                    if kv.key.startswith("retrieval.documents."):
-                        d = _openinference_documents(attributes(span.attributes))
-                        if d:
-                            docs.setdefault(span.trace_id.hex(), []).extend(d)
-                        break
+    # every span's attributes read once; the documents of the request's retrievals
+    # first, since a model call may come before its retrieval in the request
+    read: list[tuple[str, str, list[tuple[Span, dict[str, Any]]]]] = []
     for rs in req.resource_spans:
         res = attributes(rs.resource.attributes)
         app = _str(res.get("service.name")) or "unknown_service"
         for ss in rs.scope_spans:
-            scope = ss.scope.name
-            for span in ss.spans:
-                why = _span_error(span)
-                if why is not None:
-                    out.rejected.append(RejectedSpan(span.trace_id.hex(), span.span_id.hex(), why,
-                                                     span.SerializeToString()[:4096]))
-                    continue
-                tid = span.trace_id.hex()
-                ctx = docs.get(tid) or (known_documents.get(tid) if known_documents else None)
-                ev, row = map_span(span, app, scope,
-                                   ctx[: limits.max_context_passages] if ctx else None)
-                if ev is None:
-                    out.other += 1
-                    out.spans.append(row)
-                    continue
-                try:
-                    validate_inference(ev, now_ms=now_ms, limits=limits)
-                except EventError as exc:
-                    out.rejected.append(RejectedSpan(row["trace_id"], row["span_id"], str(exc),
-                                                     orjson.dumps(ev)[:65536]))
-                    continue
-                out.genai += 1
-                out.events.append(ev)
+            spans = [(span, attributes(span.attributes)) for span in ss.spans]
+            read.append((app, ss.scope.name, spans))
+            for span, attrs in spans:
+                if _DOCUMENT_KEY in attrs:
+                    d = _openinference_documents(attrs)
+                    if d:
+                        docs.setdefault(span.trace_id.hex(), []).extend(d)
+    for app, scope, spans in read:
+        for span, attrs in spans:
+            why = _span_error(span)
+            if why is not None:
+                out.rejected.append(RejectedSpan(span.trace_id.hex(), span.span_id.hex(), why,
+                                                 span.SerializeToString()[:4096]))
+                continue
+            tid = span.trace_id.hex()
+            ctx = docs.get(tid) or (known_documents.get(tid) if known_documents else None)
+            ev, row = map_span(span, app, scope,
+                               ctx[: limits.max_context_passages] if ctx else None, attrs)
+            if ev is None:
+                out.other += 1
                 out.spans.append(row)
+                continue
+            try:
+                validate_inference(ev, now_ms=now_ms, limits=limits)
+            except EventError as exc:
+                out.rejected.append(RejectedSpan(row["trace_id"], row["span_id"], str(exc),
+                                                 orjson.dumps(ev)[:65536]))
+                continue
+            out.genai += 1
+            out.events.append(ev)
+            out.spans.append(row)
     return out
