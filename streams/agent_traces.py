@@ -14,13 +14,20 @@ trace id); the agent that stores them hands each stored batch to
   after its window closed counts in the next window still open, so a closed
   window's signals are never rewritten;
 * runs :class:`~llmpulse.detectors.agent.AgentSteps` on each closed window and
-  labels the signals with the app (``model`` and ``model_version`` stay
-  empty: a trace calls several models).
+  labels the signals with the app. ``model`` and ``model_version`` stay
+  empty on purpose: the signals measure a request's steps, and one request
+  calls several models (a planner, an answerer, an embedder); a label taken
+  from the window's model calls would change with the mix of requests in the
+  window and split one measure into several alert series.
 
 Open traces live in memory only: a worker restart loses the signals of the
-traces in flight (their rows are stored regardless). At most
-``max_open_traces`` are held; past that, the longest-quiet trace is
-treated as done.
+traces in flight (their rows are stored regardless). Memory is bounded: a
+span is held as the few fields the detector reads (not its row's
+attributes), at most ``max_open_traces`` traces and ``max_open_spans``
+spans are open, and past either cap the longest-quiet trace is treated as
+done now (``traces_evicted`` in :meth:`TraceWindows.stats`); done traces
+wait for their window's close, at most ``max_window_spans`` spans in all,
+past which the oldest window closes early (``windows_forced``).
 
 >>> clock = [1000.0]
 >>> tw = TraceWindows(AgentTraceSettings(window_s=10.0, settle_s=2.0), now=lambda: clock[0])
@@ -76,8 +83,14 @@ class AgentTraceSettings:
     """Quiet time after which a trace whose root never came is done anyway."""
     max_open_traces: int = 50_000
     """Open traces held in memory; the longest-quiet one is closed past this."""
+    max_open_spans: int = 500_000
+    """Spans of open traces held in memory (about 1 KB each); the longest-quiet
+    traces are closed past this."""
     max_spans_per_trace: int = 10_000
     """Spans kept per trace; more are counted and left out of the signals."""
+    max_window_spans: int = 1_000_000
+    """Spans of done traces waiting for their window to close; the oldest window
+    closes early past this."""
     loop_calls: int = 5
     """Calls of one tool in one trace that count as a loop (``agent.loop_rate``)."""
 
@@ -86,8 +99,11 @@ class AgentTraceSettings:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"agent_traces.{name}: must be a positive number, got {v!r}")
-        if self.max_open_traces < 1 or self.max_spans_per_trace < 1:
-            raise ValueError("agent_traces.max_open_traces / max_spans_per_trace: must be >= 1")
+        for name in ("max_open_traces", "max_open_spans", "max_spans_per_trace",
+                     "max_window_spans"):
+            v = getattr(self, name)
+            if type(v) is not int or v < 1:
+                raise ValueError(f"agent_traces.{name}: must be an integer >= 1, got {v!r}")
         if self.loop_calls < 2:
             raise ValueError(f"agent_traces.loop_calls: must be at least 2, got {self.loop_calls}")
 
@@ -137,15 +153,15 @@ def _finite(v: Any) -> float:
     return math.nan
 
 
-ClosedWindow = tuple[str, float, list[Mapping[str, Any]]]
-"""(app, window start, span rows) of a window that closed."""
+ClosedWindow = tuple[str, float, list[dict[str, Any]]]
+"""(app, window start, spans as :func:`span_of_row` reads them) of a window that closed."""
 
 
 @dataclass
 class _Trace:
     app: str
-    spans: dict[str, Mapping[str, Any]] = field(default_factory=dict)
-    """Rows by span id, as received."""
+    spans: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """By span id: the fields of its row the detector reads (:func:`span_of_row`)."""
     last_seen: float = 0.0
     rooted: bool = False
 
@@ -160,11 +176,14 @@ class TraceWindows:
         self.detector = AgentSteps(loop_calls=settings.loop_calls)
         self._open: OrderedDict[str, _Trace] = OrderedDict()  # by last_seen, oldest first
         # (app, window start) -> spans of the done traces in it
-        self._windows: dict[tuple[str, float], list[Mapping[str, Any]]] = {}
+        self._windows: dict[tuple[str, float], list[dict[str, Any]]] = {}
         self._closed_until: dict[str, float] = {}  # per app: end of its last closed window
+        self._open_spans = 0  # spans held by the open traces
+        self._window_spans = 0  # spans held by the windows not yet closed
+        self._forced: list[ClosedWindow] = []  # closed early, for the next closed()
         self.counters: dict[str, int] = {"spans": 0, "duplicate_spans": 0, "dropped_spans": 0,
                                          "bad_rows": 0, "traces_done": 0, "traces_evicted": 0,
-                                         "windows": 0, "signals": 0}
+                                         "windows": 0, "windows_forced": 0, "signals": 0}
 
     def add(self, rows: Iterable[dict[str, Any]]) -> None:
         """Take in span rows (as the receiver publishes them)."""
@@ -172,11 +191,12 @@ class TraceWindows:
         cap = self.settings.max_spans_per_trace
         counters = self.counters
         opened = self._open
-        for row in rows:  # rows are kept as they are; span_of_row reads them at close
-            tid, sid = row.get("trace_id"), row.get("span_id")
-            if type(tid) is not str or type(sid) is not str or not tid or not sid:
+        for row in rows:
+            span = span_of_row(row)
+            if span is None:
                 counters["bad_rows"] += 1
                 continue
+            tid, sid = span["trace_id"], span["span_id"]
             tr = opened.pop(tid, None)
             if tr is None:
                 app = row.get("app")
@@ -188,13 +208,15 @@ class TraceWindows:
             elif len(tr.spans) >= cap:
                 counters["dropped_spans"] += 1
             else:
-                tr.spans[sid] = row
+                tr.spans[sid] = span
                 counters["spans"] += 1
-            if not row.get("parent_span_id"):
+                self._open_spans += 1
+            if not span["parent_span_id"]:
                 tr.rooted = True
-        while len(self._open) > self.settings.max_open_traces:
-            self.counters["traces_evicted"] += 1
-            self._finish(self._open.popitem(last=False)[1])
+        st = self.settings
+        while len(opened) > st.max_open_traces or self._open_spans > st.max_open_spans:
+            counters["traces_evicted"] += 1
+            self._finish(opened.popitem(last=False)[1])
 
     def add_lines(self, lines: Iterable[bytes]) -> None:
         """:meth:`add` for ``spans`` rows as JSON lines; lines that are no JSON object
@@ -224,20 +246,21 @@ class TraceWindows:
                 if now - tr.last_seen >= (st.settle_s if tr.rooted else st.idle_s)]
         for tid in done:
             self._finish(self._open.pop(tid))
-        return [self._close(key) for key in
-                sorted(k for k in self._windows if now >= k[1] + st.window_s + st.settle_s)]
+        forced, self._forced = self._forced, []
+        return forced + [self._close(key) for key in sorted(
+            k for k in self._windows if now >= k[1] + st.window_s + st.settle_s)]
 
     def flush(self) -> list[Signal]:
         """Every open trace done and every window closed now (clean shutdown)."""
         while self._open:
             self._finish(self._open.popitem(last=False)[1])
-        return self.signals([self._close(key) for key in sorted(self._windows)])
+        forced, self._forced = self._forced, []
+        return self.signals(forced + [self._close(key) for key in sorted(self._windows)])
 
     def signals(self, windows: list[ClosedWindow]) -> list[Signal]:
         """The ``agent.*`` signals of closed windows, labelled with their app."""
         out: list[Signal] = []
-        for app, start, rows in windows:
-            spans = [s for s in map(span_of_row, rows) if s is not None]
+        for app, start, spans in windows:
             spans.sort(key=lambda r: (r["trace_id"], r["span_id"]))
             got = self.detector.update(
                 span_batch(spans, start=start, end=start + self.settings.window_s))
@@ -246,24 +269,32 @@ class TraceWindows:
         return out
 
     def stats(self) -> dict[str, int]:
-        return {**self.counters, "open_traces": len(self._open), "open_windows": len(self._windows)}
+        return {**self.counters, "open_traces": len(self._open), "open_spans": self._open_spans,
+                "open_windows": len(self._windows), "window_spans": self._window_spans}
 
     def _finish(self, tr: _Trace) -> None:
+        self._open_spans -= len(tr.spans)
         end = -math.inf
-        for row in tr.spans.values():
-            e = row.get("end_ts")
-            if isinstance(e, (float, int)) and not isinstance(e, bool) and end < e < math.inf:
-                end = float(e)
+        for span in tr.spans.values():
+            e = span["end_ts"]  # a float, nan when the row had none
+            if end < e < math.inf:
+                end = e
         if end == -math.inf:
             end = self.now()
         w = self.settings.window_s
         start = max(math.floor(end / w) * w, self._closed_until.get(tr.app, -math.inf))
         self._windows.setdefault((tr.app, start), []).extend(tr.spans.values())
+        self._window_spans += len(tr.spans)
         self.counters["traces_done"] += 1
+        while self._window_spans > self.settings.max_window_spans and self._windows:
+            # the oldest window closes early; its signals come with the next closed()
+            self.counters["windows_forced"] += 1
+            self._forced.append(self._close(min(self._windows, key=lambda k: k[1])))
 
     def _close(self, key: tuple[str, float]) -> ClosedWindow:
         app, start = key
         rows = self._windows.pop(key)
+        self._window_spans -= len(rows)
         end = start + self.settings.window_s
         self._closed_until[app] = max(self._closed_until.get(app, -math.inf), end)
         self.counters["windows"] += 1

@@ -121,6 +121,8 @@ class SpanStats:
     rows_stored: int = 0
     index_rejected: int = 0
     """``request_index`` rows (span and response ids of model calls) the store refused."""
+    documents_evicted: int = 0
+    """Traces whose retrieved documents were dropped from memory to stay within bounds."""
     log_feedback: int = 0
     """Feedback events taken from log records (``/v1/logs``)."""
     rejected_log_records: int = 0
@@ -138,6 +140,7 @@ class SpanStats:
         return {"requests": self.requests, "spans": self.spans, "genai_spans": self.genai_spans,
                 "other_spans": self.other_spans, "rejected_spans": self.rejected_spans,
                 "rows_stored": self.rows_stored, "index_rejected": self.index_rejected,
+                "documents_evicted": self.documents_evicted,
                 "log_feedback": self.log_feedback,
                 "rejected_log_records": self.rejected_log_records,
                 "refused": dict(self.refused)}
@@ -242,41 +245,54 @@ Write = Callable[[str, list[bytes]], Awaitable[list[tuple[int, str]]]]
 class RecentDocuments(MutableMapping[str, list[str]]):
     """Documents retrieved per trace, for model calls exported after their retrieval.
 
-    Bounded: the oldest traces go first past ``max_traces``, and a trace is
-    forgotten ``ttl_s`` after it was last written. In memory, per worker: the
-    Collector keeps a trace on one partition with ``partition_traces_by_id``.
+    Bounded: the least recently written traces go first past ``max_traces``
+    traces or ``max_chars`` characters of documents in all (``evicted`` counts
+    them; a trace whose documents alone are larger is not kept), and a trace
+    is forgotten ``ttl_s`` after it was last written. In memory, per worker:
+    the Collector keeps a trace on one partition with ``partition_traces_by_id``.
 
     >>> now = [0.0]
-    >>> docs = RecentDocuments(max_traces=2, ttl_s=60, clock=lambda: now[0])
+    >>> docs = RecentDocuments(max_traces=2, max_chars=10, ttl_s=60, clock=lambda: now[0])
     >>> docs["a"] = ["x"]; docs["b"] = ["y"]; docs["c"] = ["z"]
-    >>> sorted(docs), docs.get("c")
-    (['b', 'c'], ['z'])
-    >>> now[0] = 61.0; docs.get("c") is None
-    True
+    >>> sorted(docs), docs.get("c"), docs.evicted
+    (['b', 'c'], ['z'], 1)
+    >>> docs["d"] = ["0123456789"]; sorted(docs), docs.chars, docs.evicted
+    (['d'], 10, 3)
+    >>> now[0] = 61.0; docs.get("d") is None, docs.chars
+    (True, 0)
     """
 
-    def __init__(self, *, max_traces: int = 10_000, ttl_s: float = 600.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, max_traces: int = 10_000, max_chars: int = 32 << 20,
+                 ttl_s: float = 600.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_traces = max_traces
+        self.max_chars = max_chars
         self.ttl_s = ttl_s
         self.clock = clock
-        self._items: OrderedDict[str, tuple[float, list[str]]] = OrderedDict()
+        self.evicted = 0
+        """Traces dropped to stay within ``max_traces`` / ``max_chars`` (not by age)."""
+        self.chars = 0
+        """Characters of the documents held."""
+        self._items: OrderedDict[str, tuple[float, list[str], int]] = OrderedDict()
 
     def __getitem__(self, key: str) -> list[str]:
-        stamp, docs = self._items[key]
+        stamp, docs, _ = self._items[key]
         if self.clock() - stamp > self.ttl_s:
-            del self._items[key]
+            del self[key]
             raise KeyError(key)
         return docs
 
     def __setitem__(self, key: str, value: list[str]) -> None:
-        self._items.pop(key, None)
-        self._items[key] = (self.clock(), value)
-        while len(self._items) > self.max_traces:
-            self._items.popitem(last=False)
+        if key in self._items:
+            del self[key]
+        size = sum(len(d) for d in value)
+        self._items[key] = (self.clock(), value, size)
+        self.chars += size
+        while len(self._items) > self.max_traces or self.chars > self.max_chars:
+            self.chars -= self._items.popitem(last=False)[1][2]
+            self.evicted += 1
 
     def __delitem__(self, key: str) -> None:
-        del self._items[key]
+        self.chars -= self._items.pop(key)[2]
 
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._items))
@@ -331,6 +347,7 @@ class SpanIngest:
         for trace, docs in mapped.documents.items():
             self.documents[trace] = (self.documents.get(trace, []) + docs)[
                 : self.limits.max_context_passages]
+        self.stats.documents_evicted = self.documents.evicted
         acks: list[Awaitable[Any]] = []
         n = self.partitions
         index = with_response_ids(mapped)

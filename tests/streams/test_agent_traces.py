@@ -135,3 +135,59 @@ def test_rows_as_json_lines() -> None:
     assert tw.stats()["bad_rows"] == 2 and tw.stats()["spans"] == 2
     clock.t = 1012.0
     assert _loops(tw.poll()) == {("bot", 1010.0): 1.0}
+
+
+def test_open_spans_are_capped_and_evictions_counted() -> None:
+    """Memory of the open traces is bounded by spans as well as traces: past
+    ``max_open_spans`` the longest-quiet traces are treated as done (counted), and a
+    span is held without its row's attributes."""
+    import tracemalloc
+
+    clock = Clock(1001.0)
+    tw = _windows(clock, max_open_spans=50, max_window_spans=10_000_000)
+    big = {f"attr.{i}": "x" * 1000 for i in range(64)}  # a full row: 64 values of 1 KB
+    peak_open = 0
+    tracemalloc.start()
+    try:
+        for t in range(400):
+            # never a root: these traces would wait idle_s, so only the cap closes them
+            tw.add([{**_span(f"t{t}", f"s{i}", "r", 1001.0), "attributes": big}
+                    for i in range(5)])
+            peak_open = max(peak_open, tw.stats()["open_spans"])
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    st = tw.stats()
+    assert peak_open <= 50 and st["open_spans"] == 50 and st["open_traces"] == 10
+    assert st["traces_evicted"] == 390 and st["spans"] == 2000
+    # 2,000 spans held (open or in their window) without their 64 KB of attributes each
+    assert held < 4 * 1024 * 1024, held
+    clock.t = 1013.0
+    assert _loops(tw.poll()) == {("bot", 1010.0): 5.0}  # the evicted traces still count
+    assert tw.stats()["traces_done"] == 390
+
+
+def test_done_spans_waiting_for_their_window_are_capped() -> None:
+    clock = Clock(1001.0)
+    tw = _windows(clock, max_window_spans=6)
+    tw.add([_span("t1", "r", "", 1001.0), _span("t1", "a", "r", 1001.0),
+            _span("t1", "b", "r", 1001.0)])
+    clock.t = 1004.0
+    assert tw.poll() == [] and tw.stats()["window_spans"] == 3
+    tw.add([_span("t2", "r", "", 1004.0), _span("t2", "a", "r", 1004.0),
+            _span("t2", "b", "r", 1004.0), _span("t2", "c", "r", 1004.0)])
+    clock.t = 1006.5  # t2 done: 7 spans would wait, so the window closes early
+    signals = tw.poll()
+    st = tw.stats()
+    assert st["windows_forced"] == 1 and st["window_spans"] == 0
+    assert _loops(signals) == {("bot", 1010.0): (2 + 3) / 2}  # steps below the root
+    # a trace of the early-closed window counts in the next one
+    tw.add([_span("t3", "r", "", 1007.0), _span("t3", "a", "r", 1007.0)])
+    clock.t = 1022.5
+    assert _loops(tw.poll()) == {("bot", 1020.0): 1.0}
+
+
+def test_caps_are_checked_and_name_the_key() -> None:
+    for key in ("max_open_traces", "max_open_spans", "max_spans_per_trace", "max_window_spans"):
+        with pytest.raises(ValueError, match=f"agent_traces.{key}: must be an integer >= 1"):
+            AgentTraceSettings(**{key: 0})
