@@ -141,6 +141,11 @@ def span_of_row(row: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def _finite(v: Any) -> float:
+    t = type(v)
+    if t is float:  # the usual case, first: this runs for five fields of every span
+        return v if math.isfinite(v) else math.nan
+    if t is int:
+        return float(v)
     if isinstance(v, bool):
         return math.nan
     if isinstance(v, str):
