@@ -370,6 +370,7 @@ class S3TestServer:
         except ImportError:
             raise ClusterError("the local S3 server needs moto: pip install 'llmpulse[test]' "
                                "(or give an S3 endpoint: --s3 http://host:port/bucket)") from None
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as logf:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
