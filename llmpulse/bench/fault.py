@@ -270,6 +270,7 @@ def compare(ref: dict[str, Any], crashed: dict[str, Any]) -> dict[str, Any]:
         "engine_events_reference": ref["engine_events"],
         "engine_events_crashed": crashed["engine_events"],
         "late_dropped": ref["late_dropped"] + crashed["late_dropped"],
+        "late_dropped_crashed": crashed["late_dropped"],
         "duplicates_dropped": crashed["duplicates_dropped"],
         "restart_s": crashed["restart_s"],
         "killed_mid_traffic": crashed.get("killed_mid_traffic"),
