@@ -353,7 +353,8 @@ def create_topics(bootstrap: str, topics: Mapping[str, int], *, timeout: float =
                 why = problems[-1] if problems else str(exc)
                 raise BrokerError(f"cannot reach Kafka at {bootstrap}: {why}") from None
             time.sleep(0.2)
-    missing = [NewTopic(t, n, 1) for t, n in topics.items() if t not in existing]
+    # replication -1: the cluster's default.replication.factor (3 in docker-compose.yml)
+    missing = [NewTopic(t, n, -1) for t, n in topics.items() if t not in existing]
     if not missing:
         return
     for name, fut in admin.create_topics(missing, operation_timeout=timeout).items():

@@ -187,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     _configure(s, "llmpulse.dashboards_cli")
     s.set_defaults(func=_module_cli("llmpulse.dashboards_cli"))
 
+    s = sub.add_parser("dev", help="developer tools: `dev cluster`, a local cluster of brokers")
+    _configure(s, "llmpulse.dev_cli")
+    s.set_defaults(func=_module_cli("llmpulse.dev_cli"))
+
     s = sub.add_parser("erase", help="erase requests, a user or an app from every store")
     _configure(s, "llmpulse.erase_cli")
     s.set_defaults(func=cmd_erase)

@@ -5,6 +5,7 @@ Every process a fixture starts is stopped by its pid in teardown.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from llmpulse.broker import EmbeddedBroker
+from llmpulse.cluster import ClusterSettings, LocalCluster, S3TestServer
 from llmpulse.harness import UpProcess, child_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +27,22 @@ def broker() -> Iterator[EmbeddedBroker]:
     b.start()
     yield b
     b.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3TestServer]:
+    """A local S3-compatible server (moto, from the ``test`` extra) for the session."""
+    with S3TestServer(log_path=tmp_path_factory.mktemp("s3") / "moto.log") as s3:
+        yield s3
+
+
+@pytest.fixture
+def cluster(s3_server: S3TestServer, tmp_path: Path) -> Iterator[LocalCluster]:
+    """Three Tansu brokers over the session's S3 server, under a cluster id of the
+    test's own (so each test sees an empty log); stopped by pid."""
+    settings = ClusterSettings(brokers=3, cluster_id=f"test-{uuid.uuid4().hex[:16]}")
+    with LocalCluster(s3_server.storage, settings, log_dir=tmp_path / "cluster") as c:
+        yield c
 
 
 class StackProcess(UpProcess):

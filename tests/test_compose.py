@@ -25,6 +25,7 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 LLMPULSE = [n for n, s in SERVICES.items() if str(s.get("image", "")).startswith("llmpulse")]
+KAFKA_NODES = ("kafka", "kafka-2", "kafka-3")
 
 
 def _env(name: str) -> dict[str, str]:
@@ -57,9 +58,10 @@ def _depends(name: str) -> dict[str, Any]:
 
 
 def test_the_expected_services_exist() -> None:
-    assert set(SERVICES) == {"kafka", "clickhouse", "grafana", "worker", "notifier", "retrain",
-                             "serving", "simulator", "otel-collector"}
-    assert SERVICES["kafka"]["image"].startswith("apache/kafka:")
+    assert set(SERVICES) == {"kafka", "kafka-2", "kafka-3", "clickhouse", "grafana", "worker",
+                             "notifier", "retrain", "serving", "simulator", "otel-collector"}
+    for node in KAFKA_NODES:
+        assert SERVICES[node]["image"].startswith("apache/kafka:")
     assert SERVICES["clickhouse"]["image"].startswith("clickhouse/clickhouse-server:")
     assert SERVICES["grafana"]["image"].startswith("grafana/grafana:")
 
@@ -85,30 +87,61 @@ def test_depends_on_targets_exist_are_healthchecked_and_acyclic() -> None:
 
     for n in SERVICES:
         visit(n)
-    for name in ("kafka", "clickhouse", "grafana", "worker", "serving"):
+    for name in (*KAFKA_NODES, "clickhouse", "grafana", "worker", "serving"):
         assert "healthcheck" in SERVICES[name], name
 
 
 def test_kafka_listeners_agree_with_what_llmpulse_connects_to() -> None:
-    env = _env("kafka")
-    listeners = dict(re.findall(r"(\w+)://[^:,]*:(\d+)", env["KAFKA_LISTENERS"]))
-    advertised = dict(re.findall(r"(\w+)://([^,]+)", env["KAFKA_ADVERTISED_LISTENERS"]))
-    protocols = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
-    assert set(listeners) == set(protocols)
-    assert set(advertised) <= set(listeners)
-    assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] in listeners
-    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in advertised
-    voter = env["KAFKA_CONTROLLER_QUORUM_VOTERS"]
-    assert voter == f"{env['KAFKA_NODE_ID']}@kafka:{listeners['CONTROLLER']}"
-    assert "broker" in env["KAFKA_PROCESS_ROLES"] and "controller" in env["KAFKA_PROCESS_ROLES"]
-    assert _health_port("kafka") == int(listeners["PLAINTEXT"])
-    internal = advertised["PLAINTEXT"]
+    internal, voters, published = [], [], set()
+    for node in KAFKA_NODES:
+        env = _env(node)
+        listeners = dict(re.findall(r"(\w+)://[^:,]*:(\d+)", env["KAFKA_LISTENERS"]))
+        advertised = dict(re.findall(r"(\w+)://([^,]+)", env["KAFKA_ADVERTISED_LISTENERS"]))
+        protocols = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+        assert set(listeners) == set(protocols)
+        assert set(advertised) <= set(listeners)
+        assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] in listeners
+        assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in advertised
+        assert advertised["PLAINTEXT"].split(":")[0] == SERVICES[node]["hostname"] == node
+        voters.append(f"{env['KAFKA_NODE_ID']}@{node}:{listeners['CONTROLLER']}")
+        assert "broker" in env["KAFKA_PROCESS_ROLES"] and "controller" in env["KAFKA_PROCESS_ROLES"]
+        assert _health_port(node) == int(listeners["PLAINTEXT"])
+        internal.append(advertised["PLAINTEXT"])
+        host_port, container_port = SERVICES[node]["ports"][0].split(":")
+        assert advertised["EXTERNAL"].split(":")[1] == host_port
+        assert container_port == listeners["EXTERNAL"]
+        published.add(host_port)
+    assert len(published) == len(KAFKA_NODES)
+    for node in KAFKA_NODES:
+        assert _env(node)["KAFKA_CONTROLLER_QUORUM_VOTERS"] == ",".join(voters)
+    bootstrap = ",".join(internal)
     for name in LLMPULSE:
-        assert _env(name)["LLMPULSE_KAFKA"] == internal, name
+        assert _env(name)["LLMPULSE_KAFKA"] == bootstrap, name
     sim = _cmd("simulator")
-    assert sim[sim.index("--bootstrap") + 1] == internal
-    published = {p.split(":")[0] for p in SERVICES["kafka"]["ports"]}
-    assert advertised["EXTERNAL"].split(":")[1] in published
+    assert sim[sim.index("--bootstrap") + 1] == bootstrap
+
+
+def test_kafka_keeps_three_copies_and_acknowledges_two() -> None:
+    """Replication 3, min.insync.replicas 2, one cluster id, a volume of each node's own:
+    one node can be lost without losing an acknowledged write (docs/cluster.md)."""
+    envs = [_env(node) for node in KAFKA_NODES]
+    assert len({e["KAFKA_NODE_ID"] for e in envs}) == len(KAFKA_NODES)
+    assert len({e["CLUSTER_ID"] for e in envs}) == 1
+    import base64
+
+    assert len(base64.urlsafe_b64decode(envs[0]["CLUSTER_ID"] + "==")) == 16  # a KRaft cluster id
+    for e in envs:
+        assert e["KAFKA_DEFAULT_REPLICATION_FACTOR"] == "3"
+        assert e["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
+        assert e["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "3"
+        assert e["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"] == "3"
+        assert e["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"] == "2"
+        assert e["KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE"] == "false"
+    volumes = [SERVICES[node]["volumes"][0].split(":")[0] for node in KAFKA_NODES]
+    assert len(set(volumes)) == len(KAFKA_NODES) and set(volumes) <= set(COMPOSE["volumes"])
+    for name in LLMPULSE:
+        if "kafka" in _depends(name):  # waits for the whole cluster, not one node
+            assert set(KAFKA_NODES) <= set(_depends(name)), name
 
 
 def test_clickhouse_dsn_matches_the_server_and_grafana() -> None:
@@ -295,7 +328,7 @@ def test_the_collector_exports_to_the_topic_and_broker_the_workers_read() -> Non
     kafka = config["exporters"]["kafka"]
     assert kafka["topic"] == TOPIC_OTLP_SPANS
     assert kafka["encoding"] in ("otlp_proto", "otlp_json")
-    assert kafka["brokers"] == [SERVICES["worker"]["environment"]["LLMPULSE_KAFKA"]]
+    assert kafka["brokers"] == SERVICES["worker"]["environment"]["LLMPULSE_KAFKA"].split(",")
     pipeline = config["service"]["pipelines"]["traces"]
     assert pipeline["exporters"] == ["kafka"] and pipeline["receivers"] == ["otlp"]
     assert set(pipeline["processors"]) <= set(config["processors"])

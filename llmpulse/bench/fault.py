@@ -24,12 +24,21 @@ Traffic is the simulator replayed ``speed`` times faster than real time,
 with event time in the past, so both runs see the same events at the same
 event times.
 
+``--fault broker`` kills a broker instead: both runs use a local cluster of
+three Tansu brokers over one S3 bucket (:mod:`llmpulse.cluster`), and the
+crashed run SIGKILLs the broker with the most connections after the first page
+and restarts it on its port ``BROKER_DOWN_S`` later. The shim then runs with
+idempotence off (docs/cluster.md), and the figures add the inference events
+lost (sent, not in the store) and visible twice.
+
     python -m llmpulse.bench.fault --json fault.json
+    python -m llmpulse.bench.fault --fault broker
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import subprocess
 import sys
 import tempfile
@@ -58,12 +67,19 @@ FEEDBACK_SIGNALS: tuple[str, ...] = (
 
 INCIDENTS = ["latency_spike:20:90:factor=5", "hallucination_burst:40:120"]
 
+FAULTS = ("worker", "broker")
+BROKER_DOWN_S = 5.0
+"""How long a killed broker stays down before it is started again."""
+
+# against a Tansu cluster: no idempotence (docs/cluster.md); few, large envelopes
+_CLUSTER_SHIM = {"producer_config": {"enable.idempotence": False}, "buckets": 8}
+
 _CONFIG = ("signals:\n  latency_window_s: 10\n  window_s: 20\n  poll_s: 0.5\n"
            "  snapshot_s: 2\n")  # snapshots every 2 s: the kill lands between two of them
 
 
 def _drive(bootstrap: str, app: str, seed: int, duration: float, start: float, speed: float,
-           out: dict[str, Any]) -> None:
+           out: dict[str, Any], shim: dict[str, Any] | None = None) -> None:
     from llmpulse.monitor import Monitor
     from llmpulse.simulate import Incident, SupportAppSimulator
     from llmpulse.simulate import run as run_sim
@@ -71,7 +87,7 @@ def _drive(bootstrap: str, app: str, seed: int, duration: float, start: float, s
     sim = SupportAppSimulator(seed=seed, rate=40.0, start_ts=start, app=app,
                               incidents=[Incident.parse(i) for i in INCIDENTS])
     t0 = time.monotonic()
-    with Monitor(app=app, bootstrap=bootstrap) as mon:
+    with Monitor(app=app, bootstrap=bootstrap, **(shim or {})) as mon:
         out.update(run_sim(mon, sim, duration, realtime=True,
                            clock=lambda: t0 + (time.monotonic() - t0) * speed))
         mon.flush(60)
@@ -99,14 +115,22 @@ def _read(data_dir: Path) -> dict[str, Any]:
 
 
 def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, duration: float,
-             start: float, speed: float) -> dict[str, Any]:
+             start: float, speed: float, fault: str = "worker") -> dict[str, Any]:
     from llmpulse.broker import EmbeddedBroker, create_topics
+    from llmpulse.cluster import LocalCluster, S3TestServer
     from llmpulse.events import TOPICS
 
-    with EmbeddedBroker() as b:
-        create_topics(b.bootstrap, {t: 4 for t in TOPICS})
+    with contextlib.ExitStack() as kafka:
+        cluster: LocalCluster | None = None
+        if fault == "broker":
+            s3 = kafka.enter_context(S3TestServer(log_path=root / "s3.log"))
+            cluster = kafka.enter_context(LocalCluster(s3.storage, log_dir=root / "cluster"))
+            bootstrap = cluster.bootstrap
+        else:
+            bootstrap = kafka.enter_context(EmbeddedBroker()).bootstrap
+        create_topics(bootstrap, {t: 4 for t in TOPICS})
         # a worker against a broker that outlives it, as an external Kafka would
-        worker = bench_stack(root, _CONFIG, {"LLMPULSE_KAFKA": b.bootstrap,
+        worker = bench_stack(root, _CONFIG, {"LLMPULSE_KAFKA": bootstrap,
                                              "LLMPULSE_RULES": str(rules)})
         first = len(hook.received)
         out: dict[str, Any] = {}
@@ -114,23 +138,37 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
         mid_traffic: bool | None = None
         try:
             worker.start()
-            traffic = threading.Thread(target=_drive, args=(b.bootstrap, "support-assistant", seed,
-                                                            duration, start, speed, out))
+            traffic = threading.Thread(target=_drive, args=(
+                bootstrap, "support-assistant", seed, duration, start, speed, out,
+                _CLUSTER_SHIM if cluster is not None else None))
             traffic.start()
             if crash:
                 wait_for(lambda: any(p.get("event_action") == "trigger"
                                   for _, p in hook.received[first:]), 120, "a first page")
                 time.sleep(2.5)  # the kill lands after the first page, mid-incident
-                worker.kill()
-                # a machine slower than the replay pages after the traffic ended: the
-                # crash is still compared, and the figures say so
-                mid_traffic = traffic.is_alive()
-                worker.start()
-                restart_s = worker.ready_s
+                if cluster is not None:
+                    victim = cluster.busiest()
+                    cluster.kill(victim)
+                    mid_traffic = traffic.is_alive()
+                    time.sleep(BROKER_DOWN_S)
+                    cluster.restart(victim)
+                    restart_s = BROKER_DOWN_S
+                else:
+                    worker.kill()
+                    # a machine slower than the replay pages after the traffic ended: the
+                    # crash is still compared, and the figures say so
+                    mid_traffic = traffic.is_alive()
+                    worker.start()
+                    restart_s = worker.ready_s
             traffic.join()
             total = int(out["inference"])
-            wait_for(lambda: post_sql(worker.http, "SELECT count() AS n FROM inference_events FINAL")
-                     [0]["n"] >= total, 120, "every event stored")
+            try:
+                wait_for(lambda: post_sql(worker.http, "SELECT count() AS n FROM inference_events "
+                                          "FINAL")[0]["n"] >= total, 120, "every event stored")
+            except TimeoutError:
+                pass  # counted below: events lost
+            kept = post_sql(worker.http, "SELECT count() AS rows, uniqExact(event_id) AS ids "
+                                         "FROM inference_events FINAL")[0]
             # the engine's counters reach /api/stats once a poll; the figures say
             # what it took in if that is less than everything
             try:
@@ -149,6 +187,7 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
     eng = stats["engine"]
     return {**_read(worker.data_dir), "pages": [p for _, p in hook.received[first:]],
             "events": total, "restart_s": restart_s, "killed_mid_traffic": mid_traffic,
+            "events_stored": int(kept["ids"]), "event_rows": int(kept["rows"]),
             "late_groups": sorted(eng.get("late_dropped_by_group", {})),
             "engine_events": int(eng["events_in"]) - int(eng.get("duplicates_dropped", 0)),
             "late_dropped": int(eng["late_dropped"]),
@@ -226,9 +265,12 @@ def compare(ref: dict[str, Any], crashed: dict[str, Any]) -> dict[str, Any]:
         "pages_lost": sum((rp - cp).values()),
         "pages_extra": sum((cp - rp).values()),
         "events": crashed["events"],
+        "events_lost": crashed["events"] - crashed["events_stored"],
+        "events_duplicated": crashed["event_rows"] - crashed["events_stored"],
         "engine_events_reference": ref["engine_events"],
         "engine_events_crashed": crashed["engine_events"],
         "late_dropped": ref["late_dropped"] + crashed["late_dropped"],
+        "late_dropped_crashed": crashed["late_dropped"],
         "duplicates_dropped": crashed["duplicates_dropped"],
         "restart_s": crashed["restart_s"],
         "killed_mid_traffic": crashed.get("killed_mid_traffic"),
@@ -237,9 +279,12 @@ def compare(ref: dict[str, Any], crashed: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(root: Path | None = None, *, seed: int = 7, duration: float = 150.0,
-        speed: float = 6.0, quick: bool = False) -> dict[str, Any]:
-    """Both runs and their comparison (``root``: where the runs keep their files).
+        speed: float = 6.0, quick: bool = False, fault: str = "worker") -> dict[str, Any]:
+    """Both runs and their comparison (``root``: where the runs keep their files;
+    ``fault``: what is killed, one of :data:`FAULTS`).
     ``quick`` changes nothing: the incidents need the whole run, about a minute each."""
+    if fault not in FAULTS:
+        raise ValueError(f"fault: {fault!r} is not one of {', '.join(FAULTS)}")
     root = root or Path(tempfile.mkdtemp(prefix="llmpulse-bench-fault-"))
     start = time.time() - duration - 5
     with WebhookReceiver() as hook:
@@ -253,19 +298,23 @@ def run(root: Path | None = None, *, seed: int = 7, duration: float = 150.0,
         rules_path.parent.mkdir(parents=True, exist_ok=True)
         rules_path.write_text(yaml.safe_dump(rules, sort_keys=False))
         ref = _one_run(root / "reference", rules_path, hook, crash=False, seed=seed,
-                       duration=duration, start=start, speed=speed)
+                       duration=duration, start=start, speed=speed, fault=fault)
         crashed = _one_run(root / "crash", rules_path, hook, crash=True, seed=seed,
-                           duration=duration, start=start, speed=speed)
-    return {"benchmark": "fault", "seed": seed, "event_seconds": duration, "speed": speed,
+                           duration=duration, start=start, speed=speed, fault=fault)
+    return {"benchmark": "fault", "fault": fault, "seed": seed, "event_seconds": duration,
+            "speed": speed,
             "incidents": INCIDENTS, **compare(ref, crashed)}
 
 
 def format_table(r: dict[str, Any]) -> str:
+    what = ("a broker of three (SIGKILL)" if r.get("fault") == "broker" else "the worker")
     return "\n".join([
-        f"fault: kill -9 of the worker mid-incident, restarted ({r['events']} inference events, "
+        f"fault: kill -9 of {what} mid-incident, restarted ({r['events']} inference events, "
         f"{r['event_seconds']:g} s of event time at {r['speed']:g}x, seed {r['seed']}; "
         f"restart took {r['restart_s']:.1f} s; killed "
         f"{'while traffic flowed' if r.get('killed_mid_traffic') else 'after the traffic ended'})",
+        f"  inference events: lost {r.get('events_lost', 0)}, "
+        f"visible twice {r.get('events_duplicated', 0)}",
         f"  signal windows: {r['windows']} in the reference; missing {r['windows_missing']}, "
         f"extra {r['windows_extra']}, different value {r['windows_differing']}"
         + (f" (left out: {r['windows_void_late']} of groups with late events "
@@ -283,8 +332,9 @@ def main() -> int:
     ap.add_argument("--json", metavar="FILE")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--seconds", type=float, default=150.0, help="event time of each run")
+    ap.add_argument("--fault", choices=FAULTS, default="worker", help="what is killed")
     a = ap.parse_args()
-    result = run(seed=a.seed, duration=a.seconds)
+    result = run(seed=a.seed, duration=a.seconds, fault=a.fault)
     return finish(result, format_table, a.json)
 
 

@@ -9,9 +9,11 @@ from llmpulse.bench.fault import compare
 
 
 def _run(signals: dict[tuple[str, ...], tuple[float, int]], alerts: list[tuple[str, ...]],
-         pages: list[dict[str, Any]], late: list[str]) -> dict[str, Any]:
+         pages: list[dict[str, Any]], late: list[str], stored: int = 100,
+         rows: int = 100) -> dict[str, Any]:
     return {"signals": signals, "alerts": alerts, "pages": pages, "late_groups": late,
-            "events": 100, "engine_events": 100, "late_dropped": 3 if late else 0,
+            "events": 100, "events_stored": stored, "event_rows": rows,
+            "engine_events": 100, "late_dropped": 3 if late else 0,
             "duplicates_dropped": 0, "restart_s": 1.0, "replay": {}}
 
 
@@ -45,3 +47,10 @@ def test_a_page_sent_twice_and_a_lost_alert_are_counted() -> None:
     trigger = _page("k1", "trigger", "x1", "a/m@1")
     r = compare(_run({}, [alert], [trigger], []), _run({}, [], [trigger, trigger], []))
     assert r["alerts_lost"] == 1 and r["duplicate_triggers"] == 1 and r["pages_extra"] == 1
+
+
+def test_events_lost_and_visible_twice_are_counted() -> None:
+    r = compare(_run({}, [], [], []), _run({}, [], [], [], stored=97, rows=99))
+    assert (r["events_lost"], r["events_duplicated"]) == (3, 2)
+    r = compare(_run({}, [], [], []), _run({}, [], [], []))
+    assert (r["events_lost"], r["events_duplicated"]) == (0, 0)

@@ -7,7 +7,7 @@ import pytest
 from llmpulse.cli import BENCHES, build_parser, main
 
 COMMANDS = ("up", "demo", "simulate", "report", "retrain", "deploy", "rollback",
-            "dashboards", "bench", "status", "token", "erase", "eval", "judge")
+            "dashboards", "bench", "status", "token", "erase", "eval", "judge", "dev")
 
 
 @pytest.mark.parametrize("command", COMMANDS)
