@@ -169,7 +169,7 @@ async def _run(
     try:
         if settings.embedded_broker:
             try:
-                broker, _ = adopt_or_start(data_dir)
+                broker, _ = adopt_or_start(data_dir, storage=settings.broker)
             except BrokerError as exc:
                 raise StackError(str(exc)) from None
             bootstrap = broker.bootstrap
