@@ -94,7 +94,7 @@ class BrokerSettings:
             raise BrokerSettingsError(f"broker.retain_margin: must be an integer >= 0, got {margin!r}")
         values: dict[str, float] = {}
         for name, least in (("prune_interval_s", 1.0), ("group_expiry_h", 0.0)):
-            v = raw.get(name, getattr(cls, name))
+            v = raw.get(name, getattr(cls(), name))
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v < least:
                 raise BrokerSettingsError(f"broker.{name}: must be a number >= {least:g}, got {v!r}")
             values[name] = float(v)
