@@ -234,8 +234,12 @@ class ObjectServer:
                 "--prune-margin", str(settings.retain_margin),
                 "--prune-interval", str(settings.prune_interval_s),
                 "--group-expiry", str(settings.group_expiry_h * 3600.0)]
+        # the server runs the code this process runs: its package folder goes first
+        source = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH", "")) if p)
         with open(log_path, "ab") as logf:
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf,
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, env=env,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         rec = StoreRecord(pid=proc.pid, port=port, root=str(root.absolute()), host=host,
                           started_at=time.time())

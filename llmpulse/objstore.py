@@ -144,7 +144,7 @@ def parse_target(path: str, query: str) -> tuple[str, tuple[str, ...], dict[str,
             raise _bad_key(f"key longer than {MAX_KEY} bytes")
     params: dict[str, str] = {}
     try:
-        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query),
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=False,
                           encoding="utf-8", errors="strict", max_num_fields=20)
     except ValueError as exc:
         raise S3Error(400, "InvalidArgument", f"bad query string: {exc}") from None
