@@ -72,13 +72,15 @@ class BrokerSettings:
     """Seconds between two retention passes of the object server."""
     group_expiry_h: float = 168.0
     """Hours after which an idle consumer group no longer holds record batches back (0: never)."""
+    retain_min_s: float = 60.0
+    """Seconds every record batch is kept at least, consumed or not."""
 
     @classmethod
     def from_raw(cls, raw: Any, env: Mapping[str, str]) -> BrokerSettings:
         if raw is not None and not isinstance(raw, Mapping):
             raise BrokerSettingsError(f"broker: must be a mapping, got {type(raw).__name__}")
         raw = dict(raw or {})
-        known = {"storage", "retain_margin", "prune_interval_s", "group_expiry_h"}
+        known = {"storage", "retain_margin", "prune_interval_s", "group_expiry_h", "retain_min_s"}
         for name in raw:
             if name not in known:
                 raise BrokerSettingsError(
@@ -93,7 +95,8 @@ class BrokerSettings:
         if not isinstance(margin, int) or isinstance(margin, bool) or margin < 0:
             raise BrokerSettingsError(f"broker.retain_margin: must be an integer >= 0, got {margin!r}")
         values: dict[str, float] = {}
-        for name, least in (("prune_interval_s", 1.0), ("group_expiry_h", 0.0)):
+        for name, least in (("prune_interval_s", 1.0), ("group_expiry_h", 0.0),
+                            ("retain_min_s", 0.0)):
             v = raw.get(name, getattr(cls(), name))
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v < least:
                 raise BrokerSettingsError(f"broker.{name}: must be a number >= {least:g}, got {v!r}")
@@ -233,7 +236,8 @@ class ObjectServer:
                 "--host", host, "--port", str(port),
                 "--prune-margin", str(settings.retain_margin),
                 "--prune-interval", str(settings.prune_interval_s),
-                "--group-expiry", str(settings.group_expiry_h * 3600.0)]
+                "--group-expiry", str(settings.group_expiry_h * 3600.0),
+                "--prune-min-age", str(settings.retain_min_s)]
         # the server runs the code this process runs: its package folder goes first
         source = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ)

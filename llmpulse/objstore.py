@@ -346,12 +346,15 @@ class PrunePolicy:
     (nothing unconsumed is removed). A group whose commit of a partition is
     older than ``group_expiry_s`` (a group gone for good) no longer holds it
     back, as Kafka forgets the offsets of idle groups; 0 never expires one.
-    The newest batch of a partition is always kept.
+    The newest batch of a partition is always kept, and so is every batch
+    written less than ``min_age_s`` ago (a group that starts reading a topic
+    in that time, and commits, still finds it whole).
     """
 
     margin: int = 1000
     interval_s: float = 30.0
     group_expiry_s: float = 7 * 86400.0
+    min_age_s: float = 60.0
 
 
 def _batch_base(name: str) -> int | None:
@@ -413,18 +416,24 @@ def prunable(files: ObjectFiles, policy: PrunePolicy, now: float | None = None
             records = (*cluster, "topics", topic, "partitions", part, "records")
             folder = files.objects.joinpath(*(_enc(s) for s in records))
             try:
-                names = [e.name[: -len(_FILE_SUFFIX)] for e in os.scandir(folder)
-                         if e.name.endswith(_FILE_SUFFIX)]
+                entries = {e.name[: -len(_FILE_SUFFIX)]: e for e in os.scandir(folder)
+                           if e.name.endswith(_FILE_SUFFIX)}
             except (FileNotFoundError, NotADirectoryError):
                 continue
-            bases = sorted((b, _dec(n)) for n in names
+            bases = sorted((b, n) for n in entries
                            if (b := _batch_base(_dec(n))) is not None)
             limit = floor - policy.margin
             # a batch ends where the next begins; the newest one is always kept
             for (_base, name), (next_base, _) in zip(bases, bases[1:], strict=False):
                 if next_base > limit:
                     break
-                out.append((*records, name))
+                try:
+                    young = now - entries[name].stat().st_mtime < policy.min_age_s
+                except FileNotFoundError:
+                    continue
+                if young:
+                    break
+                out.append((*records, _dec(name)))
     return out
 
 
@@ -749,6 +758,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prune-interval", type=float, default=30.0, help="seconds between passes")
     p.add_argument("--group-expiry", type=float, default=7 * 86400.0,
                    help="seconds after which an idle group's commits stop holding batches")
+    p.add_argument("--prune-min-age", type=float, default=60.0,
+                   help="seconds a record batch is kept at least")
     args = p.parse_args(argv)
     if args.port <= 0 or args.port > 65535:
         print(f"--port: {args.port} is not a port", file=sys.stderr)
@@ -756,7 +767,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.prune_margin is not None and (args.prune_margin < 0 or args.prune_interval <= 0):
         print("--prune-margin/--prune-interval: must be >= 0 and > 0", file=sys.stderr)
         return 2
-    prune = (PrunePolicy(args.prune_margin, args.prune_interval, args.group_expiry)
+    prune = (PrunePolicy(args.prune_margin, args.prune_interval, args.group_expiry,
+                         args.prune_min_age)
              if args.prune_margin is not None else None)
     if not _loopback(args.host):
         print(f"--host: {args.host} is not a loopback address; the object server has no "

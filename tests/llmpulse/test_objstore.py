@@ -233,7 +233,7 @@ def test_prune_keeps_what_any_group_has_not_consumed(tmp_path: Path) -> None:
              "0000000002": [0, 10]}
     files = _layout(tmp_path, parts, {"fast": {"0000000000": 35, "0000000001": 25},
                                       "slow": {"0000000000": 20}})
-    names = sorted("/".join(s[-3:]) for s in prunable(files, PrunePolicy(margin=0)))
+    names = sorted("/".join(s[-3:]) for s in prunable(files, PrunePolicy(margin=0, min_age_s=0)))
     # partition 0: slow committed 20, so only [0, 10) and [10, 20) are consumed by both;
     # partition 1: [0,10), [10,20); partition 2: no group committed, all kept
     assert names == ["0000000000/records/00000000000000000000.batch",
@@ -241,7 +241,7 @@ def test_prune_keeps_what_any_group_has_not_consumed(tmp_path: Path) -> None:
                      "0000000001/records/00000000000000000000.batch",
                      "0000000001/records/00000000000000000010.batch"]
     # a margin of 5 records keeps the batch that ends within it
-    names = sorted("/".join(s[-3:]) for s in prunable(files, PrunePolicy(margin=5)))
+    names = sorted("/".join(s[-3:]) for s in prunable(files, PrunePolicy(margin=5, min_age_s=0)))
     assert names == ["0000000000/records/00000000000000000000.batch",
                      "0000000001/records/00000000000000000000.batch",
                      "0000000001/records/00000000000000000010.batch"]
@@ -249,7 +249,9 @@ def test_prune_keeps_what_any_group_has_not_consumed(tmp_path: Path) -> None:
     slow = tmp_path / "objects/clusters/c/groups/consumers/slow/offsets/t/partitions"
     old = os.stat(slow / "0000000000.json,o").st_mtime - 10 * 86400
     os.utime(slow / "0000000000.json,o", (old, old))
-    names = sorted("/".join(s[-3:]) for s in prunable(files, PrunePolicy(margin=0)))
+    names = sorted("/".join(s[-3:]) for s in prunable(files, PrunePolicy(margin=0, min_age_s=0)))
     assert "0000000000/records/00000000000000000020.batch" in names
+    # young batches stay whatever the groups committed
+    assert prunable(files, PrunePolicy(margin=0, min_age_s=3600)) == []
     # the newest batch always stays
     assert not any(re.search(r"0000000000/records/0+30\.batch", n) for n in names)
