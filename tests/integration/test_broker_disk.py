@@ -104,7 +104,9 @@ def _read(bootstrap: str, group: str, topic: str, start: int | None,
                 if err.code() == KafkaError._PARTITION_EOF:
                     break
                 raise AssertionError(str(err))
-            got.append(int(msg.offset()))
+            offset = msg.offset()
+            assert offset is not None
+            got.append(offset)
         else:
             raise AssertionError(f"no end of partition within 60 s ({len(got)} read)")
         if commit is not None:
