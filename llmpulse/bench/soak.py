@@ -138,6 +138,20 @@ class _Sampler(threading.Thread):
             self.stop.wait(self.every_s)
 
 
+def _broker_topics(data_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per topic of the broker's disk log: MB stored, and the groups that commit on it."""
+    from urllib.parse import unquote
+
+    out: dict[str, dict[str, Any]] = {}
+    for cluster in (data_dir / "broker-store" / "objects" / "clusters").glob("*"):
+        for topic in (cluster / "topics").glob("*"):
+            out[unquote(topic.name)] = {"mb": _du_mb(topic), "groups": []}
+        for offsets in (cluster / "groups" / "consumers").glob("*/offsets/*"):
+            entry = out.setdefault(unquote(offsets.name), {"mb": 0.0, "groups": []})
+            entry["groups"].append(unquote(offsets.parent.parent.name))
+    return out
+
+
 def _series(samples: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
     out: dict[str, list[tuple[float, float]]] = {}
     for s in samples:
@@ -191,13 +205,14 @@ def run(quick: bool = False, rate: float = 1000.0, seconds: float | None = None,
             sampler.stop.set()
             sampler.join(30)
             stats = stack_stats(ep["http"])
+            topics = _broker_topics(up.data_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {
         "benchmark": "soak", "storage": storage, "rate": rate, "seconds": seconds,
         "sample_s": sample_s, "warmup_s": warmup_s, "sent": sent, "send_rate": sent / send_s,
         "shim_dropped": shim.get("dropped", 0), "stored": stats.get("stored"),
-        "samples": sampler.samples, "verdicts": _verdicts(sampler.samples, warmup_s),
+        "broker_topics": topics, "samples": sampler.samples, "verdicts": _verdicts(sampler.samples, warmup_s),
         "flat_rule": f"fitted change after warm-up < {FLAT_FRACTION:.0%} of the mean "
                      f"or < {FLAT_FLOOR_MB:g} MB",
     }
@@ -214,6 +229,9 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"{name:<24}{v['first_mb']:>10.1f}{v['last_mb']:>10.1f}{v['max_mb']:>10.1f}"
                      f"{v['slope_mb_per_min']:>10.2f}{'yes' if v['flat'] else 'NO':>6}")
     lines.append("(the ClickHouse 'store' keeps the raw events by design: it grows with them)")
+    lines.append("broker disk log at the end, by topic (MB; groups committing on it):")
+    for topic, v in sorted(result.get("broker_topics", {}).items()):
+        lines.append(f"  {topic:<40}{v['mb']:>8.1f}  {', '.join(v['groups']) or '-'}")
     return "\n".join(lines)
 
 
