@@ -30,7 +30,8 @@ def _config(root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / "llmpulse.yaml").write_text(
         f"signals:\n  latency_window_s: {WINDOW_S}\n  window_s: 30\n  poll_s: 0.5\n"
-        "  engine_processes: 1\n  stop: flush\n")
+        "  engine_processes: 1\n  stop: flush\n"
+        "broker:\n  storage: memory\n")  # a new log at every start
 
 
 def _send(bootstrap: str, start: int) -> dict[int, int]:
