@@ -206,8 +206,9 @@ def test_recorded_broker_is_adopted_only_when_it_is_ours(tmp_path: Path) -> None
         fresh, adopted = adopt_or_start(other)
         assert not adopted and fresh.pid != sleeper.pid and fresh.port != broker.port
         assert sleeper.poll() is None
-        assert stop_recorded_broker(other) == fresh.pid
-        assert not pid_alive(fresh.pid)
+        fresh_pid = fresh.pid
+        assert fresh_pid is not None and stop_recorded_broker(other) == fresh_pid
+        assert not pid_alive(fresh_pid)
 
         # messages the group has not committed keep the broker running; one batch of 500
         # (the broker's ListOffsets reports its end as 1, a fetch tells the truth)

@@ -74,7 +74,8 @@ def _taken(sp: Any, events: int) -> dict[str, Any]:
     return dict(wait_for(ready, 120, f"the engine to take in {events} events"))
 
 
-def test_signals_after_a_clean_restart_on_a_new_broker(stack_factory, tmp_path) -> None:
+def test_signals_after_a_clean_restart_on_a_new_broker(stack_factory: Any,
+                                                        tmp_path: Path) -> None:
     root = tmp_path / "stack"
     _config(root)
     data = root / "data"
