@@ -7,8 +7,8 @@ processes outlive a crashed ``llmpulse up`` and are re-adopted by the next
 one; a kill of either (or a reboot) loses nothing the broker acknowledged,
 since Tansu acknowledges a produce only once the object server has the batch
 on disk. The object server also removes the record batches every consumer
-group has committed past (``broker.retain_margin`` records of slack), so the
-disk stays bounded. ``broker.storage: memory`` is the older mode: faster,
+group had committed past ``broker.retain_min_s`` seconds ago, so the disk
+stays bounded. ``broker.storage: memory`` is the older mode: faster,
 but a kill of the broker loses what it holds.
 
 The object server is recorded in ``<data-dir>/objstore.json``
@@ -66,14 +66,15 @@ class BrokerSettings:
 
     storage: str = "disk"
     """``disk`` (survives a kill of the broker, bounded by retention) or ``memory``."""
-    retain_margin: int = 1000
+    retain_margin: int = 0
     """Records kept per partition below the lowest offset any consumer group committed."""
     prune_interval_s: float = 30.0
     """Seconds between two retention passes of the object server."""
     group_expiry_h: float = 168.0
     """Hours after which an idle consumer group no longer holds record batches back (0: never)."""
     retain_min_s: float = 60.0
-    """Seconds every record batch is kept at least, consumed or not."""
+    """Seconds a commit must be old before the record batches below it are removed (a
+    reader replaying from a little behind its group's commit still finds them)."""
 
     @classmethod
     def from_raw(cls, raw: Any, env: Mapping[str, str]) -> BrokerSettings:
@@ -91,7 +92,7 @@ class BrokerSettings:
             key, storage = "LLMPULSE_BROKER_STORAGE", env["LLMPULSE_BROKER_STORAGE"]
         if storage not in STORAGES:
             raise BrokerSettingsError(f"{key}: must be disk or memory, got {storage!r}")
-        margin = raw.get("retain_margin", 1000)
+        margin = raw.get("retain_margin", 0)
         if not isinstance(margin, int) or isinstance(margin, bool) or margin < 0:
             raise BrokerSettingsError(f"broker.retain_margin: must be an integer >= 0, got {margin!r}")
         values: dict[str, float] = {}

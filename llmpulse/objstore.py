@@ -61,8 +61,10 @@ __all__ = [
     "BUCKET",
     "MAX_BODY",
     "ObjectFiles",
+    "CommitHistory",
     "PrunePolicy",
     "S3Error",
+    "committed_floors",
     "file_for",
     "key_of",
     "main",
@@ -335,23 +337,27 @@ class ObjectFiles:
 
 _BATCH_SUFFIX = ".batch"
 
+Partition = tuple[str, str, str]
+"""(cluster, topic, partition folder) of the broker's layout."""
+
 
 @dataclass(frozen=True, slots=True)
 class PrunePolicy:
     """Which stored record batches the object server removes.
 
-    A batch of a partition goes once every consumer group that committed an
-    offset on that partition has committed past its last record by at least
-    ``margin`` records. Partitions no group has committed on are kept whole
-    (nothing unconsumed is removed). A group whose commit of a partition is
-    older than ``group_expiry_s`` (a group gone for good) no longer holds it
-    back, as Kafka forgets the offsets of idle groups; 0 never expires one.
-    The newest batch of a partition is always kept, and so is every batch
-    written less than ``min_age_s`` ago (a group that starts reading a topic
-    in that time, and commits, still finds it whole).
+    A batch of a partition goes once every consumer group that commits on
+    that partition had committed past its last record (less ``margin``
+    records) ``min_age_s`` seconds ago already: what was committed within the
+    last ``min_age_s`` stays, for a reader that replays a little behind its
+    group's commit (the signal engine restarts from its last snapshot, taken
+    every ``signals.snapshot_s``). Partitions no group commits on are kept
+    whole (nothing unconsumed is removed). A group whose commit of a
+    partition is older than ``group_expiry_s`` (a group gone for good) no
+    longer holds it back, as Kafka forgets the offsets of idle groups; 0
+    never expires one. The newest batch of a partition is always kept.
     """
 
-    margin: int = 1000
+    margin: int = 0
     interval_s: float = 30.0
     group_expiry_s: float = 7 * 86400.0
     min_age_s: float = 60.0
@@ -369,71 +375,94 @@ def _batch_base(name: str) -> int | None:
     return int(digits) if digits.isdigit() and digits.isascii() else None
 
 
-def _committed(files: ObjectFiles, cluster: tuple[str, ...], now: float,
-               expiry_s: float) -> dict[tuple[str, str], int]:
-    """Lowest committed offset per (topic, partition folder) over the live groups of a cluster."""
+def committed_floors(files: ObjectFiles, now: float | None = None,
+                     expiry_s: float = 0.0) -> dict[Partition, int]:
+    """Lowest offset committed on each partition over the groups not expired."""
     import json
 
-    out: dict[tuple[str, str], int] = {}
-    groups = files.objects.joinpath(*(_enc(c) for c in cluster), "groups", "consumers")
-    for key, path in files._walk(groups, (*cluster, "groups", "consumers")):
-        parts = key.split("/")
-        # clusters/<c>/groups/consumers/<group>/offsets/<topic>/partitions/<p>.json
-        tail = parts[len(cluster) + 2:]
-        if len(tail) != 5 or tail[1] != "offsets" or tail[3] != "partitions" \
-                or not tail[4].endswith(".json"):
-            continue
-        try:
-            st = path.stat()
-            if st.st_size > 64 * 1024:
+    now = time.time() if now is None else now
+    out: dict[Partition, int] = {}
+    clusters = files.objects / "clusters"
+    try:
+        cluster_names = [_dec(e.name) for e in os.scandir(clusters)
+                         if e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return out
+    for cluster in cluster_names:
+        prefix = ("clusters", cluster, "groups", "consumers")
+        for key, path in files._walk(files.objects.joinpath(*(_enc(c) for c in prefix)), prefix):
+            # clusters/<c>/groups/consumers/<group>/offsets/<topic>/partitions/<p>.json
+            tail = key.split("/")[len(prefix):]
+            if len(tail) != 5 or tail[1] != "offsets" or tail[3] != "partitions" \
+                    or not tail[4].endswith(".json"):
                 continue
-            if expiry_s and now - st.st_mtime > expiry_s:
+            try:
+                st = path.stat()
+                if st.st_size > 64 * 1024 or (expiry_s and now - st.st_mtime > expiry_s):
+                    continue
+                offset = json.loads(path.read_bytes()).get("offset")
+            except (OSError, ValueError, AttributeError):
                 continue
-            offset = json.loads(path.read_bytes()).get("offset")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-            continue
-        tp = (tail[2], tail[4][: -len(".json")])
-        out[tp] = min(out.get(tp, offset), offset)
+            if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+                continue
+            tp = (cluster, tail[2], tail[4][: -len(".json")])
+            out[tp] = min(out.get(tp, offset), offset)
     return out
 
 
-def prunable(files: ObjectFiles, policy: PrunePolicy, now: float | None = None
+class CommitHistory:
+    """The committed floors as they were ``lag_s`` seconds ago.
+
+    :meth:`observe` takes the floors of now and returns, per partition, the
+    lower of now's floor and the floor of the newest observation at least
+    ``lag_s`` old; partitions not committed on back then are left out. None
+    until an observation is that old (a restarted server prunes nothing for
+    ``lag_s``).
+
+    >>> h = CommitHistory(lag_s=60)
+    >>> tp = ("c", "t", "0")
+    >>> h.observe(0, {tp: 100}) is None, h.observe(30, {tp: 200}) is None
+    (True, True)
+    >>> h.observe(65, {tp: 300})
+    {('c', 't', '0'): 100}
+    >>> h.observe(95, {tp: 400, ("c", "t", "1"): 5})
+    {('c', 't', '0'): 200}
+    """
+
+    def __init__(self, lag_s: float) -> None:
+        self.lag_s = lag_s
+        self._seen: list[tuple[float, dict[Partition, int]]] = []
+
+    def observe(self, now: float, floors: dict[Partition, int]) -> dict[Partition, int] | None:
+        self._seen.append((now, dict(floors)))
+        old = [i for i, (t, _) in enumerate(self._seen) if now - t >= self.lag_s]
+        if not old:
+            return None
+        ref = self._seen[old[-1]][1]
+        del self._seen[: old[-1]]  # the reference stays: it may be the one next time too
+        return {tp: min(f, floors.get(tp, f)) for tp, f in ref.items()}
+
+
+def prunable(files: ObjectFiles, floors: dict[Partition, int], margin: int = 0
              ) -> list[tuple[str, ...]]:
-    """Keys (as segments) of the record batches ``policy`` lets go, oldest first."""
-    now = time.time() if now is None else now
+    """Keys (as segments) of the record batches wholly below ``floors`` less
+    ``margin`` records, oldest first; the newest batch of a partition stays."""
     out: list[tuple[str, ...]] = []
-    clusters = files.objects / "clusters"
-    try:
-        cluster_dirs = [e.name for e in os.scandir(clusters) if e.is_dir(follow_symlinks=False)]
-    except FileNotFoundError:
-        return out
-    for cdir in cluster_dirs:
-        cluster = ("clusters", _dec(cdir))
-        floors = _committed(files, cluster, now, policy.group_expiry_s)
-        for (topic, part), floor in floors.items():
-            records = (*cluster, "topics", topic, "partitions", part, "records")
-            folder = files.objects.joinpath(*(_enc(s) for s in records))
-            try:
-                entries = {e.name[: -len(_FILE_SUFFIX)]: e for e in os.scandir(folder)
-                           if e.name.endswith(_FILE_SUFFIX)}
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            bases = sorted((b, n) for n in entries
-                           if (b := _batch_base(_dec(n))) is not None)
-            limit = floor - policy.margin
-            # a batch ends where the next begins; the newest one is always kept
-            for (_base, name), (next_base, _) in zip(bases, bases[1:], strict=False):
-                if next_base > limit:
-                    break
-                try:
-                    young = now - entries[name].stat().st_mtime < policy.min_age_s
-                except FileNotFoundError:
-                    continue
-                if young:
-                    break
-                out.append((*records, _dec(name)))
+    for (cluster, topic, part), floor in sorted(floors.items()):
+        records = ("clusters", cluster, "topics", topic, "partitions", part, "records")
+        folder = files.objects.joinpath(*(_enc(s) for s in records))
+        try:
+            names = [e.name[: -len(_FILE_SUFFIX)] for e in os.scandir(folder)
+                     if e.name.endswith(_FILE_SUFFIX)]
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        bases = sorted((b, _dec(n)) for n in names if (b := _batch_base(_dec(n))) is not None)
+        limit = floor - margin
+        # a batch ends where the next begins
+        for (_base, name), (next_base, _) in zip(bases, bases[1:], strict=False):
+            if next_base > limit:
+                break
+            out.append((*records, name))
     return out
 
 
@@ -673,9 +702,16 @@ def make_app(root: Path, *, fsync: bool = True, max_body: int = MAX_BODY,
         return web.Response(status=200, body=data, headers=headers,
                             content_type="application/octet-stream")
 
+    history = CommitHistory(prune.min_age_s if prune is not None else 0.0)
+
     async def prune_once(policy: PrunePolicy) -> int:
+        current = await asyncio.to_thread(committed_floors, files, time.time(),
+                                          policy.group_expiry_s)
+        floors = history.observe(time.monotonic(), current)
+        if not floors:
+            return 0
         removed = 0
-        for segments in await asyncio.to_thread(prunable, files, policy):
+        for segments in await asyncio.to_thread(prunable, files, floors, policy.margin):
             async with lock_for(key_of(segments)):
                 if await asyncio.to_thread(files.delete, segments):
                     removed += 1
@@ -759,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group-expiry", type=float, default=7 * 86400.0,
                    help="seconds after which an idle group's commits stop holding batches")
     p.add_argument("--prune-min-age", type=float, default=60.0,
-                   help="seconds a record batch is kept at least")
+                   help="seconds a commit must be old before the batches below it go")
     args = p.parse_args(argv)
     if args.port <= 0 or args.port > 65535:
         print(f"--port: {args.port} is not a port", file=sys.stderr)

@@ -25,7 +25,7 @@ from llmpulse.broker_storage import (
     read_store_record,
     stop_recorded_store,
 )
-from llmpulse.objstore import MAX_BODY, ObjectFiles, PrunePolicy, prunable
+from llmpulse.objstore import MAX_BODY, CommitHistory, ObjectFiles, committed_floors, prunable
 
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
@@ -233,25 +233,41 @@ def test_prune_keeps_what_any_group_has_not_consumed(tmp_path: Path) -> None:
              "0000000002": [0, 10]}
     files = _layout(tmp_path, parts, {"fast": {"0000000000": 35, "0000000001": 25},
                                       "slow": {"0000000000": 20}})
-    names = sorted("/".join(s[-3:]) for s in prunable(files, PrunePolicy(margin=0, min_age_s=0)))
+    floors = committed_floors(files)
+    assert floors == {("c", "t", "0000000000"): 20, ("c", "t", "0000000001"): 25}
+
+    def names(floors: dict[tuple[str, str, str], int], margin: int = 0) -> list[str]:
+        return sorted("/".join(s[-3:]) for s in prunable(files, floors, margin))
+
     # partition 0: slow committed 20, so only [0, 10) and [10, 20) are consumed by both;
     # partition 1: [0,10), [10,20); partition 2: no group committed, all kept
-    assert names == ["0000000000/records/00000000000000000000.batch",
-                     "0000000000/records/00000000000000000010.batch",
-                     "0000000001/records/00000000000000000000.batch",
-                     "0000000001/records/00000000000000000010.batch"]
+    assert names(floors) == ["0000000000/records/00000000000000000000.batch",
+                             "0000000000/records/00000000000000000010.batch",
+                             "0000000001/records/00000000000000000000.batch",
+                             "0000000001/records/00000000000000000010.batch"]
     # a margin of 5 records keeps the batch that ends within it
-    names = sorted("/".join(s[-3:]) for s in prunable(files, PrunePolicy(margin=5, min_age_s=0)))
-    assert names == ["0000000000/records/00000000000000000000.batch",
-                     "0000000001/records/00000000000000000000.batch",
-                     "0000000001/records/00000000000000000010.batch"]
+    assert names(floors, margin=5) == ["0000000000/records/00000000000000000000.batch",
+                                       "0000000001/records/00000000000000000000.batch",
+                                       "0000000001/records/00000000000000000010.batch"]
     # an idle group stops holding batches back once it expires
     slow = tmp_path / "objects/clusters/c/groups/consumers/slow/offsets/t/partitions"
     old = os.stat(slow / "0000000000.json,o").st_mtime - 10 * 86400
     os.utime(slow / "0000000000.json,o", (old, old))
-    names = sorted("/".join(s[-3:]) for s in prunable(files, PrunePolicy(margin=0, min_age_s=0)))
-    assert "0000000000/records/00000000000000000020.batch" in names
-    # young batches stay whatever the groups committed
-    assert prunable(files, PrunePolicy(margin=0, min_age_s=3600)) == []
-    # the newest batch always stays
-    assert not any(re.search(r"0000000000/records/0+30\.batch", n) for n in names)
+    floors = committed_floors(files, expiry_s=7 * 86400)
+    assert floors[("c", "t", "0000000000")] == 35
+    assert "0000000000/records/00000000000000000020.batch" in names(floors)
+    # the newest batch always stays, even below every commit
+    assert not any(re.search(r"0000000000/records/0+30\.batch", n)
+                   for n in names({("c", "t", "0000000000"): 10**6}))
+
+
+def test_prune_waits_until_a_commit_is_old_enough() -> None:
+    tp = ("c", "t", "0")
+    h = CommitHistory(lag_s=60)
+    assert h.observe(0, {tp: 10}) is None
+    assert h.observe(59, {tp: 50}) is None  # nothing is a minute old yet
+    assert h.observe(61, {tp: 90}) == {tp: 10}  # the commit of a minute ago
+    # a group that appears with a lower commit lowers the floor at once
+    assert h.observe(62, {tp: 5}) == {tp: 5}
+    # a partition first committed on recently is not pruned yet
+    assert h.observe(70, {tp: 90, ("c", "t", "1"): 3}) == {tp: 10}
