@@ -41,6 +41,7 @@ from llmpulse.broker import BrokerError, EmbeddedBroker, pid_alive, port_is_free
 from llmpulse.broker_storage import (
     S3_URL,
     BrokerSettings,
+    access_key,
     broker_env,
     ensure_object_server,
     stop_recorded_store,
@@ -195,7 +196,7 @@ def adopt_or_start(data_dir: Path, *, host: str = "127.0.0.1",
     if disk:
         assert storage is not None
         server, _ = ensure_object_server(data_dir, storage, host=host)
-        env = broker_env(server.endpoint)
+        env = broker_env(server.endpoint, access_key(data_dir))
     rec = read_record(data_dir)
     if rec is not None and rec.host == host and is_recorded_process(rec):
         if _answers(rec, timeout=10.0):

@@ -43,9 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from llmpulse.broker import BrokerError, free_port, pid_alive, port_is_free
+from llmpulse.objstore import ACCESS_KEY_ENV
 
 __all__ = ["STORAGES", "STORE_DIR", "STORE_RECORD", "BrokerSettings", "BrokerSettingsError",
-           "ObjectServer", "StoreRecord", "broker_env", "ensure_object_server", "storage_cluster_id",
+           "ObjectServer", "StoreRecord", "access_key", "broker_env", "ensure_object_server", "storage_cluster_id",
            "stop_recorded_store"]
 
 log = logging.getLogger("llmpulse.up")
@@ -185,9 +186,11 @@ def is_recorded_store(rec: StoreRecord) -> bool:
         and opts.get("--host") == rec.host
 
 
-def _answers(endpoint: str, timeout: float = 2.0) -> bool:
+def _answers(endpoint: str, access_key: str | None, timeout: float = 2.0) -> bool:
+    headers = {"Authorization": f"AWS4-HMAC-SHA256 Credential={access_key}/"} if access_key else {}
     try:
-        with urllib.request.urlopen(urllib.request.Request(f"{endpoint}/tansu", method="HEAD"),
+        with urllib.request.urlopen(urllib.request.Request(f"{endpoint}/tansu", method="HEAD",
+                                                           headers=headers),
                                     timeout=timeout) as resp:
             return int(resp.status) == 200
     except (urllib.error.URLError, OSError):
@@ -226,7 +229,7 @@ class ObjectServer:
     @classmethod
     def start(cls, root: Path, *, port: int | None = None, host: str = "127.0.0.1",
               settings: BrokerSettings | None = None, log_path: Path | None = None,
-              timeout: float = 20.0) -> ObjectServer:
+              access_key: str | None = None, timeout: float = 20.0) -> ObjectServer:
         settings = settings or BrokerSettings()
         port = port or free_port(host)
         if not port_is_free(port, host):
@@ -243,6 +246,9 @@ class ObjectServer:
         source = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH", "")) if p)
+        env.pop(ACCESS_KEY_ENV, None)
+        if access_key is not None:
+            env[ACCESS_KEY_ENV] = access_key
         with open(log_path, "ab") as logf:
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, env=env,
                                     stderr=subprocess.STDOUT, start_new_session=True)
@@ -253,7 +259,7 @@ class ObjectServer:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise BrokerError(f"the broker's object server exited at start (see {log_path})")
-            if _answers(rec.endpoint, timeout=0.5):
+            if _answers(rec.endpoint, access_key, timeout=0.5):
                 log.info("broker object server pid %s on %s, objects in %s", proc.pid,
                          rec.endpoint, root)
                 return server
@@ -283,9 +289,10 @@ def ensure_object_server(data_dir: Path, settings: BrokerSettings, *,
     """The data directory's object server, re-adopted if still running, else started
     (on the recorded port when free) and recorded. Returns ``(server, adopted)``."""
     root = (data_dir / STORE_DIR).absolute()
+    key = access_key(data_dir)
     rec = read_store_record(data_dir)
     if rec is not None and rec.root == str(root) and rec.host == host and is_recorded_store(rec):
-        if _answers(rec.endpoint, timeout=5.0):
+        if _answers(rec.endpoint, key, timeout=5.0):
             log.info("re-using the broker object server (pid %s, %s)", rec.pid, rec.endpoint)
             return ObjectServer(rec), True
         raise BrokerError(f"the broker object server of {data_dir} (pid {rec.pid}, "
@@ -293,7 +300,7 @@ def ensure_object_server(data_dir: Path, settings: BrokerSettings, *,
                           f"(kill {rec.pid}) and start again")
     port = rec.port if rec is not None and port_is_free(rec.port, host) else None
     server = ObjectServer.start(root, port=port, host=host, settings=settings,
-                                log_path=data_dir / "objstore.log")
+                                log_path=data_dir / "objstore.log", access_key=key)
     _write_store_record(data_dir, server.record)
     return server, False
 
@@ -315,6 +322,26 @@ def stop_recorded_store(data_dir: Path, timeout: float = 5.0) -> int | None:
     return stopped
 
 
+def access_key(data_dir: Path) -> str:
+    """The access key the broker and its object server share: made once, kept in a
+    file only this user can read (``<data-dir>/broker-store/access-key``)."""
+    path = data_dir / STORE_DIR / "access-key"
+    try:
+        found = path.read_text().strip()
+    except FileNotFoundError:
+        found = ""
+    if len(found) == 32 and found.isalnum():
+        return found
+    path.parent.mkdir(parents=True, exist_ok=True)
+    made = secrets.token_hex(16)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(made)
+    os.replace(tmp, path)
+    return made
+
+
 def storage_cluster_id(data_dir: Path) -> str:
     """The broker's cluster id for a disk log: made once, kept next to the objects
     (the log is found under it at the next start)."""
@@ -333,19 +360,20 @@ def storage_cluster_id(data_dir: Path) -> str:
     return made
 
 
-def broker_env(endpoint: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
+def broker_env(endpoint: str, key: str, base: Mapping[str, str] | None = None
+               ) -> dict[str, str]:
     """The broker's environment for the object server at ``endpoint``: the caller's
     without any ``AWS_*`` variable (a user's profile or endpoint must not redirect it),
-    plus the endpoint and placeholder credentials (the server checks none; it is
-    bound to loopback).
+    plus the endpoint and the access key id the server expects (``key``).
 
-    >>> env = broker_env("http://127.0.0.1:9", {"AWS_ENDPOINT_URL_S3": "https://x", "HOME": "/h"})
-    >>> env["AWS_ENDPOINT"], "AWS_ENDPOINT_URL_S3" in env, env["HOME"]
-    ('http://127.0.0.1:9', False, '/h')
+    >>> env = broker_env("http://127.0.0.1:9", "k", {"AWS_ENDPOINT_URL_S3": "https://x",
+    ...                                               "HOME": "/h"})
+    >>> env["AWS_ENDPOINT"], "AWS_ENDPOINT_URL_S3" in env, env["HOME"], env["AWS_ACCESS_KEY_ID"]
+    ('http://127.0.0.1:9', False, '/h', 'k')
     """
     env = {k: v for k, v in (os.environ if base is None else base).items()
            if not k.upper().startswith("AWS_")}
     env.update({"AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true",
-                "AWS_ACCESS_KEY_ID": "llmpulse", "AWS_SECRET_ACCESS_KEY": "llmpulse",
+                "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": "unused",
                 "AWS_DEFAULT_REGION": "us-east-1"})
     return env

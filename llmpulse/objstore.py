@@ -58,12 +58,14 @@ from urllib.parse import parse_qsl, quote, unquote, unquote_to_bytes, urlsplit
 from xml.sax.saxutils import escape
 
 __all__ = [
+    "ACCESS_KEY_ENV",
     "BUCKET",
     "MAX_BODY",
     "ObjectFiles",
     "CommitHistory",
     "PrunePolicy",
     "S3Error",
+    "access_key_of",
     "committed_floors",
     "file_for",
     "key_of",
@@ -79,6 +81,8 @@ BUCKET = "tansu"
 """The one bucket served (the broker is started with ``s3://tansu/``)."""
 MAX_BODY = 16 * 1024 * 1024
 """Largest object accepted (a record batch is at most what the broker takes, 1 MiB by default)."""
+ACCESS_KEY_ENV = "LLMPULSE_OBJSTORE_ACCESS_KEY"
+"""Environment variable with the access key id requests must be signed with (optional)."""
 MAX_KEY = 1024
 """Longest key, in UTF-8 bytes (the S3 limit)."""
 MAX_SEGMENT = 200
@@ -520,10 +524,37 @@ _REFUSED_SUBRESOURCES = frozenset({
 })
 
 
+def access_key_of(authorization: str | None) -> str | None:
+    """The access key id of an AWS Signature V4 ``Authorization`` header, else None.
+
+    >>> access_key_of("AWS4-HMAC-SHA256 Credential=k1/20260101/us-east-1/s3/aws4_request, "
+    ...               "SignedHeaders=host, Signature=ab")
+    'k1'
+    >>> access_key_of("Basic dXNlcjpwYXNz") is None, access_key_of(None) is None
+    (True, True)
+    """
+    if not authorization:
+        return None
+    scheme, _, rest = authorization.strip().partition(" ")
+    if scheme != "AWS4-HMAC-SHA256":
+        return None
+    for part in rest.split(","):
+        name, eq, value = part.strip().partition("=")
+        if name == "Credential" and eq:
+            key = value.split("/", 1)[0]
+            return key or None
+    return None
+
+
 def make_app(root: Path, *, fsync: bool = True, max_body: int = MAX_BODY,
-             prune: PrunePolicy | None = None) -> Any:
+             prune: PrunePolicy | None = None, access_key: str | None = None) -> Any:
     """The aiohttp application serving the objects under ``root``; with ``prune``,
-    a background task removes consumed record batches every ``prune.interval_s``."""
+    a background task removes consumed record batches every ``prune.interval_s``;
+    with ``access_key``, a request signed with another access key id (or none) is
+    refused (the key is a secret shared with the broker through their environment,
+    which other users cannot read; signatures are not checked)."""
+    import hmac
+
     from aiohttp import web
 
     files = ObjectFiles(root, fsync=fsync)
@@ -620,6 +651,10 @@ def make_app(root: Path, *, fsync: bool = True, max_body: int = MAX_BODY,
             log.debug("%s %s?%s %s", request.method, raw.path, raw.query,
                       {k: v for k, v in request.headers.items()
                        if k.lower().startswith(("if-", "range", "content-length", "x-amz-meta"))})
+            if access_key is not None:
+                given = access_key_of(request.headers.get("Authorization")) or ""
+                if not hmac.compare_digest(given.encode(), access_key.encode()):
+                    raise S3Error(403, "AccessDenied", "unknown access key")
             if bucket != BUCKET:
                 raise S3Error(404, "NoSuchBucket", f"only the bucket {BUCKET!r} is served")
             refused = sorted(set(params) & _REFUSED_SUBRESOURCES)
@@ -763,10 +798,10 @@ def _loopback(host: str) -> bool:
 
 
 async def _serve(root: Path, host: str, port: int, fsync: bool,
-                 prune: PrunePolicy | None) -> None:
+                 prune: PrunePolicy | None, access_key: str | None) -> None:
     from aiohttp import web
 
-    app = make_app(root, fsync=fsync, prune=prune)
+    app = make_app(root, fsync=fsync, prune=prune, access_key=access_key)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
@@ -812,7 +847,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(_serve(args.root, args.host, args.port, not args.no_fsync, prune))
+    # the access key comes through the environment: an argument would be world-readable
+    key = os.environ.pop(ACCESS_KEY_ENV, None) or None
+    asyncio.run(_serve(args.root, args.host, args.port, not args.no_fsync, prune, key))
     return 0
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from llmpulse.broker_storage import BrokerSettings, broker_env, storage_cluster_id
+from llmpulse.broker_storage import BrokerSettings, access_key, broker_env, storage_cluster_id
 from llmpulse.config import ConfigError, load_settings
 
 
@@ -41,6 +41,12 @@ def test_bad_settings_name_the_key(tmp_path: Path, yaml: str, env: dict[str, str
     assert str(err.value).startswith(key), str(err.value)
 
 
+def test_access_key_is_private_and_kept(tmp_path: Path) -> None:
+    key = access_key(tmp_path)
+    assert access_key(tmp_path) == key and len(key) == 32
+    assert (tmp_path / "broker-store" / "access-key").stat().st_mode & 0o077 == 0
+
+
 def test_cluster_id_is_kept_and_a_bad_one_replaced(tmp_path: Path) -> None:
     first = storage_cluster_id(tmp_path)
     assert storage_cluster_id(tmp_path) == first and first.startswith("llmpulse-")
@@ -50,7 +56,8 @@ def test_cluster_id_is_kept_and_a_bad_one_replaced(tmp_path: Path) -> None:
 
 
 def test_broker_env_drops_the_callers_aws_settings() -> None:
-    env = broker_env("http://127.0.0.1:1", {"AWS_PROFILE": "prod", "aws_endpoint": "x",
-                                            "PATH": "/bin"})
+    env = broker_env("http://127.0.0.1:1", "k" * 32,
+                     {"AWS_PROFILE": "prod", "aws_endpoint": "x", "PATH": "/bin"})
     assert env["PATH"] == "/bin" and env["AWS_ENDPOINT"] == "http://127.0.0.1:1"
+    assert env["AWS_ACCESS_KEY_ID"] == "k" * 32
     assert "AWS_PROFILE" not in env and "aws_endpoint" not in env

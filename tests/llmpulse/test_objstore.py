@@ -21,6 +21,7 @@ from llmpulse.broker import pid_alive
 from llmpulse.broker_storage import (
     BrokerSettings,
     ObjectServer,
+    access_key,
     ensure_object_server,
     read_store_record,
     stop_recorded_store,
@@ -31,8 +32,9 @@ NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 
 class Client:
-    def __init__(self, server: ObjectServer) -> None:
+    def __init__(self, server: ObjectServer, key: str | None = None) -> None:
         self.host, self.port = server.record.host, server.record.port
+        self.key = key
 
     def request(self, method: str, target: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -40,6 +42,9 @@ class Client:
         try:
             conn.putrequest(method, target, skip_host=False, skip_accept_encoding=True)
             hdrs = dict(headers or {})
+            if self.key is not None:
+                hdrs.setdefault("Authorization", f"AWS4-HMAC-SHA256 Credential={self.key}/x/y, "
+                                                 "SignedHeaders=host, Signature=00")
             if body is not None and "Content-Length" not in hdrs:
                 hdrs["Content-Length"] = str(len(body))
             for k, v in hdrs.items():
@@ -171,7 +176,8 @@ def test_objects_survive_a_kill_of_the_server(tmp_path: Path) -> None:
     server, adopted = ensure_object_server(data, settings)
     try:
         assert not adopted
-        c = Client(server)
+        c = Client(server, access_key(data))
+        assert Client(server).request("HEAD", "/tansu")[0] == 403  # no key, no access
         status, h, _ = c.request("PUT", "/tansu/clusters/c/topics/t/x.batch", b"kept",
                                  {"If-None-Match": "*"})
         assert status == 200
@@ -182,7 +188,8 @@ def test_objects_survive_a_kill_of_the_server(tmp_path: Path) -> None:
         restarted, adopted = ensure_object_server(data, settings)
         assert not adopted and restarted.pid != server.pid
         assert restarted.record.port == server.record.port  # same address for the broker
-        status, h2, body = Client(restarted).request("GET", "/tansu/clusters/c/topics/t/x.batch")
+        status, h2, body = Client(restarted, access_key(data)).request(
+            "GET", "/tansu/clusters/c/topics/t/x.batch")
         assert (status, body, h2["etag"]) == (200, b"kept", h["etag"])
     finally:
         assert stop_recorded_store(data) is not None
@@ -206,6 +213,23 @@ def test_a_record_naming_another_process_is_not_adopted(tmp_path: Path) -> None:
     finally:
         sleeper.kill()
         sleeper.wait(10)
+
+
+def test_requests_with_another_access_key_are_refused(tmp_path: Path) -> None:
+    key = "a" * 32
+    server = ObjectServer.start(tmp_path / "store", access_key=key)
+    try:
+        for who in (None, "b" * 32, key[:-1]):
+            status, _, body = Client(server, who).request("PUT", "/tansu/k", b"x")
+            assert status == 403 and error_code(body) == "AccessDenied", who
+        status, _, _ = Client(server).request(
+            "PUT", "/tansu/k", b"x", {"Authorization": f"Basic {key}"})
+        assert status == 403
+        assert Client(server, key).request("PUT", "/tansu/k", b"x")[0] == 200
+        # the key is not in the server's argument vector, which every user can read
+        assert key.encode() not in Path(f"/proc/{server.pid}/cmdline").read_bytes()
+    finally:
+        server.stop()
 
 
 def test_the_server_binds_loopback_only() -> None:
