@@ -173,7 +173,7 @@ def _verdicts(samples: list[dict[str, Any]], warmup_s: float) -> dict[str, dict[
         mean = sum(ys) / len(ys)
         change = slope * span
         out[name] = {"mean_mb": mean, "first_mb": ys[0], "last_mb": ys[-1],
-                     "max_mb": max(ys), "slope_mb_per_min": slope * 60.0,
+                     "min_mb": min(ys), "max_mb": max(ys), "slope_mb_per_min": slope * 60.0,
                      "fitted_change_mb": change,
                      "flat": abs(change) < max(FLAT_FRACTION * mean, FLAT_FLOOR_MB)}
     return out
@@ -223,10 +223,12 @@ def format_table(result: dict[str, Any]) -> str:
              f"(sent {result['sent']:,}, {result['send_rate']:,.0f}/s), broker.storage "
              f"{result['storage']}, samples every {result['sample_s']:g} s, warm-up "
              f"{result['warmup_s']:.0f} s; flat = {result['flat_rule']}",
-             f"{'series':<24}{'first MB':>10}{'last MB':>10}{'max MB':>10}"
+             "after warm-up:",
+             f"{'series':<24}{'first MB':>10}{'last MB':>10}{'min MB':>10}{'max MB':>10}"
              f"{'MB/min':>10}{'flat':>6}"]
     for name, v in sorted(result["verdicts"].items()):
-        lines.append(f"{name:<24}{v['first_mb']:>10.1f}{v['last_mb']:>10.1f}{v['max_mb']:>10.1f}"
+        lines.append(f"{name:<24}{v['first_mb']:>10.1f}{v['last_mb']:>10.1f}"
+                     f"{v.get('min_mb', 0.0):>10.1f}{v['max_mb']:>10.1f}"
                      f"{v['slope_mb_per_min']:>10.2f}{'yes' if v['flat'] else 'NO':>6}")
     lines.append("(the ClickHouse 'store' keeps the raw events by design: it grows with them)")
     lines.append("broker disk log at the end, by topic (MB; groups committing on it):")
