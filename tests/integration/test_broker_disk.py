@@ -35,7 +35,7 @@ def kill9(pid: int) -> None:
 @pytest.mark.slow
 def test_kill9_of_up_broker_and_object_server_loses_no_acknowledged_event(
         stack_factory: Any) -> None:
-    sp = stack_factory().start(timeout=180)
+    sp = stack_factory(LLMPULSE_BROKER_STORAGE="disk").start(timeout=180)
     broker_rec, store_rec = read_record(sp.data_dir), read_store_record(sp.data_dir)
     assert broker_rec is not None and store_rec is not None
     run = uuid.uuid4().hex[:8]
