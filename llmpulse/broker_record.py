@@ -11,8 +11,10 @@ offsets, and producers keep the same bootstrap address. ``up`` stops the
 broker only when every message on the raw topics is stored and committed
 (:func:`unstored`); otherwise it leaves it running and says so.
 
-What this does not cover: the broker process itself dying (kill -9 of the
-broker, a reboot) still loses what it holds.
+With ``broker.storage: memory`` the broker process itself dying (kill -9 of
+the broker, a reboot) still loses what it holds; with ``disk`` (the default,
+:mod:`llmpulse.broker_storage`) the log is on disk, the broker and its object
+server are stopped at every clean stop and a kill of either loses nothing.
 
 >>> rec = BrokerRecord(pid=4242, port=24001, binary="/opt/tansu")
 >>> BrokerRecord.from_json(rec.to_json()) == rec
@@ -36,12 +38,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmpulse.broker import BrokerError, EmbeddedBroker, pid_alive, port_is_free, tansu_binary
+from llmpulse.broker_storage import (
+    S3_URL,
+    BrokerSettings,
+    access_key,
+    broker_env,
+    ensure_object_server,
+    stop_recorded_store,
+    storage_cluster_id,
+)
 
 if TYPE_CHECKING:
     from llmpulse.kafka_security import KafkaSecurity
 
-__all__ = ["RECORD_FILE", "BrokerRecord", "adopt_or_start", "finish", "read_record",
-           "stop_recorded_broker", "unstored", "verify"]
+__all__ = ["RECORD_FILE", "BrokerRecord", "adopt_or_start", "disk_backed", "finish",
+           "read_record", "stop_recorded_broker", "unstored", "verify"]
 
 log = logging.getLogger("llmpulse.up")
 
@@ -171,11 +182,21 @@ def verify(rec: BrokerRecord, timeout: float = 5.0) -> bool:
 
 
 def adopt_or_start(data_dir: Path, *, host: str = "127.0.0.1",
-                   binary: str | None = None) -> tuple[EmbeddedBroker, bool]:
+                   binary: str | None = None,
+                   storage: BrokerSettings | None = None) -> tuple[EmbeddedBroker, bool]:
     """The data directory's broker, re-adopted if a previous ``up`` left it running,
     else started detached (on the recorded port when it is free, so producers'
-    bootstrap addresses stay valid) and recorded. Returns ``(broker, adopted)``."""
+    bootstrap addresses stay valid) and recorded. Returns ``(broker, adopted)``.
+
+    ``storage`` (default: in memory) with ``storage="disk"`` first adopts or
+    starts the object server the broker keeps its log in."""
     log_path = data_dir / "broker.log"
+    disk = storage is not None and storage.storage == "disk"
+    env: dict[str, str] | None = None
+    if disk:
+        assert storage is not None
+        server, _ = ensure_object_server(data_dir, storage, host=host)
+        env = broker_env(server.endpoint, access_key(data_dir))
     rec = read_record(data_dir)
     if rec is not None and rec.host == host and is_recorded_process(rec):
         if _answers(rec, timeout=10.0):
@@ -188,7 +209,9 @@ def adopt_or_start(data_dir: Path, *, host: str = "127.0.0.1",
             f"discard them, then start again")
     binary = binary or tansu_binary()
     port = rec.port if rec is not None and port_is_free(rec.port, host) else None
-    broker = EmbeddedBroker(port, host=host, log_path=log_path, binary=binary, detached=True)
+    broker = EmbeddedBroker(port, host=host, log_path=log_path, binary=binary, detached=True,
+                            storage=S3_URL if disk else "memory://tansu/", env=env,
+                            cluster=storage_cluster_id(data_dir) if disk else None)
     broker.start()
     assert broker.pid is not None
     _write_record(data_dir, BrokerRecord(pid=broker.pid, port=broker.port, binary=binary,
@@ -249,8 +272,15 @@ def unstored(bootstrap: str, group: str, topics: Iterable[str], *, timeout: floa
 def finish(broker: EmbeddedBroker, data_dir: Path, *, group: str, topics: Iterable[str],
            security: KafkaSecurity | None = None) -> bool:
     """At the end of ``up``: stop the broker if nothing on ``topics`` is left unstored
-    by ``group``; else leave it running (recorded) and say so. True if stopped."""
+    by ``group`` or if it keeps its log on disk (and then its object server too);
+    else leave it running (recorded) and say so. True if stopped."""
     rec = read_record(data_dir)
+    if broker.pid is not None and disk_backed(broker.pid):
+        broker.stop()
+        if rec is not None:
+            _remove_record(data_dir, rec)
+        stop_recorded_store(data_dir)
+        return True
     try:
         left = {t: n for t, n in unstored(broker.bootstrap, group, topics,
                                           security=security).items() if n}
@@ -273,13 +303,27 @@ def finish(broker: EmbeddedBroker, data_dir: Path, *, group: str, topics: Iterab
 
 def stop_recorded_broker(data_dir: Path, timeout: float = 5.0) -> int | None:
     """Stop the broker recorded in ``data_dir`` if it is still ours and running
-    (the recorded pid runs the recorded binary on the recorded port); its pid, or None."""
+    (the recorded pid runs the recorded binary on the recorded port), then its object
+    server (:mod:`llmpulse.broker_storage`) if it has one; the broker's pid, or None."""
     rec = read_record(data_dir)
     if rec is None:
+        stop_recorded_store(data_dir, timeout)
         return None
     stopped = None
     if is_recorded_process(rec):
         EmbeddedBroker.adopt(rec.pid, rec.port, host=rec.host).stop(timeout)
         stopped = rec.pid
     _remove_record(data_dir, rec)
+    stop_recorded_store(data_dir, timeout)  # after the broker: it may still write to it
     return stopped
+
+
+def disk_backed(pid: int) -> bool:
+    """The broker process ``pid`` keeps its log in S3 (our object server), per its argv."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    args = [a.decode(errors="replace") for a in argv if a]
+    return any(flag == "--storage-engine" and value.startswith("s3://")
+               for flag, value in zip(args, args[1:], strict=False))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from llmpulse.broker_storage import BrokerSettings, BrokerSettingsError
 from llmpulse.judge_config import JudgeError, JudgeSettings
 from llmpulse.kafka_security import KafkaSecurity, KafkaSecurityError
 from llmpulse.store_auth import ClickHouseCredentials, CredentialsError, redact_dsn
@@ -194,6 +195,8 @@ class Settings:
     """User, password and CA of a ClickHouse server (taken out of the DSN)."""
     judge: JudgeSettings = field(default_factory=JudgeSettings)
     """The optional LLM judge (``judge:``, :mod:`llmpulse.judge_config`)."""
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+    """The embedded broker's storage (``broker:``, :mod:`llmpulse.broker_storage`)."""
 
     @property
     def embedded_broker(self) -> bool:
@@ -271,7 +274,7 @@ def load_settings(
             raise ConfigError(f"{path}: must be a mapping of settings")
         raw = dict(loaded or {})
     known = {"data_dir", "kafka", "clickhouse", "rules", "ingest", "signals", "http",
-             "query", "retention", "session_timeout_s", "kafka_security", "judge"}
+             "query", "retention", "session_timeout_s", "kafka_security", "judge", "broker"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{key}: unknown setting in {path}; known: {', '.join(sorted(known))}")
@@ -325,6 +328,10 @@ def load_settings(
         judge = JudgeSettings.from_settings(raw.get("judge"), env)
     except JudgeError as exc:
         raise ConfigError(str(exc)) from None
+    try:
+        broker = BrokerSettings.from_raw(raw.get("broker"), env)
+    except BrokerSettingsError as exc:
+        raise ConfigError(str(exc)) from None
     return Settings(
         data_dir=data,
         kafka=kafka,
@@ -339,4 +346,5 @@ def load_settings(
         kafka_security=kafka_security,
         clickhouse_auth=ch_auth,
         judge=judge,
+        broker=broker,
     )

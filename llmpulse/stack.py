@@ -5,9 +5,10 @@ left it running, see :mod:`llmpulse.broker_record`), topics, worker (agents
 and HTTP API), then ``endpoints.json`` once everything is ready. Stop order on
 SIGINT/SIGTERM: drain what the broker still holds into the store for as long
 as the backlog shrinks (:mod:`llmpulse.drain`; a second signal stops waiting),
-stop the worker (offsets committed), close the store, stop the broker only if
-everything it holds is stored (Tansu keeps topics in memory; otherwise it is
-left running for the next start), remove ``endpoints.json``, exit 0.
+stop the worker (offsets committed), close the store, stop the broker (and its
+object server) if its log is on disk (``broker.storage: disk``) or if everything
+it holds is stored (a broker in memory is otherwise left running for the next
+start), remove ``endpoints.json``, exit 0.
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ async def _run(
     try:
         if settings.embedded_broker:
             try:
-                broker, _ = adopt_or_start(data_dir)
+                broker, _ = adopt_or_start(data_dir, storage=settings.broker)
             except BrokerError as exc:
                 raise StackError(str(exc)) from None
             bootstrap = broker.bootstrap

@@ -30,7 +30,8 @@ def _config(root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / "llmpulse.yaml").write_text(
         f"signals:\n  latency_window_s: {WINDOW_S}\n  window_s: 30\n  poll_s: 0.5\n"
-        "  engine_processes: 1\n  stop: flush\n")
+        "  engine_processes: 1\n  stop: flush\n"
+        "broker:\n  storage: memory\n")  # a new log at every start
 
 
 def _send(bootstrap: str, start: int) -> dict[int, int]:
@@ -73,7 +74,8 @@ def _taken(sp: Any, events: int) -> dict[str, Any]:
     return dict(wait_for(ready, 120, f"the engine to take in {events} events"))
 
 
-def test_signals_after_a_clean_restart_on_a_new_broker(stack_factory, tmp_path) -> None:
+def test_signals_after_a_clean_restart_on_a_new_broker(stack_factory: Any,
+                                                        tmp_path: Path) -> None:
     root = tmp_path / "stack"
     _config(root)
     data = root / "data"

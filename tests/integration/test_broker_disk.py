@@ -1,0 +1,206 @@
+"""The embedded broker on disk (broker.storage: disk): a kill -9 of ``llmpulse up``,
+of the Tansu broker and of its object server loses no acknowledged event, and
+retention keeps the disk bounded without removing anything a group has not consumed.
+
+All with the real Tansu broker and the real object server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmpulse.broker import create_topics, pid_alive
+from llmpulse.broker_record import adopt_or_start, read_record, stop_recorded_broker
+from llmpulse.broker_storage import STORE_DIR, BrokerSettings, read_store_record
+from tests.integration.test_embedded_durability import producer_result, start_producer, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def kill9(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(pid)
+
+
+@pytest.mark.slow
+def test_kill9_of_up_broker_and_object_server_loses_no_acknowledged_event(
+        stack_factory: Any) -> None:
+    sp = stack_factory(LLMPULSE_BROKER_STORAGE="disk").start(timeout=180)
+    broker_rec, store_rec = read_record(sp.data_dir), read_store_record(sp.data_dir)
+    assert broker_rec is not None and store_rec is not None
+    run = uuid.uuid4().hex[:8]
+    n = 30_000
+    producer = start_producer(sp.endpoints["kafka"], run, n, per_message=50, timeout_ms=240_000)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if sp.get("/api/stats")["stored"].get("llmpulse.inference", 0) >= 2_000:
+            break
+        time.sleep(0.05)
+    # a power cut, as far as processes go: every process of the stack dies at once
+    sp.kill()
+    kill9(broker_rec.pid)
+    kill9(store_rec.pid)
+    time.sleep(2.0)  # the producer keeps retrying against nothing
+    sp.start(timeout=180)
+    after = read_record(sp.data_dir)
+    assert after is not None and after.pid != broker_rec.pid and after.port == broker_rec.port
+    result = producer_result(producer, timeout=400)
+    got = wait_for(sp, run, result["ranges"], result["acked"])
+    print(f"kill -9 of up, broker and object server: produced {n}, acknowledged "
+          f"{result['acked']}, stored {got}")
+    assert got["acked_stored"] == result["acked"], (got, result["acked"])
+    assert got["n"] == got["u"]  # no duplicate visible
+    assert result["acked"] == n  # the producer's retries reached the restarted broker
+    assert sp.stop(timeout=600) == 0
+    # a clean stop ends the broker and the object server: the log is on disk
+    assert read_record(sp.data_dir) is None and read_store_record(sp.data_dir) is None
+    assert not pid_alive(after.pid)
+
+
+def _produce(bootstrap: str, topic: str, n: int, chunk: int = 100) -> None:
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+                  "linger.ms": 0})
+    for k in range(0, n, chunk):
+        for i in range(k, min(n, k + chunk)):
+            p.produce(topic, f"{i:08d}".encode() * 8, partition=0)
+        assert p.flush(30) == 0  # one batch, one object, per chunk
+
+
+def _read(bootstrap: str, group: str, topic: str, start: int | None,
+          commit: int | None = None) -> list[int]:
+    """Offsets read from ``start`` (None: the group's commit, else the earliest) to the
+    end of partition 0; commits ``commit`` (-1: the end) for ``group`` when given."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                  "enable.partition.eof": True})
+    try:
+        tp = TopicPartition(topic, 0)
+        if start is None:
+            committed = c.committed([tp], timeout=10)[0].offset
+            start = committed if committed >= 0 else -2
+        c.assign([TopicPartition(topic, 0, start)])
+        got: list[int] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            msg = c.poll(1.0)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    break
+                raise AssertionError(str(err))
+            offset = msg.offset()
+            assert offset is not None
+            got.append(offset)
+        else:
+            raise AssertionError(f"no end of partition within 60 s ({len(got)} read)")
+        if commit is not None:
+            at = (got[-1] + 1 if got else start) if commit < 0 else commit
+            c.commit(offsets=[TopicPartition(topic, 0, at)], asynchronous=False)
+        return got
+    finally:
+        c.close()
+
+
+def _record_bytes(data: Path, topic: str) -> tuple[int, int]:
+    """Batch objects of ``topic`` and their bytes (the pruner may remove some meanwhile)."""
+    sizes = []
+    for p in (data / STORE_DIR).rglob("*.batch,o"):
+        if f"/topics/{topic}/" in str(p):
+            try:
+                sizes.append(p.stat().st_size)
+            except FileNotFoundError:
+                pass
+    return len(sizes), sum(sizes)
+
+
+def _bases(data: Path, topic: str) -> list[int]:
+    return sorted(int(p.name.split(".")[0]) for p in (data / STORE_DIR).rglob("*.batch,o")
+                  if f"/topics/{topic}/" in str(p))
+
+
+def _wait_pruned(data: Path, topic: str, below: int, timeout: float = 90.0) -> None:
+    """Until no more than ``below`` batch objects of ``topic`` are left."""
+    deadline = time.monotonic() + timeout
+    while _record_bytes(data, topic)[0] > below:
+        assert time.monotonic() < deadline, _record_bytes(data, topic)
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_retention_keeps_disk_bounded_and_removes_nothing_unconsumed(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    settings = BrokerSettings(retain_margin=0, prune_interval_s=1.0, retain_min_s=0.0)
+    topic = "retention-test"
+    try:
+        broker, _ = adopt_or_start(data, storage=settings)
+        bs = broker.bootstrap
+        create_topics(bs, {topic: 1})
+        _produce(bs, topic, 2_000)  # batches of at most 100
+        # the groups that count are those that committed (with retain_min_s: 0)
+        assert _read(bs, "slow", topic, 0, commit=1_000)[-1] == 1_999
+        assert _read(bs, "fast", topic, 0, commit=-1) == list(range(2_000))
+        # every batch before the one holding offset 1,000 goes, that one stays
+        keep_from = max(b for b in _bases(data, topic) if b <= 1_000)
+        deadline = time.monotonic() + 90
+        while _bases(data, topic)[0] != keep_from:
+            assert time.monotonic() < deadline, _bases(data, topic)[:5]
+            time.sleep(0.5)
+        time.sleep(3.0)  # more passes remove nothing more
+        assert _bases(data, topic)[0] == keep_from
+        kept = len(_bases(data, topic))
+        # nothing the slow group has not consumed is gone: it reads all of [1000, 2000)
+        assert _read(bs, "slow", topic, None) == list(range(1_000, 2_000))
+        # a new reader from the earliest offset starts at the first batch kept,
+        # at most one batch before the slow group's commit
+        earliest = _read(bs, "new", topic, -2)
+        assert earliest == list(range(keep_from, 2_000))
+        print(f"batches kept after the slow group's commit at 1,000: {kept}, earliest "
+              f"offset kept: {keep_from}")
+
+        # the broker, restarted over a pruned log, goes on where it was
+        stop_recorded_broker(data)
+        assert read_store_record(data) is None
+        broker, adopted = adopt_or_start(data, storage=settings)
+        assert not adopted
+        bs = broker.bootstrap
+        _produce(bs, topic, 500)
+        assert _read(bs, "fast", topic, None, commit=-1) == list(range(2_000, 2_500))
+        # the slow group's commit still holds the log from where it was
+        assert _read(bs, "new", topic, -2) == list(range(keep_from, 2_500))
+        assert _read(bs, "slow", topic, None, commit=-1) == list(range(1_000, 2_500))
+        _wait_pruned(data, topic, below=1)
+
+        # steady traffic that every group reads: the stored batches stay bounded
+        sizes = []
+        for round_ in range(4):
+            _produce(bs, topic, 1_000)
+            first = 2_500 + 1_000 * round_
+            for group in ("fast", "slow"):
+                got = _read(bs, group, topic, None, commit=-1)
+                assert got == list(range(first, first + 1_000)), group
+            _wait_pruned(data, topic, below=1)
+            sizes.append(_record_bytes(data, topic)[1])
+        print(f"record bytes kept after each round of 1,000 records: {sizes}")
+        assert max(sizes) <= 2 * min(sizes)
+        last = _read(bs, "new", topic, -2)
+        assert last[-1] == 6_499 and len(last) <= 100  # only the newest batch
+    finally:
+        stop_recorded_broker(data)
+    assert read_record(data) is None and read_store_record(data) is None
