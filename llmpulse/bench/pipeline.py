@@ -273,8 +273,11 @@ def _latency_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run(quick: bool = False, rate: float = 20_000.0, seconds: float | None = None,
         seeds: list[int] | None = None, embedding: bool = True,
-        incidents: bool = True, fault: bool | None = None) -> dict[str, Any]:
-    """``fault`` (default: not with ``quick``) adds :mod:`llmpulse.bench.fault`."""
+        incidents: bool = True, fault: bool | None = None,
+        ceiling_events: int = 200_000) -> dict[str, Any]:
+    """``fault`` (default: not with ``quick``) adds :mod:`llmpulse.bench.fault`;
+    ``ceiling_events`` (0: none) events go through :mod:`llmpulse.bench.ceiling`
+    on the load stack's broker right after the throughput run."""
     seconds = seconds or (20.0 if quick else 40.0)
     seeds = seeds or ([1] if quick else [1, 2, 3])
     root = Path(tempfile.mkdtemp(prefix="llmpulse-bench-pipeline-"))
@@ -289,8 +292,15 @@ def run(quick: bool = False, rate: float = 20_000.0, seconds: float | None = Non
                 with _stack(root / "incidents", rules, embedding=False) as ep:
                     runs, healthy = _incidents(ep, hook, seeds, INCIDENT_RUN_S)
                     worker = stack_stats(ep["http"])
+            ceiling: dict[str, Any] | None = None
             with _stack(root / "load", rules, embedding=embedding) as ep:
-                load = _throughput(ep, rate, seconds, event_pool(20_000))
+                pool = event_pool(20_000)
+                load = _throughput(ep, rate, seconds, pool)
+                if ceiling_events:
+                    from llmpulse.bench import ceiling as ceiling_bench
+
+                    ceiling = ceiling_bench.measure(ep["kafka"], pool, events=ceiling_events)
+                    ceiling["pipeline_fraction"] = load["sustained_per_s"] / ceiling["ceiling_per_s"]
             fault_result: dict[str, Any] | None = None
             if fault is None:
                 fault = not quick
@@ -311,6 +321,7 @@ def run(quick: bool = False, rate: float = 20_000.0, seconds: float | None = Non
                  "alert_latency": "latency: 2 windows + 5 s; drift, bias, hallucination: 3 windows",
                  "false_pages": 0},
         "throughput": load,
+        "ceiling": ceiling,
         "alert_latency": _latency_summary(runs),
         "incident_runs": runs,
         "healthy": healthy,
@@ -336,6 +347,11 @@ def format_table(result: dict[str, Any]) -> str:
     for name, f in t["freshness"].items():
         lines.append(f"  {name:<8}{f['windows']:>8}{f['p50_ms'] / 1000:>12.2f}{f['p99_ms'] / 1000:>12.2f}"
                      f"{f['max_ms'] / 1000:>8.2f}{f['goal_p99_ms'] / 1000:>11.1f}")
+    lines.append(f"  late events dropped: {t['late_dropped']}")
+    if result.get("ceiling"):
+        from llmpulse.bench.ceiling import format_table as ceiling_table
+
+        lines.append(ceiling_table(result["ceiling"], t["sustained_per_s"]))
     if not result["incident_runs"]:
         return "\n".join(lines)
     lines.append(f"alert latency, incident start -> webhook ({len(result['incident_runs'])} seeded run(s)):")
@@ -366,6 +382,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=None, help="throughput run length")
     ap.add_argument("--seeds", type=int, nargs="*", default=None)
     ap.add_argument("--no-embedding", action="store_true")
+    ap.add_argument("--ceiling-events", type=int, default=200_000,
+                    help="events through the bare broker and store after the throughput run "
+                         "(llmpulse.bench.ceiling; 0: skip)")
     ap.add_argument("--throughput-only", action="store_true",
                     help="skip the incident runs and the fault run")
     ap.add_argument("--fault", action=argparse.BooleanOptionalAction, default=None,
@@ -373,7 +392,8 @@ def main() -> int:
     a = ap.parse_args()
     result = run(quick=a.quick, rate=a.rate, seconds=a.seconds, seeds=a.seeds,
                  embedding=not a.no_embedding, incidents=not a.throughput_only,
-                 fault=False if a.throughput_only else a.fault)
+                 fault=False if a.throughput_only else a.fault,
+                 ceiling_events=a.ceiling_events)
     return finish(result, format_table, a.json)
 
 
