@@ -34,7 +34,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-__all__ = ["broker_ceiling", "envelopes", "event_lines", "format_table", "measure", "store_ceiling"]
+__all__ = ["broker_ceiling", "envelopes", "event_lines", "format_table", "measure", "run",
+           "store_ceiling"]
 
 ENVELOPE_MAX_EVENTS = 1000
 ENVELOPE_MAX_BYTES = 512 << 10
@@ -190,21 +191,28 @@ def format_table(result: dict[str, Any], sustained: float | None = None) -> str:
     return "\n".join(lines)
 
 
+def run(quick: bool = False, events: int | None = None) -> dict[str, Any]:
+    """Both ceilings on the broker of a fresh ``llmpulse up`` (``llmpulse bench ceiling``)."""
+    from llmpulse.bench._stack import bench_stack, event_pool
+
+    events = events or (20_000 if quick else 200_000)
+    root = Path(tempfile.mkdtemp(prefix="llmpulse-bench-ceiling-stack-"))
+    try:
+        with bench_stack(root, "") as up:
+            result = measure(up.endpoints["kafka"], event_pool(20_000), events=events)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return {"benchmark": "ceiling", "machine": {"cpus": os.cpu_count()}, **result}
+
+
 def main() -> int:
-    from llmpulse.bench._stack import bench_stack, event_pool, finish
+    from llmpulse.bench._stack import finish
 
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--json", metavar="FILE")
     a = ap.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="llmpulse-bench-ceiling-stack-"))
-    try:
-        with bench_stack(root, "") as up:
-            result = measure(up.endpoints["kafka"], event_pool(20_000), events=a.events)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    result = {"benchmark": "ceiling", "machine": {"cpus": os.cpu_count()}, **result}
-    return finish(result, format_table, a.json)
+    return finish(run(events=a.events), format_table, a.json)
 
 
 if __name__ == "__main__":
