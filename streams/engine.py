@@ -16,7 +16,8 @@ latency         10 s + 5 s  LatencyPercentiles (DDSketch), ErrorRates, TokenThro
 drift           60 s + 30   PopulationStabilityIndex, KolmogorovSmirnov, ChiSquare (default
                             features: latency, tokens, text lengths, ``feature.*``;
                             ``prediction.label``, ``segment.*``); EmbeddingDrift on prompts
-                            when ``embedding=True`` (sampled to 256 texts per window)
+                            when ``embedding=True`` (sampled to 256 texts per window,
+                            embedded off the window close: see ``defer``)
 bias            60 s + 30   SegmentBias on outcomes: demographic parity, error rate gaps
 hallucination   60 s + 30   HallucinationSignals (groundedness, log-probabilities)
 quality         60 s + 30   LabelAccuracy, FeedbackScore, UserFlaggedRate, SegmentBias on
