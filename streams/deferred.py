@@ -10,12 +10,6 @@ built from the first ones). The costly parts (ONNX inference, the
 tokenizer, numpy) release the interpreter lock, so the closing thread keeps
 running while a job computes.
 
-The thread runs at a lower CPU priority (``nice``, Linux: a thread's own
-nice value; the encoder's worker threads, created from it on first use,
-inherit it), so on a busy machine the costly family takes the CPU the window
-closes and ingestion leave, and it is this family, not the others, that
-waits.
-
 The queue is bounded (``max_pending``): when the costly family cannot keep up,
 a new job is dropped and counted (``dropped``) rather than letting memory and
 the delay grow without end. The thread exists only while there are jobs.
@@ -41,7 +35,6 @@ True
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -78,11 +71,10 @@ Result = tuple[DeferredTask, list[Signal], float, bool]
 class DeferredRunner:
     """Completes :class:`DeferredTask` jobs in submission order on one thread."""
 
-    def __init__(self, *, max_pending: int = 256, nice: int = 10) -> None:
+    def __init__(self, *, max_pending: int = 256) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending: need >= 1, got {max_pending!r}")
         self.max_pending = int(max_pending)
-        self.nice = int(nice)
         self._cond = threading.Condition()
         self._queue: deque[DeferredTask] = deque()
         self._done: list[Result] = []
@@ -111,7 +103,6 @@ class DeferredRunner:
             return True
 
     def _work(self) -> None:
-        _lower_priority(self.nice)
         while True:
             with self._cond:
                 while self._held and self._queue:
@@ -174,14 +165,3 @@ class DeferredRunner:
             return {"pending": len(self._queue) + (self._running is not None),
                     "submitted": self.submitted, "completed": self.completed,
                     "dropped": self.dropped}
-
-
-def _lower_priority(nice: int) -> None:
-    """Raise the calling thread's nice value by ``nice`` where the OS allows it."""
-    if nice <= 0 or not hasattr(os, "setpriority"):
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
-    except OSError:  # not permitted here: run at the process's priority
-        pass
