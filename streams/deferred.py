@@ -10,6 +10,11 @@ built from the first ones). The costly parts (ONNX inference, the
 tokenizer, numpy) release the interpreter lock, so the closing thread keeps
 running while a job computes.
 
+A detector that falls behind tests its newest window: with ``latest_only``, a
+job replaces the waiting (not yet started) job of the same detector and the
+replaced window is counted (``skipped``), so the work waiting per detector
+stays one window and its signals stay as fresh as its cost allows.
+
 The queue is bounded (``max_pending``): when the costly family cannot keep up,
 a new job is dropped and counted (``dropped``) rather than letting memory and
 the delay grow without end. The thread exists only while there are jobs.
@@ -71,10 +76,11 @@ Result = tuple[DeferredTask, list[Signal], float, bool]
 class DeferredRunner:
     """Completes :class:`DeferredTask` jobs in submission order on one thread."""
 
-    def __init__(self, *, max_pending: int = 256) -> None:
+    def __init__(self, *, max_pending: int = 256, latest_only: bool = False) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending: need >= 1, got {max_pending!r}")
         self.max_pending = int(max_pending)
+        self.latest_only = bool(latest_only)
         self._cond = threading.Condition()
         self._queue: deque[DeferredTask] = deque()
         self._done: list[Result] = []
@@ -84,10 +90,20 @@ class DeferredRunner:
         self.submitted = 0
         self.completed = 0
         self.dropped = 0
+        self.skipped = 0
 
-    def submit(self, task: DeferredTask) -> bool:
-        """Queue ``task``; False (and counted) when ``max_pending`` jobs already wait."""
+    def submit(self, task: DeferredTask, *, replace: bool = True) -> bool:
+        """Queue ``task``; False (and counted) when ``max_pending`` jobs already wait.
+        With ``latest_only`` and ``replace``, it takes the place of the waiting job
+        of the same detector, if there is one."""
         with self._cond:
+            if self.latest_only and replace:
+                for i, waiting in enumerate(self._queue):
+                    if waiting.detector is task.detector:
+                        self._queue[i] = task
+                        self.skipped += 1
+                        self.submitted += 1
+                        return True
             if len(self._queue) >= self.max_pending:
                 self.dropped += 1
                 log.warning("deferred detectors: %d jobs waiting, dropping %s of %s window "
@@ -164,4 +180,4 @@ class DeferredRunner:
         with self._cond:
             return {"pending": len(self._queue) + (self._running is not None),
                     "submitted": self.submitted, "completed": self.completed,
-                    "dropped": self.dropped}
+                    "skipped": self.skipped, "dropped": self.dropped}

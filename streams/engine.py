@@ -236,7 +236,9 @@ class SignalEngine:
     closes; the job is completed on a thread of the engine's own
     (:mod:`llmpulse.streams.deferred`, at most ``max_deferred`` waiting) and
     its signals come out of a later :meth:`advance`, so a slow family delays
-    only itself. :meth:`flush` waits for them.
+    only itself. :meth:`flush` waits for them. ``deferred_latest_only``: a
+    detector that falls behind tests its newest window, skipping (and
+    counting) the waiting older one; :meth:`flush` skips none.
     """
 
     def __init__(
@@ -252,6 +254,7 @@ class SignalEngine:
         close_budget_s: float = 0.0,
         defer: bool = True,
         max_deferred: int = 256,
+        deferred_latest_only: bool = True,
     ) -> None:
         self.detectors = dict(default_detectors() if detectors is None else detectors)
         self.windows = {**DEFAULT_WINDOWS, **(windows or {})}
@@ -279,7 +282,9 @@ class SignalEngine:
             )
         self._revisions: dict[tuple[Group, int], int] = {}
         self._c = _Counters()
-        self._deferred = DeferredRunner(max_pending=max_deferred) if defer else None
+        self._deferred = (DeferredRunner(max_pending=max_deferred,
+                                         latest_only=deferred_latest_only) if defer else None)
+        self._flushing = False
         self._ready: list[Signal] = []  # deferred signals finished, not yet returned
 
     # -- configuration helpers ------------------------------------------------
@@ -389,6 +394,16 @@ class SignalEngine:
         """Close every open window now (shutdown, end of a replay)."""
         now = self.clock() if now is None else now
         out: list[Signal] = []
+        self._flushing = True  # every window closed now is computed
+        try:
+            out += self._flush(now)
+        finally:
+            self._flushing = False
+        self._c.signals_out += len(out)
+        return out
+
+    def _flush(self, now: float) -> list[Signal]:
+        out: list[Signal] = []
         for spec, buf in self._buffers.items():
             for group, start, events in buf.close_all():
                 out += self._close(self._specs[spec], spec, group, start, events, now)
@@ -398,7 +413,6 @@ class SignalEngine:
         if self._deferred is not None:
             self._deferred.wait()
             out += self._take_deferred(now)
-        self._c.signals_out += len(out)
         return out
 
     def _close(
@@ -454,7 +468,8 @@ class SignalEngine:
                 if deferred is not None and isinstance(det, Deferrable):
                     job = det.prepare(batch)  # the bounded sample; the costly part waits
                     if job is not None:
-                        deferred.submit(DeferredTask(family, group, i, name, det, job, batch.end))
+                        deferred.submit(DeferredTask(family, group, i, name, det, job, batch.end),
+                                        replace=not self._flushing)
                     continue
                 signals = det.update(batch)
                 out += [s.labelled(app=app, model=model, model_version=version) for s in signals]
@@ -642,7 +657,7 @@ class SignalEngine:
             det = self._detectors_for(fam, group)[idx]
             task = DeferredTask(fam, group, idx, self._names[fam][idx], det, job, end)
             if self._deferred is not None:
-                self._deferred.submit(task)
+                self._deferred.submit(task, replace=False)
             else:  # restored into an engine that does not defer: complete it here
                 self._ready += [s.labelled(app=group[0], model=group[1], model_version=group[2])
                                 for s in det.complete(job)]

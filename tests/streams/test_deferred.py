@@ -147,7 +147,31 @@ def test_a_full_queue_drops_and_counts() -> None:
     gate.set()
     assert runner.wait(60)
     assert [t.job for t, _, _, _ in runner.take()] == [(0.0, 1.0, 1)]
-    assert runner.stats() == {"pending": 0, "submitted": 1, "completed": 1, "dropped": 1}
+    assert runner.stats() == {"pending": 0, "submitted": 1, "completed": 1, "skipped": 0,
+                              "dropped": 1}
+
+
+def test_a_detector_behind_tests_its_newest_window() -> None:
+    gate = threading.Event()
+    gate.set()
+    clock = Clock()
+    engine = gated_engine(gate, clock)
+    runner = engine._deferred
+    assert runner is not None
+    stream = chunks(300)
+    out: list[Signal] = []
+    with runner.held():  # the slow family falls behind: four drift windows close meanwhile
+        for chunk in stream:
+            clock.t += 1.0
+            engine.add_inference(chunk)
+            out += engine.poll()
+        stats = engine.stats()["deferred"]
+        assert stats["pending"] == 3 and stats["skipped"] == 3 * 3  # one waiting job per model
+    out += engine.flush()  # the flush closes the last window, and skips nothing
+    ends = sorted((s.ts, s.model) for s in out if s.signal == "drift.gated_count")
+    models = sorted({m for _, m in ends})
+    assert ends == sorted([(T0 + 240, m) for m in models] + [(T0 + 300, m) for m in models])
+    assert engine.stats()["deferred"]["skipped"] == 9
 
 
 # -- with the real encoder -----------------------------------------------------------
@@ -164,7 +188,7 @@ def embedding_engine(embedder: MiniLMEmbedder, clock: Clock, *, defer: bool) -> 
                                reference_size=32, n_permutations=50, embedder=embedder)]
 
     return SignalEngine({"latency": lambda: [ErrorRates()], "drift": drift}, clock=clock,
-                        defer=defer)
+                        defer=defer, deferred_latest_only=False)
 
 
 def test_deferred_embedding_drift_gives_the_inline_signals(embedder: MiniLMEmbedder) -> None:
