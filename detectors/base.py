@@ -41,6 +41,7 @@ import numpy as np
 __all__ = [
     "Batch",
     "ChangeDetector",
+    "Deferrable",
     "Detector",
     "Mergeable",
     "Signal",
@@ -437,6 +438,26 @@ class Mergeable(abc.ABC):
     @abc.abstractmethod
     def emit(self, *, start: float | None = None, end: float | None = None) -> list[Signal]:
         """The signals of the merged state, for the window ``[start, end)``."""
+
+
+class Deferrable(abc.ABC):
+    """A detector whose costly part can run after the window has closed.
+
+    :meth:`prepare` is cheap and runs where the window closes: it reads the
+    batch and returns a small, picklable job (a bounded sample), or ``None``
+    when the window gives nothing to compute. :meth:`complete` does the
+    costly work on a job, elsewhere (another thread), and returns the
+    signals ``update`` would have; jobs of one instance are completed in the
+    order they were prepared. ``update(batch)`` is ``complete(prepare(batch))``.
+    """
+
+    @abc.abstractmethod
+    def prepare(self, batch: Batch) -> Any:
+        """The job of one window (cheap; no state that :meth:`complete` writes)."""
+
+    @abc.abstractmethod
+    def complete(self, job: Any) -> list[Signal]:
+        """The signals of a prepared job (costly)."""
 
 
 class ChangeDetector(abc.ABC):

@@ -16,7 +16,8 @@ latency         10 s + 5 s  LatencyPercentiles (DDSketch), ErrorRates, TokenThro
 drift           60 s + 30   PopulationStabilityIndex, KolmogorovSmirnov, ChiSquare (default
                             features: latency, tokens, text lengths, ``feature.*``;
                             ``prediction.label``, ``segment.*``); EmbeddingDrift on prompts
-                            when ``embedding=True`` (sampled to 256 texts per window)
+                            when ``embedding=True`` (sampled to 256 texts per window,
+                            embedded off the window close: see ``defer``)
 bias            60 s + 30   SegmentBias on outcomes: demographic parity, error rate gaps
 hallucination   60 s + 30   HallucinationSignals (groundedness, log-probabilities)
 quality         60 s + 30   LabelAccuracy, FeedbackScore, UserFlaggedRate, SegmentBias on
@@ -70,7 +71,8 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmpulse.detectors.base import Batch, Detector, Signal
+from llmpulse.detectors.base import Batch, Deferrable, Detector, Signal
+from llmpulse.streams.deferred import DeferredRunner, DeferredTask
 from llmpulse.streams.join import FeedbackJoin
 from llmpulse.streams.windows import (
     DEFAULT_WINDOWS,
@@ -209,6 +211,8 @@ class _Counters:
     close_delay_last_s: float = 0.0
     close_delay_max_s: float = 0.0
     close_delay_sum_s: float = 0.0
+    deferred_delay_last_s: float = 0.0
+    deferred_delay_max_s: float = 0.0
     detector_errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     detector_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     detector_calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -226,6 +230,15 @@ class SignalEngine:
     late feedback are recomputed, so a trickle of feedback into a window
     re-emits it once per interval, not once per feedback.
     ``close_budget_s``: see :meth:`advance`.
+
+    ``defer`` (default on): a :class:`~llmpulse.detectors.base.Deferrable`
+    detector (embedding drift) only prepares its bounded job when its window
+    closes; the job is completed on a thread of the engine's own
+    (:mod:`llmpulse.streams.deferred`, at most ``max_deferred`` waiting) and
+    its signals come out of a later :meth:`advance`, so a slow family delays
+    only itself. :meth:`flush` waits for them. ``deferred_latest_only``: a
+    detector that falls behind tests its newest window, skipping (and
+    counting) the waiting older one; :meth:`flush` skips none.
     """
 
     def __init__(
@@ -239,6 +252,9 @@ class SignalEngine:
         max_pending_feedback: int = 100_000,
         reemit_interval_s: float = 10.0,
         close_budget_s: float = 0.0,
+        defer: bool = True,
+        max_deferred: int = 256,
+        deferred_latest_only: bool = True,
     ) -> None:
         self.detectors = dict(default_detectors() if detectors is None else detectors)
         self.windows = {**DEFAULT_WINDOWS, **(windows or {})}
@@ -266,6 +282,10 @@ class SignalEngine:
             )
         self._revisions: dict[tuple[Group, int], int] = {}
         self._c = _Counters()
+        self._deferred = (DeferredRunner(max_pending=max_deferred,
+                                         latest_only=deferred_latest_only) if defer else None)
+        self._flushing = False
+        self._ready: list[Signal] = []  # deferred signals finished, not yet returned
 
     # -- configuration helpers ------------------------------------------------
 
@@ -344,10 +364,11 @@ class SignalEngine:
         ten-second windows that became due with it."""
         now = self.clock() if now is None else now
         wm = self._watermark.current(now, backlog=backlog)
-        out: list[Signal] = []
+        out: list[Signal] = self._take_deferred(now)
         t0 = time.perf_counter()
+        ready = len(out)  # deferred signals do not count against the budget
         for spec, buf in self._buffers.items():
-            if out and time.perf_counter() - t0 >= self.close_budget_s:
+            if len(out) > ready and time.perf_counter() - t0 >= self.close_budget_s:
                 self._c.polls_cut += 1
                 self._c.signals_out += len(out)
                 return out
@@ -373,13 +394,25 @@ class SignalEngine:
         """Close every open window now (shutdown, end of a replay)."""
         now = self.clock() if now is None else now
         out: list[Signal] = []
+        self._flushing = True  # every window closed now is computed
+        try:
+            out += self._flush(now)
+        finally:
+            self._flushing = False
+        self._c.signals_out += len(out)
+        return out
+
+    def _flush(self, now: float) -> list[Signal]:
+        out: list[Signal] = []
         for spec, buf in self._buffers.items():
             for group, start, events in buf.close_all():
                 out += self._close(self._specs[spec], spec, group, start, events, now)
         if self._join is not None:
             for group, start in [*self._join.flush(), *self._join.redo()]:
                 out += self._close_quality(group, start, now)
-        self._c.signals_out += len(out)
+        if self._deferred is not None:
+            self._deferred.wait()
+            out += self._take_deferred(now)
         return out
 
     def _close(
@@ -427,10 +460,17 @@ class SignalEngine:
         names = self._names[family]
         app, model, version = group
         c = self._c
+        deferred = self._deferred
         for i, det in enumerate(dets):
             name = names[i]
             t0 = time.perf_counter()
             try:
+                if deferred is not None and isinstance(det, Deferrable):
+                    job = det.prepare(batch)  # the bounded sample; the costly part waits
+                    if job is not None:
+                        deferred.submit(DeferredTask(family, group, i, name, det, job, batch.end),
+                                        replace=not self._flushing)
+                    continue
                 signals = det.update(batch)
                 out += [s.labelled(app=app, model=model, model_version=version) for s in signals]
             except Exception:
@@ -440,6 +480,27 @@ class SignalEngine:
                 c.detector_seconds[name] += time.perf_counter() - t0
                 c.detector_calls[name] += 1
         return out
+
+    def _take_deferred(self, now: float) -> list[Signal]:
+        """Signals of the deferred jobs finished since the last call."""
+        self._collect_deferred(now)
+        out, self._ready = self._ready, []
+        return out
+
+    def _collect_deferred(self, now: float) -> None:
+        if self._deferred is None:
+            return
+        c = self._c
+        for task, signals, seconds, failed in self._deferred.take():
+            app, model, version = task.group
+            self._ready += [s.labelled(app=app, model=model, model_version=version)
+                            for s in signals]
+            c.detector_seconds[task.name] += seconds
+            if failed:
+                c.detector_errors[task.name] += 1
+            delay = now - task.end
+            c.deferred_delay_last_s = delay
+            c.deferred_delay_max_s = max(c.deferred_delay_max_s, delay)
 
     def _note_delay(self, delay: float) -> None:
         c = self._c
@@ -490,6 +551,10 @@ class SignalEngine:
                 "max": c.close_delay_max_s,
                 "mean": c.close_delay_sum_s / closed,
             },
+            "deferred": {} if self._deferred is None else {
+                **self._deferred.stats(),
+                "delay_s": {"last": c.deferred_delay_last_s, "max": c.deferred_delay_max_s},
+            },
             "detector_errors": dict(c.detector_errors),
             "detector_seconds": {k: round(v, 6) for k, v in c.detector_seconds.items()},
             "detector_calls": dict(c.detector_calls),
@@ -510,6 +575,14 @@ class SignalEngine:
         when cramjam is installed. Pickling a few bytes objects is a copy,
         where the events as Python objects cost seconds.
         """
+        if self._deferred is None:
+            return self._snapshot([])
+        # no deferred job runs meanwhile: the detectors' state and the waiting jobs agree
+        with self._deferred.held() as pending:
+            self._collect_deferred(self.clock())
+            return self._snapshot(pending)
+
+    def _snapshot(self, pending: list[DeferredTask]) -> dict[str, Any]:
         c = self._c
         index: dict[int, int] = {}
         shared: dict[int, Any] = {}
@@ -530,6 +603,11 @@ class SignalEngine:
                 for (fam, g), dets in self._instances.items()
             ],
             "revisions": [[list(g), s, r] for (g, s), r in self._revisions.items()],
+            # deferred work: signals finished but not yet returned, jobs not yet done
+            "deferred": {
+                "ready": list(self._ready),
+                "pending": [[t.family, list(t.group), t.index, t.job, t.end] for t in pending],
+            },
             "counters": {
                 k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(c).items()
             },
@@ -563,6 +641,8 @@ class SignalEngine:
         join_state = state["join"]
         if self._join is not None and join_state is not None:
             self._join.restore(_unpack(join_state, codec) if version != 1 else join_state)
+        if self._deferred is not None:
+            self._deferred.clear()
         self._instances = {}
         for fam, g, det_states in state["detectors"]:
             dets = list(self.detectors[fam]())
@@ -570,6 +650,17 @@ class SignalEngine:
                 det.restore(st)
             self._instances[(fam, _group(g))] = dets
         self._revisions = {(_group(g), int(s)): int(r) for g, s, r in state["revisions"]}
+        deferred = state.get("deferred") or {}
+        self._ready = list(deferred.get("ready", []))
+        for fam, g, idx, job, end in deferred.get("pending", []):
+            group = _group(g)
+            det = self._detectors_for(fam, group)[idx]
+            task = DeferredTask(fam, group, idx, self._names[fam][idx], det, job, end)
+            if self._deferred is not None:
+                self._deferred.submit(task, replace=False)
+            else:  # restored into an engine that does not defer: complete it here
+                self._ready += [s.labelled(app=group[0], model=group[1], model_version=group[2])
+                                for s in det.complete(job)]
         c = _Counters()
         for k, v in state["counters"].items():
             if not hasattr(c, k):

@@ -32,7 +32,13 @@ baseline given to :meth:`EmbeddingDrift.set_reference`;
 Defaults and why: the embedder, not the test, is the bottleneck (a few hundred
 texts per second per CPU core), so each window is sampled down to
 ``max_texts=256`` texts (seeded; ``detail["sampling_rate"]`` says how much was
-kept), the reference to ``reference_size=512``. Windows with fewer than
+kept, ``window_n`` and ``sampled_n`` the counts), the reference to
+``reference_size=512``. The detector is
+:class:`~llmpulse.detectors.base.Deferrable`: :meth:`EmbeddingDrift.prepare`
+only draws a window's bounded sample (at most ``max(max_texts,
+reference_size)`` texts), :meth:`EmbeddingDrift.complete` embeds it in
+batches and runs the tests, so the signal engine can run the costly part off
+the window close. Windows with fewer than
 ``min_texts=20`` texts emit no signal, since a two-sample test on a handful of
 texts mostly measures noise; such windows do not become the reference either.
 ``n_permutations=200`` resolves p-values down to 0.005 for ``alpha=0.01``.
@@ -73,11 +79,12 @@ from typing import Any, Protocol
 import numpy as np
 from scipy import optimize, special, stats
 
-from llmpulse.detectors.base import Batch, Detector, Signal
+from llmpulse.detectors.base import Batch, Deferrable, Detector, Signal
 from llmpulse.detectors.drift.base import ReferencePolicy
 
 __all__ = [
     "EmbeddingDrift",
+    "EmbeddingJob",
     "MMDResult",
     "TextEmbedder",
     "domain_classifier_auc",
@@ -337,7 +344,19 @@ def _unpack(d: Mapping[str, Any]) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.float32).reshape(d["shape"]).copy()
 
 
-class EmbeddingDrift(Detector):
+@dataclass(frozen=True, slots=True)
+class EmbeddingJob:
+    """One window's work for :meth:`EmbeddingDrift.complete`: its ordinal, a bounded
+    sample of its texts, how many texts it had and its bounds (picklable)."""
+
+    window: int
+    texts: tuple[str, ...]
+    window_n: int
+    start: float
+    end: float
+
+
+class EmbeddingDrift(Detector, Deferrable):
     """MMD permutation test and domain-classifier AUC on sentence embeddings of a text field.
 
     See the module docstring for the method and defaults. ``embedder`` is any
@@ -453,11 +472,31 @@ class EmbeddingDrift(Detector):
         self._history = [_unpack(h) for h in state["history"]]
 
     def update(self, batch: Batch) -> list[Signal]:
+        return self.complete(self.prepare(batch))
+
+    def prepare(self, batch: Batch) -> EmbeddingJob | None:
+        """The window's texts, sampled (seeded) to the most one window embeds:
+        ``max(max_texts, reference_size)``. Cheap: no embedding here."""
         texts = [t for t in batch.texts(self.field) if isinstance(t, str) and t]
         self._window += 1
         if len(texts) < self.min_texts:
+            return None
+        cap = max(self.max_texts, self.reference_size)
+        window_n = len(texts)
+        if window_n > cap:
+            keep = np.sort(np.random.default_rng([self.seed, self._window, 1]).choice(
+                window_n, cap, replace=False))
+            texts = [texts[i] for i in keep]
+        return EmbeddingJob(self._window, tuple(texts), window_n, batch.start, batch.end)
+
+    def complete(self, job: EmbeddingJob | None) -> list[Signal]:
+        """Embed a prepared window's sample and test it against the reference."""
+        if job is None:
             return []
-        rng = np.random.default_rng([self.seed, self._window])
+        texts = list(job.texts)
+        kept = len(texts) / job.window_n  # what prepare kept; the tests' sampling comes on top
+        window = Batch({}, start=job.start, end=job.end)
+        rng = np.random.default_rng([self.seed, job.window])
         if self.reference == "fixed" and not self._reference_ready():
             have = 0 if self._reference is None else len(self._reference)
             sample, _ = self._embed_sample(texts, self.reference_size - have, rng)
@@ -473,8 +512,9 @@ class EmbeddingDrift(Detector):
             "field": self.field,
             "reference": self.reference,
             "reference_n": len(reference),
-            "window_n": len(texts),
-            "sampling_rate": rate,
+            "window_n": job.window_n,
+            "sampled_n": len(current),
+            "sampling_rate": rate * kept,
         }
         out: list[Signal] = []
         if "mmd" in self.tests:
@@ -491,7 +531,7 @@ class EmbeddingDrift(Detector):
                 "permutations": res.n_permutations,
             }
             out.append(
-                batch.signal(
+                window.signal(
                     "drift.embedding_mmd",
                     res.mmd2,
                     n=len(current),
@@ -502,7 +542,7 @@ class EmbeddingDrift(Detector):
         if "auc" in self.tests:
             auc = domain_classifier_auc(reference, current, folds=self.folds, rng=rng)
             out.append(
-                batch.signal(
+                window.signal(
                     "drift.embedding_auc",
                     auc,
                     n=len(current),

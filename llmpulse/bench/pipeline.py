@@ -130,14 +130,16 @@ def _throughput(ep: dict[str, Any], rate: float, seconds: float, pool: list[dict
             break
         time.sleep(1.0)
     computed_s = time.perf_counter() - t0
+    # embedding drift is completed off the window close: its freshness is its own
     fresh = post_sql(http, (
-        "SELECT window_s, count() AS windows, quantile(0.5)(f) AS p50, quantile(0.99)(f) AS p99, "
-        "max(f) AS mx FROM (SELECT window_s, signal, model, model_version, dimension, ts, "
+        "SELECT window_s, emb, count() AS windows, quantile(0.5)(f) AS p50, "
+        "quantile(0.99)(f) AS p99, max(f) AS mx FROM (SELECT window_s, signal, model, "
+        "model_version, dimension, ts, startsWith(signal, 'drift.embedding') AS emb, "
         "dateDiff('millisecond', ts, min(computed_at)) AS f FROM signals "
         f"WHERE app = '{app}' AND toUnixTimestamp64Milli(ts) + window_s * 500 <= {t_end_ms} "
         f"AND toUnixTimestamp64Milli(ts) - window_s * 1000 >= {int(t_start * 1000)} "
-        "GROUP BY window_s, signal, model, model_version, dimension, ts) GROUP BY window_s "
-        "ORDER BY window_s"
+        "GROUP BY window_s, signal, model, model_version, dimension, ts) GROUP BY window_s, emb "
+        "ORDER BY window_s, emb"
     ))
     stats = stack_stats(http)
     eng = stats.get("signals", {}).get("engine", {})
@@ -154,13 +156,14 @@ def _throughput(ep: dict[str, Any], rate: float, seconds: float, pool: list[dict
         "lag_at_end_of_send": lag_end_sending,
         "shim_dropped": shim.get("dropped", 0),
         "freshness": {
-            f"{float(r['window_s']):g}s": {
+            f"{float(r['window_s']):g}s" + (" embedding" if int(r["emb"]) else ""): {
                 "windows": int(r["windows"]), "p50_ms": float(r["p50"]),
                 "p99_ms": float(r["p99"]), "max_ms": float(r["mx"]),
                 "goal_p99_ms": (float(r["window_s"]) + 3.0) * 1000,
             }
             for r in fresh
         },
+        "deferred": eng.get("deferred", {}),
         "detector_seconds": eng.get("detector_seconds", {}),
         "late_dropped": eng.get("late_dropped", 0),
     }
@@ -273,8 +276,11 @@ def _latency_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run(quick: bool = False, rate: float = 20_000.0, seconds: float | None = None,
         seeds: list[int] | None = None, embedding: bool = True,
-        incidents: bool = True, fault: bool | None = None) -> dict[str, Any]:
-    """``fault`` (default: not with ``quick``) adds :mod:`llmpulse.bench.fault`."""
+        incidents: bool = True, fault: bool | None = None,
+        ceiling_events: int = 200_000) -> dict[str, Any]:
+    """``fault`` (default: not with ``quick``) adds :mod:`llmpulse.bench.fault`;
+    ``ceiling_events`` (0: none) events go through :mod:`llmpulse.bench.ceiling`
+    on the load stack's broker right after the throughput run."""
     seconds = seconds or (20.0 if quick else 40.0)
     seeds = seeds or ([1] if quick else [1, 2, 3])
     root = Path(tempfile.mkdtemp(prefix="llmpulse-bench-pipeline-"))
@@ -289,8 +295,15 @@ def run(quick: bool = False, rate: float = 20_000.0, seconds: float | None = Non
                 with _stack(root / "incidents", rules, embedding=False) as ep:
                     runs, healthy = _incidents(ep, hook, seeds, INCIDENT_RUN_S)
                     worker = stack_stats(ep["http"])
+            ceiling: dict[str, Any] | None = None
             with _stack(root / "load", rules, embedding=embedding) as ep:
-                load = _throughput(ep, rate, seconds, event_pool(20_000))
+                pool = event_pool(20_000)
+                load = _throughput(ep, rate, seconds, pool)
+                if ceiling_events:
+                    from llmpulse.bench import ceiling as ceiling_bench
+
+                    ceiling = ceiling_bench.measure(ep["kafka"], pool, events=ceiling_events)
+                    ceiling["pipeline_fraction"] = load["sustained_per_s"] / ceiling["ceiling_per_s"]
             fault_result: dict[str, Any] | None = None
             if fault is None:
                 fault = not quick
@@ -311,6 +324,7 @@ def run(quick: bool = False, rate: float = 20_000.0, seconds: float | None = Non
                  "alert_latency": "latency: 2 windows + 5 s; drift, bias, hallucination: 3 windows",
                  "false_pages": 0},
         "throughput": load,
+        "ceiling": ceiling,
         "alert_latency": _latency_summary(runs),
         "incident_runs": runs,
         "healthy": healthy,
@@ -331,11 +345,16 @@ def format_table(result: dict[str, Any]) -> str:
         f"{t['send_rate']:.0f}/s, signal engine sustained {t['sustained_per_s']:.0f} events/s "
         f"(backlog drained {t['drain_s_after_send']:.1f} s after sending, last signals "
         f"{t['signals_done_s_after_send']:.1f} s after; lag at end {t['lag_at_end_of_send']})",
-        f"  {'window':<8}{'windows':>8}{'fresh p50 s':>12}{'fresh p99 s':>12}{'max s':>8}{'goal p99 s':>11}",
+        f"  {'window':<14}{'windows':>8}{'fresh p50 s':>12}{'fresh p99 s':>12}{'max s':>8}{'goal p99 s':>11}",
     ]
     for name, f in t["freshness"].items():
-        lines.append(f"  {name:<8}{f['windows']:>8}{f['p50_ms'] / 1000:>12.2f}{f['p99_ms'] / 1000:>12.2f}"
+        lines.append(f"  {name:<14}{f['windows']:>8}{f['p50_ms'] / 1000:>12.2f}{f['p99_ms'] / 1000:>12.2f}"
                      f"{f['max_ms'] / 1000:>8.2f}{f['goal_p99_ms'] / 1000:>11.1f}")
+    lines.append(f"  late events dropped: {t['late_dropped']}")
+    if result.get("ceiling"):
+        from llmpulse.bench.ceiling import format_table as ceiling_table
+
+        lines.append(ceiling_table(result["ceiling"], t["sustained_per_s"]))
     if not result["incident_runs"]:
         return "\n".join(lines)
     lines.append(f"alert latency, incident start -> webhook ({len(result['incident_runs'])} seeded run(s)):")
@@ -366,6 +385,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=None, help="throughput run length")
     ap.add_argument("--seeds", type=int, nargs="*", default=None)
     ap.add_argument("--no-embedding", action="store_true")
+    ap.add_argument("--ceiling-events", type=int, default=200_000,
+                    help="events through the bare broker and store after the throughput run "
+                         "(llmpulse.bench.ceiling; 0: skip)")
     ap.add_argument("--throughput-only", action="store_true",
                     help="skip the incident runs and the fault run")
     ap.add_argument("--fault", action=argparse.BooleanOptionalAction, default=None,
@@ -373,7 +395,8 @@ def main() -> int:
     a = ap.parse_args()
     result = run(quick=a.quick, rate=a.rate, seconds=a.seconds, seeds=a.seeds,
                  embedding=not a.no_embedding, incidents=not a.throughput_only,
-                 fault=False if a.throughput_only else a.fault)
+                 fault=False if a.throughput_only else a.fault,
+                 ceiling_events=a.ceiling_events)
     return finish(result, format_table, a.json)
 
 
