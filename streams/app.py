@@ -49,6 +49,7 @@ from llmpulse.streams.agent_traces import AgentTraceSettings, TraceWindows, atta
 from llmpulse.streams.alerting import AlertLinker
 from llmpulse.streams.alerts_agent import AlertAgent, load_rules
 from llmpulse.streams.deployments import register_retrain_completion
+from llmpulse.streams.handoff import EngineStateLog
 from llmpulse.streams.ingest import DeadLetter, IngestBatch, Message, split_batch
 from llmpulse.streams.notify import Notifier
 from llmpulse.streams.otlp import OTLP_TOPICS, SpanIngest, attach_otlp, faust_sender
@@ -554,7 +555,10 @@ def build_pipeline(
         agents = SignalAgents(app, settings, store, sink, health=health,
                               positions=stats.positions,
                               log_id=lambda: cluster_id(bootstrap,
-                                                        security=settings.kafka_security))
+                                                        security=settings.kafka_security),
+                              state_log=EngineStateLog(bootstrap,
+                                                       partitions=settings.ingest.partitions,
+                                                       security=settings.kafka_security))
         alert_agent = AlertAgent(
             app, rules if rules is not None else load_rules(settings.rules), sink,
             state_dir=settings.data_dir / "worker",

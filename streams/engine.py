@@ -535,6 +535,108 @@ class SignalEngine:
             },
         }
 
+    # -- a partition's share, handed from one engine to another ------------------
+
+    def groups_of(self, keys: Set[bytes]) -> set[Group]:
+        """The groups this engine holds whose routing key (``app/model/version``,
+        the ``llmpulse.grouped`` message key) is in ``keys``."""
+        held: set[Group] = set()
+        for buf in self._buffers.values():
+            held |= buf.groups()
+        if self._join is not None:
+            held |= self._join.groups()
+        held |= {g for _, g in self._instances}
+        held |= {g for g, _ in self._revisions}
+        return {g for g in held if "/".join(g).encode() in keys}
+
+    def snapshot_groups(self, keys: Set[bytes], partition: Hashable = None) -> dict[str, Any]:
+        r"""The state of the groups whose routing keys are ``keys`` (a partition of
+        ``llmpulse.grouped``): open windows, feedback records, detector state,
+        window revisions and the close thresholds, to be :meth:`merge`\ d into
+        another engine; with ``partition``, also the watermark of the sources
+        ``(partition, ...)`` (:meth:`add_inference`). Counters stay with this engine.
+
+        >>> from llmpulse.streams.windows import WindowSpec
+        >>> mk = lambda: SignalEngine({"latency": default_detectors()["latency"]},
+        ...                           {"latency": WindowSpec(10, 5)}, clock=lambda: 0.0)
+        >>> a, b = mk(), mk()
+        >>> ev = lambda i, m: {"event_id": f"e{i}", "request_id": f"r{i}", "ts": 1_000 * i,
+        ...                    "app": "a", "model": m, "model_version": "1", "latency_ms": 5.0,
+        ...                    "status": "ok", "input_tokens": 1, "output_tokens": 1}
+        >>> _ = a.add_inference([ev(1, "x"), ev(2, "y")])
+        >>> part = a.snapshot_groups({b"a/x/1"}); a.drop_groups({b"a/x/1"}); b.merge(part)
+        1
+        >>> [(s.model, s.n) for s in a.flush() + b.flush()]
+        [('y', 1), ('x', 1)]
+        """
+        groups = self.groups_of(keys)
+        index: dict[int, int] = {}
+        shared: dict[int, Any] = {}
+        buffers = [
+            [spec.length_s, spec.lateness_s, buf.take_groups(groups, index, shared)]
+            for spec, buf in self._buffers.items()
+        ]
+        return {
+            "version": SNAPSHOT_VERSION,
+            "role": "groups",
+            "codec": _CODEC,
+            "events": _pack(list(shared.values())),
+            "buffers": buffers,
+            "join": None if self._join is None else _pack(self._join.take_groups(groups)),
+            "detectors": [
+                [fam, list(g), [d.snapshot() for d in dets]]
+                for (fam, g), dets in self._instances.items() if g in groups
+            ],
+            "revisions": [[list(g), st, r] for (g, st), r in self._revisions.items()
+                          if g in groups],
+            "watermark": [] if partition is None else self._watermark.sources_of(partition),
+        }
+
+    def drop_groups(self, keys: Set[bytes], partition: Hashable = None) -> int:
+        """Forget the groups whose routing keys are ``keys`` (their partition went to
+        another worker, which continues them from a :meth:`snapshot_groups`), and
+        the sources ``(partition, ...)``; how many groups."""
+        groups = self.groups_of(keys)
+        if partition is not None:
+            for src, _ in self._watermark.sources_of(partition):
+                self._watermark.forget(src)
+        for buf in self._buffers.values():
+            buf.drop_groups(groups)
+        if self._join is not None:
+            self._join.drop_groups(groups)
+        self._instances = {k: v for k, v in self._instances.items() if k[1] not in groups}
+        self._revisions = {k: v for k, v in self._revisions.items() if k[0] not in groups}
+        return len(groups)
+
+    def merge(self, state: Mapping[str, Any]) -> None:
+        """Take over the groups of a :meth:`snapshot_groups` state (from an engine of
+        the same configuration); they must not be held here already."""
+        if state.get("version") != SNAPSHOT_VERSION or state.get("role") != "groups":
+            raise ValueError(f"not a group state of version {SNAPSHOT_VERSION}: "
+                             f"version {state.get('version')!r}, role {state.get('role')!r}")
+        codec = state.get("codec", "none")
+        events = _unpack(state["events"], codec)
+        by_spec = {(s.length_s, s.lateness_s): b for s, b in self._buffers.items()}
+        for length, lateness, buf_state in state["buffers"]:
+            buf = by_spec.get((float(length), float(lateness)))
+            if buf is None:
+                raise ValueError(f"group state has a {length} s window this engine does not")
+            buf.merge_groups(buf_state, events)
+        if self._join is not None and state["join"] is not None:
+            self._join.merge_groups(_unpack(state["join"], codec))
+        for fam, g, det_states in state["detectors"]:
+            if fam not in self.detectors:
+                continue
+            dets = list(self.detectors[fam]())
+            for det, st in zip(dets, det_states, strict=True):
+                det.restore(st)
+            self._instances[(fam, _group(g))] = dets
+        self._revisions.update(
+            {(_group(g), int(st)): int(r) for g, st, r in state["revisions"]})
+        now = self.clock()
+        for src, ts in state.get("watermark", ()):
+            self._watermark.observe(src, int(ts), now)
+
     def restore(self, state: Mapping[str, Any]) -> None:
         """Load a :meth:`snapshot` into an engine built with the same configuration.
 
