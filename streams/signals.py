@@ -28,10 +28,18 @@ recomputed after late feedback replaces its earlier row) and to
 Restarts, including ``kill -9``: every ``signals.snapshot_s`` the engine's
 state (open windows, feedback join, detector state, watermark) is written
 with the ``llmpulse.grouped`` offsets it covers, taken together in the
-engine's thread. A restarted worker loads it and replays ``llmpulse.grouped``
-from those offsets (the consumer's committed offsets may be further on; the
-agent seeks back the first time it sees a partition past its snapshot, and
-skips messages the snapshot already holds). Windows that closed between the
+engine's thread, and only then are those offsets committed (the topic is
+consumed without acks). A restarted worker loads it and reads
+``llmpulse.grouped`` from its committed offsets, which are those of the state
+or, after a crash between the write and the commit, earlier: messages the
+state already holds are skipped.
+
+Each grouped partition's share of that state (its groups' windows, detector
+state and watermark) also goes to the compacted changelog
+``llmpulse.engine-state`` (:mod:`llmpulse.streams.handoff`) at every save and
+when a rebalance revokes the partition; the worker assigned it next takes it
+over and reads on from the offset it covers, so a partition that moves to
+another worker keeps its open windows. Windows that closed between the
 snapshot and the crash close again with the same events: their signal rows
 replace the earlier ones, and the alert manager, whose state is saved after
 every batch of signals, ignores them as replays. Events forwarded twice (the
@@ -276,6 +284,11 @@ class SignalAgents:
         # yet, before the first assignment, or without a consumer group)
         self.state_log = state_log
         self._owned: set[int] | None = None
+        # assigned partitions whose handed-over state is still to be read: read
+        # before their first message is taken in (or at the next poll), not in the
+        # rebalance callback, which must return within the session timeout
+        self._to_take_over: set[int] = set()
+        self._take_over_lock = asyncio.Lock()
         self.pending_feedback: list[tuple[float, bytes, str]] = []
         self.counters: dict[str, int] = defaultdict(int)
         self._restore()
@@ -384,6 +397,8 @@ class SignalAgents:
         engine; how many it took (a replay after a restart skips some)."""
         loop = asyncio.get_running_loop()
         await self._read_log_id()
+        if self._to_take_over:
+            await self._complete_take_over()
         owned = self._owned
         if owned is not None and any(m.partition not in owned for m in messages):
             # fetched before a rebalance took the partition away: its new owner reads them
@@ -408,6 +423,8 @@ class SignalAgents:
         """The window timer's body: poll the engine and emit what closed, route
         waiting feedback, add the health signals when due."""
         loop = asyncio.get_running_loop()
+        if self._to_take_over:
+            await self._complete_take_over()  # a quiet partition's windows still close
         backlog = self.backlog()
         if backlog:
             self.counters["polls_with_backlog"] += 1  # windows wait: silence is not idleness
@@ -470,27 +487,36 @@ class SignalAgents:
         from the changelog (they are read from the offsets those states cover on)."""
         if self.state_log is None or self._closed:
             return
-        await self._read_log_id()
         loop = asyncio.get_running_loop()
         before = self._owned if self._owned is not None else set(self._positions) | set(self._keys)
         gone = before - assigned
         new = assigned - (self._owned or set())
         self._owned = set(assigned)
-        if gone:
-            await loop.run_in_executor(self._exec, self._drop_partitions, gone)
-        if not new:
-            return
-        try:
-            states = await asyncio.to_thread(self.state_log.read, new)
-        except Exception:
-            log.exception("signals: reading the state of llmpulse.grouped partitions %s "
-                          "failed; they continue from their committed offsets", sorted(new))
-            self.counters["handoff_read_errors"] += 1
-            states = {}
-        await loop.run_in_executor(self._exec, self._take_over, new, states)
+        self._to_take_over = (self._to_take_over | new) & assigned
         for p in new:
             self._seen.discard(p)
             self._rewinding.pop(p, None)
+        if gone:
+            await loop.run_in_executor(self._exec, self._drop_partitions, gone)
+
+    async def _complete_take_over(self) -> None:
+        """Read the handed-over states of the partitions assigned since the last call."""
+        assert self.state_log is not None
+        async with self._take_over_lock:
+            new = set(self._to_take_over)
+            if not new or self._closed:
+                return
+            await self._read_log_id()  # saved offsets of another log are dropped first
+            try:
+                states = await asyncio.to_thread(self.state_log.read, new)
+            except Exception:
+                log.exception("signals: reading the state of llmpulse.grouped partitions %s "
+                              "failed; they continue from their committed offsets", sorted(new))
+                self.counters["handoff_read_errors"] += 1
+                states = {}
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._exec, self._take_over, new, states)
+            self._to_take_over -= new
 
     def _drop_partitions(self, gone: set[int]) -> None:
         # in the engine's thread
