@@ -314,7 +314,7 @@ def register_ingest(
 
 class IngestLag:
     """Messages not yet processed per raw topic on the worker's partitions (high water
-    minus the next offset to process, else the committed offset)."""
+    minus the next offset to process, else the consumer's position: its committed offset)."""
 
     TOPICS: tuple[str, ...] = (TOPIC_INFERENCE, TOPIC_FEEDBACK, TOPIC_GROUPED, *OTLP_TOPICS)
 
@@ -336,9 +336,12 @@ class IngestLag:
             if hw is None:
                 continue
             pos = self.stats.positions.get((tp.topic, tp.partition))
-            if pos is None:
-                committed = await consumer.committed(tp) if hasattr(consumer, "committed") else None
-                pos = committed or 0
+            if pos is None:  # nothing read since it was assigned: where reading starts
+                try:
+                    pos = await asyncio.wait_for(consumer.position(tp), 5.0)
+                except Exception:
+                    pos = None
+                pos = pos or 0
             out[tp.topic] += max(0, int(hw) - int(pos))
         return dict(out)
 

@@ -288,6 +288,7 @@ class SignalAgents:
         # before their first message is taken in (or at the next poll), not in the
         # rebalance callback, which must return within the session timeout
         self._to_take_over: set[int] = set()
+        self._assigned: set[tuple[str, int]] = set()  # every topic partition of this worker
         self._take_over_lock = asyncio.Lock()
         self.pending_feedback: list[tuple[float, bytes, str]] = []
         self.counters: dict[str, int] = defaultdict(int)
@@ -378,18 +379,25 @@ class SignalAgents:
             async def save_state() -> None:
                 await self.save()
 
-        if self.state_log is not None:
-            # Faust's signals: (sender, the partitions, signal=...)
-            async def on_revoked(_app: Any, /, *args: Any, signal: Any, **_kw: Any) -> None:
-                await self.partitions_revoked({tp.partition for tp in args[0]
-                                               if tp.topic == TOPIC_GROUPED})
+        # Faust's signals: (sender, the partitions, signal=...)
+        async def on_revoked(_app: Any, /, *args: Any, signal: Any, **_kw: Any) -> None:
+            await self.partitions_revoked({tp.partition for tp in args[0]
+                                           if tp.topic == TOPIC_GROUPED})
 
-            async def on_assigned(_app: Any, /, *args: Any, signal: Any, **_kw: Any) -> None:
-                await self.partitions_assigned({tp.partition for tp in args[0]
-                                                if tp.topic == TOPIC_GROUPED})
+        async def on_assigned(_app: Any, /, *args: Any, signal: Any, **_kw: Any) -> None:
+            self._forget_positions({(tp.topic, tp.partition) for tp in args[0]})
+            await self.partitions_assigned({tp.partition for tp in args[0]
+                                            if tp.topic == TOPIC_GROUPED})
 
-            app.on_partitions_revoked.connect(on_revoked, weak=False)
-            app.on_partitions_assigned.connect(on_assigned, weak=False)
+        app.on_partitions_revoked.connect(on_revoked, weak=False)
+        app.on_partitions_assigned.connect(on_assigned, weak=False)
+
+    def _forget_positions(self, assigned: set[tuple[str, int]]) -> None:
+        """Read positions (the lag's) of partitions this worker gets back after another
+        worker had them are stale: dropped, so the lag counts from the committed offset."""
+        for tp in assigned - self._assigned:
+            self.positions.pop(tp, None)
+        self._assigned = set(assigned)
 
     async def take(self, messages: Sequence[Any]) -> int:
         """The signal agent's body: one batch of ``llmpulse.grouped`` messages
@@ -534,8 +542,6 @@ class SignalAgents:
             state = states.get(p)
             held = self._positions.get(p)
             if state is None:
-                if held is None:
-                    self._keys.pop(p, None)
                 continue  # nothing handed over: what this worker's own saved state holds
             if held is not None and held >= state.covered:
                 continue  # this worker's own state (its file) is as far on
@@ -584,7 +590,9 @@ class SignalAgents:
 
     async def _replay_filter(self, messages: list[Any]) -> list[Any]:
         """The messages the engine has not taken in yet; seeks a partition back
-        to its snapshot's offset when the consumer starts past it (restart)."""
+        to its snapshot's offset when the consumer starts past it. Offsets are
+        committed only with a saved state (:meth:`_commit_saved`), so that happens
+        only with offsets committed by a version that committed on every batch."""
         out = []
         now = time.monotonic()
         for m in messages:
@@ -728,6 +736,8 @@ class SignalAgents:
         loop = asyncio.get_running_loop()
         self._closed = True
         await loop.run_in_executor(self._exec, self.engine.stop)
+        if self.state_log is not None:
+            await asyncio.to_thread(self.state_log.close)
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.counters)
