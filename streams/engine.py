@@ -265,6 +265,9 @@ class SignalEngine:
                 self.windows["quality"], horizon_s, max_pending=max_pending_feedback
             )
         self._revisions: dict[tuple[Group, int], int] = {}
+        # the partition (first item of a ``(partition, source)`` source) of each group
+        # taken over from another engine: its windows close by that partition's sources
+        self._taken_over: dict[Group, Hashable] = {}
         self._c = _Counters()
 
     # -- configuration helpers ------------------------------------------------
@@ -344,6 +347,9 @@ class SignalEngine:
         ten-second windows that became due with it."""
         now = self.clock() if now is None else now
         wm = self._watermark.current(now, backlog=backlog)
+        behind = self._watermark.partitions_behind(now, backlog=backlog) if self._taken_over else {}
+        if self._taken_over and not behind:
+            self._taken_over = {}  # caught up: they follow the watermark again
         out: list[Signal] = []
         t0 = time.perf_counter()
         for spec, buf in self._buffers.items():
@@ -352,7 +358,9 @@ class SignalEngine:
                 self._c.signals_out += len(out)
                 return out
             threshold = None if wm is None else wm - spec.lateness_ms
-            for group, start, events in buf.close(threshold):
+            caps = {g: behind[p] - spec.lateness_ms for g, p in self._taken_over.items()
+                    if p in behind}
+            for group, start, events in buf.close(threshold, caps):
                 out += self._close(self._specs[spec], spec, group, start, events, now)
         if self._join is not None:
             for group, start in self._join.due(wm):
@@ -590,6 +598,7 @@ class SignalEngine:
             "revisions": [[list(g), st, r] for (g, st), r in self._revisions.items()
                           if g in groups],
             "watermark": [] if partition is None else self._watermark.sources_of(partition),
+            "partition": partition,
         }
 
     def drop_groups(self, keys: Set[bytes], partition: Hashable = None) -> int:
@@ -606,6 +615,8 @@ class SignalEngine:
             self._join.drop_groups(groups)
         self._instances = {k: v for k, v in self._instances.items() if k[1] not in groups}
         self._revisions = {k: v for k, v in self._revisions.items() if k[0] not in groups}
+        for g in groups:
+            self._taken_over.pop(g, None)
         return len(groups)
 
     def merge(self, state: Mapping[str, Any]) -> None:
@@ -621,7 +632,7 @@ class SignalEngine:
             buf = by_spec.get((float(length), float(lateness)))
             if buf is None:
                 raise ValueError(f"group state has a {length} s window this engine does not")
-            buf.merge_groups(buf_state, events)
+            buf.merge_groups(buf_state, events, hold=bool(state.get("watermark")))
         if self._join is not None and state["join"] is not None:
             self._join.merge_groups(_unpack(state["join"], codec))
         for fam, g, det_states in state["detectors"]:
@@ -636,6 +647,11 @@ class SignalEngine:
         now = self.clock()
         for src, ts in state.get("watermark", ()):
             self._watermark.observe(src, int(ts), now)
+        partition = state.get("partition")
+        if partition is not None and state.get("watermark"):
+            for _length, _lateness, buf_state in state["buffers"]:
+                for g in buf_state.get("groups", ()):
+                    self._taken_over[_group(g)] = partition
 
     def restore(self, state: Mapping[str, Any]) -> None:
         """Load a :meth:`snapshot` into an engine built with the same configuration.

@@ -18,7 +18,9 @@ taken as ClickHouse would, the last computed.
 
 from __future__ import annotations
 
+import os
 import pickle
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -193,3 +195,52 @@ def test_scaling_out_and_in_mid_window_changes_no_signal(stack_factory, tmp_path
     # the partitions moved with their state, both ways
     assert taken_over >= 1, "B started without any of A's state"
     assert a_stats.get("partitions_taken_over", 0) >= 1, a_stats
+
+
+def test_a_worker_paused_past_its_session_timeout_changes_no_signal(stack_factory,
+                                                                    tmp_path) -> None:
+    """B is paused (SIGSTOP) longer than its session timeout: its partitions move to A
+    with their last saved state (``snapshot_s``) and are replayed from the offsets it
+    covers; when B resumes (SIGCONT) the group rebalances again and partitions move
+    back to B with A's state. Events read twice (by B before the pause, again by A)
+    are dropped as repeats when their window closes."""
+    chunks = _traffic()
+    n = sum(1 for ch in chunks for t, _ in ch if t == TOPIC_INFERENCE)
+    ref, _ = _reference(stack_factory, tmp_path, chunks, n)
+
+    with EmbeddedBroker() as b:
+        create_topics(b.bootstrap, {t: 4 for t in TOPICS})
+        _config(tmp_path / "a", "flush")
+        _config(tmp_path / "b", "flush")
+        a = stack_factory(tmp_path / "a" / "data", LLMPULSE_KAFKA=b.bootstrap).start()
+        wb = stack_factory(tmp_path / "b" / "data", LLMPULSE_KAFKA=b.bootstrap).start()
+        wait_for(lambda: _split(a, wb), 120, "A and B to share the partitions")
+        sender = Sender(b.bootstrap, chunks)
+        try:
+            sender.send(40)
+            assert wb.pid is not None
+            os.kill(wb.pid, signal.SIGSTOP)
+            try:
+                wait_for(lambda: len(_grouped(a)) == 4, 120, "A to get B's partitions")
+                sender.send(80)  # while B is paused
+            finally:
+                os.kill(wb.pid, signal.SIGCONT)
+            wait_for(lambda: _split(a, wb), 120, "B to get partitions again")
+            sender.send(len(chunks))
+        finally:
+            sender.close()
+
+        def drained() -> bool:
+            lags = [_stats(sp)["lag"] for sp in (a, wb)]
+            return all(not any(lag.values()) for lag in lags)
+        wait_for(drained, 180, "both workers to read everything")
+        engines = [_stats(sp)["signals"]["engine"] for sp in (a, wb)]
+        # the last worker to stop holds every partition: its flush writes what is open
+        assert wb.stop() == 0
+        wait_for(lambda: len(_grouped(a)) == 4, 120, "A to get every partition back")
+        assert a.stop() == 0
+
+    got = _merged(_signals(tmp_path / "a" / "data"), _signals(tmp_path / "b" / "data"))
+    _compare(ref, got)
+    assert all(e["late_dropped"] == 0 for e in engines), [e["late_dropped_by_group"]
+                                                          for e in engines]

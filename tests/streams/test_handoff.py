@@ -69,3 +69,24 @@ def test_a_moved_group_keeps_its_windows_and_closed_windows_stay_closed() -> Non
     split = sorted((s.ts, s.signal, s.dimension, s.value, s.n)
                    for s in early + a.flush() + b.flush())
     assert split == ref and len({r[0] for r in ref}) == 4
+
+
+def test_a_group_taken_over_from_an_older_state_waits_for_its_partition() -> None:
+    """A worker whose watermark is further on takes over a partition from a state
+    written earlier (a worker paused past its session timeout): the partition's
+    windows close by its own sources, so the replay of its events is not late."""
+    one, a, b = _engine(), _engine(), _engine()
+    xs = [_ev(i, "x", 1_000 * i) for i in range(1, 40)]
+    ys = [_ev(i, "y", 1_000 * i) for i in range(1, 40)]
+    one.add_inference(xs, source=(0, 0))
+    one.add_inference(ys, source=(1, 0))
+    a.add_inference(xs[:12], source=(0, 0))  # a saved x's partition at 12 s, then paused
+    moved = a.snapshot_groups({b"a/x/1"}, partition=0)
+    b.add_inference(ys, source=(1, 0))  # b is at 39 s on its own partition
+    early = b.advance(0.0)
+    b.merge(moved)
+    assert b.add_inference(xs[12:], source=(0, 0)) == 0  # the replay: nothing late
+    ref = sorted((s.ts, s.model, s.signal, s.dimension, s.value, s.n) for s in one.flush())
+    got = sorted((s.ts, s.model, s.signal, s.dimension, s.value, s.n)
+                 for s in early + b.advance(0.0) + b.flush())
+    assert got == ref and b.stats()["late_dropped"] == 0
