@@ -500,7 +500,11 @@ class SignalAgents:
         gone = before - assigned
         new = assigned - (self._owned or set())
         self._owned = set(assigned)
-        self._to_take_over = (self._to_take_over | new) & assigned
+        # every assigned partition is checked against the changelog, not only new ones:
+        # a worker that lost its partitions while paused gets them back in a rebalance
+        # it cannot tell from one that kept them, and its state may be older than the
+        # one another worker wrote meanwhile (the state covering more wins)
+        self._to_take_over = set(assigned)
         for p in new:
             self._seen.discard(p)
             self._rewinding.pop(p, None)
@@ -538,6 +542,8 @@ class SignalAgents:
 
     def _take_over(self, new: set[int], states: dict[int, PartitionState]) -> None:
         # in the engine's thread
+        if self._closed:
+            return
         for p in sorted(new):
             state = states.get(p)
             held = self._positions.get(p)
