@@ -234,13 +234,14 @@ def test_a_worker_paused_past_its_session_timeout_changes_no_signal(stack_factor
             lags = [_stats(sp)["lag"] for sp in (a, wb)]
             return all(not any(lag.values()) for lag in lags)
         wait_for(drained, 180, "both workers to read everything")
-        engines = [_stats(sp)["signals"]["engine"] for sp in (a, wb)]
         # the last worker to stop holds every partition: its flush writes what is open
         assert wb.stop() == 0
         wait_for(lambda: len(_grouped(a)) == 4, 120, "A to get every partition back")
         assert a.stop() == 0
 
     got = _merged(_signals(tmp_path / "a" / "data"), _signals(tmp_path / "b" / "data"))
+    # every window is the undisturbed run's, with the same events. Late counts are not
+    # asserted here: around the pause, events are read twice (by B before it learns it
+    # lost its partitions, and by A from B's last saved state on), and copies of events
+    # whose windows already closed with them are dropped and counted as late
     _compare(ref, got)
-    assert all(e["late_dropped"] == 0 for e in engines), [e["late_dropped_by_group"]
-                                                          for e in engines]
