@@ -49,6 +49,7 @@ from llmpulse.streams.agent_traces import AgentTraceSettings, TraceWindows, atta
 from llmpulse.streams.alerting import AlertLinker
 from llmpulse.streams.alerts_agent import AlertAgent, load_rules
 from llmpulse.streams.deployments import register_retrain_completion
+from llmpulse.streams.handoff import EngineStateLog
 from llmpulse.streams.ingest import DeadLetter, IngestBatch, Message, split_batch
 from llmpulse.streams.notify import Notifier
 from llmpulse.streams.otlp import OTLP_TOPICS, SpanIngest, attach_otlp, faust_sender
@@ -313,7 +314,7 @@ def register_ingest(
 
 class IngestLag:
     """Messages not yet processed per raw topic on the worker's partitions (high water
-    minus the next offset to process, else the committed offset)."""
+    minus the next offset to process, else the consumer's position: its committed offset)."""
 
     TOPICS: tuple[str, ...] = (TOPIC_INFERENCE, TOPIC_FEEDBACK, TOPIC_GROUPED, *OTLP_TOPICS)
 
@@ -335,9 +336,12 @@ class IngestLag:
             if hw is None:
                 continue
             pos = self.stats.positions.get((tp.topic, tp.partition))
-            if pos is None:
-                committed = await consumer.committed(tp) if hasattr(consumer, "committed") else None
-                pos = committed or 0
+            if pos is None:  # nothing read since it was assigned: where reading starts
+                try:
+                    pos = await asyncio.wait_for(consumer.position(tp), 5.0)
+                except Exception:
+                    pos = None
+                pos = pos or 0
             out[tp.topic] += max(0, int(hw) - int(pos))
         return dict(out)
 
@@ -554,7 +558,10 @@ def build_pipeline(
         agents = SignalAgents(app, settings, store, sink, health=health,
                               positions=stats.positions,
                               log_id=lambda: cluster_id(bootstrap,
-                                                        security=settings.kafka_security))
+                                                        security=settings.kafka_security),
+                              state_log=EngineStateLog(bootstrap,
+                                                       partitions=settings.ingest.partitions,
+                                                       security=settings.kafka_security))
         alert_agent = AlertAgent(
             app, rules if rules is not None else load_rules(settings.rules), sink,
             state_dir=settings.data_dir / "worker",

@@ -43,7 +43,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -169,6 +169,16 @@ class DeferredRunner:
             with self._cond:
                 self._held -= 1
                 self._cond.notify_all()
+
+    def discard(self, drop: Callable[[DeferredTask], bool]) -> int:
+        """Remove the waiting jobs and finished results ``drop`` picks (their groups
+        moved to another engine); how many jobs. Call inside :meth:`held`, so none
+        of them is running."""
+        with self._cond:
+            before = len(self._queue)
+            self._queue = deque(t for t in self._queue if not drop(t))
+            self._done = [r for r in self._done if not drop(r[0])]
+            return before - len(self._queue)
 
     def clear(self) -> None:
         """Drop the waiting jobs and finished results (a restore replaces the state)."""

@@ -281,6 +281,9 @@ class SignalEngine:
                 self.windows["quality"], horizon_s, max_pending=max_pending_feedback
             )
         self._revisions: dict[tuple[Group, int], int] = {}
+        # the partition (first item of a ``(partition, source)`` source) of each group
+        # taken over from another engine: its windows close by that partition's sources
+        self._taken_over: dict[Group, Hashable] = {}
         self._c = _Counters()
         self._deferred = (DeferredRunner(max_pending=max_deferred,
                                          latest_only=deferred_latest_only) if defer else None)
@@ -364,6 +367,9 @@ class SignalEngine:
         ten-second windows that became due with it."""
         now = self.clock() if now is None else now
         wm = self._watermark.current(now, backlog=backlog)
+        behind = self._watermark.partitions_behind(now, backlog=backlog) if self._taken_over else {}
+        if self._taken_over and not behind:
+            self._taken_over = {}  # caught up: they follow the watermark again
         out: list[Signal] = self._take_deferred(now)
         t0 = time.perf_counter()
         ready = len(out)  # deferred signals do not count against the budget
@@ -373,7 +379,9 @@ class SignalEngine:
                 self._c.signals_out += len(out)
                 return out
             threshold = None if wm is None else wm - spec.lateness_ms
-            for group, start, events in buf.close(threshold):
+            caps = {g: behind[p] - spec.lateness_ms for g, p in self._taken_over.items()
+                    if p in behind}
+            for group, start, events in buf.close(threshold, caps):
                 out += self._close(self._specs[spec], spec, group, start, events, now)
         if self._join is not None:
             for group, start in self._join.due(wm):
@@ -613,6 +621,152 @@ class SignalEngine:
             },
         }
 
+    # -- a partition's share, handed from one engine to another ------------------
+
+    def groups_of(self, keys: Set[bytes]) -> set[Group]:
+        """The groups this engine holds whose routing key (``app/model/version``,
+        the ``llmpulse.grouped`` message key) is in ``keys``."""
+        held: set[Group] = set()
+        for buf in self._buffers.values():
+            held |= buf.groups()
+        if self._join is not None:
+            held |= self._join.groups()
+        held |= {g for _, g in self._instances}
+        held |= {g for g, _ in self._revisions}
+        return {g for g in held if "/".join(g).encode() in keys}
+
+    def snapshot_groups(self, keys: Set[bytes], partition: Hashable = None) -> dict[str, Any]:
+        r"""The state of the groups whose routing keys are ``keys`` (a partition of
+        ``llmpulse.grouped``): open windows, feedback records, detector state,
+        window revisions and the close thresholds, to be :meth:`merge`\ d into
+        another engine; with ``partition``, also the watermark of the sources
+        ``(partition, ...)`` (:meth:`add_inference`). Counters stay with this engine.
+
+        >>> from llmpulse.streams.windows import WindowSpec
+        >>> mk = lambda: SignalEngine({"latency": default_detectors()["latency"]},
+        ...                           {"latency": WindowSpec(10, 5)}, clock=lambda: 0.0)
+        >>> a, b = mk(), mk()
+        >>> ev = lambda i, m: {"event_id": f"e{i}", "request_id": f"r{i}", "ts": 1_000 * i,
+        ...                    "app": "a", "model": m, "model_version": "1", "latency_ms": 5.0,
+        ...                    "status": "ok", "input_tokens": 1, "output_tokens": 1}
+        >>> _ = a.add_inference([ev(1, "x"), ev(2, "y")])
+        >>> part = a.snapshot_groups({b"a/x/1"}); a.drop_groups({b"a/x/1"}); b.merge(part)
+        1
+        >>> [(s.model, s.n) for s in a.flush() + b.flush()]
+        [('y', 1), ('x', 1)]
+        """
+        if self._deferred is None:
+            return self._snapshot_groups(keys, partition, [])
+        # no deferred job runs meanwhile: the groups' detectors and their waiting jobs agree
+        with self._deferred.held() as pending:
+            self._collect_deferred(self.clock())
+            return self._snapshot_groups(keys, partition, pending)
+
+    def _snapshot_groups(self, keys: Set[bytes], partition: Hashable,
+                         pending: list[DeferredTask]) -> dict[str, Any]:
+        groups = self.groups_of(keys)
+        index: dict[int, int] = {}
+        shared: dict[int, Any] = {}
+        buffers = [
+            [spec.length_s, spec.lateness_s, buf.take_groups(groups, index, shared)]
+            for spec, buf in self._buffers.items()
+        ]
+        return {
+            "version": SNAPSHOT_VERSION,
+            "role": "groups",
+            "codec": _CODEC,
+            "events": _pack(list(shared.values())),
+            "buffers": buffers,
+            "join": None if self._join is None else _pack(self._join.take_groups(groups)),
+            "detectors": [
+                [fam, list(g), [d.snapshot() for d in dets]]
+                for (fam, g), dets in self._instances.items() if g in groups
+            ],
+            "revisions": [[list(g), st, r] for (g, st), r in self._revisions.items()
+                          if g in groups],
+            "watermark": [] if partition is None else self._watermark.sources_of(partition),
+            "partition": partition,
+            # the groups' deferred work travels with them: finished signals not yet
+            # returned, and the jobs still waiting
+            "deferred": {
+                "ready": [s for s in self._ready if (s.app, s.model, s.model_version) in groups],
+                "pending": [[t.family, list(t.group), t.index, t.job, t.end]
+                            for t in pending if t.group in groups],
+            },
+        }
+
+    def drop_groups(self, keys: Set[bytes], partition: Hashable = None) -> int:
+        """Forget the groups whose routing keys are ``keys`` (their partition went to
+        another worker, which continues them from a :meth:`snapshot_groups`), and
+        the sources ``(partition, ...)``; how many groups."""
+        groups = self.groups_of(keys)
+        if partition is not None:
+            for src, _ in self._watermark.sources_of(partition):
+                self._watermark.forget(src)
+        if self._deferred is not None:
+            with self._deferred.held():
+                self._collect_deferred(self.clock())
+                self._deferred.discard(lambda t: t.group in groups)
+            self._ready = [s for s in self._ready
+                           if (s.app, s.model, s.model_version) not in groups]
+        for buf in self._buffers.values():
+            buf.drop_groups(groups)
+        if self._join is not None:
+            self._join.drop_groups(groups)
+        self._instances = {k: v for k, v in self._instances.items() if k[1] not in groups}
+        self._revisions = {k: v for k, v in self._revisions.items() if k[0] not in groups}
+        for g in groups:
+            self._taken_over.pop(g, None)
+        return len(groups)
+
+    def merge(self, state: Mapping[str, Any]) -> None:
+        """Take over the groups of a :meth:`snapshot_groups` state (from an engine of
+        the same configuration); they must not be held here already."""
+        if state.get("version") != SNAPSHOT_VERSION or state.get("role") != "groups":
+            raise ValueError(f"not a group state of version {SNAPSHOT_VERSION}: "
+                             f"version {state.get('version')!r}, role {state.get('role')!r}")
+        codec = state.get("codec", "none")
+        events = _unpack(state["events"], codec)
+        by_spec = {(s.length_s, s.lateness_s): b for s, b in self._buffers.items()}
+        for length, lateness, buf_state in state["buffers"]:
+            buf = by_spec.get((float(length), float(lateness)))
+            if buf is None:
+                raise ValueError(f"group state has a {length} s window this engine does not")
+            buf.merge_groups(buf_state, events, hold=bool(state.get("watermark")))
+        if self._join is not None and state["join"] is not None:
+            self._join.merge_groups(_unpack(state["join"], codec))
+        for fam, g, det_states in state["detectors"]:
+            if fam not in self.detectors:
+                continue
+            dets = list(self.detectors[fam]())
+            for det, st in zip(dets, det_states, strict=True):
+                det.restore(st)
+            self._instances[(fam, _group(g))] = dets
+        self._revisions.update(
+            {(_group(g), int(st)): int(r) for g, st, r in state["revisions"]})
+        self._take_over_deferred(state.get("deferred") or {})
+        now = self.clock()
+        for src, ts in state.get("watermark", ()):
+            self._watermark.observe(src, int(ts), now)
+        partition = state.get("partition")
+        if partition is not None and state.get("watermark"):
+            for _length, _lateness, buf_state in state["buffers"]:
+                for g in buf_state.get("groups", ()):
+                    self._taken_over[_group(g)] = partition
+
+    def _take_over_deferred(self, deferred: Mapping[str, Any]) -> None:
+        """The finished signals and waiting jobs of a snapshot (whole or a partition's)."""
+        self._ready += list(deferred.get("ready", []))
+        for fam, g, idx, job, end in deferred.get("pending", []):
+            group = _group(g)
+            det = self._detectors_for(fam, group)[idx]
+            task = DeferredTask(fam, group, idx, self._names[fam][idx], det, job, end)
+            if self._deferred is not None:
+                self._deferred.submit(task, replace=False)
+            else:  # taken into an engine that does not defer: complete it here
+                self._ready += [s.labelled(app=group[0], model=group[1], model_version=group[2])
+                                for s in det.complete(job)]
+
     def restore(self, state: Mapping[str, Any]) -> None:
         """Load a :meth:`snapshot` into an engine built with the same configuration.
 
@@ -650,17 +804,8 @@ class SignalEngine:
                 det.restore(st)
             self._instances[(fam, _group(g))] = dets
         self._revisions = {(_group(g), int(s)): int(r) for g, s, r in state["revisions"]}
-        deferred = state.get("deferred") or {}
-        self._ready = list(deferred.get("ready", []))
-        for fam, g, idx, job, end in deferred.get("pending", []):
-            group = _group(g)
-            det = self._detectors_for(fam, group)[idx]
-            task = DeferredTask(fam, group, idx, self._names[fam][idx], det, job, end)
-            if self._deferred is not None:
-                self._deferred.submit(task, replace=False)
-            else:  # restored into an engine that does not defer: complete it here
-                self._ready += [s.labelled(app=group[0], model=group[1], model_version=group[2])
-                                for s in det.complete(job)]
+        self._ready = []
+        self._take_over_deferred(state.get("deferred") or {})
         c = _Counters()
         for k, v in state["counters"].items():
             if not hasattr(c, k):

@@ -30,20 +30,20 @@ import pickle
 import signal
 import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence, Set
 from typing import Any
 
 __all__ = ["EngineProcess", "LocalEngine", "ShardedEngine", "add_chunks", "merge_stats", "tune_gc"]
 
-Chunk = tuple[int, bytes]
-"""(source partition, newline-delimited events: inferences and feedback mixed)."""
+Chunk = tuple[Hashable, bytes]
+"""(watermark source, newline-delimited events: inferences and feedback mixed)."""
 
 
 def add_chunks(engine: Any, chunks: Sequence[Chunk]) -> None:
     """Decode forwarded lines and hand them to ``engine`` by kind and partition."""
     import orjson
 
-    by_part: dict[int, list[dict[str, Any]]] = {}
+    by_part: dict[Hashable, list[dict[str, Any]]] = {}
     feedback: list[dict[str, Any]] = []
     for part, blob in chunks:
         evs = _decode(orjson, blob)
@@ -142,11 +142,21 @@ class LocalEngine:
     def restore_bytes(self, state: bytes) -> None:
         self.engine.restore(pickle.loads(state))
 
-    def forget_source(self, source: int) -> None:
+    def forget_source(self, source: Hashable) -> None:
         self.engine.forget_source(source)
 
     def forget_requests(self, request_ids: set[str]) -> int:
         return int(self.engine.forget_requests(request_ids))
+
+    def snapshot_groups(self, keys: Set[bytes], partition: Hashable = None) -> bytes:
+        return pickle.dumps(self.engine.snapshot_groups(keys, partition),
+                            protocol=pickle.HIGHEST_PROTOCOL)
+
+    def drop_groups(self, keys: Set[bytes], partition: Hashable = None) -> int:
+        return int(self.engine.drop_groups(keys, partition))
+
+    def merge_bytes(self, state: bytes) -> None:
+        self.engine.merge(pickle.loads(state))
 
     def stop(self, timeout: float = 10.0) -> None:
         pass
@@ -208,6 +218,13 @@ def _serve(conn: Any, engine_kwargs: dict[str, Any], detectors: Any) -> None:
                 out = None
             elif cmd == "forget_requests":
                 out = engine.forget_requests(arg)
+            elif cmd == "snapshot_groups":
+                out = pickle.dumps(engine.snapshot_groups(*arg), protocol=pickle.HIGHEST_PROTOCOL)
+            elif cmd == "drop_groups":
+                out = engine.drop_groups(*arg)
+            elif cmd == "merge":
+                engine.merge(pickle.loads(arg))
+                out = None
             elif cmd == "stop":
                 conn.send(("ok", None))
                 return
@@ -277,11 +294,20 @@ class EngineProcess:
     def restore_bytes(self, state: bytes) -> None:
         self._call("restore", state)
 
-    def forget_source(self, source: int) -> None:
+    def forget_source(self, source: Hashable) -> None:
         self._call("forget", source)
 
     def forget_requests(self, request_ids: set[str]) -> int:
         return int(self._call("forget_requests", set(request_ids)))
+
+    def snapshot_groups(self, keys: Set[bytes], partition: Hashable = None) -> bytes:
+        return bytes(self._call("snapshot_groups", (set(keys), partition)))
+
+    def drop_groups(self, keys: Set[bytes], partition: Hashable = None) -> int:
+        return int(self._call("drop_groups", (set(keys), partition)))
+
+    def merge_bytes(self, state: bytes) -> None:
+        self._call("merge", state)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._proc is None:
@@ -392,8 +418,23 @@ class ShardedEngine:
                              f"this worker runs {len(self.shards)}")
         self._all("restore", shards)
 
-    def forget_source(self, source: int) -> None:
+    def forget_source(self, source: Hashable) -> None:
         self._all("forget", [source] * len(self.shards))
+
+    def snapshot_groups(self, keys: Set[bytes], partition: Hashable = None) -> bytes:
+        parts = self._all("snapshot_groups", [(set(keys), partition)] * len(self.shards))
+        return pickle.dumps({"shards": parts}, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def drop_groups(self, keys: Set[bytes], partition: Hashable = None) -> int:
+        return sum(int(n) for n in self._all("drop_groups",
+                                             [(set(keys), partition)] * len(self.shards)))
+
+    def merge_bytes(self, state: bytes) -> None:
+        shards = pickle.loads(state)["shards"]
+        if len(shards) != len(self.shards):
+            raise ValueError(f"a group state of {len(shards)} engine shard(s), "
+                             f"this worker runs {len(self.shards)}")
+        self._all("merge", shards)
 
     def forget_requests(self, request_ids: set[str]) -> int:
         ids = set(request_ids)

@@ -506,6 +506,54 @@ class FeedbackJoin:
             "responses": list(self._responses.items()),
         }
 
+    def groups(self) -> set[Group]:
+        """The groups with records here."""
+        return {g for g, _ in self._windows}
+
+    def take_groups(self, groups: Set[Group]) -> dict[str, Any]:
+        """The records of ``groups`` with their kept responses, their windows
+        awaiting a re-emission and the close threshold (a partition's share; see
+        :meth:`merge_groups`). Waiting feedback names no group and stays."""
+        records = [(r.event_id, r.request_id, r.ts, r.group, r.status, r.label, r.segment,
+                    r.feedback, r.extra)
+                   for key, recs in self._windows.items() if key[0] in groups for r in recs]
+        rids = {row[1] for row in records}
+        return {
+            "records": records,
+            "dirty": [[list(g), st] for g, st in sorted(self._dirty) if g in groups],
+            "closed_through": self.closed_through,
+            "responses": [(rid, t) for rid, t in self._responses.items() if rid in rids],
+        }
+
+    def drop_groups(self, groups: Set[Group]) -> None:
+        """Forget the records of ``groups`` (a revoked partition)."""
+        for key in [k for k in self._windows if k[0] in groups]:
+            for rec in self._windows.pop(key):
+                if self._by_request.get(rec.request_id) is rec:
+                    del self._by_request[rec.request_id]
+                    self._responses.pop(rec.request_id, None)
+        self._dirty = {k for k in self._dirty if k[0] not in groups}
+        for alias in [a for a, rec in self._aliases.items() if rec.group in groups]:
+            del self._aliases[alias]
+
+    def merge_groups(self, state: Mapping[str, Any]) -> None:
+        """Add a :meth:`take_groups` state from another engine. Its windows that
+        closed there but not by this table's threshold close here in due course;
+        those this threshold has passed and the other had not are emitted at the
+        next :meth:`redo`, so none is skipped."""
+        length = self.window.length_ms
+        theirs = int(state["closed_through"])
+        for row in state["records"]:
+            rec = _Record.from_list(list(row))
+            key = (rec.group, rec.ts - rec.ts % length)
+            self._windows.setdefault(key, []).append(rec)
+            self._by_request[rec.request_id] = rec
+            if theirs < key[1] + length <= self.closed_through and (
+                    rec.feedback or _in_experiment(rec)):
+                self._dirty.add(key)
+        self._dirty.update((_group(g), int(st)) for g, st in state["dirty"])
+        self._responses.update((str(rid), str(t)) for rid, t in state["responses"])
+
     def restore(self, state: Mapping[str, Any]) -> None:
         self._by_request = {}
         self._windows = {}

@@ -28,10 +28,18 @@ recomputed after late feedback replaces its earlier row) and to
 Restarts, including ``kill -9``: every ``signals.snapshot_s`` the engine's
 state (open windows, feedback join, detector state, watermark) is written
 with the ``llmpulse.grouped`` offsets it covers, taken together in the
-engine's thread. A restarted worker loads it and replays ``llmpulse.grouped``
-from those offsets (the consumer's committed offsets may be further on; the
-agent seeks back the first time it sees a partition past its snapshot, and
-skips messages the snapshot already holds). Windows that closed between the
+engine's thread, and only then are those offsets committed (the topic is
+consumed without acks). A restarted worker loads it and reads
+``llmpulse.grouped`` from its committed offsets, which are those of the state
+or, after a crash between the write and the commit, earlier: messages the
+state already holds are skipped.
+
+Each grouped partition's share of that state (its groups' windows, detector
+state and watermark) also goes to the compacted changelog
+``llmpulse.engine-state`` (:mod:`llmpulse.streams.handoff`) at every save and
+when a rebalance revokes the partition; the worker assigned it next takes it
+over and reads on from the offset it covers, so a partition that moves to
+another worker keeps its open windows. Windows that closed between the
 snapshot and the crash close again with the same events: their signal rows
 replace the earlier ones, and the alert manager, whose state is saved after
 every batch of signals, ignores them as replays. Events forwarded twice (the
@@ -76,6 +84,7 @@ from llmpulse.config import Settings
 from llmpulse.detectors.base import Signal
 from llmpulse.events import TOPIC_GROUPED, TOPIC_INFERENCE, TOPIC_SIGNALS
 from llmpulse.store import Store, lookup_requests
+from llmpulse.streams.handoff import EngineStateLog, PartitionState
 from llmpulse.streams.ingest import IngestBatch
 from llmpulse.streams.sink import RawSink
 from llmpulse.streams.state import write_atomic
@@ -119,14 +128,24 @@ def _chunks(lines: Sequence[bytes], limit: int = MAX_FORWARD_BYTES) -> list[byte
     return out
 
 
-def _source(message: Any) -> int:
-    """The source partition a forwarded chunk came from (its grouped partition,
-    offset by 1000, for chunks forwarded without the header)."""
+def _source(message: Any) -> tuple[int, int]:
+    """The watermark source of a forwarded chunk: (its ``llmpulse.grouped`` partition,
+    the ``llmpulse.inference`` partition it came from; 1000 + the grouped partition
+    for chunks forwarded without the header).
+
+    Event time is ordered along one source partition, but a source's events reach
+    the engine through several grouped partitions, which a consumer catching up
+    (after a restart or a rebalance) reads at different paces: a source followed
+    as one would let the partition read first push the watermark past events still
+    unread on another, which would then be late. Followed per grouped partition, a
+    partition behind holds the watermark, and the sources of a partition move with
+    it when it is handed to another worker."""
     headers = message.headers or ()
+    part = int(message.partition)
     for k, v in headers.items() if isinstance(headers, dict) else headers:
         if k == SOURCE_HEADER:
-            return int(v)
-    return 1000 + int(message.partition)
+            return (part, int(v))
+    return (part, 1000 + part)
 
 
 def engine_chunks(messages: Sequence[Any], *, keyed: bool) -> list[Any]:
@@ -212,7 +231,8 @@ class SignalAgents:
                  positions: dict[tuple[str, int], int] | None = None,
                  signals_topic: Any = None,
                  backlog: Callable[[], bool] | None = None,
-                 log_id: Callable[[], str | None] | None = None) -> None:
+                 log_id: Callable[[], str | None] | None = None,
+                 state_log: EngineStateLog | None = None) -> None:
         from llmpulse.streams.engine_process import EngineProcess, LocalEngine, ShardedEngine
 
         cfg = settings.signals
@@ -256,13 +276,31 @@ class SignalAgents:
         # partitions being replayed from the snapshot: (first offset seen past it, give-up time)
         self._rewinding: dict[int, tuple[int, float]] = {}
         self._seen: set[int] = set()  # grouped partitions that delivered a message since start
+        # the group keys seen per grouped partition (engine thread): a partition's share
+        # of the engine state is the state of these groups
+        self._keys: dict[int, set[bytes]] = {}
+        # where partition states are handed from worker to worker (None: kept in the
+        # local file only); the grouped partitions this worker owns (None: not known
+        # yet, before the first assignment, or without a consumer group)
+        self.state_log = state_log
+        self._owned: set[int] | None = None
+        # assigned partitions whose handed-over state is still to be read: read
+        # before their first message is taken in (or at the next poll), not in the
+        # rebalance callback, which must return within the session timeout
+        self._to_take_over: set[int] = set()
+        self._assigned: set[tuple[str, int]] = set()  # every topic partition of this worker
+        self._take_over_lock = asyncio.Lock()
         self.pending_feedback: list[tuple[float, bytes, str]] = []
         self.counters: dict[str, int] = defaultdict(int)
         self._restore()
         self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmpulse-signals")
         # set by close(): the Faust timers run until the app stops, after the engine did
         self._closed = False
-        self.grouped = app.topic(TOPIC_GROUPED, value_serializer="raw", key_serializer="raw")
+        # no acks: the consumer's committed offset on llmpulse.grouped is the one of the
+        # last saved engine state (:meth:`_commit_saved`), never further, so a restart or
+        # a new owner of the partition starts where the state it restores ends
+        self.grouped = app.topic(TOPIC_GROUPED, value_serializer="raw", key_serializer="raw",
+                                 acks=False)
         # ``signals_topic``: anything with Faust's ``send(key=, value=)`` (tests collect)
         self.signals_topic = signals_topic or app.topic(TOPIC_SIGNALS, value_serializer="raw",
                                                         key_serializer="raw")
@@ -339,29 +377,62 @@ class SignalAgents:
         if cfg.snapshot_s > 0:
             @app.timer(cfg.snapshot_s)
             async def save_state() -> None:
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._exec, self._save)
+                await self.save()
+
+        # Faust's signals: (sender, the partitions, signal=...)
+        async def on_revoked(_app: Any, /, *args: Any, signal: Any, **_kw: Any) -> None:
+            await self.partitions_revoked({tp.partition for tp in args[0]
+                                           if tp.topic == TOPIC_GROUPED})
+
+        async def on_assigned(_app: Any, /, *args: Any, signal: Any, **_kw: Any) -> None:
+            self._forget_positions({(tp.topic, tp.partition) for tp in args[0]})
+            await self.partitions_assigned({tp.partition for tp in args[0]
+                                            if tp.topic == TOPIC_GROUPED})
+
+        app.on_partitions_revoked.connect(on_revoked, weak=False)
+        app.on_partitions_assigned.connect(on_assigned, weak=False)
+
+    def _forget_positions(self, assigned: set[tuple[str, int]]) -> None:
+        """Read positions (the lag's) of partitions this worker gets back after another
+        worker had them are stale: dropped, so the lag counts from the committed offset."""
+        for tp in assigned - self._assigned:
+            self.positions.pop(tp, None)
+        self._assigned = set(assigned)
 
     async def take(self, messages: Sequence[Any]) -> int:
         """The signal agent's body: one batch of ``llmpulse.grouped`` messages
         (Faust messages, or :class:`llmpulse.streams.testing.TestingMessage`) into the
         engine; how many it took (a replay after a restart skips some)."""
         loop = asyncio.get_running_loop()
-        if self._log_source is not None:
-            source, self._log_source = self._log_source, None
-            current = await asyncio.to_thread(source)
-            await loop.run_in_executor(self._exec, self._check_log, current)
+        await self._read_log_id()
+        if self._to_take_over:
+            await self._complete_take_over()
+        owned = self._owned
+        if owned is not None and any(m.partition not in owned for m in messages):
+            # fetched before a rebalance took the partition away: its new owner reads them
+            self.counters["not_owned_skipped"] += sum(m.partition not in owned for m in messages)
+            messages = [m for m in messages if m.partition in owned]
         fresh = await self._replay_filter(list(messages))
         if fresh:
             chunks = engine_chunks(fresh, keyed=self._keyed)
             ends = {m.partition: m.offset + 1 for m in fresh}
-            await loop.run_in_executor(self._exec, self._add, chunks, ends)
+            keys = {(m.partition, bytes(m.key)) for m in fresh if m.key}
+            await loop.run_in_executor(self._exec, self._add, chunks, ends, keys)
         return len(fresh)
+
+    async def _read_log_id(self) -> None:
+        """Once, before the first batch or assignment: which Kafka log the saved offsets number."""
+        if self._log_source is not None:
+            source, self._log_source = self._log_source, None
+            current = await asyncio.to_thread(source)
+            await asyncio.get_running_loop().run_in_executor(self._exec, self._check_log, current)
 
     async def tick(self) -> None:
         """The window timer's body: poll the engine and emit what closed, route
         waiting feedback, add the health signals when due."""
         loop = asyncio.get_running_loop()
+        if self._to_take_over:
+            await self._complete_take_over()  # a quiet partition's windows still close
         backlog = self.backlog()
         if backlog:
             self.counters["polls_with_backlog"] += 1  # windows wait: silence is not idleness
@@ -397,14 +468,137 @@ class SignalAgents:
         if current is not None:
             self._log_id = current
 
-    def _add(self, chunks: list[Any], ends: dict[int, int]) -> None:
+    def _add(self, chunks: list[Any], ends: dict[int, int],
+             keys: set[tuple[int, bytes]] | None = None) -> None:
         # in the engine's thread, like _save: the positions move with the engine's state
         self.engine.add(chunks)
         self._positions.update(ends)
+        for p, key in keys or ():
+            self._keys.setdefault(p, set()).add(key)
+
+    # -- partitions moving between workers ------------------------------------------
+
+    async def partitions_revoked(self, revoked: set[int]) -> None:
+        """A rebalance takes ``revoked`` (every grouped partition of this worker, with
+        Kafka's eager protocol): hand their states to the changelog and commit the
+        offsets they cover, before the next owner reads them. The states stay in the
+        engine until the assignment says which partitions went elsewhere."""
+        if self.state_log is None or self._closed:
+            return
+        held = revoked if self._owned is None else revoked & self._owned
+        if held:
+            await self._publish(held)
+
+    async def partitions_assigned(self, assigned: set[int]) -> None:
+        """The grouped partitions of this worker after a rebalance: drop the groups of
+        the partitions that went elsewhere, and take over the states of the new ones
+        from the changelog (they are read from the offsets those states cover on)."""
+        if self.state_log is None or self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        before = self._owned if self._owned is not None else set(self._positions) | set(self._keys)
+        gone = before - assigned
+        new = assigned - (self._owned or set())
+        self._owned = set(assigned)
+        # every assigned partition is checked against the changelog, not only new ones:
+        # a worker that lost its partitions while paused gets them back in a rebalance
+        # it cannot tell from one that kept them, and its state may be older than the
+        # one another worker wrote meanwhile (the state covering more wins)
+        self._to_take_over = set(assigned)
+        for p in new:
+            self._seen.discard(p)
+            self._rewinding.pop(p, None)
+        if gone:
+            await loop.run_in_executor(self._exec, self._drop_partitions, gone)
+
+    async def _complete_take_over(self) -> None:
+        """Read the handed-over states of the partitions assigned since the last call."""
+        assert self.state_log is not None
+        async with self._take_over_lock:
+            new = set(self._to_take_over)
+            if not new or self._closed:
+                return
+            await self._read_log_id()  # saved offsets of another log are dropped first
+            try:
+                states = await asyncio.to_thread(self.state_log.read, new)
+            except Exception:
+                log.exception("signals: reading the state of llmpulse.grouped partitions %s "
+                              "failed; they continue from their committed offsets", sorted(new))
+                self.counters["handoff_read_errors"] += 1
+                states = {}
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._exec, self._take_over, new, states)
+            self._to_take_over -= new
+
+    def _drop_partitions(self, gone: set[int]) -> None:
+        # in the engine's thread
+        for p in sorted(gone):
+            keys = self._keys.pop(p, set())
+            dropped = self.engine.drop_groups(keys, p) if keys else 0
+            self._positions.pop(p, None)
+            self.counters["partitions_handed_off"] += 1
+            log.info("signals: llmpulse.grouped[%d] went to another worker (%d group(s) "
+                     "handed off)", p, dropped)
+
+    def _take_over(self, new: set[int], states: dict[int, PartitionState]) -> None:
+        # in the engine's thread
+        if self._closed:
+            return
+        for p in sorted(new):
+            state = states.get(p)
+            held = self._positions.get(p)
+            if state is None:
+                continue  # nothing handed over: what this worker's own saved state holds
+            if held is not None and held >= state.covered:
+                continue  # this worker's own state (its file) is as far on
+            mine = self._keys.pop(p, set())
+            if mine:
+                self.engine.drop_groups(mine, p)
+            try:
+                self.engine.merge_bytes(state.engine)
+            except Exception:
+                log.exception("signals: the handed-over state of llmpulse.grouped[%d] could not "
+                              "be loaded; it continues from its committed offset", p)
+                self.counters["handoff_load_errors"] += 1
+                self._positions.pop(p, None)
+                continue
+            self._positions[p] = state.covered
+            self._keys[p] = set(state.keys)
+            self.counters["partitions_taken_over"] += 1
+            log.info("signals: took over llmpulse.grouped[%d] at offset %d (%d group(s))",
+                     p, state.covered, len(state.keys))
+
+    def _partition_states(self, partitions: set[int]) -> list[PartitionState]:
+        # in the engine's thread: each state with the offset it covers
+        out = []
+        for p in sorted(partitions):
+            covered = self._positions.get(p)
+            if covered is None:
+                continue  # nothing taken in from it: its committed offset stands
+            keys = frozenset(self._keys.get(p, ()))
+            out.append(PartitionState(p, covered, self.engine.snapshot_groups(keys, p), keys))
+        return out
+
+    async def _publish(self, partitions: set[int]) -> None:
+        """Write the states of ``partitions`` to the changelog, then commit their offsets."""
+        assert self.state_log is not None
+        loop = asyncio.get_running_loop()
+        try:
+            states = await loop.run_in_executor(self._exec, self._partition_states, partitions)
+            await asyncio.to_thread(self.state_log.write, states)
+        except Exception:
+            log.exception("signals: writing the state of llmpulse.grouped partitions %s to "
+                          "the changelog failed", sorted(partitions))
+            self.counters["handoff_write_errors"] += 1
+            return
+        self.counters["handoff_writes"] += 1
+        await self._commit_saved({s.partition: s.covered for s in states})
 
     async def _replay_filter(self, messages: list[Any]) -> list[Any]:
         """The messages the engine has not taken in yet; seeks a partition back
-        to its snapshot's offset when the consumer starts past it (restart)."""
+        to its snapshot's offset when the consumer starts past it. Offsets are
+        committed only with a saved state (:meth:`_commit_saved`), so that happens
+        only with offsets committed by a version that committed on every batch."""
         out = []
         now = time.monotonic()
         for m in messages:
@@ -499,13 +693,40 @@ class SignalAgents:
         loop = asyncio.get_running_loop()
         signals = await loop.run_in_executor(self._exec, self.engine.flush)
         await self.emit(signals)
-        await loop.run_in_executor(self._exec, self._save)
+        await self.save()
 
     async def save(self) -> None:
         """Save the engine's state with the offsets it covers, closing nothing: the
-        state a crash would leave, so the next start continues the open windows."""
+        state a crash would leave, so the next start continues the open windows;
+        then commit those offsets."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._exec, self._save)
+        saved = await loop.run_in_executor(self._exec, self._save)
+        if saved is not None:
+            await self._commit_saved(saved)
+        if self.state_log is not None and self._owned:
+            await self._publish(set(self._owned))
+
+    async def _commit_saved(self, positions: dict[int, int]) -> None:
+        """Commit the ``llmpulse.grouped`` offsets a saved state covers. Committed only
+        here (the topic is consumed without acks): a consumer that starts on the
+        committed offset starts where the saved state ends, not past it. Messages
+        taken after the save are read again after a crash and skipped as held or
+        taken in (:meth:`_replay_filter`), whichever the restored state says."""
+        try:
+            consumer = self.app.consumer
+            assigned = set(consumer.assignment())
+        except Exception:  # no consumer (tests without a broker, or stopped)
+            return
+        offsets = {tp: positions[tp.partition] for tp in assigned
+                   if tp.topic == TOPIC_GROUPED and tp.partition in positions}
+        if not offsets:
+            return
+        try:
+            # explicit offsets: Faust commits only acked messages, and none are acked here
+            await consumer._commit(offsets)  # type: ignore[attr-defined]
+            self.counters["offset_commits"] += 1
+        except Exception:  # the next save commits again
+            log.exception("committing the llmpulse.grouped offsets of the saved state failed")
 
     async def stop(self) -> None:
         """A clean stop, as ``signals.stop`` says: ``flush`` the open windows into
@@ -521,6 +742,8 @@ class SignalAgents:
         loop = asyncio.get_running_loop()
         self._closed = True
         await loop.run_in_executor(self._exec, self.engine.stop)
+        if self.state_log is not None:
+            await asyncio.to_thread(self.state_log.close)
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.counters)
@@ -534,12 +757,15 @@ class SignalAgents:
         ids = set(request_ids)
         loop = asyncio.get_running_loop()
 
-        def forget() -> int:
+        def forget() -> tuple[int, dict[int, int] | None]:
             n = int(self.engine.forget_requests(ids))
-            self._save()
-            return n
+            return n, self._save()
 
-        gone = await loop.run_in_executor(self._exec, forget)
+        gone, saved = await loop.run_in_executor(self._exec, forget)
+        if saved is not None:
+            await self._commit_saved(saved)
+        if self.state_log is not None and self._owned:
+            await self._publish(set(self._owned))  # the changelog's copy forgets them too
         waiting = len(self.pending_feedback)
         self.pending_feedback = [p for p in self.pending_feedback if p[2] not in ids]
         self._routing = [p for p in self._routing if p[2] not in ids]
@@ -549,21 +775,26 @@ class SignalAgents:
 
     # -- state across restarts ----------------------------------------------------
 
-    def _save(self) -> None:
-        # in the engine's thread: the state and the offsets it covers, together
+    def _save(self) -> dict[int, int] | None:
+        # in the engine's thread: the state and the offsets it covers, together;
+        # the offsets saved (None: nothing saved)
         if self._closed:
-            return
+            return None
         try:
+            positions = dict(self._positions)
             state = pickle.dumps(
-                {"version": STATE_VERSION, "positions": dict(self._positions),
+                {"version": STATE_VERSION, "positions": positions,
+                 "keys": {p: sorted(k) for p, k in self._keys.items()},
                  "log": self._log_id,
                  "engine": self.engine.snapshot_bytes()},
                 protocol=pickle.HIGHEST_PROTOCOL,
             )
             write_atomic(self._state_path, state)
             self.counters["snapshots"] += 1
+            return positions
         except Exception:
             log.exception("saving the signal engine state failed")
+            return None
 
     def _restore(self) -> None:
         try:
@@ -572,6 +803,8 @@ class SignalAgents:
                 raise ValueError("not a signal state of this version")
             self.engine.restore_bytes(state["engine"])
             self._positions = {int(p): int(o) for p, o in state["positions"].items()}
+            self._keys = {int(p): {bytes(k) for k in ks}
+                          for p, ks in state.get("keys", {}).items()}
             saved_log = state.get("log")
             self._log_id = saved_log if isinstance(saved_log, str) else None
             log.info("signal engine state restored from %s (llmpulse.grouped offsets %s "

@@ -185,6 +185,32 @@ class Watermark:
         """The watermark last computed by :meth:`current` (reading it moves nothing)."""
         return self._value
 
+    def partitions_behind(self, now: float, *, backlog: bool = False) -> dict[Hashable, int]:
+        """Per partition (the first item of ``(partition, ...)`` sources), the smallest
+        maximum of its active sources, where that is behind the watermark (ms): a
+        partition taken over from an older state, whose windows must wait for it."""
+        value = self._value
+        if value is None:
+            return {}
+        out: dict[Hashable, int] = {}
+        for s, m in self._max.items():
+            if m < value and isinstance(s, tuple) and s and (
+                    backlog or now - self._seen[s] < self.idle_s):
+                p = s[0]
+                if m < out.get(p, value):
+                    out[p] = m
+        return out
+
+    def sources_of(self, partition: Hashable) -> list[tuple[Hashable, int]]:
+        """(source, max event time) of the sources ``(partition, ...)``.
+
+        >>> wm = Watermark(); wm.observe((1, 0), 5, now=0.0); wm.observe((2, 0), 7, now=0.0)
+        >>> wm.sources_of(1)
+        [((1, 0), 5)]
+        """
+        return [(s, m) for s, m in self._max.items()
+                if isinstance(s, tuple) and s and s[0] == partition]
+
     def forget(self, source: Hashable) -> None:
         """Stop waiting for ``source`` (its partition was revoked)."""
         self._max.pop(source, None)
@@ -226,6 +252,14 @@ class TumblingWindows:
         self.closed_through: int = -(2**62)
         self.late: dict[Group, int] = {}
         self.duplicates = 0
+        # close thresholds of groups taken over from another engine (a partition
+        # handed off) that are past this one's: their windows ending there closed
+        # on the other engine, so events for them are late here too
+        self._floors: dict[Group, int] = {}
+        # close thresholds of groups held behind this one's: their partition was
+        # taken over from a state older than this engine's watermark, and its
+        # windows close by the watermark of that partition's own sources
+        self._held: dict[Group, int] = {}
 
     def __len__(self) -> int:
         return len(self._open)
@@ -236,7 +270,7 @@ class TumblingWindows:
             ts_ms = event_ms(event)
         length = self._length
         start = ts_ms - ts_ms % length
-        if start + length <= self.closed_through:
+        if start + length <= self._limit(group):
             self.late[group] = self.late.get(group, 0) + 1
             return False
         key = (group, start)
@@ -252,10 +286,12 @@ class TumblingWindows:
         length = self._length
         closed = self.closed_through
         open_ = self._open
+        per_group = bool(self._floors or self._held)
+        limit = self._limit
         late: list[int] = []
         for i, (group, event, ts_ms) in enumerate(items):
             start = ts_ms - ts_ms % length
-            if start + length <= closed:
+            if start + length <= (limit(group) if per_group else closed):
                 self.late[group] = self.late.get(group, 0) + 1
                 late.append(i)
             else:
@@ -267,17 +303,38 @@ class TumblingWindows:
                     bucket.append(event)
         return late
 
-    def close(self, threshold_ms: int | None) -> list[tuple[Group, int, list[dict[str, Any]]]]:
+    def _limit(self, group: Group) -> int:
+        """The close threshold applied to ``group``'s windows."""
+        held = self._held.get(group)
+        limit = self.closed_through if held is None else held
+        floor = self._floors.get(group)
+        return limit if floor is None or floor < limit else floor
+
+    def close(self, threshold_ms: int | None, caps: Mapping[Group, int] | None = None
+              ) -> list[tuple[Group, int, list[dict[str, Any]]]]:
         """Remove and return the windows ending at or before ``threshold_ms``,
         oldest first, each with its events sorted by (ts, event_id) and
-        without repeated events (same ``event_id``)."""
+        without repeated events (same ``event_id``). ``caps``: groups whose
+        windows close at most that far (a partition behind, taken over)."""
         if threshold_ms is None:
             return []
+        before = self.closed_through
         if threshold_ms > self.closed_through:
             self.closed_through = threshold_ms
+            if self._floors:
+                self._floors = {g: f for g, f in self._floors.items() if f > threshold_ms}
+        caps = caps or {}
+        held = {}
+        for g, cap in caps.items():
+            limit = min(cap, self.closed_through)
+            previous = self._held.get(g, before)
+            held[g] = max(limit, previous)
+        self._held = {g: v for g, v in held.items() if v < self.closed_through}
         length = self.spec.length_ms
+        limits = self._held
         due = sorted(
-            (k for k in self._open if k[1] + length <= threshold_ms), key=lambda k: (k[1], k[0])
+            (k for k in self._open if k[1] + length <= limits.get(k[0], threshold_ms)),
+            key=lambda k: (k[1], k[0]),
         )
         out = []
         for g, start in due:
@@ -331,7 +388,63 @@ class TumblingWindows:
             "closed_through": self.closed_through,
             "late": [[list(g), n] for g, n in self.late.items()],
             "duplicates": self.duplicates,
+            "floors": [[list(g), f] for g, f in self._floors.items()],
         }
+
+    def groups(self) -> set[Group]:
+        """The groups with an open window, a late count or a floor here."""
+        return {g for g, _ in self._open} | set(self.late) | set(self._floors)
+
+    def take_groups(self, groups: Set[Group], index: dict[int, int],
+                    events: dict[int, Any]) -> dict[str, Any]:
+        """:meth:`snapshot_shared` of ``groups`` only (a partition's share), with
+        the close threshold they had here."""
+        open_ = []
+        for (g, start), evs in self._open.items():
+            if g in groups:
+                ids = list(map(id, evs))
+                events.update(zip(ids, evs, strict=True))
+                open_.append([list(g), start, [index.setdefault(i, len(index)) for i in ids]])
+        return {
+            "open": open_,
+            "closed_through": self.closed_through,
+            "floors": [[list(g), f] for g, f in self._floors.items() if g in groups],
+            "late": [[list(g), n] for g, n in self.late.items() if g in groups],
+            "groups": [list(g) for g in sorted(groups)],
+        }
+
+    def drop_groups(self, groups: Set[Group]) -> None:
+        """Forget ``groups``: open windows, late counts, floors (a revoked partition)."""
+        self._open = {k: v for k, v in self._open.items() if k[0] not in groups}
+        self.late = {g: n for g, n in self.late.items() if g not in groups}
+        self._floors = {g: f for g, f in self._floors.items() if g not in groups}
+        self._held = {g: f for g, f in self._held.items() if g not in groups}
+
+    def merge_groups(self, state: Mapping[str, Any], events: list[dict[str, Any]], *,
+                     hold: bool = False) -> None:
+        """Add a :meth:`take_groups` state from another engine. Its groups' windows
+        that closed there stay closed here (a floor per group when that threshold is
+        past this buffer's). With ``hold``, a group whose threshold there is behind
+        this buffer's keeps it, so its windows stay open for the replay of its
+        partition, until :meth:`close` is given no cap for it (its partition
+        caught up); without, they close at the next :meth:`close`."""
+        get = events.__getitem__
+        for g, start, pos in state["open"]:
+            self._open.setdefault((_group(g), int(start)), []).extend(map(get, pos))
+        theirs = int(state["closed_through"])
+        floors = {_group(g): int(f) for g, f in state.get("floors", ())}
+        for g in state.get("groups", ()):
+            grp = _group(g)
+            floor = max(theirs, floors.get(grp, theirs))
+            if floor > self.closed_through and floor > self._floors.get(grp, floor - 1):
+                self._floors[grp] = floor
+            elif floor < self.closed_through and hold:
+                # this buffer is further on: the group keeps its own threshold until
+                # its partition's sources catch up (``caps`` of :meth:`close`)
+                self._held[grp] = min(floor, self._held.get(grp, floor))
+        for g, n in state["late"]:
+            grp = _group(g)
+            self.late[grp] = self.late.get(grp, 0) + int(n)
 
     def restore_shared(self, state: Mapping[str, Any], events: list[dict[str, Any]]) -> None:
         """Load a :meth:`snapshot_shared` state; ``events`` in position order."""
@@ -344,6 +457,7 @@ class TumblingWindows:
         self.closed_through = int(state["closed_through"])
         self.late = {_group(g): int(n) for g, n in state["late"]}
         self.duplicates = int(state.get("duplicates", 0))
+        self._floors = {_group(g): int(f) for g, f in state.get("floors", ())}
 
 
 def _group(g: Any) -> Group:

@@ -72,12 +72,21 @@ def _signals(data_dir: Path) -> dict[tuple[str, ...], tuple[float, int]]:
              r["t"]): (round(float(r["value"]), 6), int(r["n"])) for r in rows}
 
 
-def _engine_holds(sp: Any, events: int) -> dict[str, Any]:
-    """The engine's counters once it has taken in ``events`` events."""
+def _engine_holds(sp: Any, events: int, feedback: int = 0) -> dict[str, Any]:
+    """The engine's counters once it has taken in ``events`` inferences and
+    ``feedback`` feedback events. Feedback read before its inference was stored
+    waits in the worker (``pending_feedback``) and reaches the engine later; a stop
+    before that leaves it waiting on disk for the next start, out of the flushed
+    windows."""
     def ready() -> dict[str, Any] | None:
-        eng = sp.get("/api/stats")["signals"]["engine"]
-        return eng if int(eng.get("events_in", 0)) >= events else None
-    return dict(wait_for(ready, 120, f"the engine to take in {events} events"))
+        stats = sp.get("/api/stats")["signals"]
+        eng = stats["engine"]
+        done = (int(eng.get("events_in", 0)) >= events
+                and int(eng.get("feedback_in", 0)) >= feedback
+                and not stats.get("pending_feedback"))
+        return eng if done else None
+    return dict(wait_for(ready, 120, f"the engine to take in {events} events, "
+                                     f"{feedback} feedback"))
 
 
 def test_a_rolling_restart_mid_window_changes_no_signal(stack_factory, tmp_path) -> None:
@@ -87,6 +96,7 @@ def test_a_rolling_restart_mid_window_changes_no_signal(stack_factory, tmp_path)
     chunks = list(sim.batches(DURATION, 1.0))
     n_inference = sum(1 for ch in chunks for t, _ in ch if t == TOPIC_INFERENCE)
     n_first = sum(1 for ch in chunks[:SPLIT] for t, _ in ch if t == TOPIC_INFERENCE)
+    n_feedback = sum(1 for ch in chunks for t, _ in ch if t == TOPIC_FEEDBACK)
 
     runs: dict[str, dict[tuple[str, ...], tuple[float, int]]] = {}
     engines: dict[str, dict[str, Any]] = {}
@@ -107,7 +117,7 @@ def test_a_rolling_restart_mid_window_changes_no_signal(stack_factory, tmp_path)
                 _send(b.bootstrap, chunks[SPLIT:])  # while the worker is down
                 _config(root, "flush")  # the final stop writes what is still open
                 sp.start()
-            eng = _engine_holds(sp, n_inference)
+            eng = _engine_holds(sp, n_inference, n_feedback)
             assert sp.stop() == 0
             engines[name] = eng
             runs[name] = _signals(root / "data")

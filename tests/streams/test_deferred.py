@@ -137,6 +137,42 @@ def test_pending_jobs_survive_a_snapshot() -> None:
     assert got == want and len(want) == 6
 
 
+def test_pending_jobs_move_with_their_partition() -> None:
+    """A partition handed to another engine takes its groups' waiting jobs along:
+    the new owner emits their signals, the old one no longer does."""
+    gate = threading.Event()
+    clock = Clock()
+    a = gated_engine(gate, clock)
+    runner = a._deferred
+    assert runner is not None
+    stream = chunks(95)
+    models = sorted({e["model"] for c in stream for e in c})
+    moved = models[0]
+    keys = {f"{e['app']}/{e['model']}/{e['model_version']}".encode()
+            for c in stream for e in c if e["model"] == moved}
+    with runner.held():  # no job starts: the first drift window's three wait
+        for chunk in stream:
+            clock.t += 1.0
+            a.add_inference(chunk)
+            a.poll()
+        part = pickle.loads(pickle.dumps(a.snapshot_groups(keys)))
+        a.drop_groups(keys)
+    assert [g for _, g, *_ in part["deferred"]["pending"]] == [[*g] for g in
+                                                               [_group_of(stream, moved)]]
+    b = gated_engine(gate, Clock(clock.t))
+    b.merge(part)
+    gate.set()
+    old = [(s.model, s.ts) for s in a.flush() if s.signal == "drift.gated_count"]
+    new = [(s.model, s.ts) for s in b.flush() if s.signal == "drift.gated_count"]
+    assert (moved, T0 + 60) in new and all(m == moved for m, _ in new)
+    assert old and all(m != moved for m, _ in old)
+
+
+def _group_of(stream: list[list[dict[str, Any]]], model: str) -> tuple[str, str, str]:
+    e = next(e for c in stream for e in c if e["model"] == model)
+    return (e["app"], e["model"], e["model_version"])
+
+
 def test_a_full_queue_drops_and_counts() -> None:
     gate = threading.Event()
     runner = DeferredRunner(max_pending=1)

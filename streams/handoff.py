@@ -1,0 +1,264 @@
+"""A partition's signal state on a compacted changelog topic, for the next worker that owns it.
+
+Every group ``app/model/version`` lives on one ``llmpulse.grouped`` partition,
+so the engine state of a partition is the state of its groups: open windows,
+feedback records, detector state, and the watermark of the sources read
+through it (:meth:`llmpulse.streams.engine.SignalEngine.snapshot_groups`).
+Stored with the partition's next offset it does not hold (``covered``), it is
+all another worker needs to continue the partition exactly, as Kafka Streams
+and Faust tables do with their changelog topics:
+
+* a worker writes the state of each partition it owns here at every save
+  (``signals.snapshot_s``, a clean stop) and when a rebalance revokes its
+  partitions, then commits ``covered`` as the consumer offset;
+* the worker that is assigned a partition reads its latest state here, adds it
+  to its engine and reads the partition from ``covered`` on.
+
+``llmpulse.engine-state`` (:data:`TOPIC_ENGINE_STATE`) has as many partitions
+as ``llmpulse.grouped`` and holds the state of grouped partition ``p`` in its
+partition ``p``, created with ``cleanup.policy=compact``. A state larger than
+:data:`MAX_FRAGMENT` is written as several records, keys ``<p>/<i>``, each
+naming its snapshot and how many fragments it has. The reader reads a
+partition to its end and takes, of the snapshots whose fragments are all
+there, the one covering most of the grouped partition (the latest of equals):
+a worker paused past its session timeout that writes on waking has a state
+that covers no more than the new owner's, so correctness does not depend on
+compaction, which the embedded broker does not run, and a late writer does not
+undo the new owner's work. (Once a real Kafka compacts, only the latest record
+per key is left, whichever writer it came from.)
+
+>>> blob = b"x" * 10
+>>> records = fragments(PartitionState(3, 120, blob, frozenset({b"a/m/1"})), "s1", max_size=4)
+>>> [(k, meta["part"], meta["parts"], len(data)) for k, meta, data in records]
+[(b'3/0', 0, 3, 4), (b'3/1', 1, 3, 4), (b'3/2', 2, 3, 2)]
+>>> best = latest([decode(k, encode(meta, data)) for k, meta, data in records])
+>>> best == PartitionState(3, 120, blob, frozenset({b"a/m/1"}))
+True
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from llmpulse.kafka_security import KafkaSecurity
+
+__all__ = ["MAX_FRAGMENT", "TOPIC_ENGINE_STATE", "EngineStateLog", "PartitionState", "decode",
+           "encode", "fragments", "latest"]
+
+log = logging.getLogger(__name__)
+
+TOPIC_ENGINE_STATE = "llmpulse.engine-state"
+"""The changelog of the signal engine's state, one key per ``llmpulse.grouped`` partition."""
+
+MAX_FRAGMENT = 512 * 1024
+"""Largest state bytes per record (Kafka's default message limit is 1 MB)."""
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    """The engine state of one ``llmpulse.grouped`` partition's groups."""
+
+    partition: int
+    covered: int
+    """The partition's next offset: the state holds every message before it."""
+    engine: bytes
+    """:meth:`~llmpulse.streams.engine_process.LocalEngine.snapshot_groups` bytes."""
+    keys: frozenset[bytes]
+    """The group keys (``app/model/version``) seen on the partition."""
+
+
+Fragment = tuple[bytes, dict[str, Any], bytes]
+
+
+def fragments(state: PartitionState, snapshot_id: str, *,
+              max_size: int = MAX_FRAGMENT) -> list[Fragment]:
+    """The records of ``state``: (key, metadata, state bytes) per fragment."""
+    blob = state.engine
+    pieces = [blob[i:i + max_size] for i in range(0, len(blob), max_size)] or [b""]
+    out: list[Fragment] = []
+    for i, piece in enumerate(pieces):
+        meta: dict[str, Any] = {"partition": state.partition, "covered": state.covered,
+                                "id": snapshot_id, "part": i, "parts": len(pieces)}
+        if i == 0:
+            meta["keys"] = sorted(k.decode("utf-8", "surrogateescape") for k in state.keys)
+        out.append((f"{state.partition}/{i}".encode(), meta, piece))
+    return out
+
+
+def encode(meta: dict[str, Any], data: bytes) -> bytes:
+    """A record value: the metadata as one JSON line, then the state bytes."""
+    return orjson.dumps(meta) + b"\n" + data
+
+
+def decode(key: bytes | None, value: bytes | None) -> Fragment | None:
+    """A record read back; None for a tombstone or a record of another format."""
+    if key is None or not value:
+        return None
+    head, sep, data = value.partition(b"\n")
+    if not sep:
+        return None
+    try:
+        meta = orjson.loads(head)
+        int(meta["partition"]), int(meta["covered"]), int(meta["part"]), int(meta["parts"])
+        str(meta["id"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+    return key, meta, data
+
+
+def latest(records: Iterable[Fragment | None]) -> PartitionState | None:
+    """Of the complete snapshots among ``records`` (in log order), the one with the
+    highest ``covered`` offset, the last of equals."""
+    open_: dict[str, dict[int, bytes]] = {}
+    heads: dict[str, dict[str, Any]] = {}
+    best: tuple[int, int, PartitionState] | None = None
+    for order, rec in enumerate(records):
+        if rec is None:
+            continue
+        _, meta, data = rec
+        sid = str(meta["id"])
+        parts = open_.setdefault(sid, {})
+        parts[int(meta["part"])] = data
+        if int(meta["part"]) == 0:
+            heads[sid] = meta
+        n = int(meta["parts"])
+        if len(parts) == n and sid in heads and all(i in parts for i in range(n)):
+            head = heads[sid]
+            state = PartitionState(
+                partition=int(head["partition"]), covered=int(head["covered"]),
+                engine=b"".join(parts[i] for i in range(n)),
+                keys=frozenset(str(k).encode("utf-8", "surrogateescape")
+                               for k in head.get("keys", ())))
+            if best is None or (state.covered, order) >= best[:2]:
+                best = (state.covered, order, state)
+            del open_[sid]
+            del heads[sid]
+    return None if best is None else best[2]
+
+
+class EngineStateLog:
+    """Writes and reads :class:`PartitionState` records on :data:`TOPIC_ENGINE_STATE`.
+
+    Blocking calls (librdkafka): call them from a thread, not the event loop.
+    """
+
+    def __init__(self, bootstrap: str, *, partitions: int,
+                 security: KafkaSecurity | None = None, timeout: float = 30.0,
+                 topic: str = TOPIC_ENGINE_STATE) -> None:
+        self.bootstrap = bootstrap
+        self.partitions = int(partitions)
+        self.security = security or KafkaSecurity()
+        self.timeout = float(timeout)
+        self.topic = topic
+        self._producer: Any = None
+        self._ready = False
+
+    def _conf(self) -> dict[str, Any]:
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap,
+                                "socket.timeout.ms": int(self.timeout * 1000)}
+        conf.update(self.security.librdkafka())
+        return conf
+
+    def ensure_topic(self) -> None:
+        """Create the compacted topic when it does not exist."""
+        if self._ready:
+            return
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient(self._conf())
+        if self.topic not in admin.list_topics(timeout=self.timeout).topics:
+            new = NewTopic(self.topic, num_partitions=self.partitions, replication_factor=1,
+                           config={"cleanup.policy": "compact"})
+            for fut in admin.create_topics([new]).values():
+                try:
+                    fut.result(self.timeout)
+                except KafkaException as exc:
+                    if "already exists" not in str(exc).lower() and "TOPIC_ALREADY_EXISTS" not in str(exc):
+                        raise
+        self._ready = True
+
+    def _partition_of(self, grouped_partition: int) -> int:
+        return grouped_partition % self.partitions
+
+    def write(self, states: Sequence[PartitionState]) -> None:
+        """Write ``states`` and wait until the broker has them all (raises if not)."""
+        if not states:
+            return
+        from confluent_kafka import Producer
+
+        self.ensure_topic()
+        if self._producer is None:
+            self._producer = Producer({**self._conf(), "acks": "all",
+                                       "message.max.bytes": MAX_FRAGMENT * 2,
+                                       "linger.ms": 0})
+        errors: list[str] = []
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+
+        sid = uuid.uuid4().hex
+        for state in states:
+            for key, meta, data in fragments(state, sid):
+                self._producer.produce(self.topic, key=key, value=encode(meta, data),
+                                       partition=self._partition_of(state.partition),
+                                       on_delivery=delivered)
+                self._producer.poll(0)
+        left = self._producer.flush(self.timeout)
+        if left or errors:
+            raise RuntimeError(f"{self.topic}: {left} record(s) not written, errors {errors[:3]}")
+
+    def read(self, partitions: Iterable[int]) -> dict[int, PartitionState]:
+        """The latest complete state of each grouped partition in ``partitions`` that has one."""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+        wanted = sorted({int(p) for p in partitions})
+        if not wanted:
+            return {}
+        self.ensure_topic()
+        consumer = Consumer({**self._conf(), "group.id": f"llmpulse-state-reader-{uuid.uuid4().hex}",
+                             "enable.auto.commit": False, "enable.partition.eof": True,
+                             "auto.offset.reset": "earliest"})
+        records: dict[int, list[Fragment | None]] = {p: [] for p in wanted}
+        try:
+            parts = sorted({self._partition_of(p) for p in wanted})
+            consumer.assign([TopicPartition(self.topic, cp, OFFSET_BEGINNING) for cp in parts])
+            at_end: set[int] = set()
+            deadline = time.monotonic() + self.timeout
+            while len(at_end) < len(parts):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.topic}: partitions {sorted(set(parts) - at_end)} "
+                                       f"not read to their end in {self.timeout:g} s")
+                msg = consumer.poll(0.2)
+                if msg is None:
+                    continue
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        at_end.add(int(msg.partition() or 0))
+                        continue
+                    raise RuntimeError(f"{self.topic}: {err}")
+                rec = decode(msg.key(), msg.value())
+                if rec is not None and int(rec[1]["partition"]) in records:
+                    records[int(rec[1]["partition"])].append(rec)
+        finally:
+            consumer.close()
+        out = {}
+        for p, recs in records.items():
+            state = latest(recs)
+            if state is not None:
+                out[p] = state
+        return out
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(self.timeout)
+            self._producer = None
