@@ -84,6 +84,10 @@ class SignalSettings:
     """How often the engine state is saved for restarts (0 = only at stop)."""
     feedback_wait_s: float = 60.0
     """How long feedback waits for its inference to be stored before it counts as unmatched."""
+    join_horizon_s: float = 3600.0
+    """How long (event time) each inference waits in memory for its feedback: the
+    feedback join's memory is about horizon x inference rate x 0.5 kB, so a busy
+    worker lowers it; later feedback is still stored, and counted unmatched."""
     process: bool = True
     """Run windows and detectors in a child process, off the ingest path's interpreter lock."""
     engine_processes: int = 2
@@ -321,6 +325,9 @@ def load_settings(
     signals = _sub(SignalSettings, raw.get("signals"), "signals")
     if signals.engine_processes < 1:
         raise ConfigError(f"signals.engine_processes: must be >= 1, got {signals.engine_processes!r}")
+    if signals.join_horizon_s < signals.window_s:
+        raise ConfigError(f"signals.join_horizon_s: must be at least signals.window_s "
+                          f"({signals.window_s:g} s), got {signals.join_horizon_s!r}")
     if signals.stop not in SIGNAL_STOP_MODES:
         raise ConfigError(f"signals.stop: must be one of {', '.join(SIGNAL_STOP_MODES)}, "
                           f"got {signals.stop!r}")

@@ -252,3 +252,24 @@ def test_signals_stop_is_checked_at_load_naming_the_key(tmp_path: Path) -> None:
     for bad in ("drain", "1", "true"):
         with pytest.raises(ConfigError, match=r"^signals\.stop: must be"):
             load(f"signals:\n  stop: {bad}\n")
+
+
+def test_the_join_horizon_reaches_the_engine_and_is_checked(tmp_path: Path) -> None:
+    """``signals.join_horizon_s`` bounds how much traffic the feedback join holds: it
+    reaches the engine's join, and a horizon shorter than a window is refused."""
+    from llmpulse.config import ConfigError
+    from llmpulse.streams.engine_process import new_engine
+    from llmpulse.streams.signals import engine_config
+
+    def load(text: str) -> Any:
+        path = tmp_path / "llmpulse.yaml"
+        path.write_text(text)
+        return load_settings(env={"LLMPULSE_DATA_DIR": str(tmp_path)}, path=path)
+
+    kwargs, detectors = engine_config(load("signals:\n  join_horizon_s: 300\n"))
+    assert new_engine(kwargs, detectors).horizon_s == 300.0
+    assert engine_config(load("signals: {}\n"))[0]["horizon_s"] == 3600.0
+    with pytest.raises(ConfigError, match=r"^signals\.join_horizon_s: must be at least"):
+        load("signals:\n  join_horizon_s: 30\n")
+    with pytest.raises(ConfigError, match=r"^signals\.join_horizon_s: must be float"):
+        load("signals:\n  join_horizon_s: soon\n")
