@@ -243,7 +243,7 @@ class EmbeddedBroker:
         proc, self._proc = self._proc, None
         adopted, self._adopted_pid = self._adopted_pid, None
         if proc is None and adopted is not None:
-            _stop_pid(adopted, timeout)
+            stop_pid(adopted, timeout)
         if proc is not None and proc.poll() is None:
             try:
                 os.kill(proc.pid, signal.SIGINT)  # Tansu ends at once on SIGINT, not SIGTERM
@@ -294,9 +294,10 @@ def pid_alive(pid: int) -> bool:
     return stat[stat.rfind(")") + 2:][:1] not in ("Z", "X", "")
 
 
-def _stop_pid(pid: int, timeout: float) -> None:
-    """SIGINT (Tansu ends at once on it), then SIGKILL; waits until ``pid`` is gone."""
-    for sig in (signal.SIGINT, signal.SIGKILL):
+def stop_pid(pid: int, timeout: float, first: signal.Signals = signal.SIGINT) -> None:
+    """``first`` (SIGINT: Tansu ends at once on it, not on SIGTERM), then SIGKILL after
+    ``timeout``; waits until ``pid`` is gone (a child of another process, or adopted)."""
+    for sig in (first, signal.SIGKILL):
         try:
             os.kill(pid, sig)
         except ProcessLookupError:

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from llmpulse.broker import BrokerError, free_port, pid_alive, port_is_free
+from llmpulse.broker import BrokerError, free_port, pid_alive, port_is_free, stop_pid
 from llmpulse.objstore import ACCESS_KEY_ENV
 
 __all__ = ["STORAGES", "STORE_DIR", "STORE_RECORD", "BrokerSettings", "BrokerSettingsError",
@@ -197,19 +197,6 @@ def _answers(endpoint: str, access_key: str | None, timeout: float = 2.0) -> boo
         return False
 
 
-def _stop(pid: int, timeout: float) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not pid_alive(pid):
-                return
-            time.sleep(0.05)
-
-
 class ObjectServer:
     """The :mod:`llmpulse.objstore` process of a data directory (started detached,
     stopped by pid)."""
@@ -275,7 +262,7 @@ class ObjectServer:
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM (it finishes the request in flight), SIGKILL after ``timeout``."""
-        _stop(self.pid, timeout)
+        stop_pid(self.pid, timeout, signal.SIGTERM)
         if self._proc is not None:
             try:
                 self._proc.wait(timeout)
@@ -312,7 +299,7 @@ def stop_recorded_store(data_dir: Path, timeout: float = 5.0) -> int | None:
         return None
     stopped = None
     if is_recorded_store(rec):
-        _stop(rec.pid, timeout)
+        stop_pid(rec.pid, timeout, signal.SIGTERM)
         stopped = rec.pid
     if read_store_record(data_dir) == rec:
         try:
