@@ -49,13 +49,17 @@ import orjson
 
 from llmpulse.kafka_security import KafkaSecurity
 
-__all__ = ["MAX_FRAGMENT", "TOPIC_ENGINE_STATE", "EngineStateLog", "PartitionState", "decode",
+__all__ = ["MAX_FRAGMENT", "RETENTION_GROUP", "TOPIC_ENGINE_STATE", "EngineStateLog", "PartitionState", "decode",
            "encode", "fragments", "latest"]
 
 log = logging.getLogger(__name__)
 
 TOPIC_ENGINE_STATE = "llmpulse.engine-state"
 """The changelog of the signal engine's state, one key per ``llmpulse.grouped`` partition."""
+
+RETENTION_GROUP = "llmpulse.engine-state-retention"
+"""Consumer group whose committed offset on each changelog partition is the first record
+of the newest state written there: everything before it is superseded."""
 
 MAX_FRAGMENT = 512 * 1024
 """Largest state bytes per record (Kafka's default message limit is 1 MB)."""
@@ -158,6 +162,7 @@ class EngineStateLog:
         self.timeout = float(timeout)
         self.topic = topic
         self._producer: Any = None
+        self._committer: Any = None
         self._ready = False
 
     def _conf(self) -> dict[str, Any]:
@@ -200,10 +205,15 @@ class EngineStateLog:
                                        "message.max.bytes": MAX_FRAGMENT * 2,
                                        "linger.ms": 0})
         errors: list[str] = []
+        firsts: dict[int, int] = {}  # changelog partition -> offset of this write's first record
 
-        def delivered(err: Any, _msg: Any) -> None:
+        def delivered(err: Any, msg: Any) -> None:
             if err is not None:
                 errors.append(str(err))
+                return
+            cp, off = msg.partition(), msg.offset()
+            if cp is not None and off is not None and off >= 0:
+                firsts[cp] = min(firsts.get(cp, off), off)
 
         sid = uuid.uuid4().hex
         for state in states:
@@ -215,6 +225,31 @@ class EngineStateLog:
         left = self._producer.flush(self.timeout)
         if left or errors:
             raise RuntimeError(f"{self.topic}: {left} record(s) not written, errors {errors[:3]}")
+        shared = {self._partition_of(st.partition) for st in states if st.partition >= self.partitions}
+        self._release({cp: off for cp, off in firsts.items() if cp not in shared})
+
+    def _release(self, offsets: dict[int, int]) -> None:
+        """Mark what came before each new state as superseded: commit its first offset
+        for :data:`RETENTION_GROUP`, so a broker that deletes consumed records (the
+        embedded one on disk) can drop the older states, as compaction would on Kafka.
+        Only partitions holding one grouped partition's states are released. A worker
+        paused past its session timeout may release its stale state's offset; the
+        owner's next save (``signals.snapshot_s``, shorter than the broker's
+        ``broker.retain_min_s``) writes a newer state before anything is deleted.
+        Best effort: a failed commit is logged, the save stands."""
+        if not offsets:
+            return
+        from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+        try:
+            if self._committer is None:
+                self._committer = Consumer({**self._conf(), "group.id": RETENTION_GROUP,
+                                            "enable.auto.commit": False})
+            self._committer.commit(offsets=[TopicPartition(self.topic, cp, off)
+                                            for cp, off in sorted(offsets.items())],
+                                   asynchronous=False)
+        except KafkaException as exc:
+            log.warning("%s: could not mark older states as superseded: %s", self.topic, exc)
 
     def read(self, partitions: Iterable[int]) -> dict[int, PartitionState]:
         """The latest complete state of each grouped partition in ``partitions`` that has one."""
@@ -262,3 +297,6 @@ class EngineStateLog:
         if self._producer is not None:
             self._producer.flush(self.timeout)
             self._producer = None
+        if self._committer is not None:
+            self._committer.close()
+            self._committer = None

@@ -90,3 +90,27 @@ def test_a_group_taken_over_from_an_older_state_waits_for_its_partition() -> Non
     got = sorted((s.ts, s.model, s.signal, s.dimension, s.value, s.n)
                  for s in early + b.advance(0.0) + b.flush())
     assert got == ref and b.stats()["late_dropped"] == 0
+
+
+def test_older_states_are_marked_superseded_for_retention(state_log: EngineStateLog) -> None:
+    """Each write commits its first record's offset for the retention group, so a
+    broker that deletes consumed records keeps the newest state and drops older ones."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from llmpulse.streams.handoff import RETENTION_GROUP
+
+    keys = frozenset({b"app/m/1"})
+    big = bytes(range(256)) * (MAX_FRAGMENT // 256 + 7)  # two fragments
+    state_log.write([PartitionState(1, 10, big, keys), PartitionState(3, 5, b"three", keys)])
+    state_log.write([PartitionState(1, 20, big, keys)])
+    reader = Consumer({"bootstrap.servers": state_log.bootstrap, "group.id": RETENTION_GROUP,
+                       "enable.auto.commit": False})
+    try:
+        got = {tp.partition: tp.offset for tp in reader.committed(
+            [TopicPartition(state_log.topic, p) for p in (1, 3)], timeout=30)}
+    finally:
+        reader.close()
+    # partition 1: two fragments of the first state, then the second state from offset 2
+    assert got == {1: 2, 3: 0}
+    assert state_log.read({1})[1].covered == 20
+    state_log.close()
