@@ -123,11 +123,18 @@ def parse_target(path: str, query: str) -> tuple[str, tuple[str, ...], dict[str,
     Traceback (most recent call last):
     ...
     llmpulse.objstore.S3Error: InvalidKey: NUL in key
+    >>> parse_target("/%ff/a", "")
+    Traceback (most recent call last):
+    ...
+    llmpulse.objstore.S3Error: InvalidBucketName: bucket name is not UTF-8
     """
     if not path.startswith("/"):
         raise S3Error(400, "InvalidURI", "the path must start with /")
     bucket_raw, _, key_raw = path[1:].partition("/")
-    bucket = unquote(bucket_raw, errors="strict")
+    try:
+        bucket = unquote_to_bytes(bucket_raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise S3Error(400, "InvalidBucketName", "bucket name is not UTF-8") from None
     segments: list[str] = []
     if key_raw:
         if len(key_raw.encode()) > 3 * MAX_KEY:
