@@ -146,7 +146,7 @@ def _wait_pruned(data: Path, topic: str, below: int, timeout: float = 90.0) -> N
 def test_retention_keeps_disk_bounded_and_removes_nothing_unconsumed(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    settings = BrokerSettings(retain_margin=0, prune_interval_s=1.0, retain_min_s=0.0)
+    settings = BrokerSettings(storage="disk", retain_margin=0, prune_interval_s=1.0, retain_min_s=0.0)
     topic = "retention-test"
     try:
         broker, _ = adopt_or_start(data, storage=settings)
