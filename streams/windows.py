@@ -378,18 +378,25 @@ class TumblingWindows:
         shared by several buffers (which hold the same event objects): ``index``
         maps ``id(event)`` to its position, ``events`` ``id(event)`` to the
         event, both in position order; events not in them yet are appended."""
-        open_ = []
-        for (g, start), evs in self._open.items():
-            ids = list(map(id, evs))
-            events.update(zip(ids, evs, strict=True))
-            open_.append([list(g), start, [index.setdefault(i, len(index)) for i in ids]])
         return {
-            "open": open_,
+            "open": self._open_shared(None, index, events),
             "closed_through": self.closed_through,
             "late": [[list(g), n] for g, n in self.late.items()],
             "duplicates": self.duplicates,
             "floors": [[list(g), f] for g, f in self._floors.items()],
         }
+
+    def _open_shared(self, groups: Set[Group] | None, index: dict[int, int],
+                     events: dict[int, Any]) -> list[Any]:
+        """The open windows (of ``groups``, or all) as ``[group, start, positions]``,
+        their events added to the shared ``index``/``events``."""
+        open_ = []
+        for (g, start), evs in self._open.items():
+            if groups is None or g in groups:
+                ids = list(map(id, evs))
+                events.update(zip(ids, evs, strict=True))
+                open_.append([list(g), start, [index.setdefault(i, len(index)) for i in ids]])
+        return open_
 
     def groups(self) -> set[Group]:
         """The groups with an open window, a late count or a floor here."""
@@ -399,14 +406,8 @@ class TumblingWindows:
                     events: dict[int, Any]) -> dict[str, Any]:
         """:meth:`snapshot_shared` of ``groups`` only (a partition's share), with
         the close threshold they had here."""
-        open_ = []
-        for (g, start), evs in self._open.items():
-            if g in groups:
-                ids = list(map(id, evs))
-                events.update(zip(ids, evs, strict=True))
-                open_.append([list(g), start, [index.setdefault(i, len(index)) for i in ids]])
         return {
-            "open": open_,
+            "open": self._open_shared(groups, index, events),
             "closed_through": self.closed_through,
             "floors": [[list(g), f] for g, f in self._floors.items() if g in groups],
             "late": [[list(g), n] for g, n in self.late.items() if g in groups],
