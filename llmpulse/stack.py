@@ -240,7 +240,7 @@ async def _run(
         else:
             await stop.wait()
         log.info("stopping: draining the broker into the store")
-        result = await drain(worker.lag, DrainPolicy(stall_s=drain_timeout_s), abort=abort)
+        result = await drain(worker.exact_lag, DrainPolicy(stall_s=drain_timeout_s), abort=abort)
         if not result.drained:
             log.warning("drain ended (%s) after %.0f s with %s not yet stored", result.reason,
                         result.waited_s, result.left)

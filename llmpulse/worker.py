@@ -39,6 +39,7 @@ from llmpulse.retrain.service import RetrainService, attach_retrain
 from llmpulse.store import Store
 from llmpulse.streams.alerting import AlertLinker
 from llmpulse.streams.app import (
+    IngestLag,
     IngestStats,
     Lag,
     Pipeline,
@@ -78,6 +79,11 @@ class Worker:
     @property
     def lag(self) -> Lag:
         return self.pipeline.lag
+
+    @property
+    def exact_lag(self) -> Lag:
+        """The backlog a clean stop drains (see :class:`IngestLag`'s ``exact``)."""
+        return IngestLag(self.pipeline.app, self.pipeline.stats, exact=True)
 
     async def close(self) -> None:
         """Flush the stream state before the app stops (see :meth:`Pipeline.close`)."""

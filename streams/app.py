@@ -314,13 +314,21 @@ def register_ingest(
 
 class IngestLag:
     """Messages not yet processed per raw topic on the worker's partitions (high water
-    minus the next offset to process, else the consumer's position: its committed offset)."""
+    minus the next offset to process, else the consumer's position: its committed offset).
+
+    ``exact`` is what a clean stop waits on: the producer is flushed first, so the
+    messages forwarded to ``llmpulse.grouped`` count once they are in the broker, and
+    the end offsets are asked of the broker. The high water of the last fetch is
+    stale for a partition fetched before the forward: the stop then saw no backlog
+    while the engine had not yet read the batch.
+    """
 
     TOPICS: tuple[str, ...] = (TOPIC_INFERENCE, TOPIC_FEEDBACK, TOPIC_GROUPED, *OTLP_TOPICS)
 
-    def __init__(self, app: faust.App, stats: IngestStats) -> None:
+    def __init__(self, app: faust.App, stats: IngestStats, *, exact: bool = False) -> None:
         self.app = app
         self.stats = stats
+        self.exact = exact
 
     async def __call__(self) -> dict[str, int]:
         consumer = self.app.consumer
@@ -329,13 +337,28 @@ class IngestLag:
             assignment = consumer.assignment()
         except Exception:
             return {}
-        for tp in assignment:
-            if tp.topic not in self.TOPICS:
-                continue
-            hw = consumer.highwater(tp)
+        tps = [tp for tp in assignment if tp.topic in self.TOPICS]
+        fresh: dict[Any, int] = {}
+        starts: dict[Any, int] = {}
+        if self.exact and tps:
+            try:
+                await asyncio.wait_for(self.app.producer.flush(), 10.0)
+                fresh = dict(await asyncio.wait_for(consumer.highwaters(*tps), 10.0))
+                starts = dict(await asyncio.wait_for(consumer.earliest_offsets(*tps), 10.0))
+            except Exception as exc:  # the last fetch's high water, then
+                log.debug("end offsets not read from the broker: %s", exc)
+        # the offsets committed when the partitions were assigned (None: none, or 0)
+        committed = getattr(consumer, "_committed_offset", {})
+        for tp in tps:
+            hw = fresh.get(tp, consumer.highwater(tp))
             if hw is None:
                 continue
             pos = self.stats.positions.get((tp.topic, tp.partition))
+            if pos is None and tp in starts:
+                # nothing processed since it was assigned: processing starts at the
+                # committed offset. The consumer's position is past what the fetcher
+                # buffered, so a batch fetched but not yet processed would not count.
+                pos = max(int(committed.get(tp) or 0), int(starts[tp]))
             if pos is None:  # nothing read since it was assigned: where reading starts
                 try:
                     pos = await asyncio.wait_for(consumer.position(tp), 5.0)
