@@ -38,14 +38,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmpulse.broker import BrokerError, EmbeddedBroker, pid_alive, port_is_free, tansu_binary
+from llmpulse.broker_log import repair
 from llmpulse.broker_storage import (
     S3_URL,
+    STORE_DIR,
     BrokerSettings,
     access_key,
     broker_env,
     ensure_object_server,
     stop_recorded_store,
     storage_cluster_id,
+    store_running,
 )
 
 if TYPE_CHECKING:
@@ -195,6 +198,7 @@ def adopt_or_start(data_dir: Path, *, host: str = "127.0.0.1",
     env: dict[str, str] | None = None
     if disk:
         assert storage is not None
+        _restart_over_repaired_log(data_dir, host)
         server, _ = ensure_object_server(data_dir, storage, host=host)
         env = broker_env(server.endpoint, access_key(data_dir))
     rec = read_record(data_dir)
@@ -217,6 +221,29 @@ def adopt_or_start(data_dir: Path, *, host: str = "127.0.0.1",
     _write_record(data_dir, BrokerRecord(pid=broker.pid, port=broker.port, binary=binary,
                                          host=host, started_at=time.time()))
     return broker, False
+
+
+def _restart_over_repaired_log(data_dir: Path, host: str) -> None:
+    """Unless both the broker and its object server still run, stop whichever does
+    and repair the log (:func:`llmpulse.broker_log.repair`) before they start again.
+
+    A kill of either in the middle of a produce can leave a producer's sequence
+    ahead of the stored batches, and the broker caches it: both restart over the
+    repaired files, or the producer's resend is answered as a duplicate and lost."""
+    rec = read_record(data_dir)
+    broker_alive = rec is not None and rec.host == host and is_recorded_process(rec)
+    if broker_alive and rec is not None and _answers(rec, timeout=10.0) \
+            and store_running(data_dir, host):
+        return
+    if broker_alive and rec is not None:
+        log.warning("the embedded broker (pid %s) outlived its object server: restarting "
+                    "both over a repaired log", rec.pid)
+        # the record stays: the broker starts again on its port, where producers are
+        EmbeddedBroker.adopt(rec.pid, rec.port, host=host).stop(10.0)
+    stop_recorded_store(data_dir)
+    store = data_dir / STORE_DIR
+    if store.is_dir():
+        repair(store)
 
 
 def unstored(bootstrap: str, group: str, topics: Iterable[str], *, timeout: float = 10.0,

@@ -50,7 +50,7 @@ from llmpulse.objstore import ACCESS_KEY_ENV
 
 __all__ = ["STORAGES", "STORE_DIR", "STORE_RECORD", "BrokerSettings", "BrokerSettingsError",
            "ObjectServer", "StoreRecord", "access_key", "broker_env", "ensure_object_server", "storage_cluster_id",
-           "stop_recorded_store"]
+           "stop_recorded_store", "store_running"]
 
 log = logging.getLogger("llmpulse.up")
 
@@ -294,6 +294,14 @@ def ensure_object_server(data_dir: Path, settings: BrokerSettings, *,
                                 log_path=data_dir / "objstore.log", access_key=key)
     _write_store_record(data_dir, server.record)
     return server, False
+
+
+def store_running(data_dir: Path, host: str = "127.0.0.1") -> bool:
+    """Whether the object server recorded in ``data_dir`` is ours, running and answering."""
+    rec = read_store_record(data_dir)
+    root = (data_dir / STORE_DIR).absolute()
+    return (rec is not None and rec.root == str(root) and rec.host == host
+            and is_recorded_store(rec) and _answers(rec.endpoint, access_key(data_dir), 5.0))
 
 
 def stop_recorded_store(data_dir: Path, timeout: float = 5.0) -> int | None:
