@@ -162,6 +162,7 @@ async def _run(
     app: Any = None
     worker: Worker | None = None
     audit: AuditLog | None = None
+    otlp_grpc: Any = None
     stop = stop_event or asyncio.Event()
     abort = asyncio.Event()  # a second signal: stop draining now
     loop = asyncio.get_running_loop()
@@ -199,11 +200,15 @@ async def _run(
         app = worker.app
         await app.start()
         await _wait_assigned(app, timeout=settings.session_timeout_s * 4 + 10)
+        if settings.otlp.grpc:
+            otlp_grpc = await _start_otlp_grpc(settings, worker.pipeline.otlp, guard)
         endpoints = {
             "kafka": bootstrap,
             "http": f"http://{settings.http.host}:{web_port}",
             "clickhouse": settings.clickhouse_dsn,
             "otlp": f"http://{settings.http.host}:{web_port}",
+            **({"otlp_grpc": f"http://{settings.http.host}:{otlp_grpc.port}"}
+               if otlp_grpc is not None else {}),
             "pid": os.getpid(),
             "started_at": time.time(),
         }
@@ -239,6 +244,8 @@ async def _run(
                 code = 130
         else:
             await stop.wait()
+        if otlp_grpc is not None:  # calls in flight reach the broker before the drain
+            await otlp_grpc.stop(5.0)
         log.info("stopping: draining the broker into the store")
         result = await drain(worker.lag, DrainPolicy(stall_s=drain_timeout_s), abort=abort)
         if not result.drained:
@@ -251,6 +258,8 @@ async def _run(
             settings.endpoints_path.unlink()
         except FileNotFoundError:
             pass
+        if otlp_grpc is not None:
+            await otlp_grpc.stop(None)
         if app is not None:
             try:
                 await asyncio.wait_for(app.stop(), timeout=20)
@@ -265,6 +274,23 @@ async def _run(
             await asyncio.to_thread(finish, broker, data_dir, group="llmpulse", topics=raw)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+async def _start_otlp_grpc(settings: Settings, ingest: Any, guard: ApiGuard) -> Any:
+    """The OTLP/gRPC receiver on ``http.host``, behind the HTTP API's guard."""
+    from llmpulse.auth import INGEST
+    from llmpulse.streams.otlp_grpc import OtlpGrpcServer
+
+    def authorize(authorization: str | None, method: str, peer: str) -> tuple[int, str]:
+        return guard.check_bearer(authorization, INGEST, target=method, remote=peer)
+
+    server = OtlpGrpcServer(ingest, feedback_topic=TOPIC_FEEDBACK, authorize=authorize)
+    try:
+        await server.start(settings.http.host, settings.otlp.grpc_port)
+    except OSError as exc:
+        raise StackError(f"otlp.grpc_port: {exc}; pick another port, 0 for a free one, "
+                         "or turn it off with otlp.grpc: false") from None
+    return server
 
 
 async def _wait_assigned(app: Any, timeout: float) -> None:
