@@ -2,8 +2,9 @@
 
 Start order: store (the lock fails fast), broker (re-adopted if a crashed run
 left it running, see :mod:`llmpulse.broker_record`), topics, worker (agents
-and HTTP API), then ``endpoints.json`` once everything is ready. Stop order on
-SIGINT/SIGTERM: drain what the broker still holds into the store for as long
+and HTTP API), the OTLP/gRPC receiver (``otlp.grpc``), then ``endpoints.json`` once
+everything is ready. Stop order on SIGINT/SIGTERM: stop the OTLP/gRPC receiver (calls in
+flight finish), drain what the broker still holds into the store for as long
 as the backlog shrinks (:mod:`llmpulse.drain`; a second signal stops waiting),
 stop the worker (offsets committed), close the store, stop the broker (and its
 object server) if its log is on disk (``broker.storage: disk``) or if everything
