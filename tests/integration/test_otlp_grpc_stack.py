@@ -255,3 +255,14 @@ def test_feedback_log_records_over_grpc(secured: Secured) -> None:
     assert rows == [{"request_id": "grpc-req-1", "score": -1.0, "app": "support-bot"}]
     wait_rows(secured.stack, "SELECT reason FROM deadletter_events FINAL "
               "WHERE topic = 'otlp_grpc_logs' AND reason LIKE 'log record:%score%'", 1)
+
+
+def test_bench_otlp_over_grpc_stores_every_span_it_sent() -> None:
+    from llmpulse.bench.otlp import format_table, run
+
+    result = run(quick=True, seconds=1.0, senders=2, transport="grpc")
+    assert set(result["runs"]) == {"grpc_batch_10", "grpc_batch_512"}
+    for name, r in result["runs"].items():
+        assert r["sent"] > 0 and r["failed"] == 0, (name, r)
+        assert r["spans_stored"] == r["events_stored"] == r["sent"], (name, r)
+    assert " grpc    10" in format_table(result)
