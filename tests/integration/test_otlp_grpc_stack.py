@@ -61,11 +61,13 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     sp.token = Secret(read)
     try:
         yield Secured(sp, ingest, read)
+        # the gRPC server stops with the stack: calls in flight first, then a clean exit
+        rc = sp.stop(timeout=120)
+        log = sp.log()
     finally:
-        try:
-            sp.stop()
-        except Exception:
-            sp.kill()
+        sp.close()  # by pid, if it is still running
+    assert rc == 0, log
+    assert not (data / "endpoints.json").exists()
 
 
 def wait_rows(stack: StackProcess, sql: str, n: int, timeout: float = 90.0) -> list[dict[str, Any]]:
@@ -157,7 +159,7 @@ def test_sdk_grpc_exporter_maps_spans_as_http_does(secured: Secured) -> None:
     assert http_row["model"] == "m-http"
 
     spans = {name: wait_rows(sp, f"SELECT * FROM spans FINAL WHERE trace_id = '{t}' "
-                                 "ORDER BY ts", 3)
+                                 "ORDER BY ts, duration_ms DESC", 3)
              for name, t in traces.items()}
     assert [s["step"] for s in spans["grpc"]] == ["other", "llm", "tool"]
     assert spans["grpc"][2]["tool_name"] == "lookup_order"
