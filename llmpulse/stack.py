@@ -130,6 +130,10 @@ async def _run(
     web_port = settings.http.port or free_port(settings.http.host)
     if settings.http.port and not port_is_free(web_port, settings.http.host):
         raise StackError(f"http.port: port {web_port} is busy; pick another or 0 for a free one")
+    grpc_port = settings.otlp.grpc_port
+    if settings.otlp.grpc and grpc_port and not port_is_free(grpc_port, settings.http.host):
+        raise StackError(f"otlp.grpc_port: port {grpc_port} is busy; pick another, 0 for a free "
+                         "one, or turn OTLP/gRPC off with otlp.grpc: false")
 
     from llmpulse.streams.alerts_agent import load_rules
     from llmpulse.streams.rules import RulesError
@@ -311,7 +315,8 @@ def main_up(settings: Settings) -> int:
         return run_stack(
             settings,
             on_ready=lambda ep: print(
-                f"llmpulse up: kafka {ep['kafka']}  http {ep['http']}  store {ep['clickhouse']}",
+                f"llmpulse up: kafka {ep['kafka']}  http {ep['http']}  store {ep['clickhouse']}"
+                + (f"  otlp-grpc {ep['otlp_grpc']}" if "otlp_grpc" in ep else ""),
                 flush=True,
             ),
         )

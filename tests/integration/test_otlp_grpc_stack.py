@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -268,3 +272,17 @@ def test_bench_otlp_over_grpc_stores_every_span_it_sent() -> None:
         assert r["sent"] > 0 and r["failed"] == 0, (name, r)
         assert r["spans_stored"] == r["events_stored"] == r["sent"], (name, r)
     assert " grpc    10" in format_table(result)
+
+
+def test_a_busy_grpc_port_stops_up_before_it_starts(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        data = tmp_path / "data"
+        env = stack_env(data, LLMPULSE_OTLP_GRPC_PORT=str(port))
+        r = subprocess.run([sys.executable, "-m", "llmpulse.cli", "up"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert f"otlp.grpc_port: port {port} is busy" in r.stderr
+    assert not (data / "endpoints.json").exists()
