@@ -132,7 +132,8 @@ def _same_shape(rows: list[dict[str, Any]], model: str) -> Any:
     return json.loads(text.replace(model, "MODEL"))
 
 
-def test_sdk_grpc_exporter_maps_spans_as_http_does(secured: Secured) -> None:
+def test_sdk_grpc_exporter_maps_spans_as_http_does(secured: Secured,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
         OTLPSpanExporter as GrpcExporter,
     )
@@ -142,9 +143,12 @@ def test_sdk_grpc_exporter_maps_spans_as_http_does(secured: Secured) -> None:
 
     sp = secured.stack
     assert sp.endpoints["otlp_grpc"].startswith("http://127.0.0.1:")
-    # the configuration an app sets: OTEL_EXPORTER_OTLP_ENDPOINT and _HEADERS
-    via_grpc = _provider(GrpcExporter(endpoint=sp.endpoints["otlp_grpc"],
-                                      headers={"authorization": f"Bearer {secured.ingest}"}))
+    # configured as the README tells an app to: the endpoint and the (URL-encoded) header
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sp.endpoints["otlp_grpc"])
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", f"authorization=Bearer%20{secured.ingest}")
+    via_grpc = _provider(GrpcExporter())
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT")
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_HEADERS")
     via_http = _provider(HttpExporter(endpoint=sp.endpoints["otlp"] + "/v1/traces",
                                       headers={"Authorization": f"Bearer {secured.ingest}"}))
     t0 = time.time_ns() - 5_000_000_000
