@@ -63,6 +63,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -657,16 +658,39 @@ class ApiGuard:
                                     f"Content-Type {request.content_type!r}")
         return self._authorize(request)
 
+    def _bearer(self, header: str) -> tuple[Principal | None, str]:
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            return None, "malformed Authorization header"
+        rec = self.tokens.lookup(value.strip())
+        if rec is None:
+            return None, "unknown token"
+        return Principal(rec.name, rec.role, "token"), ""
+
+    def check_bearer(self, authorization: str | None, need: str, *, target: str,
+                     remote: str = "") -> tuple[int, str]:
+        """The guard's answer for a server that is not aiohttp (OTLP/gRPC), which has
+        no cookies and no browser behind it: ``(0, "")`` to let the call through,
+        else ``(401 or 403, why)``. ``authorization`` is the ``Authorization`` value
+        (``Bearer <token>``); failures are audited as on the HTTP API."""
+        if not self.required:
+            return 0, ""
+        principal, why = (self._bearer(authorization) if authorization is not None
+                          else (None, "no credential"))
+        call = SimpleNamespace(method="gRPC", path=target, remote=remote)
+        if principal is None:
+            self._audit("auth_failed", call, "anonymous", outcome="denied", why=why)
+            return 401, why
+        if not principal.allows(need):
+            self._audit("auth_failed", call, principal.name, outcome="denied",
+                        why=f"role {principal.role} lacks {need}")
+            return 403, f"the {need} role is required"
+        return 0, ""
+
     def _credential(self, request: Any) -> tuple[Principal | None, str]:
         header = request.headers.get("Authorization")
         if header is not None:
-            scheme, _, value = header.strip().partition(" ")
-            if scheme.lower() != "bearer" or not value.strip():
-                return None, "malformed Authorization header"
-            rec = self.tokens.lookup(value.strip())
-            if rec is None:
-                return None, "unknown token"
-            return Principal(rec.name, rec.role, "token"), ""
+            return self._bearer(header)
         sid = request.cookies.get(SESSION_COOKIE)
         if sid:
             p = self.sessions.get(sid)

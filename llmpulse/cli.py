@@ -89,6 +89,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from llmpulse.bench.extras import missing_extra_message
 
     extra = {"data": args.data} if getattr(args, "data", None) else {}
+    if getattr(args, "transport", None):
+        if args.name != "otlp":
+            print("llmpulse bench: --transport is an option of `otlp`", file=sys.stderr)
+            return 2
+        extra["transport"] = args.transport
     try:
         mod = importlib.import_module(f"llmpulse.bench.{args.name}")
         result = mod.run(quick=args.quick, **extra)
@@ -169,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", metavar="PATH",
                    help="labelled groundedness set(s) for `detectors`: a .jsonl[.gz] file or a directory "
                         "(default ../shared/data/faithfulness/)")
+    s.add_argument("--transport", choices=("http", "grpc", "both"),
+                   help="for `otlp`: the OTLP transport to measure (default http)")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("eval", help="golden-set run: ask known questions, record answers and references")

@@ -31,6 +31,7 @@ __all__ = [
     "ConfigError",
     "HttpSettings",
     "IngestSettings",
+    "OtlpSettings",
     "QuerySettings",
     "RetentionSettings",
     "SignalSettings",
@@ -127,6 +128,43 @@ class HttpSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class OtlpSettings:
+    """The OTLP receiver of ``llmpulse up`` (``otlp:``); OTLP/HTTP is always on the API port.
+
+    >>> load_settings(env={"LLMPULSE_OTLP_GRPC_PORT": "4317"}, path=None).otlp
+    OtlpSettings(grpc=True, grpc_port=4317)
+    >>> load_settings(env={"LLMPULSE_OTLP_GRPC": "maybe"}, path=None)
+    Traceback (most recent call last):
+    ...
+    llmpulse.config.ConfigError: LLMPULSE_OTLP_GRPC: must be true or false, got 'maybe'
+    """
+
+    grpc: bool = True
+    """Serve OTLP/gRPC too (``LLMPULSE_OTLP_GRPC``), on ``http.host``."""
+    grpc_port: int = 0
+    """0 picks a free port (``LLMPULSE_OTLP_GRPC_PORT``); 4317 is the usual one."""
+
+
+def _otlp(raw: Any, env: Mapping[str, str]) -> OtlpSettings:
+    base = _sub(OtlpSettings, raw, "otlp")
+    flag = env.get("LLMPULSE_OTLP_GRPC")
+    if flag is not None:
+        if flag.strip().lower() not in ("true", "false", "1", "0"):
+            raise ConfigError(f"LLMPULSE_OTLP_GRPC: must be true or false, got {flag!r}")
+        base = OtlpSettings(flag.strip().lower() in ("true", "1"), base.grpc_port)
+    port = env.get("LLMPULSE_OTLP_GRPC_PORT")
+    key = "LLMPULSE_OTLP_GRPC_PORT" if port is not None else "otlp.grpc_port"
+    value: Any = port if port is not None else base.grpc_port
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"{key}: must be a port in 0..65535 (0 picks a free one), got {value!r}")
+    return OtlpSettings(base.grpc, number)
+
+
+@dataclass(frozen=True, slots=True)
 class QuerySettings:
     """Limits of every read-only query (``/api/query``, dashboards, report).
 
@@ -201,6 +239,8 @@ class Settings:
     """The optional LLM judge (``judge:``, :mod:`llmpulse.judge_config`)."""
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     """The embedded broker's storage (``broker:``, :mod:`llmpulse.broker_storage`)."""
+    otlp: OtlpSettings = field(default_factory=OtlpSettings)
+    """The OTLP receiver's gRPC endpoint (``otlp:``)."""
 
     @property
     def embedded_broker(self) -> bool:
@@ -278,7 +318,8 @@ def load_settings(
             raise ConfigError(f"{path}: must be a mapping of settings")
         raw = dict(loaded or {})
     known = {"data_dir", "kafka", "clickhouse", "rules", "ingest", "signals", "http",
-             "query", "retention", "session_timeout_s", "kafka_security", "judge", "broker"}
+             "query", "retention", "session_timeout_s", "kafka_security", "judge", "broker",
+             "otlp"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{key}: unknown setting in {path}; known: {', '.join(sorted(known))}")
@@ -354,4 +395,5 @@ def load_settings(
         clickhouse_auth=ch_auth,
         judge=judge,
         broker=broker,
+        otlp=_otlp(raw.get("otlp"), env),
     )

@@ -2,8 +2,9 @@
 
 Start order: store (the lock fails fast), broker (re-adopted if a crashed run
 left it running, see :mod:`llmpulse.broker_record`), topics, worker (agents
-and HTTP API), then ``endpoints.json`` once everything is ready. Stop order on
-SIGINT/SIGTERM: drain what the broker still holds into the store for as long
+and HTTP API), the OTLP/gRPC receiver (``otlp.grpc``), then ``endpoints.json`` once
+everything is ready. Stop order on SIGINT/SIGTERM: stop the OTLP/gRPC receiver (calls in
+flight finish), drain what the broker still holds into the store for as long
 as the backlog shrinks (:mod:`llmpulse.drain`; a second signal stops waiting),
 stop the worker (offsets committed), close the store, stop the broker (and its
 object server) if its log is on disk (``broker.storage: disk``) or if everything
@@ -129,6 +130,10 @@ async def _run(
     web_port = settings.http.port or free_port(settings.http.host)
     if settings.http.port and not port_is_free(web_port, settings.http.host):
         raise StackError(f"http.port: port {web_port} is busy; pick another or 0 for a free one")
+    grpc_port = settings.otlp.grpc_port
+    if settings.otlp.grpc and grpc_port and not port_is_free(grpc_port, settings.http.host):
+        raise StackError(f"otlp.grpc_port: port {grpc_port} is busy; pick another, 0 for a free "
+                         "one, or turn OTLP/gRPC off with otlp.grpc: false")
 
     from llmpulse.streams.alerts_agent import load_rules
     from llmpulse.streams.rules import RulesError
@@ -162,6 +167,7 @@ async def _run(
     app: Any = None
     worker: Worker | None = None
     audit: AuditLog | None = None
+    otlp_grpc: Any = None
     stop = stop_event or asyncio.Event()
     abort = asyncio.Event()  # a second signal: stop draining now
     loop = asyncio.get_running_loop()
@@ -199,11 +205,15 @@ async def _run(
         app = worker.app
         await app.start()
         await _wait_assigned(app, timeout=settings.session_timeout_s * 4 + 10)
+        if settings.otlp.grpc:
+            otlp_grpc = await _start_otlp_grpc(settings, worker.pipeline.otlp, guard)
         endpoints = {
             "kafka": bootstrap,
             "http": f"http://{settings.http.host}:{web_port}",
             "clickhouse": settings.clickhouse_dsn,
             "otlp": f"http://{settings.http.host}:{web_port}",
+            **({"otlp_grpc": f"http://{settings.http.host}:{otlp_grpc.port}"}
+               if otlp_grpc is not None else {}),
             "pid": os.getpid(),
             "started_at": time.time(),
         }
@@ -239,6 +249,8 @@ async def _run(
                 code = 130
         else:
             await stop.wait()
+        if otlp_grpc is not None:  # calls in flight reach the broker before the drain
+            await otlp_grpc.stop(5.0)
         log.info("stopping: draining the broker into the store")
         result = await drain(worker.exact_lag, DrainPolicy(stall_s=drain_timeout_s), abort=abort)
         if not result.drained:
@@ -251,6 +263,8 @@ async def _run(
             settings.endpoints_path.unlink()
         except FileNotFoundError:
             pass
+        if otlp_grpc is not None:
+            await otlp_grpc.stop(None)
         if app is not None:
             try:
                 await asyncio.wait_for(app.stop(), timeout=20)
@@ -265,6 +279,23 @@ async def _run(
             await asyncio.to_thread(finish, broker, data_dir, group="llmpulse", topics=raw)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+async def _start_otlp_grpc(settings: Settings, ingest: Any, guard: ApiGuard) -> Any:
+    """The OTLP/gRPC receiver on ``http.host``, behind the HTTP API's guard."""
+    from llmpulse.auth import INGEST
+    from llmpulse.streams.otlp_grpc import OtlpGrpcServer
+
+    def authorize(authorization: str | None, method: str, peer: str) -> tuple[int, str]:
+        return guard.check_bearer(authorization, INGEST, target=method, remote=peer)
+
+    server = OtlpGrpcServer(ingest, feedback_topic=TOPIC_FEEDBACK, authorize=authorize)
+    try:
+        await server.start(settings.http.host, settings.otlp.grpc_port)
+    except OSError as exc:
+        raise StackError(f"otlp.grpc_port: {exc}; pick another port, 0 for a free one, "
+                         "or turn it off with otlp.grpc: false") from None
+    return server
 
 
 async def _wait_assigned(app: Any, timeout: float) -> None:
@@ -284,7 +315,8 @@ def main_up(settings: Settings) -> int:
         return run_stack(
             settings,
             on_ready=lambda ep: print(
-                f"llmpulse up: kafka {ep['kafka']}  http {ep['http']}  store {ep['clickhouse']}",
+                f"llmpulse up: kafka {ep['kafka']}  http {ep['http']}  store {ep['clickhouse']}"
+                + (f"  otlp-grpc {ep['otlp_grpc']}" if "otlp_grpc" in ep else ""),
                 flush=True,
             ),
         )

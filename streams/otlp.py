@@ -60,6 +60,7 @@ __all__ = [
     "encoding_of",
     "envelopes",
     "rpc_status",
+    "trace_response",
 ]
 
 log = logging.getLogger(__name__)
@@ -389,13 +390,20 @@ class SpanIngest:
 # -- HTTP ------------------------------------------------------------------------------------
 
 
-def _response(web: Any, encoding: str, mapped: MappedRequest) -> Any:
+def trace_response(mapped: MappedRequest) -> ExportTraceServiceResponse:
+    """The answer to a traces export: ``partial_success`` counts the rejected spans and
+    names up to five reasons (both transports)."""
     resp = ExportTraceServiceResponse()
     if mapped.rejected:
         resp.partial_success.rejected_spans = len(mapped.rejected)
         reasons = sorted({r.reason for r in mapped.rejected})
         resp.partial_success.error_message = (
             f"{len(mapped.rejected)} span(s) rejected: " + "; ".join(reasons[:5]))[:1000]
+    return resp
+
+
+def _response(web: Any, encoding: str, mapped: MappedRequest) -> Any:
+    resp = trace_response(mapped)
     if encoding == "otlp_json":
         return web.bytes(json_format.MessageToJson(resp, indent=None).encode(),
                          content_type="application/json")

@@ -64,7 +64,8 @@ from llmpulse.streams.otlp import (
 from llmpulse.streams.otlp_identity import span_key
 from llmpulse.streams.otlp_mapping import attributes, decode_request
 
-__all__ = ["FEEDBACK_EVENTS", "MappedLogs", "attach_otlp_logs", "decode_logs", "map_logs"]
+__all__ = ["FEEDBACK_EVENTS", "MappedLogs", "attach_otlp_logs", "decode_logs", "ingest_logs",
+           "logs_response", "map_logs"]
 
 log = logging.getLogger(__name__)
 
@@ -175,13 +176,39 @@ def map_logs(req: ExportLogsServiceRequest, *, now_ms: int | None = None,
     return out
 
 
-def _response(web: Any, encoding: str, mapped: MappedLogs) -> Any:
+def logs_response(mapped: MappedLogs) -> ExportLogsServiceResponse:
+    """The answer to a logs export: ``partial_success`` counts the rejected records and
+    names up to five reasons (both transports)."""
     resp = ExportLogsServiceResponse()
     if mapped.rejected:
         resp.partial_success.rejected_log_records = len(mapped.rejected)
         reasons = sorted({r for r, _ in mapped.rejected})
         resp.partial_success.error_message = (
             f"{len(mapped.rejected)} log record(s) rejected: " + "; ".join(reasons[:5]))[:1000]
+    return resp
+
+
+async def ingest_logs(ingest: SpanIngest, body: bytes, encoding: str, *, feedback_topic: str,
+                      source: str) -> MappedLogs:
+    """Decode and map a logs export request, send its feedback to ``feedback_topic`` and
+    dead-letter the rejected records under ``source`` (both transports);
+    :class:`OtlpDecodeError` when ``body`` is no export request."""
+    mapped = map_logs(decode_logs(body, encoding), limits=ingest.limits)
+    acks = []
+    for key, value, part in envelopes(mapped.feedback, partitions=ingest.partitions):
+        acks.append(await ingest.send(feedback_topic, value, key, None, part))
+    dead = [DeadLetter(payload, f"log record: {reason}", source, 0,
+                       ingest.next_offset()) for reason, payload in mapped.rejected]
+    await ingest.dead_letter(dead, acks)
+    for a in acks:
+        await a
+    ingest.stats.log_feedback += len(mapped.feedback)
+    ingest.stats.rejected_log_records += len(mapped.rejected)
+    return mapped
+
+
+def _response(web: Any, encoding: str, mapped: MappedLogs) -> Any:
+    resp = logs_response(mapped)
     if encoding == "otlp_json":
         return web.bytes(json_format.MessageToJson(resp, indent=None).encode(),
                          content_type="application/json")
@@ -198,18 +225,8 @@ def attach_otlp_logs(app: Any, ingest: SpanIngest, *, feedback_topic: str,
     refuse = dead_letter_refusals(ingest, OTLP_LOGS_SOURCE, limits.timeout_s)
 
     async def take(body: bytes, encoding: str) -> MappedLogs:
-        mapped = map_logs(decode_logs(body, encoding), limits=ingest.limits)
-        acks = []
-        for key, value, part in envelopes(mapped.feedback, partitions=ingest.partitions):
-            acks.append(await ingest.send(feedback_topic, value, key, None, part))
-        dead = [DeadLetter(payload, f"log record: {reason}", OTLP_LOGS_SOURCE, 0,
-                           ingest.next_offset()) for reason, payload in mapped.rejected]
-        await ingest.dead_letter(dead, acks)
-        for a in acks:
-            await a
-        ingest.stats.log_feedback += len(mapped.feedback)
-        ingest.stats.rejected_log_records += len(mapped.rejected)
-        return mapped
+        return await ingest_logs(ingest, body, encoding, feedback_topic=feedback_topic,
+                                 source=OTLP_LOGS_SOURCE)
 
     @app.page("/v1/logs")
     class LogsView(faust.web.View):

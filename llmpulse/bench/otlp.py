@@ -1,10 +1,13 @@
-"""OTLP benchmark: spans/s from an OTLP/HTTP request to stored rows, and lag.
+"""OTLP benchmark: spans/s from an OTLP/HTTP or OTLP/gRPC request to stored rows, and lag.
 
 Starts ``llmpulse up`` (embedded broker and store) in a subprocess, then
-POSTs protobuf export requests to ``/v1/traces`` from sender threads in this
-process (persistent connections, as an exporter keeps them), as fast as they
-go, for small batches (10 spans a request) and large ones (512, the SDK's
-``BatchSpanProcessor`` default). Every span is a GenAI chat span with
+sends protobuf export requests from sender threads in this process
+(persistent connections, as an exporter keeps them), as fast as they go, for
+small batches (10 spans a request) and large ones (512, the SDK's
+``BatchSpanProcessor`` default): ``POST /v1/traces`` (``--transport http``,
+the default), ``TraceService/Export`` on the stack's gRPC port (``grpc``), or
+both against the same stack, one after the other, in alternating order
+(``both``; the table then gives gRPC's figures as a ratio of HTTP's). Every span is a GenAI chat span with
 prompt, response and token counts from the simulator's support-app traffic,
 stamped with its end time when its request is built; so every span costs an
 inference event and a ``spans`` row.
@@ -19,6 +22,7 @@ Figures, per batch size:
 * baseline: the same stack's shim figure is ``llmpulse bench ingest``.
 
     python -m llmpulse.bench.otlp --json otlp.json [--seconds 15] [--senders 3]
+        [--transport http|grpc|both]
 """
 
 from __future__ import annotations
@@ -93,6 +97,32 @@ def _sender(url: str, pool: list[dict[str, Any]], batch: int, app: str, stop_at:
         out["failed"] += failed
 
 
+def _grpc_sender(url: str, pool: list[dict[str, Any]], batch: int, app: str, stop_at: float,
+                 seq0: int, out: dict[str, int], lock: threading.Lock) -> None:
+    import grpc
+
+    sent = failed = 0
+    seq = seq0
+    with grpc.insecure_channel(url.removeprefix("http://")) as channel:
+        export = channel.unary_unary(f"/{TRACE_SERVICE}/Export")
+        while time.monotonic() < stop_at:
+            body = _request(pool, seq * batch, batch, app, seq)
+            seq += 1
+            try:
+                export(body, timeout=60)
+                sent += batch
+            except grpc.RpcError:
+                failed += batch
+    with lock:
+        out["sent"] += sent
+        out["failed"] += failed
+
+
+TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+TRANSPORTS = ("http", "grpc", "both")
+_SENDERS = {"http": _sender, "grpc": _grpc_sender}
+
+
 def _measure(http_url: str, app: str, sent: int, timeout: float = 180) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     stored = 0
@@ -128,7 +158,11 @@ def _measure(http_url: str, app: str, sent: int, timeout: float = 180) -> dict[s
     }
 
 
-def run(quick: bool = False, seconds: float | None = None, senders: int = 3) -> dict[str, Any]:
+def run(quick: bool = False, seconds: float | None = None, senders: int = 3,
+        transport: str = "http") -> dict[str, Any]:
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport: one of {', '.join(TRANSPORTS)}, got {transport!r}")
+    transports = ("http", "grpc") if transport == "both" else (transport,)
     seconds = seconds or (3.0 if quick else 15.0)
     tmp = Path(tempfile.mkdtemp(prefix="llmpulse-bench-otlp-"))
     runs: dict[str, Any] = {}
@@ -136,52 +170,84 @@ def run(quick: bool = False, seconds: float | None = None, senders: int = 3) -> 
         with bench_stack(tmp, "signals:\n  enabled: true\n") as up:
             ep = up.endpoints
             pool = event_pool(2_000 if quick else 10_000)
-            url = ep.get("otlp") or ep["http"]
-            # warm up: first connections, topic metadata, the first inserts
-            _sender(url, pool, 10, "bench-otlp-warm", time.monotonic() + 1.0, 1, {"sent": 0,
-                    "failed": 0}, threading.Lock())
-            for batch in (10, 512):
-                app = f"bench-otlp-{batch}-{int(time.time())}"
-                out = {"sent": 0, "failed": 0}
-                lock = threading.Lock()
-                stop_at = time.monotonic() + seconds
-                t0 = time.monotonic()
-                threads = [threading.Thread(target=_sender, args=(
-                    url, pool, batch, app, stop_at, (k + 1) * 10_000_000 + batch, out, lock))
-                    for k in range(senders)]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-                send_s = time.monotonic() - t0
-                m = _measure(ep["http"], app, out["sent"])
-                runs[f"batch_{batch}"] = {"batch": batch, "seconds": seconds, "senders": senders,
-                                          "sent": out["sent"], "failed": out["failed"],
-                                          "send_rate": out["sent"] / send_s, **m}
+            urls = {"http": ep.get("otlp") or ep["http"], "grpc": ep.get("otlp_grpc")}
+            for tr in transports:
+                if not urls[tr]:
+                    raise RuntimeError("the stack serves no OTLP/gRPC (otlp.grpc: false?)")
+                # warm up: first connections, topic metadata, the first inserts
+                _SENDERS[tr](urls[tr], pool, 10, f"bench-otlp-warm-{tr}", time.monotonic() + 1.0,
+                             1, {"sent": 0, "failed": 0}, threading.Lock())
+            for n, batch in enumerate((10, 512)):
+                # the order alternates: the later run meets a store that has more to merge
+                for tr in transports if n % 2 == 0 else transports[::-1]:
+                    app = f"bench-otlp-{tr}-{batch}-{int(time.time())}"
+                    out = {"sent": 0, "failed": 0}
+                    lock = threading.Lock()
+                    stop_at = time.monotonic() + seconds
+                    t0 = time.monotonic()
+                    threads = [threading.Thread(target=_SENDERS[tr], args=(
+                        urls[tr], pool, batch, app, stop_at, (k + 1) * 10_000_000 + batch, out,
+                        lock)) for k in range(senders)]
+                    for t in threads:
+                        t.start()
+                    for t in threads:
+                        t.join()
+                    send_s = time.monotonic() - t0
+                    m = _measure(ep["http"], app, out["sent"])
+                    key = f"batch_{batch}" if transport == "http" else f"{tr}_batch_{batch}"
+                    runs[key] = {"transport": tr, "batch": batch, "seconds": seconds,
+                                 "senders": senders, "sent": out["sent"],
+                                 "failed": out["failed"], "send_rate": out["sent"] / send_s, **m}
             worker = stack_stats(ep["http"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {
+    result = {
         "benchmark": "otlp",
+        "transport": transport,
         "machine": {"cpus": os.cpu_count()},
         "goal": {"spans_per_s": 20_000, "lag_p99_ms": 2000},
         "runs": runs,
         "otlp": worker.get("otlp"),
     }
+    if transport == "both":
+        result["grpc_vs_http"] = grpc_vs_http(runs)
+    return result
+
+
+def grpc_vs_http(runs: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """gRPC's send rate and stored spans/s as a ratio of HTTP's, per batch size.
+
+    >>> grpc_vs_http({"http_batch_10": {"batch": 10, "send_rate": 100.0, "spans_per_s": 80.0},
+    ...               "grpc_batch_10": {"batch": 10, "send_rate": 150.0, "spans_per_s": 80.0}})
+    {'batch_10': {'send_rate': 1.5, 'spans_per_s': 1.0}}
+    """
+    out: dict[str, dict[str, float]] = {}
+    for key, r in runs.items():
+        if key.startswith("grpc_"):
+            h = runs.get("http_" + key.removeprefix("grpc_"))
+            if h:
+                out[f"batch_{r['batch']}"] = {
+                    f: round(r[f] / h[f], 3) if h[f] else float("nan")
+                    for f in ("send_rate", "spans_per_s")}
+    return out
 
 
 def format_table(result: dict[str, Any]) -> str:
     lines = [
-        "otlp: OTLP/HTTP protobuf -> receiver -> broker -> worker -> store (embedded stack, "
+        "otlp: OTLP protobuf -> receiver -> broker -> worker -> store (embedded stack, "
         "this machine; every span a GenAI chat span with content)",
-        f"{'batch':>6}{'sent/s':>10}{'spans/s':>10}{'stored':>10}{'lost':>6}{'failed':>8}"
+        f"{'via':>5}{'batch':>6}{'sent/s':>10}{'spans/s':>10}{'stored':>10}{'lost':>6}{'failed':>8}"
         f"{'lag p50 ms':>12}{'lag p99 ms':>12}{'lag max ms':>12}",
     ]
     for r in result["runs"].values():
         lines.append(
+            f"{r.get('transport', 'http'):>5}"
             f"{r['batch']:>6}{r['send_rate']:>10.0f}{r['spans_per_s']:>10.0f}"
             f"{r['spans_stored']:>10}{r['lost']:>6}{r['failed']:>8}{r['lag_p50_ms']:>12.0f}"
             f"{r['lag_p99_ms']:>12.0f}{r['lag_max_ms']:>12.0f}")
+    for batch, ratio in result.get("grpc_vs_http", {}).items():
+        lines.append(f"grpc / http, {batch}: sent/s x{ratio['send_rate']:.2f}, "
+                     f"stored spans/s x{ratio['spans_per_s']:.2f}")
     g = result["goal"]
     lines.append(f"goal: >= {g['spans_per_s']} spans/s sustained, lag p99 <= {g['lag_p99_ms']} ms")
     return "\n".join(lines)
@@ -193,8 +259,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seconds", type=float, default=None)
     ap.add_argument("--senders", type=int, default=3)
+    ap.add_argument("--transport", choices=TRANSPORTS, default="http")
     a = ap.parse_args()
-    return finish(run(quick=a.quick, seconds=a.seconds, senders=a.senders), format_table, a.json)
+    return finish(run(quick=a.quick, seconds=a.seconds, senders=a.senders,
+                      transport=a.transport), format_table, a.json)
 
 
 if __name__ == "__main__":
