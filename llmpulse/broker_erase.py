@@ -68,7 +68,7 @@ from llmpulse.events import (
 )
 from llmpulse.objstore import BUCKET, ObjectFiles, S3Error
 
-__all__ = ["DERIVED_TOPICS", "TOPICS", "BatchFormatError", "BrokerErasure", "EventEraser",
+__all__ = ["DERIVED_TOPICS", "OTLP_SPANS", "SPAN_ROWS", "TOPICS", "BatchFormatError", "BrokerErasure", "EventEraser",
            "Record", "RecordBatch", "encode_batch", "erase_from_broker", "parse_batches"]
 
 log = logging.getLogger(__name__)
@@ -76,9 +76,13 @@ log = logging.getLogger(__name__)
 DERIVED_TOPICS = (TOPIC_SIGNALS, TOPIC_ALERTS)
 """Topics whose records only quote events (examples in a signal's or alert's detail):
 they are scrubbed, not dropped."""
-TOPICS = (TOPIC_INFERENCE, TOPIC_FEEDBACK, TOPIC_GROUPED, TOPIC_DEADLETTER,
-          "llmpulse.spans", "otlp_spans", *DERIVED_TOPICS)
-"""The topics that carry event JSON (the span topics are named as the OTLP receiver names them)."""
+SPAN_ROWS = "llmpulse.spans"
+"""The OTLP receiver's mapped span rows (NDJSON, as :mod:`llmpulse.streams.otlp` names it)."""
+OTLP_SPANS = "otlp_spans"
+"""The OTLP receiver's input, as exporters send it (OTLP JSON or protobuf)."""
+TOPICS = (TOPIC_INFERENCE, TOPIC_FEEDBACK, TOPIC_GROUPED, TOPIC_DEADLETTER, SPAN_ROWS,
+          OTLP_SPANS, *DERIVED_TOPICS)
+"""The topics that carry events or quote them."""
 
 _HEADER = struct.Struct(">qiibIhiqqqhii")
 _CRC_AT = 17  # base offset, length, leader epoch, magic
@@ -305,10 +309,12 @@ Scrub = Callable[[Any, Iterable[str], Iterable[str]], tuple[Any, int]]
 @dataclass(frozen=True)
 class EventEraser:
     """Which events of a record go: those whose ``request_id`` or ``event_id`` is
-    in ``ids``, whose ``user`` is in ``users``, span rows whose ``trace_id`` is in
-    ``trace_ids``. On the :data:`DERIVED_TOPICS`, ``scrub`` (decoded JSON,
-    needles, texts -> new JSON, count) removes what quotes them. A line that is
-    not JSON goes when it holds an id or user as a JSON string (quoted)."""
+    in ``ids``, whose ``user`` is in ``users``, and on :data:`SPAN_ROWS` those whose
+    ``trace_id`` is in ``trace_ids`` or ``ids`` (as the store's ``spans`` rows go).
+    On the :data:`DERIVED_TOPICS`, ``scrub`` (decoded JSON, needles, texts -> new
+    JSON, count) removes what quotes them. A line that is not JSON, and an
+    exporter's message on :data:`OTLP_SPANS`, goes when it holds an id or user as a
+    JSON string (quoted); an OTLP protobuf message is not decoded."""
 
     ids: frozenset[str] = frozenset()
     users: frozenset[str] = frozenset()
@@ -325,14 +331,15 @@ class EventEraser:
     def empty(self) -> bool:
         return not (self.ids or self.users or self.trace_ids)
 
-    def _erased(self, ev: Any) -> bool:
+    def _erased(self, topic: str, ev: Any) -> bool:
         if not isinstance(ev, dict):
             return False
         if ev.get("request_id") in self.ids or ev.get("event_id") in self.ids:
             return True
         if self.users and ev.get("user") in self.users:
             return True
-        return "request_id" not in ev and ev.get("trace_id") in self.trace_ids
+        trace = ev.get("trace_id")
+        return topic == SPAN_ROWS and (trace in self.trace_ids or trace in self.ids)
 
     def _names(self, raw: bytes) -> bool:
         text = raw.decode("utf-8", "replace")
@@ -342,12 +349,14 @@ class EventEraser:
 
     def _line(self, topic: str, line: bytes) -> bytes | None:
         """The line as it stays (the same object when unchanged), or None when it goes."""
+        if topic == OTLP_SPANS:
+            return None if self._names(line) else line
         try:
             ev = orjson.loads(line)
         except orjson.JSONDecodeError:
             return None if self._names(line) else line
         if topic not in DERIVED_TOPICS:
-            return None if self._erased(ev) else line
+            return None if self._erased(topic, ev) else line
         if self.scrub is None:
             return None if self._names(line) else line
         needles = sorted(self.ids | self.users | self.trace_ids)

@@ -240,9 +240,11 @@ def test_erase_user_removes_every_trace_and_twice_is_a_noop(stack_factory, tmp_p
     assert kept[1] in worker_state_text(sp.data_dir)
 
 
-def test_erase_during_steady_ingest_loses_no_other_event(stack_factory, tmp_path) -> None:
+@pytest.mark.parametrize("storage", ["memory", "disk"])
+def test_erase_during_steady_ingest_loses_no_other_event(stack_factory, tmp_path,
+                                                         storage: str) -> None:
     config(tmp_path)
-    sp = stack_factory(tmp_path / "data").start()
+    sp = stack_factory(tmp_path / "data", LLMPULSE_BROKER_STORAGE=storage).start()
     bootstrap = sp.endpoints["kafka"]
     with Monitor(app="support", bootstrap=bootstrap) as mon:
         victims = [mon.inference(model="m", model_version="1", latency_ms=5, status="ok",
@@ -275,6 +277,8 @@ def test_erase_during_steady_ingest_loses_no_other_event(stack_factory, tmp_path
         t.join(60)
     assert out.returncode == 0, out.stderr + out.stdout
     assert json.loads(out.stdout)["rows"]["inference_events"] == 20
+    if storage == "disk":  # the victims' envelopes were rewritten in the broker's log
+        assert json.loads(out.stdout)["broker_records"][TOPIC_INFERENCE] >= 1
     sp.wait_stored(TOPIC_INFERENCE, 20 + sent, timeout=120)
     assert sent > 100
     rows = sp.sql("SELECT count() AS n, countIf(prompt = 'steady') AS s FROM inference_events FINAL")

@@ -13,6 +13,8 @@ from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBat
 from aiokafka.record.util import calc_crc32c
 
 from llmpulse.broker_erase import (
+    OTLP_SPANS,
+    SPAN_ROWS,
     BatchFormatError,
     EventEraser,
     FileObjects,
@@ -155,3 +157,21 @@ def test_file_objects_write_only_the_version_read(tmp_path: Path) -> None:
     assert objs.put("a/b.batch", b"three", etag) is False
     assert objs.get("a/b.batch") == (b"two", objs.get("a/b.batch")[1])  # type: ignore[index]
     assert objs.put("a/gone.batch", b"x", etag) is False
+
+
+def test_span_rows_go_by_trace_and_exporter_messages_by_a_quoted_id() -> None:
+    rows = [orjson.dumps({"trace_id": "t1", "span_id": "s1", "name": "retrieve"}),
+            orjson.dumps({"trace_id": "t2", "span_id": "s2", "name": "retrieve"})]
+    eraser = EventEraser(ids=frozenset({"r1"}), trace_ids=frozenset({"t1"}))
+    out = eraser.rewrite(SPAN_ROWS, Record(key=None, value=b"\n".join(rows)))
+    assert out is not None and out.value == rows[1]
+    # on the raw topics a trace id alone does not take an event (only spans go by trace)
+    inf = orjson.dumps({"request_id": "r9", "trace_id": "t1"})
+    assert eraser.rewrite(TOPIC_INFERENCE, Record(key=None, value=inf)) is None
+    otlp = orjson.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [
+        {"traceId": "t1", "attributes": [{"key": "llmpulse.request_id",
+                                          "value": {"stringValue": "r1"}}]}]}]}]})
+    out = eraser.rewrite(OTLP_SPANS, Record(key=None, value=otlp))
+    assert out is not None and out.value is None
+    other = otlp.replace(b'"r1"', b'"r5"').replace(b'"t1"', b'"t5"')
+    assert eraser.rewrite(OTLP_SPANS, Record(key=None, value=other)) is None
