@@ -14,9 +14,11 @@ An erasure rewrites every batch that holds an erased event, in place:
   valid;
 * a record's value is NDJSON (one event per line, :func:`llmpulse.events.
   split_envelope`): the lines of erased events go, the other events of the same
-  envelope stay byte for byte; a record left with no event gets a null value
-  (a tombstone, which ingest skips); lines that only mention an erased event
-  (a signal's examples) are scrubbed by the caller's ``scrub``;
+  envelope stay byte for byte; a record left with no event gets an empty value
+  (an envelope of no event: ingest and the signal engine read nothing from it,
+  where a null value would be a tombstone some readers do not expect); lines
+  that only mention an erased event (a signal's examples) are scrubbed by the
+  caller's ``scrub``;
 * a key or header naming an erased id or user goes;
 * the records are compressed again with the batch's own codec and the length
   and CRC written anew.
@@ -35,8 +37,8 @@ rewritten is reported, never skipped silently.
 [b'{"request_id":"r1"}', b'{"request_id":"r2"}']
 >>> eraser = EventEraser(ids=frozenset({"r1"}))
 >>> out = [eraser.rewrite(TOPIC_INFERENCE, r) for r in parse_batches(batch)[0].records]
->>> out[0].value is None, out[0].key, out[1] is None
-(True, b'k', True)
+>>> out[0].value, out[0].key, out[1] is None
+(b'', b'k', True)
 """
 
 from __future__ import annotations
@@ -370,7 +372,7 @@ class EventEraser:
             lines = _lines(value)
             kept = [k for k in (self._line(topic, ln) for ln in lines) if k is not None]
             if len(kept) != len(lines) or any(a is not b for a, b in zip(kept, lines, strict=False)):
-                value = b"\n".join(kept) if kept else None
+                value = b"\n".join(kept)  # b"" when no event is left
         key = None if record.key is not None and self._names(record.key) else record.key
         headers = tuple(h for h in record.headers if h[1] is None or not self._names(h[1]))
         if value is record.value and key is record.key and headers == record.headers:

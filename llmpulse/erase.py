@@ -188,6 +188,8 @@ class ErasureReport:
     """Events and join records dropped from the running signal engine's memory."""
     broker_records: dict[str, int] = field(default_factory=dict)
     """Records rewritten in the embedded broker's log on disk, per topic."""
+    broker_failed: int = 0
+    """Stored broker batches that could not be rewritten (each named in ``notes``)."""
     parts_pending: int = 0
     notes: list[str] = field(default_factory=list)
     request_ids: frozenset[str] = frozenset()
@@ -201,7 +203,7 @@ class ErasureReport:
     def to_json(self) -> dict[str, Any]:
         return {"rows": self.rows, "rewritten": self.rewritten, "files": self.files,
                 "journal_events": self.journal_events, "engine_records": self.engine_records,
-                "broker_records": self.broker_records,
+                "broker_records": self.broker_records, "broker_failed": self.broker_failed,
                 "parts_pending": self.parts_pending,
                 "total": self.total, "notes": self.notes}
 
@@ -511,6 +513,7 @@ def _erase_broker_log(data_dir: Path, req: ErasureRequest, t: _Targets,
         trace_ids=frozenset(t.trace_ids), texts=tuple(sorted(t.texts)), scrub=scrub)
     done = erase_from_broker(data_dir, eraser)
     report.broker_records = done.records
+    report.broker_failed = len(done.failures)
     for failure in done.failures:
         report.notes.append(f"broker batch not rewritten: {failure}")
 
@@ -570,4 +573,5 @@ def report_counts(report: ErasureReport) -> dict[str, Any]:
     """The counts of a report, for the audit trail (no ids, no file names)."""
     return {"rows": dict(report.rows), "rewritten": dict(report.rewritten),
             "files": len(report.files), "journal_events": report.journal_events,
-            "broker_records": dict(report.broker_records), "total": report.total}
+            "broker_records": dict(report.broker_records),
+            "broker_failed": report.broker_failed, "total": report.total}

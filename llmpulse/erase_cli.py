@@ -133,6 +133,7 @@ def run_cli(args: argparse.Namespace, settings: Any) -> int:
                                    files=out.get("files", []),
                                    engine_records=int(out.get("engine_records", 0)),
                                    broker_records=dict(out.get("broker_records", {})),
+                                   broker_failed=int(out.get("broker_failed", 0)),
                                    parts_pending=int(out.get("parts_pending", 0)),
                                    notes=list(out.get("notes", [])))
             where = f"stack at {ep['http']}"

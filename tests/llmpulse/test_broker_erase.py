@@ -23,7 +23,7 @@ from llmpulse.broker_erase import (
     parse_batches,
 )
 from llmpulse.erase import ERASED, scrub
-from llmpulse.events import TOPIC_FEEDBACK, TOPIC_INFERENCE, TOPIC_SIGNALS
+from llmpulse.events import TOPIC_FEEDBACK, TOPIC_INFERENCE, TOPIC_SIGNALS, split_envelope
 
 CODECS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
 
@@ -74,7 +74,7 @@ def test_a_rewrite_keeps_offsets_timestamps_and_producer_fields(codec: str) -> N
     before, after = _read(raw), _read(new)
     assert [a[:2] for a in after] == [b[:2] for b in before]  # offsets and timestamps
     assert [a for a, b in zip(after, before, strict=True) if a != b] == [
-        (*before[i][:3], None, before[i][4]) for i in (3, 8)]
+        (*before[i][:3], b"", before[i][4]) for i in (3, 8)]
     assert after[3][0] == 1006 and after[8][0] == 1016
     old_b, new_b = DefaultRecordBatch(raw), DefaultRecordBatch(new)
     for attr in ("base_offset", "producer_id", "producer_epoch", "base_sequence",
@@ -119,14 +119,15 @@ def test_an_envelope_loses_only_its_erased_lines() -> None:
     assert by_user is not None and by_user.value == keep
     assert EventEraser(ids=frozenset({"r9"})).rewrite(TOPIC_INFERENCE, rec) is None
     both = EventEraser(ids=frozenset({"e1", "r2"})).rewrite(TOPIC_INFERENCE, rec)
-    assert both is not None and both.value is None  # a tombstone: ingest skips it
+    assert both is not None and both.value == b""  # an envelope of no event
+    assert list(split_envelope(both.value)) == []
 
 
 def test_keys_headers_and_lines_that_are_not_json() -> None:
     rec = Record(key=b"r2", value=b'not json {"request_id": "r2"',
                  headers=((b"request", b"r2"), (b"reason", b"bad JSON")))
     out = EventEraser(ids=frozenset({"r2"})).rewrite(TOPIC_INFERENCE, rec)
-    assert out == Record(key=None, value=None, headers=((b"reason", b"bad JSON"),))
+    assert out == Record(key=None, value=b"", headers=((b"reason", b"bad JSON"),))
     # an id inside other text, unquoted, is not taken for it (no over-erasure)
     assert EventEraser(ids=frozenset({"r2"})).rewrite(
         TOPIC_INFERENCE, Record(key=None, value=b"not json r2x")) is None
@@ -172,6 +173,6 @@ def test_span_rows_go_by_trace_and_exporter_messages_by_a_quoted_id() -> None:
         {"traceId": "t1", "attributes": [{"key": "llmpulse.request_id",
                                           "value": {"stringValue": "r1"}}]}]}]}]})
     out = eraser.rewrite(OTLP_SPANS, Record(key=None, value=otlp))
-    assert out is not None and out.value is None
+    assert out is not None and out.value == b""
     other = otlp.replace(b'"r1"', b'"r5"').replace(b'"t1"', b'"t5"')
     assert eraser.rewrite(OTLP_SPANS, Record(key=None, value=other)) is None
