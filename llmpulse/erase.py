@@ -32,9 +32,11 @@ erase is stored (erase again). Erasing twice is a no-op that reports zeros.
 This module is the store side. The signal engine's open windows and feedback
 join (memory, and ``<data-dir>/worker/*.pkl``) are cleared by the caller: the
 stack's admin route (:mod:`llmpulse.streams.admin`) or, with the stack stopped, the
-command (:mod:`llmpulse.erase_cli`). Not reachable at all: Kafka topics keep
-the events until their own retention (the embedded broker keeps them in memory
-until it stops), and shim journals on other hosts.
+command (:mod:`llmpulse.erase_cli`). The embedded broker's log on disk
+(``broker.storage: disk``) is rewritten without the erased events, offsets kept
+(:mod:`llmpulse.broker_erase`). Not reachable at all: the topics of an external
+Kafka keep the events until their own retention (the embedded broker in memory
+keeps them until it stops), and shim journals on other hosts.
 """
 
 from __future__ import annotations
@@ -184,6 +186,10 @@ class ErasureReport:
     journal_events: int = 0
     engine_records: int = 0
     """Events and join records dropped from the running signal engine's memory."""
+    broker_records: dict[str, int] = field(default_factory=dict)
+    """Records rewritten in the embedded broker's log on disk, per topic."""
+    broker_failed: int = 0
+    """Stored broker batches that could not be rewritten (each named in ``notes``)."""
     parts_pending: int = 0
     notes: list[str] = field(default_factory=list)
     request_ids: frozenset[str] = frozenset()
@@ -192,11 +198,12 @@ class ErasureReport:
     @property
     def total(self) -> int:
         return (sum(self.rows.values()) + sum(self.rewritten.values()) + len(self.files)
-                + self.journal_events + self.engine_records)
+                + self.journal_events + self.engine_records + sum(self.broker_records.values()))
 
     def to_json(self) -> dict[str, Any]:
         return {"rows": self.rows, "rewritten": self.rewritten, "files": self.files,
                 "journal_events": self.journal_events, "engine_records": self.engine_records,
+                "broker_records": self.broker_records, "broker_failed": self.broker_failed,
                 "parts_pending": self.parts_pending,
                 "total": self.total, "notes": self.notes}
 
@@ -485,12 +492,30 @@ def erase(
     _rewrite_details(store, "alerts", "alert_id", t, report, touched)
     if data_dir is not None:
         report.files = _erase_files(Path(data_dir) / "reports", t)
+        _erase_broker_log(Path(data_dir), req, t, report)
     report.parts_pending = _wait_parts_gone(
         store, {p for p in before if p[0] in touched}, wait_s, sleep)
     if report.parts_pending:
         report.notes.append(f"{report.parts_pending} replaced store parts not yet removed; "
                             "they go within minutes")
     return report
+
+
+def _erase_broker_log(data_dir: Path, req: ErasureRequest, t: _Targets,
+                      report: ErasureReport) -> None:
+    """The erased events out of the embedded broker's log on disk, if it has one."""
+    from llmpulse.broker_erase import EventEraser, erase_from_broker
+
+    eraser = EventEraser(
+        ids=frozenset(t.request_ids | t.event_ids | t.feedback_ids),
+        # with --before, a user's newer events stay: they go by id only
+        users=frozenset(t.users) if req.before is None else frozenset(),
+        trace_ids=frozenset(t.trace_ids), texts=tuple(sorted(t.texts)), scrub=scrub)
+    done = erase_from_broker(data_dir, eraser)
+    report.broker_records = done.records
+    report.broker_failed = len(done.failures)
+    for failure in done.failures:
+        report.notes.append(f"broker batch not rewritten: {failure}")
 
 
 def _erase_files(directory: Path, t: _Targets) -> list[str]:
@@ -548,4 +573,5 @@ def report_counts(report: ErasureReport) -> dict[str, Any]:
     """The counts of a report, for the audit trail (no ids, no file names)."""
     return {"rows": dict(report.rows), "rewritten": dict(report.rewritten),
             "files": len(report.files), "journal_events": report.journal_events,
-            "total": report.total}
+            "broker_records": dict(report.broker_records),
+            "broker_failed": report.broker_failed, "total": report.total}

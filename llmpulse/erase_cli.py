@@ -132,6 +132,8 @@ def run_cli(args: argparse.Namespace, settings: Any) -> int:
             report = ErasureReport(rows=out.get("rows", {}), rewritten=out.get("rewritten", {}),
                                    files=out.get("files", []),
                                    engine_records=int(out.get("engine_records", 0)),
+                                   broker_records=dict(out.get("broker_records", {})),
+                                   broker_failed=int(out.get("broker_failed", 0)),
                                    parts_pending=int(out.get("parts_pending", 0)),
                                    notes=list(out.get("notes", [])))
             where = f"stack at {ep['http']}"
@@ -156,6 +158,8 @@ def run_cli(args: argparse.Namespace, settings: Any) -> int:
             print(f"  {table:<20}{n:>8} detail(s) rewritten")
         print(f"  {'report files':<20}{len(report.files):>8} deleted")
         print(f"  {'engine records':<20}{report.engine_records:>8} dropped")
+        for topic, n in sorted(report.broker_records.items()):
+            print(f"  {topic:<20}{n:>8} broker record(s) rewritten")
         if args.journal:
             print(f"  {'journal events':<20}{report.journal_events:>8} removed")
         for note in report.notes:

@@ -61,6 +61,8 @@ def send(mon: Monitor, i: int, tag: str, *, user: str | None = None, grounded: b
 
 
 def grep_tree(root: Path, needles: list[bytes]) -> list[tuple[str, str]]:
+    """Files holding a needle, in their bytes or, for the broker's record batches
+    on disk, in their decompressed records."""
     hits = []
     for dirpath, _, files in os.walk(root):
         for name in files:
@@ -69,10 +71,20 @@ def grep_tree(root: Path, needles: list[bytes]) -> list[tuple[str, str]]:
                 data = p.read_bytes()
             except OSError:
                 continue
+            if name.endswith(".batch,o"):
+                data += batch_records(data)
             for n in needles:
                 if n in data:
                     hits.append((str(p.relative_to(root)), n.decode(errors="replace")))
     return hits
+
+
+def batch_records(data: bytes) -> bytes:
+    """Keys, values and header values of a stored record batch (aiokafka's reader)."""
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    return b"".join((r.key or b"") + (r.value or b"") + b"".join(v or b"" for _, v in r.headers)
+                    for r in DefaultRecordBatch(data))
 
 
 def _expand(obj: Any) -> str:
@@ -108,9 +120,12 @@ def all_rows_text(sp: StackProcess) -> str:
     return json.dumps({t: sp.sql(f"SELECT * FROM {t}") for t in TABLES if t != "request_index"})
 
 
-def test_erase_user_removes_every_trace_and_twice_is_a_noop(stack_factory, tmp_path) -> None:
+@pytest.mark.parametrize("storage", ["memory", "disk"])
+def test_erase_user_removes_every_trace_and_twice_is_a_noop(stack_factory, tmp_path,
+                                                            storage: str) -> None:
     config(tmp_path)
-    sp = stack_factory(tmp_path / "data", LLMPULSE_USER_KEY=USER_KEY).start()
+    sp = stack_factory(tmp_path / "data", LLMPULSE_USER_KEY=USER_KEY,
+                       LLMPULSE_BROKER_STORAGE=storage).start()
     secret = "ZQX" + uuid.uuid4().hex[:10]
     bootstrap = sp.endpoints["kafka"]
     erased: list[str] = []
@@ -173,6 +188,11 @@ def test_erase_user_removes_every_trace_and_twice_is_a_noop(stack_factory, tmp_p
     assert first["rows"]["deadletter_events"] == 1
     assert first["rewritten"]["signals"] >= 1
     assert first["engine_records"] >= 4  # the feedback join held the requests
+    if storage == "disk":  # envelopes hold several events: records, not events, are counted
+        broker = first["broker_records"]
+        assert broker[TOPIC_INFERENCE] >= 2 and broker[TOPIC_FEEDBACK] >= 1, broker
+    else:
+        assert first["broker_records"] == {}
     out = cli(sp, "--user", "bob")
     assert out.returncode == 0, out.stderr + out.stdout
     assert json.loads(out.stdout)["rows"]["inference_events"] == 2
@@ -189,6 +209,10 @@ def test_erase_user_removes_every_trace_and_twice_is_a_noop(stack_factory, tmp_p
     assert sp.sql("SELECT count() AS n FROM deadletter_events FINAL") == [{"n": 1}]
     audit = sp.sql("SELECT actor, target, detail FROM audit_events WHERE action = 'erase'")
     assert len(audit) == 2 and all("alice" not in json.dumps(a) for a in audit)
+    # the audit trail counts the broker records rewritten (none in memory: nothing on disk)
+    broker_counts = [sum(json.loads(a["detail"])["broker_records"].values()) for a in audit]
+    assert all(n >= 1 for n in broker_counts) if storage == "disk" else broker_counts == [0, 0]
+    assert all(json.loads(a["detail"])["broker_failed"] == 0 for a in audit)
 
     again = cli(sp, "--user", "alice@example.com")
     assert again.returncode == 0, again.stderr
@@ -220,9 +244,11 @@ def test_erase_user_removes_every_trace_and_twice_is_a_noop(stack_factory, tmp_p
     assert kept[1] in worker_state_text(sp.data_dir)
 
 
-def test_erase_during_steady_ingest_loses_no_other_event(stack_factory, tmp_path) -> None:
+@pytest.mark.parametrize("storage", ["memory", "disk"])
+def test_erase_during_steady_ingest_loses_no_other_event(stack_factory, tmp_path,
+                                                         storage: str) -> None:
     config(tmp_path)
-    sp = stack_factory(tmp_path / "data").start()
+    sp = stack_factory(tmp_path / "data", LLMPULSE_BROKER_STORAGE=storage).start()
     bootstrap = sp.endpoints["kafka"]
     with Monitor(app="support", bootstrap=bootstrap) as mon:
         victims = [mon.inference(model="m", model_version="1", latency_ms=5, status="ok",
@@ -255,6 +281,8 @@ def test_erase_during_steady_ingest_loses_no_other_event(stack_factory, tmp_path
         t.join(60)
     assert out.returncode == 0, out.stderr + out.stdout
     assert json.loads(out.stdout)["rows"]["inference_events"] == 20
+    if storage == "disk":  # the victims' envelopes were rewritten in the broker's log
+        assert json.loads(out.stdout)["broker_records"][TOPIC_INFERENCE] >= 1
     sp.wait_stored(TOPIC_INFERENCE, 20 + sent, timeout=120)
     assert sent > 100
     rows = sp.sql("SELECT count() AS n, countIf(prompt = 'steady') AS s FROM inference_events FINAL")
