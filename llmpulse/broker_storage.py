@@ -1,4 +1,4 @@
-"""Where the embedded broker keeps its log: in memory (default) or on disk.
+"""Where the embedded broker keeps its log: on disk (default) or in memory.
 
 ``broker.storage: disk`` runs Tansu with ``--storage-engine s3://tansu/``
 against :mod:`llmpulse.objstore`, a small S3-compatible server on loopback
@@ -6,13 +6,13 @@ that writes each object as a file under ``<data-dir>/broker-store/``. Both
 processes outlive a crashed ``llmpulse up`` and are re-adopted by the next
 one; a kill of either (or a reboot) loses nothing the broker acknowledged,
 since Tansu acknowledges a produce only once the object server has the batch
-on disk. The object server also removes the record batches every consumer
-group had committed past ``broker.retain_min_s`` seconds ago, so the disk
-stays bounded. ``broker.storage: memory`` (the default) is faster, but a
-kill of the broker loses what it holds. Disk is not the default yet because
-an erasure (``llmpulse erase``) does not reach the broker's log: erased
-events stay in its record batches until retention removes them, and topics
-no consumer group reads are kept whole.
+on disk, and a log left half-written by a kill is repaired before the broker
+starts again (:mod:`llmpulse.broker_log`). The object server also removes the
+record batches every consumer group had committed past ``broker.retain_min_s``
+seconds ago, so the disk stays bounded, and an erasure rewrites the batches
+holding erased events (:mod:`llmpulse.broker_erase`). ``broker.storage:
+memory`` is faster, but a kill of the broker loses what it holds and its
+memory grows with traffic.
 
 The object server is recorded in ``<data-dir>/objstore.json``
 (:class:`StoreRecord`) and, like the broker, is only ever adopted or stopped
@@ -68,9 +68,9 @@ class BrokerSettingsError(ValueError):
 class BrokerSettings:
     """The embedded broker's storage (``broker:`` in the YAML, ``LLMPULSE_BROKER_STORAGE``)."""
 
-    storage: str = "memory"
-    """``memory`` (the default) or ``disk`` (survives a kill of the broker, bounded by
-    retention; erasure does not reach its log)."""
+    storage: str = "disk"
+    """``disk`` (the default: survives a kill of the broker, bounded by retention) or
+    ``memory`` (faster; a kill of the broker loses what it holds)."""
     retain_margin: int = 0
     """Records kept per partition below the lowest offset any consumer group committed."""
     prune_interval_s: float = 30.0
@@ -92,7 +92,7 @@ class BrokerSettings:
                 raise BrokerSettingsError(
                     f"broker.{name}: unknown setting; known: {', '.join(sorted(known))}")
         key = "broker.storage"
-        storage = raw.get("storage", "memory")
+        storage = raw.get("storage", "disk")
         if env.get("LLMPULSE_BROKER_STORAGE"):
             key, storage = "LLMPULSE_BROKER_STORAGE", env["LLMPULSE_BROKER_STORAGE"]
         if storage not in STORAGES:
