@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -17,6 +14,7 @@ from llmpulse.detectors.hallucination.cross_encoder import (
     shared_ngram_records,
 )
 from llmpulse.detectors.hallucination.datasets import document_key, held_out, load_sets
+from tests.detectors.faithfulness import faithfulness_data
 
 _ARTICLE = ("The council voted on Tuesday to close the old bridge over the river for repairs that will last "
             "until the end of next year, and traffic will be sent through the town centre instead. ")
@@ -24,17 +22,6 @@ _ARTICLE = ("The council voted on Tuesday to close the old bridge over the river
 
 def _record(context: str, answer: str = "a summary", label: int = 0) -> dict[str, object]:
     return {"context": [context], "answer": answer, "label": label}
-
-
-def _faithfulness_data() -> Path | None:
-    env = os.environ.get("LLMPULSE_FAITHFULNESS_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "data" / "faithfulness"
-    if path.exists():
-        return path
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"public faithfulness sets not found at {path} (set LLMPULSE_FAITHFULNESS_DATA)")
-    pytest.skip(f"public faithfulness sets not found at {path}")
-    return None
 
 
 def test_leave_one_set_out_drops_shared_documents_and_near_copies() -> None:
@@ -67,7 +54,7 @@ def test_held_out_split_is_by_document() -> None:
 
 
 def test_public_sets_leave_one_out_has_no_shared_long_ngrams() -> None:
-    data = _faithfulness_data()
+    data = faithfulness_data()
     assert data is not None
     sets = load_sets(data)
     for name in sets:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 from importlib import resources
 from pathlib import Path
@@ -38,6 +37,7 @@ from llmpulse.detectors.hallucination.model import (
     default_model,
 )
 from llmpulse.detectors.testing import synthetic_batch, synthetic_events
+from tests.detectors.faithfulness import faithfulness_data
 
 CTX = [
     "Refunds are issued within 14 days of receiving the return. Gift cards are not refundable. "
@@ -290,17 +290,6 @@ def test_auroc_matches_sklearn() -> None:
 REGRESSION = Path(__file__).resolve().parents[1] / "data" / "hallucination_regression.jsonl"
 
 
-def _faithfulness_data() -> Path | None:
-    env = os.environ.get("LLMPULSE_FAITHFULNESS_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "data" / "faithfulness"
-    if path.exists():
-        return path
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"public faithfulness sets not found at {path} (set LLMPULSE_FAITHFULNESS_DATA)")
-    pytest.skip(f"public faithfulness sets not found at {path}")
-    return None
-
-
 def test_regression_set_still_scored_well() -> None:
     # The set was written together with the rules: a regression guard only.
     items = load_file(REGRESSION)
@@ -323,7 +312,7 @@ def test_no_long_ngram_shared_between_generated_training_and_regression_contexts
 
 
 def test_public_split_is_by_document_and_held_out_documents_do_not_leak() -> None:
-    data = _faithfulness_data()
+    data = faithfulness_data()
     assert data is not None
     sets = load_sets(data)
     records = [r for rows in sets.values() for r in rows]
@@ -355,7 +344,7 @@ def test_logistic_model_matches_sklearn_without_penalty() -> None:
 
 
 def test_retraining_reproduces_shipped_model_and_it_beats_novelty_on_held_out_documents() -> None:
-    data = _faithfulness_data()
+    data = faithfulness_data()
     assert data is not None
     shipped = default_model()
     assert shipped is not None

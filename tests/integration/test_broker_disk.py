@@ -19,6 +19,7 @@ import pytest
 from llmpulse.broker import create_topics, pid_alive
 from llmpulse.broker_record import adopt_or_start, read_record, stop_recorded_broker
 from llmpulse.broker_storage import STORE_DIR, BrokerSettings, read_store_record
+from tests.integration.test_broker_erase import _read_all
 from tests.integration.test_embedded_durability import producer_result, start_producer, wait_for
 
 pytestmark = pytest.mark.integration
@@ -241,8 +242,6 @@ def test_kills_mid_produce_lose_no_acknowledged_record(tmp_path: Path, victim: s
     import subprocess
     import sys
 
-    from confluent_kafka import Consumer, KafkaError
-
     from tests.conftest import ROOT
 
     data = tmp_path / "data"
@@ -267,25 +266,8 @@ def test_kills_mid_produce_lose_no_acknowledged_record(tmp_path: Path, victim: s
             assert not adopted and again.bootstrap == broker.bootstrap  # the same port
         out, _ = producer.communicate(timeout=400)
         acked = set(json.loads(out.decode().strip().splitlines()[-1]))
-        consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "check",
-                             "auto.offset.reset": "earliest", "enable.partition.eof": True,
-                             "enable.auto.commit": False})
-        consumer.subscribe([topic])
-        read: list[int] = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            msg = consumer.poll(1.0)
-            if msg is None:
-                continue
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    break
-                continue
-            key = msg.key()
-            assert key is not None
-            read.append(int(key))
-        consumer.close()
+        read = [int(key) for key, _ in _read_all(broker.bootstrap, topic).values()
+                if key is not None]
         lost = sorted(acked - set(read))
         print(f"kill -9 of the {victim} x3: acknowledged {len(acked)} of {n}, read {len(read)}, "
               f"lost {len(lost)}")
