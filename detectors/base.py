@@ -32,6 +32,7 @@ import abc
 import copy
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -458,6 +459,12 @@ class Deferrable(abc.ABC):
     @abc.abstractmethod
     def complete(self, job: Any) -> list[Signal]:
         """The signals of a prepared job (costly)."""
+
+    def forget(self, job: Any, request_ids: AbstractSet[str]) -> tuple[Any, int]:
+        """``job`` without what it holds of ``request_ids`` (an erasure: a waiting job is
+        kept in snapshots), and how many items went. Jobs that hold nothing of a
+        request (counts, sketches) are returned as they are."""
+        return job, 0
 
 
 class ChangeDetector(abc.ABC):

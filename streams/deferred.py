@@ -180,6 +180,17 @@ class DeferredRunner:
             self._done = [r for r in self._done if not drop(r[0])]
             return before - len(self._queue)
 
+    def rewrite(self, change: Callable[[DeferredTask], DeferredTask | None]) -> None:
+        """Replace each waiting job by ``change(job)``, or drop it when that is None (an
+        erasure). Call inside :meth:`held`, so none of them is running."""
+        with self._cond:
+            out: deque[DeferredTask] = deque()
+            for task in self._queue:
+                new = change(task)
+                if new is not None:
+                    out.append(new)
+            self._queue = out
+
     def clear(self) -> None:
         """Drop the waiting jobs and finished results (a restore replaces the state)."""
         with self.held(), self._cond:

@@ -68,7 +68,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence, Set
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from llmpulse.detectors.base import Batch, Deferrable, Detector, Signal
@@ -350,6 +350,19 @@ class SignalEngine:
         gone = sum(buf.forget(ids) for buf in self._buffers.values())
         if self._join is not None:
             gone += self._join.forget(ids)
+        if self._deferred is not None:
+            # waiting jobs hold a sample of the window's texts, and snapshots keep them
+            removed = 0
+
+            def without(task: DeferredTask) -> DeferredTask | None:
+                nonlocal removed
+                job, n = task.detector.forget(task.job, ids)
+                removed += n
+                return None if job is None else replace(task, job=job)
+
+            with self._deferred.held():
+                self._deferred.rewrite(without)
+            gone += removed
         return gone
 
     # -- output -------------------------------------------------------------------

@@ -73,7 +73,8 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -347,13 +348,15 @@ def _unpack(d: Mapping[str, Any]) -> np.ndarray:
 @dataclass(frozen=True, slots=True)
 class EmbeddingJob:
     """One window's work for :meth:`EmbeddingDrift.complete`: its ordinal, a bounded
-    sample of its texts, how many texts it had and its bounds (picklable)."""
+    sample of its texts, how many texts it had and its bounds (picklable); ``ids``,
+    the request id of each text, lets an erasure take texts out of a waiting job."""
 
     window: int
     texts: tuple[str, ...]
     window_n: int
     start: float
     end: float
+    ids: tuple[str, ...] = ()
 
 
 class EmbeddingDrift(Detector, Deferrable):
@@ -477,17 +480,39 @@ class EmbeddingDrift(Detector, Deferrable):
     def prepare(self, batch: Batch) -> EmbeddingJob | None:
         """The window's texts, sampled (seeded) to the most one window embeds:
         ``max(max_texts, reference_size)``. Cheap: no embedding here."""
-        texts = [t for t in batch.texts(self.field) if isinstance(t, str) and t]
+        rids = batch.strings("request_id")
+        pairs = [(t, str(r)) for t, r in zip(batch.texts(self.field), rids, strict=True)
+                 if isinstance(t, str) and t]
         self._window += 1
-        if len(texts) < self.min_texts:
+        if len(pairs) < self.min_texts:
             return None
         cap = max(self.max_texts, self.reference_size)
-        window_n = len(texts)
+        window_n = len(pairs)
         if window_n > cap:
             keep = np.sort(np.random.default_rng([self.seed, self._window, 1]).choice(
                 window_n, cap, replace=False))
-            texts = [texts[i] for i in keep]
-        return EmbeddingJob(self._window, tuple(texts), window_n, batch.start, batch.end)
+            pairs = [pairs[i] for i in keep]
+        return EmbeddingJob(self._window, tuple(t for t, _ in pairs), window_n, batch.start,
+                            batch.end, tuple(r for _, r in pairs))
+
+    def forget(self, job: EmbeddingJob | None, request_ids: AbstractSet[str]
+               ) -> tuple[EmbeddingJob | None, int]:
+        """The job without the texts of ``request_ids``; a job left with fewer than
+        ``min_texts`` texts is dropped (None). A job saved before ids were kept
+        has none to match: it is dropped whole, text and all."""
+        if job is None:
+            return None, 0
+        ids = getattr(job, "ids", ())
+        if len(ids) != len(job.texts):
+            return None, len(job.texts)
+        kept = [(t, r) for t, r in zip(job.texts, ids, strict=True) if r not in request_ids]
+        gone = len(job.texts) - len(kept)
+        if not gone:
+            return job, 0
+        if len(kept) < self.min_texts:
+            return None, gone
+        return replace(job, texts=tuple(t for t, _ in kept), ids=tuple(r for _, r in kept),
+                       window_n=max(len(kept), job.window_n - gone)), gone
 
     def complete(self, job: EmbeddingJob | None) -> list[Signal]:
         """Embed a prepared window's sample and test it against the reference."""

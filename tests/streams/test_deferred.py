@@ -249,3 +249,46 @@ def test_deferred_embedding_drift_gives_the_inline_signals(embedder: MiniLMEmbed
     for _ts, _model, _sig, _value, n, _p, rate, window_n in deferred:
         assert window_n > 32 and n == 24
         assert rate == pytest.approx(24 / window_n)
+
+
+class HashEmbedder:
+    """A cheap, deterministic stand-in for MiniLM: the job's texts are what is tested."""
+
+    def embed(self, texts: list[str]) -> Any:
+        import numpy as np
+
+        return np.array([[float((hash(t) >> k) & 0xFF) for k in range(0, 64, 8)] for t in texts],
+                        dtype=np.float32)
+
+
+def test_an_erasure_takes_the_texts_out_of_waiting_jobs() -> None:
+    """Waiting embedding jobs hold a sample of the window's prompts and snapshots keep
+    them: an erasure must take the erased requests' texts out, or they outlive it."""
+    clock = Clock()
+    engine = SignalEngine({"drift": lambda: [EmbeddingDrift(field="prompt", embedder=HashEmbedder(),
+                                                            min_texts=5)]}, clock=clock)
+    runner = engine._deferred
+    assert runner is not None
+    stream = chunks(100, rate=5)
+    events = [e for c in stream for e in c]
+    with runner.held():  # no job starts: they all wait, texts and all
+        for chunk in stream[:95]:
+            clock.t += 1.0
+            engine.add_inference(chunk)
+            engine.poll()
+        before = pickle.dumps(engine.snapshot())
+        pending = pickle.loads(before)["deferred"]["pending"]
+        assert pending, "the first drift window's jobs wait"
+        held = [(t, r) for p in pending for t, r in zip(p[3].texts, p[3].ids, strict=True)]
+        assert held
+        victim_text, victim = held[0]
+        assert victim_text.encode() in before
+        gone = engine.forget_requests({victim})
+        after = pickle.dumps(engine.snapshot())
+    assert gone >= 1
+    kept = [r for p in pickle.loads(after)["deferred"]["pending"] for r in p[3].ids]
+    assert victim not in kept and len(kept) == len(held) - sum(1 for _, r in held if r == victim)
+    # the text is gone unless another, not erased, request asked the very same thing
+    same = [e for e in events if e.get("prompt") == victim_text and e["request_id"] != victim]
+    assert (victim_text.encode() in after) == bool(same)
+    assert engine.flush() is not None  # the jobs left still complete
