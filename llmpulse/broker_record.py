@@ -196,10 +196,14 @@ def adopt_or_start(data_dir: Path, *, host: str = "127.0.0.1",
     log_path = data_dir / "broker.log"
     disk = storage is not None and storage.storage == "disk"
     env: dict[str, str] | None = None
+    store_adopted = True
     if disk:
         assert storage is not None
         _restart_over_repaired_log(data_dir, host)
-        server, _ = ensure_object_server(data_dir, storage, host=host)
+        running = read_record(data_dir)
+        if not (running is not None and running.host == host and is_recorded_process(running)):
+            binary = binary or tansu_binary()  # no broker to start: fail before the object server
+        server, store_adopted = ensure_object_server(data_dir, storage, host=host)
         env = broker_env(server.endpoint, access_key(data_dir))
     rec = read_record(data_dir)
     if rec is not None and rec.host == host and is_recorded_process(rec):
@@ -216,7 +220,12 @@ def adopt_or_start(data_dir: Path, *, host: str = "127.0.0.1",
     broker = EmbeddedBroker(port, host=host, log_path=log_path, binary=binary, detached=True,
                             storage=S3_URL if disk else "memory://tansu/", env=env,
                             cluster=storage_cluster_id(data_dir) if disk else None)
-    broker.start()
+    try:
+        broker.start()
+    except BaseException:
+        if disk and not store_adopted:
+            stop_recorded_store(data_dir)  # started for this broker only
+        raise
     assert broker.pid is not None
     _write_record(data_dir, BrokerRecord(pid=broker.pid, port=broker.port, binary=binary,
                                          host=host, started_at=time.time()))
