@@ -38,6 +38,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 from llmpulse.objstore import ObjectFiles
 
@@ -150,8 +151,6 @@ def _scan(files: ObjectFiles, cluster: str, report: RepairReport
 
 
 def _seg(s: str) -> str:
-    from urllib.parse import quote
-
     return quote(s, safe="")
 
 
@@ -167,8 +166,6 @@ def _write_json(files: ObjectFiles, segments: tuple[str, ...], value: Any) -> No
 
 
 def _clusters(files: ObjectFiles) -> list[str]:
-    from urllib.parse import unquote
-
     try:
         return sorted(unquote(e.name) for e in os.scandir(files.objects / "clusters")
                       if e.is_dir(follow_symlinks=False))
