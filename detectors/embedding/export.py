@@ -53,6 +53,7 @@ __all__ = [
     "export_minilm",
     "minilm_dir",
     "weights_key",
+    "write_once",
 ]
 
 log = logging.getLogger(__name__)
@@ -166,22 +167,39 @@ def export_minilm(dest_dir: str | os.PathLike[str] | None = None) -> Path:
     model_dir = minilm_dir()
     dest = Path(dest_dir) if dest_dir is not None else default_cache_dir()
     target = dest / f"{FILE_PREFIX}{weights_key(model_dir)}.onnx"
+    if write_once(target, lambda tmp: _export_to(model_dir, tmp)):
+        log.info("exported all-MiniLM-L6-v2 to %s", target)
+    return target
+
+
+def write_once(target: Path, write: Any) -> bool:
+    """Make ``target`` with ``write(tmp)`` unless it exists: into a temp file beside
+    it, renamed into place, so no process ever sees a half-written file. True if
+    this call wrote it.
+
+    >>> import tempfile
+    >>> t = Path(tempfile.mkdtemp()) / "sub" / "x.onnx"
+    >>> write_once(t, lambda p: p.write_bytes(b"1")), write_once(t, lambda p: 1 / 0)
+    (True, False)
+    >>> t.read_bytes()
+    b'1'
+    """
     if target.is_file():
-        return target
+        return False
     with _lock:  # one export per process at a time; other processes race harmlessly
         if target.is_file():
-            return target
-        dest.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".export-", suffix=".onnx", dir=dest)
+            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=".export-", suffix=target.suffix,
+                                        dir=target.parent)
         os.close(fd)
         tmp = Path(tmp_name)
         try:
-            _export_to(model_dir, tmp)
+            write(tmp)
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
-    log.info("exported all-MiniLM-L6-v2 to %s", target)
-    return target
+    return True
 
 
 def _import_torch() -> Any:

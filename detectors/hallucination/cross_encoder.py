@@ -51,7 +51,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -180,23 +179,18 @@ def export_hidden(dest_dir: str | os.PathLike[str] | None = None) -> Path:
     carries the weights' hash); the first call needs torch and checks the export
     against PyTorch (max. absolute difference below 1e-3).
     """
-    from llmpulse.detectors.embedding.export import default_cache_dir, minilm_dir, weights_key
+    from llmpulse.detectors.embedding.export import (
+        default_cache_dir,
+        minilm_dir,
+        weights_key,
+        write_once,
+    )
 
     model_dir = minilm_dir()
     dest = Path(dest_dir) if dest_dir is not None else default_cache_dir()
     target = dest / f"all-MiniLM-L6-v2-hidden-{weights_key(model_dir)}-v{HIDDEN_EXPORT_VERSION}.onnx"
-    if target.is_file():
-        return target
-    dest.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".export-", suffix=".onnx", dir=dest)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        _export_hidden_to(model_dir, tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    log.info("exported all-MiniLM-L6-v2 hidden states to %s", target)
+    if write_once(target, lambda tmp: _export_hidden_to(model_dir, tmp)):
+        log.info("exported all-MiniLM-L6-v2 hidden states to %s", target)
     return target
 
 
