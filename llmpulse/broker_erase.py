@@ -59,6 +59,7 @@ import orjson
 from aiokafka import codec
 from aiokafka.record.util import calc_crc32c, decode_varint, encode_varint
 
+from llmpulse.broker_log import BATCH_HEADER
 from llmpulse.broker_storage import STORE_DIR, access_key, is_recorded_store, read_store_record
 from llmpulse.events import (
     TOPIC_ALERTS,
@@ -86,7 +87,7 @@ TOPICS = (TOPIC_INFERENCE, TOPIC_FEEDBACK, TOPIC_GROUPED, TOPIC_DEADLETTER, SPAN
           OTLP_SPANS, *DERIVED_TOPICS)
 """The topics that carry events or quote them."""
 
-_HEADER = struct.Struct(">qiibIhiqqqhii")
+_HEADER = BATCH_HEADER  # the v2 record batch header, as the repair reads it
 _CRC_AT = 17  # base offset, length, leader epoch, magic
 _ATTRS_AT = 21
 _CODEC_MASK = 0x07

@@ -42,11 +42,11 @@ from urllib.parse import quote, unquote
 
 from llmpulse.objstore import ObjectFiles
 
-__all__ = ["BatchHeader", "RepairReport", "batch_header", "repair"]
+__all__ = ["BATCH_HEADER", "BatchHeader", "RepairReport", "batch_header", "repair"]
 
 log = logging.getLogger("llmpulse.up")
 
-_HEADER = struct.Struct(">qiibIhiqqqhii")
+BATCH_HEADER = struct.Struct(">qiibIhiqqqhii")
 """Kafka record batch v2: base offset, length, leader epoch, magic, crc, attributes,
 last offset delta, first and max timestamp, producer id, producer epoch, base
 sequence, record count (61 bytes)."""
@@ -79,10 +79,10 @@ class BatchHeader:
 
 def batch_header(data: bytes) -> BatchHeader:
     """The header of a stored record batch (its first 61 bytes are enough)."""
-    if len(data) < _HEADER.size:
+    if len(data) < BATCH_HEADER.size:
         raise BatchError(f"{len(data)} bytes: shorter than a record batch header")
     (_base, _length, _epoch, magic, _crc, _attrs, last_delta, _t0, _t1, pid, pepoch, base_seq,
-     count) = _HEADER.unpack_from(data)
+     count) = BATCH_HEADER.unpack_from(data)
     if magic != 2:
         raise BatchError(f"record batch magic {magic}, expected 2")
     if last_delta < 0 or count < 0:
@@ -92,7 +92,7 @@ def batch_header(data: bytes) -> BatchHeader:
 
 def _header_bytes(producer_id: int, epoch: int, base_sequence: int, last_delta: int) -> bytes:
     """A header as the broker stores it (tests and doctests)."""
-    return _HEADER.pack(0, 49, 0, 2, 0, 0, last_delta, 0, 0, producer_id, epoch, base_sequence,
+    return BATCH_HEADER.pack(0, 49, 0, 2, 0, 0, last_delta, 0, 0, producer_id, epoch, base_sequence,
                         last_delta + 1)
 
 
@@ -136,7 +136,7 @@ def _scan(files: ObjectFiles, cluster: str, report: RepairReport
             continue
         try:
             with open(path, "rb") as f:
-                header = batch_header(f.read(_HEADER.size))
+                header = batch_header(f.read(BATCH_HEADER.size))
         except (OSError, BatchError) as exc:
             report.unreadable.append(f"{key}: {exc}")
             continue
