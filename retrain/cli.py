@@ -124,6 +124,16 @@ def _audit(settings: Any, action: str, target: str, outcome: str, detail: dict[s
                                         target=target, remote="local", detail=detail))
 
 
+def _record(settings: Any, rows: list[dict[str, Any]]) -> None:
+    """The command's ``deployments`` rows, where the stack and its dashboards see them
+    (not for library calls without settings)."""
+    if settings is None:
+        return
+    from llmpulse.audit_record import record_deployments
+
+    record_deployments(settings, rows)
+
+
 def _print(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
     print(json.dumps(obj, indent=2, default=str) if args.json else text)
 
@@ -156,6 +166,7 @@ def run_retrain(args: argparse.Namespace, settings: Any = None, *, data: Dataset
            "ok" if outcome.report.passed else "error",
            {"trigger": args.trigger, "trainer": args.trainer, "stage": outcome.version.stage,
             "deployed": bool(outcome.deployed)})
+    _record(settings, outcome.rows())
     lines = [f"{args.model} version {outcome.version.version}: {outcome.version.stage}"]
     for r in outcome.report.results:
         lines.append(f"  {'ok  ' if r.passed else 'FAIL'} {r.gate:<28} {r.measured!s:>12}  limit {r.limit}"
@@ -183,6 +194,7 @@ def run_deploy(args: argparse.Namespace, settings: Any = None) -> int:
         return 1
     _audit(settings, "deploy", f"{d.model}:{d.version}", "ok",
            {"stage": d.stage, "previous_version": d.previous_version, "trigger": d.trigger})
+    _record(settings, [d.row()])
     note = _notify(args.serve_url, registry, d, args.canary)
     _print(args, d.row(), f"{d.model}: version {d.version} {d.stage} (was {d.previous_version or '-'})"
            + (f"\n{note}" if note else ""))
@@ -200,6 +212,7 @@ def run_rollback(args: argparse.Namespace, settings: Any = None) -> int:
         return 1
     _audit(settings, "rollback", f"{d.model}:{d.version}", "ok",
            {"previous_version": d.previous_version, "trigger": d.trigger})
+    _record(settings, [d.row()])
     note = _notify(args.serve_url, registry, d)
     _print(args, d.row(), f"{d.model}: rolled back {d.previous_version} -> version {d.version}"
            + (f"\n{note}" if note else ""))

@@ -91,15 +91,13 @@ def register_audit_agent(app: faust.App, store: Store) -> None:
     (header ``llmpulse-origin: cli``; :mod:`llmpulse.audit_record`). Events the
     stack produced itself are already stored and are skipped; a malformed one is
     logged and dropped."""
-    from llmpulse.audit_record import ORIGIN_HEADER
+    from llmpulse.audit_record import from_command
 
     topic = app.topic(TOPIC_AUDIT, value_serializer="raw", key_serializer="raw")
 
     async def audit_agent(stream: Any) -> None:
         async for event in stream.events():
-            headers = event.message.headers or ()
-            pairs = headers.items() if isinstance(headers, dict) else headers
-            if dict(pairs).get(ORIGIN_HEADER) != b"cli":
+            if not from_command(event.message.headers):
                 continue
             try:
                 ev = AuditEvent.from_json(orjson.loads(event.value))

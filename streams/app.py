@@ -48,7 +48,7 @@ from llmpulse.streams.admin import register_audit_agent, register_erase
 from llmpulse.streams.agent_traces import AgentTraceSettings, TraceWindows, attach_agent_signals
 from llmpulse.streams.alerting import AlertLinker
 from llmpulse.streams.alerts_agent import AlertAgent, load_rules
-from llmpulse.streams.deployments import register_retrain_completion
+from llmpulse.streams.deployments import register_command_deployments, register_retrain_completion
 from llmpulse.streams.handoff import EngineStateLog
 from llmpulse.streams.ingest import DeadLetter, IngestBatch, Message, split_batch
 from llmpulse.streams.notify import Notifier
@@ -620,6 +620,7 @@ def build_pipeline(
     if isinstance(audit, AuditLog):
         bind_audit(app, audit)
     register_audit_agent(app, store)
+    register_command_deployments(app, store)
     register_erase(app, store, settings, audit_sink,
                    forget=agents.forget_requests if agents is not None else None)
     return pipeline

@@ -8,25 +8,43 @@ back, rejected by the gates, skipped, failed) clears the model's pending
 request, so the next alert on that model may ask again. The streams do not
 import the retrain service: the topic is the whole interface.
 
+A local ``llmpulse deploy``, ``rollback`` or ``retrain`` run while the stack
+is up sends its rows here too (header ``llmpulse-origin: cli``,
+:mod:`llmpulse.audit_record`); :func:`register_command_deployments` checks
+each with :func:`deployment_row` and stores it, so a manual rollback at 3 a.m.
+shows on the dashboards like an automatic one.
+
 >>> completes(b'{"model": "intent-router", "stage": "canary"}')
 >>> completes(b'{"model": "intent-router", "stage": "promoted", "version": "2"}')
 'intent-router'
 >>> completes(b'not json'), completes(b'["promoted"]'), completes(b'{"stage": "failed"}')
 (None, None, None)
+>>> deployment_row(b'{"deployment_id": "d1", "model": "m", "version": "2", "previous_version": "1",'
+...                b' "trigger": "manual", "stage": "rolled_back", "metrics": "{}", "ts": 1.7e9}')["stage"]
+'rolled_back'
+>>> deployment_row(b'{"deployment_id": "d1", "model": "m", "stage": "promoted", "ts": 1e9}')
+Traceback (most recent call last):
+...
+ValueError: deployment row: missing metrics, previous_version, trigger, version
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 from typing import Any
 
 import faust
 import orjson
 
+from llmpulse.audit_record import from_command
 from llmpulse.events import TOPIC_DEPLOYMENTS
+from llmpulse.store import Store
 from llmpulse.streams.retrain_trigger import RetrainTrigger
 
-__all__ = ["FINAL_STAGES", "completes", "register_retrain_completion"]
+__all__ = ["FINAL_STAGES", "completes", "deployment_row", "register_command_deployments",
+           "register_retrain_completion"]
 
 log = logging.getLogger(__name__)
 
@@ -60,3 +78,66 @@ def register_retrain_completion(app: faust.App, trigger: RetrainTrigger) -> None
                 log.info("retrain of %s is over: its alerts may ask for another", model)
 
     app.agent(topic, name="llmpulse.retrain_outcomes")(retrain_outcomes)
+
+
+_TEXT_COLUMNS: dict[str, int] = {"deployment_id": 200, "model": 200, "version": 100,
+                                 "previous_version": 100, "trigger": 200, "stage": 50,
+                                 "metrics": 65536}
+"""The ``deployments`` table's text columns and the longest value each takes."""
+
+
+def deployment_row(value: bytes) -> dict[str, Any]:
+    """The ``deployments`` row in a message from a local command; ValueError naming the
+    first thing wrong (a foreign producer can write to the topic)."""
+    try:
+        row = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        raise ValueError("deployment row: not JSON") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"deployment row: a JSON {type(row).__name__}, not an object")
+    want = set(_TEXT_COLUMNS) | {"ts"}
+    if missing := sorted(want - set(row)):
+        raise ValueError(f"deployment row: missing {', '.join(missing)}")
+    if extra := sorted(set(row) - want):
+        raise ValueError(f"deployment row: unknown {', '.join(extra)}")
+    for key, longest in _TEXT_COLUMNS.items():
+        v = row[key]
+        if not isinstance(v, str) or len(v) > longest:
+            raise ValueError(f"deployment row: {key} must be text of at most {longest} characters")
+    for key in ("deployment_id", "model", "stage"):
+        if not row[key]:
+            raise ValueError(f"deployment row: {key} is empty")
+    try:
+        metrics = orjson.loads(row["metrics"])
+    except orjson.JSONDecodeError:
+        metrics = None
+    if not isinstance(metrics, dict):
+        raise ValueError("deployment row: metrics must be a JSON object in text")
+    ts = row["ts"]
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts) \
+            or not 0 <= ts < 2**32:
+        raise ValueError("deployment row: ts must be epoch seconds")
+    return row
+
+
+def register_command_deployments(app: faust.App, store: Store) -> None:
+    """Store the ``deployments`` rows local commands send on ``llmpulse.deployments``.
+    Rows the retrain service produced are already stored and are skipped; a malformed
+    one is logged and dropped, and the agent goes on."""
+    topic = app.topic(TOPIC_DEPLOYMENTS, value_serializer="raw", key_serializer="raw")
+
+    async def command_deployments(stream: Any) -> None:
+        async for event in stream.events():
+            if not from_command(event.message.headers):
+                continue
+            try:
+                row = deployment_row(bytes(event.value))
+            except (TypeError, ValueError) as exc:
+                log.warning("dropping a record from %s: %s", TOPIC_DEPLOYMENTS, exc)
+                continue
+            try:
+                await asyncio.to_thread(store.insert_rows, "deployments", [row])
+            except Exception as exc:
+                log.warning("deployment record from %s not stored: %s", TOPIC_DEPLOYMENTS, exc)
+
+    app.agent(topic, name="llmpulse.command_deployments")(command_deployments)
