@@ -19,7 +19,7 @@ import pytest
 from llmpulse.broker import create_topics, pid_alive
 from llmpulse.broker_record import adopt_or_start, read_record, stop_recorded_broker
 from llmpulse.broker_storage import STORE_DIR, BrokerSettings, read_store_record
-from tests.integration.test_broker_erase import _read_all
+from tests.integration.partition_read import read_partition
 from tests.integration.test_embedded_durability import producer_result, start_producer, wait_for
 
 pytestmark = pytest.mark.integration
@@ -79,45 +79,6 @@ def _produce(bootstrap: str, topic: str, n: int, chunk: int = 100) -> None:
         assert p.flush(30) == 0  # one batch, one object, per chunk
 
 
-def _read(bootstrap: str, group: str, topic: str, start: int | None,
-          commit: int | None = None) -> list[int]:
-    """Offsets read from ``start`` (None: the group's commit, else the earliest) to the
-    end of partition 0; commits ``commit`` (-1: the end) for ``group`` when given."""
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
-
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
-                  "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                  "enable.partition.eof": True})
-    try:
-        tp = TopicPartition(topic, 0)
-        if start is None:
-            committed = c.committed([tp], timeout=10)[0].offset
-            start = committed if committed >= 0 else -2
-        c.assign([TopicPartition(topic, 0, start)])
-        got: list[int] = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            msg = c.poll(1.0)
-            if msg is None:
-                continue
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    break
-                raise AssertionError(str(err))
-            offset = msg.offset()
-            assert offset is not None
-            got.append(offset)
-        else:
-            raise AssertionError(f"no end of partition within 60 s ({len(got)} read)")
-        if commit is not None:
-            at = (got[-1] + 1 if got else start) if commit < 0 else commit
-            c.commit(offsets=[TopicPartition(topic, 0, at)], asynchronous=False)
-        return got
-    finally:
-        c.close()
-
-
 def _record_bytes(data: Path, topic: str) -> tuple[int, int]:
     """Batch objects of ``topic`` and their bytes (the pruner may remove some meanwhile)."""
     sizes = []
@@ -155,8 +116,8 @@ def test_retention_keeps_disk_bounded_and_removes_nothing_unconsumed(tmp_path: P
         create_topics(bs, {topic: 1})
         _produce(bs, topic, 2_000)  # batches of at most 100
         # the groups that count are those that committed (with retain_min_s: 0)
-        assert _read(bs, "slow", topic, 0, commit=1_000)[-1] == 1_999
-        assert _read(bs, "fast", topic, 0, commit=-1) == list(range(2_000))
+        assert read_partition(bs, topic, start=0, group="slow", commit=1_000).offsets[-1] == 1_999
+        assert read_partition(bs, topic, start=0, group="fast", commit=-1).offsets == list(range(2_000))
         # every batch before the one holding offset 1,000 goes, that one stays
         keep_from = max(b for b in _bases(data, topic) if b <= 1_000)
         deadline = time.monotonic() + 90
@@ -167,10 +128,10 @@ def test_retention_keeps_disk_bounded_and_removes_nothing_unconsumed(tmp_path: P
         assert _bases(data, topic)[0] == keep_from
         kept = len(_bases(data, topic))
         # nothing the slow group has not consumed is gone: it reads all of [1000, 2000)
-        assert _read(bs, "slow", topic, None) == list(range(1_000, 2_000))
+        assert read_partition(bs, topic, start=None, group="slow").offsets == list(range(1_000, 2_000))
         # a new reader from the earliest offset starts at the first batch kept,
         # at most one batch before the slow group's commit
-        earliest = _read(bs, "new", topic, -2)
+        earliest = read_partition(bs, topic, start=-2, group="new").offsets
         assert earliest == list(range(keep_from, 2_000))
         print(f"batches kept after the slow group's commit at 1,000: {kept}, earliest "
               f"offset kept: {keep_from}")
@@ -182,10 +143,10 @@ def test_retention_keeps_disk_bounded_and_removes_nothing_unconsumed(tmp_path: P
         assert not adopted
         bs = broker.bootstrap
         _produce(bs, topic, 500)
-        assert _read(bs, "fast", topic, None, commit=-1) == list(range(2_000, 2_500))
+        assert read_partition(bs, topic, start=None, group="fast", commit=-1).offsets == list(range(2_000, 2_500))
         # the slow group's commit still holds the log from where it was
-        assert _read(bs, "new", topic, -2) == list(range(keep_from, 2_500))
-        assert _read(bs, "slow", topic, None, commit=-1) == list(range(1_000, 2_500))
+        assert read_partition(bs, topic, start=-2, group="new").offsets == list(range(keep_from, 2_500))
+        assert read_partition(bs, topic, start=None, group="slow", commit=-1).offsets == list(range(1_000, 2_500))
         _wait_pruned(data, topic, below=1)
 
         # steady traffic that every group reads: the stored batches stay bounded
@@ -194,13 +155,13 @@ def test_retention_keeps_disk_bounded_and_removes_nothing_unconsumed(tmp_path: P
             _produce(bs, topic, 1_000)
             first = 2_500 + 1_000 * round_
             for group in ("fast", "slow"):
-                got = _read(bs, group, topic, None, commit=-1)
+                got = read_partition(bs, topic, start=None, group=group, commit=-1).offsets
                 assert got == list(range(first, first + 1_000)), group
             _wait_pruned(data, topic, below=1)
             sizes.append(_record_bytes(data, topic)[1])
         print(f"record bytes kept after each round of 1,000 records: {sizes}")
         assert max(sizes) <= 2 * min(sizes)
-        last = _read(bs, "new", topic, -2)
+        last = read_partition(bs, topic, start=-2, group="new").offsets
         assert last[-1] == 6_499 and len(last) <= 100  # only the newest batch
     finally:
         stop_recorded_broker(data)
@@ -267,7 +228,7 @@ def test_kills_mid_produce_lose_no_acknowledged_record(tmp_path: Path, victim: s
         out, _ = producer.communicate(timeout=400)
         outcome = json.loads(out.decode().strip().splitlines()[-1])
         acked, failed = set(outcome["acked"]), set(outcome["failed"])
-        read = [int(key) for key, _ in _read_all(broker.bootstrap, topic).values()
+        read = [int(key) for key, _ in read_partition(broker.bootstrap, topic, start=0).records.values()
                 if key is not None]
         lost = sorted(acked - set(read))
         print(f"kill -9 of the {victim} x3: acknowledged {len(acked)} of {n}, read {len(read)}, "

@@ -13,13 +13,14 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from llmpulse.broker import EmbeddedBroker, create_topics
 from llmpulse.broker_erase import EventEraser, erase_from_broker
 from llmpulse.broker_record import adopt_or_start, stop_recorded_broker
 from llmpulse.broker_storage import STORE_DIR, BrokerSettings
 from llmpulse.events import TOPIC_INFERENCE
+from tests.integration.partition_read import read_partition
 
 pytestmark = pytest.mark.integration
 
@@ -61,38 +62,6 @@ def _produce(bootstrap: str, topic: str, values: list[tuple[bytes | None, bytes]
         assert p.flush(30) == 0
     assert -1 not in offsets
     return offsets
-
-
-def _read_all(bootstrap: str, topic: str, *, group: str | None = None,
-              start: int = 0) -> dict[int, tuple[bytes | None, bytes | None]]:
-    """Partition 0 from ``start`` (or ``group``'s commit) to its end: offset -> (key, value)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group or uuid.uuid4().hex,
-                  "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                  "enable.partition.eof": True})
-    try:
-        tp = TopicPartition(topic, 0, start)
-        if group is not None:
-            committed = c.committed([TopicPartition(topic, 0)], timeout=10)[0].offset
-            assert committed >= 0
-            tp = TopicPartition(topic, 0, committed)
-        c.assign([tp])
-        out: dict[int, tuple[bytes | None, bytes | None]] = {}
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            msg = c.poll(1.0)
-            if msg is None:
-                continue
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    return out
-                raise AssertionError(str(err))
-            offset = msg.offset()
-            assert offset is not None
-            out[offset] = (msg.key(), msg.value())
-        raise AssertionError(f"no end of partition within 60 s ({len(out)} read)")
-    finally:
-        c.close()
 
 
 def _commit(bootstrap: str, topic: str, group: str, offset: int) -> None:
@@ -142,7 +111,7 @@ def test_erasure_rewrites_stored_batches_and_keeps_every_other_offset(
     # a record holding only an erased event, keyed by its request id
     values.insert(20, (erased[5].encode(), _event(erased[5], 99)))
     offsets = _produce(broker.bootstrap, topic, values, codec)
-    before = _read_all(broker.bootstrap, topic)
+    before = read_partition(broker.bootstrap, topic, start=0).records
     assert [before[o][1] for o in offsets] == [v for _, v in values]
     _commit(broker.bootstrap, topic, "g1", offsets[30])
     store = data / STORE_DIR
@@ -181,7 +150,7 @@ def test_erasure_rewrites_stored_batches_and_keeps_every_other_offset(
     assert report.records == {topic: len(touched)} and len(touched) == 6
     # (a) no byte of an erased id is left under the store
     assert _files_with(store, needles) == []
-    after = _read_all(broker.bootstrap, topic)
+    after = read_partition(broker.bootstrap, topic, start=0).records
     # (b) every record at its offset; untouched ones byte for byte, erased events gone
     for i, (key, value) in enumerate(values):
         o = offsets[i]
@@ -196,11 +165,11 @@ def test_erasure_rewrites_stored_batches_and_keeps_every_other_offset(
     assert produced > 0 and len(live) == produced
     assert set(live) <= set(after) and len(set(live)) == produced
     # (c) the group resumes at its committed offset
-    resumed = _read_all(broker.bootstrap, topic, group="g1")
+    resumed = read_partition(broker.bootstrap, topic, group="g1").records
     assert min(resumed) == offsets[30] and resumed[offsets[30]] == values[30]
     # the broker still takes and serves new records after the rewrite
     [o_new] = _produce(broker.bootstrap, topic, [(b"k", b'{"request_id":"after"}')], codec)
-    assert _read_all(broker.bootstrap, topic, start=o_new)[o_new] == (b"k", b'{"request_id":"after"}')
+    assert read_partition(broker.bootstrap, topic, start=o_new).records[o_new] == (b"k", b'{"request_id":"after"}')
     # erasing again changes nothing
     assert erase_from_broker(data, EventEraser(ids=frozenset(erased))).records == {}
 
@@ -219,7 +188,7 @@ def test_erasure_with_the_broker_stopped_rewrites_the_files(
     assert report.records == {topic: 1} and report.failures == []
     assert _files_with(data / STORE_DIR, [gone.encode()]) == []
     broker2, _ = adopt_or_start(data, storage=BrokerSettings(storage="disk"))
-    after = _read_all(broker2.bootstrap, topic)
+    after = read_partition(broker2.bootstrap, topic, start=0).records
     assert after[offsets[5]] == (None, b"")
     assert all(after[offsets[i]] == values[i] for i in range(10) if i != 5)
 
