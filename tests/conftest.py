@@ -60,15 +60,12 @@ def stack_env(data_dir: Path, **extra: str) -> dict[str, str]:
 def module_stack(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[StackProcess]:
     """One ``llmpulse up`` for a whole test module (a module-scoped fixture yields from
     this): started with the test environment, stopped by pid at the end (killed if the
-    clean stop fails)."""
+    clean stop fails, with the broker it leaves behind)."""
     d = tmp_path_factory.mktemp(name) / "data"
     d.mkdir()
     sp = StackProcess(d, stack_env(d)).start(timeout=180)
     yield sp
-    try:
-        sp.stop()
-    except Exception:
-        sp.kill()
+    sp.close()
 
 
 @pytest.fixture

@@ -77,10 +77,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     try:
         yield Secured(sp, env, root, admin, read)
     finally:
-        try:
-            sp.stop()
-        except Exception:
-            sp.kill()
+        sp.close()
 
 
 def test_read_token_queries_and_only_admin_reaches_admin_routes(secured: Secured) -> None:
