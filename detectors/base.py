@@ -423,6 +423,12 @@ class Detector(abc.ABC):
         """Load state written by :meth:`snapshot`."""
         vars(self).update(copy.deepcopy(dict(state)))
 
+    def forget_requests(self, request_ids: AbstractSet[str]) -> int:
+        """Drop what the state that outlives a window holds of ``request_ids`` (an
+        erasure); how many items went. Detectors that keep only counts, sums or
+        sketches hold nothing of a request and keep the default."""
+        return 0
+
 
 class Mergeable(abc.ABC):
     """A detector whose per-partition state combines into one window's state.

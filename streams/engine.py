@@ -350,20 +350,25 @@ class SignalEngine:
         gone = sum(buf.forget(ids) for buf in self._buffers.values())
         if self._join is not None:
             gone += self._join.forget(ids)
-        if self._deferred is not None:
-            # waiting jobs hold a sample of the window's texts, and snapshots keep them
-            removed = 0
+        if self._deferred is None:
+            return gone + self._forget_in_detectors(ids)
+        # waiting jobs hold a sample of the window's texts, and snapshots keep them
+        removed = 0
 
-            def without(task: DeferredTask) -> DeferredTask | None:
-                nonlocal removed
-                job, n = task.detector.forget(task.job, ids)
-                removed += n
-                return None if job is None else replace(task, job=job)
+        def without(task: DeferredTask) -> DeferredTask | None:
+            nonlocal removed
+            job, n = task.detector.forget(task.job, ids)
+            removed += n
+            return None if job is None else replace(task, job=job)
 
-            with self._deferred.held():
-                self._deferred.rewrite(without)
-            gone += removed
+        with self._deferred.held():  # no job is completing: detectors' state is ours
+            self._deferred.rewrite(without)
+            gone += removed + self._forget_in_detectors(ids)
         return gone
+
+    def _forget_in_detectors(self, ids: Set[str]) -> int:
+        """What detectors keep across windows of ``ids`` (embedding drift's reference)."""
+        return sum(d.forget_requests(ids) for dets in self._instances.values() for d in dets)
 
     # -- output -------------------------------------------------------------------
 

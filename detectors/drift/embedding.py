@@ -44,10 +44,16 @@ texts mostly measures noise; such windows do not become the reference either.
 ``n_permutations=200`` resolves p-values down to 0.005 for ``alpha=0.01``.
 A window of at least ``reference_size`` texts fills the baseline at once.
 
-Snapshots hold configuration and reference embeddings (float32, base64) and
-never the ONNX session; the embedder is injectable (``embedder=None`` means
+Snapshots hold configuration and reference embeddings (float32, base64),
+with the request id behind each row, and never the ONNX session; the embedder is injectable (``embedder=None`` means
 :meth:`MiniLMEmbedder.default` on first use), and any object with
 ``embed(texts) -> (n, d) array`` will do.
+
+An erasure (:meth:`EmbeddingDrift.forget_requests`) takes the rows of the
+erased requests out of the reference, since an embedding can give its text
+back in part; a fixed baseline that falls below ``reference_size`` is filled
+up again from the next windows. A baseline given by
+:meth:`EmbeddingDrift.set_reference` has no request ids and is kept.
 
 >>> from llmpulse.detectors.testing import synthetic_batch
 >>> d = EmbeddingDrift(tests=("mmd",))
@@ -420,8 +426,10 @@ class EmbeddingDrift(Detector, Deferrable):
         self._embedder = embedder
         self._window = 0
         self._reference: np.ndarray | None = None
+        self._reference_ids: list[str] = []
         self._frozen = False
         self._history: list[np.ndarray] = []
+        self._history_ids: list[list[str]] = []
 
     @property
     def dimension(self) -> str:
@@ -447,10 +455,10 @@ class EmbeddingDrift(Detector, Deferrable):
         if ref.ndim != 2 or len(ref) < self.min_texts:
             raise ValueError(f"reference needs at least min_texts={self.min_texts} rows")
         if self.reference == "fixed":
-            self._reference = ref
+            self._reference, self._reference_ids = ref, [""] * len(ref)
             self._frozen = True
         else:
-            self._history = [ref]
+            self._history, self._history_ids = [ref], [[""] * len(ref)]
 
     def snapshot(self) -> dict[str, Any]:
         """Configuration, window count and reference embeddings; JSON-able, no embedder."""
@@ -460,8 +468,10 @@ class EmbeddingDrift(Detector, Deferrable):
             "config": config,
             "window": self._window,
             "reference": None if self._reference is None else _pack(self._reference),
+            "reference_ids": list(self._reference_ids),
             "frozen": self._frozen,
             "history": [_pack(h) for h in self._history],
+            "history_ids": [list(ids) for ids in self._history_ids],
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -473,6 +483,11 @@ class EmbeddingDrift(Detector, Deferrable):
         self._reference = None if ref is None else _unpack(ref)
         self._frozen = bool(state["frozen"])
         self._history = [_unpack(h) for h in state["history"]]
+        # a snapshot from before ids were kept: its rows cannot be matched to requests
+        n = 0 if self._reference is None else len(self._reference)
+        self._reference_ids = [str(i) for i in state.get("reference_ids") or [""] * n]
+        self._history_ids = [[str(i) for i in ids] for ids in state.get("history_ids")
+                             or [[""] * len(h) for h in self._history]]
 
     def update(self, batch: Batch) -> list[Signal]:
         return self.complete(self.prepare(batch))
@@ -519,20 +534,23 @@ class EmbeddingDrift(Detector, Deferrable):
         if job is None:
             return []
         texts = list(job.texts)
+        ids = list(job.ids) if len(job.ids) == len(texts) else [""] * len(texts)
         kept = len(texts) / job.window_n  # what prepare kept; the tests' sampling comes on top
         window = Batch({}, start=job.start, end=job.end)
         rng = np.random.default_rng([self.seed, job.window])
         if self.reference == "fixed" and not self._reference_ready():
             have = 0 if self._reference is None else len(self._reference)
-            sample, _ = self._embed_sample(texts, self.reference_size - have, rng)
+            sample, _, picked = self._embed_sample(texts, self.reference_size - have, rng)
             parts = [sample] if self._reference is None else [self._reference, sample]
             self._reference = np.concatenate(parts)
+            self._reference_ids += [ids[i] for i in picked]
             return []  # windows that fill the baseline are not tested
         reference = self._current_reference(rng)
         if reference is None:
-            self._history = [self._embed_sample(texts, self.max_texts, rng)[0]]
+            first, _, picked = self._embed_sample(texts, self.max_texts, rng)
+            self._history, self._history_ids = [first], [[ids[i] for i in picked]]
             return []
-        current, rate = self._embed_sample(texts, self.max_texts, rng)
+        current, rate, picked = self._embed_sample(texts, self.max_texts, rng)
         common: dict[str, Any] = {
             "field": self.field,
             "reference": self.reference,
@@ -577,7 +595,32 @@ class EmbeddingDrift(Detector, Deferrable):
             )
         if self.reference == "rolling":
             self._history = [*self._history, current][-self.reference_windows :]
+            self._history_ids = [*self._history_ids, [ids[i] for i in picked]][
+                -self.reference_windows :]
         return out
+
+    def forget_requests(self, request_ids: AbstractSet[str]) -> int:
+        """Take the reference rows embedded from ``request_ids``' texts out (an
+        erasure); how many went. A fixed baseline left short fills up again from the
+        next windows."""
+        gone = 0
+        if self._reference is not None and request_ids:
+            keep = [i for i, r in enumerate(self._reference_ids)
+                    if not r or r not in request_ids]  # "": a given baseline's row
+            if len(keep) < len(self._reference):
+                gone += len(self._reference) - len(keep)
+                self._reference = self._reference[keep] if keep else None
+                self._reference_ids = [self._reference_ids[i] for i in keep]
+                self._frozen = False
+        history, history_ids = [], []
+        for h, ids in zip(self._history, self._history_ids, strict=True):
+            keep = [i for i, r in enumerate(ids) if not r or r not in request_ids]
+            gone += len(ids) - len(keep)
+            if keep:
+                history.append(h[keep])
+                history_ids.append([ids[i] for i in keep])
+        self._history, self._history_ids = history, history_ids
+        return gone
 
     def _reference_ready(self) -> bool:
         if self._reference is None:
@@ -596,11 +639,14 @@ class EmbeddingDrift(Detector, Deferrable):
 
     def _embed_sample(
         self, texts: Sequence[str], cap: int, rng: np.random.Generator
-    ) -> tuple[np.ndarray, float]:
+    ) -> tuple[np.ndarray, float, list[int]]:
+        """Embeddings of at most ``cap`` of ``texts`` (seeded), the share kept, and
+        which texts they are (indices into ``texts``)."""
         rate = 1.0
+        keep = list(range(len(texts)))
         if len(texts) > cap:
             rate = cap / len(texts)
-            keep = np.sort(rng.choice(len(texts), cap, replace=False))
+            keep = [int(i) for i in np.sort(rng.choice(len(texts), cap, replace=False))]
             texts = [texts[i] for i in keep]
         emb = np.asarray(self.embedder.embed(list(texts)), dtype=np.float32)
-        return emb, rate
+        return emb, rate, keep

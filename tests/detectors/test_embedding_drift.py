@@ -301,3 +301,39 @@ def test_default_construction_on_synthetic_batches() -> None:
 def test_bad_configuration_is_rejected(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         EmbeddingDrift(**kwargs)  # type: ignore[arg-type]
+
+
+def test_erasure_takes_the_requests_rows_out_of_the_reference(embedder: CachingEmbedder) -> None:
+    prompts = topic_stream(400, 400, before=BILLING, after=BILLING, seed=20)
+
+    def window(lo: int, hi: int) -> Batch:
+        return Batch.from_events([{"ts": 1000 * (1_700_000_000 + i), "request_id": f"r{i}",
+                                   "prompt": prompts[i]} for i in range(lo, hi)])
+
+    def held(state: dict[str, Any]) -> list[str]:
+        return [*state["reference_ids"], *(i for ids in state["history_ids"] for i in ids)]
+
+    for reference, size in (("fixed", 150), ("rolling", 250)):
+        d = EmbeddingDrift(embedder=embedder, reference=reference, reference_size=size,
+                           reference_windows=2, tests=("mmd",))
+        d.update(window(0, 100))
+        d.update(window(100, 200))
+        before = held(d.snapshot())
+        assert len(before) == len(set(before)) == (150 if reference == "fixed" else 200)
+        victims = set(before[::5]) | {"r-never-seen"}
+        assert d.forget_requests(victims) == len(before[::5]) == (30 if reference == "fixed" else 40)
+        state = json.loads(json.dumps(d.snapshot()))
+        assert not victims & set(held(state)) and len(held(state)) == len(before) - len(victims) + 1
+        fresh = EmbeddingDrift(embedder=embedder)
+        fresh.restore(state)
+        assert fresh.forget_requests(victims) == 0
+        if reference == "fixed":  # the short baseline fills up again before it is used
+            assert d.update(window(200, 300)) == []
+            (sig,) = d.update(window(300, 400))
+            assert sig.detail["reference_n"] == 150
+        else:
+            (sig,) = d.update(window(200, 300))
+            assert sig.detail["reference_n"] == 160
+    given = EmbeddingDrift(embedder=embedder, tests=("mmd",))
+    given.set_reference(prompts[:100])
+    assert given.forget_requests({"r1", ""}) == 0  # a baseline given by hand has no requests

@@ -339,8 +339,14 @@ def test_unknown_family_needs_a_window() -> None:
 def test_embedding_drift_on_tiny_windows() -> None:
     from llmpulse.detectors.drift.embedding import EmbeddingDrift
 
-    dets = {"drift": lambda: [EmbeddingDrift("prompt", tests=("mmd",), min_texts=10,
-                                             max_texts=24, reference_size=24, n_permutations=50)]}
+    made: list[EmbeddingDrift] = []
+
+    def drift() -> list[EmbeddingDrift]:
+        made.append(EmbeddingDrift("prompt", tests=("mmd",), min_texts=10, max_texts=24,
+                                   reference_size=24, n_permutations=50))
+        return made[-1:]
+
+    dets = {"drift": drift}
     clock = Clock()
     # every window tested: on a loaded machine "newest window only" may let the
     # reference take every job (the skipping has its own test, in test_deferred)
@@ -351,6 +357,11 @@ def test_embedding_drift_on_tiny_windows() -> None:
     sig = [s for s in signals if s.signal == "drift.embedding_mmd"]
     assert sig, signals
     assert all(s.dimension == "embedding:prompt" and 10 <= s.n <= 24 for s in sig)
+    # an erasure reaches the references the detectors built from the requests' prompts
+    held = {r for d in made for r in d.snapshot()["reference_ids"]}
+    assert held and "" not in held
+    assert engine.forget_requests(held) >= len(held)
+    assert not any(d.snapshot()["reference_ids"] for d in made)
 
 
 def test_a_snapshot_from_before_partials_were_removed_still_restores() -> None:
