@@ -21,11 +21,12 @@ prepared in this process instead (and a dead pool is replaced for the next).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import multiprocessing as mp
 from collections.abc import Mapping
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from llmpulse.events import DEFAULT_LIMITS, Limits
@@ -44,7 +45,11 @@ def _warm() -> int:
 
 class MappingPool:
     """Prepares export requests (:func:`prepare`) in ``processes`` child processes
-    (0: in the calling thread, as before there was a pool)."""
+    (0: in the calling thread, as before there was a pool).
+
+    The children start with the first request; until they have imported what
+    they need, requests are prepared in the caller (a receiver answers within
+    its timeout even on a machine slow to start a process)."""
 
     def __init__(self, *, processes: int = 2, limits: Limits = DEFAULT_LIMITS,
                  partitions: int | None = None) -> None:
@@ -56,21 +61,43 @@ class MappingPool:
         self.fallbacks = 0
         """Requests prepared in this process because the pool was closed or broken."""
         self._executor: Executor | None = None
+        self._warming: list[Future[int]] = []
         self._closed = False
 
     def _pool(self) -> Executor | None:
+        """The executor once its children are ready, else None (prepare here)."""
         if self._closed or self.processes == 0:
             return None
         if self._executor is None:
             ex = ProcessPoolExecutor(self.processes, mp_context=mp.get_context("spawn"))
-            for _ in range(self.processes):
-                ex.submit(_warm)
+            self._warming = [ex.submit(_warm) for _ in range(self.processes)]
             self._executor = ex
+        if self._warming:
+            if not all(f.done() for f in self._warming):
+                return None
+            failed = next((f.exception() for f in self._warming if f.exception()), None)
+            self._warming = []
+            if failed is not None:  # the children cannot start: stay in this process
+                log.error("OTLP mapping processes failed to start (%s); mapping on the "
+                          "event loop", failed)
+                self.processes = 0
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+                return None
         return self._executor
 
-    def start(self) -> None:
-        """Start the children now rather than on the first request."""
+    @property
+    def ready(self) -> bool:
+        """Whether requests go to the children now."""
+        return self._executor is not None and not self._warming
+
+    def start(self, *, wait: bool = False) -> None:
+        """Start the children now rather than with the first request (``wait``: until
+        they are ready)."""
         self._pool()
+        if wait:
+            concurrent.futures.wait(self._warming)
+            self._pool()
 
     async def prepare(self, body: bytes, encoding: str, *,
                       known_documents: Mapping[str, list[str]] | None = None,

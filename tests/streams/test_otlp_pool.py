@@ -48,7 +48,7 @@ def _request(trace: int, *kinds: str) -> bytes:
 @pytest.fixture(scope="module")
 def pool() -> Iterator[MappingPool]:
     p = MappingPool(processes=1, partitions=4)
-    p.start()
+    p.start(wait=True)
     yield p
     p.close()
 
@@ -56,6 +56,7 @@ def pool() -> Iterator[MappingPool]:
 def test_child_process_prepares_the_same_messages(pool: MappingPool) -> None:
     body = _request(7, "retrieval", "chat", "tool", "bad")
     here = asyncio.run(MappingPool(processes=0, partitions=4).prepare(body, "otlp_proto"))
+    assert pool.ready
     there = asyncio.run(pool.prepare(body, "otlp_proto"))
     assert (there.genai, there.other, len(there.rejected)) == (1, 2, 1)
     for name in ("inference", "rows", "index", "rejected", "documents", "uncontexted"):
@@ -108,9 +109,18 @@ def test_documents_of_an_earlier_request_reach_a_model_call_mapped_in_a_child(
     assert [t for t, _ in rec.sent].count("dead") == 1
 
 
+def test_requests_before_the_children_are_ready_are_prepared_in_the_caller() -> None:
+    p = MappingPool(processes=1)
+    try:
+        got = asyncio.run(p.prepare(_request(4, "chat", "tool"), "otlp_proto"))
+        assert (got.genai, got.other, len(got.inference)) == (1, 1, 1)
+    finally:
+        p.close()
+
+
 def test_a_closed_pool_prepares_in_the_caller() -> None:
     p = MappingPool(processes=1)
-    p.start()
+    p.start(wait=True)
     p.close()
     got = asyncio.run(p.prepare(_request(3, "chat"), "otlp_proto"))
     assert got.genai == 1 and len(got.inference) == 1
