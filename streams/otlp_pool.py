@@ -32,9 +32,21 @@ from concurrent.futures.process import BrokenProcessPool
 from llmpulse.events import DEFAULT_LIMITS, Limits
 from llmpulse.streams.otlp_prepare import PreparedRequest, prepare
 
-__all__ = ["MappingPool"]
+__all__ = ["PROCESS_NAME", "MappingPool"]
 
 log = logging.getLogger(__name__)
+
+
+PROCESS_NAME = "llmpulse-otlp"
+"""The name of the children (``ps``/``top`` ``comm``; benchmarks count their CPU by it)."""
+
+
+def _name_process() -> None:
+    try:  # Linux; elsewhere the children keep the interpreter's name
+        with open("/proc/self/comm", "w") as f:
+            f.write(PROCESS_NAME)
+    except OSError:
+        pass
 
 
 def _warm() -> int:
@@ -69,7 +81,8 @@ class MappingPool:
         if self._closed or self.processes == 0:
             return None
         if self._executor is None:
-            ex = ProcessPoolExecutor(self.processes, mp_context=mp.get_context("spawn"))
+            ex = ProcessPoolExecutor(self.processes, mp_context=mp.get_context("spawn"),
+                                     initializer=_name_process)
             self._warming = [ex.submit(_warm) for _ in range(self.processes)]
             self._executor = ex
         if self._warming:

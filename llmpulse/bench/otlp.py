@@ -123,37 +123,57 @@ def _grpc_sender(url: str, pool: list[dict[str, Any]], batch: int, app: str, sto
         out["failed"] += failed
 
 
-def tree_cpu_s(pid: int | None) -> float | None:
-    """CPU seconds (user + system) of ``pid`` and its live descendants, plus what their
-    reaped children used; None where ``/proc`` cannot tell (not Linux, gone)."""
+CPU_PARTS = ("loop", "worker threads", "broker", "otlp mapping", "engine", "total")
+"""Where the stack's CPU goes: the worker's event loop (its main thread), its other
+threads (the store's inserts and queries, Kafka), the broker, the OTLP mapping
+processes, the signal engine processes (and any other child)."""
+
+
+def tree_cpu(pid: int | None) -> dict[str, float] | None:
+    """CPU seconds (user + system) of ``pid`` and its live descendants by part
+    (:data:`CPU_PARTS`); None where ``/proc`` cannot tell (not Linux, gone)."""
     if pid is None:
         return None
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat(path: str) -> tuple[str, list[str]]:
+        raw = Path(path).read_text()
+        return raw[raw.index("(") + 1:raw.rindex(")")], raw[raw.rindex(")") + 2:].split()
+
+    def cpu(fields: list[str]) -> float:
+        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+
     try:
-        tick = os.sysconf("SC_CLK_TCK")
+        procs: dict[int, tuple[str, list[str]]] = {}
         children: dict[int, list[int]] = {}
-        stats: dict[int, list[str]] = {}
         for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
+            if entry.isdigit():
+                try:
+                    procs[int(entry)] = stat(f"/proc/{entry}/stat")
+                except (OSError, ValueError):
+                    continue
+                children.setdefault(int(procs[int(entry)][1][1]), []).append(int(entry))
+        if pid not in procs:
+            return None
+        parts = dict.fromkeys(CPU_PARTS, 0.0)
+        for task in os.listdir(f"/proc/{pid}/task"):
             try:
-                raw = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
+                parts["loop" if int(task) == pid else "worker threads"] += cpu(
+                    stat(f"/proc/{pid}/task/{task}/stat")[1])
+            except (OSError, ValueError):
                 continue
-            fields = raw[raw.rindex(")") + 2:].split()  # after the command name
-            stats[int(entry)] = fields
-            children.setdefault(int(fields[1]), []).append(int(entry))
+        todo = list(children.get(pid, []))
+        while todo:
+            p = todo.pop()
+            todo += children.get(p, [])
+            comm, fields = procs[p]
+            part = ("otlp mapping" if comm == "llmpulse-otlp" else
+                    "broker" if "tansu" in comm or "broker" in comm else "engine")
+            parts[part] += cpu(fields)
     except (OSError, ValueError):
         return None
-    if pid not in stats:
-        return None
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        f = stats.get(p)
-        if f is not None:  # utime stime cutime cstime: fields 14-17 of stat
-            total += sum(int(x) for x in f[11:15])
-        todo += children.get(p, [])
-    return total / tick
+    parts["total"] = sum(v for k, v in parts.items() if k != "total")
+    return parts
 
 
 TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
@@ -225,7 +245,7 @@ def run(quick: bool = False, seconds: float | None = None, senders: int = 3,
                     lock = threading.Lock()
                     stop_at = time.monotonic() + seconds
                     t0 = time.monotonic()
-                    cpu0 = tree_cpu_s(up.pid)
+                    cpu0 = tree_cpu(up.pid)
                     threads = [threading.Thread(target=_SENDERS[tr], args=(
                         urls[tr], pool, batch, app, stop_at, (k + 1) * 10_000_000 + batch, out,
                         lock)) for k in range(senders)]
@@ -235,10 +255,11 @@ def run(quick: bool = False, seconds: float | None = None, senders: int = 3,
                         t.join()
                     send_s = time.monotonic() - t0
                     m = _measure(ep["http"], app, out["sent"])
-                    cpu1 = tree_cpu_s(up.pid)
-                    m["cpu_ms_per_1k_spans"] = (
-                        (cpu1 - cpu0) * 1e6 / m["spans_stored"]
-                        if cpu0 is not None and cpu1 is not None and m["spans_stored"] else None)
+                    cpu1 = tree_cpu(up.pid)
+                    if cpu0 is not None and cpu1 is not None and m["spans_stored"]:
+                        m["cpu_ms_per_1k_spans"] = {
+                            k: round((cpu1[k] - cpu0[k]) * 1e6 / m["spans_stored"], 1)
+                            for k in CPU_PARTS}
                     key = f"batch_{batch}" if transport == "http" else f"{tr}_batch_{batch}"
                     runs[key] = {"transport": tr, "batch": batch, "seconds": seconds,
                                  "senders": senders, "sent": out["sent"],
@@ -291,8 +312,11 @@ def format_table(result: dict[str, Any]) -> str:
             f"{r['batch']:>6}{r['send_rate']:>10.0f}{r['spans_per_s']:>10.0f}"
             f"{r['spans_stored']:>10}{r['lost']:>6}{r['failed']:>8}{r['lag_p50_ms']:>12.0f}"
             f"{r['lag_p99_ms']:>12.0f}{r['lag_max_ms']:>12.0f}"
-            + (f"{r['cpu_ms_per_1k_spans']:>11.0f}" if r.get("cpu_ms_per_1k_spans") else
-               f"{'-':>11}"))
+            + (f"{r['cpu_ms_per_1k_spans']['total']:>11.0f}" if r.get("cpu_ms_per_1k_spans")
+               else f"{'-':>11}"))
+        if r.get("cpu_ms_per_1k_spans"):
+            lines.append("      cpu ms/1k spans: " + ", ".join(
+                f"{k} {v:.0f}" for k, v in r["cpu_ms_per_1k_spans"].items() if k != "total"))
     for batch, ratio in result.get("grpc_vs_http", {}).items():
         lines.append(f"grpc / http, {batch}: sent/s x{ratio['send_rate']:.2f}, "
                      f"stored spans/s x{ratio['spans_per_s']:.2f}")
