@@ -47,7 +47,7 @@ def _request(trace: int, *kinds: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def pool() -> Iterator[MappingPool]:
-    p = MappingPool(processes=1, partitions=4)
+    p = MappingPool(processes=1, partitions=4, min_bytes=0)
     p.start(wait=True)
     yield p
     p.close()
@@ -110,7 +110,7 @@ def test_documents_of_an_earlier_request_reach_a_model_call_mapped_in_a_child(
 
 
 def test_requests_before_the_children_are_ready_are_prepared_in_the_caller() -> None:
-    p = MappingPool(processes=1)
+    p = MappingPool(processes=1, min_bytes=0)
     try:
         got = asyncio.run(p.prepare(_request(4, "chat", "tool"), "otlp_proto"))
         assert (got.genai, got.other, len(got.inference)) == (1, 1, 1)
@@ -119,10 +119,21 @@ def test_requests_before_the_children_are_ready_are_prepared_in_the_caller() -> 
 
 
 def test_a_closed_pool_prepares_in_the_caller() -> None:
-    p = MappingPool(processes=1)
+    p = MappingPool(processes=1, min_bytes=0)
     p.start(wait=True)
     p.close()
     got = asyncio.run(p.prepare(_request(3, "chat"), "otlp_proto"))
     assert got.genai == 1 and len(got.inference) == 1
     with pytest.raises(ValueError, match="otlp.map_processes"):
         MappingPool(processes=-1)
+
+
+def test_small_bodies_are_prepared_in_the_caller() -> None:
+    p = MappingPool(processes=1)
+    body = _request(5, "chat")
+    assert len(body) < p.min_bytes
+    try:
+        got = asyncio.run(p.prepare(body, "otlp_proto"))
+        assert got.genai == 1 and not p.ready  # no child was even started
+    finally:
+        p.close()
