@@ -25,6 +25,7 @@ import concurrent.futures
 import functools
 import logging
 import multiprocessing as mp
+import os
 from collections.abc import Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -32,7 +33,7 @@ from concurrent.futures.process import BrokenProcessPool
 from llmpulse.events import DEFAULT_LIMITS, Limits
 from llmpulse.streams.otlp_prepare import PreparedRequest, prepare
 
-__all__ = ["MIN_POOL_BYTES", "PROCESS_NAME", "MappingPool"]
+__all__ = ["MIN_POOL_BYTES", "PROCESS_NAME", "MappingPool", "auto_processes"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,18 @@ MIN_POOL_BYTES = 16 << 10
 """Bodies smaller than this (about 30 GenAI spans with content) are mapped in the caller."""
 PROCESS_NAME = "llmpulse-otlp"
 """The name of the children (``ps``/``top`` ``comm``; benchmarks count their CPU by it)."""
+
+
+def auto_processes(cpus: int | None = None) -> int:
+    """Mapping processes for a machine of ``cpus`` cores (None: this one): those beyond
+    the two that the worker's event loop and the broker keep busy, at most 2. On a
+    2-core machine a child only adds the trip to it (measured: no more spans stored).
+
+    >>> [auto_processes(n) for n in (1, 2, 3, 4, 16)]
+    [0, 0, 1, 2, 2]
+    """
+    n = os.cpu_count() if cpus is None else cpus
+    return max(0, min(2, (n or 1) - 2))
 
 
 def _name_process() -> None:
@@ -59,7 +72,7 @@ def _warm() -> int:
 
 class MappingPool:
     """Prepares export requests (:func:`prepare`) in ``processes`` child processes
-    (0: in the calling thread, as before there was a pool).
+    (0: in the calling thread, as before there was a pool; -1: :func:`auto_processes`).
 
     The children start with the first request; until they have imported what
     they need, requests are prepared in the caller (a receiver answers within
@@ -70,9 +83,10 @@ class MappingPool:
 
     def __init__(self, *, processes: int = 2, limits: Limits = DEFAULT_LIMITS,
                  partitions: int | None = None, min_bytes: int = MIN_POOL_BYTES) -> None:
-        if processes < 0:
-            raise ValueError(f"otlp.map_processes: must be >= 0, got {processes!r}")
-        self.processes = processes
+        if processes < -1:
+            raise ValueError(f"otlp.map_processes: must be >= 0, or -1 for automatic, got "
+                             f"{processes!r}")
+        self.processes = auto_processes() if processes == -1 else processes
         self.limits = limits
         self.partitions = partitions
         self.min_bytes = min_bytes

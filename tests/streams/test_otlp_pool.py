@@ -125,7 +125,7 @@ def test_a_closed_pool_prepares_in_the_caller() -> None:
     got = asyncio.run(p.prepare(_request(3, "chat"), "otlp_proto"))
     assert got.genai == 1 and len(got.inference) == 1
     with pytest.raises(ValueError, match="otlp.map_processes"):
-        MappingPool(processes=-1)
+        MappingPool(processes=-2)
 
 
 def test_small_bodies_are_prepared_in_the_caller() -> None:
