@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +132,7 @@ class OtlpSettings:
     """The OTLP receiver of ``llmpulse up`` (``otlp:``); OTLP/HTTP is always on the API port.
 
     >>> load_settings(env={"LLMPULSE_OTLP_GRPC_PORT": "4317"}, path=None).otlp
-    OtlpSettings(grpc=True, grpc_port=4317)
+    OtlpSettings(grpc=True, grpc_port=4317, map_processes=-1)
     >>> load_settings(env={"LLMPULSE_OTLP_GRPC": "maybe"}, path=None)
     Traceback (most recent call last):
     ...
@@ -143,6 +143,9 @@ class OtlpSettings:
     """Serve OTLP/gRPC too (``LLMPULSE_OTLP_GRPC``), on ``http.host``."""
     grpc_port: int = 0
     """0 picks a free port (``LLMPULSE_OTLP_GRPC_PORT``); 4317 is the usual one."""
+    map_processes: int = -1
+    """Processes that decode and map export requests (0: on the worker's event loop;
+    -1: as many as the machine has cores beyond two, at most 2)."""
 
 
 def _otlp(raw: Any, env: Mapping[str, str]) -> OtlpSettings:
@@ -151,7 +154,7 @@ def _otlp(raw: Any, env: Mapping[str, str]) -> OtlpSettings:
     if flag is not None:
         if flag.strip().lower() not in ("true", "false", "1", "0"):
             raise ConfigError(f"LLMPULSE_OTLP_GRPC: must be true or false, got {flag!r}")
-        base = OtlpSettings(flag.strip().lower() in ("true", "1"), base.grpc_port)
+        base = replace(base, grpc=flag.strip().lower() in ("true", "1"))
     port = env.get("LLMPULSE_OTLP_GRPC_PORT")
     key = "LLMPULSE_OTLP_GRPC_PORT" if port is not None else "otlp.grpc_port"
     value: Any = port if port is not None else base.grpc_port
@@ -161,7 +164,10 @@ def _otlp(raw: Any, env: Mapping[str, str]) -> OtlpSettings:
         number = -1
     if not 0 <= number <= 65535:
         raise ConfigError(f"{key}: must be a port in 0..65535 (0 picks a free one), got {value!r}")
-    return OtlpSettings(base.grpc, number)
+    if base.map_processes < -1:
+        raise ConfigError(f"otlp.map_processes: must be >= 0, or -1 for automatic, got "
+                          f"{base.map_processes!r}")
+    return replace(base, grpc_port=number)
 
 
 @dataclass(frozen=True, slots=True)

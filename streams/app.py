@@ -54,6 +54,7 @@ from llmpulse.streams.ingest import DeadLetter, IngestBatch, Message, split_batc
 from llmpulse.streams.notify import Notifier
 from llmpulse.streams.otlp import OTLP_TOPICS, SpanIngest, attach_otlp, faust_sender
 from llmpulse.streams.otlp_logs import attach_otlp_logs
+from llmpulse.streams.otlp_pool import MappingPool
 from llmpulse.streams.rules import Rules
 from llmpulse.streams.service_health import register_service_health
 from llmpulse.streams.signals import SignalAgents
@@ -265,6 +266,7 @@ class Pipeline:
             await self.signals.stop()
         if self.alerts is not None:
             await self.alerts.close()
+        await asyncio.to_thread(self.otlp.close)  # the OTLP mapping processes
 
 
 def register_ingest(
@@ -605,7 +607,9 @@ def build_pipeline(
     # OTLP: POST /v1/traces and the otlp_spans topic; events go through the ingest above
     otlp = SpanIngest(faust_sender(app), sink.write, inference_topic=TOPIC_INFERENCE,
                       deadletter_topic=TOPIC_DEADLETTER, limits=limits,
-                      partitions=settings.ingest.partitions)
+                      partitions=settings.ingest.partitions,
+                      pool=MappingPool(processes=settings.otlp.map_processes, limits=limits,
+                                       partitions=settings.ingest.partitions))
     traces = None if agents is None else attach_agent_signals(  # agent.* signals from the spans
         app, agents.emit, poll_s=settings.signals.poll_s,
         settings=AgentTraceSettings(window_s=settings.signals.latency_window_s))

@@ -33,7 +33,6 @@ import asyncio
 import itertools
 import logging
 import time
-import zlib
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -45,12 +44,22 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from llmpulse.events import DEFAULT_LIMITS, Limits, split_envelope
 from llmpulse.streams.ingest import DeadLetter
-from llmpulse.streams.otlp_identity import index_rows
-from llmpulse.streams.otlp_mapping import MappedRequest, OtlpDecodeError, decode_traces, map_request
+from llmpulse.streams.otlp_mapping import OtlpDecodeError
+from llmpulse.streams.otlp_pool import MappingPool
+from llmpulse.streams.otlp_prepare import (
+    ENVELOPE_MAX_BYTES,
+    SHIM_BUCKETS,
+    PreparedRequest,
+    envelopes,
+    shim_partition,
+    with_response_ids,
+)
 
 __all__ = [
     "OTLP_HTTP_SOURCE",
     "OTLP_TOPICS",
+    "ENVELOPE_MAX_BYTES",
+    "SHIM_BUCKETS",
     "ReceiverLimits",
     "RecentDocuments",
     "SpanIngest",
@@ -60,7 +69,9 @@ __all__ = [
     "encoding_of",
     "envelopes",
     "rpc_status",
+    "shim_partition",
     "trace_response",
+    "with_response_ids",
 ]
 
 log = logging.getLogger(__name__)
@@ -130,7 +141,7 @@ class SpanStats:
     refused: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     """Refused requests or messages by HTTP status (or ``kafka``)."""
 
-    def record(self, mapped: MappedRequest) -> None:
+    def record(self, mapped: PreparedRequest) -> None:
         self.requests += 1
         self.spans += mapped.total
         self.genai_spans += mapped.genai
@@ -176,64 +187,6 @@ def _varint(n: int) -> bytes:
         else:
             out.append(b)
             return bytes(out)
-
-
-SHIM_BUCKETS = 64
-"""The client shim's default ``buckets``. Events are keyed as the shim keys them and
-sent to the partition librdkafka's default partitioner (CRC-32 of the key) picks
-for that key, so the feedback an app sends through the shim for an OTel-sourced
-request (``request_id`` = trace id) lands on the partition of its inference."""
-ENVELOPE_MAX_BYTES = 512 << 10
-
-
-def shim_partition(key: bytes, partitions: int) -> int:
-    """The partition librdkafka's default ``consistent_random`` partitioner picks.
-
-    >>> [shim_partition(key, 8) for key in (b"0", b"1", b"49")]
-    [1, 7, 0]
-    """
-    return zlib.crc32(key) % partitions
-
-
-def envelopes(events: list[dict[str, Any]], *, buckets: int = SHIM_BUCKETS,
-              max_bytes: int = ENVELOPE_MAX_BYTES, key_field: str = "request_id",
-              partitions: int | None = None) -> list[tuple[bytes, bytes, int | None]]:
-    """(key, NDJSON value, partition) messages for ``events``, keyed as the shim keys them.
-
-    An event's key is its bucket, CRC-32 of ``key_field`` modulo ``buckets``,
-    as ASCII digits. Without ``partitions`` an envelope holds one bucket's
-    events and the producer picks the partition from the key; with them it
-    holds the events of every bucket that :func:`shim_partition` puts on one
-    partition (fewer, larger messages), sent to that partition explicitly.
-    An envelope is at most ``max_bytes``.
-
-    >>> evs = [{"request_id": "r1", "n": 1}, {"request_id": "r2", "n": 2},
-    ...        {"request_id": "r1", "n": 3}]
-    >>> [(k, v.count(b"\\n") + 1, p) for k, v, p in envelopes(evs)]
-    [(b'49', 2, None), (b'11', 1, None)]
-    >>> [(k, v.count(b"\\n") + 1, p) for k, v, p in envelopes(evs, partitions=2)]
-    [(b'49', 2, 0), (b'11', 1, 1)]
-    >>> len(envelopes(evs, max_bytes=30))
-    3
-    """
-    crc = zlib.crc32
-    keys = [str(b).encode() for b in range(buckets)]
-    part_of = [shim_partition(k, partitions) for k in keys] if partitions else None
-    out: list[tuple[bytes, bytes, int | None]] = []
-    open_: dict[int, tuple[bytes, list[bytes], int]] = {}
-    for ev in events:
-        b = crc(ev[key_field].encode()) % buckets
-        slot = part_of[b] if part_of is not None else b
-        line = orjson.dumps(ev)
-        key, lines, size = open_.get(slot, (keys[b], [], 0))
-        if lines and size + len(line) + 1 > max_bytes:
-            out.append((key, b"\n".join(lines), slot if part_of is not None else None))
-            key, lines, size = keys[b], [], 0
-        lines.append(line)
-        open_[slot] = (key, lines, size + len(line) + 1)
-    out.extend((key, b"\n".join(lines), slot if part_of is not None else None)
-               for slot, (key, lines, _) in open_.items())
-    return out
 
 
 Send = Callable[[str, bytes, bytes | None, list[tuple[str, bytes]] | None, int | None],
@@ -302,27 +255,16 @@ class RecentDocuments(MutableMapping[str, list[str]]):
         return len(self._items)
 
 
-def with_response_ids(mapped: MappedRequest) -> list[bytes]:
-    """Put each model call's ``gen_ai.response.id`` on its event (``response_id``, which
-    the feedback join reads and the event tables ignore) and return the ``request_index``
-    rows of the events' span and response ids (:mod:`llmpulse.streams.otlp_identity`)."""
-    ids = {r["event_id"]: r["response_id"] for r in mapped.spans
-           if r["response_id"] and r["event_id"]}
-    if ids:
-        for ev in mapped.events:
-            rid = ids.get(ev["event_id"])
-            if rid:
-                ev["response_id"] = rid
-    return index_rows(mapped.events)
-
-
 class SpanIngest:
-    """Decode, map, publish and store one OTLP export request (either entry)."""
+    """Decode, map, publish and store one OTLP export request (either entry).
+
+    ``pool`` decodes and maps the request bodies (by default in this process;
+    :class:`MappingPool` with processes puts that work on other cores)."""
 
     def __init__(self, send: Send, write: Write, *, inference_topic: str, deadletter_topic: str,
                  rows_topic: str = TOPIC_SPAN_ROWS,
                  limits: Limits = DEFAULT_LIMITS, stats: SpanStats | None = None,
-                 partitions: int | None = None) -> None:
+                 partitions: int | None = None, pool: MappingPool | None = None) -> None:
         self.send = send
         self.write = write
         self.inference_topic = inference_topic
@@ -333,40 +275,47 @@ class SpanIngest:
         self.documents = RecentDocuments()
         self.partitions = partitions
         """Partitions of the inference topic (None: leave it to the producer)."""
+        self.pool = pool or MappingPool(processes=0, limits=limits, partitions=partitions)
         self._offsets = itertools.count(time.time_ns())
 
     def next_offset(self) -> int:
         """A unique offset for a dead letter that has no Kafka offset (HTTP)."""
         return max(next(self._offsets), time.time_ns())
 
+    def close(self) -> None:
+        """Stop the mapping processes (a later request is mapped in this process)."""
+        self.pool.close()
+
     async def ingest(self, body: bytes, encoding: str, *, source: str, partition: int = 0,
-                     offset: int | None = None) -> MappedRequest:
+                     offset: int | None = None) -> PreparedRequest:
         """Map ``body`` and hand the results on; :class:`OtlpDecodeError` when it is no
         export request (the caller answers or dead-letters it)."""
-        req = decode_traces(body, encoding)
-        mapped = map_request(req, limits=self.limits, known_documents=self.documents)
-        for trace, docs in mapped.documents.items():
+        prepared = await self.pool.prepare(body, encoding)
+        # a model call whose trace retrieved documents in an earlier request is mapped
+        # again with them (rare: an exporter that splits a trace across requests)
+        known = {t: d for t in prepared.uncontexted if (d := self.documents.get(t))}
+        if known:
+            prepared = await self.pool.prepare(body, encoding, known_documents=known)
+        for trace, docs in prepared.documents.items():
             self.documents[trace] = (self.documents.get(trace, []) + docs)[
                 : self.limits.max_context_passages]
         self.stats.documents_evicted = self.documents.evicted
         acks: list[Awaitable[Any]] = []
-        n = self.partitions
-        index = with_response_ids(mapped)
-        for key, value, part in envelopes(mapped.events, partitions=n):
+        for key, value, part in prepared.inference:
             acks.append(await self.send(self.inference_topic, value, key, None, part))
-        for key, value, part in envelopes(mapped.spans, key_field="trace_id", partitions=n):
+        for key, value, part in prepared.rows:
             acks.append(await self.send(self.rows_topic, value, key, None, part))
         dead = [DeadLetter(r.payload, f"span {r.trace_id}/{r.span_id}: {r.reason}", source,
                            partition, offset if offset is not None else self.next_offset())
-                for r in mapped.rejected]
-        if index:  # feedback may name a model call by span or response id: stored in batches
-            acks.append(await self.send(self.rows_topic, b"\n".join(index), None,
+                for r in prepared.rejected]
+        if prepared.index:  # feedback may name a model call by span or response id
+            acks.append(await self.send(self.rows_topic, prepared.index, None,
                                         [(TABLE_HEADER, b"request_index")], None))
         await self.dead_letter(dead, acks)
         for a in acks:
             await a
-        self.stats.record(mapped)
-        return mapped
+        self.stats.record(prepared)
+        return prepared
 
     async def refuse(self, payload: bytes, reason: str, *, source: str, status: str,
                      partition: int = 0, offset: int | None = None) -> None:
@@ -390,7 +339,7 @@ class SpanIngest:
 # -- HTTP ------------------------------------------------------------------------------------
 
 
-def trace_response(mapped: MappedRequest) -> ExportTraceServiceResponse:
+def trace_response(mapped: PreparedRequest) -> ExportTraceServiceResponse:
     """The answer to a traces export: ``partial_success`` counts the rejected spans and
     names up to five reasons (both transports)."""
     resp = ExportTraceServiceResponse()
@@ -402,7 +351,7 @@ def trace_response(mapped: MappedRequest) -> ExportTraceServiceResponse:
     return resp
 
 
-def _response(web: Any, encoding: str, mapped: MappedRequest) -> Any:
+def _response(web: Any, encoding: str, mapped: PreparedRequest) -> Any:
     resp = trace_response(mapped)
     if encoding == "otlp_json":
         return web.bytes(json_format.MessageToJson(resp, indent=None).encode(),

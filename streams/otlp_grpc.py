@@ -13,7 +13,9 @@ Answers (https://opentelemetry.io/docs/specs/otlp/#otlpgrpc), from
   number of spans (log records) rejected and why;
 * ``INVALID_ARGUMENT``: not a valid export request (counted, dead-lettered);
 * ``RESOURCE_EXHAUSTED``: a message over :attr:`ReceiverLimits.max_body_bytes`
-  after decompression (refused by gRPC itself, before it is read);
+  after decompression: refused and counted by the handler up to
+  :data:`OVERSIZE_FACTOR` times the limit, refused by gRPC itself beyond that
+  (before it is read; such a call is not counted);
 * ``UNAVAILABLE`` with a ``RetryInfo`` (5 s): the broker did not take the data
   within :attr:`ReceiverLimits.timeout_s`, or refused it; exporters retry, and
   event ids and span rows are deterministic, so a retry stores no duplicate;
@@ -48,6 +50,7 @@ __all__ = [
     "LOGS_SERVICE",
     "OTLP_GRPC_LOGS_SOURCE",
     "OTLP_GRPC_SOURCE",
+    "OVERSIZE_FACTOR",
     "TRACE_SERVICE",
     "Authorize",
     "GrpcRefusal",
@@ -65,6 +68,9 @@ OTLP_GRPC_SOURCE = "otlp_grpc"
 OTLP_GRPC_LOGS_SOURCE = "otlp_grpc_logs"
 """The ``topic`` of dead letters refused by ``LogsService/Export``."""
 RETRY_AFTER_S = 5
+OVERSIZE_FACTOR = 2
+"""gRPC reads messages up to this many times ``max_body_bytes``, so that the handler
+counts the oversize ones (as OTLP/HTTP counts its 413s); larger ones gRPC refuses."""
 
 Authorize = Callable[[str | None, str, str], tuple[int, str]]
 """``authorize(authorization, method, peer)``: ``(0, "")`` to let a call through, else
@@ -204,7 +210,7 @@ class OtlpGrpcServer:
         """Listen on ``host:port`` (0: a free port) and return the port; ``OSError``
         when the address cannot be bound."""
         server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", self.limits.max_body_bytes),
+            ("grpc.max_receive_message_length", self.limits.max_body_bytes * OVERSIZE_FACTOR),
             # a busy fixed port must fail here, not be shared with another server
             ("grpc.so_reuseport", 0),
         ])
@@ -262,7 +268,7 @@ class OtlpGrpcServer:
             status, why = self.authorize(header, rpc.method, str(context.peer() or ""))
             if status:
                 return _auth_refusal(status, why)
-        if len(body) > self.limits.max_body_bytes:  # gRPC refuses these first; kept as a guard
+        if len(body) > self.limits.max_body_bytes:
             self.ingest.stats.refused["RESOURCE_EXHAUSTED"] += 1
             return GrpcRefusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                f"message larger than {self.limits.max_body_bytes} bytes")

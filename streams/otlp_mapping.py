@@ -469,6 +469,11 @@ PROMPT_NAME_ATTRS = ("traceloop.prompt.key", "langfuse.observation.prompt.name")
 """A prompt name put before an instrumentation's version: ``support-answer:3``."""
 
 
+_TAG_ATTRS = frozenset((*PROMPT_VERSION_ATTRS, *PROMPT_NAME_ATTRS, "llmpulse.experiment",
+                        "llmpulse.variant", "feature_flag.key"))
+"""The attributes :func:`_tags` reads first (a variant alone is no tag)."""
+
+
 def _tag_value(v: Any) -> str | None:
     """A tag as the event contract takes it (1..200 characters), else None."""
     if type(v) is int:
@@ -490,6 +495,8 @@ def _tags(attrs: Mapping[str, Any]) -> dict[str, str]:
     ...        "feature_flag.key": "tone", "feature_flag.result.variant": "friendly"})
     {'prompt_version': 'support-answer:3', 'experiment': 'tone', 'variant': 'friendly'}
     """
+    if _TAG_ATTRS.isdisjoint(attrs):  # most spans carry none: one pass over their keys
+        return {}
     out: dict[str, str] = {}
     own = _tag_value(attrs.get("llmpulse.prompt_version"))
     if own is not None:

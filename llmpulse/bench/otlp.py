@@ -19,10 +19,15 @@ Figures, per batch size:
 * lag: ``ingested_at - ts`` of the inference events (end of the span to the
   row in ``inference_events``, through ``llmpulse.inference`` and the ingest
   agent), p50 / p99;
-* baseline: the same stack's shim figure is ``llmpulse bench ingest``.
+* CPU: CPU milliseconds the stack's processes (the worker, its mapping and
+  engine processes, the broker) spent per 1,000 stored spans, from
+  ``/proc`` (Linux; absent elsewhere). On a shared machine the rate follows
+  whatever else runs; the CPU cost per span does much less;
+* baseline: the same stack's shim figure is ``llmpulse bench ingest``; the
+  mapping on the worker's event loop is ``--map-processes 0``.
 
     python -m llmpulse.bench.otlp --json otlp.json [--seconds 15] [--senders 3]
-        [--transport http|grpc|both]
+        [--transport http|grpc|both] [--map-processes N]
 """
 
 from __future__ import annotations
@@ -118,6 +123,59 @@ def _grpc_sender(url: str, pool: list[dict[str, Any]], batch: int, app: str, sto
         out["failed"] += failed
 
 
+CPU_PARTS = ("loop", "worker threads", "broker", "otlp mapping", "engine", "total")
+"""Where the stack's CPU goes: the worker's event loop (its main thread), its other
+threads (the store's inserts and queries, Kafka), the broker, the OTLP mapping
+processes, the signal engine processes (and any other child)."""
+
+
+def tree_cpu(pid: int | None) -> dict[str, float] | None:
+    """CPU seconds (user + system) of ``pid`` and its live descendants by part
+    (:data:`CPU_PARTS`); None where ``/proc`` cannot tell (not Linux, gone)."""
+    if pid is None:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat(path: str) -> tuple[str, list[str]]:
+        raw = Path(path).read_text()
+        return raw[raw.index("(") + 1:raw.rindex(")")], raw[raw.rindex(")") + 2:].split()
+
+    def cpu(fields: list[str]) -> float:
+        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+
+    try:
+        procs: dict[int, tuple[str, list[str]]] = {}
+        children: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    procs[int(entry)] = stat(f"/proc/{entry}/stat")
+                except (OSError, ValueError):
+                    continue
+                children.setdefault(int(procs[int(entry)][1][1]), []).append(int(entry))
+        if pid not in procs:
+            return None
+        parts = dict.fromkeys(CPU_PARTS, 0.0)
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                parts["loop" if int(task) == pid else "worker threads"] += cpu(
+                    stat(f"/proc/{pid}/task/{task}/stat")[1])
+            except (OSError, ValueError):
+                continue
+        todo = list(children.get(pid, []))
+        while todo:
+            p = todo.pop()
+            todo += children.get(p, [])
+            comm, fields = procs[p]
+            part = ("otlp mapping" if comm == "llmpulse-otlp" else
+                    "broker" if "tansu" in comm or "broker" in comm else "engine")
+            parts[part] += cpu(fields)
+    except (OSError, ValueError):
+        return None
+    parts["total"] = sum(v for k, v in parts.items() if k != "total")
+    return parts
+
+
 TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 TRANSPORTS = ("http", "grpc", "both")
 _SENDERS = {"http": _sender, "grpc": _grpc_sender}
@@ -159,7 +217,7 @@ def _measure(http_url: str, app: str, sent: int, timeout: float = 180) -> dict[s
 
 
 def run(quick: bool = False, seconds: float | None = None, senders: int = 3,
-        transport: str = "http") -> dict[str, Any]:
+        transport: str = "http", map_processes: int | None = None) -> dict[str, Any]:
     if transport not in TRANSPORTS:
         raise ValueError(f"transport: one of {', '.join(TRANSPORTS)}, got {transport!r}")
     transports = ("http", "grpc") if transport == "both" else (transport,)
@@ -167,7 +225,9 @@ def run(quick: bool = False, seconds: float | None = None, senders: int = 3,
     tmp = Path(tempfile.mkdtemp(prefix="llmpulse-bench-otlp-"))
     runs: dict[str, Any] = {}
     try:
-        with bench_stack(tmp, "signals:\n  enabled: true\n") as up:
+        config = "signals:\n  enabled: true\n" + (
+            f"otlp:\n  map_processes: {map_processes}\n" if map_processes is not None else "")
+        with bench_stack(tmp, config) as up:
             ep = up.endpoints
             pool = event_pool(2_000 if quick else 10_000)
             urls = {"http": ep.get("otlp") or ep["http"], "grpc": ep.get("otlp_grpc")}
@@ -185,6 +245,7 @@ def run(quick: bool = False, seconds: float | None = None, senders: int = 3,
                     lock = threading.Lock()
                     stop_at = time.monotonic() + seconds
                     t0 = time.monotonic()
+                    cpu0 = tree_cpu(up.pid)
                     threads = [threading.Thread(target=_SENDERS[tr], args=(
                         urls[tr], pool, batch, app, stop_at, (k + 1) * 10_000_000 + batch, out,
                         lock)) for k in range(senders)]
@@ -194,6 +255,11 @@ def run(quick: bool = False, seconds: float | None = None, senders: int = 3,
                         t.join()
                     send_s = time.monotonic() - t0
                     m = _measure(ep["http"], app, out["sent"])
+                    cpu1 = tree_cpu(up.pid)
+                    if cpu0 is not None and cpu1 is not None and m["spans_stored"]:
+                        m["cpu_ms_per_1k_spans"] = {
+                            k: round((cpu1[k] - cpu0[k]) * 1e6 / m["spans_stored"], 1)
+                            for k in CPU_PARTS}
                     key = f"batch_{batch}" if transport == "http" else f"{tr}_batch_{batch}"
                     runs[key] = {"transport": tr, "batch": batch, "seconds": seconds,
                                  "senders": senders, "sent": out["sent"],
@@ -204,7 +270,8 @@ def run(quick: bool = False, seconds: float | None = None, senders: int = 3,
     result = {
         "benchmark": "otlp",
         "transport": transport,
-        "machine": {"cpus": os.cpu_count()},
+        "map_processes": map_processes,
+        "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
         "goal": {"spans_per_s": 20_000, "lag_p99_ms": 2000},
         "runs": runs,
         "otlp": worker.get("otlp"),
@@ -237,17 +304,24 @@ def format_table(result: dict[str, Any]) -> str:
         "otlp: OTLP protobuf -> receiver -> broker -> worker -> store (embedded stack, "
         "this machine; every span a GenAI chat span with content)",
         f"{'via':>5}{'batch':>6}{'sent/s':>10}{'spans/s':>10}{'stored':>10}{'lost':>6}{'failed':>8}"
-        f"{'lag p50 ms':>12}{'lag p99 ms':>12}{'lag max ms':>12}",
+        f"{'lag p50 ms':>12}{'lag p99 ms':>12}{'lag max ms':>12}{'cpu ms/1k':>11}",
     ]
     for r in result["runs"].values():
         lines.append(
             f"{r.get('transport', 'http'):>5}"
             f"{r['batch']:>6}{r['send_rate']:>10.0f}{r['spans_per_s']:>10.0f}"
             f"{r['spans_stored']:>10}{r['lost']:>6}{r['failed']:>8}{r['lag_p50_ms']:>12.0f}"
-            f"{r['lag_p99_ms']:>12.0f}{r['lag_max_ms']:>12.0f}")
+            f"{r['lag_p99_ms']:>12.0f}{r['lag_max_ms']:>12.0f}"
+            + (f"{r['cpu_ms_per_1k_spans']['total']:>11.0f}" if r.get("cpu_ms_per_1k_spans")
+               else f"{'-':>11}"))
+        if r.get("cpu_ms_per_1k_spans"):
+            lines.append("      cpu ms/1k spans: " + ", ".join(
+                f"{k} {v:.0f}" for k, v in r["cpu_ms_per_1k_spans"].items() if k != "total"))
     for batch, ratio in result.get("grpc_vs_http", {}).items():
         lines.append(f"grpc / http, {batch}: sent/s x{ratio['send_rate']:.2f}, "
                      f"stored spans/s x{ratio['spans_per_s']:.2f}")
+    if result.get("map_processes") is not None:
+        lines.append(f"otlp.map_processes: {result['map_processes']}")
     g = result["goal"]
     lines.append(f"goal: >= {g['spans_per_s']} spans/s sustained, lag p99 <= {g['lag_p99_ms']} ms")
     return "\n".join(lines)
@@ -260,9 +334,12 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=None)
     ap.add_argument("--senders", type=int, default=3)
     ap.add_argument("--transport", choices=TRANSPORTS, default="http")
+    ap.add_argument("--map-processes", type=int, default=None,
+                    help="otlp.map_processes of the stack (default: its own default)")
     a = ap.parse_args()
     return finish(run(quick=a.quick, seconds=a.seconds, senders=a.senders,
-                      transport=a.transport), format_table, a.json)
+                      transport=a.transport, map_processes=a.map_processes),
+                  format_table, a.json)
 
 
 if __name__ == "__main__":

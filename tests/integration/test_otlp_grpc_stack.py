@@ -219,6 +219,7 @@ def test_partial_success_and_malformed_requests(secured: Secured) -> None:
 
     refused = sp.get("/api/stats")["otlp"]["refused"]
     assert refused["INVALID_ARGUMENT"] >= 2
+    assert refused["RESOURCE_EXHAUSTED"] == 2  # both oversize calls, counted like HTTP's 413
     # it keeps serving
     good = _request(b"\x5c" * 16, start=now - 300_000_000, end=now, model="m-after")
     code, answer, _ = secured.call(TRACES, good.SerializeToString())

@@ -175,3 +175,21 @@ def test_otlp_settings(tmp_path: Path) -> None:
             load_settings(env={}, path=yaml)
     with pytest.raises(ConfigError, match="^LLMPULSE_OTLP_GRPC_PORT:"):
         load_settings(env={"LLMPULSE_OTLP_GRPC_PORT": "abc"}, path=None)
+
+
+async def test_oversize_messages_are_refused_and_counted(serve: Any) -> None:
+    p = Pipeline()
+    ingest = _ingest(p)
+    target = await serve(OtlpGrpcServer(ingest, feedback_topic="llmpulse.feedback",
+                                        limits=ReceiverLimits(max_body_bytes=64 * 1024)))
+    codes = []
+    async with grpc.aio.insecure_channel(target) as ch:
+        for size in (100 * 1024, 10 * 1024 * 1024):  # counted; refused by gRPC itself
+            try:
+                await ch.unary_unary(TRACES)(b"\n" + b"\0" * size, timeout=30)
+            except grpc.aio.AioRpcError as exc:
+                codes.append(exc.code())
+        answer = await ch.unary_unary(TRACES)(_chat_request(), timeout=30)
+    assert codes == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
+    assert ingest.stats.refused == {"RESOURCE_EXHAUSTED": 1}
+    assert answer == b"" and ingest.stats.genai_spans == 1  # it keeps serving
