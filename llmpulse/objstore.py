@@ -8,7 +8,7 @@ acknowledged across a kill of the broker or a reboot, with nothing but Python.
 What is served, path-style, on one bucket (:data:`BUCKET`):
 
 - ``PUT /tansu/<key>``: write (temp file, fsync, rename, fsync of the
-  directory), with ``If-None-Match: *`` (create only) and ``If-Match: <etag>``
+  directory; without the fsyncs under ``--no-fsync``), with ``If-None-Match: *`` (create only) and ``If-Match: <etag>``
   (replace only that version), answered ``412 PreconditionFailed`` otherwise.
 - ``GET``/``HEAD /tansu/<key>``: read, with ``Range: bytes=a-b``,
   ``If-Match`` and ``If-None-Match``.
@@ -205,13 +205,16 @@ class _Folder:
     folders: list[tuple[str, str]] = field(default_factory=list)
 
 
+_Infos = list[ObjectInfo]
+
+
 def _folder_stamp(folder: Path) -> tuple[int, int]:
     st = os.stat(folder)
     return st.st_ino, st.st_mtime_ns
 
 
 def _read_all(fd: int, size: int) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         chunk = os.read(fd, max(size, 65536))
         if not chunk:
@@ -405,7 +408,7 @@ class ObjectFiles:
         out.sort(key=lambda o: o.key.encode())
         return out
 
-    def _collect(self, folder: Path, prefix: tuple[str, ...], out: list[ObjectInfo]) -> None:
+    def _collect(self, folder: Path, prefix: tuple[str, ...], out: _Infos) -> None:
         """Append the objects under ``folder`` (caller holds ``_folders_lock``)."""
         try:
             stamp = _folder_stamp(folder)
@@ -939,7 +942,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", required=True, type=Path, help="folder of the objects")
     p.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
     p.add_argument("--port", required=True, type=int)
-    p.add_argument("--no-fsync", action="store_true", help="skip fsync (tests of speed only)")
+    p.add_argument("--no-fsync", action="store_true",
+                   help="write to the page cache only: objects survive a kill of any process, "
+                        "not a power loss (broker.fsync: false)")
     p.add_argument("--debug", action="store_true", help="log every request")
     p.add_argument("--prune-margin", type=int, default=None,
                    help="remove record batches this many records below every group's commit "

@@ -56,7 +56,15 @@ def _kind(method: str, path: str) -> str:
     return f"{method} {last}"
 
 
-def _start_store(root: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _on_ack(acks: list[float], sent_ns: int) -> Any:
+    def on_delivery(err: Any, _msg: Any) -> None:
+        if err is None:
+            acks.append((time.time_ns() - sent_ns) / 1e6)
+    return on_delivery
+
+
+def _start_store(root: Path, log_path: Path, fsync: bool = True
+                 ) -> tuple[subprocess.Popen[bytes], str]:
     from llmpulse.broker import free_port
     from llmpulse.broker_storage import _answers
 
@@ -66,7 +74,8 @@ def _start_store(root: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], s
         p for p in (source, os.environ.get("PYTHONPATH", "")) if p))
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen([sys.executable, "-m", "llmpulse.objstore", "--root", str(root),
-                                 "--port", str(port), "--debug"],
+                                 "--port", str(port), "--debug",
+                                 *([] if fsync else ["--no-fsync"])],
                                 stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                 env=env, start_new_session=True)
     endpoint = f"http://127.0.0.1:{port}"
@@ -95,6 +104,7 @@ def _requests(log_path: Path, t0: float, t1: float, seconds: float) -> dict[str,
 
 
 def _one(storage: str, rate: int, seconds: float) -> dict[str, Any]:
+    """One run; ``storage`` is ``memory``, ``disk`` or ``disk-nofsync``."""
     from confluent_kafka import Consumer, Producer
 
     from llmpulse.broker import EmbeddedBroker, create_topics
@@ -106,10 +116,10 @@ def _one(storage: str, rate: int, seconds: float) -> dict[str, Any]:
     store_log = root / "objstore.log"
     try:
         env = None
-        if storage == "disk":
-            store, endpoint = _start_store(root / "store", store_log)
+        if storage.startswith("disk"):
+            store, endpoint = _start_store(root / "store", store_log, storage == "disk")
             env = broker_env(endpoint, "bench")
-        broker = EmbeddedBroker(storage="s3://tansu/" if storage == "disk" else "memory://tansu/",
+        broker = EmbeddedBroker(storage="s3://tansu/" if store is not None else "memory://tansu/",
                                 env=env, log_path=root / "broker.log", cluster="bench")
         broker.start()
         create_topics(broker.bootstrap, {TOPIC: 4})
@@ -126,8 +136,9 @@ def _one(storage: str, rate: int, seconds: float) -> dict[str, Any]:
             try:
                 while not stop.is_set():
                     for msg in c.consume(500, timeout=0.2):
-                        if msg.error() is None:
-                            sent = int(msg.value()[:20])
+                        value = msg.value()
+                        if msg.error() is None and value is not None:
+                            sent = int(value[:20])
                             lat.append((time.time_ns() - sent) / 1e6)
             finally:
                 c.close()
@@ -149,8 +160,7 @@ def _one(storage: str, rate: int, seconds: float) -> dict[str, Any]:
                 p.poll(due - now)
             sent_ns = time.time_ns()
             p.produce(TOPIC, b"%020d" % sent_ns + pad, key=str(i).encode(),
-                      on_delivery=lambda err, _m, s=sent_ns: acks.append(
-                          (time.time_ns() - s) / 1e6) if err is None else None)
+                      on_delivery=_on_ack(acks, sent_ns))
             p.poll(0)
         p.flush(60)
         wall1 = time.time()
@@ -164,7 +174,7 @@ def _one(storage: str, rate: int, seconds: float) -> dict[str, Any]:
             "ack_ms": {q: _pct(acks, v) for q, v in (("p50", .5), ("p95", .95), ("p99", .99))},
             "e2e_ms": {q: _pct(lat, v) for q, v in (("p50", .5), ("p95", .95), ("p99", .99))},
         }
-        if storage == "disk":
+        if store is not None:
             out["requests"] = _requests(store_log, wall0, wall1, wall1 - wall0)
         return out
     finally:
@@ -179,10 +189,11 @@ def _one(storage: str, rate: int, seconds: float) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def run(rate: int = 300, seconds: float = 20.0, repeat: int = 2) -> dict[str, Any]:
-    runs: dict[str, list[dict[str, Any]]] = {"memory": [], "disk": []}
+def run(rate: int = 300, seconds: float = 20.0, repeat: int = 2,
+        storages: tuple[str, ...] = ("memory", "disk")) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in storages}
     for _ in range(repeat):
-        for storage in ("memory", "disk"):
+        for storage in storages:
             runs[storage].append(_one(storage, rate, seconds))
     return {"rate": rate, "seconds": seconds, "repeat": repeat, "runs": runs}
 
@@ -190,18 +201,22 @@ def run(rate: int = 300, seconds: float = 20.0, repeat: int = 2) -> dict[str, An
 def format_table(result: dict[str, Any]) -> str:
     lines = [f"produce -> consume at {result['rate']} events/s for {result['seconds']:g} s, "
              f"fetch wait {FETCH_WAIT_MS} ms",
-             f"{'storage':<7} {'run':>3} {'consumed':>9} {'ack p50':>8} {'ack p95':>8} "
+             f"{'storage':<12} {'run':>3} {'consumed':>11} {'ack p50':>8} {'ack p95':>8} "
              f"{'e2e p50':>8} {'e2e p95':>8} {'e2e p99':>8}  (ms)"]
     for storage, rs in result["runs"].items():
         for i, r in enumerate(rs):
             a, e = r["ack_ms"], r["e2e_ms"]
-            lines.append(f"{storage:<7} {i:>3} {r['consumed']:>4}/{r['sent']:<4} {a['p50']:>8.1f} "
-                         f"{a['p95']:>8.1f} {e['p50']:>8.1f} {e['p95']:>8.1f} {e['p99']:>8.1f}")
-    for i, r in enumerate(result["runs"]["disk"]):
-        lines.append(f"object server requests, disk run {i}:")
-        for kind, s in r.get("requests", {}).items():
-            lines.append(f"  {kind:<40} {s['per_s']:>7.1f}/s  mean {s['mean_ms']:>6.2f} ms  "
-                         f"p95 {s['p95_ms']:>6.2f} ms")
+            lines.append(f"{storage:<12} {i:>3} {r['consumed']:>5}/{r['sent']:<5} "
+                         f"{a['p50']:>8.1f} {a['p95']:>8.1f} {e['p50']:>8.1f} {e['p95']:>8.1f} "
+                         f"{e['p99']:>8.1f}")
+    for storage, rs in result["runs"].items():
+        for i, r in enumerate(rs):
+            if "requests" not in r:
+                continue
+            lines.append(f"object server requests, {storage} run {i}:")
+            for kind, st in r["requests"].items():
+                lines.append(f"  {kind:<40} {st['per_s']:>7.1f}/s  mean {st['mean_ms']:>6.2f} ms  "
+                             f"p95 {st['p95_ms']:>6.2f} ms")
     return "\n".join(lines)
 
 
@@ -210,12 +225,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=int, default=300, help="events per second")
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--storages", default="memory,disk",
+                    help="comma-separated: memory, disk, disk-nofsync (the object server "
+                         "without fsync)")
     ap.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = ap.parse_args(argv)
     if args.rate <= 0 or args.seconds <= 0 or args.repeat <= 0:
         print("--rate, --seconds and --repeat must be > 0", file=sys.stderr)
         return 2
-    result = run(args.rate, args.seconds, args.repeat)
+    storages = tuple(args.storages.split(","))
+    if not storages or any(s not in ("memory", "disk", "disk-nofsync") for s in storages):
+        print("--storages: memory, disk or disk-nofsync, comma-separated", file=sys.stderr)
+        return 2
+    result = run(args.rate, args.seconds, args.repeat, storages)
     print(format_table(result))
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2))
