@@ -673,6 +673,13 @@ def make_app(root: Path, *, fsync: bool = True, max_body: int = MAX_BODY,
     locks: dict[str, asyncio.Lock] = {}
     stats = {"requests": 0}
 
+    async def write(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """A put or delete: in a thread when it waits for the device (fsync), else
+        here (a write to the page cache takes less than a thread hand-off)."""
+        if fsync:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        return fn(*args, **kwargs)
+
     def lock_for(key: str) -> asyncio.Lock:
         lk = locks.get(key)
         if lk is None:
@@ -711,7 +718,7 @@ def make_app(root: Path, *, fsync: bool = True, max_body: int = MAX_BODY,
                 after = max(after, base64.urlsafe_b64decode(token.encode()).decode())
             except (binascii.Error, UnicodeDecodeError, ValueError):
                 raise S3Error(400, "InvalidArgument", "bad continuation-token") from None
-        objects = await asyncio.to_thread(files.list, prefix)
+        objects = files.list(prefix)  # from memory, or one folder read: no thread needed
         contents: list[ObjectInfo] = []
         prefixes: list[str] = []
         last = ""
@@ -798,7 +805,7 @@ def make_app(root: Path, *, fsync: bool = True, max_body: int = MAX_BODY,
                 return await get(request, segments, key)
             if request.method == "DELETE":
                 async with lock_for(key):
-                    await asyncio.to_thread(files.delete, segments)
+                    await write(files.delete, segments)
                 return web.Response(status=204)
             raise S3Error(405, "MethodNotAllowed", f"{request.method} is not served")
         except S3Error as err:
@@ -824,17 +831,17 @@ def make_app(root: Path, *, fsync: bool = True, max_body: int = MAX_BODY,
             raise S3Error(501, "NotImplemented", "If-None-Match on PUT must be *")
         im = request.headers.get("If-Match")
         async with lock_for(key):
-            info = await asyncio.to_thread(
+            info = await write(
                 files.put, segments, data, if_none_match=inm is not None,
                 if_match=_unquote_etag(im) if im is not None else None)
         return web.Response(status=200, headers={"ETag": f'"{info.etag}"'})
 
     async def get(request: web.Request, segments: tuple[str, ...], key: str) -> web.Response:
         if request.method == "HEAD":
-            info = await asyncio.to_thread(files.stat, segments)
+            info = files.stat(segments)
             data = b""
         else:
-            found = await asyncio.to_thread(files.read, segments)
+            found = files.read(segments)
             info, data = found if found is not None else (None, b"")
         if info is None:
             raise S3Error(404, "NoSuchKey", f"{key} does not exist")
