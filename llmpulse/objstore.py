@@ -8,7 +8,7 @@ acknowledged across a kill of the broker or a reboot, with nothing but Python.
 What is served, path-style, on one bucket (:data:`BUCKET`):
 
 - ``PUT /tansu/<key>``: write (temp file, fsync, rename, fsync of the
-  directory), with ``If-None-Match: *`` (create only) and ``If-Match: <etag>``
+  directory; without the fsyncs under ``--no-fsync``), with ``If-None-Match: *`` (create only) and ``If-Match: <etag>``
   (replace only that version), answered ``412 PreconditionFailed`` otherwise.
 - ``GET``/``HEAD /tansu/<key>``: read, with ``Range: bytes=a-b``,
   ``If-Match`` and ``If-None-Match``.
@@ -47,10 +47,11 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,33 @@ class ObjectInfo:
     mtime: float
 
 
+@dataclass(slots=True)
+class _Folder:
+    """The cached listing of one folder: its objects by name, its sub-folders
+    (file name, decoded name), and the folder's (inode, mtime) when read."""
+
+    stamp: tuple[int, int]
+    objects: dict[str, ObjectInfo] = field(default_factory=dict)
+    folders: list[tuple[str, str]] = field(default_factory=list)
+
+
+_Infos = list[ObjectInfo]
+
+
+def _folder_stamp(folder: Path) -> tuple[int, int]:
+    st = os.stat(folder)
+    return st.st_ino, st.st_mtime_ns
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        chunk = os.read(fd, max(size, 65536))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
 class ObjectFiles:
     """Objects as files under ``root/objects`` (synchronous; callers serialise writers).
 
@@ -215,6 +243,10 @@ class ObjectFiles:
         self.objects.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
         self._etags: dict[Path, tuple[tuple[int, int, int], str]] = {}
+        # listings by folder: what a fetch lists (a partition's batches) is read many
+        # times per second and changes by one object at a time
+        self._folders: dict[Path, _Folder] = {}
+        self._folders_lock = threading.Lock()
         self._sweep_temps()
 
     def _sweep_temps(self) -> None:
@@ -245,12 +277,22 @@ class ObjectFiles:
     def read(self, segments: tuple[str, ...]) -> tuple[ObjectInfo, bytes] | None:
         path = file_for(self.root, segments)
         try:
-            data = path.read_bytes()
-            st = path.stat()
+            fd = os.open(path, os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        etag = hashlib.md5(data, usedforsecurity=False).hexdigest()
-        self._etags[path] = ((st.st_ino, st.st_size, st.st_mtime_ns), etag)
+        try:
+            # the open file is one version: a rename over it does not change what is read
+            st = os.fstat(fd)
+            data = _read_all(fd, st.st_size)
+        finally:
+            os.close(fd)
+        stamp = (st.st_ino, len(data), st.st_mtime_ns)
+        hit = self._etags.get(path)
+        if hit is not None and hit[0] == stamp:
+            etag = hit[1]
+        else:
+            etag = hashlib.md5(data, usedforsecurity=False).hexdigest()
+            self._etags[path] = (stamp, etag)
         return ObjectInfo(key_of(segments), len(data), etag, st.st_mtime), data
 
     def put(self, segments: tuple[str, ...], data: bytes, *, if_none_match: bool = False,
@@ -280,14 +322,16 @@ class ObjectFiles:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+        st = os.fstat(fd)
         os.close(fd)
         os.replace(tmp, path)
         if self.fsync:
             self._fsync_dir(path.parent)
-        st = path.stat()
         etag = hashlib.md5(data, usedforsecurity=False).hexdigest()
         self._etags[path] = ((st.st_ino, st.st_size, st.st_mtime_ns), etag)
-        return ObjectInfo(key, len(data), etag, st.st_mtime)
+        info = ObjectInfo(key, len(data), etag, st.st_mtime)
+        self._listed(path, segments[-1], info)
+        return info
 
     def delete(self, segments: tuple[str, ...]) -> bool:
         path = file_for(self.root, segments)
@@ -296,9 +340,33 @@ class ObjectFiles:
         except (FileNotFoundError, NotADirectoryError):
             return False
         self._etags.pop(path, None)
+        self._listed(path, segments[-1], None)
         if self.fsync:
             self._fsync_dir(path.parent)
         return True
+
+    def _listed(self, path: Path, name: str, info: ObjectInfo | None) -> None:
+        """Bring the cached listing of ``path``'s folder up to date after a put
+        (``info``) or a delete (None) of the object ``name`` there; the folders
+        above it are read again at the next listing (a put may have made them)."""
+        folder = path.parent
+        with self._folders_lock:
+            for above in folder.parents:
+                if above == self.root:
+                    break
+                self._folders.pop(above, None)
+            cached = self._folders.get(folder)
+            if cached is None:
+                return
+            try:
+                cached.stamp = _folder_stamp(folder)
+            except OSError:
+                del self._folders[folder]
+                return
+            if info is None:
+                cached.objects.pop(name, None)
+            else:
+                cached.objects[name] = info
 
     @staticmethod
     def _fsync_dir(path: Path) -> None:
@@ -322,23 +390,60 @@ class ObjectFiles:
                 yield key_of((*prefix, _dec(e.name[: -len(_FILE_SUFFIX)]))), Path(e.path)
 
     def list(self, prefix: str) -> list[ObjectInfo]:
-        """Every object whose key starts with ``prefix``, sorted by key (UTF-8 byte order)."""
+        """Every object whose key starts with ``prefix``, sorted by key (UTF-8 byte order).
+
+        Each folder's listing is kept in memory: a put or delete through this
+        object updates it, and a folder whose inode or modification time changed
+        otherwise (another process wrote there) is read again.
+        """
         parts = prefix.split("/")
         folders = tuple(p for p in parts[:-1])
         if any(p in ("", ".", "..") or "\0" in p for p in folders):
             return []  # no stored key has such a segment
         base = self.objects.joinpath(*(_enc(p) for p in folders))
-        out = []
-        for key, path in self._walk(base, folders):
-            if not key.startswith(prefix):
-                continue
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                continue
-            out.append(ObjectInfo(key, st.st_size, self._etag(path, st), st.st_mtime))
+        out: list[ObjectInfo] = []
+        with self._folders_lock:
+            self._collect(base, folders, out)
+        out = [o for o in out if o.key.startswith(prefix)]
         out.sort(key=lambda o: o.key.encode())
         return out
+
+    def _collect(self, folder: Path, prefix: tuple[str, ...], out: _Infos) -> None:
+        """Append the objects under ``folder`` (caller holds ``_folders_lock``)."""
+        try:
+            stamp = _folder_stamp(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            self._folders.pop(folder, None)
+            return
+        cached = self._folders.get(folder)
+        if cached is None or cached.stamp != stamp:
+            cached = self._scan(folder, prefix, stamp)
+            self._folders[folder] = cached
+        out.extend(cached.objects.values())
+        for enc, name in cached.folders:
+            self._collect(folder / enc, (*prefix, name), out)
+
+    def _scan(self, folder: Path, prefix: tuple[str, ...], stamp: tuple[int, int]) -> _Folder:
+        found = _Folder(stamp)
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            return found
+        for e in entries:
+            if _TMP_MARK in e.name:
+                continue
+            if e.is_dir(follow_symlinks=False):
+                found.folders.append((e.name, _dec(e.name)))
+            elif e.name.endswith(_FILE_SUFFIX) and e.is_file(follow_symlinks=False):
+                name = _dec(e.name[: -len(_FILE_SUFFIX)])
+                path = Path(e.path)
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue
+                found.objects[name] = ObjectInfo(key_of((*prefix, name)), st.st_size,
+                                                 self._etag(path, st), st.st_mtime)
+        return found
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for _, p in self._walk(self.objects, ()))
@@ -568,6 +673,13 @@ def make_app(root: Path, *, fsync: bool = True, max_body: int = MAX_BODY,
     locks: dict[str, asyncio.Lock] = {}
     stats = {"requests": 0}
 
+    async def write(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """A put or delete: in a thread when it waits for the device (fsync), else
+        here (a write to the page cache takes less than a thread hand-off)."""
+        if fsync:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        return fn(*args, **kwargs)
+
     def lock_for(key: str) -> asyncio.Lock:
         lk = locks.get(key)
         if lk is None:
@@ -606,7 +718,7 @@ def make_app(root: Path, *, fsync: bool = True, max_body: int = MAX_BODY,
                 after = max(after, base64.urlsafe_b64decode(token.encode()).decode())
             except (binascii.Error, UnicodeDecodeError, ValueError):
                 raise S3Error(400, "InvalidArgument", "bad continuation-token") from None
-        objects = await asyncio.to_thread(files.list, prefix)
+        objects = files.list(prefix)  # from memory, or one folder read: no thread needed
         contents: list[ObjectInfo] = []
         prefixes: list[str] = []
         last = ""
@@ -651,6 +763,15 @@ def make_app(root: Path, *, fsync: bool = True, max_body: int = MAX_BODY,
         return xml(200, "".join(parts).encode())
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        if not log.isEnabledFor(logging.DEBUG):
+            return await serve(request)
+        t0 = time.perf_counter()
+        resp = await serve(request)
+        log.debug("served %s %s %d %.2f ms", request.method, urlsplit(request.raw_path).path,
+                  resp.status, (time.perf_counter() - t0) * 1000)
+        return resp
+
+    async def serve(request: web.Request) -> web.StreamResponse:
         stats["requests"] += 1
         raw = urlsplit(request.raw_path)
         try:
@@ -684,7 +805,7 @@ def make_app(root: Path, *, fsync: bool = True, max_body: int = MAX_BODY,
                 return await get(request, segments, key)
             if request.method == "DELETE":
                 async with lock_for(key):
-                    await asyncio.to_thread(files.delete, segments)
+                    await write(files.delete, segments)
                 return web.Response(status=204)
             raise S3Error(405, "MethodNotAllowed", f"{request.method} is not served")
         except S3Error as err:
@@ -710,17 +831,17 @@ def make_app(root: Path, *, fsync: bool = True, max_body: int = MAX_BODY,
             raise S3Error(501, "NotImplemented", "If-None-Match on PUT must be *")
         im = request.headers.get("If-Match")
         async with lock_for(key):
-            info = await asyncio.to_thread(
+            info = await write(
                 files.put, segments, data, if_none_match=inm is not None,
                 if_match=_unquote_etag(im) if im is not None else None)
         return web.Response(status=200, headers={"ETag": f'"{info.etag}"'})
 
     async def get(request: web.Request, segments: tuple[str, ...], key: str) -> web.Response:
         if request.method == "HEAD":
-            info = await asyncio.to_thread(files.stat, segments)
+            info = files.stat(segments)
             data = b""
         else:
-            found = await asyncio.to_thread(files.read, segments)
+            found = files.read(segments)
             info, data = found if found is not None else (None, b"")
         if info is None:
             raise S3Error(404, "NoSuchKey", f"{key} does not exist")
@@ -828,7 +949,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", required=True, type=Path, help="folder of the objects")
     p.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
     p.add_argument("--port", required=True, type=int)
-    p.add_argument("--no-fsync", action="store_true", help="skip fsync (tests of speed only)")
+    p.add_argument("--no-fsync", action="store_true",
+                   help="write to the page cache only: objects survive a kill of any process, "
+                        "not a power loss (broker.fsync: false)")
     p.add_argument("--debug", action="store_true", help="log every request")
     p.add_argument("--prune-margin", type=int, default=None,
                    help="remove record batches this many records below every group's commit "

@@ -10,8 +10,9 @@ from the earliest offset by one consumer. Two message shapes:
   them under load (its caps are 1,000 events or 512 KiB);
 * single: one event per message, as a foreign producer sends them.
 
-The runs alternate memory/disk ``repeat`` times (the machine is shared; the
-median is reported) and the table gives the disk/memory ratio.
+The runs alternate memory/disk/disk-fsync (``broker.fsync: true``) ``repeat``
+times (the machine is shared; the median is reported) and the table gives the
+ratio of each disk storage to memory.
 
     llmpulse bench broker [--quick] [--json FILE]
 """
@@ -30,6 +31,7 @@ from llmpulse.bench._stack import event_pool
 __all__ = ["format_table", "run"]
 
 TOPIC = "bench.broker"
+STORAGES = ("memory", "disk", "disk-fsync")
 
 
 def _produce(bootstrap: str, values: list[bytes]) -> float:
@@ -95,7 +97,8 @@ def _one(storage: str, values: list[bytes], events: int) -> dict[str, float]:
 
     root = Path(tempfile.mkdtemp(prefix="llmpulse-bench-broker-"))
     try:
-        broker, _ = adopt_or_start(root, storage=BrokerSettings(storage=storage))
+        settings = BrokerSettings(storage=storage.split("-")[0], fsync=storage == "disk-fsync")
+        broker, _ = adopt_or_start(root, storage=settings)
         try:
             create_topics(broker.bootstrap, {TOPIC: 4})
             produce_s = _produce(broker.bootstrap, values)
@@ -122,15 +125,17 @@ def run(quick: bool = False, repeat: int | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"repeat": repeat, "event_bytes_mean":
                                statistics.fmean(len(v) for v in pool), "shapes": {}}
     for shape, (values, events) in shapes.items():
-        runs: dict[str, list[dict[str, float]]] = {"memory": [], "disk": []}
+        runs: dict[str, list[dict[str, float]]] = {s: [] for s in STORAGES}
         for _ in range(repeat):
-            for storage in ("memory", "disk"):
+            for storage in STORAGES:
                 runs[storage].append(_one(storage, values, events))
         med = {s: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
                for s, rs in runs.items()}
         results["shapes"][shape] = {
             "events": events, "messages": len(values), "runs": runs, "median": med,
             "ratio_disk_memory": {k: med["disk"][k] / med["memory"][k] for k in med["disk"]},
+            "ratio_disk_fsync_memory": {k: med["disk-fsync"][k] / med["memory"][k]
+                                        for k in med["disk"]},
         }
     return results
 
@@ -138,14 +143,16 @@ def run(quick: bool = False, repeat: int | None = None) -> dict[str, Any]:
 def format_table(result: dict[str, Any]) -> str:
     lines = [f"broker storage, produce (acks=all) then consume, median of {result['repeat']} "
              f"(events of {result['event_bytes_mean']:.0f} B on average)",
-             f"{'shape':<10} {'storage':<7} {'produce ev/s':>13} {'consume ev/s':>13} "
+             f"{'shape':<10} {'storage':<12} {'produce ev/s':>13} {'consume ev/s':>13} "
              f"{'end-to-end ev/s':>16}"]
     for shape, r in result["shapes"].items():
-        for storage in ("memory", "disk"):
+        for storage in STORAGES:
             m = r["median"][storage]
-            lines.append(f"{shape:<10} {storage:<7} {m['produce_eps']:>13,.0f} "
+            lines.append(f"{shape:<10} {storage:<12} {m['produce_eps']:>13,.0f} "
                          f"{m['consume_eps']:>13,.0f} {m['end_to_end_eps']:>16,.0f}")
-        q = r["ratio_disk_memory"]
-        lines.append(f"{shape:<10} {'disk/mem':<7} {q['produce_eps']:>13.2f} "
-                     f"{q['consume_eps']:>13.2f} {q['end_to_end_eps']:>16.2f}")
+        for label, key in (("disk/mem", "ratio_disk_memory"),
+                           ("disk-fsync/mem", "ratio_disk_fsync_memory")):
+            q = r[key]
+            lines.append(f"{shape:<10} {label:<12} {q['produce_eps']:>13.2f} "
+                         f"{q['consume_eps']:>13.2f} {q['end_to_end_eps']:>16.2f}")
     return "\n".join(lines)

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from llmpulse.broker_storage import BrokerSettings, access_key, broker_env, storage_cluster_id
+from llmpulse.broker_storage import (
+    BrokerSettings,
+    ObjectServer,
+    access_key,
+    broker_env,
+    storage_cluster_id,
+)
 from llmpulse.config import ConfigError, load_settings
 
 
@@ -22,6 +28,8 @@ def test_defaults_and_overrides(tmp_path: Path) -> None:
     assert (got.storage, got.retain_margin, got.retain_min_s) == ("memory", 5, 0.0)
     assert _load(tmp_path, "broker:\n  storage: memory\n",
                  LLMPULSE_BROKER_STORAGE="disk").storage == "disk"
+    assert _load(tmp_path, "").fsync is True
+    assert _load(tmp_path, "broker:\n  fsync: false\n").fsync is False
 
 
 @pytest.mark.parametrize(("yaml", "env", "key"), [
@@ -33,6 +41,8 @@ def test_defaults_and_overrides(tmp_path: Path) -> None:
     ("broker:\n  group_expiry_h: yes\n", {}, "broker.group_expiry_h"),
     ("broker:\n  storge: disk\n", {}, "broker.storge"),
     ("broker: disk\n", {}, "broker:"),
+    ("broker:\n  fsync: sometimes\n", {}, "broker.fsync"),
+    ("broker:\n  fsync: 0\n", {}, "broker.fsync"),
 ])
 def test_bad_settings_name_the_key(tmp_path: Path, yaml: str, env: dict[str, str],
                                    key: str) -> None:
@@ -61,3 +71,13 @@ def test_broker_env_drops_the_callers_aws_settings() -> None:
     assert env["PATH"] == "/bin" and env["AWS_ENDPOINT"] == "http://127.0.0.1:1"
     assert env["AWS_ACCESS_KEY_ID"] == "k" * 32
     assert "AWS_PROFILE" not in env and "aws_endpoint" not in env
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+def test_the_object_server_runs_with_the_fsync_setting(tmp_path: Path, fsync: bool) -> None:
+    server = ObjectServer.start(tmp_path / "store", settings=BrokerSettings(fsync=fsync))
+    try:
+        argv = Path(f"/proc/{server.pid}/cmdline").read_bytes().split(b"\0")
+        assert (b"--no-fsync" in argv) is (not fsync)
+    finally:
+        server.stop()
