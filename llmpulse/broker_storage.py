@@ -28,12 +28,17 @@ Traceback (most recent call last):
 llmpulse.broker_storage.BrokerSettingsError: broker.storage: must be disk or memory, got 'tape'
 >>> BrokerSettings.from_raw(None, {"LLMPULSE_BROKER_STORAGE": "memory"}).storage
 'memory'
+>>> BrokerSettings.from_raw({"retain_unread_h": -1}, {})
+Traceback (most recent call last):
+...
+llmpulse.broker_storage.BrokerSettingsError: broker.retain_unread_h: must be a number >= 0, got -1
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import signal
@@ -82,13 +87,20 @@ class BrokerSettings:
     retain_min_s: float = 60.0
     """Seconds a commit must be old before the record batches below it are removed (a
     reader replaying from a little behind its group's commit still finds them)."""
+    retain_unread_h: float = 24.0
+    """Hours after which the record batches of a topic no live consumer group commits on
+    (``llmpulse.signals``, read outside the stack) are removed (0: kept however old)."""
+    retain_unread_mb: float = 0.0
+    """Megabytes one partition of a topic no live group commits on may hold before its
+    oldest record batches are removed (0: no cap)."""
 
     @classmethod
     def from_raw(cls, raw: Any, env: Mapping[str, str]) -> BrokerSettings:
         if raw is not None and not isinstance(raw, Mapping):
             raise BrokerSettingsError(f"broker: must be a mapping, got {type(raw).__name__}")
         raw = dict(raw or {})
-        known = {"storage", "retain_margin", "prune_interval_s", "group_expiry_h", "retain_min_s"}
+        known = {"storage", "retain_margin", "prune_interval_s", "group_expiry_h", "retain_min_s",
+                 "retain_unread_h", "retain_unread_mb"}
         for name in raw:
             if name not in known:
                 raise BrokerSettingsError(
@@ -104,9 +116,10 @@ class BrokerSettings:
             raise BrokerSettingsError(f"broker.retain_margin: must be an integer >= 0, got {margin!r}")
         values: dict[str, float] = {}
         for name, least in (("prune_interval_s", 1.0), ("group_expiry_h", 0.0),
-                            ("retain_min_s", 0.0)):
+                            ("retain_min_s", 0.0), ("retain_unread_h", 0.0),
+                            ("retain_unread_mb", 0.0)):
             v = raw.get(name, getattr(cls(), name))
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < least:
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not least <= v < math.inf:
                 raise BrokerSettingsError(f"broker.{name}: must be a number >= {least:g}, got {v!r}")
             values[name] = float(v)
         return cls(storage=str(storage), retain_margin=margin, **values)
@@ -234,7 +247,9 @@ class ObjectServer:
                 "--prune-margin", str(settings.retain_margin),
                 "--prune-interval", str(settings.prune_interval_s),
                 "--group-expiry", str(settings.group_expiry_h * 3600.0),
-                "--prune-min-age", str(settings.retain_min_s)]
+                "--prune-min-age", str(settings.retain_min_s),
+                "--unread-max-age", str(settings.retain_unread_h * 3600.0),
+                "--unread-max-bytes", str(int(settings.retain_unread_mb * 1e6))]
         # the server runs the code this process runs: its package folder goes first
         source = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ)
