@@ -454,6 +454,12 @@ class CommitHistory:
     until an observation is that old (a restarted server prunes nothing for
     ``lag_s``).
 
+    At most ``max_entries`` observations are held, whatever ``lag_s`` and the
+    pass interval: observations closer than ``lag_s / max_entries`` to the
+    oldest of their slot are merged into it (the lower floor of each partition,
+    the time of the newest), so a merged entry is never younger than what it
+    holds and retention only ever waits a little longer.
+
     >>> h = CommitHistory(lag_s=60)
     >>> tp = ("c", "t", "0")
     >>> h.observe(0, {tp: 100}) is None, h.observe(30, {tp: 200}) is None
@@ -462,18 +468,35 @@ class CommitHistory:
     {('c', 't', '0'): 100}
     >>> h.observe(95, {tp: 400, ("c", "t", "1"): 5})
     {('c', 't', '0'): 200}
+    >>> h = CommitHistory(lag_s=3600, max_entries=8)
+    >>> for t in range(0, 36_000, 10):
+    ...     _ = h.observe(t, {tp: t})
+    >>> len(h), h.observe(36_000, {tp: 36_000})
+    (9, {('c', 't', '0'): 31950})
     """
 
-    def __init__(self, lag_s: float) -> None:
+    def __init__(self, lag_s: float, max_entries: int = 64) -> None:
         self.lag_s = lag_s
-        self._seen: list[tuple[float, dict[Partition, int]]] = []
+        self._slot_s = lag_s / max(1, max_entries)
+        # (time of the slot's first observation, time of its newest, floors)
+        self._seen: list[tuple[float, float, dict[Partition, int]]] = []
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
     def observe(self, now: float, floors: dict[Partition, int]) -> dict[Partition, int] | None:
-        self._seen.append((now, dict(floors)))
-        old = [i for i, (t, _) in enumerate(self._seen) if now - t >= self.lag_s]
+        last = self._seen[-1] if self._seen else None
+        if last is not None and now - last[0] < self._slot_s:
+            merged = dict(last[2])
+            for tp, f in floors.items():
+                merged[tp] = min(f, merged.get(tp, f))
+            self._seen[-1] = (last[0], now, merged)
+        else:
+            self._seen.append((now, now, dict(floors)))
+        old = [i for i, (_t0, t, _f) in enumerate(self._seen) if now - t >= self.lag_s]
         if not old:
             return None
-        ref = self._seen[old[-1]][1]
+        ref = self._seen[old[-1]][2]
         del self._seen[: old[-1]]  # the reference stays: it may be the one next time too
         return {tp: min(f, floors.get(tp, f)) for tp, f in ref.items()}
 
