@@ -9,7 +9,10 @@ since Tansu acknowledges a produce only once the object server has the batch
 on disk, and a log left half-written by a kill is repaired before the broker
 starts again (:mod:`llmpulse.broker_log`). The object server also removes the
 record batches every consumer group had committed past ``broker.retain_min_s``
-seconds ago, so the disk stays bounded, and an erasure rewrites the batches
+seconds ago, and, from topics no live group commits on (``llmpulse.signals``,
+produced for readers outside the stack), the batches older than
+``broker.retain_unread_h`` hours (and the oldest beyond ``broker.retain_unread_mb``
+per partition), so the disk stays bounded; an erasure rewrites the batches
 holding erased events (:mod:`llmpulse.broker_erase`). ``broker.storage:
 memory`` (the default) is faster, but a kill of the broker loses what it holds
 and its memory grows with traffic. Disk is not the default yet: with it the
