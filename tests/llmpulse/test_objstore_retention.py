@@ -208,3 +208,21 @@ def test_the_settings_reach_the_object_server(tmp_path: Path) -> None:
         assert opts[b"--unread-max-bytes"] == b"2000000"
     finally:
         server.stop()
+
+
+def test_the_commit_history_stays_bounded_and_never_runs_ahead_of_the_lag() -> None:
+    from llmpulse.objstore import CommitHistory
+
+    lag = 3600.0
+    h = CommitHistory(lag_s=lag)
+    tps = [("c", "t", f"{p:010d}") for p in range(50)]
+    sizes = []
+    for t in range(0, 5 * 3600, 1):  # a pass every second for five hours
+        floors = h.observe(float(t), {tp: t for tp in tps})  # each group commits offset t at t
+        sizes.append(len(h))
+        if floors is not None:
+            for f in floors.values():
+                # never a commit younger than the lag; at most two slots (lag / 64) older
+                assert t - lag - 2 * lag / 64 - 1 <= f <= t - lag
+    assert max(sizes) <= 66
+    assert h.observe(5 * 3600.0, {}) is not None  # the reference is still there
