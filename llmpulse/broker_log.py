@@ -34,66 +34,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
 from llmpulse.objstore import ObjectFiles
+from llmpulse.record_batch import BATCH_HEADER, BatchError, BatchHeader, batch_header
+from llmpulse.record_batch import _header_bytes as _header_bytes  # doctests and tests
 
 __all__ = ["BATCH_HEADER", "BatchHeader", "RepairReport", "batch_header", "repair"]
 
 log = logging.getLogger("llmpulse.up")
 
-BATCH_HEADER = struct.Struct(">qiibIhiqqqhii")
-"""Kafka record batch v2: base offset, length, leader epoch, magic, crc, attributes,
-last offset delta, first and max timestamp, producer id, producer epoch, base
-sequence, record count (61 bytes)."""
 _BATCH_SUFFIX = ".batch"
-
-
-class BatchError(ValueError):
-    """A stored object that is not a record batch of the v2 format."""
-
-
-@dataclass(frozen=True, slots=True)
-class BatchHeader:
-    producer_id: int
-    producer_epoch: int
-    base_sequence: int
-    last_offset_delta: int
-
-    @property
-    def records(self) -> int:
-        return self.last_offset_delta + 1
-
-    @property
-    def next_sequence(self) -> int:
-        return self.base_sequence + self.records
-
-    @property
-    def idempotent(self) -> bool:
-        return self.producer_id >= 0 and self.base_sequence >= 0
-
-
-def batch_header(data: bytes) -> BatchHeader:
-    """The header of a stored record batch (its first 61 bytes are enough)."""
-    if len(data) < BATCH_HEADER.size:
-        raise BatchError(f"{len(data)} bytes: shorter than a record batch header")
-    (_base, _length, _epoch, magic, _crc, _attrs, last_delta, _t0, _t1, pid, pepoch, base_seq,
-     count) = BATCH_HEADER.unpack_from(data)
-    if magic != 2:
-        raise BatchError(f"record batch magic {magic}, expected 2")
-    if last_delta < 0 or count < 0:
-        raise BatchError(f"record batch with last offset delta {last_delta}, {count} records")
-    return BatchHeader(pid, pepoch, base_seq, last_delta)
-
-
-def _header_bytes(producer_id: int, epoch: int, base_sequence: int, last_delta: int) -> bytes:
-    """A header as the broker stores it (tests and doctests)."""
-    return BATCH_HEADER.pack(0, 49, 0, 2, 0, 0, last_delta, 0, 0, producer_id, epoch, base_sequence,
-                        last_delta + 1)
 
 
 @dataclass

@@ -15,8 +15,11 @@ system's page cache, which survives a kill -9 of any process (``up``, the
 broker, the object server) but not a power loss or an OS crash, and answers
 a produce several times sooner (each produce is two or three object writes,
 one after the other). The object server also removes the record batches every
-consumer group had committed past ``broker.retain_min_s`` seconds ago, so the
-disk stays bounded, and an erasure rewrites the batches holding erased events
+consumer group had committed past ``broker.retain_min_s`` seconds ago, and,
+from topics no live group commits on (``llmpulse.signals``, produced for
+readers outside the stack), the batches older than ``broker.retain_unread_h``
+hours (and the oldest beyond ``broker.retain_unread_mb`` per partition), so
+the disk stays bounded; an erasure rewrites the batches holding erased events
 (:mod:`llmpulse.broker_erase`). ``broker.storage: memory`` (the default) is
 faster, but a kill of the broker loses what it holds and its memory grows with
 traffic. Disk is not the default yet: with it the 120 s demo misses its
@@ -37,12 +40,17 @@ llmpulse.broker_storage.BrokerSettingsError: broker.storage: must be disk or mem
 ('memory', True)
 >>> BrokerSettings.from_raw(None, {"LLMPULSE_BROKER_STORAGE": "memory"}).storage
 'memory'
+>>> BrokerSettings.from_raw({"retain_unread_h": -1}, {})
+Traceback (most recent call last):
+...
+llmpulse.broker_storage.BrokerSettingsError: broker.retain_unread_h: must be a number >= 0, got -1
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import signal
@@ -96,6 +104,12 @@ class BrokerSettings:
     before the broker acknowledges it, so an acknowledged event survives a power loss.
     ``false``: the page cache only, which survives a kill of any process but not a
     power loss or an OS crash; produces are acknowledged several times sooner."""
+    retain_unread_h: float = 24.0
+    """Hours after which the record batches of a topic no live consumer group commits on
+    (``llmpulse.signals``, read outside the stack) are removed (0: kept however old)."""
+    retain_unread_mb: float = 0.0
+    """Megabytes one partition of a topic no live group commits on may hold before its
+    oldest record batches are removed (0: no cap)."""
 
     @classmethod
     def from_raw(cls, raw: Any, env: Mapping[str, str]) -> BrokerSettings:
@@ -103,7 +117,7 @@ class BrokerSettings:
             raise BrokerSettingsError(f"broker: must be a mapping, got {type(raw).__name__}")
         raw = dict(raw or {})
         known = {"storage", "retain_margin", "prune_interval_s", "group_expiry_h", "retain_min_s",
-                 "fsync"}
+                 "fsync", "retain_unread_h", "retain_unread_mb"}
         for name in raw:
             if name not in known:
                 raise BrokerSettingsError(
@@ -119,9 +133,10 @@ class BrokerSettings:
             raise BrokerSettingsError(f"broker.retain_margin: must be an integer >= 0, got {margin!r}")
         values: dict[str, float] = {}
         for name, least in (("prune_interval_s", 1.0), ("group_expiry_h", 0.0),
-                            ("retain_min_s", 0.0)):
+                            ("retain_min_s", 0.0), ("retain_unread_h", 0.0),
+                            ("retain_unread_mb", 0.0)):
             v = raw.get(name, getattr(cls(), name))
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < least:
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not least <= v < math.inf:
                 raise BrokerSettingsError(f"broker.{name}: must be a number >= {least:g}, got {v!r}")
             values[name] = float(v)
         fsync = raw.get("fsync", True)
@@ -253,6 +268,8 @@ class ObjectServer:
                 "--prune-interval", str(settings.prune_interval_s),
                 "--group-expiry", str(settings.group_expiry_h * 3600.0),
                 "--prune-min-age", str(settings.retain_min_s),
+                "--unread-max-age", str(settings.retain_unread_h * 3600.0),
+                "--unread-max-bytes", str(int(settings.retain_unread_mb * 1e6)),
                 *([] if settings.fsync else ["--no-fsync"])]
         # the server runs the code this process runs: its package folder goes first
         source = str(Path(__file__).resolve().parent.parent)

@@ -58,6 +58,8 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, unquote_to_bytes, urlsplit
 from xml.sax.saxutils import escape
 
+from llmpulse.record_batch import BATCH_HEADER, BatchError, batch_header
+
 __all__ = [
     "ACCESS_KEY_ENV",
     "BUCKET",
@@ -73,7 +75,9 @@ __all__ = [
     "main",
     "make_app",
     "parse_target",
+    "batch_time",
     "prunable",
+    "unread_expired",
 ]
 
 log = logging.getLogger("llmpulse.objstore")
@@ -471,12 +475,21 @@ class PrunePolicy:
     partition is older than ``group_expiry_s`` (a group gone for good) no
     longer holds it back, as Kafka forgets the offsets of idle groups; 0
     never expires one. The newest batch of a partition is always kept.
+
+    Topics no live group commits on (``llmpulse.signals`` is produced for
+    readers outside the stack) are bounded like Kafka's ``retention.ms`` and
+    ``retention.bytes`` instead: a batch goes once it is older than
+    ``unread_max_age_s`` (0: kept however old), and the oldest go while a
+    partition holds more than ``unread_max_bytes`` (0: no cap), see
+    :func:`unread_expired`.
     """
 
     margin: int = 0
     interval_s: float = 30.0
     group_expiry_s: float = 7 * 86400.0
     min_age_s: float = 60.0
+    unread_max_age_s: float = 0.0
+    unread_max_bytes: int = 0
 
 
 def _batch_base(name: str) -> int | None:
@@ -494,16 +507,24 @@ def _batch_base(name: str) -> int | None:
 def committed_floors(files: ObjectFiles, now: float | None = None,
                      expiry_s: float = 0.0) -> dict[Partition, int]:
     """Lowest offset committed on each partition over the groups not expired."""
+    return _commits(files, now, expiry_s)[0]
+
+
+def _commits(files: ObjectFiles, now: float | None, expiry_s: float
+             ) -> tuple[dict[Partition, int], set[tuple[str, str]]]:
+    """The committed floors, and the ``(cluster, topic)`` pairs that any group not
+    expired has a commit on (readable or not: an unreadable commit still marks a reader)."""
     import json
 
     now = time.time() if now is None else now
     out: dict[Partition, int] = {}
+    read: set[tuple[str, str]] = set()
     clusters = files.objects / "clusters"
     try:
         cluster_names = [_dec(e.name) for e in os.scandir(clusters)
                          if e.is_dir(follow_symlinks=False)]
     except FileNotFoundError:
-        return out
+        return out, read
     for cluster in cluster_names:
         prefix = ("clusters", cluster, "groups", "consumers")
         for key, path in files._walk(files.objects.joinpath(*(_enc(c) for c in prefix)), prefix):
@@ -514,7 +535,10 @@ def committed_floors(files: ObjectFiles, now: float | None = None,
                 continue
             try:
                 st = path.stat()
-                if st.st_size > 64 * 1024 or (expiry_s and now - st.st_mtime > expiry_s):
+                if expiry_s and now - st.st_mtime > expiry_s:
+                    continue
+                read.add((cluster, tail[2]))
+                if st.st_size > 64 * 1024:
                     continue
                 offset = json.loads(path.read_bytes()).get("offset")
             except (OSError, ValueError, AttributeError):
@@ -523,7 +547,7 @@ def committed_floors(files: ObjectFiles, now: float | None = None,
                 continue
             tp = (cluster, tail[2], tail[4][: -len(".json")])
             out[tp] = min(out.get(tp, offset), offset)
-    return out
+    return out, read
 
 
 class CommitHistory:
@@ -535,6 +559,12 @@ class CommitHistory:
     until an observation is that old (a restarted server prunes nothing for
     ``lag_s``).
 
+    At most ``max_entries`` observations are held, whatever ``lag_s`` and the
+    pass interval: observations closer than ``lag_s / max_entries`` to the
+    oldest of their slot are merged into it (the lower floor of each partition,
+    the time of the newest), so a merged entry is never younger than what it
+    holds and retention only ever waits a little longer.
+
     >>> h = CommitHistory(lag_s=60)
     >>> tp = ("c", "t", "0")
     >>> h.observe(0, {tp: 100}) is None, h.observe(30, {tp: 200}) is None
@@ -543,18 +573,35 @@ class CommitHistory:
     {('c', 't', '0'): 100}
     >>> h.observe(95, {tp: 400, ("c", "t", "1"): 5})
     {('c', 't', '0'): 200}
+    >>> h = CommitHistory(lag_s=3600, max_entries=8)
+    >>> for t in range(0, 36_000, 10):
+    ...     _ = h.observe(t, {tp: t})
+    >>> len(h), h.observe(36_000, {tp: 36_000})
+    (9, {('c', 't', '0'): 31950})
     """
 
-    def __init__(self, lag_s: float) -> None:
+    def __init__(self, lag_s: float, max_entries: int = 64) -> None:
         self.lag_s = lag_s
-        self._seen: list[tuple[float, dict[Partition, int]]] = []
+        self._slot_s = lag_s / max(1, max_entries)
+        # (time of the slot's first observation, time of its newest, floors)
+        self._seen: list[tuple[float, float, dict[Partition, int]]] = []
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
     def observe(self, now: float, floors: dict[Partition, int]) -> dict[Partition, int] | None:
-        self._seen.append((now, dict(floors)))
-        old = [i for i, (t, _) in enumerate(self._seen) if now - t >= self.lag_s]
+        last = self._seen[-1] if self._seen else None
+        if last is not None and now - last[0] < self._slot_s:
+            merged = dict(last[2])
+            for tp, f in floors.items():
+                merged[tp] = min(f, merged.get(tp, f))
+            self._seen[-1] = (last[0], now, merged)
+        else:
+            self._seen.append((now, now, dict(floors)))
+        old = [i for i, (_t0, t, _f) in enumerate(self._seen) if now - t >= self.lag_s]
         if not old:
             return None
-        ref = self._seen[old[-1]][1]
+        ref = self._seen[old[-1]][2]
         del self._seen[: old[-1]]  # the reference stays: it may be the one next time too
         return {tp: min(f, floors.get(tp, f)) for tp, f in ref.items()}
 
@@ -580,6 +627,115 @@ def prunable(files: ObjectFiles, floors: dict[Partition, int], margin: int = 0
                 break
             out.append((*records, name))
     return out
+
+
+def _batch_files(folder: Path) -> list[tuple[int, str, Path]]:
+    """``(base offset, key segment, file)`` of the record batches in a ``records``
+    folder, by base offset."""
+    try:
+        names = [e.name for e in os.scandir(folder) if e.name.endswith(_FILE_SUFFIX)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    out = []
+    for n in names:
+        name = _dec(n[: -len(_FILE_SUFFIX)])
+        base = _batch_base(name)
+        if base is not None:
+            out.append((base, name, folder / n))
+    out.sort()
+    return out
+
+
+def batch_time(path: Path, mtime: float) -> float | None:
+    """When a stored record batch counts as written, for age-based retention (epoch s):
+    the later of its header's max timestamp and when the object server stored it
+    (``mtime``), so a producer's clock set in the past cannot make a batch expire
+    before it was even written. None when the file is not a v2 record batch."""
+    try:
+        with open(path, "rb") as f:
+            header = batch_header(f.read(BATCH_HEADER.size))
+    except (OSError, BatchError):
+        return None
+    return max(mtime, header.max_timestamp / 1000.0)
+
+
+def unread_expired(files: ObjectFiles, read: set[tuple[str, str]], now: float,
+                   max_age_s: float = 0.0, max_bytes: int = 0) -> list[tuple[str, ...]]:
+    """Keys (as segments) of the record batches that retention removes from the topics
+    not in ``read`` (``(cluster, topic)`` pairs some live group commits on), oldest
+    first: per partition, the batches older than ``max_age_s`` (:func:`batch_time`;
+    0: none for age), then the oldest while the partition's batches hold more than
+    ``max_bytes`` (0: none for size).
+
+    Only a run of batches from the start of a partition goes, so the log stays
+    contiguous and a reader from the earliest offset starts at the first batch
+    kept; the newest batch of a partition always stays (it proves the high
+    watermark, see :mod:`llmpulse.broker_log`); a file that is not a record batch
+    stops the run and is never removed.
+    """
+    out: list[tuple[str, ...]] = []
+    if max_age_s <= 0 and max_bytes <= 0:
+        return out
+    try:
+        clusters = sorted(_dec(e.name) for e in os.scandir(files.objects / "clusters")
+                          if e.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        return out
+    for cluster in clusters:
+        topics_dir = files.objects.joinpath("clusters", _enc(cluster), "topics")
+        try:
+            topics = sorted(_dec(e.name) for e in os.scandir(topics_dir)
+                            if e.is_dir(follow_symlinks=False))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for topic in topics:
+            if (cluster, topic) in read:
+                continue
+            parts_dir = topics_dir / _enc(topic) / "partitions"
+            try:
+                parts = sorted(_dec(e.name) for e in os.scandir(parts_dir)
+                               if e.is_dir(follow_symlinks=False))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for part in parts:
+                records = ("clusters", cluster, "topics", topic, "partitions", part, "records")
+                batches = _batch_files(files.objects.joinpath(*(_enc(s) for s in records)))
+                out.extend((*records, name) for name in
+                           _expired_run(batches[:-1], batches[-1:], now, max_age_s, max_bytes))
+    return out
+
+
+def _expired_run(older: list[tuple[int, str, Path]], newest: list[tuple[int, str, Path]],
+                 now: float, max_age_s: float, max_bytes: int) -> list[str]:
+    """Names of the leading batches of ``older`` that go (see :func:`unread_expired`)."""
+    sizes: list[int] = []
+    times: list[float | None] = []
+    for _base, _name, path in older + newest:
+        try:
+            st = path.stat()
+        except OSError:
+            st = None
+        sizes.append(st.st_size if st is not None else 0)
+        times.append(st.st_mtime if st is not None else None)
+    gone, held = 0, sum(sizes)
+    while gone < len(older):
+        mtime = times[gone]
+        if mtime is None:
+            break  # removed meanwhile (an erasure, a rewrite): look again next pass
+        aged = max_age_s > 0 and now - mtime >= max_age_s
+        if aged:
+            when = batch_time(older[gone][2], mtime)
+            if when is None:
+                break
+            aged = now - when >= max_age_s
+        over = max_bytes > 0 and held > max_bytes
+        if over and not aged and batch_time(older[gone][2], mtime) is None:
+            break
+        if not (aged or over):
+            break
+        held -= sizes[gone]
+        gone += 1
+    return [name for _base, name, _path in older[:gone]]
 
 
 # -- HTTP ---------------------------------------------------------------------------------
@@ -868,13 +1024,15 @@ def make_app(root: Path, *, fsync: bool = True, max_body: int = MAX_BODY,
     history = CommitHistory(prune.min_age_s if prune is not None else 0.0)
 
     async def prune_once(policy: PrunePolicy) -> int:
-        current = await asyncio.to_thread(committed_floors, files, time.time(),
-                                          policy.group_expiry_s)
+        now = time.time()
+        current, read = await asyncio.to_thread(_commits, files, now, policy.group_expiry_s)
         floors = history.observe(time.monotonic(), current)
-        if not floors:
-            return 0
+        doomed = await asyncio.to_thread(prunable, files, floors, policy.margin) if floors else []
+        # topics no live group commits on now: by age and size, like Kafka's retention.ms
+        doomed += await asyncio.to_thread(unread_expired, files, read, now,
+                                          policy.unread_max_age_s, policy.unread_max_bytes)
         removed = 0
-        for segments in await asyncio.to_thread(prunable, files, floors, policy.margin):
+        for segments in doomed:
             async with lock_for(key_of(segments)):
                 if await asyncio.to_thread(files.delete, segments):
                     removed += 1
@@ -893,7 +1051,7 @@ def make_app(root: Path, *, fsync: bool = True, max_body: int = MAX_BODY,
                 continue
             stats["pruned"] = stats.get("pruned", 0) + n
             if n:
-                log.info("retention removed %d consumed record batches", n)
+                log.info("retention removed %d record batches", n)
 
     async def start_pruning(app: web.Application) -> None:
         if prune is not None:
@@ -961,6 +1119,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds after which an idle group's commits stop holding batches")
     p.add_argument("--prune-min-age", type=float, default=60.0,
                    help="seconds a commit must be old before the batches below it go")
+    p.add_argument("--unread-max-age", type=float, default=0.0,
+                   help="seconds after which record batches of topics no group commits on "
+                        "go (default 0: kept)")
+    p.add_argument("--unread-max-bytes", type=int, default=0,
+                   help="bytes a partition of a topic no group commits on may hold before "
+                        "its oldest record batches go (default 0: no cap)")
     args = p.parse_args(argv)
     if args.port <= 0 or args.port > 65535:
         print(f"--port: {args.port} is not a port", file=sys.stderr)
@@ -968,8 +1132,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.prune_margin is not None and (args.prune_margin < 0 or args.prune_interval <= 0):
         print("--prune-margin/--prune-interval: must be >= 0 and > 0", file=sys.stderr)
         return 2
+    if not args.unread_max_age >= 0 or args.unread_max_bytes < 0:
+        print("--unread-max-age/--unread-max-bytes: must be >= 0", file=sys.stderr)
+        return 2
     prune = (PrunePolicy(args.prune_margin, args.prune_interval, args.group_expiry,
-                         args.prune_min_age)
+                         args.prune_min_age, args.unread_max_age, args.unread_max_bytes)
              if args.prune_margin is not None else None)
     if not _loopback(args.host):
         print(f"--host: {args.host} is not a loopback address; the object server has no "

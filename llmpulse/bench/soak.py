@@ -181,13 +181,16 @@ def _verdicts(samples: list[dict[str, Any]], warmup_s: float) -> dict[str, dict[
 
 def run(quick: bool = False, rate: float = 1000.0, seconds: float | None = None,
         sample_s: float = 5.0, storage: str = "disk",
-        join_horizon_s: float | None = None) -> dict[str, Any]:
+        join_horizon_s: float | None = None,
+        broker: dict[str, float] | None = None) -> dict[str, Any]:
     from llmpulse.monitor import Monitor
 
     seconds = seconds or (40.0 if quick else 300.0)
     warmup_s = max(min(60.0, seconds / 3), seconds / 5)
     tmp = Path(tempfile.mkdtemp(prefix="llmpulse-bench-soak-"))
     config = f"broker:\n  storage: {storage}\n"
+    for name, value in sorted((broker or {}).items()):  # e.g. retain_unread_h, prune_interval_s
+        config += f"  {name}: {float(value)!r}\n"
     if join_horizon_s is not None:  # the feedback join holds this much traffic in memory
         config += f"signals:\n  join_horizon_s: {float(join_horizon_s)}\n"
     try:
@@ -213,7 +216,7 @@ def run(quick: bool = False, rate: float = 1000.0, seconds: float | None = None,
         shutil.rmtree(tmp, ignore_errors=True)
     return {
         "benchmark": "soak", "storage": storage, "rate": rate, "seconds": seconds,
-        "join_horizon_s": join_horizon_s or 3600.0,
+        "join_horizon_s": join_horizon_s or 3600.0, "broker": dict(broker or {}),
         "sample_s": sample_s, "warmup_s": warmup_s, "sent": sent, "send_rate": sent / send_s,
         "shim_dropped": shim.get("dropped", 0), "stored": stats.get("stored"),
         "broker_topics": topics, "samples": sampler.samples, "verdicts": _verdicts(sampler.samples, warmup_s),
@@ -225,7 +228,8 @@ def run(quick: bool = False, rate: float = 1000.0, seconds: float | None = None,
 def format_table(result: dict[str, Any]) -> str:
     lines = [f"soak: {result['rate']:,.0f} events/s for {result['seconds']:.0f} s "
              f"(sent {result['sent']:,}, {result['send_rate']:,.0f}/s), broker.storage "
-             f"{result['storage']}, signals.join_horizon_s {result['join_horizon_s']:g}, "
+             f"{result['storage']} {result.get('broker') or ''}, "
+             f"signals.join_horizon_s {result['join_horizon_s']:g}, "
              f"samples every {result['sample_s']:g} s, warm-up "
              f"{result['warmup_s']:.0f} s; flat = {result['flat_rule']}",
              "after warm-up:",
@@ -251,12 +255,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--join-horizon", type=float, default=None, metavar="S",
                    help="signals.join_horizon_s for the run (the feedback join keeps this many "
                         "seconds of inferences in memory; default 3600)")
+    p.add_argument("--broker", action="append", default=[], metavar="KEY=NUMBER",
+                   help="a numeric broker.* setting for the run, e.g. retain_unread_h=0.05 "
+                        "(repeatable)")
     p.add_argument("--json", metavar="FILE")
     a = p.parse_args(argv)
     if a.rate <= 0 or a.seconds <= 0 or a.sample <= 0:
         p.error("--rate, --seconds and --sample must be > 0")
+    broker: dict[str, float] = {}
+    for item in a.broker:
+        name, eq, value = item.partition("=")
+        try:
+            broker[name] = float(value)
+        except ValueError:
+            p.error(f"--broker {item!r}: expected KEY=NUMBER")
+        if not eq or not name.isidentifier():
+            p.error(f"--broker {item!r}: expected KEY=NUMBER")
     return finish(run(rate=a.rate, seconds=a.seconds, sample_s=a.sample, storage=a.storage,
-                      join_horizon_s=a.join_horizon), format_table, a.json)
+                      join_horizon_s=a.join_horizon, broker=broker), format_table, a.json)
 
 
 if __name__ == "__main__":
