@@ -11,10 +11,10 @@ offsets, and producers keep the same bootstrap address. ``up`` stops the
 broker only when every message on the raw topics is stored and committed
 (:func:`unstored`); otherwise it leaves it running and says so.
 
-With ``broker.storage: memory`` (the default) the broker process itself dying
-(kill -9 of the broker, a reboot) still loses what it holds; with ``disk``
-(:mod:`llmpulse.broker_storage`) the log is on disk, the broker and its object
-server are stopped at every clean stop and a kill of either loses nothing.
+With ``broker.storage: memory`` (opt-in) the broker process itself dying
+(kill -9 of the broker, a reboot) still loses what it holds; with ``disk`` (the
+default, :mod:`llmpulse.broker_storage`) the log is on disk, the broker and its
+object server are stopped at every clean stop and a kill of either loses nothing.
 
 >>> rec = BrokerRecord(pid=4242, port=24001, binary="/opt/tansu")
 >>> BrokerRecord.from_json(rec.to_json()) == rec

@@ -1,30 +1,28 @@
-"""Where the embedded broker keeps its log: in memory (default) or on disk.
+"""Where the embedded broker keeps its log: on disk (default) or in memory.
 
-``broker.storage: disk`` runs Tansu with ``--storage-engine s3://tansu/``
+``broker.storage: disk`` (the default) runs Tansu with ``--storage-engine s3://tansu/``
 against :mod:`llmpulse.objstore`, a small S3-compatible server on loopback
 that writes each object as a file under ``<data-dir>/broker-store/``. Both
 processes outlive a crashed ``llmpulse up`` and are re-adopted by the next
 one; a kill of either (or a reboot) loses nothing the broker acknowledged,
 since Tansu acknowledges a produce only once the object server has written the
 batch, and a log left half-written by a kill is repaired before the broker
-starts again (:mod:`llmpulse.broker_log`). With ``broker.fsync: true`` (the
-default) every object and its folder are synced to the device before the
-broker acknowledges, so an acknowledged event survives a power loss too;
-``broker.fsync: false`` acknowledges once the write is in the operating
-system's page cache, which survives a kill -9 of any process (``up``, the
-broker, the object server) but not a power loss or an OS crash, and answers
-a produce several times sooner (each produce is two or three object writes,
-one after the other). The object server also removes the record batches every
+starts again (:mod:`llmpulse.broker_log`). By default (``broker.fsync:
+false``, as Apache Kafka, which leaves flushing to the operating system) a
+write is acknowledged once it is in the page cache: that survives a kill -9 of
+any process (``up``, the broker, the object server) and a clean reboot, but
+not a power loss or an OS crash. ``broker.fsync: true`` syncs every object and
+its folder to the device before the broker acknowledges, so an acknowledged
+event survives a power loss too, and answers a produce several times later
+(each produce is two or three object writes, one after the other). The object server also removes the record batches every
 consumer group had committed past ``broker.retain_min_s`` seconds ago, and,
 from topics no live group commits on (``llmpulse.signals``, produced for
 readers outside the stack), the batches older than ``broker.retain_unread_h``
 hours (and the oldest beyond ``broker.retain_unread_mb`` per partition), so
 the disk stays bounded; an erasure rewrites the batches holding erased events
-(:mod:`llmpulse.broker_erase`). ``broker.storage: memory`` (the default) is
-faster, but a kill of the broker loses what it holds and its memory grows with
-traffic. Disk is not the default yet: with it the 120 s demo misses its
-hallucination incident in some runs on a loaded machine, which it catches in
-memory (each produce hop is slower over the object server).
+(:mod:`llmpulse.broker_erase`). ``broker.storage: memory`` (opt-in) answers
+produces sooner, but a kill of the broker loses what it holds and its memory
+grows with traffic.
 
 The object server is recorded in ``<data-dir>/objstore.json``
 (:class:`StoreRecord`) and, like the broker, is only ever adopted or stopped
@@ -37,7 +35,7 @@ Traceback (most recent call last):
 ...
 llmpulse.broker_storage.BrokerSettingsError: broker.storage: must be disk or memory, got 'tape'
 >>> BrokerSettings.from_raw(None, {}).storage, BrokerSettings.from_raw(None, {}).fsync
-('memory', True)
+('disk', False)
 >>> BrokerSettings.from_raw(None, {"LLMPULSE_BROKER_STORAGE": "memory"}).storage
 'memory'
 >>> BrokerSettings.from_raw({"retain_unread_h": -1}, {})
@@ -87,9 +85,9 @@ class BrokerSettingsError(ValueError):
 class BrokerSettings:
     """The embedded broker's storage (``broker:`` in the YAML, ``LLMPULSE_BROKER_STORAGE``)."""
 
-    storage: str = "memory"
-    """``memory`` (the default; faster, a kill of the broker loses what it holds) or
-    ``disk`` (survives a kill of the broker, bounded by retention)."""
+    storage: str = "disk"
+    """``disk`` (the default; survives a kill of any process, bounded by retention) or
+    ``memory`` (faster produces; a kill of the broker loses what it holds)."""
     retain_margin: int = 0
     """Records kept per partition below the lowest offset any consumer group committed."""
     prune_interval_s: float = 30.0
@@ -99,11 +97,12 @@ class BrokerSettings:
     retain_min_s: float = 60.0
     """Seconds a commit must be old before the record batches below it are removed (a
     reader replaying from a little behind its group's commit still finds them)."""
-    fsync: bool = True
-    """On disk: ``true`` (the default) syncs every object (and its folder) to the device
-    before the broker acknowledges it, so an acknowledged event survives a power loss.
-    ``false``: the page cache only, which survives a kill of any process but not a
-    power loss or an OS crash; produces are acknowledged several times sooner."""
+    fsync: bool = False
+    """On disk: ``true`` syncs every object (and its folder) to the device before the
+    broker acknowledges it, so an acknowledged event survives a power loss. ``false``
+    (the default, as Kafka's): the page cache only, which survives a kill of any
+    process but not a power loss or an OS crash; produces are acknowledged several
+    times sooner."""
     retain_unread_h: float = 24.0
     """Hours after which the record batches of a topic no live consumer group commits on
     (``llmpulse.signals``, read outside the stack) are removed (0: kept however old)."""
@@ -123,7 +122,7 @@ class BrokerSettings:
                 raise BrokerSettingsError(
                     f"broker.{name}: unknown setting; known: {', '.join(sorted(known))}")
         key = "broker.storage"
-        storage = raw.get("storage", "memory")
+        storage = raw.get("storage", "disk")
         if env.get("LLMPULSE_BROKER_STORAGE"):
             key, storage = "LLMPULSE_BROKER_STORAGE", env["LLMPULSE_BROKER_STORAGE"]
         if storage not in STORAGES:
@@ -139,7 +138,7 @@ class BrokerSettings:
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not least <= v < math.inf:
                 raise BrokerSettingsError(f"broker.{name}: must be a number >= {least:g}, got {v!r}")
             values[name] = float(v)
-        fsync = raw.get("fsync", True)
+        fsync = raw.get("fsync", False)
         if not isinstance(fsync, bool):
             raise BrokerSettingsError(f"broker.fsync: must be true or false, got {fsync!r}")
         return cls(storage=str(storage), retain_margin=margin, fsync=fsync, **values)

@@ -23,13 +23,13 @@ def _load(tmp_path: Path, yaml: str, **env: str) -> BrokerSettings:
 
 
 def test_defaults_and_overrides(tmp_path: Path) -> None:
-    assert _load(tmp_path, "") == BrokerSettings(storage="memory")
+    assert _load(tmp_path, "") == BrokerSettings(storage="disk", fsync=False)
     got = _load(tmp_path, "broker:\n  storage: memory\n  retain_margin: 5\n  retain_min_s: 0\n")
     assert (got.storage, got.retain_margin, got.retain_min_s) == ("memory", 5, 0.0)
     assert _load(tmp_path, "broker:\n  storage: memory\n",
                  LLMPULSE_BROKER_STORAGE="disk").storage == "disk"
-    assert _load(tmp_path, "").fsync is True
-    assert _load(tmp_path, "broker:\n  fsync: false\n").fsync is False
+    assert _load(tmp_path, "").fsync is False
+    assert _load(tmp_path, "broker:\n  fsync: true\n").fsync is True
 
 
 @pytest.mark.parametrize(("yaml", "env", "key"), [
