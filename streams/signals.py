@@ -6,7 +6,10 @@ Partitioning, end to end:
   ``request_id`` (the shim's envelopes), so an inference and its feedback sit
   on the same partition number; the ingest agents validate and store them.
 * ``llmpulse.grouped`` (internal): after storing, the ingest agents forward
-  each valid event keyed by its group ``app/model/model_version``. Feedback
+  each valid event to the partition of its group ``app/model/model_version``
+  (the one a message keyed by the group would take), the lines of all the
+  groups bound for one partition packed in one message per batch and source
+  partition, a header listing the groups (:mod:`llmpulse.streams.forward`). Feedback
   names only its ``request_id``; its group comes from the store's
   ``request_index`` (filled as inferences are stored), so feedback that
   arrives seconds or days later finds its group without a join table in

@@ -3,9 +3,16 @@
 Starts ``llmpulse up`` (embedded broker, store, worker, engine processes) and,
 for each case, sends ``--events`` simulated inference events at a fixed rate
 the stack keeps up with, waits until the signal engine has taken every one in,
-and reads the CPU time (user + system) of the ``up`` process and all its
-descendants from ``/proc`` before and after. The sender runs in this process
-and is not counted. Cases:
+then until the engine holds no open window (the case's last windows closed
+once its sources went idle, so their detectors and signals count to this
+case and not to the next), and reads the CPU time (user + system) of the
+``up`` process and all its descendants from ``/proc`` before and after, in
+total and per process (``worker``: the ``up`` process with ingest, the store
+and the signal agents; ``engine``: the signal engine children; ``broker``).
+Every case includes the idle stack's own CPU (timers, broker) for its
+duration, that wait included; it is measured first and printed. The engine's
+own time per detector is in the JSON. The sender runs in this process and is
+not counted. Cases:
 
 * **groups**: the events spread over 10, 100 and 1,000 (app, model,
   model_version) groups, sent through the shim (envelopes);
