@@ -65,6 +65,7 @@ time per event, so it would lift a hot group's ceiling by about 12 %
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence, Set
@@ -268,6 +269,10 @@ class SignalEngine:
         self._last_redo = -float("inf")
         self._watermark = Watermark(idle_s)
         self._instances: dict[tuple[str, Group], list[Detector]] = {}
+        # the pickled snapshot of each (family, group)'s detectors, dropped when they
+        # run: a group with no window closed since the last save (an old model
+        # version) is not copied again on every save, however many there are
+        self._saved_states: dict[tuple[str, Group], bytes] = {}
         self._names: dict[str, list[str]] = {fam: self._detector_names(fam) for fam in self.detectors}
         self._specs: dict[WindowSpec, list[str]] = {}
         for fam in self.detectors:
@@ -305,6 +310,16 @@ class SignalEngine:
             dets = list(self.detectors[family]())
             self._instances[key] = dets
         return dets
+
+    def _detector_states(self, key: tuple[str, Group], dets: list[Detector]) -> list[Any]:
+        """``[d.snapshot() for d in dets]``, from the copy kept since they last ran.
+        Each call gets objects of its own (a caller may change what it got)."""
+        blob = self._saved_states.get(key)
+        if blob is None:
+            blob = pickle.dumps([d.snapshot() for d in dets], protocol=pickle.HIGHEST_PROTOCOL)
+            self._saved_states[key] = blob
+        states: list[Any] = pickle.loads(blob)
+        return states
 
     # -- input ------------------------------------------------------------------
 
@@ -347,6 +362,7 @@ class SignalEngine:
     def forget_requests(self, request_ids: Set[str]) -> int:
         """Drop every event and join record of ``request_ids`` (an erasure); the count."""
         ids = set(request_ids)
+        self._saved_states.clear()  # rare: every group's detectors are copied afresh
         gone = sum(buf.forget(ids) for buf in self._buffers.values())
         if self._join is not None:
             gone += self._join.forget(ids)
@@ -487,6 +503,7 @@ class SignalEngine:
         app, model, version = group
         c = self._c
         deferred = self._deferred
+        self._saved_states.pop((family, group), None)  # their state changes now
         for i, det in enumerate(dets):
             name = names[i]
             t0 = time.perf_counter()
@@ -519,6 +536,7 @@ class SignalEngine:
         c = self._c
         for task, signals, seconds, failed in self._deferred.take():
             app, model, version = task.group
+            self._saved_states.pop((task.family, task.group), None)
             self._ready += [s.labelled(app=app, model=model, model_version=version)
                             for s in signals]
             c.detector_seconds[task.name] += seconds
@@ -625,7 +643,7 @@ class SignalEngine:
             "buffers": buffers,
             "join": None if self._join is None else _pack(self._join.snapshot_rows()),
             "detectors": [
-                [fam, list(g), [d.snapshot() for d in dets]]
+                [fam, list(g), self._detector_states((fam, g), dets)]
                 for (fam, g), dets in self._instances.items()
             ],
             "revisions": [[list(g), s, r] for (g, s), r in self._revisions.items()],
@@ -697,7 +715,7 @@ class SignalEngine:
             "buffers": buffers,
             "join": None if self._join is None else _pack(self._join.take_groups(groups)),
             "detectors": [
-                [fam, list(g), [d.snapshot() for d in dets]]
+                [fam, list(g), self._detector_states((fam, g), dets)]
                 for (fam, g), dets in self._instances.items() if g in groups
             ],
             "revisions": [[list(g), st, r] for (g, st), r in self._revisions.items()
@@ -732,6 +750,7 @@ class SignalEngine:
         if self._join is not None:
             self._join.drop_groups(groups)
         self._instances = {k: v for k, v in self._instances.items() if k[1] not in groups}
+        self._saved_states = {k: v for k, v in self._saved_states.items() if k[1] not in groups}
         self._revisions = {k: v for k, v in self._revisions.items() if k[0] not in groups}
         for g in groups:
             self._taken_over.pop(g, None)
@@ -760,6 +779,7 @@ class SignalEngine:
             for det, st in zip(dets, det_states, strict=True):
                 det.restore(st)
             self._instances[(fam, _group(g))] = dets
+            self._saved_states.pop((fam, _group(g)), None)
         self._revisions.update(
             {(_group(g), int(st)): int(r) for g, st, r in state["revisions"]})
         self._take_over_deferred(state.get("deferred") or {})
@@ -782,6 +802,7 @@ class SignalEngine:
             if self._deferred is not None:
                 self._deferred.submit(task, replace=False)
             else:  # taken into an engine that does not defer: complete it here
+                self._saved_states.pop((fam, group), None)
                 self._ready += [s.labelled(app=group[0], model=group[1], model_version=group[2])
                                 for s in det.complete(job)]
 
@@ -816,6 +837,7 @@ class SignalEngine:
         if self._deferred is not None:
             self._deferred.clear()
         self._instances = {}
+        self._saved_states = {}
         for fam, g, det_states in state["detectors"]:
             dets = list(self.detectors[fam]())
             for det, st in zip(dets, det_states, strict=True):

@@ -390,9 +390,15 @@ class ShardedEngine:
                 sh._lock.release()
 
     def add(self, chunks: Sequence[tuple[int, bytes, bytes]]) -> None:
-        parts: list[list[Chunk]] = [[] for _ in self.shards]
+        # a shard's lines of one source go as one blob: chunks of many small groups
+        # (a packed message) would otherwise each cost a decode in the child
+        merged: list[dict[Hashable, list[bytes]]] = [{} for _ in self.shards]
         for source, blob, key in chunks:
-            parts[self.shard_of(key)].append((source, blob))
+            merged[self.shard_of(key)].setdefault(source, []).append(blob)
+        parts: list[list[Chunk]] = [
+            [(source, blobs[0] if len(blobs) == 1 else b"\n".join(blobs))
+             for source, blobs in by_source.items()]
+            for by_source in merged]
         busy = [i for i, p in enumerate(parts) if p]
         if len(busy) == 1:
             self.shards[busy[0]].add(parts[busy[0]])

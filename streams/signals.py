@@ -6,7 +6,10 @@ Partitioning, end to end:
   ``request_id`` (the shim's envelopes), so an inference and its feedback sit
   on the same partition number; the ingest agents validate and store them.
 * ``llmpulse.grouped`` (internal): after storing, the ingest agents forward
-  each valid event keyed by its group ``app/model/model_version``. Feedback
+  each valid event to the partition of its group ``app/model/model_version``
+  (the one a message keyed by the group would take), the lines of all the
+  groups bound for one partition packed in one message per batch and source
+  partition, a header listing the groups (:mod:`llmpulse.streams.forward`). Feedback
   names only its ``request_id``; its group comes from the store's
   ``request_index`` (filled as inferences are stored), so feedback that
   arrives seconds or days later finds its group without a join table in
@@ -84,6 +87,15 @@ from llmpulse.config import Settings
 from llmpulse.detectors.base import Signal
 from llmpulse.events import TOPIC_GROUPED, TOPIC_INFERENCE, TOPIC_SIGNALS
 from llmpulse.store import Store, lookup_requests
+from llmpulse.streams.forward import (
+    GROUPS_HEADER,
+    MAX_FORWARD_BYTES,
+    grouped_partition,
+    header_value,
+    listed_keys,
+    pack_groups,
+    unpack_groups,
+)
 from llmpulse.streams.handoff import EngineStateLog, PartitionState
 from llmpulse.streams.ingest import IngestBatch
 from llmpulse.streams.sink import RawSink
@@ -93,7 +105,6 @@ __all__ = ["SignalAgents", "engine_chunks", "engine_config", "forget_saved_reque
 
 log = logging.getLogger(__name__)
 
-MAX_FORWARD_BYTES = 512 * 1024
 SOURCE_HEADER = "llmpulse-source"
 """Header of forwarded inference chunks: the ``llmpulse.inference`` partition they came from."""
 MAX_POLLS_IN_A_ROW = 8
@@ -148,11 +159,42 @@ def _source(message: Any) -> tuple[int, int]:
     return (part, 1000 + part)
 
 
+def message_groups(message: Any) -> list[tuple[bytes, bytes]]:
+    """``(group key, lines)`` of a ``llmpulse.grouped`` message: the groups its
+    header lists (:mod:`llmpulse.streams.forward`), else its key and whole value
+    (a message keyed by its group). A header that does not fit the value is
+    logged and the message taken as one group without a key."""
+    header = header_value(message.headers, GROUPS_HEADER)
+    if header is None:
+        return [(bytes(message.key or b""), message.value)]
+    try:
+        return unpack_groups(message.value, header)
+    except ValueError as exc:
+        log.warning("llmpulse.grouped[%s] offset %s: %s", message.partition, message.offset, exc)
+        return [(bytes(message.key or b""), message.value)]
+
+
+def message_keys(message: Any) -> list[bytes]:
+    """The group keys of a ``llmpulse.grouped`` message (see :func:`message_groups`)."""
+    header = header_value(message.headers, GROUPS_HEADER)
+    if header is not None:
+        try:
+            return listed_keys(header)
+        except ValueError:
+            pass
+    return [bytes(message.key)] if message.key else []
+
+
 def engine_chunks(messages: Sequence[Any], *, keyed: bool) -> list[Any]:
     """What the engine takes from ``llmpulse.grouped`` messages: ``(source, value)``,
-    or ``(source, value, key)`` for a sharded engine (it routes by the group key)."""
+    or ``(source, value, key)`` per group for a sharded engine (it routes by the
+    group key)."""
     if keyed:
-        return [(_source(m), m.value, m.key) for m in messages]
+        out: list[Any] = []
+        for m in messages:
+            src = _source(m)
+            out += [(src, lines, key) for key, lines in message_groups(m)]
+        return out
     return [(_source(m), m.value) for m in messages]
 
 
@@ -313,18 +355,27 @@ class SignalAgents:
     # -- forwarding from the ingest agents -------------------------------------
 
     async def forward_inference(self, batch: IngestBatch, rejected: set[int]) -> None:
-        # chunks per (group, source partition): the engine's watermark follows the
-        # source partitions, whose event time is ordered, not the grouped ones, which
+        # messages per (grouped partition, source partition), each holding the lines of
+        # several groups (:mod:`llmpulse.streams.forward`): the engine's watermark follows
+        # the source partitions, whose event time is ordered, not the grouped ones, which
         # interleave several sources (a worker catching up reads them at different paces)
-        by_group: dict[tuple[str, str, str, int], list[bytes]] = defaultdict(list)
+        parts = self.settings.ingest.partitions
+        keys: dict[tuple[str, str, str], bytes] = {}
+        by_dest: dict[tuple[int, int], dict[bytes, list[bytes]]] = defaultdict(
+            lambda: defaultdict(list))
         for i, (ev, line, m) in enumerate(zip(batch.events, batch.lines, batch.sources, strict=True)):
-            if i not in rejected:
-                by_group[(ev["app"], ev["model"], ev["model_version"], m.partition)].append(line)
-        for (app, model, version, src), lines in by_group.items():
-            key = group_key(app, model, version)  # encoded once per group, not per event
-            headers = {SOURCE_HEADER: str(src).encode()}
-            for value in _chunks(lines):
-                await self.grouped.send(key=key, value=value, headers=headers)
+            if i in rejected:
+                continue
+            group = (ev["app"], ev["model"], ev["model_version"])
+            key = keys.get(group)
+            if key is None:  # encoded once per group, not per event
+                key = keys[group] = group_key(*group)
+            by_dest[(grouped_partition(key, parts), m.partition)][key].append(line)
+        for (dest, src), groups in by_dest.items():
+            source = str(src).encode()
+            for value, listed in pack_groups(groups):
+                await self.grouped.send(value=value, partition=dest,
+                                        headers={SOURCE_HEADER: source, GROUPS_HEADER: listed})
         self.counters["forwarded_inference"] += len(batch.events) - len(rejected)
 
     async def forward_feedback(self, batch: IngestBatch, rejected: set[int]) -> None:
@@ -339,21 +390,26 @@ class SignalAgents:
         if not items:
             return
         found = await asyncio.to_thread(lookup_requests, self.store, [rid for _, _, rid in items])
-        by_group: dict[bytes, list[bytes]] = defaultdict(list)
+        parts = self.settings.ingest.partitions
+        by_dest: dict[int, dict[bytes, list[bytes]]] = defaultdict(lambda: defaultdict(list))
         wait = self.settings.signals.feedback_wait_s
         now = time.monotonic()
+        forwarded = 0
         for first_seen, line, rid in items:
             inf = found.get(rid)
             if inf is not None:
-                by_group[group_key(inf["app"], inf["model"], inf["model_version"])].append(line)
+                key = group_key(inf["app"], inf["model"], inf["model_version"])
+                by_dest[grouped_partition(key, parts)][key].append(line)
+                forwarded += 1
             elif now - first_seen < wait:
                 self.pending_feedback.append((first_seen, line, rid))
             else:
                 self.counters["feedback_unmatched"] += 1
-        for key, lines in by_group.items():
-            for value in _chunks(lines):
-                await self.grouped.send(key=key, value=value)
-            self.counters["forwarded_feedback"] += len(lines)
+        for dest, groups in by_dest.items():
+            for value, listed in pack_groups(groups):
+                await self.grouped.send(value=value, partition=dest,
+                                        headers={GROUPS_HEADER: listed})
+        self.counters["forwarded_feedback"] += forwarded
 
     # -- the signal agent ---------------------------------------------------------
 
@@ -417,7 +473,7 @@ class SignalAgents:
         if fresh:
             chunks = engine_chunks(fresh, keyed=self._keyed)
             ends = {m.partition: m.offset + 1 for m in fresh}
-            keys = {(m.partition, bytes(m.key)) for m in fresh if m.key}
+            keys = {(m.partition, key) for m in fresh for key in message_keys(m) if key}
             await loop.run_in_executor(self._exec, self._add, chunks, ends, keys)
         return len(fresh)
 

@@ -159,10 +159,19 @@ class TestingTopic:
     __test__: ClassVar[bool] = False  # not a pytest test class
 
     sent: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    messages: list[TestingMessage] = field(default_factory=list)
+    """What was sent as consumed messages (offsets per partition from 0; partition 0
+    when the sender named none)."""
+    topic: str = TOPIC_GROUPED
 
     async def send(self, *, key: bytes | None = None, value: bytes = b"",
-                   headers: Any = None) -> None:
+                   headers: Any = None, partition: int | None = None) -> None:
         self.sent.append((key, value))
+        p = partition or 0
+        offset = sum(m.partition == p for m in self.messages)
+        items = headers.items() if isinstance(headers, Mapping) else (headers or ())
+        self.messages.append(TestingMessage(self.topic, p, offset, key, value,
+                                            tuple((k, bytes(v)) for k, v in items)))
 
     def values(self) -> list[Any]:
         """The sent values, each decoded (newline-delimited JSON gives a list)."""

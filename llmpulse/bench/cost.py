@@ -3,9 +3,16 @@
 Starts ``llmpulse up`` (embedded broker, store, worker, engine processes) and,
 for each case, sends ``--events`` simulated inference events at a fixed rate
 the stack keeps up with, waits until the signal engine has taken every one in,
-and reads the CPU time (user + system) of the ``up`` process and all its
-descendants from ``/proc`` before and after. The sender runs in this process
-and is not counted. Cases:
+then until the engine holds no open window (the case's last windows closed
+once its sources went idle, so their detectors and signals count to this
+case and not to the next), and reads the CPU time (user + system) of the
+``up`` process and all its descendants from ``/proc`` before and after, in
+total and per process (``worker``: the ``up`` process with ingest, the store
+and the signal agents; ``engine``: the signal engine children; ``broker``).
+Every case includes the idle stack's own CPU (timers, broker) for its
+duration, that wait included; it is measured first and printed. The engine's
+own time per detector is in the JSON. The sender runs in this process and is
+not counted. Cases:
 
 * **groups**: the events spread over 10, 100 and 1,000 (app, model,
   model_version) groups, sent through the shim (envelopes);
@@ -32,16 +39,33 @@ from typing import Any
 
 from llmpulse.bench._stack import bench_stack, event_pool, finish, paced_send, stack_stats
 
-__all__ = ["format_table", "grouped_pool", "run", "tree_cpu_s"]
+__all__ = ["format_table", "grouped_pool", "run", "tree_cpu_by_role", "tree_cpu_s"]
 
 GROUPS = (10, 100, 1000)
 
 
-def tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) of ``pid``, its live descendants and its
-    waited-for dead children, from ``/proc``.
+def _role(pid: int, root: int) -> str:
+    """What a process of the stack is, from its command line: ``worker`` (the
+    ``up`` process: ingest, store, signal agents), ``engine`` (a signal engine
+    child), ``broker`` or ``other``."""
+    if pid == root:
+        return "worker"
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return "other"
+    if b"spawn_main" in cmd:
+        return "engine"
+    if b"broker" in cmd:
+        return "broker"
+    return "other"
 
-    >>> tree_cpu_s(os.getpid()) > 0
+
+def tree_cpu_by_role(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of ``pid`` and its live descendants (with
+    their waited-for dead children), from ``/proc``, per :func:`_role`.
+
+    >>> tree_cpu_by_role(os.getpid())["worker"] > 0
     True
     """
     tick = os.sysconf("SC_CLK_TCK")
@@ -60,13 +84,24 @@ def tree_cpu_s(pid: int) -> float:
     children: dict[int, list[int]] = {}
     for p, (pp, _) in stats.items():
         children.setdefault(pp, []).append(p)
-    total, todo = 0.0, [pid]
+    out: dict[str, float] = {"worker": 0.0, "engine": 0.0, "broker": 0.0, "other": 0.0}
+    todo = [pid]
     while todo:
         p = todo.pop()
         if p in stats:
-            total += stats[p][1]
+            out[_role(p, pid)] += stats[p][1]
         todo += children.get(p, [])
-    return total
+    return out
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid``, its live descendants and its
+    waited-for dead children, from ``/proc``.
+
+    >>> tree_cpu_s(os.getpid()) > 0
+    True
+    """
+    return sum(tree_cpu_by_role(pid).values())
 
 
 def grouped_pool(pool: list[dict[str, Any]], groups: int) -> list[dict[str, Any]]:
@@ -80,6 +115,27 @@ def grouped_pool(pool: list[dict[str, Any]], groups: int) -> list[dict[str, Any]
 
 def _engine_in(http: str) -> int:
     return int(stack_stats(http).get("signals", {}).get("engine", {}).get("events_in", 0))
+
+
+def _detector_s(http: str) -> dict[str, float]:
+    engine = stack_stats(http).get("signals", {}).get("engine", {})
+    return {k: float(v) for k, v in (engine.get("detector_seconds") or {}).items()}
+
+
+def _open_windows(http: str) -> int:
+    engine = stack_stats(http).get("signals", {}).get("engine", {})
+    return int(engine.get("open_windows", 0))
+
+
+def _wait_closed(http: str, timeout: float = 180.0) -> float:
+    """Until the engine holds no open window: the case's last windows closed (their
+    sources went idle), so their detectors and signals count to this case, not the next."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _open_windows(http) == 0:
+            return time.monotonic()
+        time.sleep(0.5)
+    raise TimeoutError(f"the signal engine still holds {_open_windows(http)} open windows")
 
 
 def _wait_taken(http: str, want: int, timeout: float = 600.0) -> float:
@@ -123,7 +179,8 @@ def _case(up: Any, name: str, pool: list[dict[str, Any]], events: int, rate: flo
         mon = Monitor(app=app, bootstrap=ep["kafka"], buffer_events=400_000)
         send = mon.inference
     base = _engine_in(ep["http"])
-    cpu0 = tree_cpu_s(pid)
+    det0 = _detector_s(ep["http"])
+    cpu0 = tree_cpu_by_role(pid)
     t0 = time.monotonic()
     sent, _ = paced_send(send, pool, rate, events / rate)
     if producer is not None:
@@ -132,28 +189,49 @@ def _case(up: Any, name: str, pool: list[dict[str, Any]], events: int, rate: flo
         mon.flush(120)
         mon.close()
     done = _wait_taken(ep["http"], base + sent)
-    cpu = tree_cpu_s(pid) - cpu0
+    settled = _wait_closed(ep["http"])
+    cpu1 = tree_cpu_by_role(pid)
+    det = {k: v - det0.get(k, 0.0) for k, v in _detector_s(ep["http"]).items()}
+    split = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
+    cpu = sum(split.values())
     return {"case": name, "messages": "single events" if single else "shim envelopes",
             "groups": len({e["model_version"] for e in pool}), "events": sent,
-            "seconds": done - t0, "cpu_s": cpu, "cpu_us_per_event": cpu / sent * 1e6}
+            "seconds": done - t0, "settle_s": settled - done, "cpu_s": cpu, "cpu_us_per_event": cpu / sent * 1e6,
+            "us_per_event_by_process": {k: round(v / sent * 1e6, 1) for k, v in split.items()},
+            # wall time in the engines' detectors (both shards, on a busy machine)
+            "detector_us_per_event": {k: round(v / sent * 1e6, 1)
+                                      for k, v in sorted(det.items(), key=lambda kv: -kv[1])
+                                      if v > 0}}
 
 
 def run(events: int = 60_000, rate: float = 3000.0, groups: tuple[int, ...] = GROUPS,
-        single: bool = True, *, quick: bool = False) -> dict[str, Any]:
-    """The cases on one fresh stack (``quick``: 10,000 events a case)."""
+        single: bool = True, *, quick: bool = False, idle_s: float = 10.0) -> dict[str, Any]:
+    """The cases on one fresh stack (``quick``: 10,000 events a case), after
+    ``idle_s`` seconds measuring the stack's CPU with no traffic."""
     if quick:
         events = min(events, 10_000)
     root = Path(tempfile.mkdtemp(prefix="llmpulse-bench-cost-"))
     pool = event_pool(20_000)
     cases: list[dict[str, Any]] = []
+    idle = 0.0
     try:
         config = "signals:\n  latency_window_s: 5\n  window_s: 10\n  embedding: false\n"
         with bench_stack(root, config) as up:
+            # the stack's own CPU with no traffic (timers, broker, HTTP polls), per second:
+            # every case includes it for its duration, the wait for its windows included
+            assert up.pid is not None
+            pid = int(up.pid)
+            time.sleep(5.0)
+            idle0, t_idle = tree_cpu_s(pid), time.monotonic()
+            time.sleep(idle_s)
+            idle = (tree_cpu_s(pid) - idle0) / (time.monotonic() - t_idle)
             for g in groups:
                 cases.append(_case(up, f"g{g}", grouped_pool(pool, g), events, rate, False))
-            if single:
-                cases.append(_case(up, f"single-g{groups[0]}", grouped_pool(pool, groups[0]),
-                                   events, rate, True))
+                if single and g == groups[0]:
+                    # next to its envelope case, before the larger cases leave their
+                    # groups' state in the engine (saved with every snapshot)
+                    cases.append(_case(up, f"single-g{g}", grouped_pool(pool, g),
+                                       events, rate, True))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     by = {c["case"]: c["cpu_us_per_event"] for c in cases}
@@ -162,17 +240,21 @@ def run(events: int = 60_000, rate: float = 3000.0, groups: tuple[int, ...] = GR
     if single:
         ratios["single_vs_envelopes"] = by[f"single-g{groups[0]}"] / by[first]
     return {"benchmark": "cost", "machine": {"cpus": os.cpu_count()}, "rate": rate,
-            "cases": cases, "ratios": ratios,
+            "idle_cpu_s_per_s": idle, "cases": cases, "ratios": ratios,
             "goals": {"groups_last_vs_first": 1.5, "single_vs_envelopes": 2.0}}
 
 
 def format_table(result: dict[str, Any]) -> str:
     lines = [f"cost: CPU of the whole embedded stack per event ({result['machine']['cpus']} cpus, "
-             f"{result['rate']:.0f} events/s offered, embedding off)",
-             f"  {'case':<14}{'messages':<16}{'groups':>7}{'events':>8}{'cpu s':>8}{'us/event':>10}"]
+             f"{result['rate']:.0f} events/s offered, embedding off; idle stack "
+             f"{result.get('idle_cpu_s_per_s', 0.0):.2f} cpu s/s)",
+             f"  {'case':<14}{'messages':<16}{'groups':>7}{'events':>8}{'cpu s':>8}{'us/event':>10}"
+             f"   us/event by process (worker engine broker)"]
     for c in result["cases"]:
+        by = c.get("us_per_event_by_process", {})
         lines.append(f"  {c['case']:<14}{c['messages']:<16}{c['groups']:>7}{c['events']:>8}"
-                     f"{c['cpu_s']:>8.1f}{c['cpu_us_per_event']:>10.0f}")
+                     f"{c['cpu_s']:>8.1f}{c['cpu_us_per_event']:>10.0f}   "
+                     + " ".join(f"{by.get(k, 0.0):>6.0f}" for k in ("worker", "engine", "broker")))
     for k, v in result["ratios"].items():
         lines.append(f"  {k}: {v:.2f}x (goal <= {result['goals'][k]:g}x)")
     return "\n".join(lines)
