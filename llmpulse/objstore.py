@@ -274,9 +274,10 @@ class ObjectFiles:
         path = file_for(self.root, segments)
         try:
             st = path.stat()
-        except (FileNotFoundError, NotADirectoryError):
+            etag = self._etag(path, st)
+        except (FileNotFoundError, NotADirectoryError):  # gone, or gone after the stat
             return None
-        return ObjectInfo(key_of(segments), st.st_size, self._etag(path, st), st.st_mtime)
+        return ObjectInfo(key_of(segments), st.st_size, etag, st.st_mtime)
 
     def read(self, segments: tuple[str, ...]) -> tuple[ObjectInfo, bytes] | None:
         path = file_for(self.root, segments)
@@ -441,12 +442,13 @@ class ObjectFiles:
             elif e.name.endswith(_FILE_SUFFIX) and e.is_file(follow_symlinks=False):
                 name = _dec(e.name[: -len(_FILE_SUFFIX)])
                 path = Path(e.path)
-                try:
+                try:  # a delete (retention) may remove it between the scan and here
                     st = path.stat()
+                    etag = self._etag(path, st)
                 except FileNotFoundError:
                     continue
-                found.objects[name] = ObjectInfo(key_of((*prefix, name)), st.st_size,
-                                                 self._etag(path, st), st.st_mtime)
+                found.objects[name] = ObjectInfo(key_of((*prefix, name)), st.st_size, etag,
+                                                 st.st_mtime)
         return found
 
     def disk_bytes(self) -> int:

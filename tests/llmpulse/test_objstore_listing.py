@@ -81,3 +81,33 @@ def test_a_read_gives_the_etag_of_the_bytes_it_returns(tmp_path: Path) -> None:
     info, data = files.read(_batch(0)) or (None, b"")
     assert info is not None and data == b"three" and info.etag != first.etag
     assert files.list("clusters/")[0].etag == info.etag
+
+
+class _DeletedWhileListed(ObjectFiles):
+    """A delete (retention, another process) lands between a file's stat and its read."""
+
+    def __init__(self, root: Path, victim: tuple[str, ...]) -> None:
+        super().__init__(root, fsync=False)
+        self.victim = victim
+        self.hits = 0
+
+    def _etag(self, path: Path, st: os.stat_result) -> str:
+        if path.name.startswith(self.victim[-1]) and path.exists():
+            self.hits += 1
+            path.unlink()
+        return super()._etag(path, st)
+
+
+def test_an_object_deleted_during_a_listing_or_a_stat_is_left_out_not_an_error(
+        tmp_path: Path) -> None:
+    for n in range(3):
+        ObjectFiles(tmp_path, fsync=False).put(_batch(n), b"x" * (n + 1))
+    files = _DeletedWhileListed(tmp_path, _batch(1))
+    assert _keys(files, "clusters/") == _walked(files, "clusters/") \
+        == ["clusters/c/topics/t/partitions/0000000000/records/" + f"{n:020d}.batch"
+            for n in (0, 2)]
+    assert files.hits == 1
+    ObjectFiles(tmp_path, fsync=False).put(_batch(1), b"again")
+    files = _DeletedWhileListed(tmp_path, _batch(1))
+    assert files.stat(_batch(1)) is None and files.hits == 1
+    assert files.stat(_batch(0)) is not None
