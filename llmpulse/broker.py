@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -334,8 +334,13 @@ def cluster_id(bootstrap: str, *, timeout: float = 10.0,
 
 
 def create_topics(bootstrap: str, topics: Mapping[str, int], *, timeout: float = 10.0,
-                  security: KafkaSecurity | None = None) -> None:
-    """Create the missing topics of ``topics`` (name -> partitions) on any Kafka broker."""
+                  security: KafkaSecurity | None = None,
+                  exact: Collection[str] = ()) -> None:
+    """Create the missing topics of ``topics`` (name -> partitions) on any Kafka broker.
+
+    Topics named in ``exact`` that exist already must have the partitions asked for
+    (senders that pick a partition themselves count on it; a log kept on disk
+    outlives a change of ``ingest.partitions``): ``BrokerError`` otherwise."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -356,7 +361,8 @@ def create_topics(bootstrap: str, topics: Mapping[str, int], *, timeout: float =
     deadline = time.monotonic() + timeout
     while True:
         try:
-            existing = set(admin.list_topics(timeout=timeout).topics)
+            listed = admin.list_topics(timeout=timeout).topics
+            existing = set(listed)
             break
         except KafkaException as exc:
             admin.poll(0)  # serves error_cb
@@ -364,6 +370,13 @@ def create_topics(bootstrap: str, topics: Mapping[str, int], *, timeout: float =
                 why = problems[-1] if problems else str(exc)
                 raise BrokerError(f"cannot reach Kafka at {bootstrap}: {why}") from None
             time.sleep(0.2)
+    wrong = {t: len(listed[t].partitions) for t in sorted(exact)
+             if t in listed and t in topics and len(listed[t].partitions) != topics[t]}
+    if wrong:
+        asked = ", ".join(sorted({str(topics[t]) for t in wrong}))
+        have = ", ".join(f"{t} has {n}" for t, n in wrong.items())
+        raise BrokerError(f"ingest.partitions: {asked} asked for, but at {bootstrap} {have}; "
+                          "set ingest.partitions to the topics' count (or start on an empty log)")
     # replication -1: the cluster's default.replication.factor (3 in docker-compose.yml)
     missing = [NewTopic(t, n, -1) for t, n in topics.items() if t not in existing]
     if not missing:

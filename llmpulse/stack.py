@@ -188,6 +188,8 @@ async def _run(
                 create_topics, bootstrap,
                 {t: settings.ingest.partitions for t in (*TOPICS, TOPIC_AUDIT, *OTLP_TOPICS)},
                 security=settings.kafka_security,
+                # the forward and the OTLP receiver pick these partitions themselves
+                exact=(TOPIC_GROUPED, TOPIC_INFERENCE),
             )
         except BrokerError as exc:
             raise StackError(str(exc)) from None
