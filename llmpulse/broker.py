@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from llmpulse.kafka_security import KafkaSecurity
 
-__all__ = ["BrokerError", "EmbeddedBroker", "cluster_id", "free_port", "pid_alive", "port_is_free", "tansu_binary"]
+__all__ = ["BrokerError", "EmbeddedBroker", "cluster_id", "create_topics", "free_port", "pid_alive",
+           "port_is_free", "tansu_binary", "topic_partitions"]
 
 log = logging.getLogger(__name__)
 
@@ -333,16 +334,12 @@ def cluster_id(bootstrap: str, *, timeout: float = 10.0,
     return str(found) if found else None
 
 
-def create_topics(bootstrap: str, topics: Mapping[str, int], *, timeout: float = 10.0,
-                  security: KafkaSecurity | None = None,
-                  exact: Collection[str] = ()) -> None:
-    """Create the missing topics of ``topics`` (name -> partitions) on any Kafka broker.
-
-    Topics named in ``exact`` that exist already must have the partitions asked for
-    (senders that pick a partition themselves count on it; a log kept on disk
-    outlives a change of ``ingest.partitions``): ``BrokerError`` otherwise."""
+def _listing_admin(bootstrap: str, timeout: float,
+                   security: KafkaSecurity | None) -> tuple[Any, dict[str, Any]]:
+    """An admin client of ``bootstrap`` and its topics' metadata (``BrokerError`` naming
+    the transport problem if it cannot be reached within ``timeout``)."""
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient
 
     from llmpulse.kafka_security import KafkaSecurity, describe_transport_error
 
@@ -361,22 +358,29 @@ def create_topics(bootstrap: str, topics: Mapping[str, int], *, timeout: float =
     deadline = time.monotonic() + timeout
     while True:
         try:
-            listed = admin.list_topics(timeout=timeout).topics
-            existing = set(listed)
-            break
+            return admin, dict(admin.list_topics(timeout=timeout).topics)
         except KafkaException as exc:
             admin.poll(0)  # serves error_cb
             if time.monotonic() > deadline:
                 why = problems[-1] if problems else str(exc)
                 raise BrokerError(f"cannot reach Kafka at {bootstrap}: {why}") from None
             time.sleep(0.2)
-    wrong = {t: len(listed[t].partitions) for t in sorted(exact)
-             if t in listed and t in topics and len(listed[t].partitions) != topics[t]}
-    if wrong:
-        asked = ", ".join(sorted({str(topics[t]) for t in wrong}))
-        have = ", ".join(f"{t} has {n}" for t, n in wrong.items())
-        raise BrokerError(f"ingest.partitions: {asked} asked for, but at {bootstrap} {have}; "
-                          "set ingest.partitions to the topics' count (or start on an empty log)")
+
+
+def topic_partitions(bootstrap: str, *, timeout: float = 10.0,
+                     security: KafkaSecurity | None = None) -> dict[str, int]:
+    """Partitions of every topic at ``bootstrap`` (name -> count)."""
+    _, listed = _listing_admin(bootstrap, timeout, security)
+    return {name: len(md.partitions) for name, md in listed.items()}
+
+
+def create_topics(bootstrap: str, topics: Mapping[str, int], *, timeout: float = 10.0,
+                  security: KafkaSecurity | None = None) -> None:
+    """Create the missing topics of ``topics`` (name -> partitions) on any Kafka broker."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import NewTopic
+
+    admin, existing = _listing_admin(bootstrap, timeout, security)
     # replication -1: the cluster's default.replication.factor (3 in docker-compose.yml)
     missing = [NewTopic(t, n, -1) for t, n in topics.items() if t not in existing]
     if not missing:

@@ -21,8 +21,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from llmpulse.broker import (
     free_port,
     pid_alive,
     port_is_free,
+    topic_partitions,
 )
 from llmpulse.broker_record import adopt_or_start, finish
 from llmpulse.config import ConfigError, Settings
@@ -91,6 +92,27 @@ def run_stack(
     sign-ins) and the admin actions.
     """
     return asyncio.run(_run(settings, on_ready, stop_event, drain_timeout_s, main))
+
+
+def kept_partitions(existing: Mapping[str, int], asked: int) -> int:
+    """The partitions the stack works with: those of the raw and grouped topics if they
+    exist already (a log kept on disk, or an external Kafka), else ``asked``
+    (``ingest.partitions``). The ingest's forward and the OTLP receiver pick partitions
+    themselves, so those topics must agree.
+
+    >>> kept_partitions({}, 4), kept_partitions({"llmpulse.inference": 2, "other": 9}, 4)
+    (4, 2)
+    >>> kept_partitions({"llmpulse.inference": 2, "llmpulse.grouped": 4}, 4)
+    Traceback (most recent call last):
+    ...
+    ValueError: ingest.partitions: the kept topics disagree (llmpulse.grouped has 4, llmpulse.inference has 2); give them one count
+    """
+    kept = {t: existing[t] for t in sorted((TOPIC_GROUPED, TOPIC_INFERENCE)) if t in existing}
+    if len(set(kept.values())) > 1:
+        have = ", ".join(f"{t} has {n}" for t, n in kept.items())
+        raise ValueError(f"ingest.partitions: the kept topics disagree ({have}); "
+                         "give them one count")
+    return next(iter(kept.values()), asked)
 
 
 def api_guard(settings: Settings, audit: AuditSink = discard) -> ApiGuard:
@@ -184,14 +206,21 @@ async def _run(
             assert settings.kafka is not None
             bootstrap = settings.kafka
         try:
+            counts = await asyncio.to_thread(topic_partitions, bootstrap,
+                                             security=settings.kafka_security)
+            partitions = kept_partitions(counts, settings.ingest.partitions)
+            if partitions != settings.ingest.partitions:
+                log.warning("ingest.partitions is %d, but the topics kept at %s have %d "
+                            "partitions: using %d", settings.ingest.partitions, bootstrap,
+                            partitions, partitions)
+                settings = replace(settings, ingest=replace(settings.ingest,
+                                                            partitions=partitions))
             await asyncio.to_thread(
                 create_topics, bootstrap,
-                {t: settings.ingest.partitions for t in (*TOPICS, TOPIC_AUDIT, *OTLP_TOPICS)},
+                {t: partitions for t in (*TOPICS, TOPIC_AUDIT, *OTLP_TOPICS)},
                 security=settings.kafka_security,
-                # the forward and the OTLP receiver pick these partitions themselves
-                exact=(TOPIC_GROUPED, TOPIC_INFERENCE),
             )
-        except BrokerError as exc:
+        except (BrokerError, ValueError) as exc:
             raise StackError(str(exc)) from None
 
         stats = IngestStats()

@@ -260,40 +260,41 @@ def test_bad_configuration_fails_at_start_naming_the_key(tmp_path) -> None:
     assert "Tansu" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_partition_count_changed_under_a_kept_log_fails_at_start_naming_the_key(
-        stack_factory, tmp_path) -> None:
-    """The log on disk outlives a change of ``ingest.partitions``; the forward and the OTLP
-    receiver pick partitions themselves, so a count that no longer matches is refused."""
-    import uuid
-
-    from llmpulse.broker import BrokerError, create_topics
-    from llmpulse.broker_record import stop_recorded_broker
+def test_kept_topics_decide_the_partition_count(stack_factory, tmp_path) -> None:
+    """The log on disk (or an external Kafka) outlives a change of ``ingest.partitions``;
+    the forward and the OTLP receiver pick partitions themselves, so the stack works with
+    the kept topics' count, and refuses, naming the key, topics that disagree."""
+    from llmpulse.broker import topic_partitions
+    from llmpulse.monitor import Monitor
     from tests.conftest import stack_env
 
     data = tmp_path / "data"
     sp = stack_factory(data).start()
     assert sp.stop() == 0
     (tmp_path / "llmpulse.yaml").write_text("ingest:\n  partitions: 8\n")
+    sp.start()
     try:
-        r = _run_up(stack_env(data), tmp_path, timeout=120)
-        assert stop_recorded_broker(data) is None, "the failed start left its broker running"
-    finally:
-        sp.close()  # the broker and object server a failed start may leave
-    assert r.returncode == 2, r.stderr
-    last = r.stderr.strip().splitlines()[-1]
-    assert "ingest.partitions: 8" in last and "llmpulse.grouped has 4" in last, r.stderr
-    assert "Traceback" not in r.stderr
-    (tmp_path / "llmpulse.yaml").unlink()
-    sp.start()  # the count it was made with still starts
-    try:
-        name = f"exact-{uuid.uuid4().hex[:8]}"
-        create_topics(sp.kafka, {name: 2})
-        create_topics(sp.kafka, {name: 2}, exact=[name])
-        create_topics(sp.kafka, {name: 3})  # not asked to be exact: left as it is
-        with pytest.raises(BrokerError, match=f"{name} has 2"):
-            create_topics(sp.kafka, {name: 3}, exact=[name])
+        assert "ingest.partitions is 8, but the topics kept at" in sp.log()
+        counts = topic_partitions(sp.kafka)
+        assert {counts[t] for t in (TOPIC_INFERENCE, "llmpulse.grouped")} == {4}, counts
+        with Monitor(app="kept-partitions", bootstrap=sp.kafka, model="m",
+                     model_version="1") as mon:
+            for i in range(40):
+                mon.inference(latency_ms=float(i), status="ok", input_tokens=1, output_tokens=1)
+            assert mon.flush(60)
+        sp.wait_stored(TOPIC_INFERENCE, 40, timeout=120)
     finally:
         assert sp.stop() == 0
+    (tmp_path / "llmpulse.yaml").unlink()
+
+    with EmbeddedBroker() as b:  # an external Kafka whose topics disagree
+        create_topics(b.bootstrap, {TOPIC_INFERENCE: 2, "llmpulse.grouped": 4})
+        r = _run_up(stack_env(tmp_path / "d2", LLMPULSE_KAFKA=b.bootstrap), tmp_path,
+                    timeout=120)
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "ingest.partitions: the kept topics disagree" in last, r.stderr
+    assert "llmpulse.inference has 2" in last and "Traceback" not in r.stderr
 
 
 def test_locked_store_and_busy_port_fail_with_one_line(stack, tmp_path) -> None:
