@@ -89,7 +89,9 @@ def _engine_holds(sp: Any, events: int, feedback: int = 0) -> dict[str, Any]:
                                      f"{feedback} feedback"))
 
 
-def test_a_rolling_restart_mid_window_changes_no_signal(stack_factory, tmp_path) -> None:
+def _traffic() -> tuple[list[list[Any]], int, int, int]:
+    """Seeded chunks with an incident, and the counts: inferences, those before the
+    split, feedback."""
     sim = SupportAppSimulator(seed=11, rate=30.0, app="rolling",
                               incidents=[Incident.parse("latency_spike:30:60:factor=4")],
                               start_ts=time.time() - DURATION - 5)
@@ -97,9 +99,34 @@ def test_a_rolling_restart_mid_window_changes_no_signal(stack_factory, tmp_path)
     n_inference = sum(1 for ch in chunks for t, _ in ch if t == TOPIC_INFERENCE)
     n_first = sum(1 for ch in chunks[:SPLIT] for t, _ in ch if t == TOPIC_INFERENCE)
     n_feedback = sum(1 for ch in chunks for t, _ in ch if t == TOPIC_FEEDBACK)
+    return chunks, n_inference, n_first, n_feedback
 
+
+def _same_signals(runs: dict[str, dict[tuple[str, ...], tuple[float, int]]],
+                  engines: dict[str, dict[str, Any]],
+                  mid: dict[tuple[str, ...], tuple[float, int]]) -> None:
+    ref, got = runs["undisturbed"], runs["restarted"]
+    assert len(ref) > 100, len(ref)
+    # the 10 s windows written before the stop closed by the watermark: each is the
+    # undisturbed run's window, none a partial one closed by the stop (30 s windows
+    # with feedback are recomputed as labels arrive, so their early rows differ)
+    early = {k: v for k, v in mid.items() if k[4] == "10"}
+    assert early and all(ref.get(k) == v for k, v in early.items()), \
+        [(k, v, ref.get(k)) for k, v in early.items() if ref.get(k) != v][:5]
+    assert got.keys() == ref.keys(), (sorted(set(ref) ^ set(got))[:10])
+    diff = {k: (ref[k], got[k]) for k in ref if ref[k] != got[k]}
+    assert not diff, list(diff.items())[:5]
+    for name, eng in engines.items():
+        assert eng["late_dropped"] == 0, (name, eng.get("late_dropped_by_group"))
+    # every event taken in once across the restart (the counters travel with the state)
+    assert engines["restarted"]["events_in"] == engines["undisturbed"]["events_in"]
+
+
+def test_a_rolling_restart_mid_window_changes_no_signal(stack_factory, tmp_path) -> None:
+    chunks, n_inference, n_first, n_feedback = _traffic()
     runs: dict[str, dict[tuple[str, ...], tuple[float, int]]] = {}
     engines: dict[str, dict[str, Any]] = {}
+    mid: dict[tuple[str, ...], tuple[float, int]] = {}
     for name in ("undisturbed", "restarted"):
         root = tmp_path / name
         with EmbeddedBroker() as b:
@@ -121,19 +148,36 @@ def test_a_rolling_restart_mid_window_changes_no_signal(stack_factory, tmp_path)
             assert sp.stop() == 0
             engines[name] = eng
             runs[name] = _signals(root / "data")
+    _same_signals(runs, engines, mid)
 
-    ref, got = runs["undisturbed"], runs["restarted"]
-    assert len(ref) > 100, len(ref)
-    # the 10 s windows written before the stop closed by the watermark: each is the
-    # undisturbed run's window, none a partial one closed by the stop (30 s windows
-    # with feedback are recomputed as labels arrive, so their early rows differ)
-    early = {k: v for k, v in mid.items() if k[4] == "10"}
-    assert early and all(ref.get(k) == v for k, v in early.items()), \
-        [(k, v, ref.get(k)) for k, v in early.items() if ref.get(k) != v][:5]
-    assert got.keys() == ref.keys(), (sorted(set(ref) ^ set(got))[:10])
-    diff = {k: (ref[k], got[k]) for k in ref if ref[k] != got[k]}
-    assert not diff, list(diff.items())[:5]
-    for name, eng in engines.items():
-        assert eng["late_dropped"] == 0, (name, eng.get("late_dropped_by_group"))
-    # every event taken in once across the restart (the counters travel with the state)
-    assert engines["restarted"]["events_in"] == engines["undisturbed"]["events_in"]
+
+def test_a_restart_of_up_on_its_log_on_disk_mid_window_changes_no_signal(stack_factory,
+                                                                          tmp_path) -> None:
+    """``llmpulse up`` with its embedded broker on disk (the default) stopped mid-window
+    with ``signals.stop: save``: the next ``up`` finds the same log, cluster id and
+    offsets, and continues the open windows."""
+    chunks, n_inference, n_first, n_feedback = _traffic()
+    runs: dict[str, dict[tuple[str, ...], tuple[float, int]]] = {}
+    engines: dict[str, dict[str, Any]] = {}
+    mid: dict[tuple[str, ...], tuple[float, int]] = {}
+    for name in ("undisturbed", "restarted"):
+        root = tmp_path / name
+        _config(root, "save" if name == "restarted" else "flush")
+        sp = stack_factory(root / "data").start()
+        if name == "undisturbed":
+            _send(sp.kafka, chunks)
+        else:
+            _send(sp.kafka, chunks[:SPLIT])
+            _engine_holds(sp, n_first)
+            assert sp.stop() == 0  # its broker stops too; the log stays on disk
+            mid = _signals(root / "data")
+            _config(root, "flush")
+            sp.start()
+            _send(sp.kafka, chunks[SPLIT:])
+        eng = _engine_holds(sp, n_inference, n_feedback)
+        # the same log and cluster id: the saved offsets were kept, not dropped
+        assert not sp.get("/api/stats")["signals"].get("positions_dropped")
+        assert sp.stop() == 0
+        engines[name] = eng
+        runs[name] = _signals(root / "data")
+    _same_signals(runs, engines, mid)
