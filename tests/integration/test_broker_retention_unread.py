@@ -13,7 +13,8 @@ import pytest
 from llmpulse.broker import create_topics
 from llmpulse.broker_record import adopt_or_start, read_record, stop_recorded_broker
 from llmpulse.broker_storage import BrokerSettings, read_store_record
-from tests.integration.test_broker_disk import _bases, _produce, _read
+from tests.integration.partition_read import read_partition
+from tests.integration.test_broker_disk import _bases, _produce
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +38,7 @@ def test_old_batches_of_an_unread_topic_go_and_a_read_topic_is_pruned_as_before(
         old_unread, old_read = _bases(data, unread), _bases(data, read)
         assert old_unread[0] == 0 and len(old_unread) >= 10
         # a group reads everything of `read` but commits at 500 only
-        assert _read(bs, "g", read, 0, commit=500) == list(range(1_000))
+        assert read_partition(bs, read, start=0, group="g", commit=500).offsets == list(range(1_000))
         time.sleep(MAX_AGE_S + 2.0)
         _produce(bs, unread, 300)  # young batches
         young = [b for b in _bases(data, unread) if b >= 1_000]
@@ -58,11 +59,11 @@ def test_old_batches_of_an_unread_topic_go_and_a_read_topic_is_pruned_as_before(
         assert _bases(data, read) == [b for b in old_read if b >= keep_from]
         assert _bases(data, unread) == young
         # a reader from the earliest offset gets what is left, without error
-        assert _read(bs, "late", unread, -2) == list(range(1_000, 1_300))
-        assert _read(bs, "g", read, None) == list(range(500, 1_000))
+        assert read_partition(bs, unread, start=-2, group="late").offsets == list(range(1_000, 1_300))
+        assert read_partition(bs, read, start=None, group="g").offsets == list(range(500, 1_000))
         # and the log goes on where it was
         _produce(bs, unread, 100)
-        assert _read(bs, "later", unread, -2) == list(range(1_000, 1_400))
+        assert read_partition(bs, unread, start=-2, group="later").offsets == list(range(1_000, 1_400))
         print(f"unread topic: {len(old_unread)} old batches removed, {len(young)} young kept; "
               f"read topic: kept from {keep_from} (group commit 500)")
     finally:
