@@ -43,8 +43,11 @@ def test_worse_prompt_version_is_caught_and_references_scored(stack_factory, tmp
     (d / "llmpulse.yaml").write_text(
         "signals:\n  latency_window_s: 5\n  window_s: 10\n  poll_s: 0.5\n  snapshot_s: 0\n")
     sp = stack_factory(d).start(timeout=120)
-    start_ms = int((time.time() - 120) * 1000)
-    start_ms -= start_ms % 10_000
+    # the minute of traffic straddles a minute boundary, half on each side: the A/B
+    # family's windows are 60 s and its rule wants two in a row (traffic that started
+    # on a boundary filled one window and could never page)
+    start_ms = int((time.time() - 150) * 1000)
+    start_ms += 30_000 - start_ms % 60_000
     _send(sp.endpoints["kafka"], start_ms)
     sp.wait_stored("llmpulse.inference", N, timeout=120)
     sp.wait_stored("llmpulse.feedback", N, timeout=120)
