@@ -170,9 +170,10 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
             kept = post_sql(worker.http, "SELECT count() AS rows, uniqExact(event_id) AS ids "
                                          "FROM inference_events FINAL")[0]
             # the engine's counters reach /api/stats once a poll; the figures say
-            # what it took in if that is less than everything
+            # what it took in if that is less than everything (a loaded machine
+            # replays slowly: a shorter wait counted a slow engine as a lossy one)
             try:
-                stats = wait_for(lambda: _engine_took_all(worker.http, total), 60,
+                stats = wait_for(lambda: _engine_took_all(worker.http, total), 180,
                                  "the signal engine's counters to count every event")
             except TimeoutError:
                 stats = dict(stack_stats(worker.http)["signals"])
