@@ -148,7 +148,14 @@ class OtlpSettings:
     -1: as many as the machine has cores beyond two, at most 2)."""
 
 
+MAX_MAP_PROCESSES = 64
+"""The most OTLP mapping processes ``otlp.map_processes`` may ask for."""
+
+
 def _otlp(raw: Any, env: Mapping[str, str]) -> OtlpSettings:
+    if isinstance(raw, Mapping) and raw.get("map_processes") == -1 \
+            and type(raw.get("map_processes")) is int:
+        raw = {k: v for k, v in raw.items() if k != "map_processes"}  # -1: automatic
     base = _sub(OtlpSettings, raw, "otlp")
     flag = env.get("LLMPULSE_OTLP_GRPC")
     if flag is not None:
@@ -164,9 +171,9 @@ def _otlp(raw: Any, env: Mapping[str, str]) -> OtlpSettings:
         number = -1
     if not 0 <= number <= 65535:
         raise ConfigError(f"{key}: must be a port in 0..65535 (0 picks a free one), got {value!r}")
-    if base.map_processes < -1:
-        raise ConfigError(f"otlp.map_processes: must be >= 0, or -1 for automatic, got "
-                          f"{base.map_processes!r}")
+    if not -1 <= base.map_processes <= MAX_MAP_PROCESSES:
+        raise ConfigError(f"otlp.map_processes: must be 0..{MAX_MAP_PROCESSES}, or -1 for "
+                          f"automatic, got {base.map_processes!r}")
     return replace(base, grpc_port=number)
 
 

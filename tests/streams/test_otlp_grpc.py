@@ -169,10 +169,16 @@ def test_otlp_settings(tmp_path: Path) -> None:
     for text, key in (("otlp:\n  grpc_port: 70000\n", "otlp.grpc_port"),
                       ("otlp:\n  grpc: 'yes'\n", "otlp.grpc"),
                       ("otlp:\n  grpc_port: true\n", "otlp.grpc_port"),
-                      ("otlp:\n  http_port: 1\n", "otlp.http_port")):
+                      ("otlp:\n  http_port: 1\n", "otlp.http_port"),
+                      ("otlp:\n  map_processes: 100000\n", "otlp.map_processes"),
+                      ("otlp:\n  map_processes: -2\n", "otlp.map_processes"),
+                      ("otlp:\n  map_processes: true\n", "otlp.map_processes")):
         yaml.write_text(text)
         with pytest.raises(ConfigError, match=f"^{key}:"):
             load_settings(env={}, path=yaml)
+    for n in (-1, 0, 2):  # -1, the default, may be written out
+        yaml.write_text(f"otlp:\n  map_processes: {n}\n")
+        assert load_settings(env={}, path=yaml).otlp.map_processes == n
     with pytest.raises(ConfigError, match="^LLMPULSE_OTLP_GRPC_PORT:"):
         load_settings(env={"LLMPULSE_OTLP_GRPC_PORT": "abc"}, path=None)
 
