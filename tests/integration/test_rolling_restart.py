@@ -122,6 +122,15 @@ def _same_signals(runs: dict[str, dict[tuple[str, ...], tuple[float, int]]],
     assert engines["restarted"]["events_in"] == engines["undisturbed"]["events_in"]
 
 
+def _finish(sp: Any, root: Path, n_inference: int, n_feedback: int,
+            ) -> tuple[dict[str, Any], dict[tuple[str, ...], tuple[float, int]]]:
+    """End a run: the engine's counters once it took in every event, a clean stop,
+    the signal windows written."""
+    eng = _engine_holds(sp, n_inference, n_feedback)
+    assert sp.stop() == 0
+    return eng, _signals(root / "data")
+
+
 def test_a_rolling_restart_mid_window_changes_no_signal(stack_factory, tmp_path) -> None:
     chunks, n_inference, n_first, n_feedback = _traffic()
     runs: dict[str, dict[tuple[str, ...], tuple[float, int]]] = {}
@@ -144,10 +153,7 @@ def test_a_rolling_restart_mid_window_changes_no_signal(stack_factory, tmp_path)
                 _send(b.bootstrap, chunks[SPLIT:])  # while the worker is down
                 _config(root, "flush")  # the final stop writes what is still open
                 sp.start()
-            eng = _engine_holds(sp, n_inference, n_feedback)
-            assert sp.stop() == 0
-            engines[name] = eng
-            runs[name] = _signals(root / "data")
+            engines[name], runs[name] = _finish(sp, root, n_inference, n_feedback)
     _same_signals(runs, engines, mid)
 
 
@@ -174,10 +180,9 @@ def test_a_restart_of_up_on_its_log_on_disk_mid_window_changes_no_signal(stack_f
             _config(root, "flush")
             sp.start()
             _send(sp.kafka, chunks[SPLIT:])
-        eng = _engine_holds(sp, n_inference, n_feedback)
+        _engine_holds(sp, n_inference, n_feedback)  # every event read: the log was checked
         # the same log and cluster id: the saved offsets were kept, not dropped
-        assert not sp.get("/api/stats")["signals"].get("positions_dropped")
-        assert sp.stop() == 0
-        engines[name] = eng
-        runs[name] = _signals(root / "data")
+        dropped = sp.get("/api/stats")["signals"].get("positions_dropped")
+        engines[name], runs[name] = _finish(sp, root, n_inference, n_feedback)
+        assert not dropped
     _same_signals(runs, engines, mid)
