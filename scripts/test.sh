@@ -15,4 +15,4 @@ echo "== ruff";    .venv/bin/ruff check .
 echo "== mypy";    .venv/bin/mypy
 echo "== import-linter"; .venv/bin/lint-imports --no-cache
 echo "== doctests"; .venv/bin/python -m pytest -q --doctest-modules llmpulse -p no:cacheprovider
-echo "== tests";   .venv/bin/python -m pytest -q "$@"
+echo "== tests";   .venv/bin/python -m pytest -q --durations=30 "$@"
