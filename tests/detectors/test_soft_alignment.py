@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -89,3 +91,23 @@ def test_odd_inputs_have_defined_results(vecs: StaticVectors) -> None:
 def test_content_words_drop_function_words_and_mark_names() -> None:
     assert content_words("The council met Anna Berg in Paris.") == [
         ("council", False), ("met", False), ("anna", True), ("berg", True), ("paris", True)]
+
+
+def test_the_experiment_selects_on_the_training_side_and_scores_the_other_set() -> None:
+    from llmpulse.detectors.hallucination import soft_experiment as ex
+
+    rng = np.random.default_rng(7)
+    records, store = [], {}
+    for i in range(400):
+        label = int(rng.random() < 0.5)
+        rid, doc = f"r{i}", hashlib.sha1(str(i).encode()).hexdigest()
+        store[rid] = {"signal": label + rng.normal(scale=0.7), "noise": rng.normal(), "_specifics": 0.0}
+        records.append({"_rid": rid, "_doc": doc, "_set": "a" if i < 200 else "b", "label": label})
+    ex._index(records, store)
+    train, other = records[:200], records[200:]
+    head, info = ex.fit_selected("forward", ("noise", "signal"), False, train)
+    assert info["features"][0] == "signal"
+    assert info["l2"] in ex.L2_GRID
+    result = ex._evaluate(head, info, other)
+    assert result["auroc"] > 0.8
+    assert 0.6 < result["flag_accuracy"] <= 1.0
