@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ import numpy as np
 
 from llmpulse.detectors.hallucination import text as tx
 
-__all__ = ["MATCH", "SOFT_FEATURES", "WINDOW", "StaticVectors", "content_words", "soft_features", "static_vectors"]
+__all__ = ["IDF_FEATURES", "MATCH", "SOFT_FEATURES", "WINDOW", "StaticVectors", "content_words", "soft_features", "static_vectors"]
 
 WINDOW = 3
 """Context sentences in the window each answer sentence is aligned with."""
@@ -63,6 +63,9 @@ SOFT_FEATURES: tuple[str, ...] = (
     "log_answer_words",
 )
 """Per-answer features, in this order (higher novelty = less supported)."""
+
+IDF_FEATURES: tuple[str, ...] = ("idf_soft_novelty", "idf_worst_sentence_soft_novelty")
+"""Added when document frequencies are given."""
 
 _NEUTRAL = dict.fromkeys(SOFT_FEATURES, 0.0) | {"soft_min": 1.0, "soft_q10": 1.0, "worst_window_support": 1.0}
 _NUMBER = re.compile(r"^\d[\d.,]*$")
@@ -174,8 +177,13 @@ def content_words(sentence: str) -> list[tuple[str, bool]]:
     return out
 
 
-def soft_features(answer: str, context: Sequence[str], vecs: StaticVectors) -> dict[str, float]:
+def soft_features(answer: str, context: Sequence[str], vecs: StaticVectors,
+                  idf: Mapping[str, float] | None = None) -> dict[str, float]:
     """:data:`SOFT_FEATURES` of one (answer, context) pair.
+
+    With ``idf`` (word -> inverse document frequency; unknown words get the
+    largest value), :data:`IDF_FEATURES` are added: soft novelty with each
+    word weighted by its IDF, over the answer and its least supported sentence.
 
     An answer without content words, or an empty context, gets neutral values
     (the scorer decides those cases before the model is asked).
@@ -194,7 +202,7 @@ def soft_features(answer: str, context: Sequence[str], vecs: StaticVectors) -> d
         if budget <= 0:
             break
     if not a_sents or not c_sents:
-        return dict(_NEUTRAL)
+        return dict(_NEUTRAL) | (dict.fromkeys(IDF_FEATURES, 0.0) if idf is not None else {})
     c_vocab = list(dict.fromkeys(w for s in c_sents for w in s))
     c_index = {w: i for i, w in enumerate(c_vocab)}
     a_vocab = list(dict.fromkeys(w for s in a_sents for w, _ in s))
@@ -237,7 +245,18 @@ def soft_features(answer: str, context: Sequence[str], vecs: StaticVectors) -> d
     names = np.asarray([a_index[w] for s in a_sents for w, name in s if name])
     nums = np.asarray([a_index[w] for s in a_sents for w, _ in s if _NUMBER.match(w)])
     words = [w for s in a_sents for w, _ in s]
-    return {
+    extra: dict[str, float] = {}
+    if idf is not None:
+        top = max(idf.values(), default=1.0)
+        weight = np.asarray([idf.get(a_vocab[i], top) for i in all_idx])
+        extra["idf_soft_novelty"] = float(1.0 - (weight * supports).sum() / max(weight.sum(), 1e-9))
+        worst = 0.0
+        for sent in a_sents:
+            idx = np.asarray([a_index[w] for w, _ in sent])
+            wt = np.asarray([idf.get(w, top) for w, _ in sent])
+            worst = max(worst, float(1.0 - (wt * best[idx]).sum() / max(wt.sum(), 1e-9)))
+        extra["idf_worst_sentence_soft_novelty"] = worst
+    return extra | {
         "lexical_novelty": float(np.mean([w not in ctx_set for w in words])),
         "soft_novelty": float(1.0 - supports.mean()),
         "soft_unmatched": float((supports < MATCH).mean()),

@@ -57,6 +57,7 @@ from llmpulse.detectors.hallucination.datasets import document_key, load_sets
 from llmpulse.detectors.hallucination.evaluation import auroc
 from llmpulse.detectors.hallucination.model import LogisticModel, default_model
 from llmpulse.detectors.hallucination.soft_alignment import (
+    IDF_FEATURES,
     SOFT_FEATURES,
     StaticVectors,
     content_words,
@@ -84,6 +85,8 @@ def _groups() -> dict[str, tuple[str, ...]]:
         # the soft feature that forward selection on the held-out protocol's training split picks first
         "overlap + worst-sentence soft novelty": (*OVERLAP_FEATURES, "worst_sentence_soft_novelty"),
         "overlap + soft novelty": (*OVERLAP_FEATURES, "soft_novelty"),
+        "overlap + idf soft": (*OVERLAP_FEATURES, *IDF_FEATURES),
+        "idf soft only": IDF_FEATURES,
     }
 
 
@@ -103,7 +106,8 @@ def extract(records: Sequence[Record], cache: Path, vectors: str | None = None) 
     )
 
     store: dict[str, dict[str, float]] = json.loads(cache.read_text()) if cache.is_file() else {}
-    todo = [r for r in records if r["_rid"] not in store]
+    todo = [r for r in records if r["_rid"] not in store or IDF_FEATURES[0] not in store[r["_rid"]]]
+    idf = document_frequencies(records)
     if todo:
         scorer = GroundednessScorer(model=None)
         model = default_model()
@@ -116,7 +120,8 @@ def extract(records: Sequence[Record], cache: Path, vectors: str | None = None) 
                 xs = np.asarray([[feats[k] for k in model.specifics.names]])
                 spec = float(model.specifics_weight * (model.specifics.decision(xs)[0]
                                                        - model.specifics.decision(np.zeros_like(xs))[0]))
-            store[r["_rid"]] = {**feats, **soft_features(r["answer"], r["context"], vecs), "_specifics": spec}
+            soft = soft_features(r["answer"], r["context"], vecs, idf)
+            store[r["_rid"]] = {**feats, **soft, "_specifics": spec}
             if n % 500 == 0:
                 print(f"features {n}/{len(todo)} ({time.time() - t0:.0f} s)", flush=True)
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -126,6 +131,32 @@ def extract(records: Sequence[Record], cache: Path, vectors: str | None = None) 
 
 _INDEX: dict[str, int] = {}
 _TABLE: dict[str, np.ndarray] = {}
+
+
+def document_frequencies(records: Sequence[Record]) -> dict[str, float]:
+    """IDF of content words over the contexts of the training split (``held_out`` false; labels unused).
+
+    >>> idf = document_frequencies([{"context": ["a bridge closed today"]}, {"context": ["the bridge opened"]},
+    ...                             {"context": ["a bridge closed"]}])  # the last one is held out
+    >>> round(idf["bridge"], 3), round(idf["closed"], 3), "a" in idf
+    (0.0, 0.693, False)
+    """
+    from llmpulse.detectors.hallucination import text as tx
+    from llmpulse.detectors.hallucination.datasets import held_out
+
+    docs: dict[str, set[str]] = {}
+    for r in records:
+        if held_out(r):
+            continue
+        key = "\n".join(r["context"])
+        if key not in docs:
+            docs[key] = {w for p in r["context"] for s in tx.sentences(p) for w, _ in content_words(s)}
+    df: dict[str, int] = {}
+    for words in docs.values():
+        for w in words:
+            df[w] = df.get(w, 0) + 1
+    n = max(len(docs), 1)
+    return {w: float(np.log(n / c)) for w, c in df.items()}
 
 
 def _index(records: Sequence[Record], store: dict[str, dict[str, float]]) -> None:
