@@ -590,6 +590,7 @@ class SignalEngine:
             "duplicates_dropped": max(dups_by_window.values(), default=0),
             "duplicates_dropped_by_window": dups_by_window,
             "watermark_ms": wm,
+            "sources": self._watermark.sources_view(self.clock()),
             "close_delay_s": {
                 "last": c.close_delay_last_s,
                 "max": c.close_delay_max_s,

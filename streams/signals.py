@@ -76,7 +76,7 @@ import logging
 import pickle
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -110,6 +110,11 @@ SOURCE_HEADER = "llmpulse-source"
 MAX_POLLS_IN_A_ROW = 8
 STATE_VERSION = 2
 """Format of ``signals.pkl``: the engine's snapshot with the grouped offsets it covers."""
+IDLE_S = 30.0
+"""The engine's ``idle_s`` when its settings give none (:class:`~llmpulse.streams.engine.SignalEngine`)."""
+END_OFFSETS_TIMEOUT_S = 5.0
+"""How long a window poll waits for the broker's end offsets before taking its silence
+as a backlog not yet seen (windows wait) rather than as idleness."""
 REWIND_TIMEOUT_S = 30.0
 """How long a partition being replayed after a restart skips messages fetched before
 the seek; after that a missing offset is taken as a gap in the log."""
@@ -196,6 +201,51 @@ def engine_chunks(messages: Sequence[Any], *, keyed: bool) -> list[Any]:
             out += [(src, lines, key) for key, lines in message_groups(m)]
         return out
     return [(_source(m), m.value) for m in messages]
+
+
+def _highwater(consumer: Any, tp: Any) -> int | None:
+    """The high watermark of ``tp`` in the consumer's last fetch (None: not known)."""
+    try:
+        high = consumer.highwater(tp)
+    except Exception:
+        return None
+    return None if high is None else int(high)
+
+
+def _larger(a: int | None, b: int | None) -> int | None:
+    """The larger of two offsets, either of which may be unknown.
+
+    >>> _larger(None, 3), _larger(4, 3), _larger(None, None)
+    (3, 4, None)
+    """
+    return b if a is None else a if b is None else max(int(a), b)
+
+
+def unread(view: Mapping[str, Sequence[int | None]],
+           forwarded: Mapping[int, int] | None = None) -> list[str]:
+    """The partitions of ``view`` (``"topic:partition" -> [next offset to read, end
+    offset]``) with events not read: the end past the position. A partition read
+    nothing of since the start is not known to be behind, unless this worker forwarded
+    to it (``forwarded``: grouped partition -> the offset after its last forward).
+
+    >>> unread({"llmpulse.inference:0": [5, 5], "llmpulse.grouped:1": [3, 4],
+    ...         "llmpulse.grouped:2": [None, 9]})
+    ['llmpulse.grouped:1']
+    >>> unread({"llmpulse.grouped:2": [None, 9]}, forwarded={2: 9})
+    ['llmpulse.grouped:2']
+    """
+    out = []
+    for name, (pos, end) in view.items():
+        if end is None:
+            continue
+        if pos is None:
+            topic, _, part = name.rpartition(":")
+            if topic != TOPIC_GROUPED or int(part) not in (forwarded or {}):
+                continue  # nothing read there since start: not known to be behind
+            pos = 0
+        if end > pos:
+            out.append(name)
+    return out
 
 
 def signal_row(s: Signal) -> dict[str, Any]:
@@ -350,6 +400,17 @@ class SignalAgents:
         self.last_signals_at = 0.0
         self.last_health = time.monotonic()
         self.engine_stats: dict[str, Any] = {}
+        #: the last backlog decision's inputs: "topic:partition" -> [position, end offset]
+        self.backlog_view: dict[str, list[int | None]] = {}
+        # what this worker forwarded to llmpulse.grouped and the consumer may not know of
+        # yet (the high watermark it has is the last fetch's): sends not yet acknowledged,
+        # and the offset after the last acknowledged one per partition
+        self._forwarding = 0
+        self._forwarded_to: dict[int, int] = {}
+        # when the engine was last given events of each watermark source (engine thread):
+        # the broker is asked for end offsets only while one may count as idle
+        self._added_at: dict[Any, float] = {}
+        self._idle_s = float(engine_kwargs.get("idle_s") or IDLE_S)
         self._register()
 
     # -- forwarding from the ingest agents -------------------------------------
@@ -374,9 +435,29 @@ class SignalAgents:
         for (dest, src), groups in by_dest.items():
             source = str(src).encode()
             for value, listed in pack_groups(groups):
-                await self.grouped.send(value=value, partition=dest,
-                                        headers={SOURCE_HEADER: source, GROUPS_HEADER: listed})
+                await self._send_grouped(value, dest, {SOURCE_HEADER: source, GROUPS_HEADER: listed})
         self.counters["forwarded_inference"] += len(batch.events) - len(rejected)
+
+    async def _send_grouped(self, value: bytes, partition: int, headers: dict[str, bytes]) -> None:
+        """Send one message to ``llmpulse.grouped`` and follow it until the broker has it:
+        the ingest agent counts its batch as read once this returns (the message only
+        queued), and until a fetch brings the new end offset the consumer's high
+        watermark does not show it, so meanwhile the message is a backlog of its own
+        (:meth:`_consumer_backlog`)."""
+        sent: Any = await self.grouped.send(value=value, partition=partition, headers=headers)
+        if not hasattr(sent, "add_done_callback"):
+            return  # a sender that returns when the message is written (tests)
+        self._forwarding += 1
+
+        def done(fut: Any) -> None:
+            self._forwarding -= 1
+            if fut.cancelled() or fut.exception() is not None:
+                return  # not in the log: nothing to wait for (the producer logs the error)
+            offset = getattr(fut.result(), "offset", None)
+            if isinstance(offset, int) and offset + 1 > self._forwarded_to.get(partition, 0):
+                self._forwarded_to[partition] = offset + 1
+
+        sent.add_done_callback(done)
 
     async def forward_feedback(self, batch: IngestBatch, rejected: set[int]) -> None:
         now = time.monotonic()
@@ -407,8 +488,7 @@ class SignalAgents:
                 self.counters["feedback_unmatched"] += 1
         for dest, groups in by_dest.items():
             for value, listed in pack_groups(groups):
-                await self.grouped.send(value=value, partition=dest,
-                                        headers={GROUPS_HEADER: listed})
+                await self._send_grouped(value, dest, {GROUPS_HEADER: listed})
         self.counters["forwarded_feedback"] += forwarded
 
     # -- the signal agent ---------------------------------------------------------
@@ -491,6 +571,8 @@ class SignalAgents:
         if self._to_take_over:
             await self._complete_take_over()  # a quiet partition's windows still close
         backlog = self.backlog()
+        if not backlog and self.backlog == self._consumer_backlog and self._may_be_idle():
+            backlog = await self._end_offsets_backlog()
         if backlog:
             self.counters["polls_with_backlog"] += 1  # windows wait: silence is not idleness
         signals = await loop.run_in_executor(self._exec, self._poll, backlog)
@@ -500,7 +582,8 @@ class SignalAgents:
             if not signals:
                 break
             await self.emit(signals)
-            signals = await loop.run_in_executor(self._exec, self._poll, self.backlog())
+            signals = await loop.run_in_executor(self._exec, self._poll,
+                                                 backlog or self.backlog())
         if self.pending_feedback:
             items, self.pending_feedback = self.pending_feedback, []
             self._routing = items  # still on disk until routed
@@ -529,6 +612,9 @@ class SignalAgents:
              keys: set[tuple[int, bytes]] | None = None) -> None:
         # in the engine's thread, like _save: the positions move with the engine's state
         self.engine.add(chunks)
+        now = time.monotonic()
+        for chunk in chunks:
+            self._added_at[chunk[0]] = now
         self._positions.update(ends)
         for p, key in keys or ():
             self._keys.setdefault(p, set()).add(key)
@@ -692,30 +778,90 @@ class SignalAgents:
         """Whether a ``llmpulse.grouped`` partition of this worker has events the
         engine has not taken in (its high watermark is past the engine's position),
         or an ``llmpulse.inference`` one events not yet read (ingest lag: they
-        reach the engine later, forwarded)."""
+        reach the engine later, forwarded), by the high watermarks of the last
+        fetches; and whether a message this worker forwarded to one of its grouped
+        partitions may not be in them yet (sent and not acknowledged, or acknowledged
+        past what the engine took in)."""
+        if self._forwarding:
+            return True
         try:
             consumer = self.app.consumer
             assignment = list(consumer.assignment())
         except Exception:  # no consumer yet (starting, or no broker)
             return False
-        read_positions = self.positions  # what ingest has read, per (topic, partition)
+        view = self._read_view({tp: _highwater(consumer, tp) for tp in assignment})
+        for p, end in self._forwarded_mine().items():
+            key = f"{TOPIC_GROUPED}:{p}"
+            if key not in view:
+                continue  # not assigned here: the worker it is assigned to reads it
+            pos, high = view[key]
+            view[key] = [pos, max(end, high or 0)]
+        self.backlog_view = view
+        return bool(unread(view, forwarded=self._forwarded_mine()))
+
+    def _forwarded_mine(self) -> dict[int, int]:
+        """:attr:`_forwarded_to` of the grouped partitions this worker reads."""
+        owned = self._owned
+        return {p: end for p, end in self._forwarded_to.items() if owned is None or p in owned}
+
+    def _may_be_idle(self) -> bool:
+        """Whether a source may have been silent for the engine's ``idle_s`` (less two
+        polls): only then does the backlog decide anything."""
+        if not self._added_at:
+            return False
+        margin = 2 * self.settings.signals.poll_s
+        return time.monotonic() - min(self._added_at.values()) >= self._idle_s - margin
+
+    async def _end_offsets_backlog(self) -> bool:
+        """:meth:`_consumer_backlog` by end offsets asked of the broker now, not those of
+        the last fetches: a partition whose fetches stalled (a slow or paused broker)
+        shows the end it had then, and silence would pass for idleness while events wait
+        in the log. No answer in :data:`END_OFFSETS_TIMEOUT_S`: not known to be at the
+        end, so a backlog (windows wait; counted as ``end_offsets_unanswered``)."""
+        try:
+            consumer = self.app.consumer
+            tps = [tp for tp in consumer.assignment()
+                   if tp.topic in (TOPIC_GROUPED, TOPIC_INFERENCE)]
+        except Exception:  # no consumer yet
+            return False
+        if not tps:
+            return False
+        try:
+            ends = dict(await asyncio.wait_for(consumer.highwaters(*tps), END_OFFSETS_TIMEOUT_S))
+        except Exception as exc:
+            log.debug("signals: end offsets not read from the broker: %s", exc)
+            self.counters["end_offsets_unanswered"] += 1
+            return True
+        # Tansu answers a ListOffsets for the end with the last record batch's first
+        # offset + 1 (12 records in one batch: 1), which tells a batch not yet fetched
+        # but not the end within one: the last fetch's high watermark gives that
+        view = self._read_view({tp: _larger(ends.get(tp), _highwater(consumer, tp))
+                                for tp in tps})
+        self.backlog_view = view
+        behind = unread(view, forwarded=self._forwarded_mine())
+        if behind:
+            self.counters["end_offsets_behind"] += 1
+            log.debug("signals: silence is not idleness: unread %s", behind)
+        return bool(behind)
+
+    def _read_view(self, ends: dict[Any, int | None]) -> dict[str, list[int | None]]:
+        """``"topic:partition" -> [next offset to read, end offset]`` for the grouped
+        partitions (the engine's position, or what the agent was given, the further)
+        and the inference partitions (what ingest read) among ``ends``."""
         held = dict(self._positions)
-        for tp in assignment:
+        read = self.positions
+        view: dict[str, list[int | None]] = {}
+        for tp, end in ends.items():
+            pos: int | None
             if tp.topic == TOPIC_GROUPED:
-                pos = held.get(tp.partition)
+                a, b = held.get(tp.partition), read.get((tp.topic, tp.partition))
+                pos = b if a is None else a if b is None else max(a, b)
             elif tp.topic == TOPIC_INFERENCE:
-                pos = read_positions.get((tp.topic, tp.partition))
+                pos = read.get((tp.topic, tp.partition))
             else:
                 continue
-            if pos is None:
-                continue  # nothing read there since start: not known to be behind
-            try:
-                high = consumer.highwater(tp)
-            except Exception:
-                continue
-            if high is not None and int(high) > int(pos):
-                return True
-        return False
+            view[f"{tp.topic}:{tp.partition}"] = [pos, end]
+        return view
 
     def _poll(self, backlog: bool = False) -> list[Signal]:
         # in the engine's thread: the engine's counters are read here, once a poll,
@@ -806,6 +952,8 @@ class SignalAgents:
         out: dict[str, Any] = dict(self.counters)
         out["pending_feedback"] = len(self.pending_feedback)
         out["engine"] = self.engine_stats
+        out["backlog"] = dict(self.backlog_view)
+        out["forwarding"] = self._forwarding
         return out
 
     async def forget_requests(self, request_ids: set[str]) -> int:

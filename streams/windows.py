@@ -185,6 +185,14 @@ class Watermark:
         """The watermark last computed by :meth:`current` (reading it moves nothing)."""
         return self._value
 
+    def sources_view(self, now: float) -> list[list[Any]]:
+        """``[source, max event time (ms), seconds since heard from]`` per source (stats).
+
+        >>> wm = Watermark(); wm.observe((1, 0), 5, now=2.0); wm.sources_view(now=3.5)
+        [['(1, 0)', 5, 1.5]]
+        """
+        return [[str(s), m, round(now - self._seen[s], 3)] for s, m in self._max.items()]
+
     def partitions_behind(self, now: float, *, backlog: bool = False) -> dict[Hashable, int]:
         """Per partition (the first item of ``(partition, ...)`` sources), the smallest
         maximum of its active sources, where that is behind the watermark (ms): a
