@@ -224,27 +224,25 @@ class DDSketch:
         lo_rank = np.floor(pos_rank).astype(np.int64)
         hi_rank = np.minimum(lo_rank + 1, n - 1)
         frac = pos_rank - lo_rank
-        lo_val = self._at_rank(lo_rank)
-        hi_val = self._at_rank(hi_rank)
+        both = self._at_rank(np.concatenate([lo_rank, hi_rank]))
+        lo_val, hi_val = both[: lo_rank.size], both[lo_rank.size:]
         out = lo_val + (hi_val - lo_val) * frac
         return np.clip(out, self._min, self._max)
 
     def _at_rank(self, rank: np.ndarray) -> np.ndarray:
         """Value of the order statistic of each 0-based ``rank``."""
-        # Ascending order: negative store from its highest index down, zeros, positive store.
-        neg_counts = self._neg.counts[::-1]
-        neg_idx = self._neg.offset + np.arange(self._neg.counts.size)[::-1]
-        counts = np.concatenate([neg_counts, [self._zero], self._pos.counts])
-        values = np.concatenate(
-            [
-                -self._value(neg_idx),
-                [0.0],
-                self._value(self._pos.offset + np.arange(self._pos.counts.size)),
-            ]
-        )
+        # Ascending order: negative store from its highest index down, zeros, positive
+        # store. Only the buckets the ranks fall in are turned into values.
+        nneg = self._neg.counts.size
+        counts = np.concatenate([self._neg.counts[::-1], [self._zero], self._pos.counts])
         cum = np.cumsum(counts)
         where = np.searchsorted(cum, rank, side="right")
-        return values[where]
+        out = np.zeros(where.shape, dtype=np.float64)
+        neg = where < nneg
+        pos = where > nneg
+        out[neg] = -self._value(self._neg.offset + (nneg - 1 - where[neg]))
+        out[pos] = self._value(self._pos.offset + (where[pos] - nneg - 1))
+        return out
 
     # -- persistence --------------------------------------------------------
 
