@@ -1,9 +1,10 @@
 """Scaling out and back in while traffic flows changes no signal.
 
-Two ``llmpulse up`` workers share one broker (as in the distributed setup):
-worker A runs alone, worker B joins (A's ``llmpulse.grouped`` partitions are
-split between them), then B stops cleanly and A takes its partitions back,
-all while seeded traffic flows. The partitions that move carry their engine
+``llmpulse up`` workers share one Kafka (as in the distributed setup), each
+test once on one embedded broker and once on the local three-broker cluster
+(the ``kafka`` fixture): worker A runs alone, B joins (A's ``llmpulse.grouped``
+partitions are split between them), then C; then C and B stop cleanly in turn
+and their partitions go back to the others, all while seeded traffic flows. The partitions that move carry their engine
 state (open windows, detector state, watermark) through the
 ``llmpulse.engine-state`` changelog, so the windows A and B write together are
 the windows of an undisturbed single worker fed the same traffic: same
@@ -22,6 +23,9 @@ import os
 import pickle
 import signal
 import time
+import urllib.error
+from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +36,13 @@ from llmpulse.events import TOPIC_GROUPED, TOPIC_INFERENCE, TOPICS
 from llmpulse.harness import wait_for
 from llmpulse.monitor import Monitor
 from llmpulse.simulate import Incident, SupportAppSimulator
+from tests.integration.conftest import KafkaFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SPEED = 5.0  # event seconds per wall second
 DURATION = 120.0
+PARTITIONS = 4
 
 
 def _config(root: Path, stop: str) -> None:
@@ -57,8 +63,9 @@ def _traffic() -> list[list[Any]]:
 class Sender:
     """Sends the chunks at SPEED times real time, a slice at a time."""
 
-    def __init__(self, bootstrap: str, chunks: list[list[Any]]) -> None:
-        self.mon = Monitor(app="scaling", bootstrap=bootstrap)
+    def __init__(self, bootstrap: str, chunks: list[list[Any]],
+                 shim: Mapping[str, Any] | None = None) -> None:
+        self.mon = Monitor(app="scaling", bootstrap=bootstrap, **dict(shim or {}))
         self.chunks = chunks
         self.sent = 0
 
@@ -70,7 +77,7 @@ class Sender:
                 time.sleep(wait)
             for _topic, ev in self.chunks[c]:
                 self.mon.inference(**ev)
-        assert self.mon.flush(30)
+        assert self.mon.flush(60)
         self.sent = until
 
     def close(self) -> None:
@@ -108,13 +115,23 @@ def _stats(sp: Any) -> dict[str, Any]:
 
 
 def _grouped(sp: Any) -> set[str]:
-    return {a for a in _stats(sp).get("assignment", []) if a.startswith(TOPIC_GROUPED + ":")}
+    """The worker's grouped partitions; none while it cannot say (its stats answer
+    500 while the consumer it asks is rejoining the group)."""
+    try:
+        stats = _stats(sp)
+    except urllib.error.HTTPError as exc:
+        if exc.code != 500:
+            raise
+        return set()
+    return {a for a in stats.get("assignment", []) if a.startswith(TOPIC_GROUPED + ":")}
 
 
-def _split(a: Any, b: Any) -> bool:
-    """The grouped partitions are shared out between the two workers, none held twice."""
-    ga, gb = _grouped(a), _grouped(b)
-    return bool(ga) and bool(gb) and not ga & gb and len(ga | gb) == 4
+def _shared(*workers: Any) -> bool:
+    """The grouped partitions are shared out among ``workers``, each holding some,
+    none held twice."""
+    held = [_grouped(w) for w in workers]
+    every = set().union(*held)
+    return all(held) and sum(map(len, held)) == len(every) == PARTITIONS
 
 
 def _taken(sp: Any, events: int) -> dict[str, Any]:
@@ -136,9 +153,11 @@ def _saved_events(data_dir: Path) -> int:
 
 def _reference(stack_factory: Any, tmp_path: Path, chunks: list[list[Any]], n: int
                ) -> tuple[dict[tuple[str, ...], tuple[float, int]], dict[str, Any]]:
+    """One undisturbed worker on one embedded broker, fed the same traffic: what
+    every disturbed run, on either kind of Kafka, must write."""
     root = tmp_path / "undisturbed"
     with EmbeddedBroker() as b:
-        create_topics(b.bootstrap, {t: 4 for t in TOPICS})
+        create_topics(b.bootstrap, dict.fromkeys(TOPICS, PARTITIONS))
         _config(root, "flush")
         sp = stack_factory(root / "data", LLMPULSE_KAFKA=b.bootstrap).start()
         sender = Sender(b.bootstrap, chunks)
@@ -159,73 +178,90 @@ def _compare(ref: dict[tuple[str, ...], tuple[float, int]],
     assert not diff, (len(diff), list(diff.items())[:5])
 
 
-def test_scaling_out_and_in_mid_window_changes_no_signal(stack_factory, tmp_path) -> None:
+# (chunks sent before the step, workers running after it): 1 -> 2 -> 3 -> 2 -> 1
+SCALE_STEPS = ((30, ("a", "b")), (55, ("a", "b", "c")), (80, ("a", "b")), (100, ("a",)))
+
+
+def test_scaling_out_and_in_mid_window_changes_no_signal(stack_factory: Any, tmp_path: Path,
+                                                         kafka: KafkaFactory) -> None:
     chunks = _traffic()
     n = sum(1 for ch in chunks for t, _ in ch if t == TOPIC_INFERENCE)
     ref, ref_eng = _reference(stack_factory, tmp_path, chunks, n)
 
-    with EmbeddedBroker() as b:
-        create_topics(b.bootstrap, {t: 4 for t in TOPICS})
+    with kafka.start() as k:
         _config(tmp_path / "a", "flush")  # the worker that stays: its last stop writes all
-        _config(tmp_path / "b", "save")   # the worker that leaves hands its windows over
-        a = stack_factory(tmp_path / "a" / "data", LLMPULSE_KAFKA=b.bootstrap).start()
-        sender = Sender(b.bootstrap, chunks)
+        for name in ("b", "c"):
+            _config(tmp_path / name, "save")  # workers that leave hand their windows over
+        workers = {"a": stack_factory(tmp_path / "a" / "data", LLMPULSE_KAFKA=k.bootstrap)
+                   .start(kafka.stack_timeout())}
+        taken_over: dict[str, int] = {}
+        sender = Sender(k.bootstrap, chunks, k.shim)
         try:
-            sender.send(35)  # A alone, windows open
-            wb = stack_factory(tmp_path / "b" / "data", LLMPULSE_KAFKA=b.bootstrap).start()
-            wait_for(lambda: _split(a, wb), 120, "A and B to share the partitions")
-            sender.send(75)  # A and B
-            taken_over = _stats(wb)["signals"].get("partitions_taken_over", 0)
-            assert wb.stop() == 0  # B leaves: SIGTERM, its partitions' state to the changelog
-            wait_for(lambda: len(_grouped(a)) == 4, 120, "A to get every partition back")
+            for until, after in SCALE_STEPS:
+                sender.send(until)  # the partitions are shared by the workers of the last step
+                for name in sorted(set(workers) - set(after)):  # leaves: SIGTERM, state saved
+                    sp = workers.pop(name)
+                    taken_over[name] = _stats(sp)["signals"].get("partitions_taken_over", 0)
+                    assert sp.stop(timeout=120) == 0
+                for name in sorted(set(after) - set(workers)):  # joins
+                    workers[name] = stack_factory(tmp_path / name / "data",
+                                                  LLMPULSE_KAFKA=k.bootstrap).start(
+                                                      kafka.stack_timeout())
+                running = [workers[w] for w in sorted(workers)]
+                wait_for(partial(_shared, *running), 180,
+                         f"workers {sorted(workers)} to share the partitions")
             sender.send(len(chunks))  # A alone again
         finally:
             sender.close()
-        b_events = _saved_events(tmp_path / "b" / "data")
-        eng = _taken(a, n - b_events)
+        a = workers["a"]
+        left = {name: _saved_events(tmp_path / name / "data") for name in ("b", "c")}
+        eng = _taken(a, n - sum(left.values()))
         a_stats = _stats(a)["signals"]
-        assert a.stop() == 0
+        assert a.stop(timeout=120) == 0
 
-    got = _merged(_signals(tmp_path / "a" / "data"), _signals(tmp_path / "b" / "data"))
+    got = _merged(*(_signals(tmp_path / name / "data") for name in ("a", "b", "c")))
     _compare(ref, got)
     assert ref_eng["late_dropped"] == 0 and eng["late_dropped"] == 0, eng["late_dropped_by_group"]
-    # every event taken in once: A's and B's counts add up, no copy dropped in a window
-    assert eng["events_in"] + b_events == n == ref_eng["events_in"], (eng["events_in"], b_events, n)
+    # every event taken in once: the workers' counts add up, no copy dropped in a window
+    assert eng["events_in"] + sum(left.values()) == n == ref_eng["events_in"], \
+        (eng["events_in"], left, n)
     assert eng["duplicates_dropped"] == 0, eng["duplicates_dropped_by_window"]
-    # the partitions moved with their state, both ways
-    assert taken_over >= 1, "B started without any of A's state"
+    # the partitions moved with their state, every way: to B and C as they joined,
+    # and back to A as they left
+    assert taken_over["b"] >= 1 and taken_over["c"] >= 1, taken_over
     assert a_stats.get("partitions_taken_over", 0) >= 1, a_stats
 
-
-def test_a_worker_paused_past_its_session_timeout_changes_no_signal(stack_factory,
-                                                                    tmp_path) -> None:
+def test_a_worker_paused_past_its_session_timeout_changes_no_signal(stack_factory: Any,
+                                                                    tmp_path: Path,
+                                                                    kafka: KafkaFactory) -> None:
     """B is paused (SIGSTOP) longer than its session timeout: its partitions move to A
     with their last saved state (``snapshot_s``) and are replayed from the offsets it
     covers; when B resumes (SIGCONT) the group rebalances again and partitions move
     back to B with A's state. Events read twice (by B before the pause, again by A)
-    are dropped as repeats when their window closes."""
+    are dropped as repeats, none counted as late."""
     chunks = _traffic()
     n = sum(1 for ch in chunks for t, _ in ch if t == TOPIC_INFERENCE)
     ref, _ = _reference(stack_factory, tmp_path, chunks, n)
 
-    with EmbeddedBroker() as b:
-        create_topics(b.bootstrap, {t: 4 for t in TOPICS})
+    with kafka.start() as k:
         _config(tmp_path / "a", "flush")
         _config(tmp_path / "b", "flush")
-        a = stack_factory(tmp_path / "a" / "data", LLMPULSE_KAFKA=b.bootstrap).start()
-        wb = stack_factory(tmp_path / "b" / "data", LLMPULSE_KAFKA=b.bootstrap).start()
-        wait_for(lambda: _split(a, wb), 120, "A and B to share the partitions")
-        sender = Sender(b.bootstrap, chunks)
+        a = stack_factory(tmp_path / "a" / "data", LLMPULSE_KAFKA=k.bootstrap).start(
+            kafka.stack_timeout())
+        wb = stack_factory(tmp_path / "b" / "data", LLMPULSE_KAFKA=k.bootstrap).start(
+            kafka.stack_timeout())
+        wait_for(lambda: _shared(a, wb), 180, "A and B to share the partitions")
+        sender = Sender(k.bootstrap, chunks, k.shim)
         try:
             sender.send(40)
             assert wb.pid is not None
             os.kill(wb.pid, signal.SIGSTOP)
             try:
-                wait_for(lambda: len(_grouped(a)) == 4, 120, "A to get B's partitions")
+                wait_for(lambda: len(_grouped(a)) == PARTITIONS, 180, "A to get B's partitions")
                 sender.send(80)  # while B is paused
             finally:
                 os.kill(wb.pid, signal.SIGCONT)
-            wait_for(lambda: _split(a, wb), 120, "B to get partitions again")
+            wait_for(lambda: _shared(a, wb), 180, "B to get partitions again")
             sender.send(len(chunks))
         finally:
             sender.close()
@@ -233,15 +269,24 @@ def test_a_worker_paused_past_its_session_timeout_changes_no_signal(stack_factor
         def drained() -> bool:
             lags = [_stats(sp)["lag"] for sp in (a, wb)]
             return all(not any(lag.values()) for lag in lags)
-        wait_for(drained, 180, "both workers to read everything")
+        wait_for(drained, 240, "both workers to read everything")
+        b_stats = _stats(wb)["signals"]
         # the last worker to stop holds every partition: its flush writes what is open
-        assert wb.stop() == 0
-        wait_for(lambda: len(_grouped(a)) == 4, 120, "A to get every partition back")
-        assert a.stop() == 0
+        assert wb.stop(timeout=120) == 0
+        wait_for(lambda: len(_grouped(a)) == PARTITIONS, 180, "A to get every partition back")
+        a_stats = _stats(a)["signals"]
+        assert a.stop(timeout=120) == 0
 
     got = _merged(_signals(tmp_path / "a" / "data"), _signals(tmp_path / "b" / "data"))
-    # every window is the undisturbed run's, with the same events. Late counts are not
-    # asserted here: around the pause, events are read twice (by B before it learns it
-    # lost its partitions, and by A from B's last saved state on), and copies of events
-    # whose windows already closed with them are dropped and counted as late
+    print("pause:", {w: {k: st[k] for k in st if k != "engine"} | {
+        "engine": {k: st["engine"].get(k) for k in ("events_in", "late_dropped",
+                                                    "late_dropped_by_group", "repeats_dropped",
+                                                    "duplicates_dropped")}}
+        for w, st in (("a", a_stats), ("b", b_stats))})
+    # every window is the undisturbed run's, with the same events
     _compare(ref, got)
+    # around the pause events are read twice (by B before it learns it lost its
+    # partitions, and by A from B's last saved state on): a copy whose window had
+    # closed with the event in it is a repeat, not a late event
+    for name, st in (("a", a_stats), ("b", b_stats)):
+        assert st["engine"]["late_dropped"] == 0, (name, st["engine"]["late_dropped_by_group"])
