@@ -31,6 +31,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SPEED = 6.0  # event seconds per wall second
 DURATION = 90.0
 SPLIT = 45  # chunks (seconds of event time) before the stop: inside a 30 s window
+WARM_UP = 3
+"""Chunks sent first and waited on (see the restarted run)."""
 
 
 def _config(root: Path, stop: str) -> None:
@@ -154,7 +156,13 @@ def test_a_rolling_restart_mid_window_changes_no_signal(stack_factory: Any, tmp_
     with kafka.start() as k:
         _config(root, "save")
         sp = stack_factory(root / "data", LLMPULSE_KAFKA=k.bootstrap).start(kafka.stack_timeout())
-        _send(k.bootstrap, chunks[:SPLIT], k.shim)
+        # the stream starts before the windows can close: a source (an inference
+        # partition) whose first events come after another's moved event time past the
+        # 10 s windows' lateness (under 1 s of wall time at SPEED) would find the first
+        # window closed, and the cluster's first fetches can be that far apart
+        _send(k.bootstrap, chunks[:WARM_UP], k.shim)
+        _engine_holds(sp, sum(1 for ch in chunks[:WARM_UP] for t, _ in ch if t == TOPIC_INFERENCE))
+        _send(k.bootstrap, chunks[WARM_UP:SPLIT], k.shim)
         _engine_holds(sp, n_first)
         assert sp.stop(timeout=120) == 0  # SIGTERM mid-window: saved, nothing flushed
         assert (root / "data" / "worker" / "signals.pkl").exists()
