@@ -41,6 +41,14 @@ class KafkaTarget:
     shim: Mapping[str, Any] = field(default_factory=dict)
     """Keyword arguments for :class:`llmpulse.monitor.Monitor` against this Kafka."""
     cluster: LocalCluster | None = None
+    workers: list[Any] = field(default_factory=list)
+    """Processes to close before this Kafka stops when the test fails (a worker left
+    running against stopped brokers retries for minutes)."""
+
+    def runs(self, worker: Any) -> Any:
+        """Note ``worker`` (an ``llmpulse up`` process on this Kafka); returns it."""
+        self.workers.append(worker)
+        return worker
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,8 @@ class KafkaFactory:
         if self.kind == "embedded":
             with EmbeddedBroker() as b:
                 create_topics(b.bootstrap, dict.fromkeys(TOPICS, self.partitions))
-                yield KafkaTarget("embedded", b.bootstrap)
+                with _closing_workers(KafkaTarget("embedded", b.bootstrap)) as target:
+                    yield target
             return
         s3 = self.request.getfixturevalue("s3_server")
         # a cluster id of its own: an empty log in the shared bucket
@@ -65,11 +74,22 @@ class KafkaFactory:
         with LocalCluster(s3.storage, settings,
                           log_dir=self.log_dir / settings.cluster_id) as c:
             create_topics(c.bootstrap, dict.fromkeys(TOPICS, self.partitions), timeout=60)
-            yield KafkaTarget("cluster", c.bootstrap, _CLUSTER_SHIM, c)
+            with _closing_workers(KafkaTarget("cluster", c.bootstrap, _CLUSTER_SHIM, c)) as target:
+                yield target
 
     def stack_timeout(self) -> float:
         """How long ``llmpulse up`` may take to be ready on this Kafka."""
         return 120.0 if self.kind == "embedded" else 240.0
+
+
+@contextmanager
+def _closing_workers(target: KafkaTarget) -> Iterator[KafkaTarget]:
+    try:
+        yield target
+    except BaseException:
+        for worker in target.workers:
+            worker.close()
+        raise
 
 
 @pytest.fixture(params=KAFKA_KINDS)

@@ -155,7 +155,8 @@ def test_a_rolling_restart_mid_window_changes_no_signal(stack_factory: Any, tmp_
     root = tmp_path / "restarted"
     with kafka.start() as k:
         _config(root, "save")
-        sp = stack_factory(root / "data", LLMPULSE_KAFKA=k.bootstrap).start(kafka.stack_timeout())
+        sp = k.runs(stack_factory(root / "data", LLMPULSE_KAFKA=k.bootstrap)).start(
+            kafka.stack_timeout())
         # the stream starts before the windows can close: a source (an inference
         # partition) whose first events come after another's moved event time past the
         # 10 s windows' lateness (under 1 s of wall time at SPEED) would find the first

@@ -217,7 +217,7 @@ def test_scaling_out_and_in_mid_window_changes_no_signal(stack_factory: Any, tmp
         _config(tmp_path / "a", "flush")  # the worker that stays: its last stop writes all
         for name in ("b", "c"):
             _config(tmp_path / name, "save")  # workers that leave hand their windows over
-        workers = {"a": stack_factory(tmp_path / "a" / "data", LLMPULSE_KAFKA=k.bootstrap)
+        workers = {"a": k.runs(stack_factory(tmp_path / "a" / "data", LLMPULSE_KAFKA=k.bootstrap))
                    .start(kafka.stack_timeout())}
         taken_over: dict[str, int] = {}
         sender = Sender(k.bootstrap, chunks, k.shim)
@@ -230,9 +230,9 @@ def test_scaling_out_and_in_mid_window_changes_no_signal(stack_factory: Any, tmp
                     taken_over[name] = _stats(sp)["signals"].get("partitions_taken_over", 0)
                     assert sp.stop(timeout=120) == 0
                 for name in sorted(set(after) - set(workers)):  # joins
-                    workers[name] = stack_factory(tmp_path / name / "data",
-                                                  LLMPULSE_KAFKA=k.bootstrap).start(
-                                                      kafka.stack_timeout())
+                    workers[name] = k.runs(stack_factory(tmp_path / name / "data",
+                                                         LLMPULSE_KAFKA=k.bootstrap)).start(
+                                                             kafka.stack_timeout())
                 running = [workers[w] for w in sorted(workers)]
                 wait_for(partial(_shared, *running), 180,
                          f"workers {sorted(workers)} to share the partitions")
@@ -272,9 +272,9 @@ def test_a_worker_paused_past_its_session_timeout_changes_no_signal(stack_factor
     with kafka.start() as k:
         _config(tmp_path / "a", "flush")
         _config(tmp_path / "b", "flush")
-        a = stack_factory(tmp_path / "a" / "data", LLMPULSE_KAFKA=k.bootstrap).start(
+        a = k.runs(stack_factory(tmp_path / "a" / "data", LLMPULSE_KAFKA=k.bootstrap)).start(
             kafka.stack_timeout())
-        wb = stack_factory(tmp_path / "b" / "data", LLMPULSE_KAFKA=k.bootstrap).start(
+        wb = k.runs(stack_factory(tmp_path / "b" / "data", LLMPULSE_KAFKA=k.bootstrap)).start(
             kafka.stack_timeout())
         wait_for(lambda: _shared(a, wb), 180, "A and B to share the partitions")
         sender = Sender(k.bootstrap, chunks, k.shim)
