@@ -51,10 +51,14 @@ WARM_UP = 3
 """Chunks sent first, then waited on until the workers took them in (:func:`_warm_up`)."""
 
 
-def _config(root: Path, stop: str) -> None:
+def _config(root: Path, stop: str, session_timeout_s: float = 3.0) -> None:
+    """``session_timeout_s``: 3 s where a worker is paused past it; longer where
+    workers join a busy group (``llmpulse up`` waits four sessions and 10 s for its
+    first partitions, and a third worker joining two that hand their states over
+    took longer than 22 s here)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "llmpulse.yaml").write_text(
-        "session_timeout_s: 3\n"
+        f"session_timeout_s: {session_timeout_s:g}\n"
         "signals:\n  latency_window_s: 10\n  window_s: 30\n  poll_s: 0.5\n  snapshot_s: 5\n"
         f"  engine_processes: 1\n  stop: {stop}\n")
 
@@ -214,9 +218,9 @@ def test_scaling_out_and_in_mid_window_changes_no_signal(stack_factory: Any, tmp
     ref, ref_eng = _reference(stack_factory, tmp_path, chunks, n)
 
     with kafka.start() as k:
-        _config(tmp_path / "a", "flush")  # the worker that stays: its last stop writes all
+        _config(tmp_path / "a", "flush", 10)  # the worker that stays: its last stop writes all
         for name in ("b", "c"):
-            _config(tmp_path / name, "save")  # workers that leave hand their windows over
+            _config(tmp_path / name, "save", 10)  # workers that leave hand their windows over
         workers = {"a": k.runs(stack_factory(tmp_path / "a" / "data", LLMPULSE_KAFKA=k.bootstrap))
                    .start(kafka.stack_timeout())}
         taken_over: dict[str, int] = {}
