@@ -61,10 +61,13 @@ class KafkaFactory:
     partitions: int = 4
 
     @contextmanager
-    def start(self) -> Iterator[KafkaTarget]:
+    def start(self, partitions: int | None = None) -> Iterator[KafkaTarget]:
+        """A fresh Kafka with the pipeline's topics, of ``partitions`` partitions each
+        (default :attr:`partitions`)."""
+        n = partitions or self.partitions
         if self.kind == "embedded":
             with EmbeddedBroker() as b:
-                create_topics(b.bootstrap, dict.fromkeys(TOPICS, self.partitions))
+                create_topics(b.bootstrap, dict.fromkeys(TOPICS, n))
                 with _closing_workers(KafkaTarget("embedded", b.bootstrap)) as target:
                     yield target
             return
@@ -73,7 +76,7 @@ class KafkaFactory:
         settings = ClusterSettings(brokers=3, cluster_id=f"test-{uuid.uuid4().hex[:16]}")
         with LocalCluster(s3.storage, settings,
                           log_dir=self.log_dir / settings.cluster_id) as c:
-            create_topics(c.bootstrap, dict.fromkeys(TOPICS, self.partitions), timeout=60)
+            create_topics(c.bootstrap, dict.fromkeys(TOPICS, n), timeout=60)
             with _closing_workers(KafkaTarget("cluster", c.bootstrap, _CLUSTER_SHIM, c)) as target:
                 yield target
 
