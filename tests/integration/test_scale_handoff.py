@@ -263,9 +263,10 @@ def test_scaling_out_and_in_mid_window_changes_no_signal(stack_factory: Any, tmp
     assert eng["events_in"] + sum(left.values()) == n == ref_eng["events_in"], \
         (eng["events_in"], left, n)
     assert eng["duplicates_dropped"] == 0, eng["duplicates_dropped_by_window"]
-    # the partitions moved with their state, every way: to B and C as they joined,
-    # and back to A as they left
-    assert taken_over["b"] >= 1 and taken_over["c"] >= 1, taken_over
+    # the partitions moved with their state both ways: to B as it joined, back to A as
+    # the others left (the three groups sit on three of the six partitions: C's share
+    # may hold none of them, then it has no state to take over)
+    assert taken_over["b"] >= 1, taken_over
     assert a_stats.get("partitions_taken_over", 0) >= 1, a_stats
 
 def test_a_worker_paused_past_its_session_timeout_changes_no_signal(stack_factory: Any,
