@@ -257,6 +257,9 @@ def test_scaling_out_and_in_mid_window_changes_no_signal(stack_factory: Any, tmp
         assert a.stop(timeout=120) == 0
 
     got = _merged(*(_signals(tmp_path / name / "data") for name in ("a", "b", "c")))
+    print("scale:", {"taken_over": taken_over, "left_events": left, "a": {
+        k: eng.get(k) for k in ("events_in", "late_dropped", "repeats_dropped",
+                                "duplicates_dropped")}, "windows": len(got)})
     _compare(ref, got)
     assert ref_eng["late_dropped"] == 0 and eng["late_dropped"] == 0, eng["late_dropped_by_group"]
     # every event taken in once: the workers' counts add up, no copy dropped in a window
