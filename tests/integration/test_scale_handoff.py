@@ -174,11 +174,25 @@ def _warm_up(sender: Sender, *workers: Any) -> None:
 
 def _saved_events(data_dir: Path) -> int:
     """``events_in`` of the engine state a stopped worker saved."""
+    return _saved_counts(data_dir)[0]
+
+
+def _saved_counts(data_dir: Path) -> tuple[int, int]:
+    """``events_in`` of the engine state a stopped worker saved, and the copies its
+    windows dropped (duplicates and repeats, of the window length that dropped most)."""
     state = pickle.loads((data_dir / "worker" / "signals.pkl").read_bytes())
     engine = pickle.loads(state["engine"])
-    if "shards" in engine:
-        return sum(int(pickle.loads(s)["counters"]["events_in"]) for s in engine["shards"])
-    return int(engine["counters"]["events_in"])
+    shards = [pickle.loads(s) for s in engine["shards"]] if "shards" in engine else [engine]
+    events = sum(int(sh["counters"]["events_in"]) for sh in shards)
+    copies = sum(max((int(b.get("duplicates", 0)) + int(b.get("repeats", 0))
+                      for _l, _late, b in sh["buffers"]), default=0) for sh in shards)
+    return events, copies
+
+
+def _copies(eng: Mapping[str, Any]) -> int:
+    """The copies a running engine's windows dropped (as :func:`_saved_counts`)."""
+    dups, reps = eng["duplicates_dropped_by_window"], eng["repeats_dropped_by_window"]
+    return max((int(dups[w]) + int(reps.get(w, 0)) for w in dups), default=0)
 
 
 def _reference(stack_factory: Any, tmp_path: Path, chunks: list[list[Any]], n: int
@@ -251,7 +265,8 @@ def test_scaling_out_and_in_mid_window_changes_no_signal(stack_factory: Any, tmp
         finally:
             sender.close()
         a = workers["a"]
-        left = {name: _saved_events(tmp_path / name / "data") for name in ("b", "c")}
+        saved = {name: _saved_counts(tmp_path / name / "data") for name in ("b", "c")}
+        left = {name: events for name, (events, _) in saved.items()}
         eng = _taken(a, n - sum(left.values()))
         a_stats = _stats(a)["signals"]
         assert a.stop(timeout=120) == 0
@@ -259,13 +274,18 @@ def test_scaling_out_and_in_mid_window_changes_no_signal(stack_factory: Any, tmp
     got = _merged(*(_signals(tmp_path / name / "data") for name in ("a", "b", "c")))
     print("scale:", {"taken_over": taken_over, "left_events": left, "a": {
         k: eng.get(k) for k in ("events_in", "late_dropped", "repeats_dropped",
-                                "duplicates_dropped")}, "windows": len(got)})
+                                "duplicates_dropped")}, "saved": saved, "windows": len(got)})
     _compare(ref, got)
     assert ref_eng["late_dropped"] == 0 and eng["late_dropped"] == 0, eng["late_dropped_by_group"]
-    # every event taken in once: the workers' counts add up, no copy dropped in a window
-    assert eng["events_in"] + sum(left.values()) == n == ref_eng["events_in"], \
-        (eng["events_in"], left, n)
-    assert eng["duplicates_dropped"] == 0, eng["duplicates_dropped_by_window"]
+    # every event taken in: the workers' counts add up, less the copies their windows
+    # dropped. On one broker there are none: the shim is idempotent and every hand-off
+    # was clean. Against the cluster the shim's retries and the workers' forwards are
+    # at-least-once (docs/cluster.md): a copy may come, and is dropped, not counted twice
+    copies = _copies(eng) + sum(c for _, c in saved.values())
+    assert eng["events_in"] + sum(left.values()) - copies == n == ref_eng["events_in"], \
+        (eng["events_in"], saved, copies, n)
+    if k.kind == "embedded":
+        assert copies == 0, (eng["duplicates_dropped_by_window"], saved)
     # the partitions moved with their state both ways: to B as it joined, back to A as
     # the others left (the three groups sit on three of the six partitions: C's share
     # may hold none of them, then it has no state to take over)
