@@ -352,7 +352,10 @@ class IngestLag:
         # the offsets committed when the partitions were assigned (None: none, or 0)
         committed = getattr(consumer, "_committed_offset", {})
         for tp in tps:
-            hw = fresh.get(tp, consumer.highwater(tp))
+            try:
+                hw = fresh[tp] if tp in fresh else consumer.highwater(tp)
+            except AssertionError:  # revoked since the assignment was read (a rebalance)
+                continue
             if hw is None:
                 continue
             pos = self.stats.positions.get((tp.topic, tp.partition))

@@ -36,7 +36,8 @@ A detector that raises is logged and counted (``detector_errors``) and the
 engine goes on with the next one. :meth:`SignalEngine.stats` has the engine's
 own counters: events in, windows closed, late events dropped, repeated
 events dropped (the stream is at-least-once: after a worker restart the same
-``event_id`` can arrive twice; a closed window keeps one), delay from a
+``event_id`` can arrive twice; a closed window keeps one, and a copy that
+arrives after its window closed is a repeat, not late), delay from a
 window's end to its signals (wall clock), errors and time per detector.
 
 Scale-out is by group: every event of an (app, model, model_version)
@@ -567,11 +568,13 @@ class SignalEngine:
         late_by_group: dict[str, dict[str, int]] = {}
         late = 0
         dups_by_window: dict[str, int] = {}
+        repeats_by_window: dict[str, int] = {}
         for spec, buf in self._buffers.items():
             for g, n in buf.late.items():
                 late += n
                 late_by_group.setdefault("/".join(g), {})[f"{spec.length_s:g}s"] = n
             dups_by_window[f"{spec.length_s:g}s"] = buf.duplicates
+            repeats_by_window[f"{spec.length_s:g}s"] = buf.repeats
         closed = max(1, c.windows_closed)
         # the last applied watermark: reading stats must not move it (with the
         # wall clock, that would close windows a backlog still holds events for)
@@ -589,6 +592,10 @@ class SignalEngine:
             # every window length sees each event: a repeated event is dropped once per length
             "duplicates_dropped": max(dups_by_window.values(), default=0),
             "duplicates_dropped_by_window": dups_by_window,
+            # copies of events for windows that closed with them (read again after a
+            # rebalance): dropped, not late; once per window length, as duplicates
+            "repeats_dropped": max(repeats_by_window.values(), default=0),
+            "repeats_dropped_by_window": repeats_by_window,
             "watermark_ms": wm,
             "sources": self._watermark.sources_view(self.clock()),
             "close_delay_s": {

@@ -1,10 +1,11 @@
 """A rolling restart: the worker stopped cleanly (SIGTERM) mid-window with
 ``signals.stop: save`` and started again changes no signal.
 
-The same seeded traffic runs twice on a broker that outlives the worker (as
-in the distributed setup): once undisturbed, once with the worker stopped
-after the first half of the events (windows open), the second half sent
-while it is down, and the worker started again. Both runs end with a
+The same seeded traffic runs twice on a Kafka that outlives the worker (as
+in the distributed setup): once undisturbed on one embedded broker, once with
+the worker stopped after the first half of the events (windows open), the
+second half sent while it is down, and the worker started again, on one
+embedded broker and on the local three-broker cluster (the ``kafka`` fixture). Both runs end with a
 flushing stop, so every window is written; the restarted run must write the
 same windows with the same counts and values, with no late event.
 """
@@ -12,6 +13,7 @@ same windows with the same counts and values, with no late event.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +24,15 @@ from llmpulse.events import TOPIC_FEEDBACK, TOPIC_INFERENCE, TOPICS
 from llmpulse.harness import wait_for
 from llmpulse.monitor import Monitor
 from llmpulse.simulate import Incident, SupportAppSimulator
+from tests.integration.conftest import KafkaFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SPEED = 6.0  # event seconds per wall second
 DURATION = 90.0
 SPLIT = 45  # chunks (seconds of event time) before the stop: inside a 30 s window
+WARM_UP = 3
+"""Chunks sent first and waited on (see the restarted run)."""
 
 
 def _config(root: Path, stop: str) -> None:
@@ -37,12 +42,13 @@ def _config(root: Path, stop: str) -> None:
         f"  engine_processes: 1\n  stop: {stop}\n")
 
 
-def _send(bootstrap: str, chunks: list[list[Any]]) -> dict[str, int]:
+def _send(bootstrap: str, chunks: list[list[Any]],
+          shim: Mapping[str, Any] | None = None) -> dict[str, int]:
     """The chunks at SPEED times real time (event time stays ordered within the
     windows' lateness however the partitions are read)."""
     sent = {TOPIC_INFERENCE: 0, TOPIC_FEEDBACK: 0}
     t0 = time.monotonic()
-    with Monitor(app="rolling", bootstrap=bootstrap) as mon:
+    with Monitor(app="rolling", bootstrap=bootstrap, **dict(shim or {})) as mon:
         for c, chunk in enumerate(chunks):
             wait = c / SPEED - (time.monotonic() - t0)
             if wait > 0:
@@ -53,7 +59,7 @@ def _send(bootstrap: str, chunks: list[list[Any]]) -> dict[str, int]:
                 else:
                     mon.feedback(**ev)
                 sent[topic] += 1
-        assert mon.flush(30)
+        assert mon.flush(60)
     return sent
 
 
@@ -85,7 +91,7 @@ def _engine_holds(sp: Any, events: int, feedback: int = 0) -> dict[str, Any]:
                 and int(eng.get("feedback_in", 0)) >= feedback
                 and not stats.get("pending_feedback"))
         return eng if done else None
-    return dict(wait_for(ready, 120, f"the engine to take in {events} events, "
+    return dict(wait_for(ready, 180, f"the engine to take in {events} events, "
                                      f"{feedback} feedback"))
 
 
@@ -127,33 +133,45 @@ def _finish(sp: Any, root: Path, n_inference: int, n_feedback: int,
     """End a run: the engine's counters once it took in every event, a clean stop,
     the signal windows written."""
     eng = _engine_holds(sp, n_inference, n_feedback)
-    assert sp.stop() == 0
+    assert sp.stop(timeout=120) == 0
     return eng, _signals(root / "data")
 
 
-def test_a_rolling_restart_mid_window_changes_no_signal(stack_factory, tmp_path) -> None:
+def test_a_rolling_restart_mid_window_changes_no_signal(stack_factory: Any, tmp_path: Path,
+                                                        kafka: KafkaFactory) -> None:
     chunks, n_inference, n_first, n_feedback = _traffic()
     runs: dict[str, dict[tuple[str, ...], tuple[float, int]]] = {}
     engines: dict[str, dict[str, Any]] = {}
     mid: dict[tuple[str, ...], tuple[float, int]] = {}
-    for name in ("undisturbed", "restarted"):
-        root = tmp_path / name
-        with EmbeddedBroker() as b:
-            create_topics(b.bootstrap, {t: 4 for t in TOPICS})
-            _config(root, "save" if name == "restarted" else "flush")
-            sp = stack_factory(root / "data", LLMPULSE_KAFKA=b.bootstrap).start()
-            if name == "undisturbed":
-                _send(b.bootstrap, chunks)
-            else:
-                _send(b.bootstrap, chunks[:SPLIT])
-                _engine_holds(sp, n_first)
-                assert sp.stop() == 0  # SIGTERM mid-window: saved, nothing flushed
-                assert (root / "data" / "worker" / "signals.pkl").exists()
-                mid = _signals(root / "data")
-                _send(b.bootstrap, chunks[SPLIT:])  # while the worker is down
-                _config(root, "flush")  # the final stop writes what is still open
-                sp.start()
-            engines[name], runs[name] = _finish(sp, root, n_inference, n_feedback)
+
+    root = tmp_path / "undisturbed"
+    with EmbeddedBroker() as b:
+        create_topics(b.bootstrap, {t: 4 for t in TOPICS})
+        _config(root, "flush")
+        sp = stack_factory(root / "data", LLMPULSE_KAFKA=b.bootstrap).start()
+        _send(b.bootstrap, chunks)
+        engines["undisturbed"], runs["undisturbed"] = _finish(sp, root, n_inference, n_feedback)
+
+    root = tmp_path / "restarted"
+    with kafka.start() as k:
+        _config(root, "save")
+        sp = k.runs(stack_factory(root / "data", LLMPULSE_KAFKA=k.bootstrap)).start(
+            kafka.stack_timeout())
+        # the stream starts before the windows can close: a source (an inference
+        # partition) whose first events come after another's moved event time past the
+        # 10 s windows' lateness (under 1 s of wall time at SPEED) would find the first
+        # window closed, and the cluster's first fetches can be that far apart
+        _send(k.bootstrap, chunks[:WARM_UP], k.shim)
+        _engine_holds(sp, sum(1 for ch in chunks[:WARM_UP] for t, _ in ch if t == TOPIC_INFERENCE))
+        _send(k.bootstrap, chunks[WARM_UP:SPLIT], k.shim)
+        _engine_holds(sp, n_first)
+        assert sp.stop(timeout=120) == 0  # SIGTERM mid-window: saved, nothing flushed
+        assert (root / "data" / "worker" / "signals.pkl").exists()
+        mid = _signals(root / "data")
+        _send(k.bootstrap, chunks[SPLIT:], k.shim)  # while the worker is down
+        _config(root, "flush")  # the final stop writes what is still open
+        sp.start(kafka.stack_timeout())
+        engines["restarted"], runs["restarted"] = _finish(sp, root, n_inference, n_feedback)
     _same_signals(runs, engines, mid)
 
 

@@ -61,8 +61,11 @@ def test_a_moved_group_keeps_its_windows_and_closed_windows_stay_closed() -> Non
     assert a.drop_groups({b"a/x/1"}, partition=0) == 1
     assert a.stats()["open_windows"] == 0 and a._watermark.sources_of(0) == []
     b.merge(moved)
-    # a late copy of an event of the closed window is late on b as it was on a
-    assert b.add_inference([_ev(3, "x", 3_000)], source=(0, 0)) == 1
+    # a copy of an event of the closed window is a repeat on b as it would be on a;
+    # an event that window did not hold is late
+    assert b.add_inference([_ev(3, "x", 3_000)], source=(0, 0)) == 0
+    assert b.stats()["repeats_dropped"] == 1 and b.stats()["late_dropped"] == 0
+    assert b.add_inference([_ev(99, "x", 3_000)], source=(0, 0)) == 1
     for eng in (one, b):
         eng.add_inference(later, source=(0, 0))
     ref = sorted((s.ts, s.signal, s.dimension, s.value, s.n) for s in one.flush())
