@@ -384,6 +384,8 @@ def compare(ref: dict[str, Any], crashed: dict[str, Any]) -> dict[str, Any]:
         "windows_extra": len(set(cs) - set(rs)),
         "windows_differing": len(differing),
         "differing_examples": [[list(k), rs[k], cs[k]] for k in differing[:5]],
+        "missing_examples": [[list(k), rs[k]] for k in sorted(set(rs) - set(cs))[:8]],
+        "extra_examples": [[list(k), cs[k]] for k in sorted(set(cs) - set(rs))[:8]],
         "alerts": sum(ra.values()),
         "alerts_lost": sum((ra - ca).values()),
         "alerts_extra": sum((ca - ra).values()),
