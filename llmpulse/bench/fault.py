@@ -22,7 +22,10 @@ two runs are then compared:
 
 Traffic is the simulator replayed ``speed`` times faster than real time,
 with event time in the past, so both runs see the same events at the same
-event times.
+event times. Each second of event time is delivered before the next is sent
+(:func:`_drive` says why): the replay is in event-time order along every
+partition, so no event is late, however slowly the machine keeps up, and every
+window of both runs is compared.
 
 ``--fault broker`` kills a broker instead: both runs use a local cluster of
 three Tansu brokers over one S3 bucket (:mod:`llmpulse.cluster`), and the
@@ -31,8 +34,21 @@ and restarts it on its port ``BROKER_DOWN_S`` later. The shim then runs with
 idempotence off (docs/cluster.md), and the figures add the inference events
 lost (sent, not in the store) and visible twice.
 
+``--fault scale|rolling|pause`` change the workers on that cluster after the
+first page: ``scale`` starts a second and a third worker, then stops them
+(back to one); ``rolling`` stops each of two workers cleanly
+(``signals.stop: save``) and starts it again, one at a time; ``pause``
+SIGSTOPs one of two workers past its session timeout (3 s) until the other
+holds every partition, then SIGCONTs it. The reference is one undisturbed
+worker. Each worker has a store of its own (chDB opens a directory in one
+process); their windows and alerts are read as one table would keep them
+(:func:`merge_stores`). Feedback is routed by looking its inference up in the
+store, which per-worker stores cannot do for a partition that moved, so these
+runs replay no feedback.
+
     python -m llmpulse.bench.fault --json fault.json
     python -m llmpulse.bench.fault --fault broker
+    python -m llmpulse.bench.fault --fault pause
 """
 
 from __future__ import annotations
