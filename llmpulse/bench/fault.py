@@ -38,7 +38,7 @@ lost (sent, not in the store) and visible twice.
 first page: ``scale`` starts a second and a third worker, then stops them
 (back to one); ``rolling`` stops each of two workers cleanly
 (``signals.stop: save``) and starts it again, one at a time; ``pause``
-SIGSTOPs one of two workers past its session timeout (3 s) until the other
+SIGSTOPs one of two workers past its session timeout (10 s) until the other
 holds every partition, then SIGCONTs it. The reference is one undisturbed
 worker. Each worker has a store of its own (chDB opens a directory in one
 process); their windows and alerts are read as one table would keep them
@@ -101,10 +101,11 @@ _CLUSTER_SHIM = {"producer_config": {"enable.idempotence": False}, "buckets": 8}
 _CONFIG = ("signals:\n  latency_window_s: 10\n  window_s: 20\n  poll_s: 0.5\n"
            "  snapshot_s: 2\n")  # snapshots every 2 s: the kill lands between two of them
 # several workers on 2 cores: one engine process each; a paused worker loses its
-# partitions after 3 s. A worker stopped while others go on saves its open windows
+# partitions after 10 s (a start waits 4 sessions + 10 s for its partitions: a join
+# over the S3-backed brokers on a loaded machine needs that). A worker stopped while others go on saves its open windows
 # for the worker that gets its partitions (``save``); the last one to stop writes
 # them (``flush``), as the undisturbed reference does
-_MULTI_CONFIG = "session_timeout_s: 3\n" + _CONFIG + "  engine_processes: 1\n  stop: {stop}\n"
+_MULTI_CONFIG = "session_timeout_s: 10\n" + _CONFIG + "  engine_processes: 1\n  stop: {stop}\n"
 
 
 def _drive(bootstrap: str, app: str, seed: int, duration: float, start: float, speed: float,
@@ -466,7 +467,7 @@ FAULT_TEXT = {
     "broker": "kill -9 of a broker of three, restarted 5 s later",
     "scale": "workers scaled 1 -> 2 -> 3, then removed back to 1",
     "rolling": "rolling restart of both workers (clean stop with signals.stop: save)",
-    "pause": "one of two workers paused (SIGSTOP) past its 3 s session timeout, then SIGCONT",
+    "pause": "one of two workers paused (SIGSTOP) past its 10 s session timeout, then SIGCONT",
 }
 
 
