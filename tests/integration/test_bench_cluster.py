@@ -15,10 +15,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_two_workers_on_the_cluster_take_every_event_once_and_none_late(tmp_path: Path) -> None:
-    case = _scaling_case(tmp_path, 2, event_pool(2000), rate=400.0, seconds=6.0)
+    case = _scaling_case(tmp_path, 2, event_pool(2000), rate=300.0, seconds=15.0)
     assert case["sent"] > 0 and case["shim_dropped"] == 0
     # each event reaches exactly one worker's engine: none lost, none taken twice
     assert case["engine_events"] == case["sent"], case
     assert case["late_dropped"] == 0, case
+    # 15 s of traffic holds at least one whole 5 s window that closed while it flowed
     assert case["freshness"] and all(f["windows"] > 0 for f in case["freshness"].values()), case
     assert case["worker_cpu_s"] > 0 and case["all_cpu_s"] > case["worker_cpu_s"]

@@ -3,6 +3,8 @@ are the benchmark)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from llmpulse.bench.cluster import FAULT_CELLS, fault_rows, format_table, main, scaling_rows
@@ -22,7 +24,7 @@ def test_bad_arguments_are_refused_naming_the_option(argv: list[str], message: s
     assert message in capsys.readouterr().err
 
 
-def _case(workers: int, per_s: float, us: float) -> dict[str, object]:
+def _case(workers: int, per_s: float, us: float) -> dict[str, Any]:
     return {"workers": workers, "offered_per_s": 3000.0, "sustained_per_s": per_s,
             "worker_cpu_us_per_event": us, "all_cpu_us_per_event": 2 * us, "late_dropped": 0,
             "freshness": {"5s": {"p50_ms": 1500.0, "p99_ms": 4200.0}}}
@@ -30,7 +32,7 @@ def _case(workers: int, per_s: float, us: float) -> dict[str, object]:
 
 def test_the_table_shows_each_worker_count_and_every_nonzero_fault_cell() -> None:
     cells = dict.fromkeys(FAULT_CELLS, 0)
-    result = {
+    result: dict[str, Any] = {
         "machine": {"cpus": 2}, "partitions": 4,
         "windows": {"latency_window_s": 5.0, "window_s": 10.0},
         "scaling": scaling_rows([_case(3, 900.0, 330.0), _case(1, 1000.0, 300.0)]),
