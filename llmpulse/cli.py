@@ -18,7 +18,7 @@ from llmpulse.config import ConfigError, Settings, load_settings
 __all__ = ["main"]
 
 BENCHES = ("shim", "ingest", "detectors", "engine", "pipeline", "fault", "serving", "retrain", "redact",
-           "otlp", "evals", "broker", "broker_latency", "soak", "ceiling", "cost")
+           "otlp", "evals", "broker", "broker_latency", "soak", "ceiling", "cost", "cluster")
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -22,7 +22,10 @@ two runs are then compared:
 
 Traffic is the simulator replayed ``speed`` times faster than real time,
 with event time in the past, so both runs see the same events at the same
-event times.
+event times. Each second of event time is delivered before the next is sent
+(:func:`_drive` says why): the replay is in event-time order along every
+partition, so no event is late, however slowly the machine keeps up, and every
+window of both runs is compared.
 
 ``--fault broker`` kills a broker instead: both runs use a local cluster of
 three Tansu brokers over one S3 bucket (:mod:`llmpulse.cluster`), and the
@@ -31,14 +34,29 @@ and restarts it on its port ``BROKER_DOWN_S`` later. The shim then runs with
 idempotence off (docs/cluster.md), and the figures add the inference events
 lost (sent, not in the store) and visible twice.
 
+``--fault scale|rolling|pause`` change the workers on that cluster after the
+first page: ``scale`` starts a second and a third worker, then stops them
+(back to one); ``rolling`` stops each of two workers cleanly
+(``signals.stop: save``) and starts it again, one at a time; ``pause``
+SIGSTOPs one of two workers past its session timeout (10 s) until the other
+holds every partition, then SIGCONTs it. The reference is one undisturbed
+worker. Each worker has a store of its own (chDB opens a directory in one
+process); their windows and alerts are read as one table would keep them
+(:func:`merge_stores`). Feedback is routed by looking its inference up in the
+store, which per-worker stores cannot do for a partition that moved, so these
+runs replay no feedback.
+
     python -m llmpulse.bench.fault --json fault.json
     python -m llmpulse.bench.fault --fault broker
+    python -m llmpulse.bench.fault --fault pause
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -67,7 +85,13 @@ FEEDBACK_SIGNALS: tuple[str, ...] = (
 
 INCIDENTS = ["latency_spike:20:90:factor=5", "hallucination_burst:40:120"]
 
-FAULTS = ("worker", "broker")
+FAULTS = ("worker", "broker", "scale", "rolling", "pause")
+"""``worker``: kill -9 of the only worker; the others run on the cluster of three
+brokers: ``broker`` kill -9 of a broker, ``scale`` workers 1 -> 2 -> 3 and back to
+1, ``rolling`` a clean restart of each of two workers in turn, ``pause`` one of two
+workers SIGSTOPped past its session timeout, then SIGCONT."""
+MULTI_WORKER = ("scale", "rolling", "pause")
+PARTITIONS = 4
 BROKER_DOWN_S = 5.0
 """How long a killed broker stays down before it is started again."""
 
@@ -76,21 +100,48 @@ _CLUSTER_SHIM = {"producer_config": {"enable.idempotence": False}, "buckets": 8}
 
 _CONFIG = ("signals:\n  latency_window_s: 10\n  window_s: 20\n  poll_s: 0.5\n"
            "  snapshot_s: 2\n")  # snapshots every 2 s: the kill lands between two of them
+# several workers on 2 cores: one engine process each; a paused worker loses its
+# partitions after 10 s (a start waits 4 sessions + 10 s for its partitions: a join
+# over the S3-backed brokers on a loaded machine needs that). A worker stopped while others go on saves its open windows
+# for the worker that gets its partitions (``save``); the last one to stop writes
+# them (``flush``), as the undisturbed reference does
+_MULTI_CONFIG = "session_timeout_s: 10\n" + _CONFIG + "  engine_processes: 1\n  stop: {stop}\n"
 
 
 def _drive(bootstrap: str, app: str, seed: int, duration: float, start: float, speed: float,
-           out: dict[str, Any], shim: dict[str, Any] | None = None) -> None:
+           out: dict[str, Any], shim: dict[str, Any] | None = None,
+           feedback_share: float | None = None) -> None:
+    """Replay the simulator ``speed`` times faster than real time.
+
+    Each second of event time is sealed and delivered before the next is sent
+    (``mon.flush`` after every chunk). Without that, the replay itself put
+    events out of order by more than the allowed lateness: an envelope is
+    sealed ``linger_ms`` of wall time after its first event, so when the
+    sender ran late and sent several seconds of event time at once (a start,
+    a loaded machine: ``speed`` times the wall delay), each bucket's envelope
+    held all of them, and the envelopes of the buckets sharing a partition
+    interleaved: a partition's event time went back by up to that burst
+    (measured: 5.4-5.9 s on every partition of an undisturbed 6x run, against
+    the latency windows' 5 s lateness). A live application sends in real
+    time, where that burst is ``linger_ms``."""
     from llmpulse.monitor import Monitor
     from llmpulse.simulate import Incident, SupportAppSimulator
     from llmpulse.simulate import run as run_sim
 
+    extra = {} if feedback_share is None else {"feedback_share": feedback_share}
     sim = SupportAppSimulator(seed=seed, rate=40.0, start_ts=start, app=app,
-                              incidents=[Incident.parse(i) for i in INCIDENTS])
-    t0 = time.monotonic()
+                              incidents=[Incident.parse(i) for i in INCIDENTS], **extra)
     with Monitor(app=app, bootstrap=bootstrap, **(shim or {})) as mon:
+        t0 = time.monotonic()  # after the connection: its set-up is no burst of events
         out.update(run_sim(mon, sim, duration, realtime=True,
-                           clock=lambda: t0 + (time.monotonic() - t0) * speed))
+                           clock=lambda: t0 + (time.monotonic() - t0) * speed,
+                           progress=lambda _: _seal(mon)))
         mon.flush(60)
+
+
+def _seal(mon: Any) -> None:
+    if not mon.flush(120):
+        raise RuntimeError("the replay could not deliver a second of events within 120 s")
 
 
 def _read(data_dir: Path) -> dict[str, Any]:
@@ -99,19 +150,101 @@ def _read(data_dir: Path) -> dict[str, Any]:
     store = Store.open(f"chdb://{data_dir / 'store'}", ddl=False)
     try:
         signals = store.query(
-            "SELECT app, model, model_version, signal, dimension, toString(ts) AS t, value, n "
-            "FROM signals FINAL WHERE app != 'llmpulse'")
+            "SELECT app, model, model_version, signal, dimension, toString(ts) AS t, value, n, "
+            "toString(computed_at) AS at FROM signals FINAL WHERE app != 'llmpulse'")
         alerts = store.query(
             "SELECT alert_id, rule, state, signal, dimension, toString(started_at) AS s, "
-            "concat(app, '/', model, '/', model_version) AS g "
+            "concat(app, '/', model, '/', model_version) AS g, toString(updated_at) AS u "
             "FROM alerts FINAL WHERE app != 'llmpulse'")
     finally:
         store.close()
     return {
         "signals": {(r["app"], r["model"], r["model_version"], r["signal"], r["dimension"], r["t"]):
-                    (round(float(r["value"]), 6), int(r["n"])) for r in signals},
-        "alerts": [tuple(str(v) for v in r.values()) for r in alerts],
+                    (r["at"], round(float(r["value"]), 6), int(r["n"])) for r in signals},
+        "alerts": {str(r["alert_id"]): (r["u"], tuple(str(r[k]) for k in
+                                                      ("alert_id", "rule", "state", "signal",
+                                                       "dimension", "s", "g")))
+                   for r in alerts},
     }
+
+
+def merge_stores(stores: list[dict[str, Any]]) -> dict[str, Any]:
+    """Signal windows and alerts of several workers' stores as one ClickHouse
+    table would keep them (``FINAL``): per window the row computed last, per
+    alert the row updated last.
+
+    >>> a = {"signals": {("w",): ("10:00:01", 1.0, 3)}, "alerts": {"x": ("1", ("x", "firing"))}}
+    >>> b = {"signals": {("w",): ("10:00:02", 2.0, 4)}, "alerts": {"x": ("2", ("x", "resolved"))}}
+    >>> merge_stores([a, b])
+    {'signals': {('w',): (2.0, 4)}, 'alerts': [('x', 'resolved')]}
+    """
+    signals: dict[tuple[str, ...], tuple[str, float, int]] = {}
+    alerts: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for st in stores:
+        for k, v in st["signals"].items():
+            if k not in signals or v[0] > signals[k][0]:
+                signals[k] = v
+        for aid, (at, row) in st["alerts"].items():
+            if aid not in alerts or at > alerts[aid][0]:
+                alerts[aid] = (at, row)
+    return {"signals": {k: (v[1], v[2]) for k, v in signals.items()},
+            "alerts": [row for _, row in alerts.values()]}
+
+
+def _grouped(worker: Any) -> set[str]:
+    """The ``llmpulse.grouped`` partitions a worker holds."""
+    from llmpulse.events import TOPIC_GROUPED
+
+    return {a for a in stack_stats(worker.http).get("assignment", [])
+            if a.startswith(TOPIC_GROUPED + ":")}
+
+
+def _shared(workers: list[Any], partitions: int = PARTITIONS) -> bool:
+    """Every grouped partition held by exactly one of ``workers``, each holding some."""
+    held = [_grouped(w) for w in workers]
+    return (all(held) and sum(map(len, held)) == partitions
+            and len(set().union(*held)) == partitions)
+
+
+def _take_all(worker: Any) -> None:
+    wait_for(lambda: _shared([worker]), 180, "one worker to hold every partition")
+
+
+def _apply(fault: str, workers: list[Any], cluster: Any) -> float:
+    """Do ``fault`` to the running stack; the seconds it took."""
+    t0 = time.monotonic()
+    if fault == "worker":
+        workers[0].kill()
+        workers[0].start()
+    elif fault == "broker":
+        victim = cluster.busiest()
+        cluster.kill(victim)
+        time.sleep(BROKER_DOWN_S)
+        cluster.restart(victim)
+    elif fault == "scale":  # 1 -> 2 -> 3 workers, then back to 1
+        for w in workers[1:]:
+            w.start()
+            wait_for(lambda: _shared([x for x in workers if x.running]), 180,
+                     "the partitions to be shared out")
+        for w in reversed(workers[1:]):
+            w.stop()
+        _take_all(workers[0])
+    elif fault == "rolling":  # every worker stopped cleanly and started again, one at a time
+        for w in reversed(workers):
+            w.stop()
+            if w is workers[0]:  # the one that stops last, at the end of the run
+                (w.root / "llmpulse.yaml").write_text(_MULTI_CONFIG.format(stop="flush"))
+            w.start()
+            wait_for(lambda: _shared(workers), 180, "the partitions to be shared out")
+    elif fault == "pause":  # past its session timeout: the group moves its partitions
+        victim = workers[-1]
+        os.kill(victim.pid, signal.SIGSTOP)
+        try:
+            _take_all(workers[0])
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
+        wait_for(lambda: _shared(workers), 180, "the partitions to be shared out again")
+    return time.monotonic() - t0
 
 
 def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, duration: float,
@@ -120,112 +253,118 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
     from llmpulse.cluster import LocalCluster, S3TestServer
     from llmpulse.events import TOPICS
 
+    multi = fault in MULTI_WORKER
     with contextlib.ExitStack() as kafka:
         cluster: LocalCluster | None = None
-        if fault == "broker":
+        if fault != "worker":
             s3 = kafka.enter_context(S3TestServer(log_path=root / "s3.log"))
             cluster = kafka.enter_context(LocalCluster(s3.storage, log_dir=root / "cluster"))
             bootstrap = cluster.bootstrap
         else:
             bootstrap = kafka.enter_context(EmbeddedBroker()).bootstrap
-        create_topics(bootstrap, {t: 4 for t in TOPICS})
-        # a worker against a broker that outlives it, as an external Kafka would
-        worker = bench_stack(root, _CONFIG, {"LLMPULSE_KAFKA": bootstrap,
-                                             "LLMPULSE_RULES": str(rules)})
+        create_topics(bootstrap, {t: PARTITIONS for t in TOPICS})
+        # workers against a broker that outlives them, as an external Kafka would; each
+        # has a store of its own (chDB opens a directory in one process)
+        n_workers = 1 if not crash else {"scale": 3, "rolling": 2, "pause": 2}.get(fault, 1)
+        def config(i: int) -> str:
+            if not multi:
+                return _CONFIG
+            last = i == 0 and not (crash and fault == "rolling")
+            return _MULTI_CONFIG.format(stop="flush" if last else "save")
+
+        workers = [bench_stack(root / f"w{i}" if i else root, config(i),
+                               {"LLMPULSE_KAFKA": bootstrap, "LLMPULSE_RULES": str(rules)})
+                   for i in range(n_workers)]
         first = len(hook.received)
         out: dict[str, Any] = {}
         restart_s = None
         mid_traffic: bool | None = None
         try:
-            worker.start()
+            workers[0].start()
+            if fault in ("rolling", "pause") and crash:
+                workers[1].start()
+                wait_for(lambda: _shared(workers), 180, "the partitions to be shared out")
             traffic = threading.Thread(target=_drive, args=(
                 bootstrap, "support-assistant", seed, duration, start, speed, out,
-                _CLUSTER_SHIM if cluster is not None else None))
+                _CLUSTER_SHIM if cluster is not None else None, 0.0 if multi else None))
             traffic.start()
             if crash:
                 wait_for(lambda: any(p.get("event_action") == "trigger"
                                   for _, p in hook.received[first:]), 120, "a first page")
-                time.sleep(2.5)  # the kill lands after the first page, mid-incident
-                if cluster is not None:
-                    victim = cluster.busiest()
-                    cluster.kill(victim)
-                    mid_traffic = traffic.is_alive()
-                    time.sleep(BROKER_DOWN_S)
-                    cluster.restart(victim)
-                    restart_s = BROKER_DOWN_S
-                else:
-                    worker.kill()
-                    # a machine slower than the replay pages after the traffic ended: the
-                    # crash is still compared, and the figures say so
-                    mid_traffic = traffic.is_alive()
-                    worker.start()
-                    restart_s = worker.ready_s
+                time.sleep(2.5)  # the fault lands after the first page, mid-incident
+                restart_s = _apply(fault, workers, cluster)
+                # a machine slower than the replay may end the fault after the
+                # traffic ended: the run is still compared, and the figures say so
+                mid_traffic = traffic.is_alive()
+                if fault == "worker":
+                    restart_s = workers[0].ready_s
             traffic.join()
             total = int(out["inference"])
-            try:
-                wait_for(lambda: post_sql(worker.http, "SELECT count() AS n FROM inference_events "
-                                          "FINAL")[0]["n"] >= total, 120, "every event stored")
-            except TimeoutError:
-                pass  # counted below: events lost
-            kept = post_sql(worker.http, "SELECT count() AS rows, uniqExact(event_id) AS ids "
-                                         "FROM inference_events FINAL")[0]
-            # the engine's counters reach /api/stats once a poll; the figures say
-            # what it took in if that is less than everything (a loaded machine
+            live = [w for w in workers if w.running]
+
+            def kept() -> dict[str, int]:
+                rows = [post_sql(w.http, "SELECT count() AS rows, uniqExact(event_id) AS ids "
+                                         "FROM inference_events FINAL")[0] for w in live]
+                return {"rows": sum(int(r["rows"]) for r in rows),
+                        "ids": sum(int(r["ids"]) for r in rows)}
+
+            with contextlib.suppress(TimeoutError):  # counted below: events lost
+                wait_for(lambda: kept()["ids"] >= total, 120, "every event stored")
+            stored = kept()
+            # the engines' counters reach /api/stats once a poll; the figures say
+            # what they took in if that is less than everything (a loaded machine
             # replays slowly: a shorter wait counted a slow engine as a lossy one)
             try:
-                stats = wait_for(lambda: _engine_took_all(worker.http, total), 180,
-                                 "the signal engine's counters to count every event")
+                stats = wait_for(lambda: _engines_took_all([w.http for w in live], total), 180,
+                                 "the signal engines' counters to count every event")
             except TimeoutError:
-                stats = dict(stack_stats(worker.http)["signals"])
+                stats = [dict(stack_stats(w.http)["signals"]) for w in live]
+            if len(live) > 1:  # the last worker to stop holds every partition and flushes
+                for w in live[1:]:
+                    w.stop()
+                _take_all(live[0])
         finally:
-            try:
-                code = worker.stop()  # flushes the open windows
-            except subprocess.TimeoutExpired:
-                code = -9
-            worker.close()
-        if code != 0:
-            raise RuntimeError(f"llmpulse up exited {code}; see {worker.log_path}")
-    eng = stats["engine"]
-    return {**_read(worker.data_dir), "pages": [p for _, p in hook.received[first:]],
+            codes = []
+            for w in reversed(workers):
+                try:
+                    codes.append(w.stop())  # flushes the open windows
+                except subprocess.TimeoutExpired:
+                    codes.append(-9)
+                w.close()
+        if any(codes):
+            raise RuntimeError(f"llmpulse up exited {codes}; see the logs under {root}")
+    engines = [s["engine"] for s in stats]
+    late_groups = sorted({g for e in engines for g in e.get("late_dropped_by_group", {})})
+    dups = sum(int(e.get("duplicates_dropped", 0)) for e in engines)
+    return {**merge_stores([_read(w.data_dir) for w in workers]),
+            "pages": [p for _, p in hook.received[first:]],
             "events": total, "restart_s": restart_s, "killed_mid_traffic": mid_traffic,
-            "events_stored": int(kept["ids"]), "event_rows": int(kept["rows"]),
-            "late_groups": sorted(eng.get("late_dropped_by_group", {})),
-            "engine_events": int(eng["events_in"]) - int(eng.get("duplicates_dropped", 0)),
-            "late_dropped": int(eng["late_dropped"]),
-            "duplicates_dropped": int(eng.get("duplicates_dropped", 0)),
-            "replay": {k: int(stats.get(k, 0)) for k in ("replay_seeks", "replay_skipped",
-                                                           "replay_gaps", "snapshots")}}
+            "events_stored": stored["ids"], "event_rows": stored["rows"],
+            "late_groups": late_groups,
+            "engine_events": sum(int(e["events_in"]) for e in engines) - dups,
+            "late_dropped": sum(int(e["late_dropped"]) for e in engines),
+            "duplicates_dropped": dups,
+            "replay": {k: sum(int(s.get(k, 0)) for s in stats)
+                       for k in ("replay_seeks", "replay_skipped", "replay_gaps", "snapshots")}}
 
 
-def _engine_took_all(http: str, total: int) -> dict[str, Any] | None:
-    """The stack's signal stats once its engine counted ``total`` distinct inferences."""
-    stats = dict(stack_stats(http)["signals"])
-    eng = stats.get("engine", {})
-    taken = int(eng.get("events_in", 0)) - int(eng.get("duplicates_dropped", 0))
+def _engines_took_all(https: list[str], total: int) -> list[dict[str, Any]] | None:
+    """The stacks' signal stats once their engines counted ``total`` distinct inferences."""
+    stats = [dict(stack_stats(h)["signals"]) for h in https]
+    taken = sum(int(s.get("engine", {}).get("events_in", 0))
+                - int(s.get("engine", {}).get("duplicates_dropped", 0)) for s in stats)
     return stats if taken >= total else None
 
 
-def _alert_view(alerts: list[tuple[str, ...]], void: set[str]) -> Counter[tuple[str, ...]]:
+def _alert_view(alerts: list[tuple[str, ...]]) -> Counter[tuple[str, ...]]:
     # (alert_id, rule, state, signal, dimension, started_at, group)
     return Counter(a[:6] if a[3] not in FEEDBACK_SIGNALS else ("", a[1], a[2], a[3], a[4], "")
-                   for a in alerts if a[6] not in void)
+                   for a in alerts)
 
 
-def _page_group(page: dict[str, Any], groups: dict[str, str]) -> str:
-    """``app/model/version`` of a PagerDuty event (a resolve names its trigger's key)."""
-    source = str(page.get("payload", {}).get("source", ""))
-    if source:
-        app_model, _, version = source.rpartition("@")
-        groups[str(page.get("dedup_key"))] = f"{app_model}/{version}"
-    return groups.get(str(page.get("dedup_key")), "")
-
-
-def _page_view(pages: list[dict[str, Any]], void: set[str]) -> Counter[tuple[str, str, str]]:
+def _page_view(pages: list[dict[str, Any]]) -> Counter[tuple[str, str, str]]:
     out: Counter[tuple[str, str, str]] = Counter()
-    groups: dict[str, str] = {}
     for p in pages:
-        if _page_group(p, groups) in void:
-            continue
         details = p.get("payload", {}).get("custom_details", {})
         alert = details.get("alert_id", "") if details.get("signal") not in FEEDBACK_SIGNALS else ""
         out[(str(p.get("dedup_key")), str(p.get("event_action")), str(alert))] += 1
@@ -233,30 +372,37 @@ def _page_view(pages: list[dict[str, Any]], void: set[str]) -> Counter[tuple[str
 
 
 def compare(ref: dict[str, Any], crashed: dict[str, Any]) -> dict[str, Any]:
-    """Figures of a crashed run against its reference (see the module docstring).
+    """Figures of a disturbed run against its reference (see the module docstring);
+    every window of both runs is compared (``late_groups`` names the groups where
+    a run dropped late events, which the replay must not cause).
 
-    Groups (app/model/version) where either run dropped late events are left
-    out: whether an event is late depends on how the machine kept up with the
-    replay, not on the crash (``late_groups``, ``windows_void_late``)."""
-    void = set(ref.get("late_groups", [])) | set(crashed.get("late_groups", []))
-
-    def kept(signals: dict[tuple[str, ...], Any]) -> dict[tuple[str, ...], Any]:
-        return {k: v for k, v in signals.items() if "/".join(k[:3]) not in void}
-
-    rs, cs = kept(ref["signals"]), kept(crashed["signals"])
+    >>> page = {"dedup_key": "k", "event_action": "trigger",
+    ...         "payload": {"custom_details": {"alert_id": "a1", "signal": "latency.p95_ms"}}}
+    >>> run = {"signals": {("g", "latency.p95_ms", "t1"): (1.0, 5)}, "alerts": [],
+    ...        "pages": [page], "events": 10, "events_stored": 10, "event_rows": 10,
+    ...        "engine_events": 10, "late_dropped": 0, "duplicates_dropped": 0,
+    ...        "late_groups": [], "restart_s": 1.0, "replay": {}}
+    >>> bad = {**run, "signals": {("g", "latency.p95_ms", "t1"): (2.0, 5),
+    ...                           ("g", "latency.p95_ms", "t2"): (1.0, 1)}, "pages": [page, page]}
+    >>> r = compare(run, bad)
+    >>> r["windows_missing"], r["windows_extra"], r["windows_differing"], r["duplicate_triggers"]
+    (0, 1, 1, 1)
+    """
+    rs, cs = ref["signals"], crashed["signals"]
     differing = sorted(k for k in set(rs) & set(cs) if rs[k] != cs[k])
-    ra, ca = _alert_view(ref["alerts"], void), _alert_view(crashed["alerts"], void)
-    rp, cp = _page_view(ref["pages"], void), _page_view(crashed["pages"], void)
+    ra, ca = _alert_view(ref["alerts"]), _alert_view(crashed["alerts"])
+    rp, cp = _page_view(ref["pages"]), _page_view(crashed["pages"])
     triggers = Counter((p["dedup_key"], p["payload"]["custom_details"]["alert_id"])
                        for p in crashed["pages"] if p.get("event_action") == "trigger")
     return {
         "windows": len(rs),
-        "late_groups": sorted(void),
-        "windows_void_late": len(ref["signals"]) - len(rs),
+        "late_groups": sorted(set(ref["late_groups"]) | set(crashed["late_groups"])),
         "windows_missing": len(set(rs) - set(cs)),
         "windows_extra": len(set(cs) - set(rs)),
         "windows_differing": len(differing),
         "differing_examples": [[list(k), rs[k], cs[k]] for k in differing[:5]],
+        "missing_examples": [[list(k), rs[k]] for k in sorted(set(rs) - set(cs))[:8]],
+        "extra_examples": [[list(k), cs[k]] for k in sorted(set(cs) - set(rs))[:8]],
         "alerts": sum(ra.values()),
         "alerts_lost": sum((ra - ca).values()),
         "alerts_extra": sum((ca - ra).values()),
@@ -280,12 +426,21 @@ def compare(ref: dict[str, Any], crashed: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(root: Path | None = None, *, seed: int = 7, duration: float = 150.0,
-        speed: float = 6.0, quick: bool = False, fault: str = "worker") -> dict[str, Any]:
+        speed: float | None = None, quick: bool = False, fault: str = "worker") -> dict[str, Any]:
     """Both runs and their comparison (``root``: where the runs keep their files;
-    ``fault``: what is killed, one of :data:`FAULTS`).
-    ``quick`` changes nothing: the incidents need the whole run, about a minute each."""
+    ``fault``: what is done, one of :data:`FAULTS`; ``speed``: the replay's, default
+    6x, 3x for the faults that start and stop workers, so they land mid-traffic).
+    ``quick`` changes nothing: the incidents need the whole run, about a minute each.
+
+    >>> run(fault="fire")
+    Traceback (most recent call last):
+    ...
+    ValueError: fault: 'fire' is not one of worker, broker, scale, rolling, pause
+    """
     if fault not in FAULTS:
         raise ValueError(f"fault: {fault!r} is not one of {', '.join(FAULTS)}")
+    if speed is None:
+        speed = 3.0 if fault in MULTI_WORKER else 6.0
     root = root or Path(tempfile.mkdtemp(prefix="llmpulse-bench-fault-"))
     start = time.time() - duration - 5
     with WebhookReceiver() as hook:
@@ -307,19 +462,28 @@ def run(root: Path | None = None, *, seed: int = 7, duration: float = 150.0,
             "incidents": INCIDENTS, **compare(ref, crashed)}
 
 
+FAULT_TEXT = {
+    "worker": "kill -9 of the worker, restarted",
+    "broker": "kill -9 of a broker of three, restarted 5 s later",
+    "scale": "workers scaled 1 -> 2 -> 3, then removed back to 1",
+    "rolling": "rolling restart of both workers (clean stop with signals.stop: save)",
+    "pause": "one of two workers paused (SIGSTOP) past its 10 s session timeout, then SIGCONT",
+}
+
+
 def format_table(r: dict[str, Any]) -> str:
-    what = ("a broker of three (SIGKILL)" if r.get("fault") == "broker" else "the worker")
+    fault = str(r.get("fault", "worker"))
     return "\n".join([
-        f"fault: kill -9 of {what} mid-incident, restarted ({r['events']} inference events, "
-        f"{r['event_seconds']:g} s of event time at {r['speed']:g}x, seed {r['seed']}; "
-        f"restart took {r['restart_s']:.1f} s; killed "
+        f"fault: {FAULT_TEXT[fault]}, mid-incident ({r['events']} inference events, "
+        f"{r['event_seconds']:g} s of event time at {r['speed']:g}x, seed {r['seed']}"
+        + (", no feedback" if fault in MULTI_WORKER else "")
+        + f"; the fault took {r['restart_s']:.1f} s; it ended "
         f"{'while traffic flowed' if r.get('killed_mid_traffic') else 'after the traffic ended'})",
         f"  inference events: lost {r.get('events_lost', 0)}, "
         f"visible twice {r.get('events_duplicated', 0)}",
         f"  signal windows: {r['windows']} in the reference; missing {r['windows_missing']}, "
-        f"extra {r['windows_extra']}, different value {r['windows_differing']}"
-        + (f" (left out: {r['windows_void_late']} of groups with late events "
-           f"{', '.join(r['late_groups'])})" if r.get("late_groups") else ""),
+        f"extra {r['windows_extra']}, different value {r['windows_differing']} (every window "
+        "compared)",
         f"  alerts: {r['alerts']}; lost {r['alerts_lost']}, extra {r['alerts_extra']}",
         f"  PagerDuty: {r['pagerduty_events']} events, {r['pagerduty_triggers']} triggers; "
         f"triggered twice {r['duplicate_triggers']}, lost {r['pages_lost']}, extra {r['pages_extra']}",
@@ -333,7 +497,7 @@ def main() -> int:
     ap.add_argument("--json", metavar="FILE")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--seconds", type=float, default=150.0, help="event time of each run")
-    ap.add_argument("--fault", choices=FAULTS, default="worker", help="what is killed")
+    ap.add_argument("--fault", choices=FAULTS, default="worker", help="what is done")
     a = ap.parse_args()
     result = run(seed=a.seed, duration=a.seconds, fault=a.fault)
     return finish(result, format_table, a.json)

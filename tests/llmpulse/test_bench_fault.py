@@ -1,11 +1,12 @@
-"""The fault benchmark's comparison: what counts as lost, extra or different, and
-which groups are left out because late events (not the crash) changed them."""
+"""The fault benchmark's comparison: what counts as lost, extra or different (every
+window compared, groups with late events included), and how several workers'
+stores are read as one table."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from llmpulse.bench.fault import compare
+from llmpulse.bench.fault import compare, merge_stores
 
 
 def _run(signals: dict[tuple[str, ...], tuple[float, int]], alerts: list[tuple[str, ...]],
@@ -25,7 +26,7 @@ def _page(key: str, action: str, alert: str, source: str | None) -> dict[str, An
     return page
 
 
-def test_groups_with_late_events_are_left_out_and_the_rest_compared() -> None:
+def test_every_window_is_compared_groups_with_late_events_included() -> None:
     w = ("a", "m", "1", "latency.p99_ms", "", "2026-01-01 00:00:10")
     late_w = ("a", "late", "1", "latency.p99_ms", "", "2026-01-01 00:00:10")
     other_w = ("a", "m", "1", "errors.rate", "", "2026-01-01 00:00:10")
@@ -36,10 +37,21 @@ def test_groups_with_late_events_are_left_out_and_the_rest_compared() -> None:
     ref = _run({w: (1.0, 5), late_w: (2.0, 5), other_w: (0.1, 5)}, [alert, late_alert], pages, [])
     crashed = _run({w: (1.0, 5), late_w: (9.0, 4)}, [alert], pages[:1], ["a/late/1"])
     r = compare(ref, crashed)
-    assert r["late_groups"] == ["a/late/1"] and r["windows_void_late"] == 1
-    assert (r["windows"], r["windows_missing"], r["windows_differing"]) == (2, 1, 0)
-    assert (r["alerts"], r["alerts_lost"], r["alerts_extra"]) == (1, 0, 0)
-    assert (r["pages_lost"], r["pages_extra"], r["duplicate_triggers"]) == (0, 0, 0)
+    assert r["late_groups"] == ["a/late/1"] and "windows_void_late" not in r
+    assert (r["windows"], r["windows_missing"], r["windows_differing"]) == (3, 1, 1)
+    assert (r["alerts"], r["alerts_lost"], r["alerts_extra"]) == (2, 1, 0)
+    assert (r["pages_lost"], r["pages_extra"], r["duplicate_triggers"]) == (2, 0, 0)
+
+
+def test_stores_of_several_workers_read_as_one_table() -> None:
+    w1, w2 = ("a", "m", "1", "latency.p99_ms", "", "t1"), ("a", "m", "1", "latency.p99_ms", "", "t2")
+    a = {"signals": {w1: ("2026-01-01 00:00:11", 1.0, 5)},
+         "alerts": {"x1": ("2026-01-01 00:00:11", ("x1", "firing"))}}
+    b = {"signals": {w1: ("2026-01-01 00:00:12", 1.5, 6), w2: ("2026-01-01 00:00:21", 2.0, 3)},
+         "alerts": {"x1": ("2026-01-01 00:00:09", ("x1", "older"))}}
+    merged = merge_stores([a, b])
+    assert merged["signals"] == {w1: (1.5, 6), w2: (2.0, 3)}
+    assert merged["alerts"] == [("x1", "firing")]
 
 
 def test_a_page_sent_twice_and_a_lost_alert_are_counted() -> None:

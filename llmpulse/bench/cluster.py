@@ -1,0 +1,321 @@
+"""Cluster benchmark: 1, 2 and 3 workers on the three-broker cluster, and its faults.
+
+Against a local cluster of three Tansu brokers over one S3 bucket
+(:mod:`llmpulse.cluster`, ``moto_server`` on loopback), with ``llmpulse up``
+workers in one consumer group (each with a store of its own: chDB opens a
+directory in one process, where a deployment shares one ClickHouse):
+
+* **scaling**: for 1, 2 and 3 workers, simulated inference events offered
+  through the shim at ``rate`` for ``seconds`` (event time = wall time).
+  Sustained rate = events the workers' signal engines took in, per second,
+  from the first send until they had every one; freshness = first
+  ``computed_at`` of a window minus its end, over the windows that closed
+  while traffic flowed; CPU (user + system) per event of the workers' process
+  trees (``up`` and its engine process) and of everything (workers, the three
+  brokers and the S3 server; the sender in this process is not counted),
+  idle time included. On 2 cores throughput cannot grow with workers: the
+  figure to watch is CPU per event, which should stay flat.
+* **faults** (:mod:`llmpulse.bench.fault`, each against an undisturbed run of
+  the same seeded replay): ``broker`` (kill -9 of a broker, restarted),
+  ``scale`` (1 -> 2 -> 3 workers and back to 1), ``rolling`` (a clean restart
+  of each of two workers), ``pause`` (one of two workers SIGSTOPped past its
+  session timeout, then SIGCONT): events lost and visible twice, signal windows
+  missing, extra and different, alerts lost and extra, pages triggered twice.
+  Goal: 0 in every cell.
+
+    python -m llmpulse.bench.cluster [--quick] [--json cluster.json]
+    llmpulse bench cluster --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from llmpulse.bench._stack import bench_stack, event_pool, finish, paced_send, post_sql, stack_stats
+from llmpulse.bench.cost import tree_cpu_by_role, tree_cpu_s
+from llmpulse.bench.fault import FAULTS, PARTITIONS, _shared
+from llmpulse.harness import wait_for
+
+__all__ = ["CLUSTER_FAULTS", "check_args", "fault_rows", "format_table", "run", "scaling_rows"]
+
+CLUSTER_FAULTS: tuple[str, ...] = tuple(f for f in FAULTS if f != "worker")
+"""The faults measured on the cluster (``worker`` runs on one embedded broker)."""
+
+LATENCY_WINDOW_S = 5.0
+WINDOW_S = 10.0
+# a join over the S3-backed brokers on a loaded machine takes longer than the default
+# session's start-up wait (4 sessions + 10 s)
+_CONFIG = ("session_timeout_s: 20\n"
+           f"signals:\n  latency_window_s: {LATENCY_WINDOW_S:g}\n  window_s: {WINDOW_S:g}\n"
+           "  embedding: false\n  engine_processes: 1\n  poll_s: 0.5\n")
+# against a Tansu cluster: no idempotence (docs/cluster.md); few, large envelopes
+_SHIM: dict[str, Any] = {"producer_config": {"enable.idempotence": False}, "buckets": 8, "buffer_events": 400_000}
+FAULT_CELLS = ("events_lost", "events_duplicated", "windows_missing", "windows_extra",
+               "windows_differing", "alerts_lost", "alerts_extra", "duplicate_triggers",
+               "pages_lost", "pages_extra")
+"""The cells of the fault table, each with a goal of 0."""
+
+
+def check_args(workers: Sequence[int], faults: Sequence[str], rate: float, seconds: float) -> None:
+    """Refuse what the benchmark cannot measure, naming the option.
+
+    >>> check_args([1, 2, 3], ["broker", "pause"], 2000, 30)
+    >>> check_args([1, 5], [], 2000, 30)
+    Traceback (most recent call last):
+    ...
+    ValueError: --workers: 5 is not between 1 and 4 (the topics have 4 partitions)
+    >>> check_args([1], ["worker"], 2000, 30)
+    Traceback (most recent call last):
+    ...
+    ValueError: --faults: 'worker' is not one of broker, scale, rolling, pause
+    >>> check_args([1], [], 0, 30)
+    Traceback (most recent call last):
+    ...
+    ValueError: --rate: 0 is not a positive number of events per second
+    """
+    for w in workers:
+        if not 1 <= w <= PARTITIONS:
+            raise ValueError(f"--workers: {w} is not between 1 and {PARTITIONS} "
+                             f"(the topics have {PARTITIONS} partitions)")
+    for f in faults:
+        if f not in CLUSTER_FAULTS:
+            raise ValueError(f"--faults: {f!r} is not one of {', '.join(CLUSTER_FAULTS)}")
+    if not rate > 0:
+        raise ValueError(f"--rate: {rate:g} is not a positive number of events per second")
+    if not seconds > 0:
+        raise ValueError(f"--seconds: {seconds:g} is not a positive number of seconds")
+
+
+def _taken(workers: list[Any]) -> int:
+    return sum(int(stack_stats(w.http).get("signals", {}).get("engine", {}).get("events_in", 0))
+               for w in workers)
+
+
+def _freshness(workers: list[Any], app: str, t_start: float, t_end: float) -> dict[str, Any]:
+    """Per window length: windows that closed while traffic flowed, and how long after
+    their end each was first computed (the first of any worker's stores)."""
+    first: dict[tuple[Any, ...], float] = {}
+    sql = ("SELECT window_s, signal, model, model_version, dimension, "
+           "toUnixTimestamp64Milli(ts) AS end_ms, "
+           "toUnixTimestamp64Milli(min(computed_at)) AS at_ms FROM signals "
+           f"WHERE app = '{app}' AND toUnixTimestamp64Milli(ts) + window_s * 500 <= "
+           f"{int(t_end * 1000)} AND toUnixTimestamp64Milli(ts) - window_s * 1000 >= "
+           f"{int(t_start * 1000)} GROUP BY window_s, signal, model, model_version, dimension, ts")
+    for w in workers:
+        for r in post_sql(w.http, sql):
+            key = (float(r["window_s"]), r["signal"], r["model"], r["model_version"],
+                   r["dimension"], int(r["end_ms"]))
+            lag = float(r["at_ms"]) - float(r["end_ms"])
+            first[key] = min(lag, first.get(key, lag))
+    out: dict[str, Any] = {}
+    for length in sorted({k[0] for k in first}):
+        lags = sorted(v for k, v in first.items() if k[0] == length)
+        out[f"{length:g}s"] = {"windows": len(lags), "p50_ms": lags[len(lags) // 2],
+                               "p99_ms": lags[min(len(lags) - 1, int(len(lags) * 0.99))],
+                               "max_ms": lags[-1]}
+    return out
+
+
+def _scaling_case(root: Path, n: int, pool: list[dict[str, Any]], rate: float,
+                  seconds: float) -> dict[str, Any]:
+    from llmpulse.broker import create_topics
+    from llmpulse.cluster import LocalCluster, S3TestServer
+    from llmpulse.events import TOPICS
+    from llmpulse.monitor import Monitor
+
+    with contextlib.ExitStack() as stack:
+        s3 = stack.enter_context(S3TestServer(log_path=root / "s3.log"))
+        cluster = stack.enter_context(LocalCluster(s3.storage, log_dir=root / "cluster"))
+        create_topics(cluster.bootstrap, {t: PARTITIONS for t in TOPICS})
+        workers = [stack.enter_context(bench_stack(root / f"w{i}", _CONFIG,
+                                                   {"LLMPULSE_KAFKA": cluster.bootstrap}))
+                   for i in range(n)]
+        wait_for(lambda: _shared(workers), 180, f"the partitions to be shared by {n} workers")
+        app = f"bench-cluster-{n}w"
+        mon = Monitor(app=app, bootstrap=cluster.bootstrap, **_SHIM)
+        try:
+            for ev in pool[:200]:  # the producer's first connections are start-up, not throughput
+                mon.inference(**ev)
+            mon.flush(60)
+            wait_for(lambda: _taken(workers) >= 200, 180, "the engines to take the first events")
+            base = _taken(workers)
+            pids = [w.pid for w in workers if w.pid is not None]
+            others = [int(p) for p in [s3.pid, *(b.pid for b in cluster.brokers)] if p]
+            cpu0 = [tree_cpu_by_role(p) for p in pids]
+            other0 = sum(tree_cpu_s(p) for p in others)
+            t_start = time.time()
+            t0 = time.monotonic()
+            sent, send_s = paced_send(mon.inference, pool, rate, seconds)
+            t_end = time.time()
+            if not mon.flush(300):
+                raise RuntimeError("the shim could not deliver the events within 300 s")
+            shim = mon.stats()
+        finally:
+            mon.close()
+        want = base + sent
+        try:
+            wait_for(lambda: _taken(workers) >= want, 600, "the engines to take in every event")
+        except TimeoutError:
+            pass  # the figures say how many it took
+        drained_s = time.monotonic() - t0
+        taken = _taken(workers) - base
+        cpu1 = [tree_cpu_by_role(p) for p in pids]
+        other = sum(tree_cpu_s(p) for p in others) - other0
+        worker_cpu = sum(c1[k] - c0.get(k, 0.0) for c0, c1 in zip(cpu0, cpu1, strict=True)
+                         for k in c1)
+        # windows still open when traffic stopped close an idle time later: not counted
+        time.sleep(WINDOW_S)
+        fresh = _freshness(workers, app, t_start, t_end)
+        engines = [stack_stats(w.http).get("signals", {}).get("engine", {}) for w in workers]
+    return {
+        "workers": n, "offered_per_s": rate, "seconds": seconds, "sent": sent,
+        "send_per_s": sent / send_s, "engine_events": taken,
+        "sustained_per_s": taken / drained_s, "drain_s_after_send": drained_s - send_s,
+        "freshness": fresh, "worker_cpu_s": worker_cpu, "all_cpu_s": worker_cpu + other,
+        "worker_cpu_us_per_event": worker_cpu / max(taken, 1) * 1e6,
+        "all_cpu_us_per_event": (worker_cpu + other) / max(taken, 1) * 1e6,
+        "late_dropped": sum(int(e.get("late_dropped", 0)) for e in engines),
+        "shim_dropped": int(shim.get("dropped", 0)),
+    }
+
+
+def scaling_rows(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per worker count, with CPU per event relative to the fewest workers.
+
+    >>> rows = scaling_rows([
+    ...     {"workers": 1, "sustained_per_s": 1000.0, "worker_cpu_us_per_event": 400.0,
+    ...      "all_cpu_us_per_event": 900.0, "late_dropped": 0, "freshness": {}},
+    ...     {"workers": 2, "sustained_per_s": 1100.0, "worker_cpu_us_per_event": 460.0,
+    ...      "all_cpu_us_per_event": 950.0, "late_dropped": 0, "freshness": {}}])
+    >>> [(r["workers"], r["throughput_vs_1"], r["cpu_per_event_vs_1"]) for r in rows]
+    [(1, 1.0, 1.0), (2, 1.1, 1.15)]
+    """
+    if not cases:
+        return []
+    base = min(cases, key=lambda c: c["workers"])
+    return [{**c, "throughput_vs_1": round(c["sustained_per_s"] / base["sustained_per_s"], 2),
+             "cpu_per_event_vs_1": round(c["worker_cpu_us_per_event"]
+                                         / base["worker_cpu_us_per_event"], 2)}
+            for c in sorted(cases, key=lambda c: c["workers"])]
+
+
+def fault_rows(faults: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per fault: its cells (:data:`FAULT_CELLS`) and the non-zero ones.
+
+    >>> r = fault_rows({"broker": {**dict.fromkeys(FAULT_CELLS, 0), "windows": 900,
+    ...                            "windows_extra": 2, "late_dropped": 0}})
+    >>> r[0]["fault"], r[0]["windows"], r[0]["not_zero"]
+    ('broker', 900, ['windows_extra'])
+    """
+    out = []
+    for name, f in faults.items():
+        if "error" in f:
+            out.append({"fault": name, "error": f["error"], "not_zero": ["error"]})
+            continue
+        cells = {k: int(f.get(k, 0)) for k in FAULT_CELLS}
+        out.append({"fault": name, "windows": f.get("windows"), "events": f.get("events"),
+                    "late_dropped": f.get("late_dropped"), **cells,
+                    "not_zero": [k for k, v in cells.items() if v]})
+    return out
+
+
+def run(quick: bool = False, workers: Sequence[int] = (1, 2, 3), rate: float | None = None,
+        seconds: float | None = None, faults: Sequence[str] | None = None,
+        fault_seconds: float | None = None, seed: int = 7) -> dict[str, Any]:
+    """The scaling cases (2,000 events/s for 20 s each), then the faults over 120 s of
+    event time (``quick``: 1,000 events/s for 10 s a case, and the broker fault over 90 s)."""
+    rate = (1000.0 if quick else 2000.0) if rate is None else rate
+    seconds = (10.0 if quick else 20.0) if seconds is None else seconds
+    faults = list(CLUSTER_FAULTS if faults is None and not quick else faults or ["broker"])
+    fault_seconds = fault_seconds or (90.0 if quick else 120.0)
+    check_args(workers, faults, rate, seconds)
+    root = Path(tempfile.mkdtemp(prefix="llmpulse-bench-cluster-"))
+    pool = event_pool(20_000)
+    cases: list[dict[str, Any]] = []
+    fault_results: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {}
+    try:
+        for n in workers:
+            try:
+                cases.append(_scaling_case(root / f"scale-{n}", n, pool, rate, seconds))
+            except Exception as exc:  # one case failing still reports the others
+                errors[f"{n} workers"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        from llmpulse.bench import fault as fault_bench
+
+        for f in faults:
+            try:
+                fault_results[f] = fault_bench.run(root / f"fault-{f}", seed=seed,
+                                                   duration=fault_seconds, fault=f)
+            except Exception as exc:  # one fault failing still reports the others
+                fault_results[f] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return {"benchmark": "cluster", "machine": {"cpus": os.cpu_count()}, "brokers": 3,
+            "partitions": PARTITIONS,
+            "windows": {"latency_window_s": LATENCY_WINDOW_S, "window_s": WINDOW_S},
+            "scaling": scaling_rows(cases), "scaling_errors": errors, "faults": fault_results,
+            "fault_table": fault_rows(fault_results)}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [f"cluster: 3 Tansu brokers over moto S3, {result['partitions']} partitions, "
+             f"{result['machine']['cpus']} cpus; windows {result['windows']['latency_window_s']:g} s "
+             f"latency, {result['windows']['window_s']:g} s others",
+             f"  {'workers':>7}{'offered/s':>10}{'sustained/s':>12}{'x1':>6}{'fresh p50/p99 s':>24}"
+             f"{'worker us/ev':>13}{'x1':>6}{'all us/ev':>10}{'late':>6}"]
+    for r in result["scaling"]:
+        fresh = " ".join(f"{k}:{v['p50_ms'] / 1000:.1f}/{v['p99_ms'] / 1000:.1f}"
+                         for k, v in r["freshness"].items()) or "-"
+        lines.append(f"  {r['workers']:>7}{r['offered_per_s']:>10.0f}{r['sustained_per_s']:>12.0f}"
+                     f"{r['throughput_vs_1']:>6.2f}{fresh:>24}{r['worker_cpu_us_per_event']:>13.0f}"
+                     f"{r['cpu_per_event_vs_1']:>6.2f}{r['all_cpu_us_per_event']:>10.0f}"
+                     f"{r['late_dropped']:>6}")
+    for name, err in result.get("scaling_errors", {}).items():
+        lines.append(f"  {name}: failed: {err}")
+    if result["fault_table"]:
+        heads = ("lost", "twice", "w miss", "w extra", "w diff", "a lost", "a extra",
+                 "paged 2x", "p lost", "p extra")
+        lines.append(f"  {'fault':<9}{'events':>7}{'windows':>8}"
+                     + "".join(f"{h:>9}" for h in heads) + f"{'late':>6}")
+        for r in result["fault_table"]:
+            if "error" in r:
+                lines.append(f"  {r['fault']:<9} failed: {r['error']}")
+                continue
+            lines.append(f"  {r['fault']:<9}{r['events']:>7}{r['windows']:>8}"
+                         + "".join(f"{r[k]:>9}" for k in FAULT_CELLS) + f"{r['late_dropped']:>6}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--rate", type=float, default=None, help="offered events/s per case")
+    ap.add_argument("--seconds", type=float, default=None, help="sending time per case")
+    ap.add_argument("--faults", nargs="*", default=None,
+                    help=f"of {', '.join(CLUSTER_FAULTS)} (default: all; --quick: broker)")
+    ap.add_argument("--fault-seconds", type=float, default=None, help="event time of a fault run")
+    ap.add_argument("--seed", type=int, default=7)
+    a = ap.parse_args(argv)
+    try:
+        check_args(a.workers, a.faults or [], 1.0 if a.rate is None else a.rate,
+                   1.0 if a.seconds is None else a.seconds)
+    except ValueError as exc:
+        ap.error(str(exc))
+    result = run(quick=a.quick, workers=a.workers, rate=a.rate, seconds=a.seconds,
+                 faults=a.faults, fault_seconds=a.fault_seconds, seed=a.seed)
+    return finish(result, format_table, a.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
