@@ -790,14 +790,15 @@ class SignalAgents:
         except Exception:  # no consumer yet (starting, or no broker)
             return False
         view = self._read_view({tp: _highwater(consumer, tp) for tp in assignment})
-        for p, end in self._forwarded_mine().items():
+        forwarded = self._forwarded_mine()
+        for p, end in forwarded.items():
             key = f"{TOPIC_GROUPED}:{p}"
             if key not in view:
                 continue  # not assigned here: the worker it is assigned to reads it
             pos, high = view[key]
-            view[key] = [pos, max(end, high or 0)]
+            view[key] = [pos, _larger(end, high)]
         self.backlog_view = view
-        return bool(unread(view, forwarded=self._forwarded_mine()))
+        return bool(unread(view, forwarded=forwarded))
 
     def _forwarded_mine(self) -> dict[int, int]:
         """:attr:`_forwarded_to` of the grouped partitions this worker reads."""
@@ -854,8 +855,7 @@ class SignalAgents:
         for tp, end in ends.items():
             pos: int | None
             if tp.topic == TOPIC_GROUPED:
-                a, b = held.get(tp.partition), read.get((tp.topic, tp.partition))
-                pos = b if a is None else a if b is None else max(a, b)
+                pos = _larger(held.get(tp.partition), read.get((tp.topic, tp.partition)))
             elif tp.topic == TOPIC_INFERENCE:
                 pos = read.get((tp.topic, tp.partition))
             else:
