@@ -381,6 +381,7 @@ class SignalAgents:
         # before their first message is taken in (or at the next poll), not in the
         # rebalance callback, which must return within the session timeout
         self._to_take_over: set[int] = set()
+        self._assignments = 0  # rebalances seen: a take-over read across one is read again
         self._assigned: set[tuple[str, int]] = set()  # every topic partition of this worker
         self._take_over_lock = asyncio.Lock()
         self.pending_feedback: list[tuple[float, bytes, str]] = []
@@ -648,6 +649,7 @@ class SignalAgents:
         # it cannot tell from one that kept them, and its state may be older than the
         # one another worker wrote meanwhile (the state covering more wins)
         self._to_take_over = set(assigned)
+        self._assignments += 1
         for p in new:
             self._seen.discard(p)
             self._rewinding.pop(p, None)
@@ -661,6 +663,7 @@ class SignalAgents:
             new = set(self._to_take_over)
             if not new or self._closed:
                 return
+            assignments = self._assignments
             await self._read_log_id()  # saved offsets of another log are dropped first
             try:
                 states = await asyncio.to_thread(self.state_log.read, new)
@@ -671,7 +674,10 @@ class SignalAgents:
                 states = {}
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._exec, self._take_over, new, states)
-            self._to_take_over -= new
+            if assignments == self._assignments:
+                self._to_take_over -= new
+            # else a rebalance came while the states were read: its partitions are
+            # read again (one this worker took over meanwhile is as far on: kept)
 
     def _drop_partitions(self, gone: set[int]) -> None:
         # in the engine's thread
@@ -687,7 +693,10 @@ class SignalAgents:
         # in the engine's thread
         if self._closed:
             return
+        owned = self._owned
         for p in sorted(new):
+            if owned is not None and p not in owned:
+                continue  # a rebalance since took it elsewhere: its new owner takes it over
             state = states.get(p)
             held = self._positions.get(p)
             if state is None:
@@ -893,6 +902,7 @@ class SignalAgents:
 
     async def flush(self) -> None:
         """Close every open window now and emit (clean shutdown, end of a demo)."""
+        await self._pending_take_over()
         loop = asyncio.get_running_loop()
         signals = await loop.run_in_executor(self._exec, self.engine.flush)
         await self.emit(signals)
@@ -934,11 +944,21 @@ class SignalAgents:
     async def stop(self) -> None:
         """A clean stop, as ``signals.stop`` says: ``flush`` the open windows into
         (partial) signals, or ``save`` them for the next start; then :meth:`close`."""
+        await self._pending_take_over()
         if self.settings.signals.stop == "flush":
             await self.flush()
         else:
             await self.save()
         await self.close()
+
+    async def _pending_take_over(self) -> None:
+        """Take over the partitions assigned since the last batch or poll before the
+        engine closes or saves its windows: a stop that comes right after a rebalance
+        (the last worker of a rolling restart, given the partitions of the one that
+        stopped before it) would otherwise flush without their handed-over windows,
+        which no worker would ever write."""
+        if self._to_take_over and self.state_log is not None and not self._closed:
+            await self._complete_take_over()
 
     async def close(self) -> None:
         """Stop the engine (its process, when it has one)."""
