@@ -382,6 +382,10 @@ class SignalAgents:
         # rebalance callback, which must return within the session timeout
         self._to_take_over: set[int] = set()
         self._assignments = 0  # rebalances seen: a take-over read across one is read again
+        # no partitions known to be this worker's: before the first assignment (a restored
+        # state holds the windows of partitions that may go elsewhere) and between a
+        # revocation and the next assignment. Silence then is no idleness (:meth:`tick`)
+        self._unassigned = state_log is not None
         self._assigned: set[tuple[str, int]] = set()  # every topic partition of this worker
         self._take_over_lock = asyncio.Lock()
         self.pending_feedback: list[tuple[float, bytes, str]] = []
@@ -572,6 +576,13 @@ class SignalAgents:
         if self._to_take_over:
             await self._complete_take_over()  # a quiet partition's windows still close
         backlog = self.backlog()
+        if not backlog and self._unassigned:
+            # nothing is read until the group assigns the partitions; a restored engine
+            # whose sources idled out meanwhile would close its windows by wall time,
+            # early, before it knows which are its own and before the states handed over
+            # are in (an assignment can take longer than ``idle_s`` on a loaded cluster)
+            backlog = True
+            self.counters["polls_unassigned"] += 1
         if not backlog and self.backlog == self._consumer_backlog and self._may_be_idle():
             backlog = await self._end_offsets_backlog()
         if backlog:
@@ -627,6 +638,7 @@ class SignalAgents:
         Kafka's eager protocol): hand their states to the changelog and commit the
         offsets they cover, before the next owner reads them. The states stay in the
         engine until the assignment says which partitions went elsewhere."""
+        self._unassigned = self.state_log is not None
         if self.state_log is None or self._closed:
             return
         held = revoked if self._owned is None else revoked & self._owned
@@ -637,6 +649,7 @@ class SignalAgents:
         """The grouped partitions of this worker after a rebalance: drop the groups of
         the partitions that went elsewhere, and take over the states of the new ones
         from the changelog (they are read from the offsets those states cover on)."""
+        self._unassigned = False
         if self.state_log is None or self._closed:
             return
         loop = asyncio.get_running_loop()
