@@ -623,6 +623,8 @@ class SignalAgents:
     def _add(self, chunks: list[Any], ends: dict[int, int],
              keys: set[tuple[int, bytes]] | None = None) -> None:
         # in the engine's thread, like _save: the positions move with the engine's state
+        if self._closed:
+            return  # stopping: not taken in, not committed; the next owner reads them
         self.engine.add(chunks)
         now = time.monotonic()
         for chunk in chunks:
@@ -734,8 +736,11 @@ class SignalAgents:
                      p, state.covered, len(state.keys))
 
     def _partition_states(self, partitions: set[int]) -> list[PartitionState]:
-        # in the engine's thread: each state with the offset it covers
-        out = []
+        # in the engine's thread: each state with the offset it covers (none once the
+        # engine stopped: a periodic save that overlapped the stop's own save)
+        out: list[PartitionState] = []
+        if self._closed:
+            return out
         for p in sorted(partitions):
             covered = self._positions.get(p)
             if covered is None:
