@@ -22,7 +22,15 @@ Partitioning, end to end:
   The engine (:mod:`llmpulse.streams.engine`) windows by event time, joins feedback and
   runs the detectors in child processes (``signals.engine_processes``, the
   groups spread over them by a hash of their key), called from one thread
-  off the event loop.
+  off the event loop. Its watermark follows (grouped partition, inference
+  partition) sources (:func:`_source`); at each window poll the worker also
+  names what it awaits a first delivery from (:func:`awaited`: its partitions
+  nothing was read from yet that may hold events, and the sources it forwarded
+  to its own grouped partitions that the engine has not taken in), and the
+  watermark holds while one is awaited, up to ``idle_s`` without a backlog
+  (:class:`~llmpulse.streams.windows.AwaitedSources`). A source first read
+  through another worker's forward, after this engine heard from its grouped
+  partition, is not known here and is not awaited.
 
 Signals go to the ``signals`` table (a ``ReplacingMergeTree``: a window
 recomputed after late feedback replaces its earlier row) and to
@@ -834,13 +842,12 @@ class SignalAgents:
         fetches; and whether a message this worker forwarded to one of its grouped
         partitions may not be in them yet (sent and not acknowledged, or acknowledged
         past what the engine took in)."""
-        if self._forwarding:
-            return True
+        forwarding = self._forwarding > 0
         try:
             consumer = self.app.consumer
             assignment = list(consumer.assignment())
         except Exception:  # no consumer yet (starting, or no broker)
-            return False
+            return forwarding
         view = self._read_view({tp: _highwater(consumer, tp) for tp in assignment})
         for p, end in self._forwarded_mine().items():
             key = f"{TOPIC_GROUPED}:{p}"
@@ -848,8 +855,8 @@ class SignalAgents:
                 continue  # not assigned here: the worker it is assigned to reads it
             pos, high = view[key]
             view[key] = [pos, max(end, high or 0)]
-        self.backlog_view = view
-        return bool(unread(view, forwarded=self._forwarded_mine()))
+        self.backlog_view = view  # also what is awaited (:meth:`_holding`)
+        return forwarding or bool(unread(view, forwarded=self._forwarded_mine()))
 
     def _forwarded_mine(self) -> dict[int, int]:
         """:attr:`_forwarded_to` of the grouped partitions this worker reads."""

@@ -174,9 +174,9 @@ class Watermark:
     >>> wm.current(now=60.0, backlog=True)  # quiet because unread, not idle: wait
     20000
     >>> wm.observe("p1", 70_000, now=61.0)
-    >>> wm.current(now=61.0, hold=True)     # a partition not heard from yet: hold
+    >>> wm.current(now=61.0, backlog=True, hold=True)  # a partition not heard from yet
     20000
-    >>> wm.current(now=61.0)
+    >>> wm.current(now=61.0, backlog=True)
     50000
 
     Silence alone does not make a source idle: the reader says whether its
