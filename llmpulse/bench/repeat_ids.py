@@ -10,9 +10,9 @@ inference events (``--rate`` requests/s, two inferences each) to a
 per second of event time, for ``--duration`` seconds; then times
 ``pickle.dumps(engine.snapshot())`` (what the engine process writes) and its
 restore, with the hashes and with them dropped (the same open windows: the trivial
-baseline), best of ``--repeat``.
+baseline), best of ``--repeat``. ``--horizon`` sets ``repeat_horizon_s``.
 
-    python -m llmpulse.bench.repeat_ids --rate 1500 --duration 600
+    python -m llmpulse.bench.repeat_ids --rate 1500 --duration 600 --horizon 600
 
 >>> r = run(rate=20, duration_s=90, repeat=1)
 >>> r["inferences"] > 3000, r["with_ids"]["ids"] > 0, r["without_ids"]["ids"]
@@ -58,11 +58,13 @@ def _measure(engine: SignalEngine, repeat: int) -> dict[str, Any]:
             "open_events": sum(len(v) for b in bufs for v in b._open.values())}
 
 
-def run(rate: float = 1500.0, duration_s: int = 600, repeat: int = 3, seed: int = 11
-        ) -> dict[str, Any]:
+def run(rate: float = 1500.0, duration_s: int = 600, repeat: int = 3, seed: int = 11,
+        horizon_s: float = 600.0) -> dict[str, Any]:
     now = [0.0]
     engine = SignalEngine({f: (lambda: [ErrorRates(min_n=1)]) for f in WINDOWS}, WINDOWS,
                           clock=lambda: now[0])
+    for buf in engine._buffers.values():
+        buf.repeat_horizon_ms = int(horizon_s * 1000)
     sim = SupportAppSimulator(seed=seed, rate=rate, start_ts=1_750_000_000.0)
     n = 0
     for batch in sim.batches(duration_s):
@@ -74,7 +76,11 @@ def run(rate: float = 1500.0, duration_s: int = 600, repeat: int = 3, seed: int 
         engine.add_inference(evs, source=(0, 0))
         engine.poll()
     out: dict[str, Any] = {"rate_requests_per_s": rate, "duration_s": duration_s,
-                           "inferences": n, "windows_s": [w.length_s for w in WINDOWS.values()]}
+                           "inferences": n, "windows_s": [w.length_s for w in WINDOWS.values()],
+                           "repeat_horizon_s": horizon_s,
+                           "ids_per_window_length": {
+                               spec.length_s: sum(len(v) for v in buf._closed_ids.values())
+                               for spec, buf in engine._buffers.items()}}
     out["with_ids"] = _measure(engine, repeat)
     for buf in engine._buffers.values():
         buf._closed_ids = {}
@@ -87,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=1500.0, help="requests/s (two inferences each)")
     ap.add_argument("--duration", type=int, default=600, help="seconds of event time")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--horizon", type=float, default=600.0, help="repeat_horizon_s")
     args = ap.parse_args(argv)
-    print(json.dumps(run(args.rate, args.duration, args.repeat), indent=2))
+    print(json.dumps(run(args.rate, args.duration, args.repeat, horizon_s=args.horizon), indent=2))
     return 0
 
 
