@@ -389,11 +389,14 @@ class SignalEngine:
 
     # -- output -------------------------------------------------------------------
 
-    def advance(self, now: float | None = None, *, backlog: bool = False) -> list[Signal]:
+    def advance(self, now: float | None = None, *, backlog: bool = False,
+                hold: bool = False) -> list[Signal]:
         """Close what the watermark allows at wall time ``now``; the signals.
 
         ``backlog``: the reader has unread events (consumer lag), so no source
         is idle however long it has been silent (:class:`~llmpulse.streams.windows.Watermark`).
+        ``hold``: the reader awaits a partition it has not delivered from yet
+        (:class:`~llmpulse.streams.windows.AwaitedSources`): the watermark stays where it is.
 
         Window lengths are closed shortest first; once the closes of one
         length produced signals and took ``close_budget_s`` or more, the
@@ -401,7 +404,7 @@ class SignalEngine:
         gets signals back), so a minute window's detectors never hold up the
         ten-second windows that became due with it."""
         now = self.clock() if now is None else now
-        wm = self._watermark.current(now, backlog=backlog)
+        wm = self._watermark.current(now, backlog=backlog, hold=hold)
         behind = self._watermark.partitions_behind(now, backlog=backlog) if self._taken_over else {}
         if self._taken_over and not behind:
             self._taken_over = {}  # caught up: they follow the watermark again
@@ -429,9 +432,9 @@ class SignalEngine:
         self._c.signals_out += len(out)
         return out
 
-    def poll(self, *, backlog: bool = False) -> list[Signal]:
+    def poll(self, *, backlog: bool = False, hold: bool = False) -> list[Signal]:
         """:meth:`advance` at the clock's time."""
-        return self.advance(backlog=backlog)
+        return self.advance(backlog=backlog, hold=hold)
 
     def flush(self, now: float | None = None) -> list[Signal]:
         """Close every open window now (shutdown, end of a replay)."""

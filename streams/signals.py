@@ -22,7 +22,15 @@ Partitioning, end to end:
   The engine (:mod:`llmpulse.streams.engine`) windows by event time, joins feedback and
   runs the detectors in child processes (``signals.engine_processes``, the
   groups spread over them by a hash of their key), called from one thread
-  off the event loop.
+  off the event loop. Its watermark follows (grouped partition, inference
+  partition) sources (:func:`_source`); at each window poll the worker also
+  names what it awaits a first delivery from (:func:`awaited`: its partitions
+  nothing was read from yet that may hold events, and the sources it forwarded
+  to its own grouped partitions that the engine has not taken in), and the
+  watermark holds while one is awaited, up to ``idle_s`` without a backlog
+  (:class:`~llmpulse.streams.windows.AwaitedSources`). A source first read
+  through another worker's forward, after this engine heard from its grouped
+  partition, is not known here and is not awaited.
 
 Signals go to the ``signals`` table (a ``ReplacingMergeTree``: a window
 recomputed after late feedback replaces its earlier row) and to
@@ -76,7 +84,7 @@ import logging
 import pickle
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -100,8 +108,10 @@ from llmpulse.streams.handoff import EngineStateLog, PartitionState
 from llmpulse.streams.ingest import IngestBatch
 from llmpulse.streams.sink import RawSink
 from llmpulse.streams.state import write_atomic
+from llmpulse.streams.windows import AwaitedSources
 
-__all__ = ["SignalAgents", "engine_chunks", "engine_config", "forget_saved_requests", "group_key"]
+__all__ = ["SignalAgents", "awaited", "engine_chunks", "engine_config", "forget_saved_requests",
+           "group_key"]
 
 log = logging.getLogger(__name__)
 
@@ -316,6 +326,37 @@ def forget_saved_requests(settings: Settings, request_ids: set[str]) -> int:
     return gone
 
 
+def awaited(view: Mapping[str, Sequence[int | None]],
+            committed: Mapping[str, int] | None = None) -> list[tuple[int | None, int | None]]:
+    """The partitions of ``view`` (as for :func:`unread`) nothing was read from yet that
+    may hold events, as watermark source patterns
+    (:class:`~llmpulse.streams.windows.AwaitedSources`): ``(grouped partition, None)``,
+    ``(None, inference partition)``. May hold events: the end offset is unknown, or
+    past the offset the group committed there (``committed``, ``"topic:partition" ->
+    offset``; none known: 0). A partition read from, or with nothing past its committed
+    offset (a restart where nothing new came), is not awaited: it would otherwise hold
+    the watermark for as long as other partitions have a backlog.
+
+    >>> awaited({"llmpulse.grouped:0": [None, 4], "llmpulse.grouped:1": [None, None],
+    ...          "llmpulse.grouped:2": [None, 0], "llmpulse.grouped:3": [3, 9],
+    ...          "llmpulse.inference:1": [None, 2], "llmpulse.inference:2": [5, 5]})
+    [(0, None), (1, None), (None, 1)]
+    >>> awaited({"llmpulse.grouped:0": [None, 4], "llmpulse.inference:1": [None, 7]},
+    ...         committed={"llmpulse.grouped:0": 4, "llmpulse.inference:1": 6})
+    [(None, 1)]
+    """
+    out: list[tuple[int | None, int | None]] = []
+    for name, (pos, end) in view.items():
+        if pos is not None or (end is not None and end <= (committed or {}).get(name, 0)):
+            continue
+        topic, _, part = name.rpartition(":")
+        if topic == TOPIC_GROUPED:
+            out.append((int(part), None))
+        elif topic == TOPIC_INFERENCE:
+            out.append((None, int(part)))
+    return out
+
+
 class SignalAgents:
     """Registers the grouped forwarder, the signal agent and its timers on a Faust app."""
 
@@ -411,6 +452,11 @@ class SignalAgents:
         # the broker is asked for end offsets only while one may count as idle
         self._added_at: dict[Any, float] = {}
         self._idle_s = float(engine_kwargs.get("idle_s") or IDLE_S)
+        # sources (grouped partition, inference partition) this worker forwarded to and the
+        # engine has not had events of yet, and the partitions awaited: while one is, the
+        # watermark holds (its events would be late for windows the others closed)
+        self._forwarded_sources: set[tuple[int, int]] = set()
+        self._awaited = AwaitedSources(self._idle_s)
         self._register()
 
     # -- forwarding from the ingest agents -------------------------------------
@@ -432,6 +478,7 @@ class SignalAgents:
             if key is None:  # encoded once per group, not per event
                 key = keys[group] = group_key(*group)
             by_dest[(grouped_partition(key, parts), m.partition)][key].append(line)
+        self._forwarded_sources.update(by_dest)
         for (dest, src), groups in by_dest.items():
             source = str(src).encode()
             for value, listed in pack_groups(groups):
@@ -575,7 +622,8 @@ class SignalAgents:
             backlog = await self._end_offsets_backlog()
         if backlog:
             self.counters["polls_with_backlog"] += 1  # windows wait: silence is not idleness
-        signals = await loop.run_in_executor(self._exec, self._poll, backlog)
+        hold = self._holding(backlog)
+        signals = await loop.run_in_executor(self._exec, self._poll, backlog, hold)
         # the engine closes short windows first and may leave longer ones for the
         # next poll: emit what came, and poll again at once while polls give signals
         for _ in range(MAX_POLLS_IN_A_ROW):
@@ -583,7 +631,7 @@ class SignalAgents:
                 break
             await self.emit(signals)
             signals = await loop.run_in_executor(self._exec, self._poll,
-                                                 backlog or self.backlog())
+                                                 backlog or self.backlog(), hold)
         if self.pending_feedback:
             items, self.pending_feedback = self.pending_feedback, []
             self._routing = items  # still on disk until routed
@@ -594,6 +642,36 @@ class SignalAgents:
             self.last_health = time.monotonic()
             signals = signals + await self.health()
         await self.emit(signals)
+
+    def _holding(self, backlog: bool) -> bool:
+        """Whether a partition or source is awaited (:func:`awaited`, by the last backlog
+        view, and the sources forwarded to this worker's grouped partitions and not taken
+        in yet): the watermark holds until it delivers or has been awaited ``idle_s``
+        without a backlog (counted as ``polls_held``)."""
+        delivered = set(self._added_at)  # written in the engine's thread: copied at once
+        self._forwarded_sources -= delivered
+        owned = self._owned
+        if owned is None and self.backlog_view:  # before the first assignment: the consumer's
+            owned = {int(name.rpartition(":")[2]) for name in self.backlog_view
+                     if name.rpartition(":")[0] == TOPIC_GROUPED}
+        names: list[Hashable] = [*awaited(self.backlog_view, self._committed()),
+                                 *(s for s in self._forwarded_sources
+                                   if owned is None or s[0] in owned)]
+        waiting = self._awaited.waiting(names, delivered, time.monotonic(), backlog=backlog)
+        if waiting:
+            self.counters["polls_held"] += 1
+            log.debug("signals: watermark held for partitions not heard from yet: %s", waiting)
+        return bool(waiting)
+
+    def _committed(self) -> dict[str, int]:
+        """The offsets the group had committed when this worker's partitions were
+        assigned, or since (``"topic:partition" -> offset``), as the consumer keeps them."""
+        try:
+            kept = dict(getattr(self.app.consumer, "_committed_offset", None) or {})
+        except Exception:  # no consumer yet
+            return {}
+        return {f"{tp.topic}:{tp.partition}": int(off) for tp, off in kept.items()
+                if off is not None}
 
     def _check_log(self, current: str | None) -> None:
         # in the engine's thread, like _add: the positions move with the engine's state
@@ -782,13 +860,12 @@ class SignalAgents:
         fetches; and whether a message this worker forwarded to one of its grouped
         partitions may not be in them yet (sent and not acknowledged, or acknowledged
         past what the engine took in)."""
-        if self._forwarding:
-            return True
+        forwarding = self._forwarding > 0
         try:
             consumer = self.app.consumer
             assignment = list(consumer.assignment())
         except Exception:  # no consumer yet (starting, or no broker)
-            return False
+            return forwarding
         view = self._read_view({tp: _highwater(consumer, tp) for tp in assignment})
         forwarded = self._forwarded_mine()
         for p, end in forwarded.items():
@@ -797,8 +874,8 @@ class SignalAgents:
                 continue  # not assigned here: the worker it is assigned to reads it
             pos, high = view[key]
             view[key] = [pos, _larger(end, high)]
-        self.backlog_view = view
-        return bool(unread(view, forwarded=forwarded))
+        self.backlog_view = view  # also what is awaited (:meth:`_holding`)
+        return forwarding or bool(unread(view, forwarded=forwarded))
 
     def _forwarded_mine(self) -> dict[int, int]:
         """:attr:`_forwarded_to` of the grouped partitions this worker reads."""
@@ -863,12 +940,12 @@ class SignalAgents:
             view[f"{tp.topic}:{tp.partition}"] = [pos, end]
         return view
 
-    def _poll(self, backlog: bool = False) -> list[Signal]:
+    def _poll(self, backlog: bool = False, hold: bool = False) -> list[Signal]:
         # in the engine's thread: the engine's counters are read here, once a poll,
         # so the event loop never waits on the engine for them
         if self._closed:
             return []
-        signals = self.engine.poll(backlog=backlog)
+        signals = self.engine.poll(backlog=backlog, hold=hold)
         self.engine_stats = self.engine.stats()
         return signals
 

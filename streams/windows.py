@@ -18,6 +18,20 @@ event time is extrapolated by the wall time elapsed since the last event,
 so the last windows of a stream that stops still close. The watermark never
 goes back.
 
+**Sources not heard from yet.** The minimum counts only the sources seen, so
+when a stream starts (or a replay floods event time) the partitions fetched
+first would push the watermark past the events of one fetched later, which
+would then be late. The reader therefore names the partitions it *awaits*:
+those it has read nothing from yet but that may hold events (end offset
+unknown or past zero), and the exact sources it forwarded events to and the
+engine has not taken in yet. :class:`AwaitedSources` keeps them (a partition
+is the pattern ``(partition, None)`` or ``(None, source partition)``) until a
+matching source delivers, or until it has been awaited for ``idle_s`` without
+a backlog, the idleness rule of the other sources; while one is awaited the
+watermark holds at its current value (``hold``). A partition whose end offset
+is known to be at its read position is never awaited, so the first windows
+wait only as long as the slowest partition's first fetch.
+
 **Closing.** A window closes when ``watermark - lateness >= end``. An event
 whose window has already closed is *late*: it is dropped from that family's
 windows and counted per group (:attr:`TumblingWindows.late`). Late events
@@ -62,7 +76,7 @@ horizon, or without an ``event_id``, it counts as late.
 from __future__ import annotations
 
 import base64
-from collections.abc import Hashable, Mapping, Sequence, Set
+from collections.abc import Hashable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -73,12 +87,14 @@ from llmpulse.detectors.base import parse_ts
 
 __all__ = [
     "DEFAULT_WINDOWS",
+    "AwaitedSources",
     "Group",
     "TumblingWindows",
     "Watermark",
     "WindowSpec",
     "event_ms",
     "group_of",
+    "matches",
 ]
 
 Group = tuple[str, str, str]
@@ -157,6 +173,11 @@ class Watermark:
     >>> wm.observe("p0", 50_000, now=0.0); wm.observe("p1", 20_000, now=0.0)
     >>> wm.current(now=60.0, backlog=True)  # quiet because unread, not idle: wait
     20000
+    >>> wm.observe("p1", 70_000, now=61.0)
+    >>> wm.current(now=61.0, backlog=True, hold=True)  # a partition not heard from yet
+    20000
+    >>> wm.current(now=61.0, backlog=True)
+    50000
 
     Silence alone does not make a source idle: the reader says whether its
     partitions have a backlog (``backlog``, from the consumer's lag), and a
@@ -178,10 +199,11 @@ class Watermark:
             self._max[source] = ts_ms
         self._seen[source] = now
 
-    def current(self, now: float, *, backlog: bool = False) -> int | None:
+    def current(self, now: float, *, backlog: bool = False, hold: bool = False) -> int | None:
         """The watermark (ms) at wall time ``now``; ``None`` before any event.
-        With ``backlog`` (events not read yet), no source counts as idle."""
-        if not self._max:
+        With ``backlog`` (events not read yet), no source counts as idle; with
+        ``hold`` (a source awaited, :class:`AwaitedSources`), it does not move."""
+        if not self._max or hold:
             return self._value
         active = [m for s, m in self._max.items()
                   if backlog or now - self._seen[s] < self.idle_s]
@@ -253,6 +275,67 @@ class Watermark:
         self._max = {_hashable(s): int(m) for s, m in state["max"]}
         self._seen = dict.fromkeys(self._max, now)
         self._value = None if state["value"] is None else int(state["value"])
+
+
+def matches(pattern: Hashable, source: Hashable) -> bool:
+    """Whether ``source`` is one of ``pattern``'s: the same, or a tuple as long
+    whose items are the pattern's where the pattern's are not ``None``.
+
+    >>> matches((1, None), (1, 0)), matches((None, 0), (2, 0)), matches((1, None), (2, 0))
+    (True, True, False)
+    """
+    if pattern == source:
+        return True
+    if not (isinstance(pattern, tuple) and isinstance(source, tuple)
+            and len(pattern) == len(source)):
+        return False
+    return all(p is None or p == s for p, s in zip(pattern, source, strict=True))
+
+
+class AwaitedSources:
+    """The partitions (source patterns, see :func:`matches`) a reader awaits a first
+    delivery from, and for how long: see the module docstring.
+
+    :meth:`waiting` is given, at each poll, what the reader awaits now and the
+    sources the engine has taken events from; it returns the patterns that hold
+    the watermark. A pattern holds from the first poll that names it until a
+    delivered source matches it, until a poll names it no more (the reader
+    found it read to its end), or once it has been named for ``idle_s`` without
+    a backlog; released, it stays so while polls keep naming it.
+
+    >>> aw = AwaitedSources(idle_s=30.0)
+    >>> aw.waiting([(0, None), (1, None)], delivered={(0, 0)}, now=0.0)
+    [(1, None)]
+    >>> aw.waiting([(1, None)], delivered={(0, 0)}, now=40.0, backlog=True)
+    [(1, None)]
+    >>> aw.waiting([(1, None)], delivered={(0, 0)}, now=40.0)  # silent 30 s, no backlog
+    []
+    >>> aw.waiting([(1, None)], delivered={(0, 0)}, now=41.0)
+    []
+    """
+
+    def __init__(self, idle_s: float = 30.0) -> None:
+        self.idle_s = float(idle_s)
+        self._since: dict[Hashable, float] = {}  # when each awaited pattern was first named
+        self._released: set[Hashable] = set()
+
+    def waiting(self, awaited: Iterable[Hashable], delivered: Set[Hashable], now: float, *,
+                backlog: bool = False) -> list[Hashable]:
+        named = set(awaited)
+        self._since = {p: t for p, t in self._since.items() if p in named}
+        self._released &= named
+        out = []
+        for p in sorted(named - self._released, key=repr):
+            if p in delivered or any(matches(p, s) for s in delivered):
+                self._since.pop(p, None)
+                continue
+            since = self._since.setdefault(p, now)
+            if not backlog and now - since >= self.idle_s:
+                self._released.add(p)
+                del self._since[p]
+                continue
+            out.append(p)
+        return out
 
 
 def _hashable(x: Any) -> Hashable:
