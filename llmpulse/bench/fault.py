@@ -314,8 +314,10 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
             # the engines' counters reach /api/stats once a poll; the figures say
             # what they took in if that is less than everything (a loaded machine
             # replays slowly: a shorter wait counted a slow engine as a lossy one)
+            feedback = int(out.get("feedback", 0))
             try:
-                stats = wait_for(lambda: _engines_took_all([w.http for w in live], total), 180,
+                stats = wait_for(lambda: _engines_took_all([w.http for w in live], total,
+                                                           feedback), 180,
                                  "the signal engines' counters to count every event")
             except TimeoutError:
                 stats = [dict(stack_stats(w.http)["signals"]) for w in live]
@@ -348,12 +350,19 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
                        for k in ("replay_seeks", "replay_skipped", "replay_gaps", "snapshots")}}
 
 
-def _engines_took_all(https: list[str], total: int) -> list[dict[str, Any]] | None:
-    """The stacks' signal stats once their engines counted ``total`` distinct inferences."""
+def _engines_took_all(https: list[str], total: int, feedback: int = 0
+                      ) -> list[dict[str, Any]] | None:
+    """The stacks' signal stats once their engines counted ``total`` distinct inferences
+    and at least ``feedback`` feedback events. Feedback reaches the engine after its
+    inference is stored (routed by a lookup, waiting up to ``feedback_wait_s``): a stop
+    before it arrived left the windows it belongs to without it, missing or different
+    from a run that waited longer, whatever the fault."""
     stats = [dict(stack_stats(h)["signals"]) for h in https]
-    taken = sum(int(s.get("engine", {}).get("events_in", 0))
-                - int(s.get("engine", {}).get("duplicates_dropped", 0)) for s in stats)
-    return stats if taken >= total else None
+    engines = [s.get("engine", {}) for s in stats]
+    taken = sum(int(e.get("events_in", 0)) - int(e.get("duplicates_dropped", 0))
+                for e in engines)
+    fed = sum(int(e.get("feedback_in", 0)) for e in engines)
+    return stats if taken >= total and fed >= feedback else None
 
 
 def _alert_view(alerts: list[tuple[str, ...]]) -> Counter[tuple[str, ...]]:
