@@ -718,7 +718,10 @@ class SignalAgents:
                      p, state.covered, len(state.keys))
 
     def _partition_states(self, partitions: set[int]) -> list[PartitionState]:
-        # in the engine's thread: each state with the offset it covers
+        # in the engine's thread: each state with the offset it covers (none once the
+        # engine stopped: a snapshot timer may still fire after close)
+        if self._closed:
+            return []
         out = []
         for p in sorted(partitions):
             covered = self._positions.get(p)
