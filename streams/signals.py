@@ -424,6 +424,7 @@ class SignalAgents:
         self._to_take_over: set[int] = set()
         self._assigned: set[tuple[str, int]] = set()  # every topic partition of this worker
         self._take_over_lock = asyncio.Lock()
+        self._stopping = False  # set by stop(): no more states taken over
         self.pending_feedback: list[tuple[float, bytes, str]] = []
         self.counters: dict[str, int] = defaultdict(int)
         self._restore()
@@ -734,22 +735,27 @@ class SignalAgents:
 
     async def _complete_take_over(self) -> None:
         """Read the handed-over states of the partitions assigned since the last call."""
-        assert self.state_log is not None
         async with self._take_over_lock:
-            new = set(self._to_take_over)
-            if not new or self._closed:
-                return
-            await self._read_log_id()  # saved offsets of another log are dropped first
-            try:
-                states = await asyncio.to_thread(self.state_log.read, new)
-            except Exception:
-                log.exception("signals: reading the state of llmpulse.grouped partitions %s "
-                              "failed; they continue from their committed offsets", sorted(new))
-                self.counters["handoff_read_errors"] += 1
-                states = {}
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._exec, self._take_over, new, states)
-            self._to_take_over -= new
+            await self._take_over_assigned()
+
+    async def _take_over_assigned(self) -> None:
+        # with the take-over lock held
+        if self.state_log is None:
+            return
+        new = set(self._to_take_over)
+        if not new or self._closed or self._stopping:
+            return
+        await self._read_log_id()  # saved offsets of another log are dropped first
+        try:
+            states = await asyncio.to_thread(self.state_log.read, new)
+        except Exception:
+            log.exception("signals: reading the state of llmpulse.grouped partitions %s "
+                          "failed; they continue from their committed offsets", sorted(new))
+            self.counters["handoff_read_errors"] += 1
+            states = {}
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._exec, self._take_over, new, states)
+        self._to_take_over -= new
 
     def _drop_partitions(self, gone: set[int]) -> None:
         # in the engine's thread
@@ -790,7 +796,10 @@ class SignalAgents:
                      p, state.covered, len(state.keys))
 
     def _partition_states(self, partitions: set[int]) -> list[PartitionState]:
-        # in the engine's thread: each state with the offset it covers
+        # in the engine's thread: each state with the offset it covers (none once the
+        # engine stopped: a snapshot timer may still fire after close)
+        if self._closed:
+            return []
         out = []
         for p in sorted(partitions):
             covered = self._positions.get(p)
@@ -969,22 +978,37 @@ class SignalAgents:
                 log.exception("signal consumer %r failed", consumer)
 
     async def flush(self) -> None:
-        """Close every open window now and emit (clean shutdown, end of a demo)."""
+        """Close every open window now and emit (clean shutdown, end of a demo),
+        the windows of partitions assigned but not taken over yet included."""
+        async with self._take_over_lock:
+            await self._flush_all()
+        await self.save()
+
+    async def _flush_all(self) -> None:
+        # with the take-over lock held. A partition assigned since the last poll has
+        # its handed-over state still in the changelog: it is taken over first, so its
+        # open windows close here too (a stop right after a rebalance lost them)
+        await self._take_over_assigned()
         loop = asyncio.get_running_loop()
         signals = await loop.run_in_executor(self._exec, self.engine.flush)
         await self.emit(signals)
-        await self.save()
 
     async def save(self) -> None:
         """Save the engine's state with the offsets it covers, closing nothing: the
         state a crash would leave, so the next start continues the open windows;
-        then commit those offsets."""
+        then commit those offsets. States of partitions assigned since the last
+        poll are taken over first: this worker's own copy may be older."""
+        if self._to_take_over:
+            await self._complete_take_over()
         loop = asyncio.get_running_loop()
         saved = await loop.run_in_executor(self._exec, self._save)
+        # a partition whose handed-over state was not read (a stop) is not this
+        # worker's to hand on: what it holds of it may be older than the changelog
+        pending = set(self._to_take_over)
         if saved is not None:
-            await self._commit_saved(saved)
+            await self._commit_saved({p: o for p, o in saved.items() if p not in pending})
         if self.state_log is not None and self._owned:
-            await self._publish(set(self._owned))
+            await self._publish(set(self._owned) - pending)
 
     async def _commit_saved(self, positions: dict[int, int]) -> None:
         """Commit the ``llmpulse.grouped`` offsets a saved state covers. Committed only
@@ -1011,10 +1035,15 @@ class SignalAgents:
     async def stop(self) -> None:
         """A clean stop, as ``signals.stop`` says: ``flush`` the open windows into
         (partial) signals, or ``save`` them for the next start; then :meth:`close`."""
-        if self.settings.signals.stop == "flush":
-            await self.flush()
-        else:
-            await self.save()
+        async with self._take_over_lock:
+            if self.settings.signals.stop == "flush":
+                await self._flush_all()
+            else:
+                await self._take_over_assigned()
+            # a partition assigned from here on keeps its state in the changelog, for
+            # its next owner: this engine would neither close nor hand on its windows
+            self._stopping = True
+        await self.save()
         await self.close()
 
     async def close(self) -> None:
