@@ -38,6 +38,20 @@ def _event(i: int, ts_ms: int) -> dict[str, Any]:
             "input_tokens": 1, "output_tokens": 1}
 
 
+def _later_partition() -> list[dict[str, Any]]:
+    """A partition's first delivery: five events of the first window, and one at 16 s
+    (which lets that window close once the watermark may move)."""
+    out = [_event(100 + i, START_MS + 500 + 1_000 * i) for i in range(5)]
+    out.append(_event(200, START_MS + 16_000))
+    return out
+
+
+def _assert_first_window_whole(stats: dict[str, Any], closed: list[Any]) -> None:
+    assert stats["late_dropped"] == 0 and stats["events_in"] == 26
+    # the window [0, 10 s) has the first partition's ten events and the later one's five
+    assert [(s.ts, s.n) for s in closed][:1] == [((START_MS + 10_000) / 1000, 15)]
+
+
 def _grouped(partition: int, source: int, offset: int, events: list[dict[str, Any]]
              ) -> TestingMessage:
     return TestingMessage("llmpulse.grouped", partition, offset, GROUP_KEY,
@@ -82,10 +96,8 @@ async def test_a_partition_fetched_a_poll_later_is_not_late(tmp_path: Path) -> N
         await agents.take([_grouped(0, 0, 0, a)])
         await agents.tick()
         assert closed == [] and agents.counters["polls_held"] == 1
-        # partition 1's first fetch, a poll later: five events of the first window, and
-        # one at 16 s (which lets that window close)
-        b = [_event(100 + i, START_MS + 500 + 1_000 * i) for i in range(5)]
-        b.append(_event(200, START_MS + 16_000))
+        # partition 1's first fetch, a poll later
+        b = _later_partition()
         agents.backlog_view = {"llmpulse.grouped:0": [1, 1], "llmpulse.grouped:1": [None, 1]}
         await agents.take([_grouped(1, 0, 0, b)])
         agents.backlog_view = {"llmpulse.grouped:0": [1, 1], "llmpulse.grouped:1": [1, 1]}
@@ -94,9 +106,7 @@ async def test_a_partition_fetched_a_poll_later_is_not_late(tmp_path: Path) -> N
         await agents.close()
     finally:
         agents.store.close()
-    assert stats["late_dropped"] == 0 and stats["events_in"] == 26
-    # the window [0, 10 s) has partition 0's ten events and partition 1's five
-    assert [(s.ts, s.n) for s in closed][:1] == [((START_MS + 10_000) / 1000, 15)]
+    _assert_first_window_whole(stats, closed)
 
 
 async def test_a_source_forwarded_to_holds_until_taken_in(tmp_path: Path) -> None:
@@ -110,8 +120,7 @@ async def test_a_source_forwarded_to_holds_until_taken_in(tmp_path: Path) -> Non
         await agents.take([_grouped(part, 0, 0, [_event(i, START_MS + 1_000 * i)
                                                  for i in range(20)])])
         # ... and inference partition 1 is read only now: forwarded, not taken in yet
-        late = [_event(100 + i, START_MS + 500 + 1_000 * i) for i in range(5)]
-        late.append(_event(200, START_MS + 16_000))
+        late = _later_partition()
         envelope = Message(b"\n".join(orjson.dumps(e) for e in late), "llmpulse.inference", 1, 0)
         batch = split_batch([envelope], kind="inference", keep_events=True,
                             now_ms=START_MS + 60_000)
@@ -126,8 +135,7 @@ async def test_a_source_forwarded_to_holds_until_taken_in(tmp_path: Path) -> Non
         await agents.close()
     finally:
         agents.store.close()
-    assert stats["late_dropped"] == 0 and stats["events_in"] == 26
-    assert [(s.ts, s.n) for s in closed][:1] == [((START_MS + 10_000) / 1000, 15)]
+    _assert_first_window_whole(stats, closed)
 
 
 def test_the_engine_holds_its_watermark_while_told_to() -> None:
@@ -199,7 +207,7 @@ async def test_after_a_restart_a_read_partition_does_not_hold_the_watermark(
         now = [1_000.0]
         agents, engine, closed = _agents(tmp_path / str(committed_there), now)
         if committed_there:
-            agents.app.consumer._committed_offset[TP("llmpulse.grouped", 1)] = 9
+            agents.app.consumer._committed_offset[TP("llmpulse.grouped", 1)] = 9  # type: ignore[attr-defined]
         try:
             agents.backlog_view = {"llmpulse.grouped:0": [None, 1],
                                    "llmpulse.grouped:1": [None, 9]}
