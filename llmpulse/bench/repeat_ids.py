@@ -1,0 +1,103 @@
+"""``python -m llmpulse.bench.repeat_ids``: what the closed windows' event id hashes cost a snapshot.
+
+:class:`~llmpulse.streams.windows.TumblingWindows` keeps the 64-bit hashes of the
+``event_id`` of every window it closed for ``repeat_horizon_s`` of event time (600 s
+by default), per window length, so a copy forwarded again after a rebalance is told
+from a late event; they travel in every engine snapshot. This feeds simulator
+inference events (``--rate`` requests/s, two inferences each) to a
+:class:`~llmpulse.streams.engine.SignalEngine` with three window lengths (5 s, 10 s,
+60 s) and a cheap detector, the clock following event time, one chunk and one poll
+per second of event time, for ``--duration`` seconds; then times
+``pickle.dumps(engine.snapshot())`` (what the engine process writes) and its
+restore, with the hashes and with them dropped (the same open windows: the trivial
+baseline), best of ``--repeat``. ``--horizon`` sets ``repeat_horizon_s``.
+
+    python -m llmpulse.bench.repeat_ids --rate 1500 --duration 600 --horizon 600
+
+>>> r = run(rate=20, duration_s=90, repeat=1)
+>>> r["inferences"] > 3000, r["with_ids"]["ids"] > 0, r["without_ids"]["ids"]
+(True, True, 0)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+import time
+from typing import Any
+
+from llmpulse.detectors.latency import ErrorRates
+from llmpulse.simulate import SupportAppSimulator
+from llmpulse.streams.engine import SignalEngine
+from llmpulse.streams.windows import WindowSpec
+
+__all__ = ["run"]
+
+WINDOWS = {"latency": WindowSpec(5.0, 2.5), "drift": WindowSpec(10.0, 5.0),
+           "bias": WindowSpec(60.0, 30.0)}
+
+
+def _measure(engine: SignalEngine, repeat: int) -> dict[str, Any]:
+    best_dump = best_load = float("inf")
+    blob = b""
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        blob = pickle.dumps(engine.snapshot(), protocol=pickle.HIGHEST_PROTOCOL)
+        t1 = time.perf_counter()
+        fresh = SignalEngine({f: (lambda: [ErrorRates(min_n=1)]) for f in WINDOWS}, WINDOWS,
+                             clock=engine.clock)
+        fresh.restore(pickle.loads(blob))
+        t2 = time.perf_counter()
+        best_dump, best_load = min(best_dump, t1 - t0), min(best_load, t2 - t1)
+    bufs = engine._buffers.values()
+    return {"bytes": len(blob), "snapshot_s": round(best_dump, 4),
+            "restore_s": round(best_load, 4),
+            "ids": sum(len(v) for b in bufs for v in b._closed_ids.values()),
+            "open_events": sum(len(v) for b in bufs for v in b._open.values())}
+
+
+def run(rate: float = 1500.0, duration_s: int = 600, repeat: int = 3, seed: int = 11,
+        horizon_s: float = 600.0) -> dict[str, Any]:
+    now = [0.0]
+    engine = SignalEngine({f: (lambda: [ErrorRates(min_n=1)]) for f in WINDOWS}, WINDOWS,
+                          clock=lambda: now[0])
+    for buf in engine._buffers.values():
+        buf.repeat_horizon_ms = int(horizon_s * 1000)
+    sim = SupportAppSimulator(seed=seed, rate=rate, start_ts=1_750_000_000.0)
+    n = 0
+    for batch in sim.batches(duration_s):
+        evs = [e for topic, e in batch if topic == "llmpulse.inference"]
+        if not evs:
+            continue
+        n += len(evs)
+        now[0] = max(now[0], max(e["ts"] for e in evs) / 1000)
+        engine.add_inference(evs, source=(0, 0))
+        engine.poll()
+    out: dict[str, Any] = {"rate_requests_per_s": rate, "duration_s": duration_s,
+                           "inferences": n, "windows_s": [w.length_s for w in WINDOWS.values()],
+                           "repeat_horizon_s": horizon_s,
+                           "ids_per_window_length": {
+                               spec.length_s: sum(len(v) for v in buf._closed_ids.values())
+                               for spec, buf in engine._buffers.items()}}
+    out["with_ids"] = _measure(engine, repeat)
+    for buf in engine._buffers.values():
+        buf._closed_ids = {}
+    out["without_ids"] = _measure(engine, repeat)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m llmpulse.bench.repeat_ids", description=__doc__)
+    ap.add_argument("--rate", type=float, default=1500.0, help="requests/s (two inferences each)")
+    ap.add_argument("--duration", type=int, default=600, help="seconds of event time")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--horizon", type=float, default=600.0, help="repeat_horizon_s")
+    args = ap.parse_args(argv)
+    print(json.dumps(run(args.rate, args.duration, args.repeat, horizon_s=args.horizon), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
