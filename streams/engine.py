@@ -300,6 +300,12 @@ class SignalEngine:
         self._flushing = False
         self._ready: list[Signal] = []  # deferred signals finished, not yet returned
 
+    @property
+    def repeat_ids(self) -> RepeatIds:
+        """The event ids of closed windows, one set for every window length
+        (:mod:`llmpulse.streams.repeats`)."""
+        return self._repeat_ids
+
     # -- configuration helpers ------------------------------------------------
 
     def _detector_names(self, family: str) -> list[str]:
@@ -631,7 +637,10 @@ class SignalEngine:
         bytes (``events``), and the windows as positions in it; the join
         table likewise as JSON bytes. Both are zstd-compressed (``codec``)
         when cramjam is installed. Pickling a few bytes objects is a copy,
-        where the events as Python objects cost seconds.
+        where the events as Python objects cost seconds. The closed windows'
+        event ids (``repeat_ids``) are one set for all window lengths, as raw
+        uint64 bytes; a snapshot that keeps them per buffer (``closed_ids``,
+        base64 text, before they were shared) is read too.
         """
         if self._deferred is None:
             return self._snapshot([])
