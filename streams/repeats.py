@@ -18,10 +18,14 @@ window needs. Buckets are pruned oldest first (a heap by end time), so a poll
 costs what expires, not what is kept.
 
 **State.** :meth:`state` is the keys (group, span start, span length, count)
-and one ``bytes`` of little-endian uint64 hashes, for engine snapshots and the
-states handed to another worker, which are pickled; :meth:`merge` also reads
-the hashes as base64 text (a JSON-able state) and, through :meth:`add_hashes`,
-the per-window sets older snapshots kept per window length.
+and one ``bytes`` of the hashes, for engine snapshots and the states handed to
+another worker, which are pickled: little-endian uint64, or (``codec``
+``delta-zstd``, when cramjam is installed) each hash less the one before it,
+the bytes of those regrouped by significance and zstd-compressed. The hashes
+are random but sorted, so the differences' high bytes are mostly zero: a fifth
+smaller, for a few milliseconds. :meth:`merge` also reads the hashes as base64
+text (a JSON-able state) and, through :meth:`add_hashes`, the per-window sets
+older snapshots kept per window length.
 
 >>> ids = RepeatIds(span_ms=5_000)
 >>> g = ("app", "m", "1")
@@ -45,6 +49,12 @@ from typing import Any
 import numpy as np
 
 from llmpulse.detectors.base import parse_ts
+
+_cramjam: Any
+try:
+    import cramjam as _cramjam
+except ImportError:  # pragma: no cover - a server install has it
+    _cramjam = None
 
 __all__ = ["RepeatIds"]
 
@@ -170,13 +180,15 @@ class RepeatIds:
 
     def state(self, groups: Set[_Group] | None = None, *, text: bool = False) -> dict[str, Any]:
         """The ids (of ``groups``, or all): ``keys`` ``[group, start, span, count]`` and
-        ``hashes``, the counts' hashes one after another as little-endian uint64
-        bytes (base64 text with ``text``, for a JSON-able state)."""
+        ``hashes``, the counts' hashes one after another in ``codec`` (see the module
+        docstring; base64 text with ``text``, for a JSON-able state)."""
         items = [(k, v) for k, v in self._ids.items() if groups is None or k[0] in groups]
-        blob = (np.concatenate([v for _, v in items]).astype(_LE, copy=False).tobytes()
-                if items else b"")
+        hashes = (np.concatenate([v for _, v in items]) if items
+                  else np.empty(0, dtype=np.uint64))
+        codec, blob = _encode(hashes)
         return {
             "span_ms": self.span_ms,
+            "codec": codec,
             "keys": [[list(g), start, span, len(v)] for (g, start, span), v in items],
             "hashes": base64.b64encode(blob).decode("ascii") if text else blob,
         }
@@ -188,18 +200,46 @@ class RepeatIds:
         raw = state["hashes"]
         if isinstance(raw, str):
             raw = base64.b64decode(raw)
-        blob = np.frombuffer(raw, dtype=_LE)
+        blob = _decode(state.get("codec", "raw"), bytes(raw))
         pos = 0
         for g, start, span, n in state["keys"]:
             n = int(n)
             if n < 0 or pos + n > len(blob) or int(span) <= 0:
                 raise ValueError(f"repeat_ids: key {[g, start, span, n]!r} does not fit "
                                  f"{len(blob)} hashes")
-            self._put((_group(g), int(start), int(span)),
-                      blob[pos:pos + n].astype(np.uint64))  # a copy, native order
+            self._put((_group(g), int(start), int(span)), blob[pos:pos + n].copy())
             pos += n
         if pos != len(blob):
             raise ValueError(f"repeat_ids: {len(blob) - pos} hashes not named by a key")
+
+
+def _encode(hashes: np.ndarray) -> tuple[str, bytes]:
+    """``hashes`` as bytes in the codec at hand (see the module docstring).
+
+    >>> h = np.array([5, 9, 2**64 - 1, 3], dtype=np.uint64)
+    >>> _decode(*_encode(h)).tolist() == h.tolist() == _decode("raw", h.astype("<u8").tobytes()).tolist()
+    True
+    """
+    if _cramjam is None or not len(hashes):
+        return "raw", hashes.astype(_LE, copy=False).tobytes()
+    deltas = np.diff(hashes, prepend=np.uint64(0)).astype(_LE, copy=False)  # modulo 2**64
+    planes = deltas.view(np.uint8).reshape(-1, 8).T.tobytes()  # byte k of every delta, k = 0..7
+    return "delta-zstd", bytes(_cramjam.zstd.compress(planes, level=1))
+
+
+def _decode(codec: str, blob: bytes) -> np.ndarray:
+    """The uint64 hashes of an :func:`_encode`."""
+    if codec == "raw":
+        return np.frombuffer(blob, dtype=_LE).astype(np.uint64)
+    if codec != "delta-zstd":
+        raise ValueError(f"repeat_ids: codec {codec!r} not supported")
+    if _cramjam is None:
+        raise ValueError("repeat_ids: the hashes are zstd-compressed and cramjam is not installed")
+    planes = np.frombuffer(bytes(_cramjam.zstd.decompress(blob)), dtype=np.uint8)
+    if len(planes) % 8:
+        raise ValueError(f"repeat_ids: {len(planes)} bytes of hashes, not a multiple of 8")
+    deltas = planes.reshape(8, -1).T.copy().view(_LE).reshape(-1)
+    return np.cumsum(deltas, dtype=np.uint64)  # modulo 2**64
 
 
 def _group(g: Any) -> _Group:

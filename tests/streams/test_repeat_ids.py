@@ -8,6 +8,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from llmpulse.detectors.latency import ErrorRates
@@ -98,17 +99,25 @@ def test_a_dropped_group_leaves_nothing_behind() -> None:
     assert ids.prune(10_000) == 1 and ids.groups() == set()
 
 
-def test_the_saved_ids_are_raw_bytes_and_a_bad_state_is_refused() -> None:
+def test_the_saved_ids_are_bytes_in_either_codec_and_a_bad_state_is_refused() -> None:
     eng = _engine()
     eng.add_inference([_ev(i) for i in range(100)], source=(0, 0))
     _closed_all(eng)
     state = eng.snapshot()["repeat_ids"]
-    assert isinstance(state["hashes"], bytes) and len(state["hashes"]) == 8 * 90
+    assert state["codec"] == "delta-zstd" and isinstance(state["hashes"], bytes)
     assert sum(n for *_, n in state["keys"]) == 90
+    raw = np.concatenate([eng.repeat_ids._ids[(tuple(g), s, sp)] for g, s, sp, _ in state["keys"]])
+    plain = {**state, "codec": "raw", "hashes": raw.astype("<u8").tobytes()}
+    for st in (state, plain, {k: v for k, v in plain.items() if k != "codec"}):
+        ids = RepeatIds(10_000)
+        ids.merge(st)
+        assert len(ids) == 90 and ids.holds(G, "x42", 42_000) and not ids.holds(G, "x42", 52_000)
     with pytest.raises(ValueError, match="repeat_ids: key .* does not fit"):
-        RepeatIds(10_000).merge({**state, "hashes": state["hashes"][:-8]})
+        RepeatIds(10_000).merge({**plain, "hashes": plain["hashes"][:-8]})
     with pytest.raises(ValueError, match="repeat_ids: 1 hashes not named by a key"):
-        RepeatIds(10_000).merge({**state, "hashes": state["hashes"] + bytes(8)})
+        RepeatIds(10_000).merge({**plain, "hashes": plain["hashes"] + bytes(8)})
+    with pytest.raises(ValueError, match="repeat_ids: codec 'lz4' not supported"):
+        RepeatIds(10_000).merge({**state, "codec": "lz4"})
 
 
 def _old() -> dict[str, Any]:
@@ -164,8 +173,6 @@ def test_hashes_are_those_older_versions_wrote() -> None:
     """A snapshot of an older version holds hashes of the same function: a window's
     set in the fixture is the hashes of its ids today."""
     import base64
-
-    import numpy as np
 
     for length, _, buf in _old()["snapshot"]["buffers"]:
         for g, start, text in buf["closed_ids"]:
