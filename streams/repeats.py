@@ -42,6 +42,7 @@ True
 from __future__ import annotations
 
 import base64
+import bisect
 import heapq
 from collections.abc import Callable, Mapping, Sequence, Set
 from typing import Any
@@ -110,19 +111,19 @@ class RepeatIds:
         return False
 
     def add(self, group: _Group, events: Sequence[Mapping[str, Any]]) -> None:
-        """Keep the ids of ``events`` (a closed window's) of ``group``."""
-        pairs = [(str(eid), _ms(e)) for e in events if (eid := e.get("event_id"))]
-        if not pairs:
+        """Keep the ids of ``events`` of ``group``: a closed window's, sorted by time."""
+        if not events:
             return
-        hashes = _raw_hashes([eid for eid, _ in pairs])
         span = self.span_ms
-        starts = np.fromiter((ts - ts % span for _, ts in pairs), dtype=np.int64, count=len(pairs))
-        first = int(starts[0])
-        if (starts == first).all():
-            self._put((group, first, span), np.unique(hashes))
-            return
-        for start in np.unique(starts).tolist():
-            self._put((group, int(start), span), np.unique(hashes[starts == start]))
+        i, n = 0, len(events)
+        while i < n:
+            ts = _ms(events[i])
+            start = ts - ts % span
+            # the window's events in this span: all of them when the window is one span
+            j = n if _ms(events[-1]) < start + span else bisect.bisect_left(
+                events, start + span, lo=i, key=_ms)
+            self._put((group, start, span), id_hashes(events[i:j]))
+            i = j
 
     def add_hashes(self, group: _Group, start: int, span: int, hashes: np.ndarray) -> None:
         """Keep sorted distinct ``hashes`` of the events of ``group`` in

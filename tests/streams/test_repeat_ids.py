@@ -52,6 +52,10 @@ def test_an_engine_keeps_each_id_once_for_all_its_window_lengths() -> None:
     eng.add_inference([_ev(i, m) for i in range(100) for m in "xy"], source=(0, 0))
     _closed_all(eng)  # watermark 99 s: 10 s windows closed through 90 s, 60 s through 60 s
     assert len(eng.repeat_ids) == 180 == eng.stats()["repeat_ids"]  # x0..x89, y0..y89: once
+    # in spans of 10 s (the greatest common divisor of the lengths), 60 s windows too
+    assert sorted(eng.repeat_ids._ids) == [(g, s, 10_000) for g in (G, ("a", "y", "1"))
+                                           for s in range(0, 90_000, 10_000)]
+    assert all(len(v) == 10 for v in eng.repeat_ids._ids.values())
     # a copy for windows closed in both lengths is a repeat in both; one whose 60 s
     # window is still open is a repeat in the 10 s length and a duplicate in the other
     assert eng.add_inference([_ev(5), _ev(65), _ev(200, ts_ms=5_000)], source=(0, 0)) == 1
@@ -181,3 +185,13 @@ def test_hashes_are_those_older_versions_wrote() -> None:
                 assert saved.tolist() == id_hashes([_ev(i) for i in range(20, 30)]).tolist()
                 return
     raise AssertionError("no 10 s window [20, 30 s) of a/x/1 in the fixture")
+
+
+def test_a_window_longer_than_the_span_fills_each_span_with_its_own_ids() -> None:
+    ids = RepeatIds(span_ms=10_000)
+    window = [_ev(i) for i in range(60)] + [{**_ev(99), "ts": 59_999}, {"ts": 59_999}]
+    ids.add(G, window)  # a 60 s window as it closes: sorted by time
+    assert [(s, len(v)) for (_, s, _), v in sorted(ids._ids.items())] == [
+        (s, 11 if s == 50_000 else 10) for s in range(0, 60_000, 10_000)]
+    assert all(ids.holds(G, f"x{i}", 1_000 * i) for i in range(60))
+    assert not ids.holds(G, "x15", 25_000) and ids.holds(G, "x99", 59_999)
