@@ -44,7 +44,7 @@ from __future__ import annotations
 import base64
 import bisect
 import heapq
-from collections.abc import Callable, Mapping, Sequence, Set
+from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 import numpy as np
@@ -68,8 +68,10 @@ class RepeatIds:
     """Sorted ``event_id`` hashes per (group, start, span): see the module docstring.
 
     ``span_ms``: the event time each new bucket covers. Buffers that share the set
-    :meth:`register` their cutoff, and :meth:`prune` without an argument keeps
-    what the furthest behind of them still needs.
+    :meth:`register` and keep their cutoff up to date (:meth:`keep_from`), and
+    :meth:`prune` without an argument keeps what the furthest behind of them still
+    needs. The set holds no reference to them (a discarded engine is freed at once,
+    not by a later garbage collection).
     """
 
     def __init__(self, span_ms: int) -> None:
@@ -79,7 +81,7 @@ class RepeatIds:
         self._ids: dict[_Key, np.ndarray] = {}
         self._spans: dict[int, int] = {}  # span -> how many buckets have it
         self._ends: list[tuple[int, _Group, int, int]] = []  # heap: (end, group, start, span)
-        self._cutoffs: list[Callable[[], int]] = []
+        self._cutoffs: list[int] = []
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._ids.values())
@@ -88,10 +90,15 @@ class RepeatIds:
     def nbytes(self) -> int:
         return sum(v.nbytes for v in self._ids.values())
 
-    def register(self, cutoff: Callable[[], int]) -> None:
-        """A buffer sharing the set: ``cutoff()`` is the earliest event time (ms) whose
-        ids it may still need."""
-        self._cutoffs.append(cutoff)
+    def register(self, cutoff: int) -> int:
+        """A buffer sharing the set, with the earliest event time (ms) whose ids it may
+        still need; its slot for :meth:`keep_from`."""
+        self._cutoffs.append(int(cutoff))
+        return len(self._cutoffs) - 1
+
+    def keep_from(self, slot: int, cutoff: int) -> None:
+        """The buffer of ``slot`` needs ids from ``cutoff`` (ms) on."""
+        self._cutoffs[slot] = int(cutoff)
 
     def groups(self) -> set[_Group]:
         return {g for g, _, _ in self._ids}
@@ -149,7 +156,7 @@ class RepeatIds:
         if cutoff is None:
             if not self._cutoffs:
                 return 0
-            cutoff = min(f() for f in self._cutoffs)
+            cutoff = min(self._cutoffs)
         ends = self._ends
         gone = 0
         while ends and ends[0][0] <= cutoff:

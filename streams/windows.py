@@ -289,7 +289,7 @@ class TumblingWindows:
         # event_id hashes of the windows closed within the horizon
         self._own_ids = repeat_ids is None
         self._ids = RepeatIds(self._length) if repeat_ids is None else repeat_ids
-        self._ids.register(self.repeat_cutoff)
+        self._slot = self._ids.register(self.repeat_cutoff())
         # close thresholds of groups taken over from another engine (a partition
         # handed off) that are past this one's: their windows ending there closed
         # on the other engine, so events for them are late here too
@@ -402,6 +402,7 @@ class TumblingWindows:
             self._ids.add(g, events)
             out.append((g, start, events))
         if due or threshold_ms > before:
+            self._ids.keep_from(self._slot, self.repeat_cutoff())
             self._ids.prune()
         return out
 
@@ -541,6 +542,7 @@ class TumblingWindows:
     def restore(self, state: Mapping[str, Any]) -> None:
         self._open = {(_group(g), int(start)): list(evs) for g, start, evs in state["open"]}
         self.closed_through = int(state["closed_through"])
+        self._ids.keep_from(self._slot, self.repeat_cutoff())
         self.late = {_group(g): int(n) for g, n in state["late"]}
         self.duplicates = int(state.get("duplicates", 0))
         self._floors = {_group(g): int(f) for g, f in state.get("floors", ())}

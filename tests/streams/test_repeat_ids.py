@@ -195,3 +195,17 @@ def test_a_window_longer_than_the_span_fills_each_span_with_its_own_ids() -> Non
         (s, 11 if s == 50_000 else 10) for s in range(0, 60_000, 10_000)]
     assert all(ids.holds(G, f"x{i}", 1_000 * i) for i in range(60))
     assert not ids.holds(G, "x15", 25_000) and ids.holds(G, "x99", 59_999)
+
+
+def test_an_engine_let_go_is_freed_at_once_with_its_ids() -> None:
+    """The shared set refers to no buffer: a replaced engine (a restore into a fresh
+    one) does not wait for the cyclic garbage collector with its open windows."""
+    import weakref
+
+    eng = _engine()
+    eng.add_inference([_ev(i) for i in range(100)], source=(0, 0))
+    _closed_all(eng)
+    ids = weakref.ref(eng.repeat_ids)
+    gone = weakref.ref(eng)
+    del eng
+    assert gone() is None and ids() is None
