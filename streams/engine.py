@@ -66,6 +66,7 @@ time per event, so it would lift a hot group's ceiling by about 12 %
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 import time
 from collections import defaultdict
@@ -76,6 +77,7 @@ from typing import Any
 from llmpulse.detectors.base import Batch, Deferrable, Detector, Signal
 from llmpulse.streams.deferred import DeferredRunner, DeferredTask
 from llmpulse.streams.join import FeedbackJoin
+from llmpulse.streams.repeats import RepeatIds
 from llmpulse.streams.windows import (
     DEFAULT_WINDOWS,
     Group,
@@ -279,7 +281,9 @@ class SignalEngine:
         for fam in self.detectors:
             if fam != "quality" and self._names[fam]:
                 self._specs.setdefault(self.windows[fam], []).append(fam)
-        self._buffers = {spec: TumblingWindows(spec)
+        # one set of closed windows' event ids for every window length
+        self._repeat_ids = RepeatIds(math.gcd(*(sp.length_ms for sp in self._specs)) or 1000)
+        self._buffers = {spec: TumblingWindows(spec, repeat_ids=self._repeat_ids)
                          for spec in sorted(self._specs, key=lambda sp: sp.length_ms)}
         self._join: FeedbackJoin | None = None
         if self._names.get("quality"):
@@ -295,6 +299,12 @@ class SignalEngine:
                                          latest_only=deferred_latest_only) if defer else None)
         self._flushing = False
         self._ready: list[Signal] = []  # deferred signals finished, not yet returned
+
+    @property
+    def repeat_ids(self) -> RepeatIds:
+        """The event ids of closed windows, one set for every window length
+        (:mod:`llmpulse.streams.repeats`)."""
+        return self._repeat_ids
 
     # -- configuration helpers ------------------------------------------------
 
@@ -599,6 +609,8 @@ class SignalEngine:
             # rebalance): dropped, not late; once per window length, as duplicates
             "repeats_dropped": max(repeats_by_window.values(), default=0),
             "repeats_dropped_by_window": repeats_by_window,
+            # event ids of closed windows kept to tell those copies (once for all lengths)
+            "repeat_ids": len(self._repeat_ids),
             "watermark_ms": wm,
             "sources": self._watermark.sources_view(self.clock()),
             "close_delay_s": {
@@ -628,7 +640,10 @@ class SignalEngine:
         bytes (``events``), and the windows as positions in it; the join
         table likewise as JSON bytes. Both are zstd-compressed (``codec``)
         when cramjam is installed. Pickling a few bytes objects is a copy,
-        where the events as Python objects cost seconds.
+        where the events as Python objects cost seconds. The closed windows'
+        event ids (``repeat_ids``) are one set for all window lengths, as raw
+        uint64 bytes; a snapshot that keeps them per buffer (``closed_ids``,
+        base64 text, before they were shared) is read too.
         """
         if self._deferred is None:
             return self._snapshot([])
@@ -652,6 +667,7 @@ class SignalEngine:
             "watermark": self._watermark.snapshot(),
             "events": _pack(list(shared.values())),
             "buffers": buffers,
+            "repeat_ids": self._repeat_ids.state(),
             "join": None if self._join is None else _pack(self._join.snapshot_rows()),
             "detectors": [
                 [fam, list(g), self._detector_states((fam, g), dets)]
@@ -724,6 +740,7 @@ class SignalEngine:
             "codec": _CODEC,
             "events": _pack(list(shared.values())),
             "buffers": buffers,
+            "repeat_ids": self._repeat_ids.state(groups),
             "join": None if self._join is None else _pack(self._join.take_groups(groups)),
             "detectors": [
                 [fam, list(g), self._detector_states((fam, g), dets)]
@@ -781,6 +798,7 @@ class SignalEngine:
             if buf is None:
                 raise ValueError(f"group state has a {length} s window this engine does not")
             buf.merge_groups(buf_state, events, hold=bool(state.get("watermark")))
+        self._repeat_ids.merge(state.get("repeat_ids"))  # absent from older states
         if self._join is not None and state["join"] is not None:
             self._join.merge_groups(_unpack(state["join"], codec))
         for fam, g, det_states in state["detectors"]:
@@ -834,6 +852,7 @@ class SignalEngine:
         by_spec = {(s.length_s, s.lateness_s): b for s, b in self._buffers.items()}
         codec = state.get("codec", "none")
         events = _unpack(state["events"], codec) if version != 1 else None
+        self._repeat_ids.clear()  # older snapshots keep them per buffer (``closed_ids``)
         for length, lateness, buf_state in state["buffers"]:
             buf = by_spec.get((float(length), float(lateness)))
             if buf is None:
@@ -842,6 +861,7 @@ class SignalEngine:
                 buf.restore(buf_state)
             else:
                 buf.restore_shared(buf_state, events)
+        self._repeat_ids.merge(state.get("repeat_ids"))
         join_state = state["join"]
         if self._join is not None and join_state is not None:
             self._join.restore(_unpack(join_state, codec) if version != 1 else join_state)

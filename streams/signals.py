@@ -763,6 +763,8 @@ class SignalAgents:
             keys = self._keys.pop(p, set())
             dropped = self.engine.drop_groups(keys, p) if keys else 0
             self._positions.pop(p, None)
+            # its sources, as the engine's watermark forgot them: they are not idle here
+            self._added_at = {s: t for s, t in self._added_at.items() if s[0] != p}
             self.counters["partitions_handed_off"] += 1
             log.info("signals: llmpulse.grouped[%d] went to another worker (%d group(s) "
                      "handed off)", p, dropped)
