@@ -43,7 +43,7 @@ from llmpulse.events import (
 )
 from llmpulse.kafka_security import KafkaSecurity
 from llmpulse.sqlguard import QueryLimitError, QueryRefused, SqlGuard
-from llmpulse.store import RAW_INGEST, QueryError, Store
+from llmpulse.store import RAW_INGEST, QueryError, Store, StoreError
 from llmpulse.streams.admin import register_audit_agent, register_erase
 from llmpulse.streams.agent_traces import AgentTraceSettings, TraceWindows, attach_agent_signals
 from llmpulse.streams.alerting import AlertLinker
@@ -354,7 +354,10 @@ class IngestLag:
         for tp in tps:
             try:
                 hw = fresh[tp] if tp in fresh else consumer.highwater(tp)
-            except AssertionError:  # revoked since the assignment was read (a rebalance)
+            except Exception:
+                # revoked since the assignment was read (a rebalance): aiokafka asserts,
+                # or, its assignment replaced by the consumer's thread between its own
+                # check and read, fails on the missing partition state
                 continue
             if hw is None:
                 continue
@@ -430,6 +433,12 @@ class HealthSignals:
             return {}
 
 
+def _unavailable(web: Any, reason: str) -> Any:
+    """503 with ``reason``: a state that passes (a rebalance, a store reopening), to retry."""
+    log.warning("HTTP API: answering 503: %s", reason)
+    return web.json({"error": reason, "retry": True}, status=503, headers={"Retry-After": "1"})
+
+
 def query_view(store: Store) -> type[faust.web.View]:
     """``/api/query``: the read-only query API over ``store``."""
 
@@ -476,6 +485,8 @@ def query_view(store: Store) -> type[faust.web.View]:
                 return self.json(out, status=exc.status)
             except QueryError as exc:
                 return self.json({"error": str(exc)}, status=400)
+            except StoreError as exc:  # closed or not answering: not the query's fault
+                return _unavailable(self, f"the store is not available: {exc}")
             return self.json({"rows": rows})
 
         async def _named(self, name: str | None, params: dict[str, Any]) -> Any:
@@ -511,7 +522,12 @@ def register_http_api(pipeline: Pipeline, store: Store) -> None:
         stats.store_errors = sink.errors
         stats.store_rejected = sink.rejected
         stats.last_store_s = sink.last_store_s
-        out = stats.as_dict(await pipeline.lag())
+        try:
+            lag = await pipeline.lag()
+        except Exception as exc:  # the consumer's state, changed by its thread meanwhile
+            return _unavailable(web, f"the consumer's partitions could not be read "
+                                f"(rebalancing: {bool(getattr(app, 'rebalancing', False))}): {exc}")
+        out = stats.as_dict(lag)
         try:
             out["assignment"] = sorted(f"{tp.topic}:{tp.partition}"
                                        for tp in app.consumer.assignment())

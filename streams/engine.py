@@ -66,6 +66,7 @@ time per event, so it would lift a hot group's ceiling by about 12 %
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 import time
 from collections import defaultdict
@@ -76,6 +77,7 @@ from typing import Any
 from llmpulse.detectors.base import Batch, Deferrable, Detector, Signal
 from llmpulse.streams.deferred import DeferredRunner, DeferredTask
 from llmpulse.streams.join import FeedbackJoin
+from llmpulse.streams.repeats import RepeatIds
 from llmpulse.streams.windows import (
     DEFAULT_WINDOWS,
     Group,
@@ -279,7 +281,9 @@ class SignalEngine:
         for fam in self.detectors:
             if fam != "quality" and self._names[fam]:
                 self._specs.setdefault(self.windows[fam], []).append(fam)
-        self._buffers = {spec: TumblingWindows(spec)
+        # one set of closed windows' event ids for every window length
+        self._repeat_ids = RepeatIds(math.gcd(*(sp.length_ms for sp in self._specs)) or 1000)
+        self._buffers = {spec: TumblingWindows(spec, repeat_ids=self._repeat_ids)
                          for spec in sorted(self._specs, key=lambda sp: sp.length_ms)}
         self._join: FeedbackJoin | None = None
         if self._names.get("quality"):
@@ -295,6 +299,12 @@ class SignalEngine:
                                          latest_only=deferred_latest_only) if defer else None)
         self._flushing = False
         self._ready: list[Signal] = []  # deferred signals finished, not yet returned
+
+    @property
+    def repeat_ids(self) -> RepeatIds:
+        """The event ids of closed windows, one set for every window length
+        (:mod:`llmpulse.streams.repeats`)."""
+        return self._repeat_ids
 
     # -- configuration helpers ------------------------------------------------
 
@@ -389,11 +399,14 @@ class SignalEngine:
 
     # -- output -------------------------------------------------------------------
 
-    def advance(self, now: float | None = None, *, backlog: bool = False) -> list[Signal]:
+    def advance(self, now: float | None = None, *, backlog: bool = False,
+                hold: bool = False) -> list[Signal]:
         """Close what the watermark allows at wall time ``now``; the signals.
 
         ``backlog``: the reader has unread events (consumer lag), so no source
         is idle however long it has been silent (:class:`~llmpulse.streams.windows.Watermark`).
+        ``hold``: the reader awaits a partition it has not delivered from yet
+        (:class:`~llmpulse.streams.windows.AwaitedSources`): the watermark stays where it is.
 
         Window lengths are closed shortest first; once the closes of one
         length produced signals and took ``close_budget_s`` or more, the
@@ -401,7 +414,7 @@ class SignalEngine:
         gets signals back), so a minute window's detectors never hold up the
         ten-second windows that became due with it."""
         now = self.clock() if now is None else now
-        wm = self._watermark.current(now, backlog=backlog)
+        wm = self._watermark.current(now, backlog=backlog, hold=hold)
         behind = self._watermark.partitions_behind(now, backlog=backlog) if self._taken_over else {}
         if self._taken_over and not behind:
             self._taken_over = {}  # caught up: they follow the watermark again
@@ -429,9 +442,9 @@ class SignalEngine:
         self._c.signals_out += len(out)
         return out
 
-    def poll(self, *, backlog: bool = False) -> list[Signal]:
+    def poll(self, *, backlog: bool = False, hold: bool = False) -> list[Signal]:
         """:meth:`advance` at the clock's time."""
-        return self.advance(backlog=backlog)
+        return self.advance(backlog=backlog, hold=hold)
 
     def flush(self, now: float | None = None) -> list[Signal]:
         """Close every open window now (shutdown, end of a replay)."""
@@ -596,6 +609,8 @@ class SignalEngine:
             # rebalance): dropped, not late; once per window length, as duplicates
             "repeats_dropped": max(repeats_by_window.values(), default=0),
             "repeats_dropped_by_window": repeats_by_window,
+            # event ids of closed windows kept to tell those copies (once for all lengths)
+            "repeat_ids": len(self._repeat_ids),
             "watermark_ms": wm,
             "sources": self._watermark.sources_view(self.clock()),
             "close_delay_s": {
@@ -625,7 +640,10 @@ class SignalEngine:
         bytes (``events``), and the windows as positions in it; the join
         table likewise as JSON bytes. Both are zstd-compressed (``codec``)
         when cramjam is installed. Pickling a few bytes objects is a copy,
-        where the events as Python objects cost seconds.
+        where the events as Python objects cost seconds. The closed windows'
+        event ids (``repeat_ids``) are one set for all window lengths, as raw
+        uint64 bytes; a snapshot that keeps them per buffer (``closed_ids``,
+        base64 text, before they were shared) is read too.
         """
         if self._deferred is None:
             return self._snapshot([])
@@ -649,6 +667,7 @@ class SignalEngine:
             "watermark": self._watermark.snapshot(),
             "events": _pack(list(shared.values())),
             "buffers": buffers,
+            "repeat_ids": self._repeat_ids.state(),
             "join": None if self._join is None else _pack(self._join.snapshot_rows()),
             "detectors": [
                 [fam, list(g), self._detector_states((fam, g), dets)]
@@ -721,6 +740,7 @@ class SignalEngine:
             "codec": _CODEC,
             "events": _pack(list(shared.values())),
             "buffers": buffers,
+            "repeat_ids": self._repeat_ids.state(groups),
             "join": None if self._join is None else _pack(self._join.take_groups(groups)),
             "detectors": [
                 [fam, list(g), self._detector_states((fam, g), dets)]
@@ -778,6 +798,7 @@ class SignalEngine:
             if buf is None:
                 raise ValueError(f"group state has a {length} s window this engine does not")
             buf.merge_groups(buf_state, events, hold=bool(state.get("watermark")))
+        self._repeat_ids.merge(state.get("repeat_ids"))  # absent from older states
         if self._join is not None and state["join"] is not None:
             self._join.merge_groups(_unpack(state["join"], codec))
         for fam, g, det_states in state["detectors"]:
@@ -831,6 +852,7 @@ class SignalEngine:
         by_spec = {(s.length_s, s.lateness_s): b for s, b in self._buffers.items()}
         codec = state.get("codec", "none")
         events = _unpack(state["events"], codec) if version != 1 else None
+        self._repeat_ids.clear()  # older snapshots keep them per buffer (``closed_ids``)
         for length, lateness, buf_state in state["buffers"]:
             buf = by_spec.get((float(length), float(lateness)))
             if buf is None:
@@ -839,6 +861,7 @@ class SignalEngine:
                 buf.restore(buf_state)
             else:
                 buf.restore_shared(buf_state, events)
+        self._repeat_ids.merge(state.get("repeat_ids"))
         join_state = state["join"]
         if self._join is not None and join_state is not None:
             self._join.restore(_unpack(join_state, codec) if version != 1 else join_state)

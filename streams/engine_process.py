@@ -127,8 +127,8 @@ class LocalEngine:
     def add(self, chunks: Sequence[Chunk]) -> None:
         add_chunks(self.engine, chunks)
 
-    def poll(self, *, backlog: bool = False) -> list[Any]:
-        return list(self.engine.poll(backlog=backlog))
+    def poll(self, *, backlog: bool = False, hold: bool = False) -> list[Any]:
+        return list(self.engine.poll(backlog=backlog, hold=hold))
 
     def flush(self) -> list[Any]:
         return list(self.engine.flush())
@@ -203,7 +203,7 @@ def _serve(conn: Any, engine_kwargs: dict[str, Any], detectors: Any) -> None:
                 add_chunks(engine, arg)
                 out: Any = None
             elif cmd == "poll":
-                out = engine.poll(backlog=bool(arg))
+                out = engine.poll(backlog=bool(arg[0]), hold=bool(arg[1]))
             elif cmd == "flush":
                 out = engine.flush()
             elif cmd == "stats":
@@ -279,8 +279,8 @@ class EngineProcess:
     def add(self, chunks: Sequence[Chunk]) -> None:
         self._call("add", list(chunks))
 
-    def poll(self, *, backlog: bool = False) -> list[Any]:
-        return list(self._call("poll", backlog))
+    def poll(self, *, backlog: bool = False, hold: bool = False) -> list[Any]:
+        return list(self._call("poll", (backlog, hold)))
 
     def flush(self) -> list[Any]:
         return list(self._call("flush"))
@@ -405,8 +405,9 @@ class ShardedEngine:
         elif busy:
             self._all("add", parts)
 
-    def poll(self, *, backlog: bool = False) -> list[Any]:
-        return _sorted([s for out in self._all("poll", [backlog] * len(self.shards)) for s in out])
+    def poll(self, *, backlog: bool = False, hold: bool = False) -> list[Any]:
+        args = [(backlog, hold)] * len(self.shards)
+        return _sorted([s for out in self._all("poll", args) for s in out])
 
     def flush(self) -> list[Any]:
         return _sorted([s for out in self._all("flush") for s in out])

@@ -22,7 +22,15 @@ Partitioning, end to end:
   The engine (:mod:`llmpulse.streams.engine`) windows by event time, joins feedback and
   runs the detectors in child processes (``signals.engine_processes``, the
   groups spread over them by a hash of their key), called from one thread
-  off the event loop.
+  off the event loop. Its watermark follows (grouped partition, inference
+  partition) sources (:func:`_source`); at each window poll the worker also
+  names what it awaits a first delivery from (:func:`awaited`: its partitions
+  nothing was read from yet that may hold events, and the sources it forwarded
+  to its own grouped partitions that the engine has not taken in), and the
+  watermark holds while one is awaited, up to ``idle_s`` without a backlog
+  (:class:`~llmpulse.streams.windows.AwaitedSources`). A source first read
+  through another worker's forward, after this engine heard from its grouped
+  partition, is not known here and is not awaited.
 
 Signals go to the ``signals`` table (a ``ReplacingMergeTree``: a window
 recomputed after late feedback replaces its earlier row) and to
@@ -76,7 +84,7 @@ import logging
 import pickle
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -100,8 +108,10 @@ from llmpulse.streams.handoff import EngineStateLog, PartitionState
 from llmpulse.streams.ingest import IngestBatch
 from llmpulse.streams.sink import RawSink
 from llmpulse.streams.state import write_atomic
+from llmpulse.streams.windows import AwaitedSources
 
-__all__ = ["SignalAgents", "engine_chunks", "engine_config", "forget_saved_requests", "group_key"]
+__all__ = ["SignalAgents", "awaited", "engine_chunks", "engine_config", "forget_saved_requests",
+           "group_key"]
 
 log = logging.getLogger(__name__)
 
@@ -316,6 +326,37 @@ def forget_saved_requests(settings: Settings, request_ids: set[str]) -> int:
     return gone
 
 
+def awaited(view: Mapping[str, Sequence[int | None]],
+            committed: Mapping[str, int] | None = None) -> list[tuple[int | None, int | None]]:
+    """The partitions of ``view`` (as for :func:`unread`) nothing was read from yet that
+    may hold events, as watermark source patterns
+    (:class:`~llmpulse.streams.windows.AwaitedSources`): ``(grouped partition, None)``,
+    ``(None, inference partition)``. May hold events: the end offset is unknown, or
+    past the offset the group committed there (``committed``, ``"topic:partition" ->
+    offset``; none known: 0). A partition read from, or with nothing past its committed
+    offset (a restart where nothing new came), is not awaited: it would otherwise hold
+    the watermark for as long as other partitions have a backlog.
+
+    >>> awaited({"llmpulse.grouped:0": [None, 4], "llmpulse.grouped:1": [None, None],
+    ...          "llmpulse.grouped:2": [None, 0], "llmpulse.grouped:3": [3, 9],
+    ...          "llmpulse.inference:1": [None, 2], "llmpulse.inference:2": [5, 5]})
+    [(0, None), (1, None), (None, 1)]
+    >>> awaited({"llmpulse.grouped:0": [None, 4], "llmpulse.inference:1": [None, 7]},
+    ...         committed={"llmpulse.grouped:0": 4, "llmpulse.inference:1": 6})
+    [(None, 1)]
+    """
+    out: list[tuple[int | None, int | None]] = []
+    for name, (pos, end) in view.items():
+        if pos is not None or (end is not None and end <= (committed or {}).get(name, 0)):
+            continue
+        topic, _, part = name.rpartition(":")
+        if topic == TOPIC_GROUPED:
+            out.append((int(part), None))
+        elif topic == TOPIC_INFERENCE:
+            out.append((None, int(part)))
+    return out
+
+
 class SignalAgents:
     """Registers the grouped forwarder, the signal agent and its timers on a Faust app."""
 
@@ -381,13 +422,13 @@ class SignalAgents:
         # before their first message is taken in (or at the next poll), not in the
         # rebalance callback, which must return within the session timeout
         self._to_take_over: set[int] = set()
-        self._assignments = 0  # rebalances seen: a take-over read across one is read again
         # no partitions known to be this worker's: before the first assignment (a restored
         # state holds the windows of partitions that may go elsewhere) and between a
         # revocation and the next assignment. Silence then is no idleness (:meth:`tick`)
         self._unassigned = state_log is not None
         self._assigned: set[tuple[str, int]] = set()  # every topic partition of this worker
         self._take_over_lock = asyncio.Lock()
+        self._stopping = False  # set by stop(): no more states taken over
         self.pending_feedback: list[tuple[float, bytes, str]] = []
         self.counters: dict[str, int] = defaultdict(int)
         self._restore()
@@ -416,6 +457,11 @@ class SignalAgents:
         # the broker is asked for end offsets only while one may count as idle
         self._added_at: dict[Any, float] = {}
         self._idle_s = float(engine_kwargs.get("idle_s") or IDLE_S)
+        # sources (grouped partition, inference partition) this worker forwarded to and the
+        # engine has not had events of yet, and the partitions awaited: while one is, the
+        # watermark holds (its events would be late for windows the others closed)
+        self._forwarded_sources: set[tuple[int, int]] = set()
+        self._awaited = AwaitedSources(self._idle_s)
         self._register()
 
     # -- forwarding from the ingest agents -------------------------------------
@@ -437,6 +483,7 @@ class SignalAgents:
             if key is None:  # encoded once per group, not per event
                 key = keys[group] = group_key(*group)
             by_dest[(grouped_partition(key, parts), m.partition)][key].append(line)
+        self._forwarded_sources.update(by_dest)
         for (dest, src), groups in by_dest.items():
             source = str(src).encode()
             for value, listed in pack_groups(groups):
@@ -587,7 +634,8 @@ class SignalAgents:
             backlog = await self._end_offsets_backlog()
         if backlog:
             self.counters["polls_with_backlog"] += 1  # windows wait: silence is not idleness
-        signals = await loop.run_in_executor(self._exec, self._poll, backlog)
+        hold = self._holding(backlog)
+        signals = await loop.run_in_executor(self._exec, self._poll, backlog, hold)
         # the engine closes short windows first and may leave longer ones for the
         # next poll: emit what came, and poll again at once while polls give signals
         for _ in range(MAX_POLLS_IN_A_ROW):
@@ -595,7 +643,7 @@ class SignalAgents:
                 break
             await self.emit(signals)
             signals = await loop.run_in_executor(self._exec, self._poll,
-                                                 backlog or self.backlog())
+                                                 backlog or self.backlog(), hold)
         if self.pending_feedback:
             items, self.pending_feedback = self.pending_feedback, []
             self._routing = items  # still on disk until routed
@@ -606,6 +654,36 @@ class SignalAgents:
             self.last_health = time.monotonic()
             signals = signals + await self.health()
         await self.emit(signals)
+
+    def _holding(self, backlog: bool) -> bool:
+        """Whether a partition or source is awaited (:func:`awaited`, by the last backlog
+        view, and the sources forwarded to this worker's grouped partitions and not taken
+        in yet): the watermark holds until it delivers or has been awaited ``idle_s``
+        without a backlog (counted as ``polls_held``)."""
+        delivered = set(self._added_at)  # written in the engine's thread: copied at once
+        self._forwarded_sources -= delivered
+        owned = self._owned
+        if owned is None and self.backlog_view:  # before the first assignment: the consumer's
+            owned = {int(name.rpartition(":")[2]) for name in self.backlog_view
+                     if name.rpartition(":")[0] == TOPIC_GROUPED}
+        names: list[Hashable] = [*awaited(self.backlog_view, self._committed()),
+                                 *(s for s in self._forwarded_sources
+                                   if owned is None or s[0] in owned)]
+        waiting = self._awaited.waiting(names, delivered, time.monotonic(), backlog=backlog)
+        if waiting:
+            self.counters["polls_held"] += 1
+            log.debug("signals: watermark held for partitions not heard from yet: %s", waiting)
+        return bool(waiting)
+
+    def _committed(self) -> dict[str, int]:
+        """The offsets the group had committed when this worker's partitions were
+        assigned, or since (``"topic:partition" -> offset``), as the consumer keeps them."""
+        try:
+            kept = dict(getattr(self.app.consumer, "_committed_offset", None) or {})
+        except Exception:  # no consumer yet
+            return {}
+        return {f"{tp.topic}:{tp.partition}": int(off) for tp, off in kept.items()
+                if off is not None}
 
     def _check_log(self, current: str | None) -> None:
         # in the engine's thread, like _add: the positions move with the engine's state
@@ -664,7 +742,6 @@ class SignalAgents:
         # it cannot tell from one that kept them, and its state may be older than the
         # one another worker wrote meanwhile (the state covering more wins)
         self._to_take_over = set(assigned)
-        self._assignments += 1
         for p in new:
             self._seen.discard(p)
             self._rewinding.pop(p, None)
@@ -673,26 +750,27 @@ class SignalAgents:
 
     async def _complete_take_over(self) -> None:
         """Read the handed-over states of the partitions assigned since the last call."""
-        assert self.state_log is not None
         async with self._take_over_lock:
-            new = set(self._to_take_over)
-            if not new or self._closed:
-                return
-            assignments = self._assignments
-            await self._read_log_id()  # saved offsets of another log are dropped first
-            try:
-                states = await asyncio.to_thread(self.state_log.read, new)
-            except Exception:
-                log.exception("signals: reading the state of llmpulse.grouped partitions %s "
-                              "failed; they continue from their committed offsets", sorted(new))
-                self.counters["handoff_read_errors"] += 1
-                states = {}
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._exec, self._take_over, new, states)
-            if assignments == self._assignments:
-                self._to_take_over -= new
-            # else a rebalance came while the states were read: its partitions are
-            # read again (one this worker took over meanwhile is as far on: kept)
+            await self._take_over_assigned()
+
+    async def _take_over_assigned(self) -> None:
+        # with the take-over lock held
+        if self.state_log is None:
+            return
+        new = set(self._to_take_over)
+        if not new or self._closed or self._stopping:
+            return
+        await self._read_log_id()  # saved offsets of another log are dropped first
+        try:
+            states = await asyncio.to_thread(self.state_log.read, new)
+        except Exception:
+            log.exception("signals: reading the state of llmpulse.grouped partitions %s "
+                          "failed; they continue from their committed offsets", sorted(new))
+            self.counters["handoff_read_errors"] += 1
+            states = {}
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._exec, self._take_over, new, states)
+        self._to_take_over -= new
 
     def _drop_partitions(self, gone: set[int]) -> None:
         # in the engine's thread
@@ -700,6 +778,8 @@ class SignalAgents:
             keys = self._keys.pop(p, set())
             dropped = self.engine.drop_groups(keys, p) if keys else 0
             self._positions.pop(p, None)
+            # its sources, as the engine's watermark forgot them: they are not idle here
+            self._added_at = {s: t for s, t in self._added_at.items() if s[0] != p}
             self.counters["partitions_handed_off"] += 1
             log.info("signals: llmpulse.grouped[%d] went to another worker (%d group(s) "
                      "handed off)", p, dropped)
@@ -737,10 +817,10 @@ class SignalAgents:
 
     def _partition_states(self, partitions: set[int]) -> list[PartitionState]:
         # in the engine's thread: each state with the offset it covers (none once the
-        # engine stopped: a periodic save that overlapped the stop's own save)
-        out: list[PartitionState] = []
+        # engine stopped: a snapshot timer may still fire after close)
         if self._closed:
-            return out
+            return []
+        out = []
         for p in sorted(partitions):
             covered = self._positions.get(p)
             if covered is None:
@@ -809,13 +889,12 @@ class SignalAgents:
         fetches; and whether a message this worker forwarded to one of its grouped
         partitions may not be in them yet (sent and not acknowledged, or acknowledged
         past what the engine took in)."""
-        if self._forwarding:
-            return True
+        forwarding = self._forwarding > 0
         try:
             consumer = self.app.consumer
             assignment = list(consumer.assignment())
         except Exception:  # no consumer yet (starting, or no broker)
-            return False
+            return forwarding
         view = self._read_view({tp: _highwater(consumer, tp) for tp in assignment})
         forwarded = self._forwarded_mine()
         for p, end in forwarded.items():
@@ -824,8 +903,8 @@ class SignalAgents:
                 continue  # not assigned here: the worker it is assigned to reads it
             pos, high = view[key]
             view[key] = [pos, _larger(end, high)]
-        self.backlog_view = view
-        return bool(unread(view, forwarded=forwarded))
+        self.backlog_view = view  # also what is awaited (:meth:`_holding`)
+        return forwarding or bool(unread(view, forwarded=forwarded))
 
     def _forwarded_mine(self) -> dict[int, int]:
         """:attr:`_forwarded_to` of the grouped partitions this worker reads."""
@@ -890,12 +969,12 @@ class SignalAgents:
             view[f"{tp.topic}:{tp.partition}"] = [pos, end]
         return view
 
-    def _poll(self, backlog: bool = False) -> list[Signal]:
+    def _poll(self, backlog: bool = False, hold: bool = False) -> list[Signal]:
         # in the engine's thread: the engine's counters are read here, once a poll,
         # so the event loop never waits on the engine for them
         if self._closed:
             return []
-        signals = self.engine.poll(backlog=backlog)
+        signals = self.engine.poll(backlog=backlog, hold=hold)
         self.engine_stats = self.engine.stats()
         return signals
 
@@ -919,23 +998,37 @@ class SignalAgents:
                 log.exception("signal consumer %r failed", consumer)
 
     async def flush(self) -> None:
-        """Close every open window now and emit (clean shutdown, end of a demo)."""
-        await self._pending_take_over()
+        """Close every open window now and emit (clean shutdown, end of a demo),
+        the windows of partitions assigned but not taken over yet included."""
+        async with self._take_over_lock:
+            await self._flush_all()
+        await self.save()
+
+    async def _flush_all(self) -> None:
+        # with the take-over lock held. A partition assigned since the last poll has
+        # its handed-over state still in the changelog: it is taken over first, so its
+        # open windows close here too (a stop right after a rebalance lost them)
+        await self._take_over_assigned()
         loop = asyncio.get_running_loop()
         signals = await loop.run_in_executor(self._exec, self.engine.flush)
         await self.emit(signals)
-        await self.save()
 
     async def save(self) -> None:
         """Save the engine's state with the offsets it covers, closing nothing: the
         state a crash would leave, so the next start continues the open windows;
-        then commit those offsets."""
+        then commit those offsets. States of partitions assigned since the last
+        poll are taken over first: this worker's own copy may be older."""
+        if self._to_take_over:
+            await self._complete_take_over()
         loop = asyncio.get_running_loop()
         saved = await loop.run_in_executor(self._exec, self._save)
+        # a partition whose handed-over state was not read (a stop) is not this
+        # worker's to hand on: what it holds of it may be older than the changelog
+        pending = set(self._to_take_over)
         if saved is not None:
-            await self._commit_saved(saved)
+            await self._commit_saved({p: o for p, o in saved.items() if p not in pending})
         if self.state_log is not None and self._owned:
-            await self._publish(set(self._owned))
+            await self._publish(set(self._owned) - pending)
 
     async def _commit_saved(self, positions: dict[int, int]) -> None:
         """Commit the ``llmpulse.grouped`` offsets a saved state covers. Committed only
@@ -962,21 +1055,16 @@ class SignalAgents:
     async def stop(self) -> None:
         """A clean stop, as ``signals.stop`` says: ``flush`` the open windows into
         (partial) signals, or ``save`` them for the next start; then :meth:`close`."""
-        await self._pending_take_over()
-        if self.settings.signals.stop == "flush":
-            await self.flush()
-        else:
-            await self.save()
+        async with self._take_over_lock:
+            if self.settings.signals.stop == "flush":
+                await self._flush_all()
+            else:
+                await self._take_over_assigned()
+            # a partition assigned from here on keeps its state in the changelog, for
+            # its next owner: this engine would neither close nor hand on its windows
+            self._stopping = True
+        await self.save()
         await self.close()
-
-    async def _pending_take_over(self) -> None:
-        """Take over the partitions assigned since the last batch or poll before the
-        engine closes or saves its windows: a stop that comes right after a rebalance
-        (the last worker of a rolling restart, given the partitions of the one that
-        stopped before it) would otherwise flush without their handed-over windows,
-        which no worker would ever write."""
-        if self._to_take_over and self.state_log is not None and not self._closed:
-            await self._complete_take_over()
 
     async def close(self) -> None:
         """Stop the engine (its process, when it has one)."""

@@ -18,6 +18,20 @@ event time is extrapolated by the wall time elapsed since the last event,
 so the last windows of a stream that stops still close. The watermark never
 goes back.
 
+**Sources not heard from yet.** The minimum counts only the sources seen, so
+when a stream starts (or a replay floods event time) the partitions fetched
+first would push the watermark past the events of one fetched later, which
+would then be late. The reader therefore names the partitions it *awaits*:
+those it has read nothing from yet but that may hold events (end offset
+unknown or past zero), and the exact sources it forwarded events to and the
+engine has not taken in yet. :class:`AwaitedSources` keeps them (a partition
+is the pattern ``(partition, None)`` or ``(None, source partition)``) until a
+matching source delivers, or until it has been awaited for ``idle_s`` without
+a backlog, the idleness rule of the other sources; while one is awaited the
+watermark holds at its current value (``hold``). A partition whose end offset
+is known to be at its read position is never awaited, so the first windows
+wait only as long as the slowest partition's first fetch.
+
 **Closing.** A window closes when ``watermark - lateness >= end``. An event
 whose window has already closed is *late*: it is dropped from that family's
 windows and counted per group (:attr:`TumblingWindows.late`). Late events
@@ -42,7 +56,10 @@ window therefore keeps the ``event_id`` hashes of its events for a while
 (``repeat_horizon_s`` of event time past its end): an event for a closed
 window whose id is among them was in that window, and is dropped as a
 *repeat* (:attr:`TumblingWindows.repeats`), not counted late. Past the
-horizon, or without an ``event_id``, it counts as late.
+horizon, or without an ``event_id``, it counts as late. The hashes are kept
+per span of event time in a :class:`~llmpulse.streams.repeats.RepeatIds`, which
+the buffers of an engine share: each id is kept once however many window
+lengths closed it.
 
 >>> spec = WindowSpec(10.0, 5.0)
 >>> wm = Watermark(idle_s=30.0)
@@ -62,7 +79,7 @@ horizon, or without an ``event_id``, it counts as late.
 from __future__ import annotations
 
 import base64
-from collections.abc import Hashable, Mapping, Sequence, Set
+from collections.abc import Hashable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -70,15 +87,18 @@ from typing import Any
 import numpy as np
 
 from llmpulse.detectors.base import parse_ts
+from llmpulse.streams.repeats import RepeatIds
 
 __all__ = [
     "DEFAULT_WINDOWS",
+    "AwaitedSources",
     "Group",
     "TumblingWindows",
     "Watermark",
     "WindowSpec",
     "event_ms",
     "group_of",
+    "matches",
 ]
 
 Group = tuple[str, str, str]
@@ -157,6 +177,11 @@ class Watermark:
     >>> wm.observe("p0", 50_000, now=0.0); wm.observe("p1", 20_000, now=0.0)
     >>> wm.current(now=60.0, backlog=True)  # quiet because unread, not idle: wait
     20000
+    >>> wm.observe("p1", 70_000, now=61.0)
+    >>> wm.current(now=61.0, backlog=True, hold=True)  # a partition not heard from yet
+    20000
+    >>> wm.current(now=61.0, backlog=True)
+    50000
 
     Silence alone does not make a source idle: the reader says whether its
     partitions have a backlog (``backlog``, from the consumer's lag), and a
@@ -178,10 +203,11 @@ class Watermark:
             self._max[source] = ts_ms
         self._seen[source] = now
 
-    def current(self, now: float, *, backlog: bool = False) -> int | None:
+    def current(self, now: float, *, backlog: bool = False, hold: bool = False) -> int | None:
         """The watermark (ms) at wall time ``now``; ``None`` before any event.
-        With ``backlog`` (events not read yet), no source counts as idle."""
-        if not self._max:
+        With ``backlog`` (events not read yet), no source counts as idle; with
+        ``hold`` (a source awaited, :class:`AwaitedSources`), it does not move."""
+        if not self._max or hold:
             return self._value
         active = [m for s, m in self._max.items()
                   if backlog or now - self._seen[s] < self.idle_s]
@@ -255,6 +281,67 @@ class Watermark:
         self._value = None if state["value"] is None else int(state["value"])
 
 
+def matches(pattern: Hashable, source: Hashable) -> bool:
+    """Whether ``source`` is one of ``pattern``'s: the same, or a tuple as long
+    whose items are the pattern's where the pattern's are not ``None``.
+
+    >>> matches((1, None), (1, 0)), matches((None, 0), (2, 0)), matches((1, None), (2, 0))
+    (True, True, False)
+    """
+    if pattern == source:
+        return True
+    if not (isinstance(pattern, tuple) and isinstance(source, tuple)
+            and len(pattern) == len(source)):
+        return False
+    return all(p is None or p == s for p, s in zip(pattern, source, strict=True))
+
+
+class AwaitedSources:
+    """The partitions (source patterns, see :func:`matches`) a reader awaits a first
+    delivery from, and for how long: see the module docstring.
+
+    :meth:`waiting` is given, at each poll, what the reader awaits now and the
+    sources the engine has taken events from; it returns the patterns that hold
+    the watermark. A pattern holds from the first poll that names it until a
+    delivered source matches it, until a poll names it no more (the reader
+    found it read to its end), or once it has been named for ``idle_s`` without
+    a backlog; released, it stays so while polls keep naming it.
+
+    >>> aw = AwaitedSources(idle_s=30.0)
+    >>> aw.waiting([(0, None), (1, None)], delivered={(0, 0)}, now=0.0)
+    [(1, None)]
+    >>> aw.waiting([(1, None)], delivered={(0, 0)}, now=40.0, backlog=True)
+    [(1, None)]
+    >>> aw.waiting([(1, None)], delivered={(0, 0)}, now=40.0)  # silent 30 s, no backlog
+    []
+    >>> aw.waiting([(1, None)], delivered={(0, 0)}, now=41.0)
+    []
+    """
+
+    def __init__(self, idle_s: float = 30.0) -> None:
+        self.idle_s = float(idle_s)
+        self._since: dict[Hashable, float] = {}  # when each awaited pattern was first named
+        self._released: set[Hashable] = set()
+
+    def waiting(self, awaited: Iterable[Hashable], delivered: Set[Hashable], now: float, *,
+                backlog: bool = False) -> list[Hashable]:
+        named = set(awaited)
+        self._since = {p: t for p, t in self._since.items() if p in named}
+        self._released &= named
+        out = []
+        for p in sorted(named - self._released, key=repr):
+            if p in delivered or any(matches(p, s) for s in delivered):
+                self._since.pop(p, None)
+                continue
+            since = self._since.setdefault(p, now)
+            if not backlog and now - since >= self.idle_s:
+                self._released.add(p)
+                del self._since[p]
+                continue
+            out.append(p)
+        return out
+
+
 def _hashable(x: Any) -> Hashable:
     return tuple(_hashable(v) for v in x) if isinstance(x, list) else x
 
@@ -267,10 +354,13 @@ class TumblingWindows:
     ``duplicates`` counts events dropped from closed windows because an
     event with the same ``event_id`` (and time) was already in the window;
     ``repeats`` events for a closed window that held them already (see the
-    module docstring: ids are kept ``repeat_horizon_s`` of event time).
+    module docstring: ids are kept ``repeat_horizon_s`` of event time), in
+    ``repeat_ids`` when given (shared with the engine's other buffers, which
+    saves and restores it), else in a set of this buffer's own.
     """
 
-    def __init__(self, spec: WindowSpec, repeat_horizon_s: float = 600.0) -> None:
+    def __init__(self, spec: WindowSpec, repeat_horizon_s: float = 600.0,
+                 repeat_ids: RepeatIds | None = None) -> None:
         self.spec = spec
         self._length = spec.length_ms
         self._open: dict[tuple[Group, int], list[dict[str, Any]]] = {}
@@ -279,8 +369,10 @@ class TumblingWindows:
         self.duplicates = 0
         self.repeats = 0
         self.repeat_horizon_ms = int(round(repeat_horizon_s * 1000))
-        # sorted event_id hashes of the windows closed within the horizon
-        self._closed_ids: dict[tuple[Group, int], np.ndarray] = {}
+        # event_id hashes of the windows closed within the horizon
+        self._own_ids = repeat_ids is None
+        self._ids = RepeatIds(self._length) if repeat_ids is None else repeat_ids
+        self._slot = self._ids.register(self.repeat_cutoff())
         # close thresholds of groups taken over from another engine (a partition
         # handed off) that are past this one's: their windows ending there closed
         # on the other engine, so events for them are late here too
@@ -300,7 +392,7 @@ class TumblingWindows:
         length = self._length
         start = ts_ms - ts_ms % length
         if start + length <= self._limit(group):
-            self._dropped(group, start, event)
+            self._dropped(group, ts_ms, event)
             return False
         key = (group, start)
         bucket = self._open.get(key)
@@ -321,7 +413,7 @@ class TumblingWindows:
         for i, (group, event, ts_ms) in enumerate(items):
             start = ts_ms - ts_ms % length
             if start + length <= (limit(group) if per_group else closed):
-                if not self._dropped(group, start, event):
+                if not self._dropped(group, ts_ms, event):
                     late.append(i)
             else:
                 key = (group, start)
@@ -332,19 +424,26 @@ class TumblingWindows:
                     bucket.append(event)
         return late
 
-    def _dropped(self, group: Group, start: int, event: Mapping[str, Any]) -> bool:
-        """Count an event for a closed window: a repeat (True) when that window
+    def _dropped(self, group: Group, ts_ms: int, event: Mapping[str, Any]) -> bool:
+        """Count an event for a closed window: a repeat (True) when a closed window
         held its ``event_id``, else late."""
-        ids = self._closed_ids.get((group, start))
         eid = event.get("event_id")
-        if ids is not None and eid:
-            h = _id_hash(str(eid))
-            i = int(np.searchsorted(ids, h))
-            if i < len(ids) and ids[i] == h:
-                self.repeats += 1
-                return True
+        if eid and self._ids.holds(group, str(eid), ts_ms):
+            self.repeats += 1
+            return True
         self.late[group] = self.late.get(group, 0) + 1
         return False
+
+    def repeat_cutoff(self) -> int:
+        """The earliest event time (ms) of a closed window whose ids are kept: the
+        first window start at most ``repeat_horizon_s`` before ``closed_through``
+        less a window.
+
+        >>> TumblingWindows(WindowSpec(10), repeat_horizon_s=20).repeat_cutoff() < 0
+        True
+        """
+        length = self._length
+        return -((self.repeat_horizon_ms + length - self.closed_through) // length) * length
 
     def _limit(self, group: Group) -> int:
         """The close threshold applied to ``group``'s windows."""
@@ -383,11 +482,11 @@ class TumblingWindows:
         for g, start in due:
             events, dropped = _ordered(self._open.pop((g, start)))
             self.duplicates += dropped
-            self._closed_ids[(g, start)] = _id_hashes(events)
+            self._ids.add(g, events)
             out.append((g, start, events))
         if due or threshold_ms > before:
-            horizon = self.closed_through - self.repeat_horizon_ms - length
-            self._closed_ids = {k: v for k, v in self._closed_ids.items() if k[1] >= horizon}
+            self._ids.keep_from(self._slot, self.repeat_cutoff())
+            self._ids.prune()
         return out
 
     def forget(self, request_ids: Set[str]) -> int:
@@ -419,17 +518,22 @@ class TumblingWindows:
             "late": [[list(g), n] for g, n in self.late.items()],
             "duplicates": self.duplicates,
             "repeats": self.repeats,
-            "closed_ids": self._closed_ids_state(None),
+            **self._ids_state(None, text=True),  # base64 text: a snapshot stays JSON-able
         }
 
-    def _closed_ids_state(self, groups: Set[Group] | None) -> list[Any]:
-        # base64 text: a snapshot stays JSON-able
-        return [[list(g), start, base64.b64encode(ids.tobytes()).decode("ascii")]
-                for (g, start), ids in self._closed_ids.items() if groups is None or g in groups]
+    def _ids_state(self, groups: Set[Group] | None, *, text: bool = False) -> dict[str, Any]:
+        """The ids of closed windows when this buffer keeps its own (a shared set
+        is saved by its engine)."""
+        return {"repeat_ids": self._ids.state(groups, text=text)} if self._own_ids else {}
 
-    def _load_closed_ids(self, state: Any) -> dict[tuple[Group, int], np.ndarray]:
-        return {(_group(g), int(start)): np.frombuffer(base64.b64decode(text), dtype=np.uint64)
-                for g, start, text in state or ()}
+    def _load_ids(self, state: Mapping[str, Any]) -> None:
+        """Add the ids of a state: this buffer's own, or the per-window sets older
+        snapshots kept (``closed_ids``: group, window start, base64 of the sorted hashes)."""
+        length = self._length
+        for g, start, text in state.get("closed_ids") or ():
+            self._ids.add_hashes(_group(g), int(start), length,
+                                 np.frombuffer(base64.b64decode(text), dtype="<u8").astype(np.uint64))
+        self._ids.merge(state.get("repeat_ids"))
 
     def snapshot_shared(self, index: dict[int, int], events: dict[int, Any]) -> dict[str, Any]:
         """:meth:`snapshot` with each window's events as positions in a list
@@ -443,7 +547,7 @@ class TumblingWindows:
             "duplicates": self.duplicates,
             "floors": [[list(g), f] for g, f in self._floors.items()],
             "repeats": self.repeats,
-            "closed_ids": self._closed_ids_state(None),
+            **self._ids_state(None),
         }
 
     def _open_shared(self, groups: Set[Group] | None, index: dict[int, int],
@@ -462,7 +566,7 @@ class TumblingWindows:
         """The groups with an open window, a late count, a floor or a recently
         closed window here."""
         return ({g for g, _ in self._open} | set(self.late) | set(self._floors)
-                | {g for g, _ in self._closed_ids})
+                | self._ids.groups())
 
     def take_groups(self, groups: Set[Group], index: dict[int, int],
                     events: dict[int, Any]) -> dict[str, Any]:
@@ -474,7 +578,7 @@ class TumblingWindows:
             "floors": [[list(g), f] for g, f in self._floors.items() if g in groups],
             "late": [[list(g), n] for g, n in self.late.items() if g in groups],
             "groups": [list(g) for g in sorted(groups)],
-            "closed_ids": self._closed_ids_state(groups),
+            **self._ids_state(groups),
         }
 
     def drop_groups(self, groups: Set[Group]) -> None:
@@ -483,7 +587,7 @@ class TumblingWindows:
         self.late = {g: n for g, n in self.late.items() if g not in groups}
         self._floors = {g: f for g, f in self._floors.items() if g not in groups}
         self._held = {g: f for g, f in self._held.items() if g not in groups}
-        self._closed_ids = {k: v for k, v in self._closed_ids.items() if k[0] not in groups}
+        self._ids.drop(groups)
 
     def merge_groups(self, state: Mapping[str, Any], events: list[dict[str, Any]], *,
                      hold: bool = False) -> None:
@@ -510,9 +614,7 @@ class TumblingWindows:
         for g, n in state["late"]:
             grp = _group(g)
             self.late[grp] = self.late.get(grp, 0) + int(n)
-        for key, ids in self._load_closed_ids(state.get("closed_ids")).items():
-            mine = self._closed_ids.get(key)
-            self._closed_ids[key] = ids if mine is None else np.union1d(mine, ids)
+        self._load_ids(state)
 
     def restore_shared(self, state: Mapping[str, Any], events: list[dict[str, Any]]) -> None:
         """Load a :meth:`snapshot_shared` state; ``events`` in position order."""
@@ -523,11 +625,14 @@ class TumblingWindows:
     def restore(self, state: Mapping[str, Any]) -> None:
         self._open = {(_group(g), int(start)): list(evs) for g, start, evs in state["open"]}
         self.closed_through = int(state["closed_through"])
+        self._ids.keep_from(self._slot, self.repeat_cutoff())
         self.late = {_group(g): int(n) for g, n in state["late"]}
         self.duplicates = int(state.get("duplicates", 0))
         self._floors = {_group(g): int(f) for g, f in state.get("floors", ())}
         self.repeats = int(state.get("repeats", 0))
-        self._closed_ids = self._load_closed_ids(state.get("closed_ids"))
+        if self._own_ids:
+            self._ids.clear()
+        self._load_ids(state)
 
 
 def _group(g: Any) -> Group:
@@ -558,61 +663,6 @@ def _ordered(events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
         prev = key
         out.append(events[i])
     return out, len(events) - len(out)
-
-
-def _id_hash(event_id: str) -> np.uint64:
-    """A 64-bit hash of an ``event_id``, the same in every process (unlike ``hash``)."""
-    return np.uint64(_id_hashes([{"event_id": event_id}])[0])
-
-
-_POW: np.ndarray = np.ones(1, dtype=np.uint64)
-
-
-def _powers(n: int) -> np.ndarray:
-    """``P ** k`` modulo 2**64 for k < ``n`` (grown as longer ids come)."""
-    global _POW
-    if len(_POW) < n:
-        size = max(n, 2 * len(_POW), 64)
-        factors = np.full(size, 0x100000001B3, dtype=np.uint64)
-        factors[0] = 1
-        _POW = np.cumprod(factors, dtype=np.uint64)  # wraps around: modulo 2**64
-    return _POW[:n]
-
-
-def _id_hashes(events: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    """The sorted, distinct 64-bit hashes of the events' ids (events without one
-    cannot be told apart from a copy and are left out): a polynomial hash of the
-    UTF-8 bytes mixed by splitmix64's finaliser, all ids at once in numpy, as a
-    window closes. A collision could only count a late event as a repeat (it is
-    dropped either way).
-
-    >>> _id_hashes([{"event_id": "a"}, {"event_id": "a"}, {}]).shape
-    (1,)
-    >>> len(_id_hashes([{"event_id": f"e{i}"} for i in range(10_000)]))
-    10000
-    >>> int(_id_hash("e1")) in _id_hashes([{"event_id": "x"}, {"event_id": "e1"}]).tolist()
-    True
-    """
-    ids = [str(eid) for e in events if (eid := e.get("event_id"))]
-    if not ids:
-        return np.empty(0, dtype=np.uint64)
-    # one terminator per id; a NUL inside an id only merges it with the next (a
-    # collision, see above)
-    blob = np.frombuffer("\0".join(ids).encode("utf-8", "surrogatepass") + b"\0", dtype=np.uint8)
-    ends = np.flatnonzero(blob == 0)
-    starts = np.empty_like(ends)
-    starts[0] = 0
-    starts[1:] = ends[:-1] + 1
-    lengths = ends - starts + 1
-    offsets = np.arange(len(blob)) - np.repeat(starts, lengths)
-    with np.errstate(over="ignore"):
-        h = np.add.reduceat((blob.astype(np.uint64) + np.uint64(1)) * _powers(int(lengths.max()))[offsets],
-                            starts)
-        h += np.uint64(0x9E3779B97F4A7C15)
-        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        h ^= h >> np.uint64(31)
-    return np.unique(h)
 
 
 def _order_key(e: Mapping[str, Any]) -> tuple[int, str]:

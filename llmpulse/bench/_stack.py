@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,25 @@ def bench_stack(root: Path, config_yaml: str, env: dict[str, str] | None = None)
 
 
 def post_sql(http: str, sql: str) -> list[dict[str, Any]]:
-    return list(stack_request(http, "/api/query", {"sql": sql}, timeout=60)["rows"])
+    return list(_retrying(lambda: stack_request(http, "/api/query", {"sql": sql},
+                                                timeout=60))["rows"])
 
 
 def stack_stats(http: str) -> dict[str, Any]:
-    return dict(stack_request(http, "/api/stats", timeout=30))
+    return dict(_retrying(lambda: stack_request(http, "/api/stats", timeout=30)))
+
+
+def _retrying(call: Callable[[], Any], within_s: float = 60.0) -> Any:
+    """``call()``, again while the stack answers 503 (a passing state it names: a
+    rebalance, a store not answering), for up to ``within_s``; any other error raises."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return call()
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or time.monotonic() > deadline:
+                raise
+        time.sleep(1.0)
 
 
 def event_pool(n: int, seed: int = 11) -> list[dict[str, Any]]:

@@ -156,9 +156,13 @@ def _read(data_dir: Path) -> dict[str, Any]:
             "SELECT alert_id, rule, state, signal, dimension, toString(started_at) AS s, "
             "concat(app, '/', model, '/', model_version) AS g, toString(updated_at) AS u "
             "FROM alerts FINAL WHERE app != 'llmpulse'")
+        ids = store.query("SELECT event_id, count() AS rows FROM inference_events FINAL "
+                          "GROUP BY event_id")
     finally:
         store.close()
     return {
+        "event_ids": {str(r["event_id"]) for r in ids},
+        "event_rows": sum(int(r["rows"]) for r in ids),
         "signals": {(r["app"], r["model"], r["model_version"], r["signal"], r["dimension"], r["t"]):
                     (r["at"], round(float(r["value"]), 6), int(r["n"])) for r in signals},
         "alerts": {str(r["alert_id"]): (r["u"], tuple(str(r[k]) for k in
@@ -169,14 +173,18 @@ def _read(data_dir: Path) -> dict[str, Any]:
 
 
 def merge_stores(stores: list[dict[str, Any]]) -> dict[str, Any]:
-    """Signal windows and alerts of several workers' stores as one ClickHouse
-    table would keep them (``FINAL``): per window the row computed last, per
-    alert the row updated last.
+    """Signal windows, alerts and inference events of several workers' stores as one
+    ClickHouse table would keep them (``FINAL``): per window the row computed last,
+    per alert the row updated last; an event stored by two workers (a partition read
+    again after it moved) is one event, and only rows repeated within a store are
+    visible twice (``event_rows`` over ``events_stored``).
 
-    >>> a = {"signals": {("w",): ("10:00:01", 1.0, 3)}, "alerts": {"x": ("1", ("x", "firing"))}}
-    >>> b = {"signals": {("w",): ("10:00:02", 2.0, 4)}, "alerts": {"x": ("2", ("x", "resolved"))}}
+    >>> a = {"signals": {("w",): ("10:00:01", 1.0, 3)}, "alerts": {"x": ("1", ("x", "firing"))},
+    ...      "event_ids": {"e1", "e2"}, "event_rows": 3}
+    >>> b = {"signals": {("w",): ("10:00:02", 2.0, 4)}, "alerts": {"x": ("2", ("x", "resolved"))},
+    ...      "event_ids": {"e2", "e3"}, "event_rows": 2}
     >>> merge_stores([a, b])
-    {'signals': {('w',): (2.0, 4)}, 'alerts': [('x', 'resolved')]}
+    {'signals': {('w',): (2.0, 4)}, 'alerts': [('x', 'resolved')], 'events_stored': 3, 'event_rows': 4}
     """
     signals: dict[tuple[str, ...], tuple[str, float, int]] = {}
     alerts: dict[str, tuple[str, tuple[str, ...]]] = {}
@@ -187,8 +195,11 @@ def merge_stores(stores: list[dict[str, Any]]) -> dict[str, Any]:
         for aid, (at, row) in st["alerts"].items():
             if aid not in alerts or at > alerts[aid][0]:
                 alerts[aid] = (at, row)
+    ids: set[str] = set().union(*(st.get("event_ids", set()) for st in stores))
+    repeated = sum(int(st.get("event_rows", 0)) - len(st.get("event_ids", ())) for st in stores)
     return {"signals": {k: (v[1], v[2]) for k, v in signals.items()},
-            "alerts": [row for _, row in alerts.values()]}
+            "alerts": [row for _, row in alerts.values()],
+            "events_stored": len(ids), "event_rows": len(ids) + repeated}
 
 
 def _grouped(worker: Any) -> set[str]:
@@ -310,12 +321,13 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
 
             with contextlib.suppress(TimeoutError):  # counted below: events lost
                 wait_for(lambda: kept()["ids"] >= total, 120, "every event stored")
-            stored = kept()
             # the engines' counters reach /api/stats once a poll; the figures say
             # what they took in if that is less than everything (a loaded machine
             # replays slowly: a shorter wait counted a slow engine as a lossy one)
+            feedback = int(out.get("feedback", 0))
             try:
-                stats = wait_for(lambda: _engines_took_all([w.http for w in live], total), 180,
+                stats = wait_for(lambda: _engines_took_all([w.http for w in live], total,
+                                                           feedback), 180,
                                  "the signal engines' counters to count every event")
             except TimeoutError:
                 stats = [dict(stack_stats(w.http)["signals"]) for w in live]
@@ -339,7 +351,6 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
     return {**merge_stores([_read(w.data_dir) for w in workers]),
             "pages": [p for _, p in hook.received[first:]],
             "events": total, "restart_s": restart_s, "killed_mid_traffic": mid_traffic,
-            "events_stored": stored["ids"], "event_rows": stored["rows"],
             "late_groups": late_groups,
             "engine_events": sum(int(e["events_in"]) for e in engines) - dups,
             "late_dropped": sum(int(e["late_dropped"]) for e in engines),
@@ -348,12 +359,19 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
                        for k in ("replay_seeks", "replay_skipped", "replay_gaps", "snapshots")}}
 
 
-def _engines_took_all(https: list[str], total: int) -> list[dict[str, Any]] | None:
-    """The stacks' signal stats once their engines counted ``total`` distinct inferences."""
+def _engines_took_all(https: list[str], total: int, feedback: int = 0
+                      ) -> list[dict[str, Any]] | None:
+    """The stacks' signal stats once their engines counted ``total`` distinct inferences
+    and at least ``feedback`` feedback events. Feedback reaches the engine after its
+    inference is stored (routed by a lookup, waiting up to ``feedback_wait_s``): a stop
+    before it arrived left the windows it belongs to without it, missing or different
+    from a run that waited longer, whatever the fault."""
     stats = [dict(stack_stats(h)["signals"]) for h in https]
-    taken = sum(int(s.get("engine", {}).get("events_in", 0))
-                - int(s.get("engine", {}).get("duplicates_dropped", 0)) for s in stats)
-    return stats if taken >= total else None
+    engines = [s.get("engine", {}) for s in stats]
+    taken = sum(int(e.get("events_in", 0)) - int(e.get("duplicates_dropped", 0))
+                for e in engines)
+    fed = sum(int(e.get("feedback_in", 0)) for e in engines)
+    return stats if taken >= total and fed >= feedback else None
 
 
 def _alert_view(alerts: list[tuple[str, ...]]) -> Counter[tuple[str, ...]]:

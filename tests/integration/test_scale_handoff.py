@@ -319,7 +319,9 @@ def test_a_worker_paused_past_its_session_timeout_changes_no_signal(stack_factor
 
     with kafka.start() as k:
         _config(tmp_path / "a", "flush")
-        _config(tmp_path / "b", "flush")
+        # B stops first and hands its open windows to A, which is stopped as soon as it
+        # holds every partition: A's flush must include the state it is still taking over
+        _config(tmp_path / "b", "save")
         a = k.runs(stack_factory(tmp_path / "a" / "data", LLMPULSE_KAFKA=k.bootstrap)).start(
             kafka.stack_timeout())
         wb = k.runs(stack_factory(tmp_path / "b" / "data", LLMPULSE_KAFKA=k.bootstrap)).start(

@@ -54,6 +54,17 @@ def test_stores_of_several_workers_read_as_one_table() -> None:
     assert merged["alerts"] == [("x1", "firing")]
 
 
+def test_an_event_stored_by_two_workers_is_one_event() -> None:
+    """Each worker of the bench keeps its own store: an event read again after its
+    partition moved is in two of them, which one shared table keeps once. A row
+    repeated within one store stays visible twice."""
+    empty: dict[str, Any] = {"signals": {}, "alerts": {}}
+    a = {**empty, "event_ids": {"e1", "e2", "e3"}, "event_rows": 3}
+    b = {**empty, "event_ids": {"e3", "e4"}, "event_rows": 3}  # e4 twice in b
+    merged = merge_stores([a, b])
+    assert (merged["events_stored"], merged["event_rows"]) == (4, 5)
+
+
 def test_a_page_sent_twice_and_a_lost_alert_are_counted() -> None:
     alert = ("x1", "slow", "firing", "latency.p99_ms", "", "2026-01-01 00:00:10", "a/m/1")
     trigger = _page("k1", "trigger", "x1", "a/m@1")
