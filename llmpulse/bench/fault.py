@@ -91,7 +91,8 @@ brokers: ``broker`` kill -9 of a broker, ``scale`` workers 1 -> 2 -> 3 and back 
 1, ``rolling`` a clean restart of each of two workers in turn, ``pause`` one of two
 workers SIGSTOPped past its session timeout, then SIGCONT."""
 MULTI_WORKER = ("scale", "rolling", "pause")
-PARTITIONS = 4
+PARTITIONS = 6
+"""Partitions per topic: three workers hold two each."""
 BROKER_DOWN_S = 5.0
 """How long a killed broker stays down before it is started again."""
 
