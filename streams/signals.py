@@ -98,6 +98,7 @@ from llmpulse.streams.forward import (
 )
 from llmpulse.streams.handoff import EngineStateLog, PartitionState
 from llmpulse.streams.ingest import IngestBatch
+from llmpulse.streams.rebalance_hold import RebalanceHold
 from llmpulse.streams.sink import RawSink
 from llmpulse.streams.state import write_atomic
 
@@ -411,6 +412,8 @@ class SignalAgents:
         # the broker is asked for end offsets only while one may count as idle
         self._added_at: dict[Any, float] = {}
         self._idle_s = float(engine_kwargs.get("idle_s") or IDLE_S)
+        # a rebalance and idle_s after it count as a backlog (moved inference partitions)
+        self.rebalance = RebalanceHold(self._idle_s)
         self._register()
 
     # -- forwarding from the ingest agents -------------------------------------
@@ -571,7 +574,10 @@ class SignalAgents:
         if self._to_take_over:
             await self._complete_take_over()  # a quiet partition's windows still close
         backlog = self.backlog()
-        if not backlog and self.backlog == self._consumer_backlog and self._may_be_idle():
+        if not backlog and self.rebalance.holds():
+            backlog = True  # a moved partition's new owner may not have forwarded yet
+            self.counters["polls_held_by_rebalance"] += 1
+        elif not backlog and self.backlog == self._consumer_backlog and self._may_be_idle():
             backlog = await self._end_offsets_backlog()
         if backlog:
             self.counters["polls_with_backlog"] += 1  # windows wait: silence is not idleness
@@ -626,6 +632,7 @@ class SignalAgents:
         Kafka's eager protocol): hand their states to the changelog and commit the
         offsets they cover, before the next owner reads them. The states stay in the
         engine until the assignment says which partitions went elsewhere."""
+        self.rebalance.revoked()
         if self.state_log is None or self._closed:
             return
         held = revoked if self._owned is None else revoked & self._owned
@@ -636,6 +643,7 @@ class SignalAgents:
         """The grouped partitions of this worker after a rebalance: drop the groups of
         the partitions that went elsewhere, and take over the states of the new ones
         from the changelog (they are read from the offsets those states cover on)."""
+        self.rebalance.assigned()
         if self.state_log is None or self._closed:
             return
         loop = asyncio.get_running_loop()
