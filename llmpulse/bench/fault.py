@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 from llmpulse.bench._stack import bench_stack, finish, post_sql, stack_stats, wait_for
+from llmpulse.bench.fault_stores import saved_engine_events, stored_events
 from llmpulse.bench.webhook import WebhookReceiver
 
 __all__ = ["FEEDBACK_SIGNALS", "compare", "run"]
@@ -334,6 +335,9 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
                 w.close()
         if any(codes):
             raise RuntimeError(f"llmpulse up exited {codes}; see the logs under {root}")
+    left = [w for w in workers if w not in live]  # stopped mid-run (scale): their share is
+    if left:                                      # in their stores and saved states
+        stored = stored_events([w.data_dir for w in workers])
     engines = [s["engine"] for s in stats]
     late_groups = sorted({g for e in engines for g in e.get("late_dropped_by_group", {})})
     dups = sum(int(e.get("duplicates_dropped", 0)) for e in engines)
@@ -342,7 +346,8 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
             "events": total, "restart_s": restart_s, "killed_mid_traffic": mid_traffic,
             "events_stored": stored["ids"], "event_rows": stored["rows"],
             "late_groups": late_groups,
-            "engine_events": sum(int(e["events_in"]) for e in engines) - dups,
+            "engine_events": sum(int(e["events_in"]) for e in engines) - dups
+            + sum(saved_engine_events(w.data_dir) for w in left),
             "late_dropped": sum(int(e["late_dropped"]) for e in engines),
             "duplicates_dropped": dups,
             "replay": {k: sum(int(s.get(k, 0)) for s in stats)
