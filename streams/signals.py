@@ -384,6 +384,8 @@ class SignalAgents:
         self._to_take_over: set[int] = set()
         self._assigned: set[tuple[str, int]] = set()  # every topic partition of this worker
         self._take_over_lock = asyncio.Lock()
+        # a rebalance and idle_s after it count as a backlog (moved inference partitions)
+        self.rebalance = RebalanceHold(float(engine_kwargs.get("idle_s") or IDLE_S))
         self.pending_feedback: list[tuple[float, bytes, str]] = []
         self.counters: dict[str, int] = defaultdict(int)
         self._restore()
@@ -412,8 +414,6 @@ class SignalAgents:
         # the broker is asked for end offsets only while one may count as idle
         self._added_at: dict[Any, float] = {}
         self._idle_s = float(engine_kwargs.get("idle_s") or IDLE_S)
-        # a rebalance and idle_s after it count as a backlog (moved inference partitions)
-        self.rebalance = RebalanceHold(self._idle_s)
         self._register()
 
     # -- forwarding from the ingest agents -------------------------------------
