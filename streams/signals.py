@@ -384,8 +384,6 @@ class SignalAgents:
         self._to_take_over: set[int] = set()
         self._assigned: set[tuple[str, int]] = set()  # every topic partition of this worker
         self._take_over_lock = asyncio.Lock()
-        # a rebalance and idle_s after it count as a backlog (moved inference partitions)
-        self.rebalance = RebalanceHold(float(engine_kwargs.get("idle_s") or IDLE_S))
         self.pending_feedback: list[tuple[float, bytes, str]] = []
         self.counters: dict[str, int] = defaultdict(int)
         self._restore()
@@ -402,6 +400,8 @@ class SignalAgents:
                                                         key_serializer="raw")
         self.last_signals_at = 0.0
         self.last_health = time.monotonic()
+        # a rebalance and idle_s after it count as a backlog (moved inference partitions)
+        self.rebalance = RebalanceHold(float(engine_kwargs.get("idle_s") or IDLE_S))
         self.engine_stats: dict[str, Any] = {}
         #: the last backlog decision's inputs: "topic:partition" -> [position, end offset]
         self.backlog_view: dict[str, list[int | None]] = {}

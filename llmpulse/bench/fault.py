@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import Any
 
 from llmpulse.bench._stack import bench_stack, finish, post_sql, stack_stats, wait_for
-from llmpulse.bench.fault_stores import saved_engine_events, stored_events
+from llmpulse.bench.fault_stores import saved_engine_events
 from llmpulse.bench.webhook import WebhookReceiver
 
 __all__ = ["FEEDBACK_SIGNALS", "compare", "run"]
@@ -335,9 +335,8 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
                 w.close()
         if any(codes):
             raise RuntimeError(f"llmpulse up exited {codes}; see the logs under {root}")
-    left = [w for w in workers if w not in live]  # stopped mid-run (scale): their share is
-    if left:                                      # in their stores and saved states
-        stored = stored_events([w.data_dir for w in workers])
+    left = [w for w in workers if w not in live]  # stopped mid-run (scale): their engines'
+                                                  # counts are in the states they saved
     engines = [s["engine"] for s in stats]
     late_groups = sorted({g for e in engines for g in e.get("late_dropped_by_group", {})})
     dups = sum(int(e.get("duplicates_dropped", 0)) for e in engines)

@@ -1,42 +1,17 @@
-"""What stopped workers of a fault run kept: their stores' events and their engines' counts.
+"""What the engines of workers that left a fault run took in.
 
-In a run where workers leave (``--fault scale``), each worker has a store of its
-own (chDB opens a directory in one process) and the events a leaving worker's
-ingest stored stay in its store, as they would in one shared ClickHouse table;
-its engine's counts stay in the state it saved at its stop. The figures of a run
-are therefore taken from every worker's store and every stopped worker's saved
-state, not from the workers still running only (which counted a leaving
-worker's events as lost).
+In a run where workers leave (``--fault scale``), a leaving worker's engine hands
+its windows to the others, but its counters stay in the state it saved at its stop
+(``signals.stop: save``); the engines still running count only what they took in
+themselves. The run's engine figure adds the saved counts of the workers that left.
 """
 
 from __future__ import annotations
 
 import pickle
-from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["saved_engine_events", "stored_events"]
-
-
-def stored_events(data_dirs: Sequence[Path]) -> dict[str, int]:
-    """Inference events in the stores of stopped workers as one table would show them
-    (``FINAL``, one row per ``event_id`` and store): ``ids`` distinct event ids over all
-    stores, ``rows`` those plus the copies a store shows twice."""
-    from llmpulse.store import Store
-
-    ids: set[str] = set()
-    extra = 0
-    for d in data_dirs:
-        store = Store.open(f"chdb://{d / 'store'}", ddl=False)
-        try:
-            rows = store.query("SELECT event_id, count() AS n FROM inference_events FINAL "
-                               "GROUP BY event_id")
-        finally:
-            store.close()
-        for r in rows:
-            ids.add(str(r["event_id"]))
-            extra += int(r["n"]) - 1
-    return {"ids": len(ids), "rows": len(ids) + extra}
+__all__ = ["saved_engine_events"]
 
 
 def saved_engine_events(data_dir: Path) -> int:
