@@ -235,7 +235,8 @@ async def _run(
             raise StackError(str(exc)) from None
         app = worker.app
         await app.start()
-        await _wait_assigned(app, timeout=settings.session_timeout_s * 4 + 10)
+        await _wait_assigned(app, timeout=settings.session_timeout_s * 4 + 10,
+                             partitions=settings.ingest.partitions)
         if settings.otlp.grpc:
             otlp_grpc = await _start_otlp_grpc(settings, worker.pipeline.otlp, guard)
         endpoints = {
@@ -329,7 +330,7 @@ async def _start_otlp_grpc(settings: Settings, ingest: Any, guard: ApiGuard) -> 
     return server
 
 
-async def _wait_assigned(app: Any, timeout: float) -> None:
+async def _wait_assigned(app: Any, timeout: float, partitions: int) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -338,7 +339,28 @@ async def _wait_assigned(app: Any, timeout: float) -> None:
         except Exception:
             pass
         await asyncio.sleep(0.1)
-    raise StackError(f"the worker got no partitions within {timeout:g} s: is the broker healthy?")
+    raise StackError(no_partitions_message(timeout, partitions, joined=bool(app.unassigned)))
+
+
+def no_partitions_message(timeout: float, partitions: int, *, joined: bool) -> str:
+    """Why a worker got no partitions: ``joined`` = the consumer group answered with an
+    empty assignment (Faust's ``app.unassigned``), so the broker works and every
+    partition is held by another worker.
+
+    >>> print(no_partitions_message(50, 4, joined=False))
+    the worker got no partitions within 50 s: is the broker healthy?
+    >>> print(no_partitions_message(50, 4, joined=True))  # doctest: +NORMALIZE_WHITESPACE
+    the worker joined consumer group 'llmpulse' but got no partitions within 50 s: the
+    group has more workers than the topics have partitions (4), so this one has nothing
+    to read; run at most 4 workers, or more partitions (ingest.partitions, for topics
+    created anew)
+    """
+    if not joined:
+        return f"the worker got no partitions within {timeout:g} s: is the broker healthy?"
+    return (f"the worker joined consumer group 'llmpulse' but got no partitions within "
+            f"{timeout:g} s: the group has more workers than the topics have partitions "
+            f"({partitions}), so this one has nothing to read; run at most {partitions} "
+            "workers, or more partitions (ingest.partitions, for topics created anew)")
 
 
 def main_up(settings: Settings) -> int:

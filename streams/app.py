@@ -211,6 +211,11 @@ def new_faust_app(
         topic_partitions=settings.ingest.partitions,
         topic_replication_factor=1,
         topic_allow_declare=True,
+        # no Faust tables here (engine state travels on llmpulse.engine-state): with
+        # standbys, Faust's assignor lets every worker keep up to ceil(partitions /
+        # workers), so a third worker joining two that hold 2 of 4 partitions each
+        # got none; without, the others give up all above floor(partitions / workers)
+        table_standby_replicas=0,
         stream_wait_empty=False,
         producer_acks=-1,
         web_cors_options=None,

@@ -106,6 +106,7 @@ from llmpulse.streams.forward import (
 )
 from llmpulse.streams.handoff import EngineStateLog, PartitionState
 from llmpulse.streams.ingest import IngestBatch
+from llmpulse.streams.rebalance_hold import RebalanceHold
 from llmpulse.streams.sink import RawSink
 from llmpulse.streams.state import write_atomic
 from llmpulse.streams.windows import AwaitedSources
@@ -445,6 +446,8 @@ class SignalAgents:
                                                         key_serializer="raw")
         self.last_signals_at = 0.0
         self.last_health = time.monotonic()
+        # a rebalance and idle_s after it count as a backlog (moved inference partitions)
+        self.rebalance = RebalanceHold(float(engine_kwargs.get("idle_s") or IDLE_S))
         self.engine_stats: dict[str, Any] = {}
         #: the last backlog decision's inputs: "topic:partition" -> [position, end offset]
         self.backlog_view: dict[str, list[int | None]] = {}
@@ -630,7 +633,10 @@ class SignalAgents:
             # are in (an assignment can take longer than ``idle_s`` on a loaded cluster)
             backlog = True
             self.counters["polls_unassigned"] += 1
-        if not backlog and self.backlog == self._consumer_backlog and self._may_be_idle():
+        elif not backlog and self.rebalance.holds():
+            backlog = True  # a moved partition's new owner may not have forwarded yet
+            self.counters["polls_held_by_rebalance"] += 1
+        elif not backlog and self.backlog == self._consumer_backlog and self._may_be_idle():
             backlog = await self._end_offsets_backlog()
         if backlog:
             self.counters["polls_with_backlog"] += 1  # windows wait: silence is not idleness
@@ -719,6 +725,7 @@ class SignalAgents:
         offsets they cover, before the next owner reads them. The states stay in the
         engine until the assignment says which partitions went elsewhere."""
         self._unassigned = self.state_log is not None
+        self.rebalance.revoked()
         if self.state_log is None or self._closed:
             return
         held = revoked if self._owned is None else revoked & self._owned
@@ -730,6 +737,7 @@ class SignalAgents:
         the partitions that went elsewhere, and take over the states of the new ones
         from the changelog (they are read from the offsets those states cover on)."""
         self._unassigned = False
+        self.rebalance.assigned()
         if self.state_log is None or self._closed:
             return
         loop = asyncio.get_running_loop()

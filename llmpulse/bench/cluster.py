@@ -69,10 +69,10 @@ def check_args(workers: Sequence[int], faults: Sequence[str], rate: float, secon
     """Refuse what the benchmark cannot measure, naming the option.
 
     >>> check_args([1, 2, 3], ["broker", "pause"], 2000, 30)
-    >>> check_args([1, 5], [], 2000, 30)
+    >>> check_args([1, 7], [], 2000, 30)
     Traceback (most recent call last):
     ...
-    ValueError: --workers: 5 is not between 1 and 4 (the topics have 4 partitions)
+    ValueError: --workers: 7 is not between 1 and 6 (the topics have 6 partitions)
     >>> check_args([1], ["worker"], 2000, 30)
     Traceback (most recent call last):
     ...

@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 from llmpulse.bench._stack import bench_stack, finish, post_sql, stack_stats, wait_for
+from llmpulse.bench.fault_stores import saved_engine_events
 from llmpulse.bench.webhook import WebhookReceiver
 
 __all__ = ["FEEDBACK_SIGNALS", "compare", "run"]
@@ -91,7 +92,8 @@ brokers: ``broker`` kill -9 of a broker, ``scale`` workers 1 -> 2 -> 3 and back 
 1, ``rolling`` a clean restart of each of two workers in turn, ``pause`` one of two
 workers SIGSTOPped past its session timeout, then SIGCONT."""
 MULTI_WORKER = ("scale", "rolling", "pause")
-PARTITIONS = 4
+PARTITIONS = 6
+"""Partitions per topic: three workers hold two each."""
 BROKER_DOWN_S = 5.0
 """How long a killed broker stays down before it is started again."""
 
@@ -345,6 +347,8 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
                 w.close()
         if any(codes):
             raise RuntimeError(f"llmpulse up exited {codes}; see the logs under {root}")
+    left = [w for w in workers if w not in live]  # stopped mid-run (scale): their engines'
+                                                  # counts are in the states they saved
     engines = [s["engine"] for s in stats]
     late_groups = sorted({g for e in engines for g in e.get("late_dropped_by_group", {})})
     dups = sum(int(e.get("duplicates_dropped", 0)) for e in engines)
@@ -352,7 +356,8 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
             "pages": [p for _, p in hook.received[first:]],
             "events": total, "restart_s": restart_s, "killed_mid_traffic": mid_traffic,
             "late_groups": late_groups,
-            "engine_events": sum(int(e["events_in"]) for e in engines) - dups,
+            "engine_events": sum(int(e["events_in"]) for e in engines) - dups
+            + sum(saved_engine_events(w.data_dir) for w in left),
             "late_dropped": sum(int(e["late_dropped"]) for e in engines),
             "duplicates_dropped": dups,
             "replay": {k: sum(int(s.get(k, 0)) for s in stats)
