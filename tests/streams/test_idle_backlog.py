@@ -70,36 +70,47 @@ def _event(i: int, ts_ms: int) -> dict[str, Any]:
             "input_tokens": 1, "output_tokens": 1}
 
 
-def _batch(events: list[dict[str, Any]]) -> Any:
-    envelope = Message(b"\n".join(orjson.dumps(e) for e in events), "llmpulse.inference", 0, 0)
+def _batch(events: list[dict[str, Any]], partition: int = 0, offset: int = 0) -> Any:
+    """``events`` read from ``llmpulse.inference`` partition ``partition``."""
+    envelope = Message(b"\n".join(orjson.dumps(e) for e in events), "llmpulse.inference",
+                       partition, offset)
     batch = split_batch([envelope], kind="inference", keep_events=True,
-                        now_ms=START_MS + 60_000)
+                        now_ms=START_MS + 120_000)
     assert batch.count == len(events) and not batch.dead
     return batch
 
 
-async def test_a_forward_not_yet_acknowledged_holds_the_last_window(tmp_path: Path) -> None:
+def _forwarding_agents(tmp_path: Path, store: Store, now: list[float]
+                       ) -> tuple[SignalAgents, LocalEngine, _HeldTopic, list[Any]]:
+    """Signal agents on a real chDB store whose forwards go to a topic acknowledged when
+    the test says, with a 10 s latency window at the test's clock; the closed
+    ``errors.rate`` windows are collected in the list returned."""
     settings = load_settings(env={"LLMPULSE_DATA_DIR": str(tmp_path)}, path=None)
     settings = replace(settings, signals=replace(settings.signals, process=False))
+    app = new_faust_app("t", settings, bootstrap="127.0.0.1:1", datadir=tmp_path / "w",
+                        web_port=None)
+    agents = SignalAgents(app, settings, store, TestingSink(), signals_topic=TestingTopic())
+    engine = LocalEngine(engine_kwargs={}, detectors="default")
+    engine.engine = SignalEngine({"latency": lambda: [ErrorRates(min_n=1)]},
+                                 {"latency": WindowSpec(10.0, 5.0)},
+                                 clock=lambda: now[0], idle_s=30.0)
+    agents.engine = engine
+    grouped = _HeldTopic()
+    agents.grouped = grouped  # type: ignore[assignment]  # the sender only
+    closed: list[Any] = []
+
+    async def collect(signals: list[Any]) -> None:
+        closed.extend(s for s in signals if s.signal == "errors.rate")
+
+    agents.consumers.append(collect)
+    return agents, engine, grouped, closed
+
+
+async def test_a_forward_not_yet_acknowledged_holds_the_last_window(tmp_path: Path) -> None:
     store = Store.open(f"chdb://{tmp_path}/store")
     now = [1_000.0]
     try:
-        app = new_faust_app("t", settings, bootstrap="127.0.0.1:1", datadir=tmp_path / "w",
-                            web_port=None)
-        agents = SignalAgents(app, settings, store, TestingSink(), signals_topic=TestingTopic())
-        engine = LocalEngine(engine_kwargs={}, detectors="default")
-        engine.engine = SignalEngine({"latency": lambda: [ErrorRates(min_n=1)]},
-                                     {"latency": WindowSpec(10.0, 5.0)},
-                                     clock=lambda: now[0], idle_s=30.0)
-        agents.engine = engine
-        grouped = _HeldTopic()
-        agents.grouped = grouped  # type: ignore[assignment]  # the sender only
-        closed: list[Any] = []
-
-        async def collect(signals: list[Any]) -> None:
-            closed.extend(s for s in signals if s.signal == "errors.rate")
-
-        agents.consumers.append(collect)
+        agents, engine, grouped, closed = _forwarding_agents(tmp_path, store, now)
         # the stream's events up to 2 s into the window [0, 10 s), taken in
         await agents.forward_inference(_batch([_event(i, START_MS + 1_000 * i) for i in range(3)]),
                                        set())

@@ -10,59 +10,19 @@ first forwards were late for windows of groups that had not moved.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-import orjson
-
-from llmpulse.config import load_settings
-from llmpulse.detectors.latency import ErrorRates
 from llmpulse.store import Store
-from llmpulse.streams.app import new_faust_app
-from llmpulse.streams.engine import SignalEngine
-from llmpulse.streams.engine_process import LocalEngine
-from llmpulse.streams.ingest import Message, split_batch
 from llmpulse.streams.rebalance_hold import RebalanceHold
-from llmpulse.streams.signals import SignalAgents
-from llmpulse.streams.testing import TestingSink, TestingTopic
-from llmpulse.streams.windows import WindowSpec
-from tests.streams.test_idle_backlog import START_MS, _event, _HeldTopic
-
-
-def _batch(events: list[dict[str, Any]], partition: int, offset: int) -> Any:
-    """``events`` read from ``llmpulse.inference`` partition ``partition``."""
-    envelope = Message(b"\n".join(orjson.dumps(e) for e in events), "llmpulse.inference",
-                       partition, offset)
-    batch = split_batch([envelope], kind="inference", keep_events=True,
-                        now_ms=START_MS + 120_000)
-    assert batch.count == len(events) and not batch.dead
-    return batch
+from tests.streams.test_idle_backlog import START_MS, _batch, _event, _forwarding_agents
 
 
 async def test_a_partition_moved_in_a_rebalance_is_waited_for(tmp_path: Path) -> None:
-    settings = load_settings(env={"LLMPULSE_DATA_DIR": str(tmp_path)}, path=None)
-    settings = replace(settings, signals=replace(settings.signals, process=False))
     store = Store.open(f"chdb://{tmp_path}/store")
     now = [1_000.0]
     try:
-        app = new_faust_app("t", settings, bootstrap="127.0.0.1:1", datadir=tmp_path / "w",
-                            web_port=None)
-        agents = SignalAgents(app, settings, store, TestingSink(), signals_topic=TestingTopic())
-        engine = LocalEngine(engine_kwargs={}, detectors="default")
-        engine.engine = SignalEngine({"latency": lambda: [ErrorRates(min_n=1)]},
-                                     {"latency": WindowSpec(10.0, 5.0)},
-                                     clock=lambda: now[0], idle_s=30.0)
-        agents.engine = engine
+        agents, engine, grouped, closed = _forwarding_agents(tmp_path, store, now)
         agents.rebalance = RebalanceHold(30.0, clock=lambda: now[0])
-        grouped = _HeldTopic()
-        agents.grouped = grouped  # type: ignore[assignment]  # the sender only
-        closed: list[Any] = []
-
-        async def collect(signals: list[Any]) -> None:
-            closed.extend(s for s in signals if s.signal == "errors.rate")
-
-        agents.consumers.append(collect)
 
         async def forward(first: int, n: int, partition: int, offset: int) -> None:
             events = [_event(i, START_MS + 1_000 * i) for i in range(first, first + n)]
