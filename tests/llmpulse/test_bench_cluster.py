@@ -8,10 +8,12 @@ from typing import Any
 import pytest
 
 from llmpulse.bench.cluster import FAULT_CELLS, fault_rows, format_table, main, scaling_rows
+from llmpulse.bench.fault import PARTITIONS
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--workers", "0"], "--workers: 0 is not between 1 and 4"),
+    (["--workers", "0"], f"--workers: 0 is not between 1 and {PARTITIONS}"),
+    (["--workers", "1", str(PARTITIONS + 1)], f"is not between 1 and {PARTITIONS} (the topics have"),
     (["--faults", "worker"], "--faults: 'worker' is not one of broker, scale, rolling, pause"),
     (["--rate", "-5"], "--rate: -5 is not a positive number"),
     (["--seconds", "0"], "--seconds: 0 is not a positive number"),
