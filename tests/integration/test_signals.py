@@ -201,8 +201,12 @@ def test_kill9_while_incidents_run_loses_no_window_and_pages_once(tmp_path) -> N
     assert r["windows_differing"] == 0, r["differing_examples"]
     assert r["alerts_lost"] == r["alerts_extra"] == 0, r
     assert r["duplicate_triggers"] == r["pages_lost"] == r["pages_extra"] == 0, r
-    # the restarted engine took in every event once: its counters live in its snapshot
-    assert r["engine_events_crashed"] == r["engine_events_reference"], r
+    # no event counted twice past the engine's de-duplication. Fewer can be counted: the
+    # counters live in the local snapshot, and when a later state of a partition on the
+    # changelog is taken over at the restart, the events it covers are not read again
+    # and were never counted here. That each event is in its windows exactly once is
+    # asserted above: every window's sample size equals the reference's
+    assert r["engine_events_crashed"] <= r["engine_events_reference"], r
 
 
 def test_a_page_owed_at_a_crash_is_sent_after_the_restart_and_only_once(
