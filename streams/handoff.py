@@ -19,7 +19,9 @@ as ``llmpulse.grouped`` and holds the state of grouped partition ``p`` in its
 partition ``p``, created with ``cleanup.policy=compact``. A state larger than
 :data:`MAX_FRAGMENT` is written as several records, keys ``<p>/<i>``, each
 naming its snapshot and how many fragments it has. The reader reads a
-partition to its end and takes, of the snapshots whose fragments are all
+partition to its end (no earlier than the end ListOffsets shows when it starts: on
+the local cluster a fetch through another broker than the writer's can end before
+the last write for a moment) and takes, of the snapshots whose fragments are all
 there, the one covering most of the grouped partition (the latest of equals):
 a worker paused past its session timeout that writes on waking has a state
 that covers no more than the new owner's, so correctness does not depend on
@@ -164,6 +166,8 @@ class EngineStateLog:
         self._producer: Any = None
         self._committer: Any = None
         self._ready = False
+        self.stale_ends = 0
+        """Ends of partition a read was shown before the last write, read past (cluster)."""
 
     def _conf(self) -> dict[str, Any]:
         conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap,
@@ -266,8 +270,9 @@ class EngineStateLog:
         try:
             parts = sorted({self._partition_of(p) for p in wanted})
             consumer.assign([TopicPartition(self.topic, cp, OFFSET_BEGINNING) for cp in parts])
-            at_end: set[int] = set()
             deadline = time.monotonic() + self.timeout
+            floors = self._floors(consumer, parts, deadline)
+            at_end: set[int] = set()
             while len(at_end) < len(parts):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{self.topic}: partitions {sorted(set(parts) - at_end)} "
@@ -278,7 +283,13 @@ class EngineStateLog:
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        at_end.add(int(msg.partition() or 0))
+                        cp = int(msg.partition() or 0)
+                        # an end short of what ListOffsets showed is a stale fetch (another
+                        # broker of the cluster has not seen the last write yet): read on
+                        if int(msg.offset() or 0) >= floors.get(cp, 0):
+                            at_end.add(cp)
+                        else:
+                            self.stale_ends += 1
                         continue
                     raise RuntimeError(f"{self.topic}: {err}")
                 rec = decode(msg.key(), msg.value())
@@ -291,6 +302,33 @@ class EngineStateLog:
             state = latest(recs)
             if state is not None:
                 out[p] = state
+        return out
+
+    def _floors(self, consumer: Any, parts: list[int], deadline: float) -> dict[int, int]:
+        """A lower bound of each changelog partition's end, from ListOffsets.
+
+        Brokers of the local cluster share one log in S3, and a fetch from a broker
+        other than the writer's can end (``_PARTITION_EOF``) before the last write for
+        a second or so, while ListOffsets already counts it. Tansu 0.6 answers
+        ListOffsets(latest) with the last batch's base offset + 1, short of the end by
+        the rest of that batch: a floor, reached by every complete read."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        out: dict[int, int] = {}
+        for cp in parts:
+            while True:
+                left = deadline - time.monotonic()
+                try:
+                    # a fresh consumer may not know the partition yet (_UNKNOWN_PARTITION)
+                    high = consumer.get_watermark_offsets(TopicPartition(self.topic, cp),
+                                                          timeout=max(1.0, left), cached=False)[1]
+                    break
+                except KafkaException as exc:
+                    if left <= 0:
+                        raise RuntimeError(f"{self.topic}[{cp}]: no end offset in "
+                                           f"{self.timeout:g} s: {exc}") from None
+                    time.sleep(0.2)
+            out[cp] = max(0, int(high))
         return out
 
     def close(self) -> None:
