@@ -20,7 +20,6 @@ taken as ClickHouse would, the last computed.
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import time
 import urllib.error
@@ -31,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from llmpulse.bench.fault_stores import saved_counts
 from llmpulse.broker import EmbeddedBroker, create_topics
 from llmpulse.events import TOPIC_GROUPED, TOPIC_INFERENCE, TOPICS
 from llmpulse.harness import wait_for
@@ -172,28 +172,6 @@ def _warm_up(sender: Sender, *workers: Any) -> None:
     wait_for(taken, 180, f"the workers to take in the first {n} events")
 
 
-def _saved_events(data_dir: Path) -> int:
-    """``events_in`` of the engine state a stopped worker saved."""
-    return _saved_counts(data_dir)[0]
-
-
-def _saved_counts(data_dir: Path) -> tuple[int, dict[float, int]]:
-    """``events_in`` of the engine state a stopped worker saved, and the copies its
-    windows dropped (duplicates and repeats) per window length. A copy is dropped once
-    per length, maybe by different workers (a short window closed here, the long one
-    handed over), so copies add up per length across workers."""
-    state = pickle.loads((data_dir / "worker" / "signals.pkl").read_bytes())
-    engine = pickle.loads(state["engine"])
-    shards = [pickle.loads(s) for s in engine["shards"]] if "shards" in engine else [engine]
-    events = sum(int(sh["counters"]["events_in"]) for sh in shards)
-    copies: dict[float, int] = {}
-    for sh in shards:
-        for length, _lateness, b in sh["buffers"]:
-            dropped = int(b.get("duplicates", 0)) + int(b.get("repeats", 0))
-            copies[float(length)] = copies.get(float(length), 0) + dropped
-    return events, copies
-
-
 def _copies_taken(saved: Mapping[str, tuple[int, dict[float, int]]]) -> tuple[int, int]:
     """Events the workers took in, and of them the copies (the window length that
     dropped most, summed over the workers)."""
@@ -283,7 +261,7 @@ def test_scaling_out_and_in_mid_window_changes_no_signal(stack_factory: Any, tmp
         finally:
             sender.close()
         a = workers["a"]
-        saved = {name: _saved_counts(tmp_path / name / "data") for name in others}
+        saved = {name: saved_counts(tmp_path / name / "data") for name in others}
         left = {name: events for name, (events, _) in saved.items()}
         eng = _taken(a, n - sum(left.values()))
         a_stats = _stats(a)["signals"]
@@ -300,7 +278,7 @@ def test_scaling_out_and_in_mid_window_changes_no_signal(stack_factory: Any, tmp
     # against the cluster the shim's retries, are at-least-once (docs/cluster.md): a
     # copy may come, and is dropped, not counted twice
     # (A's counts as its last stop saved them, once every window closed)
-    saved["a"] = _saved_counts(tmp_path / "a" / "data")
+    saved["a"] = saved_counts(tmp_path / "a" / "data")
     events, copies = _copies_taken(saved)
     assert events - copies == n == ref_eng["events_in"], (saved, n)
     # the partitions moved with their state both ways: to B as it joined, back to A as
