@@ -146,3 +146,59 @@ async def test_the_alert_goes_on_in_the_worker_the_group_moved_to(
         await b.signals.close()
     finally:
         store.close()
+
+
+async def test_a_hand_off_waits_for_the_alerts_of_a_window_poll_under_way(
+    broker: EmbeddedBroker, tmp_path: Path,
+) -> None:
+    """The revocation comes while a window poll's signals are on their way to the alert
+    agent (the engine closed the windows, the alerts have not seen them): the alert
+    states handed over are taken once they have, or the new owner never sees those
+    windows' verdicts (its engine state has them closed)."""
+    import asyncio
+
+    rules = Rules.from_yaml(RULES)
+    messages = grouped_messages(_events(), chunk=50)
+    (partition,) = {m.partition for m in messages}
+    topic = f"llmpulse.engine-state.{uuid.uuid4().hex[:8]}"
+    store = Store.open(f"chdb://{tmp_path}/store")
+    try:
+        ref = _Worker(tmp_path / "ref", store, EngineStateLog(
+            broker.bootstrap, partitions=1, topic=f"{topic}.ref"), rules)
+        await ref.signals.partitions_assigned({partition})
+        await drive_signal_agents(ref.signals, messages, batch=5)
+        await ref.signals.close()
+        expected = ref.rows()
+
+        a, b = (_Worker(tmp_path / name, store, EngineStateLog(
+            broker.bootstrap, partitions=1, topic=topic), rules) for name in ("a", "b"))
+        split = next(i for i, m in enumerate(messages) if _ts(m) - START >= 95.0)
+        await a.signals.partitions_assigned({partition})
+        await drive_signal_agents(a.signals, messages[:split - 5], batch=5, flush=False)
+        # the last poll before the move: its signals held before the alert agent (a slow
+        # store write), while the rebalance revokes the partition
+        gate, held = asyncio.Event(), []
+
+        async def slow_store(signals: list[Any]) -> None:
+            held.extend(signals)
+            await gate.wait()
+
+        a.signals.consumers.insert(0, slow_store)
+        await a.signals.take(messages[split - 5:split])
+        tick = asyncio.ensure_future(a.signals.tick())
+        while not held and not tick.done():
+            await asyncio.sleep(0.01)
+        assert any(s.signal == "latency.p50_ms" and s.value > 1500 for s in held), \
+            "the poll under way closed a breaching window"
+        asyncio.get_running_loop().call_later(0.5, gate.set)
+        await a.signals.partitions_revoked({partition})
+        await tick
+        await a.signals.partitions_assigned(set())
+
+        await b.signals.partitions_assigned({partition})
+        await drive_signal_agents(b.signals, messages[split:], batch=5)
+        assert a.rows() + b.rows() == expected
+        await a.signals.close()
+        await b.signals.close()
+    finally:
+        store.close()
