@@ -16,6 +16,7 @@ the group. The real agents (signal and alert), the real broker for the changelog
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -155,8 +156,6 @@ async def test_a_hand_off_waits_for_the_alerts_of_a_window_poll_under_way(
     agent (the engine closed the windows, the alerts have not seen them): the alert
     states handed over are taken once they have, or the new owner never sees those
     windows' verdicts (its engine state has them closed)."""
-    import asyncio
-
     rules = Rules.from_yaml(RULES)
     messages = grouped_messages(_events(), chunk=50)
     (partition,) = {m.partition for m in messages}
