@@ -50,7 +50,10 @@ state and watermark) also goes to the compacted changelog
 ``llmpulse.engine-state`` (:mod:`llmpulse.streams.handoff`) at every save and
 when a rebalance revokes the partition; the worker assigned it next takes it
 over and reads on from the offset it covers, so a partition that moves to
-another worker keeps its open windows. Windows that closed between the
+another worker keeps its open windows. The alert states of the partition's
+groups go in the same record (:attr:`SignalAgents.group_states`, the alert
+agent), taken once the signals of a poll under way have reached it; the new
+owner's alert manager continues them, the old one drops them. Windows that closed between the
 snapshot and the crash close again with the same events: their signal rows
 replace the earlier ones, and the alert manager, whose state is saved after
 every batch of signals, ignores them as replays. Events forwarded twice (the
