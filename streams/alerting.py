@@ -57,7 +57,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlencode
@@ -66,12 +66,16 @@ from llmpulse.detectors.base import Signal
 from llmpulse.streams.rules import Rule, Rules, Verdict
 
 __all__ = [
-    "AlertEvent", "AlertKey", "AlertLinker", "AlertManager", "MAX_GAP_WINDOWS", "Series",
+    "AlertEvent", "AlertKey", "AlertLinker", "AlertManager", "GroupFilter", "MAX_GAP_WINDOWS", "Series",
     "alert_key_id", "series_of",
 ]
 
 AlertKey = tuple[str, str, str, str, str, str]
 """``(rule, signal, app, model, model_version, dimension)``."""
+
+GroupFilter = Callable[[str, str, str], bool]
+"""Selects groups by ``(app, model, model_version)``: whose states :meth:`AlertManager.export`
+and :meth:`AlertManager.drop` take."""
 
 Series = tuple[str, str, str, str, float]
 """``(family, app, model, model_version, window_s)``: whose event time resolves an alert."""
@@ -444,12 +448,74 @@ class AlertManager:
             "version": 1,
             "watermark": self.watermark if math.isfinite(self.watermark) else None,
             "clocks": [[*k, t] for k, t in sorted(self._clocks.items())],
-            "states": [
-                {"key": list(k), **{f: v for f, v in asdict(st).items() if f != "last_ts"},
-                 "last_ts": st.last_ts if math.isfinite(st.last_ts) else None}
-                for k, st in sorted(self._states.items())
-            ],
+            "states": [_state_item(k, st) for k, st in sorted(self._states.items())],
         }
+
+    def export(self, group: GroupFilter) -> dict[str, Any]:
+        """The state of the keys of the groups ``group(app, model, version)`` selects, in
+        the form of :meth:`snapshot` (no watermark): what another manager takes in
+        (:meth:`merge`) to continue those groups' alerts, as when a partition moves to
+        another worker.
+
+        >>> from llmpulse.detectors.base import Signal
+        >>> from llmpulse.streams.rules import Rules
+        >>> rules = Rules.from_yaml('rules: [{name: p99, signal: latency.p99_ms, op: ">", '
+        ...                         'threshold: 4000, for: 2}]')
+        >>> a, b = AlertManager(rules), AlertManager(rules)
+        >>> def window(end, model):
+        ...     return Signal("latency.p99_ms", 5000, n=600, ts=end, window_s=60.0,
+        ...                   app="support", model=model, model_version="1")
+        >>> a.process_many([window(60, "gpt"), window(60, "claude")])
+        []
+        >>> moved = a.export(lambda app, model, version: model == "gpt")
+        >>> a.drop(lambda app, model, version: model == "gpt"), b.merge(moved)
+        (1, 1)
+        >>> [ev.row["started_at"] for ev in b.process(window(120, "gpt"))]  # the streak goes on
+        [0.0]
+        >>> a.stats()["tracked_keys"], a.process(window(120, "gpt"))  # a starts it over
+        (1, [])
+        """
+        return {
+            "version": 1,
+            "clocks": [[*k, t] for k, t in sorted(self._clocks.items()) if group(k[1], k[2], k[3])],
+            "states": [_state_item(k, st) for k, st in sorted(self._states.items())
+                       if group(k[2], k[3], k[4])],
+        }
+
+    def merge(self, state: Mapping[str, Any]) -> int:
+        """Take over the keys and series clocks of an :meth:`export`, replacing what this
+        manager holds of the same keys and series (it may hold an older state of the
+        groups, from when it last had them: :meth:`drop` them first to drop keys the
+        export does not have); how many keys were taken. Emits nothing: the alerts go on
+        from where the exporting manager left them."""
+        if state.get("version") != 1:
+            raise ValueError(f"unknown alert state version {state.get('version')!r}")
+        for f, a, m, v, w, t in state.get("clocks", []):
+            self._clocks[(str(f), str(a), str(m), str(v), float(w))] = float(t)
+        taken = 0
+        for item in state.get("states", []):
+            key: AlertKey = tuple(str(x) for x in item["key"])  # type: ignore[assignment]
+            rule = self.rules.get(key[0])
+            if rule is None:
+                continue  # the rule is not in this manager's rule set
+            st = _load_state(item)
+            self._states[key] = st
+            self._open_timed.discard(key)
+            if st.alert is not None and rule.effective_resolve_after is not None:
+                self._open_timed.add(key)
+            taken += 1
+        return taken
+
+    def drop(self, group: GroupFilter) -> int:
+        """Forget the keys and series clocks of the groups ``group(app, model, version)``
+        selects, emitting nothing (their open alerts included: the manager that took the
+        groups over continues and resolves them); how many keys were dropped."""
+        gone = [k for k in self._states if group(k[2], k[3], k[4])]
+        for key in gone:
+            del self._states[key]
+            self._open_timed.discard(key)
+        self._clocks = {k: t for k, t in self._clocks.items() if not group(k[1], k[2], k[3])}
+        return len(gone)
 
     def restore(self, state: Mapping[str, Any]) -> None:
         """Load a :meth:`snapshot`; states of rules no longer in the rule set are dropped."""
@@ -468,13 +534,22 @@ class AlertManager:
             rule = self.rules.get(key[0])
             if rule is None:
                 continue
-            fields = {k: v for k, v in item.items() if k != "key"}
-            if fields.get("last_ts") is None:
-                fields["last_ts"] = -math.inf
-            st = _State(**fields)
+            st = _load_state(item)
             self._states[key] = st
             if st.alert is not None and rule.effective_resolve_after is not None:
                 self._open_timed.add(key)
+
+
+def _state_item(key: AlertKey, st: _State) -> dict[str, Any]:
+    return {"key": list(key), **{f: v for f, v in asdict(st).items() if f != "last_ts"},
+            "last_ts": st.last_ts if math.isfinite(st.last_ts) else None}
+
+
+def _load_state(item: Mapping[str, Any]) -> _State:
+    fields = {k: v for k, v in item.items() if k != "key"}
+    if fields.get("last_ts") is None:
+        fields["last_ts"] = -math.inf
+    return _State(**fields)
 
 
 def _scalars(detail: Mapping[str, Any]) -> dict[str, Any]:

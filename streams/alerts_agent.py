@@ -25,6 +25,7 @@ import asyncio
 import json
 import logging
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ import orjson
 
 from llmpulse.detectors.base import Signal
 from llmpulse.events import TOPIC_ALERTS, TOPIC_RETRAIN
-from llmpulse.streams.alerting import AlertEvent, AlertLinker, AlertManager
+from llmpulse.streams.alerting import AlertEvent, AlertLinker, AlertManager, GroupFilter
+from llmpulse.streams.forward import group_key
 from llmpulse.streams.notify import Notifier, build_channels
 from llmpulse.streams.retrain_trigger import RetrainTrigger
 from llmpulse.streams.rules import Rules
@@ -51,6 +53,12 @@ def load_rules(path: Path | None) -> Rules:
     rules = Rules.load(path) if path else Rules.default()
     build_channels(rules)
     return rules
+
+
+def _groups(keys: Collection[bytes]) -> GroupFilter:
+    """The groups whose routing key (:func:`~llmpulse.streams.forward.group_key`) is in ``keys``."""
+    wanted = frozenset(bytes(k) for k in keys)
+    return lambda app, model, version: group_key(app, model, version) in wanted
 
 
 class AlertAgent:
@@ -139,6 +147,41 @@ class AlertAgent:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
         await self.notifier.close()
+        self._save()
+
+    # -- groups moving with their llmpulse.grouped partition (handoff.GroupStates) ---------
+
+    def export_groups(self, keys: Collection[bytes]) -> bytes:
+        """The alert states of the groups ``keys``, for the worker their partition goes to."""
+        return json.dumps(self.alerts.export(_groups(keys)), default=str).encode()
+
+    def take_over_groups(self, keys: Collection[bytes], state: bytes | None) -> None:
+        """Continue the groups ``keys`` from a previous owner's :meth:`export_groups`,
+        replacing what this worker held of them (an older state, from when it last had
+        them). ``None`` (the previous owner wrote none): what this worker holds stays."""
+        if state is None:
+            return
+        try:
+            exported = json.loads(state)
+            if not isinstance(exported, dict) or exported.get("version") != 1:
+                raise ValueError("not an alert state of this version")
+        except ValueError:
+            log.warning("ignoring unreadable alert states handed over for %d group(s)", len(keys))
+            self.counts["handoff_unreadable"] += 1
+            return
+        self.alerts.drop(_groups(keys))
+        try:
+            self.counts["handoff_keys_taken"] += self.alerts.merge(exported)
+        except Exception:  # the groups start over here, as before states were handed over
+            log.exception("ignoring alert states handed over that do not fit these rules")
+            self.counts["handoff_unreadable"] += 1
+        self._save()
+
+    def drop_groups(self, keys: Collection[bytes]) -> None:
+        """Forget the alert states of the groups ``keys``, open alerts included, with no
+        event: their partition's new owner continues (and resolves) them. Pages owed for
+        them stay in the outbox and go out from here."""
+        self.counts["handoff_keys_dropped"] += self.alerts.drop(_groups(keys))
         self._save()
 
     def _save(self) -> None:

@@ -618,6 +618,7 @@ def build_pipeline(
             notify=settings.signals.notify_in_worker, linker=linker,
         )
         agents.consumers.append(alert_agent)
+        agents.group_states = alert_agent  # a group's alert states move with its partition
         health.agents, health.notifier = agents, alert_agent.notifier
         register_retrain_completion(app, alert_agent.trigger)
         # the LLM judge's health reports -> llmpulse.judge_* signals

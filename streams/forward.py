@@ -26,13 +26,22 @@ from typing import Any
 import orjson
 from aiokafka.partitioner import murmur2
 
-__all__ = ["GROUPS_HEADER", "MAX_FORWARD_BYTES", "grouped_partition", "header_value",
+__all__ = ["GROUPS_HEADER", "MAX_FORWARD_BYTES", "group_key", "grouped_partition", "header_value",
            "listed_keys", "pack_groups", "unpack_groups"]
 
 GROUPS_HEADER = "llmpulse-groups"
 """Header of a forwarded message holding several groups: JSON ``[[key, lines], ...]``."""
 
 MAX_FORWARD_BYTES = 512 * 1024
+
+
+def group_key(app: str, model: str, version: str) -> bytes:
+    """The routing key of a group.
+
+    >>> group_key("support", "gpt-4o-mini", "2024-07-18")
+    b'support/gpt-4o-mini/2024-07-18'
+    """
+    return f"{app}/{model}/{version}".encode()
 
 
 @lru_cache(maxsize=65_536)

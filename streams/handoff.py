@@ -36,6 +36,14 @@ per key is left, whichever writer it came from.)
 >>> best = latest([decode(k, encode(meta, data)) for k, meta, data in records])
 >>> best == PartitionState(3, 120, blob, frozenset({b"a/m/1"}))
 True
+
+The alert states of the partition's groups travel with it (:class:`GroupStates`), after
+the engine's bytes; a record written without them reads back as ``groups=None``:
+
+>>> moved = PartitionState(3, 120, blob, frozenset({b"a/m/1"}), groups=b'{"states": []}')
+>>> records = fragments(moved, "s2", max_size=4)
+>>> latest([decode(k, encode(meta, data)) for k, meta, data in records]) == moved
+True
 """
 
 from __future__ import annotations
@@ -43,16 +51,16 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from llmpulse.kafka_security import KafkaSecurity
 
-__all__ = ["MAX_FRAGMENT", "RETENTION_GROUP", "TOPIC_ENGINE_STATE", "EngineStateLog", "PartitionState", "decode",
-           "encode", "fragments", "latest"]
+__all__ = ["MAX_FRAGMENT", "RETENTION_GROUP", "TOPIC_ENGINE_STATE", "EngineStateLog", "GroupStates",
+           "PartitionState", "decode", "encode", "fragments", "latest"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +86,29 @@ class PartitionState:
     """:meth:`~llmpulse.streams.engine_process.LocalEngine.snapshot_groups` bytes."""
     keys: frozenset[bytes]
     """The group keys (``app/model/version``) seen on the partition."""
+    groups: bytes | None = None
+    """State kept per group beside the engine's (:class:`GroupStates`: the alert rules'
+    states of the groups), taken when ``engine`` was; None in a record written without it."""
+
+
+class GroupStates(Protocol):
+    """State of its own a worker keeps per group, handed over with the partition's engine
+    state (the alert agent's: open alerts, breach streaks, series clocks). Called on the
+    event loop; the keys are group keys, ``app/model/version``."""
+
+    def export_groups(self, keys: Collection[bytes]) -> bytes:
+        """The state of the groups ``keys`` (taken after the engine's)."""
+        ...
+
+    def take_over_groups(self, keys: Collection[bytes], state: bytes | None) -> None:
+        """Continue the groups ``keys`` from ``state`` (an :meth:`export_groups`; None:
+        the previous owner wrote none), replacing what this worker held of them."""
+        ...
+
+    def drop_groups(self, keys: Collection[bytes]) -> None:
+        """Forget the groups ``keys``, without any event: their partition's new owner
+        continues them."""
+        ...
 
 
 Fragment = tuple[bytes, dict[str, Any], bytes]
@@ -86,7 +117,10 @@ Fragment = tuple[bytes, dict[str, Any], bytes]
 def fragments(state: PartitionState, snapshot_id: str, *,
               max_size: int = MAX_FRAGMENT) -> list[Fragment]:
     """The records of ``state``: (key, metadata, state bytes) per fragment."""
-    blob = state.engine
+    # the group states follow the engine's bytes, their length in the first record's
+    # metadata: a reader that does not know them unpickles the engine state, and pickle
+    # ignores what follows it
+    blob = state.engine + (state.groups or b"")
     pieces = [blob[i:i + max_size] for i in range(0, len(blob), max_size)] or [b""]
     out: list[Fragment] = []
     for i, piece in enumerate(pieces):
@@ -94,6 +128,8 @@ def fragments(state: PartitionState, snapshot_id: str, *,
                                 "id": snapshot_id, "part": i, "parts": len(pieces)}
         if i == 0:
             meta["keys"] = sorted(k.decode("utf-8", "surrogateescape") for k in state.keys)
+            if state.groups is not None:
+                meta["groups"] = len(state.groups)
         out.append((f"{state.partition}/{i}".encode(), meta, piece))
     return out
 
@@ -137,11 +173,15 @@ def latest(records: Iterable[Fragment | None]) -> PartitionState | None:
         n = int(meta["parts"])
         if len(parts) == n and sid in heads and all(i in parts for i in range(n)):
             head = heads[sid]
+            blob = b"".join(parts[i] for i in range(n))
+            size = head.get("groups")
+            cut = len(blob) - int(size) if isinstance(size, int) and 0 <= size <= len(blob) else None
             state = PartitionState(
                 partition=int(head["partition"]), covered=int(head["covered"]),
-                engine=b"".join(parts[i] for i in range(n)),
+                engine=blob if cut is None else blob[:cut],
                 keys=frozenset(str(k).encode("utf-8", "surrogateescape")
-                               for k in head.get("keys", ())))
+                               for k in head.get("keys", ())),
+                groups=None if cut is None else blob[cut:])
             if best is None or (state.covered, order) >= best[:2]:
                 best = (state.covered, order, state)
             del open_[sid]

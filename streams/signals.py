@@ -50,7 +50,10 @@ state and watermark) also goes to the compacted changelog
 ``llmpulse.engine-state`` (:mod:`llmpulse.streams.handoff`) at every save and
 when a rebalance revokes the partition; the worker assigned it next takes it
 over and reads on from the offset it covers, so a partition that moves to
-another worker keeps its open windows. Windows that closed between the
+another worker keeps its open windows. The alert states of the partition's
+groups go in the same record (:attr:`SignalAgents.group_states`, the alert
+agent), taken once the signals of a poll under way have reached it; the new
+owner's alert manager continues them, the old one drops them. Windows that closed between the
 snapshot and the crash close again with the same events: their signal rows
 replace the earlier ones, and the alert manager, whose state is saved after
 every batch of signals, ignores them as replays. Events forwarded twice (the
@@ -84,8 +87,10 @@ import logging
 import pickle
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import faust
@@ -98,13 +103,14 @@ from llmpulse.store import Store, lookup_requests
 from llmpulse.streams.forward import (
     GROUPS_HEADER,
     MAX_FORWARD_BYTES,
+    group_key,
     grouped_partition,
     header_value,
     listed_keys,
     pack_groups,
     unpack_groups,
 )
-from llmpulse.streams.handoff import EngineStateLog, PartitionState
+from llmpulse.streams.handoff import EngineStateLog, GroupStates, PartitionState
 from llmpulse.streams.ingest import IngestBatch
 from llmpulse.streams.rebalance_hold import RebalanceHold
 from llmpulse.streams.sink import RawSink
@@ -126,18 +132,12 @@ IDLE_S = 30.0
 END_OFFSETS_TIMEOUT_S = 5.0
 """How long a window poll waits for the broker's end offsets before taking its silence
 as a backlog not yet seen (windows wait) rather than as idleness."""
+EMITTING_WAIT_S = 5.0
+"""How long a hand-off waits for signals polled before its engine snapshot to reach the
+consumers, so that the alert states handed with it have seen them."""
 REWIND_TIMEOUT_S = 30.0
 """How long a partition being replayed after a restart skips messages fetched before
 the seek; after that a missing offset is taken as a gap in the log."""
-
-
-def group_key(app: str, model: str, version: str) -> bytes:
-    """The routing key of a group.
-
-    >>> group_key("support", "gpt-4o-mini", "2024-07-18")
-    b'support/gpt-4o-mini/2024-07-18'
-    """
-    return f"{app}/{model}/{version}".encode()
 
 
 def _chunks(lines: Sequence[bytes], limit: int = MAX_FORWARD_BYTES) -> list[bytes]:
@@ -429,6 +429,13 @@ class SignalAgents:
         self._unassigned = state_log is not None
         self._assigned: set[tuple[str, int]] = set()  # every topic partition of this worker
         self._take_over_lock = asyncio.Lock()
+        # state kept per group beside the engine's (the alert agent's), handed over with
+        # the partitions (None: only the engine state moves); set by the composition root
+        self.group_states: GroupStates | None = None
+        # polls whose signals the consumers have not all had yet, and set when none
+        self._emitting = 0
+        self._emitted = asyncio.Event()
+        self._emitted.set()
         self._stopping = False  # set by stop(): no more states taken over
         self.pending_feedback: list[tuple[float, bytes, str]] = []
         self.counters: dict[str, int] = defaultdict(int)
@@ -641,15 +648,20 @@ class SignalAgents:
         if backlog:
             self.counters["polls_with_backlog"] += 1  # windows wait: silence is not idleness
         hold = self._holding(backlog)
-        signals = await loop.run_in_executor(self._exec, self._poll, backlog, hold)
-        # the engine closes short windows first and may leave longer ones for the
-        # next poll: emit what came, and poll again at once while polls give signals
-        for _ in range(MAX_POLLS_IN_A_ROW):
-            if not signals:
-                break
-            await self.emit(signals)
-            signals = await loop.run_in_executor(self._exec, self._poll,
-                                                 backlog or self.backlog(), hold)
+        async with self._polling():
+            signals = await loop.run_in_executor(self._exec, self._poll, backlog, hold)
+            # the engine closes short windows first and may leave longer ones for the
+            # next poll: emit what came, and poll again at once while polls give signals
+            for _ in range(MAX_POLLS_IN_A_ROW):
+                if not signals:
+                    break
+                await self.emit(signals)
+                signals = await loop.run_in_executor(self._exec, self._poll,
+                                                     backlog or self.backlog(), hold)
+            # the last poll's signals too, before the poll counts as emitted
+            if signals:
+                await self.emit(signals)
+                signals = []
         if self.pending_feedback:
             items, self.pending_feedback = self.pending_feedback, []
             self._routing = items  # still on disk until routed
@@ -660,6 +672,19 @@ class SignalAgents:
             self.last_health = time.monotonic()
             signals = signals + await self.health()
         await self.emit(signals)
+
+    @asynccontextmanager
+    async def _polling(self) -> AsyncIterator[None]:
+        """Around an engine poll and the emit of its signals: until they reach the
+        consumers, a hand-off waits before it takes the alert states (:meth:`_publish`)."""
+        self._emitting += 1
+        self._emitted.clear()
+        try:
+            yield
+        finally:
+            self._emitting -= 1
+            if not self._emitting:
+                self._emitted.set()
 
     def _holding(self, backlog: bool) -> bool:
         """Whether a partition or source is awaited (:func:`awaited`, by the last backlog
@@ -754,7 +779,9 @@ class SignalAgents:
             self._seen.discard(p)
             self._rewinding.pop(p, None)
         if gone:
-            await loop.run_in_executor(self._exec, self._drop_partitions, gone)
+            dropped = await loop.run_in_executor(self._exec, self._drop_partitions, gone)
+            if self.group_states is not None and dropped:
+                self.group_states.drop_groups(dropped)
 
     async def _complete_take_over(self) -> None:
         """Read the handed-over states of the partitions assigned since the last call."""
@@ -777,13 +804,24 @@ class SignalAgents:
             self.counters["handoff_read_errors"] += 1
             states = {}
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._exec, self._take_over, new, states)
+        taken = await loop.run_in_executor(self._exec, self._take_over, new, states)
+        # at once, on the event loop like the consumers: no signal of a group taken over
+        # reaches them before its alert states are in
+        if self.group_states is not None:
+            for keys, groups in taken:
+                try:
+                    self.group_states.take_over_groups(keys, groups)
+                except Exception:
+                    log.exception("signals: taking over the alert states of %d group(s) failed",
+                                  len(keys))
         self._to_take_over -= new
 
-    def _drop_partitions(self, gone: set[int]) -> None:
-        # in the engine's thread
+    def _drop_partitions(self, gone: set[int]) -> set[bytes]:
+        # in the engine's thread; the groups dropped
+        out: set[bytes] = set()
         for p in sorted(gone):
             keys = self._keys.pop(p, set())
+            out |= keys
             dropped = self.engine.drop_groups(keys, p) if keys else 0
             self._positions.pop(p, None)
             # its sources, as the engine's watermark forgot them: they are not idle here
@@ -791,11 +829,15 @@ class SignalAgents:
             self.counters["partitions_handed_off"] += 1
             log.info("signals: llmpulse.grouped[%d] went to another worker (%d group(s) "
                      "handed off)", p, dropped)
+        return out
 
-    def _take_over(self, new: set[int], states: dict[int, PartitionState]) -> None:
-        # in the engine's thread
+    def _take_over(self, new: set[int], states: dict[int, PartitionState],
+                   ) -> list[tuple[set[bytes], bytes | None]]:
+        # in the engine's thread; of each partition taken over, the groups it replaced
+        # (this worker's and the state's) and their group states handed over
+        taken: list[tuple[set[bytes], bytes | None]] = []
         if self._closed:
-            return
+            return taken
         owned = self._owned
         for p in sorted(new):
             if owned is not None and p not in owned:
@@ -819,9 +861,11 @@ class SignalAgents:
                 continue
             self._positions[p] = state.covered
             self._keys[p] = set(state.keys)
+            taken.append((mine | set(state.keys), state.groups))
             self.counters["partitions_taken_over"] += 1
             log.info("signals: took over llmpulse.grouped[%d] at offset %d (%d group(s))",
                      p, state.covered, len(state.keys))
+        return taken
 
     def _partition_states(self, partitions: set[int]) -> list[PartitionState]:
         # in the engine's thread: each state with the offset it covers (none once the
@@ -843,6 +887,7 @@ class SignalAgents:
         loop = asyncio.get_running_loop()
         try:
             states = await loop.run_in_executor(self._exec, self._partition_states, partitions)
+            states = await self._with_group_states(states)
             await asyncio.to_thread(self.state_log.write, states)
         except Exception:
             log.exception("signals: writing the state of llmpulse.grouped partitions %s to "
@@ -851,6 +896,29 @@ class SignalAgents:
             return
         self.counters["handoff_writes"] += 1
         await self._commit_saved({s.partition: s.covered for s in states})
+
+    async def _with_group_states(self, states: list[PartitionState]) -> list[PartitionState]:
+        """``states`` with the group states (:attr:`group_states`) of their groups, taken
+        after the engine's: once the signals polled before the engine snapshot have reached
+        the consumers (a poll in flight), so the alert states have seen every window the
+        engine state closed. Newer than the engine's is harmless: the next owner's alert
+        manager ignores the windows it closes again as replays."""
+        if self.group_states is None or not states:
+            return states
+        if self._emitting:
+            try:
+                await asyncio.wait_for(self._emitted.wait(), EMITTING_WAIT_S)
+            except TimeoutError:
+                self.counters["handoff_emit_waits_timed_out"] += 1
+        out = []
+        for st in states:
+            try:
+                out.append(replace(st, groups=self.group_states.export_groups(st.keys)))
+            except Exception:
+                log.exception("signals: the alert states of llmpulse.grouped[%d] could not be "
+                              "taken; handed over without them", st.partition)
+                out.append(st)
+        return out
 
     async def _replay_filter(self, messages: list[Any]) -> list[Any]:
         """The messages the engine has not taken in yet; seeks a partition back
@@ -1018,8 +1086,9 @@ class SignalAgents:
         # open windows close here too (a stop right after a rebalance lost them)
         await self._take_over_assigned()
         loop = asyncio.get_running_loop()
-        signals = await loop.run_in_executor(self._exec, self.engine.flush)
-        await self.emit(signals)
+        async with self._polling():
+            signals = await loop.run_in_executor(self._exec, self.engine.flush)
+            await self.emit(signals)
 
     async def save(self) -> None:
         """Save the engine's state with the offsets it covers, closing nothing: the
