@@ -228,6 +228,32 @@ def fault_rows(faults: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def keep_fault_logs(root: Path, rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Remove the run's files under ``root`` but those of the faults with a non-zero
+    cell or late events (their workers' and brokers' logs, to be read); where they are.
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for d in ("scale-1", "fault-broker", "fault-rolling"):
+    ...     (root / d).mkdir()
+    >>> rows = fault_rows({"broker": dict.fromkeys(FAULT_CELLS, 0),
+    ...                    "rolling": {**dict.fromkeys(FAULT_CELLS, 0), "late_dropped": 61}})
+    >>> kept = keep_fault_logs(root, rows)
+    >>> sorted(kept), sorted(p.name for p in root.iterdir())
+    (['rolling'], ['fault-rolling'])
+    >>> keep_fault_logs(root, rows[:1]), root.exists()
+    ({}, False)
+    """
+    keep = {f"fault-{r['fault']}" for r in rows if r["not_zero"] or r.get("late_dropped")}
+    for child in list(root.iterdir()) if root.exists() else []:
+        if child.name not in keep:
+            shutil.rmtree(child, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(root, ignore_errors=True)
+    return {name.removeprefix("fault-"): str(root / name) for name in sorted(keep)
+            if (root / name).exists()}
+
+
 def run(quick: bool = False, workers: Sequence[int] = (1, 2, 3), rate: float | None = None,
         seconds: float | None = None, faults: Sequence[str] | None = None,
         fault_seconds: float | None = None, seed: int = 7) -> dict[str, Any]:
@@ -257,13 +283,15 @@ def run(quick: bool = False, workers: Sequence[int] = (1, 2, 3), rate: float | N
                                                    duration=fault_seconds, fault=f)
             except Exception as exc:  # one fault failing still reports the others
                 fault_results[f] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        table = fault_rows(fault_results)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        kept = keep_fault_logs(root, fault_rows(fault_results))
     return {"benchmark": "cluster", "machine": {"cpus": os.cpu_count()}, "brokers": 3,
             "partitions": PARTITIONS,
             "windows": {"latency_window_s": LATENCY_WINDOW_S, "window_s": WINDOW_S},
             "scaling": scaling_rows(cases), "scaling_errors": errors, "faults": fault_results,
-            "fault_table": fault_rows(fault_results)}
+            "fault_table": table,
+            "kept_logs": kept}
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -292,6 +320,8 @@ def format_table(result: dict[str, Any]) -> str:
                 continue
             lines.append(f"  {r['fault']:<9}{r['events']:>7}{r['windows']:>8}"
                          + "".join(f"{r[k]:>9}" for k in FAULT_CELLS) + f"{r['late_dropped']:>6}")
+    for name, path in result.get("kept_logs", {}).items():
+        lines.append(f"  {name}: not 0, its logs are kept under {path}")
     return "\n".join(lines)
 
 

@@ -38,6 +38,7 @@ def test_the_table_shows_each_worker_count_and_every_nonzero_fault_cell() -> Non
         "machine": {"cpus": 2}, "partitions": 4,
         "windows": {"latency_window_s": 5.0, "window_s": 10.0},
         "scaling": scaling_rows([_case(3, 900.0, 330.0), _case(1, 1000.0, 300.0)]),
+        "kept_logs": {"pause": "/tmp/run/fault-pause"},
         "fault_table": fault_rows({"pause": {**cells, "windows": 800, "events": 6000,
                                              "late_dropped": 12, "windows_differing": 4},
                                    "scale": {"error": "TimeoutError: no first page"}}),
@@ -51,3 +52,4 @@ def test_the_table_shows_each_worker_count_and_every_nonzero_fault_cell() -> Non
     assert "5s:1.5/4.2" in text and "scale     failed: TimeoutError" in text
     pause = next(line for line in text.splitlines() if line.lstrip().startswith("pause"))
     assert pause.split()[1:4] == ["6000", "800", "0"] and pause.split()[-1] == "12"
+    assert "pause: not 0, its logs are kept under /tmp/run/fault-pause" in text
