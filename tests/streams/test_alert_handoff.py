@@ -94,6 +94,17 @@ def _ts(msg: TestingMessage) -> float:
     return max(int(line.split(b'"ts":')[1].split(b",")[0]) for line in msg.value.split(b"\n")) / 1000
 
 
+async def _reference(broker: EmbeddedBroker, tmp_path: Path, store: Store, topic: str,
+                     rules: Rules, messages: list[Any]) -> list[tuple[str, float, float]]:
+    """The alert rows of one worker that reads every event (the reference)."""
+    ref = _Worker(tmp_path / "ref", store, EngineStateLog(
+        broker.bootstrap, partitions=1, topic=f"{topic}.ref"), rules)
+    await ref.signals.partitions_assigned({m.partition for m in messages})
+    await drive_signal_agents(ref.signals, messages, batch=5)
+    await ref.signals.close()
+    return ref.rows()
+
+
 @pytest.mark.parametrize("moved_at", [95.0, 160.0], ids=["pending-in-a", "firing-in-a"])
 async def test_the_alert_goes_on_in_the_worker_the_group_moved_to(
     broker: EmbeddedBroker, tmp_path: Path, moved_at: float,
@@ -108,13 +119,7 @@ async def test_the_alert_goes_on_in_the_worker_the_group_moved_to(
 
     store = Store.open(f"chdb://{tmp_path}/store")
     try:
-        # the reference: one worker reads every event
-        ref = _Worker(tmp_path / "ref", store, EngineStateLog(
-            broker.bootstrap, partitions=1, topic=f"{topic}.ref"), rules)
-        await ref.signals.partitions_assigned({partition})
-        await drive_signal_agents(ref.signals, messages, batch=5)
-        await ref.signals.close()
-        expected = ref.rows()
+        expected = await _reference(broker, tmp_path, store, topic, rules, messages)
         assert [state for state, _, _ in expected] == ["firing", "resolved"]
 
         # A reads the events up to ``moved_at``, then the partition moves to B
@@ -162,12 +167,7 @@ async def test_a_hand_off_waits_for_the_alerts_of_a_window_poll_under_way(
     topic = f"llmpulse.engine-state.{uuid.uuid4().hex[:8]}"
     store = Store.open(f"chdb://{tmp_path}/store")
     try:
-        ref = _Worker(tmp_path / "ref", store, EngineStateLog(
-            broker.bootstrap, partitions=1, topic=f"{topic}.ref"), rules)
-        await ref.signals.partitions_assigned({partition})
-        await drive_signal_agents(ref.signals, messages, batch=5)
-        await ref.signals.close()
-        expected = ref.rows()
+        expected = await _reference(broker, tmp_path, store, topic, rules, messages)
 
         a, b = (_Worker(tmp_path / name, store, EngineStateLog(
             broker.bootstrap, partitions=1, topic=topic), rules) for name in ("a", "b"))
