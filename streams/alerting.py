@@ -487,9 +487,21 @@ class AlertManager:
         manager holds of the same keys and series (it may hold an older state of the
         groups, from when it last had them: :meth:`drop` them first to drop keys the
         export does not have); how many keys were taken. Emits nothing: the alerts go on
-        from where the exporting manager left them."""
+        from where the exporting manager left them. A malformed state (it comes from a
+        topic) raises ValueError before anything is taken:
+
+        >>> AlertManager(Rules.from_yaml("rules: []")).merge({"version": 1, "states": [{"key": ["p99"]}]})
+        Traceback (most recent call last):
+        ...
+        ValueError: alert state key ['p99'] is not (rule, signal, app, model, model_version, dimension)
+        """
         if state.get("version") != 1:
             raise ValueError(f"unknown alert state version {state.get('version')!r}")
+        for item in state.get("states", []):
+            if not isinstance(item, Mapping) or not isinstance(item.get("key"), list) \
+                    or len(item["key"]) != 6:
+                raise ValueError(f"alert state key {item.get('key') if isinstance(item, Mapping) else item!r}"
+                                 " is not (rule, signal, app, model, model_version, dimension)")
         for f, a, m, v, w, t in state.get("clocks", []):
             self._clocks[(str(f), str(a), str(m), str(v), float(w))] = float(t)
         taken = 0
