@@ -283,9 +283,9 @@ def run(quick: bool = False, workers: Sequence[int] = (1, 2, 3), rate: float | N
                                                    duration=fault_seconds, fault=f)
             except Exception as exc:  # one fault failing still reports the others
                 fault_results[f] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-        table = fault_rows(fault_results)
     finally:
-        kept = keep_fault_logs(root, fault_rows(fault_results))
+        table = fault_rows(fault_results)
+        kept = keep_fault_logs(root, table)
     return {"benchmark": "cluster", "machine": {"cpus": os.cpu_count()}, "brokers": 3,
             "partitions": PARTITIONS,
             "windows": {"latency_window_s": LATENCY_WINDOW_S, "window_s": WINDOW_S},

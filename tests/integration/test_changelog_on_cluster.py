@@ -3,7 +3,7 @@ one broker is what a worker reading through another broker gets, at once.
 
 Brokers of the local cluster share one log in S3; a fetch from a broker other than
 the writer's can report the partition's end before the last write for a second or
-so (without the floor from ListOffsets, 6 of 10 such reads returned the previous
+so (without the floor from ListOffsets, 7 of 10 such reads returned the previous
 state). A worker that takes over a partition right after its previous owner
 stopped would then continue from the older state, or from none.
 """
