@@ -688,9 +688,10 @@ class SignalAgents:
 
     def _holding(self, backlog: bool) -> bool:
         """Whether a partition or source is awaited (:func:`awaited`, by the last backlog
-        view, and the sources forwarded to this worker's grouped partitions and not taken
-        in yet): the watermark holds until it delivers or has been awaited ``idle_s``
-        without a backlog (counted as ``polls_held``)."""
+        view; the sources forwarded to this worker's grouped partitions and not taken
+        in yet; during a rebalance, those other workers forward to them,
+        :meth:`_sources_of_others`): the watermark holds until it delivers or has been
+        awaited ``idle_s`` without a backlog (counted as ``polls_held``)."""
         delivered = set(self._added_at)  # written in the engine's thread: copied at once
         self._forwarded_sources -= delivered
         owned = self._owned
@@ -699,12 +700,31 @@ class SignalAgents:
                      if name.rpartition(":")[0] == TOPIC_GROUPED}
         names: list[Hashable] = [*awaited(self.backlog_view, self._committed()),
                                  *(s for s in self._forwarded_sources
-                                   if owned is None or s[0] in owned)]
+                                   if owned is None or s[0] in owned),
+                                 *self._sources_of_others(owned)]
         waiting = self._awaited.waiting(names, delivered, time.monotonic(), backlog=backlog)
         if waiting:
             self.counters["polls_held"] += 1
             log.debug("signals: watermark held for partitions not heard from yet: %s", waiting)
         return bool(waiting)
+
+    def _sources_of_others(self, owned: set[int] | None) -> list[tuple[int, int]]:
+        """While a rebalance holds (:class:`RebalanceHold`): the sources (grouped
+        partition, inference partition) of this worker's grouped partitions that have
+        groups here, from the inference partitions another worker reads. Those the
+        engine has taken events from are known to its watermark (silent, they count
+        while the rebalance holds); the others are not, and without a name the first
+        forwards of a worker that read its share again from the committed offsets would
+        be late for windows this worker's own sources closed (a grouped partition taken
+        over with no handed-over state, after a rolling restart). Nothing is named
+        before the first assignment, or when this worker reads every inference partition."""
+        if not self._assigned or not self.rebalance.holds():
+            return []
+        mine = {p for topic, p in self._assigned if topic == TOPIC_INFERENCE}
+        others = [i for i in range(self.settings.ingest.partitions) if i not in mine]
+        grouped = [p for p, keys in list(self._keys.items())  # engine thread: copied at once
+                   if keys and (owned is None or p in owned)]
+        return [(p, i) for p in sorted(grouped) for i in others]
 
     def _committed(self) -> dict[str, int]:
         """The offsets the group had committed when this worker's partitions were
