@@ -1177,6 +1177,9 @@ class SignalAgents:
         out["engine"] = self.engine_stats
         out["backlog"] = dict(self.backlog_view)
         out["forwarding"] = self._forwarding
+        if self.state_log is not None:
+            # reads of the changelog that met an end of partition older than its end offset
+            out["changelog_stale_ends"] = int(getattr(self.state_log, "stale_ends", 0))
         return out
 
     async def forget_requests(self, request_ids: set[str]) -> int:
