@@ -29,8 +29,13 @@ Partitioning, end to end:
   to its own grouped partitions that the engine has not taken in), and the
   watermark holds while one is awaited, up to ``idle_s`` without a backlog
   (:class:`~llmpulse.streams.windows.AwaitedSources`). A source first read
-  through another worker's forward, after this engine heard from its grouped
-  partition, is not known here and is not awaited.
+  through another worker's forward is not known here; during a rebalance and
+  ``idle_s`` after it, the sources of this worker's grouped partitions (those
+  with groups) from the inference partitions other workers read are awaited too,
+  until each delivers (:meth:`SignalAgents._sources_of_others`): a worker that
+  joined reads its own share at once, the others' comes once they have read
+  theirs again from the committed offsets. The cost: a grouped partition some
+  inference partition has no events for holds the windows until the hold ends.
 
 Signals go to the ``signals`` table (a ``ReplacingMergeTree``: a window
 recomputed after late feedback replaces its earlier row) and to

@@ -527,8 +527,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--seconds", type=float, default=150.0, help="event time of each run")
     ap.add_argument("--fault", choices=FAULTS, default="worker", help="what is done")
+    ap.add_argument("--speed", type=float, default=None,
+                    help="replay speed (default: the fault's, see run())")
     a = ap.parse_args()
-    result = run(seed=a.seed, duration=a.seconds, fault=a.fault)
+    if a.speed is not None and not a.speed > 0:
+        ap.error(f"--speed: must be > 0, got {a.speed!r}")
+    result = run(seed=a.seed, duration=a.seconds, fault=a.fault, speed=a.speed)
     return finish(result, format_table, a.json)
 
 
