@@ -36,7 +36,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +224,8 @@ def fault_rows(faults: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         cells = {k: int(f.get(k, 0)) for k in FAULT_CELLS}
         out.append({"fault": name, "windows": f.get("windows"), "events": f.get("events"),
                     "late_dropped": f.get("late_dropped"), **cells,
+                    # how long the fault took, and for how much of it the traffic flowed
+                    "fault_s": f.get("restart_s"), "traffic_s": f.get("traffic_during_fault_s"),
                     "not_zero": [k for k, v in cells.items() if v]})
     return out
 
@@ -313,16 +315,30 @@ def format_table(result: dict[str, Any]) -> str:
         heads = ("lost", "twice", "w miss", "w extra", "w diff", "a lost", "a extra",
                  "paged 2x", "p lost", "p extra")
         lines.append(f"  {'fault':<9}{'events':>7}{'windows':>8}"
-                     + "".join(f"{h:>9}" for h in heads) + f"{'late':>6}")
+                     + "".join(f"{h:>9}" for h in heads) + f"{'late':>6}"
+                     + f"{'fault s (traffic)':>19}")
         for r in result["fault_table"]:
             if "error" in r:
                 lines.append(f"  {r['fault']:<9} failed: {r['error']}")
                 continue
             lines.append(f"  {r['fault']:<9}{r['events']:>7}{r['windows']:>8}"
-                         + "".join(f"{r[k]:>9}" for k in FAULT_CELLS) + f"{r['late_dropped']:>6}")
+                         + "".join(f"{r[k]:>9}" for k in FAULT_CELLS) + f"{r['late_dropped']:>6}"
+                         + f"{_fault_time(r):>19}")
     for name, path in result.get("kept_logs", {}).items():
         lines.append(f"  {name}: not 0, its logs are kept under {path}")
     return "\n".join(lines)
+
+
+def _fault_time(row: Mapping[str, Any]) -> str:
+    """How long a fault took, and in brackets for how much of it the traffic flowed.
+
+    >>> _fault_time({"fault_s": 51.2, "traffic_s": 20.04}), _fault_time({})
+    ('51.2 (20.0)', '-')
+    """
+    took, traffic = row.get("fault_s"), row.get("traffic_s")
+    if took is None:
+        return "-"
+    return f"{took:.1f}" + ("" if traffic is None else f" ({traffic:.1f})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

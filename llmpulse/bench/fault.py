@@ -139,6 +139,7 @@ def _drive(bootstrap: str, app: str, seed: int, duration: float, start: float, s
                            clock=lambda: t0 + (time.monotonic() - t0) * speed,
                            progress=lambda _: _seal(mon)))
         mon.flush(60)
+    out["ended_at"] = time.monotonic()
 
 
 def _seal(mon: Any) -> None:
@@ -292,6 +293,8 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
         out: dict[str, Any] = {}
         restart_s = None
         mid_traffic: bool | None = None
+        began: float | None = None
+        traffic_s: float | None = None
         try:
             workers[0].start()
             if fault in ("rolling", "pause") and crash:
@@ -305,13 +308,18 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
                 wait_for(lambda: any(p.get("event_action") == "trigger"
                                   for _, p in hook.received[first:]), 120, "a first page")
                 time.sleep(2.5)  # the fault lands after the first page, mid-incident
+                began = time.monotonic()
                 restart_s = _apply(fault, workers, cluster)
                 # a machine slower than the replay may end the fault after the
                 # traffic ended: the run is still compared, and the figures say so
                 mid_traffic = traffic.is_alive()
-                if fault == "worker":
-                    restart_s = workers[0].ready_s
             traffic.join()
+            if began is not None:
+                # how much of the fault the traffic flowed through
+                ended = float(out.get("ended_at", began))
+                traffic_s = max(0.0, min(ended, began + float(restart_s or 0.0)) - began)
+            if crash and fault == "worker":
+                restart_s = workers[0].ready_s
             total = int(out["inference"])
             live = [w for w in workers if w.running]
 
@@ -361,6 +369,7 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
     return {**merge_stores([_read(w.data_dir) for w in workers]),
             "pages": [p for _, p in hook.received[first:]],
             "events": total, "restart_s": restart_s, "killed_mid_traffic": mid_traffic,
+            "traffic_during_fault_s": traffic_s,
             "late_groups": late_groups,
             "engine_events": sum(int(e["events_in"]) for e in engines) - dups
             + sum(saved_engine_events(w.data_dir) for w in left),
@@ -450,6 +459,7 @@ def compare(ref: dict[str, Any], crashed: dict[str, Any]) -> dict[str, Any]:
         "duplicates_dropped": crashed["duplicates_dropped"],
         "restart_s": crashed["restart_s"],
         "killed_mid_traffic": crashed.get("killed_mid_traffic"),
+        "traffic_during_fault_s": crashed.get("traffic_during_fault_s"),
         "replay": crashed["replay"],
     }
 
@@ -507,7 +517,10 @@ def format_table(r: dict[str, Any]) -> str:
         f"{r['event_seconds']:g} s of event time at {r['speed']:g}x, seed {r['seed']}"
         + (", no feedback" if fault in MULTI_WORKER else "")
         + f"; the fault took {r['restart_s']:.1f} s; it ended "
-        f"{'while traffic flowed' if r.get('killed_mid_traffic') else 'after the traffic ended'})",
+        f"{'while traffic flowed' if r.get('killed_mid_traffic') else 'after the traffic ended'}"
+        + (f", traffic flowed through its first {r['traffic_during_fault_s']:.1f} s"
+           if r.get("traffic_during_fault_s") is not None and not r.get("killed_mid_traffic")
+           else "") + ")",
         f"  inference events: lost {r.get('events_lost', 0)}, "
         f"visible twice {r.get('events_duplicated', 0)}",
         f"  signal windows: {r['windows']} in the reference; missing {r['windows_missing']}, "

@@ -40,7 +40,8 @@ def test_the_table_shows_each_worker_count_and_every_nonzero_fault_cell() -> Non
         "scaling": scaling_rows([_case(3, 900.0, 330.0), _case(1, 1000.0, 300.0)]),
         "kept_logs": {"pause": "/tmp/run/fault-pause"},
         "fault_table": fault_rows({"pause": {**cells, "windows": 800, "events": 6000,
-                                             "late_dropped": 12, "windows_differing": 4},
+                                             "late_dropped": 12, "windows_differing": 4,
+                                             "restart_s": 40.04, "traffic_during_fault_s": 12.5},
                                    "scale": {"error": "TimeoutError: no first page"}}),
     }
     assert [r["workers"] for r in result["scaling"]] == [1, 3]
@@ -51,5 +52,6 @@ def test_the_table_shows_each_worker_count_and_every_nonzero_fault_cell() -> Non
     text = format_table(result)
     assert "5s:1.5/4.2" in text and "scale     failed: TimeoutError" in text
     pause = next(line for line in text.splitlines() if line.lstrip().startswith("pause"))
-    assert pause.split()[1:4] == ["6000", "800", "0"] and pause.split()[-1] == "12"
+    assert pause.split()[1:4] == ["6000", "800", "0"] and pause.split()[-3] == "12"
+    assert pause.endswith("40.0 (12.5)")  # the fault took 40 s, the traffic flowed 12.5 s of it
     assert "pause: not 0, its logs are kept under /tmp/run/fault-pause" in text
