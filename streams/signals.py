@@ -794,6 +794,8 @@ class SignalAgents:
         before = self._owned if self._owned is not None else set(self._positions) | set(self._keys)
         gone = before - assigned
         new = assigned - (self._owned or set())
+        log.info("signals: assigned llmpulse.grouped %s (new %s), at offsets %s",
+                 sorted(assigned), sorted(new), dict(sorted(self._positions.items())))
         self._owned = set(assigned)
         # every assigned partition is checked against the changelog, not only new ones:
         # a worker that lost its partitions while paused gets them back in a rebalance
@@ -1166,6 +1168,12 @@ class SignalAgents:
             # its next owner: this engine would neither close nor hand on its windows
             self._stopping = True
         await self.save()
+        # what this process took in and handed on, for reading a fault run's logs
+        engine = self.engine_stats
+        log.info("signals: stopping at llmpulse.grouped offsets %s; engine events in %s, late %s, "
+                 "duplicates %s; %s", dict(sorted(self._positions.items())),
+                 engine.get("events_in"), engine.get("late_dropped"), engine.get("duplicates_dropped"),
+                 {k: v for k, v in sorted(self.counters.items()) if v})
         await self.close()
 
     async def close(self) -> None:
