@@ -1192,7 +1192,7 @@ class SignalAgents:
         out["forwarding"] = self._forwarding
         if self.state_log is not None:
             # reads of the changelog that met an end of partition older than its end offset
-            out["changelog_stale_ends"] = int(getattr(self.state_log, "stale_ends", 0))
+            out["changelog_stale_ends"] = self.state_log.stale_ends
         return out
 
     async def forget_requests(self, request_ids: set[str]) -> int:
