@@ -494,6 +494,17 @@ class AlertManager:
         Traceback (most recent call last):
         ...
         ValueError: alert state key ['p99'] is not (rule, signal, app, model, model_version, dimension)
+
+        A clock that is not a number fails before the states are taken:
+
+        >>> m = AlertManager(Rules.from_yaml("rules: []"))
+        >>> m.merge({"version": 1, "clocks": [["latency", "a", "m", "1", 10, 5.0],
+        ...                                   ["latency", "a", "m", "2", 10, "soon"]]})
+        Traceback (most recent call last):
+        ...
+        ValueError: could not convert string to float: 'soon'
+        >>> m._clocks
+        {}
         """
         if state.get("version") != 1:
             raise ValueError(f"unknown alert state version {state.get('version')!r}")
@@ -502,15 +513,20 @@ class AlertManager:
                     or len(item["key"]) != 6:
                 raise ValueError(f"alert state key {item.get('key') if isinstance(item, Mapping) else item!r}"
                                  " is not (rule, signal, app, model, model_version, dimension)")
-        for f, a, m, v, w, t in state.get("clocks", []):
-            self._clocks[(str(f), str(a), str(m), str(v), float(w))] = float(t)
-        taken = 0
+        # everything is read before anything is taken: a state that fails half-way
+        # (a clock or a streak that is not a number) leaves this manager as it was
+        clocks = {(str(f), str(a), str(m), str(v), float(w)): float(t)
+                  for f, a, m, v, w, t in state.get("clocks", [])}
+        loaded: list[tuple[AlertKey, Rule, _State]] = []
         for item in state.get("states", []):
             key: AlertKey = tuple(str(x) for x in item["key"])  # type: ignore[assignment]
             rule = self.rules.get(key[0])
             if rule is None:
                 continue  # the rule is not in this manager's rule set
-            st = _load_state(item)
+            loaded.append((key, rule, _load_state(item)))
+        self._clocks.update(clocks)
+        taken = 0
+        for key, rule, st in loaded:
             self._states[key] = st
             self._open_timed.discard(key)
             if st.alert is not None and rule.effective_resolve_after is not None:
