@@ -1168,8 +1168,13 @@ class SignalAgents:
             # its next owner: this engine would neither close nor hand on its windows
             self._stopping = True
         await self.save()
-        # what this process took in and handed on, for reading a fault run's logs
-        engine = self.engine_stats
+        # what this process took in and handed on, for reading a fault run's logs (the
+        # engine's counters as they are now, not as the last poll left them)
+        try:
+            engine = await asyncio.get_running_loop().run_in_executor(self._exec,
+                                                                      self.engine.stats)
+        except Exception:  # an engine process that died: the last poll's figures
+            engine = self.engine_stats
         log.info("signals: stopping at llmpulse.grouped offsets %s; engine events in %s, late %s, "
                  "duplicates %s; %s", dict(sorted(self._positions.items())),
                  engine.get("events_in"), engine.get("late_dropped"), engine.get("duplicates_dropped"),
