@@ -72,7 +72,7 @@ from llmpulse.events import (
 from llmpulse.objstore import BUCKET, ObjectFiles, S3Error
 
 __all__ = ["DERIVED_TOPICS", "OTLP_SPANS", "SPAN_ROWS", "TOPICS", "BatchFormatError", "BrokerErasure", "EventEraser",
-           "Record", "RecordBatch", "encode_batch", "erase_from_broker", "parse_batches"]
+           "MAX_RECORDS_BYTES", "Record", "RecordBatch", "encode_batch", "erase_from_broker", "parse_batches"]
 
 log = logging.getLogger(__name__)
 
@@ -145,17 +145,123 @@ class RecordBatch:
         return bool(self.attributes & _CONTROL)
 
 
-def _decompress(codec_id: int, data: bytes) -> bytes:
+MAX_RECORDS_BYTES = 64 * 1024 * 1024
+"""Largest records section a batch may decompress to. A batch is at most the broker's
+message limit compressed (about 1 MB); a few kilobytes of zstd or gzip can expand to
+gigabytes, so the output is bounded while it is written, not checked after."""
+
+
+def _too_large(limit: int) -> BatchFormatError:
+    return BatchFormatError(f"records decompress to more than {limit} bytes")
+
+
+def _bounded_into(decompress_into: Callable[[bytes, Any], int], data: bytes, limit: int) -> bytes:
+    """``decompress_into`` (cramjam's, which stops with an error once the buffer is
+    full) into buffers growing from about 16 times ``data`` up to ``limit`` bytes."""
+    import cramjam
+
+    size = min(limit, max(64 * 1024, 16 * len(data)))
+    while True:
+        buf = bytearray(size + 1)  # one byte over: a full buffer means it went on
+        try:
+            n = int(decompress_into(data, buf))
+        except cramjam.DecompressionError as exc:
+            if "whole buffer" not in str(exc):
+                raise
+            n = size + 1
+        if n <= size:
+            return bytes(buf[:n])
+        if size >= limit:
+            raise _too_large(limit)
+        size = min(limit, size * 4)
+
+
+def _gzip_bounded(data: bytes, limit: int) -> bytes:
+    import zlib
+
+    out = bytearray()
+    rest = data
+    while rest:  # a gzip stream may hold several members
+        d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        chunk = rest
+        while chunk and not d.eof:
+            out += d.decompress(chunk, limit + 1 - len(out))
+            if len(out) > limit:
+                raise _too_large(limit)
+            chunk = d.unconsumed_tail
+        if not d.eof:
+            raise BatchFormatError("truncated gzip stream")
+        rest = d.unused_data
+    return bytes(out)
+
+
+def _uvarint(buf: bytes) -> int:
+    """The unsigned varint at the start of ``buf`` (raw snappy's stated length)."""
+    value = 0
+    for i, byte in enumerate(buf[:5]):
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            return value
+    raise BatchFormatError("bad snappy length")
+
+
+def _snappy_bounded(data: bytes, limit: int) -> bytes:
+    """Raw snappy, or the xerial framing Kafka's Java clients write (blocks of raw
+    snappy behind a 16-byte header, each with its length): every block states its
+    decompressed length first, checked before anything is decompressed."""
+    import cramjam
+
+    if data.startswith(_XERIAL):
+        blocks, pos = [], 16
+        while pos < len(data):
+            if pos + 4 > len(data):
+                raise BatchFormatError("truncated snappy block length")
+            (n,) = struct.unpack_from(">i", data, pos)
+            if n < 0 or pos + 4 + n > len(data):
+                raise BatchFormatError("snappy block runs past the end of the records")
+            blocks.append(data[pos + 4:pos + 4 + n])
+            pos += 4 + n
+    else:
+        blocks = [data]
+    total = 0
+    for block in blocks:
+        stated = _uvarint(block)
+        total += stated
+        if total > limit:
+            raise _too_large(limit)
+    out = b"".join(bytes(cramjam.snappy.decompress_raw(b)) for b in blocks)
+    if len(out) != total:
+        raise BatchFormatError("snappy output is not the length it states")
+    return out
+
+
+def _decompress(codec_id: int, data: bytes, limit: int = MAX_RECORDS_BYTES) -> bytes:
+    """The records section of a batch of codec ``codec_id``, at most ``limit`` bytes
+    (more: :class:`BatchFormatError`, found while decompressing, before the output
+    grows past the limit).
+
+    >>> bomb = bytes(codec.zstd_encode(bytes(5_000_000)))
+    >>> len(bomb) < 1_000
+    True
+    >>> _decompress(4, bomb, limit=1_000_000)
+    Traceback (most recent call last):
+    ...
+    llmpulse.broker_erase.BatchFormatError: records decompress to more than 1000000 bytes
+    >>> len(_decompress(4, bomb, limit=5_000_000))
+    5000000
+    """
     if codec_id == 0:
         return data
+    import cramjam
+
     if codec_id == 1:
-        return bytes(codec.gzip_decode(data))
+        return _gzip_bounded(data, limit)
     if codec_id == 2:
-        return bytes(codec.snappy_decode(data))
+        return _snappy_bounded(data, limit)
     if codec_id == 3:
-        return bytes(codec.lz4_decode(data))
+        return _bounded_into(cramjam.lz4.decompress_into, data, limit)
     if codec_id == 4:
-        return bytes(codec.zstd_decode(data))
+        return _bounded_into(cramjam.zstd.decompress_into, data, limit)
     raise BatchFormatError(f"unknown compression codec {codec_id}")
 
 
@@ -232,8 +338,9 @@ def _parse_records_unchecked(buf: bytes, count: int) -> tuple[Record, ...]:
     return tuple(out)
 
 
-def parse_batches(data: bytes) -> list[RecordBatch]:
-    """The record batches stored back to back in ``data`` (CRCs checked)."""
+def parse_batches(data: bytes, *, max_records_bytes: int = MAX_RECORDS_BYTES) -> list[RecordBatch]:
+    """The record batches stored back to back in ``data`` (CRCs checked; each batch's
+    records decompressed to at most ``max_records_bytes``)."""
     out = []
     pos = 0
     while pos < len(data):
@@ -251,7 +358,7 @@ def parse_batches(data: bytes) -> list[RecordBatch]:
         raw = bytes(data[pos + _HEADER.size:end])
         codec_id = attrs & _CODEC_MASK
         try:
-            body = _decompress(codec_id, raw)
+            body = _decompress(codec_id, raw, max_records_bytes)
         except BatchFormatError:
             raise
         except Exception as exc:

@@ -107,6 +107,71 @@ def test_hostile_bytes_are_a_batch_format_error_and_nothing_else() -> None:
                 pass
 
 
+_BOMB = r"""
+import resource, struct, sys, zlib
+import cramjam
+from aiokafka.record.util import calc_crc32c, encode_varint
+from llmpulse.broker_erase import BatchFormatError, RecordBatch, Record, parse_batches
+
+codec, size = int(sys.argv[1]), int(sys.argv[2])
+head = bytearray((0,))  # one record: attributes, deltas, no key, a value of `size` zeros
+for v in (0, 0, -1, size):
+    encode_varint(v, head.append)
+length = bytearray()
+encode_varint(len(head) + size + 1, length.append)
+zeros = bytes(1 << 20)
+if codec == 1:  # streamed: the bomb is built without holding its output
+    c = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    parts = [c.compress(bytes(length) + bytes(head))]
+    parts += [c.compress(zeros) for _ in range(size >> 20)] + [c.compress(b"\0"), c.flush()]
+else:
+    c = cramjam.zstd.Compressor() if codec == 4 else cramjam.lz4.Compressor()
+    c.compress(bytes(length) + bytes(head))
+    for _ in range(size >> 20):
+        c.compress(zeros)
+    c.compress(b"\0")
+    parts = [bytes(c.finish())]
+payload = b"".join(parts)
+out = bytearray(RecordBatch.new([Record(None, b"")], codec_id=codec).header) + payload
+struct.pack_into(">i", out, 8, len(out) - 12)
+struct.pack_into(">I", out, 17, calc_crc32c(bytes(out[21:])))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    parse_batches(bytes(out))
+    print("parsed", len(payload))
+except BatchFormatError as exc:
+    print("refused", len(payload), exc)
+print("grew_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+@pytest.mark.parametrize("codec", ["gzip", "lz4", "zstd"])
+def test_a_decompression_bomb_is_refused_before_it_takes_the_memory(codec: str) -> None:
+    """A few kilobytes that decompress to 1 GiB: refused at the records limit (64 MiB),
+    and the reader's memory grows by about that much, not by the gigabyte."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _BOMB, str(CODECS[codec]), str(1 << 30)],
+                          capture_output=True, text=True, timeout=300, check=True)
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    assert "refused" in lines, done.stdout
+    compressed = int(lines["refused"].split()[0])
+    assert compressed < 8 << 20  # a bomb: at least 128 times smaller than its output
+    assert "more than 67108864 bytes" in lines["refused"]
+    assert int(lines["grew_kib"]) < 400 * 1024, done.stdout
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_records_up_to_the_limit_decompress_and_past_it_do_not(codec: str) -> None:
+    raw = _reference(CODECS[codec], n=12)
+    [batch] = parse_batches(raw)
+    size = sum(len(r.value or b"") for r in batch.records)  # the records section is larger
+    with pytest.raises(BatchFormatError, match=f"more than {size // 2} bytes"):
+        parse_batches(raw, max_records_bytes=size // 2)
+    assert parse_batches(raw, max_records_bytes=size * 2)[0].records == batch.records
+
+
 def test_an_envelope_loses_only_its_erased_lines() -> None:
     keep = orjson.dumps({"event_id": "e1", "request_id": "r1", "user": "carol"})
     gone = orjson.dumps({"event_id": "e2", "request_id": "r2", "user": "alice"})
