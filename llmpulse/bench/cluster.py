@@ -59,7 +59,7 @@ _CONFIG = ("session_timeout_s: 20\n"
            "  embedding: false\n  engine_processes: 1\n  poll_s: 0.5\n")
 # against a Tansu cluster: no idempotence (docs/cluster.md); few, large envelopes
 _SHIM: dict[str, Any] = {"producer_config": {"enable.idempotence": False}, "buckets": 8, "buffer_events": 400_000}
-FAULT_CELLS = ("events_lost", "events_duplicated", "windows_missing", "windows_extra",
+FAULT_CELLS = ("events_lost", "events_duplicated", "events_not_forwarded", "windows_missing", "windows_extra",
                "windows_differing", "alerts_lost", "alerts_extra", "duplicate_triggers",
                "pages_lost", "pages_extra")
 """The cells of the fault table, each with a goal of 0."""
@@ -312,7 +312,7 @@ def format_table(result: dict[str, Any]) -> str:
     for name, err in result.get("scaling_errors", {}).items():
         lines.append(f"  {name}: failed: {err}")
     if result["fault_table"]:
-        heads = ("lost", "twice", "w miss", "w extra", "w diff", "a lost", "a extra",
+        heads = ("lost", "twice", "not fwd", "w miss", "w extra", "w diff", "a lost", "a extra",
                  "paged 2x", "p lost", "p extra")
         lines.append(f"  {'fault':<9}{'events':>7}{'windows':>8}"
                      + "".join(f"{h:>9}" for h in heads) + f"{'late':>6}"

@@ -186,8 +186,9 @@ def merge_stores(stores: list[dict[str, Any]]) -> dict[str, Any]:
     ...      "event_ids": {"e1", "e2"}, "event_rows": 3}
     >>> b = {"signals": {("w",): ("10:00:02", 2.0, 4)}, "alerts": {"x": ("2", ("x", "resolved"))},
     ...      "event_ids": {"e2", "e3"}, "event_rows": 2}
-    >>> merge_stores([a, b])
-    {'signals': {('w',): (2.0, 4)}, 'alerts': [('x', 'resolved')], 'events_stored': 3, 'event_rows': 4}
+    >>> m = merge_stores([a, b])
+    >>> m["signals"], m["alerts"], m["events_stored"], m["event_rows"], sorted(m["event_ids"])
+    ({('w',): (2.0, 4)}, [('x', 'resolved')], 3, 4, ['e1', 'e2', 'e3'])
     """
     signals: dict[tuple[str, ...], tuple[str, float, int]] = {}
     alerts: dict[str, tuple[str, tuple[str, ...]]] = {}
@@ -202,7 +203,46 @@ def merge_stores(stores: list[dict[str, Any]]) -> dict[str, Any]:
     repeated = sum(int(st.get("event_rows", 0)) - len(st.get("event_ids", ())) for st in stores)
     return {"signals": {k: (v[1], v[2]) for k, v in signals.items()},
             "alerts": [row for _, row in alerts.values()],
-            "events_stored": len(ids), "event_rows": len(ids) + repeated}
+            "events_stored": len(ids), "event_rows": len(ids) + repeated, "event_ids": ids}
+
+
+def forwarded_event_ids(bootstrap: str, timeout: float = 120.0) -> Counter[str]:
+    """The event ids in every message of ``llmpulse.grouped``, read to the end offsets
+    ListOffsets gives (a fetch through another broker of the cluster can end early)."""
+    import orjson
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    from llmpulse.events import TOPIC_GROUPED
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"fault-reader-{os.getpid()}",
+                  "enable.auto.commit": False, "enable.partition.eof": True})
+    ids: Counter[str] = Counter()
+    try:
+        parts = c.list_topics(TOPIC_GROUPED, timeout=30).topics[TOPIC_GROUPED].partitions
+        ends = {p: c.get_watermark_offsets(TopicPartition(TOPIC_GROUPED, p), timeout=30)[1]
+                for p in parts}
+        c.assign([TopicPartition(TOPIC_GROUPED, p, OFFSET_BEGINNING) for p in parts])
+        done = {p for p, end in ends.items() if end <= 0}
+        deadline = time.monotonic() + timeout
+        while len(done) < len(ends):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{TOPIC_GROUPED}: not read to its end in {timeout:g} s")
+            m = c.poll(0.5)
+            if m is None:
+                continue
+            err = m.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    raise RuntimeError(f"{TOPIC_GROUPED}: {err}")
+                continue
+            for line in (m.value() or b"").split(b"\n"):
+                if line.strip():
+                    ids[str(orjson.loads(line).get("event_id"))] += 1
+            if int(m.offset() or 0) + 1 >= ends[int(m.partition() or 0)]:
+                done.add(int(m.partition() or 0))
+    finally:
+        c.close()
+    return ids
 
 
 def _grouped(worker: Any) -> set[str]:
@@ -361,12 +401,19 @@ def _one_run(root: Path, rules: Path, hook: Any, *, crash: bool, seed: int, dura
                 w.close()
         if any(codes):
             raise RuntimeError(f"llmpulse up exited {codes}; see the logs under {root}")
+        forwarded = forwarded_event_ids(bootstrap)
     left = [w for w in workers if w not in live]  # stopped mid-run (scale): their engines'
                                                   # counts are in the states they saved
     engines = [s["engine"] for s in stats]
     late_groups = sorted({g for e in engines for g in e.get("late_dropped_by_group", {})})
     dups = sum(int(e.get("duplicates_dropped", 0)) for e in engines)
-    return {**merge_stores([_read(w.data_dir) for w in workers]),
+    stored = merge_stores([_read(w.data_dir) for w in workers])
+    return {**stored,
+            # stored events that were never forwarded to the signal engines' topic
+            # (an ingest batch stored and not forwarded), told apart from events
+            # forwarded and lost on the way into an engine
+            "events_not_forwarded": len(stored["event_ids"] - set(forwarded)),
+            "not_forwarded_examples": sorted(stored["event_ids"] - set(forwarded))[:5],
             "pages": [p for _, p in hook.received[first:]],
             "events": total, "restart_s": restart_s, "killed_mid_traffic": mid_traffic,
             "traffic_during_fault_s": traffic_s,
@@ -452,6 +499,8 @@ def compare(ref: dict[str, Any], crashed: dict[str, Any]) -> dict[str, Any]:
         "events": crashed["events"],
         "events_lost": crashed["events"] - crashed["events_stored"],
         "events_duplicated": crashed["event_rows"] - crashed["events_stored"],
+        "events_not_forwarded": crashed.get("events_not_forwarded", 0),
+        "not_forwarded_examples": crashed.get("not_forwarded_examples", []),
         "engine_events_reference": ref["engine_events"],
         "engine_events_crashed": crashed["engine_events"],
         "late_dropped": ref["late_dropped"] + crashed["late_dropped"],
@@ -529,7 +578,8 @@ def format_table(r: dict[str, Any]) -> str:
         f"  alerts: {r['alerts']}; lost {r['alerts_lost']}, extra {r['alerts_extra']}",
         f"  PagerDuty: {r['pagerduty_events']} events, {r['pagerduty_triggers']} triggers; "
         f"triggered twice {r['duplicate_triggers']}, lost {r['pages_lost']}, extra {r['pages_extra']}",
-        f"  engine events: {r['engine_events_crashed']} (reference {r['engine_events_reference']}); "
+        f"  engine events: {r['engine_events_crashed']} (reference {r['engine_events_reference']}; "
+        f"stored and never forwarded to the engines {r.get('events_not_forwarded', 0)}); "
         f"duplicates dropped {r['duplicates_dropped']}, late {r['late_dropped']}; replay {r['replay']}",
     ])
 
