@@ -207,24 +207,39 @@ def merge_stores(stores: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def forwarded_event_ids(bootstrap: str, timeout: float = 120.0) -> Counter[str]:
-    """The event ids in every message of ``llmpulse.grouped``, read to the end offsets
-    ListOffsets gives (a fetch through another broker of the cluster can end early)."""
+    """The event ids in every message of ``llmpulse.grouped``, read to its end.
+
+    The brokers of the local cluster each answer ListOffsets from their own view of
+    the shared log, which lags the writes made through the others for a few seconds,
+    and Tansu 0.6 answers with the last batch's base offset + 1: the end is taken as
+    an end of partition at or past the largest answer of any broker."""
     import orjson
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
     from llmpulse.events import TOPIC_GROUPED
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"fault-reader-{os.getpid()}",
-                  "enable.auto.commit": False, "enable.partition.eof": True})
+    def conf(servers: str) -> dict[str, Any]:
+        return {"bootstrap.servers": servers, "group.id": f"fault-reader-{os.getpid()}",
+                "enable.auto.commit": False, "enable.partition.eof": True}
+
+    floors: dict[int, int] = {}
+    for server in bootstrap.split(","):
+        probe = Consumer(conf(server))
+        try:
+            parts = probe.list_topics(TOPIC_GROUPED, timeout=30).topics[TOPIC_GROUPED].partitions
+            for p in parts:
+                high = probe.get_watermark_offsets(TopicPartition(TOPIC_GROUPED, p), timeout=30,
+                                                   cached=False)[1]
+                floors[p] = max(floors.get(p, 0), int(high))
+        finally:
+            probe.close()
+    c = Consumer(conf(bootstrap))
     ids: Counter[str] = Counter()
     try:
-        parts = c.list_topics(TOPIC_GROUPED, timeout=30).topics[TOPIC_GROUPED].partitions
-        ends = {p: c.get_watermark_offsets(TopicPartition(TOPIC_GROUPED, p), timeout=30)[1]
-                for p in parts}
-        c.assign([TopicPartition(TOPIC_GROUPED, p, OFFSET_BEGINNING) for p in parts])
-        done = {p for p, end in ends.items() if end <= 0}
+        c.assign([TopicPartition(TOPIC_GROUPED, p, OFFSET_BEGINNING) for p in floors])
+        done: set[int] = set()
         deadline = time.monotonic() + timeout
-        while len(done) < len(ends):
+        while len(done) < len(floors):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{TOPIC_GROUPED}: not read to its end in {timeout:g} s")
             m = c.poll(0.5)
@@ -234,12 +249,13 @@ def forwarded_event_ids(bootstrap: str, timeout: float = 120.0) -> Counter[str]:
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     raise RuntimeError(f"{TOPIC_GROUPED}: {err}")
+                p = int(m.partition() or 0)
+                if int(m.offset() or 0) >= floors.get(p, 0):
+                    done.add(p)
                 continue
             for line in (m.value() or b"").split(b"\n"):
                 if line.strip():
                     ids[str(orjson.loads(line).get("event_id"))] += 1
-            if int(m.offset() or 0) + 1 >= ends[int(m.partition() or 0)]:
-                done.add(int(m.partition() or 0))
     finally:
         c.close()
     return ids
