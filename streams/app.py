@@ -59,6 +59,7 @@ from llmpulse.streams.rules import Rules
 from llmpulse.streams.service_health import register_service_health
 from llmpulse.streams.signals import SignalAgents
 from llmpulse.streams.sink import RawSink
+from llmpulse.streams.whole import unbroken
 
 __all__ = ["HealthSignals", "IngestLag", "IngestStats", "NAMED_QUERIES", "Pipeline",
            "bind_audit", "build_pipeline", "faust_credentials", "new_faust_app", "query_view",
@@ -283,36 +284,41 @@ def register_ingest(
     deadletter = app.topic(TOPIC_DEADLETTER, value_serializer="raw", key_serializer="raw")
     forward = agents is not None
 
+    async def handle(events: list[Any]) -> None:
+        msgs = [
+            Message(ev.value, ev.message.topic, ev.message.partition, ev.message.offset)
+            for ev in events
+        ]
+        batch = split_batch(msgs, kind=kind, limits=limits, keep_events=forward)
+        rejected: set[int] = set()
+        if batch.count:
+            for i, reason in await sink.write(RAW_INGEST[table], batch.lines):
+                m = batch.sources[i]
+                batch.dead.append(
+                    DeadLetter(batch.lines[i], reason, m.topic, m.partition, m.offset))
+                rejected.add(i)
+            batch.count -= len(rejected)
+        if batch.dead:
+            for d in batch.dead:
+                await deadletter.send(value=d.payload, headers=d.headers())
+            await sink.write("deadletter_events",
+                             [orjson.dumps(d.row()) for d in batch.dead])
+        if agents is not None and batch.events:
+            if kind == "inference":
+                await agents.forward_inference(batch, rejected)
+            else:
+                await agents.forward_feedback(batch, rejected)
+        stats.record(topic_name, batch, len(events))
+        for m in msgs:
+            stats.positions[(m.topic, m.partition)] = m.offset + 1
+
     async def ingest(stream: Any) -> None:
         async for events in stream.take_events(
             settings.ingest.batch_messages, within=settings.ingest.batch_within_s
         ):
-            msgs = [
-                Message(ev.value, ev.message.topic, ev.message.partition, ev.message.offset)
-                for ev in events
-            ]
-            batch = split_batch(msgs, kind=kind, limits=limits, keep_events=forward)
-            rejected: set[int] = set()
-            if batch.count:
-                for i, reason in await sink.write(RAW_INGEST[table], batch.lines):
-                    m = batch.sources[i]
-                    batch.dead.append(
-                        DeadLetter(batch.lines[i], reason, m.topic, m.partition, m.offset))
-                    rejected.add(i)
-                batch.count -= len(rejected)
-            if batch.dead:
-                for d in batch.dead:
-                    await deadletter.send(value=d.payload, headers=d.headers())
-                await sink.write("deadletter_events",
-                                 [orjson.dumps(d.row()) for d in batch.dead])
-            if agents is not None and batch.events:
-                if kind == "inference":
-                    await agents.forward_inference(batch, rejected)
-                else:
-                    await agents.forward_feedback(batch, rejected)
-            stats.record(topic_name, batch, len(events))
-            for m in msgs:
-                stats.positions[(m.topic, m.partition)] = m.offset + 1
+            # stored, dead-lettered and forwarded whole: the stream acks the batch when
+            # the agent leaves it, a stop included (:mod:`llmpulse.streams.whole`)
+            await unbroken(handle(list(events)), what=f"{topic_name} batch")
 
     ingest.__name__ = f"ingest_{kind}"
     ingest.__qualname__ = ingest.__name__

@@ -54,6 +54,7 @@ from llmpulse.streams.otlp_prepare import (
     shim_partition,
     with_response_ids,
 )
+from llmpulse.streams.whole import unbroken
 
 __all__ = [
     "OTLP_HTTP_SOURCE",
@@ -463,68 +464,75 @@ def attach_otlp(app: Any, ingest: SpanIngest, *, limits: ReceiverLimits = Receiv
 
     topic = app.topic(TOPIC_OTLP_SPANS, value_serializer="raw", key_serializer="raw")
 
+    async def map_messages(events: list[Any]) -> None:
+        for ev in events:
+            value = ev.value
+            m = ev.message
+            if not value:
+                done[(m.topic, m.partition)] = m.offset + 1
+                continue
+            try:
+                await ingest.ingest(value, encoding_of(value), source=m.topic,
+                                    partition=m.partition, offset=m.offset)
+            except OtlpDecodeError as exc:
+                await ingest.refuse(value, str(exc), source=m.topic, status="kafka",
+                                    partition=m.partition, offset=m.offset)
+            except Exception as exc:  # one message must not stop the partition behind it
+                log.exception("otlp_spans %s:%s: mapping failed", m.partition, m.offset)
+                await ingest.refuse(value, f"mapping failed: {type(exc).__name__}: {exc}"[:500],
+                                    source=m.topic, status="kafka", partition=m.partition,
+                                    offset=m.offset)
+            done[(m.topic, m.partition)] = m.offset + 1
+
     async def ingest_otlp_spans(stream: Any) -> None:
         async for events in stream.take_events(batch_messages, within=batch_within_s):
-            for ev in events:
-                value = ev.value
-                m = ev.message
-                if not value:
-                    done[(m.topic, m.partition)] = m.offset + 1
-                    continue
-                try:
-                    await ingest.ingest(value, encoding_of(value), source=m.topic,
-                                        partition=m.partition, offset=m.offset)
-                except OtlpDecodeError as exc:
-                    await ingest.refuse(value, str(exc), source=m.topic, status="kafka",
-                                        partition=m.partition, offset=m.offset)
-                except Exception as exc:  # one message must not stop the partition behind it
-                    log.exception("otlp_spans %s:%s: mapping failed", m.partition, m.offset)
-                    await ingest.refuse(value, f"mapping failed: {type(exc).__name__}: {exc}"[:500],
-                                        source=m.topic, status="kafka", partition=m.partition,
-                                        offset=m.offset)
-                done[(m.topic, m.partition)] = m.offset + 1
+            # mapped and handed on whole before the stream acks it (llmpulse.streams.whole)
+            await unbroken(map_messages(list(events)), what="otlp_spans batch")
 
     app.agent(topic, name="llmpulse.ingest_otlp_spans")(ingest_otlp_spans)
 
     rows_topic = app.topic(ingest.rows_topic, value_serializer="raw", key_serializer="raw")
 
+    async def store_rows(events: list[Any]) -> None:
+        lines: list[bytes] = []
+        sources: list[Any] = []
+        index: list[bytes] = []
+        unknown: list[DeadLetter] = []
+        for ev in events:
+            table = row_table(ev.message.headers)
+            if table == "request_index":
+                index.extend(split_envelope(ev.value or b""))
+                continue
+            if not table:
+                m = ev.message
+                unknown.append(DeadLetter((ev.value or b"")[:_DEAD_PAYLOAD_BYTES],
+                                          f"unknown {TABLE_HEADER} header", m.topic,
+                                          m.partition, m.offset))
+                continue
+            for line in split_envelope(ev.value or b""):
+                lines.append(line)
+                sources.append(ev.message)
+        if index:
+            ingest.stats.index_rejected += len(await ingest.write("request_index", index))
+        dead = [DeadLetter(lines[i], reason, sources[i].topic, sources[i].partition,
+                           sources[i].offset)
+                for i, reason in await ingest.write("spans", lines)] if lines else []
+        rows_dead = len(dead)
+        dead += unknown
+        if dead:
+            acks: list[Awaitable[Any]] = []
+            await ingest.dead_letter(dead, acks)
+            for a in acks:
+                await a
+        ingest.stats.rows_stored += len(lines) - rows_dead
+        if on_rows is not None and lines:
+            on_rows(lines)
+        for ev in events:
+            done[(ev.message.topic, ev.message.partition)] = ev.message.offset + 1
+
     async def store_span_rows(stream: Any) -> None:
         async for events in stream.take_events(batch_messages, within=batch_within_s):
-            lines: list[bytes] = []
-            sources: list[Any] = []
-            index: list[bytes] = []
-            unknown: list[DeadLetter] = []
-            for ev in events:
-                table = row_table(ev.message.headers)
-                if table == "request_index":
-                    index.extend(split_envelope(ev.value or b""))
-                    continue
-                if not table:
-                    m = ev.message
-                    unknown.append(DeadLetter((ev.value or b"")[:_DEAD_PAYLOAD_BYTES],
-                                              f"unknown {TABLE_HEADER} header", m.topic,
-                                              m.partition, m.offset))
-                    continue
-                for line in split_envelope(ev.value or b""):
-                    lines.append(line)
-                    sources.append(ev.message)
-            if index:
-                ingest.stats.index_rejected += len(await ingest.write("request_index", index))
-            dead = [DeadLetter(lines[i], reason, sources[i].topic, sources[i].partition,
-                               sources[i].offset)
-                    for i, reason in await ingest.write("spans", lines)] if lines else []
-            rows_dead = len(dead)
-            dead += unknown
-            if dead:
-                acks: list[Awaitable[Any]] = []
-                await ingest.dead_letter(dead, acks)
-                for a in acks:
-                    await a
-            ingest.stats.rows_stored += len(lines) - rows_dead
-            if on_rows is not None and lines:
-                on_rows(lines)
-            for ev in events:
-                done[(ev.message.topic, ev.message.partition)] = ev.message.offset + 1
+            await unbroken(store_rows(list(events)), what="span rows batch")
 
     app.agent(rows_topic, name="llmpulse.store_span_rows")(store_span_rows)
 
