@@ -49,9 +49,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-BATCH_GRACE_S = 30.0
-"""How long a stopping agent waits for the batch in hand (the stack allows the app
-20 s to stop, the HTTP and store calls of a batch time out sooner)."""
+BATCH_GRACE_S = 15.0
+"""How long a stopping agent waits for the batch in hand: inside the 20 s the stack
+gives the Faust app to stop (``llmpulse.stack``), after which the store closes."""
 
 
 async def unbroken(work: Awaitable[T], *, grace_s: float = BATCH_GRACE_S,
