@@ -5,7 +5,7 @@ however far the agent got with it. Before :mod:`llmpulse.streams.whole`, an
 ingest batch taken in just after the signal engine stopped was stored, then cut
 before it was forwarded to ``llmpulse.grouped``, and committed: its events were
 in the store and in no signal (measured: 1,635 of 172,000 events over eight
-stops at 700 events/s; whole batches of up to 500 events at three of the eight).
+stops at 700 events/s; whole batches of up to 500 events at five of the eight).
 
 Here a worker on a broker that outlives it (as Kafka would) is stopped with
 SIGTERM and started again eight times while a shim sends 800 events/s; then the
