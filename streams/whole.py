@@ -6,8 +6,8 @@ the consumer's last commit then takes those offsets. An ingest batch cut after
 its events were stored and before they were forwarded to ``llmpulse.grouped``
 was committed half done: measured, a worker stopped cleanly eight times under
 700 events/s stored 1,635 events that never reached the signal engines (whole
-batches, each taken in just after the engine stopped), and a rolling restart
-left windows short of the stopped worker's last batch.
+batches, each taken in just after the engine stopped); the one rolling-restart
+run whose windows lacked the stopped worker's last events was most likely this.
 
 :func:`unbroken` runs one batch's work as a task of its own and, when the agent
 is cancelled meanwhile, waits for it (at most ``grace_s``) before letting the
