@@ -11,7 +11,10 @@ a crash inserts rows already stored; the raw tables collapse them
 
 When the store is down the agent retries the same batch with capped
 exponential backoff: nothing is acked, the stream's buffer stays bounded,
-and the broker keeps the rest.
+and the broker keeps the rest. A batch acks only once the broker has its dead
+letters and forwards too; a batch that fails otherwise (a forward refused, a
+delivery failed) is tried again whole, and one not done when the worker stops
+is held back from the commit (:mod:`llmpulse.streams.whole`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,7 +62,7 @@ from llmpulse.streams.rules import Rules
 from llmpulse.streams.service_health import register_service_health
 from llmpulse.streams.signals import SignalAgents
 from llmpulse.streams.sink import RawSink
-from llmpulse.streams.whole import unbroken
+from llmpulse.streams.whole import BatchOutcomes, take_whole
 
 __all__ = ["HealthSignals", "IngestLag", "IngestStats", "NAMED_QUERIES", "Pipeline",
            "bind_audit", "build_pipeline", "faust_credentials", "new_faust_app", "query_view",
@@ -81,6 +84,8 @@ class IngestStats:
     store_rejected: int = 0
     batches: int = 0
     last_store_s: float = 0.0
+    #: batches tried again after a failure, and messages held back from the commit at a stop
+    outcomes: BatchOutcomes = field(default_factory=BatchOutcomes)
     #: next offset to process per (topic, partition)
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
 
@@ -101,6 +106,9 @@ class IngestStats:
             "store_errors": self.store_errors,
             "store_rejected": self.store_rejected,
             "batches": self.batches,
+            "batches_retried": self.outcomes.retried,
+            "held_back": self.outcomes.held_back,
+            "last_batch_error": self.outcomes.last_error,
             "last_store_s": round(self.last_store_s, 4),
             "lag": lag or {},
         }
@@ -284,7 +292,7 @@ def register_ingest(
     deadletter = app.topic(TOPIC_DEADLETTER, value_serializer="raw", key_serializer="raw")
     forward = agents is not None
 
-    async def handle(events: list[Any]) -> None:
+    async def handle(events: Sequence[Any]) -> None:
         msgs = [
             Message(ev.value, ev.message.topic, ev.message.partition, ev.message.offset)
             for ev in events
@@ -298,27 +306,33 @@ def register_ingest(
                     DeadLetter(batch.lines[i], reason, m.topic, m.partition, m.offset))
                 rejected.add(i)
             batch.count -= len(rejected)
+        delivered: list[Awaitable[Any]] = []
         if batch.dead:
             for d in batch.dead:
-                await deadletter.send(value=d.payload, headers=d.headers())
+                delivered.append(await deadletter.send(value=d.payload, headers=d.headers()))
             await sink.write("deadletter_events",
                              [orjson.dumps(d.row()) for d in batch.dead])
         if agents is not None and batch.events:
             if kind == "inference":
-                await agents.forward_inference(batch, rejected)
+                delivered += await agents.forward_inference(batch, rejected)
             else:
-                await agents.forward_feedback(batch, rejected)
+                delivered += await agents.forward_feedback(batch, rejected)
+        # the broker has every dead letter and forward before the stream acks the batch:
+        # a delivery that fails fails the batch, which is tried again
+        for sent in delivered:
+            await sent
         stats.record(topic_name, batch, len(events))
         for m in msgs:
             stats.positions[(m.topic, m.partition)] = m.offset + 1
 
     async def ingest(stream: Any) -> None:
-        async for events in stream.take_events(
-            settings.ingest.batch_messages, within=settings.ingest.batch_within_s
-        ):
-            # stored, dead-lettered and forwarded whole: the stream acks the batch when
-            # the agent leaves it, a stop included (:mod:`llmpulse.streams.whole`)
-            await unbroken(handle(list(events)), what=f"{topic_name} batch")
+        # stored, dead-lettered and forwarded whole, or tried again, or held back from the
+        # commit at a stop (:mod:`llmpulse.streams.whole`)
+        await take_whole(stream, handle, max_=settings.ingest.batch_messages,
+                         within=settings.ingest.batch_within_s,
+                         should_stop=lambda: bool(app.should_stop), outcomes=stats.outcomes,
+                         what=f"{topic_name} batch",
+                         retry_max_s=settings.ingest.store_retry_max_s)
 
     ingest.__name__ = f"ingest_{kind}"
     ingest.__qualname__ = ingest.__name__

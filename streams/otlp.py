@@ -34,7 +34,7 @@ import itertools
 import logging
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +54,7 @@ from llmpulse.streams.otlp_prepare import (
     shim_partition,
     with_response_ids,
 )
-from llmpulse.streams.whole import unbroken
+from llmpulse.streams.whole import BatchOutcomes, take_whole
 
 __all__ = [
     "OTLP_HTTP_SOURCE",
@@ -141,6 +141,8 @@ class SpanStats:
     rejected_log_records: int = 0
     refused: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     """Refused requests or messages by HTTP status (or ``kafka``)."""
+    outcomes: BatchOutcomes = field(default_factory=BatchOutcomes)
+    """Batches of the two agents tried again, and messages held back at a stop."""
 
     def record(self, mapped: PreparedRequest) -> None:
         self.requests += 1
@@ -156,7 +158,9 @@ class SpanStats:
                 "documents_evicted": self.documents_evicted,
                 "log_feedback": self.log_feedback,
                 "rejected_log_records": self.rejected_log_records,
-                "refused": dict(self.refused)}
+                "refused": dict(self.refused), "batches_retried": self.outcomes.retried,
+                "held_back": self.outcomes.held_back,
+                "last_batch_error": self.outcomes.last_error}
 
 
 def encoding_of(value: bytes) -> str:
@@ -464,7 +468,7 @@ def attach_otlp(app: Any, ingest: SpanIngest, *, limits: ReceiverLimits = Receiv
 
     topic = app.topic(TOPIC_OTLP_SPANS, value_serializer="raw", key_serializer="raw")
 
-    async def map_messages(events: list[Any]) -> None:
+    async def map_messages(events: Sequence[Any]) -> None:
         for ev in events:
             value = ev.value
             m = ev.message
@@ -484,16 +488,21 @@ def attach_otlp(app: Any, ingest: SpanIngest, *, limits: ReceiverLimits = Receiv
                                     offset=m.offset)
             done[(m.topic, m.partition)] = m.offset + 1
 
+    def should_stop() -> bool:
+        return bool(app.should_stop)
+
     async def ingest_otlp_spans(stream: Any) -> None:
-        async for events in stream.take_events(batch_messages, within=batch_within_s):
-            # mapped and handed on whole before the stream acks it (llmpulse.streams.whole)
-            await unbroken(map_messages(list(events)), what="otlp_spans batch")
+        # mapped and handed on whole before the stream acks it, or tried again, or held
+        # back from the commit at a stop (llmpulse.streams.whole)
+        await take_whole(stream, map_messages, max_=batch_messages, within=batch_within_s,
+                         should_stop=should_stop, outcomes=ingest.stats.outcomes,
+                         what="otlp_spans batch")
 
     app.agent(topic, name="llmpulse.ingest_otlp_spans")(ingest_otlp_spans)
 
     rows_topic = app.topic(ingest.rows_topic, value_serializer="raw", key_serializer="raw")
 
-    async def store_rows(events: list[Any]) -> None:
+    async def store_rows(events: Sequence[Any]) -> None:
         lines: list[bytes] = []
         sources: list[Any] = []
         index: list[bytes] = []
@@ -531,8 +540,9 @@ def attach_otlp(app: Any, ingest: SpanIngest, *, limits: ReceiverLimits = Receiv
             done[(ev.message.topic, ev.message.partition)] = ev.message.offset + 1
 
     async def store_span_rows(stream: Any) -> None:
-        async for events in stream.take_events(batch_messages, within=batch_within_s):
-            await unbroken(store_rows(list(events)), what="span rows batch")
+        await take_whole(stream, store_rows, max_=batch_messages, within=batch_within_s,
+                         should_stop=should_stop, outcomes=ingest.stats.outcomes,
+                         what="span rows batch")
 
     app.agent(rows_topic, name="llmpulse.store_span_rows")(store_span_rows)
 

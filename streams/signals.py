@@ -481,7 +481,10 @@ class SignalAgents:
 
     # -- forwarding from the ingest agents -------------------------------------
 
-    async def forward_inference(self, batch: IngestBatch, rejected: set[int]) -> None:
+    async def forward_inference(self, batch: IngestBatch,
+                                rejected: set[int]) -> list[Awaitable[Any]]:
+        """Send the batch's valid events to ``llmpulse.grouped``; returns each message's
+        delivery, for the ingest batch to await before the stream acks it."""
         # messages per (grouped partition, source partition), each holding the lines of
         # several groups (:mod:`llmpulse.streams.forward`): the engine's watermark follows
         # the source partitions, whose event time is ordered, not the grouped ones, which
@@ -499,21 +502,26 @@ class SignalAgents:
                 key = keys[group] = group_key(*group)
             by_dest[(grouped_partition(key, parts), m.partition)][key].append(line)
         self._forwarded_sources.update(by_dest)
+        delivered: list[Awaitable[Any]] = []
         for (dest, src), groups in by_dest.items():
             source = str(src).encode()
             for value, listed in pack_groups(groups):
-                await self._send_grouped(value, dest, {SOURCE_HEADER: source, GROUPS_HEADER: listed})
+                delivered += await self._send_grouped(
+                    value, dest, {SOURCE_HEADER: source, GROUPS_HEADER: listed})
         self.counters["forwarded_inference"] += len(batch.events) - len(rejected)
+        return delivered
 
-    async def _send_grouped(self, value: bytes, partition: int, headers: dict[str, bytes]) -> None:
+    async def _send_grouped(self, value: bytes, partition: int,
+                            headers: dict[str, bytes]) -> list[Awaitable[Any]]:
         """Send one message to ``llmpulse.grouped`` and follow it until the broker has it:
         the ingest agent counts its batch as read once this returns (the message only
         queued), and until a fetch brings the new end offset the consumer's high
         watermark does not show it, so meanwhile the message is a backlog of its own
-        (:meth:`_consumer_backlog`)."""
+        (:meth:`_consumer_backlog`). Returns the message's delivery (none from a
+        sender that returns once the message is written)."""
         sent: Any = await self.grouped.send(value=value, partition=partition, headers=headers)
         if not hasattr(sent, "add_done_callback"):
-            return  # a sender that returns when the message is written (tests)
+            return []  # a sender that returns when the message is written (tests)
         self._forwarding += 1
 
         def done(fut: Any) -> None:
@@ -525,18 +533,23 @@ class SignalAgents:
                 self._forwarded_to[partition] = offset + 1
 
         sent.add_done_callback(done)
+        return [sent]
 
-    async def forward_feedback(self, batch: IngestBatch, rejected: set[int]) -> None:
+    async def forward_feedback(self, batch: IngestBatch,
+                               rejected: set[int]) -> list[Awaitable[Any]]:
+        """Route the batch's valid feedback to its inference's group (or keep it pending
+        until the inference is stored); returns each message's delivery."""
         now = time.monotonic()
         items = [(now, line, ev["request_id"])
                  for i, (ev, line) in enumerate(zip(batch.events, batch.lines, strict=True))
                  if i not in rejected]
-        await self._route_feedback(items)
+        delivered = await self._route_feedback(items)
         self._save_pending()
+        return delivered
 
-    async def _route_feedback(self, items: list[tuple[float, bytes, str]]) -> None:
+    async def _route_feedback(self, items: list[tuple[float, bytes, str]]) -> list[Awaitable[Any]]:
         if not items:
-            return
+            return []
         found = await asyncio.to_thread(lookup_requests, self.store, [rid for _, _, rid in items])
         parts = self.settings.ingest.partitions
         by_dest: dict[int, dict[bytes, list[bytes]]] = defaultdict(lambda: defaultdict(list))
@@ -553,10 +566,12 @@ class SignalAgents:
                 self.pending_feedback.append((first_seen, line, rid))
             else:
                 self.counters["feedback_unmatched"] += 1
+        delivered: list[Awaitable[Any]] = []
         for dest, groups in by_dest.items():
             for value, listed in pack_groups(groups):
-                await self._send_grouped(value, dest, {GROUPS_HEADER: listed})
+                delivered += await self._send_grouped(value, dest, {GROUPS_HEADER: listed})
         self.counters["forwarded_feedback"] += forwarded
+        return delivered
 
     # -- the signal agent ---------------------------------------------------------
 
@@ -670,7 +685,8 @@ class SignalAgents:
         if self.pending_feedback:
             items, self.pending_feedback = self.pending_feedback, []
             self._routing = items  # still on disk until routed
-            await self._route_feedback(items)
+            for d in await self._route_feedback(items):
+                await d  # in the broker, then off the disk
             self._routing = []
             self._save_pending()
         if self.health is not None and time.monotonic() - self.last_health >= 10.0:

@@ -93,7 +93,7 @@ class RawSink:
                     return
                 now = time.monotonic()
                 if now - self._warned > 10:
-                    log.warning("store unavailable (%s); retrying every <= %.0f s",
+                    log.warning("store unavailable (%s); retrying every <= %g s",
                                 str(exc).splitlines()[0][:200], self.retry_max_s)
                     self._warned = now
                 if self.should_stop():
