@@ -3,8 +3,9 @@ the same signals as from one message per group, and every group keeps its partit
 
 from __future__ import annotations
 
+import asyncio
 import random
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +142,47 @@ def test_a_sharded_engine_gets_each_group_of_a_packed_message_under_its_key() ->
     assert [(src, blob, key) for src, blob, key in chunks] == [
         ((1, 3), lines[key][0], key) for key in lines]
     assert engine_chunks([msg], keyed=False) == [((1, 3), value)]
+
+
+@dataclass
+class _DeliveringTopic(TestingTopic):
+    """A topic whose ``send`` returns the message's delivery, as Faust's producer does;
+    the delivery of the message numbered ``fail`` fails as a refused produce would."""
+
+    fail: int = -1
+    deliveries: list[Any] = field(default_factory=list)
+
+    async def send(self, **kw: Any) -> Any:
+        await super().send(**kw)
+        fut = asyncio.get_running_loop().create_future()
+        if len(self.sent) - 1 == self.fail:
+            fut.set_exception(ConnectionError("the broker refused the forward"))
+        else:
+            fut.set_result(None)
+        self.deliveries.append(fut)
+        return fut
+
+
+async def test_a_forward_returns_every_message_delivery_for_the_batch_to_await(
+    tmp_path: Path,
+) -> None:
+    events = _events(400, groups=30, seed=4)
+    batch = split_batch([Message(b"\n".join(orjson.dumps(e) for e in events),
+                                 "llmpulse.inference", 0, 0)],
+                        kind="inference", keep_events=True, now_ms=1_700_000_000_000)
+    _, store, agents, _ = _agents(tmp_path)
+    try:
+        ok = _DeliveringTopic()
+        agents.grouped = ok
+        delivered = await agents.forward_inference(batch, rejected=set())
+        assert len(ok.sent) > 1 and delivered == ok.deliveries  # one per message sent
+        bad = _DeliveringTopic(fail=1)
+        agents.grouped = bad
+        delivered = await agents.forward_inference(batch, rejected=set())
+        # the ingest batch awaits each: the refused one fails the batch (tried again)
+        with pytest.raises(ConnectionError, match="refused the forward"):
+            for d in delivered:
+                await d
+        await agents.close()
+    finally:
+        store.close()
