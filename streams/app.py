@@ -668,8 +668,8 @@ def build_pipeline(
     register_http_api(pipeline, store)
     if isinstance(audit, AuditLog):
         bind_audit(app, audit)
-    register_audit_agent(app, store)
-    register_command_deployments(app, store)
+    register_audit_agent(app, sink, stats.outcomes)
+    register_command_deployments(app, sink, stats.outcomes)
     register_erase(app, store, settings, audit_sink,
                    forget=agents.forget_requests if agents is not None else None)
     return pipeline

@@ -30,9 +30,9 @@ ValueError: deployment row: missing metrics, previous_version, trigger, version
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import faust
@@ -40,8 +40,9 @@ import orjson
 
 from llmpulse.audit_record import from_command
 from llmpulse.events import TOPIC_DEPLOYMENTS
-from llmpulse.store import Store
 from llmpulse.streams.retrain_trigger import RetrainTrigger
+from llmpulse.streams.sink import RawSink
+from llmpulse.streams.whole import BatchOutcomes, take_whole
 
 __all__ = ["FINAL_STAGES", "completes", "deployment_row", "register_command_deployments",
            "register_retrain_completion"]
@@ -120,24 +121,30 @@ def deployment_row(value: bytes) -> dict[str, Any]:
     return row
 
 
-def register_command_deployments(app: faust.App, store: Store) -> None:
+def register_command_deployments(app: faust.App, sink: RawSink,
+                                 outcomes: BatchOutcomes | None = None) -> None:
     """Store the ``deployments`` rows local commands send on ``llmpulse.deployments``.
     Rows the retrain service produced are already stored and are skipped; a malformed
-    one is logged and dropped, and the agent goes on."""
+    one, or one the store refuses, is logged and dropped, and the agent goes on. A
+    store outage is waited out, and a batch not stored at a stop is read again at the
+    next start (:func:`~llmpulse.streams.whole.take_whole`)."""
     topic = app.topic(TOPIC_DEPLOYMENTS, value_serializer="raw", key_serializer="raw")
 
-    async def command_deployments(stream: Any) -> None:
-        async for event in stream.events():
+    async def store_batch(events: Sequence[Any]) -> None:
+        lines: list[bytes] = []
+        for event in events:
             if not from_command(event.message.headers):
                 continue
             try:
-                row = deployment_row(bytes(event.value))
+                lines.append(orjson.dumps(deployment_row(bytes(event.value))))
             except (TypeError, ValueError) as exc:
                 log.warning("dropping a record from %s: %s", TOPIC_DEPLOYMENTS, exc)
-                continue
-            try:
-                await asyncio.to_thread(store.insert_rows, "deployments", [row])
-            except Exception as exc:
-                log.warning("deployment record from %s not stored: %s", TOPIC_DEPLOYMENTS, exc)
+        for _, reason in await sink.write("deployments", lines):
+            log.warning("deployment record from %s not stored: %s", TOPIC_DEPLOYMENTS, reason)
+
+    async def command_deployments(stream: Any) -> None:
+        await take_whole(stream, store_batch, max_=100, within=0.5,
+                         should_stop=lambda: bool(app.should_stop), outcomes=outcomes,
+                         what=f"{TOPIC_DEPLOYMENTS} batch")
 
     app.agent(topic, name="llmpulse.command_deployments")(command_deployments)
