@@ -267,22 +267,40 @@ async def _run(
         else:
             log.info("API authentication is off: no tokens configured on a loopback bind")
         code = 0
+        stop_task = asyncio.ensure_future(stop.wait())
+        crash_task = asyncio.ensure_future(crashed(app))
+        waits: set[asyncio.Future[Any]] = {stop_task, crash_task}
+        main_task: asyncio.Future[int] | None = None
         if main is not None:
             ctx = StackContext(settings, endpoints, store, stats, worker.lag, app=app,
                                retrain=worker.retrain)
             main_task = asyncio.ensure_future(main(ctx))
-            stop_task = asyncio.ensure_future(stop.wait())
-            done, _ = await asyncio.wait({main_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-            if main_task in done:
-                code = main_task.result()
-                stop_task.cancel()
-            else:
-                main_task.cancel()
-                code = 130
-        else:
-            await stop.wait()
+            waits.add(main_task)
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in waits - done:
+            task.cancel()
+        reason = crash_task.result() if crash_task in done else None
+        if main_task is not None and main_task in done:
+            code = main_task.result()
+        elif reason is not None:
+            code = EXIT_CRASHED
+        elif main_task is not None:
+            code = 130
         if otlp_grpc is not None:  # calls in flight reach the broker before the drain
             await otlp_grpc.stop(5.0)
+        if reason is not None:
+            # a crashed app runs on in part (ingest goes on, the signal timer is gone):
+            # exit, so that a restart (compose's restart policy, systemd, or the operator)
+            # restores the engines from their saved state and replays the rest
+            log.error("the worker crashed (%s: %s): stopping with exit status %d without "
+                      "draining; nothing acknowledged is lost, and the next start restores "
+                      "the signal engines from their last saved state and replays the rest",
+                      type(reason).__name__, reason, EXIT_CRASHED)
+            try:
+                await worker.close()
+            except Exception as exc:  # the engine that crashed cannot save: the last save holds
+                log.warning("closing the crashed worker: %s: %s", type(exc).__name__, exc)
+            return code
         log.info("stopping: draining the broker into the store")
         result = await drain(worker.exact_lag, DrainPolicy(stall_s=drain_timeout_s), abort=abort)
         if not result.drained:
@@ -311,6 +329,35 @@ async def _run(
             await asyncio.to_thread(finish, broker, data_dir, group="llmpulse", topics=raw)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+EXIT_CRASHED = 70
+"""``llmpulse up``'s exit status when its worker crashed (``EX_SOFTWARE``): a signal
+engine process killed (the OOM killer), a timer that raised."""
+
+
+async def crashed(app: Any, poll_s: float = 0.5) -> BaseException:
+    """Returns once the Faust app ``app`` has crashed, with the reason. Faust marks the
+    app crashed when one of its own tasks (a timer, the signal engine's poll) raised,
+    and runs on without it: ingest goes on while no signal is computed any more.
+
+    >>> import asyncio
+    >>> class App:
+    ...     crashed, crash_reason = False, None
+    >>> app = App()
+    >>> async def demo():
+    ...     watch = asyncio.ensure_future(crashed(app, poll_s=0.01))
+    ...     await asyncio.sleep(0.05)
+    ...     assert not watch.done()
+    ...     app.crashed, app.crash_reason = True, RuntimeError("engine process died")
+    ...     return await watch
+    >>> asyncio.run(demo())
+    RuntimeError('engine process died')
+    """
+    while not app.crashed:
+        await asyncio.sleep(poll_s)
+    reason = app.crash_reason
+    return reason if isinstance(reason, BaseException) else RuntimeError(str(reason))
 
 
 async def _start_otlp_grpc(settings: Settings, ingest: Any, guard: ApiGuard) -> Any:

@@ -275,12 +275,25 @@ class Pipeline:
 
     async def close(self) -> None:
         """Stop the signal engine (flushing or saving its open windows, as
-        ``signals.stop`` says) and the alert agent (before the app stops)."""
+        ``signals.stop`` says) and the alert agent (before the app stops), then the
+        OTLP mapping processes. Each step runs even if one before it failed (a signal
+        engine process that died cannot save; the alert agent and the mapping
+        processes still stop cleanly); the first failure is raised at the end."""
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if self.signals is not None:
-            await self.signals.stop()
+            steps.append(("the signal engine", self.signals.stop))
         if self.alerts is not None:
-            await self.alerts.close()
-        await asyncio.to_thread(self.otlp.close)  # the OTLP mapping processes
+            steps.append(("the alert agent", self.alerts.close))
+        steps.append(("the OTLP mapping processes", lambda: asyncio.to_thread(self.otlp.close)))
+        failed: BaseException | None = None
+        for what, step in steps:
+            try:
+                await step()
+            except Exception as exc:
+                log.error("stopping %s failed: %s: %s", what, type(exc).__name__, exc)
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
 
 def register_ingest(
