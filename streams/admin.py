@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -23,10 +23,11 @@ from llmpulse.auth import principal_of
 from llmpulse.config import Settings
 from llmpulse.erase import ErasureError, ErasureRequest, erase, report_counts
 from llmpulse.store import Store
+from llmpulse.streams.command_records import register_command_records
 from llmpulse.streams.sink import RawSink
-from llmpulse.streams.whole import BatchOutcomes, take_whole
+from llmpulse.streams.whole import BatchOutcomes
 
-__all__ = ["register_audit_agent", "register_erase"]
+__all__ = ["audit_row", "register_audit_agent", "register_erase"]
 
 log = logging.getLogger(__name__)
 
@@ -88,40 +89,23 @@ def register_erase(app: faust.App, store: Store, settings: Settings, audit: Audi
             return self.json(report.to_json())
 
 
+def audit_row(value: bytes) -> dict[str, Any]:
+    """The ``audit_events`` row of an audit event a local command sent (``ValueError``
+    if it is not one)."""
+    try:
+        ev = AuditEvent.from_json(orjson.loads(value))
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"audit event: not JSON: {exc}") from None
+    row = ev.row()
+    row["detail"] = orjson.dumps(row["detail"]).decode()
+    row["remote"] = row["remote"] or "kafka"
+    return row
+
+
 def register_audit_agent(app: faust.App, sink: RawSink,
                          outcomes: BatchOutcomes | None = None) -> None:
     """Store the audit events local commands send on ``llmpulse.audit``
-    (header ``llmpulse-origin: cli``; :mod:`llmpulse.audit_record`). Events the
-    stack produced itself are already stored and are skipped; a malformed one, or
-    one the store refuses, is logged and dropped. A store outage is waited out,
-    batch by batch, and a batch not stored at a stop is read again at the next
-    start (:func:`~llmpulse.streams.whole.take_whole`): an audit trail that drops
-    what arrives while the store is down is no trail."""
-    from llmpulse.audit_record import from_command
-
-    topic = app.topic(TOPIC_AUDIT, value_serializer="raw", key_serializer="raw")
-
-    async def store_batch(events: Sequence[Any]) -> None:
-        lines: list[bytes] = []
-        for event in events:
-            if not from_command(event.message.headers):
-                continue
-            try:
-                ev = AuditEvent.from_json(orjson.loads(event.value))
-            except (ValueError, orjson.JSONDecodeError) as exc:
-                log.warning("dropping a malformed audit event from %s: %s", TOPIC_AUDIT, exc)
-                continue
-            row = ev.row()
-            row["detail"] = orjson.dumps(row["detail"]).decode()
-            row["remote"] = row["remote"] or "kafka"
-            lines.append(orjson.dumps(row))
-        for _, reason in await sink.write("audit_events", lines):
-            log.warning("audit event from %s not stored: %s", TOPIC_AUDIT, reason)
-
-    async def audit_agent(stream: Any) -> None:
-        await take_whole(stream, store_batch, max_=100, within=0.5,
-                         should_stop=lambda: bool(app.should_stop), outcomes=outcomes,
-                         what=f"{TOPIC_AUDIT} batch")
-
-    audit_agent.__name__ = audit_agent.__qualname__ = "audit"
-    app.agent(topic, name="llmpulse.audit")(audit_agent)
+    (:mod:`llmpulse.streams.command_records`): an audit trail that dropped what
+    arrives while the store is down would be no trail."""
+    register_command_records(app, TOPIC_AUDIT, agent="llmpulse.audit", table="audit_events",
+                             parse=audit_row, sink=sink, outcomes=outcomes)

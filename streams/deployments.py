@@ -32,17 +32,16 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import faust
 import orjson
 
-from llmpulse.audit_record import from_command
 from llmpulse.events import TOPIC_DEPLOYMENTS
+from llmpulse.streams.command_records import register_command_records
 from llmpulse.streams.retrain_trigger import RetrainTrigger
 from llmpulse.streams.sink import RawSink
-from llmpulse.streams.whole import BatchOutcomes, take_whole
+from llmpulse.streams.whole import BatchOutcomes
 
 __all__ = ["FINAL_STAGES", "completes", "deployment_row", "register_command_deployments",
            "register_retrain_completion"]
@@ -123,28 +122,8 @@ def deployment_row(value: bytes) -> dict[str, Any]:
 
 def register_command_deployments(app: faust.App, sink: RawSink,
                                  outcomes: BatchOutcomes | None = None) -> None:
-    """Store the ``deployments`` rows local commands send on ``llmpulse.deployments``.
-    Rows the retrain service produced are already stored and are skipped; a malformed
-    one, or one the store refuses, is logged and dropped, and the agent goes on. A
-    store outage is waited out, and a batch not stored at a stop is read again at the
-    next start (:func:`~llmpulse.streams.whole.take_whole`)."""
-    topic = app.topic(TOPIC_DEPLOYMENTS, value_serializer="raw", key_serializer="raw")
-
-    async def store_batch(events: Sequence[Any]) -> None:
-        lines: list[bytes] = []
-        for event in events:
-            if not from_command(event.message.headers):
-                continue
-            try:
-                lines.append(orjson.dumps(deployment_row(bytes(event.value))))
-            except (TypeError, ValueError) as exc:
-                log.warning("dropping a record from %s: %s", TOPIC_DEPLOYMENTS, exc)
-        for _, reason in await sink.write("deployments", lines):
-            log.warning("deployment record from %s not stored: %s", TOPIC_DEPLOYMENTS, reason)
-
-    async def command_deployments(stream: Any) -> None:
-        await take_whole(stream, store_batch, max_=100, within=0.5,
-                         should_stop=lambda: bool(app.should_stop), outcomes=outcomes,
-                         what=f"{TOPIC_DEPLOYMENTS} batch")
-
-    app.agent(topic, name="llmpulse.command_deployments")(command_deployments)
+    """Store the ``deployments`` rows local commands send on ``llmpulse.deployments``
+    (:mod:`llmpulse.streams.command_records`)."""
+    register_command_records(app, TOPIC_DEPLOYMENTS, agent="llmpulse.command_deployments",
+                             table="deployments", parse=deployment_row, sink=sink,
+                             outcomes=outcomes)

@@ -103,20 +103,8 @@ class BatchOutcomes:
 def hold_back(events: Sequence[Any]) -> None:
     """Keep ``events`` out of the consumer's commit: each message gets one more
     reference, so the stream's ack leaves it unacknowledged and the committed offset
-    of its partition stays before it (Faust commits acked offsets up to the first gap).
-
-    >>> class Msg:
-    ...     refcount = 1
-    ...     def incref(self, n=1):
-    ...         self.refcount += n
-    >>> class Ev:
-    ...     def __init__(self):
-    ...         self.message = Msg()
-    >>> evs = [Ev(), Ev()]
-    >>> hold_back(evs)
-    >>> [ev.message.refcount for ev in evs]
-    [2, 2]
-    """
+    of its partition stays before it (Faust commits acked offsets up to the first gap;
+    :func:`settle`'s example shows the references)."""
     for ev in events:
         ev.message.incref()
 

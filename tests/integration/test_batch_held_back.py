@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -151,3 +152,64 @@ def test_a_batch_that_fails_while_the_worker_runs_is_tried_again_until_done(
     assert out.retried >= 2 and out.held_back == 0
     assert "refused the forward" in out.last_error
     assert _committed(broker.bootstrap, group, topic) == N
+
+
+def test_records_of_local_commands_wait_out_a_store_outage(
+        broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """The audit and deployment records a local command sends used to be logged and
+    dropped when the store did not take them; now the outage is waited out."""
+    from llmpulse.audit_record import ORIGIN_HEADER
+    from llmpulse.streams.command_records import register_command_records
+
+    topic, group = f"cmd-{uuid.uuid4().hex[:8]}", f"cmd-{uuid.uuid4().hex[:8]}"
+    create_topics(broker.bootstrap, {topic: 1})
+    p = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})
+    cli = [(ORIGIN_HEADER, b"cli")]
+    for value, headers in ((b'{"id": 1}', cli), (b"not json", cli), (b'{"id": 2}', None),
+                           (b'{"id": 3}', cli)):
+        p.produce(topic, value=value, headers=headers, partition=0)
+    assert p.flush(30) == 0
+    stored: list[bytes] = []
+    down = [True]
+
+    def insert(table: str, data: bytes, count: int) -> int:
+        if down[0]:
+            raise ConnectionRefusedError("[Errno 111] Connection refused")
+        stored.extend(data.split(b"\n"))
+        return count
+
+    def parse(value: bytes) -> dict[str, Any]:
+        row = orjson.loads(value)
+        if not isinstance(row, dict):
+            raise ValueError("not an object")
+        return row
+
+    sink = RawSink(insert, retry_max_s=0.2)
+
+    async def scenario() -> None:
+        settings = replace(load_settings(env={"LLMPULSE_DATA_DIR": str(tmp_path / "d")},
+                                         path=None), session_timeout_s=6.0)
+        app = new_faust_app(group, settings, bootstrap=broker.bootstrap,
+                            datadir=tmp_path / "app", web_port=None)
+        sink.should_stop = lambda: bool(app.should_stop)
+        register_command_records(app, topic, agent=f"{group}.records", table="t", parse=parse,
+                                 sink=sink)
+        await app.start()
+        try:
+            deadline = time.monotonic() + 90
+            while sink.errors < 5:  # the store is down for a while
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            down[0] = False
+            while len(stored) < 2:
+                assert time.monotonic() < deadline, stored
+                await asyncio.sleep(0.1)
+            while _committed(broker.bootstrap, group, topic) < 4:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.5)
+        finally:
+            await asyncio.wait_for(app.stop(), timeout=30)
+
+    asyncio.run(scenario())
+    # the two records of the command, in order; the malformed one and the stack's own skipped
+    assert [orjson.loads(line) for line in stored] == [{"id": 1}, {"id": 3}]
