@@ -33,7 +33,15 @@ import zlib
 from collections.abc import Hashable, Sequence, Set
 from typing import Any
 
-__all__ = ["EngineProcess", "LocalEngine", "ShardedEngine", "add_chunks", "merge_stats", "tune_gc"]
+__all__ = ["CALL_TIMEOUT_S", "EngineProcess", "LocalEngine", "ShardedEngine", "add_chunks",
+           "merge_stats", "tune_gc"]
+
+CALL_TIMEOUT_S = 600.0
+"""How long a call waits for an engine process's answer before the process counts as
+hung: it is killed and the call raises, so the worker stops (``llmpulse up`` exits
+70) and its restart replays, instead of a worker whose signals stalled with no error.
+Far above the longest window close measured (embedding drift on a loaded machine
+took seconds, not minutes)."""
 
 Chunk = tuple[Hashable, bytes]
 """(watermark source, newline-delimited events: inferences and feedback mixed)."""
@@ -243,9 +251,10 @@ class EngineProcess:
     """
 
     def __init__(self, *, engine_kwargs: dict[str, Any] | None = None,
-                 detectors: Any = "default") -> None:
+                 detectors: Any = "default", call_timeout_s: float = CALL_TIMEOUT_S) -> None:
         self.engine_kwargs = dict(engine_kwargs or {})
         self.detectors = detectors
+        self.call_timeout_s = call_timeout_s
         self._proc: Any = None
         self._conn: Any = None
         self._lock = threading.Lock()
@@ -263,6 +272,13 @@ class EngineProcess:
     def _call(self, cmd: str, arg: Any = None) -> Any:
         with self._lock:
             self._send(cmd, arg)
+            if not self._conn.poll(self.call_timeout_s):
+                # hung (stopped, deadlocked, a detector that never returns): a worker
+                # waiting on it for ever would compute no signal again and say nothing
+                self._proc.kill()
+                self._proc.join(5)
+                raise RuntimeError(f"the signal engine process did not answer {cmd!r} within "
+                                   f"{self.call_timeout_s:g} s and was killed")
             return self._recv()
 
     def _send(self, cmd: str, arg: Any = None) -> None:

@@ -76,3 +76,26 @@ def test_a_snapshot_taken_half_way_continues_the_same_in_another_engine(
         assert canonical(second.flush()) == local
     finally:
         second.stop()
+
+
+def test_an_engine_process_that_does_not_answer_is_killed_and_the_call_raises() -> None:
+    import os
+    import signal
+    import time
+
+    proc = EngineProcess(engine_kwargs=ENGINE_KWARGS, detectors="default")
+    proc.start()
+    try:
+        assert proc.stats()["events_in"] == 0  # started (its imports take a while)
+        proc.call_timeout_s = 2.0
+        pid = proc._proc.pid
+        os.kill(pid, signal.SIGSTOP)  # hung, as a deadlock or a detector that never returns
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match="did not answer 'stats' within 2 s"):
+            proc.stats()
+        assert time.monotonic() - t0 < 10
+        assert not proc._proc.is_alive()  # killed, not left stopped
+        with pytest.raises(RuntimeError, match="not running"):
+            proc.stats()
+    finally:
+        proc.stop()
