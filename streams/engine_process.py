@@ -269,16 +269,17 @@ class EngineProcess:
         child.close()
         self._conn = parent
 
-    def _call(self, cmd: str, arg: Any = None) -> Any:
+    def _call(self, cmd: str, arg: Any = None, timeout: float | None = None) -> Any:
+        wait = self.call_timeout_s if timeout is None else timeout
         with self._lock:
             self._send(cmd, arg)
-            if not self._conn.poll(self.call_timeout_s):
+            if not self._conn.poll(wait):
                 # hung (stopped, deadlocked, a detector that never returns): a worker
                 # waiting on it for ever would compute no signal again and say nothing
                 self._proc.kill()
                 self._proc.join(5)
                 raise RuntimeError(f"the signal engine process did not answer {cmd!r} within "
-                                   f"{self.call_timeout_s:g} s and was killed")
+                                   f"{wait:g} s and was killed")
             return self._recv()
 
     def _send(self, cmd: str, arg: Any = None) -> None:
@@ -329,8 +330,8 @@ class EngineProcess:
         if self._proc is None:
             return
         try:
-            if self._proc.is_alive():
-                self._call("stop")
+            if self._proc.is_alive():  # a hung process is killed after ``timeout``, not 600 s
+                self._call("stop", timeout=timeout)
         except (RuntimeError, OSError, EOFError):
             pass
         self._proc.join(timeout)

@@ -99,3 +99,19 @@ def test_an_engine_process_that_does_not_answer_is_killed_and_the_call_raises() 
             proc.stats()
     finally:
         proc.stop()
+
+
+def test_stopping_a_hung_engine_process_takes_the_stop_timeout_not_the_call_timeout() -> None:
+    import os
+    import signal
+    import time
+
+    proc = EngineProcess(engine_kwargs=ENGINE_KWARGS, detectors="default")
+    proc.start()
+    assert proc.stats()["events_in"] == 0
+    child = proc._proc
+    os.kill(child.pid, signal.SIGSTOP)
+    t0 = time.monotonic()
+    proc.stop(timeout=2.0)
+    assert time.monotonic() - t0 < 15  # the call timeout is 600 s
+    assert not child.is_alive()
