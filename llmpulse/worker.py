@@ -83,7 +83,9 @@ class Worker:
     @property
     def exact_lag(self) -> Lag:
         """The backlog a clean stop drains (see :class:`IngestLag`'s ``exact``)."""
-        return IngestLag(self.pipeline.app, self.pipeline.stats, exact=True)
+        signals = self.pipeline.signals
+        return IngestLag(self.pipeline.app, self.pipeline.stats, exact=True,
+                         forwarded=None if signals is None else signals.forwarded_ends)
 
     async def close(self) -> None:
         """Flush the stream state before the app stops (see :meth:`Pipeline.close`)."""

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -352,6 +352,16 @@ def register_ingest(
     app.agent(topic, name=f"llmpulse.ingest_{kind}")(ingest)
 
 
+def largest_end(*ends: int | None) -> int | None:
+    """The end of a partition: the largest of the offsets known for it (None: none known).
+
+    >>> largest_end(63, None, 69), largest_end(None, None), largest_end(5)
+    (69, None, 5)
+    """
+    known = [int(e) for e in ends if e is not None]
+    return max(known) if known else None
+
+
 class IngestLag:
     """Messages not yet processed per raw topic on the worker's partitions (high water
     minus the next offset to process, else the consumer's position: its committed offset).
@@ -361,14 +371,24 @@ class IngestLag:
     the end offsets are asked of the broker. The high water of the last fetch is
     stale for a partition fetched before the forward: the stop then saw no backlog
     while the engine had not yet read the batch.
+
+    The end of a partition is the largest offset known for it: the broker's answer,
+    the last fetch's high water, and ``forwarded`` (the ends of what this worker
+    forwarded and the broker acknowledged). A broker over a shared log answers
+    ListOffsets from its own view, which lags while writes flow (the local cluster,
+    docs/cluster.md): by its answer alone a stop saw no backlog while the worker's
+    own last forwards were unread, flushed the windows without them, and counted
+    them late when they came.
     """
 
     TOPICS: tuple[str, ...] = (TOPIC_INFERENCE, TOPIC_FEEDBACK, TOPIC_GROUPED, *OTLP_TOPICS)
 
-    def __init__(self, app: faust.App, stats: IngestStats, *, exact: bool = False) -> None:
+    def __init__(self, app: faust.App, stats: IngestStats, *, exact: bool = False,
+                 forwarded: Callable[[], Mapping[tuple[str, int], int]] | None = None) -> None:
         self.app = app
         self.stats = stats
         self.exact = exact
+        self.forwarded = forwarded
 
     async def __call__(self) -> dict[str, int]:
         consumer = self.app.consumer
@@ -389,14 +409,16 @@ class IngestLag:
                 log.debug("end offsets not read from the broker: %s", exc)
         # the offsets committed when the partitions were assigned (None: none, or 0)
         committed = getattr(consumer, "_committed_offset", {})
+        forwarded = dict(self.forwarded()) if self.forwarded is not None else {}
         for tp in tps:
             try:
-                hw = fresh[tp] if tp in fresh else consumer.highwater(tp)
+                fetched = consumer.highwater(tp)
             except Exception:
                 # revoked since the assignment was read (a rebalance): aiokafka asserts,
                 # or, its assignment replaced by the consumer's thread between its own
                 # check and read, fails on the missing partition state
                 continue
+            hw = largest_end(fresh.get(tp), fetched, forwarded.get((tp.topic, tp.partition)))
             if hw is None:
                 continue
             pos = self.stats.positions.get((tp.topic, tp.partition))

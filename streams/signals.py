@@ -1025,6 +1025,13 @@ class SignalAgents:
         self.backlog_view = view  # also what is awaited (:meth:`_holding`)
         return forwarding or bool(unread(view, forwarded=forwarded))
 
+    def forwarded_ends(self) -> dict[tuple[str, int], int]:
+        """``(llmpulse.grouped, partition) -> end offset`` of what this worker forwarded
+        there and the broker acknowledged: an end no ListOffsets answer may undercut (on
+        brokers over a shared log each answers from its own view, which lags while
+        writes flow; docs/cluster.md)."""
+        return {(TOPIC_GROUPED, p): end for p, end in self._forwarded_to.items()}
+
     def _forwarded_mine(self) -> dict[int, int]:
         """:attr:`_forwarded_to` of the grouped partitions this worker reads."""
         owned = self._owned
