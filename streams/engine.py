@@ -65,12 +65,14 @@ time per event, so it would lift a hot group's ceiling by about 12 %
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import pickle
 import time
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence, Set
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence, Set
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -645,12 +647,13 @@ class SignalEngine:
         uint64 bytes; a snapshot that keeps them per buffer (``closed_ids``,
         base64 text, before they were shared) is read too.
         """
-        if self._deferred is None:
-            return self._snapshot([])
-        # no deferred job runs meanwhile: the detectors' state and the waiting jobs agree
-        with self._deferred.held() as pending:
-            self._collect_deferred(self.clock())
-            return self._snapshot(pending)
+        with _gc_paused():
+            if self._deferred is None:
+                return self._snapshot([])
+            # no deferred job runs meanwhile: the detectors' state and the waiting jobs agree
+            with self._deferred.held() as pending:
+                self._collect_deferred(self.clock())
+                return self._snapshot(pending)
 
     def _snapshot(self, pending: list[DeferredTask]) -> dict[str, Any]:
         c = self._c
@@ -718,12 +721,13 @@ class SignalEngine:
         >>> [(s.model, s.n) for s in a.flush() + b.flush()]
         [('y', 1), ('x', 1)]
         """
-        if self._deferred is None:
-            return self._snapshot_groups(keys, partition, [])
-        # no deferred job runs meanwhile: the groups' detectors and their waiting jobs agree
-        with self._deferred.held() as pending:
-            self._collect_deferred(self.clock())
-            return self._snapshot_groups(keys, partition, pending)
+        with _gc_paused():
+            if self._deferred is None:
+                return self._snapshot_groups(keys, partition, [])
+            # no deferred job runs meanwhile: the groups' detectors and their waiting jobs agree
+            with self._deferred.held() as pending:
+                self._collect_deferred(self.clock())
+                return self._snapshot_groups(keys, partition, pending)
 
     def _snapshot_groups(self, keys: Set[bytes], partition: Hashable,
                          pending: list[DeferredTask]) -> dict[str, Any]:
@@ -897,6 +901,33 @@ try:
 except ImportError:  # pragma: no cover - a server install has it
     _cramjam = None
     _CODEC = "none"
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a snapshot is built: it makes a tuple
+    for every feedback-join record and a list for every open window (millions on a
+    busy worker), and each allocation threshold then rescans what the engine holds.
+    On a state of 2.3 million join records and 891,000 window events (5 minutes at
+    8,000 events/s), a save's snapshot and groups' share took 0.67-0.82x the CPU with
+    it off (three interleaved pairs: 10.4-10.5 s against 12.7-15.8 s). What is
+    allocated meanwhile is mostly the snapshot itself, freed by reference counting.
+    Re-enabled after only if it was on.
+
+    >>> import gc
+    >>> with _gc_paused():
+    ...     gc.isenabled()
+    False
+    >>> gc.isenabled()
+    True
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _pack(obj: Any) -> bytes:
