@@ -700,7 +700,7 @@ class SignalEngine:
             "events": _pack(list(shared.values())),
             "buffers": buffers,
             "repeat_ids": self._repeat_ids.state(),
-            "join": None if self._join is None else _pack(self._join.snapshot_rows()),
+            "join": None if self._join is None else self._join.packed(_compress),
             "detectors": [
                 [fam, list(g), self._detector_states((fam, g), dets)]
                 for (fam, g), dets in self._instances.items()
@@ -774,7 +774,7 @@ class SignalEngine:
             "events": _pack(list(shared.values())),
             "buffers": buffers,
             "repeat_ids": self._repeat_ids.state(groups),
-            "join": None if self._join is None else _pack(self._join.take_groups(groups)),
+            "join": None if self._join is None else self._join.packed(_compress, groups),
             "detectors": [
                 [fam, list(g), self._detector_states((fam, g), dets)]
                 for (fam, g), dets in self._instances.items() if g in groups
@@ -934,12 +934,16 @@ except ImportError:  # pragma: no cover - a server install has it
     _CODEC = "none"
 
 
+def _compress(blob: bytes) -> bytes:
+    """``blob`` compressed with :data:`_CODEC` (frames of it concatenate into one)."""
+    return blob if _cramjam is None else bytes(_cramjam.zstd.compress(blob, level=1))
+
+
 def _pack(obj: Any) -> bytes:
     """JSON of ``obj``, compressed with :data:`_CODEC`."""
     import orjson
 
-    blob = orjson.dumps(obj)
-    return blob if _cramjam is None else bytes(_cramjam.zstd.compress(blob, level=1))
+    return _compress(orjson.dumps(obj))
 
 
 def _unpack(blob: bytes, codec: str) -> Any:
