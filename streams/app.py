@@ -60,7 +60,7 @@ from llmpulse.streams.otlp_logs import attach_otlp_logs
 from llmpulse.streams.otlp_pool import MappingPool
 from llmpulse.streams.rules import Rules
 from llmpulse.streams.service_health import register_service_health
-from llmpulse.streams.signals import SignalAgents
+from llmpulse.streams.signals import SignalAgents, largest_end
 from llmpulse.streams.sink import RawSink
 from llmpulse.streams.whole import BatchOutcomes, take_whole
 
@@ -350,16 +350,6 @@ def register_ingest(
     ingest.__name__ = f"ingest_{kind}"
     ingest.__qualname__ = ingest.__name__
     app.agent(topic, name=f"llmpulse.ingest_{kind}")(ingest)
-
-
-def largest_end(*ends: int | None) -> int | None:
-    """The end of a partition: the largest of the offsets known for it (None: none known).
-
-    >>> largest_end(63, None, 69), largest_end(None, None), largest_end(5)
-    (69, None, 5)
-    """
-    known = [int(e) for e in ends if e is not None]
-    return max(known) if known else None
 
 
 class IngestLag:

@@ -123,7 +123,7 @@ from llmpulse.streams.state import write_atomic
 from llmpulse.streams.windows import AwaitedSources
 
 __all__ = ["SignalAgents", "awaited", "engine_chunks", "engine_config", "forget_saved_requests",
-           "group_key"]
+           "group_key", "largest_end"]
 
 log = logging.getLogger(__name__)
 
@@ -228,13 +228,17 @@ def _highwater(consumer: Any, tp: Any) -> int | None:
     return None if high is None else int(high)
 
 
-def _larger(a: int | None, b: int | None) -> int | None:
-    """The larger of two offsets, either of which may be unknown.
+def largest_end(*offsets: int | None) -> int | None:
+    """The largest of the offsets known for a partition, any of which may be unknown
+    (None: none known).
 
-    >>> _larger(None, 3), _larger(4, 3), _larger(None, None)
+    >>> largest_end(None, 3), largest_end(4, 3), largest_end(None, None)
     (3, 4, None)
+    >>> largest_end(63, None, 69)
+    69
     """
-    return b if a is None else a if b is None else max(int(a), b)
+    known = [int(o) for o in offsets if o is not None]
+    return max(known) if known else None
 
 
 def unread(view: Mapping[str, Sequence[int | None]],
@@ -1021,7 +1025,7 @@ class SignalAgents:
             if key not in view:
                 continue  # not assigned here: the worker it is assigned to reads it
             pos, high = view[key]
-            view[key] = [pos, _larger(end, high)]
+            view[key] = [pos, largest_end(end, high)]
         self.backlog_view = view  # also what is awaited (:meth:`_holding`)
         return forwarding or bool(unread(view, forwarded=forwarded))
 
@@ -1068,7 +1072,7 @@ class SignalAgents:
         # Tansu answers a ListOffsets for the end with the last record batch's first
         # offset + 1 (12 records in one batch: 1), which tells a batch not yet fetched
         # but not the end within one: the last fetch's high watermark gives that
-        view = self._read_view({tp: _larger(ends.get(tp), _highwater(consumer, tp))
+        view = self._read_view({tp: largest_end(ends.get(tp), _highwater(consumer, tp))
                                 for tp in tps})
         self.backlog_view = view
         behind = unread(view, forwarded=self._forwarded_mine())
@@ -1087,7 +1091,7 @@ class SignalAgents:
         for tp, end in ends.items():
             pos: int | None
             if tp.topic == TOPIC_GROUPED:
-                pos = _larger(held.get(tp.partition), read.get((tp.topic, tp.partition)))
+                pos = largest_end(held.get(tp.partition), read.get((tp.topic, tp.partition)))
             elif tp.topic == TOPIC_INFERENCE:
                 pos = read.get((tp.topic, tp.partition))
             else:
