@@ -144,6 +144,12 @@ class _Record:
             self.extra,
         ]
 
+    def row(self) -> tuple[Any, ...]:
+        """:meth:`to_list` for immediate serialisation: shares the live segment and
+        feedback mappings (cheaper to build; serialise before the record changes)."""
+        return (self.event_id, self.request_id, self.ts, self.group, self.status, self.label,
+                self.segment, self.feedback, self.extra)
+
     @classmethod
     def from_list(cls, row: list[Any]) -> _Record:
         eid, rid, ts, g, status, label, segment, feedback = row[:8]
@@ -500,12 +506,11 @@ class FeedbackJoin:
     def snapshot_rows(self) -> dict[str, Any]:
         """:meth:`snapshot` for immediate serialisation: the same JSON, with
         records as tuples that share the live segment and feedback mappings
-        (cheaper to build; serialise before the join changes)."""
+        (cheaper to build; serialise before the join changes). Saves write
+        :meth:`packed`, which must read back as this (tests compare the two)."""
         state = self._snapshot_meta()
         state["records"] = [
-            (r.event_id, r.request_id, r.ts, r.group, r.status, r.label, r.segment, r.feedback,
-             r.extra)
-            for recs in self._windows.values() for r in recs
+            r.row() for recs in self._windows.values() for r in recs
         ]
         return state
 
@@ -556,8 +561,7 @@ class FeedbackJoin:
         for key in keys:
             frame = frames.get(key)
             if frame is None:
-                rows = [(r.event_id, r.request_id, r.ts, r.group, r.status, r.label, r.segment,
-                         r.feedback, r.extra) for r in self._windows[key]]
+                rows = [r.row() for r in self._windows[key]]
                 frame = frames[key] = compress(orjson.dumps(rows)[1:-1]) if rows else b""
             if not frame:
                 continue
@@ -585,9 +589,8 @@ class FeedbackJoin:
         """The records of ``groups`` with their kept responses, their windows
         awaiting a re-emission and the close threshold (a partition's share; see
         :meth:`merge_groups`). Waiting feedback names no group and stays."""
-        records = [(r.event_id, r.request_id, r.ts, r.group, r.status, r.label, r.segment,
-                    r.feedback, r.extra)
-                   for key, recs in self._windows.items() if key[0] in groups for r in recs]
+        records = [r.row() for key, recs in self._windows.items() if key[0] in groups
+                   for r in recs]
         rids = {row[1] for row in records}
         return {
             "records": records,

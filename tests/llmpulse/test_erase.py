@@ -295,6 +295,7 @@ def test_windows_and_join_forget_erased_requests() -> None:
         windows.add(g, ev)
         join.add_inference(g, ev)
     join.add_feedback({"request_id": "r9", "ts": 2_000, "score": 1.0})  # waiting for r9
+    assert b'"r1"' in join.packed(lambda b: b)  # a save packed the window before the erasure
     assert windows.forget({"r1", "r2"}) == 2
     assert join.forget({"r1", "r9"}) == 2
     assert join.forget({"r1", "r9"}) == 0
@@ -304,3 +305,6 @@ def test_windows_and_join_forget_erased_requests() -> None:
     assert sorted(r[1] for r in rows) == ["r0", "r2", "r3"] and join.snapshot()["pending"] == []
     assert "answer 1 " not in str(join.snapshot_rows())  # nor its answer, kept for scoring
     assert "answer 0 " in str(join.snapshot_rows())
+    saved = join.packed(lambda b: b)  # what the next save writes forgets them too
+    assert b'"r1"' not in saved and b"answer 1 " not in saved and b'"r9"' not in saved
+    assert b"answer 0 " in saved

@@ -12,20 +12,12 @@ from typing import Any
 import orjson
 import pytest
 
-from llmpulse.streams.engine import _compress, _unpack
+from llmpulse.streams.engine import _CODEC, _compress, _unpack
 from llmpulse.streams.join import FeedbackJoin
 from llmpulse.streams.windows import WindowSpec
 
 GROUPS = [("app", "m1", "1"), ("app", "m2", "1"), ("other", "m1", "2")]
-CODECS = [("none", lambda b: b), ("engine", _compress)]
-
-
-def _codec_name(compress: Any) -> str:
-    return "zstd" if compress is _compress and _compress(b"x") != b"x" else "none"
-
-
-def _read(blob: bytes, compress: Any) -> Any:
-    return _unpack(blob, _codec_name(compress))
+CODECS = [("none", lambda b: b), (_CODEC, _compress)]  # uncompressed, and the engine's
 
 
 def _json(obj: Any) -> Any:
@@ -87,16 +79,19 @@ def _random_ops(join: FeedbackJoin, rng: random.Random, steps: int, check: Any) 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
 @pytest.mark.parametrize("codec", CODECS, ids=[c[0] for c in CODECS])
 def test_packed_state_reads_as_the_state_of_every_record(seed: int, codec: Any) -> None:
-    _, compress = codec
+    name, compress = codec
+
+    def _read(blob: bytes) -> Any:
+        return _unpack(blob, name)
     rng = random.Random(seed)
     join = FeedbackJoin(WindowSpec(20, 10), horizon_s=120, max_pending=50, max_responses=40)
     checks = [0]
     most = [0]
 
     def check() -> None:
-        assert _read(join.packed(compress), compress) == _json(join.snapshot_rows())
+        assert _read(join.packed(compress)) == _json(join.snapshot_rows())
         for g in GROUPS[: rng.randint(1, 3)]:
-            got = _read(join.packed(compress, {g}), compress)
+            got = _read(join.packed(compress, {g}))
             want = _json(join.take_groups({g}))
             # responses: of the requests whose latest record is in the group (a request
             # id used again in another group takes its response along; take_groups gave
