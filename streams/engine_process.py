@@ -42,8 +42,9 @@ hung: it is killed and the call raises, so the worker stops (``llmpulse up`` exi
 70) and its restart replays, instead of a worker whose signals stalled with no error.
 Far above the window closes seen in this project's runs (seconds). The longest calls
 measured are a large state's save and restore: a 192 MB state took 5-6 s of CPU to
-save and 12-13 s to restore, and its saves up to 76 s under overload (README,
-"What a stop or a crash keeps")."""
+save and 12-13 s to restore; its saves took up to 76 s under overload, before saves
+packed the join by window and paused the collector (README, "What a stop or a
+crash keeps")."""
 
 Chunk = tuple[Hashable, bytes]
 """(watermark source, newline-delimited events: inferences and feedback mixed)."""
