@@ -1222,6 +1222,8 @@ class SignalAgents:
         out["engine"] = self.engine_stats
         out["backlog"] = dict(self.backlog_view)
         out["forwarding"] = self._forwarding
+        # windows wait during a rebalance and idle_s after it (RebalanceHold)
+        out["rebalance_holds"] = self.rebalance.holds()
         if self.state_log is not None:
             # reads of the changelog that met an end of partition older than its end offset
             out["changelog_stale_ends"] = self.state_log.stale_ends

@@ -10,8 +10,10 @@ directory in one process, where a deployment shares one ClickHouse):
   Sustained rate = events the workers' signal engines took in, per second,
   from the first send until they had every one; freshness = first
   ``computed_at`` of a window minus its end, over the windows that closed
-  while traffic flowed; CPU (user + system) per event of the workers' process
-  trees (``up`` and its engine process) and of everything (workers, the three
+  while traffic flowed, sent once the workers' rebalance hold ended (windows
+  wait ``idle_s`` after each rebalance, :mod:`llmpulse.streams.rebalance_hold`:
+  a start-up cost, reported as ``settle_s``, not a steady state's); CPU (user +
+  system) per event of the workers' process trees (``up`` and its engine process) and of everything (workers, the three
   brokers and the S3 server; the sender in this process is not counted),
   idle time included. On 2 cores throughput cannot grow with workers: the
   figure to watch is CPU per event, which should stay flat.
@@ -100,6 +102,12 @@ def _taken(workers: list[Any]) -> int:
                for w in workers)
 
 
+def _settled(workers: list[Any]) -> bool:
+    """Whether no worker's windows wait on a rebalance (the hold after the group formed)."""
+    return not any(stack_stats(w.http).get("signals", {}).get("rebalance_holds", True)
+                   for w in workers)
+
+
 def _freshness(workers: list[Any], app: str, t_start: float, t_end: float) -> dict[str, Any]:
     """Per window length: windows that closed while traffic flowed, and how long after
     their end each was first computed (the first of any worker's stores)."""
@@ -147,6 +155,9 @@ def _scaling_case(root: Path, n: int, pool: list[dict[str, Any]], rate: float,
                 mon.inference(**ev)
             mon.flush(60)
             wait_for(lambda: _taken(workers) >= 200, 180, "the engines to take the first events")
+            t_settle = time.monotonic()
+            wait_for(lambda: _settled(workers), 180, "the rebalance hold to end")
+            settle_s = time.monotonic() - t_settle
             base = _taken(workers)
             pids = [w.pid for w in workers if w.pid is not None]
             others = [int(p) for p in [s3.pid, *(b.pid for b in cluster.brokers)] if p]
@@ -180,7 +191,8 @@ def _scaling_case(root: Path, n: int, pool: list[dict[str, Any]], rate: float,
         "workers": n, "offered_per_s": rate, "seconds": seconds, "sent": sent,
         "send_per_s": sent / send_s, "engine_events": taken,
         "sustained_per_s": taken / drained_s, "drain_s_after_send": drained_s - send_s,
-        "freshness": fresh, "worker_cpu_s": worker_cpu, "all_cpu_s": worker_cpu + other,
+        "freshness": fresh, "settle_s": settle_s,
+        "worker_cpu_s": worker_cpu, "all_cpu_s": worker_cpu + other,
         "worker_cpu_us_per_event": worker_cpu / max(taken, 1) * 1e6,
         "all_cpu_us_per_event": (worker_cpu + other) / max(taken, 1) * 1e6,
         "late_dropped": sum(int(e.get("late_dropped", 0)) for e in engines),
