@@ -72,6 +72,7 @@ __all__ = [
     "Groundedness",
     "GroundednessScorer",
     "SentenceCheck",
+    "clear_caches",
 ]
 
 FEATURES: tuple[str, ...] = (
@@ -215,24 +216,36 @@ class _Unit:
     clauses only when the sentence is a candidate for some answer clause
     (they cost most of the preprocessing, and most sentences never are)."""
 
-    __slots__ = ("stems", "text", "words")
+    __slots__ = ("_clauses", "_conditions", "_specifics", "stems", "text", "words")
 
     def __init__(self, text: str) -> None:
         self.text = text
         self.stems = frozenset(tx.content_stems(text))
         self.words = frozenset(_WORDS.findall(tx.normalise(text).lower()))
+        self._specifics: tuple[tx.Specific, ...] | None = None
+        self._conditions: frozenset[str] | None = None
+        self._clauses: tuple[tuple[frozenset[str], bool], ...] | None = None
+
+    # each read once per unit, kept: a context sentence is aligned with every
+    # answer sentence and clause, so the same unit is read many times per answer
 
     @property
     def specifics(self) -> tuple[tx.Specific, ...]:
-        return tuple(tx.specifics(self.text))
+        if self._specifics is None:
+            self._specifics = tuple(tx.specifics(self.text))
+        return self._specifics
 
     @property
     def conditions(self) -> frozenset[str]:
-        return frozenset(tx.conditions(self.text))
+        if self._conditions is None:
+            self._conditions = frozenset(tx.conditions(self.text))
+        return self._conditions
 
     @property
     def clauses(self) -> tuple[tuple[frozenset[str], bool], ...]:
-        return _clauses(self.text)
+        if self._clauses is None:
+            self._clauses = _clauses(self.text)
+        return self._clauses
 
 
 @lru_cache(maxsize=16384)
@@ -284,16 +297,31 @@ def _select(sents: tuple[str, ...], response: str, limit: int) -> tuple[str, ...
     return tuple(sents[i] for i in keep)
 
 
+@lru_cache(maxsize=16384)
+def _name_words(name: str) -> tuple[tuple[str, ...], frozenset[str], str]:
+    """An entity name's words, as a set, and their initials ("united states": "us")."""
+    parts = tuple(_WORDS.findall(name))
+    return parts, frozenset(parts), "".join(p[0] for p in parts)
+
+
+def clear_caches() -> None:
+    """Forget every cached piece of text analysis (a cold start: the speed
+    benchmark measures scoring with contexts never seen)."""
+    for f in (_context, _context_sentences, _clauses, _name_words, tx._sentences, tx._content,
+              tx._specifics, tx._conditions, tx._poles, tx._negated_roots):
+        f.cache_clear()
+
+
 def _backed(spec: tx.Specific, evidence: Sequence[tx.Specific], words: frozenset[str]) -> bool:
     if spec.kind == "entity":
-        parts = _WORDS.findall(str(spec.key[1]))
-        if set(parts) <= words:
+        parts, part_set, initials = _name_words(str(spec.key[1]))
+        if part_set <= words:
             return True
         # "CET" and "Central European Time", "US" and "United States"
-        if len(parts) > 1 and "".join(p[0] for p in parts) in words:
+        if len(parts) > 1 and initials in words:
             return True
         return any(
-            e.kind == "entity" and "".join(p[0] for p in _WORDS.findall(str(e.key[1]))) == parts[0]
+            e.kind == "entity" and _name_words(str(e.key[1]))[2] == parts[0]
             for e in evidence
         ) if len(parts) == 1 else False
     return any(tx.supports(spec, e) for e in evidence)
@@ -303,7 +331,10 @@ def _alignment(stems: frozenset[str], specs: Sequence[tx.Specific], unit: _Unit)
     total = len(stems) + len(specs)
     if total == 0:
         return 1.0
-    hit = len(stems & unit.stems) + sum(_backed(s, unit.specifics, unit.words) for s in specs)
+    hit = len(stems & unit.stems)
+    if specs:
+        evidence, words = unit.specifics, unit.words
+        hit += sum(_backed(s, evidence, words) for s in specs)
     return hit / total
 
 
@@ -312,11 +343,12 @@ def _best(stems: frozenset[str], specs: Sequence[tx.Specific], ctx: _Context) ->
     if len(units) > _CANDIDATES and stems:
         # only the sentences sharing most words are aligned in full: the
         # alignment checks every specific, the pre-selection one set operation
-        shared = np.fromiter((len(stems & u.stems) for u in units), dtype=np.int64, count=len(units))
-        top = np.argsort(-shared, kind="stable")[:_CANDIDATES]
+        # (plain Python: a few dozen numbers, where numpy's per-call cost dominates)
+        shared = [len(stems & u.stems) for u in units]
+        top = sorted(range(len(units)), key=lambda i: -shared[i])[:_CANDIDATES]  # stable
         units = tuple(units[i] for i in top)
     scores = [_alignment(stems, specs, u) for u in units]
-    best = int(np.argmax(scores))
+    best = max(range(len(scores)), key=scores.__getitem__)  # the first of the best
     return units[best], scores[best]
 
 
@@ -344,10 +376,12 @@ def _check(sentence: str, ctx: _Context) -> SentenceCheck:
     # moved from one context sentence to another is caught.
     parts = tx.clauses(sentence)
     for clause in parts if len(parts) > 1 else [sentence]:
-        c_stems = frozenset(tx.content_stems(clause))
-        c_specs = tx.specifics(clause)
+        whole = clause == sentence
+        c_stems = stems if whole else frozenset(tx.content_stems(clause))
+        c_specs = specs if whole else tx.specifics(clause)
         if len(c_stems) >= 2:
-            c_unit, _ = _best(c_stems, c_specs, ctx)
+            # the whole sentence's best sentence is already known
+            c_unit = unit if whole else _best(c_stems, c_specs, ctx)[0]
             min_clause_recall = min(min_clause_recall, len(c_stems & ctx.stems) / len(c_stems))
         else:
             c_unit = unit

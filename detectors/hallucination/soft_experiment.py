@@ -351,9 +351,7 @@ def speed(pairs: Sequence[tuple[str, list[str]]], vecs: StaticVectors) -> dict[s
         vecs.vectors([w for s in tx.sentences(a + " " + " ".join(c)) for w, _ in content_words(s)])
 
     def clear() -> None:
-        for f in (groundedness._context, groundedness._context_sentences, groundedness._clauses, tx._sentences,
-                  tx._content, tx._specifics, tx._conditions, tx._poles):
-            f.cache_clear()
+        groundedness.clear_caches()
 
     clear()
     t0 = time.process_time()

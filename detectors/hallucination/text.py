@@ -484,12 +484,21 @@ def _specifics(sentence: str) -> tuple[Specific, ...]:
     found: list[tuple[int, Specific]] = []
     masked = text
     for kind, pattern in _PATTERNS:
+        # each match is blanked out for the patterns after it: the pieces between
+        # the matches, and spaces for the matches (what ``pattern.sub`` would give,
+        # in the same scan)
+        pieces: list[str] = []
+        last = 0
         for m in pattern.finditer(masked):
             spec = _make(kind, m)
-            if spec is None:
-                continue
-            found.append((m.start(), spec))
-        masked = pattern.sub(lambda m: " " * len(m.group(0)), masked)
+            if spec is not None:
+                found.append((m.start(), spec))
+            lo, hi = m.span()
+            pieces += (masked[last:lo], " " * (hi - lo))
+            last = hi
+        if pieces:
+            pieces.append(masked[last:])
+            masked = "".join(pieces)
     start = len(_LEADING.match(masked).group(0))  # type: ignore[union-attr]
     run: list[str] = []
     run_start = -1
@@ -616,6 +625,12 @@ def _poles(words: frozenset[str]) -> frozenset[str]:
     )
 
 
+@lru_cache(maxsize=16384)
+def _negated_roots(words: frozenset[str]) -> frozenset[str]:
+    """What the words are with a negating prefix taken off ("unused": "used")."""
+    return frozenset(w[len(p):] for w in words for p in _NEG_PREFIXES if w.startswith(p))
+
+
 def antonyms(claim: frozenset[str], evidence: frozenset[str]) -> list[tuple[str, str]]:
     """Word pairs where the claim says one pole and the evidence the other.
 
@@ -631,13 +646,15 @@ def antonyms(claim: frozenset[str], evidence: frozenset[str]) -> list[tuple[str,
     """
     found: list[tuple[str, str]] = []
     pc, pe = _poles(claim), _poles(evidence)
-    for a, b in _ANTONYMS:
-        for x, y in ((a, b), (b, a)):
-            if x in pc and y in pe and y not in pc and x not in pe:
-                found.append((x.lstrip("="), y.lstrip("=")))
+    if not pc <= pe and not pe <= pc:  # a pole on each side the other side lacks
+        for a, b in _ANTONYMS:
+            for x, y in ((a, b), (b, a)):
+                if x in pc and y in pe and y not in pc and x not in pe:
+                    found.append((x.lstrip("="), y.lstrip("=")))
+    roots = _negated_roots(evidence)
     for w in claim - evidence:
-        if len(w) < 4:
-            continue
+        if len(w) < 4 or (w not in roots and not w.startswith(_NEG_PREFIXES)):
+            continue  # no evidence word is w negated, and w is no negated word
         for p in _NEG_PREFIXES:
             if (p + w in evidence and p + w not in claim) or (
                 w.startswith(p) and len(w) - len(p) >= 4 and w[len(p):] in evidence

@@ -93,14 +93,10 @@ def _speed(pairs: list[tuple[str, list[str]]]) -> float:
     is used rather than wall time so that other load on the machine does not
     count against the figure.
     """
-    from llmpulse.detectors.hallucination import groundedness
-    from llmpulse.detectors.hallucination import text as tx
-    from llmpulse.detectors.hallucination.groundedness import GroundednessScorer
+    from llmpulse.detectors.hallucination.groundedness import GroundednessScorer, clear_caches
 
     scorer = GroundednessScorer()
-    for f in (groundedness._context, groundedness._context_sentences, groundedness._clauses, tx._sentences, tx._content,
-              tx._specifics, tx._conditions, tx._poles):
-        f.cache_clear()
+    clear_caches()
     t0 = time.process_time()
     for answer, context in pairs:
         scorer.score(answer, context)

@@ -572,3 +572,38 @@ def test_default_backstop_rule_fires_on_a_majority_without_baseline() -> None:
     assert rule.evaluate(first["hallucination.ungrounded_share"]) is Verdict.BREACH
     healthy = {s.signal: s for s in HallucinationSignals().update(_window(0, 60))}
     assert rule.evaluate(healthy["hallucination.ungrounded_share"]) is Verdict.HEALTHY
+
+
+def _antonyms_plainly(claim: frozenset[str], evidence: frozenset[str]) -> list[tuple[str, str]]:
+    """:func:`tx.antonyms` as its docstring states it, with no shortcut: every
+    antonym pair both ways, then every claim word against every negating prefix."""
+    pc, pe = tx._poles(claim), tx._poles(evidence)
+    found = [(x.lstrip("="), y.lstrip("=")) for a, b in tx._ANTONYMS for x, y in ((a, b), (b, a))
+             if x in pc and y in pe and y not in pc and x not in pe]
+    for w in claim - evidence:
+        for p in tx._NEG_PREFIXES if len(w) >= 4 else ():
+            if (p + w in evidence and p + w not in claim) or (
+                    w.startswith(p) and len(w) - len(p) >= 4 and w[len(p):] in evidence):
+                found.append((w, p + w if p + w in evidence else w[len(p):]))
+                break
+    return found
+
+
+def test_antonyms_shortcuts_find_what_checking_every_pair_finds() -> None:
+    # the pole and negated-root shortcuts skip work, never a finding: random word sets
+    # rich in opposites and negated forms, against the rule spelled out in full
+    rng = np.random.default_rng(5)
+    vocab = ["open", "closed", "used", "unused", "available", "unavailable", "include",
+             "excluded", "with", "without", "more", "less", "free", "paid", "unpaid", "legal",
+             "illegal", "possible", "impossible", "regular", "irregular", "connect",
+             "disconnect", "able", "unable", "profit", "nonprofit", "non-profit", "first",
+             "last", "online", "offline", "in-person", "high", "lower", "secure", "insecure",
+             "direct", "indirect", "refund", "the"]
+    found = 0
+    for _ in range(5_000):
+        claim = frozenset(rng.choice(vocab, rng.integers(0, 8), replace=False).tolist())
+        evidence = frozenset(rng.choice(vocab, rng.integers(0, 8), replace=False).tolist())
+        want = _antonyms_plainly(claim, evidence)
+        assert tx.antonyms(claim, evidence) == want, (claim, evidence)
+        found += bool(want)
+    assert found > 500  # the sets do exercise both rules
