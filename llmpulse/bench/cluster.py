@@ -13,9 +13,9 @@ directory in one process, where a deployment shares one ClickHouse):
   while traffic flowed, sent once the workers' rebalance hold ended (windows
   wait ``idle_s`` after each rebalance, :mod:`llmpulse.streams.rebalance_hold`:
   a start-up cost, reported as ``settle_s``, not a steady state's); CPU (user +
-  system) per event of the workers' process trees (``up`` and its engine process) and of everything (workers, the three
-  brokers and the S3 server; the sender in this process is not counted),
-  idle time included. On 2 cores throughput cannot grow with workers: the
+  system) per event of the workers' process trees (``up`` and its engine
+  process) and of everything (workers, the three brokers and the S3 server;
+  the sender in this process is not counted), idle time included. On 2 cores throughput cannot grow with workers: the
   figure to watch is CPU per event, which should stay flat.
 * **faults** (:mod:`llmpulse.bench.fault`, each against an undisturbed run of
   the same seeded replay): ``broker`` (kill -9 of a broker, restarted),
