@@ -36,10 +36,37 @@ True
 >>> now[0] = 130.0
 >>> hold.holds()
 False
+
+**A pause is a rebalance this worker did not see.** A worker that did not run for
+longer than its session timeout (SIGSTOP, a host or VM frozen, an event loop blocked)
+missed its heartbeats: the group has moved or is moving its partitions. When it runs
+again its sources have been silent for as long as it was stopped, and the high water
+marks it knows are those of its last fetches, from before the pause, so nothing shows
+the events that arrived meanwhile. Until the group tells it its partitions went
+elsewhere (a heartbeat later), its timer would close windows by wall time as if every
+source were idle, and write partial rows over their new owners' (a stale writer).
+A timer of the event loop calls :meth:`beat` twice a second: a gap longer than
+``pause_s`` (the session timeout) starts a hold, as an assignment does, so the silence
+counts from the moment it runs again. A busy engine does not count (its thread is not
+the loop's). A window poll that runs before that beat, or whose engine call comes
+after a pause inside it, sees :meth:`stalled` and waits too.
+
+>>> hold = RebalanceHold(30.0, clock=lambda: now[0], pause_s=6.0)
+>>> now[0] = 200.0; hold.beat()
+False
+>>> now[0] = 200.5; hold.beat(), hold.holds()   # on time
+(False, False)
+>>> now[0] = 240.5; hold.stalled()              # stopped 40 s: a poll now must wait
+True
+>>> hold.beat(), hold.holds(), hold.pauses
+(True, True, 1)
+>>> now[0] = 270.5; hold.holds()
+False
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -50,11 +77,16 @@ class RebalanceHold:
     """Whether a rebalance is in progress or ended less than ``idle_s`` ago (see the
     module docstring); ``clock``: seconds, monotonic."""
 
-    def __init__(self, idle_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, idle_s: float, clock: Callable[[], float] = time.monotonic,
+                 pause_s: float = math.inf) -> None:
         self.idle_s = float(idle_s)
+        self.pause_s = float(pause_s)
         self._clock = clock
         self._rebalancing = False
         self._assigned_at: float | None = None
+        self._last_beat: float | None = None
+        self.pauses = 0
+        """Gaps longer than ``pause_s`` between beats."""
 
     def revoked(self) -> None:
         """A rebalance started (partitions revoked)."""
@@ -64,6 +96,23 @@ class RebalanceHold:
         """A rebalance ended (partitions assigned, maybe none)."""
         self._rebalancing = False
         self._assigned_at = self._clock()
+
+    def beat(self) -> bool:
+        """The event loop ran: whether it had not for more than ``pause_s`` (then a
+        hold starts, as at an assignment)."""
+        now = self._clock()
+        last, self._last_beat = self._last_beat, now
+        if last is None or now - last <= self.pause_s:
+            return False
+        self.pauses += 1
+        self._assigned_at = now if self._assigned_at is None else max(self._assigned_at, now)
+        return True
+
+    def stalled(self) -> bool:
+        """Whether the last beat is more than ``pause_s`` old (a pause the next beat
+        will find; read from any thread)."""
+        last = self._last_beat
+        return last is not None and self._clock() - last > self.pause_s
 
     def holds(self) -> bool:
         if self._rebalancing:

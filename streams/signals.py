@@ -137,6 +137,8 @@ IDLE_S = 30.0
 END_OFFSETS_TIMEOUT_S = 5.0
 """How long a window poll waits for the broker's end offsets before taking its silence
 as a backlog not yet seen (windows wait) rather than as idleness."""
+HEARTBEAT_S = 0.5
+"""How often the event loop notes that it runs (:meth:`RebalanceHold.beat`)."""
 EMITTING_WAIT_S = 5.0
 """How long a hand-off waits for signals polled before its engine snapshot to reach the
 consumers, so that the alert states handed with it have seen them."""
@@ -463,7 +465,10 @@ class SignalAgents:
         self.last_signals_at = 0.0
         self.last_health = time.monotonic()
         # a rebalance and idle_s after it count as a backlog (moved inference partitions)
-        self.rebalance = RebalanceHold(float(engine_kwargs.get("idle_s") or IDLE_S))
+        # and so does a pause of this worker past its session timeout (a rebalance it
+        # did not see; it would write partial windows as a stale writer otherwise)
+        self.rebalance = RebalanceHold(float(engine_kwargs.get("idle_s") or IDLE_S),
+                                       pause_s=float(settings.session_timeout_s))
         self.engine_stats: dict[str, Any] = {}
         #: the last backlog decision's inputs: "topic:partition" -> [position, end offset]
         self.backlog_view: dict[str, list[int | None]] = {}
@@ -597,6 +602,10 @@ class SignalAgents:
         async def poll_windows() -> None:
             await self.tick()
 
+        @app.timer(HEARTBEAT_S)
+        async def heartbeat() -> None:
+            self._beat()
+
         if cfg.snapshot_s > 0:
             @app.timer(cfg.snapshot_s)
             async def save_state() -> None:
@@ -650,6 +659,13 @@ class SignalAgents:
             current = await asyncio.to_thread(source)
             await asyncio.get_running_loop().run_in_executor(self._exec, self._check_log, current)
 
+    def _beat(self) -> None:
+        """The event loop ran (:meth:`RebalanceHold.beat`): a pause is logged."""
+        if self.rebalance.beat():
+            log.warning("signals: this worker did not run for more than its session timeout "
+                        "(%.0f s): its partitions may have moved; windows wait %.0f s as after "
+                        "a rebalance", self.rebalance.pause_s, self.rebalance.idle_s)
+
     async def tick(self) -> None:
         """The window timer's body: poll the engine and emit what closed, route
         waiting feedback, add the health signals when due."""
@@ -664,8 +680,10 @@ class SignalAgents:
             # are in (an assignment can take longer than ``idle_s`` on a loaded cluster)
             backlog = True
             self.counters["polls_unassigned"] += 1
-        elif not backlog and self.rebalance.holds():
-            backlog = True  # a moved partition's new owner may not have forwarded yet
+        elif not backlog and (self.rebalance.holds() or self.rebalance.stalled()):
+            # a moved partition's new owner may not have forwarded yet (stalled: this
+            # worker did not run past its session timeout; the next beat starts a hold)
+            backlog = True
             self.counters["polls_held_by_rebalance"] += 1
         elif not backlog and self.backlog == self._consumer_backlog and self._may_be_idle():
             backlog = await self._end_offsets_backlog()
@@ -1104,6 +1122,8 @@ class SignalAgents:
         # so the event loop never waits on the engine for them
         if self._closed:
             return []
+        if not backlog and (self.rebalance.stalled() or self.rebalance.holds()):
+            backlog = True  # stopped since the tick began: silence is no idleness yet
         signals = self.engine.poll(backlog=backlog, hold=hold)
         self.engine_stats = self.engine.stats()
         return signals
@@ -1224,6 +1244,7 @@ class SignalAgents:
         out["forwarding"] = self._forwarding
         # windows wait during a rebalance and idle_s after it (RebalanceHold)
         out["rebalance_holds"] = self.rebalance.holds()
+        out["pauses_seen"] = self.rebalance.pauses  # holds after a pause past the session timeout
         if self.state_log is not None:
             # reads of the changelog that met an end of partition older than its end offset
             out["changelog_stale_ends"] = self.state_log.stale_ends

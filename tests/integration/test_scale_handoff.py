@@ -354,3 +354,6 @@ def test_a_worker_paused_past_its_session_timeout_changes_no_signal(stack_factor
     # closed with the event in it is a repeat, not a late event
     for name, st in (("a", a_stats), ("b", b_stats)):
         assert st["engine"]["late_dropped"] == 0, (name, st["engine"]["late_dropped_by_group"])
+    # B's event loop saw its own pause and held its windows as after a rebalance, so
+    # as a stale writer it wrote no window it had only part of
+    assert b_stats["pauses_seen"] >= 1, b_stats

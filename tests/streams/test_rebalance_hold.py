@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from llmpulse.store import Store
 from llmpulse.streams.rebalance_hold import RebalanceHold
 from tests.streams.test_idle_backlog import START_MS, _batch, _event, _forwarding_agents
@@ -61,3 +63,72 @@ async def test_a_partition_moved_in_a_rebalance_is_waited_for(tmp_path: Path) ->
     assert [(s.ts, s.n) for s in closed] == [((START_MS + 10_000) / 1000, 10),
                                              ((START_MS + 20_000) / 1000, 10),
                                              ((START_MS + 30_000) / 1000, 7)]
+
+
+@pytest.mark.parametrize("where", ["before the beat", "after the beat", "inside a poll"])
+async def test_a_worker_that_did_not_run_past_its_session_timeout_waits_before_closing(
+        tmp_path: Path, where: str) -> None:
+    # A worker stopped (SIGSTOP, a frozen host) for 40 s, past its 6 s session timeout and
+    # the engine's 30 s idle time: when it runs again every source has been silent for
+    # 40 s and it knows no high water mark newer than its last fetch. Its first window
+    # poll must not take that silence for idleness and close the window with the part
+    # it had: the rest was written meanwhile, and its group may have given its
+    # partitions to another worker (whose rows the partial ones would replace). After
+    # the pause the window timer may run before the heartbeat timer or after it, or the
+    # pause may fall inside a poll.
+    store = Store.open(f"chdb://{tmp_path}/store")
+    now = [1_000.0]
+    try:
+        agents, engine, grouped, closed = _forwarding_agents(tmp_path, store, now)
+        agents.rebalance = RebalanceHold(30.0, clock=lambda: now[0], pause_s=6.0)
+
+        async def forward(first: int, n: int, partition: int, offset: int) -> None:
+            events = [_event(i, START_MS + 1_000 * i) for i in range(first, first + n)]
+            await agents.forward_inference(_batch(events, partition, offset), set())
+            await agents.take(grouped.acknowledge())
+
+        async def second() -> None:  # one second of a running worker: both timers
+            now[0] += 1.0
+            agents._beat()
+            await agents.tick()
+
+        await forward(0, 2, partition=0, offset=0)
+        await forward(2, 2, partition=1, offset=0)
+        await second()
+        await second()
+        if where == "before the beat":
+            now[0] += 40.0  # stopped
+            await agents.tick()
+            agents._beat()
+        elif where == "after the beat":
+            now[0] += 40.0
+            agents._beat()
+            await agents.tick()
+        else:
+            # stopped after the tick began, before its engine poll
+            holding = agents._holding
+
+            def stopped_here(backlog: bool) -> bool:
+                now[0] += 40.0
+                return holding(backlog)
+
+            agents._holding = stopped_here  # type: ignore[method-assign]
+            await agents.tick()
+            agents._holding = holding  # type: ignore[method-assign]
+            agents._beat()
+        after_pause = list(closed)
+        # running again: the events written meanwhile are fetched, 4-12 s
+        await forward(4, 4, partition=0, offset=1)
+        await forward(8, 5, partition=1, offset=1)
+        for _ in range(32):  # the stream really stopped: the end
+            await second()
+        stats = engine.stats()
+        paused = agents.stats().get("pauses_seen", 0)
+        await agents.close()
+    finally:
+        store.close()
+    assert after_pause == []  # before the change: the window [0, 10 s) closed with 4 events
+    assert paused == 1
+    assert stats["late_dropped"] == 0, stats["late_dropped_by_group"]
+    assert [(s.ts, s.n) for s in closed] == [((START_MS + 10_000) / 1000, 10),
+                                             ((START_MS + 20_000) / 1000, 3)]
