@@ -56,12 +56,15 @@ after a pause inside it, sees :meth:`stalled` and waits too.
 False
 >>> now[0] = 200.5; hold.beat(), hold.holds()   # on time
 (False, False)
->>> now[0] = 240.5; hold.stalled()              # stopped 40 s: a poll now must wait
-True
+>>> now[0] = 240.5; hold.stalled(), hold.holds()   # stopped 40 s: a poll now must wait
+(True, True)
 >>> hold.beat(), hold.holds(), hold.pauses
 (True, True, 1)
->>> now[0] = 270.5; hold.holds()
-False
+>>> for t in range(241, 271):   # running again, beating twice a second
+...     for half in (0.0, 0.5):
+...         now[0] = t + half; _ = hold.beat()
+>>> hold.holds(), hold.pauses
+(False, 1)
 """
 
 from __future__ import annotations
@@ -115,6 +118,8 @@ class RebalanceHold:
         return last is not None and self._clock() - last > self.pause_s
 
     def holds(self) -> bool:
-        if self._rebalancing:
+        """Whether windows wait: a rebalance in progress or less than ``idle_s`` past,
+        or a pause not yet beaten (:meth:`stalled`)."""
+        if self._rebalancing or self.stalled():
             return True
         return self._assigned_at is not None and self._clock() - self._assigned_at < self.idle_s

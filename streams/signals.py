@@ -680,9 +680,9 @@ class SignalAgents:
             # are in (an assignment can take longer than ``idle_s`` on a loaded cluster)
             backlog = True
             self.counters["polls_unassigned"] += 1
-        elif not backlog and (self.rebalance.holds() or self.rebalance.stalled()):
-            # a moved partition's new owner may not have forwarded yet (stalled: this
-            # worker did not run past its session timeout; the next beat starts a hold)
+        elif not backlog and self.rebalance.holds():
+            # a moved partition's new owner may not have forwarded yet (or this worker
+            # did not run past its session timeout: a rebalance it did not see)
             backlog = True
             self.counters["polls_held_by_rebalance"] += 1
         elif not backlog and self.backlog == self._consumer_backlog and self._may_be_idle():
@@ -1122,7 +1122,7 @@ class SignalAgents:
         # so the event loop never waits on the engine for them
         if self._closed:
             return []
-        if not backlog and (self.rebalance.stalled() or self.rebalance.holds()):
+        if not backlog and self.rebalance.holds():
             backlog = True  # stopped since the tick began: silence is no idleness yet
         signals = self.engine.poll(backlog=backlog, hold=hold)
         self.engine_stats = self.engine.stats()
