@@ -51,6 +51,7 @@ from llmpulse.streams.admin import register_audit_agent, register_erase
 from llmpulse.streams.agent_traces import AgentTraceSettings, TraceWindows, attach_agent_signals
 from llmpulse.streams.alerting import AlertLinker
 from llmpulse.streams.alerts_agent import AlertAgent, load_rules
+from llmpulse.streams.catch_up import GroupProgress
 from llmpulse.streams.deployments import register_command_deployments, register_retrain_completion
 from llmpulse.streams.handoff import EngineStateLog
 from llmpulse.streams.ingest import DeadLetter, IngestBatch, Message, split_batch
@@ -655,7 +656,10 @@ def build_pipeline(
                                                         security=settings.kafka_security),
                               state_log=EngineStateLog(bootstrap,
                                                        partitions=settings.ingest.partitions,
-                                                       security=settings.kafka_security))
+                                                       security=settings.kafka_security),
+                              progress=GroupProgress(bootstrap, app.conf.id, TOPIC_INFERENCE,
+                                                     settings.ingest.partitions,
+                                                     security=settings.kafka_security))
         alert_agent = AlertAgent(
             app, rules if rules is not None else load_rules(settings.rules), sink,
             state_dir=settings.data_dir / "worker",

@@ -37,6 +37,33 @@ True
 >>> hold.holds()
 False
 
+The hold need not last ``idle_s`` once the group has forwarded what the moved
+partitions held (:mod:`llmpulse.streams.catch_up`, read by the worker): :meth:`end`
+ends the hold that follows one assignment, and only that one.
+
+>>> hold.revoked(); hold.assigned(); now[0] = 134.0
+>>> first = hold.assignment
+>>> hold.revoked(); hold.assigned()    # another rebalance came meanwhile
+>>> hold.end(first), hold.holds()
+(False, True)
+>>> hold.end(hold.assignment), hold.holds(), hold.ended_early
+(True, False, 1)
+
+Nor need it end at ``idle_s`` while the group is known to be behind (a new owner slow
+to start or to forward, within its session): :meth:`behind` keeps it until
+:meth:`end`, or ``max_s`` after the assignment at the most.
+
+>>> hold = RebalanceHold(30.0, clock=lambda: now[0], max_s=300.0)
+>>> now[0] = 1000.0; hold.revoked(); hold.assigned(); now[0] = 1010.0
+>>> hold.behind(hold.assignment); now[0] = 1045.0
+>>> hold.holds(), hold.lagging()
+(True, True)
+>>> hold.end(hold.assignment), hold.holds(), hold.ended_late
+(True, False, 1)
+>>> hold.revoked(); hold.assigned(); hold.behind(hold.assignment); now[0] = 1345.0
+>>> hold.holds()   # max_s: the group is stuck, the windows go on without it
+False
+
 **A pause is a rebalance this worker did not see.** A worker that did not run for
 longer than its session timeout (SIGSTOP, a host or VM frozen, an event loop blocked)
 missed its heartbeats: the group has moved or is moving its partitions. When it runs
@@ -65,6 +92,12 @@ False
 ...         now[0] = t + half; _ = hold.beat()
 >>> hold.holds(), hold.pauses
 (False, 1)
+
+A hold a pause started is not ended early: the paused worker cannot tell whether
+its partitions are still its own until the group has told it.
+
+>>> now[0] = 300.0; _ = hold.beat(); hold.assignment is None
+True
 """
 
 from __future__ import annotations
@@ -78,18 +111,27 @@ __all__ = ["RebalanceHold"]
 
 class RebalanceHold:
     """Whether a rebalance is in progress or ended less than ``idle_s`` ago (see the
-    module docstring); ``clock``: seconds, monotonic."""
+    module docstring); ``clock``: seconds, monotonic. A hold the group is known to be
+    behind on (:meth:`behind`) lasts up to ``max_s`` after the assignment."""
 
     def __init__(self, idle_s: float, clock: Callable[[], float] = time.monotonic,
-                 pause_s: float = math.inf) -> None:
+                 pause_s: float = math.inf, max_s: float | None = None) -> None:
         self.idle_s = float(idle_s)
         self.pause_s = float(pause_s)
+        self.max_s = self.idle_s if max_s is None else max(self.idle_s, float(max_s))
         self._clock = clock
         self._rebalancing = False
         self._assigned_at: float | None = None
         self._last_beat: float | None = None
+        self._assignments = 0
+        self._paused_since_assignment = False
+        self._behind: int | None = None  # the assignment the group is known to be behind on
         self.pauses = 0
         """Gaps longer than ``pause_s`` between beats."""
+        self.ended_early = 0
+        """Holds ended before ``idle_s`` by :meth:`end` (the group caught up)."""
+        self.ended_late = 0
+        """Holds ended past ``idle_s`` by :meth:`end`: the group was :meth:`behind` until then."""
 
     def revoked(self) -> None:
         """A rebalance started (partitions revoked)."""
@@ -99,6 +141,47 @@ class RebalanceHold:
         """A rebalance ended (partitions assigned, maybe none)."""
         self._rebalancing = False
         self._assigned_at = self._clock()
+        self._assignments += 1
+        self._paused_since_assignment = False
+
+    @property
+    def assignment(self) -> int | None:
+        """Which assignment the hold in force follows (a count), when nothing else holds:
+        no rebalance in progress, no pause since (a worker that did not run cannot tell
+        whether its partitions are still its own). ``None`` otherwise, or when nothing holds."""
+        if self._rebalancing or self._paused_since_assignment or not self.holds():
+            return None
+        return self._assignments
+
+    def end(self, assignment: int) -> bool:
+        """End the hold that follows ``assignment`` (:attr:`assignment`), before
+        ``idle_s`` or past it: the moved partitions are known to be forwarded
+        (:mod:`llmpulse.streams.catch_up`). Whether it ended (not when another
+        rebalance or a pause came since)."""
+        if assignment != self.assignment:
+            return False
+        assert self._assigned_at is not None  # a hold that follows an assignment
+        if self._clock() - self._assigned_at < self.idle_s:
+            self.ended_early += 1
+        else:
+            self.ended_late += 1
+        self._assigned_at = None
+        self._behind = None
+        return True
+
+    def behind(self, assignment: int) -> None:
+        """The group is known to be behind on what the moved partitions held at
+        ``assignment``: the hold lasts until :meth:`end`, up to ``max_s`` after the
+        assignment, not only ``idle_s`` (a new owner slow to forward)."""
+        if assignment == self.assignment:
+            self._behind = assignment
+
+    def lagging(self) -> bool:
+        """Whether the hold in force lasts past ``idle_s`` only because the group is
+        behind (:meth:`behind`)."""
+        if self._rebalancing or self._assigned_at is None or self._behind != self._assignments:
+            return False
+        return self.idle_s <= self._clock() - self._assigned_at < self.max_s
 
     def beat(self) -> bool:
         """The event loop ran: whether it had not for more than ``pause_s`` (then a
@@ -108,6 +191,8 @@ class RebalanceHold:
         if last is None or now - last <= self.pause_s:
             return False
         self.pauses += 1
+        self._paused_since_assignment = True
+        self._behind = None
         self._assigned_at = now if self._assigned_at is None else max(self._assigned_at, now)
         return True
 
@@ -118,8 +203,11 @@ class RebalanceHold:
         return last is not None and self._clock() - last > self.pause_s
 
     def holds(self) -> bool:
-        """Whether windows wait: a rebalance in progress or less than ``idle_s`` past,
-        or a pause not yet beaten (:meth:`stalled`)."""
+        """Whether windows wait: a rebalance in progress or less than ``idle_s`` past
+        (``max_s`` when the group is known to be :meth:`behind`), or a pause not yet
+        beaten (:meth:`stalled`)."""
         if self._rebalancing or self.stalled():
             return True
-        return self._assigned_at is not None and self._clock() - self._assigned_at < self.idle_s
+        if self._assigned_at is None:
+            return False
+        return self._clock() - self._assigned_at < self.idle_s or self.lagging()

@@ -105,6 +105,7 @@ from llmpulse.config import Settings
 from llmpulse.detectors.base import Signal
 from llmpulse.events import TOPIC_GROUPED, TOPIC_INFERENCE, TOPIC_SIGNALS
 from llmpulse.store import Store, lookup_requests
+from llmpulse.streams.catch_up import GroupProgress, behind
 from llmpulse.streams.forward import (
     GROUPS_HEADER,
     MAX_FORWARD_BYTES,
@@ -137,6 +138,10 @@ IDLE_S = 30.0
 END_OFFSETS_TIMEOUT_S = 5.0
 """How long a window poll waits for the broker's end offsets before taking its silence
 as a backlog not yet seen (windows wait) rather than as idleness."""
+REBALANCE_HOLD_MAX_S = 300.0
+"""How long after an assignment windows wait at the most for the group to forward what
+the moved ``llmpulse.inference`` partitions held (:meth:`SignalAgents._caught_up`);
+they wait ``idle_s`` when the group's progress cannot be read."""
 HEARTBEAT_S = 0.5
 """How often the event loop notes that it runs (:meth:`RebalanceHold.beat`)."""
 EMITTING_WAIT_S = 5.0
@@ -378,7 +383,8 @@ class SignalAgents:
                  signals_topic: Any = None,
                  backlog: Callable[[], bool] | None = None,
                  log_id: Callable[[], str | None] | None = None,
-                 state_log: EngineStateLog | None = None) -> None:
+                 state_log: EngineStateLog | None = None,
+                 progress: GroupProgress | None = None) -> None:
         from llmpulse.streams.engine_process import EngineProcess, LocalEngine, ShardedEngine
 
         cfg = settings.signals
@@ -468,7 +474,14 @@ class SignalAgents:
         # and so does a pause of this worker past its session timeout (a rebalance it
         # did not see; it would write partial windows as a stale writer otherwise)
         self.rebalance = RebalanceHold(float(engine_kwargs.get("idle_s") or IDLE_S),
-                                       pause_s=float(settings.session_timeout_s))
+                                       pause_s=float(settings.session_timeout_s),
+                                       max_s=REBALANCE_HOLD_MAX_S)
+        # the group's progress on llmpulse.inference (None: not read): a hold after an
+        # assignment ends once every partition is forwarded past its end at the
+        # assignment (:meth:`_caught_up`), not idle_s after it
+        self.progress = progress
+        self._catch_up_ends: tuple[int, dict[int, int]] | None = None  # (assignment, ends)
+        self._lag_told: int | None = None  # the assignment a hold past idle_s was logged for
         self.engine_stats: dict[str, Any] = {}
         #: the last backlog decision's inputs: "topic:partition" -> [position, end offset]
         self.backlog_view: dict[str, list[int | None]] = {}
@@ -680,7 +693,7 @@ class SignalAgents:
             # are in (an assignment can take longer than ``idle_s`` on a loaded cluster)
             backlog = True
             self.counters["polls_unassigned"] += 1
-        elif not backlog and self.rebalance.holds():
+        elif not backlog and self.rebalance.holds() and not await self._caught_up():
             # a moved partition's new owner may not have forwarded yet (or this worker
             # did not run past its session timeout: a rebalance it did not see)
             backlog = True
@@ -715,6 +728,49 @@ class SignalAgents:
             self.last_health = time.monotonic()
             signals = signals + await self.health()
         await self.emit(signals)
+
+    async def _caught_up(self) -> bool:
+        """Whether the hold after the last assignment can end now (often long before
+        ``idle_s``): the group has committed every ``llmpulse.inference`` partition at or past its
+        end offset read after the assignment, so what the moved partitions held is
+        forwarded (:mod:`llmpulse.streams.catch_up`). While it has not, the hold
+        lasts past ``idle_s``, up to :data:`REBALANCE_HOLD_MAX_S` after the
+        assignment (a new owner slow to forward). Read once a window poll
+        (``signals.poll_s``) while the hold lasts; never for a hold a pause started; a
+        broker that does not answer in :data:`END_OFFSETS_TIMEOUT_S`: not known, the
+        hold stays (counted as ``catch_up_unanswered``)."""
+        progress, assignment = self.progress, self.rebalance.assignment
+        if progress is None or assignment is None or self._closed:
+            return False
+        try:
+            if self._catch_up_ends is None or self._catch_up_ends[0] != assignment:
+                ends = await asyncio.wait_for(asyncio.to_thread(progress.ends),
+                                              END_OFFSETS_TIMEOUT_S)
+                self._catch_up_ends = (assignment, ends)
+            committed = await asyncio.wait_for(asyncio.to_thread(progress.committed),
+                                               END_OFFSETS_TIMEOUT_S)
+        except Exception as exc:
+            log.debug("signals: the group's progress on %s not read: %s", progress.topic, exc)
+            self.counters["catch_up_unanswered"] += 1
+            return False
+        waiting = behind(self._catch_up_ends[1], committed)
+        if waiting:
+            self.rebalance.behind(assignment)
+            if self.rebalance.lagging() and self._lag_told != assignment:
+                self._lag_told = assignment
+                log.warning("signals: %s partitions %s are not forwarded to their ends at the "
+                            "last assignment %.0f s after it: windows wait for them, up to "
+                            "%.0f s", progress.topic, waiting, self.rebalance.idle_s,
+                            self.rebalance.max_s)
+            else:
+                log.debug("signals: rebalance hold: %s partitions %s not forwarded to their "
+                          "end at the assignment yet", progress.topic, waiting)
+            return False
+        if not self.rebalance.end(assignment):
+            return False  # another rebalance or a pause since the read began
+        log.info("signals: %s forwarded to its ends at the assignment: windows stop waiting "
+                 "on the rebalance", progress.topic)
+        return True
 
     @asynccontextmanager
     async def _polling(self) -> AsyncIterator[None]:
@@ -1235,6 +1291,8 @@ class SignalAgents:
         await loop.run_in_executor(self._exec, self.engine.stop)
         if self.state_log is not None:
             await asyncio.to_thread(self.state_log.close)
+        if self.progress is not None:
+            await asyncio.to_thread(self.progress.close)
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.counters)
@@ -1245,6 +1303,10 @@ class SignalAgents:
         # windows wait during a rebalance and idle_s after it (RebalanceHold)
         out["rebalance_holds"] = self.rebalance.holds()
         out["pauses_seen"] = self.rebalance.pauses  # holds after a pause past the session timeout
+        # holds ended before idle_s: the group had forwarded the moved partitions (_caught_up)
+        out["rebalance_holds_ended_early"] = self.rebalance.ended_early
+        # and after idle_s: it took the group longer to forward them
+        out["rebalance_holds_ended_late"] = self.rebalance.ended_late
         if self.state_log is not None:
             # reads of the changelog that met an end of partition older than its end offset
             out["changelog_stale_ends"] = self.state_log.stale_ends

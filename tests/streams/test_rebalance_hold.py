@@ -16,6 +16,7 @@ import pytest
 
 from llmpulse.store import Store
 from llmpulse.streams.rebalance_hold import RebalanceHold
+from llmpulse.streams.signals import REBALANCE_HOLD_MAX_S
 from tests.streams.test_idle_backlog import START_MS, _batch, _event, _forwarding_agents
 
 
@@ -132,3 +133,110 @@ async def test_a_worker_that_did_not_run_past_its_session_timeout_waits_before_c
     assert stats["late_dropped"] == 0, stats["late_dropped_by_group"]
     assert [(s.ts, s.n) for s in closed] == [((START_MS + 10_000) / 1000, 10),
                                              ((START_MS + 20_000) / 1000, 3)]
+
+
+class _GroupLog:
+    """The group's progress on ``llmpulse.inference`` as the test moves it: end offsets
+    and committed offsets per partition (read from a real broker by
+    :class:`~llmpulse.streams.catch_up.GroupProgress`, tested in
+    ``tests/integration/test_catch_up.py``)."""
+
+    topic = "llmpulse.inference"
+
+    def __init__(self) -> None:
+        self.end: dict[int, int] = {}
+        self.commit: dict[int, int | None] = {}
+        self.reads = 0
+
+    def ends(self) -> dict[int, int]:
+        self.reads += 1
+        return dict(self.end)
+
+    def committed(self) -> dict[int, int | None]:
+        return dict(self.commit)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("moved", ["nothing", "one message", "one message, a slow owner",
+                                   "progress not read"])
+async def test_the_hold_ends_once_the_group_forwarded_what_the_moved_partitions_held(
+        tmp_path: Path, moved: str) -> None:
+    # Inference partition 1 moves to a joining worker; the grouped partition stays here.
+    # The rebalance takes 35 s, so partition 1's source has been silent past idle_s
+    # when it ends. If partition 1 held nothing unforwarded ("nothing"), the group's
+    # committed offsets are at the ends read after the assignment: the windows need not
+    # wait idle_s more, the silent source is idle. If it held a message ("one
+    # message"), the windows wait until the new owner has forwarded it and the group
+    # committed past it: ending the hold earlier would close [0, 10 s) with 5 of its
+    # 10 events. They wait past idle_s when the new owner takes longer than that to
+    # forward ("a slow owner", alive within its session: ending the hold at idle_s made
+    # those 5 events late). Without the group's progress, the hold lasts idle_s.
+    store = Store.open(f"chdb://{tmp_path}/store")
+    now = [1_000.0]
+    group = _GroupLog()
+    try:
+        agents, engine, grouped, closed = _forwarding_agents(tmp_path, store, now)
+        agents.rebalance = RebalanceHold(30.0, clock=lambda: now[0], max_s=REBALANCE_HOLD_MAX_S)
+        if moved != "progress not read":
+            agents.progress = group  # type: ignore[assignment]
+
+        async def forward(first: int, n: int, partition: int, offset: int) -> None:
+            events = [_event(i, START_MS + 1_000 * i) for i in range(first, first + n)]
+            await agents.forward_inference(_batch(events, partition, offset), set())
+            await agents.take(grouped.acknowledge())
+
+        await forward(0, 3, partition=0, offset=0)
+        await forward(3, 2, partition=1, offset=0)
+        group.end, group.commit = {0: 1, 1: 1}, {0: 1, 1: 1}
+        await agents.tick()
+        await agents.partitions_revoked(set())
+        if moved.startswith("one message"):
+            group.end[1] = 2  # events 5-9 s, produced while the group rebalanced
+        now[0] += 35.0
+        await agents.partitions_assigned(set())
+        await forward(20, 7, partition=0, offset=1)  # this worker kept partition 0
+        group.end[0] = group.commit[0] = 2
+        now[0] += 1.0
+        await agents.tick()
+        first = [(s.ts, s.n) for s in closed]
+        if moved == "one message, a slow owner":
+            now[0] += 31.0
+            await agents.tick()
+            assert closed == [] and agents.stats()["rebalance_holds"]
+        if moved.startswith("one message"):
+            # the new owner forwards partition 1 from its committed offset, then on
+            await forward(5, 5, partition=1, offset=1)
+            await forward(10, 10, partition=1, offset=2)
+            await forward(27, 3, partition=1, offset=3)
+            group.end[1] = group.commit[1] = 4
+        now[0] += 2.0
+        await agents.tick()
+        second = [(s.ts, s.n) for s in closed]
+        stats = agents.stats()
+        now[0] += 31.0  # every source silent past idle_s: the end
+        await agents.tick()
+        engine_stats = engine.stats()
+        await agents.close()
+    finally:
+        store.close()
+    assert engine_stats["late_dropped"] == 0, engine_stats["late_dropped_by_group"]
+    w1, w2, w3 = ((START_MS + 10_000 * k) / 1000 for k in (1, 2, 3))
+    if moved == "nothing":  # 1 s after the assignment, not idle_s
+        assert first == second == [(w1, 5)]
+        assert stats["rebalance_holds_ended_early"] == 1 and not stats["rebalance_holds"]
+        assert [(s.ts, s.n) for s in closed] == [(w1, 5), (w3, 7)]
+    elif moved.startswith("one message"):
+        assert first == []  # partition 1's message not forwarded yet: held
+        assert second == [(w1, 10), (w2, 10)]
+        assert not stats["rebalance_holds"]
+        slow = moved.endswith("a slow owner")
+        assert (stats["rebalance_holds_ended_early"], stats["rebalance_holds_ended_late"]) == (
+            (0, 1) if slow else (1, 0))
+        assert group.reads == 1  # the ends of one assignment are read once
+        assert [(s.ts, s.n) for s in closed] == [(w1, 10), (w2, 10), (w3, 10)]
+    else:
+        assert first == second == []  # idle_s after the assignment
+        assert stats["rebalance_holds"] and stats["rebalance_holds_ended_early"] == 0
+        assert [(s.ts, s.n) for s in closed] == [(w1, 5), (w3, 7)]
