@@ -11,12 +11,18 @@ directory in one process, where a deployment shares one ClickHouse):
   from the first send until they had every one; freshness = first
   ``computed_at`` of a window minus its end, over the windows that closed
   while traffic flowed, sent once the workers' rebalance hold ended (windows
-  wait ``idle_s`` after each rebalance, :mod:`llmpulse.streams.rebalance_hold`:
-  a start-up cost, reported as ``settle_s``, not a steady state's); CPU (user +
+  wait after each rebalance until the group has forwarded what the moved
+  partitions held, :mod:`llmpulse.streams.rebalance_hold`: a start-up cost,
+  reported as ``settle_s``, not a steady state's); CPU (user +
   system) per event of the workers' process trees (``up`` and its engine
   process) and of everything (workers, the three brokers and the S3 server;
   the sender in this process is not counted), idle time included. On 2 cores throughput cannot grow with workers: the
   figure to watch is CPU per event, which should stay flat.
+* **join** (not with ``--quick``): one worker takes :data:`JOIN_RATE` events/s for
+  :data:`JOIN_SECONDS`; 10 s in, a second worker starts and the group rebalances.
+  Freshness of the windows that began once it was starting (the ones a rebalance
+  hold can delay), late events, and how the workers' holds ended
+  (``holds_ended_early``: on the group's progress, before ``idle_s``).
 * **faults** (:mod:`llmpulse.bench.fault`, each against an undisturbed run of
   the same seeded replay): ``broker`` (kill -9 of a broker, restarted),
   ``scale`` (1 -> 2 -> 3 workers and back to 1), ``rolling`` (a clean restart
@@ -52,6 +58,10 @@ __all__ = ["CLUSTER_FAULTS", "check_args", "fault_rows", "format_table", "run", 
 CLUSTER_FAULTS: tuple[str, ...] = tuple(f for f in FAULTS if f != "worker")
 """The faults measured on the cluster (``worker`` runs on one embedded broker)."""
 
+JOIN_RATE = 300.0
+"""Events/s offered in the join case (well within what two workers take on 2 cores)."""
+JOIN_SECONDS = 90.0
+"""How long the join case's traffic lasts: past a 30 s hold after the rebalance."""
 LATENCY_WINDOW_S = 5.0
 WINDOW_S = 10.0
 # a join over the S3-backed brokers on a loaded machine takes longer than the default
@@ -133,6 +143,80 @@ def _freshness(workers: list[Any], app: str, t_start: float, t_end: float) -> di
     return out
 
 
+def _join_case(root: Path, pool: list[dict[str, Any]], rate: float, seconds: float,
+               join_after_s: float = 10.0) -> dict[str, Any]:
+    """One worker takes traffic at ``rate`` for ``seconds``; ``join_after_s`` into it a
+    second worker starts and the group rebalances. Freshness of the windows that began
+    once the second worker was starting (those the rebalance can hold), events taken
+    in and late, and how the workers' rebalance holds ended."""
+    import threading
+
+    from llmpulse.broker import create_topics
+    from llmpulse.cluster import LocalCluster, S3TestServer
+    from llmpulse.events import TOPICS
+    from llmpulse.monitor import Monitor
+
+    with contextlib.ExitStack() as stack:
+        s3 = stack.enter_context(S3TestServer(log_path=root / "s3.log"))
+        cluster = stack.enter_context(LocalCluster(s3.storage, log_dir=root / "cluster"))
+        create_topics(cluster.bootstrap, {t: PARTITIONS for t in TOPICS})
+        env = {"LLMPULSE_KAFKA": cluster.bootstrap}
+        workers = [stack.enter_context(bench_stack(root / "w0", _CONFIG, env))]
+        wait_for(lambda: _shared(workers), 180, "one worker to hold every partition")
+        app = "bench-cluster-join"
+        mon = Monitor(app=app, bootstrap=cluster.bootstrap, **_SHIM)
+        joined: list[float] = []  # when the second worker was started
+        failed: list[BaseException] = []
+
+        def join() -> None:  # while the traffic flows
+            try:
+                workers.append(stack.enter_context(bench_stack(root / "w1", _CONFIG, env)))
+            except BaseException as exc:  # reported once the traffic ends
+                failed.append(exc)
+
+        joining = threading.Thread(target=join, name="bench-join")
+        try:
+            for ev in pool[:200]:
+                mon.inference(**ev)
+            mon.flush(60)
+            wait_for(lambda: _taken(workers) >= 200, 180, "the engine to take the first events")
+            wait_for(lambda: _settled(workers), 180, "the rebalance hold to end")
+            base = _taken(workers)
+
+            def tick(elapsed: float) -> None:
+                if elapsed >= join_after_s and not joined:
+                    joined.append(time.time())
+                    joining.start()
+
+            sent, _ = paced_send(mon.inference, pool, rate, seconds, tick=tick)
+            t_end = time.time()
+            if not mon.flush(300):
+                raise RuntimeError("the shim could not deliver the events within 300 s")
+        finally:
+            mon.close()
+            if joined:
+                joining.join()
+        if failed or len(workers) < 2:
+            raise RuntimeError(f"the second worker did not start: {failed[:1]}")
+        wait_for(lambda: _shared(workers), 180, "the partitions to be shared by 2 workers")
+        try:
+            wait_for(lambda: _taken(workers) >= base + sent, 600, "the engines to take in every event")
+        except TimeoutError:
+            pass  # the figures say how many it took
+        time.sleep(WINDOW_S)
+        fresh = _freshness(workers, app, joined[0], t_end)
+        signals = [stack_stats(w.http).get("signals", {}) for w in workers]
+        taken = _taken(workers) - base
+    return {
+        "offered_per_s": rate, "seconds": seconds, "join_after_s": join_after_s,
+        "sent": sent, "engine_events": taken, "freshness": fresh,
+        "late_dropped": sum(int(s.get("engine", {}).get("late_dropped", 0)) for s in signals),
+        "holds_ended_early": sum(int(s.get("rebalance_holds_ended_early", 0)) for s in signals),
+        "holds_ended_late": sum(int(s.get("rebalance_holds_ended_late", 0)) for s in signals),
+        "polls_held_by_rebalance": sum(int(s.get("polls_held_by_rebalance", 0)) for s in signals),
+    }
+
+
 def _scaling_case(root: Path, n: int, pool: list[dict[str, Any]], rate: float,
                   seconds: float) -> dict[str, Any]:
     from llmpulse.broker import create_topics
@@ -186,7 +270,10 @@ def _scaling_case(root: Path, n: int, pool: list[dict[str, Any]], rate: float,
         # windows still open when traffic stopped close an idle time later: not counted
         time.sleep(WINDOW_S)
         fresh = _freshness(workers, app, t_start, t_end)
-        engines = [stack_stats(w.http).get("signals", {}).get("engine", {}) for w in workers]
+        signals = [stack_stats(w.http).get("signals", {}) for w in workers]
+        engines = [s.get("engine", {}) for s in signals]
+        # rebalance holds ended once the group had forwarded the moved partitions
+        early = sum(int(s.get("rebalance_holds_ended_early", 0)) for s in signals)
     return {
         "workers": n, "offered_per_s": rate, "seconds": seconds, "sent": sent,
         "send_per_s": sent / send_s, "engine_events": taken,
@@ -196,6 +283,7 @@ def _scaling_case(root: Path, n: int, pool: list[dict[str, Any]], rate: float,
         "worker_cpu_us_per_event": worker_cpu / max(taken, 1) * 1e6,
         "all_cpu_us_per_event": (worker_cpu + other) / max(taken, 1) * 1e6,
         "late_dropped": sum(int(e.get("late_dropped", 0)) for e in engines),
+        "holds_ended_early": early,
         "shim_dropped": int(shim.get("dropped", 0)),
     }
 
@@ -270,9 +358,12 @@ def keep_fault_logs(root: Path, rows: list[dict[str, Any]]) -> dict[str, str]:
 
 def run(quick: bool = False, workers: Sequence[int] = (1, 2, 3), rate: float | None = None,
         seconds: float | None = None, faults: Sequence[str] | None = None,
-        fault_seconds: float | None = None, seed: int = 7) -> dict[str, Any]:
-    """The scaling cases (2,000 events/s for 20 s each), then the faults over 120 s of
-    event time (``quick``: 1,000 events/s for 10 s a case, and the broker fault over 90 s)."""
+        fault_seconds: float | None = None, seed: int = 7,
+        join: bool | None = None) -> dict[str, Any]:
+    """The scaling cases (2,000 events/s for 20 s each), the join case, then the faults
+    over 120 s of event time (``quick``: 1,000 events/s for 10 s a case, no join case,
+    and the broker fault over 90 s)."""
+    join = not quick if join is None else join
     rate = (1000.0 if quick else 2000.0) if rate is None else rate
     seconds = (10.0 if quick else 20.0) if seconds is None else seconds
     faults = list(CLUSTER_FAULTS if faults is None and not quick else faults or ["broker"])
@@ -283,12 +374,18 @@ def run(quick: bool = False, workers: Sequence[int] = (1, 2, 3), rate: float | N
     cases: list[dict[str, Any]] = []
     fault_results: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
+    joined: dict[str, Any] | None = None
     try:
         for n in workers:
             try:
                 cases.append(_scaling_case(root / f"scale-{n}", n, pool, rate, seconds))
             except Exception as exc:  # one case failing still reports the others
                 errors[f"{n} workers"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        if join:
+            try:
+                joined = _join_case(root / "join", pool, JOIN_RATE, JOIN_SECONDS)
+            except Exception as exc:
+                errors["join"] = f"{type(exc).__name__}: {str(exc)[:300]}"
         from llmpulse.bench import fault as fault_bench
 
         for f in faults:
@@ -303,7 +400,8 @@ def run(quick: bool = False, workers: Sequence[int] = (1, 2, 3), rate: float | N
     return {"benchmark": "cluster", "machine": {"cpus": os.cpu_count()}, "brokers": 3,
             "partitions": PARTITIONS,
             "windows": {"latency_window_s": LATENCY_WINDOW_S, "window_s": WINDOW_S},
-            "scaling": scaling_rows(cases), "scaling_errors": errors, "faults": fault_results,
+            "scaling": scaling_rows(cases), "scaling_errors": errors, "join": joined,
+            "faults": fault_results,
             "fault_table": table,
             "kept_logs": kept}
 
@@ -323,6 +421,8 @@ def format_table(result: dict[str, Any]) -> str:
                      f"{r['late_dropped']:>6}")
     for name, err in result.get("scaling_errors", {}).items():
         lines.append(f"  {name}: failed: {err}")
+    if result.get("join"):
+        lines.append(_join_line(result["join"]))
     if result["fault_table"]:
         heads = ("lost", "twice", "not fwd", "w miss", "w extra", "w diff", "a lost", "a extra",
                  "paged 2x", "p lost", "p extra")
@@ -339,6 +439,23 @@ def format_table(result: dict[str, Any]) -> str:
     for name, path in result.get("kept_logs", {}).items():
         lines.append(f"  {name}: not 0, its logs are kept under {path}")
     return "\n".join(lines)
+
+
+def _join_line(j: Mapping[str, Any]) -> str:
+    """The join case in one line.
+
+    >>> print(_join_line({"join_after_s": 10.0, "seconds": 90.0, "offered_per_s": 300.0,
+    ...     "freshness": {"5s": {"p50_ms": 2100, "p99_ms": 4000, "max_ms": 4100}},
+    ...     "engine_events": 27000, "sent": 27000, "late_dropped": 0,
+    ...     "holds_ended_early": 2, "holds_ended_late": 0}))
+      join: 1 -> 2 workers 10 s into 90 s at 300/s: fresh p50/p99/max s 5s:2.1/4.0/4.1; 27000 of 27000 taken in, 0 late; holds ended early 2, late 0
+    """
+    fresh = " ".join(f"{k}:{v['p50_ms'] / 1000:.1f}/{v['p99_ms'] / 1000:.1f}/"
+                     f"{v['max_ms'] / 1000:.1f}" for k, v in j["freshness"].items()) or "-"
+    return (f"  join: 1 -> 2 workers {j['join_after_s']:g} s into {j['seconds']:g} s "
+            f"at {j['offered_per_s']:g}/s: fresh p50/p99/max s {fresh}; "
+            f"{j['engine_events']} of {j['sent']} taken in, {j['late_dropped']} late; "
+            f"holds ended early {j['holds_ended_early']}, late {j['holds_ended_late']}")
 
 
 def _fault_time(row: Mapping[str, Any]) -> str:
@@ -364,6 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help=f"of {', '.join(CLUSTER_FAULTS)} (default: all; --quick: broker)")
     ap.add_argument("--fault-seconds", type=float, default=None, help="event time of a fault run")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--join", action=argparse.BooleanOptionalAction, default=None,
+                    help="the join case (default: on, off with --quick)")
     a = ap.parse_args(argv)
     try:
         check_args(a.workers, a.faults or [], 1.0 if a.rate is None else a.rate,
@@ -371,7 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         ap.error(str(exc))
     result = run(quick=a.quick, workers=a.workers, rate=a.rate, seconds=a.seconds,
-                 faults=a.faults, fault_seconds=a.fault_seconds, seed=a.seed)
+                 faults=a.faults, fault_seconds=a.fault_seconds, seed=a.seed, join=a.join)
     return finish(result, format_table, a.json)
 
 
