@@ -686,6 +686,10 @@ class SignalAgents:
         if self._to_take_over:
             await self._complete_take_over()  # a quiet partition's windows still close
         backlog = self.backlog()
+        if self.rebalance.holds():
+            # a busy worker too (its own lag is a backlog): the hold also keeps the
+            # sources of the inference partitions others read awaited (_holding)
+            await self._caught_up()
         if not backlog and self._unassigned:
             # nothing is read until the group assigns the partitions; a restored engine
             # whose sources idled out meanwhile would close its windows by wall time,
@@ -693,7 +697,7 @@ class SignalAgents:
             # are in (an assignment can take longer than ``idle_s`` on a loaded cluster)
             backlog = True
             self.counters["polls_unassigned"] += 1
-        elif not backlog and self.rebalance.holds() and not await self._caught_up():
+        elif not backlog and self.rebalance.holds():
             # a moved partition's new owner may not have forwarded yet (or this worker
             # did not run past its session timeout: a rebalance it did not see)
             backlog = True

@@ -159,8 +159,8 @@ class _GroupLog:
         pass
 
 
-@pytest.mark.parametrize("moved", ["nothing", "one message", "one message, a slow owner",
-                                   "progress not read"])
+@pytest.mark.parametrize("moved", ["nothing", "nothing, a backlog here", "one message",
+                                   "one message, a slow owner", "progress not read"])
 async def test_the_hold_ends_once_the_group_forwarded_what_the_moved_partitions_held(
         tmp_path: Path, moved: str) -> None:
     # Inference partition 1 moves to a joining worker; the grouped partition stays here.
@@ -172,7 +172,10 @@ async def test_the_hold_ends_once_the_group_forwarded_what_the_moved_partitions_
     # committed past it: ending the hold earlier would close [0, 10 s) with 5 of its
     # 10 events. They wait past idle_s when the new owner takes longer than that to
     # forward ("a slow owner", alive within its session: ending the hold at idle_s made
-    # those 5 events late). Without the group's progress, the hold lasts idle_s.
+    # those 5 events late). Without the group's progress, the hold lasts idle_s. A
+    # worker with a backlog of its own (it reads behind its partitions' ends) reads the
+    # group's progress too: the hold also keeps the sources of other workers'
+    # inference partitions awaited, backlog or not.
     store = Store.open(f"chdb://{tmp_path}/store")
     now = [1_000.0]
     group = _GroupLog()
@@ -181,6 +184,8 @@ async def test_the_hold_ends_once_the_group_forwarded_what_the_moved_partitions_
         agents.rebalance = RebalanceHold(30.0, clock=lambda: now[0], max_s=REBALANCE_HOLD_MAX_S)
         if moved != "progress not read":
             agents.progress = group  # type: ignore[assignment]
+        if moved == "nothing, a backlog here":
+            agents.backlog = lambda: True
 
         async def forward(first: int, n: int, partition: int, offset: int) -> None:
             events = [_event(i, START_MS + 1_000 * i) for i in range(first, first + n)]
@@ -223,7 +228,10 @@ async def test_the_hold_ends_once_the_group_forwarded_what_the_moved_partitions_
         store.close()
     assert engine_stats["late_dropped"] == 0, engine_stats["late_dropped_by_group"]
     w1, w2, w3 = ((START_MS + 10_000 * k) / 1000 for k in (1, 2, 3))
-    if moved == "nothing":  # 1 s after the assignment, not idle_s
+    if moved == "nothing, a backlog here":  # no window closes on silence, but the hold ends
+        assert first == second == []
+        assert stats["rebalance_holds_ended_early"] == 1 and not stats["rebalance_holds"]
+    elif moved == "nothing":  # 1 s after the assignment, not idle_s
         assert first == second == [(w1, 5)]
         assert stats["rebalance_holds_ended_early"] == 1 and not stats["rebalance_holds"]
         assert [(s.ts, s.n) for s in closed] == [(w1, 5), (w3, 7)]
