@@ -84,12 +84,17 @@ class GroupProgress:
                 for p in range(self.partitions)}
 
     def committed(self) -> dict[int, int | None]:
-        """The group's committed offset of each partition (``None``: none committed)."""
+        """The group's committed offset of each partition (``None``: none committed);
+        raises when the broker answers a partition with an error (an offset not known
+        is not one behind: the caller falls back to waiting ``idle_s``)."""
         from confluent_kafka import TopicPartition
 
         tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
         out: dict[int, int | None] = {}
         for tp in self._reader().committed(tps, timeout=self.timeout):
+            if tp.error is not None:
+                raise RuntimeError(f"{self.topic}[{tp.partition}]: committed offset of "
+                                   f"{self.group!r} not read: {tp.error}")
             out[int(tp.partition)] = int(tp.offset) if tp.offset is not None and tp.offset >= 0 else None
         return out
 
