@@ -10,7 +10,9 @@ first forwards were late for windows of groups that had not moved.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +22,18 @@ from llmpulse.streams.signals import REBALANCE_HOLD_MAX_S
 from tests.streams.test_idle_backlog import START_MS, _batch, _event, _forwarding_agents
 
 
+def _forwarder(agents: Any, grouped: Any) -> Callable[..., Awaitable[None]]:
+    """Forward events ``first .. first + n - 1`` (event time: 1 s apart) as read from
+    ``partition`` at ``offset``, acknowledged and taken in."""
+
+    async def forward(first: int, n: int, partition: int, offset: int) -> None:
+        events = [_event(i, START_MS + 1_000 * i) for i in range(first, first + n)]
+        await agents.forward_inference(_batch(events, partition, offset), set())
+        await agents.take(grouped.acknowledge())
+
+    return forward
+
+
 async def test_a_partition_moved_in_a_rebalance_is_waited_for(tmp_path: Path) -> None:
     store = Store.open(f"chdb://{tmp_path}/store")
     now = [1_000.0]
@@ -27,11 +41,7 @@ async def test_a_partition_moved_in_a_rebalance_is_waited_for(tmp_path: Path) ->
         agents, engine, grouped, closed = _forwarding_agents(tmp_path, store, now)
         agents.rebalance = RebalanceHold(30.0, clock=lambda: now[0])
 
-        async def forward(first: int, n: int, partition: int, offset: int) -> None:
-            events = [_event(i, START_MS + 1_000 * i) for i in range(first, first + n)]
-            await agents.forward_inference(_batch(events, partition, offset), set())
-            await agents.take(grouped.acknowledge())
-
+        forward = _forwarder(agents, grouped)
         # one group, its events read from two inference partitions: 0-2 s and 3-4 s
         await forward(0, 3, partition=0, offset=0)
         await forward(3, 2, partition=1, offset=0)
@@ -83,11 +93,7 @@ async def test_a_worker_that_did_not_run_past_its_session_timeout_waits_before_c
         agents, engine, grouped, closed = _forwarding_agents(tmp_path, store, now)
         agents.rebalance = RebalanceHold(30.0, clock=lambda: now[0], pause_s=6.0)
 
-        async def forward(first: int, n: int, partition: int, offset: int) -> None:
-            events = [_event(i, START_MS + 1_000 * i) for i in range(first, first + n)]
-            await agents.forward_inference(_batch(events, partition, offset), set())
-            await agents.take(grouped.acknowledge())
-
+        forward = _forwarder(agents, grouped)
         async def second() -> None:  # one second of a running worker: both timers
             now[0] += 1.0
             agents._beat()
@@ -187,11 +193,7 @@ async def test_the_hold_ends_once_the_group_forwarded_what_the_moved_partitions_
         if moved == "nothing, a backlog here":
             agents.backlog = lambda: True
 
-        async def forward(first: int, n: int, partition: int, offset: int) -> None:
-            events = [_event(i, START_MS + 1_000 * i) for i in range(first, first + n)]
-            await agents.forward_inference(_batch(events, partition, offset), set())
-            await agents.take(grouped.acknowledge())
-
+        forward = _forwarder(agents, grouped)
         await forward(0, 3, partition=0, offset=0)
         await forward(3, 2, partition=1, offset=0)
         group.end, group.commit = {0: 1, 1: 1}, {0: 1, 1: 1}
