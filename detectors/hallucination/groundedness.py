@@ -327,29 +327,38 @@ def _backed(spec: tx.Specific, evidence: Sequence[tx.Specific], words: frozenset
     return any(tx.supports(spec, e) for e in evidence)
 
 
-def _alignment(stems: frozenset[str], specs: Sequence[tx.Specific], unit: _Unit) -> float:
+def _best(stems: frozenset[str], specs: Sequence[tx.Specific], ctx: _Context) -> tuple[_Unit, float]:
+    """The context sentence that best backs an answer clause (the first of the best),
+    and its alignment: the share of the clause's content words it holds plus the share
+    of its specifics it backs."""
+    units = ctx.units
     total = len(stems) + len(specs)
     if total == 0:
-        return 1.0
-    hit = len(stems & unit.stems)
-    if specs:
-        evidence, words = unit.specifics, unit.words
-        hit += sum(_backed(s, evidence, words) for s in specs)
-    return hit / total
-
-
-def _best(stems: frozenset[str], specs: Sequence[tx.Specific], ctx: _Context) -> tuple[_Unit, float]:
-    units = ctx.units
+        return units[0], 1.0
+    shared = [len(stems & u.stems) for u in units]
+    order: Sequence[int] = range(len(units))
     if len(units) > _CANDIDATES and stems:
         # only the sentences sharing most words are aligned in full: the
         # alignment checks every specific, the pre-selection one set operation
         # (plain Python: a few dozen numbers, where numpy's per-call cost dominates)
-        shared = [len(stems & u.stems) for u in units]
-        top = sorted(range(len(units)), key=lambda i: -shared[i])[:_CANDIDATES]  # stable
-        units = tuple(units[i] for i in top)
-    scores = [_alignment(stems, specs, u) for u in units]
-    best = max(range(len(scores)), key=scores.__getitem__)  # the first of the best
-    return units[best], scores[best]
+        order = sorted(order, key=lambda i: -shared[i])[:_CANDIDATES]  # stable
+    # a sentence backs at most every specific, so one whose shared words plus all the
+    # specifics fall short of the best so far cannot be the best: aligned by shared
+    # words first, the rest is skipped (equal bounds are aligned: the first of equal
+    # alignments in ``order`` wins, as when every sentence was aligned)
+    n_specs = len(specs)
+    best_hit, best_pos = -1, 0
+    for pos in sorted(range(len(order)), key=lambda k: -shared[order[k]]):
+        unit = units[order[pos]]
+        hit = shared[order[pos]]
+        if hit + n_specs < best_hit:
+            break
+        if specs:
+            evidence, words = unit.specifics, unit.words
+            hit += sum(_backed(s, evidence, words) for s in specs)
+        if hit > best_hit or (hit == best_hit and pos < best_pos):
+            best_hit, best_pos = hit, pos
+    return units[order[best_pos]], best_hit / total
 
 
 def _check(sentence: str, ctx: _Context) -> SentenceCheck:

@@ -607,3 +607,49 @@ def test_antonyms_shortcuts_find_what_checking_every_pair_finds() -> None:
         assert tx.antonyms(claim, evidence) == want, (claim, evidence)
         found += bool(want)
     assert found > 500  # the sets do exercise both rules
+
+
+def _best_plainly(stems: frozenset[str], specs: list, ctx: object) -> tuple[object, float]:
+    """Every candidate sentence aligned in full, the first of the best taken."""
+    from llmpulse.detectors.hallucination.groundedness import _CANDIDATES, _backed
+
+    units = ctx.units  # type: ignore[attr-defined]
+    if len(units) > _CANDIDATES and stems:
+        shared = [len(stems & u.stems) for u in units]
+        units = tuple(units[i] for i in sorted(range(len(units)),
+                                               key=lambda i: -shared[i])[:_CANDIDATES])
+    total = len(stems) + len(specs)
+    scores = [1.0 if total == 0 else
+              (len(stems & u.stems) + sum(_backed(s, u.specifics, u.words) for s in specs))
+              / total for u in units]
+    best = max(range(len(scores)), key=scores.__getitem__)
+    return units[best], scores[best]
+
+
+def test_the_best_sentence_skips_only_sentences_that_cannot_be_it() -> None:
+    # _best stops aligning once no further sentence can reach the best: the same sentence
+    # and alignment as aligning every candidate, on random contexts of 1-14 sentences
+    # whose words, numbers, dates and names overlap the clause's in part
+    from llmpulse.detectors.hallucination.groundedness import _best, _context
+
+    rng = np.random.default_rng(11)
+    pieces = ["the refund takes 14 days", "orders ship from Berlin", "Anna Schmidt approved it",
+              "the fee is $25", "support opens at 9 am", "returns need a receipt",
+              "the plan costs 30 euros a month", "refunds go to the original card",
+              "shipping is free over $50", "the office in Paris closes on Friday",
+              "Mark Lee leads support", "it started in 2019", "the fee is waived in May",
+              "orders over 100 units ship in 3 days", "the warranty lasts 2 years"]
+    contested = 0  # contexts with several sentences to choose from, one backing the clause
+    for _ in range(1_500):
+        sents = tuple(" and ".join(rng.choice(pieces, rng.integers(1, 3), replace=False))
+                      .capitalize() + "." for _ in range(rng.integers(1, 15)))
+        ctx = _context(sents)
+        clause = " and ".join(rng.choice(pieces, rng.integers(1, 4), replace=False))
+        stems = frozenset(tx.content_stems(clause))
+        specs = tx.specifics(clause)
+        unit, score = _best(stems, specs, ctx)
+        want_unit, want_score = _best_plainly(stems, specs, ctx)
+        assert (unit.text, score) == (want_unit.text, want_score), (clause, sents)
+        assert unit is want_unit  # the same sentence, not an equal one elsewhere
+        contested += len(sents) > 1 and score > 0
+    assert contested > 500
