@@ -481,6 +481,8 @@ class SignalAgents:
         # assignment (:meth:`_caught_up`), not idle_s after it
         self.progress = progress
         self._catch_up_ends: tuple[int, dict[int, int]] | None = None  # (assignment, ends)
+        # (assignment, this worker's llmpulse.grouped ends once the group caught up)
+        self._catch_up_grouped: tuple[int, dict[int, int | None]] | None = None
         self._lag_told: int | None = None  # the assignment a hold past idle_s was logged for
         self.engine_stats: dict[str, Any] = {}
         #: the last backlog decision's inputs: "topic:partition" -> [position, end offset]
@@ -770,10 +772,48 @@ class SignalAgents:
                 log.debug("signals: rebalance hold: %s partitions %s not forwarded to their "
                           "end at the assignment yet", progress.topic, waiting)
             return False
+        try:
+            if not await self._grouped_read_to(assignment):
+                return False
+        except Exception as exc:
+            log.debug("signals: the ends of this worker's %s partitions not read: %s",
+                      TOPIC_GROUPED, exc)
+            self.counters["catch_up_unanswered"] += 1
+            return False
         if not self.rebalance.end(assignment):
             return False  # another rebalance or a pause since the read began
         log.info("signals: %s forwarded to its ends at the assignment: windows stop waiting "
                  "on the rebalance", progress.topic)
+        return True
+
+    async def _grouped_read_to(self, assignment: int) -> bool:
+        """Whether this worker has read its ``llmpulse.grouped`` partitions to their ends
+        as read once the group had forwarded what the moved inference partitions held
+        (:meth:`_caught_up`): those events are then in its engine. A partition taken
+        over without a state, nothing read of it yet, is not at its end (the window
+        polls' backlog check cannot tell: it knows no position there), so the sources
+        other workers forward to it stay awaited (:meth:`_sources_of_others`). Read
+        from: the engine's position, the consumer's, or the group's committed offset,
+        whichever is furthest."""
+        try:
+            consumer = self.app.consumer
+            tps = [tp for tp in consumer.assignment() if tp.topic == TOPIC_GROUPED]
+        except Exception:  # no consumer (tests without a broker): nothing to read
+            return True
+        if not tps:
+            return True
+        if self._catch_up_grouped is None or self._catch_up_grouped[0] != assignment:
+            asked = dict(await asyncio.wait_for(consumer.highwaters(*tps), END_OFFSETS_TIMEOUT_S))
+            mine = self._forwarded_mine()  # Tansu's ListOffsets ends short of a batch's end
+            self._catch_up_grouped = (assignment, {
+                tp.partition: largest_end(asked.get(tp), _highwater(consumer, tp),
+                                          mine.get(tp.partition)) for tp in tps})
+        held, read, committed = dict(self._positions), self.positions, self._committed()
+        for p, end in self._catch_up_grouped[1].items():
+            at = largest_end(held.get(p), read.get((TOPIC_GROUPED, p)),
+                             committed.get(f"{TOPIC_GROUPED}:{p}"))
+            if end is None or end > (at or 0):
+                return False
         return True
 
     @asynccontextmanager

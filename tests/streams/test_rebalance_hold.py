@@ -250,3 +250,63 @@ async def test_the_hold_ends_once_the_group_forwarded_what_the_moved_partitions_
         assert first == second == []  # idle_s after the assignment
         assert stats["rebalance_holds"] and stats["rebalance_holds_ended_early"] == 0
         assert [(s.ts, s.n) for s in closed] == [(w1, 5), (w3, 7)]
+
+
+class _Consumer:
+    """What the worker asks of its Faust consumer about ``llmpulse.grouped``: the
+    assignment, end offsets (ListOffsets), the last fetch's high watermarks and the
+    group's committed offsets, as the test sets them."""
+
+    def __init__(self, ends: dict[int, int], committed: dict[int, int]) -> None:
+        from faust.types import TP
+
+        from llmpulse.events import TOPIC_GROUPED
+
+        self.tps = {p: TP(TOPIC_GROUPED, p) for p in ends}
+        self.ends = ends
+        self._committed_offset = {self.tps[p]: off for p, off in committed.items()}
+
+    def assignment(self) -> set[Any]:
+        return set(self.tps.values())
+
+    async def highwaters(self, *tps: Any) -> dict[Any, int]:
+        return {tp: self.ends[tp.partition] for tp in tps}
+
+    def highwater(self, tp: Any) -> None:
+        return None  # nothing fetched yet
+
+
+async def test_the_hold_waits_for_a_grouped_partition_taken_over_without_a_state(
+        tmp_path: Path) -> None:
+    # The group has forwarded every inference partition (its commits are at their ends),
+    # but this worker was just given grouped partition 3, with no state handed over and
+    # nothing read of it: its position is the group's committed offset, 40, and 12
+    # messages lie past it (other workers' forwards of before the rebalance). The window
+    # polls' backlog check knows no position there, so the hold is what keeps the
+    # sources other workers forward to it awaited: it ends once the engine has taken
+    # those in (a rolling restart closed a window with 119 of its 215 events without it).
+    store = Store.open(f"chdb://{tmp_path}/store")
+    now = [1_000.0]
+    group = _GroupLog()
+    try:
+        agents, _engine, _grouped, _closed = _forwarding_agents(tmp_path, store, now)
+        agents.rebalance = RebalanceHold(30.0, clock=lambda: now[0], max_s=REBALANCE_HOLD_MAX_S)
+        agents.progress = group  # type: ignore[assignment]
+        consumer = _Consumer(ends={3: 52}, committed={3: 40})
+        agents.app = type("App", (), {"consumer": consumer})()  # type: ignore[assignment]
+        group.end, group.commit = {0: 7, 1: 9}, {0: 7, 1: 9}
+        agents.rebalance.revoked()
+        agents.rebalance.assigned()
+        now[0] += 1.0
+        before = await agents._caught_up()
+        agents._positions[3] = 50  # taken in up to 50: two messages still to read
+        short = await agents._caught_up()
+        agents._positions[3] = 52
+        after = await agents._caught_up()
+        stats = agents.stats()
+        agents.app = type("App", (), {"consumer": None})()  # type: ignore[assignment]
+        await agents.close()
+    finally:
+        store.close()
+    assert (before, short, after) == (False, False, True)
+    assert stats["rebalance_holds_ended_early"] == 1 and not stats["rebalance_holds"]
