@@ -165,6 +165,16 @@ class _GroupLog:
         pass
 
 
+def _following(tmp_path: Path, store: Store, now: list[float],
+               group: _GroupLog | None) -> tuple[Any, Any, Any, list[Any]]:
+    """:func:`_forwarding_agents` whose rebalance hold follows ``group``'s progress
+    (``None``: not read), at the test's clock."""
+    agents, engine, grouped, closed = _forwarding_agents(tmp_path, store, now)
+    agents.rebalance = RebalanceHold(30.0, clock=lambda: now[0], max_s=REBALANCE_HOLD_MAX_S)
+    agents.progress = group  # type: ignore[assignment]
+    return agents, engine, grouped, closed
+
+
 @pytest.mark.parametrize("moved", ["nothing", "nothing, a backlog here", "one message",
                                    "one message, a slow owner", "progress not read"])
 async def test_the_hold_ends_once_the_group_forwarded_what_the_moved_partitions_held(
@@ -186,10 +196,8 @@ async def test_the_hold_ends_once_the_group_forwarded_what_the_moved_partitions_
     now = [1_000.0]
     group = _GroupLog()
     try:
-        agents, engine, grouped, closed = _forwarding_agents(tmp_path, store, now)
-        agents.rebalance = RebalanceHold(30.0, clock=lambda: now[0], max_s=REBALANCE_HOLD_MAX_S)
-        if moved != "progress not read":
-            agents.progress = group  # type: ignore[assignment]
+        agents, engine, grouped, closed = _following(tmp_path, store, now,
+                                                     None if moved == "progress not read" else group)
         if moved == "nothing, a backlog here":
             agents.backlog = lambda: True
 
@@ -289,9 +297,7 @@ async def test_the_hold_waits_for_a_grouped_partition_taken_over_without_a_state
     now = [1_000.0]
     group = _GroupLog()
     try:
-        agents, _engine, _grouped, _closed = _forwarding_agents(tmp_path, store, now)
-        agents.rebalance = RebalanceHold(30.0, clock=lambda: now[0], max_s=REBALANCE_HOLD_MAX_S)
-        agents.progress = group  # type: ignore[assignment]
+        agents, _engine, _grouped, _closed = _following(tmp_path, store, now, group)
         consumer = _Consumer(ends={3: 52}, committed={3: 40})
         agents.app = type("App", (), {"consumer": consumer})()  # type: ignore[assignment]
         group.end, group.commit = {0: 7, 1: 9}, {0: 7, 1: 9}
