@@ -482,7 +482,7 @@ class SignalAgents:
         self.progress = progress
         self._catch_up_ends: tuple[int, dict[int, int]] | None = None  # (assignment, ends)
         # (assignment, this worker's llmpulse.grouped ends once the group caught up)
-        self._catch_up_grouped: tuple[int, dict[int, int | None]] | None = None
+        self._catch_up_grouped: tuple[int, dict[Any, int | None]] | None = None
         self._lag_told: int | None = None  # the assignment a hold past idle_s was logged for
         self.engine_stats: dict[str, Any] = {}
         #: the last backlog decision's inputs: "topic:partition" -> [position, end offset]
@@ -806,12 +806,11 @@ class SignalAgents:
             asked = dict(await asyncio.wait_for(consumer.highwaters(*tps), END_OFFSETS_TIMEOUT_S))
             mine = self._forwarded_mine()  # Tansu's ListOffsets ends short of a batch's end
             self._catch_up_grouped = (assignment, {
-                tp.partition: largest_end(asked.get(tp), _highwater(consumer, tp),
-                                          mine.get(tp.partition)) for tp in tps})
-        held, read, committed = dict(self._positions), self.positions, self._committed()
-        for p, end in self._catch_up_grouped[1].items():
-            at = largest_end(held.get(p), read.get((TOPIC_GROUPED, p)),
-                             committed.get(f"{TOPIC_GROUPED}:{p}"))
+                tp: largest_end(asked.get(tp), _highwater(consumer, tp), mine.get(tp.partition))
+                for tp in tps})
+        committed = self._committed()
+        for name, (pos, end) in self._read_view(self._catch_up_grouped[1]).items():
+            at = largest_end(pos, committed.get(name))
             if end is None or end > (at or 0):
                 return False
         return True
