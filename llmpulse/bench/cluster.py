@@ -143,6 +143,31 @@ def _freshness(workers: list[Any], app: str, t_start: float, t_end: float) -> di
     return out
 
 
+def _start_cluster(stack: contextlib.ExitStack, root: Path) -> tuple[Any, Any]:
+    """A local S3 server and three brokers over it, with the topics, stopped by ``stack``."""
+    from llmpulse.broker import create_topics
+    from llmpulse.cluster import LocalCluster, S3TestServer
+    from llmpulse.events import TOPICS
+
+    s3 = stack.enter_context(S3TestServer(log_path=root / "s3.log"))
+    cluster = stack.enter_context(LocalCluster(s3.storage, log_dir=root / "cluster"))
+    create_topics(cluster.bootstrap, {t: PARTITIONS for t in TOPICS})
+    return s3, cluster
+
+
+def _warm_up(mon: Any, workers: list[Any], pool: list[dict[str, Any]]) -> float:
+    """Send the pool's first 200 events (the producer's first connections are start-up,
+    not throughput), wait until the engines took them and every rebalance hold ended;
+    the seconds that last wait took."""
+    for ev in pool[:200]:
+        mon.inference(**ev)
+    mon.flush(60)
+    wait_for(lambda: _taken(workers) >= 200, 180, "the engines to take the first events")
+    t_settle = time.monotonic()
+    wait_for(lambda: _settled(workers), 180, "the rebalance hold to end")
+    return time.monotonic() - t_settle
+
+
 def _join_case(root: Path, pool: list[dict[str, Any]], rate: float, seconds: float,
                join_after_s: float = 10.0) -> dict[str, Any]:
     """One worker takes traffic at ``rate`` for ``seconds``; ``join_after_s`` into it a
@@ -151,15 +176,10 @@ def _join_case(root: Path, pool: list[dict[str, Any]], rate: float, seconds: flo
     in and late, and how the workers' rebalance holds ended."""
     import threading
 
-    from llmpulse.broker import create_topics
-    from llmpulse.cluster import LocalCluster, S3TestServer
-    from llmpulse.events import TOPICS
     from llmpulse.monitor import Monitor
 
     with contextlib.ExitStack() as stack:
-        s3 = stack.enter_context(S3TestServer(log_path=root / "s3.log"))
-        cluster = stack.enter_context(LocalCluster(s3.storage, log_dir=root / "cluster"))
-        create_topics(cluster.bootstrap, {t: PARTITIONS for t in TOPICS})
+        _s3, cluster = _start_cluster(stack, root)
         env = {"LLMPULSE_KAFKA": cluster.bootstrap}
         workers = [stack.enter_context(bench_stack(root / "w0", _CONFIG, env))]
         wait_for(lambda: _shared(workers), 180, "one worker to hold every partition")
@@ -176,11 +196,7 @@ def _join_case(root: Path, pool: list[dict[str, Any]], rate: float, seconds: flo
 
         joining = threading.Thread(target=join, name="bench-join")
         try:
-            for ev in pool[:200]:
-                mon.inference(**ev)
-            mon.flush(60)
-            wait_for(lambda: _taken(workers) >= 200, 180, "the engine to take the first events")
-            wait_for(lambda: _settled(workers), 180, "the rebalance hold to end")
+            _warm_up(mon, workers, pool)
             base = _taken(workers)
 
             def tick(elapsed: float) -> None:
@@ -219,15 +235,10 @@ def _join_case(root: Path, pool: list[dict[str, Any]], rate: float, seconds: flo
 
 def _scaling_case(root: Path, n: int, pool: list[dict[str, Any]], rate: float,
                   seconds: float) -> dict[str, Any]:
-    from llmpulse.broker import create_topics
-    from llmpulse.cluster import LocalCluster, S3TestServer
-    from llmpulse.events import TOPICS
     from llmpulse.monitor import Monitor
 
     with contextlib.ExitStack() as stack:
-        s3 = stack.enter_context(S3TestServer(log_path=root / "s3.log"))
-        cluster = stack.enter_context(LocalCluster(s3.storage, log_dir=root / "cluster"))
-        create_topics(cluster.bootstrap, {t: PARTITIONS for t in TOPICS})
+        s3, cluster = _start_cluster(stack, root)
         workers = [stack.enter_context(bench_stack(root / f"w{i}", _CONFIG,
                                                    {"LLMPULSE_KAFKA": cluster.bootstrap}))
                    for i in range(n)]
@@ -235,13 +246,7 @@ def _scaling_case(root: Path, n: int, pool: list[dict[str, Any]], rate: float,
         app = f"bench-cluster-{n}w"
         mon = Monitor(app=app, bootstrap=cluster.bootstrap, **_SHIM)
         try:
-            for ev in pool[:200]:  # the producer's first connections are start-up, not throughput
-                mon.inference(**ev)
-            mon.flush(60)
-            wait_for(lambda: _taken(workers) >= 200, 180, "the engines to take the first events")
-            t_settle = time.monotonic()
-            wait_for(lambda: _settled(workers), 180, "the rebalance hold to end")
-            settle_s = time.monotonic() - t_settle
+            settle_s = _warm_up(mon, workers, pool)
             base = _taken(workers)
             pids = [w.pid for w in workers if w.pid is not None]
             others = [int(p) for p in [s3.pid, *(b.pid for b in cluster.brokers)] if p]
