@@ -237,6 +237,8 @@ class DDSketch:
         counts = np.concatenate([self._neg.counts[::-1], [self._zero], self._pos.counts])
         cum = np.cumsum(counts)
         where = np.searchsorted(cum, rank, side="right")
+        if not nneg and not self._zero:  # all positive (latencies): every rank is in _pos
+            return self._value(self._pos.offset + (where - 1))
         out = np.zeros(where.shape, dtype=np.float64)
         neg = where < nneg
         pos = where > nneg

@@ -49,16 +49,26 @@ WINDOWS_S: dict[str, tuple[float, float]] = {
 
 def make_lines(
     n: int, *, rate: float = 20_000.0, feedback_share: float = 0.05, seed: int = 7,
-    start_s: float = 1_700_000_000.0,
+    start_s: float = 1_700_000_000.0, groups: int | None = None,
 ) -> list[tuple[int, bytes]]:
     """``n`` inference lines (and about ``feedback_share * n`` feedback lines,
-    2 s after their inference) as (event time ms, JSON bytes), in time order."""
+    2 s after their inference) as (event time ms, JSON bytes), in time order;
+    with ``groups``, spread round-robin over that many model versions.
+
+    >>> import orjson
+    >>> lines = make_lines(40, feedback_share=0.0, groups=3)
+    >>> sorted({orjson.loads(line)["model_version"] for _, line in lines})
+    ['g0', 'g1', 'g2']
+    """
     import orjson
 
     from llmpulse.bench._stack import event_pool
+    from llmpulse.bench.cost import grouped_pool
 
     rng = random.Random(seed)
     pool = event_pool(min(n, 20_000) or 1)
+    if groups:
+        pool = grouped_pool(pool, groups)
     infs: list[tuple[int, bytes]] = []
     fbs: list[tuple[int, bytes]] = []
     for i in range(n):
@@ -90,7 +100,7 @@ def _engine(clock: Any) -> Any:
 def run(
     events: int = 400_000, *, snapshot_events: int = 200_000, chunk: int = 1000,
     rate: float = 5_000.0, feedback_share: float = 0.05, partitions: int = 4,
-    gc_tuning: bool = True, quick: bool = False,
+    gc_tuning: bool = True, quick: bool = False, groups: int | None = None,
 ) -> dict[str, Any]:
     import llmpulse.streams.engine_process as ep
 
@@ -98,7 +108,7 @@ def run(
         events, snapshot_events = min(events, 100_000), min(snapshot_events, 50_000)
 
     add_chunks = ep.add_chunks
-    lines = make_lines(events, rate=rate, feedback_share=feedback_share)
+    lines = make_lines(events, rate=rate, feedback_share=feedback_share, groups=groups)
     old_threshold = gc.get_threshold()
     # The engine process tunes its collector at start (tune_gc), if it has one.
     tuned = gc_tuning and hasattr(ep, "tune_gc")
@@ -150,6 +160,7 @@ def run(
     return {
         "benchmark": "engine",
         "events": events,
+        "groups": groups,
         "feedback": n_feedback,
         "chunk": chunk,
         "rate": rate,
@@ -175,7 +186,8 @@ def run(
 def format_table(r: dict[str, Any]) -> str:
     n = max(1, r["events"])
     rows = [
-        f"events {r['events']} (+{r['feedback']} feedback), chunks of {r['chunk']}, "
+        f"events {r['events']} (+{r['feedback']} feedback), groups {r['groups'] or 'simulator'}, "
+        f"chunks of {r['chunk']}, "
         f"{r['windows_closed']} windows closed, {r['signals']} signals, "
         f"{r['duplicates_dropped']} duplicates dropped, collector tuned: {r['gc_tuned']}",
         f"{'add':<48} {r['add_s']:8.2f} s {r['add_us_per_event']:7.2f} us/event",
@@ -203,10 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--feedback-share", type=float, default=0.05)
     ap.add_argument("--no-gc-tuning", action="store_true",
                     help="keep the default collector thresholds (the engine process tunes them)")
+    ap.add_argument("--groups", type=int, default=None,
+                    help="spread the events over this many model versions (default: the "
+                         "simulator's own)")
     ap.add_argument("--json", metavar="FILE")
     a = ap.parse_args(argv)
     result = run(a.events, snapshot_events=a.snapshot_events, chunk=a.chunk, rate=a.rate,
-                 feedback_share=a.feedback_share, gc_tuning=not a.no_gc_tuning)
+                 feedback_share=a.feedback_share, gc_tuning=not a.no_gc_tuning,
+                 groups=a.groups)
     return finish(result, format_table, a.json)
 
 

@@ -251,6 +251,27 @@ def test_merge_equals_whole_window() -> None:
         assert merged[key].detail["significant"] == s.detail["significant"]
 
 
+@pytest.mark.parametrize("sizes", [{"eu": 40, "us": 35, "apac": 3}, {"eu": 400, "us": 300, "apac": 200}])
+def test_small_window_path_gives_the_same_tables_as_the_large_one(
+    sizes: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small window is grouped in plain Python and summed with one ``np.add.at``,
+    a large one with pandas and a bincount per column: the same tables, bit for bit."""
+    import llmpulse.detectors.bias.segments as seg
+
+    b = _batch(13, sizes, refusal={"apac": 0.4})
+    results = []
+    for small in (0, 10**9):
+        monkeypatch.setattr(seg, "_SMALL_FACTORIZE", small)
+        monkeypatch.setattr(seg, "_SMALL_SUMS", small)
+        d = SegmentBias(min_n=3)
+        sigs = d.update(b)
+        results.append((d.snapshot(), sigs))
+    (state_large, sigs_large), (state_small, sigs_small) = results
+    assert state_small == state_large
+    assert sigs_small == sigs_large and sigs_small
+
+
 def test_snapshot_is_json_and_round_trips() -> None:
     d = SegmentBias(["region"], min_n=20)
     d.update(_batch(11, {"a": 100, "b": 90}))
