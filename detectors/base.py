@@ -33,7 +33,7 @@ import copy
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -115,8 +115,17 @@ class Signal:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
     def labelled(self, *, app: str, model: str, model_version: str) -> Signal:
-        """The same signal with its group labels set."""
-        return replace(self, app=app, model=model, model_version=model_version)
+        """The same signal with its group labels set.
+
+        >>> Signal("latency.p50_ms", 1.0, 3).labelled(app="a", model="m", model_version="1")
+        ... # doctest: +NORMALIZE_WHITESPACE
+        Signal(signal='latency.p50_ms', value=1.0, n=3, dimension='', ts=0.0, window_s=0.0,
+               app='a', model='m', model_version='1', detail={})
+        """
+        # the constructor, not dataclasses.replace: a third of the cost, for every
+        # signal of every window
+        return Signal(self.signal, self.value, self.n, self.dimension, self.ts, self.window_s,
+                      app, model, model_version, self.detail)
 
     def to_row(self) -> dict[str, Any]:
         """The signal as a row of the ``signals`` table (detail stays a mapping)."""

@@ -119,18 +119,32 @@ class RepeatIds:
 
     def add(self, group: _Group, events: Sequence[Mapping[str, Any]]) -> None:
         """Keep the ids of ``events`` of ``group``: a closed window's, sorted by time."""
-        if not events:
-            return
+        self.add_windows([(group, events)])
+
+    def add_windows(self, windows: Sequence[tuple[_Group, Sequence[Mapping[str, Any]]]]) -> None:
+        """:meth:`add` for several closed windows, their ids hashed in one go (a
+        poll closes many small windows when there are many groups, and hashing
+        costs mostly per call)."""
         span = self.span_ms
-        i, n = 0, len(events)
-        while i < n:
-            ts = _ms(events[i])
-            start = ts - ts % span
-            # the window's events in this span: all of them when the window is one span
-            j = n if _ms(events[-1]) < start + span else bisect.bisect_left(
-                events, start + span, lo=i, key=_ms)
-            self._put((group, start, span), id_hashes(events[i:j]))
-            i = j
+        ids: list[str] = []
+        pieces: list[tuple[_Key, int, int]] = []
+        for group, events in windows:
+            i, n = 0, len(events)
+            while i < n:
+                ts = _ms(events[i])
+                start = ts - ts % span
+                # the window's events in this span: all of them when the window is one span
+                j = n if _ms(events[-1]) < start + span else bisect.bisect_left(
+                    events, start + span, lo=i, key=_ms)
+                lo = len(ids)
+                ids += [str(eid) for e in events[i:j] if (eid := e.get("event_id"))]
+                pieces.append(((group, start, span), lo, len(ids)))
+                i = j
+        if not ids:
+            return
+        hashes = _raw_hashes(ids)  # each id's hash depends on that id alone
+        for key, lo, hi in pieces:
+            self._put(key, np.unique(hashes[lo:hi]))
 
     def add_hashes(self, group: _Group, start: int, span: int, hashes: np.ndarray) -> None:
         """Keep sorted distinct ``hashes`` of the events of ``group`` in

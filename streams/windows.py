@@ -482,8 +482,9 @@ class TumblingWindows:
         for g, start in due:
             events, dropped = _ordered(self._open.pop((g, start)))
             self.duplicates += dropped
-            self._ids.add(g, events)
             out.append((g, start, events))
+        if out:
+            self._ids.add_windows([(g, events) for g, _, events in out])
         if due or threshold_ms > before:
             self._ids.keep_from(self._slot, self.repeat_cutoff())
             self._ids.prune()

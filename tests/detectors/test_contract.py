@@ -192,3 +192,20 @@ def test_merged_halves_emit_what_the_whole_window_gives(cls: type[Detector]) -> 
     for k, s in whole.items():
         assert merged[k].n == s.n, k
         assert merged[k].value == pytest.approx(s.value, rel=0.01, abs=1e-9), k
+
+
+def test_a_labelled_signal_keeps_every_other_field() -> None:
+    """``Signal.labelled`` builds the signal field by field: a field it missed, or
+    one added later, would be lost or shifted."""
+    import dataclasses
+
+    from llmpulse.detectors.base import Signal
+
+    values = {"signal": "s", "value": 2.5, "n": 7, "dimension": "d", "ts": 11.0,
+              "window_s": 5.0, "app": "old", "model": "old", "model_version": "old",
+              "detail": {"k": 1}}
+    assert set(values) == {f.name for f in dataclasses.fields(Signal)}
+    sig = Signal(**values)
+    got = sig.labelled(app="a", model="m", model_version="1")
+    assert got == dataclasses.replace(sig, app="a", model="m", model_version="1")
+    assert got.detail is sig.detail

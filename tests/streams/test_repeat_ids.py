@@ -197,6 +197,28 @@ def test_a_window_longer_than_the_span_fills_each_span_with_its_own_ids() -> Non
     assert not ids.holds(G, "x15", 25_000) and ids.holds(G, "x99", 59_999)
 
 
+def test_windows_added_together_keep_what_they_keep_added_one_by_one() -> None:
+    """A poll hashes the ids of all the windows it closes in one go: the same hashes,
+    buckets and state as window by window (ids of several lengths, a NUL inside an
+    id, events without an id, a window spanning several spans, a group seen twice)."""
+    windows = [
+        (G, [_ev(i) for i in range(5)]),
+        (("a", "y", "1"), [_ev(i, "y") for i in range(3)] + [{"ts": 4_000}]),
+        (G, [{**_ev(i), "event_id": f"x{i}\0tail" * (i + 1)} for i in range(20, 35)]),
+        (("a", "z", "1"), []),
+        (G, [_ev(i) for i in range(3, 8)]),
+    ]
+    one, together = RepeatIds(span_ms=10_000), RepeatIds(span_ms=10_000)
+    for g, events in windows:
+        one.add(g, events)
+    together.add_windows(windows)
+    groups = {G, ("a", "y", "1")}
+    assert sorted(together._ids) == sorted(one._ids) and len(together) == len(one) == 26
+    assert all(together._ids[k].tolist() == one._ids[k].tolist() for k in one._ids)
+    assert together.state(groups) == one.state(groups)
+    assert together.holds(G, "x21\0tail" * 22, 21_000)
+
+
 def test_an_engine_let_go_is_freed_at_once_with_its_ids() -> None:
     """The shared set refers to no buffer: a replaced engine (a restore into a fresh
     one) does not wait for the cyclic garbage collector with its open windows."""
