@@ -168,13 +168,29 @@ def feature_values(batch: Batch, name: str) -> tuple[np.ndarray, Kind] | None:
     >>> feature_values(b, "segment.language")[1], feature_values(b, "nope")
     ('categorical', None)
     """
+    global _values_cache
+    cached_batch, known = _values_cache
+    if cached_batch is not batch:
+        known = {}
+        _values_cache = (batch, known)
+    if name in known:
+        return known[name]
+    found: tuple[np.ndarray, Kind] | None = None
     col = feature_column(batch, name)
-    if col is None:
-        return None
-    values = col[present(col)]
-    if not values.size:
-        return None
-    return values, "numeric" if col.dtype == np.float64 else "categorical"
+    if col is not None:
+        values = col[present(col)]
+        if values.size:
+            # shared by the detectors that read this window (and kept in their
+            # references): read-only, so none can change what another sees
+            values.flags.writeable = False
+            found = values, "numeric" if col.dtype == np.float64 else "categorical"
+    known[name] = found
+    return found
+
+
+# The drift tests of a family read the same window's features one after the other:
+# the last batch's present values are kept (by identity), as its derived features are.
+_values_cache: tuple[Batch | None, dict[str, tuple[np.ndarray, Kind] | None]] = (None, {})
 
 
 def default_features(batch: Batch, kinds: Iterable[Kind]) -> list[str]:

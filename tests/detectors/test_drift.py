@@ -322,3 +322,20 @@ def test_categorical_psi_and_chi_square_unchanged_by_counting_method(categorical
     keys = list(ref_counts.keys() | cur_counts.keys())
     np.testing.assert_array_equal(p, np.array([ref_counts.get(k, 0) for k in keys]) / ref.size)
     np.testing.assert_array_equal(q, np.array([cur_counts.get(k, 0) for k in keys]) / cur.size)
+
+
+def test_a_window_s_feature_values_are_read_once_and_cannot_be_changed() -> None:
+    """The drift tests of a family share the present values of the window they read:
+    the same array for the same batch, a fresh one for another batch (even one with
+    the same columns), and read-only, so one test cannot change what another sees."""
+    a, b = synthetic_batch(50, seed=1), synthetic_batch(50, seed=2)
+    first = feature_values(a, "latency_ms")
+    assert first is not None and feature_values(a, "latency_ms") is first
+    other = feature_values(b, "latency_ms")
+    assert other is not None and other[0] is not first[0]
+    assert not np.array_equal(other[0], first[0])
+    again = feature_values(a, "latency_ms")  # read again after another window
+    assert again is not None and np.array_equal(again[0], first[0])
+    with pytest.raises(ValueError, match="read-only"):
+        first[0][0] = 0.0
+    assert feature_values(a, "nope") is None and feature_values(a, "nope") is None
