@@ -115,18 +115,23 @@ class ReferencePolicy:
 
 # -- feature columns -----------------------------------------------------------
 
-# Several detectors read the same window; the derived text features are the
-# only per-event Python work, so the last batch's are kept (by identity).
-_derived_cache: tuple[Batch | None, dict[str, np.ndarray]] = (None, {})
+# Several detectors read the same window one after the other: what they read of
+# the last batch (its derived text features, the only per-event Python work, and
+# its features' present values) is kept, by the batch's identity.
+_last_batch: tuple[Batch | None, dict[tuple[str, str], Any]] = (None, {})
+
+
+def _read_of(batch: Batch) -> dict[tuple[str, str], Any]:
+    """What has been read of ``batch``, if it is the last batch read; else a new record."""
+    global _last_batch
+    if _last_batch[0] is not batch:
+        _last_batch = (batch, {})
+    return _last_batch[1]
 
 
 def _derived(batch: Batch, name: str) -> np.ndarray:
-    global _derived_cache
-    cached_batch, values = _derived_cache
-    if cached_batch is not batch:
-        values = {}
-        _derived_cache = (batch, values)
-    col = values.get(name)
+    values = _read_of(batch)
+    col: np.ndarray | None = values.get(("derived", name))
     if col is None:
         if name == "context_passages":
             src = batch.texts("context")
@@ -138,7 +143,7 @@ def _derived(batch: Batch, name: str) -> np.ndarray:
             col = np.fromiter(
                 (len(t) if isinstance(t, str) else math.nan for t in src), float, len(src)
             )
-        values[name] = col
+        values[("derived", name)] = col
     return col
 
 
@@ -168,13 +173,9 @@ def feature_values(batch: Batch, name: str) -> tuple[np.ndarray, Kind] | None:
     >>> feature_values(b, "segment.language")[1], feature_values(b, "nope")
     ('categorical', None)
     """
-    global _values_cache
-    cached_batch, known = _values_cache
-    if cached_batch is not batch:
-        known = {}
-        _values_cache = (batch, known)
-    if name in known:
-        return known[name]
+    known = _read_of(batch)
+    if ("present", name) in known:
+        return known[("present", name)]
     found: tuple[np.ndarray, Kind] | None = None
     col = feature_column(batch, name)
     if col is not None:
@@ -184,13 +185,8 @@ def feature_values(batch: Batch, name: str) -> tuple[np.ndarray, Kind] | None:
             # references): read-only, so none can change what another sees
             values.flags.writeable = False
             found = values, "numeric" if col.dtype == np.float64 else "categorical"
-    known[name] = found
+    known[("present", name)] = found
     return found
-
-
-# The drift tests of a family read the same window's features one after the other:
-# the last batch's present values are kept (by identity), as its derived features are.
-_values_cache: tuple[Batch | None, dict[str, tuple[np.ndarray, Kind] | None]] = (None, {})
 
 
 def default_features(batch: Batch, kinds: Iterable[Kind]) -> list[str]:
