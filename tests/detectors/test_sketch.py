@@ -124,3 +124,18 @@ def test_invalid_arguments() -> None:
         DDSketch(0.0)
     with pytest.raises(ValueError):
         DDSketch().quantiles([1.5])
+
+
+def test_all_positive_ranks_read_directly_equal_the_general_path() -> None:
+    """A sketch with only positive values reads its ranks straight from the positive
+    store; the general path (negative store, zeros, positive store) gives the same
+    values to the bit. An empty negative bucket sends the same sketch down that path."""
+    rng = np.random.default_rng(5)
+    qs = [0.0, 0.1, 0.5, 0.9, 0.95, 0.99, 1.0]
+    for n in (1, 2, 15, 400):
+        s = DDSketch()
+        s.add(rng.lognormal(6.0, 1.0, n))
+        direct = s.quantiles(qs)
+        s._neg.counts = np.zeros(1, dtype=np.int64)  # holds nothing: only the path changes
+        assert s.count == n
+        assert s.quantiles(qs).tolist() == direct.tolist()
