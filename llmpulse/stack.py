@@ -4,8 +4,9 @@ Start order: store (the lock fails fast), broker (re-adopted if a crashed run
 left it running, see :mod:`llmpulse.broker_record`), topics, worker (agents
 and HTTP API), the OTLP/gRPC receiver (``otlp.grpc``), then ``endpoints.json`` once
 everything is ready. Stop order on SIGINT/SIGTERM: stop the OTLP/gRPC receiver (calls in
-flight finish), drain what the broker still holds into the store for as long
-as the backlog shrinks (:mod:`llmpulse.drain`; a second signal stops waiting),
+flight finish), drain what the broker held when the stop began into the store and
+the signals for as long as the backlog shrinks (:mod:`llmpulse.drain`: events sent
+meanwhile wait in the broker for the next start; a second signal stops waiting),
 stop the worker (offsets committed), close the store, stop the broker (and its
 object server) if its log is on disk (``broker.storage: disk``) or if everything
 it holds is stored (a broker in memory is otherwise left running for the next
@@ -302,7 +303,7 @@ async def _run(
                 log.warning("closing the crashed worker: %s: %s", type(exc).__name__, exc)
             return code
         log.info("stopping: draining the broker into the store")
-        result = await drain(worker.exact_lag, DrainPolicy(stall_s=drain_timeout_s), abort=abort)
+        result = await drain(worker.stop_backlog(), DrainPolicy(stall_s=drain_timeout_s), abort=abort)
         if not result.drained:
             log.warning("drain ended (%s) after %.0f s with %s not yet stored", result.reason,
                         result.waited_s, result.left)

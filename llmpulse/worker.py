@@ -35,6 +35,7 @@ from llmpulse.dashboards.annotations import (
     register_deployment_annotations,
 )
 from llmpulse.dashboards.web import routes as dashboard_routes
+from llmpulse.drain import StopBacklog
 from llmpulse.retrain.service import RetrainService, attach_retrain
 from llmpulse.store import Store
 from llmpulse.streams.alerting import AlertLinker
@@ -80,12 +81,13 @@ class Worker:
     def lag(self) -> Lag:
         return self.pipeline.lag
 
-    @property
-    def exact_lag(self) -> Lag:
-        """The backlog a clean stop drains (see :class:`IngestLag`'s ``exact``)."""
+    def stop_backlog(self) -> Lag:
+        """A new reading of the backlog a clean stop drains: what the broker held when
+        it began (:class:`StopBacklog`), with exact ends (:class:`IngestLag`'s ``exact``)."""
         signals = self.pipeline.signals
-        return IngestLag(self.pipeline.app, self.pipeline.stats, exact=True,
-                         forwarded=None if signals is None else signals.forwarded_ends)
+        exact = IngestLag(self.pipeline.app, self.pipeline.stats, exact=True,
+                          forwarded=None if signals is None else signals.forwarded_ends)
+        return StopBacklog(exact.partitions)
 
     async def close(self) -> None:
         """Flush the stream state before the app stops (see :meth:`Pipeline.close`)."""

@@ -37,6 +37,7 @@ from llmpulse.auth import ApiGuard
 from llmpulse.broker import cluster_id
 from llmpulse.config import Settings
 from llmpulse.detectors.base import Signal
+from llmpulse.drain import Ends
 from llmpulse.events import (
     TOPIC_DEADLETTER,
     TOPIC_FEEDBACK,
@@ -382,25 +383,34 @@ class IngestLag:
         self.forwarded = forwarded
 
     async def __call__(self) -> dict[str, int]:
-        consumer = self.app.consumer
         out: dict[str, int] = defaultdict(int)
+        for (topic, _partition), (pos, end) in (await self.partitions()).ends.items():
+            out[topic] += max(0, end - pos)
+        return dict(out)
+
+    async def partitions(self) -> Ends:
+        """Per partition of the worker's: the next offset to process and the end."""
+        consumer = self.app.consumer
         try:
             assignment = consumer.assignment()
         except Exception:
-            return {}
+            return Ends({}, fresh=False)
         tps = [tp for tp in assignment if tp.topic in self.TOPICS]
         fresh: dict[Any, int] = {}
         starts: dict[Any, int] = {}
+        asked = False
         if self.exact and tps:
             try:
                 await asyncio.wait_for(self.app.producer.flush(), 10.0)
                 fresh = dict(await asyncio.wait_for(consumer.highwaters(*tps), 10.0))
                 starts = dict(await asyncio.wait_for(consumer.earliest_offsets(*tps), 10.0))
+                asked = True
             except Exception as exc:  # the last fetch's high water, then
                 log.debug("end offsets not read from the broker: %s", exc)
         # the offsets committed when the partitions were assigned (None: none, or 0)
         committed = getattr(consumer, "_committed_offset", {})
         forwarded = dict(self.forwarded()) if self.forwarded is not None else {}
+        out: dict[tuple[str, int], tuple[int, int]] = {}
         for tp in tps:
             try:
                 fetched = consumer.highwater(tp)
@@ -424,8 +434,8 @@ class IngestLag:
                 except Exception:
                     pos = None
                 pos = pos or 0
-            out[tp.topic] += max(0, int(hw) - int(pos))
-        return dict(out)
+            out[(tp.topic, tp.partition)] = (int(pos), int(hw))
+        return Ends(out, fresh=asked)
 
 
 class HealthSignals:
