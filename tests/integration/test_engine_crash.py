@@ -59,6 +59,18 @@ def _send(up: UpProcess, start: int, seconds: float, rate: float = 150.0) -> int
     return n
 
 
+def _windows(up: UpProcess) -> list[tuple[str, int]]:
+    rows = up.sql(f"SELECT toString(ts) AS t, n FROM signals FINAL WHERE app = '{APP}' "
+                  "AND signal = 'errors.rate' AND window_s = 5 ORDER BY ts")
+    return [(r["t"], int(r["n"])) for r in rows]
+
+
+def _events(up: UpProcess) -> list[tuple[str, int]]:
+    rows = up.sql("SELECT toString(toStartOfInterval(ts, INTERVAL 5 SECOND)) AS t, count() AS n "
+                  f"FROM inference_events FINAL WHERE app = '{APP}' GROUP BY t ORDER BY t")
+    return [(r["t"], int(r["n"])) for r in rows]
+
+
 def test_a_dead_engine_process_stops_up_and_a_restart_counts_every_event(tmp_path: Path) -> None:
     up = UpProcess(tmp_path, config_yaml=CONFIG)
     try:
@@ -91,7 +103,12 @@ def test_a_dead_engine_process_stops_up_and_a_restart_counts_every_event(tmp_pat
             return int(got[0]["n"] or 0)
 
         # the last windows close once the source idles after the traffic
-        wait_for(lambda: counted() >= sent, 120, "every event counted in a 5 s window")
+        try:
+            wait_for(lambda: counted() >= sent, 120, "every event counted in a 5 s window")
+        except TimeoutError as exc:  # which windows fell short, to tell slow from lost
+            raise AssertionError(f"{exc}: {counted()} of {sent} counted; windows "
+                                 f"{_windows(up)}; events per 5 s {_events(up)}; log:\n"
+                                 f"{up.log(20_000)}") from None
         assert counted() == sent  # none twice: the replay after the restart adds no copy
     finally:
         up.close()
