@@ -42,6 +42,7 @@ from llmpulse.broker_record import adopt_or_start, finish
 from llmpulse.config import ConfigError, Settings
 from llmpulse.drain import DrainPolicy, drain
 from llmpulse.events import TOPIC_FEEDBACK, TOPIC_GROUPED, TOPIC_INFERENCE, TOPICS
+from llmpulse.malloc import tune_malloc
 from llmpulse.migrations import migrate
 from llmpulse.store import Store, StoreError
 
@@ -92,6 +93,7 @@ def run_stack(
     receives the HTTP API's records (admin access, failed authentication,
     sign-ins) and the admin actions.
     """
+    tune_malloc()  # before the threads start (llmpulse.malloc)
     return asyncio.run(_run(settings, on_ready, stop_event, drain_timeout_s, main))
 
 

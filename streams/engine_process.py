@@ -33,6 +33,8 @@ import zlib
 from collections.abc import Hashable, Sequence, Set
 from typing import Any
 
+from llmpulse.malloc import tune_malloc
+
 __all__ = ["CALL_TIMEOUT_S", "EngineProcess", "LocalEngine", "ShardedEngine", "add_chunks",
            "merge_stats", "tune_gc"]
 
@@ -202,6 +204,7 @@ def _interrupts_held() -> Any:
 
 def _serve(conn: Any, engine_kwargs: dict[str, Any], detectors: Any) -> None:
     _ignore_interrupts()
+    tune_malloc()
     engine = new_engine(engine_kwargs, detectors)
     tune_gc()
     while True:
