@@ -182,7 +182,7 @@ def _verdicts(samples: list[dict[str, Any]], warmup_s: float) -> dict[str, dict[
 def run(quick: bool = False, rate: float = 1000.0, seconds: float | None = None,
         sample_s: float = 5.0, storage: str = "disk",
         join_horizon_s: float | None = None,
-        broker: dict[str, float] | None = None) -> dict[str, Any]:
+        broker: dict[str, float] | None = None, malloc: str = "tuned") -> dict[str, Any]:
     from llmpulse.monitor import Monitor
 
     seconds = seconds or (40.0 if quick else 300.0)
@@ -194,7 +194,8 @@ def run(quick: bool = False, rate: float = 1000.0, seconds: float | None = None,
     if join_horizon_s is not None:  # the feedback join holds this much traffic in memory
         config += f"signals:\n  join_horizon_s: {float(join_horizon_s)}\n"
     try:
-        with bench_stack(tmp, config) as up:
+        env = {"LLMPULSE_MALLOC": "default"} if malloc == "default" else {}
+        with bench_stack(tmp, config, env) as up:
             assert up.pid is not None
             ep = up.endpoints
             pool = event_pool(5_000)
@@ -216,7 +217,7 @@ def run(quick: bool = False, rate: float = 1000.0, seconds: float | None = None,
         shutil.rmtree(tmp, ignore_errors=True)
     return {
         "benchmark": "soak", "storage": storage, "rate": rate, "seconds": seconds,
-        "join_horizon_s": join_horizon_s or 3600.0, "broker": dict(broker or {}),
+        "join_horizon_s": join_horizon_s or 3600.0, "broker": dict(broker or {}), "malloc": malloc,
         "sample_s": sample_s, "warmup_s": warmup_s, "sent": sent, "send_rate": sent / send_s,
         "shim_dropped": shim.get("dropped", 0), "stored": stats.get("stored"),
         "broker_topics": topics, "samples": sampler.samples, "verdicts": _verdicts(sampler.samples, warmup_s),
@@ -229,7 +230,7 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [f"soak: {result['rate']:,.0f} events/s for {result['seconds']:.0f} s "
              f"(sent {result['sent']:,}, {result['send_rate']:,.0f}/s), broker.storage "
              f"{result['storage']} {result.get('broker') or ''}, "
-             f"signals.join_horizon_s {result['join_horizon_s']:g}, "
+             f"signals.join_horizon_s {result['join_horizon_s']:g}, malloc {result.get('malloc', 'tuned')}, "
              f"samples every {result['sample_s']:g} s, warm-up "
              f"{result['warmup_s']:.0f} s; flat = {result['flat_rule']}",
              "after warm-up:",
@@ -258,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--broker", action="append", default=[], metavar="KEY=NUMBER",
                    help="a numeric broker.* setting for the run, e.g. retain_unread_h=0.05 "
                         "(repeatable)")
+    p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                   help="default: leave glibc malloc's own mmap threshold in the stack's "
+                        "processes (llmpulse/malloc.py), to compare")
     p.add_argument("--json", metavar="FILE")
     a = p.parse_args(argv)
     if a.rate <= 0 or a.seconds <= 0 or a.sample <= 0:
@@ -272,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         if not eq or not name.isidentifier():
             p.error(f"--broker {item!r}: expected KEY=NUMBER")
     return finish(run(rate=a.rate, seconds=a.seconds, sample_s=a.sample, storage=a.storage,
-                      join_horizon_s=a.join_horizon, broker=broker), format_table, a.json)
+                      join_horizon_s=a.join_horizon, broker=broker, malloc=a.malloc),
+                  format_table, a.json)
 
 
 if __name__ == "__main__":
