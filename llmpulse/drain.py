@@ -1,15 +1,13 @@
 """Draining the embedded broker into the store before a clean stop.
 
-``llmpulse up`` stores what the broker held when the stop began before it stops
-(:class:`StopBacklog`; events sent meanwhile stay in the broker, which keeps its
-log on disk or is left running). A fixed time limit lost
-whatever backlog was left when it ran out; :func:`drain` instead waits as
-long as the backlog keeps shrinking, reports how it goes, and gives up only
-when no progress was made for :attr:`DrainPolicy.stall_s` seconds (a stuck
-store, or producers writing as fast as the worker stores) or when the
-operator asks for it (a second Ctrl-C). Giving up loses nothing: the caller
-then leaves the broker running for the next start to pick up
-(:mod:`llmpulse.broker_record`).
+Before it stops, ``llmpulse up`` stores what the broker held when the stop began
+(:class:`StopBacklog`). Events sent meanwhile stay in the broker, which keeps its
+log on disk or is left running. A fixed time limit lost whatever backlog was left
+when it ran out; :func:`drain` instead waits as long as the backlog keeps
+shrinking, reports how it goes, and gives up only when no progress was made for
+:attr:`DrainPolicy.stall_s` seconds (a stuck store) or when the operator asks for
+it (a second Ctrl-C). Giving up loses nothing: the caller then leaves the broker
+running for the next start to pick up (:mod:`llmpulse.broker_record`).
 
 A backlog that shrinks, then runs dry:
 

@@ -82,8 +82,9 @@ class Worker:
         return self.pipeline.lag
 
     def stop_backlog(self) -> Lag:
-        """A new reading of the backlog a clean stop drains: what the broker held when
-        it began (:class:`StopBacklog`), with exact ends (:class:`IngestLag`'s ``exact``)."""
+        """For one clean stop, the backlog it drains: what the broker held when the
+        stop began (:class:`StopBacklog`), with exact ends (:class:`IngestLag`'s
+        ``exact``)."""
         signals = self.pipeline.signals
         exact = IngestLag(self.pipeline.app, self.pipeline.stats, exact=True,
                           forwarded=None if signals is None else signals.forwarded_ends)
