@@ -18,6 +18,8 @@ llmpulse.bench.soak ...``; the stack's processes inherit it).
 'left to MALLOC_MMAP_THRESHOLD_'
 >>> tune_malloc(env={"LLMPULSE_MALLOC": "default"})
 'left to glibc (LLMPULSE_MALLOC=default)'
+>>> tune_malloc(env={"LLMPULSE_MALLOC": "defualt"})  # warned about, then tuned
+'malloc: mmap threshold fixed at 262144 bytes'
 """
 
 from __future__ import annotations
@@ -45,8 +47,11 @@ def tune_malloc(threshold: int = MMAP_THRESHOLD, env: Mapping[str, str] | None =
     env = os.environ if env is None else env
     if "MALLOC_MMAP_THRESHOLD_" in env:
         return _said("left to MALLOC_MMAP_THRESHOLD_")
-    if env.get("LLMPULSE_MALLOC", "") == "default":
+    asked = env.get("LLMPULSE_MALLOC", "tuned")
+    if asked == "default":
         return _said("left to glibc (LLMPULSE_MALLOC=default)")
+    if asked != "tuned":
+        log.warning("LLMPULSE_MALLOC=%r: expected 'tuned' or 'default'; tuning malloc", asked)
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name)
