@@ -5,8 +5,8 @@ freed (up to 32 MiB), so that later large blocks come from the heap instead. A
 worker allocates and frees buffers of that size all the time (fetched batches,
 JSON lines for the store, forwarded messages), and the heap they leave behind is
 fragmented: freed, yet not given back. Measured on ``llmpulse up`` under 400
-events/s: the heap's in-use bytes stayed at 57 MB while its free bytes grew from
-15 to 62 MB in 15 minutes, and the RSS with them. A fixed threshold keeps large
+events/s: the heap's in-use bytes stayed at 56-58 MB while its free bytes grew from
+15 to 66 MB in 15 minutes, and the RSS with them (507 to 593 MB). A fixed threshold keeps large
 blocks in their own mappings, returned to the system when freed.
 
 Only glibc has ``mallopt``; elsewhere (musl, macOS) nothing changes. An operator's

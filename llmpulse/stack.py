@@ -304,7 +304,8 @@ async def _run(
             except Exception as exc:  # the engine that crashed cannot save: the last save holds
                 log.warning("closing the crashed worker: %s: %s", type(exc).__name__, exc)
             return code
-        log.info("stopping: draining the broker into the store")
+        log.info("stopping: storing what the broker holds now (events sent from here on "
+                 "wait in the broker for the next start)")
         result = await drain(worker.stop_backlog(), DrainPolicy(stall_s=drain_timeout_s), abort=abort)
         if not result.drained:
             log.warning("drain ended (%s) after %.0f s with %s not yet stored", result.reason,

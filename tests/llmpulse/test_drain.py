@@ -12,7 +12,7 @@ import asyncio
 
 import pytest
 
-from llmpulse.drain import DrainPolicy, Ends, StopBacklog, drain
+from llmpulse.drain import DrainPolicy, Ends, Lag, StopBacklog, drain
 
 
 class SteadyTraffic:
@@ -51,9 +51,9 @@ async def _no_sleep(_s: float) -> None:
     return None
 
 
-def _drain(lag: object, stall_s: float = 30.0) -> tuple[bool, dict[str, int]]:
+def _drain(lag: Lag, stall_s: float = 30.0) -> tuple[bool, dict[str, int]]:
     clock = iter(float(t) for t in range(100_000)).__next__
-    result = asyncio.run(drain(lag, DrainPolicy(stall_s=stall_s), sleep=_no_sleep,  # type: ignore[arg-type]
+    result = asyncio.run(drain(lag, DrainPolicy(stall_s=stall_s), sleep=_no_sleep,
                                clock=clock, report=lambda _msg: None))
     return result.drained, result.left
 
