@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import html
 import importlib
 import ipaddress
 import itertools
@@ -49,6 +50,7 @@ __all__ = [
     "EXTRA_HINT",
     "IBAN_LENGTHS",
     "PhoneFinder",
+    "PlainView",
     "card_issuer_known",
     "clear_caches",
     "could_hold_pii",
@@ -59,6 +61,7 @@ __all__ = [
     "iban_valid",
     "luhn_valid",
     "merge_spans",
+    "plain_view",
     "require_extra",
 ]
 
@@ -261,14 +264,32 @@ def find_emails(text: str) -> list[tuple[int, int]]:
         while j > at + 1 and text[j - 1] in ".-":
             j -= 1
         if i < at < j - 1:
-            try:
-                ev.validate_email(text[i:j], check_deliverability=False)
-            except ev.EmailNotValidError:
-                pass
-            else:
-                out.append((i, j))
+            for start in _local_starts(text, i, at):
+                try:
+                    ev.validate_email(text[start:j], check_deliverability=False)
+                except ev.EmailNotValidError:
+                    continue
+                out.append((start, j))
+                break
         at = text.find("@", at + 1)
     return out
+
+
+def _local_starts(text: str, i: int, at: int) -> list[int]:
+    """Where the local part of an address before ``text[at]`` may start: at ``i``
+    and, when ``text[i:at]`` reads like a link's path or query (it holds ``/`` or
+    ``?``), first after its last ``/ ? = &`` (``…/reset?email=jane@…`` is jane's
+    address, not the link's).
+
+    >>> t = "https://x.io/r?email=jane@example.com"
+    >>> [t[k:t.index("@")] for k in _local_starts(t, 6, t.index("@"))]
+    ['jane', '//x.io/r?email=jane']
+    """
+    local = text[i:at]
+    if "/" not in local and "?" not in local:
+        return [i]
+    cut = max(local.rfind(c) for c in "/?=&") + 1
+    return [i + cut, i] if 0 < cut < len(local) else [i]
 
 
 # Digits joined by the punctuation phone numbers are written with (ASCII and
@@ -743,3 +764,199 @@ def merge_spans(groups: Iterable[tuple[str, list[tuple[int, int]]]]) -> list[tup
             if all(b <= x or a >= y for x, y, _ in taken):
                 taken.append((a, b, label))
     return sorted(taken)
+
+
+# -- disguises ---------------------------------------------------------------------------
+#
+# The finders read the text as written. Personal data also travels disguised: an
+# address percent-escaped in a link (``jane%40example.com``), as HTML character
+# references (``jane&#64;example.com``), in full-width forms (``ｊａｎｅ＠…``), with an
+# invisible zero-width character inside, or spelled ``jane (at) example (dot) com``.
+# :func:`plain_view` undoes these into a second text that remembers where each of
+# its characters came from; the finders run on it as well and what they find is
+# mapped back onto the text as written. Unbracketed ``at`` / ``dot`` are left alone:
+# "look at example.com" is no address.
+
+_BRACKETS = {"(": ")", "[": "]", "{": "}", "<": ">"}
+_SPELLED = {"at": "@", "dot": "."}
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+@functools.cache
+def _format_class() -> str:
+    """Unicode's invisible format characters (category Cf: zero-width space and
+    joiners, word joiner, soft hyphen, byte order mark ...), as the inside of a
+    character class."""
+    ranges: list[list[int]] = []
+    for c in range(0x110000):
+        if unicodedata.category(chr(c)) == "Cf":
+            if ranges and ranges[-1][1] == c - 1:
+                ranges[-1][1] = c
+            else:
+                ranges.append([c, c])
+    return "".join(re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in ranges)
+
+
+@functools.cache
+def _invisible() -> re.Pattern[str]:
+    return re.compile(f"[{_format_class()}]")
+
+
+_ASCII_MARKS = "%&@([{<"
+
+
+@functools.cache
+def _marks(normalized: bool) -> re.Pattern[str]:
+    """Where a disguise may start: ``%``, ``&``, ``@``, an opening bracket, an
+    invisible format character and, in text that NFKC would change, any other
+    non-ASCII character. The view is copied through in between."""
+    other = "" if normalized else "|[^\\x00-\\x7f]"
+    return re.compile(f"[{re.escape(_ASCII_MARKS)}{_format_class()}]{other}")
+
+
+@dataclass(frozen=True, slots=True)
+class PlainView:
+    """A text with its disguises undone; character ``i`` of :attr:`text` came from
+    ``original[starts[i]:ends[i]]``."""
+
+    text: str
+    starts: tuple[int, ...]
+    ends: tuple[int, ...]
+
+    def origin(self, start: int, end: int) -> tuple[int, int]:
+        """The span of the original text that ``text[start:end]`` came from."""
+        return self.starts[start], self.ends[end - 1]
+
+
+def _spelled_at(text: str, i: int) -> tuple[str, int] | None:
+    """``("@" or ".", end)`` when ``text[i:end]`` is a bracketed ``at`` or ``dot``
+    (any case, spaces inside the brackets allowed)."""
+    close = _BRACKETS.get(text[i])
+    if close is None:
+        return None
+    j = i + 1
+    while j < len(text) and text[j] == " ":
+        j += 1
+    k = j
+    while k < len(text) and text[k].isalpha() and k - j <= 3:
+        k += 1
+    sign = _SPELLED.get(text[j:k].lower())
+    while k < len(text) and text[k] == " ":
+        k += 1
+    if sign is None or k >= len(text) or text[k] != close:
+        return None
+    return sign, k + 1
+
+
+# a bracketed "at" or "dot" somewhere: only a hint, :func:`_spelled_at` decides
+_SPELLED_HINT = re.compile(r"[(\[{<] *(?:at|dot) *[)\]}>]", re.IGNORECASE)
+
+
+def _may_be_disguised(text: str) -> bool:
+    if "%" in text or "&" in text or " @ " in text:
+        return True
+    if ("(" in text or "[" in text or "{" in text or "<" in text) and _SPELLED_HINT.search(text):
+        return True
+    return not text.isascii() and (not unicodedata.is_normalized("NFKC", text)
+                                   or _invisible().search(text) is not None)
+
+
+def plain_view(text: str) -> PlainView | None:
+    """``text`` with percent-escapes, HTML character references, compatibility
+    forms (NFKC), invisible format characters, bracketed ``at`` / ``dot`` and spaces
+    on both sides of ``@`` undone; None when there is nothing to undo.
+
+    >>> v = plain_view("mail jane%40example.com or bob (at) corp [dot] io")
+    >>> v.text
+    'mail jane@example.com or bob@corp.io'
+    >>> v.origin(5, 21), v.origin(25, 36)
+    ((5, 23), (27, 49))
+    >>> plain_view("ｊｏｅ＠ｅｘａｍｐｌｅ．ｃｏｍ").text, plain_view("plain text, 50 % off")
+    ('joe@example.com', None)
+    """
+    if not _may_be_disguised(text):
+        return None
+    out: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    marks = _marks(text.isascii() or unicodedata.is_normalized("NFKC", text))
+    changed = False
+
+    def emit(chars: str, a: int, b: int) -> None:
+        for c in chars:
+            out.append(c)
+            starts.append(a)
+            ends.append(b)
+
+    def sign(c: str, a: int, b: int) -> int:
+        """Emit an "@" (or a spelled "."), with the spaces around it gone; where
+        the text goes on after them."""
+        nonlocal changed
+        while out and out[-1] == " ":  # "jane @ example.com"
+            del out[-1], starts[-1], ends[-1]
+            changed = True
+        emit(c, a, b)
+        while b < n and text[b] == " ":
+            b += 1
+            changed = True
+        return b
+
+    i, n = 0, len(text)
+    while i < n:
+        m = marks.search(text, i)
+        j = m.start() if m is not None else n
+        if j > i:  # copied through
+            out.extend(text[i:j])
+            starts.extend(range(i, j))
+            ends.extend(range(i + 1, j + 1))
+        if m is None:
+            break
+        i = j
+        ch = text[i]
+        if ch == "%" and i + 2 < n and text[i + 1] in _HEX and text[i + 2] in _HEX:
+            dec = chr(int(text[i + 1:i + 3], 16))
+            if " " < dec <= "~":  # printable ASCII: "%40" is "@", "%2B" is "+"
+                changed = True
+                if dec == "@":
+                    i = sign(dec, i, i + 3)
+                else:
+                    emit(dec, i, i + 3)
+                    i += 3
+                continue
+        if ch == "&" and (end := text.find(";", i + 2, i + 12)) != -1:
+            dec = html.unescape(text[i:end + 1])
+            if len(dec) == 1 and dec != "&":  # "&#64;", "&#x40;", "&commat;"
+                changed = True
+                if dec == "@":
+                    i = sign(dec, i, end + 1)
+                else:
+                    emit(dec, i, end + 1)
+                    i = end + 1
+                continue
+        if ch in _BRACKETS and (spelled := _spelled_at(text, i)) is not None:
+            changed = True
+            i = sign(spelled[0], i, spelled[1])
+            continue
+        if ch == "@":
+            if out and out[-1] == " " and text[i + 1:i + 2] == " ":
+                i = sign(ch, i, i + 1)  # "jane @ example.com"; "thanks @jane.doe" stays
+            else:
+                emit(ch, i, i + 1)
+                i += 1
+            continue
+        if not ch.isascii():
+            norm = "" if unicodedata.category(ch) == "Cf" else unicodedata.normalize("NFKC", ch)
+            if norm != ch:
+                changed = True
+                if norm == "@":
+                    i = sign(norm, i, i + 1)
+                    continue
+                emit(norm, i, i + 1)  # invisible ones are dropped: norm is ""
+                i += 1
+                continue
+        emit(ch, i, i + 1)
+        i += 1
+    if not changed:
+        return None
+    return PlainView("".join(out), tuple(starts), tuple(ends))
+

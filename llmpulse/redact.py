@@ -56,12 +56,14 @@ from llmpulse.pii import (
     iban_valid,
     luhn_valid,
     merge_spans,
+    plain_view,
     require_extra,
 )
 
 __all__ = [
     "BUILTIN_RULES",
     "Redactor",
+    "find_spans",
     "TextPolicy",
     "iban_valid",
     "luhn_valid",
@@ -105,9 +107,30 @@ def _replace(text: str, spans: list[tuple[int, int, str]]) -> str:
     return "".join(parts)
 
 
+def find_spans(text: str, finders: Sequence[tuple[str, Finder]], *,
+               disguises: bool = True) -> list[tuple[int, int, str]]:
+    """Labelled, non-overlapping spans of what ``finders`` find in ``text`` and, with
+    ``disguises``, in its plain view (:func:`~llmpulse.pii.plain_view`: an address
+    percent-escaped in a link, full-width, split by a zero-width space, spelled
+    ``(at)``), mapped back onto ``text``. Where findings overlap, those in the text as
+    written win, then earlier finders.
+
+    >>> find_spans("reset?u=jane%40example.com", [("[EMAIL]", find_emails)])
+    [(8, 26, '[EMAIL]')]
+    >>> find_spans("reset?u=jane%40example.com", [("[EMAIL]", find_emails)], disguises=False)
+    []
+    """
+    found = [(label, find(text)) for label, find in finders] if could_hold_pii(text) else []
+    view = plain_view(text) if disguises else None
+    if view is not None and could_hold_pii(view.text):
+        # after every finding in the text as written, so the view only ever adds
+        found += [(label, [view.origin(a, b) for a, b in find(view.text)]) for label, find in finders]
+    return merge_spans(found)
+
+
 def _single(label: str, finder: Finder) -> Callable[[str], str]:
     def rule(text: str) -> str:
-        return _replace(text, merge_spans([(label, finder(text))]))
+        return _replace(text, find_spans(text, [(label, finder)]))
 
     rule.__name__ = f"redact_{label.strip('[]').lower()}"
     return rule
@@ -138,11 +161,18 @@ class Redactor:
     :data:`BUILTIN_RULES`); ``regions`` are the ISO 3166 region codes tried for
     phone numbers written without a country code; ``extra`` adds user rules: a
     callable ``str -> str``, a regex (compiled or text; matches become
-    ``[REDACTED]``), or a ``(regex, replacement)`` pair.
+    ``[REDACTED]``), or a ``(regex, replacement)`` pair. With ``disguises`` (the
+    default) the built-in rules also read the text with its disguises undone
+    (percent-escapes, HTML character references, full-width forms, zero-width
+    characters, ``(at)`` / ``[dot]``, spaces around ``@``; see
+    :func:`~llmpulse.pii.plain_view`) and redact what they find there in the text
+    as written.
 
     >>> r = Redactor(builtins=("email",), extra=[r"ACME-\\d{6}", (r"secret\\w*", "***")])
     >>> r("ticket ACME-123456 from bob@corp.io: secretpassword")
     'ticket [REDACTED] from [EMAIL]: ***'
+    >>> Redactor()("reset: https://x.io/r?u=jane%40example.com, or jane (at) example [dot] com")
+    'reset: https://x.io/r?u=[EMAIL], or [EMAIL]'
     """
 
     def __init__(
@@ -150,7 +180,9 @@ class Redactor:
         builtins: Iterable[str] = tuple(BUILTIN_RULES),
         extra: Sequence[Rule] = (),
         regions: Sequence[str] = DEFAULT_PHONE_REGIONS,
+        disguises: bool = True,
     ) -> None:
+        self.disguises = disguises
         if isinstance(regions, str):
             raise TypeError(f"regions: a sequence of region codes such as ('DE', 'AT'), got the string {regions!r}")
         self.builtins = tuple(builtins)
@@ -185,14 +217,15 @@ class Redactor:
         self._rules = tuple(rules)
 
     def __call__(self, text: str) -> str:
-        if self._finders and could_hold_pii(text):
-            text = _replace(text, merge_spans((label, find(text)) for label, find in self._finders))
+        if self._finders:
+            text = _replace(text, find_spans(text, self._finders, disguises=self.disguises))
         for rule in self._rules:
             text = rule(text)
         return text
 
     def __repr__(self) -> str:
-        return f"Redactor(builtins={self.builtins!r}, extra={self.extra!r}, regions={self.regions!r})"
+        return (f"Redactor(builtins={self.builtins!r}, extra={self.extra!r}, regions={self.regions!r}, "
+                f"disguises={self.disguises!r})")
 
 
 def _meta(text: str) -> dict[str, Any]:

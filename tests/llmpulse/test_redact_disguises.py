@@ -1,0 +1,151 @@
+"""Personal data in disguise: percent-escaped in a link, as HTML character
+references, full-width, split by an invisible character, spelled ``(at)``.
+
+The redactor reads a plain view of the text as well (:func:`llmpulse.pii.plain_view`)
+and redacts what it finds there in the text as written. The addresses and numbers
+below are generated or taken from the libraries' own examples; each disguise is
+applied by the standard library (``urllib.parse.quote``, ``html`` character
+references, ``unicodedata``), not written by hand.
+"""
+
+from __future__ import annotations
+
+import html
+import urllib.parse
+
+import phonenumbers as pn
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from llmpulse.pii import find_emails, plain_view
+from llmpulse.redact import Redactor, find_spans
+
+DEFAULT = Redactor()
+PLAIN = Redactor(disguises=False)
+
+_ADDRESSES = ["jane.doe@example.com", "k.mayer@beispiel.de", "o'brien+news@mail.example.co.uk",
+              "x_y-z@sub.domain.io", "support@company.org"]
+_PHONES = [pn.format_number(pn.example_number(r), pn.PhoneNumberFormat.E164) for r in ("US", "GB", "DE", "IN")]
+
+
+def _fullwidth(s: str) -> str:
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in s)
+
+
+def _entities(s: str) -> str:
+    return s.replace("@", "&#64;").replace(".", "&#x2E;")
+
+
+def _named(s: str) -> str:
+    return s.replace("@", "&commat;").replace(".", "&period;")
+
+
+def _zero_width(s: str) -> str:
+    at = s.index("@")
+    return s[: at + 3] + "\u200b" + s[at + 3:]
+
+
+def _soft_hyphen(s: str) -> str:
+    return s[:2] + "\u00ad" + s[2:]
+
+
+def _spelled(s: str) -> str:
+    local, domain = s.split("@")
+    return f"{local} (at) {domain.replace('.', ' [dot] ')}"
+
+
+def _spelled_tight(s: str) -> str:
+    local, domain = s.split("@")
+    return f"{local}(AT){domain.replace('.', '(DOT)')}"
+
+
+def _spaced(s: str) -> str:
+    return s.replace("@", " @ ")
+
+
+def _in_link(s: str) -> str:
+    return "https://shop.example/reset?" + urllib.parse.urlencode({"email": s, "t": "42"})
+
+
+def _in_link_quoted(s: str) -> str:
+    return "https://shop.example/u/" + urllib.parse.quote(s, safe="")
+
+
+DISGUISES = {f.__name__.strip("_"): f for f in (
+    _fullwidth, _entities, _named, _zero_width, _soft_hyphen, _spelled, _spelled_tight, _spaced,
+    _in_link, _in_link_quoted)}
+
+
+@pytest.mark.parametrize("disguise", list(DISGUISES))
+@pytest.mark.parametrize("address", _ADDRESSES)
+def test_disguised_addresses_are_redacted(disguise, address):
+    shown = DISGUISES[disguise](address)
+    text = f"Write to {shown} today."
+    out = DEFAULT(text)
+    assert "[EMAIL]" in out, (shown, out)
+    assert out.startswith("Write to ") and out.endswith(" today."), out
+    local = address.split("@")[0]
+    assert local not in out and _fullwidth(local) not in out, out
+    # read as written, the disguise hid it (except where the "@" survives as is)
+    if "@" not in shown:
+        assert "[EMAIL]" not in PLAIN(text)
+
+
+def test_the_link_around_an_address_stays():
+    url = "https://shop.example/reset?" + urllib.parse.urlencode({"email": "jane@example.com", "t": "42"})
+    assert DEFAULT(f"Open {url} now") == "Open https://shop.example/reset?email=[EMAIL]&t=42 now"
+    assert DEFAULT("https://shop.example/reset?email=jane@example.com") == \
+        "https://shop.example/reset?email=[EMAIL]"
+
+
+@pytest.mark.parametrize("phone", _PHONES)
+def test_percent_escaped_phone_in_a_tel_link(phone):
+    link = "tel:" + urllib.parse.quote(phone, safe="")
+    assert "%2B" in link
+    out = DEFAULT(f"Call {link}")
+    assert "[PHONE]" in out and phone[2:] not in out, out
+
+
+@pytest.mark.parametrize("text", [
+    "AT&T, R&D and Q&A; 50% off, 100%; tom &amp; jerry",
+    "prices (at) cost, look at example.com, see <at> tag, the [dot] product",
+    "thanks @jane.doe for the fix; use the @dataclass decorator",
+    "déjà vu café — ½ price, ² and ﬁne print, Ｔｏｋｙｏ ２０２４",
+    "progress 100%25, width%3A 40%, discount 50%40 items",
+    "zero\u200bwidth and soft\u00adhyphen in plain words",
+    "name&#64;host has no domain; user (at) localhost neither",
+])
+def test_look_alikes_stay(text):
+    assert DEFAULT(text) == text
+
+
+_WORDS = st.sampled_from(["at", "dot", "(at)", "[dot]", "%", "%40", "&", "&#64;", "@", " @ ", "(", ")",
+                          "example", "com", ".", "price", "50", "½", "Ｔｏｋｙｏ", "\u200b", "café",
+                          "\u00ad", "%2E", "&period;", "org", "user", "-", "_"])
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_WORDS, min_size=1, max_size=14), st.lists(st.sampled_from([" ", "", ", "]), min_size=14,
+                                                           max_size=14))
+def test_the_view_maps_back_and_never_redacts_less(words, gaps):
+    text = "".join(w + g for w, g in zip(words, gaps, strict=False))
+    view = plain_view(text)
+    if view is not None:
+        assert len(view.starts) == len(view.ends) == len(view.text)
+        assert all(0 <= a < b <= len(text) for a, b in zip(view.starts, view.ends, strict=True))
+        assert list(view.starts) == sorted(view.starts)
+        for a, b in find_emails(view.text):
+            lo, hi = view.origin(a, b)
+            assert "@" in html.unescape(urllib.parse.unquote(text[lo:hi])) or "at" in text[lo:hi].lower() \
+                or "＠" in text[lo:hi]
+    # every span found in the text as written is still redacted: the view only adds
+    plain = find_spans(text, DEFAULT._finders, disguises=False)
+    full = find_spans(text, DEFAULT._finders)
+    assert set(plain) <= set(full)
+
+
+def test_plain_view_is_none_for_ordinary_text():
+    for text in ["Thanks, we will look into it.", "Order 1234 shipped on 2024-05-01", "Grüße aus München",
+                 "日本語のテキストです", ""]:
+        assert plain_view(text) is None, text
