@@ -154,13 +154,37 @@ def card_issuer_known(digits: str) -> bool:
 _CARD_CANDIDATE = re.compile(r"\d(?<![\d-]\d)(?<!\d[ -]\d)(?:[ -]?\d){11,18}(?![\d-])(?![ -]\d)")
 
 
+# Groups of a card written with a wider separator, the same one throughout: two
+# or three spaces (a form or PDF copied), a tab, or a hyphen with a space beside
+# it ("4111 - 1111 - 1111 - 1111"). Dots are not taken ("4111.1111.1111.1111"):
+# every text with a "." would pay for the scan, for a rare way of writing a card.
+# As above, a run that goes on into more digits (across spaces too) holds no card.
+_CARD_GROUPED = re.compile(
+    r"\d(?<![\d.-]\d)(?<![\d.-][ \t\u00a0]\d)(?<![\d.-][ \t\u00a0]{2}\d)(?<![\d.-][ \t\u00a0]{3}\d)"
+    r"\d{3}(?P<sep>[ \t\u00a0]{2,3}|\t| - | -|- )\d{3,6}(?:(?P=sep)\d{3,6}){1,3}"
+    r"(?!\d|[-.]\d|[ \t\u00a0]{1,3}[-.]?\d)")
+
+
 def find_cards(text: str) -> list[tuple[int, int]]:
-    """Spans of payment card numbers (Luhn and issuer range both hold)."""
+    """Spans of payment card numbers (Luhn and issuer range both hold).
+
+    >>> find_cards("card 4111  1111  1111  1111 or 4111 - 1111 - 1111 - 1111")
+    [(5, 27), (31, 56)]
+    >>> find_cards("table 4111  1111  1111  1112, 1234  5678  9012  3456")
+    []
+    """
     out = []
     for m in _CARD_CANDIDATE.finditer(text):
         digits = m.group().replace(" ", "").replace("-", "")
         if luhn_valid(digits) and card_issuer_known(digits):
             out.append(m.span())
+    if "  " in text or "\t" in text or "- " in text or " -" in text:
+        for m in _CARD_GROUPED.finditer(text):
+            digits = "".join(c for c in m.group() if c.isdigit())
+            if (12 <= len(digits) <= 19 and luhn_valid(digits) and card_issuer_known(digits)
+                    and all(b <= m.start() or a >= m.end() for a, b in out)):
+                out.append(m.span())
+        out.sort()
     return out
 
 
@@ -187,7 +211,7 @@ def iban_valid(iban: str) -> bool:
     >>> iban_valid("GB82WEST12345698765432"), iban_valid("GB83WEST12345698765432")
     (True, False)
     """
-    s = iban.replace(" ", "").upper()
+    s = iban.replace(" ", "").replace("-", "").upper()
     if IBAN_LENGTHS.get(s[:2]) != len(s) or not s[2:4].isdigit() or not s.isalnum() or not s.isascii():
         return False
     rearranged = s[4:] + s[:4]
@@ -201,7 +225,11 @@ _IBAN_CHECK = re.compile(r"\d\d(?<=(?<![A-Za-z0-9])[A-Za-z]{2}\d\d)")
 
 
 def find_ibans(text: str) -> list[tuple[int, int]]:
-    """Spans of IBANs, grouped by single spaces or not, in either letter case."""
+    """Spans of IBANs, grouped by single spaces or hyphens or not, in either letter case.
+
+    >>> find_ibans("IBAN: GB82-WEST-1234-5698-7654-32, not GB82-WEST-1234-5698-7654-33")
+    [(6, 33)]
+    """
     out: list[tuple[int, int]] = []
     for m in _IBAN_CHECK.finditer(text):
         start = m.start() - 2
@@ -216,7 +244,7 @@ def find_ibans(text: str) -> list[tuple[int, int]]:
             if ch.isascii() and ch.isalnum():
                 n += 1
                 i += 1
-            elif ch == " " and i + 1 < len(text) and text[i + 1].isascii() and text[i + 1].isalnum():
+            elif ch in " -" and i + 1 < len(text) and text[i + 1].isascii() and text[i + 1].isalnum():
                 i += 1
             else:
                 break
@@ -853,7 +881,7 @@ _SPELLED_HINT = re.compile(r"[(\[{<] *(?:at|dot) *[)\]}>]", re.IGNORECASE)
 
 
 def _may_be_disguised(text: str) -> bool:
-    if "%" in text or "&" in text or " @ " in text:
+    if "%" in text or "&" in text or " @ " in text or "(+" in text:
         return True
     if ("(" in text or "[" in text or "{" in text or "<" in text) and _SPELLED_HINT.search(text):
         return True
@@ -863,8 +891,9 @@ def _may_be_disguised(text: str) -> bool:
 
 def plain_view(text: str) -> PlainView | None:
     """``text`` with percent-escapes, HTML character references, compatibility
-    forms (NFKC), invisible format characters, bracketed ``at`` / ``dot`` and spaces
-    on both sides of ``@`` undone; None when there is nothing to undo.
+    forms (NFKC), invisible format characters, bracketed ``at`` / ``dot``, spaces
+    on both sides of ``@`` and a bracketed country code (``(+44)``) undone; None
+    when there is nothing to undo.
 
     >>> v = plain_view("mail jane%40example.com or bob (at) corp [dot] io")
     >>> v.text
@@ -932,6 +961,17 @@ def plain_view(text: str) -> PlainView | None:
                 else:
                     emit(dec, i, end + 1)
                     i = end + 1
+                continue
+        if ch == "(" and text[i + 1:i + 2] == "+":  # "(+44) 20 7946 0958": a country code
+            k = i + 2
+            while k < n and k - i <= 5 and text[k].isdigit():
+                k += 1
+            if i + 2 < k < n and text[k] == ")":
+                changed = True
+                emit("+", i, i + 2)
+                for d in range(i + 2, k):
+                    emit(text[d], d, d + 1)
+                i = k + 1
                 continue
         if ch in _BRACKETS and (spelled := _spelled_at(text, i)) is not None:
             changed = True

@@ -149,3 +149,44 @@ def test_plain_view_is_none_for_ordinary_text():
     for text in ["Thanks, we will look into it.", "Order 1234 shipped on 2024-05-01", "Grüße aus München",
                  "日本語のテキストです", ""]:
         assert plain_view(text) is None, text
+
+
+@pytest.mark.parametrize("region", ["GB", "FR", "DE", "IT", "ES", "NL", "AU", "CH"])
+def test_country_code_in_brackets(region):
+    n = pn.example_number_for_type(region, pn.PhoneNumberType.FIXED_LINE)
+    national = pn.format_number(n, pn.PhoneNumberFormat.NATIONAL).lstrip("0").strip()
+    text = f"Office: (+{n.country_code}) {national}, ask for Sam"
+    out = DEFAULT(text)
+    assert out.startswith("Office: [PHONE]") and out.endswith(", ask for Sam"), (text, out)
+
+
+_CARDS = ["4111111111111111", "5555555555554444", "378282246310005", "6011111111111117"]
+
+
+def _grouped(card: str, sep: str) -> str:
+    sizes = (4, 6, 5) if len(card) == 15 else (4, 4, 4, 4)
+    parts, k = [], 0
+    for size in sizes:
+        parts.append(card[k:k + size])
+        k += size
+    return sep.join(parts)
+
+
+@pytest.mark.parametrize("sep", ["  ", "   ", "\t", " - ", "-", "- ", " -"])
+@pytest.mark.parametrize("card", _CARDS)
+def test_cards_with_wider_separators(card, sep):
+    text = f"my card is {_grouped(card, sep)}, thanks"
+    assert DEFAULT(text) == "my card is [CARD], thanks"
+
+
+@pytest.mark.parametrize("sep", ["  ", "\t", " - "])
+def test_grouped_numbers_that_fail_luhn_stay(sep):
+    for n in ["4111111111111112", "1234567890123456", "9999888877776666"]:
+        text = f"ref {_grouped(n, sep)} ok"
+        assert DEFAULT(text) == text
+
+
+@pytest.mark.parametrize("iban", ["GB82WEST12345698765432", "DE89370400440532013000", "FR1420041010050500013M02606"])
+def test_ibans_grouped_by_hyphens(iban):
+    shown = "-".join(iban[k:k + 4] for k in range(0, len(iban), 4))
+    assert DEFAULT(f"IBAN {shown}.") == "IBAN [IBAN]."
