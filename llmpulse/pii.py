@@ -830,7 +830,7 @@ def _invisible() -> re.Pattern[str]:
     return re.compile(f"[{_format_class()}]")
 
 
-_ASCII_MARKS = "%&@([{<"
+_ASCII_MARKS = "%&@([{<\\"
 
 
 @functools.cache
@@ -881,7 +881,7 @@ _SPELLED_HINT = re.compile(r"[(\[{<] *(?:at|dot) *[)\]}>]", re.IGNORECASE)
 
 
 def _may_be_disguised(text: str) -> bool:
-    if "%" in text or "&" in text or " @ " in text or "(+" in text:
+    if "%" in text or "&" in text or " @ " in text or "(+" in text or "\\u" in text or "\\x" in text:
         return True
     if ("(" in text or "[" in text or "{" in text or "<" in text) and _SPELLED_HINT.search(text):
         return True
@@ -889,8 +889,37 @@ def _may_be_disguised(text: str) -> bool:
                                    or _invisible().search(text) is not None)
 
 
+def _unicode_escape(text: str, i: int) -> tuple[str, int, int] | None:
+    """``(character, i, end)`` when ``text[i:end]`` is a ``\\uXXXX`` escape (a
+    surrogate pair of two taken together) or ``\\xXX``; None otherwise.
+
+    >>> _unicode_escape(r"a\\u0040b", 1), _unicode_escape(r"\\ud83d\\ude00", 0)
+    (('@', 1, 7), ('😀', 0, 12))
+    >>> _unicode_escape(r"\\ud83d alone", 0), _unicode_escape(r"\\u00zz", 0)
+    (None, None)
+    """
+    def hex_at(k: int, width: int) -> int | None:
+        digits = text[k:k + width]
+        return int(digits, 16) if len(digits) == width and all(c in _HEX for c in digits) else None
+
+    kind = text[i + 1:i + 2]
+    if kind == "x" and (code := hex_at(i + 2, 2)) is not None:
+        return chr(code), i, i + 4
+    if kind != "u" or (code := hex_at(i + 2, 4)) is None:
+        return None
+    if 0xD800 <= code < 0xDC00:  # high surrogate: needs its low half
+        low = hex_at(i + 8, 4) if text[i + 6:i + 8] == "\\u" else None
+        if low is None or not 0xDC00 <= low < 0xE000:
+            return None
+        return chr(0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)), i, i + 12
+    if 0xDC00 <= code < 0xE000:
+        return None
+    return chr(code), i, i + 6
+
+
 def plain_view(text: str) -> PlainView | None:
-    """``text`` with percent-escapes, HTML character references, compatibility
+    """``text`` with percent-escapes, HTML character references, ``\\u`` / ``\\x``
+    escapes (JSON, Python), compatibility
     forms (NFKC), invisible format characters, bracketed ``at`` / ``dot``, spaces
     on both sides of ``@`` and a bracketed country code (``(+44)``) undone; None
     when there is nothing to undo.
@@ -930,6 +959,22 @@ def plain_view(text: str) -> PlainView | None:
             changed = True
         return b
 
+    def put(dec: str, a: int, b: int) -> int:
+        """Emit the character ``text[a:b]`` stands for (escaped, or itself when
+        non-ASCII), normalised: invisible ones dropped, NFKC applied; where the
+        text goes on."""
+        nonlocal changed
+        plain = dec if dec.isascii() else "" if unicodedata.category(dec) == "Cf" else \
+            unicodedata.normalize("NFKC", dec)
+        if plain == text[a:b]:
+            emit(plain, a, b)
+            return b
+        changed = True
+        if plain == "@":
+            return sign(plain, a, b)
+        emit(plain, a, b)
+        return b
+
     i, n = 0, len(text)
     while i < n:
         m = marks.search(text, i)
@@ -945,23 +990,16 @@ def plain_view(text: str) -> PlainView | None:
         if ch == "%" and i + 2 < n and text[i + 1] in _HEX and text[i + 2] in _HEX:
             dec = chr(int(text[i + 1:i + 3], 16))
             if " " < dec <= "~":  # printable ASCII: "%40" is "@", "%2B" is "+"
-                changed = True
-                if dec == "@":
-                    i = sign(dec, i, i + 3)
-                else:
-                    emit(dec, i, i + 3)
-                    i += 3
+                i = put(dec, i, i + 3)
                 continue
         if ch == "&" and (end := text.find(";", i + 2, i + 12)) != -1:
             dec = html.unescape(text[i:end + 1])
             if len(dec) == 1 and dec != "&":  # "&#64;", "&#x40;", "&commat;"
-                changed = True
-                if dec == "@":
-                    i = sign(dec, i, end + 1)
-                else:
-                    emit(dec, i, end + 1)
-                    i = end + 1
+                i = put(dec, i, end + 1)
                 continue
+        if ch == "\\" and (esc := _unicode_escape(text, i)) is not None:
+            i = put(*esc)  # "m\\u00fcller": JSON's and Python's escapes
+            continue
         if ch == "(" and text[i + 1:i + 2] == "+":  # "(+44) 20 7946 0958": a country code
             k = i + 2
             while k < n and k - i <= 5 and text[k].isdigit():
@@ -985,15 +1023,8 @@ def plain_view(text: str) -> PlainView | None:
                 i += 1
             continue
         if not ch.isascii():
-            norm = "" if unicodedata.category(ch) == "Cf" else unicodedata.normalize("NFKC", ch)
-            if norm != ch:
-                changed = True
-                if norm == "@":
-                    i = sign(norm, i, i + 1)
-                    continue
-                emit(norm, i, i + 1)  # invisible ones are dropped: norm is ""
-                i += 1
-                continue
+            i = put(ch, i, i + 1)
+            continue
         emit(ch, i, i + 1)
         i += 1
     if not changed:

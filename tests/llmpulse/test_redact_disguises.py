@@ -11,6 +11,7 @@ references, ``unicodedata``), not written by hand.
 from __future__ import annotations
 
 import html
+import json
 import urllib.parse
 
 import phonenumbers as pn
@@ -92,6 +93,21 @@ def test_disguised_addresses_are_redacted(disguise, address):
         assert "[EMAIL]" not in PLAIN(text)
 
 
+@pytest.mark.parametrize("address", ["müller@bücher.de", "иван@пример.рф", "jane.doe@example.com", "山田@例え.jp"])
+@pytest.mark.parametrize("escape", ["json", "ascii", "json_full"])
+def test_escaped_addresses_in_json_and_reprs(address, escape):
+    if escape == "json":  # what json.dumps writes by default: non-ASCII escaped
+        shown = json.dumps({"to": address})
+    elif escape == "ascii":  # Python's repr of the string, as logs print it
+        shown = ascii(address)
+    else:  # every character escaped, "@" too
+        shown = "".join(f"\\u{ord(c):04x}" for c in address)
+    text = f"tool call: {shown} sent"
+    out = DEFAULT(text)
+    assert "[EMAIL]" in out, (shown, out)
+    assert out.startswith("tool call: ") and out.endswith(" sent"), out
+
+
 def test_the_link_around_an_address_stays():
     url = "https://shop.example/reset?" + urllib.parse.urlencode({"email": "jane@example.com", "t": "42"})
     assert DEFAULT(f"Open {url} now") == "Open https://shop.example/reset?email=[EMAIL]&t=42 now"
@@ -115,6 +131,7 @@ def test_percent_escaped_phone_in_a_tel_link(phone):
     "progress 100%25, width%3A 40%, discount 50%40 items",
     "zero\u200bwidth and soft\u00adhyphen in plain words",
     "name&#64;host has no domain; user (at) localhost neither",
+    r"C:\Users\x64\data and \u00e9t\u00e9 and a lone \ud83d half",
 ])
 def test_look_alikes_stay(text):
     assert DEFAULT(text) == text
