@@ -132,7 +132,9 @@ class OtlpSettings:
     """The OTLP receiver of ``llmpulse up`` (``otlp:``); OTLP/HTTP is always on the API port.
 
     >>> load_settings(env={"LLMPULSE_OTLP_GRPC_PORT": "4317"}, path=None).otlp
-    OtlpSettings(grpc=True, grpc_port=4317, map_processes=-1)
+    OtlpSettings(grpc=True, grpc_port=4317, map_processes=-1, redact=False, redact_regions=())
+    >>> load_settings(env={"LLMPULSE_OTLP_REDACT": "true"}, path=None).otlp.redact
+    True
     >>> load_settings(env={"LLMPULSE_OTLP_GRPC": "maybe"}, path=None)
     Traceback (most recent call last):
     ...
@@ -146,6 +148,14 @@ class OtlpSettings:
     map_processes: int = -1
     """Processes that decode and map export requests (0: on the worker's event loop;
     -1: as many as the machine has cores beyond two, at most 2)."""
+    redact: bool = False
+    """Redact personal data in what spans and log records carry (prompts, responses,
+    retrieved documents, tool and span attributes, feedback comments) before anything
+    is produced or stored, as the client shim's ``redact=True`` does in the app
+    (``LLMPULSE_OTLP_REDACT``; needs the ``redact`` extra)."""
+    redact_regions: tuple[str, ...] = ()
+    """Phone regions tried for numbers without a country code (empty: the redactor's
+    defaults), e.g. ``[CH, DE, AT]``."""
 
 
 MAX_MAP_PROCESSES = 64
@@ -156,12 +166,20 @@ def _otlp(raw: Any, env: Mapping[str, str]) -> OtlpSettings:
     if isinstance(raw, Mapping) and raw.get("map_processes") == -1 \
             and type(raw.get("map_processes")) is int:
         raw = {k: v for k, v in raw.items() if k != "map_processes"}  # -1: automatic
-    base = _sub(OtlpSettings, raw, "otlp")
-    flag = env.get("LLMPULSE_OTLP_GRPC")
-    if flag is not None:
-        if flag.strip().lower() not in ("true", "false", "1", "0"):
-            raise ConfigError(f"LLMPULSE_OTLP_GRPC: must be true or false, got {flag!r}")
-        base = replace(base, grpc=flag.strip().lower() in ("true", "1"))
+    regions: Any = ()
+    if isinstance(raw, Mapping) and "redact_regions" in raw:
+        regions = raw["redact_regions"]
+        if not isinstance(regions, list) or not all(type(r) is str and r for r in regions):
+            raise ConfigError(f"otlp.redact_regions: must be a list of region codes such as "
+                              f"[CH, DE], got {regions!r}")
+        raw = {k: v for k, v in raw.items() if k != "redact_regions"}
+    base = replace(_sub(OtlpSettings, raw, "otlp"), redact_regions=tuple(regions))
+    for name, field_ in (("LLMPULSE_OTLP_GRPC", "grpc"), ("LLMPULSE_OTLP_REDACT", "redact")):
+        flag = env.get(name)
+        if flag is not None:
+            if flag.strip().lower() not in ("true", "false", "1", "0"):
+                raise ConfigError(f"{name}: must be true or false, got {flag!r}")
+            base = replace(base, **{field_: flag.strip().lower() in ("true", "1")})
     port = env.get("LLMPULSE_OTLP_GRPC_PORT")
     key = "LLMPULSE_OTLP_GRPC_PORT" if port is not None else "otlp.grpc_port"
     value: Any = port if port is not None else base.grpc_port

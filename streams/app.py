@@ -693,7 +693,9 @@ def build_pipeline(
                       deadletter_topic=TOPIC_DEADLETTER, limits=limits,
                       partitions=settings.ingest.partitions,
                       pool=MappingPool(processes=settings.otlp.map_processes, limits=limits,
-                                       partitions=settings.ingest.partitions))
+                                       partitions=settings.ingest.partitions,
+                                       redact_regions=settings.otlp.redact_regions
+                                       if settings.otlp.redact else None))
     traces = None if agents is None else attach_agent_signals(  # agent.* signals from the spans
         app, agents.emit, poll_s=settings.signals.poll_s,
         settings=AgentTraceSettings(window_s=settings.signals.latency_window_s))

@@ -41,7 +41,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +63,7 @@ from llmpulse.streams.otlp import (
 )
 from llmpulse.streams.otlp_identity import span_key
 from llmpulse.streams.otlp_mapping import attributes, decode_request
+from llmpulse.streams.otlp_redact import bare_log_record, redact_event, redactor
 
 __all__ = ["FEEDBACK_EVENTS", "MappedLogs", "attach_otlp_logs", "decode_logs", "ingest_logs",
            "logs_response", "map_logs"]
@@ -146,8 +147,11 @@ def _feedback(rec: LogRecord, attrs: Mapping[str, Any], name: str, app: str,
 
 
 def map_logs(req: ExportLogsServiceRequest, *, now_ms: int | None = None,
-             limits: Limits = DEFAULT_LIMITS) -> MappedLogs:
-    """The feedback events of an export request (see the module docstring)."""
+             limits: Limits = DEFAULT_LIMITS,
+             redact: Callable[[str], str] | None = None) -> MappedLogs:
+    """The feedback events of an export request (see the module docstring); with
+    ``redact``, comments are redacted and a refused record is dead-lettered without
+    its body and attributes."""
     out = MappedLogs()
     for rl in req.resource_logs:
         res = attributes(rl.resource.attributes)
@@ -161,6 +165,8 @@ def map_logs(req: ExportLogsServiceRequest, *, now_ms: int | None = None,
                     out.other += 1
                     continue
                 ev = _feedback(rec, attrs, name, app)
+                if redact is not None:
+                    redact_event(ev, redact)
                 if "ts" not in ev:  # neither time set: the time it arrived
                     ev["ts"] = now_ms if now_ms is not None else time.time_ns() // 1_000_000
                 try:
@@ -170,7 +176,9 @@ def map_logs(req: ExportLogsServiceRequest, *, now_ms: int | None = None,
                                          "or emit it inside the model call's span")
                     validate_feedback(ev, now_ms=now_ms, limits=limits)
                 except EventError as exc:
-                    out.rejected.append((str(exc), rec.SerializeToString()[:4096]))
+                    payload = bare_log_record(rec) if redact is not None else \
+                        rec.SerializeToString()
+                    out.rejected.append((str(exc), payload[:4096]))
                     continue
                 out.feedback.append(ev)
     return out
@@ -193,7 +201,9 @@ async def ingest_logs(ingest: SpanIngest, body: bytes, encoding: str, *, feedbac
     """Decode and map a logs export request, send its feedback to ``feedback_topic`` and
     dead-letter the rejected records under ``source`` (both transports);
     :class:`OtlpDecodeError` when ``body`` is no export request."""
-    mapped = map_logs(decode_logs(body, encoding), limits=ingest.limits)
+    regions = ingest.pool.redact_regions
+    mapped = map_logs(decode_logs(body, encoding), limits=ingest.limits,
+                      redact=None if regions is None else redactor(regions))
     acks = []
     for key, value, part in envelopes(mapped.feedback, partitions=ingest.partitions):
         acks.append(await ingest.send(feedback_topic, value, key, None, part))

@@ -34,7 +34,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -46,6 +46,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from llmpulse.events import DEFAULT_LIMITS, MAX_TAG_CHARS, EventError, Limits, validate_inference
+from llmpulse.streams.otlp_redact import bare_span, redact_event, redact_row
 
 __all__ = [
     "ENCODINGS",
@@ -643,12 +644,16 @@ def _span_error(span: Span) -> str | None:
 
 def map_request(req: ExportTraceServiceRequest, *, now_ms: int | None = None,
                 limits: Limits = DEFAULT_LIMITS,
-                known_documents: Mapping[str, list[str]] | None = None) -> MappedRequest:
+                known_documents: Mapping[str, list[str]] | None = None,
+                redact: Callable[[str], str] | None = None) -> MappedRequest:
     """Map every span of an export request (see the module docstring).
 
     A model call's ``context`` is the documents retrieved in its trace: by
     retrieval spans of this request, or earlier ones (``known_documents``,
     by trace id; an exporter that sends each span alone splits a trace).
+    With ``redact``, every text the events and rows carry goes through it
+    (:mod:`llmpulse.streams.otlp_redact`), and a refused span's dead letter holds
+    no attributes.
     """
     out = MappedRequest()
     docs = out.documents
@@ -670,13 +675,19 @@ def map_request(req: ExportTraceServiceRequest, *, now_ms: int | None = None,
         for span, attrs in spans:
             why = _span_error(span)
             if why is not None:
+                payload = bare_span(span, redact) if redact is not None else \
+                    span.SerializeToString()
                 out.rejected.append(RejectedSpan(span.trace_id.hex(), span.span_id.hex(), why,
-                                                 span.SerializeToString()[:4096]))
+                                                 payload[:4096]))
                 continue
             tid = span.trace_id.hex()
             ctx = docs.get(tid) or (known_documents.get(tid) if known_documents else None)
             ev, row = map_span(span, app, scope,
                                ctx[: limits.max_context_passages] if ctx else None, attrs)
+            if redact is not None:
+                redact_row(row, redact)
+                if ev is not None:
+                    redact_event(ev, redact)
             if ev is None:
                 out.other += 1
                 out.spans.append(row)

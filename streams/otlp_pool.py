@@ -32,6 +32,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from llmpulse.events import DEFAULT_LIMITS, Limits
 from llmpulse.streams.otlp_prepare import PreparedRequest, prepare
+from llmpulse.streams.otlp_redact import redactor
 
 __all__ = ["MIN_POOL_BYTES", "PROCESS_NAME", "MappingPool", "auto_processes"]
 
@@ -82,7 +83,8 @@ class MappingPool:
     costs more than the mapping it saves."""
 
     def __init__(self, *, processes: int = 2, limits: Limits = DEFAULT_LIMITS,
-                 partitions: int | None = None, min_bytes: int = MIN_POOL_BYTES) -> None:
+                 partitions: int | None = None, min_bytes: int = MIN_POOL_BYTES,
+                 redact_regions: tuple[str, ...] | None = None) -> None:
         if processes < -1:
             raise ValueError(f"otlp.map_processes: must be >= 0, or -1 for automatic, got "
                              f"{processes!r}")
@@ -90,6 +92,11 @@ class MappingPool:
         self.limits = limits
         self.partitions = partitions
         self.min_bytes = min_bytes
+        self.redact_regions = redact_regions
+        """Redact personal data with these phone regions (None: off; see
+        :mod:`llmpulse.streams.otlp_redact`)."""
+        if redact_regions is not None:
+            redactor(redact_regions)  # fails here, at start, without the extra
         self.fallbacks = 0
         """Requests prepared in this process because the pool was closed or broken."""
         self._executor: Executor | None = None
@@ -135,9 +142,9 @@ class MappingPool:
     async def prepare(self, body: bytes, encoding: str, *,
                       known_documents: Mapping[str, list[str]] | None = None,
                       ) -> PreparedRequest:
-        """:func:`prepare` of ``body`` with this pool's limits and partitions."""
+        """:func:`prepare` of ``body`` with this pool's limits, partitions and redaction."""
         call = functools.partial(prepare, body, encoding, limits=self.limits,
-                                 partitions=self.partitions,
+                                 partitions=self.partitions, redact_regions=self.redact_regions,
                                  known_documents=dict(known_documents) if known_documents
                                  else None)
         ex = self._pool() if len(body) >= self.min_bytes else None

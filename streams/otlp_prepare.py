@@ -37,6 +37,7 @@ import orjson
 from llmpulse.events import DEFAULT_LIMITS, Limits
 from llmpulse.streams.otlp_identity import index_rows
 from llmpulse.streams.otlp_mapping import MappedRequest, RejectedSpan, decode_traces, map_request
+from llmpulse.streams.otlp_redact import redactor
 
 __all__ = [
     "ENVELOPE_MAX_BYTES",
@@ -147,12 +148,15 @@ class PreparedRequest:
 def prepare(body: bytes, encoding: str, *, limits: Limits = DEFAULT_LIMITS,
             partitions: int | None = None,
             known_documents: Mapping[str, list[str]] | None = None,
-            now_ms: int | None = None) -> PreparedRequest:
+            now_ms: int | None = None,
+            redact_regions: tuple[str, ...] | None = None) -> PreparedRequest:
     """Decode, map and encode one export request body; :class:`OtlpDecodeError` when it
     is no export request in ``encoding``. ``known_documents``: documents retrieved by
-    earlier requests, by trace id (see :func:`map_request`)."""
+    earlier requests, by trace id (see :func:`map_request`). ``redact_regions`` (None:
+    off): redact personal data, with these phone regions (empty: the defaults)."""
     mapped = map_request(decode_traces(body, encoding), now_ms=now_ms, limits=limits,
-                         known_documents=known_documents)
+                         known_documents=known_documents,
+                         redact=None if redact_regions is None else redactor(redact_regions))
     index = with_response_ids(mapped)
     uncontexted = {ev["trace_id"] for ev in mapped.events if "context" not in ev}
     uncontexted.update(r.trace_id for r in mapped.rejected)

@@ -453,3 +453,54 @@ def test_openai_client_under_openllmetry_with_and_without_content(
         assert r["latency_ms"] > 0
     assert (on["prompt"], on["response"]) == ("Where is my parcel?", "It ships Monday.")
     assert (off["prompt"], off["response"]) == ("", "")
+
+
+def test_redaction_at_the_receiver(stack_factory: Any) -> None:
+    """``otlp.redact`` on (``LLMPULSE_OTLP_REDACT``): what the SDK exports with personal
+    data is stored without it, in every table it reaches, over HTTP and over the
+    logs endpoint; nothing else of the span changes."""
+    sp = stack_factory(LLMPULSE_OTLP_REDACT="true").start(timeout=180)
+    email, phone = "jane.doe@example.com", "+44 20 7946 0958"
+    provider = _sdk(sp.endpoints["otlp"], "support-bot")
+    tracer = provider.get_tracer("tests.otlp")
+    with tracer.start_as_current_span("GET /ask") as root:
+        with tracer.start_as_current_span("retrieve") as ret:
+            ret.set_attribute("retrieval.documents.0.document.content", f"Account of {email}")
+        with tracer.start_as_current_span(f"chat for {email}") as s:
+            s.set_attributes({
+                "gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o",
+                "gen_ai.prompt.0.content": f"I am {email}, call me on {phone}",
+                "gen_ai.completion.0.content": f"Noted, {phone} it is.",
+                "enduser.id": email})
+        trace_id = format(root.get_span_context().trace_id, "032x")
+    provider.shutdown()
+    rows = wait_rows(sp, f"SELECT * FROM inference_events FINAL WHERE trace_id = '{trace_id}'", 1)
+    assert rows[0]["prompt"] == "I am [EMAIL], call me on [PHONE]"
+    assert rows[0]["response"] == "Noted, [PHONE] it is."
+    assert rows[0]["context"] == ["Account of [EMAIL]"]
+    assert rows[0]["model"] == "gpt-4o"
+    spans = wait_rows(sp, f"SELECT name, attributes FROM spans FINAL WHERE trace_id = '{trace_id}'",
+                      3)
+    assert {r["name"] for r in spans} == {"GET /ask", "retrieve", "chat for [EMAIL]"}
+    assert any(r["attributes"].get("enduser.id") == "[EMAIL]" for r in spans), spans
+    feedback = {"resourceLogs": [{"resource": {"attributes": [
+        {"key": "service.name", "value": {"stringValue": "support-bot"}}]},
+        "scopeLogs": [{"logRecords": [{"eventName": "llmpulse.feedback",
+                                        "timeUnixNano": str(time.time_ns()),
+                                        "attributes": [
+            {"key": "llmpulse.feedback.request_id", "value": {"stringValue": trace_id}},
+            {"key": "llmpulse.feedback.score", "value": {"doubleValue": 0.0}},
+            {"key": "llmpulse.feedback.comment",
+             "value": {"stringValue": f"wrong: mail {email}"}}]}]}]}]}
+    status, _, _ = post(sp.endpoints["otlp"] + "/v1/logs", json.dumps(feedback).encode(),
+                        "application/json")
+    assert status == 200
+    fb = wait_rows(sp, f"SELECT comment FROM feedback_events WHERE request_id = '{trace_id}'", 1)
+    assert fb[0]["comment"] == "wrong: mail [EMAIL]"
+    def holding(table: str, text: str) -> int:
+        return int(sp.sql(f"SELECT count() AS n FROM {table} "
+                          f"WHERE position(toString(tuple(*)), '{text}') > 0")[0]["n"])
+
+    assert holding("inference_events", "[EMAIL]") == 1  # the search finds what is there
+    for table in ("inference_events", "spans", "feedback_events", "deadletter_events"):
+        assert holding(table, email) == 0, table

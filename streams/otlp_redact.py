@@ -1,0 +1,93 @@
+"""Personal data redacted at the OTLP receiver (``otlp.redact``).
+
+An app instrumented with OpenTelemetry runs none of llmpulse's code, so the
+client shim's ``redact=True`` cannot act there: the receiver is the first place
+llmpulse controls. With ``otlp.redact`` on, the same
+:class:`~llmpulse.redact.Redactor` runs over what a span or log record carries
+before anything is produced to Kafka or stored:
+
+* an inference event's ``prompt``, ``response`` and ``context`` passages;
+* a ``spans`` row's ``name`` and every attribute value it keeps;
+* a feedback event's ``comment``;
+* a span or log record refused as a whole is dead-lettered without its
+  attributes, events, links and body: its ids, redacted name and times, and the
+  reason.
+
+>>> from llmpulse.events import DEFAULT_LIMITS
+>>> r = redactor(())
+>>> ev = {"prompt": "I am jane@example.com", "response": "ok", "context": ["call +44 20 7946 0958"]}
+>>> redact_event(ev, r)
+{'prompt': 'I am [EMAIL]', 'response': 'ok', 'context': ['call [PHONE]']}
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from llmpulse.redact import Redactor
+
+__all__ = ["Redact", "bare_log_record", "bare_span", "redact_event", "redact_row", "redactor"]
+
+Redact = Callable[[str], str]
+
+_EVENT_TEXT = ("prompt", "response", "comment")
+
+
+@functools.cache
+def redactor(regions: tuple[str, ...]) -> Redactor:
+    """The redactor for these phone regions (empty: its defaults), one per process.
+    Fails with the install line when the ``redact`` extra is missing."""
+    return Redactor(regions=regions) if regions else Redactor()
+
+
+def redact_event(ev: dict[str, Any], redact: Redact) -> dict[str, Any]:
+    """``ev`` with its free text redacted in place (and returned)."""
+    for key in _EVENT_TEXT:
+        value = ev.get(key)
+        if type(value) is str and value:
+            ev[key] = redact(value)
+    ctx = ev.get("context")
+    if type(ctx) is list:
+        ev["context"] = [redact(p) if type(p) is str else p for p in ctx]
+    return ev
+
+
+def redact_row(row: dict[str, Any], redact: Redact) -> dict[str, Any]:
+    """A ``spans`` row with its name and attribute values redacted in place (and returned).
+
+    >>> redact_row({"name": "lookup jane@example.com", "attributes": {"user": "+1 415 555 2671"}},
+    ...            redactor(()))
+    {'name': 'lookup [EMAIL]', 'attributes': {'user': '[PHONE]'}}
+    """
+    row["name"] = redact(row["name"])
+    attrs = row.get("attributes")
+    if attrs:
+        row["attributes"] = {k: redact(v) for k, v in attrs.items()}
+    return row
+
+
+def bare_span(span: Span, redact: Redact) -> bytes:
+    """``span`` without what may carry personal data (attributes, events, links, the
+    status message) and with its name redacted: what a refused span leaves in the
+    dead letters."""
+    bare = Span()
+    bare.CopyFrom(span)
+    bare.name = redact(span.name)
+    for name in ("attributes", "events", "links"):
+        bare.ClearField(name)
+    bare.status.message = ""
+    return bare.SerializeToString()
+
+
+def bare_log_record(rec: LogRecord) -> bytes:
+    """``rec`` without its body and attributes (see :func:`bare_span`)."""
+    bare = LogRecord()
+    bare.CopyFrom(rec)
+    bare.ClearField("body")
+    bare.ClearField("attributes")
+    return bare.SerializeToString()

@@ -1,0 +1,147 @@
+"""``otlp.redact``: personal data in spans and log records is redacted at the receiver,
+before anything is produced; refused spans and records are dead-lettered bare."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from llmpulse.config import ConfigError, load_settings
+from llmpulse.streams.otlp_logs import decode_logs, map_logs
+from llmpulse.streams.otlp_pool import MappingPool
+from llmpulse.streams.otlp_prepare import PreparedRequest, prepare
+from llmpulse.streams.otlp_redact import redactor
+
+EMAIL, PHONE, CARD = "jane.doe@example.com", "+44 20 7946 0958", "4111 1111 1111 1111"
+SECRETS = (EMAIL, "7946 0958", "4111 1111")
+NOW_MS = 1_700_000_001_000
+
+
+def _request(n_calls: int = 1, bad_ids: bool = False, filler: int = 0,
+             start_ns: int = 1_700_000_000_000_000_000) -> bytes:
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.attributes.add(key="service.name").value.string_value = "support"
+    spans = rs.scope_spans.add().spans
+    retrieval = spans.add(trace_id=bytes(range(1, 17)), span_id=b"\x00" * 7 + b"\x09",
+                          start_time_unix_nano=start_ns, end_time_unix_nano=start_ns + 100_000_000,
+                          name="retrieve")
+    retrieval.attributes.add(key="retrieval.documents.0.document.content").value.string_value = \
+        f"Customer record: {EMAIL}, phone {PHONE}."
+    for k in range(n_calls):
+        s = spans.add(trace_id=bytes(range(1, 17)), span_id=(k + 1).to_bytes(8, "big"),
+                      start_time_unix_nano=start_ns, end_time_unix_nano=start_ns + 250_000_000,
+                      name=f"chat for {EMAIL}")
+        if bad_ids:
+            s.span_id = b"\x00" * 8
+        a = s.attributes
+        a.add(key="gen_ai.operation.name").value.string_value = "chat"
+        a.add(key="gen_ai.request.model").value.string_value = "gpt-x"
+        a.add(key="gen_ai.prompt.0.role").value.string_value = "user"
+        a.add(key="gen_ai.prompt.0.content").value.string_value = \
+            f"My card is {CARD}, mail me at {EMAIL}. " + "x" * filler
+        a.add(key="gen_ai.completion.0.role").value.string_value = "assistant"
+        a.add(key="gen_ai.completion.0.content").value.string_value = f"Done, I will call {PHONE}."
+        a.add(key="enduser.id").value.string_value = EMAIL
+    return req.SerializeToString()
+
+
+def _texts(p: PreparedRequest) -> str:  # every byte the request would produce or dead-letter
+    parts = [v for _, v, _ in p.inference] + [v for _, v, _ in p.rows] + [p.index]
+    parts += [r.payload for r in p.rejected]
+    return b"\n".join(parts).decode("utf-8", "replace")
+
+
+def test_without_redaction_the_content_is_kept_as_sent() -> None:
+    out = _texts(prepare(_request(), "otlp_proto", now_ms=NOW_MS))
+    assert all(s in out for s in SECRETS)  # the control: the request does carry them
+
+
+def test_redaction_covers_prompt_response_documents_names_and_attributes() -> None:
+    p = prepare(_request(), "otlp_proto", now_ms=NOW_MS, redact_regions=())
+    out = _texts(p)
+    assert not any(s in out for s in SECRETS), out
+    ev = orjson.loads(p.inference[0][1].split(b"\n")[0])
+    assert ev["prompt"].startswith("My card is [CARD], mail me at [EMAIL].")
+    assert ev["response"] == "Done, I will call [PHONE]."
+    assert ev["context"] == ["Customer record: [EMAIL], phone [PHONE]."]
+    rows = [orjson.loads(line) for _, v, _ in p.rows for line in v.split(b"\n")]
+    chat = next(r for r in rows if r["event_id"])
+    assert chat["name"] == "chat for [EMAIL]" and chat["attributes"]["enduser.id"] == "[EMAIL]"
+    assert chat["attributes"]["gen_ai.request.model"] == "gpt-x"  # nothing else touched
+
+
+def test_a_refused_span_is_dead_lettered_without_its_content() -> None:
+    p = prepare(_request(bad_ids=True), "otlp_proto", now_ms=NOW_MS, redact_regions=())
+    assert len(p.rejected) == 1 and "span_id" in p.rejected[0].reason
+    assert not any(s.encode() in p.rejected[0].payload for s in SECRETS)
+    plain = prepare(_request(bad_ids=True), "otlp_proto", now_ms=NOW_MS)
+    assert EMAIL.encode() in plain.rejected[0].payload
+
+
+def test_redaction_in_the_mapping_processes() -> None:
+    pool = MappingPool(processes=1, min_bytes=0, redact_regions=("GB",))
+    try:
+        pool.start(wait=True)
+        body = _request(n_calls=40, filler=400, start_ns=time.time_ns() - 10**9)
+        p = asyncio.run(pool.prepare(body, "otlp_proto"))
+        assert pool.fallbacks == 0 and p.genai == 40
+        assert not any(s in _texts(p) for s in SECRETS)
+    finally:
+        pool.close()
+
+
+def _logs(comment: str, request_id: str | None = "0102030405060708090a0b0c0d0e0f10") -> bytes:
+    req = ExportLogsServiceRequest()
+    rl = req.resource_logs.add()
+    rl.resource.attributes.add(key="service.name").value.string_value = "support"
+    rec = rl.scope_logs.add().log_records.add(time_unix_nano=1_700_000_000_500_000_000)
+    rec.event_name = "llmpulse.feedback"
+    rec.body.string_value = f"feedback from {EMAIL}"
+    a = rec.attributes
+    a.add(key="llmpulse.feedback.score").value.double_value = 0.0
+    a.add(key="llmpulse.feedback.comment").value.string_value = comment
+    if request_id:
+        a.add(key="llmpulse.feedback.request_id").value.string_value = request_id
+    return req.SerializeToString()
+
+
+def test_feedback_comments_and_refused_records() -> None:
+    r = redactor(())
+    mapped = map_logs(decode_logs(_logs(f"wrong, write to {EMAIL}"), "otlp_proto"),
+                      now_ms=NOW_MS, redact=r)
+    assert [e["comment"] for e in mapped.feedback] == ["wrong, write to [EMAIL]"]
+    refused = map_logs(decode_logs(_logs(f"call {PHONE}", request_id=None), "otlp_proto"),
+                       now_ms=NOW_MS, redact=r)
+    assert len(refused.rejected) == 1
+    assert not any(s.encode() in refused.rejected[0][1] for s in SECRETS)
+    plain = map_logs(decode_logs(_logs(f"call {PHONE}", request_id=None), "otlp_proto"),
+                     now_ms=NOW_MS)
+    assert PHONE.encode() in plain.rejected[0][1]
+
+
+def test_settings() -> None:
+    assert load_settings(env={}, path=None).otlp.redact is False
+    assert load_settings(env={"LLMPULSE_OTLP_REDACT": "1"}, path=None).otlp.redact is True
+    with pytest.raises(ConfigError, match="LLMPULSE_OTLP_REDACT"):
+        load_settings(env={"LLMPULSE_OTLP_REDACT": "yes please"}, path=None)
+
+
+def test_region_settings_from_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "llmpulse.yaml"
+    f.write_text(json.dumps({"otlp": {"redact": True, "redact_regions": ["CH", "DE"]}}))
+    otlp = load_settings(env={}, path=f).otlp
+    assert (otlp.redact, otlp.redact_regions) == (True, ("CH", "DE"))
+    for bad in ("CH", [1], [""]):
+        f.write_text(json.dumps({"otlp": {"redact_regions": bad}}))
+        with pytest.raises(ConfigError, match="otlp.redact_regions"):
+            load_settings(env={}, path=f)
+    with pytest.raises(ValueError):
+        MappingPool(processes=0, redact_regions=("NOT-A-REGION",))
