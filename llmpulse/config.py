@@ -189,6 +189,13 @@ def _otlp(raw: Any, env: Mapping[str, str]) -> OtlpSettings:
         number = -1
     if not 0 <= number <= 65535:
         raise ConfigError(f"{key}: must be a port in 0..65535 (0 picks a free one), got {value!r}")
+    if base.redact:  # the extra and the regions are checked here, not at the first span
+        from llmpulse.redact import Redactor
+
+        try:
+            Redactor(regions=base.redact_regions) if base.redact_regions else Redactor()
+        except (ImportError, ValueError) as exc:
+            raise ConfigError(f"otlp.redact: {exc}") from None
     if not -1 <= base.map_processes <= MAX_MAP_PROCESSES:
         raise ConfigError(f"otlp.map_processes: must be 0..{MAX_MAP_PROCESSES}, or -1 for "
                           f"automatic, got {base.map_processes!r}")

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -145,3 +148,22 @@ def test_region_settings_from_the_file(tmp_path: Path) -> None:
             load_settings(env={}, path=f)
     with pytest.raises(ValueError):
         MappingPool(processes=0, redact_regions=("NOT-A-REGION",))
+
+
+def test_config_refuses_bad_regions_and_a_missing_extra(tmp_path: Path) -> None:
+    f = tmp_path / "llmpulse.yaml"
+    f.write_text(json.dumps({"otlp": {"redact": True, "redact_regions": ["XX"]}}))
+    with pytest.raises(ConfigError, match="otlp.redact"):
+        load_settings(env={}, path=f)
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "email_validator.py").write_text("raise ImportError('not installed here')\n")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-c", "from llmpulse.config import load_settings, ConfigError\n"
+         "try:\n    load_settings(env={'LLMPULSE_OTLP_REDACT': 'true'}, path=None)\n"
+         "except ConfigError as e:\n    print(e)\n"],
+        capture_output=True, text=True, timeout=120, cwd=root,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(blocked), str(root)])})
+    assert proc.returncode == 0, proc.stderr
+    assert "otlp.redact" in proc.stdout and "pip install 'llmpulse[redact]'" in proc.stdout
