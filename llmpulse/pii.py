@@ -15,12 +15,21 @@ Every finder returns the spans ``(start, end)`` of the values it found; the
   product-code check digit;
 * e-mail addresses: every ``@`` is grown to the longest address-shaped string
   around it and checked by ``email-validator`` (RFC 5321/5322/6531 syntax,
-  IDNA domains);
+  IDNA domains); inside a link (``…/reset?email=jane@…``) the part after the
+  link's last ``/ ? = &`` is tried first;
 * payment cards: a digit run of 12 to 19 digits (single spaces or hyphens
-  between digits allowed) that passes the Luhn check and starts with an
-  issuer prefix that the card networks use for that length;
+  between digits allowed, or groups with one wider separator throughout: two
+  or three spaces, a tab, a hyphen with a space beside it) that passes the
+  Luhn check and starts with an issuer prefix that the card networks use for
+  that length;
 * IBANs: a country code of the ISO 13616 registry, two check digits and
-  exactly that country's length, passing the mod-97 check.
+  exactly that country's length (grouped by spaces or hyphens), passing the
+  mod-97 check.
+
+:func:`plain_view` undoes the disguises data travels in (percent-escapes, HTML
+character references, ``\\u`` escapes, full-width forms, invisible
+characters, ``(at)``, a bracketed country code); the redactor runs the finders
+on it as well.
 
 ``phonenumbers`` and ``email-validator`` are the ``redact`` extra; cards and
 IBANs need nothing outside the standard library.

@@ -163,10 +163,10 @@ class Redactor:
     callable ``str -> str``, a regex (compiled or text; matches become
     ``[REDACTED]``), or a ``(regex, replacement)`` pair. With ``disguises`` (the
     default) the built-in rules also read the text with its disguises undone
-    (percent-escapes, HTML character references, full-width forms, zero-width
-    characters, ``(at)`` / ``[dot]``, spaces around ``@``; see
-    :func:`~llmpulse.pii.plain_view`) and redact what they find there in the text
-    as written.
+    (percent-escapes, HTML character references, ``\\u`` / ``\\x`` escapes,
+    full-width forms, invisible characters, ``(at)`` / ``[dot]``, spaces on both
+    sides of ``@``, a bracketed country code; see :func:`~llmpulse.pii.plain_view`)
+    and redact what they find there in the text as written.
 
     >>> r = Redactor(builtins=("email",), extra=[r"ACME-\\d{6}", (r"secret\\w*", "***")])
     >>> r("ticket ACME-123456 from bob@corp.io: secretpassword")
