@@ -54,6 +54,7 @@ from llmpulse.streams.otlp_prepare import (
     shim_partition,
     with_response_ids,
 )
+from llmpulse.streams.otlp_redact import withheld
 from llmpulse.streams.whole import BatchOutcomes, take_whole
 
 __all__ = [
@@ -324,8 +325,11 @@ class SpanIngest:
 
     async def refuse(self, payload: bytes, reason: str, *, source: str, status: str,
                      partition: int = 0, offset: int | None = None) -> None:
-        """Count and dead-letter a request or message refused as a whole."""
+        """Count and dead-letter a request or message refused as a whole (with
+        ``otlp.redact``, only its size and digest: see :func:`withheld`)."""
         self.stats.refused[status] += 1
+        if self.pool.redact_regions is not None:
+            payload = withheld(payload)
         off = offset if offset is not None else self.next_offset()
         acks: list[Awaitable[Any]] = []
         await self.dead_letter(

@@ -11,7 +11,12 @@ before anything is produced to Kafka or stored:
 * a feedback event's ``comment``;
 * a span or log record refused as a whole is dead-lettered without its
   attributes, events, links and body: its ids, redacted name and times, and the
-  reason.
+  reason; a body refused whole (malformed, too large, of another type) is
+  dead-lettered as its size and SHA-256 only (:func:`withheld`).
+
+Retrieved documents wait in the receiver's memory as sent until the model
+call of their trace is mapped (then its ``context`` is redacted); they are
+never produced or stored as they came.
 
 >>> from llmpulse.events import DEFAULT_LIMITS
 >>> r = redactor(())
@@ -23,6 +28,7 @@ before anything is produced to Kafka or stored:
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +37,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from llmpulse.redact import Redactor
 
-__all__ = ["Redact", "bare_log_record", "bare_span", "redact_event", "redact_row", "redactor"]
+__all__ = ["Redact", "bare_log_record", "bare_span", "redact_event", "redact_row", "redactor",
+           "withheld"]
 
 Redact = Callable[[str], str]
 
@@ -91,3 +98,14 @@ def bare_log_record(rec: LogRecord) -> bytes:
     bare.ClearField("body")
     bare.ClearField("attributes")
     return bare.SerializeToString()
+
+
+def withheld(payload: bytes) -> bytes:
+    """What a dead letter keeps of a body refused whole when nothing in it can be
+    read to redact: its size and digest, to match it against the sender's copy.
+
+    >>> withheld(b"jane@example.com")
+    b'withheld by otlp.redact: 16 bytes, sha256 8c87b489ce35cf2e2f39f80e282cb2e804932a56a213983eeeb428407d43b52d'
+    """
+    digest = hashlib.sha256(payload).hexdigest()
+    return f"withheld by otlp.redact: {len(payload)} bytes, sha256 {digest}".encode()

@@ -167,3 +167,33 @@ def test_config_refuses_bad_regions_and_a_missing_extra(tmp_path: Path) -> None:
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(blocked), str(root)])})
     assert proc.returncode == 0, proc.stderr
     assert "otlp.redact" in proc.stdout and "pip install 'llmpulse[redact]'" in proc.stdout
+
+
+def test_a_body_refused_whole_leaves_only_its_size_and_digest() -> None:
+    from llmpulse.streams.otlp import SpanIngest
+
+    sent: list[tuple[str, bytes]] = []
+    written: list[tuple[str, list[bytes]]] = []
+
+    async def send(topic: str, value: bytes, key: bytes | None, headers: object,
+                   partition: int | None) -> asyncio.Future[None]:
+        sent.append((topic, value))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    async def write(table: str, lines: list[bytes]) -> list[tuple[int, str]]:
+        written.append((table, lines))
+        return []
+
+    body = f'{{"resourceSpans": [{{"oops": "{EMAIL}"'.encode()  # malformed JSON
+    for regions, leaks in ((None, True), ((), False)):
+        sent.clear()
+        written.clear()
+        ingest = SpanIngest(send, write, inference_topic="i", deadletter_topic="d",
+                            pool=MappingPool(processes=0, redact_regions=regions))
+        asyncio.run(ingest.refuse(body, "malformed JSON", source="otlp_http", status="400"))
+        stored = b"".join(v for _, v in sent) + b"".join(b"".join(ls) for _, ls in written)
+        assert (EMAIL.encode() in stored) is leaks
+        if not leaks:
+            assert f"{len(body)} bytes, sha256".encode() in stored
