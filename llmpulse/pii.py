@@ -506,6 +506,10 @@ def _is_glued(text: str, start: int, end: int) -> bool:
         return True
     if before and before in _JOINERS and start > 1 and text[start - 2].isalnum():
         return True
+    # "+372 329 3803-Office": a number in international notation followed by a
+    # label is no identifier (those do not start with "+"); followed by digits it may be
+    if span.startswith(("+", "\uff0b")) and end + 1 < len(text) and text[end + 1].isalpha():
+        return False
     return bool(after and after in _JOINERS and end + 1 < len(text) and text[end + 1].isalnum())
 
 

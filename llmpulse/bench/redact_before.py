@@ -128,6 +128,10 @@ def _is_glued(text: str, start: int, end: int) -> bool:
         return True
     if before and before in _JOINERS and start > 1 and text[start - 2].isalnum():
         return True
+    # the decision rule changed since (a "+" number followed by "-Office" is no
+    # identifier); it follows here so the tests compare the matchers alone
+    if span.startswith(("+", "\uff0b")) and end + 1 < len(text) and text[end + 1].isalpha():
+        return False
     return bool(after and after in _JOINERS and end + 1 < len(text) and text[end + 1].isalnum())
 
 

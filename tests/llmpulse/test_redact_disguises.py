@@ -207,3 +207,35 @@ def test_grouped_numbers_that_fail_luhn_stay(sep):
 def test_ibans_grouped_by_hyphens(iban):
     shown = "-".join(iban[k:k + 4] for k in range(0, len(iban), 4))
     assert DEFAULT(f"IBAN {shown}.") == "IBAN [IBAN]."
+
+
+@pytest.mark.parametrize("label", ["-Office", "-Fax", "/mobile", "_home"])
+def test_an_international_number_followed_by_a_label(label):
+    text = f"Sam Lee\n+372 5123 4567{label}, +44 20 7946 0958{label}"
+    assert DEFAULT(text) == f"Sam Lee\n[PHONE]{label}, [PHONE]{label}"
+
+
+@pytest.mark.parametrize("text", ["invoice INV-2024-000123-final", "order 2024-000123-Office",
+                                  "+44 20 7946 0958-12 is a ticket"])
+def test_identifiers_glued_to_labels_stay(text):
+    assert DEFAULT(text) == text
+
+
+def test_the_external_benchmark_counts(tmp_path):
+    from llmpulse.bench.redact_presidio import run
+
+    (tmp_path / "templates.txt").write_text(
+        "Mail {{email}} or call {{phone_number}}\\nthanks\nI live at {{address}}, zip {{postcode}}\n")
+    (tmp_path / "FakeNameGenerator.com_3000.csv").write_text(
+        "\ufeffGivenName,Surname,StreetAddress,City,Country,CountryFull,ZipCode,EmailAddress,"
+        "TelephoneNumber,TelephoneCountryCode,Birthday,Age,Company,Domain,Occupation\n"
+        "Ann,Lee,12 Elm St,Leeds,GB,United Kingdom,LS1 4AP,ann@example.co.uk,020 7946 0958,44,"
+        "1/2/1990,34,Acme,acme.co.uk,cook\n"
+        "Bo,Ek,Storgatan 3,Lund,SE,Sweden,223 50,bo@example.se,12 34,46,3/4/1980,44,Ab,ab.se,smith\n",
+        encoding="utf-8")
+    r = run(tmp_path)
+    assert (r["templates"], r["people"]) == (2, 2)
+    assert r["emails"] == {"removed": 2, "of": 2, "share": 1.0}
+    intl = r["phones"]["international"]
+    assert (intl["removed"], intl["of"]) == (1, 2) and intl["leaks"] == ["SE: +46 12 34"]
+    assert r["look_alikes"]["of"] == 1
