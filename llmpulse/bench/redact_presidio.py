@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from llmpulse.bench._stack import finish
 
 __all__ = ["fill", "load", "run"]
 
@@ -194,11 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", required=True, help="presidio_evaluator/data_generator/raw_data")
     ap.add_argument("--json", metavar="FILE")
     a = ap.parse_args(argv)
-    r = run(a.data)
-    print(format_table(r))
-    if a.json:
-        Path(a.json).write_text(json.dumps(r, indent=2))
-    return 0
+    return finish(run(a.data), format_table, a.json)
 
 
 if __name__ == "__main__":
