@@ -125,8 +125,22 @@ def _grpc_sender(url: str, pool: list[dict[str, Any]], batch: int, app: str, sto
 
 CPU_PARTS = ("loop", "worker threads", "broker", "otlp mapping", "engine", "total")
 """Where the stack's CPU goes: the worker's event loop (its main thread), its other
-threads (the store's inserts and queries, Kafka), the broker, the OTLP mapping
-processes, the signal engine processes (and any other child)."""
+threads (the store's inserts and queries, Kafka), the broker (with the object server
+that holds its log on disk), the OTLP mapping processes, the signal engine processes
+(and any other child)."""
+
+
+def _object_server(pid: int) -> bool:
+    """Whether ``pid`` is the object server that holds the embedded broker's log
+    (a ``python`` process like the engine's, told apart by its command line).
+
+    >>> _object_server(os.getpid())
+    False
+    """
+    try:
+        return b"llmpulse.objstore" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def tree_cpu(pid: int | None) -> dict[str, float] | None:
@@ -168,7 +182,8 @@ def tree_cpu(pid: int | None) -> dict[str, float] | None:
             todo += children.get(p, [])
             comm, fields = procs[p]
             part = ("otlp mapping" if comm == "llmpulse-otlp" else
-                    "broker" if "tansu" in comm or "broker" in comm else "engine")
+                    "broker" if "tansu" in comm or "broker" in comm or _object_server(p)
+                    else "engine")
             parts[part] += cpu(fields)
     except (OSError, ValueError):
         return None
