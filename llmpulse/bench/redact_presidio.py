@@ -19,7 +19,9 @@ look-alikes are someone else's numbers too). Figures:
   country as the region (what ``Redactor(regions=...)`` is for), and
   international (``+<code> <number without its trunk 0>``);
 * templates without an e-mail or phone slot that come out changed (zip codes,
-  dates, ages, street numbers taken for phone numbers or cards).
+  dates, ages, street numbers taken for phone numbers or cards);
+* the same for the trivial baseline, the regular-expression redactor llmpulse
+  shipped first (:mod:`llmpulse.bench.redact_baseline`).
 
 Cards and IBANs are not scored: the CSV's card numbers were rounded by a
 spreadsheet (``5.54563E+15``), and the templates' IBANs come from a generator.
@@ -122,57 +124,72 @@ def _cases(templates: list[str], people: list[dict[str, str]]
         yield t, people[k % len(people)], False
 
 
+def _share(k: int, n: int) -> dict[str, Any]:
+    return {"removed": k, "of": n, "share": k / n if n else None}
+
+
+def _score(templates: list[str], people: list[dict[str, str]],
+           phone: Callable[[dict[str, str]], str],
+           redactor_of: Callable[[dict[str, str]], Callable[[str], str]]) -> dict[str, Any]:
+    """E-mails and phones removed, and look-alike templates untouched, with phones
+    written by ``phone`` and each person's text redacted by ``redactor_of(person)``."""
+    emails, phones, untouched = [0, 0], [0, 0], [0, 0]
+    leaks: list[str] = []
+    damaged: list[str] = []
+    for template, person, has_pii in _cases(templates, people):
+        text, put = fill(template, person, phone)
+        out = redactor_of(person)(text)
+        if not has_pii:
+            untouched[0] += out == text
+            untouched[1] += 1
+            if out != text and len(damaged) < 10:
+                damaged.append(f"{text!r} -> {out!r}")
+            continue
+        for value in put:
+            count = emails if "@" in value else phones
+            count[0] += value not in out
+            count[1] += 1
+            if "@" not in value and value in out and len(leaks) < 5:
+                leaks.append(f"{person['Country']}: {value}")
+    return {"emails": _share(*emails), "phones": {**_share(*phones), "leaks": leaks},
+            "look_alikes": {"untouched": untouched[0], "of": untouched[1],
+                            "share": untouched[0] / untouched[1] if untouched[1] else None,
+                            "damaged": damaged}}
+
+
 def run(data: str | Path) -> dict[str, Any]:
+    from llmpulse.bench.redact_baseline import baseline_redact
     from llmpulse.redact import Redactor
 
     templates, people = load(data)
     default = Redactor()
     hinted: dict[str, Redactor] = {}
-    ways: dict[str, tuple[Callable[[dict[str, str]], str], Callable[[dict[str, str]], Redactor]]] = {
-        "national, default regions": (lambda p: p["TelephoneNumber"], lambda p: default),
-        "national, the person's country as region": (
-            lambda p: p["TelephoneNumber"],
-            lambda p: hinted.setdefault(p["Country"], Redactor(regions=(p["Country"],)))),
+
+    def national(p: dict[str, str]) -> str:
+        return p["TelephoneNumber"]
+
+    def regional(p: dict[str, str]) -> Redactor:
+        return hinted.setdefault(p["Country"], Redactor(regions=(p["Country"],)))
+
+    ways: dict[str, tuple[Callable[[dict[str, str]], str],
+                          Callable[[dict[str, str]], Callable[[str], str]]]] = {
+        "national, default regions": (national, lambda p: default),
+        "national, the person's country as region": (national, regional),
         "international": (international, lambda p: default),
     }
-    result: dict[str, Any] = {"benchmark": "redact_presidio", "templates": len(templates),
-                              "people": len(people), "phones": {}}
-    emails = [0, 0]
-    untouched = [0, 0]
-    damaged: list[str] = []
-    for way, (phone, redactor_of) in ways.items():
-        phones: list[int] = [0, 0]
-        leaks: list[str] = []
-        for template, person, has_pii in _cases(templates, people):
-            text, put = fill(template, person, phone)
-            out = redactor_of(person)(text)
-            if not has_pii:
-                if way == "national, default regions":
-                    untouched[0] += out == text
-                    untouched[1] += 1
-                    if out != text and len(damaged) < 10:
-                        damaged.append(f"{text!r} -> {out!r}")
-                continue
-            for value in put:
-                gone = value not in out
-                if "@" in value:
-                    if way == "national, default regions":
-                        emails[0] += gone
-                        emails[1] += 1
-                else:
-                    phones[0] += gone
-                    phones[1] += 1
-                    if not gone and len(leaks) < 5:
-                        leaks.append(f"{person['Country']}: {value}")
-        result["phones"][way] = {"removed": phones[0], "of": phones[1],
-                                 "share": phones[0] / phones[1] if phones[1] else None,
-                                 "leaks": leaks}
-    result["emails"] = {"removed": emails[0], "of": emails[1],
-                        "share": emails[0] / emails[1] if emails[1] else None}
-    result["look_alikes"] = {"untouched": untouched[0], "of": untouched[1],
-                             "share": untouched[0] / untouched[1] if untouched[1] else None,
-                             "damaged": damaged}
-    return result
+    scored = {way: _score(templates, people, phone, of) for way, (phone, of) in ways.items()}
+    first = scored["national, default regions"]
+    # the trivial baseline: the regular-expression redactor llmpulse shipped first
+    base = {way: _score(templates, people, phone, lambda p: baseline_redact)
+            for way, phone in (("national", national), ("international", international))}
+    return {
+        "benchmark": "redact_presidio", "templates": len(templates), "people": len(people),
+        "emails": first["emails"], "look_alikes": first["look_alikes"],
+        "phones": {way: r["phones"] for way, r in scored.items()},
+        "baseline": {"emails": base["national"]["emails"],
+                     "look_alikes": base["national"]["look_alikes"],
+                     "phones": {way: r["phones"] for way, r in base.items()}},
+    }
 
 
 def format_table(r: dict[str, Any]) -> str:
@@ -187,6 +204,11 @@ def format_table(r: dict[str, Any]) -> str:
     lines.append(f"  templates without e-mail or phone left untouched: {la['untouched']}/{la['of']} "
                  f"({100 * la['share']:.1f} %)")
     lines += [f"    changed: {d}" for d in la["damaged"][:5]]
+    b = r["baseline"]
+    lines.append(f"  baseline (the regular-expression redactor shipped first): e-mails "
+                 f"{100 * b['emails']['share']:.1f} %, " + ", ".join(
+                     f"phones {way} {100 * p['share']:.1f} %" for way, p in b["phones"].items())
+                 + f", look-alike templates untouched {100 * b['look_alikes']['share']:.1f} %")
     return "\n".join(lines)
 
 

@@ -239,3 +239,5 @@ def test_the_external_benchmark_counts(tmp_path):
     intl = r["phones"]["international"]
     assert (intl["removed"], intl["of"]) == (1, 2) and intl["leaks"] == ["SE: +46 12 34"]
     assert r["look_alikes"]["of"] == 1
+    assert r["baseline"]["emails"]["of"] == 2 and set(r["baseline"]["phones"]) == {
+        "national", "international"}
