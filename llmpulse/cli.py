@@ -18,8 +18,8 @@ from llmpulse.config import ConfigError, Settings, load_settings
 __all__ = ["main"]
 
 BENCHES = ("shim", "ingest", "detectors", "engine", "pipeline", "fault", "serving", "retrain", "redact",
-           "otlp", "evals", "broker", "broker_latency", "soak", "ceiling", "cost", "cluster",
-           "repeat_ids")
+           "redact_hostile", "otlp", "evals", "broker", "broker_latency", "soak", "ceiling", "cost",
+           "cluster", "repeat_ids")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
