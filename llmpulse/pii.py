@@ -42,6 +42,7 @@ IBANs need nothing outside the standard library.
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import functools
 import html
@@ -78,6 +79,7 @@ __all__ = [
     "merge_spans",
     "plain_view",
     "require_extra",
+    "shared_budget",
 ]
 
 EXTRA_HINT = "pip install 'llmpulse[redact]'"
@@ -297,6 +299,45 @@ def _over_budget(kind: str, chars: int, unchecked: int) -> None:
                      "unchecked (over-redaction; raise the budget to check them)", kind, chars, unchecked)
 
 
+_SPENT: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar("llmpulse_pii_spent", default=None)
+
+
+class shared_budget:  # noqa: N801 - used as a function: ``with shared_budget():``
+    """Within the block, the finders' budgets are shared by every text they read
+    instead of given anew per text: the redactor opens one for a text and its plain
+    view, the text policy one per event (its prompt, response and every context
+    passage), so one event costs at most one budget however many texts it holds.
+    Nested blocks share the outer one.
+
+    >>> f = PhoneFinder(budget=200)
+    >>> f("call 0171 1234567 now"), f("order 4711 081547 shipped")  # each fits: checked
+    ([(5, 17)], [])
+    >>> with shared_budget():  # together they do not: the second run goes unchecked
+    ...     f("call 0171 1234567 now"), f("order 4711 081547 shipped")
+    ([(5, 17)], [(6, 17)])
+    """
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _SPENT.set({}) if _SPENT.get() is None else None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _SPENT.reset(self._token)
+
+
+def _remaining(kind: str, budget: int | None) -> int | None:
+    spent = _SPENT.get()
+    return budget if budget is None or spent is None else max(0, budget - spent.get(kind, 0))
+
+
+def _spend(kind: str, amount: int) -> None:
+    spent = _SPENT.get()
+    if spent is not None and amount:
+        spent[kind] = spent.get(kind, 0) + amount
+
+
 EMAIL_BUDGET = 256
 """How many candidates :func:`find_emails` hands to ``email-validator`` per text
 (about 0.3 ms each). Beyond it, every further address-shaped candidate is
@@ -319,7 +360,7 @@ def find_emails(text: str, budget: int | None = EMAIL_BUDGET) -> list[tuple[int,
         return []
     ev = require_extra("email_validator")
     out: list[tuple[int, int]] = []
-    left = budget
+    left = start = _remaining("email", budget)
     unchecked = 0
     at = text.find("@")
     while at != -1:
@@ -348,6 +389,8 @@ def find_emails(text: str, budget: int | None = EMAIL_BUDGET) -> list[tuple[int,
                 out.append((start, j))
                 break
         at = text.find("@", at + 1)
+    if left is not None and start is not None:
+        _spend("email", start - left)
     if unchecked:
         _over_budget("e-mail", len(text), unchecked)
     return out
@@ -657,7 +700,7 @@ class PhoneFinder:
         if not any(long for _, _, long in runs):
             return []
         context = _context_runs(runs)
-        left = self.budget
+        left = start = _remaining("phone", self.budget)
         spans: set[tuple[int, int]] = set()
         unchecked: list[tuple[int, int]] = []
         for lo, hi, idx in _pieces(text, runs, context):
@@ -686,6 +729,8 @@ class PhoneFinder:
             find = _find_in_piece_cached if hi - lo <= _PIECE_CACHE_MAX_CHARS else _find_in_piece
             found = find(text[lo:hi], mask, plus_pass, active, self.regions, self.leniency)
             spans.update((lo + a, lo + b) for a, b in found)
+        if left is not None and start is not None:
+            _spend("phone", start - left)
         if unchecked:
             _over_budget("phone", len(text), len(unchecked))
         return sorted([s for s in spans if not _is_glued(text, *s)] + unchecked)

@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from llmpulse.events import EventError
 from llmpulse.pii import (
     DEFAULT_PHONE_REGIONS,
     PHONE_BUDGET,
@@ -59,6 +60,7 @@ from llmpulse.pii import (
     merge_spans,
     plain_view,
     require_extra,
+    shared_budget,
 )
 
 __all__ = [
@@ -229,7 +231,8 @@ class Redactor:
 
     def __call__(self, text: str) -> str:
         if self._finders:
-            text = _replace(text, find_spans(text, self._finders, disguises=self.disguises))
+            with shared_budget():  # the text and its plain view share one budget
+                text = _replace(text, find_spans(text, self._finders, disguises=self.disguises))
         for rule in self._rules:
             text = rule(text)
         return text
@@ -267,12 +270,19 @@ class TextPolicy:
     sample_rate: float = 1.0
     redactor: Callable[[str], str] | None = None
     embed: Callable[[str], Sequence[float]] | None = None
+    max_redacted_chars: int = 1_000_000
+    """With a redactor, an event whose texts hold more characters than this is
+    refused (:class:`~llmpulse.events.EventError`) before any is redacted: the
+    shim sends events of at most 900,000 bytes, so redacting more would be work
+    thrown away, on the application's thread."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("full", "none"):
             raise ValueError(f"text: mode must be 'full' or 'none', got {self.mode!r}")
         if not 0.0 <= self.sample_rate <= 1.0:
             raise ValueError(f"text_sample_rate: must be in 0..1, got {self.sample_rate!r}")
+        if type(self.max_redacted_chars) is not int or self.max_redacted_chars < 0:
+            raise ValueError(f"max_redacted_chars: a number of characters >= 0, got {self.max_redacted_chars!r}")
 
     @property
     def is_noop(self) -> bool:
@@ -291,7 +301,21 @@ class TextPolicy:
         return h < self.sample_rate * 4294967296.0
 
     def apply(self, ev: dict[str, Any]) -> None:
-        """Rewrite the text fields of a validated event in place."""
+        """Rewrite the text fields of a validated event in place. The redactor's
+        budgets (:func:`~llmpulse.pii.shared_budget`) are shared by all of the
+        event's texts."""
+        if self.redactor is not None:
+            chars = sum(len(v) for name in TEXT_FIELDS if type(v := ev.get(name)) is str)
+            ctx = ev.get("context")
+            if ctx:
+                chars += sum(len(p) for p in ctx if type(p) is str)
+            if chars > self.max_redacted_chars:
+                raise EventError("event", f"texts of {chars} characters, over the {self.max_redacted_chars} "
+                                          "that are redacted per event")
+        with shared_budget():
+            self._apply(ev)
+
+    def _apply(self, ev: dict[str, Any]) -> None:
         if self.keeps_text(ev.get("request_id") or ""):
             red = self.redactor
             if red is None:

@@ -46,7 +46,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from llmpulse.events import DEFAULT_LIMITS, MAX_TAG_CHARS, EventError, Limits, validate_inference
-from llmpulse.streams.otlp_redact import bare_span, redact_event, redact_row
+from llmpulse.streams.otlp_redact import bare_span, redact_span
 
 __all__ = [
     "ENCODINGS",
@@ -685,9 +685,7 @@ def map_request(req: ExportTraceServiceRequest, *, now_ms: int | None = None,
             ev, row = map_span(span, app, scope,
                                ctx[: limits.max_context_passages] if ctx else None, attrs)
             if redact is not None:
-                redact_row(row, redact)
-                if ev is not None:
-                    redact_event(ev, redact)
+                redact_span(row, ev, redact)
             if ev is None:
                 out.other += 1
                 out.spans.append(row)

@@ -35,10 +35,11 @@ from typing import Any
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from llmpulse.pii import shared_budget
 from llmpulse.redact import Redactor
 
-__all__ = ["Redact", "bare_log_record", "bare_span", "redact_event", "redact_row", "redactor",
-           "withheld"]
+__all__ = ["Redact", "bare_log_record", "bare_span", "redact_event", "redact_row", "redact_span",
+           "redactor", "withheld"]
 
 Redact = Callable[[str], str]
 
@@ -52,8 +53,25 @@ def redactor(regions: tuple[str, ...]) -> Redactor:
     return Redactor(regions=regions) if regions else Redactor()
 
 
+def redact_span(row: dict[str, Any], ev: dict[str, Any] | None, redact: Redact) -> None:
+    """A span's ``spans`` row and, for a model call, its inference event, redacted in
+    place, all of their texts sharing one budget of the redactor's checks
+    (:func:`~llmpulse.pii.shared_budget`): a span built to be slow to check costs the
+    receiver one budget, however many attributes it spreads itself over."""
+    with shared_budget():
+        redact_row(row, redact)
+        if ev is not None:
+            redact_event(ev, redact)
+
+
 def redact_event(ev: dict[str, Any], redact: Redact) -> dict[str, Any]:
-    """``ev`` with its free text redacted in place (and returned)."""
+    """``ev`` with its free text redacted in place (and returned); its texts share one
+    budget of the redactor's checks."""
+    with shared_budget():
+        return _redact_event(ev, redact)
+
+
+def _redact_event(ev: dict[str, Any], redact: Redact) -> dict[str, Any]:
     for key in _EVENT_TEXT:
         value = ev.get(key)
         if type(value) is str and value:

@@ -17,7 +17,9 @@ For each family, in one process:
 * ``covered``: whether every span the unbounded redactor removes is removed by
   the bounded one as well (over the budget, candidates are redacted
   unchecked: more goes, nothing stays);
-* ``ordinary``: a realistic support-chat prompt of the same length, for scale.
+* ``ordinary``: a realistic support-chat prompt of the same length, for scale;
+* ``events``: one shim event (``TextPolicy.apply``) of 64 texts of 4 KB: its
+  texts share one budget, so it costs about what one text does.
 
     llmpulse bench redact_hostile [--quick] [--json FILE]
 """
@@ -113,7 +115,7 @@ def _time(fn: Callable[[], Any], rounds: int) -> float:
 def run(quick: bool = False, size: int = 16 * 1024) -> dict[str, Any]:
     import logging
 
-    from llmpulse.redact import Redactor, find_spans
+    from llmpulse.redact import Redactor, TextPolicy, find_spans
 
     logging.getLogger("llmpulse.pii").setLevel(logging.ERROR)  # the budget warnings are the point here
     bounded, unbounded = Redactor(), Redactor(bounded=False)
@@ -139,6 +141,17 @@ def run(quick: bool = False, size: int = 16 * 1024) -> dict[str, Any]:
             "covered": covered(spans_b, spans_u),
             "same": spans_b == spans_u,
         }
+    # one shim event: a prompt and 63 context passages of 4 KB, every text of one family
+    events: dict[str, dict[str, Any]] = {}
+    for name in ("distinct national numbers", "digit groups", "distinct addresses"):
+        texts = [family(name, 4096, seed=s) for s in range(64)]
+
+        def apply(policy: TextPolicy, texts: list[str] = texts) -> None:
+            policy.apply({"request_id": "r", "prompt": texts[0], "context": texts[1:]})
+
+        b = _time(lambda: apply(TextPolicy(redactor=bounded)), rounds)  # noqa: B023
+        u = _time(lambda: apply(TextPolicy(redactor=unbounded)), 1)  # noqa: B023
+        events[name] = {"bounded_ms": round(b, 1), "unbounded_ms": round(u, 1), "ratio": round(u / b, 1)}
     worst = max((r["bounded_ms_cap"], n) for n, r in rows.items() if n != "ordinary prompt")
     return {
         "bench": "redact_hostile",
@@ -146,6 +159,7 @@ def run(quick: bool = False, size: int = 16 * 1024) -> dict[str, Any]:
         "cap_chars": cap,
         "rounds": rounds,
         "families": rows,
+        "events": events,
         "worst_bounded_ms_cap": worst[0],
         "worst_family": worst[1],
         "all_covered": all(r["covered"] for r in rows.values()),
@@ -162,6 +176,9 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"{name:28s} {r['bounded_ms_cap']:>11.1f} ms {r['bounded_ms']:>10.2f} ms "
                      f"{r['unbounded_ms']:>12.2f} ms {ratio:>7s}  {'yes' if r['covered'] else 'NO':7s}  "
                      f"{'yes' if r['same'] else 'no'}")
+    for name, r in result["events"].items():
+        lines.append(f"one event of 64 texts of 4K, {name}: bounded {r['bounded_ms']:.0f} ms, "
+                     f"unbounded {r['unbounded_ms']:.0f} ms ({r['ratio']:.1f}x)")
     lines.append(f"worst hostile family at {cap // 1024}K: {result['worst_family']} "
                  f"({result['worst_bounded_ms_cap']:.0f} ms); every unbounded finding also removed: "
                  f"{'yes' if result['all_covered'] else 'NO'}")

@@ -23,8 +23,9 @@ from hypothesis import strategies as st
 from llmpulse import pii
 from llmpulse.bench.redact import DATA_HELDOUT2, PROMPTS, RESPONSES, load_cases
 from llmpulse.bench.redact_hostile import FAMILIES, covered, family
+from llmpulse.events import EventError
 from llmpulse.pii import EMAIL_BUDGET, PHONE_BUDGET, PhoneFinder, find_emails, merge_spans
-from llmpulse.redact import Redactor, find_spans
+from llmpulse.redact import Redactor, TextPolicy, find_spans
 
 BOUNDED, UNBOUNDED = Redactor(), Redactor(bounded=False)
 HOSTILE = [n for n in FAMILIES if n != "ordinary prompt"]
@@ -152,3 +153,72 @@ def test_merged_spans_cover_every_finding_without_overlap(groups):
     for a, b, label in merged:  # labelled by the earliest group among the findings it joins
         inside = [k for k, (_, spans) in enumerate(labelled) for x, y in spans if a <= x and y <= b]
         assert label == f"[K{min(inside)}]"
+
+
+# -- one budget per event, per span ---------------------------------------------------
+
+
+def _hostile_event(passages: int = 60) -> dict:
+    return {"request_id": "r1", "prompt": family("distinct national numbers", 3000, seed=1),
+            "context": [family("distinct national numbers", 3000, seed=s) for s in range(2, passages + 2)]}
+
+
+def test_an_events_texts_share_one_budget(matcher_chars):
+    ev = _hostile_event()
+    raw = [ev["prompt"], *ev["context"]]
+    TextPolicy(redactor=Redactor()).apply(ev)
+    assert matcher_chars[0] <= PHONE_BUDGET
+    # every number of the generator ("ruf 0171 NNNNNNN", valid German mobiles) is gone,
+    # checked or not
+    assert all("0171 " not in text for text in [ev["prompt"], *ev["context"]])
+    # each text alone would have spent a budget of its own
+    matcher_chars[0] = 0
+    for text in raw[:8]:
+        Redactor()(text)
+    assert matcher_chars[0] > PHONE_BUDGET
+
+
+def test_the_generated_numbers_are_phone_numbers_to_the_unbounded_redactor():
+    text = family("distinct national numbers", 3000, seed=3)
+    assert "0171 " in text and "0171 " not in UNBOUNDED(text)
+
+
+def test_an_event_too_long_to_redact_is_refused_before_any_work(matcher_chars):
+    ev = {"request_id": "r1", "prompt": "call 0171 1234567", "context": ["x" * 200_000] * 5 + ["0171 7654321"]}
+    with pytest.raises(EventError, match="over the 1000000"):
+        TextPolicy(redactor=Redactor()).apply(ev)
+    assert matcher_chars[0] == 0 and ev["prompt"] == "call 0171 1234567"
+    TextPolicy(redactor=Redactor(), max_redacted_chars=2_000_000).apply(ev)
+    assert ev["prompt"] == "call [PHONE]" and ev["context"][-1] == "[PHONE]"
+    small = {"request_id": "r2", "prompt": "x" * 2_000_000}
+    TextPolicy().apply(small)  # without a redactor nothing is redacted, so nothing is refused
+    assert len(small["prompt"]) == 2_000_000
+
+
+def test_the_shim_drops_only_the_event_too_long_to_redact(tmp_path):
+    from llmpulse.monitor import Monitor
+
+    mon = Monitor(app="a", bootstrap="127.0.0.1:9", model="m", model_version="1", redact=True,
+                  journal_dir=tmp_path / "j", strict=False)
+    mon.inference(request_id="big", prompt="x" * 250_000, context=["y" * 250_000] * 4, latency_ms=5.0,
+                  input_tokens=1, output_tokens=1, status="ok")
+    mon.inference(request_id="ok", prompt="mail jane.doe@example.com", latency_ms=5.0,
+                  input_tokens=1, output_tokens=1, status="ok")
+    assert mon.stats()["invalid"] == 1
+    mon.close(timeout=0)
+    with pytest.raises(EventError, match="redacted per event"):
+        Monitor(app="a", bootstrap="127.0.0.1:9", model="m", model_version="1", redact=True,
+                strict=True).inference(prompt="x" * 250_000, context=["y" * 250_000] * 4, latency_ms=5.0,
+                                       input_tokens=1, output_tokens=1, status="ok")
+
+
+def test_a_spans_texts_share_one_budget_at_the_receiver(matcher_chars):
+    from llmpulse.streams.otlp_redact import redact_span, redactor
+
+    row = {"name": "call", "attributes": {f"a{i}": family("distinct national numbers", 3000, seed=i)
+                                          for i in range(40)}}
+    ev = _hostile_event(passages=10)
+    redact_span(row, ev, redactor(()))
+    assert matcher_chars[0] <= PHONE_BUDGET
+    assert all("0171 " not in v for v in row["attributes"].values())
+    assert all("0171 " not in v for v in [ev["prompt"], *ev["context"]])
