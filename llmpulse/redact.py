@@ -123,11 +123,17 @@ def find_spans(text: str, finders: Sequence[tuple[str, Finder]], *,
     >>> find_spans("reset?u=jane%40example.com", [("[EMAIL]", find_emails)], disguises=False)
     []
     """
-    found = [(label, find(text)) for label, find in finders] if could_hold_pii(text) else []
+    hold = could_hold_pii(text)
     view = plain_view(text) if disguises else None
-    if view is not None and could_hold_pii(view.text):
-        # after every finding in the text as written, so the view only ever adds
-        found += [(label, [view.origin(a, b) for a, b in find(view.text)]) for label, find in finders]
+    if view is not None and not could_hold_pii(view.text):
+        view = None
+    if not hold and view is None:
+        return []
+    with shared_budget():  # the text and its plain view share one budget
+        found = [(label, find(text)) for label, find in finders] if hold else []
+        if view is not None:
+            # after every finding in the text as written, so the view only ever adds
+            found += [(label, [view.origin(a, b) for a, b in find(view.text)]) for label, find in finders]
     return merge_spans(found)
 
 
@@ -231,8 +237,7 @@ class Redactor:
 
     def __call__(self, text: str) -> str:
         if self._finders:
-            with shared_budget():  # the text and its plain view share one budget
-                text = _replace(text, find_spans(text, self._finders, disguises=self.disguises))
+            text = _replace(text, find_spans(text, self._finders, disguises=self.disguises))
         for rule in self._rules:
             text = rule(text)
         return text
@@ -305,10 +310,14 @@ class TextPolicy:
         budgets (:func:`~llmpulse.pii.shared_budget`) are shared by all of the
         event's texts."""
         if self.redactor is not None:
-            chars = sum(len(v) for name in TEXT_FIELDS if type(v := ev.get(name)) is str)
+            chars = 0
+            for name in TEXT_FIELDS:
+                v = ev.get(name)
+                if type(v) is str:
+                    chars += len(v)
             ctx = ev.get("context")
             if ctx:
-                chars += sum(len(p) for p in ctx if type(p) is str)
+                chars += sum(map(len, ctx))  # a validated event's passages are strings
             if chars > self.max_redacted_chars:
                 raise EventError("event", f"texts of {chars} characters, over the {self.max_redacted_chars} "
                                           "that are redacted per event")
