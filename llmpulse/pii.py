@@ -50,7 +50,6 @@ import importlib
 import ipaddress
 import itertools
 import logging
-import operator
 import re
 import time
 import unicodedata
@@ -701,6 +700,7 @@ class PhoneFinder:
             return []
         context = _context_runs(runs)
         left = start = _remaining("phone", self.budget)
+        regions = self.regions
         spans: set[tuple[int, int]] = set()
         unchecked: list[tuple[int, int]] = []
         for lo, hi, idx in _pieces(text, runs, context):
@@ -710,24 +710,36 @@ class PhoneFinder:
             # The numbers with a "+" get a pass of their own; the others are
             # matched in each region that one of the piece's runs is plausible
             # for (a bit per region), and the piece is skipped when none is.
-            longs = [runs[i] for i in idx if runs[i][2] and context[i]]
-            plus_pass = any(text[a] in "+\uff0b" for a, _, _ in longs)
-            national = [(a, b) for a, b, _ in longs if text[a] not in "+\uff0b"]
+            longs: list[tuple[int, int]] = []
+            plus_pass = False
+            national = 0  # characters of the runs without a "+"
+            for i in idx:
+                a, b, long = runs[i]
+                if long:
+                    longs.append((a, b))
+                    if text[a] in "+\uff0b":
+                        plus_pass = True
+                    else:
+                        national += b - a
             if left is not None:
-                gates = sum(b - a for a, b in national) * len(self.regions) // _GATE_SHARE
+                gates = national * len(regions) // _GATE_SHARE
                 if gates > left:
-                    unchecked.extend((a, b) for a, b, _ in longs)
+                    unchecked += longs
                     continue
                 left -= gates
-            active = functools.reduce(operator.or_, (_plausible_bits(text[a:b], self.regions) for a, b in national), 0)
+            active = 0
+            if national:
+                for a, b in longs:
+                    if text[a] not in "+\uff0b":
+                        active |= _plausible_bits(text[a:b], regions)
             if left is not None:
                 cost = (hi - lo) * (plus_pass + active.bit_count())
                 if cost > left:
-                    unchecked.extend((a, b) for a, b, _ in longs)
+                    unchecked += longs
                     continue
                 left -= cost
             find = _find_in_piece_cached if hi - lo <= _PIECE_CACHE_MAX_CHARS else _find_in_piece
-            found = find(text[lo:hi], mask, plus_pass, active, self.regions, self.leniency)
+            found = find(text[lo:hi], mask, plus_pass, active, regions, self.leniency)
             spans.update((lo + a, lo + b) for a, b in found)
         if left is not None and start is not None:
             _spend("phone", start - left)
