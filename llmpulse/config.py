@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from llmpulse.broker_storage import BrokerSettings, BrokerSettingsError
 from llmpulse.judge_config import JudgeError, JudgeSettings
@@ -60,6 +60,15 @@ class IngestSettings:
     """Cap of the exponential backoff while the store is unreachable."""
     max_past_days: float = 30.0
     """Events older than this are dead-lettered as a clock years off."""
+    redact: bool = False
+    """Redact personal data in every event the ingest agents read (prompt, response,
+    context passages, feedback comment), and in the dead letters, before anything is
+    stored or forwarded, whatever produced it: for producers that write to the topics
+    without the client shim (``LLMPULSE_INGEST_REDACT``; needs the ``redact`` extra).
+    Events the shim already redacted pass through it again unchanged, at its cost."""
+    redact_regions: tuple[str, ...] = ()
+    """Phone regions tried for numbers without a country code (empty: the redactor's
+    defaults), e.g. ``[CH, DE, AT]``."""
 
 
 SIGNAL_STOP_MODES: tuple[str, ...] = ("save", "flush")
@@ -162,24 +171,58 @@ MAX_MAP_PROCESSES = 64
 """The most OTLP mapping processes ``otlp.map_processes`` may ask for."""
 
 
-def _otlp(raw: Any, env: Mapping[str, str]) -> OtlpSettings:
-    if isinstance(raw, Mapping) and raw.get("map_processes") == -1 \
-            and type(raw.get("map_processes")) is int:
-        raw = {k: v for k, v in raw.items() if k != "map_processes"}  # -1: automatic
-    regions: Any = ()
-    if isinstance(raw, Mapping) and "redact_regions" in raw:
-        regions = raw["redact_regions"]
-        if not isinstance(regions, list) or not all(type(r) is str and r for r in regions):
-            raise ConfigError(f"otlp.redact_regions: must be a list of region codes such as "
-                              f"[CH, DE], got {regions!r}")
-        raw = {k: v for k, v in raw.items() if k != "redact_regions"}
-    base = replace(_sub(OtlpSettings, raw, "otlp"), redact_regions=tuple(regions))
-    for name, field_ in (("LLMPULSE_OTLP_GRPC", "grpc"), ("LLMPULSE_OTLP_REDACT", "redact")):
+_S = TypeVar("_S", "IngestSettings", "OtlpSettings")
+
+
+def _split_regions(raw: Any, section: str) -> tuple[Any, tuple[str, ...]]:
+    """``raw`` without its ``redact_regions`` list, and that list checked."""
+    if not isinstance(raw, Mapping) or "redact_regions" not in raw:
+        return raw, ()
+    regions = raw["redact_regions"]
+    if not isinstance(regions, list) or not all(type(r) is str and r for r in regions):
+        raise ConfigError(f"{section}.redact_regions: must be a list of region codes such as "
+                          f"[CH, DE], got {regions!r}")
+    return {k: v for k, v in raw.items() if k != "redact_regions"}, tuple(regions)
+
+
+def _env_flags(base: _S, env: Mapping[str, str], flags: Iterable[tuple[str, str]]) -> _S:
+    """``base`` with boolean fields set from environment variables ``(name, field)``."""
+    for name, field_ in flags:
         flag = env.get(name)
         if flag is not None:
             if flag.strip().lower() not in ("true", "false", "1", "0"):
                 raise ConfigError(f"{name}: must be true or false, got {flag!r}")
-            base = replace(base, **{field_: flag.strip().lower() in ("true", "1")})
+            values: dict[str, Any] = {field_: flag.strip().lower() in ("true", "1")}
+            base = replace(base, **values)
+    return base
+
+
+def _check_redactor(section: str, regions: tuple[str, ...]) -> None:
+    """The ``redact`` extra and the regions, checked at start rather than at the first event."""
+    from llmpulse.redact import Redactor
+
+    try:
+        Redactor(regions=regions) if regions else Redactor()
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(f"{section}.redact: {exc}") from None
+
+
+def _ingest(raw: Any, env: Mapping[str, str]) -> IngestSettings:
+    raw, regions = _split_regions(raw, "ingest")
+    base = replace(_sub(IngestSettings, raw, "ingest"), redact_regions=regions)
+    base = _env_flags(base, env, (("LLMPULSE_INGEST_REDACT", "redact"),))
+    if base.redact:
+        _check_redactor("ingest", base.redact_regions)
+    return base
+
+
+def _otlp(raw: Any, env: Mapping[str, str]) -> OtlpSettings:
+    if isinstance(raw, Mapping) and raw.get("map_processes") == -1 \
+            and type(raw.get("map_processes")) is int:
+        raw = {k: v for k, v in raw.items() if k != "map_processes"}  # -1: automatic
+    raw, regions = _split_regions(raw, "otlp")
+    base = replace(_sub(OtlpSettings, raw, "otlp"), redact_regions=regions)
+    base = _env_flags(base, env, (("LLMPULSE_OTLP_GRPC", "grpc"), ("LLMPULSE_OTLP_REDACT", "redact")))
     port = env.get("LLMPULSE_OTLP_GRPC_PORT")
     key = "LLMPULSE_OTLP_GRPC_PORT" if port is not None else "otlp.grpc_port"
     value: Any = port if port is not None else base.grpc_port
@@ -189,13 +232,8 @@ def _otlp(raw: Any, env: Mapping[str, str]) -> OtlpSettings:
         number = -1
     if not 0 <= number <= 65535:
         raise ConfigError(f"{key}: must be a port in 0..65535 (0 picks a free one), got {value!r}")
-    if base.redact:  # the extra and the regions are checked here, not at the first span
-        from llmpulse.redact import Redactor
-
-        try:
-            Redactor(regions=base.redact_regions) if base.redact_regions else Redactor()
-        except (ImportError, ValueError) as exc:
-            raise ConfigError(f"otlp.redact: {exc}") from None
+    if base.redact:
+        _check_redactor("otlp", base.redact_regions)
     if not -1 <= base.map_processes <= MAX_MAP_PROCESSES:
         raise ConfigError(f"otlp.map_processes: must be 0..{MAX_MAP_PROCESSES}, or -1 for "
                           f"automatic, got {base.map_processes!r}")
@@ -423,7 +461,7 @@ def load_settings(
         kafka=kafka,
         clickhouse=ch,
         rules=rules_path,
-        ingest=_sub(IngestSettings, raw.get("ingest"), "ingest"),
+        ingest=_ingest(raw.get("ingest"), env),
         signals=signals,
         http=_sub(HttpSettings, raw.get("http"), "http"),
         query=_check_query(_sub(QuerySettings, raw.get("query"), "query")),

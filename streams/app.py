@@ -60,6 +60,7 @@ from llmpulse.streams.notify import Notifier
 from llmpulse.streams.otlp import OTLP_TOPICS, SpanIngest, attach_otlp, faust_sender
 from llmpulse.streams.otlp_logs import attach_otlp_logs
 from llmpulse.streams.otlp_pool import MappingPool
+from llmpulse.streams.otlp_redact import redactor
 from llmpulse.streams.rules import Rules
 from llmpulse.streams.service_health import register_service_health
 from llmpulse.streams.signals import SignalAgents, largest_end
@@ -306,13 +307,18 @@ def register_ingest(
     topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw")
     deadletter = app.topic(TOPIC_DEADLETTER, value_serializer="raw", key_serializer="raw")
     forward = agents is not None
+    redact = redactor(settings.ingest.redact_regions) if settings.ingest.redact else None
 
     async def handle(events: Sequence[Any]) -> None:
         msgs = [
             Message(ev.value, ev.message.topic, ev.message.partition, ev.message.offset)
             for ev in events
         ]
-        batch = split_batch(msgs, kind=kind, limits=limits, keep_events=forward)
+        if redact is None:
+            batch = split_batch(msgs, kind=kind, limits=limits, keep_events=forward)
+        else:  # tens of microseconds an event: off the event loop, which keeps the group's heartbeats
+            batch = await asyncio.to_thread(split_batch, msgs, kind=kind, limits=limits,
+                                            keep_events=forward, redact=redact)
         rejected: set[int] = set()
         if batch.count:
             for i, reason in await sink.write(RAW_INGEST[table], batch.lines):

@@ -16,6 +16,7 @@ carrying the original bytes and the reason.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,8 +31,10 @@ from llmpulse.events import (
     validate_feedback,
     validate_inference,
 )
+from llmpulse.redact import TextPolicy
 
-__all__ = ["DeadLetter", "IngestBatch", "Message", "split_batch", "VALIDATORS"]
+__all__ = ["DeadLetter", "IngestBatch", "Message", "REDACTED_DEAD_LETTER_BYTES", "redacted_payload", "split_batch",
+           "VALIDATORS"]
 
 VALIDATORS: dict[str, Callable[..., dict[str, Any]]] = {
     "inference": validate_inference,
@@ -89,6 +92,25 @@ class IngestBatch:
     min_ts_ms: int | None = None
 
 
+REDACTED_DEAD_LETTER_BYTES = 64 * 1024
+"""With redaction, a dead letter longer than this keeps only its size and digest."""
+
+
+def redacted_payload(raw: bytes, redact: Callable[[str], str]) -> bytes:
+    """What a dead letter keeps of a refused event when redaction is on: its text
+    redacted, or, when too long to redact, its size and digest.
+
+    >>> from llmpulse.redact import Redactor
+    >>> redacted_payload(b'{"prompt": "mail jane@example.com", oops', Redactor())
+    b'{"prompt": "mail [EMAIL]", oops'
+    >>> redacted_payload(b"x" * 70_000, Redactor())[:62]
+    b'withheld by ingest.redact: 70000 bytes, sha256 bca09f4a757d557'
+    """
+    if len(raw) > REDACTED_DEAD_LETTER_BYTES:
+        return f"withheld by ingest.redact: {len(raw)} bytes, sha256 {hashlib.sha256(raw).hexdigest()}".encode()
+    return redact(raw.decode("utf-8", "replace")).encode()
+
+
 def split_batch(
     messages: Iterable[Message],
     *,
@@ -96,9 +118,14 @@ def split_batch(
     now_ms: int | None = None,
     limits: Limits = DEFAULT_LIMITS,
     keep_events: bool = False,
+    redact: Callable[[str], str] | None = None,
 ) -> IngestBatch:
-    """Validate every event of every message; see the module docstring."""
+    """Validate every event of every message; see the module docstring. With
+    ``redact``, each event's texts are redacted (:class:`~llmpulse.redact.TextPolicy`,
+    one budget per event) and stored as redacted, and dead letters keep
+    :func:`redacted_payload` instead of the bytes as sent."""
     validate = VALIDATORS[kind]
+    policy = TextPolicy(redactor=redact) if redact is not None else None
     inference = kind == "inference"
     loads = orjson.loads
     dumps = orjson.dumps
@@ -113,14 +140,16 @@ def split_batch(
         if value is None:
             continue
         if len(value) > MAX_MESSAGE_BYTES:
-            dead.append(DeadLetter(value[:4096], f"message larger than {MAX_MESSAGE_BYTES} bytes",
+            head = value[:4096] if redact is None else redacted_payload(value, redact)
+            dead.append(DeadLetter(head, f"message larger than {MAX_MESSAGE_BYTES} bytes",
                                    msg.topic, msg.partition, msg.offset))
             continue
         for raw in split_envelope(value):
             try:
                 ev = loads(raw)
             except orjson.JSONDecodeError as exc:
-                dead.append(DeadLetter(raw, f"bad JSON: {exc}", msg.topic, msg.partition, msg.offset))
+                dead.append(DeadLetter(raw if redact is None else redacted_payload(raw, redact),
+                                       f"bad JSON: {exc}", msg.topic, msg.partition, msg.offset))
                 continue
             t = ev.get("ts") if type(ev) is dict else None
             # shim traffic already uses the store's encoding (ts in epoch ms,
@@ -131,8 +160,12 @@ def split_batch(
             )
             try:
                 ev = validate(ev, now_ms=now_ms, limits=limits)
+                if policy is not None:
+                    policy.apply(ev)
+                    passthrough = False
             except EventError as exc:
-                dead.append(DeadLetter(raw, str(exc), msg.topic, msg.partition, msg.offset))
+                dead.append(DeadLetter(raw if redact is None else redacted_payload(raw, redact),
+                                       str(exc), msg.topic, msg.partition, msg.offset))
                 continue
             ts = ev["ts"]
             if min_ts is None or ts < min_ts:
