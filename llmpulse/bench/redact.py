@@ -34,7 +34,9 @@ ordinary numbers), and the ratios; next to the same redactor with nothing
 remembered between texts (``cold``: every text new), and to the finders as
 they were before the phone finder read pieces of the text and remembered
 them (:mod:`llmpulse.bench.redact_before`, same output). Prose without
-digits or ``@`` is measured separately.
+digits or ``@`` is measured separately. Then the worker's ingest step
+(``split_batch``) per event on the same texts, without and with
+``ingest.redact``, and on events the shim already redacted.
 
     llmpulse bench redact [--quick] [--json FILE]
 """
@@ -290,6 +292,44 @@ def _cost(n: int, rounds: int) -> dict[str, float]:
     }
 
 
+def _worker_cost(n: int, rounds: int) -> dict[str, float]:
+    """The worker's ingest step (``split_batch``) per event, without and with
+    ``ingest.redact``, on the same number-heavy events in envelopes of 100; and on
+    events the shim already redacted (their texts pass the redactor again)."""
+    import orjson
+
+    from llmpulse.redact import Redactor
+    from llmpulse.streams.ingest import Message, split_batch
+
+    redact = Redactor()
+    now = int(time.time() * 1000)
+
+    def envelopes(texts: Callable[[str], str]) -> list[Message]:
+        evs = [{"event_id": f"e{i}", "request_id": f"r{i}", "ts": now, "app": "bench", "model": "m",
+                "model_version": "1", "latency_ms": 800.0, "status": "ok", "input_tokens": 120,
+                "output_tokens": 40, "prompt": texts(PROMPTS[i % len(PROMPTS)]),
+                "response": texts(RESPONSES[i % len(RESPONSES)])} for i in range(n)]
+        return [Message(b"\n".join(orjson.dumps(e) for e in evs[k:k + 100]), "llmpulse.inference", 0, k)
+                for k in range(0, n, 100)]
+
+    raw, pre = envelopes(str), envelopes(redact)
+    runs: dict[str, tuple[list[Message], Callable[[str], str] | None]] = {
+        "plain": (raw, None), "redact": (raw, redact), "again": (pre, redact)}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for msgs, red in runs.values():
+        split_batch(msgs[:2], kind="inference", redact=red, now_ms=now)
+    for _ in range(rounds):
+        for name, (msgs, red) in runs.items():
+            gc.collect()
+            t0 = time.perf_counter_ns()
+            batch = split_batch(msgs, kind="inference", redact=red, now_ms=now)
+            times[name].append((time.perf_counter_ns() - t0) / n / 1000.0)
+            assert batch.count == n, batch.dead[:1]
+    med = {name: statistics.median(t) for name, t in times.items()}
+    return {"worker_plain_us": round(med["plain"], 1), "worker_redact_us": round(med["redact"], 1),
+            "worker_ratio": round(med["redact"] / med["plain"], 1), "worker_again_us": round(med["again"], 1)}
+
+
 SPLITS = ("dev", "heldout", "heldout2")
 
 
@@ -301,6 +341,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         for split in SPLITS:
             quality[f"{name}/{split}"] = evaluate(redact_for, (c for c in cases if c["split"] == split))
     cost = _cost(n=200 if quick else 1000, rounds=3 if quick else 5)
+    cost.update(_worker_cost(n=500 if quick else 5000, rounds=3 if quick else 5))
     return {"texts": {s: sum(c["split"] == s for c in cases) for s in SPLITS}, "quality": quality,
             "cost": cost, "python": sys.version.split()[0]}
 
@@ -339,6 +380,11 @@ def format_table(result: dict[str, Any]) -> str:
         f"  prose without digits or @, {cost['prose_chars_per_event']} characters per event: "
         f"{cost['prose_plain_us']:.1f} µs without redaction, {cost['prose_redact_us']:.1f} µs with redact=True "
         f"({cost['prose_ratio']:.2f}x), {cost['prose_before_us']:.1f} µs for the whole-text finder"
+    )
+    lines.append(
+        f"  the worker's ingest step per event (ingest.redact): {cost['worker_plain_us']:.1f} µs without, "
+        f"{cost['worker_redact_us']:.1f} µs with ({cost['worker_ratio']:.1f}x); events the shim already "
+        f"redacted {cost['worker_again_us']:.1f} µs"
     )
     for name in ("default/heldout2", "hinted/heldout2"):
         for leak in q[name]["leaks"]:
