@@ -1081,9 +1081,33 @@ def _unicode_escape(text: str, i: int) -> tuple[str, int, int] | None:
     return chr(code), i, i + 6
 
 
+def _percent_utf8(text: str, i: int) -> tuple[str, int, int] | None:
+    """The character that the percent-escaped UTF-8 bytes at ``text[i]`` stand for
+    (what ``urllib.parse.quote`` writes for non-ASCII), with its span; None unless
+    they are one well-formed character.
+
+    >>> _percent_utf8("m%C3%BCller", 1), _percent_utf8("%E2%82%AC5", 0), _percent_utf8("%C3%28", 0)
+    (('ü', 1, 7), ('€', 0, 9), None)
+    """
+    lead = int(text[i + 1:i + 3], 16)
+    size = 2 if 0xC2 <= lead < 0xE0 else 3 if 0xE0 <= lead < 0xF0 else 4 if 0xF0 <= lead <= 0xF4 else 0
+    end = i + 3 * size
+    if not size or end > len(text):
+        return None
+    raw = bytearray([lead])
+    for k in range(i + 3, end, 3):
+        if text[k] != "%" or text[k + 1] not in _HEX or text[k + 2] not in _HEX:
+            return None
+        raw.append(int(text[k + 1:k + 3], 16))
+    try:
+        return raw.decode("utf-8"), i, end
+    except UnicodeDecodeError:
+        return None
+
+
 def plain_view(text: str) -> PlainView | None:
-    """``text`` with percent-escapes, HTML character references, ``\\u`` / ``\\x``
-    escapes (JSON, Python), compatibility
+    """``text`` with percent-escapes (of ASCII, and of UTF-8 characters), HTML
+    character references, ``\\u`` / ``\\x`` escapes (JSON, Python), compatibility
     forms (NFKC), invisible format characters, bracketed ``at`` / ``dot``, spaces
     on both sides of ``@`` and a bracketed country code (``(+44)``) undone; None
     when there is nothing to undo.
@@ -1155,6 +1179,9 @@ def plain_view(text: str) -> PlainView | None:
             dec = chr(int(text[i + 1:i + 3], 16))
             if " " < dec <= "~":  # printable ASCII: "%40" is "@", "%2B" is "+"
                 i = put(dec, i, i + 3)
+                continue
+            if (utf8 := _percent_utf8(text, i)) is not None:  # "m%C3%BCller": one character
+                i = put(*utf8)
                 continue
         if ch == "&" and (end := text.find(";", i + 2, i + 12)) != -1:
             dec = html.unescape(text[i:end + 1])

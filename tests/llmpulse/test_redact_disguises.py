@@ -108,6 +108,28 @@ def test_escaped_addresses_in_json_and_reprs(address, escape):
     assert out.startswith("tool call: ") and out.endswith(" sent"), out
 
 
+_NON_ASCII = ["müller@bücher.de", "иван@пример.рф", "山田@例え.jp", "josé.garcía@correo.es"]
+
+
+@pytest.mark.parametrize("address", _NON_ASCII)
+@pytest.mark.parametrize("how", ["quote", "urlencode"])
+def test_non_ascii_addresses_percent_escaped_as_utf8(address, how):
+    if how == "quote":
+        shown = "https://shop.example/u/" + urllib.parse.quote(address, safe="")
+    else:
+        shown = "https://shop.example/reset?" + urllib.parse.urlencode({"email": address, "t": "42"})
+    assert urllib.parse.unquote(shown.split("/u/")[-1].split("email=")[-1].split("&")[0]) == address
+    out = DEFAULT(f"Open {shown} now")
+    assert "[EMAIL]" in out and out.startswith("Open https://shop.example/"), out
+    assert "[EMAIL]" not in PLAIN(f"Open {shown} now")  # read as written, the escapes hid it
+
+
+@pytest.mark.parametrize("text", ["caf%C3%A9 menu, 50%C3 off", "100%25 sure, %E2%82%AC 5", "broken %C3%28 byte",
+                                  "%F0%9F%98%80 smile", "%ED%A0%80 lone surrogate"])
+def test_utf8_escapes_without_personal_data_stay(text):
+    assert DEFAULT(text) == text
+
+
 def test_the_link_around_an_address_stays():
     url = "https://shop.example/reset?" + urllib.parse.urlencode({"email": "jane@example.com", "t": "42"})
     assert DEFAULT(f"Open {url} now") == "Open https://shop.example/reset?email=[EMAIL]&t=42 now"
