@@ -612,6 +612,7 @@ _NEG_PREFIXES = ("un", "in", "im", "non", "non-", "dis", "ir", "il")
 
 
 _POLE_PATTERNS: tuple[str, ...] = tuple(sorted({p for pair in _ANTONYMS for p in pair}))
+_LONGEST_POLE = max(map(len, _POLE_PATTERNS))  # longer prefixes match no pattern
 
 
 @lru_cache(maxsize=16384)
@@ -619,7 +620,7 @@ def _poles(words: frozenset[str]) -> frozenset[str]:
     """The antonym patterns a word set matches: ``=word`` exactly, others as a
     prefix of some word. Cached: context sentences are checked against many
     answer sentences, and this runs for every pair."""
-    prefixes = {w[:k] for w in words for k in range(2, len(w) + 1)}
+    prefixes = {w[:k] for w in words for k in range(2, min(len(w), _LONGEST_POLE) + 1)}
     return frozenset(
         p for p in _POLE_PATTERNS if (p[1:] in words if p.startswith("=") else p in prefixes)
     )

@@ -609,9 +609,23 @@ def test_antonyms_shortcuts_find_what_checking_every_pair_finds() -> None:
     assert found > 500  # the sets do exercise both rules
 
 
+def _backed_plainly(spec: tx.Specific, evidence: tuple, words: frozenset[str]) -> bool:
+    """Whether a context sentence backs a specific, every pair compared (what the
+    scorer's index of the context's specifics must answer)."""
+    from llmpulse.detectors.hallucination.groundedness import _name_words
+
+    if spec.kind == "entity":
+        parts, part_set, initials = _name_words(str(spec.key[1]))
+        if part_set <= words or (len(parts) > 1 and initials in words):
+            return True
+        return len(parts) == 1 and any(
+            e.kind == "entity" and _name_words(str(e.key[1]))[2] == parts[0] for e in evidence)
+    return any(tx.supports(spec, e) for e in evidence)
+
+
 def _best_plainly(stems: frozenset[str], specs: list, ctx: object) -> tuple[object, float]:
     """Every candidate sentence aligned in full, the first of the best taken."""
-    from llmpulse.detectors.hallucination.groundedness import _CANDIDATES, _backed
+    from llmpulse.detectors.hallucination.groundedness import _CANDIDATES
 
     units = ctx.units  # type: ignore[attr-defined]
     if len(units) > _CANDIDATES and stems:
@@ -620,7 +634,7 @@ def _best_plainly(stems: frozenset[str], specs: list, ctx: object) -> tuple[obje
                                                key=lambda i: -shared[i])[:_CANDIDATES])
     total = len(stems) + len(specs)
     scores = [1.0 if total == 0 else
-              (len(stems & u.stems) + sum(_backed(s, u.specifics, u.words) for s in specs))
+              (len(stems & u.stems) + sum(_backed_plainly(s, u.specifics, u.words) for s in specs))
               / total for u in units]
     best = max(range(len(scores)), key=scores.__getitem__)
     return units[best], scores[best]
