@@ -16,7 +16,8 @@ For each labelled set (a ``.jsonl[.gz]`` file of ``{"context": [...],
   shared with the left-out set removed) and scored on the left-out set;
 * an ablation of the specifics weight (0 and 1);
 * pairs per CPU second (one core) with cold caches, at short contexts and at contexts of
-  about 500 words.
+  about 500 words;
+* CPU milliseconds for each of :func:`hostile_pairs`, pairs built to be slow.
 
 Run: ``python -m llmpulse.bench.detectors_hallucination [--data PATH] [--json FILE] [--quick]``.
 """
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["default_data_path", "format_table", "lexical_novelty", "run"]
+__all__ = ["default_data_path", "format_table", "hostile_pairs", "lexical_novelty", "run"]
 
 _WORD = re.compile(r"[^\W_]+")
 
@@ -220,6 +221,53 @@ def run(quick: bool = False, data: str | os.PathLike[str] | None = None) -> dict
         "answer_words_median_100": float(np.median([len(a.split()) for a, _ in long100])) if long100 else None,
         "goal_pairs_per_s_500_words": 100,
     }
+    out["hostile_ms"] = _hostile(quick)
+    return out
+
+
+def hostile_pairs(scale: float = 1.0) -> dict[str, tuple[str, list[str]]]:
+    """Pairs built to be slow to score, each within the shim's limits: numbers,
+    dates or names by the thousand on both sides, one word of 200,000
+    characters, 20,000 sentences, 256 passages. ``scale`` shrinks them."""
+    import random
+
+    rng = random.Random(1)
+    words = ["the", "refund", "policy", "covers", "orders", "within", "thirty", "days", "of", "delivery", "and", "excludes", "gift", "cards"]
+
+    def prose(n: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(max(1, int(n * scale))))
+
+    def k(n: int) -> int:
+        return max(1, int(n * scale))
+
+    return {
+        "ordinary (80 against 400 words)": (prose(80), [prose(400)]),
+        "answer of 50,000 words": (prose(50_000), [prose(400)]),
+        "context of 50,000 words": (prose(80), [prose(50_000)]),
+        "5,000 numbers against 25,000": (" ".join(str(i) for i in range(k(5000))),
+                                         [" ".join(str(i) for i in range(k(5000), k(30000)))]),
+        "10,000 names against 10,000": (" ".join(f"Name{i} Corp" for i in range(k(10_000))),
+                                        [" ".join(f"Name{i} Inc" for i in range(k(10_000)))]),
+        "5,000 dates": (" ".join(f"on 2024-05-{d % 28 + 1:02d}" for d in range(k(5000))), [prose(400)]),
+        "one word of 200,000 characters": ("a" * k(200_000), ["b " * k(100_000)]),
+        "20,000 sentences on each side": (". ".join(prose(3) for _ in range(k(20_000))),
+                                          [". ".join(prose(3) for _ in range(k(20_000)))]),
+        "256 passages of 1,000 words": (prose(80), [prose(1000) for _ in range(256)]),
+    }
+
+
+def _hostile(quick: bool) -> dict[str, float]:
+    """Milliseconds to score each of :func:`hostile_pairs`, caches cold."""
+    from llmpulse.detectors.hallucination import GroundednessScorer
+    from llmpulse.detectors.hallucination.groundedness import clear_caches
+
+    scorer = GroundednessScorer()
+    out = {}
+    for name, (answer, context) in hostile_pairs(0.2 if quick else 1.0).items():
+        clear_caches()
+        t = time.process_time()
+        scorer.score(answer, context)
+        out[name] = round((time.process_time() - t) * 1000, 1)
     return out
 
 
@@ -280,6 +328,9 @@ def format_table(result: dict[str, Any]) -> str:
               f"~500-word contexts with {s.get('long_answer_words_median')}-word answers, "
               f"{s.get('pairs_per_s_500_words_100_word_answers')} pairs/s with "
               f"{s.get('answer_words_median_100')}-word answers (goal {s['goal_pairs_per_s_500_words']})"]
+    if "hostile_ms" in result:
+        lines += ["", "pairs built to be slow, CPU ms each (one pair, caches cold):"]
+        lines += [f"  {name:<34}{ms:>10.1f}" for name, ms in result["hostile_ms"].items()]
     return "\n".join(lines)
 
 
