@@ -237,12 +237,13 @@ def run_golden(
         run.request_ids.append(rid)
         pairs.append((got.text, case.reference))
     try:
-        from rouge_score import rouge_scorer
+        import rouge_score  # noqa: F401 - the quality extra
     except ImportError:  # the light install: the pipeline scores them anyway
         return run
+    from llmpulse.detectors.quality.reference import rouge_l  # rouge-score's figure, at any length
+
     if pairs:
-        scorer = rouge_scorer.RougeScorer(["rougeL"])
-        run.rouge_l = sum(scorer.score(ref, resp)["rougeL"].fmeasure for resp, ref in pairs) / len(pairs)
+        run.rouge_l = sum(rouge_l(ref, resp) for resp, ref in pairs) / len(pairs)
     return run
 
 

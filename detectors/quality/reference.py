@@ -5,9 +5,13 @@ correction, or the expected answer of a golden set) and is joined onto the
 inference it rates; each response with a reference is scored with the
 field's libraries, not a re-implementation:
 
-* ROUGE-L F1 from ``rouge-score`` (``RougeScorer(["rougeL"])``; its default
-  tokenizer lower-cases and keeps ASCII letters and digits only, so it is
-  meant for English text);
+* ROUGE-L F1 as ``rouge-score`` computes it (``RougeScorer(["rougeL"])``; its
+  default tokenizer lower-cases and keeps ASCII letters and digits only, so it
+  is meant for English text): its tokenizer and its F-measure, with the length
+  of the longest common subsequence counted bit-parallel (:func:`lcs_length`)
+  instead of in the library's table, which costs time and memory in the product
+  of the two lengths (two texts of 8,000 words took 13 s; of 40,000 words, the
+  shim's limit, gigabytes). A test compares the two on generated and real pairs;
 * BLEU from ``sacrebleu.sentence_bleu`` (with ``effective_order``, the
   sentence-level setting) and chrF from ``sacrebleu.sentence_chrf``, both
   divided by 100 so that all three read 0..1.
@@ -30,18 +34,63 @@ pairs are scored per window (the first ones in event time).
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
 
 from llmpulse.detectors.base import Batch, Detector, Signal
 
-__all__ = ["ReferenceOverlap", "reference_scores"]
+__all__ = ["ReferenceOverlap", "lcs_length", "reference_scores", "rouge_l"]
 
 _SNIPPET = 160
 
 
-def reference_scores(response: str, reference: str, scorer: Any = None) -> tuple[float, float, float]:
+def lcs_length(a: Sequence[Hashable], b: Sequence[Hashable]) -> int:
+    """The length of the longest common subsequence of ``a`` and ``b``.
+
+    Bit-parallel (Allison and Dix; Hyyrö): one bit per item of ``a``, a few
+    big-integer operations per item of ``b``, so time in ``len(a) * len(b)`` /
+    the machine word and memory in ``len(a)``.
+
+    >>> lcs_length("the cat sat on the mat".split(), "the cat sat on a mat".split())
+    5
+    >>> lcs_length("ABCBDAB", "BDCABA"), lcs_length("", "abc"), lcs_length("abc", "abc")
+    (4, 0, 3)
+    """
+    if not a or not b:
+        return 0
+    masks: dict[Hashable, int] = {}
+    for i, item in enumerate(a):
+        masks[item] = masks.get(item, 0) | 1 << i
+    full = (1 << len(a)) - 1
+    v = full  # a zero bit per item of a matched so far
+    for item in b:
+        m = masks.get(item)
+        if m:
+            u = v & m
+            v = ((v + u) | (v - u)) & full
+    return len(a) - v.bit_count()
+
+
+def rouge_l(reference: str, response: str, tokenizer: Any = None) -> float:
+    """ROUGE-L F1 of ``response`` against ``reference``, as ``rouge-score``'s
+    ``RougeScorer(["rougeL"]).score(reference, response)`` gives it.
+
+    >>> round(rouge_l("the cat sat on a mat", "the cat sat on the mat"), 3)
+    0.833
+    """
+    from rouge_score import scoring, tokenizers
+
+    tok = tokenizer if tokenizer is not None else tokenizers.DefaultTokenizer(use_stemmer=False)
+    target, prediction = tok.tokenize(reference), tok.tokenize(response)
+    if not target or not prediction:
+        return 0.0
+    lcs = lcs_length(target, prediction)
+    return float(scoring.fmeasure(lcs / len(prediction), lcs / len(target)))
+
+
+def reference_scores(response: str, reference: str, tokenizer: Any = None) -> tuple[float, float, float]:
     """(ROUGE-L F1, BLEU, chrF) of one response against one reference, all 0..1.
 
     >>> [round(x, 3) for x in reference_scores("the cat sat on the mat", "the cat sat on a mat")]
@@ -49,11 +98,7 @@ def reference_scores(response: str, reference: str, scorer: Any = None) -> tuple
     """
     import sacrebleu
 
-    if scorer is None:
-        from rouge_score import rouge_scorer
-
-        scorer = rouge_scorer.RougeScorer(["rougeL"])
-    rouge = float(scorer.score(reference, response)["rougeL"].fmeasure)
+    rouge = rouge_l(reference, response, tokenizer)
     bleu = float(sacrebleu.sentence_bleu(response, [reference], smooth_method="exp").score) / 100.0
     chrf = float(sacrebleu.sentence_chrf(response, [reference]).score) / 100.0
     return rouge, bleu, chrf
@@ -83,10 +128,10 @@ class ReferenceOverlap(Detector):
         if not rows:
             return []
         rows = rows[: self.max_scored]
-        from rouge_score import rouge_scorer
+        from rouge_score import tokenizers
 
-        scorer = rouge_scorer.RougeScorer(["rougeL"])
-        scores = np.array([reference_scores(resps[i], refs[i], scorer) for i in rows])
+        tokenizer = tokenizers.DefaultTokenizer(use_stemmer=False)
+        scores = np.array([reference_scores(resps[i], refs[i], tokenizer) for i in rows])
         ids = batch.strings("event_id")
         rids = batch.strings("request_id")
         sources = batch.strings("feedback.source")
