@@ -39,7 +39,10 @@ true: a share over a handful of responses swings wildly. Scoring text is
 per-response work (about a millisecond each), so at most ``max_scored``
 responses are scored per window, evenly spaced and therefore deterministic;
 ``detail.scored`` says how many were and ``detail.sampling_rate`` which
-share of the available ones that is.
+share of the available ones that is. The work is linear in the text, so the
+characters read per window are bounded as well (``max_chars``, 2 million, a
+context shared by several answers counted once: a few seconds): an answer that would take the window past them is left
+unscored and counted in ``detail.skipped_for_size``.
 
 >>> from llmpulse.detectors.testing import synthetic_batch
 >>> sig = {s.signal: s for s in HallucinationSignals().update(synthetic_batch(400, seed=2))}
@@ -91,6 +94,7 @@ class HallucinationSignals(Detector):
         baseline_min_windows: int = 3,
         alpha: float = 0.01,
         max_excluded: int = 10,
+        max_chars: int = 2_000_000,
     ) -> None:
         if baseline_windows < 1 or not 1 <= baseline_min_windows <= baseline_windows:
             raise ValueError(
@@ -111,6 +115,9 @@ class HallucinationSignals(Detector):
         self.baseline_min_windows = baseline_min_windows
         self.alpha = alpha
         self.max_excluded = max_excluded
+        if max_chars < 1:
+            raise ValueError(f"max_chars must be >= 1, got {max_chars!r}")
+        self.max_chars = max_chars
         # the baseline: [window end, ungrounded, scored] of recent windows
         self._history: list[list[float]] = []
         self._excluded = 0
@@ -131,6 +138,7 @@ class HallucinationSignals(Detector):
             "baseline_min_windows": self.baseline_min_windows,
             "alpha": self.alpha,
             "max_excluded": self.max_excluded,
+            "max_chars": self.max_chars,
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -174,6 +182,26 @@ class HallucinationSignals(Detector):
         available = int(idx.size)
         if idx.size > self.max_scored:
             idx = idx[np.linspace(0, idx.size - 1, self.max_scored).round().astype(np.int64)]
+        # the characters read per window are bounded too: scoring is linear in the
+        # text, and one answer may carry megabytes; an answer that would take the
+        # window past the budget is left unscored (counted), the others still are
+        # (a context shared by several answers is read once: it counts once)
+        kept: list[int] = []
+        seen: set[object] = set()
+        spent = too_large = 0
+        for i in idx:
+            ctx = contexts[i]
+            key = ctx if isinstance(ctx, str) else tuple(map(str, ctx))
+            size = len(str(responses[i]))
+            if key not in seen:
+                size += len(ctx) if isinstance(ctx, str) else sum(map(len, key))
+            if kept and spent + size > self.max_chars:
+                too_large += 1
+                continue
+            spent += size
+            seen.add(key)
+            kept.append(int(i))
+        idx = np.asarray(kept, dtype=np.int64)
         results = [self._scorer.score(str(responses[i]), contexts[i]) for i in idx]
         scores = np.asarray([g.score for g in results])
         ids = batch.strings("event_id")
@@ -186,7 +214,7 @@ class HallucinationSignals(Detector):
         n = int(idx.size)
         common = {
             **self._small(n), "scored": n, "available": available,
-            "sampling_rate": round(n / available, 4),
+            "sampling_rate": round(n / available, 4), "skipped_for_size": too_large,
             # "rules" when the learned model file is missing: the score is the rule-based fallback
             "method": "learned" if self._scorer.model is not None else "rules",
             "model": self._scorer.model_source,

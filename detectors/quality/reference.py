@@ -19,7 +19,9 @@ field's libraries, not a re-implementation:
 The value is the mean over the window's scored responses; ``detail`` has the
 10th percentile, the count per feedback ``source`` and the ``top_k`` worst
 examples (ids, score and the start of both texts). At most ``max_scored``
-pairs are scored per window (the first ones in event time).
+pairs are scored per window (the first ones in event time), and at most
+``max_chars`` characters of responses and references (a pair that would go past
+them is left unscored and counted in ``detail.skipped_for_size``).
 
 >>> b = Batch.from_events([
 ...     {"ts": 1_000, "event_id": "e1", "response": "The refund takes five days.",
@@ -109,12 +111,13 @@ class ReferenceOverlap(Detector):
 
     signals = ("quality.rouge_l", "quality.bleu", "quality.chrf")
 
-    def __init__(self, *, max_scored: int = 500, top_k: int = 5) -> None:
+    def __init__(self, *, max_scored: int = 500, top_k: int = 5, max_chars: int = 2_000_000) -> None:
         self.max_scored = int(max_scored)
         self.top_k = int(top_k)
+        self.max_chars = int(max_chars)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"max_scored": self.max_scored, "top_k": self.top_k}
+        return {"max_scored": self.max_scored, "top_k": self.top_k, "max_chars": self.max_chars}
 
     def restore(self, state: Any) -> None:
         self.__init__(**dict(state))  # type: ignore[misc]
@@ -128,6 +131,18 @@ class ReferenceOverlap(Detector):
         if not rows:
             return []
         rows = rows[: self.max_scored]
+        # the characters read per window are bounded (scoring is linear in them): a
+        # pair that would take the window past the budget is left unscored, counted
+        fitting: list[int] = []
+        spent = too_large = 0
+        for i in rows:
+            size = len(resps[i]) + len(refs[i])
+            if fitting and spent + size > self.max_chars:
+                too_large += 1
+                continue
+            spent += size
+            fitting.append(i)
+        rows = fitting
         from rouge_score import tokenizers
 
         tokenizer = tokenizers.DefaultTokenizer(use_stemmer=False)
@@ -158,6 +173,7 @@ class ReferenceOverlap(Detector):
                     for j in worst
                 ],
                 "truncated": len(rows) == self.max_scored,
+                "skipped_for_size": too_large,
             }
             out.append(batch.signal(name, float(vals.mean()), n=len(rows), detail=detail))
         return out

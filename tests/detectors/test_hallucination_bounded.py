@@ -116,3 +116,45 @@ def test_a_huge_context_is_cut_by_characters_then_by_relevance():
     assert "context cut to its first 1,000,000 of 1,320,000 characters" in notes
     assert "context truncated by relevance" in notes
     assert result.grounded
+
+
+# -- the window's budget of characters ---------------------------------------------------
+
+
+def _batch(events):
+    from llmpulse.detectors.base import Batch
+
+    return Batch.from_events(events, start=0.0, end=60.0)
+
+
+def _answer_events(n, answer, context, start=0):
+    return [{"ts": 1_000 + start + i, "event_id": f"e{start + i}", "request_id": f"r{start + i}",
+             "response": answer, "context": context} for i in range(n)]
+
+
+def test_answers_past_the_windows_budget_are_left_unscored_and_counted():
+    from llmpulse.detectors.hallucination import HallucinationSignals
+
+    small = _answer_events(30, "Refunds take 14 days.", ["Refunds take 14 days."])
+    huge = _answer_events(5, " ".join(str(i) for i in range(20_000)), [" ".join(str(i) for i in range(20_000))],
+                          start=100)
+    signals = {s.signal: s for s in HallucinationSignals(max_chars=300_000).update(_batch(small + huge))}
+    detail = signals["hallucination.groundedness_mean"].detail
+    assert detail["available"] == 35 and detail["skipped_for_size"] == 4
+    assert detail["scored"] == 31  # every small answer, and the one huge answer that fits
+    unbounded = {s.signal: s for s in HallucinationSignals().update(_batch(small + huge))}
+    assert unbounded["hallucination.groundedness_mean"].detail["skipped_for_size"] == 0
+    with pytest.raises(ValueError, match="max_chars"):
+        HallucinationSignals(max_chars=0)
+
+
+def test_a_context_shared_by_answers_counts_once():
+    from llmpulse.detectors.hallucination import HallucinationSignals
+
+    shared = ["Refunds take 14 days. " * 5_000]  # 110,000 characters, read once
+    events = _answer_events(40, "Refunds take 14 days.", shared)
+    detail = HallucinationSignals(max_chars=120_000).update(_batch(events))[0].detail
+    assert detail["scored"] == 40 and detail["skipped_for_size"] == 0
+    distinct = [e | {"context": [f"Case {i}. " + shared[0]]} for i, e in enumerate(events)]
+    detail = HallucinationSignals(max_chars=120_000).update(_batch(distinct))[0].detail
+    assert detail["scored"] == 1 and detail["skipped_for_size"] == 39

@@ -116,3 +116,14 @@ def test_texts_at_the_shims_limit_are_scored():
     # the library's table would hold 1.6 billion cells; the bit-parallel count holds 40,000 bits
     assert 0.0 < rouge_l(ref, resp) < 1.0
     assert rouge_l(ref, ref) == 1.0
+
+
+def test_pairs_past_the_windows_budget_are_left_unscored_and_counted():
+    long = " ".join(["refund"] * 10_000)  # 70,000 characters, twice
+    pairs = [*PAIRS, (long, long), *PAIRS]
+    signals = ReferenceOverlap(max_chars=200_000).update(_batch(pairs))
+    assert {s.n for s in signals} == {len(PAIRS) * 2 + 1}
+    assert signals[0].detail["skipped_for_size"] == 0
+    signals = ReferenceOverlap(max_chars=100_000).update(_batch(pairs))
+    assert {s.n for s in signals} == {len(PAIRS) * 2}
+    assert signals[0].detail["skipped_for_size"] == 1
