@@ -359,7 +359,7 @@ def find_emails(text: str, budget: int | None = EMAIL_BUDGET) -> list[tuple[int,
         return []
     ev = require_extra("email_validator")
     out: list[tuple[int, int]] = []
-    left = start = _remaining("email", budget)
+    left = initial = _remaining("email", budget)
     unchecked = 0
     at = text.find("@")
     while at != -1:
@@ -388,8 +388,8 @@ def find_emails(text: str, budget: int | None = EMAIL_BUDGET) -> list[tuple[int,
                 out.append((start, j))
                 break
         at = text.find("@", at + 1)
-    if left is not None and start is not None:
-        _spend("email", start - left)
+    if left is not None and initial is not None:
+        _spend("email", initial - left)
     if unchecked:
         _over_budget("e-mail", len(text), unchecked)
     return out
@@ -699,7 +699,7 @@ class PhoneFinder:
         if not any(long for _, _, long in runs):
             return []
         context = _context_runs(runs)
-        left = start = _remaining("phone", self.budget)
+        left = initial = _remaining("phone", self.budget)
         regions = self.regions
         spans: set[tuple[int, int]] = set()
         unchecked: list[tuple[int, int]] = []
@@ -741,8 +741,8 @@ class PhoneFinder:
             find = _find_in_piece_cached if hi - lo <= _PIECE_CACHE_MAX_CHARS else _find_in_piece
             found = find(text[lo:hi], mask, plus_pass, active, regions, self.leniency)
             spans.update((lo + a, lo + b) for a, b in found)
-        if left is not None and start is not None:
-            _spend("phone", start - left)
+        if left is not None and initial is not None:
+            _spend("phone", initial - left)
         if unchecked:
             _over_budget("phone", len(text), len(unchecked))
         return sorted([s for s in spans if not _is_glued(text, *s)] + unchecked)

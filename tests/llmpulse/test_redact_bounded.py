@@ -222,3 +222,19 @@ def test_a_spans_texts_share_one_budget_at_the_receiver(matcher_chars):
     assert matcher_chars[0] <= PHONE_BUDGET
     assert all("0171 " not in v for v in row["attributes"].values())
     assert all("0171 " not in v for v in [ev["prompt"], *ev["context"]])
+
+
+def test_a_shared_budget_counts_what_each_finder_spent():
+    from llmpulse import pii
+
+    with pii.shared_budget():
+        find_emails("mail https://x.io/r?email=jane@example.com and bob@corp.io, or a@b")
+        assert pii._SPENT.get() == {"email": 3}  # one check per candidate, links included
+        PhoneFinder(budget=10**6)("call 0171 1234567 now")
+        spent = dict(pii._SPENT.get() or {})
+    assert spent["email"] == 3 and spent["phone"] > 0
+    assert pii._SPENT.get() is None  # the block is closed
+    with pii.shared_budget():
+        find_emails(" ".join(f"u{i}@ex{i}.com" for i in range(EMAIL_BUDGET - 1)))
+        assert find_emails("a@b.co c@d.co") == [(0, 6), (7, 13)]  # one checked, one not
+        assert pii._SPENT.get() == {"email": EMAIL_BUDGET}
