@@ -176,11 +176,13 @@ class Redactor:
     full-width forms, invisible characters, ``(at)`` / ``[dot]``, spaces on both
     sides of ``@``, a bracketed country code; see :func:`~llmpulse.pii.plain_view`)
     and redact what they find there in the text as written. ``bounded`` (the
-    default) caps the work of the e-mail and phone checks per text
-    (:data:`~llmpulse.pii.EMAIL_BUDGET`, :data:`~llmpulse.pii.PHONE_BUDGET`):
-    a text built to be slow to check (a quarter of a megabyte of digit groups,
-    or of address-shaped strings) has what exceeds the budget redacted
-    unchecked, in tens of milliseconds rather than seconds on the caller's thread.
+    default) caps the work of the e-mail and phone checks
+    (:data:`~llmpulse.pii.EMAIL_BUDGET`, :data:`~llmpulse.pii.PHONE_BUDGET`) per
+    text, or per block of :func:`~llmpulse.pii.shared_budget` (the text policy
+    opens one per event): a text built to be slow to check (a quarter of a
+    megabyte of digit groups, or of address-shaped strings) has what exceeds the
+    budget redacted unchecked, in tens of milliseconds rather than seconds on the
+    caller's thread.
 
     >>> r = Redactor(builtins=("email",), extra=[r"ACME-\\d{6}", (r"secret\\w*", "***")])
     >>> r("ticket ACME-123456 from bob@corp.io: secretpassword")
