@@ -187,18 +187,16 @@ def format_table(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     import argparse
-    import json
+    import sys
+
+    from llmpulse.bench._stack import finish
 
     ap = argparse.ArgumentParser(prog="python -m llmpulse.bench.redact_hostile", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small texts, one round")
     ap.add_argument("--size", type=int, default=16 * 1024, help="characters for the unbounded comparison")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args(argv)
-    result = run(quick=args.quick, size=args.size)
-    print(format_table(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    sys.exit(finish(run(quick=args.quick, size=args.size), format_table, args.json))
 
 
 if __name__ == "__main__":
