@@ -206,10 +206,13 @@ def test_the_shim_drops_only_the_event_too_long_to_redact(tmp_path):
                   input_tokens=1, output_tokens=1, status="ok")
     assert mon.stats()["invalid"] == 1
     mon.close(timeout=0)
-    with pytest.raises(EventError, match="redacted per event"):
-        Monitor(app="a", bootstrap="127.0.0.1:9", model="m", model_version="1", redact=True,
-                strict=True).inference(prompt="x" * 250_000, context=["y" * 250_000] * 4, latency_ms=5.0,
-                                       input_tokens=1, output_tokens=1, status="ok")
+    strict = Monitor(app="a", bootstrap="127.0.0.1:9", model="m", model_version="1", redact=True, strict=True)
+    try:
+        with pytest.raises(EventError, match="redacted per event"):
+            strict.inference(prompt="x" * 250_000, context=["y" * 250_000] * 4, latency_ms=5.0,
+                             input_tokens=1, output_tokens=1, status="ok")
+    finally:
+        strict.close(timeout=0)
 
 
 def test_a_spans_texts_share_one_budget_at_the_receiver(matcher_chars):
