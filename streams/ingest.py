@@ -16,7 +16,6 @@ carrying the original bytes and the reason.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +31,7 @@ from llmpulse.events import (
     validate_inference,
 )
 from llmpulse.redact import TextPolicy
+from llmpulse.streams.otlp_redact import withheld
 
 __all__ = ["DeadLetter", "IngestBatch", "Message", "REDACTED_DEAD_LETTER_BYTES", "redacted_payload", "split_batch",
            "VALIDATORS"]
@@ -107,7 +107,7 @@ def redacted_payload(raw: bytes, redact: Callable[[str], str]) -> bytes:
     b'withheld by ingest.redact: 70000 bytes, sha256 bca09f4a757d557'
     """
     if len(raw) > REDACTED_DEAD_LETTER_BYTES:
-        return f"withheld by ingest.redact: {len(raw)} bytes, sha256 {hashlib.sha256(raw).hexdigest()}".encode()
+        return withheld(raw, by="ingest.redact")
     return redact(raw.decode("utf-8", "replace")).encode()
 
 

@@ -118,7 +118,7 @@ def bare_log_record(rec: LogRecord) -> bytes:
     return bare.SerializeToString()
 
 
-def withheld(payload: bytes) -> bytes:
+def withheld(payload: bytes, by: str = "otlp.redact") -> bytes:
     """What a dead letter keeps of a body refused whole when nothing in it can be
     read to redact: its size and digest, to match it against the sender's copy.
 
@@ -126,4 +126,4 @@ def withheld(payload: bytes) -> bytes:
     b'withheld by otlp.redact: 16 bytes, sha256 8c87b489ce35cf2e2f39f80e282cb2e804932a56a213983eeeb428407d43b52d'
     """
     digest = hashlib.sha256(payload).hexdigest()
-    return f"withheld by otlp.redact: {len(payload)} bytes, sha256 {digest}".encode()
+    return f"withheld by {by}: {len(payload)} bytes, sha256 {digest}".encode()
