@@ -28,9 +28,15 @@ and moves it
 Time is the signals' event time (``Signal.ts``, the window end), never the
 wall clock, so replays and tests are deterministic; a signal not newer than
 the last one seen for its key (a replay after a restart) is ignored, with
-one exception: the latest window recomputed (late feedback re-emits a
-window with more labels) that was healthy and now breaches counts as a
-breaching window, as if it had come so the first time. Alert
+one exception. Late feedback recomputes a window of the feedback join with
+more labels (its signals carry ``detail.revision``); for those keys the
+verdicts of the last :data:`HISTORY_WINDOWS` windows are kept, a recomputed
+window's new verdict replaces its old one, and the windows since the key's
+last transition are gone through again. A streak completed by a window that
+was healthy on its first computation fires, at the window where it reached
+``for``, whichever order the recomputations came in; a window first
+ignored (fewer than ``min_n`` labels) counts once it has enough. A
+transition already made stays made. Alert
 ids are derived from the key and the start time, so a replayed alert is the
 same row (the ``alerts`` table keeps the latest ``updated_at`` per id).
 
@@ -54,6 +60,8 @@ same row (the ``alerts`` table keeps the latest ``updated_at`` per id).
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import hashlib
 import json
 import math
@@ -66,7 +74,8 @@ from llmpulse.detectors.base import Signal
 from llmpulse.streams.rules import Rule, Rules, Verdict
 
 __all__ = [
-    "AlertEvent", "AlertKey", "AlertLinker", "AlertManager", "GroupFilter", "MAX_GAP_WINDOWS", "Series",
+    "AlertEvent", "AlertKey", "AlertLinker", "AlertManager", "GroupFilter", "HISTORY_WINDOWS",
+    "MAX_GAP_WINDOWS", "Series",
     "alert_key_id", "series_of",
 ]
 
@@ -92,6 +101,11 @@ def series_of(signal: str, app: str, model: str, model_version: str, window_s: f
 MAX_GAP_WINDOWS = 2.5
 """A pending streak breaks when no window of its key arrived for this many
 window lengths: missing windows are not evidence of a lasting breach."""
+
+HISTORY_WINDOWS = 64
+"""Verdicts kept per key of a signal whose windows are computed again (the feedback
+join's, marked ``detail.revision``): a recomputed window among them counts with its new
+verdict; an older one changes nothing."""
 
 _HOUR = 3600.0
 
@@ -148,16 +162,16 @@ class _State:
     alert: dict[str, Any] | None = None  # the open alert's row, detail as a mapping
     resolved_at: float | None = None
     fires: list[float] = field(default_factory=list)
-    # the latest window's verdict, and the streak a healthy verdict on it reset
-    # ([breaches, streak_start, values]), so a recomputation that breaches can restore it
-    last_breached: bool = False
-    undo: list[Any] | None = None
+    # [ts, breached (0 or 1), value, n, window_s] of the latest windows, oldest first, for
+    # a key whose windows are computed again (``detail.revision``); None for the others
+    history: list[list[float]] | None = None
 
     def idle(self, ts: float, rule: Rule) -> bool:
-        """Nothing to remember: no streak, no open alert, no cooldown or fire history."""
+        """Nothing to remember: no streak, no open alert, no cooldown or fire history,
+        no windows that may be computed again."""
         return (
             self.breaches == 0
-            and self.undo is None
+            and self.history is None
             and self.alert is None
             and (self.resolved_at is None or ts >= self.resolved_at + rule.cooldown)
             and not any(ts - f < _HOUR for f in self.fires)
@@ -198,8 +212,8 @@ class AlertManager:
         self._clocks: dict[Series, float] = {}  # event time of each series
         self.watermark = -math.inf  # moved by advance() alone: a floor for every series
         self.counters: dict[str, int] = dict.fromkeys(
-            ("signals", "matched", "ignored", "replayed", "recomputed_breach", "fired", "resolved",
-             "suppressed_cooldown", "suppressed_rate"), 0)
+            ("signals", "matched", "ignored", "replayed", "recomputed", "recomputed_breach", "fired",
+             "resolved", "suppressed_cooldown", "suppressed_rate"), 0)
 
     # -- the stream ------------------------------------------------------------
 
@@ -209,9 +223,7 @@ class AlertManager:
         events: list[AlertEvent] = []
         for rule in self.rules.matching(signal):
             self.counters["matched"] += 1
-            ev = self._observe(rule, signal)
-            if ev is not None:
-                events.append(ev)
+            events += self._observe(rule, signal)
         series = series_of(signal.signal, signal.app, signal.model, signal.model_version,
                            signal.window_s)
         if signal.ts > self._clocks.get(series, -math.inf):
@@ -251,51 +263,105 @@ class AlertManager:
                 events.append(self._resolve(rule, key, st, at, None, f"no breach for {after:g} s"))
         return events
 
-    def _observe(self, rule: Rule, s: Signal) -> AlertEvent | None:
+    def _observe(self, rule: Rule, s: Signal) -> list[AlertEvent]:
         key: AlertKey = (rule.name, s.signal, s.app, s.model, s.model_version, s.dimension)
         st = self._states.get(key)
         if st is None:
             st = self._states[key] = _State()
+        if st.history is None and "revision" in s.detail:
+            st.history = []
         if s.ts <= st.last_ts:
-            if s.ts == st.last_ts and not st.last_breached and rule.evaluate(s) is Verdict.BREACH:
-                self.counters["recomputed_breach"] += 1
-                if st.alert is not None:
-                    st.healthy = max(0, st.healthy - 1)  # that window was counted healthy
-                elif st.undo is not None:
-                    st.breaches, st.streak_start, st.values = st.undo
-                st.undo = None
-                return self._breach(rule, key, st, s)
-            self.counters["replayed"] += 1
-            return None
+            return self._revise(rule, key, st, s)
         verdict = rule.evaluate(s)
         if verdict is Verdict.IGNORED:
             self.counters["ignored"] += 1
-            return None
+            return []
         gap = s.ts - st.last_ts
         st.last_ts = s.ts
+        if st.history is not None:
+            st.history.append([s.ts, float(verdict is Verdict.BREACH), float(s.value), float(s.n),
+                               float(s.window_s)])
+            del st.history[:-HISTORY_WINDOWS]
         if st.alert is None and s.window_s > 0 and gap > MAX_GAP_WINDOWS * s.window_s:
             st.breaches = 0
-        if verdict is Verdict.BREACH:
-            return self._breach(rule, key, st, s)
-        event: AlertEvent | None = None
-        st.last_breached = False
-        st.undo = [st.breaches, st.streak_start, list(st.values)] if st.breaches else None
+        event = self._healthy(rule, key, st, s) if verdict is not Verdict.BREACH \
+            else self._breach(rule, key, st, s)
+        if st.idle(s.ts, rule):
+            del self._states[key]
+        return [event] if event is not None else []
+
+    def _healthy(self, rule: Rule, key: AlertKey, st: _State, s: Signal) -> AlertEvent | None:
         st.breaches = 0
         if st.alert is not None:
             st.healthy += 1
             if st.healthy >= rule.resolve_for:
-                event = self._resolve(rule, key, st, s.ts, float(s.value),
-                                      f"{st.healthy} healthy window(s)")
+                return self._resolve(rule, key, st, s.ts, float(s.value),
+                                     f"{st.healthy} healthy window(s)")
         else:
             st.values = []
             st.streak_start = None
-        if st.idle(s.ts, rule):
-            del self._states[key]
-        return event
+        return None
+
+    def _revise(self, rule: Rule, key: AlertKey, st: _State, s: Signal) -> list[AlertEvent]:
+        """A window not newer than the key's latest: a replay after a restart (ignored),
+        or, for a key whose windows are computed again, a window recomputed with more
+        feedback. A new verdict on one of the key's last :data:`HISTORY_WINDOWS` windows
+        replaces the old one, and the key's windows since its last transition are gone
+        through again: a streak the recomputed window now completes fires (at the window
+        where it reached ``for``), one it breaks no longer counts."""
+        hist = st.history
+        verdict = rule.evaluate(s)
+        if not hist or s.ts < hist[0][0] or verdict is Verdict.IGNORED:
+            # too old to recompute, or fewer inputs than counted before: what was counted stays
+            self.counters["replayed"] += 1
+            return []
+        breached = float(verdict is Verdict.BREACH)
+        entry = [s.ts, breached, float(s.value), float(s.n), float(s.window_s)]
+        i = bisect.bisect_left(hist, s.ts, key=lambda e: e[0])
+        if i < len(hist) and hist[i][0] == s.ts:
+            same = hist[i][1] == breached
+            hist[i] = entry
+            if same:
+                self.counters["replayed"] += 1
+                return []
+        else:
+            hist.insert(i, entry)  # first counted now (too few inputs before)
+            del hist[:-HISTORY_WINDOWS]
+        self.counters["recomputed"] += 1
+        if breached:
+            self.counters["recomputed_breach"] += 1
+            st.signal_detail = _scalars(s.detail)
+        return self._rerun(rule, key, st)
+
+    def _rerun(self, rule: Rule, key: AlertKey, st: _State) -> list[AlertEvent]:
+        """Go through the key's windows since its last transition again (the firing of
+        its open alert, or the resolve of its last one), with their latest verdicts."""
+        assert st.history is not None
+        if st.alert is not None:
+            since = float(st.alert["detail"]["fired_at"])
+            st.healthy = 0
+        else:
+            since = st.resolved_at if st.resolved_at is not None else -math.inf
+            st.breaches = 0
+            st.values = []
+            st.streak_start = None
+        events: list[AlertEvent] = []
+        prev = -math.inf
+        for ts, breached, value, n, window_s in list(st.history):
+            if ts <= since:
+                continue
+            if st.alert is None and window_s > 0 and ts - prev > MAX_GAP_WINDOWS * window_s:
+                st.breaches = 0
+            prev = ts
+            w = Signal(key[1], value, n=int(n), dimension=key[5], ts=ts, window_s=window_s,
+                       app=key[2], model=key[3], model_version=key[4], detail=st.signal_detail)
+            ev = self._breach(rule, key, st, w) if breached else self._healthy(rule, key, st, w)
+            if ev is not None:
+                events.append(ev)
+        return events
 
     def _breach(self, rule: Rule, key: AlertKey, st: _State, s: Signal) -> AlertEvent | None:
         event: AlertEvent | None = None
-        st.last_breached = True
         st.healthy = 0
         if st.breaches == 0:
             st.streak_start = s.ts - s.window_s
@@ -303,7 +369,8 @@ class AlertManager:
         st.breaches += 1
         st.values = (st.values + [[s.ts, float(s.value), s.n]])[-self.keep_values:]
         st.last_breach_ts = s.ts
-        st.signal_detail = _scalars(s.detail)
+        if s.detail is not st.signal_detail:  # a window gone through again keeps the latest
+            st.signal_detail = _scalars(s.detail)
         if isinstance(s.detail.get("report"), str):
             st.report = s.detail["report"]
         if st.alert is not None:
@@ -573,8 +640,12 @@ def _state_item(key: AlertKey, st: _State) -> dict[str, Any]:
             "last_ts": st.last_ts if math.isfinite(st.last_ts) else None}
 
 
+_STATE_FIELDS = frozenset(f.name for f in dataclasses.fields(_State))
+
+
 def _load_state(item: Mapping[str, Any]) -> _State:
-    fields = {k: v for k, v in item.items() if k != "key"}
+    # fields of older versions (``last_breached``, ``undo``) are left behind
+    fields = {k: v for k, v in item.items() if k in _STATE_FIELDS}
     if fields.get("last_ts") is None:
         fields["last_ts"] = -math.inf
     return _State(**fields)

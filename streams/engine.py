@@ -534,7 +534,11 @@ class SignalEngine:
             self._note_delay(now - end_ms / 1000.0)
         events = self._join.events(group, start_ms)
         batch = Batch.from_events(events, start=start_ms / 1000.0, end=end_ms / 1000.0)
-        return self._run("quality", group, batch)
+        # how many times the window was computed before: the alert manager keeps the
+        # verdicts of windows that are recomputed, so a late label still completes a streak
+        return [Signal(s.signal, s.value, s.n, s.dimension, s.ts, s.window_s, s.app, s.model,
+                       s.model_version, {**s.detail, "revision": revision})
+                for s in self._run("quality", group, batch)]
 
     def _run(self, family: str, group: Group, batch: Batch) -> list[Signal]:
         out: list[Signal] = []

@@ -145,8 +145,9 @@ they wait ``idle_s`` when the group's progress cannot be read."""
 HEARTBEAT_S = 0.5
 """How often the event loop notes that it runs (:meth:`RebalanceHold.beat`)."""
 EMITTING_WAIT_S = 5.0
-"""How long a hand-off waits for signals polled before its engine snapshot to reach the
-consumers, so that the alert states handed with it have seen them."""
+"""How long a hand-off or a save waits for signals polled before its engine snapshot to
+reach the consumers, so that the alert states handed with it, or saved beside it, have
+seen them."""
 REWIND_TIMEOUT_S = 30.0
 """How long a partition being replayed after a restart skips messages fetched before
 the seek; after that a missing offset is taken as a gap in the log."""
@@ -1270,7 +1271,13 @@ class SignalAgents:
         poll are taken over first: this worker's own copy may be older."""
         if self._to_take_over:
             await self._complete_take_over()
+        if not await self._emits_ended():
+            # a state that closed windows the consumers have not had: left for the next
+            # save (a restart from the last one replays a little more, losing nothing)
+            self.counters["saves_put_off_while_emitting"] += 1
+            return
         loop = asyncio.get_running_loop()
+        # submitted with no await since the check: a poll begun later runs after it
         saved = await loop.run_in_executor(self._exec, self._save)
         # a partition whose handed-over state was not read (a stop) is not this
         # worker's to hand on: what it holds of it may be older than the changelog
@@ -1279,6 +1286,26 @@ class SignalAgents:
             await self._commit_saved({p: o for p, o in saved.items() if p not in pending})
         if self.state_log is not None and self._owned:
             await self._publish(set(self._owned) - pending)
+
+    async def _emits_ended(self) -> bool:
+        """Whether no poll's signals are on their way to the consumers, once they have
+        arrived (:data:`EMITTING_WAIT_S` at most). The engine thread runs a save between
+        two polls, so a save taken while a poll's signals are being emitted holds their
+        windows closed; a crash before the alert agent saved its own state after them
+        left a restart that never saw those windows' verdicts: the replay from the saved
+        state does not close them again (an alert that fired there, stored and paged, is
+        unknown to the restarted worker, which can fire it again with another start)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + EMITTING_WAIT_S
+        while self._emitting:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._emitted.wait(), left)
+            except TimeoutError:
+                return False
+        return True
 
     async def _commit_saved(self, positions: dict[int, int]) -> None:
         """Commit the ``llmpulse.grouped`` offsets a saved state covers. Committed only

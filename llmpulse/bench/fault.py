@@ -507,6 +507,8 @@ def compare(ref: dict[str, Any], crashed: dict[str, Any]) -> dict[str, Any]:
         "alerts": sum(ra.values()),
         "alerts_lost": sum((ra - ca).values()),
         "alerts_extra": sum((ca - ra).values()),
+        "alerts_lost_examples": [list(a) for a in sorted((ra - ca).elements())[:5]],
+        "alerts_extra_examples": [list(a) for a in sorted((ca - ra).elements())[:5]],
         "pagerduty_events": sum(cp.values()),
         "pagerduty_triggers": sum(triggers.values()),
         "duplicate_triggers": sum(n - 1 for n in triggers.values() if n > 1),

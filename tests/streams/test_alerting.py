@@ -11,7 +11,7 @@ import pytest
 
 from llmpulse.detectors.base import Signal
 from llmpulse.store import DDL, Store
-from llmpulse.streams.alerting import AlertEvent, AlertManager
+from llmpulse.streams.alerting import HISTORY_WINDOWS, AlertEvent, AlertManager
 from llmpulse.streams.retrain_trigger import RetrainTrigger
 from llmpulse.streams.rules import Rules
 
@@ -121,28 +121,93 @@ def test_replayed_and_out_of_order_signals_are_ignored() -> None:
     assert am.stats()["replayed"] == 2
 
 
+def fb(i: int, value: float, revision: int = 0, *, n: int = 500) -> Signal:
+    """Window ``i`` of a feedback signal, in its ``revision``-th computation."""
+    return sig(i, value, n=n, detail={"revision": revision})
+
+
 def test_a_recomputed_window_that_now_breaches_counts_once() -> None:
     """Late feedback re-emits a window: healthy on its first computation, breaching
     with more labels. It joins the streak it interrupted; the same value again, or
-    an older window recomputed, changes nothing."""
+    an older window recomputed the same, changes nothing."""
     am = AlertManager(rules(**{"for": 3}))
-    assert am.process(sig(1, HI)) + am.process(sig(2, LO)) == []
-    assert am.process(sig(2, LO)) == []  # recomputed, still healthy
-    assert am.process(sig(2, HI)) == []  # now breaching: streak of 2
-    assert am.process(sig(2, HI)) == []  # the same again: a replay
-    fired = am.process(sig(3, HI))
+    assert am.process(fb(1, HI)) + am.process(fb(2, LO)) == []
+    assert am.process(fb(2, LO, 1)) == []  # recomputed, still healthy
+    assert am.process(fb(2, HI, 2)) == []  # now breaching: streak of 2
+    assert am.process(fb(2, HI, 2)) == []  # the same again: a replay
+    fired = am.process(fb(3, HI))
     assert [e.kind for e in fired] == ["firing"]
     assert fired[0].row["started_at"] == sig(1, HI).ts - sig(1, HI).window_s
-    assert am.process(sig(1, HI)) == []
+    assert am.process(fb(1, HI, 1)) == []
     st = am.stats()
     assert (st["recomputed_breach"], st["replayed"]) == (1, 3)
     # and the state survives a restart mid-way
     am2 = AlertManager(rules(**{"for": 2}))
-    am2.process(sig(1, HI))
-    am2.process(sig(2, LO))
+    am2.process(fb(1, HI))
+    am2.process(fb(2, LO))
     am3 = AlertManager(rules(**{"for": 2}))
-    am3.restore(am2.snapshot())
-    assert [e.kind for e in am3.process(sig(2, HI))] == ["firing"]
+    am3.restore(json.loads(json.dumps(am2.snapshot())))
+    assert [e.kind for e in am3.process(fb(2, HI, 1))] == ["firing"]
+
+
+def test_recomputed_windows_complete_a_streak_in_whichever_order_they_come() -> None:
+    """The first computations of four windows: healthy, healthy, too few labels,
+    healthy. Their recomputations, newest first, breach: the alert fires once, at the
+    third breaching window, as it would have had every label come in time; the manager
+    without recomputation (signals of a key that is never recomputed) stays quiet."""
+    firsts = [fb(1, LO), fb(2, LO), fb(3, HI, n=10), fb(4, LO), fb(5, LO)]
+    later = [fb(4, HI, 1), fb(3, HI, 1), fb(2, HI, 1)]
+    am = AlertManager(rules(**{"for": 3, "min_n": 100}))
+    assert [e for s in firsts for e in am.process(s)] == []
+    events = [e for s in later for e in am.process(s)]
+    assert [e.kind for e in events] == ["firing"]
+    row = events[0].row
+    assert (row["started_at"], row["updated_at"]) == (T0 + 1 * W, T0 + 4 * W)
+    assert row["value"] == HI
+    assert am.stats()["open"] == 1
+    # a window older than the kept ones changes nothing
+    assert am.process(fb(1, HI, 1)) == []
+    # the same windows in time would have fired the same alert
+    direct = AlertManager(rules(**{"for": 3, "min_n": 100}))
+    in_time = [e for s in [fb(1, LO), fb(2, HI), fb(3, HI), fb(4, HI)] for e in direct.process(s)]
+    assert [(e.kind, e.row["alert_id"]) for e in in_time] == [("firing", row["alert_id"])]
+    # unmarked signals keep no history: windows 3 and 2 again are replays (window 4
+    # comes to a key forgotten as idle, as a new window), and nothing fires
+    plain = AlertManager(rules(**{"for": 3, "min_n": 100}))
+    for s in [*firsts, *later]:
+        assert plain.process(sig(int((s.ts - T0) / W), s.value, n=s.n)) == []
+    assert plain.stats()["replayed"] == 2
+
+
+def test_a_recomputation_that_breaks_a_streak_or_heals_an_open_alert() -> None:
+    """A recomputed window that no longer breaches takes its part of a pending streak
+    back; one after the firing counts as healthy, and resolves the alert when it makes
+    ``resolve_for`` healthy windows in a row. A transition made stays made."""
+    am = AlertManager(rules(**{"for": 3, "resolve_for": 2}))
+    assert am.process(fb(1, HI)) + am.process(fb(2, HI)) == []
+    assert am.process(fb(1, LO, 1)) == []  # the streak is now window 2 alone
+    assert am.process(fb(3, HI)) == []
+    fired = am.process(fb(4, HI))
+    assert [e.row["started_at"] for e in fired] == [T0 + 1 * W]
+    assert am.process(fb(5, LO)) + am.process(fb(6, HI)) == []
+    resolved = am.process(fb(6, LO, 1))
+    assert [(e.kind, e.row["resolved_at"]) for e in resolved] == [("resolved", T0 + 6 * W)]
+    assert am.process(fb(3, LO, 1)) == []  # before the resolve: nothing reopens
+    assert am.process(fb(7, HI)) == []
+    assert am.stats()["fired"] == 1
+
+
+def test_recomputed_keys_keep_a_bounded_history_and_move_with_their_group() -> None:
+    am = AlertManager(rules(**{"for": 2}))
+    for i in range(1, 200):
+        am.process(fb(i, LO))
+    (state,) = am.snapshot()["states"]
+    assert len(state["history"]) == HISTORY_WINDOWS
+    assert am.process(fb(199 - HISTORY_WINDOWS, HI, 1)) == []  # too old: a replay
+    other = AlertManager(rules(**{"for": 2}))
+    other.merge(json.loads(json.dumps(am.export(lambda app, model, version: True))))
+    assert other.process(fb(198, HI, 1)) == []
+    assert [e.row["started_at"] for e in other.process(fb(199, HI, 1))] == [T0 + 197 * W]
 
 
 def test_not_significant_windows_count_as_healthy() -> None:
