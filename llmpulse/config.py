@@ -384,12 +384,12 @@ def load_settings(
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
     if path is not None and Path(path).exists():
-        import yaml
+        from llmpulse.yaml_input import YamlInputError, load_yaml
 
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+            loaded = load_yaml(Path(path).read_text())
+        except YamlInputError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: must be a mapping of settings")
         raw = dict(loaded or {})

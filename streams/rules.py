@@ -67,10 +67,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from llmpulse.detectors.base import Signal
 from llmpulse.streams.signal_names import known_signals, unknown_signal
+from llmpulse.yaml_input import YamlInputError, load_yaml
 
 __all__ = [
     "ACTIONS",
@@ -314,12 +313,9 @@ class Rules:
         signals: Set[str] | None = None,
     ) -> Rules:
         try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc)
-            raise RulesError(f"{source}: not valid YAML{where}: {problem}") from None
+            data = load_yaml(text)
+        except YamlInputError as exc:
+            raise RulesError(f"{source}: {exc}") from None
         return cls.from_dict(data if data is not None else {}, source=source, env=env, signals=signals)
 
     @classmethod

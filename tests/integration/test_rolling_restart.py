@@ -121,7 +121,10 @@ def _same_signals(runs: dict[str, dict[tuple[str, ...], tuple[float, int]]],
         [(k, v, ref.get(k)) for k, v in early.items() if ref.get(k) != v][:5]
     assert got.keys() == ref.keys(), (sorted(set(ref) ^ set(got))[:10])
     diff = {k: (ref[k], got[k]) for k in ref if ref[k] != got[k]}
-    assert not diff, list(diff.items())[:5]
+    # with what tells a late event from a lost one: the engines' late and duplicate counts
+    assert not diff, (list(diff.items())[:5], {
+        name: {k: eng.get(k) for k in ("events_in", "late_dropped", "late_dropped_by_group",
+                                       "duplicates_dropped")} for name, eng in engines.items()})
     for name, eng in engines.items():
         assert eng["late_dropped"] == 0, (name, eng.get("late_dropped_by_group"))
     # every event taken in once across the restart (the counters travel with the state)
