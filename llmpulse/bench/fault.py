@@ -593,7 +593,9 @@ def format_table(r: dict[str, Any]) -> str:
         f"  signal windows: {r['windows']} in the reference; missing {r['windows_missing']}, "
         f"extra {r['windows_extra']}, different value {r['windows_differing']} (every window "
         "compared)",
-        f"  alerts: {r['alerts']}; lost {r['alerts_lost']}, extra {r['alerts_extra']}",
+        f"  alerts: {r['alerts']}; lost {r['alerts_lost']}, extra {r['alerts_extra']}"
+        + "".join(f"\n    {what}: {' '.join(a for a in alert if a)}"
+                  for what in ("lost", "extra") for alert in r.get(f"alerts_{what}_examples", [])),
         f"  PagerDuty: {r['pagerduty_events']} events, {r['pagerduty_triggers']} triggers; "
         f"triggered twice {r['duplicate_triggers']}, lost {r['pages_lost']}, extra {r['pages_extra']}",
         f"  engine events: {r['engine_events_crashed']} (reference {r['engine_events_reference']}; "
