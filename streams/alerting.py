@@ -107,6 +107,9 @@ HISTORY_WINDOWS = 64
 join's, marked ``detail.revision``): a recomputed window among them counts with its new
 verdict; an older one changes nothing."""
 
+SWEEP_EVERY = 10_000
+"""Signals between two sweeps of the keys kept for their windows (:meth:`AlertManager._sweep`)."""
+
 _HOUR = 3600.0
 
 
@@ -167,15 +170,25 @@ class _State:
     history: list[list[float]] | None = None
 
     def idle(self, ts: float, rule: Rule) -> bool:
-        """Nothing to remember: no streak, no open alert, no cooldown or fire history,
-        no windows that may be computed again."""
+        """Nothing to remember: quiet, and no windows that may be computed again."""
+        return self.quiet(ts, rule) and self.history is None
+
+    def quiet(self, ts: float, rule: Rule) -> bool:
+        """No streak, no open alert, no cooldown or fire history at event time ``ts``."""
         return (
             self.breaches == 0
-            and self.history is None
             and self.alert is None
             and (self.resolved_at is None or ts >= self.resolved_at + rule.cooldown)
             and not any(ts - f < _HOUR for f in self.fires)
         )
+
+    def stale(self, ts: float) -> bool:
+        """Whether the kept windows are all too old to be computed again at ``ts``
+        (:data:`HISTORY_WINDOWS` window lengths after the newest)."""
+        if not self.history:
+            return True
+        last = self.history[-1]
+        return ts > last[0] + HISTORY_WINDOWS * max(last[4], 1.0)
 
 
 class AlertManager:
@@ -211,15 +224,22 @@ class AlertManager:
         self._open_timed: set[AlertKey] = set()  # open alerts of rules with resolve_after
         self._clocks: dict[Series, float] = {}  # event time of each series
         self.watermark = -math.inf  # moved by advance() alone: a floor for every series
+        self._latest = -math.inf  # the newest signal's event time, any series
+        self._since_sweep = 0
         self.counters: dict[str, int] = dict.fromkeys(
             ("signals", "matched", "ignored", "replayed", "recomputed", "recomputed_breach", "fired",
-             "resolved", "suppressed_cooldown", "suppressed_rate"), 0)
+             "resolved", "suppressed_cooldown", "suppressed_rate", "swept"), 0)
 
     # -- the stream ------------------------------------------------------------
 
     def process(self, signal: Signal) -> list[AlertEvent]:
         """Alert events caused by one signal (usually none)."""
         self.counters["signals"] += 1
+        if signal.ts > self._latest:
+            self._latest = signal.ts
+        self._since_sweep += 1
+        if self._since_sweep >= SWEEP_EVERY:
+            self._sweep()
         events: list[AlertEvent] = []
         for rule in self.rules.matching(signal):
             self.counters["matched"] += 1
@@ -230,6 +250,19 @@ class AlertManager:
             self._clocks[series] = signal.ts
         events.extend(self._resolve_quiet(series))
         return events
+
+    def _sweep(self) -> None:
+        """Forget the keys kept only for their windows once those are too old to be
+        computed again and the key is quiet: a group that stopped (a retired model
+        version) leaves nothing behind."""
+        self._since_sweep = 0
+        now = self._latest
+        for key in [k for k, st in self._states.items()
+                    if st.history is not None and st.stale(now)]:
+            rule = self.rules.get(key[0])
+            if rule is None or self._states[key].quiet(now, rule):
+                del self._states[key]
+                self.counters["swept"] += 1
 
     def process_many(self, signals: Iterable[Signal]) -> list[AlertEvent]:
         return [ev for s in signals for ev in self.process(s)]

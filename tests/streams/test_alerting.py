@@ -396,3 +396,23 @@ def test_series_clocks_survive_a_restart() -> None:
     assert again.process(sig(30, 0.01, signal="drift.psi", dimension="latency_ms")) == []
     [resolved] = again.process(sig(11, 900.0))
     assert resolved.kind == "resolved" and resolved.row["resolved_at"] == T0 + 11 * W
+
+
+def test_keys_kept_for_their_windows_are_forgotten_once_those_are_too_old(monkeypatch) -> None:
+    """A retired model version's feedback keys go once their windows can no longer be
+    computed again; a live group's stay, and so does a stopped group's open alert."""
+    from llmpulse.streams import alerting
+
+    monkeypatch.setattr(alerting, "SWEEP_EVERY", 10)
+    am = AlertManager(rules(**{"for": 1}))
+    for i in range(1, 6):
+        am.process(sig(i, LO, model="old", detail={"revision": 0}))
+        am.process(sig(i, HI if i == 5 else LO, model="firing", detail={"revision": 0}))
+    assert am.stats()["tracked_keys"] == 2 and am.stats()["open"] == 1
+    for i in range(6, 6 + HISTORY_WINDOWS):
+        am.process(fb(i, LO))
+    assert am.stats()["tracked_keys"] == 3, "not yet: the old windows may still change"
+    for i in range(6 + HISTORY_WINDOWS, 6 + HISTORY_WINDOWS + 20):
+        am.process(fb(i, LO))
+    assert {k[3] for k in am._states} == {"gpt", "firing"}
+    assert am.stats()["swept"] == 1
