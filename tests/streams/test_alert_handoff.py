@@ -12,6 +12,10 @@ Worker A takes the first part of a group's events, with a latency breach under w
 hands the partition over; worker B takes over and reads on. Their alerts together must
 be those of one worker that read every event, at the same windows; A keeps nothing of
 the group. The real agents (signal and alert), the real broker for the changelog.
+
+The same holds for the state a worker saves beside its engine's for its own restart: the
+last test kills a worker right after a snapshot taken while a poll's signals were on their
+way to the alert agent.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ import pytest
 
 from llmpulse.broker import EmbeddedBroker
 from llmpulse.config import load_settings
+from llmpulse.detectors.base import Signal
 from llmpulse.detectors.testing import synthetic_events
 from llmpulse.store import Store
+from llmpulse.streams import signals as signals_module
 from llmpulse.streams.alerts_agent import AlertAgent
 from llmpulse.streams.app import new_faust_app
 from llmpulse.streams.handoff import EngineStateLog
@@ -72,7 +78,7 @@ def _alert_agent(root: Path, rules: Rules, sink: TestingSink, *, app_dir: str = 
 class _Worker:
     """One worker's signal agents and alert agent, wired as the worker wires them."""
 
-    def __init__(self, root: Path, store: Store, log: EngineStateLog, rules: Rules) -> None:
+    def __init__(self, root: Path, store: Store, log: EngineStateLog | None, rules: Rules) -> None:
         settings = load_settings(env={"LLMPULSE_DATA_DIR": str(root)}, path=None)
         settings = replace(settings, signals=replace(settings.signals, process=False))
         app = new_faust_app("t", settings, bootstrap="127.0.0.1:1", datadir=root / "w",
@@ -199,5 +205,67 @@ async def test_a_hand_off_waits_for_the_alerts_of_a_window_poll_under_way(
         assert a.rows() + b.rows() == expected
         await a.signals.close()
         await b.signals.close()
+    finally:
+        store.close()
+
+
+async def test_a_snapshot_taken_while_a_poll_is_emitted_loses_no_alert_at_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A crash right after an engine snapshot taken while a poll's signals were on their
+    way to the alert agent. The window poll and the snapshot timer are two tasks on one
+    event loop, and the engine thread runs a save between two polls: a save that ran
+    while a poll's signals were being emitted (a slow store write before the alert
+    agent) held those windows closed, and a kill before the alert agent saved its state
+    after them left a restart that never saw their verdicts (its replay starts from the
+    snapshot). Worker A saves, polls once more while the store holds the signals back,
+    the snapshot timer fires, A dies (nothing more of it runs or is saved); a worker
+    restarted on A's directory replays and reads on. Their alert rows together are the
+    reference's."""
+    monkeypatch.setattr(signals_module, "EMITTING_WAIT_S", 1.0)
+    rules = Rules.from_yaml(RULES)
+    messages = grouped_messages(_events(), chunk=50)
+    store = Store.open(f"chdb://{tmp_path}/store")
+    try:
+        ref = _Worker(tmp_path / "ref", store, None, rules)
+        await drive_signal_agents(ref.signals, messages, batch=5)
+        await ref.signals.close()
+        expected = ref.rows()
+        assert [state for state, _, _ in expected] == ["firing", "resolved"]
+        fired_at = expected[0][2]
+
+        # A reads up to the window before the one that fires, and saves
+        a = _Worker(tmp_path / "a", store, None, rules)
+        split = next(i for i, m in enumerate(messages) if _ts(m) - START >= fired_at + 6)
+        await drive_signal_agents(a.signals, messages[:split - 5], batch=5, flush=False)
+        await a.signals.save()
+        assert a.rows() == [], "nothing fired yet"
+        # the last poll: the store holds its signals back from the alert agent
+        gate, held = asyncio.Event(), []
+
+        async def slow_store(signals: list[Signal]) -> None:
+            held.extend(signals)
+            await gate.wait()
+
+        a.signals.consumers.insert(0, slow_store)
+        await a.signals.take(messages[split - 5:split])
+        tick = asyncio.ensure_future(a.signals.tick())
+        while not held and not tick.done():
+            await asyncio.sleep(0.01)
+        assert any(s.signal == "latency.p50_ms" and s.ts - START == fired_at for s in held), \
+            "the poll under way closed the window that fires"
+        await a.signals.save()  # the snapshot timer, while the signals are held
+        assert a.signals.counters["saves_put_off_while_emitting"] == 1
+        # SIGKILL: the poll never reaches the alert agent, and nothing more is saved
+        tick.cancel()
+        await a.signals.close()
+        assert a.rows() == []
+
+        restarted = _Worker(tmp_path / "a", store, None, rules)
+        # from where A's state ends, as the consumer starts from its committed offset
+        await drive_signal_agents(restarted.signals, messages, batch=5)
+        await restarted.signals.close()
+        assert restarted.signals.counters["replay_skipped"] == split - 5
+        assert a.rows() + restarted.rows() == expected
     finally:
         store.close()
