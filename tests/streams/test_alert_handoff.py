@@ -100,6 +100,25 @@ def _ts(msg: TestingMessage) -> float:
     return max(int(line.split(b'"ts":')[1].split(b",")[0]) for line in msg.value.split(b"\n")) / 1000
 
 
+async def _poll_held(worker: _Worker, messages: list[Any],
+                     ) -> tuple[asyncio.Event, list[Signal], asyncio.Future[None]]:
+    """``worker`` takes ``messages`` and starts a window poll whose signals a slow store
+    write holds back from the alert agent until the gate is set: (the gate, the signals
+    held, the poll) once the poll's signals are held."""
+    gate, held = asyncio.Event(), []
+
+    async def slow_store(signals: list[Signal]) -> None:
+        held.extend(signals)
+        await gate.wait()
+
+    worker.signals.consumers.insert(0, slow_store)
+    await worker.signals.take(messages)
+    tick = asyncio.ensure_future(worker.signals.tick())
+    while not held and not tick.done():
+        await asyncio.sleep(0.01)
+    return gate, held, tick
+
+
 async def _reference(broker: EmbeddedBroker, tmp_path: Path, store: Store, topic: str,
                      rules: Rules, messages: list[Any]) -> list[tuple[str, float, float]]:
     """The alert rows of one worker that reads every event (the reference)."""
@@ -182,17 +201,7 @@ async def test_a_hand_off_waits_for_the_alerts_of_a_window_poll_under_way(
         await drive_signal_agents(a.signals, messages[:split - 5], batch=5, flush=False)
         # the last poll before the move: its signals held before the alert agent (a slow
         # store write), while the rebalance revokes the partition
-        gate, held = asyncio.Event(), []
-
-        async def slow_store(signals: list[Any]) -> None:
-            held.extend(signals)
-            await gate.wait()
-
-        a.signals.consumers.insert(0, slow_store)
-        await a.signals.take(messages[split - 5:split])
-        tick = asyncio.ensure_future(a.signals.tick())
-        while not held and not tick.done():
-            await asyncio.sleep(0.01)
+        gate, held, tick = await _poll_held(a, messages[split - 5:split])
         assert any(s.signal == "latency.p50_ms" and s.value > 1500 for s in held), \
             "the poll under way closed a breaching window"
         asyncio.get_running_loop().call_later(0.5, gate.set)
@@ -241,17 +250,7 @@ async def test_a_snapshot_taken_while_a_poll_is_emitted_loses_no_alert_at_a_cras
         await a.signals.save()
         assert a.rows() == [], "nothing fired yet"
         # the last poll: the store holds its signals back from the alert agent
-        gate, held = asyncio.Event(), []
-
-        async def slow_store(signals: list[Signal]) -> None:
-            held.extend(signals)
-            await gate.wait()
-
-        a.signals.consumers.insert(0, slow_store)
-        await a.signals.take(messages[split - 5:split])
-        tick = asyncio.ensure_future(a.signals.tick())
-        while not held and not tick.done():
-            await asyncio.sleep(0.01)
+        _, held, tick = await _poll_held(a, messages[split - 5:split])
         assert any(s.signal == "latency.p50_ms" and s.ts - START == fired_at for s in held), \
             "the poll under way closed the window that fires"
         await a.signals.save()  # the snapshot timer, while the signals are held
