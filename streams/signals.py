@@ -89,6 +89,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import pickle
 import time
 from collections import defaultdict
@@ -454,6 +455,7 @@ class SignalAgents:
         self._emitting = 0
         self._emitted = asyncio.Event()
         self._emitted.set()
+        self._put_off_logged = -math.inf
         self._stopping = False  # set by stop(): no more states taken over
         self.pending_feedback: list[tuple[float, bytes, str]] = []
         self.counters: dict[str, int] = defaultdict(int)
@@ -1275,6 +1277,11 @@ class SignalAgents:
             # a state that closed windows the consumers have not had: left for the next
             # save (a restart from the last one replays a little more, losing nothing)
             self.counters["saves_put_off_while_emitting"] += 1
+            if time.monotonic() - self._put_off_logged >= 60.0:  # at most once a minute
+                self._put_off_logged = time.monotonic()
+                log.warning("signals: engine state not saved: a window poll's signals took over "
+                            "%.0f s to reach the alert agent (a slow store?); %d save(s) put off "
+                            "so far", EMITTING_WAIT_S, self.counters["saves_put_off_while_emitting"])
             return
         loop = asyncio.get_running_loop()
         # submitted with no await since the check: a poll begun later runs after it

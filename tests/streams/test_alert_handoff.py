@@ -219,7 +219,7 @@ async def test_a_hand_off_waits_for_the_alerts_of_a_window_poll_under_way(
 
 
 async def test_a_snapshot_taken_while_a_poll_is_emitted_loses_no_alert_at_a_crash(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A crash right after an engine snapshot taken while a poll's signals were on their
     way to the alert agent. The window poll and the snapshot timer are two tasks on one
@@ -255,6 +255,8 @@ async def test_a_snapshot_taken_while_a_poll_is_emitted_loses_no_alert_at_a_cras
             "the poll under way closed the window that fires"
         await a.signals.save()  # the snapshot timer, while the signals are held
         assert a.signals.counters["saves_put_off_while_emitting"] == 1
+        assert any("engine state not saved" in r.getMessage() for r in caplog.records
+                   if r.levelname == "WARNING")
         # SIGKILL: the poll never reaches the alert agent, and nothing more is saved
         tick.cancel()
         await a.signals.close()
