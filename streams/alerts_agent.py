@@ -11,8 +11,11 @@ is saved beside the signal engine's and restored at start.
 
 Pages survive a crash: each batch's alert transitions are saved, with the
 pages they owe (the *outbox*), before any page goes out; a page leaves the
-outbox (and the state is saved again) when its delivery ends, delivered or
-given up after the retries. A restarted worker sends what its outbox still
+outbox (and the state is saved again, at the end of the batch if one is under
+way) when its delivery ends, delivered or given up after the retries. Nothing
+else writes the state while a batch awaits the store or a topic: the manager
+has moved past that batch's signals, and a state written then and a kill left
+an alert open with its page nowhere. A restarted worker sends what its outbox still
 holds; the notifier's record of delivered pages skips those already sent, so
 a page is lost only if the process dies within the write of the state, and
 is sent twice only if it dies between a delivery and that save (the
@@ -86,35 +89,50 @@ class AlertAgent:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._state = state_dir / "alerts.json"
         self._outbox: dict[tuple[str, str], AlertEvent] = {}  # (alert_id, kind) -> page owed
+        self._batches = 0  # batches of signals under way (awaiting the store or a topic)
         self._restore()
         if self.notify:
             app.task(self._send_outbox)
 
     async def __call__(self, signals: list[Signal]) -> None:
+        self._batches += 1
+        try:
+            await self._take(signals)
+        finally:
+            self._batches -= 1
+
+    async def _take(self, signals: list[Signal]) -> None:
         events = self.alerts.process_many(signals)
         if not events:
             # saved even with no transition: a restarted worker replays the signals
             # after its engine snapshot, and the manager must know which it has seen
-            self._save()
+            self._save(force=True)
             return
-        rows = [orjson.dumps(ev.row) for ev in events]
-        await self.sink.write("alerts", rows)
+        # the pages the transitions owe are in the outbox before anything is awaited,
+        # and no other save runs until this batch's (see _save)
         pages: list[AlertEvent] = []
-        for ev, row in zip(events, rows, strict=True):
+        for ev in events:
             self.counts[ev.kind] += 1
-            await self.alerts_topic.send(key=ev.row["alert_id"].encode(), value=row)
-            log.warning("alert %s: %s", ev.kind, ev.row.get("summary"))
             if self.notify and "notify" in ev.rule.actions:
                 self._outbox[(ev.row["alert_id"], ev.kind)] = ev
                 pages.append(ev)
-            req = self.trigger.process(ev)
-            if req is not None:
-                self.counts["retrain_requests"] += 1
-                await self.retrain_topic.send(key=str(req["model"]).encode(),
-                                              value=orjson.dumps(req))
-        self._save()  # the transitions and the pages they owe, before any page goes out
-        for ev in pages:
-            self._page(ev)
+        rows = [orjson.dumps(ev.row) for ev in events]
+        try:
+            await self.sink.write("alerts", rows)
+            for ev, row in zip(events, rows, strict=True):
+                await self.alerts_topic.send(key=ev.row["alert_id"].encode(), value=row)
+                log.warning("alert %s: %s", ev.kind, ev.row.get("summary"))
+                req = self.trigger.process(ev)
+                if req is not None:
+                    self.counts["retrain_requests"] += 1
+                    await self.retrain_topic.send(key=str(req["model"]).encode(),
+                                                  value=orjson.dumps(req))
+        finally:
+            # the transitions and the pages they owe, before any page goes out; a store
+            # or topic that failed does not keep the pages from going out
+            self._save(force=True)
+            for ev in pages:
+                self._page(ev)
 
     def _page(self, ev: AlertEvent) -> None:
         task = asyncio.ensure_future(self._deliver(ev))
@@ -124,7 +142,7 @@ class AlertAgent:
     async def _deliver(self, ev: AlertEvent) -> None:
         await self.notifier.send(ev)  # never raises; failures are retried, then recorded
         self._outbox.pop((ev.row["alert_id"], ev.kind), None)
-        self._save()
+        self._save()  # put off to the end of a batch under way (see _save)
 
     async def _send_outbox(self) -> None:
         """At start: the pages a previous run owed and may not have sent."""
@@ -147,7 +165,7 @@ class AlertAgent:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
         await self.notifier.close()
-        self._save()
+        self._save(force=True)
 
     # -- groups moving with their llmpulse.grouped partition (handoff.GroupStates) ---------
 
@@ -184,7 +202,16 @@ class AlertAgent:
         self.counts["handoff_keys_dropped"] += self.alerts.drop(_groups(keys))
         self._save()
 
-    def _save(self) -> None:
+    def _save(self, *, force: bool = False) -> None:
+        """Write the state. Unless ``force`` (a batch's own save, the last one at close),
+        nothing is written
+        while a batch is under way: the manager has moved past signals whose rows and
+        pages that batch has not finished, and a kill then left a state with an alert
+        open and its page nowhere (the restart sees the alert fired and never pages
+        it); the batch's save at its end writes everything, this change included."""
+        if self._batches and not force:
+            self.counts["saves_left_to_the_batch"] += 1
+            return
         try:
             state = {"alerts": self.alerts.snapshot(), "notifier": self.notifier.snapshot(),
                      "trigger": self.trigger.snapshot(),

@@ -3,9 +3,17 @@ requests, pages and restarts, through :mod:`llmpulse.streams.testing` (no broker
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
+import shutil
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
+from llmpulse.broker import free_port
 from llmpulse.config import load_settings
 from llmpulse.detectors.base import Signal
 from llmpulse.streams.alerts_agent import AlertAgent
@@ -67,3 +75,107 @@ async def test_a_restarted_agent_ignores_the_signals_it_already_saw(tmp_path: Pa
     assert [(r["state"], r["alert_id"]) for r in rows] == [("resolved", first[0]["alert_id"])]
     assert retrain2.values() == []  # the retrain was asked for before the restart
     await again.close()
+
+
+class _HeldHook(BaseHTTPRequestHandler):
+    """A webhook receiver that answers only once ``release`` is set."""
+
+    received: list[dict] = []
+    release = threading.Event()
+
+    def do_POST(self) -> None:  # noqa: N802 (the http.server name)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _HeldHook.received.append(body)
+        _HeldHook.release.wait(30)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _HoldingSink(TestingSink):
+    """A store whose writes wait while ``hold`` is set (a slow insert); ``waiting`` is
+    set once a write waits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold, self.waiting, self.gate = False, asyncio.Event(), asyncio.Event()
+
+    async def write(self, table: str, lines: list[bytes]) -> list[tuple[int, str]]:
+        if self.hold:
+            self.waiting.set()
+            await self.gate.wait()
+        return await super().write(table, lines)
+
+
+async def test_a_page_delivered_while_a_batch_awaits_the_store_leaves_no_page_behind(
+        tmp_path: Path) -> None:
+    """Group X's page is being delivered when group Y's alert fires; Y's batch waits on a
+    slow store write when X's delivery ends, and the worker is killed then (the state
+    file as it is at that moment is what a restart finds). Before, the end of X's
+    delivery wrote the state with Y's alert open and its page nowhere: the restart
+    ignored Y's windows as seen and Y never paged. Now nothing is written while a batch
+    is under way, and the restart pages Y."""
+    port = free_port()
+    server = HTTPServer(("127.0.0.1", port), _HeldHook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _HeldHook.received.clear()
+    _HeldHook.release.clear()
+    rules = Rules.from_yaml(f"""
+notify:
+  hook: {{type: webhook, url: "http://127.0.0.1:{port}/alerts"}}
+rules:
+  - {{name: p99, signal: latency.p99_ms, op: ">", threshold: 4000, for: 2, resolve_for: 2,
+     cooldown: 0, actions: [notify], severity: critical}}
+""")
+
+    def agent(state: Path, sink: TestingSink) -> AlertAgent:
+        settings = load_settings(env={"LLMPULSE_DATA_DIR": str(state)}, path=None)
+        app = new_faust_app("t", settings, bootstrap="127.0.0.1:1", datadir=state / "w",
+                            web_port=None)
+        return AlertAgent(app, rules, sink, state_dir=state, notify=True,
+                          alerts_topic=TestingTopic(), retrain_topic=TestingTopic())
+
+    def windows(model: str, start: int) -> list[Signal]:
+        return [Signal("latency.p99_ms", 5000.0 + i, n=600, ts=T0 + 60 * (start + i),
+                       window_s=60.0, app="support", model=model, model_version="1")
+                for i in range(2)]
+
+    try:
+        sink = _HoldingSink()
+        a = agent(tmp_path / "a", sink)
+        await a(windows("x", 1))  # X fires: its page goes out and is held
+        deadline = time.monotonic() + 30
+        while not _HeldHook.received and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert [p["alert"]["model"] for p in _HeldHook.received] == ["x"]
+        sink.hold = True
+        y = asyncio.ensure_future(a(windows("y", 3)))  # Y fires; its rows wait on the store
+        await asyncio.wait_for(sink.waiting.wait(), 30)
+        _HeldHook.release.set()  # X's delivery ends while Y's batch is under way
+        await a.settle()
+        assert a.stats()["pages_owed"] == 1  # Y's, in memory
+        # SIGKILL here: the restart finds the state file as it is now
+        crashed = tmp_path / "crashed"
+        crashed.mkdir()
+        shutil.copy(tmp_path / "a" / "alerts.json", crashed / "alerts.json")
+        y.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await y
+        await a.close()
+
+        _HeldHook.received.clear()
+        b = agent(crashed, TestingSink())
+        owed = [(ev.row["model"], ev.kind) for ev in b._outbox.values()]
+        # the signal engine replays the windows after its snapshot, Y's among them
+        await drive_alert_agent(b, windows("y", 3))
+        await b._send_outbox()  # what the app's start task does
+        await b.settle()
+        paged = [(p["alert"]["model"], p["kind"]) for p in _HeldHook.received]
+        assert ("y", "firing") in paged, (owed, paged)
+        assert paged.count(("y", "firing")) == 1, paged
+        await b.close()
+    finally:
+        _HeldHook.release.set()
+        server.shutdown()
