@@ -11,15 +11,15 @@ is saved beside the signal engine's and restored at start.
 
 Pages survive a crash: each batch's alert transitions are saved, with the
 pages they owe (the *outbox*), before any page goes out; a page leaves the
-outbox (and the state is saved again, at the end of the batch if one is under
-way) when its delivery ends, delivered or given up after the retries. Nothing
-else writes the state while a batch awaits the store or a topic: the manager
-has moved past that batch's signals, and a state written then and a kill left
-an alert open with its page nowhere. A restarted worker sends what its outbox still
-holds; the notifier's record of delivered pages skips those already sent, so
-a page is lost only if the process dies within the write of the state, and
-is sent twice only if it dies between a delivery and that save (the
-PagerDuty ``dedup_key`` makes even that a no-op there).
+outbox (and the state is saved again, at the end of the batch if one is
+under way) when its delivery ends, delivered or given up after the retries.
+Nothing else writes the state while a batch awaits the store or a topic: the
+manager has moved past that batch's signals, and a state written then and a
+kill left an alert open with its page nowhere. A restarted worker sends what
+its outbox still holds; the notifier's record of delivered pages skips those
+already sent, so a page is lost only if the process dies within the write of
+the state, and is sent twice only if it dies between a delivery and that
+save (the PagerDuty ``dedup_key`` makes even that a no-op there).
 """
 
 from __future__ import annotations
@@ -204,11 +204,11 @@ class AlertAgent:
 
     def _save(self, *, force: bool = False) -> None:
         """Write the state. Unless ``force`` (a batch's own save, the last one at close),
-        nothing is written
-        while a batch is under way: the manager has moved past signals whose rows and
-        pages that batch has not finished, and a kill then left a state with an alert
-        open and its page nowhere (the restart sees the alert fired and never pages
-        it); the batch's save at its end writes everything, this change included."""
+        nothing is written while a batch is under way: the manager has moved past
+        signals whose rows and pages that batch has not finished, and a kill then left
+        a state with an alert open and its page nowhere (the restart sees the alert
+        fired and never pages it); the batch's save at its end writes everything, this
+        change included."""
         if self._batches and not force:
             self.counts["saves_left_to_the_batch"] += 1
             return
