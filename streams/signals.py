@@ -1072,11 +1072,8 @@ class SignalAgents:
         manager ignores the windows it closes again as replays."""
         if self.group_states is None or not states:
             return states
-        if self._emitting:
-            try:
-                await asyncio.wait_for(self._emitted.wait(), EMITTING_WAIT_S)
-            except TimeoutError:
-                self.counters["handoff_emit_waits_timed_out"] += 1
+        if not await self._emits_ended():
+            self.counters["handoff_emit_waits_timed_out"] += 1
         out = []
         for st in states:
             try:
