@@ -165,9 +165,14 @@ class _State:
     alert: dict[str, Any] | None = None  # the open alert's row, detail as a mapping
     resolved_at: float | None = None
     fires: list[float] = field(default_factory=list)
-    # [ts, breached (0 or 1), value, n, window_s] of the latest windows, oldest first, for
-    # a key whose windows are computed again (``detail.revision``); None for the others
-    history: list[list[float]] | None = None
+    # [ts, breached (0 or 1), value, n, window_s, detail] of the latest windows, oldest
+    # first, for a key whose windows are computed again (``detail.revision``); None for
+    # the others. ``detail`` is the window's own signal detail (scalars) if it breached,
+    # else None
+    history: list[list[Any]] | None = None
+    # event times of the kept windows already counted as a suppressed fire, so that going
+    # through them again does not count them twice
+    suppressed: list[float] = field(default_factory=list)
 
     def idle(self, ts: float, rule: Rule) -> bool:
         """Nothing to remember: quiet, and no windows that may be computed again."""
@@ -224,7 +229,7 @@ class AlertManager:
         self._open_timed: set[AlertKey] = set()  # open alerts of rules with resolve_after
         self._clocks: dict[Series, float] = {}  # event time of each series
         self.watermark = -math.inf  # moved by advance() alone: a floor for every series
-        self._latest = -math.inf  # the newest signal's event time, any series
+        self._latest: dict[str, float] = {}  # the newest signal's event time, per app
         self._since_sweep = 0
         self.counters: dict[str, int] = dict.fromkeys(
             ("signals", "matched", "ignored", "replayed", "recomputed", "recomputed_breach", "fired",
@@ -235,8 +240,8 @@ class AlertManager:
     def process(self, signal: Signal) -> list[AlertEvent]:
         """Alert events caused by one signal (usually none)."""
         self.counters["signals"] += 1
-        if signal.ts > self._latest:
-            self._latest = signal.ts
+        if signal.ts > self._latest.get(signal.app, -math.inf):
+            self._latest[signal.app] = signal.ts
         self._since_sweep += 1
         if self._since_sweep >= SWEEP_EVERY:
             self._sweep()
@@ -254,13 +259,17 @@ class AlertManager:
     def _sweep(self) -> None:
         """Forget the keys kept only for their windows once those are too old to be
         computed again and the key is quiet: a group that stopped (a retired model
-        version) leaves nothing behind."""
+        version) leaves nothing behind. "Now" is the newest signal of the key's own app,
+        so an app replaying old data beside a live one keeps its keys; an app that
+        stopped altogether keeps them too (a bounded few per app)."""
         self._since_sweep = 0
-        now = self._latest
-        for key in [k for k, st in self._states.items()
-                    if st.history is not None and st.stale(now)]:
+        for key in list(self._states):
+            st = self._states[key]
+            now = self._latest.get(key[2], -math.inf)
+            if st.history is None or not st.stale(now):
+                continue
             rule = self.rules.get(key[0])
-            if rule is None or self._states[key].quiet(now, rule):
+            if rule is None or st.quiet(now, rule):
                 del self._states[key]
                 self.counters["swept"] += 1
 
@@ -312,8 +321,7 @@ class AlertManager:
         gap = s.ts - st.last_ts
         st.last_ts = s.ts
         if st.history is not None:
-            st.history.append([s.ts, float(verdict is Verdict.BREACH), float(s.value), float(s.n),
-                               float(s.window_s)])
+            st.history.append(_entry(s, verdict))
             del st.history[:-HISTORY_WINDOWS]
         if st.alert is None and s.window_s > 0 and gap > MAX_GAP_WINDOWS * s.window_s:
             st.breaches = 0
@@ -348,8 +356,8 @@ class AlertManager:
             # too old to recompute, or fewer inputs than counted before: what was counted stays
             self.counters["replayed"] += 1
             return []
-        breached = float(verdict is Verdict.BREACH)
-        entry = [s.ts, breached, float(s.value), float(s.n), float(s.window_s)]
+        entry = _entry(s, verdict)
+        breached = entry[1]
         i = bisect.bisect_left(hist, s.ts, key=lambda e: e[0])
         if i < len(hist) and hist[i][0] == s.ts:
             same = hist[i][1] == breached
@@ -363,31 +371,33 @@ class AlertManager:
         self.counters["recomputed"] += 1
         if breached:
             self.counters["recomputed_breach"] += 1
-            st.signal_detail = _scalars(s.detail)
         return self._rerun(rule, key, st)
 
     def _rerun(self, rule: Rule, key: AlertKey, st: _State) -> list[AlertEvent]:
         """Go through the key's windows since its last transition again (the firing of
-        its open alert, or the resolve of its last one), with their latest verdicts."""
+        its open alert, or the resolve of its last one), with their latest verdicts; each
+        breaching window with its own signal detail."""
         assert st.history is not None
         if st.alert is not None:
             since = float(st.alert["detail"]["fired_at"])
             st.healthy = 0
         else:
             since = st.resolved_at if st.resolved_at is not None else -math.inf
-            st.breaches = 0
-            st.values = []
-            st.streak_start = None
+        st.breaches = 0
+        st.values = []
+        st.streak_start = None
         events: list[AlertEvent] = []
         prev = -math.inf
-        for ts, breached, value, n, window_s in list(st.history):
+        for ts, breached, value, n, window_s, *rest in list(st.history):
             if ts <= since:
                 continue
             if st.alert is None and window_s > 0 and ts - prev > MAX_GAP_WINDOWS * window_s:
                 st.breaches = 0
             prev = ts
+            # entries saved before the detail was kept have none: the key's latest stands in
+            detail = rest[0] if rest and rest[0] is not None else st.signal_detail
             w = Signal(key[1], value, n=int(n), dimension=key[5], ts=ts, window_s=window_s,
-                       app=key[2], model=key[3], model_version=key[4], detail=st.signal_detail)
+                       app=key[2], model=key[3], model_version=key[4], detail=detail)
             ev = self._breach(rule, key, st, w) if breached else self._healthy(rule, key, st, w)
             if ev is not None:
                 events.append(ev)
@@ -402,8 +412,7 @@ class AlertManager:
         st.breaches += 1
         st.values = (st.values + [[s.ts, float(s.value), s.n]])[-self.keep_values:]
         st.last_breach_ts = s.ts
-        if s.detail is not st.signal_detail:  # a window gone through again keeps the latest
-            st.signal_detail = _scalars(s.detail)
+        st.signal_detail = _scalars(s.detail)
         if isinstance(s.detail.get("report"), str):
             st.report = s.detail["report"]
         if st.alert is not None:
@@ -414,11 +423,11 @@ class AlertManager:
 
     def _maybe_fire(self, rule: Rule, key: AlertKey, st: _State, s: Signal) -> AlertEvent | None:
         if st.resolved_at is not None and s.ts < st.resolved_at + rule.cooldown:
-            self.counters["suppressed_cooldown"] += 1
+            self._suppressed("suppressed_cooldown", st, s.ts)
             return None
         st.fires = [f for f in st.fires if s.ts - f < _HOUR]
         if len(st.fires) >= rule.max_fires_per_hour:
-            self.counters["suppressed_rate"] += 1
+            self._suppressed("suppressed_rate", st, s.ts)
             return None
         st.fires.append(s.ts)
         st.healthy = 0
@@ -465,6 +474,16 @@ class AlertManager:
             self._open_timed.add(key)
         self.counters["fired"] += 1
         return self._event("firing", row, rule, key)
+
+    def _suppressed(self, counter: str, st: _State, ts: float) -> None:
+        """Count a fire held back at window ``ts``, once per window even when the key's
+        windows are gone through again."""
+        if st.history:
+            if ts in st.suppressed:
+                return
+            oldest = st.history[0][0]
+            st.suppressed = [t for t in st.suppressed if t >= oldest] + [ts]
+        self.counters[counter] += 1
 
     def _resolve(
         self, rule: Rule, key: AlertKey, st: _State, ts: float, value: float | None, why: str
@@ -682,6 +701,13 @@ def _load_state(item: Mapping[str, Any]) -> _State:
     if fields.get("last_ts") is None:
         fields["last_ts"] = -math.inf
     return _State(**fields)
+
+
+def _entry(s: Signal, verdict: Verdict) -> list[Any]:
+    """A window's entry in a key's history."""
+    breached = verdict is Verdict.BREACH
+    return [s.ts, float(breached), float(s.value), float(s.n), float(s.window_s),
+            _scalars(s.detail) if breached else None]
 
 
 def _scalars(detail: Mapping[str, Any]) -> dict[str, Any]:

@@ -416,3 +416,67 @@ def test_keys_kept_for_their_windows_are_forgotten_once_those_are_too_old(monkey
         am.process(fb(i, LO))
     assert {k[3] for k in am._states} == {"gpt", "firing"}
     assert am.stats()["swept"] == 1
+
+
+def test_an_alert_fired_on_going_through_windows_again_explains_its_own_window() -> None:
+    """Three windows healthy on their first computation breach when recomputed, the
+    last window first: the alert fires at window 3, and its detail is window 3's
+    (the breaching value's own explanation), not that of the recomputation that
+    came last (window 1)."""
+    am = AlertManager(rules(**{"for": 3}))
+    for i in (1, 2, 3):
+        assert am.process(fb(i, LO)) == []
+    fired = []
+    for i in (3, 2, 1):
+        fired += am.process(sig(i, HI + i, detail={"revision": 1, "window": f"w{i}"}))
+    [alert] = fired
+    assert alert.row["updated_at"] == T0 + 3 * W
+    assert alert.detail["signal_detail"] == {"revision": 1, "window": "w3"}
+    assert [v["value"] for v in alert.detail["values"]] == [HI + 1, HI + 2, HI + 3]
+    # going through the windows again while it is open does not add their values twice
+    assert am.process(fb(4, HI)) + am.process(fb(5, LO)) == []
+    assert am.process(fb(5, HI, 1)) == []
+    (state,) = am.snapshot()["states"]
+    kept = [v[0] for v in state["values"]]
+    assert len(kept) == len(set(kept)) and kept[-2:] == [T0 + 4 * W, T0 + 5 * W]
+
+
+def test_a_held_back_fire_is_counted_once_per_window_however_often_it_is_gone_through() -> None:
+    """Windows that would fire inside the cooldown are suppressed; recomputing the
+    key's windows goes through them again without counting them again, and counts a
+    window that newly joins the suppressed streak."""
+    am = AlertManager(rules(**{"for": 2, "resolve_for": 1, "cooldown": 10 * W}))
+    assert [e.kind for e in am.process(fb(1, HI)) + am.process(fb(2, HI))] == ["firing"]
+    assert [e.kind for e in am.process(fb(3, LO))] == ["resolved"]
+    for i in (4, 5, 6):  # 5 and 6 would fire: suppressed
+        assert am.process(fb(i, HI)) == []
+    assert am.stats()["suppressed_cooldown"] == 2
+    assert am.process(fb(7, LO)) + am.process(fb(8, LO)) == []
+    assert am.process(fb(8, HI, 1)) == []  # 4-6 gone through again: nothing new held back
+    assert am.stats()["suppressed_cooldown"] == 2
+    assert am.process(fb(7, HI, 1)) == []  # 7 and 8 join the streak: both held back
+    assert am.stats()["suppressed_cooldown"] == 4
+    assert am.stats()["recomputed"] == 2
+
+
+def test_an_app_replaying_old_windows_keeps_its_keys_beside_a_live_app(monkeypatch) -> None:
+    """The sweep measures a key's age by its own app's newest signal: a live app far
+    ahead in event time does not sweep the keys of an app that replays older data,
+    whose late labels still complete a streak."""
+    from llmpulse.streams import alerting
+
+    monkeypatch.setattr(alerting, "SWEEP_EVERY", 5)
+    am = AlertManager(rules(**{"for": 2}))
+
+    def of(app: str, i: int, value: float, revision: int = 0) -> Signal:
+        return Signal("latency.p99_ms", value, n=500, ts=T0 + i * W, window_s=W, app=app,
+                      model="gpt", model_version="1", detail={"revision": revision})
+
+    am.process(of("backfill", 1, LO))
+    am.process(of("backfill", 2, LO))
+    for i in range(10 * HISTORY_WINDOWS, 10 * HISTORY_WINDOWS + 20):
+        am.process(of("live", i, LO))
+    assert am.stats()["swept"] == 0
+    assert am.process(of("backfill", 1, HI, 1)) == []
+    [fired] = am.process(of("backfill", 2, HI, 1))
+    assert (fired.row["app"], fired.row["started_at"]) == ("backfill", T0)
