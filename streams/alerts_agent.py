@@ -20,6 +20,16 @@ its outbox still holds; the notifier's record of delivered pages skips those
 already sent, so a page is lost only if the process dies within the write of
 the state, and is sent twice only if it dies between a delivery and that
 save (the PagerDuty ``dedup_key`` makes even that a no-op there).
+
+The rows, ``llmpulse.alerts`` messages and retrain requests are owed the same
+way: a batch's transitions join a queue (saved with the state) before
+anything is awaited, and leave it, in order, once their row is stored and
+their messages sent. A stop during a store outage, or a topic send that
+raises, leaves them queued: the queue is retried (:data:`RETRY_S`, doubling)
+and sent first after a restart, so no transition is lost and none overtakes
+an earlier one of the same alert. A send that fails :data:`MAX_ATTEMPTS`
+times in a row is given up, logged with the row, so that one bad message
+cannot hold every later alert back.
 """
 
 from __future__ import annotations
@@ -45,9 +55,12 @@ from llmpulse.streams.rules import Rules
 from llmpulse.streams.sink import RawSink
 from llmpulse.streams.state import write_atomic
 
-__all__ = ["AlertAgent", "load_rules"]
+__all__ = ["AlertAgent", "MAX_ATTEMPTS", "RETRY_S", "load_rules"]
 
 log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 6  # failed sends of one owed transition before it is given up
+RETRY_S = 1.0  # the first retry of the owed transitions; doubling, at most a minute
 
 
 def load_rules(path: Path | None) -> Rules:
@@ -90,7 +103,13 @@ class AlertAgent:
         self._state = state_dir / "alerts.json"
         self._outbox: dict[tuple[str, str], AlertEvent] = {}  # (alert_id, kind) -> page owed
         self._batches = 0  # batches of signals under way (awaiting the store or a topic)
+        # transitions whose row, alerts message or retrain request is not out yet, oldest
+        # first: {"row", "retrain" (the request or None), "stored", "announced", "attempts"}
+        self._owed: list[dict[str, Any]] = []
+        self._owed_lock = asyncio.Lock()
+        self._retry: asyncio.Task[None] | None = None
         self._restore()
+        app.task(self._send_owed)
         if self.notify:
             app.task(self._send_outbox)
 
@@ -113,26 +132,82 @@ class AlertAgent:
         pages: list[AlertEvent] = []
         for ev in events:
             self.counts[ev.kind] += 1
+            log.warning("alert %s: %s", ev.kind, ev.row.get("summary"))
             if self.notify and "notify" in ev.rule.actions:
                 self._outbox[(ev.row["alert_id"], ev.kind)] = ev
                 pages.append(ev)
-        rows = [orjson.dumps(ev.row) for ev in events]
+            req = self.trigger.process(ev)
+            if req is not None:
+                self.counts["retrain_requests"] += 1
+            self._owed.append({"row": ev.row, "retrain": req, "stored": False,
+                               "announced": False, "attempts": 0})
         try:
-            await self.sink.write("alerts", rows)
-            for ev, row in zip(events, rows, strict=True):
-                await self.alerts_topic.send(key=ev.row["alert_id"].encode(), value=row)
-                log.warning("alert %s: %s", ev.kind, ev.row.get("summary"))
-                req = self.trigger.process(ev)
-                if req is not None:
-                    self.counts["retrain_requests"] += 1
-                    await self.retrain_topic.send(key=str(req["model"]).encode(),
-                                                  value=orjson.dumps(req))
+            await self._write_owed()
         finally:
             # the transitions and the pages they owe, before any page goes out; a store
             # or topic that failed does not keep the pages from going out
             self._save(force=True)
             for ev in pages:
                 self._page(ev)
+
+    async def _write_owed(self) -> bool:
+        """Store and send the owed transitions, oldest first; whether none is left. A
+        failure leaves the failing one and those after it queued, with a retry planned."""
+        async with self._owed_lock:
+            while self._owed:
+                try:
+                    unstored = [e for e in self._owed if not e["stored"]]
+                    if unstored:
+                        await self.sink.write("alerts", [orjson.dumps(e["row"]) for e in unstored])
+                        for e in unstored:
+                            e["stored"] = True
+                    while self._owed:
+                        head = self._owed[0]
+                        if not head["announced"]:
+                            await self.alerts_topic.send(key=str(head["row"]["alert_id"]).encode(),
+                                                         value=orjson.dumps(head["row"]))
+                            head["announced"] = True
+                        if head["retrain"] is not None:
+                            await self.retrain_topic.send(key=str(head["retrain"]["model"]).encode(),
+                                                          value=orjson.dumps(head["retrain"]))
+                        self._owed.pop(0)
+                except Exception:
+                    head = self._owed[0]
+                    head["attempts"] += 1
+                    self.counts["owed_send_failures"] += 1
+                    if head["attempts"] < MAX_ATTEMPTS:
+                        log.exception("alert %s: storing or sending it failed (attempt %d of %d);"
+                                      " it and %d later transition(s) wait for a retry",
+                                      head["row"].get("alert_id"), head["attempts"], MAX_ATTEMPTS,
+                                      len(self._owed) - 1)
+                        self._retry_later(head["attempts"])
+                        return False
+                    log.exception("alert %s: giving up its message after %d attempts: %s",
+                                  head["row"].get("alert_id"), head["attempts"],
+                                  json.dumps(head, default=str))
+                    self.counts["owed_given_up"] += 1
+                    self._owed.pop(0)
+        return True
+
+    def _retry_later(self, attempts: int) -> None:
+        if self._retry is not None and not self._retry.done():
+            return
+        delay = min(RETRY_S * 2 ** (attempts - 1), 60.0)
+        self._retry = asyncio.ensure_future(self._retry_after(delay))
+
+    async def _retry_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._retry = None  # a failure now plans the next retry
+        self.counts["owed_retries"] += 1
+        await self._send_owed()
+
+    async def _send_owed(self) -> None:
+        """The owed transitions (at start: those a previous run left), then the state."""
+        if not self._owed:
+            return
+        log.info("sending %d alert transition(s) owed", len(self._owed))
+        await self._write_owed()
+        self._save()
 
     def _page(self, ev: AlertEvent) -> None:
         task = asyncio.ensure_future(self._deliver(ev))
@@ -159,9 +234,12 @@ class AlertAgent:
 
     def stats(self) -> dict[str, Any]:
         return {"alerts": dict(self.counts), "manager": self.alerts.stats(),
-                "pending_retrains": len(self.trigger.pending()), "pages_owed": len(self._outbox)}
+                "pending_retrains": len(self.trigger.pending()), "pages_owed": len(self._outbox),
+                "transitions_owed": len(self._owed)}
 
     async def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()  # what is owed is saved below, and sent after the restart
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
         await self.notifier.close()
@@ -216,7 +294,8 @@ class AlertAgent:
             state = {"alerts": self.alerts.snapshot(), "notifier": self.notifier.snapshot(),
                      "trigger": self.trigger.snapshot(),
                      "outbox": [{"kind": ev.kind, "row": ev.row, "key": list(ev.key)}
-                                for ev in self._outbox.values()]}
+                                for ev in self._outbox.values()],
+                     "owed": self._owed}
             write_atomic(self._state, json.dumps(state, default=str).encode())
         except Exception:
             log.exception("saving alert state failed")
@@ -240,5 +319,22 @@ class AlertAgent:
                 ev = AlertEvent(str(item["kind"]), dict(item["row"]), rule,
                                 tuple(str(x) for x in item["key"]))  # type: ignore[arg-type]
                 self._outbox[(ev.row["alert_id"], ev.kind)] = ev
+            for item in state.get("owed", []):
+                try:
+                    self._owed.append(_owed_item(item))
+                except ValueError:
+                    log.exception("ignoring an unreadable owed alert transition")
         except Exception:
             log.exception("ignoring alert state that does not fit these rules")
+
+
+def _owed_item(item: Any) -> dict[str, Any]:
+    """An owed transition read back from the state file, checked."""
+    if not isinstance(item, dict) or not isinstance(item.get("row"), dict) \
+            or not isinstance(item["row"].get("alert_id"), str):
+        raise ValueError(f"not an owed alert transition: {item!r:.200}")
+    req = item.get("retrain")
+    if req is not None and not (isinstance(req, dict) and "model" in req):
+        raise ValueError(f"not a retrain request: {req!r:.200}")
+    return {"row": item["row"], "retrain": req, "stored": bool(item.get("stored")),
+            "announced": bool(item.get("announced")), "attempts": int(item.get("attempts", 0))}

@@ -179,3 +179,101 @@ rules:
     finally:
         _HeldHook.release.set()
         server.shutdown()
+
+
+class _FailingTopic(TestingTopic):
+    """A topic whose sends raise while ``failing`` says so for the message (a function
+    of the decoded value)."""
+
+    def __init__(self, failing) -> None:
+        super().__init__()
+        self.failing = failing
+        self.refused = 0
+
+    async def send(self, *, key: bytes | None = None, value: bytes = b"",
+                   headers: object = None, partition: int | None = None) -> None:
+        if self.failing(json.loads(value)):
+            self.refused += 1
+            raise RuntimeError("broker said no")
+        await super().send(key=key, value=value, headers=headers, partition=partition)
+
+
+async def _until(cond, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_send_that_fails_is_retried_in_order_and_the_retrain_request_goes_out(
+        tmp_path: Path, monkeypatch) -> None:
+    """The alerts topic refuses its first three sends: the firing stays owed, the
+    resolve of a later batch waits behind it, and the retries send both in order,
+    with the retrain request once. Before, the failed send skipped the batch's other
+    messages and its retrain request for good."""
+    from llmpulse.streams import alerts_agent
+
+    monkeypatch.setattr(alerts_agent, "RETRY_S", 0.05)
+    agent, sink, _, retrain = _agent(tmp_path, notify=False)
+    left = [3]
+
+    def refuse(_: object) -> bool:
+        left[0] -= 1
+        return left[0] >= 0
+
+    alerts = agent.alerts_topic = _FailingTopic(refuse)
+    await agent(SCRIPT[:4])  # fires; its message is refused
+    assert agent.stats()["transitions_owed"] == 1
+    assert [r["state"] for r in sink.rows["alerts"]] == ["firing"]  # stored before the send
+    await agent(SCRIPT[4:])  # resolves: waits behind the firing
+    await _until(lambda: agent.stats()["transitions_owed"] == 0)
+    assert [v["state"] for v in alerts.values()] == ["firing", "resolved"]
+    assert [r["model"] for r in retrain.values()] == ["router"]
+    assert alerts.refused == 3 and agent.stats()["alerts"]["owed_send_failures"] == 3
+    await agent.close()
+
+
+async def test_a_stop_during_a_store_outage_leaves_the_transitions_owed_to_the_restart(
+        tmp_path: Path) -> None:
+    """The store is down when an alert fires and the worker stops (the batch's write
+    is cancelled): the restarted agent stores the row and sends the message and the
+    retrain request. Before, the saved state had the alert fired and nothing owed."""
+    agent, _, alerts, retrain = _agent(tmp_path, notify=False)
+
+    def down(table: str, data: bytes, count: int) -> int:
+        raise ConnectionError("store unreachable")
+
+    agent.sink = TestingSink()
+    agent.sink.insert = down
+    batch = asyncio.ensure_future(agent(SCRIPT[:4]))
+    await _until(lambda: agent.sink.errors > 0)
+    batch.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await batch
+    assert alerts.values() == [] and retrain.values() == []
+    again, sink2, alerts2, retrain2 = _agent(tmp_path, notify=False)
+    assert again.stats()["transitions_owed"] == 1
+    await again._send_owed()
+    assert [r["state"] for r in sink2.rows["alerts"]] == ["firing"]
+    assert [v["state"] for v in alerts2.values()] == ["firing"]
+    assert [r["model"] for r in retrain2.values()] == ["router"]
+    # the replayed windows are seen, and nothing is owed or sent twice
+    assert await drive_alert_agent(again, SCRIPT[:4]) == []
+    assert again.stats()["transitions_owed"] == 0 and len(alerts2.values()) == 1
+    await again.close()
+
+
+async def test_a_message_that_always_fails_is_given_up_and_holds_nothing_back(
+        tmp_path: Path, monkeypatch) -> None:
+    from llmpulse.streams import alerts_agent
+
+    monkeypatch.setattr(alerts_agent, "RETRY_S", 0.01)
+    agent, sink, _, _ = _agent(tmp_path, notify=False)
+    alerts = agent.alerts_topic = _FailingTopic(lambda row: row["state"] == "firing")
+    await agent(SCRIPT)
+    await _until(lambda: agent.stats()["transitions_owed"] == 0)
+    assert [v["state"] for v in alerts.values()] == ["resolved"]
+    assert alerts.refused == alerts_agent.MAX_ATTEMPTS
+    assert agent.stats()["alerts"]["owed_given_up"] == 1
+    assert [r["state"] for r in sink.rows["alerts"]] == ["firing", "resolved"]
+    await agent.close()
