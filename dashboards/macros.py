@@ -144,17 +144,24 @@ def _values(variables: Mapping[str, str | Sequence[str] | None], name: str) -> l
     return vals
 
 
-def _substitute_vars(sql: str, variables: Mapping[str, str | Sequence[str] | None]) -> str:
-    def one(m: re.Match[str]) -> str:
-        name, fmt = m.group(1), m.group(2)
-        if fmt != "singlequote":
-            raise MacroError(f"variable ${{{name}:{fmt}}}: only the :singlequote format is supported")
-        vals = _values(variables, name)
-        if vals is None:
-            raise MacroError(f"variable {name} is All here: wrap it in $__conditionalAll")
-        return ",".join(quote(v) for v in vals)
+def _variable(variables: Mapping[str, str | Sequence[str] | None], name: str,
+              fmt: str | None) -> str:
+    if fmt != "singlequote":
+        raise MacroError(f"variable ${{{name}:{fmt}}}: only the :singlequote format is supported")
+    vals = _values(variables, name)
+    if vals is None:
+        raise MacroError(f"variable {name} is All here: wrap it in $__conditionalAll")
+    return ",".join(quote(v) for v in vals)
 
-    return re.sub(r"\$\{(\w+)(?::(\w+))?\}", one, sql)
+
+# one token of the panel SQL: a literal of the panel (copied as it is), a macro call, a
+# macro without arguments, a variable, or anything else that looks like one (refused)
+_TOKEN = re.compile(
+    r"'(?:[^'\\]|\\.)*'"
+    r"|\$__(?P<call>timeFilter|timeInterval|conditionalAll)\s*\("
+    r"|\$__(?P<plain>interval_s|fromTime|toTime)(?!\w)"
+    r"|\$\{(?P<var>\w+)(?::(?P<fmt>\w+))?\}"
+    r"|\$(?P<unknown>__\w+|\w+)")
 
 
 def expand(
@@ -166,38 +173,53 @@ def expand(
     interval_s: int | None = None,
     max_points: int = 120,
 ) -> str:
-    """The panel SQL with every macro and variable replaced by literals."""
+    """The panel SQL with every macro and variable replaced by literals.
+
+    One pass over the panel's own text: what a macro or a variable puts in is never
+    read again, so a value that looks like a macro or a variable stays a value (read
+    again, ``${model:singlequote}`` as the value of ``app`` became ``''<model>''``, and
+    the model's text ran as SQL):
+
+    >>> print(expand("SELECT 1 WHERE $__conditionalAll(app IN (${app:singlequote}), $app)"
+    ...              " AND $__conditionalAll(model IN (${model:singlequote}), $model)",
+    ...              start=0, end=60, variables={"app": "${model:singlequote}",
+    ...                                          "model": ") OR 1=1 OR ("}))
+    SELECT 1 WHERE app IN ('${model:singlequote}') AND model IN (') OR 1=1 OR (')
+    """
     variables = variables or {}
     step = interval_s or auto_interval(start, end, max_points)
-    out = sql
-    while True:
-        m = re.search(r"\$__(timeFilter|timeInterval|conditionalAll)\s*\(", out)
-        if not m:
-            break
-        args, stop = _call_args(out, m.end() - 1)
-        kind = m.group(1)
-        if kind == "conditionalAll":
-            if len(args) != 2 or not re.fullmatch(r"\$\{?(\w+)\}?", args[1]):
-                raise MacroError(f"$__conditionalAll(condition, $variable): got {args}")
-            var = re.fullmatch(r"\$\{?(\w+)\}?", args[1]).group(1)  # type: ignore[union-attr]
-            repl = "1=1" if _values(variables, var) is None else _substitute_vars(args[0], variables)
-        else:
-            if len(args) != 1 or not args[0]:
+    return _expand(sql, variables, start, end, step)
+
+
+def _expand(sql: str, variables: Mapping[str, str | Sequence[str] | None], start: float,
+            end: float, step: int) -> str:
+    out: list[str] = []
+    pos = 0
+    while (m := _TOKEN.search(sql, pos)) is not None:
+        out.append(sql[pos:m.start()])
+        pos = m.end()
+        if (kind := m.group("call")) is not None:
+            args, pos = _call_args(sql, m.end() - 1)
+            if kind == "conditionalAll":
+                name = re.fullmatch(r"\$\{?(\w+)\}?", args[1]) if len(args) == 2 else None
+                if name is None:
+                    raise MacroError(f"$__conditionalAll(condition, $variable): got {args}")
+                out.append("1=1" if _values(variables, name.group(1)) is None
+                           else _expand(args[0], variables, start, end, step))
+            elif len(args) != 1 or not args[0]:
                 raise MacroError(f"$__{kind}(column): got {args}")
-            col = args[0]
-            if kind == "timeFilter":
-                repl = f"{col} BETWEEN {_ts(start)} AND {_ts(end)}"
+            elif kind == "timeFilter":
+                out.append(f"{args[0]} BETWEEN {_ts(start)} AND {_ts(end)}")
             else:
-                repl = f"toStartOfInterval({col}, INTERVAL {step} second)"
-        out = out[: m.start()] + repl + out[stop:]
-    out = out.replace("$__interval_s", str(step))
-    out = out.replace("$__fromTime", _ts(start)).replace("$__toTime", _ts(end))
-    out = _substitute_vars(out, variables)
-    left = re.search(r"\$(__\w+|\w+)", _strip_literals(out))
-    if left:
-        raise MacroError(f"unknown macro or variable ${left.group(1)} in panel SQL")
-    return out
-
-
-def _strip_literals(sql: str) -> str:
-    return re.sub(r"'(?:[^'\\]|\\.)*'", "''", sql)
+                out.append(f"toStartOfInterval({args[0]}, INTERVAL {step} second)")
+        elif (plain := m.group("plain")) is not None:
+            out.append(str(step) if plain == "interval_s"
+                       else _ts(start) if plain == "fromTime" else _ts(end))
+        elif m.group("var") is not None:
+            out.append(_variable(variables, m.group("var"), m.group("fmt")))
+        elif m.group("unknown") is not None:
+            raise MacroError(f"unknown macro or variable ${m.group('unknown')} in panel SQL")
+        else:
+            out.append(m.group(0))  # a literal of the panel
+    out.append(sql[pos:])
+    return "".join(out)

@@ -41,7 +41,7 @@ from typing import Any
 import orjson
 
 from llmpulse.config import QuerySettings
-from llmpulse.store import TABLES, QueryError
+from llmpulse.store import TABLES, QueryError, QueryLimitError
 
 __all__ = [
     "DENIED_CATEGORIES",
@@ -81,11 +81,20 @@ DENIED_FUNCTIONS = frozenset({
     "initialQueryID", "initialQueryStartTime", "currentRequestURL", "currentHandler",
     "connectionId", "pgGetUserById", "pgTableIsVisible",
     "transactionID", "transactionLatestSnapshot", "transactionOldestSnapshot",
+    "currentDatabase", "currentSchemas", "timezone", "serverTimezone",
     # writes server state or holds the store without doing work
     "generateSerialID", "sleep", "sleepEachRow",
+    # quadratic work inside one row: the engine checks the time limit only between
+    # blocks of rows, so two 64 KB strings ran for minutes past it
+    "editDistance", "editDistanceUTF8", "damerauLevenshteinDistance", "jaroSimilarity",
+    "jaroWinklerSimilarity", "arrayLevenshteinDistance", "arrayLevenshteinDistanceWeighted",
+    "arraySimilarity",
 })
-"""Functions refused by name (their aliases too): they reach files, other
-tables, server settings or state, or block the store."""
+"""Functions refused by name, in any letter case (their aliases too): they reach
+files, other tables, server settings or state, block the store, or do work the
+time limit cannot stop."""
+
+_DENIED_LOWER = frozenset(n.lower() for n in DENIED_FUNCTIONS)
 
 _ALLOWED_NODES = frozenset({
     "SelectWithUnionQuery", "SelectIntersectExceptQuery", "SelectQuery", "ExpressionList",
@@ -130,15 +139,6 @@ class QueryRefused(QueryError):
     """The guard refused the query (HTTP 400); the message says what and why."""
 
     status = 400
-
-
-class QueryLimitError(QueryError):
-    """A query broke a resource limit; ``key`` names the setting, ``status`` the HTTP code."""
-
-    def __init__(self, message: str, key: str, status: int) -> None:
-        super().__init__(message)
-        self.key = key
-        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,11 +217,15 @@ class SqlGuard:
             "AS functions, (SELECT groupArray(name) FROM system.aggregate_function_combinators) "
             "AS combinators", {})[0]
         raw = {r[0]: r for r in row["functions"]}
+        folded = {name.lower(): r for name, r in raw.items()}
         functions: dict[str, _Function] = {}
         ci: dict[str, _Function] = {}
         for name, (_, aggregate, case_insensitive, alias_to, *_) in raw.items():
             canonical = alias_to or name
-            base = raw.get(canonical, raw[name])
+            # an alias may name its target in another letter case (connection_id ->
+            # connectionID, listed as connectionId)
+            base = raw.get(canonical) or folded.get(canonical.lower()) or raw[name]
+            canonical = base[0] if alias_to else canonical
             fn = _Function(canonical, bool(aggregate), _denial(canonical, base[4], base[5]))
             functions[name] = fn
             if case_insensitive:
@@ -378,6 +382,8 @@ class SqlGuard:
         query = self.check(sql, params)
         try:
             rows = self._run(query.sql, dict(params or {}))
+        except QueryLimitError:  # the store's own: busy, or a result too large to parse
+            raise
         except Exception as exc:
             raise _limit_error(exc, self.limits) or QueryError(_server_message(exc)) from None
         # the server checks result limits per block of rows; this makes them exact
@@ -405,8 +411,8 @@ def _check_output_clauses(node: dict[str, Any]) -> None:
 
 
 def _denial(name: str, category: str, origin: str) -> str | None:
-    if name in DENIED_FUNCTIONS:
-        return "it reaches files, other tables or server state"
+    if name.lower() in _DENIED_LOWER:
+        return "it reaches files, other tables or server state, or its work cannot be stopped"
     if name.startswith("__"):
         return "internal function"
     if category in DENIED_CATEGORIES:

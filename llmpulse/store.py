@@ -15,6 +15,7 @@ Blocking calls: every method here blocks. Async callers run them in a thread
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DDL",
     "QueryError",
+    "QueryLimitError",
     "Store",
     "StoreError",
     "StoreLockedError",
@@ -308,6 +310,15 @@ class QueryError(ValueError):
     """A query sent to the read-only API is not allowed or failed."""
 
 
+class QueryLimitError(QueryError):
+    """A query broke a resource limit; ``key`` names the setting, ``status`` the HTTP code."""
+
+    def __init__(self, message: str, key: str, status: int) -> None:
+        super().__init__(message)
+        self.key = key
+        self.status = status
+
+
 class Store:
     """The tables of the contract behind one clickhouse-connect client.
 
@@ -334,6 +345,10 @@ class Store:
         self.limits = limits
         self.dsn = dsn
         self._lock = threading.Lock()
+        # read-only queries hold their own connection's lock, so a slow one (the engine
+        # checks its time limit only between blocks of rows: one expensive row can run
+        # far past it) holds up other reads, never ingest
+        self._read_lock = threading.Lock() if self._reader is not client else self._lock
         self._lock_fd = lock_fd
         self.closed = False
 
@@ -445,16 +460,39 @@ class Store:
         *,
         readonly: bool = False,
     ) -> list[dict[str, Any]]:
-        """Rows as dicts (JSON types: DateTime64 as text ``YYYY-MM-DD hh:mm:ss.sss``)."""
+        """Rows as dicts (JSON types: DateTime64 as text ``YYYY-MM-DD hh:mm:ss.sss``).
+
+        ``readonly``: on the reader connection, within its limits. Such a query waits
+        for another one at most ``query.max_execution_time_s`` (then
+        :class:`QueryLimitError`, 503), and a result larger than
+        ``query.max_result_bytes`` is refused before it is parsed (413): the engine
+        lets a first block of rows past its own limit, and parsing a few hundred MB of
+        JSON held the event loop's lock for seconds and took gigabytes.
+        """
         settings: dict[str, Any] = dict(_READ_SETTINGS)
+        lock, wait = self._lock, -1.0
         if readonly:
             settings["readonly"] = 1
-        with self._lock:
+            lock = self._read_lock
+            if self.limits is not None:
+                wait = self.limits.max_execution_time_s
+        if not lock.acquire(timeout=wait):
+            raise QueryLimitError(
+                f"the store was busy with other read-only queries for {wait:g} s "
+                "(query.max_execution_time_s); try again", "query.max_execution_time_s", 503)
+        try:
             self._check_open()
             client = self._reader if readonly else self._client
             raw = client.raw_query(
                 sql, parameters=dict(params or {}), settings=settings, fmt="JSONEachRow"
             )
+        finally:
+            lock.release()
+        if readonly and self.limits is not None and len(raw) > self.limits.max_result_bytes:
+            raise QueryLimitError(
+                f"the result is larger than {self.limits.max_result_bytes} bytes "
+                "(query.max_result_bytes); select fewer columns or rows",
+                "query.max_result_bytes", 413)
         return [orjson.loads(line) for line in raw.splitlines() if line.strip()]
 
     def scalar(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
@@ -468,7 +506,9 @@ class Store:
             raise StoreError("store is closed")
 
     def close(self) -> None:
-        with self._lock:
+        # a read-only query under way ends first: its connection is closed here too
+        with self._read_lock, (self._lock if self._read_lock is not self._lock
+                               else contextlib.nullcontext()):
             if self.closed:
                 return
             self.closed = True

@@ -37,6 +37,7 @@ from llmpulse.dashboards.annotations import (
 from llmpulse.dashboards.web import routes as dashboard_routes
 from llmpulse.drain import StopBacklog
 from llmpulse.retrain.service import RetrainService, attach_retrain
+from llmpulse.sqlguard import SqlGuard
 from llmpulse.store import Store
 from llmpulse.streams.alerting import AlertLinker
 from llmpulse.streams.app import (
@@ -106,10 +107,12 @@ class RetrainWorker:
 
 def attach_dashboards(app: faust.App, store: Store, *, reports_dir: Path | None = None) -> None:
     """The live dashboards' pages (``/dashboards``...) on ``app``, reading ``store``
-    (and drift reports from ``reports_dir``)."""
+    (and drift reports from ``reports_dir``). A panel's expanded SQL goes through the
+    query API's guard like any caller's: the values in it come from the page's URL."""
+    guard = SqlGuard.for_store(store)
 
     def read(sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        return store.query(sql, params, readonly=True)
+        return guard.run(sql, params)
 
     for path, name, handler in dashboard_routes(read, reports_dir=reports_dir):
         app.page(path, name=name)(handler)

@@ -569,6 +569,8 @@ def query_view(store: Store) -> type[faust.web.View]:
             try:
                 rows = await asyncio.to_thread(
                     store.query, NAMED_QUERIES[name], qparams, readonly=True)
+            except QueryLimitError as exc:  # busy with other reads, or a result too large
+                return self.json({"error": str(exc), "limit": exc.key}, status=exc.status)
             except Exception as exc:
                 return self.json({"error": str(exc).splitlines()[0][:500]}, status=400)
             return self.json({"rows": rows})

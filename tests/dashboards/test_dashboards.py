@@ -145,6 +145,53 @@ def test_expander_quotes_values_and_refuses_unknown_macros(filled: dict[str, Any
         expand("SELECT $__timeFilter(ts", start=0, end=60)
 
 
+
+# a value that looks like a variable, and the SQL another variable's value held: read
+# again after the first substitution, ${model:singlequote} closed its own quotes and the
+# model's text ran, reading system.tables into the error message
+_READ_AGAIN = {
+    "var-app": "${model:singlequote}",
+    "var-model": ") OR throwIf(1, (SELECT arrayStringConcat(groupArray(name), char(44)) "
+                 "FROM system.tables WHERE database = char(100,101,102,97,117,108,116))) = 1 "
+                 "OR (app =",
+}
+
+
+def test_a_value_is_never_read_again_as_a_variable_or_macro() -> None:
+    sql = ("SELECT 1 FROM signals WHERE $__conditionalAll(app IN (${app:singlequote}), $app) "
+           "AND $__conditionalAll(model IN (${model:singlequote}), $model)")
+    out = expand(sql, start=0, end=60, variables={
+        "app": ["${model:singlequote}", "$__timeFilter(ts)", "$__interval_s"],
+        "model": ["$__conditionalAll(1, $app)"]})
+    assert out == ("SELECT 1 FROM signals WHERE app IN ('${model:singlequote}',"
+                   "'$__timeFilter(ts)','$__interval_s') "
+                   "AND model IN ('$__conditionalAll(1, $app)')")
+
+
+async def test_a_panel_request_cannot_run_text_of_its_own(filled: dict[str, Any]) -> None:
+    """That request against the pages as ``llmpulse up`` serves them (panel SQL
+    through the query API's guard): an empty answer, no table names."""
+    from urllib.parse import urlencode
+
+    guard = SqlGuard.for_store(filled["store"])
+    for read in (_query(filled["store"]), guard.run):
+        client = TestClient(TestServer(aiohttp_app(read)))
+        await client.start_server()
+        try:
+            query = urlencode({"from": int(filled["start"] * 1000),
+                               "to": int(filled["end"] * 1000), **_READ_AGAIN})
+            r = await client.get(f"/dashboards/fairness/panel/1.json?{query}")
+            text = await r.text()
+            assert r.status == 200, text
+            assert (await r.json())["rows"] == []
+            assert "request_index" not in text and "schema_migrations" not in text
+        finally:
+            await client.close()
+    # and what a panel runs is judged like any caller's SQL
+    with pytest.raises(QueryRefused):
+        guard.run("SELECT name FROM system.tables")
+
+
 # -- every panel on the real store ----------------------------------------------------
 
 

@@ -3,6 +3,7 @@ before it runs, ordinary analytics pass, and each limit triggers and is survived
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,6 +164,15 @@ def test_every_table_function_is_refused(guard: SqlGuard, fn: str) -> None:
     ("SELECT arrayFilter(x -> dictHas('d', x), [1])", "Dictionary"),
     ("SELECT arrayMap(x -> (SELECT count() FROM system.users), [1])", "system.users"),
     ("SELECT * APPLY(file) FROM signals", "APPLY"),
+    # an alias naming its target in another letter case, and any letter case
+    ("SELECT connection_id()", "connection_id is not allowed"),
+    ("SELECT CONNECTIONID()", "CONNECTIONID is not allowed"),
+    ("SELECT timezone(), serverTimeZone()", "not allowed"),
+    ("SELECT currentDatabase()", "currentDatabase is not allowed"),
+    # quadratic inside one row: runs for minutes past the time limit
+    ("SELECT editDistance(repeat('a', 65536), repeat('b', 65536))", "editDistance"),
+    ("SELECT levenshteinDistance(app, model) FROM signals", "levenshteinDistance"),
+    ("SELECT jaroWinklerSimilarity('a', 'b')", "jaroWinklerSimilarity"),
 ])
 def test_functions_reaching_outside_are_refused(guard: SqlGuard, sql: str,
                                                 fragment: str) -> None:
@@ -469,3 +479,56 @@ def test_query_settings_from_yaml_name_the_key(tmp_path: Path) -> None:
         cfg.write_text(text)
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_settings(env={}, path=cfg)
+
+
+def test_a_read_past_its_time_limit_holds_up_other_reads_for_at_most_the_limit_never_ingest(
+        limited: Any, store: Store) -> None:
+    """The engine checks the time limit only between blocks of rows: one expensive row
+    runs far past it (the guard now refuses the function used here, the store itself
+    does not judge). Meanwhile ingest goes on, and another read gives up after the
+    limit with 503 instead of queueing behind it. Before, both waited for the whole
+    read: reads and writes shared one lock."""
+    _, view = limited(max_execution_time_s=1.0)
+    slow = ("SELECT sum(editDistance(repeat('a', 20000), repeat('b', 20000 - x))) AS r "
+            "FROM (SELECT arrayJoin(range(10)) AS x)")
+    ended: list[str] = []
+
+    def read() -> None:
+        try:
+            view.query(slow, readonly=True)
+        except Exception as exc:  # stopped past its limit, once it can be
+            ended.append(str(exc))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not store.query("SELECT count() AS n FROM system.processes "
+                              "WHERE query LIKE '%editDistance(repeat%' "
+                              "AND query NOT LIKE '%system.processes%'")[0]["n"]:
+            assert time.monotonic() < deadline and reader.is_alive()
+            time.sleep(0.02)
+        row = b'{"event_id":"during-slow-read","request_id":"r","ts":%.3f,"score":1}' % time.time()
+        assert view.insert_json("feedback_events", row) == 1
+        assert reader.is_alive(), "the write waited for the read"
+        with pytest.raises(QueryLimitError) as info:
+            view.query("SELECT 1 AS ok", readonly=True)
+        assert (info.value.status, info.value.key) == (503, "query.max_execution_time_s")
+        assert reader.is_alive(), "the second read waited for the first"
+    finally:
+        reader.join()
+    assert len(ended) == 1 and "TIMEOUT_EXCEEDED" in ended[0]
+    assert view.query("SELECT 1 AS ok", readonly=True) == [{"ok": 1}]
+    assert store.query("SELECT count() AS n FROM feedback_events "
+                       "WHERE event_id = 'during-slow-read'") == [{"n": 1}]
+
+
+def test_a_result_past_the_byte_limit_is_refused_before_it_is_parsed(limited: Any) -> None:
+    """One row of 3 MB passes the engine's own check (it lets a first block through);
+    the store refuses it from its size, before turning it into Python objects (a
+    100-million-element row took 4 GB and froze the event loop for seconds)."""
+    _, view = limited(max_result_bytes=2**20)
+    with pytest.raises(QueryLimitError) as info:
+        view.query("SELECT arrayWithConstant(3000000, 0::UInt8) AS a", readonly=True)
+    assert (info.value.status, info.value.key) == (413, "query.max_result_bytes")
+    assert view.query("SELECT 1 AS ok", readonly=True) == [{"ok": 1}]
