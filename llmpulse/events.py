@@ -79,6 +79,15 @@ MAX_TAG_CHARS = 200
 """Longest ``prompt_version``, ``experiment`` or ``variant``: they are dimensions
 (group keys, dashboard filters), not text."""
 
+MAX_ID_CHARS = 256
+"""Longest ``event_id``, ``request_id``, ``app``, ``model`` or ``model_version``:
+ids and group keys, printable characters only."""
+
+
+MIN_LOGPROB = -1000.0
+"""Lowest token log-probability accepted (e to the -1000 is already nothing; -1e300
+stored as -inf in the Float32 column)."""
+
 
 class EventError(ValueError):
     """An event breaks the contract; ``field`` names where."""
@@ -135,7 +144,18 @@ def _req_str(ev: Mapping[str, Any], name: str) -> str:
         raise EventError(name, f"must be a string, got {type(v).__name__}")
     if not v:
         raise EventError(name, "must not be empty")
+    _id_text(name, v)
     return v
+
+
+def _id_text(name: str, v: str) -> None:
+    """An id or a group key: short, and no control or invisible format characters (a
+    newline, a NUL or a zero-width space would make a group no one can type)."""
+    if len(v) > MAX_ID_CHARS:
+        raise EventError(name, f"longer than {MAX_ID_CHARS} characters")
+    if not v.isprintable():
+        bad = next(c for c in v if not c.isprintable())
+        raise EventError(name, f"must be printable text, has U+{ord(bad):04X}")
 
 
 def _opt_str(ev: Mapping[str, Any], name: str, limits: Limits) -> None:
@@ -295,7 +315,7 @@ def validate_inference(
     _number(ev, "latency_ms", True, limits.max_latency_ms)
     _number(ev, "ttft_ms", False, limits.max_latency_ms)
     status = ev.get("status")
-    if status not in STATUSES:
+    if type(status) is not str or status not in STATUSES:
         if status is None:
             raise EventError("status", "required field is missing")
         raise EventError("status", f"must be one of ok|error|timeout, got {status!r}")
@@ -330,8 +350,9 @@ def validate_inference(
             raise EventError("token_logprobs", f"more than {limits.max_logprobs} values")
         for x in lp:
             t = type(x)
-            if (t is not float and t is not int) or not (x <= 0):
-                raise EventError("token_logprobs", f"log-probabilities must be numbers <= 0, got {x!r}")
+            if (t is not float and t is not int) or not (MIN_LOGPROB <= x <= 0):
+                raise EventError("token_logprobs",
+                                 f"log-probabilities must be numbers in {MIN_LOGPROB:g}..0, got {x!r}")
     pred = ev.get("prediction")
     if pred is not None:
         if type(pred) is not dict:
@@ -343,10 +364,9 @@ def validate_inference(
             raise EventError("prediction.score", f"must be a number in 0..1, got {sc!r}")
     _str_map(ev, "segment")
     _num_map(ev, "features")
-    if "trace_id" in ev:
-        _opt_hex(ev, "trace_id", 16)
-        _opt_hex(ev, "span_id", 8)
-        _opt_hex(ev, "parent_span_id", 8)
+    _opt_hex(ev, "trace_id", 16)
+    _opt_hex(ev, "span_id", 8)
+    _opt_hex(ev, "parent_span_id", 8)
     _tag(ev, "prompt_version")
     _tag(ev, "experiment")
     _tag(ev, "variant")
@@ -382,8 +402,11 @@ def validate_feedback(
         raise EventError("hallucination", f"must be true or false, got {h!r}")
     if "comment" in ev:
         _opt_str(ev, "comment", limits)
-    if "app" in ev:
-        _opt_str(ev, "app", limits)
+    app = ev.get("app")
+    if app is not None:
+        if type(app) is not str:
+            raise EventError("app", f"must be a string, got {type(app).__name__}")
+        _id_text("app", app)
     if "user" in ev:
         _user(ev, limits)
     if "reference" in ev:
@@ -395,7 +418,7 @@ def validate_feedback(
             if not 0 <= x <= 1:
                 raise EventError(f"judge.{k}", f"must be a number in 0..1, got {x!r}")
     src = ev.get("source")
-    if src is not None and src not in FEEDBACK_SOURCES:
+    if src is not None and (type(src) is not str or src not in FEEDBACK_SOURCES):
         raise EventError("source", f"must be one of user|reviewer|judge|golden, got {src!r}")
     ev["schema"] = FEEDBACK_SCHEMA
     return ev

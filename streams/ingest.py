@@ -16,6 +16,8 @@ carrying the original bytes and the reason.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,6 +113,21 @@ def redacted_payload(raw: bytes, redact: Callable[[str], str]) -> bytes:
     return redact(raw.decode("utf-8", "replace")).encode()
 
 
+log = logging.getLogger(__name__)
+_warned = [0.0]
+
+
+def _log_unexpected(msg: Message) -> None:
+    """A check that raised something else than :class:`EventError`: a bug to fix, logged
+    with its traceback at most once a minute (a producer may send many such events)."""
+    now = time.monotonic()
+    if now - _warned[0] >= 60.0:
+        _warned[0] = now
+        log.exception("an event at %s[%d]@%d broke validation; dead-lettered (more such "
+                      "events in the next minute are not logged)", msg.topic, msg.partition,
+                      msg.offset)
+
+
 def split_batch(
     messages: Iterable[Message],
     *,
@@ -166,6 +183,14 @@ def split_batch(
             except EventError as exc:
                 dead.append(DeadLetter(raw if redact is None else redacted_payload(raw, redact),
                                        str(exc), msg.topic, msg.partition, msg.offset))
+                continue
+            except Exception as exc:  # a check that broke on an input it did not foresee:
+                # that event goes to the dead letters, never the batch (retried whole,
+                # it held the partition forever)
+                _log_unexpected(msg)
+                dead.append(DeadLetter(raw if redact is None else redacted_payload(raw, redact),
+                                       f"unexpected {type(exc).__name__} in validation: {exc}"[:500],
+                                       msg.topic, msg.partition, msg.offset))
                 continue
             ts = ev["ts"]
             if min_ts is None or ts < min_ts:

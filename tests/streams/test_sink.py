@@ -83,6 +83,74 @@ def test_split_batch_keeps_good_events_and_names_each_bad_one() -> None:
     assert [(d.reason.split(":")[0], d.offset) for d in b.dead] == [("bad JSON", 40), ("status", 40)]
 
 
+def _good(**over: object) -> dict:
+    ev = {"event_id": "e", "request_id": "r", "ts": int(time.time() * 1000), "app": "a",
+          "model": "m", "model_version": "1", "latency_ms": 5, "status": "ok",
+          "input_tokens": 12, "output_tokens": 3}
+    ev.update(over)
+    return {k: v for k, v in ev.items() if v is not None}
+
+
+HOSTILE_INFERENCES = [
+    # unhashable where a name is looked up in a set: TypeError, the batch retried forever
+    ({"status": []}, "status"), ({"status": {}}, "status"),
+    # ids and group keys no one can type, or without end
+    ({"app": "support\nbilling"}, "app"), ({"app": "a\x00b"}, "app"),
+    ({"model": "gpt\u200b"}, "model"), ({"model_version": "1\u2028"}, "model_version"),
+    ({"app": "x" * 10_000}, "app"), ({"event_id": "e" * 257}, "event_id"),
+    ({"request_id": "r\tr"}, "request_id"),
+    # span ids are checked without a trace id too
+    ({"span_id": "not-hex" * 1000}, "span_id"),
+    ({"parent_span_id": "ABCDEF0123456789"}, "parent_span_id"),
+    ({"token_logprobs": [-0.5, -1e300]}, "token_logprobs"),
+]
+
+
+@pytest.mark.parametrize("over,field", HOSTILE_INFERENCES)
+def test_hostile_fields_are_dead_letters_and_the_rest_of_the_batch_is_stored(
+        over: dict, field: str) -> None:
+    env = b"\n".join([orjson.dumps(_good(event_id="ok1")), orjson.dumps(_good(**over)),
+                      orjson.dumps(_good(event_id="ok2"))])
+    b = split_batch([Message(env, "llmpulse.inference", 0, 7)], kind="inference")
+    assert [orjson.loads(line)["event_id"] for line in b.lines] == ["ok1", "ok2"]
+    assert [d.reason.split(":")[0] for d in b.dead] == [field]
+
+
+@pytest.mark.parametrize("source", [["user"], {}, 1])
+def test_a_feedback_source_of_the_wrong_type_is_a_dead_letter(source: object) -> None:
+    now = int(time.time() * 1000)
+    env = orjson.dumps({"event_id": "f", "request_id": "r", "ts": now, "source": source})
+    b = split_batch([Message(env, "llmpulse.feedback", 0, 1)], kind="feedback")
+    assert b.count == 0 and [d.reason.split(":")[0] for d in b.dead] == ["source"]
+
+
+def test_printable_names_in_any_script_are_kept() -> None:
+    env = orjson.dumps(_good(app="ассистент поддержки", model="模型", model_version="v 1.2"))
+    assert split_batch([Message(env, "llmpulse.inference", 0, 1)], kind="inference").count == 1
+
+
+def test_a_check_that_breaks_dead_letters_its_event_not_the_batch(monkeypatch, caplog) -> None:
+    """Whatever a validator raises, the event goes to the dead letters with the reason;
+    before, anything but an EventError escaped and the batch was retried forever."""
+    from llmpulse.streams import ingest
+
+    real = ingest.VALIDATORS["inference"]
+
+    def brittle(ev, **kw):
+        if ev.get("event_id") == "boom":
+            raise KeyError("surprise")
+        return real(ev, **kw)
+
+    monkeypatch.setitem(ingest.VALIDATORS, "inference", brittle)
+    monkeypatch.setattr(ingest, "_warned", [0.0])
+    env = b"\n".join(orjson.dumps(_good(event_id=e)) for e in ("a1", "boom", "boom", "a2"))
+    b = split_batch([Message(env, "llmpulse.inference", 3, 9)], kind="inference")
+    assert b.count == 2
+    assert [(d.reason, d.partition, d.offset) for d in b.dead] == [
+        ("unexpected KeyError in validation: 'surprise'", 3, 9)] * 2
+    assert sum("broke validation" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_shim_encoded_events_pass_through_byte_for_byte_and_land_in_the_raw_table(store) -> None:
     now = int(time.time() * 1000)
     ev = {"event_id": "pt1", "request_id": "r", "ts": now, "app": "a", "model": "m",
