@@ -94,6 +94,11 @@ class SignalSettings:
     """How often the engine state is saved for restarts (0 = only at stop)."""
     feedback_wait_s: float = 60.0
     """How long feedback waits for its inference to be stored before it counts as unmatched."""
+    max_event_lead_s: float = 10.0
+    """How far ahead of this worker's clock an event time may move the watermark. An
+    event stamped later (a client whose clock is fast) waits in its window until the
+    clock gets there, instead of making every other event late once its partition
+    goes quiet."""
     join_horizon_s: float = 3600.0
     """How long (event time) each inference waits in memory for its feedback: the
     feedback join's memory is about horizon x inference rate x 0.5 kB, so a busy
@@ -445,6 +450,9 @@ def load_settings(
     if signals.join_horizon_s < signals.window_s:
         raise ConfigError(f"signals.join_horizon_s: must be at least signals.window_s "
                           f"({signals.window_s:g} s), got {signals.join_horizon_s!r}")
+    if not 0 <= signals.max_event_lead_s <= 86400:
+        raise ConfigError("signals.max_event_lead_s: must be a number of seconds in 0..86400, "
+                          f"got {signals.max_event_lead_s!r}")
     if signals.stop not in SIGNAL_STOP_MODES:
         raise ConfigError(f"signals.stop: must be one of {', '.join(SIGNAL_STOP_MODES)}, "
                           f"got {signals.stop!r}")

@@ -290,6 +290,7 @@ class SignalEngine:
         defer: bool = True,
         max_deferred: int = 256,
         deferred_latest_only: bool = True,
+        max_lead_s: float | None = None,
     ) -> None:
         self.detectors = dict(default_detectors() if detectors is None else detectors)
         self.windows = {**DEFAULT_WINDOWS, **(windows or {})}
@@ -301,7 +302,7 @@ class SignalEngine:
         self.reemit_interval_s = float(reemit_interval_s)
         self.close_budget_s = float(close_budget_s)
         self._last_redo = -float("inf")
-        self._watermark = Watermark(idle_s)
+        self._watermark = Watermark(idle_s, max_lead_s)
         self._instances: dict[tuple[str, Group], list[Detector]] = {}
         # the pickled snapshot of each (family, group)'s detectors, dropped when they
         # run: a group with no window closed since the last save (an old model
@@ -647,6 +648,8 @@ class SignalEngine:
             # event ids of closed windows kept to tell those copies (once for all lengths)
             "repeat_ids": len(self._repeat_ids),
             "watermark_ms": wm,
+            # event times further ahead of the clock than max_lead_s, counted as that far
+            "events_ahead_of_clock": self._watermark.clamped,
             "sources": self._watermark.sources_view(self.clock()),
             "close_delay_s": {
                 "last": c.close_delay_last_s,

@@ -299,7 +299,8 @@ def engine_config(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
     # labelled incident's evidence lands within a window of its feedback
     engine_kwargs: dict[str, Any] = {"windows": windows,
                                      "reemit_interval_s": min(10.0, max(1.0, cfg.window_s / 4)),
-                                     "horizon_s": cfg.join_horizon_s}
+                                     "horizon_s": cfg.join_horizon_s,
+                                     "max_lead_s": cfg.max_event_lead_s}
     detectors = {"embedding": cfg.embedding,
                  "hallucination_max_scored": cfg.hallucination_max_scored}
     return engine_kwargs, detectors

@@ -188,16 +188,33 @@ class Watermark:
     source with unread events behind it holds the watermark however long the
     engine was busy. Overload then delays windows instead of turning the
     backlog into late events.
+
+    ``max_lead_s``: an event time further than that ahead of the wall time it
+    was received at counts as that far ahead only (``clamped`` counts them).
+    One event from a client whose clock is an hour fast otherwise took the
+    watermark an hour ahead once its source went idle, and every event of
+    that hour was late; now it waits in its window until the clock gets there:
+
+    >>> wm = Watermark(idle_s=10.0, max_lead_s=5.0)
+    >>> wm.observe("p0", 3_600_000, now=0.0); wm.current(now=20.0), wm.clamped
+    (25000, 1)
     """
 
-    def __init__(self, idle_s: float = 30.0) -> None:
+    def __init__(self, idle_s: float = 30.0, max_lead_s: float | None = None) -> None:
         self.idle_s = float(idle_s)
+        self.max_lead_s = max_lead_s
+        self.clamped = 0
         self._max: dict[Hashable, int] = {}
         self._seen: dict[Hashable, float] = {}
         self._value: int | None = None
 
     def observe(self, source: Hashable, ts_ms: int, now: float) -> None:
         """Note an event time from ``source`` received at wall time ``now``."""
+        if self.max_lead_s is not None:
+            cap = int((now + self.max_lead_s) * 1000)
+            if ts_ms > cap:
+                ts_ms = cap
+                self.clamped += 1
         prev = self._max.get(source)
         if prev is None or ts_ms > prev:
             self._max[source] = ts_ms

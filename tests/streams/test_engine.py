@@ -141,6 +141,41 @@ def test_idle_or_slow_partition_does_not_close_windows_early() -> None:
         e["ts"] < int(T0 * 1000) + 30_000 for e in events) + 1
 
 
+
+@pytest.mark.parametrize("max_lead_s", [None, 10.0])
+def test_one_event_an_hour_ahead_of_the_clock_does_not_make_the_next_hour_late(
+        max_lead_s: float | None) -> None:
+    """A client clock an hour fast stamps one event; its partition goes quiet for longer
+    than idle_s. Without a bound on the lead (the engine's default; live workers take
+    signals.max_event_lead_s), the watermark extrapolates from that event and the next
+    events, on time, are all late. With it, they are windowed, and the early event
+    waits in its own window."""
+    clock = Clock(T0 + 20)
+    engine = SignalEngine({"latency": lambda: [ErrorRates(min_n=1)]}, clock=clock, idle_s=30,
+                          max_lead_s=max_lead_s)
+    events = synthetic_events(200, seed=2, start=T0, rate=10.0)  # 20 s, up to the clock
+    engine.add_inference(events[:100], source=0)
+    engine.add_inference([{**events[0], "event_id": "fast-clock", "ts": int((T0 + 3500) * 1000)}],
+                         source=1)
+    out = engine.poll()
+    clock.t += 40  # every partition quiet for longer than idle_s
+    out += engine.poll()
+    on_time = [{**e, "event_id": f"next-{i}", "ts": e["ts"] + 60_000} for i, e in enumerate(events)]
+    clock.t += 21  # received once they all happened
+    engine.add_inference(on_time, source=0)
+    late = engine.stats()["late_dropped"]
+    if max_lead_s is None:
+        assert late == len(on_time)  # what the bound is for
+        return
+    assert late == 0 and engine.stats()["events_ahead_of_clock"] == 1
+    assert engine.stats()["watermark_ms"] <= int((clock.t + max_lead_s) * 1000)
+    clock.t += 120
+    engine.add_inference([{**events[0], "event_id": "later", "ts": int(clock.t * 1000)}], source=0)
+    out += engine.poll()
+    counted = sum(s.n for s in out if s.signal == "errors.rate")
+    assert counted == 100 + len(on_time)  # the early event's window has not closed yet
+
+
 # -- feedback ---------------------------------------------------------------------
 
 
