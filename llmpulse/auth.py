@@ -159,6 +159,9 @@ class Principal:
     role: str
     via: str = "token"
     """``token``, ``session`` or ``open`` (authentication off)."""
+    token_sha256: str = ""
+    """The hash of the token the credential comes from (a session, a sign-in code):
+    it lasts only as long as that token does. Empty for ``up``'s own sign-in URL."""
 
     def allows(self, role: str) -> bool:
         return self.role == ADMIN or role == self.role
@@ -376,7 +379,8 @@ class Sessions:
         self._expire()
         sid = secrets.token_urlsafe(32)
         self._sessions[hash_token(sid)] = (
-            Principal(principal.name, principal.role, "session"), self.clock() + self.ttl_s)
+            Principal(principal.name, principal.role, "session", principal.token_sha256),
+            self.clock() + self.ttl_s)
         return sid
 
     def get(self, sid: str) -> Principal | None:
@@ -665,7 +669,17 @@ class ApiGuard:
         rec = self.tokens.lookup(value.strip())
         if rec is None:
             return None, "unknown token"
-        return Principal(rec.name, rec.role, "token"), ""
+        return Principal(rec.name, rec.role, "token", rec.sha256), ""
+
+    def _current(self, principal: Principal) -> bool:
+        """Whether the token a session or a code comes from is still configured (a
+        revoked token ends them at the next request; before, a session went on for its
+        8 hours and could mint codes for new ones)."""
+        if not principal.token_sha256:
+            return True
+        self.tokens.refresh()
+        return any(hmac.compare_digest(principal.token_sha256, rec.sha256)
+                   for rec in self.tokens.records)
 
     def check_bearer(self, authorization: str | None, need: str, *, target: str,
                      remote: str = "") -> tuple[int, str]:
@@ -694,7 +708,12 @@ class ApiGuard:
         sid = request.cookies.get(SESSION_COOKIE)
         if sid:
             p = self.sessions.get(sid)
-            return (p, "") if p is not None else (None, "unknown or expired session")
+            if p is None:
+                return None, "unknown or expired session"
+            if not self._current(p):
+                self.sessions.drop(sid)
+                return None, "the token this session was signed in with was revoked"
+            return p, ""
         return None, "no credential"
 
     def _authorize(self, request: Any) -> Any:
@@ -747,6 +766,8 @@ class ApiGuard:
             body = None
         code = body.get("code") if isinstance(body, dict) else None
         principal = self.codes.redeem(code) if isinstance(code, str) and code else None
+        if principal is not None and not self._current(principal):
+            principal = None  # its token was revoked since the code was issued
         if principal is None:
             self._audit("login", request, "anonymous", outcome="denied",
                         why="unknown, used or expired code")

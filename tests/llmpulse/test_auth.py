@@ -288,6 +288,38 @@ async def test_a_token_mints_a_sign_in_link_for_itself(guarded: Guarded) -> None
     assert ("admin_access", "ops") in [(e.action, e.actor) for e in g.events]
 
 
+async def test_revoking_a_token_ends_its_sessions_and_unredeemed_codes(
+        guarded: Guarded, tmp_path: Path) -> None:
+    """A session signed in with a token, a code minted from that session, and a code
+    minted with the token and not yet redeemed: all refused once the token is revoked.
+    Before, the session went on for its 8 hours, admin included, and minted codes for
+    new sessions. A session from another token, or from up's own link, is untouched."""
+    c, g = guarded.client, guarded
+
+    async def sign_in(minted_with: dict[str, str]) -> str:
+        r = await c.post("/api/login-code", json={}, headers=minted_with)
+        return str((await r.json())["url"]).split("code=", 1)[1]
+
+    assert (await c.post("/login", json={"code": await sign_in(g.bearer(g.admin))})).status == 200
+    assert (await c.post("/api/admin/erase", json={})).status == 200  # the session, admin
+    chained = await sign_in({})  # minted by the session itself
+    unredeemed = await sign_in(g.bearer(g.admin))
+    assert revoke_token(tmp_path / "tokens.json", "ops")
+    assert (await c.post("/api/admin/erase", json={})).status == 401
+    assert (await c.get("/api/query")).status == 401  # the session is gone
+    for code in (chained, unredeemed):
+        assert (await c.post("/login", json={"code": code})).status == 401
+    reasons = [e.detail.get("reason") for e in g.events if e.outcome == "denied"]
+    assert "the token this session was signed in with was revoked" in reasons
+    # the other token's session and up's own link still sign in
+    c.session.cookie_jar.clear()
+    assert (await c.post("/login", json={"code": await sign_in(g.bearer(g.read))})).status == 200
+    assert (await c.get("/api/query")).status == 200
+    up_link = g.guard.login_url(str(c.make_url("")))
+    assert up_link is not None
+    assert (await c.post("/login", json={"code": up_link.split("code=", 1)[1]})).status == 200
+
+
 def test_guard_from_settings_names_a_bad_file(tmp_path: Path) -> None:
     (tmp_path / "tokens.json").write_text('{"tokens": [{"name": "a"}]}')
     with pytest.raises(AuthError, match=r"tokens\.json: tokens\[0\]\.role"):
