@@ -68,8 +68,25 @@ def auto_interval(start: float, end: float, max_points: int = 120) -> int:
     return int(math.ceil(want / 86400.0)) * 86400
 
 
+_LAST_S = 253402300799.0  # 9999-12-31T23:59:59Z
+
+
 def parse_time(text: str | float | int, now: float | None = None) -> float:
-    """Epoch seconds from ``now``, ``now-15m``, epoch seconds or ms, or ISO 8601 (UTC if naive)."""
+    """Epoch seconds from ``now``, ``now-15m``, epoch seconds or ms, or ISO 8601 (UTC if
+    naive), between 1970 and 9999:
+
+    >>> parse_time("nan")
+    Traceback (most recent call last):
+    ...
+    llmpulse.dashboards.macros.MacroError: time 'nan': not a time between 1970 and 9999
+    """
+    value = _parse_time(text, now)
+    if not 0.0 <= value <= _LAST_S:  # NaN too
+        raise MacroError(f"time {text!r}: not a time between 1970 and 9999")
+    return value
+
+
+def _parse_time(text: str | float | int, now: float | None = None) -> float:
     if isinstance(text, (int, float)):
         value = float(text)
         return value / 1000.0 if value > 1e11 else value
@@ -79,7 +96,7 @@ def parse_time(text: str | float | int, now: float | None = None) -> float:
         base = datetime.now(UTC).timestamp() if now is None else float(now)
         return base - (float(m.group(1)) * _UNITS[m.group(2)] if m.group(1) else 0.0)
     try:
-        return parse_time(float(s))
+        return _parse_time(float(s))
     except ValueError:
         pass
     try:

@@ -300,7 +300,7 @@ def report_file(reports_dir: Path, name: str) -> Path | None:
     [True, False, False, False]
     """
     pure = PurePosixPath(name)
-    if (name != pure.name or "\\" in name or name.startswith(".") or pure.suffix != ".html"
+    if ("\x00" in name or name != pure.name or "\\" in name or name.startswith(".") or pure.suffix != ".html"
             or name in ("", ".", "..")):
         return None
     root = reports_dir.resolve()

@@ -507,6 +507,10 @@ async def test_routes_serve_pages_fragments_svg_and_json(filled: dict[str, Any])
         assert (await client.get("/dashboards/overview/panel/99")).status == 404
         assert (await client.get("/dashboards/overview/panel/10.svg")).status == 404
         assert (await client.get("/dashboards/overview/panel/1?from=now&to=now-1h")).status == 400
+        # times no clock can show, and a NUL in a report name: 400 and 404, not 500
+        for odd in ("from=nan&to=inf", "from=-1e20&to=1e20", "from=0&to=1e300"):
+            r = await client.get(f"/dashboards/overview?{odd}")
+            assert r.status == 400 and "between 1970 and 9999" in await r.text(), odd
     finally:
         await client.close()
 
@@ -598,7 +602,8 @@ async def test_runbooks_page_and_drift_reports_are_served_safely(
         assert "<script>1</script>" in await r.text()
         assert r.headers["Content-Security-Policy"].startswith("sandbox allow-scripts")
         for bad in ("..%2Fsecret.html", "%2E%2E%2Fsecret.html", "nope.html",
-                    "20231114T221420Z-drift.psi-x.json", ".hidden.html"):
+                    "20231114T221420Z-drift.psi-x.json", ".hidden.html",
+                    "20231114T221420Z-drift.psi-x%00.html", "x%00.html"):
             r = await client.get(f"/dashboards/reports/{bad}")
             assert r.status == 404, bad
             assert "not a report" not in await r.text()
