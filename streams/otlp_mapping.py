@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -639,6 +640,20 @@ def _span_error(span: Span) -> str | None:
         return "parent_span_id: must be 8 bytes or empty"
     if span.end_time_unix_nano == 0 or span.start_time_unix_nano == 0:
         return "span: start and end times are required"
+    if span.end_time_unix_nano < span.start_time_unix_nano:
+        return "span: its end time is before its start time"
+    return None
+
+
+def _span_time_error(span: Span, now_ms: int | None, limits: Limits) -> str | None:
+    """Every span's time within the bounds of an event's (non-model spans too: they feed
+    the agent step signals, and a row the store cannot take was lost unseen)."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    end_ms = span.end_time_unix_nano // 1_000_000
+    if end_ms < now - limits.max_past_s * 1000:
+        return f"span: ends more than {limits.max_past_s / 86400:g} days in the past"
+    if end_ms > now + limits.max_future_s * 1000:
+        return f"span: ends more than {limits.max_future_s:g} s in the future"
     return None
 
 
@@ -673,7 +688,7 @@ def map_request(req: ExportTraceServiceRequest, *, now_ms: int | None = None,
                         docs.setdefault(span.trace_id.hex(), []).extend(d)
     for app, scope, spans in read:
         for span, attrs in spans:
-            why = _span_error(span)
+            why = _span_error(span) or _span_time_error(span, now_ms, limits)
             if why is not None:
                 payload = bare_span(span, redact) if redact is not None else \
                     span.SerializeToString()
