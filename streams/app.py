@@ -208,7 +208,11 @@ def new_faust_app(
             guard = ApiGuard.from_settings(settings.data_dir, settings.http.host)
         web = {"web_enabled": True, "web_port": web_port, "web_bind": settings.http.host,
                "web_host": settings.http.host,
-               "web_application_options": {"middlewares": [guard.middleware()]}}
+               # bodies are inflated by the routes that take gzip, within their limit
+               # (streams/otlp.py, _read_body); the server inflated every chunk as it
+               # arrived, before the token check, and went on after the answer
+               "web_application_options": {"middlewares": [guard.middleware()],
+                                           "handler_args": {"auto_decompress": False}}}
     return faust.App(
         app_id,
         broker=f"kafka://{bootstrap}",

@@ -33,6 +33,7 @@ import asyncio
 import itertools
 import logging
 import time
+import zlib
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -378,18 +379,48 @@ def _error(web: Any, encoding: str | None, status: int, message: str,
                      content_type="application/json", status=status, headers=headers)
 
 
+class BodyError(ValueError):
+    """A request body that cannot be read: a broken or unsupported compression."""
+
+
 async def _read_body(request: Any, limit: int) -> bytes | None:
-    """The (decompressed) body, or None when it is larger than ``limit``."""
+    """The (decompressed) body, or None when it is larger than ``limit``; BodyError for a
+    broken gzip stream or another ``Content-Encoding``.
+
+    The server does not inflate bodies itself (``auto_decompress`` is off,
+    :func:`llmpulse.streams.app.new_faust_app`): it inflated every chunk as it
+    arrived, on the event loop, before any handler or the token check ran, and went
+    on after a 401 or 413 answer. A few MB of gzip holding GBs of zeros stalled every
+    route for seconds. Here a chunk is inflated only up to the limit, and a stream
+    that does not end with its trailer is refused (it was taken as an empty body)."""
+    coding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if coding not in ("identity", "gzip", "x-gzip"):
+        raise BodyError(f"Content-Encoding {coding[:40]!r} is not supported: send gzip or none")
     n = request.content_length
     if n is not None and n > limit:
         return None
+    inflate = zlib.decompressobj(wbits=31) if coding != "identity" else None
     chunks: list[bytes] = []
     total = 0
     async for chunk in request.content.iter_chunked(256 * 1024):
+        if inflate is not None:
+            if inflate.eof:
+                raise BodyError("data after the end of the gzip stream")
+            try:
+                chunk = inflate.decompress(chunk, limit - total + 1)
+            except zlib.error as exc:
+                raise BodyError(f"broken gzip stream: {exc}") from None
+            if inflate.unconsumed_tail:
+                return None  # more than the limit inflated: stop reading
         total += len(chunk)
         if total > limit:
             return None
         chunks.append(chunk)
+    if inflate is not None:
+        if not inflate.eof:
+            raise BodyError("the gzip stream is cut short (no end or checksum)")
+        if inflate.unused_data:
+            raise BodyError("data after the end of the gzip stream")
     return b"".join(chunks)
 
 
