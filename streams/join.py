@@ -245,6 +245,7 @@ class FeedbackJoin:
                 "feedback_joined",
                 "feedback_after_close",
                 "feedback_unmatched",
+                "feedback_other_app",
                 "records_expired",
                 "windows_reemitted",
                 "reference_without_response",
@@ -372,6 +373,12 @@ class FeedbackJoin:
         fields = _feedback_fields(event)
         rid = str(event.get("request_id", ""))
         rec = self._by_request.get(rid) or self._aliased(rid)
+        app = event.get("app")
+        if rec is not None and app and app != rec.group[0]:
+            # the feedback names another app than the inference this request id found
+            # (two apps reuse request ids): it is stored, but rates no other app's answer
+            self.counts["feedback_other_app"] += 1
+            return False
         if rec is not None:
             self._attach(rec, fields)
             return True

@@ -37,6 +37,20 @@ def test_feedback_before_close_is_part_of_the_window() -> None:
     assert j.redo() == []
 
 
+def test_feedback_naming_another_app_does_not_rate_this_one() -> None:
+    """Two apps reuse a request id: feedback that names its app joins only an inference
+    of that app. Before, app A's ratings went to app B's answer with the same id."""
+    j = FeedbackJoin(SPEC)
+    other = ("billing-bot", "router", "1")
+    j.add_inference(other, inf("j-0", 1_000))
+    assert not j.add_feedback(fb("j-0", 2_000, app="support", score=-1.0))
+    assert j.add_feedback(fb("j-0", 3_000, app="billing-bot", score=1.0))
+    assert j.add_feedback(fb("j-0", 4_000, label="refund"))  # names no app: as before
+    assert j.counts["feedback_other_app"] == 1 and j.counts["feedback_joined"] == 2
+    [e] = j.events(other, 0)
+    assert e["feedback"] == {"score": 1.0, "label": "refund"}
+
+
 def test_window_without_feedback_is_not_due() -> None:
     j = FeedbackJoin(SPEC)
     j.add_inference(G, inf("r1", 1_000))
