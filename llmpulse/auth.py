@@ -459,8 +459,19 @@ def _origin_key(scheme: str, host: str | None, port: int | None) -> tuple[str, s
 
 
 def _split_host(value: str, scheme: str) -> tuple[str, str, int] | None:
+    """The origin a ``Host`` header names: a plain ``host[:port]``, nothing else (a user
+    part, a path, a query or a fragment make it no Host at all).
+
+    >>> _split_host("127.0.0.1:8080", "http"), _split_host("[::1]", "http")
+    (('http', '127.0.0.1', 8080), ('http', '::1', 80))
+    >>> [_split_host(v, "http") for v in ("evil.com@localhost:1", "127.0.0.1#evil.com",
+    ...                                   "127.0.0.1/evil.com", "127.0.0.1?x.evil.com")]
+    [None, None, None, None]
+    """
     try:
         parts = urlsplit(f"{scheme}://{value}")
+        if parts.netloc != value or parts.username is not None or parts.password is not None:
+            return None
         return _origin_key(scheme, parts.hostname, parts.port)
     except ValueError:
         return None
@@ -650,7 +661,7 @@ class ApiGuard:
             if theirs != own:
                 return self._refuse(request, 403, "cross-origin requests are refused",
                                     f"Origin {origin[:100]!r}")
-        site = request.headers.get("Sec-Fetch-Site")
+        site = (request.headers.get("Sec-Fetch-Site") or "").lower()
         if site in ("cross-site", "same-site") and not _is_navigation(request):
             return self._refuse(request, 403, "cross-site requests are refused",
                                 f"Sec-Fetch-Site {site}")

@@ -220,6 +220,12 @@ async def test_browser_defences(guarded: Guarded) -> None:
     assert (await c.get("/dashboards/x", headers={**h, **nav})).status == 200  # a link in an alert
     assert (await c.post("/api/query", json={}, headers={**h, **nav})).status == 403
     assert (await c.get("/api/query", headers={**h, "Host": "rebound.example"})).status == 403
+    port = c.make_url("").port
+    for host in (f"evil.example@localhost:{port}", f"127.0.0.1:{port}#evil.example",
+                 f"127.0.0.1:{port}/evil.example", f"127.0.0.1:{port}?x.evil.example"):
+        assert (await c.get("/api/query", headers={**h, "Host": host})).status == 400, host
+    r = await c.get("/api/query", headers={**h, "Sec-Fetch-Site": "Cross-Site"})
+    assert r.status == 403  # the value in any letter case
     r = await c.options("/api/query", headers={"Origin": "http://evil.example",
                                                "Access-Control-Request-Method": "POST"})
     assert r.status == 403 and not [k for k in r.headers if k.lower().startswith("access-control")]
