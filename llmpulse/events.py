@@ -84,6 +84,30 @@ MAX_ID_CHARS = 256
 ids and group keys, printable characters only."""
 
 
+INFERENCE_FIELDS = frozenset({
+    "event_id", "request_id", "ts", "app", "model", "model_version", "latency_ms", "ttft_ms",
+    "status", "error_type", "input_tokens", "output_tokens", "cost_usd", "prompt", "response",
+    "context", "token_logprobs", "prediction", "segment", "features", "user", "trace_id",
+    "span_id", "parent_span_id", "prompt_version", "experiment", "variant", "ingested_at",
+    "schema",
+})
+"""The fields of ``inference/v1`` (the columns of ``inference_events``, and ``schema``)."""
+FEEDBACK_FIELDS = frozenset({
+    "event_id", "request_id", "ts", "app", "score", "label", "hallucination", "comment", "user",
+    "reference", "source", "judge", "ingested_at", "schema",
+})
+"""The fields of ``feedback/v1`` (the columns of ``feedback_events``, and ``schema``)."""
+
+
+def _exact_names(ev: Mapping[str, Any], fields: frozenset[str]) -> None:
+    """Refuse a key that names a field in another letter case: the store matches JSON keys
+    to columns regardless of case, so ``"PROMPT"`` was stored as the prompt without
+    being checked or redacted. Other unknown keys stay allowed (the store skips them)."""
+    for k in ev:
+        if k not in fields and type(k) is str and k.lower() in fields:
+            raise EventError(k, f"field names are lowercase: write {k.lower()!r}")
+
+
 MIN_LOGPROB = -1000.0
 """Lowest token log-probability accepted (e to the -1000 is already nothing; -1e300
 stored as -inf in the Float32 column)."""
@@ -250,6 +274,8 @@ def _tag(ev: Mapping[str, Any], name: str) -> None:
         raise EventError(name, "must not be empty (leave the field out)")
     if len(v) > MAX_TAG_CHARS:
         raise EventError(name, f"longer than {MAX_TAG_CHARS} characters")
+    if not v.isprintable():
+        raise EventError(name, "must be printable text")
 
 
 def _str_map(ev: Mapping[str, Any], name: str) -> None:
@@ -261,6 +287,12 @@ def _str_map(ev: Mapping[str, Any], name: str) -> None:
     for k, x in v.items():
         if type(x) is not str:
             raise EventError(f"{name}.{k}", f"must be a string, got {type(x).__name__}")
+        # each key and value becomes a dimension (``language=de``) and a filter
+        if len(k) > MAX_TAG_CHARS or not k.isprintable():
+            raise EventError(f"{name}.{k[:40]!r}", f"a key is at most {MAX_TAG_CHARS} printable "
+                             "characters")
+        if not x.isprintable():
+            raise EventError(f"{name}.{k}", "must be printable text")
 
 
 def _num_map(ev: Mapping[str, Any], name: str) -> None:
@@ -306,6 +338,7 @@ def validate_inference(
     """
     if type(ev) is not dict:
         raise EventError("event", f"must be a JSON object, got {type(ev).__name__}")
+    _exact_names(ev, INFERENCE_FIELDS)
     _req_str(ev, "event_id")
     _req_str(ev, "request_id")
     _req_str(ev, "app")
@@ -389,6 +422,7 @@ def validate_feedback(
     """
     if type(ev) is not dict:
         raise EventError("event", f"must be a JSON object, got {type(ev).__name__}")
+    _exact_names(ev, FEEDBACK_FIELDS)
     _req_str(ev, "event_id")
     _req_str(ev, "request_id")
     ev["ts"] = _ts_ms(ev, now_ms, limits)

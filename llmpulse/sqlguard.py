@@ -89,6 +89,10 @@ DENIED_FUNCTIONS = frozenset({
     "editDistance", "editDistanceUTF8", "damerauLevenshteinDistance", "jaroSimilarity",
     "jaroWinklerSimilarity", "arrayLevenshteinDistance", "arrayLevenshteinDistanceWeighted",
     "arraySimilarity",
+    # the engine's internal forms of IN: they resolve a bare table name as IN does
+    # (`inIgnoreSet(1, system.users)` told the table's column count)
+    "inIgnoreSet", "notInIgnoreSet", "globalInIgnoreSet", "globalNotInIgnoreSet",
+    "nullInIgnoreSet", "notNullInIgnoreSet", "globalNullInIgnoreSet", "globalNotNullInIgnoreSet",
 })
 """Functions refused by name, in any letter case (their aliases too): they reach
 files, other tables, server settings or state, block the store, or do work the
@@ -191,6 +195,7 @@ class SqlGuard:
         self._ci_functions: dict[str, _Function] = {}
         self._combinators: tuple[str, ...] = ()
         self._database = "default"
+        self._columns: frozenset[str] = frozenset()
 
     @classmethod
     def for_store(cls, store: Any, *, limits: QuerySettings | None = None) -> SqlGuard:
@@ -215,7 +220,9 @@ class SqlGuard:
             "SELECT currentDatabase() AS db, (SELECT groupArray(tuple(name, is_aggregate, "
             "case_insensitive, alias_to, categories, toString(origin))) FROM system.functions) "
             "AS functions, (SELECT groupArray(name) FROM system.aggregate_function_combinators) "
-            "AS combinators", {})[0]
+            "AS combinators, (SELECT groupUniqArray(name) FROM system.columns WHERE "
+            "database = currentDatabase() AND has({tables:Array(String)}, table)) AS columns",
+            {"tables": list(self.tables)})[0]
         raw = {r[0]: r for r in row["functions"]}
         folded = {name.lower(): r for name, r in raw.items()}
         functions: dict[str, _Function] = {}
@@ -234,6 +241,7 @@ class SqlGuard:
         self._ci_functions = ci
         self._combinators = tuple(sorted(row["combinators"], key=len, reverse=True))
         self._database = row["db"]
+        self._columns = frozenset(row["columns"])
 
     def _function(self, name: str) -> _Function | None:
         catalogue = self._catalogue()
@@ -337,6 +345,8 @@ class SqlGuard:
             raise QueryRefused("query parameters of type Identifier are not allowed")
         elif kind == "Function":
             self._check_function(node, ctes, tables)
+        elif kind == "Identifier":
+            self._check_bare_name(node)
         for key, value in node.items():
             if key != "type":
                 self._walk(value, ctes, tables)
@@ -359,6 +369,21 @@ class SqlGuard:
             if len(children) == 2 and isinstance(children[1], dict) \
                     and children[1].get("type") == "Identifier":
                 tables.add(self._table(children[1], ctes))
+
+    def _check_bare_name(self, node: dict[str, Any]) -> None:
+        """A name without parentheses that the engine calls as a function (``currentUser``,
+        ``DATABASE``): refused like the call when it is denied, unless it is a column of
+        the llmpulse tables (``user`` is one, so ``SELECT user`` with no table still
+        names the server's user)."""
+        parts = node.get("name_parts") or [node.get("name", "")]
+        if len(parts) != 1:
+            return
+        name = str(parts[0])
+        if name in self._columns or not _NAME.match(name):
+            return
+        fn = self._function(name)
+        if fn is not None and fn.denied:
+            raise QueryRefused(f"{name} is not allowed: {fn.denied}")
 
     def _table(self, node: dict[str, Any], ctes: set[str]) -> str:
         parts = node.get("name_parts") or [node.get("name", "")]

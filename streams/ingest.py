@@ -180,6 +180,9 @@ def split_batch(
                 if policy is not None:
                     policy.apply(ev)
                     passthrough = False
+                # encoded here, where a failure is this event's: orjson reads 1024 levels
+                # of nesting but writes about 254, and a raise past the try held the batch
+                line = raw if passthrough else dumps(ev)
             except EventError as exc:
                 dead.append(DeadLetter(raw if redact is None else redacted_payload(raw, redact),
                                        str(exc), msg.topic, msg.partition, msg.offset))
@@ -197,7 +200,7 @@ def split_batch(
                 min_ts = ts
             if keep_events:
                 kept.append(ev)
-            lines.append(raw if passthrough else dumps(ev))
+            lines.append(line)
             sources.append(msg)
     out.count = len(lines)
     out.min_ts_ms = min_ts

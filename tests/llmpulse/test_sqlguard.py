@@ -173,6 +173,13 @@ def test_every_table_function_is_refused(guard: SqlGuard, fn: str) -> None:
     ("SELECT editDistance(repeat('a', 65536), repeat('b', 65536))", "editDistance"),
     ("SELECT levenshteinDistance(app, model) FROM signals", "levenshteinDistance"),
     ("SELECT jaroWinklerSimilarity('a', 'b')", "jaroWinklerSimilarity"),
+    ("SELECT inIgnoreSet(toUInt8(1), system.time_zones) AS a", "inIgnoreSet"),
+    # a denied function called without parentheses
+    ("SELECT currentUser AS x", "currentUser is not allowed"),
+    ("SELECT CURRENT_USER AS x", "CURRENT_USER is not allowed"),
+    ("SELECT DATABASE AS x FROM signals", "DATABASE is not allowed"),
+    ("SELECT currentRequestURL AS x", "currentRequestURL is not allowed"),
+    ("SELECT globalNotNullInIgnoreSet(1, system.users) AS a", "globalNotNullInIgnoreSet"),
 ])
 def test_functions_reaching_outside_are_refused(guard: SqlGuard, sql: str,
                                                 fragment: str) -> None:
@@ -532,3 +539,8 @@ def test_a_result_past_the_byte_limit_is_refused_before_it_is_parsed(limited: An
         view.query("SELECT arrayWithConstant(3000000, 0::UInt8) AS a", readonly=True)
     assert (info.value.status, info.value.key) == (413, "query.max_result_bytes")
     assert view.query("SELECT 1 AS ok", readonly=True) == [{"ok": 1}]
+
+
+def test_a_column_named_like_a_denied_function_is_still_a_column(guard: SqlGuard) -> None:
+    rows = guard.run("SELECT user, version FROM inference_events, deployments LIMIT 1")
+    assert [sorted(r) for r in rows] == [["user", "version"]]

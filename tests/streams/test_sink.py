@@ -103,6 +103,14 @@ HOSTILE_INFERENCES = [
     ({"span_id": "not-hex" * 1000}, "span_id"),
     ({"parent_span_id": "ABCDEF0123456789"}, "parent_span_id"),
     ({"token_logprobs": [-0.5, -1e300]}, "token_logprobs"),
+    # a field in another letter case: the store matched it to the column, unchecked
+    # (and unredacted)
+    ({"PROMPT": "mail jane@example.com"}, "PROMPT"), ({"TTFT_MS": -5}, "TTFT_MS"),
+    ({"Prompt_Version": "v\x00"}, "Prompt_Version"),
+    # tags and segments are dimensions too
+    ({"prompt_version": "v1\n"}, "prompt_version"), ({"experiment": "\u200b"}, "experiment"),
+    ({"segment": {"lang\n": "de"}}, "segment.'lang\\n'"),
+    ({"segment": {"lang": "de\x00"}}, "segment.lang"),
 ]
 
 
@@ -114,6 +122,26 @@ def test_hostile_fields_are_dead_letters_and_the_rest_of_the_batch_is_stored(
     b = split_batch([Message(env, "llmpulse.inference", 0, 7)], kind="inference")
     assert [orjson.loads(line)["event_id"] for line in b.lines] == ["ok1", "ok2"]
     assert [d.reason.split(":")[0] for d in b.dead] == [field]
+
+
+def test_an_event_nested_deeper_than_the_encoder_writes_is_a_dead_letter() -> None:
+    deep = b"[" * 600 + b"]" * 600
+    bad = orjson.dumps(_good(event_id="deep", input_tokens=12.0))[:-1] + b',"extra":' + deep + b"}"
+    env = b"\n".join([orjson.dumps(_good(event_id="ok1")), bad])
+    b = split_batch([Message(env, "llmpulse.inference", 0, 7)], kind="inference")
+    assert b.count == 1 and len(b.dead) == 1 and "Recursion" in b.dead[0].reason
+
+
+def test_the_field_lists_are_the_store_columns(store) -> None:
+    """The case check needs every column: one left out could still be set as 'COLUMN'."""
+    from llmpulse.events import FEEDBACK_FIELDS, INFERENCE_FIELDS
+
+    for table, fields in (("inference_events", INFERENCE_FIELDS),
+                          ("feedback_events", FEEDBACK_FIELDS)):
+        columns = {r["name"] for r in store.query(
+            "SELECT name FROM system.columns WHERE database = currentDatabase() "
+            "AND table = {t:String}", {"t": table})}
+        assert columns and columns | {"schema"} == fields, table
 
 
 @pytest.mark.parametrize("source", [["user"], {}, 1])
