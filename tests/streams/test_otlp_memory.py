@@ -4,6 +4,7 @@ and what it drops is counted in the receiver's stats."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -17,8 +18,7 @@ def _retrieval_request(trace: int, passage: str) -> bytes:
     rs.resource.attributes.add(key="service.name").value.string_value = "rag"
     span = rs.scope_spans.add().spans.add(
         trace_id=trace.to_bytes(16, "big"), span_id=b"\1" * 8, name="retrieve",
-        start_time_unix_nano=1_700_000_000_000_000_000,
-        end_time_unix_nano=1_700_000_000_100_000_000)
+        start_time_unix_nano=time.time_ns() - 100_000_000, end_time_unix_nano=time.time_ns())
     for i in range(3):
         span.attributes.add(key=f"retrieval.documents.{i}.document.content").value.string_value \
             = passage
