@@ -645,10 +645,9 @@ def _span_error(span: Span) -> str | None:
     return None
 
 
-def _span_time_error(span: Span, now_ms: int | None, limits: Limits) -> str | None:
+def _span_time_error(span: Span, now: int, limits: Limits) -> str | None:
     """Every span's time within the bounds of an event's (non-model spans too: they feed
     the agent step signals, and a row the store cannot take was lost unseen)."""
-    now = int(time.time() * 1000) if now_ms is None else now_ms
     end_ms = span.end_time_unix_nano // 1_000_000
     if end_ms < now - limits.max_past_s * 1000:
         return f"span: ends more than {limits.max_past_s / 86400:g} days in the past"
@@ -672,6 +671,8 @@ def map_request(req: ExportTraceServiceRequest, *, now_ms: int | None = None,
     """
     out = MappedRequest()
     docs = out.documents
+    if now_ms is None:  # one clock reading for the request, not one per span
+        now_ms = int(time.time() * 1000)
     # every span's attributes read once; the documents of the request's retrievals
     # first, since a model call may come before its retrieval in the request
     read: list[tuple[str, str, list[tuple[Span, dict[str, Any]]]]] = []
