@@ -136,6 +136,11 @@ class Limits:
     """Longest prompt, response or context passage accepted (UTF-8 bytes)."""
     max_context_passages: int = 256
     max_logprobs: int = 100_000
+    max_records_per_request: int = 20_000
+    """Most spans (or log records) in one OTLP export request; a larger one is refused
+    whole (413) before it is mapped. SDK exporters send 512 at most by default and the
+    Collector's batch processor 8,192 (set its ``send_batch_max_size`` if it may merge
+    more): 140,000 minimal spans in one 8 MB body held the receiver's event loop 2.7 s."""
 
 
 DEFAULT_LIMITS = Limits()

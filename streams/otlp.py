@@ -14,7 +14,8 @@ OTLP/HTTP answers (https://opentelemetry.io/docs/specs/otlp/#otlphttp):
 * 200 with an ``ExportTraceServiceResponse`` in the request's encoding;
   ``partial_success`` carries the number of spans rejected and why;
 * 400 malformed protobuf or JSON, 413 a body over
-  :attr:`ReceiverLimits.max_body_bytes` (after gzip), 415 a content type
+  :attr:`ReceiverLimits.max_body_bytes` (after gzip) or a request of more
+  spans than ``Limits.max_records_per_request`` (20,000), 415 a content type
   other than ``application/x-protobuf`` or ``application/json``; the body is
   a ``google.rpc.Status``;
 * 503 with ``Retry-After`` when the broker does not take the data within
@@ -45,7 +46,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from llmpulse.events import DEFAULT_LIMITS, Limits, split_envelope
 from llmpulse.streams.ingest import DeadLetter
-from llmpulse.streams.otlp_mapping import OtlpDecodeError
+from llmpulse.streams.otlp_mapping import OtlpDecodeError, OtlpTooLarge
 from llmpulse.streams.otlp_pool import MappingPool
 from llmpulse.streams.otlp_prepare import (
     ENVELOPE_MAX_BYTES,
@@ -445,7 +446,8 @@ async def handle_post(view: Any, request: Any, *, limits: ReceiverLimits, refuse
                       take: Callable[[bytes, str], Awaitable[Any]], stats: Any,
                       respond: Callable[[Any, str, Any], Any]) -> Any:
     """One OTLP/HTTP export request (``/v1/traces``, ``/v1/logs``): 415 for another
-    content type, 400 for an unreadable body, 413 over ``limits.max_body_bytes``,
+    content type, 400 for an unreadable body, 413 over ``limits.max_body_bytes`` or
+    with more records than the event limits' ``max_records_per_request``,
     400 for what does not decode, 503 when ``take`` (decode, map, send) is slower
     than ``limits.timeout_s``; else ``respond(view, encoding, take(body, encoding))``."""
     encoding = CONTENT_TYPES.get(request.content_type)
@@ -466,6 +468,9 @@ async def handle_post(view: Any, request: Any, *, limits: ReceiverLimits, refuse
         return _error(view, encoding, 413, reason)
     try:
         mapped = await asyncio.wait_for(take(body, encoding), limits.timeout_s)
+    except OtlpTooLarge as exc:
+        await refuse(b"", str(exc), "413")
+        return _error(view, encoding, 413, str(exc))
     except OtlpDecodeError as exc:
         await refuse(body, str(exc), "400")
         return _error(view, encoding, 400, str(exc))

@@ -12,8 +12,9 @@ Answers (https://opentelemetry.io/docs/specs/otlp/#otlpgrpc), from
 * OK with an ``Export*ServiceResponse``; ``partial_success`` carries the
   number of spans (log records) rejected and why;
 * ``INVALID_ARGUMENT``: not a valid export request (counted, dead-lettered);
-* ``RESOURCE_EXHAUSTED``: a message over :attr:`ReceiverLimits.max_body_bytes`
-  after decompression: refused and counted by the handler up to
+* ``RESOURCE_EXHAUSTED``: a request with more spans (log records) than
+  ``Limits.max_records_per_request`` (counted), or a message over
+  :attr:`ReceiverLimits.max_body_bytes` after decompression: refused and counted by the handler up to
   :data:`OVERSIZE_FACTOR` times the limit, refused by gRPC itself beyond that
   (before it is read; such a call is not counted);
 * ``UNAVAILABLE`` with a ``RetryInfo`` (5 s): the broker did not take the data
@@ -44,7 +45,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from llmpulse.streams.otlp import ReceiverLimits, SpanIngest, dead_letter_refusals, trace_response
 from llmpulse.streams.otlp_logs import ingest_logs, logs_response
-from llmpulse.streams.otlp_mapping import OtlpDecodeError
+from llmpulse.streams.otlp_mapping import OtlpDecodeError, OtlpTooLarge
 
 __all__ = [
     "LOGS_SERVICE",
@@ -100,6 +101,8 @@ def refusal_for(exc: BaseException) -> GrpcRefusal:
     >>> refusal_for(KeyError("trace_id")).code.name, refusal_for(KeyError("x")).dead_letter
     ('INTERNAL', True)
     """
+    if isinstance(exc, OtlpTooLarge):
+        return GrpcRefusal(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)[:1000])
     if isinstance(exc, OtlpDecodeError):
         return GrpcRefusal(grpc.StatusCode.INVALID_ARGUMENT, str(exc)[:1000], dead_letter=True)
     if isinstance(exc, TimeoutError):

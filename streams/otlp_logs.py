@@ -93,9 +93,10 @@ class MappedLogs:
     """Log records that are not feedback (counted, not kept)."""
 
 
-def decode_logs(body: bytes, encoding: str) -> ExportLogsServiceRequest:
+def decode_logs(body: bytes, encoding: str, *, max_records: int | None = None,
+                ) -> ExportLogsServiceRequest:
     """Parse ``body`` (``otlp_proto`` or ``otlp_json``, hex ids); :class:`OtlpDecodeError`
-    when bad.
+    when bad, :class:`OtlpTooLarge` when it holds more than ``max_records`` records.
 
     >>> decode_logs(b'{"resourceLogs": []}', "otlp_json").resource_logs
     []
@@ -105,7 +106,8 @@ def decode_logs(body: bytes, encoding: str) -> ExportLogsServiceRequest:
     ...
     llmpulse.streams.otlp_mapping.OtlpDecodeError: malformed OTLP JSON: resourceLogs[0].scopeLogs[0].logRecords[0].traceId: not hex: 'zz'
     """
-    return decode_request(body, encoding, ExportLogsServiceRequest(), LOGS_PATH)
+    return decode_request(body, encoding, ExportLogsServiceRequest(), LOGS_PATH,
+                          max_records=max_records, what="log records")
 
 
 LOGS_PATH = (("resourceLogs", "resource_logs"), ("scopeLogs", "scope_logs"),
@@ -202,7 +204,8 @@ async def ingest_logs(ingest: SpanIngest, body: bytes, encoding: str, *, feedbac
     dead-letter the rejected records under ``source`` (both transports);
     :class:`OtlpDecodeError` when ``body`` is no export request."""
     regions = ingest.pool.redact_regions
-    mapped = map_logs(decode_logs(body, encoding), limits=ingest.limits,
+    req = decode_logs(body, encoding, max_records=ingest.limits.max_records_per_request)
+    mapped = map_logs(req, limits=ingest.limits,
                       redact=None if regions is None else redactor(regions))
     acks = []
     for key, value, part in envelopes(mapped.feedback, partitions=ingest.partitions):

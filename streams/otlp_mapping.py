@@ -53,6 +53,7 @@ __all__ = [
     "ENCODINGS",
     "MappedRequest",
     "OtlpDecodeError",
+    "OtlpTooLarge",
     "RejectedSpan",
     "decode_traces",
     "map_request",
@@ -85,6 +86,10 @@ spans row's ``attributes`` (they can be large and carry personal data)."""
 
 class OtlpDecodeError(ValueError):
     """The body is not an OTLP ``ExportTraceServiceRequest`` in the given encoding."""
+
+
+class OtlpTooLarge(OtlpDecodeError):
+    """The request holds more records than ``Limits.max_records_per_request`` (HTTP 413)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +127,10 @@ class MappedRequest:
 # -- decoding --------------------------------------------------------------------------------
 
 
-def decode_traces(body: bytes, encoding: str) -> ExportTraceServiceRequest:
-    """Parse ``body`` (``otlp_proto`` or ``otlp_json``); :class:`OtlpDecodeError` when bad.
+def decode_traces(body: bytes, encoding: str, *, max_spans: int | None = None,
+                  ) -> ExportTraceServiceRequest:
+    """Parse ``body`` (``otlp_proto`` or ``otlp_json``); :class:`OtlpDecodeError` when bad,
+    :class:`OtlpTooLarge` when it holds more than ``max_spans`` spans.
 
     >>> decode_traces(b'{"resourceSpans": []}', "otlp_json").resource_spans
     []
@@ -131,9 +138,14 @@ def decode_traces(body: bytes, encoding: str) -> ExportTraceServiceRequest:
     Traceback (most recent call last):
     ...
     llmpulse.streams.otlp_mapping.OtlpDecodeError: malformed protobuf: ...
+    >>> decode_traces(b'{"resourceSpans": [{"scopeSpans": [{"spans": [{}, {}]}]}]}',
+    ...               "otlp_json", max_spans=1)
+    Traceback (most recent call last):
+    ...
+    llmpulse.streams.otlp_mapping.OtlpTooLarge: 2 spans in one request; at most 1 ...
     """
     return decode_request(body, encoding, ExportTraceServiceRequest(), TRACE_PATH,
-                          links="links")
+                          links="links", max_records=max_spans, what="spans")
 
 
 M = TypeVar("M", bound=Message)
@@ -144,15 +156,22 @@ TRACE_PATH = (("resourceSpans", "resource_spans"), ("scopeSpans", "scope_spans")
 
 
 def decode_request(body: bytes, encoding: str, req: M, path: Sequence[tuple[str, str]], *,
-                   links: str | None = None) -> M:
+                   links: str | None = None, max_records: int | None = None,
+                   what: str = "records") -> M:
     """Parse an OTLP export request ``body`` into ``req`` (an empty message of its type):
     protobuf, or OTLP/JSON whose records (found along ``path``, with their ``links``
-    list if given) carry hex trace and span ids; :class:`OtlpDecodeError` when bad."""
+    list if given) carry hex trace and span ids; :class:`OtlpDecodeError` when bad,
+    :class:`OtlpTooLarge` when it holds more than ``max_records`` records (counted
+    before the JSON is converted, the slow part)."""
     if encoding == "otlp_proto":
         try:
             req.ParseFromString(body)
         except (DecodeError, RecursionError, ValueError) as exc:
             raise OtlpDecodeError(f"malformed protobuf: {_first_line(exc)}") from None
+        if max_records is not None:
+            outer, inner, leaf = (snake for _, snake in path)
+            _check_count(sum(len(getattr(s, leaf)) for r in getattr(req, outer)
+                             for s in getattr(r, inner)), max_records, what)
         return req
     if encoding != "otlp_json":
         raise OtlpDecodeError(f"unknown encoding {encoding!r}; known: {', '.join(ENCODINGS)}")
@@ -163,11 +182,22 @@ def decode_request(body: bytes, encoding: str, req: M, path: Sequence[tuple[str,
     if type(doc) is not dict:
         raise OtlpDecodeError(f"malformed JSON: the body must be an object with {path[0][0]}")
     try:
-        _hex_ids_to_base64(doc, path, links)
+        n = _hex_ids_to_base64(doc, path, links)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise OtlpDecodeError(f"malformed OTLP JSON: {_first_line(exc)}") from None
+    if max_records is not None:
+        _check_count(n, max_records, what)
+    try:
         json_format.ParseDict(doc, req, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
         raise OtlpDecodeError(f"malformed OTLP JSON: {_first_line(exc)}") from None
     return req
+
+
+def _check_count(n: int, limit: int, what: str) -> None:
+    if n > limit:
+        raise OtlpTooLarge(f"{n} {what} in one request; at most {limit} are accepted: "
+                           f"export smaller batches")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -179,8 +209,10 @@ _ID_KEYS = (("traceId", "trace_id"), ("spanId", "span_id"), ("parentSpanId", "pa
 
 
 def _hex_ids_to_base64(doc: dict[str, Any], path: Sequence[tuple[str, str]],
-                       links: str | None) -> None:
-    """OTLP/JSON writes trace and span ids as hex; protobuf's JSON mapping wants base64."""
+                       links: str | None) -> int:
+    """OTLP/JSON writes trace and span ids as hex; protobuf's JSON mapping wants base64.
+    Returns the number of records."""
+    count = 0
 
     def fix(obj: Any, where: str) -> None:
         if type(obj) is not dict:
@@ -199,8 +231,10 @@ def _hex_ids_to_base64(doc: dict[str, Any], path: Sequence[tuple[str, str]],
                 obj[key] = base64.b64encode(raw).decode("ascii")
 
     def walk(obj: Any, level: int, where: str) -> None:
+        nonlocal count
         camel, snake = path[level]
         for i, item in enumerate(_list(obj, camel, snake, where)):
+            count += level + 1 == len(path)
             here = f"{where + '.' if where else ''}{camel}[{i}]"
             if level + 1 < len(path):
                 walk(item, level + 1, here)
@@ -211,6 +245,7 @@ def _hex_ids_to_base64(doc: dict[str, Any], path: Sequence[tuple[str, str]],
                     fix(link, f"{here}.{links}[{n}]")
 
     walk(doc, 0, "")
+    return count
 
 
 def _list(obj: Any, camel: str, snake: str, where: str) -> list[Any]:

@@ -151,10 +151,12 @@ def prepare(body: bytes, encoding: str, *, limits: Limits = DEFAULT_LIMITS,
             now_ms: int | None = None,
             redact_regions: tuple[str, ...] | None = None) -> PreparedRequest:
     """Decode, map and encode one export request body; :class:`OtlpDecodeError` when it
-    is no export request in ``encoding``. ``known_documents``: documents retrieved by
+    is no export request in ``encoding`` (:class:`OtlpTooLarge` when it holds more than
+    ``limits.max_records_per_request`` spans). ``known_documents``: documents retrieved by
     earlier requests, by trace id (see :func:`map_request`). ``redact_regions`` (None:
     off): redact personal data, with these phone regions (empty: the defaults)."""
-    mapped = map_request(decode_traces(body, encoding), now_ms=now_ms, limits=limits,
+    req = decode_traces(body, encoding, max_spans=limits.max_records_per_request)
+    mapped = map_request(req, now_ms=now_ms, limits=limits,
                          known_documents=known_documents,
                          redact=None if redact_regions is None else redactor(redact_regions))
     index = with_response_ids(mapped)

@@ -254,18 +254,32 @@ def test_refused_bodies_are_answered_counted_and_dead_lettered(stack: StackProce
     bomb = gzip.compress(b"\0" * (9 * 1024 * 1024))
     status, answer, _ = post(url, bomb, "application/x-protobuf", **{"Content-Encoding": "gzip"})
     assert status == 413, answer
+    # 20,001 empty spans: refused whole before they are mapped, in either encoding
+    many = b'{"resourceSpans": [{"scopeSpans": [{"spans": [' + b",".join(
+        [b"{}"] * 20_001) + b"]}]}]}"
+    status, answer, _ = post(url, many, "application/json")
+    assert status == 413 and b"20001 spans in one request" in answer, answer
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    req = ExportTraceServiceRequest()
+    scope = req.resource_spans.add().scope_spans.add()
+    for _ in range(20_001):
+        scope.spans.add()
+    status, answer, _ = post(url, req.SerializeToString(), "application/x-protobuf")
+    assert status == 413 and "20001 spans" in Status.FromString(answer).message
     status, answer, _ = post(url, b"hello", "text/plain")
     assert status == 415 and b"application/x-protobuf" in answer
     status, _, _ = post(url, b"a=1", "application/x-www-form-urlencoded")
     assert status == 415
     refused = stack.get("/api/stats")["otlp"]["refused"]
-    assert refused["400"] >= 3 and refused["413"] >= 1 and refused["415"] >= 2
+    assert refused["400"] >= 3 and refused["413"] >= 3 and refused["415"] >= 2
     reasons = [r["reason"] for r in wait_rows(
         stack, "SELECT reason FROM deadletter_events FINAL WHERE topic = 'otlp_http' "
-        "AND reason NOT LIKE 'span %'", 6)]
+        "AND reason NOT LIKE 'span %'", 8)]
     assert any(r.startswith("malformed protobuf") for r in reasons)
     assert any(r.startswith("malformed JSON") for r in reasons)
     assert any(r.startswith("body larger than") for r in reasons)
+    assert any(r.startswith("20001 spans in one request") for r in reasons)
     assert any(r.startswith("unsupported content type 'text/plain'") for r in reasons)
     assert stack.get("/health")["status"] == "ok"
     # a browser page of another origin is refused before the receiver

@@ -18,6 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from llmpulse.auth import INGEST, ApiGuard, create_token
 from llmpulse.config import ConfigError, OtlpSettings, load_settings
+from llmpulse.events import Limits
 from llmpulse.streams.otlp import ReceiverLimits, SpanIngest
 from llmpulse.streams.otlp_grpc import OtlpGrpcServer, refusal_for
 from llmpulse.streams.otlp_mapping import OtlpDecodeError
@@ -199,3 +200,24 @@ async def test_oversize_messages_are_refused_and_counted(serve: Any) -> None:
     assert codes == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
     assert ingest.stats.refused == {"RESOURCE_EXHAUSTED": 1}
     assert answer == b"" and ingest.stats.genai_spans == 1  # it keeps serving
+
+
+async def test_a_request_of_too_many_spans_is_refused_before_it_is_mapped(serve: Any) -> None:
+    p = Pipeline()
+    ingest = SpanIngest(p.send, p.write, inference_topic="llmpulse.inference",
+                        deadletter_topic="llmpulse.deadletter",
+                        limits=Limits(max_records_per_request=3))
+    target = await serve(OtlpGrpcServer(ingest, feedback_topic="llmpulse.feedback"))
+    req = ExportTraceServiceRequest.FromString(_chat_request())
+    for i in range(3):
+        req.resource_spans.add().scope_spans.add().spans.add(
+            trace_id=b"\x33" * 16, span_id=bytes([i + 1]) * 8, name="tool")
+    async with grpc.aio.insecure_channel(target) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await ch.unary_unary(TRACES)(req.SerializeToString(), timeout=30)
+        del req.resource_spans[-1]  # three spans: at the limit
+        answer = await ch.unary_unary(TRACES)(req.SerializeToString(), timeout=30)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "4 spans in one request; at most 3" in (err.value.details() or "")
+    assert ingest.stats.refused == {"RESOURCE_EXHAUSTED": 1}
+    assert ingest.stats.spans == 3 and ingest.stats.genai_spans == 1 and answer
