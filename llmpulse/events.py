@@ -327,6 +327,8 @@ def _opt_hex(ev: Mapping[str, Any], name: str, nbytes: int) -> None:
         raise EventError(name, f"must be hex, got {v[:40]!r}") from None
     if len(raw) != nbytes or v != raw.hex():
         raise EventError(name, f"must be {2 * nbytes} lowercase hex digits, got {v[:40]!r}")
+    if not any(raw):  # W3C trace context: all zero is the invalid id, never a real one
+        raise EventError(name, "must not be all zero (OpenTelemetry's invalid id)")
 
 
 def validate_inference(

@@ -102,6 +102,8 @@ HOSTILE_INFERENCES = [
     # span ids are checked without a trace id too
     ({"span_id": "not-hex" * 1000}, "span_id"),
     ({"parent_span_id": "ABCDEF0123456789"}, "parent_span_id"),
+    # OpenTelemetry's invalid ids: feedback naming the zero trace would join them all
+    ({"trace_id": "0" * 32}, "trace_id"), ({"span_id": "0" * 16}, "span_id"),
     ({"token_logprobs": [-0.5, -1e300]}, "token_logprobs"),
     # a field in another letter case: the store matched it to the column, unchecked
     # (and unredacted)
