@@ -54,6 +54,7 @@ from llmpulse.streams.alerting import AlertLinker
 from llmpulse.streams.alerts_agent import AlertAgent, load_rules
 from llmpulse.streams.catch_up import GroupProgress
 from llmpulse.streams.deployments import register_command_deployments, register_retrain_completion
+from llmpulse.streams.gaps import GapCloser, GapProbe, fetched_ends
 from llmpulse.streams.handoff import EngineStateLog
 from llmpulse.streams.ingest import DeadLetter, IngestBatch, Message, split_batch
 from llmpulse.streams.notify import Notifier
@@ -275,6 +276,8 @@ class Pipeline:
     """The alert agent (None without signals)."""
     traces: TraceWindows | None = None
     """Spans put together into traces for the ``agent.*`` signals (None without signals)."""
+    gaps: GapCloser | None = None
+    """Moves the read positions past offsets that hold no record (transaction markers)."""
 
     @property
     def notifier(self) -> Notifier | None:
@@ -292,6 +295,8 @@ class Pipeline:
         if self.alerts is not None:
             steps.append(("the alert agent", self.alerts.close))
         steps.append(("the OTLP mapping processes", lambda: asyncio.to_thread(self.otlp.close)))
+        if self.gaps is not None:
+            steps.append(("the gap probe", self.gaps.probe.close))
         failed: BaseException | None = None
         for what, step in steps:
             try:
@@ -607,6 +612,8 @@ def register_http_api(pipeline: Pipeline, store: Store) -> None:
         except Exception:
             out["assignment"] = []
         out["otlp"] = pipeline.otlp.stats.as_dict()
+        if pipeline.gaps is not None:
+            out.update(pipeline.gaps.as_dict())
         if pipeline.signals is not None:
             out["signals"] = pipeline.signals.stats()
         if pipeline.traces is not None:
@@ -667,6 +674,13 @@ def build_pipeline(
     limits = Limits(max_past_s=settings.ingest.max_past_days * 86400.0)
     sink = store_sink(app, store, settings)
     lag = IngestLag(app, stats)
+    probe = GapProbe(bootstrap, security=settings.kafka_security)
+    ends, starts = fetched_ends(app, IngestLag.TOPICS)
+    gaps = GapCloser(stats.positions, ends, probe, starts=starts)
+
+    @app.timer(1.0)
+    async def close_gaps() -> None:  # a transaction's marker is no backlog
+        await gaps.check()
 
     agents: SignalAgents | None = None
     alert_agent: AlertAgent | None = None
@@ -717,7 +731,7 @@ def build_pipeline(
     attach_otlp_logs(app, otlp, feedback_topic=TOPIC_FEEDBACK)  # feedback as OTLP log records
 
     pipeline = Pipeline(app=app, sink=sink, stats=stats, lag=lag, otlp=otlp, signals=agents,
-                        alerts=alert_agent, traces=traces)
+                        alerts=alert_agent, traces=traces, gaps=gaps)
     register_http_api(pipeline, store)
     if isinstance(audit, AuditLog):
         bind_audit(app, audit)
