@@ -695,7 +695,8 @@ def build_pipeline(
                                                        security=settings.kafka_security),
                               progress=GroupProgress(bootstrap, app.conf.id, TOPIC_INFERENCE,
                                                      settings.ingest.partitions,
-                                                     security=settings.kafka_security))
+                                                     security=settings.kafka_security),
+                              gap_probe=probe)
         alert_agent = AlertAgent(
             app, rules if rules is not None else load_rules(settings.rules), sink,
             state_dir=settings.data_dir / "worker",

@@ -117,6 +117,7 @@ from llmpulse.streams.forward import (
     pack_groups,
     unpack_groups,
 )
+from llmpulse.streams.gaps import Gap, GapProbe
 from llmpulse.streams.handoff import EngineStateLog, GroupStates, PartitionState
 from llmpulse.streams.ingest import IngestBatch
 from llmpulse.streams.rebalance_hold import RebalanceHold
@@ -387,7 +388,8 @@ class SignalAgents:
                  backlog: Callable[[], bool] | None = None,
                  log_id: Callable[[], str | None] | None = None,
                  state_log: EngineStateLog | None = None,
-                 progress: GroupProgress | None = None) -> None:
+                 progress: GroupProgress | None = None,
+                 gap_probe: GapProbe | None = None) -> None:
         from llmpulse.streams.engine_process import EngineProcess, LocalEngine, ShardedEngine
 
         cfg = settings.signals
@@ -484,6 +486,10 @@ class SignalAgents:
         # assignment ends once every partition is forwarded past its end at the
         # assignment (:meth:`_caught_up`), not idle_s after it
         self.progress = progress
+        # reads whether the offsets between a committed offset and the end hold a record
+        # (a transaction's marker does not): None, not read
+        self.gap_probe = gap_probe
+        self._gaps_read: dict[Gap, bool] = {}
         self._catch_up_ends: tuple[int, dict[int, int]] | None = None  # (assignment, ends)
         # (assignment, this worker's llmpulse.grouped ends once the group caught up)
         self._catch_up_grouped: tuple[int, dict[Any, int | None]] | None = None
@@ -763,7 +769,9 @@ class SignalAgents:
             log.debug("signals: the group's progress on %s not read: %s", progress.topic, exc)
             self.counters["catch_up_unanswered"] += 1
             return False
-        waiting = behind(self._catch_up_ends[1], committed)
+        waiting = [p for p in behind(self._catch_up_ends[1], committed)
+                   if not await self._no_record_between(p, committed.get(p),
+                                                        self._catch_up_ends[1][p])]
         if waiting:
             self.rebalance.behind(assignment)
             if self.rebalance.lagging() and self._lag_told != assignment:
@@ -789,6 +797,24 @@ class SignalAgents:
         log.info("signals: %s forwarded to its ends at the assignment: windows stop waiting "
                  "on the rebalance", progress.topic)
         return True
+
+    async def _no_record_between(self, partition: int, committed: int | None,
+                                 end: int) -> bool:
+        """Whether ``llmpulse.inference`` holds no record from ``committed`` up to ``end``:
+        a group committed up to a transaction's marker has forwarded everything
+        (:mod:`llmpulse.streams.gaps`). Each gap is read once; not read: False."""
+        if committed is None or self.gap_probe is None:
+            return False
+        gap = Gap(TOPIC_INFERENCE, partition, committed, end)
+        known = self._gaps_read.get(gap)
+        if known is None:
+            empty = await self.gap_probe.empty(gap)
+            if empty is None:
+                return False
+            if len(self._gaps_read) > 1024:
+                self._gaps_read.clear()
+            known = self._gaps_read[gap] = empty
+        return known
 
     async def _grouped_read_to(self, assignment: int) -> bool:
         """Whether this worker has read its ``llmpulse.grouped`` partitions to their ends

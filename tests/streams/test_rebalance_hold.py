@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from llmpulse.store import Store
+from llmpulse.streams.gaps import Gap
 from llmpulse.streams.rebalance_hold import RebalanceHold
 from llmpulse.streams.signals import REBALANCE_HOLD_MAX_S
 from tests.streams.test_idle_backlog import START_MS, _batch, _event, _forwarding_agents
@@ -165,6 +166,18 @@ class _GroupLog:
         pass
 
 
+class _MarkerProbe:
+    """A gap probe whose log holds a record in every gap but ``empty_gaps``."""
+
+    def __init__(self) -> None:
+        self.empty_gaps: set[Gap] = set()
+        self.asked: list[Gap] = []
+
+    async def empty(self, gap: Gap) -> bool:
+        self.asked.append(gap)
+        return gap in self.empty_gaps
+
+
 def _following(tmp_path: Path, store: Store, now: list[float],
                group: _GroupLog | None) -> tuple[Any, Any, Any, list[Any]]:
     """:func:`_forwarding_agents` whose rebalance hold follows ``group``'s progress
@@ -175,7 +188,8 @@ def _following(tmp_path: Path, store: Store, now: list[float],
     return agents, engine, grouped, closed
 
 
-@pytest.mark.parametrize("moved", ["nothing", "nothing, a backlog here", "one message",
+@pytest.mark.parametrize("moved", ["nothing", "nothing, a backlog here", "nothing, a marker",
+                                   "one message",
                                    "one message, a slow owner", "progress not read"])
 async def test_the_hold_ends_once_the_group_forwarded_what_the_moved_partitions_held(
         tmp_path: Path, moved: str) -> None:
@@ -200,6 +214,8 @@ async def test_the_hold_ends_once_the_group_forwarded_what_the_moved_partitions_
                                                      None if moved == "progress not read" else group)
         if moved == "nothing, a backlog here":
             agents.backlog = lambda: True
+        probe = _MarkerProbe()
+        agents.gap_probe = probe  # type: ignore[assignment]
 
         forward = _forwarder(agents, grouped)
         await forward(0, 3, partition=0, offset=0)
@@ -209,6 +225,11 @@ async def test_the_hold_ends_once_the_group_forwarded_what_the_moved_partitions_
         await agents.partitions_revoked(set())
         if moved.startswith("one message"):
             group.end[1] = 2  # events 5-9 s, produced while the group rebalanced
+        if moved == "nothing, a marker":
+            # a transaction's commit marker past the last event: the committed offset
+            # stays one short of the end, and nothing is left to forward
+            group.end[1] = 2
+            probe.empty_gaps.add(Gap("llmpulse.inference", 1, 1, 2))
         now[0] += 35.0
         await agents.partitions_assigned(set())
         await forward(20, 7, partition=0, offset=1)  # this worker kept partition 0
@@ -241,7 +262,7 @@ async def test_the_hold_ends_once_the_group_forwarded_what_the_moved_partitions_
     if moved == "nothing, a backlog here":  # no window closes on silence, but the hold ends
         assert first == second == []
         assert stats["rebalance_holds_ended_early"] == 1 and not stats["rebalance_holds"]
-    elif moved == "nothing":  # 1 s after the assignment, not idle_s
+    elif moved in ("nothing", "nothing, a marker"):  # 1 s after the assignment, not idle_s
         assert first == second == [(w1, 5)]
         assert stats["rebalance_holds_ended_early"] == 1 and not stats["rebalance_holds"]
         assert [(s.ts, s.n) for s in closed] == [(w1, 5), (w3, 7)]
@@ -253,6 +274,8 @@ async def test_the_hold_ends_once_the_group_forwarded_what_the_moved_partitions_
         assert (stats["rebalance_holds_ended_early"], stats["rebalance_holds_ended_late"]) == (
             (0, 1) if slow else (1, 0))
         assert group.reads == 1  # the ends of one assignment are read once
+        # the log showed the record: asked once for the gap, which stayed a backlog
+        assert probe.asked == [Gap("llmpulse.inference", 1, 1, 2)]
         assert [(s.ts, s.n) for s in closed] == [(w1, 10), (w2, 10), (w3, 10)]
     else:
         assert first == second == []  # idle_s after the assignment
