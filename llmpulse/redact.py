@@ -67,12 +67,17 @@ __all__ = [
     "BUILTIN_RULES",
     "Redactor",
     "find_spans",
+    "redact_short",
     "TextPolicy",
     "iban_valid",
     "luhn_valid",
 ]
 
-TEXT_FIELDS: tuple[str, ...] = ("prompt", "response", "comment")
+TEXT_FIELDS: tuple[str, ...] = ("prompt", "response", "comment", "reference")
+"""Free text: redacted, or left out (``text_meta``) when no text is sent."""
+SHORT_FIELDS: tuple[str, ...] = ("label", "error_type")
+"""Short strings that are kept whatever the text mode (a label, an error's type), but
+redacted: they carry what the app put there (``"SMTPRecipientRefused: jane@..."``)."""
 
 Finder = Callable[[str], list[tuple[int, int]]]
 
@@ -249,6 +254,27 @@ class Redactor:
                 f"disguises={self.disguises!r}, bounded={self.bounded!r})")
 
 
+def redact_short(ev: dict[str, Any], red: Callable[[str], str]) -> None:
+    """Redact a validated event's short strings in place: :data:`SHORT_FIELDS`, the
+    values of ``segment`` and the ``prediction``'s label.
+
+    >>> ev = {"label": "escalate: jane@example.com", "segment": {"customer": "jane@example.com"},
+    ...       "prediction": {"label": "ok", "score": 0.5}}
+    >>> redact_short(ev, Redactor()); ev["label"], ev["segment"]
+    ('escalate: [EMAIL]', {'customer': '[EMAIL]'})
+    """
+    for name in SHORT_FIELDS:
+        v = ev.get(name)
+        if type(v) is str and v:
+            ev[name] = red(v)
+    seg = ev.get("segment")
+    if type(seg) is dict and seg:
+        ev["segment"] = {red(k): red(v) if type(v) is str else v for k, v in seg.items()}
+    pred = ev.get("prediction")
+    if type(pred) is dict and type(pred.get("label")) is str:
+        pred["label"] = red(pred["label"])
+
+
 def _meta(text: str) -> dict[str, Any]:
     return {"chars": len(text), "sha256": hashlib.sha256(text.encode()).hexdigest()}
 
@@ -310,10 +336,11 @@ class TextPolicy:
     def apply(self, ev: dict[str, Any]) -> None:
         """Rewrite the text fields of a validated event in place. The redactor's
         budgets (:func:`~llmpulse.pii.shared_budget`) are shared by all of the
-        event's texts."""
+        event's texts. With a redactor, the short strings (:data:`SHORT_FIELDS`, the
+        segment's values, the prediction's label) are redacted too, in any mode."""
         if self.redactor is not None:
             chars = 0
-            for name in TEXT_FIELDS:
+            for name in TEXT_FIELDS + SHORT_FIELDS:
                 v = ev.get(name)
                 if type(v) is str:
                     chars += len(v)
@@ -325,6 +352,8 @@ class TextPolicy:
                                           "that are redacted per event")
         with shared_budget():
             self._apply(ev)
+            if self.redactor is not None:
+                redact_short(ev, self.redactor)
 
     def _apply(self, ev: dict[str, Any]) -> None:
         if self.keeps_text(ev.get("request_id") or ""):

@@ -34,6 +34,7 @@ from llmpulse.events import (
 )
 from llmpulse.redact import TextPolicy
 from llmpulse.streams.otlp_redact import withheld
+from llmpulse.subject import hash_user
 
 __all__ = ["DeadLetter", "IngestBatch", "Message", "REDACTED_DEAD_LETTER_BYTES", "redacted_payload", "split_batch",
            "VALIDATORS"]
@@ -179,20 +180,25 @@ def split_batch(
                 ev = validate(ev, now_ms=now_ms, limits=limits)
                 if policy is not None:
                     policy.apply(ev)
+                    if type(ev.get("user")) is str and ev["user"]:
+                        ev["user"] = hash_user(ev["user"])  # as the shim's redact=True does
                     passthrough = False
                 # encoded here, where a failure is this event's: orjson reads 1024 levels
                 # of nesting but writes about 254, and a raise past the try held the batch
                 line = raw if passthrough else dumps(ev)
             except EventError as exc:
+                # the reason quotes the value it refused: redacted like the payload
                 dead.append(DeadLetter(raw if redact is None else redacted_payload(raw, redact),
-                                       str(exc), msg.topic, msg.partition, msg.offset))
+                                       str(exc) if redact is None else redact(str(exc)),
+                                       msg.topic, msg.partition, msg.offset))
                 continue
             except Exception as exc:  # a check that broke on an input it did not foresee:
                 # that event goes to the dead letters, never the batch (retried whole,
                 # it held the partition forever)
                 _log_unexpected(msg)
+                reason = f"unexpected {type(exc).__name__} in validation: {exc}"[:500]
                 dead.append(DeadLetter(raw if redact is None else redacted_payload(raw, redact),
-                                       f"unexpected {type(exc).__name__} in validation: {exc}"[:500],
+                                       reason if redact is None else redact(reason),
                                        msg.topic, msg.partition, msg.offset))
                 continue
             ts = ev["ts"]

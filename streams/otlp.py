@@ -37,7 +37,7 @@ import time
 import zlib
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -56,7 +56,7 @@ from llmpulse.streams.otlp_prepare import (
     shim_partition,
     with_response_ids,
 )
-from llmpulse.streams.otlp_redact import withheld
+from llmpulse.streams.otlp_redact import redactor, withheld
 from llmpulse.streams.whole import BatchOutcomes, take_whole
 
 __all__ = [
@@ -342,6 +342,10 @@ class SpanIngest:
     async def dead_letter(self, dead: list[DeadLetter], acks: list[Awaitable[Any]]) -> None:
         if not dead:
             return
+        regions = self.pool.redact_regions
+        if regions is not None:  # a reason may quote the value it refused
+            red = redactor(regions)
+            dead = [replace(d, reason=red(d.reason)) for d in dead]
         for d in dead:
             acks.append(await self.send(self.deadletter_topic, d.payload, None, d.headers(), None))
         await self.write("deadletter_events", [orjson.dumps(d.row()) for d in dead])

@@ -152,7 +152,7 @@ def map_logs(req: ExportLogsServiceRequest, *, now_ms: int | None = None,
              limits: Limits = DEFAULT_LIMITS,
              redact: Callable[[str], str] | None = None) -> MappedLogs:
     """The feedback events of an export request (see the module docstring); with
-    ``redact``, comments are redacted and a refused record is dead-lettered without
+    ``redact``, comments, references and labels are redacted and a refused record is dead-lettered without
     its body and attributes."""
     out = MappedLogs()
     for rl in req.resource_logs:

@@ -485,14 +485,34 @@ def _event_content(span: Span) -> tuple[list[str], list[str]]:
     return prompt, completion
 
 
+_CUT_MARGIN = 256
+"""Characters kept past a row's length limits until it is redacted: what straddles the
+cut is redacted whole, then cut (:func:`cut_row`)."""
+
+
 def _row_attributes(attrs: Mapping[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in attrs.items():
         if k.startswith(_CONTENT_PREFIXES) or len(out) >= _MAX_ROW_ATTRS:
             continue
         text = v if type(v) is str else orjson.dumps(v).decode()
-        out[k[:200]] = text[:_MAX_ROW_VALUE]
+        out[k[:200 + _CUT_MARGIN]] = text[:_MAX_ROW_VALUE + _CUT_MARGIN]
     return out
+
+
+def cut_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A ``spans`` row's name, scope and attributes cut to their lengths (in place), once
+    redacted.
+
+    >>> cut_row({"name": "n" * 900, "scope": "s", "attributes": {"k": "v" * 2000}})["name"][-3:]
+    'nnn'
+    """
+    row["name"] = row["name"][:500]
+    row["scope"] = row["scope"][:200]
+    attrs = row["attributes"]
+    if any(len(k) > 200 or len(v) > _MAX_ROW_VALUE for k, v in attrs.items()):
+        row["attributes"] = {k[:200]: v[:_MAX_ROW_VALUE] for k, v in attrs.items()}
+    return row
 
 
 def _str(v: Any) -> str:
@@ -609,8 +629,9 @@ def map_span(span: Span, app: str, scope: str, context: list[str] | None = None,
     row: dict[str, Any] = {
         "trace_id": trace_id, "span_id": span_id, "parent_span_id": parent,
         "ts": start_ns / 1e9, "end_ts": end_ns / 1e9, "duration_ms": latency_ms,
-        "app": app, "name": span.name[:500], "kind": _KIND_NAMES.get(span.kind, str(span.kind)),
-        "scope": scope[:200], "step": step, "operation": op or "",
+        "app": app, "name": span.name[:500 + _CUT_MARGIN],
+        "kind": _KIND_NAMES.get(span.kind, str(span.kind)),
+        "scope": scope[:200 + _CUT_MARGIN], "step": step, "operation": op or "",
         "provider": provider, "model": resp_model or req_model,
         "tool_name": _str(attrs.get("gen_ai.tool.name")),
         "agent_name": _str(attrs.get("gen_ai.agent.name")),
@@ -737,6 +758,7 @@ def map_request(req: ExportTraceServiceRequest, *, now_ms: int | None = None,
                                ctx[: limits.max_context_passages] if ctx else None, attrs)
             if redact is not None:
                 redact_span(row, ev, redact)
+            cut_row(row)
             if ev is None:
                 out.other += 1
                 out.spans.append(row)

@@ -6,9 +6,14 @@ llmpulse controls. With ``otlp.redact`` on, the same
 :class:`~llmpulse.redact.Redactor` runs over what a span or log record carries
 before anything is produced to Kafka or stored:
 
-* an inference event's ``prompt``, ``response`` and ``context`` passages;
-* a ``spans`` row's ``name`` and every attribute value it keeps;
-* a feedback event's ``comment``;
+* an inference event's ``prompt``, ``response``, ``context`` passages and
+  ``error_type``;
+* a ``spans`` row's ``name``, ``error_type``, tool and agent names, response
+  id, and every attribute it keeps, key and value (long values are redacted
+  whole, then cut to the row's length: a value cut first could leave the
+  start of a card number or an address);
+* a feedback event's ``comment``, ``reference`` and ``label``;
+* the reasons of dead letters, which may quote a refused value;
 * a span or log record refused as a whole is dead-lettered without its
   attributes, events, links and body: its ids, redacted name and times, and the
   reason; a body refused whole (malformed, too large, of another type) is
@@ -36,14 +41,14 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from llmpulse.pii import shared_budget
-from llmpulse.redact import Redactor
+from llmpulse.redact import TEXT_FIELDS, Redactor, redact_short
 
 __all__ = ["Redact", "bare_log_record", "bare_span", "redact_event", "redact_row", "redact_span",
            "redactor", "withheld"]
 
 Redact = Callable[[str], str]
 
-_EVENT_TEXT = ("prompt", "response", "comment")
+_ROW_TEXT = ("name", "error_type", "tool_name", "agent_name", "response_id")
 
 
 @functools.cache
@@ -72,27 +77,32 @@ def redact_event(ev: dict[str, Any], redact: Redact) -> dict[str, Any]:
 
 
 def _redact_event(ev: dict[str, Any], redact: Redact) -> dict[str, Any]:
-    for key in _EVENT_TEXT:
+    for key in TEXT_FIELDS:
         value = ev.get(key)
         if type(value) is str and value:
             ev[key] = redact(value)
     ctx = ev.get("context")
     if type(ctx) is list:
         ev["context"] = [redact(p) if type(p) is str else p for p in ctx]
+    redact_short(ev, redact)
     return ev
 
 
 def redact_row(row: dict[str, Any], redact: Redact) -> dict[str, Any]:
-    """A ``spans`` row with its name and attribute values redacted in place (and returned).
+    """A ``spans`` row with its texts and attributes redacted in place (and returned).
 
-    >>> redact_row({"name": "lookup jane@example.com", "attributes": {"user": "+1 415 555 2671"}},
+    >>> redact_row({"name": "lookup jane@example.com", "tool_name": "mail jane@example.com",
+    ...             "attributes": {"user": "+1 415 555 2671", "to jane@example.com": "x"}},
     ...            redactor(()))
-    {'name': 'lookup [EMAIL]', 'attributes': {'user': '[PHONE]'}}
+    {'name': 'lookup [EMAIL]', 'tool_name': 'mail [EMAIL]', 'attributes': {'user': '[PHONE]', 'to [EMAIL]': 'x'}}
     """
-    row["name"] = redact(row["name"])
+    for key in _ROW_TEXT:
+        value = row.get(key)
+        if type(value) is str and value:
+            row[key] = redact(value)
     attrs = row.get("attributes")
     if attrs:
-        row["attributes"] = {k: redact(v) for k, v in attrs.items()}
+        row["attributes"] = {redact(k): redact(v) for k, v in attrs.items()}
     return row
 
 

@@ -144,3 +144,19 @@ def test_policy_validation():
         TextPolicy(mode="some")
     with pytest.raises(ValueError, match="text_sample_rate"):
         TextPolicy(sample_rate=1.5)
+
+
+def test_no_text_mode_leaves_out_the_reference_and_redacts_the_short_fields() -> None:
+    # the reference answer is free text like the comment: sent as its length and hash in
+    # mode "none"; a label or error type is kept in any mode, and redacted
+    fb = {"request_id": "r1", "comment": "see ref", "label": "escalate jane@example.com",
+          "reference": "Corrected answer for jane@example.com, card 4111 1111 1111 1111"}
+    TextPolicy(mode="none", redactor=Redactor()).apply(fb)
+    assert "reference" not in fb and set(fb["text_meta"]) == {"comment", "reference"}
+    assert fb["label"] == "escalate [EMAIL]"
+    inf = {"request_id": "r2", "error_type": "SMTPRecipientRefused: jane@example.com"}
+    TextPolicy(redactor=Redactor()).apply(inf)
+    assert inf["error_type"] == "SMTPRecipientRefused: [EMAIL]"
+    untouched = {"request_id": "r3", "label": "jane@example.com"}
+    TextPolicy(mode="none").apply(untouched)  # no redactor: short fields are kept as sent
+    assert untouched["label"] == "jane@example.com"

@@ -106,3 +106,35 @@ def test_regions_from_the_file_are_checked_at_start(tmp_path):
     cfg.write_text("ingest:\n  redact: true\n  redact_regions: CH\n")
     with pytest.raises(ConfigError, match="ingest.redact_regions: must be a list"):
         load_settings(env={}, path=cfg)
+
+
+def test_every_field_that_carries_app_text_is_redacted():
+    # found by a red-team pass: the reference answer, labels, error types, segment values
+    # and the user were stored as sent, and copied into signal details from there
+    fb = {"event_id": "f2", "request_id": "r2", "ts": int(time.time() * 1000), "score": 1.0,
+          "label": f"escalate: {EMAIL}", "reference": f"Hi Jane, reach us at {PHONE} or {EMAIL}",
+          "user": EMAIL}
+    inf = _event(5, error_type=f"SMTPRecipientRefused: {EMAIL}", segment={"customer": EMAIL},
+                 prediction={"label": f"refund for {EMAIL}", "score": 0.9}, user=EMAIL)
+    for kind, ev in (("feedback", fb), ("inference", inf)):
+        topic = f"llmpulse.{kind}"
+        plain = split_batch([_msg(orjson.dumps(ev), topic=topic)], kind=kind)
+        assert _holds(plain.lines[0], EMAIL)  # the control
+        batch = split_batch([_msg(orjson.dumps(ev), topic=topic)], kind=kind, redact=REDACT)
+        assert batch.count == 1 and not _holds(batch.lines[0], EMAIL, "7946 0958"), batch.lines
+        stored = orjson.loads(batch.lines[0])
+        assert stored["user"].startswith("u1:")  # the shim's pseudonym: erasable by --user
+    assert orjson.loads(batch.lines[0])["error_type"] == "SMTPRecipientRefused: [EMAIL]"
+
+
+def test_a_dead_letters_reason_does_not_quote_personal_data():
+    bad = [orjson.dumps(_event(6, status=f"error: SMTP refused {EMAIL}")),
+           orjson.dumps(_event(7, ts=f"{EMAIL} called {PHONE}")),
+           orjson.dumps(_event(8, segment={EMAIL: 1}))]
+    plain = split_batch([_msg(*bad)], kind="inference")
+    assert all(_holds(d.reason, EMAIL) for d in plain.dead)  # the control
+    batch = split_batch([_msg(*bad)], kind="inference", redact=REDACT)
+    # "segment.jane.doe@example.com" reads as one address
+    assert [d.reason.split(":")[0] for d in batch.dead] == ["status", "ts", "[EMAIL]"]
+    for d in batch.dead:
+        assert not _holds(d.reason, EMAIL, "7946 0958") and not _holds(d.row(), EMAIL)

@@ -197,3 +197,77 @@ def test_a_body_refused_whole_leaves_only_its_size_and_digest() -> None:
         assert (EMAIL.encode() in stored) is leaks
         if not leaks:
             assert f"{len(body)} bytes, sha256".encode() in stored
+
+
+def test_span_fields_beside_the_attributes_and_cut_values_are_redacted() -> None:
+    # a red-team pass found these stored as sent: error types (also copied into the
+    # errors.rate detail), tool and agent names (signal dimensions), response ids and
+    # attribute keys; and values cut to the row's length before redaction, which left
+    # "card 4111 1111 1111 11" and "jane.doe@exampl"
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.attributes.add(key="service.name").value.string_value = "support"
+    start = 1_700_000_000_000_000_000
+    spans = rs.scope_spans.add().spans
+    chat = spans.add(trace_id=bytes(range(1, 17)), span_id=b"\x00" * 7 + b"\x01",
+                     start_time_unix_nano=start, end_time_unix_nano=start + 10**8,
+                     name="lookup " + "y" * 477 + " " + EMAIL)
+    a = chat.attributes
+    a.add(key="gen_ai.operation.name").value.string_value = "chat"
+    a.add(key="error.type").value.string_value = f"SMTPRecipientRefused: {EMAIL}"
+    a.add(key="gen_ai.response.id").value.string_value = f"resp {EMAIL}"
+    a.add(key="input.value").value.string_value = "x" * 1000 + f" card {CARD} ok"
+    a.add(key=f"user {EMAIL}").value.string_value = "1"
+    tool = spans.add(trace_id=bytes(range(1, 17)), span_id=b"\x00" * 7 + b"\x02",
+                     start_time_unix_nano=start, end_time_unix_nano=start + 10**8, name="tool")
+    tool.attributes.add(key="gen_ai.operation.name").value.string_value = "execute_tool"
+    tool.attributes.add(key="gen_ai.tool.name").value.string_value = f"send mail to {EMAIL}"
+    body = req.SerializeToString()
+    plain = _texts(prepare(body, "otlp_proto", now_ms=NOW_MS))
+    assert EMAIL in plain and "4111 1111 1111 11" in plain  # the control
+    p = prepare(body, "otlp_proto", now_ms=NOW_MS, redact_regions=())
+    out = _texts(p)
+    assert not any(s in out for s in (*SECRETS, "jane.doe@exampl", "1111 11")), out
+    rows = {r["span_id"][-1]: r for _, v, _ in p.rows for r in map(orjson.loads, v.split(b"\n"))}
+    assert rows["1"]["error_type"] == "SMTPRecipientRefused: [EMAIL]"
+    assert rows["2"]["tool_name"] == "send mail to [EMAIL]"
+    assert rows["1"]["name"].endswith(" [EMAIL]")
+    assert rows["1"]["attributes"]["input.value"].endswith("x card [CARD] ok")
+    ev = orjson.loads(p.inference[0][1])
+    assert ev["error_type"] == "SMTPRecipientRefused: [EMAIL]"
+
+
+def test_feedback_references_and_labels_and_dead_letter_reasons() -> None:
+    req = ExportLogsServiceRequest.FromString(_logs("fine"))
+    a = req.resource_logs[0].scope_logs[0].log_records[0].attributes
+    a.add(key="llmpulse.feedback.reference").value.string_value = f"Answer for {EMAIL}, {CARD}"
+    a.add(key="llmpulse.feedback.label").value.string_value = f"escalate {EMAIL}"
+    mapped = map_logs(req, now_ms=NOW_MS, redact=redactor(()))
+    (fb,) = mapped.feedback
+    assert fb["reference"] == "Answer for [EMAIL], [CARD]" and fb["label"] == "escalate [EMAIL]"
+    # a reason quoting the refused value is redacted before it is dead-lettered
+    from llmpulse.streams.ingest import DeadLetter
+    from llmpulse.streams.otlp import SpanIngest
+
+    stored: list[bytes] = []
+
+    async def send(*_: object) -> asyncio.Future[None]:
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+    async def write(table: str, lines: list[bytes]) -> list[tuple[int, str]]:
+        stored.extend(lines)
+        return []
+
+    async def run(regions: tuple[str, ...] | None) -> None:
+        ingest = SpanIngest(send, write, inference_topic="i", deadletter_topic="d",
+                            pool=MappingPool(processes=0, redact_regions=regions))
+        acks: list[object] = []
+        await ingest.dead_letter([DeadLetter(b"", f"source: got {EMAIL!r}", "otlp_http", 0, 1)],
+                                 acks)  # type: ignore[arg-type]
+
+    asyncio.run(run(None))
+    assert EMAIL in stored[-1].decode()  # the control
+    asyncio.run(run(()))
+    assert EMAIL not in stored[-1].decode() and "[EMAIL]" in stored[-1].decode()
