@@ -208,6 +208,8 @@ class RetrainService:
             self.busy = True
             try:
                 out = await self._handle(dict(request))
+            except Exception as exc:  # before its own handler (the store, the registry)
+                out = await self._unhandled(dict(request), exc)
             finally:
                 self.busy = False
         self.counters[out.stage] = self.counters.get(out.stage, 0) + 1
@@ -220,6 +222,22 @@ class RetrainService:
                 log.exception("retrain completion callback failed")
         return out
 
+    async def _unhandled(self, req: dict[str, Any], exc: Exception) -> RetrainOutcome:
+        """A request that failed outside the loop's own handling: a ``failed`` row when
+        the store takes it, logged either way (a task's exception went unseen)."""
+        out = RetrainOutcome(req, "failed")
+        out.reason = f"{type(exc).__name__}: {exc}"[:500]
+        log.error("retrain %s of %s failed: %s", req.get("request_id") or "-",
+                  req.get("model"), out.reason)
+        model = str(req.get("model") or "-")[:128]
+        try:
+            await self._record(out, [self._row(model, "", "", str(req.get("alert_id") or "manual"),
+                                               "failed", {"reason": out.reason})])
+        except Exception as again:
+            log.error("retrain %s: its failed row was not stored either: %s",
+                      req.get("request_id") or "-", again)
+        return out
+
     async def _handle(self, req: dict[str, Any]) -> RetrainOutcome:
         t0 = self.clock()
         out = RetrainOutcome(req, "failed")
@@ -229,7 +247,10 @@ class RetrainService:
         if prior is not None:
             out.stage, out.reason = "duplicate", f"request already handled: {prior}"
             return out
-        current = await asyncio.to_thread(self.registry.current, model) if model else None
+        try:
+            current = await asyncio.to_thread(self.registry.current, model) if model else None
+        except RegistryError:  # a name the registry refuses ("openai/gpt-4o", "llama3:8b")
+            current = None
         cur_v = current.version if current is not None else ""
         if model not in self.settings.models:
             out.stage = "skipped"

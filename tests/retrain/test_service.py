@@ -283,6 +283,12 @@ def test_untrainable_model_and_empty_window_are_skipped(store: Store, tmp_path: 
     assert empty.stage == "skipped" and empty.reason.startswith("0 labelled intent-router examples")
     assert [r["stage"] for r in rows_of(store, "req-empty")] == ["skipped"]
     assert svc.registry.current(MODEL) is None  # nothing bootstrapped for nothing to train on
+    # names the registry refuses are vendor models too: skipped with a row (the task
+    # raised RegistryError before, leaving no row and the alert's retrain pending)
+    for tag, name in (("slash", "openai/gpt-4o-mini"), ("colon", "llama3:8b")):
+        out = asyncio.run(svc.handle(request(tag=tag, model=name)))
+        assert out.stage == "skipped" and "not trainable" in out.reason
+        assert [r["stage"] for r in rows_of(store, f"req-{tag}")] == ["skipped"]
 
 
 def test_live_metrics_from_raw_events(store: Store) -> None:
@@ -402,3 +408,17 @@ def _tiny_artifact(tmp: Path) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_bytes(b"not used")
     return p
+
+
+def test_a_request_that_fails_before_the_loop_is_a_failed_outcome_not_a_lost_task(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # the store closed under the service: the duplicate check raised out of handle(),
+    # and the agent's background task died with "exception was never retrieved"
+    closed = Store.open(f"chdb://{tmp_path}/store")
+    closed.close()
+    svc = RetrainService(closed, ModelRegistry(tmp_path))
+    with caplog.at_level(logging.ERROR, logger="llmpulse.retrain.service"):
+        out = asyncio.run(svc.handle(request(tag="down")))
+    assert out.stage == "failed" and out.reason
+    assert svc.counters["failed"] == 1 and not svc.busy
+    assert any("failed" in r.getMessage() for r in caplog.records)
