@@ -64,7 +64,7 @@ from llmpulse.retrain.canary import CanaryVerdict, VersionMetrics, judge_canary,
 from llmpulse.retrain.dataset import InsufficientData, build_training_data
 from llmpulse.retrain.reference import REFERENCE_MODEL, train_reference
 from llmpulse.retrain.registry import Deployment, ModelRegistry, ModelVersion, RegistryError
-from llmpulse.retrain.serving_host import ServingHost
+from llmpulse.retrain.serving_host import FOLLOW_S, ServingHost
 from llmpulse.retrain.settings import CanaryPolicy, RetrainSettings
 from llmpulse.retrain.trainer import Dataset, Trainer, load_trainer
 
@@ -505,6 +505,14 @@ def attach_retrain(app: Any, settings: Any, store: Any, sink: Any,
             t = asyncio.ensure_future(serving.start())
             tasks.add(t)
             t.add_done_callback(tasks.discard)
+
+    if rs.serving:
+        @app.timer(FOLLOW_S)
+        async def _follow_registry() -> None:  # deploy / rollback from a shell
+            try:
+                await serving.follow()
+            except Exception:  # a registry file being replaced, read half-way: next time
+                log.exception("the model server could not follow the registry")
 
     async def _stop(*_: Any, **__: Any) -> None:
         for t in list(tasks):
