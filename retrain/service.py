@@ -52,6 +52,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -141,6 +142,10 @@ class RetrainService:
         self.latency_probe = latency_probe
         self.loader = loader
         self.work_dir = Path(work_dir) if work_dir is not None else None
+        self.instance = f"{socket.gethostname()}:{Path(registry.root).resolve()}"
+        """Which service wrote a row (``metrics.service``): the host and the registry it
+        keeps. After a crash it ends only its own interrupted retrains (:meth:`recover`);
+        another worker's that run on are not its to end."""
         self.outcomes: list[RetrainOutcome] = []
         self.counters: dict[str, int] = {s: 0 for s in FINAL_STAGES}
         self.busy = False
@@ -165,6 +170,7 @@ class RetrainService:
         for row in rows:
             m = json.loads(row["metrics"]) if isinstance(row["metrics"], str) else dict(row["metrics"])
             m.setdefault("request_id", rid)
+            m.setdefault("service", self.instance)
             stamped.append({**row, "metrics": json.dumps(m, sort_keys=True, default=str)})
         out.rows.extend(stamped)
         for row in stamped:
@@ -221,6 +227,58 @@ class RetrainService:
             except Exception:
                 log.exception("retrain completion callback failed")
         return out
+
+    async def recover(self, *, within_s: float = 7 * 86400.0) -> list[RetrainOutcome]:
+        """End the retrains a crash interrupted (run once at start, before any request).
+
+        A request is acknowledged once its task starts, so a kill during a retrain
+        left its last row ``training`` or ``canary`` for good: no final row ended the
+        alert agent's pending retrain (for ``pending_ttl_s``), and the registry kept the
+        version at stage ``canary``. Each such request of the last ``within_s`` gets a
+        final row now: a canary still marked in the registry is aborted (``rolled_back``,
+        the current version serves on), anything else is ``failed``; both say why. A
+        canary started by hand (no request id) is left alone."""
+        async with self._lock:
+            try:
+                rows = await asyncio.to_thread(
+                    self.store.query,
+                    "SELECT rid, argMax(stage, ts) AS last, argMax(model, ts) AS model, "
+                    "argMax(version, ts) AS version, argMax(trigger, ts) AS trigger FROM ("
+                    "SELECT JSONExtractString(metrics, 'request_id') AS rid, stage, model, "
+                    "version, trigger, ts FROM deployments FINAL "
+                    "WHERE ts > now64(3) - toIntervalSecond({w:UInt32}) "
+                    "AND JSONExtractString(metrics, 'service') = {i:String}) WHERE rid != '' "
+                    "GROUP BY rid HAVING countIf(stage IN {s:Array(String)}) = 0",
+                    {"w": int(within_s), "s": list(FINAL_STAGES), "i": self.instance})
+            except Exception as exc:
+                log.warning("interrupted retrains not looked for: %s", exc)
+                return []
+            outs = []
+            for r in rows:
+                out = RetrainOutcome({"request_id": r["rid"], "model": r["model"]}, "failed",
+                                     version=str(r["version"]))
+                why = (f"interrupted: the retrain service stopped during stage {r['last']} "
+                       f"and did not run it again; ask again if still needed")
+                try:
+                    canary = await asyncio.to_thread(self.registry.canary, r["model"])
+                    if r["last"] == "canary" and canary is not None \
+                            and canary.version == r["version"]:
+                        d = await asyncio.to_thread(
+                            self.registry.abort_canary, r["model"], canary.version,
+                            trigger=r["trigger"], metrics={"reason": why})
+                        out.stage, out.reason = "rolled_back", why
+                        await self._record(out, [d.row()])
+                    else:
+                        out.reason = why
+                        await self._record(out, [self._row(r["model"], r["version"], "",
+                                                           r["trigger"], "failed",
+                                                           {"reason": why})])
+                except Exception as exc:
+                    log.error("retrain %s: interrupted, and not ended: %s", r["rid"], exc)
+                    continue
+                log.warning("retrain %s of %s: %s (%s)", r["rid"], r["model"], why, out.stage)
+                outs.append(out)
+            return outs
 
     async def _unhandled(self, req: dict[str, Any], exc: Exception) -> RetrainOutcome:
         """A request that failed outside the loop's own handling: a ``failed`` row when
@@ -501,6 +559,8 @@ def attach_retrain(app: Any, settings: Any, store: Any, sink: Any,
 
     @app.task
     async def _start_serving() -> None:
+        if rs.enabled:  # before serving starts, so it loads what the registry says after
+            await service.recover()
         if rs.serving:
             t = asyncio.ensure_future(serving.start())
             tasks.add(t)
