@@ -62,14 +62,23 @@ def release(
         data_window=eval_set.window,
         trigger=trigger,
     )
-    report = evaluate(
-        candidate,
-        eval_set,
-        current_path=current.artifact if current is not None else None,
-        config=config,
-        latency_probe=latency_probe,
-        loader=loader,
-    )
+    try:
+        report = evaluate(
+            candidate,
+            eval_set,
+            current_path=current.artifact if current is not None else None,
+            config=config,
+            latency_probe=latency_probe,
+            loader=loader,
+        )
+    except Exception as exc:
+        # a candidate the gates could not judge is refused: left a candidate, it could
+        # be deployed by hand without a gate having passed
+        registry.reject(model, mv.version, [{"gate": "evaluate", "passed": False,
+                                             "reason": f"the gates failed to run: "
+                                                       f"{type(exc).__name__}: {exc}"[:500]}],
+                        trigger=trigger)
+        raise
     metrics = {**candidate.metrics, **report.metrics}
     outcome = ReleaseOutcome(mv, report)
     if not report.passed:

@@ -15,7 +15,7 @@ from llmpulse.retrain.gates import (
     onnx_checker_gate,
     parity_gate,
 )
-from llmpulse.retrain.registry import ModelRegistry, sha256_file
+from llmpulse.retrain.registry import ModelRegistry, RegistryError, sha256_file
 from llmpulse.retrain.release import release
 from llmpulse.retrain.serving import LoadedModel
 from llmpulse.retrain.trainer import Artifact, Dataset
@@ -75,6 +75,26 @@ def test_release_rejects_a_worse_model_and_keeps_serving_the_current(
     assert all({"gate", "measured", "limit", "reason"} <= set(r) for r in bad.version.reasons)
     assert reg.current("router").version == "1"  # type: ignore[union-attr]
     assert bad.rows()[0]["stage"] == "rejected"
+
+
+def test_a_candidate_the_gates_could_not_judge_is_rejected_not_left_deployable(
+    artifact: Artifact, bad_artifact: Artifact, gate_set: Dataset, tmp_path: Path,
+    loader: Any,
+) -> None:
+    reg = ModelRegistry(tmp_path)
+    release(reg, "router", artifact, gate_set, latency_probe=_fixed_latency(10.0, 10.0),
+            loader=loader)
+
+    def broken_probe(candidate: Any, current: Any | None) -> tuple[float, float | None]:
+        raise RuntimeError("probe crashed")
+
+    with pytest.raises(RuntimeError, match="probe crashed"):
+        release(reg, "router", bad_artifact, gate_set, latency_probe=broken_probe, loader=loader)
+    v2 = reg.get("router", "2")
+    assert v2.stage == "rejected" and "the gates failed to run" in v2.reasons[0]["reason"]
+    with pytest.raises(RegistryError, match="rejected by a gate"):
+        reg.deploy("router", "2")  # by hand, as `llmpulse deploy router 2` would
+    assert reg.current("router").version == "1"  # type: ignore[union-attr]
 
 
 def test_slower_candidate_fails_latency_gate(
