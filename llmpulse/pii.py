@@ -10,21 +10,23 @@ Every finder returns the spans ``(start, end)`` of the values it found; the
   possible for that country, so a freshly allocated range is not missed
   because the metadata is older than the number. What libphonenumber accepts
   is then refused when it is an IP address, a calendar date, a decimal, a
-  version, part of an identifier (``INV-2024-000123``, ``#5512``), a bare
+  version, part of an identifier (``INV-2024-000123``, ``#5512``; a number
+  written with ``+`` and groups is neither: ``1042,+44 20 7946 0958,42``), a bare
   fixed-line digit run without trunk prefix, or a bare run with a GS1
   product-code check digit;
 * e-mail addresses: every ``@`` is grown to the longest address-shaped string
   around it and checked by ``email-validator`` (RFC 5321/5322/6531 syntax,
   IDNA domains); inside a link (``…/reset?email=jane@…``) the part after the
   link's last ``/ ? = &`` is tried first;
-* payment cards: a digit run of 12 to 19 digits (single spaces or hyphens
-  between digits allowed, or groups with one wider separator throughout: two
-  or three spaces, a tab, a hyphen with a space beside it) that passes the
-  Luhn check and starts with an issuer prefix that the card networks use for
-  that length;
+* payment cards: a digit run of 12 to 19 digits, of any script (single spaces
+  or dashes between digits allowed, or groups with wider separators: two or
+  three spaces, a tab, a dash with a space beside it), or else the longest run
+  of its whole groups (a card written with its expiry date or security code),
+  that passes the Luhn check and starts with an issuer prefix that the card
+  networks use for that length;
 * IBANs: a country code of the ISO 13616 registry, two check digits and
-  exactly that country's length (grouped by spaces or hyphens), passing the
-  mod-97 check.
+  exactly that country's length (grouped by spaces or dashes, or followed by a
+  glued-on BIC), passing the mod-97 check.
 
 :func:`plain_view` undoes the disguises data travels in (percent-escapes, HTML
 character references, ``\\u`` escapes, full-width forms, invisible
@@ -103,14 +105,19 @@ def require_extra(module: str) -> ModuleType:
         ) from e
 
 
+def _ascii_digits(group: str) -> str:
+    """Digits of any script (Arabic-Indic, Devanagari, full-width …) as ASCII ones."""
+    return group if group.isascii() else "".join(str(unicodedata.decimal(c)) for c in group)
+
+
 def luhn_valid(digits: str) -> bool:
     """The Luhn checksum that every payment card number satisfies.
 
-    >>> luhn_valid("4111111111111111"), luhn_valid("4111111111111112")
-    (True, False)
+    >>> luhn_valid("4111111111111111"), luhn_valid("4111111111111112"), luhn_valid("٤١١١١١١١١١١١١١١١")
+    (True, False, True)
     """
     total = 0
-    for i, ch in enumerate(reversed(digits)):
+    for i, ch in enumerate(reversed(_ascii_digits(digits))):
         d = ord(ch) - 48
         if i & 1:
             d *= 2
@@ -148,6 +155,10 @@ _CARD_RANGES: tuple[tuple[int, int, frozenset[int]], ...] = (
 )
 
 
+# each range with the divisor that cuts a card's first four digits to its prefix
+_CARD_PREFIXES = tuple((lo, hi, lengths, 10 ** (4 - len(str(lo)))) for lo, hi, lengths in _CARD_RANGES)
+
+
 def card_issuer_known(digits: str) -> bool:
     """Whether a card network issues numbers with this prefix and length.
 
@@ -155,30 +166,71 @@ def card_issuer_known(digits: str) -> bool:
     (True, False)
     """
     n = len(digits)
-    for lo, hi, lengths in _CARD_RANGES:
-        k = len(str(lo))
-        if n in lengths and lo <= int(digits[:k]) <= hi:
+    if n < 4:
+        return False
+    head = int(_ascii_digits(digits[:4]))
+    for lo, hi, lengths, scale in _CARD_PREFIXES:
+        if n in lengths and lo <= head // scale <= hi:
             return True
     return False
 
+
+# Separators written between the groups of a card or an IBAN: spaces (no-break
+# ones too, as word processors and French typography write them) and dashes
+# (the hyphen and the typographic dashes and minus sign that editors substitute).
+_SPACES = " \u00a0\u202f"
+_DASH_CHARS = "-\u2010\u2011\u2012\u2013\u2014\u2015\u2212"
+_DASHES = re.escape(_DASH_CHARS)
 
 # Candidates only: the decision is Luhn plus the issuer table. A candidate is
 # a whole digit run: not preceded or followed by more digits, directly or
 # across one separator (a 22-digit tracking number holds no card).
 # (The lookbehinds follow the first digit so that the scan tries them at
 # digits only.)
-_CARD_CANDIDATE = re.compile(r"\d(?<![\d-]\d)(?<!\d[ -]\d)(?:[ -]?\d){11,18}(?![\d-])(?![ -]\d)")
+_CARD_CANDIDATE = re.compile(
+    rf"\d(?<![\d{_DASHES}]\d)(?<!\d[{_SPACES}{_DASHES}]\d)(?:[{_SPACES}{_DASHES}]?\d){{11,18}}"
+    rf"(?![\d{_DASHES}])(?![{_SPACES}{_DASHES}]\d)")
 
 
-# Groups of a card written with a wider separator, the same one throughout: two
-# or three spaces (a form or PDF copied), a tab, or a hyphen with a space beside
-# it ("4111 - 1111 - 1111 - 1111"). Dots are not taken ("4111.1111.1111.1111"):
-# every text with a "." would pay for the scan, for a rare way of writing a card.
-# As above, a run that goes on into more digits (across spaces too) holds no card.
+# Groups of a card written with wider separators: two or three spaces (a form or
+# PDF copied, not always the same width twice), a tab, or a dash with a space
+# beside it ("4111 - 1111 - 1111 - 1111"). Dots are not taken
+# ("4111.1111.1111.1111"): every text with a "." would pay for the scan, for a
+# rare way of writing a card. As above, a run that goes on into more digits
+# (across spaces too) holds no card.
+_WIDE = f"[{_SPACES}\\t]"
 _CARD_GROUPED = re.compile(
-    r"\d(?<![\d.-]\d)(?<![\d.-][ \t\u00a0]\d)(?<![\d.-][ \t\u00a0]{2}\d)(?<![\d.-][ \t\u00a0]{3}\d)"
-    r"\d{3}(?P<sep>[ \t\u00a0]{2,3}|\t| - | -|- )\d{3,6}(?:(?P=sep)\d{3,6}){1,3}"
-    r"(?!\d|[-.]\d|[ \t\u00a0]{1,3}[-.]?\d)")
+    rf"\d(?<![\d.{_DASHES}]\d)(?<![\d.{_DASHES}]{_WIDE}\d)(?<![\d.{_DASHES}]{_WIDE}{{2}}\d)"
+    rf"(?<![\d.{_DASHES}]{_WIDE}{{3}}\d)"
+    rf"\d{{3}}(?:(?:{_WIDE}{{1,3}}|{_WIDE}?[{_DASHES}]{_WIDE}?)\d{{3,6}}){{2,4}}"
+    rf"(?!\d|[{_DASHES}.]\d|{_WIDE}{{1,3}}[{_DASHES}.]?\d)")
+
+# Separators outside ASCII: a text without them and without the ASCII ones
+# above ("  ", a tab, a hyphen beside a space) skips that scan.
+_WIDE_NON_ASCII = re.compile("[\u00a0\u202f\u2010-\u2015\u2212]")
+
+
+def _card_in(text: str, start: int, end: int) -> tuple[int, int] | None:
+    """The card number in the digit groups of ``text[start:end]``: all of them or,
+    when they are none, the longest run of whole groups (the earliest of equal
+    length) that is one. A card is often written with its expiry date or security
+    code right after it ("4111 1111 1111 1111 12/25", "… 1111 737"), and a group
+    is never split: a card is not cut out of the middle of a longer number."""
+    digits = [_ascii_digits(g) for g in _GROUPS.findall(text, start, end)]
+    number = "".join(digits)
+    if 12 <= len(number) <= 19 and luhn_valid(number) and card_issuer_known(number):
+        return start, end
+    if len(number) <= 12:  # no shorter run of groups is long enough
+        return None
+    groups = [m.span() for m in _GROUPS.finditer(text, start, end)]
+    upto = list(itertools.accumulate(map(len, digits), initial=0))  # digits before each group
+    for size in range(len(groups) - 1, 0, -1):
+        for i in range(len(groups) - size + 1):
+            if 12 <= upto[i + size] - upto[i] <= 19:
+                number = "".join(digits[i : i + size])
+                if luhn_valid(number) and card_issuer_known(number):
+                    return groups[i][0], groups[i + size - 1][1]
+    return None
 
 
 def find_cards(text: str) -> list[tuple[int, int]]:
@@ -188,18 +240,20 @@ def find_cards(text: str) -> list[tuple[int, int]]:
     [(5, 27), (31, 56)]
     >>> find_cards("table 4111  1111  1111  1112, 1234  5678  9012  3456")
     []
+    >>> t = "card 5555 5555 5555 4444 737, 4111111111111111 12/25"
+    >>> [t[a:b] for a, b in find_cards(t)]
+    ['5555 5555 5555 4444', '4111111111111111']
     """
     out = []
     for m in _CARD_CANDIDATE.finditer(text):
-        digits = m.group().replace(" ", "").replace("-", "")
-        if luhn_valid(digits) and card_issuer_known(digits):
-            out.append(m.span())
-    if "  " in text or "\t" in text or "- " in text or " -" in text:
+        if (span := _card_in(text, *m.span())) is not None:
+            out.append(span)
+    if ("  " in text or "\t" in text or "- " in text or " -" in text
+            or (not text.isascii() and _WIDE_NON_ASCII.search(text) is not None)):
         for m in _CARD_GROUPED.finditer(text):
-            digits = "".join(c for c in m.group() if c.isdigit())
-            if (12 <= len(digits) <= 19 and luhn_valid(digits) and card_issuer_known(digits)
-                    and all(b <= m.start() or a >= m.end() for a, b in out)):
-                out.append(m.span())
+            span = _card_in(text, *m.span())
+            if span is not None and all(b <= span[0] or a >= span[1] for a, b in out):
+                out.append(span)
         out.sort()
     return out
 
@@ -219,6 +273,10 @@ IBAN_LENGTHS: dict[str, int] = {
 """IBAN length per country (ISO 13616 registry)."""
 
 
+_IBAN_SEPARATORS = frozenset(_SPACES + _DASH_CHARS)
+_DROP_SEPARATORS = str.maketrans("", "", _SPACES + _DASH_CHARS)
+
+
 def iban_valid(iban: str) -> bool:
     """ISO 13616 check: a registered country, its length, and mod 97 == 1 after
     moving the first four characters to the end and reading letters as numbers
@@ -226,8 +284,10 @@ def iban_valid(iban: str) -> bool:
 
     >>> iban_valid("GB82WEST12345698765432"), iban_valid("GB83WEST12345698765432")
     (True, False)
+    >>> iban_valid("DE89 3704–0044–0532–0130–00")
+    True
     """
-    s = iban.replace(" ", "").replace("-", "").upper()
+    s = iban.translate(_DROP_SEPARATORS).upper()
     if IBAN_LENGTHS.get(s[:2]) != len(s) or not s[2:4].isdigit() or not s.isalnum() or not s.isascii():
         return False
     rearranged = s[4:] + s[:4]
@@ -239,12 +299,19 @@ def iban_valid(iban: str) -> bool:
 # from the digits so that the scan does not stop at every letter of prose.
 _IBAN_CHECK = re.compile(r"\d\d(?<=(?<![A-Za-z0-9])[A-Za-z]{2}\d\d)")
 
+# A BIC (ISO 9362: bank, country, location, optional branch) written right after
+# an IBAN without a space, as some forms and exports join the two fields.
+_BIC_AFTER = re.compile(r"[A-Za-z]{6}[A-Za-z0-9]{2}(?:[A-Za-z0-9]{3})?(?![A-Za-z0-9])")
+
 
 def find_ibans(text: str) -> list[tuple[int, int]]:
-    """Spans of IBANs, grouped by single spaces or hyphens or not, in either letter case.
+    """Spans of IBANs, grouped by single spaces or dashes or not, in either letter
+    case; one with a BIC glued to its end is found without it.
 
     >>> find_ibans("IBAN: GB82-WEST-1234-5698-7654-32, not GB82-WEST-1234-5698-7654-33")
     [(6, 33)]
+    >>> find_ibans("DE89370400440532013000COBADEFFXXX, DE89370400440532013000COBA")
+    [(0, 22)]
     """
     out: list[tuple[int, int]] = []
     for m in _IBAN_CHECK.finditer(text):
@@ -260,11 +327,12 @@ def find_ibans(text: str) -> list[tuple[int, int]]:
             if ch.isascii() and ch.isalnum():
                 n += 1
                 i += 1
-            elif ch in " -" and i + 1 < len(text) and text[i + 1].isascii() and text[i + 1].isalnum():
+            elif ch in _IBAN_SEPARATORS and i + 1 < len(text) and text[i + 1].isascii() and text[i + 1].isalnum():
                 i += 1
             else:
                 break
-        if n != want or (i < len(text) and text[i].isascii() and text[i].isalnum()):
+        if n != want or (i < len(text) and text[i].isascii() and text[i].isalnum()
+                         and _BIC_AFTER.match(text, i) is None):
             continue
         if iban_valid(text[start:i]):
             out.append((start, i))
@@ -273,16 +341,23 @@ def find_ibans(text: str) -> list[tuple[int, int]]:
 
 # Characters an address may hold around its "@": RFC 5322 atext plus dots and
 # any non-ASCII letter (RFC 6531), and a domain's letters, digits, hyphens and
-# dots (IDNA labels included). The validator decides; this only bounds it.
+# dots (IDNA labels included). Combining marks count too: decomposed text (NFD,
+# as macOS file names and some keyboards write it) spells "é" as "e" and a
+# combining acute accent. The validator decides; this only bounds it.
 _LOCAL_CHARS = frozenset("!#$%&'*+-/=?^_`{|}~.")
+_MARKS = frozenset({"Mn", "Mc", "Me"})
+
+
+def _combining(ch: str) -> bool:
+    return not ch.isascii() and unicodedata.category(ch) in _MARKS
 
 
 def _local_char(ch: str) -> bool:
-    return ch.isalnum() or ch in _LOCAL_CHARS
+    return ch.isalnum() or ch in _LOCAL_CHARS or _combining(ch)
 
 
 def _domain_char(ch: str) -> bool:
-    return ch.isalnum() or ch in "-."
+    return ch.isalnum() or ch in "-." or _combining(ch)
 
 
 _log = logging.getLogger(__name__)
@@ -354,6 +429,8 @@ def find_emails(text: str, budget: int | None = EMAIL_BUDGET) -> list[tuple[int,
     [(5, 21)]
     >>> find_emails("mail müller@bücher.de, not lodash@4.17.21 or @dataclass", budget=1)
     [(5, 21), (27, 41)]
+    >>> find_emails("mail mu\u0308ller@bu\u0308cher.de (decomposed)")
+    [(5, 23)]
     """
     if "@" not in text:
         return []
@@ -369,7 +446,7 @@ def find_emails(text: str, budget: int | None = EMAIL_BUDGET) -> list[tuple[int,
         j = at + 1
         while j < len(text) and _domain_char(text[j]):
             j += 1
-        while i < at and text[i] in ".-":
+        while i < at and (text[i] in ".-" or _combining(text[i])):  # a mark continues what it follows
             i += 1
         while j > at + 1 and text[j - 1] in ".-":
             j -= 1
@@ -507,10 +584,6 @@ def _region_gate(region: str) -> re.Pattern[str] | None:
     return re.compile(f"{idd}(?:{md.country_code})?{prefix}(?:{md.general_desc.national_number_pattern})")
 
 
-def _ascii_digits(group: str) -> str:
-    return group if group.isascii() else "".join(str(unicodedata.decimal(c)) for c in group)
-
-
 def _plausible(run: str, gate: re.Pattern[str]) -> bool:
     """Whether some run of consecutive digit groups could be a number that the
     gate's region accepts."""
@@ -578,29 +651,66 @@ def _is_date(span: str) -> bool:
     return False
 
 
+def _international(groups: list[str]) -> bool:
+    """Whether a span that starts with "+" is written as an international number:
+    a country code and more groups, not a signed amount with thousands grouped by
+    three ("+1 234 567")."""
+    return len(groups) > 1 and any(len(g) != 3 for g in groups[1:])
+
+
+def _country_code_first(groups: list[str]) -> bool:
+    """Whether the one-digit group that leads a dotted number ("1.650.253.0000")
+    is its country calling code: with a "+" in front the digits are a valid number
+    that libphonenumber writes in the same groups, in its international format.
+    A version number has other one-digit groups, or no such reading.
+
+    >>> _country_code_first(["1", "650", "253", "0000"]), _country_code_first(["1", "650", "2530", "000"])
+    (True, False)
+    """
+    if len(groups[0]) != 1 or any(len(g) == 1 for g in groups[1:]):
+        return False
+    pn = require_extra("phonenumbers")
+    digits = [_ascii_digits(g) for g in groups]
+    try:
+        number = pn.parse("+" + "".join(digits), None)
+    except pn.NumberParseException:
+        return False
+    written = pn.format_number(number, pn.PhoneNumberFormat.INTERNATIONAL)
+    return pn.is_valid_number(number) and _GROUPS.findall(written) == digits
+
+
 def _is_glued(text: str, start: int, end: int) -> bool:
     if _in_ip_address(text, start, end):
         return True
     span = text[start:end]
     if _is_date(span.strip()):
         return True
+    groups = _GROUPS.findall(span)
+    # A number in international notation is glued to nothing by a comma or a
+    # slash: a CSV field ("1042,+44 20 7946 0958,42"), alternatives
+    # ("+44 20 7946 0958/0959"). The "+" tells it from a decimal or an identifier.
+    international = span.startswith(("+", "\uff0b")) and _international(groups)
     # A run continued by a dot or comma and digits is a decimal or a list
     # (1714567890.123456); dotted groups with a one-digit group are version
     # numbers (0.1.1000: phone numbers written with dots group two digits or
-    # more), and a single dot between two groups is a decimal (16800.10).
-    if (end + 1 < len(text) and text[end] in ".," and text[end + 1].isdigit()) or (
-        start > 1 and text[start - 1] in ".," and text[start - 2].isdigit()
+    # more, after a one-digit country code at most), and a single dot between
+    # two groups is a decimal (16800.10).
+    if not international and (
+        (end + 1 < len(text) and text[end] in ".," and text[end + 1].isdigit())
+        or (start > 1 and text[start - 1] in ".," and text[start - 2].isdigit())
     ):
         return True
-    groups = _GROUPS.findall(span)
     if "." in span and not span.startswith(("+", "\uff0b")) and (
-        any(len(g) == 1 for g in groups) or (len(groups) == 2 and span.count(".") == 1)
+        (any(len(g) == 1 for g in groups) and not _country_code_first(groups))
+        or (len(groups) == 2 and span.count(".") == 1)
     ):
         return True
     before = text[start - 1] if start > 0 else ""
     after = text[end] if end < len(text) else ""
     if before == "#" or after == "#":  # order #5512 3398 7741, conference 719 448 203#
         return True
+    if international and "/" in (before, after):
+        return False
     if before and before in _JOINERS and start > 1 and text[start - 2].isalnum():
         return True
     # "+372 329 3803-Office": a number in international notation followed by a
@@ -974,24 +1084,55 @@ _SPELLED = {"at": "@", "dot": "."}
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
+# Marks that render as nothing of their own, so they hide inside a word as well
+# as a format character does: the combining grapheme joiner and Unicode's
+# Variation_Selector property (Mongolian free variation selectors, VS1-VS16,
+# VS17-VS256).
+_INVISIBLE_MARKS = frozenset([0x034F, 0x180B, 0x180C, 0x180D, 0x180F, *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)])
+
+
+def _char_class(codes: Iterable[int]) -> str:
+    """Ascending code points as the inside of a character class, runs as ranges."""
+    ranges: list[list[int]] = []
+    for c in codes:
+        if ranges and ranges[-1][1] == c - 1:
+            ranges[-1][1] = c
+        else:
+            ranges.append([c, c])
+    return "".join(re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in ranges)
+
+
+@functools.cache
+def _format_codes() -> tuple[int, ...]:
+    """Unicode's invisible format characters (category Cf: zero-width space and
+    joiners, word joiner, soft hyphen, byte order mark ...)."""
+    return tuple(c for c in range(0x110000) if unicodedata.category(chr(c)) == "Cf")
+
+
 @functools.cache
 def _format_class() -> str:
-    """Unicode's invisible format characters (category Cf: zero-width space and
-    joiners, word joiner, soft hyphen, byte order mark ...), as the inside of a
-    character class."""
-    ranges: list[list[int]] = []
-    for c in range(0x110000):
-        if unicodedata.category(chr(c)) == "Cf":
-            if ranges and ranges[-1][1] == c - 1:
-                ranges[-1][1] = c
-            else:
-                ranges.append([c, c])
-    return "".join(re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in ranges)
+    """The format characters and the invisible marks, as the inside of a character class."""
+    return _char_class(sorted({*_format_codes(), *_INVISIBLE_MARKS}))
 
 
 @functools.cache
 def _invisible() -> re.Pattern[str]:
     return re.compile(f"[{_format_class()}]")
+
+
+def _hides_something(text: str) -> bool:
+    """Whether an invisible character in ``text`` may hide something: a format
+    character, or an invisible mark next to a letter or digit. After an emoji a
+    variation selector only chooses how it is drawn ("\u2764\ufe0f").
+
+    >>> _hides_something("thanks \u2764\ufe0f"), _hides_something("jo\u034fse@example.com")
+    (False, True)
+    """
+    for m in _invisible().finditer(text):
+        i = m.start()
+        if ord(text[i]) not in _INVISIBLE_MARKS or (i and text[i - 1].isalnum()) or text[i + 1 : i + 2].isalnum():
+            return True
+    return False
 
 
 _ASCII_MARKS = "%&@([{<\\"
@@ -1050,7 +1191,7 @@ def _may_be_disguised(text: str) -> bool:
     if ("(" in text or "[" in text or "{" in text or "<" in text) and _SPELLED_HINT.search(text):
         return True
     return not text.isascii() and (not unicodedata.is_normalized("NFKC", text)
-                                   or _invisible().search(text) is not None)
+                                   or _hides_something(text))
 
 
 def _unicode_escape(text: str, i: int) -> tuple[str, int, int] | None:
@@ -1152,8 +1293,7 @@ def plain_view(text: str) -> PlainView | None:
         non-ASCII), normalised: invisible ones dropped, NFKC applied; where the
         text goes on."""
         nonlocal changed
-        plain = dec if dec.isascii() else "" if unicodedata.category(dec) == "Cf" else \
-            unicodedata.normalize("NFKC", dec)
+        plain = dec if dec.isascii() else "" if _invisible().match(dec) else unicodedata.normalize("NFKC", dec)
         if plain == text[a:b]:
             emit(plain, a, b)
             return b

@@ -1,7 +1,10 @@
 """The redactor's finders as they were before the phone finder read pieces and
 remembered them: libphonenumber's matcher over the whole (masked) text, once
-per region, nothing remembered; card, IBAN and digit-run scans that stop at
-every letter; no skipping of text without digits or ``@``.
+per region, nothing remembered; IBAN and digit-run scans that stop at every
+letter; no skipping of text without digits or ``@``. What decides stays
+today's: the card finder and the rule that a number glued to other text is no
+phone are imported from :mod:`llmpulse.pii` (fixed since, as leaks were found),
+so the two differ only in how they scan.
 
 Kept for two jobs: ``llmpulse bench redact`` measures the current redactor's
 cost against it in the same process, and the tests check that the current one
@@ -14,13 +17,10 @@ gives byte-identical results.
 
 from __future__ import annotations
 
-import datetime
 import re
 from collections.abc import Sequence
 
 from llmpulse.pii import (
-    _GROUPS,
-    _JOINERS,
     _MIN_PHONE_DIGITS,
     _PHONE_PUNCT,
     DEFAULT_PHONE_REGIONS,
@@ -29,30 +29,17 @@ from llmpulse.pii import (
     _bare_run_is_phone,
     _blank,
     _context_runs,
-    _in_ip_address,
+    _is_glued,
     _plausible,
     _region_gate,
-    card_issuer_known,
+    find_cards,
     find_emails,
     iban_valid,
-    luhn_valid,
     merge_spans,
     require_extra,
 )
 
 __all__ = ["BeforeRedactor", "before_phones", "before_redactor"]
-
-_CARD_CANDIDATE = re.compile(r"(?<![\d-])(?<!\d[ -])\d(?:[ -]?\d){11,18}(?![\d-])(?![ -]\d)")
-
-
-def find_cards(text: str) -> list[tuple[int, int]]:
-    out = []
-    for m in _CARD_CANDIDATE.finditer(text):
-        digits = m.group().replace(" ", "").replace("-", "")
-        if luhn_valid(digits) and card_issuer_known(digits):
-            out.append(m.span())
-    return out
-
 
 _IBAN_START = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}")
 
@@ -91,48 +78,9 @@ def _digit_runs(text: str) -> list[tuple[int, int, bool]]:
             for m in _DIGIT_RUN.finditer(text)]
 
 
-_DATE_FORMATS = (
-    "%d.%m.%Y", "%d/%m/%Y", "%m/%d/%Y", "%d-%m-%Y", "%m-%d-%Y", "%Y-%m-%d", "%Y/%m/%d", "%Y.%m.%d", "%Y%m%d",
-    "%d.%m.%y", "%d/%m/%y", "%m/%d/%y",
-)
-
-
-def _is_date(span: str) -> bool:
-    for fmt in _DATE_FORMATS:
-        try:
-            datetime.datetime.strptime(span, fmt)
-        except ValueError:
-            continue
-        return True
-    return False
-
-
-def _is_glued(text: str, start: int, end: int) -> bool:
-    if _in_ip_address(text, start, end):
-        return True
-    span = text[start:end]
-    if _is_date(span.strip()):
-        return True
-    if (end + 1 < len(text) and text[end] in ".," and text[end + 1].isdigit()) or (
-        start > 1 and text[start - 1] in ".," and text[start - 2].isdigit()
-    ):
-        return True
-    groups = _GROUPS.findall(span)
-    if "." in span and not span.startswith(("+", "\uff0b")) and (
-        any(len(g) == 1 for g in groups) or (len(groups) == 2 and span.count(".") == 1)
-    ):
-        return True
-    before = text[start - 1] if start > 0 else ""
-    after = text[end] if end < len(text) else ""
-    if before == "#" or after == "#":
-        return True
-    if before and before in _JOINERS and start > 1 and text[start - 2].isalnum():
-        return True
-    # the decision rule changed since (a "+" number followed by "-Office" is no
-    # identifier); it follows here so the tests compare the matchers alone
-    if span.startswith(("+", "\uff0b")) and end + 1 < len(text) and text[end + 1].isalpha():
-        return False
-    return bool(after and after in _JOINERS and end + 1 < len(text) and text[end + 1].isalnum())
+# The decisions that follow a found span (is it glued to an identifier, a
+# decimal, a version? which run of groups is a card?) are the current ones:
+# the tests compare the matchers alone.
 
 
 def before_phones(finder: PhoneFinder, text: str) -> list[tuple[int, int]]:

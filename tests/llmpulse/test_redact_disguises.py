@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import json
+import unicodedata
 import urllib.parse
 
 import phonenumbers as pn
@@ -124,6 +125,24 @@ def test_non_ascii_addresses_percent_escaped_as_utf8(address, how):
     assert "[EMAIL]" not in PLAIN(f"Open {shown} now")  # read as written, the escapes hid it
 
 
+@pytest.mark.parametrize("address", [a for a in [*_NON_ASCII, "rené.müller@example.de", "info@bücher.de"]
+                                     if unicodedata.normalize("NFD", a) != a])
+def test_decomposed_addresses(address):
+    # NFD, as macOS writes file names and some keyboards type: "é" is "e" and a
+    # combining accent, which continues the name it follows.
+    shown = unicodedata.normalize("NFD", address)
+    assert DEFAULT(f"Write to {shown} today.") == "Write to [EMAIL] today."
+
+
+# The combining grapheme joiner and variation selectors show nothing, like a zero-width space.
+@pytest.mark.parametrize("mark", ["\u034f", "\ufe0f", "\ufe00", "\U000e0100", "\u180b"])
+@pytest.mark.parametrize("where", [2, -3])
+@pytest.mark.parametrize("address", _ADDRESSES)
+def test_invisible_marks_inside_an_address(mark, where, address):
+    shown = address[:where] + mark + address[where:]
+    assert DEFAULT(f"Write to {shown} today.") == "Write to [EMAIL] today."
+
+
 @pytest.mark.parametrize("text", ["caf%C3%A9 menu, 50%C3 off", "100%25 sure, %E2%82%AC 5", "broken %C3%28 byte",
                                   "%F0%9F%98%80 smile", "%ED%A0%80 lone surrogate"])
 def test_utf8_escapes_without_personal_data_stay(text):
@@ -186,7 +205,7 @@ def test_the_view_maps_back_and_never_redacts_less(words, gaps):
 
 def test_plain_view_is_none_for_ordinary_text():
     for text in ["Thanks, we will look into it.", "Order 1234 shipped on 2024-05-01", "Grüße aus München",
-                 "日本語のテキストです", ""]:
+                 "日本語のテキストです", "thanks \u2764\ufe0f see you at 10:45 \u263a\ufe0f", ""]:
         assert plain_view(text) is None, text
 
 
@@ -218,16 +237,37 @@ def test_cards_with_wider_separators(card, sep):
     assert DEFAULT(text) == "my card is [CARD], thanks"
 
 
-@pytest.mark.parametrize("sep", ["  ", "\t", " - "])
+@pytest.mark.parametrize("seps", [["\u2013"], [" \u2013 "], ["\u2212"], ["\u2010"], ["\u00a0"], ["\u202f"],
+                                  ["  ", "   ", "  "], [" ", "  ", "\t"]])
+@pytest.mark.parametrize("card", _CARDS)
+def test_cards_with_typographic_or_uneven_separators(card, seps):
+    shown = _grouped(card, "|")
+    for sep in seps * 3:
+        shown = shown.replace("|", sep, 1)
+    assert "|" not in shown
+    assert DEFAULT(f"my card is {shown}, thanks") == "my card is [CARD], thanks"
+
+
+@pytest.mark.parametrize("zero", ["\u0660", "\u06f0", "\u0966", "\u09e6"])
+@pytest.mark.parametrize("card", _CARDS)
+def test_cards_in_other_digits(card, zero):
+    # Arabic-Indic, Extended Arabic-Indic, Devanagari, Bengali digits
+    shown = _grouped(card, " ").translate({48 + d: ord(zero) + d for d in range(10)})
+    assert DEFAULT(f"my card is {shown}, thanks") == "my card is [CARD], thanks"
+
+
+@pytest.mark.parametrize("sep", ["  ", "\t", " - ", "\u2013", " \u2013 "])
 def test_grouped_numbers_that_fail_luhn_stay(sep):
     for n in ["4111111111111112", "1234567890123456", "9999888877776666"]:
         text = f"ref {_grouped(n, sep)} ok"
         assert DEFAULT(text) == text
 
 
+@pytest.mark.parametrize("sep", ["-", "\u2013", "\u2011", "\u2212", "\u00a0", "\u202f"])
 @pytest.mark.parametrize("iban", ["GB82WEST12345698765432", "DE89370400440532013000", "FR1420041010050500013M02606"])
-def test_ibans_grouped_by_hyphens(iban):
-    shown = "-".join(iban[k:k + 4] for k in range(0, len(iban), 4))
+def test_ibans_grouped_by_hyphens(iban, sep):
+    # dashes as editors substitute them, no-break spaces as word processors write them
+    shown = sep.join(iban[k:k + 4] for k in range(0, len(iban), 4))
     assert DEFAULT(f"IBAN {shown}.") == "IBAN [IBAN]."
 
 

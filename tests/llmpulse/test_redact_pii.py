@@ -118,6 +118,45 @@ def test_bad_regions_are_refused():
         Redactor(regions="DE")
 
 
+_INTERNATIONAL = [
+    pn.format_number(pn.example_number_for_type(r, t), pn.PhoneNumberFormat.INTERNATIONAL)
+    for r in ("GB", "DE", "FR", "US", "IN")
+    for t in (pn.PhoneNumberType.MOBILE, pn.PhoneNumberType.FIXED_LINE)
+]
+
+
+@pytest.mark.parametrize("phone", _INTERNATIONAL)
+@pytest.mark.parametrize("written", ["1042,{},42", "{},7", "call {}/{last}", "fax/{}"])
+def test_international_number_glued_to_a_comma_or_slash(phone, written):
+    # A CSV row or a list of alternatives: the "+" tells the number from a
+    # decimal ("3,14") or an identifier ("INV/2024").
+    last = phone.split()[-1]
+    text = written.format(phone, last=last)
+    out = DEFAULT(text)
+    before, _, after = written.partition("{}")
+    assert removed(phone, "phone", text, out) and out.startswith(before + "[PHONE]"), (text, out)
+    assert after.startswith("/") or out.endswith(after), (text, out)  # "/0959" may be read as part of it
+
+
+@pytest.mark.parametrize("region", ["US", "CA"])
+@pytest.mark.parametrize("kind", [pn.PhoneNumberType.FIXED_LINE, pn.PhoneNumberType.MOBILE])
+def test_nanp_number_dotted_after_its_country_code(region, kind):
+    national = pn.format_number(pn.example_number_for_type(region, kind), pn.PhoneNumberFormat.NATIONAL)
+    digits = "".join(c for c in national if c.isdigit())
+    written = f"1.{digits[:3]}.{digits[3:6]}.{digits[6:]}"
+    assert DEFAULT(f"call {written} today") == "call [PHONE] today"
+
+
+@pytest.mark.parametrize("text", [
+    "version 1.2.3, pi 3.14, v2.0.1, build 10.0.19045.3803, release 1.650.253",
+    "upgrade 1.200.300.4000 and 10.650.253.0000",  # no valid number after a one-digit country code
+    "balance +1 234 567,89 EUR, delta +4912345678,50",  # signed amounts
+    "ids 4912345678,50 and 1042,4420794609,58",
+])
+def test_dotted_and_signed_look_alikes_stay(text):
+    assert DEFAULT(text) == text
+
+
 def test_overlaps_resolve_to_the_stronger_kind():
     # An IBAN's digits and a card number are not phone numbers, even where
     # libphonenumber would accept a part of them.
@@ -147,6 +186,42 @@ def test_iban_stops_at_its_country_length():
     assert [text[a:b] for a, b in find_ibans(text)] == ["GB82 WEST 1234 5698 7654 32"]
     assert find_ibans("DE89 3704 0044 0532 0130 001") == []  # one digit too many
     assert all(15 <= n <= 34 for n in IBAN_LENGTHS.values())
+
+
+def test_iban_with_a_bic_glued_on():
+    # The IBAN is redacted; the bank's identifier is no personal data.
+    for iban, bic in [("DE89370400440532013000", "COBADEFFXXX"), ("GB82WEST12345698765432", "NWBKGB2L")]:
+        assert DEFAULT(f"pay {iban}{bic} now") == f"pay [IBAN]{bic} now"
+    # what follows must have a BIC's shape, and mod 97 still decides
+    assert find_ibans("DE89370400440532013000COBA, DE88370400440532013000COBADEFFXXX") == []
+
+
+_CARD_NUMBERS = ["4111111111111111", "5555555555554444", "378282246310005", "6011111111111117"]
+
+
+def _in_groups(card: str) -> str:
+    sizes = (4, 6, 5) if len(card) == 15 else (4, 4, 4, 4)
+    return " ".join(card[sum(sizes[:k]) : sum(sizes[: k + 1])] for k in range(len(sizes)))
+
+
+@pytest.mark.parametrize("card", _CARD_NUMBERS)
+@pytest.mark.parametrize("written", ["my card is {} 12/25 cvv 123", "card {} 737", "{} 03/27 737", "{} 12/25",
+                                     "exp 12/25 {} ok"])
+def test_card_written_with_its_expiry_or_security_code(card, written):
+    # The short group next to the number joins its digit run, which as a whole
+    # fails Luhn; the card is the run of whole groups that passes. (A run may
+    # pass as a whole: "6011111111111117 737" is a valid 19-digit Discover number.)
+    before = written.partition("{}")[0]
+    for shown in (card, _in_groups(card)):
+        text = written.format(shown)
+        out = DEFAULT(text)
+        assert removed(shown, "card", text, out) and out.startswith(before + "[CARD]"), (text, out)
+
+
+def test_runs_of_groups_without_a_card_stay():
+    for text in ["ids 4111 1111 1111 1112 12", "order 1234 5678 9012 3456 78 shipped", "EAN 5901234123457 12",
+                 "tracking 9400 1000 0000 0000 0000 00"]:
+        assert DEFAULT(text) == text
 
 
 def test_ean_with_valid_luhn_is_not_a_card():
