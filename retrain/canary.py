@@ -15,6 +15,15 @@
 ...              VersionMetrics(n=900, n_labelled=300, accuracy=0.92),
 ...              CanaryPolicy(min_duration_s=30), elapsed_s=12.0).decision
 'wait'
+
+A current version with no measured traffic is no evidence: the verdict waits,
+then follows ``on_no_evidence`` and says the comparison was not made.
+
+>>> v = judge_canary(VersionMetrics(n=200, n_labelled=80, accuracy=0.93, p99_ms=9.0, error_rate=0.0),
+...                  VersionMetrics(), CanaryPolicy(max_wait_s=60), elapsed_s=61.0)
+>>> v.decision, v.reasons[0].endswith("not compared with the current version, promote as "
+...                                    "the policy's on_no_evidence says")
+('promote', True)
 """
 
 from __future__ import annotations
@@ -62,12 +71,19 @@ def judge_canary(
     ...              CanaryPolicy(), elapsed_s=5.0).reasons
     ['p99 80.0 ms is above 35.0 ms (current 20.0 ms + 50% + 5 ms)']
     """
-    enough = canary.n >= policy.min_samples and canary.n_labelled >= policy.min_labelled
-    if not enough:
+    def short(m: VersionMetrics) -> bool:
+        return m.n < policy.min_samples or m.n_labelled < policy.min_labelled
+
+    # Both sides need the minimum sample: a comparison with a current version
+    # that got no measured traffic is no comparison at all.
+    if short(canary) or short(current):
         if elapsed_s >= policy.max_wait_s:
             return CanaryVerdict(policy.on_no_evidence, [
-                f"no live evidence after {elapsed_s:.0f} s ({canary.n} inferences, "
-                f"{canary.n_labelled} labelled; need {policy.min_samples} and {policy.min_labelled})"
+                f"no live evidence after {elapsed_s:.0f} s (canary: {canary.n} inferences, "
+                f"{canary.n_labelled} labelled; current: {current.n} inferences, "
+                f"{current.n_labelled} labelled; each needs {policy.min_samples} and "
+                f"{policy.min_labelled}): the canary was not compared with the current version, "
+                f"{policy.on_no_evidence} as the policy's on_no_evidence says"
             ])
         return CanaryVerdict("wait")
     reasons: list[str] = []
@@ -91,6 +107,13 @@ def judge_canary(
         return CanaryVerdict("rollback", reasons)
     if elapsed_s < policy.min_duration_s:
         return CanaryVerdict("wait")
+    missing = [name for name, a, b in (
+        ("accuracy", canary.accuracy, current.accuracy if current.n_labelled else None),
+        ("p99 latency", canary.p99_ms, current.p99_ms),
+        ("error rate", canary.error_rate, current.error_rate),
+    ) if a is None or b is None]
+    if missing:  # the promote row says what was not compared
+        return CanaryVerdict("promote", [f"not compared (a figure is missing): {', '.join(missing)}"])
     return CanaryVerdict("promote")
 
 

@@ -65,16 +65,83 @@ __all__ = [
     "ModelRegistry",
     "ModelVersion",
     "RegistryError",
+    "check_share",
     "sha256_file",
 ]
 
 STAGES: tuple[str, ...] = ("candidate", "canary", "promoted", "rolled_back", "rejected")
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# matched with fullmatch: "$" alone would accept a name ending in a newline
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class RegistryError(RuntimeError):
     """A registry operation is not possible (unknown version, nothing to roll back to, ...)."""
+
+
+def check_share(share: float) -> float:
+    """``share`` if it is a canary traffic share, within (0, 1), else :class:`RegistryError`.
+
+    At 0 the canary gets no traffic, at 1 the current version gets none, and
+    either way there is nothing to compare.
+
+    >>> check_share(0.2)
+    0.2
+    >>> check_share(float("nan"))
+    Traceback (most recent call last):
+    ...
+    llmpulse.retrain.registry.RegistryError: canary share must be within (0, 1), got nan
+    """
+    try:
+        value = float(share)
+    except (TypeError, ValueError):
+        raise RegistryError(f"canary share must be a number within (0, 1), got {share!r}") from None
+    if not 0.0 < value < 1.0:  # also refuses NaN
+        raise RegistryError(f"canary share must be within (0, 1), got {share!r}")
+    return value
+
+
+_DEPLOYMENT_KEYS = frozenset(("deployment_id", "model", "version", "previous_version", "trigger",
+                              "stage", "metrics", "ts"))
+
+
+def _shape_problem(state: Any) -> str:
+    """What is wrong with the shape of a registry file's JSON ('' when nothing is)."""
+    if not isinstance(state, dict):
+        return f"the top level is {type(state).__name__}, not an object"
+    for key in ("model", "history", "versions", "deployments"):
+        if key not in state:
+            return f"it has no {key!r}"
+    if not isinstance(state["model"], str):
+        return "'model' is not a string"
+    if state.get("current") is not None and not isinstance(state["current"], str):
+        return "'current' is neither null nor a string"
+    if not isinstance(state["history"], list) or not all(isinstance(v, str) for v in state["history"]):
+        return "'history' is not a list of versions"
+    if not isinstance(state["versions"], list):
+        return "'versions' is not a list"
+    for i, v in enumerate(state["versions"]):
+        if not isinstance(v, dict):
+            return f"versions[{i}] is not an object"
+        for key in ("version", "artifact", "sha256", "stage"):
+            if not isinstance(v.get(key), str):
+                return f"versions[{i}] has no string {key!r}"
+        if v["stage"] not in STAGES:
+            return f"versions[{i}] has an unknown stage {v['stage']!r}"
+        for key in ("metrics", "lineage"):
+            if not isinstance(v.get(key, {}), dict):
+                return f"versions[{i}].{key} is not an object"
+        if not isinstance(v.get("reasons", []), list):
+            return f"versions[{i}].reasons is not a list"
+    known = {v["version"] for v in state["versions"]}
+    if state.get("current") is not None and state["current"] not in known:
+        return f"the current version {state['current']!r} is not among its versions"
+    if not isinstance(state["deployments"], list):
+        return "'deployments' is not a list"
+    for i, d in enumerate(state["deployments"]):
+        if not isinstance(d, dict) or set(d) != _DEPLOYMENT_KEYS:
+            return f"deployments[{i}] is not a deployment row"
+    return ""
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -157,7 +224,7 @@ class ModelRegistry:
     # -- storage ------------------------------------------------------------------
 
     def _file(self, model: str) -> Path:
-        if not _NAME.match(model):
+        if not isinstance(model, str) or not _NAME.fullmatch(model):
             raise RegistryError(
                 f"model name {model!r} must be letters, digits, '.', '_' or '-' (at most 128)"
             )
@@ -181,10 +248,14 @@ class ModelRegistry:
         if not path.is_file():
             return {"model": model, "current": None, "history": [], "versions": [], "deployments": []}
         try:
-            state: dict[str, Any] = json.loads(path.read_text())
+            state = json.loads(path.read_text())
         except ValueError as exc:
             raise RegistryError(f"registry file {path} is not valid JSON: {exc}") from None
-        return state
+        problem = _shape_problem(state)
+        if problem:
+            raise RegistryError(f"registry file {path} is not a model registry: {problem}")
+        result: dict[str, Any] = state
+        return result
 
     @staticmethod
     def _write(path: Path, state: dict[str, Any]) -> None:
@@ -273,7 +344,7 @@ class ModelRegistry:
             version = str(version)
             if version in taken:
                 raise RegistryError(f"model {model} already has a version {version!r}")
-            if not _NAME.match(version):
+            if not _NAME.fullmatch(version):
                 raise RegistryError(f"version {version!r} must be letters, digits, '.', '_' or '-'")
             stored = self._store(model, version, src) if self.copy_artifacts else src.resolve()
             now = self.clock()
@@ -368,14 +439,29 @@ class ModelRegistry:
         trigger: str = "manual",
         metrics: Mapping[str, Any] | None = None,
     ) -> Deployment:
-        """Mark ``version`` as serving ``share`` of the traffic beside the current version."""
+        """Mark ``version`` as serving ``share`` of the traffic beside the current version.
+
+        ``share`` is within (0, 1): the current version keeps serving the rest,
+        which is what the canary is compared with. One canary at a time, and
+        never the current version itself.
+        """
+        check_share(share)
+        version = str(version)
         with self._edit(model) as state:
             mv = self._checked(state, version)
+            if state.get("current") == version:
+                raise RegistryError(f"version {version} of {model} is the current version; "
+                                    "a canary is a version beside it")
+            for v in state["versions"]:
+                if v["stage"] == "canary":
+                    raise RegistryError(
+                        f"version {v['version']} of {model} is already a canary; promote it "
+                        f"(llmpulse deploy {model} {v['version']}) or abort it first")
             mv.stage, mv.updated_at = "canary", self.clock()
             self._put(state, mv)
             return self._record(
                 state, version, state.get("current"), trigger, "canary",
-                {"share": share, **dict(metrics or {})},
+                {"share": float(share), **dict(metrics or {})},
             )
 
     def abort_canary(
@@ -396,6 +482,9 @@ class ModelRegistry:
             mv = ModelVersion.from_dict(self._find(state, version))
             if mv.stage != "canary":
                 raise RegistryError(f"version {version} of {model} is {mv.stage}, not a canary")
+            if state.get("current") == version:
+                raise RegistryError(f"version {version} of {model} is the current version; "
+                                    "roll it back instead")
             mv.stage, mv.updated_at = "rolled_back", self.clock()
             self._put(state, mv)
             current = state.get("current") or ""

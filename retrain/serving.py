@@ -70,7 +70,9 @@ __all__ = [
     "MonitorLike",
     "Prediction",
     "canary_bucket",
+    "check_outputs",
     "choose_providers",
+    "unencodable",
 ]
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,37 @@ def canary_bucket(request_id: str) -> float:
     (0.6545, True)
     """
     return (zlib.crc32(request_id.encode()) % _BUCKETS) / _BUCKETS
+
+
+def unencodable(texts: Sequence[str]) -> int | None:
+    """The index of the first text that is not encodable as UTF-8, else None.
+
+    JSON may carry a lone surrogate (``"\\ud800"``), which no tokenizer takes.
+
+    >>> unencodable(["fine", "\\ud800"]), unencodable(["ok"])
+    (1, None)
+    """
+    for i, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return i
+    return None
+
+
+def check_outputs(model: LoadedModel) -> None:
+    """Refuse ``model`` (ValueError) when its labels do not match its output width.
+
+    One short text is run: the ``llmpulse.labels`` metadata must name every
+    output column, else its answers could not be labelled.
+    """
+    probs, _ = model.predict_proba(["a short support question"])
+    width = probs.shape[1] if probs.ndim == 2 else None
+    if width != len(model.labels):
+        raise ValueError(
+            f"version {model.version} gives {width if width is not None else probs.shape} outputs "
+            f"but its llmpulse.labels metadata names {len(model.labels)} labels"
+        )
 
 
 @dataclass(frozen=True)
@@ -191,7 +224,9 @@ class ModelServer:
     # -- lifecycle --------------------------------------------------------------
 
     async def start(self) -> ModelServer:
+        """Start the batcher; ValueError when the active version's labels do not fit it."""
         if self._loop_task is None:
+            await asyncio.to_thread(check_outputs, self.active)
             self._nonempty = asyncio.Event()
             self._full = asyncio.Event()
             self._slots = asyncio.Semaphore(self.concurrency)
@@ -237,14 +272,16 @@ class ModelServer:
             raise ValueError("texts must not be empty")
         if len(texts) > self.max_texts:
             raise ValueError(f"at most {self.max_texts} texts per request, got {len(texts)}")
+        texts = [str(t) for t in texts]
+        bad = unencodable(texts)
+        if bad is not None:
+            raise ValueError(f"text {bad} is not valid UTF-8 (it holds a lone surrogate)")
         if request_id is None:
             from llmpulse.monitor import new_id
 
             request_id = new_id()
         fut: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
-        item = _Pending(
-            [str(t) for t in texts], str(request_id), dict(segment or {}), self.clock(), fut
-        )
+        item = _Pending(texts, str(request_id), dict(segment or {}), self.clock(), fut)
         self._pending.append(item)
         self._queued += len(item.texts)
         self._stats.requests += 1
@@ -300,46 +337,78 @@ class ModelServer:
 
     async def _run_groups(self, groups: list[tuple[LoadedModel, list[_Pending]]]) -> None:
         assert self._slots is not None and self._done is not None
-        loop = asyncio.get_running_loop()
+        ran = 0
         try:
             for model, items in groups:
-                texts = [t for it in items for t in it.texts]
                 try:
-                    probs, n_tokens = await loop.run_in_executor(
-                        self._executor, model.predict_proba, texts
-                    )
-                except Exception as exc:
-                    log.exception("batch of %d texts failed on version %s", len(texts), model.version)
+                    await self._run_group(model, items)
+                except Exception as exc:  # whatever raises, every request gets an answer
+                    log.exception("%s: %d requests failed on version %s", self.name, len(items),
+                                  model.version)
                     self._finish_failed(model, items, exc)
-                else:
-                    self._finish(model, items, probs, n_tokens)
                 finally:
                     model.inflight -= 1
+                    ran += 1
         finally:
+            for model, _ in groups[ran:]:
+                model.inflight -= 1
+            # cancelled (the server stopping): no request is left waiting forever
+            for model, items in groups:
+                self._finish_failed(model, items, RuntimeError("the batch did not run to the end"))
             self._slots.release()
             async with self._done:
                 self._done.notify_all()
+
+    async def _run_group(self, model: LoadedModel, items: list[_Pending]) -> None:
+        """One session call for ``items``; when it fails, halves are retried, so one
+        request whose input breaks the call fails alone (at most 2n - 1 calls)."""
+        loop = asyncio.get_running_loop()
+        texts = [t for it in items for t in it.texts]
+        try:
+            probs, n_tokens = await loop.run_in_executor(self._executor, model.predict_proba, texts)
+        except Exception as exc:
+            if len(items) == 1:
+                log.warning("%s: request %s failed on version %s: %s: %s", self.name,
+                            items[0].request_id, model.version, type(exc).__name__, exc)
+                self._finish_failed(model, items, exc)
+                return
+            half = len(items) // 2
+            await self._run_group(model, items[:half])
+            await self._run_group(model, items[half:])
+            return
+        # a failure here is the model's (its labels), not an input's: no retry
+        self._finish(model, items, probs, n_tokens)
 
     def _finish(
         self, model: LoadedModel, items: list[_Pending], probs: np.ndarray, n_tokens: np.ndarray
     ) -> None:
         now = self.clock()
+        n = sum(len(it.texts) for it in items)
+        if probs.ndim != 2 or probs.shape[0] != n or probs.shape[1] != len(model.labels):
+            raise ValueError(f"version {model.version} answered {n} texts with shape {probs.shape} "
+                             f"for {len(model.labels)} labels")
         best = probs.argmax(axis=1)
         scores = probs[np.arange(len(best)), best].astype(float).round(6).tolist()
         labels = [model.labels[i] for i in best.tolist()]
         tokens = n_tokens.tolist()
+        preds: list[Prediction] = []
+        row = 0
+        for it in items:
+            k = len(it.texts)
+            preds.append(Prediction(
+                it.request_id, self.name, model.version, labels[row : row + k],
+                scores[row : row + k], model.provider,
+            ))
+            row += k
+        # every answer is built: from here nothing fails half-way
         st = self._stats
         st.batches += 1
         st.items += len(labels)
         st.batch_sizes.append(len(labels))
         st.by_version[model.version] = st.by_version.get(model.version, 0) + len(items)
         row = 0
-        for it in items:
+        for it, pred in zip(items, preds, strict=True):
             k = len(it.texts)
-            pred = Prediction(
-                it.request_id, self.name, model.version, labels[row : row + k],
-                scores[row : row + k], model.provider,
-            )
             latency_ms = (now - it.arrived) * 1000.0
             self._emit(it, model, latency_ms, "ok", pred, tokens[row : row + k], len(labels))
             row += k
@@ -347,12 +416,14 @@ class ModelServer:
                 it.future.set_result(pred)
 
     def _finish_failed(self, model: LoadedModel, items: list[_Pending], exc: Exception) -> None:
+        """Fail the requests of ``items`` not answered yet (and count them)."""
         now = self.clock()
-        self._stats.failed += len(items)
         for it in items:
+            if it.future.done():
+                continue
+            self._stats.failed += 1
             self._emit(it, model, (now - it.arrived) * 1000.0, "error", None, [0] * len(it.texts), 0)
-            if not it.future.done():
-                it.future.set_exception(exc)
+            it.future.set_exception(exc)
 
     def _emit(
         self,
@@ -399,7 +470,12 @@ class ModelServer:
                 raise ValueError("a version is needed to load a model from a path")
             loaded = await asyncio.to_thread(self.loader, model, version)
             self._owned.add(id(loaded))
-        await asyncio.to_thread(loaded.warm_up)
+        try:
+            await asyncio.to_thread(check_outputs, loaded)
+            await asyncio.to_thread(loaded.warm_up)
+        except Exception:
+            self._release(loaded)
+            raise
         return loaded
 
     async def _drain(self, old: LoadedModel) -> float:
@@ -449,9 +525,13 @@ class ModelServer:
         version: str | None = None,
         share: float = 0.1,
     ) -> None:
-        """Route ``share`` of request ids to ``model``; ``None`` or ``share=0`` removes the canary."""
-        if not 0.0 <= share <= 1.0:
-            raise ValueError(f"canary share must be within 0..1, got {share}")
+        """Route ``share`` of request ids to ``model``; ``None`` or ``share=0`` removes the canary.
+
+        ``share`` is below 1: the active version keeps serving the rest (to send
+        it all traffic, :meth:`swap` or :meth:`promote_canary`).
+        """
+        if not 0.0 <= share < 1.0:  # also refuses NaN
+            raise ValueError(f"canary share must be 0 (none) or within (0, 1), got {share}")
         async with self._admin:
             old = self.canary
             if model is None or share == 0.0:
@@ -547,6 +627,9 @@ class ModelServer:
                 raise _BadRequest('"texts" must be a non-empty list of strings')
             if len(texts) > self.max_texts:
                 raise _BadRequest(f"at most {self.max_texts} texts per request")
+            bad = unencodable(texts)
+            if bad is not None:
+                raise _BadRequest(f'"texts"[{bad}] is not valid UTF-8 (it holds a lone surrogate)')
             segment = body.get("segment") or {}
             if not isinstance(segment, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in segment.items()
@@ -597,7 +680,11 @@ class ModelServer:
 
         try:
             body = await self._body(request)
-            share = float(body.get("share", 0.0))
+            share = body.get("share", 0.0)
+            if isinstance(share, bool) or not isinstance(share, int | float) \
+                    or not 0.0 <= share < 1.0:  # also refuses NaN
+                raise _BadRequest('"share" must be 0 (no canary) or a number within (0, 1)')
+            share = float(share)
             path, version = body.get("path"), body.get("version")
             if share > 0 and (not isinstance(path, str) or not isinstance(version, str)):
                 raise _BadRequest('"path" and "version" must be strings when share > 0')

@@ -8,11 +8,11 @@ read from).
 >>> CanaryPolicy(share=1.5)
 Traceback (most recent call last):
 ...
-llmpulse.config.ConfigError: canary.share: must be within (0, 1], got 1.5
->>> RetrainSettings.from_env({"LLMPULSE_CANARY_SHARE": "1.5"})
+llmpulse.config.ConfigError: canary.share: must be within (0, 1), got 1.5
+>>> RetrainSettings.from_env({"LLMPULSE_CANARY_SHARE": "1"})
 Traceback (most recent call last):
 ...
-llmpulse.config.ConfigError: LLMPULSE_CANARY_SHARE: must be within (0, 1], got '1.5'
+llmpulse.config.ConfigError: LLMPULSE_CANARY_SHARE: must be within (0, 1), got '1'
 """
 
 from __future__ import annotations
@@ -38,8 +38,11 @@ _FALSE = ("0", "false", "no", "off")
 class CanaryPolicy:
     """How long a canary serves and what counts as a regression.
 
-    The canary is judged once it has ``min_samples`` inferences and
-    ``min_labelled`` labelled ones; it is promoted only after
+    ``share`` of the requests (within (0, 1)) go to the canary, the rest to
+    the current version. The canary is judged once it and the current version
+    each have ``min_samples`` inferences and ``min_labelled`` labelled ones
+    (the canary is compared with the current version's live figures, not with
+    nothing); it is promoted only after
     ``min_duration_s`` as well. Regressions (any one rolls back): accuracy
     below the current version's minus ``accuracy_tolerance``; p99 latency
     above ``current * (1 + latency_margin) + latency_slack_ms``; error rate
@@ -61,8 +64,11 @@ class CanaryPolicy:
     on_no_evidence: str = "promote"
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.share <= 1.0:  # also refuses NaN
-            raise ConfigError(f"canary.share: must be within (0, 1], got {self.share!r}")
+        # At 1 the current version gets no traffic and the canary is compared with
+        # nothing; the comparison below also refuses NaN.
+        if not isinstance(self.share, int | float) or isinstance(self.share, bool) \
+                or not 0.0 < self.share < 1.0:
+            raise ConfigError(f"canary.share: must be within (0, 1), got {self.share!r}")
         for f in fields(self):
             if f.name in ("share", "on_no_evidence"):
                 continue
@@ -146,8 +152,8 @@ class RetrainSettings:
 
         canary: dict[str, float] = {}
         if (share := number("LLMPULSE_CANARY_SHARE")) is not None:
-            if not 0 < share <= 1:
-                raise ConfigError(f"LLMPULSE_CANARY_SHARE: must be within (0, 1], got "
+            if not 0 < share < 1:
+                raise ConfigError(f"LLMPULSE_CANARY_SHARE: must be within (0, 1), got "
                                   f"{env['LLMPULSE_CANARY_SHARE']!r}")
             canary["share"] = share
         if (min_s := number("LLMPULSE_CANARY_MIN_S")) is not None:

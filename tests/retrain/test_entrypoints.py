@@ -142,14 +142,22 @@ def test_serving_serves_the_promoted_version_and_stops_on_sigterm(
         probs, _ = loaded.predict_proba(texts)
         assert body["labels"] == [loaded.labels[i] for i in probs.argmax(axis=1)]
         assert body["scores"] == pytest.approx(probs.max(axis=1).tolist(), abs=1e-4)
-        # the canary endpoint the retrain worker drives: version 2 gets every request, then leaves
+        # the canary endpoint the retrain worker drives: version 2 gets its share of the
+        # request ids, then leaves (a share of 1 is refused: the current version would get none)
         import asyncio
 
+        from llmpulse.retrain.serving import canary_bucket
+
+        to_canary = next(f"r-{i}" for i in range(100) if canary_bucket(f"r-{i}") < 0.5)
+        to_current = next(f"r-{i}" for i in range(100) if canary_bucket(f"r-{i}") >= 0.5)
         remote = RemoteServer(url)
-        asyncio.run(remote.set_canary(loaded_bad.path, "2", 1.0))
-        assert _get(url + "/predict", {"texts": texts})[1]["model_version"] == "2"
+        with pytest.raises(RuntimeError, match="HTTP 400"):
+            asyncio.run(remote.set_canary(loaded_bad.path, "2", 1.0))
+        asyncio.run(remote.set_canary(loaded_bad.path, "2", 0.5))
+        assert _get(url + "/predict", {"texts": texts, "request_id": to_canary})[1]["model_version"] == "2"
+        assert _get(url + "/predict", {"texts": texts, "request_id": to_current})[1]["model_version"] == "1"
         asyncio.run(remote.set_canary(None, share=0.0))
-        assert _get(url + "/predict", {"texts": texts})[1]["model_version"] == "1"
+        assert _get(url + "/predict", {"texts": texts, "request_id": to_canary})[1]["model_version"] == "1"
         with pytest.raises(RuntimeError, match="HTTP 409"):
             asyncio.run(remote.promote_canary())
         status, body = _get(url + "/predict", {"texts": []})

@@ -126,3 +126,61 @@ def test_rows_fit_the_deployments_table(reg: ModelRegistry, tmp_path: Path) -> N
     assert [(g["version"], g["previous_version"], g["stage"]) for g in got] == [
         ("1", "", "promoted"), ("2", "1", "promoted"), ("1", "2", "rolled_back")]
     assert json.loads(got[2]["metrics"]) == {"rolled_back_version": "2"}
+
+
+def test_a_name_ending_in_a_newline_is_refused(reg: ModelRegistry, tmp_path: Path) -> None:
+    a = _artifact(tmp_path, "a")
+    for name in ("router\n", "router\n.json", "\nrouter"):
+        with pytest.raises(RegistryError, match="model name"):
+            reg.register(name, a)
+    with pytest.raises(RegistryError, match="version"):
+        reg.register("router", a, version="1\n")
+    assert not reg.root.exists() or not any("\n" in p.name for p in reg.root.rglob("*"))
+
+
+@pytest.mark.parametrize("text", [
+    "[]", "null", "{}", '"router"',
+    '{"model": "m", "current": null, "history": [], "versions": [1], "deployments": []}',
+    '{"model": "m", "current": "3", "history": [], "versions": [], "deployments": []}',
+    '{"model": "m", "current": null, "history": [], "versions": '
+    '[{"version": "1", "artifact": "a", "sha256": "x", "stage": "live"}], "deployments": []}',
+    '{"model": "m", "current": null, "history": [], "versions": [], "deployments": [{"a": 1}]}',
+])
+def test_a_registry_file_of_the_wrong_shape_is_a_registry_error(
+        reg: ModelRegistry, tmp_path: Path, text: str) -> None:
+    reg.root.mkdir(parents=True)
+    (reg.root / "m.json").write_text(text)
+    for read in (reg.current, reg.versions, reg.canary, reg.deployments, reg.rollback):
+        with pytest.raises(RegistryError, match="is not a model registry"):
+            read("m")
+    with pytest.raises(RegistryError, match="is not a model registry"):
+        reg.register("m", _artifact(tmp_path, "a"))
+    assert (reg.root / "m.json").read_text() == text  # left as it was
+
+
+def test_one_canary_at_a_time_and_never_the_current_version(reg: ModelRegistry, tmp_path: Path) -> None:
+    for n in "abc":
+        reg.register("m", _artifact(tmp_path, n))
+    reg.deploy("m", "1")
+    with pytest.raises(RegistryError, match="is the current version"):
+        reg.start_canary("m", "1", share=0.1)
+    assert reg.get("m", "1").stage == "promoted" and reg.canary("m") is None
+    reg.start_canary("m", "2", share=0.1)
+    for version in ("3", "2"):
+        with pytest.raises(RegistryError, match="version 2 of m is already a canary"):
+            reg.start_canary("m", version, share=0.1)
+    assert [v.stage for v in reg.versions("m")] == ["promoted", "canary", "candidate"]
+    reg.abort_canary("m", "2")
+    reg.start_canary("m", "3", share=0.2)
+    assert reg.canary("m").version == "3"  # type: ignore[union-attr]
+    assert reg.current("m").version == "1"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("share", [float("nan"), 0.0, 1.0, -0.2, 7.0, float("inf")])
+def test_a_canary_share_outside_0_1_is_refused(reg: ModelRegistry, tmp_path: Path, share: float) -> None:
+    reg.register("m", _artifact(tmp_path, "a"))
+    reg.deploy("m", "1")
+    reg.register("m", _artifact(tmp_path, "b"))
+    with pytest.raises(RegistryError, match=r"canary share must be within \(0, 1\)"):
+        reg.start_canary("m", "2", share=share)
+    assert reg.get("m", "2").stage == "candidate" and len(reg.deployments("m")) == 1

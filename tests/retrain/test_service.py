@@ -371,7 +371,10 @@ def test_a_canary_without_live_traffic_ends_cleanly(
         out = asyncio.run(svc.handle(request(tag=tag, alert="5")))
     want = "promoted" if on_no_evidence == "promote" else "rolled_back"
     assert out.stage == want
-    assert out.reason.startswith("no live evidence after 20 s (0 inferences, 0 labelled")
+    assert out.reason.startswith("no live evidence after 20 s (canary: 0 inferences, 0 labelled")
+    assert "the canary was not compared with the current version" in out.reason
+    [last] = [r for r in rows_of(store, f"req-{tag}") if r["stage"] == want]
+    assert last["metrics"]["reasons"] == [out.reason]  # the row says no comparison was made
     assert out.metrics["canary"]["served"] is False
     assert [r["stage"] for r in rows_of(store, f"req-{tag}")] == ["training", "canary", want]
     assert svc.registry.current(MODEL).version == ("2" if want == "promoted" else "1")
@@ -411,56 +414,56 @@ def _tiny_artifact(tmp: Path) -> Path:
 
 
 def test_a_request_that_fails_before_the_loop_is_a_failed_outcome_not_a_lost_task(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    # the store closed under the service: the duplicate check raised out of handle(),
-    # and the agent's background task died with "exception was never retrieved"
-    closed = Store.open(f"chdb://{tmp_path}/store")
-    closed.close()
-    svc = RetrainService(closed, ModelRegistry(tmp_path))
+        store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # the deployments topic refuses every row (a broker gone): the skipped row's send
+    # raised out of handle(), and the agent's background task died with "exception
+    # was never retrieved", leaving no outcome and nothing logged
+    async def refused(rows: list[dict[str, Any]]) -> None:
+        raise ConnectionError("the broker refused the deployments row")
+
+    svc = RetrainService(store, ModelRegistry(tmp_path), emit=refused)
     with caplog.at_level(logging.ERROR, logger="llmpulse.retrain.service"):
-        out = asyncio.run(svc.handle(request(tag="down")))
-    assert out.stage == "failed" and out.reason
+        out = asyncio.run(svc.handle(request(tag="down", model="gpt-4o-mini")))
+    assert out.stage == "failed" and "ConnectionError" in out.reason
     assert svc.counters["failed"] == 1 and not svc.busy
-    assert any("failed" in r.getMessage() for r in caplog.records)
+    assert any("not stored either" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.slow
 def test_retrains_a_crash_interrupted_are_ended_at_start(
-        tmp_path: Path, artifact: Any, bad_artifact: Any) -> None:
+        store: Store, tmp_path: Path, artifact: Any, bad_artifact: Any) -> None:
     # kill -9 during a canary: the request was acknowledged when its task started, so
     # nothing ran it again; its last row stayed "canary", the registry kept the version
-    # at stage canary, and the alert's pending retrain waited for its 6 h TTL
-    store = Store.open(f"chdb://{tmp_path}/store")
-    try:
-        reg = ModelRegistry(tmp_path)
-        v1 = reg.register(MODEL, artifact.path)
-        reg.deploy(MODEL, v1.version)
-        v2 = reg.register(MODEL, bad_artifact.path)
-        svc = RetrainService(store, reg)
-        me, other = svc.instance, "elsewhere:/data/registry"
+    # at stage canary, and the alert's pending retrain waited for its 6 h TTL. The
+    # module's store is shared: this service's rows are told apart by its instance
+    reg = ModelRegistry(tmp_path)
+    v1 = reg.register(MODEL, artifact.path)
+    reg.deploy(MODEL, v1.version)
+    v2 = reg.register(MODEL, bad_artifact.path)
+    svc = RetrainService(store, reg)
+    me, other = svc.instance, "elsewhere:/data/registry"
 
-        def row(rid: str, stage: str, version: str, service: str, age_s: float) -> dict:
-            return {"deployment_id": f"{rid}-{stage}", "model": MODEL, "version": version,
-                    "previous_version": "1", "trigger": "alert-9", "stage": stage,
-                    "metrics": json.dumps({"request_id": rid, "service": service}),
-                    "ts": time.time() - age_s}
+    def row(rid: str, stage: str, version: str, service: str, age_s: float) -> dict:
+        return {"deployment_id": f"{rid}-{stage}", "model": MODEL, "version": version,
+                "previous_version": "1", "trigger": "alert-9", "stage": stage,
+                "metrics": json.dumps({"request_id": rid, "service": service}),
+                "ts": time.time() - age_s}
 
-        reg.start_canary(MODEL, v2.version, share=0.1, trigger="alert-9")
-        store.insert_rows("deployments", [
-            row("cut-canary", "training", "1", me, 60), row("cut-canary", "canary", "2", me, 30),
-            row("cut-training", "training", "1", me, 20),
-            row("done", "training", "1", me, 90), row("done", "promoted", "3", me, 80),
-            row("theirs", "training", "1", other, 10)])
-        outs = asyncio.run(svc.recover())
-        assert sorted((o.request["request_id"], o.stage) for o in outs) == [
-            ("cut-canary", "rolled_back"), ("cut-training", "failed")]
-        assert reg.canary(MODEL) is None and reg.get(MODEL, "2").stage == "rolled_back"
-        assert reg.current(MODEL).version == "1"
-        finals = store.query(
-            "SELECT JSONExtractString(metrics, 'request_id') AS rid, stage FROM deployments "
-            "FINAL WHERE stage IN ('rolled_back', 'failed') ORDER BY rid")
-        assert [(r["rid"], r["stage"]) for r in finals] == [
-            ("cut-canary", "rolled_back"), ("cut-training", "failed")]
-        assert asyncio.run(svc.recover()) == []  # once ended, never again
-    finally:
-        store.close()
+    reg.start_canary(MODEL, v2.version, share=0.1, trigger="alert-9")
+    store.insert_rows("deployments", [
+        row("cut-canary", "training", "1", me, 60), row("cut-canary", "canary", "2", me, 30),
+        row("cut-training", "training", "1", me, 20),
+        row("done", "training", "1", me, 90), row("done", "promoted", "3", me, 80),
+        row("theirs", "training", "1", other, 10)])
+    outs = asyncio.run(svc.recover())
+    assert sorted((o.request["request_id"], o.stage) for o in outs) == [
+        ("cut-canary", "rolled_back"), ("cut-training", "failed")]
+    assert reg.canary(MODEL) is None and reg.get(MODEL, "2").stage == "rolled_back"
+    assert reg.current(MODEL).version == "1"
+    finals = store.query(
+        "SELECT JSONExtractString(metrics, 'request_id') AS rid, stage FROM deployments "
+        "FINAL WHERE stage IN ('rolled_back', 'failed') AND JSONExtractString(metrics, "
+        "'request_id') LIKE 'cut-%' ORDER BY rid")
+    assert [(r["rid"], r["stage"]) for r in finals] == [
+        ("cut-canary", "rolled_back"), ("cut-training", "failed")]
+    assert asyncio.run(svc.recover()) == []  # once ended, never again

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -166,3 +167,116 @@ def test_io_binding_gives_the_same_probabilities(artifact: Artifact, loaded: Loa
     texts = ["refund please", "my parcel is late", ""]
     np.testing.assert_allclose(bound.predict_proba(texts)[0], loaded.predict_proba(texts)[0], atol=1e-6)
     assert bound.io_binding and not loaded.io_binding
+
+
+# -- one bad request or one bad model never takes others down ----------------------------------
+
+
+async def test_a_lone_surrogate_is_refused_and_fails_no_one_else(loaded: LoadedModel) -> None:
+    # Requests sent together share a batch: the hostile texts would share it with the innocent.
+    server = ModelServer(loaded, max_batch=64, max_wait_ms=200)
+    client = await _client(server)
+    poison = b'{"texts": ["\\ud800"]}'  # legal JSON, not encodable UTF-8
+    try:
+        responses = await asyncio.wait_for(asyncio.gather(
+            *[client.post("/predict", data=poison, headers={"Content-Type": "application/json"})
+              for _ in range(4)],
+            *[client.post("/predict", json={"texts": [f"where is my parcel {i}?"]}) for i in range(8)],
+        ), 30)
+        assert [r.status for r in responses] == [400] * 4 + [200] * 8
+        assert "not valid UTF-8" in (await responses[0].json())["error"]
+        assert server.stats()["failed"] == 0
+        with pytest.raises(ValueError, match="not valid UTF-8"):
+            await server.predict(["fine", "\ud800"])
+    finally:
+        await client.close()
+
+
+async def test_a_request_that_breaks_its_batch_fails_alone(
+        loaded: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Were a text to get past the boundary and break the session call (the tokenizer
+    refuses a lone surrogate), only its own request fails: the batch is split."""
+    import llmpulse.retrain.serving as serving
+
+    monkeypatch.setattr(serving, "unencodable", lambda texts: None, raising=False)
+    rec = Recorder()
+    server = ModelServer(loaded, max_batch=8, max_wait_ms=600_000, monitor=rec)
+    client = await _client(server)
+    try:
+        poison = client.post("/predict", data=b'{"texts": ["\\ud800"], "request_id": "bad"}',
+                             headers={"Content-Type": "application/json"})
+        innocent = [client.post("/predict", json={"texts": [f"refund {i}", "hi"], "request_id": f"ok{i}"})
+                    for i in range(3)]
+        single = [client.post("/predict", json={"texts": ["late parcel"], "request_id": "one"})]
+        responses = await asyncio.wait_for(asyncio.gather(poison, *innocent, *single), 60)
+        assert [r.status for r in responses] == [500, 200, 200, 200, 200]
+        bodies = [await r.json() for r in responses[1:]]
+        direct = loaded.predict_proba(["refund 0", "hi"])[0]
+        assert bodies[0]["labels"] == [loaded.labels[i] for i in direct.argmax(axis=1)]
+        stats = server.stats()
+        assert stats["failed"] == 1 and stats["items"] == 7
+        assert [e["request_id"] for e in rec.events if e["status"] == "error"] == ["bad"]
+    finally:
+        await client.close()
+
+
+@pytest.fixture(scope="module")
+def odd_model(encoder_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A graph with three outputs whose ``llmpulse.labels`` names only two."""
+    from llmpulse.retrain.model import HeadClassifier, build_classifier_graph
+
+    head = HeadClassifier(np.zeros((384, 3)), np.array([0.0, 0.0, 1.0]), ("a", "b", "c"))
+    return build_classifier_graph(encoder_path, head, tmp_path_factory.mktemp("odd") / "m.onnx",
+                                  metadata={"llmpulse.labels": json.dumps(["a", "b"])})
+
+
+async def test_a_failure_building_answers_resolves_every_request(
+        loaded: LoadedModel, odd_model: Path) -> None:
+    odd = LoadedModel(odd_model, "9", providers=["CPUExecutionProvider"])
+    async with ModelServer(loaded, max_batch=64, max_wait_ms=600_000) as server:
+        # as if the model got past the load check: every answer of it fails to build
+        server.canary, server.canary_share = odd, 0.5
+        ids = [f"user-{i}" for i in range(64)]
+        ids.sort(key=lambda i: server.route(i) is not odd)  # its group is cut first
+        results = await asyncio.wait_for(asyncio.gather(
+            *[server.predict(["hello"], request_id=i) for i in ids], return_exceptions=True), 20)
+        to_odd = [i for i in ids if server.route(i) is odd]
+        assert 0 < len(to_odd) < len(ids)
+        failed = [i for i, r in zip(ids, results, strict=True) if isinstance(r, Exception)]
+        assert failed == to_odd  # the other group, cut after it, still ran
+        assert all(isinstance(r, ValueError) and "for 2 labels" in str(r) for r in results
+                   if isinstance(r, Exception))
+        assert {r.model_version for r in results if not isinstance(r, BaseException)} == {"1"}
+        assert server.stats()["failed"] == len(to_odd)
+        assert odd.inflight == 0 and loaded.inflight == 0
+
+
+async def test_a_model_whose_labels_do_not_fit_its_outputs_is_refused_at_load(
+        loaded: LoadedModel, odd_model: Path) -> None:
+    async with ModelServer(loaded, max_wait_ms=0) as server:
+        with pytest.raises(ValueError, match="3 outputs but its llmpulse.labels metadata names 2"):
+            await server.swap(odd_model, "9")
+        with pytest.raises(ValueError, match="3 outputs"):
+            await server.set_canary(odd_model, "9", 0.2)
+        assert server.active is loaded and server.canary is None
+        assert (await server.predict(["hi"])).model_version == "1"
+        client = await _client(server)
+        try:
+            r = await client.post("/admin/swap", json={"path": str(odd_model), "version": "9"})
+            assert r.status == 500 and "version 1 still serves" in (await r.json())["error"]
+            for share in (1.0, -0.1, 7):
+                r = await client.post("/admin/canary", json={"path": str(loaded.path),
+                                                             "version": "3", "share": share})
+                assert r.status == 400, share
+            r = await client.post("/admin/canary", data=b'{"path": "p", "version": "3", "share": NaN}',
+                                  headers={"Content-Type": "application/json"})
+            assert r.status == 400
+        finally:
+            await client.close()
+    with pytest.raises(ValueError, match="canary share"):
+        await ModelServer(loaded).set_canary(loaded, share=1.0)
+    odd = LoadedModel(odd_model, "9", providers=["CPUExecutionProvider"])
+    server = ModelServer(odd)
+    with pytest.raises(ValueError, match="3 outputs"):
+        await server.start()
+    await server.close()
