@@ -481,11 +481,18 @@ _KEY: list[Any] = []
 
 
 def _principal_key() -> Any:
-    """The request-storage key of the principal (an aiohttp ``RequestKey``, made once)."""
+    """The request-storage key of the principal (an aiohttp ``RequestKey``, made once).
+
+    aiohttp names a key after the first module-level frame it finds up the stack; a
+    worker thread's stack has none, and the key's constructor raised
+    ``UnboundLocalError`` there (every request of a server run in a thread was a 500).
+    So the key is made by module-level code of this module, wherever it is asked for."""
     if not _KEY:
         from aiohttp import web
 
-        _KEY.append(web.RequestKey("llmpulse.principal", Principal))
+        ns: dict[str, Any] = {"__name__": __name__, "web": web, "Principal": Principal}
+        exec("key = web.RequestKey('llmpulse.principal', Principal)", ns)  # noqa: S102
+        _KEY.append(ns["key"])
     return _KEY[0]
 
 

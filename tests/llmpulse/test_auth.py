@@ -359,3 +359,19 @@ async def test_a_person_opening_a_page_without_a_session_is_told_how_to_sign_in(
     assert "llmpulse token login" in await r.text()
     api = await guarded.client.get("/dashboards/x")
     assert api.status == 401 and api.content_type == "application/json"
+
+
+def test_the_principal_key_is_made_in_a_worker_thread_too(monkeypatch) -> None:
+    # aiohttp's key looked for a module-level frame up the stack: a thread's has none,
+    # and every request of a server run in a thread failed with UnboundLocalError
+    import threading
+
+    import llmpulse.auth as auth
+
+    monkeypatch.setattr(auth, "_KEY", [])
+    made: list[object] = []
+    t = threading.Thread(target=lambda: made.append(auth._principal_key()))
+    t.start()
+    t.join()
+    assert len(made) == 1 and "llmpulse.principal" in repr(made[0])
+    assert auth._principal_key() is made[0]
