@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llmpulse.retrain.gates import GateConfig, GateReport, evaluate
-from llmpulse.retrain.registry import Deployment, ModelRegistry, ModelVersion
+from llmpulse.retrain.registry import Deployment, ModelRegistry, ModelVersion, check_share
 from llmpulse.retrain.trainer import Artifact, Dataset
 
 __all__ = ["ReleaseOutcome", "release"]
@@ -54,6 +54,8 @@ def release(
     ``canary_share > 0`` starts a canary instead of promoting; ``deploy=False``
     stops after the gates (the version stays a candidate).
     """
+    if canary_share != 0:  # NaN, negative or >= 1 read as "promote" before
+        check_share(canary_share)
     current = registry.current(model)
     mv = registry.register(
         model,

@@ -97,6 +97,16 @@ def test_a_candidate_the_gates_could_not_judge_is_rejected_not_left_deployable(
     assert reg.current("router").version == "1"  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("share", [float("nan"), -0.5, 1.0, 7.0])
+def test_a_release_refuses_a_share_that_is_no_canary(
+    artifact: Artifact, gate_set: Dataset, tmp_path: Path, share: float,
+) -> None:
+    reg = ModelRegistry(tmp_path)  # NaN read as "promote" before (nan > 0 is False)
+    with pytest.raises(RegistryError, match="canary share"):
+        release(reg, "router", artifact, gate_set, canary_share=share)
+    assert reg.current("router") is None and reg.versions("router") == []
+
+
 def test_slower_candidate_fails_latency_gate(
     artifact: Artifact, gate_set: Dataset, loader: Any
 ) -> None:
