@@ -62,6 +62,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from llmpulse.auth import ApiGuard, AuthError, TokenTable, tokens_path
+from llmpulse.events import MAX_ID_CHARS, MAX_TAG_CHARS
 from llmpulse.retrain.runtime import LoadedModel, choose_providers
 
 __all__ = [
@@ -76,6 +77,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+MAX_SEGMENT_KEYS = 64
+"""Most segment entries a prediction request may carry (its monitoring event's dimensions)."""
 
 _BUCKETS = 10_000
 
@@ -635,9 +639,15 @@ class ModelServer:
                 isinstance(k, str) and isinstance(v, str) for k, v in segment.items()
             ):
                 raise _BadRequest('"segment" must map strings to strings')
+            if len(segment) > MAX_SEGMENT_KEYS or any(
+                len(k) > MAX_TAG_CHARS or len(v) > MAX_TAG_CHARS for k, v in segment.items()
+            ):
+                raise _BadRequest(f'"segment": at most {MAX_SEGMENT_KEYS} entries of at most '
+                                  f"{MAX_TAG_CHARS} characters")
             rid = body.get("request_id") or request.headers.get("X-Request-Id")
-            if rid is not None and not isinstance(rid, str):
-                raise _BadRequest('"request_id" must be a string')
+            if rid is not None and (not isinstance(rid, str) or len(rid) > MAX_ID_CHARS):
+                raise _BadRequest(f'"request_id" must be a string of at most {MAX_ID_CHARS} '
+                                  "characters")
         except _BadRequest as exc:
             return self._bad(str(exc))
         try:

@@ -76,7 +76,11 @@ async def test_http_predict_with_dynamic_batching(loaded: LoadedModel, split: tu
 async def test_bad_requests_are_refused(loaded: LoadedModel) -> None:
     client = await _client(ModelServer(loaded, max_wait_ms=0))
     try:
-        for body in ({"texts": []}, {"texts": "x"}, {"texts": [1]}, {"texts": ["a"], "segment": {"a": 1}}):
+        for body in ({"texts": []}, {"texts": "x"}, {"texts": [1]}, {"texts": ["a"], "segment": {"a": 1}},
+                     # ids and dimensions its monitoring event could not carry
+                     {"texts": ["a"], "request_id": "r" * 3_000_000},
+                     {"texts": ["a"], "segment": {f"k{i}": "v" for i in range(50_000)}},
+                     {"texts": ["a"], "segment": {"k": "v" * 201}}):
             r = await client.post("/predict", json=body)
             assert r.status == 400, body
         r = await client.post("/predict", data=b"{not json",
