@@ -11,12 +11,12 @@ from collections.abc import Iterator
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 import llmpulse.broker as broker_mod
 from llmpulse.broker import EmbeddedBroker
 from llmpulse.events import TOPIC_FEEDBACK, TOPIC_INFERENCE, split_envelope
-from llmpulse.monitor import Monitor
+from llmpulse.monitor import Monitor, delivery_action
 
 pytestmark = pytest.mark.integration
 
@@ -133,6 +133,28 @@ def test_round_trip_exact_counts_fields_and_partitions(broker, tmp_path):
     for p, e in inf:
         part_of_bucket.setdefault(zlib.crc32(e["request_id"].encode()) % 16, set()).add(p)
     assert all(len(ps) == 1 for ps in part_of_bucket.values())
+
+
+def test_a_fenced_producer_is_recreated_and_keeps_its_events(broker):
+    # a broker that lost its producer state answers every produce of the old producer
+    # id with PRODUCER_FENCED, on each message's delivery report and never as a fatal
+    # error: the shim retried at once, for good, and delivered nothing again
+    assert delivery_action(KafkaError.PRODUCER_FENCED) == "recreate"
+    assert delivery_action(KafkaError.INVALID_PRODUCER_EPOCH) == "recreate"
+    mon = Monitor(app="fenced", bootstrap=broker.bootstrap, model="m", model_version="1")
+    ids = [mon.inference(**OK) for _ in range(100)]
+    assert mon.flush(30)
+    old = mon._producer
+    mon._fatal = True  # what such a delivery report sets now
+    ids += [mon.inference(**OK) for _ in range(100)]
+    assert mon.flush(30)
+    assert mon._producer is not old
+    s = mon.stats()
+    mon.close()
+    assert (s["delivered"], s["dropped"], s["queued"]) == (200, 0, 0)
+    seen = [e["request_id"] for _, e in consume(broker.bootstrap, TOPIC_INFERENCE, 200)
+            if e["app"] == "fenced"]
+    assert sorted(seen) == sorted(ids)
 
 
 def test_journal_left_by_an_earlier_process_is_replayed(broker, tmp_path):
