@@ -124,12 +124,39 @@ def _write_record(data_dir: Path, rec: BrokerRecord) -> None:
     os.replace(tmp, path)
 
 
+PORT_FILE = "broker.port"
+"""The port of the broker a clean stop ended: the next start listens on it again when
+it is free. Producers that outlive the stack (an app's shim, with its events waiting
+in memory or its journal) keep their bootstrap address; after a clean stop the port
+was chosen anew and such an app never reached the broker again."""
+
+
 def _remove_record(data_dir: Path, rec: BrokerRecord) -> None:
     if read_record(data_dir) == rec:
+        try:
+            (data_dir / PORT_FILE).write_text(f"{rec.port}\n")
+        except OSError as exc:
+            log.warning("the broker's port is not kept for the next start: %s", exc)
         try:
             (data_dir / RECORD_FILE).unlink()
         except FileNotFoundError:
             pass
+
+
+def last_port(data_dir: Path) -> int | None:
+    """The port a clean stop left in ``data_dir`` (None: none, or not a port).
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); (d / PORT_FILE).write_text("29092\\n")
+    6
+    >>> last_port(d), (d / PORT_FILE).write_text("x"), last_port(d)
+    (29092, 1, None)
+    """
+    try:
+        text = (data_dir / PORT_FILE).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() and 0 < int(text) < 65536 else None
 
 
 def is_recorded_process(rec: BrokerRecord) -> bool:
@@ -216,7 +243,8 @@ def adopt_or_start(data_dir: Path, *, host: str = "127.0.0.1",
             f"does not answer; it may hold events not yet stored. Stop it (kill {rec.pid}) to "
             f"discard them, then start again")
     binary = binary or tansu_binary()
-    port = rec.port if rec is not None and port_is_free(rec.port, host) else None
+    kept = rec.port if rec is not None else last_port(data_dir)
+    port = kept if kept is not None and port_is_free(kept, host) else None
     broker = EmbeddedBroker(port, host=host, log_path=log_path, binary=binary, detached=True,
                             storage=S3_URL if disk else "memory://tansu/", env=env,
                             cluster=storage_cluster_id(data_dir) if disk else None)
