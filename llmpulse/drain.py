@@ -180,13 +180,22 @@ async def drain(
     previous = 0
     reported_at = start
     reported_total: int | None = None
+    last_left: dict[str, int] | None = None
     while True:
         now = clock()
-        left = {t: n for t, n in (await lag()).items() if n > 0}
+        read = await _unless(lag(), abort)
+        if read is None:  # a read of the backlog waits on a broker that does not answer
+            return DrainResult(False, last_left or {}, clock() - start,
+                               "stopped at the operator's request")
+        left = {t: n for t, n in read.items() if n > 0}
+        last_left = left
         total = sum(left.values())
         if total == 0:
             await sleep(policy.settle_s)
-            left = {t: n for t, n in (await lag()).items() if n > 0}
+            read = await _unless(lag(), abort)
+            if read is None:
+                return DrainResult(False, {}, clock() - start, "stopped at the operator's request")
+            left = {t: n for t, n in read.items() if n > 0}
             if not left:
                 return DrainResult(True, {}, clock() - start, "drained")
             continue
@@ -208,6 +217,28 @@ async def drain(
                    f"Ctrl-C again stops now and keeps them in the broker")
             reported_at, reported_total = now, total
         await sleep(policy.poll_s)
+
+
+async def _unless(aw: Awaitable[dict[str, int]], abort: asyncio.Event | None,
+                  ) -> dict[str, int] | None:
+    """``await aw``, or None as soon as ``abort`` is set (``aw`` is cancelled): one read of
+    the backlog asks the broker for flushes and offsets with timeouts of their own, and
+    with a broker gone it took minutes in which a second Ctrl-C did nothing."""
+    if abort is None:
+        return await aw
+    task = asyncio.ensure_future(aw)
+    if abort.is_set():
+        task.cancel()
+        return None
+    waiter = asyncio.ensure_future(abort.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    return None
 
 
 def _per_topic(left: dict[str, int]) -> str:

@@ -300,7 +300,7 @@ async def _run(
                       "the signal engines from their last saved state and replays the rest",
                       type(reason).__name__, reason, EXIT_CRASHED)
             try:
-                await worker.close()
+                await bounded(worker.close(), abort, "closing the crashed worker")
             except Exception as exc:  # the engine that crashed cannot save: the last save holds
                 log.warning("closing the crashed worker: %s: %s", type(exc).__name__, exc)
             return code
@@ -310,7 +310,7 @@ async def _run(
         if not result.drained:
             log.warning("drain ended (%s) after %.0f s with %s not yet stored", result.reason,
                         result.waited_s, result.left)
-        await worker.close()
+        await bounded(worker.close(), abort, "saving the signal engines and alert states")
         return code
     finally:
         try:
@@ -333,6 +333,48 @@ async def _run(
             await asyncio.to_thread(finish, broker, data_dir, group="llmpulse", topics=raw)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+CLOSE_TIMEOUT_S = 60.0
+"""How long a stop waits for the worker to save its state (engines, alert states)."""
+CLOSE_GRACE_S = 5.0
+"""How long it waits when a second signal asked to stop at once."""
+
+
+async def bounded(aw: Any, abort: asyncio.Event, what: str, *,
+                  timeout_s: float = CLOSE_TIMEOUT_S, grace_s: float = CLOSE_GRACE_S) -> bool:
+    """Await ``aw`` for at most ``timeout_s``, or until ``abort`` is set (a second Ctrl-C);
+    when ``abort`` is already set, for ``grace_s``. True if it finished. Stopping without
+    it loses nothing acknowledged: the next start restores the last saved state and
+    replays the rest. A stop whose broker or object server had died waited here for
+    good, and further signals did nothing (an outside fault test: 7 minutes, then kill -9).
+
+    >>> async def demo():
+    ...     abort = asyncio.Event()
+    ...     quick = await bounded(asyncio.sleep(0.01), abort, "quick", timeout_s=1)
+    ...     stuck = asyncio.ensure_future(bounded(asyncio.sleep(60), abort, "stuck"))
+    ...     await asyncio.sleep(0.05); abort.set()
+    ...     return quick, await stuck
+    >>> asyncio.run(demo())
+    (True, False)
+    """
+    task = asyncio.ensure_future(aw)
+    limit = grace_s if abort.is_set() else timeout_s
+    waiter = None if abort.is_set() else asyncio.ensure_future(abort.wait())
+    try:
+        done, _ = await asyncio.wait({task} | ({waiter} if waiter else set()), timeout=limit,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if waiter is not None:
+            waiter.cancel()
+    if task in done:
+        task.result()  # its exception, if any, is the caller's
+        return True
+    task.cancel()
+    why = "a second signal" if abort.is_set() else f"{limit:g} s"
+    log.warning("stopping without %s (%s): nothing acknowledged is lost; the next start "
+                "restores the last saved state and replays the rest", what, why)
+    return False
 
 
 EXIT_CRASHED = 70

@@ -107,3 +107,36 @@ def test_a_stack_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> N
         up.start(timeout=60)
     assert "llmpulse up exited 2" in str(err.value) and "LLMPULSE_CLICKHOUSE" in str(err.value)
     assert not up.running
+
+
+def test_a_second_ctrl_c_stops_a_stack_whose_broker_died(tmp_path: Path) -> None:
+    # an outside fault test killed the embedded broker under traffic: the stop then
+    # waited for good in the worker's close, and a second Ctrl-C and SIGTERM did nothing
+    # for 7 minutes (kill -9 only); nothing was lost, but nothing was stored either
+    # while a new `up` refused to start beside the hung one
+    import signal
+
+    up = UpProcess(tmp_path, new_session=True)
+    try:
+        up.start()
+        app = f"dead-broker-{os.getpid()}"
+        with Monitor(app=app, bootstrap=up.kafka, model="m", model_version="1") as mon:
+            for i in range(200):
+                mon.inference(request_id=f"{app}-{i}", latency_ms=10.0, status="ok",
+                              input_tokens=1, output_tokens=1)
+            assert mon.flush(60)
+        up.wait_stored(TOPIC_INFERENCE, 200, timeout=120)
+        rec = read_record(up.data_dir)
+        assert rec is not None
+        os.kill(rec.pid, signal.SIGKILL)
+        assert up.proc is not None
+        os.killpg(up.pid, signal.SIGINT)
+        time.sleep(3.0)
+        os.killpg(up.pid, signal.SIGINT)  # "a second Ctrl-C stops at once"
+        code = up.proc.wait(150)  # TimeoutExpired: it hung as before
+        log = up.log(10**9)  # all of it: the client's reconnect errors fill its tail
+        assert code == 0, f"exit status {code}\n{log[-3000:]}"
+        assert "drain ended (stopped at the operator's request)" in log, log[-3000:]
+        assert _stored(up.data_dir, app)["unique"] == 200
+    finally:
+        up.close()

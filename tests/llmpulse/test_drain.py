@@ -114,3 +114,37 @@ def test_rounds_must_be_at_least_one() -> None:
 
     with pytest.raises(ValueError, match="rounds must be >= 1"):
         StopBacklog(partitions, rounds=0)
+
+
+def test_a_second_signal_ends_a_read_of_the_backlog_that_waits_on_a_dead_broker() -> None:
+    # one read asks the broker for a flush and offsets, each with its own timeout: with
+    # the broker killed it took minutes, and the drain saw the second Ctrl-C only after
+    reads: list[str] = []
+
+    async def answered() -> dict[str, int]:
+        reads.append("answered")
+        return {"llmpulse.inference": 5}
+
+    async def hung() -> dict[str, int]:
+        reads.append("hung")
+        await asyncio.sleep(3600)
+        return {}
+
+    lags = iter([answered, hung])
+
+    async def lag() -> dict[str, int]:
+        return await next(lags)()
+
+    async def run() -> object:
+        abort = asyncio.Event()
+        task = asyncio.ensure_future(drain(lag, abort=abort, sleep=_no_sleep,
+                                           report=lambda _msg: None))
+        while reads != ["answered", "hung"]:
+            await asyncio.sleep(0.01)
+        abort.set()
+        return await asyncio.wait_for(task, 5.0)  # not an hour
+
+    result = asyncio.run(run())
+    assert result.drained is False  # type: ignore[attr-defined]
+    assert result.reason == "stopped at the operator's request"  # type: ignore[attr-defined]
+    assert result.left == {"llmpulse.inference": 5}  # type: ignore[attr-defined]
