@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from llmpulse.retrain.reference import REFERENCE_MODEL
-from llmpulse.retrain.registry import ModelRegistry
+from llmpulse.retrain.registry import ModelRegistry, ModelVersion
 from llmpulse.retrain.serving import LoadedModel, ModelServer
 from llmpulse.retrain.serving_host import ServingHost
 from llmpulse.retrain.trainer import Artifact
@@ -27,6 +27,18 @@ class _Service:
         raise AssertionError("not needed")
 
 
+async def _serving(reg: ModelRegistry, version: ModelVersion,
+                   ) -> tuple[_Service, ServingHost, ModelServer]:
+    """The stack's host over ``reg``, its server started on ``version``."""
+    svc = _Service(reg)
+    host = ServingHost(svc, app=None, settings=None, enabled=True)
+    server = ModelServer(LoadedModel(version.artifact, version.version,
+                                     providers=["CPUExecutionProvider"]), name=REFERENCE_MODEL)
+    await server.start()
+    svc.server = server
+    return svc, host, server
+
+
 @pytest.mark.slow
 async def test_deploy_canary_and_rollback_from_a_shell_reach_the_served_model(
         tmp_path: Path, artifact: Artifact, bad_artifact: Artifact) -> None:
@@ -34,12 +46,7 @@ async def test_deploy_canary_and_rollback_from_a_shell_reach_the_served_model(
     v1 = reg.register(REFERENCE_MODEL, artifact.path)
     reg.deploy(REFERENCE_MODEL, v1.version)
     v2 = reg.register(REFERENCE_MODEL, bad_artifact.path)
-    svc = _Service(reg)
-    host = ServingHost(svc, app=None, settings=None, enabled=True)
-    server = ModelServer(LoadedModel(v1.artifact, v1.version, providers=["CPUExecutionProvider"]),
-                         name=REFERENCE_MODEL)
-    await server.start()
-    svc.server = server
+    svc, host, server = await _serving(reg, v1)
     try:
         assert await host.follow() is None  # the registry and the server agree
         reg.start_canary(REFERENCE_MODEL, v2.version, share=0.25)  # deploy --canary 0.25
@@ -71,12 +78,7 @@ async def test_a_registered_version_whose_artifact_changed_is_not_served(
     changed = Path(reg.get(REFERENCE_MODEL, v2.version).artifact)
     changed.unlink()  # a hard link to the shared fixture's file: replaced, not written
     changed.write_bytes(b"tampered")
-    svc = _Service(reg)
-    host = ServingHost(svc, app=None, settings=None, enabled=True)
-    server = ModelServer(LoadedModel(v1.artifact, v1.version, providers=["CPUExecutionProvider"]),
-                         name=REFERENCE_MODEL)
-    await server.start()
-    svc.server = server
+    _svc, host, server = await _serving(reg, v1)
     try:
         assert await host.follow() is None and await host.follow() is None
         assert server.active.version == v1.version
