@@ -42,8 +42,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-__all__ = ["DrainPolicy", "DrainResult", "Ends", "StopBacklog", "drain"]
+__all__ = ["DrainPolicy", "DrainResult", "Ends", "StopBacklog", "drain", "race"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("llmpulse.up")
 
@@ -183,8 +186,8 @@ async def drain(
     last_left: dict[str, int] | None = None
     while True:
         now = clock()
-        read = await _unless(lag(), abort)
-        if read is None:  # a read of the backlog waits on a broker that does not answer
+        answered, read = await race(lag(), abort)
+        if not answered or read is None:  # the backlog's read waits on a broker gone
             return DrainResult(False, last_left or {}, clock() - start,
                                "stopped at the operator's request")
         left = {t: n for t, n in read.items() if n > 0}
@@ -192,8 +195,8 @@ async def drain(
         total = sum(left.values())
         if total == 0:
             await sleep(policy.settle_s)
-            read = await _unless(lag(), abort)
-            if read is None:
+            answered, read = await race(lag(), abort)
+            if not answered or read is None:
                 return DrainResult(False, {}, clock() - start, "stopped at the operator's request")
             left = {t: n for t, n in read.items() if n > 0}
             if not left:
@@ -219,26 +222,36 @@ async def drain(
         await sleep(policy.poll_s)
 
 
-async def _unless(aw: Awaitable[dict[str, int]], abort: asyncio.Event | None,
-                  ) -> dict[str, int] | None:
-    """``await aw``, or None as soon as ``abort`` is set (``aw`` is cancelled): one read of
-    the backlog asks the broker for flushes and offsets with timeouts of their own, and
-    with a broker gone it took minutes in which a second Ctrl-C did nothing."""
-    if abort is None:
-        return await aw
+async def race(aw: Awaitable[T], abort: asyncio.Event | None, timeout_s: float | None = None,
+               ) -> tuple[bool, T | None]:
+    """``(True, result)`` of ``aw``, or ``(False, None)`` as soon as ``abort`` is set or
+    ``timeout_s`` has passed (``aw`` is then cancelled; ``abort`` already set: at once).
+    Stopping must not wait on a broker that is gone: one read of the backlog asks it for
+    a flush and offsets with timeouts of their own, which took minutes with the broker
+    killed, while a second Ctrl-C did nothing.
+
+    >>> async def demo():
+    ...     stop = asyncio.Event(); stop.set()
+    ...     return (await race(asyncio.sleep(0, "x"), None), await race(asyncio.sleep(9), stop),
+    ...             await race(asyncio.sleep(9), None, timeout_s=0.01))
+    >>> asyncio.run(demo())
+    ((True, 'x'), (False, None), (False, None))
+    """
     task = asyncio.ensure_future(aw)
-    if abort.is_set():
+    if abort is not None and abort.is_set():
         task.cancel()
-        return None
-    waiter = asyncio.ensure_future(abort.wait())
+        return False, None
+    waiter = asyncio.ensure_future(abort.wait()) if abort is not None else None
     try:
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task} | ({waiter} if waiter is not None else set()),
+                           timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        waiter.cancel()
+        if waiter is not None:
+            waiter.cancel()
     if task.done():
-        return task.result()
+        return True, task.result()  # its exception, if any, is the caller's
     task.cancel()
-    return None
+    return False, None
 
 
 def _per_topic(left: dict[str, int]) -> str:

@@ -40,7 +40,7 @@ from llmpulse.broker import (
 )
 from llmpulse.broker_record import adopt_or_start, finish
 from llmpulse.config import ConfigError, Settings
-from llmpulse.drain import DrainPolicy, drain
+from llmpulse.drain import DrainPolicy, drain, race
 from llmpulse.events import TOPIC_FEEDBACK, TOPIC_GROUPED, TOPIC_INFERENCE, TOPICS
 from llmpulse.malloc import tune_malloc
 from llmpulse.migrations import migrate
@@ -358,20 +358,12 @@ async def bounded(aw: Any, abort: asyncio.Event, what: str, *,
     >>> asyncio.run(demo())
     (True, False)
     """
-    task = asyncio.ensure_future(aw)
-    limit = grace_s if abort.is_set() else timeout_s
-    waiter = None if abort.is_set() else asyncio.ensure_future(abort.wait())
-    try:
-        done, _ = await asyncio.wait({task} | ({waiter} if waiter else set()), timeout=limit,
-                                     return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if waiter is not None:
-            waiter.cancel()
-    if task in done:
-        task.result()  # its exception, if any, is the caller's
+    late = abort.is_set()
+    done, _ = await race(aw, None if late else abort, grace_s if late else timeout_s)
+    if done:
         return True
-    task.cancel()
-    why = "a second signal" if abort.is_set() else f"{limit:g} s"
+    why = (f"{grace_s:g} s after a second signal" if late
+           else "a second signal" if abort.is_set() else f"{timeout_s:g} s")
     log.warning("stopping without %s (%s): nothing acknowledged is lost; the next start "
                 "restores the last saved state and replays the rest", what, why)
     return False
