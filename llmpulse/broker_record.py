@@ -151,12 +151,17 @@ def last_port(data_dir: Path) -> int | None:
     6
     >>> last_port(d), (d / PORT_FILE).write_text("x"), last_port(d)
     (29092, 1, None)
+    >>> [((d / PORT_FILE).write_text(t), last_port(d))[1] for t in ("9" * 5000, "\\u00b2", "70000")]
+    [None, None, None]
     """
     try:
-        text = (data_dir / PORT_FILE).read_text().strip()
+        text = (data_dir / PORT_FILE).read_text(errors="replace")[:16].strip()
     except OSError:
         return None
-    return int(text) if text.isdigit() and 0 < int(text) < 65536 else None
+    # ASCII digits only: str.isdigit() takes "²", and int() refuses a 5,000-digit run
+    if not (text.isascii() and text.isdigit() and len(text) <= 5):
+        return None
+    return int(text) if 0 < int(text) < 65536 else None
 
 
 def is_recorded_process(rec: BrokerRecord) -> bool:
