@@ -140,7 +140,10 @@ class ServingHost:
         if canary is not None:
             for d in reversed(reg.deployments(REFERENCE_MODEL)):
                 if d.stage == "canary" and d.version == canary.version:
-                    share = float(d.metrics.get("share") or 0.0)
+                    try:  # a registry file edited by hand: no share, no canary
+                        share = float(d.metrics.get("share") or 0.0)
+                    except (TypeError, ValueError):
+                        share = 0.0
                     break
             if not 0.0 < share < 1.0:  # not a share a server can route: no canary
                 canary = None

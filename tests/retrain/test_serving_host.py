@@ -86,3 +86,27 @@ async def test_a_registered_version_whose_artifact_changed_is_not_served(
         await server.close()
     errors = [r for r in caplog.records if "was not loaded" in r.getMessage()]
     assert len(errors) == 1 and "sha256" in errors[0].getMessage()  # logged once
+
+
+@pytest.mark.slow
+async def test_a_hand_edited_canary_share_is_no_canary_not_an_error_every_2_s(
+        tmp_path: Path, artifact: Artifact, bad_artifact: Artifact) -> None:
+    import json
+
+    reg = ModelRegistry(tmp_path)
+    v1 = reg.register(REFERENCE_MODEL, artifact.path)
+    reg.deploy(REFERENCE_MODEL, v1.version)
+    v2 = reg.register(REFERENCE_MODEL, bad_artifact.path)
+    reg.start_canary(REFERENCE_MODEL, v2.version, share=0.25)
+    path = tmp_path / "registry" / f"{REFERENCE_MODEL}.json"
+    state = json.loads(path.read_text())
+    for d in state["deployments"]:
+        if d["stage"] == "canary":
+            d["metrics"]["share"] = "half"
+    path.write_text(json.dumps(state))
+    _svc, host, server = await _serving(reg, v1)
+    try:
+        assert await host.follow() is None  # raised ValueError, logged by the timer each time
+        assert server.canary is None and server.active.version == v1.version
+    finally:
+        await server.close()
